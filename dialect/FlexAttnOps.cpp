@@ -1,0 +1,366 @@
+//===- FlexAttnOps.cpp - flexattn op verifiers ------------------*- C++ -*-===//
+//
+// Part of flexattn-mlir, under the Apache License v2.0 with LLVM Exceptions.
+//
+//===----------------------------------------------------------------------===//
+//
+// Verifiers. Every message names the operand or region by its role and says
+// what was expected and what was found, so a frontend bug reads as a sentence.
+//
+//===----------------------------------------------------------------------===//
+
+#include "dialect/FlexAttnOps.h"
+
+#include "mlir/IR/Builders.h"
+#include "mlir/IR/OpImplementation.h"
+#include "llvm/ADT/STLExtras.h"
+#include "llvm/Support/raw_ostream.h"
+
+using namespace mlir;
+using namespace mlir::flexattn;
+
+#include "dialect/FlexAttnInterfaces.cpp.inc"
+
+#define GET_OP_CLASSES
+#include "dialect/FlexAttnOps.cpp.inc"
+
+//===----------------------------------------------------------------------===//
+// Helpers
+//===----------------------------------------------------------------------===//
+
+namespace {
+
+std::string shapeStr(ArrayRef<int64_t> shape) {
+  std::string s;
+  llvm::raw_string_ostream os(s);
+  os << "[";
+  llvm::interleaveComma(shape, os, [&](int64_t d) {
+    if (ShapedType::isDynamic(d))
+      os << "?";
+    else
+      os << d;
+  });
+  os << "]";
+  return s;
+}
+
+bool isAttentionElementType(Type t) { return t.isF32() || t.isF16() || t.isBF16(); }
+
+/// A memref operand of a given role: rank and element type checks.
+LogicalResult checkMemRef(Operation *op, Value v, StringRef role, int64_t rank,
+                          StringRef layout, function_ref<bool(Type)> elemOk,
+                          StringRef elemDesc) {
+  auto type = cast<MemRefType>(v.getType());
+  if (type.getRank() != rank)
+    return op->emitOpError() << role << " must be a " << rank << "-D memref "
+                             << layout << ", got rank " << type.getRank();
+  if (!elemOk(type.getElementType()))
+    return op->emitOpError() << role << " element type must be " << elemDesc
+                             << ", got " << type.getElementType();
+  return success();
+}
+
+/// Equal unless one side is dynamic.
+bool dimsAgree(int64_t a, int64_t b) {
+  return ShapedType::isDynamic(a) || ShapedType::isDynamic(b) || a == b;
+}
+
+LogicalResult checkDim(Operation *op, int64_t got, int64_t want,
+                       const Twine &what) {
+  if (!dimsAgree(got, want))
+    return op->emitOpError() << what << " (" << got << ") must match " << want;
+  return success();
+}
+
+int64_t ceilDivOrDynamic(int64_t a, int64_t b) {
+  return ShapedType::isDynamic(a) ? ShapedType::kDynamic : (a + b - 1) / b;
+}
+
+/// q [B,Hq,M,D], k [B,Hkv,N,D], v [B,Hkv,N,Dv]: ranks, dtypes, and the
+/// dimensions they share. Used by every op that reads q/k/v.
+LogicalResult verifyQKV(Operation *op, Value q, Value k, Value v) {
+  auto elemOk = [](Type t) { return isAttentionElementType(t); };
+  if (failed(checkMemRef(op, q, "q", 4, "[B, Hq, M, D]", elemOk, "f32, f16 or bf16")) ||
+      failed(checkMemRef(op, k, "k", 4, "[B, Hkv, N, D]", elemOk, "f32, f16 or bf16")) ||
+      failed(checkMemRef(op, v, "v", 4, "[B, Hkv, N, Dv]", elemOk, "f32, f16 or bf16")))
+    return failure();
+  auto qt = cast<MemRefType>(q.getType()), kt = cast<MemRefType>(k.getType()),
+       vt = cast<MemRefType>(v.getType());
+  if (kt.getElementType() != qt.getElementType())
+    return op->emitOpError() << "k element type (" << kt.getElementType()
+                             << ") must match q element type ("
+                             << qt.getElementType() << ")";
+  if (vt.getElementType() != qt.getElementType())
+    return op->emitOpError() << "v element type (" << vt.getElementType()
+                             << ") must match q element type ("
+                             << qt.getElementType() << ")";
+  auto qs = qt.getShape(), ks = kt.getShape(), vs = vt.getShape();
+  if (failed(checkDim(op, ks[0], qs[0], "k batch size")) ||
+      failed(checkDim(op, vs[0], qs[0], "v batch size")) ||
+      failed(checkDim(op, ks[3], qs[3], "k head dim D")) ||
+      failed(checkDim(op, vs[1], ks[1], "v head count")) ||
+      failed(checkDim(op, vs[2], ks[2], "v sequence length N")))
+    return failure();
+  if (!ShapedType::isDynamic(qs[1]) && !ShapedType::isDynamic(ks[1]) &&
+      (ks[1] == 0 || qs[1] % ks[1] != 0))
+    return op->emitOpError()
+           << "q head count (" << qs[1] << ") must be a multiple of the k/v "
+           << "head count (" << ks[1] << ") for grouped-query attention";
+  return success();
+}
+
+/// out [B,Hq,M,Dv] and lse [B,Hq,M] f32, against q and v.
+LogicalResult verifyOutputs(Operation *op, Value q, Value v, Value out,
+                            Value lse) {
+  auto qt = cast<MemRefType>(q.getType());
+  auto elemOk = [&](Type t) { return t == qt.getElementType(); };
+  std::string want;
+  llvm::raw_string_ostream(want) << "q's (" << qt.getElementType() << ")";
+  if (failed(checkMemRef(op, out, "out", 4, "[B, Hq, M, Dv]", elemOk, want)))
+    return failure();
+  auto qs = qt.getShape();
+  auto vs = cast<MemRefType>(v.getType()).getShape();
+  SmallVector<int64_t> expected = {qs[0], qs[1], qs[2], vs[3]};
+  auto os = cast<MemRefType>(out.getType()).getShape();
+  if (!llvm::all_of(llvm::zip(os, expected),
+                    [](auto p) { return dimsAgree(std::get<0>(p), std::get<1>(p)); }))
+    return op->emitOpError() << "out shape must be [B, Hq, M, Dv] = "
+                             << shapeStr(expected) << ", got " << shapeStr(os);
+  if (!lse)
+    return success();
+  if (failed(checkMemRef(op, lse, "lse", 3, "[B, Hq, M]",
+                         [](Type t) { return t.isF32(); }, "f32")))
+    return failure();
+  auto ls = cast<MemRefType>(lse.getType()).getShape();
+  if (!dimsAgree(ls[0], qs[0]) || !dimsAgree(ls[1], qs[1]) ||
+      !dimsAgree(ls[2], qs[2]))
+    return op->emitOpError() << "lse shape must be [B, Hq, M] = "
+                             << shapeStr(ArrayRef(expected).take_front(3))
+                             << ", got " << shapeStr(ls);
+  return success();
+}
+
+/// torch's BlockMask layout: num [Bm, Hm, QB] i32, indices [Bm, Hm, QB, KB]
+/// i32, with Bm in {1, B}, Hm in {1, Hq}, QB = ceil(M / Q_BLOCK),
+/// KB = ceil(N / KV_BLOCK).
+LogicalResult verifyBlockMaskPair(Operation *op, Value num, Value idx,
+                                  StringRef numRole, StringRef idxRole,
+                                  ArrayRef<int64_t> blockSize, Value q,
+                                  Value k) {
+  auto isI32 = [](Type t) { return t.isSignlessInteger(32); };
+  if (failed(checkMemRef(op, num, numRole, 3, "[B, H, Q_BLOCKS]", isI32, "i32")) ||
+      failed(checkMemRef(op, idx, idxRole, 4, "[B, H, Q_BLOCKS, KV_BLOCKS]",
+                         isI32, "i32")))
+    return failure();
+  auto qs = cast<MemRefType>(q.getType()).getShape();
+  auto ks = cast<MemRefType>(k.getType()).getShape();
+  auto ns = cast<MemRefType>(num.getType()).getShape();
+  auto is = cast<MemRefType>(idx.getType()).getShape();
+  int64_t qBlocks = ceilDivOrDynamic(qs[2], blockSize[0]);
+  int64_t kvBlocks = ceilDivOrDynamic(ks[2], blockSize[1]);
+  for (auto [dim, name, full] :
+       {std::tuple<int64_t, StringRef, int64_t>{0, "batch", qs[0]},
+        {1, "head", qs[1]}}) {
+    for (auto [shape, role] : {std::pair(ns, numRole), std::pair(is, idxRole)})
+      if (!ShapedType::isDynamic(shape[dim]) && shape[dim] != 1 &&
+          !dimsAgree(shape[dim], full))
+        return op->emitOpError()
+               << role << " " << name << " dim (" << shape[dim]
+               << ") must be 1 (broadcast) or " << full;
+  }
+  if (!dimsAgree(ns[2], qBlocks) || !dimsAgree(is[2], qBlocks))
+    return op->emitOpError()
+           << numRole << " and " << idxRole << " must have ceil(M / "
+           << blockSize[0] << ") = " << qBlocks << " query blocks, got "
+           << shapeStr(ns) << " and " << shapeStr(is);
+  if (!dimsAgree(is[3], kvBlocks))
+    return op->emitOpError()
+           << idxRole << " must have ceil(N / " << blockSize[1]
+           << ") = " << kvBlocks << " KV block slots, got " << is[3];
+  for (int d = 0; d < 2; ++d)
+    if (!dimsAgree(ns[d], is[d]))
+      return op->emitOpError() << numRole << " " << shapeStr(ns) << " and "
+                               << idxRole << " " << shapeStr(is)
+                               << " must agree on their batch and head dims";
+  return success();
+}
+
+LogicalResult verifyBlockMask(Operation *op, Value q, Value k, Value num,
+                              Value idx, Value fullNum, Value fullIdx,
+                              std::optional<ArrayRef<int64_t>> blockSize) {
+  if (!num) {
+    if (fullNum)
+      return op->emitOpError() << "full_blocks requires block_mask";
+    return success();
+  }
+  if (!blockSize)
+    return op->emitOpError() << "a block_mask requires the block_size attribute";
+  if (blockSize->size() != 2 || (*blockSize)[0] <= 0 || (*blockSize)[1] <= 0)
+    return op->emitOpError() << "block_size must be two positive integers "
+                             << "[Q_BLOCK, KV_BLOCK], got "
+                             << shapeStr(*blockSize);
+  if (failed(verifyBlockMaskPair(op, num, idx, "kv_num_blocks", "kv_indices",
+                                 *blockSize, q, k)))
+    return failure();
+  if (fullNum && failed(verifyBlockMaskPair(op, fullNum, fullIdx,
+                                            "full_kv_num_blocks",
+                                            "full_kv_indices", *blockSize, q, k)))
+    return failure();
+  return success();
+}
+
+LogicalResult verifyTileSize(Operation *op, ArrayRef<int64_t> tile) {
+  if (tile.size() != 2 || tile[0] <= 0 || tile[1] <= 0)
+    return op->emitOpError() << "tile_size must be two positive integers "
+                             << "[BM, BN], got " << shapeStr(tile);
+  return success();
+}
+
+/// acc [BM, Dv], max [BM], sum [BM], all f32.
+LogicalResult verifyState(Operation *op, Value acc, Value max, Value sum,
+                          std::optional<int64_t> bm, int64_t dv) {
+  auto isF32 = [](Type t) { return t.isF32(); };
+  if (failed(checkMemRef(op, acc, "acc", 2, "[BM, Dv]", isF32, "f32")) ||
+      failed(checkMemRef(op, max, "max", 1, "[BM]", isF32, "f32")) ||
+      failed(checkMemRef(op, sum, "sum", 1, "[BM]", isF32, "f32")))
+    return failure();
+  auto as = cast<MemRefType>(acc.getType()).getShape();
+  auto ms = cast<MemRefType>(max.getType()).getShape();
+  auto ss = cast<MemRefType>(sum.getType()).getShape();
+  if (!dimsAgree(as[1], dv))
+    return op->emitOpError() << "acc must have Dv = " << dv
+                             << " columns, got " << as[1];
+  if (!dimsAgree(ms[0], as[0]) || !dimsAgree(ss[0], as[0]))
+    return op->emitOpError() << "acc " << shapeStr(as) << ", max "
+                             << shapeStr(ms) << " and sum " << shapeStr(ss)
+                             << " must have the same number of rows";
+  if (bm && !dimsAgree(as[0], *bm))
+    return op->emitOpError() << "state must have tile_size[0] = " << *bm
+                             << " rows, got " << as[0];
+  return success();
+}
+
+/// Checks one mod region: `leading` are the fixed leading argument kinds.
+LogicalResult verifyRegion(Operation *op, Region &region, StringRef name,
+                           bool hasScore, TypeRange captures,
+                           function_ref<bool(Type)> resultOk,
+                           StringRef resultDesc) {
+  if (region.empty())
+    return success();
+  Block &block = region.front();
+  unsigned fixed = hasScore ? 5 : 4;
+  StringRef sig = hasScore ? "(score, b, h, q_idx, kv_idx" : "(b, h, q_idx, kv_idx";
+  if (block.getNumArguments() != fixed + captures.size())
+    return op->emitOpError()
+           << name << " must take " << fixed + captures.size()
+           << " arguments " << sig << ", then one per captured buffer ("
+           << captures.size() << ")), got " << block.getNumArguments();
+  unsigned firstIndex = 0;
+  if (hasScore) {
+    if (!block.getArgument(0).getType().isF32())
+      return op->emitOpError() << name << " score argument must be f32, got "
+                               << block.getArgument(0).getType();
+    firstIndex = 1;
+  }
+  Type indexType = block.getArgument(firstIndex).getType();
+  if (!indexType.isSignlessInteger() && !indexType.isIndex())
+    return op->emitOpError() << name << " index arguments (b, h, q_idx, kv_idx) "
+                             << "must be signless integers or index, got "
+                             << indexType;
+  for (unsigned i = firstIndex; i < firstIndex + 4; ++i)
+    if (block.getArgument(i).getType() != indexType)
+      return op->emitOpError()
+             << name << " index arguments (b, h, q_idx, kv_idx) must share one "
+             << "type, got " << indexType << " and "
+             << block.getArgument(i).getType();
+  for (auto [i, capType] : llvm::enumerate(captures))
+    if (block.getArgument(fixed + i).getType() != capType)
+      return op->emitOpError()
+             << name << " argument #" << fixed + i << " must have the type of "
+             << "captured buffer #" << i << " (" << capType << "), got "
+             << block.getArgument(fixed + i).getType();
+  auto yield = dyn_cast<YieldOp>(block.getTerminator());
+  if (!yield)
+    return op->emitOpError() << name << " must end with flexattn.yield";
+  if (yield.getValues().size() != 1 ||
+      !resultOk(yield.getValues().front().getType()))
+    return op->emitOpError() << name << " must yield one " << resultDesc
+                             << " value, got " << yield.getValues().size()
+                             << " value(s) of type(s) "
+                             << yield.getValues().getTypes();
+  return success();
+}
+
+} // namespace
+
+LogicalResult mlir::flexattn::verifyModRegions(Operation *op) {
+  auto mods = cast<ModRegionsOpInterface>(op);
+  TypeRange captures = mods.getCaptures().getTypes();
+  if (failed(verifyRegion(op, mods.getScoreMod(), "score_mod", true, captures,
+                          [](Type t) { return t.isF32(); }, "f32")))
+    return failure();
+  return verifyRegion(op, mods.getMaskMod(), "mask_mod", false, captures,
+                      [](Type t) { return t.isSignlessInteger(1); }, "i1");
+}
+
+//===----------------------------------------------------------------------===//
+// Op verifiers
+//===----------------------------------------------------------------------===//
+
+LogicalResult AttentionOp::verify() {
+  if (failed(verifyQKV(*this, getQ(), getK(), getV())) ||
+      failed(verifyOutputs(*this, getQ(), getV(), getOut(), getLse())))
+    return failure();
+  if (!getKvNumBlocks() && getBlockSize())
+    return emitOpError() << "block_size is given without a block_mask";
+  return verifyBlockMask(*this, getQ(), getK(), getKvNumBlocks(),
+                         getKvIndices(), getFullKvNumBlocks(),
+                         getFullKvIndices(), getBlockSize());
+}
+
+LogicalResult KvLoopOp::verify() {
+  if (failed(verifyQKV(*this, getQ(), getK(), getV())) ||
+      failed(verifyTileSize(*this, getTileSize())))
+    return failure();
+  int64_t dv = cast<MemRefType>(getV().getType()).getShape()[3];
+  if (failed(verifyState(*this, getAcc(), getMax(), getSum(),
+                         getTileSize()[0], dv)))
+    return failure();
+  if (failed(verifyBlockMask(*this, getQ(), getK(), getKvNumBlocks(),
+                             getKvIndices(), getFullKvNumBlocks(),
+                             getFullKvIndices(), getBlockSize())))
+    return failure();
+  if (auto bs = getBlockSize(); bs && getKvNumBlocks()) {
+    if (getTileSize()[1] != (*bs)[1] || (*bs)[0] % getTileSize()[0] != 0)
+      return emitOpError()
+             << "with a block mask, tile_size[1] must equal block_size[1] and "
+             << "tile_size[0] must divide block_size[0], got tile_size "
+             << shapeStr(getTileSize()) << " and block_size " << shapeStr(*bs);
+  }
+  return success();
+}
+
+LogicalResult TileStepOp::verify() {
+  if (failed(verifyQKV(*this, getQ(), getK(), getV())) ||
+      failed(verifyTileSize(*this, getTileSize())))
+    return failure();
+  int64_t dv = cast<MemRefType>(getV().getType()).getShape()[3];
+  return verifyState(*this, getAcc(), getMax(), getSum(), getTileSize()[0], dv);
+}
+
+LogicalResult FinalizeOp::verify() {
+  auto outType = cast<MemRefType>(getOut().getType());
+  if (outType.getRank() != 4)
+    return emitOpError() << "out must be a 4-D memref [B, Hq, M, Dv], got rank "
+                         << outType.getRank();
+  if (failed(verifyState(*this, getAcc(), getMax(), getSum(), std::nullopt,
+                         outType.getShape()[3])))
+    return failure();
+  if (Value lse = getLse()) {
+    auto lt = cast<MemRefType>(lse.getType());
+    if (lt.getRank() != 3 || !lt.getElementType().isF32())
+      return emitOpError() << "lse must be a 3-D f32 memref [B, Hq, M], got "
+                           << lt;
+  }
+  return success();
+}

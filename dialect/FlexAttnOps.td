@@ -1,0 +1,313 @@
+//===- FlexAttnOps.td - flexattn op definitions ------------*- tablegen -*-===//
+//
+// Part of flexattn-mlir, under the Apache License v2.0 with LLVM Exceptions.
+//
+//===----------------------------------------------------------------------===//
+//
+// The ops, from the whole problem down to one score element:
+//
+//   flexattn.attention   B x Hq x M x N attention            (frontend, driver)
+//   flexattn.kv_loop     one Q tile, all visible KV blocks    (flexattn-tile)
+//   flexattn.tile_step   one Q tile x one KV tile, online     (flexattn-block-sparsity)
+//   flexattn.finalize    acc / l and logsumexp of one Q tile  (flexattn-tile)
+//   flexattn.apply_mods  one score element                    (flexattn-fuse-online-softmax)
+//
+// All operate on memrefs (destination passing style). Every op that holds the
+// user's modifications implements FlexAttn_ModRegionsOpInterface, so the
+// region checks and the cloning/inlining helpers are written once.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef FLEXATTN_OPS
+#define FLEXATTN_OPS
+
+include "FlexAttnDialect.td"
+include "mlir/Interfaces/ControlFlowInterfaces.td"
+include "mlir/Interfaces/SideEffectInterfaces.td"
+
+//===----------------------------------------------------------------------===//
+// The interface of ops that carry score_mod / mask_mod regions.
+//===----------------------------------------------------------------------===//
+
+def FlexAttn_ModRegionsOpInterface : OpInterface<"ModRegionsOpInterface"> {
+  let description = [{
+    An op holding a `score_mod` region `(score: f32, b, h, q_idx, kv_idx,
+    captures...) -> f32` and a `mask_mod` region `(b, h, q_idx, kv_idx,
+    captures...) -> i1`. An empty region means the identity score_mod or the
+    mask that keeps every score. The four indices share one integer or index
+    type; the trailing arguments are the op's captured buffers, in order.
+  }];
+  let cppNamespace = "::mlir::flexattn";
+  let methods = [
+    InterfaceMethod<"The score_mod region.", "::mlir::Region &", "getScoreMod">,
+    InterfaceMethod<"The mask_mod region.", "::mlir::Region &", "getMaskMod">,
+    InterfaceMethod<"The buffers the mods read.", "::mlir::OperandRange",
+                    "getCaptures">,
+  ];
+  let extraSharedClassDeclaration = [{
+    bool hasScoreMod() { return !$_op.getScoreMod().empty(); }
+    bool hasMaskMod() { return !$_op.getMaskMod().empty(); }
+  }];
+  let verify = [{ return ::mlir::flexattn::verifyModRegions($_op); }];
+}
+
+def FlexAttn_ModRegion : MaxSizedRegion<1>;
+
+// The assembly shared by the ops that carry mods: optional captures, the
+// attribute dictionary, then the optional regions.
+defvar ModsAssembly = [{
+  (`captures` `(` $captures^ `:` type($captures) `)`)?
+  attr-dict-with-keyword
+  (`score_mod` $score_mod^)?
+  (`mask_mod` $mask_mod^)?
+}];
+
+defvar QKVAssembly = [{
+  `ins` `(` $q `,` $k `,` $v `:` type($q) `,` type($k) `,` type($v) `)`
+}];
+
+defvar StateAssembly = [{
+  `state` `(` $acc `,` $max `,` $sum `:` type($acc) `,` type($max) `,` type($sum) `)`
+}];
+
+defvar BlockMaskAssembly = [{
+  (`block_mask` `(` $kv_num_blocks^ `,` $kv_indices `:`
+     type($kv_num_blocks) `,` type($kv_indices) `)`)?
+  (`full_blocks` `(` $full_kv_num_blocks^ `,` $full_kv_indices `:`
+     type($full_kv_num_blocks) `,` type($full_kv_indices) `)`)?
+}];
+
+//===----------------------------------------------------------------------===//
+// flexattn.attention
+//===----------------------------------------------------------------------===//
+
+def FlexAttn_AttentionOp : FlexAttn_Op<"attention", [
+    AttrSizedOperandSegments, IsolatedFromAbove,
+    DeclareOpInterfaceMethods<FlexAttn_ModRegionsOpInterface>]> {
+  let summary = "FlexAttention over whole q/k/v buffers";
+  let description = [{
+    Computes, for every batch `b`, query head `h`, query row `i` and key `j`,
+
+      s[b,h,i,j] = score_mod(scale * q[b,h,i,:] . k[b,h/G,j,:], b, h, i, j)
+      out[b,h,i,:] = sum_j softmax_j(s[b,h,i,j] masked by mask_mod) v[b,h/G,j,:]
+      lse[b,h,i]  = log sum_j exp(s[b,h,i,j]) over unmasked j
+
+    with `G = Hq / Hkv` query heads per key/value head (grouped-query
+    attention). `q` is `[B, Hq, M, D]`, `k` is `[B, Hkv, N, D]`, `v` is
+    `[B, Hkv, N, Dv]`, `out` is `[B, Hq, M, Dv]` and the optional `lse` is
+    `[B, Hq, M]` f32. A query row with no visible key gets a zero output and
+    an lse of -inf, as torch does.
+
+    The optional block mask has torch's BlockMask layout, with
+    `block_size = [Q_BLOCK, KV_BLOCK]`: `kv_num_blocks [Bm, Hm, ceil(M/Q_BLOCK)]`
+    i32 counts the partial blocks of each query block, listed first in
+    `kv_indices [Bm, Hm, ceil(M/Q_BLOCK), ceil(N/KV_BLOCK)]`; `full_blocks`
+    lists, in the same way, the blocks that mask_mod keeps entirely, which skip
+    it. `Bm` is 1 or B and `Hm` is 1 or Hq (broadcast). Blocks not listed are
+    skipped. Without a block mask every block is visited and mask_mod applied.
+
+    Example (causal attention with an ALiBi bias read from a captured buffer):
+
+    ```mlir
+    flexattn.attention ins(%q, %k, %v : memref<2x8x256x64xbf16>,
+                               memref<2x8x256x64xbf16>, memref<2x8x256x64xbf16>)
+        outs(%out : memref<2x8x256x64xbf16>) lse(%lse : memref<2x8x256xf32>)
+        block_mask(%kvn, %kvi : memref<1x1x2xi32>, memref<1x1x2x2xi32>)
+        full_blocks(%fkvn, %fkvi : memref<1x1x2xi32>, memref<1x1x2x2xi32>)
+        captures(%slopes : memref<8xf32>)
+        attributes {scale = 0.125 : f32, block_size = array<i64: 128, 128>}
+      score_mod {
+      ^bb0(%s: f32, %b: i32, %h: i32, %qi: i32, %kvi: i32, %sl: memref<8xf32>):
+        %hi = arith.index_cast %h : i32 to index
+        %slope = memref.load %sl[%hi] : memref<8xf32>
+        %d = arith.subi %kvi, %qi : i32
+        %df = arith.sitofp %d : i32 to f32
+        %bias = arith.mulf %slope, %df : f32
+        %r = arith.addf %s, %bias : f32
+        flexattn.yield %r : f32
+      } mask_mod {
+      ^bb0(%b: i32, %h: i32, %qi: i32, %kvi: i32, %sl: memref<8xf32>):
+        %keep = arith.cmpi sge, %qi, %kvi : i32
+        flexattn.yield %keep : i1
+      }
+    ```
+  }];
+  let arguments = (ins
+    AnyMemRef:$q, AnyMemRef:$k, AnyMemRef:$v, AnyMemRef:$out,
+    Optional<AnyMemRef>:$lse,
+    Optional<AnyMemRef>:$kv_num_blocks, Optional<AnyMemRef>:$kv_indices,
+    Optional<AnyMemRef>:$full_kv_num_blocks,
+    Optional<AnyMemRef>:$full_kv_indices,
+    Variadic<AnyMemRef>:$captures,
+    F32Attr:$scale,
+    OptionalAttr<DenseI64ArrayAttr>:$block_size);
+  let regions = (region FlexAttn_ModRegion:$score_mod,
+                        FlexAttn_ModRegion:$mask_mod);
+  let assemblyFormat = !strconcat(QKVAssembly, [{
+    `outs` `(` $out `:` type($out) `)`
+    (`lse` `(` $lse^ `:` type($lse) `)`)?
+  }], BlockMaskAssembly, ModsAssembly);
+  let hasVerifier = 1;
+  let extraClassDeclaration = [{
+    bool hasBlockMask() { return getKvNumBlocks() != nullptr; }
+  }];
+}
+
+//===----------------------------------------------------------------------===//
+// flexattn.kv_loop
+//===----------------------------------------------------------------------===//
+
+def FlexAttn_KvLoopOp : FlexAttn_Op<"kv_loop", [
+    AttrSizedOperandSegments, IsolatedFromAbove,
+    DeclareOpInterfaceMethods<FlexAttn_ModRegionsOpInterface>]> {
+  let summary = "Online attention of one Q tile over all its visible KV blocks";
+  let description = [{
+    Produced by `flexattn-tile`: updates the online-softmax state of the Q tile
+    of rows `[q0, q0 + tile_size[0])` (clipped to M) of batch `b`, query head
+    `h` (key/value head `hkv`) with every KV tile it may see. Without a block
+    mask that is every tile of `tile_size[1]` keys; with one it is the
+    partial blocks (mask applied) then the full blocks (mask skipped) listed
+    for query block `q0 / block_size[0]`. `flexattn-block-sparsity` turns it
+    into loops of `flexattn.tile_step`.
+
+    The state holds, per row, the accumulator `acc [BM, Dv]`, the running
+    maximum `max [BM]` of the scores in log2 units and the running sum
+    `sum [BM]` of `exp2(score - max)`, all f32.
+
+    ```mlir
+    flexattn.kv_loop ins(%q, %k, %v : memref<1x4x200x64xf32>, memref<1x2x200x64xf32>, memref<1x2x200x64xf32>)
+        state(%acc, %m, %l : memref<64x64xf32>, memref<64xf32>, memref<64xf32>)
+        at(%b, %h, %hkv, %q0) attributes {scale = 0.125 : f32, tile_size = array<i64: 64, 64>}
+    ```
+  }];
+  let arguments = (ins
+    AnyMemRef:$q, AnyMemRef:$k, AnyMemRef:$v,
+    AnyMemRef:$acc, AnyMemRef:$max, AnyMemRef:$sum,
+    Index:$b, Index:$h, Index:$hkv, Index:$q0,
+    Optional<AnyMemRef>:$kv_num_blocks, Optional<AnyMemRef>:$kv_indices,
+    Optional<AnyMemRef>:$full_kv_num_blocks,
+    Optional<AnyMemRef>:$full_kv_indices,
+    Variadic<AnyMemRef>:$captures,
+    F32Attr:$scale, DenseI64ArrayAttr:$tile_size,
+    OptionalAttr<DenseI64ArrayAttr>:$block_size);
+  let regions = (region FlexAttn_ModRegion:$score_mod,
+                        FlexAttn_ModRegion:$mask_mod);
+  let assemblyFormat = !strconcat(QKVAssembly, StateAssembly, [{
+    `at` `(` $b `,` $h `,` $hkv `,` $q0 `)`
+  }], BlockMaskAssembly, ModsAssembly);
+  let hasVerifier = 1;
+  let extraClassDeclaration = [{
+    bool hasBlockMask() { return getKvNumBlocks() != nullptr; }
+  }];
+}
+
+//===----------------------------------------------------------------------===//
+// flexattn.tile_step
+//===----------------------------------------------------------------------===//
+
+def FlexAttn_TileStepOp : FlexAttn_Op<"tile_step", [
+    IsolatedFromAbove,
+    DeclareOpInterfaceMethods<FlexAttn_ModRegionsOpInterface>]> {
+  let summary = "One online-softmax update: one Q tile against one KV tile";
+  let description = [{
+    Folds the keys `[kv0, kv0 + tile_size[1])` (clipped to N) into the
+    online-softmax state of the Q tile at `q0`, with mask_mod applied when
+    `masked` is set (a partial block) and skipped otherwise (a full block).
+    `flexattn-fuse-online-softmax` decomposes it into tile-sized computations:
+    no buffer larger than `tile_size[0] x tile_size[1]` scores is created.
+
+    ```mlir
+    flexattn.tile_step ins(%q, %k, %v : ...) state(%acc, %m, %l : ...)
+        at(%b, %h, %hkv, %q0, %kv0) attributes {masked, scale = 0.125 : f32, tile_size = array<i64: 64, 64>}
+    ```
+  }];
+  let arguments = (ins
+    AnyMemRef:$q, AnyMemRef:$k, AnyMemRef:$v,
+    AnyMemRef:$acc, AnyMemRef:$max, AnyMemRef:$sum,
+    Index:$b, Index:$h, Index:$hkv, Index:$q0, Index:$kv0,
+    Variadic<AnyMemRef>:$captures,
+    F32Attr:$scale, DenseI64ArrayAttr:$tile_size, UnitAttr:$masked);
+  let regions = (region FlexAttn_ModRegion:$score_mod,
+                        FlexAttn_ModRegion:$mask_mod);
+  let assemblyFormat = !strconcat(QKVAssembly, StateAssembly, [{
+    `at` `(` $b `,` $h `,` $hkv `,` $q0 `,` $kv0 `)`
+  }], ModsAssembly);
+  let hasVerifier = 1;
+}
+
+//===----------------------------------------------------------------------===//
+// flexattn.finalize
+//===----------------------------------------------------------------------===//
+
+def FlexAttn_FinalizeOp : FlexAttn_Op<"finalize"> {
+  let summary = "Normalise one Q tile's accumulator and write out and lse";
+  let description = [{
+    Writes `out[b, h, q0 + i, :] = acc[i, :] / sum[i]` and
+    `lse[b, h, q0 + i] = ln(2) * (max[i] + log2(sum[i]))` for the rows of the
+    tile inside M. A row whose sum is zero (no visible key) gets 0 and -inf.
+
+    ```mlir
+    flexattn.finalize state(%acc, %m, %l : memref<64x64xf32>, memref<64xf32>, memref<64xf32>)
+        outs(%out : memref<1x4x200x64xf32>) lse(%lse : memref<1x4x200xf32>) at(%b, %h, %q0)
+    ```
+  }];
+  let arguments = (ins
+    AnyMemRef:$acc, AnyMemRef:$max, AnyMemRef:$sum,
+    AnyMemRef:$out, Optional<AnyMemRef>:$lse,
+    Index:$b, Index:$h, Index:$q0);
+  let assemblyFormat = !strconcat(StateAssembly, [{
+    `outs` `(` $out `:` type($out) `)`
+    (`lse` `(` $lse^ `:` type($lse) `)`)?
+    `at` `(` $b `,` $h `,` $q0 `)` attr-dict
+  }]);
+  let hasVerifier = 1;
+}
+
+//===----------------------------------------------------------------------===//
+// flexattn.apply_mods
+//===----------------------------------------------------------------------===//
+
+def FlexAttn_ApplyModsOp : FlexAttn_Op<"apply_mods", [
+    IsolatedFromAbove, RecursiveMemoryEffects,
+    DeclareOpInterfaceMethods<FlexAttn_ModRegionsOpInterface>]> {
+  let summary = "Apply score_mod (and mask_mod when masked) to one score";
+  let description = [{
+    Returns `score_mod(score, b, h, q_idx, kv_idx)`, or -inf where `masked` is
+    set and `mask_mod(b, h, q_idx, kv_idx)` is false. The indices are `index`
+    values and are cast to the regions' index type. `flexattn-inline-mods`
+    replaces the op with its regions' bodies.
+
+    ```mlir
+    %r = flexattn.apply_mods %s at(%b, %h, %qi, %kvi) attributes {masked}
+      mask_mod {
+      ^bb0(%b: i32, %h: i32, %q: i32, %kv: i32):
+        %c = arith.cmpi sge, %q, %kv : i32
+        flexattn.yield %c : i1
+      } : f32
+    ```
+  }];
+  let arguments = (ins F32:$score, Index:$b, Index:$h, Index:$q_idx,
+                       Index:$kv_idx, Variadic<AnyMemRef>:$captures,
+                       UnitAttr:$masked);
+  let results = (outs F32:$result);
+  let regions = (region FlexAttn_ModRegion:$score_mod,
+                        FlexAttn_ModRegion:$mask_mod);
+  let assemblyFormat = !strconcat([{
+    $score `at` `(` $b `,` $h `,` $q_idx `,` $kv_idx `)`
+  }], ModsAssembly, [{ `:` type($result) }]);
+}
+
+//===----------------------------------------------------------------------===//
+// flexattn.yield
+//===----------------------------------------------------------------------===//
+
+def FlexAttn_YieldOp : FlexAttn_Op<"yield", [
+    Pure, ReturnLike, Terminator,
+    ParentOneOf<["AttentionOp", "KvLoopOp", "TileStepOp", "ApplyModsOp"]>]> {
+  let summary = "Returns the value of a score_mod or mask_mod region";
+  let arguments = (ins Variadic<AnyType>:$values);
+  let assemblyFormat = "attr-dict ($values^ `:` type($values))?";
+  let builders = [OpBuilder<(ins), [{ /* nothing */ }]>];
+}
+
+#endif // FLEXATTN_OPS

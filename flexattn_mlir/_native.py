@@ -1,0 +1,83 @@
+"""Load libFlexAttnCAPI.so and register the flexattn dialect and passes into
+the upstream ``mlir`` Python bindings (the xtc MLIR 22 wheels).
+
+The library is a C ABI (see python/FlexAttnCAPI.cpp) linked against the
+bindings' own MLIR copy, loaded with ctypes: no nanobind, no Python ABI.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import importlib.util
+import os
+from pathlib import Path
+
+# `mlir` must be imported before `torch_mlir` in any process that JIT-compiles
+# (the two carry different LLVMs; FRONTEND_NOTES.md section 6). Importing it
+# here, first thing, keeps that order for every user of the package.
+from mlir import ir  # noqa: E402
+
+__all__ = ["register", "new_context", "tool_path"]
+
+
+class _Handle(ctypes.Structure):
+    """MlirContext / MlirDialectRegistry: one pointer, passed by value."""
+
+    _fields_ = [("ptr", ctypes.c_void_p)]
+
+
+_capsule_name = ctypes.pythonapi.PyCapsule_GetName
+_capsule_name.restype, _capsule_name.argtypes = ctypes.c_char_p, [ctypes.py_object]
+_capsule_ptr = ctypes.pythonapi.PyCapsule_GetPointer
+_capsule_ptr.restype = ctypes.c_void_p
+_capsule_ptr.argtypes = [ctypes.py_object, ctypes.c_char_p]
+
+
+def _unwrap(obj) -> _Handle:
+    capsule = obj._CAPIPtr
+    return _Handle(_capsule_ptr(capsule, _capsule_name(capsule)))
+
+
+@functools.cache
+def _library() -> ctypes.CDLL:
+    spec = importlib.util.find_spec(__package__ + "._lib.libFlexAttnCAPI")
+    if spec is None or spec.origin is None:
+        raise ImportError(
+            "flexattn_mlir: libFlexAttnCAPI.so is missing; reinstall the "
+            "package with `pip install .` so the C++ part is built"
+        )
+    lib = ctypes.CDLL(spec.origin)
+    lib.flexattnRegisterDialect.argtypes = [_Handle]
+    lib.flexattnRegisterDialect.restype = None
+    lib.flexattnRegisterPasses.argtypes = []
+    lib.flexattnRegisterPasses.restype = None
+    lib.flexattnRegisterPasses()
+    return lib
+
+
+def register(ctx: ir.Context) -> None:
+    """Add the flexattn dialect to ``ctx``; make the flexattn passes parseable."""
+    _library().flexattnRegisterDialect(_unwrap(ctx))
+
+
+def new_context() -> ir.Context:
+    """A fresh context with every upstream dialect and flexattn."""
+    ctx = ir.Context()
+    register(ctx)
+    return ctx
+
+
+def tool_path(name: str = "flexattn-opt") -> Path:
+    """Path of a tool built with the package (``flexattn-opt`` for lit).
+
+    ``FLEXATTN_OPT`` overrides it (a dev CMake build's binary)."""
+    if name == "flexattn-opt" and os.environ.get("FLEXATTN_OPT"):
+        return Path(os.environ["FLEXATTN_OPT"])
+    spec = importlib.util.find_spec(__package__)
+    assert spec is not None and spec.submodule_search_locations
+    for base in spec.submodule_search_locations:
+        candidate = Path(base) / "_bin" / name
+        if candidate.exists():
+            return candidate
+    raise FileNotFoundError(f"{name} was not built with this flexattn_mlir install")

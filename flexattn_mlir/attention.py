@@ -1,0 +1,145 @@
+"""The core entry point: attention on torch tensors with mods given as IR.
+
+:func:`attention` takes the mods as :class:`~flexattn_mlir.mods.ModIR` (MLIR
+text or builder callbacks) and their captured buffers explicitly; the
+torch-compatible :func:`flexattn_mlir.flex_attention` captures Python mods
+and calls it.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from typing import Optional, Sequence
+
+import torch
+
+from . import checks
+from .mods import ModIR
+from .options import CompileOptions
+from .spec import AttentionSpec, BufferType
+
+__all__ = ["attention", "build_spec", "kernel_for"]
+
+_lock = threading.Lock()
+_kernels: dict[tuple[str, str], object] = {}
+# Counts compilations in this process (tests assert cache hits with it).
+compile_count = 0
+
+
+def _block_size(block_mask) -> tuple[int, int]:
+    bs = block_mask.BLOCK_SIZE
+    return (bs, bs) if isinstance(bs, int) else (int(bs[0]), int(bs[1]))
+
+
+def _mask_tensors(block_mask) -> list[torch.Tensor]:
+    if block_mask is None:
+        return []
+    names = ["kv_num_blocks", "kv_indices"]
+    if getattr(block_mask, "full_kv_num_blocks", None) is not None:
+        names += ["full_kv_num_blocks", "full_kv_indices"]
+    return [getattr(block_mask, n).contiguous() for n in names]
+
+
+def build_spec(query, key, value, *, score_mod, mask_mod, block_mask, captures,
+               scale, return_lse, name="flexattn") -> AttentionSpec:
+    masks = _mask_tensors(block_mask)
+    fields = {}
+    if block_mask is not None:
+        fields["block_size"] = _block_size(block_mask)
+        names = ["kv_num_blocks", "kv_indices", "full_kv_num_blocks", "full_kv_indices"]
+        fields.update({n: BufferType.of(t) for n, t in zip(names, masks)})
+    return AttentionSpec(
+        q=BufferType.of(query), k=BufferType.of(key), v=BufferType.of(value),
+        scale=float(scale), return_lse=bool(return_lse),
+        captures=tuple(BufferType.of(c) for c in captures),
+        score_mod=score_mod, mask_mod=mask_mod, name=name, **fields,
+    )
+
+
+def kernel_for(spec: AttentionSpec, opts: CompileOptions):
+    """The compiled kernel of (spec, opts), compiled at most once a process."""
+    global compile_count
+    key = (spec.digest(), opts.digest())
+    with _lock:
+        kernel = _kernels.get(key)
+        if kernel is None:
+            from . import driver
+
+            if opts.target == "cpu":
+                from .cpu import CpuKernel
+
+                kernel = CpuKernel(driver.compile(spec, opts, keep_ir=False))
+            else:
+                from . import gpu
+
+                kernel = gpu.kernel_for(spec, opts)
+            compile_count += 1
+            _kernels[key] = kernel
+    return kernel
+
+
+def _check_mod(name: str, mod, kind: str, n_captures: int) -> None:
+    if mod is None:
+        return
+    if not isinstance(mod, ModIR) or mod.kind != kind:
+        raise TypeError(f"{name} must be a ModIR of kind {kind!r} (see ModIR.{kind}), got {mod!r}")
+    if len(mod.capture_types) != n_captures:
+        raise ValueError(
+            f"{name} declares {len(mod.capture_types)} captured buffers but "
+            f"{n_captures} were passed in captures"
+        )
+
+
+def attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    *,
+    score_mod: Optional[ModIR] = None,
+    mask_mod: Optional[ModIR] = None,
+    block_mask=None,
+    captures: Sequence[torch.Tensor] = (),
+    scale: Optional[float] = None,
+    enable_gqa: bool = False,
+    return_lse: bool = False,
+    options: Optional[CompileOptions] = None,
+):
+    """softmax(mods(scale * Q Kᵀ)) V with the mods given as IR.
+
+    ``block_mask`` is any object with torch's BlockMask fields
+    (``kv_num_blocks``, ``kv_indices``, optional ``full_kv_*``,
+    ``BLOCK_SIZE``). ``captures`` are the buffers the mods' trailing block
+    arguments receive. Non-contiguous inputs are copied to contiguous ones.
+    Returns ``out`` or ``(out, lse)``; lse is float32, natural log.
+    """
+    checks.check_qkv(query, key, value, enable_gqa)
+    captures = [c.contiguous() for c in captures]
+    checks.check_captures(captures, query.device)
+    _check_mod("score_mod", score_mod, "score", len(captures))
+    _check_mod("mask_mod", mask_mod, "mask", len(captures))
+    if block_mask is not None:
+        checks.check_block_mask(block_mask, query, key)
+    if scale is None:
+        scale = 1.0 / math.sqrt(query.shape[-1])
+    elif not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        raise TypeError(f"scale must be a finite float, got {scale!r}")
+    if options is None:
+        options = CompileOptions(target="cpu" if query.device.type == "cpu" else "sm_90a")
+
+    q, k, v = query.contiguous(), key.contiguous(), value.contiguous()
+    spec = build_spec(q, k, v, score_mod=score_mod, mask_mod=mask_mod,
+                      block_mask=block_mask, captures=captures, scale=scale,
+                      return_lse=return_lse)
+    kernel = kernel_for(spec, options)
+    b, hq, m, _ = q.shape
+    out = torch.empty((b, hq, m, v.shape[3]), dtype=q.dtype, device=q.device)
+    args = [q, k, v, out]
+    lse = None
+    if return_lse:
+        lse = torch.empty((b, hq, m), dtype=torch.float32, device=q.device)
+        args.append(lse)
+    args += _mask_tensors(block_mask)
+    args += [c.view(torch.uint8) if c.dtype == torch.bool else c for c in captures]
+    kernel(args)
+    return (out, lse) if return_lse else out

@@ -1,0 +1,113 @@
+"""Argument checks shared by the entry points: each error names the argument
+and says what was expected, before anything is compiled or launched."""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["check_qkv", "check_block_mask", "check_captures"]
+
+_FLOATS = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _tensor(name: str, t, rank: int, layout: str) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dim() != rank:
+        raise ValueError(f"{name} must be {rank}-D {layout}, got shape {tuple(t.shape)}")
+
+
+def check_qkv(query, key, value, enable_gqa: bool) -> None:
+    _tensor("query", query, 4, "[B, Hq, M, D]")
+    _tensor("key", key, 4, "[B, Hkv, N, D]")
+    _tensor("value", value, 4, "[B, Hkv, N, Dv]")
+    if query.dtype not in _FLOATS:
+        raise TypeError(f"query dtype must be float32, float16 or bfloat16, got {query.dtype}")
+    for name, t in (("key", key), ("value", value)):
+        if t.dtype != query.dtype:
+            raise TypeError(f"{name} dtype {t.dtype} must match query dtype {query.dtype}")
+        if t.device != query.device:
+            raise ValueError(f"{name} is on {t.device} but query is on {query.device}")
+    (b, hq, _, d), (bk, hkv, n, dk), (bv, hv, nv, _) = query.shape, key.shape, value.shape
+    if bk != b or bv != b:
+        raise ValueError(f"key/value batch sizes ({bk}, {bv}) must match query batch size {b}")
+    if dk != d:
+        raise ValueError(f"key head dim {dk} must match query head dim {d}")
+    if hv != hkv or nv != n:
+        raise ValueError(
+            f"value [B, Hkv, N, Dv] = {tuple(value.shape)} must match key's Hkv={hkv} and N={n}"
+        )
+    if hkv == 0 or hq % hkv:
+        raise ValueError(f"query heads ({hq}) must be a multiple of key/value heads ({hkv})")
+    if hq != hkv and not enable_gqa:
+        raise ValueError(
+            f"query has {hq} heads but key/value have {hkv}: pass enable_gqa=True "
+            f"for grouped-query attention"
+        )
+
+
+def check_block_mask(block_mask, query, key) -> None:
+    """A BlockMask-like object (ours or torch's) fits q/k and is in range."""
+    b, hq, m, _ = query.shape
+    n = key.shape[2]
+    seq = getattr(block_mask, "seq_lengths", None)
+    if seq is not None and tuple(seq) != (m, n):
+        raise ValueError(
+            f"block_mask was created for (Q_LEN, KV_LEN) = {tuple(seq)} but query/key "
+            f"have ({m}, {n})"
+        )
+    bs = block_mask.BLOCK_SIZE
+    bq, bkv = (bs, bs) if isinstance(bs, int) else bs
+    qb, kb = -(-m // bq), -(-n // bkv)
+    pairs = [("kv_num_blocks", "kv_indices")]
+    if getattr(block_mask, "full_kv_num_blocks", None) is not None:
+        pairs.append(("full_kv_num_blocks", "full_kv_indices"))
+    for num_name, idx_name in pairs:
+        num, idx = getattr(block_mask, num_name), getattr(block_mask, idx_name)
+        for name, t, rank in ((num_name, num, 3), (idx_name, idx, 4)):
+            _tensor(f"block_mask.{name}", t, rank, "")
+            if t.dtype != torch.int32:
+                raise TypeError(f"block_mask.{name} must be int32, got {t.dtype}")
+            if t.device != query.device:
+                raise ValueError(f"block_mask.{name} is on {t.device} but query is on {query.device}")
+            if t.shape[0] not in (1, b) or t.shape[1] not in (1, hq):
+                raise ValueError(
+                    f"block_mask.{name} batch/head dims {tuple(t.shape[:2])} must be 1 or "
+                    f"({b}, {hq})"
+                )
+            if t.shape[2] != qb:
+                raise ValueError(
+                    f"block_mask.{name} covers {t.shape[2]} query blocks; query length {m} "
+                    f"needs {qb} blocks of {bq}"
+                )
+        if idx.shape[3] != kb:
+            raise ValueError(
+                f"block_mask.{idx_name} has {idx.shape[3]} KV block slots; key length {n} "
+                f"needs {kb} blocks of {bkv}"
+            )
+        if tuple(num.shape) != tuple(idx.shape[:3]):
+            raise ValueError(
+                f"block_mask.{num_name} shape {tuple(num.shape)} must equal the first three "
+                f"dims of block_mask.{idx_name} {tuple(idx.shape)}"
+            )
+        if num.numel() and (int(num.min()) < 0 or int(num.max()) > idx.shape[3]):
+            raise ValueError(
+                f"block_mask.{num_name} must lie in [0, {idx.shape[3]}], got "
+                f"[{int(num.min())}, {int(num.max())}]"
+            )
+        # Only the listed slots are ever read; they must name real KV blocks.
+        slots = torch.arange(idx.shape[3], device=idx.device)
+        used = idx[slots < num.unsqueeze(-1)]
+        if used.numel() and (int(used.min()) < 0 or int(used.max()) >= kb):
+            raise ValueError(
+                f"block_mask.{idx_name} lists KV blocks in [{int(used.min())}, {int(used.max())}], "
+                f"outside [0, {kb}) for key length {n} and KV block size {bkv}"
+            )
+
+
+def check_captures(captures, device) -> None:
+    for i, t in enumerate(captures):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"captures[{i}] must be a torch.Tensor, got {type(t).__name__}")
+        if t.device != device:
+            raise ValueError(f"captures[{i}] is on {t.device} but query is on {device}")

@@ -1,0 +1,68 @@
+"""Run a compiled attention kernel on torch CPU tensors with MLIR's
+ExecutionEngine, zero-copy: each tensor is passed as a memref descriptor over
+its own storage (bf16/f16 included; the ABI only sees pointers)."""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+from typing import Sequence
+
+from mlir.execution_engine import ExecutionEngine
+
+from .driver import Compiled
+
+__all__ = ["CpuKernel"]
+
+
+@functools.cache
+def _descriptor_type(rank: int) -> type[ctypes.Structure]:
+    fields = [
+        ("allocated", ctypes.c_void_p),
+        ("aligned", ctypes.c_void_p),
+        ("offset", ctypes.c_int64),
+    ]
+    if rank:
+        fields += [("sizes", ctypes.c_int64 * rank), ("strides", ctypes.c_int64 * rank)]
+    return type(f"MemRef{rank}D", (ctypes.Structure,), {"_fields_": fields})
+
+
+def memref_descriptor(tensor) -> ctypes.Structure:
+    """A ranked memref descriptor over ``tensor``'s storage (no copy)."""
+    desc = _descriptor_type(tensor.dim())()
+    desc.allocated = desc.aligned = tensor.data_ptr()
+    desc.offset = 0
+    if tensor.dim():
+        desc.sizes[:] = list(tensor.shape)
+        desc.strides[:] = list(tensor.stride())
+    return desc
+
+
+class CpuKernel:
+    """A JIT-compiled kernel; call it with the spec's arguments in order."""
+
+    def __init__(self, compiled: Compiled):
+        if compiled.options.target != "cpu":
+            raise ValueError(f"CpuKernel needs a cpu-target compilation, got {compiled.options.target!r}")
+        self.compiled = compiled
+        self.spec = compiled.spec
+        self.engine = ExecutionEngine(compiled.module, opt_level=compiled.options.opt_level)
+        self._entry = self.engine.lookup(self.spec.name)
+
+    def __call__(self, tensors: Sequence) -> None:
+        expected = self.spec.arguments()
+        if len(tensors) != len(expected):
+            raise TypeError(f"{self.spec.name}: expected {len(expected)} buffers, got {len(tensors)}")
+        descriptors = []
+        for (name, btype), t in zip(expected, tensors):
+            if t.device.type != "cpu" or not t.is_contiguous() or tuple(t.shape) != btype.shape:
+                raise ValueError(
+                    f"{self.spec.name}: argument {name} must be a contiguous CPU tensor "
+                    f"of shape {btype.shape}, got {tuple(t.shape)} on {t.device}"
+                )
+            descriptors.append(memref_descriptor(t))
+        packed = (ctypes.c_void_p * len(descriptors))()
+        pointers = [ctypes.pointer(d) for d in descriptors]
+        for i, p in enumerate(pointers):
+            packed[i] = ctypes.cast(ctypes.pointer(p), ctypes.c_void_p)
+        self._entry(packed)

@@ -1,0 +1,1 @@
+"""Python op builders for the flexattn dialect, generated from its ODS."""

@@ -1,0 +1,56 @@
+"""Compile options: one frozen dataclass, every field in the cache key."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass, fields
+
+__all__ = ["CompileOptions"]
+
+TARGETS = ("cpu", "sm_90a")
+
+
+@dataclass(frozen=True)
+class CompileOptions:
+    """How to compile an :class:`~flexattn_mlir.spec.AttentionSpec`.
+
+    target: ``"cpu"`` (ExecutionEngine) or ``"sm_90a"`` (H100 PTX).
+    tile_q, tile_kv: the Q and KV tile sizes of ``flexattn-tile`` (a block
+      mask fixes tile_kv to its KV block size).
+    opt_level: LLVM optimisation level of the final code generation.
+    """
+
+    target: str = "cpu"
+    tile_q: int = 64
+    tile_kv: int = 64
+    opt_level: int = 2
+
+    def __post_init__(self):
+        if self.target not in TARGETS:
+            raise ValueError(f"CompileOptions.target must be one of {TARGETS}, got {self.target!r}")
+        for name in ("tile_q", "tile_kv"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0 or value & (value - 1):
+                raise ValueError(f"CompileOptions.{name} must be a positive power of two, got {value!r}")
+        if self.opt_level not in (0, 1, 2, 3):
+            raise ValueError(f"CompileOptions.opt_level must be 0..3, got {self.opt_level!r}")
+
+    @classmethod
+    def from_kernel_options(cls, kernel_options: dict | None, **defaults) -> "CompileOptions":
+        """Build from torch-style ``kernel_options`` (``BLOCK_M``/``BLOCK_N``
+        and our own field names are accepted); unknown keys are an error."""
+        values = dict(defaults)
+        aliases = {"BLOCK_M": "tile_q", "BLOCK_N": "tile_kv"}
+        known = {f.name for f in fields(cls)}
+        for key, value in (kernel_options or {}).items():
+            name = aliases.get(key, key)
+            if name not in known:
+                raise ValueError(
+                    f"kernel_options: unknown option {key!r}; expected one of "
+                    f"{sorted(known | set(aliases))}"
+                )
+            values[name] = value
+        return cls(**values)
+
+    def digest(self) -> str:
+        return hashlib.sha256(repr(sorted(asdict(self).items())).encode()).hexdigest()

@@ -1,0 +1,72 @@
+//===- Passes.h - flexattn passes and transforms -----------------*- C++ -*-===//
+//
+// Part of flexattn-mlir, under the Apache License v2.0 with LLVM Exceptions.
+//
+//===----------------------------------------------------------------------===//
+//
+// Each pass is a thin shell around a public transform declared here, so the
+// driver, other passes and tests can reuse the transform on one op.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef FLEXATTN_PASSES_PASSES_H
+#define FLEXATTN_PASSES_PASSES_H
+
+#include "dialect/FlexAttnOps.h"
+#include "mlir/Dialect/Arith/IR/Arith.h"
+#include "mlir/Dialect/Linalg/IR/Linalg.h"
+#include "mlir/Dialect/Math/IR/Math.h"
+#include "mlir/Dialect/MemRef/IR/MemRef.h"
+#include "mlir/Dialect/SCF/IR/SCF.h"
+#include "mlir/IR/PatternMatch.h"
+#include "mlir/Pass/Pass.h"
+
+namespace mlir::flexattn {
+
+#define GEN_PASS_DECL
+#include "passes/Passes.h.inc"
+
+#define GEN_PASS_REGISTRATION
+#include "passes/Passes.h.inc"
+
+/// flexattn-tile: attention -> scf.parallel of (state init, kv_loop, finalize).
+LogicalResult tileAttention(RewriterBase &rewriter, AttentionOp op,
+                            int64_t tileQ, int64_t tileKV);
+
+/// flexattn-block-sparsity: kv_loop -> scf.for loops of tile_step.
+LogicalResult lowerKvLoop(RewriterBase &rewriter, KvLoopOp op);
+
+/// flexattn-fuse-online-softmax: tile_step -> linalg ops on a BM x BN tile.
+LogicalResult decomposeTileStep(RewriterBase &rewriter, TileStepOp op);
+/// flexattn-fuse-online-softmax: finalize -> normalisation and logsumexp.
+LogicalResult decomposeFinalize(RewriterBase &rewriter, FinalizeOp op);
+
+/// flexattn-inline-mods: apply_mods -> the cloned region bodies.
+LogicalResult inlineMods(RewriterBase &rewriter, ApplyModsOp op);
+
+//===----------------------------------------------------------------------===//
+// Helpers shared by the passes (ModRegions.cpp)
+//===----------------------------------------------------------------------===//
+
+/// Copies `from`'s score_mod region (and its mask_mod region when `withMask`)
+/// into the empty regions of `to`.
+void cloneModRegions(ModRegionsOpInterface from, ModRegionsOpInterface to,
+                     bool withMask = true);
+
+/// Clones the single block of a mod `region` at the builder's insertion
+/// point, binding its arguments to `args` (the leading score, then b, h,
+/// q_idx, kv_idx as `index` values cast to the region's index type, then the
+/// captures), and returns the yielded value.
+Value inlineModRegion(OpBuilder &builder, Location loc, Region &region,
+                      std::optional<Value> score, ValueRange indices,
+                      ValueRange captures);
+
+/// An index constant.
+Value indexConst(OpBuilder &builder, Location loc, int64_t v);
+
+/// Dimension `d` of a memref as an index value (constant when static).
+Value memrefDim(OpBuilder &builder, Location loc, Value memref, int64_t d);
+
+} // namespace mlir::flexattn
+
+#endif // FLEXATTN_PASSES_PASSES_H

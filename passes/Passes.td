@@ -1,0 +1,159 @@
+//===- Passes.td - flexattn passes -------------------------*- tablegen -*-===//
+//
+// Part of flexattn-mlir, under the Apache License v2.0 with LLVM Exceptions.
+//
+//===----------------------------------------------------------------------===//
+//
+// The CPU pipeline, in order:
+//   flexattn-tile -> flexattn-block-sparsity -> flexattn-fuse-online-softmax
+//   -> flexattn-inline-mods -> flexattn-lower-to-loops
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef FLEXATTN_PASSES
+#define FLEXATTN_PASSES
+
+include "mlir/Pass/PassBase.td"
+
+def FlexAttnTile : Pass<"flexattn-tile", "::mlir::ModuleOp"> {
+  let summary = "Split flexattn.attention into Q tiles, each an online-softmax "
+                "loop over KV tiles";
+  let description = [{
+    Rewrites every `flexattn.attention` into an `scf.parallel` over
+    (batch, query head, Q tile). Each iteration allocates the tile's
+    online-softmax state (accumulator `[BM, Dv]`, running max and running sum
+    `[BM]`, f32) on the stack, initialises it (0, -inf, 0), runs one
+    `flexattn.kv_loop` over the KV tiles and writes the tile's rows of `out`
+    and `lse` with `flexattn.finalize`. Key/value head = query head / (Hq/Hkv).
+
+    With a block mask, the KV tile is the mask's KV block and the Q tile must
+    divide the mask's Q block (it is shrunk to the Q block when larger).
+
+    Before:
+    ```mlir
+    flexattn.attention ins(%q, %k, %v : ...) outs(%o : ...) attributes {scale = 0.125 : f32}
+    ```
+    After:
+    ```mlir
+    scf.parallel (%b, %h, %qt) = (%c0, %c0, %c0) to (%B, %H, %QT) step (%c1, %c1, %c1) {
+      memref.alloca_scope {
+        %acc = memref.alloca() : memref<64x64xf32>   // + max, sum
+        linalg.fill ...
+        flexattn.kv_loop ins(%q, %k, %v : ...) state(%acc, %max, %sum : ...) at(%b, %h, %hkv, %q0) ...
+        flexattn.finalize state(%acc, %max, %sum : ...) outs(%o : ...) at(%b, %h, %q0)
+      }
+    }
+    ```
+  }];
+  let options = [
+    Option<"tileQ", "tile-q", "int64_t", /*default=*/"64",
+           "Rows of a Q tile (BM)">,
+    Option<"tileKV", "tile-kv", "int64_t", /*default=*/"64",
+           "Keys of a KV tile (BN) when there is no block mask">,
+  ];
+  let dependentDialects = ["::mlir::scf::SCFDialect",
+                           "::mlir::memref::MemRefDialect",
+                           "::mlir::arith::ArithDialect",
+                           "::mlir::linalg::LinalgDialect"];
+}
+
+def FlexAttnBlockSparsity : Pass<"flexattn-block-sparsity", "::mlir::ModuleOp"> {
+  let summary = "Turn each flexattn.kv_loop into loops over the KV tiles its "
+                "block mask lists";
+  let description = [{
+    Without a block mask the loop visits every KV tile, `scf.for` from 0 to
+    ceil(N / BN), applying mask_mod. With one, it visits
+    `kv_indices[b, h, qb, 0 : kv_num_blocks[b, h, qb]]` with mask_mod
+    (partial blocks), then `full_kv_indices[b, h, qb, 0 : full_kv_num_blocks]`
+    without it (full blocks), where `qb = q0 / block_size[0]` and the batch and
+    head indices are 0 on broadcast dims. Unlisted blocks are never read. The
+    counts are clamped to the index array's width.
+
+    After (with a block mask):
+    ```mlir
+    %n = memref.load %kv_num_blocks[%b, %h, %qb] : memref<1x1x4xi32>
+    scf.for %j = %c0 to %n_clamped step %c1 {
+      %blk = memref.load %kv_indices[%b, %h, %qb, %j] : memref<1x1x4x4xi32>
+      %kv0 = arith.muli %blk_index, %c64 : index
+      flexattn.tile_step ... at(%b, %h, %hkv, %q0, %kv0) attributes {masked, ...}
+    }
+    scf.for ... full_kv_num_blocks / full_kv_indices: flexattn.tile_step without `masked`
+    ```
+  }];
+  let dependentDialects = ["::mlir::scf::SCFDialect",
+                           "::mlir::memref::MemRefDialect",
+                           "::mlir::arith::ArithDialect"];
+}
+
+def FlexAttnFuseOnlineSoftmax
+    : Pass<"flexattn-fuse-online-softmax", "::mlir::ModuleOp"> {
+  let summary = "Decompose tile_step and finalize into tile-sized linalg ops "
+                "with a running max and sum";
+  let description = [{
+    Each `flexattn.tile_step` becomes, on a `[BM, BN]` f32 score tile on the
+    stack (the only score storage; no `M x N` buffer exists):
+
+      S     = Q_tile . K_tileᵀ                       (f32 accumulation)
+      S     = log2(e) * mods(scale * S)              (flexattn.apply_mods; with
+              no mods, one multiply by scale * log2(e))
+      m_new = max(m, rowmax(S))
+      base  = m_new, or 0 where m_new = -inf         (empty rows stay finite)
+      alpha = exp2(m - base)
+      P     = exp2(S - base)
+      l     = alpha * l + rowsum(P)
+      acc   = alpha * acc + P . V_tile
+      m     = m_new
+
+    and each `flexattn.finalize` becomes `out = acc / l` (0 where l = 0) and
+    `lse = ln(2) * (m + log2(l))` (-inf where l = 0). Rows and columns past M
+    or N are excluded by taking dynamic-size subviews.
+  }];
+  let dependentDialects = ["::mlir::linalg::LinalgDialect",
+                           "::mlir::memref::MemRefDialect",
+                           "::mlir::arith::ArithDialect",
+                           "::mlir::math::MathDialect"];
+}
+
+def FlexAttnInlineMods : Pass<"flexattn-inline-mods", "::mlir::ModuleOp"> {
+  let summary = "Replace flexattn.apply_mods with the bodies of its score_mod "
+                "and mask_mod regions";
+  let description = [{
+    Clones the score_mod body with its arguments bound to the score, the
+    indices (cast from index to the region's index type) and the captured
+    buffers, and, for a masked score, the mask_mod body followed by
+    `arith.select %keep, %score, -inf`.
+
+    Before:
+    ```mlir
+    %r = flexattn.apply_mods %s at(%b, %h, %q, %kv) attributes {masked} mask_mod {
+    ^bb0(%b_: i32, %h_: i32, %q_: i32, %kv_: i32):
+      %c = arith.cmpi sge, %q_, %kv_ : i32
+      flexattn.yield %c : i1
+    } : f32
+    ```
+    After:
+    ```mlir
+    %qi = arith.index_cast %q : index to i32
+    %kvi = arith.index_cast %kv : index to i32
+    %c = arith.cmpi sge, %qi, %kvi : i32
+    %r = arith.select %c, %s, %ninf : f32
+    ```
+  }];
+  let dependentDialects = ["::mlir::arith::ArithDialect"];
+}
+
+def FlexAttnLowerToLoops : Pass<"flexattn-lower-to-loops", "::mlir::ModuleOp"> {
+  let summary = "Lower the decomposed attention to scf/memref/arith/math loops "
+                "for the CPU";
+  let description = [{
+    Lowers the linalg ops made by `flexattn-fuse-online-softmax` to `scf.for`
+    loop nests over memref loads and stores, leaving only scf, memref, arith
+    and math (what upstream's LLVM conversions and the ExecutionEngine take).
+    Fails, naming the pass to run first, if a flexattn op is left.
+  }];
+  let dependentDialects = ["::mlir::scf::SCFDialect",
+                           "::mlir::memref::MemRefDialect",
+                           "::mlir::arith::ArithDialect"];
+}
+
+#endif // FLEXATTN_PASSES

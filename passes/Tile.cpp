@@ -1,0 +1,126 @@
+//===- Tile.cpp - flexattn-tile ---------------------------------*- C++ -*-===//
+//
+// Part of flexattn-mlir, under the Apache License v2.0 with LLVM Exceptions.
+//
+//===----------------------------------------------------------------------===//
+//
+// Splits flexattn.attention into independent Q tiles (parallel over batch,
+// query head and Q tile) that each own an online-softmax state and walk the
+// KV tiles sequentially through flexattn.kv_loop.
+//
+//===----------------------------------------------------------------------===//
+
+#include "passes/Passes.h"
+
+#include "mlir/Dialect/Linalg/IR/Linalg.h"
+#include <limits>
+
+namespace mlir::flexattn {
+#define GEN_PASS_DEF_FLEXATTNTILE
+#include "passes/Passes.h.inc"
+} // namespace mlir::flexattn
+
+using namespace mlir;
+using namespace mlir::flexattn;
+
+namespace {
+
+Value floatConst(OpBuilder &b, Location loc, float v) {
+  return arith::ConstantOp::create(b, loc, b.getF32FloatAttr(v));
+}
+
+/// An f32 stack buffer of `shape`, where kDynamic dims take `dynSizes`.
+Value allocaF32(OpBuilder &b, Location loc, ArrayRef<int64_t> shape,
+                ValueRange dynSizes) {
+  auto type = MemRefType::get(shape, b.getF32Type());
+  return memref::AllocaOp::create(b, loc, type, dynSizes);
+}
+
+} // namespace
+
+LogicalResult mlir::flexattn::tileAttention(RewriterBase &rewriter,
+                                            AttentionOp op, int64_t tileQ,
+                                            int64_t tileKV) {
+  if (tileQ <= 0 || tileKV <= 0)
+    return op.emitOpError() << "tile sizes must be positive, got " << tileQ
+                            << " x " << tileKV;
+  // A block mask fixes the KV tile to its KV block; the Q tile must divide
+  // its Q block so each Q tile reads one row of the mask.
+  if (auto bs = op.getBlockSize(); bs && op.hasBlockMask()) {
+    tileKV = (*bs)[1];
+    if (tileQ > (*bs)[0] || (*bs)[0] % tileQ != 0)
+      tileQ = (*bs)[0];
+  }
+
+  Location loc = op.getLoc();
+  OpBuilder::InsertionGuard guard(rewriter);
+  rewriter.setInsertionPoint(op);
+  Value q = op.getQ(), k = op.getK(), v = op.getV();
+  Value c0 = indexConst(rewriter, loc, 0), c1 = indexConst(rewriter, loc, 1);
+  Value batch = memrefDim(rewriter, loc, q, 0);
+  Value heads = memrefDim(rewriter, loc, q, 1);
+  Value seqQ = memrefDim(rewriter, loc, q, 2);
+  Value group = arith::DivUIOp::create(rewriter, loc, heads,
+                                       memrefDim(rewriter, loc, k, 1));
+  Value bm = indexConst(rewriter, loc, tileQ);
+  // ceil(M / BM) Q tiles.
+  Value qTiles = arith::CeilDivUIOp::create(rewriter, loc, seqQ, bm);
+
+  auto vType = cast<MemRefType>(v.getType());
+  int64_t dv = vType.getDimSize(3);
+  SmallVector<Value> dynDv;
+  if (ShapedType::isDynamic(dv))
+    dynDv.push_back(memrefDim(rewriter, loc, v, 3));
+
+  auto par = scf::ParallelOp::create(
+      rewriter, loc, ValueRange{c0, c0, c0}, ValueRange{batch, heads, qTiles},
+      ValueRange{c1, c1, c1});
+  rewriter.setInsertionPointToStart(par.getBody());
+  Value b = par.getInductionVars()[0], h = par.getInductionVars()[1],
+        qt = par.getInductionVars()[2];
+
+  // The state lives on the stack for one tile: the scope frees it per
+  // iteration.
+  auto scope = memref::AllocaScopeOp::create(rewriter, loc, TypeRange{});
+  Block *body = rewriter.createBlock(&scope.getBodyRegion());
+  rewriter.setInsertionPointToStart(body);
+  Value hkv = arith::DivUIOp::create(rewriter, loc, h, group);
+  Value q0 = arith::MulIOp::create(rewriter, loc, qt, bm);
+  Value acc = allocaF32(rewriter, loc, {tileQ, dv}, dynDv);
+  Value max = allocaF32(rewriter, loc, {tileQ}, {});
+  Value sum = allocaF32(rewriter, loc, {tileQ}, {});
+  linalg::FillOp::create(rewriter, loc, floatConst(rewriter, loc, 0.0f), acc);
+  linalg::FillOp::create(
+      rewriter, loc,
+      floatConst(rewriter, loc, -std::numeric_limits<float>::infinity()), max);
+  linalg::FillOp::create(rewriter, loc, floatConst(rewriter, loc, 0.0f), sum);
+
+  auto loop = KvLoopOp::create(
+      rewriter, loc, q, k, v, acc, max, sum, b, h, hkv, q0,
+      op.getKvNumBlocks(), op.getKvIndices(), op.getFullKvNumBlocks(),
+      op.getFullKvIndices(), op.getCaptures(), op.getScaleAttr(),
+      rewriter.getDenseI64ArrayAttr({tileQ, tileKV}), op.getBlockSizeAttr());
+  cloneModRegions(op, loop);
+  FinalizeOp::create(rewriter, loc, acc, max, sum, op.getOut(), op.getLse(), b,
+                     h, q0);
+  memref::AllocaScopeReturnOp::create(rewriter, loc, ValueRange{});
+
+  rewriter.eraseOp(op);
+  return success();
+}
+
+namespace {
+struct FlexAttnTilePass
+    : public flexattn::impl::FlexAttnTileBase<FlexAttnTilePass> {
+  using FlexAttnTileBase::FlexAttnTileBase;
+
+  void runOnOperation() override {
+    SmallVector<AttentionOp> ops;
+    getOperation()->walk([&](AttentionOp op) { ops.push_back(op); });
+    IRRewriter rewriter(&getContext());
+    for (AttentionOp op : ops)
+      if (failed(tileAttention(rewriter, op, tileQ, tileKV)))
+        return signalPassFailure();
+  }
+};
+} // namespace
