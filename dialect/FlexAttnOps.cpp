@@ -21,6 +21,38 @@ using namespace mlir::flexattn;
 
 #include "dialect/FlexAttnInterfaces.cpp.inc"
 
+//===----------------------------------------------------------------------===//
+// custom<ModRegions>: `score_mod {...}`? `mask_mod {...}`?
+//===----------------------------------------------------------------------===//
+
+static ParseResult parseModRegions(OpAsmParser &parser, Region &scoreMod,
+                                   Region &maskMod) {
+  for (auto [keyword, region] :
+       {std::pair<StringRef, Region *>{"score_mod", &scoreMod},
+        {"mask_mod", &maskMod}}) {
+    if (succeeded(parser.parseOptionalKeyword(keyword)) &&
+        parser.parseRegion(*region, /*arguments=*/{},
+                           /*enableNameShadowing=*/true))
+      return failure();
+  }
+  return success();
+}
+
+static void printModRegions(OpAsmPrinter &p, Operation *, Region &scoreMod,
+                            Region &maskMod) {
+  bool first = true;
+  for (auto [keyword, region] :
+       {std::pair<StringRef, Region *>{"score_mod", &scoreMod},
+        {"mask_mod", &maskMod}}) {
+    if (region->empty())
+      continue;
+    p << (first ? "" : " ") << keyword << " ";
+    first = false;
+    p.printRegion(*region, /*printEntryBlockArgs=*/true,
+                  /*printBlockTerminators=*/true);
+  }
+}
+
 #define GET_OP_CLASSES
 #include "dialect/FlexAttnOps.cpp.inc"
 

@@ -54,12 +54,13 @@ def FlexAttn_ModRegionsOpInterface : OpInterface<"ModRegionsOpInterface"> {
 def FlexAttn_ModRegion : MaxSizedRegion<1>;
 
 // The assembly shared by the ops that carry mods: optional captures, the
-// attribute dictionary, then the optional regions.
+// attribute dictionary, then the optional `score_mod {...}` and
+// `mask_mod {...}` regions. The regions are parsed as isolated name scopes,
+// so a mod's text may reuse the SSA names of the enclosing function.
 defvar ModsAssembly = [{
   (`captures` `(` $captures^ `:` type($captures) `)`)?
   attr-dict-with-keyword
-  (`score_mod` $score_mod^)?
-  (`mask_mod` $mask_mod^)?
+  custom<ModRegions>($score_mod, $mask_mod)
 }];
 
 defvar QKVAssembly = [{

@@ -5,7 +5,7 @@ Import order matters: ``mlir`` (through ``_native``) is imported before any
 """
 
 from . import _native  # noqa: F401  (first: see above)
-from .attention import attention
+from .attention import attention, attention_compile_count, attention_spec
 from .driver import CompilationError, Compiled, compile
 from .mods import ModIR
 from .options import CompileOptions
@@ -15,6 +15,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "attention",
+    "attention_spec",
+    "attention_compile_count",
     "compile",
     "Compiled",
     "CompilationError",

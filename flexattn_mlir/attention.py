@@ -19,7 +19,7 @@ from .mods import ModIR
 from .options import CompileOptions
 from .spec import AttentionSpec, BufferType
 
-__all__ = ["attention", "build_spec", "kernel_for"]
+__all__ = ["attention", "attention_spec", "attention_compile_count", "build_spec", "kernel_for"]
 
 _lock = threading.Lock()
 _kernels: dict[tuple[str, str], object] = {}
@@ -91,6 +91,42 @@ def _check_mod(name: str, mod, kind: str, n_captures: int) -> None:
         )
 
 
+def _prepare(query, key, value, *, score_mod, mask_mod, block_mask, captures, scale,
+             enable_gqa, return_lse):
+    """Checks the arguments and returns (spec, contiguous q/k/v, captures)."""
+    checks.check_qkv(query, key, value, enable_gqa)
+    captures = [c.contiguous() for c in captures]
+    checks.check_captures(captures, query.device)
+    _check_mod("score_mod", score_mod, "score", len(captures))
+    _check_mod("mask_mod", mask_mod, "mask", len(captures))
+    if block_mask is not None:
+        checks.check_block_mask(block_mask, query, key)
+    if scale is None:
+        scale = 1.0 / math.sqrt(query.shape[-1])
+    elif not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        raise TypeError(f"scale must be a finite float, got {scale!r}")
+    q, k, v = query.contiguous(), key.contiguous(), value.contiguous()
+    spec = build_spec(q, k, v, score_mod=score_mod, mask_mod=mask_mod,
+                      block_mask=block_mask, captures=captures, scale=scale,
+                      return_lse=return_lse)
+    return spec, (q, k, v), captures
+
+
+def attention_spec(query, key, value, *, score_mod=None, mask_mod=None, block_mask=None,
+                   captures=(), scale=None, enable_gqa=False, return_lse=False) -> AttentionSpec:
+    """The :class:`AttentionSpec` :func:`attention` would compile for these
+    arguments (for :func:`flexattn_mlir.compile` and inspection)."""
+    spec, _, _ = _prepare(query, key, value, score_mod=score_mod, mask_mod=mask_mod,
+                          block_mask=block_mask, captures=captures, scale=scale,
+                          enable_gqa=enable_gqa, return_lse=return_lse)
+    return spec
+
+
+def attention_compile_count() -> int:
+    """How many kernels this process has compiled (cache misses)."""
+    return compile_count
+
+
 def attention(
     query: torch.Tensor,
     key: torch.Tensor,
@@ -113,24 +149,11 @@ def attention(
     arguments receive. Non-contiguous inputs are copied to contiguous ones.
     Returns ``out`` or ``(out, lse)``; lse is float32, natural log.
     """
-    checks.check_qkv(query, key, value, enable_gqa)
-    captures = [c.contiguous() for c in captures]
-    checks.check_captures(captures, query.device)
-    _check_mod("score_mod", score_mod, "score", len(captures))
-    _check_mod("mask_mod", mask_mod, "mask", len(captures))
-    if block_mask is not None:
-        checks.check_block_mask(block_mask, query, key)
-    if scale is None:
-        scale = 1.0 / math.sqrt(query.shape[-1])
-    elif not isinstance(scale, (int, float)) or not math.isfinite(scale):
-        raise TypeError(f"scale must be a finite float, got {scale!r}")
+    spec, (q, k, v), captures = _prepare(
+        query, key, value, score_mod=score_mod, mask_mod=mask_mod, block_mask=block_mask,
+        captures=captures, scale=scale, enable_gqa=enable_gqa, return_lse=return_lse)
     if options is None:
         options = CompileOptions(target="cpu" if query.device.type == "cpu" else "sm_90a")
-
-    q, k, v = query.contiguous(), key.contiguous(), value.contiguous()
-    spec = build_spec(q, k, v, score_mod=score_mod, mask_mod=mask_mod,
-                      block_mask=block_mask, captures=captures, scale=scale,
-                      return_lse=return_lse)
     kernel = kernel_for(spec, options)
     b, hq, m, _ = q.shape
     out = torch.empty((b, hq, m, v.shape[3]), dtype=q.dtype, device=q.device)

@@ -1,0 +1,112 @@
+"""Bad input to the Python entry raises a clear error naming the argument,
+before anything is compiled; invalid IR raises CompilationError."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import flexattn_mlir as fm
+from flexattn_mlir import CompileOptions, ModIR
+
+
+def qkv(**over):
+    t = dict(q=(1, 4, 32, 16), k=(1, 2, 32, 16), v=(1, 2, 32, 16))
+    dtypes = over.pop("dtypes", {})
+    t.update(over)
+    return [torch.randn(*t[n], dtype=dtypes.get(n, torch.float32)) for n in "qkv"]
+
+
+@pytest.mark.parametrize(
+    "over,error,match",
+    [
+        (dict(q=(4, 32, 16)), ValueError, r"query must be 4-D \[B, Hq, M, D\], got shape \(4, 32, 16\)"),
+        (dict(k=(1, 2, 32)), ValueError, r"key must be 4-D"),
+        (dict(v=(2, 32, 16)), ValueError, r"value must be 4-D"),
+        (dict(k=(1, 2, 32, 8)), ValueError, r"key head dim 8 must match query head dim 16"),
+        (dict(k=(1, 3, 32, 16), v=(1, 3, 32, 16)), ValueError,
+         r"query heads \(4\) must be a multiple of key/value heads \(3\)"),
+        (dict(k=(2, 2, 32, 16)), ValueError, r"key/value batch sizes \(2, 1\) must match query batch size 1"),
+        (dict(v=(1, 2, 31, 16)), ValueError, r"value .* must match key's Hkv=2 and N=32"),
+        (dict(dtypes=dict(q=torch.float64, k=torch.float64, v=torch.float64)), TypeError,
+         r"query dtype must be float32, float16 or bfloat16, got torch.float64"),
+        (dict(dtypes=dict(k=torch.float16)), TypeError,
+         r"key dtype torch.float16 must match query dtype torch.float32"),
+    ],
+)
+def test_bad_tensors(over, error, match):
+    q, k, v = qkv(**over)
+    with pytest.raises(error, match=match):
+        fm.attention(q, k, v, enable_gqa=True)
+
+
+def test_not_a_tensor():
+    _, k, v = qkv()
+    with pytest.raises(TypeError, match="query must be a torch.Tensor, got list"):
+        fm.attention([[1.0]], k, v)
+
+
+def test_gqa_needs_enable_gqa():
+    q, k, v = qkv()
+    with pytest.raises(ValueError, match="pass enable_gqa=True"):
+        fm.attention(q, k, v)
+
+
+def test_bad_scale():
+    q, k, v = qkv(k=(1, 4, 32, 16), v=(1, 4, 32, 16))
+    with pytest.raises(TypeError, match="scale must be a finite float"):
+        fm.attention(q, k, v, scale=float("nan"))
+
+
+def test_mod_kind_and_capture_count():
+    q, k, v = qkv(k=(1, 4, 32, 16), v=(1, 4, 32, 16))
+    mask = ModIR.mask("^bb0(%b: i32, %h: i32, %q: i32, %kv: i32):\n"
+                      "  %t = arith.constant true\n  flexattn.yield %t : i1")
+    with pytest.raises(TypeError, match="score_mod must be a ModIR of kind 'score'"):
+        fm.attention(q, k, v, score_mod=mask)
+    with pytest.raises(ValueError, match="mask_mod declares 0 captured buffers but 1 were passed"):
+        fm.attention(q, k, v, mask_mod=mask, captures=[torch.zeros(3)])
+
+
+def test_invalid_mod_ir_is_a_compilation_error():
+    q, k, v = qkv(k=(1, 4, 32, 16), v=(1, 4, 32, 16))
+    bad = ModIR.mask("^bb0(%b: i32, %h: i32, %q: i32, %kv: i32):\n"
+                     "  %t = arith.constant 1.0 : f32\n  flexattn.yield %t : f32")
+    with pytest.raises(fm.CompilationError, match="mask_mod must yield one i1 value"):
+        fm.attention(q, k, v, mask_mod=bad)
+
+
+class _Mask:
+    """A BlockMask-like object (the fields torch's BlockMask has)."""
+
+    def __init__(self, num, idx, block=16, seq=None):
+        self.kv_num_blocks, self.kv_indices, self.BLOCK_SIZE = num, idx, (block, block)
+        self.full_kv_num_blocks = self.full_kv_indices = None
+        if seq is not None:
+            self.seq_lengths = seq
+
+
+def test_block_mask_errors():
+    q, k, v = qkv(k=(1, 4, 32, 16), v=(1, 4, 32, 16))
+    num = torch.full((1, 1, 2), 2, dtype=torch.int32)
+    idx = torch.tensor([[[[0, 1], [0, 1]]]], dtype=torch.int32)
+    fm.attention(q, k, v, block_mask=_Mask(num, idx))  # valid
+    with pytest.raises(ValueError, match=r"lists KV blocks in \[0, 5\], outside \[0, 2\)"):
+        fm.attention(q, k, v, block_mask=_Mask(num, idx.clone().fill_(5).index_fill_(3, torch.tensor([0]), 0)))
+    with pytest.raises(ValueError, match=r"kv_num_blocks must lie in \[0, 2\], got \[2, 3\]"):
+        fm.attention(q, k, v, block_mask=_Mask(num.clone().fill_(3).index_fill_(2, torch.tensor([0]), 2), idx))
+    with pytest.raises(TypeError, match="block_mask.kv_indices must be int32, got torch.int64"):
+        fm.attention(q, k, v, block_mask=_Mask(num, idx.long()))
+    with pytest.raises(ValueError, match=r"created for \(Q_LEN, KV_LEN\) = \(64, 64\) but query/key have \(32, 32\)"):
+        fm.attention(q, k, v, block_mask=_Mask(num, idx, seq=(64, 64)))
+    with pytest.raises(ValueError, match="covers 2 query blocks; query length 32 needs 4 blocks of 8"):
+        fm.attention(q, k, v, block_mask=_Mask(num, idx, block=8))
+
+
+def test_options_validation():
+    with pytest.raises(ValueError, match="CompileOptions.tile_q must be a positive power of two, got 48"):
+        CompileOptions(tile_q=48)
+    with pytest.raises(ValueError, match="CompileOptions.target must be one of"):
+        CompileOptions(target="tpu")
+    with pytest.raises(ValueError, match="kernel_options: unknown option 'BLOCKM'"):
+        CompileOptions.from_kernel_options({"BLOCKM": 64})
