@@ -1,0 +1,271 @@
+"""`Kernel`: one compiled kernel (binary + metadata), loaded lazily, launched on
+torch CUDA tensors.
+
+Like Triton's CompiledKernel: constructing a Kernel only parses and checks the
+metadata (and, for PTX, that the entry's parameter list matches it); the CUDA
+module is loaded on the first launch (or an explicit `load()`) for the current
+device. Loaded modules are cached per (sha256 of the binary, device), so
+several Kernel objects over the same binary share one module. On load the
+kernel's target is checked against the device's compute capability
+(`UnsupportedDevice`) and its shared memory and block size against the device
+and function limits (`OutOfResources`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import torch
+
+from . import driver as _d
+from .errors import OutOfResources, UnsupportedDevice
+from .launch import build_params, validate_args
+from .metadata import (KernelMetadata, TensorMapParam, check_binary_params,
+                       parse_metadata, target_incompatibility)
+from .tensormap import DescriptorCache, encode, encoding_for, upload
+
+__all__ = ["Kernel", "LoadedFunction", "current_device"]
+
+
+@dataclass(frozen=True)
+class LoadedFunction:
+    device: int
+    module: int                 # CUmodule
+    function: int               # CUfunction
+    num_regs: int
+    static_shared_bytes: int
+    local_bytes: int
+    max_threads_per_block: int  # for this function (registers, .maxntid)
+    device_info: _d.DeviceInfo
+
+
+@dataclass
+class _Module:
+    handle: int
+    functions: dict[str, int]
+
+
+_modules: dict[tuple[str, int], _Module] = {}
+_modules_lock = threading.Lock()
+
+
+def current_device() -> int:
+    """torch's current CUDA device; UnsupportedDevice when there is no CUDA."""
+    if not torch.cuda.is_available():
+        raise UnsupportedDevice("no CUDA device is available (torch.cuda.is_available() is "
+                                "False); flexattn_runtime launches on NVIDIA GPUs only")
+    torch.cuda.init()
+    return torch.cuda.current_device()
+
+
+def _device_index(device: int | str | torch.device | None) -> int:
+    if device is None:
+        return current_device()
+    if isinstance(device, int):
+        return device
+    dev = torch.device(device)
+    if dev.type != "cuda":
+        raise UnsupportedDevice(f"flexattn_runtime launches on CUDA devices, not {dev}")
+    return dev.index if dev.index is not None else current_device()
+
+
+class Kernel:
+    """A compiled kernel: `Kernel(metadata_dict, binary_bytes)` or
+    `Kernel.from_file("<dir>/<name>.json")`.
+
+    Call it with the tensors named in the metadata's "arguments":
+    `kernel(q=q, k=k, ...)`, `kernel({"q": q, ...})`, `kernel([q, k, ...])` or
+    `kernel(q, k, ...)`. Every tensor is validated first (see
+    `launch.validate_args`); then the kernel is launched on torch's current
+    stream of the current device. Returns {name: tensor} of the "outputs".
+    """
+
+    def __init__(self, metadata: Mapping[str, Any] | KernelMetadata, binary: bytes, *,
+                 name: str | None = None, path: str | None = None,
+                 descriptor_cache_size: int = 64):
+        self.metadata: KernelMetadata = parse_metadata(metadata)
+        if not isinstance(binary, (bytes, bytearray, memoryview)):
+            raise TypeError(f"binary: expected bytes, got {type(binary).__name__}")
+        self.binary = bytes(binary)
+        if not self.binary:
+            raise ValueError("binary: empty")
+        check_binary_params(self.metadata, self.binary)
+        self.binary_hash = hashlib.sha256(self.binary).hexdigest()
+        self.name = name or self.metadata.entry
+        self.path = path
+        self.descriptors = DescriptorCache(descriptor_cache_size)
+        self._loaded: dict[int, LoadedFunction] = {}
+        self._lock = threading.RLock()
+
+    @classmethod
+    def from_file(cls, metadata_path: str | os.PathLike) -> "Kernel":
+        """Read `<name>.json` and the binary it names (in the same directory)."""
+        path = os.fspath(metadata_path)
+        with open(path, encoding="utf-8") as f:
+            meta = parse_metadata(json.load(f))
+        with open(os.path.join(os.path.dirname(path), meta.binary), "rb") as f:
+            binary = f.read()
+        name = os.path.splitext(os.path.basename(path))[0]
+        return cls(meta, binary, name=name, path=path)
+
+    # --- convenience accessors ------------------------------------------------
+    @property
+    def key(self) -> str:
+        return self.metadata.key
+
+    @property
+    def entry(self) -> str:
+        return self.metadata.entry
+
+    @property
+    def spec(self) -> dict:
+        return self.metadata.spec
+
+    def __repr__(self) -> str:
+        m = self.metadata
+        return (f"Kernel({self.name!r}, key={m.key!r}, entry={m.entry!r}, target={m.target}, "
+                f"grid={list(m.grid)}, block={list(m.block)}, smem={m.shared_mem_bytes})")
+
+    # --- loading --------------------------------------------------------------
+    def check_device(self, info: _d.DeviceInfo) -> None:
+        """UnsupportedDevice / OutOfResources from the metadata alone (no module)."""
+        m = self.metadata
+        where = f"cuda:{info.ordinal} ({info.name}, compute capability " \
+                f"{info.compute_capability[0]}.{info.compute_capability[1]})"
+        why = target_incompatibility(m.target, m.binary_format, info.compute_capability)
+        if why:
+            raise UnsupportedDevice(f"kernel {self.name!r} cannot run on {where}: {why}")
+        if m.cluster != (1, 1, 1) and info.compute_capability < (9, 0):
+            raise UnsupportedDevice(f"kernel {self.name!r} uses thread-block clusters "
+                                    f"{list(m.cluster)}, which need compute capability >= "
+                                    f"9.0; {where}")
+        if m.shared_mem_bytes > info.max_shared_per_block_optin:
+            raise OutOfResources(
+                f"kernel {self.name!r} needs {m.shared_mem_bytes} bytes of dynamic shared "
+                f"memory, but {where} allows at most {info.max_shared_per_block_optin} bytes "
+                "per block", required=m.shared_mem_bytes,
+                limit=info.max_shared_per_block_optin, resource="shared memory")
+        if m.threads_per_block > info.max_threads_per_block:
+            raise OutOfResources(
+                f"kernel {self.name!r} uses {m.threads_per_block} threads per block; {where} "
+                f"allows {info.max_threads_per_block}", required=m.threads_per_block,
+                limit=info.max_threads_per_block, resource="threads")
+
+    def load(self, device: int | str | torch.device | None = None) -> LoadedFunction:
+        """Load the module on `device` (default: torch's current device), check
+        it against the device, set its dynamic shared memory limit. Idempotent."""
+        dev = _device_index(device)
+        lf = self._loaded.get(dev)
+        if lf is not None:
+            return lf
+        with self._lock:
+            lf = self._loaded.get(dev)
+            if lf is None:
+                lf = self._load(dev)
+                self._loaded[dev] = lf
+        return lf
+
+    def _load(self, dev: int) -> LoadedFunction:
+        m = self.metadata
+        _d.ensure_context(dev)
+        info = _d.device_info(dev)
+        self.check_device(info)
+        with _modules_lock:
+            mod = _modules.get((self.binary_hash, dev))
+            if mod is None:
+                handle = _d.module_load(self.binary, ptx=m.binary_format == "ptx")
+                mod = _modules[(self.binary_hash, dev)] = _Module(handle, {})
+            func = mod.functions.get(m.entry)
+            if func is None:
+                func = mod.functions[m.entry] = _d.module_get_function(mod.handle, m.entry)
+            attr = lambda a: _d.func_get_attribute(func, a)  # noqa: E731
+            static = attr(_d.CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES)
+            limit = info.max_shared_per_block_optin
+            if static + m.shared_mem_bytes > limit:
+                raise OutOfResources(
+                    f"kernel {self.name!r} needs {static} bytes of static + "
+                    f"{m.shared_mem_bytes} bytes of dynamic shared memory = "
+                    f"{static + m.shared_mem_bytes}, but cuda:{dev} ({info.name}) allows at "
+                    f"most {limit} bytes per block", required=static + m.shared_mem_bytes,
+                    limit=limit, resource="shared memory")
+            if m.shared_mem_bytes > _d.DEFAULT_MAX_DYNAMIC_SHARED:
+                # Several Kernels may share this CUfunction: only ever raise the limit.
+                cur = attr(_d.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES)
+                if cur < m.shared_mem_bytes:
+                    _d.func_set_attribute(func, _d.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                                          m.shared_mem_bytes)
+            max_threads = attr(_d.CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK)
+            if m.threads_per_block > max_threads:
+                raise OutOfResources(
+                    f"kernel {self.name!r} is launched with block {list(m.block)} = "
+                    f"{m.threads_per_block} threads, but the compiled function allows at most "
+                    f"{max_threads} per block on cuda:{dev} (its registers "
+                    f"({attr(_d.CU_FUNC_ATTRIBUTE_NUM_REGS)} per thread) or .maxntid limit it)",
+                    required=m.threads_per_block, limit=max_threads, resource="threads")
+            return LoadedFunction(
+                device=dev, module=mod.handle, function=func,
+                num_regs=attr(_d.CU_FUNC_ATTRIBUTE_NUM_REGS), static_shared_bytes=static,
+                local_bytes=attr(_d.CU_FUNC_ATTRIBUTE_LOCAL_SIZE_BYTES),
+                max_threads_per_block=max_threads, device_info=info)
+
+    # --- arguments ---------------------------------------------------------------
+    def validate(self, args: Any, device: int | str | torch.device | None = None
+                 ) -> list[torch.Tensor]:
+        """validate_args against `device` (default: cuda:<current>)."""
+        if not isinstance(device, torch.device):
+            device = torch.device("cuda", _device_index(device))
+        return validate_args(self.metadata, args, device=device)
+
+    def empty_outputs(self, device: int | str | torch.device | None = None
+                      ) -> dict[str, torch.Tensor]:
+        """Freshly allocated (uninitialized) tensors for the "outputs"."""
+        dev = device if isinstance(device, torch.device) else \
+            torch.device("cuda", _device_index(device))
+        return {n: torch.empty(self.metadata.argument(n).shape,
+                               dtype=self.metadata.argument(n).dtype, device=dev)
+                for n in self.metadata.outputs}
+
+    @staticmethod
+    def _collect(args: tuple, kwargs: dict) -> Any:
+        if args and kwargs:
+            raise TypeError("pass the kernel arguments either by name or by position, not both")
+        if kwargs:
+            return kwargs
+        if len(args) == 1 and isinstance(args[0], (Mapping, list, tuple)):
+            return args[0]
+        return list(args)
+
+    def _descriptor_ptr(self, index: int, p: TensorMapParam, t: torch.Tensor,
+                        dev: int, stream: int) -> int:
+        key = (index, p.arg, t.data_ptr(), tuple(t.shape), t.dtype, tuple(t.stride()),
+               dev, stream)
+
+        def make():
+            if torch.cuda.is_current_stream_capturing():
+                raise RuntimeError(
+                    f"kernel {self.name!r}: the TMA descriptor for argument {p.arg!r} is not "
+                    "cached yet and cannot be uploaded during CUDA graph capture; run the "
+                    "kernel once with the same tensors on the same stream before capturing")
+            enc = encoding_for(p, t.shape, t.data_ptr())
+            return upload(encode(enc), t.device, enc)
+
+        with self._lock:
+            return self.descriptors.get(key, make).data_ptr
+
+    # --- launch --------------------------------------------------------------------
+    def __call__(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
+        m = self.metadata
+        dev = current_device()
+        tensors = validate_args(m, self._collect(args, kwargs), device=torch.device("cuda", dev))
+        lf = self.load(dev)
+        _d.ensure_context(dev)
+        stream = torch.cuda.current_stream(dev).cuda_stream
+        params = build_params(m, tensors,
+                              lambda i, p, t: self._descriptor_ptr(i, p, t, dev, stream))
+        _d.launch(lf.function, m.grid, m.block, m.shared_mem_bytes, stream, params, m.cluster)
+        return {n: t for n, t in zip(m.argument_names, tensors) if n in m.outputs}
