@@ -1,0 +1,874 @@
+"""A torch-compatible BlockMask, and create_block_mask through our compiler.
+
+:func:`create_block_mask` captures the mask_mod (flexattn_mlir.frontend),
+classifies each (b, h, q block, kv block) as empty, partial or full, and
+builds torch's layout from that. The classification runs in two steps:
+
+1. *Interval analysis* (sound): the mask's IR is evaluated over integer
+   intervals, one per block (q and kv range over the block, b and h are
+   exact). A block whose mask is provably all-true or all-false is decided
+   without evaluating a single element (causal, sliding window, prefix LM,
+   ... leave only the blocks along their boundaries undecided).
+2. A *JIT-compiled kernel* generated as MLIR evaluates the undecided blocks
+   element by element through ``flexattn.apply_mods`` (lowered with
+   ``flexattn-inline-mods``), row by row, stopping at the first row that
+   shows the block is partial. Rows of blocks are split across threads.
+
+Semantics follow torch exactly: elements past Q_LEN / KV_LEN count as
+masked out (torch pads with False), so a clipped edge block is never full;
+listed blocks come first in ascending order, the others follow ascending
+(torch's stable descending argsort).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import ctypes
+import functools
+import itertools
+import math
+import operator
+import threading
+from typing import Any, Callable, Optional, Union
+
+import torch
+
+from . import _native
+from .masks import and_masks, noop_mask, or_masks
+from .mods import ModIR
+
+__all__ = [
+    "BlockMask",
+    "create_block_mask",
+    "and_masks",
+    "or_masks",
+    "noop_mask",
+    "kernel_count",
+]
+
+_DEFAULT_SPARSE_BLOCK_SIZE = 128
+EMPTY, PARTIAL, FULL, UNKNOWN = 0, 1, 2, 3
+
+# Number of create_block_mask kernels compiled by this process.
+kernel_count = 0
+
+
+# ---------------------------------------------------------------------------
+# Layout helpers (torch's semantics)
+# ---------------------------------------------------------------------------
+
+
+def _dense_to_ordered(dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(num, indices) of a 0/1 block matrix: the set columns in ascending
+    order, then the unset ones ascending (= torch's stable descending argsort)."""
+    d = dense.to(torch.int32)
+    num = d.sum(dim=-1, dtype=torch.int32)
+    cols = d.shape[-1]
+    csum = d.cumsum(dim=-1, dtype=torch.int32)
+    j = torch.arange(cols, dtype=torch.int32, device=d.device)
+    pos = torch.where(d.bool(), csum - 1, num.unsqueeze(-1) + j - csum)
+    idx = torch.empty_like(d)
+    idx.scatter_(-1, pos.long(), j.expand_as(d).contiguous())
+    return num.contiguous(), idx.contiguous()
+
+
+def _ordered_to_dense(num: torch.Tensor, idx: torch.Tensor, cols: int) -> torch.Tensor:
+    """The 0/1 int32 block matrix of (num, indices); unlisted slots ignored."""
+    slots = torch.arange(idx.shape[-1], device=idx.device)
+    listed = slots < num.unsqueeze(-1)
+    dense = torch.zeros((*idx.shape[:-1], cols + 1), dtype=torch.int32, device=idx.device)
+    target = torch.where(listed, idx.long(), cols)
+    dense.scatter_(-1, target, 1)
+    return dense[..., :cols].contiguous()
+
+
+def _transpose_ordered(num, idx):
+    dense = _ordered_to_dense(num, idx, idx.shape[-1])
+    return _dense_to_ordered(dense.transpose(-2, -1))
+
+
+# ---------------------------------------------------------------------------
+# BlockMask
+# ---------------------------------------------------------------------------
+
+
+class BlockMask:
+    """Block-sparse mask in torch's layout (see
+    ``torch.nn.attention.flex_attention.BlockMask``): ``kv_num_blocks``
+    ``[B, H, Q_BLOCKS]`` counts the partial KV blocks listed first in
+    ``kv_indices [B, H, Q_BLOCKS, KV_BLOCKS]``; ``full_kv_*`` list the blocks
+    the mask keeps entirely; ``q_*`` / ``full_q_*`` are the transposed
+    (per KV block) lists a backward pass uses."""
+
+    _TENSOR_ATTRS = [
+        "kv_num_blocks", "kv_indices", "full_kv_num_blocks", "full_kv_indices",
+        "q_num_blocks", "q_indices", "full_q_num_blocks", "full_q_indices",
+    ]
+
+    def __init__(
+        self,
+        seq_lengths: tuple[int, int],
+        kv_num_blocks: torch.Tensor,
+        kv_indices: torch.Tensor,
+        full_kv_num_blocks: Optional[torch.Tensor],
+        full_kv_indices: Optional[torch.Tensor],
+        q_num_blocks: Optional[torch.Tensor],
+        q_indices: Optional[torch.Tensor],
+        full_q_num_blocks: Optional[torch.Tensor],
+        full_q_indices: Optional[torch.Tensor],
+        BLOCK_SIZE: tuple[int, int] = (_DEFAULT_SPARSE_BLOCK_SIZE, _DEFAULT_SPARSE_BLOCK_SIZE),
+        mask_mod: Callable = noop_mask,
+        captured_mask=None,
+    ) -> None:
+        if kv_indices.dim() < 2:
+            raise RuntimeError("BlockMask must have at least 2 dimensions")
+        if (full_kv_num_blocks is None) != (full_kv_indices is None):
+            raise AssertionError("full_kv_num_blocks and full_kv_indices must be both provided or omitted")
+        if (full_q_num_blocks is None) != (full_q_indices is None):
+            raise AssertionError("full_q_num_blocks and full_q_indices must be both provided or omitted")
+        self.seq_lengths = tuple(seq_lengths)
+        self.kv_num_blocks = kv_num_blocks
+        self.kv_indices = kv_indices
+        self.full_kv_num_blocks = full_kv_num_blocks
+        self.full_kv_indices = full_kv_indices
+        self.q_num_blocks = q_num_blocks
+        self.q_indices = q_indices
+        self.full_q_num_blocks = full_q_num_blocks
+        self.full_q_indices = full_q_indices
+        self.BLOCK_SIZE = tuple(BLOCK_SIZE)
+        self.mask_mod = mask_mod
+        # torch 2.13's deterministic-backward metadata: never computed here.
+        self.dq_write_order = None
+        self.dq_write_order_full = None
+        self.dq_kv_order = None
+        self.dq_kv_order_spt = None
+        #: The frontend's CapturedMod of mask_mod, when create_block_mask made it.
+        self.captured_mask = captured_mask
+
+    @classmethod
+    def from_kv_blocks(
+        cls,
+        kv_num_blocks: torch.Tensor,
+        kv_indices: torch.Tensor,
+        full_kv_num_blocks: Optional[torch.Tensor] = None,
+        full_kv_indices: Optional[torch.Tensor] = None,
+        BLOCK_SIZE: Union[int, tuple[int, int]] = _DEFAULT_SPARSE_BLOCK_SIZE,
+        mask_mod: Optional[Callable] = None,
+        seq_lengths: Optional[tuple[int, int]] = None,
+        compute_q_blocks: bool = True,
+    ) -> "BlockMask":
+        """From the KV-side lists; the Q-side lists are derived (as torch)."""
+        if kv_indices.dim() < 2:
+            raise RuntimeError("BlockMask must have at least 2 dimensions")
+        if (full_kv_num_blocks is None) != (full_kv_indices is None):
+            raise AssertionError("full_kv_num_blocks and full_kv_indices must be both provided or omitted")
+        q_num = q_idx = full_q_num = full_q_idx = None
+        if compute_q_blocks:
+            q_num, q_idx = _transpose_ordered(kv_num_blocks, kv_indices)
+            if full_kv_num_blocks is not None:
+                full_q_num, full_q_idx = _transpose_ordered(full_kv_num_blocks, full_kv_indices)
+        if isinstance(BLOCK_SIZE, int):
+            BLOCK_SIZE = (BLOCK_SIZE, BLOCK_SIZE)
+        if seq_lengths is None:
+            seq_lengths = (kv_indices.shape[-2] * BLOCK_SIZE[0], kv_indices.shape[-1] * BLOCK_SIZE[1])
+        return cls(seq_lengths, kv_num_blocks, kv_indices, full_kv_num_blocks, full_kv_indices,
+                   q_num, q_idx, full_q_num, full_q_idx, BLOCK_SIZE,
+                   mask_mod if mask_mod is not None else noop_mask)
+
+    @classmethod
+    def from_torch(cls, bm) -> "BlockMask":
+        """A view of a ``torch.nn.attention.flex_attention.BlockMask`` (the
+        tensors are shared, not copied)."""
+        if isinstance(bm, BlockMask):
+            return bm
+        return cls(tuple(bm.seq_lengths), *(getattr(bm, a) for a in cls._TENSOR_ATTRS),
+                   BLOCK_SIZE=tuple(bm.BLOCK_SIZE), mask_mod=bm.mask_mod)
+
+    def to_torch(self):
+        """The same mask as a torch BlockMask (tensors shared)."""
+        from torch.nn.attention.flex_attention import BlockMask as TorchBlockMask
+
+        return TorchBlockMask(self.seq_lengths, *(getattr(self, a) for a in self._TENSOR_ATTRS),
+                              BLOCK_SIZE=self.BLOCK_SIZE, mask_mod=self.mask_mod)
+
+    def as_tuple(self, flatten: bool = True) -> tuple[Any, ...]:
+        """torch 2.13's tuple: seq lengths, the 8 tensors, the 4 dq fields
+        (None here), BLOCK_SIZE, mask_mod."""
+        block_size = tuple(self.BLOCK_SIZE) if flatten else (self.BLOCK_SIZE,)
+        seq_lengths = tuple(self.seq_lengths) if flatten else (self.seq_lengths,)
+        return (
+            *seq_lengths,
+            *(getattr(self, a) for a in self._TENSOR_ATTRS),
+            self.dq_write_order, self.dq_write_order_full, self.dq_kv_order, self.dq_kv_order_spt,
+            *block_size,
+            self.mask_mod,
+        )
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        *batch_dims, _, _ = self.kv_indices.shape
+        return tuple(batch_dims) + tuple(self.seq_lengths)
+
+    def numel(self) -> int:
+        return functools.reduce(operator.mul, self.shape, 1)
+
+    def sparsity(self) -> float:
+        """Percentage of blocks that are skipped (not computed)."""
+        computed = self.kv_num_blocks.sum()
+        if self.full_kv_num_blocks is not None:
+            computed = computed + self.full_kv_num_blocks.sum()
+        computed_size = computed.item() * self.BLOCK_SIZE[0] * self.BLOCK_SIZE[1]
+        return 100 * (1 - computed_size / self.numel())
+
+    def to_dense(self) -> torch.Tensor:
+        """The int32 [.., Q_BLOCKS, KV_BLOCKS] matrix of visited blocks."""
+        cols = self.kv_indices.shape[-1]
+        dense = _ordered_to_dense(self.kv_num_blocks, self.kv_indices, cols)
+        if self.full_kv_num_blocks is not None:
+            dense = dense | _ordered_to_dense(self.full_kv_num_blocks, self.full_kv_indices,
+                                              self.full_kv_indices.shape[-1])
+        return dense
+
+    def to_string(self, grid_size: Union[int, tuple[int, int]] = (20, 20), limit: int = 4) -> str:
+        """The block pattern: █ full, ░ partial, blank empty (as torch draws it)."""
+        dense_mask = self.to_dense()
+        *batch_dims, num_rows, num_cols = dense_mask.shape
+        if isinstance(grid_size, int):
+            max_rows = max_cols = grid_size
+        elif grid_size == -1:
+            max_rows, max_cols = num_rows, num_cols
+        else:
+            max_rows, max_cols = grid_size
+
+        def cdiv(a, b):
+            return (a + (b - 1)) // b
+
+        def block_vis(*batch_idx):
+            vis = f"{batch_idx}\n"
+            row_step = max(1, cdiv(num_rows, max_rows))
+            col_step = max(1, cdiv(num_cols, max_cols))
+            cur = dense_mask
+            for i in batch_idx:
+                cur = cur[i]
+            for r in range(0, num_rows, row_step):
+                for c in range(0, num_cols, col_step):
+                    frac = cur[r:r + row_step, c:c + col_step].float().mean().item()
+                    vis += ("█" if frac == 1 else " " if frac == 0 else "░") * 2
+                vis += "\n"
+            return vis
+
+        out = []
+        for i, batch_idx in enumerate(itertools.product(*[range(n) for n in batch_dims])):
+            if i == limit:
+                out.append("...")
+                out.append("To print out more, set BlockMask.to_string(limit=N)")
+                out.append("You can also index (BlockMask[batch, head]) to choose a specific batch or head")
+                break
+            out.append(block_vis(*batch_idx))
+        return "\n".join(out)
+
+    def __str__(self) -> str:
+        return (f"BlockMask(shape={self.shape}, sparsity={self.sparsity():.2f}%, \n"
+                f"{self.to_string().strip()}\n)")
+
+    def __repr__(self) -> str:
+        def shape_or_none(x):
+            return x.shape if x is not None else None
+
+        name = getattr(self.mask_mod, "__name__", self.mask_mod)
+        return (
+            "BlockMask(\n"
+            f"    kv_num_blocks={self.kv_num_blocks.shape},\n"
+            f"    kv_indices={self.kv_indices.shape},\n"
+            f"    full_kv_num_blocks={shape_or_none(self.full_kv_num_blocks)},\n"
+            f"    full_kv_indices={shape_or_none(self.full_kv_indices)},\n"
+            f"    q_num_blocks={shape_or_none(self.q_num_blocks)},\n"
+            f"    q_indices={shape_or_none(self.q_indices)},\n"
+            f"    full_q_num_blocks={shape_or_none(self.full_q_num_blocks)},\n"
+            f"    full_q_indices={shape_or_none(self.full_q_indices)},\n"
+            f"    BLOCK_SIZE={self.BLOCK_SIZE},\n"
+            f"    shape={self.shape},\n"
+            f"    sparsity={self.sparsity():.2f}%,\n"
+            f"    mask_mod={name}\n"
+            ")"
+        )
+
+    def __getitem__(self, index) -> "BlockMask":
+        """Index the batch / head / query-block dims, as torch does."""
+        index = (index,) if not isinstance(index, tuple) else index
+        padded = (*index, slice(None), slice(None), slice(None))[:3]
+        sizes = self.kv_num_blocks.shape[:3]
+        index = tuple(
+            (slice(i + n, i + n + 1) if -n <= i < 0 else slice(i, i + 1)) if isinstance(i, int) else i
+            for i, n in zip(padded, sizes)
+        )
+        full = (None, None)
+        if self.full_kv_num_blocks is not None:
+            full = (self.full_kv_num_blocks[index], self.full_kv_indices[index])
+        return BlockMask.from_kv_blocks(
+            self.kv_num_blocks[index], self.kv_indices[index], *full,
+            BLOCK_SIZE=self.BLOCK_SIZE, mask_mod=self.mask_mod, seq_lengths=self.seq_lengths,
+            compute_q_blocks=self.q_indices is not None,
+        )
+
+    def to(self, device) -> "BlockMask":
+        moved = [None if t is None else t.to(device) for t in (getattr(self, a) for a in self._TENSOR_ATTRS)]
+        return BlockMask(self.seq_lengths, *moved, BLOCK_SIZE=self.BLOCK_SIZE,
+                         mask_mod=self.mask_mod, captured_mask=self.captured_mask)
+
+
+# ---------------------------------------------------------------------------
+# create_block_mask
+# ---------------------------------------------------------------------------
+
+
+def create_block_mask(
+    mask_mod: Callable,
+    B: Optional[int],
+    H: Optional[int],
+    Q_LEN: int,
+    KV_LEN: int,
+    device: Union[str, torch.device] = "cpu",
+    BLOCK_SIZE: Union[int, tuple[int, int]] = _DEFAULT_SPARSE_BLOCK_SIZE,
+    separate_full_blocks: bool = True,
+    *,
+    analyze: bool = True,
+    num_threads: Optional[int] = None,
+) -> BlockMask:
+    """torch's ``create_block_mask``, evaluated by the flexattn compiler.
+
+    ``mask_mod`` is a Python mask_mod (captured with the frontend) or a
+    :class:`~flexattn_mlir.frontend.CapturedMod`. ``B`` / ``H`` of None give
+    size-1 (broadcast) dims. ``analyze=False`` skips the interval analysis
+    (every block is then evaluated element by element)."""
+    from . import frontend
+
+    B = 1 if B is None else int(B)
+    H = 1 if H is None else int(H)
+    Q_LEN, KV_LEN = int(Q_LEN), int(KV_LEN)
+    bq, bkv = (BLOCK_SIZE, BLOCK_SIZE) if isinstance(BLOCK_SIZE, int) else map(int, BLOCK_SIZE)
+    for name, v in (("B", B), ("H", H), ("Q_LEN", Q_LEN), ("KV_LEN", KV_LEN), ("Q block size", bq),
+                    ("KV block size", bkv)):
+        if v <= 0:
+            raise ValueError(f"create_block_mask: {name} must be positive, got {v}")
+    if max(Q_LEN, KV_LEN, B, H) >= 2**31:
+        raise ValueError("create_block_mask: sizes must be below 2**31 (int32 indices)")
+    if isinstance(mask_mod, frontend.CapturedMod):
+        captured, python_mod = mask_mod, mask_mod.fn or noop_mask
+        if captured.kind != "mask":
+            raise TypeError("create_block_mask needs a mask_mod, got a captured score_mod")
+    else:
+        captured, python_mod = frontend.capture_mask_mod(mask_mod), mask_mod
+
+    shape = (B, H, -(-Q_LEN // bq), -(-KV_LEN // bkv))
+    cls = torch.full(shape, UNKNOWN, dtype=torch.int8)
+    captures = [c.detach().to("cpu").contiguous() for c in captured.captures]
+    if analyze:
+        _analyze(captured.ir, captures, cls, (Q_LEN, KV_LEN), (bq, bkv))
+    _evaluate(captured, captures, cls, (Q_LEN, KV_LEN), (bq, bkv), num_threads)
+
+    if separate_full_blocks:
+        partial, full = cls == PARTIAL, cls == FULL
+    else:
+        partial, full = cls != EMPTY, None
+    kv_num, kv_idx = _dense_to_ordered(partial)
+    q_num, q_idx = _dense_to_ordered(partial.transpose(-2, -1))
+    fkv_num = fkv_idx = fq_num = fq_idx = None
+    if full is not None:
+        fkv_num, fkv_idx = _dense_to_ordered(full)
+        fq_num, fq_idx = _dense_to_ordered(full.transpose(-2, -1))
+    tensors = [kv_num, kv_idx, fkv_num, fkv_idx, q_num, q_idx, fq_num, fq_idx]
+    if torch.device(device) != torch.device("cpu"):
+        tensors = [None if t is None else t.to(device) for t in tensors]
+    return BlockMask((Q_LEN, KV_LEN), *tensors, BLOCK_SIZE=(bq, bkv), mask_mod=python_mod,
+                     captured_mask=captured)
+
+
+# ---------------------------------------------------------------------------
+# The element-evaluation kernel
+# ---------------------------------------------------------------------------
+
+_kernel_lock = threading.Lock()
+_kernels: dict[tuple, "_MaskKernel"] = {}
+
+
+def _kernel_text(mask: ModIR, shape, lengths, block, name: str) -> str:
+    B, H, QB, KB = shape
+    Q, KV = lengths
+    bq, bkv = block
+    ct = "i32" if bq * bkv < 2**31 else "i64"
+    caps = mask.capture_types
+    cap_args = "".join(f", %bm_cap{i}: {t}" for i, t in enumerate(caps))
+    cap_clause = ""
+    if caps:
+        cap_clause = (f" captures({', '.join(f'%bm_cap{i}' for i in range(len(caps)))} : "
+                      f"{', '.join(caps)})")
+    cls_t = f"memref<{B}x{H}x{QB}x{KB}xi8>"
+    region = "\n".join("              " + ln for ln in mask.text.splitlines())
+    return f"""
+func.func @{name}(%bm_cls: {cls_t}, %bm_rows: memref<2xi64>{cap_args}) attributes {{llvm.emit_c_interface}} {{
+  %bm_c0 = arith.constant 0 : index
+  %bm_c1 = arith.constant 1 : index
+  %bm_cH = arith.constant {H} : index
+  %bm_cQB = arith.constant {QB} : index
+  %bm_cKB = arith.constant {KB} : index
+  %bm_cBQ = arith.constant {bq} : index
+  %bm_cBKV = arith.constant {bkv} : index
+  %bm_cQ = arith.constant {Q} : index
+  %bm_cKV = arith.constant {KV} : index
+  %bm_z = arith.constant 0 : {ct}
+  %bm_cfull = arith.constant {bq * bkv} : {ct}
+  %bm_t0 = arith.constant {EMPTY} : i8
+  %bm_t1 = arith.constant {PARTIAL} : i8
+  %bm_t2 = arith.constant {FULL} : i8
+  %bm_t3 = arith.constant {UNKNOWN} : i8
+  %bm_true = arith.constant true
+  %bm_zero = arith.constant 0.0 : f32
+  %bm_ninf = arith.constant 0xFF800000 : f32
+  %bm_lo64 = memref.load %bm_rows[%bm_c0] : memref<2xi64>
+  %bm_hi64 = memref.load %bm_rows[%bm_c1] : memref<2xi64>
+  %bm_lo = arith.index_cast %bm_lo64 : i64 to index
+  %bm_hi = arith.index_cast %bm_hi64 : i64 to index
+  scf.for %bm_row = %bm_lo to %bm_hi step %bm_c1 {{
+    %bm_qb = arith.remui %bm_row, %bm_cQB : index
+    %bm_bh = arith.divui %bm_row, %bm_cQB : index
+    %bm_h = arith.remui %bm_bh, %bm_cH : index
+    %bm_b = arith.divui %bm_bh, %bm_cH : index
+    %bm_q0 = arith.muli %bm_qb, %bm_cBQ : index
+    %bm_q0e = arith.addi %bm_q0, %bm_cBQ : index
+    %bm_q1 = arith.minui %bm_q0e, %bm_cQ : index
+    scf.for %bm_kb = %bm_c0 to %bm_cKB step %bm_c1 {{
+      %bm_cls0 = memref.load %bm_cls[%bm_b, %bm_h, %bm_qb, %bm_kb] : {cls_t}
+      %bm_todo = arith.cmpi eq, %bm_cls0, %bm_t3 : i8
+      scf.if %bm_todo {{
+        %bm_k0 = arith.muli %bm_kb, %bm_cBKV : index
+        %bm_k0e = arith.addi %bm_k0, %bm_cBKV : index
+        %bm_k1 = arith.minui %bm_k0e, %bm_cKV : index
+        %bm_wi = arith.subi %bm_k1, %bm_k0 : index
+        %bm_w = arith.index_cast %bm_wi : index to {ct}
+        %bm_res:3 = scf.while (%bm_q = %bm_q0, %bm_n = %bm_z, %bm_seen = %bm_z) : (index, {ct}, {ct}) -> (index, {ct}, {ct}) {{
+          %bm_in = arith.cmpi ult, %bm_q, %bm_q1 : index
+          %bm_nz = arith.cmpi ne, %bm_n, %bm_z : {ct}
+          %bm_ns = arith.cmpi ne, %bm_n, %bm_seen : {ct}
+          %bm_mixed = arith.andi %bm_nz, %bm_ns : i1
+          %bm_pure = arith.xori %bm_mixed, %bm_true : i1
+          %bm_go = arith.andi %bm_in, %bm_pure : i1
+          scf.condition(%bm_go) %bm_q, %bm_n, %bm_seen : index, {ct}, {ct}
+        }} do {{
+        ^bb0(%bm_qa: index, %bm_na: {ct}, %bm_sa: {ct}):
+          %bm_rc = scf.for %bm_kv = %bm_k0 to %bm_k1 step %bm_c1 iter_args(%bm_acc = %bm_na) -> ({ct}) {{
+            %bm_s = flexattn.apply_mods %bm_zero at(%bm_b, %bm_h, %bm_qa, %bm_kv){cap_clause} attributes {{masked}}
+              mask_mod {{
+{region}
+              }} : f32
+            %bm_keep = arith.cmpf une, %bm_s, %bm_ninf : f32
+            %bm_ki = arith.extui %bm_keep : i1 to {ct}
+            %bm_acc2 = arith.addi %bm_acc, %bm_ki : {ct}
+            scf.yield %bm_acc2 : {ct}
+          }}
+          %bm_qn = arith.addi %bm_qa, %bm_c1 : index
+          %bm_sn = arith.addi %bm_sa, %bm_w : {ct}
+          scf.yield %bm_qn, %bm_rc, %bm_sn : index, {ct}, {ct}
+        }}
+        %bm_isempty = arith.cmpi eq, %bm_res#1, %bm_z : {ct}
+        %bm_isfull = arith.cmpi eq, %bm_res#1, %bm_cfull : {ct}
+        %bm_c12 = arith.select %bm_isfull, %bm_t2, %bm_t1 : i8
+        %bm_cls1 = arith.select %bm_isempty, %bm_t0, %bm_c12 : i8
+        memref.store %bm_cls1, %bm_cls[%bm_b, %bm_h, %bm_qb, %bm_kb] : {cls_t}
+      }}
+    }}
+  }}
+  return
+}}
+"""
+
+
+class _MaskKernel:
+    """The compiled evaluation kernel of one (mask, shape, block size)."""
+
+    def __init__(self, mask: ModIR, shape, lengths, block):
+        from mlir import ir
+        from mlir.execution_engine import ExecutionEngine
+
+        from . import driver
+        from .options import CompileOptions
+
+        self.name = "flexattn_block_mask"
+        text = _kernel_text(mask, shape, lengths, block, self.name)
+        self.text = text
+        with _native.new_context(), ir.Location.unknown():
+            try:
+                module = ir.Module.parse(text)
+            except ir.MLIRError as err:
+                raise driver.CompilationError(f"the block-mask kernel is invalid: {err}") from None
+            driver.run_pipeline(module, "flexattn-inline-mods, canonicalize, cse, arith-expand",
+                                "block_mask")
+            driver.make_llvm(module, CompileOptions())
+            self.engine = ExecutionEngine(module, opt_level=3)
+        self._entry = self.engine.lookup(self.name)
+
+    def __call__(self, cls: torch.Tensor, captures, rows: tuple[int, int]) -> None:
+        from .cpu import memref_descriptor
+
+        bounds = torch.tensor(rows, dtype=torch.int64)
+        tensors = [cls, bounds, *captures]
+        descs = [memref_descriptor(t) for t in tensors]
+        ptrs = [ctypes.pointer(d) for d in descs]
+        packed = (ctypes.c_void_p * len(ptrs))()
+        for i, p in enumerate(ptrs):
+            packed[i] = ctypes.cast(ctypes.pointer(p), ctypes.c_void_p)
+        self._entry(packed)  # ctypes drops the GIL: threads run in parallel
+
+
+def _kernel_for(captured, shape, lengths, block) -> _MaskKernel:
+    global kernel_count
+    key = (captured.key, shape, lengths, block)
+    with _kernel_lock:
+        kernel = _kernels.get(key)
+        if kernel is None:
+            kernel = _kernels[key] = _MaskKernel(captured.ir, shape, lengths, block)
+            kernel_count += 1
+    return kernel
+
+
+def _evaluate(captured, captures, cls: torch.Tensor, lengths, block, num_threads) -> None:
+    """Replaces every UNKNOWN entry of ``cls`` by the block's class."""
+    todo_rows = (cls == UNKNOWN).flatten(0, 2).any(dim=-1)
+    rows = todo_rows.nonzero().flatten()
+    if rows.numel() == 0:
+        return
+    kernel = _kernel_for(captured, tuple(cls.shape), lengths, block)
+    captures = [c.view(torch.uint8) if c.dtype == torch.bool else c for c in captures]
+    lo, hi = int(rows[0]), int(rows[-1]) + 1
+    threads = num_threads or torch.get_num_threads()
+    n = hi - lo
+    if threads <= 1 or n < 2:
+        kernel(cls, captures, (lo, hi))
+        return
+    # Interleave chunks so expensive regions spread over the threads.
+    chunks = min(n, threads * 8)
+    edges = [lo + (n * i) // chunks for i in range(chunks + 1)]
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        list(pool.map(lambda i: kernel(cls, captures, (edges[i], edges[i + 1])), range(chunks)))
+
+
+# ---------------------------------------------------------------------------
+# Interval analysis: decide blocks from the mask's IR, without evaluating it
+# ---------------------------------------------------------------------------
+#
+# Each integer value is over-approximated, per block, by an interval
+# [lo, hi] of int64 tensors broadcastable to [B, H, Q_BLOCKS, KV_BLOCKS]; i1
+# values use {0, 1}. An op the analysis does not model yields the whole range
+# of its type (floats: None, i.e. unknown), so the result is always sound: a
+# block is decided only when its interval is [1, 1] (all kept) or [0, 0].
+# Bounds stay inside (-_INF, _INF); anything reaching them becomes _TOP.
+
+_INF = 2**61
+_I1 = "i1"
+
+
+def _int_width(t) -> Optional[int]:
+    from mlir import ir
+
+    if isinstance(t, ir.IntegerType):
+        return t.width
+    if isinstance(t, ir.IndexType):
+        return 64
+    return None
+
+
+def _top(width: int):
+    if width == 1:
+        return (torch.tensor(0), torch.tensor(1))
+    if width >= 62:
+        return (torch.tensor(-_INF), torch.tensor(_INF))
+    return (torch.tensor(-(2 ** (width - 1))), torch.tensor(2 ** (width - 1) - 1))
+
+
+def _fit(lo, hi, width: int):
+    """Clamp an exact-arithmetic interval into what a ``width``-bit value can
+    be: on possible wrap-around, the type's whole range."""
+    tlo, thi = _top(width)
+    bad = (lo < tlo) | (hi > thi)
+    if bool(bad.any()):
+        lo = torch.where(bad, tlo, lo)
+        hi = torch.where(bad, thi, hi)
+    return lo, hi
+
+
+def _exact(v):
+    return v is not None and bool((v[0] == v[1]).all())
+
+
+def _const_of(v) -> Optional[int]:
+    if v is not None and v[0].numel() == 1 and int(v[0]) == int(v[1]):
+        return int(v[0])
+    return None
+
+
+def _mul(a, b):
+    cands = [a[0] * b[0], a[0] * b[1], a[1] * b[0], a[1] * b[1]]
+    fl = [a[0].double() * b[0].double(), a[0].double() * b[1].double(),
+          a[1].double() * b[0].double(), a[1].double() * b[1].double()]
+    lo = functools.reduce(torch.minimum, cands)
+    hi = functools.reduce(torch.maximum, cands)
+    big = functools.reduce(torch.maximum, [f.abs() for f in fl]) >= _INF
+    return torch.where(big, -_INF, lo), torch.where(big, _INF, hi)
+
+
+def _floordiv_const(a, c: int, ceil: bool = False, trunc: bool = False):
+    def f(x):
+        if trunc:
+            return torch.div(x, c, rounding_mode="trunc")
+        if ceil:
+            return -torch.div(-x, c, rounding_mode="floor")
+        return torch.div(x, c, rounding_mode="floor")
+
+    x, y = f(a[0]), f(a[1])
+    return (torch.minimum(x, y), torch.maximum(x, y))  # monotone in x for a fixed c
+
+
+def _cmp(pred: str, a, b, width: int):
+    """[lo, hi] of an i1 comparison result."""
+    true = torch.tensor(1)
+    false = torch.tensor(0)
+    if pred in ("eq", "ne"):
+        same = (a[0] == a[1]) & (b[0] == b[1]) & (a[0] == b[0])
+        apart = (a[1] < b[0]) | (b[1] < a[0])
+        if pred == "ne":
+            same, apart = apart, same
+        return (torch.where(same, true, false), torch.where(apart, false, true))
+    if width == 1:
+        return None
+    if pred.startswith("u"):
+        if not (bool((a[0] >= 0).all()) and bool((b[0] >= 0).all())):
+            return None  # negative values compare as huge unsigned ones
+        pred = "s" + pred[1:]
+    if pred == "slt":
+        yes, no = a[1] < b[0], a[0] >= b[1]
+    elif pred == "sle":
+        yes, no = a[1] <= b[0], a[0] > b[1]
+    elif pred == "sgt":
+        yes, no = a[0] > b[1], a[1] <= b[0]
+    elif pred == "sge":
+        yes, no = a[0] >= b[1], a[1] < b[0]
+    else:
+        return None
+    return (torch.where(yes, true, false), torch.where(no, false, true))
+
+
+_CMP_PREDICATES = ["eq", "ne", "slt", "sle", "sgt", "sge", "ult", "ule", "ugt", "uge"]
+
+
+class _RangeTable:
+    """Range min / max queries along one dim of an integer capture (sparse
+    tables), for loads whose index varies over a block."""
+
+    def __init__(self, t: torch.Tensor, dim: int):
+        t = t.to(torch.int64).movedim(dim, -1)
+        n = t.shape[-1]
+        self.levels = max(1, n.bit_length())
+        mins, maxs = [t], [t]
+        for k in range(1, self.levels):
+            step = 1 << (k - 1)
+            prev_min, prev_max = mins[-1], maxs[-1]
+            shifted_min = torch.cat([prev_min[..., step:], prev_min[..., -1:].expand(*t.shape[:-1], step)], -1)
+            shifted_max = torch.cat([prev_max[..., step:], prev_max[..., -1:].expand(*t.shape[:-1], step)], -1)
+            mins.append(torch.minimum(prev_min, shifted_min))
+            maxs.append(torch.maximum(prev_max, shifted_max))
+        self.mins = torch.stack(mins)  # [K, ..., n]
+        self.maxs = torch.stack(maxs)
+
+    def query(self, lead: list, lo, hi):
+        length = (hi - lo + 1).clamp(min=1)
+        k = torch.floor(torch.log2(length.double())).long().clamp(max=self.levels - 1)
+        # guard against log2 rounding: make sure 2^k <= length < 2^(k+1)
+        k = torch.where((1 << k) > length, k - 1, k)
+        k = torch.where((1 << (k + 1)) <= length, (k + 1).clamp(max=self.levels - 1), k)
+        right = hi - (1 << k) + 1
+        mn = torch.minimum(self.mins[(k, *lead, lo)], self.mins[(k, *lead, right)])
+        mx = torch.maximum(self.maxs[(k, *lead, lo)], self.maxs[(k, *lead, right)])
+        return mn, mx
+
+
+def _load(op, env, captures, tables, width):
+    """The interval of a memref.load from a capture."""
+    src = op.operands[0]
+    if src not in captures or width is None or width > 62:
+        return _top(width) if width else None
+    t = captures[src]
+    if t.is_floating_point() or t.is_complex():
+        return _top(width)
+    idx = [env.get(v) for v in op.operands[1:]]
+    if any(v is None for v in idx):
+        return _top(width)
+    varying = [d for d, v in enumerate(idx) if not _exact(v)]
+    if len(varying) > 1:
+        return _top(width)
+    dim = varying[0] if varying else t.dim() - 1
+    if t.dim() == 0:
+        v = torch.tensor(int(t))
+        return (v, v)
+    key = (id(t), dim)
+    if key not in tables:
+        tables[key] = _RangeTable(t, dim)
+    # The region clamps every load index into the buffer (frontend).
+    lead = [idx[d][0].clamp(0, t.shape[d] - 1) for d in range(t.dim()) if d != dim]
+    lo = idx[dim][0].clamp(0, t.shape[dim] - 1)
+    hi = idx[dim][1].clamp(0, t.shape[dim] - 1)
+    return tables[key].query(lead, lo, hi)
+
+
+def _analyze(mask: ModIR, captures, cls: torch.Tensor, lengths, block) -> None:
+    """Sets the blocks the interval analysis decides; others stay UNKNOWN."""
+    from mlir import ir
+
+    B, H, QB, KB = cls.shape
+    (Q, KV), (bq, bkv) = lengths, block
+    caps = mask.capture_types
+    cap_args = "".join(f", %bm_cap{i}: {t}" for i, t in enumerate(caps))
+    cap_clause = ""
+    if caps:
+        cap_clause = (f" captures({', '.join(f'%bm_cap{i}' for i in range(len(caps)))} : "
+                      f"{', '.join(caps)})")
+    text = (f"func.func @holder(%bm_i: index{cap_args}) -> f32 {{\n"
+            f"  %bm_s = arith.constant 0.0 : f32\n"
+            f"  %bm_r = flexattn.apply_mods %bm_s at(%bm_i, %bm_i, %bm_i, %bm_i){cap_clause} "
+            f"attributes {{masked}} mask_mod {{\n{mask.text}\n}} : f32\n"
+            f"  return %bm_r : f32\n}}\n")
+    q0 = torch.arange(QB).view(1, 1, QB, 1) * bq
+    k0 = torch.arange(KB).view(1, 1, 1, KB) * bkv
+    inputs = [
+        (torch.arange(B).view(B, 1, 1, 1),) * 2,
+        (torch.arange(H).view(1, H, 1, 1),) * 2,
+        (q0, torch.clamp(q0 + bq, max=Q) - 1),
+        (k0, torch.clamp(k0 + bkv, max=KV) - 1),
+    ]
+    with _native.new_context(), ir.Location.unknown():
+        module = ir.Module.parse(text)
+        apply = list(module.body.operations[0].regions[0].blocks[0].operations)[1]
+        blk = apply.regions[1].blocks[0]
+        env: dict = {}
+        args = list(blk.arguments)
+        for a, v in zip(args[:4], inputs):
+            env[a] = _fit(v[0], v[1], _int_width(a.type))
+        cap_map = dict(zip(args[4:], captures))
+        tables: dict = {}
+        result = None
+        for op in blk.operations:
+            name = op.operation.name
+            if name == "flexattn.yield":
+                result = env.get(op.operands[0])
+                break
+            for r in op.results:
+                env[r] = None
+            if len(op.results) != 1:
+                continue
+            width = _int_width(op.results[0].type)
+            try:
+                value = _transfer(name, op, env, cap_map, tables, width)
+            except Exception:  # noqa: BLE001 - an unmodelled corner: unknown
+                value = None
+            if value is None and width is not None:
+                value = _top(width)
+            elif value is not None and width is not None:
+                value = _fit(torch.as_tensor(value[0]), torch.as_tensor(value[1]), width)
+            env[op.results[0]] = value
+    if result is None:
+        return
+    lo, hi = (t.expand(B, H, QB, KB) for t in result)
+    whole = ((q0 + bq <= Q) & (k0 + bkv <= KV)).expand(B, H, QB, KB)
+    kept = torch.where(whole, FULL, PARTIAL).to(torch.int8)
+    cls.copy_(torch.where(lo == 1, kept, torch.where(hi == 0, torch.tensor(EMPTY, dtype=torch.int8),
+                                                     cls)))
+
+
+def _transfer(name: str, op, env, captures, tables, width):
+    """The interval of ``op``'s single result, or None (unknown)."""
+    from mlir import ir
+
+    ops = [env.get(v) for v in op.operands]
+    if name == "arith.constant":
+        attr = op.attributes["value"]
+        if isinstance(attr, ir.BoolAttr):
+            v = torch.tensor(int(attr.value))
+            return (v, v)
+        if isinstance(attr, ir.IntegerAttr) and width is not None:
+            raw = attr.value
+            if width == 1:
+                raw &= 1
+            v = torch.tensor(raw)
+            return (v, v)
+        return None
+    if name == "memref.load":
+        return _load(op, env, captures, tables, width)
+    if width is None or any(o is None for o in ops):
+        return None
+    in_width = _int_width(op.operands[0].type) if op.operands else None
+    if name == "arith.addi":
+        a, b = ops
+        return (a[0] + b[0], a[1] + b[1])
+    if name == "arith.subi":
+        a, b = ops
+        return (a[0] - b[1], a[1] - b[0])
+    if name == "arith.muli":
+        return _mul(*ops)
+    if name in ("arith.extsi", "arith.index_cast", "arith.trunci"):
+        a = ops[0]
+        if in_width == 1 and name == "arith.extsi":
+            return (-a[1], -a[0])
+        return a  # _fit widens a truncation that may wrap
+    if name in ("arith.extui", "arith.index_castui"):
+        a = ops[0]
+        return a if bool((a[0] >= 0).all()) else None
+    if name == "arith.cmpi":
+        pred = _CMP_PREDICATES[ir.IntegerAttr(op.attributes["predicate"]).value] \
+            if ir.IntegerAttr(op.attributes["predicate"]).value < len(_CMP_PREDICATES) else None
+        return _cmp(pred, ops[0], ops[1], in_width) if pred else None
+    if name in ("arith.andi", "arith.ori", "arith.xori") and width == 1:
+        a, b = ops
+        if name == "arith.andi":
+            return (a[0] * b[0], a[1] * b[1])
+        if name == "arith.ori":
+            return (torch.maximum(a[0], b[0]), torch.maximum(a[1], b[1]))
+        exact = (a[0] == a[1]) & (b[0] == b[1])
+        x = a[0] ^ b[0]
+        return (torch.where(exact, x, 0), torch.where(exact, x, 1))
+    if name == "arith.select":
+        c, a, b = ops
+        lo = torch.where(c[0] == 1, a[0], torch.where(c[1] == 0, b[0], torch.minimum(a[0], b[0])))
+        hi = torch.where(c[0] == 1, a[1], torch.where(c[1] == 0, b[1], torch.maximum(a[1], b[1])))
+        return (lo, hi)
+    if width == 1:
+        return None
+    if name in ("arith.maxsi", "arith.minsi"):
+        f = torch.maximum if name == "arith.maxsi" else torch.minimum
+        return (f(ops[0][0], ops[1][0]), f(ops[0][1], ops[1][1]))
+    if name == "math.absi":
+        a = ops[0]
+        lo = torch.where(a[0] >= 0, a[0], torch.where(a[1] <= 0, -a[1], 0))
+        hi = torch.maximum(a[0].abs(), a[1].abs())
+        tlo, _ = _top(width)
+        hi = torch.where(a[0] <= tlo, _INF, hi)  # abs(INT_MIN) wraps
+        return (lo, hi)
+    c = _const_of(ops[1]) if len(ops) == 2 else None
+    if c is None or c == 0:
+        return None
+    if name == "arith.floordivsi":
+        return _floordiv_const(ops[0], c)
+    if name == "arith.ceildivsi":
+        return _floordiv_const(ops[0], c, ceil=True)
+    if name == "arith.divsi" and c != -1:
+        return _floordiv_const(ops[0], c, trunc=True)
+    if name == "arith.shrsi" and 0 <= c < 63:
+        return _floordiv_const(ops[0], 1 << c)
+    if name == "arith.shli" and 0 <= c < 30:
+        return _mul(ops[0], (torch.tensor(1 << c),) * 2)
+    if name == "arith.remsi" and c > 0:
+        a = ops[0]
+        same = (a[0] >= 0) & (torch.div(a[0], c, rounding_mode="floor")
+                              == torch.div(a[1], c, rounding_mode="floor"))
+        lo = torch.where(same, a[0] % c, torch.where(a[0] >= 0, 0, -(c - 1)))
+        hi = torch.where(same, a[1] % c, c - 1)
+        return (lo, hi)
+    return None
