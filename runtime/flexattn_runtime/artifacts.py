@@ -26,7 +26,6 @@ from typing import Any, Iterator, Mapping
 
 from .errors import MetadataError
 from .kernel import Kernel
-from .metadata import parse_metadata
 
 __all__ = ["ArtifactStore", "write_kernel", "run", "INDEX", "INDEX_VERSION"]
 
@@ -108,15 +107,19 @@ def write_kernel(directory: str | os.PathLike, name: str, metadata: Mapping[str,
     fmt = meta.get("binary_format")
     if "binary" not in meta and fmt in _EXT:
         meta["binary"] = name + _EXT[fmt]
-    Kernel(meta, binary, name=name)  # validates metadata and binary; raises MetadataError
-    parsed = parse_metadata(meta)
+    # validates metadata and binary (raises MetadataError) before anything is written
+    parsed = Kernel(meta, binary, name=name).metadata
     if parsed.binary == INDEX or parsed.binary.endswith(".json") or parsed.binary == LOCK:
         raise MetadataError(f"binary: {parsed.binary!r} would clash with the artifact files")
+    try:
+        meta_bytes = _dump_json(meta)
+    except (TypeError, ValueError) as e:
+        raise MetadataError(f"metadata is not JSON-serializable: {e}") from None
 
     os.makedirs(directory, exist_ok=True)
     _atomic_write(os.path.join(directory, parsed.binary), bytes(binary))
     meta_file = name + ".json"
-    _atomic_write(os.path.join(directory, meta_file), _dump_json(meta))
+    _atomic_write(os.path.join(directory, meta_file), meta_bytes)
     with _locked(directory):
         kernels = _read_index(directory)
         kernels[parsed.key] = meta_file

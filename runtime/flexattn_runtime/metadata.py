@@ -385,8 +385,12 @@ def param_size(p: Any) -> int:
 
 def check_binary_params(meta: KernelMetadata, binary: bytes) -> None:
     """For PTX binaries: the entry exists and takes exactly the metadata's params
-    (count and byte sizes). Cubins are checked by the driver at load time."""
-    if meta.binary_format != "ptx":
+    (count and byte sizes). Cubins: only the ELF/fatbin magic (the driver checks
+    the rest at load time)."""
+    if meta.binary_format == "cubin":
+        if not binary.startswith((b"\x7fELF", b"\x50\xed\x55\xba")):
+            raise MetadataError("binary_format: 'cubin' but the binary is neither an ELF "
+                                "cubin nor a fatbin (PTX text? use binary_format 'ptx')")
         return
     text = binary.decode("utf-8", errors="replace").rstrip("\0")
     if not re.search(r"\.entry\s+" + re.escape(meta.entry) + r"\b", text):

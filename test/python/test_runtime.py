@@ -202,14 +202,17 @@ $L_done:
 """
 
 TMA_PTX = """\
-.version 8.0
+.version 8.3
 .target sm_90a
 .address_size 64
 
 // One 2-D TMA box per CTA: global (tensor map 0) -> shared -> global (tensor
 // map 1), at box coordinates (ctaid.x * 64, ctaid.y * 64). Box 64 x 64
 // 2-byte elements = 8192 bytes. The tensor maps are read through pointers to
-// global memory (the flexattn "tensormap" parameter kind).
+// global memory (the flexattn "tensormap" parameter kind). The runtime writes
+// them with a host-to-device copy, so the kernel acquires them into the
+// tensormap proxy first (fence.proxy.tensormap, PTX 8.3; CUDA programming
+// guide: scope .sys for a tensor map written with cudaMemcpy).
 .visible .entry tma_copy(
     .param .u64 tma_copy_param_0,
     .param .u64 tma_copy_param_1
@@ -230,6 +233,8 @@ TMA_PTX = """\
     mov.u32 %r3, %ctaid.y;
     shl.b32 %r4, %r2, 6;
     shl.b32 %r5, %r3, 6;
+    fence.proxy.tensormap::generic.acquire.sys [%rd1], 128;
+    fence.proxy.tensormap::generic.acquire.sys [%rd2], 128;
     mov.u32 %r6, mbar;
     mov.u32 %r7, tile;
     mbarrier.init.shared::cta.b64 [%r6], 1;
@@ -242,14 +247,19 @@ $L_wait:
     @!%p2 bra $L_wait;
     cp.async.bulk.tensor.2d.global.shared::cta.bulk_group [%rd2, {%r4, %r5}], [%r7];
     cp.async.bulk.commit_group;
-    cp.async.bulk.wait_group.read 0;
+    cp.async.bulk.wait_group 0;
 $L_done:
     ret;
 }
 """
 
+# The same without the tensormap acquire fences (PTX 8.0, as MLIR's +ptx80 emits).
+TMA_PTX_NO_FENCE = "\n".join(
+    line for line in TMA_PTX.replace(".version 8.3", ".version 8.0").splitlines()
+    if "fence.proxy.tensormap" not in line) + "\n"
+
 ALL_PTX = {"axpb": AXPB_PTX, "smem_reverse": SMEM_PTX, "cluster_rank": CLUSTER_PTX,
-           "tma_copy": TMA_PTX}
+           "tma_copy": TMA_PTX, "tma_copy_no_fence": TMA_PTX_NO_FENCE}
 
 
 def axpb_cubin() -> bytes:
@@ -518,8 +528,10 @@ def test_metadata_vs_ptx_signature():
     with pytest.raises(MetadataError, match=r"the PTX has no kernel 'flexattn_fwd' "
                                             r"\(entries: \['other'\]\)"):
         Kernel(attn_meta(), fake_ptx("other", ATTN_PARAM_SIZES))
-    # cubins are not parsed
+    # cubins are not parsed, but must be ELF (or fatbin)
     Kernel(attn_meta(binary_format="cubin", binary="attn.cubin"), b"\x7fELF not parsed")
+    with pytest.raises(MetadataError, match="neither an ELF cubin nor a fatbin"):
+        Kernel(attn_meta(binary_format="cubin", binary="attn.cubin"), attn_binary())
 
 
 def test_ptx_param_sizes():
@@ -884,6 +896,8 @@ def test_write_kernel_rejects_bad_input(tmp_path):
             write_kernel(d, name, attn_meta(), attn_binary())
     with pytest.raises(MetadataError, match="clash"):
         write_kernel(d, "idx", attn_meta(binary="index.json"), attn_binary())
+    with pytest.raises(MetadataError, match="not JSON-serializable"):
+        write_kernel(d, "obj", attn_meta(spec={"f": object()}), attn_binary())
     assert not d.exists() or not any(d.iterdir())   # nothing written
 
 
@@ -1172,6 +1186,28 @@ def test_gpu_tma_round_trip(sm90, shape, swizzle, view):
     torch.cuda.synchronize()
     assert torch.equal(y2, x)
     assert (k.descriptors.misses, k.descriptors.hits) == (3, 3)
+
+
+@needs_gpu
+@pytest.mark.parametrize("fence", [True, False], ids=["fence", "no_fence"])
+def test_gpu_tma_descriptor_address_reuse(sm90, fence):
+    """A descriptor cache of one entry and rotating tensors: every launch
+    uploads new descriptors, usually at the device address of one just evicted
+    (torch's caching allocator reuses the freed block). With the kernel's
+    tensormap acquire fence this must be correct. If only the no_fence variant
+    fails, the GPU served a stale cached tensor map: compiled kernels must then
+    fence each tensormap pointer before use (see runtime/README.md)."""
+    ptx = TMA_PTX if fence else TMA_PTX_NO_FENCE
+    k = Kernel(tma_meta((256, 128), "128B"), ptx.encode(), descriptor_cache_size=1)
+    xs = [torch.randn(256, 128, device="cuda").to(torch.bfloat16) for _ in range(3)]
+    ys = [torch.zeros(256, 128, dtype=torch.bfloat16, device="cuda") for _ in range(2)]
+    for i in range(24):
+        x, y = xs[i % 3], ys[i % 2]
+        y.zero_()
+        k(x=x, y=y)
+        torch.cuda.synchronize()
+        assert torch.equal(y, x), f"launch {i}: wrong copy (stale tensor map?)"
+    assert k.descriptors.misses == 48
 
 
 @needs_gpu
