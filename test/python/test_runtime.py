@@ -845,6 +845,315 @@ def test_hand_written_ptx_assembles(name, tmp_path):
 
 
 # ---------------------------------------------------------------------------
+# The ctypes driver layer against a stub libcuda (no GPU needed)
+# ---------------------------------------------------------------------------
+# The stub is compiled against the CUDA toolkit's cuda.h, so its functions have
+# cuda.h's exact prototypes and exported names; it records what it receives.
+# This checks the ctypes marshalling (argument order and types, struct layouts,
+# kernel-parameter arrays) that otherwise only a GPU would exercise.
+
+STUB_LIBCUDA_C = r"""
+/* A fake libcuda: the driver entry points flexattn_runtime calls, with cuda.h's
+   exact prototypes (compiled against cuda.h, so a mismatch fails to compile),
+   recording what they receive. Test-only. */
+#include <cuda.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+static char last_call[64];
+static unsigned long long rec[128];
+static int nrec;
+static CUresult next_error = CUDA_SUCCESS;
+static int param_sizes[32];
+static int nparams;
+static int func_attr[32];
+static CUcontext cur_ctx;
+static unsigned char image_head[64];
+static unsigned long long image_len;
+static int nloads;
+
+static void R(const char *name) { strncpy(last_call, name, 63); nrec = 0; }
+static void P(unsigned long long v) { if (nrec < 128) rec[nrec++] = v; }
+#define RET { CUresult e_ = next_error; next_error = CUDA_SUCCESS; return e_; }
+
+const char *stub_last_call(void) { return last_call; }
+int stub_nrec(void) { return nrec; }
+unsigned long long stub_rec(int i) { return rec[i]; }
+void stub_fail_next(int code) { next_error = (CUresult)code; }
+void stub_reset(void) { nloads = 0; cur_ctx = 0; next_error = CUDA_SUCCESS; }
+void stub_set_param_sizes(int n, const int *s) { nparams = n; memcpy(param_sizes, s, n * sizeof(int)); }
+void stub_set_func_attr(int a, int v) { func_attr[a] = v; }
+unsigned long long stub_image_len(void) { return image_len; }
+int stub_nloads(void) { return nloads; }
+const unsigned char *stub_image_head(void) { return image_head; }
+
+static void record_params(void **params) {
+  for (int i = 0; i < nparams; i++) {
+    unsigned long long v = 0;
+    memcpy(&v, params[i], param_sizes[i]);
+    P(v);
+  }
+}
+
+CUresult CUDAAPI cuInit(unsigned int flags) { R("cuInit"); P(flags); RET }
+CUresult CUDAAPI cuDriverGetVersion(int *v) { *v = 13000; RET }
+CUresult CUDAAPI cuGetErrorName(CUresult e, const char **s) {
+  *s = e == CUDA_ERROR_INVALID_PTX ? "CUDA_ERROR_INVALID_PTX" : "CUDA_ERROR_STUB"; return CUDA_SUCCESS; }
+CUresult CUDAAPI cuGetErrorString(CUresult e, const char **s) { *s = "stub error text"; return CUDA_SUCCESS; }
+CUresult CUDAAPI cuDeviceGetCount(int *n) { *n = 1; RET }
+CUresult CUDAAPI cuDeviceGet(CUdevice *d, int ordinal) { *d = ordinal + 100; RET }
+CUresult CUDAAPI cuDeviceGetName(char *name, int len, CUdevice d) { snprintf(name, len, "Stub GPU %d", d); RET }
+CUresult CUDAAPI cuDeviceGetAttribute(int *v, CUdevice_attribute a, CUdevice d) {
+  switch (a) {
+    case CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR: *v = 9; break;
+    case CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR: *v = 0; break;
+    case CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT: *v = 132; break;
+    case CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_BLOCK: *v = 1024; break;
+    case CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK: *v = 49152; break;
+    case CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN: *v = 232448; break;
+    case CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_MULTIPROCESSOR: *v = 233472; break;
+    default: *v = -1;
+  }
+  (void)d; RET }
+CUresult CUDAAPI cuDevicePrimaryCtxRetain(CUcontext *c, CUdevice d) {
+  R("cuDevicePrimaryCtxRetain"); P(d); *c = (CUcontext)(uintptr_t)(0xC0000 + d); RET }
+CUresult CUDAAPI cuCtxGetCurrent(CUcontext *c) { *c = cur_ctx; RET }
+CUresult CUDAAPI cuCtxSetCurrent(CUcontext c) { R("cuCtxSetCurrent"); P((uintptr_t)c); cur_ctx = c; RET }
+CUresult CUDAAPI cuModuleLoadData(CUmodule *m, const void *image) {
+  R("cuModuleLoadData");
+  nloads++;
+  image_len = strlen((const char *)image);
+  memcpy(image_head, image, 63);
+  if (memcmp(image, "BAD", 3) == 0) return CUDA_ERROR_INVALID_PTX;
+  *m = (CUmodule)(uintptr_t)0x30D0; RET }
+CUresult CUDAAPI cuModuleLoadDataEx(CUmodule *m, const void *image, unsigned int n,
+                                    CUjit_option *opts, void **vals) {
+  char *err = 0; size_t size = 0;
+  for (unsigned i = 0; i < n; i++) {
+    if (opts[i] == CU_JIT_ERROR_LOG_BUFFER) err = (char *)vals[i];
+    if (opts[i] == CU_JIT_ERROR_LOG_BUFFER_SIZE_BYTES) size = (size_t)(uintptr_t)vals[i];
+  }
+  if (err && size > 40) snprintf(err, size, "line 3; error: stub rejects %.3s", (const char *)image);
+  (void)m; return CUDA_ERROR_INVALID_PTX; }
+CUresult CUDAAPI cuModuleUnload(CUmodule m) { (void)m; RET }
+CUresult CUDAAPI cuModuleGetFunction(CUfunction *f, CUmodule m, const char *name) {
+  R("cuModuleGetFunction"); P((uintptr_t)m); P(strlen(name));
+  if (strcmp(name, "missing") == 0) return CUDA_ERROR_NOT_FOUND;
+  *f = (CUfunction)(uintptr_t)0xF00; RET }
+CUresult CUDAAPI cuFuncGetAttribute(int *v, CUfunction_attribute a, CUfunction f) {
+  (void)f; *v = func_attr[a]; RET }
+CUresult CUDAAPI cuFuncSetAttribute(CUfunction f, CUfunction_attribute a, int v) {
+  R("cuFuncSetAttribute"); P((uintptr_t)f); P(a); P(v); func_attr[a] = v; RET }
+CUresult CUDAAPI cuLaunchKernel(CUfunction f, unsigned int gx, unsigned int gy, unsigned int gz,
+                                unsigned int bx, unsigned int by, unsigned int bz,
+                                unsigned int smem, CUstream s, void **params, void **extra) {
+  R("cuLaunchKernel");
+  P((uintptr_t)f); P(gx); P(gy); P(gz); P(bx); P(by); P(bz); P(smem); P((uintptr_t)s);
+  P(extra == 0);
+  record_params(params);
+  RET }
+CUresult CUDAAPI cuLaunchKernelEx(const CUlaunchConfig *c, CUfunction f, void **params, void **extra) {
+  R("cuLaunchKernelEx");
+  P((uintptr_t)f); P(c->gridDimX); P(c->gridDimY); P(c->gridDimZ); P(c->blockDimX);
+  P(c->blockDimY); P(c->blockDimZ); P(c->sharedMemBytes); P((uintptr_t)c->hStream);
+  P(extra == 0); P(c->numAttrs); P(c->attrs[0].id); P(c->attrs[0].value.clusterDim.x);
+  P(c->attrs[0].value.clusterDim.y); P(c->attrs[0].value.clusterDim.z);
+  record_params(params);
+  RET }
+CUresult CUDAAPI cuTensorMapEncodeTiled(CUtensorMap *tm, CUtensorMapDataType dt, cuuint32_t rank,
+    void *addr, const cuuint64_t *dims, const cuuint64_t *strides, const cuuint32_t *box,
+    const cuuint32_t *es, CUtensorMapInterleave il, CUtensorMapSwizzle sw,
+    CUtensorMapL2promotion l2, CUtensorMapFloatOOBfill oob) {
+  R("cuTensorMapEncodeTiled");
+  P(((uintptr_t)tm) % 128); P(dt); P(rank); P((uintptr_t)addr);
+  for (unsigned i = 0; i < rank; i++) P(dims[i]);
+  for (unsigned i = 0; i + 1 < rank; i++) P(strides[i]);
+  for (unsigned i = 0; i < rank; i++) P(box[i]);
+  for (unsigned i = 0; i < rank; i++) P(es[i]);
+  P(il); P(sw); P(l2); P(oob);
+  unsigned char *b = (unsigned char *)tm;
+  for (int i = 0; i < 128; i++) b[i] = (unsigned char)(i * 7 + rank);
+  RET }
+"""
+
+
+def _cuda_include() -> str | None:
+    cands = [os.environ.get("CUDA_HOME", ""), os.environ.get("CUDA_PATH", ""), "/usr/local/cuda"]
+    cands += sorted(str(p) for p in Path("/usr/local").glob("cuda-*"))
+    for c in cands:
+        if c and (Path(c) / "include" / "cuda.h").exists():
+            return str(Path(c) / "include")
+    return None
+
+
+@pytest.fixture(scope="session")
+def stub_libcuda(tmp_path_factory):
+    inc, cc = _cuda_include(), shutil.which("gcc") or shutil.which("cc")
+    if inc is None or cc is None:
+        pytest.skip("needs a C compiler and the CUDA toolkit's cuda.h")
+    d = tmp_path_factory.mktemp("stub")
+    (d / "stub.c").write_text(STUB_LIBCUDA_C)
+    so = d / "libcuda_stub.so"
+    r = subprocess.run([cc, "-Wall", "-Werror", "-shared", "-fPIC", f"-I{inc}",
+                        str(d / "stub.c"), "-o", str(so)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    lib = ctypes.CDLL(str(so))
+    lib.stub_rec.restype = ctypes.c_ulonglong
+    lib.stub_last_call.restype = ctypes.c_char_p
+    lib.stub_image_len.restype = ctypes.c_ulonglong
+    return str(so), lib
+
+
+@pytest.fixture
+def stub(stub_libcuda, monkeypatch):
+    """flexattn_runtime.driver bound to the stub for one test (state restored after)."""
+    from flexattn_runtime import kernel as kernel_mod
+
+    path, lib = stub_libcuda
+    monkeypatch.setattr(drv, "_LIB_NAMES", [path])
+    for name, value in [("_lib_handle", None), ("_lib_error", None), ("_functions", {}),
+                        ("_initialized", False), ("_primary", {}), ("_device_info", {})]:
+        monkeypatch.setattr(drv, name, value)
+    monkeypatch.setattr(kernel_mod, "_modules", {})
+    lib.stub_reset()
+    lib.stub_set_func_attr(drv.CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES, 0)
+    lib.stub_set_func_attr(drv.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, 0)
+    lib.stub_set_func_attr(drv.CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK, 1024)
+    lib.stub_set_func_attr(drv.CU_FUNC_ATTRIBUTE_NUM_REGS, 128)
+
+    class Stub:
+        def last(self):
+            return lib.stub_last_call().decode()
+
+        def rec(self):
+            return [lib.stub_rec(i) for i in range(lib.stub_nrec())]
+
+        def __getattr__(self, name):
+            return getattr(lib, name)
+
+    return Stub()
+
+
+def test_stub_context_and_device_info(stub):
+    ctx = drv.ensure_context(0)
+    assert ctx == 0xC0000 + 100
+    assert stub.last() == "cuCtxSetCurrent" and stub.rec() == [ctx]
+    stub.stub_fail_next(0)
+    assert drv.ensure_context(0) == ctx          # already current: no second set
+    info = drv.device_info(0)
+    assert info == drv.DeviceInfo(0, "Stub GPU 100", (9, 0), 132, 1024, 49152, 232448, 233472)
+    assert info.arch == "sm_90"
+    assert drv.driver_version() == 13000
+
+
+def test_stub_errors_are_typed(stub):
+    drv.init()
+    stub.stub_fail_next(1)
+    with pytest.raises(drv.CudaError) as e:
+        drv.func_get_attribute(0xF00, drv.CU_FUNC_ATTRIBUTE_NUM_REGS)
+    assert str(e.value) == "cuFuncGetAttribute failed: CUDA_ERROR_STUB (1): stub error text"
+    assert (e.value.func, e.value.code) == ("cuFuncGetAttribute", 1)
+    drv.init()
+    with pytest.raises(drv.CudaError, match="(?s)cuModuleGetFunction failed: .*'missing'"):
+        drv.module_get_function(0x30D0, "missing")
+
+
+def test_stub_module_load(stub):
+    ptx = AXPB_PTX.encode()
+    drv.init()
+    assert drv.module_load(ptx, ptx=True) == 0x30D0
+    assert stub.stub_image_len() == len(ptx)                     # NUL-terminated
+    assert drv.module_load(ptx + b"\0", ptx=True) == 0x30D0     # not doubled
+    assert stub.stub_image_len() == len(ptx)
+    with pytest.raises(drv.CudaError) as e:
+        drv.module_load(b"BAD ptx", ptx=True)
+    assert e.value.name == "CUDA_ERROR_INVALID_PTX" and e.value.func == "cuModuleLoadData"
+    assert "JIT log:\nline 3; error: stub rejects BAD" in str(e.value)
+
+
+def test_stub_kernel_load_checks(stub):
+    k = Kernel(attn_meta(), attn_binary())
+    lf = k.load(0)
+    assert (lf.device, lf.module, lf.function, lf.num_regs) == (0, 0x30D0, 0xF00, 128)
+    assert stub.stub_nloads() == 1
+    # 200 KiB of dynamic smem > 48 KiB: the attribute was raised to it
+    assert drv.func_get_attribute(0xF00, drv.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES) \
+        == 200 * 1024
+    assert k.load(0) is lf
+    # another Kernel over the same binary shares the module (no second load)
+    k2 = Kernel(attn_meta(shared_mem_bytes=100 * 1024), attn_binary())
+    assert k2.load(0).module == lf.module
+    assert stub.stub_nloads() == 1
+    # the attribute only grows
+    assert drv.func_get_attribute(0xF00, drv.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES) \
+        == 200 * 1024
+
+    stub.stub_set_func_attr(drv.CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES, 40000)
+    with pytest.raises(OutOfResources, match="needs 40000 bytes of static \\+ 204800 bytes of "
+                                             "dynamic shared memory = 244800"):
+        Kernel(attn_meta(), attn_binary()).load(0)
+    stub.stub_set_func_attr(drv.CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES, 0)
+    stub.stub_set_func_attr(drv.CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK, 256)
+    with pytest.raises(OutOfResources, match="384 threads, but the compiled function allows "
+                                             "at most 256"):
+        Kernel(attn_meta(), attn_binary()).load(0)
+    with pytest.raises(UnsupportedDevice, match="sm_100a"):
+        Kernel(attn_meta(target="sm_100a"), attn_binary()).load(0)
+
+
+def test_stub_launch_marshals_params(stub):
+    meta = parse_metadata(attn_meta())
+    t = attn_tensors()
+    params = build_params(meta, validate_args(meta, t, device=CPU),
+                          lambda i, p, x: 0x7000 + 0x100 * i)
+    sizes = (ctypes.c_int * len(params))(*ATTN_PARAM_SIZES)
+    stub.stub_set_param_sizes(len(params), sizes)
+    drv.init()
+    drv.launch(0xF00, meta.grid, meta.block, meta.shared_mem_bytes, 0x5555, params)
+    assert stub.last() == "cuLaunchKernel"
+    rec = stub.rec()
+    assert rec[:10] == [0xF00, NQ, B * H, 1, 384, 1, 1, 200 * 1024, 0x5555, 1]
+    f32 = int.from_bytes(ctypes.c_float(0.125), "little")
+    assert rec[10:] == [0x7000, 0x7100, 0x7200, t["out"].data_ptr(), t["lse"].data_ptr(),
+                        t["kv_num_blocks"].data_ptr(), t["kv_indices"].data_ptr(),
+                        f32, N, (1 << 64) - 5]
+    # the legacy default stream (0) is passed as NULL
+    drv.launch(0xF00, (1, 1, 1), (32, 1, 1), 0, 0, params)
+    assert stub.rec()[8] == 0
+
+
+def test_stub_cluster_launch(stub):
+    params = [ctypes.c_uint64(0xABCDEF), ctypes.c_int32(-2)]
+    stub.stub_set_param_sizes(2, (ctypes.c_int * 2)(8, 4))
+    drv.init()
+    drv.launch(0xF00, (8, 4, 1), (128, 1, 1), 4096, 0x77, params, cluster=(2, 2, 1))
+    assert stub.last() == "cuLaunchKernelEx"
+    assert stub.rec() == [0xF00, 8, 4, 1, 128, 1, 1, 4096, 0x77, 1,
+                          1, drv.CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION, 2, 2, 1,
+                          0xABCDEF, (1 << 32) - 2]
+
+
+def test_stub_tensor_map_encode(stub):
+    from flexattn_runtime.tensormap import encode
+
+    p = parse_metadata(attn_meta()).params[0]
+    drv.init()
+    raw = encode(encoding_for(p, (B, H, M, D), 0x7F0000001000))
+    assert stub.last() == "cuTensorMapEncodeTiled"
+    assert stub.rec() == [0, 9, 4, 0x7F0000001000,            # 128-B aligned map, bf16, rank
+                          D, M, H, B,                          # globalDim, innermost first
+                          D * 2, M * D * 2, H * M * D * 2,     # globalStrides (bytes)
+                          64, 128, 1, 1,                       # boxDim
+                          1, 1, 1, 1,                          # elementStrides
+                          0, 3, 3, 0]                          # interleave, 128B, L2 256B, OOB
+    assert raw == bytes((i * 7 + 4) & 0xFF for i in range(128))
+    # rank 1 (no strides)
+    drv.tensor_map_encode_tiled(7, 0x2000, [1024], [], [256], [1], 0, 0, 3, 0)
+    assert stub.rec() == [0, 7, 1, 0x2000, 1024, 256, 1, 0, 0, 3, 0]
+
+
+# ---------------------------------------------------------------------------
 # (c) artifact store
 # ---------------------------------------------------------------------------
 
