@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import math
-import warnings
 
 import pytest
 import torch
@@ -22,7 +21,7 @@ from flexattn_mlir import frontend as fe
 from flexattn_mlir.frontend import ModCaptureError, capture_mask_mod, capture_score_mod, combine
 
 tfa._FLEX_ATTENTION_DISABLE_COMPILE_DEBUG = True
-warnings.filterwarnings("ignore", message=".*flex_attention called without torch.compile.*")
+pytestmark = pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
 
 B, H, S, D = 2, 4, 200, 32
 ATOL, RTOL = 2e-5, 1e-4
