@@ -27,7 +27,7 @@ from .errors import OutOfResources, UnsupportedDevice
 from .launch import build_params, validate_args
 from .metadata import (KernelMetadata, TensorMapParam, check_binary_params,
                        parse_metadata, target_incompatibility)
-from .tensormap import DescriptorCache, encode, encoding_for, upload
+from .tensormap import Descriptor, DescriptorCache, encode, encoding_for, upload
 
 __all__ = ["Kernel", "LoadedFunction", "current_device"]
 
@@ -99,6 +99,7 @@ class Kernel:
         self.name = name or self.metadata.entry
         self.path = path
         self.descriptors = DescriptorCache(descriptor_cache_size)
+        self._graph_descriptors: dict[tuple, Descriptor] = {}
         self._loaded: dict[int, LoadedFunction] = {}
         self._lock = threading.RLock()
 
@@ -240,8 +241,8 @@ class Kernel:
             return args[0]
         return list(args)
 
-    def _descriptor_ptr(self, index: int, p: TensorMapParam, t: torch.Tensor,
-                        dev: int, stream: int) -> int:
+    def _descriptor(self, index: int, p: TensorMapParam, t: torch.Tensor,
+                    dev: int, stream: int) -> Descriptor:
         key = (index, p.arg, t.data_ptr(), tuple(t.shape), t.dtype, tuple(t.stride()),
                dev, stream)
 
@@ -255,7 +256,19 @@ class Kernel:
             return upload(encode(enc), t.device, enc)
 
         with self._lock:
-            return self.descriptors.get(key, make).data_ptr
+            if torch.cuda.is_current_stream_capturing():
+                # Graph capture runs on its own stream: accept a descriptor uploaded
+                # on another stream by the warm-up (finished by then, as torch's
+                # warm-up-then-capture recipe synchronizes), and pin it, since every
+                # replay of the graph reads it.
+                desc = self._graph_descriptors.get(key[:-1])
+                if desc is None:
+                    desc = self.descriptors.find(lambda k: k[:-1] == key[:-1])
+                if desc is None:
+                    make()  # raises the "warm up first" error
+                self._graph_descriptors[key[:-1]] = desc
+                return desc
+            return self.descriptors.get(key, make)
 
     # --- launch --------------------------------------------------------------------
     def __call__(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
@@ -265,7 +278,16 @@ class Kernel:
         lf = self.load(dev)
         _d.ensure_context(dev)
         stream = torch.cuda.current_stream(dev).cuda_stream
-        params = build_params(m, tensors,
-                              lambda i, p, t: self._descriptor_ptr(i, p, t, dev, stream))
+        # The descriptors of this launch stay referenced until it is enqueued: one
+        # evicted from the LRU meanwhile must not have its memory handed to the
+        # next upload before the kernel that reads it is on the stream.
+        in_use: list[Descriptor] = []
+
+        def tensormap_ptr(i: int, p: TensorMapParam, t: torch.Tensor) -> int:
+            desc = self._descriptor(i, p, t, dev, stream)
+            in_use.append(desc)
+            return desc.data_ptr
+
+        params = build_params(m, tensors, tensormap_ptr)
         _d.launch(lf.function, m.grid, m.block, m.shared_mem_bytes, stream, params, m.cluster)
         return {n: t for n, t in zip(m.argument_names, tensors) if n in m.outputs}

@@ -210,6 +210,8 @@ class DescriptorCache:
     """
 
     def __init__(self, maxsize: int = 64):
+        if maxsize < 1:
+            raise ValueError(f"descriptor cache size must be >= 1, got {maxsize}")
         self.maxsize = maxsize
         self._entries: OrderedDict[Hashable, Descriptor] = OrderedDict()
         self.hits = 0
@@ -227,6 +229,13 @@ class DescriptorCache:
         while len(self._entries) > self.maxsize:
             self._entries.popitem(last=False)
         return d
+
+    def find(self, match: Callable[[Hashable], bool]) -> Descriptor | None:
+        """The most recently used entry whose key satisfies `match`, or None."""
+        for key in reversed(self._entries):
+            if match(key):
+                return self._entries[key]
+        return None
 
     def clear(self) -> None:
         self._entries.clear()

@@ -1520,6 +1520,40 @@ def test_gpu_tma_descriptor_address_reuse(sm90, fence):
 
 
 @needs_gpu
+def test_gpu_cuda_graph_capture(sm90):
+    """Warm up (uploads the descriptors), capture, replay with new input data."""
+    k = Kernel(tma_meta((256, 128), "128B"), TMA_PTX.encode())
+    x = torch.randn(256, 128, device="cuda").to(torch.bfloat16)
+    y = torch.zeros_like(x)
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        k(x=x, y=y)
+    torch.cuda.current_stream().wait_stream(s)
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        k(x=x, y=y)
+    x.copy_(torch.randn(256, 128, device="cuda").to(torch.bfloat16))
+    y.zero_()
+    g.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(y, x)
+    assert len(k._graph_descriptors) == 2
+
+
+@needs_gpu
+def test_gpu_cuda_graph_capture_needs_warm_up(sm90):
+    k = Kernel(tma_meta((256, 128), "128B"), TMA_PTX.encode())
+    x = torch.randn(256, 128, device="cuda").to(torch.bfloat16)
+    y = torch.zeros_like(x)
+    torch.cuda.synchronize()
+    with pytest.raises(RuntimeError, match="cannot be uploaded during CUDA graph capture"):
+        with torch.cuda.graph(torch.cuda.CUDAGraph()):
+            k(x=x, y=y)
+
+
+@needs_gpu
 def test_gpu_tma_descriptor_bytes_upload(sm90):
     """The uploaded descriptor is the 128 bytes cuTensorMapEncodeTiled made."""
     from flexattn_runtime.tensormap import encode
