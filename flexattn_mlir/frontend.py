@@ -371,7 +371,26 @@ def _root_exception(err: BaseException) -> BaseException:
     return None
 
 
-def _explain(err: Exception, label: str) -> ModCaptureError:
+@contextlib.contextmanager
+def _native_stderr(sink: io.StringIO):
+    """Collects what C++ code (torch-mlir's diagnostics) writes to fd 2."""
+    import os
+    import tempfile
+
+    fd = 2
+    with tempfile.TemporaryFile(mode="w+b") as tmp:
+        saved = os.dup(fd)
+        try:
+            os.dup2(tmp.fileno(), fd)
+            yield
+        finally:
+            os.dup2(saved, fd)
+            os.close(saved)
+            tmp.seek(0)
+            sink.write(tmp.read().decode(errors="replace"))
+
+
+def _explain(err: Exception, label: str, output: str = "") -> ModCaptureError:
     result = _root_exception(err)
     if result is not None:
         return ModCaptureError(str(result))
@@ -379,7 +398,7 @@ def _explain(err: Exception, label: str) -> ModCaptureError:
     while e is not None and len(chain) < 8:
         chain.append(e)
         e = e.__cause__ or e.__context__
-    text = " ".join(f"{type(e).__name__}: {e}" for e in chain)
+    text = " ".join(f"{type(e).__name__}: {e}" for e in chain) + "\n" + output
     first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     if "DataDependent" in text or "data-dependent" in text or "data dependent" in text:
         return ModCaptureError(
@@ -389,6 +408,13 @@ def _explain(err: Exception, label: str) -> ModCaptureError:
         )
     if isinstance(err, IndexError):
         return ModCaptureError(f"{label} indexes out of bounds while being traced: {first}")
+    illegal = re.findall(r'name = "torch\.(aten\.[\w.]+)"', text) or re.findall(
+        r"failed to legalize operation '([\w.]+)'", text)
+    if illegal:
+        return ModCaptureError(
+            f"{label} uses operations torch-mlir cannot lower: {', '.join(sorted(set(illegal)))} "
+            f"(e.g. mixing a Python bool into a tensor expression; use tensors throughout)"
+        )
     return ModCaptureError(f"{label} could not be exported to MLIR: {type(err).__name__}: {first}")
 
 
@@ -406,14 +432,14 @@ def _export(walk: _Walk, kind: str, label: str) -> ModIR:
         for lg in quiet:
             lg.setLevel(logging.CRITICAL)
         with warnings.catch_warnings(), contextlib.redirect_stderr(noise), \
-                contextlib.redirect_stdout(noise):
+                contextlib.redirect_stdout(noise), _native_stderr(noise):
             warnings.simplefilter("ignore")
             text = str(fx.export_and_import(module, *args, output_type="linalg-on-tensors"))
     except ModCaptureError:
         raise
     except Exception as err:  # noqa: BLE001 - every failure becomes a clear error
         log.debug("export of %s failed; its output:\n%s", label, noise.getvalue())
-        raise _explain(err, label) from err
+        raise _explain(err, label, noise.getvalue()) from err
     finally:
         for lg, lv in zip(quiet, levels):
             lg.setLevel(lv)

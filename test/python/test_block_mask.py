@@ -7,7 +7,6 @@ multiples of the block size, rectangular blocks and broadcast B / H.
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 from torch.nn.attention import flex_attention as tfa
@@ -15,7 +14,7 @@ from torch.nn.attention import flex_attention as tfa
 import flexattn_mlir as fm
 from flexattn_mlir import block_mask as bm
 from flexattn_mlir.block_mask import BlockMask, create_block_mask
-from flexattn_mlir.masks import and_masks, noop_mask, or_masks
+from flexattn_mlir.masks import and_masks, decide_blocks, noop_mask, or_masks
 
 pytestmark = pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
 
@@ -135,9 +134,11 @@ def test_analysis_decides_structured_masks():
     """Only the blocks the boundary crosses are left to the kernel."""
     def undecided(mask, n, block=128):
         captured = fm.frontend.capture_mask_mod(mask)
-        cls = torch.full((1, 1, n // block, n // block), bm.UNKNOWN, dtype=torch.int8)
-        bm._analyze(captured.ir, list(captured.captures), cls, (n, n), (block, block))
-        return int((cls == bm.UNKNOWN).sum())
+        shape = (1, 1, n // block, n // block)
+        kept, dropped = decide_blocks(captured.ir, list(captured.captures), shape, (n, n),
+                                      (block, block))
+        assert not bool((kept & dropped).any())
+        return int((~kept & ~dropped).sum())
 
     assert undecided(causal, 2048) == 16  # the diagonal
     assert undecided(prefix_lm, 2048) == 16
