@@ -27,6 +27,7 @@ import ctypes
 import functools
 import itertools
 import operator
+import re
 import threading
 from typing import Any, Callable, Optional, Union
 
@@ -359,7 +360,10 @@ def create_block_mask(
     else:
         captured, python_mod = frontend.capture_mask_mod(mask_mod), mask_mod
 
-    shape = (B, H, -(-Q_LEN // bq), -(-KV_LEN // bkv))
+    # A mask that never reads b (h) is the same for every batch (head):
+    # classify one and broadcast.
+    uses_b, uses_h = _reads_batch_head(captured.ir)
+    shape = (B if uses_b else 1, H if uses_h else 1, -(-Q_LEN // bq), -(-KV_LEN // bkv))
     cls = torch.full(shape, UNKNOWN, dtype=torch.int8)
     captures = [c.detach().to("cpu").contiguous() for c in captured.captures]
     if analyze:
@@ -385,10 +389,26 @@ def create_block_mask(
         fkv_num, fkv_idx = _dense_to_ordered(full)
         fq_num, fq_idx = _dense_to_ordered(full.transpose(-2, -1))
     tensors = [kv_num, kv_idx, fkv_num, fkv_idx, q_num, q_idx, fq_num, fq_idx]
+    if (shape[0], shape[1]) != (B, H):
+        tensors = [None if t is None else t.expand(B, H, *t.shape[2:]).contiguous()
+                   for t in tensors]
     if torch.device(device) != torch.device("cpu"):
         tensors = [None if t is None else t.to(device) for t in tensors]
     return BlockMask((Q_LEN, KV_LEN), *tensors, BLOCK_SIZE=(bq, bkv), mask_mod=python_mod,
                      captured_mask=captured)
+
+
+def _reads_batch_head(mask: ModIR) -> tuple[bool, bool]:
+    """Whether the mask region uses its b and h arguments."""
+    header, _, body = mask.text.partition("\n")
+    names = re.findall(r"(%[\w$.\-]+)\s*:", header)
+    if len(names) < 4:
+        return True, True
+
+    def used(name):
+        return re.search(re.escape(name) + r"(?![\w$.\-])", body) is not None
+
+    return used(names[0]), used(names[1])
 
 
 # ---------------------------------------------------------------------------

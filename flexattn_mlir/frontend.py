@@ -117,6 +117,8 @@ class _Walk:
 
     def __init__(self, fn):
         self.tensors: list[torch.Tensor] = []
+        # Objects keyed by identity: the memo holds them, so no id is reused.
+        self.pinned: list = []
         self._index: dict[int, int] = {}
         self._active: set[int] = set()
         self.memoizable = True
@@ -143,6 +145,7 @@ class _Walk:
             self.memoizable = False
             return self._const(value, None)
         if isinstance(value, _STABLE):
+            self.pinned.append(value)
             return self._const(value, ("id", id(value)))
         self._active.add(id(value))
         try:
@@ -158,6 +161,7 @@ class _Walk:
         finally:
             self._active.discard(id(value))
         if callable(value) and not hasattr(value, "__dict__"):
+            self.pinned.append(value)
             return self._const(value, ("id", id(value)))  # builtins, C callables
         if isinstance(value, dict):
             try:
@@ -258,7 +262,7 @@ def _rebuild(node, inputs):
 # ---------------------------------------------------------------------------
 
 _lock = threading.RLock()
-_memo: dict[Any, tuple[ModIR, str]] = {}
+_memo: dict[Any, tuple[ModIR, str, list]] = {}  # -> (ir, key, pinned objects)
 
 
 def _mod_name(fn) -> str:
@@ -293,7 +297,7 @@ def _capture(fn, kind: str) -> CapturedMod:
     label = f"{kind}_mod {name!r}"
     _check_arity(fn, kind, label)
     walk = _Walk(fn)
-    for i, t in enumerate(walk.tensors):
+    for t in walk.tensors:
         dt = str(t.dtype).removeprefix("torch.")
         if dt not in TORCH_TO_MLIR or dt == "uint8":
             raise ModCaptureError(
@@ -310,7 +314,7 @@ def _capture(fn, kind: str) -> CapturedMod:
             digest = hashlib.sha256(
                 (mod_ir.digest() + "|" + ",".join(str(t.dtype) for t in walk.tensors)).encode()
             ).hexdigest()
-            hit = (mod_ir, digest)
+            hit = (mod_ir, digest, walk.pinned)
             if memo_key is not None:
                 _memo[memo_key] = hit
     return CapturedMod(hit[0], tuple(walk.tensors), hit[1], name, fn)
