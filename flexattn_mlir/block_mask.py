@@ -558,22 +558,36 @@ def _kernel_for(captured, shape, lengths, block) -> _MaskKernel:
     return kernel
 
 
+_pool: Optional[concurrent.futures.ThreadPoolExecutor] = None
+_PARALLEL_ELEMENTS = 1 << 22  # below this much work, threads cost more than they save
+
+
+def _thread_pool(threads: int) -> concurrent.futures.ThreadPoolExecutor:
+    global _pool
+    with _kernel_lock:
+        if _pool is None or _pool._max_workers < threads:
+            _pool = concurrent.futures.ThreadPoolExecutor(threads, "flexattn-block-mask")
+        return _pool
+
+
 def _evaluate(captured, captures, cls: torch.Tensor, lengths, block, num_threads) -> None:
     """Replaces every UNKNOWN entry of ``cls`` by the block's class."""
-    todo_rows = (cls == UNKNOWN).flatten(0, 2).any(dim=-1)
-    rows = todo_rows.nonzero().flatten()
-    if rows.numel() == 0:
+    todo = cls == UNKNOWN
+    todo_blocks = int(todo.sum())
+    if todo_blocks == 0:
         return
+    rows = todo.flatten(0, 2).any(dim=-1).nonzero().flatten()
     kernel = _kernel_for(captured, tuple(cls.shape), lengths, block)
     captures = [c.view(torch.uint8) if c.dtype == torch.bool else c for c in captures]
     lo, hi = int(rows[0]), int(rows[-1]) + 1
     threads = num_threads or torch.get_num_threads()
     n = hi - lo
-    if threads <= 1 or n < 2:
+    if threads <= 1 or n < 2 or todo_blocks * block[0] * block[1] < _PARALLEL_ELEMENTS:
         kernel(cls, captures, (lo, hi))
         return
-    # Interleave chunks so expensive regions spread over the threads.
+    # Interleaved chunks spread the expensive regions over the threads; the
+    # kernel drops the GIL (ctypes), so they run in parallel.
     chunks = min(n, threads * 8)
     edges = [lo + (n * i) // chunks for i in range(chunks + 1)]
-    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
-        list(pool.map(lambda i: kernel(cls, captures, (edges[i], edges[i + 1])), range(chunks)))
+    pool = _thread_pool(threads)
+    list(pool.map(lambda i: kernel(cls, captures, (edges[i], edges[i + 1])), range(chunks)))

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
@@ -206,25 +207,22 @@ class _RangeTable:
         return mn, mx
 
 
-def _load(op, env, captures, tables, width):
+def _load(step, env, captures, tables):
     """The interval of a memref.load from a capture."""
-    src = op.operands[0]
-    if src not in captures or width is None:
+    t = captures.get(step.operands[0])
+    if t is None or step.width is None or t.is_floating_point() or t.is_complex():
         return None
-    t = captures[src]
-    if t.is_floating_point() or t.is_complex():
-        return None
-    idx = [env.get(v) for v in op.operands[1:]]
+    idx = [env.get(v) for v in step.operands[1:]]
     if any(v is None for v in idx):
         return None
+    if t.dim() == 0:
+        v = torch.tensor(int(t))
+        return (v, v)
     varying = [d for d, v in enumerate(idx) if not _exact(v)]
     if len(varying) > 1:
         return None
     dim = varying[0] if varying else t.dim() - 1
-    if t.dim() == 0:
-        v = torch.tensor(int(t))
-        return (v, v)
-    key = (id(t), dim)
+    key = (step.operands[0], dim)
     if key not in tables:
         tables[key] = _RangeTable(t, dim)
     # The region clamps every load index into the buffer (frontend).
@@ -234,29 +232,81 @@ def _load(op, env, captures, tables, width):
     return tables[key].query(lead, lo, hi)
 
 
+@dataclass(frozen=True)
+class _Step:
+    """One op of a mask region, detached from MLIR: value ids are ints
+    (block arguments first, then op results in order)."""
+
+    name: str
+    result: int
+    width: Optional[int]  # integer width of the result; None: not an integer
+    operands: tuple[int, ...]
+    in_width: Optional[int] = None  # integer width of the first operand
+    const: Optional[int] = None  # arith.constant's integer / bool value
+    predicate: Optional[str] = None  # arith.cmpi's
+
+
+@functools.lru_cache(maxsize=256)
+def _program(text: str, capture_types: tuple[str, ...]):
+    """(arg widths, steps, yielded value id) of a mask region's text."""
+    from mlir import ir
+
+    from . import _native
+
+    cap_args = "".join(f", %bm_cap{i}: {t}" for i, t in enumerate(capture_types))
+    cap_clause = ""
+    if capture_types:
+        cap_clause = (f" captures({', '.join(f'%bm_cap{i}' for i in range(len(capture_types)))}"
+                      f" : {', '.join(capture_types)})")
+    holder = (f"func.func @holder(%bm_i: index{cap_args}) -> f32 {{\n"
+              f"  %bm_s = arith.constant 0.0 : f32\n"
+              f"  %bm_r = flexattn.apply_mods %bm_s at(%bm_i, %bm_i, %bm_i, %bm_i){cap_clause} "
+              f"attributes {{masked}} mask_mod {{\n{text}\n}} : f32\n"
+              f"  return %bm_r : f32\n}}\n")
+    with _native.new_context(), ir.Location.unknown():
+        module = ir.Module.parse(holder)
+        apply = list(module.body.operations[0].regions[0].blocks[0].operations)[1]
+        blk = apply.regions[1].blocks[0]
+        ids: dict = {}
+        for a in blk.arguments:
+            ids[a] = len(ids)
+        arg_widths = tuple(_int_width(a.type) for a in blk.arguments)
+        steps, result = [], None
+        for op in blk.operations:
+            name = op.operation.name
+            if name == "flexattn.yield":
+                result = ids.get(op.operands[0])
+                break
+            for r in op.results:
+                ids[r] = len(ids)
+            if len(op.results) != 1 or any(v not in ids for v in op.operands):
+                continue  # multi-result or unknown operands: results stay unknown
+            const = predicate = None
+            if name == "arith.constant":
+                attr = op.attributes["value"]
+                if isinstance(attr, ir.BoolAttr):
+                    const = int(attr.value)
+                elif isinstance(attr, ir.IntegerAttr):
+                    const = attr.value
+            elif name == "arith.cmpi":
+                k = ir.IntegerAttr(op.attributes["predicate"]).value
+                predicate = _CMP_PREDICATES[k] if 0 <= k < len(_CMP_PREDICATES) else None
+            steps.append(_Step(
+                name, ids[op.results[0]], _int_width(op.results[0].type),
+                tuple(ids[v] for v in op.operands),
+                _int_width(op.operands[0].type) if len(op.operands) else None, const, predicate))
+    return arg_widths, tuple(steps), result
+
+
 def decide_blocks(mask: ModIR, captures, shape, lengths, block):
     """Per block of ``shape = (B, H, Q_BLOCKS, KV_BLOCKS)``: ``(all_kept,
     none_kept)`` bool tensors, True where the interval analysis proves the
     mask keeps every / no element of the block's real (clipped) extent; both
     False where it cannot tell. ``captures`` are CPU copies of the mask's
     captured tensors, in order."""
-    from mlir import ir
-
-    from . import _native
-
     B, H, QB, KB = shape
     (Q, KV), (bq, bkv) = lengths, block
-    caps = mask.capture_types
-    cap_args = "".join(f", %bm_cap{i}: {t}" for i, t in enumerate(caps))
-    cap_clause = ""
-    if caps:
-        cap_clause = (f" captures({', '.join(f'%bm_cap{i}' for i in range(len(caps)))} : "
-                      f"{', '.join(caps)})")
-    text = (f"func.func @holder(%bm_i: index{cap_args}) -> f32 {{\n"
-            f"  %bm_s = arith.constant 0.0 : f32\n"
-            f"  %bm_r = flexattn.apply_mods %bm_s at(%bm_i, %bm_i, %bm_i, %bm_i){cap_clause} "
-            f"attributes {{masked}} mask_mod {{\n{mask.text}\n}} : f32\n"
-            f"  return %bm_r : f32\n}}\n")
+    arg_widths, steps, result_id = _program(mask.text, tuple(mask.capture_types))
     q0 = torch.arange(QB).view(1, 1, QB, 1) * bq
     k0 = torch.arange(KB).view(1, 1, 1, KB) * bkv
     inputs = [
@@ -265,36 +315,21 @@ def decide_blocks(mask: ModIR, captures, shape, lengths, block):
         (q0, torch.clamp(q0 + bq, max=Q) - 1),
         (k0, torch.clamp(k0 + bkv, max=KV) - 1),
     ]
-    result = None
-    with _native.new_context(), ir.Location.unknown():
-        module = ir.Module.parse(text)
-        apply = list(module.body.operations[0].regions[0].blocks[0].operations)[1]
-        blk = apply.regions[1].blocks[0]
-        env: dict = {}
-        args = list(blk.arguments)
-        for a, v in zip(args[:4], inputs):
-            env[a] = _fit(v[0], v[1], _int_width(a.type))
-        cap_map = dict(zip(args[4:], captures))
-        tables: dict = {}
-        for op in blk.operations:
-            name = op.operation.name
-            if name == "flexattn.yield":
-                result = env.get(op.operands[0])
-                break
-            for r in op.results:
-                env[r] = None
-            if len(op.results) != 1:
-                continue
-            width = _int_width(op.results[0].type)
-            try:
-                value = _transfer(name, op, env, cap_map, tables, width)
-            except Exception:  # noqa: BLE001 - an unmodelled corner: unknown
-                value = None
-            if value is None and width is not None:
-                value = _top(width)  # an i1 is never unknown: [0, 1] at worst
-            elif value is not None and width is not None:
-                value = _fit(torch.as_tensor(value[0]), torch.as_tensor(value[1]), width)
-            env[op.results[0]] = value
+    env: dict = {i: _fit(v[0], v[1], arg_widths[i]) for i, v in enumerate(inputs)}
+    cap_map = {4 + i: t for i, t in enumerate(captures)}
+    tables: dict = {}
+    for step in steps:
+        try:
+            value = _transfer(step, env, cap_map, tables)
+        except Exception:  # noqa: BLE001 - an unmodelled corner: unknown
+            value = None
+        if step.width is not None:
+            if value is None:
+                value = _top(step.width)  # an i1 is never unknown: [0, 1] at worst
+            else:
+                value = _fit(torch.as_tensor(value[0]), torch.as_tensor(value[1]), step.width)
+        env[step.result] = value
+    result = env.get(result_id)
     if result is None:
         none = torch.zeros(shape, dtype=torch.bool)
         return none, none
@@ -302,28 +337,19 @@ def decide_blocks(mask: ModIR, captures, shape, lengths, block):
     return lo == 1, hi == 0
 
 
-def _transfer(name: str, op, env, captures, tables, width):
-    """The interval of ``op``'s single result, or None (unknown)."""
-    from mlir import ir
-
-    ops = [env.get(v) for v in op.operands]
+def _transfer(step: _Step, env, captures, tables):
+    """The interval of ``step``'s result, or None (unknown)."""
+    name, width, in_width = step.name, step.width, step.in_width
     if name == "arith.constant":
-        attr = op.attributes["value"]
-        if isinstance(attr, ir.BoolAttr):
-            v = torch.tensor(int(attr.value))
-            return (v, v)
-        if isinstance(attr, ir.IntegerAttr) and width is not None:
-            raw = attr.value
-            if width == 1:
-                raw &= 1
-            v = torch.tensor(raw)
-            return (v, v)
-        return None
+        if step.const is None or width is None:
+            return None
+        v = torch.tensor(step.const & 1 if width == 1 else step.const)
+        return (v, v)
     if name == "memref.load":
-        return _load(op, env, captures, tables, width)
+        return _load(step, env, captures, tables)
+    ops = [env.get(v) for v in step.operands]
     if width is None or any(o is None for o in ops):
         return None
-    in_width = _int_width(op.operands[0].type) if op.operands else None
     if name == "arith.addi":
         a, b = ops
         return (a[0] + b[0], a[1] + b[1])
@@ -341,9 +367,7 @@ def _transfer(name: str, op, env, captures, tables, width):
         a = ops[0]
         return a if bool((a[0] >= 0).all()) else None
     if name == "arith.cmpi":
-        pred = _CMP_PREDICATES[ir.IntegerAttr(op.attributes["predicate"]).value] \
-            if ir.IntegerAttr(op.attributes["predicate"]).value < len(_CMP_PREDICATES) else None
-        return _cmp(pred, ops[0], ops[1], in_width) if pred else None
+        return _cmp(step.predicate, ops[0], ops[1], in_width) if step.predicate else None
     if name in ("arith.andi", "arith.ori", "arith.xori") and width == 1:
         a, b = ops
         if name == "arith.andi":
@@ -379,9 +403,9 @@ def _transfer(name: str, op, env, captures, tables, width):
         return _floordiv_const(ops[0], c, ceil=True)
     if name == "arith.divsi" and c != -1:
         return _floordiv_const(ops[0], c, trunc=True)
-    if name == "arith.shrsi" and 0 <= c < 63:
+    if name == "arith.shrsi" and 0 <= c < width:
         return _floordiv_const(ops[0], 1 << c)
-    if name == "arith.shli" and 0 <= c < 30:
+    if name == "arith.shli" and 0 <= c < min(width, 30):
         return _mul(ops[0], (torch.tensor(1 << c),) * 2)
     if name == "arith.remsi" and c > 0:
         a = ops[0]
