@@ -14,6 +14,9 @@ builds torch's layout from that. The classification runs in two steps:
    ``flexattn-inline-mods``), row by row, stopping at the first row that
    shows the block is partial. Rows of blocks are split across threads.
 
+A mask whose IR never reads ``b`` (``h``) is classified for one batch
+(head) and broadcast, as its blocks are the same for all of them.
+
 Semantics follow torch exactly: elements past Q_LEN / KV_LEN count as
 masked out (torch pads with False), so a clipped edge block is never full;
 listed blocks come first in ascending order, the others follow ascending

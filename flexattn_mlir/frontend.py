@@ -377,7 +377,9 @@ def _root_exception(err: BaseException) -> BaseException:
 
 @contextlib.contextmanager
 def _native_stderr(sink: io.StringIO):
-    """Collects what C++ code (torch-mlir's diagnostics) writes to fd 2."""
+    """Collects what C++ code (torch-mlir's diagnostics) writes to fd 2.
+    Process-wide while it lasts: other threads' stderr output lands here too
+    (and in the debug log on failure)."""
     import os
     import tempfile
 

@@ -16,18 +16,29 @@ class CompileOptions:
 
     target: ``"cpu"`` (ExecutionEngine) or ``"sm_90a"`` (H100 PTX).
     tile_q, tile_kv: the Q and KV tile sizes of ``flexattn-tile`` (a block
-      mask fixes tile_kv to its KV block size).
+      mask fixes tile_kv to its KV block size); 0 takes the target's default
+      (64 x 64 on the CPU, 128 x 128 on the GPU, whose kernel needs tile_q 128).
     opt_level: LLVM optimisation level of the final code generation.
+    stages: shared-memory slots of the GPU kernel's K/V ring.
     """
 
     target: str = "cpu"
-    tile_q: int = 64
-    tile_kv: int = 64
+    tile_q: int = 0
+    tile_kv: int = 0
     opt_level: int = 2
+    stages: int = 2
 
     def __post_init__(self):
         if self.target not in TARGETS:
             raise ValueError(f"CompileOptions.target must be one of {TARGETS}, got {self.target!r}")
+        default = 64 if self.target == "cpu" else 128
+        for name in ("tile_q", "tile_kv"):
+            if getattr(self, name) == 0:
+                object.__setattr__(self, name, default)
+        if self.target != "cpu" and self.tile_q != 128:
+            raise ValueError(f"CompileOptions.tile_q must be 128 for {self.target}, got {self.tile_q}")
+        if not isinstance(self.stages, int) or not 1 <= self.stages <= 8:
+            raise ValueError(f"CompileOptions.stages must be in 1..8, got {self.stages!r}")
         for name in ("tile_q", "tile_kv"):
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0 or value & (value - 1):

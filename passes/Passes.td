@@ -156,4 +156,82 @@ def FlexAttnLowerToLoops : Pass<"flexattn-lower-to-loops", "::mlir::ModuleOp"> {
                            "::mlir::arith::ArithDialect"];
 }
 
+//===----------------------------------------------------------------------===//
+// GPU (Hopper, sm_90a): flexattn-tile{tile-q=128 tile-kv=128} ->
+// flexattn-block-sparsity -> flexattn-map-to-gpu -> flexattn-inline-mods ->
+// flexattn-lower-to-nvvm -> gpu-module-to-binary
+//===----------------------------------------------------------------------===//
+
+def FlexAttnMapToGPU : Pass<"flexattn-map-to-gpu", "::mlir::ModuleOp"> {
+  let summary = "Map each tiled, block-sparse Q-tile loop onto a "
+                "warp-specialised TMA + wgmma kernel and its launch";
+  let description = [{
+    Outlines the `scf.parallel` over (batch, head, Q tile) made by
+    `flexattn-tile{tile-q=128}` and `flexattn-block-sparsity` into a
+    `gpu.func` in `gpu.module @flexattn_kernels`, launched with
+    `gpu.launch_func` on a (ceil(M/128), Hq, B) grid of 384-thread CTAs:
+
+    - warpgroup 0, the producer (setmaxnreg 40): one thread loads Q once and
+      K, V tiles into `stages` shared-memory slots with TMA (128-byte swizzle,
+      tx-count mbarriers), walking a clone of the KV loops, so it visits
+      exactly the blocks the block mask lists;
+    - warpgroups 1 and 2, the consumers (setmaxnreg 232), 64 rows each:
+      S = Q.Kᵀ with wgmma from shared memory; `flexattn.apply_mods` on each
+      register fragment element (mask_mod only on partial blocks; -inf past
+      N); the online softmax in registers (ex2, quad shuffles); P rounded to
+      16 bits in registers; O += P.V with register-A wgmma; empty barriers
+      hand slots back; the epilogue normalises and stores out and lse.
+
+    The host function gains three `!llvm.ptr` arguments, the CUtensorMaps of
+    q, k and v (`flexattn.tensor_map`, `flexattn.box`, `flexattn.tensor_arg`
+    argument attributes say which); memref arguments the loop used become
+    kernel parameters. Needs static shapes, bf16/f16 inputs, head dims 64 or
+    128 and a KV tile of 64 or 128.
+
+    After:
+    ```mlir
+    gpu.launch_func @flexattn_kernels::@flexattn_kernel blocks in (%c2, %c16, %c4)
+        threads in (%c384, %c1, %c1) dynamic_shared_memory_size %smem
+        args(%qmap : !llvm.ptr, %kmap : !llvm.ptr, %vmap : !llvm.ptr, %out : memref<...>)
+    gpu.module @flexattn_kernels {
+      gpu.func @flexattn_kernel(...) kernel attributes {nvvm.maxntid = array<i32: 384, 1, 1>, ...}
+    }
+    ```
+  }];
+  let options = [
+    Option<"stages", "stages", "int64_t", /*default=*/"2",
+           "Shared-memory slots of the K and V rings">,
+  ];
+  let dependentDialects = ["::mlir::gpu::GPUDialect",
+                           "::mlir::LLVM::LLVMDialect",
+                           "::mlir::NVVM::NVVMDialect",
+                           "::mlir::scf::SCFDialect",
+                           "::mlir::memref::MemRefDialect",
+                           "::mlir::arith::ArithDialect"];
+}
+
+def FlexAttnLowerToNVVM : Pass<"flexattn-lower-to-nvvm", "::mlir::ModuleOp"> {
+  let summary = "Lower the flexattn GPU kernels to the NVVM and LLVM dialects";
+  let description = [{
+    Rewrites f32 `math.exp`, `exp2`, `log`, `log2` and `tanh` in the
+    kernels into `ex2.approx`/`lg2.approx` sequences (no libdevice needed),
+    attaches an NVVM target (`chip`, `features`, `opt-level`) to each
+    `gpu.module` and runs upstream's conversions on it: scf to cf, strided
+    metadata, affine, vector, gpu to NVVM (bare-pointer memref arguments) and
+    nvvm to llvm. The result is ready for `gpu-module-to-binary`.
+  }];
+  let options = [
+    Option<"chip", "chip", "std::string", /*default=*/"\"sm_90a\"",
+           "Target chip">,
+    Option<"features", "features", "std::string", /*default=*/"\"+ptx83\"",
+           "PTX features">,
+    Option<"optLevel", "opt-level", "int64_t", /*default=*/"3",
+           "LLVM optimisation level">,
+  ];
+  let dependentDialects = ["::mlir::gpu::GPUDialect",
+                           "::mlir::LLVM::LLVMDialect",
+                           "::mlir::NVVM::NVVMDialect",
+                           "::mlir::math::MathDialect"];
+}
+
 #endif // FLEXATTN_PASSES

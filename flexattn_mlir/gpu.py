@@ -1,0 +1,184 @@
+"""The GPU half of the driver: stages after ``sparse`` for sm_90a targets,
+PTX -> cubin, launch metadata for :mod:`flexattn_runtime`, and the kernel
+object :func:`flexattn_mlir.attention` calls on CUDA tensors.
+
+    sparse -> gpu (flexattn-map-to-gpu) -> inlined (flexattn-inline-mods)
+           -> nvvm (flexattn-lower-to-nvvm) -> ptx (gpu-module-to-binary)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from typing import Sequence
+
+from mlir import ir
+
+from .driver import CompilationError, Compiled, run_pipeline
+from .options import CompileOptions
+from .spec import AttentionSpec
+
+__all__ = ["stages", "finish", "launch_metadata", "kernel_for", "GpuKernel", "compiler_version"]
+
+COMPILER_VERSION = "flexattn-gpu-1"
+
+_TORCH_DTYPE = {"bf16": "bfloat16", "f16": "float16", "f32": "float32", "i32": "int32",
+                "i64": "int64", "i8": "uint8", "i16": "int16", "f64": "float64"}
+
+
+def compiler_version() -> str:
+    return COMPILER_VERSION
+
+
+def make_gpu(mod: ir.Module, opts: CompileOptions) -> None:
+    run_pipeline(mod, f"flexattn-map-to-gpu{{stages={opts.stages}}}", "gpu")
+
+
+def make_inlined(mod: ir.Module, opts: CompileOptions) -> None:
+    run_pipeline(mod, "flexattn-inline-mods, canonicalize, cse", "inlined")
+
+
+def make_nvvm(mod: ir.Module, opts: CompileOptions) -> None:
+    run_pipeline(mod, f"flexattn-lower-to-nvvm{{chip={opts.target} opt-level=3}}", "nvvm")
+
+
+def make_ptx(mod: ir.Module, opts: CompileOptions) -> None:
+    run_pipeline(mod, "gpu-module-to-binary{format=isa}", "ptx")
+
+
+def stages(opts: CompileOptions) -> dict:
+    return {"gpu": make_gpu, "inlined": make_inlined, "nvvm": make_nvvm, "ptx": make_ptx}
+
+
+def _ptx_of(mod: ir.Module) -> str:
+    for op in mod.body.operations:
+        if op.operation.name == "gpu.binary":
+            obj = ir.Attribute(op.attributes["objects"][0])
+            from mlir.dialects import gpu as gpu_d
+
+            return gpu_d.ObjectAttr(obj).object.decode()
+    raise CompilationError("no gpu.binary in the compiled module")
+
+
+def _host_func(mod: ir.Module):
+    for op in mod.body.operations:
+        if op.operation.name == "func.func":
+            return op
+    raise CompilationError("no host function in the compiled module")
+
+
+def launch_metadata(mod: ir.Module, spec: AttentionSpec, opts: CompileOptions) -> dict:
+    """The flexattn_runtime metadata (schema v1) read off the host function's
+    gpu.launch_func and argument attributes."""
+    func = _host_func(mod)
+    entry = func.regions[0].blocks[0]
+    names = [n for n, _ in spec.arguments()]
+    types = dict(spec.arguments())
+    launch = None
+    for op in entry.operations:
+        if op.operation.name == "gpu.launch_func":
+            launch = op
+    if launch is None:
+        raise CompilationError("flexattn-map-to-gpu made no gpu.launch_func")
+
+    def const(v) -> int:
+        return ir.IntegerAttr(v.owner.attributes["value"]).value
+
+    operands = list(launch.operands)
+    # gpu.launch_func operands: grid x3, block x3, dynamic smem, kernel args.
+    grid = [const(v) for v in operands[0:3]]
+    block = [const(v) for v in operands[3:6]]
+    smem = const(operands[6])
+    arg_attrs = func.attributes["arg_attrs"] if "arg_attrs" in func.attributes else None
+    params = []
+    for v in operands[7:]:
+        arg_no = ir.BlockArgument(v).arg_number
+        attrs = ir.DictAttr(arg_attrs[arg_no]) if arg_attrs is not None else None
+        if attrs is not None and "flexattn.tensor_map" in attrs:
+            tensor = ir.StringAttr(attrs["flexattn.tensor_map"]).value
+            box = list(ir.DenseI64ArrayAttr(attrs["flexattn.box"]))
+            params.append({"kind": "tensormap", "arg": tensor, "elem": types[tensor].elem,
+                           "box": box, "swizzle": "128B", "l2_promotion": "256B",
+                           "oob_fill": "zero", "interleave": "none"})
+        else:
+            params.append({"kind": "ptr", "arg": names[arg_no]})
+    outputs = ["out"] + (["lse"] if spec.return_lse else [])
+    return {
+        "version": 1,
+        "entry": f"{spec.name}_kernel",
+        "target": opts.target,
+        "grid": grid,
+        "block": block,
+        "shared_mem_bytes": smem,
+        "params": params,
+        "arguments": [{"name": n, "shape": list(t.shape), "dtype": _TORCH_DTYPE[t.elem]}
+                      for n, t in spec.arguments()],
+        "outputs": outputs,
+        "spec": {"scale": spec.scale, "block_size": spec.block_size,
+                 "compiler": COMPILER_VERSION},
+    }
+
+
+def _ptxas(ptx: str, target: str) -> bytes | None:
+    """cubin bytes when ptxas is installed (it is on build machines with the
+    CUDA toolkit); None otherwise, and the driver JITs the PTX at load."""
+    exe = os.environ.get("FLEXATTN_PTXAS") or shutil.which("ptxas")
+    if not exe:
+        return None
+    with tempfile.TemporaryDirectory() as d:
+        src, out = os.path.join(d, "k.ptx"), os.path.join(d, "k.cubin")
+        with open(src, "w") as f:
+            f.write(ptx)
+        proc = subprocess.run([exe, f"-arch={target}", "-O3", src, "-o", out],
+                              capture_output=True, text=True)
+        if proc.returncode:
+            repro = os.path.join(tempfile.mkdtemp(prefix="flexattn-ptxas-"), "kernel.ptx")
+            with open(repro, "w") as f:
+                f.write(ptx)
+            raise CompilationError(f"ptxas failed:\n{proc.stderr}\nreproduce with: "
+                                   f"{exe} -arch={target} {repro}")
+        with open(out, "rb") as f:
+            return f.read()
+
+
+def finish(mod: ir.Module, spec: AttentionSpec, opts: CompileOptions) -> dict:
+    """PTX, cubin (when ptxas exists) and launch metadata of a compiled module."""
+    ptx = _ptx_of(mod)
+    meta = launch_metadata(mod, spec, opts)
+    cubin = _ptxas(ptx, opts.target)
+    key = hashlib.sha256((spec.digest() + opts.digest() + COMPILER_VERSION).encode()).hexdigest()
+    meta["key"] = key
+    return {"launch": meta, "ptx": ptx, "cubin": cubin}
+
+
+def binary_of(compiled: Compiled) -> tuple[bytes, str]:
+    md = compiled.metadata
+    if md.get("cubin"):
+        return md["cubin"], "cubin"
+    return md["ptx"].encode(), "ptx"
+
+
+class GpuKernel:
+    """A compiled kernel bound to flexattn_runtime; call with the spec's
+    arguments in order."""
+
+    def __init__(self, metadata: dict, binary: bytes, fmt: str):
+        from flexattn_runtime import Kernel
+
+        meta = dict(metadata, binary_format=fmt, binary=f"{metadata['entry']}.{fmt}")
+        self.metadata = meta
+        self.kernel = Kernel(meta, binary)
+
+    def __call__(self, tensors: Sequence) -> None:
+        self.kernel(list(tensors))
+
+
+def kernel_for(spec: AttentionSpec, opts: CompileOptions) -> GpuKernel:
+    from . import driver
+
+    compiled = driver.compile(spec, opts, keep_ir=False)
+    binary, fmt = binary_of(compiled)
+    return GpuKernel(compiled.metadata["launch"], binary, fmt)
