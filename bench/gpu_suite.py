@@ -176,6 +176,10 @@ def run_all(artifacts: str, out_json: str, only: str | None, reps: int) -> None:
     from flexattn_runtime import ArtifactStore
 
     torch.backends.cuda.matmul.allow_tf32 = False
+    # One compiled flex_attention serves every case: lift dynamo's limit on
+    # recompilations (one per variant and shape).
+    torch._dynamo.config.recompile_limit = 256
+    torch._dynamo.config.accumulated_recompile_limit = 4096
     dev = "cuda"
     store = ArtifactStore(artifacts)
     with open(os.path.join(artifacts, "cases.json")) as f:

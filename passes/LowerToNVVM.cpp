@@ -7,7 +7,8 @@
 // Lowers the kernels of flexattn-map-to-gpu to the NVVM/LLVM dialects:
 //  1. the math ops user mods use most (exp, exp2, log, log2, tanh) become
 //     short PTX sequences on the special-function unit, so no libdevice is
-//     needed (tanh via exp2 keeps about 1e-6 absolute error);
+//     needed (tanh via exp2 keeps about 1e-6 absolute error), and f32
+//     divisions become multiplies by a reciprocal or div.full;
 //  2. the NVVM target is attached and upstream's conversions run on each
 //     gpu.module (scf -> cf, gpu/arith/memref -> NVVM with bare-pointer
 //     memref arguments, nvvm -> llvm), ready for gpu-module-to-binary.
@@ -18,6 +19,7 @@
 #include "passes/Passes.h"
 
 #include "mlir/Dialect/GPU/IR/GPUDialect.h"
+#include "mlir/IR/Matchers.h"
 #include "mlir/Dialect/LLVMIR/NVVMDialect.h"
 #include "mlir/Pass/PassManager.h"
 #include "mlir/Pass/PassRegistry.h"
@@ -43,6 +45,36 @@ Value lg2(PtxBuilder &p, Value x) {
                      p.b.getF32Type(), /*sideEffects=*/false);
 }
 
+Value rcp(PtxBuilder &p, Value x) {
+  return p.inlineAsm("rcp.approx.ftz.f32 $0, $1;", "=f,f", {x},
+                     p.b.getF32Type(), /*sideEffects=*/false);
+}
+
+/// f32 division in a mod: by a constant, a multiply by its reciprocal (at
+/// most 1.5 ulp from the IEEE quotient); otherwise div.full (2 ulp) instead
+/// of the much slower IEEE div.rn.
+struct FastDivF : OpRewritePattern<arith::DivFOp> {
+  using OpRewritePattern::OpRewritePattern;
+  LogicalResult matchAndRewrite(arith::DivFOp op,
+                                PatternRewriter &rewriter) const override {
+    if (!op.getType().isF32())
+      return failure();
+    ImplicitLocOpBuilder b(op.getLoc(), rewriter);
+    PtxBuilder p{b};
+    FloatAttr divisor;
+    if (matchPattern(op.getRhs(), m_Constant(&divisor)) &&
+        divisor.getValueAsDouble() != 0.0) {
+      float reciprocal = static_cast<float>(1.0 / divisor.getValueAsDouble());
+      rewriter.replaceOp(op, arith::MulFOp::create(b, op.getLhs(), p.f32(reciprocal)));
+      return success();
+    }
+    rewriter.replaceOp(op, p.inlineAsm("div.full.f32 $0, $1, $2;", "=f,f,f",
+                                       {op.getLhs(), op.getRhs()},
+                                       b.getF32Type(), /*sideEffects=*/false));
+    return success();
+  }
+};
+
 /// exp, exp2, log, log2, tanh on f32 -> ex2/lg2 sequences.
 template <typename MathOp>
 struct MathToPtx : OpRewritePattern<MathOp> {
@@ -64,13 +96,13 @@ struct MathToPtx : OpRewritePattern<MathOp> {
     } else if constexpr (std::is_same_v<MathOp, math::LogOp>) {
       r = arith::MulFOp::create(b, lg2(p, x), p.f32(kLn2));
     } else {
-      // tanh(x) = sign(x) (1 - 2 / (exp(2|x|) + 1)), exact at 0 and +-inf.
+      // tanh(x) = sign(x) (1 - 2 / (exp(2|x|) + 1)), exact at 0 and +-inf;
+      // ex2.approx and rcp.approx keep the absolute error near 1e-7.
       Value ax = math::AbsFOp::create(b, x);
       Value e = p.ex2(arith::MulFOp::create(b, ax, p.f32(2.0f * kLog2e)));
+      Value inv = rcp(p, arith::AddFOp::create(b, e, p.f32(1.0f)));
       Value t = arith::SubFOp::create(
-          b, p.f32(1.0f),
-          arith::DivFOp::create(b, p.f32(2.0f),
-                                arith::AddFOp::create(b, e, p.f32(1.0f))));
+          b, p.f32(1.0f), arith::MulFOp::create(b, inv, p.f32(2.0f)));
       r = math::CopySignOp::create(b, t, x);
     }
     rewriter.replaceOp(op, r);
@@ -87,7 +119,7 @@ struct FlexAttnLowerToNVVMPass
     RewritePatternSet patterns(&getContext());
     patterns.add<MathToPtx<math::ExpOp>, MathToPtx<math::Exp2Op>,
                  MathToPtx<math::LogOp>, MathToPtx<math::Log2Op>,
-                 MathToPtx<math::TanhOp>>(&getContext());
+                 MathToPtx<math::TanhOp>, FastDivF>(&getContext());
     for (auto gm : module.getOps<gpu::GPUModuleOp>())
       if (failed(applyPatternsGreedily(gm, std::move(patterns))))
         return signalPassFailure();

@@ -324,24 +324,29 @@ SmallVector<Value> consumerStep(ImplicitLocOpBuilder &b, const ConsumerEnv &c,
   float scale = ts.getScale().convertToFloat();
   Value scaleV = p.f32(scale), log2e = p.f32(static_cast<float>(kLog2e));
   Value folded = p.f32(static_cast<float>(scale * kLog2e));
-  auto idx = [&](int64_t v) { return arith::ConstantIndexOp::create(b, v); };
-  Value qRow0 = arith::AddIOp::create(b, q0, c.rowBase);
-  Value kvCol0 = arith::AddIOp::create(b, kv0, c.colBase);
-  Value qRows[2] = {qRow0, arith::AddIOp::create(b, qRow0, idx(8))};
+  // Index math in i32 (what the mods take); the index casts apply_mods needs
+  // fold away once flexattn-inline-mods has cloned the regions.
+  auto toIndex = [&](Value v) {
+    return arith::IndexCastOp::create(b, b.getIndexType(), v).getResult();
+  };
+  Value qRow0 = arith::AddIOp::create(b, toI32(b, q0), toI32(b, c.rowBase));
+  Value kvCol0 = arith::AddIOp::create(b, toI32(b, kv0), toI32(b, c.colBase));
+  Value qRows[2] = {qRow0, arith::AddIOp::create(b, qRow0, p.i32(8))};
   if (qTail)
     for (Value &r : qRows)
-      r = arith::MinUIOp::create(b, r, idx(plan.M - 1));
+      r = arith::MinUIOp::create(b, r, p.i32(plan.M - 1));
+  Value qIdx[2] = {toIndex(qRows[0]), toIndex(qRows[1])};
   SmallVector<Value> x(s.size());
   for (int64_t e = 0; e < int64_t(s.size()); ++e) {
     int64_t j = e / 4, h = (e / 2) % 2, q = e % 2;
-    Value kvIdx = arith::AddIOp::create(b, kvCol0, idx(8 * j + q));
+    Value kvIdx = arith::AddIOp::create(b, kvCol0, p.i32(8 * j + q));
     Value v;
     if (mods) {
-      Value kvMod = kvTail ? arith::MinUIOp::create(b, kvIdx, idx(plan.N - 1)).getResult()
+      Value kvMod = kvTail ? arith::MinUIOp::create(b, kvIdx, p.i32(plan.N - 1)).getResult()
                            : kvIdx;
       Value scaled = arith::MulFOp::create(b, s[e], scaleV);
       auto apply = ApplyModsOp::create(
-          b, b.getF32Type(), scaled, bIdx, hIdx, qRows[h], kvMod, captures,
+          b, b.getF32Type(), scaled, bIdx, hIdx, qIdx[h], toIndex(kvMod), captures,
           applyMask ? b.getUnitAttr() : UnitAttr());
       cloneModRegions(ts, apply, applyMask);
       v = arith::MulFOp::create(b, apply.getResult(), log2e);
@@ -350,7 +355,7 @@ SmallVector<Value> consumerStep(ImplicitLocOpBuilder &b, const ConsumerEnv &c,
     }
     if (kvTail) {
       Value inside = arith::CmpIOp::create(b, arith::CmpIPredicate::ult, kvIdx,
-                                           idx(plan.N));
+                                           p.i32(plan.N));
       v = arith::SelectOp::create(b, inside, v, ninf);
     }
     x[e] = v;

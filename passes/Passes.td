@@ -214,7 +214,9 @@ def FlexAttnLowerToNVVM : Pass<"flexattn-lower-to-nvvm", "::mlir::ModuleOp"> {
   let summary = "Lower the flexattn GPU kernels to the NVVM and LLVM dialects";
   let description = [{
     Rewrites f32 `math.exp`, `exp2`, `log`, `log2` and `tanh` in the
-    kernels into `ex2.approx`/`lg2.approx` sequences (no libdevice needed),
+    kernels into `ex2.approx`/`lg2.approx`/`rcp.approx` sequences (no
+    libdevice needed) and f32 `arith.divf` into a multiply by the reciprocal
+    of a constant divisor or `div.full.f32`,
     attaches an NVVM target (`chip`, `features`, `opt-level`) to each
     `gpu.module` and runs upstream's conversions on it: scf to cf, strided
     metadata, affine, vector, gpu to NVVM (bare-pointer memref arguments) and
