@@ -34,6 +34,7 @@ import re
 import threading
 from typing import Any, Callable, Optional, Union
 
+import numpy as np
 import torch
 
 from . import _native
@@ -61,18 +62,20 @@ kernel_count = 0
 # ---------------------------------------------------------------------------
 
 
-def _dense_to_ordered(dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(num, indices) of a 0/1 block matrix: the set columns in ascending
-    order, then the unset ones ascending (= torch's stable descending argsort)."""
-    d = dense.to(torch.int32)
-    num = d.sum(dim=-1, dtype=torch.int32)
-    cols = d.shape[-1]
-    csum = d.cumsum(dim=-1, dtype=torch.int32)
-    j = torch.arange(cols, dtype=torch.int32, device=d.device)
-    pos = torch.where(d.bool(), csum - 1, num.unsqueeze(-1) + j - csum)
-    idx = torch.empty_like(d)
-    idx.scatter_(-1, pos.long(), j.expand_as(d).contiguous())
-    return num.contiguous(), idx.contiguous()
+def _dense_to_ordered(dense) -> tuple[torch.Tensor, torch.Tensor]:
+    """(num, indices) of a 0/1 block matrix (a tensor or numpy array): the set
+    columns in ascending order, then the unset ones ascending (= torch's
+    stable descending argsort). numpy: single-threaded small ops."""
+    device = dense.device if isinstance(dense, torch.Tensor) else torch.device("cpu")
+    d = np.ascontiguousarray(dense.cpu().numpy() if isinstance(dense, torch.Tensor) else dense,
+                             dtype=np.int32)
+    num = d.sum(axis=-1, dtype=np.int32)
+    csum = np.cumsum(d, axis=-1, dtype=np.int32)
+    j = np.arange(d.shape[-1], dtype=np.int32)
+    pos = np.where(d != 0, csum - 1, num[..., None] + j - csum)
+    idx = np.empty_like(d)
+    np.put_along_axis(idx, pos.astype(np.int64), np.broadcast_to(j, d.shape), axis=-1)
+    return torch.from_numpy(num).to(device), torch.from_numpy(idx).to(device)
 
 
 def _ordered_to_dense(num: torch.Tensor, idx: torch.Tensor, cols: int) -> torch.Tensor:
@@ -363,42 +366,53 @@ def create_block_mask(
     else:
         captured, python_mod = frontend.capture_mask_mod(mask_mod), mask_mod
 
+    threads = num_threads or torch.get_num_threads()
+    tensors = _classify_and_order(captured, B, H, Q_LEN, KV_LEN, bq, bkv,
+                                  separate_full_blocks, analyze, threads)
+    if torch.device(device) != torch.device("cpu"):
+        tensors = [None if t is None else t.to(device) for t in tensors]
+    return BlockMask((Q_LEN, KV_LEN), *tensors, BLOCK_SIZE=(bq, bkv), mask_mod=python_mod,
+                     captured_mask=captured)
+
+
+def _classify_and_order(captured, B, H, Q_LEN, KV_LEN, bq, bkv, separate_full_blocks,
+                        analyze, threads) -> list:
+    """The 8 tensors of the BlockMask of ``captured``, in BlockMask order.
+    The bookkeeping is numpy: many small elementwise ops, which torch's
+    intra-op threads only slow down (barriers; badly so on a loaded machine)."""
     # A mask that never reads b (h) is the same for every batch (head):
     # classify one and broadcast.
     uses_b, uses_h = _reads_batch_head(captured.ir)
     shape = (B if uses_b else 1, H if uses_h else 1, -(-Q_LEN // bq), -(-KV_LEN // bkv))
-    cls = torch.full(shape, UNKNOWN, dtype=torch.int8)
+    cls = np.full(shape, UNKNOWN, dtype=np.int8)
     captures = [c.detach().to("cpu").contiguous() for c in captured.captures]
     if analyze:
         all_kept, none_kept = decide_blocks(captured.ir, captures, shape, (Q_LEN, KV_LEN),
                                             (bq, bkv))
         # torch pads with False: a clipped edge block is never full.
-        q0 = torch.arange(shape[2]).view(1, 1, -1, 1) * bq
-        k0 = torch.arange(shape[3]).view(1, 1, 1, -1) * bkv
+        q0 = np.arange(shape[2]).reshape(1, 1, -1, 1) * bq
+        k0 = np.arange(shape[3]).reshape(1, 1, 1, -1) * bkv
         whole = (q0 + bq <= Q_LEN) & (k0 + bkv <= KV_LEN)
         cls[all_kept & whole] = FULL
         cls[all_kept & ~whole] = PARTIAL
         cls[none_kept] = EMPTY
-    _evaluate(captured, captures, cls, (Q_LEN, KV_LEN), (bq, bkv), num_threads)
+    _evaluate(captured, captures, cls, (Q_LEN, KV_LEN), (bq, bkv), threads)
 
     if separate_full_blocks:
         partial, full = cls == PARTIAL, cls == FULL
     else:
         partial, full = cls != EMPTY, None
     kv_num, kv_idx = _dense_to_ordered(partial)
-    q_num, q_idx = _dense_to_ordered(partial.transpose(-2, -1))
+    q_num, q_idx = _dense_to_ordered(np.swapaxes(partial, -2, -1))
     fkv_num = fkv_idx = fq_num = fq_idx = None
     if full is not None:
         fkv_num, fkv_idx = _dense_to_ordered(full)
-        fq_num, fq_idx = _dense_to_ordered(full.transpose(-2, -1))
+        fq_num, fq_idx = _dense_to_ordered(np.swapaxes(full, -2, -1))
     tensors = [kv_num, kv_idx, fkv_num, fkv_idx, q_num, q_idx, fq_num, fq_idx]
     if (shape[0], shape[1]) != (B, H):
         tensors = [None if t is None else t.expand(B, H, *t.shape[2:]).contiguous()
                    for t in tensors]
-    if torch.device(device) != torch.device("cpu"):
-        tensors = [None if t is None else t.to(device) for t in tensors]
-    return BlockMask((Q_LEN, KV_LEN), *tensors, BLOCK_SIZE=(bq, bkv), mask_mod=python_mod,
-                     captured_mask=captured)
+    return tensors
 
 
 def _reads_batch_head(mask: ModIR) -> tuple[bool, bool]:
@@ -573,17 +587,17 @@ def _thread_pool(threads: int) -> concurrent.futures.ThreadPoolExecutor:
         return _pool
 
 
-def _evaluate(captured, captures, cls: torch.Tensor, lengths, block, num_threads) -> None:
-    """Replaces every UNKNOWN entry of ``cls`` by the block's class."""
+def _evaluate(captured, captures, cls: np.ndarray, lengths, block, threads: int) -> None:
+    """Replaces every UNKNOWN entry of ``cls`` (in place) by the block's class."""
     todo = cls == UNKNOWN
     todo_blocks = int(todo.sum())
     if todo_blocks == 0:
         return
-    rows = todo.flatten(0, 2).any(dim=-1).nonzero().flatten()
+    rows = np.flatnonzero(todo.reshape(-1, cls.shape[-1]).any(axis=-1))
     kernel = _kernel_for(captured, tuple(cls.shape), lengths, block)
+    cls = torch.from_numpy(cls)  # shares the memory the kernel writes
     captures = [c.view(torch.uint8) if c.dtype == torch.bool else c for c in captures]
     lo, hi = int(rows[0]), int(rows[-1]) + 1
-    threads = num_threads or torch.get_num_threads()
     n = hi - lo
     if threads <= 1 or n < 2 or todo_blocks * block[0] * block[1] < _PARALLEL_ELEMENTS:
         kernel(cls, captures, (lo, hi))

@@ -16,6 +16,7 @@ import functools
 from dataclasses import dataclass
 from typing import Callable, Optional
 
+import numpy as np
 import torch
 
 from .mods import ModIR
@@ -67,14 +68,18 @@ def and_masks(*mask_mods: MaskMod) -> MaskMod:
 # ---------------------------------------------------------------------------
 #
 # Each integer value is over-approximated, per block, by an interval
-# [lo, hi] of int64 tensors broadcastable to [B, H, Q_BLOCKS, KV_BLOCKS]; i1
+# [lo, hi] of int64 arrays broadcastable to [B, H, Q_BLOCKS, KV_BLOCKS]; i1
 # values use {0, 1}. An op the analysis does not model yields the whole range
-# of its type (floats: None, i.e. unknown), so the result is always sound: a
-# block is decided only when its interval is [1, 1] (all kept) or [0, 0].
-# Bounds stay inside (-_INF, _INF); anything reaching them becomes _TOP.
+# of its type (64-bit values and floats: None, unknown), so the result is
+# sound: a block is decided only when its interval is [1, 1] (all kept) or
+# [0, 0] (none kept). 64-bit bounds stay inside (-_INF, _INF), with headroom
+# for exact int64 arithmetic; a bound reaching them makes the value unknown.
+#
+# numpy, not torch: these are many small elementwise ops, which torch's
+# intra-op threads only slow down (barriers; badly so on a loaded machine).
 
 _INF = 2**61
-_I1 = "i1"
+_CMP_PREDICATES = ["eq", "ne", "slt", "sle", "sgt", "sge", "ult", "ule", "ugt", "uge"]
 
 
 def _int_width(t) -> Optional[int]:
@@ -87,77 +92,81 @@ def _int_width(t) -> Optional[int]:
     return None
 
 
+def _scalar(v: int) -> np.ndarray:
+    return np.array(v, dtype=np.int64)
+
+
 def _top(width: int):
     """The whole range of a ``width``-bit value; None (unknown) for 64-bit
     values, whose range the int64 bounds cannot hold with headroom."""
     if width == 1:
-        return (torch.tensor(0), torch.tensor(1))
+        return (_scalar(0), _scalar(1))
     if width >= 62:
         return None
-    return (torch.tensor(-(2 ** (width - 1))), torch.tensor(2 ** (width - 1) - 1))
+    return (_scalar(-(2 ** (width - 1))), _scalar(2 ** (width - 1) - 1))
 
 
 def _fit(lo, hi, width: int):
     """Clamp an exact-arithmetic interval into what a ``width``-bit value can
     be: on possible wrap-around, the type's whole range (64-bit: unknown)."""
+    lo, hi = np.asarray(lo, dtype=np.int64), np.asarray(hi, dtype=np.int64)
     if width >= 62:
-        if bool(((lo <= -_INF) | (hi >= _INF)).any()):
+        if np.any(lo <= -_INF) or np.any(hi >= _INF):
             return None
         return lo, hi
     tlo, thi = _top(width)
     bad = (lo < tlo) | (hi > thi)
-    if bool(bad.any()):
-        lo = torch.where(bad, tlo, lo)
-        hi = torch.where(bad, thi, hi)
+    if np.any(bad):
+        lo, hi = np.where(bad, tlo, lo), np.where(bad, thi, hi)
     return lo, hi
 
 
-def _exact(v):
-    return v is not None and bool((v[0] == v[1]).all())
+def _exact(v) -> bool:
+    return v is not None and bool(np.all(v[0] == v[1]))
 
 
 def _const_of(v) -> Optional[int]:
-    if v is not None and v[0].numel() == 1 and int(v[0]) == int(v[1]):
-        return int(v[0])
+    if v is not None and v[0].size == 1 and int(v[0].flat[0]) == int(v[1].flat[0]):
+        return int(v[0].flat[0])
     return None
 
 
 def _mul(a, b):
     cands = [a[0] * b[0], a[0] * b[1], a[1] * b[0], a[1] * b[1]]
-    fl = [a[0].double() * b[0].double(), a[0].double() * b[1].double(),
-          a[1].double() * b[0].double(), a[1].double() * b[1].double()]
-    lo = functools.reduce(torch.minimum, cands)
-    hi = functools.reduce(torch.maximum, cands)
-    big = functools.reduce(torch.maximum, [f.abs() for f in fl]) >= _INF
-    return torch.where(big, -_INF, lo), torch.where(big, _INF, hi)
+    lo = functools.reduce(np.minimum, cands)
+    hi = functools.reduce(np.maximum, cands)
+    # int64 products may wrap: check magnitudes in float64 first.
+    fa = [x.astype(np.float64) for x in a]
+    fb = [x.astype(np.float64) for x in b]
+    big = functools.reduce(np.maximum, [np.abs(x * y) for x in fa for y in fb]) >= _INF
+    return np.where(big, -_INF, lo), np.where(big, _INF, hi)
 
 
-def _floordiv_const(a, c: int, ceil: bool = False, trunc: bool = False):
+def _div_const(a, c: int, mode: str):
+    """x / c rounded (floor, ceil or trunc): monotone in x for a fixed c."""
     def f(x):
-        if trunc:
-            return torch.div(x, c, rounding_mode="trunc")
-        if ceil:
-            return -torch.div(-x, c, rounding_mode="floor")
-        return torch.div(x, c, rounding_mode="floor")
+        if mode == "floor":
+            return np.floor_divide(x, c)
+        if mode == "ceil":
+            return -np.floor_divide(-x, c)
+        return np.sign(x) * np.sign(c) * np.floor_divide(np.abs(x), abs(c))
 
     x, y = f(a[0]), f(a[1])
-    return (torch.minimum(x, y), torch.maximum(x, y))  # monotone in x for a fixed c
+    return np.minimum(x, y), np.maximum(x, y)
 
 
 def _cmp(pred: str, a, b, width: int):
     """[lo, hi] of an i1 comparison result."""
-    true = torch.tensor(1)
-    false = torch.tensor(0)
     if pred in ("eq", "ne"):
         same = (a[0] == a[1]) & (b[0] == b[1]) & (a[0] == b[0])
         apart = (a[1] < b[0]) | (b[1] < a[0])
         if pred == "ne":
             same, apart = apart, same
-        return (torch.where(same, true, false), torch.where(apart, false, true))
+        return np.where(same, 1, 0), np.where(apart, 0, 1)
     if width == 1:
-        return None
+        return None  # i1 orders as signed {-1, 0}
     if pred.startswith("u"):
-        if not (bool((a[0] >= 0).all()) and bool((b[0] >= 0).all())):
+        if not (np.all(a[0] >= 0) and np.all(b[0] >= 0)):
             return None  # negative values compare as huge unsigned ones
         pred = "s" + pred[1:]
     if pred == "slt":
@@ -170,10 +179,7 @@ def _cmp(pred: str, a, b, width: int):
         yes, no = a[0] >= b[1], a[1] < b[0]
     else:
         return None
-    return (torch.where(yes, true, false), torch.where(no, false, true))
-
-
-_CMP_PREDICATES = ["eq", "ne", "slt", "sle", "sgt", "sge", "ult", "ule", "ugt", "uge"]
+    return np.where(yes, 1, 0), np.where(no, 0, 1)
 
 
 class _RangeTable:
@@ -181,29 +187,31 @@ class _RangeTable:
     tables), for loads whose index varies over a block."""
 
     def __init__(self, t: torch.Tensor, dim: int):
-        t = t.to(torch.int64).movedim(dim, -1)
-        n = t.shape[-1]
+        a = np.moveaxis(t.to(torch.int64).numpy(), dim, -1)
+        n = a.shape[-1]
         self.levels = max(1, n.bit_length())
-        mins, maxs = [t], [t]
+        mins, maxs = [a], [a]
         for k in range(1, self.levels):
             step = 1 << (k - 1)
-            prev_min, prev_max = mins[-1], maxs[-1]
-            shifted_min = torch.cat([prev_min[..., step:], prev_min[..., -1:].expand(*t.shape[:-1], step)], -1)
-            shifted_max = torch.cat([prev_max[..., step:], prev_max[..., -1:].expand(*t.shape[:-1], step)], -1)
-            mins.append(torch.minimum(prev_min, shifted_min))
-            maxs.append(torch.maximum(prev_max, shifted_max))
-        self.mins = torch.stack(mins)  # [K, ..., n]
-        self.maxs = torch.stack(maxs)
+            pmin, pmax = mins[-1], maxs[-1]
+            pad = (*a.shape[:-1], step)
+            mins.append(np.minimum(pmin, np.concatenate(
+                [pmin[..., step:], np.broadcast_to(pmin[..., -1:], pad)], -1)))
+            maxs.append(np.maximum(pmax, np.concatenate(
+                [pmax[..., step:], np.broadcast_to(pmax[..., -1:], pad)], -1)))
+        self.mins = np.stack(mins)  # [K, ..., n]: min of [i, i + 2^k)
+        self.maxs = np.stack(maxs)
 
     def query(self, lead: list, lo, hi):
-        length = (hi - lo + 1).clamp(min=1)
-        k = torch.floor(torch.log2(length.double())).long().clamp(max=self.levels - 1)
-        # guard against log2 rounding: make sure 2^k <= length < 2^(k+1)
-        k = torch.where((1 << k) > length, k - 1, k)
-        k = torch.where((1 << (k + 1)) <= length, (k + 1).clamp(max=self.levels - 1), k)
-        right = hi - (1 << k) + 1
-        mn = torch.minimum(self.mins[(k, *lead, lo)], self.mins[(k, *lead, right)])
-        mx = torch.maximum(self.maxs[(k, *lead, lo)], self.maxs[(k, *lead, right)])
+        length = np.maximum(hi - lo + 1, 1)
+        k = np.minimum(np.floor(np.log2(length.astype(np.float64))).astype(np.int64),
+                       self.levels - 1)
+        # guard against log2 rounding: 2^k <= length < 2^(k+1)
+        k = np.where(np.left_shift(1, k) > length, k - 1, k)
+        k = np.where(np.left_shift(1, k + 1) <= length, np.minimum(k + 1, self.levels - 1), k)
+        right = hi - np.left_shift(1, k) + 1
+        mn = np.minimum(self.mins[(k, *lead, lo)], self.mins[(k, *lead, right)])
+        mx = np.maximum(self.maxs[(k, *lead, lo)], self.maxs[(k, *lead, right)])
         return mn, mx
 
 
@@ -216,7 +224,7 @@ def _load(step, env, captures, tables):
     if any(v is None for v in idx):
         return None
     if t.dim() == 0:
-        v = torch.tensor(int(t))
+        v = _scalar(int(t))
         return (v, v)
     varying = [d for d, v in enumerate(idx) if not _exact(v)]
     if len(varying) > 1:
@@ -226,9 +234,9 @@ def _load(step, env, captures, tables):
     if key not in tables:
         tables[key] = _RangeTable(t, dim)
     # The region clamps every load index into the buffer (frontend).
-    lead = [idx[d][0].clamp(0, t.shape[d] - 1) for d in range(t.dim()) if d != dim]
-    lo = idx[dim][0].clamp(0, t.shape[dim] - 1)
-    hi = idx[dim][1].clamp(0, t.shape[dim] - 1)
+    lead = [np.clip(idx[d][0], 0, t.shape[d] - 1) for d in range(t.dim()) if d != dim]
+    lo = np.clip(idx[dim][0], 0, t.shape[dim] - 1)
+    hi = np.clip(idx[dim][1], 0, t.shape[dim] - 1)
     return tables[key].query(lead, lo, hi)
 
 
@@ -300,40 +308,41 @@ def _program(text: str, capture_types: tuple[str, ...]):
 
 def decide_blocks(mask: ModIR, captures, shape, lengths, block):
     """Per block of ``shape = (B, H, Q_BLOCKS, KV_BLOCKS)``: ``(all_kept,
-    none_kept)`` bool tensors, True where the interval analysis proves the
-    mask keeps every / no element of the block's real (clipped) extent; both
-    False where it cannot tell. ``captures`` are CPU copies of the mask's
-    captured tensors, in order."""
+    none_kept)`` bool arrays (numpy), True where the interval analysis proves
+    the mask keeps every / no element of the block's real (clipped) extent;
+    both False where it cannot tell. ``captures`` are CPU copies of the
+    mask's captured tensors, in order."""
     B, H, QB, KB = shape
     (Q, KV), (bq, bkv) = lengths, block
     arg_widths, steps, result_id = _program(mask.text, tuple(mask.capture_types))
-    q0 = torch.arange(QB).view(1, 1, QB, 1) * bq
-    k0 = torch.arange(KB).view(1, 1, 1, KB) * bkv
+    q0 = np.arange(QB, dtype=np.int64).reshape(1, 1, QB, 1) * bq
+    k0 = np.arange(KB, dtype=np.int64).reshape(1, 1, 1, KB) * bkv
     inputs = [
-        (torch.arange(B).view(B, 1, 1, 1),) * 2,
-        (torch.arange(H).view(1, H, 1, 1),) * 2,
-        (q0, torch.clamp(q0 + bq, max=Q) - 1),
-        (k0, torch.clamp(k0 + bkv, max=KV) - 1),
+        (np.arange(B, dtype=np.int64).reshape(B, 1, 1, 1),) * 2,
+        (np.arange(H, dtype=np.int64).reshape(1, H, 1, 1),) * 2,
+        (q0, np.minimum(q0 + bq, Q) - 1),
+        (k0, np.minimum(k0 + bkv, KV) - 1),
     ]
     env: dict = {i: _fit(v[0], v[1], arg_widths[i]) for i, v in enumerate(inputs)}
     cap_map = {4 + i: t for i, t in enumerate(captures)}
     tables: dict = {}
-    for step in steps:
-        try:
-            value = _transfer(step, env, cap_map, tables)
-        except Exception:  # noqa: BLE001 - an unmodelled corner: unknown
-            value = None
-        if step.width is not None:
-            if value is None:
-                value = _top(step.width)  # an i1 is never unknown: [0, 1] at worst
-            else:
-                value = _fit(torch.as_tensor(value[0]), torch.as_tensor(value[1]), step.width)
-        env[step.result] = value
+    with np.errstate(all="ignore"):  # int64 wrap-around is detected, not warned
+        for step in steps:
+            try:
+                value = _transfer(step, env, cap_map, tables)
+            except Exception:  # noqa: BLE001 - an unmodelled corner: unknown
+                value = None
+            if step.width is not None:
+                if value is None:
+                    value = _top(step.width)  # an i1 is never unknown: [0, 1] at worst
+                else:
+                    value = _fit(value[0], value[1], step.width)
+            env[step.result] = value
     result = env.get(result_id)
     if result is None:
-        none = torch.zeros(shape, dtype=torch.bool)
+        none = np.zeros(shape, dtype=bool)
         return none, none
-    lo, hi = (t.expand(shape) for t in result)
+    lo, hi = (np.broadcast_to(t, shape) for t in result)
     return lo == 1, hi == 0
 
 
@@ -343,7 +352,7 @@ def _transfer(step: _Step, env, captures, tables):
     if name == "arith.constant":
         if step.const is None or width is None:
             return None
-        v = torch.tensor(step.const & 1 if width == 1 else step.const)
+        v = _scalar(step.const & 1 if width == 1 else step.const)
         return (v, v)
     if name == "memref.load":
         return _load(step, env, captures, tables)
@@ -365,7 +374,7 @@ def _transfer(step: _Step, env, captures, tables):
         return a  # _fit widens a truncation that may wrap
     if name in ("arith.extui", "arith.index_castui"):
         a = ops[0]
-        return a if bool((a[0] >= 0).all()) else None
+        return a if np.all(a[0] >= 0) else None
     if name == "arith.cmpi":
         return _cmp(step.predicate, ops[0], ops[1], in_width) if step.predicate else None
     if name in ("arith.andi", "arith.ori", "arith.xori") and width == 1:
@@ -373,45 +382,43 @@ def _transfer(step: _Step, env, captures, tables):
         if name == "arith.andi":
             return (a[0] * b[0], a[1] * b[1])
         if name == "arith.ori":
-            return (torch.maximum(a[0], b[0]), torch.maximum(a[1], b[1]))
+            return (np.maximum(a[0], b[0]), np.maximum(a[1], b[1]))
         exact = (a[0] == a[1]) & (b[0] == b[1])
         x = a[0] ^ b[0]
-        return (torch.where(exact, x, 0), torch.where(exact, x, 1))
+        return (np.where(exact, x, 0), np.where(exact, x, 1))
     if name == "arith.select":
         c, a, b = ops
-        lo = torch.where(c[0] == 1, a[0], torch.where(c[1] == 0, b[0], torch.minimum(a[0], b[0])))
-        hi = torch.where(c[0] == 1, a[1], torch.where(c[1] == 0, b[1], torch.maximum(a[1], b[1])))
+        lo = np.where(c[0] == 1, a[0], np.where(c[1] == 0, b[0], np.minimum(a[0], b[0])))
+        hi = np.where(c[0] == 1, a[1], np.where(c[1] == 0, b[1], np.maximum(a[1], b[1])))
         return (lo, hi)
     if width == 1:
         return None
     if name in ("arith.maxsi", "arith.minsi"):
-        f = torch.maximum if name == "arith.maxsi" else torch.minimum
+        f = np.maximum if name == "arith.maxsi" else np.minimum
         return (f(ops[0][0], ops[1][0]), f(ops[0][1], ops[1][1]))
     if name == "math.absi":
         a = ops[0]
-        lo = torch.where(a[0] >= 0, a[0], torch.where(a[1] <= 0, -a[1], 0))
-        hi = torch.maximum(a[0].abs(), a[1].abs())
-        tlo = -(2 ** (width - 1))
-        hi = torch.where(a[0] <= tlo, _INF, hi)  # abs(INT_MIN) wraps: widened by _fit
+        lo = np.where(a[0] >= 0, a[0], np.where(a[1] <= 0, -a[1], 0))
+        hi = np.maximum(np.abs(a[0]), np.abs(a[1]))
+        hi = np.where(a[0] <= -(2 ** (width - 1)), _INF, hi)  # abs(INT_MIN) wraps: _fit widens
         return (lo, hi)
     c = _const_of(ops[1]) if len(ops) == 2 else None
     if c is None or c == 0:
         return None
     if name == "arith.floordivsi":
-        return _floordiv_const(ops[0], c)
+        return _div_const(ops[0], c, "floor")
     if name == "arith.ceildivsi":
-        return _floordiv_const(ops[0], c, ceil=True)
+        return _div_const(ops[0], c, "ceil")
     if name == "arith.divsi" and c != -1:
-        return _floordiv_const(ops[0], c, trunc=True)
+        return _div_const(ops[0], c, "trunc")
     if name == "arith.shrsi" and 0 <= c < width:
-        return _floordiv_const(ops[0], 1 << c)
+        return _div_const(ops[0], 1 << c, "floor")
     if name == "arith.shli" and 0 <= c < min(width, 30):
-        return _mul(ops[0], (torch.tensor(1 << c),) * 2)
+        return _mul(ops[0], (_scalar(1 << c),) * 2)
     if name == "arith.remsi" and c > 0:
         a = ops[0]
-        same = (a[0] >= 0) & (torch.div(a[0], c, rounding_mode="floor")
-                              == torch.div(a[1], c, rounding_mode="floor"))
-        lo = torch.where(same, a[0] % c, torch.where(a[0] >= 0, 0, -(c - 1)))
-        hi = torch.where(same, a[1] % c, c - 1)
+        same = (a[0] >= 0) & (np.floor_divide(a[0], c) == np.floor_divide(a[1], c))
+        lo = np.where(same, a[0] % c, np.where(a[0] >= 0, 0, -(c - 1)))
+        hi = np.where(same, a[1] % c, c - 1)
         return (lo, hi)
     return None
