@@ -50,6 +50,7 @@ __all__ = [
     "capture_score_mod",
     "capture_mask_mod",
     "combine",
+    "clear_memo",
     "export_count",
 ]
 
@@ -207,8 +208,35 @@ class _Walk:
                 dirty)
         fp = ("fn", fn.__code__, tuple(c[1] for c in cells),
               tuple(sorted((k, v[1]) for k, v in glob.items())),
-              tuple(d[1] for d in defaults), tuple(sorted((k, v[1]) for k, v in kwdefaults.items())))
+              tuple(d[1] for d in defaults), tuple(sorted((k, v[1]) for k, v in kwdefaults.items())),
+              self._module_attributes(fn, glob, cells))
         return node, fp
+
+    @staticmethod
+    def _module_attributes(fn, glob, cells) -> tuple:
+        """Scalars the code may read as ``module.NAME`` (they are baked into
+        the IR, so they enter the key)."""
+        modules = [n[0][1] for n in [*glob.values(), *cells] if isinstance(n[0][1], types.ModuleType)]
+        if not modules:
+            return ()
+        names = _attribute_names(fn.__code__)
+        out = []
+        for m in modules:
+            for name in names:
+                value = m.__dict__.get(name)  # no getattr: it may import lazily
+                if isinstance(value, _SCALARS):
+                    out.append((m.__name__, name, type(value).__name__, value))
+        return tuple(out)
+
+
+@functools.lru_cache(maxsize=1024)
+def _attribute_names(code: types.CodeType) -> tuple[str, ...]:
+    """co_names of the code and of the code objects nested in it."""
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names.update(_attribute_names(const))
+    return tuple(sorted(names))
 
 
 @functools.lru_cache(maxsize=1024)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import math
+import types
 
 import pytest
 import torch
@@ -230,6 +231,34 @@ def test_python_scalars_are_baked_and_keyed():
     assert a.key == b_.key and a.key != c.key
     assert "5 :" in a.ir.text and "7 :" in c.ir.text
     assert a.captures == () and c.captures == ()
+
+
+LIMIT = 10
+CFG = types.ModuleType("flexattn_test_config")
+CFG.LIMIT = 10
+
+
+def near_global(b, h, q, kv):
+    return (q - kv).abs() <= LIMIT
+
+
+def near_module_attr(b, h, q, kv):
+    return (q - kv).abs() <= CFG.LIMIT
+
+
+def test_changed_global_scalars_re_export():
+    global LIMIT
+    for mod, set_limit in ((near_global, lambda v: globals().__setitem__("LIMIT", v)),
+                           (near_module_attr, lambda v: setattr(CFG, "LIMIT", v))):
+        try:
+            first = capture_mask_mod(mod)
+            set_limit(11)
+            before = fe.export_count
+            second = capture_mask_mod(mod)
+            assert fe.export_count == before + 1 and second.key != first.key
+            assert "11 :" in second.ir.text
+        finally:
+            set_limit(10)
 
 
 def test_capture_shape_enters_key():
