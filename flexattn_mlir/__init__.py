@@ -5,7 +5,11 @@ Import order matters: ``mlir`` (through ``_native``) is imported before any
 """
 
 from . import _native  # noqa: F401  (first: see above)
+from .api import flex_attention
 from .attention import attention, attention_compile_count, attention_spec
+from .block_mask import BlockMask, create_block_mask
+from .frontend import CapturedMod, ModCaptureError, capture_mask_mod, capture_score_mod
+from .masks import and_masks, noop_mask, or_masks
 from .driver import CompilationError, Compiled, compile
 from .mods import ModIR
 from .options import CompileOptions
@@ -14,6 +18,16 @@ from .spec import AttentionSpec, BufferType
 __version__ = "0.1.0"
 
 __all__ = [
+    "flex_attention",
+    "create_block_mask",
+    "BlockMask",
+    "and_masks",
+    "or_masks",
+    "noop_mask",
+    "capture_score_mod",
+    "capture_mask_mod",
+    "CapturedMod",
+    "ModCaptureError",
     "attention",
     "attention_spec",
     "attention_compile_count",

@@ -18,7 +18,7 @@ from pathlib import Path
 # here, first thing, keeps that order for every user of the package.
 from mlir import ir  # noqa: E402
 
-__all__ = ["register", "new_context", "tool_path"]
+__all__ = ["register", "new_context", "tool_path", "source_hash"]
 
 
 class _Handle(ctypes.Structure):
@@ -52,6 +52,8 @@ def _library() -> ctypes.CDLL:
     lib.flexattnRegisterDialect.restype = None
     lib.flexattnRegisterPasses.argtypes = []
     lib.flexattnRegisterPasses.restype = None
+    lib.flexattnSourceHash.argtypes = []
+    lib.flexattnSourceHash.restype = ctypes.c_char_p
     lib.flexattnRegisterPasses()
     return lib
 
@@ -59,6 +61,11 @@ def _library() -> ctypes.CDLL:
 def register(ctx: ir.Context) -> None:
     """Add the flexattn dialect to ``ctx``; make the flexattn passes parseable."""
     _library().flexattnRegisterDialect(_unwrap(ctx))
+
+
+def source_hash() -> str:
+    """SHA-256 of the C++/ODS sources the native library was built from."""
+    return _library().flexattnSourceHash().decode()
 
 
 def new_context() -> ir.Context:

@@ -26,11 +26,11 @@ __all__ = ["write_artifacts", "artifact_key"]
 
 
 def artifact_key(spec: AttentionSpec, opts: CompileOptions) -> str:
-    """The key a kernel is stored under (the same hash the metadata carries)."""
-    from .gpu import COMPILER_VERSION
-    import hashlib
+    """The key a kernel is stored under: the metadata's "key", and what
+    :func:`flexattn_mlir.flex_attention` looks up in ``FLEXATTN_ARTIFACTS``."""
+    from .cache import kernel_key
 
-    return hashlib.sha256((spec.digest() + opts.digest() + COMPILER_VERSION).encode()).hexdigest()
+    return kernel_key(spec.digest(), opts.digest())
 
 
 def write_artifacts(items: Iterable[tuple[str, AttentionSpec, CompileOptions]],

@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from . import checks
+from . import cache, checks
 from .mods import ModIR
 from .options import CompileOptions
 from .spec import AttentionSpec, BufferType
@@ -22,7 +22,8 @@ from .spec import AttentionSpec, BufferType
 __all__ = ["attention", "attention_spec", "attention_compile_count", "build_spec", "kernel_for"]
 
 _lock = threading.Lock()
-_kernels: dict[tuple[str, str], object] = {}
+_kernels: dict[str, object] = {}
+_cpu_cache = cache.DiskCache("cpu", ".mlir")
 # Counts compilations in this process (tests assert cache hits with it).
 compile_count = 0
 
@@ -58,24 +59,37 @@ def build_spec(query, key, value, *, score_mod, mask_mod, block_mask, captures,
 
 
 def kernel_for(spec: AttentionSpec, opts: CompileOptions):
-    """The compiled kernel of (spec, opts), compiled at most once a process."""
-    global compile_count
-    key = (spec.digest(), opts.digest())
+    """The kernel of (spec, opts): from this process's table, else the disk
+    cache (or, for GPUs, an artifact store), else compiled (and stored)."""
+    key = cache.kernel_key(spec.digest(), opts.digest())
     with _lock:
         kernel = _kernels.get(key)
         if kernel is None:
-            from . import driver
-
-            if opts.target == "cpu":
-                from .cpu import CpuKernel
-
-                kernel = CpuKernel(driver.compile(spec, opts, keep_ir=False))
-            else:
-                from . import gpu
-
-                kernel = gpu.kernel_for(spec, opts)
-            compile_count += 1
+            kernel = _load_or_compile(spec, opts, key)
             _kernels[key] = kernel
+    return kernel
+
+
+def _load_or_compile(spec: AttentionSpec, opts: CompileOptions, key: str):
+    global compile_count
+    from . import driver
+
+    if opts.target == "cpu":
+        from .cpu import CpuKernel
+
+        text = _cpu_cache.get(key)
+        if text is not None:
+            return CpuKernel.from_llvm_ir(text.decode(), spec, opts)
+        compiled = driver.compile(spec, opts, keep_ir=False)
+        compile_count += 1
+        _cpu_cache.put(key, str(compiled.module).encode())
+        return CpuKernel(compiled)
+    from . import gpu
+
+    kernel = gpu.load_kernel(key)
+    if kernel is None:
+        kernel = gpu.compile_kernel(spec, opts, key)
+        compile_count += 1
     return kernel
 
 

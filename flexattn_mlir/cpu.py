@@ -8,9 +8,13 @@ import ctypes
 import functools
 from typing import Sequence
 
+from mlir import ir
 from mlir.execution_engine import ExecutionEngine
 
+from . import _native
 from .driver import Compiled
+from .options import CompileOptions
+from .spec import AttentionSpec
 
 __all__ = ["CpuKernel"]
 
@@ -44,9 +48,20 @@ class CpuKernel:
     def __init__(self, compiled: Compiled):
         if compiled.options.target != "cpu":
             raise ValueError(f"CpuKernel needs a cpu-target compilation, got {compiled.options.target!r}")
-        self.compiled = compiled
-        self.spec = compiled.spec
-        self.engine = ExecutionEngine(compiled.module, opt_level=compiled.options.opt_level)
+        self._init(compiled.module, compiled.spec, compiled.options)
+
+    @classmethod
+    def from_llvm_ir(cls, text: str, spec: AttentionSpec, opts: CompileOptions) -> "CpuKernel":
+        """A kernel from cached LLVM-dialect IR (only LLVM code generation runs)."""
+        kernel = cls.__new__(cls)
+        with _native.new_context():
+            module = ir.Module.parse(text)
+        kernel._init(module, spec, opts)
+        return kernel
+
+    def _init(self, module, spec: AttentionSpec, opts: CompileOptions) -> None:
+        self.module, self.spec = module, spec
+        self.engine = ExecutionEngine(module, opt_level=opts.opt_level)
         self._entry = self.engine.lookup(self.spec.name)
 
     def __call__(self, tensors: Sequence) -> None:

@@ -8,7 +8,6 @@ object :func:`flexattn_mlir.attention` calls on CUDA tensors.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -17,20 +16,15 @@ from typing import Sequence
 
 from mlir import ir
 
+from . import cache
 from .driver import CompilationError, Compiled, run_pipeline
 from .options import CompileOptions
 from .spec import AttentionSpec
 
-__all__ = ["stages", "finish", "launch_metadata", "kernel_for", "GpuKernel", "compiler_version"]
-
-COMPILER_VERSION = "flexattn-gpu-1"
+__all__ = ["stages", "finish", "launch_metadata", "load_kernel", "compile_kernel", "artifact_stores"]
 
 _TORCH_DTYPE = {"bf16": "bfloat16", "f16": "float16", "f32": "float32", "i32": "int32",
                 "i64": "int64", "i8": "uint8", "i16": "int16", "f64": "float64"}
-
-
-def compiler_version() -> str:
-    return COMPILER_VERSION
 
 
 def make_gpu(mod: ir.Module, opts: CompileOptions) -> None:
@@ -118,7 +112,7 @@ def launch_metadata(mod: ir.Module, spec: AttentionSpec, opts: CompileOptions) -
                       for n, t in spec.arguments()],
         "outputs": outputs,
         "spec": {"scale": spec.scale, "block_size": spec.block_size,
-                 "compiler": COMPILER_VERSION},
+                 "compiler": cache.compiler_version()},
     }
 
 
@@ -149,8 +143,7 @@ def finish(mod: ir.Module, spec: AttentionSpec, opts: CompileOptions) -> dict:
     ptx = _ptx_of(mod)
     meta = launch_metadata(mod, spec, opts)
     cubin = _ptxas(ptx, opts.target)
-    key = hashlib.sha256((spec.digest() + opts.digest() + COMPILER_VERSION).encode()).hexdigest()
-    meta["key"] = key
+    meta["key"] = cache.kernel_key(spec.digest(), opts.digest())
     return {"launch": meta, "ptx": ptx, "cubin": cubin}
 
 
@@ -161,24 +154,48 @@ def binary_of(compiled: Compiled) -> tuple[bytes, str]:
     return md["ptx"].encode(), "ptx"
 
 
-class GpuKernel:
-    """A compiled kernel bound to flexattn_runtime; call with the spec's
-    arguments in order."""
+def artifact_stores() -> list[str]:
+    """Artifact directories searched for a kernel before compiling:
+    ``FLEXATTN_ARTIFACTS`` (os.pathsep-separated, read-only), then the cache."""
+    paths = [p for p in os.environ.get("FLEXATTN_ARTIFACTS", "").split(os.pathsep) if p]
+    return paths + [str(cache.cache_dir() / "gpu")]
 
-    def __init__(self, metadata: dict, binary: bytes, fmt: str):
-        from flexattn_runtime import Kernel
 
-        meta = dict(metadata, binary_format=fmt, binary=f"{metadata['entry']}.{fmt}")
-        self.metadata = meta
-        self.kernel = Kernel(meta, binary)
+def load_kernel(key: str):
+    """The kernel stored under ``key`` in an artifact store, or None."""
+    if os.environ.get("FLEXATTN_DISABLE_CACHE"):
+        return None
+    from flexattn_runtime import ArtifactStore
+
+    for path in artifact_stores():
+        if not os.path.isdir(path):
+            continue
+        store = ArtifactStore(path)
+        if key in store:
+            return StoredKernel(store.get(key))
+    return None
+
+
+class StoredKernel:
+    """A flexattn_runtime kernel called with the spec's arguments in order."""
+
+    def __init__(self, kernel):
+        self.kernel = kernel
 
     def __call__(self, tensors: Sequence) -> None:
         self.kernel(list(tensors))
 
 
-def kernel_for(spec: AttentionSpec, opts: CompileOptions) -> GpuKernel:
+def compile_kernel(spec: AttentionSpec, opts: CompileOptions, key: str) -> StoredKernel:
+    """Compiles, writes the result to the cache's artifact store, loads it."""
+    from flexattn_runtime import Kernel, write_kernel
+
     from . import driver
 
     compiled = driver.compile(spec, opts, keep_ir=False)
     binary, fmt = binary_of(compiled)
-    return GpuKernel(compiled.metadata["launch"], binary, fmt)
+    name = f"{spec.name}-{key[:16]}"
+    meta = dict(compiled.metadata["launch"], binary_format=fmt, binary=f"{name}.{fmt}")
+    if not os.environ.get("FLEXATTN_DISABLE_CACHE"):
+        write_kernel(cache.cache_dir() / "gpu", name, meta, binary)
+    return StoredKernel(Kernel(meta, binary, name=name))

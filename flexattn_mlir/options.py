@@ -9,6 +9,16 @@ __all__ = ["CompileOptions"]
 
 TARGETS = ("cpu", "sm_90a")
 
+_TORCH_ALIASES = {"BLOCK_M": "tile_q", "BLOCK_N": "tile_kv", "num_stages": "stages"}
+# torch's flex_attention kernel_options that steer its own backends.
+_TORCH_IGNORED = frozenset({
+    "num_warps", "BACKEND", "PRESCALE_QK", "ROWS_GUARANTEED_SAFE", "BLOCKS_ARE_CONTIGUOUS",
+    "WRITE_DQ", "FORCE_USE_FLEX_ATTENTION", "USE_TMA", "OUTPUT_LOGSUMEXP", "OUTPUT_MAX",
+    "fwd_BLOCK_M", "fwd_BLOCK_N", "fwd_num_warps", "fwd_num_stages", "bwd_BLOCK_M1",
+    "bwd_BLOCK_N1", "bwd_BLOCK_M2", "bwd_BLOCK_N2", "bwd_num_warps", "bwd_num_stages",
+    "waves_per_eu", "kpack", "matrix_instr_nonkdim",
+})
+
 
 @dataclass(frozen=True)
 class CompileOptions:
@@ -48,17 +58,20 @@ class CompileOptions:
 
     @classmethod
     def from_kernel_options(cls, kernel_options: dict | None, **defaults) -> "CompileOptions":
-        """Build from torch-style ``kernel_options`` (``BLOCK_M``/``BLOCK_N``
-        and our own field names are accepted); unknown keys are an error."""
+        """Build from torch-style ``kernel_options``: our field names, torch's
+        ``BLOCK_M``/``BLOCK_N``/``num_stages``; torch's other tuning keys
+        (``num_warps``, ``BACKEND``, ...) do not apply and are ignored;
+        anything else is an error."""
         values = dict(defaults)
-        aliases = {"BLOCK_M": "tile_q", "BLOCK_N": "tile_kv"}
         known = {f.name for f in fields(cls)}
         for key, value in (kernel_options or {}).items():
-            name = aliases.get(key, key)
+            name = _TORCH_ALIASES.get(key, key)
+            if key in _TORCH_IGNORED:
+                continue
             if name not in known:
                 raise ValueError(
                     f"kernel_options: unknown option {key!r}; expected one of "
-                    f"{sorted(known | set(aliases))}"
+                    f"{sorted(known | set(_TORCH_ALIASES))} (or a torch tuning key)"
                 )
             values[name] = value
         return cls(**values)

@@ -19,6 +19,8 @@
 #include "mlir/CAPI/IR.h"
 #include "mlir/IR/DialectRegistry.h"
 
+#include "python/SourceHash.h"
+
 extern "C" {
 
 /// Registers the flexattn dialect in `ctx` and loads it.
@@ -33,6 +35,13 @@ MLIR_CAPI_EXPORTED void flexattnRegisterDialect(MlirContext ctx) {
 MLIR_CAPI_EXPORTED void flexattnRegisterPasses() {
   static bool once = (mlir::flexattn::registerFlexAttnPasses(), true);
   (void)once;
+}
+
+/// A SHA-256 over the sources this library was built from (the compile
+/// cache keys on it, so AOT artifacts built elsewhere from the same sources
+/// are found).
+MLIR_CAPI_EXPORTED const char *flexattnSourceHash() {
+  return FLEXATTN_SOURCE_HASH;
 }
 
 } // extern "C"

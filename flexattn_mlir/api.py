@@ -1,0 +1,101 @@
+"""``flex_attention``: a drop-in for ``torch.nn.attention.flex_attention``.
+
+The orchestration only: capture the mods (frontend), give both the same
+captured buffers, pick compile options, and call :func:`attention`, which
+checks the arguments, finds or compiles the kernel and runs it (CPU tensors
+through the ExecutionEngine, CUDA tensors through flexattn_runtime).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable, Optional
+
+import torch
+
+from . import checks, frontend
+from .attention import attention
+from .block_mask import BlockMask
+from .masks import noop_mask
+from .options import CompileOptions
+
+__all__ = ["flex_attention"]
+
+log = logging.getLogger(__name__)
+
+
+def _is_noop(mask_mod) -> bool:
+    from torch.nn.attention import flex_attention as torch_flex
+
+    return mask_mod is None or mask_mod is noop_mask or mask_mod is torch_flex.noop_mask
+
+
+def _captured_mask(block_mask):
+    """The block mask's mask_mod as a CapturedMod (None for noop_mask)."""
+    captured = getattr(block_mask, "captured_mask", None)
+    if captured is not None:
+        return captured
+    if _is_noop(block_mask.mask_mod):
+        return None
+    return frontend.capture_mask_mod(block_mask.mask_mod)
+
+
+def _target(device: torch.device) -> str:
+    if device.type == "cpu":
+        return "cpu"
+    if device.type == "cuda":
+        return "sm_90a"
+    raise ValueError(f"query is on {device}; flexattn_mlir runs on CPU and CUDA (sm_90a)")
+
+
+def flex_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    score_mod: Optional[Callable] = None,
+    block_mask=None,
+    scale: Optional[float] = None,
+    enable_gqa: bool = False,
+    return_lse: bool = False,
+    kernel_options: Optional[dict] = None,
+    *,
+    return_aux=None,
+):
+    """``torch.nn.attention.flex_attention.flex_attention``, compiled by flexattn-mlir.
+
+    query ``[B, Hq, M, D]``, key ``[B, Hkv, N, D]``, value ``[B, Hkv, N, Dv]``;
+    ``score_mod(score, b, h, q_idx, kv_idx)`` and the block mask's
+    ``mask_mod(b, h, q_idx, kv_idx)`` are captured into the kernel, tensors
+    they read becoming kernel operands; ``block_mask`` is a
+    :class:`~flexattn_mlir.BlockMask` or torch's; ``scale`` defaults to
+    1/sqrt(D). Returns ``out``, ``(out, lse)`` with ``return_lse``, or
+    ``(out, AuxOutput)`` with ``return_aux=AuxRequest(lse=True)``.
+    ``kernel_options`` takes our :class:`CompileOptions` fields and torch's
+    ``BLOCK_M``/``BLOCK_N``/``num_stages``; other torch tuning keys are ignored.
+    """
+    from torch.nn.attention.flex_attention import AuxOutput
+
+    checks.check_qkv(query, key, value, enable_gqa)
+    if return_lse and return_aux is not None:
+        raise ValueError("pass either return_lse or return_aux, not both")
+    if return_aux is not None and getattr(return_aux, "max_scores", False):
+        raise NotImplementedError("return_aux.max_scores is not supported by flexattn_mlir yet")
+    want_lse = return_lse or (return_aux is not None and bool(return_aux.lse))
+    if block_mask is not None and not isinstance(block_mask, BlockMask):
+        block_mask = BlockMask.from_torch(block_mask)
+
+    score = frontend.capture_score_mod(score_mod) if score_mod is not None else None
+    mask = _captured_mask(block_mask) if block_mask is not None else None
+    score, mask, captures = frontend.combine(score, mask)
+    options = CompileOptions.from_kernel_options(kernel_options, target=_target(query.device))
+    result = attention(
+        query, key, value,
+        score_mod=score.ir if score else None,
+        mask_mod=mask.ir if mask else None,
+        block_mask=block_mask, captures=captures, scale=scale,
+        enable_gqa=enable_gqa, return_lse=want_lse, options=options,
+    )
+    if return_aux is not None:
+        out, lse = result
+        return out, AuxOutput(lse=lse)
+    return result
