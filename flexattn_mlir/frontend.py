@@ -38,7 +38,6 @@ from typing import Any, Callable, Optional
 import torch
 from mlir import ir
 from mlir.dialects import arith, memref, tensor
-from mlir.passmanager import PassManager
 
 from . import _native
 from .mods import ModIR
@@ -485,16 +484,17 @@ def _export(walk: _Walk, kind: str, label: str) -> ModIR:
 # linalg-on-tensors -> scalar IR -> flexattn region
 # ---------------------------------------------------------------------------
 
-_PREP = "builtin.module(func.func(linalg-detensorize{aggressive-mode=true}),canonicalize,cse)"
-_CLEAN = "builtin.module(canonicalize,cse)"
+_PREP = "func.func(linalg-detensorize{aggressive-mode=true}), canonicalize, cse"
+_CLEAN = "canonicalize, cse"
 _ALLOWED_DIALECTS = ("arith", "math")
 
 
-def _run(module: ir.Module, pipeline: str, label: str) -> None:
-    try:
-        PassManager.parse(pipeline).run(module.operation)
-    except ir.MLIRError as err:
-        raise ModCaptureError(f"{label}: lowering the exported IR failed ({pipeline}): {err}") from None
+def _run(module: ir.Module, pipeline: str) -> None:
+    """Runs upstream passes; a failure is ours, not the mod's: CompilationError
+    with a reproducer (driver.run_pipeline)."""
+    from .driver import run_pipeline
+
+    run_pipeline(module, pipeline, "frontend")
 
 
 def _owner_op(value: ir.Value):
@@ -654,12 +654,12 @@ def _to_region(text: str, kind: str, label: str, tensors) -> ModIR:
             if ops:
                 raise ModCaptureError(_unsupported_message(label, ops)) from None
             raise ModCaptureError(f"{label}: the exported IR does not parse: {err}") from None
-        _run(module, _PREP, label)
+        _run(module, _PREP)
         func = module.body.operations[0]
         fblock = func.regions[0].blocks[0]
         _fold_extracts(fblock, label)
         _rewrite_floordiv(fblock)
-        _run(module, _CLEAN, label)
+        _run(module, _CLEAN)
         func = module.body.operations[0]
         fblock = func.regions[0].blocks[0]
 
@@ -714,7 +714,7 @@ def _to_region(text: str, kind: str, label: str, tensors) -> ModIR:
             holder_mod.operation.verify()
         except ir.MLIRError as err:
             raise ModCaptureError(f"{label}: the captured region is invalid: {err}") from None
-        _run(holder_mod, _CLEAN, label)
+        _run(holder_mod, _CLEAN)
         apply = holder_mod.body.operations[0].regions[0].blocks[0].operations[0]
         block = apply.regions[0 if kind == "score" else 1].blocks[0]
         for op in block.operations:
