@@ -1,9 +1,9 @@
-"""``python -m flexattn_mlir``: print the IR of every compiler stage for an
-example variant (see ``--list``), for the CPU or the H100.
+"""``flexattn`` (or ``python -m flexattn_mlir``): print the IR of every
+compiler stage for an example variant (see ``--list``), for the CPU or the H100.
 
-    python -m flexattn_mlir causal                     # every CPU stage
-    python -m flexattn_mlir alibi_causal --target sm_90a --stage gpu
-    python -m flexattn_mlir --list
+    flexattn causal                     # every CPU stage
+    flexattn alibi_causal --target sm_90a --stage gpu
+    flexattn --list
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from .options import CompileOptions
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m flexattn_mlir", description=__doc__,
+    parser = argparse.ArgumentParser(prog="flexattn", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("variant", nargs="?", help="example variant name")
     parser.add_argument("--list", action="store_true", help="list the example variants")

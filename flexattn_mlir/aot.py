@@ -5,7 +5,7 @@
     <dir>/<name>.json          launch metadata (runtime/README.md, schema v1)
     <dir>/<name>.cubin|.ptx    the kernel
 
-Compilation needs no GPU. ``python -m flexattn_mlir.aot --help`` compiles the
+Compilation needs no GPU. ``flexattn-aot --help`` compiles the
 example variants; :func:`write_artifacts` is the library entry.
 """
 
@@ -61,7 +61,7 @@ def write_artifacts(items: Iterable[tuple[str, AttentionSpec, CompileOptions]],
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m flexattn_mlir.aot",
+        prog="flexattn-aot",
         description="Compile example attention variants to a flexattn_runtime artifact directory.")
     parser.add_argument("--out", required=True, help="artifact directory")
     parser.add_argument("--variants", default="all",

@@ -1,7 +1,7 @@
 """The demo: compile and run a few attention variants with flexattn-mlir and
 compare each with torch's own flex_attention on the same inputs.
 
-    python -m flexattn_mlir.demo            # CPU (and the GPU when there is one)
+    flexattn-demo            # CPU (and the GPU when there is one)
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def main() -> None:
     run("cpu", torch.float32, 1, 4, 512, 64)
     if torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0):
         run("cuda", torch.bfloat16, 2, 8, 2048, 128)
-    print("\nSee every compiler stage of a variant: python -m flexattn_mlir causal")
+    print("\nSee every compiler stage of a variant: flexattn causal")
 
 
 if __name__ == "__main__":
