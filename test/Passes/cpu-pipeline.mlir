@@ -1,0 +1,64 @@
+// RUN: flexattn-opt %s --pass-pipeline='builtin.module(flexattn-tile, flexattn-block-sparsity, flexattn-fuse-online-softmax, flexattn-inline-mods, canonicalize, cse, flexattn-lower-to-loops, canonicalize, cse, convert-scf-to-cf, expand-strided-metadata, lower-affine, finalize-memref-to-llvm, convert-math-to-llvm, convert-arith-to-llvm, convert-index-to-llvm, convert-func-to-llvm, convert-cf-to-llvm, reconcile-unrealized-casts)' | FileCheck %s
+
+// The whole CPU pipeline, as flexattn_mlir/driver.py runs it, from
+// flexattn.attention (GQA, block mask with full blocks, a captured ALiBi
+// slope table, causal mask_mod, lse) down to the llvm dialect.
+//
+// canonicalize after flexattn-lower-to-loops is required, not cosmetic: it
+// inlines the memref.alloca_scope ops (their parents, scf.parallel and scf.for,
+// are allocation scopes already). Left in place, convert-scf-to-cf turns the
+// loops inside them into several blocks, which memref.alloca_scope's
+// single-block region rejects ("expects region #0 to have 0 or 1 blocks").
+
+// CHECK-LABEL: llvm.func @causal_alibi(
+// CHECK-NOT:     {{[^.a-z_](flexattn|linalg|scf|memref|arith|math|affine|cf|func)\.}}
+// CHECK-NOT:     unrealized_conversion_cast
+// rowmax, then alpha = exp2(m - base), P = exp2(S - base): partial blocks...
+// CHECK:         llvm.intr.maximum({{.*}}) : (f32, f32) -> f32
+// CHECK-NOT:     {{[^.a-z_](flexattn|linalg|scf|memref|arith|math|affine|cf|func)\.}}
+// CHECK:         llvm.intr.exp2({{.*}}) : (f32) -> f32
+// CHECK-NOT:     {{[^.a-z_](flexattn|linalg|scf|memref|arith|math|affine|cf|func)\.}}
+// CHECK:         llvm.intr.exp2({{.*}}) : (f32) -> f32
+// ...then full blocks.
+// CHECK-NOT:     {{[^.a-z_](flexattn|linalg|scf|memref|arith|math|affine|cf|func)\.}}
+// CHECK:         llvm.intr.maximum({{.*}}) : (f32, f32) -> f32
+// CHECK-NOT:     {{[^.a-z_](flexattn|linalg|scf|memref|arith|math|affine|cf|func)\.}}
+// CHECK:         llvm.intr.exp2({{.*}}) : (f32) -> f32
+// CHECK-NOT:     {{[^.a-z_](flexattn|linalg|scf|memref|arith|math|affine|cf|func)\.}}
+// CHECK:         llvm.intr.exp2({{.*}}) : (f32) -> f32
+// out = acc / l; lse = ln(2) * (m + log2(l))
+// CHECK-NOT:     {{[^.a-z_](flexattn|linalg|scf|memref|arith|math|affine|cf|func)\.}}
+// CHECK:         llvm.fdiv
+// CHECK-NOT:     {{[^.a-z_](flexattn|linalg|scf|memref|arith|math|affine|cf|func)\.}}
+// CHECK:         llvm.intr.log2({{.*}}) : (f32) -> f32
+// CHECK-NOT:     {{[^.a-z_](flexattn|linalg|scf|memref|arith|math|affine|cf|func)\.}}
+// CHECK-NOT:     unrealized_conversion_cast
+// CHECK:         llvm.return
+// CHECK-NEXT:  }
+func.func @causal_alibi(%q: memref<1x4x100x16xf32>, %k: memref<1x2x100x16xf32>, %v: memref<1x2x100x16xf32>,
+                        %o: memref<1x4x100x16xf32>, %lse: memref<1x4x100xf32>,
+                        %kvn: memref<1x1x4xi32>, %kvi: memref<1x1x4x4xi32>,
+                        %fkvn: memref<1x1x4xi32>, %fkvi: memref<1x1x4x4xi32>,
+                        %slopes: memref<4xf32>) {
+  flexattn.attention ins(%q, %k, %v : memref<1x4x100x16xf32>, memref<1x2x100x16xf32>, memref<1x2x100x16xf32>)
+      outs(%o : memref<1x4x100x16xf32>) lse(%lse : memref<1x4x100xf32>)
+      block_mask(%kvn, %kvi : memref<1x1x4xi32>, memref<1x1x4x4xi32>)
+      full_blocks(%fkvn, %fkvi : memref<1x1x4xi32>, memref<1x1x4x4xi32>)
+      captures(%slopes : memref<4xf32>)
+      attributes {scale = 0.25 : f32, block_size = array<i64: 32, 32>}
+    score_mod {
+    ^bb0(%s: f32, %b: i32, %h: i32, %qi: i32, %ki: i32, %sl: memref<4xf32>):
+      %hi = arith.index_cast %h : i32 to index
+      %slope = memref.load %sl[%hi] : memref<4xf32>
+      %d = arith.subi %ki, %qi : i32
+      %df = arith.sitofp %d : i32 to f32
+      %bias = arith.mulf %slope, %df : f32
+      %r = arith.addf %s, %bias : f32
+      flexattn.yield %r : f32
+    } mask_mod {
+    ^bb0(%b: i32, %h: i32, %qi: i32, %ki: i32, %sl: memref<4xf32>):
+      %keep = arith.cmpi sge, %qi, %ki : i32
+      flexattn.yield %keep : i1
+    }
+  return
+}
