@@ -311,7 +311,9 @@ LogicalResult verifyRegion(Operation *op, Region &region, StringRef name,
              << name << " argument #" << fixed + i << " must have the type of "
              << "captured buffer #" << i << " (" << capType << "), got "
              << block.getArgument(fixed + i).getType();
-  auto yield = dyn_cast<YieldOp>(block.getTerminator());
+  // The region may not have a terminator yet (this verifier runs before
+  // MLIR's own terminator check, the op being isolated from above).
+  auto yield = block.empty() ? YieldOp() : dyn_cast<YieldOp>(&block.back());
   if (!yield)
     return op->emitOpError() << name << " must end with flexattn.yield";
   if (yield.getValues().size() != 1 ||
@@ -362,6 +364,8 @@ LogicalResult KvLoopOp::verify() {
                              getKvIndices(), getFullKvNumBlocks(),
                              getFullKvIndices(), getBlockSize())))
     return failure();
+  if (!getKvNumBlocks() && getBlockSize())
+    return emitOpError() << "block_size is given without a block_mask";
   if (auto bs = getBlockSize(); bs && getKvNumBlocks()) {
     if (getTileSize()[1] != (*bs)[1] || (*bs)[0] % getTileSize()[0] != 0)
       return emitOpError()

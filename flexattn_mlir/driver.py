@@ -93,7 +93,7 @@ def make_loops(mod: ir.Module, opts: CompileOptions) -> None:
 def make_llvm(mod: ir.Module, opts: CompileOptions) -> None:
     run_pipeline(
         mod,
-        "convert-scf-to-cf, expand-strided-metadata, lower-affine, "
+        "arith-expand, convert-scf-to-cf, expand-strided-metadata, lower-affine, "
         "finalize-memref-to-llvm, convert-math-to-llvm, convert-arith-to-llvm, "
         "convert-index-to-llvm, convert-func-to-llvm, convert-cf-to-llvm, "
         "reconcile-unrealized-casts",

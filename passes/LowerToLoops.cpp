@@ -5,13 +5,20 @@
 //===----------------------------------------------------------------------===//
 //
 // The last flexattn step of the CPU pipeline: linalg ops on memrefs become
-// scf.for nests; any flexattn op still present is an ordering error.
+// scf.for nests, the Q-tile scf.parallel becomes a sequential scf.for nest
+// (the CPU runs it on one thread), and the fixed-size tile buffers move to
+// the function entry so the stack does not grow per tile or KV step. Any
+// flexattn op still present is an ordering error.
 //
 //===----------------------------------------------------------------------===//
 
 #include "passes/Passes.h"
 
+#include "mlir/Conversion/AffineToStandard/AffineToStandard.h"
+#include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "mlir/Dialect/Linalg/Transforms/Transforms.h"
+#include "mlir/IR/IRMapping.h"
+#include "mlir/Transforms/GreedyPatternRewriteDriver.h"
 
 namespace mlir::flexattn {
 #define GEN_PASS_DEF_FLEXATTNLOWERTOLOOPS
@@ -32,6 +39,43 @@ StringRef passThatRemoves(Operation *op) {
   if (isa<TileStepOp, FinalizeOp>(op))
     return "flexattn-fuse-online-softmax";
   return "flexattn-inline-mods";
+}
+
+/// scf.parallel (no reductions) -> a nest of scf.for in the same order.
+void sequentialize(RewriterBase &rewriter, scf::ParallelOp par) {
+  rewriter.setInsertionPoint(par);
+  scf::buildLoopNest(
+      rewriter, par.getLoc(), par.getLowerBound(), par.getUpperBound(),
+      par.getStep(), [&](OpBuilder &b, Location, ValueRange ivs) {
+        IRMapping map;
+        map.map(par.getInductionVars(), ivs);
+        for (Operation &op : par.getBody()->without_terminator())
+          b.clone(op, map);
+      });
+  rewriter.eraseOp(par);
+}
+
+/// Static-size allocas move to the function entry; scopes left without
+/// allocas are dissolved. Correct once loops are sequential: every tile
+/// buffer is initialised before it is read in each iteration.
+void hoistTileBuffers(RewriterBase &rewriter, func::FuncOp func) {
+  Block &entry = func.getBody().front();
+  func.walk([&](memref::AllocaOp alloca) {
+    if (alloca.getType().hasStaticShape() && alloca->getBlock() != &entry)
+      alloca->moveBefore(&entry, entry.begin());
+  });
+  SmallVector<memref::AllocaScopeOp> scopes;
+  func.walk([&](memref::AllocaScopeOp scope) { scopes.push_back(scope); });
+  for (memref::AllocaScopeOp scope : scopes) {
+    if (scope.getNumResults() ||
+        scope->walk([](memref::AllocaOp) { return WalkResult::interrupt(); })
+            .wasInterrupted())
+      continue;
+    Block &body = scope.getBodyRegion().front();
+    rewriter.eraseOp(body.getTerminator());
+    rewriter.inlineBlockBefore(&body, scope);
+    rewriter.eraseOp(scope);
+  }
 }
 
 struct FlexAttnLowerToLoopsPass
@@ -57,6 +101,21 @@ struct FlexAttnLowerToLoopsPass
         return signalPassFailure();
       rewriter.eraseOp(op);
     }
+
+    SmallVector<scf::ParallelOp> parallels;
+    getOperation()->walk([&](scf::ParallelOp par) {
+      if (par.getNumResults() == 0)
+        parallels.push_back(par);
+    });
+    for (scf::ParallelOp par : parallels) // post-order: inner loops first
+      sequentialize(rewriter, par);
+    getOperation()->walk([&](func::FuncOp f) { hoistTileBuffers(rewriter, f); });
+
+    // The index arithmetic linalg leaves as affine.apply.
+    RewritePatternSet patterns(&getContext());
+    populateAffineToStdConversionPatterns(patterns);
+    if (failed(applyPatternsGreedily(getOperation(), std::move(patterns))))
+      return signalPassFailure();
   }
 };
 } // namespace

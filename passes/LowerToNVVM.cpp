@@ -7,8 +7,10 @@
 // Lowers the kernels of flexattn-map-to-gpu to the NVVM/LLVM dialects:
 //  1. the math ops user mods use most (exp, exp2, log, log2, tanh) become
 //     short PTX sequences on the special-function unit, so no libdevice is
-//     needed (tanh via exp2 keeps about 1e-6 absolute error), and f32
-//     divisions become multiplies by a reciprocal or div.full;
+//     needed (tanh via exp2 keeps about 1e-6 absolute error), f32
+//     divisions become multiplies by a reciprocal or div.full, abs,
+//     copysign, floor, ceil, sqrt and fma become single PTX instructions and
+//     min/max LLVM intrinsics (the NVVM lowering would call libdevice);
 //  2. the NVVM target is attached and upstream's conversions run on each
 //     gpu.module (scf -> cf, gpu/arith/memref -> NVVM with bare-pointer
 //     memref arguments, nvvm -> llvm), ready for gpu-module-to-binary.
@@ -98,14 +100,51 @@ struct MathToPtx : OpRewritePattern<MathOp> {
     } else {
       // tanh(x) = sign(x) (1 - 2 / (exp(2|x|) + 1)), exact at 0 and +-inf;
       // ex2.approx and rcp.approx keep the absolute error near 1e-7.
-      Value ax = math::AbsFOp::create(b, x);
+      Value ax = p.inlineAsm("abs.f32 $0, $1;", "=f,f", {x}, b.getF32Type(), false);
       Value e = p.ex2(arith::MulFOp::create(b, ax, p.f32(2.0f * kLog2e)));
       Value inv = rcp(p, arith::AddFOp::create(b, e, p.f32(1.0f)));
       Value t = arith::SubFOp::create(
           b, p.f32(1.0f), arith::MulFOp::create(b, inv, p.f32(2.0f)));
-      r = math::CopySignOp::create(b, t, x);
+      // PTX copysign.f32 d, a, b: b with the sign of a.
+      r = p.inlineAsm("copysign.f32 $0, $1, $2;", "=f,f,f", {x, t},
+                      b.getF32Type(), false);
     }
     rewriter.replaceOp(op, r);
+    return success();
+  }
+};
+
+/// f32 ops the NVVM lowering would turn into libdevice calls (it marks even
+/// the matching LLVM intrinsics illegal): one PTX instruction each.
+template <typename Op>
+struct ToPtx : OpRewritePattern<Op> {
+  ToPtx(MLIRContext *ctx, StringRef text) : OpRewritePattern<Op>(ctx), text(text) {}
+  LogicalResult matchAndRewrite(Op op, PatternRewriter &rewriter) const override {
+    if (!op.getType().isF32())
+      return failure();
+    ImplicitLocOpBuilder b(op.getLoc(), rewriter);
+    PtxBuilder p{b};
+    std::string constraints = "=f";
+    for (unsigned i = 0; i < op->getNumOperands(); ++i)
+      constraints += ",f";
+    SmallVector<Value> operands(op->getOperands());
+    if constexpr (std::is_same_v<Op, math::CopySignOp>)
+      std::swap(operands[0], operands[1]); // PTX: d = b with the sign of a
+    rewriter.replaceOp(op, p.inlineAsm(text, constraints, operands,
+                                       b.getF32Type(), /*sideEffects=*/false));
+    return success();
+  }
+  std::string text;
+};
+
+/// f32 min/max: LLVM intrinsics, which NVPTX selects as min/max.f32.
+template <typename Op, typename Intrinsic>
+struct ToIntrinsic : OpRewritePattern<Op> {
+  using OpRewritePattern<Op>::OpRewritePattern;
+  LogicalResult matchAndRewrite(Op op, PatternRewriter &rewriter) const override {
+    if (!op.getType().isF32())
+      return failure();
+    rewriter.replaceOpWithNewOp<Intrinsic>(op, op->getOperands());
     return success();
   }
 };
@@ -119,14 +158,24 @@ struct FlexAttnLowerToNVVMPass
     RewritePatternSet patterns(&getContext());
     patterns.add<MathToPtx<math::ExpOp>, MathToPtx<math::Exp2Op>,
                  MathToPtx<math::LogOp>, MathToPtx<math::Log2Op>,
-                 MathToPtx<math::TanhOp>, FastDivF>(&getContext());
+                 MathToPtx<math::TanhOp>, FastDivF,
+                 ToIntrinsic<arith::MaxNumFOp, LLVM::MaxNumOp>,
+                 ToIntrinsic<arith::MinNumFOp, LLVM::MinNumOp>,
+                 ToIntrinsic<arith::MaximumFOp, LLVM::MaximumOp>,
+                 ToIntrinsic<arith::MinimumFOp, LLVM::MinimumOp>>(&getContext());
+    patterns.add<ToPtx<math::AbsFOp>>(&getContext(), "abs.f32 $0, $1;");
+    patterns.add<ToPtx<math::CopySignOp>>(&getContext(), "copysign.f32 $0, $1, $2;");
+    patterns.add<ToPtx<math::FloorOp>>(&getContext(), "cvt.rmi.f32.f32 $0, $1;");
+    patterns.add<ToPtx<math::CeilOp>>(&getContext(), "cvt.rpi.f32.f32 $0, $1;");
+    patterns.add<ToPtx<math::SqrtOp>>(&getContext(), "sqrt.rn.f32 $0, $1;");
+    patterns.add<ToPtx<math::FmaOp>>(&getContext(), "fma.rn.f32 $0, $1, $2, $3;");
     for (auto gm : module.getOps<gpu::GPUModuleOp>())
       if (failed(applyPatternsGreedily(gm, std::move(patterns))))
         return signalPassFailure();
 
     std::string pipeline = llvm::formatv(
         "nvvm-attach-target{{chip={0} features={1} O={2}},"
-        "gpu.module(convert-scf-to-cf, expand-strided-metadata, lower-affine, "
+        "gpu.module(arith-expand, convert-scf-to-cf, expand-strided-metadata, lower-affine, "
         "convert-vector-to-llvm, convert-gpu-to-nvvm{{use-bare-ptr-memref-call-conv=1}, "
         "convert-nvvm-to-llvm, canonicalize, cse, reconcile-unrealized-casts)",
         chip, features, optLevel);

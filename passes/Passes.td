@@ -147,13 +147,19 @@ def FlexAttnLowerToLoops : Pass<"flexattn-lower-to-loops", "::mlir::ModuleOp"> {
                 "for the CPU";
   let description = [{
     Lowers the linalg ops made by `flexattn-fuse-online-softmax` to `scf.for`
-    loop nests over memref loads and stores, leaving only scf, memref, arith
-    and math (what upstream's LLVM conversions and the ExecutionEngine take).
+    loop nests over memref loads and stores and their `affine.apply` index
+    arithmetic to arith, leaving only scf, memref, arith and math (what
+    upstream's LLVM conversions and the ExecutionEngine take). The CPU runs
+    the Q tiles on one thread: the `scf.parallel` over (batch, head, Q tile)
+    becomes an `scf.for` nest, and the fixed-size tile buffers (state,
+    score tile) move to the function entry, allocated once rather than once
+    per tile and KV step (the stack would otherwise grow with the sequence).
     Fails, naming the pass to run first, if a flexattn op is left.
   }];
   let dependentDialects = ["::mlir::scf::SCFDialect",
                            "::mlir::memref::MemRefDialect",
-                           "::mlir::arith::ArithDialect"];
+                           "::mlir::arith::ArithDialect",
+                           "::mlir::func::FuncDialect"];
 }
 
 //===----------------------------------------------------------------------===//
@@ -215,8 +221,11 @@ def FlexAttnLowerToNVVM : Pass<"flexattn-lower-to-nvvm", "::mlir::ModuleOp"> {
   let description = [{
     Rewrites f32 `math.exp`, `exp2`, `log`, `log2` and `tanh` in the
     kernels into `ex2.approx`/`lg2.approx`/`rcp.approx` sequences (no
-    libdevice needed) and f32 `arith.divf` into a multiply by the reciprocal
-    of a constant divisor or `div.full.f32`,
+    libdevice needed), f32 `arith.divf` into a multiply by the reciprocal
+    of a constant divisor or `div.full.f32`, f32 abs, copysign, floor, ceil,
+    sqrt and fma into single PTX instructions and min/max into LLVM
+    intrinsics (upstream's lowering would call libdevice for them, which
+    exists only where CUDA is installed),
     attaches an NVVM target (`chip`, `features`, `opt-level`) to each
     `gpu.module` and runs upstream's conversions on it: scf to cf, strided
     metadata, affine, vector, gpu to NVVM (bare-pointer memref arguments) and

@@ -1,14 +1,8 @@
 // RUN: flexattn-opt %s -split-input-file -verify-diagnostics
-// XFAIL: *
 
-// Known bug, pinned until fixed: a score_mod / mask_mod block that does not
-// end in a terminator crashes flexattn-opt instead of being diagnosed. The ops
-// are IsolatedFromAbove, so MLIR verifies their own invariants (the
-// ModRegionsOpInterface verifier, verifyRegion in dialect/FlexAttnOps.cpp)
-// before the generic "block with no terminator" check of their bodies, and
-// verifyRegion calls Block::getTerminator(), which asserts
-// `mightHaveTerminator()`. Once verifyRegion checks for a terminator first,
-// this file passes (XPASS fails the suite): drop the XFAIL line then.
+// A score_mod / mask_mod block that does not end in a terminator is
+// diagnosed (the ops are IsolatedFromAbove, so their verifier runs before
+// MLIR's generic "block with no terminator" check and must not assume one).
 
 func.func @score_mod_without_terminator(%s: f32, %i: index) -> f32 {
   // expected-error @+1 {{'flexattn.apply_mods' op score_mod must end with flexattn.yield}}

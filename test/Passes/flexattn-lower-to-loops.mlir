@@ -46,13 +46,14 @@ func.func @fill_and_rowmax(%s: memref<?x?xf32, strided<[16, 1]>>, %m: memref<?xf
 // -----
 
 // A matmul-shaped generic (S = Q . Kᵀ, bf16 in, f32 out), a copy and a
-// generic using linalg.index, inside the alloca scope the earlier passes make:
-// three loops, the reduction innermost; the indices become induction variables.
+// generic using linalg.index, inside an alloca scope the earlier passes make
+// (dissolved: it holds no alloca): three loops, the reduction innermost; the
+// indices become induction variables.
 
 // CHECK-LABEL: func.func @qk_copy_index(
 // CHECK-SAME:    %[[Q:[^:]+]]: memref<32x8xbf16>, %[[K:[^:]+]]: memref<16x8xbf16>, %[[S:[^:]+]]: memref<32x16xf32>, %[[A:[^:]+]]: memref<32xf32>, %[[B:[^:]+]]: memref<32xf32>)
 // CHECK-NOT:     linalg.
-// CHECK:         memref.alloca_scope {
+// CHECK-NOT:     memref.alloca_scope
 // S = Q . Kᵀ: (i, j) parallel, d the innermost reduction.
 // CHECK-DAG:       %[[C32:.+]] = arith.constant 32 : index
 // CHECK-DAG:       %[[C16:.+]] = arith.constant 16 : index
@@ -160,4 +161,37 @@ func.func @apply_mods_left(%s: f32, %i: index) -> f32 {
   // expected-error @+1 {{'flexattn.apply_mods' op must be lowered before flexattn-lower-to-loops; run flexattn-inline-mods first}}
   %r = flexattn.apply_mods %s at(%i, %i, %i, %i) : f32
   return %r : f32
+}
+
+// -----
+
+// The Q-tile loop runs sequentially on the CPU: scf.parallel becomes an
+// scf.for nest, and the tile buffers are allocated once at the function entry
+// (not once per tile: the stack would grow with the sequence length).
+
+// CHECK-LABEL: func.func @sequential_tiles(
+// CHECK:         %[[ACC:.+]] = memref.alloca() : memref<64x32xf32>
+// CHECK-NOT:     scf.parallel
+// CHECK-NOT:     memref.alloca_scope
+// CHECK:         scf.for %[[B:.+]] = %{{.+}} to %{{.+}} step
+// CHECK-NEXT:      scf.for %[[T:.+]] = %{{.+}} to %{{.+}} step
+// CHECK-NOT:         memref.alloca
+// CHECK:             memref.store %{{.+}}, %[[ACC]]
+// CHECK:             memref.load %[[ACC]]
+func.func @sequential_tiles(%out: memref<2x4xf32>) {
+  %c0 = arith.constant 0 : index
+  %c1 = arith.constant 1 : index
+  %c2 = arith.constant 2 : index
+  %c4 = arith.constant 4 : index
+  scf.parallel (%b, %t) = (%c0, %c0) to (%c2, %c4) step (%c1, %c1) {
+    memref.alloca_scope {
+      %acc = memref.alloca() : memref<64x32xf32>
+      %one = arith.constant 1.0 : f32
+      memref.store %one, %acc[%c0, %c0] : memref<64x32xf32>
+      %v = memref.load %acc[%c0, %c0] : memref<64x32xf32>
+      memref.store %v, %out[%b, %t] : memref<2x4xf32>
+    }
+    scf.reduce
+  }
+  return
 }

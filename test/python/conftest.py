@@ -2,10 +2,16 @@
 anything can import `torch_mlir`: the other order silently breaks the JIT
 (FRONTEND_NOTES.md section 6)."""
 
-import flexattn_mlir  # noqa: F401  (first)
+import os
+import tempfile
 
-import pytest
-import torch
+# A fresh compile cache per test session (tests count compilations).
+os.environ.setdefault("FLEXATTN_CACHE_DIR", tempfile.mkdtemp(prefix="flexattn-test-cache-"))
+
+import flexattn_mlir  # noqa: E402,F401  (first)
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,142 @@
+// RUN: flexattn-opt %s -split-input-file -verify-diagnostics \
+// RUN:   --pass-pipeline='builtin.module(flexattn-tile{tile-q=128 tile-kv=128}, flexattn-block-sparsity, flexattn-map-to-gpu)' \
+// RUN:   | FileCheck %s
+// RUN: flexattn-opt %s -split-input-file -verify-diagnostics \
+// RUN:   --pass-pipeline='builtin.module(flexattn-tile{tile-q=128 tile-kv=128}, flexattn-block-sparsity, flexattn-map-to-gpu{stages=3})' \
+// RUN:   | FileCheck %s --check-prefix=STAGES3
+// RUN: flexattn-opt %s -split-input-file -verify-diagnostics \
+// RUN:   --pass-pipeline='builtin.module(flexattn-tile{tile-q=128 tile-kv=128}, flexattn-block-sparsity, flexattn-map-to-gpu)' \
+// RUN:   | FileCheck %s --check-prefix=NOALLOC --implicit-check-not=memref.alloc
+
+// No buffer holds scores, let alone an M x N one: they live in registers, and
+// Q/K/V are staged in shared memory by TMA.
+// NOALLOC: gpu.func @causal_alibi_kernel
+// NOALLOC: gpu.func @full_d64_kernel
+
+// Causal attention with a block mask and an ALiBi score_mod, M = N = 300
+// (3 Q tiles, tails), D = 128, bf16.
+
+// The host function gains the CUtensorMaps of q, k and v as arguments.
+// CHECK-LABEL: func.func @causal_alibi(
+// CHECK-SAME:    %[[TMQ:[a-z0-9]+]]: !llvm.ptr {flexattn.box = array<i64: 64, 128, 1, 1>, flexattn.tensor_arg = 0 : i64, flexattn.tensor_map = "q"}
+// CHECK-SAME:    {{.*}}flexattn.tensor_arg = 1 : i64, flexattn.tensor_map = "k"
+// CHECK-SAME:    {{.*}}flexattn.tensor_arg = 2 : i64, flexattn.tensor_map = "v"
+// The Q-tile loop became a launch of (ceil(300/128), Hq, B) CTAs of 384 threads.
+// CHECK-NOT:   scf.parallel
+// D=128, 2 stages: Q 32 KiB + 2 x (K 32 KiB + V 32 KiB) + 9 barriers + 1 KiB alignment.
+// CHECK-DAG:   %[[SMEM:.*]] = arith.constant 164936 : i32
+// CHECK-DAG:   %[[THREADS:.*]] = arith.constant 384 : index
+// CHECK-DAG:   %[[QT:.*]] = arith.constant 3 : index
+// CHECK:       gpu.launch_func @flexattn_kernels::@causal_alibi_kernel blocks in (%[[QT]], %{{.*}}, %{{.*}}) threads in (%[[THREADS]], %{{.*}}, %{{.*}}) dynamic_shared_memory_size %[[SMEM]] args(%[[TMQ]] : !llvm.ptr
+
+// CHECK:       gpu.module @flexattn_kernels
+// CHECK:         llvm.mlir.global external @__flexattn_smem() {addr_space = 3 : i32, alignment = 16 : i64} : !llvm.array<0 x i8>
+// CHECK:         gpu.func @causal_alibi_kernel(%{{.*}}: !llvm.ptr, %{{.*}}: !llvm.ptr, %{{.*}}: !llvm.ptr, {{.*}}memref<1x2x300x128xbf16>)
+// CHECK-SAME:      kernel attributes {nvvm.maxntid = array<i32: 384, 1, 1>, nvvm.minctasm = 1 : i32}
+// One thread initialises the mbarriers: Q, then per stage K/V full (1) and empty (256).
+// CHECK:           mbarrier.init.shared::cta.b64
+// CHECK:           fence.mbarrier_init
+// CHECK:           gpu.barrier
+// Producer warpgroup: fewer registers, tensor-map fences, TMA into shared memory.
+// CHECK:           setmaxnreg.dec.sync.aligned.u32 40
+// CHECK:           fence.proxy.tensormap::generic.acquire.sys
+// CHECK:           mbarrier.arrive.expect_tx
+// CHECK:           cp.async.bulk.tensor.4d.shared::cluster.global.mbarrier::complete_tx::bytes
+// The producer walks the same block-sparse loops: kv_num_blocks bounds them.
+// CHECK:           scf.for
+// CHECK:             mbarrier.try_wait.parity
+// CHECK:             cp.async.bulk.tensor.4d
+// Consumers: more registers; S = Q.K^T on tensor cores, 8 k16 steps for D = 128.
+// CHECK:           setmaxnreg.inc.sync.aligned.u32 232
+// CHECK:           scf.for
+// CHECK:             wgmma.fence.sync.aligned
+// CHECK-COUNT-8:     wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {{.*}} p, 1, 1, 0, 0;
+// CHECK:             wgmma.commit_group.sync.aligned
+// CHECK:             wgmma.wait_group.sync.aligned 0
+// Partial blocks apply both mods on each register fragment element.
+// CHECK:             flexattn.apply_mods {{.*}} attributes {masked} score_mod
+// Online softmax in registers: quad shuffles and ex2.
+// CHECK:             gpu.shuffle  xor
+// CHECK:             ex2.approx.ftz.f32
+// O += P.V with P in registers (register-A wgmma, V transposed by the descriptor).
+// CHECK-COUNT-8:     wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {{.*}} p, 1, 1, 1;
+// Full blocks: score_mod only.
+// CHECK:           scf.for
+// CHECK-NOT:         attributes {masked}
+// CHECK:             flexattn.apply_mods
+// CHECK-NOT:         mask_mod
+// CHECK:           llvm.store
+// No buffer of scores in memory at all: scores live in registers.
+// CHECK-NOT:       memref.alloc
+
+// STAGES3-LABEL: func.func @causal_alibi(
+// D=128, 3 stages: 32 KiB + 3 x 64 KiB + 13 barriers + 1 KiB.
+// STAGES3: arith.constant 230504 : i32
+func.func @causal_alibi(%q: memref<1x2x300x128xbf16>, %k: memref<1x2x300x128xbf16>, %v: memref<1x2x300x128xbf16>,
+                        %o: memref<1x2x300x128xbf16>, %kvn: memref<1x1x3xi32>, %kvi: memref<1x1x3x3xi32>,
+                        %fkvn: memref<1x1x3xi32>, %fkvi: memref<1x1x3x3xi32>, %sl: memref<2xf32>) {
+  flexattn.attention ins(%q, %k, %v : memref<1x2x300x128xbf16>, memref<1x2x300x128xbf16>, memref<1x2x300x128xbf16>)
+      outs(%o : memref<1x2x300x128xbf16>)
+      block_mask(%kvn, %kvi : memref<1x1x3xi32>, memref<1x1x3x3xi32>)
+      full_blocks(%fkvn, %fkvi : memref<1x1x3xi32>, memref<1x1x3x3xi32>)
+      captures(%sl : memref<2xf32>) attributes {scale = 0.125 : f32, block_size = array<i64: 128, 128>}
+    score_mod {
+    ^bb0(%s: f32, %b: i32, %h: i32, %qi: i32, %kj: i32, %c: memref<2xf32>):
+      %hi = arith.index_cast %h : i32 to index
+      %slope = memref.load %c[%hi] : memref<2xf32>
+      %d = arith.subi %kj, %qi : i32
+      %df = arith.sitofp %d : i32 to f32
+      %bias = arith.mulf %slope, %df : f32
+      %r = arith.addf %s, %bias : f32
+      flexattn.yield %r : f32
+    } mask_mod {
+    ^bb0(%b: i32, %h: i32, %qi: i32, %kj: i32, %c: memref<2xf32>):
+      %keep = arith.cmpi sge, %qi, %kj : i32
+      flexattn.yield %keep : i1
+    }
+  return
+}
+
+// -----
+
+// D = 64, no mods, no block mask: one panel per tile, folded scale, m64n64 for P.V.
+// CHECK-LABEL: func.func @full_d64(
+// CHECK:       gpu.func @full_d64_kernel
+// CHECK-COUNT-4: wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {{.*}} p, 1, 1, 0, 0;
+// CHECK-NOT:   flexattn.apply_mods
+// scale * log2(e) = 0.125 * 1.4427 in one multiply.
+// CHECK:       arith.constant 0.180336878 : f32
+// CHECK-COUNT-8: wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {{.*}} p, 1, 1, 1;
+func.func @full_d64(%q: memref<2x4x256x64xf16>, %k: memref<2x4x256x64xf16>, %v: memref<2x4x256x64xf16>,
+                    %o: memref<2x4x256x64xf16>) {
+  flexattn.attention ins(%q, %k, %v : memref<2x4x256x64xf16>, memref<2x4x256x64xf16>, memref<2x4x256x64xf16>)
+      outs(%o : memref<2x4x256x64xf16>) attributes {scale = 0.125 : f32}
+  return
+}
+
+// -----
+
+func.func @f32_inputs(%q: memref<1x1x128x64xf32>, %o: memref<1x1x128x64xf32>) {
+  // expected-error @+1 {{'flexattn.tile_step' op the GPU kernel takes bf16 or f16 q/k/v, got 'f32'}}
+  flexattn.attention ins(%q, %q, %q : memref<1x1x128x64xf32>, memref<1x1x128x64xf32>, memref<1x1x128x64xf32>)
+      outs(%o : memref<1x1x128x64xf32>) attributes {scale = 0.125 : f32}
+  return
+}
+
+// -----
+
+func.func @head_dim_96(%q: memref<1x1x128x96xbf16>, %o: memref<1x1x128x96xbf16>) {
+  // expected-error @+1 {{'flexattn.tile_step' op the GPU kernel supports head dims 64 and 128, got D = 96, Dv = 96}}
+  flexattn.attention ins(%q, %q, %q : memref<1x1x128x96xbf16>, memref<1x1x128x96xbf16>, memref<1x1x128x96xbf16>)
+      outs(%o : memref<1x1x128x96xbf16>) attributes {scale = 0.125 : f32}
+  return
+}
+
+// -----
+
+func.func @dynamic(%q: memref<1x1x?x64xbf16>, %o: memref<1x1x?x64xbf16>) {
+  // expected-error @+1 {{'flexattn.tile_step' op flexattn-map-to-gpu needs static q/k/v shapes}}
+  flexattn.attention ins(%q, %q, %q : memref<1x1x?x64xbf16>, memref<1x1x?x64xbf16>, memref<1x1x?x64xbf16>)
+      outs(%o : memref<1x1x?x64xbf16>) attributes {scale = 0.125 : f32}
+  return
+}
