@@ -20,7 +20,7 @@
 //   block mask (verifyBlockMask / verifyBlockMaskPair, attention and kv_loop):
 //     full_blocks requires block_mask
 //     a block_mask requires the block_size attribute
-//     block_size is given without a block_mask                   (attention)
+//     block_size is given without a block_mask         (attention, kv_loop)
 //     block_size must be two positive integers [Q_BLOCK, KV_BLOCK], got [...]
 //     {num|idx} batch dim / head dim (<d>) must be 1 (broadcast) or <B|Hq>
 //     {num} and {idx} must have ceil(M / <QB>) = <n> query blocks, got [...] and [...]
@@ -915,6 +915,18 @@ func.func @q_head_count_8_must_be_3(%q: memref<2x8x128x64xf32>, %k: memref<2x3x1
   flexattn.kv_loop ins(%q, %k, %v : memref<2x8x128x64xf32>, memref<2x3x128x64xf32>, memref<2x3x128x64xf32>)
       state(%acc, %m, %l : memref<64x64xf32>, memref<64xf32>, memref<64xf32>) at(%i, %i, %i, %i)
       attributes {scale = 1.0 : f32, tile_size = array<i64: 64, 64>}
+  return
+}
+
+// -----
+
+func.func @kv_loop_block_size_without_mask(%q: memref<2x8x128x64xf32>, %k: memref<2x2x128x64xf32>,
+                                           %v: memref<2x2x128x64xf32>, %acc: memref<64x64xf32>,
+                                           %m: memref<64xf32>, %l: memref<64xf32>, %i: index) {
+  // expected-error @+1 {{'flexattn.kv_loop' op block_size is given without a block_mask}}
+  flexattn.kv_loop ins(%q, %k, %v : memref<2x8x128x64xf32>, memref<2x2x128x64xf32>, memref<2x2x128x64xf32>)
+      state(%acc, %m, %l : memref<64x64xf32>, memref<64xf32>, memref<64xf32>) at(%i, %i, %i, %i)
+      attributes {scale = 1.0 : f32, tile_size = array<i64: 64, 64>, block_size = array<i64: 64, 64>}
   return
 }
 
