@@ -5,7 +5,7 @@ Import order matters: ``mlir`` (through ``_native``) is imported before any
 """
 
 from . import _native  # noqa: F401  (first: see above)
-from .api import flex_attention
+from .api import compile_flex_attention, flex_attention
 from .attention import attention, attention_compile_count, attention_spec
 from .block_mask import BlockMask, create_block_mask
 from .frontend import CapturedMod, ModCaptureError, capture_mask_mod, capture_score_mod
@@ -19,6 +19,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "flex_attention",
+    "compile_flex_attention",
     "create_block_mask",
     "BlockMask",
     "and_masks",

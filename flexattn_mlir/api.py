@@ -19,7 +19,7 @@ from .block_mask import BlockMask
 from .masks import noop_mask
 from .options import CompileOptions
 
-__all__ = ["flex_attention"]
+__all__ = ["flex_attention", "compile_flex_attention"]
 
 log = logging.getLogger(__name__)
 
@@ -75,27 +75,51 @@ def flex_attention(
     """
     from torch.nn.attention.flex_attention import AuxOutput
 
-    checks.check_qkv(query, key, value, enable_gqa)
     if return_lse and return_aux is not None:
         raise ValueError("pass either return_lse or return_aux, not both")
     if return_aux is not None and getattr(return_aux, "max_scores", False):
         raise NotImplementedError("return_aux.max_scores is not supported by flexattn_mlir yet")
     want_lse = return_lse or (return_aux is not None and bool(return_aux.lse))
-    if block_mask is not None and not isinstance(block_mask, BlockMask):
-        block_mask = BlockMask.from_torch(block_mask)
-
-    score = frontend.capture_score_mod(score_mod) if score_mod is not None else None
-    mask = _captured_mask(block_mask) if block_mask is not None else None
-    score, mask, captures = frontend.combine(score, mask)
-    options = CompileOptions.from_kernel_options(kernel_options, target=_target(query.device))
-    result = attention(
-        query, key, value,
-        score_mod=score.ir if score else None,
-        mask_mod=mask.ir if mask else None,
-        block_mask=block_mask, captures=captures, scale=scale,
-        enable_gqa=enable_gqa, return_lse=want_lse, options=options,
-    )
+    call = _lower_call(query, key, value, score_mod, block_mask, enable_gqa, kernel_options)
+    result = attention(query, key, value, scale=scale, enable_gqa=enable_gqa,
+                       return_lse=want_lse, **call)
     if return_aux is not None:
         out, lse = result
         return out, AuxOutput(lse=lse)
     return result
+
+
+def _lower_call(query, key, value, score_mod, block_mask, enable_gqa, kernel_options) -> dict:
+    """flex_attention's arguments as :func:`attention`'s: captured mods
+    sharing one capture list, our BlockMask, compile options."""
+    checks.check_qkv(query, key, value, enable_gqa)
+    if block_mask is not None and not isinstance(block_mask, BlockMask):
+        block_mask = BlockMask.from_torch(block_mask)
+    score = frontend.capture_score_mod(score_mod) if score_mod is not None else None
+    mask = _captured_mask(block_mask) if block_mask is not None else None
+    score, mask, captures = frontend.combine(score, mask)
+    options = CompileOptions.from_kernel_options(kernel_options, target=_target(query.device))
+    return dict(score_mod=score.ir if score else None, mask_mod=mask.ir if mask else None,
+                block_mask=block_mask, captures=captures, options=options)
+
+
+def compile_flex_attention(query, key, value, score_mod=None, block_mask=None, scale=None,
+                           enable_gqa=False, return_lse=False, kernel_options=None, *,
+                           target: Optional[str] = None):
+    """Compiles what :func:`flex_attention` would run for these arguments and
+    returns the :class:`~flexattn_mlir.driver.Compiled`, which holds the IR of
+    every stage (``.ir[stage]``, ``.stage_names()``). ``target`` overrides the
+    device's (e.g. ``"sm_90a"`` to see the GPU stages from CPU tensors)."""
+    from dataclasses import replace
+
+    from . import driver
+    from .attention import attention_spec
+
+    call = _lower_call(query, key, value, score_mod, block_mask, enable_gqa, kernel_options)
+    options = call.pop("options")
+    if target is not None:
+        options = CompileOptions(**{**options.__dict__, "target": target,
+                                    "tile_q": 0, "tile_kv": 0})
+    spec = attention_spec(query, key, value, scale=scale, enable_gqa=enable_gqa,
+                          return_lse=return_lse, **call)
+    return driver.compile(spec, options)

@@ -127,7 +127,8 @@ def _prepare(query, key, value, *, score_mod, mask_mod, block_mask, captures, sc
 
 
 def attention_spec(query, key, value, *, score_mod=None, mask_mod=None, block_mask=None,
-                   captures=(), scale=None, enable_gqa=False, return_lse=False) -> AttentionSpec:
+                   captures=(), scale=None, enable_gqa=False, return_lse=False,
+                   options=None) -> AttentionSpec:
     """The :class:`AttentionSpec` :func:`attention` would compile for these
     arguments (for :func:`flexattn_mlir.compile` and inspection)."""
     spec, _, _ = _prepare(query, key, value, score_mod=score_mod, mask_mod=mask_mod,
@@ -168,6 +169,8 @@ def attention(
         captures=captures, scale=scale, enable_gqa=enable_gqa, return_lse=return_lse)
     if options is None:
         options = CompileOptions(target="cpu" if query.device.type == "cpu" else "sm_90a")
+    if options.target != "cpu":
+        checks.check_gpu_support(q, v, block_mask, options)
     kernel = kernel_for(spec, options)
     b, hq, m, _ = q.shape
     out = torch.empty((b, hq, m, v.shape[3]), dtype=q.dtype, device=q.device)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["check_qkv", "check_block_mask", "check_captures"]
+__all__ = ["check_qkv", "check_block_mask", "check_captures", "check_gpu_support"]
 
 _FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -111,3 +111,26 @@ def check_captures(captures, device) -> None:
             raise TypeError(f"captures[{i}] must be a torch.Tensor, got {type(t).__name__}")
         if t.device != device:
             raise ValueError(f"captures[{i}] is on {t.device} but query is on {device}")
+
+
+def check_gpu_support(query, value, block_mask, options) -> None:
+    """What the sm_90a kernel handles, checked before compiling: bf16/fp16,
+    head dims 64 and 128, 128-row Q blocks, KV blocks of 64 or 128."""
+    if query.dtype not in (torch.bfloat16, torch.float16):
+        raise TypeError(
+            f"query dtype {query.dtype} is not supported by the {options.target} kernel: "
+            f"use bfloat16 or float16 (float32 runs on the CPU)"
+        )
+    for name, d in (("query", query.shape[-1]), ("value", value.shape[-1])):
+        if d not in (64, 128):
+            raise ValueError(f"{name} head dim {d} is not supported by the {options.target} "
+                             f"kernel: it handles 64 and 128")
+    if block_mask is not None:
+        bs = block_mask.BLOCK_SIZE
+        bq, bkv = (bs, bs) if isinstance(bs, int) else bs
+        if bq % 128 or bkv not in (64, 128):
+            raise ValueError(
+                f"block_mask.BLOCK_SIZE {tuple((bq, bkv))} is not supported by the "
+                f"{options.target} kernel: the Q block must be a multiple of 128 and the "
+                f"KV block 64 or 128"
+            )
