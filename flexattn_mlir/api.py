@@ -84,7 +84,7 @@ def flex_attention(
     result = attention(query, key, value, scale=scale, enable_gqa=enable_gqa,
                        return_lse=want_lse, **call)
     if return_aux is not None:
-        out, lse = result
+        out, lse = result if want_lse else (result, None)
         return out, AuxOutput(lse=lse)
     return result
 
