@@ -28,7 +28,8 @@ _TORCH_DTYPE = {"bf16": "bfloat16", "f16": "float16", "f32": "float32", "i32": "
 
 
 def make_gpu(mod: ir.Module, opts: CompileOptions) -> None:
-    run_pipeline(mod, f"flexattn-map-to-gpu{{stages={opts.stages}}}", "gpu")
+    run_pipeline(mod, f"flexattn-map-to-gpu{{stages={opts.stages} pipeline={int(opts.pipeline)} "
+                      f"pingpong={int(opts.pingpong)}}}", "gpu")
 
 
 def make_inlined(mod: ir.Module, opts: CompileOptions) -> None:

@@ -30,6 +30,9 @@ class CompileOptions:
       (64 x 64 on the CPU, 128 x 128 on the GPU, whose kernel needs tile_q 128).
     opt_level: LLVM optimisation level of the final code generation.
     stages: shared-memory slots of the GPU kernel's K/V ring.
+    pipeline, pingpong: the GPU kernel's FlashAttention-3 schedules (each
+      tile's Q.Kᵀ issued with the previous tile's P.V; the two consumer
+      warpgroups alternating their GEMMs).
     """
 
     target: str = "cpu"
@@ -37,6 +40,8 @@ class CompileOptions:
     tile_kv: int = 0
     opt_level: int = 2
     stages: int = 2
+    pipeline: bool = True
+    pingpong: bool = True
 
     def __post_init__(self):
         if self.target not in TARGETS:

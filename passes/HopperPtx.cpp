@@ -123,11 +123,12 @@ std::string regList(int64_t first, int64_t count) {
   return s + "}";
 }
 
-/// Output constraints "=f" x n, then tied inputs "0".."n-1" when `tied`.
-std::string accConstraints(int64_t n, bool tied) {
+/// Output constraints "=f" (or "=r") x n, then tied inputs "0".."n-1" when
+/// `tied`.
+std::string accConstraints(int64_t n, bool tied, StringRef kind = "f") {
   std::string s;
   for (int64_t i = 0; i < n; ++i)
-    s += (i ? ",=f" : "=f");
+    s += (i ? ",=" : "=") + kind.str();
   if (tied)
     for (int64_t i = 0; i < n; ++i)
       s += "," + std::to_string(i);
@@ -135,15 +136,19 @@ std::string accConstraints(int64_t n, bool tied) {
 }
 
 SmallVector<Value> unpack(ImplicitLocOpBuilder &b, Value st, int64_t n) {
+  if (n == 1)
+    return {st};
   SmallVector<Value> out;
   for (int64_t i = 0; i < n; ++i)
     out.push_back(LLVM::ExtractValueOp::create(b, st, ArrayRef<int64_t>{i}));
   return out;
 }
 
-Type accStruct(MLIRContext *ctx, int64_t n) {
-  return LLVM::LLVMStructType::getLiteral(
-      ctx, SmallVector<Type>(n, Float32Type::get(ctx)));
+Type accStruct(MLIRContext *ctx, int64_t n, Type elem = nullptr) {
+  elem = elem ? elem : Float32Type::get(ctx);
+  if (n == 1)
+    return elem;
+  return LLVM::LLVMStructType::getLiteral(ctx, SmallVector<Type>(n, elem));
 }
 } // namespace
 
@@ -183,10 +188,10 @@ SmallVector<Value> PtxBuilder::wgmmaRS(ArrayRef<Value> acc, ArrayRef<Value> a,
   return unpack(b, st, regs);
 }
 
-SmallVector<Value> PtxBuilder::fenceOperands(ArrayRef<Value> regs) {
+SmallVector<Value> PtxBuilder::fenceOperands(ArrayRef<Value> regs, bool ints) {
   int64_t n = regs.size();
-  Value st = inlineAsm("", accConstraints(n, true), regs,
-                       accStruct(b.getContext(), n));
+  Value st = inlineAsm("", accConstraints(n, true, ints ? "r" : "f"), regs,
+                       accStruct(b.getContext(), n, ints ? b.getI32Type() : Type()));
   return unpack(b, st, n);
 }
 

@@ -71,7 +71,7 @@ struct PtxBuilder {
                              Value descB, int64_t n, Type elem);
   /// Marks accumulator registers as written by asynchronous wgmma: nothing
   /// may read them before this point (CUTLASS's warpgroup_fence_operand).
-  SmallVector<Value> fenceOperands(ArrayRef<Value> regs);
+  SmallVector<Value> fenceOperands(ArrayRef<Value> regs, bool ints = false);
 
   // -- math ------------------------------------------------------------------
   Value ex2(Value x);

@@ -187,6 +187,10 @@ def FlexAttnMapToGPU : Pass<"flexattn-map-to-gpu", "::mlir::ModuleOp"> {
       N); the online softmax in registers (ex2, quad shuffles); P rounded to
       16 bits in registers; O += P.V with register-A wgmma; empty barriers
       hand slots back; the epilogue normalises and stores out and lse.
+      With `pipeline`, tile j's Q.Kᵀ is issued together with tile j-1's P.V
+      (FlashAttention-3's intra-warpgroup overlap); with `pingpong`, named
+      barriers alternate the two consumer warpgroups' GEMM issue. Q tiles
+      run last-first (the heavy tiles of a causal mask start early).
 
     The host function gains three `!llvm.ptr` arguments, the CUtensorMaps of
     q, k and v (`flexattn.tensor_map`, `flexattn.box`, `flexattn.tensor_arg`
@@ -207,13 +211,20 @@ def FlexAttnMapToGPU : Pass<"flexattn-map-to-gpu", "::mlir::ModuleOp"> {
   let options = [
     Option<"stages", "stages", "int64_t", /*default=*/"2",
            "Shared-memory slots of the K and V rings">,
+    Option<"pipeline", "pipeline", "bool", /*default=*/"true",
+           "Issue each tile's Q.Kᵀ with the previous tile's P.V so the softmax "
+           "overlaps a GEMM (needs D == Dv)">,
+    Option<"pingpong", "pingpong", "bool", /*default=*/"true",
+           "Alternate the two consumer warpgroups' GEMM issue with named "
+           "barriers (needs pipeline)">,
   ];
   let dependentDialects = ["::mlir::gpu::GPUDialect",
                            "::mlir::LLVM::LLVMDialect",
                            "::mlir::NVVM::NVVMDialect",
                            "::mlir::scf::SCFDialect",
                            "::mlir::memref::MemRefDialect",
-                           "::mlir::arith::ArithDialect"];
+                           "::mlir::arith::ArithDialect",
+                           "::mlir::math::MathDialect"];
 }
 
 def FlexAttnLowerToNVVM : Pass<"flexattn-lower-to-nvvm", "::mlir::ModuleOp"> {
