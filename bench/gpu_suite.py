@@ -77,6 +77,7 @@ def load_zoo():
     spec = importlib.util.spec_from_file_location(
         "_zoo_pkg.zoo", os.path.join(ROOT, "flexattn_mlir", "zoo.py"))
     zoo = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = zoo  # dataclasses look their module up
     spec.loader.exec_module(zoo)
     return zoo
 
