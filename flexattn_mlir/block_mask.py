@@ -169,6 +169,16 @@ class BlockMask:
         if (full_kv_num_blocks is None) != (full_kv_indices is None):
             raise AssertionError("full_kv_num_blocks and full_kv_indices must be both provided or omitted")
         q_num = q_idx = full_q_num = full_q_idx = None
+        for num_name, idx_name, num, idx in (
+                ("kv_num_blocks", "kv_indices", kv_num_blocks, kv_indices),
+                ("full_kv_num_blocks", "full_kv_indices", full_kv_num_blocks, full_kv_indices)):
+            if num is None or num.device.type == "meta":
+                continue
+            listed = idx[torch.arange(idx.shape[-1], device=idx.device) < num.unsqueeze(-1)]
+            if listed.numel() and (int(listed.min()) < 0 or int(listed.max()) >= idx.shape[-1]):
+                raise ValueError(
+                    f"{idx_name} lists KV blocks in [{int(listed.min())}, {int(listed.max())}], "
+                    f"outside [0, {idx.shape[-1]}) (the {idx_name} width)")
         if compute_q_blocks:
             q_num, q_idx = _transpose_ordered(kv_num_blocks, kv_indices)
             if full_kv_num_blocks is not None:

@@ -1,0 +1,125 @@
+"""GPU path of flex_attention (sm_90a, H100/H200) against torch's
+flex_attention on the same GPU, and the checks made before any launch.
+
+On a machine without an sm_90 GPU the numerics tests skip with the reason;
+bench/gpu_suite.py runs the same comparisons on the H100 from AOT artifacts
+(results under bench/results/). The argument checks run everywhere.
+Tolerance: bf16/fp16 outputs within 2e-2 relative (Frobenius) of torch's
+float32 result on the same inputs; lse within 5e-2.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch.nn.attention import flex_attention as tfa
+
+import flexattn_mlir as fm
+from flexattn_mlir import CompileOptions, checks, zoo
+
+tfa._FLEX_ATTENTION_DISABLE_COMPILE_DEBUG = True
+
+HAS_SM90 = torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
+needs_sm90 = pytest.mark.skipif(
+    not HAS_SM90, reason="needs an sm_90 (H100/H200) CUDA GPU; bench/gpu_suite.py covers it on the H100"
+)
+GPU = CompileOptions(target="sm_90a")
+
+
+@needs_sm90
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize("variant", zoo.names())
+@pytest.mark.parametrize("dtype,d", [(torch.bfloat16, 128), (torch.float16, 64)])
+def test_zoo_matches_torch_on_gpu(variant, dtype, d):
+    B, H, S = 1, 4, 1000
+    score_mod, mask_mod = zoo.make(variant, H, S, "cuda")
+    q, k, v = (torch.randn(B, H, S, d, device="cuda", dtype=dtype) for _ in range(3))
+    ours_bm = fm.create_block_mask(mask_mod, None, None, S, S, device="cuda") if mask_mod else None
+    out, lse = fm.flex_attention(q, k, v, score_mod=score_mod, block_mask=ours_bm, return_lse=True)
+    torch_bm = tfa.create_block_mask(mask_mod, None, None, S, S, device="cuda") if mask_mod else None
+    ref, ref_lse = tfa.flex_attention(q.float(), k.float(), v.float(), score_mod=score_mod,
+                                      block_mask=torch_bm, return_lse=True)
+    assert ((out.float() - ref).norm() / ref.norm()) < 2e-2
+    finite = torch.isfinite(ref_lse)
+    assert torch.equal(torch.isfinite(lse), finite)
+    torch.testing.assert_close(lse[finite], ref_lse[finite], atol=5e-2, rtol=0)
+
+
+@needs_sm90
+def test_gqa_and_new_capture_values_on_gpu():
+    q = torch.randn(2, 8, 640, 128, device="cuda", dtype=torch.bfloat16)
+    k, v = (torch.randn(2, 2, 640, 128, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    slopes = torch.rand(8, device="cuda")
+
+    def alibi(score, b, h, q_idx, kv_idx):
+        return score + slopes[h] * (kv_idx - q_idx)
+
+    out = fm.flex_attention(q, k, v, score_mod=alibi, enable_gqa=True)
+    count = fm.attention_compile_count()
+    slopes.copy_(torch.rand(8, device="cuda"))
+    out2 = fm.flex_attention(q, k, v, score_mod=alibi, enable_gqa=True)
+    assert fm.attention_compile_count() == count
+    ref = tfa.flex_attention(q.float(), k.float(), v.float(), score_mod=alibi, enable_gqa=True)
+    assert ((out2.float() - ref).norm() / ref.norm()) < 2e-2
+    assert not torch.equal(out, out2)
+
+
+# -- checks made before compiling or launching (CPU tensors stand in) ---------
+
+def _t(*shape, dtype=torch.bfloat16):
+    return torch.empty(*shape, dtype=dtype)
+
+
+def test_gpu_rejects_float32():
+    with pytest.raises(TypeError, match=r"query dtype torch.float32 is not supported by the sm_90a "
+                                        r"kernel: use bfloat16 or float16"):
+        checks.check_gpu_support(_t(1, 1, 128, 64, dtype=torch.float32), _t(1, 1, 128, 64), None, GPU)
+
+
+@pytest.mark.parametrize("d,dv,name", [(96, 96, "query"), (64, 256, "value")])
+def test_gpu_rejects_head_dims(d, dv, name):
+    with pytest.raises(ValueError, match=rf"{name} head dim \d+ is not supported by the sm_90a "
+                                         r"kernel: it handles 64 and 128"):
+        checks.check_gpu_support(_t(1, 1, 128, d), _t(1, 1, 128, dv), None, GPU)
+
+
+def test_gpu_rejects_block_sizes():
+    class Mask:
+        BLOCK_SIZE = (64, 64)
+
+    with pytest.raises(ValueError, match=r"block_mask.BLOCK_SIZE \(64, 64\) is not supported by the "
+                                         r"sm_90a kernel: the Q block must be a multiple of 128"):
+        checks.check_gpu_support(_t(1, 1, 128, 64), _t(1, 1, 128, 64), Mask(), GPU)
+    Mask.BLOCK_SIZE = (256, 64)
+    checks.check_gpu_support(_t(1, 1, 128, 64), _t(1, 1, 128, 64), Mask(), GPU)  # fine
+
+
+def test_out_of_range_block_indices_rejected_before_launch():
+    """Indices past the KV blocks would make the kernel's TMA read another
+    head's keys: caught before compiling (the same check runs on CUDA tensors)."""
+    q = torch.randn(1, 1, 256, 64)
+    num = torch.tensor([[[1, 1]]], dtype=torch.int32)
+    idx = torch.tensor([[[[0, 0], [7, 0]]]], dtype=torch.int32)
+    with pytest.raises(ValueError, match=r"kv_indices lists KV blocks in \[0, 7\], outside \[0, 2\)"):
+        fm.BlockMask.from_kv_blocks(num, idx, BLOCK_SIZE=128, seq_lengths=(256, 256))
+    # The constructor does not check (as torch's); flex_attention does.
+    bm = fm.BlockMask((256, 256), num, idx, None, None, None, None, None, None, BLOCK_SIZE=(128, 128))
+    with pytest.raises(ValueError, match=r"block_mask.kv_indices lists KV blocks in \[0, 7\], "
+                                         r"outside \[0, 2\)"):
+        fm.flex_attention(q, q, q, block_mask=bm)
+
+
+def test_gpu_stages_compile_without_a_gpu():
+    """The whole GPU pipeline runs on a CPU-only machine (AOT): the PTX holds
+    the tensor-core and TMA instructions."""
+    q = torch.empty(1, 2, 300, 128, dtype=torch.bfloat16)
+    bm = fm.create_block_mask(lambda b, h, qi, kv: qi >= kv, None, None, 300, 300)
+    compiled = fm.compile_flex_attention(q, q, q, block_mask=bm, target="sm_90a")
+    ptx = compiled.metadata["ptx"]
+    assert "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16" in ptx
+    assert "cp.async.bulk.tensor.4d" in ptx
+    launch = compiled.metadata["launch"]
+    assert launch["grid"] == [math.ceil(300 / 128), 2, 1] and launch["block"] == [384, 1, 1]
+    assert [p["kind"] for p in launch["params"][:3]] == ["tensormap"] * 3
