@@ -148,7 +148,7 @@ NEW_PROCESS_HIT = textwrap.dedent("""
     import json, sys, time
     t0 = time.perf_counter()
     import flexattn_mlir as fm
-    from flexattn_mlir import zoo
+    from flexattn_mlir import cache, zoo
     import torch
     t1 = time.perf_counter()
     name = sys.argv[1]
@@ -166,7 +166,8 @@ NEW_PROCESS_HIT = textwrap.dedent("""
     print(json.dumps({"import_s": t1 - t0,
                       "create_block_mask_s": (t3 - t2) if mask_mod is not None else None,
                       "first_call_s": t4 - t3, "second_call_s": t5 - t4,
-                      "compiles": fm.attention_compile_count()}))
+                      "compiles": fm.attention_compile_count(),
+                      "compiler_version": cache.compiler_version()}))
 """)
 
 TORCH_BLOCK_MASK = textwrap.dedent("""
@@ -278,6 +279,10 @@ def bench_variant(name: str, env: dict, workdir: str) -> dict:
     row["new_process"] = hit
     if hit.get("compiles") not in (0, None):
         row["new_process_warning"] = "the new process compiled: no disk hit"
+        if hit.get("compiler_version") != cache.compiler_version():
+            row["new_process_warning"] += (
+                f" (its compiler_version {hit.get('compiler_version')} differs from this "
+                f"process's {cache.compiler_version()}: sources changed during the run)")
     return row
 
 
@@ -401,6 +406,9 @@ def main(argv=None) -> int:
                 torch_col = _fmt(e["torch_s"]) if e["torch_s"] is not None else "error"
                 print(f"{name:20s} {S:>6s} {_fmt(e['ours_first_s']):>9s} "
                       f"{_fmt(e['ours_warm_s']):>9s} {torch_col:>9s}")
+    for r in rows:
+        if r.get("new_process_warning"):
+            print(f"WARNING {r['name']}: {r['new_process_warning']}")
     print(f"\ntotal {result['total_seconds']:.1f} s")
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
