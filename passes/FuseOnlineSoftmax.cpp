@@ -28,8 +28,6 @@ using namespace mlir::flexattn;
 
 namespace {
 
-constexpr double kLog2e = 1.4426950408889634;
-constexpr double kLn2 = 0.6931471805599453;
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 using utils::IteratorType;

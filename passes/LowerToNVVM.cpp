@@ -39,8 +39,6 @@ using hopper::PtxBuilder;
 
 namespace {
 
-constexpr float kLog2e = 1.4426950408889634f;
-constexpr float kLn2 = 0.6931471805599453f;
 
 Value lg2(PtxBuilder &p, Value x) {
   return p.inlineAsm("lg2.approx.ftz.f32 $0, $1;", "=f,f", {x},
@@ -92,16 +90,16 @@ struct MathToPtx : OpRewritePattern<MathOp> {
     if constexpr (std::is_same_v<MathOp, math::Exp2Op>) {
       r = p.ex2(x);
     } else if constexpr (std::is_same_v<MathOp, math::ExpOp>) {
-      r = p.ex2(arith::MulFOp::create(b, x, p.f32(kLog2e)));
+      r = p.ex2(arith::MulFOp::create(b, x, p.f32(static_cast<float>(kLog2e))));
     } else if constexpr (std::is_same_v<MathOp, math::Log2Op>) {
       r = lg2(p, x);
     } else if constexpr (std::is_same_v<MathOp, math::LogOp>) {
-      r = arith::MulFOp::create(b, lg2(p, x), p.f32(kLn2));
+      r = arith::MulFOp::create(b, lg2(p, x), p.f32(static_cast<float>(kLn2)));
     } else {
       // tanh(x) = sign(x) (1 - 2 / (exp(2|x|) + 1)), exact at 0 and +-inf;
       // ex2.approx and rcp.approx keep the absolute error near 1e-7.
       Value ax = p.inlineAsm("abs.f32 $0, $1;", "=f,f", {x}, b.getF32Type(), false);
-      Value e = p.ex2(arith::MulFOp::create(b, ax, p.f32(2.0f * kLog2e)));
+      Value e = p.ex2(arith::MulFOp::create(b, ax, p.f32(static_cast<float>(2.0 * kLog2e))));
       Value inv = rcp(p, arith::AddFOp::create(b, e, p.f32(1.0f)));
       Value t = arith::SubFOp::create(
           b, p.f32(1.0f), arith::MulFOp::create(b, inv, p.f32(2.0f)));

@@ -27,6 +27,10 @@
 
 namespace mlir::flexattn {
 
+/// log2(e) and ln(2): the online softmax works in log2 units (exp2).
+constexpr double kLog2e = 1.4426950408889634;
+constexpr double kLn2 = 0.6931471805599453;
+
 #define GEN_PASS_DECL
 #include "passes/Passes.h.inc"
 

@@ -7,6 +7,21 @@
 // RUN: flexattn-opt %s -split-input-file -verify-diagnostics \
 // RUN:   --pass-pipeline='builtin.module(flexattn-tile{tile-q=128 tile-kv=128}, flexattn-block-sparsity, flexattn-map-to-gpu)' \
 // RUN:   | FileCheck %s --check-prefix=NOALLOC --implicit-check-not=memref.alloc
+// RUN: flexattn-opt %s -split-input-file -verify-diagnostics \
+// RUN:   --pass-pipeline='builtin.module(flexattn-tile{tile-q=128 tile-kv=128}, flexattn-block-sparsity, flexattn-map-to-gpu{pipeline=0 pingpong=0})' \
+// RUN:   | FileCheck %s --check-prefix=SERIAL --implicit-check-not=bar.sync
+
+// In order (pipeline=0): S = QK, wait, softmax, O = alpha O, then P.V, wait.
+// SERIAL-LABEL: gpu.func @causal_alibi_kernel
+// SERIAL:         scf.for
+// SERIAL:           wgmma.fence.sync.aligned
+// SERIAL-COUNT-8:   p, 1, 1, 0, 0;
+// SERIAL:           wgmma.wait_group.sync.aligned 0
+// SERIAL:           flexattn.apply_mods {{.*}} attributes {masked} score_mod
+// SERIAL:           ex2.approx.ftz.f32
+// SERIAL:           wgmma.fence.sync.aligned
+// SERIAL-COUNT-8:   p, 1, 1, 1;
+// SERIAL:           wgmma.wait_group.sync.aligned 0
 
 // No buffer holds scores, let alone an M x N one: they live in registers, and
 // Q/K/V are staged in shared memory by TMA.
@@ -46,25 +61,36 @@
 // CHECK:           scf.for
 // CHECK:             mbarrier.try_wait.parity
 // CHECK:             cp.async.bulk.tensor.4d
-// Consumers: more registers; S = Q.K^T on tensor cores, 8 k16 steps for D = 128.
+// Consumers: more registers; consumer warpgroup 1 lets warpgroup 0 issue first.
 // CHECK:           setmaxnreg.inc.sync.aligned.u32 232
+// CHECK:           bar.arrive 1, 256;
+// Software-pipelined KV loop: wait for K_j (and V_{j-1}), take the ping-pong
+// turn, issue S_j = Q.K_j^T (8 k16 steps for D = 128) together with the
+// previous tile's O += P.V (register-A wgmma, V transposed by the descriptor).
 // CHECK:           scf.for
+// CHECK:             mbarrier.try_wait.parity
+// CHECK:             bar.sync $0, 256;
 // CHECK:             wgmma.fence.sync.aligned
 // CHECK-COUNT-8:     wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {{.*}} p, 1, 1, 0, 0;
 // CHECK:             wgmma.commit_group.sync.aligned
-// CHECK:             wgmma.wait_group.sync.aligned 0
+// CHECK-COUNT-8:     wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {{.*}} p, 1, 1, 1;
+// CHECK:             wgmma.commit_group.sync.aligned
+// CHECK:             bar.arrive $0, 256;
+// S is ready while P.V still runs: the softmax overlaps it.
+// CHECK:             wgmma.wait_group.sync.aligned 1
 // Partial blocks apply both mods on each register fragment element.
 // CHECK:             flexattn.apply_mods {{.*}} attributes {masked} score_mod
 // Online softmax in registers: quad shuffles and ex2.
 // CHECK:             gpu.shuffle  xor
 // CHECK:             ex2.approx.ftz.f32
-// O += P.V with P in registers (register-A wgmma, V transposed by the descriptor).
-// CHECK-COUNT-8:     wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {{.*}} p, 1, 1, 1;
+// CHECK:             wgmma.wait_group.sync.aligned 0
 // Full blocks: score_mod only.
 // CHECK:           scf.for
 // CHECK-NOT:         attributes {masked}
 // CHECK:             flexattn.apply_mods
 // CHECK-NOT:         mask_mod
+// The last tile's deferred P.V, then the epilogue.
+// CHECK-COUNT-8:   wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {{.*}} p, 1, 1, 1;
 // CHECK:           llvm.store
 // No buffer of scores in memory at all: scores live in registers.
 // CHECK-NOT:       memref.alloc
