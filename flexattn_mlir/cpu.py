@@ -14,7 +14,7 @@ from mlir.execution_engine import ExecutionEngine
 from . import _native
 from .driver import Compiled
 from .options import CompileOptions
-from .spec import AttentionSpec
+from .spec import ENTRY, AttentionSpec
 
 __all__ = ["CpuKernel"]
 
@@ -62,7 +62,7 @@ class CpuKernel:
     def _init(self, module, spec: AttentionSpec, opts: CompileOptions) -> None:
         self.module, self.spec = module, spec
         self.engine = ExecutionEngine(module, opt_level=opts.opt_level)
-        self._entry = self.engine.lookup(self.spec.name)
+        self._entry = self.engine.lookup(ENTRY)
 
     def __call__(self, tensors: Sequence) -> None:
         expected = self.spec.arguments()

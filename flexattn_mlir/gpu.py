@@ -19,7 +19,7 @@ from mlir import ir
 from . import cache
 from .driver import CompilationError, Compiled, run_pipeline
 from .options import CompileOptions
-from .spec import AttentionSpec
+from .spec import ENTRY, AttentionSpec
 
 __all__ = ["stages", "finish", "launch_metadata", "load_kernel", "compile_kernel", "artifact_stores"]
 
@@ -103,7 +103,7 @@ def launch_metadata(mod: ir.Module, spec: AttentionSpec, opts: CompileOptions) -
     outputs = ["out"] + (["lse"] if spec.return_lse else [])
     return {
         "version": 1,
-        "entry": f"{spec.name}_kernel",
+        "entry": f"{ENTRY}_kernel",
         "target": opts.target,
         "grid": grid,
         "block": block,

@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Optional
 
 from .mods import ModIR
 
-__all__ = ["BufferType", "AttentionSpec", "TORCH_TO_MLIR"]
+__all__ = ["BufferType", "AttentionSpec", "TORCH_TO_MLIR", "ENTRY"]
+
+# The generated function's symbol (the GPU kernel is ENTRY + "_kernel"): fixed,
+# so a kernel compiled for one spec serves every equal spec.
+ENTRY = "flexattn"
 
 # torch dtype name -> MLIR element type. bool travels as i8 (memref<i1>
 # stores are not supported by the CPU lowering, FRONTEND_NOTES.md section 6).
@@ -74,7 +78,7 @@ class AttentionSpec:
     captures: tuple[BufferType, ...] = ()
     score_mod: Optional[ModIR] = None
     mask_mod: Optional[ModIR] = None
-    name: str = field(default="flexattn", compare=False)
+    name: str = field(default="flexattn", compare=False)  # labels dumps only
 
     @property
     def out(self) -> BufferType:
@@ -104,8 +108,10 @@ class AttentionSpec:
         return args
 
     def digest(self) -> str:
-        """A stable hash of everything the generated code depends on."""
-        h = hashlib.sha256(repr(self).encode())
+        """A stable hash of everything the generated code depends on (not the
+        name, which only labels dumps: equal specs share compiled kernels and
+        AOT artifacts whatever they are called)."""
+        h = hashlib.sha256(repr(replace(self, name="")).encode())
         for mod in (self.score_mod, self.mask_mod):
             h.update((mod.digest() if mod else "-").encode())
         return h.hexdigest()
@@ -144,7 +150,7 @@ class AttentionSpec:
                 lines.append(f"    {region} {{\n{body}\n    }}")
         op = "\n".join("    " + ln if i else ln for i, ln in enumerate(lines))
         return (
-            f"func.func @{self.name}({sig}) attributes {{llvm.emit_c_interface}} {{\n"
+            f"func.func @{ENTRY}({sig}) attributes {{llvm.emit_c_interface}} {{\n"
             f"  {op}\n"
             f"  return\n"
             f"}}\n"
