@@ -26,6 +26,9 @@ import dis
 import functools
 import hashlib
 import io
+import json
+import marshal
+import sys
 import logging
 import math
 import re
@@ -337,7 +340,11 @@ def _capture(fn, kind: str) -> CapturedMod:
     with _lock:
         hit = _memo.get(memo_key) if memo_key is not None else None
         if hit is None:
-            mod_ir = _export(walk, kind, label)
+            disk_key = _disk_key(walk, kind)
+            mod_ir = _load_captured(disk_key)
+            if mod_ir is None:
+                mod_ir = _export(walk, kind, label)
+                _store_captured(disk_key, mod_ir)
             digest = hashlib.sha256(
                 (mod_ir.digest() + "|" + ",".join(str(t.dtype) for t in walk.tensors)).encode()
             ).hexdigest()
@@ -345,6 +352,83 @@ def _capture(fn, kind: str) -> CapturedMod:
             if memo_key is not None:
                 _memo[memo_key] = hit
     return CapturedMod(hit[0], tuple(walk.tensors), hit[1], name, fn)
+
+
+# ---------------------------------------------------------------------------
+# The disk cache of captured mods (a new process skips torch-mlir's export).
+# ---------------------------------------------------------------------------
+
+_captured_cache = None
+
+
+def _stable(fp, objects: dict):
+    """``fp`` with process-specific parts replaced by stable ones: code
+    objects by their marshalled bytes, identity-keyed objects by their
+    qualified names. None if some part has no stable form."""
+    if isinstance(fp, types.CodeType):
+        return ("code", hashlib.sha256(marshal.dumps(fp)).hexdigest())
+    if isinstance(fp, tuple):
+        if len(fp) == 2 and fp[0] == "id":
+            obj = objects.get(fp[1])
+            if isinstance(obj, types.ModuleType):
+                return ("module", obj.__name__)
+            if isinstance(obj, (torch.dtype, torch.device, torch.layout, torch.memory_format)):
+                return ("torch", str(obj))
+            module = getattr(obj, "__module__", None)
+            qualname = getattr(obj, "__qualname__", None) or getattr(obj, "__name__", None)
+            return ("obj", module, qualname) if module and qualname else None
+        out = []
+        for part in fp:
+            stable = _stable(part, objects)
+            if stable is None and part is not None:
+                return None
+            out.append(stable)
+        return tuple(out)
+    return fp
+
+
+def _disk_key(walk: _Walk, kind: str) -> Optional[str]:
+    if walk.fingerprint is None:
+        return None
+    stable = _stable(walk.fingerprint, {id(o): o for o in walk.pinned})
+    if stable is None:
+        return None
+    import torch_mlir  # noqa: F401  (its version enters the key)
+
+    from .cache import compiler_version
+
+    versions = (torch.__version__, getattr(torch_mlir, "__version__", "?"),
+                f"py{sys.version_info[0]}.{sys.version_info[1]}", compiler_version())
+    return hashlib.sha256(repr((kind, stable, versions)).encode()).hexdigest()
+
+
+def _captured_store():
+    global _captured_cache
+    if _captured_cache is None:
+        from .cache import DiskCache
+
+        _captured_cache = DiskCache("mods", ".json")
+    return _captured_cache
+
+
+def _load_captured(key: Optional[str]) -> Optional[ModIR]:
+    if key is None:
+        return None
+    data = _captured_store().get(key)
+    if data is None:
+        return None
+    try:
+        d = json.loads(data)
+        return ModIR(d["kind"], d["text"], tuple(d["capture_types"]))
+    except (ValueError, KeyError, TypeError):
+        return None  # a damaged entry: capture again
+
+
+def _store_captured(key: Optional[str], mod_ir: ModIR) -> None:
+    if key is not None:
+        _captured_store().put(key, json.dumps(
+            {"kind": mod_ir.kind, "text": mod_ir.text,
+             "capture_types": list(mod_ir.capture_types)}).encode())
 
 
 def clear_memo() -> None:

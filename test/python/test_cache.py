@@ -263,7 +263,9 @@ def test_concurrent_processes_share_one_entry(tmp_path):
     print("concurrent compiles:", [r["compiles"] for r in results])
     files = _cache_files(cache_dir)
     assert [f for f in files if f.startswith("cpu/")] == [f for f in files if f.endswith(".mlir")]
-    assert len(files) == 1, files
+    # One kernel entry, one entry per captured mod (ALiBi score, causal mask).
+    assert len([f for f in files if f.startswith("cpu/")]) == 1, files
+    assert all(f.startswith(("cpu/", "mods/")) for f in files), files
     assert not [p for p in cache_dir.rglob(".*")], "temporary files left behind"
     # The entry is whole: a fourth process loads it and gets the same bits.
     fourth = _run(script, cache_dir, tmp_path)
@@ -350,3 +352,22 @@ def test_flex_attention_key_equals_artifact_key(gpu_artifact):
     call.pop("options")
     ours = fm.attention_spec(q, q, q, **call)
     assert aot.artifact_key(ours, options) == entry["key"]
+
+
+def test_new_process_reuses_captured_mods(tmp_path):
+    """The captured IR of a mod is cached on disk too: a second process
+    capturing the same zoo mods does no torch-mlir export."""
+    script = tmp_path / "capture.py"
+    script.write_text(
+        "import flexattn_mlir as fm\n"
+        "from flexattn_mlir import frontend, zoo\n"
+        "score, mask = zoo.make('alibi_causal', 4, 256)\n"
+        "a, b = frontend.capture_score_mod(score), frontend.capture_mask_mod(mask)\n"
+        "print(frontend.export_count, a.key, b.key)\n")
+    env = dict(os.environ, FLEXATTN_CACHE_DIR=str(tmp_path / "cache"))
+    runs = [subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, check=True).stdout.split()
+            for _ in range(2)]
+    assert runs[0][0] == "2" and runs[1][0] == "0"
+    assert runs[0][1:] == runs[1][1:]
+    assert len(list((tmp_path / "cache" / "mods").glob("*.json"))) == 2
