@@ -15,34 +15,29 @@ the key. Results are memoised per (code objects, scalar values, capture
 shapes/dtypes), so capturing an equal mod again costs a tree walk, not an
 export (about 150 ms).
 
+The export and the conversion to a region are in :mod:`.mod_convert`.
 ``torch_mlir`` is imported lazily, after ``mlir`` (section 6 of the notes).
 """
 
 from __future__ import annotations
 
 import builtins
-import contextlib
 import dis
 import functools
 import hashlib
-import io
 import json
 import marshal
-import sys
-import logging
-import math
 import re
+import sys
 import threading
 import types
-import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 import torch
-from mlir import ir
-from mlir.dialects import arith, memref, tensor
 
-from . import _native
+from .mod_convert import INDEX_DTYPE  # noqa: F401  (re-exported: the index dtype)
+from .mod_convert import INDEX_TYPE, _FIXED, ModCaptureError, _capture_types, _export
 from .mods import ModIR
 from .spec import TORCH_TO_MLIR
 
@@ -56,19 +51,13 @@ __all__ = [
     "export_count",
 ]
 
-log = logging.getLogger(__name__)
-
 # Number of torch-mlir exports done by this process (tests assert memo hits).
 export_count = 0
 
-INDEX_DTYPE = torch.int32  # the compiled path's index dtype (notes section 5)
-INDEX_TYPE = "i32"
-_FIXED = {"score": ("score", "b", "h", "q_idx", "kv_idx"), "mask": ("b", "h", "q_idx", "kv_idx")}
 
-
-class ModCaptureError(TypeError):
-    """A score_mod / mask_mod cannot be captured; the message names the mod
-    and says why."""
+def _count_export() -> None:
+    global export_count
+    export_count += 1
 
 
 @dataclass(frozen=True, eq=False)
@@ -343,7 +332,8 @@ def _capture(fn, kind: str) -> CapturedMod:
             disk_key = _disk_key(walk, kind)
             mod_ir = _load_captured(disk_key)
             if mod_ir is None:
-                mod_ir = _export(walk, kind, label)
+                mod_ir = _export(functools.partial(_rebuild, walk.plan), walk.tensors, kind,
+                                 label, _count_export)
                 _store_captured(disk_key, mod_ir)
             digest = hashlib.sha256(
                 (mod_ir.digest() + "|" + ",".join(str(t.dtype) for t in walk.tensors)).encode()
@@ -435,452 +425,6 @@ def clear_memo() -> None:
     """Forget every memoised capture (the next captures export again)."""
     with _lock:
         _memo.clear()
-
-
-class _ResultError(Exception):
-    """Raised inside the traced forward when the mod's result is unusable."""
-
-
-def _forward_module(walk: _Walk, kind: str, label: str):
-    nfixed = len(_FIXED[kind])
-    plan = walk.plan
-
-    class Forward(torch.nn.Module):
-        def forward(self, *args):
-            fn = _rebuild(plan, args[nfixed:])
-            out = fn(*args[:nfixed])
-            if isinstance(out, bool) or (kind == "score" and isinstance(out, (int, float))):
-                out = torch.tensor(out, dtype=torch.bool if isinstance(out, bool) else torch.float32)
-            if not isinstance(out, torch.Tensor):
-                raise _ResultError(f"{label} must return a tensor, got {type(out).__name__}")
-            if out.dim() != 0:
-                raise _ResultError(
-                    f"{label} must return a 0-d tensor (one value per score), got shape "
-                    f"{tuple(out.shape)}"
-                )
-            if kind == "mask":
-                if out.dtype != torch.bool:
-                    raise _ResultError(f"{label} must return a bool tensor, got {out.dtype}")
-                return out
-            if out.is_complex():
-                raise _ResultError(f"{label} must return a real tensor, got {out.dtype}")
-            # torch converts score_mod's result to the score dtype (float32).
-            return out.to(torch.float32)
-
-    return Forward()
-
-
-def _example_inputs(walk: _Walk, kind: str) -> list[torch.Tensor]:
-    idx = [torch.tensor(v, dtype=INDEX_DTYPE) for v in (0, 0, 1, 0)]
-    args = ([torch.tensor(0.5, dtype=torch.float32)] if kind == "score" else []) + idx
-    return args + [t.detach().to("cpu").contiguous() for t in walk.tensors]
-
-
-def _root_exception(err: BaseException) -> BaseException:
-    seen = set()
-    while err is not None and id(err) not in seen:
-        seen.add(id(err))
-        if isinstance(err, _ResultError):
-            return err
-        err = err.__cause__ or err.__context__
-    return None
-
-
-@contextlib.contextmanager
-def _native_stderr(sink: io.StringIO):
-    """Collects what C++ code (torch-mlir's diagnostics) writes to fd 2.
-    Process-wide while it lasts: other threads' stderr output lands here too
-    (and in the debug log on failure)."""
-    import os
-    import tempfile
-
-    fd = 2
-    with tempfile.TemporaryFile(mode="w+b") as tmp:
-        saved = os.dup(fd)
-        try:
-            os.dup2(tmp.fileno(), fd)
-            yield
-        finally:
-            os.dup2(saved, fd)
-            os.close(saved)
-            tmp.seek(0)
-            sink.write(tmp.read().decode(errors="replace"))
-
-
-def _explain(err: Exception, label: str, output: str = "") -> ModCaptureError:
-    result = _root_exception(err)
-    if result is not None:
-        return ModCaptureError(str(result))
-    chain, e = [], err
-    while e is not None and len(chain) < 8:
-        chain.append(e)
-        e = e.__cause__ or e.__context__
-    text = " ".join(f"{type(e).__name__}: {e}" for e in chain) + "\n" + output
-    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    if "DataDependent" in text or "data-dependent" in text or "data dependent" in text:
-        return ModCaptureError(
-            f"{label} uses data-dependent Python control flow or conversion (an `if` on a "
-            f"tensor, bool()/int()/float() of an index); write it with torch.where or tensor "
-            f"ops. ({type(err).__name__}: {first})"
-        )
-    if isinstance(err, IndexError):
-        return ModCaptureError(f"{label} indexes out of bounds while being traced: {first}")
-    illegal = re.findall(r'name = "torch\.(aten\.[\w.]+)"', text) or re.findall(
-        r"failed to legalize operation '([\w.]+)'", text)
-    if illegal:
-        return ModCaptureError(
-            f"{label} uses operations torch-mlir cannot lower: {', '.join(sorted(set(illegal)))} "
-            f"(e.g. mixing a Python bool into a tensor expression; use tensors throughout)"
-        )
-    return ModCaptureError(f"{label} could not be exported to MLIR: {type(err).__name__}: {first}")
-
-
-def _export(walk: _Walk, kind: str, label: str) -> ModIR:
-    global export_count
-    from torch_mlir import fx  # lazily, and after `mlir` (notes section 6)
-
-    module = _forward_module(walk, kind, label)
-    args = _example_inputs(walk, kind)
-    quiet = [logging.getLogger(n) for n in ("torch.fx.experimental.symbolic_shapes",
-                                            "torch._dynamo", "torch.export", "torch._export")]
-    levels = [lg.level for lg in quiet]
-    noise = io.StringIO()
-    try:
-        for lg in quiet:
-            lg.setLevel(logging.CRITICAL)
-        with warnings.catch_warnings(), contextlib.redirect_stderr(noise), \
-                contextlib.redirect_stdout(noise), _native_stderr(noise):
-            warnings.simplefilter("ignore")
-            text = str(fx.export_and_import(module, *args, output_type="linalg-on-tensors"))
-    except ModCaptureError:
-        raise
-    except Exception as err:  # noqa: BLE001 - every failure becomes a clear error
-        log.debug("export of %s failed; its output:\n%s", label, noise.getvalue())
-        raise _explain(err, label, noise.getvalue()) from err
-    finally:
-        for lg, lv in zip(quiet, levels):
-            lg.setLevel(lv)
-        export_count += 1
-    return _to_region(text, kind, label, walk.tensors)
-
-
-# ---------------------------------------------------------------------------
-# linalg-on-tensors -> scalar IR -> flexattn region
-# ---------------------------------------------------------------------------
-
-_PREP = "func.func(linalg-detensorize{aggressive-mode=true}), canonicalize, cse"
-_CLEAN = "canonicalize, cse"
-_ALLOWED_DIALECTS = ("arith", "math")
-
-
-def _run(module: ir.Module, pipeline: str) -> None:
-    """Runs upstream passes; a failure is ours, not the mod's: CompilationError
-    with a reproducer (driver.run_pipeline)."""
-    from .driver import run_pipeline
-
-    run_pipeline(module, pipeline, "frontend")
-
-
-def _owner_op(value: ir.Value):
-    """The defining op of ``value``, or None for a block argument."""
-    if isinstance(value.owner, ir.Block):
-        return None
-    return value.owner.opview if hasattr(value.owner, "opview") else value.owner
-
-
-def _root_index(val: ir.Value, idx: list, label: str):
-    """Walks ``tensor.extract`` indices up through unit collapse_shape and
-    unit-stride extract_slice ops (notes section 1.3)."""
-    index = ir.IndexType.get()
-    while True:
-        op = _owner_op(val)
-        if op is None:
-            return val, idx
-        name = op.operation.name
-        if name == "tensor.collapse_shape":
-            src = op.operands[0]
-            shape = ir.RankedTensorType(src.type).shape
-            new: list = []
-            for g, group in enumerate(op.attributes["reassociation"]):
-                dims = [ir.IntegerAttr(d).value for d in group]
-                big = [d for d in dims if shape[d] != 1]
-                if len(big) > 1:
-                    raise ModCaptureError(f"{label}: unsupported reshape of a captured tensor")
-                new += [idx[g] if shape[d] != 1 else None for d in dims]
-            idx, val = new + [None] * (len(shape) - len(new)), src
-        elif name == "tensor.extract_slice":
-            src = op.operands[0]
-            rank = ir.RankedTensorType(src.type).rank
-            if ir.RankedTensorType(op.result.type).rank != rank or any(
-                s != 1 for s in op.static_strides
-            ):
-                raise ModCaptureError(f"{label}: unsupported slice of a captured tensor")
-            dyn = iter(op.offsets)
-            offs = [
-                next(dyn) if o == ir.ShapedType.get_dynamic_size()
-                else arith.constant(index, ir.IntegerAttr.get(index, o))
-                for o in op.static_offsets
-            ]
-            idx = [o if i is None else arith.addi(o, i) for o, i in zip(offs, idx)]
-            val = src
-        else:
-            return val, idx
-
-
-def _fold_extracts(func_block: ir.Block, label: str) -> None:
-    index = ir.IndexType.get()
-    for op in list(func_block.operations):
-        if op.operation.name != "tensor.extract":
-            continue
-        src = op.operands[0]
-        if _owner_op(src) is None:
-            continue
-        with ir.InsertionPoint(op):
-            root, idx = _root_index(src, list(op.operands[1:]), label)
-            if root == src:
-                continue
-            zero = None
-            full = []
-            for i in idx:
-                if i is None:
-                    zero = zero or arith.constant(index, ir.IntegerAttr.get(index, 0))
-                    i = zero
-                full.append(i)
-            new = tensor.extract(root, full)
-        op.results[0].replace_all_uses_with(new)
-        op.erase()
-
-
-def _const_int(value: ir.Value) -> Optional[int]:
-    op = _owner_op(value)
-    if op is None or op.operation.name != "arith.constant":
-        return None
-    attr = op.attributes["value"]
-    if isinstance(attr, ir.IntegerAttr):
-        return attr.value
-    if isinstance(attr, ir.FloatAttr):
-        f = attr.value
-        return int(f) if math.isfinite(f) and f == int(f) else None
-    return None
-
-
-def _rewrite_floordiv(func_block: ir.Block) -> None:
-    """``fptosi(floor(sitofp(x) / C))`` -> ``arith.floordivsi x, C`` when C is
-    an integral constant other than 0 and -1 (notes section 1.4): exact for
-    every x, and no trap is possible."""
-    for op in list(func_block.operations):
-        if op.operation.name != "arith.fptosi":
-            continue
-        floor = _owner_op(op.operands[0])
-        if floor is None or floor.operation.name != "math.floor":
-            continue
-        div = _owner_op(floor.operands[0])
-        if div is None or div.operation.name != "arith.divf":
-            continue
-        num = _owner_op(div.operands[0])
-        if num is None or num.operation.name != "arith.sitofp":
-            continue
-        x = num.operands[0]
-        den = _owner_op(div.operands[1])
-        c = None
-        if den is not None and den.operation.name == "arith.sitofp":
-            c = _const_int(den.operands[0])
-        elif den is not None:
-            c = _const_int(div.operands[1])
-        if c is None or c in (0, -1) or abs(c) >= 2**31 or x.type != op.results[0].type:
-            continue
-        if not isinstance(x.type, ir.IntegerType):
-            continue
-        with ir.InsertionPoint(op):
-            cst = arith.constant(x.type, ir.IntegerAttr.get(x.type, c))
-            new = arith.floordivsi(x, cst)
-        op.results[0].replace_all_uses_with(new)
-        op.erase()
-
-
-def _is_scalar(t: ir.Type) -> bool:
-    return isinstance(t, (ir.IntegerType, ir.FloatType, ir.IndexType))
-
-
-def _clamp_index(value: ir.Value, dim: int) -> ir.Value:
-    index = ir.IndexType.get()
-    lo = arith.constant(index, ir.IntegerAttr.get(index, 0))
-    hi = arith.constant(index, ir.IntegerAttr.get(index, max(dim - 1, 0)))
-    return arith.minsi(arith.maxsi(value, lo), hi)
-
-
-def _holder_module(kind: str, capture_types: list[str]) -> str:
-    caps = "".join(f", %cap{i}: {t}" for i, t in enumerate(capture_types))
-    names = ", ".join(f"%cap{i}" for i in range(len(capture_types)))
-    types_ = ", ".join(capture_types)
-    captures = f" captures({names} : {types_})" if capture_types else ""
-    return (
-        f"func.func @holder(%s: f32, %i: index{caps}) -> f32 {{\n"
-        f"  %r = flexattn.apply_mods %s at(%i, %i, %i, %i){captures} attributes {{masked}} : f32\n"
-        f"  return %r : f32\n}}\n"
-    )
-
-
-def _capture_types(tensors) -> list[str]:
-    from .spec import BufferType
-
-    return [BufferType.of(t).memref for t in tensors]
-
-
-def _to_region(text: str, kind: str, label: str, tensors) -> ModIR:
-    nfixed = len(_FIXED[kind])
-    cap_types = _capture_types(tensors)
-    with _native.new_context() as ctx, ir.Location.unknown():
-        try:
-            module = ir.Module.parse(text)
-        except ir.MLIRError as err:
-            ops = sorted(set(re.findall(r"for custom op '([\w.]+)'", str(err))))
-            if ops:
-                raise ModCaptureError(_unsupported_message(label, ops)) from None
-            raise ModCaptureError(f"{label}: the exported IR does not parse: {err}") from None
-        _run(module, _PREP)
-        func = module.body.operations[0]
-        fblock = func.regions[0].blocks[0]
-        _fold_extracts(fblock, label)
-        _rewrite_floordiv(fblock)
-        _run(module, _CLEAN)
-        func = module.body.operations[0]
-        fblock = func.regions[0].blocks[0]
-
-        fargs = list(fblock.arguments)
-        if len(fargs) != nfixed + len(tensors):
-            raise ModCaptureError(f"{label}: the exported function has {len(fargs)} arguments, "
-                                  f"expected {nfixed + len(tensors)}")
-        # Check everything before moving anything: an error must leave
-        # well-formed IR behind (a block without terminator aborts MLIR).
-        _precheck(fblock, nfixed, label)
-
-        holder_mod = ir.Module.parse(_holder_module(kind, cap_types))
-        apply = holder_mod.body.operations[0].regions[0].blocks[0].operations[0]
-        region = apply.regions[0 if kind == "score" else 1]
-        arg_types = ([ir.F32Type.get()] if kind == "score" else []) + \
-            [ir.IntegerType.get_signless(32)] * 4 + [ir.Type.parse(t) for t in cap_types]
-        block = region.blocks.append(*arg_types)
-        result = None
-        i8 = ir.IntegerType.get_signless(8)
-        for op in list(fblock.operations):
-            name = op.operation.name
-            if name == "tensor.extract" and _owner_op(op.operands[0]) is None:
-                n = ir.BlockArgument(op.operands[0]).arg_number
-                if n < nfixed:
-                    op.results[0].replace_all_uses_with(block.arguments[n])
-                else:
-                    with ir.InsertionPoint(block):
-                        # Clamp into the buffer: torch's export clamps to N,
-                        # one past the end (notes section 1.1); a load must
-                        # never leave the buffer.
-                        shape = tuple(tensors[n - nfixed].shape)
-                        idx = [_clamp_index(v, d) for v, d in zip(op.operands[1:], shape)]
-                        val = memref.load(block.arguments[n], idx)
-                        if tensors[n - nfixed].dtype == torch.bool:
-                            zero = arith.constant(i8, ir.IntegerAttr.get(i8, 0))
-                            val = arith.cmpi(arith.CmpIPredicate.ne, val, zero)
-                    op.results[0].replace_all_uses_with(val)
-                op.erase()
-            elif name == "func.return":
-                result = _result_scalar(op.operands[0], block, label)
-            elif name in ("tensor.from_elements", "arith.constant") and not _is_scalar(
-                    op.results[0].type):
-                continue  # read through by func.return; erased with the function
-            else:
-                op.detach_from_parent()
-                ir.InsertionPoint(block).insert(op)
-        with ir.InsertionPoint(block):
-            ir.Operation.create("flexattn.yield", operands=[result])
-        # Drop what the move left behind (it referenced the old function).
-        func.operation.erase()
-        try:
-            holder_mod.operation.verify()
-        except ir.MLIRError as err:
-            raise ModCaptureError(f"{label}: the captured region is invalid: {err}") from None
-        _run(holder_mod, _CLEAN)
-        apply = holder_mod.body.operations[0].regions[0].blocks[0].operations[0]
-        block = apply.regions[0 if kind == "score" else 1].blocks[0]
-        for op in block.operations:
-            n = op.operation.name
-            if not (n.split(".")[0] in _ALLOWED_DIALECTS or n in ("memref.load", "flexattn.yield")):
-                raise ModCaptureError(f"{label}: unsupported operation {n} in the captured region")
-        body = str(block).strip()
-    names = list(_FIXED[kind]) + [f"cap{i}" for i in range(len(cap_types))]
-    header, _, rest = body.partition("\n")
-    printed = re.findall(r"(%[\w$.\-]+):", header)
-    if len(printed) != len(names):
-        raise AssertionError(f"unexpected region header {header!r}")
-    rename = dict(zip(printed, ("%" + n for n in names)))
-    header = "^bb0(" + ", ".join(f"{rename[p]}: {t}" for p, t in zip(
-        printed, (["f32"] if kind == "score" else []) + [INDEX_TYPE] * 4 + cap_types)) + "):"
-    rest = re.sub(r"%[\w$.\-]+", lambda m: rename.get(m.group(0), m.group(0)), rest)
-    body = header + "\n" + rest
-    return ModIR(kind, body, tuple(cap_types))
-
-
-def _unsupported_message(label: str, bad: list[str]) -> str:
-    names = sorted(set(bad))
-    hint = ""
-    if any(n.startswith("tensor.") or n == "arith.constant" for n in names):
-        hint = (" (a tensor created inside the mod, or read through an object the frontend "
-                "does not lift, e.g. an attribute of a module or class instance: create it "
-                "outside the mod and refer to it by a closure variable or module global)")
-    elif any(n.startswith(("linalg.", "scf.")) for n in names):
-        hint = " (a non-elementwise or shape-changing operation)"
-    return (f"{label} uses operations that cannot be evaluated per score element: "
-            f"{', '.join(names)}{hint}")
-
-
-def _precheck(fblock, nfixed: int, label: str) -> None:
-    """Raises ModCaptureError unless every op of the scalarised function can
-    go into a region and its result can be read."""
-    bad: list[str] = []
-    for op in fblock.operations:
-        name = op.operation.name
-        if name == "tensor.extract" and _owner_op(op.operands[0]) is None:
-            continue
-        if name == "func.return":
-            _returned(op.operands[0], nfixed, label)
-            continue
-        if name in ("tensor.from_elements", "arith.constant") and not _is_scalar(op.results[0].type):
-            continue
-        types_ = [v.type for v in op.operands] + [r.type for r in op.results]
-        if name.split(".")[0] not in _ALLOWED_DIALECTS or not all(map(_is_scalar, types_)):
-            bad.append(name)
-    if bad:
-        raise ModCaptureError(_unsupported_message(label, bad))
-
-
-def _returned(value, nfixed: int, label: str):
-    """How the function's result is read: ("arg", n), ("scalar", value) or
-    ("splat", attribute)."""
-    op = _owner_op(value)
-    if op is None:  # returns one of its inputs unchanged
-        n = ir.BlockArgument(value).arg_number
-        if n >= nfixed:
-            raise ModCaptureError(f"{label} returns a captured tensor")
-        return ("arg", n)
-    name = op.operation.name
-    if name == "tensor.from_elements" and len(op.operands) == 1:
-        return ("scalar", op.operands[0])
-    if name == "arith.constant":
-        attr = op.attributes["value"]
-        if isinstance(attr, ir.DenseElementsAttr) and attr.is_splat and not attr.type.shape:
-            return ("splat", attr.get_splat_value())
-    raise ModCaptureError(f"{label} returns a value the frontend cannot read ({name}); "
-                          f"it must return a 0-d tensor")
-
-
-def _result_scalar(value, block, label: str):
-    """The scalar the function returns, as a value of ``block``."""
-    how, what = _returned(value, len(block.arguments), label)
-    if how == "arg":
-        return block.arguments[what]
-    if how == "scalar":
-        return what
-    with ir.InsertionPoint(block):
-        return arith.constant(what.type, what)
 
 
 # ---------------------------------------------------------------------------
