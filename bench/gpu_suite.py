@@ -35,6 +35,7 @@ ZOO = ["full", "causal", "sliding_window", "prefix_lm", "document", "alibi_causa
 DEFAULT = {}  # CompileOptions overrides
 SERIAL = {"pipeline": False, "pingpong": False}
 NO_PINGPONG = {"pingpong": False}
+PERSISTENT = {"persistent": 132}
 
 # (name, variant, B, Hq, Hkv, M, N, D, dtype, options)
 CORRECTNESS = (
@@ -49,18 +50,23 @@ CORRECTNESS = (
        ("check_causal_serial", "causal", 1, 4, 4, 2100, 2100, 128, "bfloat16", SERIAL),
        ("check_alibi_serial", "alibi_causal", 1, 4, 4, 2100, 2100, 128, "bfloat16", SERIAL),
        ("check_causal_nopingpong", "causal", 1, 4, 4, 2100, 2100, 128, "bfloat16", NO_PINGPONG),
-       ("check_causal_3stages", "causal", 1, 4, 4, 2100, 2100, 128, "bfloat16", {"stages": 3})]
+       ("check_causal_3stages", "causal", 1, 4, 4, 2100, 2100, 128, "bfloat16", {"stages": 3}),
+       # persistent CTAs looping over more tiles than CTAs (17 x 4 x 2 tiles)
+       ("check_causal_persistent", "causal", 2, 4, 4, 2100, 2100, 128, "bfloat16", {"persistent": 20}),
+       ("check_document_persistent", "document", 2, 4, 4, 2100, 2100, 128, "bfloat16",
+        {"persistent": 20}),
+       ("check_alibi_persistent_serial", "alibi_causal", 2, 4, 4, 2100, 2100, 128, "bfloat16",
+        {"persistent": 20, "pipeline": False, "pingpong": False}),
+       ("check_full_d64_persistent", "full", 2, 4, 4, 2100, 2100, 64, "bfloat16", {"persistent": 20})]
 )
 BENCH_VARIANTS = ["full", "causal", "sliding_window", "prefix_lm", "document", "alibi_causal",
                   "softcap_causal", "relative_bias", "t5_bias", "natten_2d"]
 BENCH = (
     [(f"bench_{v}_d128", v, 4, 16, 16, 8192, 8192, 128, "bfloat16", DEFAULT) for v in BENCH_VARIANTS]
     + [(f"bench_{v}_d64", v, 4, 16, 16, 8192, 8192, 64, "bfloat16", DEFAULT) for v in ("full", "causal")]
-    + [(f"bench_{v}_d128_serial", v, 4, 16, 16, 8192, 8192, 128, "bfloat16", SERIAL)
-       for v in ("full", "causal")]
-    + [(f"bench_{v}_d128_nopingpong", v, 4, 16, 16, 8192, 8192, 128, "bfloat16", NO_PINGPONG)
-       for v in ("full", "causal")]
-    + [(f"bench_{v}_d128_3stages", v, 4, 16, 16, 8192, 8192, 128, "bfloat16", {"stages": 3})
+    + [(f"bench_{v}_d128_persistent", v, 4, 16, 16, 8192, 8192, 128, "bfloat16", PERSISTENT)
+       for v in ("full", "causal", "sliding_window", "document", "alibi_causal")]
+    + [(f"bench_{v}_d64_persistent", v, 4, 16, 16, 8192, 8192, 64, "bfloat16", PERSISTENT)
        for v in ("full", "causal")]
 )
 

@@ -29,7 +29,7 @@ _TORCH_DTYPE = {"bf16": "bfloat16", "f16": "float16", "f32": "float32", "i32": "
 
 def make_gpu(mod: ir.Module, opts: CompileOptions) -> None:
     run_pipeline(mod, f"flexattn-map-to-gpu{{stages={opts.stages} pipeline={int(opts.pipeline)} "
-                      f"pingpong={int(opts.pingpong)}}}", "gpu")
+                      f"pingpong={int(opts.pingpong)} persistent={opts.persistent}}}", "gpu")
 
 
 def make_inlined(mod: ir.Module, opts: CompileOptions) -> None:

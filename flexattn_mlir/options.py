@@ -33,6 +33,8 @@ class CompileOptions:
     pipeline, pingpong: the GPU kernel's FlashAttention-3 schedules (each
       tile's Q.Kᵀ issued with the previous tile's P.V; the two consumer
       warpgroups alternating their GEMMs).
+    persistent: launch at most this many CTAs, each looping over Q tiles
+      (132 = the H100's SMs); 0 launches one CTA per tile.
     """
 
     target: str = "cpu"
@@ -42,6 +44,7 @@ class CompileOptions:
     stages: int = 2
     pipeline: bool = True
     pingpong: bool = True
+    persistent: int = 0
 
     def __post_init__(self):
         if self.target not in TARGETS:
@@ -54,6 +57,8 @@ class CompileOptions:
             raise ValueError(f"CompileOptions.tile_q must be 128 for {self.target}, got {self.tile_q}")
         if not isinstance(self.stages, int) or not 1 <= self.stages <= 8:
             raise ValueError(f"CompileOptions.stages must be in 1..8, got {self.stages!r}")
+        if not isinstance(self.persistent, int) or self.persistent < 0:
+            raise ValueError(f"CompileOptions.persistent must be >= 0, got {self.persistent!r}")
         for name in ("tile_q", "tile_kv"):
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0 or value & (value - 1):

@@ -31,6 +31,7 @@ constexpr int64_t kPanelCols = 64;   // 128-byte swizzle panels of 16-bit data.
 struct KernelPlan {
   int64_t B, Hq, Hkv, M, N, D, Dv, BN, stages;
   bool pipelined, pingpong; // FlashAttention-3 schedules (see consumerStep*)
+  int64_t ctas;             // grid size: one CTA per tile, or fewer, persistent
   Type elem;
   // Byte offsets from the 1024-aligned dynamic shared memory base.
   int64_t qOff, kOff, vOff, barOff, smemBytes;
@@ -39,8 +40,9 @@ struct KernelPlan {
   int64_t kBytes() const { return BN * D * 2; }
   int64_t vBytes() const { return BN * Dv * 2; }
   int64_t qTiles() const { return (M + kRows - 1) / kRows; }
-  // Barrier slots: qFull, kFull[s], kEmpty[s], vFull[s], vEmpty[s].
-  int64_t numBarriers() const { return 1 + 4 * stages; }
+  int64_t tiles() const { return qTiles() * Hq * B; }
+  // Barrier slots: qFull, qEmpty, kFull[s], kEmpty[s], vFull[s], vEmpty[s].
+  int64_t numBarriers() const { return 2 + 4 * stages; }
 };
 
 /// Per-kernel values shared by the roles.
@@ -57,10 +59,12 @@ struct KernelEnv {
     Value off = arith::MulIOp::create(p.b, stage, p.i32(8));
     return arith::AddIOp::create(p.b, bar(p, base), off);
   }
-  int64_t kFullSlot() const { return 1; }
-  int64_t kEmptySlot() const { return 1 + plan.stages; }
-  int64_t vFullSlot() const { return 1 + 2 * plan.stages; }
-  int64_t vEmptySlot() const { return 1 + 3 * plan.stages; }
+  int64_t qFullSlot() const { return 0; }
+  int64_t qEmptySlot() const { return 1; }
+  int64_t kFullSlot() const { return 2; }
+  int64_t kEmptySlot() const { return 2 + plan.stages; }
+  int64_t vFullSlot() const { return 2 + 2 * plan.stages; }
+  int64_t vEmptySlot() const { return 2 + 3 * plan.stages; }
 };
 
 inline Value toI32(ImplicitLocOpBuilder &b, Value index) {
@@ -95,13 +99,26 @@ using FinalizeFn = function_ref<void(ImplicitLocOpBuilder &, FinalizeOp,
 /// `state` through iter_args, each flexattn.tile_step becomes `step`,
 /// flexattn.finalize becomes `finalize`, the stack state (alloca, fill) is
 /// dropped (it lives in registers), and everything else is cloned.
-LogicalResult emitRole(ImplicitLocOpBuilder &b, Block &body, IRMapping &map,
-                       SmallVector<Value> state, StepFn step,
-                       FinalizeFn finalize);
+FailureOr<SmallVector<Value>> emitRole(ImplicitLocOpBuilder &b, Block &body,
+                                       IRMapping &map, SmallVector<Value> state,
+                                       StepFn step, FinalizeFn finalize);
+
+/// The CTA's tiles: t = blockIdx.x, blockIdx.x + ctas, ... < tiles(), numbered
+/// heaviest first (Q tile descending, then head, then batch: late Q tiles of
+/// a causal-like mask have the most KV blocks). For each, maps the Q-tile
+/// loop's induction variables (b, h, qt) in `map` and calls `body` with the
+/// tile's ordinal j in this CTA (i32) and the carried state; returns the
+/// final state.
+using TileFn = function_ref<FailureOr<SmallVector<Value>>(
+    ImplicitLocOpBuilder &, Value j, ValueRange state)>;
+FailureOr<SmallVector<Value>> forEachTile(ImplicitLocOpBuilder &b,
+                                          const KernelEnv &env, IRMapping &map,
+                                          ValueRange tileIvs, ValueRange init,
+                                          TileFn body);
 
 /// The consumer warpgroups (1 and 2) of the kernel (KernelConsumer.cpp).
 LogicalResult emitConsumer(ImplicitLocOpBuilder &b, const KernelEnv &env,
-                           Block &body, IRMapping &map);
+                           Block &body, IRMapping &map, ValueRange tileIvs);
 
 } // namespace mlir::flexattn::gpukernel
 

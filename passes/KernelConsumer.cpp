@@ -348,7 +348,17 @@ void consumerFinalize(ImplicitLocOpBuilder &b, const ConsumerEnv &c,
     p.wgmmaCommit();
     p.wgmmaWait(0);
     acc = p.fenceOperands(acc);
+    (void)p.fenceOperands(pPrev, /*ints=*/true);
+    // The last V slot goes back too: a persistent CTA's next tile reuses it.
+    auto ifPrev = scf::IfOp::create(b, hasPrev, false);
+    OpBuilder::InsertionGuard g(b);
+    b.setInsertionPointToStart(&ifPrev.getThenRegion().front());
+    p.mbarrierArrive(c.env.bar(p, c.env.vEmptySlot(), prevStage));
   }
+  // Q (read by the Q.Kᵀ wgmmas, and as the first tile's stand-in V) is no
+  // longer needed: the producer may load the next tile's while this tile's
+  // outputs are stored.
+  p.mbarrierArrive(c.env.bar(p, c.env.qEmptySlot()));
   Value out = m.lookupOrDefault(fin.getOut());
   Value bIdx = m.lookupOrDefault(fin.getB()), hIdx = m.lookupOrDefault(fin.getH());
   Value q0 = m.lookupOrDefault(fin.getQ0());
@@ -410,7 +420,8 @@ void consumerFinalize(ImplicitLocOpBuilder &b, const ConsumerEnv &c,
 
 LogicalResult mlir::flexattn::gpukernel::emitConsumer(ImplicitLocOpBuilder &b,
                                                      const KernelEnv &env,
-                                                     Block &body, IRMapping &map) {
+                                                     Block &body, IRMapping &map,
+                                                     ValueRange tileIvs) {
   PtxBuilder p{b};
   const KernelPlan &plan = env.plan;
   p.setMaxNReg(/*increase=*/true, 232);
@@ -431,7 +442,6 @@ LogicalResult mlir::flexattn::gpukernel::emitConsumer(ImplicitLocOpBuilder &b,
                     g),
                 arith::MulIOp::create(b, t, idx(2)), toI32(b, t),
                 arith::AddIOp::create(b, env.smem, p.i32(plan.qOff))};
-  p.mbarrierWait(env.bar(p, 0), p.i32(0));
   if (plan.pingpong) {
     // Consumer warpgroup 0 issues first: warpgroup 1 opens its barrier.
     Value second = arith::CmpIOp::create(b, arith::CmpIPredicate::eq, c.cw, p.i32(1));
@@ -440,13 +450,6 @@ LogicalResult mlir::flexattn::gpukernel::emitConsumer(ImplicitLocOpBuilder &b,
     b.setInsertionPointToStart(&ifOp.getThenRegion().front());
     p.inlineAsm("bar.arrive 1, 256;", "", {});
   }
-  Value ninf = p.f32(-std::numeric_limits<float>::infinity());
-  SmallVector<Value> state = {p.i32(0), ninf, ninf, p.f32(0.0f), p.f32(0.0f)};
-  for (int64_t r = 0; r < plan.Dv / 2; ++r)
-    state.push_back(p.f32(0.0f));
-  if (plan.pipelined)
-    for (int64_t r = 0; r < numP(plan); ++r)
-      state.push_back(p.i32(0));
   auto step = [&](ImplicitLocOpBuilder &ib, TileStepOp ts, IRMapping &m,
                   ValueRange st) {
     return plan.pipelined ? consumerStepPipelined(ib, c, ts, m, st)
@@ -454,6 +457,22 @@ LogicalResult mlir::flexattn::gpukernel::emitConsumer(ImplicitLocOpBuilder &b,
   };
   auto finalize = [&](ImplicitLocOpBuilder &ib, FinalizeOp fin, IRMapping &m,
                       ValueRange st) { consumerFinalize(ib, c, fin, m, st); };
-  return emitRole(b, body, map, state, step, finalize);
+  // Per tile: wait for its Q, fresh softmax state; the ring counter carries on.
+  auto tile = [&](ImplicitLocOpBuilder &tb, Value j,
+                  ValueRange carried) -> FailureOr<SmallVector<Value>> {
+    PtxBuilder tp{tb};
+    tp.mbarrierWait(env.bar(tp, env.qFullSlot()), arith::AndIOp::create(tb, j, tp.i32(1)));
+    Value ninf = tp.f32(-std::numeric_limits<float>::infinity());
+    SmallVector<Value> state = {carried[0], ninf, ninf, tp.f32(0.0f), tp.f32(0.0f)};
+    for (int64_t r = 0; r < plan.Dv / 2; ++r)
+      state.push_back(tp.f32(0.0f));
+    if (plan.pipelined)
+      for (int64_t r = 0; r < numP(plan); ++r)
+        state.push_back(tp.i32(0));
+    FailureOr<SmallVector<Value>> last = emitRole(tb, body, map, state, step, finalize);
+    if (failed(last))
+      return failure();
+    return SmallVector<Value>{(*last)[kIter]};
+  };
+  return forEachTile(b, env, map, tileIvs, {p.i32(0)}, tile);
 }
-

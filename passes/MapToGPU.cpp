@@ -56,9 +56,9 @@ namespace mlir::flexattn::gpukernel {
 /// `state` through iter_args, each flexattn.tile_step becomes `step`,
 /// flexattn.finalize becomes `finalize`, the stack state (alloca, fill) is
 /// dropped (it lives in registers), and everything else is cloned.
-LogicalResult emitRole(ImplicitLocOpBuilder &b, Block &body, IRMapping &map,
-                       SmallVector<Value> state, StepFn step,
-                       FinalizeFn finalize) {
+FailureOr<SmallVector<Value>> emitRole(ImplicitLocOpBuilder &b, Block &body,
+                                       IRMapping &map, SmallVector<Value> state,
+                                       StepFn step, FinalizeFn finalize) {
   for (Operation &op : body.without_terminator()) {
     if (isa<memref::AllocaOp, linalg::FillOp>(op))
       continue;
@@ -98,7 +98,45 @@ LogicalResult emitRole(ImplicitLocOpBuilder &b, Block &body, IRMapping &map,
         });
     state.assign(newLoop.getResults().begin(), newLoop.getResults().end());
   }
-  return success();
+  return state;
+}
+
+FailureOr<SmallVector<Value>> forEachTile(ImplicitLocOpBuilder &b,
+                                          const KernelEnv &env, IRMapping &map,
+                                          ValueRange tileIvs, ValueRange init,
+                                          TileFn body) {
+  const KernelPlan &plan = env.plan;
+  auto idx = [&](int64_t v) { return arith::ConstantIndexOp::create(b, v); };
+  SmallVector<Value> state = {arith::ConstantIntOp::create(b, 0, 32)};
+  state.append(init.begin(), init.end());
+  Value first = gpu::BlockIdOp::create(b, gpu::Dimension::x);
+  LogicalResult result = success();
+  auto loop = scf::ForOp::create(
+      b, first, idx(plan.tiles()), idx(plan.ctas), state,
+      [&](OpBuilder &nb, Location loc, Value t, ValueRange iterArgs) {
+        ImplicitLocOpBuilder ib(loc, nb);
+        // t = ((QT - 1 - qt) Hq + h) B + b
+        Value perQt = idx(plan.Hq * plan.B);
+        Value qtRev = arith::DivUIOp::create(ib, t, perQt);
+        Value rest = arith::RemUIOp::create(ib, t, perQt);
+        map.map(tileIvs[0], arith::RemUIOp::create(ib, rest, idx(plan.B)));
+        map.map(tileIvs[1], arith::DivUIOp::create(ib, rest, idx(plan.B)));
+        map.map(tileIvs[2], arith::SubIOp::create(ib, idx(plan.qTiles() - 1), qtRev));
+        Value j = iterArgs[0];
+        FailureOr<SmallVector<Value>> next = body(ib, j, iterArgs.drop_front());
+        SmallVector<Value> yielded = {arith::AddIOp::create(
+            ib, j, arith::ConstantIntOp::create(ib, 1, 32))};
+        if (failed(next)) {
+          result = failure();
+          yielded.append(iterArgs.begin() + 1, iterArgs.end());
+        } else {
+          yielded.append(next->begin(), next->end());
+        }
+        scf::YieldOp::create(ib, yielded);
+      });
+  if (failed(result))
+    return failure();
+  return SmallVector<Value>(loop.getResults().drop_front());
 }
 
 
@@ -107,7 +145,8 @@ LogicalResult emitRole(ImplicitLocOpBuilder &b, Block &body, IRMapping &map,
 namespace {
 
 FailureOr<KernelPlan> planKernel(TileStepOp step, int64_t stages,
-                                 bool pipelined, bool pingpong) {
+                                 bool pipelined, bool pingpong,
+                                 int64_t persistentCtas) {
   auto qt = cast<MemRefType>(step.getQ().getType());
   auto kt = cast<MemRefType>(step.getK().getType());
   auto vt = cast<MemRefType>(step.getV().getType());
@@ -122,6 +161,7 @@ FailureOr<KernelPlan> planKernel(TileStepOp step, int64_t stages,
   // tile: that needs the same tile shape. Ping-pong needs the pipeline.
   p.pipelined = pipelined && p.D == p.Dv;
   p.pingpong = pingpong && p.pipelined;
+  p.ctas = persistentCtas > 0 ? std::min(persistentCtas, p.tiles()) : p.tiles();
   if (!p.elem.isBF16() && !p.elem.isF16())
     return step.emitOpError("the GPU kernel takes bf16 or f16 q/k/v, got ")
            << p.elem;
@@ -151,8 +191,7 @@ FailureOr<KernelPlan> planKernel(TileStepOp step, int64_t stages,
 //===----------------------------------------------------------------------===//
 
 LogicalResult emitProducer(ImplicitLocOpBuilder &b, const KernelEnv &env,
-                           Block &body, IRMapping &map, Value bIdx, Value hIdx,
-                           Value q0) {
+                           Block &body, IRMapping &map, ValueRange tileIvs) {
   PtxBuilder p{b};
   const KernelPlan &plan = env.plan;
   p.setMaxNReg(/*increase=*/false, 40);
@@ -161,22 +200,8 @@ LogicalResult emitProducer(ImplicitLocOpBuilder &b, const KernelEnv &env,
   auto ifOp = scf::IfOp::create(b, leader, /*withElseRegion=*/false);
   OpBuilder::InsertionGuard guard(b);
   b.setInsertionPointToStart(&ifOp.getThenRegion().front());
-
   for (Value tensorMap : {env.qMap, env.kMap, env.vMap})
     p.fenceTensorMap(tensorMap);
-  Value bI = toI32(b, bIdx), hI = toI32(b, hIdx), q0I = toI32(b, q0);
-  // A tile of R rows is D/64 panels of R x 128 bytes, one TMA box each.
-  auto loadTile = [&](Value dst, Value map4, int64_t rows, int64_t cols,
-                      Value row0, Value head, Value bar) {
-    for (int64_t panel = 0; panel < cols / kPanelCols; ++panel) {
-      Value at = arith::AddIOp::create(b, dst, p.i32(panel * rows * 128));
-      p.tmaLoad4d(at, map4, {p.i32(panel * kPanelCols), row0, head, bI}, bar);
-    }
-  };
-  Value qBar = env.bar(p, 0);
-  p.mbarrierArriveExpectTx(qBar, plan.qBytes());
-  loadTile(arith::AddIOp::create(b, env.smem, p.i32(plan.qOff)), env.qMap,
-           kRows, plan.D, q0I, hI, qBar);
 
   auto step = [&](ImplicitLocOpBuilder &ib, TileStepOp ts, IRMapping &m,
                   ValueRange state) -> SmallVector<Value> {
@@ -185,6 +210,7 @@ LogicalResult emitProducer(ImplicitLocOpBuilder &b, const KernelEnv &env,
     Value freeParity = arith::XOrIOp::create(ib, phase, pp.i32(1));
     Value kv0 = toI32(ib, m.lookupOrDefault(ts.getKv0()));
     Value hkv = toI32(ib, m.lookupOrDefault(ts.getHkv()));
+    Value bI = toI32(ib, m.lookupOrDefault(ts.getB()));
     struct {
       int64_t full, empty, off, bytes, cols;
       Value map;
@@ -208,7 +234,26 @@ LogicalResult emitProducer(ImplicitLocOpBuilder &b, const KernelEnv &env,
   };
   auto finalize = [](ImplicitLocOpBuilder &, FinalizeOp, IRMapping &,
                      ValueRange) {};
-  return emitRole(b, body, map, {p.i32(0)}, step, finalize);
+  // Per tile: Q (once the consumers are done with the last tile's), then
+  // K and V for every visited KV tile; the ring counter carries on.
+  auto tile = [&](ImplicitLocOpBuilder &tb, Value j,
+                  ValueRange state) -> FailureOr<SmallVector<Value>> {
+    PtxBuilder tp{tb};
+    Value parity = arith::AndIOp::create(tb, j, tp.i32(1));
+    tp.mbarrierWait(env.bar(tp, env.qEmptySlot()),
+                    arith::XOrIOp::create(tb, parity, tp.i32(1)));
+    Value bI = toI32(tb, map.lookup(tileIvs[0])), hI = toI32(tb, map.lookup(tileIvs[1]));
+    Value q0 = toI32(tb, arith::MulIOp::create(tb, map.lookup(tileIvs[2]),
+                                               arith::ConstantIndexOp::create(tb, kRows)));
+    Value qBar = env.bar(tp, env.qFullSlot());
+    tp.mbarrierArriveExpectTx(qBar, plan.qBytes());
+    Value qDst = arith::AddIOp::create(tb, env.smem, tp.i32(plan.qOff));
+    for (int64_t panel = 0; panel < plan.D / kPanelCols; ++panel)
+      tp.tmaLoad4d(arith::AddIOp::create(tb, qDst, tp.i32(panel * kRows * 128)), env.qMap,
+                   {tp.i32(panel * kPanelCols), q0, hI, bI}, qBar);
+    return emitRole(tb, body, map, SmallVector<Value>(state), step, finalize);
+  };
+  return forEachTile(b, env, map, tileIvs, {p.i32(0)}, tile);
 }
 
 //===----------------------------------------------------------------------===//
@@ -233,7 +278,8 @@ gpu::GPUModuleOp getOrCreateGpuModule(ModuleOp module) {
 }
 
 LogicalResult mapToGpu(RewriterBase &rewriter, scf::ParallelOp par,
-                       int64_t stages, bool pipelined, bool pingpong) {
+                       int64_t stages, bool pipelined, bool pingpong,
+                       int64_t persistentCtas) {
   Location loc = par.getLoc();
   auto scope = dyn_cast<memref::AllocaScopeOp>(&par.getBody()->front());
   if (!scope)
@@ -248,7 +294,8 @@ LogicalResult mapToGpu(RewriterBase &rewriter, scf::ParallelOp par,
   if (!firstStep)
     return par.emitOpError("flexattn-map-to-gpu found no flexattn.tile_step; "
                            "run flexattn-block-sparsity first");
-  FailureOr<KernelPlan> plan = planKernel(firstStep, stages, pipelined, pingpong);
+  FailureOr<KernelPlan> plan =
+      planKernel(firstStep, stages, pipelined, pingpong, persistentCtas);
   if (failed(plan))
     return failure();
   auto func = par->getParentOfType<func::FuncOp>();
@@ -335,16 +382,6 @@ LogicalResult mapToGpu(RewriterBase &rewriter, scf::ParallelOp par,
     recompute(v);
   for (auto [i, v] : llvm::enumerate(params))
     map.map(v, kEntry.getArgument(3 + i));
-  Value bIdx = gpu::BlockIdOp::create(b, gpu::Dimension::z);
-  Value hIdx = gpu::BlockIdOp::create(b, gpu::Dimension::y);
-  // Q tiles launch last-first: under a causal-like mask the late tiles have
-  // the most KV blocks, and starting them first evens out the tail.
-  Value qtIdx = arith::SubIOp::create(
-      b, arith::ConstantIndexOp::create(b, plan->qTiles() - 1),
-      gpu::BlockIdOp::create(b, gpu::Dimension::x));
-  map.map(par.getInductionVars()[0], bIdx);
-  map.map(par.getInductionVars()[1], hIdx);
-  map.map(par.getInductionVars()[2], qtIdx);
 
   PtxBuilder p{b};
   KernelEnv env{*plan, Value(), kEntry.getArgument(0), kEntry.getArgument(1),
@@ -363,7 +400,8 @@ LogicalResult mapToGpu(RewriterBase &rewriter, scf::ParallelOp par,
     auto init = scf::IfOp::create(b, leader, false);
     OpBuilder::InsertionGuard g(b);
     b.setInsertionPointToStart(&init.getThenRegion().front());
-    p.mbarrierInit(env.bar(p, 0), 1);
+    p.mbarrierInit(env.bar(p, env.qFullSlot()), 1);
+    p.mbarrierInit(env.bar(p, env.qEmptySlot()), 256);
     for (int64_t s = 0; s < plan->stages; ++s) {
       p.mbarrierInit(env.bar(p, env.kFullSlot() + s), 1);
       p.mbarrierInit(env.bar(p, env.vFullSlot() + s), 1);
@@ -374,18 +412,17 @@ LogicalResult mapToGpu(RewriterBase &rewriter, scf::ParallelOp par,
   }
   gpu::BarrierOp::create(b);
 
-  // q0 and the other per-tile values are re-derived inside each role.
+  // Each role walks the CTA's tiles; per-tile values are re-derived inside.
   Value isProducer = arith::CmpIOp::create(
       b, arith::CmpIPredicate::ult, env.tid, arith::ConstantIndexOp::create(b, 128));
   auto roles = scf::IfOp::create(b, isProducer, /*withElseRegion=*/true);
   {
     OpBuilder::InsertionGuard g(b);
     b.setInsertionPointToStart(&roles.getThenRegion().front());
-    Value q0 = arith::MulIOp::create(b, qtIdx, arith::ConstantIndexOp::create(b, kRows));
-    if (failed(emitProducer(b, env, body, map, bIdx, hIdx, q0)))
+    if (failed(emitProducer(b, env, body, map, par.getInductionVars())))
       return failure();
     b.setInsertionPointToStart(&roles.getElseRegion().front());
-    if (failed(emitConsumer(b, env, body, map)))
+    if (failed(emitConsumer(b, env, body, map, par.getInductionVars())))
       return failure();
   }
   gpu::ReturnOp::create(b);
@@ -397,7 +434,7 @@ LogicalResult mapToGpu(RewriterBase &rewriter, scf::ParallelOp par,
   operands.append(params.begin(), params.end());
   gpu::LaunchFuncOp::create(
       rewriter, loc, kernel,
-      gpu::KernelDim3{cst(plan->qTiles()), cst(plan->Hq), cst(plan->B)},
+      gpu::KernelDim3{cst(plan->ctas), cst(1), cst(1)},
       gpu::KernelDim3{cst(kThreads), cst(1), cst(1)},
       arith::ConstantIntOp::create(rewriter, loc, plan->smemBytes, 32), operands);
   rewriter.eraseOp(par);
@@ -417,7 +454,7 @@ struct FlexAttnMapToGPUPass
     });
     IRRewriter rewriter(&getContext());
     for (scf::ParallelOp par : loops)
-      if (failed(mapToGpu(rewriter, par, stages, pipeline, pingpong)))
+      if (failed(mapToGpu(rewriter, par, stages, pipeline, pingpong, persistent)))
         return signalPassFailure();
   }
 };

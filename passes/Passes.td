@@ -175,7 +175,9 @@ def FlexAttnMapToGPU : Pass<"flexattn-map-to-gpu", "::mlir::ModuleOp"> {
     Outlines the `scf.parallel` over (batch, head, Q tile) made by
     `flexattn-tile{tile-q=128}` and `flexattn-block-sparsity` into a
     `gpu.func` in `gpu.module @flexattn_kernels`, launched with
-    `gpu.launch_func` on a (ceil(M/128), Hq, B) grid of 384-thread CTAs:
+    `gpu.launch_func` on a 1-D grid of 384-thread CTAs, one per tile (or
+    `persistent` of them, each looping over tiles); tiles are numbered
+    heaviest first (Q tile descending, then head, batch):
 
     - warpgroup 0, the producer (setmaxnreg 40): one thread loads Q once and
       K, V tiles into `stages` shared-memory slots with TMA (128-byte swizzle,
@@ -217,6 +219,9 @@ def FlexAttnMapToGPU : Pass<"flexattn-map-to-gpu", "::mlir::ModuleOp"> {
     Option<"pingpong", "pingpong", "bool", /*default=*/"true",
            "Alternate the two consumer warpgroups' GEMM issue with named "
            "barriers (needs pipeline)">,
+    Option<"persistent", "persistent", "int64_t", /*default=*/"0",
+           "Launch at most this many CTAs, each looping over tiles (132: one "
+           "per H100 SM); 0 launches one CTA per tile">,
   ];
   let dependentDialects = ["::mlir::gpu::GPUDialect",
                            "::mlir::LLVM::LLVMDialect",

@@ -10,6 +10,25 @@
 // RUN: flexattn-opt %s -split-input-file -verify-diagnostics \
 // RUN:   --pass-pipeline='builtin.module(flexattn-tile{tile-q=128 tile-kv=128}, flexattn-block-sparsity, flexattn-map-to-gpu{pipeline=0 pingpong=0})' \
 // RUN:   | FileCheck %s --check-prefix=SERIAL --implicit-check-not=bar.sync
+// RUN: flexattn-opt %s -split-input-file -verify-diagnostics \
+// RUN:   --pass-pipeline='builtin.module(flexattn-tile{tile-q=128 tile-kv=128}, flexattn-block-sparsity, flexattn-map-to-gpu{persistent=4})' \
+// RUN:   | FileCheck %s --check-prefix=PERSISTENT
+
+// persistent=4: 4 CTAs loop over the 6 tiles (t = blockIdx.x, + 4, ...); the
+// consumers release Q after the last P.V so the next tile's Q loads early.
+// PERSISTENT-LABEL: func.func @causal_alibi(
+// PERSISTENT-DAG:   %[[FOUR:.*]] = arith.constant 4 : index
+// PERSISTENT:       gpu.launch_func @flexattn_kernels::@causal_alibi_kernel blocks in (%[[FOUR]],
+// PERSISTENT:       gpu.func @causal_alibi_kernel
+// Producer and consumers each loop over the CTA's tiles.
+// PERSISTENT:       %[[FIRST:.*]] = gpu.block_id  x
+// PERSISTENT:       scf.for %{{.*}} = %[[FIRST]] to %c6{{.*}} step %c4
+// PERSISTENT:       %[[FIRST2:.*]] = gpu.block_id  x
+// PERSISTENT:       scf.for %{{.*}} = %[[FIRST2]] to %c6{{.*}} step %c4
+// PERSISTENT:         mbarrier.try_wait.parity
+// PERSISTENT:         p, 1, 1, 1;
+// PERSISTENT:         mbarrier.arrive.shared::cta.b64
+// PERSISTENT:         llvm.store
 
 // In order (pipeline=0): S = QK, wait, softmax, O = alpha O, then P.V, wait.
 // SERIAL-LABEL: gpu.func @causal_alibi_kernel
@@ -36,25 +55,30 @@
 // CHECK-SAME:    %[[TMQ:[a-z0-9]+]]: !llvm.ptr {flexattn.box = array<i64: 64, 128, 1, 1>, flexattn.tensor_arg = 0 : i64, flexattn.tensor_map = "q"}
 // CHECK-SAME:    {{.*}}flexattn.tensor_arg = 1 : i64, flexattn.tensor_map = "k"
 // CHECK-SAME:    {{.*}}flexattn.tensor_arg = 2 : i64, flexattn.tensor_map = "v"
-// The Q-tile loop became a launch of (ceil(300/128), Hq, B) CTAs of 384 threads.
+// The Q-tile loop became a launch of ceil(300/128) x Hq x B = 6 CTAs of 384 threads.
 // CHECK-NOT:   scf.parallel
-// D=128, 2 stages: Q 32 KiB + 2 x (K 32 KiB + V 32 KiB) + 9 barriers + 1 KiB alignment.
-// CHECK-DAG:   %[[SMEM:.*]] = arith.constant 164936 : i32
+// D=128, 2 stages: Q 32 KiB + 2 x (K 32 KiB + V 32 KiB) + 10 barriers + 1 KiB alignment.
+// CHECK-DAG:   %[[SMEM:.*]] = arith.constant 164944 : i32
 // CHECK-DAG:   %[[THREADS:.*]] = arith.constant 384 : index
-// CHECK-DAG:   %[[QT:.*]] = arith.constant 3 : index
-// CHECK:       gpu.launch_func @flexattn_kernels::@causal_alibi_kernel blocks in (%[[QT]], %{{.*}}, %{{.*}}) threads in (%[[THREADS]], %{{.*}}, %{{.*}}) dynamic_shared_memory_size %[[SMEM]] args(%[[TMQ]] : !llvm.ptr
+// CHECK-DAG:   %[[CTAS:.*]] = arith.constant 6 : index
+// CHECK:       gpu.launch_func @flexattn_kernels::@causal_alibi_kernel blocks in (%[[CTAS]], %{{.*}}, %{{.*}}) threads in (%[[THREADS]], %{{.*}}, %{{.*}}) dynamic_shared_memory_size %[[SMEM]] args(%[[TMQ]] : !llvm.ptr
 
 // CHECK:       gpu.module @flexattn_kernels
 // CHECK:         llvm.mlir.global external @__flexattn_smem() {addr_space = 3 : i32, alignment = 16 : i64} : !llvm.array<0 x i8>
 // CHECK:         gpu.func @causal_alibi_kernel(%{{.*}}: !llvm.ptr, %{{.*}}: !llvm.ptr, %{{.*}}: !llvm.ptr, {{.*}}memref<1x2x300x128xbf16>)
 // CHECK-SAME:      kernel attributes {nvvm.maxntid = array<i32: 384, 1, 1>, nvvm.minctasm = 1 : i32}
-// One thread initialises the mbarriers: Q, then per stage K/V full (1) and empty (256).
+// One thread initialises the mbarriers: Q full (1) and empty (256), then per
+// stage K/V full (1) and empty (256).
 // CHECK:           mbarrier.init.shared::cta.b64
 // CHECK:           fence.mbarrier_init
 // CHECK:           gpu.barrier
-// Producer warpgroup: fewer registers, tensor-map fences, TMA into shared memory.
+// Producer warpgroup: fewer registers, tensor-map fences, then for each of
+// the CTA's tiles (heaviest first): wait for the consumers to free Q, TMA Q.
 // CHECK:           setmaxnreg.dec.sync.aligned.u32 40
 // CHECK:           fence.proxy.tensormap::generic.acquire.sys
+// CHECK:           scf.for %{{.*}} = %{{.*}} to %{{.*}} step %{{.*}} iter_args
+// CHECK:             arith.divui
+// CHECK:           mbarrier.try_wait.parity
 // CHECK:           mbarrier.arrive.expect_tx
 // CHECK:           cp.async.bulk.tensor.4d.shared::cluster.global.mbarrier::complete_tx::bytes
 // The producer walks the same block-sparse loops: kv_num_blocks bounds them.
@@ -96,8 +120,8 @@
 // CHECK-NOT:       memref.alloc
 
 // STAGES3-LABEL: func.func @causal_alibi(
-// D=128, 3 stages: 32 KiB + 3 x 64 KiB + 13 barriers + 1 KiB.
-// STAGES3: arith.constant 230504 : i32
+// D=128, 3 stages: 32 KiB + 3 x 64 KiB + 14 barriers + 1 KiB.
+// STAGES3: arith.constant 230512 : i32
 func.func @causal_alibi(%q: memref<1x2x300x128xbf16>, %k: memref<1x2x300x128xbf16>, %v: memref<1x2x300x128xbf16>,
                         %o: memref<1x2x300x128xbf16>, %kvn: memref<1x1x3xi32>, %kvi: memref<1x1x3x3xi32>,
                         %fkvn: memref<1x1x3xi32>, %fkvi: memref<1x1x3x3xi32>, %sl: memref<2xf32>) {
