@@ -155,6 +155,11 @@ def run_all(artifacts: str, out_json: str, only: str | None, reps: int) -> None:
     results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
                "checks": [], "bench": []}
 
+    def save():
+        # After every case: a hung kernel (killed by a timeout) keeps the rest.
+        with open(out_json, "w") as f:
+            json.dump(results, f, indent=1)
+
     def timeit(fn, n=reps):
         for _ in range(3):
             fn()
@@ -209,6 +214,7 @@ def run_all(artifacts: str, out_json: str, only: str | None, reps: int) -> None:
             row["error"] = f"{type(e).__name__}: {e}"
             (results["checks"] if name.startswith("check") else results["bench"]).append(row)
             print(name, "ERROR", row["error"], flush=True)
+            save()
             continue
         out = args["out"]
         if name.startswith("check"):
@@ -225,6 +231,7 @@ def run_all(artifacts: str, out_json: str, only: str | None, reps: int) -> None:
             row["ok"] = (row["rel_err"] < 2e-2 and not row["nan"] and row["lse_inf_match"]
                          and row["lse_max_abs_err"] < 5e-2)
             results["checks"].append(row)
+            save()
             print(f"{name:34s} rel_err={row['rel_err']:.2e} max_abs={row['max_abs_err']:.2e} "
                   f"lse_err={row['lse_max_abs_err']:.2e} ok={row['ok']}", flush=True)
         else:
@@ -253,13 +260,13 @@ def run_all(artifacts: str, out_json: str, only: str | None, reps: int) -> None:
                         except Exception as e:  # noqa: BLE001
                             row[f"{label}_error"] = f"{type(e).__name__}: {e}"[:200]
             results["bench"].append(row)
+            save()
             print(f"{name:30s} ours {row['tflops']:6.1f} TF/s ({ms:.3f} ms)  "
                   f"triton {row.get('triton_tflops', float('nan')):6.1f}  "
                   f"ratio {row.get('ratio_vs_triton', float('nan')):.2f}  "
                   f"flash {row.get('sdpa_flash_tflops', float('nan')):6.1f} "
                   f"cudnn {row.get('sdpa_cudnn_tflops', float('nan')):6.1f}", flush=True)
-    with open(out_json, "w") as f:
-        json.dump(results, f, indent=1)
+    save()
 
 
 def main() -> None:

@@ -79,9 +79,12 @@ inline std::pair<Value, Value> stagePhase(PtxBuilder &p, Value i, int64_t stages
   return {stage, phase};
 }
 
-/// Whether a tile preceded tile i, and the ring slot and phase it used.
-inline std::tuple<Value, Value, Value> previousTile(PtxBuilder &p, Value i, int64_t stages) {
-  Value hasPrev = arith::CmpIOp::create(p.b, arith::CmpIPredicate::ugt, i, p.i32(0));
+/// Whether a KV tile of the same Q tile preceded ring position i (the Q
+/// tile's first KV tile took position `first`), and the ring slot and phase
+/// that tile used.
+inline std::tuple<Value, Value, Value> previousTile(PtxBuilder &p, Value i, Value first,
+                                                    int64_t stages) {
+  Value hasPrev = arith::CmpIOp::create(p.b, arith::CmpIPredicate::ugt, i, first);
   Value prevI = arith::SelectOp::create(
       p.b, hasPrev, arith::SubIOp::create(p.b, i, p.i32(1)), p.i32(0));
   auto [stage, phase] = stagePhase(p, prevI, stages);

@@ -41,11 +41,13 @@ struct ConsumerEnv {
 };
 
 /// The online-softmax state a consumer thread carries between KV tiles:
-/// [i, m0, m1, l0, l1, O..., P...] with m/l for fragment rows h = 0, 1 (log2
-/// units; l is this thread's partial row sum). P, the previous tile's
-/// probabilities packed to 16 bits, is carried only by the pipelined
-/// schedule, whose P.V is issued one step late.
-enum StateIndex { kIter = 0, kMax0 = 1, kSum0 = 3, kAcc = 5 };
+/// [i, first, m0, m1, l0, l1, O..., P...]: i the K/V ring position (it runs
+/// on across a persistent CTA's Q tiles), first the position of this Q
+/// tile's first KV tile, m/l for fragment rows h = 0, 1 (log2 units; l is
+/// this thread's partial row sum). P, the previous tile's probabilities
+/// packed to 16 bits, is carried only by the pipelined schedule, whose P.V is
+/// issued one step late.
+enum StateIndex { kIter = 0, kFirst = 1, kMax0 = 2, kSum0 = 4, kAcc = 6 };
 
 int64_t numP(const KernelPlan &plan) { return plan.BN / 16 * 4; }
 
@@ -217,6 +219,7 @@ SmallVector<Value> nextState(PtxBuilder &p, ValueRange state, const Softmax &sm,
                              ArrayRef<Value> acc, ArrayRef<Value> pCarry) {
   SmallVector<Value> next;
   next.push_back(arith::AddIOp::create(p.b, state[kIter], p.i32(1)));
+  next.push_back(state[kFirst]);
   next.push_back(sm.mNew[0]);
   next.push_back(sm.mNew[1]);
   // l = alpha * l + rowsum(P)
@@ -282,7 +285,7 @@ SmallVector<Value> consumerStepPipelined(ImplicitLocOpBuilder &b,
   int64_t nAcc = plan.Dv / 2;
   Value i = state[kIter];
   auto [stage, phase] = stagePhase(p, i, plan.stages);
-  auto [hasPrev, prevStage, prevPhase] = previousTile(p, i, plan.stages);
+  auto [hasPrev, prevStage, prevPhase] = previousTile(p, i, state[kFirst], plan.stages);
   SmallVector<Value> acc(state.begin() + kAcc, state.begin() + kAcc + nAcc);
   SmallVector<Value> pPrev(state.begin() + kAcc + nAcc, state.end());
 
@@ -333,7 +336,7 @@ void consumerFinalize(ImplicitLocOpBuilder &b, const ConsumerEnv &c,
   if (plan.pipelined) {
     // The last tile's deferred P.V.
     Value i = state[kIter];
-    auto [hasPrev, prevStage, prevPhase] = previousTile(p, i, plan.stages);
+    auto [hasPrev, prevStage, prevPhase] = previousTile(p, i, state[kFirst], plan.stages);
     {
       auto ifPrev = scf::IfOp::create(b, hasPrev, false);
       OpBuilder::InsertionGuard g(b);
@@ -463,7 +466,8 @@ LogicalResult mlir::flexattn::gpukernel::emitConsumer(ImplicitLocOpBuilder &b,
     PtxBuilder tp{tb};
     tp.mbarrierWait(env.bar(tp, env.qFullSlot()), arith::AndIOp::create(tb, j, tp.i32(1)));
     Value ninf = tp.f32(-std::numeric_limits<float>::infinity());
-    SmallVector<Value> state = {carried[0], ninf, ninf, tp.f32(0.0f), tp.f32(0.0f)};
+    SmallVector<Value> state = {carried[0], carried[0], ninf, ninf, tp.f32(0.0f),
+                                tp.f32(0.0f)};
     for (int64_t r = 0; r < plan.Dv / 2; ++r)
       state.push_back(tp.f32(0.0f));
     if (plan.pipelined)
