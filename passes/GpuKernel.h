@@ -106,9 +106,9 @@ FailureOr<SmallVector<Value>> emitRole(ImplicitLocOpBuilder &b, Block &body,
                                        IRMapping &map, SmallVector<Value> state,
                                        StepFn step, FinalizeFn finalize);
 
-/// The CTA's tiles: t = blockIdx.x, blockIdx.x + ctas, ... < tiles(), numbered
-/// heaviest first (Q tile descending, then head, then batch: late Q tiles of
-/// a causal-like mask have the most KV blocks). For each, maps the Q-tile
+/// The CTA's tiles: t = blockIdx.x, blockIdx.x + ctas, ... < tiles(), the Q
+/// tiles of a (batch, head) adjacent (so concurrent CTAs share K/V in L2),
+/// heaviest (last) Q tile first within it. For each, maps the Q-tile
 /// loop's induction variables (b, h, qt) in `map` and calls `body` with the
 /// tile's ordinal j in this CTA (i32) and the carried state; returns the
 /// final state.

@@ -115,12 +115,14 @@ FailureOr<SmallVector<Value>> forEachTile(ImplicitLocOpBuilder &b,
       b, first, idx(plan.tiles()), idx(plan.ctas), state,
       [&](OpBuilder &nb, Location loc, Value t, ValueRange iterArgs) {
         ImplicitLocOpBuilder ib(loc, nb);
-        // t = ((QT - 1 - qt) Hq + h) B + b
-        Value perQt = idx(plan.Hq * plan.B);
-        Value qtRev = arith::DivUIOp::create(ib, t, perQt);
-        Value rest = arith::RemUIOp::create(ib, t, perQt);
-        map.map(tileIvs[0], arith::RemUIOp::create(ib, rest, idx(plan.B)));
-        map.map(tileIvs[1], arith::DivUIOp::create(ib, rest, idx(plan.B)));
+        // t = (b Hq + h) QT + (QT - 1 - qt): the Q tiles of one head are
+        // adjacent, so the CTAs running at once share few heads' K/V (in L2);
+        // within a head the heaviest (last) Q tile comes first.
+        Value qts = idx(plan.qTiles());
+        Value qtRev = arith::RemUIOp::create(ib, t, qts);
+        Value head = arith::DivUIOp::create(ib, t, qts);
+        map.map(tileIvs[0], arith::DivUIOp::create(ib, head, idx(plan.Hq)));
+        map.map(tileIvs[1], arith::RemUIOp::create(ib, head, idx(plan.Hq)));
         map.map(tileIvs[2], arith::SubIOp::create(ib, idx(plan.qTiles() - 1), qtRev));
         Value j = iterArgs[0];
         FailureOr<SmallVector<Value>> next = body(ib, j, iterArgs.drop_front());

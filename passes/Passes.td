@@ -176,8 +176,9 @@ def FlexAttnMapToGPU : Pass<"flexattn-map-to-gpu", "::mlir::ModuleOp"> {
     `flexattn-tile{tile-q=128}` and `flexattn-block-sparsity` into a
     `gpu.func` in `gpu.module @flexattn_kernels`, launched with
     `gpu.launch_func` on a 1-D grid of 384-thread CTAs, one per tile (or
-    `persistent` of them, each looping over tiles); tiles are numbered
-    heaviest first (Q tile descending, then head, batch):
+    `persistent` of them, each looping over tiles); the Q tiles of a
+    (batch, head) are numbered together, so CTAs running at once share K/V in
+    L2, heaviest (last) first:
 
     - warpgroup 0, the producer (setmaxnreg 40): one thread loads Q once and
       K, V tiles into `stages` shared-memory slots with TMA (128-byte swizzle,
