@@ -107,23 +107,32 @@ FailureOr<SmallVector<Value>> forEachTile(ImplicitLocOpBuilder &b,
                                           TileFn body) {
   const KernelPlan &plan = env.plan;
   auto idx = [&](int64_t v) { return arith::ConstantIndexOp::create(b, v); };
+  // t = (b Hq + h) QT + (QT - 1 - qt): the Q tiles of one head are adjacent,
+  // so the CTAs running at once share few heads' K/V (in L2); within a head
+  // the heaviest (last) Q tile comes first.
+  auto mapTile = [&](ImplicitLocOpBuilder &ib, Value t) {
+    Value qts = idx(plan.qTiles());
+    Value qtRev = arith::RemUIOp::create(ib, t, qts);
+    Value head = arith::DivUIOp::create(ib, t, qts);
+    map.map(tileIvs[0], arith::DivUIOp::create(ib, head, idx(plan.Hq)));
+    map.map(tileIvs[1], arith::RemUIOp::create(ib, head, idx(plan.Hq)));
+    map.map(tileIvs[2], arith::SubIOp::create(ib, idx(plan.qTiles() - 1), qtRev));
+  };
+  Value first = gpu::BlockIdOp::create(b, gpu::Dimension::x);
+  if (plan.ctas == plan.tiles()) {
+    // One tile per CTA: straight-line code (a loop, even of one trip, costs
+    // registers in the consumers).
+    mapTile(b, first);
+    return body(b, arith::ConstantIntOp::create(b, 0, 32), init);
+  }
   SmallVector<Value> state = {arith::ConstantIntOp::create(b, 0, 32)};
   state.append(init.begin(), init.end());
-  Value first = gpu::BlockIdOp::create(b, gpu::Dimension::x);
   LogicalResult result = success();
   auto loop = scf::ForOp::create(
       b, first, idx(plan.tiles()), idx(plan.ctas), state,
       [&](OpBuilder &nb, Location loc, Value t, ValueRange iterArgs) {
         ImplicitLocOpBuilder ib(loc, nb);
-        // t = (b Hq + h) QT + (QT - 1 - qt): the Q tiles of one head are
-        // adjacent, so the CTAs running at once share few heads' K/V (in L2);
-        // within a head the heaviest (last) Q tile comes first.
-        Value qts = idx(plan.qTiles());
-        Value qtRev = arith::RemUIOp::create(ib, t, qts);
-        Value head = arith::DivUIOp::create(ib, t, qts);
-        map.map(tileIvs[0], arith::DivUIOp::create(ib, head, idx(plan.Hq)));
-        map.map(tileIvs[1], arith::RemUIOp::create(ib, head, idx(plan.Hq)));
-        map.map(tileIvs[2], arith::SubIOp::create(ib, idx(plan.qTiles() - 1), qtRev));
+        mapTile(ib, t);
         Value j = iterArgs[0];
         FailureOr<SmallVector<Value>> next = body(ib, j, iterArgs.drop_front());
         SmallVector<Value> yielded = {arith::AddIOp::create(
