@@ -9,6 +9,7 @@ through the ExecutionEngine, CUDA tensors through flexattn_runtime).
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Callable, Optional
 
 import torch
@@ -38,6 +39,24 @@ def _captured_mask(block_mask):
     if _is_noop(block_mask.mask_mod):
         return None
     return frontend.capture_mask_mod(block_mask.mask_mod)
+
+
+# Below this fraction of visited blocks, Q tiles are short and the GPU kernel
+# runs persistent CTAs (measured on the H100: sliding window +11%, document
+# masks +7%; dense and causal masks are faster with one CTA per tile).
+PERSISTENT_DENSITY = 0.25
+PERSISTENT_CTAS = 132  # the H100's SMs
+
+
+def _prefers_persistent(options: CompileOptions, block_mask, kernel_options) -> bool:
+    if options.target == "cpu" or block_mask is None or "persistent" in (kernel_options or {}):
+        return False
+    visited = int(block_mask.kv_num_blocks.sum())
+    if block_mask.full_kv_num_blocks is not None:
+        visited += int(block_mask.full_kv_num_blocks.sum())
+    idx = block_mask.kv_indices
+    total = idx.shape[0] * idx.shape[1] * idx.shape[2] * idx.shape[3]
+    return visited < PERSISTENT_DENSITY * total
 
 
 def _target(device: torch.device) -> str:
@@ -99,6 +118,8 @@ def _lower_call(query, key, value, score_mod, block_mask, enable_gqa, kernel_opt
     mask = _captured_mask(block_mask) if block_mask is not None else None
     score, mask, captures = frontend.combine(score, mask)
     options = CompileOptions.from_kernel_options(kernel_options, target=_target(query.device))
+    if _prefers_persistent(options, block_mask, kernel_options):
+        options = replace(options, persistent=PERSISTENT_CTAS)
     return dict(score_mod=score.ir if score else None, mask_mod=mask.ir if mask else None,
                 block_mask=block_mask, captures=captures, options=options)
 

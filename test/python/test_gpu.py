@@ -124,3 +124,21 @@ def test_gpu_stages_compile_without_a_gpu():
     # One CTA per (Q tile, head, batch) tile, in a 1-D grid.
     assert launch["grid"] == [math.ceil(300 / 128) * 2 * 1, 1, 1] and launch["block"] == [384, 1, 1]
     assert [p["kind"] for p in launch["params"][:3]] == ["tensormap"] * 3
+
+
+def test_sparse_block_masks_pick_persistent_ctas():
+    """flex_attention runs sparse masks (few KV blocks per Q tile) with
+    persistent CTAs on the GPU, dense ones with one CTA per tile, and never
+    overrides an explicit kernel_options['persistent']."""
+    from flexattn_mlir.api import PERSISTENT_CTAS, _prefers_persistent
+
+    gpu = CompileOptions(target="sm_90a")
+    window = fm.create_block_mask(lambda b, h, q, kv: (q >= kv) & (q - kv < 128), None, None,
+                                  2048, 2048)
+    causal = fm.create_block_mask(lambda b, h, q, kv: q >= kv, None, None, 2048, 2048)
+    assert _prefers_persistent(gpu, window, None)
+    assert not _prefers_persistent(gpu, causal, None)
+    assert not _prefers_persistent(gpu, window, {"persistent": 0})
+    assert not _prefers_persistent(CompileOptions(), window, None)  # CPU
+    assert not _prefers_persistent(gpu, None, None)
+    assert PERSISTENT_CTAS == 132
