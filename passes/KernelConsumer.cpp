@@ -272,6 +272,22 @@ SmallVector<Value> consumerStep(ImplicitLocOpBuilder &b, const ConsumerEnv &c,
   return next;
 }
 
+/// The V tile the deferred P.V reads: the previous KV tile's, once loaded;
+/// the Q tile (finite data, times P = 0) when this Q tile has no previous KV
+/// tile, so no branch surrounds the wgmma.
+Value previousV(PtxBuilder &p, const ConsumerEnv &c, Value hasPrev, Value prevStage,
+                Value prevPhase) {
+  const KernelPlan &plan = c.env.plan;
+  {
+    auto ifPrev = scf::IfOp::create(p.b, hasPrev, false);
+    OpBuilder::InsertionGuard g(p.b);
+    p.b.setInsertionPointToStart(&ifPrev.getThenRegion().front());
+    p.mbarrierWait(c.env.bar(p, c.env.vFullSlot(), prevStage), prevPhase);
+  }
+  return arith::SelectOp::create(
+      p.b, hasPrev, smemAt(p, c.env, plan.vOff, prevStage, plan.vBytes()), c.qTile);
+}
+
 /// One KV tile, software-pipelined (FlashAttention-3's intra-warpgroup
 /// overlap): issue S_j = Q K_jᵀ and the previous tile's O += P_{j-1} V_{j-1}
 /// together; the softmax of S_j runs while P.V is on the tensor cores. The
@@ -290,14 +306,7 @@ SmallVector<Value> consumerStepPipelined(ImplicitLocOpBuilder &b,
   SmallVector<Value> pPrev(state.begin() + kAcc + nAcc, state.end());
 
   p.mbarrierWait(c.env.bar(p, c.env.kFullSlot(), stage), phase);
-  {
-    auto ifPrev = scf::IfOp::create(b, hasPrev, false);
-    OpBuilder::InsertionGuard g(b);
-    b.setInsertionPointToStart(&ifPrev.getThenRegion().front());
-    p.mbarrierWait(c.env.bar(p, c.env.vFullSlot(), prevStage), prevPhase);
-  }
-  Value vPrev = arith::SelectOp::create(
-      b, hasPrev, smemAt(p, c.env, plan.vOff, prevStage, plan.vBytes()), c.qTile);
+  Value vPrev = previousV(p, c, hasPrev, prevStage, prevPhase);
   if (plan.pingpong)
     pingpongSync(p, c);
   p.wgmmaFence();
@@ -337,14 +346,7 @@ void consumerFinalize(ImplicitLocOpBuilder &b, const ConsumerEnv &c,
     // The last tile's deferred P.V.
     Value i = state[kIter];
     auto [hasPrev, prevStage, prevPhase] = previousTile(p, i, state[kFirst], plan.stages);
-    {
-      auto ifPrev = scf::IfOp::create(b, hasPrev, false);
-      OpBuilder::InsertionGuard g(b);
-      b.setInsertionPointToStart(&ifPrev.getThenRegion().front());
-      p.mbarrierWait(c.env.bar(p, c.env.vFullSlot(), prevStage), prevPhase);
-    }
-    Value vPrev = arith::SelectOp::create(
-        b, hasPrev, smemAt(p, c.env, plan.vOff, prevStage, plan.vBytes()), c.qTile);
+    Value vPrev = previousV(p, c, hasPrev, prevStage, prevPhase);
     SmallVector<Value> pPrev(state.begin() + kAcc + nAcc, state.end());
     p.wgmmaFence();
     acc = issuePV(p, plan, acc, pPrev, vPrev);
