@@ -68,6 +68,8 @@ BENCH = (
        for v in ("full", "causal", "sliding_window", "document", "alibi_causal")]
     + [(f"bench_{v}_d64_persistent", v, 4, 16, 16, 8192, 8192, 64, "bfloat16", PERSISTENT)
        for v in ("full", "causal")]
+    + [(f"bench_{v}_d64_stages{n}", v, 4, 16, 16, 8192, 8192, 64, "bfloat16", {"stages": n})
+       for v in ("full", "causal") for n in (3, 4)]
 )
 
 
