@@ -313,6 +313,22 @@ LogicalResult verifyRegion(Operation *op, Region &region, StringRef name,
              << block.getArgument(fixed + i).getType();
   // The region may not have a terminator yet (this verifier runs before
   // MLIR's own terminator check, the op being isolated from above).
+  // Pure scalar code only: every target (the CPU loops, the GPU register
+  // fragments) must be able to inline it.
+  WalkResult foreign = region.walk([&](Operation *inner) {
+    StringRef ns = inner->getDialect() ? inner->getDialect()->getNamespace() : "";
+    // (The region's own terminator is checked below.)
+    bool ok = ns == "arith" || ns == "math" || ns == "scf" ||
+              isa<YieldOp, memref::LoadOp>(inner) || inner == &block.back();
+    if (ok)
+      return WalkResult::advance();
+    op->emitOpError() << name << " may only contain arith, math, scf and "
+                      << "memref.load ops (pure scalar code), found '"
+                      << inner->getName() << "'";
+    return WalkResult::interrupt();
+  });
+  if (foreign.wasInterrupted())
+    return failure();
   auto yield = block.empty() ? YieldOp() : dyn_cast<YieldOp>(&block.back());
   if (!yield)
     return op->emitOpError() << name << " must end with flexattn.yield";

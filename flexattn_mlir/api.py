@@ -32,10 +32,9 @@ def _is_noop(mask_mod) -> bool:
 
 
 def _captured_mask(block_mask):
-    """The block mask's mask_mod as a CapturedMod (None for noop_mask)."""
-    captured = getattr(block_mask, "captured_mask", None)
-    if captured is not None:
-        return captured
+    """The block mask's mask_mod as a CapturedMod (None for noop_mask).
+    Captured afresh (a memo hit, microseconds): the mask_mod may have been
+    reassigned, or a global it reads rebound, since the mask was made."""
     if _is_noop(block_mask.mask_mod):
         return None
     return frontend.capture_mask_mod(block_mask.mask_mod)
@@ -131,8 +130,6 @@ def compile_flex_attention(query, key, value, score_mod=None, block_mask=None, s
     returns the :class:`~flexattn_mlir.driver.Compiled`, which holds the IR of
     every stage (``.ir[stage]``, ``.stage_names()``). ``target`` overrides the
     device's (e.g. ``"sm_90a"`` to see the GPU stages from CPU tensors)."""
-    from dataclasses import replace
-
     from . import driver
     from .attention import attention_spec
 

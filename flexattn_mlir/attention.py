@@ -9,6 +9,7 @@ and calls it.
 from __future__ import annotations
 
 import math
+import os
 import threading
 from typing import Optional, Sequence
 
@@ -60,8 +61,13 @@ def build_spec(query, key, value, *, score_mod, mask_mod, block_mask, captures,
 
 def kernel_for(spec: AttentionSpec, opts: CompileOptions):
     """The kernel of (spec, opts): from this process's table, else the disk
-    cache (or, for GPUs, an artifact store), else compiled (and stored)."""
+    cache (or, for GPUs, an artifact store), else compiled (and stored).
+    With FLEXATTN_DUMP_IR or FLEXATTN_OVERRIDE_IR set, every call compiles
+    afresh and caches nothing: the stages are dumped, and an overridden
+    stage never reaches the caches."""
     key = cache.kernel_key(spec.digest(), opts.digest())
+    if os.environ.get("FLEXATTN_DUMP_IR") or os.environ.get("FLEXATTN_OVERRIDE_IR"):
+        return _load_or_compile(spec, opts, key, use_cache=False)
     with _lock:
         kernel = _kernels.get(key)
         if kernel is None:
@@ -70,25 +76,28 @@ def kernel_for(spec: AttentionSpec, opts: CompileOptions):
     return kernel
 
 
-def _load_or_compile(spec: AttentionSpec, opts: CompileOptions, key: str):
+def _load_or_compile(spec: AttentionSpec, opts: CompileOptions, key: str,
+                     use_cache: bool = True):
     global compile_count
     from . import driver
 
     if opts.target == "cpu":
         from .cpu import CpuKernel
 
-        text = _cpu_cache.get(key)
+        text = _cpu_cache.get(key) if use_cache else None
         if text is not None:
             return CpuKernel.from_llvm_ir(text.decode(), spec, opts)
         compiled = driver.compile(spec, opts, keep_ir=False)
         compile_count += 1
-        _cpu_cache.put(key, str(compiled.module).encode())
-        return CpuKernel(compiled)
+        kernel = CpuKernel(compiled)  # the JIT built: worth caching
+        if use_cache:
+            _cpu_cache.put(key, str(compiled.module).encode())
+        return kernel
     from . import gpu
 
-    kernel = gpu.load_kernel(key)
+    kernel = gpu.load_kernel(key) if use_cache else None
     if kernel is None:
-        kernel = gpu.compile_kernel(spec, opts, key)
+        kernel = gpu.compile_kernel(spec, opts, key, store=use_cache)
         compile_count += 1
     return kernel
 

@@ -344,9 +344,12 @@ def create_block_mask(
     H: Optional[int],
     Q_LEN: int,
     KV_LEN: int,
-    device: Union[str, torch.device] = "cpu",
+    device: Union[str, torch.device, None] = None,
     BLOCK_SIZE: Union[int, tuple[int, int]] = _DEFAULT_SPARSE_BLOCK_SIZE,
+    _compile: bool = False,
     separate_full_blocks: bool = True,
+    compute_dq_write_order: bool = False,
+    dq_kv_order: bool = True,
     *,
     analyze: bool = True,
     num_threads: Optional[int] = None,
@@ -356,7 +359,10 @@ def create_block_mask(
     ``mask_mod`` is a Python mask_mod (captured with the frontend) or a
     :class:`~flexattn_mlir.frontend.CapturedMod`. ``B`` / ``H`` of None give
     size-1 (broadcast) dims. ``analyze=False`` skips the interval analysis
-    (every block is then evaluated element by element)."""
+    (every block is then evaluated element by element). The signature is
+    torch's: ``device`` None means torch's default device; ``_compile`` is
+    accepted and ignored (the mask is always compiled here), as are the
+    backward-pass ordering flags (no backward pass yet)."""
     from . import frontend
 
     B = 1 if B is None else int(B)
@@ -376,6 +382,7 @@ def create_block_mask(
     else:
         captured, python_mod = frontend.capture_mask_mod(mask_mod), mask_mod
 
+    device = torch.get_default_device() if device is None else device
     threads = num_threads or torch.get_num_threads()
     tensors = _classify_and_order(captured, B, H, Q_LEN, KV_LEN, bq, bkv,
                                   separate_full_blocks, analyze, threads)

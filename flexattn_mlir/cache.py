@@ -46,9 +46,9 @@ def compiler_version() -> str:
     h = hashlib.sha256(__version__.encode())
     h.update(_native.source_hash().encode())
     pkg = Path(__file__).parent
-    for name in sorted(p.name for p in pkg.glob("*.py")):
-        h.update(name.encode())
-        h.update((pkg / name).read_bytes())
+    for path in sorted(pkg.rglob("*.py")):
+        h.update(str(path.relative_to(pkg)).encode())
+        h.update(path.read_bytes())
     return h.hexdigest()[:16]
 
 

@@ -28,7 +28,9 @@ def check_qkv(query, key, value, enable_gqa: bool) -> None:
             raise TypeError(f"{name} dtype {t.dtype} must match query dtype {query.dtype}")
         if t.device != query.device:
             raise ValueError(f"{name} is on {t.device} but query is on {query.device}")
-    (b, hq, _, d), (bk, hkv, n, dk), (bv, hv, nv, _) = query.shape, key.shape, value.shape
+    (b, hq, _, d), (bk, hkv, n, dk), (bv, hv, nv, dv) = query.shape, key.shape, value.shape
+    if d == 0 or dv == 0:
+        raise ValueError(f"query/value head dims must be positive, got D={d}, Dv={dv}")
     if bk != b or bv != b:
         raise ValueError(f"key/value batch sizes ({bk}, {bv}) must match query batch size {b}")
     if dk != d:

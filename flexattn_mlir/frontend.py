@@ -114,6 +114,8 @@ class _Walk:
         self._index: dict[int, int] = {}
         self._active: set[int] = set()
         self.memoizable = True
+        # "Class.attr" / "module.attr" tensors the code reads (not liftable).
+        self.attribute_tensors: list[str] = []
         self.plan, fp = self._node(fn, 0)
         self.fingerprint = fp if self.memoizable else None
 
@@ -203,21 +205,37 @@ class _Walk:
               self._module_attributes(fn, glob, cells))
         return node, fp
 
-    @staticmethod
-    def _module_attributes(fn, glob, cells) -> tuple:
-        """Scalars the code may read as ``module.NAME`` (they are baked into
-        the IR, so they enter the key)."""
-        modules = [n[0][1] for n in [*glob.values(), *cells] if isinstance(n[0][1], types.ModuleType)]
-        if not modules:
+    def _module_attributes(self, fn, glob, cells) -> tuple:
+        """Scalars the code may read as ``module.NAME`` or ``Class.NAME``
+        (they are baked into the IR, so they enter the key). A tensor read
+        that way cannot be lifted to an operand: it is recorded, and
+        capturing the mod fails rather than baking its current values in."""
+        holders = [n[0][1] for n in [*glob.values(), *cells]
+                   if isinstance(n[0][1], (types.ModuleType, type))]
+        if not holders:
             return ()
         names = _attribute_names(fn.__code__)
         out = []
-        for m in modules:
+        for holder in holders:
             for name in names:
-                value = m.__dict__.get(name)  # no getattr: it may import lazily
+                value = _static_attribute(holder, name)
+                label = getattr(holder, "__qualname__", None) or holder.__name__
                 if isinstance(value, _SCALARS):
-                    out.append((m.__name__, name, type(value).__name__, value))
+                    out.append((label, name, type(value).__name__, value))
+                elif isinstance(value, torch.Tensor):
+                    self.attribute_tensors.append(f"{label}.{name}")
         return tuple(out)
+
+
+def _static_attribute(holder, name: str):
+    """``holder.name`` without running descriptors or lazy imports: a
+    module's own dict, or the first class in the MRO that defines it."""
+    if isinstance(holder, types.ModuleType):
+        return holder.__dict__.get(name)
+    for klass in holder.__mro__:
+        if klass is not object and name in klass.__dict__:
+            return klass.__dict__[name]
+    return None
 
 
 @functools.lru_cache(maxsize=1024)
@@ -316,6 +334,13 @@ def _capture(fn, kind: str) -> CapturedMod:
     label = f"{kind}_mod {name!r}"
     _check_arity(fn, kind, label)
     walk = _Walk(fn)
+    if walk.attribute_tensors:
+        raise ModCaptureError(
+            f"{label} reads the tensor(s) {', '.join(walk.attribute_tensors)} as an attribute "
+            f"of a class or module; such tensors would be baked into the kernel as constants. "
+            f"Read them from a closure variable or a module global instead, so they become "
+            f"kernel operands"
+        )
     for t in walk.tensors:
         dt = str(t.dtype).removeprefix("torch.")
         if dt not in TORCH_TO_MLIR or dt == "uint8":

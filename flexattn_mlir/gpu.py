@@ -187,8 +187,10 @@ class StoredKernel:
         self.kernel(list(tensors))
 
 
-def compile_kernel(spec: AttentionSpec, opts: CompileOptions, key: str) -> StoredKernel:
-    """Compiles, writes the result to the cache's artifact store, loads it."""
+def compile_kernel(spec: AttentionSpec, opts: CompileOptions, key: str,
+                   store: bool = True) -> StoredKernel:
+    """Compiles, writes the result to the cache's artifact store (when
+    ``store``), loads it."""
     from flexattn_runtime import Kernel, write_kernel
 
     from . import driver
@@ -197,6 +199,6 @@ def compile_kernel(spec: AttentionSpec, opts: CompileOptions, key: str) -> Store
     binary, fmt = binary_of(compiled)
     name = f"{spec.name}-{key[:16]}"
     meta = dict(compiled.metadata["launch"], binary_format=fmt, binary=f"{name}.{fmt}")
-    if not os.environ.get("FLEXATTN_DISABLE_CACHE"):
+    if store and not os.environ.get("FLEXATTN_DISABLE_CACHE"):
         write_kernel(cache.cache_dir() / "gpu", name, meta, binary)
     return StoredKernel(Kernel(meta, binary, name=name))

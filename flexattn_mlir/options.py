@@ -14,7 +14,8 @@ _TORCH_ALIASES = {"BLOCK_M": "tile_q", "BLOCK_N": "tile_kv", "num_stages": "stag
 _TORCH_IGNORED = frozenset({
     "num_warps", "BACKEND", "PRESCALE_QK", "ROWS_GUARANTEED_SAFE", "BLOCKS_ARE_CONTIGUOUS",
     "WRITE_DQ", "FORCE_USE_FLEX_ATTENTION", "USE_TMA", "OUTPUT_LOGSUMEXP", "OUTPUT_MAX",
-    "fwd_BLOCK_M", "fwd_BLOCK_N", "fwd_num_warps", "fwd_num_stages", "bwd_BLOCK_M1",
+    "fwd_BLOCK_M", "fwd_BLOCK_N", "fwd_num_warps", "fwd_num_stages",
+    "BLOCK_M1", "BLOCK_N1", "BLOCK_M2", "BLOCK_N2", "bwd_BLOCK_M1",
     "bwd_BLOCK_N1", "bwd_BLOCK_M2", "bwd_BLOCK_N2", "bwd_num_warps", "bwd_num_stages",
     "waves_per_eu", "kpack", "matrix_instr_nonkdim",
 })

@@ -41,6 +41,9 @@ StringRef passThatRemoves(Operation *op) {
   return "flexattn-inline-mods";
 }
 
+/// Tile buffers above this size are heap-allocated (the stack is often 8 MiB).
+constexpr int64_t kMaxStackTileBytes = 64 * 1024;
+
 /// scf.parallel (no reductions) -> a nest of scf.for in the same order.
 void sequentialize(RewriterBase &rewriter, scf::ParallelOp par) {
   rewriter.setInsertionPoint(par);
@@ -64,6 +67,23 @@ void hoistTileBuffers(RewriterBase &rewriter, func::FuncOp func) {
     if (alloca.getType().hasStaticShape() && alloca->getBlock() != &entry)
       alloca->moveBefore(&entry, entry.begin());
   });
+  // Large tiles (a long KV block, a wide Dv) would overflow the stack: they
+  // go to the heap, freed before each return.
+  SmallVector<memref::AllocaOp> large;
+  for (auto alloca : entry.getOps<memref::AllocaOp>()) {
+    MemRefType type = alloca.getType();
+    if (type.hasStaticShape() &&
+        type.getNumElements() * type.getElementTypeBitWidth() / 8 > kMaxStackTileBytes)
+      large.push_back(alloca);
+  }
+  for (memref::AllocaOp alloca : large) {
+    rewriter.setInsertionPoint(alloca);
+    auto heap = rewriter.replaceOpWithNewOp<memref::AllocOp>(alloca, alloca.getType());
+    func.walk([&](func::ReturnOp ret) {
+      rewriter.setInsertionPoint(ret);
+      memref::DeallocOp::create(rewriter, ret.getLoc(), heap);
+    });
+  }
   SmallVector<memref::AllocaScopeOp> scopes;
   func.walk([&](memref::AllocaScopeOp scope) { scopes.push_back(scope); });
   for (memref::AllocaScopeOp scope : scopes) {

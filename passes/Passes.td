@@ -153,7 +153,9 @@ def FlexAttnLowerToLoops : Pass<"flexattn-lower-to-loops", "::mlir::ModuleOp"> {
     the Q tiles on one thread: the `scf.parallel` over (batch, head, Q tile)
     becomes an `scf.for` nest, and the fixed-size tile buffers (state,
     score tile) move to the function entry, allocated once rather than once
-    per tile and KV step (the stack would otherwise grow with the sequence).
+    per tile and KV step (the stack would otherwise grow with the sequence);
+    those over 64 KiB are heap-allocated (`memref.alloc`, freed before each
+    return).
     Fails, naming the pass to run first, if a flexattn op is left.
   }];
   let dependentDialects = ["::mlir::scf::SCFDialect",
@@ -203,7 +205,7 @@ def FlexAttnMapToGPU : Pass<"flexattn-map-to-gpu", "::mlir::ModuleOp"> {
 
     After:
     ```mlir
-    gpu.launch_func @flexattn_kernels::@flexattn_kernel blocks in (%c2, %c16, %c4)
+    gpu.launch_func @flexattn_kernels::@flexattn_kernel blocks in (%c4096, %c1, %c1)
         threads in (%c384, %c1, %c1) dynamic_shared_memory_size %smem
         args(%qmap : !llvm.ptr, %kmap : !llvm.ptr, %vmap : !llvm.ptr, %out : memref<...>)
     gpu.module @flexattn_kernels {

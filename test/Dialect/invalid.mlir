@@ -42,6 +42,8 @@
 //     {mod} index arguments (b, h, q_idx, kv_idx) must share one type, got <t> and <t>
 //     {mod} argument #<i> must have the type of captured buffer #<j> (<t>), got <t>
 //     {mod} must end with flexattn.yield
+//     {mod} may only contain arith, math, scf and memref.load ops (pure
+//       scalar code), found '<op>'
 //     {mod} must yield one <f32|i1> value, got <n> value(s) of type(s) <types>
 //   ODS and the parser: yield outside a flexattn op, a region with two blocks,
 //   missing/ill-typed attributes (scale, tile_size, block_size), a non-memref
@@ -1421,6 +1423,33 @@ func.func @two_blocks(%s: f32, %i: index) -> f32 {
     cf.br ^bb1
   ^bb1:
     flexattn.yield %x : f32
+  } : f32
+  return %r : f32
+}
+
+// -----
+
+// Mod regions hold pure scalar code (they are inlined on every target).
+func.func @mod_with_gpu_op(%s: f32, %i: index) -> f32 {
+  // expected-error @+1 {{'flexattn.apply_mods' op score_mod may only contain arith, math, scf and memref.load ops (pure scalar code), found 'gpu.thread_id'}}
+  %r = flexattn.apply_mods %s at(%i, %i, %i, %i) score_mod {
+  ^bb0(%x: f32, %b: index, %h: index, %qi: index, %ki: index):
+    %t = gpu.thread_id x
+    flexattn.yield %x : f32
+  } : f32
+  return %r : f32
+}
+
+// -----
+
+func.func @mod_with_store(%s: f32, %i: index, %m: memref<4xf32>) -> f32 {
+  // expected-error @+1 {{'flexattn.apply_mods' op mask_mod may only contain arith, math, scf and memref.load ops (pure scalar code), found 'memref.store'}}
+  %r = flexattn.apply_mods %s at(%i, %i, %i, %i) captures(%m : memref<4xf32>) attributes {masked} mask_mod {
+  ^bb0(%b: index, %h: index, %qi: index, %ki: index, %c: memref<4xf32>):
+    %f = arith.constant 1.0 : f32
+    memref.store %f, %c[%b] : memref<4xf32>
+    %t = arith.constant true
+    flexattn.yield %t : i1
   } : f32
   return %r : f32
 }

@@ -195,3 +195,29 @@ func.func @sequential_tiles(%out: memref<2x4xf32>) {
   }
   return
 }
+
+// -----
+
+// A tile buffer over 64 KiB (here 256 KiB) goes to the heap, freed at return.
+
+// CHECK-LABEL: func.func @large_tile(
+// CHECK:         %[[BIG:.+]] = memref.alloc() : memref<256x256xf32>
+// CHECK-NOT:     memref.alloca() : memref<256x256xf32>
+// CHECK:         memref.dealloc %[[BIG]] : memref<256x256xf32>
+// CHECK-NEXT:    return
+func.func @large_tile(%out: memref<2xf32>) {
+  %c0 = arith.constant 0 : index
+  %c1 = arith.constant 1 : index
+  %c2 = arith.constant 2 : index
+  scf.parallel (%t) = (%c0) to (%c2) step (%c1) {
+    memref.alloca_scope {
+      %tile = memref.alloca() : memref<256x256xf32>
+      %one = arith.constant 1.0 : f32
+      memref.store %one, %tile[%c0, %c0] : memref<256x256xf32>
+      %v = memref.load %tile[%c0, %c0] : memref<256x256xf32>
+      memref.store %v, %out[%t] : memref<2xf32>
+    }
+    scf.reduce
+  }
+  return
+}

@@ -437,3 +437,108 @@ def test_cli_stage(tmp_path):
     assert "flexattn.kv_loop" in proc.stdout and "scf.parallel" in proc.stdout
     assert "stage sparse" not in proc.stdout  # only the one stage
     assert "compiled in" in proc.stderr
+
+
+# -- regressions found in review ------------------------------------------------
+
+class _WindowConfig:
+    window = 10
+
+
+def _config_window(b, h, q_idx, kv_idx):
+    return (q_idx - kv_idx).abs() < _WindowConfig.window
+
+
+def test_class_attribute_settings_are_read_on_every_call():
+    """A scalar read as Class.attr is baked into the IR, so it is part of the
+    key: changing it must change the mask (it was cached by identity)."""
+    try:
+        first = fm.create_block_mask(_config_window, None, None, 128, 128, BLOCK_SIZE=16)
+        _WindowConfig.window = 40
+        second = fm.create_block_mask(_config_window, None, None, 128, 128, BLOCK_SIZE=16)
+        ref = tfa.create_block_mask(_config_window, None, None, 128, 128, device="cpu",
+                                    BLOCK_SIZE=16)
+        assert not torch.equal(first.kv_num_blocks, second.kv_num_blocks)
+        assert torch.equal(second.kv_num_blocks, ref.kv_num_blocks)
+        assert torch.equal(second.full_kv_num_blocks, ref.full_kv_num_blocks)
+    finally:
+        _WindowConfig.window = 10
+
+
+def test_tensor_read_as_class_attribute_is_rejected():
+    class Scale:
+        s = torch.tensor(2.0)
+
+    with pytest.raises(fm.ModCaptureError, match=r"reads the tensor\(s\) .*Scale.s as an attribute"):
+        fm.capture_score_mod(lambda score, b, h, q, kv: score * Scale.s)
+
+
+def test_reassigned_mask_mod_of_our_block_mask_is_used():
+    """flex_attention applies the BlockMask's current mask_mod, as torch does:
+    on partial blocks (full blocks skip mask_mod in torch too)."""
+    q, k, v = (torch.randn(1, 2, 128, 32) for _ in range(3))
+    bm = fm.create_block_mask(lambda b, h, qi, kv: qi >= kv, None, None, 128, 128, BLOCK_SIZE=32)
+
+    def even_keys(b, h, qi, kv):
+        return (qi >= kv) & (kv % 2 == 0)
+
+    bm.mask_mod = even_keys
+    ours = fm.flex_attention(q, k, v, block_mask=bm)
+    # Causal blocks below the diagonal are full (mask_mod skipped); the
+    # diagonal blocks are partial and apply the new mask.
+    ref = _masked_reference(q, k, v, lambda i, j: (i >= j) & ((j % 2 == 0) | (i // 32 > j // 32)))
+    torch.testing.assert_close(ours, ref, atol=2e-5, rtol=1e-5)
+
+
+def _masked_reference(q, k, v, keep):
+    s = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+    i = torch.arange(q.shape[2]).view(-1, 1)
+    j = torch.arange(k.shape[2]).view(1, -1)
+    s = s.masked_fill(~keep(i, j), -math.inf)
+    return (torch.softmax(s, -1).nan_to_num(0) @ v)
+
+
+def test_long_kv_block_on_cpu_uses_the_heap():
+    """A 64 x 16384 score tile (4 MiB) once overflowed the stack; tile
+    buffers over 64 KiB are heap-allocated."""
+    q = torch.randn(1, 1, 64, 16)
+    k, v = (torch.randn(1, 1, 16384, 16) for _ in range(2))
+    bm = fm.create_block_mask(lambda b, h, qi, kv: qi >= 0, None, None, 64, 16384,
+                              BLOCK_SIZE=(64, 16384))
+    out = fm.flex_attention(q, k, v, block_mask=bm)
+    torch.testing.assert_close(out, _masked_reference(q, k, v, lambda i, j: i >= 0),
+                               atol=2e-5, rtol=1e-4)
+
+
+def test_gpu_only_op_in_handwritten_mod_is_a_diagnostic():
+    from flexattn_mlir import ModIR
+
+    q = torch.randn(1, 1, 32, 16)
+    bad = ModIR.score("^bb0(%s: f32, %b: i32, %h: i32, %q: i32, %kv: i32):\n"
+                      "  %t = gpu.thread_id x\n  flexattn.yield %s : f32")
+    with pytest.raises(fm.CompilationError, match="may only contain arith, math, scf and "
+                                                  "memref.load ops .* found 'gpu.thread_id'"):
+        fm.attention(q, q, q, score_mod=bad)
+
+
+def test_zero_head_dim_is_a_clear_error():
+    q = torch.randn(1, 1, 8, 0)
+    with pytest.raises(ValueError, match=r"head dims must be positive, got D=0, Dv=0"):
+        fm.flex_attention(q, q, q)
+
+
+def test_dump_ir_bypasses_the_caches(tmp_path, monkeypatch):
+    """Setting FLEXATTN_DUMP_IR dumps every stage even for a kernel compiled
+    before (and such compilations are not cached)."""
+    q = torch.randn(1, 1, 48, 16)
+    fm.flex_attention(q, q, q)  # compiled and cached
+    monkeypatch.setenv("FLEXATTN_DUMP_IR", str(tmp_path))
+    fm.flex_attention(q, q, q)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        f"flexattn.{s}.mlir" for s in ["flexattn", "tiled", "sparse", "fused", "inlined", "loops", "llvm"])
+
+
+def test_torch_backward_kernel_options_are_ignored():
+    q = torch.randn(1, 1, 32, 16)
+    out = fm.flex_attention(q, q, q, kernel_options={"BLOCK_M1": 32, "BLOCK_N2": 64})
+    torch.testing.assert_close(out, fm.flex_attention(q, q, q))
