@@ -29,11 +29,6 @@ _cpu_cache = cache.DiskCache("cpu", ".mlir")
 compile_count = 0
 
 
-def _block_size(block_mask) -> tuple[int, int]:
-    bs = block_mask.BLOCK_SIZE
-    return (bs, bs) if isinstance(bs, int) else (int(bs[0]), int(bs[1]))
-
-
 def _mask_tensors(block_mask) -> list[torch.Tensor]:
     if block_mask is None:
         return []
@@ -48,7 +43,7 @@ def build_spec(query, key, value, *, score_mod, mask_mod, block_mask, captures,
     masks = _mask_tensors(block_mask)
     fields = {}
     if block_mask is not None:
-        fields["block_size"] = _block_size(block_mask)
+        fields["block_size"] = checks.block_size(block_mask.BLOCK_SIZE)
         names = ["kv_num_blocks", "kv_indices", "full_kv_num_blocks", "full_kv_indices"]
         fields.update({n: BufferType.of(t) for n, t in zip(names, masks)})
     return AttentionSpec(

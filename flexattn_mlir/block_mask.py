@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from . import _native
+from .checks import block_size
 from .masks import and_masks, decide_blocks, noop_mask, or_masks
 from .mods import ModIR
 
@@ -183,8 +184,7 @@ class BlockMask:
             q_num, q_idx = _transpose_ordered(kv_num_blocks, kv_indices)
             if full_kv_num_blocks is not None:
                 full_q_num, full_q_idx = _transpose_ordered(full_kv_num_blocks, full_kv_indices)
-        if isinstance(BLOCK_SIZE, int):
-            BLOCK_SIZE = (BLOCK_SIZE, BLOCK_SIZE)
+        BLOCK_SIZE = block_size(BLOCK_SIZE)
         if seq_lengths is None:
             seq_lengths = (kv_indices.shape[-2] * BLOCK_SIZE[0], kv_indices.shape[-1] * BLOCK_SIZE[1])
         return cls(seq_lengths, kv_num_blocks, kv_indices, full_kv_num_blocks, full_kv_indices,
@@ -368,7 +368,7 @@ def create_block_mask(
     B = 1 if B is None else int(B)
     H = 1 if H is None else int(H)
     Q_LEN, KV_LEN = int(Q_LEN), int(KV_LEN)
-    bq, bkv = (BLOCK_SIZE, BLOCK_SIZE) if isinstance(BLOCK_SIZE, int) else map(int, BLOCK_SIZE)
+    bq, bkv = block_size(BLOCK_SIZE)
     for name, v in (("B", B), ("H", H), ("Q_LEN", Q_LEN), ("KV_LEN", KV_LEN), ("Q block size", bq),
                     ("KV block size", bkv)):
         if v <= 0:

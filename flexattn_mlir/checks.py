@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["check_qkv", "check_block_mask", "check_captures", "check_gpu_support"]
+__all__ = ["block_size", "check_qkv", "check_block_mask", "check_captures", "check_gpu_support"]
+
+
+def block_size(bs) -> tuple[int, int]:
+    """A BlockMask's BLOCK_SIZE (an int or a pair) as (Q block, KV block)."""
+    return (int(bs), int(bs)) if isinstance(bs, int) else (int(bs[0]), int(bs[1]))
 
 _FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -58,8 +63,7 @@ def check_block_mask(block_mask, query, key) -> None:
             f"block_mask was created for (Q_LEN, KV_LEN) = {tuple(seq)} but query/key "
             f"have ({m}, {n})"
         )
-    bs = block_mask.BLOCK_SIZE
-    bq, bkv = (bs, bs) if isinstance(bs, int) else bs
+    bq, bkv = block_size(block_mask.BLOCK_SIZE)
     qb, kb = -(-m // bq), -(-n // bkv)
     pairs = [("kv_num_blocks", "kv_indices")]
     if getattr(block_mask, "full_kv_num_blocks", None) is not None:
@@ -128,8 +132,7 @@ def check_gpu_support(query, value, block_mask, options) -> None:
             raise ValueError(f"{name} head dim {d} is not supported by the {options.target} "
                              f"kernel: it handles 64 and 128")
     if block_mask is not None:
-        bs = block_mask.BLOCK_SIZE
-        bq, bkv = (bs, bs) if isinstance(bs, int) else bs
+        bq, bkv = block_size(block_mask.BLOCK_SIZE)
         if bq % 128 or bkv not in (64, 128):
             raise ValueError(
                 f"block_mask.BLOCK_SIZE {tuple((bq, bkv))} is not supported by the "
