@@ -39,11 +39,11 @@ PERSISTENT = {"persistent": 132}
 
 # (name, variant, B, Hq, Hkv, M, N, D, dtype, options)
 CORRECTNESS = (
-    [(f"check_{v}_d128", v, 1, 4, 4, 2100, 2100, 128, "bfloat16", DEFAULT) for v in ZOO]
-    + [(f"check_{v}_d64", v, 1, 4, 4, 2100, 2100, 64, "bfloat16", DEFAULT)
-       for v in ("full", "causal", "alibi_causal", "t5_bias")]
-    + [(f"check_{v}_d128_f16", v, 1, 4, 4, 2100, 2100, 128, "float16", DEFAULT)
-       for v in ("causal", "softcap_causal")]
+    # The whole zoo, bf16 and fp16, D = 64 and 128, at a length that is not a
+    # multiple of the 128-token blocks.
+    [(f"check_{v}_d{d}" + ("" if dt == "bfloat16" else "_f16"), v, 1, 4, 4, 2100, 2100, d, dt,
+      DEFAULT)
+     for v in ZOO for d in (128, 64) for dt in ("bfloat16", "float16")]
     + [("check_gqa_causal_d128", "causal", 2, 8, 2, 640, 640, 128, "bfloat16", DEFAULT),
        ("check_full_m300_n1000", "full", 1, 4, 4, 300, 1000, 128, "bfloat16", DEFAULT),
        ("check_causal_m1000_n300", "causal", 1, 4, 4, 1000, 300, 128, "bfloat16", DEFAULT),
