@@ -47,12 +47,10 @@ PERSISTENT_DENSITY = 0.25
 PERSISTENT_CTAS = 132  # the H100's SMs
 
 
-def _prefers_persistent(options: CompileOptions, block_mask, kernel_options) -> bool:
+def _prefers_persistent(options: CompileOptions, block_mask, kernel_options, query, key) -> bool:
     if options.target == "cpu" or block_mask is None or "persistent" in (kernel_options or {}):
         return False
-    visited = int(block_mask.kv_num_blocks.sum())
-    if block_mask.full_kv_num_blocks is not None:
-        visited += int(block_mask.full_kv_num_blocks.sum())
+    visited = checks.check_block_mask(block_mask, query, key)  # memoised per mask
     idx = block_mask.kv_indices
     total = idx.shape[0] * idx.shape[1] * idx.shape[2] * idx.shape[3]
     return visited < PERSISTENT_DENSITY * total
@@ -117,7 +115,7 @@ def _lower_call(query, key, value, score_mod, block_mask, enable_gqa, kernel_opt
     mask = _captured_mask(block_mask) if block_mask is not None else None
     score, mask, captures = frontend.combine(score, mask)
     options = CompileOptions.from_kernel_options(kernel_options, target=_target(query.device))
-    if _prefers_persistent(options, block_mask, kernel_options):
+    if _prefers_persistent(options, block_mask, kernel_options, query, key):
         options = replace(options, persistent=PERSISTENT_CTAS)
     return dict(score_mod=score.ir if score else None, mask_mod=mask.ir if mask else None,
                 block_mask=block_mask, captures=captures, options=options)

@@ -3,6 +3,8 @@ and says what was expected, before anything is compiled or launched."""
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import torch
 
 __all__ = ["block_size", "check_qkv", "check_block_mask", "check_captures", "check_gpu_support"]
@@ -53,8 +55,38 @@ def check_qkv(query, key, value, enable_gqa: bool) -> None:
         )
 
 
-def check_block_mask(block_mask, query, key) -> None:
-    """A BlockMask-like object (ours or torch's) fits q/k and is in range."""
+_MASK_FIELDS = ("kv_num_blocks", "kv_indices", "full_kv_num_blocks", "full_kv_indices")
+_MASK_MEMO_SIZE = 64
+# (storage, version, shape of each mask tensor; q/k geometry) -> (visited
+# block count, the tensors, held so their storage cannot be reused).
+_checked_masks: "OrderedDict[tuple, tuple[int, list]]" = OrderedDict()
+
+
+def check_block_mask(block_mask, query, key) -> int:
+    """A BlockMask-like object (ours or torch's) fits q/k and is in range;
+    returns the number of KV blocks it visits. Memoised on the mask tensors'
+    storage and version counter: a mask reused unchanged across calls is
+    checked once (the checks synchronise with the GPU), and any in-place
+    change to it is checked again."""
+    tensors = [getattr(block_mask, n, None) for n in _MASK_FIELDS]
+    if not all(t is None or isinstance(t, torch.Tensor) for t in tensors):
+        return _check_block_mask(block_mask, query, key)  # raises, naming the field
+    memo = (tuple(None if t is None else (t.data_ptr(), t._version, tuple(t.shape), t.dtype,
+                                          t.device) for t in tensors),
+            tuple(query.shape), query.device, key.shape[2], block_mask.BLOCK_SIZE,
+            tuple(getattr(block_mask, "seq_lengths", None) or ()))
+    hit = _checked_masks.get(memo)
+    if hit is not None:
+        _checked_masks.move_to_end(memo)
+        return hit[0]
+    visited = _check_block_mask(block_mask, query, key)
+    _checked_masks[memo] = (visited, tensors)
+    if len(_checked_masks) > _MASK_MEMO_SIZE:
+        _checked_masks.popitem(last=False)
+    return visited
+
+
+def _check_block_mask(block_mask, query, key) -> int:
     b, hq, m, _ = query.shape
     n = key.shape[2]
     seq = getattr(block_mask, "seq_lengths", None)
@@ -68,6 +100,7 @@ def check_block_mask(block_mask, query, key) -> None:
     pairs = [("kv_num_blocks", "kv_indices")]
     if getattr(block_mask, "full_kv_num_blocks", None) is not None:
         pairs.append(("full_kv_num_blocks", "full_kv_indices"))
+    visited = 0
     for num_name, idx_name in pairs:
         num, idx = getattr(block_mask, num_name), getattr(block_mask, idx_name)
         for name, t, rank in ((num_name, num, 3), (idx_name, idx, 4)):
@@ -109,6 +142,8 @@ def check_block_mask(block_mask, query, key) -> None:
                 f"block_mask.{idx_name} lists KV blocks in [{int(used.min())}, {int(used.max())}], "
                 f"outside [0, {kb}) for key length {n} and KV block size {bkv}"
             )
+        visited += int(num.sum())
+    return visited
 
 
 def check_captures(captures, device) -> None:

@@ -110,3 +110,19 @@ def test_options_validation():
         CompileOptions(target="tpu")
     with pytest.raises(ValueError, match="kernel_options: unknown option 'BLOCKM'"):
         CompileOptions.from_kernel_options({"BLOCKM": 64})
+
+
+def test_block_mask_checks_are_memoised_but_see_in_place_changes():
+    """A mask reused unchanged is checked once (the checks sync with the
+    GPU); an in-place edit bumps its version and is checked again."""
+    from flexattn_mlir import checks
+
+    q, k, v = qkv(k=(1, 4, 32, 16), v=(1, 4, 32, 16))
+    num = torch.full((1, 1, 2), 2, dtype=torch.int32)
+    idx = torch.tensor([[[[0, 1], [0, 1]]]], dtype=torch.int32)
+    mask = _Mask(num, idx)
+    assert checks.check_block_mask(mask, q, k) == 4
+    assert checks.check_block_mask(mask, q, k) == 4  # memo hit
+    idx[0, 0, 1, 1] = 9  # in place: version bump
+    with pytest.raises(ValueError, match=r"lists KV blocks in \[0, 9\]"):
+        fm.attention(q, k, v, block_mask=mask)

@@ -133,12 +133,13 @@ def test_sparse_block_masks_pick_persistent_ctas():
     from flexattn_mlir.api import PERSISTENT_CTAS, _prefers_persistent
 
     gpu = CompileOptions(target="sm_90a")
+    qk = torch.empty(1, 1, 2048, 64)
     window = fm.create_block_mask(lambda b, h, q, kv: (q >= kv) & (q - kv < 128), None, None,
                                   2048, 2048)
     causal = fm.create_block_mask(lambda b, h, q, kv: q >= kv, None, None, 2048, 2048)
-    assert _prefers_persistent(gpu, window, None)
-    assert not _prefers_persistent(gpu, causal, None)
-    assert not _prefers_persistent(gpu, window, {"persistent": 0})
-    assert not _prefers_persistent(CompileOptions(), window, None)  # CPU
-    assert not _prefers_persistent(gpu, None, None)
+    assert _prefers_persistent(gpu, window, None, qk, qk)
+    assert not _prefers_persistent(gpu, causal, None, qk, qk)
+    assert not _prefers_persistent(gpu, window, {"persistent": 0}, qk, qk)
+    assert not _prefers_persistent(CompileOptions(), window, None, qk, qk)  # CPU
+    assert not _prefers_persistent(gpu, None, None, qk, qk)
     assert PERSISTENT_CTAS == 132
