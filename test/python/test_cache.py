@@ -127,12 +127,8 @@ def test_shape_change_compiles_again(monkeypatch, tmp_path):
 # Across processes: the disk cache
 # ---------------------------------------------------------------------------
 
-# flexattn_mlir first (before anything can import torch_mlir).
-SCRIPT = textwrap.dedent("""
-    import hashlib, json, os, sys, time
-    import flexattn_mlir as fm
-    import torch
-
+# The problem SCRIPT solves in a subprocess and _torch_reference with torch.
+SETUP = textwrap.dedent("""
     S, H = 200, 4
     slopes = torch.linspace(0.05, 0.4, H)
 
@@ -144,6 +140,14 @@ SCRIPT = textwrap.dedent("""
 
     g = torch.Generator().manual_seed(1234)
     q, k, v = (torch.randn(2, H, S, 32, generator=g) for _ in range(3))
+""")
+
+# flexattn_mlir first (before anything can import torch_mlir).
+SCRIPT = textwrap.dedent("""
+    import hashlib, json, os, sys, time
+    import flexattn_mlir as fm
+    import torch
+""") + SETUP + textwrap.dedent("""
     bm = fm.create_block_mask(sliding_disk, None, None, S, S)
     barrier = os.environ.get("BARRIER_DIR")
     if barrier:  # start the compiles together
@@ -188,21 +192,13 @@ def _cache_files(cache_dir):
 
 def _torch_reference():
     """What SCRIPT computes, by torch."""
-    S, H = 200, 4
-    slopes = torch.linspace(0.05, 0.4, H)
-
-    def alibi_disk(score, b, h, q_idx, kv_idx):
-        return score + slopes[h] * (kv_idx - q_idx) + 0.0625
-
-    def sliding_disk(b, h, q_idx, kv_idx):
-        return (q_idx >= kv_idx) & (q_idx - kv_idx <= 90)
-
-    g = torch.Generator().manual_seed(1234)
-    q, k, v = (torch.randn(2, H, S, 32, generator=g) for _ in range(3))
+    env = {"torch": torch}
+    exec(SETUP, env)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        tbm = tfa.create_block_mask(sliding_disk, None, None, S, S, device="cpu")
-    return torch_flex(q, k, v, score_mod=alibi_disk, block_mask=tbm)
+        tbm = tfa.create_block_mask(env["sliding_disk"], None, None, env["S"], env["S"],
+                                    device="cpu")
+    return torch_flex(env["q"], env["k"], env["v"], score_mod=env["alibi_disk"], block_mask=tbm)
 
 
 @pytest.fixture(scope="module")
