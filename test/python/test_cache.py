@@ -318,25 +318,10 @@ def test_load_kernel_finds_artifacts(gpu_artifact, monkeypatch, tmp_path):
     assert gpu.load_kernel(key) is None
 
 
-def test_attention_looks_up_the_artifact_key(gpu_artifact):
-    """The spec flex_attention builds for bf16 [1, 2, 256, 64] q/k/v and a
-    causal create_block_mask is the spec zoo.spec built (so the same key)."""
-    from flexattn_mlir.api import _lower_call
-
-    _, spec, options, _ = gpu_artifact
-    q = torch.randn(1, 2, 256, 64, dtype=torch.bfloat16)
-    _, mask_mod = zoo.make("causal", 2, 256)
-    call = _lower_call(q, q, q, None, fm.create_block_mask(mask_mod, None, None, 256, 256),
-                       False, None)
-    call.pop("options")
-    ours = fm.attention_spec(q, q, q, **call)
-    assert ours == spec
-    gpu_options = fm.CompileOptions.from_kernel_options(None, target="sm_90a")
-    assert gpu_options == options
-
-
 def test_flex_attention_key_equals_artifact_key(gpu_artifact):
-    """A spec's name (zoo.spec names it after the variant, flex_attention
+    """The spec flex_attention builds for bf16 [1, 2, 256, 64] q/k/v and a
+    causal create_block_mask is the spec zoo.spec built, and has the same
+    key: the spec's name (zoo.spec names it after the variant, flex_attention
     'flexattn') must not enter the key, or FLEXATTN_ARTIFACTS lookups miss."""
     from flexattn_mlir.api import _lower_call
 
@@ -347,6 +332,8 @@ def test_flex_attention_key_equals_artifact_key(gpu_artifact):
                        False, None)
     call.pop("options")
     ours = fm.attention_spec(q, q, q, **call)
+    assert ours == spec
+    assert fm.CompileOptions.from_kernel_options(None, target="sm_90a") == options
     assert aot.artifact_key(ours, options) == entry["key"]
 
 
