@@ -3,6 +3,9 @@ before anything is compiled; invalid IR raises CompilationError."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -126,3 +129,46 @@ def test_block_mask_checks_are_memoised_but_see_in_place_changes():
     idx[0, 0, 1, 1] = 9  # in place: version bump
     with pytest.raises(ValueError, match=r"lists KV blocks in \[0, 9\]"):
         fm.attention(q, k, v, block_mask=mask)
+
+
+# -- import order: torch_mlir's LLVM loaded before ours breaks the JIT ----------
+
+_IMPORT_SCRIPT = """
+import sys
+{first}
+try:
+    import flexattn_mlir as fm
+except ImportError as err:
+    print("IMPORT-ERROR:", err)
+    sys.exit(3)
+import torch
+from torch.nn.attention import flex_attention as tfa
+tfa._FLEX_ATTENTION_DISABLE_COMPILE_DEBUG = True
+q, k, v = (torch.randn(1, 2, 64, 16) for _ in range(3))
+soft = lambda s, b, h, qi, kv: 5.0 * torch.tanh(s / 5.0) + torch.exp(-(qi - kv).abs() * 0.1)
+ours = fm.flex_attention(q, k, v, score_mod=soft)
+ref = tfa.flex_attention(q, k, v, score_mod=soft)
+torch.testing.assert_close(ours, ref, atol=2e-5, rtol=1e-5)
+print("MATCH")
+"""
+
+
+@pytest.mark.parametrize("first,ok", [
+    ("from torch_mlir import fx", False),     # torch-mlir's LLVM first: refused
+    ("import torch_mlir", True),              # the bare package loads no LLVM
+    ("import mlir.ir\nfrom torch_mlir import fx", True),  # ours first: fine
+])
+def test_torch_mlir_imported_first(tmp_path, first, ok):
+    """Importing torch_mlir (its native libraries) before flexattn_mlir used
+    to end in "JIT session error: Symbols not found" at the first CPU call;
+    now the import says what to do, and every working order computes right."""
+    script = tmp_path / "order.py"
+    script.write_text(_IMPORT_SCRIPT.format(first=first))
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=300, cwd=tmp_path)
+    if ok:
+        assert proc.returncode == 0 and "MATCH" in proc.stdout, proc.stdout + proc.stderr
+    else:
+        assert proc.returncode == 3, proc.stdout + proc.stderr
+        assert "IMPORT-ERROR: flexattn_mlir must be imported before torch_mlir" in proc.stdout
+        assert "Import flexattn_mlir (or mlir.ir) before the first" in proc.stdout
