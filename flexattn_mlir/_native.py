@@ -41,7 +41,7 @@ def _check_import_order() -> None:
 _check_import_order()
 from mlir import ir  # noqa: E402
 
-__all__ = ["register", "new_context", "tool_path", "source_hash"]
+__all__ = ["register", "new_context", "tool_path", "source_hash", "flexattn_opt_main"]
 
 
 class _Handle(ctypes.Structure):
@@ -111,3 +111,14 @@ def tool_path(name: str = "flexattn-opt") -> Path:
         if candidate.exists():
             return candidate
     raise FileNotFoundError(f"{name} was not built with this flexattn_mlir install")
+
+
+def flexattn_opt_main() -> None:
+    """The ``flexattn-opt`` console command: runs the binary shipped in
+    ``flexattn_mlir/_bin`` (it stays there, beside the MLIR/LLVM libraries
+    its RPATH names) with the command's arguments."""
+    try:
+        exe = tool_path()
+    except FileNotFoundError as err:
+        sys.exit(f"flexattn-opt: {err}")
+    os.execv(exe, [str(exe), *sys.argv[1:]])

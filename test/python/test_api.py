@@ -439,6 +439,22 @@ def test_cli_stage(tmp_path):
     assert "compiled in" in proc.stderr
 
 
+def test_flexattn_opt_command(tmp_path):
+    """`pip install .` puts flexattn-opt on PATH (a console script that runs
+    the binary shipped in flexattn_mlir/_bin)."""
+    src = tmp_path / "attn.mlir"
+    src.write_text(fm.attention_spec(*(torch.randn(1, 2, 80, 16) for _ in range(3))).to_mlir())
+    exe = os.path.join(os.path.dirname(sys.executable), "flexattn-opt")
+    proc = subprocess.run([exe, str(src), "--flexattn-tile"], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "scf.parallel" in proc.stdout and "flexattn.kv_loop" in proc.stdout
+    assert "flexattn.attention" not in proc.stdout
+    bad = subprocess.run([exe, str(src), "--no-such-pass"], capture_output=True, text=True,
+                         timeout=120)
+    assert bad.returncode != 0 and "no-such-pass" in bad.stderr
+
+
 # -- regressions found in review ------------------------------------------------
 
 class _WindowConfig:
