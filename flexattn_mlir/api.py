@@ -9,6 +9,7 @@ through the ExecutionEngine, CUDA tensors through flexattn_runtime).
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import replace
 from typing import Callable, Optional
 
@@ -113,12 +114,21 @@ def _lower_call(query, key, value, score_mod, block_mask, enable_gqa, kernel_opt
         block_mask = BlockMask.from_torch(block_mask)
     score = frontend.capture_score_mod(score_mod) if score_mod is not None else None
     mask = _captured_mask(block_mask) if block_mask is not None else None
+    names = [m.name for m in (score, mask) if m is not None]
     score, mask, captures = frontend.combine(score, mask)
     options = CompileOptions.from_kernel_options(kernel_options, target=_target(query.device))
     if _prefers_persistent(options, block_mask, kernel_options, query, key):
         options = replace(options, persistent=PERSISTENT_CTAS)
     return dict(score_mod=score.ir if score else None, mask_mod=mask.ir if mask else None,
-                block_mask=block_mask, captures=captures, options=options)
+                block_mask=block_mask, captures=captures, options=options,
+                name=_variant_name(names))
+
+
+def _variant_name(mod_names) -> str:
+    """The kernel's label: the mods' Python names (``alibi_causal``),
+    ``flexattn`` without mods."""
+    parts = [re.sub(r"\W+", "_", n).strip("_") or "mod" for n in mod_names]
+    return "_".join(parts) or "flexattn"
 
 
 def compile_flex_attention(query, key, value, score_mod=None, block_mask=None, scale=None,

@@ -57,11 +57,12 @@ def build_spec(query, key, value, *, score_mod, mask_mod, block_mask, captures,
 def kernel_for(spec: AttentionSpec, opts: CompileOptions):
     """The kernel of (spec, opts): from this process's table, else the disk
     cache (or, for GPUs, an artifact store), else compiled (and stored).
-    With FLEXATTN_DUMP_IR or FLEXATTN_OVERRIDE_IR set, every call compiles
-    afresh and caches nothing: the stages are dumped, and an overridden
-    stage never reaches the caches."""
+    FLEXATTN_DUMP_IR dumps the stages of the kernels that are compiled (a
+    cache hit stays a hit). With FLEXATTN_OVERRIDE_IR set, every call
+    compiles afresh and caches nothing: an overridden stage never reaches
+    the caches."""
     key = cache.kernel_key(spec.digest(), opts.digest())
-    if os.environ.get("FLEXATTN_DUMP_IR") or os.environ.get("FLEXATTN_OVERRIDE_IR"):
+    if os.environ.get("FLEXATTN_OVERRIDE_IR"):
         return _load_or_compile(spec, opts, key, use_cache=False)
     with _lock:
         kernel = _kernels.get(key)
@@ -110,7 +111,7 @@ def _check_mod(name: str, mod, kind: str, n_captures: int) -> None:
 
 
 def _prepare(query, key, value, *, score_mod, mask_mod, block_mask, captures, scale,
-             enable_gqa, return_lse):
+             enable_gqa, return_lse, name):
     """Checks the arguments and returns (spec, contiguous q/k/v, captures)."""
     checks.check_qkv(query, key, value, enable_gqa)
     captures = [c.contiguous() for c in captures]
@@ -126,18 +127,18 @@ def _prepare(query, key, value, *, score_mod, mask_mod, block_mask, captures, sc
     q, k, v = query.contiguous(), key.contiguous(), value.contiguous()
     spec = build_spec(q, k, v, score_mod=score_mod, mask_mod=mask_mod,
                       block_mask=block_mask, captures=captures, scale=scale,
-                      return_lse=return_lse)
+                      return_lse=return_lse, name=name)
     return spec, (q, k, v), captures
 
 
 def attention_spec(query, key, value, *, score_mod=None, mask_mod=None, block_mask=None,
                    captures=(), scale=None, enable_gqa=False, return_lse=False,
-                   options=None) -> AttentionSpec:
+                   options=None, name="flexattn") -> AttentionSpec:
     """The :class:`AttentionSpec` :func:`attention` would compile for these
     arguments (for :func:`flexattn_mlir.compile` and inspection)."""
     spec, _, _ = _prepare(query, key, value, score_mod=score_mod, mask_mod=mask_mod,
                           block_mask=block_mask, captures=captures, scale=scale,
-                          enable_gqa=enable_gqa, return_lse=return_lse)
+                          enable_gqa=enable_gqa, return_lse=return_lse, name=name)
     return spec
 
 
@@ -159,6 +160,7 @@ def attention(
     enable_gqa: bool = False,
     return_lse: bool = False,
     options: Optional[CompileOptions] = None,
+    name: str = "flexattn",
 ):
     """softmax(mods(scale * Q Kᵀ)) V with the mods given as IR.
 
@@ -166,11 +168,13 @@ def attention(
     (``kv_num_blocks``, ``kv_indices``, optional ``full_kv_*``,
     ``BLOCK_SIZE``). ``captures`` are the buffers the mods' trailing block
     arguments receive. Non-contiguous inputs are copied to contiguous ones.
-    Returns ``out`` or ``(out, lse)``; lse is float32, natural log.
+    ``name`` labels the kernel (IR dumps, messages); it does not enter the
+    cache key. Returns ``out`` or ``(out, lse)``; lse is float32, natural log.
     """
     spec, (q, k, v), captures = _prepare(
         query, key, value, score_mod=score_mod, mask_mod=mask_mod, block_mask=block_mask,
-        captures=captures, scale=scale, enable_gqa=enable_gqa, return_lse=return_lse)
+        captures=captures, scale=scale, enable_gqa=enable_gqa, return_lse=return_lse,
+        name=name)
     if options is None:
         options = CompileOptions(target="cpu" if query.device.type == "cpu" else "sm_90a")
     if options.target != "cpu":

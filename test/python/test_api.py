@@ -31,7 +31,7 @@ import torch
 from torch.nn.attention import flex_attention as tfa
 
 import flexattn_mlir as fm
-from flexattn_mlir import zoo
+from flexattn_mlir import CompileOptions, zoo
 
 tfa._FLEX_ATTENTION_DISABLE_COMPILE_DEBUG = True
 
@@ -543,15 +543,36 @@ def test_zero_head_dim_is_a_clear_error():
         fm.flex_attention(q, q, q)
 
 
-def test_dump_ir_bypasses_the_caches(tmp_path, monkeypatch):
-    """Setting FLEXATTN_DUMP_IR dumps every stage even for a kernel compiled
-    before (and such compilations are not cached)."""
+def test_dump_ir_names_each_kernel_and_keeps_cache_hits(tmp_path, monkeypatch):
+    """FLEXATTN_DUMP_IR writes the stages of every kernel compiled, named
+    <variant>-<key prefix>.<stage>.mlir (the mods' names), so two kernels do
+    not overwrite each other; a kernel already compiled is a cache hit (no
+    recompilation, nothing dumped)."""
+    from flexattn_mlir import driver
+
     q = torch.randn(1, 1, 48, 16)
-    fm.flex_attention(q, q, q)  # compiled and cached
+    fm.flex_attention(q, q, q)  # compiled and cached before dumping
     monkeypatch.setenv("FLEXATTN_DUMP_IR", str(tmp_path))
+    before = fm.attention_compile_count()
     fm.flex_attention(q, q, q)
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        f"flexattn.{s}.mlir" for s in ["flexattn", "tiled", "sparse", "fused", "inlined", "loops", "llvm"])
+    assert fm.attention_compile_count() == before and not list(tmp_path.iterdir())
+
+    def dump_bias(score, b, h, q_idx, kv_idx):
+        return score + (q_idx - kv_idx) * 0.25
+
+    fm.flex_attention(q, q, q, score_mod=dump_bias, block_mask=fm.create_block_mask(
+        causal, None, None, 48, 48, BLOCK_SIZE=16))
+    fm.flex_attention(q[..., :8], q[..., :8], q[..., :8], score_mod=dump_bias)
+    assert fm.attention_compile_count() == before + 2
+    stages = ["flexattn", "tiled", "sparse", "fused", "inlined", "loops", "llvm"]
+    names = sorted(p.name for p in tmp_path.iterdir())
+    kernels = sorted({n.split(".")[0] for n in names})
+    assert len(kernels) == 2 and names == sorted(f"{k}.{s}.mlir" for k in kernels for s in stages)
+    assert kernels[0].startswith("dump_bias-") and kernels[1].startswith("dump_bias_causal-")
+    spec = fm.attention_spec(q, q, q, name="x")
+    assert driver.kernel_name(spec, CompileOptions()).startswith("x-")
+    fm.flex_attention(q[..., :8], q[..., :8], q[..., :8], score_mod=dump_bias)  # a hit again
+    assert fm.attention_compile_count() == before + 2 and len(list(tmp_path.iterdir())) == 14
 
 
 def test_torch_backward_kernel_options_are_ignored():
