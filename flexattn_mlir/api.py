@@ -115,13 +115,14 @@ def _lower_call(query, key, value, score_mod, block_mask, enable_gqa, kernel_opt
     score = frontend.capture_score_mod(score_mod) if score_mod is not None else None
     mask = _captured_mask(block_mask) if block_mask is not None else None
     names = [m.name for m in (score, mask) if m is not None]
+    labels = frontend.capture_labels(score, mask)
     score, mask, captures = frontend.combine(score, mask)
     options = CompileOptions.from_kernel_options(kernel_options, target=_target(query.device))
     if _prefers_persistent(options, block_mask, kernel_options, query, key):
         options = replace(options, persistent=PERSISTENT_CTAS)
     return dict(score_mod=score.ir if score else None, mask_mod=mask.ir if mask else None,
                 block_mask=block_mask, captures=captures, options=options,
-                name=_variant_name(names))
+                name=_variant_name(names), capture_labels=labels)
 
 
 def _variant_name(mod_names) -> str:
@@ -143,6 +144,7 @@ def compile_flex_attention(query, key, value, score_mod=None, block_mask=None, s
 
     call = _lower_call(query, key, value, score_mod, block_mask, enable_gqa, kernel_options)
     options = call.pop("options")
+    del call["capture_labels"]  # messages of a call; nothing runs here
     if target is not None:
         options = CompileOptions(**{**options.__dict__, "target": target,
                                     "tile_q": 0, "tile_kv": 0})

@@ -142,6 +142,24 @@ def attention_spec(query, key, value, *, score_mod=None, mask_mod=None, block_ma
     return spec
 
 
+def _forward_only(query, key, value, captures, capture_labels) -> None:
+    """No backward pass exists yet: in grad mode, an input that requires
+    grad would get a result detached from it (its gradients silently lost),
+    so the call raises instead. The autograd path replaces this check."""
+    if not torch.is_grad_enabled():
+        return
+    labels = list(capture_labels) + [f"captures[{i}]" for i in range(len(capture_labels),
+                                                                     len(captures))]
+    named = [("query", query), ("key", key), ("value", value), *zip(labels, captures)]
+    for label, t in named:
+        if t.requires_grad:
+            raise NotImplementedError(
+                f"flexattn_mlir: the backward pass is not implemented yet, but {label} "
+                f"requires grad (and grad mode is on): the result could not carry its "
+                f"gradient. Call under torch.no_grad() or torch.inference_mode(), or pass "
+                f"detached tensors")
+
+
 def attention_compile_count() -> int:
     """How many kernels this process has compiled (cache misses)."""
     return compile_count
@@ -161,6 +179,7 @@ def attention(
     return_lse: bool = False,
     options: Optional[CompileOptions] = None,
     name: str = "flexattn",
+    capture_labels: Sequence[str] = (),
 ):
     """softmax(mods(scale * Q Kᵀ)) V with the mods given as IR.
 
@@ -168,13 +187,16 @@ def attention(
     (``kv_num_blocks``, ``kv_indices``, optional ``full_kv_*``,
     ``BLOCK_SIZE``). ``captures`` are the buffers the mods' trailing block
     arguments receive. Non-contiguous inputs are copied to contiguous ones.
-    ``name`` labels the kernel (IR dumps, messages); it does not enter the
-    cache key. Returns ``out`` or ``(out, lse)``; lse is float32, natural log.
+    ``name`` labels the kernel (IR dumps, messages) and ``capture_labels``
+    the captures (messages); neither enters the cache key. Returns ``out`` or
+    ``(out, lse)``; lse is float32, natural log. There is no backward pass
+    yet: in grad mode, inputs that require grad are an error.
     """
     spec, (q, k, v), captures = _prepare(
         query, key, value, score_mod=score_mod, mask_mod=mask_mod, block_mask=block_mask,
         captures=captures, scale=scale, enable_gqa=enable_gqa, return_lse=return_lse,
         name=name)
+    _forward_only(query, key, value, captures, capture_labels)
     if options is None:
         options = CompileOptions(target="cpu" if query.device.type == "cpu" else "sm_90a")
     if options.target != "cpu":
