@@ -109,8 +109,11 @@ int64_t ceilDivOrDynamic(int64_t a, int64_t b) {
 }
 
 /// q [B,Hq,M,D], k [B,Hkv,N,D], v [B,Hkv,N,Dv]: ranks, dtypes, and the
-/// dimensions they share. Used by every op that reads q/k/v.
-LogicalResult verifyQKV(Operation *op, Value q, Value k, Value v) {
+/// dimensions they share. Used by every op that reads q/k/v; with
+/// `kvBatchBroadcast` (flexattn.attention), k and v may also have batch 1,
+/// shared by every query batch.
+LogicalResult verifyQKV(Operation *op, Value q, Value k, Value v,
+                        bool kvBatchBroadcast = false) {
   auto elemOk = [](Type t) { return isAttentionElementType(t); };
   if (failed(checkMemRef(op, q, "q", 4, "[B, Hq, M, D]", elemOk, "f32, f16 or bf16")) ||
       failed(checkMemRef(op, k, "k", 4, "[B, Hkv, N, D]", elemOk, "f32, f16 or bf16")) ||
@@ -127,9 +130,15 @@ LogicalResult verifyQKV(Operation *op, Value q, Value k, Value v) {
                              << ") must match q element type ("
                              << qt.getElementType() << ")";
   auto qs = qt.getShape(), ks = kt.getShape(), vs = vt.getShape();
-  if (failed(checkDim(op, ks[0], qs[0], "k batch size")) ||
-      failed(checkDim(op, vs[0], qs[0], "v batch size")) ||
-      failed(checkDim(op, ks[3], qs[3], "k head dim D")) ||
+  for (auto [role, size] : {std::pair<StringRef, int64_t>{"k", ks[0]}, {"v", vs[0]}}) {
+    if (kvBatchBroadcast && size == 1)
+      continue;
+    if (!dimsAgree(size, qs[0]))
+      return op->emitOpError()
+             << role << " batch size (" << size << ") must match " << qs[0]
+             << (kvBatchBroadcast ? " or be 1 (broadcast)" : "");
+  }
+  if (failed(checkDim(op, ks[3], qs[3], "k head dim D")) ||
       failed(checkDim(op, vs[1], ks[1], "v head count")) ||
       failed(checkDim(op, vs[2], ks[2], "v sequence length N")))
     return failure();
@@ -358,7 +367,7 @@ LogicalResult mlir::flexattn::verifyModRegions(Operation *op) {
 //===----------------------------------------------------------------------===//
 
 LogicalResult AttentionOp::verify() {
-  if (failed(verifyQKV(*this, getQ(), getK(), getV())) ||
+  if (failed(verifyQKV(*this, getQ(), getK(), getV(), /*kvBatchBroadcast=*/true)) ||
       failed(verifyOutputs(*this, getQ(), getV(), getOut(), getLse())))
     return failure();
   if (!getKvNumBlocks() && getBlockSize())

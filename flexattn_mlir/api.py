@@ -144,10 +144,9 @@ def compile_flex_attention(query, key, value, score_mod=None, block_mask=None, s
 
     call = _lower_call(query, key, value, score_mod, block_mask, enable_gqa, kernel_options)
     options = call.pop("options")
-    del call["capture_labels"]  # messages of a call; nothing runs here
     if target is not None:
         options = CompileOptions(**{**options.__dict__, "target": target,
                                     "tile_q": 0, "tile_kv": 0})
     spec = attention_spec(query, key, value, scale=scale, enable_gqa=enable_gqa,
-                          return_lse=return_lse, **call)
+                          return_lse=return_lse, options=options, **call)
     return driver.compile(spec, options)

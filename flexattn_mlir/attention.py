@@ -110,10 +110,18 @@ def _check_mod(name: str, mod, kind: str, n_captures: int) -> None:
         )
 
 
+def _options(query, options: Optional[CompileOptions]) -> CompileOptions:
+    if options is not None:
+        return options
+    return CompileOptions(target="cpu" if query.device.type == "cpu" else "sm_90a")
+
+
 def _prepare(query, key, value, *, score_mod, mask_mod, block_mask, captures, scale,
-             enable_gqa, return_lse, name):
-    """Checks the arguments and returns (spec, contiguous q/k/v, captures)."""
+             enable_gqa, return_lse, name, options):
+    """Checks the arguments and returns (spec, contiguous q/k/v, captures,
+    options: the device's default when None)."""
     checks.check_qkv(query, key, value, enable_gqa)
+    options = _options(query, options)
     captures = [c.contiguous() for c in captures]
     checks.check_captures(captures, query.device)
     _check_mod("score_mod", score_mod, "score", len(captures))
@@ -125,20 +133,29 @@ def _prepare(query, key, value, *, score_mod, mask_mod, block_mask, captures, sc
     elif not isinstance(scale, (int, float)) or not math.isfinite(scale):
         raise TypeError(f"scale must be a finite float, got {scale!r}")
     q, k, v = query.contiguous(), key.contiguous(), value.contiguous()
+    if options.target != "cpu":
+        # K/V of batch 1 shared by the query batch: the CPU kernel reads them
+        # in place (flexattn-tile's batch-stride-0 view). The GPU kernel loads
+        # K/V through TMA descriptors of its arguments and reads no such view,
+        # so for the GPU they are expanded here (a copy).
+        k, v = (t.expand(q.shape[0], -1, -1, -1).contiguous() for t in (k, v))
     spec = build_spec(q, k, v, score_mod=score_mod, mask_mod=mask_mod,
                       block_mask=block_mask, captures=captures, scale=scale,
                       return_lse=return_lse, name=name)
-    return spec, (q, k, v), captures
+    return spec, (q, k, v), captures, options
 
 
 def attention_spec(query, key, value, *, score_mod=None, mask_mod=None, block_mask=None,
                    captures=(), scale=None, enable_gqa=False, return_lse=False,
-                   options=None, name="flexattn") -> AttentionSpec:
+                   options=None, name="flexattn", capture_labels=()) -> AttentionSpec:
     """The :class:`AttentionSpec` :func:`attention` would compile for these
-    arguments (for :func:`flexattn_mlir.compile` and inspection)."""
-    spec, _, _ = _prepare(query, key, value, score_mod=score_mod, mask_mod=mask_mod,
-                          block_mask=block_mask, captures=captures, scale=scale,
-                          enable_gqa=enable_gqa, return_lse=return_lse, name=name)
+    arguments (for :func:`flexattn_mlir.compile` and inspection); it takes
+    :func:`attention`'s arguments (``capture_labels``, for messages of a
+    run, does not matter here)."""
+    spec, _, _, _ = _prepare(query, key, value, score_mod=score_mod, mask_mod=mask_mod,
+                             block_mask=block_mask, captures=captures, scale=scale,
+                             enable_gqa=enable_gqa, return_lse=return_lse, name=name,
+                             options=options)
     return spec
 
 
@@ -192,13 +209,11 @@ def attention(
     ``(out, lse)``; lse is float32, natural log. There is no backward pass
     yet: in grad mode, inputs that require grad are an error.
     """
-    spec, (q, k, v), captures = _prepare(
+    spec, (q, k, v), captures, options = _prepare(
         query, key, value, score_mod=score_mod, mask_mod=mask_mod, block_mask=block_mask,
         captures=captures, scale=scale, enable_gqa=enable_gqa, return_lse=return_lse,
-        name=name)
+        name=name, options=options)
     _forward_only(query, key, value, captures, capture_labels)
-    if options is None:
-        options = CompileOptions(target="cpu" if query.device.type == "cpu" else "sm_90a")
     if options.target != "cpu":
         checks.check_gpu_support(q, v, block_mask, options)
     kernel = kernel_for(spec, options)

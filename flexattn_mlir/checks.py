@@ -38,8 +38,9 @@ def check_qkv(query, key, value, enable_gqa: bool) -> None:
     (b, hq, _, d), (bk, hkv, n, dk), (bv, hv, nv, dv) = query.shape, key.shape, value.shape
     if d == 0 or dv == 0:
         raise ValueError(f"query/value head dims must be positive, got D={d}, Dv={dv}")
-    if bk != b or bv != b:
-        raise ValueError(f"key/value batch sizes ({bk}, {bv}) must match query batch size {b}")
+    if bk not in (1, b) or bv not in (1, b):
+        raise ValueError(f"key/value batch sizes ({bk}, {bv}) must each match query batch size "
+                         f"{b} or be 1 (shared by every query batch)")
     if dk != d:
         raise ValueError(f"key head dim {dk} must match query head dim {d}")
     if hv != hkv or nv != n:

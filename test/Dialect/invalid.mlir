@@ -10,8 +10,8 @@
 //   q/k/v (verifyQKV, every op that reads them):
 //     k element type (<t>) must match q element type (<t>)
 //     v element type (<t>) must match q element type (<t>)
-//     k batch size / v batch size / k head dim D / v head count /
-//       v sequence length N (<got>) must match <want>
+//     k batch size / v batch size (<got>) must match <B> [or be 1 (broadcast)]
+//     k head dim D / v head count / v sequence length N (<got>) must match <want>
 //     q head count (<Hq>) must be a multiple of the k/v head count (<Hkv>) for
 //       grouped-query attention
 //   out/lse (verifyOutputs, attention):
@@ -142,7 +142,7 @@ func.func @v_element_type_bf16_must_match(%q: memref<2x8x128x64xf32>, %k: memref
 
 func.func @k_batch_size_3_must_match(%q: memref<2x8x128x64xf32>, %k: memref<3x2x128x64xf32>,
                                      %v: memref<2x2x128x64xf32>, %o: memref<2x8x128x64xf32>) {
-  // expected-error @+1 {{'flexattn.attention' op k batch size (3) must match 2}}
+  // expected-error @+1 {{'flexattn.attention' op k batch size (3) must match 2 or be 1 (broadcast)}}
   flexattn.attention ins(%q, %k, %v : memref<2x8x128x64xf32>, memref<3x2x128x64xf32>, memref<2x2x128x64xf32>) outs(%o : memref<2x8x128x64xf32>)
       attributes {scale = 1.0 : f32}
   return
@@ -150,10 +150,10 @@ func.func @k_batch_size_3_must_match(%q: memref<2x8x128x64xf32>, %k: memref<3x2x
 
 // -----
 
-func.func @v_batch_size_1_must_match(%q: memref<2x8x128x64xf32>, %k: memref<2x2x128x64xf32>,
-                                     %v: memref<1x2x128x64xf32>, %o: memref<2x8x128x64xf32>) {
-  // expected-error @+1 {{'flexattn.attention' op v batch size (1) must match 2}}
-  flexattn.attention ins(%q, %k, %v : memref<2x8x128x64xf32>, memref<2x2x128x64xf32>, memref<1x2x128x64xf32>) outs(%o : memref<2x8x128x64xf32>)
+func.func @v_batch_size_3_must_match(%q: memref<2x8x128x64xf32>, %k: memref<1x2x128x64xf32>,
+                                     %v: memref<3x2x128x64xf32>, %o: memref<2x8x128x64xf32>) {
+  // expected-error @+1 {{'flexattn.attention' op v batch size (3) must match 2 or be 1 (broadcast)}}
+  flexattn.attention ins(%q, %k, %v : memref<2x8x128x64xf32>, memref<1x2x128x64xf32>, memref<3x2x128x64xf32>) outs(%o : memref<2x8x128x64xf32>)
       attributes {scale = 1.0 : f32}
   return
 }
@@ -916,6 +916,32 @@ func.func @q_head_count_8_must_be_3(%q: memref<2x8x128x64xf32>, %k: memref<2x3x1
   // expected-error @+1 {{'flexattn.kv_loop' op q head count (8) must be a multiple of the k/v head count (3) for grouped-query attention}}
   flexattn.kv_loop ins(%q, %k, %v : memref<2x8x128x64xf32>, memref<2x3x128x64xf32>, memref<2x3x128x64xf32>)
       state(%acc, %m, %l : memref<64x64xf32>, memref<64xf32>, memref<64xf32>) at(%i, %i, %i, %i)
+      attributes {scale = 1.0 : f32, tile_size = array<i64: 64, 64>}
+  return
+}
+
+// -----
+
+// Only flexattn.attention broadcasts k/v over the batch (flexattn-tile makes
+// the view the tile ops index by b).
+func.func @kv_loop_k_batch_must_match(%q: memref<2x8x128x64xf32>, %k: memref<1x2x128x64xf32>,
+                                      %v: memref<2x2x128x64xf32>, %acc: memref<64x64xf32>,
+                                      %m: memref<64xf32>, %l: memref<64xf32>, %i: index) {
+  // expected-error @+1 {{'flexattn.kv_loop' op k batch size (1) must match 2}}
+  flexattn.kv_loop ins(%q, %k, %v : memref<2x8x128x64xf32>, memref<1x2x128x64xf32>, memref<2x2x128x64xf32>)
+      state(%acc, %m, %l : memref<64x64xf32>, memref<64xf32>, memref<64xf32>) at(%i, %i, %i, %i)
+      attributes {scale = 1.0 : f32, tile_size = array<i64: 64, 64>}
+  return
+}
+
+// -----
+
+func.func @tile_step_v_batch_must_match(%q: memref<2x8x128x64xf32>, %k: memref<2x2x128x64xf32>,
+                                        %v: memref<1x2x128x64xf32>, %acc: memref<64x64xf32>,
+                                        %m: memref<64xf32>, %l: memref<64xf32>, %i: index) {
+  // expected-error @+1 {{'flexattn.tile_step' op v batch size (1) must match 2}}
+  flexattn.tile_step ins(%q, %k, %v : memref<2x8x128x64xf32>, memref<2x2x128x64xf32>, memref<1x2x128x64xf32>)
+      state(%acc, %m, %l : memref<64x64xf32>, memref<64xf32>, memref<64xf32>) at(%i, %i, %i, %i, %i)
       attributes {scale = 1.0 : f32, tile_size = array<i64: 64, 64>}
   return
 }

@@ -18,6 +18,16 @@ func.func @attention_plain(%q: memref<2x8x128x64xf32>, %k: memref<2x8x128x64xf32
   return
 }
 
+// K/V of batch 1 are shared by every query batch (broadcast).
+// CHECK-LABEL: func.func @attention_kv_batch_broadcast(
+// CHECK:         flexattn.attention ins(%{{.+}}, %{{.+}}, %{{.+}} : memref<3x4x64x16xf32>, memref<1x2x64x16xf32>, memref<1x2x64x8xf32>) outs(%{{.+}} : memref<3x4x64x8xf32>)
+func.func @attention_kv_batch_broadcast(%q: memref<3x4x64x16xf32>, %k: memref<1x2x64x16xf32>,
+                                        %v: memref<1x2x64x8xf32>, %o: memref<3x4x64x8xf32>) {
+  flexattn.attention ins(%q, %k, %v : memref<3x4x64x16xf32>, memref<1x2x64x16xf32>, memref<1x2x64x8xf32>)
+      outs(%o : memref<3x4x64x8xf32>) attributes {scale = 0.25 : f32}
+  return
+}
+
 // CHECK-LABEL: func.func @attention_lse_f16(
 // CHECK-SAME:    %[[Q:[^:]+]]: memref<1x4x100x32xf16>, %[[K:[^:]+]]: memref<1x4x60x32xf16>, %[[V:[^:]+]]: memref<1x4x60x16xf16>, %[[O:[^:]+]]: memref<1x4x100x16xf16>, %[[L:[^:]+]]: memref<1x4x100xf32>)
 // CHECK:         flexattn.attention ins(%[[Q]], %[[K]], %[[V]] : memref<1x4x100x32xf16>, memref<1x4x60x32xf16>, memref<1x4x60x16xf16>) outs(%[[O]] : memref<1x4x100x16xf16>) lse(%[[L]] : memref<1x4x100xf32>) attributes {scale = 1.000000e+00 : f32}{{ *$}}

@@ -122,6 +122,36 @@ def test_gqa_with_score_mod_and_mask():
     torch.testing.assert_close(lse, ref_lse, **F32)
 
 
+@pytest.mark.parametrize("Bq,k_batch,v_batch", [(3, 1, 1), (4, 1, 1), (3, 1, 3), (2, 2, 1)])
+def test_kv_batch_broadcast(Bq, k_batch, v_batch):
+    """Key/value of batch 1 are shared by every query batch (torch accepts it
+    with a block mask of the query's batch), read in place on the CPU."""
+    Hq, Hkv, S, D = 4, 2, 160, 16
+    q = rand(Bq, Hq, S, D)
+    k, v = rand(k_batch, Hkv, S, D), rand(v_batch, Hkv, S, D)
+
+    def batch_bias(score, b, h, q_idx, kv_idx):
+        return score + 0.3 * b - 0.01 * (q_idx - kv_idx)
+
+    ours = fm.flex_attention(q, k, v, score_mod=batch_bias, enable_gqa=True, return_lse=True,
+                             block_mask=fm.create_block_mask(causal, None, None, S, S))
+    ref = torch_flex(q, k, v, score_mod=batch_bias, enable_gqa=True, return_lse=True,
+                     block_mask=torch_block_mask(causal, Bq, None, S, S))
+    for got, want in zip(ours, ref):
+        torch.testing.assert_close(got, want, **F32)
+    # Without a block mask (torch refuses that; expanding K/V gives its answer).
+    out = fm.flex_attention(q, k, v, enable_gqa=True)
+    torch.testing.assert_close(out, torch_flex(q, k.expand(Bq, -1, -1, -1),
+                                               v.expand(Bq, -1, -1, -1), enable_gqa=True), **F32)
+    # The CPU kernel reads the shared batch in place; the GPU path expands it.
+    spec = fm.attention_spec(q, k, v, enable_gqa=True)
+    assert (spec.k.shape[0], spec.v.shape[0]) == (k_batch, v_batch)
+    gpu = fm.attention_spec(q, k, v, enable_gqa=True, options=CompileOptions(target="sm_90a"))
+    assert (gpu.k.shape[0], gpu.v.shape[0]) == (Bq, Bq)
+    if k_batch == 1 and Bq > 1:
+        assert "memref.reinterpret_cast" in fm.compile(spec).ir["tiled"]
+
+
 def test_return_aux_lse():
     B, H, S, D = 2, 4, 160, 32
     q, k, v = (rand(B, H, S, D) for _ in range(3))
