@@ -128,6 +128,7 @@ def _prepare(query, key, value, *, score_mod, mask_mod, block_mask, captures, sc
     _check_mod("mask_mod", mask_mod, "mask", len(captures))
     if block_mask is not None:
         checks.check_block_mask(block_mask, query, key)
+        checks.check_mask_broadcast(block_mask, query, mask_mod)
     if scale is None:
         scale = 1.0 / math.sqrt(query.shape[-1])
     elif not isinstance(scale, (int, float)) or not math.isfinite(scale):

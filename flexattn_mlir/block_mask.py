@@ -30,7 +30,6 @@ import ctypes
 import functools
 import itertools
 import operator
-import re
 import threading
 from typing import Any, Callable, Optional, Union
 
@@ -39,7 +38,7 @@ import torch
 
 from . import _native
 from .checks import block_size
-from .masks import and_masks, decide_blocks, noop_mask, or_masks
+from .masks import and_masks, decide_blocks, noop_mask, or_masks, reads_batch_head
 from .mods import ModIR
 
 __all__ = [
@@ -358,13 +357,16 @@ def create_block_mask(
 
     ``mask_mod`` is a Python mask_mod (captured with the frontend) or a
     :class:`~flexattn_mlir.frontend.CapturedMod`. ``B`` / ``H`` of None give
-    size-1 (broadcast) dims. ``analyze=False`` skips the interval analysis
+    size-1 (broadcast) dims; a mask_mod that reads ``b`` / ``h`` needs the
+    real ``B`` / ``H`` (a ValueError otherwise: its blocks differ per batch /
+    head). ``analyze=False`` skips the interval analysis
     (every block is then evaluated element by element). The signature is
     torch's: ``device`` None means torch's default device; ``_compile`` is
     accepted and ignored (the mask is always compiled here), as are the
     backward-pass ordering flags (no backward pass yet)."""
     from . import frontend
 
+    broadcast_b, broadcast_h = B is None, H is None
     B = 1 if B is None else int(B)
     H = 1 if H is None else int(H)
     Q_LEN, KV_LEN = int(Q_LEN), int(KV_LEN)
@@ -381,6 +383,17 @@ def create_block_mask(
             raise TypeError("create_block_mask needs a mask_mod, got a captured score_mod")
     else:
         captured, python_mod = frontend.capture_mask_mod(mask_mod), mask_mod
+    reads = reads_batch_head(captured.ir)
+    for index, name, broadcast, read in (("b", "B", broadcast_b, reads[0]),
+                                         ("h", "H", broadcast_h, reads[1])):
+        if broadcast and read:
+            raise ValueError(
+                f"create_block_mask: mask_mod {captured.name!r} reads {index} (the "
+                f"{'batch' if index == 'b' else 'head'} index), but {name}=None makes one "
+                f"mask shared by every {'batch' if index == 'b' else 'head'}: it would hold "
+                f"{index}=0's pattern only. Pass {name}=<the query's "
+                f"{'batch size' if index == 'b' else 'number of heads'}> ({name}=1 if there "
+                f"is one)")
 
     device = torch.get_default_device() if device is None else device
     threads = num_threads or torch.get_num_threads()
@@ -399,7 +412,7 @@ def _classify_and_order(captured, B, H, Q_LEN, KV_LEN, bq, bkv, separate_full_bl
     intra-op threads only slow down (barriers; badly so on a loaded machine)."""
     # A mask that never reads b (h) is the same for every batch (head):
     # classify one and broadcast.
-    uses_b, uses_h = _reads_batch_head(captured.ir)
+    uses_b, uses_h = reads_batch_head(captured.ir)
     shape = (B if uses_b else 1, H if uses_h else 1, -(-Q_LEN // bq), -(-KV_LEN // bkv))
     cls = np.full(shape, UNKNOWN, dtype=np.int8)
     captures = [c.detach().to("cpu").contiguous() for c in captured.captures]
@@ -430,19 +443,6 @@ def _classify_and_order(captured, B, H, Q_LEN, KV_LEN, bq, bkv, separate_full_bl
         tensors = [None if t is None else t.expand(B, H, *t.shape[2:]).contiguous()
                    for t in tensors]
     return tensors
-
-
-def _reads_batch_head(mask: ModIR) -> tuple[bool, bool]:
-    """Whether the mask region uses its b and h arguments."""
-    header, _, body = mask.text.partition("\n")
-    names = re.findall(r"(%[\w$.\-]+)\s*:", header)
-    if len(names) < 4:
-        return True, True
-
-    def used(name):
-        return re.search(re.escape(name) + r"(?![\w$.\-])", body) is not None
-
-    return used(names[0]), used(names[1])
 
 
 # ---------------------------------------------------------------------------

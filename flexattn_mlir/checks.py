@@ -7,7 +7,8 @@ from collections import OrderedDict
 
 import torch
 
-__all__ = ["block_size", "check_qkv", "check_block_mask", "check_captures", "check_gpu_support"]
+__all__ = ["block_size", "check_qkv", "check_block_mask", "check_mask_broadcast",
+           "check_captures", "check_gpu_support"]
 
 
 def block_size(bs) -> tuple[int, int]:
@@ -145,6 +146,30 @@ def _check_block_mask(block_mask, query, key) -> int:
             )
         visited += int(num.sum())
     return visited
+
+
+def check_mask_broadcast(block_mask, query, mask_mod) -> None:
+    """A block mask made for B=None / H=None (batch or head dim 1) holds one
+    pattern for every batch / head: wrong for the others when mask_mod (its
+    IR, a ModIR) reads b / h, so such a call is refused."""
+    from .masks import reads_batch_head
+
+    if mask_mod is None:
+        return
+    reads = reads_batch_head(mask_mod)
+    fn = getattr(block_mask, "mask_mod", None)
+    label = f"mask_mod {getattr(fn, '__name__', None) or type(fn).__name__!r}" if fn else "mask_mod"
+    tensors = [getattr(block_mask, n, None) for n in _MASK_FIELDS]
+    for dim, index, arg, what, whats in ((0, "b", "B", "batch", "batches"),
+                                         (1, "h", "H", "head", "heads")):
+        n = query.shape[dim]
+        if not reads[dim] or n == 1 or all(t is None or t.shape[dim] != 1 for t in tensors):
+            continue
+        raise ValueError(
+            f"block_mask is shared by every {what} (its {what} dim is 1: made with {arg}=None "
+            f"or {arg}=1) but its {label} reads {index}, so it lists {index}=0's blocks for "
+            f"all {n} {whats} of the query, skipping blocks the others need. Create it for "
+            f"the query's {whats}: create_block_mask(mask_mod, B, H, ...) with {arg}={n}")
 
 
 def check_captures(captures, device) -> None:

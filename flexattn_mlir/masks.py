@@ -21,7 +21,7 @@ import torch
 
 from .mods import ModIR
 
-__all__ = ["noop_mask", "and_masks", "or_masks", "decide_blocks"]
+__all__ = ["noop_mask", "and_masks", "or_masks", "decide_blocks", "reads_batch_head"]
 
 MaskMod = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -254,6 +254,41 @@ class _Step:
     predicate: Optional[str] = None  # arith.cmpi's
 
 
+def _holder(kind: str, text: str, capture_types: tuple[str, ...]) -> str:
+    """A module holding the mod region ``text`` in a flexattn.apply_mods."""
+    cap_args = "".join(f", %bm_cap{i}: {t}" for i, t in enumerate(capture_types))
+    cap_clause = ""
+    if capture_types:
+        cap_clause = (f" captures({', '.join(f'%bm_cap{i}' for i in range(len(capture_types)))}"
+                      f" : {', '.join(capture_types)})")
+    return (f"func.func @holder(%bm_i: index{cap_args}) -> f32 {{\n"
+            f"  %bm_s = arith.constant 0.0 : f32\n"
+            f"  %bm_r = flexattn.apply_mods %bm_s at(%bm_i, %bm_i, %bm_i, %bm_i){cap_clause} "
+            f"attributes {{masked}} {kind}_mod {{\n{text}\n}} : f32\n"
+            f"  return %bm_r : f32\n}}\n")
+
+
+def _region_block(module, kind: str):
+    """The mod region's block inside a parsed :func:`_holder` module."""
+    apply = list(module.body.operations[0].regions[0].blocks[0].operations)[1]
+    return apply.regions[0 if kind == "score" else 1].blocks[0]
+
+
+@functools.lru_cache(maxsize=256)
+def reads_batch_head(mod: ModIR) -> tuple[bool, bool]:
+    """Whether the mod's IR uses its ``b`` and ``h`` arguments (a mask that
+    does not is the same for every batch / head)."""
+    from mlir import ir
+
+    from . import _native
+
+    first = 1 if mod.kind == "score" else 0
+    with _native.new_context(), ir.Location.unknown():
+        module = ir.Module.parse(_holder(mod.kind, mod.text, mod.capture_types))
+        args = _region_block(module, mod.kind).arguments
+        return tuple(any(True for _ in args[first + i].uses) for i in (0, 1))
+
+
 @functools.lru_cache(maxsize=256)
 def _program(text: str, capture_types: tuple[str, ...]):
     """(arg widths, steps, yielded value id) of a mask region's text."""
@@ -261,20 +296,10 @@ def _program(text: str, capture_types: tuple[str, ...]):
 
     from . import _native
 
-    cap_args = "".join(f", %bm_cap{i}: {t}" for i, t in enumerate(capture_types))
-    cap_clause = ""
-    if capture_types:
-        cap_clause = (f" captures({', '.join(f'%bm_cap{i}' for i in range(len(capture_types)))}"
-                      f" : {', '.join(capture_types)})")
-    holder = (f"func.func @holder(%bm_i: index{cap_args}) -> f32 {{\n"
-              f"  %bm_s = arith.constant 0.0 : f32\n"
-              f"  %bm_r = flexattn.apply_mods %bm_s at(%bm_i, %bm_i, %bm_i, %bm_i){cap_clause} "
-              f"attributes {{masked}} mask_mod {{\n{text}\n}} : f32\n"
-              f"  return %bm_r : f32\n}}\n")
+    holder = _holder("mask", text, capture_types)
     with _native.new_context(), ir.Location.unknown():
         module = ir.Module.parse(holder)
-        apply = list(module.body.operations[0].regions[0].blocks[0].operations)[1]
-        blk = apply.regions[1].blocks[0]
+        blk = _region_block(module, "mask")
         ids: dict = {}
         for a in blk.arguments:
             ids[a] = len(ids)
