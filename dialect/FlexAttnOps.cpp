@@ -328,12 +328,13 @@ LogicalResult verifyRegion(Operation *op, Region &region, StringRef name,
     StringRef ns = inner->getDialect() ? inner->getDialect()->getNamespace() : "";
     // (The region's own terminator is checked below.)
     bool ok = ns == "arith" || ns == "math" || ns == "scf" ||
-              isa<YieldOp, memref::LoadOp>(inner) || inner == &block.back();
+              isa<YieldOp, memref::LoadOp, CheckIndexOp>(inner) ||
+              inner == &block.back();
     if (ok)
       return WalkResult::advance();
-    op->emitOpError() << name << " may only contain arith, math, scf and "
-                      << "memref.load ops (pure scalar code), found '"
-                      << inner->getName() << "'";
+    op->emitOpError() << name << " may only contain arith, math, scf, "
+                      << "memref.load and flexattn.check_index ops (scalar "
+                      << "code), found '" << inner->getName() << "'";
     return WalkResult::interrupt();
   });
   if (foreign.wasInterrupted())
@@ -423,5 +424,37 @@ LogicalResult FinalizeOp::verify() {
       return emitOpError() << "lse must be a 3-D f32 memref [B, Hq, M], got "
                            << lt;
   }
+  return success();
+}
+
+LogicalResult CheckIndexOp::verify() {
+  // (I64Attr getters return unsigned values: read the attributes signed.)
+  int64_t size = getSizeAttr().getInt();
+  if (size <= 0)
+    return emitOpError() << "size must be positive, got " << size;
+  if (getIndex().getType().getIntOrFloatBitWidth() > 64)
+    return emitOpError() << "index must have at most 64 bits, got "
+                         << getIndex().getType();
+  if (auto bounds = getBounds()) {
+    if (bounds->size() != 2 || (*bounds)[0] > (*bounds)[1])
+      return emitOpError() << "bounds must be [lo, hi] with lo <= hi, got "
+                           << shapeStr(*bounds);
+  }
+  if (auto dim = getDimAttr(); dim && dim.getInt() < 0)
+    return emitOpError() << "dim must be non-negative, got " << dim.getInt();
+  if (!getReport()) {
+    if (getSiteAttr())
+      return emitOpError() << "site is given without a report buffer";
+    return success();
+  }
+  auto type = cast<MemRefType>(getReport().getType());
+  if (type.getRank() != 2 || !dimsAgree(type.getShape()[1], 2))
+    return emitOpError() << "report must be a [S, 2] memref of i64, got " << type;
+  if (!getSiteAttr())
+    return emitOpError() << "a report buffer requires the site attribute";
+  int64_t site = getSiteAttr().getInt(), sites = type.getShape()[0];
+  if (site < 0 || (!ShapedType::isDynamic(sites) && site >= sites))
+    return emitOpError() << "site " << site << " is outside the report buffer's "
+                         << sites << " rows";
   return success();
 }

@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from . import cache, checks
+from . import cache, checks, index_checks
 from .mods import ModIR
 from .options import CompileOptions
 from .spec import AttentionSpec, BufferType
@@ -38,8 +38,19 @@ def _mask_tensors(block_mask) -> list[torch.Tensor]:
     return [getattr(block_mask, n).contiguous() for n in names]
 
 
+def index_checked(query, key, score_mod, mask_mod, check_indices: bool):
+    """The mods with their reads of captured tensors proved in bounds or
+    checked for this call's shapes (index_checks.annotate; memoised)."""
+    b, hq, m, _ = query.shape
+    return index_checks.annotate(score_mod, mask_mod, (b, hq, m, key.shape[2]), check_indices)
+
+
 def build_spec(query, key, value, *, score_mod, mask_mod, block_mask, captures,
-               scale, return_lse, name="flexattn") -> AttentionSpec:
+               scale, return_lse, name="flexattn", check_indices=True) -> AttentionSpec:
+    """The spec of a call. Raises IndexError for a provably out-of-bounds read
+    of a captured tensor; ``check_indices``: whether the reads the compiler
+    cannot bound are checked at run time (index_checks.enabled)."""
+    checked = index_checked(query, key, score_mod, mask_mod, check_indices)
     masks = _mask_tensors(block_mask)
     fields = {}
     if block_mask is not None:
@@ -50,7 +61,8 @@ def build_spec(query, key, value, *, score_mod, mask_mod, block_mask, captures,
         q=BufferType.of(query), k=BufferType.of(key), v=BufferType.of(value),
         scale=float(scale), return_lse=bool(return_lse),
         captures=tuple(BufferType.of(c) for c in captures),
-        score_mod=score_mod, mask_mod=mask_mod, name=name, **fields,
+        score_mod=checked.score, mask_mod=checked.mask, name=name,
+        index_report=BufferType(checked.report, "i64") if checked.report else None, **fields,
     )
 
 
@@ -142,7 +154,8 @@ def _prepare(query, key, value, *, score_mod, mask_mod, block_mask, captures, sc
         k, v = (t.expand(q.shape[0], -1, -1, -1).contiguous() for t in (k, v))
     spec = build_spec(q, k, v, score_mod=score_mod, mask_mod=mask_mod,
                       block_mask=block_mask, captures=captures, scale=scale,
-                      return_lse=return_lse, name=name)
+                      return_lse=return_lse, name=name,
+                      check_indices=index_checks.enabled(options.target))
     return spec, (q, k, v), captures, options
 
 
@@ -227,5 +240,13 @@ def attention(
         args.append(lse)
     args += _mask_tensors(block_mask)
     args += [c.view(torch.uint8) if c.dtype == torch.bool else c for c in captures]
+    checked = index_checked(q, k, score_mod, mask_mod, index_checks.enabled(options.target))
+    report = index_checks.report_capture(checked, q.device)
+    if report is not None:
+        args.append(report)
+    elif options.target != "cpu":
+        index_checks.warn_unchecked(checked, options.target)
     kernel(args)
+    if report is not None:
+        index_checks.raise_reported(report, checked)
     return (out, lse) if return_lse else out

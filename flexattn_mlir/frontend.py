@@ -367,8 +367,8 @@ def _capture(fn, kind: str) -> CapturedMod:
             disk_key = _disk_key(walk, kind)
             mod_ir = _load_captured(disk_key)
             if mod_ir is None:
-                mod_ir = _export(functools.partial(_rebuild, walk.plan), walk.tensors, kind,
-                                 label, _count_export)
+                mod_ir = _export(functools.partial(_rebuild, walk.plan), walk.tensors,
+                                 walk.names, kind, label, _count_export)
                 _store_captured(disk_key, mod_ir)
             digest = hashlib.sha256(
                 (mod_ir.digest() + "|" + ",".join(str(t.dtype) for t in walk.tensors)).encode()

@@ -51,6 +51,9 @@ LogicalResult decomposeFinalize(RewriterBase &rewriter, FinalizeOp op);
 
 /// flexattn-inline-mods: apply_mods -> the cloned region bodies.
 LogicalResult inlineMods(RewriterBase &rewriter, ApplyModsOp op);
+/// flexattn-inline-mods: check_index -> the wrap, the bounds check and the
+/// report store (as its bounds and report ask).
+LogicalResult lowerCheckIndex(RewriterBase &rewriter, CheckIndexOp op);
 
 //===----------------------------------------------------------------------===//
 // Helpers shared by the passes (ModRegions.cpp)

@@ -116,7 +116,7 @@ def FlexAttnFuseOnlineSoftmax
 
 def FlexAttnInlineMods : Pass<"flexattn-inline-mods", "::mlir::ModuleOp"> {
   let summary = "Replace flexattn.apply_mods with the bodies of its score_mod "
-                "and mask_mod regions";
+                "and mask_mod regions, and lower their index checks";
   let description = [{
     Clones the score_mod body with its arguments bound to the score, the
     indices (cast from index to the region's index type) and the captured
@@ -138,8 +138,34 @@ def FlexAttnInlineMods : Pass<"flexattn-inline-mods", "::mlir::ModuleOp"> {
     %c = arith.cmpi sge, %qi, %kvi : i32
     %r = arith.select %c, %s, %ninf : f32
     ```
+
+    Then each `flexattn.check_index` the bodies brought into the code becomes
+    torch's indexing: `pos = index < 0 ? index + size : index`; unless its
+    `bounds` prove `-size <= index < size`, `ok = pos <u size`, an `scf.if`
+    storing `[1, index]` into row `site` of its report buffer when not ok,
+    and `pos = ok ? pos : 0`; finally `index_cast pos`.
+
+    Before:
+    ```mlir
+    %i = flexattn.check_index %x of size 4 report(%err : memref<1x2xi64>) {site = 0 : i64} : i64
+    ```
+    After:
+    ```mlir
+    %neg = arith.cmpi slt, %x, %c0_i64 : i64
+    %w = arith.addi %x, %c4_i64 : i64
+    %pos = arith.select %neg, %w, %x : i64
+    %ok = arith.cmpi ult, %pos, %c4_i64 : i64
+    %bad = arith.xori %ok, %true : i1
+    scf.if %bad {
+      memref.store %c1_i64, %err[%c0, %c0] : memref<1x2xi64>
+      memref.store %x, %err[%c0, %c1] : memref<1x2xi64>
+    }
+    %safe = arith.select %ok, %pos, %c0_i64 : i64
+    %i = arith.index_cast %safe : i64 to index
+    ```
   }];
-  let dependentDialects = ["::mlir::arith::ArithDialect"];
+  let dependentDialects = ["::mlir::arith::ArithDialect", "::mlir::scf::SCFDialect",
+                           "::mlir::memref::MemRefDialect"];
 }
 
 def FlexAttnLowerToLoops : Pass<"flexattn-lower-to-loops", "::mlir::ModuleOp"> {

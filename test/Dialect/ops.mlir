@@ -411,3 +411,30 @@ func.func @apply_mods_masked_captures(%s: f32, %b: index, %h: index, %qi: index,
     } : f32
   return %r : f32
 }
+
+//===----------------------------------------------------------------------===//
+// flexattn.check_index
+//===----------------------------------------------------------------------===//
+
+// CHECK-LABEL: func.func @check_index_forms(
+// CHECK:         flexattn.check_index %{{.+}} of size 4 : i64
+// CHECK:         flexattn.check_index %{{.+}} of size 256 {bounds = array<i64: -3, 255>, dim = 1 : i64, source = "doc (shape (2, 256)) in mask_mod 'm'"} : i32
+// CHECK:         flexattn.check_index %{{.+}} of size 8 report(%{{.+}} : memref<2x2xi64>) {site = 1 : i64} : i64
+// In a mod region, reporting into a captured buffer.
+// CHECK:         flexattn.apply_mods
+// CHECK:           %[[I:.+]] = flexattn.check_index %{{.+}} of size 8 report(%{{.+}} : memref<1x2xi64>) {site = 0 : i64} : i32
+// CHECK-NEXT:      memref.load %{{.+}}[%[[I]]] : memref<8xf32>
+func.func @check_index_forms(%x: i64, %y: i32, %r: memref<2x2xi64>, %s: f32, %i: index,
+                             %t: memref<8xf32>, %e: memref<1x2xi64>) -> f32 {
+  %a = flexattn.check_index %x of size 4 : i64
+  %b = flexattn.check_index %y of size 256 {bounds = array<i64: -3, 255>, dim = 1 : i64, source = "doc (shape (2, 256)) in mask_mod 'm'"} : i32
+  %c = flexattn.check_index %x of size 8 report(%r : memref<2x2xi64>) {site = 1 : i64} : i64
+  %v = flexattn.apply_mods %s at(%i, %i, %i, %i) captures(%t, %e : memref<8xf32>, memref<1x2xi64>) score_mod {
+  ^bb0(%sa: f32, %bb: i32, %hh: i32, %qa: i32, %ka: i32, %tt: memref<8xf32>, %ee: memref<1x2xi64>):
+    %k = flexattn.check_index %ka of size 8 report(%ee : memref<1x2xi64>) {site = 0 : i64} : i32
+    %w = memref.load %tt[%k] : memref<8xf32>
+    %z = arith.addf %sa, %w : f32
+    flexattn.yield %z : f32
+  } : f32
+  return %v : f32
+}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 import types
 
 import pytest
@@ -273,9 +274,13 @@ def test_region_is_scalar_ir():
     text = captured.ir.text
     assert text.startswith("^bb0(%score: f32, %b: i32, %h: i32, %q_idx: i32, %kv_idx: i32, "
                            "%cap0: memref<4x32xf32>)")
-    ops = {line.split("=")[-1].split()[0] for line in text.splitlines()[1:] if "=" in line}
-    assert all(op.split(".")[0] in ("arith", "math", "memref") for op in ops), ops
+    ops = {re.match(r"\s*(?:%\S+ = )?([\w.]+)", line).group(1) for line in text.splitlines()[1:]}
+    assert all(op.split(".")[0] in ("arith", "math", "memref") or op == "flexattn.check_index"
+               for op in ops - {"flexattn.yield"}), ops
     assert "memref.load" in ops and "tensor" not in text
+    # The table's two indices (h, the bucket) are checked reads, by name.
+    assert text.count("flexattn.check_index") == 2
+    assert 'source = "T5_TABLE (shape (4, 32)) in score_mod \'t5_bias\'"' in text
     assert text.rstrip().splitlines()[-1].strip().startswith("flexattn.yield")
     # parses and verifies inside a flexattn op
     spec = fm.attention_spec(*[torch.zeros(1, H, 8, 16)] * 3, score_mod=captured.ir,
