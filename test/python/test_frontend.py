@@ -317,6 +317,47 @@ def test_nested_helpers_partials_and_bool_captures(qkv):
     torch.testing.assert_close(out, run_torch(qkv, score=bias, mask=mask), atol=ATOL, rtol=RTOL)
 
 
+def test_captured_elements_returned_or_compared_directly(qkv):
+    """A Hugging Face padding mask (``return keep[b, q_idx, kv_idx]``), a
+    score_mod returning a bias element (float or int), a length per batch
+    compared with kv_idx, a 0-d bool capture returned as is: torch's answer
+    (block masks made for the real B/H where the mod reads b/h)."""
+    g = torch.Generator().manual_seed(4)
+    keep = torch.rand(B, S, S, generator=g) > 0.4
+    keep[:, :, 0] = True
+    bias = torch.randn(H, S, S, generator=g)
+    int_bias = torch.randint(-3, 4, (H, S, S), generator=g, dtype=torch.int32)
+    lengths = torch.tensor([150, S])
+    everything = torch.tensor(True)
+
+    def padding(b, h, q_idx, kv_idx):
+        return keep[b, q_idx, kv_idx]
+
+    def per_batch_length(b, h, q_idx, kv_idx):
+        return lengths[b] > kv_idx
+
+    def constant(b, h, q_idx, kv_idx):
+        return everything
+
+    def bias_element(score, b, h, q_idx, kv_idx):
+        return bias[h, q_idx, kv_idx]
+
+    def int_bias_element(score, b, h, q_idx, kv_idx):
+        return int_bias[h, q_idx, kv_idx]
+
+    for mask in (padding, per_batch_length, constant):
+        ours = fm.flex_attention(*qkv, block_mask=fm.create_block_mask(mask, B, H, S, S))
+        ref = tfa.flex_attention(*qkv, block_mask=tfa.create_block_mask(mask, B, H, S, S,
+                                                                         device="cpu"))
+        torch.testing.assert_close(ours, ref, atol=ATOL, rtol=RTOL)
+    for score in (bias_element, int_bias_element):
+        torch.testing.assert_close(fm.flex_attention(*qkv, score_mod=score),
+                                   tfa.flex_attention(*qkv, score_mod=score),
+                                   atol=ATOL, rtol=RTOL)
+    with pytest.raises(ModCaptureError, match="must return a bool tensor, got torch.float32"):
+        capture_mask_mod(lambda b, h, q_idx, kv_idx: bias[h, q_idx, kv_idx])
+
+
 @pytest.mark.parametrize("mod,kind", [
     (lambda s, b, h, q, kv: q >= kv, "bool"),
     (lambda s, b, h, q, kv: kv - q, "int"),
