@@ -226,18 +226,23 @@ def _is_const(value: ir.Value, v: int) -> bool:
     return _const_int(value) == v
 
 
+def _is_cmp(value: ir.Value, predicate, lhs: ir.Value) -> bool:
+    """Whether ``value`` is ``arith.cmpi predicate, lhs, 0``."""
+    cmp = _op_named(value, "arith.cmpi")
+    return (cmp is not None and ir.IntegerAttr(cmp.attributes["predicate"]).value == predicate
+            and cmp.operands[0] == lhs and _is_const(cmp.operands[1], 0))
+
+
 def _unwrap_select(value: ir.Value, size: int):
     """``select(w >= 0, w, w + size)`` -> w (torch-mlir's second wrap)."""
     sel = _op_named(value, "arith.select")
     if sel is None:
         return None
     cond, w, alt = sel.operands
-    cmp = _op_named(cond, "arith.cmpi")
     add = _op_named(alt, "arith.addi")
-    if (cmp is None or add is None or ir.IntegerAttr(cmp.attributes["predicate"]).value != 5
-            or cmp.operands[0] != w or not _is_const(cmp.operands[1], 0)
+    if (add is None or not _is_cmp(cond, arith.CmpIPredicate.sge, w)
             or _commuted(add, lambda v: _is_const(v, size)) != w):
-        return None  # 5: sge
+        return None
     return w
 
 
@@ -246,17 +251,13 @@ def _unwrap_add(value: ir.Value, size: int):
     add = _op_named(value, "arith.addi")
     if add is None:
         return None
-    for x, term in (add.operands, reversed(list(add.operands))):
+    a, b = add.operands
+    for x, term in ((a, b), (b, a)):
         mul = _op_named(term, "arith.muli")
-        if mul is None:
-            continue
-        ext = _op_named(_commuted(mul, lambda v: _is_const(v, size)) or mul.operands[0],
-                        "arith.extui")
-        cmp = ext and _op_named(ext.operands[0], "arith.cmpi")
-        if (cmp is not None and ir.IntegerAttr(cmp.attributes["predicate"]).value == 2
-                and cmp.operands[0] == x and _is_const(cmp.operands[1], 0)
-                and _commuted(mul, lambda v: _is_const(v, size)) is not None):
-            return x  # 2: slt
+        flag = None if mul is None else _commuted(mul, lambda v: _is_const(v, size))
+        ext = None if flag is None else _op_named(flag, "arith.extui")
+        if ext is not None and _is_cmp(ext.operands[0], arith.CmpIPredicate.slt, x):
+            return x
     return None
 
 
@@ -266,28 +267,23 @@ def _raw_index(value: ir.Value, size: int, label: str) -> ir.Value:
     ``index_cast(min(max(select-wrap(add-wrap(x)), 0), size))``. torch-mlir
     wraps negative indices twice (``t[-2*size]`` would read ``t[0]``) and
     clamps to ``[0, size]``; both are dropped here, and flexattn.check_index
-    applies torch's semantics to ``x`` instead. Canonicalisation may have
-    removed a layer it proved a no-op; any other shape is refused, never
-    guessed."""
+    applies torch's semantics to ``x`` instead. The wraps are absent where
+    canonicalisation proved ``x >= 0``; any other shape is refused, never
+    guessed (a clamp taken for the index would hide negative indices)."""
     cast = _op_named(value, "arith.index_cast")
-    if cast is None:
-        raise ModCaptureError(f"{label}: unrecognised index computation for a captured "
-                              f"tensor read ({_owner_op(value) and _owner_op(value).operation.name})")
-    v = cast.operands[0]
-    mn = _op_named(v, "arith.minsi")
-    if mn is not None and _commuted(mn, lambda c: _is_const(c, size)) is not None:
-        v = _commuted(mn, lambda c: _is_const(c, size))
-    mx = _op_named(v, "arith.maxsi")
-    if mx is not None and _commuted(mx, lambda c: _is_const(c, 0)) is not None:
-        v = _commuted(mx, lambda c: _is_const(c, 0))
+    mn = None if cast is None else _op_named(cast.operands[0], "arith.minsi")
+    inner = None if mn is None else _commuted(mn, lambda c: _is_const(c, size))
+    mx = None if inner is None else _op_named(inner, "arith.maxsi")
+    v = None if mx is None else _commuted(mx, lambda c: _is_const(c, 0))
+    if v is None:
+        raise ModCaptureError(f"{label}: unrecognised index computation for a read of a "
+                              f"captured tensor (expected torch-mlir's clamp of a select)")
     w = _unwrap_select(v, size)
-    if w is not None:
-        x = _unwrap_add(w, size)
-        if x is None:
-            raise ModCaptureError(f"{label}: unrecognised negative-index wrap in a captured "
-                                  f"tensor read")
-        return x
-    return _unwrap_add(v, size) or v
+    x = _unwrap_add(v if w is None else w, size)
+    if w is not None and x is None:
+        raise ModCaptureError(f"{label}: unrecognised negative-index wrap in a read of a "
+                              f"captured tensor")
+    return v if x is None else x
 
 
 def _checked(value: ir.Value, size: int, label: str) -> ir.Value:
