@@ -146,13 +146,13 @@ except ImportError as err:
     print("IMPORT-ERROR:", err)
     sys.exit(3)
 import torch
-from torch.nn.attention import flex_attention as tfa
-tfa._FLEX_ATTENTION_DISABLE_COMPILE_DEBUG = True
 q, k, v = (torch.randn(1, 2, 64, 16) for _ in range(3))
 soft = lambda s, b, h, qi, kv: 5.0 * torch.tanh(s / 5.0) + torch.exp(-(qi - kv).abs() * 0.1)
 ours = fm.flex_attention(q, k, v, score_mod=soft)
-ref = tfa.flex_attention(q, k, v, score_mod=soft)
-torch.testing.assert_close(ours, ref, atol=2e-5, rtol=1e-5)
+i = torch.arange(64)
+s = soft(q.double() @ k.double().transpose(-1, -2) / 4, 0, 0, i[:, None], i[None, :])
+ref = torch.softmax(s, -1) @ v.double()  # libm's exp/tanh, which the JIT must call right
+torch.testing.assert_close(ours, ref.float(), atol=2e-5, rtol=1e-5)
 print("MATCH")
 """
 
