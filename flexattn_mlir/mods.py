@@ -28,6 +28,9 @@ __all__ = ["ModIR", "region_text"]
 
 ModKind = Literal["score", "mask"]
 
+# The label attribute of flexattn.check_index (a quoted string).
+_SOURCE = re.compile(r'source = "(?:[^"\\]|\\.)*"')
+
 
 @dataclass(frozen=True)
 class ModIR:
@@ -66,8 +69,11 @@ class ModIR:
         return _build("mask", fn, tuple(capture_types), index_type)
 
     def digest(self) -> str:
+        """A hash of what the generated code depends on: not the ``source``
+        labels of index checks (names for messages), so equal mods under
+        other names share kernels."""
         h = hashlib.sha256()
-        for part in (self.kind, self.text, *self.capture_types):
+        for part in (self.kind, _SOURCE.sub('source = ""', self.text), *self.capture_types):
             h.update(part.encode())
             h.update(b"\0")
         return h.hexdigest()

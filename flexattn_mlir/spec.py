@@ -76,8 +76,8 @@ class AttentionSpec:
     full_kv_num_blocks: Optional[BufferType] = None
     full_kv_indices: Optional[BufferType] = None
     captures: tuple[BufferType, ...] = ()
-    score_mod: Optional[ModIR] = None
-    mask_mod: Optional[ModIR] = None
+    score_mod: Optional[ModIR] = field(default=None, repr=False)  # in digest() by their own
+    mask_mod: Optional[ModIR] = field(default=None, repr=False)
     # [sites, 2] i64 where the kernel reports out-of-bounds reads of captured
     # tensors (flexattn_mlir.index_checks); the mods' last capture.
     index_report: Optional[BufferType] = None

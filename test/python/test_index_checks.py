@@ -225,3 +225,27 @@ def test_gpu_checks_under_the_debug_option(monkeypatch):
     with pytest.raises(IndexError, match="SMALL"):
         fm.attention_spec(q, k, v, score_mod=fm.capture_score_mod(small_bias).ir,
                           captures=[SMALL], options=gpu)
+
+
+def test_labels_of_reads_do_not_enter_the_kernel_key():
+    """The check's ``source`` (tensor and mod names, for messages) is no
+    part of the code: equal mods under other names share one kernel, and
+    each call's messages still name its own mod."""
+    q, k, v = qkv()
+    first, second = torch.randn(8), torch.randn(8)
+    idx = torch.randint(0, 8, (N,))
+
+    def bias_a(score, b, h, q_idx, kv_idx):
+        return score + first[idx[kv_idx]]
+
+    def bias_b(score, b, h, q_idx, kv_idx):
+        return score + second[idx[kv_idx]]
+
+    fm.flex_attention(q, k, v, score_mod=bias_a)
+    compiles = fm.attention_compile_count()
+    torch.testing.assert_close(fm.flex_attention(q, k, v, score_mod=bias_b),
+                               torch_flex(q, k, v, score_mod=bias_b), **F32)
+    assert fm.attention_compile_count() == compiles
+    idx[3] = 8
+    with pytest.raises(IndexError, match=r"second \(shape \(8,\)\) in score_mod 'bias_b'"):
+        fm.flex_attention(q, k, v, score_mod=bias_b)
