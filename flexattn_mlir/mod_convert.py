@@ -263,7 +263,7 @@ def _unwrap_add(value: ir.Value, size: int):
 
 def _raw_index(value: ir.Value, size: int, label: str) -> ir.Value:
     """The index a mod computed for a dimension of ``size``, from the
-    position torch-mlir's export reads (FRONTEND_NOTES section 1.1):
+    position torch-mlir's export reads (``aten.select`` lowered):
     ``index_cast(min(max(select-wrap(add-wrap(x)), 0), size))``. torch-mlir
     wraps negative indices twice (``t[-2*size]`` would read ``t[0]``) and
     clamps to ``[0, size]``; both are dropped here, and flexattn.check_index
