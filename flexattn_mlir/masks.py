@@ -251,7 +251,8 @@ def _load(step, env, captures, tables):
     key = (step.operands[0], dim)
     if key not in tables:
         tables[key] = _RangeTable(t, dim)
-    # The region clamps every load index into the buffer (frontend).
+    # Indices are in the buffer (check_index results) in frontend IR; clip
+    # for hand-written loads.
     lead = [np.clip(idx[d][0], 0, t.shape[d] - 1) for d in range(t.dim()) if d != dim]
     lo = np.clip(idx[dim][0], 0, t.shape[dim] - 1)
     hi = np.clip(idx[dim][1], 0, t.shape[dim] - 1)

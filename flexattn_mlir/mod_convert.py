@@ -10,11 +10,12 @@ The export traces ``forward`` on 0-d example inputs; every failure (data-
 dependent control flow, an operation torch-mlir cannot lower, an unusable
 result) becomes a :class:`ModCaptureError` that names the mod and says why.
 The conversion scalarises the exported function (``linalg-detensorize``),
-folds reshapes and slices of captured tensors into their loads, turns
-``floor(x / C)`` back into ``arith.floordivsi``, and moves the scalar ops into
-an ``flexattn.apply_mods`` region whose trailing arguments are the captures
-(every load clamped into its buffer). Only ``arith`` / ``math`` ops and
-``memref.load`` may remain.
+folds reshapes and slices of captured tensors into their loads (each index a
+``flexattn.check_index`` of the index the mod computed: torch's semantics,
+see flexattn_mlir.index_checks), turns ``floor(x / C)`` back into
+``arith.floordivsi``, and moves the scalar ops into an ``flexattn.apply_mods``
+region whose trailing arguments are the captures. Only ``arith`` / ``math``
+ops, ``memref.load`` and ``flexattn.check_index`` may remain.
 
 ``torch_mlir`` is imported lazily, after ``mlir`` (section 6 of the notes).
 """
