@@ -96,8 +96,9 @@ def FlexAttn_AttentionOp : FlexAttn_Op<"attention", [
 
     with `G = Hq / Hkv` query heads per key/value head (grouped-query
     attention). `q` is `[B, Hq, M, D]`, `k` is `[B, Hkv, N, D]`, `v` is
-    `[B, Hkv, N, Dv]`, `out` is `[B, Hq, M, Dv]` and the optional `lse` is
-    `[B, Hq, M]` f32. A query row with no visible key gets a zero output and
+    `[B, Hkv, N, Dv]` (`k` and `v` may have batch 1: shared by every query
+    batch), `out` is `[B, Hq, M, Dv]` and the optional `lse` is `[B, Hq, M]`
+    f32. A query row with no visible key gets a zero output and
     an lse of -inf, as torch does.
 
     The optional block mask has torch's BlockMask layout, with

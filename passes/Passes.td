@@ -25,6 +25,9 @@ def FlexAttnTile : Pass<"flexattn-tile", "::mlir::ModuleOp"> {
     `[BM]`, f32) on the stack, initialises it (0, -inf, 0), runs one
     `flexattn.kv_loop` over the KV tiles and writes the tile's rows of `out`
     and `lse` with `flexattn.finalize`. Key/value head = query head / (Hq/Hkv).
+    A `k` or `v` of batch 1 shared by a query batch of B is read through a
+    `memref.reinterpret_cast` view `[B, ...]` of batch stride 0 (no copy), so
+    the tile ops index it with the query's batch.
 
     With a block mask, the KV tile is the mask's KV block and the Q tile must
     divide the mask's Q block (it is shrunk to the Q block when larger).
