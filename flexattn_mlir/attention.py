@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from . import cache, checks
+from . import cache, checks, targets
 from .mods import ModIR
 from .options import CompileOptions
 from .spec import AttentionSpec, BufferType
@@ -60,7 +60,7 @@ def kernel_for(spec: AttentionSpec, opts: CompileOptions):
     With FLEXATTN_DUMP_IR or FLEXATTN_OVERRIDE_IR set, every call compiles
     afresh and caches nothing: the stages are dumped, and an overridden
     stage never reaches the caches."""
-    key = cache.kernel_key(spec.digest(), opts.digest())
+    key = cache.kernel_key(spec.digest(), opts)
     if os.environ.get("FLEXATTN_DUMP_IR") or os.environ.get("FLEXATTN_OVERRIDE_IR"):
         return _load_or_compile(spec, opts, key, use_cache=False)
     with _lock:
@@ -172,7 +172,7 @@ def attention(
         query, key, value, score_mod=score_mod, mask_mod=mask_mod, block_mask=block_mask,
         captures=captures, scale=scale, enable_gqa=enable_gqa, return_lse=return_lse)
     if options is None:
-        options = CompileOptions(target="cpu" if query.device.type == "cpu" else "sm_90a")
+        options = CompileOptions(target=targets.for_device(query.device).name)
     if options.target != "cpu":
         checks.check_gpu_support(q, v, block_mask, options)
     kernel = kernel_for(spec, options)

@@ -9,14 +9,11 @@ object :func:`flexattn_mlir.attention` calls on CUDA tensors.
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
-import tempfile
 from typing import Sequence
 
 from mlir import ir
 
-from . import cache
+from . import cache, ptxas, targets
 from .driver import CompilationError, Compiled, run_pipeline
 from .options import CompileOptions
 from .spec import ENTRY, AttentionSpec
@@ -117,42 +114,22 @@ def launch_metadata(mod: ir.Module, spec: AttentionSpec, opts: CompileOptions) -
     }
 
 
-def _ptxas(ptx: str, target: str) -> bytes | None:
-    """cubin bytes when ptxas is installed (it is on build machines with the
-    CUDA toolkit); None otherwise, and the driver JITs the PTX at load."""
-    exe = os.environ.get("FLEXATTN_PTXAS") or shutil.which("ptxas")
-    if not exe:
-        return None
-    with tempfile.TemporaryDirectory() as d:
-        src, out = os.path.join(d, "k.ptx"), os.path.join(d, "k.cubin")
-        with open(src, "w") as f:
-            f.write(ptx)
-        proc = subprocess.run([exe, f"-arch={target}", "-O3", src, "-o", out],
-                              capture_output=True, text=True)
-        if proc.returncode:
-            repro = os.path.join(tempfile.mkdtemp(prefix="flexattn-ptxas-"), "kernel.ptx")
-            with open(repro, "w") as f:
-                f.write(ptx)
-            raise CompilationError(f"ptxas failed:\n{proc.stderr}\nreproduce with: "
-                                   f"{exe} -arch={target} {repro}")
-        with open(out, "rb") as f:
-            return f.read()
-
-
 def finish(mod: ir.Module, spec: AttentionSpec, opts: CompileOptions) -> dict:
-    """PTX, cubin (when ptxas exists) and launch metadata of a compiled module."""
+    """PTX, cubin (ptxas; none found is an error) with its resource usage
+    (registers, spills), and launch metadata of a compiled module."""
     ptx = _ptx_of(mod)
     meta = launch_metadata(mod, spec, opts)
-    cubin = _ptxas(ptx, opts.target)
-    meta["key"] = cache.kernel_key(spec.digest(), opts.digest())
-    return {"launch": meta, "ptx": ptx, "cubin": cubin}
+    try:
+        cubin, resources = ptxas.assemble(ptx, targets.target(opts.target).chip,
+                                          error=CompilationError)
+    except ptxas.PtxasNotFound as e:
+        raise CompilationError(str(e)) from None
+    meta["key"] = cache.kernel_key(spec.digest(), opts)
+    return {"launch": meta, "ptx": ptx, "cubin": cubin, "resources": resources}
 
 
 def binary_of(compiled: Compiled) -> tuple[bytes, str]:
-    md = compiled.metadata
-    if md.get("cubin"):
-        return md["cubin"], "cubin"
-    return md["ptx"].encode(), "ptx"
+    return compiled.metadata["cubin"], "cubin"
 
 
 def artifact_stores() -> list[str]:
