@@ -8,11 +8,16 @@
 #define FLEXATTN_DIALECT_FLEXATTNOPS_H
 
 #include "dialect/FlexAttnDialect.h"
+#include "mlir/Dialect/LLVMIR/LLVMDialect.h"
 #include "mlir/IR/BuiltinTypes.h"
 #include "mlir/IR/OpDefinition.h"
 #include "mlir/IR/OpImplementation.h"
 #include "mlir/Interfaces/ControlFlowInterfaces.h"
+#include "mlir/Interfaces/InferTypeOpInterface.h"
 #include "mlir/Interfaces/SideEffectInterfaces.h"
+
+#define GET_TYPEDEF_CLASSES
+#include "dialect/FlexAttnTypes.h.inc"
 
 namespace mlir::flexattn {
 /// Checks the score_mod / mask_mod regions of an op implementing
