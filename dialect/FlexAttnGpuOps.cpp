@@ -244,6 +244,10 @@ LogicalResult FragSoftmaxOp::verify() {
   if (lens.size() != 2 || lens[0] <= 0 || lens[1] <= 0)
     return emitOpError() << "seq_lens must be two positive lengths [M, N], got "
                          << lens.size() << " value(s)";
+  ArrayRef<int64_t> tile = getTileSize();
+  if (tile.size() != 2 || tile[0] <= 0 || tile[1] != 2 * n)
+    return emitOpError() << "tile_size must be [BM, BN] with BN = " << 2 * n
+                         << " (the fragment's columns)";
   return success();
 }
 

@@ -271,7 +271,9 @@ def FlexAttn_FragSoftmaxOp : FlexAttn_Op<"frag.softmax", [
 
       u     = log2(e) * mods(scale * S), -inf where masked (`masked`: mask_mod
               applies) or past `seq_lens[1]` keys; indices given to the mods
-              are clamped inside `seq_lens`
+              are clamped inside `seq_lens` (needed only where a length is
+              not a multiple of `tile_size`, the Q and KV tile the fragment
+              is a part of)
       m_new = max(m, rowmax(u))          (over the threads sharing a row)
       alpha = exp2(m - base),  base = m_new, or 0 where m_new = -inf
       P     = exp2(u - base)             (rounded to the result's type)
@@ -283,7 +285,8 @@ def FlexAttn_FragSoftmaxOp : FlexAttn_Op<"frag.softmax", [
 
     ```mlir
     %p, %m1, %l1, %alpha = flexattn.frag.softmax %s state(%m, %l) at(%b, %h, %qrow, %kvcol)
-        attributes {scale = 0.125 : f32, seq_lens = array<i64: 300, 300>}
+        attributes {scale = 0.125 : f32, seq_lens = array<i64: 300, 300>,
+                    tile_size = array<i64: 128, 128>}
         : vector<64xf32> -> vector<64xbf16>
     ```
   }];
@@ -291,7 +294,7 @@ def FlexAttn_FragSoftmaxOp : FlexAttn_Op<"frag.softmax", [
                        FlexAttn_RowValues:$sum, Index:$b, Index:$h, Index:$row,
                        Index:$col, Variadic<AnyMemRef>:$captures,
                        F32Attr:$scale, DenseI64ArrayAttr:$seq_lens,
-                       UnitAttr:$masked);
+                       DenseI64ArrayAttr:$tile_size, UnitAttr:$masked);
   let results = (outs FlexAttn_HalfFragment:$probs, FlexAttn_RowValues:$new_max,
                       FlexAttn_RowValues:$new_sum, FlexAttn_RowValues:$alpha);
   let regions = (region FlexAttn_ModRegion:$score_mod,

@@ -2,7 +2,7 @@
 compiler stage for an example variant (see ``--list``), for the CPU or the H100.
 
     flexattn causal                     # every CPU stage
-    flexattn alibi_causal --target sm_90a --stage gpu
+    flexattn alibi_causal --target sm_90a --stage roles
     flexattn --list
 """
 

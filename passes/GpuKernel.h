@@ -25,7 +25,6 @@ using hopper::PtxBuilder;
 
 constexpr int64_t kThreads = 384;
 constexpr int64_t kRows = 128;       // Q tile rows: two consumer warpgroups.
-constexpr int64_t kPanelCols = 64;   // 128-byte swizzle panels of 16-bit data.
 
 /// Everything the kernel is specialised on, and its shared-memory plan.
 struct KernelPlan {

@@ -147,6 +147,22 @@ struct ToIntrinsic : OpRewritePattern<Op> {
   }
 };
 
+/// gpu.dynamic_shared_memory lowers to an internal `[0 x i8]` global, which
+/// NVPTX shrinks to one byte (loads and stores through it may be deleted);
+/// an external one of the same type and alignment, which the lowering
+/// reuses, becomes `.extern .shared .align 16 .b8 __flexattn_smem[]`.
+void declareDynamicSharedMemory(gpu::GPUModuleOp gm) {
+  if (!gm.walk([](gpu::DynamicSharedMemoryOp) { return WalkResult::interrupt(); })
+           .wasInterrupted())
+    return;
+  OpBuilder b(gm.getBodyRegion());
+  b.setInsertionPointToStart(gm.getBody());
+  LLVM::GlobalOp::create(b, gm.getLoc(), LLVM::LLVMArrayType::get(b.getI8Type(), 0),
+                         /*isConstant=*/false, LLVM::Linkage::External,
+                         "__flexattn_smem", Attribute(), /*alignment=*/16,
+                         /*addrSpace=*/3);
+}
+
 struct FlexAttnLowerToNVVMPass
     : public flexattn::impl::FlexAttnLowerToNVVMBase<FlexAttnLowerToNVVMPass> {
   using FlexAttnLowerToNVVMBase::FlexAttnLowerToNVVMBase;
@@ -167,9 +183,11 @@ struct FlexAttnLowerToNVVMPass
     patterns.add<ToPtx<math::CeilOp>>(&getContext(), "cvt.rpi.f32.f32 $0, $1;");
     patterns.add<ToPtx<math::SqrtOp>>(&getContext(), "sqrt.rn.f32 $0, $1;");
     patterns.add<ToPtx<math::FmaOp>>(&getContext(), "fma.rn.f32 $0, $1, $2, $3;");
-    for (auto gm : module.getOps<gpu::GPUModuleOp>())
+    for (auto gm : module.getOps<gpu::GPUModuleOp>()) {
       if (failed(applyPatternsGreedily(gm, std::move(patterns))))
         return signalPassFailure();
+      declareDynamicSharedMemory(gm);
+    }
 
     std::string pipeline = llvm::formatv(
         "nvvm-attach-target{{chip={0} features={1} O={2}},"

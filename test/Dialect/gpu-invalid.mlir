@@ -171,7 +171,7 @@ func.func @mma_acc(%p: vector<64xbf16>, %v: !flexattn.smem_tile<128x64xbf16>, %a
 
 func.func @softmax_fragment(%s: vector<62xf32>, %m: vector<2xf32>, %i: index) {
   // expected-error @+1 {{a score fragment holds 4 elements per 8 columns, got 62}}
-  %p, %m1, %l1, %a = flexattn.frag.softmax %s state(%m, %m) at(%i, %i, %i, %i) attributes {scale = 1.0 : f32, seq_lens = array<i64: 8, 8>} : vector<62xf32> -> vector<62xbf16>
+  %p, %m1, %l1, %a = flexattn.frag.softmax %s state(%m, %m) at(%i, %i, %i, %i) attributes {scale = 1.0 : f32, seq_lens = array<i64: 8, 8>, tile_size = array<i64: 128, 128>} : vector<62xf32> -> vector<62xbf16>
   return
 }
 
@@ -179,7 +179,7 @@ func.func @softmax_fragment(%s: vector<62xf32>, %m: vector<2xf32>, %i: index) {
 
 func.func @softmax_probs(%s: vector<64xf32>, %m: vector<2xf32>, %i: index) {
   // expected-error @+1 {{probs must have the scores' 64 elements, got 'vector<32xbf16>'}}
-  %p, %m1, %l1, %a = flexattn.frag.softmax %s state(%m, %m) at(%i, %i, %i, %i) attributes {scale = 1.0 : f32, seq_lens = array<i64: 8, 8>} : vector<64xf32> -> vector<32xbf16>
+  %p, %m1, %l1, %a = flexattn.frag.softmax %s state(%m, %m) at(%i, %i, %i, %i) attributes {scale = 1.0 : f32, seq_lens = array<i64: 8, 8>, tile_size = array<i64: 128, 128>} : vector<64xf32> -> vector<32xbf16>
   return
 }
 
@@ -187,7 +187,7 @@ func.func @softmax_probs(%s: vector<64xf32>, %m: vector<2xf32>, %i: index) {
 
 func.func @softmax_lens(%s: vector<64xf32>, %m: vector<2xf32>, %i: index) {
   // expected-error @+1 {{seq_lens must be two positive lengths [M, N], got 1 value(s)}}
-  %p, %m1, %l1, %a = flexattn.frag.softmax %s state(%m, %m) at(%i, %i, %i, %i) attributes {scale = 1.0 : f32, seq_lens = array<i64: 8>} : vector<64xf32> -> vector<64xbf16>
+  %p, %m1, %l1, %a = flexattn.frag.softmax %s state(%m, %m) at(%i, %i, %i, %i) attributes {scale = 1.0 : f32, seq_lens = array<i64: 8>, tile_size = array<i64: 128, 128>} : vector<64xf32> -> vector<64xbf16>
   return
 }
 
@@ -195,7 +195,7 @@ func.func @softmax_lens(%s: vector<64xf32>, %m: vector<2xf32>, %i: index) {
 
 func.func @softmax_mods(%s: vector<64xf32>, %m: vector<2xf32>, %i: index) {
   // expected-error @+1 {{mask_mod must yield one i1 value}}
-  %p, %m1, %l1, %a = flexattn.frag.softmax %s state(%m, %m) at(%i, %i, %i, %i) attributes {scale = 1.0 : f32, seq_lens = array<i64: 8, 8>} mask_mod {
+  %p, %m1, %l1, %a = flexattn.frag.softmax %s state(%m, %m) at(%i, %i, %i, %i) attributes {scale = 1.0 : f32, seq_lens = array<i64: 8, 8>, tile_size = array<i64: 128, 128>} mask_mod {
   ^bb0(%b: i32, %h: i32, %q: i32, %k: i32):
     %c = arith.constant 1.0 : f32
     flexattn.yield %c : f32
@@ -224,5 +224,13 @@ func.func @finalize_acc(%acc: vector<32xf32>, %m: vector<2xf32>, %out: memref<1x
 func.func @finalize_lse(%acc: vector<64xf32>, %m: vector<2xf32>, %out: memref<1x2x8x128xbf16>, %lse: memref<1x2x8xbf16>, %i: index) {
   // expected-error @+1 {{lse must be a 3-D f32 memref [B, Hq, M], got 'memref<1x2x8xbf16>'}}
   flexattn.frag.finalize %acc state(%m, %m) outs(%out : memref<1x2x8x128xbf16>) lse(%lse : memref<1x2x8xbf16>) at(%i, %i, %i, %i) : vector<64xf32>
+  return
+}
+
+// -----
+
+func.func @softmax_tile(%s: vector<64xf32>, %m: vector<2xf32>, %i: index) {
+  // expected-error @+1 {{tile_size must be [BM, BN] with BN = 128 (the fragment's columns)}}
+  %p, %m1, %l1, %a = flexattn.frag.softmax %s state(%m, %m) at(%i, %i, %i, %i) attributes {scale = 1.0 : f32, seq_lens = array<i64: 8, 8>, tile_size = array<i64: 128, 64>} : vector<64xf32> -> vector<64xbf16>
   return
 }

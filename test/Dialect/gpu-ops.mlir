@@ -36,7 +36,7 @@ func.func @roles_and_rings(%map: !llvm.ptr, %b: index, %h: index, %row: index, %
 // CHECK-LABEL: func.func @fragments(
 // CHECK:         %[[S0:.*]] = flexattn.mma %{{.*}}[%{{.*}}], %{{.*}} {transpose_b} : !flexattn.smem_tile<128x128xbf16>, !flexattn.smem_tile<128x128xbf16> -> vector<64xf32>
 // CHECK:         %[[S:.*]] = flexattn.mma.wait pending(1) %[[S0]] : vector<64xf32>
-// CHECK:         %[[P:.*]], %[[M:.*]], %[[L:.*]], %[[ALPHA:.*]] = flexattn.frag.softmax %[[S]] state(%{{.*}}, %{{.*}}) at(%{{.*}}) captures(%{{.*}} : memref<2xf32>) attributes {masked, scale = 1.250000e-01 : f32, seq_lens = array<i64: 300, 300>} score_mod {
+// CHECK:         %[[P:.*]], %[[M:.*]], %[[L:.*]], %[[ALPHA:.*]] = flexattn.frag.softmax %[[S]] state(%{{.*}}, %{{.*}}) at(%{{.*}}) captures(%{{.*}} : memref<2xf32>) attributes {masked, scale = 1.250000e-01 : f32, seq_lens = array<i64: 300, 300>, tile_size = array<i64: 128, 128>} score_mod {
 // CHECK:         } mask_mod {
 // CHECK:         } : vector<64xf32> -> vector<64xbf16>
 // CHECK:         %[[ACC:.*]] = flexattn.frag.rescale %{{.*}}, %[[ALPHA]] : vector<64xf32>
@@ -50,7 +50,7 @@ func.func @fragments(%q: !flexattn.smem_tile<128x128xbf16>, %k: !flexattn.smem_t
   %s0 = flexattn.mma %q[%row], %k {transpose_b} : !flexattn.smem_tile<128x128xbf16>, !flexattn.smem_tile<128x128xbf16> -> vector<64xf32>
   %s = flexattn.mma.wait pending(1) %s0 : vector<64xf32>
   %p, %m1, %l1, %alpha = flexattn.frag.softmax %s state(%m, %l) at(%b, %h, %row, %col)
-      captures(%slopes : memref<2xf32>) attributes {masked, scale = 0.125 : f32, seq_lens = array<i64: 300, 300>}
+      captures(%slopes : memref<2xf32>) attributes {masked, scale = 0.125 : f32, seq_lens = array<i64: 300, 300>, tile_size = array<i64: 128, 128>}
     score_mod {
     ^bb0(%sc: f32, %bb: i32, %hh: i32, %qi: i32, %kj: i32, %sl: memref<2xf32>):
       %hi = arith.index_cast %hh : i32 to index
