@@ -434,97 +434,38 @@ def FlexAttnLowerToHopper : Pass<"flexattn-lower-to-hopper", "::mlir::ModuleOp">
                            "::mlir::arith::ArithDialect"];
 }
 
-//===----------------------------------------------------------------------===//
-// GPU (Hopper, sm_90a): flexattn-tile{tile-q=128 tile-kv=128} ->
-// flexattn-block-sparsity -> flexattn-map-to-gpu -> flexattn-inline-mods ->
-// flexattn-lower-to-nvvm -> gpu-module-to-binary
-//===----------------------------------------------------------------------===//
-
-def FlexAttnMapToGPU : Pass<"flexattn-map-to-gpu", "::mlir::ModuleOp"> {
-  let summary = "Map each tiled, block-sparse Q-tile loop onto a "
-                "warp-specialised TMA + wgmma kernel and its launch";
+def FlexAttnLowerToNVVM : Pass<"flexattn-lower-to-nvvm", "::mlir::ModuleOp"> {
+  let summary = "Lower the outlined GPU kernels to the NVVM and LLVM dialects";
   let description = [{
-    Outlines the `scf.parallel` over (batch, head, Q tile) made by
-    `flexattn-tile{tile-q=128}` and `flexattn-block-sparsity` into a
-    `gpu.func` in `gpu.module @flexattn_kernels`, launched with
-    `gpu.launch_func` on a 1-D grid of 384-thread CTAs, one per tile (or
-    `persistent` of them, each looping over tiles); the Q tiles of a
-    (batch, head) are numbered together, so CTAs running at once share K/V in
-    L2, heaviest (last) first:
+    Rewrites f32 `math.exp`, `exp2`, `log`, `log2` and `tanh` in the
+    kernels into the special-function unit's NVVM intrinsics
+    (`llvm.nvvm.ex2.approx.ftz`, `lg2.approx`, `nvvm.rcp.approx.ftz.f`: no
+    libdevice needed), f32 `arith.divf` into a multiply by the reciprocal of
+    a constant divisor or `llvm.nvvm.div.full`, f32 abs, copysign, floor,
+    ceil, sqrt and fma into intrinsic calls of one PTX instruction each and
+    min/max into LLVM intrinsics (upstream's lowering would call libdevice
+    for them, which exists only where CUDA is installed); declares the
+    dynamic shared memory (`__flexattn_smem`, an external `[0 x i8]` that
+    `gpu.dynamic_shared_memory` lowers to); attaches an NVVM target (`chip`,
+    `features`, `opt-level`) to each `gpu.module` and runs upstream's
+    conversions on it: scf to cf, strided metadata, affine, vector, gpu to
+    NVVM (bare-pointer memref arguments) and nvvm to llvm. The result is
+    ready for `gpu-module-to-binary`.
 
-    - warpgroup 0, the producer (setmaxnreg 40): one thread loads Q once and
-      K, V tiles into `stages` shared-memory slots with TMA (128-byte swizzle,
-      tx-count mbarriers), walking a clone of the KV loops, so it visits
-      exactly the blocks the block mask lists;
-    - warpgroups 1 and 2, the consumers (setmaxnreg 232), 64 rows each:
-      S = Q.Kᵀ with wgmma from shared memory; `flexattn.apply_mods` on each
-      register fragment element (mask_mod only on partial blocks; -inf past
-      N); the online softmax in registers (ex2, quad shuffles); P rounded to
-      16 bits in registers; O += P.V with register-A wgmma; empty barriers
-      hand slots back; the epilogue normalises and stores out and lse.
-      With `pipeline`, tile j's Q.Kᵀ is issued together with tile j-1's P.V
-      (FlashAttention-3's intra-warpgroup overlap); with `pingpong`, named
-      barriers alternate the two consumer warpgroups' GEMM issue. Q tiles
-      run last-first (the heavy tiles of a causal mask start early).
-
-    The host function gains three `!llvm.ptr` arguments, the CUtensorMaps of
-    q, k and v (`flexattn.tensor_map`, `flexattn.box`, `flexattn.tensor_arg`
-    argument attributes say which); memref arguments the loop used become
-    kernel parameters. Needs static shapes, bf16/f16 inputs, head dims 64 or
-    128 and a KV tile of 64 or 128.
-
+    Before:
+    ```mlir
+    %e = math.exp2 %x : f32
+    ```
     After:
     ```mlir
-    gpu.launch_func @flexattn_kernels::@flexattn_kernel blocks in (%c4096, %c1, %c1)
-        threads in (%c384, %c1, %c1) dynamic_shared_memory_size %smem
-        args(%qmap : !llvm.ptr, %kmap : !llvm.ptr, %vmap : !llvm.ptr, %out : memref<...>)
-    gpu.module @flexattn_kernels {
-      gpu.func @flexattn_kernel(...) kernel attributes {nvvm.maxntid = array<i32: 384, 1, 1>, ...}
-    }
+    %e = llvm.call_intrinsic "llvm.nvvm.ex2.approx.ftz.f32"(%x) : (f32) -> f32
     ```
   }];
   let options = [
-    Option<"stages", "stages", "int64_t", /*default=*/"2",
-           "Shared-memory slots of the K and V rings">,
-    Option<"pipeline", "pipeline", "bool", /*default=*/"true",
-           "Issue each tile's Q.Kᵀ with the previous tile's P.V so the softmax "
-           "overlaps a GEMM (needs D == Dv)">,
-    Option<"pingpong", "pingpong", "bool", /*default=*/"true",
-           "Alternate the two consumer warpgroups' GEMM issue with named "
-           "barriers (needs pipeline)">,
-    Option<"persistent", "persistent", "int64_t", /*default=*/"0",
-           "Launch at most this many CTAs, each looping over tiles (132: one "
-           "per H100 SM); 0 launches one CTA per tile">,
-  ];
-  let dependentDialects = ["::mlir::gpu::GPUDialect",
-                           "::mlir::LLVM::LLVMDialect",
-                           "::mlir::NVVM::NVVMDialect",
-                           "::mlir::scf::SCFDialect",
-                           "::mlir::memref::MemRefDialect",
-                           "::mlir::arith::ArithDialect",
-                           "::mlir::math::MathDialect"];
-}
-
-def FlexAttnLowerToNVVM : Pass<"flexattn-lower-to-nvvm", "::mlir::ModuleOp"> {
-  let summary = "Lower the flexattn GPU kernels to the NVVM and LLVM dialects";
-  let description = [{
-    Rewrites f32 `math.exp`, `exp2`, `log`, `log2` and `tanh` in the
-    kernels into `ex2.approx`/`lg2.approx`/`rcp.approx` sequences (no
-    libdevice needed), f32 `arith.divf` into a multiply by the reciprocal
-    of a constant divisor or `div.full.f32`, f32 abs, copysign, floor, ceil,
-    sqrt and fma into single PTX instructions and min/max into LLVM
-    intrinsics (upstream's lowering would call libdevice for them, which
-    exists only where CUDA is installed),
-    attaches an NVVM target (`chip`, `features`, `opt-level`) to each
-    `gpu.module` and runs upstream's conversions on it: scf to cf, strided
-    metadata, affine, vector, gpu to NVVM (bare-pointer memref arguments) and
-    nvvm to llvm. The result is ready for `gpu-module-to-binary`.
-  }];
-  let options = [
-    Option<"chip", "chip", "std::string", /*default=*/"\"sm_90a\"",
-           "Target chip">,
-    Option<"features", "features", "std::string", /*default=*/"\"+ptx83\"",
-           "PTX features">,
+    Option<"chip", "chip", "std::string", /*default=*/"",
+           "Target chip (required; flexattn_mlir.targets names it)">,
+    Option<"features", "features", "std::string", /*default=*/"",
+           "PTX features (e.g. +ptx83; empty: the chip's default PTX version)">,
     Option<"optLevel", "opt-level", "int64_t", /*default=*/"3",
            "LLVM optimisation level">,
   ];

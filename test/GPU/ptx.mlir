@@ -1,4 +1,4 @@
-// RUN: flexattn-opt %s --pass-pipeline='builtin.module(flexattn-tile{tile-q=128 tile-kv=128}, flexattn-block-sparsity, flexattn-map-to-grid, flexattn-warp-specialize, flexattn-schedule-consumers, flexattn-lower-fragments, flexattn-inline-mods, canonicalize, cse, flexattn-lower-to-hopper, gpu-launch-sink-index-computations, gpu-kernel-outlining, canonicalize, cse, flexattn-lower-to-nvvm, gpu-module-to-binary{format=isa})' \
+// RUN: flexattn-opt %s --pass-pipeline='builtin.module(flexattn-tile{tile-q=128 tile-kv=128}, flexattn-block-sparsity, flexattn-map-to-grid, flexattn-warp-specialize, flexattn-schedule-consumers, flexattn-lower-fragments, flexattn-inline-mods, canonicalize, cse, flexattn-lower-to-hopper, gpu-launch-sink-index-computations, gpu-kernel-outlining, canonicalize, cse, flexattn-lower-to-nvvm{chip=sm_90a features=+ptx83}, gpu-module-to-binary{format=isa})' \
 // RUN:   | FileCheck %s
 
 // The whole GPU pipeline down to PTX, made without a GPU: the kernel holds
