@@ -262,11 +262,5 @@ LogicalResult FragFinalizeOp::verify() {
     return emitOpError() << "an accumulator fragment of Dv = " << dv
                          << " columns is " << dv / 2
                          << " f32 per thread, got " << getAcc().getType();
-  if (Value lse = getLse()) {
-    auto lt = cast<MemRefType>(lse.getType());
-    if (lt.getRank() != 3 || !lt.getElementType().isF32())
-      return emitOpError() << "lse must be a 3-D f32 memref [B, Hq, M], got "
-                           << lt;
-  }
-  return success();
+  return verifyLseBuffer(*this, getLse());
 }

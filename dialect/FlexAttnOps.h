@@ -24,6 +24,8 @@ namespace mlir::flexattn {
 /// ModRegionsOpInterface: argument count and types, the captured buffers, and
 /// the yielded value. Every failure names the region and what it expected.
 LogicalResult verifyModRegions(Operation *op);
+/// An optional lse operand: a 3-D f32 memref [B, Hq, M].
+LogicalResult verifyLseBuffer(Operation *op, Value lse);
 } // namespace mlir::flexattn
 
 #include "dialect/FlexAttnInterfaces.h.inc"

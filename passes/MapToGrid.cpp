@@ -150,14 +150,8 @@ namespace {
 struct FlexAttnMapToGridPass
     : public flexattn::impl::FlexAttnMapToGridBase<FlexAttnMapToGridPass> {
   void runOnOperation() override {
-    SmallVector<scf::ParallelOp> loops;
-    getOperation()->walk([&](scf::ParallelOp par) {
-      if (par->walk([](FinalizeOp) { return WalkResult::interrupt(); })
-              .wasInterrupted())
-        loops.push_back(par);
-    });
     IRRewriter rewriter(&getContext());
-    for (scf::ParallelOp par : loops)
+    for (auto par : opsHoldingTiles<scf::ParallelOp>(getOperation()))
       if (failed(mapToGrid(rewriter, par)))
         return signalPassFailure();
   }

@@ -102,6 +102,19 @@ Value inlineModRegion(OpBuilder &builder, Location loc, Region &region,
                       std::optional<Value> score, ValueRange indices,
                       ValueRange captures);
 
+/// The ops of type OpT under `root` that hold a flexattn.finalize: the tile
+/// loops and CTAs the GPU passes rewrite.
+template <typename OpT>
+SmallVector<OpT> opsHoldingTiles(Operation *root) {
+  SmallVector<OpT> ops;
+  root->walk([&](OpT op) {
+    if (op->walk([](FinalizeOp) { return WalkResult::interrupt(); })
+            .wasInterrupted())
+      ops.push_back(op);
+  });
+  return ops;
+}
+
 /// An index constant.
 Value indexConst(OpBuilder &builder, Location loc, int64_t v);
 

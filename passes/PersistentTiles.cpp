@@ -74,14 +74,8 @@ struct FlexAttnPersistentTilesPass
   using FlexAttnPersistentTilesBase::FlexAttnPersistentTilesBase;
 
   void runOnOperation() override {
-    SmallVector<gpu::LaunchOp> launches;
-    getOperation()->walk([&](gpu::LaunchOp launch) {
-      if (launch->walk([](FinalizeOp) { return WalkResult::interrupt(); })
-              .wasInterrupted())
-        launches.push_back(launch);
-    });
     IRRewriter rewriter(&getContext());
-    for (gpu::LaunchOp launch : launches)
+    for (auto launch : opsHoldingTiles<gpu::LaunchOp>(getOperation()))
       if (failed(makeTilesPersistent(rewriter, launch, ctas)))
         return signalPassFailure();
   }

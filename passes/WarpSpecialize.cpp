@@ -384,14 +384,8 @@ struct FlexAttnWarpSpecializePass
   using FlexAttnWarpSpecializeBase::FlexAttnWarpSpecializeBase;
 
   void runOnOperation() override {
-    SmallVector<gpu::LaunchOp> launches;
-    getOperation()->walk([&](gpu::LaunchOp launch) {
-      if (launch->walk([](FinalizeOp) { return WalkResult::interrupt(); })
-              .wasInterrupted())
-        launches.push_back(launch);
-    });
     IRRewriter rewriter(&getContext());
-    for (gpu::LaunchOp launch : launches)
+    for (auto launch : opsHoldingTiles<gpu::LaunchOp>(getOperation()))
       if (failed(warpSpecialize(rewriter, launch, stages)))
         return signalPassFailure();
   }
