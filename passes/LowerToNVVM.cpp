@@ -157,6 +157,19 @@ void declareDynamicSharedMemory(gpu::GPUModuleOp gm) {
                          /*addrSpace=*/3);
 }
 
+/// setmaxnreg moves registers between warpgroups only in a kernel whose
+/// register count is capped at entry: one CTA per SM (`.minnctapersm 1`,
+/// with the block size outlining recorded as `.maxntid`).
+void capRegistersForRoles(gpu::GPUModuleOp gm) {
+  gm.walk([](gpu::GPUFuncOp func) {
+    if (func.isKernel() &&
+        func.walk([](NVVM::SetMaxRegisterOp) { return WalkResult::interrupt(); })
+            .wasInterrupted())
+      func->setAttr(NVVM::NVVMDialect::getMinctasmAttrName(),
+                    Builder(func).getI32IntegerAttr(1));
+  });
+}
+
 struct FlexAttnLowerToNVVMPass
     : public flexattn::impl::FlexAttnLowerToNVVMBase<FlexAttnLowerToNVVMPass> {
   using FlexAttnLowerToNVVMBase::FlexAttnLowerToNVVMBase;
@@ -181,6 +194,7 @@ struct FlexAttnLowerToNVVMPass
       if (failed(applyPatternsGreedily(gm, std::move(patterns))))
         return signalPassFailure();
       declareDynamicSharedMemory(gm);
+      capRegistersForRoles(gm);
     }
 
     if (chip.empty()) {

@@ -10,6 +10,7 @@
 // CHECK-SAME: .extern .shared .align 16 .b8 __flexattn_smem[];
 // CHECK-SAME: .visible .entry causal_kernel(
 // CHECK-SAME: .maxntid 384, 1, 1
+// CHECK-SAME: .minnctapersm 1
 // CHECK-SAME: setmaxnreg.dec.sync.aligned.u32 {{(\\09)?}}40
 // CHECK-SAME: fence.proxy.tensormap::generic.acquire.sys
 // CHECK-SAME: cp.async.bulk.tensor.4d.shared::cluster.global.tile.mbarrier::complete_tx::bytes
