@@ -418,12 +418,16 @@ LogicalResult FinalizeOp::verify() {
   if (failed(verifyState(*this, getAcc(), getMax(), getSum(), std::nullopt,
                          outType.getShape()[3])))
     return failure();
-  if (Value lse = getLse()) {
-    auto lt = cast<MemRefType>(lse.getType());
-    if (lt.getRank() != 3 || !lt.getElementType().isF32())
-      return emitOpError() << "lse must be a 3-D f32 memref [B, Hq, M], got "
-                           << lt;
-  }
+  return verifyLseBuffer(*this, getLse());
+}
+
+LogicalResult mlir::flexattn::verifyLseBuffer(Operation *op, Value lse) {
+  if (!lse)
+    return success();
+  auto lt = cast<MemRefType>(lse.getType());
+  if (lt.getRank() != 3 || !lt.getElementType().isF32())
+    return op->emitOpError() << "lse must be a 3-D f32 memref [B, Hq, M], got "
+                             << lt;
   return success();
 }
 

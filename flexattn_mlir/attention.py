@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from . import cache, checks, index_checks
+from . import cache, checks, index_checks, targets
 from .mods import ModIR
 from .options import CompileOptions
 from .spec import AttentionSpec, BufferType
@@ -73,7 +73,7 @@ def kernel_for(spec: AttentionSpec, opts: CompileOptions):
     cache hit stays a hit). With FLEXATTN_OVERRIDE_IR set, every call
     compiles afresh and caches nothing: an overridden stage never reaches
     the caches."""
-    key = cache.kernel_key(spec.digest(), opts.digest())
+    key = cache.kernel_key(spec.digest(), opts)
     if os.environ.get("FLEXATTN_OVERRIDE_IR"):
         return _load_or_compile(spec, opts, key, use_cache=False)
     with _lock:
@@ -125,7 +125,7 @@ def _check_mod(name: str, mod, kind: str, n_captures: int) -> None:
 def _options(query, options: Optional[CompileOptions]) -> CompileOptions:
     if options is not None:
         return options
-    return CompileOptions(target="cpu" if query.device.type == "cpu" else "sm_90a")
+    return CompileOptions(target=targets.for_device(query.device).name)
 
 
 def _prepare(query, key, value, *, score_mod, mask_mod, block_mask, captures, scale,

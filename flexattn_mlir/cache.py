@@ -9,10 +9,11 @@ Everything lives under ``FLEXATTN_CACHE_DIR`` (default
                           <name>.json, <name>.cubin|.ptx)
     mods/<key>.json       captured score_mod/mask_mod IR (the frontend)
 
-Keys hash the kernel spec (captured IR, shapes, dtypes), the options and the
-compiler version (a hash of the C++ and Python sources), so a changed
-compiler never reuses stale code and AOT artifacts built on another machine
-from the same sources are found. Writes go to a temporary file in
+Keys hash the kernel spec (captured IR, shapes, dtypes), the options, the
+compiler version (a hash of the C++ and Python sources) and, for GPU targets,
+the ptxas that assembles the cubin (version and path), so a changed compiler
+or assembler never reuses stale code and AOT artifacts built on another
+machine from the same sources and toolchain are found. Writes go to a temporary file in
 the same directory and are renamed into place, so concurrent processes see
 either nothing or a whole entry.
 """
@@ -52,10 +53,15 @@ def compiler_version() -> str:
     return h.hexdigest()[:16]
 
 
-def kernel_key(spec_digest: str, options_digest: str) -> str:
-    return hashlib.sha256(
-        f"{spec_digest}|{options_digest}|{compiler_version()}".encode()
-    ).hexdigest()
+def kernel_key(spec_digest: str, options) -> str:
+    """The key of a kernel: spec, ``options`` (a CompileOptions), compiler
+    and, for GPU targets, ptxas (raises PtxasNotFound without one)."""
+    from . import ptxas, targets
+
+    parts = [spec_digest, options.digest(), compiler_version()]
+    if targets.target(options.target).is_gpu:
+        parts.append(ptxas.find().identity)
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()
 
 
 def atomic_write(path: Path, data: bytes) -> None:

@@ -181,22 +181,27 @@ def check_captures(captures, device) -> None:
 
 
 def check_gpu_support(query, value, block_mask, options) -> None:
-    """What the sm_90a kernel handles, checked before compiling: bf16/fp16,
-    head dims 64 and 128, 128-row Q blocks, KV blocks of 64 or 128."""
-    if query.dtype not in (torch.bfloat16, torch.float16):
+    """What the target's kernel handles (flexattn_mlir.targets), checked
+    before compiling: element types, head dims, Q and KV block sizes."""
+    from .targets import target
+
+    t = target(options.target)
+    names = " or ".join(t.dtypes)
+    if str(query.dtype).replace("torch.", "") not in t.dtypes:
         raise TypeError(
             f"query dtype {query.dtype} is not supported by the {options.target} kernel: "
-            f"use bfloat16 or float16 (float32 runs on the CPU)"
+            f"use {names} (float32 runs on the CPU)"
         )
+    dims = " and ".join(str(d) for d in t.head_dims)
     for name, d in (("query", query.shape[-1]), ("value", value.shape[-1])):
-        if d not in (64, 128):
+        if d not in t.head_dims:
             raise ValueError(f"{name} head dim {d} is not supported by the {options.target} "
-                             f"kernel: it handles 64 and 128")
+                             f"kernel: it handles {dims}")
     if block_mask is not None:
         bq, bkv = block_size(block_mask.BLOCK_SIZE)
-        if bq % 128 or bkv not in (64, 128):
+        if bq % t.q_block or bkv not in t.kv_blocks:
             raise ValueError(
                 f"block_mask.BLOCK_SIZE {tuple((bq, bkv))} is not supported by the "
-                f"{options.target} kernel: the Q block must be a multiple of 128 and the "
-                f"KV block 64 or 128"
+                f"{options.target} kernel: the Q block must be a multiple of {t.q_block} and "
+                f"the KV block {' or '.join(str(b) for b in t.kv_blocks)}"
             )

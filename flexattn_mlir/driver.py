@@ -19,7 +19,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from mlir import ir
 from mlir.passmanager import PassManager
@@ -45,10 +45,13 @@ def _repro_dir() -> Path:
     return Path(tempfile.mkdtemp(prefix="flexattn-", dir=path))
 
 
-def run_pipeline(module: ir.Module, pipeline: str, stage: str) -> None:
-    """Runs ``builtin.module(<pipeline>)`` on ``module`` in place. On failure
-    writes the input IR to a fresh directory and raises CompilationError
-    with the diagnostics and the exact reproducer command."""
+def run_pipeline(module: ir.Module, pipeline: str | Sequence[str], stage: str) -> None:
+    """Runs ``builtin.module(<pipeline>)`` (a pipeline string, or a list of
+    passes) on ``module`` in place. On failure writes the input IR to a fresh
+    directory and raises CompilationError with the diagnostics and the exact
+    reproducer command."""
+    if not isinstance(pipeline, str):
+        pipeline = ", ".join(pipeline)
     before = str(module)
     full = f"builtin.module({pipeline})"
     try:
@@ -147,7 +150,7 @@ def kernel_name(spec: AttentionSpec, opts: CompileOptions) -> str:
     names; the key prefix tells apart kernels of one variant)."""
     from .cache import kernel_key
 
-    return f"{spec.name}-{kernel_key(spec.digest(), opts.digest())[:12]}"
+    return f"{spec.name}-{kernel_key(spec.digest(), opts)[:12]}"
 
 
 def _env_dir(var: str) -> Path | None:

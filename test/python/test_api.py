@@ -410,7 +410,8 @@ def test_unknown_kernel_option():
 # ---------------------------------------------------------------------------
 
 CPU_STAGES = ["flexattn", "tiled", "sparse", "fused", "inlined", "loops", "llvm"]
-GPU_STAGES = ["flexattn", "tiled", "sparse", "gpu", "inlined", "nvvm", "ptx"]
+GPU_STAGES = ["flexattn", "tiled", "sparse", "grid", "roles", "schedule", "fragments", "kernel",
+              "nvvm", "ptx"]
 
 
 def test_compile_flex_attention_cpu_stages():
@@ -436,7 +437,10 @@ def test_compile_flex_attention_sm90a_from_cpu_tensors():
     bm = fm.create_block_mask(causal, None, None, S, S)
     compiled = fm.compile_flex_attention(q, k, v, block_mask=bm, target="sm_90a")
     assert compiled.stage_names() == GPU_STAGES
-    assert "gpu.module" in compiled.ir["gpu"] or "gpu.func" in compiled.ir["gpu"]
+    assert "gpu.launch " in compiled.ir["grid"]
+    assert "flexattn.warp_specialize" in compiled.ir["roles"]
+    assert "flexattn.frag." not in compiled.ir["fragments"]
+    assert "gpu.func" in compiled.ir["kernel"]
     ptx = compiled.metadata["ptx"]
     assert ".target sm_90a" in ptx
     assert "wgmma.mma_async" in ptx

@@ -219,7 +219,7 @@ def test_gpu_checks_under_the_debug_option(monkeypatch):
     compiled, unchecked = fm.compile(debug, gpu), fm.compile(plain, gpu, keep_ir=False)
     params = [p["arg"] for p in compiled.metadata["launch"]["params"]]
     assert "index_report" in params
-    assert "memref<1x2xi64>" in compiled.ir["inlined"] and "scf.if" in compiled.ir["inlined"]
+    assert "memref<1x2xi64>" in compiled.ir["fragments"] and "scf.if" in compiled.ir["fragments"]
     assert (compiled.metadata["ptx"].count("st.global")
             > unchecked.metadata["ptx"].count("st.global"))
     with pytest.raises(IndexError, match="SMALL"):
