@@ -12,6 +12,8 @@
 //   flexattn.finalize    acc / l and logsumexp of one Q tile  (flexattn-tile)
 //   flexattn.apply_mods  one score element                    (flexattn-fuse-online-softmax)
 //
+// The backward pass's ops are in FlexAttnBackwardOps.td.
+//
 // All operate on memrefs (destination passing style). Every op that holds the
 // user's modifications implements FlexAttn_ModRegionsOpInterface, so the
 // region checks and the cloning/inlining helpers are written once.
@@ -304,11 +306,15 @@ def FlexAttn_ApplyModsOp : FlexAttn_Op<"apply_mods", [
 
 def FlexAttn_YieldOp : FlexAttn_Op<"yield", [
     Pure, ReturnLike, Terminator,
-    ParentOneOf<["AttentionOp", "KvLoopOp", "TileStepOp", "ApplyModsOp"]>]> {
+    ParentOneOf<["AttentionOp", "KvLoopOp", "TileStepOp", "ApplyModsOp",
+                 "AttentionBackwardOp", "BackwardQLoopOp", "BackwardKvLoopOp",
+                 "BackwardStepOp", "ApplyModsVjpOp"]>]> {
   let summary = "Returns the value of a score_mod or mask_mod region";
   let arguments = (ins Variadic<AnyType>:$values);
   let assemblyFormat = "attr-dict ($values^ `:` type($values))?";
   let builders = [OpBuilder<(ins), [{ /* nothing */ }]>];
 }
+
+include "FlexAttnBackwardOps.td"
 
 #endif // FLEXATTN_OPS
