@@ -256,11 +256,20 @@ def FlexAttnDecomposeBackward
     `flexattn.store_tile` becomes one generic writing the live rows of its
     accumulator, converted to the gradient's element type.
 
-    After (the dq accumulation of a step):
+    Before:
     ```mlir
-    linalg.generic {iterator_types = ["parallel", "parallel", "reduction"]}
-        ins(%dx, %k_tile : memref<?x?xf32, strided<[64, 1]>>, memref<?x64xf32, strided<...>>)
-        outs(%dq_window : memref<?x64xf32, strided<[64, 1]>>) {...}
+    flexattn.backward_step ins(%q, %k, %v, %do : ...) stats(%lse, %delta : ...)
+        dq(%dq_acc : memref<64x64xf32>) at(%b, %h, %hkv, %q0, %kv0)
+        attributes {masked, scale = 0.125 : f32, tile_size = array<i64: 64, 64>} mask_mod {...}
+    ```
+    After (the last op, the dq accumulation):
+    ```mlir
+    memref.alloca_scope {
+      ...
+      linalg.generic {iterator_types = ["parallel", "parallel", "reduction"]}
+          ins(%dx, %k_tile : memref<?x?xf32, strided<[64, 1]>>, memref<?x64xf32, strided<...>>)
+          outs(%dq_window : memref<?x64xf32, strided<[64, 1]>>) {...}
+    }
     ```
   }];
   let dependentDialects = ["::mlir::linalg::LinalgDialect",
