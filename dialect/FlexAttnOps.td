@@ -13,6 +13,8 @@
 //   flexattn.apply_mods  one score element                    (flexattn-fuse-online-softmax)
 //   flexattn.check_index a mod's index into a captured buffer (frontend; inside mods)
 //
+// The backward pass's ops are in FlexAttnBackwardOps.td.
+//
 // All operate on memrefs (destination passing style). Every op that holds the
 // user's modifications implements FlexAttn_ModRegionsOpInterface, so the
 // region checks and the cloning/inlining helpers are written once.
@@ -353,11 +355,15 @@ def FlexAttn_CheckIndexOp : FlexAttn_Op<"check_index"> {
 
 def FlexAttn_YieldOp : FlexAttn_Op<"yield", [
     Pure, ReturnLike, Terminator,
-    ParentOneOf<["AttentionOp", "KvLoopOp", "TileStepOp", "ApplyModsOp"]>]> {
+    ParentOneOf<["AttentionOp", "KvLoopOp", "TileStepOp", "ApplyModsOp",
+                 "AttentionBackwardOp", "BackwardQLoopOp", "BackwardKvLoopOp",
+                 "BackwardStepOp", "ApplyModsVjpOp"]>]> {
   let summary = "Returns the value of a score_mod or mask_mod region";
   let arguments = (ins Variadic<AnyType>:$values);
   let assemblyFormat = "attr-dict ($values^ `:` type($values))?";
   let builders = [OpBuilder<(ins), [{ /* nothing */ }]>];
 }
+
+include "FlexAttnBackwardOps.td"
 
 #endif // FLEXATTN_OPS
