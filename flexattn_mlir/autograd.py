@@ -39,7 +39,8 @@ from . import backward, cache, checks, frontend
 from .mods import ModIR
 from .options import CompileOptions
 
-__all__ = ["Call", "needs_grad", "attention_with_grad", "traced_flex_attention"]
+__all__ = ["Call", "needs_grad", "attention_with_grad", "check_backward_target",
+           "traced_flex_attention"]
 
 _MASK_NAMES = ("kv_num_blocks", "kv_indices", "full_kv_num_blocks", "full_kv_indices")
 
@@ -125,13 +126,13 @@ def lookup(key: str) -> Call:
 def _flex_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                     captures: list[torch.Tensor], mask: list[torch.Tensor], call: str,
                     scale: float, need_lse: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    from .attention import attention
+    from .attention import attention_forward
 
     c = lookup(call)
     kv_side, _ = c.split_mask(mask)
-    result = attention(q, k, v, score_mod=c.score_mod, mask_mod=c.mask_mod,
-                       block_mask=c.mask(kv_side), captures=captures, scale=scale,
-                       enable_gqa=True, return_lse=need_lse, options=c.options)
+    result = attention_forward(q, k, v, score_mod=c.score_mod, mask_mod=c.mask_mod,
+                               block_mask=c.mask(kv_side), captures=captures, scale=scale,
+                               enable_gqa=True, return_lse=need_lse, options=c.options)
     if need_lse:
         return result
     return result, q.new_empty((0,), dtype=torch.float32)
@@ -225,7 +226,7 @@ def needs_grad(query, key, value, captures) -> bool:
     """Whether a call records a backward: grad mode on and some input (q, k,
     v or a captured tensor) requires grad."""
     return torch.is_grad_enabled() and any(
-        t.requires_grad for t in (query, key, value, *captures))
+        isinstance(t, torch.Tensor) and t.requires_grad for t in (query, key, value, *captures))
 
 
 def _label(score_fn) -> str:
@@ -233,17 +234,39 @@ def _label(score_fn) -> str:
     return f"score_mod {name!r}"
 
 
+def check_backward_target(options: CompileOptions, query, key, value, captures,
+                          capture_labels=()) -> None:
+    """The backward runs on the CPU only: on another target, an input that
+    requires grad (named in the message) is refused at the call, before the
+    forward runs, rather than given a result without a gradient."""
+    if options.target == "cpu":
+        return
+    labels = list(capture_labels) + [f"captures[{i}]" for i in range(len(capture_labels),
+                                                                     len(captures))]
+    named = [("query", query), ("key", key), ("value", value), *zip(labels, captures)]
+    label = next(n for n, t in named if t.requires_grad)
+    raise NotImplementedError(
+        f"flex_attention: gradients on {options.target} are not implemented yet (the backward "
+        f"runs on the CPU), but {label} requires grad (and grad mode is on). Train with CPU "
+        f"tensors, or call under torch.no_grad() or torch.inference_mode(), or pass detached "
+        f"tensors")
+
+
 def attention_with_grad(query, key, value, *, score_mod, mask_mod, block_mask, captures,
-                        options, scale, enable_gqa, return_lse, score_fn=None):
+                        options, scale, enable_gqa, return_lse, name="flexattn",
+                        capture_labels=(), score_fn=None):
     """flex_attention's differentiable path (the arguments as :func:`attention`
     takes them): returns ``out`` or ``(out, lse)``. The backward kernel is
-    compiled now, so a mod that cannot be differentiated fails at the call."""
-    from .attention import attention_spec
+    compiled now, so a mod that cannot be differentiated fails at the call;
+    so does a target without a backward (:func:`check_backward_target`)."""
+    from .attention import _options, attention_spec
 
     label = _label(score_fn) if score_fn is not None else "score_mod"
     spec = attention_spec(query, key, value, score_mod=score_mod, mask_mod=mask_mod,
                           block_mask=block_mask, captures=captures, scale=scale,
-                          enable_gqa=enable_gqa)
+                          enable_gqa=enable_gqa, options=options, name=name)
+    options = _options(query, options)
+    check_backward_target(options, query, key, value, captures, capture_labels)
     kv_side = [] if block_mask is None else [
         getattr(block_mask, n).contiguous() for n in _MASK_NAMES
         if getattr(block_mask, n, None) is not None]
@@ -398,14 +421,17 @@ def _trace_plan(score_fn, mask_fn, metas, block_size, scale, enable_gqa, grad_mo
     if block_size is not None:
         bm = SimpleNamespace(**dict(zip(_MASK_NAMES, mask + [None] * (4 - len(mask)))),
                              BLOCK_SIZE=block_size)
-    spec = build_spec(q, k, v, score_mod=score and score.ir, mask_mod=mask_mod and mask_mod.ir,
-                      block_mask=bm, captures=captures, scale=scale, return_lse=False)
+    score_ir, mask_ir = score and score.ir, mask_mod and mask_mod.ir
+    spec = build_spec(q, k, v, score_mod=score_ir, mask_mod=mask_ir, block_mask=bm,
+                      captures=captures, scale=scale, return_lse=False)
     q_side = grad and bm is not None
     if q_side and not q_lists:
         raise ValueError("flex_attention under torch.compile with gradients needs the block "
                          "mask's q-side lists (q_num_blocks, q_indices): create the BlockMask "
                          "with them (create_block_mask does)")
-    call = Call(spec.score_mod, spec.mask_mod, spec.block_size, len(mask) == 4, q_side,
+    # The call holds the mods as captured (the spec's carry this shape's
+    # index checks and report, which each call derives again).
+    call = Call(score_ir, mask_ir, spec.block_size, len(mask) == 4, q_side,
                 options, label)
     if grad:
         q_side_meta = []

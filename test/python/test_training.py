@@ -348,7 +348,7 @@ def test_integer_and_mask_only_captures():
     def row_limit(b, h, q_idx, kv_idx):
         return q_idx.float() < limit[h] + kv_idx
 
-    bm = fm.create_block_mask(row_limit, None, None, S, S, BLOCK_SIZE=32)
+    bm = fm.create_block_mask(row_limit, None, H, S, S, BLOCK_SIZE=32)  # reads h
     fm.flex_attention(q, k, v, block_mask=bm).sum().backward()
     assert torch.equal(limit.grad, torch.zeros(2))
     assert torch.isfinite(q.grad).all() and q.grad.abs().sum() > 0
