@@ -152,7 +152,7 @@ def _flex_attention_backward(
         captures: list[torch.Tensor], mask: list[torch.Tensor], call: str, scale: float,
         grad_captures: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
                                            list[torch.Tensor]]:
-    from .attention import build_spec
+    from .attention import build_spec, index_checked
 
     c = lookup(call)
     if q.device.type != "cpu":
@@ -161,8 +161,10 @@ def _flex_attention_backward(
             f"backward runs on the CPU); move the inputs to the CPU to train")
     spec = _backward_spec(c, q, k, v, captures, mask, scale, grad_captures, dlse is not None,
                           build_spec)
+    checked = index_checked(q, k, c.score_mod, c.mask_mod, True)
     tensors = dict(q=q, k=k, v=v, out=out, dout=dout, lse=lse, dlse=dlse)
-    dq, dk, dv, grads = backward.attention_backward(spec, c.options, tensors, captures, mask)
+    dq, dk, dv, grads = backward.attention_backward(spec, c.options, tensors, captures, mask,
+                                                    checked)
     return dq, dk, dv, grads
 
 

@@ -19,10 +19,10 @@ from typing import Optional, Sequence
 
 import torch
 
-from . import driver
+from . import driver, index_checks
 from .options import CompileOptions
-from .spec import (AttentionSpec, BufferType, block_mask_lines, entry_function, f32_literal,
-                   mod_region_lines, operand_group)
+from .spec import (AttentionSpec, BufferType, block_mask_lines, capture_lines, entry_function,
+                   f32_literal, mod_region_lines, operand_group)
 
 __all__ = ["BackwardSpec", "NotDifferentiableError", "attention_backward", "backward_spec",
            "q_side_mask_tensors"]
@@ -54,7 +54,7 @@ class BackwardSpec:
 
     def arguments(self) -> list[tuple[str, BufferType]]:
         """q, k, v, out, dout, lse, [dlse], dq, dk, dv, the kv-side then the
-        q-side block lists, captures..., capture grads..."""
+        q-side block lists, captures..., [index_report], capture grads..."""
         f = self.forward
         args = [("q", f.q), ("k", f.k), ("v", f.v), ("out", f.out), ("dout", f.out),
                 ("lse", f.lse)]
@@ -66,6 +66,8 @@ class BackwardSpec:
                 args.append((name, getattr(f, name)))
         args += [(n, getattr(self, n)) for n in _Q_SIDE if getattr(self, n) is not None]
         args += [(f"capture{i}", c) for i, c in enumerate(f.captures)]
+        if f.index_report is not None:  # the mods' last capture, as in the forward
+            args.append(("index_report", f.index_report))
         args += [(f"capture_grad{i}", BufferType(f.captures[c].shape, "f32"))
                  for i, c in enumerate(self.grad_captures)]
         return args
@@ -98,8 +100,7 @@ class BackwardSpec:
             lines.append(operand_group("    dlse", ["dlse"], typ))
         lines.append(operand_group("    grads", ["dq", "dk", "dv"], typ))
         lines += block_mask_lines(typ)
-        if f.captures:
-            lines.append(operand_group("    captures", [f"capture{i}" for i in range(len(f.captures))], typ))
+        lines += capture_lines(args, typ)
         if self.grad_captures:
             lines.append(operand_group(
                 "    capture_grads", [f"capture_grad{i}" for i in range(len(self.grad_captures))], typ))
@@ -176,11 +177,15 @@ def kernel(spec: BackwardSpec, options: CompileOptions):
 
 
 def attention_backward(spec: BackwardSpec, options: CompileOptions, tensors: dict,
-                       captures: Sequence[torch.Tensor], mask: Sequence[torch.Tensor]):
+                       captures: Sequence[torch.Tensor], mask: Sequence[torch.Tensor],
+                       checked: index_checks.Checked):
     """Runs the backward kernel of ``spec``. ``tensors`` holds q, k, v, out,
     dout, lse and (when ``spec.has_dlse``) dlse; ``mask`` the kv-side then the
-    q-side block lists. Returns ``(dq, dk, dv, capture_grads)``, the capture
-    gradients in their captures' dtypes (accumulated in float32)."""
+    q-side block lists; ``checked`` the index checks of the mods (the
+    forward's: the same report rows). Returns ``(dq, dk, dv, capture_grads)``,
+    the capture gradients in their captures' dtypes (accumulated in float32).
+    A read of a captured tensor the kernel finds out of bounds raises
+    IndexError after the call (its gradients are never returned)."""
     run = kernel(spec, options)
     q, k, v = (tensors[n].contiguous() for n in ("q", "k", "v"))
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
@@ -191,5 +196,8 @@ def attention_backward(spec: BackwardSpec, options: CompileOptions, tensors: dic
     args += [dq, dk, dv, *(t.contiguous() for t in mask)]
     args += [c.contiguous().view(torch.uint8) if c.dtype == torch.bool else c.contiguous()
              for c in captures]
-    run(args + grads)
+    report = index_checks.report_capture(checked, q.device)
+    run(args + ([] if report is None else [report]) + grads)
+    if report is not None:
+        index_checks.raise_reported(report, checked)
     return dq, dk, dv, [g.to(captures[c].dtype) for g, c in zip(grads, spec.grad_captures)]

@@ -14,8 +14,9 @@
 //   adj[x]  += adj[y] * dy/dx                 (each active op y = f(x, ...),
 //                                              last to first)
 //
-// Integer paths (index arithmetic, comparisons, float -> int conversions)
-// carry no derivative and stop the sweep; piecewise-constant float ops
+// Integer paths (index arithmetic, comparisons, float -> int conversions,
+// flexattn.check_index, cloned with its index report) carry no derivative
+// and stop the sweep; piecewise-constant float ops
 // (floor, ceil, round, trunc) contribute zero. An op on the gradient path
 // without a rule (or control flow with a float result there) is an error that
 // names the op: never a wrong derivative.

@@ -5,9 +5,10 @@
 //===----------------------------------------------------------------------===//
 //
 // Replaces each flexattn.apply_mods with its score_mod body and, for a masked
-// score, its mask_mod body and a select against -inf; then lowers the
+// score, its mask_mod body and a select against -inf (each apply_mods_vjp
+// likewise, with its score_mod_vjp body); then lowers the
 // flexattn.check_index ops the bodies brought along (torch-style wrap, bounds
-// check, report store).
+// check, report store), in the forward and the backward alike.
 //
 //===----------------------------------------------------------------------===//
 

@@ -135,8 +135,8 @@ def FlexAttnFuseOnlineSoftmax
 }
 
 def FlexAttnInlineMods : Pass<"flexattn-inline-mods", "::mlir::ModuleOp"> {
-  let summary = "Replace flexattn.apply_mods with the bodies of its score_mod "
-                "and mask_mod regions, and lower their index checks";
+  let summary = "Replace flexattn.apply_mods and apply_mods_vjp with the "
+                "bodies of their mod regions, and lower their index checks";
   let description = [{
     Clones the score_mod body with its arguments bound to the score, the
     indices (cast from index to the region's index type) and the captured
@@ -162,7 +162,8 @@ def FlexAttnInlineMods : Pass<"flexattn-inline-mods", "::mlir::ModuleOp"> {
     %r = arith.select %c, %s, %ninf : f32
     ```
 
-    Then each `flexattn.check_index` the bodies brought into the code becomes
+    Then each `flexattn.check_index` the bodies (forward and vjp alike)
+    brought into the code becomes
     torch's indexing: `pos = index < 0 ? index + size : index`; unless its
     `bounds` prove `-size <= index < size`, `ok = pos <u size`, an `scf.if`
     storing `[1, index]` into row `site` of its report buffer when not ok,
@@ -232,7 +233,8 @@ def FlexAttnDifferentiateMods
     buffer listed in `grad_captures`). The region yields the modified score,
     `dy * d/dscore`, and for each differentiated load its `dy * d/dload` and
     indices; `vjp_loads` records the loads' captures. Integer paths carry no
-    derivative; floor/ceil/round/trunc contribute 0. An op on the gradient
+    derivative (index arithmetic and the `flexattn.check_index` reads, which
+    come along with their index report); floor/ceil/round/trunc contribute 0. An op on the gradient
     path without a derivative rule fails the pass with an error naming it.
 
     Before:

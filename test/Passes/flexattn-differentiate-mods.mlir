@@ -1,7 +1,7 @@
 // RUN: flexattn-opt %s -split-input-file -flexattn-differentiate-mods -verify-diagnostics | FileCheck %s
 
-// The zoo's score_mods (as the frontend captures them; index clamping
-// chains shortened) and their score_mod_vjp regions: the mod, then the
+// The zoo's score_mods (index computations shortened; the last case reads
+// through the frontend's flexattn.check_index) and their score_mod_vjp regions: the mod, then the
 // reverse sweep, then yield (score', dy * d/dscore, per differentiated load:
 // dy * d/dload and its indices).
 
@@ -396,6 +396,52 @@ func.func @off_path(%q: memref<1x4x64x16xf32>, %o: memref<1x4x64x16xf32>, %l: me
       %a = math.acos %x : f32
       %r = arith.addf %score, %a : f32
       flexattn.yield %r : f32
+    }
+  return
+}
+
+// -----
+
+// A learnable table read at a captured int table's entry (as the frontend
+// captures it after index_checks: the bucket's index proved in bounds, the
+// table's column checked at run time into the report, the mods' last
+// capture). check_index is integer index code: cloned into the vjp (its
+// report store runs in the backward too), never differentiated; only the
+// table's load is differentiated, at the checked indices; the bucket (i64)
+// and the report take no gradient.
+
+// CHECK-LABEL: func.func @bucketed(
+// CHECK:         attributes {grad_captures = array<i64: 0>, scale = 1.000000e+00 : f32, vjp_loads = array<i64: 0>} score_mod {
+// CHECK:         } score_mod_vjp {
+// CHECK-NEXT:    ^bb0(%[[S:.+]]: f32, %{{.+}}: i32, %[[H:.+]]: i32, %{{.+}}: i32, %[[KV:.+]]: i32, %[[T:.+]]: memref<2x8xf32>, %[[BK:.+]]: memref<48xi64>, %[[REP:.+]]: memref<1x2xi64>, %[[DY:.+]]: f32):
+// CHECK:           %[[I:.+]] = flexattn.check_index %{{.+}} of size 48 {bounds = array<i64: 0, 47>} : i64
+// CHECK-NEXT:      %[[BI:.+]] = memref.load %[[BK]][%[[I]]] : memref<48xi64>
+// CHECK-NEXT:      %[[COL:.+]] = flexattn.check_index %[[BI]] of size 8 report(%[[REP]] : memref<1x2xi64>) {site = 0 : i64} : i64
+// CHECK-NEXT:      %[[ROW:.+]] = flexattn.check_index %{{.+}} of size 2 {bounds = array<i64: 0, 1>} : i64
+// CHECK-NEXT:      %[[W:.+]] = memref.load %[[T]][%[[ROW]], %[[COL]]] : memref<2x8xf32>
+// CHECK-NEXT:      %[[R:.+]] = arith.addf %[[S]], %[[W]] : f32
+// CHECK-NEXT:      flexattn.yield %[[R]], %[[DY]], %[[DY]], %[[ROW]], %[[COL]] : f32, f32, f32, index, index
+func.func @bucketed(%q: memref<1x2x48x16xf32>, %o: memref<1x2x48x16xf32>, %l: memref<1x2x48xf32>,
+                    %t: memref<2x8xf32>, %bk: memref<48xi64>, %rep: memref<1x2xi64>,
+                    %g: memref<2x8xf32>) {
+  flexattn.attention_backward ins(%q, %q, %q : memref<1x2x48x16xf32>, memref<1x2x48x16xf32>, memref<1x2x48x16xf32>)
+      out(%o : memref<1x2x48x16xf32>) dout(%o : memref<1x2x48x16xf32>) lse(%l : memref<1x2x48xf32>)
+      grads(%q, %q, %q : memref<1x2x48x16xf32>, memref<1x2x48x16xf32>, memref<1x2x48x16xf32>)
+      captures(%t, %bk, %rep : memref<2x8xf32>, memref<48xi64>, memref<1x2xi64>)
+      capture_grads(%g : memref<2x8xf32>)
+      attributes {scale = 1.0 : f32, grad_captures = array<i64: 0>}
+    score_mod {
+    ^bb0(%score: f32, %b: i32, %h: i32, %q_idx: i32, %kv_idx: i32, %cap0: memref<2x8xf32>,
+         %cap1: memref<48xi64>, %cap2: memref<1x2xi64>):
+      %2 = arith.extsi %kv_idx : i32 to i64
+      %3 = arith.extsi %h : i32 to i64
+      %4 = flexattn.check_index %2 of size 48 {bounds = array<i64: 0, 47>} : i64
+      %5 = memref.load %cap1[%4] : memref<48xi64>
+      %6 = flexattn.check_index %5 of size 8 report(%cap2 : memref<1x2xi64>) {site = 0 : i64} : i64
+      %7 = flexattn.check_index %3 of size 2 {bounds = array<i64: 0, 1>} : i64
+      %8 = memref.load %cap0[%7, %6] : memref<2x8xf32>
+      %9 = arith.addf %score, %8 : f32
+      flexattn.yield %9 : f32
     }
   return
 }

@@ -60,3 +60,46 @@ func.func @identity(%s: f32, %dy: f32, %i: index) -> (f32, f32) {
   %r:2 = flexattn.apply_mods_vjp %s, %dy at(%i, %i, %i, %i) attributes {masked} : f32, f32
   return %r#0, %r#1 : f32, f32
 }
+
+// -----
+
+// A score_mod_vjp reading a table at a checked index (the frontend's
+// flexattn.check_index with the index report, the last capture): inlined,
+// then the check lowered as in the forward (wrap, bounds check, report
+// store); the derivative's index is the checked position.
+
+// CHECK-LABEL: func.func @checked(
+// CHECK-SAME:    %[[S:[^:]+]]: f32, %[[DY:[^:]+]]: f32, %{{[^:]+}}: index, %{{[^:]+}}: index, %{{[^:]+}}: index, %[[KI:[^:]+]]: index, %[[W:[^:]+]]: memref<8xf32>, %[[BK:[^:]+]]: memref<16xi64>, %[[REP:[^:]+]]: memref<1x2xi64>)
+// CHECK:         %[[X:.+]] = memref.load %[[BK]][%{{.+}}] : memref<16xi64>
+// CHECK:         %[[NEG:.+]] = arith.cmpi slt, %[[X]], %{{.+}} : i64
+// CHECK:         %[[POS:.+]] = arith.select %[[NEG]], %{{.+}}, %[[X]] : i64
+// CHECK:         %[[OK:.+]] = arith.cmpi ult, %[[POS]], %{{.+}} : i64
+// CHECK:         scf.if %{{.+}} {
+// CHECK:           memref.store %{{.+}}, %[[REP]][%{{.+}}, %{{.+}}] : memref<1x2xi64>
+// CHECK:           memref.store %[[X]], %[[REP]][%{{.+}}, %{{.+}}] : memref<1x2xi64>
+// CHECK-NEXT:    }
+// CHECK:         %[[SAFE:.+]] = arith.select %[[OK]], %[[POS]], %{{.+}} : i64
+// CHECK-NEXT:    %[[J:.+]] = arith.index_cast %[[SAFE]] : i64 to index
+// CHECK-NEXT:    %[[WJ:.+]] = memref.load %[[W]][%[[J]]] : memref<8xf32>
+// CHECK-NEXT:    %[[R:.+]] = arith.addf %[[S]], %[[WJ]] : f32
+// CHECK-NEXT:    return %[[R]], %[[DY]], %[[DY]], %[[J]] : f32, f32, f32, index
+// CHECK-NOT:     flexattn.
+func.func @checked(%s: f32, %dy: f32, %b: index, %h: index, %qi: index, %ki: index,
+                   %w: memref<8xf32>, %bk: memref<16xi64>, %rep: memref<1x2xi64>)
+    -> (f32, f32, f32, index) {
+  %r:4 = flexattn.apply_mods_vjp %s, %dy at(%b, %h, %qi, %ki)
+      captures(%w, %bk, %rep : memref<8xf32>, memref<16xi64>, memref<1x2xi64>)
+      attributes {vjp_loads = array<i64: 0>}
+    score_mod_vjp {
+    ^bb0(%x: f32, %bb: i32, %hh: i32, %q: i32, %k: i32, %c: memref<8xf32>, %bkt: memref<16xi64>,
+         %err: memref<1x2xi64>, %g: f32):
+      %k64 = arith.extsi %k : i32 to i64
+      %i = flexattn.check_index %k64 of size 16 {bounds = array<i64: 0, 15>} : i64
+      %x64 = memref.load %bkt[%i] : memref<16xi64>
+      %j = flexattn.check_index %x64 of size 8 report(%err : memref<1x2xi64>) {site = 0 : i64} : i64
+      %wj = memref.load %c[%j] : memref<8xf32>
+      %y = arith.addf %x, %wj : f32
+      flexattn.yield %y, %g, %g, %j : f32, f32, f32, index
+    } : f32, f32, f32, index
+  return %r#0, %r#1, %r#2, %r#3 : f32, f32, f32, index
+}

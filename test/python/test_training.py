@@ -26,6 +26,7 @@ import pytest
 import torch
 
 import flexattn_mlir as fm
+from flexattn_mlir.frontend import combine
 from reference import reference_attention
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -201,6 +202,58 @@ def test_fully_masked_rows_have_zero_gradients():
                                              for t in (q, k, v)),
                                            mask_fn=lambda b, h, i, j: (i >= j) & (i < 40))
     torch.testing.assert_close(out.double(), ref_out, **F32)
+
+
+def test_table_read_through_a_captured_index_is_checked_forward_and_backward():
+    """A learnable [H, T] table read at bucket[kv_idx], bucket a captured
+    int table: the compiler cannot bound that index, so both kernels check it
+    and write the index report (the mods' last capture, in the backward's
+    captures too, never given a gradient). The table trains like any capture
+    (negative buckets wrap, as in torch). A bucket out of range raises
+    IndexError at the forward call; one the backward finds out of range (the
+    table changed behind autograd's back) raises there: no gradient computed
+    from a clamped read is returned."""
+    from flexattn_mlir import backward
+
+    B, H, S, D, T = 1, 2, 48, 16, 8
+    q, k, v = (leaf(B, H, S, D) for _ in range(3))
+    bucket = torch.randint(-T, T, (S,), dtype=torch.int64)
+    table = (torch.randn(H, T) * 0.5).requires_grad_()
+
+    def bucketed(score, b, h, q_idx, kv_idx):
+        return score + table[h, bucket[kv_idx]]
+
+    bm = fm.create_block_mask(causal, None, None, S, S, BLOCK_SIZE=16)
+
+    def ref(q, k, v, t):
+        return reference_attention(q, k, v, score_fn=lambda x, b, h, i, j: x + t[h, bucket[j]],
+                                   mask_fn=lambda b, h, i, j: i >= j)
+
+    run = lambda: fm.flex_attention(q, k, v, score_mod=bucketed,  # noqa: E731
+                                    block_mask=bm, return_lse=True)
+    check_grads(run, ref, [q, k, v, table], with_lse=True, tol=F32)
+    # The report is the last capture of both kernels; only the table takes a
+    # gradient.
+    score, _, captures = combine(fm.capture_score_mod(bucketed), None)
+    spec = fm.attention_spec(q, k, v, score_mod=score.ir, captures=captures)
+    assert spec.index_report is not None
+    names = [n for n, _ in backward.backward_spec(spec, [], [0], False).arguments()]
+    assert names[-3:] == ["capture1", "index_report", "capture_grad0"], names
+
+    bucket[5] = T  # out of range: the forward raises, nothing to differentiate
+    with pytest.raises(IndexError, match=r"table .* along dim 1 \(size 8\) was read out of "
+                                         r"bounds: index 8 \(valid indices are -8..7\)"):
+        run()
+    bucket[5] = 0
+    out, _ = run()
+    bucket.data[5] = -T - 1  # not seen by autograd's version check
+    with pytest.raises(IndexError, match=r"table .* was read out of bounds: index -9"):
+        out.sum().backward()
+    bucket.data[5] = 0
+    # A read proved out of bounds for these shapes: IndexError before any kernel.
+    short = torch.zeros(S - 1, requires_grad=True)
+    with pytest.raises(IndexError, match=r"short .* is read out of bounds"):
+        fm.flex_attention(q, k, v, score_mod=lambda s, b, h, i, j: s + short[j])
 
 
 # ---------------------------------------------------------------------------
