@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Optional, Sequence
 
 import torch
@@ -147,6 +147,13 @@ def q_side_mask_tensors(block_mask) -> list[torch.Tensor]:
 def backward_spec(forward: AttentionSpec, q_side: Sequence[torch.Tensor],
                   grad_captures: Sequence[int], has_dlse: bool,
                   label: str = "score_mod") -> BackwardSpec:
+    """The backward of ``forward``. K/V of batch 1 shared by the query batch
+    (the forward reads them in place) enter the backward expanded to the
+    query's batch: its dk/dv accumulators have one writer per (batch, head,
+    KV tile), and :func:`attention_backward` sums them over the batch."""
+    batch = forward.q.shape[0]
+    forward = replace(forward, **{n: BufferType((batch, *t.shape[1:]), t.elem)
+                                  for n, t in (("k", forward.k), ("v", forward.v))})
     return BackwardSpec(forward, tuple(grad_captures), bool(has_dlse),
                         *[BufferType.of(t) for t in q_side], label=label)
 
@@ -188,6 +195,9 @@ def attention_backward(spec: BackwardSpec, options: CompileOptions, tensors: dic
     IndexError after the call (its gradients are never returned)."""
     run = kernel(spec, options)
     q, k, v = (tensors[n].contiguous() for n in ("q", "k", "v"))
+    shared = k.shape[0] != q.shape[0]  # batch-1 K/V read by every query batch
+    if shared:
+        k, v = (t.expand(q.shape[0], -1, -1, -1).contiguous() for t in (k, v))
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     grads = [torch.empty(captures[c].shape, dtype=torch.float32) for c in spec.grad_captures]
     args = [q, k, v] + [tensors[n].contiguous() for n in ("out", "dout", "lse")]
@@ -200,4 +210,6 @@ def attention_backward(spec: BackwardSpec, options: CompileOptions, tensors: dic
     run(args + ([] if report is None else [report]) + grads)
     if report is not None:
         index_checks.raise_reported(report, checked)
+    if shared:  # dK, dV of a shared K/V: the sum over the query batch
+        dk, dv = (g.sum(0, keepdim=True, dtype=torch.float32).to(g.dtype) for g in (dk, dv))
     return dq, dk, dv, [g.to(captures[c].dtype) for g, c in zip(grads, spec.grad_captures)]

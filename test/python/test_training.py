@@ -204,6 +204,30 @@ def test_fully_masked_rows_have_zero_gradients():
     torch.testing.assert_close(out.double(), ref_out, **F32)
 
 
+def test_shared_kv_batch_sums_dk_dv_over_the_query_batch():
+    """K/V of batch 1 read by a query batch of 3 (the forward reads them in
+    place): their gradients are the sums over the query batch, as the float64
+    reference's broadcast gives; with GQA, a block mask, a learnable
+    per-head bias and lse in the loss."""
+    B, Hq, Hkv, S, D = 3, 4, 2, 64, 16
+    q, k, v = leaf(B, Hq, S, D), leaf(1, Hkv, S, D), leaf(1, Hkv, S, D)
+    slopes = (torch.rand(Hq) * 0.2).requires_grad_()
+
+    def alibi(score, b, h, q_idx, kv_idx):
+        return score + slopes[h] * (kv_idx - q_idx)
+
+    bm = fm.create_block_mask(causal, None, None, S, S, BLOCK_SIZE=32)
+
+    def ref(q, k, v, s):
+        return reference_attention(q, k, v, score_fn=lambda x, b, h, i, j: x + s[h] * (j - i),
+                                   mask_fn=lambda b, h, i, j: i >= j)
+
+    check_grads(lambda: fm.flex_attention(q, k, v, score_mod=alibi, block_mask=bm,
+                                          enable_gqa=True, return_lse=True),
+                ref, [q, k, v, slopes], with_lse=True, tol=F32)
+    assert k.grad.shape == k.shape and v.grad.shape == v.shape
+
+
 def test_table_read_through_a_captured_index_is_checked_forward_and_backward():
     """A learnable [H, T] table read at bucket[kv_idx], bucket a captured
     int table: the compiler cannot bound that index, so both kernels check it
