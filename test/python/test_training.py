@@ -79,11 +79,15 @@ def test_full_attention_with_lse():
                 with_lse=True, tol=F32)
 
 
-def test_causal_alibi_learnable_slopes_gqa_uneven_lengths():
+@pytest.mark.parametrize("B,Bkv", [(1, 1), (3, 1)], ids=["batch", "shared_kv"])
+def test_causal_alibi_learnable_slopes_gqa_uneven_lengths(B, Bkv):
     """Causal block mask, ALiBi with learnable slopes, GQA 4/2, M != N, and
-    neither length a multiple of the 32 x 32 block."""
-    B, Hq, Hkv, M, N, D = 1, 4, 2, 100, 72, 16
-    q, k, v = leaf(B, Hq, M, D), leaf(B, Hkv, N, D), leaf(B, Hkv, N, D)
+    neither length a multiple of the 32 x 32 block. ``shared_kv``: K/V of
+    batch 1 read by a query batch of 3 (the forward reads them in place);
+    their gradients are the sums over the query batch, as the float64
+    reference's broadcast gives."""
+    Hq, Hkv, M, N, D = 4, 2, 100, 72, 16
+    q, k, v = leaf(B, Hq, M, D), leaf(Bkv, Hkv, N, D), leaf(Bkv, Hkv, N, D)
     slopes = (torch.rand(Hq) * 0.2).requires_grad_()
 
     def alibi(score, b, h, q_idx, kv_idx):
@@ -98,6 +102,7 @@ def test_causal_alibi_learnable_slopes_gqa_uneven_lengths():
     check_grads(lambda: fm.flex_attention(q, k, v, score_mod=alibi, block_mask=bm,
                                           enable_gqa=True, return_lse=True),
                 ref, [q, k, v, slopes], with_lse=True, tol=F32)
+    assert k.grad.shape == k.shape and v.grad.shape == v.shape
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -202,30 +207,6 @@ def test_fully_masked_rows_have_zero_gradients():
                                              for t in (q, k, v)),
                                            mask_fn=lambda b, h, i, j: (i >= j) & (i < 40))
     torch.testing.assert_close(out.double(), ref_out, **F32)
-
-
-def test_shared_kv_batch_sums_dk_dv_over_the_query_batch():
-    """K/V of batch 1 read by a query batch of 3 (the forward reads them in
-    place): their gradients are the sums over the query batch, as the float64
-    reference's broadcast gives; with GQA, a block mask, a learnable
-    per-head bias and lse in the loss."""
-    B, Hq, Hkv, S, D = 3, 4, 2, 64, 16
-    q, k, v = leaf(B, Hq, S, D), leaf(1, Hkv, S, D), leaf(1, Hkv, S, D)
-    slopes = (torch.rand(Hq) * 0.2).requires_grad_()
-
-    def alibi(score, b, h, q_idx, kv_idx):
-        return score + slopes[h] * (kv_idx - q_idx)
-
-    bm = fm.create_block_mask(causal, None, None, S, S, BLOCK_SIZE=32)
-
-    def ref(q, k, v, s):
-        return reference_attention(q, k, v, score_fn=lambda x, b, h, i, j: x + s[h] * (j - i),
-                                   mask_fn=lambda b, h, i, j: i >= j)
-
-    check_grads(lambda: fm.flex_attention(q, k, v, score_mod=alibi, block_mask=bm,
-                                          enable_gqa=True, return_lse=True),
-                ref, [q, k, v, slopes], with_lse=True, tol=F32)
-    assert k.grad.shape == k.shape and v.grad.shape == v.shape
 
 
 def test_table_read_through_a_captured_index_is_checked_forward_and_backward():
