@@ -38,6 +38,12 @@ StringRef passThatRemoves(Operation *op) {
     return "flexattn-block-sparsity";
   if (isa<TileStepOp, FinalizeOp>(op))
     return "flexattn-fuse-online-softmax";
+  if (isa<AttentionBackwardOp>(op))
+    return "flexattn-differentiate-mods and flexattn-tile";
+  if (isa<BackwardQLoopOp, BackwardKvLoopOp>(op))
+    return "flexattn-block-sparsity";
+  if (isa<BackwardStepOp, StoreTileOp>(op))
+    return "flexattn-decompose-backward";
   return "flexattn-inline-mods";
 }
 
