@@ -39,8 +39,8 @@ from . import backward, cache, checks, frontend, targets
 from .mods import ModIR
 from .options import CompileOptions
 
-__all__ = ["Call", "needs_grad", "attention_with_grad", "check_backward_target",
-           "traced_flex_attention"]
+__all__ = ["Call", "Prepared", "needs_grad", "attention_with_grad", "check_backward_target",
+           "mask_lists", "prepare", "traced_flex_attention"]
 
 _MASK_NAMES = ("kv_num_blocks", "kv_indices", "full_kv_num_blocks", "full_kv_indices")
 
@@ -269,17 +269,48 @@ def attention_with_grad(query, key, value, *, score_mod, mask_mod, block_mask, c
                           enable_gqa=enable_gqa, options=options, name=name)
     options = _options(query, options)
     check_backward_target(options, query, key, value, captures, capture_labels)
-    kv_side = [] if block_mask is None else [
-        getattr(block_mask, n).contiguous() for n in _MASK_NAMES
-        if getattr(block_mask, n, None) is not None]
-    q_side = backward.q_side_mask_tensors(block_mask)
+    p = prepare(spec, score_mod=score_mod, mask_mod=mask_mod, block_mask=block_mask,
+                options=options, label=label,
+                grad_captures=[i for i, t in enumerate(captures) if t.requires_grad])
+    out, lse = torch.ops.flexattn.flex_attention(
+        query, key, value, list(captures), p.mask, p.call, p.scale, True)
+    return (out, lse) if return_lse else out
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A registered call of the ops: its key, its ``mask`` operand, the scale."""
+
+    call: str
+    mask: list
+    scale: float
+
+
+def mask_lists(block_mask, q_side: bool) -> list:
+    """The ops' ``mask`` operand for ``block_mask``: its kv-side block lists,
+    then (``q_side``, for a backward) the q-side ones."""
+    if block_mask is None:
+        return []
+    kv_side = [getattr(block_mask, n).contiguous() for n in _MASK_NAMES
+               if getattr(block_mask, n, None) is not None]
+    return kv_side + (backward.q_side_mask_tensors(block_mask) if q_side else [])
+
+
+def prepare(spec, *, score_mod, mask_mod, block_mask, options, grad_captures,
+            label="score_mod", grad=True) -> Prepared:
+    """Registers the call of flexattn::flex_attention for ``spec`` (built from
+    the mods ``score_mod``, ``mask_mod`` as given, before index checks) and,
+    when ``grad``, compiles its backward kernel for ``grad_captures``, so a
+    mod that cannot be differentiated fails now (NotDifferentiableError).
+    Without ``grad`` the call carries no q-side lists and runs forwards only."""
+    kv_side = mask_lists(block_mask, q_side=False)
+    q_side = backward.q_side_mask_tensors(block_mask) if grad else []
     call = Call(score_mod, mask_mod, spec.block_size, len(kv_side) == 4, bool(q_side),
                 options, label)
-    grad_captures = [i for i, t in enumerate(captures) if t.requires_grad]
-    backward.kernel(backward.backward_spec(spec, q_side, grad_captures, False, label), options)
-    out, lse = torch.ops.flexattn.flex_attention(
-        query, key, value, list(captures), kv_side + q_side, register(call), spec.scale, True)
-    return (out, lse) if return_lse else out
+    if grad:
+        backward.kernel(backward.backward_spec(spec, q_side, grad_captures, False, label),
+                        options)
+    return Prepared(register(call), kv_side + q_side, spec.scale)
 
 
 # ---------------------------------------------------------------------------

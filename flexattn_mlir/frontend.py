@@ -48,6 +48,7 @@ __all__ = [
     "capture_mask_mod",
     "combine",
     "capture_labels",
+    "replace_tensors",
     "clear_memo",
     "export_count",
 ]
@@ -302,6 +303,17 @@ def _rebuild(node, inputs):
         new.__kwdefaults__ = {k: _rebuild(v, inputs) for k, v in kwdefaults.items()}
     new.__qualname__ = orig.__qualname__
     return new
+
+
+def replace_tensors(fn: Callable, replacements: dict[int, torch.Tensor]) -> Callable:
+    """``fn`` rebuilt with tensors it reads replaced: ``replacements`` maps
+    ``id(old tensor)`` to the new one, wherever the mod finds it (closure
+    cells, globals, defaults, the functions it calls: the places capture
+    lifts tensors from). ``fn`` itself when it reads none of them."""
+    walk = _Walk(fn)
+    if not any(id(t) in replacements for t in walk.tensors):
+        return fn
+    return _rebuild(walk.plan, [replacements.get(id(t), t) for t in walk.tensors])
 
 
 # ---------------------------------------------------------------------------

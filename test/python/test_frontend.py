@@ -178,6 +178,24 @@ def test_combine_reorders_captures():
     torch.testing.assert_close(out, ref, atol=ATOL, rtol=RTOL)
 
 
+def test_replace_tensors_reaches_closures_globals_and_helpers():
+    local = torch.arange(4, dtype=torch.int32)
+    whole = torch.arange(S, dtype=torch.int32)
+
+    def helper(i):
+        return local[i] + DOC[i]
+
+    def mask(b, h, q, kv):
+        return helper(q) >= local[kv]
+
+    assert fe.replace_tensors(mask, {id(torch.zeros(1)): whole}) is mask
+    swapped = fe.replace_tensors(mask, {id(local): whole})
+    assert swapped is not mask and swapped.__name__ == "mask"
+    captured = capture_mask_mod(swapped)
+    assert [id(t) for t in captured.captures] == [id(whole), id(DOC)]
+    assert capture_mask_mod(mask).captures[0] is local  # the original is untouched
+
+
 def test_gqa_and_lse(qkv):
     q = qkv[0]
     k, v = qkv[1][:, :2], qkv[2][:, :2]
