@@ -243,6 +243,12 @@ def _plan(query, key, value, score_mod, cp: CPBlockMask, token_tensors, rotate, 
             raise ValueError(
                 f"context_parallel_flex_attention: {name} has {t.shape[_SEQ]} rows (dim 2); "
                 f"this rank's shard of {sh} holds {sh.local_len} (shard q, k, v with it)")
+    if cp.tokens.stale():
+        raise ValueError(
+            "context_parallel_flex_attention: a per-token tensor given to create_cp_block_mask "
+            "was modified in place since (its gathered copy and the block masks are stale): "
+            "create the block mask again; pass per-token tensors that change between calls "
+            "(learnable ones the score_mod reads) in token_tensors here instead")
     tokens = cp.tokens.merged(token_tensors)
     rotation = cp.rotation(rotate, query.device)
     q_table, kv_table = rotation.q_table, rotation.kv_tables[0]

@@ -75,13 +75,14 @@ def global_index_mod(fn: Optional[Callable], kind: str, seq_len: int, q_table: t
 
 class TokenTensors:
     """Per-token tensors the mods read, given by this rank's shard: each
-    shard (by identity) with its sequence dim and its whole-sequence
-    version (all-gathered once, in sequence order, without gradient)."""
+    shard (by identity) with its sequence dim, its whole-sequence version
+    (all-gathered once, in sequence order, without gradient) and the
+    shard's version counter then (an in-place change makes it stale)."""
 
     def __init__(self, sharding: SequenceSharding, group: comm.Group,
                  tensors: Sequence = ()):
         self.sharding, self.group = sharding, group
-        self.entries: dict[int, tuple[torch.Tensor, int, torch.Tensor]] = {}
+        self.entries: dict[int, tuple[torch.Tensor, int, torch.Tensor, int]] = {}
         self.add(tensors)
 
     def add(self, tensors: Sequence) -> "TokenTensors":
@@ -100,7 +101,7 @@ class TokenTensors:
             dim %= t.dim()
             with torch.no_grad():
                 whole = self.sharding.unshard(comm.all_gather(t.detach(), dim, self.group), dim)
-            self.entries[id(t)] = (t, dim, whole)
+            self.entries[id(t)] = (t, dim, whole, t._version)
         return self
 
     def merged(self, tensors: Sequence) -> "TokenTensors":
@@ -111,6 +112,10 @@ class TokenTensors:
         out.entries = dict(self.entries)
         return out.add(tensors)
 
+    def stale(self) -> list[torch.Tensor]:
+        """The shards modified in place since they were gathered."""
+        return [e[0] for e in self.entries.values() if e[0]._version != e[3]]
+
     def substitute(self, fn: Optional[Callable]) -> Optional[Callable]:
         """``fn`` reading the whole-sequence tensors in place of the shards."""
         if fn is None or not self.entries:
@@ -119,7 +124,7 @@ class TokenTensors:
 
     def shard_of(self, whole: torch.Tensor):
         """(shard, dim) of a whole-sequence tensor made here, or None."""
-        for t, dim, w in self.entries.values():
+        for t, dim, w, _ in self.entries.values():
             if w is whole:
                 return t, dim
         return None

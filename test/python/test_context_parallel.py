@@ -155,3 +155,9 @@ def test_argument_errors(one_rank):
         context_parallel_flex_attention(q, k, v, block_mask=bm, rotate="alltoall")
     with pytest.raises(ValueError, match="no sequence dimension -1 of this rank's shard length"):
         create_cp_block_mask(None, None, None, sh, token_tensors=[torch.zeros(7)])
+    doc = torch.zeros(sh.local_len, dtype=torch.int32)
+    bm = create_cp_block_mask(lambda b, h, q, kv: doc[q] == doc[kv], None, None, sh,
+                              BLOCK_SIZE=8, token_tensors=[doc])
+    doc[3:] = 1  # the gathered copy and the block masks no longer hold
+    with pytest.raises(ValueError, match="modified in place since"):
+        context_parallel_flex_attention(q, k, v, block_mask=bm)
