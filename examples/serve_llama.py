@@ -92,6 +92,9 @@ def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
 def serve(prompt_lengths=(5, 11, 3), new_tokens: int = 8, seed: int = 0, verbose: bool = True):
     """Prefill, then greedy decoding; returns (max |logit difference| against
     the model without a cache, kernels compiled after the prefill)."""
+    if max(prompt_lengths) + new_tokens > MAX_LEN:
+        raise ValueError(f"a sequence would exceed MAX_LEN = {MAX_LEN} positions "
+                         f"(longest prompt {max(prompt_lengths)} + {new_tokens} new tokens)")
     model = tiny_llama(seed)
     reference = tiny_llama(seed)
     model.set_attn_implementation("flexattn_paged")
