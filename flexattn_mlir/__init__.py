@@ -14,6 +14,7 @@ from .masks import and_masks, noop_mask, or_masks
 from .driver import CompilationError, Compiled, compile
 from .mods import ModIR
 from .options import CompileOptions
+from .paged_attention import PagedAttention
 from .spec import AttentionSpec, BufferType
 
 __version__ = "0.1.0"
@@ -38,6 +39,7 @@ __all__ = [
     "Compiled",
     "CompilationError",
     "CompileOptions",
+    "PagedAttention",
     "AttentionSpec",
     "BufferType",
     "ModIR",

@@ -156,7 +156,7 @@ def compile_flex_attention(query, key, value, score_mod=None, block_mask=None, s
     options = call.pop("options")
     if target is not None:
         options = CompileOptions(**{**options.__dict__, "target": target,
-                                    "tile_q": 0, "tile_kv": 0})
+                                    "tile_q": 0, "tile_kv": 0, "dynamic": None})
     spec = attention_spec(query, key, value, scale=scale, enable_gqa=enable_gqa,
                           return_lse=return_lse, options=options, **call)
     return driver.compile(spec, options)

@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from . import cache, checks, index_checks, targets
+from . import cache, checks, dynamic_shapes, index_checks, targets
 from .mods import ModIR
 from .options import CompileOptions
 from .spec import AttentionSpec, BufferType
@@ -38,30 +38,46 @@ def _mask_tensors(block_mask) -> list[torch.Tensor]:
     return [getattr(block_mask, n).contiguous() for n in names]
 
 
-def index_checked(query, key, score_mod, mask_mod, check_indices: bool):
+def index_checked(query, key, score_mod, mask_mod, check_indices: bool, dynamic: bool = False):
     """The mods with their reads of captured tensors proved in bounds or
-    checked for this call's shapes (index_checks.annotate; memoised)."""
+    checked for this call's shapes (index_checks.annotate; memoised). For a
+    ``dynamic`` kernel, the mods first take the scale operand
+    (dynamic_shapes.scaled_mods)."""
+    if dynamic:
+        mods = [m for m in (score_mod, mask_mod) if m is not None]
+        caps = mods[0].capture_types if mods else ()
+        score_mod, mask_mod = dynamic_shapes.scaled_mods(score_mod, mask_mod, caps)
     b, hq, m, _ = query.shape
-    return index_checks.annotate(score_mod, mask_mod, (b, hq, m, key.shape[2]), check_indices)
+    return index_checks.annotate(score_mod, mask_mod, (b, hq, m, key.shape[2]), check_indices,
+                                 dynamic)
 
 
 def build_spec(query, key, value, *, score_mod, mask_mod, block_mask, captures,
-               scale, return_lse, name="flexattn", check_indices=True) -> AttentionSpec:
+               scale, return_lse, name="flexattn", check_indices=True,
+               dynamic=False) -> AttentionSpec:
     """The spec of a call. Raises IndexError for a provably out-of-bounds read
     of a captured tensor; ``check_indices``: whether the reads the compiler
-    cannot bound are checked at run time (index_checks.enabled)."""
-    checked = index_checked(query, key, score_mod, mask_mod, check_indices)
+    cannot bound are checked at run time (index_checks.enabled);
+    ``dynamic``: the spec of the kernel that serves every batch size,
+    sequence length, block-mask shape and scale (CompileOptions.dynamic,
+    :mod:`.dynamic_shapes`)."""
+    checked = index_checked(query, key, score_mod, mask_mod, check_indices, dynamic)
     masks = _mask_tensors(block_mask)
+    qkv = [BufferType.of(t) for t in (query, key, value)]
+    capture_types = tuple(BufferType.of(c) for c in captures)
     fields = {}
     if block_mask is not None:
-        fields["block_size"] = checks.block_size(block_mask.BLOCK_SIZE)
         names = ["kv_num_blocks", "kv_indices", "full_kv_num_blocks", "full_kv_indices"]
         fields.update({n: BufferType.of(t) for n, t in zip(names, masks)})
+    if dynamic:
+        *qkv, fields = dynamic_shapes.buffer_types(*qkv, fields)
+        capture_types += (BufferType((), "f32"),)  # the scale
+        scale = 1.0
+    if block_mask is not None:
+        fields["block_size"] = checks.block_size(block_mask.BLOCK_SIZE)
     return AttentionSpec(
-        q=BufferType.of(query), k=BufferType.of(key), v=BufferType.of(value),
-        scale=float(scale), return_lse=bool(return_lse),
-        captures=tuple(BufferType.of(c) for c in captures),
-        score_mod=checked.score, mask_mod=checked.mask, name=name,
+        q=qkv[0], k=qkv[1], v=qkv[2], scale=float(scale), return_lse=bool(return_lse),
+        captures=capture_types, score_mod=checked.score, mask_mod=checked.mask, name=name,
         index_report=BufferType(checked.report, "i64") if checked.report else None, **fields,
     )
 
@@ -155,7 +171,8 @@ def _prepare(query, key, value, *, score_mod, mask_mod, block_mask, captures, sc
     spec = build_spec(q, k, v, score_mod=score_mod, mask_mod=mask_mod,
                       block_mask=block_mask, captures=captures, scale=scale,
                       return_lse=return_lse, name=name,
-                      check_indices=index_checks.enabled(options.target))
+                      check_indices=index_checks.enabled(options.target),
+                      dynamic=options.dynamic)
     return spec, (q, k, v), captures, options
 
 
@@ -239,7 +256,12 @@ def attention_forward(query, key, value, *, score_mod=None, mask_mod=None, block
         args.append(lse)
     args += _mask_tensors(block_mask)
     args += [c.view(torch.uint8) if c.dtype == torch.bool else c for c in captures]
-    checked = index_checked(q, k, score_mod, mask_mod, index_checks.enabled(options.target))
+    if options.dynamic:  # the scale operand (dynamic_shapes)
+        if scale is None:
+            scale = 1.0 / math.sqrt(q.shape[-1])
+        args.append(torch.tensor(scale, dtype=torch.float32, device=q.device))
+    checked = index_checked(q, k, score_mod, mask_mod, index_checks.enabled(options.target),
+                            options.dynamic)
     report = index_checks.report_capture(checked, q.device)
     if report is not None:
         args.append(report)

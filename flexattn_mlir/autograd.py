@@ -29,7 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import SimpleNamespace
 from typing import Callable, Optional
 
@@ -224,6 +224,13 @@ _flex_attention_backward.register_autograd(
 # ---------------------------------------------------------------------------
 
 
+def _static(options: CompileOptions) -> CompileOptions:
+    """The differentiable path's options: static shapes (the backward kernel
+    is specialised on them, and the forward saves lse for that shape; see
+    docs/inference.md)."""
+    return replace(options, dynamic=False)
+
+
 def needs_grad(query, key, value, captures) -> bool:
     """Whether a call records a backward: grad mode on and some input (q, k,
     v or a captured tensor) requires grad."""
@@ -264,10 +271,10 @@ def attention_with_grad(query, key, value, *, score_mod, mask_mod, block_mask, c
     from .attention import _options, attention_spec
 
     label = _label(score_fn) if score_fn is not None else "score_mod"
+    options = _static(_options(query, options))
     spec = attention_spec(query, key, value, score_mod=score_mod, mask_mod=mask_mod,
                           block_mask=block_mask, captures=captures, scale=scale,
                           enable_gqa=enable_gqa, options=options, name=name)
-    options = _options(query, options)
     check_backward_target(options, query, key, value, captures, capture_labels)
     p = prepare(spec, score_mod=score_mod, mask_mod=mask_mod, block_mask=block_mask,
                 options=options, label=label,
@@ -446,8 +453,8 @@ def _trace_plan(score_fn, mask_fn, metas, block_size, scale, enable_gqa, grad_mo
             f"cannot be reached from the mod functions")
     if scale is None:
         scale = 1.0 / math.sqrt(q.shape[-1])
-    options = CompileOptions.from_kernel_options(
-        kernel_options, target=targets.for_device(torch.device(metas[0][2])).name)
+    options = _static(CompileOptions.from_kernel_options(
+        kernel_options, target=targets.for_device(torch.device(metas[0][2])).name))
     label = _label(score_fn) if score_fn is not None else "score_mod"
     grad = grad or (grad_mode and any(t.requires_grad for t in captures))
     bm = None

@@ -70,7 +70,7 @@ class CpuKernel:
             raise TypeError(f"{self.spec.name}: expected {len(expected)} buffers, got {len(tensors)}")
         descriptors = []
         for (name, btype), t in zip(expected, tensors):
-            if t.device.type != "cpu" or not t.is_contiguous() or tuple(t.shape) != btype.shape:
+            if t.device.type != "cpu" or not t.is_contiguous() or not btype.admits(t.shape):
                 raise ValueError(
                     f"{self.spec.name}: argument {name} must be a contiguous CPU tensor "
                     f"of shape {btype.shape}, got {tuple(t.shape)} on {t.device}"

@@ -8,7 +8,9 @@ bound b, h, q_idx and kv_idx (``[0, B)``, ``[0, H)``, ``[0, M)``, ``[0, N)``),
 and the interval analysis of :mod:`.masks` bounds every checked index:
 
 * provably inside ``[-size, size)``: the op gets ``bounds`` and the kernel
-  does no check (only the wrap, unless the index is never negative);
+  does no check (only the wrap, unless the index is never negative); for a
+  dynamic-shape kernel, which serves other shapes, the bounds say only what
+  this call proved (``[-size, size - 1]`` or ``[0, size - 1]``);
 * provably outside at some concrete ``(b, h, q_idx, kv_idx)`` (found by
   evaluating the mod at the corners of the domain and at sampled points):
   :func:`annotate` raises IndexError at the call, naming the mod, the tensor,
@@ -199,9 +201,14 @@ def _plan(mod: ModIR, shape, check: bool) -> list:
     return plan
 
 
-def _apply(mod: ModIR, plan: list, report_type: Optional[str], first_site: int) -> ModIR:
+def _apply(mod: ModIR, plan: list, report_type: Optional[str], first_site: int,
+           dynamic: bool) -> ModIR:
     """``mod`` with ``plan`` applied: bounds set, checked reads given the
-    report buffer (a new last argument) and their site (row) numbers."""
+    report buffer (a new last argument) and their site (row) numbers. For a
+    ``dynamic`` kernel, which serves other shapes, the bounds are not this
+    call's range but what it proves: ``[-size, size - 1]`` (in bounds) or
+    ``[0, size - 1]`` (in bounds, never negative), true for every call
+    whose analysis proves as much (the captures' sizes are in the key)."""
     from mlir import ir
 
     def rewrite(block, ops):
@@ -211,7 +218,11 @@ def _apply(mod: ModIR, plan: list, report_type: Optional[str], first_site: int) 
         site = first_site
         for op, decision in zip(ops, plan):
             if decision[0] == "bounds":
-                op.attributes["bounds"] = ir.DenseI64ArrayAttr.get([decision[1], decision[2]])
+                lo, hi = decision[1], decision[2]
+                if dynamic:
+                    size = ir.IntegerAttr(op.attributes["size"]).value
+                    lo, hi = (0 if lo >= 0 else -size), size - 1
+                op.attributes["bounds"] = ir.DenseI64ArrayAttr.get([lo, hi])
             elif decision[0] == "check":
                 attrs = {n: op.attributes[n] for n in op.attributes}
                 attrs["site"] = ir.IntegerAttr.get(i64, site)
@@ -230,10 +241,13 @@ def _apply(mod: ModIR, plan: list, report_type: Optional[str], first_site: int) 
 
 @functools.lru_cache(maxsize=256)
 def annotate(score: Optional[ModIR], mask: Optional[ModIR], shape: tuple[int, int, int, int],
-             check: bool) -> Checked:
+             check: bool, dynamic: bool = False) -> Checked:
     """The mods of a call on ``shape = (B, H, M, N)`` with their index checks
     decided (see the module docstring). ``check``: whether reads the
-    compiler cannot bound are checked at run time (:func:`enabled`)."""
+    compiler cannot bound are checked at run time (:func:`enabled`);
+    ``dynamic``: the mods go into a kernel that serves every shape, so they
+    carry what this shape's bounds prove, not the bounds (equal decisions
+    give equal mods, hence one kernel; see :func:`_apply`)."""
     mods = [m for m in (score, mask) if m is not None]
     if not mods or min(shape) <= 0 or not any("flexattn.check_index" in m.text for m in mods):
         return Checked(score, mask)
@@ -243,7 +257,7 @@ def annotate(score: Optional[ModIR], mask: Optional[ModIR], shape: tuple[int, in
     report_type = f"memref<{len(sites)}x2xi64>" if sites else None
     out, first = [], 0
     for m, plan in zip(mods, plans):
-        out.append(_apply(m, plan, report_type, first))
+        out.append(_apply(m, plan, report_type, first, dynamic))
         first += sum(d[0] == "check" for d in plan)
     new = dict(zip((m.kind for m in mods), out))
     return Checked(new.get("score"), new.get("mask"), (len(sites), 2) if sites else None,

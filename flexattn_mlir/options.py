@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import asdict, dataclass, fields
+from typing import Optional
 
 from . import targets
 
@@ -38,6 +39,13 @@ class CompileOptions:
     persistent: launch at most this many CTAs, each looping over Q tiles
       (one per SM: :func:`flexattn_mlir.targets.sm_count`); 0 launches one
       CTA per tile.
+    dynamic: one kernel for every batch size, sequence length (Q and KV),
+      block-mask shape and scale: they are run-time values of the kernel and
+      not in its key (heads, head dims, dtypes, block size, the mods and the
+      shapes of the tensors they capture are). ``False`` specialises the
+      kernel on the shapes and the scale (one compilation per shape). The
+      default (None) is True on the CPU, False on GPU targets, whose kernel
+      is compiled for static shapes (True there is refused).
     """
 
     target: str = "cpu"
@@ -48,12 +56,20 @@ class CompileOptions:
     pipeline: bool = True
     pingpong: bool = True
     persistent: int = 0
+    dynamic: Optional[bool] = None
 
     def __post_init__(self):
         if self.target not in targets.TARGETS:
             raise ValueError(f"CompileOptions.target must be one of {tuple(targets.TARGETS)}, "
                              f"got {self.target!r}")
         t = targets.target(self.target)
+        if self.dynamic is None:
+            object.__setattr__(self, "dynamic", not t.is_gpu)
+        if not isinstance(self.dynamic, bool):
+            raise ValueError(f"CompileOptions.dynamic must be a bool or None, got {self.dynamic!r}")
+        if self.dynamic and t.is_gpu:
+            raise ValueError(f"CompileOptions.dynamic: the {self.target} kernel is compiled for "
+                             f"static shapes; pass dynamic=False (or leave it unset)")
         default = t.q_block if t.is_gpu else 64
         for name in ("tile_q", "tile_kv"):
             if getattr(self, name) == 0:

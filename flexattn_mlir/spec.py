@@ -17,7 +17,7 @@ from typing import Optional
 
 from .mods import ModIR
 
-__all__ = ["BufferType", "AttentionSpec", "TORCH_TO_MLIR", "ENTRY", "entry_function",
+__all__ = ["BufferType", "DYNAMIC", "AttentionSpec", "TORCH_TO_MLIR", "ENTRY", "entry_function",
            "mod_region_lines", "f32_literal", "operand_group", "block_mask_lines",
            "capture_lines"]
 
@@ -41,17 +41,27 @@ TORCH_TO_MLIR = {
 }
 
 
+#: A dimension known only at run time (``?`` in the memref type).
+DYNAMIC = -1
+
+
 @dataclass(frozen=True)
 class BufferType:
-    """A contiguous (identity-layout) buffer: shape and MLIR element type."""
+    """A contiguous (identity-layout) buffer: shape (:data:`DYNAMIC` for a
+    size known only at run time) and MLIR element type."""
 
     shape: tuple[int, ...]
     elem: str
 
     @property
     def memref(self) -> str:
-        dims = "".join(f"{d}x" for d in self.shape)
+        dims = "".join("?x" if d == DYNAMIC else f"{d}x" for d in self.shape)
         return f"memref<{dims}{self.elem}>"
+
+    def admits(self, shape) -> bool:
+        """Whether a tensor of ``shape`` fits (a dynamic dim takes any size)."""
+        return len(shape) == len(self.shape) and all(
+            d in (DYNAMIC, n) for d, n in zip(self.shape, shape))
 
     @staticmethod
     def of(tensor) -> "BufferType":

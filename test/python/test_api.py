@@ -32,6 +32,7 @@ from torch.nn.attention import flex_attention as tfa
 
 import flexattn_mlir as fm
 from flexattn_mlir import CompileOptions, zoo
+from flexattn_mlir.spec import DYNAMIC
 
 tfa._FLEX_ATTENTION_DISABLE_COMPILE_DEBUG = True
 
@@ -143,9 +144,12 @@ def test_kv_batch_broadcast(Bq, k_batch, v_batch):
     out = fm.flex_attention(q, k, v, enable_gqa=True)
     torch.testing.assert_close(out, torch_flex(q, k.expand(Bq, -1, -1, -1),
                                                v.expand(Bq, -1, -1, -1), enable_gqa=True), **F32)
-    # The CPU kernel reads the shared batch in place; the GPU path expands it.
+    # The CPU kernel reads the shared batch in place (a static 1: the kernel
+    # broadcasts it; a batch of the query's is dynamic, like q's); the GPU
+    # path expands it.
     spec = fm.attention_spec(q, k, v, enable_gqa=True)
-    assert (spec.k.shape[0], spec.v.shape[0]) == (k_batch, v_batch)
+    assert (spec.k.shape[0], spec.v.shape[0]) == tuple(
+        1 if n == 1 else DYNAMIC for n in (k_batch, v_batch))
     gpu = fm.attention_spec(q, k, v, enable_gqa=True, options=CompileOptions(target="sm_90a"))
     assert (gpu.k.shape[0], gpu.v.shape[0]) == (Bq, Bq)
     if k_batch == 1 and Bq > 1:

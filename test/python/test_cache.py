@@ -107,19 +107,21 @@ def test_new_captured_values_reuse_the_kernel(monkeypatch, tmp_path):
 
 
 def test_shape_change_compiles_again(monkeypatch, tmp_path):
-    """The counterpart: a new shape is a new kernel (so the counter is live)."""
+    """The counterpart: with static shapes (dynamic=False), a new shape is a
+    new kernel (so the counter is live); test_dynamic_shapes has the default."""
     monkeypatch.setenv("FLEXATTN_CACHE_DIR", str(tmp_path))
     slopes = torch.rand(2)
     score_mod = _alibi_factory(slopes)
+    static = {"dynamic": False}
     q = torch.randn(1, 2, 96, 16)
-    fm.flex_attention(q, q, q, score_mod=score_mod)
+    fm.flex_attention(q, q, q, score_mod=score_mod, kernel_options=static)
     before = fm.attention_compile_count()
     q2 = torch.randn(1, 2, 112, 16)
-    out = fm.flex_attention(q2, q2, q2, score_mod=score_mod)
+    out = fm.flex_attention(q2, q2, q2, score_mod=score_mod, kernel_options=static)
     assert fm.attention_compile_count() == before + 1
     torch.testing.assert_close(out, torch_flex(q2, q2, q2, score_mod=score_mod), **F32)
     # Back to the first shape: this process's table, no compile.
-    fm.flex_attention(q, q, q, score_mod=score_mod)
+    fm.flex_attention(q, q, q, score_mod=score_mod, kernel_options=static)
     assert fm.attention_compile_count() == before + 1
 
 
@@ -331,7 +333,7 @@ def test_flex_attention_key_equals_artifact_key(gpu_artifact):
     call = _lower_call(q, q, q, None, fm.create_block_mask(mask_mod, None, None, 256, 256),
                        False, None)
     call.pop("options")
-    ours = fm.attention_spec(q, q, q, **call)
+    ours = fm.attention_spec(q, q, q, options=options, **call)
     assert ours == spec
     assert fm.CompileOptions.from_kernel_options(None, target="sm_90a") == options
     assert aot.artifact_key(ours, options) == entry["key"]

@@ -112,9 +112,13 @@ def test_negative_indices_wrap_like_torch():
     def too_negative(score, b, h, q_idx, kv_idx):
         return score + SMALL[kv_idx - 5]  # -5 at kv_idx=0
 
-    spec = fm.attention_spec(q, k, v, score_mod=fm.capture_score_mod(last_four).ir,
-                             captures=[SMALL])
+    mod = fm.capture_score_mod(last_four).ir
+    spec = fm.attention_spec(q, k, v, score_mod=mod, captures=[SMALL],
+                             options=fm.CompileOptions(dynamic=False))
     assert spec.index_report is None and "bounds = array<i64: -4, -1>" in spec.score_mod.text
+    # A dynamic-shape kernel carries what the bounds prove: in [-size, size).
+    spec = fm.attention_spec(q, k, v, score_mod=mod, captures=[SMALL])
+    assert spec.index_report is None and "bounds = array<i64: -4, 3>" in spec.score_mod.text
     torch.testing.assert_close(fm.flex_attention(q, k, v, score_mod=last_four),
                                torch_flex(q, k, v, score_mod=last_four), **F32)
     torch_raises_index_error(q, k, v, score_mod=too_negative)

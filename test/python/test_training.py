@@ -240,7 +240,8 @@ def test_table_read_through_a_captured_index_is_checked_forward_and_backward():
     # The report is the last capture of both kernels; only the table takes a
     # gradient.
     score, _, captures = combine(fm.capture_score_mod(bucketed), None)
-    spec = fm.attention_spec(q, k, v, score_mod=score.ir, captures=captures)
+    spec = fm.attention_spec(q, k, v, score_mod=score.ir, captures=captures,
+                             options=fm.CompileOptions(dynamic=False))  # as the backward's
     assert spec.index_report is not None
     names = [n for n, _ in backward.backward_spec(spec, [], [0], False).arguments()]
     assert names[-3:] == ["capture1", "index_report", "capture_grad0"], names
