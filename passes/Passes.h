@@ -76,6 +76,11 @@ LogicalResult makeTilesPersistent(RewriterBase &rewriter, gpu::LaunchOp launch,
 LogicalResult warpSpecialize(RewriterBase &rewriter, gpu::LaunchOp launch,
                              int64_t stages);
 
+/// flexattn-multistage: the CTA -> groups that copy (cooperative rings,
+/// `stages` deep) and compute (sm_80).
+LogicalResult multistage(RewriterBase &rewriter, gpu::LaunchOp launch,
+                         int64_t stages);
+
 /// flexattn-schedule-consumers: pipelined / ping-pong consumer steps.
 LogicalResult scheduleConsumers(RewriterBase &rewriter, WarpSpecializeOp roles,
                                 bool pipeline, bool pingpong);
@@ -86,6 +91,10 @@ LogicalResult lowerFragmentOp(RewriterBase &rewriter, Operation *op);
 
 /// flexattn-lower-to-hopper: rings, roles and MMAs -> NVVM (sm_90a).
 LogicalResult lowerToHopper(RewriterBase &rewriter, gpu::LaunchOp launch,
+                            int64_t maxSharedMemory);
+
+/// flexattn-lower-to-ampere: cooperative rings and MMAs -> NVVM (sm_80).
+LogicalResult lowerToAmpere(RewriterBase &rewriter, gpu::LaunchOp launch,
                             int64_t maxSharedMemory);
 
 //===----------------------------------------------------------------------===//
