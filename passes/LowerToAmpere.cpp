@@ -327,8 +327,7 @@ LogicalResult mlir::flexattn::lowerToAmpere(RewriterBase &rewriter,
   for (Operation *op : ops)
     if (failed(l.lower(op)))
       return failure();
-  for (Operation *op : llvm::reverse(ops))
-    rewriter.eraseOp(op);
+  eraseReversed(rewriter, ops);
   for (RingAllocOp alloc : allocs)
     rewriter.eraseOp(alloc);
   return success();
@@ -340,12 +339,11 @@ struct FlexAttnLowerToAmperePass
   using FlexAttnLowerToAmpereBase::FlexAttnLowerToAmpereBase;
 
   void runOnOperation() override {
-    SmallVector<gpu::LaunchOp> launches;
-    getOperation()->walk([&](gpu::LaunchOp launch) { launches.push_back(launch); });
     IRRewriter rewriter(&getContext());
-    for (gpu::LaunchOp launch : launches)
-      if (failed(lowerToAmpere(rewriter, launch, maxSharedMemory)))
-        return signalPassFailure();
+    if (failed(forEachLaunch(getOperation(), [&](gpu::LaunchOp launch) {
+          return lowerToAmpere(rewriter, launch, maxSharedMemory);
+        })))
+      signalPassFailure();
   }
 };
 } // namespace

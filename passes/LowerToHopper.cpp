@@ -292,8 +292,7 @@ LogicalResult mlir::flexattn::lowerToHopper(RewriterBase &rewriter,
   for (Operation *op : ops)
     if (failed(l.lower(op)))
       return failure();
-  for (Operation *op : llvm::reverse(ops))
-    rewriter.eraseOp(op);
+  eraseReversed(rewriter, ops);
   for (RingAllocOp alloc : allocs)
     rewriter.eraseOp(alloc);
   for (WarpSpecializeOp ws : roles)
@@ -307,12 +306,11 @@ struct FlexAttnLowerToHopperPass
   using FlexAttnLowerToHopperBase::FlexAttnLowerToHopperBase;
 
   void runOnOperation() override {
-    SmallVector<gpu::LaunchOp> launches;
-    getOperation()->walk([&](gpu::LaunchOp launch) { launches.push_back(launch); });
     IRRewriter rewriter(&getContext());
-    for (gpu::LaunchOp launch : launches)
-      if (failed(lowerToHopper(rewriter, launch, maxSharedMemory)))
-        return signalPassFailure();
+    if (failed(forEachLaunch(getOperation(), [&](gpu::LaunchOp launch) {
+          return lowerToHopper(rewriter, launch, maxSharedMemory);
+        })))
+      signalPassFailure();
   }
 };
 } // namespace

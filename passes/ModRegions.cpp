@@ -60,3 +60,22 @@ Value mlir::flexattn::inlineModRegion(OpBuilder &builder, Location loc,
   auto yield = cast<YieldOp>(block.getTerminator());
   return mapping.lookup(yield.getValues().front());
 }
+
+LogicalResult
+mlir::flexattn::forEachLaunch(Operation *root,
+                              function_ref<LogicalResult(gpu::LaunchOp)> fn) {
+  SmallVector<gpu::LaunchOp> launches;
+  root->walk([&](gpu::LaunchOp launch) { launches.push_back(launch); });
+  for (gpu::LaunchOp launch : launches)
+    if (failed(fn(launch)))
+      return failure();
+  return success();
+}
+
+void mlir::flexattn::eraseReversed(RewriterBase &rewriter,
+                                   ArrayRef<Operation *> ops) {
+  for (Operation *op : llvm::reverse(ops)) {
+    op->dropAllUses();
+    rewriter.eraseOp(op);
+  }
+}

@@ -254,10 +254,7 @@ LogicalResult mlir::flexattn::multistage(RewriterBase &rewriter,
   if (failed(emitRole(b, ops, *tile, map, role)))
     return failure();
 
-  for (Operation *op : llvm::reverse(ops)) {
-    op->dropAllUses();
-    rewriter.eraseOp(op);
-  }
+  eraseReversed(rewriter, ops);
   return success();
 }
 

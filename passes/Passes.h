@@ -130,6 +130,15 @@ SmallVector<OpT> opsHoldingTiles(Operation *root) {
 /// An index constant.
 Value indexConst(OpBuilder &builder, Location loc, int64_t v);
 
+/// Applies `fn` to each gpu.launch under `root` (all collected first, so
+/// `fn` may rewrite them); stops at the first failure.
+LogicalResult forEachLaunch(Operation *root,
+                            function_ref<LogicalResult(gpu::LaunchOp)> fn);
+
+/// Erases `ops` (a sequence in which uses follow definitions), last first,
+/// dropping uses that remain.
+void eraseReversed(RewriterBase &rewriter, ArrayRef<Operation *> ops);
+
 /// Dimension `d` of a memref as an index value (constant when static).
 Value memrefDim(OpBuilder &builder, Location loc, Value memref, int64_t d);
 

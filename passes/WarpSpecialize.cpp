@@ -236,10 +236,7 @@ LogicalResult mlir::flexattn::warpSpecialize(RewriterBase &rewriter,
       return failure();
   }
 
-  for (Operation *op : llvm::reverse(ops)) {
-    op->dropAllUses();
-    rewriter.eraseOp(op);
-  }
+  eraseReversed(rewriter, ops);
   return success();
 }
 
