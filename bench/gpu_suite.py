@@ -1,20 +1,26 @@
 """GPU correctness + benchmark suite, in two halves.
 
   compile (here, no GPU; needs flexattn_mlir):
-      python bench/gpu_suite.py compile --out artifacts/gpu
+      python bench/gpu_suite.py compile --out artifacts/gpu [--only check] [--device-cc 9.0]
   run (on the H100/H200; needs only torch + flexattn_runtime):
       python bench/gpu_suite.py run --artifacts artifacts/gpu --json $OUT/gpu.json
-      [--only check] [--ours-only] [--peers triton,cudnn,fa4]
+      [--only check] [--ours-only] [--peers triton,cudnn,fa4,flash]
+
+Every case exists for both GPU targets: sm_90a (the Hopper kernel) and,
+with the suffix `_sm80`, sm_80 (the Ampere kernel, which runs on Hopper
+too: compiled for a device of compute capability `--device-cc` that cannot
+run its cubin, the artifact is its PTX and the driver compiles it).
 
 The variants are flexattn_mlir.zoo's Python mods, captured by the real
 frontend at compile time; the tensors they capture are saved beside the
 artifacts in the kernel's operand order. `run` checks every correctness case
 against torch's flex_attention on the same GPU (float32 math on the same
 bf16/fp16 inputs, rel. error < 2e-2, lse within 5e-2, -inf rows matching),
-then times the benchmark cases (B=4, H=16, S=8192) beside torch
+then times the benchmark cases (B=4, H=16, S=8192): sm_90a beside torch
 flex_attention (torch.compile'd: the Triton backend, and the FlashAttention-4
 backend with kernel_options={"BACKEND": "FLASH"} where flash-attn-4 is
-importable) and SDPA's cuDNN backend (full, causal), counting
+importable) and SDPA's cuDNN backend (full, causal); sm_80 (full, causal)
+beside SDPA's FLASH_ATTENTION backend (FlashAttention-2). Counting
 4*B*H*M*N*D*density FLOPs with density = visited blocks / all blocks.
 `--ours-only` runs only our kernels (no references, no peers; for
 compute-sanitizer), checking that every output element was written.
@@ -37,7 +43,8 @@ sys.path.insert(0, os.path.join(ROOT, "runtime"))
 ZOO = ["full", "causal", "sliding_window", "prefix_lm", "document", "alibi_causal",
        "softcap_causal", "relative_bias", "t5_bias", "natten_2d", "causal_and_document",
        "prefix_or_sliding"]
-DEFAULT = {}  # CompileOptions overrides
+DEFAULT = {}  # CompileOptions overrides (the target is sm_90a unless named)
+SM80 = {"target": "sm_80"}
 SERIAL = {"pipeline": False, "pingpong": False}
 NO_PINGPONG = {"pingpong": False}
 PERSISTENT = {"persistent": "sms"}  # one CTA per SM of the target (resolved at compile)
@@ -64,6 +71,17 @@ CORRECTNESS = (
         {"persistent": 20, "pipeline": False, "pingpong": False}),
        ("check_full_d64_persistent", "full", 2, 4, 4, 2100, 2100, 64, "bfloat16", {"persistent": 20})]
 )
+# The same zoo for sm_80, and its own options (no schedule: one in-order step).
+CORRECTNESS += (
+    [(f"{name}_sm80", v, B, Hq, Hkv, M, N, D, dt, SM80)
+     for name, v, B, Hq, Hkv, M, N, D, dt, over in CORRECTNESS if over == DEFAULT]
+    + [("check_causal_d64_4stages_sm80", "causal", 1, 4, 4, 2100, 2100, 64, "bfloat16",
+        dict(SM80, stages=4)),
+       ("check_causal_persistent_sm80", "causal", 2, 4, 4, 2100, 2100, 128, "bfloat16",
+        dict(SM80, persistent=20)),
+       ("check_document_persistent_sm80", "document", 2, 4, 4, 2100, 2100, 128, "bfloat16",
+        dict(SM80, persistent=20))]
+)
 BENCH_VARIANTS = ["full", "causal", "sliding_window", "prefix_lm", "document", "alibi_causal",
                   "softcap_causal", "relative_bias", "t5_bias", "natten_2d"]
 BENCH = (
@@ -72,7 +90,17 @@ BENCH = (
     # What flex_attention picks for sparse masks (density < 0.25): persistent CTAs.
     + [(f"bench_{v}_d128_persistent", v, 4, 16, 16, 8192, 8192, 128, "bfloat16", PERSISTENT)
        for v in ("sliding_window", "document", "natten_2d")]
+    # sm_80 beside FlashAttention-2 (SDPA's FLASH_ATTENTION backend).
+    + [(f"bench_{v}_d{d}_sm80", v, 4, 16, 16, 8192, 8192, d, "bfloat16", SM80)
+       for d in (128, 64) for v in ("full", "causal")]
+    + [("bench_causal_d64_3stages_sm80", "causal", 4, 16, 16, 8192, 8192, 64, "bfloat16",
+        dict(SM80, stages=3))]
+    # sm_80 with 64-column KV tiles (half the S and P registers, twice the steps).
+    + [(f"bench_full_d{d}_bn64_sm80", "full", 4, 16, 16, 8192, 8192, d, "bfloat16",
+        dict(SM80, tile_kv=64)) for d in (128, 64)]
 )
+# Which peers each target's benchmark cases are timed beside.
+PEERS_OF = {"sm_90a": ("triton", "cudnn", "fa4"), "sm_80": ("flash",)}
 
 
 def load_zoo():
@@ -94,7 +122,7 @@ def load_zoo():
 
 # -- compile (here) -----------------------------------------------------------
 
-def compile_all(out: str, only: str | None) -> None:
+def compile_all(out: str, only: str | None, device_cc: tuple[int, int]) -> None:
     import torch
 
     import flexattn_mlir as fm
@@ -105,7 +133,7 @@ def compile_all(out: str, only: str | None) -> None:
     items, manifest = [], {}
     for case in CORRECTNESS + BENCH:
         name, variant, B, Hq, Hkv, M, N, D, dt, over = case
-        if only and only not in name:
+        if only and not any(o in name for o in only.split(",")):
             continue
         score_mod, mask_mod = zoo.make(variant, Hq, N, "cpu")
         score = frontend.capture_score_mod(score_mod) if score_mod else None
@@ -123,14 +151,19 @@ def compile_all(out: str, only: str | None) -> None:
                                                   seq_lengths=(M, N), compute_q_blocks=False)
         spec = build_spec(q, kv, kv, score_mod=score and score.ir, mask_mod=mask and mask.ir,
                           block_mask=block_mask, captures=captures, scale=1.0 / math.sqrt(D),
-                          return_lse=name.startswith("check"), name=name)
+                          return_lse=name.startswith("check"), name=name,
+                          # Checks read back the report of the reads the compiler
+                          # cannot bound; benchmarks run as flex_attention does on
+                          # a GPU (unchecked unless FLEXATTN_CHECK_INDICES=1).
+                          check_indices=name.startswith("check"))
         if over.get("persistent") == "sms":
-            over = dict(over, persistent=fm.targets.sm_count("sm_90a"))
-        items.append((name, spec, fm.CompileOptions(target="sm_90a", **over)))
+            over = dict(over, persistent=fm.targets.sm_count(over.get("target", "sm_90a")))
+        opts = fm.CompileOptions(**{"target": "sm_90a", **over})
+        items.append((name, spec, opts))
         torch.save([c.contiguous() for c in captures], os.path.join(out, f"{name}.captures.pt"))
         manifest[name] = (*case[:-1], over)
     t0 = time.perf_counter()
-    done = aot.write_artifacts(items, out)
+    done = aot.write_artifacts(items, out, device_cc=device_cc)
     with open(os.path.join(out, "cases.json"), "w") as f:
         json.dump({"cases": manifest, "compile_seconds": {n: d["seconds"] for n, d in done.items()}},
                   f, indent=1)
@@ -143,7 +176,8 @@ class Peers:
     """The implementations ours is timed beside, each called as (q, k, v,
     score_mod, block_mask, variant): torch flex's Triton backend, its
     FlashAttention-4 backend (flash-attn-4 must be importable), SDPA cuDNN
-    (masks it has: full, causal)."""
+    and SDPA FLASH_ATTENTION (FlashAttention-2; masks they have: full,
+    causal)."""
 
     def __init__(self, names):
         import torch
@@ -163,11 +197,13 @@ class Peers:
         import torch
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
-        if name == "cudnn":
+        if name in ("cudnn", "flash"):
             if variant not in ("full", "causal"):
                 return None
+            backend = (SDPBackend.CUDNN_ATTENTION if name == "cudnn"
+                       else SDPBackend.FLASH_ATTENTION)
             def f():  # noqa: E306
-                with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+                with sdpa_kernel(backend):
                     return torch.nn.functional.scaled_dot_product_attention(
                         q, k, v, is_causal=variant == "causal")
             return f
@@ -266,6 +302,12 @@ def run_all(artifacts: str, out_json: str, only: str | None, reps: int,
         caps = torch.load(os.path.join(artifacts, f"{name}.captures.pt"))
         for i, c in enumerate(caps):
             args[f"capture{i}"] = c.to(dev)
+        # Reads of captured tensors the compiler could not bound (t5_bias's
+        # bucket table) report out-of-bounds indices here: it must stay 0.
+        for a in store.metadata(by_name[name])["arguments"]:
+            if a["name"] == "index_report":
+                args["index_report"] = torch.zeros(a["shape"], dtype=getattr(torch, a["dtype"]),
+                                                   device=dev)
         # Poisoned outputs: every element must be written.
         args["out"] = torch.full((B, Hq, M, D), float("nan"), device=dev, dtype=q.dtype)
         check = name.startswith("check")
@@ -286,19 +328,24 @@ def run_all(artifacts: str, out_json: str, only: str | None, reps: int,
             save()
             continue
         out = args["out"]
+        if "index_report" in args:
+            row["index_report_clean"] = not bool(args["index_report"].any())
         if ours_only:
             row["ok"] = not bool(torch.isnan(out).any()) and (
                 not check or not bool(torch.isnan(args["lse"]).any()))
             print(f"{name:34s} written={row['ok']}", flush=True)
         elif check:
             _check(row, out, args["lse"], q, k, v, score_mod, bm, Hq != Hkv)
+            row["ok"] = row["ok"] and row.get("index_report_clean", True)
             print(f"{name:34s} rel_err={row['rel_err']:.2e} max_abs={row['max_abs_err']:.2e} "
                   f"lse_err={row['lse_max_abs_err']:.2e} ok={row['ok']}", flush=True)
         else:
             flops = 4 * B * Hq * M * N * D * density
             ms = timeit(lambda: kernel(**args))
             row.update(ms=ms, tflops=flops / ms / 1e9)
-            for p in (peer.names if over == DEFAULT else []):
+            target = over.get("target", "sm_90a")
+            plain = {k: v for k, v in over.items() if k != "target"} == DEFAULT
+            for p in [p for p in peer.names if plain and p in PEERS_OF[target]]:
                 try:
                     fn = peer.call(p, q, k, v, score_mod, bm, variant)
                     if fn is None:
@@ -324,18 +371,20 @@ def main() -> None:
     c = sub.add_parser("compile")
     c.add_argument("--out", required=True)
     c.add_argument("--only")
+    c.add_argument("--device-cc", default="9.0",
+                   help="compute capability of the device that runs the artifacts")
     r = sub.add_parser("run")
     r.add_argument("--artifacts", required=True)
     r.add_argument("--json", required=True)
     r.add_argument("--only", help="comma-separated substrings of case names")
     r.add_argument("--reps", type=int, default=30)
-    r.add_argument("--peers", default="triton,cudnn,fa4")
+    r.add_argument("--peers", default="triton,cudnn,fa4,flash")
     r.add_argument("--ours-only", action="store_true")
     r.add_argument("--label", default="", help="recorded in the JSON (e.g. the commit)")
     a = ap.parse_args()
     if a.cmd == "compile":
         os.makedirs(a.out, exist_ok=True)
-        compile_all(a.out, a.only)
+        compile_all(a.out, a.only, tuple(int(x) for x in a.device_cc.split(".")))
     else:
         run_all(a.artifacts, a.json, a.only, a.reps, [p for p in a.peers.split(",") if p],
                 a.ours_only, a.label)

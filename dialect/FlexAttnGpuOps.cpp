@@ -165,6 +165,45 @@ LogicalResult RingAllocOp::verify() {
   return success();
 }
 
+LogicalResult RingCopyOp::verify() {
+  auto source = cast<MemRefType>(getSource().getType());
+  RingType ring = getRing().getType();
+  if (source.getRank() != 4 || !source.hasStaticShape() ||
+      !source.getLayout().isIdentity())
+    return emitOpError() << "the source must be a static 4-D memref [B, H, N, "
+                            "C] with the identity layout, got "
+                         << source;
+  if (source.getElementType() != ring.getElementType())
+    return emitOpError() << "the source holds " << source.getElementType()
+                         << " but the ring " << ring.getElementType();
+  if (source.getDimSize(3) != ring.getCols())
+    return emitOpError() << "the source rows have " << source.getDimSize(3)
+                         << " columns but the ring's tiles " << ring.getCols();
+  return success();
+}
+
+LogicalResult RingWaitOp::verify() {
+  if (std::optional<int64_t> n = getInFlight(); n && *n < 0)
+    return emitOpError() << "in_flight must be >= 0, got " << *n;
+  return success();
+}
+
+LogicalResult FragLoadOp::verify() {
+  SmemTileType tile = getTile().getType();
+  VectorType frag = getResult().getType();
+  if (frag.getElementType() != tile.getElementType())
+    return emitOpError() << "the fragment holds " << frag.getElementType()
+                         << " but the tile " << tile.getElementType();
+  if (frag.getNumElements() != tile.getCols() / 2)
+    return emitOpError() << "a band of " << tile.getCols() << " columns is "
+                         << tile.getCols() / 2
+                         << " elements per thread, got " << frag;
+  if (tile.getRows() < 64)
+    return emitOpError() << "the tile has " << tile.getRows()
+                         << " rows, fewer than a 64-row band";
+  return success();
+}
+
 LogicalResult SmemTileReinterpretOp::verify() {
   auto from = getSource().getType(), to = getResult().getType();
   if (from.getElementType() != to.getElementType())

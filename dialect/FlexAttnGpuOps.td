@@ -7,7 +7,8 @@
 // The mid-level IR of the GPU kernel, between the tiled attention
 // (flexattn.tile_step on memrefs) and NVVM. Three groups:
 //
-//   roles      flexattn.warp_specialize              (flexattn-warp-specialize)
+//   roles      flexattn.warp_specialize              (flexattn-warp-specialize;
+//                                                      flexattn-multistage has none)
 //   rings      flexattn.ring.*, flexattn.smem_tile.reinterpret
 //   compute    flexattn.mma, flexattn.mma.wait,       (target-neutral: the
 //              flexattn.frag.*                         sm_80 path reuses them)
@@ -139,18 +140,59 @@ def FlexAttn_RingLoadOp : FlexAttn_Op<"ring.load"> {
   }];
 }
 
+def FlexAttn_RingCopyOp : FlexAttn_Op<"ring.copy"> {
+  let summary = "All threads: copy a tile of a tensor into a ring slot, asynchronously";
+  let description = [{
+    Starts copying rows `[row, row + rows)` (all columns) of `source[b, h]`
+    into the slot of `position`; rows past the tensor's end are filled with
+    zeros. Every thread of the CTA executes the op and copies its share (a
+    cooperative ring: the same threads fill and read it, there is no
+    producer role). With `valid` false, nothing is copied, but the op still
+    counts as one copy in the thread's sequence of copies (see the
+    `in_flight` of `flexattn.ring.wait`): a software pipeline issues a copy
+    per step, also past the end of its loop.
+
+    ```mlir
+    flexattn.ring.copy %k[%b, %hkv, %kv0] into %kv[%i] if %more : memref<1x2x300x64xbf16>, !flexattn.ring<2 x 128x64xbf16>
+    ```
+  }];
+  let arguments = (ins AnyMemRef:$source, Index:$b, Index:$h, Index:$row,
+                       FlexAttn_RingType:$ring, I32:$position, Optional<I1>:$valid);
+  let assemblyFormat = [{
+    $source `[` $b `,` $h `,` $row `]` `into` $ring `[` $position `]`
+    (`if` $valid^)? attr-dict `:` type($source) `,` qualified(type($ring))
+  }];
+  let hasVerifier = 1;
+}
+
 def FlexAttn_RingWaitOp : FlexAttn_Op<"ring.wait"> {
   let summary = "Consumer: wait until a ring position's slot is full";
   let description = [{
     Blocks until the copy into the slot of `position` has landed. Waiting
     again for a position not yet released returns at once.
 
+    For a ring filled by `flexattn.ring.copy`, `in_flight` says how many of
+    this thread's later copies (of any ring) may still be running: the
+    number of `ring.copy` ops the thread executed after the one of
+    `position`. The pass that schedules the copies knows it; the lowering
+    waits for all but that many (sm_80: `cp.async.wait_group`).
+
     ```mlir
     flexattn.ring.wait %kv[%i] : !flexattn.ring<2 x 128x128xbf16>
+    flexattn.ring.wait %kv[%i] in_flight(1) : !flexattn.ring<2 x 128x128xbf16>
     ```
   }];
-  let arguments = (ins FlexAttn_RingType:$ring, I32:$position);
-  let assemblyFormat = RingAt;
+  let arguments = (ins FlexAttn_RingType:$ring, I32:$position,
+                       OptionalAttr<I64Attr>:$in_flight);
+  let builders = [
+    OpBuilder<(ins "::mlir::Value":$ring, "::mlir::Value":$position), [{
+      build($_builder, $_state, ring, position, ::mlir::IntegerAttr());
+    }]>];
+  let assemblyFormat = [{
+    $ring `[` $position `]` (`in_flight` `(` $in_flight^ `)`)? attr-dict `:`
+    qualified(type($ring))
+  }];
+  let hasVerifier = 1;
 }
 
 def FlexAttn_RingSlotOp : FlexAttn_Op<"ring.slot", [
@@ -236,6 +278,26 @@ def FlexAttn_MmaOp : FlexAttn_Op<"mma", [AttrSizedOperandSegments]> {
   let assemblyFormat = [{
     $a (`[` $a_row^ `]`)? `,` $b (`,` $acc^)? attr-dict `:` qualified(type($a)) `,` qualified(type($b))
     (`,` type($acc)^)? `->` type($result)
+  }];
+  let hasVerifier = 1;
+}
+
+def FlexAttn_FragLoadOp : FlexAttn_Op<"frag.load"> {
+  let summary = "Read a 64-row band of a shared tile into a 16-bit fragment";
+  let description = [{
+    The executing group's rows `[row, row + 64)` of a shared-memory tile,
+    as a fragment of 16-bit values (`cols / 2` per thread) in the fragment
+    layout: the register A operand of `flexattn.mma`. A kernel that reads
+    the same A tile at every step (Q) loads it once.
+
+    ```mlir
+    %qf = flexattn.frag.load %q[%band] : !flexattn.smem_tile<128x128xbf16> -> vector<64xbf16>
+    ```
+  }];
+  let arguments = (ins FlexAttn_SmemTileType:$tile, Index:$row);
+  let results = (outs FlexAttn_HalfFragment:$result);
+  let assemblyFormat = [{
+    $tile `[` $row `]` attr-dict `:` qualified(type($tile)) `->` type($result)
   }];
   let hasVerifier = 1;
 }

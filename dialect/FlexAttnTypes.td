@@ -54,7 +54,8 @@ def FlexAttn_RingType : FlexAttn_Type<"Ring", "ring"> {
     `i / stages`-th round); each slot has a *full* event (the data landed) and
     an *empty* event (every consumer thread released it). How the events are
     implemented is the lowering's business (Hopper: one mbarrier each, the
-    full one counting the copied bytes).
+    full one counting the copied bytes; a ring filled by
+    `flexattn.ring.copy` on sm_80: cp.async groups and CTA barriers).
 
     ```mlir
     !flexattn.ring<2 x 128x128xbf16>

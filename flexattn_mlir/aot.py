@@ -34,9 +34,12 @@ def artifact_key(spec: AttentionSpec, opts: CompileOptions) -> str:
 
 
 def write_artifacts(items: Iterable[tuple[str, AttentionSpec, CompileOptions]],
-                    out_dir: str | Path, *, keep_ir: bool = False) -> dict[str, dict]:
+                    out_dir: str | Path, *, keep_ir: bool = False,
+                    device_cc: tuple[int, int] | None = None) -> dict[str, dict]:
     """Compiles each (name, spec, options) for its GPU target and writes it
-    to ``out_dir``. Returns name -> {"key", "seconds", "metadata"}."""
+    to ``out_dir`` (for a device of compute capability ``device_cc`` that
+    cannot run a target's cubin, its PTX). Returns name -> {"key",
+    "seconds", "metadata"}."""
     from flexattn_runtime import write_kernel
 
     out = Path(out_dir)
@@ -47,7 +50,7 @@ def write_artifacts(items: Iterable[tuple[str, AttentionSpec, CompileOptions]],
             raise ValueError(f"{name}: AOT artifacts are for GPU targets, got target='cpu'")
         start = time.perf_counter()
         compiled = driver.compile(spec, opts, keep_ir=keep_ir)
-        binary, fmt = binary_of(compiled)
+        binary, fmt = binary_of(compiled, device_cc)
         meta = dict(compiled.metadata["launch"], binary_format=fmt, binary=f"{name}.{fmt}")
         meta["spec"] = dict(meta["spec"], name=name)
         write_kernel(out, name, meta, binary)

@@ -3,10 +3,11 @@ PTX -> cubin, launch metadata for :mod:`flexattn_runtime`, and the kernel
 object :func:`flexattn_mlir.attention` calls on CUDA tensors.
 
     sparse -> grid      flexattn-map-to-grid [, flexattn-persistent-tiles]
-           -> roles     flexattn-warp-specialize          (sm_90a)
+           -> roles     flexattn-warp-specialize (sm_90a) | flexattn-multistage (sm_80)
            -> schedule  flexattn-schedule-consumers       (sm_90a)
            -> fragments flexattn-lower-fragments, flexattn-inline-mods
-           -> kernel    flexattn-lower-to-hopper, gpu-kernel-outlining (sm_90a)
+           -> kernel    flexattn-lower-to-hopper (sm_90a) | flexattn-lower-to-ampere
+                        (sm_80), gpu-kernel-outlining
            -> nvvm      flexattn-lower-to-nvvm
            -> ptx       gpu-module-to-binary
 
@@ -48,6 +49,14 @@ def make_roles(mod: ir.Module, opts: CompileOptions) -> None:
     ], "roles")
 
 
+def make_multistage_roles(mod: ir.Module, opts: CompileOptions) -> None:
+    run_pipeline(mod, [
+        f"flexattn-multistage{{stages={opts.stages}}}",
+        "canonicalize",
+        "cse",
+    ], "roles")
+
+
 def make_schedule(mod: ir.Module, opts: CompileOptions) -> None:
     run_pipeline(mod, [
         f"flexattn-schedule-consumers{{pipeline={int(opts.pipeline)} pingpong={int(opts.pingpong)}}}",
@@ -65,15 +74,17 @@ def make_fragments(mod: ir.Module, opts: CompileOptions) -> None:
     ], "fragments")
 
 
-def make_kernel(mod: ir.Module, opts: CompileOptions) -> None:
-    target = targets.target(opts.target)
-    run_pipeline(mod, [
-        f"flexattn-lower-to-hopper{{max-shared-memory={target.max_shared_per_block}}}",
-        "gpu-launch-sink-index-computations",
-        "gpu-kernel-outlining",
-        "canonicalize",
-        "cse",
-    ], "kernel")
+def _make_kernel(lowering: str):
+    def make_kernel(mod: ir.Module, opts: CompileOptions) -> None:
+        target = targets.target(opts.target)
+        run_pipeline(mod, [
+            f"{lowering}{{max-shared-memory={target.max_shared_per_block}}}",
+            "gpu-launch-sink-index-computations",
+            "gpu-kernel-outlining",
+            "canonicalize",
+            "cse",
+        ], "kernel")
+    return make_kernel
 
 
 def make_nvvm(mod: ir.Module, opts: CompileOptions) -> None:
@@ -87,15 +98,25 @@ def make_ptx(mod: ir.Module, opts: CompileOptions) -> None:
     run_pipeline(mod, ["gpu-module-to-binary{format=isa}"], "ptx")
 
 
+# The stages of each GPU target: grid, fragments, nvvm and ptx serve every
+# one; roles, schedule and kernel are the target's (sm_90a: TMA producer +
+# wgmma consumers; sm_80: every warp copies with cp.async and computes with
+# mma.sync).
+_STAGES = {
+    "sm_90a": {"grid": make_grid, "roles": make_roles, "schedule": make_schedule,
+               "fragments": make_fragments, "kernel": _make_kernel("flexattn-lower-to-hopper"),
+               "nvvm": make_nvvm, "ptx": make_ptx},
+    "sm_80": {"grid": make_grid, "roles": make_multistage_roles, "fragments": make_fragments,
+              "kernel": _make_kernel("flexattn-lower-to-ampere"), "nvvm": make_nvvm,
+              "ptx": make_ptx},
+}
+
+
 def stages(opts: CompileOptions) -> dict:
-    """The GPU stages after ``sparse``. The grid, fragments, nvvm and ptx
-    stages serve every GPU target; roles, schedule and kernel are sm_90a's
-    (TMA producer + wgmma consumers)."""
-    if opts.target != "sm_90a":
+    """The GPU stages after ``sparse`` for ``opts.target``."""
+    if opts.target not in _STAGES:
         raise CompilationError(f"no GPU stages for target {opts.target!r}")
-    return {"grid": make_grid, "roles": make_roles, "schedule": make_schedule,
-            "fragments": make_fragments, "kernel": make_kernel, "nvvm": make_nvvm,
-            "ptx": make_ptx}
+    return _STAGES[opts.target]
 
 
 def _ptx_of(mod: ir.Module) -> str:
@@ -184,8 +205,22 @@ def finish(mod: ir.Module, spec: AttentionSpec, opts: CompileOptions) -> dict:
     return {"launch": meta, "ptx": ptx, "cubin": cubin, "resources": resources}
 
 
-def binary_of(compiled: Compiled) -> tuple[bytes, str]:
+def binary_of(compiled: Compiled, device_cc: tuple[int, int] | None = None) -> tuple[bytes, str]:
+    """The kernel binary and its format: the cubin, or, for a device of
+    compute capability ``device_cc`` that cannot run it (``sm_80`` code on a
+    Hopper GPU), the PTX, which the driver compiles for that device."""
+    if device_cc is not None:
+        from flexattn_runtime.metadata import target_incompatibility
+
+        if target_incompatibility(compiled.options.target, "cubin", device_cc):
+            return compiled.metadata["ptx"].encode(), "ptx"
     return compiled.metadata["cubin"], "cubin"
+
+
+def _current_capability() -> tuple[int, int] | None:
+    import torch
+
+    return tuple(torch.cuda.get_device_capability()) if torch.cuda.is_available() else None
 
 
 def artifact_stores() -> list[str]:
@@ -229,7 +264,7 @@ def compile_kernel(spec: AttentionSpec, opts: CompileOptions, key: str,
     from . import driver
 
     compiled = driver.compile(spec, opts, keep_ir=False)
-    binary, fmt = binary_of(compiled)
+    binary, fmt = binary_of(compiled, _current_capability())
     name = f"{spec.name}-{key[:16]}"
     meta = dict(compiled.metadata["launch"], binary_format=fmt, binary=f"{name}.{fmt}")
     if store and not os.environ.get("FLEXATTN_DISABLE_CACHE"):

@@ -27,7 +27,7 @@ class CompileOptions:
     """How to compile an :class:`~flexattn_mlir.spec.AttentionSpec`.
 
     target: a name in :data:`flexattn_mlir.targets.TARGETS`: ``"cpu"``
-      (ExecutionEngine) or ``"sm_90a"`` (Hopper PTX/cubin).
+      (ExecutionEngine), ``"sm_90a"`` (Hopper) or ``"sm_80"`` (Ampere, Ada).
     tile_q, tile_kv: the Q and KV tile sizes of ``flexattn-tile`` (a block
       mask fixes tile_kv to its KV block size); 0 takes the target's default
       (64 x 64 on the CPU; on a GPU the target's Q block, 128 x 128 on sm_90a).
@@ -35,7 +35,8 @@ class CompileOptions:
     stages: shared-memory slots of the GPU kernel's K/V ring.
     pipeline, pingpong: the GPU kernel's FlashAttention-3 schedules (each
       tile's Q.Kᵀ issued with the previous tile's P.V; the two consumer
-      warpgroups alternating their GEMMs).
+      warpgroups alternating their GEMMs); sm_90a only (sm_80 has no
+      schedule stage).
     persistent: launch at most this many CTAs, each looping over Q tiles
       (one per SM: :func:`flexattn_mlir.targets.sm_count`); 0 launches one
       CTA per tile.

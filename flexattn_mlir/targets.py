@@ -7,6 +7,9 @@ the device (through :mod:`flexattn_runtime`) instead of the table's default.
 
     cpu      the ExecutionEngine (LLVM JIT on this machine)
     sm_90a   Hopper (H100/H200): TMA + wgmma, warp-specialised kernel
+    sm_80    Ampere and Ada (A100, RTX 30xx/40xx, L4, L40): cp.async
+             multistage rings, ldmatrix + mma.sync; also runs on later GPUs
+             (as PTX the driver compiles for them)
 """
 
 from __future__ import annotations
@@ -24,8 +27,11 @@ class Target:
     kind: ``"cpu"`` or ``"cuda"``.
     chip, features: the NVVM target (``nvvm-attach-target``) and the PTX
       features the kernel needs (``+ptx83``: the tensor-map proxy fence).
-    compute_capability: the devices that run the code (``sm_90a`` code runs
-      only on 9.0).
+    compute_capability: the architecture the code is built for (``sm_90a``
+      code runs only on 9.0; ``sm_80`` cubins on 8.x, its PTX on any later
+      device).
+    devices: the compute capabilities :func:`for_device` gives this target
+      (the table decides which target a device gets).
     sm_count: SMs of the reference part, used for persistent CTAs when no
       device can be asked (AOT on a machine without a GPU).
     max_shared_per_block: opt-in shared memory of one CTA, bytes.
@@ -38,6 +44,7 @@ class Target:
     chip: str = ""
     features: str = ""
     compute_capability: tuple[int, int] | None = None
+    devices: tuple[tuple[int, int], ...] = ()
     sm_count: int = 0
     max_shared_per_block: int = 0
     dtypes: tuple[str, ...] = ("float32", "bfloat16", "float16")
@@ -53,8 +60,15 @@ class Target:
 TARGETS: dict[str, Target] = {t.name: t for t in [
     Target("cpu", "cpu"),
     Target("sm_90a", "cuda", chip="sm_90a", features="+ptx83", compute_capability=(9, 0),
-           sm_count=132, max_shared_per_block=232448, dtypes=("bfloat16", "float16"),
-           head_dims=(64, 128), kv_blocks=(64, 128), q_block=128),
+           devices=((9, 0),), sm_count=132, max_shared_per_block=232448,
+           dtypes=("bfloat16", "float16"), head_dims=(64, 128), kv_blocks=(64, 128),
+           q_block=128),
+    # The reference part is the A100 (108 SMs, 163 KiB per block); Ada and
+    # sm_86 parts have 99 KiB (the runtime checks a launch against the device).
+    Target("sm_80", "cuda", chip="sm_80", features="+ptx70", compute_capability=(8, 0),
+           devices=((8, 0), (8, 6), (8, 7), (8, 9)), sm_count=108,
+           max_shared_per_block=166912, dtypes=("bfloat16", "float16"), head_dims=(64, 128),
+           kv_blocks=(64, 128), q_block=128),
 ]}
 
 
@@ -71,12 +85,13 @@ def gpu_targets() -> tuple[str, ...]:
 
 
 def for_device(device) -> Target:
-    """The target of a torch device: ``cpu``, or the GPU target whose compute
-    capability the CUDA device has."""
+    """The target of a torch device: ``cpu``, or the GPU target that lists
+    the CUDA device's compute capability among its ``devices``."""
     if device.type == "cpu":
         return TARGETS["cpu"]
-    gpus = ", ".join(f"{t.name} (compute capability {t.compute_capability[0]}."
-                     f"{t.compute_capability[1]})" for t in TARGETS.values() if t.is_gpu)
+    gpus = ", ".join(f"{t.name} (compute capability "
+                     f"{' '.join(f'{a}.{b}' for a, b in t.devices)})"
+                     for t in TARGETS.values() if t.is_gpu)
     if device.type != "cuda":
         raise ValueError(f"query is on {device}; flexattn_mlir runs on the CPU and on CUDA "
                          f"GPUs: {gpus}")
@@ -84,7 +99,7 @@ def for_device(device) -> Target:
 
     cc = tuple(torch.cuda.get_device_capability(device))
     for t in TARGETS.values():
-        if t.is_gpu and t.compute_capability == cc:
+        if t.is_gpu and cc in t.devices:
             return t
     raise ValueError(f"query is on a CUDA device of compute capability {cc[0]}.{cc[1]}; "
                      f"flexattn_mlir's GPU targets are {gpus}")

@@ -28,7 +28,7 @@
 //===----------------------------------------------------------------------===//
 
 #include "passes/HopperAsm.h"
-#include "passes/Passes.h"
+#include "passes/SharedTiles.h"
 
 #include "mlir/Dialect/GPU/IR/GPUDialect.h"
 #include "mlir/Dialect/LLVMIR/NVVMDialect.h"
@@ -48,44 +48,12 @@ namespace {
 constexpr int64_t kAlign = 1024;          // 128-byte swizzle atoms
 constexpr int64_t kWaitTicks = 10000000;  // try_wait suspend-time hint (ns)
 
-/// Where a ring lives in shared memory.
-struct RingLayout {
-  RingType type;
-  int64_t tileOff, fullOff, emptyOff, consumers;
-  int64_t tileBytes() const { return type.getTileType().getBytes(); }
-};
+struct Lowering : SharedTiles {
+  using SharedTiles::SharedTiles;
 
-struct Lowering {
-  ImplicitLocOpBuilder &b;
-  Value smem; // i32: the 1024-aligned base
-  DenseMap<Value, RingLayout> rings;
-  DenseMap<Value, Value> tiles; // !flexattn.smem_tile -> i32 address
-
-  Value i32(int64_t v) { return arith::ConstantIntOp::create(b, v, 32); }
-  Value i64(int64_t v) { return arith::ConstantIntOp::create(b, v, 64); }
-  Value toI32(Value index) {
-    return arith::IndexCastOp::create(b, b.getI32Type(), index);
-  }
-  Value at(Value base, int64_t off) { return arith::AddIOp::create(b, base, i32(off)); }
-  Value shared(Value addr) {
-    return LLVM::IntToPtrOp::create(b, LLVM::LLVMPointerType::get(b.getContext(), 3),
-                                    addr);
-  }
-
-  /// stage = i % S, phase = (i / S) & 1.
-  std::pair<Value, Value> stagePhase(const RingLayout &r, Value pos) {
-    Value s = i32(r.type.getStages());
-    Value stage = arith::RemUIOp::create(b, pos, s);
-    Value phase = arith::AndIOp::create(b, arith::DivUIOp::create(b, pos, s), i32(1));
-    return {stage, phase};
-  }
   Value barrier(int64_t off, Value stage) {
     return arith::AddIOp::create(b, at(smem, off),
                                  arith::MulIOp::create(b, stage, i32(8)));
-  }
-  Value slot(const RingLayout &r, Value stage) {
-    return arith::AddIOp::create(b, at(smem, r.tileOff),
-                                 arith::MulIOp::create(b, stage, i32(r.tileBytes())));
   }
   void waitParity(Value bar, Value parity) {
     NVVM::MBarrierTryWaitParityOp::create(b, shared(bar), parity, i32(kWaitTicks));
@@ -100,28 +68,6 @@ struct Lowering {
     Value a = arith::ExtUIOp::create(b, b.getI64Type(), addr);
     a = arith::AndIOp::create(b, arith::ShRUIOp::create(b, a, i64(4)), i64(0x3FFF));
     return arith::OrIOp::create(b, a, i64(high));
-  }
-
-  SmallVector<Value> elements(Value vector) {
-    SmallVector<Value> out;
-    for (int64_t i = 0, n = cast<VectorType>(vector.getType()).getNumElements(); i < n; ++i)
-      out.push_back(vector::ExtractOp::create(b, vector, ArrayRef<int64_t>{i}));
-    return out;
-  }
-  Value vectorOf(Type type, ValueRange elems) {
-    return vector::FromElementsOp::create(b, cast<VectorType>(type), elems);
-  }
-  /// A 16-bit fragment as b32 registers: element pairs, low half first.
-  SmallVector<Value> pairs(Value halves) {
-    int64_t n = cast<VectorType>(halves.getType()).getNumElements();
-    SmallVector<Value> out;
-    for (int64_t i = 0; i < n; i += 2) {
-      Value pair = vector::ExtractStridedSliceOp::create(
-          b, halves, ArrayRef<int64_t>{i}, ArrayRef<int64_t>{2}, ArrayRef<int64_t>{1});
-      Value word = vector::BitCastOp::create(b, VectorType::get({1}, b.getI32Type()), pair);
-      out.push_back(vector::ExtractOp::create(b, word, ArrayRef<int64_t>{0}));
-    }
-    return out;
   }
 
   LogicalResult lower(Operation *op);
@@ -168,15 +114,7 @@ LogicalResult Lowering::lower(Operation *op) {
     (void)phase;
     NVVM::MBarrierArriveOp::create(b, Type(), shared(barrier(r.emptyOff, stage)),
                                    Value());
-  } else if (auto slotOp = dyn_cast<RingSlotOp>(op)) {
-    const RingLayout &r = rings.at(slotOp.getRing());
-    tiles[slotOp] = slot(r, stagePhase(r, slotOp.getPosition()).first);
-  } else if (auto cast = dyn_cast<SmemTileReinterpretOp>(op)) {
-    tiles[cast] = tiles.at(cast.getSource());
-  } else if (auto select = dyn_cast<arith::SelectOp>(op)) {
-    tiles[select] = arith::SelectOp::create(b, select.getCondition(),
-                                            tiles.at(select.getTrueValue()),
-                                            tiles.at(select.getFalseValue()));
+  } else if (lowerTileValue(op)) {
   } else if (auto mma = dyn_cast<MmaOp>(op)) {
     return lowerMma(mma);
   } else if (auto mmaWait = dyn_cast<MmaWaitOp>(op)) {
@@ -259,9 +197,7 @@ LogicalResult Lowering::lowerWait(MmaWaitOp op) {
       results.push_back(vectorOf(type, hopper::fenceRegisters(b, elements(v))));
       continue;
     }
-    SmallVector<Value> words = hopper::fenceRegisters(b, pairs(v));
-    Value packed = vectorOf(VectorType::get({int64_t(words.size())}, b.getI32Type()), words);
-    results.push_back(vector::BitCastOp::create(b, type, packed));
+    results.push_back(fromPairs(type, hopper::fenceRegisters(b, pairs(v))));
   }
   op.replaceAllUsesWith(results);
   return success();
@@ -302,40 +238,22 @@ LogicalResult mlir::flexattn::lowerToHopper(RewriterBase &rewriter,
   SmallVector<RingAllocOp> allocs(body.getOps<RingAllocOp>());
   if (allocs.empty())
     return success();
-  Location loc = launch.getLoc();
-  ImplicitLocOpBuilder b(loc, rewriter);
-  Lowering l{b, Value(), {}, {}};
+  ImplicitLocOpBuilder b(launch.getLoc(), rewriter);
+  Lowering l(b);
 
   // Shared memory: every ring's slots, then every ring's barriers.
-  int64_t off = 0;
-  for (RingAllocOp alloc : allocs) {
-    RingLayout r{alloc.getType(), off, 0, 0, alloc.getConsumers()};
-    off += r.type.getStages() * r.tileBytes();
-    l.rings[alloc] = r;
-  }
+  int64_t off = l.layoutSlots(allocs);
   for (RingAllocOp alloc : allocs) {
     RingLayout &r = l.rings[alloc];
     r.fullOff = off;
     r.emptyOff = off + 8 * r.type.getStages();
     off += 16 * r.type.getStages();
   }
-  int64_t bytes = off + kAlign;
-  if (maxSharedMemory > 0 && bytes > maxSharedMemory)
-    return launch.emitOpError("the kernel's rings need ")
-           << bytes << " bytes of shared memory, more than the " << maxSharedMemory
-           << " a block has (fewer stages use less)";
-  rewriter.setInsertionPoint(launch);
-  launch.getDynamicSharedMemorySizeMutable().assign(
-      arith::ConstantIntOp::create(rewriter, loc, bytes, 32));
+  if (failed(l.allocate(launch, allocs.back(), off, kAlign, maxSharedMemory)))
+    return failure();
 
-  // The 1024-aligned base; thread 0 initialises the barriers, all wait.
-  b.setInsertionPointAfter(allocs.back());
-  auto smemType = MemRefType::get({ShapedType::kDynamic}, b.getI8Type(), AffineMap(),
-                                  gpu::AddressSpaceAttr::get(b.getContext(),
-                                                             gpu::AddressSpace::Workgroup));
-  Value dyn = gpu::DynamicSharedMemoryOp::create(b, smemType);
-  Value raw = l.toI32(memref::ExtractAlignedPointerAsIndexOp::create(b, dyn));
-  l.smem = arith::AndIOp::create(b, l.at(raw, kAlign - 1), l.i32(~(kAlign - 1)));
+  // Thread 0 initialises the barriers, all wait.
+  b.setInsertionPointAfter(l.smem.getDefiningOp());
   Value leader = arith::CmpIOp::create(b, arith::CmpIPredicate::eq,
                                        gpu::ThreadIdOp::create(b, gpu::Dimension::x),
                                        arith::ConstantIndexOp::create(b, 0));
@@ -358,19 +276,23 @@ LogicalResult mlir::flexattn::lowerToHopper(RewriterBase &rewriter,
 
   SmallVector<Operation *> ops;
   SmallVector<WarpSpecializeOp> roles;
+  Operation *foreign = nullptr;
   launch.getBody().walk<WalkOrder::PreOrder>([&](Operation *op) {
-    if (isa<RingAcquireOp, RingLoadOp, RingWaitOp, RingReleaseOp, RingSlotOp,
-            SmemTileReinterpretOp, MmaOp, MmaWaitOp>(op) ||
-        (isa<arith::SelectOp>(op) && isa<SmemTileType>(op->getResult(0).getType())))
+    if (isa<RingCopyOp, FragLoadOp>(op) && !foreign)
+      foreign = op;
+    if (isa<RingAcquireOp, RingLoadOp, RingWaitOp, RingReleaseOp, MmaOp, MmaWaitOp>(op) ||
+        SharedTiles::isTileValue(op))
       ops.push_back(op);
     if (auto ws = dyn_cast<WarpSpecializeOp>(op))
       roles.push_back(ws);
   });
+  if (foreign)
+    return foreign->emitOpError("is lowered by flexattn-lower-to-ampere (sm_80 "
+                                "cooperative rings), not flexattn-lower-to-hopper");
   for (Operation *op : ops)
     if (failed(l.lower(op)))
       return failure();
-  for (Operation *op : llvm::reverse(ops))
-    rewriter.eraseOp(op);
+  eraseReversed(rewriter, ops);
   for (RingAllocOp alloc : allocs)
     rewriter.eraseOp(alloc);
   for (WarpSpecializeOp ws : roles)
@@ -384,12 +306,11 @@ struct FlexAttnLowerToHopperPass
   using FlexAttnLowerToHopperBase::FlexAttnLowerToHopperBase;
 
   void runOnOperation() override {
-    SmallVector<gpu::LaunchOp> launches;
-    getOperation()->walk([&](gpu::LaunchOp launch) { launches.push_back(launch); });
     IRRewriter rewriter(&getContext());
-    for (gpu::LaunchOp launch : launches)
-      if (failed(lowerToHopper(rewriter, launch, maxSharedMemory)))
-        return signalPassFailure();
+    if (failed(forEachLaunch(getOperation(), [&](gpu::LaunchOp launch) {
+          return lowerToHopper(rewriter, launch, maxSharedMemory);
+        })))
+      signalPassFailure();
   }
 };
 } // namespace

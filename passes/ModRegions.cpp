@@ -75,3 +75,22 @@ SmallVector<Value> mlir::flexattn::inlineModRegionValues(
     return mapping.lookupOrDefault(v);
   });
 }
+
+LogicalResult
+mlir::flexattn::forEachLaunch(Operation *root,
+                              function_ref<LogicalResult(gpu::LaunchOp)> fn) {
+  SmallVector<gpu::LaunchOp> launches;
+  root->walk([&](gpu::LaunchOp launch) { launches.push_back(launch); });
+  for (gpu::LaunchOp launch : launches)
+    if (failed(fn(launch)))
+      return failure();
+  return success();
+}
+
+void mlir::flexattn::eraseReversed(RewriterBase &rewriter,
+                                   ArrayRef<Operation *> ops) {
+  for (Operation *op : llvm::reverse(ops)) {
+    op->dropAllUses();
+    rewriter.eraseOp(op);
+  }
+}

@@ -76,6 +76,11 @@ LogicalResult makeTilesPersistent(RewriterBase &rewriter, gpu::LaunchOp launch,
 LogicalResult warpSpecialize(RewriterBase &rewriter, gpu::LaunchOp launch,
                              int64_t stages);
 
+/// flexattn-multistage: the CTA -> groups that copy (cooperative rings,
+/// `stages` deep) and compute (sm_80).
+LogicalResult multistage(RewriterBase &rewriter, gpu::LaunchOp launch,
+                         int64_t stages);
+
 /// flexattn-schedule-consumers: pipelined / ping-pong consumer steps.
 LogicalResult scheduleConsumers(RewriterBase &rewriter, WarpSpecializeOp roles,
                                 bool pipeline, bool pingpong);
@@ -86,6 +91,10 @@ LogicalResult lowerFragmentOp(RewriterBase &rewriter, Operation *op);
 
 /// flexattn-lower-to-hopper: rings, roles and MMAs -> NVVM (sm_90a).
 LogicalResult lowerToHopper(RewriterBase &rewriter, gpu::LaunchOp launch,
+                            int64_t maxSharedMemory);
+
+/// flexattn-lower-to-ampere: cooperative rings and MMAs -> NVVM (sm_80).
+LogicalResult lowerToAmpere(RewriterBase &rewriter, gpu::LaunchOp launch,
                             int64_t maxSharedMemory);
 
 //===----------------------------------------------------------------------===//
@@ -181,6 +190,15 @@ SmallVector<Value> inlineModRegionValues(OpBuilder &builder, Location loc,
 
 /// An index constant.
 Value indexConst(OpBuilder &builder, Location loc, int64_t v);
+
+/// Applies `fn` to each gpu.launch under `root` (all collected first, so
+/// `fn` may rewrite them); stops at the first failure.
+LogicalResult forEachLaunch(Operation *root,
+                            function_ref<LogicalResult(gpu::LaunchOp)> fn);
+
+/// Erases `ops` (a sequence in which uses follow definitions), last first,
+/// dropping uses that remain.
+void eraseReversed(RewriterBase &rewriter, ArrayRef<Operation *> ops);
 
 /// Dimension `d` of a memref as an index value (constant when static).
 Value memrefDim(OpBuilder &builder, Location loc, Value memref, int64_t d);

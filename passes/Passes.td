@@ -318,9 +318,13 @@ def FlexAttnDecomposeBackward
 //   flexattn-lower-fragments -> flexattn-inline-mods ->
 //   flexattn-lower-to-hopper -> gpu-kernel-outlining ->
 //   flexattn-lower-to-nvvm -> gpu-module-to-binary
+// For sm_80 (Ampere, Ada) flexattn-multistage takes the place of
+// warp-specialize and schedule-consumers, flexattn-lower-to-ampere that of
+// lower-to-hopper.
 // Target-neutral: map-to-grid, persistent-tiles, lower-fragments; Hopper:
 // warp-specialize (TMA producer, mbarrier rings), schedule-consumers (wgmma
-// overlap), lower-to-hopper.
+// overlap), lower-to-hopper; sm_80: multistage (cooperative cp.async rings),
+// lower-to-ampere (mma.sync, ldmatrix).
 //===----------------------------------------------------------------------===//
 
 def FlexAttnMapToGrid : Pass<"flexattn-map-to-grid", "::mlir::ModuleOp"> {
@@ -445,6 +449,64 @@ def FlexAttnWarpSpecialize : Pass<"flexattn-warp-specialize", "::mlir::ModuleOp"
                            "::mlir::arith::ArithDialect"];
 }
 
+def FlexAttnMultistage : Pass<"flexattn-multistage", "::mlir::ModuleOp"> {
+  let summary = "Give every warp of each CTA both roles: copy tiles into "
+                "multistage rings ahead of use, and compute (sm_80)";
+  let description = [{
+    Rewrites the CTA body of `flexattn-map-to-grid` into the
+    FlashAttention-2 shape of an sm_80 kernel: 256 threads, two groups of 4
+    warps, each computing a 64-row band of the 128-row Q tile with the
+    consumer step of `flexattn-warp-specialize` (S = Q.Kᵀ, the softmax on
+    register fragments, O = alpha O + P.V, `frag.finalize`). There is no
+    producer: all threads copy tiles into cooperative rings
+    (`flexattn.ring.copy`, all 256 threads release each slot). Per Q tile:
+    copy Q, wait, read the group's band into registers (`flexattn.frag.load`,
+    the A operand of every S = Q.Kᵀ of the tile) and release it. Per KV
+    loop: copy the K and V tiles of its first `stages` - 1 steps; per step,
+    after the wait for K_j (V_j), copy K_{j+stages-1} (V_{j+stages-1}), so
+    `stages` - 1 steps of copies are in flight while a step computes. The
+    coordinates of a later step are the loop body's, recomputed for a later
+    induction variable (block-sparse index lookups included); a copy past
+    the loop's end gets `if false`, so each wait's `in_flight` is fixed:
+    2 `stages` - 3. Needs static shapes, bf16/f16, head dims 64/128, tiles
+    of 128 x 64|128, `stages` >= 2, one `flexattn.tile_step` per KV loop.
+
+    After (one KV loop, `stages` = 2):
+    ```mlir
+    %q = flexattn.ring.alloc consumers(256) : !flexattn.ring<1 x 128x64xbf16>
+    %k = flexattn.ring.alloc consumers(256) : !flexattn.ring<2 x 128x64xbf16>
+    %v = flexattn.ring.alloc consumers(256) : !flexattn.ring<2 x 128x64xbf16>
+    flexattn.ring.acquire %q[%c0_i32] : !flexattn.ring<1 x 128x64xbf16>
+    flexattn.ring.copy %arg0[%b, %h, %q0] into %q[%c0_i32] : memref<1x2x300x64xbf16>, !flexattn.ring<1 x 128x64xbf16>
+    flexattn.ring.wait %q[%c0_i32] in_flight(0) : !flexattn.ring<1 x 128x64xbf16>
+    %qs = flexattn.ring.slot %q[%c0_i32] : !flexattn.ring<1 x 128x64xbf16>
+    %qf = flexattn.frag.load %qs[%band] : !flexattn.smem_tile<128x64xbf16> -> vector<32xbf16>
+    flexattn.ring.release %q[%c0_i32] : !flexattn.ring<1 x 128x64xbf16>
+    %c:3 = scf.if %first_valid -> (index, index, index) { ...the body's coordinates at %lb... }
+    flexattn.ring.acquire %k[%i0] ...
+    flexattn.ring.copy %arg1[%c#0, %c#1, %c#2] into %k[%i0] if %first_valid ...
+    flexattn.ring.copy %arg2[%c#0, %c#1, %c#2] into %v[%i0] if %first_valid ...
+    scf.for %j = %lb to %ub step %c1 iter_args(... %i = %i0, %m = .., %l = .., %acc = ..) {
+      %n:3 = scf.if %more -> (index, index, index) { ...coordinates at %j + 1... }
+      flexattn.ring.wait %k[%i] in_flight(1) : !flexattn.ring<2 x 128x64xbf16>
+      flexattn.ring.acquire %k[%i1] ...
+      flexattn.ring.copy %arg1[%n#0, %n#1, %n#2] into %k[%i1] if %more ...
+      %kt = flexattn.ring.slot %k[%i] ...
+      %s0 = flexattn.mma %qf, %kt {transpose_b} : vector<32xbf16>, !flexattn.smem_tile<128x64xbf16> -> vector<64xf32>
+      ... frag.softmax, frag.rescale, the same for V with in_flight(1), mma ...
+    }
+    ```
+  }];
+  let options = [
+    Option<"stages", "stages", "int64_t", /*default=*/"2",
+           "Slots of the K and V rings (copies run stages - 1 steps ahead)">,
+  ];
+  let dependentDialects = ["::mlir::flexattn::FlexAttnDialect",
+                           "::mlir::gpu::GPUDialect",
+                           "::mlir::scf::SCFDialect",
+                           "::mlir::arith::ArithDialect"];
+}
+
 def FlexAttnScheduleConsumers
     : Pass<"flexattn-schedule-consumers", "::mlir::ModuleOp"> {
   let summary = "Software-pipeline the consumers' KV step (Q.Kᵀ with the "
@@ -565,6 +627,58 @@ def FlexAttnLowerToHopper : Pass<"flexattn-lower-to-hopper", "::mlir::ModuleOp">
     %bar = arith.addi %full_k, (arith.muli %stage, %c8_i32) : i32
     %ptr = llvm.inttoptr %bar : i32 to !llvm.ptr<3>
     nvvm.mbarrier.try_wait.parity %ptr, %phase, %ticks : !llvm.ptr<3>, i32, i32
+    ```
+  }];
+  let options = [
+    Option<"maxSharedMemory", "max-shared-memory", "int64_t", /*default=*/"0",
+           "Shared memory a block may use, in bytes (0: unchecked)">,
+  ];
+  let dependentDialects = ["::mlir::NVVM::NVVMDialect",
+                           "::mlir::LLVM::LLVMDialect",
+                           "::mlir::gpu::GPUDialect",
+                           "::mlir::vector::VectorDialect",
+                           "::mlir::scf::SCFDialect",
+                           "::mlir::memref::MemRefDialect",
+                           "::mlir::arith::ArithDialect"];
+}
+
+def FlexAttnLowerToAmpere : Pass<"flexattn-lower-to-ampere", "::mlir::ModuleOp"> {
+  let summary = "Lower cooperative rings and MMAs to sm_80 NVVM ops "
+                "(cp.async, ldmatrix, mma.sync)";
+  let description = [{
+    Lays the rings' slots out in dynamic shared memory (the base aligned to
+    128 bytes at run time), sets the launch's dynamic shared memory, and
+    lowers: `ring.copy` to each thread's 16-byte chunks with
+    `nvvm.cp.async.shared.global` (cache global, zero fill past the
+    tensor's end) into the swizzled tile layout, then
+    `nvvm.cp.async.commit.group` (an empty group where `if` is false);
+    `ring.wait` to `nvvm.cp.async.wait.group` `in_flight` and a CTA barrier;
+    `ring.acquire` to a CTA barrier, left out right after a wait of the same
+    ring at most `stages` - 1 positions back (each thread released the slot
+    before it waited) or after an acquire that made one; `ring.release` to
+    nothing; `frag.load` to `nvvm.ldmatrix` x4 per 16 columns; `mma` to
+    `nvvm.mma.sync` m16n8k16 (bf16, f16) per warp, 8 columns of N and 16 of
+    K, A from the fragment's registers or ldmatrix, B with ldmatrix (a
+    K-major B) or ldmatrix.trans (row-major, as V); `mma.wait` to nothing.
+    Runs on sm_80 and later. Fails if the rings need more than
+    `max-shared-memory` bytes.
+
+    Before:
+    ```mlir
+    flexattn.ring.wait %k[%i] in_flight(1) : !flexattn.ring<2 x 128x64xbf16>
+    flexattn.ring.acquire %k[%i1] : !flexattn.ring<2 x 128x64xbf16>
+    flexattn.ring.copy %arg1[%b, %h, %row] into %k[%i1] if %more : memref<1x2x300x64xbf16>, !flexattn.ring<2 x 128x64xbf16>
+    ```
+    After:
+    ```mlir
+    nvvm.cp.async.wait.group 1
+    nvvm.barrier0
+    scf.if %more {
+      ...
+      nvvm.cp.async.shared.global %dst, %src, 16, cache = cg, %size : !llvm.ptr<3>, !llvm.ptr<1>, i32
+      ...
+    }
+    nvvm.cp.async.commit.group
     ```
   }];
   let options = [

@@ -67,6 +67,8 @@ struct Emitter {
   }
 
   LogicalResult emitLoop(scf::ForOp loop) {
+    if (failed(role.beforeLoop(b, loop, map)))
+      return failure();
     LogicalResult result = success();
     auto newLoop = scf::ForOp::create(
         b, map.lookupOrDefault(loop.getLowerBound()),
@@ -132,4 +134,22 @@ LogicalResult mlir::flexattn::emitRole(ImplicitLocOpBuilder &b,
     if (failed(e.emit(*op)))
       return failure();
   return success();
+}
+
+FailureOr<TileCoordinates>
+mlir::flexattn::tileCoordinates(FinalizeOp fin, gpu::LaunchOp launch,
+                                const IRMapping &map) {
+  auto available = [&](Value v) -> Value {
+    if (Value mapped = map.lookupOrNull(v))
+      return mapped;
+    Operation *def = v.getDefiningOp();
+    return def && launch->isProperAncestor(def) ? Value() : v;
+  };
+  TileCoordinates at{available(fin.getB()), available(fin.getH()),
+                     available(fin.getQ0())};
+  if (!at.b || !at.h || !at.q0)
+    return fin.emitOpError("the GPU role passes expect the Q tile's "
+                           "coordinates to be computed before its state "
+                           "buffers");
+  return at;
 }

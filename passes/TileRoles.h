@@ -55,7 +55,24 @@ public:
                              IRMapping &map) = 0;
   virtual LogicalResult finalize(ImplicitLocOpBuilder &b, FinalizeOp op,
                                  IRMapping &map) = 0;
+  /// Before the loop that re-emits `loop` (an scf.for holding tile ops; its
+  /// bounds are mapped already) is created.
+  virtual LogicalResult beforeLoop(ImplicitLocOpBuilder &b, scf::ForOp loop,
+                                   IRMapping &map) {
+    return success();
+  }
 };
+
+/// Where a Q tile is: batch, head and first row.
+struct TileCoordinates {
+  Value b, h, q0;
+};
+
+/// The Q tile's coordinates (those of `fin`) where its state is created
+/// (`beginTile`): values cloned already (in `map`) or defined outside the
+/// CTA body of `launch`. Fails with a diagnostic if they are computed later.
+FailureOr<TileCoordinates> tileCoordinates(FinalizeOp fin, gpu::LaunchOp launch,
+                                           const IRMapping &map);
 
 /// Re-emits `ops` (a CTA body without its terminator) at `b` for `role`:
 /// memref.alloca_scope ops holding tile ops are inlined, the state buffers

@@ -24,13 +24,11 @@
 //
 //===----------------------------------------------------------------------===//
 
-#include "passes/OnlineSoftmax.h"
-#include "passes/TileRoles.h"
+#include "passes/ConsumerRole.h"
 
 #include "mlir/Dialect/GPU/IR/GPUDialect.h"
 #include "mlir/Dialect/LLVMIR/NVVMDialect.h"
 #include "mlir/Dialect/Vector/IR/VectorOps.h"
-#include <limits>
 
 namespace mlir::flexattn {
 #define GEN_PASS_DEF_FLEXATTNWARPSPECIALIZE
@@ -46,43 +44,11 @@ namespace {
 // consumer warpgroups of 64 Q rows each with many (setmaxnreg budgets).
 constexpr int64_t kWarpgroup = 128;
 constexpr int64_t kProducerRegisters = 40;
-constexpr int64_t kConsumerGroups = 2;
+constexpr int64_t kConsumerGroups = kTileRows / kBandRows;
 constexpr int64_t kConsumerRegisters = 232;
-constexpr int64_t kBandRows = 64; // rows of one consumer group (wgmma m64)
-constexpr int64_t kTileRows = kConsumerGroups * kBandRows;
-
-/// What the kernel is specialised on, checked once.
-struct Plan {
-  MemRefType q, k, v;
-  int64_t M, N, D, Dv, BN;
-  Type elem;
-};
-
-FailureOr<Plan> plan(TileStepOp step) {
-  auto q = cast<MemRefType>(step.getQ().getType());
-  auto k = cast<MemRefType>(step.getK().getType());
-  auto v = cast<MemRefType>(step.getV().getType());
-  if (!q.hasStaticShape() || !k.hasStaticShape() || !v.hasStaticShape())
-    return step.emitOpError("flexattn-warp-specialize needs static q/k/v shapes");
-  Plan p{q, k, v, q.getDimSize(2), k.getDimSize(2), q.getDimSize(3),
-         v.getDimSize(3), step.getTileSize()[1], q.getElementType()};
-  if (!p.elem.isBF16() && !p.elem.isF16())
-    return step.emitOpError("the GPU kernel takes bf16 or f16 q/k/v, got ")
-           << p.elem;
-  if ((p.D != 64 && p.D != 128) || (p.Dv != 64 && p.Dv != 128))
-    return step.emitOpError("the GPU kernel supports head dims 64 and 128, "
-                            "got D = ")
-           << p.D << ", Dv = " << p.Dv;
-  if (step.getTileSize()[0] != kTileRows || (p.BN != 64 && p.BN != 128))
-    return step.emitOpError("the GPU kernel needs tile_size [128, 64|128] "
-                            "(run flexattn-tile{tile-q=128 tile-kv=128}), got [")
-           << step.getTileSize()[0] << ", " << p.BN << "]";
-  return p;
-}
 
 /// The rings and tensor maps both roles use.
-struct Rings {
-  Value q, k, v;            // !flexattn.ring
+struct Rings : ConsumerRings {
   Value qMap, kMap, vMap;   // !llvm.ptr to the CUtensorMaps
 };
 
@@ -112,22 +78,11 @@ struct ProducerRole : RoleEmitter {
   void setCarried(ValueRange v) override { qPos = v[0], kvPos = v[1]; }
 
   LogicalResult beginTile(ImplicitLocOpBuilder &b, IRMapping &map) override {
-    // The Q tile's coordinates: cloned already, or defined outside the body.
-    auto available = [&](Value v) -> Value {
-      if (Value mapped = map.lookupOrNull(v))
-        return mapped;
-      Operation *def = v.getDefiningOp();
-      return def && launch->isProperAncestor(def) ? Value() : v;
-    };
-    Value bIdx = available(finalizeOp.getB());
-    Value h = available(finalizeOp.getH());
-    Value q0 = available(finalizeOp.getQ0());
-    if (!bIdx || !h || !q0)
-      return finalizeOp.emitOpError(
-          "flexattn-warp-specialize expects the Q tile's coordinates to be "
-          "computed before its state buffers");
+    FailureOr<TileCoordinates> at = tileCoordinates(finalizeOp, launch, map);
+    if (failed(at))
+      return failure();
     RingAcquireOp::create(b, rings.q, qPos);
-    RingLoadOp::create(b, rings.qMap, bIdx, h, q0, rings.q, qPos);
+    RingLoadOp::create(b, rings.qMap, at->b, at->h, at->q0, rings.q, qPos);
     return success();
   }
 
@@ -152,113 +107,23 @@ struct ProducerRole : RoleEmitter {
 };
 
 //===----------------------------------------------------------------------===//
-// Consumers: the in-order online-softmax step on register fragments.
+// Consumers: the in-order step reading the Q tile the producer loaded.
 //===----------------------------------------------------------------------===//
 
-struct ConsumerRole : RoleEmitter {
-  const Rings &rings;
-  const Plan &plan;
-  Value band;        // index: first Q row of this group's 64-row band
-  Value row, col;    // index: this thread's first fragment row / column
-  Value qPos, kvPos; // ring positions
-  Value qTile;       // this tile's Q slot
-  softmax::State state; // fragments while inside a Q tile
-
-  ConsumerRole(ImplicitLocOpBuilder &b, const Rings &rings, const Plan &plan,
-               Value group, Value thread)
-      : rings(rings), plan(plan), qPos(i32(b, 0)), kvPos(i32(b, 0)) {
-    // The m16n8 accumulator layout: warp w of the band holds rows 16 w ..
-    // 16 w + 15; lane 4 g + t holds row 16 w + g (and + 8), columns 2 t + ...
-    auto idx = [&](int64_t v) { return arith::ConstantIndexOp::create(b, v); };
-    band = arith::MulIOp::create(b, group, idx(kBandRows));
-    Value warp = arith::DivUIOp::create(b, thread, idx(32));
-    Value lane = arith::RemUIOp::create(b, thread, idx(32));
-    Value g = arith::DivUIOp::create(b, lane, idx(4));
-    Value t = arith::RemUIOp::create(b, lane, idx(4));
-    row = arith::AddIOp::create(
-        b, arith::AddIOp::create(b, band, arith::MulIOp::create(b, warp, idx(16))), g);
-    col = arith::MulIOp::create(b, t, idx(2));
-  }
-
-  SmallVector<Value> carried() const override {
-    SmallVector<Value> v = {qPos, kvPos};
-    if (state.acc)
-      v.append({state.max, state.sum, state.acc});
-    return v;
-  }
-  void setCarried(ValueRange v) override {
-    qPos = v[0], kvPos = v[1];
-    if (state.acc)
-      state = {v[2], v[3], v[4]};
-  }
+struct HopperConsumer : ConsumerRole {
+  using ConsumerRole::ConsumerRole;
 
   LogicalResult beginTile(ImplicitLocOpBuilder &b, IRMapping &) override {
     RingWaitOp::create(b, rings.q, qPos);
-    qTile = RingSlotOp::create(b, rings.q, qPos);
-    auto rowsType = VectorType::get({2}, b.getF32Type());
-    auto accType = VectorType::get({plan.Dv / 2}, b.getF32Type());
-    auto splat = [&](VectorType t, float v) -> Value {
-      return arith::ConstantOp::create(
-          b, DenseElementsAttr::get(t, b.getF32FloatAttr(v)));
-    };
-    state = {splat(rowsType, -std::numeric_limits<float>::infinity()),
-             splat(rowsType, 0.0f), splat(accType, 0.0f)};
+    qA = RingSlotOp::create(b, rings.q, qPos);
+    qRow = band;
+    startState(b);
     return success();
   }
-
-  LogicalResult step(ImplicitLocOpBuilder &b, TileStepOp op,
-                     IRMapping &map) override {
-    Value q0 = map.lookupOrDefault(op.getQ0());
-    Value kv0 = map.lookupOrDefault(op.getKv0());
-    auto fragType = [&](int64_t n, Type elem) { return VectorType::get({n / 2}, elem); };
-    // S = Q.K_jᵀ
-    RingWaitOp::create(b, rings.k, kvPos);
-    Value k = RingSlotOp::create(b, rings.k, kvPos);
-    Value s = MmaOp::create(b, fragType(plan.BN, b.getF32Type()), qTile, band, k,
-                            Value(), b.getUnitAttr());
-    s = MmaWaitOp::create(b, 0, ValueRange{s}).getResult(0);
-    RingReleaseOp::create(b, rings.k, kvPos);
-    // P, m_new, l_new, alpha = the online softmax of the mods of S
-    SmallVector<Value> captures;
-    for (Value c : op.getCaptures())
-      captures.push_back(map.lookupOrDefault(c));
-    bool applyMask = op.getMasked() && op.hasMaskMod();
-    auto softmax = FragSoftmaxOp::create(
-        b, fragType(plan.BN, plan.elem), state.max.getType(), state.max.getType(),
-        state.max.getType(), s, state.max, state.sum,
-        map.lookupOrDefault(op.getB()), map.lookupOrDefault(op.getH()),
-        arith::AddIOp::create(b, q0, row), arith::AddIOp::create(b, kv0, col),
-        captures, op.getScaleAttr(), b.getDenseI64ArrayAttr({plan.M, plan.N}),
-        op.getTileSizeAttr(), applyMask ? b.getUnitAttr() : UnitAttr());
-    cloneModRegions(op, softmax, applyMask);
-    // O = alpha O + P.V_j
-    Value acc = FragRescaleOp::create(b, state.acc, softmax.getAlpha());
-    RingWaitOp::create(b, rings.v, kvPos);
-    Value v = RingSlotOp::create(b, rings.v, kvPos);
-    acc = MmaOp::create(b, acc.getType(), softmax.getProbs(), Value(), v, acc,
-                        UnitAttr());
-    acc = MmaWaitOp::create(b, 0, ValueRange{acc, softmax.getProbs()}).getResult(0);
-    RingReleaseOp::create(b, rings.v, kvPos);
-    state = {softmax.getNewMax(), softmax.getNewSum(), acc};
-    kvPos = next(b, kvPos);
-    return success();
-  }
-
-  LogicalResult finalize(ImplicitLocOpBuilder &b, FinalizeOp op,
-                         IRMapping &map) override {
-    // Q was read for the last time: the producer may load the next tile's
-    // while this one's outputs are stored.
+  // Q was read for the last time: the producer may load the next tile's
+  // while this one's outputs are stored.
+  void endTile(ImplicitLocOpBuilder &b) override {
     RingReleaseOp::create(b, rings.q, qPos);
-    Value q0 = map.lookupOrDefault(op.getQ0());
-    FragFinalizeOp::create(b, state.acc, state.max, state.sum,
-                           map.lookupOrDefault(op.getOut()),
-                           op.getLse() ? map.lookupOrDefault(op.getLse()) : Value(),
-                           map.lookupOrDefault(op.getB()),
-                           map.lookupOrDefault(op.getH()),
-                           arith::AddIOp::create(b, q0, row), col);
-    state = {};
-    qPos = next(b, qPos);
-    return success();
   }
 };
 
@@ -302,7 +167,7 @@ LogicalResult mlir::flexattn::warpSpecialize(RewriterBase &rewriter,
   FailureOr<TileBody> tile = TileBody::find(launch, ops);
   if (failed(tile))
     return failure();
-  FailureOr<Plan> p = plan(tile->steps.front());
+  FailureOr<KernelPlan> p = KernelPlan::of(tile->steps.front(), "flexattn-warp-specialize");
   if (failed(p))
     return failure();
   auto func = launch->getParentOfType<func::FuncOp>();
@@ -365,16 +230,13 @@ LogicalResult mlir::flexattn::warpSpecialize(RewriterBase &rewriter,
       b.createBlock(&roles.getConsumers(), {}, {index, index}, {loc, loc}));
   {
     IRMapping map;
-    ConsumerRole consumer(b, rings, *p, roles.getConsumers().getArgument(0),
-                          roles.getConsumers().getArgument(1));
+    HopperConsumer consumer(b, rings, *p, roles.getConsumers().getArgument(0),
+                            roles.getConsumers().getArgument(1));
     if (failed(emitRole(b, ops, *tile, map, consumer)))
       return failure();
   }
 
-  for (Operation *op : llvm::reverse(ops)) {
-    op->dropAllUses();
-    rewriter.eraseOp(op);
-  }
+  eraseReversed(rewriter, ops);
   return success();
 }
 

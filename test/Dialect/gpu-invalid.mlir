@@ -234,3 +234,63 @@ func.func @softmax_tile(%s: vector<64xf32>, %m: vector<2xf32>, %i: index) {
   %p, %m1, %l1, %a = flexattn.frag.softmax %s state(%m, %m) at(%i, %i, %i, %i) attributes {scale = 1.0 : f32, seq_lens = array<i64: 8, 8>, tile_size = array<i64: 128, 64>} : vector<64xf32> -> vector<64xbf16>
   return
 }
+
+// -----
+
+func.func @copy_rank(%k: memref<2x300x64xbf16>, %i: index, %p: i32) {
+  %kv = flexattn.ring.alloc consumers(256) : !flexattn.ring<2 x 128x64xbf16>
+  // expected-error @+1 {{the source must be a static 4-D memref [B, H, N, C] with the identity layout, got 'memref<2x300x64xbf16>'}}
+  flexattn.ring.copy %k[%i, %i, %i] into %kv[%p] : memref<2x300x64xbf16>, !flexattn.ring<2 x 128x64xbf16>
+  return
+}
+
+// -----
+
+func.func @copy_dtype(%k: memref<1x2x300x64xf16>, %i: index, %p: i32) {
+  %kv = flexattn.ring.alloc consumers(256) : !flexattn.ring<2 x 128x64xbf16>
+  // expected-error @+1 {{the source holds 'f16' but the ring 'bf16'}}
+  flexattn.ring.copy %k[%i, %i, %i] into %kv[%p] : memref<1x2x300x64xf16>, !flexattn.ring<2 x 128x64xbf16>
+  return
+}
+
+// -----
+
+func.func @copy_cols(%k: memref<1x2x300x128xbf16>, %i: index, %p: i32) {
+  %kv = flexattn.ring.alloc consumers(256) : !flexattn.ring<2 x 128x64xbf16>
+  // expected-error @+1 {{the source rows have 128 columns but the ring's tiles 64}}
+  flexattn.ring.copy %k[%i, %i, %i] into %kv[%p] : memref<1x2x300x128xbf16>, !flexattn.ring<2 x 128x64xbf16>
+  return
+}
+
+// -----
+
+func.func @wait_in_flight(%p: i32) {
+  %kv = flexattn.ring.alloc consumers(256) : !flexattn.ring<2 x 128x64xbf16>
+  // expected-error @+1 {{in_flight must be >= 0, got -1}}
+  flexattn.ring.wait %kv[%p] in_flight(-1) : !flexattn.ring<2 x 128x64xbf16>
+  return
+}
+
+// -----
+
+func.func @frag_load_dtype(%t: !flexattn.smem_tile<128x64xbf16>, %i: index) {
+  // expected-error @+1 {{the fragment holds 'f16' but the tile 'bf16'}}
+  %f = flexattn.frag.load %t[%i] : !flexattn.smem_tile<128x64xbf16> -> vector<32xf16>
+  return
+}
+
+// -----
+
+func.func @frag_load_size(%t: !flexattn.smem_tile<128x64xbf16>, %i: index) {
+  // expected-error @+1 {{a band of 64 columns is 32 elements per thread, got 'vector<64xbf16>'}}
+  %f = flexattn.frag.load %t[%i] : !flexattn.smem_tile<128x64xbf16> -> vector<64xbf16>
+  return
+}
+
+// -----
+
+func.func @frag_load_rows(%t: !flexattn.smem_tile<32x64xbf16>, %i: index) {
+  // expected-error @+1 {{the tile has 32 rows, fewer than a 64-row band}}
+  %f = flexattn.frag.load %t[%i] : !flexattn.smem_tile<32x64xbf16> -> vector<32xbf16>
+  return
+}

@@ -68,3 +68,22 @@ func.func @fragments(%q: !flexattn.smem_tile<128x128xbf16>, %k: !flexattn.smem_t
   flexattn.frag.finalize %o state(%m1, %l1) outs(%out : memref<1x2x300x128xbf16>) lse(%lse : memref<1x2x300xf32>) at(%b, %h, %row, %col) : vector<64xf32>
   return
 }
+
+// The cooperative ring ops of sm_80 kernels (flexattn-multistage): every
+// thread copies its share of a tile, waits with a count of later copies,
+// and reads a band of a tile into a 16-bit fragment.
+// CHECK-LABEL: func.func @cooperative_rings(
+// CHECK:         flexattn.ring.copy %{{.*}}[%{{.*}}, %{{.*}}, %{{.*}}] into %{{.*}}[%{{.*}}] : memref<1x2x300x64xbf16>, !flexattn.ring<2 x 128x64xbf16>
+// CHECK:         flexattn.ring.copy %{{.*}}[%{{.*}}, %{{.*}}, %{{.*}}] into %{{.*}}[%{{.*}}] if %{{.*}} : memref<1x2x300x64xbf16>, !flexattn.ring<2 x 128x64xbf16>
+// CHECK:         flexattn.ring.wait %{{.*}}[%{{.*}}] in_flight(1) : !flexattn.ring<2 x 128x64xbf16>
+// CHECK:         flexattn.frag.load %{{.*}}[%{{.*}}] : !flexattn.smem_tile<128x64xbf16> -> vector<32xbf16>
+func.func @cooperative_rings(%k: memref<1x2x300x64xbf16>, %b: index, %h: index, %row: index,
+                             %i: i32, %more: i1) -> vector<32xbf16> {
+  %kv = flexattn.ring.alloc consumers(256) : !flexattn.ring<2 x 128x64xbf16>
+  flexattn.ring.copy %k[%b, %h, %row] into %kv[%i] : memref<1x2x300x64xbf16>, !flexattn.ring<2 x 128x64xbf16>
+  flexattn.ring.copy %k[%b, %h, %row] into %kv[%i] if %more : memref<1x2x300x64xbf16>, !flexattn.ring<2 x 128x64xbf16>
+  flexattn.ring.wait %kv[%i] in_flight(1) : !flexattn.ring<2 x 128x64xbf16>
+  %t = flexattn.ring.slot %kv[%i] : !flexattn.ring<2 x 128x64xbf16>
+  %f = flexattn.frag.load %t[%row] : !flexattn.smem_tile<128x64xbf16> -> vector<32xbf16>
+  return %f : vector<32xbf16>
+}

@@ -12,9 +12,10 @@ from flexattn_mlir import cache, ptxas, targets, zoo
 
 def test_target_table_drives_options_and_checks():
     assert targets.target("sm_90a").chip == "sm_90a"
-    with pytest.raises(ValueError, match=r"unknown target 'sm_42'; expected one of \('cpu', 'sm_90a'\)"):
+    assert targets.target("sm_80").chip == "sm_80"
+    with pytest.raises(ValueError, match=r"unknown target 'sm_42'; expected one of \('cpu', 'sm_90a', 'sm_80'\)"):
         targets.target("sm_42")
-    with pytest.raises(ValueError, match=r"CompileOptions.target must be one of \('cpu', 'sm_90a'\)"):
+    with pytest.raises(ValueError, match=r"CompileOptions.target must be one of \('cpu', 'sm_90a', 'sm_80'\)"):
         fm.CompileOptions(target="sm_42")
     assert fm.CompileOptions(target="sm_90a").tile_q == targets.TARGETS["sm_90a"].q_block
     assert targets.for_device(torch.device("cpu")).name == "cpu"

@@ -1,0 +1,142 @@
+//===- ConsumerRole.cpp - the attention step on register fragments -*- C++ -*-===//
+//
+// Part of flexattn-mlir, under the Apache License v2.0 with LLVM Exceptions.
+//
+//===----------------------------------------------------------------------===//
+
+#include "passes/ConsumerRole.h"
+
+#include <limits>
+
+using namespace mlir;
+using namespace mlir::flexattn;
+
+FailureOr<KernelPlan> KernelPlan::of(TileStepOp step, StringRef pass) {
+  auto q = cast<MemRefType>(step.getQ().getType());
+  auto k = cast<MemRefType>(step.getK().getType());
+  auto v = cast<MemRefType>(step.getV().getType());
+  if (!q.hasStaticShape() || !k.hasStaticShape() || !v.hasStaticShape())
+    return step.emitOpError() << pass << " needs static q/k/v shapes";
+  KernelPlan p{q, k, v, q.getDimSize(2), k.getDimSize(2), q.getDimSize(3),
+               v.getDimSize(3), step.getTileSize()[1], q.getElementType()};
+  if (!p.elem.isBF16() && !p.elem.isF16())
+    return step.emitOpError("the GPU kernel takes bf16 or f16 q/k/v, got ")
+           << p.elem;
+  if ((p.D != 64 && p.D != 128) || (p.Dv != 64 && p.Dv != 128))
+    return step.emitOpError("the GPU kernel supports head dims 64 and 128, "
+                            "got D = ")
+           << p.D << ", Dv = " << p.Dv;
+  if (step.getTileSize()[0] != kTileRows || (p.BN != 64 && p.BN != 128))
+    return step.emitOpError("the GPU kernel needs tile_size [128, 64|128] "
+                            "(run flexattn-tile{tile-q=128 tile-kv=128}), got [")
+           << step.getTileSize()[0] << ", " << p.BN << "]";
+  return p;
+}
+
+namespace {
+Value next(ImplicitLocOpBuilder &b, Value position) {
+  return arith::AddIOp::create(b, position, arith::ConstantIntOp::create(b, 1, 32));
+}
+} // namespace
+
+ConsumerRole::ConsumerRole(ImplicitLocOpBuilder &b, const ConsumerRings &rings,
+                           const KernelPlan &plan, Value group, Value thread)
+    : rings(rings), plan(plan), qPos(arith::ConstantIntOp::create(b, 0, 32)),
+      kvPos(arith::ConstantIntOp::create(b, 0, 32)) {
+  // The m16n8 accumulator layout: warp w of the band holds rows 16 w ..
+  // 16 w + 15; lane 4 g + t holds row 16 w + g (and + 8), columns 2 t + ...
+  auto idx = [&](int64_t v) { return arith::ConstantIndexOp::create(b, v); };
+  band = arith::MulIOp::create(b, group, idx(kBandRows));
+  Value warp = arith::DivUIOp::create(b, thread, idx(32));
+  Value lane = arith::RemUIOp::create(b, thread, idx(32));
+  Value g = arith::DivUIOp::create(b, lane, idx(4));
+  Value t = arith::RemUIOp::create(b, lane, idx(4));
+  row = arith::AddIOp::create(
+      b, arith::AddIOp::create(b, band, arith::MulIOp::create(b, warp, idx(16))), g);
+  col = arith::MulIOp::create(b, t, idx(2));
+}
+
+SmallVector<Value> ConsumerRole::carried() const {
+  SmallVector<Value> v = {qPos, kvPos};
+  if (state.acc)
+    v.append({state.max, state.sum, state.acc});
+  return v;
+}
+
+void ConsumerRole::setCarried(ValueRange v) {
+  qPos = v[0], kvPos = v[1];
+  if (state.acc)
+    state = {v[2], v[3], v[4]};
+}
+
+void ConsumerRole::startState(ImplicitLocOpBuilder &b) {
+  auto rowsType = VectorType::get({2}, b.getF32Type());
+  auto accType = VectorType::get({plan.Dv / 2}, b.getF32Type());
+  auto splat = [&](VectorType t, float v) -> Value {
+    return arith::ConstantOp::create(
+        b, DenseElementsAttr::get(t, b.getF32FloatAttr(v)));
+  };
+  state = {splat(rowsType, -std::numeric_limits<float>::infinity()),
+           splat(rowsType, 0.0f), splat(accType, 0.0f)};
+}
+
+LogicalResult ConsumerRole::step(ImplicitLocOpBuilder &b, TileStepOp op,
+                                 IRMapping &map) {
+  Value q0 = map.lookupOrDefault(op.getQ0());
+  Value kv0 = map.lookupOrDefault(op.getKv0());
+  auto fragType = [&](int64_t n, Type elem) { return VectorType::get({n / 2}, elem); };
+  auto wait = [&](Value ring) -> LogicalResult {
+    auto w = RingWaitOp::create(b, ring, kvPos);
+    if (std::optional<int64_t> n = waitInFlight())
+      w.setInFlight(*n);
+    return afterWait(b, ring, op, map);
+  };
+  // S = Q.K_jᵀ
+  if (failed(wait(rings.k)))
+    return failure();
+  Value k = RingSlotOp::create(b, rings.k, kvPos);
+  Value s = MmaOp::create(b, fragType(plan.BN, b.getF32Type()), qA, qRow, k,
+                          Value(), b.getUnitAttr());
+  s = MmaWaitOp::create(b, 0, ValueRange{s}).getResult(0);
+  RingReleaseOp::create(b, rings.k, kvPos);
+  // P, m_new, l_new, alpha = the online softmax of the mods of S
+  SmallVector<Value> captures;
+  for (Value c : op.getCaptures())
+    captures.push_back(map.lookupOrDefault(c));
+  bool applyMask = op.getMasked() && op.hasMaskMod();
+  auto softmax = FragSoftmaxOp::create(
+      b, fragType(plan.BN, plan.elem), state.max.getType(), state.max.getType(),
+      state.max.getType(), s, state.max, state.sum,
+      map.lookupOrDefault(op.getB()), map.lookupOrDefault(op.getH()),
+      arith::AddIOp::create(b, q0, row), arith::AddIOp::create(b, kv0, col),
+      captures, op.getScaleAttr(), b.getDenseI64ArrayAttr({plan.M, plan.N}),
+      op.getTileSizeAttr(), applyMask ? b.getUnitAttr() : UnitAttr());
+  cloneModRegions(op, softmax, applyMask);
+  // O = alpha O + P.V_j
+  Value acc = FragRescaleOp::create(b, state.acc, softmax.getAlpha());
+  if (failed(wait(rings.v)))
+    return failure();
+  Value v = RingSlotOp::create(b, rings.v, kvPos);
+  acc = MmaOp::create(b, acc.getType(), softmax.getProbs(), Value(), v, acc,
+                      UnitAttr());
+  acc = MmaWaitOp::create(b, 0, ValueRange{acc, softmax.getProbs()}).getResult(0);
+  RingReleaseOp::create(b, rings.v, kvPos);
+  state = {softmax.getNewMax(), softmax.getNewSum(), acc};
+  kvPos = next(b, kvPos);
+  return success();
+}
+
+LogicalResult ConsumerRole::finalize(ImplicitLocOpBuilder &b, FinalizeOp op,
+                                     IRMapping &map) {
+  endTile(b);
+  Value q0 = map.lookupOrDefault(op.getQ0());
+  FragFinalizeOp::create(b, state.acc, state.max, state.sum,
+                         map.lookupOrDefault(op.getOut()),
+                         op.getLse() ? map.lookupOrDefault(op.getLse()) : Value(),
+                         map.lookupOrDefault(op.getB()),
+                         map.lookupOrDefault(op.getH()),
+                         arith::AddIOp::create(b, q0, row), col);
+  state = {};
+  qPos = next(b, qPos);
+  return success();
+}

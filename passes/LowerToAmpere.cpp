@@ -1,0 +1,349 @@
+//===- LowerToAmpere.cpp - flexattn-lower-to-ampere -------------*- C++ -*-===//
+//
+// Part of flexattn-mlir, under the Apache License v2.0 with LLVM Exceptions.
+//
+//===----------------------------------------------------------------------===//
+//
+// Lowers the cooperative rings and the MMAs of a kernel to sm_80 NVVM ops
+// (Ampere and Ada; the code also runs on later GPUs):
+//
+//   shared memory  the rings' slots in a dynamic shared-memory block (the
+//                  base aligned to 128 bytes at run time, +128 asked for)
+//   ring.copy      each thread's 16-byte chunks of the tile with cp.async
+//                  (cp.async.cg, zero fill past the tensor's end) into the
+//                  swizzled layout, then cp.async.commit_group (also when
+//                  `if` is false: an empty group keeps the count)
+//   ring.wait      cp.async.wait_group in_flight, then a CTA barrier
+//   ring.acquire   a CTA barrier (after all threads' earlier releases),
+//                  left out right after a wait of the same ring up to
+//                  S - 1 positions back or after an acquire that made one
+//   ring.release   nothing (the next acquire's barrier orders it)
+//   frag.load      ldmatrix.x4 per 16 columns
+//   mma            per warp, m16n8k16 mma.sync per 8 columns of N and 16 of
+//                  K; A from registers (the fragment's pairs) or ldmatrix,
+//                  B with ldmatrix (K-major B) or ldmatrix.trans (row-major B)
+//   mma.wait       nothing: mma.sync is synchronous
+//
+// Addresses in a tile: the 16-byte chunk c of row r of a 128-row... tile
+// sits at panel (c / 8), row r, chunk (c % 8) ^ (r % 8): the 8 row addresses
+// of an 8x8 matrix hit 8 different 16-byte bank groups.
+//
+//===----------------------------------------------------------------------===//
+
+#include "passes/SharedTiles.h"
+
+#include "mlir/Dialect/GPU/IR/GPUDialect.h"
+#include "mlir/Dialect/LLVMIR/NVVMDialect.h"
+#include "mlir/Interfaces/SideEffectInterfaces.h"
+
+namespace mlir::flexattn {
+#define GEN_PASS_DEF_FLEXATTNLOWERTOAMPERE
+#include "passes/Passes.h.inc"
+} // namespace mlir::flexattn
+
+using namespace mlir;
+using namespace mlir::flexattn;
+
+namespace {
+
+constexpr int64_t kAlign = 128; // a swizzle period of 8 rows x 16 bytes
+constexpr int64_t kChunk = 16;  // bytes of one cp.async / ldmatrix row
+
+struct Lowering : SharedTiles {
+  int64_t threads;
+  // Per thread, i32: its index, warp in its group, and its ldmatrix row
+  // (lane % 8) and matrix (lane / 8).
+  Value tid, warp, rr, mi;
+  DenseSet<Operation *> barrierAcquires;
+
+  Lowering(ImplicitLocOpBuilder &b, int64_t threads) : SharedTiles(b), threads(threads) {}
+
+  Value mul(Value a, int64_t c) { return arith::MulIOp::create(b, a, i32(c)); }
+  Value add(Value a, Value c) { return arith::AddIOp::create(b, a, c); }
+
+  /// The shared address of lane's row of an 8x8 matrix of a tile of `rows`:
+  /// row `rowBase` (a multiple of 8) + the lane's row offset, 16-byte chunk
+  /// `chunk` (even) with the lane's chunk bit in `key` (xor'd with lane % 8).
+  Value matrixRow(Value tile, int64_t rows, Value rowBase, Value laneRow,
+                  int64_t chunk, Value key) {
+    Value a = at(tile, (chunk / 8) * rows * kSwizzleBytes);
+    a = add(a, mul(rowBase, kSwizzleBytes));
+    a = add(a, mul(laneRow, kSwizzleBytes));
+    Value c = arith::XOrIOp::create(b, key, i32(chunk % 8));
+    return add(a, mul(c, kChunk));
+  }
+  SmallVector<Value> ldmatrix(Value addr, bool trans) {
+    auto i32t = b.getI32Type();
+    auto type = LLVM::LLVMStructType::getLiteral(b.getContext(), {i32t, i32t, i32t, i32t});
+    Value m = NVVM::LdMatrixOp::create(
+        b, type, shared(addr), 4, trans ? NVVM::MMALayout::col : NVVM::MMALayout::row,
+        NVVM::LdStMatrixShapeAttr::get(b.getContext(), 8, 8),
+        NVVM::LdStMatrixEltType::B16);
+    SmallVector<Value> out;
+    for (int64_t i = 0; i < 4; ++i)
+      out.push_back(LLVM::ExtractValueOp::create(b, m, ArrayRef<int64_t>{i}));
+    return out;
+  }
+  /// The A-operand words of a 16-row band (the warp's rows from `rowBase`) of
+  /// a tile: 4 per 16 columns.
+  SmallVector<Value> loadA(Value tile, SmemTileType type, Value rowBase) {
+    Value laneRow = add(mul(arith::AndIOp::create(b, mi, i32(1)), 8), rr);
+    Value key = arith::XOrIOp::create(b, arith::ShRUIOp::create(b, mi, i32(1)), rr);
+    Value base = add(rowBase, mul(warp, 16));
+    SmallVector<Value> words;
+    for (int64_t kk = 0; kk < type.getCols() / 16; ++kk)
+      llvm::append_range(words, ldmatrix(matrixRow(tile, type.getRows(), base, laneRow,
+                                                   2 * kk, key),
+                                         /*trans=*/false));
+    return words;
+  }
+
+  LogicalResult lower(Operation *op);
+  LogicalResult lowerCopy(RingCopyOp op);
+  void lowerAcquire(RingAcquireOp op);
+  LogicalResult lowerMma(MmaOp op);
+};
+
+/// The op before `op` in its block, skipping pure ops without regions.
+Operation *previousEffect(Operation *op) {
+  for (Operation *prev = op->getPrevNode(); prev; prev = prev->getPrevNode())
+    if (prev->getNumRegions() || !isMemoryEffectFree(prev))
+      return prev;
+  return nullptr;
+}
+
+/// Whether `pos` is `base` + c with 0 <= c < `limit` (constants).
+bool isAhead(Value pos, Value base, int64_t limit) {
+  if (pos == base)
+    return true;
+  auto add = pos.getDefiningOp<arith::AddIOp>();
+  APInt c;
+  return add && add.getLhs() == base &&
+         matchPattern(add.getRhs(), m_ConstantInt(&c)) && c.getSExtValue() >= 0 &&
+         c.getSExtValue() < limit;
+}
+
+LogicalResult Lowering::lowerCopy(RingCopyOp op) {
+  const RingLayout &r = rings.at(op.getRing());
+  SmemTileType tile = r.type.getTileType();
+  auto source = cast<MemRefType>(op.getSource().getType());
+  int64_t rows = tile.getRows(), cols = tile.getCols();
+  int64_t perRow = cols * 2 / kChunk, chunks = rows * perRow;
+  if (chunks % threads)
+    return op.emitOpError("a tile of ")
+           << chunks << " 16-byte chunks does not split evenly over " << threads
+           << " threads";
+  int64_t H = source.getDimSize(1), N = source.getDimSize(2);
+  bool tail = N % rows != 0;
+  Value dst = slot(r, stagePhase(r, op.getPosition()).first);
+  auto copies = [&] {
+    Value base = arith::IndexCastUIOp::create(
+        b, b.getI64Type(), memref::ExtractAlignedPointerAsIndexOp::create(b, op.getSource()));
+    Value head = arith::AddIOp::create(
+        b, arith::MulIOp::create(b, toI32(op.getB()), i32(H)), toI32(op.getH()));
+    Value row0 = toI32(op.getRow());
+    for (int64_t i = 0; i < chunks / threads; ++i) {
+      Value c = at(tid, i * threads);
+      Value rIn = arith::DivUIOp::create(b, c, i32(perRow));
+      Value cc = arith::RemUIOp::create(b, c, i32(perRow));
+      Value row = add(row0, rIn);
+      Value size;
+      if (tail) {
+        Value inside = arith::CmpIOp::create(b, arith::CmpIPredicate::ult, row, i32(N));
+        size = arith::SelectOp::create(b, inside, i32(kChunk), i32(0));
+        row = arith::MinUIOp::create(b, row, i32(N - 1));
+      }
+      // Element offset of the chunk in the tensor (64-bit), then bytes.
+      Value elem = arith::AddIOp::create(
+          b, arith::MulIOp::create(
+                 b, arith::ExtUIOp::create(b, b.getI64Type(), add(mul(head, N), row)),
+                 i64(cols)),
+          arith::ExtUIOp::create(b, b.getI64Type(), mul(cc, 8)));
+      Value src = LLVM::IntToPtrOp::create(
+          b, LLVM::LLVMPointerType::get(b.getContext(), 1),
+          Value(arith::AddIOp::create(b, base, arith::MulIOp::create(b, elem, i64(2)))));
+      // Swizzled destination: panel cc / 8, row, chunk (cc % 8) ^ (row % 8).
+      Value panel = arith::DivUIOp::create(b, cc, i32(8));
+      Value swz = arith::XOrIOp::create(b, arith::RemUIOp::create(b, cc, i32(8)),
+                                        arith::RemUIOp::create(b, rIn, i32(8)));
+      Value addr = add(add(dst, mul(panel, tile.getPanelBytes())),
+                       add(mul(rIn, kSwizzleBytes), mul(swz, kChunk)));
+      NVVM::CpAsyncOp::create(b, shared(addr), src, kChunk,
+                              NVVM::LoadCacheModifierKind::CG, size);
+    }
+  };
+  if (Value valid = op.getValid()) {
+    auto ifOp = scf::IfOp::create(b, valid, /*withElseRegion=*/false);
+    OpBuilder::InsertionGuard guard(b);
+    b.setInsertionPointToStart(&ifOp.getThenRegion().front());
+    copies();
+  } else {
+    copies();
+  }
+  NVVM::CpAsyncCommitGroupOp::create(b);
+  return success();
+}
+
+void Lowering::lowerAcquire(RingAcquireOp op) {
+  Operation *prev = previousEffect(op);
+  if (auto wait = dyn_cast_or_null<RingWaitOp>(prev);
+      wait && wait.getRing() == op.getRing() &&
+      isAhead(op.getPosition(), wait.getPosition(), op.getRing().getType().getStages()))
+    return; // every thread released the slot before it waited
+  for (; auto acquire = dyn_cast_or_null<RingAcquireOp>(prev); prev = previousEffect(prev))
+    if (barrierAcquires.contains(acquire))
+      return; // no release since that acquire's barrier
+  NVVM::Barrier0Op::create(b);
+  barrierAcquires.insert(op);
+}
+
+LogicalResult Lowering::lower(Operation *op) {
+  b.setLoc(op->getLoc());
+  b.setInsertionPoint(op);
+  if (auto copy = dyn_cast<RingCopyOp>(op))
+    return lowerCopy(copy);
+  if (auto wait = dyn_cast<RingWaitOp>(op)) {
+    if (!wait.getInFlight())
+      return wait.emitOpError("on a ring filled by flexattn.ring.copy needs "
+                              "in_flight (how many later copies may run)");
+    NVVM::CpAsyncWaitGroupOp::create(b, *wait.getInFlight());
+    NVVM::Barrier0Op::create(b);
+  } else if (auto acquire = dyn_cast<RingAcquireOp>(op)) {
+    lowerAcquire(acquire);
+  } else if (isa<RingReleaseOp>(op) || lowerTileValue(op)) {
+  } else if (auto load = dyn_cast<FragLoadOp>(op)) {
+    SmemTileType type = load.getTile().getType();
+    load.replaceAllUsesWith(fromPairs(load.getType(),
+                                      loadA(tiles.at(load.getTile()), type,
+                                            toI32(load.getRow()))));
+  } else if (auto mma = dyn_cast<MmaOp>(op)) {
+    return lowerMma(mma);
+  } else if (auto wait = dyn_cast<MmaWaitOp>(op)) {
+    wait.replaceAllUsesWith(wait.getValues());
+  } else if (isa<RingLoadOp>(op)) {
+    return op->emitOpError("is a TMA load (Hopper: flexattn-lower-to-hopper); "
+                           "sm_80 rings are filled by flexattn.ring.copy");
+  }
+  return success();
+}
+
+LogicalResult Lowering::lowerMma(MmaOp op) {
+  MLIRContext *ctx = b.getContext();
+  SmemTileType bType = op.getB().getType();
+  Type elem = bType.getElementType();
+  bool kMajor = op.getTransposeB();
+  int64_t k = kMajor ? bType.getCols() : bType.getRows();
+  int64_t n = 2 * op.getType().getNumElements();
+  SmallVector<Value> a;
+  if (auto aType = dyn_cast<SmemTileType>(op.getA().getType()))
+    a = loadA(tiles.at(op.getA()), aType, toI32(op.getARow()));
+  else
+    a = pairs(op.getA());
+  SmallVector<Value> d = op.getAcc() ? elements(op.getAcc())
+                                     : SmallVector<Value>(n / 2, arith::ConstantOp::create(
+                                                                     b, b.getF32FloatAttr(0)));
+  Value bAddr = tiles.at(op.getB());
+  // The lane's row in the 16 x 16 block ldmatrix.x4 reads, and its chunk key.
+  Value half = arith::AndIOp::create(b, mi, i32(1)), pair = arith::ShRUIOp::create(b, mi, i32(1));
+  Value laneRow = add(mul(kMajor ? pair : half, 8), rr);
+  Value key = arith::XOrIOp::create(b, kMajor ? half : pair, rr);
+  auto f32 = b.getF32Type();
+  auto resultType = LLVM::LLVMStructType::getLiteral(ctx, {f32, f32, f32, f32});
+  auto operand = [&](Value word) -> Value {
+    return elem.isBF16() ? word
+                         : LLVM::BitcastOp::create(b, VectorType::get({2}, b.getF16Type()), word)
+                               .getResult();
+  };
+  std::optional<std::array<NVVM::MMATypes, 2>> types;
+  if (elem.isBF16())
+    types = {NVVM::MMATypes::bf16, NVVM::MMATypes::bf16};
+  for (int64_t kk = 0; kk < k / 16; ++kk) {
+    SmallVector<Value> aOps;
+    for (int64_t i = 0; i < 4; ++i)
+      aOps.push_back(operand(a[4 * kk + i]));
+    for (int64_t jp = 0; jp < n / 16; ++jp) {
+      // K-major B ([N, K]): rows 16 jp.., chunk 2 kk; row-major B ([K, N]):
+      // rows 16 kk.., chunk 2 jp, transposed on load.
+      Value addr = kMajor ? matrixRow(bAddr, bType.getRows(), i32(16 * jp), laneRow, 2 * kk, key)
+                          : matrixRow(bAddr, bType.getRows(), i32(16 * kk), laneRow, 2 * jp, key);
+      SmallVector<Value> bWords = ldmatrix(addr, /*trans=*/!kMajor);
+      for (int64_t jj = 0; jj < 2; ++jj) {
+        int64_t j = 2 * jp + jj;
+        SmallVector<Value> c(d.begin() + 4 * j, d.begin() + 4 * j + 4);
+        Value r = NVVM::MmaOp::create(
+            b, resultType, aOps, ValueRange{operand(bWords[2 * jj]), operand(bWords[2 * jj + 1])},
+            c, ArrayRef<int64_t>{16, 8, 16}, std::nullopt, std::nullopt, types,
+            std::array<NVVM::MMALayout, 2>{NVVM::MMALayout::row, NVVM::MMALayout::col});
+        for (int64_t i = 0; i < 4; ++i)
+          d[4 * j + i] = LLVM::ExtractValueOp::create(b, r, ArrayRef<int64_t>{i});
+      }
+    }
+  }
+  op.replaceAllUsesWith(vectorOf(op.getType(), d));
+  return success();
+}
+
+} // namespace
+
+LogicalResult mlir::flexattn::lowerToAmpere(RewriterBase &rewriter,
+                                            gpu::LaunchOp launch,
+                                            int64_t maxSharedMemory) {
+  Block &body = launch.getBody().front();
+  SmallVector<RingAllocOp> allocs(body.getOps<RingAllocOp>());
+  if (allocs.empty())
+    return success();
+  APInt x, y, z;
+  if (!matchPattern(launch.getBlockSizeX(), m_ConstantInt(&x)) ||
+      !matchPattern(launch.getBlockSizeY(), m_ConstantInt(&y)) ||
+      !matchPattern(launch.getBlockSizeZ(), m_ConstantInt(&z)) || y != 1 || z != 1)
+    return launch.emitOpError("flexattn-lower-to-ampere needs a constant 1-D "
+                              "block (every thread copies its share)");
+  ImplicitLocOpBuilder b(launch.getLoc(), rewriter);
+  Lowering l(b, x.getSExtValue());
+  if (failed(l.allocate(launch, allocs.back(), l.layoutSlots(allocs), kAlign,
+                        maxSharedMemory)))
+    return failure();
+  b.setInsertionPointAfter(l.smem.getDefiningOp());
+  l.tid = l.toI32(gpu::ThreadIdOp::create(b, gpu::Dimension::x));
+  Value lane = arith::RemUIOp::create(b, l.tid, l.i32(32));
+  l.warp = arith::DivUIOp::create(b, arith::RemUIOp::create(b, l.tid, l.i32(128)), l.i32(32));
+  l.rr = arith::RemUIOp::create(b, lane, l.i32(8));
+  l.mi = arith::DivUIOp::create(b, lane, l.i32(8));
+
+  SmallVector<Operation *> ops;
+  Operation *foreign = nullptr;
+  launch.getBody().walk<WalkOrder::PreOrder>([&](Operation *op) {
+    if (isa<WarpSpecializeOp>(op) && !foreign)
+      foreign = op;
+    if (isa<RingCopyOp, RingAcquireOp, RingLoadOp, RingWaitOp, RingReleaseOp,
+            FragLoadOp, MmaOp, MmaWaitOp>(op) ||
+        SharedTiles::isTileValue(op))
+      ops.push_back(op);
+  });
+  if (foreign)
+    return foreign->emitOpError("has a producer role: Hopper's "
+                                "(flexattn-lower-to-hopper); sm_80 kernels "
+                                "have none (flexattn-multistage)");
+  for (Operation *op : ops)
+    if (failed(l.lower(op)))
+      return failure();
+  eraseReversed(rewriter, ops);
+  for (RingAllocOp alloc : allocs)
+    rewriter.eraseOp(alloc);
+  return success();
+}
+
+namespace {
+struct FlexAttnLowerToAmperePass
+    : public flexattn::impl::FlexAttnLowerToAmpereBase<FlexAttnLowerToAmperePass> {
+  using FlexAttnLowerToAmpereBase::FlexAttnLowerToAmpereBase;
+
+  void runOnOperation() override {
+    IRRewriter rewriter(&getContext());
+    if (failed(forEachLaunch(getOperation(), [&](gpu::LaunchOp launch) {
+          return lowerToAmpere(rewriter, launch, maxSharedMemory);
+        })))
+      signalPassFailure();
+  }
+};
+} // namespace

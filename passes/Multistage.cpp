@@ -1,0 +1,273 @@
+//===- Multistage.cpp - flexattn-multistage ---------------------*- C++ -*-===//
+//
+// Part of flexattn-mlir, under the Apache License v2.0 with LLVM Exceptions.
+//
+//===----------------------------------------------------------------------===//
+//
+// The roles of an sm_80 (Ampere, Ada) kernel, FlashAttention-2 shaped:
+// every warp both copies and computes. The CTA's 256 threads are two groups
+// of 4 warps, each computing a 64-row band of the 128-row Q tile (the
+// consumer step of ConsumerRole.h); all 256 copy tiles into cooperative
+// rings (flexattn.ring.copy, cp.async on sm_80):
+//
+//   per Q tile   copy Q, wait, read the band into registers (frag.load),
+//                release; the KV steps multiply that fragment
+//   per KV loop  prologue: copy the K and V tiles of its first S - 1 steps
+//   per KV step  wait K_j; copy K_{j+S-1}; S = Q.K_jᵀ; softmax;
+//                wait V_j; copy V_{j+S-1}; O = alpha O + P.V_j
+//
+// so S - 1 steps of copies are in flight while a step computes. A copy past
+// the end of its loop is issued with `if false` (it moves nothing), so every
+// thread issues the same sequence of copies and each wait knows how many
+// later copies may still be running (its `in_flight`: 2 S - 3 for K and V).
+// The coordinates of a later step are those of the loop body, recomputed
+// for a later induction variable (the block-sparse index lookups included).
+//
+//===----------------------------------------------------------------------===//
+
+#include "passes/ConsumerRole.h"
+
+#include "mlir/Dialect/GPU/IR/GPUDialect.h"
+#include "mlir/Interfaces/SideEffectInterfaces.h"
+
+namespace mlir::flexattn {
+#define GEN_PASS_DEF_FLEXATTNMULTISTAGE
+#include "passes/Passes.h.inc"
+} // namespace mlir::flexattn
+
+using namespace mlir;
+using namespace mlir::flexattn;
+
+namespace {
+
+constexpr int64_t kGroups = kTileRows / kBandRows;
+constexpr int64_t kThreads = kGroups * kGroupThreads;
+
+/// Where the K and V tiles of a step are, and whether there is such a step.
+struct StepCoordinates {
+  Value valid, b, h, row;
+};
+
+/// The tile_step of a loop body that holds one directly, or null.
+TileStepOp stepOf(scf::ForOp loop) {
+  auto steps = loop.getBody()->getOps<TileStepOp>();
+  return steps.empty() ? TileStepOp() : *steps.begin();
+}
+
+struct CooperativeRole : ConsumerRole {
+  int64_t stages;
+  FinalizeOp finalizeOp;
+  gpu::LaunchOp launch;
+  StepCoordinates ahead; // the step S - 1 positions ahead of the current one
+
+  CooperativeRole(ImplicitLocOpBuilder &b, const ConsumerRings &rings,
+                  const KernelPlan &plan, Value group, Value thread,
+                  int64_t stages, FinalizeOp fin, gpu::LaunchOp launch)
+      : ConsumerRole(b, rings, plan, group, thread), stages(stages), finalizeOp(fin), launch(launch) {}
+
+  Value i32(ImplicitLocOpBuilder &b, int64_t v) {
+    return arith::ConstantIntOp::create(b, v, 32);
+  }
+  Value at(ImplicitLocOpBuilder &b, Value pos, int64_t ahead) {
+    return ahead ? arith::AddIOp::create(b, pos, i32(b, ahead)).getResult() : pos;
+  }
+
+  LogicalResult beginTile(ImplicitLocOpBuilder &b, IRMapping &map) override {
+    FailureOr<TileCoordinates> tile = tileCoordinates(finalizeOp, launch, map);
+    if (failed(tile))
+      return failure();
+    RingAcquireOp::create(b, rings.q, qPos);
+    RingCopyOp::create(b, map.lookupOrDefault(qSource), tile->b, tile->h, tile->q0, rings.q, qPos,
+                       Value());
+    RingWaitOp::create(b, rings.q, qPos).setInFlight(0);
+    Value slot = RingSlotOp::create(b, rings.q, qPos);
+    qA = FragLoadOp::create(b, VectorType::get({plan.D / 2}, plan.elem), slot, band);
+    qRow = Value();
+    RingReleaseOp::create(b, rings.q, qPos);
+    startState(b);
+    return success();
+  }
+
+  /// The coordinates of `op` at iteration `iv` of `loop` (a clone of the
+  /// body's computation of them), valid where `iv` < the upper bound.
+  FailureOr<StepCoordinates> coordinatesAt(ImplicitLocOpBuilder &b, TileStepOp op,
+                                           scf::ForOp loop, IRMapping &map,
+                                           Value iv) {
+    Block *body = loop.getBody();
+    SetVector<Operation *> slice;
+    SmallVector<Value> work = {op.getB(), op.getHkv(), op.getKv0()};
+    while (!work.empty()) {
+      Operation *def = work.pop_back_val().getDefiningOp();
+      if (!def || def->getBlock() != body || slice.contains(def))
+        continue;
+      if (def->getNumRegions() || !(isMemoryEffectFree(def) || isa<memref::LoadOp>(def)))
+        return def->emitOpError("flexattn-multistage recomputes a KV step's "
+                                "coordinates for later steps; they must come "
+                                "from loads and pure ops without regions");
+      slice.insert(def);
+      llvm::append_range(work, def->getOperands());
+    }
+    Value ub = map.lookupOrDefault(loop.getUpperBound());
+    Value valid = arith::CmpIOp::create(b, arith::CmpIPredicate::slt, iv, ub);
+    Type index = b.getIndexType();
+    auto ifOp = scf::IfOp::create(b, TypeRange{index, index, index}, valid,
+                                  /*withElseRegion=*/true);
+    {
+      OpBuilder::InsertionGuard guard(b);
+      b.setInsertionPointToStart(&ifOp.getThenRegion().front());
+      IRMapping local = map;
+      local.map(loop.getInductionVar(), iv);
+      for (Operation &inner : *body)
+        if (slice.contains(&inner))
+          b.clone(inner, local);
+      scf::YieldOp::create(b, ValueRange{local.lookupOrDefault(op.getB()),
+                                         local.lookupOrDefault(op.getHkv()),
+                                         local.lookupOrDefault(op.getKv0())});
+      b.setInsertionPointToStart(&ifOp.getElseRegion().front());
+      Value zero = arith::ConstantIndexOp::create(b, 0);
+      scf::YieldOp::create(b, ValueRange{zero, zero, zero});
+    }
+    return StepCoordinates{valid, ifOp.getResult(0), ifOp.getResult(1),
+                           ifOp.getResult(2)};
+  }
+
+  /// Copies of the K and V tiles of the steps at `coords` into positions
+  /// kvPos + 0, 1, ...: all acquires first (one barrier at most), then the
+  /// copies in the order the waits count them (K, V, K, V, ...).
+  void prime(ImplicitLocOpBuilder &b, ArrayRef<StepCoordinates> coords,
+             IRMapping &map) {
+    for (size_t s = 0; s < coords.size(); ++s)
+      for (Value ring : {rings.k, rings.v})
+        RingAcquireOp::create(b, ring, at(b, kvPos, s));
+    for (auto [s, c] : llvm::enumerate(coords))
+      for (auto [ring, source] : {std::pair(rings.k, kSource), {rings.v, vSource}})
+        RingCopyOp::create(b, map.lookupOrDefault(source), c.b, c.h, c.row, ring, at(b, kvPos, s), c.valid);
+  }
+
+  LogicalResult beforeLoop(ImplicitLocOpBuilder &b, scf::ForOp loop,
+                           IRMapping &map) override {
+    TileStepOp op = stepOf(loop);
+    if (!op)
+      return success();
+    if (llvm::range_size(loop.getBody()->getOps<TileStepOp>()) != 1)
+      return loop.emitOpError("flexattn-multistage expects one "
+                              "flexattn.tile_step per KV loop");
+    Value lb = map.lookupOrDefault(loop.getLowerBound());
+    Value st = map.lookupOrDefault(loop.getStep());
+    SmallVector<StepCoordinates> coords;
+    for (int64_t s = 0; s + 1 < stages; ++s) {
+      Value iv = arith::AddIOp::create(
+          b, lb, arith::MulIOp::create(b, st, arith::ConstantIndexOp::create(b, s)));
+      FailureOr<StepCoordinates> c = coordinatesAt(b, op, loop, map, iv);
+      if (failed(c))
+        return failure();
+      coords.push_back(*c);
+    }
+    prime(b, coords, map);
+    return success();
+  }
+
+  LogicalResult step(ImplicitLocOpBuilder &b, TileStepOp op,
+                     IRMapping &map) override {
+    auto loop = dyn_cast<scf::ForOp>(op->getParentOp());
+    if (loop) {
+      Value iv = map.lookupOrDefault(loop.getInductionVar());
+      Value st = map.lookupOrDefault(loop.getStep());
+      Value later = arith::AddIOp::create(
+          b, iv, arith::MulIOp::create(b, st, arith::ConstantIndexOp::create(b, stages - 1)));
+      FailureOr<StepCoordinates> c = coordinatesAt(b, op, loop, map, later);
+      if (failed(c))
+        return failure();
+      ahead = *c;
+    } else {
+      // A step outside a loop: its own copies, then none ahead.
+      Value no = arith::ConstantIntOp::create(b, 0, 1);
+      Value zero = arith::ConstantIndexOp::create(b, 0);
+      SmallVector<StepCoordinates> coords = {
+          {arith::ConstantIntOp::create(b, 1, 1), map.lookupOrDefault(op.getB()),
+           map.lookupOrDefault(op.getHkv()), map.lookupOrDefault(op.getKv0())}};
+      coords.resize(stages - 1, StepCoordinates{no, zero, zero, zero});
+      prime(b, coords, map);
+      ahead = {no, zero, zero, zero};
+    }
+    return ConsumerRole::step(b, op, map);
+  }
+
+  std::optional<int64_t> waitInFlight() const override { return 2 * stages - 3; }
+
+  LogicalResult afterWait(ImplicitLocOpBuilder &b, Value ring, TileStepOp,
+                          IRMapping &map) override {
+    Value pos = at(b, kvPos, stages - 1);
+    RingAcquireOp::create(b, ring, pos);
+    RingCopyOp::create(b, map.lookupOrDefault(ring == rings.k ? kSource : vSource), ahead.b, ahead.h,
+                       ahead.row, ring, pos, ahead.valid);
+    return success();
+  }
+
+  Value qSource, kSource, vSource; // the tensors the rings copy
+};
+
+} // namespace
+
+LogicalResult mlir::flexattn::multistage(RewriterBase &rewriter,
+                                         gpu::LaunchOp launch, int64_t stages) {
+  if (stages < 2)
+    return launch.emitOpError("flexattn-multistage needs at least 2 stages "
+                              "(copies run S - 1 steps ahead), got ")
+           << stages;
+  Block &body = launch.getBody().front();
+  SmallVector<Operation *> ops;
+  for (Operation &op : body.without_terminator())
+    ops.push_back(&op);
+  FailureOr<TileBody> tile = TileBody::find(launch, ops);
+  if (failed(tile))
+    return failure();
+  FailureOr<KernelPlan> p = KernelPlan::of(tile->steps.front(), "flexattn-multistage");
+  if (failed(p))
+    return failure();
+  Location loc = launch.getLoc();
+
+  OpBuilder::InsertionGuard guard(rewriter);
+  rewriter.setInsertionPoint(launch);
+  launch.getBlockSizeXMutable().assign(arith::ConstantIndexOp::create(rewriter, loc, kThreads));
+
+  ImplicitLocOpBuilder b(loc, rewriter);
+  b.setInsertionPointToStart(&body);
+  auto ring = [&](int64_t n, int64_t rows, int64_t cols) -> Value {
+    return RingAllocOp::create(
+        b, RingType::get(b.getContext(), n, rows, cols, p->elem), kThreads);
+  };
+  ConsumerRings rings;
+  rings.q = ring(1, kTileRows, p->D);
+  rings.k = ring(stages, p->BN, p->D);
+  rings.v = ring(stages, p->BN, p->Dv);
+  auto idx = [&](int64_t v) { return arith::ConstantIndexOp::create(b, v); };
+  Value tid = gpu::ThreadIdOp::create(b, gpu::Dimension::x);
+  Value group = arith::DivUIOp::create(b, tid, idx(kGroupThreads));
+  Value thread = arith::RemUIOp::create(b, tid, idx(kGroupThreads));
+  CooperativeRole role(b, rings, *p, group, thread, stages, tile->finalize, launch);
+  TileStepOp first = tile->steps.front();
+  role.qSource = first.getQ();
+  role.kSource = first.getK();
+  role.vSource = first.getV();
+  IRMapping map;
+  if (failed(emitRole(b, ops, *tile, map, role)))
+    return failure();
+
+  eraseReversed(rewriter, ops);
+  return success();
+}
+
+namespace {
+struct FlexAttnMultistagePass
+    : public flexattn::impl::FlexAttnMultistageBase<FlexAttnMultistagePass> {
+  using FlexAttnMultistageBase::FlexAttnMultistageBase;
+
+  void runOnOperation() override {
+    IRRewriter rewriter(&getContext());
+    for (auto launch : opsHoldingTiles<gpu::LaunchOp>(getOperation()))
+      if (failed(multistage(rewriter, launch, stages)))
+        return signalPassFailure();
+  }
+};
+} // namespace

@@ -1,0 +1,141 @@
+// RUN: flexattn-opt %s -split-input-file -verify-diagnostics --flexattn-lower-to-ampere=max-shared-memory=166912 --canonicalize --cse | FileCheck %s
+
+// Shared memory: the Q slot (128x64 f16, 16 KiB), 2 K slots (64x64, 8 KiB
+// each) and 128 bytes for the run-time alignment: 32768 + 128 = 32896. No
+// barriers live in shared memory: cp.async groups and CTA barriers order it.
+// CHECK-LABEL: func.func @kernel(
+// CHECK-DAG:     %[[SMEM:.*]] = arith.constant 32896 : i32
+// CHECK:         gpu.launch {{.*}} dynamic_shared_memory_size %[[SMEM]] {
+// The base, rounded up to 128 bytes (one swizzle period: 8 rows x 16 bytes).
+// CHECK:           %[[DYN:.*]] = gpu.dynamic_shared_memory : memref<?xi8, #gpu.address_space<workgroup>>
+// CHECK:           %[[P:.*]] = memref.extract_aligned_pointer_as_index %[[DYN]]
+// CHECK:           %[[RAW:.*]] = arith.index_cast %[[P]] : index to i32
+// CHECK:           %[[UP:.*]] = arith.addi %[[RAW]], %{{.*}} : i32
+// CHECK:           %[[BASE:.*]] = arith.andi %[[UP]], %{{.*}} : i32
+// ring.acquire of a fresh ring: a CTA barrier.
+// CHECK:           nvvm.barrier0
+// ring.copy: 1024 16-byte chunks of Q over 256 threads, 4 each; rows past
+// the tensor's 300 are clamped and copy 0 bytes (zero fill); one group.
+// CHECK:           %[[IN:.*]] = arith.cmpi ult, %[[ROW:.*]], %{{.*}} : i32
+// CHECK-NEXT:      %[[SIZE:.*]] = arith.select %[[IN]], %{{.*}}, %{{.*}} : i32
+// CHECK-NEXT:      arith.minui %[[ROW]], %{{.*}} : i32
+// CHECK:           nvvm.cp.async.shared.global %{{.*}}, %{{.*}}, 16, cache =  cg, %[[SIZE]] : !llvm.ptr<3>, !llvm.ptr<1>, i32
+// CHECK-COUNT-3:   nvvm.cp.async.shared.global
+// CHECK-NEXT:      nvvm.cp.async.commit.group
+// ring.wait in_flight(0): all of this thread's groups, then the CTA's.
+// CHECK-NEXT:      nvvm.cp.async.wait.group 0
+// CHECK-NEXT:      nvvm.barrier0
+// frag.load: the warp's 16 rows of the band, ldmatrix.x4 per 16 columns.
+// CHECK-COUNT-4:   nvvm.ldmatrix %{{.*}} {eltType = #nvvm.ld_st_matrix_elt_type<b16>, layout = #nvvm.mma_layout<row>, num = 4 : i32, shape = #nvvm.ld_st_matrix_shape<m = 8, n = 8>}
+// CHECK:           %[[QF:.*]] = vector.bitcast %{{.*}} : vector<16xi32> to vector<32xf16>
+// ring.release: nothing; the next acquire's barrier orders it.
+// CHECK-NEXT:      nvvm.barrier0
+// CHECK-COUNT-2:   nvvm.cp.async.shared.global
+// CHECK-NEXT:      nvvm.cp.async.commit.group
+// CHECK-NEXT:      nvvm.cp.async.wait.group 0
+// CHECK-NEXT:      nvvm.barrier0
+// An acquire right after a wait of the same ring one position back needs no
+// barrier (every thread released the slot before it waited); a copy with
+// `if` commits a group either way.
+// CHECK:           scf.if %{{.*}} {
+// CHECK:             nvvm.cp.async.shared.global
+// CHECK:             nvvm.cp.async.shared.global
+// CHECK:           }
+// CHECK-NEXT:      nvvm.cp.async.commit.group
+// S = Q.Kᵀ (64 x 64 per band): A from the registers of frag.load, K-major B
+// with ldmatrix (no .trans), two m16n8k16 per ldmatrix.x4, 8 x 4 in all.
+// CHECK:           vector.extract_strided_slice %[[QF]] {offsets = [0], sizes = [2], strides = [1]} : vector<32xf16> to vector<2xf16>
+// CHECK:           nvvm.ldmatrix %{{.*}} {eltType = #nvvm.ld_st_matrix_elt_type<b16>, layout = #nvvm.mma_layout<row>, {{.*}}}
+// CHECK-COUNT-2:   nvvm.mma.sync A[{{.*}}] B[{{.*}}] C[{{.*}}] {layoutA = #nvvm.mma_layout<row>, layoutB = #nvvm.mma_layout<col>, shape = #nvvm.shape<m = 16, n = 8, k = 16>} : (vector<2xf16>, vector<2xf16>, f32) -> !llvm.struct<(f32, f32, f32, f32)>
+// CHECK-COUNT-30:  nvvm.mma.sync
+// O = P.V + acc: P's pairs as A, the row-major B transposed on load; 32 more.
+// CHECK:           nvvm.ldmatrix %{{.*}} {eltType = #nvvm.ld_st_matrix_elt_type<b16>, layout = #nvvm.mma_layout<col>, {{.*}}}
+// CHECK-COUNT-32:  nvvm.mma.sync
+// CHECK-NOT:       nvvm.mma.sync
+// CHECK-NOT:       flexattn.
+func.func @kernel(%q: memref<1x2x300x64xf16>, %k: memref<1x2x300x64xf16>, %b: index, %h: index,
+                  %q0: index, %kv0: index, %p: vector<32xf16>, %acc: vector<32xf32>, %i: i32,
+                  %more: i1, %out: memref<32xf32>) {
+  %c1 = arith.constant 1 : index
+  %c256 = arith.constant 256 : index
+  %c0_i32 = arith.constant 0 : i32
+  %c1_i32 = arith.constant 1 : i32
+  gpu.launch blocks(%bx, %by, %bz) in (%gx = %c1, %gy = %c1, %gz = %c1)
+             threads(%tx, %ty, %tz) in (%sx = %c256, %sy = %c1, %sz = %c1) {
+    %qr = flexattn.ring.alloc consumers(256) : !flexattn.ring<1 x 128x64xf16>
+    %kr = flexattn.ring.alloc consumers(256) : !flexattn.ring<2 x 64x64xf16>
+    %band = arith.muli %tx, %c1 : index
+    flexattn.ring.acquire %qr[%c0_i32] : !flexattn.ring<1 x 128x64xf16>
+    flexattn.ring.copy %q[%b, %h, %q0] into %qr[%c0_i32] : memref<1x2x300x64xf16>, !flexattn.ring<1 x 128x64xf16>
+    flexattn.ring.wait %qr[%c0_i32] in_flight(0) : !flexattn.ring<1 x 128x64xf16>
+    %qs = flexattn.ring.slot %qr[%c0_i32] : !flexattn.ring<1 x 128x64xf16>
+    %qf = flexattn.frag.load %qs[%band] : !flexattn.smem_tile<128x64xf16> -> vector<32xf16>
+    flexattn.ring.release %qr[%c0_i32] : !flexattn.ring<1 x 128x64xf16>
+    flexattn.ring.acquire %kr[%i] : !flexattn.ring<2 x 64x64xf16>
+    flexattn.ring.copy %k[%b, %h, %kv0] into %kr[%i] : memref<1x2x300x64xf16>, !flexattn.ring<2 x 64x64xf16>
+    flexattn.ring.wait %kr[%i] in_flight(0) : !flexattn.ring<2 x 64x64xf16>
+    %i1 = arith.addi %i, %c1_i32 : i32
+    flexattn.ring.acquire %kr[%i1] : !flexattn.ring<2 x 64x64xf16>
+    flexattn.ring.copy %k[%b, %h, %kv0] into %kr[%i1] if %more : memref<1x2x300x64xf16>, !flexattn.ring<2 x 64x64xf16>
+    %kt = flexattn.ring.slot %kr[%i] : !flexattn.ring<2 x 64x64xf16>
+    %s0 = flexattn.mma %qf, %kt {transpose_b} : vector<32xf16>, !flexattn.smem_tile<64x64xf16> -> vector<32xf32>
+    %s = flexattn.mma.wait pending(0) %s0 : vector<32xf32>
+    %o0 = flexattn.mma %p, %kt, %acc : vector<32xf16>, !flexattn.smem_tile<64x64xf16>, vector<32xf32> -> vector<32xf32>
+    %o, %p1 = flexattn.mma.wait pending(0) %o0, %p : vector<32xf32>, vector<32xf16>
+    flexattn.ring.release %kr[%i] : !flexattn.ring<2 x 64x64xf16>
+    %r = arith.addf %s, %o : vector<32xf32>
+    vector.store %r, %out[%c1] : memref<32xf32>, vector<32xf32>
+    gpu.terminator
+  }
+  return
+}
+
+// -----
+
+func.func @too_much_shared_memory() {
+  %c1 = arith.constant 1 : index
+  %c256 = arith.constant 256 : index
+  // expected-error @below {{the kernel's rings need 229504 bytes of shared memory, more than the 166912 a block has (fewer stages use less)}}
+  gpu.launch blocks(%bx, %by, %bz) in (%gx = %c1, %gy = %c1, %gz = %c1)
+             threads(%tx, %ty, %tz) in (%sx = %c256, %sy = %c1, %sz = %c1) {
+    %qr = flexattn.ring.alloc consumers(256) : !flexattn.ring<1 x 128x128xbf16>
+    %kr = flexattn.ring.alloc consumers(256) : !flexattn.ring<3 x 128x128xbf16>
+    %vr = flexattn.ring.alloc consumers(256) : !flexattn.ring<3 x 128x128xbf16>
+    gpu.terminator
+  }
+  return
+}
+
+// -----
+
+func.func @wait_without_in_flight(%i: i32) {
+  %c1 = arith.constant 1 : index
+  %c256 = arith.constant 256 : index
+  gpu.launch blocks(%bx, %by, %bz) in (%gx = %c1, %gy = %c1, %gz = %c1)
+             threads(%tx, %ty, %tz) in (%sx = %c256, %sy = %c1, %sz = %c1) {
+    %kr = flexattn.ring.alloc consumers(256) : !flexattn.ring<2 x 64x64xbf16>
+    // expected-error @below {{on a ring filled by flexattn.ring.copy needs in_flight (how many later copies may run)}}
+    flexattn.ring.wait %kr[%i] : !flexattn.ring<2 x 64x64xbf16>
+    gpu.terminator
+  }
+  return
+}
+
+// -----
+
+func.func @producer_role(%i: i32) {
+  %c1 = arith.constant 1 : index
+  %c384 = arith.constant 384 : index
+  gpu.launch blocks(%bx, %by, %bz) in (%gx = %c1, %gy = %c1, %gz = %c1)
+             threads(%tx, %ty, %tz) in (%sx = %c384, %sy = %c1, %sz = %c1) {
+    %kr = flexattn.ring.alloc consumers(256) : !flexattn.ring<2 x 64x64xbf16>
+    // expected-error @below {{has a producer role: Hopper's (flexattn-lower-to-hopper); sm_80 kernels have none (flexattn-multistage)}}
+    flexattn.warp_specialize producer(threads = 128, registers = 40) {
+    ^bb0(%thread: index):
+    } consumers(groups = 2, threads = 128, registers = 232) {
+    ^bb0(%group: index, %thread: index):
+    }
+    gpu.terminator
+  }
+  return
+}

@@ -1,0 +1,94 @@
+"""The sm_80 (Ampere, Ada) kernels, compiled to cubins on a machine without a
+GPU: every zoo variant assembles for sm_80 without spills and holds the
+instructions of the FlashAttention-2 shape (cp.async multistage rings,
+ldmatrix, mma.sync, quad-shuffle softmax); the device's compute capability
+picks the target, and a Hopper device runs the sm_80 kernel as PTX. Speed
+lives in bench/; this keeps the code generation honest on CI."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+import flexattn_mlir as fm
+from flexattn_mlir import gpu, targets, zoo
+
+SM80 = targets.TARGETS["sm_80"]
+
+
+def _compile(variant: str, D: int = 128, dtype: str = "bfloat16", **options):
+    spec = zoo.spec(variant, 1, 2, 1000, D, dtype=dtype, return_lse=True)
+    return fm.compile(spec, fm.CompileOptions(target="sm_80", **options), keep_ir=False)
+
+
+def _count(ptx: str, pattern: str) -> int:
+    return len(re.findall(pattern, ptx))
+
+
+@pytest.mark.parametrize("variant", zoo.names())
+def test_zoo_compiles_to_a_cubin_for_sm80(variant):
+    compiled = _compile(variant)
+    md, ptx = compiled.metadata, compiled.metadata["ptx"]
+    assert md["cubin"][:4] == b"\x7fELF"
+    res = md["resources"]
+    assert res.registers <= 255 and (res.spill_stores, res.spill_loads) == (0, 0), res
+    assert ".target sm_80" in ptx and ".maxntid 256, 1, 1" in ptx
+    # No Hopper instruction may reach an sm_80 kernel.
+    assert not re.search(r"wgmma|cp\.async\.bulk|mbarrier|setmaxnreg", ptx)
+    # Every thread copies: 16-byte cp.async into the swizzled slots, one
+    # group per copy, waits that leave the next step's copies in flight.
+    assert "cp.async.cg.shared.global" in ptx and "cp.async.commit_group" in ptx
+    assert re.search(r"cp\.async\.wait_group\s+1;", ptx)
+    # S = Q.K^T (Q read once per tile), O += P.V (V transposed on load):
+    # per warp and KV step 16 x 8 m16n8k16 MMAs each at D = 128.
+    assert _count(ptx, r"mma\.sync\.aligned\.m16n8k16\.row\.col\.f32\.bf16\.bf16\.f32") >= 256
+    assert _count(ptx, r"ldmatrix\.sync\.aligned\.m8n8\.x4\.trans\.shared\.b16") >= 64
+    assert _count(ptx, r"ldmatrix\.sync\.aligned\.m8n8\.x4\.shared\.b16") >= 64
+    assert "shfl.sync.bfly" in ptx and "ex2.approx.ftz.f32" in ptx
+
+
+def test_launch_facts_and_shared_memory():
+    """Block and shared memory come from the compiler: Q + stages x (K + V)
+    slots and 128 bytes of alignment slack, within the table's limit."""
+    for D, stages in ((64, 2), (64, 4), (128, 2)):
+        launch = _compile("causal", D=D, stages=stages).metadata["launch"]
+        tile = 128 * D * 2
+        assert launch["block"] == [256, 1, 1] and launch["grid"] == [8 * 2, 1, 1]
+        assert launch["shared_mem_bytes"] == tile + stages * 2 * tile + 128
+        assert launch["shared_mem_bytes"] <= SM80.max_shared_per_block
+        assert not [p for p in launch["params"] if p["kind"] == "tensormap"]
+
+
+def test_f16_and_persistent_compile():
+    md = _compile("alibi_causal", D=64, dtype="float16", persistent=5).metadata
+    assert "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32" in md["ptx"]
+    assert md["launch"]["grid"] == [5, 1, 1]
+    assert (md["resources"].spill_stores, md["resources"].spill_loads) == (0, 0)
+
+
+def test_too_many_stages_is_a_clear_error():
+    with pytest.raises(fm.CompilationError, match="shared memory"):
+        _compile("full", D=128, stages=3)
+
+
+@pytest.mark.parametrize("cc,name", [((8, 0), "sm_80"), ((8, 6), "sm_80"), ((8, 9), "sm_80"),
+                                     ((9, 0), "sm_90a")])
+def test_device_capability_picks_the_target(monkeypatch, cc, name):
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: cc)
+    assert targets.for_device(torch.device("cuda", 0)).name == name
+
+
+def test_unsupported_capability_names_the_targets(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    with pytest.raises(ValueError, match=r"7\.5.*sm_90a \(compute capability 9\.0\), "
+                                         r"sm_80 \(compute capability 8\.0 8\.6 8\.7 8\.9\)"):
+        targets.for_device(torch.device("cuda", 0))
+
+
+def test_hopper_runs_the_sm80_kernel_as_ptx():
+    compiled = _compile("full", D=64)
+    assert gpu.binary_of(compiled, (9, 0)) == (compiled.metadata["ptx"].encode(), "ptx")
+    assert gpu.binary_of(compiled, (8, 6)) == (compiled.metadata["cubin"], "cubin")
+    assert gpu.binary_of(compiled) == (compiled.metadata["cubin"], "cubin")
