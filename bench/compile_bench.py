@@ -51,7 +51,9 @@ import warnings
 import importlib
 
 import flexattn_mlir as fm  # first: before anything imports torch_mlir
-from flexattn_mlir import cache, frontend, gpu, zoo
+from flexattn_mlir import frontend, zoo
+from flexattn_mlir.compiler import cache
+from flexattn_mlir.compiler.backends import gpu
 from flexattn_mlir.api import _lower_call
 
 import torch  # noqa: E402
@@ -148,7 +150,8 @@ NEW_PROCESS_HIT = textwrap.dedent("""
     import json, sys, time
     t0 = time.perf_counter()
     import flexattn_mlir as fm
-    from flexattn_mlir import cache, zoo
+    from flexattn_mlir import zoo
+    from flexattn_mlir.compiler import cache
     import torch
     t1 = time.perf_counter()
     name = sys.argv[1]

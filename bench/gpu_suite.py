@@ -125,7 +125,7 @@ def compile_all(out: str, only: str | None) -> None:
                           block_mask=block_mask, captures=captures, scale=1.0 / math.sqrt(D),
                           return_lse=name.startswith("check"), name=name)
         if over.get("persistent") == "sms":
-            over = dict(over, persistent=fm.targets.sm_count("sm_90a"))
+            over = dict(over, persistent=fm.compiler.targets.sm_count("sm_90a"))
         items.append((name, spec, fm.CompileOptions(target="sm_90a", **over)))
         torch.save([c.contiguous() for c in captures], os.path.join(out, f"{name}.captures.pt"))
         manifest[name] = (*case[:-1], over)

@@ -11,8 +11,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import driver, targets, zoo
-from .options import CompileOptions
+from . import zoo
+from .compiler import driver, targets
+from .compiler.options import CompileOptions
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -35,9 +35,10 @@ from typing import Callable, Optional
 
 import torch
 
-from . import backward, cache, checks, frontend, targets
-from .mods import ModIR
-from .options import CompileOptions
+from . import checks, frontend
+from .compiler import backward, cache, targets
+from .compiler.mods import ModIR
+from .compiler.options import CompileOptions
 
 __all__ = ["Call", "needs_grad", "attention_with_grad", "check_backward_target",
            "traced_flex_attention"]

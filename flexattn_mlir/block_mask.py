@@ -39,7 +39,7 @@ import torch
 from . import _native, index_checks
 from .checks import block_size
 from .masks import and_masks, decide_blocks, noop_mask, or_masks, reads_batch_head
-from .mods import ModIR
+from .compiler.mods import ModIR
 
 __all__ = [
     "BlockMask",
@@ -563,8 +563,8 @@ class _MaskKernel:
         from mlir import ir
         from mlir.execution_engine import ExecutionEngine
 
-        from . import driver
-        from .options import CompileOptions
+        from .compiler import driver
+        from .compiler.options import CompileOptions
 
         self.name = "flexattn_block_mask"
         text = _kernel_text(mask, shape, lengths, block, self.name)
@@ -581,7 +581,7 @@ class _MaskKernel:
         self._entry = self.engine.lookup(self.name)
 
     def __call__(self, cls: torch.Tensor, captures, rows: tuple[int, int]) -> None:
-        from .cpu import memref_descriptor
+        from .compiler.backends.cpu import memref_descriptor
 
         bounds = torch.tensor(rows, dtype=torch.int64)
         tensors = [cls, bounds, *captures]

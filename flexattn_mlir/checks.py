@@ -183,7 +183,7 @@ def check_captures(captures, device) -> None:
 def check_gpu_support(query, value, block_mask, options) -> None:
     """What the target's kernel handles (flexattn_mlir.targets), checked
     before compiling: element types, head dims, Q and KV block sizes."""
-    from .targets import target
+    from .compiler.targets import target
 
     t = target(options.target)
     names = " or ".join(t.dtypes)

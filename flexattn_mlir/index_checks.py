@@ -36,7 +36,7 @@ from typing import Optional
 import numpy as np
 
 from . import masks
-from .mods import ModIR, region_text
+from .compiler.mods import ModIR, region_text
 
 __all__ = ["Site", "Checked", "ENV", "enabled", "annotate", "report_capture", "raise_reported",
            "warn_unchecked"]

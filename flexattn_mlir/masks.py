@@ -23,7 +23,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from .mods import ModIR
+from .compiler.mods import ModIR
 
 __all__ = ["noop_mask", "and_masks", "or_masks", "decide_blocks", "reads_batch_head",
            "evaluate", "check_sizes", "may_fault"]

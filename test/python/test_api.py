@@ -583,7 +583,7 @@ def test_dump_ir_names_each_kernel_and_keeps_cache_hits(tmp_path, monkeypatch):
     <variant>-<key prefix>.<stage>.mlir (the mods' names), so two kernels do
     not overwrite each other; a kernel already compiled is a cache hit (no
     recompilation, nothing dumped)."""
-    from flexattn_mlir import driver
+    from flexattn_mlir.compiler import driver
 
     q = torch.randn(1, 1, 48, 16)
     fm.flex_attention(q, q, q)  # compiled and cached before dumping

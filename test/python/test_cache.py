@@ -23,7 +23,8 @@ import torch
 from torch.nn.attention import flex_attention as tfa
 
 import flexattn_mlir as fm
-from flexattn_mlir import aot, frontend, gpu, zoo
+from flexattn_mlir import aot, frontend, zoo
+from flexattn_mlir.compiler.backends import gpu
 
 tfa._FLEX_ATTENTION_DISABLE_COMPILE_DEBUG = True
 

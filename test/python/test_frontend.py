@@ -285,7 +285,8 @@ def test_region_is_scalar_ir():
     # parses and verifies inside a flexattn op
     spec = fm.attention_spec(*[torch.zeros(1, H, 8, 16)] * 3, score_mod=captured.ir,
                              captures=captured.captures)
-    from flexattn_mlir import _native, driver
+    from flexattn_mlir import _native
+    from flexattn_mlir.compiler import driver
     from mlir import ir
 
     with _native.new_context(), ir.Location.unknown():
