@@ -51,7 +51,8 @@ import warnings
 import importlib
 
 import flexattn_mlir as fm  # first: before anything imports torch_mlir
-from flexattn_mlir import frontend, zoo
+from flexattn_mlir import zoo
+from flexattn_mlir.frontend import capture as frontend
 from flexattn_mlir.compiler import cache
 from flexattn_mlir.compiler.backends import gpu
 from flexattn_mlir.api import _lower_call
@@ -131,7 +132,8 @@ PROCESS_FIRST = textwrap.dedent("""
     import json, sys, time
     t0 = time.perf_counter()
     import flexattn_mlir as fm
-    from flexattn_mlir import frontend, zoo
+    from flexattn_mlir import zoo
+    from flexattn_mlir.frontend import capture as frontend
     t1 = time.perf_counter()
     name, H, S = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     score_mod, mask_mod = zoo.make(name, H, S)

@@ -38,6 +38,7 @@ import torch
 from . import checks, frontend
 from .compiler import backward, cache, targets
 from .compiler.mods import ModIR
+from .frontend.capture import _global_names
 from .compiler.options import CompileOptions
 
 __all__ = ["Call", "needs_grad", "attention_with_grad", "check_backward_target",
@@ -364,7 +365,7 @@ def _tensor_paths(fn, targets) -> dict[int, tuple]:
                     walk(cell.cell_contents, path + (("cell", i),), depth + 1)
                 except ValueError:
                     pass  # an empty cell
-            for name in frontend._global_names(obj.__code__):
+            for name in _global_names(obj.__code__):
                 if name in obj.__globals__:
                     walk(obj.__globals__[name], path + (("global", name),), depth + 1)
             for i, d in enumerate(obj.__defaults__ or ()):

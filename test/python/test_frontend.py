@@ -19,7 +19,7 @@ import torch
 from torch.nn.attention import flex_attention as tfa
 
 import flexattn_mlir as fm
-from flexattn_mlir import frontend as fe
+from flexattn_mlir.frontend import capture as fe
 from flexattn_mlir.frontend import ModCaptureError, capture_mask_mod, capture_score_mod, combine
 
 tfa._FLEX_ATTENTION_DISABLE_COMPILE_DEBUG = True
