@@ -8,7 +8,7 @@ from . import _native  # noqa: F401  (first: see above)
 from .api import compile_flex_attention, flex_attention
 from .attention import attention, attention_compile_count, attention_spec
 from .compiler.backward import NotDifferentiableError
-from .block_mask import BlockMask, create_block_mask
+from .masks.block_mask import BlockMask, create_block_mask
 from .frontend import CapturedMod, ModCaptureError, capture_mask_mod, capture_score_mod
 from .masks import and_masks, noop_mask, or_masks
 from .compiler.driver import CompilationError, Compiled, compile

@@ -18,7 +18,7 @@ import torch
 from . import autograd, checks, frontend
 from .compiler import targets
 from .attention import attention
-from .block_mask import BlockMask
+from .masks.block_mask import BlockMask
 from .masks import noop_mask
 from .compiler.options import CompileOptions
 

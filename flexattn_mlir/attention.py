@@ -15,7 +15,8 @@ from typing import Optional, Sequence
 
 import torch
 
-from . import checks, index_checks
+from . import checks
+from .masks import index_checks
 from .compiler import cache, targets
 from .compiler.mods import ModIR
 from .compiler.options import CompileOptions

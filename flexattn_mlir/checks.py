@@ -152,7 +152,7 @@ def check_mask_broadcast(block_mask, query, mask_mod) -> None:
     """A block mask made for B=None / H=None (batch or head dim 1) holds one
     pattern for every batch / head: wrong for the others when mask_mod (its
     IR, a ModIR) reads b / h, so such a call is refused."""
-    from .masks import reads_batch_head
+    from .masks.intervals import reads_batch_head
 
     if mask_mod is None:
         return

@@ -19,7 +19,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from .. import index_checks
+from ..masks import index_checks
 from . import driver
 from .options import CompileOptions
 from .spec import (AttentionSpec, BufferType, block_mask_lines, capture_lines, entry_function,
@@ -130,14 +130,14 @@ def q_side_mask_tensors(block_mask) -> list[torch.Tensor]:
         return []
     num, idx = block_mask.q_num_blocks, block_mask.q_indices
     if num is None:
-        from ..block_mask import _transpose_ordered
+        from ..masks.block_mask import _transpose_ordered
 
         num, idx = _transpose_ordered(block_mask.kv_num_blocks, block_mask.kv_indices)
     out = [num, idx]
     if getattr(block_mask, "full_kv_num_blocks", None) is not None:
         fnum, fidx = block_mask.full_q_num_blocks, block_mask.full_q_indices
         if fnum is None:
-            from ..block_mask import _transpose_ordered
+            from ..masks.block_mask import _transpose_ordered
 
             fnum, fidx = _transpose_ordered(block_mask.full_kv_num_blocks,
                                             block_mask.full_kv_indices)
