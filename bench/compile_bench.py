@@ -62,7 +62,7 @@ from torch.nn.attention import flex_attention as tfa  # noqa: E402
 
 tfa._FLEX_ATTENTION_DISABLE_COMPILE_DEBUG = True
 # The module (the package attribute `attention` is the function).
-attention_mod = importlib.import_module("flexattn_mlir.attention")
+attention_mod = importlib.import_module("flexattn_mlir.execution.attention")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CPU_SHAPE = (1, 4, 512, 64)          # B, H, S, D (float32)

@@ -99,7 +99,7 @@ def compile_all(out: str, only: str | None) -> None:
 
     import flexattn_mlir as fm
     from flexattn_mlir import aot, frontend, zoo
-    from flexattn_mlir.attention import build_spec
+    from flexattn_mlir.execution.attention import build_spec
     from flexattn_mlir.masks.block_mask import BlockMask
 
     items, manifest = [], {}

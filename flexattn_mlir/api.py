@@ -15,12 +15,13 @@ from typing import Callable, Optional
 
 import torch
 
-from . import autograd, checks, frontend
+from . import frontend
 from .compiler import targets
-from .attention import attention
-from .masks.block_mask import BlockMask
-from .masks import noop_mask
 from .compiler.options import CompileOptions
+from .execution import autograd, checks
+from .execution.attention import attention
+from .masks import noop_mask
+from .masks.block_mask import BlockMask
 
 __all__ = ["flex_attention", "compile_flex_attention"]
 
@@ -151,7 +152,7 @@ def compile_flex_attention(query, key, value, score_mod=None, block_mask=None, s
     every stage (``.ir[stage]``, ``.stage_names()``). ``target`` overrides the
     device's (e.g. ``"sm_90a"`` to see the GPU stages from CPU tensors)."""
     from .compiler import driver
-    from .attention import attention_spec
+    from .execution.attention import attention_spec
 
     call = _lower_call(query, key, value, score_mod, block_mask, enable_gqa, kernel_options)
     options = call.pop("options")

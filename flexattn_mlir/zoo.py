@@ -149,7 +149,7 @@ def spec(name: str, B: int, H: int, S: int, D: int, dtype: str = "bfloat16",
     has a mask_mod)."""
     from . import frontend
     from .masks import index_checks
-    from .attention import build_spec
+    from .execution.attention import build_spec
     from .masks.block_mask import BlockMask
 
     score_mod, mask_mod = make(name, H, S, device)

@@ -176,7 +176,7 @@ def _compile_error(err: driver.CompilationError, label: str) -> Exception:
 def kernel(spec: BackwardSpec, options: CompileOptions):
     """The compiled backward kernel of ``spec`` (cached like the forward's);
     a mod that cannot be differentiated raises NotDifferentiableError."""
-    from ..attention import kernel_for
+    from ..execution.attention import kernel_for
 
     try:
         return kernel_for(spec, options)

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from .. import _native
-from ..checks import block_size
+from ..execution.checks import block_size
 from . import index_checks
 from .intervals import and_masks, decide_blocks, noop_mask, or_masks, reads_batch_head
 from ..compiler.mods import ModIR

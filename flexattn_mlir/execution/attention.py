@@ -15,12 +15,12 @@ from typing import Optional, Sequence
 
 import torch
 
+from ..compiler import cache, targets
+from ..compiler.mods import ModIR
+from ..compiler.options import CompileOptions
+from ..compiler.spec import AttentionSpec, BufferType
+from ..masks import index_checks
 from . import checks
-from .masks import index_checks
-from .compiler import cache, targets
-from .compiler.mods import ModIR
-from .compiler.options import CompileOptions
-from .compiler.spec import AttentionSpec, BufferType
 
 __all__ = ["attention", "attention_forward", "attention_spec", "attention_compile_count", "build_spec", "kernel_for"]
 
@@ -89,10 +89,10 @@ def kernel_for(spec: AttentionSpec, opts: CompileOptions):
 def _load_or_compile(spec: AttentionSpec, opts: CompileOptions, key: str,
                      use_cache: bool = True):
     global compile_count
-    from .compiler import driver
+    from ..compiler import driver
 
     if opts.target == "cpu":
-        from .compiler.backends.cpu import CpuKernel
+        from ..compiler.backends.cpu import CpuKernel
 
         text = _cpu_cache.get(key) if use_cache else None
         if text is not None:
@@ -103,7 +103,7 @@ def _load_or_compile(spec: AttentionSpec, opts: CompileOptions, key: str,
         if use_cache:
             _cpu_cache.put(key, str(compiled.module).encode())
         return kernel
-    from .compiler.backends import gpu
+    from ..compiler.backends import gpu
 
     kernel = gpu.load_kernel(key) if use_cache else None
     if kernel is None:

@@ -35,11 +35,12 @@ from typing import Callable, Optional
 
 import torch
 
-from . import checks, frontend
-from .compiler import backward, cache, targets
-from .compiler.mods import ModIR
-from .frontend.capture import _global_names
-from .compiler.options import CompileOptions
+from .. import frontend
+from ..compiler import backward, cache, targets
+from ..compiler.mods import ModIR
+from ..compiler.options import CompileOptions
+from ..frontend.capture import _global_names
+from . import checks
 
 __all__ = ["Call", "needs_grad", "attention_with_grad", "check_backward_target",
            "traced_flex_attention"]
@@ -394,7 +395,7 @@ def _trace_plan(score_fn, mask_fn, metas, block_size, scale, enable_gqa, grad_mo
     registers the call, compiles the backward kernel when gradients will be
     needed, and returns ``(call key, capture paths, scale, gradients
     needed)``."""
-    from . import api
+    from .. import api
     from .attention import build_spec
 
     meta = [torch.empty(shape, dtype=dt, device="meta") for shape, dt, _ in metas]
