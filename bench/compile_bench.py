@@ -51,7 +51,7 @@ import warnings
 import importlib
 
 import flexattn_mlir as fm  # first: before anything imports torch_mlir
-from flexattn_mlir import zoo
+from flexattn_mlir.examples import zoo
 from flexattn_mlir.frontend import capture as frontend
 from flexattn_mlir.compiler import cache
 from flexattn_mlir.compiler.backends import gpu
@@ -132,7 +132,7 @@ PROCESS_FIRST = textwrap.dedent("""
     import json, sys, time
     t0 = time.perf_counter()
     import flexattn_mlir as fm
-    from flexattn_mlir import zoo
+    from flexattn_mlir.examples import zoo
     from flexattn_mlir.frontend import capture as frontend
     t1 = time.perf_counter()
     name, H, S = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
@@ -152,7 +152,7 @@ NEW_PROCESS_HIT = textwrap.dedent("""
     import json, sys, time
     t0 = time.perf_counter()
     import flexattn_mlir as fm
-    from flexattn_mlir import zoo
+    from flexattn_mlir.examples import zoo
     from flexattn_mlir.compiler import cache
     import torch
     t1 = time.perf_counter()
@@ -180,7 +180,7 @@ TORCH_BLOCK_MASK = textwrap.dedent("""
     cap = int(sys.argv[3])
     resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
     import flexattn_mlir
-    from flexattn_mlir import zoo
+    from flexattn_mlir.examples import zoo
     import warnings
     warnings.simplefilter("ignore")
     from torch.nn.attention import flex_attention as tfa

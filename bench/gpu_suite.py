@@ -76,16 +76,17 @@ BENCH = (
 
 
 def load_zoo():
-    """flexattn_mlir/zoo.py without the compiler: its `.masks` import is
-    served by torch's and_masks/or_masks (same semantics)."""
+    """flexattn_mlir/examples/zoo.py without the compiler: its `..masks`
+    import is served by torch's and_masks/or_masks (same semantics)."""
     import torch.nn.attention.flex_attention as tfa
 
-    pkg = types.ModuleType("_zoo_pkg")
-    pkg.__path__ = []
-    sys.modules.setdefault("_zoo_pkg", pkg)
+    for name in ("_zoo_pkg", "_zoo_pkg.examples"):
+        pkg = types.ModuleType(name)
+        pkg.__path__ = []
+        sys.modules.setdefault(name, pkg)
     sys.modules.setdefault("_zoo_pkg.masks", tfa)
     spec = importlib.util.spec_from_file_location(
-        "_zoo_pkg.zoo", os.path.join(ROOT, "flexattn_mlir", "zoo.py"))
+        "_zoo_pkg.examples.zoo", os.path.join(ROOT, "flexattn_mlir", "examples", "zoo.py"))
     zoo = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = zoo  # dataclasses look their module up
     spec.loader.exec_module(zoo)
@@ -98,7 +99,9 @@ def compile_all(out: str, only: str | None) -> None:
     import torch
 
     import flexattn_mlir as fm
-    from flexattn_mlir import aot, frontend, zoo
+    from flexattn_mlir import frontend
+    from flexattn_mlir.examples import zoo
+    from flexattn_mlir.tools import aot
     from flexattn_mlir.execution.attention import build_spec
     from flexattn_mlir.masks.block_mask import BlockMask
 

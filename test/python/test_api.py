@@ -31,7 +31,8 @@ import torch
 from torch.nn.attention import flex_attention as tfa
 
 import flexattn_mlir as fm
-from flexattn_mlir import CompileOptions, zoo
+from flexattn_mlir import CompileOptions
+from flexattn_mlir.examples import zoo
 
 tfa._FLEX_ATTENTION_DISABLE_COMPILE_DEBUG = True
 

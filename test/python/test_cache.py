@@ -23,7 +23,8 @@ import torch
 from torch.nn.attention import flex_attention as tfa
 
 import flexattn_mlir as fm
-from flexattn_mlir import aot, zoo
+from flexattn_mlir.examples import zoo
+from flexattn_mlir.tools import aot
 from flexattn_mlir.frontend import capture as frontend
 from flexattn_mlir.compiler.backends import gpu
 
@@ -345,7 +346,7 @@ def test_new_process_reuses_captured_mods(tmp_path):
     script = tmp_path / "capture.py"
     script.write_text(
         "import flexattn_mlir as fm\n"
-        "from flexattn_mlir import zoo\n"
+        "from flexattn_mlir.examples import zoo\n"
         "from flexattn_mlir.frontend import capture as frontend\n"
         "score, mask = zoo.make('alibi_causal', 4, 256)\n"
         "a, b = frontend.capture_score_mod(score), frontend.capture_mask_mod(mask)\n"

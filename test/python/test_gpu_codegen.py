@@ -11,7 +11,7 @@ import re
 import pytest
 
 import flexattn_mlir as fm
-from flexattn_mlir import zoo
+from flexattn_mlir.examples import zoo
 from flexattn_mlir.compiler import targets
 
 SM90 = targets.TARGETS["sm_90a"]

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import flexattn_mlir as fm
-from flexattn_mlir import zoo
+from flexattn_mlir.examples import zoo
 from flexattn_mlir.compiler import cache, ptxas, targets
 
 
