@@ -51,7 +51,10 @@ import warnings
 import importlib
 
 import flexattn_mlir as fm  # first: before anything imports torch_mlir
-from flexattn_mlir import cache, frontend, gpu, zoo
+from flexattn_mlir.examples import zoo
+from flexattn_mlir.frontend import capture as frontend
+from flexattn_mlir.compiler import cache
+from flexattn_mlir.compiler.backends import gpu
 from flexattn_mlir.api import _lower_call
 
 import torch  # noqa: E402
@@ -59,7 +62,7 @@ from torch.nn.attention import flex_attention as tfa  # noqa: E402
 
 tfa._FLEX_ATTENTION_DISABLE_COMPILE_DEBUG = True
 # The module (the package attribute `attention` is the function).
-attention_mod = importlib.import_module("flexattn_mlir.attention")
+attention_mod = importlib.import_module("flexattn_mlir.execution.attention")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CPU_SHAPE = (1, 4, 512, 64)          # B, H, S, D (float32)
@@ -129,7 +132,8 @@ PROCESS_FIRST = textwrap.dedent("""
     import json, sys, time
     t0 = time.perf_counter()
     import flexattn_mlir as fm
-    from flexattn_mlir import frontend, zoo
+    from flexattn_mlir.examples import zoo
+    from flexattn_mlir.frontend import capture as frontend
     t1 = time.perf_counter()
     name, H, S = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     score_mod, mask_mod = zoo.make(name, H, S)
@@ -148,7 +152,8 @@ NEW_PROCESS_HIT = textwrap.dedent("""
     import json, sys, time
     t0 = time.perf_counter()
     import flexattn_mlir as fm
-    from flexattn_mlir import cache, zoo
+    from flexattn_mlir.examples import zoo
+    from flexattn_mlir.compiler import cache
     import torch
     t1 = time.perf_counter()
     name = sys.argv[1]
@@ -175,7 +180,7 @@ TORCH_BLOCK_MASK = textwrap.dedent("""
     cap = int(sys.argv[3])
     resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
     import flexattn_mlir
-    from flexattn_mlir import zoo
+    from flexattn_mlir.examples import zoo
     import warnings
     warnings.simplefilter("ignore")
     from torch.nn.attention import flex_attention as tfa

@@ -104,16 +104,17 @@ PEERS_OF = {"sm_90a": ("triton", "cudnn", "fa4"), "sm_80": ("flash",)}
 
 
 def load_zoo():
-    """flexattn_mlir/zoo.py without the compiler: its `.masks` import is
-    served by torch's and_masks/or_masks (same semantics)."""
+    """flexattn_mlir/examples/zoo.py without the compiler: its `..masks`
+    import is served by torch's and_masks/or_masks (same semantics)."""
     import torch.nn.attention.flex_attention as tfa
 
-    pkg = types.ModuleType("_zoo_pkg")
-    pkg.__path__ = []
-    sys.modules.setdefault("_zoo_pkg", pkg)
+    for name in ("_zoo_pkg", "_zoo_pkg.examples"):
+        pkg = types.ModuleType(name)
+        pkg.__path__ = []
+        sys.modules.setdefault(name, pkg)
     sys.modules.setdefault("_zoo_pkg.masks", tfa)
     spec = importlib.util.spec_from_file_location(
-        "_zoo_pkg.zoo", os.path.join(ROOT, "flexattn_mlir", "zoo.py"))
+        "_zoo_pkg.examples.zoo", os.path.join(ROOT, "flexattn_mlir", "examples", "zoo.py"))
     zoo = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = zoo  # dataclasses look their module up
     spec.loader.exec_module(zoo)
@@ -126,9 +127,11 @@ def compile_all(out: str, only: str | None, device_cc: tuple[int, int]) -> None:
     import torch
 
     import flexattn_mlir as fm
-    from flexattn_mlir import aot, frontend, zoo
-    from flexattn_mlir.attention import build_spec
-    from flexattn_mlir.block_mask import BlockMask
+    from flexattn_mlir import frontend
+    from flexattn_mlir.examples import zoo
+    from flexattn_mlir.tools import aot
+    from flexattn_mlir.execution.attention import build_spec
+    from flexattn_mlir.masks.block_mask import BlockMask
 
     items, manifest = [], {}
     for case in CORRECTNESS + BENCH:
@@ -157,7 +160,7 @@ def compile_all(out: str, only: str | None, device_cc: tuple[int, int]) -> None:
                           # a GPU (unchecked unless FLEXATTN_CHECK_INDICES=1).
                           check_indices=name.startswith("check"))
         if over.get("persistent") == "sms":
-            over = dict(over, persistent=fm.targets.sm_count(over.get("target", "sm_90a")))
+            over = dict(over, persistent=fm.compiler.targets.sm_count(over.get("target", "sm_90a")))
         opts = fm.CompileOptions(**{"target": "sm_90a", **over})
         items.append((name, spec, opts))
         torch.save([c.contiguous() for c in captures], os.path.join(out, f"{name}.captures.pt"))

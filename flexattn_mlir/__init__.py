@@ -6,16 +6,16 @@ Import order matters: ``mlir`` (through ``_native``) is imported before any
 
 from . import _native  # noqa: F401  (first: see above)
 from .api import compile_flex_attention, flex_attention
-from .attention import attention, attention_compile_count, attention_spec
-from .backward import NotDifferentiableError
-from .block_mask import BlockMask, create_block_mask
+from .execution.attention import attention, attention_compile_count, attention_spec
+from .compiler.backward import NotDifferentiableError
+from .masks.block_mask import BlockMask, create_block_mask
 from .frontend import CapturedMod, ModCaptureError, capture_mask_mod, capture_score_mod
 from .masks import and_masks, noop_mask, or_masks
-from .driver import CompilationError, Compiled, compile
-from .mods import ModIR
-from .options import CompileOptions
-from .paged_attention import PagedAttention
-from .spec import AttentionSpec, BufferType
+from .compiler.driver import CompilationError, Compiled, compile
+from .compiler.mods import ModIR
+from .compiler.options import CompileOptions
+from .masks.paged_attention import PagedAttention
+from .compiler.spec import AttentionSpec, BufferType
 
 __version__ = "0.1.0"
 

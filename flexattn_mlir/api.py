@@ -15,11 +15,13 @@ from typing import Callable, Optional
 
 import torch
 
-from . import autograd, checks, frontend, targets
-from .attention import attention
-from .block_mask import BlockMask
+from . import frontend
+from .compiler import targets
+from .compiler.options import CompileOptions
+from .execution import autograd, checks
+from .execution.attention import attention
 from .masks import noop_mask
-from .options import CompileOptions
+from .masks.block_mask import BlockMask
 
 __all__ = ["flex_attention", "compile_flex_attention"]
 
@@ -149,8 +151,8 @@ def compile_flex_attention(query, key, value, score_mod=None, block_mask=None, s
     returns the :class:`~flexattn_mlir.driver.Compiled`, which holds the IR of
     every stage (``.ir[stage]``, ``.stage_names()``). ``target`` overrides the
     device's (e.g. ``"sm_90a"`` to see the GPU stages from CPU tensors)."""
-    from . import driver
-    from .attention import attention_spec
+    from .compiler import driver
+    from .execution.attention import attention_spec
 
     call = _lower_call(query, key, value, score_mod, block_mask, enable_gqa, kernel_options)
     options = call.pop("options")

@@ -31,8 +31,10 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from .. import autograd, checks, frontend, targets
-from ..options import CompileOptions
+from ..compiler import targets
+from ..compiler.options import CompileOptions
+from ..execution import autograd, checks
+from ..frontend import capture as frontend
 from . import comm
 from .mask import CPBlockMask, global_index_mod
 from .sharding import SequenceSharding
@@ -291,7 +293,7 @@ def _plan(query, key, value, score_mod, cp: CPBlockMask, token_tensors, rotate, 
     k_meta, v_meta = (torch.empty((*t.shape[:2], kv_len, t.shape[3]), dtype=t.dtype,
                                   device="meta") for t in (key, value))
     block = rotation.block_masks[0]
-    from ..attention import build_spec
+    from ..execution.attention import build_spec
 
     spec = build_spec(query, k_meta, v_meta, score_mod=score and score.ir,
                       mask_mod=mask and mask.ir, block_mask=block, captures=captures,

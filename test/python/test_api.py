@@ -31,8 +31,9 @@ import torch
 from torch.nn.attention import flex_attention as tfa
 
 import flexattn_mlir as fm
-from flexattn_mlir import CompileOptions, zoo
-from flexattn_mlir.spec import DYNAMIC
+from flexattn_mlir import CompileOptions
+from flexattn_mlir.examples import zoo
+from flexattn_mlir.compiler.spec import DYNAMIC
 
 tfa._FLEX_ATTENTION_DISABLE_COMPILE_DEBUG = True
 
@@ -587,7 +588,7 @@ def test_dump_ir_names_each_kernel_and_keeps_cache_hits(tmp_path, monkeypatch):
     <variant>-<key prefix>.<stage>.mlir (the mods' names), so two kernels do
     not overwrite each other; a kernel already compiled is a cache hit (no
     recompilation, nothing dumped)."""
-    from flexattn_mlir import driver
+    from flexattn_mlir.compiler import driver
 
     q = torch.randn(1, 1, 48, 16)
     fm.flex_attention(q, q, q)  # compiled and cached before dumping

@@ -23,7 +23,10 @@ import torch
 from torch.nn.attention import flex_attention as tfa
 
 import flexattn_mlir as fm
-from flexattn_mlir import aot, frontend, gpu, zoo
+from flexattn_mlir.examples import zoo
+from flexattn_mlir.tools import aot
+from flexattn_mlir.frontend import capture as frontend
+from flexattn_mlir.compiler.backends import gpu
 
 tfa._FLEX_ATTENTION_DISABLE_COMPILE_DEBUG = True
 
@@ -345,7 +348,8 @@ def test_new_process_reuses_captured_mods(tmp_path):
     script = tmp_path / "capture.py"
     script.write_text(
         "import flexattn_mlir as fm\n"
-        "from flexattn_mlir import frontend, zoo\n"
+        "from flexattn_mlir.examples import zoo\n"
+        "from flexattn_mlir.frontend import capture as frontend\n"
         "score, mask = zoo.make('alibi_causal', 4, 256)\n"
         "a, b = frontend.capture_score_mod(score), frontend.capture_mask_mod(mask)\n"
         "print(frontend.export_count, a.key, b.key)\n")

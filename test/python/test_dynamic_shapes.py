@@ -8,7 +8,7 @@ from torch.nn.attention.flex_attention import create_block_mask as torch_block_m
 from torch.nn.attention.flex_attention import flex_attention as torch_flex
 
 import flexattn_mlir as fm
-from flexattn_mlir.spec import DYNAMIC
+from flexattn_mlir.compiler.spec import DYNAMIC
 
 F32 = dict(atol=2e-5, rtol=1e-5)
 H, D = 4, 32

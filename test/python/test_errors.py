@@ -123,7 +123,7 @@ def test_options_validation():
 def test_block_mask_checks_are_memoised_but_see_in_place_changes():
     """A mask reused unchanged is checked once (the checks sync with the
     GPU); an in-place edit bumps its version and is checked again."""
-    from flexattn_mlir import checks
+    from flexattn_mlir.execution import checks
 
     q, k, v = qkv(k=(1, 4, 32, 16), v=(1, 4, 32, 16))
     num = torch.full((1, 1, 2), 2, dtype=torch.int32)

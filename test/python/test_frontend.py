@@ -19,7 +19,7 @@ import torch
 from torch.nn.attention import flex_attention as tfa
 
 import flexattn_mlir as fm
-from flexattn_mlir import frontend as fe
+from flexattn_mlir.frontend import capture as fe
 from flexattn_mlir.frontend import ModCaptureError, capture_mask_mod, capture_score_mod, combine
 
 tfa._FLEX_ATTENTION_DISABLE_COMPILE_DEBUG = True
@@ -303,7 +303,8 @@ def test_region_is_scalar_ir():
     # parses and verifies inside a flexattn op
     spec = fm.attention_spec(*[torch.zeros(1, H, 8, 16)] * 3, score_mod=captured.ir,
                              captures=captured.captures)
-    from flexattn_mlir import _native, driver
+    from flexattn_mlir import _native
+    from flexattn_mlir.compiler import driver
     from mlir import ir
 
     with _native.new_context(), ir.Location.unknown():

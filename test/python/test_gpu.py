@@ -17,7 +17,10 @@ import torch
 from torch.nn.attention import flex_attention as tfa
 
 import flexattn_mlir as fm
-from flexattn_mlir import CompileOptions, checks, targets, zoo
+from flexattn_mlir import CompileOptions
+from flexattn_mlir.examples import zoo
+from flexattn_mlir.execution import checks
+from flexattn_mlir.compiler import targets
 
 tfa._FLEX_ATTENTION_DISABLE_COMPILE_DEBUG = True
 

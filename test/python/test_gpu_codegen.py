@@ -11,7 +11,8 @@ import re
 import pytest
 
 import flexattn_mlir as fm
-from flexattn_mlir import targets, zoo
+from flexattn_mlir.examples import zoo
+from flexattn_mlir.compiler import targets
 
 SM90 = targets.TARGETS["sm_90a"]
 # 65536 registers / 384 threads, rounded down to ptxas's allocation unit.

@@ -13,7 +13,9 @@ import pytest
 import torch
 
 import flexattn_mlir as fm
-from flexattn_mlir import gpu, targets, zoo
+from flexattn_mlir.compiler import targets
+from flexattn_mlir.compiler.backends import gpu
+from flexattn_mlir.examples import zoo
 
 SM80 = targets.TARGETS["sm_80"]
 

@@ -22,7 +22,8 @@ import torch
 from torch.nn.attention import flex_attention as tfa
 
 import flexattn_mlir as fm
-from flexattn_mlir import CompileOptions, index_checks
+from flexattn_mlir import CompileOptions
+from flexattn_mlir.masks import index_checks
 
 tfa._FLEX_ATTENTION_DISABLE_COMPILE_DEBUG = True
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")

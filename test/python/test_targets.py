@@ -7,7 +7,8 @@ import pytest
 import torch
 
 import flexattn_mlir as fm
-from flexattn_mlir import cache, ptxas, targets, zoo
+from flexattn_mlir.examples import zoo
+from flexattn_mlir.compiler import cache, ptxas, targets
 
 
 def test_target_table_drives_options_and_checks():

@@ -218,7 +218,7 @@ def test_table_read_through_a_captured_index_is_checked_forward_and_backward():
     IndexError at the forward call; one the backward finds out of range (the
     table changed behind autograd's back) raises there: no gradient computed
     from a clamped read is returned."""
-    from flexattn_mlir import backward
+    from flexattn_mlir.compiler import backward
 
     B, H, S, D, T = 1, 2, 48, 16, 8
     q, k, v = (leaf(B, H, S, D) for _ in range(3))

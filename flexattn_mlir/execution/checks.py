@@ -152,7 +152,7 @@ def check_mask_broadcast(block_mask, query, mask_mod) -> None:
     """A block mask made for B=None / H=None (batch or head dim 1) holds one
     pattern for every batch / head: wrong for the others when mask_mod (its
     IR, a ModIR) reads b / h, so such a call is refused."""
-    from .masks import reads_batch_head
+    from ..masks.intervals import reads_batch_head
 
     if mask_mod is None:
         return
@@ -183,7 +183,7 @@ def check_captures(captures, device) -> None:
 def check_gpu_support(query, value, block_mask, options) -> None:
     """What the target's kernel handles (flexattn_mlir.targets), checked
     before compiling: element types, head dims, Q and KV block sizes."""
-    from .targets import target
+    from ..compiler.targets import target
 
     t = target(options.target)
     names = " or ".join(t.dtypes)

@@ -22,10 +22,10 @@ from typing import Sequence
 
 from mlir import ir
 
-from . import cache, ptxas, targets
-from .driver import CompilationError, Compiled, run_pipeline
-from .options import CompileOptions
-from .spec import AttentionSpec
+from .. import cache, ptxas, targets
+from ..driver import CompilationError, Compiled, run_pipeline
+from ..options import CompileOptions
+from ..spec import AttentionSpec
 
 __all__ = ["stages", "finish", "launch_metadata", "load_kernel", "compile_kernel", "artifact_stores"]
 
@@ -261,7 +261,7 @@ def compile_kernel(spec: AttentionSpec, opts: CompileOptions, key: str,
     ``store``), loads it."""
     from flexattn_runtime import Kernel, write_kernel
 
-    from . import driver
+    from .. import driver
 
     compiled = driver.compile(spec, opts, keep_ir=False)
     binary, fmt = binary_of(compiled, _current_capability())

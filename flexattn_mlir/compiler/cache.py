@@ -42,11 +42,11 @@ def compiler_version() -> str:
     """A hash of everything that can change generated code: the sources of
     the native library (dialect + passes, hashed at build time) and this
     package's Python sources. Equal on every machine with the same code."""
-    from . import __version__, _native
+    from .. import __version__, _native
 
     h = hashlib.sha256(__version__.encode())
     h.update(_native.source_hash().encode())
-    pkg = Path(__file__).parent
+    pkg = Path(__file__).parents[1]  # the whole flexattn_mlir package
     for path in sorted(pkg.rglob("*.py")):
         h.update(str(path.relative_to(pkg)).encode())
         h.update(path.read_bytes())

@@ -15,7 +15,7 @@ the key. Results are memoised per (code objects, scalar values, capture
 shapes/dtypes), so capturing an equal mod again costs a tree walk, not an
 export (about 150 ms).
 
-The export and the conversion to a region are in :mod:`.mod_convert`.
+The export and the conversion to a region are in :mod:`.convert`.
 ``torch_mlir`` is imported lazily, after ``mlir`` (section 6 of the notes).
 """
 
@@ -36,10 +36,10 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from .mod_convert import INDEX_DTYPE  # noqa: F401  (re-exported: the index dtype)
-from .mod_convert import INDEX_TYPE, _FIXED, ModCaptureError, _capture_types, _export
-from .mods import ModIR
-from .spec import TORCH_TO_MLIR
+from .convert import INDEX_DTYPE  # noqa: F401  (re-exported: the index dtype)
+from .convert import INDEX_TYPE, _FIXED, ModCaptureError, _capture_types, _export
+from ..compiler.mods import ModIR
+from ..compiler.spec import TORCH_TO_MLIR
 
 __all__ = [
     "CapturedMod",
@@ -432,7 +432,7 @@ def _disk_key(walk: _Walk, kind: str) -> Optional[str]:
         return None
     import torch_mlir  # noqa: F401  (its version enters the key)
 
-    from .cache import compiler_version
+    from ..compiler.cache import compiler_version
 
     versions = (torch.__version__, getattr(torch_mlir, "__version__", "?"),
                 f"py{sys.version_info[0]}.{sys.version_info[1]}", compiler_version())
@@ -442,7 +442,7 @@ def _disk_key(walk: _Walk, kind: str) -> Optional[str]:
 def _captured_store():
     global _captured_cache
     if _captured_cache is None:
-        from .cache import DiskCache
+        from ..compiler.cache import DiskCache
 
         _captured_cache = DiskCache("mods", ".json")
     return _captured_cache

@@ -17,10 +17,10 @@ import time
 from pathlib import Path
 from typing import Iterable
 
-from . import driver, targets
-from .gpu import binary_of
-from .options import CompileOptions
-from .spec import AttentionSpec
+from ..compiler import driver, targets
+from ..compiler.backends.gpu import binary_of
+from ..compiler.options import CompileOptions
+from ..compiler.spec import AttentionSpec
 
 __all__ = ["write_artifacts", "artifact_key"]
 
@@ -28,7 +28,7 @@ __all__ = ["write_artifacts", "artifact_key"]
 def artifact_key(spec: AttentionSpec, opts: CompileOptions) -> str:
     """The key a kernel is stored under: the metadata's "key", and what
     :func:`flexattn_mlir.flex_attention` looks up in ``FLEXATTN_ARTIFACTS``."""
-    from .cache import kernel_key
+    from ..compiler.cache import kernel_key
 
     return kernel_key(spec.digest(), opts)
 
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target", default=targets.gpu_targets()[0],
                         choices=targets.gpu_targets())
     args = parser.parse_args(argv)
-    from . import zoo
+    from ..examples import zoo
 
     b, h, s, d = (int(x) for x in args.shape.split(","))
     names = zoo.names() if args.variants == "all" else args.variants.split(",")

@@ -15,7 +15,7 @@ run-time values:
   after the captured tensors, which the score_mod region multiplies the
   score by before the mod's own code (the op's ``scale`` attribute is 1.0).
 * Reads of captured tensors are still proved in bounds per call, on the
-  call's sizes (:mod:`.index_checks`, ``dynamic=True``), and the kernel
+  call's sizes (:mod:`..masks.index_checks`, ``dynamic=True``), and the kernel
   carries what the proof established, not the bounds it found.
 """
 
@@ -25,8 +25,8 @@ import functools
 import re
 from typing import Optional
 
-from .mods import ModIR
-from .spec import DYNAMIC, BufferType
+from ..compiler.mods import ModIR
+from ..compiler.spec import DYNAMIC, BufferType
 
 __all__ = ["SCALE_TYPE", "buffer_types", "scaled_mods"]
 
@@ -91,6 +91,6 @@ def _index_type(mask: Optional[ModIR]) -> str:
         found = re.search(r", %[\w$.\-]+: (\w+)", mask.text.partition("\n")[0])
         if found:
             return found.group(1)
-    from .mod_convert import INDEX_TYPE
+    from ..frontend.convert import INDEX_TYPE
 
     return INDEX_TYPE

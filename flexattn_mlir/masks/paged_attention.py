@@ -23,7 +23,7 @@ from typing import Callable, Optional
 import torch
 
 from .block_mask import BlockMask
-from .masks import noop_mask
+from .combinators import noop_mask
 
 __all__ = ["PagedAttention"]
 

@@ -23,7 +23,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from .mods import ModIR
+from ..compiler.mods import ModIR
 
 __all__ = ["noop_mask", "and_masks", "or_masks", "decide_blocks", "reads_batch_head",
            "evaluate", "check_sizes", "may_fault"]
@@ -299,7 +299,7 @@ def reads_batch_head(mod: ModIR) -> tuple[bool, bool]:
     does not is the same for every batch / head)."""
     from mlir import ir
 
-    from . import _native
+    from .. import _native
 
     first = 1 if mod.kind == "score" else 0
     with _native.new_context(), ir.Location.unknown():
@@ -313,7 +313,7 @@ def _program(mod: ModIR):
     """(arg widths, steps, yielded value id) of a mod region (score or mask)."""
     from mlir import ir
 
-    from . import _native
+    from .. import _native
 
     with _native.new_context(), ir.Location.unknown():
         module = ir.Module.parse(_holder(mod.kind, mod.text, mod.capture_types))

@@ -24,7 +24,7 @@ from typing import Callable, Sequence
 from mlir import ir
 from mlir.passmanager import PassManager
 
-from . import _native
+from .. import _native
 from .options import CompileOptions
 from .spec import AttentionSpec
 
@@ -119,7 +119,7 @@ def stages(opts: CompileOptions) -> dict[str, Stage]:
     if opts.target == "cpu":
         return {**common, "fused": make_fused, "inlined": make_inlined,
                 "loops": make_loops, "llvm": make_llvm}
-    from . import gpu  # the GPU stages live beside the GPU code
+    from .backends import gpu  # the GPU stages live beside the GPU code
 
     return {**common, **gpu.stages(opts)}
 
@@ -192,7 +192,7 @@ def compile(
                     (dump / f"{label}.{name}.mlir").write_text(text)
         result.module = mod
         if opts.target != "cpu":
-            from . import gpu
+            from .backends import gpu
 
             result.metadata = gpu.finish(mod, spec, opts)
     result.seconds = time.perf_counter() - start

@@ -19,7 +19,8 @@ from typing import Optional, Sequence
 
 import torch
 
-from . import driver, index_checks
+from ..masks import index_checks
+from . import driver
 from .options import CompileOptions
 from .spec import (AttentionSpec, BufferType, block_mask_lines, capture_lines, entry_function,
                    f32_literal, mod_region_lines, operand_group)
@@ -129,14 +130,14 @@ def q_side_mask_tensors(block_mask) -> list[torch.Tensor]:
         return []
     num, idx = block_mask.q_num_blocks, block_mask.q_indices
     if num is None:
-        from .block_mask import _transpose_ordered
+        from ..masks.block_mask import _transpose_ordered
 
         num, idx = _transpose_ordered(block_mask.kv_num_blocks, block_mask.kv_indices)
     out = [num, idx]
     if getattr(block_mask, "full_kv_num_blocks", None) is not None:
         fnum, fidx = block_mask.full_q_num_blocks, block_mask.full_q_indices
         if fnum is None:
-            from .block_mask import _transpose_ordered
+            from ..masks.block_mask import _transpose_ordered
 
             fnum, fidx = _transpose_ordered(block_mask.full_kv_num_blocks,
                                             block_mask.full_kv_indices)
@@ -175,7 +176,7 @@ def _compile_error(err: driver.CompilationError, label: str) -> Exception:
 def kernel(spec: BackwardSpec, options: CompileOptions):
     """The compiled backward kernel of ``spec`` (cached like the forward's);
     a mod that cannot be differentiated raises NotDifferentiableError."""
-    from .attention import kernel_for
+    from ..execution.attention import kernel_for
 
     try:
         return kernel_for(spec, options)

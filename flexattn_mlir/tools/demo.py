@@ -12,7 +12,7 @@ import warnings
 import torch
 
 import flexattn_mlir as fm
-from flexattn_mlir import zoo
+from flexattn_mlir.examples import zoo
 
 VARIANTS = ["causal", "sliding_window", "document", "alibi_causal", "softcap_causal", "t5_bias"]
 

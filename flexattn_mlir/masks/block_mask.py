@@ -36,10 +36,11 @@ from typing import Any, Callable, Optional, Union
 import numpy as np
 import torch
 
-from . import _native, index_checks
-from .checks import block_size
-from .masks import and_masks, decide_blocks, noop_mask, or_masks, reads_batch_head
-from .mods import ModIR
+from .. import _native
+from ..execution.checks import block_size
+from . import index_checks
+from .intervals import and_masks, decide_blocks, noop_mask, or_masks, reads_batch_head
+from ..compiler.mods import ModIR
 
 __all__ = [
     "BlockMask",
@@ -365,7 +366,7 @@ def create_block_mask(
     torch's: ``device`` None means torch's default device; ``_compile`` is
     accepted and ignored (the mask is always compiled here), as are the
     backward-pass ordering flags (no backward pass yet)."""
-    from . import frontend
+    from .. import frontend
 
     broadcast_b, broadcast_h = B is None, H is None
     B = 1 if B is None else int(B)
@@ -563,8 +564,8 @@ class _MaskKernel:
         from mlir import ir
         from mlir.execution_engine import ExecutionEngine
 
-        from . import driver
-        from .options import CompileOptions
+        from ..compiler import driver
+        from ..compiler.options import CompileOptions
 
         self.name = "flexattn_block_mask"
         text = _kernel_text(mask, shape, lengths, block, self.name)
@@ -581,7 +582,7 @@ class _MaskKernel:
         self._entry = self.engine.lookup(self.name)
 
     def __call__(self, cls: torch.Tensor, captures, rows: tuple[int, int]) -> None:
-        from .cpu import memref_descriptor
+        from ..compiler.backends.cpu import memref_descriptor
 
         bounds = torch.tensor(rows, dtype=torch.int64)
         tensors = [cls, bounds, *captures]

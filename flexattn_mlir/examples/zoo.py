@@ -14,7 +14,7 @@ from typing import Callable, Optional
 
 import torch
 
-from .masks import and_masks, or_masks
+from ..masks import and_masks, or_masks
 
 __all__ = ["Variant", "VARIANTS", "names", "make", "spec"]
 
@@ -147,9 +147,10 @@ def spec(name: str, B: int, H: int, S: int, D: int, dtype: str = "bfloat16",
     """The AttentionSpec ``flex_attention`` compiles for variant ``name`` on
     ``[B, H, S, D]`` q/k/v (a broadcast 128 x 128 block mask when the variant
     has a mask_mod)."""
-    from . import frontend, index_checks
-    from .attention import build_spec
-    from .block_mask import BlockMask
+    from .. import frontend
+    from ..execution.attention import build_spec
+    from ..masks import index_checks
+    from ..masks.block_mask import BlockMask
 
     score_mod, mask_mod = make(name, H, S, device)
     dt = getattr(torch, dtype)

@@ -35,9 +35,12 @@ from typing import Callable, Optional
 
 import torch
 
-from . import backward, cache, checks, frontend, targets
-from .mods import ModIR
-from .options import CompileOptions
+from .. import frontend
+from ..compiler import backward, cache, targets
+from ..compiler.mods import ModIR
+from ..compiler.options import CompileOptions
+from ..frontend.capture import _global_names
+from . import checks
 
 __all__ = ["Call", "Prepared", "needs_grad", "attention_with_grad", "check_backward_target",
            "mask_lists", "prepare", "traced_flex_attention"]
@@ -401,7 +404,7 @@ def _tensor_paths(fn, targets) -> dict[int, tuple]:
                     walk(cell.cell_contents, path + (("cell", i),), depth + 1)
                 except ValueError:
                     pass  # an empty cell
-            for name in frontend._global_names(obj.__code__):
+            for name in _global_names(obj.__code__):
                 if name in obj.__globals__:
                     walk(obj.__globals__[name], path + (("global", name),), depth + 1)
             for i, d in enumerate(obj.__defaults__ or ()):
@@ -430,7 +433,7 @@ def _trace_plan(score_fn, mask_fn, metas, block_size, scale, enable_gqa, grad_mo
     registers the call, compiles the backward kernel when gradients will be
     needed, and returns ``(call key, capture paths, scale, gradients
     needed)``."""
-    from . import api
+    from .. import api
     from .attention import build_spec
 
     meta = [torch.empty(shape, dtype=dt, device="meta") for shape, dt, _ in metas]

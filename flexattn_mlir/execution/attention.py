@@ -15,10 +15,12 @@ from typing import Optional, Sequence
 
 import torch
 
-from . import cache, checks, dynamic_shapes, index_checks, targets
-from .mods import ModIR
-from .options import CompileOptions
-from .spec import AttentionSpec, BufferType
+from ..compiler import cache, targets
+from ..compiler.mods import ModIR
+from ..compiler.options import CompileOptions
+from ..compiler.spec import AttentionSpec, BufferType
+from ..masks import index_checks
+from . import checks, dynamic_shapes
 
 __all__ = ["attention", "attention_forward", "attention_spec", "attention_compile_count", "build_spec", "kernel_for"]
 
@@ -103,10 +105,10 @@ def kernel_for(spec: AttentionSpec, opts: CompileOptions):
 def _load_or_compile(spec: AttentionSpec, opts: CompileOptions, key: str,
                      use_cache: bool = True):
     global compile_count
-    from . import driver
+    from ..compiler import driver
 
     if opts.target == "cpu":
-        from .cpu import CpuKernel
+        from ..compiler.backends.cpu import CpuKernel
 
         text = _cpu_cache.get(key) if use_cache else None
         if text is not None:
@@ -117,7 +119,7 @@ def _load_or_compile(spec: AttentionSpec, opts: CompileOptions, key: str,
         if use_cache:
             _cpu_cache.put(key, str(compiled.module).encode())
         return kernel
-    from . import gpu
+    from ..compiler.backends import gpu
 
     kernel = gpu.load_kernel(key) if use_cache else None
     if kernel is None:

@@ -22,7 +22,7 @@ from typing import Callable, Literal, Sequence
 
 from mlir import ir
 
-from . import _native
+from .. import _native
 
 __all__ = ["ModIR", "region_text"]
 
@@ -100,7 +100,7 @@ def region_text(block: ir.Block, kind: ModKind) -> str:
 
 
 def _build(kind: ModKind, fn, capture_types: tuple[str, ...], index_type: str) -> ModIR:
-    from .dialects import flexattn as fa
+    from ..dialects import flexattn as fa
 
     with _native.new_context(), ir.Location.unknown():
         idx = ir.Type.parse(index_type)

@@ -34,8 +34,8 @@ import torch
 from mlir import ir
 from mlir.dialects import arith, memref, tensor
 
-from . import _native
-from .mods import FIXED_ARGS, ModIR, region_text
+from .. import _native
+from ..compiler.mods import FIXED_ARGS, ModIR, region_text
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +198,7 @@ _ALLOWED_DIALECTS = ("arith", "math")
 def _run(module: ir.Module, pipeline: str) -> None:
     """Runs upstream passes; a failure is ours, not the mod's: CompilationError
     with a reproducer (driver.run_pipeline)."""
-    from .driver import run_pipeline
+    from ..compiler.driver import run_pipeline
 
     run_pipeline(module, pipeline, "frontend")
 
@@ -480,7 +480,7 @@ def _holder_module(kind: str, capture_types: list[str]) -> str:
 
 
 def _capture_types(tensors) -> list[str]:
-    from .spec import BufferType
+    from ..compiler.spec import BufferType
 
     return [BufferType.of(t).memref for t in tensors]
 

@@ -11,10 +11,10 @@ from typing import Sequence
 from mlir import ir
 from mlir.execution_engine import ExecutionEngine
 
-from . import _native
-from .driver import Compiled
-from .options import CompileOptions
-from .spec import ENTRY, AttentionSpec
+from ... import _native
+from ..driver import Compiled
+from ..options import CompileOptions
+from ..spec import ENTRY, AttentionSpec
 
 __all__ = ["CpuKernel"]
 

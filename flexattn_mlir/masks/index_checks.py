@@ -37,8 +37,8 @@ from typing import Optional
 
 import numpy as np
 
-from . import masks
-from .mods import ModIR, region_text
+from ..compiler.mods import ModIR, region_text
+from . import intervals
 
 __all__ = ["Site", "Checked", "ENV", "enabled", "annotate", "report_capture", "raise_reported",
            "warn_unchecked"]
@@ -102,7 +102,7 @@ def _witness(mod: ModIR, shape, site: int, size: int):
     analysis computes them exactly, so the read provably fails there (the
     region is straight-line code: every read runs for every element)."""
     inputs = _domain(shape, points=True)
-    _, checks = masks.evaluate(mod, inputs)
+    _, checks = intervals.evaluate(mod, inputs)
     index = checks[site]
     if index is None:
         return None
@@ -157,11 +157,11 @@ def _parse(mod: ModIR, fn):
     """``fn(block, check_index ops in walk order)`` on the parsed region."""
     from mlir import ir
 
-    from . import _native
+    from .. import _native
 
     with _native.new_context(), ir.Location.unknown():
-        module = ir.Module.parse(masks._holder(mod.kind, mod.text, mod.capture_types))
-        block = masks._region_block(module, mod.kind)
+        module = ir.Module.parse(intervals._holder(mod.kind, mod.text, mod.capture_types))
+        block = intervals._region_block(module, mod.kind)
         ops = []
 
         def collect(op):
@@ -179,7 +179,7 @@ def _plan(mod: ModIR, shape, check: bool) -> list:
     ("check", Site), ("clamp", Site) or ("keep",) (set by the IR's writer).
     Raises IndexError for a provably out-of-bounds read."""
     ops = _check_ops(mod)
-    _, indices = masks.evaluate(mod, _domain(shape, points=False))
+    _, indices = intervals.evaluate(mod, _domain(shape, points=False))
     top = iter(enumerate(indices))  # the analysed (top-level) checks, in order
     plan = []
     for op in ops:
