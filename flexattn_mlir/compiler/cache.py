@@ -24,9 +24,11 @@ import functools
 import hashlib
 import os
 import tempfile
+import threading
+from collections import OrderedDict
 from pathlib import Path
 
-__all__ = ["cache_dir", "compiler_version", "kernel_key", "DiskCache", "atomic_write"]
+__all__ = ["cache_dir", "compiler_version", "kernel_key", "DiskCache", "LRU", "atomic_write"]
 
 
 def cache_dir() -> Path:
@@ -41,11 +43,11 @@ def cache_dir() -> Path:
 def compiler_version() -> str:
     """A hash of everything that can change generated code: the sources of
     the native library (dialect + passes, hashed at build time) and this
-    package's Python sources. Equal on every machine with the same code."""
-    from .. import __version__, _native
+    package's Python sources (``__version__`` with them). Equal on every
+    machine with the same code."""
+    from .. import _native
 
-    h = hashlib.sha256(__version__.encode())
-    h.update(_native.source_hash().encode())
+    h = hashlib.sha256(_native.source_hash().encode())
     pkg = Path(__file__).parents[1]  # the whole flexattn_mlir package
     for path in sorted(pkg.rglob("*.py")):
         h.update(str(path.relative_to(pkg)).encode())
@@ -99,3 +101,49 @@ class DiskCache:
         if os.environ.get("FLEXATTN_DISABLE_CACHE"):
             return
         atomic_write(self.path / f"{key}{self.suffix}", data)
+
+
+class LRU:
+    """A bounded in-process table: at most ``size`` entries, the least
+    recently used dropped first. The process-lifetime tables (kernels,
+    captured mods, block-mask kernels, call registries) use it, so a
+    long-running process that sees ever new shapes or mods does not grow
+    for ever; whatever is dropped is found again in the disk cache or
+    rebuilt."""
+
+    def __init__(self, size: int):
+        if size <= 0:
+            raise ValueError(f"LRU size must be positive, got {size}")
+        self.size = size
+        self._items: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key, default=None):
+        with self._lock:
+            try:
+                self._items.move_to_end(key)
+            except KeyError:
+                return default
+            return self._items[key]
+
+    def __setitem__(self, key, value) -> None:
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+
+    def pop(self, key, default=None):
+        with self._lock:
+            return self._items.pop(key, default)
+
+    def __contains__(self, key) -> bool:
+        with self._lock:
+            return key in self._items
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()

@@ -98,6 +98,11 @@ class AttentionSpec:
         return BufferType((b, hq, m), "f32")
 
     @property
+    def kind(self) -> str:
+        """Which stage table of the backend compiles it."""
+        return "forward"
+
+    @property
     def has_block_mask(self) -> bool:
         return self.kv_num_blocks is not None
 

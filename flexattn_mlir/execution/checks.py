@@ -7,13 +7,12 @@ from collections import OrderedDict
 
 import torch
 
-__all__ = ["block_size", "check_qkv", "check_block_mask", "check_mask_broadcast",
+from ..compiler.targets import target
+from ..masks.block_mask import block_size
+from ..masks.intervals import reads_batch_head
+
+__all__ = ["check_qkv", "check_block_mask", "check_mask_broadcast",
            "check_captures", "check_gpu_support"]
-
-
-def block_size(bs) -> tuple[int, int]:
-    """A BlockMask's BLOCK_SIZE (an int or a pair) as (Q block, KV block)."""
-    return (int(bs), int(bs)) if isinstance(bs, int) else (int(bs[0]), int(bs[1]))
 
 _FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -152,7 +151,6 @@ def check_mask_broadcast(block_mask, query, mask_mod) -> None:
     """A block mask made for B=None / H=None (batch or head dim 1) holds one
     pattern for every batch / head: wrong for the others when mask_mod (its
     IR, a ModIR) reads b / h, so such a call is refused."""
-    from ..masks.intervals import reads_batch_head
 
     if mask_mod is None:
         return
@@ -183,7 +181,6 @@ def check_captures(captures, device) -> None:
 def check_gpu_support(query, value, block_mask, options) -> None:
     """What the target's kernel handles (flexattn_mlir.targets), checked
     before compiling: element types, head dims, Q and KV block sizes."""
-    from ..compiler.targets import target
 
     t = target(options.target)
     names = " or ".join(t.dtypes)

@@ -36,11 +36,17 @@ from typing import Any, Callable, Optional, Union
 import numpy as np
 import torch
 
-from .. import _native
-from ..execution.checks import block_size
-from . import index_checks
-from .intervals import and_masks, decide_blocks, noop_mask, or_masks, reads_batch_head
+from mlir import ir
+from mlir.execution_engine import ExecutionEngine
+
+from .. import _native, frontend
+from ..compiler.backends.cpu import make_llvm, memref_descriptor
 from ..compiler.mods import ModIR
+from ..compiler.options import CompileOptions
+from ..compiler.pipeline import CompilationError, run_pipeline
+from . import index_checks
+from .combinators import and_masks, noop_mask, or_masks
+from .intervals import decide_blocks, reads_batch_head
 
 __all__ = [
     "BlockMask",
@@ -49,6 +55,7 @@ __all__ = [
     "or_masks",
     "noop_mask",
     "kernel_count",
+    "block_size",
 ]
 
 _DEFAULT_SPARSE_BLOCK_SIZE = 128
@@ -62,6 +69,11 @@ kernel_count = 0
 # ---------------------------------------------------------------------------
 # Layout helpers (torch's semantics)
 # ---------------------------------------------------------------------------
+
+
+def block_size(bs) -> tuple[int, int]:
+    """A BlockMask's BLOCK_SIZE (an int or a pair) as (Q block, KV block)."""
+    return (int(bs), int(bs)) if isinstance(bs, int) else (int(bs[0]), int(bs[1]))
 
 
 def _dense_to_ordered(dense) -> tuple[torch.Tensor, torch.Tensor]:
@@ -366,8 +378,6 @@ def create_block_mask(
     torch's: ``device`` None means torch's default device; ``_compile`` is
     accepted and ignored (the mask is always compiled here), as are the
     backward-pass ordering flags (no backward pass yet)."""
-    from .. import frontend
-
     broadcast_b, broadcast_h = B is None, H is None
     B = 1 if B is None else int(B)
     H = 1 if H is None else int(H)
@@ -561,12 +571,6 @@ class _MaskKernel:
     """The compiled evaluation kernel of one (mask, shape, block size)."""
 
     def __init__(self, mask: ModIR, shape, lengths, block):
-        from mlir import ir
-        from mlir.execution_engine import ExecutionEngine
-
-        from ..compiler import driver
-        from ..compiler.options import CompileOptions
-
         self.name = "flexattn_block_mask"
         text = _kernel_text(mask, shape, lengths, block, self.name)
         self.text = text
@@ -574,16 +578,14 @@ class _MaskKernel:
             try:
                 module = ir.Module.parse(text)
             except ir.MLIRError as err:
-                raise driver.CompilationError(f"the block-mask kernel is invalid: {err}") from None
-            driver.run_pipeline(module, "flexattn-inline-mods, canonicalize, cse, arith-expand",
-                                "block_mask")
-            driver.make_llvm(module, CompileOptions())
+                raise CompilationError(f"the block-mask kernel is invalid: {err}") from None
+            run_pipeline(module, "flexattn-inline-mods, canonicalize, cse, arith-expand",
+                         "block_mask")
+            make_llvm(module, CompileOptions())
             self.engine = ExecutionEngine(module, opt_level=3)
         self._entry = self.engine.lookup(self.name)
 
     def __call__(self, cls: torch.Tensor, captures, rows: tuple[int, int]) -> None:
-        from ..compiler.backends.cpu import memref_descriptor
-
         bounds = torch.tensor(rows, dtype=torch.int64)
         tensors = [cls, bounds, *captures]
         descs = [memref_descriptor(t) for t in tensors]

@@ -1,16 +1,12 @@
-"""mask_mods: torch's combinators, and a static analysis of captured masks.
+"""A sound static analysis of captured mods' IR.
 
-* :func:`noop_mask`, :func:`and_masks`, :func:`or_masks` have torch's
-  semantics and are written so the frontend can capture them: each
-  combinator closes over a tuple of mods, whose captured tensors the
-  frontend lifts (flexattn_mlir.frontend).
 * :func:`evaluate` runs a sound interval analysis over a captured mod's IR
   (a ModIR, score or mask): the range of every value, given ranges of b, h,
   q_idx and kv_idx, including the indices its flexattn.check_index ops check.
 * :func:`decide_blocks` uses it per (b, h, q block, kv block) to prove, where
   it can, that a mask keeps all or none of the block's elements;
   create_block_mask evaluates only the blocks it leaves undecided.
-  flexattn_mlir.index_checks uses it over the whole (B, H, M, N) domain to
+  :mod:`.index_checks` uses it over the whole (B, H, M, N) domain to
   prove reads of captured tensors in (or out of) bounds.
 """
 
@@ -18,55 +14,14 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 import torch
 
 from ..compiler.mods import ModIR
 
-__all__ = ["noop_mask", "and_masks", "or_masks", "decide_blocks", "reads_batch_head",
-           "evaluate", "check_sizes", "may_fault"]
-
-MaskMod = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def noop_mask(batch: torch.Tensor, head: torch.Tensor, token_q: torch.Tensor,
-              token_kv: torch.Tensor) -> torch.Tensor:
-    """Keeps every score."""
-    return batch.new_ones(size=(), dtype=torch.bool, device=batch.device)
-
-
-def _check(mask_mods) -> None:
-    if not all(callable(m) for m in mask_mods):
-        raise RuntimeError(f"All inputs should be callable mask_mods: {mask_mods}")
-
-
-def or_masks(*mask_mods: MaskMod) -> MaskMod:
-    """The union of ``mask_mods`` (False for none)."""
-    _check(mask_mods)
-
-    def or_mask(b, h, q_idx, kv_idx):
-        result = b.new_zeros((), dtype=torch.bool)
-        for mask in mask_mods:
-            result = result | mask(b, h, q_idx, kv_idx)
-        return result
-
-    return or_mask
-
-
-def and_masks(*mask_mods: MaskMod) -> MaskMod:
-    """The intersection of ``mask_mods`` (True for none)."""
-    _check(mask_mods)
-
-    def and_mask(b, h, q_idx, kv_idx):
-        result = b.new_ones((), dtype=torch.bool)
-        for mask in mask_mods:
-            result = result & mask(b, h, q_idx, kv_idx)
-        return result
-
-    return and_mask
-
+__all__ = ["decide_blocks", "reads_batch_head", "evaluate", "check_sizes", "may_fault"]
 
 # ---------------------------------------------------------------------------
 # Interval analysis of a mask_mod's IR: decide blocks without evaluating them

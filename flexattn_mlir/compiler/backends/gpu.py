@@ -1,6 +1,5 @@
-"""The GPU half of the driver: stages after ``sparse`` for GPU targets,
-PTX -> cubin, launch metadata for :mod:`flexattn_runtime`, and the kernel
-object :func:`flexattn_mlir.attention` calls on CUDA tensors.
+"""The GPU backend: stages after ``sparse`` for GPU targets, PTX -> cubin,
+and the launch metadata :mod:`flexattn_runtime` runs the cubin with.
 
     sparse -> grid      flexattn-map-to-grid [, flexattn-persistent-tiles]
            -> roles     flexattn-warp-specialize          (sm_90a)
@@ -16,17 +15,14 @@ each tensor map) is read off the compiled IR, never restated here.
 
 from __future__ import annotations
 
-import os
-from typing import Sequence
-
 from mlir import ir
 
 from .. import cache, ptxas, targets
-from ..driver import CompilationError, Compiled, run_pipeline
 from ..options import CompileOptions
+from ..pipeline import Backend, CompilationError, make_sparse, make_tiled, run_pipeline
 from ..spec import AttentionSpec
 
-__all__ = ["stages", "finish", "launch_metadata", "load_kernel", "compile_kernel", "artifact_stores"]
+__all__ = ["BACKEND", "stages", "finish", "launch_metadata", "binary_of"]
 
 _TORCH_DTYPE = {"bf16": "bfloat16", "f16": "float16", "f32": "float32", "i32": "int32",
                 "i64": "int64", "i8": "uint8", "i16": "int16", "f64": "float64"}
@@ -88,12 +84,13 @@ def make_ptx(mod: ir.Module, opts: CompileOptions) -> None:
 
 
 def stages(opts: CompileOptions) -> dict:
-    """The GPU stages after ``sparse``. The grid, fragments, nvvm and ptx
-    stages serve every GPU target; roles, schedule and kernel are sm_90a's
-    (TMA producer + wgmma consumers)."""
+    """The GPU stages: ``tiled`` and ``sparse`` as on every target, then
+    grid, fragments, nvvm and ptx, which serve every GPU target, and roles,
+    schedule and kernel, sm_90a's (TMA producer + wgmma consumers)."""
     if opts.target != "sm_90a":
         raise CompilationError(f"no GPU stages for target {opts.target!r}")
-    return {"grid": make_grid, "roles": make_roles, "schedule": make_schedule,
+    return {"tiled": make_tiled, "sparse": make_sparse,
+            "grid": make_grid, "roles": make_roles, "schedule": make_schedule,
             "fragments": make_fragments, "kernel": make_kernel, "nvvm": make_nvvm,
             "ptx": make_ptx}
 
@@ -184,54 +181,9 @@ def finish(mod: ir.Module, spec: AttentionSpec, opts: CompileOptions) -> dict:
     return {"launch": meta, "ptx": ptx, "cubin": cubin, "resources": resources}
 
 
-def binary_of(compiled: Compiled) -> tuple[bytes, str]:
+def binary_of(compiled) -> tuple[bytes, str]:
+    """The assembled kernel of a GPU :class:`~..driver.Compiled` and its format."""
     return compiled.metadata["cubin"], "cubin"
 
 
-def artifact_stores() -> list[str]:
-    """Artifact directories searched for a kernel before compiling:
-    ``FLEXATTN_ARTIFACTS`` (os.pathsep-separated, read-only), then the cache."""
-    paths = [p for p in os.environ.get("FLEXATTN_ARTIFACTS", "").split(os.pathsep) if p]
-    return paths + [str(cache.cache_dir() / "gpu")]
-
-
-def load_kernel(key: str):
-    """The kernel stored under ``key`` in an artifact store, or None."""
-    if os.environ.get("FLEXATTN_DISABLE_CACHE"):
-        return None
-    from flexattn_runtime import ArtifactStore
-
-    for path in artifact_stores():
-        if not os.path.isdir(path):
-            continue
-        store = ArtifactStore(path)
-        if key in store:
-            return StoredKernel(store.get(key))
-    return None
-
-
-class StoredKernel:
-    """A flexattn_runtime kernel called with the spec's arguments in order."""
-
-    def __init__(self, kernel):
-        self.kernel = kernel
-
-    def __call__(self, tensors: Sequence) -> None:
-        self.kernel(list(tensors))
-
-
-def compile_kernel(spec: AttentionSpec, opts: CompileOptions, key: str,
-                   store: bool = True) -> StoredKernel:
-    """Compiles, writes the result to the cache's artifact store (when
-    ``store``), loads it."""
-    from flexattn_runtime import Kernel, write_kernel
-
-    from .. import driver
-
-    compiled = driver.compile(spec, opts, keep_ir=False)
-    binary, fmt = binary_of(compiled)
-    name = f"{spec.name}-{key[:16]}"
-    meta = dict(compiled.metadata["launch"], binary_format=fmt, binary=f"{name}.{fmt}")
-    if store and not os.environ.get("FLEXATTN_DISABLE_CACHE"):
-        write_kernel(cache.cache_dir() / "gpu", name, meta, binary)
-    return StoredKernel(Kernel(meta, binary, name=name))
+BACKEND = Backend("gpu", targets.gpu_targets(), stages, None, finish)
