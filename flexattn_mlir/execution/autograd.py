@@ -103,9 +103,11 @@ class Call:
         return list(tensors[:n]), list(tensors[n:])
 
 
-# The calls this process made, by key; a compiled graph loaded in another
-# process finds its calls on disk.
-_calls: dict[str, Call] = {}
+# The calls this process made, by key (bounded: one dropped here is read back
+# from disk); a compiled graph loaded in another process finds its calls on
+# disk.
+CALLS_SIZE = 4096
+_calls = cache.LRU(CALLS_SIZE)
 _disk = cache.DiskCache("calls", ".json")
 
 

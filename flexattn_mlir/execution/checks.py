@@ -3,10 +3,9 @@ and says what was expected, before anything is compiled or launched."""
 
 from __future__ import annotations
 
-from collections import OrderedDict
-
 import torch
 
+from ..compiler.cache import LRU
 from ..compiler.targets import target
 from ..masks.block_mask import block_size
 from ..masks.intervals import reads_batch_head
@@ -60,7 +59,7 @@ _MASK_FIELDS = ("kv_num_blocks", "kv_indices", "full_kv_num_blocks", "full_kv_in
 _MASK_MEMO_SIZE = 64
 # (storage, version, shape of each mask tensor; q/k geometry) -> (visited
 # block count, the tensors, held so their storage cannot be reused).
-_checked_masks: "OrderedDict[tuple, tuple[int, list]]" = OrderedDict()
+_checked_masks = LRU(_MASK_MEMO_SIZE)
 
 
 def check_block_mask(block_mask, query, key) -> int:
@@ -78,12 +77,9 @@ def check_block_mask(block_mask, query, key) -> int:
             tuple(getattr(block_mask, "seq_lengths", None) or ()))
     hit = _checked_masks.get(memo)
     if hit is not None:
-        _checked_masks.move_to_end(memo)
         return hit[0]
     visited = _check_block_mask(block_mask, query, key)
     _checked_masks[memo] = (visited, tensors)
-    if len(_checked_masks) > _MASK_MEMO_SIZE:
-        _checked_masks.popitem(last=False)
     return visited
 
 

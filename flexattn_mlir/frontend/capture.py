@@ -32,12 +32,13 @@ import sys
 import threading
 import types
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 import torch
 
 from .convert import INDEX_DTYPE  # noqa: F401  (re-exported: the index dtype)
 from .convert import INDEX_TYPE, _FIXED, ModCaptureError, _capture_types, _export
+from ..compiler.cache import LRU
 from ..compiler.mods import ModIR
 from ..compiler.spec import TORCH_TO_MLIR
 
@@ -309,7 +310,9 @@ def _rebuild(node, inputs):
 # ---------------------------------------------------------------------------
 
 _lock = threading.RLock()
-_memo: dict[Any, tuple[ModIR, str, list]] = {}  # -> (ir, key, pinned objects)
+#: Captures this process remembers (each entry pins the objects its key names).
+MEMO_SIZE = 1024
+_memo = LRU(MEMO_SIZE)  # (kind, fingerprint) -> (ir, key, pinned objects)
 
 
 def _mod_name(fn) -> str:

@@ -41,6 +41,7 @@ from mlir.execution_engine import ExecutionEngine
 
 from .. import _native, frontend
 from ..compiler.backends.cpu import make_llvm, memref_descriptor
+from ..compiler.cache import LRU
 from ..compiler.mods import ModIR
 from ..compiler.options import CompileOptions
 from ..compiler.pipeline import CompilationError, run_pipeline
@@ -470,7 +471,9 @@ def _classify_and_order(captured, B, H, Q_LEN, KV_LEN, bq, bkv, separate_full_bl
 # ---------------------------------------------------------------------------
 
 _kernel_lock = threading.Lock()
-_kernels: dict[tuple, "_MaskKernel"] = {}
+#: Evaluation kernels this process keeps (each holds a JIT session).
+KERNELS_SIZE = 64
+_kernels = LRU(KERNELS_SIZE)  # (mask, shape, lengths, block) -> _MaskKernel
 
 
 def _kernel_text(mask: ModIR, shape, lengths, block, name: str) -> str:
