@@ -1,7 +1,7 @@
 """flexattn-mlir: FlexAttention as an MLIR compiler pipeline.
 
 Import order matters: ``mlir`` (through ``_native``) is imported before any
-``torch_mlir`` import (FRONTEND_NOTES.md section 6).
+``torch_mlir`` import (docs/frontend.md §6).
 """
 
 from . import _native  # noqa: F401  (first: see above)

@@ -26,7 +26,7 @@ __all__ = ["BufferType", "AttentionSpec", "TORCH_TO_MLIR", "ENTRY", "entry_funct
 ENTRY = "flexattn"
 
 # torch dtype name -> MLIR element type. bool travels as i8 (memref<i1>
-# stores are not supported by the CPU lowering, FRONTEND_NOTES.md section 6).
+# stores are not supported by the CPU lowering, docs/frontend.md §6).
 TORCH_TO_MLIR = {
     "float32": "f32",
     "float16": "f16",

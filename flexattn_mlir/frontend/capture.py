@@ -8,7 +8,7 @@
 Tensors the mod reads (closure cells, module globals its code loads, default
 arguments, and the same inside the functions it calls: ``and_masks`` and
 helpers) are *lifted*: the function tree is rebuilt with those tensors
-replaced by traced inputs (FRONTEND_NOTES.md section 2, approach B), so they
+replaced by traced inputs (docs/frontend.md §2), so they
 become the region's trailing memref arguments and the kernel's operands, never
 baked constants. Python scalars the mod reads are baked into the IR and enter
 the key. Results are memoised per (code objects, scalar values, capture
@@ -16,7 +16,7 @@ shapes/dtypes), so capturing an equal mod again costs a tree walk, not an
 export (about 150 ms).
 
 The export and the conversion to a region are in :mod:`.convert`.
-``torch_mlir`` is imported lazily, after ``mlir`` (section 6 of the notes).
+``torch_mlir`` is imported lazily, after ``mlir`` (docs/frontend.md §6).
 """
 
 from __future__ import annotations

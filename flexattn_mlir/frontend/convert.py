@@ -17,7 +17,7 @@ see flexattn_mlir.index_checks), turns ``floor(x / C)`` back into
 region whose trailing arguments are the captures. Only ``arith`` / ``math``
 ops, ``memref.load`` and ``flexattn.check_index`` may remain.
 
-``torch_mlir`` is imported lazily, after ``mlir`` (section 6 of the notes).
+``torch_mlir`` is imported lazily, after ``mlir`` (docs/frontend.md §6).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from ..compiler.mods import FIXED_ARGS, ModIR, region_text
 
 log = logging.getLogger(__name__)
 
-INDEX_DTYPE = torch.int32  # the compiled path's index dtype (notes section 5)
+INDEX_DTYPE = torch.int32  # the compiled path's index dtype (docs/frontend.md §5)
 INDEX_TYPE = "i32"
 _FIXED = FIXED_ARGS
 
@@ -159,7 +159,7 @@ def _export(build: Callable, tensors: Sequence[torch.Tensor], names: Sequence[st
     given inputs) and converts it to a region taking ``tensors`` as captures.
     ``on_export`` is called once the export has been attempted (the
     frontend's ``export_count``)."""
-    from torch_mlir import fx  # lazily, and after `mlir` (notes section 6)
+    from torch_mlir import fx  # lazily, and after `mlir` (docs/frontend.md §6)
 
     module = _forward_module(build, kind, label)
     args = _example_inputs(tensors, kind)
@@ -304,7 +304,7 @@ def _checked(value: ir.Value, size: int, label: str) -> ir.Value:
 
 def _root_index(val: ir.Value, idx: list, label: str):
     """Walks ``tensor.extract`` indices up through unit collapse_shape and
-    unit-stride extract_slice ops (notes section 1.3) to the captured tensor,
+    unit-stride extract_slice ops (docs/frontend.md §1.3) to the captured tensor,
     each select's index going through :func:`_checked`."""
     index = ir.IndexType.get()
     while True:
@@ -431,7 +431,7 @@ def _const_int(value: ir.Value) -> Optional[int]:
 
 def _rewrite_floordiv(func_block: ir.Block) -> None:
     """``fptosi(floor(sitofp(x) / C))`` -> ``arith.floordivsi x, C`` when C is
-    an integral constant other than 0 and -1 (notes section 1.4): exact for
+    an integral constant other than 0 and -1 (docs/frontend.md §1.4): exact for
     every x, and no trap is possible."""
     for op in list(func_block.operations):
         if op.operation.name != "arith.fptosi":
