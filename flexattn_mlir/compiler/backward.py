@@ -17,8 +17,12 @@ import hashlib
 from dataclasses import dataclass, field, replace
 from typing import Optional, Sequence
 
-from .spec import (AttentionSpec, BufferType, block_mask_lines, capture_lines, entry_function,
-                   f32_literal, mod_region_lines, operand_group)
+from mlir import ir
+
+from .. import _native
+from ..dialects import flexattn as fa
+from .spec import (_KV_LISTS, AttentionSpec, BufferType, block_list_values, block_size_attr,
+                   capture_values, entry_function, f32_attr)
 
 __all__ = ["BackwardSpec", "backward_spec"]
 
@@ -72,30 +76,29 @@ class BackwardSpec:
         """Which stage table of the backend compiles it."""
         return "backward"
 
-    def to_mlir(self) -> str:
+    def build(self) -> ir.Module:
+        """The ``flexattn.attention_backward`` module, built with the op
+        builders in the current context; the op's location names the
+        score_mod (diagnostics)."""
         f = self.forward
-        args = self.arguments()
-        typ = {n: t.memref for n, t in args}
-        lines = [operand_group("flexattn.attention_backward ins", ["q", "k", "v"], typ),
-                 operand_group("    out", ["out"], typ),
-                 operand_group("    dout", ["dout"], typ),
-                 operand_group("    lse", ["lse"], typ)]
-        if self.has_dlse:
-            lines.append(operand_group("    dlse", ["dlse"], typ))
-        lines.append(operand_group("    grads", ["dq", "dk", "dv"], typ))
-        lines += block_mask_lines(typ)
-        lines += capture_lines(args, typ)
-        if self.grad_captures:
-            lines.append(operand_group(
-                "    capture_grads", [f"capture_grad{i}" for i in range(len(self.grad_captures))], typ))
-        attrs = [f"scale = {f32_literal(f.scale)}"]
-        if f.block_size is not None:
-            attrs.append(f"block_size = array<i64: {f.block_size[0]}, {f.block_size[1]}>")
-        if self.grad_captures:
-            attrs.append(f"grad_captures = array<i64: {', '.join(map(str, self.grad_captures))}>")
-        lines.append(f"    attributes {{{', '.join(attrs)}}}")
-        lines += mod_region_lines(f.score_mod, f.mask_mod)
-        return entry_function(args, lines, loc=self.label)
+
+        def op(a: dict[str, ir.Value]):
+            grads = [a[f"capture_grad{i}"] for i in range(len(self.grad_captures))]
+            return fa.AttentionBackwardOp(
+                a["q"], a["k"], a["v"], a["out"], a["dout"], a["lse"], a["dq"], a["dk"], a["dv"],
+                capture_values(a), grads, f32_attr(f.scale), dlse=a.get("dlse"),
+                block_size=block_size_attr(f.block_size),
+                grad_captures=(ir.DenseI64ArrayAttr.get(list(self.grad_captures))
+                               if self.grad_captures else None),
+                loc=ir.Location.name(self.label),
+                **block_list_values(a, _KV_LISTS + _Q_SIDE))
+
+        return entry_function(self.arguments(), op, (f.score_mod, f.mask_mod))
+
+    def to_mlir(self) -> str:
+        """:meth:`build`'s module as text."""
+        with _native.new_context(), ir.Location.unknown():
+            return str(self.build())
 
 
 def backward_spec(forward: AttentionSpec, q_side: Sequence,

@@ -39,9 +39,12 @@ log = logging.getLogger(__name__)
 
 
 def make_flexattn(spec: AttentionSpec, opts: CompileOptions) -> ir.Module:
-    """The flexattn.attention module of ``spec`` (parsed and verified)."""
+    """The flexattn.attention module of ``spec``, built (the spec's
+    :meth:`~.spec.AttentionSpec.build`) and verified."""
     try:
-        return ir.Module.parse(spec.to_mlir())
+        module = spec.build()
+        module.operation.verify()
+        return module
     except ir.MLIRError as err:
         raise CompilationError(f"the flexattn IR of {spec.name!r} is invalid: {err}") from None
 

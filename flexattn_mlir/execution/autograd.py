@@ -32,7 +32,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from types import SimpleNamespace
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 

@@ -27,7 +27,6 @@ import functools
 import hashlib
 import json
 import marshal
-import re
 import sys
 import threading
 import types
@@ -36,11 +35,14 @@ from typing import Callable, Optional
 
 import torch
 
-from .convert import INDEX_DTYPE  # noqa: F401  (re-exported: the index dtype)
-from .convert import INDEX_TYPE, _FIXED, ModCaptureError, _capture_types, _export
+from mlir import ir
+
+from .. import _native
 from ..compiler.cache import LRU
-from ..compiler.mods import ModIR
+from ..compiler.mods import FIXED_ARGS, ModIR, parse, region_text
 from ..compiler.spec import TORCH_TO_MLIR
+from .convert import INDEX_DTYPE  # noqa: F401  (re-exported: the index dtype)
+from .convert import ModCaptureError, _capture_types, _export
 
 __all__ = [
     "CapturedMod",
@@ -325,7 +327,7 @@ def _mod_name(fn) -> str:
 def _check_arity(fn, kind: str, label: str) -> None:
     import inspect
 
-    n = len(_FIXED[kind])
+    n = len(FIXED_ARGS[kind])
     if not callable(fn):
         raise ModCaptureError(f"{label} must be callable, got {type(fn).__name__}")
     try:
@@ -469,26 +471,17 @@ def clear_memo() -> None:
 # Combining the captures of a score_mod and a mask_mod
 # ---------------------------------------------------------------------------
 
-_CAP = re.compile(r"%cap(\d+)(?![\w$.\-])")
-
-
 def _retarget(mod: CapturedMod, union: list[torch.Tensor], union_types: list[str],
               union_names: list[str]) -> CapturedMod:
-    """``mod`` rewritten to take the captures ``union`` (a superset of its own)."""
+    """``mod`` rewritten to take the captures ``union`` (a superset of its
+    own): its region rebuilt with the union's arguments, each read of its
+    own capture ``j`` now reading the union's argument for that tensor."""
     pos = {id(t): i for i, t in enumerate(union)}
-    mapping = [pos[id(t)] for t in mod.captures]
-    header, _, rest = mod.ir.text.partition("\n")
-    if not header.startswith("^bb0("):
-        raise ValueError(f"{mod.name}: not a region produced by the frontend")
-    fixed = ", ".join(
-        f"%{n}: {'f32' if n == 'score' else INDEX_TYPE}" for n in _FIXED[mod.kind]
-    )
-    caps = "".join(f", %cap{i}: {t}" for i, t in enumerate(union_types))
-    new_header = f"^bb0({fixed}{caps}):"
-    # Two steps, so %cap1 -> %cap0 never collides with an original %cap0.
-    body = _CAP.sub(lambda m: f"%__cap{mapping[int(m.group(1))]}", rest)
-    body = body.replace("%__cap", "%cap")
-    text = new_header + "\n" + body
+    nfixed = len(FIXED_ARGS[mod.kind])
+    arg_map = [*range(nfixed), *(nfixed + pos[id(t)] for t in mod.captures)]
+    with _native.new_context(), ir.Location.unknown():
+        _, block = parse(mod.ir)
+        text = region_text(block, mod.kind, [ir.Type.parse(t) for t in union_types], arg_map)
     mod_ir = ModIR(mod.kind, text, tuple(union_types))
     digest = hashlib.sha256(
         (mod_ir.digest() + "|" + ",".join(str(t.dtype) for t in union)).encode()

@@ -35,7 +35,8 @@ from mlir import ir
 from mlir.dialects import arith, memref, tensor
 
 from .. import _native
-from ..compiler.mods import FIXED_ARGS, ModIR, region_text
+from ..compiler.mods import FIXED_ARGS, ModIR, holder, holder_region, new_block, region_text
+from ..dialects import flexattn as fa
 
 log = logging.getLogger(__name__)
 
@@ -467,18 +468,6 @@ def _is_scalar(t: ir.Type) -> bool:
     return isinstance(t, (ir.IntegerType, ir.FloatType, ir.IndexType))
 
 
-def _holder_module(kind: str, capture_types: list[str]) -> str:
-    caps = "".join(f", %cap{i}: {t}" for i, t in enumerate(capture_types))
-    names = ", ".join(f"%cap{i}" for i in range(len(capture_types)))
-    types_ = ", ".join(capture_types)
-    captures = f" captures({names} : {types_})" if capture_types else ""
-    return (
-        f"func.func @holder(%s: f32, %i: index{caps}) -> f32 {{\n"
-        f"  %r = flexattn.apply_mods %s at(%i, %i, %i, %i){captures} attributes {{masked}} : f32\n"
-        f"  return %r : f32\n}}\n"
-    )
-
-
 def _capture_types(tensors) -> list[str]:
     from ..compiler.spec import BufferType
 
@@ -514,12 +503,11 @@ def _to_region(text: str, kind: str, label: str, tensors, names: Sequence[str]) 
         # well-formed IR behind (a block without terminator aborts MLIR).
         _precheck(fblock, nfixed, label)
 
-        holder_mod = ir.Module.parse(_holder_module(kind, cap_types))
-        apply = holder_mod.body.operations[0].regions[0].blocks[0].operations[0]
-        region = apply.regions[0 if kind == "score" else 1]
+        capture_types = [ir.Type.parse(t) for t in cap_types]
+        holder_mod, region = holder(kind, capture_types)
         arg_types = ([ir.F32Type.get()] if kind == "score" else []) + \
-            [ir.IntegerType.get_signless(32)] * 4 + [ir.Type.parse(t) for t in cap_types]
-        block = region.blocks.append(*arg_types)
+            [ir.IntegerType.get_signless(32)] * 4 + capture_types
+        block = new_block(region, kind, arg_types)
         result = None
         i8 = ir.IntegerType.get_signless(8)
         for op in list(fblock.operations):
@@ -547,7 +535,7 @@ def _to_region(text: str, kind: str, label: str, tensors, names: Sequence[str]) 
                 op.detach_from_parent()
                 ir.InsertionPoint(block).insert(op)
         with ir.InsertionPoint(block):
-            ir.Operation.create("flexattn.yield", operands=[result])
+            fa.YieldOp([result])
         # Drop what the move left behind (it referenced the old function).
         func.operation.erase()
         try:
@@ -555,8 +543,7 @@ def _to_region(text: str, kind: str, label: str, tensors, names: Sequence[str]) 
         except ir.MLIRError as err:
             raise ModCaptureError(f"{label}: the captured region is invalid: {err}") from None
         _run(holder_mod, _CLEAN)
-        apply = holder_mod.body.operations[0].regions[0].blocks[0].operations[0]
-        block = apply.regions[0 if kind == "score" else 1].blocks[0]
+        block = holder_region(holder_mod, kind).blocks[0]
         for op in block.operations:
             n = op.operation.name
             if not (n.split(".")[0] in _ALLOWED_DIALECTS

@@ -35,7 +35,7 @@ from typing import Optional
 
 import numpy as np
 
-from ..compiler.mods import ModIR, region_text
+from ..compiler.mods import ModIR, parse, region_text
 from . import intervals
 
 __all__ = ["Site", "Checked", "ENV", "enabled", "annotate", "report_capture", "raise_reported",
@@ -158,8 +158,7 @@ def _parse(mod: ModIR, fn):
     from .. import _native
 
     with _native.new_context(), ir.Location.unknown():
-        module = ir.Module.parse(intervals._holder(mod.kind, mod.text, mod.capture_types))
-        block = intervals._region_block(module, mod.kind)
+        module, block = parse(mod)
         ops = []
 
         def collect(op):

@@ -19,6 +19,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from ..compiler import mods
 from ..compiler.mods import ModIR
 
 __all__ = ["decide_blocks", "reads_batch_head", "evaluate", "check_sizes", "may_fault"]
@@ -228,26 +229,6 @@ class _Step:
     predicate: Optional[str] = None  # arith.cmpi's
 
 
-def _holder(kind: str, text: str, capture_types: tuple[str, ...]) -> str:
-    """A module holding the mod region ``text`` in a flexattn.apply_mods."""
-    cap_args = "".join(f", %bm_cap{i}: {t}" for i, t in enumerate(capture_types))
-    cap_clause = ""
-    if capture_types:
-        cap_clause = (f" captures({', '.join(f'%bm_cap{i}' for i in range(len(capture_types)))}"
-                      f" : {', '.join(capture_types)})")
-    return (f"func.func @holder(%bm_i: index{cap_args}) -> f32 {{\n"
-            f"  %bm_s = arith.constant 0.0 : f32\n"
-            f"  %bm_r = flexattn.apply_mods %bm_s at(%bm_i, %bm_i, %bm_i, %bm_i){cap_clause} "
-            f"attributes {{masked}} {kind}_mod {{\n{text}\n}} : f32\n"
-            f"  return %bm_r : f32\n}}\n")
-
-
-def _region_block(module, kind: str):
-    """The mod region's block inside a parsed :func:`_holder` module."""
-    apply = list(module.body.operations[0].regions[0].blocks[0].operations)[1]
-    return apply.regions[0 if kind == "score" else 1].blocks[0]
-
-
 @functools.lru_cache(maxsize=256)
 def reads_batch_head(mod: ModIR) -> tuple[bool, bool]:
     """Whether the mod's IR uses its ``b`` and ``h`` arguments (a mask that
@@ -258,8 +239,8 @@ def reads_batch_head(mod: ModIR) -> tuple[bool, bool]:
 
     first = 1 if mod.kind == "score" else 0
     with _native.new_context(), ir.Location.unknown():
-        module = ir.Module.parse(_holder(mod.kind, mod.text, mod.capture_types))
-        args = _region_block(module, mod.kind).arguments
+        module, block = mods.parse(mod)
+        args = block.arguments
         return tuple(any(True for _ in args[first + i].uses) for i in (0, 1))
 
 
@@ -271,8 +252,7 @@ def _program(mod: ModIR):
     from .. import _native
 
     with _native.new_context(), ir.Location.unknown():
-        module = ir.Module.parse(_holder(mod.kind, mod.text, mod.capture_types))
-        blk = _region_block(module, mod.kind)
+        module, blk = mods.parse(mod)
         ids: dict = {}
         for a in blk.arguments:
             ids[a] = len(ids)
