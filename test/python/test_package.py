@@ -6,6 +6,7 @@ imported."""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[2] / "flexattn_mlir"
@@ -123,3 +124,65 @@ def test_each_subpackage_says_what_it_takes_and_hands_on():
             words = " ".join(doc.split())
             assert "takes" in words and "hands on" in words, (
                 f"{init.relative_to(PKG.parent)}: say what it takes and what it hands on")
+
+
+# MLIR op syntax in a string: a dialect-qualified op name, a block label, a
+# memref type or an SSA value.
+_IR_SYNTAX = re.compile(r"\b(flexattn|func|arith|memref|scf|math|tensor|linalg|llvm|gpu|nvvm)"
+                        r"\.[a-z_]+|\^bb\d|memref<|%[A-Za-z_]")
+# The only modules that read or write IR as text: the torch-mlir boundary
+# (its module carries its own LLVM: printed there, parsed here) and the
+# ModIR text format (a region body, the cache format, parsed in a holder).
+_TEXT_BOUNDARIES = {"frontend/convert.py", "compiler/mods.py"}
+
+
+def _ir_text_sites(source: str) -> list[str]:
+    """f-strings that write MLIR ops and regexes over MLIR text in ``source``."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.JoinedStr):
+            text = "".join(v.value for v in node.values if isinstance(v, ast.Constant))
+            if _IR_SYNTAX.search(text):
+                found.append(f"line {node.lineno}: f-string {text[:60]!r}")
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+              and isinstance(node.func.value, ast.Name) and node.func.value.id == "re"):
+            pattern = node.args[0] if node.args else None
+            if isinstance(pattern, ast.Constant) and (_IR_SYNTAX.search(str(pattern.value))
+                                                      or "%" in str(pattern.value)):
+                found.append(f"line {node.lineno}: re.{node.func.attr} over IR text")
+    return found
+
+
+def test_ir_is_built_with_the_bindings_not_formatted():
+    offenders = {}
+    for path in sorted(PKG.rglob("*.py")):
+        rel = path.relative_to(PKG).as_posix()
+        if rel in _TEXT_BOUNDARIES or rel.startswith("dialects/"):
+            continue
+        sites = _ir_text_sites(path.read_text())
+        if sites:
+            offenders[rel] = sites
+    assert offenders == {}
+
+
+def test_ir_text_scan_finds_formatted_ops_and_regexes():
+    assert _ir_text_sites('x = f"%r = flexattn.yield {v} : f32"\n')
+    assert _ir_text_sites('x = f"memref<{n}x2xi64>"\n')
+    assert _ir_text_sites('import re\nre.sub(r"%cap(\\d+)", f, text)\n')
+    assert not _ir_text_sites('x = f"builtin.module({p})"\ny = f"{name} must be positive"\n')
+
+
+def test_nothing_refers_outside_the_repository():
+    root = PKG.parent
+    names = ("GPU_NOTES", "FRONTEND_NOTES", "BUILD_NOTES", "../shared")
+    hits = []
+    for path in [*root.glob("*.md"), *root.glob("CMakeLists.txt"), *(root / "docs").rglob("*"),
+                 *PKG.rglob("*.py"), *(root / "runtime").rglob("*.py"), *(root / "test").rglob("*"),
+                 *(root / "passes").rglob("*"), *(root / "dialect").rglob("*"),
+                 *(root / "python").rglob("*"), *(root / "bench").rglob("*.py")]:
+        if path.is_file() and path.suffix in (".py", ".md", ".mlir", ".td", ".cpp", ".h", ".txt",
+                                              ".cmake", ""):
+            text = path.read_text(errors="replace")
+            hits += [f"{path.relative_to(root)}: {n}" for n in names
+                     if n in text and path.name != "test_package.py"]
+    assert hits == []
