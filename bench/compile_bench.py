@@ -3,7 +3,7 @@ the sm_90a compile runs here too, no GPU needed).
 
     python bench/compile_bench.py --json bench/results/<date>_cpu_compile_bench_<commit>.json
 
-Per example variant (flexattn_mlir.zoo):
+Per example variant (flexattn_mlir.examples.zoo):
 
 * capture, process-first: capturing the variant's mods as the first thing a
   fresh process does after ``import flexattn_mlir`` (includes importing

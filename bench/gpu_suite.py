@@ -6,7 +6,7 @@
       python bench/gpu_suite.py run --artifacts artifacts/gpu --json $OUT/gpu.json
       [--only check] [--ours-only] [--peers triton,cudnn,fa4]
 
-The variants are flexattn_mlir.zoo's Python mods, captured by the real
+The variants are flexattn_mlir.examples.zoo's Python mods, captured by the real
 frontend at compile time; the tensors they capture are saved beside the
 artifacts in the kernel's operand order. `run` checks every correctness case
 against torch's flex_attention on the same GPU (float32 math on the same

@@ -82,7 +82,7 @@ def flex_attention(
 
     Differentiable (CPU): when q, k, v or a tensor the mods capture requires
     grad, gradients flow to all of them and through lse
-    (:mod:`flexattn_mlir.autograd`). Under ``torch.compile`` the call is one
+    (:mod:`flexattn_mlir.execution.autograd`). Under ``torch.compile`` the call is one
     custom op (no graph break); the mods must then be functions that exist
     outside the compiled code (module level, or made in ``__init__``), so
     the tensors they capture can be found from them at trace time.
@@ -102,7 +102,7 @@ def flex_attention(
         call = _lower_call(query, key, value, score_mod, block_mask, enable_gqa, kernel_options)
         common = dict(scale=scale, enable_gqa=enable_gqa, return_lse=want_lse, **call)
         if autograd.needs_grad(query, key, value, call["captures"]):
-            # Training: the differentiable custom op (flexattn_mlir.autograd).
+            # Training: the differentiable custom op (flexattn_mlir.execution.autograd).
             result = autograd.attention_with_grad(query, key, value, score_fn=score_mod, **common)
         else:
             result = attention(query, key, value, **common)
@@ -184,7 +184,7 @@ def compile_flex_attention(query, key, value, score_mod=None, block_mask=None, s
                            enable_gqa=False, return_lse=False, kernel_options=None, *,
                            target: Optional[str] = None):
     """Compiles what :func:`flex_attention` would run for these arguments and
-    returns the :class:`~flexattn_mlir.driver.Compiled`, which holds the IR of
+    returns the :class:`~flexattn_mlir.compiler.driver.Compiled`, which holds the IR of
     every stage (``.ir[stage]``, ``.stage_names()``). ``target`` overrides the
     device's (e.g. ``"sm_90a"`` to see the GPU stages from CPU tensors)."""
     from .compiler import driver

@@ -23,9 +23,9 @@ _TORCH_IGNORED = frozenset({
 
 @dataclass(frozen=True)
 class CompileOptions:
-    """How to compile an :class:`~flexattn_mlir.spec.AttentionSpec`.
+    """How to compile an :class:`~flexattn_mlir.compiler.spec.AttentionSpec`.
 
-    target: a name in :data:`flexattn_mlir.targets.TARGETS`: ``"cpu"``
+    target: a name in :data:`flexattn_mlir.compiler.targets.TARGETS`: ``"cpu"``
       (ExecutionEngine) or ``"sm_90a"`` (Hopper PTX/cubin).
     tile_q, tile_kv: the Q and KV tile sizes of ``flexattn-tile`` (a block
       mask fixes tile_kv to its KV block size); 0 takes the target's default
@@ -36,7 +36,7 @@ class CompileOptions:
       tile's Q.Kᵀ issued with the previous tile's P.V; the two consumer
       warpgroups alternating their GEMMs).
     persistent: launch at most this many CTAs, each looping over Q tiles
-      (one per SM: :func:`flexattn_mlir.targets.sm_count`); 0 launches one
+      (one per SM: :func:`flexattn_mlir.compiler.targets.sm_count`); 0 launches one
       CTA per tile.
     """
 

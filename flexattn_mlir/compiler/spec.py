@@ -89,7 +89,7 @@ class AttentionSpec:
     score_mod: Optional[ModIR] = field(default=None, repr=False)  # in digest() by their own
     mask_mod: Optional[ModIR] = field(default=None, repr=False)
     # [sites, 2] i64 where the kernel reports out-of-bounds reads of captured
-    # tensors (flexattn_mlir.index_checks); the mods' last capture.
+    # tensors (flexattn_mlir.masks.index_checks); the mods' last capture.
     index_report: Optional[BufferType] = None
     name: str = field(default="flexattn", compare=False)  # labels dumps only
 

@@ -175,7 +175,7 @@ def check_captures(captures, device) -> None:
 
 
 def check_gpu_support(query, value, block_mask, options) -> None:
-    """What the target's kernel handles (flexattn_mlir.targets), checked
+    """What the target's kernel handles (flexattn_mlir.compiler.targets), checked
     before compiling: element types, head dims, Q and KV block sizes."""
 
     t = target(options.target)

@@ -12,7 +12,7 @@ result) becomes a :class:`ModCaptureError` that names the mod and says why.
 The conversion scalarises the exported function (``linalg-detensorize``),
 folds reshapes and slices of captured tensors into their loads (each index a
 ``flexattn.check_index`` of the index the mod computed: torch's semantics,
-see flexattn_mlir.index_checks), turns ``floor(x / C)`` back into
+see flexattn_mlir.masks.index_checks), turns ``floor(x / C)`` back into
 ``arith.floordivsi``, and moves the scalar ops into an ``flexattn.apply_mods``
 region whose trailing arguments are the captures. Only ``arith`` / ``math``
 ops, ``memref.load`` and ``flexattn.check_index`` may remain.

@@ -537,8 +537,8 @@ def _build_kernel(mask: ModIR, shape, lengths, block, name: str) -> ir.Module:
                         inside = arith.cmpi(arith.CmpIPredicate.ult, q, q1)
                         mixed = arith.andi(arith.cmpi(arith.CmpIPredicate.ne, kept, zero),
                                            arith.cmpi(arith.CmpIPredicate.ne, kept, seen))
-                        more = arith.ori(arith.xori(mixed, const(ir.IntegerType.get_signless(1), 1)),
-                                         every)
+                        true = const(ir.IntegerType.get_signless(1), 1)
+                        more = arith.ori(arith.xori(mixed, true), every)
                         scf.ConditionOp(arith.andi(inside, more), [q, kept, seen])
                     after = loop.after.blocks.append(index, ct, ct)
                     with ir.InsertionPoint(after):

@@ -70,7 +70,8 @@ def test_kernel_key_names_the_toolchain(monkeypatch):
             for o in (gpu, cpu):
                 assert cache.kernel_key(spec.digest(), o) != keys[o.target], (dist, o.target)
     found = ptxas.find()
-    for other in (ptxas.Ptxas(found.path, "99.9.99"), ptxas.Ptxas("/elsewhere/ptxas", found.version)):
+    for other in (ptxas.Ptxas(found.path, "99.9.99"),
+                  ptxas.Ptxas("/elsewhere/ptxas", found.version)):
         with monkeypatch.context() as m:
             m.setattr(ptxas, "find", lambda other=other: other)
             assert cache.kernel_key(spec.digest(), gpu) != keys["sm_90a"]
