@@ -3,7 +3,7 @@ the sm_90a compile runs here too, no GPU needed).
 
     python bench/compile_bench.py --json bench/results/<date>_cpu_compile_bench_<commit>.json
 
-Per example variant (flexattn_mlir.zoo):
+Per example variant (flexattn_mlir.examples.zoo):
 
 * capture, process-first: capturing the variant's mods as the first thing a
   fresh process does after ``import flexattn_mlir`` (includes importing
@@ -17,7 +17,7 @@ Per example variant (flexattn_mlir.zoo):
   PTX, ptxas (when installed) and the artifact-store write;
 * cache hits: in-process memory hit (``kernel_for`` of a compiled key), an
   in-process disk hit (memory table cleared: parse the cached LLVM IR, JIT),
-  the GPU artifact-store load (``gpu.load_kernel``), and the new-process disk
+  the GPU artifact-store load (``kernels.load_kernel``), and the new-process disk
   hit: ``flex_attention``'s first call in a fresh subprocess with the warm
   cache dir, reported as is (it includes capturing the score_mod, and for the
   first capture of that process importing torch_mlir; the block mask is
@@ -48,21 +48,17 @@ import textwrap
 import time
 import warnings
 
-import importlib
-
 import flexattn_mlir as fm  # first: before anything imports torch_mlir
 from flexattn_mlir.examples import zoo
 from flexattn_mlir.frontend import capture as frontend
 from flexattn_mlir.compiler import cache
-from flexattn_mlir.compiler.backends import gpu
 from flexattn_mlir.api import _lower_call
 
 import torch  # noqa: E402
 from torch.nn.attention import flex_attention as tfa  # noqa: E402
 
 tfa._FLEX_ATTENTION_DISABLE_COMPILE_DEBUG = True
-# The module (the package attribute `attention` is the function).
-attention_mod = importlib.import_module("flexattn_mlir.execution.attention")
+from flexattn_mlir.execution import kernels  # noqa: E402  (the kernel table)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CPU_SHAPE = (1, 4, 512, 64)          # B, H, S, D (float32)
@@ -248,15 +244,15 @@ def bench_variant(name: str, env: dict, workdir: str) -> dict:
     row["cpu_pipeline_s"] = compiled.seconds
     compiles = fm.attention_compile_count()
     t = _now()
-    attention_mod.kernel_for(spec, opts)
+    kernels.kernel_for(spec, opts)
     row["cpu_compile_s"] = _now() - t
     assert fm.attention_compile_count() == compiles + 1, "expected a compile (cache not empty?)"
-    row["cpu_memory_hit_s"] = _median_time(lambda: attention_mod.kernel_for(spec, opts), 20)
+    row["cpu_memory_hit_s"] = _median_time(lambda: kernels.kernel_for(spec, opts), 20)
 
     def disk_hit():
-        with attention_mod._lock:
-            attention_mod._kernels.pop(key, None)
-        attention_mod.kernel_for(spec, opts)
+        with kernels._lock:
+            kernels._kernels.pop(key, None)
+        kernels.kernel_for(spec, opts)
 
     row["cpu_disk_hit_inprocess_s"] = _median_time(disk_hit, 3)
     assert fm.attention_compile_count() == compiles + 1, "disk hit compiled"
@@ -270,14 +266,14 @@ def bench_variant(name: str, env: dict, workdir: str) -> dict:
     row["sm90a_compile_s"] = row["sm90a_memory_hit_s"] = row["sm90a_artifact_load_s"] = None
     try:
         t = _now()
-        attention_mod.kernel_for(gspec, gopts)
+        kernels.kernel_for(gspec, gopts)
         row["sm90a_compile_s"] = _now() - t
     except Exception as e:  # noqa: BLE001 - recorded, the other measurements go on
         row["sm90a_error"] = f"{type(e).__name__}: {str(e).strip()[:500]}"
     else:
-        row["sm90a_memory_hit_s"] = _median_time(lambda: attention_mod.kernel_for(gspec, gopts), 20)
-        row["sm90a_artifact_load_s"] = _median_time(lambda: gpu.load_kernel(gkey), 3)
-        assert gpu.load_kernel(gkey) is not None
+        row["sm90a_memory_hit_s"] = _median_time(lambda: kernels.kernel_for(gspec, gopts), 20)
+        row["sm90a_artifact_load_s"] = _median_time(lambda: kernels.load_kernel(gkey), 3)
+        assert kernels.load_kernel(gkey) is not None
 
     # -- a new process with the warm cache dir
     hit = _subprocess_json(NEW_PROCESS_HIT, [name, ",".join(map(str, CPU_SHAPE))], env, workdir)

@@ -11,7 +11,7 @@ with the suffix `_sm80`, sm_80 (the Ampere kernel, which runs on Hopper
 too: compiled for a device of compute capability `--device-cc` that cannot
 run its cubin, the artifact is its PTX and the driver compiles it).
 
-The variants are flexattn_mlir.zoo's Python mods, captured by the real
+The variants are flexattn_mlir.examples.zoo's Python mods, captured by the real
 frontend at compile time; the tensors they capture are saved beside the
 artifacts in the kernel's operand order. `run` checks every correctness case
 against torch's flex_attention on the same GPU (float32 math on the same

@@ -1,13 +1,13 @@
 """flexattn-mlir: FlexAttention as an MLIR compiler pipeline.
 
 Import order matters: ``mlir`` (through ``_native``) is imported before any
-``torch_mlir`` import (FRONTEND_NOTES.md section 6).
+``torch_mlir`` import (docs/frontend.md §6).
 """
 
 from . import _native  # noqa: F401  (first: see above)
-from .api import compile_flex_attention, flex_attention
-from .execution.attention import attention, attention_compile_count, attention_spec
-from .compiler.backward import NotDifferentiableError
+from .api import attention, compile_flex_attention, flex_attention
+from .execution.attention import attention_compile_count, attention_spec
+from .execution.autograd import NotDifferentiableError
 from .masks.block_mask import BlockMask, create_block_mask
 from .frontend import CapturedMod, ModCaptureError, capture_mask_mod, capture_score_mod
 from .masks import and_masks, noop_mask, or_masks

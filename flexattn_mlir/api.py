@@ -1,9 +1,11 @@
 """``flex_attention``: a drop-in for ``torch.nn.attention.flex_attention``.
 
-The orchestration only: capture the mods (frontend), give both the same
-captured buffers, pick compile options, and call :func:`attention`, which
-checks the arguments, finds or compiles the kernel and runs it (CPU tensors
-through the ExecutionEngine, CUDA tensors through flexattn_runtime).
+The orchestration only: capture the mods (:mod:`.frontend`), give both the
+same captured buffers, pick compile options, and call :func:`attention`,
+which runs the forward (:mod:`.execution.attention`: checks the arguments,
+finds or compiles the kernel, runs it on CPU tensors through the
+ExecutionEngine, on CUDA tensors through flexattn_runtime) or, when
+gradients are needed, the differentiable op (:mod:`.execution.autograd`).
 """
 
 from __future__ import annotations
@@ -11,34 +13,29 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import replace
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 
 from . import frontend
-from .compiler import targets
+from .compiler import driver, targets
+from .compiler.mods import ModIR
 from .compiler.options import CompileOptions
 from .execution import autograd, checks
-from .execution.attention import attention
-from .masks import noop_mask
+from .execution.attention import attention_forward, attention_spec
+from .masks import is_noop
 from .masks.block_mask import BlockMask
 
-__all__ = ["flex_attention", "compile_flex_attention"]
+__all__ = ["flex_attention", "compile_flex_attention", "attention"]
 
 log = logging.getLogger(__name__)
-
-
-def _is_noop(mask_mod) -> bool:
-    from torch.nn.attention import flex_attention as torch_flex
-
-    return mask_mod is None or mask_mod is noop_mask or mask_mod is torch_flex.noop_mask
 
 
 def _captured_mask(block_mask):
     """The block mask's mask_mod as a CapturedMod (None for noop_mask).
     Captured afresh (a memo hit, microseconds): the mask_mod may have been
     reassigned, or a global it reads rebound, since the mask was made."""
-    if _is_noop(block_mask.mask_mod):
+    if is_noop(block_mask.mask_mod):
         return None
     return frontend.capture_mask_mod(block_mask.mask_mod)
 
@@ -85,7 +82,7 @@ def flex_attention(
 
     Differentiable (CPU): when q, k, v or a tensor the mods capture requires
     grad, gradients flow to all of them and through lse
-    (:mod:`flexattn_mlir.autograd`). Under ``torch.compile`` the call is one
+    (:mod:`flexattn_mlir.execution.autograd`). Under ``torch.compile`` the call is one
     custom op (no graph break); the mods must then be functions that exist
     outside the compiled code (module level, or made in ``__init__``), so
     the tensors they capture can be found from them at trace time.
@@ -105,7 +102,7 @@ def flex_attention(
         call = _lower_call(query, key, value, score_mod, block_mask, enable_gqa, kernel_options)
         common = dict(scale=scale, enable_gqa=enable_gqa, return_lse=want_lse, **call)
         if autograd.needs_grad(query, key, value, call["captures"]):
-            # Training: the differentiable custom op (flexattn_mlir.autograd).
+            # Training: the differentiable custom op (flexattn_mlir.execution.autograd).
             result = autograd.attention_with_grad(query, key, value, score_fn=score_mod, **common)
         else:
             result = attention(query, key, value, **common)
@@ -115,6 +112,45 @@ def flex_attention(
         out, lse = result if want_lse else (result, None)
         return out, AuxOutput(lse=lse)
     return result
+
+
+def attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    *,
+    score_mod: Optional[ModIR] = None,
+    mask_mod: Optional[ModIR] = None,
+    block_mask=None,
+    captures: Sequence[torch.Tensor] = (),
+    scale: Optional[float] = None,
+    enable_gqa: bool = False,
+    return_lse: bool = False,
+    options: Optional[CompileOptions] = None,
+    name: str = "flexattn",
+    capture_labels: Sequence[str] = (),
+):
+    """softmax(mods(scale * Q Kᵀ)) V with the mods given as IR.
+
+    ``block_mask`` is any object with torch's BlockMask fields
+    (``kv_num_blocks``, ``kv_indices``, optional ``full_kv_*``,
+    ``BLOCK_SIZE``). ``captures`` are the buffers the mods' trailing block
+    arguments receive. Non-contiguous inputs are copied to contiguous ones.
+    ``name`` labels the kernel (IR dumps, messages) and ``capture_labels``
+    the captures (messages); neither enters the cache key. Returns ``out`` or
+    ``(out, lse)``; lse is float32, natural log. In grad mode, when q, k, v or
+    a capture requires grad, the call is differentiable
+    (:func:`flexattn_mlir.execution.autograd.attention_with_grad`; the
+    backward runs on the CPU, other targets raise NotImplementedError).
+    """
+    common = dict(score_mod=score_mod, mask_mod=mask_mod, block_mask=block_mask,
+                  captures=captures, scale=scale, enable_gqa=enable_gqa,
+                  return_lse=return_lse, options=options, name=name)
+    if autograd.needs_grad(query, key, value, captures):
+        return autograd.attention_with_grad(query, key, value, capture_labels=capture_labels,
+                                            **common)
+    return attention_forward(query, key, value, **common)
+
 
 
 def _lower_call(query, key, value, score_mod, block_mask, enable_gqa, kernel_options) -> dict:
@@ -148,7 +184,7 @@ def compile_flex_attention(query, key, value, score_mod=None, block_mask=None, s
                            enable_gqa=False, return_lse=False, kernel_options=None, *,
                            target: Optional[str] = None):
     """Compiles what :func:`flex_attention` would run for these arguments and
-    returns the :class:`~flexattn_mlir.driver.Compiled`, which holds the IR of
+    returns the :class:`~flexattn_mlir.compiler.driver.Compiled`, which holds the IR of
     every stage (``.ir[stage]``, ``.stage_names()``). ``target`` overrides the
     device's (e.g. ``"sm_90a"`` to see the GPU stages from CPU tensors)."""
     from .compiler import driver

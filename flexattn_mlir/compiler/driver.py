@@ -1,4 +1,6 @@
-"""The staged compiler: one function per IR level, each a flat list of passes.
+"""The staged compiler: builds the ``flexattn`` module of a spec, then runs
+the stages of the backend registered for ``opts.target`` (one function per
+IR level, each a flat list of passes; :mod:`.backends`), e.g.
 
     flexattn -> tiled -> sparse -> fused -> inlined -> loops -> llvm   (CPU)
 
@@ -15,17 +17,17 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 from mlir import ir
-from mlir.passmanager import PassManager
 
 from .. import _native
+from .backends import backend
+from .cache import kernel_key
 from .options import CompileOptions
+from .pipeline import CompilationError, Stage, run_pipeline
 from .spec import AttentionSpec
 
 __all__ = ["CompilationError", "Compiled", "compile", "kernel_name", "run_pipeline", "stages"]
@@ -33,95 +35,24 @@ __all__ = ["CompilationError", "Compiled", "compile", "kernel_name", "run_pipeli
 log = logging.getLogger(__name__)
 
 
-class CompilationError(RuntimeError):
-    """A pass pipeline failed; the message holds the diagnostics and a
-    ``flexattn-opt`` command line that reproduces the failure."""
-
-
-def _repro_dir() -> Path:
-    base = Path(os.environ.get("FLEXATTN_CACHE_DIR") or tempfile.gettempdir())
-    path = base / "repro"
-    path.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix="flexattn-", dir=path))
-
-
-def run_pipeline(module: ir.Module, pipeline: str | Sequence[str], stage: str) -> None:
-    """Runs ``builtin.module(<pipeline>)`` (a pipeline string, or a list of
-    passes) on ``module`` in place. On failure writes the input IR to a fresh
-    directory and raises CompilationError with the diagnostics and the exact
-    reproducer command."""
-    if not isinstance(pipeline, str):
-        pipeline = ", ".join(pipeline)
-    before = str(module)
-    full = f"builtin.module({pipeline})"
-    try:
-        PassManager.parse(full).run(module.operation)
-    except ir.MLIRError as err:
-        repro = _repro_dir() / f"{stage}.input.mlir"
-        repro.write_text(before)
-        raise CompilationError(
-            f"stage {stage!r} failed: {err}\n"
-            f"reproduce with: flexattn-opt --pass-pipeline='{full}' {repro}"
-        ) from None
-
-
 # -- the stages --------------------------------------------------------------
 
 
 def make_flexattn(spec: AttentionSpec, opts: CompileOptions) -> ir.Module:
-    """The flexattn.attention module of ``spec`` (parsed and verified)."""
+    """The flexattn.attention module of ``spec``, built (the spec's
+    :meth:`~.spec.AttentionSpec.build`) and verified."""
     try:
-        return ir.Module.parse(spec.to_mlir())
+        module = spec.build()
+        module.operation.verify()
+        return module
     except ir.MLIRError as err:
         raise CompilationError(f"the flexattn IR of {spec.name!r} is invalid: {err}") from None
 
 
-def make_tiled(mod: ir.Module, opts: CompileOptions) -> None:
-    run_pipeline(mod, f"flexattn-tile{{tile-q={opts.tile_q} tile-kv={opts.tile_kv}}}", "tiled")
-
-
-def make_sparse(mod: ir.Module, opts: CompileOptions) -> None:
-    run_pipeline(mod, "flexattn-block-sparsity", "sparse")
-
-
-def make_fused(mod: ir.Module, opts: CompileOptions) -> None:
-    run_pipeline(mod, "flexattn-fuse-online-softmax", "fused")
-
-
-def make_inlined(mod: ir.Module, opts: CompileOptions) -> None:
-    run_pipeline(mod, "flexattn-inline-mods, canonicalize, cse", "inlined")
-
-
-def make_loops(mod: ir.Module, opts: CompileOptions) -> None:
-    run_pipeline(mod, "flexattn-lower-to-loops, canonicalize, cse", "loops")
-
-
-def make_llvm(mod: ir.Module, opts: CompileOptions) -> None:
-    run_pipeline(
-        mod,
-        "arith-expand, convert-scf-to-cf, expand-strided-metadata, lower-affine, "
-        "finalize-memref-to-llvm, convert-math-to-llvm, convert-arith-to-llvm, "
-        "convert-index-to-llvm, convert-func-to-llvm, convert-cf-to-llvm, "
-        "reconcile-unrealized-casts",
-        "llvm",
-    )
-
-
-Stage = Callable[[ir.Module, CompileOptions], None]
-
-
-def stages(opts: CompileOptions) -> dict[str, Stage]:
-    """The ordered stages for ``opts.target``; names double as file suffixes."""
-    common: dict[str, Stage] = {
-        "tiled": make_tiled,
-        "sparse": make_sparse,
-    }
-    if opts.target == "cpu":
-        return {**common, "fused": make_fused, "inlined": make_inlined,
-                "loops": make_loops, "llvm": make_llvm}
-    from .backends import gpu  # the GPU stages live beside the GPU code
-
-    return {**common, **gpu.stages(opts)}
+def stages(opts: CompileOptions, kind: str = "forward") -> dict[str, Stage]:
+    """The ordered stages of a ``kind`` kernel for ``opts.target`` (the
+    registered backend's); names double as file suffixes."""
+    return backend(opts.target).stages(kind, opts)
 
 
 @dataclass
@@ -148,8 +79,6 @@ def kernel_name(spec: AttentionSpec, opts: CompileOptions) -> str:
     """``<variant>-<key prefix>``: the name of the kernel's dumped and
     overridden stages (the variant is the spec's name, e.g. the mods' Python
     names; the key prefix tells apart kernels of one variant)."""
-    from .cache import kernel_key
-
     return f"{spec.name}-{kernel_key(spec.digest(), opts)[:12]}"
 
 
@@ -173,8 +102,8 @@ def compile(
     result = Compiled(spec, opts)
     with ctx, ir.Location.unknown():
         mod = make_flexattn(spec, opts)
-        # A spec may bring its own stages (the backward's).
-        table = spec.stages(opts) if hasattr(spec, "stages") else stages(opts)
+        target = backend(opts.target)
+        table = target.stages(spec.kind, opts)
         steps: list[tuple[str, Stage | None]] = [("flexattn", None), *table.items()]
         for name, step in steps:
             replacement = override / f"{label}.{name}.mlir" if override else None
@@ -191,9 +120,7 @@ def compile(
                     dump.mkdir(parents=True, exist_ok=True)
                     (dump / f"{label}.{name}.mlir").write_text(text)
         result.module = mod
-        if opts.target != "cpu":
-            from .backends import gpu
-
-            result.metadata = gpu.finish(mod, spec, opts)
+        if target.finish is not None:
+            result.metadata = target.finish(mod, spec, opts)
     result.seconds = time.perf_counter() - start
     return result

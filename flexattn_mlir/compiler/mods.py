@@ -15,21 +15,19 @@ emits ops with the upstream Python bindings (:meth:`ModIR.build_score` /
 
 from __future__ import annotations
 
+import functools
 import hashlib
-import re
 from dataclasses import dataclass
 from typing import Callable, Literal, Sequence
 
 from mlir import ir
+from mlir.dialects import func
 
 from .. import _native
 
-__all__ = ["ModIR", "region_text"]
+__all__ = ["ModIR", "FIXED_ARGS", "parse", "holder", "holder_region", "new_block", "region_text"]
 
 ModKind = Literal["score", "mask"]
-
-# The label attribute of flexattn.check_index (a quoted string).
-_SOURCE = re.compile(r'source = "(?:[^"\\]|\\.)*"')
 
 
 @dataclass(frozen=True)
@@ -72,31 +70,122 @@ class ModIR:
         """A hash of what the generated code depends on: not the ``source``
         labels of index checks (names for messages), so equal mods under
         other names share kernels."""
-        h = hashlib.sha256()
-        for part in (self.kind, _SOURCE.sub('source = ""', self.text), *self.capture_types):
-            h.update(part.encode())
-            h.update(b"\0")
-        return h.hexdigest()
+        return _digest(self)
 
 
 FIXED_ARGS = {"score": ("score", "b", "h", "q_idx", "kv_idx"), "mask": ("b", "h", "q_idx", "kv_idx")}
 
 
-def region_text(block: ir.Block, kind: ModKind) -> str:
-    """The text of a mod region's ``block``, its arguments named as in every
-    ModIR: %score, %b, %h, %q_idx, %kv_idx, then %cap0, %cap1, ..."""
-    body = str(block).strip()
-    n_caps = len(block.arguments) - len(FIXED_ARGS[kind])
+# ---------------------------------------------------------------------------
+# ModIR text <-> IR. The text is a region body (the cache and hand-written
+# format); MLIR parses a region only inside an op, so it is read as the
+# region of a flexattn.apply_mods in a holder function: the one place the
+# package writes a mod's surroundings as text. Everything else is built with
+# the op builders and printed by MLIR.
+# ---------------------------------------------------------------------------
+
+
+def _region_index(kind: ModKind) -> int:
+    return 0 if kind == "score" else 1
+
+
+def parse(mod: ModIR) -> tuple[ir.Module, ir.Block]:
+    """``(holder module, the mod's region block)`` in the current context;
+    keep the module while using the block. Raises ``ir.MLIRError`` for
+    invalid text."""
+    caps = "".join(f", %cap{i}: {t}" for i, t in enumerate(mod.capture_types))
+    names = ", ".join(f"%cap{i}" for i in range(len(mod.capture_types)))
+    captures = f" captures({names} : {', '.join(mod.capture_types)})" if names else ""
+    module = ir.Module.parse(
+        f"func.func @holder(%s: f32, %i: index{caps}) -> f32 {{\n"
+        f"  %r = flexattn.apply_mods %s at(%i, %i, %i, %i){captures} attributes {{masked}} "
+        f"{mod.kind}_mod {{\n{mod.text}\n}} : f32\n"
+        f"  return %r : f32\n}}\n")
+    return module, holder_region(module, mod.kind).blocks[0]
+
+
+def holder_region(module: ir.Module, kind: ModKind) -> ir.Region:
+    """The ``kind`` region of a holder module's flexattn.apply_mods (found
+    afresh: a pass run invalidates the Python handles of nested ops)."""
+    apply = module.body.operations[0].regions[0].blocks[0].operations[0]
+    return apply.regions[_region_index(kind)]
+
+
+def holder(kind: ModKind, capture_types: Sequence[ir.Type]) -> tuple[ir.Module, ir.Region]:
+    """A module holding one ``flexattn.apply_mods`` (built with the op
+    builders) whose ``kind`` region is empty, and that region: the place a
+    mod region is built, verified and printed."""
+    from ..dialects import flexattn as fa
+
+    f32, index = ir.F32Type.get(), ir.IndexType.get()
+    module = ir.Module.create()
+    with ir.InsertionPoint(module.body):
+        fn = func.FuncOp("holder", ([f32, index, *capture_types], [f32]))
+    entry = fn.add_entry_block()
+    with ir.InsertionPoint(entry):
+        score, i, *caps = entry.arguments
+        apply = fa.ApplyModsOp(f32, score, i, i, i, i, caps, masked=True)
+        func.ReturnOp([apply.result])
+    return module, apply.regions[_region_index(kind)]
+
+
+def new_block(region: ir.Region, kind: ModKind, arg_types: Sequence[ir.Type]) -> ir.Block:
+    """The mod block of ``region``: arguments of ``arg_types`` named (by
+    their locations) %score, %b, %h, %q_idx, %kv_idx, then %cap0, ..."""
+    n_caps = len(arg_types) - len(FIXED_ARGS[kind])
     names = list(FIXED_ARGS[kind]) + [f"cap{i}" for i in range(n_caps)]
-    header, _, rest = body.partition("\n")
-    printed = re.findall(r"(%[\w$.\-]+):", header)
-    if len(printed) != len(names):
-        raise AssertionError(f"unexpected region header {header!r}")
-    rename = dict(zip(printed, ("%" + n for n in names)))
-    header = "^bb0(" + ", ".join(f"{rename[p]}: {a.type}" for p, a in zip(
-        printed, block.arguments)) + "):"
-    rest = re.sub(r"%[\w$.\-]+", lambda m: rename.get(m.group(0), m.group(0)), rest)
-    return header + "\n" + rest
+    return region.blocks.append(*arg_types, arg_locs=[ir.Location.name(n) for n in names])
+
+
+def region_text(block: ir.Block, kind: ModKind, capture_types: Sequence[ir.Type] | None = None,
+                arg_map: Sequence[int] | None = None) -> str:
+    """The ModIR text of a mod region's ``block``, which it consumes: its
+    ops move into a :func:`new_block` of a fresh :func:`holder`, printed by
+    MLIR. ``capture_types`` (default: the block's own) are the new block's
+    captures; argument ``i`` of ``block`` becomes argument ``arg_map[i]``
+    of the new one (default: the same position), so a mod can be given
+    another capture list."""
+    nfixed = len(FIXED_ARGS[kind])
+    old = list(block.arguments)
+    if capture_types is None:
+        capture_types = [a.type for a in old[nfixed:]]
+    module, region = holder(kind, capture_types)
+    fixed = [a.type for a in old[:nfixed]]
+    target = new_block(region, kind, [*fixed, *capture_types])
+    for i, arg in enumerate(old):
+        arg.replace_all_uses_with(target.arguments[arg_map[i] if arg_map else i])
+    for op in list(block.operations):
+        op.detach_from_parent()
+        target.append(op)
+    module.operation.verify()
+    lines = region.owner.get_asm(use_name_loc_as_prefix=True).splitlines()
+    return "\n".join(lines[1:-1])  # between `<kind>_mod {` and `} : f32`
+
+
+@functools.lru_cache(maxsize=1024)
+def _digest(mod: ModIR) -> str:
+    """:meth:`ModIR.digest`: the region printed without the ``source``
+    labels of its index checks."""
+    with _native.new_context(), ir.Location.unknown():
+        try:
+            module, block = parse(mod)
+        except ir.MLIRError:  # invalid IR: hashed as written, the driver reports it
+            return hashlib.sha256("\0".join((mod.kind, mod.text, *mod.capture_types))
+                                  .encode()).hexdigest()
+
+        def unlabel(op):
+            if op.name == "flexattn.check_index" and "source" in op.attributes:
+                del op.attributes["source"]
+            return ir.WalkResult.ADVANCE
+
+        for op in block.operations:
+            op.operation.walk(unlabel)
+        text = region_text(block, mod.kind)
+    h = hashlib.sha256()
+    for part in (mod.kind, text, *mod.capture_types):
+        h.update(part.encode())
+        h.update(b"\0")
+    return h.hexdigest()
 
 
 def _build(kind: ModKind, fn, capture_types: tuple[str, ...], index_type: str) -> ModIR:
@@ -106,14 +195,9 @@ def _build(kind: ModKind, fn, capture_types: tuple[str, ...], index_type: str) -
         idx = ir.Type.parse(index_type)
         caps = [ir.Type.parse(t) for t in capture_types]
         args = ([ir.F32Type.get()] if kind == "score" else []) + [idx] * 4 + caps
-        module = ir.Module.create()
-        # Any op with a mod region will hold the block while it is built.
-        with ir.InsertionPoint(module.body):
-            holder = ir.Operation.create("flexattn.apply_mods", results=[ir.F32Type.get()],
-                                         regions=2)
-        region = holder.regions[0 if kind == "score" else 1]
-        block = region.blocks.append(*args)
+        module, region = holder(kind, caps)
+        block = new_block(region, kind, args)
         with ir.InsertionPoint(block):
             result = fn(*block.arguments)
             fa.YieldOp([result])
-        return ModIR(kind, str(block).strip(), capture_types)
+        return ModIR(kind, region_text(block, kind), capture_types)

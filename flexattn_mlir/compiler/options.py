@@ -24,9 +24,9 @@ _TORCH_IGNORED = frozenset({
 
 @dataclass(frozen=True)
 class CompileOptions:
-    """How to compile an :class:`~flexattn_mlir.spec.AttentionSpec`.
+    """How to compile an :class:`~flexattn_mlir.compiler.spec.AttentionSpec`.
 
-    target: a name in :data:`flexattn_mlir.targets.TARGETS`: ``"cpu"``
+    target: a name in :data:`flexattn_mlir.compiler.targets.TARGETS`: ``"cpu"``
       (ExecutionEngine), ``"sm_90a"`` (Hopper) or ``"sm_80"`` (Ampere, Ada).
     tile_q, tile_kv: the Q and KV tile sizes of ``flexattn-tile`` (a block
       mask fixes tile_kv to its KV block size); 0 takes the target's default
@@ -38,7 +38,7 @@ class CompileOptions:
       warpgroups alternating their GEMMs); sm_90a only (sm_80 has no
       schedule stage).
     persistent: launch at most this many CTAs, each looping over Q tiles
-      (one per SM: :func:`flexattn_mlir.targets.sm_count`); 0 launches one
+      (one per SM: :func:`flexattn_mlir.compiler.targets.sm_count`); 0 launches one
       CTA per tile.
     dynamic: one kernel for every batch size, sequence length (Q and KV),
       block-mask shape and scale: they are run-time values of the kernel and

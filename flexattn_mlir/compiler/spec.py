@@ -2,31 +2,33 @@
 
 An :class:`AttentionSpec` holds shapes, dtypes, scale, the block-mask layout,
 the captured buffers' types and the mods' IR. It is hashable and is the
-source of the cache key; :meth:`AttentionSpec.to_mlir` prints the
-``flexattn.attention`` module the driver starts from.
+source of the cache key; :meth:`AttentionSpec.build` builds the
+``flexattn.attention`` module the driver starts from with the op builders.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
-import json
-import re
-import struct
 from dataclasses import dataclass, field, replace
-from typing import Optional
+from typing import Callable, Optional
 
-from .mods import ModIR
+from mlir import ir
+from mlir.dialects import func
+
+from .. import _native
+from ..dialects import flexattn as fa
+from .mods import ModIR, parse
 
 __all__ = ["BufferType", "DYNAMIC", "AttentionSpec", "TORCH_TO_MLIR", "ENTRY", "entry_function",
-           "mod_region_lines", "f32_literal", "operand_group", "block_mask_lines",
-           "capture_lines"]
+           "f32_attr", "block_size_attr", "capture_values", "block_list_values"]
 
 # The generated function's symbol (the GPU kernel is ENTRY + "_kernel"): fixed,
 # so a kernel compiled for one spec serves every equal spec.
 ENTRY = "flexattn"
 
 # torch dtype name -> MLIR element type. bool travels as i8 (memref<i1>
-# stores are not supported by the CPU lowering, FRONTEND_NOTES.md section 6).
+# stores are not supported by the CPU lowering, docs/frontend.md §6).
 TORCH_TO_MLIR = {
     "float32": "f32",
     "float16": "f16",
@@ -55,8 +57,12 @@ class BufferType:
 
     @property
     def memref(self) -> str:
-        dims = "".join("?x" if d == DYNAMIC else f"{d}x" for d in self.shape)
-        return f"memref<{dims}{self.elem}>"
+        """The memref type as text (ModIR's capture types)."""
+        return _memref_text(self.shape, self.elem)
+
+    def memref_type(self) -> ir.MemRefType:
+        """The memref type in the current context."""
+        return ir.MemRefType.get(_dims(self.shape), ir.Type.parse(self.elem))
 
     def admits(self, shape) -> bool:
         """Whether a tensor of ``shape`` fits (a dynamic dim takes any size)."""
@@ -71,10 +77,15 @@ class BufferType:
         return BufferType(tuple(int(d) for d in tensor.shape), TORCH_TO_MLIR[name])
 
 
-def f32_literal(x: float) -> str:
-    """The exact f32 bit pattern, so printing never rounds the scale."""
-    (bits,) = struct.unpack("<I", struct.pack("<f", x))
-    return f"0x{bits:08X} : f32"
+def _dims(shape: tuple[int, ...]) -> list[int]:
+    """``shape`` for the bindings: :data:`DYNAMIC` becomes MLIR's dynamic size."""
+    return [ir.ShapedType.get_dynamic_size() if d == DYNAMIC else d for d in shape]
+
+
+@functools.lru_cache(maxsize=4096)
+def _memref_text(shape: tuple[int, ...], elem: str) -> str:
+    with ir.Context(), ir.Location.unknown():
+        return str(ir.MemRefType.get(_dims(shape), ir.Type.parse(elem)))
 
 
 @dataclass(frozen=True)
@@ -93,7 +104,7 @@ class AttentionSpec:
     score_mod: Optional[ModIR] = field(default=None, repr=False)  # in digest() by their own
     mask_mod: Optional[ModIR] = field(default=None, repr=False)
     # [sites, 2] i64 where the kernel reports out-of-bounds reads of captured
-    # tensors (flexattn_mlir.index_checks); the mods' last capture.
+    # tensors (flexattn_mlir.masks.index_checks); the mods' last capture.
     index_report: Optional[BufferType] = None
     name: str = field(default="flexattn", compare=False)  # labels dumps only
 
@@ -106,6 +117,11 @@ class AttentionSpec:
     def lse(self) -> BufferType:
         b, hq, m, _ = self.q.shape
         return BufferType((b, hq, m), "f32")
+
+    @property
+    def kind(self) -> str:
+        """Which stage table of the backend compiles it."""
+        return "forward"
 
     @property
     def has_block_mask(self) -> bool:
@@ -135,70 +151,61 @@ class AttentionSpec:
             h.update((mod.digest() if mod else "-").encode())
         return h.hexdigest()
 
+    def build(self) -> ir.Module:
+        """The ``flexattn.attention`` module the driver starts from, built
+        with the op builders in the current context (not verified)."""
+        def op(a: dict[str, ir.Value]):
+            return fa.AttentionOp(
+                a["q"], a["k"], a["v"], a["out"], capture_values(a), f32_attr(self.scale),
+                lse=a.get("lse"), block_size=block_size_attr(self.block_size),
+                **block_list_values(a, _KV_LISTS))
+
+        return entry_function(self.arguments(), op, (self.score_mod, self.mask_mod))
+
     def to_mlir(self) -> str:
-        args = self.arguments()
-        typ = {n: t.memref for n, t in args}
-        lines = [operand_group("flexattn.attention ins", ["q", "k", "v"], typ),
-                 operand_group("    outs", ["out"], typ)]
-        if self.return_lse:
-            lines.append(operand_group("    lse", ["lse"], typ))
-        lines += block_mask_lines(typ)
-        lines += capture_lines(args, typ)
-        attrs = [f"scale = {f32_literal(self.scale)}"]
-        if self.block_size is not None:
-            attrs.append(f"block_size = array<i64: {self.block_size[0]}, {self.block_size[1]}>")
-        lines.append(f"    attributes {{{', '.join(attrs)}}}")
-        lines += mod_region_lines(self.score_mod, self.mask_mod)
-        return entry_function(args, lines)
+        """:meth:`build`'s module as text."""
+        with _native.new_context(), ir.Location.unknown():
+            return str(self.build())
 
 
-def operand_group(keyword: str, names: list[str], typ: dict[str, str]) -> str:
-    """``keyword(%a, %b : type_a, type_b)`` for the named arguments."""
-    values = ", ".join(f"%{n}" for n in names)
-    return f"{keyword}({values} : {', '.join(typ[n] for n in names)})"
+_KV_LISTS = ("kv_num_blocks", "kv_indices", "full_kv_num_blocks", "full_kv_indices")
 
 
-# The block-list operand groups of the attention ops, with the arguments
-# they take (only those present among the kernel's arguments are printed).
-_BLOCK_GROUPS = (("block_mask", ("kv_num_blocks", "kv_indices")),
-                 ("full_blocks", ("full_kv_num_blocks", "full_kv_indices")),
-                 ("q_block_mask", ("q_num_blocks", "q_indices")),
-                 ("full_q_blocks", ("full_q_num_blocks", "full_q_indices")))
+def f32_attr(x: float) -> ir.FloatAttr:
+    return ir.FloatAttr.get_f32(x)
 
 
-def capture_lines(args: list[tuple[str, BufferType]], typ: dict[str, str]) -> list[str]:
-    """The ``captures(...)`` group: the captured buffers, then the index
+def block_size_attr(block_size: Optional[tuple[int, int]]) -> Optional[ir.Attribute]:
+    return None if block_size is None else ir.DenseI64ArrayAttr.get(list(block_size))
+
+
+def capture_values(a: dict[str, ir.Value]) -> list[ir.Value]:
+    """The ``captures`` operands: the captured buffers, then the index
     report (the mods' last capture) when the kernel has one."""
-    caps = [n for n, _ in args if re.fullmatch(r"capture\d+|index_report", n)]
-    return [operand_group("    captures", caps, typ)] if caps else []
+    return [v for n, v in a.items() if n.startswith("capture") and n[7:].isdigit()] + \
+        ([a["index_report"]] if "index_report" in a else [])
 
 
-def block_mask_lines(typ: dict[str, str]) -> list[str]:
-    return [operand_group(f"    {kw}", list(names), typ)
-            for kw, names in _BLOCK_GROUPS if names[0] in typ]
+def block_list_values(a: dict[str, ir.Value], names: tuple[str, ...]) -> dict[str, ir.Value]:
+    """The block-list operands among the kernel's arguments, by name."""
+    return {n: a[n] for n in names if n in a}
 
 
-def mod_region_lines(score_mod: Optional[ModIR], mask_mod: Optional[ModIR]) -> list[str]:
-    """The ``score_mod {...}`` / ``mask_mod {...}`` lines of an op's text."""
-    lines = []
-    for region, mod in (("score_mod", score_mod), ("mask_mod", mask_mod)):
+def entry_function(args: list[tuple[str, BufferType]], build_op: Callable,
+                   mods: tuple[Optional[ModIR], ...]) -> ir.Module:
+    """The module of the kernel function ``@ENTRY(args)`` holding the one op
+    ``build_op(arguments by name)`` builds, its first regions given the
+    mods' blocks (parsed from their text, :func:`.mods.parse`)."""
+    module = ir.Module.create()
+    with ir.InsertionPoint(module.body):
+        fn = func.FuncOp(ENTRY, ([t.memref_type() for _, t in args], []))
+        fn.attributes["llvm.emit_c_interface"] = ir.UnitAttr.get()
+    entry = fn.add_entry_block()
+    with ir.InsertionPoint(entry):
+        op = build_op(dict(zip([n for n, _ in args], entry.arguments)))
+        func.ReturnOp([])
+    for region, mod in zip(op.regions, mods):
         if mod is not None:
-            body = "\n".join("      " + ln for ln in mod.text.splitlines())
-            lines.append(f"    {region} {{\n{body}\n    }}")
-    return lines
-
-
-def entry_function(args: list[tuple[str, BufferType]], op_lines: list[str],
-                   loc: Optional[str] = None) -> str:
-    """The kernel function ``@ENTRY(args)`` holding one op (its text lines);
-    ``loc`` names the op in diagnostics."""
-    sig = ", ".join(f"%{n}: {t.memref}" for n, t in args)
-    op = "\n".join("    " + ln if i else ln for i, ln in enumerate(op_lines))
-    if loc is not None:
-        op += f" loc({json.dumps(loc)})"
-    return (
-        f"func.func @{ENTRY}({sig}) attributes {{llvm.emit_c_interface}} {{\n"
-        f"  {op}\n"
-        f"  return\n"
-        f"}}\n"
-    )
+            _, block = parse(mod)
+            block.append_to(region)
+    return module

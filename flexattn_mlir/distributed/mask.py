@@ -34,9 +34,9 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from ..execution.checks import block_size as _block_size
 from ..frontend import capture as frontend
 from ..masks.block_mask import _DEFAULT_SPARSE_BLOCK_SIZE, create_block_mask
+from ..masks.block_mask import block_size as _block_size
 from . import comm
 from .sharding import SequenceSharding, group_for
 

@@ -1,34 +1,32 @@
-"""The core entry point: attention on torch tensors with mods given as IR.
+"""The forward on tensors: attention with the mods given as IR.
 
-:func:`attention` takes the mods as :class:`~flexattn_mlir.mods.ModIR` (MLIR
-text or builder callbacks) and their captured buffers explicitly; the
-torch-compatible :func:`flexattn_mlir.flex_attention` captures Python mods
-and calls it.
+:func:`attention_forward` takes the mods as
+:class:`~flexattn_mlir.compiler.mods.ModIR` and their captured buffers
+explicitly, checks the arguments, builds the call's
+:class:`~flexattn_mlir.compiler.spec.AttentionSpec`, gets its kernel
+(:mod:`.kernels`) and runs it. :func:`flexattn_mlir.attention` (the public
+entry, :mod:`flexattn_mlir.api`) calls it, or the differentiable op of
+:mod:`.autograd` when gradients are needed.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import threading
-from typing import Optional, Sequence
+from typing import Optional
 
 import torch
 
-from ..compiler import cache, targets
+from ..compiler import targets
 from ..compiler.mods import ModIR
 from ..compiler.options import CompileOptions
 from ..compiler.spec import AttentionSpec, BufferType
 from ..masks import index_checks
-from . import checks, dynamic_shapes
+from ..masks.block_mask import block_size
+from . import checks, dynamic_shapes, kernels
+from .kernels import kernel_for
 
-__all__ = ["attention", "attention_forward", "attention_spec", "attention_compile_count", "build_spec", "kernel_for"]
-
-_lock = threading.Lock()
-_kernels: dict[str, object] = {}
-_cpu_cache = cache.DiskCache("cpu", ".mlir")
-# Counts compilations in this process (tests assert cache hits with it).
-compile_count = 0
+__all__ = ["attention_forward", "attention_spec", "attention_compile_count", "build_spec",
+           "kernel_for"]
 
 
 def _mask_tensors(block_mask) -> list[torch.Tensor]:
@@ -76,56 +74,12 @@ def build_spec(query, key, value, *, score_mod, mask_mod, block_mask, captures,
         capture_types += (BufferType((), "f32"),)  # the scale
         scale = 1.0
     if block_mask is not None:
-        fields["block_size"] = checks.block_size(block_mask.BLOCK_SIZE)
+        fields["block_size"] = block_size(block_mask.BLOCK_SIZE)
     return AttentionSpec(
         q=qkv[0], k=qkv[1], v=qkv[2], scale=float(scale), return_lse=bool(return_lse),
         captures=capture_types, score_mod=checked.score, mask_mod=checked.mask, name=name,
         index_report=BufferType(checked.report, "i64") if checked.report else None, **fields,
     )
-
-
-def kernel_for(spec: AttentionSpec, opts: CompileOptions):
-    """The kernel of (spec, opts): from this process's table, else the disk
-    cache (or, for GPUs, an artifact store), else compiled (and stored).
-    FLEXATTN_DUMP_IR dumps the stages of the kernels that are compiled (a
-    cache hit stays a hit). With FLEXATTN_OVERRIDE_IR set, every call
-    compiles afresh and caches nothing: an overridden stage never reaches
-    the caches."""
-    key = cache.kernel_key(spec.digest(), opts)
-    if os.environ.get("FLEXATTN_OVERRIDE_IR"):
-        return _load_or_compile(spec, opts, key, use_cache=False)
-    with _lock:
-        kernel = _kernels.get(key)
-        if kernel is None:
-            kernel = _load_or_compile(spec, opts, key)
-            _kernels[key] = kernel
-    return kernel
-
-
-def _load_or_compile(spec: AttentionSpec, opts: CompileOptions, key: str,
-                     use_cache: bool = True):
-    global compile_count
-    from ..compiler import driver
-
-    if opts.target == "cpu":
-        from ..compiler.backends.cpu import CpuKernel
-
-        text = _cpu_cache.get(key) if use_cache else None
-        if text is not None:
-            return CpuKernel.from_llvm_ir(text.decode(), spec, opts)
-        compiled = driver.compile(spec, opts, keep_ir=False)
-        compile_count += 1
-        kernel = CpuKernel(compiled)  # the JIT built: worth caching
-        if use_cache:
-            _cpu_cache.put(key, str(compiled.module).encode())
-        return kernel
-    from ..compiler.backends import gpu
-
-    kernel = gpu.load_kernel(key) if use_cache else None
-    if kernel is None:
-        kernel = gpu.compile_kernel(spec, opts, key, store=use_cache)
-        compile_count += 1
-    return kernel
 
 
 def _check_mod(name: str, mod, kind: str, n_captures: int) -> None:
@@ -194,47 +148,7 @@ def attention_spec(query, key, value, *, score_mod=None, mask_mod=None, block_ma
 
 def attention_compile_count() -> int:
     """How many kernels this process has compiled (cache misses)."""
-    return compile_count
-
-
-def attention(
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    *,
-    score_mod: Optional[ModIR] = None,
-    mask_mod: Optional[ModIR] = None,
-    block_mask=None,
-    captures: Sequence[torch.Tensor] = (),
-    scale: Optional[float] = None,
-    enable_gqa: bool = False,
-    return_lse: bool = False,
-    options: Optional[CompileOptions] = None,
-    name: str = "flexattn",
-    capture_labels: Sequence[str] = (),
-):
-    """softmax(mods(scale * Q Kᵀ)) V with the mods given as IR.
-
-    ``block_mask`` is any object with torch's BlockMask fields
-    (``kv_num_blocks``, ``kv_indices``, optional ``full_kv_*``,
-    ``BLOCK_SIZE``). ``captures`` are the buffers the mods' trailing block
-    arguments receive. Non-contiguous inputs are copied to contiguous ones.
-    ``name`` labels the kernel (IR dumps, messages) and ``capture_labels``
-    the captures (messages); neither enters the cache key. Returns ``out`` or
-    ``(out, lse)``; lse is float32, natural log. In grad mode, when q, k, v or
-    a capture requires grad, the call is differentiable
-    (:func:`flexattn_mlir.autograd.attention_with_grad`; the backward runs on
-    the CPU, other targets raise NotImplementedError).
-    """
-    from . import autograd
-
-    common = dict(score_mod=score_mod, mask_mod=mask_mod, block_mask=block_mask,
-                  captures=captures, scale=scale, enable_gqa=enable_gqa,
-                  return_lse=return_lse, options=options, name=name)
-    if autograd.needs_grad(query, key, value, captures):
-        return autograd.attention_with_grad(query, key, value, capture_labels=capture_labels,
-                                            **common)
-    return attention_forward(query, key, value, **common)
+    return kernels.compile_count
 
 
 def attention_forward(query, key, value, *, score_mod=None, mask_mod=None, block_mask=None,

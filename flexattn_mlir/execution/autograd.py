@@ -29,21 +29,29 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from dataclasses import dataclass, field, replace
 from types import SimpleNamespace
-from typing import Callable, Optional
+from typing import Optional, Sequence
 
 import torch
 
 from .. import frontend
 from ..compiler import backward, cache, targets
+from ..compiler.backward import BackwardSpec
 from ..compiler.mods import ModIR
 from ..compiler.options import CompileOptions
+from ..compiler.pipeline import CompilationError
 from ..frontend.capture import _global_names
+from ..masks import index_checks, is_noop
+from ..masks.block_mask import _transpose_ordered
 from . import checks
+from .attention import _options, attention_forward, attention_spec, build_spec, index_checked
+from .kernels import kernel_for
 
-__all__ = ["Call", "Prepared", "needs_grad", "attention_with_grad", "check_backward_target",
-           "mask_lists", "prepare", "traced_flex_attention"]
+__all__ = ["Call", "NotDifferentiableError", "Prepared", "needs_grad", "attention_with_grad",
+           "check_backward_target", "mask_lists", "prepare", "traced_flex_attention",
+           "attention_backward", "q_side_mask_tensors"]
 
 _MASK_NAMES = ("kv_num_blocks", "kv_indices", "full_kv_num_blocks", "full_kv_indices")
 
@@ -95,9 +103,11 @@ class Call:
         return list(tensors[:n]), list(tensors[n:])
 
 
-# The calls this process made, by key; a compiled graph loaded in another
-# process finds its calls on disk.
-_calls: dict[str, Call] = {}
+# The calls this process made, by key (bounded: one dropped here is read back
+# from disk); a compiled graph loaded in another process finds its calls on
+# disk.
+CALLS_SIZE = 4096
+_calls = cache.LRU(CALLS_SIZE)
 _disk = cache.DiskCache("calls", ".json")
 
 
@@ -121,6 +131,89 @@ def lookup(key: str) -> Call:
 
 
 # ---------------------------------------------------------------------------
+# The backward kernel on tensors
+# ---------------------------------------------------------------------------
+
+
+class NotDifferentiableError(TypeError):
+    """Gradients were requested through a score_mod the compiler cannot
+    differentiate; the message names the mod and the op."""
+
+
+def q_side_mask_tensors(block_mask) -> list[torch.Tensor]:
+    """The transposed block lists of a BlockMask (ours or torch's), derived
+    from the kv-side ones when the mask does not carry them."""
+    if block_mask is None:
+        return []
+    num, idx = block_mask.q_num_blocks, block_mask.q_indices
+    if num is None:
+        num, idx = _transpose_ordered(block_mask.kv_num_blocks, block_mask.kv_indices)
+    out = [num, idx]
+    if getattr(block_mask, "full_kv_num_blocks", None) is not None:
+        fnum, fidx = block_mask.full_q_num_blocks, block_mask.full_q_indices
+        if fnum is None:
+            fnum, fidx = _transpose_ordered(block_mask.full_kv_num_blocks,
+                                            block_mask.full_kv_indices)
+        out += [fnum, fidx]
+    return [t.to(torch.int32).contiguous() for t in out]
+
+
+_NOT_DIFFERENTIABLE = re.compile(r"cannot differentiate score_mod: (.*?)(?:\n|$)")
+
+
+def _compile_error(err: CompilationError, label: str) -> Exception:
+    m = _NOT_DIFFERENTIABLE.search(str(err))
+    if m is None:
+        return err
+    return NotDifferentiableError(
+        f"flex_attention cannot compute gradients through {label}: {m.group(1)}. "
+        f"Gradients were requested because query, key, value or a tensor the mods "
+        f"capture requires grad; rewrite the mod without that op, or call it under "
+        f"torch.no_grad()")
+
+
+def backward_kernel(spec: BackwardSpec, options: CompileOptions):
+    """The compiled backward kernel of ``spec`` (cached like the forward's);
+    a mod that cannot be differentiated raises NotDifferentiableError."""
+    try:
+        return kernel_for(spec, options)
+    except CompilationError as err:
+        raise _compile_error(err, spec.label) from None
+
+
+def attention_backward(spec: BackwardSpec, options: CompileOptions, tensors: dict,
+                       captures: Sequence[torch.Tensor], mask: Sequence[torch.Tensor],
+                       checked: index_checks.Checked):
+    """Runs the backward kernel of ``spec``. ``tensors`` holds q, k, v, out,
+    dout, lse and (when ``spec.has_dlse``) dlse; ``mask`` the kv-side then the
+    q-side block lists; ``checked`` the index checks of the mods (the
+    forward's: the same report rows). Returns ``(dq, dk, dv, capture_grads)``,
+    the capture gradients in their captures' dtypes (accumulated in float32).
+    A read of a captured tensor the kernel finds out of bounds raises
+    IndexError after the call (its gradients are never returned)."""
+    run = backward_kernel(spec, options)
+    q, k, v = (tensors[n].contiguous() for n in ("q", "k", "v"))
+    shared = k.shape[0] != q.shape[0]  # batch-1 K/V read by every query batch
+    if shared:
+        k, v = (t.expand(q.shape[0], -1, -1, -1).contiguous() for t in (k, v))
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    grads = [torch.empty(captures[c].shape, dtype=torch.float32) for c in spec.grad_captures]
+    args = [q, k, v] + [tensors[n].contiguous() for n in ("out", "dout", "lse")]
+    if spec.has_dlse:
+        args.append(tensors["dlse"].contiguous())
+    args += [dq, dk, dv, *(t.contiguous() for t in mask)]
+    args += [c.contiguous().view(torch.uint8) if c.dtype == torch.bool else c.contiguous()
+             for c in captures]
+    report = index_checks.report_capture(checked, q.device)
+    run(args + ([] if report is None else [report]) + grads)
+    if report is not None:
+        index_checks.raise_reported(report, checked)
+    if shared:  # dK, dV of a shared K/V: the sum over the query batch
+        dk, dv = (g.sum(0, keepdim=True, dtype=torch.float32).to(g.dtype) for g in (dk, dv))
+    return dq, dk, dv, [g.to(captures[c].dtype) for g, c in zip(grads, spec.grad_captures)]
+
+
+# ---------------------------------------------------------------------------
 # The custom ops
 # ---------------------------------------------------------------------------
 
@@ -129,8 +222,6 @@ def lookup(key: str) -> Call:
 def _flex_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                     captures: list[torch.Tensor], mask: list[torch.Tensor], call: str,
                     scale: float, need_lse: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    from .attention import attention_forward
-
     c = lookup(call)
     kv_side, _ = c.split_mask(mask)
     result = attention_forward(q, k, v, score_mod=c.score_mod, mask_mod=c.mask_mod,
@@ -155,8 +246,6 @@ def _flex_attention_backward(
         captures: list[torch.Tensor], mask: list[torch.Tensor], call: str, scale: float,
         grad_captures: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
                                            list[torch.Tensor]]:
-    from .attention import build_spec, index_checked
-
     c = lookup(call)
     if q.device.type != "cpu":
         raise NotImplementedError(
@@ -166,7 +255,7 @@ def _flex_attention_backward(
                           build_spec)
     checked = index_checked(q, k, c.score_mod, c.mask_mod, True)
     tensors = dict(q=q, k=k, v=v, out=out, dout=dout, lse=lse, dlse=dlse)
-    dq, dk, dv, grads = backward.attention_backward(spec, c.options, tensors, captures, mask,
+    dq, dk, dv, grads = attention_backward(spec, c.options, tensors, captures, mask,
                                                     checked)
     return dq, dk, dv, grads
 
@@ -223,7 +312,7 @@ _flex_attention_backward.register_autograd(
 
 
 # ---------------------------------------------------------------------------
-# Eager entry (api.flex_attention calls it when gradients are needed)
+# Eager entry (flexattn_mlir.api calls it when gradients are needed)
 # ---------------------------------------------------------------------------
 
 
@@ -271,8 +360,6 @@ def attention_with_grad(query, key, value, *, score_mod, mask_mod, block_mask, c
     takes them): returns ``out`` or ``(out, lse)``. The backward kernel is
     compiled now, so a mod that cannot be differentiated fails at the call;
     so does a target without a backward (:func:`check_backward_target`)."""
-    from .attention import _options, attention_spec
-
     label = _label(score_fn) if score_fn is not None else "score_mod"
     options = _static(_options(query, options))
     spec = attention_spec(query, key, value, score_mod=score_mod, mask_mod=mask_mod,
@@ -303,7 +390,7 @@ def mask_lists(block_mask, q_side: bool) -> list:
         return []
     kv_side = [getattr(block_mask, n).contiguous() for n in _MASK_NAMES
                if getattr(block_mask, n, None) is not None]
-    return kv_side + (backward.q_side_mask_tensors(block_mask) if q_side else [])
+    return kv_side + (q_side_mask_tensors(block_mask) if q_side else [])
 
 
 def prepare(spec, *, score_mod, mask_mod, block_mask, options, grad_captures,
@@ -314,11 +401,11 @@ def prepare(spec, *, score_mod, mask_mod, block_mask, options, grad_captures,
     mod that cannot be differentiated fails now (NotDifferentiableError).
     Without ``grad`` the call carries no q-side lists and runs forwards only."""
     kv_side = mask_lists(block_mask, q_side=False)
-    q_side = backward.q_side_mask_tensors(block_mask) if grad else []
+    q_side = q_side_mask_tensors(block_mask) if grad else []
     call = Call(score_mod, mask_mod, spec.block_size, len(kv_side) == 4, bool(q_side),
                 options, label)
     if grad:
-        backward.kernel(backward.backward_spec(spec, q_side, grad_captures, False, label),
+        backward_kernel(backward.backward_spec(spec, q_side, grad_captures, False, label),
                         options)
     return Prepared(register(call), kv_side + q_side, spec.scale)
 
@@ -433,15 +520,12 @@ def _trace_plan(score_fn, mask_fn, metas, block_size, scale, enable_gqa, grad_mo
     registers the call, compiles the backward kernel when gradients will be
     needed, and returns ``(call key, capture paths, scale, gradients
     needed)``."""
-    from .. import api
-    from .attention import build_spec
-
     meta = [torch.empty(shape, dtype=dt, device="meta") for shape, dt, _ in metas]
     q, k, v, mask = meta[0], meta[1], meta[2], meta[3:]
     checks.check_qkv(q, k, v, enable_gqa)
     score = frontend.capture_score_mod(score_fn) if score_fn is not None else None
     mask_mod = None
-    if mask_fn is not None and not api._is_noop(mask_fn):
+    if mask_fn is not None and not is_noop(mask_fn):
         mask_mod = frontend.capture_mask_mod(mask_fn)
     score, mask_mod, captures = frontend.combine(score, mask_mod)
     located: dict[int, tuple] = {}
@@ -487,7 +571,7 @@ def _trace_plan(score_fn, mask_fn, metas, block_size, scale, enable_gqa, grad_mo
                     torch.empty((*num.shape[:2], kv_blocks, q_blocks), dtype=torch.int32,
                                 device="meta")]
         grad_captures = [i for i, t in enumerate(captures) if t.requires_grad]
-        backward.kernel(backward.backward_spec(spec, q_side_meta, grad_captures, False, label),
+        backward_kernel(backward.backward_spec(spec, q_side_meta, grad_captures, False, label),
                         options)
     paths = tuple(located[id(t)] for t in captures)
     return register(call), paths, float(scale), grad

@@ -3,17 +3,15 @@ and says what was expected, before anything is compiled or launched."""
 
 from __future__ import annotations
 
-from collections import OrderedDict
-
 import torch
 
-__all__ = ["block_size", "check_qkv", "check_block_mask", "check_mask_broadcast",
+from ..compiler.cache import LRU
+from ..compiler.targets import target
+from ..masks.block_mask import block_size
+from ..masks.intervals import reads_batch_head
+
+__all__ = ["check_qkv", "check_block_mask", "check_mask_broadcast",
            "check_captures", "check_gpu_support"]
-
-
-def block_size(bs) -> tuple[int, int]:
-    """A BlockMask's BLOCK_SIZE (an int or a pair) as (Q block, KV block)."""
-    return (int(bs), int(bs)) if isinstance(bs, int) else (int(bs[0]), int(bs[1]))
 
 _FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -61,7 +59,7 @@ _MASK_FIELDS = ("kv_num_blocks", "kv_indices", "full_kv_num_blocks", "full_kv_in
 _MASK_MEMO_SIZE = 64
 # (storage, version, shape of each mask tensor; q/k geometry) -> (visited
 # block count, the tensors, held so their storage cannot be reused).
-_checked_masks: "OrderedDict[tuple, tuple[int, list]]" = OrderedDict()
+_checked_masks = LRU(_MASK_MEMO_SIZE)
 
 
 def check_block_mask(block_mask, query, key) -> int:
@@ -79,12 +77,9 @@ def check_block_mask(block_mask, query, key) -> int:
             tuple(getattr(block_mask, "seq_lengths", None) or ()))
     hit = _checked_masks.get(memo)
     if hit is not None:
-        _checked_masks.move_to_end(memo)
         return hit[0]
     visited = _check_block_mask(block_mask, query, key)
     _checked_masks[memo] = (visited, tensors)
-    if len(_checked_masks) > _MASK_MEMO_SIZE:
-        _checked_masks.popitem(last=False)
     return visited
 
 
@@ -152,7 +147,6 @@ def check_mask_broadcast(block_mask, query, mask_mod) -> None:
     """A block mask made for B=None / H=None (batch or head dim 1) holds one
     pattern for every batch / head: wrong for the others when mask_mod (its
     IR, a ModIR) reads b / h, so such a call is refused."""
-    from ..masks.intervals import reads_batch_head
 
     if mask_mod is None:
         return
@@ -181,9 +175,8 @@ def check_captures(captures, device) -> None:
 
 
 def check_gpu_support(query, value, block_mask, options) -> None:
-    """What the target's kernel handles (flexattn_mlir.targets), checked
+    """What the target's kernel handles (flexattn_mlir.compiler.targets), checked
     before compiling: element types, head dims, Q and KV block sizes."""
-    from ..compiler.targets import target
 
     t = target(options.target)
     names = " or ".join(t.dtypes)

@@ -8,7 +8,7 @@
 Tensors the mod reads (closure cells, module globals its code loads, default
 arguments, and the same inside the functions it calls: ``and_masks`` and
 helpers) are *lifted*: the function tree is rebuilt with those tensors
-replaced by traced inputs (FRONTEND_NOTES.md section 2, approach B), so they
+replaced by traced inputs (docs/frontend.md §2), so they
 become the region's trailing memref arguments and the kernel's operands, never
 baked constants. Python scalars the mod reads are baked into the IR and enter
 the key. Results are memoised per (code objects, scalar values, capture
@@ -16,7 +16,7 @@ shapes/dtypes), so capturing an equal mod again costs a tree walk, not an
 export (about 150 ms).
 
 The export and the conversion to a region are in :mod:`.convert`.
-``torch_mlir`` is imported lazily, after ``mlir`` (section 6 of the notes).
+``torch_mlir`` is imported lazily, after ``mlir`` (docs/frontend.md §6).
 """
 
 from __future__ import annotations
@@ -27,19 +27,22 @@ import functools
 import hashlib
 import json
 import marshal
-import re
 import sys
 import threading
 import types
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 import torch
 
-from .convert import INDEX_DTYPE  # noqa: F401  (re-exported: the index dtype)
-from .convert import INDEX_TYPE, _FIXED, ModCaptureError, _capture_types, _export
-from ..compiler.mods import ModIR
+from mlir import ir
+
+from .. import _native
+from ..compiler.cache import LRU
+from ..compiler.mods import FIXED_ARGS, ModIR, parse, region_text
 from ..compiler.spec import TORCH_TO_MLIR
+from .convert import INDEX_DTYPE  # noqa: F401  (re-exported: the index dtype)
+from .convert import ModCaptureError, _capture_types, _export
 
 __all__ = [
     "CapturedMod",
@@ -321,7 +324,9 @@ def replace_tensors(fn: Callable, replacements: dict[int, torch.Tensor]) -> Call
 # ---------------------------------------------------------------------------
 
 _lock = threading.RLock()
-_memo: dict[Any, tuple[ModIR, str, list]] = {}  # -> (ir, key, pinned objects)
+#: Captures this process remembers (each entry pins the objects its key names).
+MEMO_SIZE = 1024
+_memo = LRU(MEMO_SIZE)  # (kind, fingerprint) -> (ir, key, pinned objects)
 
 
 def _mod_name(fn) -> str:
@@ -334,7 +339,7 @@ def _mod_name(fn) -> str:
 def _check_arity(fn, kind: str, label: str) -> None:
     import inspect
 
-    n = len(_FIXED[kind])
+    n = len(FIXED_ARGS[kind])
     if not callable(fn):
         raise ModCaptureError(f"{label} must be callable, got {type(fn).__name__}")
     try:
@@ -478,26 +483,17 @@ def clear_memo() -> None:
 # Combining the captures of a score_mod and a mask_mod
 # ---------------------------------------------------------------------------
 
-_CAP = re.compile(r"%cap(\d+)(?![\w$.\-])")
-
-
 def _retarget(mod: CapturedMod, union: list[torch.Tensor], union_types: list[str],
               union_names: list[str]) -> CapturedMod:
-    """``mod`` rewritten to take the captures ``union`` (a superset of its own)."""
+    """``mod`` rewritten to take the captures ``union`` (a superset of its
+    own): its region rebuilt with the union's arguments, each read of its
+    own capture ``j`` now reading the union's argument for that tensor."""
     pos = {id(t): i for i, t in enumerate(union)}
-    mapping = [pos[id(t)] for t in mod.captures]
-    header, _, rest = mod.ir.text.partition("\n")
-    if not header.startswith("^bb0("):
-        raise ValueError(f"{mod.name}: not a region produced by the frontend")
-    fixed = ", ".join(
-        f"%{n}: {'f32' if n == 'score' else INDEX_TYPE}" for n in _FIXED[mod.kind]
-    )
-    caps = "".join(f", %cap{i}: {t}" for i, t in enumerate(union_types))
-    new_header = f"^bb0({fixed}{caps}):"
-    # Two steps, so %cap1 -> %cap0 never collides with an original %cap0.
-    body = _CAP.sub(lambda m: f"%__cap{mapping[int(m.group(1))]}", rest)
-    body = body.replace("%__cap", "%cap")
-    text = new_header + "\n" + body
+    nfixed = len(FIXED_ARGS[mod.kind])
+    arg_map = [*range(nfixed), *(nfixed + pos[id(t)] for t in mod.captures)]
+    with _native.new_context(), ir.Location.unknown():
+        _, block = parse(mod.ir)
+        text = region_text(block, mod.kind, [ir.Type.parse(t) for t in union_types], arg_map)
     mod_ir = ModIR(mod.kind, text, tuple(union_types))
     digest = hashlib.sha256(
         (mod_ir.digest() + "|" + ",".join(str(t.dtype) for t in union)).encode()

@@ -12,12 +12,12 @@ result) becomes a :class:`ModCaptureError` that names the mod and says why.
 The conversion scalarises the exported function (``linalg-detensorize``),
 folds reshapes and slices of captured tensors into their loads (each index a
 ``flexattn.check_index`` of the index the mod computed: torch's semantics,
-see flexattn_mlir.index_checks), turns ``floor(x / C)`` back into
+see flexattn_mlir.masks.index_checks), turns ``floor(x / C)`` back into
 ``arith.floordivsi``, and moves the scalar ops into an ``flexattn.apply_mods``
 region whose trailing arguments are the captures. Only ``arith`` / ``math``
 ops, ``memref.load`` and ``flexattn.check_index`` may remain.
 
-``torch_mlir`` is imported lazily, after ``mlir`` (section 6 of the notes).
+``torch_mlir`` is imported lazily, after ``mlir`` (docs/frontend.md §6).
 """
 
 from __future__ import annotations
@@ -35,11 +35,12 @@ from mlir import ir
 from mlir.dialects import arith, memref, tensor
 
 from .. import _native
-from ..compiler.mods import FIXED_ARGS, ModIR, region_text
+from ..compiler.mods import FIXED_ARGS, ModIR, holder, holder_region, new_block, region_text
+from ..dialects import flexattn as fa
 
 log = logging.getLogger(__name__)
 
-INDEX_DTYPE = torch.int32  # the compiled path's index dtype (notes section 5)
+INDEX_DTYPE = torch.int32  # the compiled path's index dtype (docs/frontend.md §5)
 INDEX_TYPE = "i32"
 _FIXED = FIXED_ARGS
 
@@ -159,7 +160,7 @@ def _export(build: Callable, tensors: Sequence[torch.Tensor], names: Sequence[st
     given inputs) and converts it to a region taking ``tensors`` as captures.
     ``on_export`` is called once the export has been attempted (the
     frontend's ``export_count``)."""
-    from torch_mlir import fx  # lazily, and after `mlir` (notes section 6)
+    from torch_mlir import fx  # lazily, and after `mlir` (docs/frontend.md §6)
 
     module = _forward_module(build, kind, label)
     args = _example_inputs(tensors, kind)
@@ -304,7 +305,7 @@ def _checked(value: ir.Value, size: int, label: str) -> ir.Value:
 
 def _root_index(val: ir.Value, idx: list, label: str):
     """Walks ``tensor.extract`` indices up through unit collapse_shape and
-    unit-stride extract_slice ops (notes section 1.3) to the captured tensor,
+    unit-stride extract_slice ops (docs/frontend.md §1.3) to the captured tensor,
     each select's index going through :func:`_checked`."""
     index = ir.IndexType.get()
     while True:
@@ -431,7 +432,7 @@ def _const_int(value: ir.Value) -> Optional[int]:
 
 def _rewrite_floordiv(func_block: ir.Block) -> None:
     """``fptosi(floor(sitofp(x) / C))`` -> ``arith.floordivsi x, C`` when C is
-    an integral constant other than 0 and -1 (notes section 1.4): exact for
+    an integral constant other than 0 and -1 (docs/frontend.md §1.4): exact for
     every x, and no trap is possible."""
     for op in list(func_block.operations):
         if op.operation.name != "arith.fptosi":
@@ -465,18 +466,6 @@ def _rewrite_floordiv(func_block: ir.Block) -> None:
 
 def _is_scalar(t: ir.Type) -> bool:
     return isinstance(t, (ir.IntegerType, ir.FloatType, ir.IndexType))
-
-
-def _holder_module(kind: str, capture_types: list[str]) -> str:
-    caps = "".join(f", %cap{i}: {t}" for i, t in enumerate(capture_types))
-    names = ", ".join(f"%cap{i}" for i in range(len(capture_types)))
-    types_ = ", ".join(capture_types)
-    captures = f" captures({names} : {types_})" if capture_types else ""
-    return (
-        f"func.func @holder(%s: f32, %i: index{caps}) -> f32 {{\n"
-        f"  %r = flexattn.apply_mods %s at(%i, %i, %i, %i){captures} attributes {{masked}} : f32\n"
-        f"  return %r : f32\n}}\n"
-    )
 
 
 def _capture_types(tensors) -> list[str]:
@@ -514,12 +503,11 @@ def _to_region(text: str, kind: str, label: str, tensors, names: Sequence[str]) 
         # well-formed IR behind (a block without terminator aborts MLIR).
         _precheck(fblock, nfixed, label)
 
-        holder_mod = ir.Module.parse(_holder_module(kind, cap_types))
-        apply = holder_mod.body.operations[0].regions[0].blocks[0].operations[0]
-        region = apply.regions[0 if kind == "score" else 1]
+        capture_types = [ir.Type.parse(t) for t in cap_types]
+        holder_mod, region = holder(kind, capture_types)
         arg_types = ([ir.F32Type.get()] if kind == "score" else []) + \
-            [ir.IntegerType.get_signless(32)] * 4 + [ir.Type.parse(t) for t in cap_types]
-        block = region.blocks.append(*arg_types)
+            [ir.IntegerType.get_signless(32)] * 4 + capture_types
+        block = new_block(region, kind, arg_types)
         result = None
         i8 = ir.IntegerType.get_signless(8)
         for op in list(fblock.operations):
@@ -547,7 +535,7 @@ def _to_region(text: str, kind: str, label: str, tensors, names: Sequence[str]) 
                 op.detach_from_parent()
                 ir.InsertionPoint(block).insert(op)
         with ir.InsertionPoint(block):
-            ir.Operation.create("flexattn.yield", operands=[result])
+            fa.YieldOp([result])
         # Drop what the move left behind (it referenced the old function).
         func.operation.erase()
         try:
@@ -555,8 +543,7 @@ def _to_region(text: str, kind: str, label: str, tensors, names: Sequence[str]) 
         except ir.MLIRError as err:
             raise ModCaptureError(f"{label}: the captured region is invalid: {err}") from None
         _run(holder_mod, _CLEAN)
-        apply = holder_mod.body.operations[0].regions[0].blocks[0].operations[0]
-        block = apply.regions[0 if kind == "score" else 1].blocks[0]
+        block = holder_region(holder_mod, kind).blocks[0]
         for op in block.operations:
             n = op.operation.name
             if not (n.split(".")[0] in _ALLOWED_DIALECTS

@@ -36,11 +36,20 @@ from typing import Any, Callable, Optional, Union
 import numpy as np
 import torch
 
-from .. import _native
-from ..execution.checks import block_size
+from mlir import ir
+from mlir.dialects import arith, func, memref, scf
+from mlir.execution_engine import ExecutionEngine
+
+from .. import _native, frontend
+from ..compiler.backends.cpu import make_llvm, memref_descriptor
+from ..compiler.cache import LRU
+from ..compiler.mods import ModIR, parse
+from ..dialects import flexattn as fa
+from ..compiler.options import CompileOptions
+from ..compiler.pipeline import CompilationError, run_pipeline
 from . import index_checks
-from .intervals import and_masks, decide_blocks, noop_mask, or_masks, reads_batch_head
-from ..compiler.mods import ModIR
+from .combinators import and_masks, noop_mask, or_masks
+from .intervals import decide_blocks, reads_batch_head
 
 __all__ = [
     "BlockMask",
@@ -49,6 +58,7 @@ __all__ = [
     "or_masks",
     "noop_mask",
     "kernel_count",
+    "block_size",
 ]
 
 _DEFAULT_SPARSE_BLOCK_SIZE = 128
@@ -62,6 +72,11 @@ kernel_count = 0
 # ---------------------------------------------------------------------------
 # Layout helpers (torch's semantics)
 # ---------------------------------------------------------------------------
+
+
+def block_size(bs) -> tuple[int, int]:
+    """A BlockMask's BLOCK_SIZE (an int or a pair) as (Q block, KV block)."""
+    return (int(bs), int(bs)) if isinstance(bs, int) else (int(bs[0]), int(bs[1]))
 
 
 def _dense_to_ordered(dense) -> tuple[torch.Tensor, torch.Tensor]:
@@ -366,8 +381,6 @@ def create_block_mask(
     torch's: ``device`` None means torch's default device; ``_compile`` is
     accepted and ignored (the mask is always compiled here), as are the
     backward-pass ordering flags (no backward pass yet)."""
-    from .. import frontend
-
     broadcast_b, broadcast_h = B is None, H is None
     B = 1 if B is None else int(B)
     H = 1 if H is None else int(H)
@@ -460,130 +473,120 @@ def _classify_and_order(captured, B, H, Q_LEN, KV_LEN, bq, bkv, separate_full_bl
 # ---------------------------------------------------------------------------
 
 _kernel_lock = threading.Lock()
-_kernels: dict[tuple, "_MaskKernel"] = {}
+#: Evaluation kernels this process keeps (each holds a JIT session).
+KERNELS_SIZE = 64
+_kernels = LRU(KERNELS_SIZE)  # (mask, shape, lengths, block) -> _MaskKernel
 
 
-def _kernel_text(mask: ModIR, shape, lengths, block, name: str) -> str:
+def _build_kernel(mask: ModIR, shape, lengths, block, name: str) -> ir.Module:
+    """The evaluation kernel ``@name(cls, rows, *captures)``, built with the
+    op builders in the current context: for each row (b, h, q block) in
+    ``rows = [lo, hi)`` and each of its blocks still UNKNOWN or
+    EVERY_ELEMENT in ``cls`` ([B, H, QB, KB] i8), it counts the kept
+    elements row by row (``flexattn.apply_mods`` over the mask region),
+    stopping early (not for EVERY_ELEMENT) once the block shows both kept
+    and dropped elements, and stores EMPTY, PARTIAL or FULL."""
     B, H, QB, KB = shape
     Q, KV = lengths
     bq, bkv = block
-    ct = "i32" if bq * bkv < 2**31 else "i64"
-    caps = mask.capture_types
-    cap_args = "".join(f", %bm_cap{i}: {t}" for i, t in enumerate(caps))
-    cap_clause = ""
-    if caps:
-        cap_clause = (f" captures({', '.join(f'%bm_cap{i}' for i in range(len(caps)))} : "
-                      f"{', '.join(caps)})")
-    cls_t = f"memref<{B}x{H}x{QB}x{KB}xi8>"
-    region = "\n".join("              " + ln for ln in mask.text.splitlines())
-    return f"""
-func.func @{name}(%bm_cls: {cls_t}, %bm_rows: memref<2xi64>{cap_args}) attributes {{llvm.emit_c_interface}} {{
-  %bm_c0 = arith.constant 0 : index
-  %bm_c1 = arith.constant 1 : index
-  %bm_cH = arith.constant {H} : index
-  %bm_cQB = arith.constant {QB} : index
-  %bm_cKB = arith.constant {KB} : index
-  %bm_cBQ = arith.constant {bq} : index
-  %bm_cBKV = arith.constant {bkv} : index
-  %bm_cQ = arith.constant {Q} : index
-  %bm_cKV = arith.constant {KV} : index
-  %bm_z = arith.constant 0 : {ct}
-  %bm_cfull = arith.constant {bq * bkv} : {ct}
-  %bm_t0 = arith.constant {EMPTY} : i8
-  %bm_t1 = arith.constant {PARTIAL} : i8
-  %bm_t2 = arith.constant {FULL} : i8
-  %bm_t3 = arith.constant {UNKNOWN} : i8
-  %bm_t4 = arith.constant {EVERY_ELEMENT} : i8
-  %bm_true = arith.constant true
-  %bm_zero = arith.constant 0.0 : f32
-  %bm_ninf = arith.constant 0xFF800000 : f32
-  %bm_lo64 = memref.load %bm_rows[%bm_c0] : memref<2xi64>
-  %bm_hi64 = memref.load %bm_rows[%bm_c1] : memref<2xi64>
-  %bm_lo = arith.index_cast %bm_lo64 : i64 to index
-  %bm_hi = arith.index_cast %bm_hi64 : i64 to index
-  scf.for %bm_row = %bm_lo to %bm_hi step %bm_c1 {{
-    %bm_qb = arith.remui %bm_row, %bm_cQB : index
-    %bm_bh = arith.divui %bm_row, %bm_cQB : index
-    %bm_h = arith.remui %bm_bh, %bm_cH : index
-    %bm_b = arith.divui %bm_bh, %bm_cH : index
-    %bm_q0 = arith.muli %bm_qb, %bm_cBQ : index
-    %bm_q0e = arith.addi %bm_q0, %bm_cBQ : index
-    %bm_q1 = arith.minui %bm_q0e, %bm_cQ : index
-    scf.for %bm_kb = %bm_c0 to %bm_cKB step %bm_c1 {{
-      %bm_cls0 = memref.load %bm_cls[%bm_b, %bm_h, %bm_qb, %bm_kb] : {cls_t}
-      %bm_todo = arith.cmpi uge, %bm_cls0, %bm_t3 : i8
-      %bm_all = arith.cmpi eq, %bm_cls0, %bm_t4 : i8
-      scf.if %bm_todo {{
-        %bm_k0 = arith.muli %bm_kb, %bm_cBKV : index
-        %bm_k0e = arith.addi %bm_k0, %bm_cBKV : index
-        %bm_k1 = arith.minui %bm_k0e, %bm_cKV : index
-        %bm_wi = arith.subi %bm_k1, %bm_k0 : index
-        %bm_w = arith.index_cast %bm_wi : index to {ct}
-        %bm_res:3 = scf.while (%bm_q = %bm_q0, %bm_n = %bm_z, %bm_seen = %bm_z) : (index, {ct}, {ct}) -> (index, {ct}, {ct}) {{
-          %bm_in = arith.cmpi ult, %bm_q, %bm_q1 : index
-          %bm_nz = arith.cmpi ne, %bm_n, %bm_z : {ct}
-          %bm_ns = arith.cmpi ne, %bm_n, %bm_seen : {ct}
-          %bm_mixed = arith.andi %bm_nz, %bm_ns : i1
-          %bm_pure = arith.xori %bm_mixed, %bm_true : i1
-          %bm_more = arith.ori %bm_pure, %bm_all : i1
-          %bm_go = arith.andi %bm_in, %bm_more : i1
-          scf.condition(%bm_go) %bm_q, %bm_n, %bm_seen : index, {ct}, {ct}
-        }} do {{
-        ^bb0(%bm_qa: index, %bm_na: {ct}, %bm_sa: {ct}):
-          %bm_rc = scf.for %bm_kv = %bm_k0 to %bm_k1 step %bm_c1 iter_args(%bm_acc = %bm_na) -> ({ct}) {{
-            %bm_s = flexattn.apply_mods %bm_zero at(%bm_b, %bm_h, %bm_qa, %bm_kv){cap_clause} attributes {{masked}}
-              mask_mod {{
-{region}
-              }} : f32
-            %bm_keep = arith.cmpf une, %bm_s, %bm_ninf : f32
-            %bm_ki = arith.extui %bm_keep : i1 to {ct}
-            %bm_acc2 = arith.addi %bm_acc, %bm_ki : {ct}
-            scf.yield %bm_acc2 : {ct}
-          }}
-          %bm_qn = arith.addi %bm_qa, %bm_c1 : index
-          %bm_sn = arith.addi %bm_sa, %bm_w : {ct}
-          scf.yield %bm_qn, %bm_rc, %bm_sn : index, {ct}, {ct}
-        }}
-        %bm_isempty = arith.cmpi eq, %bm_res#1, %bm_z : {ct}
-        %bm_isfull = arith.cmpi eq, %bm_res#1, %bm_cfull : {ct}
-        %bm_c12 = arith.select %bm_isfull, %bm_t2, %bm_t1 : i8
-        %bm_cls1 = arith.select %bm_isempty, %bm_t0, %bm_c12 : i8
-        memref.store %bm_cls1, %bm_cls[%bm_b, %bm_h, %bm_qb, %bm_kb] : {cls_t}
-      }}
-    }}
-  }}
-  return
-}}
-"""
+    index, i8, i64, f32 = (ir.IndexType.get(), ir.IntegerType.get_signless(8),
+                           ir.IntegerType.get_signless(64), ir.F32Type.get())
+    ct = ir.IntegerType.get_signless(32 if bq * bkv < 2**31 else 64)  # element counts
+    cls_t = ir.MemRefType.get([B, H, QB, KB], i8)
+    cap_types = [ir.Type.parse(t) for t in mask.capture_types]
+    module = ir.Module.create()
+    with ir.InsertionPoint(module.body):
+        fn = func.FuncOp(name, ([cls_t, ir.MemRefType.get([2], i64), *cap_types], []))
+        fn.attributes["llvm.emit_c_interface"] = ir.UnitAttr.get()
+    entry = fn.add_entry_block()
+    cls, rows, *caps = entry.arguments
+
+    def const(typ, value):
+        return arith.constant(typ, value)
+
+    def tag(value):
+        return const(i8, value)
+
+    with ir.InsertionPoint(entry):
+        c0, c1 = const(index, 0), const(index, 1)
+        zero, full = const(ct, 0), const(ct, bq * bkv)
+        lo, hi = (arith.index_cast(index, memref.load(rows, [c])) for c in (c0, c1))
+        row_loop = scf.ForOp(lo, hi, c1)
+        with ir.InsertionPoint(row_loop.body):
+            row = row_loop.induction_variable
+            qb, bh = arith.remui(row, const(index, QB)), arith.divui(row, const(index, QB))
+            h, b = arith.remui(bh, const(index, H)), arith.divui(bh, const(index, H))
+            q0 = arith.muli(qb, const(index, bq))
+            q1 = arith.minui(arith.addi(q0, const(index, bq)), const(index, Q))
+            kb_loop = scf.ForOp(c0, const(index, KB), c1)
+            with ir.InsertionPoint(kb_loop.body):
+                kb = kb_loop.induction_variable
+                state = memref.load(cls, [b, h, qb, kb])
+                todo = arith.cmpi(arith.CmpIPredicate.uge, state, tag(UNKNOWN))
+                every = arith.cmpi(arith.CmpIPredicate.eq, state, tag(EVERY_ELEMENT))
+                if_todo = scf.IfOp(todo)
+                with ir.InsertionPoint(if_todo.then_block):
+                    k0 = arith.muli(kb, const(index, bkv))
+                    k1 = arith.minui(arith.addi(k0, const(index, bkv)), const(index, KV))
+                    width = arith.index_cast(ct, arith.subi(k1, k0))
+                    # (q, kept so far, seen so far) over the block's rows
+                    loop = scf.WhileOp([index, ct, ct], [q0, zero, zero])
+                    before = loop.before.blocks.append(index, ct, ct)
+                    with ir.InsertionPoint(before):
+                        q, kept, seen = before.arguments
+                        inside = arith.cmpi(arith.CmpIPredicate.ult, q, q1)
+                        mixed = arith.andi(arith.cmpi(arith.CmpIPredicate.ne, kept, zero),
+                                           arith.cmpi(arith.CmpIPredicate.ne, kept, seen))
+                        true = const(ir.IntegerType.get_signless(1), 1)
+                        more = arith.ori(arith.xori(mixed, true), every)
+                        scf.ConditionOp(arith.andi(inside, more), [q, kept, seen])
+                    after = loop.after.blocks.append(index, ct, ct)
+                    with ir.InsertionPoint(after):
+                        q, kept, seen = after.arguments
+                        kv_loop = scf.ForOp(k0, k1, c1, [kept])
+                        with ir.InsertionPoint(kv_loop.body):
+                            apply = fa.ApplyModsOp(f32, const(f32, 0.0), b, h, q,
+                                                   kv_loop.induction_variable, caps, masked=True)
+                            _, body = parse(mask)
+                            body.append_to(apply.regions[1])
+                            keep = arith.cmpf(arith.CmpFPredicate.UNE, apply.result,
+                                              const(f32, float("-inf")))
+                            scf.YieldOp([arith.addi(kv_loop.inner_iter_args[0],
+                                                    arith.extui(ct, keep))])
+                        scf.YieldOp([arith.addi(q, c1), kv_loop.results[0],
+                                     arith.addi(seen, width)])
+                    count = loop.results[1]
+                    partial_or_full = arith.select(
+                        arith.cmpi(arith.CmpIPredicate.eq, count, full), tag(FULL), tag(PARTIAL))
+                    result = arith.select(arith.cmpi(arith.CmpIPredicate.eq, count, zero),
+                                          tag(EMPTY), partial_or_full)
+                    memref.store(result, cls, [b, h, qb, kb])
+                    scf.YieldOp([])
+                scf.YieldOp([])
+            scf.YieldOp([])
+        func.ReturnOp([])
+    return module
 
 
 class _MaskKernel:
     """The compiled evaluation kernel of one (mask, shape, block size)."""
 
     def __init__(self, mask: ModIR, shape, lengths, block):
-        from mlir import ir
-        from mlir.execution_engine import ExecutionEngine
-
-        from ..compiler import driver
-        from ..compiler.options import CompileOptions
-
         self.name = "flexattn_block_mask"
-        text = _kernel_text(mask, shape, lengths, block, self.name)
-        self.text = text
         with _native.new_context(), ir.Location.unknown():
             try:
-                module = ir.Module.parse(text)
+                module = _build_kernel(mask, shape, lengths, block, self.name)
+                module.operation.verify()
+                self.text = str(module)
             except ir.MLIRError as err:
-                raise driver.CompilationError(f"the block-mask kernel is invalid: {err}") from None
-            driver.run_pipeline(module, "flexattn-inline-mods, canonicalize, cse, arith-expand",
-                                "block_mask")
-            driver.make_llvm(module, CompileOptions())
+                raise CompilationError(f"the block-mask kernel is invalid: {err}") from None
+            run_pipeline(module, "flexattn-inline-mods, canonicalize, cse, arith-expand",
+                         "block_mask")
+            make_llvm(module, CompileOptions())
             self.engine = ExecutionEngine(module, opt_level=3)
         self._entry = self.engine.lookup(self.name)
 
     def __call__(self, cls: torch.Tensor, captures, rows: tuple[int, int]) -> None:
-        from ..compiler.backends.cpu import memref_descriptor
-
         bounds = torch.tensor(rows, dtype=torch.int64)
         tensors = [cls, bounds, *captures]
         descs = [memref_descriptor(t) for t in tensors]

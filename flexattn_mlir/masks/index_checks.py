@@ -37,7 +37,8 @@ from typing import Optional
 
 import numpy as np
 
-from ..compiler.mods import ModIR, region_text
+from ..compiler.mods import ModIR, parse, region_text
+from ..compiler.spec import BufferType
 from . import intervals
 
 __all__ = ["Site", "Checked", "ENV", "enabled", "annotate", "report_capture", "raise_reported",
@@ -141,6 +142,17 @@ def _check_ops(mod: ModIR) -> tuple[_Op, ...]:
     return tuple(_parse(mod, lambda block, ops: [_describe(op, mod.kind) for op in ops]))
 
 
+def _has_checks(mod: ModIR) -> bool:
+    """Whether the mod's region reads a captured tensor (has check_index
+    ops); invalid IR has none here: the driver reports it."""
+    from mlir import ir
+
+    try:
+        return bool(_check_ops(mod))
+    except ir.MLIRError:
+        return False
+
+
 def _describe(op, kind: str) -> _Op:
     from mlir import ir
 
@@ -160,8 +172,7 @@ def _parse(mod: ModIR, fn):
     from .. import _native
 
     with _native.new_context(), ir.Location.unknown():
-        module = ir.Module.parse(intervals._holder(mod.kind, mod.text, mod.capture_types))
-        block = intervals._region_block(module, mod.kind)
+        module, block = parse(mod)
         ops = []
 
         def collect(op):
@@ -249,12 +260,12 @@ def annotate(score: Optional[ModIR], mask: Optional[ModIR], shape: tuple[int, in
     carry what this shape's bounds prove, not the bounds (equal decisions
     give equal mods, hence one kernel; see :func:`_apply`)."""
     mods = [m for m in (score, mask) if m is not None]
-    if not mods or min(shape) <= 0 or not any("flexattn.check_index" in m.text for m in mods):
+    if not mods or min(shape) <= 0 or not any(map(_has_checks, mods)):
         return Checked(score, mask)
     plans = [_plan(m, shape, check) for m in mods]
     sites = [d[1] for plan in plans for d in plan if d[0] == "check"]
     clamped = [d[1] for plan in plans for d in plan if d[0] == "clamp"]
-    report_type = f"memref<{len(sites)}x2xi64>" if sites else None
+    report_type = BufferType((len(sites), 2), "i64").memref if sites else None
     out, first = [], 0
     for m, plan in zip(mods, plans):
         out.append(_apply(m, plan, report_type, first, dynamic))

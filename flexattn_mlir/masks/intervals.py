@@ -1,16 +1,12 @@
-"""mask_mods: torch's combinators, and a static analysis of captured masks.
+"""A sound static analysis of captured mods' IR.
 
-* :func:`noop_mask`, :func:`and_masks`, :func:`or_masks` have torch's
-  semantics and are written so the frontend can capture them: each
-  combinator closes over a tuple of mods, whose captured tensors the
-  frontend lifts (flexattn_mlir.frontend).
 * :func:`evaluate` runs a sound interval analysis over a captured mod's IR
   (a ModIR, score or mask): the range of every value, given ranges of b, h,
   q_idx and kv_idx, including the indices its flexattn.check_index ops check.
 * :func:`decide_blocks` uses it per (b, h, q block, kv block) to prove, where
   it can, that a mask keeps all or none of the block's elements;
   create_block_mask evaluates only the blocks it leaves undecided.
-  flexattn_mlir.index_checks uses it over the whole (B, H, M, N) domain to
+  :mod:`.index_checks` uses it over the whole (B, H, M, N) domain to
   prove reads of captured tensors in (or out of) bounds.
 """
 
@@ -18,55 +14,15 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 import torch
 
+from ..compiler import mods
 from ..compiler.mods import ModIR
 
-__all__ = ["noop_mask", "and_masks", "or_masks", "decide_blocks", "reads_batch_head",
-           "evaluate", "check_sizes", "may_fault"]
-
-MaskMod = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def noop_mask(batch: torch.Tensor, head: torch.Tensor, token_q: torch.Tensor,
-              token_kv: torch.Tensor) -> torch.Tensor:
-    """Keeps every score."""
-    return batch.new_ones(size=(), dtype=torch.bool, device=batch.device)
-
-
-def _check(mask_mods) -> None:
-    if not all(callable(m) for m in mask_mods):
-        raise RuntimeError(f"All inputs should be callable mask_mods: {mask_mods}")
-
-
-def or_masks(*mask_mods: MaskMod) -> MaskMod:
-    """The union of ``mask_mods`` (False for none)."""
-    _check(mask_mods)
-
-    def or_mask(b, h, q_idx, kv_idx):
-        result = b.new_zeros((), dtype=torch.bool)
-        for mask in mask_mods:
-            result = result | mask(b, h, q_idx, kv_idx)
-        return result
-
-    return or_mask
-
-
-def and_masks(*mask_mods: MaskMod) -> MaskMod:
-    """The intersection of ``mask_mods`` (True for none)."""
-    _check(mask_mods)
-
-    def and_mask(b, h, q_idx, kv_idx):
-        result = b.new_ones((), dtype=torch.bool)
-        for mask in mask_mods:
-            result = result & mask(b, h, q_idx, kv_idx)
-        return result
-
-    return and_mask
-
+__all__ = ["decide_blocks", "reads_batch_head", "evaluate", "check_sizes", "may_fault"]
 
 # ---------------------------------------------------------------------------
 # Interval analysis of a mask_mod's IR: decide blocks without evaluating them
@@ -273,26 +229,6 @@ class _Step:
     predicate: Optional[str] = None  # arith.cmpi's
 
 
-def _holder(kind: str, text: str, capture_types: tuple[str, ...]) -> str:
-    """A module holding the mod region ``text`` in a flexattn.apply_mods."""
-    cap_args = "".join(f", %bm_cap{i}: {t}" for i, t in enumerate(capture_types))
-    cap_clause = ""
-    if capture_types:
-        cap_clause = (f" captures({', '.join(f'%bm_cap{i}' for i in range(len(capture_types)))}"
-                      f" : {', '.join(capture_types)})")
-    return (f"func.func @holder(%bm_i: index{cap_args}) -> f32 {{\n"
-            f"  %bm_s = arith.constant 0.0 : f32\n"
-            f"  %bm_r = flexattn.apply_mods %bm_s at(%bm_i, %bm_i, %bm_i, %bm_i){cap_clause} "
-            f"attributes {{masked}} {kind}_mod {{\n{text}\n}} : f32\n"
-            f"  return %bm_r : f32\n}}\n")
-
-
-def _region_block(module, kind: str):
-    """The mod region's block inside a parsed :func:`_holder` module."""
-    apply = list(module.body.operations[0].regions[0].blocks[0].operations)[1]
-    return apply.regions[0 if kind == "score" else 1].blocks[0]
-
-
 @functools.lru_cache(maxsize=256)
 def reads_batch_head(mod: ModIR) -> tuple[bool, bool]:
     """Whether the mod's IR uses its ``b`` and ``h`` arguments (a mask that
@@ -303,8 +239,8 @@ def reads_batch_head(mod: ModIR) -> tuple[bool, bool]:
 
     first = 1 if mod.kind == "score" else 0
     with _native.new_context(), ir.Location.unknown():
-        module = ir.Module.parse(_holder(mod.kind, mod.text, mod.capture_types))
-        args = _region_block(module, mod.kind).arguments
+        module, block = mods.parse(mod)
+        args = block.arguments
         return tuple(any(True for _ in args[first + i].uses) for i in (0, 1))
 
 
@@ -316,8 +252,7 @@ def _program(mod: ModIR):
     from .. import _native
 
     with _native.new_context(), ir.Location.unknown():
-        module = ir.Module.parse(_holder(mod.kind, mod.text, mod.capture_types))
-        blk = _region_block(module, mod.kind)
+        module, blk = mods.parse(mod)
         ids: dict = {}
         for a in blk.arguments:
             ids[a] = len(ids)

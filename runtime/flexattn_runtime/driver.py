@@ -356,7 +356,7 @@ def module_load(image: bytes, *, ptx: bool) -> int:
     PTX gets a trailing NUL if it lacks one. If loading fails, the load is
     retried once with cuModuleLoadDataEx and JIT log buffers so that the raised
     CudaError carries the ptxas/JIT error log (the success path is the plain
-    call, exactly as used to check the GPU_NOTES kernels).
+    call, as the first Hopper kernels were checked with).
     """
     if ptx and not image.endswith(b"\0"):
         image = image + b"\0"

@@ -1,7 +1,7 @@
 """TMA descriptors (CUtensorMap) for kernel parameters of kind "tensormap".
 
 The kernel takes a *pointer* to a 128-byte CUtensorMap in global memory
-(GPU_NOTES gotcha 3). The host encodes it with cuTensorMapEncodeTiled over the
+(docs/gpu-pipeline.md §10.3). The host encodes it with cuTensorMapEncodeTiled over the
 tensor seen innermost-dimension first:
 
     globalDim     = reversed(shape)                         (or of "view")

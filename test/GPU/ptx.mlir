@@ -3,7 +3,7 @@
 
 // The whole GPU pipeline down to PTX, made without a GPU: the kernel holds
 // the Hopper instructions it was built from ("It compiled" is not enough,
-// GPU_NOTES gotcha 12). Causal, block-sparse, bf16, D = 64.
+// docs/gpu-pipeline.md §10.12). Causal, block-sparse, bf16, D = 64.
 
 // CHECK: gpu.binary @causal_kernel
 // CHECK-SAME: .target sm_90a

@@ -1,6 +1,6 @@
 """Shared pytest setup. `flexattn_mlir` (and so `mlir`) is imported before
 anything can import `torch_mlir`: the other order silently breaks the JIT
-(FRONTEND_NOTES.md section 6)."""
+(docs/frontend.md §6)."""
 
 import os
 import tempfile

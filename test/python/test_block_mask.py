@@ -14,7 +14,8 @@ from torch.nn.attention import flex_attention as tfa
 import flexattn_mlir as fm
 from flexattn_mlir.masks import block_mask as bm
 from flexattn_mlir.masks.block_mask import BlockMask, create_block_mask
-from flexattn_mlir.masks.intervals import and_masks, decide_blocks, noop_mask, or_masks
+from flexattn_mlir.masks import and_masks, noop_mask, or_masks
+from flexattn_mlir.masks.intervals import decide_blocks
 
 pytestmark = pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
 

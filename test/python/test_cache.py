@@ -26,7 +26,7 @@ import flexattn_mlir as fm
 from flexattn_mlir.examples import zoo
 from flexattn_mlir.tools import aot
 from flexattn_mlir.frontend import capture as frontend
-from flexattn_mlir.compiler.backends import gpu
+from flexattn_mlir.execution import kernels
 
 tfa._FLEX_ATTENTION_DISABLE_COMPILE_DEBUG = True
 
@@ -311,16 +311,16 @@ def test_load_kernel_finds_artifacts(gpu_artifact, monkeypatch, tmp_path):
     monkeypatch.setenv("FLEXATTN_CACHE_DIR", str(empty))
     monkeypatch.delenv("FLEXATTN_DISABLE_CACHE", raising=False)
     monkeypatch.delenv("FLEXATTN_ARTIFACTS", raising=False)
-    assert gpu.load_kernel(key) is None
+    assert kernels.load_kernel(key) is None
     monkeypatch.setenv("FLEXATTN_ARTIFACTS", os.pathsep.join([str(tmp_path / "missing"), str(out)]))
-    assert gpu.artifact_stores()[:2] == [str(tmp_path / "missing"), str(out)]
-    kernel = gpu.load_kernel(key)
-    assert isinstance(kernel, gpu.StoredKernel)
+    assert kernels.artifact_stores()[:2] == [str(tmp_path / "missing"), str(out)]
+    kernel = kernels.load_kernel(key)
+    assert isinstance(kernel, kernels.StoredKernel)
     assert kernel.kernel.key == key
     assert kernel.kernel.metadata.entry == entry["metadata"]["entry"]
-    assert gpu.load_kernel("0" * 64) is None
+    assert kernels.load_kernel("0" * 64) is None
     monkeypatch.setenv("FLEXATTN_DISABLE_CACHE", "1")
-    assert gpu.load_kernel(key) is None
+    assert kernels.load_kernel(key) is None
 
 
 def test_flex_attention_key_equals_artifact_key(gpu_artifact):

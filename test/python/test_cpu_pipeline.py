@@ -228,7 +228,8 @@ def test_dump_ir_env(tmp_path, monkeypatch):
     q, k, v = inputs(1, 1, 1, 32, 32, 16)
     fm.compile(fm.attention_spec(q, k, v, mask_mod=CAUSAL))
     names = sorted(p.name for p in tmp_path.iterdir())
-    kernel = fm.compiler.driver.kernel_name(fm.attention_spec(q, k, v, mask_mod=CAUSAL), fm.CompileOptions())
+    spec = fm.attention_spec(q, k, v, mask_mod=CAUSAL)
+    kernel = fm.compiler.driver.kernel_name(spec, fm.CompileOptions())
     assert kernel.startswith("flexattn-")
     assert names == sorted(f"{kernel}.{s}.mlir" for s in
                            ["flexattn", "tiled", "sparse", "fused", "inlined", "loops", "llvm"])

@@ -54,3 +54,31 @@ def test_kernel_key_names_ptxas(monkeypatch):
     monkeypatch.setattr(ptxas, "find", lambda: ptxas.Ptxas("/other/ptxas", "13.0.88"))
     assert cache.kernel_key(spec.digest(), gpu) != key
     assert cache.kernel_key(spec.digest(), fm.CompileOptions()) == cpu_key  # CPU: no ptxas
+
+
+def test_kernel_key_names_the_toolchain(monkeypatch):
+    """Every tool between our IR and machine code enters the key: the MLIR
+    and LLVM wheels' versions (all targets), ptxas's version and path (GPU)."""
+    spec = zoo.spec("full", 1, 1, 128, 64)
+    gpu, cpu = fm.CompileOptions(target="sm_90a"), fm.CompileOptions()
+    keys = {o.target: cache.kernel_key(spec.digest(), o) for o in (gpu, cpu)}
+    assert any(p.startswith("xtc-mlir-python-bindings==22.") for p in cache.toolchain("cpu"))
+    real = cache.wheel_version
+    for dist in cache.TOOLCHAIN_WHEELS:
+        with monkeypatch.context() as m:
+            m.setattr(cache, "wheel_version",
+                      lambda d, dist=dist: "0.0.1" if d == dist else real(d))
+            for o in (gpu, cpu):
+                assert cache.kernel_key(spec.digest(), o) != keys[o.target], (dist, o.target)
+    found = ptxas.find()
+    for other in (ptxas.Ptxas(found.path, "99.9.99"),
+                  ptxas.Ptxas("/elsewhere/ptxas", found.version)):
+        with monkeypatch.context() as m:
+            m.setattr(ptxas, "find", lambda other=other: other)
+            assert cache.kernel_key(spec.digest(), gpu) != keys["sm_90a"]
+            assert cache.kernel_key(spec.digest(), cpu) == keys["cpu"]
+    with monkeypatch.context() as m:
+        m.setattr(cache, "host_cpu_features", lambda: "sapphirerapids,+amx-bf16")
+        assert cache.kernel_key(spec.digest(), cpu) != keys["cpu"]
+        assert cache.kernel_key(spec.digest(), gpu) == keys["sm_90a"]
+    assert {o.target: cache.kernel_key(spec.digest(), o) for o in (gpu, cpu)} == keys

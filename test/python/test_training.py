@@ -270,7 +270,7 @@ def test_table_read_through_a_captured_index_is_checked_forward_and_backward():
 class BiasedAttention(torch.nn.Module):
     """One attention layer with a learnable relative-bias table; the mod is
     made once, closing over the Parameter (so torch.compile can trace the
-    call: see flexattn_mlir.autograd)."""
+    call: see flexattn_mlir.execution.autograd)."""
 
     def __init__(self, S=64, D=16, H=2):
         super().__init__()

@@ -1,6 +1,14 @@
-"""Run a compiled attention kernel on torch CPU tensors with MLIR's
-ExecutionEngine, zero-copy: each tensor is passed as a memref descriptor over
-its own storage (bf16/f16 included; the ABI only sees pointers)."""
+"""The CPU backend: its stages, forward and backward, and the runner of
+what they make.
+
+    forward:  tiled -> sparse -> fused -> inlined -> loops -> llvm
+    backward: differentiated -> tiled -> sparse -> decomposed -> inlined
+              -> loops -> llvm
+
+The LLVM-dialect module is JIT-compiled by MLIR's ExecutionEngine and run on
+torch CPU tensors zero-copy: each tensor is passed as a memref descriptor
+over its own storage (bf16/f16 included; the ABI only sees pointers).
+"""
 
 from __future__ import annotations
 
@@ -12,11 +20,59 @@ from mlir import ir
 from mlir.execution_engine import ExecutionEngine
 
 from ... import _native
-from ..driver import Compiled
 from ..options import CompileOptions
+from ..pipeline import Backend, make_sparse, make_tiled, run_pipeline
 from ..spec import ENTRY, AttentionSpec
 
-__all__ = ["CpuKernel"]
+__all__ = ["BACKEND", "CpuKernel", "make_llvm", "memref_descriptor"]
+
+
+def make_fused(mod: ir.Module, opts: CompileOptions) -> None:
+    run_pipeline(mod, "flexattn-fuse-online-softmax", "fused")
+
+
+def make_inlined(mod: ir.Module, opts: CompileOptions) -> None:
+    run_pipeline(mod, "flexattn-inline-mods, canonicalize, cse", "inlined")
+
+
+def make_loops(mod: ir.Module, opts: CompileOptions) -> None:
+    run_pipeline(mod, "flexattn-lower-to-loops, canonicalize, cse", "loops")
+
+
+def make_llvm(mod: ir.Module, opts: CompileOptions) -> None:
+    run_pipeline(
+        mod,
+        "arith-expand, convert-scf-to-cf, expand-strided-metadata, lower-affine, "
+        "finalize-memref-to-llvm, convert-math-to-llvm, convert-arith-to-llvm, "
+        "convert-index-to-llvm, convert-func-to-llvm, convert-cf-to-llvm, "
+        "reconcile-unrealized-casts",
+        "llvm",
+    )
+
+
+def make_differentiated(mod: ir.Module, opts: CompileOptions) -> None:
+    run_pipeline(mod, "flexattn-differentiate-mods", "differentiated")
+
+
+def make_decomposed(mod: ir.Module, opts: CompileOptions) -> None:
+    run_pipeline(mod, "flexattn-decompose-backward", "decomposed")
+
+
+def forward_stages(opts: CompileOptions) -> dict:
+    return {"tiled": make_tiled, "sparse": make_sparse, "fused": make_fused,
+            "inlined": make_inlined, "loops": make_loops, "llvm": make_llvm}
+
+
+def backward_stages(opts: CompileOptions) -> dict:
+    return {"differentiated": make_differentiated, "tiled": make_tiled,
+            "sparse": make_sparse, "decomposed": make_decomposed,
+            "inlined": make_inlined, "loops": make_loops, "llvm": make_llvm}
+
+
+BACKEND = Backend("cpu", ("cpu",), forward_stages, backward_stages)
+
+
+# -- the runner ----------------------------------------------------------------
 
 
 @functools.cache
@@ -45,7 +101,7 @@ def memref_descriptor(tensor) -> ctypes.Structure:
 class CpuKernel:
     """A JIT-compiled kernel; call it with the spec's arguments in order."""
 
-    def __init__(self, compiled: Compiled):
+    def __init__(self, compiled):
         if compiled.options.target != "cpu":
             raise ValueError(f"CpuKernel needs a cpu-target compilation, got {compiled.options.target!r}")
         self._init(compiled.module, compiled.spec, compiled.options)

@@ -1,6 +1,5 @@
-"""The GPU half of the driver: stages after ``sparse`` for GPU targets,
-PTX -> cubin, launch metadata for :mod:`flexattn_runtime`, and the kernel
-object :func:`flexattn_mlir.attention` calls on CUDA tensors.
+"""The GPU backend: stages after ``sparse`` for GPU targets, PTX -> cubin,
+and the launch metadata :mod:`flexattn_runtime` runs the cubin with.
 
     sparse -> grid      flexattn-map-to-grid [, flexattn-persistent-tiles]
            -> roles     flexattn-warp-specialize (sm_90a) | flexattn-multistage (sm_80)
@@ -17,17 +16,14 @@ each tensor map) is read off the compiled IR, never restated here.
 
 from __future__ import annotations
 
-import os
-from typing import Sequence
-
 from mlir import ir
 
 from .. import cache, ptxas, targets
-from ..driver import CompilationError, Compiled, run_pipeline
 from ..options import CompileOptions
+from ..pipeline import Backend, CompilationError, make_sparse, make_tiled, run_pipeline
 from ..spec import AttentionSpec
 
-__all__ = ["stages", "finish", "launch_metadata", "load_kernel", "compile_kernel", "artifact_stores"]
+__all__ = ["BACKEND", "stages", "finish", "launch_metadata", "binary_of"]
 
 _TORCH_DTYPE = {"bf16": "bfloat16", "f16": "float16", "f32": "float32", "i32": "int32",
                 "i64": "int64", "i8": "uint8", "i16": "int16", "f64": "float64"}
@@ -113,10 +109,12 @@ _STAGES = {
 
 
 def stages(opts: CompileOptions) -> dict:
-    """The GPU stages after ``sparse`` for ``opts.target``."""
+    """The GPU stages of ``opts.target``: ``tiled`` and ``sparse`` as on every
+    target, then the target's own (sm_90a: TMA producer + wgmma consumers;
+    sm_80: multistage cp.async + mma.sync), see ``_STAGES``."""
     if opts.target not in _STAGES:
         raise CompilationError(f"no GPU stages for target {opts.target!r}")
-    return _STAGES[opts.target]
+    return {"tiled": make_tiled, "sparse": make_sparse, **_STAGES[opts.target]}
 
 
 def _ptx_of(mod: ir.Module) -> str:
@@ -217,56 +215,10 @@ def binary_of(compiled: Compiled, device_cc: tuple[int, int] | None = None) -> t
     return compiled.metadata["cubin"], "cubin"
 
 
-def _current_capability() -> tuple[int, int] | None:
+def current_capability() -> tuple[int, int] | None:
     import torch
 
     return tuple(torch.cuda.get_device_capability()) if torch.cuda.is_available() else None
 
 
-def artifact_stores() -> list[str]:
-    """Artifact directories searched for a kernel before compiling:
-    ``FLEXATTN_ARTIFACTS`` (os.pathsep-separated, read-only), then the cache."""
-    paths = [p for p in os.environ.get("FLEXATTN_ARTIFACTS", "").split(os.pathsep) if p]
-    return paths + [str(cache.cache_dir() / "gpu")]
-
-
-def load_kernel(key: str):
-    """The kernel stored under ``key`` in an artifact store, or None."""
-    if os.environ.get("FLEXATTN_DISABLE_CACHE"):
-        return None
-    from flexattn_runtime import ArtifactStore
-
-    for path in artifact_stores():
-        if not os.path.isdir(path):
-            continue
-        store = ArtifactStore(path)
-        if key in store:
-            return StoredKernel(store.get(key))
-    return None
-
-
-class StoredKernel:
-    """A flexattn_runtime kernel called with the spec's arguments in order."""
-
-    def __init__(self, kernel):
-        self.kernel = kernel
-
-    def __call__(self, tensors: Sequence) -> None:
-        self.kernel(list(tensors))
-
-
-def compile_kernel(spec: AttentionSpec, opts: CompileOptions, key: str,
-                   store: bool = True) -> StoredKernel:
-    """Compiles, writes the result to the cache's artifact store (when
-    ``store``), loads it."""
-    from flexattn_runtime import Kernel, write_kernel
-
-    from .. import driver
-
-    compiled = driver.compile(spec, opts, keep_ir=False)
-    binary, fmt = binary_of(compiled, _current_capability())
-    name = f"{spec.name}-{key[:16]}"
-    meta = dict(compiled.metadata["launch"], binary_format=fmt, binary=f"{name}.{fmt}")
-    if store and not os.environ.get("FLEXATTN_DISABLE_CACHE"):
-        write_kernel(cache.cache_dir() / "gpu", name, meta, binary)
-    return StoredKernel(Kernel(meta, binary, name=name))
+BACKEND = Backend("gpu", targets.gpu_targets(), stages, None, finish)

@@ -1,0 +1,116 @@
+"""The kernel table: takes a spec and options and hands on a callable kernel
+(``kernel(tensors)``, the spec's arguments in order), found in this
+process's table, the disk cache or a GPU artifact store, or compiled and
+stored.
+
+    CPU:  cache/cpu/<key>.mlir (LLVM dialect) -> CpuKernel (the JIT)
+    GPU:  FLEXATTN_ARTIFACTS stores, cache/gpu -> flexattn_runtime.Kernel
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Sequence
+
+from ..compiler import cache, driver
+from ..compiler.backends.cpu import CpuKernel
+from ..compiler.backends.gpu import binary_of, current_capability
+from ..compiler.options import CompileOptions
+from ..compiler.spec import AttentionSpec
+
+__all__ = ["kernel_for", "compile_count", "artifact_stores", "load_kernel", "StoredKernel",
+           "compile_kernel"]
+
+#: Kernels this process keeps loaded (each CPU kernel holds a JIT session).
+TABLE_SIZE = 256
+
+_lock = threading.Lock()
+_kernels = cache.LRU(TABLE_SIZE)
+_cpu_cache = cache.DiskCache("cpu", ".mlir")
+# Counts compilations in this process (tests assert cache hits with it).
+compile_count = 0
+
+
+def kernel_for(spec, opts: CompileOptions):
+    """The kernel of (spec, opts): from this process's table, else the disk
+    cache (or, for GPUs, an artifact store), else compiled (and stored).
+    FLEXATTN_DUMP_IR dumps the stages of the kernels that are compiled (a
+    cache hit stays a hit). With FLEXATTN_OVERRIDE_IR set, every call
+    compiles afresh and caches nothing: an overridden stage never reaches
+    the caches."""
+    key = cache.kernel_key(spec.digest(), opts)
+    if os.environ.get("FLEXATTN_OVERRIDE_IR"):
+        return _load_or_compile(spec, opts, key, use_cache=False)
+    with _lock:
+        kernel = _kernels.get(key)
+        if kernel is None:
+            kernel = _load_or_compile(spec, opts, key)
+            _kernels[key] = kernel
+    return kernel
+
+
+def _load_or_compile(spec, opts: CompileOptions, key: str, use_cache: bool = True):
+    global compile_count
+    if opts.target == "cpu":
+        text = _cpu_cache.get(key) if use_cache else None
+        if text is not None:
+            return CpuKernel.from_llvm_ir(text.decode(), spec, opts)
+        compiled = driver.compile(spec, opts, keep_ir=False)
+        compile_count += 1
+        kernel = CpuKernel(compiled)  # the JIT built: worth caching
+        if use_cache:
+            _cpu_cache.put(key, str(compiled.module).encode())
+        return kernel
+    kernel = load_kernel(key) if use_cache else None
+    if kernel is None:
+        kernel = compile_kernel(spec, opts, key, store=use_cache)
+        compile_count += 1
+    return kernel
+
+
+def artifact_stores() -> list[str]:
+    """Artifact directories searched for a kernel before compiling:
+    ``FLEXATTN_ARTIFACTS`` (os.pathsep-separated, read-only), then the cache."""
+    paths = [p for p in os.environ.get("FLEXATTN_ARTIFACTS", "").split(os.pathsep) if p]
+    return paths + [str(cache.cache_dir() / "gpu")]
+
+
+def load_kernel(key: str):
+    """The kernel stored under ``key`` in an artifact store, or None."""
+    if os.environ.get("FLEXATTN_DISABLE_CACHE"):
+        return None
+    from flexattn_runtime import ArtifactStore
+
+    for path in artifact_stores():
+        if not os.path.isdir(path):
+            continue
+        store = ArtifactStore(path)
+        if key in store:
+            return StoredKernel(store.get(key))
+    return None
+
+
+class StoredKernel:
+    """A flexattn_runtime kernel called with the spec's arguments in order."""
+
+    def __init__(self, kernel):
+        self.kernel = kernel
+
+    def __call__(self, tensors: Sequence) -> None:
+        self.kernel(list(tensors))
+
+
+def compile_kernel(spec: AttentionSpec, opts: CompileOptions, key: str,
+                   store: bool = True) -> StoredKernel:
+    """Compiles, writes the result to the cache's artifact store (when
+    ``store``), loads it."""
+    from flexattn_runtime import Kernel, write_kernel
+
+    compiled = driver.compile(spec, opts, keep_ir=False)
+    binary, fmt = binary_of(compiled, current_capability())
+    name = f"{spec.name}-{key[:16]}"
+    meta = dict(compiled.metadata["launch"], binary_format=fmt, binary=f"{name}.{fmt}")
+    if store and not os.environ.get("FLEXATTN_DISABLE_CACHE"):
+        write_kernel(cache.cache_dir() / "gpu", name, meta, binary)
+    return StoredKernel(Kernel(meta, binary, name=name))
