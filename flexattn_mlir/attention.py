@@ -24,6 +24,9 @@ __all__ = ["attention", "attention_forward", "attention_spec", "attention_compil
 
 _lock = threading.Lock()
 _kernels: dict[str, object] = {}
+# (spec, options) -> kernel: a hit finds its kernel without hashing the key
+# (the specs and options are frozen dataclasses; equal ones have one key).
+_kernels_by_spec: dict[tuple, object] = {}
 _cpu_cache = cache.DiskCache("cpu", ".mlir")
 # Counts compilations in this process (tests assert cache hits with it).
 compile_count = 0
@@ -73,14 +76,19 @@ def kernel_for(spec: AttentionSpec, opts: CompileOptions):
     cache hit stays a hit). With FLEXATTN_OVERRIDE_IR set, every call
     compiles afresh and caches nothing: an overridden stage never reaches
     the caches."""
-    key = cache.kernel_key(spec.digest(), opts)
     if os.environ.get("FLEXATTN_OVERRIDE_IR"):
-        return _load_or_compile(spec, opts, key, use_cache=False)
+        return _load_or_compile(spec, opts, cache.kernel_key(spec.digest(), opts),
+                                use_cache=False)
+    kernel = _kernels_by_spec.get((spec, opts))
+    if kernel is not None:
+        return kernel
+    key = cache.kernel_key(spec.digest(), opts)
     with _lock:
         kernel = _kernels.get(key)
         if kernel is None:
             kernel = _load_or_compile(spec, opts, key)
             _kernels[key] = kernel
+        _kernels_by_spec[(spec, opts)] = kernel
     return kernel
 
 

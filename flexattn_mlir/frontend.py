@@ -319,9 +319,18 @@ def _mod_name(fn) -> str:
     return name or type(fn).__name__
 
 
+# (code, defaults, kwdefaults, kind) of plain functions whose arity was checked.
+_arity_ok: set = set()
+
+
 def _check_arity(fn, kind: str, label: str) -> None:
     import inspect
 
+    plain = type(fn) is types.FunctionType
+    if plain:
+        shape = (fn.__code__, len(fn.__defaults__ or ()), tuple(fn.__kwdefaults__ or ()), kind)
+        if shape in _arity_ok:
+            return
     n = len(_FIXED[kind])
     if not callable(fn):
         raise ModCaptureError(f"{label} must be callable, got {type(fn).__name__}")
@@ -337,6 +346,8 @@ def _check_arity(fn, kind: str, label: str) -> None:
             f"{label} must take {n} positional arguments {want}; its signature is "
             f"{sig}: {err}"
         ) from None
+    if plain:
+        _arity_ok.add(shape)
 
 
 def _capture(fn, kind: str) -> CapturedMod:
@@ -469,11 +480,25 @@ def clear_memo() -> None:
 _CAP = re.compile(r"%cap(\d+)(?![\w$.\-])")
 
 
+# (mod's IR, capture mapping, union types and dtypes) -> (rewritten IR, digest).
+_retargeted: dict[tuple, tuple[ModIR, str]] = {}
+
+
 def _retarget(mod: CapturedMod, union: list[torch.Tensor], union_types: list[str],
               union_names: list[str]) -> CapturedMod:
     """``mod`` rewritten to take the captures ``union`` (a superset of its own)."""
     pos = {id(t): i for i, t in enumerate(union)}
     mapping = [pos[id(t)] for t in mod.captures]
+    memo = (mod.ir, tuple(mapping), tuple(union_types), tuple(str(t.dtype) for t in union))
+    hit = _retargeted.get(memo)
+    if hit is None:
+        hit = _retargeted[memo] = _retarget_ir(mod, mapping, union, union_types)
+    return CapturedMod(hit[0], tuple(union), hit[1], mod.name, mod.fn, tuple(union_names))
+
+
+def _retarget_ir(mod: CapturedMod, mapping: list[int], union: list[torch.Tensor],
+                 union_types: list[str]) -> tuple[ModIR, str]:
+    """:func:`_retarget`'s IR and its digest."""
     header, _, rest = mod.ir.text.partition("\n")
     if not header.startswith("^bb0("):
         raise ValueError(f"{mod.name}: not a region produced by the frontend")
@@ -490,7 +515,7 @@ def _retarget(mod: CapturedMod, union: list[torch.Tensor], union_types: list[str
     digest = hashlib.sha256(
         (mod_ir.digest() + "|" + ",".join(str(t.dtype) for t in union)).encode()
     ).hexdigest()
-    return CapturedMod(mod_ir, tuple(union), digest, mod.name, mod.fn, tuple(union_names))
+    return mod_ir, digest
 
 
 def _union(mods) -> tuple[list[torch.Tensor], list[str], list[str]]:
