@@ -10,6 +10,7 @@ gradients are needed, the differentiable op (:mod:`.execution.autograd`).
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from dataclasses import replace
@@ -164,13 +165,25 @@ def _lower_call(query, key, value, score_mod, block_mask, enable_gqa, kernel_opt
     names = [m.name for m in (score, mask) if m is not None]
     labels = frontend.capture_labels(score, mask)
     score, mask, captures = frontend.combine(score, mask)
-    options = CompileOptions.from_kernel_options(
-        kernel_options, target=targets.for_device(query.device).name)
+    options = _options(kernel_options, targets.for_device(query.device).name)
     if _prefers_persistent(options, block_mask, kernel_options, query, key):
         options = replace(options, persistent=targets.sm_count(options.target, query.device))
     return dict(score_mod=score.ir if score else None, mask_mod=mask.ir if mask else None,
                 block_mask=block_mask, captures=captures, options=options,
                 name=_variant_name(names), capture_labels=labels)
+
+
+@functools.lru_cache(maxsize=64)
+def _default_options(target: str) -> CompileOptions:
+    return CompileOptions.from_kernel_options(None, target=target)
+
+
+def _options(kernel_options, target: str) -> CompileOptions:
+    """The compile options of ``kernel_options`` (frozen: the defaults of a
+    target are made once)."""
+    if not kernel_options:
+        return _default_options(target)
+    return CompileOptions.from_kernel_options(kernel_options, target=target)
 
 
 def _variant_name(mod_names) -> str:

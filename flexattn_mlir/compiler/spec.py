@@ -71,10 +71,17 @@ class BufferType:
 
     @staticmethod
     def of(tensor) -> "BufferType":
-        name = str(tensor.dtype).removeprefix("torch.")
-        if name not in TORCH_TO_MLIR:
-            raise TypeError(f"unsupported tensor dtype {tensor.dtype}")
-        return BufferType(tuple(int(d) for d in tensor.shape), TORCH_TO_MLIR[name])
+        elem = _elem_types.get(tensor.dtype)
+        if elem is None:
+            name = str(tensor.dtype).removeprefix("torch.")
+            if name not in TORCH_TO_MLIR:
+                raise TypeError(f"unsupported tensor dtype {tensor.dtype}")
+            elem = _elem_types[tensor.dtype] = TORCH_TO_MLIR[name]
+        return BufferType(tuple(tensor.shape), elem)  # torch.Size holds ints
+
+
+# torch dtype -> MLIR element type, filled as dtypes are met (no torch import).
+_elem_types: dict = {}
 
 
 def _dims(shape: tuple[int, ...]) -> list[int]:

@@ -27,6 +27,9 @@ TABLE_SIZE = 256
 
 _lock = threading.Lock()
 _kernels = cache.LRU(TABLE_SIZE)
+# (spec, options) -> kernel: a hit finds its kernel without hashing the key
+# (specs and options are frozen dataclasses; equal ones have one key).
+_kernels_by_spec = cache.LRU(TABLE_SIZE)
 _cpu_cache = cache.DiskCache("cpu", ".mlir")
 # Counts compilations in this process (tests assert cache hits with it).
 compile_count = 0
@@ -39,14 +42,19 @@ def kernel_for(spec, opts: CompileOptions):
     cache hit stays a hit). With FLEXATTN_OVERRIDE_IR set, every call
     compiles afresh and caches nothing: an overridden stage never reaches
     the caches."""
-    key = cache.kernel_key(spec.digest(), opts)
     if os.environ.get("FLEXATTN_OVERRIDE_IR"):
-        return _load_or_compile(spec, opts, key, use_cache=False)
+        return _load_or_compile(spec, opts, cache.kernel_key(spec.digest(), opts),
+                                use_cache=False)
+    kernel = _kernels_by_spec.get((spec, opts))
+    if kernel is not None:
+        return kernel
+    key = cache.kernel_key(spec.digest(), opts)
     with _lock:
         kernel = _kernels.get(key)
         if kernel is None:
             kernel = _load_or_compile(spec, opts, key)
             _kernels[key] = kernel
+        _kernels_by_spec[(spec, opts)] = kernel
     return kernel
 
 

@@ -336,9 +336,18 @@ def _mod_name(fn) -> str:
     return name or type(fn).__name__
 
 
+# (code, defaults, kwdefaults, kind) of plain functions whose arity was checked.
+_arity_ok: set = set()
+
+
 def _check_arity(fn, kind: str, label: str) -> None:
     import inspect
 
+    plain = type(fn) is types.FunctionType
+    if plain:
+        shape = (fn.__code__, len(fn.__defaults__ or ()), tuple(fn.__kwdefaults__ or ()), kind)
+        if shape in _arity_ok:
+            return
     n = len(FIXED_ARGS[kind])
     if not callable(fn):
         raise ModCaptureError(f"{label} must be callable, got {type(fn).__name__}")
@@ -354,6 +363,8 @@ def _check_arity(fn, kind: str, label: str) -> None:
             f"{label} must take {n} positional arguments {want}; its signature is "
             f"{sig}: {err}"
         ) from None
+    if plain:
+        _arity_ok.add(shape)
 
 
 def _capture(fn, kind: str) -> CapturedMod:
@@ -483,14 +494,29 @@ def clear_memo() -> None:
 # Combining the captures of a score_mod and a mask_mod
 # ---------------------------------------------------------------------------
 
+# (mod's IR, capture mapping, union types and dtypes) -> (rewritten IR, digest).
+_retargeted = LRU(1024)
+
+
 def _retarget(mod: CapturedMod, union: list[torch.Tensor], union_types: list[str],
               union_names: list[str]) -> CapturedMod:
     """``mod`` rewritten to take the captures ``union`` (a superset of its
     own): its region rebuilt with the union's arguments, each read of its
     own capture ``j`` now reading the union's argument for that tensor."""
     pos = {id(t): i for i, t in enumerate(union)}
+    mapping = tuple(pos[id(t)] for t in mod.captures)
+    memo = (mod.ir, mapping, tuple(union_types), tuple(str(t.dtype) for t in union))
+    hit = _retargeted.get(memo)
+    if hit is None:
+        hit = _retargeted[memo] = _retarget_ir(mod, mapping, union, union_types)
+    return CapturedMod(hit[0], tuple(union), hit[1], mod.name, mod.fn, tuple(union_names))
+
+
+def _retarget_ir(mod: CapturedMod, mapping: tuple[int, ...], union: list[torch.Tensor],
+                 union_types: list[str]) -> tuple[ModIR, str]:
+    """:func:`_retarget`'s IR (the region rebuilt on IR, not text) and its digest."""
     nfixed = len(FIXED_ARGS[mod.kind])
-    arg_map = [*range(nfixed), *(nfixed + pos[id(t)] for t in mod.captures)]
+    arg_map = [*range(nfixed), *(nfixed + j for j in mapping)]
     with _native.new_context(), ir.Location.unknown():
         _, block = parse(mod.ir)
         text = region_text(block, mod.kind, [ir.Type.parse(t) for t in union_types], arg_map)
@@ -498,7 +524,7 @@ def _retarget(mod: CapturedMod, union: list[torch.Tensor], union_types: list[str
     digest = hashlib.sha256(
         (mod_ir.digest() + "|" + ",".join(str(t.dtype) for t in union)).encode()
     ).hexdigest()
-    return CapturedMod(mod_ir, tuple(union), digest, mod.name, mod.fn, tuple(union_names))
+    return mod_ir, digest
 
 
 def _union(mods) -> tuple[list[torch.Tensor], list[str], list[str]]:

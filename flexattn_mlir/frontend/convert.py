@@ -352,7 +352,7 @@ def _describe_checks(idx: list, source: str) -> None:
     with the dimension they index and the tensor (for messages)."""
     i64 = ir.IntegerType.get_signless(64)
     for d, v in enumerate(idx):
-        stack = [v]
+        stack = [] if v is None else [v]  # None: a unit dim read at 0
         while stack:
             op = _owner_op(stack.pop())
             if op is None:

@@ -338,9 +338,10 @@ def test_nested_helpers_partials_and_bool_captures(qkv):
 
 def test_captured_elements_returned_or_compared_directly(qkv):
     """A Hugging Face padding mask (``return keep[b, q_idx, kv_idx]``), a
-    score_mod returning a bias element (float or int), a length per batch
-    compared with kv_idx, a 0-d bool capture returned as is: torch's answer
-    (block masks made for the real B/H where the mod reads b/h)."""
+    score_mod returning a bias element (float or int), a T5 bias
+    ``[1, H, M, N]`` read at ``[0, h, q, kv]`` (a unit dim), a length per
+    batch compared with kv_idx, a 0-d bool capture returned as is: torch's
+    answer (block masks made for the real B/H where the mod reads b/h)."""
     g = torch.Generator().manual_seed(4)
     keep = torch.rand(B, S, S, generator=g) > 0.4
     keep[:, :, 0] = True
@@ -364,12 +365,17 @@ def test_captured_elements_returned_or_compared_directly(qkv):
     def int_bias_element(score, b, h, q_idx, kv_idx):
         return int_bias[h, q_idx, kv_idx]
 
+    t5_bias = bias.unsqueeze(0)
+
+    def unit_dim_bias(score, b, h, q_idx, kv_idx):
+        return score + t5_bias[0, h, q_idx, kv_idx]
+
     for mask in (padding, per_batch_length, constant):
         ours = fm.flex_attention(*qkv, block_mask=fm.create_block_mask(mask, B, H, S, S))
         ref = tfa.flex_attention(*qkv, block_mask=tfa.create_block_mask(mask, B, H, S, S,
                                                                          device="cpu"))
         torch.testing.assert_close(ours, ref, atol=ATOL, rtol=RTOL)
-    for score in (bias_element, int_bias_element):
+    for score in (bias_element, int_bias_element, unit_dim_bias):
         torch.testing.assert_close(fm.flex_attention(*qkv, score_mod=score),
                                    tfa.flex_attention(*qkv, score_mod=score),
                                    atol=ATOL, rtol=RTOL)

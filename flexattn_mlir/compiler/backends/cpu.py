@@ -87,15 +87,19 @@ def _descriptor_type(rank: int) -> type[ctypes.Structure]:
     return type(f"MemRef{rank}D", (ctypes.Structure,), {"_fields_": fields})
 
 
+@functools.cache
+def _dims_type(rank: int) -> type:
+    return ctypes.c_int64 * rank
+
+
 def memref_descriptor(tensor) -> ctypes.Structure:
     """A ranked memref descriptor over ``tensor``'s storage (no copy)."""
-    desc = _descriptor_type(tensor.dim())()
-    desc.allocated = desc.aligned = tensor.data_ptr()
-    desc.offset = 0
-    if tensor.dim():
-        desc.sizes[:] = list(tensor.shape)
-        desc.strides[:] = list(tensor.stride())
-    return desc
+    rank = tensor.dim()
+    ptr = tensor.data_ptr()
+    if not rank:
+        return _descriptor_type(0)(ptr, ptr, 0)
+    dims = _dims_type(rank)
+    return _descriptor_type(rank)(ptr, ptr, 0, dims(*tensor.shape), dims(*tensor.stride()))
 
 
 class CpuKernel:
@@ -119,9 +123,10 @@ class CpuKernel:
         self.module, self.spec = module, spec
         self.engine = ExecutionEngine(module, opt_level=opts.opt_level)
         self._entry = self.engine.lookup(ENTRY)
+        self._expected = spec.arguments()
 
     def __call__(self, tensors: Sequence) -> None:
-        expected = self.spec.arguments()
+        expected = self._expected
         if len(tensors) != len(expected):
             raise TypeError(f"{self.spec.name}: expected {len(expected)} buffers, got {len(tensors)}")
         descriptors = []
@@ -132,8 +137,7 @@ class CpuKernel:
                     f"of shape {btype.shape}, got {tuple(t.shape)} on {t.device}"
                 )
             descriptors.append(memref_descriptor(t))
-        packed = (ctypes.c_void_p * len(descriptors))()
+        # The packed ABI: an array of pointers to (pointers to descriptors).
         pointers = [ctypes.pointer(d) for d in descriptors]
-        for i, p in enumerate(pointers):
-            packed[i] = ctypes.cast(ctypes.pointer(p), ctypes.c_void_p)
+        packed = (ctypes.c_void_p * len(pointers))(*map(ctypes.addressof, pointers))
         self._entry(packed)

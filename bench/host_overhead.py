@@ -1,0 +1,184 @@
+"""Host overhead of ``flexattn_mlir.flex_attention`` per call at a cache hit,
+beside ``torch.compile``'d torch ``flex_attention``, on tiny shapes.
+
+    venv/bin/python bench/host_overhead.py [--device cpu|cuda] [--calls N] [--rounds R]
+
+Per case, after warm-up (compilation, capture memo, mask checks), the two
+sides are timed in alternating rounds of ``--calls`` calls in one process,
+so both see the same machine load; the medians of the per-call times over
+all rounds are reported. For ours, the kernel call itself is timed too (a
+proxy around the cached kernel), so the Python part of a call (argument
+checks, capture memo, cache key, launch preparation) is ``total - kernel``.
+On CUDA every timed call is followed by no synchronisation except at the
+end of a round (both sides alike): the times are what the host spends
+enqueueing, and a hit path that synchronised would show up as a kernel's
+duration.
+
+Writes ``bench/results/<date>_<device>_host_overhead_<commit>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import datetime
+import json
+import math
+import platform
+import statistics
+import subprocess
+import time
+from pathlib import Path
+
+import flexattn_mlir as fm  # first: imports mlir before torch_mlir
+import torch
+fm_attention = importlib.import_module("flexattn_mlir.attention")  # the module, not the function
+from torch.nn.attention import flex_attention as tf
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def alibi_slopes(h):
+    return torch.tensor([2.0 ** (-8.0 * (i + 1) / h) for i in range(h)])
+
+
+def make_cases(device, h):
+    slopes = alibi_slopes(h).to(device)
+
+    def alibi(score, b, hh, q, kv):
+        return score + slopes[hh] * (kv - q)
+
+    def causal(b, hh, q, kv):
+        return q >= kv
+
+    return {
+        "dense": dict(score_mod=None, mask_mod=None),
+        "causal_mask": dict(score_mod=None, mask_mod=causal),
+        "alibi_causal": dict(score_mod=alibi, mask_mod=causal),
+    }
+
+
+class KernelTimer:
+    """Wraps :func:`flexattn_mlir.attention.kernel_for` so that the kernels
+    it returns record how long each call took."""
+
+    def __init__(self, sync):
+        self.sync = sync
+        self.seconds = []
+        self._real = fm_attention.kernel_for
+
+    def __enter__(self):
+        def timed_kernel_for(spec, opts):
+            kernel = self._real(spec, opts)
+
+            def call(args):
+                t = time.perf_counter()
+                kernel(args)
+                self.seconds.append(time.perf_counter() - t)
+
+            return call
+
+        fm_attention.kernel_for = timed_kernel_for
+        return self
+
+    def __exit__(self, *exc):
+        fm_attention.kernel_for = self._real
+
+
+def time_calls(fn, calls, sync):
+    out = []
+    for _ in range(calls):
+        t = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t)
+    sync()
+    return out
+
+
+def run_case(name, mods, shape, dtype, device, calls, rounds, sync):
+    b, h, s, d = shape
+    q, k, v = (torch.randn(b, h, s, d, dtype=dtype, device=device) for _ in range(3))
+    ours_mask = torch_mask = None
+    if mods["mask_mod"] is not None:
+        ours_mask = fm.create_block_mask(mods["mask_mod"], None, None, s, s, device=device)
+        torch_mask = tf.create_block_mask(mods["mask_mod"], None, None, s, s, device=device)
+    compiled = torch.compile(tf.flex_attention, dynamic=False)
+
+    def ours():
+        return fm.flex_attention(q, k, v, score_mod=mods["score_mod"], block_mask=ours_mask)
+
+    def theirs():
+        return compiled(q, k, v, score_mod=mods["score_mod"], block_mask=torch_mask)
+
+    with torch.no_grad():
+        err = (ours().float() - theirs().float()).abs().max().item()
+        for _ in range(20):  # warm-up: compiled, memoised, checked
+            ours(), theirs()
+        sync()
+        totals, kernels, torch_totals = [], [], []
+        for _ in range(rounds):
+            with KernelTimer(sync) as kt:
+                totals += time_calls(ours, calls, sync)
+            kernels += kt.seconds
+            torch_totals += time_calls(theirs, calls, sync)
+    us = lambda xs: round(1e6 * statistics.median(xs), 2)  # noqa: E731
+    python = [t - k for t, k in zip(totals, kernels)]
+    return {
+        "case": name, "shape": list(shape), "dtype": str(dtype).removeprefix("torch."),
+        "calls": len(totals), "max_abs_diff_vs_torch": err,
+        "ours_total_us": us(totals), "ours_kernel_us": us(kernels), "ours_python_us": us(python),
+        "torch_compiled_total_us": us(torch_totals),
+        "ours_python_p90_us": round(1e6 * sorted(python)[math.ceil(0.9 * len(python)) - 1], 2),
+    }
+
+
+def commit() -> str:
+    try:
+        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                                       text=True).strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--calls", type=int, default=200)
+    ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--shape", type=int, nargs=4, default=[1, 2, 64, 16], metavar=("B", "H", "S", "D"))
+    ap.add_argument("--dtype", default=None, help="default: float32 on CPU, bfloat16 on CUDA")
+    ap.add_argument("--out", default=None, help="JSON path (default: bench/results/...)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch intra-op threads (default 1: tiny shapes gain nothing from "
+                         "more, and on a loaded machine thread barriers add noise to both sides)")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    dtype = getattr(torch, args.dtype) if args.dtype else (
+        torch.float32 if device.type == "cpu" else torch.bfloat16)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    torch.manual_seed(0)
+    results = [run_case(name, mods, tuple(args.shape), dtype, device, args.calls, args.rounds, sync)
+               for name, mods in make_cases(device, args.shape[1]).items()]
+    label = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
+    doc = {
+        "what": "flex_attention per call at a cache hit vs torch.compile(flex_attention); medians",
+        "commit": commit(), "device": label or device.type, "torch": torch.__version__,
+        "python": platform.python_version(), "threads": args.threads,
+        "calls_per_round": args.calls,
+        "rounds": args.rounds, "results": results,
+    }
+    for r in results:
+        print(f"{r['case']:14s} ours {r['ours_total_us']:8.1f} us (python {r['ours_python_us']:7.1f},"
+              f" kernel {r['ours_kernel_us']:7.1f})   torch.compile {r['torch_compiled_total_us']:8.1f} us"
+              f"   max|diff| {r['max_abs_diff_vs_torch']:.1e}")
+    day = datetime.date.today().isoformat()
+    out = Path(args.out) if args.out else (
+        ROOT / "bench" / "results" / f"{day}_{device.type}_host_overhead_{doc['commit']}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=1) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
