@@ -37,11 +37,7 @@ namespace mlir::flexattn {
 using namespace mlir;
 using namespace mlir::flexattn;
 
-namespace {
-
-/// The value of an index computation over constants (the loop bounds
-/// flexattn-tile made), folded on the spot.
-std::optional<int64_t> foldIndex(Value v) {
+std::optional<int64_t> mlir::flexattn::foldIndex(Value v) {
   if (std::optional<int64_t> c = getConstantIntValue(v))
     return c;
   Operation *def = v.getDefiningOp();
@@ -60,14 +56,11 @@ std::optional<int64_t> foldIndex(Value v) {
   return getConstantIntValue(folded.front());
 }
 
-/// Pure ops over constants: recomputed inside the kernel rather than passed.
-bool isRecomputable(Value v) {
+bool mlir::flexattn::isRecomputable(Value v) {
   Operation *def = v.getDefiningOp();
   return def && def->getNumRegions() == 0 && isPure(def) &&
          llvm::all_of(def->getOperands(), isRecomputable);
 }
-
-} // namespace
 
 LogicalResult mlir::flexattn::mapToGrid(RewriterBase &rewriter,
                                         scf::ParallelOp par) {
