@@ -39,7 +39,7 @@ from . import backward, cache, checks, frontend, targets
 from .mods import ModIR
 from .options import CompileOptions
 
-__all__ = ["Call", "needs_grad", "attention_with_grad", "check_backward_target",
+__all__ = ["Call", "needs_grad", "attention_with_grad",
            "traced_flex_attention"]
 
 _MASK_NAMES = ("kv_num_blocks", "kv_indices", "full_kv_num_blocks", "full_kv_indices")
@@ -155,10 +155,6 @@ def _flex_attention_backward(
     from .attention import build_spec, index_checked
 
     c = lookup(call)
-    if q.device.type != "cpu":
-        raise NotImplementedError(
-            f"flex_attention: gradients on {q.device.type} are not implemented yet (the "
-            f"backward runs on the CPU); move the inputs to the CPU to train")
     spec = _backward_spec(c, q, k, v, captures, mask, scale, grad_captures, dlse is not None,
                           build_spec)
     checked = index_checked(q, k, c.score_mod, c.mask_mod, True)
@@ -181,7 +177,8 @@ def _backward_spec(c: Call, q, k, v, captures, mask, scale, grad_captures, has_d
     fwd = build_spec(q, k, v, score_mod=c.score_mod, mask_mod=c.mask_mod,
                      block_mask=c.mask(kv_side), captures=captures, scale=scale,
                      return_lse=False)
-    return backward.backward_spec(fwd, q_side, grad_captures, has_dlse, label=c.label)
+    return backward.backward_spec(fwd, q_side, grad_captures, has_dlse, label=c.label,
+                                  target=c.options.target)
 
 
 def _setup_context(ctx, inputs, output):
@@ -236,31 +233,12 @@ def _label(score_fn) -> str:
     return f"score_mod {name!r}"
 
 
-def check_backward_target(options: CompileOptions, query, key, value, captures,
-                          capture_labels=()) -> None:
-    """The backward runs on the CPU only: on another target, an input that
-    requires grad (named in the message) is refused at the call, before the
-    forward runs, rather than given a result without a gradient."""
-    if options.target == "cpu":
-        return
-    labels = list(capture_labels) + [f"captures[{i}]" for i in range(len(capture_labels),
-                                                                     len(captures))]
-    named = [("query", query), ("key", key), ("value", value), *zip(labels, captures)]
-    label = next(n for n, t in named if t.requires_grad)
-    raise NotImplementedError(
-        f"flex_attention: gradients on {options.target} are not implemented yet (the backward "
-        f"runs on the CPU), but {label} requires grad (and grad mode is on). Train with CPU "
-        f"tensors, or call under torch.no_grad() or torch.inference_mode(), or pass detached "
-        f"tensors")
-
-
 def attention_with_grad(query, key, value, *, score_mod, mask_mod, block_mask, captures,
                         options, scale, enable_gqa, return_lse, name="flexattn",
                         capture_labels=(), score_fn=None):
     """flex_attention's differentiable path (the arguments as :func:`attention`
     takes them): returns ``out`` or ``(out, lse)``. The backward kernel is
-    compiled now, so a mod that cannot be differentiated fails at the call;
-    so does a target without a backward (:func:`check_backward_target`)."""
+    compiled now, so a mod that cannot be differentiated fails at the call."""
     from .attention import _options, attention_spec
 
     label = _label(score_fn) if score_fn is not None else "score_mod"
@@ -268,7 +246,6 @@ def attention_with_grad(query, key, value, *, score_mod, mask_mod, block_mask, c
                           block_mask=block_mask, captures=captures, scale=scale,
                           enable_gqa=enable_gqa, options=options, name=name)
     options = _options(query, options)
-    check_backward_target(options, query, key, value, captures, capture_labels)
     kv_side = [] if block_mask is None else [
         getattr(block_mask, n).contiguous() for n in _MASK_NAMES
         if getattr(block_mask, n, None) is not None]
@@ -276,7 +253,8 @@ def attention_with_grad(query, key, value, *, score_mod, mask_mod, block_mask, c
     call = Call(score_mod, mask_mod, spec.block_size, len(kv_side) == 4, bool(q_side),
                 options, label)
     grad_captures = [i for i, t in enumerate(captures) if t.requires_grad]
-    backward.kernel(backward.backward_spec(spec, q_side, grad_captures, False, label), options)
+    backward.kernel(backward.backward_spec(spec, q_side, grad_captures, False, label,
+                                           target=options.target), options)
     out, lse = torch.ops.flexattn.flex_attention(
         query, key, value, list(captures), kv_side + q_side, register(call), spec.scale, True)
     return (out, lse) if return_lse else out

@@ -3,11 +3,14 @@ captured buffers, compiled by the same staged driver as the forward.
 
     flexattn -> differentiated -> tiled -> sparse -> decomposed -> inlined
              -> loops -> llvm                                       (CPU)
+    flexattn -> differentiated -> tiled -> sparse -> grid -> rows -> kernel
+             -> nvvm -> ptx                                         (GPUs)
 
 A :class:`BackwardSpec` is what one backward kernel is specialised on: the
 forward's :class:`~flexattn_mlir.spec.AttentionSpec`, which captured buffers
-take a gradient, whether ``lse`` has one, and the transposed (q-side) block
-lists. :func:`attention_backward` runs it on torch tensors.
+take a gradient, whether ``lse`` has one, the transposed (q-side) block
+lists and whether ``delta = rowsum(dout * out) - dlse`` is precomputed by the
+caller (an argument: the GPU kernel's form, as torch's flex backward does). :func:`attention_backward` runs it on torch tensors.
 """
 
 from __future__ import annotations
@@ -19,13 +22,13 @@ from typing import Optional, Sequence
 
 import torch
 
-from . import driver, index_checks
+from . import driver, index_checks, targets
 from .options import CompileOptions
 from .spec import (AttentionSpec, BufferType, block_mask_lines, capture_lines, entry_function,
                    f32_literal, mod_region_lines, operand_group)
 
 __all__ = ["BackwardSpec", "NotDifferentiableError", "attention_backward", "backward_spec",
-           "q_side_mask_tensors"]
+           "delta", "q_side_mask_tensors"]
 
 
 class NotDifferentiableError(TypeError):
@@ -45,6 +48,7 @@ class BackwardSpec:
     q_indices: Optional[BufferType] = None
     full_q_num_blocks: Optional[BufferType] = None
     full_q_indices: Optional[BufferType] = None
+    delta_input: bool = False
     # Names the score_mod in diagnostics (the op's location); not in the key.
     label: str = field(default="score_mod", compare=False)
 
@@ -53,13 +57,16 @@ class BackwardSpec:
         return f"{self.forward.name}_backward"
 
     def arguments(self) -> list[tuple[str, BufferType]]:
-        """q, k, v, out, dout, lse, [dlse], dq, dk, dv, the kv-side then the
-        q-side block lists, captures..., [index_report], capture grads..."""
+        """q, k, v, out, dout, lse, [dlse], [delta], dq, dk, dv, the kv-side
+        then the q-side block lists, captures..., [index_report], capture
+        grads..."""
         f = self.forward
         args = [("q", f.q), ("k", f.k), ("v", f.v), ("out", f.out), ("dout", f.out),
                 ("lse", f.lse)]
         if self.has_dlse:
             args.append(("dlse", f.lse))
+        if self.delta_input:
+            args.append(("delta", BufferType(f.lse.shape, "f32")))
         args += [("dq", f.q), ("dk", f.k), ("dv", f.v)]
         for name in ("kv_num_blocks", "kv_indices", "full_kv_num_blocks", "full_kv_indices"):
             if getattr(f, name) is not None:
@@ -74,19 +81,26 @@ class BackwardSpec:
 
     def digest(self) -> str:
         h = hashlib.sha256(b"backward|" + self.forward.digest().encode())
-        h.update(repr((self.grad_captures, self.has_dlse,
+        h.update(repr((self.grad_captures, self.has_dlse, self.delta_input,
                        [getattr(self, n) for n in _Q_SIDE])).encode())
         return h.hexdigest()
 
+    def output_names(self) -> list[str]:
+        return ["dq", "dk", "dv"] + [f"capture_grad{i}" for i in range(len(self.grad_captures))]
+
     def stages(self, opts: CompileOptions) -> dict[str, driver.Stage]:
-        if opts.target != "cpu":
-            raise NotImplementedError(
-                f"flex_attention's backward runs on the CPU only so far; {opts.target} "
-                f"gradients are not implemented yet")
-        return {"differentiated": make_differentiated, "tiled": driver.make_tiled,
-                "sparse": driver.make_sparse, "decomposed": make_decomposed,
-                "inlined": driver.make_inlined, "loops": driver.make_loops,
-                "llvm": driver.make_llvm}
+        common = {"differentiated": make_differentiated, "tiled": driver.make_tiled,
+                  "sparse": driver.make_sparse}
+        if opts.target == "cpu":
+            return {**common, "decomposed": make_decomposed, "inlined": driver.make_inlined,
+                    "loops": driver.make_loops, "llvm": driver.make_llvm}
+        if not self.delta_input:
+            raise driver.CompilationError(
+                f"the {opts.target} backward kernel reads a precomputed delta: build its "
+                f"BackwardSpec with delta_input=True")
+        from . import gpu
+
+        return {**common, **gpu.backward_stages(opts)}
 
     def to_mlir(self) -> str:
         f = self.forward
@@ -98,6 +112,8 @@ class BackwardSpec:
                  operand_group("    lse", ["lse"], typ)]
         if self.has_dlse:
             lines.append(operand_group("    dlse", ["dlse"], typ))
+        if self.delta_input:
+            lines.append(operand_group("    delta", ["delta"], typ))
         lines.append(operand_group("    grads", ["dq", "dk", "dv"], typ))
         lines += block_mask_lines(typ)
         lines += capture_lines(args, typ)
@@ -146,16 +162,20 @@ def q_side_mask_tensors(block_mask) -> list[torch.Tensor]:
 
 def backward_spec(forward: AttentionSpec, q_side: Sequence[torch.Tensor],
                   grad_captures: Sequence[int], has_dlse: bool,
-                  label: str = "score_mod") -> BackwardSpec:
-    """The backward of ``forward``. K/V of batch 1 shared by the query batch
-    (the forward reads them in place) enter the backward expanded to the
-    query's batch: its dk/dv accumulators have one writer per (batch, head,
-    KV tile), and :func:`attention_backward` sums them over the batch."""
+                  label: str = "score_mod", target: str = "cpu") -> BackwardSpec:
+    """The backward of ``forward`` for ``target``. K/V of batch 1 shared by the
+    query batch (the forward reads them in place) enter the backward expanded
+    to the query's batch: its dk/dv accumulators have one writer per (batch,
+    head, KV tile), and :func:`attention_backward` sums them over the batch.
+    GPU kernels read delta precomputed (:func:`attention_backward` computes
+    it with one torch reduction, as torch's flex backward does)."""
     batch = forward.q.shape[0]
     forward = replace(forward, **{n: BufferType((batch, *t.shape[1:]), t.elem)
                                   for n, t in (("k", forward.k), ("v", forward.v))})
-    return BackwardSpec(forward, tuple(grad_captures), bool(has_dlse),
-                        *[BufferType.of(t) for t in q_side], label=label)
+    q_side = [BufferType.of(t) for t in q_side]
+    q_side += [None] * (len(_Q_SIDE) - len(q_side))
+    return BackwardSpec(forward, tuple(grad_captures), bool(has_dlse), *q_side,
+                        delta_input=targets.target(target).is_gpu, label=label)
 
 
 _NOT_DIFFERENTIABLE = re.compile(r"cannot differentiate score_mod: (.*?)(?:\n|$)")
@@ -183,6 +203,14 @@ def kernel(spec: BackwardSpec, options: CompileOptions):
         raise _compile_error(err, spec.label) from None
 
 
+def delta(out: torch.Tensor, dout: torch.Tensor,
+          dlse: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``rowsum(dout * out) - dlse`` in float32, ``[B, H, M]``: the backward's
+    preprocessing (FlashAttention-2's D), one torch reduction."""
+    d = torch.einsum("bhmd,bhmd->bhm", dout.float(), out.float())
+    return (d - dlse.float() if dlse is not None else d).contiguous()
+
+
 def attention_backward(spec: BackwardSpec, options: CompileOptions, tensors: dict,
                        captures: Sequence[torch.Tensor], mask: Sequence[torch.Tensor],
                        checked: index_checks.Checked):
@@ -199,10 +227,13 @@ def attention_backward(spec: BackwardSpec, options: CompileOptions, tensors: dic
     if shared:
         k, v = (t.expand(q.shape[0], -1, -1, -1).contiguous() for t in (k, v))
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    grads = [torch.empty(captures[c].shape, dtype=torch.float32) for c in spec.grad_captures]
+    grads = [torch.empty(captures[c].shape, dtype=torch.float32, device=q.device)
+             for c in spec.grad_captures]
     args = [q, k, v] + [tensors[n].contiguous() for n in ("out", "dout", "lse")]
     if spec.has_dlse:
         args.append(tensors["dlse"].contiguous())
+    if spec.delta_input:
+        args.append(delta(tensors["out"], tensors["dout"], tensors["dlse"] if spec.has_dlse else None))
     args += [dq, dk, dv, *(t.contiguous() for t in mask)]
     args += [c.contiguous().view(torch.uint8) if c.dtype == torch.bool else c.contiguous()
              for c in captures]

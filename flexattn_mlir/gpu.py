@@ -10,6 +10,12 @@ object :func:`flexattn_mlir.attention` calls on CUDA tensors.
            -> nvvm      flexattn-lower-to-nvvm
            -> ptx       gpu-module-to-binary
 
+The backward (flexattn_mlir/backward.py) shares the last three:
+
+    sparse -> grid      flexattn-map-backward-to-grid
+           -> rows      flexattn-lower-backward-rows, flexattn-inline-mods
+           -> kernel    gpu-kernel-outlining -> nvvm -> ptx
+
 Every launch fact (kernel name, grid, block, shared memory, how to encode
 each tensor map) is read off the compiled IR, never restated here.
 """
@@ -26,11 +32,12 @@ from .driver import CompilationError, Compiled, run_pipeline
 from .options import CompileOptions
 from .spec import AttentionSpec
 
-__all__ = ["stages", "finish", "launch_metadata", "load_kernel", "compile_kernel", "artifact_stores"]
+__all__ = ["stages", "backward_stages", "finish", "launch_metadata", "load_kernel", "compile_kernel", "artifact_stores"]
 
 _TORCH_DTYPE = {"bf16": "bfloat16", "f16": "float16", "f32": "float32", "i32": "int32",
                 "i64": "int64", "i8": "uint8", "i16": "int16", "f64": "float64"}
 _TENSOR_MAP = "flexattn.tensor_map"  # the host argument attribute the roles pass writes
+_ZERO_INIT = "flexattn.zero_init"  # the host function attribute of the backward's grid pass
 
 
 def make_grid(mod: ir.Module, opts: CompileOptions) -> None:
@@ -98,6 +105,37 @@ def stages(opts: CompileOptions) -> dict:
             "ptx": make_ptx}
 
 
+def make_backward_grid(mod: ir.Module, opts: CompileOptions) -> None:
+    run_pipeline(mod, "flexattn-map-backward-to-grid", "grid")
+
+
+def make_backward_rows(mod: ir.Module, opts: CompileOptions) -> None:
+    run_pipeline(mod, [
+        "flexattn-lower-backward-rows",
+        "flexattn-inline-mods",
+        "convert-linalg-to-loops",
+        "canonicalize",
+        "cse",
+    ], "rows")
+
+
+def make_backward_kernel(mod: ir.Module, opts: CompileOptions) -> None:
+    run_pipeline(mod, [
+        "gpu-launch-sink-index-computations",
+        "gpu-kernel-outlining",
+        "canonicalize",
+        "cse",
+    ], "kernel")
+
+
+def backward_stages(opts: CompileOptions) -> dict:
+    """The backward's GPU stages after ``sparse``: one launch of dk/dv and dq
+    tiles, a thread per tile row (CUDA cores, any NVIDIA target)."""
+    targets.target(opts.target)
+    return {"grid": make_backward_grid, "rows": make_backward_rows,
+            "kernel": make_backward_kernel, "nvvm": make_nvvm, "ptx": make_ptx}
+
+
 def _ptx_of(mod: ir.Module) -> str:
     for op in mod.body.operations:
         if op.operation.name == "gpu.binary":
@@ -133,15 +171,14 @@ def launch_metadata(mod: ir.Module, spec: AttentionSpec, opts: CompileOptions) -
     def const(v) -> int:
         return ir.IntegerAttr(v.owner.attributes["value"]).value
 
-    operands = list(launch.operands)
-    # gpu.launch_func operands: grid x3, block x3, dynamic smem, kernel args.
-    grid = [const(v) for v in operands[0:3]]
-    block = [const(v) for v in operands[3:6]]
-    smem = const(operands[6])
+    view = launch.opview
+    grid = [const(v) for v in (view.gridSizeX, view.gridSizeY, view.gridSizeZ)]
+    block = [const(v) for v in (view.blockSizeX, view.blockSizeY, view.blockSizeZ)]
+    smem = 0 if view.dynamicSharedMemorySize is None else const(view.dynamicSharedMemorySize)
     kernel = ir.SymbolRefAttr(launch.attributes["kernel"]).value[-1]
     arg_attrs = func.attributes["arg_attrs"] if "arg_attrs" in func.attributes else None
     params = []
-    for v in operands[7:]:
+    for v in view.kernelOperands:
         arg_no = ir.BlockArgument(v).arg_number
         attrs = ir.DictAttr(arg_attrs[arg_no]) if arg_attrs is not None else None
         if attrs is not None and _TENSOR_MAP in attrs:
@@ -153,7 +190,14 @@ def launch_metadata(mod: ir.Module, spec: AttentionSpec, opts: CompileOptions) -
                               for key in ("swizzle", "l2_promotion", "oob_fill", "interleave")}})
         else:
             params.append({"kind": "ptr", "arg": names[arg_no]})
-    outputs = ["out"] + (["lse"] if spec.return_lse else [])
+    if hasattr(spec, "output_names"):
+        outputs = spec.output_names()
+    else:
+        outputs = ["out"] + (["lse"] if spec.return_lse else [])
+    # Buffers the kernel accumulates into, zeroed by the launcher first.
+    zero_init = ([names[i] for i in ir.DenseI64ArrayAttr(func.attributes[_ZERO_INIT])]
+                 if _ZERO_INIT in func.attributes else [])
+    forward = getattr(spec, "forward", spec)
     return {
         "version": 1,
         "entry": kernel,
@@ -165,8 +209,8 @@ def launch_metadata(mod: ir.Module, spec: AttentionSpec, opts: CompileOptions) -
         "arguments": [{"name": n, "shape": list(t.shape), "dtype": _TORCH_DTYPE[t.elem]}
                       for n, t in spec.arguments()],
         "outputs": outputs,
-        "spec": {"scale": spec.scale, "block_size": spec.block_size,
-                 "compiler": cache.compiler_version()},
+        "spec": {"scale": forward.scale, "block_size": forward.block_size,
+                 "compiler": cache.compiler_version(), "zero_init": zero_init},
     }
 
 
@@ -211,12 +255,17 @@ def load_kernel(key: str):
 
 
 class StoredKernel:
-    """A flexattn_runtime kernel called with the spec's arguments in order."""
+    """A flexattn_runtime kernel called with the spec's arguments in order;
+    the arguments its metadata lists under ``zero_init`` are zeroed first."""
 
     def __init__(self, kernel):
         self.kernel = kernel
+        names = kernel.metadata.argument_names
+        self.zero_init = [names.index(n) for n in kernel.metadata.spec.get("zero_init", [])]
 
     def __call__(self, tensors: Sequence) -> None:
+        for i in self.zero_init:
+            tensors[i].zero_()
         self.kernel(list(tensors))
 
 
