@@ -94,36 +94,49 @@ def load_zoo():
 
 # -- compile (here) -----------------------------------------------------------
 
+def case_spec(case, return_lse: bool):
+    """The AttentionSpec of a case (the zoo's mods captured by the frontend,
+    a broadcast 128 x 128 block mask when the variant has a mask_mod) and the
+    tensors its mods capture, in operand order."""
+    import torch
+
+    from flexattn_mlir import frontend, zoo
+    from flexattn_mlir.attention import build_spec
+    from flexattn_mlir.block_mask import BlockMask
+
+    name, variant, B, Hq, Hkv, M, N, D, dt, _ = case
+    score_mod, mask_mod = zoo.make(variant, Hq, N, "cpu")
+    score = frontend.capture_score_mod(score_mod) if score_mod else None
+    mask = frontend.capture_mask_mod(mask_mod) if mask_mod else None
+    score, mask, captures = frontend.combine(score, mask)
+    dtype = getattr(torch, dt)
+    q = torch.empty(B, Hq, M, D, dtype=dtype, device="meta")
+    kv = torch.empty(B, Hkv, N, D, dtype=dtype, device="meta")
+    block_mask = None
+    if mask is not None:
+        qb, kb = -(-M // 128), -(-N // 128)
+        num = torch.empty(1, 1, qb, dtype=torch.int32, device="meta")
+        idx = torch.empty(1, 1, qb, kb, dtype=torch.int32, device="meta")
+        block_mask = BlockMask.from_kv_blocks(num, idx, num, idx, BLOCK_SIZE=128,
+                                              seq_lengths=(M, N), compute_q_blocks=False)
+    spec = build_spec(q, kv, kv, score_mod=score and score.ir, mask_mod=mask and mask.ir,
+                      block_mask=block_mask, captures=captures, scale=1.0 / math.sqrt(D),
+                      return_lse=return_lse, name=name)
+    return spec, captures
+
+
 def compile_all(out: str, only: str | None) -> None:
     import torch
 
     import flexattn_mlir as fm
-    from flexattn_mlir import aot, frontend, zoo
-    from flexattn_mlir.attention import build_spec
-    from flexattn_mlir.block_mask import BlockMask
+    from flexattn_mlir import aot
 
     items, manifest = [], {}
     for case in CORRECTNESS + BENCH:
-        name, variant, B, Hq, Hkv, M, N, D, dt, over = case
+        name, over = case[0], case[-1]
         if only and only not in name:
             continue
-        score_mod, mask_mod = zoo.make(variant, Hq, N, "cpu")
-        score = frontend.capture_score_mod(score_mod) if score_mod else None
-        mask = frontend.capture_mask_mod(mask_mod) if mask_mod else None
-        score, mask, captures = frontend.combine(score, mask)
-        dtype = getattr(torch, dt)
-        q = torch.empty(B, Hq, M, D, dtype=dtype, device="meta")
-        kv = torch.empty(B, Hkv, N, D, dtype=dtype, device="meta")
-        block_mask = None
-        if mask is not None:
-            qb, kb = -(-M // 128), -(-N // 128)
-            num = torch.empty(1, 1, qb, dtype=torch.int32, device="meta")
-            idx = torch.empty(1, 1, qb, kb, dtype=torch.int32, device="meta")
-            block_mask = BlockMask.from_kv_blocks(num, idx, num, idx, BLOCK_SIZE=128,
-                                                  seq_lengths=(M, N), compute_q_blocks=False)
-        spec = build_spec(q, kv, kv, score_mod=score and score.ir, mask_mod=mask and mask.ir,
-                          block_mask=block_mask, captures=captures, scale=1.0 / math.sqrt(D),
-                          return_lse=name.startswith("check"), name=name)
+        spec, captures = case_spec(case, return_lse=name.startswith("check"))
         if over.get("persistent") == "sms":
             over = dict(over, persistent=fm.targets.sm_count("sm_90a"))
         items.append((name, spec, fm.CompileOptions(target="sm_90a", **over)))
