@@ -21,11 +21,9 @@ with the peak memory each allocates beyond its inputs.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import gpu_suite  # noqa: E402  (ROOT, the runtime path, load_zoo, Peers, _inputs)
@@ -54,7 +52,7 @@ def compile_all(out: str, only: str | None) -> None:
     import torch
 
     import flexattn_mlir as fm
-    from flexattn_mlir import aot, backward
+    from flexattn_mlir import backward
 
     os.makedirs(out, exist_ok=True)
     items, manifest = [], {}
@@ -77,12 +75,7 @@ def compile_all(out: str, only: str | None) -> None:
             items.append((f"{name}.fwd", spec, opts))
         torch.save([c.contiguous() for c in captures], os.path.join(out, f"{name}.captures.pt"))
         manifest[name] = (*case[:-1], {"grad_captures": grad})
-    t0 = time.perf_counter()
-    done = aot.write_artifacts(items, out)
-    with open(os.path.join(out, "cases.json"), "w") as f:
-        json.dump({"cases": manifest, "compile_seconds": {n: d["seconds"] for n, d in done.items()}},
-                  f, indent=1)
-    print(f"compiled {len(done)} kernels in {time.perf_counter() - t0:.1f} s")
+    gpu_suite.write_artifacts(items, manifest, out)
 
 
 # -- run (on the GPU) ---------------------------------------------------------
@@ -169,17 +162,21 @@ def _reference(q, k, v, dout, score_mod, bm, gqa, learn, compiled=None):
     return out.detach(), lse.detach(), grads
 
 
+def _selected(cases, prefix, only, zoo, dev):
+    """(name, case, inputs) of the cases named `prefix...` that `only` selects."""
+    for name, case in cases.items():
+        if not name.startswith(prefix) or (only and not any(o in name for o in only.split(","))):
+            continue
+        yield name, case, gpu_suite._inputs(zoo, (*case[:-1], {}), dev)
+
+
 def run_checks(store, keys, cases, artifacts, results, only, ours_only, dev, save):
     import torch
 
     zoo = gpu_suite.load_zoo()
     triton = None
-    for name, case in cases.items():
-        if not name.startswith("check") or (only and not any(o in name for o in only.split(","))):
-            continue
+    for name, case, (q, k, v, score_mod, bm, _) in _selected(cases, "check", only, zoo, dev):
         _, variant, B, Hq, Hkv, M, N, D, dt, over = case
-        full = (name, variant, B, Hq, Hkv, M, N, D, dt, {})
-        q, k, v, score_mod, bm, _ = gpu_suite._inputs(zoo, full, dev)
         gen = torch.Generator(device=dev).manual_seed(1)
         dout = torch.randn(q.shape, device=dev, dtype=q.dtype, generator=gen)
         row = {"case": name, "variant": variant, "B": B, "Hq": Hq, "Hkv": Hkv, "M": M, "N": N,
@@ -238,18 +235,7 @@ def run_bench(store, keys, cases, artifacts, results, only, reps, peers, dev, sa
                                         dynamic=False)
 
     def timeit(fn):
-        fn()
-        torch.cuda.synchronize()
-        times = []
-        for _ in range(reps):
-            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            s.record()
-            fn()
-            e.record()
-            e.synchronize()
-            times.append(s.elapsed_time(e))
-        times.sort()
-        return times[len(times) // 2]
+        return gpu_suite.median_ms(fn, reps, warmup=1)
 
     def peak(fn):
         torch.cuda.synchronize()
@@ -259,12 +245,8 @@ def run_bench(store, keys, cases, artifacts, results, only, reps, peers, dev, sa
         torch.cuda.synchronize()
         return (torch.cuda.max_memory_allocated() - base) / 2**20
 
-    for name, case in cases.items():
-        if not name.startswith("bench") or (only and not any(o in name for o in only.split(","))):
-            continue
+    for name, case, (q, k, v, score_mod, bm, density) in _selected(cases, "bench", only, zoo, dev):
         _, variant, B, Hq, Hkv, M, N, D, dt, over = case
-        full = (name, variant, B, Hq, Hkv, M, N, D, dt, {})
-        q, k, v, score_mod, bm, density = gpu_suite._inputs(zoo, full, dev)
         dout = torch.randn_like(q)
         flops = 3.5 * 4 * B * Hq * M * N * D * density
         row = {"case": name, "variant": variant, "B": B, "H": Hq, "S": M, "D": D,
@@ -343,27 +325,5 @@ def run_all(artifacts, out_json, only, reps, peers, ours_only, label) -> None:
     save()
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    c = sub.add_parser("compile")
-    c.add_argument("--out", required=True)
-    c.add_argument("--only")
-    r = sub.add_parser("run")
-    r.add_argument("--artifacts", required=True)
-    r.add_argument("--json", required=True)
-    r.add_argument("--only", help="comma-separated substrings of case names")
-    r.add_argument("--reps", type=int, default=5)
-    r.add_argument("--peers", default="triton,cudnn")
-    r.add_argument("--ours-only", action="store_true")
-    r.add_argument("--label", default="")
-    a = ap.parse_args()
-    if a.cmd == "compile":
-        compile_all(a.out, a.only)
-    else:
-        run_all(a.artifacts, a.json, a.only, a.reps, [p for p in a.peers.split(",") if p],
-                a.ours_only, a.label)
-
-
 if __name__ == "__main__":
-    main()
+    gpu_suite.main(compile_all, run_all, reps=5, peers="triton,cudnn")

@@ -129,7 +129,6 @@ def compile_all(out: str, only: str | None) -> None:
     import torch
 
     import flexattn_mlir as fm
-    from flexattn_mlir import aot
 
     items, manifest = [], {}
     for case in CORRECTNESS + BENCH:
@@ -142,6 +141,13 @@ def compile_all(out: str, only: str | None) -> None:
         items.append((name, spec, fm.CompileOptions(target="sm_90a", **over)))
         torch.save([c.contiguous() for c in captures], os.path.join(out, f"{name}.captures.pt"))
         manifest[name] = (*case[:-1], over)
+    write_artifacts(items, manifest, out)
+
+
+def write_artifacts(items, manifest, out: str) -> None:
+    """Compiles (name, spec, options) items into `out` with cases.json."""
+    from flexattn_mlir import aot
+
     t0 = time.perf_counter()
     done = aot.write_artifacts(items, out)
     with open(os.path.join(out, "cases.json"), "w") as f:
@@ -225,6 +231,25 @@ def _check(row, out, lse, q, k, v, score_mod, bm, enable_gqa):
                  and row["lse_max_abs_err"] < 5e-2)
 
 
+def median_ms(fn, reps: int, warmup: int = 3) -> float:
+    """The median of `reps` CUDA-event-timed calls of fn, after `warmup` calls."""
+    import torch
+
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        fn()
+        e.record()
+        e.synchronize()
+        times.append(s.elapsed_time(e))
+    times.sort()
+    return times[len(times) // 2]
+
+
 def run_all(artifacts: str, out_json: str, only: str | None, reps: int,
             peers: list[str], ours_only: bool, label: str) -> None:
     import torch
@@ -252,19 +277,7 @@ def run_all(artifacts: str, out_json: str, only: str | None, reps: int,
             json.dump(results, f, indent=1)
 
     def timeit(fn, n=reps):
-        for _ in range(3):
-            fn()
-        torch.cuda.synchronize()
-        times = []
-        for _ in range(n):
-            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            s.record()
-            fn()
-            e.record()
-            e.synchronize()
-            times.append(s.elapsed_time(e))
-        times.sort()
-        return times[len(times) // 2]
+        return median_ms(fn, n)
 
     for name, case in cases.items():
         if only and not any(o in name for o in only.split(",")):
@@ -331,7 +344,9 @@ def run_all(artifacts: str, out_json: str, only: str | None, reps: int,
     save()
 
 
-def main() -> None:
+def main(compile_fn=None, run_fn=None, reps: int = 30, peers: str = "triton,cudnn,fa4") -> None:
+    """The compile/run command line (bench/gpu_backward.py brings its own halves)."""
+    compile_fn, run_fn = compile_fn or compile_all, run_fn or run_all
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("compile")
@@ -341,16 +356,16 @@ def main() -> None:
     r.add_argument("--artifacts", required=True)
     r.add_argument("--json", required=True)
     r.add_argument("--only", help="comma-separated substrings of case names")
-    r.add_argument("--reps", type=int, default=30)
-    r.add_argument("--peers", default="triton,cudnn,fa4")
+    r.add_argument("--reps", type=int, default=reps)
+    r.add_argument("--peers", default=peers)
     r.add_argument("--ours-only", action="store_true")
     r.add_argument("--label", default="", help="recorded in the JSON (e.g. the commit)")
     a = ap.parse_args()
     if a.cmd == "compile":
         os.makedirs(a.out, exist_ok=True)
-        compile_all(a.out, a.only)
+        compile_fn(a.out, a.only)
     else:
-        run_all(a.artifacts, a.json, a.only, a.reps, [p for p in a.peers.split(",") if p],
+        run_fn(a.artifacts, a.json, a.only, a.reps, [p for p in a.peers.split(",") if p],
                 a.ours_only, a.label)
 
 

@@ -30,7 +30,6 @@
 #include "mlir/IR/Matchers.h"
 #include "mlir/Interfaces/SideEffectInterfaces.h"
 #include "llvm/ADT/SetVector.h"
-#include <functional>
 
 namespace mlir::flexattn {
 #define GEN_PASS_DEF_FLEXATTNMAPBACKWARDTOGRID
@@ -174,26 +173,10 @@ LogicalResult mlir::flexattn::mapBackwardToGrid(RewriterBase &rewriter,
   // Values from outside the nests: memref arguments are passed, pure
   // computations over constants recomputed inside.
   SetVector<Value> recomputed;
-  for (const TileNest &nest : nests) {
-    WalkResult outside = nest.body->walk([&](Operation *op) {
-      for (Value v : op->getOperands()) {
-        if (nest.root->isAncestor(v.getParentBlock()->getParentOp()))
-          continue;
-        if (isRecomputable(v)) {
-          recomputed.insert(v);
-        } else if (!(isa<BlockArgument>(v) && isa<MemRefType>(v.getType()))) {
-          op->emitOpError("flexattn-map-backward-to-grid cannot pass this "
-                          "value to the kernel (only memref arguments and "
-                          "constants): ")
-              << v;
-          return WalkResult::interrupt();
-        }
-      }
-      return WalkResult::advance();
-    });
-    if (outside.wasInterrupted())
+  for (const TileNest &nest : nests)
+    if (failed(collectKernelInputs(nest.root, nest.body, recomputed,
+                                   "flexattn-map-backward-to-grid")))
       return failure();
-  }
 
   Location loc = func.getLoc();
   OpBuilder::InsertionGuard guard(rewriter);
@@ -211,15 +194,7 @@ LogicalResult mlir::flexattn::mapBackwardToGrid(RewriterBase &rewriter,
                                       cst(threads), one, one);
   rewriter.setInsertionPointToStart(&launch.getBody().front());
   IRMapping map;
-  std::function<void(Value)> recompute = [&](Value v) {
-    if (map.contains(v))
-      return;
-    for (Value operand : v.getDefiningOp()->getOperands())
-      recompute(operand);
-    rewriter.clone(*v.getDefiningOp(), map);
-  };
-  for (Value v : recomputed)
-    recompute(v);
+  recomputeInside(rewriter, recomputed, map);
 
   // if (bx < T0) nest 0 else if (bx < T0 + T1) nest 1 else ...
   Value bx = launch.getBlockIds().x;

@@ -62,6 +62,40 @@ bool mlir::flexattn::isRecomputable(Value v) {
          llvm::all_of(def->getOperands(), isRecomputable);
 }
 
+LogicalResult mlir::flexattn::collectKernelInputs(Operation *root, Block *body,
+                                                  SetVector<Value> &recomputed,
+                                                  StringRef pass) {
+  WalkResult outside = body->walk([&](Operation *op) {
+    for (Value v : op->getOperands()) {
+      if (root->isAncestor(v.getParentBlock()->getParentOp()))
+        continue;
+      if (isRecomputable(v)) {
+        recomputed.insert(v);
+      } else if (!(isa<BlockArgument>(v) && isa<MemRefType>(v.getType()))) {
+        op->emitOpError() << pass << " cannot pass this value to the kernel "
+                          << "(only memref arguments and constants): " << v;
+        return WalkResult::interrupt();
+      }
+    }
+    return WalkResult::advance();
+  });
+  return failure(outside.wasInterrupted());
+}
+
+void mlir::flexattn::recomputeInside(RewriterBase &rewriter,
+                                     const SetVector<Value> &values,
+                                     IRMapping &map) {
+  std::function<void(Value)> recompute = [&](Value v) {
+    if (map.contains(v))
+      return;
+    for (Value operand : v.getDefiningOp()->getOperands())
+      recompute(operand);
+    rewriter.clone(*v.getDefiningOp(), map);
+  };
+  for (Value v : values)
+    recompute(v);
+}
+
 LogicalResult mlir::flexattn::mapToGrid(RewriterBase &rewriter,
                                         scf::ParallelOp par) {
   Location loc = par.getLoc();
@@ -84,22 +118,8 @@ LogicalResult mlir::flexattn::mapToGrid(RewriterBase &rewriter,
   // Values from outside the loop: memref arguments stay (the launch passes
   // them to the kernel), pure computations over constants are recomputed.
   SetVector<Value> recomputed;
-  WalkResult outside = par.getBody()->walk([&](Operation *op) {
-    for (Value v : op->getOperands()) {
-      if (par->isAncestor(v.getParentBlock()->getParentOp()))
-        continue;
-      if (isRecomputable(v)) {
-        recomputed.insert(v);
-      } else if (!(isa<BlockArgument>(v) && isa<MemRefType>(v.getType()))) {
-        op->emitOpError("flexattn-map-to-grid cannot pass this value to the "
-                        "kernel (only memref arguments and constants): ")
-            << v;
-        return WalkResult::interrupt();
-      }
-    }
-    return WalkResult::advance();
-  });
-  if (outside.wasInterrupted())
+  if (failed(collectKernelInputs(par, par.getBody(), recomputed,
+                                 "flexattn-map-to-grid")))
     return failure();
 
   OpBuilder::InsertionGuard guard(rewriter);
@@ -111,15 +131,7 @@ LogicalResult mlir::flexattn::mapToGrid(RewriterBase &rewriter,
   Block &body = launch.getBody().front();
   rewriter.setInsertionPointToStart(&body);
   IRMapping map;
-  std::function<void(Value)> recompute = [&](Value v) {
-    if (map.contains(v))
-      return;
-    for (Value operand : v.getDefiningOp()->getOperands())
-      recompute(operand);
-    rewriter.clone(*v.getDefiningOp(), map);
-  };
-  for (Value v : recomputed)
-    recompute(v);
+  recomputeInside(rewriter, recomputed, map);
 
   // t -> (b, h, qt): heads' tiles adjacent, heaviest Q tile first.
   Value t = launch.getBlockIds().x;

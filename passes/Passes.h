@@ -23,8 +23,10 @@
 #include "mlir/Dialect/MemRef/IR/MemRef.h"
 #include "mlir/Dialect/SCF/IR/SCF.h"
 #include "mlir/Dialect/Vector/IR/VectorOps.h"
+#include "mlir/IR/IRMapping.h"
 #include "mlir/IR/PatternMatch.h"
 #include "mlir/Pass/Pass.h"
+#include "llvm/ADT/SetVector.h"
 
 namespace mlir::flexattn {
 
@@ -74,6 +76,15 @@ std::optional<int64_t> foldIndex(Value v);
 /// A pure computation over constants (recomputed inside a kernel rather
 /// than passed to it).
 bool isRecomputable(Value v);
+/// The values `body` (inside `root`) reads from outside `root`, for a kernel
+/// made of it: recomputable ones are added to `recomputed`; anything but a
+/// memref argument (which the launch passes) is an error naming `pass`.
+LogicalResult collectKernelInputs(Operation *root, Block *body,
+                                  llvm::SetVector<Value> &recomputed,
+                                  StringRef pass);
+/// Clones `values` (recomputable) and what they use at the insertion point.
+void recomputeInside(RewriterBase &rewriter,
+                     const llvm::SetVector<Value> &values, IRMapping &map);
 
 /// flexattn-persistent-tiles: at most `ctas` CTAs looping over the tiles.
 LogicalResult makeTilesPersistent(RewriterBase &rewriter, gpu::LaunchOp launch,
