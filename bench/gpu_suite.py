@@ -123,48 +123,67 @@ def load_zoo():
 
 # -- compile (here) -----------------------------------------------------------
 
-def compile_all(out: str, only: str | None, device_cc: tuple[int, int]) -> None:
+def case_spec(case, return_lse: bool, check_indices: bool = True):
+    """The AttentionSpec of a case (the zoo's mods captured by the frontend,
+    a broadcast 128 x 128 block mask when the variant has a mask_mod) and the
+    tensors its mods capture, in operand order."""
     import torch
 
-    import flexattn_mlir as fm
     from flexattn_mlir import frontend
     from flexattn_mlir.examples import zoo
-    from flexattn_mlir.tools import aot
     from flexattn_mlir.execution.attention import build_spec
     from flexattn_mlir.masks.block_mask import BlockMask
 
+    name, variant, B, Hq, Hkv, M, N, D, dt, _ = case
+    score_mod, mask_mod = zoo.make(variant, Hq, N, "cpu")
+    score = frontend.capture_score_mod(score_mod) if score_mod else None
+    mask = frontend.capture_mask_mod(mask_mod) if mask_mod else None
+    score, mask, captures = frontend.combine(score, mask)
+    dtype = getattr(torch, dt)
+    q = torch.empty(B, Hq, M, D, dtype=dtype, device="meta")
+    kv = torch.empty(B, Hkv, N, D, dtype=dtype, device="meta")
+    block_mask = None
+    if mask is not None:
+        qb, kb = -(-M // 128), -(-N // 128)
+        num = torch.empty(1, 1, qb, dtype=torch.int32, device="meta")
+        idx = torch.empty(1, 1, qb, kb, dtype=torch.int32, device="meta")
+        block_mask = BlockMask.from_kv_blocks(num, idx, num, idx, BLOCK_SIZE=128,
+                                              seq_lengths=(M, N), compute_q_blocks=False)
+    spec = build_spec(q, kv, kv, score_mod=score and score.ir, mask_mod=mask and mask.ir,
+                      block_mask=block_mask, captures=captures, scale=1.0 / math.sqrt(D),
+                      return_lse=return_lse, name=name, check_indices=check_indices)
+    return spec, captures
+
+
+def compile_all(out: str, only: str | None, device_cc: tuple[int, int] = (9, 0)) -> None:
+    import torch
+
+    import flexattn_mlir as fm
+
     items, manifest = [], {}
     for case in CORRECTNESS + BENCH:
-        name, variant, B, Hq, Hkv, M, N, D, dt, over = case
+        name, over = case[0], case[-1]
         if only and not any(o in name for o in only.split(",")):
             continue
-        score_mod, mask_mod = zoo.make(variant, Hq, N, "cpu")
-        score = frontend.capture_score_mod(score_mod) if score_mod else None
-        mask = frontend.capture_mask_mod(mask_mod) if mask_mod else None
-        score, mask, captures = frontend.combine(score, mask)
-        dtype = getattr(torch, dt)
-        q = torch.empty(B, Hq, M, D, dtype=dtype, device="meta")
-        kv = torch.empty(B, Hkv, N, D, dtype=dtype, device="meta")
-        block_mask = None
-        if mask is not None:
-            qb, kb = -(-M // 128), -(-N // 128)
-            num = torch.empty(1, 1, qb, dtype=torch.int32, device="meta")
-            idx = torch.empty(1, 1, qb, kb, dtype=torch.int32, device="meta")
-            block_mask = BlockMask.from_kv_blocks(num, idx, num, idx, BLOCK_SIZE=128,
-                                                  seq_lengths=(M, N), compute_q_blocks=False)
-        spec = build_spec(q, kv, kv, score_mod=score and score.ir, mask_mod=mask and mask.ir,
-                          block_mask=block_mask, captures=captures, scale=1.0 / math.sqrt(D),
-                          return_lse=name.startswith("check"), name=name,
-                          # Checks read back the report of the reads the compiler
-                          # cannot bound; benchmarks run as flex_attention does on
-                          # a GPU (unchecked unless FLEXATTN_CHECK_INDICES=1).
-                          check_indices=name.startswith("check"))
+        # Checks read back the report of the reads the compiler cannot bound;
+        # benchmarks run as flex_attention does on a GPU (unchecked unless
+        # FLEXATTN_CHECK_INDICES=1).
+        spec, captures = case_spec(case, return_lse=name.startswith("check"),
+                                   check_indices=name.startswith("check"))
         if over.get("persistent") == "sms":
             over = dict(over, persistent=fm.compiler.targets.sm_count(over.get("target", "sm_90a")))
         opts = fm.CompileOptions(**{"target": "sm_90a", **over})
         items.append((name, spec, opts))
         torch.save([c.contiguous() for c in captures], os.path.join(out, f"{name}.captures.pt"))
         manifest[name] = (*case[:-1], over)
+    write_artifacts(items, manifest, out, device_cc)
+
+
+def write_artifacts(items, manifest, out: str, device_cc: tuple[int, int] = (9, 0)) -> None:
+    """Compiles (name, spec, options) items into `out` with cases.json, for a
+    device of compute capability `device_cc`."""
+    from flexattn_mlir.tools import aot
+
     t0 = time.perf_counter()
     done = aot.write_artifacts(items, out, device_cc=device_cc)
     with open(os.path.join(out, "cases.json"), "w") as f:
@@ -251,6 +270,25 @@ def _check(row, out, lse, q, k, v, score_mod, bm, enable_gqa):
                  and row["lse_max_abs_err"] < 5e-2)
 
 
+def median_ms(fn, reps: int, warmup: int = 3) -> float:
+    """The median of `reps` CUDA-event-timed calls of fn, after `warmup` calls."""
+    import torch
+
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        fn()
+        e.record()
+        e.synchronize()
+        times.append(s.elapsed_time(e))
+    times.sort()
+    return times[len(times) // 2]
+
+
 def run_all(artifacts: str, out_json: str, only: str | None, reps: int,
             peers: list[str], ours_only: bool, label: str) -> None:
     import torch
@@ -278,19 +316,7 @@ def run_all(artifacts: str, out_json: str, only: str | None, reps: int,
             json.dump(results, f, indent=1)
 
     def timeit(fn, n=reps):
-        for _ in range(3):
-            fn()
-        torch.cuda.synchronize()
-        times = []
-        for _ in range(n):
-            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            s.record()
-            fn()
-            e.record()
-            e.synchronize()
-            times.append(s.elapsed_time(e))
-        times.sort()
-        return times[len(times) // 2]
+        return median_ms(fn, n)
 
     for name, case in cases.items():
         if only and not any(o in name for o in only.split(",")):
@@ -368,7 +394,9 @@ def run_all(artifacts: str, out_json: str, only: str | None, reps: int,
     save()
 
 
-def main() -> None:
+def main(compile_fn=None, run_fn=None, reps: int = 30, peers: str = "triton,cudnn,fa4") -> None:
+    """The compile/run command line (bench/gpu_backward.py brings its own halves)."""
+    compile_fn, run_fn = compile_fn or compile_all, run_fn or run_all
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("compile")
@@ -380,16 +408,16 @@ def main() -> None:
     r.add_argument("--artifacts", required=True)
     r.add_argument("--json", required=True)
     r.add_argument("--only", help="comma-separated substrings of case names")
-    r.add_argument("--reps", type=int, default=30)
-    r.add_argument("--peers", default="triton,cudnn,fa4,flash")
+    r.add_argument("--reps", type=int, default=reps)
+    r.add_argument("--peers", default=peers)
     r.add_argument("--ours-only", action="store_true")
     r.add_argument("--label", default="", help="recorded in the JSON (e.g. the commit)")
     a = ap.parse_args()
     if a.cmd == "compile":
         os.makedirs(a.out, exist_ok=True)
-        compile_all(a.out, a.only, tuple(int(x) for x in a.device_cc.split(".")))
+        compile_fn(a.out, a.only, tuple(int(x) for x in a.device_cc.split(".")))
     else:
-        run_all(a.artifacts, a.json, a.only, a.reps, [p for p in a.peers.split(",") if p],
+        run_fn(a.artifacts, a.json, a.only, a.reps, [p for p in a.peers.split(",") if p],
                 a.ours_only, a.label)
 
 

@@ -224,6 +224,7 @@ LogicalResult AttentionBackwardOp::verify() {
       failed(verifyOutputs(o, getQ(), getV(), getOut(), getLse())) ||
       failed(checkSameType(o, getDout(), "dout", getOut(), "out")) ||
       (getDlse() && failed(checkSameType(o, getDlse(), "dlse", getLse(), "lse"))) ||
+      (getDelta() && failed(checkSameType(o, getDelta(), "delta", getLse(), "lse"))) ||
       failed(checkSameType(o, getDq(), "dq", getQ(), "q")) ||
       failed(checkSameType(o, getDk(), "dk", getK(), "k")) ||
       failed(checkSameType(o, getDv(), "dv", getV(), "v")))

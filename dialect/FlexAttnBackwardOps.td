@@ -88,7 +88,10 @@ def FlexAttn_AttentionBackwardOp : FlexAttn_Op<"attention_backward", [
       capture_grads[c][idx] += dS * ds/dcapture[idx]   over every load
 
     so a row with no visible key contributes nothing (never NaN). No buffer
-    of M x N scores exists at any level.
+    of M x N scores exists at any level. `delta(...)` (optional, `[B, Hq,
+    M]` f32, lse's shape) passes D precomputed by the caller (a GPU kernel's
+    preprocessing, as torch's flex backward does); without it flexattn-tile
+    computes D on the heap.
 
     Operands and regions as `flexattn.attention`'s, plus the transposed
     block lists a KV-outer loop needs: `q_block_mask(q_num_blocks,
@@ -125,6 +128,7 @@ def FlexAttn_AttentionBackwardOp : FlexAttn_Op<"attention_backward", [
   let arguments = (ins
     AnyMemRef:$q, AnyMemRef:$k, AnyMemRef:$v, AnyMemRef:$out,
     AnyMemRef:$dout, AnyMemRef:$lse, Optional<AnyMemRef>:$dlse,
+    Optional<AnyMemRef>:$delta,
     AnyMemRef:$dq, AnyMemRef:$dk, AnyMemRef:$dv,
     Optional<AnyMemRef>:$kv_num_blocks, Optional<AnyMemRef>:$kv_indices,
     Optional<AnyMemRef>:$full_kv_num_blocks,
@@ -146,6 +150,7 @@ def FlexAttn_AttentionBackwardOp : FlexAttn_Op<"attention_backward", [
     `dout` `(` $dout `:` type($dout) `)`
     `lse` `(` $lse `:` type($lse) `)`
     (`dlse` `(` $dlse^ `:` type($dlse) `)`)?
+    (`delta` `(` $delta^ `:` type($delta) `)`)?
     `grads` `(` $dq `,` $dk `,` $dv `:` type($dq) `,` type($dk) `,` type($dv) `)`
     (`block_mask` `(` $kv_num_blocks^ `,` $kv_indices `:`
        type($kv_num_blocks) `,` type($kv_indices) `)`)?

@@ -15,6 +15,7 @@
 //
 //===----------------------------------------------------------------------===//
 
+#include "passes/BackwardMath.h"
 #include "passes/Passes.h"
 #include "passes/TileBuilder.h"
 
@@ -29,51 +30,9 @@ namespace mlir::flexattn {
 using namespace mlir;
 using namespace mlir::flexattn;
 using namespace mlir::flexattn::tile;
+using namespace mlir::flexattn::backward;
 
 namespace {
-
-/// Evaluates the step's mods on one score of a generic body (or a loop over
-/// the tile): returns the modified score, dy * d/dscore and the per-load
-/// results of score_mod_vjp (see flexattn.apply_mods_vjp).
-SmallVector<Value> applyVjp(OpBuilder &b, Location loc, BackwardStepOp op,
-                            Value score, Value dy, Value i, Value j) {
-  bool masked = op.getMasked() && !op.getMaskMod().empty();
-  if (op.getScoreModVjp().empty() && !masked)
-    return {score, dy};
-  SmallVector<Type> types = {b.getF32Type(), b.getF32Type()};
-  for (int64_t c : op.getVjpLoads() ? *op.getVjpLoads() : ArrayRef<int64_t>()) {
-    types.push_back(b.getF32Type());
-    types.append(cast<MemRefType>(op.getCaptures()[c].getType()).getRank(),
-                 b.getIndexType());
-  }
-  Value qi = arith::AddIOp::create(b, loc, op.getQ0(), i);
-  Value kj = arith::AddIOp::create(b, loc, op.getKv0(), j);
-  auto mods = ApplyModsVjpOp::create(
-      b, loc, types, score, dy, op.getB(), op.getH(), qi, kj,
-      op.getCaptures(), masked ? b.getUnitAttr() : UnitAttr(),
-      op.getVjpLoadsAttr());
-  cloneRegion(op.getScoreModVjp(), mods.getScoreModVjp());
-  if (masked)
-    cloneRegion(op.getMaskMod(), mods.getMaskMod());
-  return SmallVector<Value>(mods.getResults());
-}
-
-/// x * scale, where scale is f32.
-Value scaled(OpBuilder &b, Location loc, Value x, float scale) {
-  return arith::MulFOp::create(
-      b, loc, x, arith::ConstantOp::create(b, loc, b.getF32FloatAttr(scale)));
-}
-
-/// scale * dS * ds/dx, and 0 where P = 0: a masked score, or a row without
-/// visible keys, contributes nothing (never NaN from an infinite derivative).
-Value dScore(OpBuilder &b, Location loc, Value p, Value ds, Value dsdx,
-             float scale) {
-  Value zero = arith::ConstantOp::create(b, loc, b.getF32FloatAttr(0.0f));
-  Value none =
-      arith::CmpFOp::create(b, loc, arith::CmpFPredicate::OEQ, p, zero);
-  Value dx = scaled(b, loc, arith::MulFOp::create(b, loc, ds, dsdx), scale);
-  return arith::SelectOp::create(b, loc, none, zero, dx);
-}
 
 /// capture_grads[c][idx] += dS * dscore/dload, for every score of the live
 /// tile and every differentiated load: a sequential loop (the accumulation
@@ -82,7 +41,6 @@ void accumulateCaptureGrads(OpBuilder &b, Location loc, BackwardStepOp op,
                             Value x, Value ds, Value rows, Value cols,
                             float scale) {
   ArrayRef<int64_t> loads = *op.getVjpLoads();
-  ArrayRef<int64_t> gradCaptures = op.getGradCaptures();
   Value c0 = indexConst(b, loc, 0), c1 = indexConst(b, loc, 1);
   scf::buildLoopNest(
       b, loc, {c0, c0}, {rows, cols}, {c1, c1},
@@ -99,8 +57,7 @@ void accumulateCaptureGrads(OpBuilder &b, Location loc, BackwardStepOp op,
           auto rank = cast<MemRefType>(op.getCaptures()[c].getType()).getRank();
           Value g = arith::SelectOp::create(nb, l, none, zero, r[pos]);
           ValueRange idx = ValueRange(r).slice(pos + 1, rank);
-          Value grad = op.getCaptureGrads()[llvm::find(gradCaptures, c) -
-                                            gradCaptures.begin()];
+          Value grad = captureGradOf(op, c);
           Value old = memref::LoadOp::create(nb, l, grad, idx);
           memref::StoreOp::create(nb, l, arith::AddFOp::create(nb, l, old, g),
                                   grad, idx);

@@ -37,11 +37,7 @@ namespace mlir::flexattn {
 using namespace mlir;
 using namespace mlir::flexattn;
 
-namespace {
-
-/// The value of an index computation over constants (the loop bounds
-/// flexattn-tile made), folded on the spot.
-std::optional<int64_t> foldIndex(Value v) {
+std::optional<int64_t> mlir::flexattn::foldIndex(Value v) {
   if (std::optional<int64_t> c = getConstantIntValue(v))
     return c;
   Operation *def = v.getDefiningOp();
@@ -60,14 +56,45 @@ std::optional<int64_t> foldIndex(Value v) {
   return getConstantIntValue(folded.front());
 }
 
-/// Pure ops over constants: recomputed inside the kernel rather than passed.
-bool isRecomputable(Value v) {
+bool mlir::flexattn::isRecomputable(Value v) {
   Operation *def = v.getDefiningOp();
   return def && def->getNumRegions() == 0 && isPure(def) &&
          llvm::all_of(def->getOperands(), isRecomputable);
 }
 
-} // namespace
+LogicalResult mlir::flexattn::collectKernelInputs(Operation *root, Block *body,
+                                                  SetVector<Value> &recomputed,
+                                                  StringRef pass) {
+  WalkResult outside = body->walk([&](Operation *op) {
+    for (Value v : op->getOperands()) {
+      if (root->isAncestor(v.getParentBlock()->getParentOp()))
+        continue;
+      if (isRecomputable(v)) {
+        recomputed.insert(v);
+      } else if (!(isa<BlockArgument>(v) && isa<MemRefType>(v.getType()))) {
+        op->emitOpError() << pass << " cannot pass this value to the kernel "
+                          << "(only memref arguments and constants): " << v;
+        return WalkResult::interrupt();
+      }
+    }
+    return WalkResult::advance();
+  });
+  return failure(outside.wasInterrupted());
+}
+
+void mlir::flexattn::recomputeInside(RewriterBase &rewriter,
+                                     const SetVector<Value> &values,
+                                     IRMapping &map) {
+  std::function<void(Value)> recompute = [&](Value v) {
+    if (map.contains(v))
+      return;
+    for (Value operand : v.getDefiningOp()->getOperands())
+      recompute(operand);
+    rewriter.clone(*v.getDefiningOp(), map);
+  };
+  for (Value v : values)
+    recompute(v);
+}
 
 LogicalResult mlir::flexattn::mapToGrid(RewriterBase &rewriter,
                                         scf::ParallelOp par) {
@@ -91,22 +118,8 @@ LogicalResult mlir::flexattn::mapToGrid(RewriterBase &rewriter,
   // Values from outside the loop: memref arguments stay (the launch passes
   // them to the kernel), pure computations over constants are recomputed.
   SetVector<Value> recomputed;
-  WalkResult outside = par.getBody()->walk([&](Operation *op) {
-    for (Value v : op->getOperands()) {
-      if (par->isAncestor(v.getParentBlock()->getParentOp()))
-        continue;
-      if (isRecomputable(v)) {
-        recomputed.insert(v);
-      } else if (!(isa<BlockArgument>(v) && isa<MemRefType>(v.getType()))) {
-        op->emitOpError("flexattn-map-to-grid cannot pass this value to the "
-                        "kernel (only memref arguments and constants): ")
-            << v;
-        return WalkResult::interrupt();
-      }
-    }
-    return WalkResult::advance();
-  });
-  if (outside.wasInterrupted())
+  if (failed(collectKernelInputs(par, par.getBody(), recomputed,
+                                 "flexattn-map-to-grid")))
     return failure();
 
   OpBuilder::InsertionGuard guard(rewriter);
@@ -118,15 +131,7 @@ LogicalResult mlir::flexattn::mapToGrid(RewriterBase &rewriter,
   Block &body = launch.getBody().front();
   rewriter.setInsertionPointToStart(&body);
   IRMapping map;
-  std::function<void(Value)> recompute = [&](Value v) {
-    if (map.contains(v))
-      return;
-    for (Value operand : v.getDefiningOp()->getOperands())
-      recompute(operand);
-    rewriter.clone(*v.getDefiningOp(), map);
-  };
-  for (Value v : recomputed)
-    recompute(v);
+  recomputeInside(rewriter, recomputed, map);
 
   // t -> (b, h, qt): heads' tiles adjacent, heaviest Q tile first.
   Value t = launch.getBlockIds().x;

@@ -23,8 +23,10 @@
 #include "mlir/Dialect/MemRef/IR/MemRef.h"
 #include "mlir/Dialect/SCF/IR/SCF.h"
 #include "mlir/Dialect/Vector/IR/VectorOps.h"
+#include "mlir/IR/IRMapping.h"
 #include "mlir/IR/PatternMatch.h"
 #include "mlir/Pass/Pass.h"
+#include "llvm/ADT/SetVector.h"
 
 namespace mlir::flexattn {
 
@@ -67,6 +69,22 @@ LogicalResult lowerCheckIndex(RewriterBase &rewriter, CheckIndexOp op);
 
 /// flexattn-map-to-grid: the scf.parallel over tiles -> a gpu.launch.
 LogicalResult mapToGrid(RewriterBase &rewriter, scf::ParallelOp par);
+
+/// The value of an index computation over constants (loop bounds
+/// flexattn-tile made), folded on the spot; nullopt when not constant.
+std::optional<int64_t> foldIndex(Value v);
+/// A pure computation over constants (recomputed inside a kernel rather
+/// than passed to it).
+bool isRecomputable(Value v);
+/// The values `body` (inside `root`) reads from outside `root`, for a kernel
+/// made of it: recomputable ones are added to `recomputed`; anything but a
+/// memref argument (which the launch passes) is an error naming `pass`.
+LogicalResult collectKernelInputs(Operation *root, Block *body,
+                                  llvm::SetVector<Value> &recomputed,
+                                  StringRef pass);
+/// Clones `values` (recomputable) and what they use at the insertion point.
+void recomputeInside(RewriterBase &rewriter,
+                     const llvm::SetVector<Value> &values, IRMapping &map);
 
 /// flexattn-persistent-tiles: at most `ctas` CTAs looping over the tiles.
 LogicalResult makeTilesPersistent(RewriterBase &rewriter, gpu::LaunchOp launch,
@@ -133,6 +151,18 @@ LogicalResult decomposeStoreTile(RewriterBase &rewriter, StoreTileOp op);
 
 /// flexattn-inline-mods: apply_mods_vjp -> the cloned region bodies.
 LogicalResult inlineModsVjp(RewriterBase &rewriter, ApplyModsVjpOp op);
+
+/// The host function attribute listing (argument numbers) the buffers the
+/// GPU backward accumulates into, which its launcher zeroes.
+constexpr const char *kZeroInitAttrName = "flexattn.zero_init";
+
+/// flexattn-map-backward-to-grid: the backward's tile loop nests in `func`
+/// -> one gpu.launch (a CTA per tile, a thread per tile row).
+LogicalResult mapBackwardToGrid(RewriterBase &rewriter, func::FuncOp func);
+
+/// flexattn-lower-backward-rows: backward_step / store_tile in `launch` ->
+/// per-thread row code.
+LogicalResult lowerBackwardRows(RewriterBase &rewriter, gpu::LaunchOp launch);
 
 //===----------------------------------------------------------------------===//
 // Helpers shared by the passes (ModRegions.cpp)

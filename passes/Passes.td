@@ -311,6 +311,125 @@ def FlexAttnDecomposeBackward
 }
 
 //===----------------------------------------------------------------------===//
+// The GPU backward (any NVIDIA target), after flexattn-differentiate-mods,
+// flexattn-tile (with a precomputed delta) and flexattn-block-sparsity:
+//   flexattn-map-backward-to-grid -> flexattn-lower-backward-rows ->
+//   flexattn-inline-mods -> gpu-kernel-outlining -> flexattn-lower-to-nvvm
+//===----------------------------------------------------------------------===//
+
+def FlexAttnMapBackwardToGrid
+    : Pass<"flexattn-map-backward-to-grid", "::mlir::ModuleOp"> {
+  let summary = "Turn the backward's dk/dv and dq tile loop nests into one "
+                "gpu.launch, a CTA per tile and a thread per tile row";
+  let description = [{
+    Each function's tile loop nests (top-level `scf.parallel` or `scf.for`
+    nests over static extents whose bodies hold `flexattn.backward_step` or
+    `flexattn.store_tile`: flexattn-tile's KV-outer nest of dk/dv tiles and
+    its Q-outer nest of dq tiles) become one `gpu.launch` on a 1-D grid: the
+    first CTAs take the first nest's tiles, the next ones the second's
+    (torch's flex backward splits its grid the same way), each decoding its
+    tile row-major from the block index and running the tile's body
+    unchanged. The CTA has one thread per row of the largest accumulator
+    tile (`flexattn-lower-backward-rows` gives each its row). Pure
+    computations over constants are recomputed inside; memref arguments are
+    passed. Zero fills of arguments before the nests (the capture gradients
+    CTAs accumulate into) are removed and listed, as argument numbers, in
+    the function attribute `flexattn.zero_init`: the launcher zeroes those
+    buffers. Any other host computation (a delta not precomputed) is an
+    error.
+
+    Before:
+    ```mlir
+    linalg.fill ins(%cst : f32) outs(%dslopes : memref<4xf32>)
+    scf.parallel (%b, %hkv, %kt) = (%c0, %c0, %c0) to (%c1, %c2, %c5) step (%c1, %c1, %c1) {
+      memref.alloca_scope { ... flexattn.backward_step ... dk(%dk_acc : memref<16x16xf32>) ...
+                            flexattn.store_tile %dk_acc ... }
+    }
+    scf.for %b = %c0 to %c1 step %c1 {
+      scf.for %h = %c0 to %c4 step %c1 {
+        scf.for %qt = %c0 to %c4 step %c1 {
+          memref.alloca_scope { ... flexattn.backward_step ... dq(%dq_acc : memref<32x16xf32>) ... }
+    }}}
+    ```
+    After (`func.func ... attributes {flexattn.zero_init = array<i64: 19>}`):
+    ```mlir
+    gpu.launch blocks(%bx, %by, %bz) in (%gx = %c26, %gy = %c1, %gz = %c1)
+               threads(%tx, %ty, %tz) in (%sx = %c32, %sy = %c1, %sz = %c1) {
+      %first = arith.cmpi ult, %bx, %c10 : index
+      scf.if %first {
+        %kt = arith.remui %bx, %c5 : index   // (b, hkv, kt) of CTA bx
+        ...
+        memref.alloca_scope { ... dk/dv tile ... }
+      } else {
+        %t = arith.subi %bx, %c10 : index    // (b, h, qt) of CTA bx - 10
+        ...
+        memref.alloca_scope { ... dq tile ... }
+      }
+      gpu.terminator
+    }
+    ```
+  }];
+  let dependentDialects = ["::mlir::gpu::GPUDialect",
+                           "::mlir::scf::SCFDialect",
+                           "::mlir::arith::ArithDialect"];
+}
+
+def FlexAttnLowerBackwardRows
+    : Pass<"flexattn-lower-backward-rows", "::mlir::ModuleOp"> {
+  let summary = "Lower the backward's tile ops in a gpu.launch to per-thread "
+                "row code: a thread owns one row of its CTA's accumulators";
+  let description = [{
+    In each `gpu.launch` (from `flexattn-map-backward-to-grid`), thread t owns
+    row t of the tile its accumulators cover and walks the other side:
+
+      dk/dv step: t owns key j = kv0 + t; for each query row i of the Q tile
+      dq step:    t owns query i = q0 + t; for each key j of the KV tile
+        x = q_i . k_j    dP = dout_i . v_j       (f32, fma over D)
+        S = score_mod(scale x)  (flexattn.apply_mods_vjp, dy = 1; -inf masked)
+        P = exp2(log2(e) S - base(log2(e) lse_i))     dS = P (dP - delta_i)
+        capture_grads[idx] += dS * dS/dload     (dq steps; f32 atomics, none
+                                                 where dS = 0)
+        dX = scale dS dS/dX, 0 where P = 0
+        dv_j += P dout_i    dk_j += dX q_i    |    dq_i += dX k_j
+
+    Each `[T, D]` accumulator tile (a stack buffer of the CTA) becomes a
+    `memref<1 x D>` row of the thread; `flexattn.store_tile` writes the
+    thread's row (converted to the gradient's type) when it lies inside the
+    gradient. Threads past a tile's live rows do nothing. No buffer of more
+    than one score exists.
+
+    Before:
+    ```mlir
+    %dq = memref.alloca() : memref<32x16xf32>
+    linalg.fill ins(%cst : f32) outs(%dq : memref<32x16xf32>)
+    flexattn.backward_step ins(%q, %k, %v, %do : ...) stats(%lse, %delta : ...)
+        dq(%dq : memref<32x16xf32>) at(%b, %h, %hkv, %q0, %kv0) attributes {...}
+    flexattn.store_tile %dq : memref<32x16xf32> into %dqg : memref<1x4x100x16xf32> at(%b, %h, %q0)
+    ```
+    After:
+    ```mlir
+    %dq = memref.alloca() : memref<1x16xf32>
+    linalg.fill ins(%cst : f32) outs(%dq : memref<1x16xf32>)
+    scf.if %owns_row {
+      scf.for %j = %c0 to %cols step %c1 {
+        %x = scf.for %d ... iter_args(%a = %zero) -> (f32) { ... math.fma ... }
+        ...
+        %s:4 = flexattn.apply_mods_vjp ...
+        ...
+        scf.for %d = %c0 to %c16 step %c1 { ... math.fma %dx, %kd, %old ... }
+      }
+    }
+    scf.if %row_inside { scf.for %d ... { memref.store %v, %dqg[%b, %h, %row, %d] } }
+    ```
+  }];
+  let dependentDialects = ["::mlir::scf::SCFDialect",
+                           "::mlir::arith::ArithDialect",
+                           "::mlir::math::MathDialect",
+                           "::mlir::memref::MemRefDialect",
+                           "::mlir::flexattn::FlexAttnDialect"];
+}
+
+//===----------------------------------------------------------------------===//
 // GPU kernels. The pipeline for Hopper (sm_90a), after
 // flexattn-tile{tile-q=128 tile-kv=128} and flexattn-block-sparsity:
 //   flexattn-map-to-grid -> [flexattn-persistent-tiles] ->

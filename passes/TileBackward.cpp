@@ -134,7 +134,7 @@ LogicalResult mlir::flexattn::tileAttentionBackward(RewriterBase &rewriter,
   Value heads = memrefDim(rewriter, loc, q, 1);
   Value kvHeads = memrefDim(rewriter, loc, k, 1);
   Value group = arith::DivUIOp::create(rewriter, loc, heads, kvHeads);
-  Value delta = buildDelta(rewriter, loc, op);
+  Value delta = op.getDelta() ? op.getDelta() : buildDelta(rewriter, loc, op);
   Value zero = arith::ConstantOp::create(rewriter, loc,
                                          rewriter.getF32FloatAttr(0.0f));
   for (Value grad : op.getCaptureGrads())
@@ -188,7 +188,8 @@ LogicalResult mlir::flexattn::tileAttentionBackward(RewriterBase &rewriter,
              cloneBackwardRegions(op, loop);
              StoreTileOp::create(b, loc, dq, op.getDq(), ivs[0], ivs[1], q0);
            });
-  memref::DeallocOp::create(rewriter, loc, delta);
+  if (!op.getDelta())
+    memref::DeallocOp::create(rewriter, loc, delta);
   rewriter.eraseOp(op);
   return success();
 }

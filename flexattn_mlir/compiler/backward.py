@@ -3,12 +3,15 @@ v and the captured buffers, compiled by the same staged driver as the
 forward (the backend's backward stages, e.g. the CPU's
 
     flexattn -> differentiated -> tiled -> sparse -> decomposed -> inlined
-             -> loops -> llvm
+             -> loops -> llvm                                       (CPU)
+    flexattn -> differentiated -> tiled -> sparse -> grid -> rows -> kernel
+             -> nvvm -> ptx                                         (GPUs)
 
 ). A :class:`BackwardSpec` is what one backward kernel is specialised on: the
 forward's :class:`~flexattn_mlir.compiler.spec.AttentionSpec`, which captured
-buffers take a gradient, whether ``lse`` has one, and the transposed (q-side)
-block lists. :mod:`flexattn_mlir.execution.autograd` runs it on torch tensors.
+buffers take a gradient, whether ``lse`` has one, the transposed (q-side)
+block lists and whether ``delta = rowsum(dout * out) - dlse`` is precomputed by
+the caller (an argument: the GPU kernel's form, as torch's flex backward does). :mod:`flexattn_mlir.execution.autograd` runs it on torch tensors.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import Optional, Sequence
 from mlir import ir
 
 from .. import _native
+from . import targets
 from ..dialects import flexattn as fa
 from .spec import (_KV_LISTS, AttentionSpec, BufferType, block_list_values, block_size_attr,
                    capture_values, entry_function, f32_attr)
@@ -38,6 +42,7 @@ class BackwardSpec:
     q_indices: Optional[BufferType] = None
     full_q_num_blocks: Optional[BufferType] = None
     full_q_indices: Optional[BufferType] = None
+    delta_input: bool = False
     # Names the score_mod in diagnostics (the op's location); not in the key.
     label: str = field(default="score_mod", compare=False)
 
@@ -46,13 +51,16 @@ class BackwardSpec:
         return f"{self.forward.name}_backward"
 
     def arguments(self) -> list[tuple[str, BufferType]]:
-        """q, k, v, out, dout, lse, [dlse], dq, dk, dv, the kv-side then the
-        q-side block lists, captures..., [index_report], capture grads..."""
+        """q, k, v, out, dout, lse, [dlse], [delta], dq, dk, dv, the kv-side
+        then the q-side block lists, captures..., [index_report], capture
+        grads..."""
         f = self.forward
         args = [("q", f.q), ("k", f.k), ("v", f.v), ("out", f.out), ("dout", f.out),
                 ("lse", f.lse)]
         if self.has_dlse:
             args.append(("dlse", f.lse))
+        if self.delta_input:
+            args.append(("delta", BufferType(f.lse.shape, "f32")))
         args += [("dq", f.q), ("dk", f.k), ("dv", f.v)]
         for name in ("kv_num_blocks", "kv_indices", "full_kv_num_blocks", "full_kv_indices"):
             if getattr(f, name) is not None:
@@ -67,9 +75,13 @@ class BackwardSpec:
 
     def digest(self) -> str:
         h = hashlib.sha256(b"backward|" + self.forward.digest().encode())
-        h.update(repr((self.grad_captures, self.has_dlse,
+        h.update(repr((self.grad_captures, self.has_dlse, self.delta_input,
                        [getattr(self, n) for n in _Q_SIDE])).encode())
         return h.hexdigest()
+
+    def output_names(self) -> list[str]:
+        """The arguments the kernel writes (GPU launch metadata)."""
+        return ["dq", "dk", "dv"] + [f"capture_grad{i}" for i in range(len(self.grad_captures))]
 
     @property
     def kind(self) -> str:
@@ -87,6 +99,7 @@ class BackwardSpec:
             return fa.AttentionBackwardOp(
                 a["q"], a["k"], a["v"], a["out"], a["dout"], a["lse"], a["dq"], a["dk"], a["dv"],
                 capture_values(a), grads, f32_attr(f.scale), dlse=a.get("dlse"),
+                delta=a.get("delta"),
                 block_size=block_size_attr(f.block_size),
                 grad_captures=(ir.DenseI64ArrayAttr.get(list(self.grad_captures))
                                if self.grad_captures else None),
@@ -103,13 +116,17 @@ class BackwardSpec:
 
 def backward_spec(forward: AttentionSpec, q_side: Sequence,
                   grad_captures: Sequence[int], has_dlse: bool,
-                  label: str = "score_mod") -> BackwardSpec:
-    """The backward of ``forward``. K/V of batch 1 shared by the query batch
-    (the forward reads them in place) enter the backward expanded to the
-    query's batch: its dk/dv accumulators have one writer per (batch, head,
-    KV tile), and the caller sums them over the batch."""
+                  label: str = "score_mod", target: str = "cpu") -> BackwardSpec:
+    """The backward of ``forward`` for ``target``. K/V of batch 1 shared by
+    the query batch (the forward reads them in place) enter the backward
+    expanded to the query's batch: its dk/dv accumulators have one writer per
+    (batch, head, KV tile), and the caller sums them over the batch. GPU
+    kernels read delta precomputed (the caller computes it with one torch
+    reduction, as torch's flex backward does)."""
     batch = forward.q.shape[0]
     forward = replace(forward, **{n: BufferType((batch, *t.shape[1:]), t.elem)
                                   for n, t in (("k", forward.k), ("v", forward.v))})
-    return BackwardSpec(forward, tuple(grad_captures), bool(has_dlse),
-                        *[BufferType.of(t) for t in q_side], label=label)
+    q_side = [BufferType.of(t) for t in q_side]
+    q_side += [None] * (len(_Q_SIDE) - len(q_side))
+    return BackwardSpec(forward, tuple(grad_captures), bool(has_dlse), *q_side,
+                        delta_input=targets.target(target).is_gpu, label=label)

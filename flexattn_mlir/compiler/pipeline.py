@@ -16,7 +16,8 @@ from mlir.passmanager import PassManager
 
 from .options import CompileOptions
 
-__all__ = ["Backend", "CompilationError", "Stage", "make_sparse", "make_tiled", "run_pipeline"]
+__all__ = ["Backend", "CompilationError", "Stage", "make_differentiated", "make_sparse",
+           "make_tiled", "run_pipeline"]
 
 
 class CompilationError(RuntimeError):
@@ -61,6 +62,11 @@ def make_tiled(mod: ir.Module, opts: CompileOptions) -> None:
 
 def make_sparse(mod: ir.Module, opts: CompileOptions) -> None:
     run_pipeline(mod, "flexattn-block-sparsity", "sparse")
+
+
+def make_differentiated(mod: ir.Module, opts: CompileOptions) -> None:
+    """The backward's first stage on every target: score_mod -> score_mod_vjp."""
+    run_pipeline(mod, "flexattn-differentiate-mods", "differentiated")
 
 
 @dataclass(frozen=True)

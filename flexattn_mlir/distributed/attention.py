@@ -285,8 +285,6 @@ def _plan(query, key, value, score_mod, cp: CPBlockMask, token_tensors, rotate, 
 
     options = CompileOptions.from_kernel_options(
         kernel_options, target=targets.for_device(query.device).name)
-    if grad:
-        autograd.check_backward_target(options, query, key, value, inputs)
     if scale is None:
         scale = 1.0 / math.sqrt(query.shape[-1])
     kv_len = kv_table.numel()

@@ -50,7 +50,7 @@ from .attention import _options, attention_forward, attention_spec, build_spec, 
 from .kernels import kernel_for
 
 __all__ = ["Call", "NotDifferentiableError", "Prepared", "needs_grad", "attention_with_grad",
-           "check_backward_target", "mask_lists", "prepare", "traced_flex_attention",
+           "mask_lists", "prepare", "traced_flex_attention",
            "attention_backward", "q_side_mask_tensors"]
 
 _MASK_NAMES = ("kv_num_blocks", "kv_indices", "full_kv_num_blocks", "full_kv_indices")
@@ -181,6 +181,30 @@ def backward_kernel(spec: BackwardSpec, options: CompileOptions):
         raise _compile_error(err, spec.label) from None
 
 
+_warned_gpu_backward = False
+
+
+def _warn_slow_gpu_backward() -> None:
+    """Once per process: the GPU backward is correct but not yet fast."""
+    global _warned_gpu_backward
+    if not _warned_gpu_backward:
+        _warned_gpu_backward = True
+        import warnings
+
+        warnings.warn("flex_attention: the GPU backward is a correctness-first kernel (CUDA "
+                      "cores, one thread per tile row), about 200x slower than torch flex's "
+                      "Triton backward; a tensor-core backward is planned (docs/training.md)",
+                      stacklevel=3)
+
+
+def delta(out: torch.Tensor, dout: torch.Tensor,
+          dlse: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``rowsum(dout * out) - dlse`` in float32, ``[B, H, M]``: the backward's
+    preprocessing (FlashAttention-2's D), one torch reduction."""
+    d = torch.einsum("bhmd,bhmd->bhm", dout.float(), out.float())
+    return (d - dlse.float() if dlse is not None else d).contiguous()
+
+
 def attention_backward(spec: BackwardSpec, options: CompileOptions, tensors: dict,
                        captures: Sequence[torch.Tensor], mask: Sequence[torch.Tensor],
                        checked: index_checks.Checked):
@@ -197,10 +221,15 @@ def attention_backward(spec: BackwardSpec, options: CompileOptions, tensors: dic
     if shared:
         k, v = (t.expand(q.shape[0], -1, -1, -1).contiguous() for t in (k, v))
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    grads = [torch.empty(captures[c].shape, dtype=torch.float32) for c in spec.grad_captures]
+    grads = [torch.empty(captures[c].shape, dtype=torch.float32, device=q.device)
+             for c in spec.grad_captures]
     args = [q, k, v] + [tensors[n].contiguous() for n in ("out", "dout", "lse")]
     if spec.has_dlse:
         args.append(tensors["dlse"].contiguous())
+    if spec.delta_input:
+        _warn_slow_gpu_backward()
+        args.append(delta(tensors["out"], tensors["dout"],
+                          tensors["dlse"] if spec.has_dlse else None))
     args += [dq, dk, dv, *(t.contiguous() for t in mask)]
     args += [c.contiguous().view(torch.uint8) if c.dtype == torch.bool else c.contiguous()
              for c in captures]
@@ -247,10 +276,6 @@ def _flex_attention_backward(
         grad_captures: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
                                            list[torch.Tensor]]:
     c = lookup(call)
-    if q.device.type != "cpu":
-        raise NotImplementedError(
-            f"flex_attention: gradients on {q.device.type} are not implemented yet (the "
-            f"backward runs on the CPU); move the inputs to the CPU to train")
     spec = _backward_spec(c, q, k, v, captures, mask, scale, grad_captures, dlse is not None,
                           build_spec)
     checked = index_checked(q, k, c.score_mod, c.mask_mod, True)
@@ -273,7 +298,8 @@ def _backward_spec(c: Call, q, k, v, captures, mask, scale, grad_captures, has_d
     fwd = build_spec(q, k, v, score_mod=c.score_mod, mask_mod=c.mask_mod,
                      block_mask=c.mask(kv_side), captures=captures, scale=scale,
                      return_lse=False)
-    return backward.backward_spec(fwd, q_side, grad_captures, has_dlse, label=c.label)
+    return backward.backward_spec(fwd, q_side, grad_captures, has_dlse, label=c.label,
+                                  target=c.options.target)
 
 
 def _setup_context(ctx, inputs, output):
@@ -335,37 +361,17 @@ def _label(score_fn) -> str:
     return f"score_mod {name!r}"
 
 
-def check_backward_target(options: CompileOptions, query, key, value, captures,
-                          capture_labels=()) -> None:
-    """The backward runs on the CPU only: on another target, an input that
-    requires grad (named in the message) is refused at the call, before the
-    forward runs, rather than given a result without a gradient."""
-    if options.target == "cpu":
-        return
-    labels = list(capture_labels) + [f"captures[{i}]" for i in range(len(capture_labels),
-                                                                     len(captures))]
-    named = [("query", query), ("key", key), ("value", value), *zip(labels, captures)]
-    label = next(n for n, t in named if t.requires_grad)
-    raise NotImplementedError(
-        f"flex_attention: gradients on {options.target} are not implemented yet (the backward "
-        f"runs on the CPU), but {label} requires grad (and grad mode is on). Train with CPU "
-        f"tensors, or call under torch.no_grad() or torch.inference_mode(), or pass detached "
-        f"tensors")
-
-
 def attention_with_grad(query, key, value, *, score_mod, mask_mod, block_mask, captures,
                         options, scale, enable_gqa, return_lse, name="flexattn",
                         capture_labels=(), score_fn=None):
     """flex_attention's differentiable path (the arguments as :func:`attention`
     takes them): returns ``out`` or ``(out, lse)``. The backward kernel is
-    compiled now, so a mod that cannot be differentiated fails at the call;
-    so does a target without a backward (:func:`check_backward_target`)."""
+    compiled now, so a mod that cannot be differentiated fails at the call."""
     label = _label(score_fn) if score_fn is not None else "score_mod"
     options = _static(_options(query, options))
     spec = attention_spec(query, key, value, score_mod=score_mod, mask_mod=mask_mod,
                           block_mask=block_mask, captures=captures, scale=scale,
                           enable_gqa=enable_gqa, options=options, name=name)
-    check_backward_target(options, query, key, value, captures, capture_labels)
     p = prepare(spec, score_mod=score_mod, mask_mod=mask_mod, block_mask=block_mask,
                 options=options, label=label,
                 grad_captures=[i for i, t in enumerate(captures) if t.requires_grad])
@@ -405,8 +411,8 @@ def prepare(spec, *, score_mod, mask_mod, block_mask, options, grad_captures,
     call = Call(score_mod, mask_mod, spec.block_size, len(kv_side) == 4, bool(q_side),
                 options, label)
     if grad:
-        backward_kernel(backward.backward_spec(spec, q_side, grad_captures, False, label),
-                        options)
+        backward_kernel(backward.backward_spec(spec, q_side, grad_captures, False, label,
+                                                target=options.target), options)
     return Prepared(register(call), kv_side + q_side, spec.scale)
 
 
@@ -571,7 +577,7 @@ def _trace_plan(score_fn, mask_fn, metas, block_size, scale, enable_gqa, grad_mo
                     torch.empty((*num.shape[:2], kv_blocks, q_blocks), dtype=torch.int32,
                                 device="meta")]
         grad_captures = [i for i, t in enumerate(captures) if t.requires_grad]
-        backward_kernel(backward.backward_spec(spec, q_side_meta, grad_captures, False, label),
-                        options)
+        backward_kernel(backward.backward_spec(spec, q_side_meta, grad_captures, False, label,
+                                               target=options.target), options)
     paths = tuple(located[id(t)] for t in captures)
     return register(call), paths, float(scale), grad

@@ -100,12 +100,17 @@ def load_kernel(key: str):
 
 
 class StoredKernel:
-    """A flexattn_runtime kernel called with the spec's arguments in order."""
+    """A flexattn_runtime kernel called with the spec's arguments in order;
+    the arguments its metadata lists under ``zero_init`` are zeroed first."""
 
     def __init__(self, kernel):
         self.kernel = kernel
+        names = kernel.metadata.argument_names
+        self.zero_init = [names.index(n) for n in kernel.metadata.spec.get("zero_init", [])]
 
     def __call__(self, tensors: Sequence) -> None:
+        for i in self.zero_init:
+            tensors[i].zero_()
         self.kernel(list(tensors))
 
 

@@ -154,3 +154,13 @@ func.func @apply_vjp(%s: f32, %dy: f32, %i: index, %c: memref<4xf32>) -> (f32, f
   %p:2 = flexattn.apply_mods_vjp %s, %dy at(%i, %i, %i, %i) : f32, f32
   return %r#0, %p#1 : f32, f32
 }
+
+// A precomputed delta (the GPU backward's form).
+// CHECK-LABEL: func.func @precomputed_delta(
+// CHECK:         flexattn.attention_backward {{.*}} lse(%{{[a-z0-9_]+}} : memref<1x2x64xf32>) delta(%{{[a-z0-9_]+}} : memref<1x2x64xf32>) grads(
+func.func @precomputed_delta(%q: memref<1x2x64x16xf32>, %o: memref<1x2x64x16xf32>, %l: memref<1x2x64xf32>, %d: memref<1x2x64xf32>) {
+  flexattn.attention_backward ins(%q, %q, %q : memref<1x2x64x16xf32>, memref<1x2x64x16xf32>, memref<1x2x64x16xf32>) out(%o : memref<1x2x64x16xf32>)
+      dout(%o : memref<1x2x64x16xf32>) lse(%l : memref<1x2x64xf32>) delta(%d : memref<1x2x64xf32>) grads(%q, %q, %q : memref<1x2x64x16xf32>, memref<1x2x64x16xf32>, memref<1x2x64x16xf32>)
+      attributes {scale = 1.0 : f32}
+  return
+}

@@ -287,3 +287,13 @@ func.func @f(%s: f32, %i: index, %c: memref<4xf32>) {
     } : f32, f32
   return
 }
+
+// -----
+
+func.func @f(%q: memref<1x2x64x16xf32>, %o: memref<1x2x64x16xf32>, %l: memref<1x2x64xf32>, %d: memref<1x2x64xf16>) {
+  // expected-error @+1 {{'flexattn.attention_backward' op delta must have the type of lse ('memref<1x2x64xf32>'), got 'memref<1x2x64xf16>'}}
+  flexattn.attention_backward ins(%q, %q, %q : memref<1x2x64x16xf32>, memref<1x2x64x16xf32>, memref<1x2x64x16xf32>) out(%o : memref<1x2x64x16xf32>)
+      dout(%o : memref<1x2x64x16xf32>) lse(%l : memref<1x2x64xf32>) delta(%d : memref<1x2x64xf16>) grads(%q, %q, %q : memref<1x2x64x16xf32>, memref<1x2x64x16xf32>, memref<1x2x64x16xf32>)
+      attributes {scale = 1.0 : f32}
+  return
+}

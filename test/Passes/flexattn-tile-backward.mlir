@@ -111,3 +111,21 @@ func.func @not_differentiated(%q: memref<1x2x64x16xf32>, %o: memref<1x2x64x16xf3
     }
   return
 }
+
+// -----
+
+// A precomputed delta (the GPU backward's form): no heap buffer, the loops
+// read the operand.
+
+// CHECK-LABEL: func.func @precomputed_delta(
+// CHECK-SAME:    %[[LSE:[^:]+]]: memref<1x2x64xf32>, %[[DELTA:[^:]+]]: memref<1x2x64xf32>)
+// CHECK-NOT:     memref.alloc(
+// CHECK:         flexattn.backward_q_loop {{.*}} stats(%[[LSE]], %[[DELTA]] :
+// CHECK:         flexattn.backward_kv_loop {{.*}} stats(%[[LSE]], %[[DELTA]] :
+// CHECK-NOT:     memref.dealloc
+func.func @precomputed_delta(%q: memref<1x2x64x16xf32>, %o: memref<1x2x64x16xf32>, %l: memref<1x2x64xf32>, %d: memref<1x2x64xf32>) {
+  flexattn.attention_backward ins(%q, %q, %q : memref<1x2x64x16xf32>, memref<1x2x64x16xf32>, memref<1x2x64x16xf32>) out(%o : memref<1x2x64x16xf32>)
+      dout(%o : memref<1x2x64x16xf32>) lse(%l : memref<1x2x64xf32>) delta(%d : memref<1x2x64xf32>) grads(%q, %q, %q : memref<1x2x64x16xf32>, memref<1x2x64x16xf32>, memref<1x2x64x16xf32>)
+      attributes {scale = 1.0 : f32}
+  return
+}

@@ -21,7 +21,7 @@ from mlir.execution_engine import ExecutionEngine
 
 from ... import _native
 from ..options import CompileOptions
-from ..pipeline import Backend, make_sparse, make_tiled, run_pipeline
+from ..pipeline import Backend, make_differentiated, make_sparse, make_tiled, run_pipeline
 from ..spec import ENTRY, AttentionSpec
 
 __all__ = ["BACKEND", "CpuKernel", "make_llvm", "memref_descriptor"]
@@ -48,10 +48,6 @@ def make_llvm(mod: ir.Module, opts: CompileOptions) -> None:
         "reconcile-unrealized-casts",
         "llvm",
     )
-
-
-def make_differentiated(mod: ir.Module, opts: CompileOptions) -> None:
-    run_pipeline(mod, "flexattn-differentiate-mods", "differentiated")
 
 
 def make_decomposed(mod: ir.Module, opts: CompileOptions) -> None:

@@ -10,6 +10,12 @@ and the launch metadata :mod:`flexattn_runtime` runs the cubin with.
            -> nvvm      flexattn-lower-to-nvvm
            -> ptx       gpu-module-to-binary
 
+The backward (flexattn_mlir/backward.py) shares the last three:
+
+    sparse -> grid      flexattn-map-backward-to-grid
+           -> rows      flexattn-lower-backward-rows, flexattn-inline-mods
+           -> kernel    gpu-kernel-outlining -> nvvm -> ptx
+
 Every launch fact (kernel name, grid, block, shared memory, how to encode
 each tensor map) is read off the compiled IR, never restated here.
 """
@@ -20,14 +26,16 @@ from mlir import ir
 
 from .. import cache, ptxas, targets
 from ..options import CompileOptions
-from ..pipeline import Backend, CompilationError, make_sparse, make_tiled, run_pipeline
+from ..pipeline import (Backend, CompilationError, make_differentiated, make_sparse, make_tiled,
+                        run_pipeline)
 from ..spec import AttentionSpec
 
-__all__ = ["BACKEND", "stages", "finish", "launch_metadata", "binary_of"]
+__all__ = ["BACKEND", "stages", "backward_stages", "finish", "launch_metadata", "binary_of"]
 
 _TORCH_DTYPE = {"bf16": "bfloat16", "f16": "float16", "f32": "float32", "i32": "int32",
                 "i64": "int64", "i8": "uint8", "i16": "int16", "f64": "float64"}
 _TENSOR_MAP = "flexattn.tensor_map"  # the host argument attribute the roles pass writes
+_ZERO_INIT = "flexattn.zero_init"  # the host function attribute of the backward's grid pass
 
 
 def make_grid(mod: ir.Module, opts: CompileOptions) -> None:
@@ -117,6 +125,40 @@ def stages(opts: CompileOptions) -> dict:
     return {"tiled": make_tiled, "sparse": make_sparse, **_STAGES[opts.target]}
 
 
+def make_backward_grid(mod: ir.Module, opts: CompileOptions) -> None:
+    run_pipeline(mod, "flexattn-map-backward-to-grid", "grid")
+
+
+def make_backward_rows(mod: ir.Module, opts: CompileOptions) -> None:
+    run_pipeline(mod, [
+        "flexattn-lower-backward-rows",
+        "flexattn-inline-mods",
+        "convert-linalg-to-loops",
+        "canonicalize",
+        "cse",
+    ], "rows")
+
+
+def make_backward_kernel(mod: ir.Module, opts: CompileOptions) -> None:
+    run_pipeline(mod, [
+        "gpu-launch-sink-index-computations",
+        "gpu-kernel-outlining",
+        "canonicalize",
+        "cse",
+    ], "kernel")
+
+
+def backward_stages(opts: CompileOptions) -> dict:
+    """The backward's GPU stages: ``differentiated``, ``tiled`` and ``sparse``
+    as on the CPU, then one launch of dk/dv and dq tiles, a thread per tile
+    row (CUDA cores, any NVIDIA target; the kernel reads a precomputed delta,
+    ``BackwardSpec.delta_input``)."""
+    targets.target(opts.target)
+    return {"differentiated": make_differentiated, "tiled": make_tiled, "sparse": make_sparse,
+            "grid": make_backward_grid, "rows": make_backward_rows,
+            "kernel": make_backward_kernel, "nvvm": make_nvvm, "ptx": make_ptx}
+
+
 def _ptx_of(mod: ir.Module) -> str:
     for op in mod.body.operations:
         if op.operation.name == "gpu.binary":
@@ -152,15 +194,14 @@ def launch_metadata(mod: ir.Module, spec: AttentionSpec, opts: CompileOptions) -
     def const(v) -> int:
         return ir.IntegerAttr(v.owner.attributes["value"]).value
 
-    operands = list(launch.operands)
-    # gpu.launch_func operands: grid x3, block x3, dynamic smem, kernel args.
-    grid = [const(v) for v in operands[0:3]]
-    block = [const(v) for v in operands[3:6]]
-    smem = const(operands[6])
+    view = launch.opview
+    grid = [const(v) for v in (view.gridSizeX, view.gridSizeY, view.gridSizeZ)]
+    block = [const(v) for v in (view.blockSizeX, view.blockSizeY, view.blockSizeZ)]
+    smem = 0 if view.dynamicSharedMemorySize is None else const(view.dynamicSharedMemorySize)
     kernel = ir.SymbolRefAttr(launch.attributes["kernel"]).value[-1]
     arg_attrs = func.attributes["arg_attrs"] if "arg_attrs" in func.attributes else None
     params = []
-    for v in operands[7:]:
+    for v in view.kernelOperands:
         arg_no = ir.BlockArgument(v).arg_number
         attrs = ir.DictAttr(arg_attrs[arg_no]) if arg_attrs is not None else None
         if attrs is not None and _TENSOR_MAP in attrs:
@@ -172,7 +213,14 @@ def launch_metadata(mod: ir.Module, spec: AttentionSpec, opts: CompileOptions) -
                               for key in ("swizzle", "l2_promotion", "oob_fill", "interleave")}})
         else:
             params.append({"kind": "ptr", "arg": names[arg_no]})
-    outputs = ["out"] + (["lse"] if spec.return_lse else [])
+    if hasattr(spec, "output_names"):
+        outputs = spec.output_names()
+    else:
+        outputs = ["out"] + (["lse"] if spec.return_lse else [])
+    # Buffers the kernel accumulates into, zeroed by the launcher first.
+    zero_init = ([names[i] for i in ir.DenseI64ArrayAttr(func.attributes[_ZERO_INIT])]
+                 if _ZERO_INIT in func.attributes else [])
+    forward = getattr(spec, "forward", spec)
     return {
         "version": 1,
         "entry": kernel,
@@ -184,8 +232,8 @@ def launch_metadata(mod: ir.Module, spec: AttentionSpec, opts: CompileOptions) -
         "arguments": [{"name": n, "shape": list(t.shape), "dtype": _TORCH_DTYPE[t.elem]}
                       for n, t in spec.arguments()],
         "outputs": outputs,
-        "spec": {"scale": spec.scale, "block_size": spec.block_size,
-                 "compiler": cache.compiler_version()},
+        "spec": {"scale": forward.scale, "block_size": forward.block_size,
+                 "compiler": cache.compiler_version(), "zero_init": zero_init},
     }
 
 
@@ -221,4 +269,4 @@ def current_capability() -> tuple[int, int] | None:
     return tuple(torch.cuda.get_device_capability()) if torch.cuda.is_available() else None
 
 
-BACKEND = Backend("gpu", targets.gpu_targets(), stages, None, finish)
+BACKEND = Backend("gpu", targets.gpu_targets(), stages, backward_stages, finish)

@@ -1,0 +1,109 @@
+"""The GPU backward. Without a GPU: every zoo variant's backward (learnable
+float captures included) compiles to an sm_90a cubin with ptxas (from the
+nvidia-cuda-nvcc wheel of the test extra; skipped with the reason where none
+is found), as one launch of dk/dv and dq tiles whose IR holds no M x N
+buffer, and launch metadata that names what the launcher zeroes. With an
+sm_90 GPU: flex_attention's gradients (q, k, v, a learnable bias table)
+against torch's flex_attention in float32 on the same inputs.
+bench/gpu_backward.py runs the zoo on the H200 from AOT artifacts.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+import flexattn_mlir as fm
+from flexattn_mlir import backward, ptxas, zoo
+
+try:
+    ptxas.find()
+    HAS_PTXAS = True
+except ptxas.PtxasNotFound:
+    HAS_PTXAS = False
+needs_ptxas = pytest.mark.skipif(
+    not HAS_PTXAS, reason="no ptxas (install the test extra's nvidia-cuda-nvcc wheel, or set "
+                          "FLEXATTN_PTXAS): the GPU backward is checked down to a cubin")
+HAS_SM90 = torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
+needs_sm90 = pytest.mark.skipif(
+    not HAS_SM90, reason="needs an sm_90 (H100/H200) CUDA GPU; bench/gpu_backward.py covers it "
+                         "on the H200")
+GPU = fm.CompileOptions(target="sm_90a")
+S = 300  # not a multiple of the 128-token tiles
+
+
+def _backward_spec(variant: str, D: int = 64):
+    fwd = zoo.spec(variant, 1, 2, S, D)
+    q_side = []
+    if fwd.kv_num_blocks is not None:
+        blocks = -(-S // 128)
+        num = torch.empty(1, 1, blocks, dtype=torch.int32, device="meta")
+        idx = torch.empty(1, 1, blocks, blocks, dtype=torch.int32, device="meta")
+        q_side = [num, idx, num, idx]
+    learnable = [i for i, c in enumerate(fwd.captures) if c.elem.startswith("f")]
+    return backward.backward_spec(fwd, q_side, learnable, False, target="sm_90a")
+
+
+@needs_ptxas
+@pytest.mark.parametrize("variant", zoo.names())
+def test_zoo_backward_compiles_to_a_cubin_for_sm90a(variant):
+    spec = _backward_spec(variant)
+    compiled = fm.compile(spec, GPU, keep_ir=True)
+    md, ptx = compiled.metadata, compiled.metadata["ptx"]
+    assert md["cubin"][:4] == b"\x7fELF"
+    assert md["resources"].registers <= 255
+    assert ".target sm_90a" in ptx and "ex2.approx.ftz.f32" in ptx
+    # One launch: the dk/dv tiles (Hkv x ceil(S/128)) then the dq tiles.
+    launch = md["launch"]
+    tiles = -(-S // 128)
+    assert launch["grid"] == [2 * tiles + 2 * tiles, 1, 1] and launch["block"] == [128, 1, 1]
+    assert launch["outputs"][:3] == ["dq", "dk", "dv"]
+    grads = [f"capture_grad{i}" for i in range(len(spec.grad_captures))]
+    assert launch["spec"]["zero_init"] == grads
+    if grads:  # learnable tables accumulate with f32 atomics
+        assert re.search(r"(red|atom)\.global\.add\.f32", ptx)
+    # No M x N (S x S) buffer at any stage of the backward.
+    for stage, text in compiled.ir.items():
+        assert not re.search(rf"memref<(\d+x)*{S}x{S}x", text), stage
+
+
+def test_gpu_backward_needs_a_precomputed_delta():
+    spec = _backward_spec("causal")
+    spec = backward.BackwardSpec(**{**spec.__dict__, "delta_input": False})
+    with pytest.raises(fm.CompilationError, match="reads a precomputed delta"):
+        fm.compile(spec, GPU)
+
+
+@needs_sm90
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize("variant", ["causal", "alibi_causal", "t5_bias", "document"])
+@pytest.mark.parametrize("dtype,d", [(torch.bfloat16, 128), (torch.float16, 64)])
+def test_gradients_match_torch_on_gpu(variant, dtype, d):
+    from torch.nn.attention import flex_attention as tfa
+
+    B, H = 1, 2
+    score_mod, mask_mod = zoo.make(variant, H, S, "cuda")
+    tables = [c.cell_contents for c in (getattr(score_mod, "__closure__", None) or ())
+              if isinstance(c.cell_contents, torch.Tensor) and c.cell_contents.is_floating_point()]
+    q, k, v, dout = (torch.randn(B, H, S, d, device="cuda", dtype=dtype) for _ in range(4))
+
+    def grads(fn, bm, *inputs):
+        leaves = [t.detach().clone().requires_grad_() for t in inputs]
+        for t in tables:
+            t.requires_grad_(True)
+            t.grad = None
+        fn(*leaves, score_mod=score_mod, block_mask=bm).backward(dout.to(leaves[0].dtype))
+        out = [t.grad for t in leaves] + [t.grad.clone() for t in tables]
+        for t in tables:
+            t.requires_grad_(False)
+        return out
+
+    ours_bm = fm.create_block_mask(mask_mod, None, None, S, S, device="cuda") if mask_mod else None
+    torch_bm = tfa.create_block_mask(mask_mod, None, None, S, S, device="cuda") if mask_mod else None
+    mine = grads(fm.flex_attention, ours_bm, q, k, v)
+    ref = grads(tfa.flex_attention, torch_bm, q.float(), k.float(), v.float())
+    for name, a, b in zip(["dq", "dk", "dv", "dtable"], mine, ref):
+        assert not torch.isnan(a).any(), name
+        assert (a.float() - b).norm() / b.norm() < 3e-2, name
