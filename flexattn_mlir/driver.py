@@ -1,6 +1,7 @@
 """The staged compiler: one function per IR level, each a flat list of passes.
 
-    flexattn -> tiled -> sparse -> fused -> inlined -> loops -> llvm   (CPU)
+    flexattn -> tiled -> sparse -> split -> fused -> inlined -> vector -> loops
+             -> llvm   (CPU)
 
 Every stage's output can be written out (``FLEXATTN_DUMP_IR=<dir>``) and any
 stage can be replaced by a file (``FLEXATTN_OVERRIDE_IR=<dir>`` holding
@@ -78,12 +79,20 @@ def make_sparse(mod: ir.Module, opts: CompileOptions) -> None:
     run_pipeline(mod, "flexattn-block-sparsity", "sparse")
 
 
+def make_split(mod: ir.Module, opts: CompileOptions) -> None:
+    run_pipeline(mod, "flexattn-split-full-tiles", "split")
+
+
 def make_fused(mod: ir.Module, opts: CompileOptions) -> None:
     run_pipeline(mod, "flexattn-fuse-online-softmax", "fused")
 
 
 def make_inlined(mod: ir.Module, opts: CompileOptions) -> None:
     run_pipeline(mod, "flexattn-inline-mods, canonicalize, cse", "inlined")
+
+
+def make_vector(mod: ir.Module, opts: CompileOptions) -> None:
+    run_pipeline(mod, "flexattn-vectorize-tiles, canonicalize, cse", "vector")
 
 
 def make_loops(mod: ir.Module, opts: CompileOptions) -> None:
@@ -93,9 +102,11 @@ def make_loops(mod: ir.Module, opts: CompileOptions) -> None:
 def make_llvm(mod: ir.Module, opts: CompileOptions) -> None:
     run_pipeline(
         mod,
-        "arith-expand, convert-scf-to-cf, expand-strided-metadata, lower-affine, "
+        "arith-expand, convert-vector-to-scf{full-unroll=true}, convert-scf-to-cf, "
+        "expand-strided-metadata, lower-affine, "
+        "convert-vector-to-llvm{vector-transpose-lowering=shuffle16x16 enable-x86vector=true}, "
         "finalize-memref-to-llvm, convert-math-to-llvm, convert-arith-to-llvm, "
-        "convert-index-to-llvm, convert-func-to-llvm, convert-cf-to-llvm, "
+        "convert-index-to-llvm, convert-func-to-llvm, convert-cf-to-llvm, convert-ub-to-llvm, "
         "reconcile-unrealized-casts",
         "llvm",
     )
@@ -111,8 +122,9 @@ def stages(opts: CompileOptions) -> dict[str, Stage]:
         "sparse": make_sparse,
     }
     if opts.target == "cpu":
-        return {**common, "fused": make_fused, "inlined": make_inlined,
-                "loops": make_loops, "llvm": make_llvm}
+        return {**common, "split": make_split, "fused": make_fused,
+                "inlined": make_inlined, "vector": make_vector, "loops": make_loops,
+                "llvm": make_llvm}
     from . import gpu  # the GPU stages live beside the GPU code
 
     return {**common, **gpu.stages(opts)}

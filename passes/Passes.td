@@ -5,8 +5,9 @@
 //===----------------------------------------------------------------------===//
 //
 // The CPU pipeline, in order:
-//   flexattn-tile -> flexattn-block-sparsity -> flexattn-fuse-online-softmax
-//   -> flexattn-inline-mods -> flexattn-lower-to-loops
+//   flexattn-tile -> flexattn-block-sparsity -> flexattn-split-full-tiles
+//   -> flexattn-fuse-online-softmax -> flexattn-inline-mods
+//   -> flexattn-vectorize-tiles -> flexattn-lower-to-loops
 //
 //===----------------------------------------------------------------------===//
 
@@ -85,6 +86,49 @@ def FlexAttnBlockSparsity : Pass<"flexattn-block-sparsity", "::mlir::ModuleOp"> 
                            "::mlir::arith::ArithDialect"];
 }
 
+def FlexAttnSplitFullTiles : Pass<"flexattn-split-full-tiles", "::mlir::ModuleOp"> {
+  let summary = "Version each tile_step and finalize on whether its tile lies "
+                "inside the sequence, the full copy on views cut at the tile's "
+                "end";
+  let description = [{
+    Wraps each `flexattn.tile_step` in `scf.if (q0 + BM <= M && kv0 + BN <= N)`
+    and each `flexattn.finalize` in `scf.if (q0 + BM <= M)`. The then-branch
+    runs a copy of the op on views of q/k/v (out/lse) cut at the tile's end,
+    `[.., q0 + BM, ..]`: the tile extents `flexattn-fuse-online-softmax`
+    computes, `clamp(end - q0, 0, BM)`, then fold to `BM` (and `BN`) under
+    canonicalization, so the full tile's linalg ops have static shapes for
+    `flexattn-vectorize-tiles`. The else-branch keeps the op as it was (a
+    clipped edge tile, dynamic shapes). The Q check is left out when BM
+    divides M (`flexattn-tile` makes q0 a multiple of BM below M); the KV
+    check always stays (a block list may name any block), and costs one
+    comparison per tile step.
+
+    Before:
+    ```mlir
+    flexattn.tile_step ins(%q, %k, %v : memref<1x8x2048x64xf32>, ...) state(...)
+        at(%b, %h, %hkv, %q0, %kv0) attributes {scale = 0.125 : f32, tile_size = array<i64: 64, 128>}
+    ```
+    After:
+    ```mlir
+    %qe = arith.addi %q0, %c64 : index
+    %kve = arith.addi %kv0, %c128 : index
+    %in = arith.cmpi sle, %kve, %c2048 : index
+    scf.if %in {
+      %qc = memref.subview %q[0, 0, 0, 0] [1, 8, %qe, 64] [1, 1, 1, 1]
+          : memref<1x8x2048x64xf32> to memref<1x8x?x64xf32, strided<[1048576, 131072, 64, 1]>>
+      %kc = memref.subview %k[...] [1, 8, %kve, 64] [...]
+      %vc = memref.subview %v[...] [1, 8, %kve, 64] [...]
+      flexattn.tile_step ins(%qc, %kc, %vc : ...) state(...) at(%b, %h, %hkv, %q0, %kv0) ...
+    } else {
+      flexattn.tile_step ins(%q, %k, %v : ...) state(...) at(%b, %h, %hkv, %q0, %kv0) ...
+    }
+    ```
+  }];
+  let dependentDialects = ["::mlir::scf::SCFDialect",
+                           "::mlir::memref::MemRefDialect",
+                           "::mlir::arith::ArithDialect"];
+}
+
 def FlexAttnFuseOnlineSoftmax
     : Pass<"flexattn-fuse-online-softmax", "::mlir::ModuleOp"> {
   let summary = "Decompose tile_step and finalize into tile-sized linalg ops "
@@ -140,6 +184,66 @@ def FlexAttnInlineMods : Pass<"flexattn-inline-mods", "::mlir::ModuleOp"> {
     ```
   }];
   let dependentDialects = ["::mlir::arith::ArithDialect"];
+}
+
+def FlexAttnVectorizeTiles : Pass<"flexattn-vectorize-tiles", "::mlir::ModuleOp"> {
+  let summary = "Tile the static-shape tile math to register blocks and lower "
+                "it to vector FMAs, loads, stores and shuffles";
+  let description = [{
+    For every linalg op whose operands all have static shapes (the full
+    tiles `flexattn-split-full-tiles` exposes), with upstream transforms:
+
+    - Q.Kᵀ, a contraction `(i, d), (j, d) -> (i, j)`, first gets its K tile
+      transposed into a `[D, BN]` stack buffer (`linalg.transpose`, tiled to
+      16 x 16 blocks lowered to shuffles), so it becomes a row-major
+      `(i, d), (d, j) -> (i, j)` contraction like P.V;
+    - row-major contractions are tiled (`scf::tileUsingSCF`) to
+      `[row-block, col-block, 1]`, vectorised to `vector.contract`, their
+      accumulators hoisted out of the reduction loop into `iter_args`
+      (`linalg::hoistRedundantVectorTransfers`) and lowered to outer
+      products, i.e. broadcast-FMAs on register rows;
+    - other ops (fills, copies, the mods, row max/sum reductions, exp2
+      updates) are tiled to one row and vectorised whole along it
+      (`linalg::vectorize`; `linalg.index` becomes `vector.step`), row
+      reductions lowered to `vector.reduction`;
+    - `math.exp2` becomes `exp(x ln 2)` and upstream's polynomial exp.
+
+    Ops with dynamic shapes (edge tiles) or bodies the vectoriser cannot
+    widen stay linalg ops for `flexattn-lower-to-loops`.
+
+    Before (the full tile's P.V):
+    ```mlir
+    linalg.generic {indexing_maps = [(i, j, k) -> (i, k), (i, j, k) -> (k, j), (i, j, k) -> (i, j)], ...}
+        ins(%p, %v : memref<64x128xf32>, memref<128x64xf32, strided<[64, 1], offset: ?>>)
+        outs(%acc : memref<64x64xf32>)
+    ```
+    After:
+    ```mlir
+    scf.for %i = %c0 to %c64 step %c4 {
+      %a0 = vector.load %acc[%i, %c0] : memref<64x64xf32>, vector<64xf32>   // x4 rows
+      %r:4 = scf.for %k = %c0 to %c128 step %c1 iter_args(%a = %a0, ...) {
+        %vrow = vector.load %v[%k, %c0] : ..., vector<64xf32>
+        %p0 = memref.load %p[%i, %k] : memref<64x128xf32>
+        %b0 = vector.broadcast %p0 : f32 to vector<64xf32>
+        %n0 = vector.fma %b0, %vrow, %a : vector<64xf32>                     // x4 rows
+        scf.yield %n0, ...
+      }
+      vector.store %r#0, %acc[%i, %c0] : memref<64x64xf32>, vector<64xf32>   // x4 rows
+    }
+    ```
+  }];
+  let options = [
+    Option<"rowBlock", "row-block", "int64_t", /*default=*/"4",
+           "Rows of a contraction's register block">,
+    Option<"colBlock", "col-block", "int64_t", /*default=*/"64",
+           "Columns of a contraction's register block">,
+  ];
+  let dependentDialects = ["::mlir::vector::VectorDialect",
+                           "::mlir::scf::SCFDialect",
+                           "::mlir::memref::MemRefDialect",
+                           "::mlir::arith::ArithDialect",
+                           "::mlir::math::MathDialect",
+                           "::mlir::linalg::LinalgDialect"];
 }
 
 def FlexAttnLowerToLoops : Pass<"flexattn-lower-to-loops", "::mlir::ModuleOp"> {

@@ -379,7 +379,7 @@ def test_unknown_kernel_option():
 # compile_flex_attention: the IR of every stage
 # ---------------------------------------------------------------------------
 
-CPU_STAGES = ["flexattn", "tiled", "sparse", "fused", "inlined", "loops", "llvm"]
+CPU_STAGES = ["flexattn", "tiled", "sparse", "split", "fused", "inlined", "vector", "loops", "llvm"]
 GPU_STAGES = ["flexattn", "tiled", "sparse", "gpu", "inlined", "nvvm", "ptx"]
 
 
@@ -535,7 +535,7 @@ def test_dump_ir_bypasses_the_caches(tmp_path, monkeypatch):
     monkeypatch.setenv("FLEXATTN_DUMP_IR", str(tmp_path))
     fm.flex_attention(q, q, q)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        f"flexattn.{s}.mlir" for s in ["flexattn", "tiled", "sparse", "fused", "inlined", "loops", "llvm"])
+        f"flexattn.{s}.mlir" for s in CPU_STAGES)
 
 
 def test_torch_backward_kernel_options_are_ignored():

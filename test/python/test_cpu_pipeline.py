@@ -19,6 +19,7 @@ import flexattn_mlir as fm
 from flexattn_mlir import CompileOptions, ModIR
 from reference import reference_attention
 
+CPU_STAGES = ["flexattn", "tiled", "sparse", "split", "fused", "inlined", "vector", "loops", "llvm"]
 TOL = {torch.float32: 2e-5, torch.bfloat16: 1e-2, torch.float16: 2e-3}
 
 CAUSAL = ModIR.mask(
@@ -154,9 +155,11 @@ def test_block_mask_per_batch_and_head():
     check(out, lse, ref, ref_lse, torch.float32)
 
 
-def test_fully_masked_rows_give_zero_and_neg_inf_lse():
-    """Rows with no visible key: output 0, lse -inf (torch's convention)."""
-    q, k, v = inputs(1, 2, 2, 90, 60, 16)
+@pytest.mark.parametrize("m,n", [(90, 60), (128, 128)])
+def test_fully_masked_rows_give_zero_and_neg_inf_lse(m, n):
+    """Rows with no visible key: output 0, lse -inf (torch's convention), in
+    edge tiles (90 x 60: scalar loops) and full ones (128 x 128: vectors)."""
+    q, k, v = inputs(1, 2, 2, m, n, 16)
     mask = ModIR.mask(
         """
 ^bb0(%b: i32, %h: i32, %q: i32, %kv: i32):
@@ -213,12 +216,14 @@ def test_stages_are_inspectable():
     q, k, v = inputs(1, 1, 1, 64, 64, 16)
     spec = fm.attention_spec(q, k, v, mask_mod=CAUSAL)
     compiled = fm.compile(spec)
-    assert compiled.stage_names() == ["flexattn", "tiled", "sparse", "fused", "inlined", "loops", "llvm"]
+    assert compiled.stage_names() == CPU_STAGES
     assert "flexattn.attention" in compiled["flexattn"]
     assert "flexattn.kv_loop" in compiled["tiled"]
     assert "flexattn.tile_step" in compiled["sparse"]
+    assert "scf.if" in compiled["split"]  # full KV tiles or not
     assert "flexattn.apply_mods" in compiled["fused"]
     assert "flexattn." not in compiled["inlined"]
+    assert "vector.fma" in compiled["vector"] and "linalg." not in compiled["vector"]
     assert "linalg." not in compiled["loops"]
     assert "llvm.func" in compiled["llvm"]
 
@@ -228,5 +233,4 @@ def test_dump_ir_env(tmp_path, monkeypatch):
     q, k, v = inputs(1, 1, 1, 32, 32, 16)
     fm.compile(fm.attention_spec(q, k, v, mask_mod=CAUSAL))
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == sorted(f"flexattn.{s}.mlir" for s in
-                           ["flexattn", "tiled", "sparse", "fused", "inlined", "loops", "llvm"])
+    assert names == sorted(f"flexattn.{s}.mlir" for s in CPU_STAGES)
