@@ -24,7 +24,7 @@ __all__ = ["attention", "attention_spec", "attention_compile_count", "build_spec
 
 _lock = threading.Lock()
 _kernels: dict[str, object] = {}
-_cpu_cache = cache.DiskCache("cpu", ".mlir")
+_cpu_cache = cache.DiskCache("cpu", ".o")
 # Counts compilations in this process (tests assert cache hits with it).
 compile_count = 0
 
@@ -54,13 +54,23 @@ def build_spec(query, key, value, *, score_mod, mask_mod, block_mask, captures,
     )
 
 
+def _machine(opts: CompileOptions) -> str:
+    """What CPU code is built for (this host's CPU and features); GPU code
+    names its target in the options."""
+    if opts.target != "cpu":
+        return ""
+    from . import _native
+
+    return _native.cpu_host_target()
+
+
 def kernel_for(spec: AttentionSpec, opts: CompileOptions):
     """The kernel of (spec, opts): from this process's table, else the disk
     cache (or, for GPUs, an artifact store), else compiled (and stored).
     With FLEXATTN_DUMP_IR or FLEXATTN_OVERRIDE_IR set, every call compiles
     afresh and caches nothing: the stages are dumped, and an overridden
     stage never reaches the caches."""
-    key = cache.kernel_key(spec.digest(), opts.digest())
+    key = cache.kernel_key(spec.digest(), opts.digest(), machine=_machine(opts))
     if os.environ.get("FLEXATTN_DUMP_IR") or os.environ.get("FLEXATTN_OVERRIDE_IR"):
         return _load_or_compile(spec, opts, key, use_cache=False)
     with _lock:
@@ -79,14 +89,14 @@ def _load_or_compile(spec: AttentionSpec, opts: CompileOptions, key: str,
     if opts.target == "cpu":
         from .cpu import CpuKernel
 
-        text = _cpu_cache.get(key) if use_cache else None
-        if text is not None:
-            return CpuKernel.from_llvm_ir(text.decode(), spec, opts)
+        obj = _cpu_cache.get(key) if use_cache else None
+        if obj is not None:
+            return CpuKernel(obj, spec, opts)  # machine code: no code generation
         compiled = driver.compile(spec, opts, keep_ir=False)
         compile_count += 1
-        kernel = CpuKernel(compiled)  # the JIT built: worth caching
+        kernel = CpuKernel.compile(compiled)  # it loaded: worth caching
         if use_cache:
-            _cpu_cache.put(key, str(compiled.module).encode())
+            _cpu_cache.put(key, kernel.object)
         return kernel
     from . import gpu
 

@@ -3,15 +3,16 @@
 Everything lives under ``FLEXATTN_CACHE_DIR`` (default
 ``$XDG_CACHE_HOME/flexattn_mlir`` or ``~/.cache/flexattn_mlir``):
 
-    cpu/<key>.mlir        LLVM-dialect IR of a CPU kernel (the JIT re-runs
-                          only LLVM code generation on a hit)
+    cpu/<key>.o           a CPU kernel's machine code for this host (an ELF
+                          object; a hit only links it)
     gpu/                  a flexattn_runtime artifact store (index.json,
                           <name>.json, <name>.cubin|.ptx)
     mods/<key>.json       captured score_mod/mask_mod IR (the frontend)
 
-Keys hash the kernel spec (captured IR, shapes, dtypes), the options and the
-compiler version (a hash of the C++ and Python sources), so a changed
-compiler never reuses stale code and AOT artifacts built on another machine
+Keys hash the kernel spec (captured IR, shapes, dtypes), the options, the
+compiler version (a hash of the C++ and Python sources) and, for CPU code,
+the host's CPU name and features, so a changed compiler or machine never
+reuses stale code and AOT artifacts built on another machine
 from the same sources are found. Writes go to a temporary file in
 the same directory and are renamed into place, so concurrent processes see
 either nothing or a whole entry.
@@ -52,10 +53,13 @@ def compiler_version() -> str:
     return h.hexdigest()[:16]
 
 
-def kernel_key(spec_digest: str, options_digest: str) -> str:
-    return hashlib.sha256(
-        f"{spec_digest}|{options_digest}|{compiler_version()}".encode()
-    ).hexdigest()
+def kernel_key(spec_digest: str, options_digest: str, machine: str = "") -> str:
+    """``machine``: what the code is built for beyond the options (the CPU
+    name and features of CPU code)."""
+    text = f"{spec_digest}|{options_digest}|{compiler_version()}"
+    if machine:
+        text += f"|{machine}"
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def atomic_write(path: Path, data: bytes) -> None:

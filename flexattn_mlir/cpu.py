@@ -1,15 +1,22 @@
-"""Run a compiled attention kernel on torch CPU tensors with MLIR's
-ExecutionEngine, zero-copy: each tensor is passed as a memref descriptor over
-its own storage (bf16/f16 included; the ABI only sees pointers)."""
+"""Run a compiled attention kernel on torch CPU tensors.
+
+A CPU kernel is a relocatable object for this host (its CPU and features),
+linked into the process by a small ORC loader in our C library
+(python/CpuRuntime.cpp): a cached object loads without code generation. It
+is called on ``torch.get_num_threads()`` threads at once, each claiming Q
+tiles from the kernel's work counter (flexattn-distribute-tiles), with every
+tensor passed zero-copy as a memref descriptor over its own storage (bf16/f16
+included; the ABI only sees pointers).
+"""
 
 from __future__ import annotations
 
 import ctypes
 import functools
+import math
 from typing import Sequence
 
-from mlir import ir
-from mlir.execution_engine import ExecutionEngine
+import torch
 
 from . import _native
 from .driver import Compiled
@@ -42,29 +49,43 @@ def memref_descriptor(tensor) -> ctypes.Structure:
     return desc
 
 
-class CpuKernel:
-    """A JIT-compiled kernel; call it with the spec's arguments in order."""
+def _counter_descriptor(counter: ctypes.Array) -> ctypes.Structure:
+    """The memref<1xi64> descriptor of the kernel's work counter."""
+    desc = _descriptor_type(1)()
+    desc.allocated = desc.aligned = ctypes.addressof(counter)
+    desc.offset = 0
+    desc.sizes[0] = desc.strides[0] = 1
+    return desc
 
-    def __init__(self, compiled: Compiled):
-        if compiled.options.target != "cpu":
-            raise ValueError(f"CpuKernel needs a cpu-target compilation, got {compiled.options.target!r}")
-        self._init(compiled.module, compiled.spec, compiled.options)
+
+class CpuKernel:
+    """A loaded kernel; call it with the spec's arguments in order.
+
+    ``object`` holds the machine code (what the disk cache stores)."""
+
+    def __init__(self, obj: bytes, spec: AttentionSpec, opts: CompileOptions):
+        self.object, self.spec, self.options = obj, spec, opts
+        self._handle, self._entry = _native.cpu_load(obj, ENTRY)
+        b, hq, m, _ = spec.q.shape
+        # More threads than Q tiles would find no work.
+        self.tiles = b * hq * math.ceil(m / opts.tile_q)
 
     @classmethod
-    def from_llvm_ir(cls, text: str, spec: AttentionSpec, opts: CompileOptions) -> "CpuKernel":
-        """A kernel from cached LLVM-dialect IR (only LLVM code generation runs)."""
-        kernel = cls.__new__(cls)
-        with _native.new_context():
-            module = ir.Module.parse(text)
-        kernel._init(module, spec, opts)
-        return kernel
+    def compile(cls, compiled: Compiled) -> "CpuKernel":
+        """Code generation for this host from a cpu-target compilation."""
+        if compiled.options.target != "cpu":
+            raise ValueError(f"CpuKernel needs a cpu-target compilation, got {compiled.options.target!r}")
+        obj = _native.cpu_compile(compiled.module, ENTRY, compiled.options.opt_level)
+        return cls(obj, compiled.spec, compiled.options)
 
-    def _init(self, module, spec: AttentionSpec, opts: CompileOptions) -> None:
-        self.module, self.spec = module, spec
-        self.engine = ExecutionEngine(module, opt_level=opts.opt_level)
-        self._entry = self.engine.lookup(ENTRY)
+    def __del__(self):
+        handle = getattr(self, "_handle", None)
+        if handle:
+            _native.cpu_unload(handle)
 
-    def __call__(self, tensors: Sequence) -> None:
+    def __call__(self, tensors: Sequence, threads: int | None = None) -> None:
+        """Runs the kernel on ``threads`` threads (default
+        ``torch.get_num_threads()``)."""
         expected = self.spec.arguments()
         if len(tensors) != len(expected):
             raise TypeError(f"{self.spec.name}: expected {len(expected)} buffers, got {len(tensors)}")
@@ -76,8 +97,11 @@ class CpuKernel:
                     f"of shape {btype.shape}, got {tuple(t.shape)} on {t.device}"
                 )
             descriptors.append(memref_descriptor(t))
-        packed = (ctypes.c_void_p * len(descriptors))()
+        counter = (ctypes.c_int64 * 1)(0)
+        descriptors.append(_counter_descriptor(counter))
         pointers = [ctypes.pointer(d) for d in descriptors]
+        packed = (ctypes.c_void_p * len(pointers))()
         for i, p in enumerate(pointers):
             packed[i] = ctypes.cast(ctypes.pointer(p), ctypes.c_void_p)
-        self._entry(packed)
+        n = threads if threads is not None else torch.get_num_threads()
+        _native.cpu_run(self._entry, packed, max(1, min(n, self.tiles)))

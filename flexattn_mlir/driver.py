@@ -96,7 +96,8 @@ def make_vector(mod: ir.Module, opts: CompileOptions) -> None:
 
 
 def make_loops(mod: ir.Module, opts: CompileOptions) -> None:
-    run_pipeline(mod, "flexattn-lower-to-loops, canonicalize, cse", "loops")
+    run_pipeline(mod, "flexattn-distribute-tiles, flexattn-lower-to-loops, canonicalize, cse",
+                 "loops")
 
 
 def make_llvm(mod: ir.Module, opts: CompileOptions) -> None:

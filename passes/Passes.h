@@ -72,6 +72,10 @@ LogicalResult vectorizeTiles(RewriterBase &rewriter, func::FuncOp func,
 /// otherwise scalarise into libm calls (VectorMath.cpp).
 void populateVectorMathApproximationPatterns(RewritePatternSet &patterns);
 
+/// flexattn-distribute-tiles: the function's top-level scf.parallel -> a
+/// loop claiming tiles (heaviest first) from a new counter argument.
+LogicalResult distributeTiles(RewriterBase &rewriter, func::FuncOp func);
+
 /// flexattn-inline-mods: apply_mods -> the cloned region bodies.
 LogicalResult inlineMods(RewriterBase &rewriter, ApplyModsOp op);
 

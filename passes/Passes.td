@@ -7,7 +7,8 @@
 // The CPU pipeline, in order:
 //   flexattn-tile -> flexattn-block-sparsity -> flexattn-split-full-tiles
 //   -> flexattn-fuse-online-softmax -> flexattn-inline-mods
-//   -> flexattn-vectorize-tiles -> flexattn-lower-to-loops
+//   -> flexattn-vectorize-tiles -> flexattn-distribute-tiles
+//   -> flexattn-lower-to-loops
 //
 //===----------------------------------------------------------------------===//
 
@@ -244,6 +245,52 @@ def FlexAttnVectorizeTiles : Pass<"flexattn-vectorize-tiles", "::mlir::ModuleOp"
                            "::mlir::arith::ArithDialect",
                            "::mlir::math::MathDialect",
                            "::mlir::linalg::LinalgDialect"];
+}
+
+def FlexAttnDistributeTiles : Pass<"flexattn-distribute-tiles", "::mlir::ModuleOp"> {
+  let summary = "Turn the top-level Q-tile scf.parallel into a loop that claims "
+                "tiles from an atomic counter, for several threads to share";
+  let description = [{
+    The function gains a trailing `memref<1xi64>` argument (marked
+    `flexattn.work_counter`), zero when called. Every thread runs the whole
+    function; each claims tile numbers `t = counter++` (`memref.atomic_rmw
+    addi`) until `t` reaches the tile count and runs the scf.parallel's body
+    for the tile `t` names. Tiles are numbered heaviest first: the last
+    dimension (the Q tile) counts down from its end and changes slowest, so a
+    causal-like mask's long rows start first and the short ones fill in at
+    the end; claiming one tile at a time balances whatever remains. One
+    thread running the function alone visits every tile.
+
+    Before:
+    ```mlir
+    func.func @flexattn(%q: memref<1x8x2048x64xf32>, ...) {
+      scf.parallel (%b, %h, %qt) = (%c0, %c0, %c0) to (%c1, %c8, %c32) step (%c1, %c1, %c1) {
+        ... tile (%b, %h, %qt) ...
+      }
+      return
+    }
+    ```
+    After:
+    ```mlir
+    func.func @flexattn(%q: memref<1x8x2048x64xf32>, ..., %counter: memref<1xi64> {flexattn.work_counter}) {
+      scf.while : () -> () {
+        %claimed = memref.atomic_rmw addi %c1_i64, %counter[%c0] : (i64, memref<1xi64>) -> i64
+        %t = arith.index_cast %claimed : i64 to index
+        %more = arith.cmpi ult, %t, %c256 : index
+        scf.condition(%more) %t : index
+      } do {
+      ^bb0(%t: index):
+        %qt = 31 - %t / 8, %b = (%t % 8) / 8, %h = %t % 8
+        ... tile (%b, %h, %qt) ...
+        scf.yield
+      }
+      return
+    }
+    ```
+  }];
+  let dependentDialects = ["::mlir::scf::SCFDialect",
+                           "::mlir::memref::MemRefDialect",
+                           "::mlir::arith::ArithDialect"];
 }
 
 def FlexAttnLowerToLoops : Pass<"flexattn-lower-to-loops", "::mlir::ModuleOp"> {

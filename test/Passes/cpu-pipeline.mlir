@@ -1,4 +1,4 @@
-// RUN: flexattn-opt %s --pass-pipeline='builtin.module(flexattn-tile, flexattn-block-sparsity, flexattn-split-full-tiles, flexattn-fuse-online-softmax, flexattn-inline-mods, canonicalize, cse, flexattn-vectorize-tiles, canonicalize, cse, flexattn-lower-to-loops, canonicalize, cse, arith-expand, convert-vector-to-scf{full-unroll=true}, convert-scf-to-cf, expand-strided-metadata, lower-affine, convert-vector-to-llvm{vector-transpose-lowering=shuffle16x16 enable-x86vector=true}, finalize-memref-to-llvm, convert-math-to-llvm, convert-arith-to-llvm, convert-index-to-llvm, convert-func-to-llvm, convert-cf-to-llvm, convert-ub-to-llvm, reconcile-unrealized-casts)' | FileCheck %s
+// RUN: flexattn-opt %s --pass-pipeline='builtin.module(flexattn-tile, flexattn-block-sparsity, flexattn-split-full-tiles, flexattn-fuse-online-softmax, flexattn-inline-mods, canonicalize, cse, flexattn-vectorize-tiles, canonicalize, cse, flexattn-distribute-tiles, flexattn-lower-to-loops, canonicalize, cse, arith-expand, convert-vector-to-scf{full-unroll=true}, convert-scf-to-cf, expand-strided-metadata, lower-affine, convert-vector-to-llvm{vector-transpose-lowering=shuffle16x16 enable-x86vector=true}, finalize-memref-to-llvm, convert-math-to-llvm, convert-arith-to-llvm, convert-index-to-llvm, convert-func-to-llvm, convert-cf-to-llvm, convert-ub-to-llvm, reconcile-unrealized-casts)' | FileCheck %s
 
 // The whole CPU pipeline, as flexattn_mlir/driver.py runs it, from
 // flexattn.attention (GQA, block mask with full blocks, a captured ALiBi
@@ -14,6 +14,8 @@
 
 // CHECK-LABEL: llvm.func @causal_alibi(
 // CHECK-NOT:     unrealized_conversion_cast
+// Each thread claims Q tiles from the work counter.
+// CHECK:         llvm.atomicrmw add
 // Partial blocks (mask_mod applied).
 // Full 32 x 32 tiles: vector FMAs (Q.Kᵀ), row max, the exp2 polynomial
 // (roundeven + FMAs), row sum, vector FMAs (P.V, Dv = 16)...

@@ -215,7 +215,7 @@ def test_new_process_hits_the_disk_cache(warm_cache):
     base, cache_dir, script, first = warm_cache
     assert first["compiles"] == 1
     files = _cache_files(cache_dir)
-    assert len([f for f in files if f.startswith("cpu/") and f.endswith(".mlir")]) == 1
+    assert len([f for f in files if f.startswith("cpu/") and f.endswith(".o")]) == 1
     second = _run(script, cache_dir, base)
     assert second["compiles"] == 0
     assert (second["out_sha"], second["lse_sha"]) == (first["out_sha"], first["lse_sha"])
@@ -258,7 +258,7 @@ def test_concurrent_processes_share_one_entry(tmp_path):
     assert all(r["compiles"] in (0, 1) for r in results)
     print("concurrent compiles:", [r["compiles"] for r in results])
     files = _cache_files(cache_dir)
-    assert [f for f in files if f.startswith("cpu/")] == [f for f in files if f.endswith(".mlir")]
+    assert [f for f in files if f.startswith("cpu/")] == [f for f in files if f.endswith(".o")]
     # One kernel entry, one entry per captured mod (ALiBi score, causal mask).
     assert len([f for f in files if f.startswith("cpu/")]) == 1, files
     assert all(f.startswith(("cpu/", "mods/")) for f in files), files

@@ -212,6 +212,24 @@ def test_tile_sizes(tile):
     check(out, lse, ref, ref_lse, torch.float32)
 
 
+@pytest.mark.parametrize("threads", [2, 5])
+def test_threads_share_the_tiles_exactly(threads):
+    """Tiles are independent: any number of threads (here more than the
+    cores, and than some heads' tiles) computes the same bits as one."""
+    q, k, v = inputs(2, 3, 3, 256, 256, 32)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = fm.attention(q, k, v, mask_mod=CAUSAL, return_lse=True)
+        torch.set_num_threads(threads)
+        many = fm.attention(q, k, v, mask_mod=CAUSAL, return_lse=True)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(one[0], many[0]) and torch.equal(one[1], many[1])
+    ref, ref_lse = reference_attention(q, k, v, mask_fn=lambda b, h, i, j: i >= j)
+    check(*many, ref, ref_lse, torch.float32)
+
+
 def test_stages_are_inspectable():
     q, k, v = inputs(1, 1, 1, 64, 64, 16)
     spec = fm.attention_spec(q, k, v, mask_mod=CAUSAL)
