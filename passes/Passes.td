@@ -206,7 +206,12 @@ def FlexAttnVectorizeTiles : Pass<"flexattn-vectorize-tiles", "::mlir::ModuleOp"
     - other ops (fills, copies, the mods, row max/sum reductions, exp2
       updates) are tiled to one row and vectorised whole along it
       (`linalg::vectorize`; `linalg.index` becomes `vector.step`), row
-      reductions lowered to `vector.reduction`;
+      reductions lowered to `vector.reduction`. The mods' reads of captured
+      buffers are vectorised too (through `tensor.extract` of a
+      `bufferization.to_tensor` view, which linalg::vectorize widens, then
+      back onto the buffer): a read that does not change along the row
+      becomes a broadcast, a contiguous one a vector load, others a
+      `vector.gather`;
     - `math.exp2` becomes `exp(x ln 2)` and upstream's polynomial exp.
 
     Ops with dynamic shapes (edge tiles) or bodies the vectoriser cannot
@@ -240,6 +245,8 @@ def FlexAttnVectorizeTiles : Pass<"flexattn-vectorize-tiles", "::mlir::ModuleOp"
            "Columns of a contraction's register block">,
   ];
   let dependentDialects = ["::mlir::vector::VectorDialect",
+                           "::mlir::bufferization::BufferizationDialect",
+                           "::mlir::tensor::TensorDialect",
                            "::mlir::scf::SCFDialect",
                            "::mlir::memref::MemRefDialect",
                            "::mlir::arith::ArithDialect",

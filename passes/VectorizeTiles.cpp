@@ -20,6 +20,8 @@
 #include "passes/Passes.h"
 
 #include "mlir/Dialect/Affine/IR/AffineOps.h"
+#include "mlir/Dialect/Bufferization/IR/Bufferization.h"
+#include "mlir/Dialect/Tensor/IR/Tensor.h"
 #include "mlir/Dialect/MemRef/Utils/MemRefUtils.h"
 #include "mlir/Dialect/Linalg/Transforms/Transforms.h"
 #include "mlir/Dialect/MemRef/Transforms/Transforms.h"
@@ -116,6 +118,59 @@ SmallVector<int64_t> registerBlock(linalg::LinalgOp op,
   for (size_t i = 0; i + 1 < ranges.size(); ++i)
     sizes[i] = 1;
   return sizes;
+}
+
+/// The mods' reads of captured buffers (memref.load of a buffer defined
+/// outside the op) become tensor.extract of a `bufferization.to_tensor` of
+/// the buffer, which linalg::vectorize widens along the row: a broadcast
+/// scalar when the index does not change along it, a contiguous load, or a
+/// gather. Returns the to_tensor ops (empty if the body had no such load).
+SmallVector<bufferization::ToTensorOp> loadsToExtracts(RewriterBase &rewriter,
+                                                       linalg::GenericOp op) {
+  SmallVector<bufferization::ToTensorOp> views;
+  DenseMap<Value, bufferization::ToTensorOp> viewOf;
+  SmallVector<memref::LoadOp> loads;
+  op.getBody()->walk([&](memref::LoadOp load) {
+    if (!op->isAncestor(load.getMemRef().getParentBlock()->getParentOp()))
+      loads.push_back(load);
+  });
+  for (memref::LoadOp load : loads) {
+    Value buffer = load.getMemRef();
+    auto &view = viewOf[buffer];
+    if (!view) {
+      OpBuilder::InsertionGuard guard(rewriter);
+      rewriter.setInsertionPoint(op);
+      auto type = cast<MemRefType>(buffer.getType());
+      view = bufferization::ToTensorOp::create(
+          rewriter, load.getLoc(),
+          RankedTensorType::get(type.getShape(), type.getElementType()), buffer,
+          /*restrict=*/true, /*writable=*/false);
+      views.push_back(view);
+    }
+    rewriter.setInsertionPoint(load);
+    rewriter.replaceOpWithNewOp<tensor::ExtractOp>(load, view, load.getIndices());
+  }
+  return views;
+}
+
+/// Undoes loadsToExtracts after vectorisation: the widened reads (and any
+/// scalar extract left) read the buffer itself again.
+void extractsToLoads(RewriterBase &rewriter,
+                     ArrayRef<bufferization::ToTensorOp> views) {
+  for (bufferization::ToTensorOp view : views) {
+    Value buffer = view.getBuffer();
+    for (Operation *user : llvm::make_early_inc_range(view->getUsers())) {
+      rewriter.setInsertionPoint(user);
+      if (auto extract = dyn_cast<tensor::ExtractOp>(user))
+        rewriter.replaceOpWithNewOp<memref::LoadOp>(extract, buffer,
+                                                    extract.getIndices());
+      else if (auto dim = dyn_cast<tensor::DimOp>(user))
+        rewriter.replaceOpWithNewOp<memref::DimOp>(dim, buffer, dim.getIndex());
+      else // vector.transfer_read / vector.gather: the base is operand 0
+        rewriter.modifyOpInPlace(user, [&] { user->setOperand(0, buffer); });
+    }
+    rewriter.eraseOp(view);
+  }
 }
 
 /// Tiles `op` to its register block and vectorises the tile.
@@ -259,13 +314,16 @@ LogicalResult mlir::flexattn::vectorizeTiles(RewriterBase &rewriter,
         op = matmul;
       }
     }
+    SmallVector<bufferization::ToTensorOp> views;
+    if (auto generic = dyn_cast<linalg::GenericOp>(*op))
+      views = loadsToExtracts(rewriter, generic);
     // A body the vectoriser cannot widen stays a linalg op (lowered to
     // scalar loops by flexattn-lower-to-loops).
-    if (failed(linalg::vectorizeOpPrecondition(op, {}, {},
-                                               /*vectorizeNDExtract=*/true)))
-      continue;
-    if (failed(tileAndVectorize(rewriter, op, options)))
+    if (succeeded(linalg::vectorizeOpPrecondition(op, {}, {},
+                                                  /*vectorizeNDExtract=*/true)) &&
+        failed(tileAndVectorize(rewriter, op, options)))
       return op->emitOpError("failed to vectorise");
+    extractsToLoads(rewriter, views);
   }
   return lowerVectors(func);
 }

@@ -144,6 +144,51 @@ func.func @mask_rowmax_exp2(%s: memref<4x32xf32>, %m: memref<4xf32>, %q0: index,
 
 // -----
 
+// The mods' reads of captured buffers are widened along the row: a slope read
+// at the head (the same for the whole row) and a document id read at the
+// query index become broadcast reads, a document id read at a computed key
+// index becomes a gather.
+
+// CHECK-LABEL: func.func @captures(
+// CHECK-SAME:    %[[S:[^:]+]]: memref<4x32xf32>, %[[IDS:[^:]+]]: memref<64xi32>, %[[SLOPES:[^:]+]]: memref<8xf32>, %[[H:[^:]+]]: index, %[[Q0:[^:]+]]: index, %[[KV0:[^:]+]]: index)
+// CHECK-NOT:     linalg.
+// CHECK-NOT:     bufferization.
+// CHECK-NOT:     tensor.
+// CHECK:         scf.for %[[I:.+]] = %{{.+}} to %{{.+}} step %{{.+}} {
+// CHECK-NEXT:      %[[ROW:.+]] = vector.transfer_read %[[S]][%[[I]], %{{.+}}]{{.*}} vector<32xf32>
+// CHECK:           %[[SLOPE:.+]] = vector.transfer_read %[[SLOPES]][%[[H]]], %{{.+}} {in_bounds = [true], permutation_map = #{{.+}}} : memref<8xf32>, vector<32xf32>
+// CHECK:           %[[DQ:.+]] = vector.transfer_read %[[IDS]][%{{.+}}], %{{.+}} {in_bounds = [true], permutation_map = #{{.+}}} : memref<64xi32>, vector<32xi32>
+// CHECK:           %[[DK:.+]] = vector.gather %[[IDS]][%{{.+}}] [%{{.+}}], %{{.+}}, %{{.+}} : memref<64xi32>, vector<1x32xindex>, vector<1x32xi1>, vector<1x32xi32> into vector<1x32xi32>
+// CHECK:           arith.cmpi eq, %[[DQ]], %{{.+}} : vector<32xi32>
+// CHECK:           arith.mulf %[[ROW]], %[[SLOPE]] : vector<32xf32>
+// CHECK-NOT:     memref.load
+func.func @captures(%s: memref<4x32xf32>, %ids: memref<64xi32>, %slopes: memref<8xf32>,
+                    %h: index, %q0: index, %kv0: index) {
+  linalg.generic {indexing_maps = [affine_map<(i, j) -> (i, j)>], iterator_types = ["parallel", "parallel"]}
+      outs(%s : memref<4x32xf32>) {
+  ^bb0(%x: f32):
+    %i = linalg.index 0 : index
+    %j = linalg.index 1 : index
+    %qi = arith.addi %q0, %i : index
+    %kj = arith.addi %kv0, %j : index
+    %slope = memref.load %slopes[%h] : memref<8xf32>
+    %c7 = arith.constant 7 : index
+    %jj = arith.muli %kj, %c7 : index
+    %c63 = arith.constant 63 : index
+    %kw = arith.remui %jj, %c63 : index
+    %dq = memref.load %ids[%qi] : memref<64xi32>
+    %dk = memref.load %ids[%kw] : memref<64xi32>
+    %same = arith.cmpi eq, %dq, %dk : i32
+    %b = arith.mulf %x, %slope : f32
+    %ninf = arith.constant 0xFF800000 : f32
+    %r = arith.select %same, %b, %ninf : f32
+    linalg.yield %r : f32
+  }
+  return
+}
+
+// -----
+
 // An edge tile (dynamic shape) is left to flexattn-lower-to-loops.
 
 // CHECK-LABEL: func.func @edge_tile_stays(
