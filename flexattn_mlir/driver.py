@@ -91,8 +91,16 @@ def make_inlined(mod: ir.Module, opts: CompileOptions) -> None:
     run_pipeline(mod, "flexattn-inline-mods, canonicalize, cse", "inlined")
 
 
+def host_has(feature: str) -> bool:
+    """Whether this host's CPU has the LLVM target feature ``feature`` (the
+    CPU kernels are built for this host; its features are in the cache key)."""
+    return f"+{feature}" in _native.cpu_host_target().split(" ")[1].split(",")
+
+
 def make_vector(mod: ir.Module, opts: CompileOptions) -> None:
-    run_pipeline(mod, "flexattn-vectorize-tiles, canonicalize, cse", "vector")
+    bf16_dot = "true" if host_has("avx512bf16") else "false"
+    run_pipeline(mod, f"flexattn-vectorize-tiles{{bf16-dot={bf16_dot}}}, canonicalize, cse",
+                 "vector")
 
 
 def make_loops(mod: ir.Module, opts: CompileOptions) -> None:

@@ -61,6 +61,7 @@ struct VectorizeTilesOptions {
   int64_t rowBlock = 4;        // rows of a matmul register block
   int64_t colBlock = 64;       // columns of a matmul register block
   int64_t transposeBlock = 16; // square blocks of the K-tile transpose
+  bool bf16Dot = false;        // bf16 products as AVX512-BF16 dot products
 };
 /// flexattn-vectorize-tiles: tiles, vectorises and lowers the static-shape
 /// linalg ops of `func` to vector FMAs, loads, stores and shuffles.

@@ -214,6 +214,14 @@ def FlexAttnVectorizeTiles : Pass<"flexattn-vectorize-tiles", "::mlir::ModuleOp"
       `vector.gather`;
     - `math.exp2` becomes `exp(x ln 2)` and upstream's polynomial exp.
 
+    With `bf16-dot`, Q.Kᵀ and P.V on bf16 operands instead become
+    `linalg.contract`s over VNNI-packed tiles (pairs of the reduction dim
+    adjacent: the K tile's 16 x 16 blocks of 32-bit pairs transposed in
+    registers, the V tile's row pairs interleaved, P rounded to bf16), tiled
+    to `[row-block, col-block, 1, 2]`, unrolled to 16-lane accumulators and
+    lowered by upstream's x86vector patterns to `x86vector.avx512.dot`
+    (vdpbf16ps); without it bf16 products widen to f32 FMAs.
+
     Ops with dynamic shapes (edge tiles) or bodies the vectoriser cannot
     widen stay linalg ops for `flexattn-lower-to-loops`.
 
@@ -243,8 +251,13 @@ def FlexAttnVectorizeTiles : Pass<"flexattn-vectorize-tiles", "::mlir::ModuleOp"
            "Rows of a contraction's register block">,
     Option<"colBlock", "col-block", "int64_t", /*default=*/"64",
            "Columns of a contraction's register block">,
+    Option<"bf16Dot", "bf16-dot", "bool", /*default=*/"false",
+           "Compute products of bf16 operands with AVX512-BF16 dot products "
+           "(vdpbf16ps) on VNNI-packed tiles, P rounded to bf16 (needs a CPU "
+           "with avx512bf16)">,
   ];
   let dependentDialects = ["::mlir::vector::VectorDialect",
+                           "::mlir::x86vector::X86VectorDialect",
                            "::mlir::bufferization::BufferizationDialect",
                            "::mlir::tensor::TensorDialect",
                            "::mlir::scf::SCFDialect",

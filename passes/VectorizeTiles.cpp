@@ -17,6 +17,7 @@
 //
 //===----------------------------------------------------------------------===//
 
+#include "passes/Bf16Dot.h"
 #include "passes/Passes.h"
 
 #include "mlir/Dialect/Affine/IR/AffineOps.h"
@@ -30,7 +31,9 @@
 #include "mlir/Dialect/Vector/Transforms/LoweringPatterns.h"
 #include "mlir/Dialect/Vector/Transforms/VectorRewritePatterns.h"
 #include "mlir/Dialect/Vector/Transforms/VectorTransforms.h"
+#include "mlir/Dialect/X86Vector/X86VectorDialect.h"
 #include "mlir/Transforms/GreedyPatternRewriteDriver.h"
+#include "mlir/Transforms/LoopInvariantCodeMotionUtils.h"
 
 #include <numeric>
 
@@ -106,6 +109,10 @@ SmallVector<int64_t> registerBlock(linalg::LinalgOp op,
   auto fits = [&](int64_t want, int64_t extent) {
     return extent <= want ? extent : std::gcd(want, extent);
   };
+  if (isa<linalg::ContractOp>(op))
+    // The same over VNNI-packed bf16 pairs: [mr, nr, 1 pair, 2].
+    return {fits(options.rowBlock, ranges[0]),
+            fits(options.colBlock, ranges[1]), 1, 2};
   if (isa<linalg::MatmulOp>(op))
     // [mr rows] x [nr columns], one reduction step at a time: mr x nr
     // accumulators stay in registers across the reduction loop.
@@ -260,7 +267,7 @@ bool hoistAccumulator(RewriterBase &rewriter, scf::ForOp loop) {
   return false;
 }
 
-/// Folds the tile subviews into the transfers, drops unit dims, hoists each
+/// Drops unit dims, hoists each
 /// contraction's accumulator out of its reduction loop, then lowers the
 /// contractions to broadcast-FMAs (outer products) and math to polynomials.
 /// Transfers, transposes and reductions are left to convert-vector-to-scf /
@@ -269,19 +276,27 @@ LogicalResult lowerVectors(Operation *root) {
   MLIRContext *ctx = root->getContext();
   {
     RewritePatternSet patterns(ctx);
-    memref::populateFoldMemRefAliasOpPatterns(patterns);
     vector::populateVectorTransferDropUnitDimsPatterns(patterns);
     vector::populateCastAwayVectorLeadingOneDimPatterns(patterns);
     vector::populateVectorToVectorCanonicalizationPatterns(patterns);
     if (failed(applyPatternsGreedily(root, std::move(patterns))))
-      return failure();
+      return root->emitError("flexattn-vectorize-tiles: the transfer clean-up did not converge");
   }
   IRRewriter rewriter(ctx);
   for (bool changed = true; changed;) {
     SmallVector<scf::ForOp> loops;
     root->walk([&](scf::ForOp loop) { loops.push_back(loop); });
+    // The accumulator views the tiling made inside the reduction loops.
+    for (scf::ForOp loop : loops)
+      moveLoopInvariantCode(cast<LoopLikeOpInterface>(*loop));
     changed = llvm::any_of(
         loops, [&](scf::ForOp loop) { return hoistAccumulator(rewriter, loop); });
+  }
+  {
+    RewritePatternSet patterns(ctx);
+    populateBf16DotLoweringPatterns(patterns);
+    if (failed(applyPatternsGreedily(root, std::move(patterns))))
+      return root->emitError("flexattn-vectorize-tiles: the bf16 dot lowering did not converge");
   }
   RewritePatternSet patterns(ctx);
   vector::populateVectorContractLoweringPatterns(
@@ -291,7 +306,16 @@ LogicalResult lowerVectors(Operation *root) {
       patterns, vector::VectorMultiReductionLowering::InnerReduction);
   vector::populateVectorToVectorCanonicalizationPatterns(patterns);
   populateVectorMathApproximationPatterns(patterns);
-  return applyPatternsGreedily(root, std::move(patterns));
+  if (failed(applyPatternsGreedily(root, std::move(patterns))))
+    return root->emitError("flexattn-vectorize-tiles: the vector lowering did not converge");
+  // Tile views folded into the transfers' indices (strided row reads become
+  // permuted reads of the buffer, unrolled to scalar loads later). As
+  // upstream's fold-memref-alias-ops pass, the greedy driver's iteration
+  // limit is not an error: every rewrite only removes a view.
+  RewritePatternSet folds(ctx);
+  memref::populateFoldMemRefAliasOpPatterns(folds);
+  (void)applyPatternsGreedily(root, std::move(folds));
+  return success();
 }
 
 } // namespace
@@ -305,6 +329,14 @@ LogicalResult mlir::flexattn::vectorizeTiles(RewriterBase &rewriter,
       ops.push_back(op);
   });
   for (linalg::LinalgOp op : ops) {
+    if (auto generic = dyn_cast<linalg::GenericOp>(*op);
+        generic && options.bf16Dot) {
+      bool transposed = isContractionWithRhs(generic, {1, 2});
+      if ((transposed || isContractionWithRhs(generic, {2, 1})))
+        if (linalg::LinalgOp contract =
+                toBf16DotContraction(rewriter, generic, transposed))
+          op = contract;
+    }
     if (auto generic = dyn_cast<linalg::GenericOp>(*op)) {
       if (linalg::LinalgOp matmul = toRowMajorMatmul(rewriter, generic)) {
         if (auto transpose = dyn_cast_or_null<linalg::TransposeOp>(
@@ -338,6 +370,7 @@ struct FlexAttnVectorizeTilesPass
     VectorizeTilesOptions options;
     options.rowBlock = rowBlock;
     options.colBlock = colBlock;
+    options.bf16Dot = bf16Dot;
     IRRewriter rewriter(&getContext());
     WalkResult r = getOperation()->walk([&](func::FuncOp func) {
       return failed(vectorizeTiles(rewriter, func, options))

@@ -17,9 +17,9 @@
 // CHECK:         scf.for %[[I:.+]] = %{{.+}} to %{{.+}} step %c4
 // CHECK-NEXT:      %[[ACC0:.+]] = vector.transfer_read %[[S]][%[[I]], %{{.+}}], %{{.+}} : memref<8x64xf32>, vector<4x64xf32>
 // CHECK-NEXT:      %[[ACC:.+]] = scf.for %[[D:.+]] = %{{.+}} to %{{.+}} step %{{.+}} iter_args(%[[A:.+]] = %[[ACC0]]) -> (vector<4x64xf32>)
-// CHECK-NEXT:        %[[QCOL:.+]] = vector.transfer_read %[[Q]][%[[I]], %[[D]]]{{.*}} vector<4x1xf32>
+// CHECK-NEXT:        %[[QCOL:.+]] = vector.transfer_read %[[Q]][%[[I]], %[[D]]]{{.*}} vector<4xf32>
 // CHECK-NEXT:        %[[KROW:.+]] = vector.transfer_read %[[KT]][%[[D]], %{{.+}}]{{.*}} vector<64xf32>
-// CHECK-NEXT:        %[[Q0:.+]] = vector.extract %[[QCOL]][0, 0]
+// CHECK-NEXT:        %[[Q0:.+]] = vector.extract %[[QCOL]][0]
 // CHECK-NEXT:        %[[B0:.+]] = vector.broadcast %[[Q0]] : f32 to vector<64xf32>
 // CHECK-NEXT:        %[[A0:.+]] = vector.extract %[[A]][0] : vector<64xf32> from vector<4x64xf32>
 // CHECK-NEXT:        vector.fma %[[B0]], %[[KROW]], %[[A0]] : vector<64xf32>
@@ -59,7 +59,7 @@ func.func @qk(%q: memref<8x32xf32, strided<[32, 1], offset: ?>>,
 // CHECK:         scf.for %[[I:.+]] = %{{.+}} to %{{.+}} step %c4
 // CHECK-NEXT:      %[[A0:.+]] = vector.transfer_read %[[ACC]][%[[I]], %{{.+}}]{{.*}} vector<4x16xf32>
 // CHECK-NEXT:      %[[R:.+]] = scf.for %[[J:.+]] = {{.*}} iter_args(%{{.+}} = %[[A0]]) -> (vector<4x16xf32>)
-// CHECK-NEXT:        vector.transfer_read %[[P]][%[[I]], %[[J]]]{{.*}} vector<4x1xf32>
+// CHECK-NEXT:        vector.transfer_read %[[P]][%[[I]], %[[J]]]{{.*}} vector<4xf32>
 // CHECK-NEXT:        %[[VROW:.+]] = vector.transfer_read %[[V]][%[[J]], %{{.+}}]{{.*}} vector<16xf32>
 // CHECK-COUNT-4:     vector.fma %{{.+}}, %[[VROW]], %{{.+}} : vector<16xf32>
 // CHECK:           vector.transfer_write %[[R]], %[[ACC]][%[[I]], %{{.+}}]
@@ -90,12 +90,13 @@ func.func @pv(%p: memref<8x64xf32>, %v: memref<64x16xf32, strided<[16, 1], offse
 // CHECK-LABEL: func.func @mask_rowmax_exp2(
 // CHECK-SAME:    %[[S:[^:]+]]: memref<4x32xf32>, %[[M:[^:]+]]: memref<4xf32>, %[[Q0:[^:]+]]: index, %[[KV0:[^:]+]]: index)
 // CHECK-NOT:     linalg.
+// The key indices do not change along the tile's rows: computed once.
+// CHECK:         %[[LANES:.+]] = vector.step : vector<32xindex>
+// CHECK:         %[[KVB:.+]] = vector.broadcast %[[KV0]] : index to vector<32xindex>
+// CHECK-NEXT:    %[[KJ:.+]] = arith.addi %[[KVB]], %[[LANES]] : vector<32xindex>
 // CHECK:         scf.for %[[I:.+]] = %{{.+}} to %{{.+}} step %{{.+}} {
 // CHECK-NEXT:      %[[ROW:.+]] = vector.transfer_read %[[S]][%[[I]], %{{.+}}]{{.*}} vector<32xf32>
-// CHECK:           %[[LANES:.+]] = vector.step : vector<32xindex>
-// CHECK:           %[[KVB:.+]] = vector.broadcast %[[KV0]] : index to vector<32xindex>
-// CHECK-NEXT:      %[[KJ:.+]] = arith.addi %[[KVB]], %[[LANES]] : vector<32xindex>
-// CHECK-NEXT:      %[[KEEP:.+]] = arith.cmpi sge, %{{.+}}, %[[KJ]] : vector<32xindex>
+// CHECK:           %[[KEEP:.+]] = arith.cmpi sge, %{{.+}}, %[[KJ]] : vector<32xindex>
 // CHECK-NEXT:      %[[MASKED:.+]] = arith.select %[[KEEP]], %[[ROW]], %{{.+}} : vector<32xi1>, vector<32xf32>
 // CHECK-NEXT:      vector.transfer_write %[[MASKED]], %[[S]][%[[I]], %{{.+}}]
 // CHECK:         scf.for %[[I:.+]] = %{{.+}} to %{{.+}} step %{{.+}} {
