@@ -119,14 +119,14 @@ Value packKeyPairs(OpBuilder &b, Location loc, Value k) {
                                                    ArrayRef<bool>{true, true});
         Value t = vector::TransposeOp::create(
             nb, l, vector::BitCastOp::create(nb, l, pairs, blk), ArrayRef<int64_t>{1, 0});
-        // Row r of the transposed block: pair d0/2 + r of keys j0..j0+15.
-        Value rows = vector::ShapeCastOp::create(
-            nb, l, VectorType::get({kDotLanes, kDotLanes, 2}, bf16),
-            vector::BitCastOp::create(nb, l, block, t));
-        Value row = arith::DivUIOp::create(nb, l, d0, indexConst(nb, l, 2));
-        vector::TransferWriteOp::create(nb, l, rows, packed,
-                                        ValueRange{row, j0, indexConst(nb, l, 0)},
-                                        ArrayRef<bool>{true, true, true});
+        // Row r of the transposed block: pair d0/2 + r of keys j0..j0+15,
+        // written row by row (each row one contiguous run of 16 pairs).
+        Value rows = vector::BitCastOp::create(nb, l, block, t);
+        Value row0 = arith::DivUIOp::create(nb, l, d0, indexConst(nb, l, 2));
+        for (int64_t r = 0; r < kDotLanes; ++r) {
+          Value row = arith::AddIOp::create(nb, l, row0, indexConst(nb, l, r));
+          writePairs(nb, l, vector::ExtractOp::create(nb, l, rows, r), packed, row, j0);
+        }
       });
   return packed;
 }

@@ -267,6 +267,21 @@ bool hoistAccumulator(RewriterBase &rewriter, scf::ForOp loop) {
   return false;
 }
 
+/// A row's sum or max as a tree of vector ops, not a chain of scalar ones:
+/// the sum may reassociate (`reassoc`), and the max is a plain vmaxps tree
+/// (maxnumf with `nnan`: no NaN bookkeeping). A NaN score still makes its
+/// row NaN: exp2(NaN - max) is NaN, and so is the row's sum.
+void relaxRowReduction(RewriterBase &rewriter, vector::ReductionOp op) {
+  rewriter.modifyOpInPlace(op, [&] {
+    if (op.getKind() == vector::CombiningKind::ADD) {
+      op.setFastmath(arith::FastMathFlags::reassoc);
+    } else if (op.getKind() == vector::CombiningKind::MAXIMUMF) {
+      op.setKind(vector::CombiningKind::MAXNUMF);
+      op.setFastmath(arith::FastMathFlags::nnan);
+    }
+  });
+}
+
 /// Drops unit dims, hoists each
 /// contraction's accumulator out of its reduction loop, then lowers the
 /// contractions to broadcast-FMAs (outer products) and math to polynomials.
@@ -315,6 +330,7 @@ LogicalResult lowerVectors(Operation *root) {
   RewritePatternSet folds(ctx);
   memref::populateFoldMemRefAliasOpPatterns(folds);
   (void)applyPatternsGreedily(root, std::move(folds));
+  root->walk([&](vector::ReductionOp op) { relaxRowReduction(rewriter, op); });
   return success();
 }
 

@@ -17,32 +17,34 @@
 // Each thread claims Q tiles from the work counter.
 // CHECK:         llvm.atomicrmw add
 // Partial blocks (mask_mod applied).
-// Full 32 x 32 tiles: vector FMAs (Q.Kᵀ), row max, the exp2 polynomial
-// (roundeven + FMAs), row sum, vector FMAs (P.V, Dv = 16)...
+// Full 32 x 32 tiles: vector FMAs (Q.Kᵀ), row max (a vmaxps tree), the exp2
+// polynomial (roundeven + FMAs), row sum (reassociated: a tree), vector FMAs
+// (P.V, Dv = 16)...
 // CHECK-NOT:     {{[^.a-z_](flexattn|linalg|scf|memref|arith|math|affine|cf|func|vector|ub)\.}}
 // CHECK:         llvm.intr.fmuladd({{.*}}) : (vector<32xf32>, vector<32xf32>, vector<32xf32>)
 // CHECK-NOT:     {{[^.a-z_](flexattn|linalg|scf|memref|arith|math|affine|cf|func|vector|ub)\.}}
-// CHECK:         llvm.intr.vector.reduce.fmaximum({{.*}}) : (vector<32xf32>) -> f32
+// CHECK:         llvm.intr.vector.reduce.fmax({{.*}}) {fastmathFlags = #llvm.fastmath<nnan>} : (vector<32xf32>) -> f32
 // CHECK-NOT:     {{[^.a-z_](flexattn|linalg|scf|memref|arith|math|affine|cf|func|vector|ub)\.}}
 // CHECK:         llvm.intr.roundeven({{.*}}) : (vector<32xf32>) -> vector<32xf32>
 // CHECK-NOT:     {{[^.a-z_](flexattn|linalg|scf|memref|arith|math|affine|cf|func|vector|ub)\.}}
-// CHECK:         llvm.intr.vector.reduce.fadd
+// CHECK:         "llvm.intr.vector.reduce.fadd"({{.*}}) <{fastmathFlags = #llvm.fastmath<reassoc>}>
 // CHECK-NOT:     {{[^.a-z_](flexattn|linalg|scf|memref|arith|math|affine|cf|func|vector|ub)\.}}
 // CHECK:         llvm.intr.fmuladd({{.*}}) : (vector<16xf32>, vector<16xf32>, vector<16xf32>)
 // ...and the edge tiles past row 96: scalar loops.
 // CHECK-NOT:     {{[^.a-z_](flexattn|linalg|scf|memref|arith|math|affine|cf|func|vector|ub)\.}}
 // CHECK:         llvm.intr.exp2({{.*}}) : (f32) -> f32
 // Full blocks.
-// Full 32 x 32 tiles: vector FMAs (Q.Kᵀ), row max, the exp2 polynomial
-// (roundeven + FMAs), row sum, vector FMAs (P.V, Dv = 16)...
+// Full 32 x 32 tiles: vector FMAs (Q.Kᵀ), row max (a vmaxps tree), the exp2
+// polynomial (roundeven + FMAs), row sum (reassociated: a tree), vector FMAs
+// (P.V, Dv = 16)...
 // CHECK-NOT:     {{[^.a-z_](flexattn|linalg|scf|memref|arith|math|affine|cf|func|vector|ub)\.}}
 // CHECK:         llvm.intr.fmuladd({{.*}}) : (vector<32xf32>, vector<32xf32>, vector<32xf32>)
 // CHECK-NOT:     {{[^.a-z_](flexattn|linalg|scf|memref|arith|math|affine|cf|func|vector|ub)\.}}
-// CHECK:         llvm.intr.vector.reduce.fmaximum({{.*}}) : (vector<32xf32>) -> f32
+// CHECK:         llvm.intr.vector.reduce.fmax({{.*}}) {fastmathFlags = #llvm.fastmath<nnan>} : (vector<32xf32>) -> f32
 // CHECK-NOT:     {{[^.a-z_](flexattn|linalg|scf|memref|arith|math|affine|cf|func|vector|ub)\.}}
 // CHECK:         llvm.intr.roundeven({{.*}}) : (vector<32xf32>) -> vector<32xf32>
 // CHECK-NOT:     {{[^.a-z_](flexattn|linalg|scf|memref|arith|math|affine|cf|func|vector|ub)\.}}
-// CHECK:         llvm.intr.vector.reduce.fadd
+// CHECK:         "llvm.intr.vector.reduce.fadd"({{.*}}) <{fastmathFlags = #llvm.fastmath<reassoc>}>
 // CHECK-NOT:     {{[^.a-z_](flexattn|linalg|scf|memref|arith|math|affine|cf|func|vector|ub)\.}}
 // CHECK:         llvm.intr.fmuladd({{.*}}) : (vector<16xf32>, vector<16xf32>, vector<16xf32>)
 // ...and the edge tiles past row 96: scalar loops.

@@ -84,7 +84,8 @@ func.func @pv(%p: memref<8x64xf32>, %v: memref<64x16xf32, strided<[16, 1], offse
 
 // Row-wise ops: one row at a time, whole rows as vectors. A mask_mod built on
 // linalg.index compares vector.step lanes; the row max becomes a
-// vector.reduction; exp2 becomes a polynomial in f with 2^n built in the
+// vector.reduction (maxnumf, nnan: a plain max tree; a NaN score still
+// poisons its row through exp2 and the row sum); exp2 becomes a polynomial in f with 2^n built in the
 // exponent bits (no math.exp2 is left for LLVM to scalarise).
 
 // CHECK-LABEL: func.func @mask_rowmax_exp2(
@@ -100,7 +101,7 @@ func.func @pv(%p: memref<8x64xf32>, %v: memref<64x16xf32, strided<[16, 1], offse
 // CHECK-NEXT:      %[[MASKED:.+]] = arith.select %[[KEEP]], %[[ROW]], %{{.+}} : vector<32xi1>, vector<32xf32>
 // CHECK-NEXT:      vector.transfer_write %[[MASKED]], %[[S]][%[[I]], %{{.+}}]
 // CHECK:         scf.for %[[I:.+]] = %{{.+}} to %{{.+}} step %{{.+}} {
-// CHECK:           vector.reduction <maximumf>, %{{.+}}, %{{.+}} : vector<32xf32> into f32
+// CHECK:           vector.reduction <maxnumf>, %{{.+}}, %{{.+}} fastmath<nnan> : vector<32xf32> into f32
 // CHECK:         scf.for %[[I:.+]] = %{{.+}} to %{{.+}} step %{{.+}} {
 // CHECK-NOT:       math.exp2
 // CHECK:           %[[X:.+]] = arith.subf

@@ -212,6 +212,19 @@ def test_tile_sizes(tile):
     check(out, lse, ref, ref_lse, torch.float32)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_nan_query_rows_stay_nan(dtype):
+    """A NaN in a query row makes that row's output NaN (as torch's), in
+    full vectorised tiles too (their row max ignores NaN bookkeeping), and
+    leaves the other rows alone."""
+    q, k, v = inputs(1, 2, 2, 128, 128, 32, dtype=dtype)
+    q[0, 1, 70, 5] = float("nan")
+    out = fm.attention(q, k, v, mask_mod=CAUSAL)
+    assert torch.isnan(out[0, 1, 70]).all()
+    out[0, 1, 70] = 0
+    assert not torch.isnan(out).any()
+
+
 @pytest.mark.parametrize("threads", [2, 5])
 def test_threads_share_the_tiles_exactly(threads):
     """Tiles are independent: any number of threads (here more than the
