@@ -238,7 +238,7 @@ def bench_variant(name: str, env: dict, workdir: str) -> dict:
     call = _lower_call(q, k, v, score_mod, bm, False, None)
     opts = call.pop("options")
     spec = fm.attention_spec(q, k, v, **call)
-    key = cache.kernel_key(spec.digest(), opts.digest())
+    key = cache.kernel_key(spec.digest(), opts)
     compiled = fm.compile(spec, opts, keep_ir=False)
     row["cpu_pipeline_s"] = compiled.seconds
     compiles = fm.attention_compile_count()
@@ -261,7 +261,7 @@ def bench_variant(name: str, env: dict, workdir: str) -> dict:
     # -- sm_90a: passes + PTX + ptxas + artifact-store write, then loads
     gspec = zoo.spec(name, *GPU_SHAPE)
     gopts = fm.CompileOptions(target="sm_90a")
-    gkey = cache.kernel_key(gspec.digest(), gopts.digest())
+    gkey = cache.kernel_key(gspec.digest(), gopts)
     row["sm90a_compile_s"] = row["sm90a_memory_hit_s"] = row["sm90a_artifact_load_s"] = None
     try:
         t = _now()

@@ -2,8 +2,9 @@
 
   compile (here, no GPU; needs flexattn_mlir):
       python bench/gpu_suite.py compile --out artifacts/gpu
-  run (on the H100; needs only torch + flexattn_runtime):
+  run (on the H100/H200; needs only torch + flexattn_runtime):
       python bench/gpu_suite.py run --artifacts artifacts/gpu --json $OUT/gpu.json
+      [--only check] [--ours-only] [--peers triton,cudnn,fa4]
 
 The variants are flexattn_mlir.zoo's Python mods, captured by the real
 frontend at compile time; the tensors they capture are saved beside the
@@ -11,8 +12,12 @@ artifacts in the kernel's operand order. `run` checks every correctness case
 against torch's flex_attention on the same GPU (float32 math on the same
 bf16/fp16 inputs, rel. error < 2e-2, lse within 5e-2, -inf rows matching),
 then times the benchmark cases (B=4, H=16, S=8192) beside torch
-flex_attention (torch.compile'd, Triton) and SDPA (flash, cuDNN), counting
+flex_attention (torch.compile'd: the Triton backend, and the FlashAttention-4
+backend with kernel_options={"BACKEND": "FLASH"} where flash-attn-4 is
+importable) and SDPA's cuDNN backend (full, causal), counting
 4*B*H*M*N*D*density FLOPs with density = visited blocks / all blocks.
+`--ours-only` runs only our kernels (no references, no peers; for
+compute-sanitizer), checking that every output element was written.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ ZOO = ["full", "causal", "sliding_window", "prefix_lm", "document", "alibi_causa
 DEFAULT = {}  # CompileOptions overrides
 SERIAL = {"pipeline": False, "pingpong": False}
 NO_PINGPONG = {"pingpong": False}
-PERSISTENT = {"persistent": 132}
+PERSISTENT = {"persistent": "sms"}  # one CTA per SM of the target (resolved at compile)
 
 # (name, variant, B, Hq, Hkv, M, N, D, dtype, options)
 CORRECTNESS = (
@@ -64,12 +69,9 @@ BENCH_VARIANTS = ["full", "causal", "sliding_window", "prefix_lm", "document", "
 BENCH = (
     [(f"bench_{v}_d128", v, 4, 16, 16, 8192, 8192, 128, "bfloat16", DEFAULT) for v in BENCH_VARIANTS]
     + [(f"bench_{v}_d64", v, 4, 16, 16, 8192, 8192, 64, "bfloat16", DEFAULT) for v in ("full", "causal")]
+    # What flex_attention picks for sparse masks (density < 0.25): persistent CTAs.
     + [(f"bench_{v}_d128_persistent", v, 4, 16, 16, 8192, 8192, 128, "bfloat16", PERSISTENT)
-       for v in ("full", "causal", "sliding_window", "document", "alibi_causal")]
-    + [(f"bench_{v}_d64_persistent", v, 4, 16, 16, 8192, 8192, 64, "bfloat16", PERSISTENT)
-       for v in ("full", "causal")]
-    + [(f"bench_{v}_d64_stages{n}", v, 4, 16, 16, 8192, 8192, 64, "bfloat16", {"stages": n})
-       for v in ("full", "causal") for n in (3, 4)]
+       for v in ("sliding_window", "document", "natten_2d")]
 )
 
 
@@ -122,9 +124,11 @@ def compile_all(out: str, only: str | None) -> None:
         spec = build_spec(q, kv, kv, score_mod=score and score.ir, mask_mod=mask and mask.ir,
                           block_mask=block_mask, captures=captures, scale=1.0 / math.sqrt(D),
                           return_lse=name.startswith("check"), name=name)
+        if over.get("persistent") == "sms":
+            over = dict(over, persistent=fm.targets.sm_count("sm_90a"))
         items.append((name, spec, fm.CompileOptions(target="sm_90a", **over)))
         torch.save([c.contiguous() for c in captures], os.path.join(out, f"{name}.captures.pt"))
-        manifest[name] = case
+        manifest[name] = (*case[:-1], over)
     t0 = time.perf_counter()
     done = aot.write_artifacts(items, out)
     with open(os.path.join(out, "cases.json"), "w") as f:
@@ -135,10 +139,82 @@ def compile_all(out: str, only: str | None) -> None:
 
 # -- run (on the GPU) ---------------------------------------------------------
 
-def run_all(artifacts: str, out_json: str, only: str | None, reps: int) -> None:
+class Peers:
+    """The implementations ours is timed beside, each called as (q, k, v,
+    score_mod, block_mask, variant): torch flex's Triton backend, its
+    FlashAttention-4 backend (flash-attn-4 must be importable), SDPA cuDNN
+    (masks it has: full, causal)."""
+
+    def __init__(self, names):
+        import torch
+        from torch.nn.attention.flex_attention import flex_attention
+
+        self.names = names
+        self.fns = {}
+        if "triton" in names:
+            self.fns["triton"] = torch.compile(flex_attention, dynamic=False)
+        if "fa4" in names:
+            from functools import partial
+
+            self.fns["fa4"] = torch.compile(
+                partial(flex_attention, kernel_options={"BACKEND": "FLASH"}), dynamic=False)
+
+    def call(self, name, q, k, v, score_mod, bm, variant):
+        import torch
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        if name == "cudnn":
+            if variant not in ("full", "causal"):
+                return None
+            def f():  # noqa: E306
+                with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+                    return torch.nn.functional.scaled_dot_product_attention(
+                        q, k, v, is_causal=variant == "causal")
+            return f
+        fn = self.fns[name]
+        return lambda: fn(q, k, v, score_mod=score_mod, block_mask=bm)
+
+
+def _inputs(zoo, case, dev):
+    """q, k, v, mods, the torch block mask and its density for a case."""
     import torch
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    _, variant, B, Hq, Hkv, M, N, D, dt, _ = case
+    score_mod, mask_mod = zoo.make(variant, Hq, N, dev)
+    dtype = getattr(torch, dt)
+    gen = torch.Generator(device=dev).manual_seed(0)
+    q = torch.randn(B, Hq, M, D, device=dev, dtype=dtype, generator=gen)
+    k = torch.randn(B, Hkv, N, D, device=dev, dtype=dtype, generator=gen)
+    v = torch.randn(B, Hkv, N, D, device=dev, dtype=dtype, generator=gen)
+    bm, density = None, 1.0
+    if mask_mod is not None:
+        bm = create_block_mask(mask_mod, None, None, M, N, device=dev, BLOCK_SIZE=128)
+        visited = int(bm.kv_num_blocks.sum() + bm.full_kv_num_blocks.sum())
+        density = visited / (bm.kv_indices.shape[2] * bm.kv_indices.shape[3])
+    return q, k, v, score_mod, bm, density
+
+
+def _check(row, out, lse, q, k, v, score_mod, bm, enable_gqa):
+    """Against torch's flex_attention in float32 on the same inputs."""
+    import torch
+    from torch.nn.attention.flex_attention import flex_attention
+
+    ref, ref_lse = flex_attention(q.float(), k.float(), v.float(), score_mod=score_mod,
+                                  block_mask=bm, enable_gqa=enable_gqa, return_lse=True)
+    row["rel_err"] = float((out.float() - ref).norm() / ref.norm())
+    row["max_abs_err"] = float((out.float() - ref).abs().max())
+    row["nan"] = bool(torch.isnan(out).any())
+    fin = torch.isfinite(ref_lse)
+    row["lse_max_abs_err"] = float((lse[fin] - ref_lse[fin]).abs().max()) if fin.any() else 0.0
+    row["lse_inf_match"] = bool(torch.equal(torch.isfinite(lse), fin))
+    row["ok"] = (row["rel_err"] < 2e-2 and not row["nan"] and row["lse_inf_match"]
+                 and row["lse_max_abs_err"] < 5e-2)
+
+
+def run_all(artifacts: str, out_json: str, only: str | None, reps: int,
+            peers: list[str], ours_only: bool, label: str) -> None:
+    import torch
 
     from flexattn_runtime import ArtifactStore
 
@@ -153,9 +229,9 @@ def run_all(artifacts: str, out_json: str, only: str | None, reps: int) -> None:
     with open(os.path.join(artifacts, "cases.json")) as f:
         cases = json.load(f)["cases"]
     by_name = {store.metadata(key)["spec"]["name"]: key for key in store.keys()}
-    flex_compiled = torch.compile(flex_attention, dynamic=False)
+    peer = Peers([] if ours_only else peers)
     results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
-               "checks": [], "bench": []}
+               "label": label, "peers": peer.names, "checks": [], "bench": []}
 
     def save():
         # After every case: a hung kernel (killed by a timeout) keeps the rest.
@@ -178,96 +254,67 @@ def run_all(artifacts: str, out_json: str, only: str | None, reps: int) -> None:
         return times[len(times) // 2]
 
     for name, case in cases.items():
-        if only and only not in name:
+        if only and not any(o in name for o in only.split(",")):
             continue
         _, variant, B, Hq, Hkv, M, N, D, dt, over = case
-        score_mod, mask_mod = zoo.make(variant, Hq, N, dev)
-        dtype = getattr(torch, dt)
-        gen = torch.Generator(device=dev).manual_seed(0)
-        q = torch.randn(B, Hq, M, D, device=dev, dtype=dtype, generator=gen)
-        k = torch.randn(B, Hkv, N, D, device=dev, dtype=dtype, generator=gen)
-        v = torch.randn(B, Hkv, N, D, device=dev, dtype=dtype, generator=gen)
-        bm = None
+        q, k, v, score_mod, bm, density = _inputs(zoo, case, dev)
         args = {"q": q, "k": k, "v": v}
-        density = 1.0
-        if mask_mod is not None:
-            bm = create_block_mask(mask_mod, None, None, M, N, device=dev, BLOCK_SIZE=128)
+        if bm is not None:
             args.update(kv_num_blocks=bm.kv_num_blocks, kv_indices=bm.kv_indices,
                         full_kv_num_blocks=bm.full_kv_num_blocks,
                         full_kv_indices=bm.full_kv_indices)
-            visited = int(bm.kv_num_blocks.sum() + bm.full_kv_num_blocks.sum())
-            density = visited / (bm.kv_indices.shape[2] * bm.kv_indices.shape[3])
         caps = torch.load(os.path.join(artifacts, f"{name}.captures.pt"))
         for i, c in enumerate(caps):
             args[f"capture{i}"] = c.to(dev)
-        kernel = store.get(by_name[name])
         # Poisoned outputs: every element must be written.
-        args["out"] = torch.full((B, Hq, M, D), float("nan"), device=dev, dtype=dtype)
-        if name.startswith("check"):
+        args["out"] = torch.full((B, Hq, M, D), float("nan"), device=dev, dtype=q.dtype)
+        check = name.startswith("check")
+        if check:
             args["lse"] = torch.full((B, Hq, M), float("nan"), device=dev)
         row = {"case": name, "variant": variant, "B": B, "Hq": Hq, "Hkv": Hkv, "M": M,
                "N": N, "D": D, "dtype": dt, "options": over, "density": density}
+        (results["checks"] if check else results["bench"]).append(row)
         try:
+            kernel = store.get(by_name[name])
             t0 = time.perf_counter()
             kernel(**args)
             torch.cuda.synchronize()
             row["first_call_s"] = time.perf_counter() - t0
         except Exception as e:  # noqa: BLE001 - report and go on
             row["error"] = f"{type(e).__name__}: {e}"
-            (results["checks"] if name.startswith("check") else results["bench"]).append(row)
             print(name, "ERROR", row["error"], flush=True)
             save()
             continue
         out = args["out"]
-        if name.startswith("check"):
-            ref, ref_lse = flex_attention(q.float(), k.float(), v.float(), score_mod=score_mod,
-                                          block_mask=bm, enable_gqa=Hq != Hkv, return_lse=True)
-            err = (out.float() - ref).norm() / ref.norm()
-            row["rel_err"] = float(err)
-            row["max_abs_err"] = float((out.float() - ref).abs().max())
-            row["nan"] = bool(torch.isnan(out).any())
-            lse = args["lse"]
-            fin = torch.isfinite(ref_lse)
-            row["lse_max_abs_err"] = float((lse[fin] - ref_lse[fin]).abs().max()) if fin.any() else 0.0
-            row["lse_inf_match"] = bool(torch.equal(torch.isfinite(lse), fin))
-            row["ok"] = (row["rel_err"] < 2e-2 and not row["nan"] and row["lse_inf_match"]
-                         and row["lse_max_abs_err"] < 5e-2)
-            results["checks"].append(row)
-            save()
+        if ours_only:
+            row["ok"] = not bool(torch.isnan(out).any()) and (
+                not check or not bool(torch.isnan(args["lse"]).any()))
+            print(f"{name:34s} written={row['ok']}", flush=True)
+        elif check:
+            _check(row, out, args["lse"], q, k, v, score_mod, bm, Hq != Hkv)
             print(f"{name:34s} rel_err={row['rel_err']:.2e} max_abs={row['max_abs_err']:.2e} "
                   f"lse_err={row['lse_max_abs_err']:.2e} ok={row['ok']}", flush=True)
         else:
             flops = 4 * B * Hq * M * N * D * density
             ms = timeit(lambda: kernel(**args))
             row.update(ms=ms, tflops=flops / ms / 1e9)
-            if over == DEFAULT:
+            for p in (peer.names if over == DEFAULT else []):
                 try:
-                    tms = timeit(lambda: flex_compiled(q, k, v, score_mod=score_mod, block_mask=bm))
-                    row.update(triton_ms=tms, triton_tflops=flops / tms / 1e9,
-                               ratio_vs_triton=tms / ms)
-                    ref = flex_compiled(q, k, v, score_mod=score_mod, block_mask=bm)
-                    row["max_abs_diff_vs_triton"] = float((out.float() - ref.float()).abs().max())
+                    fn = peer.call(p, q, k, v, score_mod, bm, variant)
+                    if fn is None:
+                        continue
+                    t0 = time.perf_counter()
+                    ref = fn()
+                    torch.cuda.synchronize()
+                    row[f"{p}_first_call_s"] = time.perf_counter() - t0
+                    row[f"{p}_max_abs_diff"] = float((out.float() - ref.float()).abs().max())
+                    pms = timeit(fn)
+                    row.update({f"{p}_ms": pms, f"{p}_tflops": flops / pms / 1e9})
                 except Exception as e:  # noqa: BLE001
-                    row["triton_error"] = f"{type(e).__name__}: {e}"[:300]
-                if variant in ("full", "causal"):
-                    for backend, label in ((SDPBackend.FLASH_ATTENTION, "sdpa_flash"),
-                                           (SDPBackend.CUDNN_ATTENTION, "sdpa_cudnn")):
-                        try:
-                            with sdpa_kernel(backend):
-                                f = lambda: torch.nn.functional.scaled_dot_product_attention(  # noqa: E731
-                                    q, k, v, is_causal=variant == "causal")
-                                sms = timeit(f)
-                            row[f"{label}_ms"] = sms
-                            row[f"{label}_tflops"] = flops / sms / 1e9
-                        except Exception as e:  # noqa: BLE001
-                            row[f"{label}_error"] = f"{type(e).__name__}: {e}"[:200]
-            results["bench"].append(row)
-            save()
-            print(f"{name:30s} ours {row['tflops']:6.1f} TF/s ({ms:.3f} ms)  "
-                  f"triton {row.get('triton_tflops', float('nan')):6.1f}  "
-                  f"ratio {row.get('ratio_vs_triton', float('nan')):.2f}  "
-                  f"flash {row.get('sdpa_flash_tflops', float('nan')):6.1f} "
-                  f"cudnn {row.get('sdpa_cudnn_tflops', float('nan')):6.1f}", flush=True)
+                    row[f"{p}_error"] = f"{type(e).__name__}: {e}"[:300]
+            print(f"{name:30s} ours {row['tflops']:6.1f} TF/s ({ms:.3f} ms)  " + "  ".join(
+                f"{p} {row.get(f'{p}_tflops', float('nan')):6.1f}" for p in peer.names), flush=True)
+        save()
     save()
 
 
@@ -280,14 +327,18 @@ def main() -> None:
     r = sub.add_parser("run")
     r.add_argument("--artifacts", required=True)
     r.add_argument("--json", required=True)
-    r.add_argument("--only")
+    r.add_argument("--only", help="comma-separated substrings of case names")
     r.add_argument("--reps", type=int, default=30)
+    r.add_argument("--peers", default="triton,cudnn,fa4")
+    r.add_argument("--ours-only", action="store_true")
+    r.add_argument("--label", default="", help="recorded in the JSON (e.g. the commit)")
     a = ap.parse_args()
     if a.cmd == "compile":
         os.makedirs(a.out, exist_ok=True)
         compile_all(a.out, a.only)
     else:
-        run_all(a.artifacts, a.json, a.only, a.reps)
+        run_all(a.artifacts, a.json, a.only, a.reps, [p for p in a.peers.split(",") if p],
+                a.ours_only, a.label)
 
 
 if __name__ == "__main__":

@@ -17,4 +17,5 @@ void FlexAttnDialect::initialize() {
 #define GET_OP_LIST
 #include "dialect/FlexAttnOps.cpp.inc"
       >();
+  registerTypes();
 }

@@ -22,10 +22,18 @@ def FlexAttn_Dialect : Dialect {
     Ops that carry an attention computation from the whole problem
     (`flexattn.attention`) down to one score element (`flexattn.apply_mods`).
     Every level keeps the user's `score_mod` and `mask_mod` as regions until
-    `flexattn-inline-mods` clones them into the surrounding code.
+    `flexattn-inline-mods` clones them into the surrounding code. GPU kernels
+    add roles (`flexattn.warp_specialize`), rings of shared-memory tiles
+    (`!flexattn.ring`, `!flexattn.smem_tile`) and ops on register fragments
+    (`flexattn.mma`, `flexattn.frag.*`).
   }];
   let cppNamespace = "::mlir::flexattn";
   let dependentDialects = ["arith::ArithDialect", "memref::MemRefDialect"];
+  let useDefaultTypePrinterParser = 1;
+  let extraClassDeclaration = [{
+    /// Adds the types (FlexAttnGpuOps.cpp, beside their parsers).
+    void registerTypes();
+  }];
 }
 
 class FlexAttn_Op<string mnemonic, list<Trait> traits = []>

@@ -109,8 +109,11 @@ int64_t ceilDivOrDynamic(int64_t a, int64_t b) {
 }
 
 /// q [B,Hq,M,D], k [B,Hkv,N,D], v [B,Hkv,N,Dv]: ranks, dtypes, and the
-/// dimensions they share. Used by every op that reads q/k/v.
-LogicalResult verifyQKV(Operation *op, Value q, Value k, Value v) {
+/// dimensions they share. Used by every op that reads q/k/v; with
+/// `kvBatchBroadcast` (flexattn.attention), k and v may also have batch 1,
+/// shared by every query batch.
+LogicalResult verifyQKV(Operation *op, Value q, Value k, Value v,
+                        bool kvBatchBroadcast = false) {
   auto elemOk = [](Type t) { return isAttentionElementType(t); };
   if (failed(checkMemRef(op, q, "q", 4, "[B, Hq, M, D]", elemOk, "f32, f16 or bf16")) ||
       failed(checkMemRef(op, k, "k", 4, "[B, Hkv, N, D]", elemOk, "f32, f16 or bf16")) ||
@@ -127,9 +130,15 @@ LogicalResult verifyQKV(Operation *op, Value q, Value k, Value v) {
                              << ") must match q element type ("
                              << qt.getElementType() << ")";
   auto qs = qt.getShape(), ks = kt.getShape(), vs = vt.getShape();
-  if (failed(checkDim(op, ks[0], qs[0], "k batch size")) ||
-      failed(checkDim(op, vs[0], qs[0], "v batch size")) ||
-      failed(checkDim(op, ks[3], qs[3], "k head dim D")) ||
+  for (auto [role, size] : {std::pair<StringRef, int64_t>{"k", ks[0]}, {"v", vs[0]}}) {
+    if (kvBatchBroadcast && size == 1)
+      continue;
+    if (!dimsAgree(size, qs[0]))
+      return op->emitOpError()
+             << role << " batch size (" << size << ") must match " << qs[0]
+             << (kvBatchBroadcast ? " or be 1 (broadcast)" : "");
+  }
+  if (failed(checkDim(op, ks[3], qs[3], "k head dim D")) ||
       failed(checkDim(op, vs[1], ks[1], "v head count")) ||
       failed(checkDim(op, vs[2], ks[2], "v sequence length N")))
     return failure();
@@ -319,12 +328,13 @@ LogicalResult verifyRegion(Operation *op, Region &region, StringRef name,
     StringRef ns = inner->getDialect() ? inner->getDialect()->getNamespace() : "";
     // (The region's own terminator is checked below.)
     bool ok = ns == "arith" || ns == "math" || ns == "scf" ||
-              isa<YieldOp, memref::LoadOp>(inner) || inner == &block.back();
+              isa<YieldOp, memref::LoadOp, CheckIndexOp>(inner) ||
+              inner == &block.back();
     if (ok)
       return WalkResult::advance();
-    op->emitOpError() << name << " may only contain arith, math, scf and "
-                      << "memref.load ops (pure scalar code), found '"
-                      << inner->getName() << "'";
+    op->emitOpError() << name << " may only contain arith, math, scf, "
+                      << "memref.load and flexattn.check_index ops (scalar "
+                      << "code), found '" << inner->getName() << "'";
     return WalkResult::interrupt();
   });
   if (foreign.wasInterrupted())
@@ -358,7 +368,7 @@ LogicalResult mlir::flexattn::verifyModRegions(Operation *op) {
 //===----------------------------------------------------------------------===//
 
 LogicalResult AttentionOp::verify() {
-  if (failed(verifyQKV(*this, getQ(), getK(), getV())) ||
+  if (failed(verifyQKV(*this, getQ(), getK(), getV(), /*kvBatchBroadcast=*/true)) ||
       failed(verifyOutputs(*this, getQ(), getV(), getOut(), getLse())))
     return failure();
   if (!getKvNumBlocks() && getBlockSize())
@@ -408,11 +418,47 @@ LogicalResult FinalizeOp::verify() {
   if (failed(verifyState(*this, getAcc(), getMax(), getSum(), std::nullopt,
                          outType.getShape()[3])))
     return failure();
-  if (Value lse = getLse()) {
-    auto lt = cast<MemRefType>(lse.getType());
-    if (lt.getRank() != 3 || !lt.getElementType().isF32())
-      return emitOpError() << "lse must be a 3-D f32 memref [B, Hq, M], got "
-                           << lt;
+  return verifyLseBuffer(*this, getLse());
+}
+
+LogicalResult mlir::flexattn::verifyLseBuffer(Operation *op, Value lse) {
+  if (!lse)
+    return success();
+  auto lt = cast<MemRefType>(lse.getType());
+  if (lt.getRank() != 3 || !lt.getElementType().isF32())
+    return op->emitOpError() << "lse must be a 3-D f32 memref [B, Hq, M], got "
+                             << lt;
+  return success();
+}
+
+LogicalResult CheckIndexOp::verify() {
+  // (I64Attr getters return unsigned values: read the attributes signed.)
+  int64_t size = getSizeAttr().getInt();
+  if (size <= 0)
+    return emitOpError() << "size must be positive, got " << size;
+  if (getIndex().getType().getIntOrFloatBitWidth() > 64)
+    return emitOpError() << "index must have at most 64 bits, got "
+                         << getIndex().getType();
+  if (auto bounds = getBounds()) {
+    if (bounds->size() != 2 || (*bounds)[0] > (*bounds)[1])
+      return emitOpError() << "bounds must be [lo, hi] with lo <= hi, got "
+                           << shapeStr(*bounds);
   }
+  if (auto dim = getDimAttr(); dim && dim.getInt() < 0)
+    return emitOpError() << "dim must be non-negative, got " << dim.getInt();
+  if (!getReport()) {
+    if (getSiteAttr())
+      return emitOpError() << "site is given without a report buffer";
+    return success();
+  }
+  auto type = cast<MemRefType>(getReport().getType());
+  if (type.getRank() != 2 || !dimsAgree(type.getShape()[1], 2))
+    return emitOpError() << "report must be a [S, 2] memref of i64, got " << type;
+  if (!getSiteAttr())
+    return emitOpError() << "a report buffer requires the site attribute";
+  int64_t site = getSiteAttr().getInt(), sites = type.getShape()[0];
+  if (site < 0 || (!ShapedType::isDynamic(sites) && site >= sites))
+    return emitOpError() << "site " << site << " is outside the report buffer's "
+                         << sites << " rows";
   return success();
 }

@@ -11,6 +11,10 @@
 //   flexattn.tile_step   one Q tile x one KV tile, online     (flexattn-block-sparsity)
 //   flexattn.finalize    acc / l and logsumexp of one Q tile  (flexattn-tile)
 //   flexattn.apply_mods  one score element                    (flexattn-fuse-online-softmax)
+//   flexattn.check_index a mod's index into a captured buffer (frontend; inside mods)
+//
+// and, for GPU kernels, the roles, rings and register-fragment ops of
+// FlexAttnGpuOps.td (flexattn-warp-specialize and after).
 //
 // All operate on memrefs (destination passing style). Every op that holds the
 // user's modifications implements FlexAttn_ModRegionsOpInterface, so the
@@ -95,8 +99,9 @@ def FlexAttn_AttentionOp : FlexAttn_Op<"attention", [
 
     with `G = Hq / Hkv` query heads per key/value head (grouped-query
     attention). `q` is `[B, Hq, M, D]`, `k` is `[B, Hkv, N, D]`, `v` is
-    `[B, Hkv, N, Dv]`, `out` is `[B, Hq, M, Dv]` and the optional `lse` is
-    `[B, Hq, M]` f32. A query row with no visible key gets a zero output and
+    `[B, Hkv, N, Dv]` (`k` and `v` may have batch 1: shared by every query
+    batch), `out` is `[B, Hq, M, Dv]` and the optional `lse` is `[B, Hq, M]`
+    f32. A query row with no visible key gets a zero output and
     an lse of -inf, as torch does.
 
     The optional block mask has torch's BlockMask layout, with
@@ -299,16 +304,70 @@ def FlexAttn_ApplyModsOp : FlexAttn_Op<"apply_mods", [
 }
 
 //===----------------------------------------------------------------------===//
+// flexattn.check_index
+//===----------------------------------------------------------------------===//
+
+def FlexAttn_CheckIndexOp : FlexAttn_Op<"check_index"> {
+  let summary = "A torch-style index into one dimension of a captured buffer";
+  let description = [{
+    The position a mod reads along one dimension (of `size` elements) of a
+    captured buffer, for the signed integer `index` the mod computed, with
+    torch's semantics: `index` in `[0, size)` reads that element, `index` in
+    `[-size, 0)` reads element `index + size` (Python's `t[-1]`), and any other
+    index is out of bounds: torch raises IndexError.
+
+    The result is the position as an `index`. Out of bounds it is 0, so the
+    load it feeds never leaves the buffer, and the error is recorded in the
+    optional `report` buffer (`[S, 2]` i64, one row per check site): row
+    `site` becomes `[1, index]`. The host reads the buffer after the kernel
+    and raises; a clamped value is never the answer. Without `report` the
+    error is not recorded (only where the caller chose so, e.g. the GPU
+    without its debug option).
+
+    `bounds = array<i64: lo, hi>` asserts `lo <= index <= hi`, proved by the
+    frontend from the shapes (an interval analysis of the mod): inside
+    `[-size, size)` no check is emitted, and from `lo >= 0` no wrap either.
+    `dim` and `source` describe the read for messages.
+    `flexattn-inline-mods` lowers the op to arith (and an `scf.if` that
+    stores the report).
+
+    ```mlir
+    %i = flexattn.check_index %x of size 256 report(%err : memref<2x2xi64>)
+        {dim = 0 : i64, site = 1 : i64, source = "doc of mask_mod 'document'"} : i64
+    %v = memref.load %doc[%i] : memref<256xi32>
+    ```
+  }];
+  let arguments = (ins
+    AnySignlessInteger:$index,
+    Arg<Optional<MemRefOf<[I64]>>, "the report buffer, [S, 2] i64", [MemWrite]>:$report,
+    I64Attr:$size, OptionalAttr<I64Attr>:$site, OptionalAttr<DenseI64ArrayAttr>:$bounds,
+    OptionalAttr<I64Attr>:$dim, OptionalAttr<StrAttr>:$source);
+  let results = (outs Index:$result);
+  let assemblyFormat = [{
+    $index `of` `size` $size (`report` `(` $report^ `:` type($report) `)`)? attr-dict
+    `:` type($index)
+  }];
+  let hasVerifier = 1;
+}
+
+//===----------------------------------------------------------------------===//
 // flexattn.yield
 //===----------------------------------------------------------------------===//
 
 def FlexAttn_YieldOp : FlexAttn_Op<"yield", [
     Pure, ReturnLike, Terminator,
-    ParentOneOf<["AttentionOp", "KvLoopOp", "TileStepOp", "ApplyModsOp"]>]> {
+    ParentOneOf<["AttentionOp", "KvLoopOp", "TileStepOp", "ApplyModsOp",
+                 "FragSoftmaxOp"]>]> {
   let summary = "Returns the value of a score_mod or mask_mod region";
   let arguments = (ins Variadic<AnyType>:$values);
   let assemblyFormat = "attr-dict ($values^ `:` type($values))?";
   let builders = [OpBuilder<(ins), [{ /* nothing */ }]>];
 }
+
+//===----------------------------------------------------------------------===//
+// The GPU kernel's mid-level ops (roles, rings, register fragments)
+//===----------------------------------------------------------------------===//
+
+include "FlexAttnGpuOps.td"
 
 #endif // FLEXATTN_OPS

@@ -2,7 +2,7 @@
 compiler stage for an example variant (see ``--list``), for the CPU or the H100.
 
     flexattn causal                     # every CPU stage
-    flexattn alibi_causal --target sm_90a --stage gpu
+    flexattn alibi_causal --target sm_90a --stage roles
     flexattn --list
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import driver, zoo
+from . import driver, targets, zoo
 from .options import CompileOptions
 
 
@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("variant", nargs="?", help="example variant name")
     parser.add_argument("--list", action="store_true", help="list the example variants")
-    parser.add_argument("--target", default="cpu", choices=["cpu", "sm_90a"])
+    parser.add_argument("--target", default="cpu", choices=list(targets.TARGETS))
     parser.add_argument("--stage", help="print only this stage (default: all)")
     parser.add_argument("--shape", help="B,H,S,D (default 1,2,256,64 on cpu, 1,2,1024,128 on sm_90a)")
     parser.add_argument("--dtype", help="float32 | bfloat16 | float16 (default: f32 cpu, bf16 gpu)")
@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, v in zoo.VARIANTS.items():
             print(f"{name:22s} {v.description}")
         return 0
-    gpu = args.target != "cpu"
+    gpu = targets.target(args.target).is_gpu
     shape = args.shape or ("1,2,1024,128" if gpu else "1,2,256,64")
     b, h, s, d = (int(x) for x in shape.split(","))
     dtype = args.dtype or ("bfloat16" if gpu else "float32")

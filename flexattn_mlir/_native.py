@@ -11,15 +11,38 @@ import ctypes
 import functools
 import importlib.util
 import os
+import sys
 from pathlib import Path
 
-# `mlir` must be imported before `torch_mlir` in any process that JIT-compiles
-# (the two carry different LLVMs; FRONTEND_NOTES.md section 6). Importing it
-# here, first thing, keeps that order for every user of the package.
+
+def _check_import_order() -> None:
+    """`mlir` must be loaded before `torch_mlir` in any process that
+    JIT-compiles: both carry a whole LLVM, and when torch-mlir's is loaded
+    first, MLIR's ExecutionEngine resolves symbols into it (JIT sessions fail
+    with "Symbols not found", or libm calls silently return wrong values).
+    Nothing can undo that once it is loaded, so it is refused here, with what
+    to do, instead of failing (or computing garbage) at the first CPU call."""
+    names = list(sys.modules)  # in load order
+    theirs = [i for i, name in enumerate(names) if name.startswith("torch_mlir._mlir_libs.")]
+    ours = names.index("mlir._mlir_libs._mlir") if "mlir._mlir_libs._mlir" in names else None
+    if theirs and (ours is None or ours > theirs[0]):
+        raise ImportError(
+            "flexattn_mlir must be imported before torch_mlir: torch_mlir's native "
+            "libraries (its own LLVM) are already loaded in this process, and they break "
+            "the MLIR JIT that runs flexattn_mlir's CPU kernels. Import flexattn_mlir (or "
+            "mlir.ir) before the first `import torch_mlir` / `from torch_mlir import ...`, "
+            "e.g. at the top of your script; flexattn_mlir imports torch_mlir itself when "
+            "it needs it."
+        )
+
+
+# Importing `mlir` here, first thing, keeps that order for every user of the
+# package.
+_check_import_order()
 from mlir import ir  # noqa: E402
 
-__all__ = ["register", "new_context", "tool_path", "source_hash", "cpu_host_target",
-           "cpu_compile", "cpu_load", "cpu_unload", "cpu_run"]
+__all__ = ["register", "new_context", "tool_path", "source_hash", "flexattn_opt_main",
+           "cpu_host_target", "cpu_compile", "cpu_load", "cpu_unload", "cpu_run"]
 
 
 class _Handle(ctypes.Structure):
@@ -152,3 +175,14 @@ def tool_path(name: str = "flexattn-opt") -> Path:
         if candidate.exists():
             return candidate
     raise FileNotFoundError(f"{name} was not built with this flexattn_mlir install")
+
+
+def flexattn_opt_main() -> None:
+    """The ``flexattn-opt`` console command: runs the binary shipped in
+    ``flexattn_mlir/_bin`` (it stays there, beside the MLIR/LLVM libraries
+    its RPATH names) with the command's arguments."""
+    try:
+        exe = tool_path()
+    except FileNotFoundError as err:
+        sys.exit(f"flexattn-opt: {err}")
+    os.execv(exe, [str(exe), *sys.argv[1:]])

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Iterable
 
-from . import driver
+from . import driver, targets
 from .gpu import binary_of
 from .options import CompileOptions
 from .spec import AttentionSpec
@@ -30,7 +30,7 @@ def artifact_key(spec: AttentionSpec, opts: CompileOptions) -> str:
     :func:`flexattn_mlir.flex_attention` looks up in ``FLEXATTN_ARTIFACTS``."""
     from .cache import kernel_key
 
-    return kernel_key(spec.digest(), opts.digest())
+    return kernel_key(spec.digest(), opts)
 
 
 def write_artifacts(items: Iterable[tuple[str, AttentionSpec, CompileOptions]],
@@ -69,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shape", default="4,16,8192,128",
                         help="B,H,S,D of q/k/v (default 4,16,8192,128)")
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16"])
-    parser.add_argument("--target", default="sm_90a")
+    parser.add_argument("--target", default=targets.gpu_targets()[0],
+                        choices=targets.gpu_targets())
     args = parser.parse_args(argv)
     from . import zoo
 

@@ -9,12 +9,13 @@ through the ExecutionEngine, CUDA tensors through flexattn_runtime).
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import replace
 from typing import Callable, Optional
 
 import torch
 
-from . import checks, frontend
+from . import checks, frontend, targets
 from .attention import attention
 from .block_mask import BlockMask
 from .masks import noop_mask
@@ -41,10 +42,9 @@ def _captured_mask(block_mask):
 
 
 # Below this fraction of visited blocks, Q tiles are short and the GPU kernel
-# runs persistent CTAs (measured on the H100: sliding window +11%, document
-# masks +7%; dense and causal masks are faster with one CTA per tile).
+# runs persistent CTAs, one per SM (measured on the H100: sliding window +11%,
+# document masks +7%; dense and causal masks are faster with one CTA per tile).
 PERSISTENT_DENSITY = 0.25
-PERSISTENT_CTAS = 132  # the H100's SMs
 
 
 def _prefers_persistent(options: CompileOptions, block_mask, kernel_options, query, key) -> bool:
@@ -54,14 +54,6 @@ def _prefers_persistent(options: CompileOptions, block_mask, kernel_options, que
     idx = block_mask.kv_indices
     total = idx.shape[0] * idx.shape[1] * idx.shape[2] * idx.shape[3]
     return visited < PERSISTENT_DENSITY * total
-
-
-def _target(device: torch.device) -> str:
-    if device.type == "cpu":
-        return "cpu"
-    if device.type == "cuda":
-        return "sm_90a"
-    raise ValueError(f"query is on {device}; flexattn_mlir runs on CPU and CUDA (sm_90a)")
 
 
 def flex_attention(
@@ -113,12 +105,23 @@ def _lower_call(query, key, value, score_mod, block_mask, enable_gqa, kernel_opt
         block_mask = BlockMask.from_torch(block_mask)
     score = frontend.capture_score_mod(score_mod) if score_mod is not None else None
     mask = _captured_mask(block_mask) if block_mask is not None else None
+    names = [m.name for m in (score, mask) if m is not None]
+    labels = frontend.capture_labels(score, mask)
     score, mask, captures = frontend.combine(score, mask)
-    options = CompileOptions.from_kernel_options(kernel_options, target=_target(query.device))
+    options = CompileOptions.from_kernel_options(
+        kernel_options, target=targets.for_device(query.device).name)
     if _prefers_persistent(options, block_mask, kernel_options, query, key):
-        options = replace(options, persistent=PERSISTENT_CTAS)
+        options = replace(options, persistent=targets.sm_count(options.target, query.device))
     return dict(score_mod=score.ir if score else None, mask_mod=mask.ir if mask else None,
-                block_mask=block_mask, captures=captures, options=options)
+                block_mask=block_mask, captures=captures, options=options,
+                name=_variant_name(names), capture_labels=labels)
+
+
+def _variant_name(mod_names) -> str:
+    """The kernel's label: the mods' Python names (``alibi_causal``),
+    ``flexattn`` without mods."""
+    parts = [re.sub(r"\W+", "_", n).strip("_") or "mod" for n in mod_names]
+    return "_".join(parts) or "flexattn"
 
 
 def compile_flex_attention(query, key, value, score_mod=None, block_mask=None, scale=None,
@@ -137,5 +140,5 @@ def compile_flex_attention(query, key, value, score_mod=None, block_mask=None, s
         options = CompileOptions(**{**options.__dict__, "target": target,
                                     "tile_q": 0, "tile_kv": 0})
     spec = attention_spec(query, key, value, scale=scale, enable_gqa=enable_gqa,
-                          return_lse=return_lse, **call)
+                          return_lse=return_lse, options=options, **call)
     return driver.compile(spec, options)

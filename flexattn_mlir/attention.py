@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from . import cache, checks
+from . import cache, checks, index_checks, targets
 from .mods import ModIR
 from .options import CompileOptions
 from .spec import AttentionSpec, BufferType
@@ -38,8 +38,19 @@ def _mask_tensors(block_mask) -> list[torch.Tensor]:
     return [getattr(block_mask, n).contiguous() for n in names]
 
 
+def index_checked(query, key, score_mod, mask_mod, check_indices: bool):
+    """The mods with their reads of captured tensors proved in bounds or
+    checked for this call's shapes (index_checks.annotate; memoised)."""
+    b, hq, m, _ = query.shape
+    return index_checks.annotate(score_mod, mask_mod, (b, hq, m, key.shape[2]), check_indices)
+
+
 def build_spec(query, key, value, *, score_mod, mask_mod, block_mask, captures,
-               scale, return_lse, name="flexattn") -> AttentionSpec:
+               scale, return_lse, name="flexattn", check_indices=True) -> AttentionSpec:
+    """The spec of a call. Raises IndexError for a provably out-of-bounds read
+    of a captured tensor; ``check_indices``: whether the reads the compiler
+    cannot bound are checked at run time (index_checks.enabled)."""
+    checked = index_checked(query, key, score_mod, mask_mod, check_indices)
     masks = _mask_tensors(block_mask)
     fields = {}
     if block_mask is not None:
@@ -50,28 +61,20 @@ def build_spec(query, key, value, *, score_mod, mask_mod, block_mask, captures,
         q=BufferType.of(query), k=BufferType.of(key), v=BufferType.of(value),
         scale=float(scale), return_lse=bool(return_lse),
         captures=tuple(BufferType.of(c) for c in captures),
-        score_mod=score_mod, mask_mod=mask_mod, name=name, **fields,
+        score_mod=checked.score, mask_mod=checked.mask, name=name,
+        index_report=BufferType(checked.report, "i64") if checked.report else None, **fields,
     )
-
-
-def _machine(opts: CompileOptions) -> str:
-    """What CPU code is built for (this host's CPU and features); GPU code
-    names its target in the options."""
-    if opts.target != "cpu":
-        return ""
-    from . import _native
-
-    return _native.cpu_host_target()
 
 
 def kernel_for(spec: AttentionSpec, opts: CompileOptions):
     """The kernel of (spec, opts): from this process's table, else the disk
     cache (or, for GPUs, an artifact store), else compiled (and stored).
-    With FLEXATTN_DUMP_IR or FLEXATTN_OVERRIDE_IR set, every call compiles
-    afresh and caches nothing: the stages are dumped, and an overridden
-    stage never reaches the caches."""
-    key = cache.kernel_key(spec.digest(), opts.digest(), machine=_machine(opts))
-    if os.environ.get("FLEXATTN_DUMP_IR") or os.environ.get("FLEXATTN_OVERRIDE_IR"):
+    FLEXATTN_DUMP_IR dumps the stages of the kernels that are compiled (a
+    cache hit stays a hit). With FLEXATTN_OVERRIDE_IR set, every call
+    compiles afresh and caches nothing: an overridden stage never reaches
+    the caches."""
+    key = cache.kernel_key(spec.digest(), opts)
+    if os.environ.get("FLEXATTN_OVERRIDE_IR"):
         return _load_or_compile(spec, opts, key, use_cache=False)
     with _lock:
         kernel = _kernels.get(key)
@@ -119,36 +122,73 @@ def _check_mod(name: str, mod, kind: str, n_captures: int) -> None:
         )
 
 
+def _options(query, options: Optional[CompileOptions]) -> CompileOptions:
+    if options is not None:
+        return options
+    return CompileOptions(target=targets.for_device(query.device).name)
+
+
 def _prepare(query, key, value, *, score_mod, mask_mod, block_mask, captures, scale,
-             enable_gqa, return_lse):
-    """Checks the arguments and returns (spec, contiguous q/k/v, captures)."""
+             enable_gqa, return_lse, name, options):
+    """Checks the arguments and returns (spec, contiguous q/k/v, captures,
+    options: the device's default when None)."""
     checks.check_qkv(query, key, value, enable_gqa)
+    options = _options(query, options)
     captures = [c.contiguous() for c in captures]
     checks.check_captures(captures, query.device)
     _check_mod("score_mod", score_mod, "score", len(captures))
     _check_mod("mask_mod", mask_mod, "mask", len(captures))
     if block_mask is not None:
         checks.check_block_mask(block_mask, query, key)
+        checks.check_mask_broadcast(block_mask, query, mask_mod)
     if scale is None:
         scale = 1.0 / math.sqrt(query.shape[-1])
     elif not isinstance(scale, (int, float)) or not math.isfinite(scale):
         raise TypeError(f"scale must be a finite float, got {scale!r}")
     q, k, v = query.contiguous(), key.contiguous(), value.contiguous()
+    if options.target != "cpu":
+        # K/V of batch 1 shared by the query batch: the CPU kernel reads them
+        # in place (flexattn-tile's batch-stride-0 view). The GPU kernel loads
+        # K/V through TMA descriptors of its arguments and reads no such view,
+        # so for the GPU they are expanded here (a copy).
+        k, v = (t.expand(q.shape[0], -1, -1, -1).contiguous() for t in (k, v))
     spec = build_spec(q, k, v, score_mod=score_mod, mask_mod=mask_mod,
                       block_mask=block_mask, captures=captures, scale=scale,
-                      return_lse=return_lse)
-    return spec, (q, k, v), captures
+                      return_lse=return_lse, name=name,
+                      check_indices=index_checks.enabled(options.target))
+    return spec, (q, k, v), captures, options
 
 
 def attention_spec(query, key, value, *, score_mod=None, mask_mod=None, block_mask=None,
                    captures=(), scale=None, enable_gqa=False, return_lse=False,
-                   options=None) -> AttentionSpec:
+                   options=None, name="flexattn", capture_labels=()) -> AttentionSpec:
     """The :class:`AttentionSpec` :func:`attention` would compile for these
-    arguments (for :func:`flexattn_mlir.compile` and inspection)."""
-    spec, _, _ = _prepare(query, key, value, score_mod=score_mod, mask_mod=mask_mod,
-                          block_mask=block_mask, captures=captures, scale=scale,
-                          enable_gqa=enable_gqa, return_lse=return_lse)
+    arguments (for :func:`flexattn_mlir.compile` and inspection); it takes
+    :func:`attention`'s arguments (``capture_labels``, for messages of a
+    run, does not matter here)."""
+    spec, _, _, _ = _prepare(query, key, value, score_mod=score_mod, mask_mod=mask_mod,
+                             block_mask=block_mask, captures=captures, scale=scale,
+                             enable_gqa=enable_gqa, return_lse=return_lse, name=name,
+                             options=options)
     return spec
+
+
+def _forward_only(query, key, value, captures, capture_labels) -> None:
+    """No backward pass exists yet: in grad mode, an input that requires
+    grad would get a result detached from it (its gradients silently lost),
+    so the call raises instead. The autograd path replaces this check."""
+    if not torch.is_grad_enabled():
+        return
+    labels = list(capture_labels) + [f"captures[{i}]" for i in range(len(capture_labels),
+                                                                     len(captures))]
+    named = [("query", query), ("key", key), ("value", value), *zip(labels, captures)]
+    for label, t in named:
+        if t.requires_grad:
+            raise NotImplementedError(
+                f"flexattn_mlir: the backward pass is not implemented yet, but {label} "
+                f"requires grad (and grad mode is on): the result could not carry its "
+                f"gradient. Call under torch.no_grad() or torch.inference_mode(), or pass "
+                f"detached tensors")
 
 
 def attention_compile_count() -> int:
@@ -169,6 +209,8 @@ def attention(
     enable_gqa: bool = False,
     return_lse: bool = False,
     options: Optional[CompileOptions] = None,
+    name: str = "flexattn",
+    capture_labels: Sequence[str] = (),
 ):
     """softmax(mods(scale * Q Kᵀ)) V with the mods given as IR.
 
@@ -176,13 +218,16 @@ def attention(
     (``kv_num_blocks``, ``kv_indices``, optional ``full_kv_*``,
     ``BLOCK_SIZE``). ``captures`` are the buffers the mods' trailing block
     arguments receive. Non-contiguous inputs are copied to contiguous ones.
-    Returns ``out`` or ``(out, lse)``; lse is float32, natural log.
+    ``name`` labels the kernel (IR dumps, messages) and ``capture_labels``
+    the captures (messages); neither enters the cache key. Returns ``out`` or
+    ``(out, lse)``; lse is float32, natural log. There is no backward pass
+    yet: in grad mode, inputs that require grad are an error.
     """
-    spec, (q, k, v), captures = _prepare(
+    spec, (q, k, v), captures, options = _prepare(
         query, key, value, score_mod=score_mod, mask_mod=mask_mod, block_mask=block_mask,
-        captures=captures, scale=scale, enable_gqa=enable_gqa, return_lse=return_lse)
-    if options is None:
-        options = CompileOptions(target="cpu" if query.device.type == "cpu" else "sm_90a")
+        captures=captures, scale=scale, enable_gqa=enable_gqa, return_lse=return_lse,
+        name=name, options=options)
+    _forward_only(query, key, value, captures, capture_labels)
     if options.target != "cpu":
         checks.check_gpu_support(q, v, block_mask, options)
     kernel = kernel_for(spec, options)
@@ -195,5 +240,13 @@ def attention(
         args.append(lse)
     args += _mask_tensors(block_mask)
     args += [c.view(torch.uint8) if c.dtype == torch.bool else c for c in captures]
+    checked = index_checked(q, k, score_mod, mask_mod, index_checks.enabled(options.target))
+    report = index_checks.report_capture(checked, q.device)
+    if report is not None:
+        args.append(report)
+    elif options.target != "cpu":
+        index_checks.warn_unchecked(checked, options.target)
     kernel(args)
+    if report is not None:
+        index_checks.raise_reported(report, checked)
     return (out, lse) if return_lse else out

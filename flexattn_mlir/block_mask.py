@@ -30,16 +30,15 @@ import ctypes
 import functools
 import itertools
 import operator
-import re
 import threading
 from typing import Any, Callable, Optional, Union
 
 import numpy as np
 import torch
 
-from . import _native
+from . import _native, index_checks
 from .checks import block_size
-from .masks import and_masks, decide_blocks, noop_mask, or_masks
+from .masks import and_masks, decide_blocks, noop_mask, or_masks, reads_batch_head
 from .mods import ModIR
 
 __all__ = [
@@ -53,6 +52,7 @@ __all__ = [
 
 _DEFAULT_SPARSE_BLOCK_SIZE = 128
 EMPTY, PARTIAL, FULL, UNKNOWN = 0, 1, 2, 3
+EVERY_ELEMENT = 4  # unknown, and the kernel evaluates all its elements
 
 # Number of create_block_mask kernels compiled by this process.
 kernel_count = 0
@@ -358,13 +358,16 @@ def create_block_mask(
 
     ``mask_mod`` is a Python mask_mod (captured with the frontend) or a
     :class:`~flexattn_mlir.frontend.CapturedMod`. ``B`` / ``H`` of None give
-    size-1 (broadcast) dims. ``analyze=False`` skips the interval analysis
+    size-1 (broadcast) dims; a mask_mod that reads ``b`` / ``h`` needs the
+    real ``B`` / ``H`` (a ValueError otherwise: its blocks differ per batch /
+    head). ``analyze=False`` skips the interval analysis
     (every block is then evaluated element by element). The signature is
     torch's: ``device`` None means torch's default device; ``_compile`` is
     accepted and ignored (the mask is always compiled here), as are the
     backward-pass ordering flags (no backward pass yet)."""
     from . import frontend
 
+    broadcast_b, broadcast_h = B is None, H is None
     B = 1 if B is None else int(B)
     H = 1 if H is None else int(H)
     Q_LEN, KV_LEN = int(Q_LEN), int(KV_LEN)
@@ -381,6 +384,17 @@ def create_block_mask(
             raise TypeError("create_block_mask needs a mask_mod, got a captured score_mod")
     else:
         captured, python_mod = frontend.capture_mask_mod(mask_mod), mask_mod
+    reads = reads_batch_head(captured.ir)
+    for index, name, broadcast, read in (("b", "B", broadcast_b, reads[0]),
+                                         ("h", "H", broadcast_h, reads[1])):
+        if broadcast and read:
+            raise ValueError(
+                f"create_block_mask: mask_mod {captured.name!r} reads {index} (the "
+                f"{'batch' if index == 'b' else 'head'} index), but {name}=None makes one "
+                f"mask shared by every {'batch' if index == 'b' else 'head'}: it would hold "
+                f"{index}=0's pattern only. Pass {name}=<the query's "
+                f"{'batch size' if index == 'b' else 'number of heads'}> ({name}=1 if there "
+                f"is one)")
 
     device = torch.get_default_device() if device is None else device
     threads = num_threads or torch.get_num_threads()
@@ -399,13 +413,17 @@ def _classify_and_order(captured, B, H, Q_LEN, KV_LEN, bq, bkv, separate_full_bl
     intra-op threads only slow down (barriers; badly so on a loaded machine)."""
     # A mask that never reads b (h) is the same for every batch (head):
     # classify one and broadcast.
-    uses_b, uses_h = _reads_batch_head(captured.ir)
+    uses_b, uses_h = reads_batch_head(captured.ir)
     shape = (B if uses_b else 1, H if uses_h else 1, -(-Q_LEN // bq), -(-KV_LEN // bkv))
+    # Reads of captured tensors: proved in bounds, refused (IndexError), or
+    # checked by the kernel (reported after it ran).
+    checked = index_checks.annotate(None, captured.ir, (B, H, Q_LEN, KV_LEN), True)
     cls = np.full(shape, UNKNOWN, dtype=np.int8)
     captures = [c.detach().to("cpu").contiguous() for c in captured.captures]
+    fault = np.True_
     if analyze:
-        all_kept, none_kept = decide_blocks(captured.ir, captures, shape, (Q_LEN, KV_LEN),
-                                            (bq, bkv))
+        all_kept, none_kept, fault = decide_blocks(captured.ir, captures, shape,
+                                                   (Q_LEN, KV_LEN), (bq, bkv), with_faults=True)
         # torch pads with False: a clipped edge block is never full.
         q0 = np.arange(shape[2]).reshape(1, 1, -1, 1) * bq
         k0 = np.arange(shape[3]).reshape(1, 1, 1, -1) * bkv
@@ -413,7 +431,11 @@ def _classify_and_order(captured, B, H, Q_LEN, KV_LEN, bq, bkv, separate_full_bl
         cls[all_kept & whole] = FULL
         cls[all_kept & ~whole] = PARTIAL
         cls[none_kept] = EMPTY
-    _evaluate(captured, captures, cls, (Q_LEN, KV_LEN), (bq, bkv), threads)
+    if checked.report is not None:
+        # A block where a read may be out of bounds is evaluated element by
+        # element to its end (no early exit), so every read is checked.
+        cls[(cls == UNKNOWN) & fault] = EVERY_ELEMENT
+    _evaluate(checked, captures, cls, (Q_LEN, KV_LEN), (bq, bkv), threads)
 
     if separate_full_blocks:
         partial, full = cls == PARTIAL, cls == FULL
@@ -430,19 +452,6 @@ def _classify_and_order(captured, B, H, Q_LEN, KV_LEN, bq, bkv, separate_full_bl
         tensors = [None if t is None else t.expand(B, H, *t.shape[2:]).contiguous()
                    for t in tensors]
     return tensors
-
-
-def _reads_batch_head(mask: ModIR) -> tuple[bool, bool]:
-    """Whether the mask region uses its b and h arguments."""
-    header, _, body = mask.text.partition("\n")
-    names = re.findall(r"(%[\w$.\-]+)\s*:", header)
-    if len(names) < 4:
-        return True, True
-
-    def used(name):
-        return re.search(re.escape(name) + r"(?![\w$.\-])", body) is not None
-
-    return used(names[0]), used(names[1])
 
 
 # ---------------------------------------------------------------------------
@@ -483,6 +492,7 @@ func.func @{name}(%bm_cls: {cls_t}, %bm_rows: memref<2xi64>{cap_args}) attribute
   %bm_t1 = arith.constant {PARTIAL} : i8
   %bm_t2 = arith.constant {FULL} : i8
   %bm_t3 = arith.constant {UNKNOWN} : i8
+  %bm_t4 = arith.constant {EVERY_ELEMENT} : i8
   %bm_true = arith.constant true
   %bm_zero = arith.constant 0.0 : f32
   %bm_ninf = arith.constant 0xFF800000 : f32
@@ -500,7 +510,8 @@ func.func @{name}(%bm_cls: {cls_t}, %bm_rows: memref<2xi64>{cap_args}) attribute
     %bm_q1 = arith.minui %bm_q0e, %bm_cQ : index
     scf.for %bm_kb = %bm_c0 to %bm_cKB step %bm_c1 {{
       %bm_cls0 = memref.load %bm_cls[%bm_b, %bm_h, %bm_qb, %bm_kb] : {cls_t}
-      %bm_todo = arith.cmpi eq, %bm_cls0, %bm_t3 : i8
+      %bm_todo = arith.cmpi uge, %bm_cls0, %bm_t3 : i8
+      %bm_all = arith.cmpi eq, %bm_cls0, %bm_t4 : i8
       scf.if %bm_todo {{
         %bm_k0 = arith.muli %bm_kb, %bm_cBKV : index
         %bm_k0e = arith.addi %bm_k0, %bm_cBKV : index
@@ -513,7 +524,8 @@ func.func @{name}(%bm_cls: {cls_t}, %bm_rows: memref<2xi64>{cap_args}) attribute
           %bm_ns = arith.cmpi ne, %bm_n, %bm_seen : {ct}
           %bm_mixed = arith.andi %bm_nz, %bm_ns : i1
           %bm_pure = arith.xori %bm_mixed, %bm_true : i1
-          %bm_go = arith.andi %bm_in, %bm_pure : i1
+          %bm_more = arith.ori %bm_pure, %bm_all : i1
+          %bm_go = arith.andi %bm_in, %bm_more : i1
           scf.condition(%bm_go) %bm_q, %bm_n, %bm_seen : index, {ct}, {ct}
         }} do {{
         ^bb0(%bm_qa: index, %bm_na: {ct}, %bm_sa: {ct}):
@@ -581,13 +593,13 @@ class _MaskKernel:
         self._entry(packed)  # ctypes drops the GIL: threads run in parallel
 
 
-def _kernel_for(captured, shape, lengths, block) -> _MaskKernel:
+def _kernel_for(mask: ModIR, shape, lengths, block) -> _MaskKernel:
     global kernel_count
-    key = (captured.key, shape, lengths, block)
+    key = (mask, shape, lengths, block)
     with _kernel_lock:
         kernel = _kernels.get(key)
         if kernel is None:
-            kernel = _kernels[key] = _MaskKernel(captured.ir, shape, lengths, block)
+            kernel = _kernels[key] = _MaskKernel(mask, shape, lengths, block)
             kernel_count += 1
     return kernel
 
@@ -604,24 +616,31 @@ def _thread_pool(threads: int) -> concurrent.futures.ThreadPoolExecutor:
         return _pool
 
 
-def _evaluate(captured, captures, cls: np.ndarray, lengths, block, threads: int) -> None:
-    """Replaces every UNKNOWN entry of ``cls`` (in place) by the block's class."""
-    todo = cls == UNKNOWN
+def _evaluate(checked, captures, cls: np.ndarray, lengths, block, threads: int) -> None:
+    """Replaces every UNKNOWN entry of ``cls`` (in place) by the block's
+    class, evaluating ``checked.mask``; raises IndexError for a read out of
+    bounds the kernel reported."""
+    todo = cls >= UNKNOWN
     todo_blocks = int(todo.sum())
     if todo_blocks == 0:
         return
     rows = np.flatnonzero(todo.reshape(-1, cls.shape[-1]).any(axis=-1))
-    kernel = _kernel_for(captured, tuple(cls.shape), lengths, block)
+    kernel = _kernel_for(checked.mask, tuple(cls.shape), lengths, block)
     cls = torch.from_numpy(cls)  # shares the memory the kernel writes
     captures = [c.view(torch.uint8) if c.dtype == torch.bool else c for c in captures]
+    report = index_checks.report_capture(checked, "cpu")
+    if report is not None:
+        captures.append(report)
     lo, hi = int(rows[0]), int(rows[-1]) + 1
     n = hi - lo
     if threads <= 1 or n < 2 or todo_blocks * block[0] * block[1] < _PARALLEL_ELEMENTS:
         kernel(cls, captures, (lo, hi))
-        return
-    # Interleaved chunks spread the expensive regions over the threads; the
-    # kernel drops the GIL (ctypes), so they run in parallel.
-    chunks = min(n, threads * 8)
-    edges = [lo + (n * i) // chunks for i in range(chunks + 1)]
-    pool = _thread_pool(threads)
-    list(pool.map(lambda i: kernel(cls, captures, (edges[i], edges[i + 1])), range(chunks)))
+    else:
+        # Interleaved chunks spread the expensive regions over the threads;
+        # the kernel drops the GIL (ctypes), so they run in parallel.
+        chunks = min(n, threads * 8)
+        edges = [lo + (n * i) // chunks for i in range(chunks + 1)]
+        pool = _thread_pool(threads)
+        list(pool.map(lambda i: kernel(cls, captures, (edges[i], edges[i + 1])), range(chunks)))
+    if report is not None:
+        index_checks.raise_reported(report, checked)

@@ -10,10 +10,11 @@ Everything lives under ``FLEXATTN_CACHE_DIR`` (default
     mods/<key>.json       captured score_mod/mask_mod IR (the frontend)
 
 Keys hash the kernel spec (captured IR, shapes, dtypes), the options, the
-compiler version (a hash of the C++ and Python sources) and, for CPU code,
-the host's CPU name and features, so a changed compiler or machine never
-reuses stale code and AOT artifacts built on another machine
-from the same sources are found. Writes go to a temporary file in
+compiler version (a hash of the C++ and Python sources) and what the code is
+built for: for GPU targets the ptxas that assembles the cubin (version and
+path), for the CPU this host's CPU name and features. So a changed compiler,
+assembler or CPU never reuses stale code, and AOT artifacts built on another
+machine from the same sources and toolchain are found. Writes go to a temporary file in
 the same directory and are renamed into place, so concurrent processes see
 either nothing or a whole entry.
 """
@@ -53,13 +54,18 @@ def compiler_version() -> str:
     return h.hexdigest()[:16]
 
 
-def kernel_key(spec_digest: str, options_digest: str, machine: str = "") -> str:
-    """``machine``: what the code is built for beyond the options (the CPU
-    name and features of CPU code)."""
-    text = f"{spec_digest}|{options_digest}|{compiler_version()}"
-    if machine:
-        text += f"|{machine}"
-    return hashlib.sha256(text.encode()).hexdigest()
+def kernel_key(spec_digest: str, options) -> str:
+    """The key of a kernel: spec, ``options`` (a CompileOptions), compiler
+    and the machine code's target: for GPU targets ptxas (raises
+    PtxasNotFound without one), for the CPU this host's CPU and features."""
+    from . import _native, ptxas, targets
+
+    parts = [spec_digest, options.digest(), compiler_version()]
+    if targets.target(options.target).is_gpu:
+        parts.append(ptxas.find().identity)
+    else:
+        parts.append(_native.cpu_host_target())
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()
 
 
 def atomic_write(path: Path, data: bytes) -> None:

@@ -7,7 +7,8 @@ from collections import OrderedDict
 
 import torch
 
-__all__ = ["block_size", "check_qkv", "check_block_mask", "check_captures", "check_gpu_support"]
+__all__ = ["block_size", "check_qkv", "check_block_mask", "check_mask_broadcast",
+           "check_captures", "check_gpu_support"]
 
 
 def block_size(bs) -> tuple[int, int]:
@@ -38,8 +39,9 @@ def check_qkv(query, key, value, enable_gqa: bool) -> None:
     (b, hq, _, d), (bk, hkv, n, dk), (bv, hv, nv, dv) = query.shape, key.shape, value.shape
     if d == 0 or dv == 0:
         raise ValueError(f"query/value head dims must be positive, got D={d}, Dv={dv}")
-    if bk != b or bv != b:
-        raise ValueError(f"key/value batch sizes ({bk}, {bv}) must match query batch size {b}")
+    if bk not in (1, b) or bv not in (1, b):
+        raise ValueError(f"key/value batch sizes ({bk}, {bv}) must each match query batch size "
+                         f"{b} or be 1 (shared by every query batch)")
     if dk != d:
         raise ValueError(f"key head dim {dk} must match query head dim {d}")
     if hv != hkv or nv != n:
@@ -146,6 +148,30 @@ def _check_block_mask(block_mask, query, key) -> int:
     return visited
 
 
+def check_mask_broadcast(block_mask, query, mask_mod) -> None:
+    """A block mask made for B=None / H=None (batch or head dim 1) holds one
+    pattern for every batch / head: wrong for the others when mask_mod (its
+    IR, a ModIR) reads b / h, so such a call is refused."""
+    from .masks import reads_batch_head
+
+    if mask_mod is None:
+        return
+    reads = reads_batch_head(mask_mod)
+    fn = getattr(block_mask, "mask_mod", None)
+    label = f"mask_mod {getattr(fn, '__name__', None) or type(fn).__name__!r}" if fn else "mask_mod"
+    tensors = [getattr(block_mask, n, None) for n in _MASK_FIELDS]
+    for dim, index, arg, what, whats in ((0, "b", "B", "batch", "batches"),
+                                         (1, "h", "H", "head", "heads")):
+        n = query.shape[dim]
+        if not reads[dim] or n == 1 or all(t is None or t.shape[dim] != 1 for t in tensors):
+            continue
+        raise ValueError(
+            f"block_mask is shared by every {what} (its {what} dim is 1: made with {arg}=None "
+            f"or {arg}=1) but its {label} reads {index}, so it lists {index}=0's blocks for "
+            f"all {n} {whats} of the query, skipping blocks the others need. Create it for "
+            f"the query's {whats}: create_block_mask(mask_mod, B, H, ...) with {arg}={n}")
+
+
 def check_captures(captures, device) -> None:
     for i, t in enumerate(captures):
         if not isinstance(t, torch.Tensor):
@@ -155,22 +181,27 @@ def check_captures(captures, device) -> None:
 
 
 def check_gpu_support(query, value, block_mask, options) -> None:
-    """What the sm_90a kernel handles, checked before compiling: bf16/fp16,
-    head dims 64 and 128, 128-row Q blocks, KV blocks of 64 or 128."""
-    if query.dtype not in (torch.bfloat16, torch.float16):
+    """What the target's kernel handles (flexattn_mlir.targets), checked
+    before compiling: element types, head dims, Q and KV block sizes."""
+    from .targets import target
+
+    t = target(options.target)
+    names = " or ".join(t.dtypes)
+    if str(query.dtype).replace("torch.", "") not in t.dtypes:
         raise TypeError(
             f"query dtype {query.dtype} is not supported by the {options.target} kernel: "
-            f"use bfloat16 or float16 (float32 runs on the CPU)"
+            f"use {names} (float32 runs on the CPU)"
         )
+    dims = " and ".join(str(d) for d in t.head_dims)
     for name, d in (("query", query.shape[-1]), ("value", value.shape[-1])):
-        if d not in (64, 128):
+        if d not in t.head_dims:
             raise ValueError(f"{name} head dim {d} is not supported by the {options.target} "
-                             f"kernel: it handles 64 and 128")
+                             f"kernel: it handles {dims}")
     if block_mask is not None:
         bq, bkv = block_size(block_mask.BLOCK_SIZE)
-        if bq % 128 or bkv not in (64, 128):
+        if bq % t.q_block or bkv not in t.kv_blocks:
             raise ValueError(
                 f"block_mask.BLOCK_SIZE {tuple((bq, bkv))} is not supported by the "
-                f"{options.target} kernel: the Q block must be a multiple of 128 and the "
-                f"KV block 64 or 128"
+                f"{options.target} kernel: the Q block must be a multiple of {t.q_block} and "
+                f"the KV block {' or '.join(str(b) for b in t.kv_blocks)}"
             )

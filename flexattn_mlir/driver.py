@@ -5,8 +5,11 @@
 
 Every stage's output can be written out (``FLEXATTN_DUMP_IR=<dir>``) and any
 stage can be replaced by a file (``FLEXATTN_OVERRIDE_IR=<dir>`` holding
-``<kernel>.<stage>.mlir``), as Triton's driver does. :func:`compile` runs the
-stages and returns a :class:`Compiled` holding every stage's text.
+``<kernel>.<stage>.mlir``), as Triton's driver does; ``<kernel>`` is
+:func:`kernel_name`, the variant's name and a prefix of the kernel's cache
+key, so the kernels of one process never overwrite each other's dumps.
+:func:`compile` runs the stages and returns a :class:`Compiled` holding every
+stage's text.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from mlir import ir
 from mlir.passmanager import PassManager
@@ -26,7 +29,7 @@ from . import _native
 from .options import CompileOptions
 from .spec import AttentionSpec
 
-__all__ = ["CompilationError", "Compiled", "compile", "run_pipeline", "stages"]
+__all__ = ["CompilationError", "Compiled", "compile", "kernel_name", "run_pipeline", "stages"]
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +46,13 @@ def _repro_dir() -> Path:
     return Path(tempfile.mkdtemp(prefix="flexattn-", dir=path))
 
 
-def run_pipeline(module: ir.Module, pipeline: str, stage: str) -> None:
-    """Runs ``builtin.module(<pipeline>)`` on ``module`` in place. On failure
-    writes the input IR to a fresh directory and raises CompilationError
-    with the diagnostics and the exact reproducer command."""
+def run_pipeline(module: ir.Module, pipeline: str | Sequence[str], stage: str) -> None:
+    """Runs ``builtin.module(<pipeline>)`` (a pipeline string, or a list of
+    passes) on ``module`` in place. On failure writes the input IR to a fresh
+    directory and raises CompilationError with the diagnostics and the exact
+    reproducer command."""
+    if not isinstance(pipeline, str):
+        pipeline = ", ".join(pipeline)
     before = str(module)
     full = f"builtin.module({pipeline})"
     try:
@@ -159,6 +165,15 @@ class Compiled:
         return self.ir[stage]
 
 
+def kernel_name(spec: AttentionSpec, opts: CompileOptions) -> str:
+    """``<variant>-<key prefix>``: the name of the kernel's dumped and
+    overridden stages (the variant is the spec's name, e.g. the mods' Python
+    names; the key prefix tells apart kernels of one variant)."""
+    from .cache import kernel_key
+
+    return f"{spec.name}-{kernel_key(spec.digest(), opts)[:12]}"
+
+
 def _env_dir(var: str) -> Path | None:
     value = os.environ.get(var)
     return Path(value) if value else None
@@ -175,14 +190,15 @@ def compile(
     start = time.perf_counter()
     ctx = context or _native.new_context()
     dump, override = _env_dir("FLEXATTN_DUMP_IR"), _env_dir("FLEXATTN_OVERRIDE_IR")
+    label = kernel_name(spec, opts) if dump or override else spec.name
     result = Compiled(spec, opts)
     with ctx, ir.Location.unknown():
         mod = make_flexattn(spec, opts)
         steps: list[tuple[str, Stage | None]] = [("flexattn", None), *stages(opts).items()]
         for name, step in steps:
-            replacement = override / f"{spec.name}.{name}.mlir" if override else None
+            replacement = override / f"{label}.{name}.mlir" if override else None
             if replacement is not None and replacement.exists():
-                log.info("stage %s of %s taken from %s", name, spec.name, replacement)
+                log.info("stage %s of %s taken from %s", name, label, replacement)
                 mod = ir.Module.parse(replacement.read_text())
             elif step is not None:
                 step(mod, opts)
@@ -192,7 +208,7 @@ def compile(
                     result.ir[name] = text
                 if dump:
                     dump.mkdir(parents=True, exist_ok=True)
-                    (dump / f"{spec.name}.{name}.mlir").write_text(text)
+                    (dump / f"{label}.{name}.mlir").write_text(text)
         result.module = mod
         if opts.target != "cpu":
             from . import gpu

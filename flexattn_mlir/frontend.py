@@ -47,6 +47,7 @@ __all__ = [
     "capture_score_mod",
     "capture_mask_mod",
     "combine",
+    "capture_labels",
     "clear_memo",
     "export_count",
 ]
@@ -71,6 +72,8 @@ class CapturedMod:
     key: str
     name: str = "<mod>"
     fn: Optional[Callable] = field(default=None, repr=False)  # the Python mod
+    #: The names the mod reads its captures by (``slopes``, ``tables[1]``).
+    capture_names: tuple[str, ...] = ()
 
     @property
     def kind(self) -> str:
@@ -109,6 +112,9 @@ class _Walk:
 
     def __init__(self, fn):
         self.tensors: list[torch.Tensor] = []
+        # The name each tensor is read by (the first place found: a closure
+        # or global variable, a default argument; "x[1]" inside a tuple).
+        self.names: list[str] = []
         # Objects keyed by identity: the memo holds them, so no id is reused.
         self.pinned: list = []
         self._index: dict[int, int] = {}
@@ -116,23 +122,24 @@ class _Walk:
         self.memoizable = True
         # "Class.attr" / "module.attr" tensors the code reads (not liftable).
         self.attribute_tensors: list[str] = []
-        self.plan, fp = self._node(fn, 0)
+        self.plan, fp = self._node(fn, 0, "<mod>")
         self.fingerprint = fp if self.memoizable else None
 
-    def _tensor(self, t: torch.Tensor):
+    def _tensor(self, t: torch.Tensor, name: str):
         i = self._index.get(id(t))
         if i is None:
             i = self._index[id(t)] = len(self.tensors)
             self.tensors.append(t)
+            self.names.append(name)
         fp = ("T", i, tuple(t.shape), str(t.dtype), str(t.device))
         return ("tensor", t, i, True), fp
 
     def _const(self, value, fp):
         return ("const", value, None, False), fp
 
-    def _node(self, value, depth):
+    def _node(self, value, depth, name: str):
         if isinstance(value, torch.Tensor):
-            return self._tensor(value)
+            return self._tensor(value, name)
         if isinstance(value, _SCALARS):
             return self._const(value, (type(value).__name__, value))
         if depth > _MAX_DEPTH or id(value) in self._active:
@@ -148,7 +155,7 @@ class _Walk:
             if isinstance(value, functools.partial):
                 return self._partial(value, depth)
             if isinstance(value, (tuple, list)):
-                kids = [self._node(v, depth + 1) for v in value]
+                kids = [self._node(v, depth + 1, f"{name}[{i}]") for i, v in enumerate(value)]
                 dirty = any(k[0][3] for k in kids)
                 node = ("seq", value, (type(value), [k[0] for k in kids]), dirty)
                 return node, (type(value).__name__, tuple(k[1] for k in kids))
@@ -171,9 +178,9 @@ class _Walk:
         return self._const(value, None)
 
     def _partial(self, p: functools.partial, depth):
-        fn = self._node(p.func, depth + 1)
-        args = [self._node(a, depth + 1) for a in p.args]
-        kw = {k: self._node(v, depth + 1) for k, v in p.keywords.items()}
+        fn = self._node(p.func, depth + 1, "<fn>")
+        args = [self._node(a, depth + 1, f"args[{i}]") for i, a in enumerate(p.args)]
+        kw = {k: self._node(v, depth + 1, k) for k, v in p.keywords.items()}
         dirty = fn[0][3] or any(a[0][3] for a in args) or any(v[0][3] for v in kw.values())
         node = ("partial", p, (fn[0], [a[0] for a in args], {k: v[0] for k, v in kw.items()}), dirty)
         fp = ("partial", fn[1], tuple(a[1] for a in args),
@@ -182,19 +189,22 @@ class _Walk:
 
     def _function(self, fn: types.FunctionType, depth):
         cells = []
-        for cell in fn.__closure__ or ():
+        code = fn.__code__
+        for cell, var in zip(fn.__closure__ or (), code.co_freevars):
             try:
-                cells.append(self._node(cell.cell_contents, depth + 1))
+                cells.append(self._node(cell.cell_contents, depth + 1, var))
             except ValueError:  # an empty cell
                 cells.append((("empty", None, None, False), ("empty",)))
         glob = {}
         for name in _global_names(fn.__code__):
             if name in fn.__globals__:
-                glob[name] = self._node(fn.__globals__[name], depth + 1)
+                glob[name] = self._node(fn.__globals__[name], depth + 1, name)
             elif hasattr(builtins, name):
                 glob[name] = self._const(getattr(builtins, name), ("builtin", name))
-        defaults = [self._node(v, depth + 1) for v in fn.__defaults__ or ()]
-        kwdefaults = {k: self._node(v, depth + 1) for k, v in (fn.__kwdefaults__ or {}).items()}
+        params = code.co_varnames[:code.co_argcount]
+        defaults = [self._node(v, depth + 1, p) for v, p in zip(
+            fn.__defaults__ or (), params[len(params) - len(fn.__defaults__ or ()):])]
+        kwdefaults = {k: self._node(v, depth + 1, k) for k, v in (fn.__kwdefaults__ or {}).items()}
         dirty = any(n[0][3] for n in [*cells, *glob.values(), *defaults, *kwdefaults.values()])
         node = ("function", fn, ([c[0] for c in cells], {k: v[0] for k, v in glob.items()},
                                  [d[0] for d in defaults], {k: v[0] for k, v in kwdefaults.items()}),
@@ -357,8 +367,8 @@ def _capture(fn, kind: str) -> CapturedMod:
             disk_key = _disk_key(walk, kind)
             mod_ir = _load_captured(disk_key)
             if mod_ir is None:
-                mod_ir = _export(functools.partial(_rebuild, walk.plan), walk.tensors, kind,
-                                 label, _count_export)
+                mod_ir = _export(functools.partial(_rebuild, walk.plan), walk.tensors,
+                                 walk.names, kind, label, _count_export)
                 _store_captured(disk_key, mod_ir)
             digest = hashlib.sha256(
                 (mod_ir.digest() + "|" + ",".join(str(t.dtype) for t in walk.tensors)).encode()
@@ -366,7 +376,7 @@ def _capture(fn, kind: str) -> CapturedMod:
             hit = (mod_ir, digest, walk.pinned)
             if memo_key is not None:
                 _memo[memo_key] = hit
-    return CapturedMod(hit[0], tuple(walk.tensors), hit[1], name, fn)
+    return CapturedMod(hit[0], tuple(walk.tensors), hit[1], name, fn, tuple(walk.names))
 
 
 # ---------------------------------------------------------------------------
@@ -459,7 +469,8 @@ def clear_memo() -> None:
 _CAP = re.compile(r"%cap(\d+)(?![\w$.\-])")
 
 
-def _retarget(mod: CapturedMod, union: list[torch.Tensor], union_types: list[str]) -> CapturedMod:
+def _retarget(mod: CapturedMod, union: list[torch.Tensor], union_types: list[str],
+              union_names: list[str]) -> CapturedMod:
     """``mod`` rewritten to take the captures ``union`` (a superset of its own)."""
     pos = {id(t): i for i, t in enumerate(union)}
     mapping = [pos[id(t)] for t in mod.captures]
@@ -479,7 +490,30 @@ def _retarget(mod: CapturedMod, union: list[torch.Tensor], union_types: list[str
     digest = hashlib.sha256(
         (mod_ir.digest() + "|" + ",".join(str(t.dtype) for t in union)).encode()
     ).hexdigest()
-    return CapturedMod(mod_ir, tuple(union), digest, mod.name, mod.fn)
+    return CapturedMod(mod_ir, tuple(union), digest, mod.name, mod.fn, tuple(union_names))
+
+
+def _union(mods) -> tuple[list[torch.Tensor], list[str], list[str]]:
+    """The distinct captures of ``mods`` in order (by identity), their names,
+    and labels naming the mod that reads each."""
+    union: list[torch.Tensor] = []
+    names: list[str] = []
+    labels: list[str] = []
+    seen: set[int] = set()
+    for m in mods:
+        for t, n in zip(m.captures, m.capture_names or ["<tensor>"] * len(m.captures)):
+            if id(t) not in seen:
+                seen.add(id(t))
+                union.append(t)
+                names.append(n)
+                labels.append(f"{n} (shape {tuple(t.shape)}, captured by {m.kind}_mod {m.name!r})")
+    return union, names, labels
+
+
+def capture_labels(score: Optional[CapturedMod], mask: Optional[CapturedMod]) -> list[str]:
+    """For messages: what each capture of :func:`combine`'s list is, e.g.
+    ``"slopes (shape (16,), captured by score_mod 'alibi')"``."""
+    return _union([m for m in (score, mask) if m is not None])[2]
 
 
 def combine(score: Optional[CapturedMod], mask: Optional[CapturedMod]):
@@ -489,19 +523,12 @@ def combine(score: Optional[CapturedMod], mask: Optional[CapturedMod]):
     then the mask_mod's that are not the same tensor objects; each region
     takes all of them (the ones it does not read are unused arguments).
     Either mod may be None."""
-    mods = [m for m in (score, mask) if m is not None]
-    union: list[torch.Tensor] = []
-    seen: set[int] = set()
-    for m in mods:
-        for t in m.captures:
-            if id(t) not in seen:
-                seen.add(id(t))
-                union.append(t)
+    union, names, _ = _union([m for m in (score, mask) if m is not None])
     union_types = _capture_types(union)
     out = []
     for m in (score, mask):
         if m is None or (list(map(id, m.captures)) == list(map(id, union))):
             out.append(m)
         else:
-            out.append(_retarget(m, union, union_types))
+            out.append(_retarget(m, union, union_types, names))
     return out[0], out[1], tuple(union)

@@ -1,51 +1,101 @@
-"""The GPU half of the driver: stages after ``sparse`` for sm_90a targets,
+"""The GPU half of the driver: stages after ``sparse`` for GPU targets,
 PTX -> cubin, launch metadata for :mod:`flexattn_runtime`, and the kernel
 object :func:`flexattn_mlir.attention` calls on CUDA tensors.
 
-    sparse -> gpu (flexattn-map-to-gpu) -> inlined (flexattn-inline-mods)
-           -> nvvm (flexattn-lower-to-nvvm) -> ptx (gpu-module-to-binary)
+    sparse -> grid      flexattn-map-to-grid [, flexattn-persistent-tiles]
+           -> roles     flexattn-warp-specialize          (sm_90a)
+           -> schedule  flexattn-schedule-consumers       (sm_90a)
+           -> fragments flexattn-lower-fragments, flexattn-inline-mods
+           -> kernel    flexattn-lower-to-hopper, gpu-kernel-outlining (sm_90a)
+           -> nvvm      flexattn-lower-to-nvvm
+           -> ptx       gpu-module-to-binary
+
+Every launch fact (kernel name, grid, block, shared memory, how to encode
+each tensor map) is read off the compiled IR, never restated here.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
-import tempfile
 from typing import Sequence
 
 from mlir import ir
 
-from . import cache
+from . import cache, ptxas, targets
 from .driver import CompilationError, Compiled, run_pipeline
 from .options import CompileOptions
-from .spec import ENTRY, AttentionSpec
+from .spec import AttentionSpec
 
 __all__ = ["stages", "finish", "launch_metadata", "load_kernel", "compile_kernel", "artifact_stores"]
 
 _TORCH_DTYPE = {"bf16": "bfloat16", "f16": "float16", "f32": "float32", "i32": "int32",
                 "i64": "int64", "i8": "uint8", "i16": "int16", "f64": "float64"}
+_TENSOR_MAP = "flexattn.tensor_map"  # the host argument attribute the roles pass writes
 
 
-def make_gpu(mod: ir.Module, opts: CompileOptions) -> None:
-    run_pipeline(mod, f"flexattn-map-to-gpu{{stages={opts.stages} pipeline={int(opts.pipeline)} "
-                      f"pingpong={int(opts.pingpong)} persistent={opts.persistent}}}", "gpu")
+def make_grid(mod: ir.Module, opts: CompileOptions) -> None:
+    run_pipeline(mod, [
+        "flexattn-map-to-grid",
+        *([f"flexattn-persistent-tiles{{ctas={opts.persistent}}}"] if opts.persistent else []),
+    ], "grid")
 
 
-def make_inlined(mod: ir.Module, opts: CompileOptions) -> None:
-    run_pipeline(mod, "flexattn-inline-mods, canonicalize, cse", "inlined")
+def make_roles(mod: ir.Module, opts: CompileOptions) -> None:
+    run_pipeline(mod, [
+        f"flexattn-warp-specialize{{stages={opts.stages}}}",
+        "canonicalize",
+        "cse",
+    ], "roles")
+
+
+def make_schedule(mod: ir.Module, opts: CompileOptions) -> None:
+    run_pipeline(mod, [
+        f"flexattn-schedule-consumers{{pipeline={int(opts.pipeline)} pingpong={int(opts.pingpong)}}}",
+        "canonicalize",
+        "cse",
+    ], "schedule")
+
+
+def make_fragments(mod: ir.Module, opts: CompileOptions) -> None:
+    run_pipeline(mod, [
+        "flexattn-lower-fragments",
+        "flexattn-inline-mods",
+        "canonicalize",
+        "cse",
+    ], "fragments")
+
+
+def make_kernel(mod: ir.Module, opts: CompileOptions) -> None:
+    target = targets.target(opts.target)
+    run_pipeline(mod, [
+        f"flexattn-lower-to-hopper{{max-shared-memory={target.max_shared_per_block}}}",
+        "gpu-launch-sink-index-computations",
+        "gpu-kernel-outlining",
+        "canonicalize",
+        "cse",
+    ], "kernel")
 
 
 def make_nvvm(mod: ir.Module, opts: CompileOptions) -> None:
-    run_pipeline(mod, f"flexattn-lower-to-nvvm{{chip={opts.target} opt-level=3}}", "nvvm")
+    target = targets.target(opts.target)
+    run_pipeline(mod, [
+        f"flexattn-lower-to-nvvm{{chip={target.chip} features={target.features} opt-level=3}}",
+    ], "nvvm")
 
 
 def make_ptx(mod: ir.Module, opts: CompileOptions) -> None:
-    run_pipeline(mod, "gpu-module-to-binary{format=isa}", "ptx")
+    run_pipeline(mod, ["gpu-module-to-binary{format=isa}"], "ptx")
 
 
 def stages(opts: CompileOptions) -> dict:
-    return {"gpu": make_gpu, "inlined": make_inlined, "nvvm": make_nvvm, "ptx": make_ptx}
+    """The GPU stages after ``sparse``. The grid, fragments, nvvm and ptx
+    stages serve every GPU target; roles, schedule and kernel are sm_90a's
+    (TMA producer + wgmma consumers)."""
+    if opts.target != "sm_90a":
+        raise CompilationError(f"no GPU stages for target {opts.target!r}")
+    return {"grid": make_grid, "roles": make_roles, "schedule": make_schedule,
+            "fragments": make_fragments, "kernel": make_kernel, "nvvm": make_nvvm,
+            "ptx": make_ptx}
 
 
 def _ptx_of(mod: ir.Module) -> str:
@@ -67,7 +117,8 @@ def _host_func(mod: ir.Module):
 
 def launch_metadata(mod: ir.Module, spec: AttentionSpec, opts: CompileOptions) -> dict:
     """The flexattn_runtime metadata (schema v1) read off the host function's
-    gpu.launch_func and argument attributes."""
+    gpu.launch_func (kernel, grid, block, shared memory, arguments) and the
+    ``flexattn.tensor_map`` attributes of its tensor-map arguments."""
     func = _host_func(mod)
     entry = func.regions[0].blocks[0]
     names = [n for n, _ in spec.arguments()]
@@ -77,7 +128,7 @@ def launch_metadata(mod: ir.Module, spec: AttentionSpec, opts: CompileOptions) -
         if op.operation.name == "gpu.launch_func":
             launch = op
     if launch is None:
-        raise CompilationError("flexattn-map-to-gpu made no gpu.launch_func")
+        raise CompilationError("the GPU stages made no gpu.launch_func")
 
     def const(v) -> int:
         return ir.IntegerAttr(v.owner.attributes["value"]).value
@@ -87,23 +138,25 @@ def launch_metadata(mod: ir.Module, spec: AttentionSpec, opts: CompileOptions) -
     grid = [const(v) for v in operands[0:3]]
     block = [const(v) for v in operands[3:6]]
     smem = const(operands[6])
+    kernel = ir.SymbolRefAttr(launch.attributes["kernel"]).value[-1]
     arg_attrs = func.attributes["arg_attrs"] if "arg_attrs" in func.attributes else None
     params = []
     for v in operands[7:]:
         arg_no = ir.BlockArgument(v).arg_number
         attrs = ir.DictAttr(arg_attrs[arg_no]) if arg_attrs is not None else None
-        if attrs is not None and "flexattn.tensor_map" in attrs:
-            tensor = ir.StringAttr(attrs["flexattn.tensor_map"]).value
-            box = list(ir.DenseI64ArrayAttr(attrs["flexattn.box"]))
+        if attrs is not None and _TENSOR_MAP in attrs:
+            tm = ir.DictAttr(attrs[_TENSOR_MAP])
+            tensor = names[ir.IntegerAttr(tm["tensor"]).value]
             params.append({"kind": "tensormap", "arg": tensor, "elem": types[tensor].elem,
-                           "box": box, "swizzle": "128B", "l2_promotion": "256B",
-                           "oob_fill": "zero", "interleave": "none"})
+                           "box": list(ir.DenseI64ArrayAttr(tm["box"])),
+                           **{key: ir.StringAttr(tm[key]).value
+                              for key in ("swizzle", "l2_promotion", "oob_fill", "interleave")}})
         else:
             params.append({"kind": "ptr", "arg": names[arg_no]})
     outputs = ["out"] + (["lse"] if spec.return_lse else [])
     return {
         "version": 1,
-        "entry": f"{ENTRY}_kernel",
+        "entry": kernel,
         "target": opts.target,
         "grid": grid,
         "block": block,
@@ -117,42 +170,22 @@ def launch_metadata(mod: ir.Module, spec: AttentionSpec, opts: CompileOptions) -
     }
 
 
-def _ptxas(ptx: str, target: str) -> bytes | None:
-    """cubin bytes when ptxas is installed (it is on build machines with the
-    CUDA toolkit); None otherwise, and the driver JITs the PTX at load."""
-    exe = os.environ.get("FLEXATTN_PTXAS") or shutil.which("ptxas")
-    if not exe:
-        return None
-    with tempfile.TemporaryDirectory() as d:
-        src, out = os.path.join(d, "k.ptx"), os.path.join(d, "k.cubin")
-        with open(src, "w") as f:
-            f.write(ptx)
-        proc = subprocess.run([exe, f"-arch={target}", "-O3", src, "-o", out],
-                              capture_output=True, text=True)
-        if proc.returncode:
-            repro = os.path.join(tempfile.mkdtemp(prefix="flexattn-ptxas-"), "kernel.ptx")
-            with open(repro, "w") as f:
-                f.write(ptx)
-            raise CompilationError(f"ptxas failed:\n{proc.stderr}\nreproduce with: "
-                                   f"{exe} -arch={target} {repro}")
-        with open(out, "rb") as f:
-            return f.read()
-
-
 def finish(mod: ir.Module, spec: AttentionSpec, opts: CompileOptions) -> dict:
-    """PTX, cubin (when ptxas exists) and launch metadata of a compiled module."""
+    """PTX, cubin (ptxas; none found is an error) with its resource usage
+    (registers, spills), and launch metadata of a compiled module."""
     ptx = _ptx_of(mod)
     meta = launch_metadata(mod, spec, opts)
-    cubin = _ptxas(ptx, opts.target)
-    meta["key"] = cache.kernel_key(spec.digest(), opts.digest())
-    return {"launch": meta, "ptx": ptx, "cubin": cubin}
+    try:
+        cubin, resources = ptxas.assemble(ptx, targets.target(opts.target).chip,
+                                          error=CompilationError)
+    except ptxas.PtxasNotFound as e:
+        raise CompilationError(str(e)) from None
+    meta["key"] = cache.kernel_key(spec.digest(), opts)
+    return {"launch": meta, "ptx": ptx, "cubin": cubin, "resources": resources}
 
 
 def binary_of(compiled: Compiled) -> tuple[bytes, str]:
-    md = compiled.metadata
-    if md.get("cubin"):
-        return md["cubin"], "cubin"
-    return md["ptx"].encode(), "ptx"
+    return compiled.metadata["cubin"], "cubin"
 
 
 def artifact_stores() -> list[str]:

@@ -4,10 +4,14 @@
   semantics and are written so the frontend can capture them: each
   combinator closes over a tuple of mods, whose captured tensors the
   frontend lifts (flexattn_mlir.frontend).
-* :func:`decide_blocks` runs a sound interval analysis over a captured
-  mask's IR (a ModIR): for each (b, h, q block, kv block) it proves, where it
-  can, that the mask keeps all or none of the block's elements.
+* :func:`evaluate` runs a sound interval analysis over a captured mod's IR
+  (a ModIR, score or mask): the range of every value, given ranges of b, h,
+  q_idx and kv_idx, including the indices its flexattn.check_index ops check.
+* :func:`decide_blocks` uses it per (b, h, q block, kv block) to prove, where
+  it can, that a mask keeps all or none of the block's elements;
   create_block_mask evaluates only the blocks it leaves undecided.
+  flexattn_mlir.index_checks uses it over the whole (B, H, M, N) domain to
+  prove reads of captured tensors in (or out of) bounds.
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ import torch
 
 from .mods import ModIR
 
-__all__ = ["noop_mask", "and_masks", "or_masks", "decide_blocks"]
+__all__ = ["noop_mask", "and_masks", "or_masks", "decide_blocks", "reads_batch_head",
+           "evaluate", "check_sizes", "may_fault"]
 
 MaskMod = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -215,6 +220,19 @@ class _RangeTable:
         return mn, mx
 
 
+def _check_index(index, size: int):
+    """The position a flexattn.check_index reads: ``index`` (or ``index +
+    size`` for a negative one) inside ``[0, size)``; anywhere there else."""
+    whole = (_scalar(0), _scalar(size - 1))
+    if index is None:
+        return whole
+    lo, hi = index
+    inside = (lo >= 0) & (hi < size)
+    negative = (lo >= -size) & (hi < 0)
+    return (np.where(inside, lo, np.where(negative, lo + size, 0)),
+            np.where(inside, hi, np.where(negative, hi + size, size - 1)))
+
+
 def _load(step, env, captures, tables):
     """The interval of a memref.load from a capture."""
     t = captures.get(step.operands[0])
@@ -233,7 +251,8 @@ def _load(step, env, captures, tables):
     key = (step.operands[0], dim)
     if key not in tables:
         tables[key] = _RangeTable(t, dim)
-    # The region clamps every load index into the buffer (frontend).
+    # Indices are in the buffer (check_index results) in frontend IR; clip
+    # for hand-written loads.
     lead = [np.clip(idx[d][0], 0, t.shape[d] - 1) for d in range(t.dim()) if d != dim]
     lo = np.clip(idx[dim][0], 0, t.shape[dim] - 1)
     hi = np.clip(idx[dim][1], 0, t.shape[dim] - 1)
@@ -254,27 +273,51 @@ class _Step:
     predicate: Optional[str] = None  # arith.cmpi's
 
 
-@functools.lru_cache(maxsize=256)
-def _program(text: str, capture_types: tuple[str, ...]):
-    """(arg widths, steps, yielded value id) of a mask region's text."""
-    from mlir import ir
-
-    from . import _native
-
+def _holder(kind: str, text: str, capture_types: tuple[str, ...]) -> str:
+    """A module holding the mod region ``text`` in a flexattn.apply_mods."""
     cap_args = "".join(f", %bm_cap{i}: {t}" for i, t in enumerate(capture_types))
     cap_clause = ""
     if capture_types:
         cap_clause = (f" captures({', '.join(f'%bm_cap{i}' for i in range(len(capture_types)))}"
                       f" : {', '.join(capture_types)})")
-    holder = (f"func.func @holder(%bm_i: index{cap_args}) -> f32 {{\n"
-              f"  %bm_s = arith.constant 0.0 : f32\n"
-              f"  %bm_r = flexattn.apply_mods %bm_s at(%bm_i, %bm_i, %bm_i, %bm_i){cap_clause} "
-              f"attributes {{masked}} mask_mod {{\n{text}\n}} : f32\n"
-              f"  return %bm_r : f32\n}}\n")
+    return (f"func.func @holder(%bm_i: index{cap_args}) -> f32 {{\n"
+            f"  %bm_s = arith.constant 0.0 : f32\n"
+            f"  %bm_r = flexattn.apply_mods %bm_s at(%bm_i, %bm_i, %bm_i, %bm_i){cap_clause} "
+            f"attributes {{masked}} {kind}_mod {{\n{text}\n}} : f32\n"
+            f"  return %bm_r : f32\n}}\n")
+
+
+def _region_block(module, kind: str):
+    """The mod region's block inside a parsed :func:`_holder` module."""
+    apply = list(module.body.operations[0].regions[0].blocks[0].operations)[1]
+    return apply.regions[0 if kind == "score" else 1].blocks[0]
+
+
+@functools.lru_cache(maxsize=256)
+def reads_batch_head(mod: ModIR) -> tuple[bool, bool]:
+    """Whether the mod's IR uses its ``b`` and ``h`` arguments (a mask that
+    does not is the same for every batch / head)."""
+    from mlir import ir
+
+    from . import _native
+
+    first = 1 if mod.kind == "score" else 0
     with _native.new_context(), ir.Location.unknown():
-        module = ir.Module.parse(holder)
-        apply = list(module.body.operations[0].regions[0].blocks[0].operations)[1]
-        blk = apply.regions[1].blocks[0]
+        module = ir.Module.parse(_holder(mod.kind, mod.text, mod.capture_types))
+        args = _region_block(module, mod.kind).arguments
+        return tuple(any(True for _ in args[first + i].uses) for i in (0, 1))
+
+
+@functools.lru_cache(maxsize=256)
+def _program(mod: ModIR):
+    """(arg widths, steps, yielded value id) of a mod region (score or mask)."""
+    from mlir import ir
+
+    from . import _native
+
+    with _native.new_context(), ir.Location.unknown():
+        module = ir.Module.parse(_holder(mod.kind, mod.text, mod.capture_types))
+        blk = _region_block(module, mod.kind)
         ids: dict = {}
         for a in blk.arguments:
             ids[a] = len(ids)
@@ -299,6 +342,8 @@ def _program(text: str, capture_types: tuple[str, ...]):
             elif name == "arith.cmpi":
                 k = ir.IntegerAttr(op.attributes["predicate"]).value
                 predicate = _CMP_PREDICATES[k] if 0 <= k < len(_CMP_PREDICATES) else None
+            elif name == "flexattn.check_index":
+                const = ir.IntegerAttr(op.attributes["size"]).value
             steps.append(_Step(
                 name, ids[op.results[0]], _int_width(op.results[0].type),
                 tuple(ids[v] for v in op.operands),
@@ -306,28 +351,25 @@ def _program(text: str, capture_types: tuple[str, ...]):
     return arg_widths, tuple(steps), result
 
 
-def decide_blocks(mask: ModIR, captures, shape, lengths, block):
-    """Per block of ``shape = (B, H, Q_BLOCKS, KV_BLOCKS)``: ``(all_kept,
-    none_kept)`` bool arrays (numpy), True where the interval analysis proves
-    the mask keeps every / no element of the block's real (clipped) extent;
-    both False where it cannot tell. ``captures`` are CPU copies of the
-    mask's captured tensors, in order."""
-    B, H, QB, KB = shape
-    (Q, KV), (bq, bkv) = lengths, block
-    arg_widths, steps, result_id = _program(mask.text, tuple(mask.capture_types))
-    q0 = np.arange(QB, dtype=np.int64).reshape(1, 1, QB, 1) * bq
-    k0 = np.arange(KB, dtype=np.int64).reshape(1, 1, 1, KB) * bkv
-    inputs = [
-        (np.arange(B, dtype=np.int64).reshape(B, 1, 1, 1),) * 2,
-        (np.arange(H, dtype=np.int64).reshape(1, H, 1, 1),) * 2,
-        (q0, np.minimum(q0 + bq, Q) - 1),
-        (k0, np.minimum(k0 + bkv, KV) - 1),
-    ]
-    env: dict = {i: _fit(v[0], v[1], arg_widths[i]) for i, v in enumerate(inputs)}
-    cap_map = {4 + i: t for i, t in enumerate(captures)}
+def evaluate(mod: ModIR, inputs, captures=None):
+    """Runs the interval analysis of ``mod``'s region. ``inputs`` are the
+    (lo, hi) int64 arrays of b, h, q_idx, kv_idx (any broadcastable shape:
+    per block, the whole domain, concrete points where lo == hi);
+    ``captures`` are CPU copies of the captured tensors whose values bound
+    the loads (None: a load may be any value of its type). Returns ``(result,
+    checks)``: the yielded value's interval (None if unknown) and, per
+    flexattn.check_index of the region's top level in order, the interval
+    of the index it checks (None if unknown)."""
+    arg_widths, steps, result_id = _program(mod)
+    first = 1 if mod.kind == "score" else 0
+    env: dict = {first + i: _fit(v[0], v[1], arg_widths[first + i]) for i, v in enumerate(inputs)}
+    cap_map = {first + 4 + i: t for i, t in enumerate(captures or ())}
     tables: dict = {}
+    checks: list = []
     with np.errstate(all="ignore"):  # int64 wrap-around is detected, not warned
         for step in steps:
+            if step.name == "flexattn.check_index":
+                checks.append(env.get(step.operands[0]))
             try:
                 value = _transfer(step, env, cap_map, tables)
             except Exception:  # noqa: BLE001 - an unmodelled corner: unknown
@@ -338,12 +380,51 @@ def decide_blocks(mask: ModIR, captures, shape, lengths, block):
                 else:
                     value = _fit(value[0], value[1], step.width)
             env[step.result] = value
-    result = env.get(result_id)
+    return env.get(result_id), checks
+
+
+def check_sizes(mod: ModIR) -> list[int]:
+    """The ``size`` of each top-level flexattn.check_index, in order (the
+    order :func:`evaluate` reports them in)."""
+    return [step.const for step in _program(mod)[1] if step.name == "flexattn.check_index"]
+
+
+def may_fault(index, size: int):
+    """Where an index interval may leave ``[-size, size)`` (torch's valid
+    indices): a bool array, True everywhere for an unknown index."""
+    if index is None:
+        return np.bool_(True)
+    return (index[0] < -size) | (index[1] >= size)
+
+
+def decide_blocks(mask: ModIR, captures, shape, lengths, block, with_faults: bool = False):
+    """Per block of ``shape = (B, H, Q_BLOCKS, KV_BLOCKS)``: ``(all_kept,
+    none_kept)`` bool arrays (numpy), True where the interval analysis proves
+    the mask keeps every / no element of the block's real (clipped) extent;
+    both False where it cannot tell, and where a read of a captured tensor
+    may be out of bounds (the kernel then evaluates the block, checking its
+    reads). ``captures`` are CPU copies of the mask's captured tensors.
+    ``with_faults`` adds a third array: where a read may be out of bounds."""
+    B, H, QB, KB = shape
+    (Q, KV), (bq, bkv) = lengths, block
+    q0 = np.arange(QB, dtype=np.int64).reshape(1, 1, QB, 1) * bq
+    k0 = np.arange(KB, dtype=np.int64).reshape(1, 1, 1, KB) * bkv
+    inputs = [
+        (np.arange(B, dtype=np.int64).reshape(B, 1, 1, 1),) * 2,
+        (np.arange(H, dtype=np.int64).reshape(1, H, 1, 1),) * 2,
+        (q0, np.minimum(q0 + bq, Q) - 1),
+        (k0, np.minimum(k0 + bkv, KV) - 1),
+    ]
+    result, checks = evaluate(mask, inputs, captures)
+    fault = np.zeros(shape, dtype=bool)
+    for index, size in zip(checks, check_sizes(mask)):
+        fault = fault | may_fault(index, size)
     if result is None:
-        none = np.zeros(shape, dtype=bool)
-        return none, none
-    lo, hi = (np.broadcast_to(t, shape) for t in result)
-    return lo == 1, hi == 0
+        kept = dropped = np.zeros(shape, dtype=bool)
+    else:
+        lo, hi = (np.broadcast_to(t, shape) for t in result)
+        kept, dropped = (lo == 1) & ~fault, (hi == 0) & ~fault
+    return (kept, dropped, fault) if with_faults else (kept, dropped)
 
 
 def _transfer(step: _Step, env, captures, tables):
@@ -356,6 +437,8 @@ def _transfer(step: _Step, env, captures, tables):
         return (v, v)
     if name == "memref.load":
         return _load(step, env, captures, tables)
+    if name == "flexattn.check_index":
+        return _check_index(env.get(step.operands[0]), step.const)
     ops = [env.get(v) for v in step.operands]
     if width is None or any(o is None for o in ops):
         return None

@@ -10,11 +10,12 @@ The export traces ``forward`` on 0-d example inputs; every failure (data-
 dependent control flow, an operation torch-mlir cannot lower, an unusable
 result) becomes a :class:`ModCaptureError` that names the mod and says why.
 The conversion scalarises the exported function (``linalg-detensorize``),
-folds reshapes and slices of captured tensors into their loads, turns
-``floor(x / C)`` back into ``arith.floordivsi``, and moves the scalar ops into
-an ``flexattn.apply_mods`` region whose trailing arguments are the captures
-(every load clamped into its buffer). Only ``arith`` / ``math`` ops and
-``memref.load`` may remain.
+folds reshapes and slices of captured tensors into their loads (each index a
+``flexattn.check_index`` of the index the mod computed: torch's semantics,
+see flexattn_mlir.index_checks), turns ``floor(x / C)`` back into
+``arith.floordivsi``, and moves the scalar ops into an ``flexattn.apply_mods``
+region whose trailing arguments are the captures. Only ``arith`` / ``math``
+ops, ``memref.load`` and ``flexattn.check_index`` may remain.
 
 ``torch_mlir`` is imported lazily, after ``mlir`` (section 6 of the notes).
 """
@@ -34,13 +35,13 @@ from mlir import ir
 from mlir.dialects import arith, memref, tensor
 
 from . import _native
-from .mods import ModIR
+from .mods import FIXED_ARGS, ModIR, region_text
 
 log = logging.getLogger(__name__)
 
 INDEX_DTYPE = torch.int32  # the compiled path's index dtype (notes section 5)
 INDEX_TYPE = "i32"
-_FIXED = {"score": ("score", "b", "h", "q_idx", "kv_idx"), "mask": ("b", "h", "q_idx", "kv_idx")}
+_FIXED = FIXED_ARGS
 
 
 class ModCaptureError(TypeError):
@@ -152,8 +153,8 @@ def _explain(err: Exception, label: str, output: str = "") -> ModCaptureError:
     return ModCaptureError(f"{label} could not be exported to MLIR: {type(err).__name__}: {first}")
 
 
-def _export(build: Callable, tensors: Sequence[torch.Tensor], kind: str, label: str,
-            on_export: Callable[[], None]) -> ModIR:
+def _export(build: Callable, tensors: Sequence[torch.Tensor], names: Sequence[str], kind: str,
+            label: str, on_export: Callable[[], None]) -> ModIR:
     """Exports ``build(captures)`` (the mod with its tensors replaced by the
     given inputs) and converts it to a region taking ``tensors`` as captures.
     ``on_export`` is called once the export has been attempted (the
@@ -182,7 +183,7 @@ def _export(build: Callable, tensors: Sequence[torch.Tensor], kind: str, label: 
         for lg, lv in zip(quiet, levels):
             lg.setLevel(lv)
         on_export()
-    return _to_region(text, kind, label, tensors)
+    return _to_region(text, kind, label, tensors, names)
 
 
 # ---------------------------------------------------------------------------
@@ -209,9 +210,102 @@ def _owner_op(value: ir.Value):
     return value.owner.opview if hasattr(value.owner, "opview") else value.owner
 
 
+def _op_named(value: ir.Value, name: str):
+    """The op defining ``value`` if it is a ``name`` op, else None."""
+    op = _owner_op(value)
+    return op if op is not None and op.operation.name == name else None
+
+
+def _commuted(op, match: Callable[[ir.Value], bool]):
+    """The operand of a commutative binary ``op`` other than the one
+    ``match`` accepts, or None."""
+    a, b = op.operands
+    return a if match(b) else b if match(a) else None
+
+
+def _is_const(value: ir.Value, v: int) -> bool:
+    return _const_int(value) == v
+
+
+def _is_cmp(value: ir.Value, predicate, lhs: ir.Value) -> bool:
+    """Whether ``value`` is ``arith.cmpi predicate, lhs, 0``."""
+    cmp = _op_named(value, "arith.cmpi")
+    return (cmp is not None and ir.IntegerAttr(cmp.attributes["predicate"]).value == predicate
+            and cmp.operands[0] == lhs and _is_const(cmp.operands[1], 0))
+
+
+def _unwrap_select(value: ir.Value, size: int):
+    """``select(w >= 0, w, w + size)`` -> w (torch-mlir's second wrap)."""
+    sel = _op_named(value, "arith.select")
+    if sel is None:
+        return None
+    cond, w, alt = sel.operands
+    add = _op_named(alt, "arith.addi")
+    if (add is None or not _is_cmp(cond, arith.CmpIPredicate.sge, w)
+            or _commuted(add, lambda v: _is_const(v, size)) != w):
+        return None
+    return w
+
+
+def _unwrap_add(value: ir.Value, size: int):
+    """``x + extui(x < 0) * size`` -> x (torch-mlir's Python-style wrap)."""
+    add = _op_named(value, "arith.addi")
+    if add is None:
+        return None
+    a, b = add.operands
+    for x, term in ((a, b), (b, a)):
+        mul = _op_named(term, "arith.muli")
+        flag = None if mul is None else _commuted(mul, lambda v: _is_const(v, size))
+        ext = None if flag is None else _op_named(flag, "arith.extui")
+        if ext is not None and _is_cmp(ext.operands[0], arith.CmpIPredicate.slt, x):
+            return x
+    return None
+
+
+def _raw_index(value: ir.Value, size: int, label: str) -> ir.Value:
+    """The index a mod computed for a dimension of ``size``, from the
+    position torch-mlir's export reads (``aten.select`` lowered):
+    ``index_cast(min(max(select-wrap(add-wrap(x)), 0), size))``. torch-mlir
+    wraps negative indices twice (``t[-2*size]`` would read ``t[0]``) and
+    clamps to ``[0, size]``; both are dropped here, and flexattn.check_index
+    applies torch's semantics to ``x`` instead. The wraps are absent where
+    canonicalisation proved ``x >= 0``; any other shape is refused, never
+    guessed (a clamp taken for the index would hide negative indices)."""
+    cast = _op_named(value, "arith.index_cast")
+    mn = None if cast is None else _op_named(cast.operands[0], "arith.minsi")
+    inner = None if mn is None else _commuted(mn, lambda c: _is_const(c, size))
+    mx = None if inner is None else _op_named(inner, "arith.maxsi")
+    v = None if mx is None else _commuted(mx, lambda c: _is_const(c, 0))
+    if v is None:
+        raise ModCaptureError(f"{label}: unrecognised index computation for a read of a "
+                              f"captured tensor (expected torch-mlir's clamp of a select)")
+    w = _unwrap_select(v, size)
+    x = _unwrap_add(v if w is None else w, size)
+    if w is not None and x is None:
+        raise ModCaptureError(f"{label}: unrecognised negative-index wrap in a read of a "
+                              f"captured tensor")
+    return v if x is None else x
+
+
+def _checked(value: ir.Value, size: int, label: str) -> ir.Value:
+    """A flexattn.check_index of the raw index behind torch-mlir's ``value``
+    (``index`` type) into a dimension of ``size``; constants (which torch
+    checked while tracing) stay as they are."""
+    if _const_int(value) is not None:
+        return value
+    if size <= 0:
+        raise ModCaptureError(f"{label} indexes an empty dimension of a captured tensor")
+    raw = _raw_index(value, size, label)
+    i64 = ir.IntegerType.get_signless(64)
+    return ir.Operation.create(
+        "flexattn.check_index", results=[ir.IndexType.get()], operands=[raw],
+        attributes={"size": ir.IntegerAttr.get(i64, size)}).result
+
+
 def _root_index(val: ir.Value, idx: list, label: str):
     """Walks ``tensor.extract`` indices up through unit collapse_shape and
-    unit-stride extract_slice ops (notes section 1.3)."""
+    unit-stride extract_slice ops (notes section 1.3) to the captured tensor,
+    each select's index going through :func:`_checked`."""
     index = ir.IndexType.get()
     while True:
         op = _owner_op(val)
@@ -231,35 +325,85 @@ def _root_index(val: ir.Value, idx: list, label: str):
             idx, val = new + [None] * (len(shape) - len(new)), src
         elif name == "tensor.extract_slice":
             src = op.operands[0]
-            rank = ir.RankedTensorType(src.type).rank
-            if ir.RankedTensorType(op.result.type).rank != rank or any(
+            src_shape = ir.RankedTensorType(src.type).shape
+            if ir.RankedTensorType(op.result.type).rank != len(src_shape) or any(
                 s != 1 for s in op.static_strides
             ):
                 raise ModCaptureError(f"{label}: unsupported slice of a captured tensor")
             dyn = iter(op.offsets)
-            offs = [
-                next(dyn) if o == ir.ShapedType.get_dynamic_size()
-                else arith.constant(index, ir.IntegerAttr.get(index, o))
-                for o in op.static_offsets
-            ]
+            offs = []
+            for d, (o, n) in enumerate(zip(op.static_offsets, op.static_sizes)):
+                if o != ir.ShapedType.get_dynamic_size():
+                    offs.append(arith.constant(index, ir.IntegerAttr.get(index, o)))
+                elif n != 1:
+                    raise ModCaptureError(f"{label}: a slice of a captured tensor at a computed "
+                                          f"offset is not supported; index its elements")
+                else:  # t[i]: a select
+                    offs.append(_checked(next(dyn), src_shape[d], label))
             idx = [o if i is None else arith.addi(o, i) for o, i in zip(offs, idx)]
             val = src
         else:
             return val, idx
 
 
-def _fold_extracts(func_block: ir.Block, label: str) -> None:
+def _describe_checks(idx: list, source: str) -> None:
+    """Labels the check_index ops behind each position of a capture read
+    with the dimension they index and the tensor (for messages)."""
+    i64 = ir.IntegerType.get_signless(64)
+    for d, v in enumerate(idx):
+        stack = [v]
+        while stack:
+            op = _owner_op(stack.pop())
+            if op is None:
+                continue
+            if op.operation.name == "flexattn.check_index":
+                op.attributes["dim"] = ir.IntegerAttr.get(i64, d)
+                op.attributes["source"] = ir.StringAttr.get(source)
+            elif op.operation.name == "arith.addi":
+                stack += list(op.operands)
+
+
+def _return_read(func_block: ir.Block, nfixed: int) -> None:
+    """A mod that returns a captured element itself (``return keep[b, q,
+    kv]``: a slice/reshape chain, or a 0-d capture) returns it through
+    extract + from_elements, the form the conversion reads."""
+    ret = list(func_block.operations)[-1]
+    value = ret.operands[0]
+    if not isinstance(value.type, ir.RankedTensorType):
+        return
+    op = _owner_op(value)
+    if op is None:
+        if ir.BlockArgument(value).arg_number < nfixed:
+            return  # returns its input unchanged: _returned reads it
+    elif op.operation.name not in ("tensor.collapse_shape", "tensor.extract_slice"):
+        return
+    if ir.RankedTensorType(value.type).rank != 0:
+        return  # not one element: _returned explains
+    with ir.InsertionPoint(ret):
+        scalar = tensor.extract(value, [])
+        ret.operands[0] = tensor.from_elements(value.type, [scalar])
+
+
+def _fold_extracts(func_block: ir.Block, label: str, names: Sequence[str],
+                   nfixed: int) -> None:
+    """Every read of a captured tensor becomes one ``tensor.extract`` of the
+    capture with checked indices (:func:`_root_index`)."""
     index = ir.IndexType.get()
     for op in list(func_block.operations):
         if op.operation.name != "tensor.extract":
             continue
         src = op.operands[0]
-        if _owner_op(src) is None:
-            continue
+        if _owner_op(src) is None and ir.BlockArgument(src).arg_number < nfixed:
+            continue  # b, h, q_idx, kv_idx, score
         with ir.InsertionPoint(op):
-            root, idx = _root_index(src, list(op.operands[1:]), label)
-            if root == src:
-                continue
+            shape = ir.RankedTensorType(src.type).shape
+            first = [_checked(i, n, label) for i, n in zip(op.operands[1:], shape)]
+            root, idx = _root_index(src, first, label)
+            if _owner_op(root) is not None:
+                continue  # not a capture: _precheck explains
+            n = ir.BlockArgument(root).arg_number - nfixed
+            rtype = ir.RankedTensorType(root.type)
+            _describe_checks(idx, f"{names[n]} (shape {tuple(rtype.shape)}) in {label}")
             zero = None
             full = []
             for i in idx:
@@ -323,13 +467,6 @@ def _is_scalar(t: ir.Type) -> bool:
     return isinstance(t, (ir.IntegerType, ir.FloatType, ir.IndexType))
 
 
-def _clamp_index(value: ir.Value, dim: int) -> ir.Value:
-    index = ir.IndexType.get()
-    lo = arith.constant(index, ir.IntegerAttr.get(index, 0))
-    hi = arith.constant(index, ir.IntegerAttr.get(index, max(dim - 1, 0)))
-    return arith.minsi(arith.maxsi(value, lo), hi)
-
-
 def _holder_module(kind: str, capture_types: list[str]) -> str:
     caps = "".join(f", %cap{i}: {t}" for i, t in enumerate(capture_types))
     names = ", ".join(f"%cap{i}" for i in range(len(capture_types)))
@@ -348,7 +485,7 @@ def _capture_types(tensors) -> list[str]:
     return [BufferType.of(t).memref for t in tensors]
 
 
-def _to_region(text: str, kind: str, label: str, tensors) -> ModIR:
+def _to_region(text: str, kind: str, label: str, tensors, names: Sequence[str]) -> ModIR:
     nfixed = len(_FIXED[kind])
     cap_types = _capture_types(tensors)
     with _native.new_context() as ctx, ir.Location.unknown():
@@ -362,7 +499,8 @@ def _to_region(text: str, kind: str, label: str, tensors) -> ModIR:
         _run(module, _PREP)
         func = module.body.operations[0]
         fblock = func.regions[0].blocks[0]
-        _fold_extracts(fblock, label)
+        _return_read(fblock, nfixed)
+        _fold_extracts(fblock, label, names, nfixed)
         _rewrite_floordiv(fblock)
         _run(module, _CLEAN)
         func = module.body.operations[0]
@@ -392,12 +530,9 @@ def _to_region(text: str, kind: str, label: str, tensors) -> ModIR:
                     op.results[0].replace_all_uses_with(block.arguments[n])
                 else:
                     with ir.InsertionPoint(block):
-                        # Clamp into the buffer: torch's export clamps to N,
-                        # one past the end (notes section 1.1); a load must
-                        # never leave the buffer.
-                        shape = tuple(tensors[n - nfixed].shape)
-                        idx = [_clamp_index(v, d) for v, d in zip(op.operands[1:], shape)]
-                        val = memref.load(block.arguments[n], idx)
+                        # Indices are check_index results (in the buffer
+                        # by construction) or constants torch checked.
+                        val = memref.load(block.arguments[n], list(op.operands[1:]))
                         if tensors[n - nfixed].dtype == torch.bool:
                             zero = arith.constant(i8, ir.IntegerAttr.get(i8, 0))
                             val = arith.cmpi(arith.CmpIPredicate.ne, val, zero)
@@ -424,19 +559,10 @@ def _to_region(text: str, kind: str, label: str, tensors) -> ModIR:
         block = apply.regions[0 if kind == "score" else 1].blocks[0]
         for op in block.operations:
             n = op.operation.name
-            if not (n.split(".")[0] in _ALLOWED_DIALECTS or n in ("memref.load", "flexattn.yield")):
+            if not (n.split(".")[0] in _ALLOWED_DIALECTS
+                    or n in ("memref.load", "flexattn.yield", "flexattn.check_index")):
                 raise ModCaptureError(f"{label}: unsupported operation {n} in the captured region")
-        body = str(block).strip()
-    names = list(_FIXED[kind]) + [f"cap{i}" for i in range(len(cap_types))]
-    header, _, rest = body.partition("\n")
-    printed = re.findall(r"(%[\w$.\-]+):", header)
-    if len(printed) != len(names):
-        raise AssertionError(f"unexpected region header {header!r}")
-    rename = dict(zip(printed, ("%" + n for n in names)))
-    header = "^bb0(" + ", ".join(f"{rename[p]}: {t}" for p, t in zip(
-        printed, (["f32"] if kind == "score" else []) + [INDEX_TYPE] * 4 + cap_types)) + "):"
-    rest = re.sub(r"%[\w$.\-]+", lambda m: rename.get(m.group(0), m.group(0)), rest)
-    body = header + "\n" + rest
+        body = region_text(block, kind)
     return ModIR(kind, body, tuple(cap_types))
 
 
@@ -460,6 +586,8 @@ def _precheck(fblock, nfixed: int, label: str) -> None:
     for op in fblock.operations:
         name = op.operation.name
         if name == "tensor.extract" and _owner_op(op.operands[0]) is None:
+            continue
+        if name == "flexattn.check_index":
             continue
         if name == "func.return":
             _returned(op.operands[0], nfixed, label)

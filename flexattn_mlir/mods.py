@@ -16,6 +16,7 @@ emits ops with the upstream Python bindings (:meth:`ModIR.build_score` /
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from typing import Callable, Literal, Sequence
 
@@ -23,9 +24,12 @@ from mlir import ir
 
 from . import _native
 
-__all__ = ["ModIR"]
+__all__ = ["ModIR", "region_text"]
 
 ModKind = Literal["score", "mask"]
+
+# The label attribute of flexattn.check_index (a quoted string).
+_SOURCE = re.compile(r'source = "(?:[^"\\]|\\.)*"')
 
 
 @dataclass(frozen=True)
@@ -65,11 +69,34 @@ class ModIR:
         return _build("mask", fn, tuple(capture_types), index_type)
 
     def digest(self) -> str:
+        """A hash of what the generated code depends on: not the ``source``
+        labels of index checks (names for messages), so equal mods under
+        other names share kernels."""
         h = hashlib.sha256()
-        for part in (self.kind, self.text, *self.capture_types):
+        for part in (self.kind, _SOURCE.sub('source = ""', self.text), *self.capture_types):
             h.update(part.encode())
             h.update(b"\0")
         return h.hexdigest()
+
+
+FIXED_ARGS = {"score": ("score", "b", "h", "q_idx", "kv_idx"), "mask": ("b", "h", "q_idx", "kv_idx")}
+
+
+def region_text(block: ir.Block, kind: ModKind) -> str:
+    """The text of a mod region's ``block``, its arguments named as in every
+    ModIR: %score, %b, %h, %q_idx, %kv_idx, then %cap0, %cap1, ..."""
+    body = str(block).strip()
+    n_caps = len(block.arguments) - len(FIXED_ARGS[kind])
+    names = list(FIXED_ARGS[kind]) + [f"cap{i}" for i in range(n_caps)]
+    header, _, rest = body.partition("\n")
+    printed = re.findall(r"(%[\w$.\-]+):", header)
+    if len(printed) != len(names):
+        raise AssertionError(f"unexpected region header {header!r}")
+    rename = dict(zip(printed, ("%" + n for n in names)))
+    header = "^bb0(" + ", ".join(f"{rename[p]}: {a.type}" for p, a in zip(
+        printed, block.arguments)) + "):"
+    rest = re.sub(r"%[\w$.\-]+", lambda m: rename.get(m.group(0), m.group(0)), rest)
+    return header + "\n" + rest
 
 
 def _build(kind: ModKind, fn, capture_types: tuple[str, ...], index_type: str) -> ModIR:

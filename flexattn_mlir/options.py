@@ -5,9 +5,9 @@ from __future__ import annotations
 import hashlib
 from dataclasses import asdict, dataclass, fields
 
-__all__ = ["CompileOptions"]
+from . import targets
 
-TARGETS = ("cpu", "sm_90a")
+__all__ = ["CompileOptions"]
 
 _TORCH_ALIASES = {"BLOCK_M": "tile_q", "BLOCK_N": "tile_kv", "num_stages": "stages"}
 # torch's flex_attention kernel_options that steer its own backends.
@@ -25,17 +25,19 @@ _TORCH_IGNORED = frozenset({
 class CompileOptions:
     """How to compile an :class:`~flexattn_mlir.spec.AttentionSpec`.
 
-    target: ``"cpu"`` (ExecutionEngine) or ``"sm_90a"`` (H100 PTX).
+    target: a name in :data:`flexattn_mlir.targets.TARGETS`: ``"cpu"``
+      (ExecutionEngine) or ``"sm_90a"`` (Hopper PTX/cubin).
     tile_q, tile_kv: the Q and KV tile sizes of ``flexattn-tile`` (a block
       mask fixes tile_kv to its KV block size); 0 takes the target's default
-      (64 x 64 on the CPU, 128 x 128 on the GPU, whose kernel needs tile_q 128).
+      (64 x 64 on the CPU; on a GPU the target's Q block, 128 x 128 on sm_90a).
     opt_level: LLVM optimisation level of the final code generation.
     stages: shared-memory slots of the GPU kernel's K/V ring.
     pipeline, pingpong: the GPU kernel's FlashAttention-3 schedules (each
       tile's Q.Kᵀ issued with the previous tile's P.V; the two consumer
       warpgroups alternating their GEMMs).
     persistent: launch at most this many CTAs, each looping over Q tiles
-      (132 = the H100's SMs); 0 launches one CTA per tile.
+      (one per SM: :func:`flexattn_mlir.targets.sm_count`); 0 launches one
+      CTA per tile.
     """
 
     target: str = "cpu"
@@ -48,14 +50,17 @@ class CompileOptions:
     persistent: int = 0
 
     def __post_init__(self):
-        if self.target not in TARGETS:
-            raise ValueError(f"CompileOptions.target must be one of {TARGETS}, got {self.target!r}")
-        default = 64 if self.target == "cpu" else 128
+        if self.target not in targets.TARGETS:
+            raise ValueError(f"CompileOptions.target must be one of {tuple(targets.TARGETS)}, "
+                             f"got {self.target!r}")
+        t = targets.target(self.target)
+        default = t.q_block if t.is_gpu else 64
         for name in ("tile_q", "tile_kv"):
             if getattr(self, name) == 0:
                 object.__setattr__(self, name, default)
-        if self.target != "cpu" and self.tile_q != 128:
-            raise ValueError(f"CompileOptions.tile_q must be 128 for {self.target}, got {self.tile_q}")
+        if t.is_gpu and self.tile_q != t.q_block:
+            raise ValueError(f"CompileOptions.tile_q must be {t.q_block} for {self.target}, "
+                             f"got {self.tile_q}")
         if not isinstance(self.stages, int) or not 1 <= self.stages <= 8:
             raise ValueError(f"CompileOptions.stages must be in 1..8, got {self.stages!r}")
         if not isinstance(self.persistent, int) or self.persistent < 0:

@@ -76,8 +76,11 @@ class AttentionSpec:
     full_kv_num_blocks: Optional[BufferType] = None
     full_kv_indices: Optional[BufferType] = None
     captures: tuple[BufferType, ...] = ()
-    score_mod: Optional[ModIR] = None
-    mask_mod: Optional[ModIR] = None
+    score_mod: Optional[ModIR] = field(default=None, repr=False)  # in digest() by their own
+    mask_mod: Optional[ModIR] = field(default=None, repr=False)
+    # [sites, 2] i64 where the kernel reports out-of-bounds reads of captured
+    # tensors (flexattn_mlir.index_checks); the mods' last capture.
+    index_report: Optional[BufferType] = None
     name: str = field(default="flexattn", compare=False)  # labels dumps only
 
     @property
@@ -97,7 +100,7 @@ class AttentionSpec:
     def arguments(self) -> list[tuple[str, BufferType]]:
         """The kernel's arguments, in order: q, k, v, out, [lse],
         [kv_num_blocks, kv_indices], [full_kv_num_blocks, full_kv_indices],
-        captures..."""
+        captures..., [index_report]"""
         args = [("q", self.q), ("k", self.k), ("v", self.v), ("out", self.out)]
         if self.return_lse:
             args.append(("lse", self.lse))
@@ -105,6 +108,8 @@ class AttentionSpec:
             if getattr(self, name) is not None:
                 args.append((name, getattr(self, name)))
         args += [(f"capture{i}", c) for i, c in enumerate(self.captures)]
+        if self.index_report is not None:
+            args.append(("index_report", self.index_report))
         return args
 
     def digest(self) -> str:
@@ -136,10 +141,10 @@ class AttentionSpec:
                 f"    full_blocks(%full_kv_num_blocks, %full_kv_indices : "
                 f"{typ['full_kv_num_blocks']}, {typ['full_kv_indices']})"
             )
-        if self.captures:
-            names = ", ".join(f"%capture{i}" for i in range(len(self.captures)))
-            types = ", ".join(c.memref for c in self.captures)
-            lines.append(f"    captures({names} : {types})")
+        caps = [n for n, _ in args if n.startswith("capture") or n == "index_report"]
+        if caps:
+            lines.append(f"    captures({', '.join('%' + n for n in caps)} : "
+                         f"{', '.join(typ[n] for n in caps)})")
         attrs = [f"scale = {_f32_literal(self.scale)}"]
         if self.block_size is not None:
             attrs.append(f"block_size = array<i64: {self.block_size[0]}, {self.block_size[1]}>")

@@ -147,7 +147,7 @@ def spec(name: str, B: int, H: int, S: int, D: int, dtype: str = "bfloat16",
     """The AttentionSpec ``flex_attention`` compiles for variant ``name`` on
     ``[B, H, S, D]`` q/k/v (a broadcast 128 x 128 block mask when the variant
     has a mask_mod)."""
-    from . import frontend
+    from . import frontend, index_checks
     from .attention import build_spec
     from .block_mask import BlockMask
 
@@ -166,4 +166,5 @@ def spec(name: str, B: int, H: int, S: int, D: int, dtype: str = "bfloat16",
                                               seq_lengths=(S, S), compute_q_blocks=False)
     return build_spec(q, q, q, score_mod=score and score.ir, mask_mod=mask and mask.ir,
                       block_mask=block_mask, captures=captures, scale=1.0 / math.sqrt(D),
-                      return_lse=return_lse, name=name)
+                      return_lse=return_lse, name=name,
+                      check_indices=index_checks.enabled("sm_90a"))

@@ -8,10 +8,13 @@
 // normalisation (flexattn.finalize) into linalg ops on tile-sized buffers.
 // Written as the formulas it computes: one comment, then one helper call that
 // builds one linalg op. Scores are kept in log2 units (log2(e) is folded into
-// the scale) so every exponential is an exp2.
+// the scale) so every exponential is an exp2. The softmax itself is the
+// shared decomposition of OnlineSoftmax.h, with rows mapped and reduced by
+// linalg ops (LinalgRows).
 //
 //===----------------------------------------------------------------------===//
 
+#include "passes/OnlineSoftmax.h"
 #include "passes/Passes.h"
 
 #include "mlir/Dialect/Linalg/IR/Linalg.h"
@@ -27,8 +30,6 @@ using namespace mlir;
 using namespace mlir::flexattn;
 
 namespace {
-
-constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 using utils::IteratorType;
 constexpr IteratorType kPar = IteratorType::parallel;
@@ -115,15 +116,51 @@ Value toF32(OpBuilder &b, Location loc, Value v) {
   return arith::ExtFOp::create(b, loc, b.getF32Type(), v);
 }
 
-/// The running max as a subtraction base: 0 for a row with no finite score
-/// yet, so exp2(-inf - base) = 0 instead of NaN.
-Value finiteBase(OpBuilder &b, Location loc, Value m) {
-  Value ninf = arith::ConstantOp::create(b, loc, b.getF32FloatAttr(kNegInf));
-  Value zero = arith::ConstantOp::create(b, loc, b.getF32FloatAttr(0.0f));
-  Value empty =
-      arith::CmpFOp::create(b, loc, arith::CmpFPredicate::OEQ, m, ninf);
-  return arith::SelectOp::create(b, loc, empty, zero, m);
-}
+/// The online softmax's rows as linalg ops on a [rows, cols] tile buffer and
+/// [rows] row buffers, updated in place; new row values go to the step's
+/// scratch rows (the new max, alpha).
+struct LinalgRows : softmax::SoftmaxRows {
+  TileBuilder &t;
+  Value newMaxBuf, alphaBuf;
+  AffineMap ij, i2, i1;
+
+  LinalgRows(TileBuilder &t, Value newMaxBuf, Value alphaBuf)
+      : t(t), newMaxBuf(newMaxBuf), alphaBuf(alphaBuf), ij(t.map(2, {0, 1})),
+        i2(t.map(2, {0})), i1(t.map(1, {0})) {}
+
+  Value rowMax(Value tile, Value init, float c) override {
+    assert(c == 1.0f && "the CPU scales scores before the max");
+    linalg::CopyOp::create(t.b, t.loc, init, newMaxBuf);
+    t.generic({tile}, {newMaxBuf}, {ij, i2}, {kPar, kRed},
+              [](OpBuilder &b, Location l, ValueRange a) -> Value {
+                return arith::MaximumFOp::create(b, l, a[0], a[1]);
+              });
+    return newMaxBuf;
+  }
+  Value mapRows(ValueRange rows, softmax::ScalarFn f) override {
+    t.generic(rows, {alphaBuf}, SmallVector<AffineMap>(rows.size() + 1, i1),
+              {kPar}, f);
+    return alphaBuf;
+  }
+  Value updateRows(Value target, ValueRange inputs, softmax::ScalarFn f) override {
+    t.generic(inputs, {target}, SmallVector<AffineMap>(inputs.size() + 1, i1),
+              {kPar}, f);
+    return target;
+  }
+  Value updateTile(Value tile, ValueRange rows, softmax::ScalarFn f) override {
+    SmallVector<AffineMap> maps(rows.size(), i2);
+    maps.push_back(ij);
+    t.generic(rows, {tile}, maps, {kPar, kPar}, f);
+    return tile;
+  }
+  Value addRowSums(Value target, Value tile) override {
+    t.generic({tile}, {target}, {ij, i2}, {kPar, kRed},
+              [](OpBuilder &b, Location l, ValueRange a) -> Value {
+                return arith::AddFOp::create(b, l, a[0], a[1]);
+              });
+    return target;
+  }
+};
 
 } // namespace
 
@@ -152,7 +189,7 @@ LogicalResult mlir::flexattn::decomposeTileStep(RewriterBase &rewriter,
   Value alpha = t.scratch({bm}, {rows});
 
   AffineMap ij3[] = {t.map(3, {0, 2}), t.map(3, {1, 2}), t.map(3, {0, 1})};
-  AffineMap ij = t.map(2, {0, 1}), i2 = t.map(2, {0}), i1 = t.map(1, {0});
+  AffineMap ij = t.map(2, {0, 1});
 
   // S = Q_tile . K_tileᵀ  (f32 accumulation)
   linalg::FillOp::create(rewriter, loc, t.f32(0.0f), s);
@@ -166,65 +203,30 @@ LogicalResult mlir::flexattn::decomposeTileStep(RewriterBase &rewriter,
   // S = log2(e) * mods(scale * S)
   bool applyMask = op.getMasked() && op.hasMaskMod();
   float scale = op.getScale().convertToFloat();
-  if (!op.hasScoreMod() && !applyMask) {
-    float folded = static_cast<float>(scale * kLog2e);
-    t.generic({}, {s}, {ij}, {kPar, kPar},
-              [&](OpBuilder &b, Location l, ValueRange a) -> Value {
-                return arith::MulFOp::create(b, l, a[0], t.f32(folded));
-              });
-  } else {
-    t.generic({}, {s}, {ij}, {kPar, kPar},
-              [&](OpBuilder &b, Location l, ValueRange a) -> Value {
-                Value i = linalg::IndexOp::create(b, l, 0);
-                Value j = linalg::IndexOp::create(b, l, 1);
-                Value qi = arith::AddIOp::create(b, l, op.getQ0(), i);
-                Value kj = arith::AddIOp::create(b, l, op.getKv0(), j);
-                Value x = arith::MulFOp::create(b, l, a[0], t.f32(scale));
-                auto mods = ApplyModsOp::create(
+  bool mods = op.hasScoreMod() || applyMask;
+  t.generic({}, {s}, {ij}, {kPar, kPar},
+            [&](OpBuilder &b, Location l, ValueRange a) -> Value {
+              if (!mods)
+                return softmax::log2Score(b, l, a[0], scale, nullptr);
+              Value i = linalg::IndexOp::create(b, l, 0);
+              Value j = linalg::IndexOp::create(b, l, 1);
+              Value qi = arith::AddIOp::create(b, l, op.getQ0(), i);
+              Value kj = arith::AddIOp::create(b, l, op.getKv0(), j);
+              return softmax::log2Score(b, l, a[0], scale, [&](Value x) -> Value {
+                auto apply = ApplyModsOp::create(
                     b, l, b.getF32Type(), x, op.getB(), op.getH(), qi, kj,
                     op.getCaptures(), applyMask ? b.getUnitAttr() : UnitAttr());
-                cloneModRegions(op, mods, applyMask);
-                return arith::MulFOp::create(b, l, mods.getResult(),
-                                             t.f32(static_cast<float>(kLog2e)));
+                cloneModRegions(op, apply, applyMask);
+                return apply.getResult();
               });
-  }
-
-  // m_new = max(m, rowmax(S))
-  linalg::CopyOp::create(rewriter, loc, m, mNew);
-  t.generic({s}, {mNew}, {ij, i2}, {kPar, kRed},
-            [](OpBuilder &b, Location l, ValueRange a) -> Value {
-              return arith::MaximumFOp::create(b, l, a[0], a[1]);
             });
 
-  // alpha = exp2(m - base(m_new))
-  t.generic({m, mNew}, {alpha}, {i1, i1, i1}, {kPar},
-            [](OpBuilder &b, Location l, ValueRange a) -> Value {
-              Value d = arith::SubFOp::create(b, l, a[0], finiteBase(b, l, a[1]));
-              return math::Exp2Op::create(b, l, d);
-            });
-
-  // P = exp2(S - base(m_new))   (in place of S)
-  t.generic({mNew}, {s}, {i2, ij}, {kPar, kPar},
-            [](OpBuilder &b, Location l, ValueRange a) -> Value {
-              Value d = arith::SubFOp::create(b, l, a[1], finiteBase(b, l, a[0]));
-              return math::Exp2Op::create(b, l, d);
-            });
-
-  // l = alpha * l + rowsum(P)
-  t.generic({alpha}, {l}, {i1, i1}, {kPar},
-            [](OpBuilder &b, Location l, ValueRange a) -> Value {
-              return arith::MulFOp::create(b, l, a[0], a[1]);
-            });
-  t.generic({s}, {l}, {ij, i2}, {kPar, kRed},
-            [](OpBuilder &b, Location l, ValueRange a) -> Value {
-              return arith::AddFOp::create(b, l, a[0], a[1]);
-            });
+  // m_new, alpha, P (in place of S), l: the shared online-softmax step
+  LinalgRows linalgRows(t, mNew, alpha);
+  softmax::onlineSoftmaxStep(linalgRows, {m, l, acc}, s);
 
   // acc = alpha * acc + P . V_tile
-  t.generic({alpha}, {acc}, {i2, ij}, {kPar, kPar},
-            [](OpBuilder &b, Location l, ValueRange a) -> Value {
-              return arith::MulFOp::create(b, l, a[0], a[1]);
-            });
+  softmax::rescaleAccumulator(linalgRows, acc, alpha);
   AffineMap pv[] = {t.map(3, {0, 2}), t.map(3, {2, 1}), t.map(3, {0, 1})};
   t.generic({s, v}, {acc}, pv, {kPar, kPar, kRed},
             [](OpBuilder &b, Location l, ValueRange a) -> Value {
@@ -259,10 +261,7 @@ LogicalResult mlir::flexattn::decomposeFinalize(RewriterBase &rewriter,
   // out = acc / l, or 0 where l = 0 (no visible key)
   t.generic({acc, l}, {out}, {ij, i2, ij}, {kPar, kPar},
             [&](OpBuilder &b, Location loc, ValueRange a) -> Value {
-              Value empty = arith::CmpFOp::create(
-                  b, loc, arith::CmpFPredicate::OEQ, a[1], t.f32(0.0f));
-              Value r = arith::DivFOp::create(b, loc, a[0], a[1]);
-              r = arith::SelectOp::create(b, loc, empty, t.f32(0.0f), r);
+              Value r = softmax::safeDivide(b, loc, a[0], a[1]);
               if (outElem.isF32())
                 return r;
               return arith::TruncFOp::create(b, loc, outElem, r);
@@ -272,14 +271,8 @@ LogicalResult mlir::flexattn::decomposeFinalize(RewriterBase &rewriter,
   if (Value lseBuf = op.getLse()) {
     Value lse = t.rowsOf(lseBuf, op.getB(), op.getH(), op.getQ0(), rows);
     t.generic({m, l}, {lse}, {i1, i1, i1}, {kPar},
-              [&](OpBuilder &b, Location loc, ValueRange a) -> Value {
-                Value empty = arith::CmpFOp::create(
-                    b, loc, arith::CmpFPredicate::OEQ, a[1], t.f32(0.0f));
-                Value r = arith::AddFOp::create(
-                    b, loc, a[0], math::Log2Op::create(b, loc, a[1]));
-                r = arith::MulFOp::create(b, loc, r,
-                                          t.f32(static_cast<float>(kLn2)));
-                return arith::SelectOp::create(b, loc, empty, t.f32(kNegInf), r);
+              [](OpBuilder &b, Location loc, ValueRange a) -> Value {
+                return softmax::logSumExp(b, loc, a[0], a[1]);
               });
   }
   rewriter.eraseOp(op);

@@ -5,7 +5,9 @@
 //===----------------------------------------------------------------------===//
 //
 // Replaces each flexattn.apply_mods with its score_mod body and, for a masked
-// score, its mask_mod body and a select against -inf.
+// score, its mask_mod body and a select against -inf; then lowers the
+// flexattn.check_index ops the bodies brought along (torch-style wrap, bounds
+// check, report store).
 //
 //===----------------------------------------------------------------------===//
 
@@ -44,6 +46,57 @@ LogicalResult mlir::flexattn::inlineMods(RewriterBase &rewriter,
   return success();
 }
 
+LogicalResult mlir::flexattn::lowerCheckIndex(RewriterBase &rewriter,
+                                             CheckIndexOp op) {
+  Location loc = op.getLoc();
+  OpBuilder::InsertionGuard guard(rewriter);
+  rewriter.setInsertionPoint(op);
+  Type i64 = rewriter.getI64Type();
+  auto i64Const = [&](int64_t v) {
+    return arith::ConstantOp::create(rewriter, loc, rewriter.getI64IntegerAttr(v));
+  };
+  Value index = op.getIndex();
+  if (index.getType() != i64)
+    index = arith::ExtSIOp::create(rewriter, loc, i64, index);
+  int64_t size = op.getSizeAttr().getInt();
+  std::optional<ArrayRef<int64_t>> bounds = op.getBounds();
+  bool nonNegative = bounds && (*bounds)[0] >= 0;
+  bool inRange = bounds && (*bounds)[0] >= -size && (*bounds)[1] < size;
+
+  // pos = index < 0 ? index + size : index          (t[-1] is t[size - 1])
+  Value pos = index;
+  if (!nonNegative) {
+    Value negative = arith::CmpIOp::create(rewriter, loc, arith::CmpIPredicate::slt,
+                                           index, i64Const(0));
+    Value wrapped = arith::AddIOp::create(rewriter, loc, index, i64Const(size));
+    pos = arith::SelectOp::create(rewriter, loc, negative, wrapped, index);
+  }
+  if (!inRange) {
+    // Out of [-size, size) iff pos is outside [0, size) (unsigned compare).
+    Value ok = arith::CmpIOp::create(rewriter, loc, arith::CmpIPredicate::ult,
+                                     pos, i64Const(size));
+    if (Value report = op.getReport()) {
+      // if (!ok) report[site] = [1, index]
+      Value bad = arith::XOrIOp::create(
+          rewriter, loc, ok,
+          arith::ConstantOp::create(rewriter, loc, rewriter.getBoolAttr(true)));
+      auto ifOp = scf::IfOp::create(rewriter, loc, bad, /*withElseRegion=*/false);
+      OpBuilder::InsertionGuard inner(rewriter);
+      rewriter.setInsertionPointToStart(&ifOp.getThenRegion().front());
+      Value site = indexConst(rewriter, loc, op.getSiteAttr().getInt());
+      memref::StoreOp::create(rewriter, loc, i64Const(1), report,
+                              ValueRange{site, indexConst(rewriter, loc, 0)});
+      memref::StoreOp::create(rewriter, loc, index, report,
+                              ValueRange{site, indexConst(rewriter, loc, 1)});
+    }
+    // Out of bounds, read element 0: the load stays inside the buffer.
+    pos = arith::SelectOp::create(rewriter, loc, ok, pos, i64Const(0));
+  }
+  rewriter.replaceOp(op, arith::IndexCastOp::create(rewriter, loc,
+                                                    rewriter.getIndexType(), pos));
+  return success();
+}
+
 namespace {
 struct FlexAttnInlineModsPass
     : public flexattn::impl::FlexAttnInlineModsBase<FlexAttnInlineModsPass> {
@@ -53,6 +106,15 @@ struct FlexAttnInlineModsPass
     IRRewriter rewriter(&getContext());
     for (ApplyModsOp op : ops)
       if (failed(inlineMods(rewriter, op)))
+        return signalPassFailure();
+    // The checks now in code (not those of mod regions still to be inlined).
+    SmallVector<CheckIndexOp> checks;
+    getOperation()->walk([&](CheckIndexOp op) {
+      if (!op->getParentOfType<ModRegionsOpInterface>())
+        checks.push_back(op);
+    });
+    for (CheckIndexOp op : checks)
+      if (failed(lowerCheckIndex(rewriter, op)))
         return signalPassFailure();
   }
 };

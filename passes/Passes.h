@@ -32,6 +32,15 @@ namespace mlir::flexattn {
 constexpr double kLog2e = 1.4426950408889634;
 constexpr double kLn2 = 0.6931471805599453;
 
+/// The shared-memory tile layout (!flexattn.smem_tile): 64-column panels of
+/// 16-bit elements, 128 bytes a row, swizzled over 128 bytes; what the
+/// tensor maps of the host arguments describe.
+constexpr int64_t kPanelCols = 64;
+constexpr int64_t kSwizzleBytes = 128;
+constexpr const char *kSwizzleName = "128B";
+/// The host function argument attribute describing a TMA tensor map.
+constexpr const char *kTensorMapAttrName = "flexattn.tensor_map";
+
 #define GEN_PASS_DECL
 #include "passes/Passes.h.inc"
 
@@ -79,6 +88,32 @@ LogicalResult distributeTiles(RewriterBase &rewriter, func::FuncOp func);
 
 /// flexattn-inline-mods: apply_mods -> the cloned region bodies.
 LogicalResult inlineMods(RewriterBase &rewriter, ApplyModsOp op);
+/// flexattn-inline-mods: check_index -> the wrap, the bounds check and the
+/// report store (as its bounds and report ask).
+LogicalResult lowerCheckIndex(RewriterBase &rewriter, CheckIndexOp op);
+
+/// flexattn-map-to-grid: the scf.parallel over tiles -> a gpu.launch.
+LogicalResult mapToGrid(RewriterBase &rewriter, scf::ParallelOp par);
+
+/// flexattn-persistent-tiles: at most `ctas` CTAs looping over the tiles.
+LogicalResult makeTilesPersistent(RewriterBase &rewriter, gpu::LaunchOp launch,
+                                  int64_t ctas);
+
+/// flexattn-warp-specialize: the CTA -> TMA producer + consumer groups.
+LogicalResult warpSpecialize(RewriterBase &rewriter, gpu::LaunchOp launch,
+                             int64_t stages);
+
+/// flexattn-schedule-consumers: pipelined / ping-pong consumer steps.
+LogicalResult scheduleConsumers(RewriterBase &rewriter, WarpSpecializeOp roles,
+                                bool pipeline, bool pingpong);
+
+/// flexattn-lower-fragments: one frag.softmax / rescale / finalize op ->
+/// scalar code.
+LogicalResult lowerFragmentOp(RewriterBase &rewriter, Operation *op);
+
+/// flexattn-lower-to-hopper: rings, roles and MMAs -> NVVM (sm_90a).
+LogicalResult lowerToHopper(RewriterBase &rewriter, gpu::LaunchOp launch,
+                            int64_t maxSharedMemory);
 
 //===----------------------------------------------------------------------===//
 // Helpers shared by the passes (ModRegions.cpp)
@@ -96,6 +131,19 @@ void cloneModRegions(ModRegionsOpInterface from, ModRegionsOpInterface to,
 Value inlineModRegion(OpBuilder &builder, Location loc, Region &region,
                       std::optional<Value> score, ValueRange indices,
                       ValueRange captures);
+
+/// The ops of type OpT under `root` that hold a flexattn.finalize: the tile
+/// loops and CTAs the GPU passes rewrite.
+template <typename OpT>
+SmallVector<OpT> opsHoldingTiles(Operation *root) {
+  SmallVector<OpT> ops;
+  root->walk([&](OpT op) {
+    if (op->walk([](FinalizeOp) { return WalkResult::interrupt(); })
+            .wasInterrupted())
+      ops.push_back(op);
+  });
+  return ops;
+}
 
 /// An index constant.
 Value indexConst(OpBuilder &builder, Location loc, int64_t v);

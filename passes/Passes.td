@@ -27,6 +27,9 @@ def FlexAttnTile : Pass<"flexattn-tile", "::mlir::ModuleOp"> {
     `[BM]`, f32) on the stack, initialises it (0, -inf, 0), runs one
     `flexattn.kv_loop` over the KV tiles and writes the tile's rows of `out`
     and `lse` with `flexattn.finalize`. Key/value head = query head / (Hq/Hkv).
+    A `k` or `v` of batch 1 shared by a query batch of B is read through a
+    `memref.reinterpret_cast` view `[B, ...]` of batch stride 0 (no copy), so
+    the tile ops index it with the query's batch.
 
     With a block mask, the KV tile is the mask's KV block and the Q tile must
     divide the mask's Q block (it is shrunk to the Q block when larger).
@@ -161,7 +164,7 @@ def FlexAttnFuseOnlineSoftmax
 
 def FlexAttnInlineMods : Pass<"flexattn-inline-mods", "::mlir::ModuleOp"> {
   let summary = "Replace flexattn.apply_mods with the bodies of its score_mod "
-                "and mask_mod regions";
+                "and mask_mod regions, and lower their index checks";
   let description = [{
     Clones the score_mod body with its arguments bound to the score, the
     indices (cast from index to the region's index type) and the captured
@@ -183,8 +186,34 @@ def FlexAttnInlineMods : Pass<"flexattn-inline-mods", "::mlir::ModuleOp"> {
     %c = arith.cmpi sge, %qi, %kvi : i32
     %r = arith.select %c, %s, %ninf : f32
     ```
+
+    Then each `flexattn.check_index` the bodies brought into the code becomes
+    torch's indexing: `pos = index < 0 ? index + size : index`; unless its
+    `bounds` prove `-size <= index < size`, `ok = pos <u size`, an `scf.if`
+    storing `[1, index]` into row `site` of its report buffer when not ok,
+    and `pos = ok ? pos : 0`; finally `index_cast pos`.
+
+    Before:
+    ```mlir
+    %i = flexattn.check_index %x of size 4 report(%err : memref<1x2xi64>) {site = 0 : i64} : i64
+    ```
+    After:
+    ```mlir
+    %neg = arith.cmpi slt, %x, %c0_i64 : i64
+    %w = arith.addi %x, %c4_i64 : i64
+    %pos = arith.select %neg, %w, %x : i64
+    %ok = arith.cmpi ult, %pos, %c4_i64 : i64
+    %bad = arith.xori %ok, %true : i1
+    scf.if %bad {
+      memref.store %c1_i64, %err[%c0, %c0] : memref<1x2xi64>
+      memref.store %x, %err[%c0, %c1] : memref<1x2xi64>
+    }
+    %safe = arith.select %ok, %pos, %c0_i64 : i64
+    %i = arith.index_cast %safe : i64 to index
+    ```
   }];
-  let dependentDialects = ["::mlir::arith::ArithDialect"];
+  let dependentDialects = ["::mlir::arith::ArithDialect", "::mlir::scf::SCFDialect",
+                           "::mlir::memref::MemRefDialect"];
 }
 
 def FlexAttnVectorizeTiles : Pass<"flexattn-vectorize-tiles", "::mlir::ModuleOp"> {
@@ -336,96 +365,307 @@ def FlexAttnLowerToLoops : Pass<"flexattn-lower-to-loops", "::mlir::ModuleOp"> {
 }
 
 //===----------------------------------------------------------------------===//
-// GPU (Hopper, sm_90a): flexattn-tile{tile-q=128 tile-kv=128} ->
-// flexattn-block-sparsity -> flexattn-map-to-gpu -> flexattn-inline-mods ->
-// flexattn-lower-to-nvvm -> gpu-module-to-binary
+// GPU kernels. The pipeline for Hopper (sm_90a), after
+// flexattn-tile{tile-q=128 tile-kv=128} and flexattn-block-sparsity:
+//   flexattn-map-to-grid -> [flexattn-persistent-tiles] ->
+//   flexattn-warp-specialize -> flexattn-schedule-consumers ->
+//   flexattn-lower-fragments -> flexattn-inline-mods ->
+//   flexattn-lower-to-hopper -> gpu-kernel-outlining ->
+//   flexattn-lower-to-nvvm -> gpu-module-to-binary
+// Target-neutral: map-to-grid, persistent-tiles, lower-fragments; Hopper:
+// warp-specialize (TMA producer, mbarrier rings), schedule-consumers (wgmma
+// overlap), lower-to-hopper.
 //===----------------------------------------------------------------------===//
 
-def FlexAttnMapToGPU : Pass<"flexattn-map-to-gpu", "::mlir::ModuleOp"> {
-  let summary = "Map each tiled, block-sparse Q-tile loop onto a "
-                "warp-specialised TMA + wgmma kernel and its launch";
+def FlexAttnMapToGrid : Pass<"flexattn-map-to-grid", "::mlir::ModuleOp"> {
+  let summary = "Turn the loop over (batch, head, Q tile) into a gpu.launch "
+                "of one CTA per tile";
   let description = [{
-    Outlines the `scf.parallel` over (batch, head, Q tile) made by
-    `flexattn-tile{tile-q=128}` and `flexattn-block-sparsity` into a
-    `gpu.func` in `gpu.module @flexattn_kernels`, launched with
-    `gpu.launch_func` on a 1-D grid of 384-thread CTAs, one per tile (or
-    `persistent` of them, each looping over tiles); the Q tiles of a
-    (batch, head) are numbered together, so CTAs running at once share K/V in
-    L2, heaviest (last) first:
+    Replaces each `scf.parallel` made by `flexattn-tile` (whose body holds a
+    `flexattn.finalize`) with a `gpu.launch` on a 1-D grid of one CTA per
+    tile. The CTA decodes its tile from the block index, the Q tiles of a
+    (batch, head) adjacent (the CTAs running at once share K/V in L2) and the
+    heaviest (last) Q tile of a head first, and runs the tile's body
+    unchanged. The CTA has one thread until a role pass assigns more. Pure
+    computations over constants are recomputed inside; memref arguments are
+    passed.
 
-    - warpgroup 0, the producer (setmaxnreg 40): one thread loads Q once and
-      K, V tiles into `stages` shared-memory slots with TMA (128-byte swizzle,
-      tx-count mbarriers), walking a clone of the KV loops, so it visits
-      exactly the blocks the block mask lists;
-    - warpgroups 1 and 2, the consumers (setmaxnreg 232), 64 rows each:
-      S = Q.Kᵀ with wgmma from shared memory; `flexattn.apply_mods` on each
-      register fragment element (mask_mod only on partial blocks; -inf past
-      N); the online softmax in registers (ex2, quad shuffles); P rounded to
-      16 bits in registers; O += P.V with register-A wgmma; empty barriers
-      hand slots back; the epilogue normalises and stores out and lse.
-      With `pipeline`, tile j's Q.Kᵀ is issued together with tile j-1's P.V
-      (FlashAttention-3's intra-warpgroup overlap); with `pingpong`, named
-      barriers alternate the two consumer warpgroups' GEMM issue. Q tiles
-      run last-first (the heavy tiles of a causal mask start early).
-
-    The host function gains three `!llvm.ptr` arguments, the CUtensorMaps of
-    q, k and v (`flexattn.tensor_map`, `flexattn.box`, `flexattn.tensor_arg`
-    argument attributes say which); memref arguments the loop used become
-    kernel parameters. Needs static shapes, bf16/f16 inputs, head dims 64 or
-    128 and a KV tile of 64 or 128.
-
+    Before:
+    ```mlir
+    scf.parallel (%b, %h, %qt) = (%c0, %c0, %c0) to (%c1, %c2, %c3) step (%c1, %c1, %c1) {
+      memref.alloca_scope { ... flexattn.tile_step ... flexattn.finalize ... }
+    }
+    ```
     After:
     ```mlir
-    gpu.launch_func @flexattn_kernels::@flexattn_kernel blocks in (%c4096, %c1, %c1)
-        threads in (%c384, %c1, %c1) dynamic_shared_memory_size %smem
-        args(%qmap : !llvm.ptr, %kmap : !llvm.ptr, %vmap : !llvm.ptr, %out : memref<...>)
-    gpu.module @flexattn_kernels {
-      gpu.func @flexattn_kernel(...) kernel attributes {nvvm.maxntid = array<i32: 384, 1, 1>, ...}
+    gpu.launch blocks(%bx, %by, %bz) in (%gx = %c6, %gy = %c1, %gz = %c1)
+               threads(%tx, %ty, %tz) in (%sx = %c1, %sy = %c1, %sz = %c1) {
+      %head = arith.divui %bx, %c3 : index
+      %b = arith.divui %head, %c2 : index
+      %h = arith.remui %head, %c2 : index
+      %qt = arith.subi %c2_0, (arith.remui %bx, %c3) : index
+      memref.alloca_scope { ... flexattn.tile_step ... flexattn.finalize ... }
+      gpu.terminator
+    }
+    ```
+  }];
+  let dependentDialects = ["::mlir::gpu::GPUDialect",
+                           "::mlir::arith::ArithDialect"];
+}
+
+def FlexAttnPersistentTiles : Pass<"flexattn-persistent-tiles", "::mlir::ModuleOp"> {
+  let summary = "Launch at most `ctas` CTAs, each looping over tiles "
+                "(static round-robin tile scheduler)";
+  let description = [{
+    For a grid of T > `ctas` tiles from `flexattn-map-to-grid`, launches
+    `ctas` CTAs; CTA c runs the tile body for tiles c, c + ctas, ... < T, in
+    the grid's tile order. With `ctas` = 0 or >= T nothing changes.
+
+    After (`ctas` = 4, 6 tiles):
+    ```mlir
+    gpu.launch blocks(%bx, %by, %bz) in (%gx = %c4, %gy = %c1, %gz = %c1) ... {
+      scf.for %t = %bx to %c6 step %c4 {
+        %head = arith.divui %t, %c3 : index
+        ...
+      }
+      gpu.terminator
+    }
+    ```
+  }];
+  let options = [
+    Option<"ctas", "ctas", "int64_t", /*default=*/"0",
+           "CTAs to launch (one per SM); 0 keeps one CTA per tile">,
+  ];
+  let dependentDialects = ["::mlir::scf::SCFDialect",
+                           "::mlir::arith::ArithDialect"];
+}
+
+def FlexAttnWarpSpecialize : Pass<"flexattn-warp-specialize", "::mlir::ModuleOp"> {
+  let summary = "Split each CTA into a TMA producer warpgroup and two "
+                "consumer warpgroups talking through rings";
+  let description = [{
+    Rewrites the CTA body of `flexattn-map-to-grid` into a
+    `flexattn.warp_specialize` of 384 threads (Hopper, FlashAttention-3
+    shape). Three rings are allocated first: Q (1 slot of 128 rows), K and V
+    (`stages` slots of a KV tile each). The producer's thread 0 fences the
+    tensor maps and, walking a clone of the tile loops, loads Q per tile and
+    K, V per KV step (`ring.acquire`, `ring.load`). The consumers (2 groups
+    of 64 rows; each thread's first fragment row is 64 group + 16 warp +
+    lane / 4, its column 2 (lane % 4)) run the in-order online-softmax step on
+    register fragments and `flexattn.frag.finalize`. Ring positions and the
+    softmax state are loop-carried values. The host function gains the
+    CUtensorMaps of q, k and v as `!llvm.ptr` arguments with a
+    `flexattn.tensor_map` dictionary (tensor argument, box, swizzle, L2
+    promotion, out-of-bounds fill, interleave), the launch 384 threads.
+    Needs static shapes, bf16/f16, head dims 64/128, tiles of 128 x 64|128.
+
+    After (one KV loop of the consumers):
+    ```mlir
+    %q = flexattn.ring.alloc consumers(256) : !flexattn.ring<1 x 128x128xbf16>
+    %k = flexattn.ring.alloc consumers(256) : !flexattn.ring<2 x 128x128xbf16>
+    %v = flexattn.ring.alloc consumers(256) : !flexattn.ring<2 x 128x128xbf16>
+    flexattn.warp_specialize producer(threads = 128, registers = 40) {
+    ^bb0(%thread: index):
+      ... flexattn.ring.acquire %k[%i] ; flexattn.ring.load %kmap[%b, %hkv, %kv0] into %k[%i] ...
+    } consumers(groups = 2, threads = 128, registers = 232) {
+    ^bb0(%group: index, %thread: index):
+      %r:5 = scf.for %j = %c0 to %n step %c1 iter_args(%qi = .., %i = .., %m = .., %l = .., %acc = ..) {
+        flexattn.ring.wait %k[%i] : !flexattn.ring<2 x 128x128xbf16>
+        %kt = flexattn.ring.slot %k[%i] : !flexattn.ring<2 x 128x128xbf16>
+        %s0 = flexattn.mma %qt[%band], %kt {transpose_b} : ... -> vector<64xf32>
+        %s = flexattn.mma.wait pending(0) %s0 : vector<64xf32>
+        flexattn.ring.release %k[%i] : !flexattn.ring<2 x 128x128xbf16>
+        %p, %m1, %l1, %alpha = flexattn.frag.softmax %s state(%m, %l) at(...) ...
+        %acc1 = flexattn.frag.rescale %acc, %alpha : vector<64xf32>
+        flexattn.ring.wait %v[%i] ...
+        %acc2 = flexattn.mma %p, %vt, %acc1 : vector<64xbf16>, ... -> vector<64xf32>
+        %acc3:2 = flexattn.mma.wait pending(0) %acc2, %p : vector<64xf32>, vector<64xbf16>
+        flexattn.ring.release %v[%i] ...
+        scf.yield %qi, %i1, %m1, %l1, %acc3#0 : ...
+      }
+      flexattn.ring.release %q[%qi] ...
+      flexattn.frag.finalize %r#4 state(%r#2, %r#3) outs(%out : ...) at(...) : vector<64xf32>
     }
     ```
   }];
   let options = [
     Option<"stages", "stages", "int64_t", /*default=*/"2",
-           "Shared-memory slots of the K and V rings">,
+           "Slots of the K and V rings">,
+  ];
+  let dependentDialects = ["::mlir::flexattn::FlexAttnDialect",
+                           "::mlir::NVVM::NVVMDialect",
+                           "::mlir::LLVM::LLVMDialect",
+                           "::mlir::scf::SCFDialect",
+                           "::mlir::arith::ArithDialect"];
+}
+
+def FlexAttnScheduleConsumers
+    : Pass<"flexattn-schedule-consumers", "::mlir::ModuleOp"> {
+  let summary = "Software-pipeline the consumers' KV step (Q.Kᵀ with the "
+                "previous P.V) and ping-pong the consumer groups";
+  let description = [{
+    A transform of the in-order step `flexattn-warp-specialize` emits. With
+    `pipeline`, each KV step issues S_j = Q.K_jᵀ together with the previous
+    step's O += P_{j-1}.V_{j-1} and waits only for S before the softmax
+    (FlashAttention-3's intra-warpgroup overlap); P is carried through the
+    KV loops, the first step multiplies P = 0 by the Q tile reinterpreted as
+    a V tile, the last P.V follows the loops. With `pingpong` too, the two
+    consumer groups take turns issuing their MMAs through named barriers
+    (`nvvm.barrier`, `nvvm.barrier.arrive`). A kernel with D != Dv stays in
+    order. Without `pipeline` nothing changes.
+
+    After (`pipeline`, `pingpong`):
+    ```mlir
+    %r:6 = scf.for ... iter_args(..., %i = .., %m = .., %l = .., %acc = .., %pprev = ..) {
+      flexattn.ring.wait %k[%i] ...
+      %has = arith.cmpi ugt, %i, %first : i32
+      scf.if %has { flexattn.ring.wait %v[%prev] ... }
+      %vp = arith.select %has, %vslot, %qasv : !flexattn.smem_tile<128x128xbf16>
+      nvvm.barrier id = %turn number_of_threads = %c256
+      %s0 = flexattn.mma %qt[%band], %kt {transpose_b} ...
+      %o0 = flexattn.mma %pprev, %vp, %acc ...
+      nvvm.barrier.arrive id = %other number_of_threads = %c256
+      %s = flexattn.mma.wait pending(1) %s0 : vector<64xf32>
+      flexattn.ring.release %k[%i] ...
+      %p, %m1, %l1, %alpha = flexattn.frag.softmax %s ...
+      %o:2 = flexattn.mma.wait pending(0) %o0, %pprev : vector<64xf32>, vector<64xbf16>
+      scf.if %has { flexattn.ring.release %v[%prev] ... }
+      %acc1 = flexattn.frag.rescale %o#0, %alpha : vector<64xf32>
+      scf.yield ..., %m1, %l1, %acc1, %p : ...
+    }
+    ```
+  }];
+  let options = [
     Option<"pipeline", "pipeline", "bool", /*default=*/"true",
            "Issue each tile's Q.Kᵀ with the previous tile's P.V so the softmax "
            "overlaps a GEMM (needs D == Dv)">,
     Option<"pingpong", "pingpong", "bool", /*default=*/"true",
-           "Alternate the two consumer warpgroups' GEMM issue with named "
-           "barriers (needs pipeline)">,
-    Option<"persistent", "persistent", "int64_t", /*default=*/"0",
-           "Launch at most this many CTAs, each looping over tiles (132: one "
-           "per H100 SM); 0 launches one CTA per tile">,
+           "Alternate the two consumer groups' MMA issue with named barriers "
+           "(with pipeline only)">,
   ];
-  let dependentDialects = ["::mlir::gpu::GPUDialect",
+  let dependentDialects = ["::mlir::NVVM::NVVMDialect",
+                           "::mlir::scf::SCFDialect",
+                           "::mlir::arith::ArithDialect"];
+}
+
+def FlexAttnLowerFragments : Pass<"flexattn-lower-fragments", "::mlir::ModuleOp"> {
+  let summary = "Lower the register-fragment ops to scalar code with quad "
+                "shuffles (the shared online-softmax decomposition)";
+  let description = [{
+    `flexattn.frag.softmax` becomes per-element code: `flexattn.apply_mods`
+    on each score (mask_mod where `masked`, -inf past N, indices clamped),
+    then the online-softmax step of OnlineSoftmax.h with rows reduced over
+    the thread's elements and the 4 threads sharing a row (`gpu.shuffle
+    xor` 1, 2); P is rounded in pairs to 16 bits. Without mods the max is
+    taken over the raw scores and scale log2(e) is fused into P's exponent
+    (one fma). `flexattn.frag.rescale` is a multiply per element;
+    `flexattn.frag.finalize` completes the row sums, multiplies by 1 / l
+    (0 where l = 0), stores rounded pairs of out and the lse of each row.
+    Target-neutral: any m16n8-layout accumulator.
+
+    Before:
+    ```mlir
+    %p, %m1, %l1, %alpha = flexattn.frag.softmax %s state(%m, %l) at(%b, %h, %row, %col)
+        attributes {scale = 0.125 : f32, seq_lens = array<i64: 256, 256>, tile_size = array<i64: 128, 128>}
+        : vector<64xf32> -> vector<64xbf16>
+    ```
+    After (excerpt):
+    ```mlir
+    %s0 = vector.extract %s[0] : f32 from vector<64xf32>
+    %mx = arith.maxnumf %ninf, %s0 : f32
+    ...
+    %sh = gpu.shuffle xor %mx, %c1_i32, %c32_i32 : f32
+    ...
+    %e = math.fma %s0, %c, %nbase : f32
+    %p0 = math.exp2 %e : f32
+    ```
+  }];
+  let dependentDialects = ["::mlir::vector::VectorDialect",
+                           "::mlir::gpu::GPUDialect",
                            "::mlir::LLVM::LLVMDialect",
-                           "::mlir::NVVM::NVVMDialect",
                            "::mlir::scf::SCFDialect",
                            "::mlir::memref::MemRefDialect",
                            "::mlir::arith::ArithDialect",
                            "::mlir::math::MathDialect"];
 }
 
-def FlexAttnLowerToNVVM : Pass<"flexattn-lower-to-nvvm", "::mlir::ModuleOp"> {
-  let summary = "Lower the flexattn GPU kernels to the NVVM and LLVM dialects";
+def FlexAttnLowerToHopper : Pass<"flexattn-lower-to-hopper", "::mlir::ModuleOp"> {
+  let summary = "Lower roles, rings and MMAs to sm_90a NVVM ops (TMA, "
+                "mbarriers, wgmma, setmaxnreg)";
   let description = [{
-    Rewrites f32 `math.exp`, `exp2`, `log`, `log2` and `tanh` in the
-    kernels into `ex2.approx`/`lg2.approx`/`rcp.approx` sequences (no
-    libdevice needed), f32 `arith.divf` into a multiply by the reciprocal
-    of a constant divisor or `div.full.f32`, f32 abs, copysign, floor, ceil,
-    sqrt and fma into single PTX instructions and min/max into LLVM
-    intrinsics (upstream's lowering would call libdevice for them, which
-    exists only where CUDA is installed),
-    attaches an NVVM target (`chip`, `features`, `opt-level`) to each
-    `gpu.module` and runs upstream's conversions on it: scf to cf, strided
-    metadata, affine, vector, gpu to NVVM (bare-pointer memref arguments) and
-    nvvm to llvm. The result is ready for `gpu-module-to-binary`.
+    Lays the rings out in dynamic shared memory (slots, then barriers; the
+    base aligned to 1024 bytes at run time), sets the launch's dynamic
+    shared memory, and lowers: `ring.alloc` to mbarrier.init by thread 0
+    plus a CTA barrier; `ring.acquire`/`ring.wait` to
+    `nvvm.mbarrier.try_wait.parity`; `ring.load` to
+    `nvvm.mbarrier.arrive.expect_tx` and one `nvvm.cp.async.bulk.tensor`
+    per 64-column panel; `ring.release` to `nvvm.mbarrier.arrive`; `mma` to
+    `nvvm.wgmma.fence.aligned` (unless it follows an mma), one wgmma per 16
+    of K (`nvvm.wgmma.mma_async` for a shared-memory A, inline PTX for a
+    register A: MLIR 22 has no op) and a commit; `mma.wait` to
+    `nvvm.wgmma.wait.group.sync.aligned` plus operand fences;
+    `warp_specialize` to a branch on the thread index with
+    `nvvm.setmaxregister` per role. Fails if the rings need more than
+    `max-shared-memory` bytes.
+
+    Before:
+    ```mlir
+    flexattn.ring.wait %k[%i] : !flexattn.ring<2 x 128x128xbf16>
+    ```
+    After:
+    ```mlir
+    %stage = arith.remui %i, %c2_i32 : i32
+    %phase = arith.andi (arith.divui %i, %c2_i32), %c1_i32 : i32
+    %bar = arith.addi %full_k, (arith.muli %stage, %c8_i32) : i32
+    %ptr = llvm.inttoptr %bar : i32 to !llvm.ptr<3>
+    nvvm.mbarrier.try_wait.parity %ptr, %phase, %ticks : !llvm.ptr<3>, i32, i32
+    ```
   }];
   let options = [
-    Option<"chip", "chip", "std::string", /*default=*/"\"sm_90a\"",
-           "Target chip">,
-    Option<"features", "features", "std::string", /*default=*/"\"+ptx83\"",
-           "PTX features">,
+    Option<"maxSharedMemory", "max-shared-memory", "int64_t", /*default=*/"0",
+           "Shared memory a block may use, in bytes (0: unchecked)">,
+  ];
+  let dependentDialects = ["::mlir::NVVM::NVVMDialect",
+                           "::mlir::LLVM::LLVMDialect",
+                           "::mlir::gpu::GPUDialect",
+                           "::mlir::vector::VectorDialect",
+                           "::mlir::scf::SCFDialect",
+                           "::mlir::memref::MemRefDialect",
+                           "::mlir::arith::ArithDialect"];
+}
+
+def FlexAttnLowerToNVVM : Pass<"flexattn-lower-to-nvvm", "::mlir::ModuleOp"> {
+  let summary = "Lower the outlined GPU kernels to the NVVM and LLVM dialects";
+  let description = [{
+    Rewrites f32 `math.exp`, `exp2`, `log`, `log2` and `tanh` in the
+    kernels into the special-function unit's NVVM intrinsics
+    (`llvm.nvvm.ex2.approx.ftz`, `lg2.approx`, `nvvm.rcp.approx.ftz.f`: no
+    libdevice needed), f32 `arith.divf` into a multiply by the reciprocal of
+    a constant divisor or `llvm.nvvm.div.full`, f32 abs, copysign, floor,
+    ceil, sqrt and fma into intrinsic calls of one PTX instruction each and
+    min/max into LLVM intrinsics (upstream's lowering would call libdevice
+    for them, which exists only where CUDA is installed); declares the
+    dynamic shared memory (`__flexattn_smem`, an external `[0 x i8]` that
+    `gpu.dynamic_shared_memory` lowers to); attaches an NVVM target (`chip`,
+    `features`, `opt-level`) to each `gpu.module` and runs upstream's
+    conversions on it: scf to cf, strided metadata, affine, vector, gpu to
+    NVVM (bare-pointer memref arguments) and nvvm to llvm. The result is
+    ready for `gpu-module-to-binary`.
+
+    Before:
+    ```mlir
+    %e = math.exp2 %x : f32
+    ```
+    After:
+    ```mlir
+    %e = llvm.call_intrinsic "llvm.nvvm.ex2.approx.ftz.f32"(%x) : (f32) -> f32
+    ```
+  }];
+  let options = [
+    Option<"chip", "chip", "std::string", /*default=*/"",
+           "Target chip (required; flexattn_mlir.targets names it)">,
+    Option<"features", "features", "std::string", /*default=*/"",
+           "PTX features (e.g. +ptx83; empty: the chip's default PTX version)">,
     Option<"optLevel", "opt-level", "int64_t", /*default=*/"3",
            "LLVM optimisation level">,
   ];

@@ -6,7 +6,8 @@
 //
 // Splits flexattn.attention into independent Q tiles (parallel over batch,
 // query head and Q tile) that each own an online-softmax state and walk the
-// KV tiles sequentially through flexattn.kv_loop.
+// KV tiles sequentially through flexattn.kv_loop. K/V of batch 1 shared by
+// every query batch are read through a batch-stride-0 view.
 //
 //===----------------------------------------------------------------------===//
 
@@ -36,6 +37,44 @@ Value allocaF32(OpBuilder &b, Location loc, ArrayRef<int64_t> shape,
   return memref::AllocaOp::create(b, loc, type, dynSizes);
 }
 
+/// `kv` as the Q tiles read it: a K or V of batch 1 shared by a query batch
+/// of B (broadcast) becomes a [B, ...] view with batch stride 0, so every op
+/// below indexes it with the query's b and reads batch 0. No copy.
+Value broadcastBatch(OpBuilder &b, Location loc, Value kv, Value q) {
+  auto type = cast<MemRefType>(kv.getType());
+  auto qType = cast<MemRefType>(q.getType());
+  if (type.getDimSize(0) != 1 || qType.getDimSize(0) == 1)
+    return kv;
+  auto [strides, offset] = type.getStridesAndOffset();
+  SmallVector<int64_t> shape(type.getShape());
+  shape[0] = qType.getDimSize(0);
+  strides[0] = 0;
+  auto viewType = MemRefType::get(
+      shape, type.getElementType(),
+      StridedLayoutAttr::get(b.getContext(), offset, strides),
+      type.getMemorySpace());
+  // Static sizes, strides and offset as attributes; dynamic ones as values
+  // (the metadata of `kv`, the query's batch).
+  memref::ExtractStridedMetadataOp meta;
+  auto metadata = [&]() {
+    if (!meta)
+      meta = memref::ExtractStridedMetadataOp::create(b, loc, kv);
+    return meta;
+  };
+  auto fold = [&](int64_t v, function_ref<Value()> dynamic) -> OpFoldResult {
+    return ShapedType::isDynamic(v) ? OpFoldResult(dynamic()) : b.getIndexAttr(v);
+  };
+  SmallVector<OpFoldResult> sizes, strideVals;
+  for (int64_t d = 0; d < type.getRank(); ++d) {
+    Value source = d == 0 ? q : kv;
+    sizes.push_back(fold(shape[d], [&] { return memrefDim(b, loc, source, d); }));
+    strideVals.push_back(fold(strides[d], [&] { return metadata().getStrides()[d]; }));
+  }
+  OpFoldResult off = fold(offset, [&] { return metadata().getOffset(); });
+  return memref::ReinterpretCastOp::create(b, loc, viewType, kv, off, sizes,
+                                           strideVals);
+}
+
 } // namespace
 
 LogicalResult mlir::flexattn::tileAttention(RewriterBase &rewriter,
@@ -55,7 +94,9 @@ LogicalResult mlir::flexattn::tileAttention(RewriterBase &rewriter,
   Location loc = op.getLoc();
   OpBuilder::InsertionGuard guard(rewriter);
   rewriter.setInsertionPoint(op);
-  Value q = op.getQ(), k = op.getK(), v = op.getV();
+  Value q = op.getQ();
+  Value k = broadcastBatch(rewriter, loc, op.getK(), q);
+  Value v = broadcastBatch(rewriter, loc, op.getV(), q);
   Value c0 = indexConst(rewriter, loc, 0), c1 = indexConst(rewriter, loc, 1);
   Value batch = memrefDim(rewriter, loc, q, 0);
   Value heads = memrefDim(rewriter, loc, q, 1);

@@ -119,7 +119,9 @@ SmallVector<int64_t> registerBlock(linalg::LinalgOp op,
     return {fits(options.rowBlock, ranges[0]),
             fits(options.colBlock, ranges[1]), 1};
   if (isa<linalg::TransposeOp>(op))
-    return SmallVector<int64_t>(ranges.size(), options.transposeBlock);
+    return llvm::map_to_vector(ranges, [&](int64_t extent) {
+      return fits(options.transposeBlock, extent);
+    });
   // Elementwise and row reductions: one row at a time.
   SmallVector<int64_t> sizes(ranges.size(), 0);
   for (size_t i = 0; i + 1 < ranges.size(); ++i)

@@ -11,7 +11,7 @@ See runtime/README.md for the metadata schema.
 """
 
 from .artifacts import ArtifactStore, run, write_kernel
-from .driver import CudaError, DeviceInfo
+from .driver import CudaError, DeviceInfo, device_info
 from .errors import (ArgumentError, ArgumentTypeError, MetadataError, OutOfResources,
                      UnsupportedDevice)
 from .kernel import Kernel, LoadedFunction
@@ -23,6 +23,6 @@ __version__ = "0.1.0"
 __all__ = [
     "ArtifactStore", "run", "write_kernel", "Kernel", "LoadedFunction",
     "KernelMetadata", "parse_metadata", "validate_args", "build_params",
-    "CudaError", "DeviceInfo", "MetadataError", "ArgumentError", "ArgumentTypeError",
+    "CudaError", "DeviceInfo", "device_info", "MetadataError", "ArgumentError", "ArgumentTypeError",
     "OutOfResources", "UnsupportedDevice",
 ]

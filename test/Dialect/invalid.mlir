@@ -10,8 +10,8 @@
 //   q/k/v (verifyQKV, every op that reads them):
 //     k element type (<t>) must match q element type (<t>)
 //     v element type (<t>) must match q element type (<t>)
-//     k batch size / v batch size / k head dim D / v head count /
-//       v sequence length N (<got>) must match <want>
+//     k batch size / v batch size (<got>) must match <B> [or be 1 (broadcast)]
+//     k head dim D / v head count / v sequence length N (<got>) must match <want>
 //     q head count (<Hq>) must be a multiple of the k/v head count (<Hkv>) for
 //       grouped-query attention
 //   out/lse (verifyOutputs, attention):
@@ -42,9 +42,18 @@
 //     {mod} index arguments (b, h, q_idx, kv_idx) must share one type, got <t> and <t>
 //     {mod} argument #<i> must have the type of captured buffer #<j> (<t>), got <t>
 //     {mod} must end with flexattn.yield
-//     {mod} may only contain arith, math, scf and memref.load ops (pure
-//       scalar code), found '<op>'
+//     {mod} may only contain arith, math, scf, memref.load and
+//       flexattn.check_index ops (scalar code), found '<op>'
 //     {mod} must yield one <f32|i1> value, got <n> value(s) of type(s) <types>
+//   check_index:
+//     size must be positive, got <n>
+//     index must have at most 64 bits, got <t>
+//     bounds must be [lo, hi] with lo <= hi, got [...]
+//     dim must be non-negative, got <d>
+//     site is given without a report buffer
+//     report must be a [S, 2] memref of i64, got <t>
+//     a report buffer requires the site attribute
+//     site <s> is outside the report buffer's <n> rows
 //   ODS and the parser: yield outside a flexattn op, a region with two blocks,
 //   missing/ill-typed attributes (scale, tile_size, block_size), a non-memref
 //   operand, a non-f32 apply_mods result.
@@ -142,7 +151,7 @@ func.func @v_element_type_bf16_must_match(%q: memref<2x8x128x64xf32>, %k: memref
 
 func.func @k_batch_size_3_must_match(%q: memref<2x8x128x64xf32>, %k: memref<3x2x128x64xf32>,
                                      %v: memref<2x2x128x64xf32>, %o: memref<2x8x128x64xf32>) {
-  // expected-error @+1 {{'flexattn.attention' op k batch size (3) must match 2}}
+  // expected-error @+1 {{'flexattn.attention' op k batch size (3) must match 2 or be 1 (broadcast)}}
   flexattn.attention ins(%q, %k, %v : memref<2x8x128x64xf32>, memref<3x2x128x64xf32>, memref<2x2x128x64xf32>) outs(%o : memref<2x8x128x64xf32>)
       attributes {scale = 1.0 : f32}
   return
@@ -150,10 +159,10 @@ func.func @k_batch_size_3_must_match(%q: memref<2x8x128x64xf32>, %k: memref<3x2x
 
 // -----
 
-func.func @v_batch_size_1_must_match(%q: memref<2x8x128x64xf32>, %k: memref<2x2x128x64xf32>,
-                                     %v: memref<1x2x128x64xf32>, %o: memref<2x8x128x64xf32>) {
-  // expected-error @+1 {{'flexattn.attention' op v batch size (1) must match 2}}
-  flexattn.attention ins(%q, %k, %v : memref<2x8x128x64xf32>, memref<2x2x128x64xf32>, memref<1x2x128x64xf32>) outs(%o : memref<2x8x128x64xf32>)
+func.func @v_batch_size_3_must_match(%q: memref<2x8x128x64xf32>, %k: memref<1x2x128x64xf32>,
+                                     %v: memref<3x2x128x64xf32>, %o: memref<2x8x128x64xf32>) {
+  // expected-error @+1 {{'flexattn.attention' op v batch size (3) must match 2 or be 1 (broadcast)}}
+  flexattn.attention ins(%q, %k, %v : memref<2x8x128x64xf32>, memref<1x2x128x64xf32>, memref<3x2x128x64xf32>) outs(%o : memref<2x8x128x64xf32>)
       attributes {scale = 1.0 : f32}
   return
 }
@@ -922,6 +931,32 @@ func.func @q_head_count_8_must_be_3(%q: memref<2x8x128x64xf32>, %k: memref<2x3x1
 
 // -----
 
+// Only flexattn.attention broadcasts k/v over the batch (flexattn-tile makes
+// the view the tile ops index by b).
+func.func @kv_loop_k_batch_must_match(%q: memref<2x8x128x64xf32>, %k: memref<1x2x128x64xf32>,
+                                      %v: memref<2x2x128x64xf32>, %acc: memref<64x64xf32>,
+                                      %m: memref<64xf32>, %l: memref<64xf32>, %i: index) {
+  // expected-error @+1 {{'flexattn.kv_loop' op k batch size (1) must match 2}}
+  flexattn.kv_loop ins(%q, %k, %v : memref<2x8x128x64xf32>, memref<1x2x128x64xf32>, memref<2x2x128x64xf32>)
+      state(%acc, %m, %l : memref<64x64xf32>, memref<64xf32>, memref<64xf32>) at(%i, %i, %i, %i)
+      attributes {scale = 1.0 : f32, tile_size = array<i64: 64, 64>}
+  return
+}
+
+// -----
+
+func.func @tile_step_v_batch_must_match(%q: memref<2x8x128x64xf32>, %k: memref<2x2x128x64xf32>,
+                                        %v: memref<1x2x128x64xf32>, %acc: memref<64x64xf32>,
+                                        %m: memref<64xf32>, %l: memref<64xf32>, %i: index) {
+  // expected-error @+1 {{'flexattn.tile_step' op v batch size (1) must match 2}}
+  flexattn.tile_step ins(%q, %k, %v : memref<2x8x128x64xf32>, memref<2x2x128x64xf32>, memref<1x2x128x64xf32>)
+      state(%acc, %m, %l : memref<64x64xf32>, memref<64xf32>, memref<64xf32>) at(%i, %i, %i, %i, %i)
+      attributes {scale = 1.0 : f32, tile_size = array<i64: 64, 64>}
+  return
+}
+
+// -----
+
 func.func @kv_loop_block_size_without_mask(%q: memref<2x8x128x64xf32>, %k: memref<2x2x128x64xf32>,
                                            %v: memref<2x2x128x64xf32>, %acc: memref<64x64xf32>,
                                            %m: memref<64xf32>, %l: memref<64xf32>, %i: index) {
@@ -1398,7 +1433,7 @@ func.func @result_0_must_be_32_bit(%s: f32, %i: index) -> f16 {
 // -----
 
 func.func @yield_outside(%s: f32) {
-  // expected-error @+1 {{'flexattn.yield' op expects parent op to be one of 'flexattn.attention, flexattn.kv_loop, flexattn.tile_step, flexattn.apply_mods'}}
+  // expected-error @+1 {{'flexattn.yield' op expects parent op to be one of 'flexattn.attention, flexattn.kv_loop, flexattn.tile_step, flexattn.apply_mods, flexattn.frag.softmax'}}
   flexattn.yield %s : f32
 }
 
@@ -1408,7 +1443,7 @@ func.func @yield_in_scf(%s: f32, %n: index) {
   %c0 = arith.constant 0 : index
   %c1 = arith.constant 1 : index
   scf.for %j = %c0 to %n step %c1 {
-    // expected-error @+1 {{'flexattn.yield' op expects parent op to be one of 'flexattn.attention, flexattn.kv_loop, flexattn.tile_step, flexattn.apply_mods'}}
+    // expected-error @+1 {{'flexattn.yield' op expects parent op to be one of 'flexattn.attention, flexattn.kv_loop, flexattn.tile_step, flexattn.apply_mods, flexattn.frag.softmax'}}
     flexattn.yield %s : f32
   }
   return
@@ -1431,7 +1466,7 @@ func.func @two_blocks(%s: f32, %i: index) -> f32 {
 
 // Mod regions hold pure scalar code (they are inlined on every target).
 func.func @mod_with_gpu_op(%s: f32, %i: index) -> f32 {
-  // expected-error @+1 {{'flexattn.apply_mods' op score_mod may only contain arith, math, scf and memref.load ops (pure scalar code), found 'gpu.thread_id'}}
+  // expected-error @+1 {{'flexattn.apply_mods' op score_mod may only contain arith, math, scf, memref.load and flexattn.check_index ops (scalar code), found 'gpu.thread_id'}}
   %r = flexattn.apply_mods %s at(%i, %i, %i, %i) score_mod {
   ^bb0(%x: f32, %b: index, %h: index, %qi: index, %ki: index):
     %t = gpu.thread_id x
@@ -1443,7 +1478,7 @@ func.func @mod_with_gpu_op(%s: f32, %i: index) -> f32 {
 // -----
 
 func.func @mod_with_store(%s: f32, %i: index, %m: memref<4xf32>) -> f32 {
-  // expected-error @+1 {{'flexattn.apply_mods' op mask_mod may only contain arith, math, scf and memref.load ops (pure scalar code), found 'memref.store'}}
+  // expected-error @+1 {{'flexattn.apply_mods' op mask_mod may only contain arith, math, scf, memref.load and flexattn.check_index ops (scalar code), found 'memref.store'}}
   %r = flexattn.apply_mods %s at(%i, %i, %i, %i) captures(%m : memref<4xf32>) attributes {masked} mask_mod {
   ^bb0(%b: index, %h: index, %qi: index, %ki: index, %c: memref<4xf32>):
     %f = arith.constant 1.0 : f32
@@ -1452,4 +1487,86 @@ func.func @mod_with_store(%s: f32, %i: index, %m: memref<4xf32>) -> f32 {
     flexattn.yield %t : i1
   } : f32
   return %r : f32
+}
+
+//===----------------------------------------------------------------------===//
+// flexattn.check_index
+//===----------------------------------------------------------------------===//
+
+func.func @check_index_size_positive(%x: i64) -> index {
+  // expected-error @+1 {{'flexattn.check_index' op size must be positive, got 0}}
+  %i = flexattn.check_index %x of size 0 : i64
+  return %i : index
+}
+
+// -----
+
+func.func @check_index_wide(%x: i128) -> index {
+  // expected-error @+1 {{'flexattn.check_index' op index must have at most 64 bits, got 'i128'}}
+  %i = flexattn.check_index %x of size 4 : i128
+  return %i : index
+}
+
+// -----
+
+func.func @check_index_bounds_order(%x: i64) -> index {
+  // expected-error @+1 {{'flexattn.check_index' op bounds must be [lo, hi] with lo <= hi, got [3, 1]}}
+  %i = flexattn.check_index %x of size 4 {bounds = array<i64: 3, 1>} : i64
+  return %i : index
+}
+
+// -----
+
+func.func @check_index_bounds_pair(%x: i64) -> index {
+  // expected-error @+1 {{'flexattn.check_index' op bounds must be [lo, hi] with lo <= hi, got [0]}}
+  %i = flexattn.check_index %x of size 4 {bounds = array<i64: 0>} : i64
+  return %i : index
+}
+
+// -----
+
+func.func @check_index_dim(%x: i64) -> index {
+  // expected-error @+1 {{'flexattn.check_index' op dim must be non-negative, got -1}}
+  %i = flexattn.check_index %x of size 4 {dim = -1 : i64} : i64
+  return %i : index
+}
+
+// -----
+
+func.func @check_index_site_without_report(%x: i64) -> index {
+  // expected-error @+1 {{'flexattn.check_index' op site is given without a report buffer}}
+  %i = flexattn.check_index %x of size 4 {site = 0 : i64} : i64
+  return %i : index
+}
+
+// -----
+
+func.func @check_index_report_shape(%x: i64, %r: memref<3xi64>) -> index {
+  // expected-error @+1 {{'flexattn.check_index' op report must be a [S, 2] memref of i64, got 'memref<3xi64>'}}
+  %i = flexattn.check_index %x of size 4 report(%r : memref<3xi64>) {site = 0 : i64} : i64
+  return %i : index
+}
+
+// -----
+
+func.func @check_index_report_needs_site(%x: i64, %r: memref<3x2xi64>) -> index {
+  // expected-error @+1 {{'flexattn.check_index' op a report buffer requires the site attribute}}
+  %i = flexattn.check_index %x of size 4 report(%r : memref<3x2xi64>) : i64
+  return %i : index
+}
+
+// -----
+
+func.func @check_index_site_in_report(%x: i64, %r: memref<3x2xi64>) -> index {
+  // expected-error @+1 {{'flexattn.check_index' op site 3 is outside the report buffer's 3 rows}}
+  %i = flexattn.check_index %x of size 4 report(%r : memref<3x2xi64>) {site = 3 : i64} : i64
+  return %i : index
+}
+
+// -----
+
+func.func @check_index_report_i64(%x: i64, %r: memref<3x2xi32>) -> index {
+  // expected-error @+1 {{'flexattn.check_index' op operand #1 must be memref of 64-bit signless integer values, but got 'memref<3x2xi32>'}}
+  %i = flexattn.check_index %x of size 4 report(%r : memref<3x2xi32>) {site = 0 : i64} : i64
+  return %i : index
 }

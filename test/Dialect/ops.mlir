@@ -18,6 +18,16 @@ func.func @attention_plain(%q: memref<2x8x128x64xf32>, %k: memref<2x8x128x64xf32
   return
 }
 
+// K/V of batch 1 are shared by every query batch (broadcast).
+// CHECK-LABEL: func.func @attention_kv_batch_broadcast(
+// CHECK:         flexattn.attention ins(%{{.+}}, %{{.+}}, %{{.+}} : memref<3x4x64x16xf32>, memref<1x2x64x16xf32>, memref<1x2x64x8xf32>) outs(%{{.+}} : memref<3x4x64x8xf32>)
+func.func @attention_kv_batch_broadcast(%q: memref<3x4x64x16xf32>, %k: memref<1x2x64x16xf32>,
+                                        %v: memref<1x2x64x8xf32>, %o: memref<3x4x64x8xf32>) {
+  flexattn.attention ins(%q, %k, %v : memref<3x4x64x16xf32>, memref<1x2x64x16xf32>, memref<1x2x64x8xf32>)
+      outs(%o : memref<3x4x64x8xf32>) attributes {scale = 0.25 : f32}
+  return
+}
+
 // CHECK-LABEL: func.func @attention_lse_f16(
 // CHECK-SAME:    %[[Q:[^:]+]]: memref<1x4x100x32xf16>, %[[K:[^:]+]]: memref<1x4x60x32xf16>, %[[V:[^:]+]]: memref<1x4x60x16xf16>, %[[O:[^:]+]]: memref<1x4x100x16xf16>, %[[L:[^:]+]]: memref<1x4x100xf32>)
 // CHECK:         flexattn.attention ins(%[[Q]], %[[K]], %[[V]] : memref<1x4x100x32xf16>, memref<1x4x60x32xf16>, memref<1x4x60x16xf16>) outs(%[[O]] : memref<1x4x100x16xf16>) lse(%[[L]] : memref<1x4x100xf32>) attributes {scale = 1.000000e+00 : f32}{{ *$}}
@@ -400,4 +410,31 @@ func.func @apply_mods_masked_captures(%s: f32, %b: index, %h: index, %qi: index,
       flexattn.yield %keep : i1
     } : f32
   return %r : f32
+}
+
+//===----------------------------------------------------------------------===//
+// flexattn.check_index
+//===----------------------------------------------------------------------===//
+
+// CHECK-LABEL: func.func @check_index_forms(
+// CHECK:         flexattn.check_index %{{.+}} of size 4 : i64
+// CHECK:         flexattn.check_index %{{.+}} of size 256 {bounds = array<i64: -3, 255>, dim = 1 : i64, source = "doc (shape (2, 256)) in mask_mod 'm'"} : i32
+// CHECK:         flexattn.check_index %{{.+}} of size 8 report(%{{.+}} : memref<2x2xi64>) {site = 1 : i64} : i64
+// In a mod region, reporting into a captured buffer.
+// CHECK:         flexattn.apply_mods
+// CHECK:           %[[I:.+]] = flexattn.check_index %{{.+}} of size 8 report(%{{.+}} : memref<1x2xi64>) {site = 0 : i64} : i32
+// CHECK-NEXT:      memref.load %{{.+}}[%[[I]]] : memref<8xf32>
+func.func @check_index_forms(%x: i64, %y: i32, %r: memref<2x2xi64>, %s: f32, %i: index,
+                             %t: memref<8xf32>, %e: memref<1x2xi64>) -> f32 {
+  %a = flexattn.check_index %x of size 4 : i64
+  %b = flexattn.check_index %y of size 256 {bounds = array<i64: -3, 255>, dim = 1 : i64, source = "doc (shape (2, 256)) in mask_mod 'm'"} : i32
+  %c = flexattn.check_index %x of size 8 report(%r : memref<2x2xi64>) {site = 1 : i64} : i64
+  %v = flexattn.apply_mods %s at(%i, %i, %i, %i) captures(%t, %e : memref<8xf32>, memref<1x2xi64>) score_mod {
+  ^bb0(%sa: f32, %bb: i32, %hh: i32, %qa: i32, %ka: i32, %tt: memref<8xf32>, %ee: memref<1x2xi64>):
+    %k = flexattn.check_index %ka of size 8 report(%ee : memref<1x2xi64>) {site = 0 : i64} : i32
+    %w = memref.load %tt[%k] : memref<8xf32>
+    %z = arith.addf %sa, %w : f32
+    flexattn.yield %z : f32
+  } : f32
+  return %v : f32
 }

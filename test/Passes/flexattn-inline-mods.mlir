@@ -164,3 +164,62 @@ func.func @in_generic(%s: memref<16x16xf32>, %b: index, %h: index) {
   }
   return
 }
+
+// -----
+
+// Index checks come out of the inlined bodies as torch's indexing: a checked
+// index wraps when negative, is tested against [0, size), reports [1, index]
+// into its row of the report buffer when out of bounds and then reads
+// element 0; bounds proving [0, size) leave a cast, bounds within
+// [-size, size) the wrap only.
+
+// CHECK-LABEL: func.func @check_index(
+// CHECK-SAME:    %[[KI:[^:]+]]: index, %[[T:[^:]+]]: memref<8xf32>, %[[E:[^:]+]]: memref<3x2xi64>)
+// CHECK:         %[[K:.+]] = arith.index_cast %[[KI]] : index to i32
+// Checked, with a report: site 2.
+// CHECK:         %[[X:.+]] = arith.extsi %[[K]] : i32 to i64
+// CHECK:         %[[Z:.+]] = arith.constant 0 : i64
+// CHECK:         %[[NEG:.+]] = arith.cmpi slt, %[[X]], %[[Z]] : i64
+// CHECK:         %[[N:.+]] = arith.constant 8 : i64
+// CHECK:         %[[W:.+]] = arith.addi %[[X]], %[[N]] : i64
+// CHECK:         %[[P:.+]] = arith.select %[[NEG]], %[[W]], %[[X]] : i64
+// CHECK:         %[[OK:.+]] = arith.cmpi ult, %[[P]], %{{.+}} : i64
+// CHECK:         %[[BAD:.+]] = arith.xori %[[OK]], %{{.+}} : i1
+// CHECK:         scf.if %[[BAD]] {
+// CHECK:           %[[ROW:.+]] = arith.constant 2 : index
+// CHECK:           %[[ONE:.+]] = arith.constant 1 : i64
+// CHECK:           memref.store %[[ONE]], %[[E]][%[[ROW]], %{{.+}}] : memref<3x2xi64>
+// CHECK:           memref.store %[[X]], %[[E]][%[[ROW]], %{{.+}}] : memref<3x2xi64>
+// CHECK-NEXT:    }
+// CHECK:         %[[SAFE:.+]] = arith.select %[[OK]], %[[P]], %{{.+}} : i64
+// CHECK:         %[[I0:.+]] = arith.index_cast %[[SAFE]] : i64 to index
+// Proved in [0, 8): a cast.
+// CHECK:         %[[Y:.+]] = arith.extsi %[[K]] : i32 to i64
+// CHECK-NEXT:    %[[I1:.+]] = arith.index_cast %[[Y]] : i64 to index
+// Proved in [-8, 8): the wrap, no check.
+// CHECK:         %[[V:.+]] = arith.extsi %{{.+}} : i32 to i64
+// CHECK:         arith.cmpi slt, %[[V]]
+// CHECK:         %[[P2:.+]] = arith.select
+// CHECK-NEXT:    %[[I2:.+]] = arith.index_cast %[[P2]] : i64 to index
+// CHECK:         memref.load %[[T]][%[[I0]]] : memref<8xf32>
+// CHECK:         memref.load %[[T]][%[[I1]]] : memref<8xf32>
+// CHECK:         memref.load %[[T]][%[[I2]]] : memref<8xf32>
+// CHECK-NOT:     flexattn.
+func.func @check_index(%s: f32, %b: index, %h: index, %qi: index, %ki: index,
+                       %t: memref<8xf32>, %e: memref<3x2xi64>) -> f32 {
+  %r = flexattn.apply_mods %s at(%b, %h, %qi, %ki) captures(%t, %e : memref<8xf32>, memref<3x2xi64>)
+    score_mod {
+    ^bb0(%x: f32, %bb: i32, %hh: i32, %q: i32, %k: i32, %tt: memref<8xf32>, %ee: memref<3x2xi64>):
+      %i0 = flexattn.check_index %k of size 8 report(%ee : memref<3x2xi64>) {site = 2 : i64} : i32
+      %i1 = flexattn.check_index %k of size 8 {bounds = array<i64: 0, 7>} : i32
+      %m = arith.subi %k, %q : i32
+      %i2 = flexattn.check_index %m of size 8 {bounds = array<i64: -8, 7>} : i32
+      %v0 = memref.load %tt[%i0] : memref<8xf32>
+      %v1 = memref.load %tt[%i1] : memref<8xf32>
+      %v2 = memref.load %tt[%i2] : memref<8xf32>
+      %a = arith.addf %v0, %v1 : f32
+      %y = arith.addf %a, %v2 : f32
+      flexattn.yield %y : f32
+    } : f32
+  return %r : f32
+}

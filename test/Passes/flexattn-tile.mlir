@@ -173,3 +173,36 @@ func.func @block_mask_shrinks_q_tile(%q: memref<1x1x64x8xbf16>, %k: memref<1x1x6
       attributes {scale = 1.0 : f32, block_size = array<i64: 16, 32>}
   return
 }
+
+// -----
+
+// K/V of batch 1 shared by 3 query batches: each is read through a view of
+// batch stride 0 (no copy), which the tile ops index with the query's b.
+
+// CHECK-LABEL: func.func @kv_batch_broadcast(
+// CHECK-SAME:    %[[Q:[^:]+]]: memref<3x4x64x16xf32>, %[[K:[^:]+]]: memref<1x2x64x16xf32>, %[[V:[^:]+]]: memref<1x2x64x8xf32>
+// CHECK:         %[[KB:.+]] = memref.reinterpret_cast %[[K]] to offset: [0], sizes: [3, 2, 64, 16], strides: [0, 1024, 16, 1] : memref<1x2x64x16xf32> to memref<3x2x64x16xf32, strided<[0, 1024, 16, 1]>>
+// CHECK:         %[[VB:.+]] = memref.reinterpret_cast %[[V]] to offset: [0], sizes: [3, 2, 64, 8], strides: [0, 512, 8, 1] : memref<1x2x64x8xf32> to memref<3x2x64x8xf32, strided<[0, 512, 8, 1]>>
+// CHECK:         scf.parallel (%[[B:.+]], %[[H:.+]], %{{.+}}) =
+// CHECK:         flexattn.kv_loop ins(%[[Q]], %[[KB]], %[[VB]] : memref<3x4x64x16xf32>, memref<3x2x64x16xf32, strided<[0, 1024, 16, 1]>>, memref<3x2x64x8xf32, strided<[0, 512, 8, 1]>>)
+// CHECK-SAME:      at(%[[B]], %[[H]],
+
+// Dynamic shapes: the query's batch and the strides K/V have at run time.
+// CHECK-LABEL: func.func @kv_batch_broadcast_dynamic(
+// CHECK-SAME:    %[[Q:[^:]+]]: memref<?x4x?x16xf32>, %[[K:[^:]+]]: memref<1x2x?x16xf32>
+// CHECK:         %[[B:.+]] = memref.dim %[[Q]], %{{.+}} : memref<?x4x?x16xf32>
+// CHECK:         %{{.+}}, %{{.+}}, %{{.+}}:4, %[[S:.+]]:4 = memref.extract_strided_metadata %[[K]]
+// CHECK:         %[[N:.+]] = memref.dim %[[K]], %{{.+}} : memref<1x2x?x16xf32>
+// CHECK:         memref.reinterpret_cast %[[K]] to offset: [0], sizes: [%[[B]], 2, %[[N]], 16], strides: [0, %[[S]]#1, 16, 1] : memref<1x2x?x16xf32> to memref<?x2x?x16xf32, strided<[0, ?, 16, 1]>>
+func.func @kv_batch_broadcast(%q: memref<3x4x64x16xf32>, %k: memref<1x2x64x16xf32>,
+                              %v: memref<1x2x64x8xf32>, %o: memref<3x4x64x8xf32>) {
+  flexattn.attention ins(%q, %k, %v : memref<3x4x64x16xf32>, memref<1x2x64x16xf32>, memref<1x2x64x8xf32>)
+      outs(%o : memref<3x4x64x8xf32>) attributes {scale = 0.25 : f32}
+  return
+}
+func.func @kv_batch_broadcast_dynamic(%q: memref<?x4x?x16xf32>, %k: memref<1x2x?x16xf32>,
+                                      %v: memref<1x2x?x8xf32>, %o: memref<?x4x?x8xf32>) {
+  flexattn.attention ins(%q, %k, %v : memref<?x4x?x16xf32>, memref<1x2x?x16xf32>, memref<1x2x?x8xf32>)
+      outs(%o : memref<?x4x?x8xf32>) attributes {scale = 0.25 : f32}
+  return
+}

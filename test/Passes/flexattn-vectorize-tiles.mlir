@@ -49,6 +49,32 @@ func.func @qk(%q: memref<8x32xf32, strided<[32, 1], offset: ?>>,
 
 // -----
 
+// A head dim narrower than the 16 x 16 transpose block: the K tile is
+// transposed in blocks of 8 x 16 (a permuted read of 16 keys).
+
+// CHECK-LABEL: func.func @qk_narrow(
+// CHECK-NOT:     linalg.
+// CHECK:         vector.transfer_read %{{.+}} {in_bounds = [true, true], permutation_map = #{{.+}}} : memref<32x8xf32, strided<[8, 1], offset: ?>>, vector<8x16xf32>
+// CHECK:         vector.fma
+#qk_q = affine_map<(i, j, d) -> (i, d)>
+#qk_k = affine_map<(i, j, d) -> (j, d)>
+#qk_s = affine_map<(i, j, d) -> (i, j)>
+func.func @qk_narrow(%q: memref<4x8xf32, strided<[8, 1], offset: ?>>,
+                     %k: memref<32x8xf32, strided<[8, 1], offset: ?>>) -> memref<4x32xf32> {
+  %s = memref.alloca() : memref<4x32xf32>
+  linalg.generic {indexing_maps = [#qk_q, #qk_k, #qk_s], iterator_types = ["parallel", "parallel", "reduction"]}
+      ins(%q, %k : memref<4x8xf32, strided<[8, 1], offset: ?>>, memref<32x8xf32, strided<[8, 1], offset: ?>>)
+      outs(%s : memref<4x32xf32>) {
+  ^bb0(%x: f32, %y: f32, %acc: f32):
+    %p = arith.mulf %x, %y : f32
+    %r = arith.addf %acc, %p : f32
+    linalg.yield %r : f32
+  }
+  return %s : memref<4x32xf32>
+}
+
+// -----
+
 // acc += P . V, the accumulator being tile state (a stack buffer the edge-tile
 // branch also views): its 4-row blocks still stay in registers across the
 // reduction over j.

@@ -32,7 +32,7 @@ import torch
 from torch.nn.attention import flex_attention as tfa
 
 import flexattn_mlir as fm
-from flexattn_mlir import zoo
+from flexattn_mlir import CompileOptions, zoo
 
 tfa._FLEX_ATTENTION_DISABLE_COMPILE_DEBUG = True
 
@@ -121,6 +121,36 @@ def test_gqa_with_score_mod_and_mask():
     assert out.shape == (B, Hq, S, D)
     torch.testing.assert_close(out, ref, **F32)
     torch.testing.assert_close(lse, ref_lse, **F32)
+
+
+@pytest.mark.parametrize("Bq,k_batch,v_batch", [(3, 1, 1), (4, 1, 1), (3, 1, 3), (2, 2, 1)])
+def test_kv_batch_broadcast(Bq, k_batch, v_batch):
+    """Key/value of batch 1 are shared by every query batch (torch accepts it
+    with a block mask of the query's batch), read in place on the CPU."""
+    Hq, Hkv, S, D = 4, 2, 160, 16
+    q = rand(Bq, Hq, S, D)
+    k, v = rand(k_batch, Hkv, S, D), rand(v_batch, Hkv, S, D)
+
+    def batch_bias(score, b, h, q_idx, kv_idx):
+        return score + 0.3 * b - 0.01 * (q_idx - kv_idx)
+
+    ours = fm.flex_attention(q, k, v, score_mod=batch_bias, enable_gqa=True, return_lse=True,
+                             block_mask=fm.create_block_mask(causal, None, None, S, S))
+    ref = torch_flex(q, k, v, score_mod=batch_bias, enable_gqa=True, return_lse=True,
+                     block_mask=torch_block_mask(causal, Bq, None, S, S))
+    for got, want in zip(ours, ref):
+        torch.testing.assert_close(got, want, **F32)
+    # Without a block mask (torch refuses that; expanding K/V gives its answer).
+    out = fm.flex_attention(q, k, v, enable_gqa=True)
+    torch.testing.assert_close(out, torch_flex(q, k.expand(Bq, -1, -1, -1),
+                                               v.expand(Bq, -1, -1, -1), enable_gqa=True), **F32)
+    # The CPU kernel reads the shared batch in place; the GPU path expands it.
+    spec = fm.attention_spec(q, k, v, enable_gqa=True)
+    assert (spec.k.shape[0], spec.v.shape[0]) == (k_batch, v_batch)
+    gpu = fm.attention_spec(q, k, v, enable_gqa=True, options=CompileOptions(target="sm_90a"))
+    assert (gpu.k.shape[0], gpu.v.shape[0]) == (Bq, Bq)
+    if k_batch == 1 and Bq > 1:
+        assert "memref.reinterpret_cast" in fm.compile(spec).ir["tiled"]
 
 
 def test_return_aux_lse():
@@ -381,7 +411,8 @@ def test_unknown_kernel_option():
 # ---------------------------------------------------------------------------
 
 CPU_STAGES = ["flexattn", "tiled", "sparse", "split", "fused", "inlined", "vector", "loops", "llvm"]
-GPU_STAGES = ["flexattn", "tiled", "sparse", "gpu", "inlined", "nvvm", "ptx"]
+GPU_STAGES = ["flexattn", "tiled", "sparse", "grid", "roles", "schedule", "fragments", "kernel",
+              "nvvm", "ptx"]
 
 
 def test_compile_flex_attention_cpu_stages():
@@ -409,7 +440,10 @@ def test_compile_flex_attention_sm90a_from_cpu_tensors():
     bm = fm.create_block_mask(causal, None, None, S, S)
     compiled = fm.compile_flex_attention(q, k, v, block_mask=bm, target="sm_90a")
     assert compiled.stage_names() == GPU_STAGES
-    assert "gpu.module" in compiled.ir["gpu"] or "gpu.func" in compiled.ir["gpu"]
+    assert "gpu.launch " in compiled.ir["grid"]
+    assert "flexattn.warp_specialize" in compiled.ir["roles"]
+    assert "flexattn.frag." not in compiled.ir["fragments"]
+    assert "gpu.func" in compiled.ir["kernel"]
     ptx = compiled.metadata["ptx"]
     assert ".target sm_90a" in ptx
     assert "wgmma.mma_async" in ptx
@@ -440,6 +474,22 @@ def test_cli_stage(tmp_path):
     assert "flexattn.kv_loop" in proc.stdout and "scf.parallel" in proc.stdout
     assert "stage sparse" not in proc.stdout  # only the one stage
     assert "compiled in" in proc.stderr
+
+
+def test_flexattn_opt_command(tmp_path):
+    """`pip install .` puts flexattn-opt on PATH (a console script that runs
+    the binary shipped in flexattn_mlir/_bin)."""
+    src = tmp_path / "attn.mlir"
+    src.write_text(fm.attention_spec(*(torch.randn(1, 2, 80, 16) for _ in range(3))).to_mlir())
+    exe = os.path.join(os.path.dirname(sys.executable), "flexattn-opt")
+    proc = subprocess.run([exe, str(src), "--flexattn-tile"], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "scf.parallel" in proc.stdout and "flexattn.kv_loop" in proc.stdout
+    assert "flexattn.attention" not in proc.stdout
+    bad = subprocess.run([exe, str(src), "--no-such-pass"], capture_output=True, text=True,
+                         timeout=120)
+    assert bad.returncode != 0 and "no-such-pass" in bad.stderr
 
 
 # -- regressions found in review ------------------------------------------------
@@ -519,8 +569,9 @@ def test_gpu_only_op_in_handwritten_mod_is_a_diagnostic():
     q = torch.randn(1, 1, 32, 16)
     bad = ModIR.score("^bb0(%s: f32, %b: i32, %h: i32, %q: i32, %kv: i32):\n"
                       "  %t = gpu.thread_id x\n  flexattn.yield %s : f32")
-    with pytest.raises(fm.CompilationError, match="may only contain arith, math, scf and "
-                                                  "memref.load ops .* found 'gpu.thread_id'"):
+    with pytest.raises(fm.CompilationError, match="may only contain arith, math, scf, memref.load "
+                                                  "and flexattn.check_index ops .* found "
+                                                  "'gpu.thread_id'"):
         fm.attention(q, q, q, score_mod=bad)
 
 
@@ -530,15 +581,36 @@ def test_zero_head_dim_is_a_clear_error():
         fm.flex_attention(q, q, q)
 
 
-def test_dump_ir_bypasses_the_caches(tmp_path, monkeypatch):
-    """Setting FLEXATTN_DUMP_IR dumps every stage even for a kernel compiled
-    before (and such compilations are not cached)."""
+def test_dump_ir_names_each_kernel_and_keeps_cache_hits(tmp_path, monkeypatch):
+    """FLEXATTN_DUMP_IR writes the stages of every kernel compiled, named
+    <variant>-<key prefix>.<stage>.mlir (the mods' names), so two kernels do
+    not overwrite each other; a kernel already compiled is a cache hit (no
+    recompilation, nothing dumped)."""
+    from flexattn_mlir import driver
+
     q = torch.randn(1, 1, 48, 16)
-    fm.flex_attention(q, q, q)  # compiled and cached
+    fm.flex_attention(q, q, q)  # compiled and cached before dumping
     monkeypatch.setenv("FLEXATTN_DUMP_IR", str(tmp_path))
+    before = fm.attention_compile_count()
     fm.flex_attention(q, q, q)
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        f"flexattn.{s}.mlir" for s in CPU_STAGES)
+    assert fm.attention_compile_count() == before and not list(tmp_path.iterdir())
+
+    def dump_bias(score, b, h, q_idx, kv_idx):
+        return score + (q_idx - kv_idx) * 0.25
+
+    fm.flex_attention(q, q, q, score_mod=dump_bias, block_mask=fm.create_block_mask(
+        causal, None, None, 48, 48, BLOCK_SIZE=16))
+    fm.flex_attention(q[..., :8], q[..., :8], q[..., :8], score_mod=dump_bias)
+    assert fm.attention_compile_count() == before + 2
+    names = sorted(p.name for p in tmp_path.iterdir())
+    kernels = sorted({n.split(".")[0] for n in names})
+    assert len(kernels) == 2 and names == sorted(f"{k}.{s}.mlir" for k in kernels for s in CPU_STAGES)
+    assert kernels[0].startswith("dump_bias-") and kernels[1].startswith("dump_bias_causal-")
+    spec = fm.attention_spec(q, q, q, name="x")
+    assert driver.kernel_name(spec, CompileOptions()).startswith("x-")
+    fm.flex_attention(q[..., :8], q[..., :8], q[..., :8], score_mod=dump_bias)  # a hit again
+    assert (fm.attention_compile_count() == before + 2
+            and len(list(tmp_path.iterdir())) == 2 * len(CPU_STAGES))
 
 
 def test_torch_backward_kernel_options_are_ignored():

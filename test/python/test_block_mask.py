@@ -113,8 +113,12 @@ def assert_same(ours: BlockMask, ref) -> None:
 @pytest.mark.parametrize("mask", MASKS, ids=lambda m: m.__name__)
 def test_create_block_mask_matches_torch(mask, config):
     b, h, q_len, kv_len, block = config
-    if mask is batched_document and b is None:
-        b = 2
+    reads_b, reads_h = mask in (batched_document, head_window), mask is head_window
+    if (reads_b and b is None) or (reads_h and h is None):
+        # One mask for every batch/head would hold b=0 / h=0's blocks only.
+        with pytest.raises(ValueError, match=rf"mask_mod '{mask.__name__}' reads [bh] "):
+            create_block_mask(mask, b, h, q_len, kv_len, BLOCK_SIZE=block)
+        b, h = (2 if reads_b and b is None else b), (3 if reads_h and h is None else h)
     ours = create_block_mask(mask, b, h, q_len, kv_len, BLOCK_SIZE=block)
     ref = tfa.create_block_mask(mask, b, h, q_len, kv_len, device="cpu", BLOCK_SIZE=block)
     assert_same(ours, ref)
@@ -262,3 +266,52 @@ def test_bad_arguments():
         create_block_mask(alibi, 1, 1, 10, 10)
     with pytest.raises(TypeError, match="captured score_mod"):
         create_block_mask(fm.frontend.capture_score_mod(lambda s, b, h, q, kv: s), 1, 1, 10, 10)
+
+
+# -- masks that depend on b / h need a block mask per batch / head --------------
+
+def head_stripes(b, h, q_idx, kv_idx):
+    return (q_idx >= kv_idx) & ((kv_idx // 16) % 4 != h)
+
+
+def batch_prefix(b, h, q_idx, kv_idx):
+    return kv_idx < 32 + 48 * b
+
+
+@pytest.mark.parametrize("mask,index,arg", [(head_stripes, "h", "H"), (batch_prefix, "b", "B")])
+def test_masks_reading_b_or_h_are_never_broadcast(mask, index, arg):
+    """create_block_mask(.., B/H=None) of a mask_mod reading b/h, and any
+    broadcast block mask (ours or torch's) given with such a mask_mod to a
+    query with several batches/heads, raise; built per batch/head, the
+    answer is torch's."""
+    from reference import reference_attention
+
+    B, H, N = 2, 4, 128
+    q, k, v = (torch.randn(B, H, N, 16) for _ in range(3))
+    sizes = dict(B=B, H=H)
+    broadcast = dict(sizes, **{arg: None})
+    with pytest.raises(ValueError, match=rf"create_block_mask: mask_mod '{mask.__name__}' reads "
+                                         rf"{index} .* {arg}=None makes one mask shared"):
+        create_block_mask(mask, broadcast["B"], broadcast["H"], N, N, BLOCK_SIZE=32)
+    ones = dict(sizes, **{arg: 1})
+    for shared in (create_block_mask(mask, ones["B"], ones["H"], N, N, BLOCK_SIZE=32),
+                   tfa.create_block_mask(mask, broadcast["B"], broadcast["H"], N, N,
+                                         device="cpu", BLOCK_SIZE=32)):
+        with pytest.raises(ValueError, match=rf"block_mask is shared by every .* its mask_mod "
+                                             rf"'{mask.__name__}' reads {index}.* with {arg}="
+                                             rf"{sizes[arg]}"):
+            fm.flex_attention(q, k, v, block_mask=shared)
+    full = create_block_mask(mask, B, H, N, N, BLOCK_SIZE=32)
+    out = fm.flex_attention(q, k, v, block_mask=full)
+    ref = tfa.flex_attention(q, k, v, block_mask=tfa.create_block_mask(
+        mask, B, H, N, N, device="cpu", BLOCK_SIZE=32))
+    torch.testing.assert_close(out, ref, atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(out, reference_attention(q, k, v, mask_fn=mask)[0].float(),
+                               atol=2e-5, rtol=1e-5)
+    # One batch/head in the query: a shared mask is exact.
+    one = dict(B=slice(0, 1), H=slice(None))[arg], dict(B=slice(None), H=slice(0, 1))[arg]
+    q1 = q[one[0], one[1]]
+    out1 = fm.flex_attention(q1, q1, q1, block_mask=create_block_mask(
+        mask, ones["B"], ones["H"], N, N, BLOCK_SIZE=32))
+    torch.testing.assert_close(out1, reference_attention(q1, q1, q1, mask_fn=mask)[0].float(),
+                               atol=2e-5, rtol=1e-5)

@@ -264,4 +264,6 @@ def test_dump_ir_env(tmp_path, monkeypatch):
     q, k, v = inputs(1, 1, 1, 32, 32, 16)
     fm.compile(fm.attention_spec(q, k, v, mask_mod=CAUSAL))
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == sorted(f"flexattn.{s}.mlir" for s in CPU_STAGES)
+    kernel = fm.driver.kernel_name(fm.attention_spec(q, k, v, mask_mod=CAUSAL), fm.CompileOptions())
+    assert kernel.startswith("flexattn-")
+    assert names == sorted(f"{kernel}.{s}.mlir" for s in CPU_STAGES)

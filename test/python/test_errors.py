@@ -3,11 +3,15 @@ before anything is compiled; invalid IR raises CompilationError."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
 import flexattn_mlir as fm
 from flexattn_mlir import CompileOptions, ModIR
+from reference import reference_attention
 
 
 def qkv(**over):
@@ -26,7 +30,10 @@ def qkv(**over):
         (dict(k=(1, 2, 32, 8)), ValueError, r"key head dim 8 must match query head dim 16"),
         (dict(k=(1, 3, 32, 16), v=(1, 3, 32, 16)), ValueError,
          r"query heads \(4\) must be a multiple of key/value heads \(3\)"),
-        (dict(k=(2, 2, 32, 16)), ValueError, r"key/value batch sizes \(2, 1\) must match query batch size 1"),
+        (dict(k=(2, 2, 32, 16)), ValueError,
+         r"key/value batch sizes \(2, 1\) must each match query batch size 1 or be 1"),
+        (dict(q=(3, 4, 32, 16), v=(2, 2, 32, 16)), ValueError,
+         r"key/value batch sizes \(1, 2\) must each match query batch size 3 or be 1"),
         (dict(v=(1, 2, 31, 16)), ValueError, r"value .* must match key's Hkv=2 and N=32"),
         (dict(dtypes=dict(q=torch.float64, k=torch.float64, v=torch.float64)), TypeError,
          r"query dtype must be float32, float16 or bfloat16, got torch.float64"),
@@ -126,3 +133,81 @@ def test_block_mask_checks_are_memoised_but_see_in_place_changes():
     idx[0, 0, 1, 1] = 9  # in place: version bump
     with pytest.raises(ValueError, match=r"lists KV blocks in \[0, 9\]"):
         fm.attention(q, k, v, block_mask=mask)
+
+
+# -- import order: torch_mlir's LLVM loaded before ours breaks the JIT ----------
+
+_IMPORT_SCRIPT = """
+import sys
+{first}
+try:
+    import flexattn_mlir as fm
+except ImportError as err:
+    print("IMPORT-ERROR:", err)
+    sys.exit(3)
+import torch
+q, k, v = (torch.randn(1, 2, 64, 16) for _ in range(3))
+soft = lambda s, b, h, qi, kv: 5.0 * torch.tanh(s / 5.0) + torch.exp(-(qi - kv).abs() * 0.1)
+ours = fm.flex_attention(q, k, v, score_mod=soft)
+i = torch.arange(64)
+s = soft(q.double() @ k.double().transpose(-1, -2) / 4, 0, 0, i[:, None], i[None, :])
+ref = torch.softmax(s, -1) @ v.double()  # libm's exp/tanh, which the JIT must call right
+torch.testing.assert_close(ours, ref.float(), atol=2e-5, rtol=1e-5)
+print("MATCH")
+"""
+
+
+@pytest.mark.parametrize("first,ok", [
+    ("from torch_mlir import fx", False),     # torch-mlir's LLVM first: refused
+    ("import torch_mlir", True),              # the bare package loads no LLVM
+    ("import mlir.ir\nfrom torch_mlir import fx", True),  # ours first: fine
+])
+def test_torch_mlir_imported_first(tmp_path, first, ok):
+    """Importing torch_mlir (its native libraries) before flexattn_mlir used
+    to end in "JIT session error: Symbols not found" at the first CPU call;
+    now the import says what to do, and every working order computes right."""
+    script = tmp_path / "order.py"
+    script.write_text(_IMPORT_SCRIPT.format(first=first))
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=300, cwd=tmp_path)
+    if ok:
+        assert proc.returncode == 0 and "MATCH" in proc.stdout, proc.stdout + proc.stderr
+    else:
+        assert proc.returncode == 3, proc.stdout + proc.stderr
+        assert "IMPORT-ERROR: flexattn_mlir must be imported before torch_mlir" in proc.stdout
+        assert "Import flexattn_mlir (or mlir.ir) before the first" in proc.stdout
+
+
+# -- no backward pass yet: gradients are never silently dropped -----------------
+
+def test_inputs_requiring_grad_raise_until_the_backward_pass_exists():
+    q, k, v = qkv(k=(1, 4, 32, 16), v=(1, 4, 32, 16))
+    bias = torch.randn(32, requires_grad=True)
+    keep = torch.ones(32, dtype=torch.bool)
+
+    def rel_bias(score, b, h, q_idx, kv_idx):
+        return score + bias[kv_idx]
+
+    def kept(b, h, q_idx, kv_idx):
+        return keep[kv_idx] & (q_idx >= kv_idx)
+
+    for name in ("query", "key", "value"):
+        args = dict(query=q, key=k, value=v)
+        args[name] = args[name].clone().requires_grad_()
+        with pytest.raises(NotImplementedError, match=rf"backward pass is not implemented yet, "
+                                                      rf"but {name} requires grad"):
+            fm.flex_attention(**args)
+    mask = fm.create_block_mask(kept, 1, 4, 32, 32, BLOCK_SIZE=16)
+    with pytest.raises(NotImplementedError, match=r"but bias \(shape \(32,\), captured by "
+                                                  r"score_mod 'rel_bias'\) requires grad"):
+        fm.flex_attention(q, k, v, score_mod=rel_bias, block_mask=mask)
+    with pytest.raises(NotImplementedError, match=r"but captures\[0\] requires grad"):
+        fm.attention(q, k, v, score_mod=fm.capture_score_mod(rel_bias).ir, captures=[bias])
+    # Not in grad mode: nothing to differentiate, so it runs (and is right).
+    expect = reference_attention(q, k, v, score_fn=lambda s, b, h, i, j: s + bias.detach()[j],
+                                 mask_fn=lambda b, h, i, j: i >= j)[0]
+    for ctx in (torch.no_grad, torch.inference_mode):
+        with ctx():
+            out = fm.flex_attention(q.requires_grad_(), k, v, score_mod=rel_bias, block_mask=mask)
+        assert not out.requires_grad
+        torch.testing.assert_close(out, expect.float(), atol=2e-5, rtol=1e-5)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 import types
 
 import pytest
@@ -273,9 +274,13 @@ def test_region_is_scalar_ir():
     text = captured.ir.text
     assert text.startswith("^bb0(%score: f32, %b: i32, %h: i32, %q_idx: i32, %kv_idx: i32, "
                            "%cap0: memref<4x32xf32>)")
-    ops = {line.split("=")[-1].split()[0] for line in text.splitlines()[1:] if "=" in line}
-    assert all(op.split(".")[0] in ("arith", "math", "memref") for op in ops), ops
+    ops = {re.match(r"\s*(?:%\S+ = )?([\w.]+)", line).group(1) for line in text.splitlines()[1:]}
+    assert all(op.split(".")[0] in ("arith", "math", "memref") or op == "flexattn.check_index"
+               for op in ops - {"flexattn.yield"}), ops
     assert "memref.load" in ops and "tensor" not in text
+    # The table's two indices (h, the bucket) are checked reads, by name.
+    assert text.count("flexattn.check_index") == 2
+    assert 'source = "T5_TABLE (shape (4, 32)) in score_mod \'t5_bias\'"' in text
     assert text.rstrip().splitlines()[-1].strip().startswith("flexattn.yield")
     # parses and verifies inside a flexattn op
     spec = fm.attention_spec(*[torch.zeros(1, H, 8, 16)] * 3, score_mod=captured.ir,
@@ -310,6 +315,47 @@ def test_nested_helpers_partials_and_bool_captures(qkv):
     sc, mc, caps = combine(s, m)
     out = fm.attention(*qkv, score_mod=sc.ir, mask_mod=mc.ir, captures=caps)
     torch.testing.assert_close(out, run_torch(qkv, score=bias, mask=mask), atol=ATOL, rtol=RTOL)
+
+
+def test_captured_elements_returned_or_compared_directly(qkv):
+    """A Hugging Face padding mask (``return keep[b, q_idx, kv_idx]``), a
+    score_mod returning a bias element (float or int), a length per batch
+    compared with kv_idx, a 0-d bool capture returned as is: torch's answer
+    (block masks made for the real B/H where the mod reads b/h)."""
+    g = torch.Generator().manual_seed(4)
+    keep = torch.rand(B, S, S, generator=g) > 0.4
+    keep[:, :, 0] = True
+    bias = torch.randn(H, S, S, generator=g)
+    int_bias = torch.randint(-3, 4, (H, S, S), generator=g, dtype=torch.int32)
+    lengths = torch.tensor([150, S])
+    everything = torch.tensor(True)
+
+    def padding(b, h, q_idx, kv_idx):
+        return keep[b, q_idx, kv_idx]
+
+    def per_batch_length(b, h, q_idx, kv_idx):
+        return lengths[b] > kv_idx
+
+    def constant(b, h, q_idx, kv_idx):
+        return everything
+
+    def bias_element(score, b, h, q_idx, kv_idx):
+        return bias[h, q_idx, kv_idx]
+
+    def int_bias_element(score, b, h, q_idx, kv_idx):
+        return int_bias[h, q_idx, kv_idx]
+
+    for mask in (padding, per_batch_length, constant):
+        ours = fm.flex_attention(*qkv, block_mask=fm.create_block_mask(mask, B, H, S, S))
+        ref = tfa.flex_attention(*qkv, block_mask=tfa.create_block_mask(mask, B, H, S, S,
+                                                                         device="cpu"))
+        torch.testing.assert_close(ours, ref, atol=ATOL, rtol=RTOL)
+    for score in (bias_element, int_bias_element):
+        torch.testing.assert_close(fm.flex_attention(*qkv, score_mod=score),
+                                   tfa.flex_attention(*qkv, score_mod=score),
+                                   atol=ATOL, rtol=RTOL)
+    with pytest.raises(ModCaptureError, match="must return a bool tensor, got torch.float32"):
+        capture_mask_mod(lambda b, h, q_idx, kv_idx: bias[h, q_idx, kv_idx])
 
 
 @pytest.mark.parametrize("mod,kind", [

@@ -1,0 +1,266 @@
+//===- FlexAttnGpuOps.cpp - flexattn GPU types and ops ----------*- C++ -*-===//
+//
+// Part of flexattn-mlir, under the Apache License v2.0 with LLVM Exceptions.
+//
+//===----------------------------------------------------------------------===//
+//
+// The shared-memory tile and ring types (syntax, verification) and the
+// verifiers of the GPU kernel's mid-level ops. Messages name the operand by
+// its role and say what was expected and what was found.
+//
+//===----------------------------------------------------------------------===//
+
+#include "dialect/FlexAttnOps.h"
+
+#include "mlir/Dialect/GPU/IR/GPUDialect.h"
+#include "mlir/IR/Builders.h"
+#include "mlir/IR/DialectImplementation.h"
+#include "mlir/IR/Matchers.h"
+#include "llvm/ADT/TypeSwitch.h"
+
+using namespace mlir;
+using namespace mlir::flexattn;
+
+#define GET_TYPEDEF_CLASSES
+#include "dialect/FlexAttnTypes.cpp.inc"
+
+void FlexAttnDialect::registerTypes() {
+  addTypes<
+#define GET_TYPEDEF_LIST
+#include "dialect/FlexAttnTypes.cpp.inc"
+      >();
+}
+
+//===----------------------------------------------------------------------===//
+// Types
+//===----------------------------------------------------------------------===//
+
+namespace {
+
+/// `RxCxT`: the rows, columns and element type of a tile.
+ParseResult parseTileShape(AsmParser &parser, int64_t &rows, int64_t &cols,
+                           Type &elem) {
+  SmallVector<int64_t> dims;
+  if (parser.parseDimensionList(dims, /*allowDynamic=*/false) ||
+      parser.parseType(elem))
+    return failure();
+  if (dims.size() != 2)
+    return parser.emitError(parser.getCurrentLocation(),
+                            "expected a 2-D tile shape rows x cols, got ")
+           << dims.size() << " dimensions";
+  rows = dims[0];
+  cols = dims[1];
+  return success();
+}
+
+LogicalResult verifyTile(function_ref<InFlightDiagnostic()> emitError,
+                         int64_t rows, int64_t cols, Type elem) {
+  if (!elem.isBF16() && !elem.isF16())
+    return emitError() << "shared-memory tiles hold bf16 or f16, got " << elem;
+  if (rows <= 0 || rows % 8 != 0)
+    return emitError() << "tile rows must be a positive multiple of 8 (the "
+                          "128-byte swizzle period), got "
+                       << rows;
+  if (cols <= 0 || cols % 64 != 0)
+    return emitError() << "tile columns must be a positive multiple of 64 "
+                          "(128-byte panels), got "
+                       << cols;
+  return success();
+}
+
+} // namespace
+
+Type SmemTileType::parse(AsmParser &parser) {
+  int64_t rows, cols;
+  Type elem;
+  if (parser.parseLess() || parseTileShape(parser, rows, cols, elem) ||
+      parser.parseGreater())
+    return {};
+  return getChecked([&] { return parser.emitError(parser.getNameLoc()); },
+                    parser.getContext(), rows, cols, elem);
+}
+
+void SmemTileType::print(AsmPrinter &p) const {
+  p << "<" << getRows() << "x" << getCols() << "x" << getElementType() << ">";
+}
+
+LogicalResult SmemTileType::verify(function_ref<InFlightDiagnostic()> emitError,
+                                   int64_t rows, int64_t cols, Type elem) {
+  return verifyTile(emitError, rows, cols, elem);
+}
+
+Type RingType::parse(AsmParser &parser) {
+  int64_t stages, rows, cols;
+  Type elem;
+  if (parser.parseLess() || parser.parseInteger(stages) ||
+      parser.parseKeyword("x") || parseTileShape(parser, rows, cols, elem) ||
+      parser.parseGreater())
+    return {};
+  return getChecked([&] { return parser.emitError(parser.getNameLoc()); },
+                    parser.getContext(), stages, rows, cols, elem);
+}
+
+void RingType::print(AsmPrinter &p) const {
+  p << "<" << getStages() << " x " << getRows() << "x" << getCols() << "x"
+    << getElementType() << ">";
+}
+
+LogicalResult RingType::verify(function_ref<InFlightDiagnostic()> emitError,
+                               int64_t stages, int64_t rows, int64_t cols,
+                               Type elem) {
+  if (stages < 1)
+    return emitError() << "a ring needs at least one stage, got " << stages;
+  return verifyTile(emitError, rows, cols, elem);
+}
+
+//===----------------------------------------------------------------------===//
+// Ops
+//===----------------------------------------------------------------------===//
+
+LogicalResult WarpSpecializeOp::verify() {
+  for (auto [name, value] :
+       {std::pair<StringRef, int64_t>{"producer_threads", getProducerThreads()},
+        {"consumer_groups", getConsumerGroups()},
+        {"consumer_threads", getConsumerThreads()}})
+    if (value <= 0)
+      return emitOpError() << name << " must be positive, got " << value;
+  if (getProducerThreads() % 128 || getConsumerThreads() % 128)
+    return emitOpError() << "roles are whole warpgroups: producer_threads and "
+                            "consumer_threads must be multiples of 128, got "
+                         << getProducerThreads() << " and "
+                         << getConsumerThreads();
+  auto checkArgs = [&](Region &region, StringRef name,
+                       unsigned count) -> LogicalResult {
+    Block &block = region.front();
+    if (block.getNumArguments() != count ||
+        !llvm::all_of(block.getArgumentTypes(),
+                      [](Type t) { return t.isIndex(); }))
+      return emitOpError() << "the " << name << " region takes " << count
+                           << " index argument(s) "
+                           << (count == 1 ? "(thread)" : "(group, thread)")
+                           << ", got " << block.getArgumentTypes();
+    return success();
+  };
+  if (failed(checkArgs(getProducer(), "producer", 1)) ||
+      failed(checkArgs(getConsumers(), "consumers", 2)))
+    return failure();
+  // The CTA must have exactly the roles' threads.
+  if (auto launch = (*this)->getParentOfType<gpu::LaunchOp>()) {
+    APInt x, y, z;
+    if (matchPattern(launch.getBlockSizeX(), m_ConstantInt(&x)) &&
+        matchPattern(launch.getBlockSizeY(), m_ConstantInt(&y)) &&
+        matchPattern(launch.getBlockSizeZ(), m_ConstantInt(&z)) &&
+        (x.getSExtValue() != getNumThreads() || y != 1 || z != 1))
+      return emitOpError() << "the roles take " << getNumThreads()
+                           << " threads, but the enclosing gpu.launch has "
+                           << x.getSExtValue() << " x " << y.getSExtValue()
+                           << " x " << z.getSExtValue();
+  }
+  return success();
+}
+
+LogicalResult RingAllocOp::verify() {
+  if (getConsumers() <= 0)
+    return emitOpError() << "consumers must be positive, got " << getConsumers();
+  return success();
+}
+
+LogicalResult SmemTileReinterpretOp::verify() {
+  auto from = getSource().getType(), to = getResult().getType();
+  if (from.getElementType() != to.getElementType())
+    return emitOpError() << "element types must match, got "
+                         << from.getElementType() << " and "
+                         << to.getElementType();
+  if (to.getBytes() > from.getBytes())
+    return emitOpError() << "the result (" << to.getBytes()
+                         << " bytes) may not be larger than the source ("
+                         << from.getBytes() << " bytes)";
+  return success();
+}
+
+OpFoldResult SmemTileReinterpretOp::fold(FoldAdaptor) {
+  if (getSource().getType() == getResult().getType())
+    return getSource();
+  return {};
+}
+
+LogicalResult MmaOp::verify() {
+  SmemTileType b = getB().getType();
+  int64_t k = getTransposeB() ? b.getCols() : b.getRows();
+  int64_t n = getTransposeB() ? b.getRows() : b.getCols();
+  if (auto a = dyn_cast<SmemTileType>(getA().getType())) {
+    if (!getARow())
+      return emitOpError() << "a shared-memory A needs the row of its 64-row "
+                              "band: a[%row]";
+    if (a.getElementType() != b.getElementType())
+      return emitOpError() << "A and B element types must match, got "
+                           << a.getElementType() << " and "
+                           << b.getElementType();
+    if (a.getCols() != k)
+      return emitOpError() << "A has " << a.getCols()
+                           << " columns but the contraction has K = " << k;
+  } else {
+    auto frag = cast<VectorType>(getA().getType());
+    if (getARow())
+      return emitOpError() << "a register A (a fragment) takes no row";
+    if (frag.getElementType() != b.getElementType())
+      return emitOpError() << "A and B element types must match, got "
+                           << frag.getElementType() << " and "
+                           << b.getElementType();
+    if (frag.getNumElements() != k / 2)
+      return emitOpError() << "a register A of K = " << k << " columns is "
+                           << k / 2 << " elements per thread, got "
+                           << frag.getNumElements();
+  }
+  if (getResult().getType().getNumElements() != n / 2)
+    return emitOpError() << "the result fragment of N = " << n
+                         << " columns is " << n / 2
+                         << " f32 per thread, got " << getResult().getType();
+  if (getAcc() && getAcc().getType() != getResult().getType())
+    return emitOpError() << "acc type " << getAcc().getType()
+                         << " must match the result type "
+                         << getResult().getType();
+  return success();
+}
+
+LogicalResult MmaWaitOp::inferReturnTypes(
+    MLIRContext *, std::optional<Location>, ValueRange operands,
+    DictionaryAttr, OpaqueProperties, RegionRange,
+    SmallVectorImpl<Type> &inferred) {
+  llvm::append_range(inferred, operands.getTypes());
+  return success();
+}
+
+LogicalResult FragSoftmaxOp::verify() {
+  int64_t n = getScores().getType().getNumElements();
+  if (n % 4)
+    return emitOpError() << "a score fragment holds 4 elements per 8 columns, "
+                            "got "
+                         << n;
+  if (getProbs().getType().getNumElements() != n)
+    return emitOpError() << "probs must have the scores' " << n
+                         << " elements, got " << getProbs().getType();
+  ArrayRef<int64_t> lens = getSeqLens();
+  if (lens.size() != 2 || lens[0] <= 0 || lens[1] <= 0)
+    return emitOpError() << "seq_lens must be two positive lengths [M, N], got "
+                         << lens.size() << " value(s)";
+  ArrayRef<int64_t> tile = getTileSize();
+  if (tile.size() != 2 || tile[0] <= 0 || tile[1] != 2 * n)
+    return emitOpError() << "tile_size must be [BM, BN] with BN = " << 2 * n
+                         << " (the fragment's columns)";
+  return success();
+}
+
+LogicalResult FragFinalizeOp::verify() {
+  auto out = cast<MemRefType>(getOut().getType());
+  if (out.getRank() != 4 || !out.hasStaticShape())
+    return emitOpError() << "out must be a static 4-D memref [B, Hq, M, Dv], "
+                            "got "
+                         << out;
+  int64_t dv = out.getDimSize(3);
+  if (getAcc().getType().getNumElements() != dv / 2)
+    return emitOpError() << "an accumulator fragment of Dv = " << dv
+                         << " columns is " << dv / 2
+                         << " f32 per thread, got " << getAcc().getType();
+  return verifyLseBuffer(*this, getLse());
+}

@@ -1,0 +1,350 @@
+//===- FlexAttnGpuOps.td - flexattn GPU kernel ops ---------*- tablegen -*-===//
+//
+// Part of flexattn-mlir, under the Apache License v2.0 with LLVM Exceptions.
+//
+//===----------------------------------------------------------------------===//
+//
+// The mid-level IR of the GPU kernel, between the tiled attention
+// (flexattn.tile_step on memrefs) and NVVM. Three groups:
+//
+//   roles      flexattn.warp_specialize              (flexattn-warp-specialize)
+//   rings      flexattn.ring.*, flexattn.smem_tile.reinterpret
+//   compute    flexattn.mma, flexattn.mma.wait,       (target-neutral: the
+//              flexattn.frag.*                         sm_80 path reuses them)
+//
+// Register fragments. A fragment is one thread's share of a tile held in
+// registers, a 1-D vector in the layout of the m16n8 MMA accumulator: the
+// thread's element `e = 4 j + 2 h + q` holds tile element
+// `(row + 8 h, col + 8 j + q)`, where `row` and `col` are the thread's first
+// fragment row and column (warp w of a 64-row band holds rows 16 w .. 16 w +
+// 15; lane = 4 g + t has row 16 w + g and column 2 t). A row value (running
+// max, running sum) is a vector<2xf32>: the thread's rows `row` and `row + 8`.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef FLEXATTN_GPU_OPS
+#define FLEXATTN_GPU_OPS
+
+include "FlexAttnTypes.td"
+include "mlir/Dialect/LLVMIR/LLVMOpBase.td"
+include "mlir/Interfaces/InferTypeOpInterface.td"
+
+def FlexAttn_Fragment : VectorOfRankAndType<[1], [F32]>;
+def FlexAttn_HalfFragment : VectorOfRankAndType<[1], [F16, BF16]>;
+def FlexAttn_RowValues : FixedVectorOfLengthAndType<[2], [F32]>,
+    BuildableType<"::mlir::VectorType::get({2}, $_builder.getF32Type())">;
+
+defvar RingAt = [{ $ring `[` $position `]` attr-dict `:` qualified(type($ring)) }];
+
+//===----------------------------------------------------------------------===//
+// Roles
+//===----------------------------------------------------------------------===//
+
+def FlexAttn_WarpSpecializeOp : FlexAttn_Op<"warp_specialize", [
+    NoTerminator, RecursiveMemoryEffects]> {
+  let summary = "Split a CTA into one producer warpgroup and consumer warpgroups";
+  let description = [{
+    The CTA's threads take one of two roles: the first `producer_threads`
+    run the `producer` region (block argument: the thread's index in the
+    role), the next `consumer_groups x consumer_threads` run the `consumers`
+    region (block arguments: the group's index and the thread's index in its
+    group). `producer_registers` and `consumer_registers` are the per-thread
+    register budgets of the roles (the lowering reallocates registers between
+    them). The regions share the values defined before the op (rings, tensor
+    maps) and talk only through rings.
+
+    ```mlir
+    flexattn.warp_specialize producer(threads = 128, registers = 40) {
+    ^bb0(%thread: index):
+      ...
+    } consumers(groups = 2, threads = 128, registers = 232) {
+    ^bb0(%group: index, %thread: index):
+      ...
+    }
+    ```
+  }];
+  let arguments = (ins I64Attr:$producer_threads, I64Attr:$producer_registers,
+                       I64Attr:$consumer_groups, I64Attr:$consumer_threads,
+                       I64Attr:$consumer_registers);
+  let regions = (region SizedRegion<1>:$producer, SizedRegion<1>:$consumers);
+  let assemblyFormat = [{
+    `producer` `(` `threads` `=` $producer_threads `,` `registers` `=`
+      $producer_registers `)` $producer
+    `consumers` `(` `groups` `=` $consumer_groups `,` `threads` `=`
+      $consumer_threads `,` `registers` `=` $consumer_registers `)` $consumers
+    attr-dict
+  }];
+  let hasVerifier = 1;
+  let extraClassDeclaration = [{
+    int64_t getNumThreads() {
+      return getProducerThreads() + getConsumerGroups() * getConsumerThreads();
+    }
+  }];
+}
+
+//===----------------------------------------------------------------------===//
+// Rings
+//===----------------------------------------------------------------------===//
+
+def FlexAttn_RingAllocOp : FlexAttn_Op<"ring.alloc"> {
+  let summary = "Allocate a ring of shared-memory slots and its events";
+  let description = [{
+    Reserves the ring's slots in shared memory and initialises its events:
+    every slot starts empty. `consumers` threads release each slot (the
+    empty event completes when all of them have). Allocations are made once,
+    at the top of the kernel, before the roles split.
+
+    ```mlir
+    %kv = flexattn.ring.alloc consumers(256) : !flexattn.ring<2 x 128x128xbf16>
+    ```
+  }];
+  let arguments = (ins I64Attr:$consumers);
+  let results = (outs FlexAttn_RingType:$ring);
+  let assemblyFormat = "`consumers` `(` $consumers `)` attr-dict `:` qualified(type($ring))";
+  let hasVerifier = 1;
+}
+
+def FlexAttn_RingAcquireOp : FlexAttn_Op<"ring.acquire"> {
+  let summary = "Producer: wait until a ring position's slot is empty";
+  let description = [{
+    Blocks until the slot of `position` was released by the consumers of
+    `position - stages` (at once in the first round).
+
+    ```mlir
+    flexattn.ring.acquire %kv[%i] : !flexattn.ring<2 x 128x128xbf16>
+    ```
+  }];
+  let arguments = (ins FlexAttn_RingType:$ring, I32:$position);
+  let assemblyFormat = RingAt;
+}
+
+def FlexAttn_RingLoadOp : FlexAttn_Op<"ring.load"> {
+  let summary = "Producer: copy a tile of a tensor into a ring slot, asynchronously";
+  let description = [{
+    Starts copying rows `[row, row + rows)` (all columns) of `tensor[b, h]`
+    into the slot of `position`, through `tensor_map`, a pointer to the
+    tensor's TMA descriptor (box: 64 columns x `rows` rows, 128-byte swizzle,
+    zero fill past the end). The slot's full event completes when the bytes
+    have landed. One thread issues it.
+
+    ```mlir
+    flexattn.ring.load %kmap[%b, %hkv, %kv0] into %kv[%i] : !llvm.ptr, !flexattn.ring<2 x 128x128xbf16>
+    ```
+  }];
+  let arguments = (ins LLVM_AnyPointer:$tensor_map, Index:$b, Index:$h,
+                       Index:$row, FlexAttn_RingType:$ring, I32:$position);
+  let assemblyFormat = [{
+    $tensor_map `[` $b `,` $h `,` $row `]` `into` $ring `[` $position `]`
+    attr-dict `:` type($tensor_map) `,` qualified(type($ring))
+  }];
+}
+
+def FlexAttn_RingWaitOp : FlexAttn_Op<"ring.wait"> {
+  let summary = "Consumer: wait until a ring position's slot is full";
+  let description = [{
+    Blocks until the copy into the slot of `position` has landed. Waiting
+    again for a position not yet released returns at once.
+
+    ```mlir
+    flexattn.ring.wait %kv[%i] : !flexattn.ring<2 x 128x128xbf16>
+    ```
+  }];
+  let arguments = (ins FlexAttn_RingType:$ring, I32:$position);
+  let assemblyFormat = RingAt;
+}
+
+def FlexAttn_RingSlotOp : FlexAttn_Op<"ring.slot", [
+    Pure, TypesMatchWith<"the result is a slot of the ring", "ring", "tile",
+                         "::llvm::cast<RingType>($_self).getTileType()">]> {
+  let summary = "The shared-memory tile of a ring position";
+  let description = [{
+    The slot `position % stages` of the ring, as a tile. Reading it is only
+    meaningful between a `ring.wait` and the `ring.release` of the position.
+
+    ```mlir
+    %k = flexattn.ring.slot %kv[%i] : !flexattn.ring<2 x 128x128xbf16>
+    ```
+  }];
+  let arguments = (ins FlexAttn_RingType:$ring, I32:$position);
+  let results = (outs FlexAttn_SmemTileType:$tile);
+  let assemblyFormat = RingAt;
+}
+
+def FlexAttn_RingReleaseOp : FlexAttn_Op<"ring.release"> {
+  let summary = "Consumer: this thread is done with a ring position's slot";
+  let description = [{
+    Arrives on the slot's empty event; the producer may refill the slot once
+    all `consumers` threads have released it. Reads of the slot (including
+    asynchronous MMAs) must be complete.
+
+    ```mlir
+    flexattn.ring.release %kv[%i] : !flexattn.ring<2 x 128x128xbf16>
+    ```
+  }];
+  let arguments = (ins FlexAttn_RingType:$ring, I32:$position);
+  let assemblyFormat = RingAt;
+}
+
+def FlexAttn_SmemTileReinterpretOp : FlexAttn_Op<"smem_tile.reinterpret", [Pure]> {
+  let summary = "Read the bytes of a shared-memory tile as a tile of another shape";
+  let description = [{
+    The same shared memory (its first bytes), viewed as a tile with the
+    result's rows and columns; no data moves. The result may not be larger
+    than the source and has the same element type. Used where any finite
+    data will do: a software-pipelined P.V of the first KV tile multiplies
+    P = 0 by the Q tile instead of a V tile not loaded yet.
+
+    ```mlir
+    %v = flexattn.smem_tile.reinterpret %q : !flexattn.smem_tile<128x128xbf16> to !flexattn.smem_tile<64x128xbf16>
+    ```
+  }];
+  let arguments = (ins FlexAttn_SmemTileType:$source);
+  let results = (outs FlexAttn_SmemTileType:$result);
+  let assemblyFormat = "$source attr-dict `:` qualified(type($source)) `to` qualified(type($result))";
+  let hasVerifier = 1;
+  let hasFolder = 1;
+}
+
+//===----------------------------------------------------------------------===//
+// Compute on register fragments
+//===----------------------------------------------------------------------===//
+
+def FlexAttn_MmaOp : FlexAttn_Op<"mma", [AttrSizedOperandSegments]> {
+  let summary = "Asynchronous tensor-core product of a 64-row band";
+  let description = [{
+    `D = A . op(B) (+ acc)` for the 64-row band of the executing group of 128
+    threads (4 warps x 16 rows), accumulated in f32: `op(B) = Bᵀ` with
+    `transpose_b` (B is `[N, K]`, as K for S = Q.Kᵀ) and `B` otherwise (B is
+    `[K, N]`, as V for O = P.V). A is either a shared-memory tile, read at
+    rows `[a_row, a_row + 64)`, or a fragment of 16-bit values (`K / 2` per
+    thread); B is a shared-memory tile. The result is a fragment of
+    `N / 2` f32 per thread; without `acc` the product starts from zero.
+
+    The op is asynchronous: it issues the product as one group, and its
+    result may only be read through `flexattn.mma.wait`; register operands
+    (A, acc) must not change until that wait.
+
+    ```mlir
+    %s0 = flexattn.mma %q[%row], %k {transpose_b} : !flexattn.smem_tile<128x128xbf16>, !flexattn.smem_tile<128x128xbf16> -> vector<64xf32>
+    %o0 = flexattn.mma %p, %v, %acc : vector<64xbf16>, !flexattn.smem_tile<128x128xbf16>, vector<64xf32> -> vector<64xf32>
+    ```
+  }];
+  let arguments = (ins AnyTypeOf<[FlexAttn_SmemTileType, FlexAttn_HalfFragment]>:$a,
+                       Optional<Index>:$a_row, FlexAttn_SmemTileType:$b,
+                       Optional<FlexAttn_Fragment>:$acc, UnitAttr:$transpose_b);
+  let results = (outs FlexAttn_Fragment:$result);
+  let assemblyFormat = [{
+    $a (`[` $a_row^ `]`)? `,` $b (`,` $acc^)? attr-dict `:` qualified(type($a)) `,` qualified(type($b))
+    (`,` type($acc)^)? `->` type($result)
+  }];
+  let hasVerifier = 1;
+}
+
+def FlexAttn_MmaWaitOp : FlexAttn_Op<"mma.wait", [
+    DeclareOpInterfaceMethods<InferTypeOpInterface>]> {
+  let summary = "Wait for asynchronous MMAs; their results become readable";
+  let description = [{
+    Blocks until at most `pending` of this thread's most recent MMA groups
+    are still running, and returns its operands: results of the completed
+    MMAs, now readable, and register operands the completed MMAs read, now
+    free to be overwritten (listing them keeps them intact until here).
+
+    ```mlir
+    %s = flexattn.mma.wait pending(1) %s0 : vector<64xf32>
+    %o, %p1 = flexattn.mma.wait pending(0) %o0, %p : vector<64xf32>, vector<64xbf16>
+    ```
+  }];
+  let arguments = (ins I64Attr:$pending, Variadic<AnyVectorOfNonZeroRank>:$values);
+  let results = (outs Variadic<AnyVectorOfNonZeroRank>:$results);
+  let assemblyFormat = "`pending` `(` $pending `)` $values attr-dict `:` type($values)";
+}
+
+def FlexAttn_FragSoftmaxOp : FlexAttn_Op<"frag.softmax", [
+    IsolatedFromAbove, RecursiveMemoryEffects,
+    DeclareOpInterfaceMethods<FlexAttn_ModRegionsOpInterface>]> {
+  let summary = "The online-softmax update of a score fragment";
+  let description = [{
+    One KV tile's softmax on the scores `S` of this thread's fragment (rows
+    from `row`, keys from `col`, see the fragment layout above), with the
+    running max `m` and this thread's part of the running sum `l` of its two
+    rows (log2 units):
+
+      u     = log2(e) * mods(scale * S), -inf where masked (`masked`: mask_mod
+              applies) or past `seq_lens[1]` keys; indices given to the mods
+              are clamped inside `seq_lens` (needed only where a length is
+              not a multiple of `tile_size`, the Q and KV tile the fragment
+              is a part of)
+      m_new = max(m, rowmax(u))          (over the threads sharing a row)
+      alpha = exp2(m - base),  base = m_new, or 0 where m_new = -inf
+      P     = exp2(u - base)             (rounded to the result's type)
+      l_new = alpha * l + rowsum(P)      (this thread's columns only)
+
+    Results: P, m_new, l_new, alpha. The accumulator is rescaled by
+    `flexattn.frag.rescale` and the row sums completed at
+    `flexattn.frag.finalize`.
+
+    ```mlir
+    %p, %m1, %l1, %alpha = flexattn.frag.softmax %s state(%m, %l) at(%b, %h, %qrow, %kvcol)
+        attributes {scale = 0.125 : f32, seq_lens = array<i64: 300, 300>,
+                    tile_size = array<i64: 128, 128>}
+        : vector<64xf32> -> vector<64xbf16>
+    ```
+  }];
+  let arguments = (ins FlexAttn_Fragment:$scores, FlexAttn_RowValues:$max,
+                       FlexAttn_RowValues:$sum, Index:$b, Index:$h, Index:$row,
+                       Index:$col, Variadic<AnyMemRef>:$captures,
+                       F32Attr:$scale, DenseI64ArrayAttr:$seq_lens,
+                       DenseI64ArrayAttr:$tile_size, UnitAttr:$masked);
+  let results = (outs FlexAttn_HalfFragment:$probs, FlexAttn_RowValues:$new_max,
+                      FlexAttn_RowValues:$new_sum, FlexAttn_RowValues:$alpha);
+  let regions = (region FlexAttn_ModRegion:$score_mod,
+                        FlexAttn_ModRegion:$mask_mod);
+  let assemblyFormat = !strconcat([{
+    $scores `state` `(` $max `,` $sum `)` `at` `(` $b `,` $h `,` $row `,` $col `)`
+  }], ModsAssembly, [{ `:` type($scores) `->` type($probs) }]);
+  let hasVerifier = 1;
+}
+
+def FlexAttn_FragRescaleOp : FlexAttn_Op<"frag.rescale", [
+    Pure, AllTypesMatch<["acc", "result"]>]> {
+  let summary = "Multiply each row of a fragment by its row value";
+  let description = [{
+    `acc[r, :] *= alpha[r]` for the fragment's two rows: element
+    `4 j + 2 h + q` is multiplied by `alpha[h]`.
+
+    ```mlir
+    %acc1 = flexattn.frag.rescale %acc, %alpha : vector<64xf32>
+    ```
+  }];
+  let arguments = (ins FlexAttn_Fragment:$acc, FlexAttn_RowValues:$alpha);
+  let results = (outs FlexAttn_Fragment:$result);
+  let assemblyFormat = "$acc `,` $alpha attr-dict `:` type($acc)";
+}
+
+def FlexAttn_FragFinalizeOp : FlexAttn_Op<"frag.finalize"> {
+  let summary = "Normalise an accumulator fragment and store out (and lse)";
+  let description = [{
+    Completes the row sums `l` over the threads sharing a row and writes this
+    thread's elements of rows `row`, `row + 8` (those inside M) of
+    `out[b, h]`: `acc / l`, 0 where `l = 0`, rounded to out's type; the
+    thread holding column 0 of a row writes `lse[b, h, row] =
+    ln(2) (m + log2 l)`, -inf where `l = 0`.
+
+    ```mlir
+    flexattn.frag.finalize %acc state(%m, %l) outs(%out : memref<1x2x300x128xbf16>)
+        at(%b, %h, %qrow, %col) : vector<64xf32>
+    ```
+  }];
+  let arguments = (ins FlexAttn_Fragment:$acc, FlexAttn_RowValues:$max,
+                       FlexAttn_RowValues:$sum, AnyMemRef:$out,
+                       Optional<AnyMemRef>:$lse, Index:$b, Index:$h,
+                       Index:$row, Index:$col);
+  let assemblyFormat = [{
+    $acc `state` `(` $max `,` $sum `)` `outs` `(` $out `:` type($out) `)`
+    (`lse` `(` $lse^ `:` type($lse) `)`)?
+    `at` `(` $b `,` $h `,` $row `,` $col `)` attr-dict `:` type($acc)
+  }];
+  let hasVerifier = 1;
+}
+
+#endif // FLEXATTN_GPU_OPS

@@ -1,0 +1,41 @@
+//===- HopperAsm.h - Hopper instructions MLIR 22 has no op for --*- C++ -*-===//
+//
+// Part of flexattn-mlir, under the Apache License v2.0 with LLVM Exceptions.
+//
+//===----------------------------------------------------------------------===//
+//
+// The only inline PTX of the GPU lowering. Everything else (TMA, mbarriers,
+// wgmma with shared-memory operands, fences, setmaxnreg, named barriers)
+// is an upstream NVVM op; these two have none in the MLIR 22 wheel:
+//
+//  - wgmma with A in registers: nvvm.wgmma.mma_async takes two descriptors,
+//    and nvvm.inline_ptx cannot tie the accumulator operands in MLIR 22;
+//  - an operand fence: an empty asm that takes and returns registers, so the
+//    compiler keeps them intact (and reads results) only after a
+//    wgmma.wait_group, which LLVM does not know writes them.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef FLEXATTN_PASSES_HOPPERASM_H
+#define FLEXATTN_PASSES_HOPPERASM_H
+
+#include "mlir/IR/ImplicitLocOpBuilder.h"
+
+namespace mlir::flexattn::hopper {
+
+/// D[64 x n] += A[64 x 16] . B[16 x n] for a warpgroup: `acc` is the n / 2
+/// f32 accumulator registers of the thread, `a` its four b32 registers of A
+/// (16-bit pairs, the accumulator layout), `descB` the shared-memory
+/// descriptor of an MN-major B (imm-trans-b = 1). Returns the new
+/// accumulator registers (valid after a wgmma.wait_group).
+SmallVector<Value> wgmmaRegisterA(ImplicitLocOpBuilder &b, ArrayRef<Value> acc,
+                                  ArrayRef<Value> a, Value descB, int64_t n,
+                                  Type elem);
+
+/// Returns `regs` (all f32 or all i32) through an empty asm with tied
+/// operands: CUTLASS's warpgroup_fence_operand. Emits no instruction.
+SmallVector<Value> fenceRegisters(ImplicitLocOpBuilder &b, ArrayRef<Value> regs);
+
+} // namespace mlir::flexattn::hopper
+
+#endif // FLEXATTN_PASSES_HOPPERASM_H

@@ -1,0 +1,311 @@
+//===- LowerFragments.cpp - flexattn-lower-fragments ------------*- C++ -*-===//
+//
+// Part of flexattn-mlir, under the Apache License v2.0 with LLVM Exceptions.
+//
+//===----------------------------------------------------------------------===//
+//
+// Lowers the register-fragment ops to scalar code: each fragment element is
+// a vector.extract, rows are reduced over the thread's elements and then
+// across the 4 threads that share a row (gpu.shuffle xor 1, 2), and the
+// online softmax is the shared decomposition of OnlineSoftmax.h with
+// `FragmentRows` as its row backend. Target-neutral: any GPU whose MMA
+// accumulators use the m16n8 layout (Hopper's wgmma, Ampere's mma.sync)
+// takes the same code.
+//
+// Fragment layout: element e = 4 j + 2 h + q holds (row + 8 h, col + 8 j + q).
+//
+//===----------------------------------------------------------------------===//
+
+#include "passes/OnlineSoftmax.h"
+#include "passes/Passes.h"
+
+#include "mlir/Dialect/GPU/IR/GPUDialect.h"
+#include "mlir/Dialect/Vector/IR/VectorOps.h"
+#include "mlir/IR/ImplicitLocOpBuilder.h"
+#include <limits>
+
+namespace mlir::flexattn {
+#define GEN_PASS_DEF_FLEXATTNLOWERFRAGMENTS
+#include "passes/Passes.h.inc"
+} // namespace mlir::flexattn
+
+using namespace mlir;
+using namespace mlir::flexattn;
+
+namespace {
+
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+int64_t rowOf(int64_t e) { return (e / 2) % 2; }
+
+struct Fragments {
+  ImplicitLocOpBuilder &b;
+
+  Value f32(float v) { return arith::ConstantOp::create(b, b.getF32FloatAttr(v)); }
+  Value i32(int64_t v) { return arith::ConstantIntOp::create(b, v, 32); }
+  Value index(int64_t v) { return arith::ConstantIndexOp::create(b, v); }
+  Value toI32(Value v) {
+    return arith::IndexCastOp::create(b, b.getI32Type(), v);
+  }
+  Value toIndex(Value v) {
+    return arith::IndexCastOp::create(b, b.getIndexType(), v);
+  }
+
+  SmallVector<Value> elements(Value vector) {
+    SmallVector<Value> out;
+    int64_t n = cast<VectorType>(vector.getType()).getNumElements();
+    for (int64_t i = 0; i < n; ++i)
+      out.push_back(vector::ExtractOp::create(b, vector, ArrayRef<int64_t>{i}));
+    return out;
+  }
+  Value vectorOf(ValueRange elems) {
+    return vector::FromElementsOp::create(
+        b, VectorType::get({int64_t(elems.size())}, elems.front().getType()), elems);
+  }
+
+  /// The sum (or max) of a value over the 4 threads that share a row.
+  Value acrossQuad(Value v, bool max) {
+    for (int64_t off : {1, 2}) {
+      Value other = gpu::ShuffleOp::create(b, v, off, 32, gpu::ShuffleMode::XOR)
+                        .getShuffleResult();
+      v = max ? arith::MaxNumFOp::create(b, v, other).getResult()
+              : arith::AddFOp::create(b, v, other).getResult();
+    }
+    return v;
+  }
+
+  /// f32 values rounded in pairs (lo, hi) to 16-bit `elem`: the packed
+  /// halves the MMA's register A operand and the output stores take.
+  Value pair(Value lo, Value hi, Type elem) {
+    return arith::TruncFOp::create(b, VectorType::get({2}, elem), vectorOf({lo, hi}));
+  }
+  Value roundPairs(ArrayRef<Value> elems, Type elem) {
+    auto type = VectorType::get({int64_t(elems.size())}, elem);
+    Value out = arith::ConstantOp::create(
+        b, DenseElementsAttr::get(type, b.getZeroAttr(elem)));
+    for (int64_t i = 0; i + 1 < int64_t(elems.size()); i += 2)
+      out = vector::InsertStridedSliceOp::create(
+          b, pair(elems[i], elems[i + 1], elem), out, ArrayRef<int64_t>{i},
+          ArrayRef<int64_t>{1});
+    return out;
+  }
+};
+
+/// The online softmax's rows on register fragments: a tile is a fragment
+/// (vector<N x f32>), a row value a vector<2xf32> (rows `row`, `row + 8`).
+struct FragmentRows : softmax::SoftmaxRows, Fragments {
+  explicit FragmentRows(ImplicitLocOpBuilder &b) : Fragments{b} {}
+
+  SmallVector<SmallVector<Value>> all(ValueRange values) {
+    SmallVector<SmallVector<Value>> out;
+    for (Value v : values)
+      out.push_back(elements(v));
+    return out;
+  }
+
+  Value rowMax(Value tile, Value init, float c) override {
+    SmallVector<Value> u = elements(tile), m = elements(init), out;
+    for (int64_t h = 0; h < 2; ++h) {
+      Value mx = f32(kNegInf);
+      for (int64_t e = 0; e < int64_t(u.size()); ++e)
+        if (rowOf(e) == h)
+          mx = arith::MaxNumFOp::create(b, mx, u[e]);
+      mx = acrossQuad(mx, /*max=*/true);
+      if (c != 1.0f)
+        mx = arith::MulFOp::create(b, mx, f32(c));
+      out.push_back(arith::MaxNumFOp::create(b, m[h], mx));
+    }
+    return vectorOf(out);
+  }
+  Value mapRows(ValueRange rows, softmax::ScalarFn f) override {
+    auto in = all(rows);
+    SmallVector<Value> out;
+    for (int64_t h = 0; h < 2; ++h) {
+      SmallVector<Value> args;
+      for (auto &r : in)
+        args.push_back(r[h]);
+      out.push_back(f(b, b.getLoc(), args));
+    }
+    return vectorOf(out);
+  }
+  Value updateRows(Value target, ValueRange inputs, softmax::ScalarFn f) override {
+    SmallVector<Value> rows(inputs);
+    rows.push_back(target);
+    return mapRows(rows, f);
+  }
+  Value updateTile(Value tile, ValueRange rows, softmax::ScalarFn f) override {
+    auto in = all(rows);
+    SmallVector<Value> t = elements(tile), out;
+    for (int64_t e = 0; e < int64_t(t.size()); ++e) {
+      SmallVector<Value> args;
+      for (auto &r : in)
+        args.push_back(r[rowOf(e)]);
+      args.push_back(t[e]);
+      out.push_back(f(b, b.getLoc(), args));
+    }
+    return vectorOf(out);
+  }
+  Value addRowSums(Value target, Value tile) override {
+    SmallVector<Value> t = elements(tile), l = elements(target);
+    Value sum[2] = {f32(0.0f), f32(0.0f)};
+    for (int64_t e = 0; e < int64_t(t.size()); ++e)
+      sum[rowOf(e)] = arith::AddFOp::create(b, sum[rowOf(e)], t[e]);
+    return vectorOf({arith::AddFOp::create(b, l[0], sum[0]),
+                     arith::AddFOp::create(b, l[1], sum[1])});
+  }
+};
+
+/// u = log2(e) mods(scale S) per fragment element, -inf past N; the mods see
+/// indices clamped inside [0, M) x [0, N).
+Value scoresInLog2(Fragments &f, FragSoftmaxOp op, bool rawMax) {
+  ImplicitLocOpBuilder &b = f.b;
+  int64_t M = op.getSeqLens()[0], N = op.getSeqLens()[1];
+  int64_t BM = op.getTileSize()[0], BN = op.getTileSize()[1];
+  bool qTail = M % BM != 0, kvTail = N % BN != 0;
+  bool applyMask = op.getMasked() && op.hasMaskMod();
+  bool mods = op.hasScoreMod() || applyMask;
+  float scale = op.getScale().convertToFloat();
+  Value qRow0 = f.toI32(op.getRow());
+  Value qRows[2] = {qRow0, arith::AddIOp::create(b, qRow0, f.i32(8))};
+  if (qTail)
+    for (Value &r : qRows)
+      r = arith::MinUIOp::create(b, r, f.i32(M - 1));
+  Value qIdx[2] = {f.toIndex(qRows[0]), f.toIndex(qRows[1])};
+  Value kvCol0 = f.toI32(op.getCol());
+  SmallVector<Value> s = f.elements(op.getScores()), u;
+  for (int64_t e = 0; e < int64_t(s.size()); ++e) {
+    Value kvIdx = arith::AddIOp::create(b, kvCol0, f.i32(8 * (e / 4) + e % 2));
+    Value v = s[e];
+    if (mods) {
+      Value kvMod = kvTail ? arith::MinUIOp::create(b, kvIdx, f.i32(N - 1)).getResult()
+                           : kvIdx;
+      v = softmax::log2Score(b, b.getLoc(), s[e], scale, [&](Value x) -> Value {
+        auto apply = ApplyModsOp::create(
+            b, b.getF32Type(), x, op.getB(), op.getH(), qIdx[rowOf(e)],
+            f.toIndex(kvMod), op.getCaptures(),
+            applyMask ? b.getUnitAttr() : UnitAttr());
+        cloneModRegions(op, apply, applyMask);
+        return apply.getResult();
+      });
+    } else if (!rawMax) {
+      v = softmax::log2Score(b, b.getLoc(), s[e], scale, nullptr);
+    }
+    if (kvTail) {
+      Value inside = arith::CmpIOp::create(b, arith::CmpIPredicate::ult, kvIdx,
+                                           f.i32(N));
+      v = arith::SelectOp::create(b, inside, v, f.f32(kNegInf));
+    }
+    u.push_back(v);
+  }
+  return f.vectorOf(u);
+}
+
+LogicalResult lowerSoftmax(ImplicitLocOpBuilder &b, FragSoftmaxOp op) {
+  FragmentRows rows(b);
+  bool mods = op.hasScoreMod() || (op.getMasked() && op.hasMaskMod());
+  float scale = op.getScale().convertToFloat();
+  // Without mods the max is taken over the raw scores and scale log2(e) is
+  // applied once per row, then fused into P's exponent: exp2(S c - m).
+  bool rawMax = !mods && scale > 0;
+  float c = rawMax ? static_cast<float>(scale * kLog2e) : 1.0f;
+  Value u = scoresInLog2(rows, op, rawMax);
+  softmax::StepResult r =
+      softmax::onlineSoftmaxStep(rows, {op.getMax(), op.getSum(), Value()}, u, c);
+  Value probs = rows.roundPairs(rows.elements(r.probs),
+                                op.getProbs().getType().getElementType());
+  op.replaceAllUsesWith(ValueRange{probs, r.newMax, r.newSum, r.alpha});
+  return success();
+}
+
+LogicalResult lowerFinalize(ImplicitLocOpBuilder &b, FragFinalizeOp op) {
+  Fragments f{b};
+  auto outType = cast<MemRefType>(op.getOut().getType());
+  int64_t Hq = outType.getDimSize(1), M = outType.getDimSize(2),
+          Dv = outType.getDimSize(3);
+  Type elem = outType.getElementType();
+  SmallVector<Value> acc = f.elements(op.getAcc());
+  SmallVector<Value> m = f.elements(op.getMax()), l = f.elements(op.getSum());
+  // Byte address of out[b, h, 0, 0].
+  Value outBase = memref::ExtractAlignedPointerAsIndexOp::create(b, op.getOut());
+  Value head = arith::AddIOp::create(
+      b, arith::MulIOp::create(b, op.getB(), f.index(Hq)), op.getH());
+  Value headBase = arith::AddIOp::create(
+      b, outBase, arith::MulIOp::create(b, head, f.index(M * Dv * 2)));
+  for (int64_t h = 0; h < 2; ++h) {
+    Value sum = f.acrossQuad(l[h], /*max=*/false);
+    // out = acc / l, 0 where l = 0: one reciprocal per row
+    Value inv = softmax::safeDivide(b, b.getLoc(), f.f32(1.0f), sum);
+    Value row = arith::AddIOp::create(b, op.getRow(), f.index(8 * h));
+    Value inside = arith::CmpIOp::create(b, arith::CmpIPredicate::ult, row, f.index(M));
+    auto ifOp = scf::IfOp::create(b, inside, /*withElseRegion=*/false);
+    OpBuilder::InsertionGuard guard(b);
+    b.setInsertionPointToStart(&ifOp.getThenRegion().front());
+    Value rowAddr = arith::AddIOp::create(
+        b, headBase, arith::MulIOp::create(b, row, f.index(Dv * 2)));
+    for (int64_t j = 0; j < Dv / 8; ++j) {
+      Value lo = arith::MulFOp::create(b, acc[4 * j + 2 * h], inv);
+      Value hi = arith::MulFOp::create(b, acc[4 * j + 2 * h + 1], inv);
+      Value col = arith::AddIOp::create(b, op.getCol(), f.index(8 * j));
+      Value addr = arith::AddIOp::create(b, rowAddr,
+                                         arith::MulIOp::create(b, col, f.index(2)));
+      Value ptr = LLVM::IntToPtrOp::create(
+          b, LLVM::LLVMPointerType::get(b.getContext(), 1),
+          arith::IndexCastUIOp::create(b, b.getI64Type(), addr).getResult());
+      Value packed = vector::BitCastOp::create(
+          b, VectorType::get({1}, b.getI32Type()), f.pair(lo, hi, elem));
+      LLVM::StoreOp::create(b, vector::ExtractOp::create(b, packed, ArrayRef<int64_t>{0}),
+                            ptr, /*alignment=*/4);
+    }
+    if (Value lse = op.getLse()) {
+      // lse = ln(2) (m + log2 l), -inf where l = 0: by the row's first thread
+      Value first = arith::CmpIOp::create(b, arith::CmpIPredicate::eq, op.getCol(),
+                                          f.index(0));
+      auto lseIf = scf::IfOp::create(b, first, /*withElseRegion=*/false);
+      OpBuilder::InsertionGuard g2(b);
+      b.setInsertionPointToStart(&lseIf.getThenRegion().front());
+      Value v = softmax::logSumExp(b, b.getLoc(), m[h], sum);
+      memref::StoreOp::create(b, v, lse, ValueRange{op.getB(), op.getH(), row});
+    }
+  }
+  return success();
+}
+
+} // namespace
+
+LogicalResult mlir::flexattn::lowerFragmentOp(RewriterBase &rewriter,
+                                              Operation *op) {
+  ImplicitLocOpBuilder b(op->getLoc(), rewriter);
+  b.setInsertionPoint(op);
+  LogicalResult result = success();
+  if (auto softmaxOp = dyn_cast<FragSoftmaxOp>(op)) {
+    result = lowerSoftmax(b, softmaxOp);
+  } else if (auto rescale = dyn_cast<FragRescaleOp>(op)) {
+    FragmentRows rows(b);
+    rescale.replaceAllUsesWith(
+        softmax::rescaleAccumulator(rows, rescale.getAcc(), rescale.getAlpha()));
+  } else if (auto fin = dyn_cast<FragFinalizeOp>(op)) {
+    result = lowerFinalize(b, fin);
+  } else {
+    return op->emitOpError("is not a register-fragment op");
+  }
+  if (succeeded(result))
+    rewriter.eraseOp(op);
+  return result;
+}
+
+namespace {
+struct FlexAttnLowerFragmentsPass
+    : public flexattn::impl::FlexAttnLowerFragmentsBase<FlexAttnLowerFragmentsPass> {
+  void runOnOperation() override {
+    SmallVector<Operation *> ops;
+    getOperation()->walk([&](Operation *op) {
+      if (isa<FragSoftmaxOp, FragRescaleOp, FragFinalizeOp>(op))
+        ops.push_back(op);
+    });
+    IRRewriter rewriter(&getContext());
+    for (Operation *op : ops)
+      if (failed(lowerFragmentOp(rewriter, op)))
+        return signalPassFailure();
+  }
+};
+} // namespace

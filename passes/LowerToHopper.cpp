@@ -1,0 +1,395 @@
+//===- LowerToHopper.cpp - flexattn-lower-to-hopper -------------*- C++ -*-===//
+//
+// Part of flexattn-mlir, under the Apache License v2.0 with LLVM Exceptions.
+//
+//===----------------------------------------------------------------------===//
+//
+// Lowers the roles, rings and MMAs of a kernel to Hopper (sm_90a) NVVM ops:
+//
+//   shared memory  the rings' slots (1024-byte aligned tiles), then their
+//                  barriers, in a dynamic shared-memory block; the launch
+//                  asks for it (+1024 bytes: the base is aligned at run time)
+//   ring.alloc     mbarrier.init by thread 0 (full: 1 arrival + the bytes,
+//                  empty: `consumers` arrivals), fence, CTA barrier
+//   ring.acquire   mbarrier.try_wait.parity on the empty barrier
+//   ring.load      mbarrier.arrive.expect_tx + one TMA load per 64-column
+//                  panel (cp.async.bulk.tensor, 128-byte swizzle)
+//   ring.wait      mbarrier.try_wait.parity on the full barrier
+//   ring.release   mbarrier.arrive on the empty barrier
+//   mma            wgmma.fence (unless it follows another mma), one
+//                  wgmma.mma_async m64nNk16 per 16 of K (shared-memory A:
+//                  nvvm.wgmma.mma_async; register A: HopperAsm.h), commit
+//   mma.wait       wgmma.wait_group N, operand fences
+//   warp_specialize  a branch on the thread index, setmaxnreg per role
+//
+// Position i of a ring of S stages uses slot i % S in phase (i / S) & 1.
+// Shared-memory addresses are 32-bit offsets in the CTA's window.
+//
+//===----------------------------------------------------------------------===//
+
+#include "passes/HopperAsm.h"
+#include "passes/Passes.h"
+
+#include "mlir/Dialect/GPU/IR/GPUDialect.h"
+#include "mlir/Dialect/LLVMIR/NVVMDialect.h"
+#include "mlir/Dialect/Vector/IR/VectorOps.h"
+#include "mlir/IR/ImplicitLocOpBuilder.h"
+
+namespace mlir::flexattn {
+#define GEN_PASS_DEF_FLEXATTNLOWERTOHOPPER
+#include "passes/Passes.h.inc"
+} // namespace mlir::flexattn
+
+using namespace mlir;
+using namespace mlir::flexattn;
+
+namespace {
+
+constexpr int64_t kAlign = 1024;          // 128-byte swizzle atoms
+constexpr int64_t kWaitTicks = 10000000;  // try_wait suspend-time hint (ns)
+
+/// Where a ring lives in shared memory.
+struct RingLayout {
+  RingType type;
+  int64_t tileOff, fullOff, emptyOff, consumers;
+  int64_t tileBytes() const { return type.getTileType().getBytes(); }
+};
+
+struct Lowering {
+  ImplicitLocOpBuilder &b;
+  Value smem; // i32: the 1024-aligned base
+  DenseMap<Value, RingLayout> rings;
+  DenseMap<Value, Value> tiles; // !flexattn.smem_tile -> i32 address
+
+  Value i32(int64_t v) { return arith::ConstantIntOp::create(b, v, 32); }
+  Value i64(int64_t v) { return arith::ConstantIntOp::create(b, v, 64); }
+  Value toI32(Value index) {
+    return arith::IndexCastOp::create(b, b.getI32Type(), index);
+  }
+  Value at(Value base, int64_t off) { return arith::AddIOp::create(b, base, i32(off)); }
+  Value shared(Value addr) {
+    return LLVM::IntToPtrOp::create(b, LLVM::LLVMPointerType::get(b.getContext(), 3),
+                                    addr);
+  }
+
+  /// stage = i % S, phase = (i / S) & 1.
+  std::pair<Value, Value> stagePhase(const RingLayout &r, Value pos) {
+    Value s = i32(r.type.getStages());
+    Value stage = arith::RemUIOp::create(b, pos, s);
+    Value phase = arith::AndIOp::create(b, arith::DivUIOp::create(b, pos, s), i32(1));
+    return {stage, phase};
+  }
+  Value barrier(int64_t off, Value stage) {
+    return arith::AddIOp::create(b, at(smem, off),
+                                 arith::MulIOp::create(b, stage, i32(8)));
+  }
+  Value slot(const RingLayout &r, Value stage) {
+    return arith::AddIOp::create(b, at(smem, r.tileOff),
+                                 arith::MulIOp::create(b, stage, i32(r.tileBytes())));
+  }
+  void waitParity(Value bar, Value parity) {
+    NVVM::MBarrierTryWaitParityOp::create(b, shared(bar), parity, i32(kWaitTicks));
+  }
+
+  /// The 64-bit descriptor of a 128-byte-swizzled tile at `addr`: (addr >> 4)
+  /// in bits 0-13, LBO >> 4 in 16-29, SBO >> 4 in 32-45, swizzle mode 1 in
+  /// 62-63 (tiles are 1024-byte aligned: base offset 0).
+  Value descriptor(Value addr, int64_t lbo, int64_t sbo) {
+    int64_t high = ((lbo >> 4) & 0x3FFF) << 16 | ((sbo >> 4) & 0x3FFF) << 32 |
+                   (int64_t(1) << 62);
+    Value a = arith::ExtUIOp::create(b, b.getI64Type(), addr);
+    a = arith::AndIOp::create(b, arith::ShRUIOp::create(b, a, i64(4)), i64(0x3FFF));
+    return arith::OrIOp::create(b, a, i64(high));
+  }
+
+  SmallVector<Value> elements(Value vector) {
+    SmallVector<Value> out;
+    for (int64_t i = 0, n = cast<VectorType>(vector.getType()).getNumElements(); i < n; ++i)
+      out.push_back(vector::ExtractOp::create(b, vector, ArrayRef<int64_t>{i}));
+    return out;
+  }
+  Value vectorOf(Type type, ValueRange elems) {
+    return vector::FromElementsOp::create(b, cast<VectorType>(type), elems);
+  }
+  /// A 16-bit fragment as b32 registers: element pairs, low half first.
+  SmallVector<Value> pairs(Value halves) {
+    int64_t n = cast<VectorType>(halves.getType()).getNumElements();
+    SmallVector<Value> out;
+    for (int64_t i = 0; i < n; i += 2) {
+      Value pair = vector::ExtractStridedSliceOp::create(
+          b, halves, ArrayRef<int64_t>{i}, ArrayRef<int64_t>{2}, ArrayRef<int64_t>{1});
+      Value word = vector::BitCastOp::create(b, VectorType::get({1}, b.getI32Type()), pair);
+      out.push_back(vector::ExtractOp::create(b, word, ArrayRef<int64_t>{0}));
+    }
+    return out;
+  }
+
+  LogicalResult lower(Operation *op);
+  LogicalResult lowerMma(MmaOp op);
+  LogicalResult lowerWait(MmaWaitOp op);
+};
+
+LogicalResult Lowering::lower(Operation *op) {
+  b.setLoc(op->getLoc());
+  b.setInsertionPoint(op);
+  if (auto acquire = dyn_cast<RingAcquireOp>(op)) {
+    const RingLayout &r = rings.at(acquire.getRing());
+    auto [stage, phase] = stagePhase(r, acquire.getPosition());
+    waitParity(barrier(r.emptyOff, stage), arith::XOrIOp::create(b, phase, i32(1)));
+  } else if (auto load = dyn_cast<RingLoadOp>(op)) {
+    const RingLayout &r = rings.at(load.getRing());
+    auto [stage, phase] = stagePhase(r, load.getPosition());
+    (void)phase;
+    Value full = shared(barrier(r.fullOff, stage));
+    NVVM::MBarrierArriveExpectTxOp::create(b, Type(), full, i32(r.tileBytes()),
+                                           NVVM::MemScopeKind::CTA, false, Value());
+    Value dst = slot(r, stage);
+    SmemTileType tile = r.type.getTileType();
+    SmallVector<Value> coords = {Value(), toI32(load.getRow()), toI32(load.getH()),
+                                 toI32(load.getB())};
+    for (int64_t p = 0; p < tile.getCols() / kPanelCols; ++p) {
+      coords[0] = i32(p * kPanelCols);
+      // A CTA's shared::cta address is valid in the shared::cluster window.
+      Value panel = LLVM::IntToPtrOp::create(
+          b, LLVM::LLVMPointerType::get(b.getContext(), 7),
+          at(dst, p * tile.getPanelBytes()));
+      NVVM::CpAsyncBulkTensorGlobalToSharedClusterOp::create(
+          b, panel, load.getTensorMap(), coords, full, ValueRange{}, Value(), Value(),
+          NVVM::TMALoadMode::TILE, /*isCTAOnly=*/false, NVVM::CTAGroupKindAttr(),
+          Value());
+    }
+  } else if (auto wait = dyn_cast<RingWaitOp>(op)) {
+    const RingLayout &r = rings.at(wait.getRing());
+    auto [stage, phase] = stagePhase(r, wait.getPosition());
+    waitParity(barrier(r.fullOff, stage), phase);
+  } else if (auto release = dyn_cast<RingReleaseOp>(op)) {
+    const RingLayout &r = rings.at(release.getRing());
+    auto [stage, phase] = stagePhase(r, release.getPosition());
+    (void)phase;
+    NVVM::MBarrierArriveOp::create(b, Type(), shared(barrier(r.emptyOff, stage)),
+                                   Value());
+  } else if (auto slotOp = dyn_cast<RingSlotOp>(op)) {
+    const RingLayout &r = rings.at(slotOp.getRing());
+    tiles[slotOp] = slot(r, stagePhase(r, slotOp.getPosition()).first);
+  } else if (auto cast = dyn_cast<SmemTileReinterpretOp>(op)) {
+    tiles[cast] = tiles.at(cast.getSource());
+  } else if (auto select = dyn_cast<arith::SelectOp>(op)) {
+    tiles[select] = arith::SelectOp::create(b, select.getCondition(),
+                                            tiles.at(select.getTrueValue()),
+                                            tiles.at(select.getFalseValue()));
+  } else if (auto mma = dyn_cast<MmaOp>(op)) {
+    return lowerMma(mma);
+  } else if (auto mmaWait = dyn_cast<MmaWaitOp>(op)) {
+    return lowerWait(mmaWait);
+  }
+  return success();
+}
+
+LogicalResult Lowering::lowerMma(MmaOp op) {
+  MLIRContext *ctx = b.getContext();
+  if (!isa_and_nonnull<MmaOp>(op->getPrevNode()))
+    NVVM::WgmmaFenceAlignedOp::create(b);
+  SmemTileType bType = op.getB().getType();
+  Type elem = bType.getElementType();
+  Value bAddr = tiles.at(op.getB());
+  int64_t regs = op.getType().getNumElements(), n = 2 * regs;
+  SmallVector<Value> out;
+  if (auto aType = dyn_cast<SmemTileType>(op.getA().getType())) {
+    // S = A.Bᵀ, both K-major in shared memory: one wgmma per 16 of K, the
+    // descriptors moved 32 bytes per step within a panel.
+    if (!op.getTransposeB())
+      return op.emitOpError("this lowering takes a shared-memory A only with "
+                            "a K-major B (transpose_b)");
+    auto structType = LLVM::LLVMStructType::getLiteral(
+        ctx, SmallVector<Type>(regs, b.getF32Type()));
+    Value d = LLVM::PoisonOp::create(b, structType);
+    if (op.getAcc())
+      for (auto [i, v] : llvm::enumerate(elements(op.getAcc())))
+        d = LLVM::InsertValueOp::create(b, d, v, ArrayRef<int64_t>{int64_t(i)});
+    Value aBase = arith::AddIOp::create(
+        b, tiles.at(op.getA()),
+        arith::MulIOp::create(b, toI32(op.getARow()), i32(kSwizzleBytes)));
+    auto wgmmaType = elem.isBF16() ? NVVM::WGMMATypes::bf16 : NVVM::WGMMATypes::f16;
+    for (int64_t kk = 0; kk < aType.getCols() / 16; ++kk) {
+      int64_t inPanel = (kk % 4) * 32;
+      Value da = descriptor(at(aBase, (kk / 4) * aType.getPanelBytes() + inPanel),
+                            16384, 1024);
+      Value db = descriptor(at(bAddr, (kk / 4) * bType.getPanelBytes() + inPanel),
+                            16384, 1024);
+      bool accumulate = kk > 0 || op.getAcc();
+      d = NVVM::WgmmaMmaAsyncOp::create(
+          b, structType, d, da, db, NVVM::MMAShapeAttr::get(ctx, 64, n, 16),
+          NVVM::WGMMATypesAttr::get(ctx, wgmmaType),
+          NVVM::WGMMATypesAttr::get(ctx, wgmmaType),
+          NVVM::WGMMATypesAttr::get(ctx, NVVM::WGMMATypes::f32),
+          NVVM::WGMMAScaleOutAttr::get(ctx, accumulate ? NVVM::WGMMAScaleOut::one
+                                                       : NVVM::WGMMAScaleOut::zero),
+          NVVM::WGMMAScaleInAttr::get(ctx, NVVM::WGMMAScaleIn::one),
+          NVVM::WGMMAScaleInAttr::get(ctx, NVVM::WGMMAScaleIn::one),
+          NVVM::MMALayoutAttr::get(ctx, NVVM::MMALayout::row),
+          NVVM::MMALayoutAttr::get(ctx, NVVM::MMALayout::col),
+          NVVM::MMAIntOverflowAttr());
+    }
+    for (int64_t i = 0; i < regs; ++i)
+      out.push_back(LLVM::ExtractValueOp::create(b, d, ArrayRef<int64_t>{i}));
+  } else {
+    // O += P.B with P in registers and B row-major (MN-major: imm-trans-b 1);
+    // the descriptor moves 16 rows (2048 bytes) per step, LBO = the panel size.
+    if (op.getTransposeB() || !op.getAcc())
+      return op.emitOpError("this lowering takes a register A only with a "
+                            "row-major B (no transpose_b) and an accumulator");
+    SmallVector<Value> a = pairs(op.getA());
+    out = elements(op.getAcc());
+    for (int64_t kk = 0; kk < int64_t(a.size()) / 4; ++kk) {
+      Value db = descriptor(at(bAddr, kk * 16 * kSwizzleBytes), bType.getPanelBytes(), 1024);
+      out = hopper::wgmmaRegisterA(b, out, ArrayRef(a).slice(4 * kk, 4), db, n, elem);
+    }
+  }
+  NVVM::WgmmaGroupSyncAlignedOp::create(b);
+  op.replaceAllUsesWith(vectorOf(op.getType(), out));
+  return success();
+}
+
+LogicalResult Lowering::lowerWait(MmaWaitOp op) {
+  NVVM::WgmmaWaitGroupSyncOp::create(b, op.getPending());
+  SmallVector<Value> results;
+  for (Value v : op.getValues()) {
+    auto type = cast<VectorType>(v.getType());
+    if (type.getElementType().isF32()) {
+      results.push_back(vectorOf(type, hopper::fenceRegisters(b, elements(v))));
+      continue;
+    }
+    SmallVector<Value> words = hopper::fenceRegisters(b, pairs(v));
+    Value packed = vectorOf(VectorType::get({int64_t(words.size())}, b.getI32Type()), words);
+    results.push_back(vector::BitCastOp::create(b, type, packed));
+  }
+  op.replaceAllUsesWith(results);
+  return success();
+}
+
+/// The roles as a branch on the thread index, each with its register budget.
+void lowerRoles(RewriterBase &rewriter, ImplicitLocOpBuilder &b, WarpSpecializeOp op) {
+  b.setLoc(op.getLoc());
+  b.setInsertionPoint(op);
+  auto idx = [&](int64_t v) { return arith::ConstantIndexOp::create(b, v); };
+  Value tid = gpu::ThreadIdOp::create(b, gpu::Dimension::x);
+  int64_t producers = op.getProducerThreads(), group = op.getConsumerThreads();
+  Value isProducer = arith::CmpIOp::create(b, arith::CmpIPredicate::ult, tid, idx(producers));
+  auto branch = scf::IfOp::create(b, isProducer, /*withElseRegion=*/true);
+  b.setInsertionPointToStart(&branch.getThenRegion().front());
+  NVVM::SetMaxRegisterOp::create(b, op.getProducerRegisters(),
+                                 NVVM::SetMaxRegisterAction::decrease);
+  rewriter.inlineBlockBefore(&op.getProducer().front(),
+                             branch.getThenRegion().front().getTerminator(), {tid});
+  b.setInsertionPointToStart(&branch.getElseRegion().front());
+  NVVM::SetMaxRegisterOp::create(b, op.getConsumerRegisters(),
+                                 NVVM::SetMaxRegisterAction::increase);
+  Value groupIdx = arith::SubIOp::create(b, arith::DivUIOp::create(b, tid, idx(group)),
+                                         idx(producers / group));
+  Value thread = arith::RemUIOp::create(b, tid, idx(group));
+  rewriter.inlineBlockBefore(&op.getConsumers().front(),
+                             branch.getElseRegion().front().getTerminator(),
+                             {groupIdx, thread});
+  rewriter.eraseOp(op);
+}
+
+} // namespace
+
+LogicalResult mlir::flexattn::lowerToHopper(RewriterBase &rewriter,
+                                            gpu::LaunchOp launch,
+                                            int64_t maxSharedMemory) {
+  Block &body = launch.getBody().front();
+  SmallVector<RingAllocOp> allocs(body.getOps<RingAllocOp>());
+  if (allocs.empty())
+    return success();
+  Location loc = launch.getLoc();
+  ImplicitLocOpBuilder b(loc, rewriter);
+  Lowering l{b, Value(), {}, {}};
+
+  // Shared memory: every ring's slots, then every ring's barriers.
+  int64_t off = 0;
+  for (RingAllocOp alloc : allocs) {
+    RingLayout r{alloc.getType(), off, 0, 0, alloc.getConsumers()};
+    off += r.type.getStages() * r.tileBytes();
+    l.rings[alloc] = r;
+  }
+  for (RingAllocOp alloc : allocs) {
+    RingLayout &r = l.rings[alloc];
+    r.fullOff = off;
+    r.emptyOff = off + 8 * r.type.getStages();
+    off += 16 * r.type.getStages();
+  }
+  int64_t bytes = off + kAlign;
+  if (maxSharedMemory > 0 && bytes > maxSharedMemory)
+    return launch.emitOpError("the kernel's rings need ")
+           << bytes << " bytes of shared memory, more than the " << maxSharedMemory
+           << " a block has (fewer stages use less)";
+  rewriter.setInsertionPoint(launch);
+  launch.getDynamicSharedMemorySizeMutable().assign(
+      arith::ConstantIntOp::create(rewriter, loc, bytes, 32));
+
+  // The 1024-aligned base; thread 0 initialises the barriers, all wait.
+  b.setInsertionPointAfter(allocs.back());
+  auto smemType = MemRefType::get({ShapedType::kDynamic}, b.getI8Type(), AffineMap(),
+                                  gpu::AddressSpaceAttr::get(b.getContext(),
+                                                             gpu::AddressSpace::Workgroup));
+  Value dyn = gpu::DynamicSharedMemoryOp::create(b, smemType);
+  Value raw = l.toI32(memref::ExtractAlignedPointerAsIndexOp::create(b, dyn));
+  l.smem = arith::AndIOp::create(b, l.at(raw, kAlign - 1), l.i32(~(kAlign - 1)));
+  Value leader = arith::CmpIOp::create(b, arith::CmpIPredicate::eq,
+                                       gpu::ThreadIdOp::create(b, gpu::Dimension::x),
+                                       arith::ConstantIndexOp::create(b, 0));
+  auto init = scf::IfOp::create(b, leader, /*withElseRegion=*/false);
+  {
+    OpBuilder::InsertionGuard g(b);
+    b.setInsertionPointToStart(&init.getThenRegion().front());
+    for (RingAllocOp alloc : allocs) {
+      const RingLayout &r = l.rings[alloc];
+      for (int64_t s = 0; s < r.type.getStages(); ++s) {
+        NVVM::MBarrierInitOp::create(b, l.shared(l.at(l.smem, r.fullOff + 8 * s)),
+                                     l.i32(1), Value());
+        NVVM::MBarrierInitOp::create(b, l.shared(l.at(l.smem, r.emptyOff + 8 * s)),
+                                     l.i32(r.consumers), Value());
+      }
+    }
+    NVVM::FenceMbarrierInitOp::create(b);
+  }
+  gpu::BarrierOp::create(b);
+
+  SmallVector<Operation *> ops;
+  SmallVector<WarpSpecializeOp> roles;
+  launch.getBody().walk<WalkOrder::PreOrder>([&](Operation *op) {
+    if (isa<RingAcquireOp, RingLoadOp, RingWaitOp, RingReleaseOp, RingSlotOp,
+            SmemTileReinterpretOp, MmaOp, MmaWaitOp>(op) ||
+        (isa<arith::SelectOp>(op) && isa<SmemTileType>(op->getResult(0).getType())))
+      ops.push_back(op);
+    if (auto ws = dyn_cast<WarpSpecializeOp>(op))
+      roles.push_back(ws);
+  });
+  for (Operation *op : ops)
+    if (failed(l.lower(op)))
+      return failure();
+  for (Operation *op : llvm::reverse(ops))
+    rewriter.eraseOp(op);
+  for (RingAllocOp alloc : allocs)
+    rewriter.eraseOp(alloc);
+  for (WarpSpecializeOp ws : roles)
+    lowerRoles(rewriter, b, ws);
+  return success();
+}
+
+namespace {
+struct FlexAttnLowerToHopperPass
+    : public flexattn::impl::FlexAttnLowerToHopperBase<FlexAttnLowerToHopperPass> {
+  using FlexAttnLowerToHopperBase::FlexAttnLowerToHopperBase;
+
+  void runOnOperation() override {
+    SmallVector<gpu::LaunchOp> launches;
+    getOperation()->walk([&](gpu::LaunchOp launch) { launches.push_back(launch); });
+    IRRewriter rewriter(&getContext());
+    for (gpu::LaunchOp launch : launches)
+      if (failed(lowerToHopper(rewriter, launch, maxSharedMemory)))
+        return signalPassFailure();
+  }
+};
+} // namespace

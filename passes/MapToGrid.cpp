@@ -1,0 +1,159 @@
+//===- MapToGrid.cpp - flexattn-map-to-grid ---------------------*- C++ -*-===//
+//
+// Part of flexattn-mlir, under the Apache License v2.0 with LLVM Exceptions.
+//
+//===----------------------------------------------------------------------===//
+//
+// Maps the tiled attention's loop over (batch, head, Q tile), the
+// scf.parallel flexattn-tile made, onto a 1-D grid of CTAs, one per tile:
+// the loop becomes a gpu.launch whose body decodes its tile from the block
+// index and runs the tile's body unchanged (flexattn.tile_step and
+// flexattn.finalize on memrefs; the state on the CTA's stack). Tiles of one
+// (batch, head) are numbered together, so the CTAs running at once share
+// K/V in L2, and the heaviest (last) Q tile of a head comes first:
+//
+//   t = blockIdx.x:  head = t / QT,  b = head / Hq,  h = head % Hq,
+//                    qt = QT - 1 - t % QT
+//
+// The CTA has one thread until a role pass (flexattn-warp-specialize)
+// assigns the threads' roles.
+//
+//===----------------------------------------------------------------------===//
+
+#include "passes/Passes.h"
+
+#include "mlir/Dialect/GPU/IR/GPUDialect.h"
+#include "mlir/IR/IRMapping.h"
+#include "mlir/IR/Matchers.h"
+#include "mlir/Interfaces/SideEffectInterfaces.h"
+#include "llvm/ADT/SetVector.h"
+#include <functional>
+
+namespace mlir::flexattn {
+#define GEN_PASS_DEF_FLEXATTNMAPTOGRID
+#include "passes/Passes.h.inc"
+} // namespace mlir::flexattn
+
+using namespace mlir;
+using namespace mlir::flexattn;
+
+namespace {
+
+/// The value of an index computation over constants (the loop bounds
+/// flexattn-tile made), folded on the spot.
+std::optional<int64_t> foldIndex(Value v) {
+  if (std::optional<int64_t> c = getConstantIntValue(v))
+    return c;
+  Operation *def = v.getDefiningOp();
+  if (!def || def->getNumResults() != 1)
+    return std::nullopt;
+  SmallVector<Attribute> operands;
+  for (Value operand : def->getOperands()) {
+    std::optional<int64_t> c = foldIndex(operand);
+    if (!c)
+      return std::nullopt;
+    operands.push_back(IntegerAttr::get(operand.getType(), *c));
+  }
+  SmallVector<OpFoldResult> folded;
+  if (failed(def->fold(operands, folded)) || folded.size() != 1)
+    return std::nullopt;
+  return getConstantIntValue(folded.front());
+}
+
+/// Pure ops over constants: recomputed inside the kernel rather than passed.
+bool isRecomputable(Value v) {
+  Operation *def = v.getDefiningOp();
+  return def && def->getNumRegions() == 0 && isPure(def) &&
+         llvm::all_of(def->getOperands(), isRecomputable);
+}
+
+} // namespace
+
+LogicalResult mlir::flexattn::mapToGrid(RewriterBase &rewriter,
+                                        scf::ParallelOp par) {
+  Location loc = par.getLoc();
+  if (par.getNumLoops() != 3)
+    return par.emitOpError("flexattn-map-to-grid expects the loop over "
+                           "(batch, head, Q tile) made by flexattn-tile");
+  int64_t extent[3];
+  for (unsigned d = 0; d < 3; ++d) {
+    std::optional<int64_t> lo = foldIndex(par.getLowerBound()[d]);
+    std::optional<int64_t> hi = foldIndex(par.getUpperBound()[d]);
+    std::optional<int64_t> step = foldIndex(par.getStep()[d]);
+    if (!lo || !hi || !step || *lo != 0 || *step != 1)
+      return par.emitOpError("flexattn-map-to-grid needs static loop bounds "
+                             "from 0 with step 1 (static shapes)");
+    extent[d] = *hi;
+  }
+  int64_t heads = extent[1], qTiles = extent[2];
+  int64_t tiles = extent[0] * heads * qTiles;
+
+  // Values from outside the loop: memref arguments stay (the launch passes
+  // them to the kernel), pure computations over constants are recomputed.
+  SetVector<Value> recomputed;
+  WalkResult outside = par.getBody()->walk([&](Operation *op) {
+    for (Value v : op->getOperands()) {
+      if (par->isAncestor(v.getParentBlock()->getParentOp()))
+        continue;
+      if (isRecomputable(v)) {
+        recomputed.insert(v);
+      } else if (!(isa<BlockArgument>(v) && isa<MemRefType>(v.getType()))) {
+        op->emitOpError("flexattn-map-to-grid cannot pass this value to the "
+                        "kernel (only memref arguments and constants): ")
+            << v;
+        return WalkResult::interrupt();
+      }
+    }
+    return WalkResult::advance();
+  });
+  if (outside.wasInterrupted())
+    return failure();
+
+  OpBuilder::InsertionGuard guard(rewriter);
+  rewriter.setInsertionPoint(par);
+  auto cst = [&](int64_t v) { return arith::ConstantIndexOp::create(rewriter, loc, v); };
+  Value one = cst(1);
+  auto launch = gpu::LaunchOp::create(rewriter, loc, cst(tiles), one, one,
+                                      one, one, one);
+  Block &body = launch.getBody().front();
+  rewriter.setInsertionPointToStart(&body);
+  IRMapping map;
+  std::function<void(Value)> recompute = [&](Value v) {
+    if (map.contains(v))
+      return;
+    for (Value operand : v.getDefiningOp()->getOperands())
+      recompute(operand);
+    rewriter.clone(*v.getDefiningOp(), map);
+  };
+  for (Value v : recomputed)
+    recompute(v);
+
+  // t -> (b, h, qt): heads' tiles adjacent, heaviest Q tile first.
+  Value t = launch.getBlockIds().x;
+  Value qts = arith::ConstantIndexOp::create(rewriter, loc, qTiles);
+  Value head = arith::DivUIOp::create(rewriter, loc, t, qts);
+  Value hs = arith::ConstantIndexOp::create(rewriter, loc, heads);
+  map.map(par.getInductionVars()[0], arith::DivUIOp::create(rewriter, loc, head, hs));
+  map.map(par.getInductionVars()[1], arith::RemUIOp::create(rewriter, loc, head, hs));
+  Value last = arith::ConstantIndexOp::create(rewriter, loc, qTiles - 1);
+  map.map(par.getInductionVars()[2],
+          arith::SubIOp::create(rewriter, loc, last,
+                                arith::RemUIOp::create(rewriter, loc, t, qts)));
+  for (Operation &op : par.getBody()->without_terminator())
+    rewriter.clone(op, map);
+  gpu::TerminatorOp::create(rewriter, loc);
+  rewriter.eraseOp(par);
+  return success();
+}
+
+namespace {
+struct FlexAttnMapToGridPass
+    : public flexattn::impl::FlexAttnMapToGridBase<FlexAttnMapToGridPass> {
+  void runOnOperation() override {
+    IRRewriter rewriter(&getContext());
+    for (auto par : opsHoldingTiles<scf::ParallelOp>(getOperation()))
+      if (failed(mapToGrid(rewriter, par)))
+        return signalPassFailure();
+  }
+};
+} // namespace

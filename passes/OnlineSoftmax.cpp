@@ -1,0 +1,108 @@
+//===- OnlineSoftmax.cpp - the online-softmax decomposition -----*- C++ -*-===//
+//
+// Part of flexattn-mlir, under the Apache License v2.0 with LLVM Exceptions.
+//
+//===----------------------------------------------------------------------===//
+
+#include "passes/OnlineSoftmax.h"
+#include "passes/Passes.h"
+
+#include "mlir/Dialect/Arith/IR/Arith.h"
+#include "mlir/Dialect/Math/IR/Math.h"
+#include <limits>
+
+using namespace mlir;
+using namespace mlir::flexattn;
+using namespace mlir::flexattn::softmax;
+
+namespace {
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+Value f32(OpBuilder &b, Location loc, float v) {
+  return arith::ConstantOp::create(b, loc, b.getF32FloatAttr(v));
+}
+} // namespace
+
+Value softmax::finiteBase(OpBuilder &b, Location loc, Value m) {
+  Value ninf = f32(b, loc, kNegInf);
+  Value zero = f32(b, loc, 0.0f);
+  Value empty =
+      arith::CmpFOp::create(b, loc, arith::CmpFPredicate::OEQ, m, ninf);
+  return arith::SelectOp::create(b, loc, empty, zero, m);
+}
+
+Value softmax::rescaleFactor(OpBuilder &b, Location loc, Value m, Value mNew) {
+  Value d = arith::SubFOp::create(b, loc, m, finiteBase(b, loc, mNew));
+  return math::Exp2Op::create(b, loc, d);
+}
+
+Value softmax::probability(OpBuilder &b, Location loc, Value u, Value mNew,
+                           float c) {
+  Value base = finiteBase(b, loc, mNew);
+  Value d;
+  if (c == 1.0f) {
+    d = arith::SubFOp::create(b, loc, u, base);
+  } else {
+    Value negBase = arith::NegFOp::create(b, loc, base);
+    d = math::FmaOp::create(b, loc, u, f32(b, loc, c), negBase);
+  }
+  return math::Exp2Op::create(b, loc, d);
+}
+
+Value softmax::safeDivide(OpBuilder &b, Location loc, Value x, Value l) {
+  Value empty = arith::CmpFOp::create(b, loc, arith::CmpFPredicate::OEQ, l,
+                                      f32(b, loc, 0.0f));
+  Value r = arith::DivFOp::create(b, loc, x, l);
+  return arith::SelectOp::create(b, loc, empty, f32(b, loc, 0.0f), r);
+}
+
+Value softmax::logSumExp(OpBuilder &b, Location loc, Value m, Value l) {
+  Value empty = arith::CmpFOp::create(b, loc, arith::CmpFPredicate::OEQ, l,
+                                      f32(b, loc, 0.0f));
+  Value r = arith::AddFOp::create(b, loc, m, math::Log2Op::create(b, loc, l));
+  r = arith::MulFOp::create(b, loc, r, f32(b, loc, static_cast<float>(kLn2)));
+  return arith::SelectOp::create(b, loc, empty, f32(b, loc, kNegInf), r);
+}
+
+Value softmax::log2Score(OpBuilder &b, Location loc, Value s, float scale,
+                         function_ref<Value(Value)> mods) {
+  if (!mods)
+    return arith::MulFOp::create(b, loc, s,
+                                 f32(b, loc, static_cast<float>(scale * kLog2e)));
+  Value x = arith::MulFOp::create(b, loc, s, f32(b, loc, scale));
+  Value modded = mods(x);
+  return arith::MulFOp::create(b, loc, modded,
+                               f32(b, loc, static_cast<float>(kLog2e)));
+}
+
+StepResult softmax::onlineSoftmaxStep(SoftmaxRows &rows, const State &state,
+                                      Value u, float c) {
+  StepResult r;
+  // m_new = max(m, c rowmax(u))
+  r.newMax = rows.rowMax(u, state.max, c);
+  // alpha = exp2(m - base(m_new))
+  r.alpha = rows.mapRows({state.max, r.newMax},
+                         [](OpBuilder &b, Location l, ValueRange a) {
+                           return rescaleFactor(b, l, a[0], a[1]);
+                         });
+  // P = exp2(c u - base(m_new))
+  r.probs = rows.updateTile(u, {r.newMax},
+                            [&](OpBuilder &b, Location l, ValueRange a) {
+                              return probability(b, l, a[1], a[0], c);
+                            });
+  // l = alpha l + rowsum(P)
+  r.newSum = rows.updateRows(state.sum, {r.alpha},
+                             [](OpBuilder &b, Location l, ValueRange a) -> Value {
+                               return arith::MulFOp::create(b, l, a[0], a[1]);
+                             });
+  r.newSum = rows.addRowSums(r.newSum, r.probs);
+  return r;
+}
+
+Value softmax::rescaleAccumulator(SoftmaxRows &rows, Value acc, Value alpha) {
+  // acc = alpha acc
+  return rows.updateTile(acc, {alpha},
+                         [](OpBuilder &b, Location l, ValueRange a) -> Value {
+                           return arith::MulFOp::create(b, l, a[0], a[1]);
+                         });
+}

@@ -1,0 +1,111 @@
+//===- OnlineSoftmax.h - the online-softmax decomposition -------*- C++ -*-===//
+//
+// Part of flexattn-mlir, under the Apache License v2.0 with LLVM Exceptions.
+//
+//===----------------------------------------------------------------------===//
+//
+// The one definition of the online softmax, shared by the CPU
+// (flexattn-fuse-online-softmax: linalg ops on tile buffers) and the GPU
+// (flexattn-lower-fragments: register fragments, rows reduced with quad
+// shuffles). Scores are in log2 units: log2(e) is folded into the scale, so
+// every exponential is an exp2.
+//
+// Two layers:
+//  - scalar formulas (finiteBase, rescaleFactor, probability, safeDivide,
+//    logSumExp, log2Score): one builder each, called inside whatever loop or
+//    linalg body a backend makes;
+//  - the step, `onlineSoftmaxStep`: the order of the updates, written once
+//    against `SoftmaxRows`, the interface through which a backend maps and
+//    reduces the rows of its tiles.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef FLEXATTN_PASSES_ONLINESOFTMAX_H
+#define FLEXATTN_PASSES_ONLINESOFTMAX_H
+
+#include "mlir/IR/Builders.h"
+
+namespace mlir::flexattn::softmax {
+
+//===----------------------------------------------------------------------===//
+// Scalar formulas (f32)
+//===----------------------------------------------------------------------===//
+
+/// The running max as a subtraction base: m, or 0 for a row with no finite
+/// score yet (so exp2(-inf - base) = 0 instead of NaN).
+Value finiteBase(OpBuilder &b, Location loc, Value m);
+
+/// alpha = exp2(m - base(m_new)): how much the old running values shrink.
+Value rescaleFactor(OpBuilder &b, Location loc, Value m, Value mNew);
+
+/// P = exp2(c u - base(m_new)); c = 1 is a subtraction, otherwise one fma
+/// (a backend that takes the max over raw scores applies the scale here).
+Value probability(OpBuilder &b, Location loc, Value u, Value mNew, float c);
+
+/// x / l, or 0 where l = 0 (a row with no visible key).
+Value safeDivide(OpBuilder &b, Location loc, Value x, Value l);
+
+/// lse = ln(2) (m + log2 l), or -inf where l = 0.
+Value logSumExp(OpBuilder &b, Location loc, Value m, Value l);
+
+/// u = log2(e) mods(scale s) when `mods` is given (it applies score_mod and
+/// mask_mod to the scaled score), else s (scale log2(e)): one multiply.
+Value log2Score(OpBuilder &b, Location loc, Value s, float scale,
+                function_ref<Value(Value)> mods);
+
+//===----------------------------------------------------------------------===//
+// The step
+//===----------------------------------------------------------------------===//
+
+/// The state carried from one KV tile to the next, by name: the running max
+/// and running sum per row, and the accumulator. Buffers on the CPU (updated
+/// in place), register fragments on the GPU (new values per step).
+struct State {
+  Value max, sum, acc;
+};
+
+/// Per row or per element; the arguments are given in the order the hook
+/// documents.
+using ScalarFn = function_ref<Value(OpBuilder &, Location, ValueRange)>;
+
+/// How a backend holds rows (a row value: one per tile row) and tiles, and
+/// how it maps and reduces them. Each hook returns the updated or new value
+/// (a backend that updates in place returns the buffer it wrote).
+class SoftmaxRows {
+public:
+  virtual ~SoftmaxRows() = default;
+  /// max(init, c rowmax(tile)), a new row value.
+  virtual Value rowMax(Value tile, Value init, float c) = 0;
+  /// A new row value f(rows[0][r], rows[1][r], ...).
+  virtual Value mapRows(ValueRange rows, ScalarFn f) = 0;
+  /// target[r] = f(inputs[0][r], ..., target[r]).
+  virtual Value updateRows(Value target, ValueRange inputs, ScalarFn f) = 0;
+  /// tile[r, c] = f(rows[0][r], ..., tile[r, c]).
+  virtual Value updateTile(Value tile, ValueRange rows, ScalarFn f) = 0;
+  /// target[r] += rowsum(tile[r, :]).
+  virtual Value addRowSums(Value target, Value tile) = 0;
+};
+
+/// What one step produces: the new max and sum, alpha (the accumulator's
+/// rescale factor) and P (in place of the scores on the CPU).
+struct StepResult {
+  Value newMax, alpha, probs, newSum;
+};
+
+/// One online-softmax step on the log2-unit scores `u` (times `c`, see
+/// `probability`):
+///   m_new = max(m, c rowmax(u))
+///   alpha = exp2(m - base(m_new))
+///   P     = exp2(c u - base(m_new))
+///   l     = alpha l + rowsum(P)
+/// The accumulator is left alone: `rescaleAccumulator` and the P.V product
+/// follow, where the backend's schedule puts them.
+StepResult onlineSoftmaxStep(SoftmaxRows &rows, const State &state, Value u,
+                             float c = 1.0f);
+
+/// acc = alpha acc.
+Value rescaleAccumulator(SoftmaxRows &rows, Value acc, Value alpha);
+
+} // namespace mlir::flexattn::softmax
+
+#endif // FLEXATTN_PASSES_ONLINESOFTMAX_H

@@ -1,0 +1,324 @@
+//===- ScheduleConsumers.cpp - flexattn-schedule-consumers ------*- C++ -*-===//
+//
+// Part of flexattn-mlir, under the Apache License v2.0 with LLVM Exceptions.
+//
+//===----------------------------------------------------------------------===//
+//
+// The consumers' schedule, as a transform of the in-order KV step that
+// flexattn-warp-specialize emits:
+//
+//   wait K_j; S = Q.K_jᵀ; wait(0); release K_j
+//   P, m, l, alpha = softmax(S); O = alpha O
+//   wait V_j; O = O + P.V_j; wait(0); release V_j
+//
+// `pipeline` (FlashAttention-3's intra-warpgroup overlap) defers each P.V by
+// one step, so a KV step issues S_j = Q.K_jᵀ together with the previous
+// step's O += P_{j-1}.V_{j-1}, and the softmax of S_j runs while that P.V is
+// on the tensor cores:
+//
+//   wait K_j; wait V_{j-1}; S = Q.K_jᵀ; O = O + P_{j-1}.V_{j-1}
+//   wait(1) (S); release K_j
+//   P_j, m, l, alpha = softmax(S)
+//   wait(0) (O, P_{j-1}); release V_{j-1}; O = alpha O
+//
+// P is carried between steps (and between the KV loops of a Q tile); the
+// first step multiplies P = 0 by the Q tile, reinterpreted as a V tile, so
+// no branch surrounds the MMA, and the last step's P.V is issued after the
+// loops. `pingpong` (needs `pipeline`) makes the two consumer groups take
+// turns issuing their MMAs (named barriers), so one group's softmax overlaps
+// the other's GEMMs.
+//
+//===----------------------------------------------------------------------===//
+
+#include "passes/Passes.h"
+
+#include "mlir/Dialect/LLVMIR/NVVMDialect.h"
+#include "mlir/IR/IRMapping.h"
+#include "mlir/IR/ImplicitLocOpBuilder.h"
+
+namespace mlir::flexattn {
+#define GEN_PASS_DEF_FLEXATTNSCHEDULECONSUMERS
+#include "passes/Passes.h.inc"
+} // namespace mlir::flexattn
+
+using namespace mlir;
+using namespace mlir::flexattn;
+
+namespace {
+
+/// The ops of one in-order KV step, in the loop body.
+struct Step {
+  RingWaitOp waitK;
+  MmaOp qk;
+  MmaWaitOp qkWait;
+  FragSoftmaxOp softmax;
+  FragRescaleOp rescale;
+  RingWaitOp waitV;
+  RingSlotOp slotV;
+  MmaOp pv;
+  MmaWaitOp pvWait;
+  RingReleaseOp releaseV;
+  unsigned accArg; // the acc iter_arg's position
+
+  /// The ops the pipelined step re-emits elsewhere (or not at all).
+  bool isMoved(Operation *op) const {
+    return op == rescale || op == waitV || op == slotV || op == pv ||
+           op == pvWait || op == releaseV;
+  }
+};
+
+template <typename OpT>
+OpT findInBody(Block &body, function_ref<bool(OpT)> match) {
+  for (auto op : body.getOps<OpT>())
+    if (match(op))
+      return op;
+  return {};
+}
+
+/// Matches the in-order step flexattn-warp-specialize emits in `loop`.
+FailureOr<Step> matchStep(scf::ForOp loop) {
+  Block &body = *loop.getBody();
+  Step s;
+  s.pv = findInBody<MmaOp>(body, [](MmaOp op) { return !op.getARow(); });
+  auto fail = [&]() {
+    return loop.emitOpError("flexattn-schedule-consumers expects the in-order "
+                            "KV step of flexattn-warp-specialize in this loop");
+  };
+  if (!s.pv || !s.pv.getAcc())
+    return fail();
+  s.softmax = s.pv.getA().getDefiningOp<FragSoftmaxOp>();
+  s.rescale = s.pv.getAcc().getDefiningOp<FragRescaleOp>();
+  s.slotV = s.pv.getB().getDefiningOp<RingSlotOp>();
+  if (!s.softmax || !s.rescale || !s.slotV || !s.pv->hasOneUse())
+    return fail();
+  s.pvWait = dyn_cast<MmaWaitOp>(*s.pv->getUsers().begin());
+  s.qkWait = s.softmax.getScores().getDefiningOp<MmaWaitOp>();
+  s.qk = s.qkWait ? s.qkWait.getValues()[0].getDefiningOp<MmaOp>() : MmaOp();
+  auto acc = dyn_cast<BlockArgument>(s.rescale.getAcc());
+  auto samePosition = [&](auto op) {
+    return op.getRing() == s.slotV.getRing() &&
+           op.getPosition() == s.slotV.getPosition();
+  };
+  s.waitV = findInBody<RingWaitOp>(body, samePosition);
+  s.releaseV = findInBody<RingReleaseOp>(body, samePosition);
+  if (!s.pvWait || !s.qk || !s.qk.getARow() || !acc ||
+      acc.getOwner() != &body || !s.waitV || !s.releaseV)
+    return fail();
+  s.accArg = acc.getArgNumber() - 1;
+  auto k = s.qk.getB().getDefiningOp<RingSlotOp>();
+  if (!k || k.getPosition() != s.slotV.getPosition())
+    return fail();
+  s.waitK = findInBody<RingWaitOp>(body, [&](RingWaitOp op) {
+    return op.getRing() == k.getRing() && op.getPosition() == k.getPosition();
+  });
+  if (!s.waitK)
+    return fail();
+  // The P.V results feed only the yield (as the next acc) and P's release.
+  for (Value r : s.pvWait.getResults())
+    for (Operation *user : r.getUsers())
+      if (!isa<scf::YieldOp>(user))
+        return fail();
+  return s;
+}
+
+struct Scheduler {
+  ImplicitLocOpBuilder &b;
+  WarpSpecializeOp roles;
+  bool pingpong;
+
+  Value i32(int64_t v) { return arith::ConstantIntOp::create(b, v, 32); }
+  Value group() {
+    return arith::IndexCastOp::create(b, b.getI32Type(),
+                                      roles.getConsumers().getArgument(0));
+  }
+  int64_t turnThreads() {
+    return roles.getConsumerGroups() * roles.getConsumerThreads();
+  }
+
+  /// The previous KV step's ring position (`first` is the Q tile's first),
+  /// and whether there is one; waits for its V slot, and returns the tile
+  /// the deferred P.V reads: that V slot, or the Q tile read as a V tile.
+  std::tuple<Value, Value, Value> previousV(Value ring, Value pos, Value first,
+                                            Value qTile) {
+    Value hasPrev = arith::CmpIOp::create(b, arith::CmpIPredicate::ugt, pos, first);
+    Value prev = arith::SelectOp::create(
+        b, hasPrev, arith::SubIOp::create(b, pos, i32(1)), i32(0));
+    auto ifPrev = scf::IfOp::create(b, hasPrev, /*withElseRegion=*/false);
+    {
+      OpBuilder::InsertionGuard g(b);
+      b.setInsertionPointToStart(&ifPrev.getThenRegion().front());
+      RingWaitOp::create(b, ring, prev);
+    }
+    Value vPrev = RingSlotOp::create(b, ring, prev);
+    Value standIn =
+        SmemTileReinterpretOp::create(b, vPrev.getType(), qTile);
+    return {hasPrev, prev, arith::SelectOp::create(b, hasPrev, vPrev, standIn)};
+  }
+
+  void releasePrevious(Value ring, Value hasPrev, Value prev) {
+    auto ifPrev = scf::IfOp::create(b, hasPrev, /*withElseRegion=*/false);
+    OpBuilder::InsertionGuard g(b);
+    b.setInsertionPointToStart(&ifPrev.getThenRegion().front());
+    RingReleaseOp::create(b, ring, prev);
+  }
+
+  /// Rebuilds `loop` pipelined; returns the new loop (its last result is P).
+  scf::ForOp pipelineLoop(scf::ForOp loop, Step s, Value first, Value pInit) {
+    SmallVector<Value> inits(loop.getInitArgs());
+    inits.push_back(pInit);
+    b.setInsertionPoint(loop);
+    auto newLoop = scf::ForOp::create(b, loop.getLowerBound(), loop.getUpperBound(),
+                                      loop.getStep(), inits);
+    Block *body = newLoop.getBody();
+    IRMapping map;
+    map.map(loop.getInductionVar(), newLoop.getInductionVar());
+    for (auto [from, to] : llvm::zip(loop.getRegionIterArgs(),
+                                     newLoop.getRegionIterArgs().drop_back()))
+      map.map(from, to);
+    Value pPrev = newLoop.getRegionIterArgs().back();
+    Value pos = map.lookup(s.waitK.getPosition());
+    b.setInsertionPointToStart(body); // (empty: a loop with iter_args)
+    Value hasPrev, prev, pvAsync;
+    for (Operation &op : loop.getBody()->without_terminator()) {
+      if (s.isMoved(&op))
+        continue;
+      if (&op == s.qk.getOperation()) {
+        Value vPrev;
+        std::tie(hasPrev, prev, vPrev) =
+            previousV(s.slotV.getRing(), pos, first, map.lookupOrDefault(s.qk.getA()));
+        if (pingpong)
+          NVVM::BarrierOp::create(b, Type(),
+                                  arith::AddIOp::create(b, group(), i32(1)),
+                                  i32(turnThreads()),
+                                  NVVM::BarrierReductionAttr(), Value());
+        b.clone(op, map);
+        pvAsync = MmaOp::create(b, s.pv.getType(), pPrev, Value(), vPrev,
+                                map.lookup(loop.getRegionIterArgs()[s.accArg]),
+                                UnitAttr());
+        if (pingpong)
+          NVVM::BarrierArriveOp::create(b, arith::SubIOp::create(b, i32(2), group()),
+                                        i32(turnThreads()));
+        continue;
+      }
+      Operation *clone = b.clone(op, map);
+      if (&op == s.qkWait.getOperation())
+        cast<MmaWaitOp>(clone).setPending(1);
+      if (&op == s.softmax.getOperation()) {
+        auto softmax = cast<FragSoftmaxOp>(clone);
+        Value acc = MmaWaitOp::create(b, 0, ValueRange{pvAsync, pPrev}).getResult(0);
+        releasePrevious(s.slotV.getRing(), hasPrev, prev);
+        acc = FragRescaleOp::create(b, acc, softmax.getAlpha());
+        map.map(s.pvWait.getResult(0), acc);
+      }
+    }
+    auto yield = cast<scf::YieldOp>(loop.getBody()->getTerminator());
+    SmallVector<Value> yielded;
+    for (Value v : yield.getOperands())
+      yielded.push_back(map.lookupOrDefault(v));
+    yielded.push_back(map.lookup(s.softmax.getProbs()));
+    scf::YieldOp::create(b, yielded);
+    return newLoop;
+  }
+
+  LogicalResult pipelineTile(Block &tile) {
+    SmallVector<std::pair<scf::ForOp, Step>> loops;
+    for (auto loop : tile.getOps<scf::ForOp>()) {
+      if (loop->walk([](MmaOp) { return WalkResult::interrupt(); }).wasInterrupted()) {
+        FailureOr<Step> s = matchStep(loop);
+        if (failed(s))
+          return failure();
+        loops.push_back({loop, *s});
+      }
+    }
+    if (loops.empty())
+      return success();
+    Step firstStep = loops.front().second;
+    // The stand-in for V is the Q tile: it must fit a V tile.
+    auto qType = cast<SmemTileType>(firstStep.qk.getA().getType());
+    auto vType = firstStep.slotV.getType();
+    if (qType.getCols() != vType.getCols() || qType.getBytes() < vType.getBytes())
+      return success(); // D != Dv: stays in order
+    auto posArg = cast<BlockArgument>(firstStep.waitK.getPosition());
+    Value first = loops.front().first.getInitArgs()[posArg.getArgNumber() - 1];
+    Value qTile = firstStep.qk.getA();
+    b.setInsertionPoint(loops.front().first);
+    Value p = arith::ConstantOp::create(
+        b, DenseElementsAttr::get(firstStep.softmax.getProbs().getType(),
+                                  b.getZeroAttr(firstStep.softmax.getProbs()
+                                                    .getType()
+                                                    .getElementType())));
+    Value vRing = firstStep.slotV.getRing();
+    scf::ForOp last;
+    unsigned posIdx = 0, accIdx = 0;
+    for (auto &[loop, s] : loops) {
+      scf::ForOp newLoop = pipelineLoop(loop, s, first, p);
+      posIdx = cast<BlockArgument>(s.waitK.getPosition()).getArgNumber() - 1;
+      accIdx = s.accArg;
+      loop->replaceAllUsesWith(newLoop.getResults().drop_back());
+      loop->erase();
+      p = newLoop.getResults().back();
+      last = newLoop;
+    }
+    // The last KV step's P.V, after the loops.
+    b.setInsertionPointAfter(last);
+    Value pos = last.getResult(posIdx);
+    Value accEnd = last.getResult(accIdx);
+    auto [hasPrev, prev, vPrev] = previousV(vRing, pos, first, qTile);
+    Value acc = MmaOp::create(b, accEnd.getType(), p, Value(), vPrev, accEnd, UnitAttr());
+    auto wait = MmaWaitOp::create(b, 0, ValueRange{acc, p});
+    releasePrevious(vRing, hasPrev, prev);
+    accEnd.replaceUsesWithIf(wait.getResult(0), [&](OpOperand &use) {
+      Operation *user = tile.findAncestorOpInBlock(*use.getOwner());
+      return user && wait->isBeforeInBlock(user);
+    });
+    return success();
+  }
+};
+
+} // namespace
+
+LogicalResult mlir::flexattn::scheduleConsumers(RewriterBase &rewriter,
+                                                WarpSpecializeOp roles,
+                                                bool pipeline, bool pingpong) {
+  if (!pipeline)
+    return success();
+  if (pingpong && roles.getConsumerGroups() != 2)
+    return roles.emitOpError("ping-pong alternates two consumer groups, got ")
+           << roles.getConsumerGroups();
+  ImplicitLocOpBuilder b(roles.getLoc(), rewriter);
+  Scheduler scheduler{b, roles, pingpong};
+  SmallVector<Block *> tiles;
+  roles.getConsumers().walk([&](FragFinalizeOp fin) { tiles.push_back(fin->getBlock()); });
+  for (Block *tile : tiles)
+    if (failed(scheduler.pipelineTile(*tile)))
+      return failure();
+  if (pingpong) {
+    // Group 0 issues first: group 1 opens its turn.
+    Block &body = roles.getConsumers().front();
+    b.setInsertionPointToStart(&body);
+    Value second = arith::CmpIOp::create(b, arith::CmpIPredicate::eq,
+                                         scheduler.group(), scheduler.i32(1));
+    auto ifOp = scf::IfOp::create(b, second, /*withElseRegion=*/false);
+    b.setInsertionPointToStart(&ifOp.getThenRegion().front());
+    NVVM::BarrierArriveOp::create(b, scheduler.i32(1),
+                                  scheduler.i32(scheduler.turnThreads()));
+  }
+  return success();
+}
+
+namespace {
+struct FlexAttnScheduleConsumersPass
+    : public flexattn::impl::FlexAttnScheduleConsumersBase<
+          FlexAttnScheduleConsumersPass> {
+  using FlexAttnScheduleConsumersBase::FlexAttnScheduleConsumersBase;
+
+  void runOnOperation() override {
+    SmallVector<WarpSpecializeOp> roles;
+    getOperation()->walk([&](WarpSpecializeOp op) { roles.push_back(op); });
+    IRRewriter rewriter(&getContext());
+    for (WarpSpecializeOp op : roles)
+      if (failed(scheduleConsumers(rewriter, op, pipeline, pingpong)))
+        return signalPassFailure();
+  }
+};
+} // namespace

@@ -1,0 +1,236 @@
+// RUN: flexattn-opt %s -split-input-file -verify-diagnostics
+
+// One case per verifier error of the GPU types and ops (dialect/FlexAttnGpuOps.cpp).
+
+// expected-error @+1 {{shared-memory tiles hold bf16 or f16, got 'f32'}}
+func.func @tile_f32(%t: !flexattn.smem_tile<128x64xf32>) { return }
+
+// -----
+
+// expected-error @+1 {{tile rows must be a positive multiple of 8 (the 128-byte swizzle period), got 100}}
+func.func @tile_rows(%t: !flexattn.smem_tile<100x64xbf16>) { return }
+
+// -----
+
+// expected-error @+1 {{tile columns must be a positive multiple of 64 (128-byte panels), got 96}}
+func.func @tile_cols(%t: !flexattn.smem_tile<128x96xbf16>) { return }
+
+// -----
+
+// expected-error @+1 {{expected a 2-D tile shape rows x cols, got 3 dimensions}}
+func.func @tile_rank(%t: !flexattn.smem_tile<2x128x64xbf16>) { return }
+
+// -----
+
+// expected-error @+1 {{a ring needs at least one stage, got 0}}
+func.func @ring_stages(%r: !flexattn.ring<0 x 128x64xbf16>) { return }
+
+// -----
+
+func.func @ring_consumers() {
+  // expected-error @+1 {{consumers must be positive, got 0}}
+  %r = flexattn.ring.alloc consumers(0) : !flexattn.ring<2 x 128x64xbf16>
+  return
+}
+
+// -----
+
+func.func @roles_not_warpgroups() {
+  // expected-error @+1 {{roles are whole warpgroups: producer_threads and consumer_threads must be multiples of 128, got 96 and 128}}
+  flexattn.warp_specialize producer(threads = 96, registers = 40) {
+  ^bb0(%t: index):
+  } consumers(groups = 2, threads = 128, registers = 232) {
+  ^bb0(%g: index, %t: index):
+  }
+  return
+}
+
+// -----
+
+func.func @roles_no_groups() {
+  // expected-error @+1 {{consumer_groups must be positive, got 0}}
+  flexattn.warp_specialize producer(threads = 128, registers = 40) {
+  ^bb0(%t: index):
+  } consumers(groups = 0, threads = 128, registers = 232) {
+  ^bb0(%g: index, %t: index):
+  }
+  return
+}
+
+// -----
+
+func.func @roles_arguments() {
+  // expected-error @+1 {{the consumers region takes 2 index argument(s) (group, thread), got 'index'}}
+  flexattn.warp_specialize producer(threads = 128, registers = 40) {
+  ^bb0(%t: index):
+  } consumers(groups = 2, threads = 128, registers = 232) {
+  ^bb0(%t: index):
+  }
+  return
+}
+
+// -----
+
+func.func @roles_block_size() {
+  %c1 = arith.constant 1 : index
+  %c256 = arith.constant 256 : index
+  gpu.launch blocks(%bx, %by, %bz) in (%gx = %c1, %gy = %c1, %gz = %c1)
+             threads(%tx, %ty, %tz) in (%sx = %c256, %sy = %c1, %sz = %c1) {
+    // expected-error @+1 {{the roles take 384 threads, but the enclosing gpu.launch has 256 x 1 x 1}}
+    flexattn.warp_specialize producer(threads = 128, registers = 40) {
+    ^bb0(%t: index):
+    } consumers(groups = 2, threads = 128, registers = 232) {
+    ^bb0(%g: index, %t: index):
+    }
+    gpu.terminator
+  }
+  return
+}
+
+// -----
+
+func.func @reinterpret_larger(%t: !flexattn.smem_tile<64x128xbf16>) {
+  // expected-error @+1 {{the result (32768 bytes) may not be larger than the source (16384 bytes)}}
+  %r = flexattn.smem_tile.reinterpret %t : !flexattn.smem_tile<64x128xbf16> to !flexattn.smem_tile<128x128xbf16>
+  return
+}
+
+// -----
+
+func.func @reinterpret_type(%t: !flexattn.smem_tile<128x128xbf16>) {
+  // expected-error @+1 {{element types must match, got 'bf16' and 'f16'}}
+  %r = flexattn.smem_tile.reinterpret %t : !flexattn.smem_tile<128x128xbf16> to !flexattn.smem_tile<64x128xf16>
+  return
+}
+
+// -----
+
+func.func @mma_no_row(%q: !flexattn.smem_tile<128x128xbf16>, %k: !flexattn.smem_tile<128x128xbf16>) {
+  // expected-error @+1 {{a shared-memory A needs the row of its 64-row band: a[%row]}}
+  %s = flexattn.mma %q, %k {transpose_b} : !flexattn.smem_tile<128x128xbf16>, !flexattn.smem_tile<128x128xbf16> -> vector<64xf32>
+  return
+}
+
+// -----
+
+func.func @mma_types(%q: !flexattn.smem_tile<128x128xf16>, %k: !flexattn.smem_tile<128x128xbf16>, %r: index) {
+  // expected-error @+1 {{A and B element types must match, got 'f16' and 'bf16'}}
+  %s = flexattn.mma %q[%r], %k {transpose_b} : !flexattn.smem_tile<128x128xf16>, !flexattn.smem_tile<128x128xbf16> -> vector<64xf32>
+  return
+}
+
+// -----
+
+func.func @mma_k(%q: !flexattn.smem_tile<128x64xbf16>, %k: !flexattn.smem_tile<128x128xbf16>, %r: index) {
+  // expected-error @+1 {{A has 64 columns but the contraction has K = 128}}
+  %s = flexattn.mma %q[%r], %k {transpose_b} : !flexattn.smem_tile<128x64xbf16>, !flexattn.smem_tile<128x128xbf16> -> vector<64xf32>
+  return
+}
+
+// -----
+
+func.func @mma_register_row(%p: vector<64xbf16>, %v: !flexattn.smem_tile<128x128xbf16>, %r: index) {
+  // expected-error @+1 {{a register A (a fragment) takes no row}}
+  %o = flexattn.mma %p[%r], %v : vector<64xbf16>, !flexattn.smem_tile<128x128xbf16> -> vector<64xf32>
+  return
+}
+
+// -----
+
+func.func @mma_register_type(%p: vector<64xf16>, %v: !flexattn.smem_tile<128x128xbf16>) {
+  // expected-error @+1 {{A and B element types must match, got 'f16' and 'bf16'}}
+  %o = flexattn.mma %p, %v : vector<64xf16>, !flexattn.smem_tile<128x128xbf16> -> vector<64xf32>
+  return
+}
+
+// -----
+
+func.func @mma_register_k(%p: vector<32xbf16>, %v: !flexattn.smem_tile<128x128xbf16>) {
+  // expected-error @+1 {{a register A of K = 128 columns is 64 elements per thread, got 32}}
+  %o = flexattn.mma %p, %v : vector<32xbf16>, !flexattn.smem_tile<128x128xbf16> -> vector<64xf32>
+  return
+}
+
+// -----
+
+func.func @mma_result(%p: vector<64xbf16>, %v: !flexattn.smem_tile<128x64xbf16>) {
+  // expected-error @+1 {{the result fragment of N = 64 columns is 32 f32 per thread, got 'vector<64xf32>'}}
+  %o = flexattn.mma %p, %v : vector<64xbf16>, !flexattn.smem_tile<128x64xbf16> -> vector<64xf32>
+  return
+}
+
+// -----
+
+func.func @mma_acc(%p: vector<64xbf16>, %v: !flexattn.smem_tile<128x64xbf16>, %acc: vector<16xf32>) {
+  // expected-error @+1 {{acc type 'vector<16xf32>' must match the result type 'vector<32xf32>'}}
+  %o = flexattn.mma %p, %v, %acc : vector<64xbf16>, !flexattn.smem_tile<128x64xbf16>, vector<16xf32> -> vector<32xf32>
+  return
+}
+
+// -----
+
+func.func @softmax_fragment(%s: vector<62xf32>, %m: vector<2xf32>, %i: index) {
+  // expected-error @+1 {{a score fragment holds 4 elements per 8 columns, got 62}}
+  %p, %m1, %l1, %a = flexattn.frag.softmax %s state(%m, %m) at(%i, %i, %i, %i) attributes {scale = 1.0 : f32, seq_lens = array<i64: 8, 8>, tile_size = array<i64: 128, 128>} : vector<62xf32> -> vector<62xbf16>
+  return
+}
+
+// -----
+
+func.func @softmax_probs(%s: vector<64xf32>, %m: vector<2xf32>, %i: index) {
+  // expected-error @+1 {{probs must have the scores' 64 elements, got 'vector<32xbf16>'}}
+  %p, %m1, %l1, %a = flexattn.frag.softmax %s state(%m, %m) at(%i, %i, %i, %i) attributes {scale = 1.0 : f32, seq_lens = array<i64: 8, 8>, tile_size = array<i64: 128, 128>} : vector<64xf32> -> vector<32xbf16>
+  return
+}
+
+// -----
+
+func.func @softmax_lens(%s: vector<64xf32>, %m: vector<2xf32>, %i: index) {
+  // expected-error @+1 {{seq_lens must be two positive lengths [M, N], got 1 value(s)}}
+  %p, %m1, %l1, %a = flexattn.frag.softmax %s state(%m, %m) at(%i, %i, %i, %i) attributes {scale = 1.0 : f32, seq_lens = array<i64: 8>, tile_size = array<i64: 128, 128>} : vector<64xf32> -> vector<64xbf16>
+  return
+}
+
+// -----
+
+func.func @softmax_mods(%s: vector<64xf32>, %m: vector<2xf32>, %i: index) {
+  // expected-error @+1 {{mask_mod must yield one i1 value}}
+  %p, %m1, %l1, %a = flexattn.frag.softmax %s state(%m, %m) at(%i, %i, %i, %i) attributes {scale = 1.0 : f32, seq_lens = array<i64: 8, 8>, tile_size = array<i64: 128, 128>} mask_mod {
+  ^bb0(%b: i32, %h: i32, %q: i32, %k: i32):
+    %c = arith.constant 1.0 : f32
+    flexattn.yield %c : f32
+  } : vector<64xf32> -> vector<64xbf16>
+  return
+}
+
+// -----
+
+func.func @finalize_out(%acc: vector<64xf32>, %m: vector<2xf32>, %out: memref<1x2x?x128xbf16>, %i: index) {
+  // expected-error @+1 {{out must be a static 4-D memref [B, Hq, M, Dv], got 'memref<1x2x?x128xbf16>'}}
+  flexattn.frag.finalize %acc state(%m, %m) outs(%out : memref<1x2x?x128xbf16>) at(%i, %i, %i, %i) : vector<64xf32>
+  return
+}
+
+// -----
+
+func.func @finalize_acc(%acc: vector<32xf32>, %m: vector<2xf32>, %out: memref<1x2x8x128xbf16>, %i: index) {
+  // expected-error @+1 {{an accumulator fragment of Dv = 128 columns is 64 f32 per thread, got 'vector<32xf32>'}}
+  flexattn.frag.finalize %acc state(%m, %m) outs(%out : memref<1x2x8x128xbf16>) at(%i, %i, %i, %i) : vector<32xf32>
+  return
+}
+
+// -----
+
+func.func @finalize_lse(%acc: vector<64xf32>, %m: vector<2xf32>, %out: memref<1x2x8x128xbf16>, %lse: memref<1x2x8xbf16>, %i: index) {
+  // expected-error @+1 {{lse must be a 3-D f32 memref [B, Hq, M], got 'memref<1x2x8xbf16>'}}
+  flexattn.frag.finalize %acc state(%m, %m) outs(%out : memref<1x2x8x128xbf16>) lse(%lse : memref<1x2x8xbf16>) at(%i, %i, %i, %i) : vector<64xf32>
+  return
+}
+
+// -----
+
+func.func @softmax_tile(%s: vector<64xf32>, %m: vector<2xf32>, %i: index) {
+  // expected-error @+1 {{tile_size must be [BM, BN] with BN = 128 (the fragment's columns)}}
+  %p, %m1, %l1, %a = flexattn.frag.softmax %s state(%m, %m) at(%i, %i, %i, %i) attributes {scale = 1.0 : f32, seq_lens = array<i64: 8, 8>, tile_size = array<i64: 128, 64>} : vector<64xf32> -> vector<64xbf16>
+  return
+}

@@ -1,0 +1,141 @@
+// RUN: flexattn-opt %s -split-input-file --flexattn-lower-fragments --canonicalize --cse | FileCheck %s
+
+// Fragment layout: element e = 4 j + 2 h + q is (row + 8 h, col + 8 j + q).
+
+// CHECK-LABEL: func.func @softmax_mods(
+// CHECK-SAME:    %[[S:[^:]+]]: vector<8xf32>, %[[M:[^:]+]]: vector<2xf32>, %[[L:[^:]+]]: vector<2xf32>, %[[BIAS:[^:]+]]: memref<90xf32>, %[[B:[^:]+]]: index, %[[H:[^:]+]]: index, %[[ROW:[^:]+]]: index, %[[COL:[^:]+]]: index)
+// M = 100 is not a multiple of the 64-row tile: q indices clamped to 99.
+// CHECK:         %[[R0:.*]] = arith.index_cast %[[ROW]] : index to i32
+// CHECK:         %[[R1:.*]] = arith.addi %[[R0]], %{{.*}} : i32
+// CHECK:         %[[R0C:.*]] = arith.minui %[[R0]], %[[C99:.*]] : i32
+// CHECK:         %[[R1C:.*]] = arith.minui %[[R1]], %[[C99]] : i32
+// CHECK:         %[[QI0:.*]] = arith.index_cast %[[R0C]] : i32 to index
+// CHECK:         %[[QI1:.*]] = arith.index_cast %[[R1C]] : i32 to index
+// CHECK:         %[[K0:.*]] = arith.index_cast %[[COL]] : index to i32
+// CHECK:         %[[S0:.*]] = vector.extract %[[S]][0] : f32 from vector<8xf32>
+// u = log2(e) * mods(scale * s), kv index clamped to 89 for the mods, -inf past N = 90
+// CHECK:         %[[K0C:.*]] = arith.minui %[[K0]], %{{.*}} : i32
+// CHECK:         %[[X0:.*]] = arith.mulf %[[S0]], %{{.*}} : f32
+// CHECK:         %[[K0I:.*]] = arith.index_cast %[[K0C]] : i32 to index
+// CHECK:         %[[MOD0:.*]] = flexattn.apply_mods %[[X0]] at(%[[B]], %[[H]], %[[QI0]], %[[K0I]]) captures(%[[BIAS]] : memref<90xf32>) attributes {masked} score_mod {
+// CHECK:         } mask_mod {
+// CHECK:         } : f32
+// CHECK:         %[[U0L:.*]] = arith.mulf %[[MOD0]], %[[LOG2E:.*]] : f32
+// CHECK:         %[[IN0:.*]] = arith.cmpi ult, %[[K0]], %{{.*}} : i32
+// CHECK:         %[[U0:.*]] = arith.select %[[IN0]], %[[U0L]], %[[NINF:.*]] : f32
+// Element 2 is row + 8 (h = 1).
+// CHECK:         flexattn.apply_mods %{{.*}} at(%[[B]], %[[H]], %[[QI1]], %[[K0I]])
+// CHECK-COUNT-5: flexattn.apply_mods
+// m_new = max(m, rowmax(u)): the thread's elements of the row, then the 4
+// threads that share it.
+// CHECK:         %[[MO0:.*]] = vector.extract %[[M]][0] : f32 from vector<2xf32>
+// CHECK:         %[[MX0:.*]] = arith.maxnumf %[[U0]], %[[NINF]] : f32
+// CHECK-COUNT-3: arith.maxnumf
+// CHECK-NEXT:    %[[SH1:.*]], %{{.*}} = gpu.shuffle  xor %[[X1:.*]], %{{.*}}, %{{.*}} : f32
+// CHECK-NEXT:    %[[X2:.*]] = arith.maxnumf %[[X1]], %[[SH1]] : f32
+// CHECK-NEXT:    %[[SH2:.*]], %{{.*}} = gpu.shuffle  xor %[[X2]], %{{.*}}, %{{.*}} : f32
+// CHECK-NEXT:    %[[X3:.*]] = arith.maxnumf %[[X2]], %[[SH2]] : f32
+// CHECK-NEXT:    %[[MN0:.*]] = arith.maxnumf %[[MO0]], %[[X3]] : f32
+// base = m_new, or 0 where m_new = -inf; alpha = exp2(m - base)
+// CHECK:         %[[EMPTY0:.*]] = arith.cmpf oeq, %[[MN0]], %[[NINF]] : f32
+// CHECK-NEXT:    %[[BASE0:.*]] = arith.select %[[EMPTY0]], %{{.*}}, %[[MN0]] : f32
+// CHECK-NEXT:    %[[D0:.*]] = arith.subf %[[MO0]], %[[BASE0]] : f32
+// CHECK-NEXT:    %[[A0:.*]] = math.exp2 %[[D0]] : f32
+// P = exp2(u - base): with mods the scale is already in u, a subtraction
+// CHECK:         %[[PD0:.*]] = arith.subf %[[U0]], %[[BASE0]] : f32
+// CHECK-NEXT:    %[[P0:.*]] = math.exp2 %[[PD0]] : f32
+// l = alpha * l + rowsum(P)
+// CHECK:         %[[LO0:.*]] = vector.extract %[[L]][0] : f32 from vector<2xf32>
+// CHECK:         %[[AL0:.*]] = arith.mulf %[[A0]], %[[LO0]] : f32
+// CHECK:         %[[SUM0:.*]] = arith.addf %[[P0]], %{{.*}} : f32
+// P rounded in pairs (the MMA's 16-bit register operand)
+// CHECK:         %[[PAIR0:.*]] = vector.from_elements %[[P0]], %{{.*}} : vector<2xf32>
+// CHECK-NEXT:    %[[H0:.*]] = arith.truncf %[[PAIR0]] : vector<2xf32> to vector<2xbf16>
+// CHECK-NEXT:    vector.insert_strided_slice %[[H0]], %{{.*}} {offsets = [0], strides = [1]} : vector<2xbf16> into vector<8xbf16>
+// CHECK-COUNT-3: vector.insert_strided_slice
+// CHECK-NEXT:    return
+// A KV tile of 16 keys (8 score elements per thread) with a score_mod and a
+// mask_mod on a partial block, M = 100, N = 90 (both tails).
+func.func @softmax_mods(%s: vector<8xf32>, %m: vector<2xf32>, %l: vector<2xf32>, %bias: memref<90xf32>,
+                        %b: index, %h: index, %row: index, %col: index) -> (vector<8xbf16>, vector<2xf32>, vector<2xf32>, vector<2xf32>) {
+  %p, %m1, %l1, %alpha = flexattn.frag.softmax %s state(%m, %l) at(%b, %h, %row, %col)
+      captures(%bias : memref<90xf32>)
+      attributes {masked, scale = 0.125 : f32, seq_lens = array<i64: 100, 90>, tile_size = array<i64: 64, 16>}
+    score_mod {
+    ^bb0(%sc: f32, %bb: i32, %hh: i32, %qi: i32, %kj: i32, %bs: memref<90xf32>):
+      %k = arith.index_cast %kj : i32 to index
+      %x = memref.load %bs[%k] : memref<90xf32>
+      %r = arith.addf %sc, %x : f32
+      flexattn.yield %r : f32
+    } mask_mod {
+    ^bb0(%bb: i32, %hh: i32, %qi: i32, %kj: i32, %bs: memref<90xf32>):
+      %keep = arith.cmpi sge, %qi, %kj : i32
+      flexattn.yield %keep : i1
+    } : vector<8xf32> -> vector<8xbf16>
+  return %p, %m1, %l1, %alpha : vector<8xbf16>, vector<2xf32>, vector<2xf32>, vector<2xf32>
+}
+
+// -----
+
+// No mods, M and N multiples of the tile: no clamps, no -inf selects; the max
+// is taken over the raw scores and scale * log2(e) = 0.1803 applied once per
+// row, then inside each exponent: P = exp2(fma(s, c, -base)).
+// CHECK-LABEL: func.func @softmax_plain(
+// CHECK-NOT:     arith.minui
+// CHECK-NOT:     arith.select %{{.*}}, %{{.*}}, %{{.*}} : f32
+// CHECK:         %[[C:.*]] = arith.constant 0.180336878 : f32
+// CHECK:         gpu.shuffle  xor
+// CHECK:         gpu.shuffle  xor
+// CHECK-NEXT:    %[[MX:.*]] = arith.maxnumf
+// CHECK-NEXT:    %[[MXC:.*]] = arith.mulf %[[MX]], %[[C]] : f32
+// CHECK:         %[[NB:.*]] = arith.negf %{{.*}} : f32
+// CHECK-NEXT:    %[[E:.*]] = math.fma %{{.*}}, %[[C]], %[[NB]] : f32
+// CHECK-NEXT:    math.exp2 %[[E]] : f32
+// CHECK:         arith.truncf %{{.*}} : vector<2xf32> to vector<2xf16>
+func.func @softmax_plain(%s: vector<8xf32>, %m: vector<2xf32>, %l: vector<2xf32>,
+                         %b: index, %h: index, %row: index, %col: index) -> (vector<8xf16>, vector<2xf32>, vector<2xf32>, vector<2xf32>) {
+  %p, %m1, %l1, %alpha = flexattn.frag.softmax %s state(%m, %l) at(%b, %h, %row, %col)
+      attributes {scale = 0.125 : f32, seq_lens = array<i64: 128, 128>, tile_size = array<i64: 64, 16>}
+      : vector<8xf32> -> vector<8xf16>
+  return %p, %m1, %l1, %alpha : vector<8xf16>, vector<2xf32>, vector<2xf32>, vector<2xf32>
+}
+
+// -----
+
+// CHECK-LABEL: func.func @rescale_finalize(
+// CHECK-SAME:    %[[ACC:[^:]+]]: vector<8xf32>, %[[ALPHA:[^:]+]]: vector<2xf32>, %[[M:[^:]+]]: vector<2xf32>, %[[L:[^:]+]]: vector<2xf32>, %[[OUT:[^:]+]]: memref<1x2x100x16xbf16>, %[[LSE:[^:]+]]: memref<1x2x100xf32>, %[[B:[^:]+]]: index, %[[H:[^:]+]]: index, %[[ROW:[^:]+]]: index, %[[COL:[^:]+]]: index)
+// acc = alpha * acc: element e scaled by alpha[(e / 2) % 2]
+// CHECK-DAG:     %[[A0:.*]] = vector.extract %[[ALPHA]][0]
+// CHECK-DAG:     %[[A1:.*]] = vector.extract %[[ALPHA]][1]
+// CHECK-DAG:     %[[E0:.*]] = vector.extract %[[ACC]][0]
+// CHECK-DAG:     %[[E2:.*]] = vector.extract %[[ACC]][2]
+// CHECK-DAG:     %[[O0:.*]] = arith.mulf %[[A0]], %[[E0]] : f32
+// CHECK-DAG:     %[[O2:.*]] = arith.mulf %[[A1]], %[[E2]] : f32
+// Row sums completed over the quad; out = acc * (1 / l), 0 where l = 0.
+// CHECK-DAG:     memref.extract_aligned_pointer_as_index %[[OUT]]
+// CHECK-DAG:     %[[L0:.*]] = vector.extract %[[L]][0]
+// CHECK:         gpu.shuffle  xor %[[L0]]
+// CHECK:         gpu.shuffle  xor
+// CHECK-NEXT:    %[[LS:.*]] = arith.addf %{{.*}}, %{{.*}} : f32
+// CHECK:         %[[EMPTY:.*]] = arith.cmpf oeq, %[[LS]], %{{.*}} : f32
+// CHECK-NEXT:    %[[INV0:.*]] = arith.divf %{{.*}}, %[[LS]] : f32
+// CHECK-NEXT:    %[[INV:.*]] = arith.select %[[EMPTY]], %{{.*}}, %[[INV0]] : f32
+// Rows inside M only; two elements per 32-bit store.
+// CHECK:         %[[INSIDE:.*]] = arith.cmpi ult, %[[ROW]], %{{.*}} : index
+// CHECK:         scf.if %[[INSIDE]] {
+// CHECK:           %[[LO:.*]] = arith.mulf %[[O0]], %[[INV]] : f32
+// CHECK:           %[[PK:.*]] = vector.bitcast %{{.*}} : vector<2xbf16> to vector<1xi32>
+// CHECK:           llvm.store %{{.*}}, %{{.*}} {alignment = 4 : i64} : i32, !llvm.ptr<1>
+// lse = ln(2) (m + log2 l), -inf where l = 0, by the row's first thread.
+// CHECK:           %[[FIRST:.*]] = arith.cmpi eq, %[[COL]], %{{.*}} : index
+// CHECK:           scf.if %[[FIRST]] {
+// CHECK:             %[[LG:.*]] = math.log2 %[[LS]] : f32
+// CHECK:             memref.store %{{.*}}, %[[LSE]][%[[B]], %[[H]], %[[ROW]]] : memref<1x2x100xf32>
+func.func @rescale_finalize(%acc: vector<8xf32>, %alpha: vector<2xf32>, %m: vector<2xf32>, %l: vector<2xf32>,
+                            %out: memref<1x2x100x16xbf16>, %lse: memref<1x2x100xf32>,
+                            %b: index, %h: index, %row: index, %col: index) {
+  %acc1 = flexattn.frag.rescale %acc, %alpha : vector<8xf32>
+  flexattn.frag.finalize %acc1 state(%m, %l) outs(%out : memref<1x2x100x16xbf16>) lse(%lse : memref<1x2x100xf32>)
+      at(%b, %h, %row, %col) : vector<8xf32>
+  return
+}

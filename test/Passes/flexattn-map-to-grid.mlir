@@ -1,0 +1,107 @@
+// RUN: flexattn-opt %s -split-input-file -verify-diagnostics --flexattn-map-to-grid | FileCheck %s
+
+// The loop over (batch, head, Q tile) becomes a launch of one CTA per tile:
+// 1 x 2 x ceil(300 / 128) = 6 CTAs of one thread (roles come later).
+// CHECK-LABEL: func.func @causal(
+// CHECK-SAME:    %[[Q:[^:]+]]: memref<1x2x300x64xbf16>, %{{[^:]+}}: memref<1x2x300x64xbf16>, %{{[^:]+}}: memref<1x2x300x64xbf16>, %[[O:[^:]+]]: memref<1x2x300x64xbf16>, %[[KVN:[^:]+]]: memref<1x1x3xi32>
+// CHECK-NOT:     scf.parallel
+// CHECK:         arith.ceildivui
+// CHECK-NEXT:    %[[ONE:.*]] = arith.constant 1 : index
+// CHECK-NEXT:    %[[TILES:.*]] = arith.constant 6 : index
+// CHECK-NEXT:    gpu.launch blocks(%[[BX:[^,]*]], %{{.*}}, %{{.*}}) in (%{{.*}} = %[[TILES]], %{{.*}} = %[[ONE]], %{{.*}} = %[[ONE]]) threads(%{{.*}}) in (%{{.*}} = %[[ONE]], %{{.*}} = %[[ONE]], %{{.*}} = %[[ONE]]) {
+// Constants the body used are recomputed inside, not passed.
+// CHECK:           %[[C128:.*]] = arith.constant 128 : index
+// Tile t = blockIdx.x: head = t / 3, b = head / 2, h = head % 2, and the
+// heaviest Q tile first: qt = 2 - t % 3.
+// CHECK:           %[[QTS:.*]] = arith.constant 3 : index
+// CHECK:           %[[HEAD:.*]] = arith.divui %[[BX]], %[[QTS]] : index
+// CHECK:           %[[HS:.*]] = arith.constant 2 : index
+// CHECK:           %[[B:.*]] = arith.divui %[[HEAD]], %[[HS]] : index
+// CHECK:           %[[H:.*]] = arith.remui %[[HEAD]], %[[HS]] : index
+// CHECK:           %[[LAST:.*]] = arith.constant 2 : index
+// CHECK:           %[[REV:.*]] = arith.remui %[[BX]], %[[QTS]] : index
+// CHECK:           %[[QT:.*]] = arith.subi %[[LAST]], %[[REV]] : index
+// The tile's body, unchanged: stack state, KV loop, finalize.
+// CHECK:           memref.alloca_scope {
+// CHECK:             %[[Q0:.*]] = arith.muli %[[QT]], %[[C128]] : index
+// CHECK:             memref.alloca() : memref<128x64xf32>
+// CHECK:             memref.load %[[KVN]][%{{.*}}, %{{.*}}, %[[QT]]]
+// CHECK:             scf.for
+// CHECK:               flexattn.tile_step ins(%[[Q]], {{.*}} at(%[[B]], %[[H]], %[[H]], %[[Q0]], %{{.*}}) attributes {masked
+// CHECK:             flexattn.finalize {{.*}} outs(%[[O]] : memref<1x2x300x64xbf16>) at(%[[B]], %[[H]], %[[Q0]])
+// CHECK:           gpu.terminator
+func.func @causal(%q: memref<1x2x300x64xbf16>, %k: memref<1x2x300x64xbf16>, %v: memref<1x2x300x64xbf16>,
+                  %o: memref<1x2x300x64xbf16>, %kvn: memref<1x1x3xi32>, %kvi: memref<1x1x3x3xi32>) {
+  %c0 = arith.constant 0 : index
+  %c1 = arith.constant 1 : index
+  %c2 = arith.constant 2 : index
+  %c128 = arith.constant 128 : index
+  %c300 = arith.constant 300 : index
+  %qtiles = arith.ceildivui %c300, %c128 : index
+  scf.parallel (%b, %h, %qt) = (%c0, %c0, %c0) to (%c1, %c2, %qtiles) step (%c1, %c1, %c1) {
+    memref.alloca_scope {
+      %q0 = arith.muli %qt, %c128 : index
+      %acc = memref.alloca() : memref<128x64xf32>
+      %m = memref.alloca() : memref<128xf32>
+      %l = memref.alloca() : memref<128xf32>
+      %zero = arith.constant 0.0 : f32
+      %ninf = arith.constant 0xFF800000 : f32
+      linalg.fill ins(%zero : f32) outs(%acc : memref<128x64xf32>)
+      linalg.fill ins(%ninf : f32) outs(%m : memref<128xf32>)
+      linalg.fill ins(%zero : f32) outs(%l : memref<128xf32>)
+      %n32 = memref.load %kvn[%c0, %c0, %qt] : memref<1x1x3xi32>
+      %n = arith.index_cast %n32 : i32 to index
+      scf.for %j = %c0 to %n step %c1 {
+        %blk32 = memref.load %kvi[%c0, %c0, %qt, %j] : memref<1x1x3x3xi32>
+        %blk = arith.index_cast %blk32 : i32 to index
+        %kv0 = arith.muli %blk, %c128 : index
+        flexattn.tile_step ins(%q, %k, %v : memref<1x2x300x64xbf16>, memref<1x2x300x64xbf16>, memref<1x2x300x64xbf16>)
+            state(%acc, %m, %l : memref<128x64xf32>, memref<128xf32>, memref<128xf32>)
+            at(%b, %h, %h, %q0, %kv0) attributes {masked, scale = 0.125 : f32, tile_size = array<i64: 128, 128>}
+          mask_mod {
+          ^bb0(%bb: i32, %hh: i32, %qi: i32, %kj: i32):
+            %keep = arith.cmpi sge, %qi, %kj : i32
+            flexattn.yield %keep : i1
+          }
+      }
+      flexattn.finalize state(%acc, %m, %l : memref<128x64xf32>, memref<128xf32>, memref<128xf32>)
+          outs(%o : memref<1x2x300x64xbf16>) at(%b, %h, %q0)
+    }
+    scf.reduce
+  }
+  return
+}
+
+// -----
+
+func.func @dynamic(%q: memref<1x1x?x64xbf16>, %o: memref<1x1x?x64xbf16>, %n: index) {
+  %c0 = arith.constant 0 : index
+  %c1 = arith.constant 1 : index
+  // expected-error @+1 {{flexattn-map-to-grid needs static loop bounds from 0 with step 1 (static shapes)}}
+  scf.parallel (%b, %h, %qt) = (%c0, %c0, %c0) to (%c1, %c1, %n) step (%c1, %c1, %c1) {
+    %acc = memref.alloca() : memref<128x64xf32>
+    %m = memref.alloca() : memref<128xf32>
+    %l = memref.alloca() : memref<128xf32>
+    flexattn.finalize state(%acc, %m, %l : memref<128x64xf32>, memref<128xf32>, memref<128xf32>)
+        outs(%o : memref<1x1x?x64xbf16>) at(%b, %h, %qt)
+    scf.reduce
+  }
+  return
+}
+
+// -----
+
+func.func @not_memref(%o: memref<1x1x128x64xbf16>, %q0: index) {
+  %c0 = arith.constant 0 : index
+  %c1 = arith.constant 1 : index
+  scf.parallel (%b, %h, %qt) = (%c0, %c0, %c0) to (%c1, %c1, %c1) step (%c1, %c1, %c1) {
+    %acc = memref.alloca() : memref<128x64xf32>
+    %m = memref.alloca() : memref<128xf32>
+    %l = memref.alloca() : memref<128xf32>
+    // expected-error @+1 {{flexattn-map-to-grid cannot pass this value to the kernel (only memref arguments and constants)}}
+    flexattn.finalize state(%acc, %m, %l : memref<128x64xf32>, memref<128xf32>, memref<128xf32>)
+        outs(%o : memref<1x1x128x64xbf16>) at(%b, %h, %q0)
+    scf.reduce
+  }
+  return
+}

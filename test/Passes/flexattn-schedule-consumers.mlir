@@ -1,0 +1,135 @@
+// RUN: flexattn-opt %s --flexattn-schedule-consumers | FileCheck %s
+// RUN: flexattn-opt %s --flexattn-schedule-consumers=pingpong=0 | FileCheck %s --check-prefix=NOPP --implicit-check-not=nvvm.barrier
+// RUN: flexattn-opt %s --flexattn-schedule-consumers="pipeline=0 pingpong=0" | FileCheck %s --check-prefix=SERIAL --implicit-check-not=nvvm.barrier
+
+// pipeline + pingpong. Group 1 opens group 0's first turn.
+// CHECK-LABEL: func.func @consumers(
+// CHECK:       } consumers(groups = 2, threads = 128, registers = 232) {
+// CHECK-NEXT:  ^bb0(%[[G:.*]]: index, %{{.*}}: index):
+// CHECK:         %[[GI:.*]] = arith.index_cast %[[G]] : index to i32
+// CHECK:         %[[SECOND:.*]] = arith.cmpi eq, %[[GI]], %{{.*}} : i32
+// CHECK:         scf.if %[[SECOND]] {
+// CHECK:           nvvm.barrier.arrive id = %{{.*}} number_of_threads = %{{.*}}
+// CHECK:         %[[Q:.*]] = flexattn.ring.slot %{{.*}}[%[[FIRST:.*]]] : !flexattn.ring<1 x 128x128xbf16>
+// P starts at 0; it is carried through both KV loops.
+// CHECK:         %[[P0:.*]] = arith.constant dense<0.000000e+00> : vector<64xbf16>
+// CHECK:         %[[R0:.*]]:5 = scf.for {{.*}} iter_args(%[[I:[^ ]*]] = %[[FIRST]], %{{[^ ]*}} = %{{.*}}, %{{[^ ]*}} = %{{.*}}, %[[ACC:[^ ]*]] = %{{.*}}, %[[PP:[^ ]*]] = %[[P0]]) -> (i32, vector<2xf32>, vector<2xf32>, vector<64xf32>, vector<64xbf16>) {
+// Wait for K_j and, after the first step, V_{j-1}; the first step reads the
+// Q tile in place of V (P = 0).
+// CHECK:           flexattn.ring.wait %[[KR:.*]][%[[I]]]
+// CHECK:           %[[K:.*]] = flexattn.ring.slot %[[KR]][%[[I]]]
+// CHECK:           %[[HAS:.*]] = arith.cmpi ugt, %[[I]], %[[FIRST]] : i32
+// CHECK:           %[[PREV:.*]] = arith.select %[[HAS]], %{{.*}}, %{{.*}} : i32
+// CHECK:           scf.if %[[HAS]] {
+// CHECK-NEXT:        flexattn.ring.wait %[[VR:.*]][%[[PREV]]]
+// CHECK:           %[[VS:.*]] = flexattn.ring.slot %[[VR]][%[[PREV]]]
+// CHECK:           %[[QV:.*]] = flexattn.smem_tile.reinterpret %[[Q]]
+// CHECK:           %[[VP:.*]] = arith.select %[[HAS]], %[[VS]], %[[QV]] : !flexattn.smem_tile<128x128xbf16>
+// This group's turn: S_j = Q.K_jᵀ issued together with O += P_{j-1}.V_{j-1}.
+// CHECK:           nvvm.barrier id = %{{.*}} number_of_threads = %{{.*}}
+// CHECK-NEXT:      %[[S0:.*]] = flexattn.mma %[[Q]][%{{.*}}], %[[K]] {transpose_b}
+// CHECK-NEXT:      %[[O0:.*]] = flexattn.mma %[[PP]], %[[VP]], %[[ACC]] : vector<64xbf16>, !flexattn.smem_tile<128x128xbf16>, vector<64xf32> -> vector<64xf32>
+// CHECK:           nvvm.barrier.arrive id = %{{.*}} number_of_threads = %{{.*}}
+// Only S is waited for before the softmax; P.V runs on.
+// CHECK-NEXT:      %[[S:.*]] = flexattn.mma.wait pending(1) %[[S0]] : vector<64xf32>
+// CHECK-NEXT:      flexattn.ring.release %[[KR]][%[[I]]]
+// CHECK:           %[[P:.*]], %{{.*}}, %{{.*}}, %[[ALPHA:.*]] = flexattn.frag.softmax %[[S]]
+// CHECK:           %[[O:.*]]:2 = flexattn.mma.wait pending(0) %[[O0]], %[[PP]] : vector<64xf32>, vector<64xbf16>
+// CHECK-NEXT:      scf.if %[[HAS]] {
+// CHECK-NEXT:        flexattn.ring.release %[[VR]][%[[PREV]]]
+// CHECK:           %[[ACC1:.*]] = flexattn.frag.rescale %[[O]]#0, %[[ALPHA]] : vector<64xf32>
+// CHECK:           scf.yield %{{.*}}, %{{.*}}, %{{.*}}, %[[ACC1]], %[[P]] :
+// The second loop continues from the first's P and position.
+// CHECK:         %[[R1:.*]]:5 = scf.for {{.*}} iter_args({{.*}} = %[[R0]]#0, {{.*}} = %[[R0]]#4)
+// CHECK:           flexattn.frag.softmax
+// CHECK-NOT:         mask_mod
+// The last step's P.V after the loops, then Q goes back and the epilogue.
+// CHECK:         %[[LHAS:.*]] = arith.cmpi ugt, %[[R1]]#0, %[[FIRST]] : i32
+// CHECK:         %[[OL:.*]] = flexattn.mma %[[R1]]#4, %{{.*}}, %[[R1]]#3
+// CHECK-NEXT:    %[[OW:.*]]:2 = flexattn.mma.wait pending(0) %[[OL]], %[[R1]]#4
+// CHECK:         flexattn.ring.release %{{.*}}[%[[FIRST]]] : !flexattn.ring<1 x 128x128xbf16>
+// CHECK-NEXT:    flexattn.frag.finalize %[[OW]]#0 state(%[[R1]]#1, %[[R1]]#2)
+
+// NOPP-LABEL: func.func @consumers(
+// NOPP:         scf.for
+// NOPP:           flexattn.mma %{{.*}} {transpose_b}
+// NOPP-NEXT:      flexattn.mma
+// NOPP-NEXT:      flexattn.mma.wait pending(1)
+
+// In order: the input, unchanged.
+// SERIAL-LABEL: func.func @consumers(
+// SERIAL:         scf.for {{.*}} -> (i32, vector<2xf32>, vector<2xf32>, vector<64xf32>) {
+// SERIAL:           flexattn.mma.wait pending(0)
+// SERIAL:           flexattn.frag.rescale
+// SERIAL:           flexattn.mma.wait pending(0)
+func.func @consumers(%o: memref<1x2x300x128xbf16>, %b: index, %h: index, %q0: index,
+                     %n0: index, %n1: index) {
+  %c0 = arith.constant 0 : index
+  %c1 = arith.constant 1 : index
+  %c64 = arith.constant 64 : index
+  %c128 = arith.constant 128 : index
+  %c0_i32 = arith.constant 0 : i32
+  %c1_i32 = arith.constant 1 : i32
+  %ninf = arith.constant dense<0xFF800000> : vector<2xf32>
+  %zero2 = arith.constant dense<0.0> : vector<2xf32>
+  %zero = arith.constant dense<0.0> : vector<64xf32>
+  %qr = flexattn.ring.alloc consumers(256) : !flexattn.ring<1 x 128x128xbf16>
+  %kr = flexattn.ring.alloc consumers(256) : !flexattn.ring<2 x 128x128xbf16>
+  %vr = flexattn.ring.alloc consumers(256) : !flexattn.ring<2 x 128x128xbf16>
+  flexattn.warp_specialize producer(threads = 128, registers = 40) {
+  ^bb0(%thread: index):
+  } consumers(groups = 2, threads = 128, registers = 232) {
+  ^bb0(%group: index, %thread: index):
+    %band = arith.muli %group, %c64 : index
+    %row = arith.addi %q0, %band : index
+    flexattn.ring.wait %qr[%c0_i32] : !flexattn.ring<1 x 128x128xbf16>
+    %q = flexattn.ring.slot %qr[%c0_i32] : !flexattn.ring<1 x 128x128xbf16>
+    %r0:4 = scf.for %j = %c0 to %n0 step %c1 iter_args(%i = %c0_i32, %m = %ninf, %l = %zero2, %acc = %zero)
+        -> (i32, vector<2xf32>, vector<2xf32>, vector<64xf32>) {
+      %kv0 = arith.muli %j, %c128 : index
+      flexattn.ring.wait %kr[%i] : !flexattn.ring<2 x 128x128xbf16>
+      %k = flexattn.ring.slot %kr[%i] : !flexattn.ring<2 x 128x128xbf16>
+      %s0 = flexattn.mma %q[%band], %k {transpose_b} : !flexattn.smem_tile<128x128xbf16>, !flexattn.smem_tile<128x128xbf16> -> vector<64xf32>
+      %s = flexattn.mma.wait pending(0) %s0 : vector<64xf32>
+      flexattn.ring.release %kr[%i] : !flexattn.ring<2 x 128x128xbf16>
+      %p, %m1, %l1, %alpha = flexattn.frag.softmax %s state(%m, %l) at(%b, %h, %row, %kv0)
+          attributes {masked, scale = 0.125 : f32, seq_lens = array<i64: 300, 300>, tile_size = array<i64: 128, 128>}
+        mask_mod {
+        ^bb0(%bb: i32, %hh: i32, %qi: i32, %kj: i32):
+          %keep = arith.cmpi sge, %qi, %kj : i32
+          flexattn.yield %keep : i1
+        } : vector<64xf32> -> vector<64xbf16>
+      %acc1 = flexattn.frag.rescale %acc, %alpha : vector<64xf32>
+      flexattn.ring.wait %vr[%i] : !flexattn.ring<2 x 128x128xbf16>
+      %v = flexattn.ring.slot %vr[%i] : !flexattn.ring<2 x 128x128xbf16>
+      %o0 = flexattn.mma %p, %v, %acc1 : vector<64xbf16>, !flexattn.smem_tile<128x128xbf16>, vector<64xf32> -> vector<64xf32>
+      %o1:2 = flexattn.mma.wait pending(0) %o0, %p : vector<64xf32>, vector<64xbf16>
+      flexattn.ring.release %vr[%i] : !flexattn.ring<2 x 128x128xbf16>
+      %i1 = arith.addi %i, %c1_i32 : i32
+      scf.yield %i1, %m1, %l1, %o1#0 : i32, vector<2xf32>, vector<2xf32>, vector<64xf32>
+    }
+    %r1:4 = scf.for %j = %c0 to %n1 step %c1 iter_args(%i = %r0#0, %m = %r0#1, %l = %r0#2, %acc = %r0#3)
+        -> (i32, vector<2xf32>, vector<2xf32>, vector<64xf32>) {
+      %kv0 = arith.muli %j, %c128 : index
+      flexattn.ring.wait %kr[%i] : !flexattn.ring<2 x 128x128xbf16>
+      %k = flexattn.ring.slot %kr[%i] : !flexattn.ring<2 x 128x128xbf16>
+      %s0 = flexattn.mma %q[%band], %k {transpose_b} : !flexattn.smem_tile<128x128xbf16>, !flexattn.smem_tile<128x128xbf16> -> vector<64xf32>
+      %s = flexattn.mma.wait pending(0) %s0 : vector<64xf32>
+      flexattn.ring.release %kr[%i] : !flexattn.ring<2 x 128x128xbf16>
+      %p, %m1, %l1, %alpha = flexattn.frag.softmax %s state(%m, %l) at(%b, %h, %row, %kv0)
+          attributes {scale = 0.125 : f32, seq_lens = array<i64: 300, 300>, tile_size = array<i64: 128, 128>}
+          : vector<64xf32> -> vector<64xbf16>
+      %acc1 = flexattn.frag.rescale %acc, %alpha : vector<64xf32>
+      flexattn.ring.wait %vr[%i] : !flexattn.ring<2 x 128x128xbf16>
+      %v = flexattn.ring.slot %vr[%i] : !flexattn.ring<2 x 128x128xbf16>
+      %o0 = flexattn.mma %p, %v, %acc1 : vector<64xbf16>, !flexattn.smem_tile<128x128xbf16>, vector<64xf32> -> vector<64xf32>
+      %o1:2 = flexattn.mma.wait pending(0) %o0, %p : vector<64xf32>, vector<64xbf16>
+      flexattn.ring.release %vr[%i] : !flexattn.ring<2 x 128x128xbf16>
+      %i1 = arith.addi %i, %c1_i32 : i32
+      scf.yield %i1, %m1, %l1, %o1#0 : i32, vector<2xf32>, vector<2xf32>, vector<64xf32>
+    }
+    flexattn.ring.release %qr[%c0_i32] : !flexattn.ring<1 x 128x128xbf16>
+    flexattn.frag.finalize %r1#3 state(%r1#1, %r1#2) outs(%o : memref<1x2x300x128xbf16>) at(%b, %h, %row, %c0) : vector<64xf32>
+  }
+  return
+}
