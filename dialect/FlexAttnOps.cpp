@@ -4,12 +4,15 @@
 //
 //===----------------------------------------------------------------------===//
 //
-// Verifiers. Every message names the operand or region by its role and says
-// what was expected and what was found, so a frontend bug reads as a sentence.
+// The forward ops' verifiers and the checks every verifier shares
+// (FlexAttnVerifiers.h; the backward ops' are in FlexAttnBackwardOps.cpp).
+// Every message names the operand or region by its role and says what was
+// expected and what was found, so a frontend bug reads as a sentence.
 //
 //===----------------------------------------------------------------------===//
 
 #include "dialect/FlexAttnOps.h"
+#include "dialect/FlexAttnVerifiers.h"
 
 #include "mlir/IR/Builders.h"
 #include "mlir/IR/OpImplementation.h"
@@ -18,6 +21,7 @@
 
 using namespace mlir;
 using namespace mlir::flexattn;
+using namespace mlir::flexattn::detail;
 
 #include "dialect/FlexAttnInterfaces.cpp.inc"
 
@@ -25,11 +29,13 @@ using namespace mlir::flexattn;
 // custom<ModRegions>: `score_mod {...}`? `mask_mod {...}`?
 //===----------------------------------------------------------------------===//
 
-static ParseResult parseModRegions(OpAsmParser &parser, Region &scoreMod,
-                                   Region &maskMod) {
-  for (auto [keyword, region] :
-       {std::pair<StringRef, Region *>{"score_mod", &scoreMod},
-        {"mask_mod", &maskMod}}) {
+using KeywordRegion = std::pair<StringRef, Region *>;
+
+/// Parses `keyword {...}` for each (keyword, region) that is present, in
+/// order; absent ones stay empty.
+static ParseResult parseKeywordRegions(OpAsmParser &parser,
+                                       ArrayRef<KeywordRegion> regions) {
+  for (auto [keyword, region] : regions) {
     if (succeeded(parser.parseOptionalKeyword(keyword)) &&
         parser.parseRegion(*region, /*arguments=*/{},
                            /*enableNameShadowing=*/true))
@@ -38,12 +44,10 @@ static ParseResult parseModRegions(OpAsmParser &parser, Region &scoreMod,
   return success();
 }
 
-static void printModRegions(OpAsmPrinter &p, Operation *, Region &scoreMod,
-                            Region &maskMod) {
+static void printKeywordRegions(OpAsmPrinter &p,
+                                ArrayRef<KeywordRegion> regions) {
   bool first = true;
-  for (auto [keyword, region] :
-       {std::pair<StringRef, Region *>{"score_mod", &scoreMod},
-        {"mask_mod", &maskMod}}) {
+  for (auto [keyword, region] : regions) {
     if (region->empty())
       continue;
     p << (first ? "" : " ") << keyword << " ";
@@ -53,6 +57,38 @@ static void printModRegions(OpAsmPrinter &p, Operation *, Region &scoreMod,
   }
 }
 
+static ParseResult parseModRegions(OpAsmParser &parser, Region &scoreMod,
+                                   Region &maskMod) {
+  return parseKeywordRegions(parser, {{"score_mod", &scoreMod},
+                                      {"mask_mod", &maskMod}});
+}
+
+static void printModRegions(OpAsmPrinter &p, Operation *, Region &scoreMod,
+                            Region &maskMod) {
+  printKeywordRegions(p, {{"score_mod", &scoreMod}, {"mask_mod", &maskMod}});
+}
+
+// custom<VjpRegion>: `score_mod_vjp {...}`?
+static ParseResult parseVjpRegion(OpAsmParser &parser, Region &vjp) {
+  return parseKeywordRegions(parser, {{"score_mod_vjp", &vjp}});
+}
+
+static void printVjpRegion(OpAsmPrinter &p, Operation *, Region &vjp) {
+  printKeywordRegions(p, {{"score_mod_vjp", &vjp}});
+}
+
+// custom<BackwardRegions>: `score_mod_vjp {...}`? `mask_mod {...}`?
+static ParseResult parseBackwardRegions(OpAsmParser &parser, Region &vjp,
+                                        Region &maskMod) {
+  return parseKeywordRegions(parser, {{"score_mod_vjp", &vjp},
+                                      {"mask_mod", &maskMod}});
+}
+
+static void printBackwardRegions(OpAsmPrinter &p, Operation *, Region &vjp,
+                                 Region &maskMod) {
+  printKeywordRegions(p, {{"score_mod_vjp", &vjp}, {"mask_mod", &maskMod}});
+}
+
 #define GET_OP_CLASSES
 #include "dialect/FlexAttnOps.cpp.inc"
 
@@ -60,7 +96,7 @@ static void printModRegions(OpAsmPrinter &p, Operation *, Region &scoreMod,
 // Helpers
 //===----------------------------------------------------------------------===//
 
-namespace {
+namespace mlir::flexattn::detail {
 
 std::string shapeStr(ArrayRef<int64_t> shape) {
   std::string s;
@@ -97,14 +133,14 @@ bool dimsAgree(int64_t a, int64_t b) {
   return ShapedType::isDynamic(a) || ShapedType::isDynamic(b) || a == b;
 }
 
-LogicalResult checkDim(Operation *op, int64_t got, int64_t want,
+static LogicalResult checkDim(Operation *op, int64_t got, int64_t want,
                        const Twine &what) {
   if (!dimsAgree(got, want))
     return op->emitOpError() << what << " (" << got << ") must match " << want;
   return success();
 }
 
-int64_t ceilDivOrDynamic(int64_t a, int64_t b) {
+static int64_t ceilDivOrDynamic(int64_t a, int64_t b) {
   return ShapedType::isDynamic(a) ? ShapedType::kDynamic : (a + b - 1) / b;
 }
 
@@ -113,7 +149,7 @@ int64_t ceilDivOrDynamic(int64_t a, int64_t b) {
 /// `kvBatchBroadcast` (flexattn.attention), k and v may also have batch 1,
 /// shared by every query batch.
 LogicalResult verifyQKV(Operation *op, Value q, Value k, Value v,
-                        bool kvBatchBroadcast = false) {
+                        bool kvBatchBroadcast) {
   auto elemOk = [](Type t) { return isAttentionElementType(t); };
   if (failed(checkMemRef(op, q, "q", 4, "[B, Hq, M, D]", elemOk, "f32, f16 or bf16")) ||
       failed(checkMemRef(op, k, "k", 4, "[B, Hkv, N, D]", elemOk, "f32, f16 or bf16")) ||
@@ -152,12 +188,12 @@ LogicalResult verifyQKV(Operation *op, Value q, Value k, Value v,
 
 /// out [B,Hq,M,Dv] and lse [B,Hq,M] f32, against q and v.
 LogicalResult verifyOutputs(Operation *op, Value q, Value v, Value out,
-                            Value lse) {
+                            Value lse, StringRef outRole) {
   auto qt = cast<MemRefType>(q.getType());
   auto elemOk = [&](Type t) { return t == qt.getElementType(); };
   std::string want;
   llvm::raw_string_ostream(want) << "q's (" << qt.getElementType() << ")";
-  if (failed(checkMemRef(op, out, "out", 4, "[B, Hq, M, Dv]", elemOk, want)))
+  if (failed(checkMemRef(op, out, outRole, 4, "[B, Hq, M, Dv]", elemOk, want)))
     return failure();
   auto qs = qt.getShape();
   auto vs = cast<MemRefType>(v.getType()).getShape();
@@ -165,7 +201,7 @@ LogicalResult verifyOutputs(Operation *op, Value q, Value v, Value out,
   auto os = cast<MemRefType>(out.getType()).getShape();
   if (!llvm::all_of(llvm::zip(os, expected),
                     [](auto p) { return dimsAgree(std::get<0>(p), std::get<1>(p)); }))
-    return op->emitOpError() << "out shape must be [B, Hq, M, Dv] = "
+    return op->emitOpError() << outRole << " shape must be [B, Hq, M, Dv] = "
                              << shapeStr(expected) << ", got " << shapeStr(os);
   if (!lse)
     return success();
@@ -183,15 +219,18 @@ LogicalResult verifyOutputs(Operation *op, Value q, Value v, Value out,
 
 /// torch's BlockMask layout: num [Bm, Hm, QB] i32, indices [Bm, Hm, QB, KB]
 /// i32, with Bm in {1, B}, Hm in {1, Hq}, QB = ceil(M / Q_BLOCK),
-/// KB = ceil(N / KV_BLOCK).
+/// KB = ceil(N / KV_BLOCK). With `qSide`, the transposed lists a KV-outer
+/// backward loop reads: num [Bm, Hm, KB], indices [Bm, Hm, KB, QB].
 LogicalResult verifyBlockMaskPair(Operation *op, Value num, Value idx,
                                   StringRef numRole, StringRef idxRole,
                                   ArrayRef<int64_t> blockSize, Value q,
-                                  Value k) {
+                                  Value k, bool qSide) {
   auto isI32 = [](Type t) { return t.isSignlessInteger(32); };
-  if (failed(checkMemRef(op, num, numRole, 3, "[B, H, Q_BLOCKS]", isI32, "i32")) ||
-      failed(checkMemRef(op, idx, idxRole, 4, "[B, H, Q_BLOCKS, KV_BLOCKS]",
-                         isI32, "i32")))
+  StringRef numLayout = qSide ? "[B, H, KV_BLOCKS]" : "[B, H, Q_BLOCKS]";
+  StringRef idxLayout =
+      qSide ? "[B, H, KV_BLOCKS, Q_BLOCKS]" : "[B, H, Q_BLOCKS, KV_BLOCKS]";
+  if (failed(checkMemRef(op, num, numRole, 3, numLayout, isI32, "i32")) ||
+      failed(checkMemRef(op, idx, idxRole, 4, idxLayout, isI32, "i32")))
     return failure();
   auto qs = cast<MemRefType>(q.getType()).getShape();
   auto ks = cast<MemRefType>(k.getType()).getShape();
@@ -199,6 +238,17 @@ LogicalResult verifyBlockMaskPair(Operation *op, Value num, Value idx,
   auto is = cast<MemRefType>(idx.getType()).getShape();
   int64_t qBlocks = ceilDivOrDynamic(qs[2], blockSize[0]);
   int64_t kvBlocks = ceilDivOrDynamic(ks[2], blockSize[1]);
+  if (qSide) {
+    if (!dimsAgree(ns[2], kvBlocks) || !dimsAgree(is[2], kvBlocks))
+      return op->emitOpError()
+             << numRole << " and " << idxRole << " must have ceil(N / "
+             << blockSize[1] << ") = " << kvBlocks << " KV blocks, got "
+             << shapeStr(ns) << " and " << shapeStr(is);
+    if (!dimsAgree(is[3], qBlocks))
+      return op->emitOpError()
+             << idxRole << " must have ceil(M / " << blockSize[0]
+             << ") = " << qBlocks << " Q block slots, got " << is[3];
+  }
   for (auto [dim, name, full] :
        {std::tuple<int64_t, StringRef, int64_t>{0, "batch", qs[0]},
         {1, "head", qs[1]}}) {
@@ -209,12 +259,12 @@ LogicalResult verifyBlockMaskPair(Operation *op, Value num, Value idx,
                << role << " " << name << " dim (" << shape[dim]
                << ") must be 1 (broadcast) or " << full;
   }
-  if (!dimsAgree(ns[2], qBlocks) || !dimsAgree(is[2], qBlocks))
+  if (!qSide && (!dimsAgree(ns[2], qBlocks) || !dimsAgree(is[2], qBlocks)))
     return op->emitOpError()
            << numRole << " and " << idxRole << " must have ceil(M / "
            << blockSize[0] << ") = " << qBlocks << " query blocks, got "
            << shapeStr(ns) << " and " << shapeStr(is);
-  if (!dimsAgree(is[3], kvBlocks))
+  if (!qSide && !dimsAgree(is[3], kvBlocks))
     return op->emitOpError()
            << idxRole << " must have ceil(N / " << blockSize[1]
            << ") = " << kvBlocks << " KV block slots, got " << is[3];
@@ -258,7 +308,7 @@ LogicalResult verifyTileSize(Operation *op, ArrayRef<int64_t> tile) {
 }
 
 /// acc [BM, Dv], max [BM], sum [BM], all f32.
-LogicalResult verifyState(Operation *op, Value acc, Value max, Value sum,
+static LogicalResult verifyState(Operation *op, Value acc, Value max, Value sum,
                           std::optional<int64_t> bm, int64_t dv) {
   auto isF32 = [](Type t) { return t.isF32(); };
   if (failed(checkMemRef(op, acc, "acc", 2, "[BM, Dv]", isF32, "f32")) ||
@@ -281,21 +331,29 @@ LogicalResult verifyState(Operation *op, Value acc, Value max, Value sum,
   return success();
 }
 
-/// Checks one mod region: `leading` are the fixed leading argument kinds.
+/// Checks one mod region: the leading (score,) b, h, q_idx, kv_idx, one
+/// argument per captured buffer, with `cotangent` a trailing f32 `dy` (the
+/// score_mod_vjp region), pure scalar code, and a flexattn.yield that
+/// `checkYield` accepts.
 LogicalResult verifyRegion(Operation *op, Region &region, StringRef name,
                            bool hasScore, TypeRange captures,
-                           function_ref<bool(Type)> resultOk,
-                           StringRef resultDesc) {
+                           function_ref<LogicalResult(YieldOp)> checkYield,
+                           bool cotangent) {
   if (region.empty())
     return success();
   Block &block = region.front();
   unsigned fixed = hasScore ? 5 : 4;
   StringRef sig = hasScore ? "(score, b, h, q_idx, kv_idx" : "(b, h, q_idx, kv_idx";
-  if (block.getNumArguments() != fixed + captures.size())
+  unsigned want = fixed + captures.size() + (cotangent ? 1 : 0);
+  if (block.getNumArguments() != want)
     return op->emitOpError()
-           << name << " must take " << fixed + captures.size()
-           << " arguments " << sig << ", then one per captured buffer ("
-           << captures.size() << ")), got " << block.getNumArguments();
+           << name << " must take " << want << " arguments " << sig
+           << ", then one per captured buffer (" << captures.size() << ")"
+           << (cotangent ? ", then dy" : "") << "), got "
+           << block.getNumArguments();
+  if (cotangent && !block.getArguments().back().getType().isF32())
+    return op->emitOpError() << name << " dy argument must be f32, got "
+                             << block.getArguments().back().getType();
   unsigned firstIndex = 0;
   if (hasScore) {
     if (!block.getArgument(0).getType().isF32())
@@ -342,25 +400,40 @@ LogicalResult verifyRegion(Operation *op, Region &region, StringRef name,
   auto yield = block.empty() ? YieldOp() : dyn_cast<YieldOp>(&block.back());
   if (!yield)
     return op->emitOpError() << name << " must end with flexattn.yield";
-  if (yield.getValues().size() != 1 ||
-      !resultOk(yield.getValues().front().getType()))
-    return op->emitOpError() << name << " must yield one " << resultDesc
+  return checkYield(yield);
+}
+
+/// The yield check of a region that returns one value `ok` accepts.
+static LogicalResult yieldsOne(Operation *op, YieldOp yield, StringRef name,
+                        function_ref<bool(Type)> ok, StringRef desc) {
+  if (yield.getValues().size() != 1 || !ok(yield.getValues().front().getType()))
+    return op->emitOpError() << name << " must yield one " << desc
                              << " value, got " << yield.getValues().size()
                              << " value(s) of type(s) "
                              << yield.getValues().getTypes();
   return success();
 }
 
-} // namespace
+LogicalResult verifyMaskRegion(Operation *op, Region &region,
+                               TypeRange captures) {
+  return verifyRegion(op, region, "mask_mod", false, captures, [&](YieldOp y) {
+    return yieldsOne(op, y, "mask_mod",
+                     [](Type t) { return t.isSignlessInteger(1); }, "i1");
+  });
+}
+
+} // namespace mlir::flexattn::detail
 
 LogicalResult mlir::flexattn::verifyModRegions(Operation *op) {
   auto mods = cast<ModRegionsOpInterface>(op);
   TypeRange captures = mods.getCaptures().getTypes();
-  if (failed(verifyRegion(op, mods.getScoreMod(), "score_mod", true, captures,
-                          [](Type t) { return t.isF32(); }, "f32")))
+  if (failed(verifyRegion(
+          op, mods.getScoreMod(), "score_mod", true, captures, [&](YieldOp y) {
+            return yieldsOne(op, y, "score_mod",
+                             [](Type t) { return t.isF32(); }, "f32");
+          })))
     return failure();
-  return verifyRegion(op, mods.getMaskMod(), "mask_mod", false, captures,
-                      [](Type t) { return t.isSignlessInteger(1); }, "i1");
+  return verifyMaskRegion(op, mods.getMaskMod(), captures);
 }
 
 //===----------------------------------------------------------------------===//

@@ -15,6 +15,7 @@
 //
 // and, for GPU kernels, the roles, rings and register-fragment ops of
 // FlexAttnGpuOps.td (flexattn-warp-specialize and after).
+// The backward pass's ops are in FlexAttnBackwardOps.td.
 //
 // All operate on memrefs (destination passing style). Every op that holds the
 // user's modifications implements FlexAttn_ModRegionsOpInterface, so the
@@ -357,7 +358,8 @@ def FlexAttn_CheckIndexOp : FlexAttn_Op<"check_index"> {
 def FlexAttn_YieldOp : FlexAttn_Op<"yield", [
     Pure, ReturnLike, Terminator,
     ParentOneOf<["AttentionOp", "KvLoopOp", "TileStepOp", "ApplyModsOp",
-                 "FragSoftmaxOp"]>]> {
+                 "FragSoftmaxOp", "AttentionBackwardOp", "BackwardQLoopOp",
+                 "BackwardKvLoopOp", "BackwardStepOp", "ApplyModsVjpOp"]>]> {
   let summary = "Returns the value of a score_mod or mask_mod region";
   let arguments = (ins Variadic<AnyType>:$values);
   let assemblyFormat = "attr-dict ($values^ `:` type($values))?";
@@ -369,5 +371,6 @@ def FlexAttn_YieldOp : FlexAttn_Op<"yield", [
 //===----------------------------------------------------------------------===//
 
 include "FlexAttnGpuOps.td"
+include "FlexAttnBackwardOps.td"
 
 #endif // FLEXATTN_OPS

@@ -7,6 +7,7 @@ Import order matters: ``mlir`` (through ``_native``) is imported before any
 from . import _native  # noqa: F401  (first: see above)
 from .api import compile_flex_attention, flex_attention
 from .attention import attention, attention_compile_count, attention_spec
+from .backward import NotDifferentiableError
 from .block_mask import BlockMask, create_block_mask
 from .frontend import CapturedMod, ModCaptureError, capture_mask_mod, capture_score_mod
 from .masks import and_masks, noop_mask, or_masks
@@ -29,6 +30,7 @@ __all__ = [
     "capture_mask_mod",
     "CapturedMod",
     "ModCaptureError",
+    "NotDifferentiableError",
     "attention",
     "attention_spec",
     "attention_compile_count",

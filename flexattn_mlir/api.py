@@ -15,7 +15,7 @@ from typing import Callable, Optional
 
 import torch
 
-from . import checks, frontend, targets
+from . import autograd, checks, frontend, targets
 from .attention import attention
 from .block_mask import BlockMask
 from .masks import noop_mask
@@ -80,18 +80,36 @@ def flex_attention(
     ``(out, AuxOutput)`` with ``return_aux=AuxRequest(lse=True)``.
     ``kernel_options`` takes our :class:`CompileOptions` fields and torch's
     ``BLOCK_M``/``BLOCK_N``/``num_stages``; other torch tuning keys are ignored.
-    """
-    from torch.nn.attention.flex_attention import AuxOutput
 
+    Differentiable (CPU): when q, k, v or a tensor the mods capture requires
+    grad, gradients flow to all of them and through lse
+    (:mod:`flexattn_mlir.autograd`). Under ``torch.compile`` the call is one
+    custom op (no graph break); the mods must then be functions that exist
+    outside the compiled code (module level, or made in ``__init__``), so
+    the tensors they capture can be found from them at trace time.
+    """
     if return_lse and return_aux is not None:
         raise ValueError("pass either return_lse or return_aux, not both")
     if return_aux is not None and getattr(return_aux, "max_scores", False):
         raise NotImplementedError("return_aux.max_scores is not supported by flexattn_mlir yet")
     want_lse = return_lse or (return_aux is not None and bool(return_aux.lse))
-    call = _lower_call(query, key, value, score_mod, block_mask, enable_gqa, kernel_options)
-    result = attention(query, key, value, scale=scale, enable_gqa=enable_gqa,
-                       return_lse=want_lse, **call)
+    if torch.compiler.is_compiling():
+        # torch.compile: one custom op in the graph (the mods are captured
+        # at trace time); differentiable.
+        out, lse = autograd.traced_flex_attention(query, key, value, score_mod, block_mask,
+                                                  scale, enable_gqa, want_lse, kernel_options)
+        result = (out, lse) if want_lse else out
+    else:
+        call = _lower_call(query, key, value, score_mod, block_mask, enable_gqa, kernel_options)
+        common = dict(scale=scale, enable_gqa=enable_gqa, return_lse=want_lse, **call)
+        if autograd.needs_grad(query, key, value, call["captures"]):
+            # Training: the differentiable custom op (flexattn_mlir.autograd).
+            result = autograd.attention_with_grad(query, key, value, score_fn=score_mod, **common)
+        else:
+            result = attention(query, key, value, **common)
     if return_aux is not None:
+        from torch.nn.attention.flex_attention import AuxOutput
+
         out, lse = result if want_lse else (result, None)
         return out, AuxOutput(lse=lse)
     return result

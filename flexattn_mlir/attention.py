@@ -20,7 +20,7 @@ from .mods import ModIR
 from .options import CompileOptions
 from .spec import AttentionSpec, BufferType
 
-__all__ = ["attention", "attention_spec", "attention_compile_count", "build_spec", "kernel_for"]
+__all__ = ["attention", "attention_forward", "attention_spec", "attention_compile_count", "build_spec", "kernel_for"]
 
 _lock = threading.Lock()
 _kernels: dict[str, object] = {}
@@ -173,24 +173,6 @@ def attention_spec(query, key, value, *, score_mod=None, mask_mod=None, block_ma
     return spec
 
 
-def _forward_only(query, key, value, captures, capture_labels) -> None:
-    """No backward pass exists yet: in grad mode, an input that requires
-    grad would get a result detached from it (its gradients silently lost),
-    so the call raises instead. The autograd path replaces this check."""
-    if not torch.is_grad_enabled():
-        return
-    labels = list(capture_labels) + [f"captures[{i}]" for i in range(len(capture_labels),
-                                                                     len(captures))]
-    named = [("query", query), ("key", key), ("value", value), *zip(labels, captures)]
-    for label, t in named:
-        if t.requires_grad:
-            raise NotImplementedError(
-                f"flexattn_mlir: the backward pass is not implemented yet, but {label} "
-                f"requires grad (and grad mode is on): the result could not carry its "
-                f"gradient. Call under torch.no_grad() or torch.inference_mode(), or pass "
-                f"detached tensors")
-
-
 def attention_compile_count() -> int:
     """How many kernels this process has compiled (cache misses)."""
     return compile_count
@@ -220,14 +202,31 @@ def attention(
     arguments receive. Non-contiguous inputs are copied to contiguous ones.
     ``name`` labels the kernel (IR dumps, messages) and ``capture_labels``
     the captures (messages); neither enters the cache key. Returns ``out`` or
-    ``(out, lse)``; lse is float32, natural log. There is no backward pass
-    yet: in grad mode, inputs that require grad are an error.
+    ``(out, lse)``; lse is float32, natural log. In grad mode, when q, k, v or
+    a capture requires grad, the call is differentiable
+    (:func:`flexattn_mlir.autograd.attention_with_grad`; the backward runs on
+    the CPU, other targets raise NotImplementedError).
     """
+    from . import autograd
+
+    common = dict(score_mod=score_mod, mask_mod=mask_mod, block_mask=block_mask,
+                  captures=captures, scale=scale, enable_gqa=enable_gqa,
+                  return_lse=return_lse, options=options, name=name)
+    if autograd.needs_grad(query, key, value, captures):
+        return autograd.attention_with_grad(query, key, value, capture_labels=capture_labels,
+                                            **common)
+    return attention_forward(query, key, value, **common)
+
+
+def attention_forward(query, key, value, *, score_mod=None, mask_mod=None, block_mask=None,
+                      captures=(), scale=None, enable_gqa=False, return_lse=False,
+                      options=None, name="flexattn"):
+    """:func:`attention`'s forward kernel, recording no gradient (the
+    ``flexattn::flex_attention`` op runs it under autograd)."""
     spec, (q, k, v), captures, options = _prepare(
         query, key, value, score_mod=score_mod, mask_mod=mask_mod, block_mask=block_mask,
         captures=captures, scale=scale, enable_gqa=enable_gqa, return_lse=return_lse,
         name=name, options=options)
-    _forward_only(query, key, value, captures, capture_labels)
     if options.target != "cpu":
         checks.check_gpu_support(q, v, block_mask, options)
     kernel = kernel_for(spec, options)

@@ -3,8 +3,9 @@
 A CPU kernel is a relocatable object for this host (its CPU and features),
 linked into the process by a small ORC loader in our C library
 (python/CpuRuntime.cpp): a cached object loads without code generation. It
-is called on ``torch.get_num_threads()`` threads at once, each claiming Q
-tiles from the kernel's work counter (flexattn-distribute-tiles), with every
+is called on ``torch.get_num_threads()`` threads at once, each claiming
+tiles from the kernel's work counter (flexattn-distribute-tiles; the
+forward's and the backward's kernels alike), with every
 tensor passed zero-copy as a memref descriptor over its own storage (bf16/f16
 included; the ABI only sees pointers).
 """
@@ -58,6 +59,18 @@ def _counter_descriptor(counter: ctypes.Array) -> ctypes.Structure:
     return desc
 
 
+def _tiles(spec, opts: CompileOptions) -> int:
+    """About how many tiles the kernel's work queue holds (more threads
+    would find no work): the forward's Q tiles; a backward (a spec with a
+    ``forward``) also has a KV-tile loop."""
+    forward = getattr(spec, "forward", spec)
+    b, hq, m, _ = forward.q.shape
+    tiles = b * hq * math.ceil(m / opts.tile_q)
+    if forward is not spec:
+        tiles += b * forward.k.shape[1] * math.ceil(forward.k.shape[2] / opts.tile_kv)
+    return tiles
+
+
 class CpuKernel:
     """A loaded kernel; call it with the spec's arguments in order.
 
@@ -66,9 +79,7 @@ class CpuKernel:
     def __init__(self, obj: bytes, spec: AttentionSpec, opts: CompileOptions):
         self.object, self.spec, self.options = obj, spec, opts
         self._handle, self._entry = _native.cpu_load(obj, ENTRY)
-        b, hq, m, _ = spec.q.shape
-        # More threads than Q tiles would find no work.
-        self.tiles = b * hq * math.ceil(m / opts.tile_q)
+        self.tiles = _tiles(spec, opts)
 
     @classmethod
     def compile(cls, compiled: Compiled) -> "CpuKernel":

@@ -194,7 +194,9 @@ def compile(
     result = Compiled(spec, opts)
     with ctx, ir.Location.unknown():
         mod = make_flexattn(spec, opts)
-        steps: list[tuple[str, Stage | None]] = [("flexattn", None), *stages(opts).items()]
+        # A spec may bring its own stages (the backward's).
+        table = spec.stages(opts) if hasattr(spec, "stages") else stages(opts)
+        steps: list[tuple[str, Stage | None]] = [("flexattn", None), *table.items()]
         for name, step in steps:
             replacement = override / f"{label}.{name}.mlir" if override else None
             if replacement is not None and replacement.exists():

@@ -9,13 +9,17 @@ source of the cache key; :meth:`AttentionSpec.to_mlir` prints the
 from __future__ import annotations
 
 import hashlib
+import json
+import re
 import struct
 from dataclasses import dataclass, field, replace
 from typing import Optional
 
 from .mods import ModIR
 
-__all__ = ["BufferType", "AttentionSpec", "TORCH_TO_MLIR", "ENTRY"]
+__all__ = ["BufferType", "AttentionSpec", "TORCH_TO_MLIR", "ENTRY", "entry_function",
+           "mod_region_lines", "f32_literal", "operand_group", "block_mask_lines",
+           "capture_lines"]
 
 # The generated function's symbol (the GPU kernel is ENTRY + "_kernel"): fixed,
 # so a kernel compiled for one spec serves every equal spec.
@@ -57,7 +61,7 @@ class BufferType:
         return BufferType(tuple(int(d) for d in tensor.shape), TORCH_TO_MLIR[name])
 
 
-def _f32_literal(x: float) -> str:
+def f32_literal(x: float) -> str:
     """The exact f32 bit pattern, so printing never rounds the scale."""
     (bits,) = struct.unpack("<I", struct.pack("<f", x))
     return f"0x{bits:08X} : f32"
@@ -123,40 +127,68 @@ class AttentionSpec:
 
     def to_mlir(self) -> str:
         args = self.arguments()
-        sig = ", ".join(f"%{n}: {t.memref}" for n, t in args)
         typ = {n: t.memref for n, t in args}
-        lines = [
-            f"flexattn.attention ins(%q, %k, %v : {typ['q']}, {typ['k']}, {typ['v']})",
-            f"    outs(%out : {typ['out']})",
-        ]
+        lines = [operand_group("flexattn.attention ins", ["q", "k", "v"], typ),
+                 operand_group("    outs", ["out"], typ)]
         if self.return_lse:
-            lines.append(f"    lse(%lse : {typ['lse']})")
-        if self.has_block_mask:
-            lines.append(
-                f"    block_mask(%kv_num_blocks, %kv_indices : "
-                f"{typ['kv_num_blocks']}, {typ['kv_indices']})"
-            )
-        if self.full_kv_num_blocks is not None:
-            lines.append(
-                f"    full_blocks(%full_kv_num_blocks, %full_kv_indices : "
-                f"{typ['full_kv_num_blocks']}, {typ['full_kv_indices']})"
-            )
-        caps = [n for n, _ in args if n.startswith("capture") or n == "index_report"]
-        if caps:
-            lines.append(f"    captures({', '.join('%' + n for n in caps)} : "
-                         f"{', '.join(typ[n] for n in caps)})")
-        attrs = [f"scale = {_f32_literal(self.scale)}"]
+            lines.append(operand_group("    lse", ["lse"], typ))
+        lines += block_mask_lines(typ)
+        lines += capture_lines(args, typ)
+        attrs = [f"scale = {f32_literal(self.scale)}"]
         if self.block_size is not None:
             attrs.append(f"block_size = array<i64: {self.block_size[0]}, {self.block_size[1]}>")
         lines.append(f"    attributes {{{', '.join(attrs)}}}")
-        for region, mod in (("score_mod", self.score_mod), ("mask_mod", self.mask_mod)):
-            if mod is not None:
-                body = "\n".join("      " + ln for ln in mod.text.splitlines())
-                lines.append(f"    {region} {{\n{body}\n    }}")
-        op = "\n".join("    " + ln if i else ln for i, ln in enumerate(lines))
-        return (
-            f"func.func @{ENTRY}({sig}) attributes {{llvm.emit_c_interface}} {{\n"
-            f"  {op}\n"
-            f"  return\n"
-            f"}}\n"
-        )
+        lines += mod_region_lines(self.score_mod, self.mask_mod)
+        return entry_function(args, lines)
+
+
+def operand_group(keyword: str, names: list[str], typ: dict[str, str]) -> str:
+    """``keyword(%a, %b : type_a, type_b)`` for the named arguments."""
+    values = ", ".join(f"%{n}" for n in names)
+    return f"{keyword}({values} : {', '.join(typ[n] for n in names)})"
+
+
+# The block-list operand groups of the attention ops, with the arguments
+# they take (only those present among the kernel's arguments are printed).
+_BLOCK_GROUPS = (("block_mask", ("kv_num_blocks", "kv_indices")),
+                 ("full_blocks", ("full_kv_num_blocks", "full_kv_indices")),
+                 ("q_block_mask", ("q_num_blocks", "q_indices")),
+                 ("full_q_blocks", ("full_q_num_blocks", "full_q_indices")))
+
+
+def capture_lines(args: list[tuple[str, BufferType]], typ: dict[str, str]) -> list[str]:
+    """The ``captures(...)`` group: the captured buffers, then the index
+    report (the mods' last capture) when the kernel has one."""
+    caps = [n for n, _ in args if re.fullmatch(r"capture\d+|index_report", n)]
+    return [operand_group("    captures", caps, typ)] if caps else []
+
+
+def block_mask_lines(typ: dict[str, str]) -> list[str]:
+    return [operand_group(f"    {kw}", list(names), typ)
+            for kw, names in _BLOCK_GROUPS if names[0] in typ]
+
+
+def mod_region_lines(score_mod: Optional[ModIR], mask_mod: Optional[ModIR]) -> list[str]:
+    """The ``score_mod {...}`` / ``mask_mod {...}`` lines of an op's text."""
+    lines = []
+    for region, mod in (("score_mod", score_mod), ("mask_mod", mask_mod)):
+        if mod is not None:
+            body = "\n".join("      " + ln for ln in mod.text.splitlines())
+            lines.append(f"    {region} {{\n{body}\n    }}")
+    return lines
+
+
+def entry_function(args: list[tuple[str, BufferType]], op_lines: list[str],
+                   loc: Optional[str] = None) -> str:
+    """The kernel function ``@ENTRY(args)`` holding one op (its text lines);
+    ``loc`` names the op in diagnostics."""
+    sig = ", ".join(f"%{n}: {t.memref}" for n, t in args)
+    op = "\n".join("    " + ln if i else ln for i, ln in enumerate(op_lines))
+    if loc is not None:
+        op += f" loc({json.dumps(loc)})"
+    return (
+        f"func.func @{ENTRY}({sig}) attributes {{llvm.emit_c_interface}} {{\n"
+        f"  {op}\n"
+        f"  return\n"
+        f"}}\n"
+    )

@@ -12,6 +12,8 @@
 
 #include "passes/Passes.h"
 
+#include "llvm/ADT/TypeSwitch.h"
+
 namespace mlir::flexattn {
 #define GEN_PASS_DEF_FLEXATTNBLOCKSPARSITY
 #include "passes/Passes.h.inc"
@@ -46,32 +48,44 @@ void emitStep(OpBuilder &b, Location loc, KvLoopOp loop, Value kv0,
   cloneModRegions(loop, step, /*withMask=*/applyMask);
 }
 
-/// for j in [0, min(num[b, h, qb], width)): tile_step at indices[b, h, qb, j].
-void emitListedBlocks(OpBuilder &b, Location loc, KvLoopOp loop, Value num,
-                      Value indices, Value qb, bool masked) {
-  Value bi = broadcastIndex(b, loc, num, 0, loop.getB());
-  Value hi = broadcastIndex(b, loc, num, 1, loop.getH());
-  Value count = memref::LoadOp::create(b, loc, num, ValueRange{bi, hi, qb});
+} // namespace
+
+void mlir::flexattn::forEachTile(
+    OpBuilder &b, Location loc, Value extent, int64_t tile,
+    function_ref<void(OpBuilder &, Value start)> body) {
+  Value tileV = indexConst(b, loc, tile);
+  Value tiles = arith::CeilDivUIOp::create(b, loc, extent, tileV);
+  auto forOp = scf::ForOp::create(b, loc, indexConst(b, loc, 0), tiles,
+                                  indexConst(b, loc, 1));
+  OpBuilder::InsertionGuard guard(b);
+  b.setInsertionPointToStart(forOp.getBody());
+  body(b, arith::MulIOp::create(b, loc, forOp.getInductionVar(), tileV));
+}
+
+void mlir::flexattn::forEachListedBlock(
+    OpBuilder &b, Location loc, Value num, Value indices, Value batch,
+    Value head, Value row, int64_t blockSize,
+    function_ref<void(OpBuilder &, Value start)> body) {
+  Value bi = broadcastIndex(b, loc, num, 0, batch);
+  Value hi = broadcastIndex(b, loc, num, 1, head);
+  Value count = memref::LoadOp::create(b, loc, num, ValueRange{bi, hi, row});
   count = arith::IndexCastOp::create(b, loc, b.getIndexType(), count);
   // Never read past the index array, whatever the counts say.
   Value width = memrefDim(b, loc, indices, 3);
   count = arith::MinSIOp::create(b, loc, count, width);
   count = arith::MaxSIOp::create(b, loc, count, indexConst(b, loc, 0));
-  Value bn = indexConst(b, loc, loop.getTileSize()[1]);
-  Value bj = broadcastIndex(b, loc, indices, 0, loop.getB());
-  Value hj = broadcastIndex(b, loc, indices, 1, loop.getH());
+  Value bs = indexConst(b, loc, blockSize);
+  Value bj = broadcastIndex(b, loc, indices, 0, batch);
+  Value hj = broadcastIndex(b, loc, indices, 1, head);
   auto forOp = scf::ForOp::create(b, loc, indexConst(b, loc, 0), count,
                                   indexConst(b, loc, 1));
   OpBuilder::InsertionGuard guard(b);
   b.setInsertionPointToStart(forOp.getBody());
   Value blk = memref::LoadOp::create(
-      b, loc, indices, ValueRange{bj, hj, qb, forOp.getInductionVar()});
+      b, loc, indices, ValueRange{bj, hj, row, forOp.getInductionVar()});
   blk = arith::IndexCastOp::create(b, loc, b.getIndexType(), blk);
-  Value kv0 = arith::MulIOp::create(b, loc, blk, bn);
-  emitStep(b, loc, loop, kv0, masked);
+  body(b, arith::MulIOp::create(b, loc, blk, bs));
 }
-
-} // namespace
 
 LogicalResult mlir::flexattn::lowerKvLoop(RewriterBase &rewriter,
                                           KvLoopOp loop) {
@@ -79,27 +93,27 @@ LogicalResult mlir::flexattn::lowerKvLoop(RewriterBase &rewriter,
   OpBuilder::InsertionGuard guard(rewriter);
   rewriter.setInsertionPoint(loop);
   int64_t bn = loop.getTileSize()[1];
+  auto step = [&](bool masked) {
+    return [&loop, loc, masked](OpBuilder &b, Value kv0) {
+      emitStep(b, loc, loop, kv0, masked);
+    };
+  };
 
   if (!loop.hasBlockMask()) {
     // Dense: every KV tile, mask_mod on each.
-    Value seqKV = memrefDim(rewriter, loc, loop.getK(), 2);
-    Value bnV = indexConst(rewriter, loc, bn);
-    Value tiles = arith::CeilDivUIOp::create(rewriter, loc, seqKV, bnV);
-    auto forOp = scf::ForOp::create(rewriter, loc, indexConst(rewriter, loc, 0),
-                                    tiles, indexConst(rewriter, loc, 1));
-    rewriter.setInsertionPointToStart(forOp.getBody());
-    Value kv0 =
-        arith::MulIOp::create(rewriter, loc, forOp.getInductionVar(), bnV);
-    emitStep(rewriter, loc, loop, kv0, /*masked=*/true);
+    forEachTile(rewriter, loc, memrefDim(rewriter, loc, loop.getK(), 2), bn,
+                step(/*masked=*/true));
   } else {
     Value qb = arith::DivUIOp::create(
         rewriter, loc, loop.getQ0(),
         indexConst(rewriter, loc, (*loop.getBlockSize())[0]));
-    emitListedBlocks(rewriter, loc, loop, loop.getKvNumBlocks(),
-                     loop.getKvIndices(), qb, /*masked=*/true);
+    forEachListedBlock(rewriter, loc, loop.getKvNumBlocks(),
+                       loop.getKvIndices(), loop.getB(), loop.getH(), qb, bn,
+                       step(/*masked=*/true));
     if (loop.getFullKvNumBlocks())
-      emitListedBlocks(rewriter, loc, loop, loop.getFullKvNumBlocks(),
-                       loop.getFullKvIndices(), qb, /*masked=*/false);
+      forEachListedBlock(rewriter, loc, loop.getFullKvNumBlocks(),
+                         loop.getFullKvIndices(), loop.getB(), loop.getH(), qb,
+                         bn, step(/*masked=*/false));
   }
   rewriter.eraseOp(loop);
   return success();
@@ -110,12 +124,25 @@ struct FlexAttnBlockSparsityPass
     : public flexattn::impl::FlexAttnBlockSparsityBase<
           FlexAttnBlockSparsityPass> {
   void runOnOperation() override {
-    SmallVector<KvLoopOp> loops;
-    getOperation()->walk([&](KvLoopOp op) { loops.push_back(op); });
+    SmallVector<Operation *> loops;
+    getOperation()->walk([&](Operation *op) {
+      if (isa<KvLoopOp, BackwardQLoopOp, BackwardKvLoopOp>(op))
+        loops.push_back(op);
+    });
     IRRewriter rewriter(&getContext());
-    for (KvLoopOp loop : loops)
-      if (failed(lowerKvLoop(rewriter, loop)))
+    for (Operation *loop : loops) {
+      LogicalResult r =
+          llvm::TypeSwitch<Operation *, LogicalResult>(loop)
+              .Case([&](KvLoopOp op) { return lowerKvLoop(rewriter, op); })
+              .Case([&](BackwardQLoopOp op) {
+                return lowerBackwardQLoop(rewriter, op);
+              })
+              .Case([&](BackwardKvLoopOp op) {
+                return lowerBackwardKvLoop(rewriter, op);
+              });
+      if (failed(r))
         return signalPassFailure();
+    }
   }
 };
 } // namespace

@@ -5,9 +5,10 @@
 //===----------------------------------------------------------------------===//
 //
 // Replaces each flexattn.apply_mods with its score_mod body and, for a masked
-// score, its mask_mod body and a select against -inf; then lowers the
+// score, its mask_mod body and a select against -inf (each apply_mods_vjp
+// likewise, with its score_mod_vjp body); then lowers the
 // flexattn.check_index ops the bodies brought along (torch-style wrap, bounds
-// check, report store).
+// check, report store), in the forward and the backward alike.
 //
 //===----------------------------------------------------------------------===//
 
@@ -97,16 +98,57 @@ LogicalResult mlir::flexattn::lowerCheckIndex(RewriterBase &rewriter,
   return success();
 }
 
+LogicalResult mlir::flexattn::inlineModsVjp(RewriterBase &rewriter,
+                                            ApplyModsVjpOp op) {
+  Location loc = op.getLoc();
+  OpBuilder::InsertionGuard guard(rewriter);
+  rewriter.setInsertionPoint(op);
+  SmallVector<Value> indices = {op.getB(), op.getH(), op.getQIdx(),
+                                op.getKvIdx()};
+  // The identity mod: the score itself and dy.
+  SmallVector<Value> results = {op.getScore(), op.getDy()};
+  if (!op.getScoreModVjp().empty()) {
+    SmallVector<Value> captures(op.getCaptures());
+    captures.push_back(op.getDy()); // the region's trailing dy
+    results = inlineModRegionValues(rewriter, loc, op.getScoreModVjp(),
+                                    op.getScore(), indices, captures);
+  }
+  if (op.getMasked() && !op.getMaskMod().empty()) {
+    // Masked out: score -inf, every derivative 0 (the indices are kept).
+    Value keep = inlineModRegion(rewriter, loc, op.getMaskMod(), std::nullopt,
+                                 indices, op.getCaptures());
+    auto constant = [&](float v) -> Value {
+      return arith::ConstantOp::create(rewriter, loc, rewriter.getF32FloatAttr(v));
+    };
+    for (auto [i, r] : llvm::enumerate(results)) {
+      if (!r.getType().isF32())
+        continue;
+      Value masked = constant(i == 0 ? -std::numeric_limits<float>::infinity() : 0.0f);
+      r = arith::SelectOp::create(rewriter, loc, keep, r, masked);
+    }
+  }
+  rewriter.replaceOp(op, results);
+  return success();
+}
+
 namespace {
 struct FlexAttnInlineModsPass
     : public flexattn::impl::FlexAttnInlineModsBase<FlexAttnInlineModsPass> {
   void runOnOperation() override {
-    SmallVector<ApplyModsOp> ops;
-    getOperation()->walk([&](ApplyModsOp op) { ops.push_back(op); });
+    SmallVector<Operation *> ops;
+    getOperation()->walk([&](Operation *op) {
+      if (isa<ApplyModsOp, ApplyModsVjpOp>(op))
+        ops.push_back(op);
+    });
     IRRewriter rewriter(&getContext());
-    for (ApplyModsOp op : ops)
-      if (failed(inlineMods(rewriter, op)))
+    for (Operation *op : ops) {
+      LogicalResult r =
+          isa<ApplyModsOp>(op)
+              ? inlineMods(rewriter, cast<ApplyModsOp>(op))
+              : inlineModsVjp(rewriter, cast<ApplyModsVjpOp>(op));
+      if (failed(r))
         return signalPassFailure();
+    }
     // The checks now in code (not those of mod regions still to be inlined).
     SmallVector<CheckIndexOp> checks;
     getOperation()->walk([&](CheckIndexOp op) {

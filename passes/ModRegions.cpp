@@ -25,6 +25,11 @@ void mlir::flexattn::cloneModRegions(ModRegionsOpInterface from,
     from.getMaskMod().cloneInto(&to.getMaskMod(), mapping);
 }
 
+void mlir::flexattn::cloneRegion(Region &from, Region &to) {
+  IRMapping mapping;
+  from.cloneInto(&to, mapping);
+}
+
 Value mlir::flexattn::indexConst(OpBuilder &builder, Location loc, int64_t v) {
   return arith::ConstantIndexOp::create(builder, loc, v);
 }
@@ -41,6 +46,14 @@ Value mlir::flexattn::inlineModRegion(OpBuilder &builder, Location loc,
                                       Region &region,
                                       std::optional<Value> score,
                                       ValueRange indices, ValueRange captures) {
+  return inlineModRegionValues(builder, loc, region, score, indices,
+                               captures)
+      .front();
+}
+
+SmallVector<Value> mlir::flexattn::inlineModRegionValues(
+    OpBuilder &builder, Location loc, Region &region,
+    std::optional<Value> score, ValueRange indices, ValueRange captures) {
   Block &block = region.front();
   IRMapping mapping;
   unsigned arg = 0;
@@ -58,5 +71,7 @@ Value mlir::flexattn::inlineModRegion(OpBuilder &builder, Location loc,
   for (Operation &op : block.without_terminator())
     builder.clone(op, mapping);
   auto yield = cast<YieldOp>(block.getTerminator());
-  return mapping.lookup(yield.getValues().front());
+  return llvm::map_to_vector(yield.getValues(), [&](Value v) {
+    return mapping.lookupOrDefault(v);
+  });
 }

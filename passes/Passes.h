@@ -116,6 +116,43 @@ LogicalResult lowerToHopper(RewriterBase &rewriter, gpu::LaunchOp launch,
                             int64_t maxSharedMemory);
 
 //===----------------------------------------------------------------------===//
+// The backward pass
+//===----------------------------------------------------------------------===//
+
+/// flexattn-differentiate-mods: fills op's score_mod_vjp from its score_mod.
+LogicalResult differentiateMods(RewriterBase &rewriter, AttentionBackwardOp op);
+
+/// Builds, in the empty region `vjp`, the reverse-mode derivative of
+/// `scoreMod` (see flexattn.attention_backward for its signature),
+/// differentiating the loads of the captures listed in `gradCaptures`.
+/// Returns the capture of each differentiated load (vjp_loads), or failure,
+/// diagnosed on `diagOp`, if an op on the gradient path has no derivative.
+FailureOr<SmallVector<int64_t>> buildScoreModVjp(OpBuilder &builder,
+                                                 Operation *diagOp,
+                                                 Region &scoreMod, Region &vjp,
+                                                 ArrayRef<int64_t> gradCaptures);
+
+/// flexattn-tile: attention_backward -> delta, then a KV-outer loop nest of
+/// backward_q_loop (dk, dv) and a Q-outer one of backward_kv_loop (dq,
+/// capture grads).
+LogicalResult tileAttentionBackward(RewriterBase &rewriter,
+                                    AttentionBackwardOp op, int64_t tileQ,
+                                    int64_t tileKV);
+
+/// flexattn-block-sparsity: the backward loops -> scf.for loops of
+/// backward_step.
+LogicalResult lowerBackwardQLoop(RewriterBase &rewriter, BackwardQLoopOp op);
+LogicalResult lowerBackwardKvLoop(RewriterBase &rewriter, BackwardKvLoopOp op);
+
+/// flexattn-decompose-backward: backward_step -> linalg ops on BM x BN tiles.
+LogicalResult decomposeBackwardStep(RewriterBase &rewriter, BackwardStepOp op);
+/// flexattn-decompose-backward: store_tile -> one generic.
+LogicalResult decomposeStoreTile(RewriterBase &rewriter, StoreTileOp op);
+
+/// flexattn-inline-mods: apply_mods_vjp -> the cloned region bodies.
+LogicalResult inlineModsVjp(RewriterBase &rewriter, ApplyModsVjpOp op);
+
+//===----------------------------------------------------------------------===//
 // Helpers shared by the passes (ModRegions.cpp)
 //===----------------------------------------------------------------------===//
 
@@ -144,6 +181,30 @@ SmallVector<OpT> opsHoldingTiles(Operation *root) {
   });
   return ops;
 }
+
+/// Copies one region into the empty region `to`.
+void cloneRegion(Region &from, Region &to);
+
+/// The loop a tiled loop op lowers to: `body(start)` for every tile of
+/// `tile` rows in [0, extent), start = t * tile.
+void forEachTile(OpBuilder &builder, Location loc, Value extent, int64_t tile,
+                 function_ref<void(OpBuilder &, Value start)> body);
+
+/// The loop over a block list: `body(start)` for j in [0, min(num[b', h',
+/// row], width)), start = indices[b', h', row, j] * blockSize, where b' and
+/// h' are `batch` and `head` or 0 on the lists' broadcast dims.
+void forEachListedBlock(OpBuilder &builder, Location loc, Value num,
+                        Value indices, Value batch, Value head, Value row,
+                        int64_t blockSize,
+                        function_ref<void(OpBuilder &, Value start)> body);
+
+/// inlineModRegion for a region that yields several values (score_mod_vjp,
+/// whose trailing dy is passed as the last of `captures`).
+SmallVector<Value> inlineModRegionValues(OpBuilder &builder, Location loc,
+                                         Region &region,
+                                         std::optional<Value> score,
+                                         ValueRange indices,
+                                         ValueRange captures);
 
 /// An index constant.
 Value indexConst(OpBuilder &builder, Location loc, int64_t v);

@@ -34,6 +34,17 @@ def FlexAttnTile : Pass<"flexattn-tile", "::mlir::ModuleOp"> {
     With a block mask, the KV tile is the mask's KV block and the Q tile must
     divide the mask's Q block (it is shrunk to the Q block when larger).
 
+    A `flexattn.attention_backward` (after `flexattn-differentiate-mods`)
+    becomes: `delta = rowsum(dout * out) - dlse` on a heap `[B, Hq, M]` f32
+    buffer; zeroed capture gradients; an `scf.parallel` over (batch, key/value
+    head, KV tile) whose `flexattn.backward_q_loop` accumulates the tile's dk
+    and dv (f32, on the stack) from every Q tile of the KV group's heads and
+    `flexattn.store_tile`s them; and a loop over (batch, query head, Q tile)
+    whose `flexattn.backward_kv_loop` accumulates dq (and the capture
+    gradients: then the loop is a sequential `scf.for` nest, so the
+    accumulation order is fixed). The visited tile is the block mask's block;
+    the outer one divides it.
+
     Before:
     ```mlir
     flexattn.attention ins(%q, %k, %v : ...) outs(%o : ...) attributes {scale = 0.125 : f32}
@@ -73,6 +84,12 @@ def FlexAttnBlockSparsity : Pass<"flexattn-block-sparsity", "::mlir::ModuleOp"> 
     without it (full blocks), where `qb = q0 / block_size[0]` and the batch and
     head indices are 0 on broadcast dims. Unlisted blocks are never read. The
     counts are clamped to the index array's width.
+
+    The backward loops lower the same way: `flexattn.backward_kv_loop` like a
+    kv_loop, into `flexattn.backward_step`s; `flexattn.backward_q_loop`
+    into an `scf.for` over the KV group's query heads around the Q tiles of
+    `q_indices[b, h, kb]` / `full_q_indices[b, h, kb]`, `kb = kv0 /
+    block_size[1]` (every Q tile without a block mask).
 
     After (with a block mask):
     ```mlir
@@ -163,13 +180,16 @@ def FlexAttnFuseOnlineSoftmax
 }
 
 def FlexAttnInlineMods : Pass<"flexattn-inline-mods", "::mlir::ModuleOp"> {
-  let summary = "Replace flexattn.apply_mods with the bodies of its score_mod "
-                "and mask_mod regions, and lower their index checks";
+  let summary = "Replace flexattn.apply_mods and apply_mods_vjp with the "
+                "bodies of their mod regions, and lower their index checks";
   let description = [{
     Clones the score_mod body with its arguments bound to the score, the
     indices (cast from index to the region's index type) and the captured
     buffers, and, for a masked score, the mask_mod body followed by
     `arith.select %keep, %score, -inf`.
+    A `flexattn.apply_mods_vjp` becomes its score_mod_vjp body (or the
+    identity) and, for a masked score, the mask_mod body and selects that
+    give -inf and zero derivatives where the mask is false.
 
     Before:
     ```mlir
@@ -187,7 +207,8 @@ def FlexAttnInlineMods : Pass<"flexattn-inline-mods", "::mlir::ModuleOp"> {
     %r = arith.select %c, %s, %ninf : f32
     ```
 
-    Then each `flexattn.check_index` the bodies brought into the code becomes
+    Then each `flexattn.check_index` the bodies (forward and vjp alike)
+    brought into the code becomes
     torch's indexing: `pos = index < 0 ? index + size : index`; unless its
     `bounds` prove `-size <= index < size`, `ok = pos <u size`, an `scf.if`
     storing `[1, index]` into row `site` of its report buffer when not ok,
@@ -297,18 +318,31 @@ def FlexAttnVectorizeTiles : Pass<"flexattn-vectorize-tiles", "::mlir::ModuleOp"
 }
 
 def FlexAttnDistributeTiles : Pass<"flexattn-distribute-tiles", "::mlir::ModuleOp"> {
-  let summary = "Turn the top-level Q-tile scf.parallel into a loop that claims "
-                "tiles from an atomic counter, for several threads to share";
+  let summary = "Turn a kernel's top-level scf.parallel loops into one work "
+                "queue (tiles claimed from an atomic counter) for several "
+                "threads to share";
   let description = [{
     The function gains a trailing `memref<1xi64>` argument (marked
     `flexattn.work_counter`), zero when called. Every thread runs the whole
-    function; each claims tile numbers `t = counter++` (`memref.atomic_rmw
-    addi`) until `t` reaches the tile count and runs the scf.parallel's body
-    for the tile `t` names. Tiles are numbered heaviest first: the last
-    dimension (the Q tile) counts down from its end and changes slowest, so a
-    causal-like mask's long rows start first and the short ones fill in at
-    the end; claiming one tile at a time balances whatever remains. One
-    thread running the function alone visits every tile.
+    function; each claims tickets `t = counter++` (`memref.atomic_rmw addi`)
+    and runs the scf.parallel body of the tile `t` names. The top-level
+    loops take consecutive ticket ranges: a thread leaving one loop carries
+    the ticket it holds into the next, so every tile of every loop runs
+    exactly once, and no thread waits for another (the loops must be
+    independent). Tiles are numbered heaviest first for the forward: the
+    last dimension (the Q tile) counts down from its end and changes
+    slowest, so a causal-like mask's long rows start first and the short
+    ones fill in at the end; claiming one tile at a time balances whatever
+    remains. One thread running the function alone visits every tile.
+
+    The other top-level ops run on every thread, so they may write only
+    buffers the function allocates (each thread computes its own copy, as
+    the backward's `delta`). When a top-level op outside the loops writes an
+    argument (the backward's capture gradients, zeroed and then accumulated
+    by a sequential nest), a loop writes a buffer another top-level op
+    reads or writes, or an op's memory effects are unknown, the whole body
+    instead runs on the first thread to claim a ticket (`scf.if` on ticket
+    0) and the other threads return at once.
 
     Before:
     ```mlir
@@ -322,17 +356,20 @@ def FlexAttnDistributeTiles : Pass<"flexattn-distribute-tiles", "::mlir::ModuleO
     After:
     ```mlir
     func.func @flexattn(%q: memref<1x8x2048x64xf32>, ..., %counter: memref<1xi64> {flexattn.work_counter}) {
-      scf.while : () -> () {
-        %claimed = memref.atomic_rmw addi %c1_i64, %counter[%c0] : (i64, memref<1xi64>) -> i64
-        %t = arith.index_cast %claimed : i64 to index
+      %first = memref.atomic_rmw addi %c1_i64, %counter[%c0] : (i64, memref<1xi64>) -> i64
+      %t0 = arith.index_cast %first : i64 to index
+      %left = scf.while (%t = %t0) : (index) -> index {
         %more = arith.cmpi ult, %t, %c256 : index
         scf.condition(%more) %t : index
       } do {
       ^bb0(%t: index):
         %qt = 31 - %t / 8, %b = (%t % 8) / 8, %h = %t % 8
         ... tile (%b, %h, %qt) ...
-        scf.yield
+        %next = memref.atomic_rmw addi %c1_i64, %counter[%c0] : (i64, memref<1xi64>) -> i64
+        %n = arith.index_cast %next : i64 to index
+        scf.yield %n : index
       }
+      // a second loop would continue from %left over [256, 256 + its tiles)
       return
     }
     ```
@@ -349,9 +386,9 @@ def FlexAttnLowerToLoops : Pass<"flexattn-lower-to-loops", "::mlir::ModuleOp"> {
     Lowers the linalg ops made by `flexattn-fuse-online-softmax` to `scf.for`
     loop nests over memref loads and stores and their `affine.apply` index
     arithmetic to arith, leaving only scf, memref, arith and math (what
-    upstream's LLVM conversions and the ExecutionEngine take). The CPU runs
-    the Q tiles on one thread: the `scf.parallel` over (batch, head, Q tile)
-    becomes an `scf.for` nest, and the fixed-size tile buffers (state,
+    upstream's LLVM conversions take). An `scf.parallel` still there (in a
+    body `flexattn-distribute-tiles` keeps for one thread, or without that
+    pass) becomes an `scf.for` nest, and the fixed-size tile buffers (state,
     score tile) move to the function entry, allocated once rather than once
     per tile and KV step (the stack would otherwise grow with the sequence);
     those over 64 KiB are heap-allocated (`memref.alloc`, freed before each
@@ -362,6 +399,103 @@ def FlexAttnLowerToLoops : Pass<"flexattn-lower-to-loops", "::mlir::ModuleOp"> {
                            "::mlir::memref::MemRefDialect",
                            "::mlir::arith::ArithDialect",
                            "::mlir::func::FuncDialect"];
+}
+
+//===----------------------------------------------------------------------===//
+// The backward pass (CPU): flexattn-differentiate-mods -> flexattn-tile ->
+// flexattn-block-sparsity -> flexattn-decompose-backward ->
+// flexattn-inline-mods -> flexattn-distribute-tiles -> flexattn-lower-to-loops.
+// The tile, block-sparsity and inline passes handle the backward ops beside
+// the forward's.
+//===----------------------------------------------------------------------===//
+
+def FlexAttnDifferentiateMods
+    : Pass<"flexattn-differentiate-mods", "::mlir::ModuleOp"> {
+  let summary = "Build each flexattn.attention_backward's score_mod_vjp region "
+                "by reverse-mode differentiation of its score_mod";
+  let description = [{
+    Fills the empty `score_mod_vjp` region of every
+    `flexattn.attention_backward` that has a `score_mod`: the mod's body,
+    then a reverse sweep over the ops on the gradient path (those depending,
+    through floating-point ops, on the score or on a load from a captured
+    buffer listed in `grad_captures`). The region yields the modified score,
+    `dy * d/dscore`, and for each differentiated load its `dy * d/dload` and
+    indices; `vjp_loads` records the loads' captures. Integer paths carry no
+    derivative (index arithmetic and the `flexattn.check_index` reads, which
+    come along with their index report); floor/ceil/round/trunc contribute 0. An op on the gradient
+    path without a derivative rule fails the pass with an error naming it.
+
+    Before:
+    ```mlir
+    flexattn.attention_backward ... attributes {grad_captures = array<i64: 0>, scale = 1.0 : f32}
+      score_mod {
+      ^bb0(%s: f32, %b: i32, %h: i32, %q: i32, %kv: i32, %sl: memref<4xf32>):
+        %hi = arith.index_cast %h : i32 to index
+        %slope = memref.load %sl[%hi] : memref<4xf32>
+        %r = arith.mulf %s, %slope : f32
+        flexattn.yield %r : f32
+      }
+    ```
+    After (the same op, with `vjp_loads = array<i64: 0>` and):
+    ```mlir
+      score_mod_vjp {
+      ^bb0(%s: f32, %b: i32, %h: i32, %q: i32, %kv: i32, %sl: memref<4xf32>, %dy: f32):
+        %hi = arith.index_cast %h : i32 to index
+        %slope = memref.load %sl[%hi] : memref<4xf32>
+        %r = arith.mulf %s, %slope : f32
+        %ds = arith.mulf %dy, %slope : f32
+        %dslope = arith.mulf %dy, %s : f32
+        flexattn.yield %r, %ds, %dslope, %hi : f32, f32, f32, index
+      }
+    ```
+  }];
+  let dependentDialects = ["::mlir::arith::ArithDialect",
+                           "::mlir::math::MathDialect"];
+}
+
+def FlexAttnDecomposeBackward
+    : Pass<"flexattn-decompose-backward", "::mlir::ModuleOp"> {
+  let summary = "Decompose backward_step and store_tile into tile-sized "
+                "linalg ops (FlashAttention-2 backward math)";
+  let description = [{
+    Each `flexattn.backward_step` becomes, on three `[BM, BN]` f32 tiles on
+    the stack (no `M x N` buffer exists):
+
+      X    = Q_tile . K_tileᵀ                           (f32 accumulation)
+      dP   = dO_tile . V_tileᵀ
+      S    = score_mod(scale * X)  (-inf where masked; flexattn.apply_mods_vjp)
+      P    = exp2(log2(e) * S - base(log2(e) * lse))   (base: 0 where lse = -inf)
+      dS   = P * (dP - delta)
+      capture_grads[idx] += dS * dS/dcapture         (an scf.for over the tile,
+                                                      when there are any)
+      dX   = scale * dS * dS/dX, 0 where P = 0       (never NaN)
+      dv  += Pᵀ . dO_tile      dq += dX . K_tile      dk += dXᵀ . Q_tile
+
+    Rows and columns past M or N are excluded by dynamic-size subviews. Each
+    `flexattn.store_tile` becomes one generic writing the live rows of its
+    accumulator, converted to the gradient's element type.
+
+    Before:
+    ```mlir
+    flexattn.backward_step ins(%q, %k, %v, %do : ...) stats(%lse, %delta : ...)
+        dq(%dq_acc : memref<64x64xf32>) at(%b, %h, %hkv, %q0, %kv0)
+        attributes {masked, scale = 0.125 : f32, tile_size = array<i64: 64, 64>} mask_mod {...}
+    ```
+    After (the last op, the dq accumulation):
+    ```mlir
+    memref.alloca_scope {
+      ...
+      linalg.generic {iterator_types = ["parallel", "parallel", "reduction"]}
+          ins(%dx, %k_tile : memref<?x?xf32, strided<[64, 1]>>, memref<?x64xf32, strided<...>>)
+          outs(%dq_window : memref<?x64xf32, strided<[64, 1]>>) {...}
+    }
+    ```
+  }];
+  let dependentDialects = ["::mlir::linalg::LinalgDialect",
+                           "::mlir::memref::MemRefDialect",
+                           "::mlir::scf::SCFDialect",
+                           "::mlir::arith::ArithDialect",
+                           "::mlir::math::MathDialect"];
 }
 
 //===----------------------------------------------------------------------===//

@@ -156,12 +156,21 @@ struct FlexAttnTilePass
   using FlexAttnTileBase::FlexAttnTileBase;
 
   void runOnOperation() override {
-    SmallVector<AttentionOp> ops;
-    getOperation()->walk([&](AttentionOp op) { ops.push_back(op); });
+    SmallVector<Operation *> ops;
+    getOperation()->walk([&](Operation *op) {
+      if (isa<AttentionOp, AttentionBackwardOp>(op))
+        ops.push_back(op);
+    });
     IRRewriter rewriter(&getContext());
-    for (AttentionOp op : ops)
-      if (failed(tileAttention(rewriter, op, tileQ, tileKV)))
+    for (Operation *op : ops) {
+      LogicalResult r =
+          isa<AttentionOp>(op)
+              ? tileAttention(rewriter, cast<AttentionOp>(op), tileQ, tileKV)
+              : tileAttentionBackward(rewriter, cast<AttentionBackwardOp>(op),
+                                      tileQ, tileKV);
+      if (failed(r))
         return signalPassFailure();
+    }
   }
 };
 } // namespace

@@ -11,6 +11,7 @@ import torch
 
 import flexattn_mlir as fm
 from flexattn_mlir import CompileOptions, ModIR
+from flexattn_mlir.frontend import combine
 from reference import reference_attention
 
 
@@ -178,9 +179,13 @@ def test_torch_mlir_imported_first(tmp_path, first, ok):
         assert "Import flexattn_mlir (or mlir.ir) before the first" in proc.stdout
 
 
-# -- no backward pass yet: gradients are never silently dropped -----------------
+# -- gradients are never silently dropped -------------------------------------
 
-def test_inputs_requiring_grad_raise_until_the_backward_pass_exists():
+def test_grad_mode_differentiates_on_the_cpu_and_refuses_other_targets():
+    """In grad mode an input requiring grad makes the call differentiable on
+    the CPU (flex_attention and the IR-level attention alike); a target
+    without a backward (the GPU, asked for here through the options, so no
+    GPU is needed) refuses it at the call, naming the input."""
     q, k, v = qkv(k=(1, 4, 32, 16), v=(1, 4, 32, 16))
     bias = torch.randn(32, requires_grad=True)
     keep = torch.ones(32, dtype=torch.bool)
@@ -191,23 +196,48 @@ def test_inputs_requiring_grad_raise_until_the_backward_pass_exists():
     def kept(b, h, q_idx, kv_idx):
         return keep[kv_idx] & (q_idx >= kv_idx)
 
+    def reference(q, bias):
+        return reference_attention(q, k.double(), v.double(),
+                                   score_fn=lambda s, b, h, i, j: s + bias[j],
+                                   mask_fn=lambda b, h, i, j: i >= j)[0]
+
+    mask = fm.create_block_mask(kept, 1, 4, 32, 32, BLOCK_SIZE=16)
+    q64, bias64 = (t.detach().double().requires_grad_() for t in (q, bias))
+    reference(q64, bias64).sum().backward()
+    # flex_attention, and attention() with the mods as IR: gradients of q and
+    # of the captured table, against the float64 reference.
+    score_c, mask_c, captures = combine(fm.capture_score_mod(rel_bias), fm.capture_mask_mod(kept))
+    runs = {"flex_attention": lambda q: fm.flex_attention(q, k, v, score_mod=rel_bias,
+                                                          block_mask=mask),
+            "attention": lambda q: fm.attention(q, k, v, score_mod=score_c.ir, mask_mod=mask_c.ir,
+                                                block_mask=mask, captures=captures)}
+    for name, run in runs.items():
+        qg = q.clone().requires_grad_()
+        bias.grad = None
+        out = run(qg)
+        assert out.requires_grad, name
+        out.sum().backward()
+        torch.testing.assert_close(qg.grad.double(), q64.grad, atol=1e-4, rtol=1e-4, msg=name)
+        torch.testing.assert_close(bias.grad.double(), bias64.grad, atol=1e-4, rtol=1e-4,
+                                   msg=name)
+    # Another target: refused before anything compiles.
+    gpu = dict(kernel_options={"target": "sm_90a"})
     for name in ("query", "key", "value"):
         args = dict(query=q, key=k, value=v)
         args[name] = args[name].clone().requires_grad_()
-        with pytest.raises(NotImplementedError, match=rf"backward pass is not implemented yet, "
-                                                      rf"but {name} requires grad"):
-            fm.flex_attention(**args)
-    mask = fm.create_block_mask(kept, 1, 4, 32, 32, BLOCK_SIZE=16)
+        with pytest.raises(NotImplementedError, match=rf"gradients on sm_90a are not implemented "
+                                                      rf"yet .*but {name} requires grad"):
+            fm.flex_attention(**args, **gpu)
     with pytest.raises(NotImplementedError, match=r"but bias \(shape \(32,\), captured by "
                                                   r"score_mod 'rel_bias'\) requires grad"):
-        fm.flex_attention(q, k, v, score_mod=rel_bias, block_mask=mask)
+        fm.flex_attention(q, k, v, score_mod=rel_bias, block_mask=mask, **gpu)
     with pytest.raises(NotImplementedError, match=r"but captures\[0\] requires grad"):
-        fm.attention(q, k, v, score_mod=fm.capture_score_mod(rel_bias).ir, captures=[bias])
+        fm.attention(q, k, v, score_mod=score_c.ir, mask_mod=mask_c.ir, captures=captures,
+                     options=CompileOptions(target="sm_90a"))
     # Not in grad mode: nothing to differentiate, so it runs (and is right).
-    expect = reference_attention(q, k, v, score_fn=lambda s, b, h, i, j: s + bias.detach()[j],
-                                 mask_fn=lambda b, h, i, j: i >= j)[0]
+    expect = reference(q.double(), bias.detach().double())
     for ctx in (torch.no_grad, torch.inference_mode):
         with ctx():
             out = fm.flex_attention(q.requires_grad_(), k, v, score_mod=rel_bias, block_mask=mask)
         assert not out.requires_grad
-        torch.testing.assert_close(out, expect.float(), atol=2e-5, rtol=1e-5)
+        torch.testing.assert_close(out.double(), expect, atol=2e-5, rtol=1e-5)

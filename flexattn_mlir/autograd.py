@@ -1,0 +1,452 @@
+"""Training: ``flex_attention`` as a differentiable ``torch.library`` op.
+
+Two custom ops carry every call that needs gradients, eager or compiled:
+
+    flexattn::flex_attention(q, k, v, captures, mask, call, scale, need_lse)
+        -> (out, lse)
+    flexattn::flex_attention_backward(q, k, v, out, dout, lse, dlse, captures,
+        mask, call, scale, grad_captures) -> (dq, dk, dv, capture_grads)
+
+Tensors are operands (so autograd and ``torch.compile`` see them); what is
+not a tensor (the mods' IR, the block size, compile options) is a
+:class:`Call` in a process registry (mirrored on disk), named by its
+``call`` key, a constant string. ``mask`` holds the block lists, kv-side
+then q-side. Both ops have fake implementations, and the forward's autograd
+formula saves what the backward reads (nothing is saved, and no backward
+kernel compiled, when no input requires grad).
+
+Under ``torch.compile`` the Python-level work (capturing the mods with
+torch-mlir, compiling kernels) runs once at trace time inside
+:func:`_trace_plan` (``torch._dynamo.assume_constant_result``), which
+returns the call key and, for every tensor the mods capture, the path
+(closure cell, global, default, ...) from the mod function to it; the traced
+code follows those paths, so the captured tensors (learnable biases) become
+graph inputs of the custom op, and the graph has no break.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Callable, Optional
+
+import torch
+
+from . import backward, cache, checks, frontend, targets
+from .mods import ModIR
+from .options import CompileOptions
+
+__all__ = ["Call", "needs_grad", "attention_with_grad", "check_backward_target",
+           "traced_flex_attention"]
+
+_MASK_NAMES = ("kv_num_blocks", "kv_indices", "full_kv_num_blocks", "full_kv_indices")
+
+
+@dataclass(frozen=True)
+class Call:
+    """What a flexattn::flex_attention call needs beyond its tensors."""
+
+    score_mod: Optional[ModIR]
+    mask_mod: Optional[ModIR]
+    block_size: Optional[tuple[int, int]]
+    has_full: bool  # the mask lists full blocks
+    q_side: bool  # the mask list carries the q-side lists (for the backward)
+    options: CompileOptions
+    label: str = field(default="score_mod", compare=False)
+
+    @property
+    def key(self) -> str:
+        return hashlib.sha256(repr(self).encode()).hexdigest()[:32]
+
+    def to_json(self) -> str:
+        mods = {n: None if m is None else [m.kind, m.text, list(m.capture_types)]
+                for n, m in (("score_mod", self.score_mod), ("mask_mod", self.mask_mod))}
+        return json.dumps({**mods, "block_size": self.block_size, "has_full": self.has_full,
+                           "q_side": self.q_side, "options": self.options.__dict__,
+                           "label": self.label})
+
+    @staticmethod
+    def from_json(text: str) -> "Call":
+        d = json.loads(text)
+        mod = (lambda m: None if m is None else ModIR(m[0], m[1], tuple(m[2])))
+        bs = d["block_size"]
+        return Call(mod(d["score_mod"]), mod(d["mask_mod"]), tuple(bs) if bs else None,
+                    d["has_full"], d["q_side"], CompileOptions(**d["options"]), d["label"])
+
+    def mask(self, tensors):
+        """A BlockMask-like view of the op's ``mask`` operand (None without one)."""
+        if self.block_size is None:
+            return None
+        names = list(_MASK_NAMES[: 4 if self.has_full else 2])
+        ns = SimpleNamespace(**dict(zip(names, tensors)), BLOCK_SIZE=self.block_size)
+        if not self.has_full:
+            ns.full_kv_num_blocks = ns.full_kv_indices = None
+        return ns
+
+    def split_mask(self, tensors):
+        """(kv-side lists, q-side lists) of the op's ``mask`` operand."""
+        n = 4 if self.has_full else 2
+        return list(tensors[:n]), list(tensors[n:])
+
+
+# The calls this process made, by key; a compiled graph loaded in another
+# process finds its calls on disk.
+_calls: dict[str, Call] = {}
+_disk = cache.DiskCache("calls", ".json")
+
+
+def register(call: Call) -> str:
+    key = call.key
+    if key not in _calls:
+        _calls[key] = call
+        _disk.put(key, call.to_json().encode())
+    return key
+
+
+def lookup(key: str) -> Call:
+    call = _calls.get(key)
+    if call is None:
+        data = _disk.get(key)
+        if data is None:
+            raise KeyError(f"flexattn: unknown flex_attention call {key!r} (neither made by this "
+                           f"process nor in the cache at {_disk.path})")
+        call = _calls[key] = Call.from_json(data.decode())
+    return call
+
+
+# ---------------------------------------------------------------------------
+# The custom ops
+# ---------------------------------------------------------------------------
+
+
+@torch.library.custom_op("flexattn::flex_attention", mutates_args=())
+def _flex_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                    captures: list[torch.Tensor], mask: list[torch.Tensor], call: str,
+                    scale: float, need_lse: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    from .attention import attention_forward
+
+    c = lookup(call)
+    kv_side, _ = c.split_mask(mask)
+    result = attention_forward(q, k, v, score_mod=c.score_mod, mask_mod=c.mask_mod,
+                               block_mask=c.mask(kv_side), captures=captures, scale=scale,
+                               enable_gqa=True, return_lse=need_lse, options=c.options)
+    if need_lse:
+        return result
+    return result, q.new_empty((0,), dtype=torch.float32)
+
+
+@_flex_attention.register_fake
+def _(q, k, v, captures, mask, call, scale, need_lse):
+    b, h, m, _ = q.shape
+    out = q.new_empty((b, h, m, v.shape[3]))
+    return out, q.new_empty((b, h, m) if need_lse else (0,), dtype=torch.float32)
+
+
+@torch.library.custom_op("flexattn::flex_attention_backward", mutates_args=())
+def _flex_attention_backward(
+        q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+        dout: torch.Tensor, lse: torch.Tensor, dlse: Optional[torch.Tensor],
+        captures: list[torch.Tensor], mask: list[torch.Tensor], call: str, scale: float,
+        grad_captures: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                           list[torch.Tensor]]:
+    from .attention import build_spec, index_checked
+
+    c = lookup(call)
+    if q.device.type != "cpu":
+        raise NotImplementedError(
+            f"flex_attention: gradients on {q.device.type} are not implemented yet (the "
+            f"backward runs on the CPU); move the inputs to the CPU to train")
+    spec = _backward_spec(c, q, k, v, captures, mask, scale, grad_captures, dlse is not None,
+                          build_spec)
+    checked = index_checked(q, k, c.score_mod, c.mask_mod, True)
+    tensors = dict(q=q, k=k, v=v, out=out, dout=dout, lse=lse, dlse=dlse)
+    dq, dk, dv, grads = backward.attention_backward(spec, c.options, tensors, captures, mask,
+                                                    checked)
+    return dq, dk, dv, grads
+
+
+@_flex_attention_backward.register_fake
+def _(q, k, v, out, dout, lse, dlse, captures, mask, call, scale, grad_captures):
+    # The kernel writes contiguous gradients, whatever the inputs' strides.
+    return (q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape),
+            [captures[i].new_empty(captures[i].shape) for i in grad_captures])
+
+
+def _backward_spec(c: Call, q, k, v, captures, mask, scale, grad_captures, has_dlse,
+                   build_spec):
+    kv_side, q_side = c.split_mask(mask)
+    fwd = build_spec(q, k, v, score_mod=c.score_mod, mask_mod=c.mask_mod,
+                     block_mask=c.mask(kv_side), captures=captures, scale=scale,
+                     return_lse=False)
+    return backward.backward_spec(fwd, q_side, grad_captures, has_dlse, label=c.label)
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, captures, mask, call, scale, need_lse = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse, *captures, *mask)
+    ctx.call, ctx.scale, ctx.n_captures = call, scale, len(captures)
+    ctx.grad_captures = [i for i, t in enumerate(captures) if t.requires_grad]
+    # Gradients of unused outputs arrive as None (no zero dlse to subtract).
+    ctx.set_materialize_grads(False)
+
+
+def _backward(ctx, dout, dlse):
+    q, k, v, out, lse, *rest = ctx.saved_tensors
+    captures, mask = rest[: ctx.n_captures], rest[ctx.n_captures:]
+    if dout is None:
+        dout = torch.zeros_like(out)
+    dq, dk, dv, grads = torch.ops.flexattn.flex_attention_backward(
+        q, k, v, out, dout, lse, dlse, list(captures), list(mask), ctx.call, ctx.scale,
+        ctx.grad_captures)
+    capture_grads: list = [None] * ctx.n_captures
+    for i, g in zip(ctx.grad_captures, grads):
+        capture_grads[i] = g
+    return dq, dk, dv, capture_grads, [None] * len(mask), None, None, None
+
+
+def _no_double_backward(ctx, *grads):
+    raise RuntimeError(
+        "flex_attention: double backward (differentiating its gradients again, e.g. "
+        "torch.autograd.grad(..., create_graph=True) then backward) is not supported")
+
+
+_flex_attention.register_autograd(_backward, setup_context=_setup_context)
+_flex_attention_backward.register_autograd(
+    _no_double_backward, setup_context=lambda ctx, inputs, output: None)
+
+
+# ---------------------------------------------------------------------------
+# Eager entry (api.flex_attention calls it when gradients are needed)
+# ---------------------------------------------------------------------------
+
+
+def needs_grad(query, key, value, captures) -> bool:
+    """Whether a call records a backward: grad mode on and some input (q, k,
+    v or a captured tensor) requires grad."""
+    return torch.is_grad_enabled() and any(
+        isinstance(t, torch.Tensor) and t.requires_grad for t in (query, key, value, *captures))
+
+
+def _label(score_fn) -> str:
+    name = getattr(score_fn, "__name__", None) or type(score_fn).__name__
+    return f"score_mod {name!r}"
+
+
+def check_backward_target(options: CompileOptions, query, key, value, captures,
+                          capture_labels=()) -> None:
+    """The backward runs on the CPU only: on another target, an input that
+    requires grad (named in the message) is refused at the call, before the
+    forward runs, rather than given a result without a gradient."""
+    if options.target == "cpu":
+        return
+    labels = list(capture_labels) + [f"captures[{i}]" for i in range(len(capture_labels),
+                                                                     len(captures))]
+    named = [("query", query), ("key", key), ("value", value), *zip(labels, captures)]
+    label = next(n for n, t in named if t.requires_grad)
+    raise NotImplementedError(
+        f"flex_attention: gradients on {options.target} are not implemented yet (the backward "
+        f"runs on the CPU), but {label} requires grad (and grad mode is on). Train with CPU "
+        f"tensors, or call under torch.no_grad() or torch.inference_mode(), or pass detached "
+        f"tensors")
+
+
+def attention_with_grad(query, key, value, *, score_mod, mask_mod, block_mask, captures,
+                        options, scale, enable_gqa, return_lse, name="flexattn",
+                        capture_labels=(), score_fn=None):
+    """flex_attention's differentiable path (the arguments as :func:`attention`
+    takes them): returns ``out`` or ``(out, lse)``. The backward kernel is
+    compiled now, so a mod that cannot be differentiated fails at the call;
+    so does a target without a backward (:func:`check_backward_target`)."""
+    from .attention import _options, attention_spec
+
+    label = _label(score_fn) if score_fn is not None else "score_mod"
+    spec = attention_spec(query, key, value, score_mod=score_mod, mask_mod=mask_mod,
+                          block_mask=block_mask, captures=captures, scale=scale,
+                          enable_gqa=enable_gqa, options=options, name=name)
+    options = _options(query, options)
+    check_backward_target(options, query, key, value, captures, capture_labels)
+    kv_side = [] if block_mask is None else [
+        getattr(block_mask, n).contiguous() for n in _MASK_NAMES
+        if getattr(block_mask, n, None) is not None]
+    q_side = backward.q_side_mask_tensors(block_mask)
+    call = Call(score_mod, mask_mod, spec.block_size, len(kv_side) == 4, bool(q_side),
+                options, label)
+    grad_captures = [i for i, t in enumerate(captures) if t.requires_grad]
+    backward.kernel(backward.backward_spec(spec, q_side, grad_captures, False, label), options)
+    out, lse = torch.ops.flexattn.flex_attention(
+        query, key, value, list(captures), kv_side + q_side, register(call), spec.scale, True)
+    return (out, lse) if return_lse else out
+
+
+# ---------------------------------------------------------------------------
+# torch.compile entry: traced by dynamo
+# ---------------------------------------------------------------------------
+
+
+def traced_flex_attention(query, key, value, score_mod, block_mask, scale, enable_gqa,
+                          want_lse, kernel_options):
+    """flex_attention under ``torch.compile`` (dynamo traces this function):
+    the custom op on the captured tensors, found by the paths
+    :func:`_trace_plan` computed at trace time. Returns ``(out, lse)``."""
+    mask_fn, mask_tensors, block_size = None, [], None
+    if block_mask is not None:
+        mask_fn = block_mask.mask_mod
+        block_size = block_mask.BLOCK_SIZE
+        mask_tensors = [getattr(block_mask, n) for n in _MASK_NAMES]
+        if mask_tensors[2] is None:
+            mask_tensors = mask_tensors[:2]
+    grad = torch.is_grad_enabled() and (query.requires_grad or key.requires_grad
+                                        or value.requires_grad)
+    metas = tuple((tuple(int(d) for d in t.shape), t.dtype, t.device.type)
+                  for t in (query, key, value, *mask_tensors))
+    q_lists = block_mask is not None and block_mask.q_num_blocks is not None
+    call, paths, scale, grad = _trace_plan(score_mod, mask_fn, metas, block_size, scale,
+                                           enable_gqa, torch.is_grad_enabled(), grad, q_lists,
+                                           kernel_options)
+    captures = [_follow(score_mod if src == 0 else mask_fn, path) for src, path in paths]
+    if grad and block_mask is not None:  # the backward's q-side lists
+        names = ("q_num_blocks", "q_indices", "full_q_num_blocks", "full_q_indices")
+        mask_tensors = mask_tensors + [getattr(block_mask, n) for n in names[:len(mask_tensors)]]
+    return torch.ops.flexattn.flex_attention(query, key, value, captures, mask_tensors, call,
+                                             scale, want_lse or grad)
+
+
+def _follow(obj, path):
+    """The object at ``path`` from ``obj`` (see :func:`_tensor_paths`); plain
+    attribute and item reads, which dynamo traces."""
+    for kind, arg in path:
+        if kind == "cell":
+            obj = obj.__closure__[arg].cell_contents
+        elif kind == "global":
+            obj = obj.__globals__[arg]
+        elif kind == "default":
+            obj = obj.__defaults__[arg]
+        elif kind == "kwdefault":
+            obj = obj.__kwdefaults__[arg]
+        elif kind == "func":
+            obj = obj.func
+        elif kind == "arg":
+            obj = obj.args[arg]
+        elif kind == "keyword":
+            obj = obj.keywords[arg]
+        else:
+            obj = obj[arg]
+    return obj
+
+
+def _tensor_paths(fn, targets) -> dict[int, tuple]:
+    """For each tensor in ``targets`` (by identity), a path from ``fn`` to it
+    through closure cells, the globals the code reads, defaults, partials
+    and tuples/lists: where the frontend found it."""
+    import functools
+    import types
+
+    found: dict[int, tuple] = {}
+    wanted = {id(t) for t in targets}
+    seen: set[int] = set()
+
+    def walk(obj, path, depth):
+        if isinstance(obj, torch.Tensor):
+            if id(obj) in wanted and id(obj) not in found:
+                found[id(obj)] = path
+            return
+        if depth > 32 or id(obj) in seen:
+            return
+        seen.add(id(obj))
+        if isinstance(obj, types.FunctionType):
+            for i, cell in enumerate(obj.__closure__ or ()):
+                try:
+                    walk(cell.cell_contents, path + (("cell", i),), depth + 1)
+                except ValueError:
+                    pass  # an empty cell
+            for name in frontend._global_names(obj.__code__):
+                if name in obj.__globals__:
+                    walk(obj.__globals__[name], path + (("global", name),), depth + 1)
+            for i, d in enumerate(obj.__defaults__ or ()):
+                walk(d, path + (("default", i),), depth + 1)
+            for name, d in (obj.__kwdefaults__ or {}).items():
+                walk(d, path + (("kwdefault", name),), depth + 1)
+        elif isinstance(obj, functools.partial):
+            walk(obj.func, path + (("func", None),), depth + 1)
+            for i, a in enumerate(obj.args):
+                walk(a, path + (("arg", i),), depth + 1)
+            for name, a in obj.keywords.items():
+                walk(a, path + (("keyword", name),), depth + 1)
+        elif isinstance(obj, (tuple, list)):
+            for i, a in enumerate(obj):
+                walk(a, path + (("item", i),), depth + 1)
+
+    walk(fn, (), 0)
+    return found
+
+
+@torch._dynamo.assume_constant_result
+def _trace_plan(score_fn, mask_fn, metas, block_size, scale, enable_gqa, grad_mode, grad,
+                q_lists, kernel_options):
+    """The trace-time half of :func:`traced_flex_attention`, run once per
+    compilation on the real mod functions: captures them, checks the shapes,
+    registers the call, compiles the backward kernel when gradients will be
+    needed, and returns ``(call key, capture paths, scale, gradients
+    needed)``."""
+    from . import api
+    from .attention import build_spec
+
+    meta = [torch.empty(shape, dtype=dt, device="meta") for shape, dt, _ in metas]
+    q, k, v, mask = meta[0], meta[1], meta[2], meta[3:]
+    checks.check_qkv(q, k, v, enable_gqa)
+    score = frontend.capture_score_mod(score_fn) if score_fn is not None else None
+    mask_mod = None
+    if mask_fn is not None and not api._is_noop(mask_fn):
+        mask_mod = frontend.capture_mask_mod(mask_fn)
+    score, mask_mod, captures = frontend.combine(score, mask_mod)
+    located: dict[int, tuple] = {}
+    for src, fn in ((0, score_fn), (1, mask_fn)):
+        if fn is not None:
+            for tid, path in _tensor_paths(fn, captures).items():
+                located.setdefault(tid, (src, path))
+    missing = [i for i, t in enumerate(captures) if id(t) not in located]
+    if missing:
+        raise frontend.ModCaptureError(
+            f"flex_attention under torch.compile: captured tensor #{missing[0]} of the mods "
+            f"cannot be reached from the mod functions")
+    if scale is None:
+        scale = 1.0 / math.sqrt(q.shape[-1])
+    options = CompileOptions.from_kernel_options(
+        kernel_options, target=targets.for_device(torch.device(metas[0][2])).name)
+    label = _label(score_fn) if score_fn is not None else "score_mod"
+    grad = grad or (grad_mode and any(t.requires_grad for t in captures))
+    bm = None
+    if block_size is not None:
+        bm = SimpleNamespace(**dict(zip(_MASK_NAMES, mask + [None] * (4 - len(mask)))),
+                             BLOCK_SIZE=block_size)
+    score_ir, mask_ir = score and score.ir, mask_mod and mask_mod.ir
+    spec = build_spec(q, k, v, score_mod=score_ir, mask_mod=mask_ir, block_mask=bm,
+                      captures=captures, scale=scale, return_lse=False)
+    q_side = grad and bm is not None
+    if q_side and not q_lists:
+        raise ValueError("flex_attention under torch.compile with gradients needs the block "
+                         "mask's q-side lists (q_num_blocks, q_indices): create the BlockMask "
+                         "with them (create_block_mask does)")
+    # The call holds the mods as captured (the spec's carry this shape's
+    # index checks and report, which each call derives again).
+    call = Call(score_ir, mask_ir, spec.block_size, len(mask) == 4, q_side,
+                options, label)
+    if grad:
+        q_side_meta = []
+        if q_side:
+            q_blocks, kv_blocks = (-(-n // b) for n, b in zip((q.shape[2], k.shape[2]),
+                                                              spec.block_size))
+            for num in mask[::2]:
+                q_side_meta += [
+                    torch.empty((*num.shape[:2], kv_blocks), dtype=torch.int32, device="meta"),
+                    torch.empty((*num.shape[:2], kv_blocks, q_blocks), dtype=torch.int32,
+                                device="meta")]
+        grad_captures = [i for i, t in enumerate(captures) if t.requires_grad]
+        backward.kernel(backward.backward_spec(spec, q_side_meta, grad_captures, False, label),
+                        options)
+    paths = tuple(located[id(t)] for t in captures)
+    return register(call), paths, float(scale), grad
