@@ -14,6 +14,7 @@
 //===----------------------------------------------------------------------===//
 
 #include "passes/Passes.h"
+#include "passes/TileOpRewrites.h"
 
 namespace mlir::flexattn {
 #define GEN_PASS_DEF_FLEXATTNSPLITFULLTILES
@@ -122,20 +123,8 @@ struct FlexAttnSplitFullTilesPass
     : public flexattn::impl::FlexAttnSplitFullTilesBase<
           FlexAttnSplitFullTilesPass> {
   void runOnOperation() override {
-    SmallVector<Operation *> ops;
-    getOperation()->walk([&](Operation *op) {
-      if (isa<TileStepOp, FinalizeOp>(op))
-        ops.push_back(op);
-    });
-    IRRewriter rewriter(&getContext());
-    for (Operation *op : ops) {
-      LogicalResult r =
-          isa<TileStepOp>(op)
-              ? splitFullTileStep(rewriter, cast<TileStepOp>(op))
-              : splitFullFinalize(rewriter, cast<FinalizeOp>(op));
-      if (failed(r))
-        return signalPassFailure();
-    }
+    if (failed(rewriteTileOps(getOperation(), splitFullTileStep, splitFullFinalize)))
+      signalPassFailure();
   }
 };
 } // namespace
