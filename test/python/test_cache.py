@@ -224,6 +224,48 @@ def test_new_process_hits_the_disk_cache(warm_cache):
     assert abs(first["sum"] - float(ref.double().sum())) < 1e-3
 
 
+def test_cpu_key_names_the_host_cpu_and_features(monkeypatch):
+    """CPU kernels are machine code for this host: another CPU name or
+    feature set (e.g. no avx512bf16) is another key, so a cache dir shared
+    with another machine never hands it code it cannot run."""
+    from flexattn_mlir import _native, cache
+
+    spec = zoo.spec("causal", 1, 2, 64, 16, "float32")
+    opts = fm.CompileOptions()
+    here = _native.cpu_host_target()
+    cpu, features = here.split(" ")
+    assert cpu and "+" in features
+    key = cache.kernel_key(spec.digest(), opts)
+    for other in (f"other-cpu {features}",
+                  f"{cpu} {features.replace('+avx512bf16', '-avx512bf16')}"
+                  if "+avx512bf16" in features else f"{cpu} {features},+avx512bf16"):
+        monkeypatch.setattr(_native, "cpu_host_target", lambda: other)
+        assert cache.kernel_key(spec.digest(), opts) != key
+    monkeypatch.setattr(_native, "cpu_host_target", lambda: here)
+    assert cache.kernel_key(spec.digest(), opts) == key
+
+
+def test_disk_hit_links_without_code_generation(monkeypatch, tmp_path):
+    """A disk-cache hit links the stored object: with the passes and the
+    code generator made to fail, the cached kernel still loads and runs."""
+    from flexattn_mlir import _native, attention, driver
+
+    monkeypatch.setenv("FLEXATTN_CACHE_DIR", str(tmp_path))
+    q, k, v = (torch.randn(1, 2, 64, 16) for _ in range(3))
+    fm.flex_attention(q, k, v, score_mod=_alibi_factory(torch.rand(2)))
+    assert list((tmp_path / "cpu").glob("*.o"))
+    monkeypatch.setattr(attention, "_kernels", {})
+
+    def no_codegen(*args, **kwargs):
+        raise AssertionError("a disk-cache hit generated code")
+
+    monkeypatch.setattr(_native, "cpu_compile", no_codegen)
+    monkeypatch.setattr(driver, "compile", no_codegen)
+    slopes = torch.rand(2)
+    out = fm.flex_attention(q, k, v, score_mod=_alibi_factory(slopes))
+    torch.testing.assert_close(out, torch_flex(q, k, v, score_mod=_alibi_factory(slopes)), **F32)
+
+
 def test_disable_cache_compiles_again(warm_cache):
     base, cache_dir, script, first = warm_cache
     files = _cache_files(cache_dir)
