@@ -41,7 +41,8 @@ def _check_import_order() -> None:
 _check_import_order()
 from mlir import ir  # noqa: E402
 
-__all__ = ["register", "new_context", "tool_path", "source_hash", "flexattn_opt_main"]
+__all__ = ["register", "new_context", "tool_path", "source_hash", "flexattn_opt_main",
+           "cpu_host_target", "cpu_compile", "cpu_load", "cpu_unload", "cpu_run"]
 
 
 class _Handle(ctypes.Structure):
@@ -77,13 +78,76 @@ def _library() -> ctypes.CDLL:
     lib.flexattnRegisterPasses.restype = None
     lib.flexattnSourceHash.argtypes = []
     lib.flexattnSourceHash.restype = ctypes.c_char_p
+    _declare_cpu_runtime(lib)
     lib.flexattnRegisterPasses()
     return lib
+
+
+def _declare_cpu_runtime(lib: ctypes.CDLL) -> None:
+    """python/CpuRuntime.cpp: kernels as objects for this host, run on threads."""
+    lib.flexattnCpuHostTarget.argtypes = []
+    lib.flexattnCpuHostTarget.restype = ctypes.c_char_p
+    lib.flexattnCpuCompile.argtypes = [_Handle, ctypes.c_char_p, ctypes.c_int,
+                                       ctypes.POINTER(ctypes.c_void_p),
+                                       ctypes.POINTER(ctypes.c_size_t), ctypes.POINTER(ctypes.c_void_p)]
+    lib.flexattnCpuCompile.restype = ctypes.c_int
+    lib.flexattnCpuLoad.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p,
+                                    ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_void_p)]
+    lib.flexattnCpuLoad.restype = ctypes.c_void_p
+    lib.flexattnCpuUnload.argtypes = [ctypes.c_void_p]
+    lib.flexattnCpuUnload.restype = None
+    lib.flexattnCpuRun.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
+    lib.flexattnCpuRun.restype = None
+    lib.flexattnFree.argtypes = [ctypes.c_void_p]
+    lib.flexattnFree.restype = None
 
 
 def register(ctx: ir.Context) -> None:
     """Add the flexattn dialect to ``ctx``; make the flexattn passes parseable."""
     _library().flexattnRegisterDialect(_unwrap(ctx))
+
+
+def _take_string(ptr: ctypes.c_void_p) -> str:
+    """A malloc'ed C string from the library, freed."""
+    text = ctypes.string_at(ptr.value).decode(errors="replace")
+    _library().flexattnFree(ptr)
+    return text
+
+
+@functools.cache
+def cpu_host_target() -> str:
+    """The CPU name and features CPU kernels are compiled for (this host's)."""
+    return _library().flexattnCpuHostTarget().decode()
+
+
+def cpu_compile(module: ir.Module, entry: str, opt_level: int) -> bytes:
+    """An LLVM-dialect module -> a relocatable object for this host."""
+    obj, size, err = ctypes.c_void_p(), ctypes.c_size_t(), ctypes.c_void_p()
+    if _library().flexattnCpuCompile(_unwrap(module), entry.encode(), opt_level,
+                                     ctypes.byref(obj), ctypes.byref(size), ctypes.byref(err)):
+        raise RuntimeError(f"CPU code generation failed: {_take_string(err)}")
+    data = ctypes.string_at(obj.value, size.value)
+    _library().flexattnFree(obj)
+    return data
+
+
+def cpu_load(obj: bytes, entry: str) -> tuple[int, int]:
+    """Links a kernel object; returns (handle, address of the packed entry)."""
+    fn, err = ctypes.c_void_p(), ctypes.c_void_p()
+    handle = _library().flexattnCpuLoad(obj, len(obj), entry.encode(), ctypes.byref(fn),
+                                        ctypes.byref(err))
+    if not handle:
+        raise RuntimeError(f"loading a CPU kernel failed: {_take_string(err)}")
+    return handle, fn.value
+
+
+def cpu_unload(handle: int) -> None:
+    _library().flexattnCpuUnload(handle)
+
+
+def cpu_run(fn: int, packed_args, threads: int) -> None:
+    """fn(packed_args) on `threads` threads at once (the GIL is released)."""
+    _library().flexattnCpuRun(fn, packed_args, threads)
 
 
 def source_hash() -> str:

@@ -16,6 +16,7 @@
 
 #include "passes/OnlineSoftmax.h"
 #include "passes/Passes.h"
+#include "passes/TileOpRewrites.h"
 #include "passes/TileBuilder.h"
 
 #include "mlir/Dialect/Linalg/IR/Linalg.h"
@@ -201,19 +202,8 @@ struct FlexAttnFuseOnlineSoftmaxPass
     : public flexattn::impl::FlexAttnFuseOnlineSoftmaxBase<
           FlexAttnFuseOnlineSoftmaxPass> {
   void runOnOperation() override {
-    SmallVector<Operation *> ops;
-    getOperation()->walk([&](Operation *op) {
-      if (isa<TileStepOp, FinalizeOp>(op))
-        ops.push_back(op);
-    });
-    IRRewriter rewriter(&getContext());
-    for (Operation *op : ops) {
-      LogicalResult r = isa<TileStepOp>(op)
-                            ? decomposeTileStep(rewriter, cast<TileStepOp>(op))
-                            : decomposeFinalize(rewriter, cast<FinalizeOp>(op));
-      if (failed(r))
-        return signalPassFailure();
-    }
+    if (failed(rewriteTileOps(getOperation(), decomposeTileStep, decomposeFinalize)))
+      signalPassFailure();
   }
 };
 } // namespace

@@ -5,9 +5,10 @@
 //===----------------------------------------------------------------------===//
 //
 // The last flexattn step of the CPU pipeline: linalg ops on memrefs become
-// scf.for nests, the Q-tile scf.parallel becomes a sequential scf.for nest
-// (the CPU runs it on one thread), and the fixed-size tile buffers move to
-// the function entry so the stack does not grow per tile or KV step. Any
+// scf.for nests, an scf.parallel flexattn-distribute-tiles left (a body one
+// thread runs) becomes a sequential scf.for nest, and the fixed-size tile
+// buffers move to the function entry (each thread has its own) so the stack
+// does not grow per tile or KV step. Any
 // flexattn op still present is an ordering error.
 //
 //===----------------------------------------------------------------------===//

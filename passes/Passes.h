@@ -56,10 +56,37 @@ LogicalResult tileAttention(RewriterBase &rewriter, AttentionOp op,
 /// flexattn-block-sparsity: kv_loop -> scf.for loops of tile_step.
 LogicalResult lowerKvLoop(RewriterBase &rewriter, KvLoopOp op);
 
+/// flexattn-split-full-tiles: tile_step -> scf.if (full) { on views cut at
+/// the tile's end } else { as before }.
+LogicalResult splitFullTileStep(RewriterBase &rewriter, TileStepOp op);
+/// flexattn-split-full-tiles: the same for finalize.
+LogicalResult splitFullFinalize(RewriterBase &rewriter, FinalizeOp op);
+
 /// flexattn-fuse-online-softmax: tile_step -> linalg ops on a BM x BN tile.
 LogicalResult decomposeTileStep(RewriterBase &rewriter, TileStepOp op);
 /// flexattn-fuse-online-softmax: finalize -> normalisation and logsumexp.
 LogicalResult decomposeFinalize(RewriterBase &rewriter, FinalizeOp op);
+
+/// flexattn-vectorize-tiles: register blocks and vector widths.
+struct VectorizeTilesOptions {
+  int64_t rowBlock = 4;        // rows of a matmul register block
+  int64_t colBlock = 64;       // columns of a matmul register block
+  int64_t transposeBlock = 16; // square blocks of the K-tile transpose
+  bool bf16Dot = false;        // bf16 products as AVX512-BF16 dot products
+};
+/// flexattn-vectorize-tiles: tiles, vectorises and lowers the static-shape
+/// linalg ops of `func` to vector FMAs, loads, stores and shuffles.
+LogicalResult vectorizeTiles(RewriterBase &rewriter, func::FuncOp func,
+                             const VectorizeTilesOptions &options);
+
+/// f32 math ops -> polynomial arithmetic (exp2 with exact zeros below -126;
+/// upstream's approximations for the others), for vectors LLVM would
+/// otherwise scalarise into libm calls (VectorMath.cpp).
+void populateVectorMathApproximationPatterns(RewritePatternSet &patterns);
+
+/// flexattn-distribute-tiles: the function's top-level scf.parallel -> a
+/// loop claiming tiles (heaviest first) from a new counter argument.
+LogicalResult distributeTiles(RewriterBase &rewriter, func::FuncOp func);
 
 /// flexattn-inline-mods: apply_mods -> the cloned region bodies.
 LogicalResult inlineMods(RewriterBase &rewriter, ApplyModsOp op);

@@ -5,8 +5,10 @@
 //===----------------------------------------------------------------------===//
 //
 // The CPU pipeline, in order:
-//   flexattn-tile -> flexattn-block-sparsity -> flexattn-fuse-online-softmax
-//   -> flexattn-inline-mods -> flexattn-lower-to-loops
+//   flexattn-tile -> flexattn-block-sparsity -> flexattn-split-full-tiles
+//   -> flexattn-fuse-online-softmax -> flexattn-inline-mods
+//   -> flexattn-vectorize-tiles -> flexattn-distribute-tiles
+//   -> flexattn-lower-to-loops
 //
 //===----------------------------------------------------------------------===//
 
@@ -105,6 +107,49 @@ def FlexAttnBlockSparsity : Pass<"flexattn-block-sparsity", "::mlir::ModuleOp"> 
                            "::mlir::arith::ArithDialect"];
 }
 
+def FlexAttnSplitFullTiles : Pass<"flexattn-split-full-tiles", "::mlir::ModuleOp"> {
+  let summary = "Version each tile_step and finalize on whether its tile lies "
+                "inside the sequence, the full copy on views cut at the tile's "
+                "end";
+  let description = [{
+    Wraps each `flexattn.tile_step` in `scf.if (q0 + BM <= M && kv0 + BN <= N)`
+    and each `flexattn.finalize` in `scf.if (q0 + BM <= M)`. The then-branch
+    runs a copy of the op on views of q/k/v (out/lse) cut at the tile's end,
+    `[.., q0 + BM, ..]`: the tile extents `flexattn-fuse-online-softmax`
+    computes, `clamp(end - q0, 0, BM)`, then fold to `BM` (and `BN`) under
+    canonicalization, so the full tile's linalg ops have static shapes for
+    `flexattn-vectorize-tiles`. The else-branch keeps the op as it was (a
+    clipped edge tile, dynamic shapes). The Q check is left out when BM
+    divides M (`flexattn-tile` makes q0 a multiple of BM below M); the KV
+    check always stays (a block list may name any block), and costs one
+    comparison per tile step.
+
+    Before:
+    ```mlir
+    flexattn.tile_step ins(%q, %k, %v : memref<1x8x2048x64xf32>, ...) state(...)
+        at(%b, %h, %hkv, %q0, %kv0) attributes {scale = 0.125 : f32, tile_size = array<i64: 64, 128>}
+    ```
+    After:
+    ```mlir
+    %qe = arith.addi %q0, %c64 : index
+    %kve = arith.addi %kv0, %c128 : index
+    %in = arith.cmpi sle, %kve, %c2048 : index
+    scf.if %in {
+      %qc = memref.subview %q[0, 0, 0, 0] [1, 8, %qe, 64] [1, 1, 1, 1]
+          : memref<1x8x2048x64xf32> to memref<1x8x?x64xf32, strided<[1048576, 131072, 64, 1]>>
+      %kc = memref.subview %k[...] [1, 8, %kve, 64] [...]
+      %vc = memref.subview %v[...] [1, 8, %kve, 64] [...]
+      flexattn.tile_step ins(%qc, %kc, %vc : ...) state(...) at(%b, %h, %hkv, %q0, %kv0) ...
+    } else {
+      flexattn.tile_step ins(%q, %k, %v : ...) state(...) at(%b, %h, %hkv, %q0, %kv0) ...
+    }
+    ```
+  }];
+  let dependentDialects = ["::mlir::scf::SCFDialect",
+                           "::mlir::memref::MemRefDialect",
+                           "::mlir::arith::ArithDialect"];
+}
+
 def FlexAttnFuseOnlineSoftmax
     : Pass<"flexattn-fuse-online-softmax", "::mlir::ModuleOp"> {
   let summary = "Decompose tile_step and finalize into tile-sized linalg ops "
@@ -192,6 +237,148 @@ def FlexAttnInlineMods : Pass<"flexattn-inline-mods", "::mlir::ModuleOp"> {
                            "::mlir::memref::MemRefDialect"];
 }
 
+def FlexAttnVectorizeTiles : Pass<"flexattn-vectorize-tiles", "::mlir::ModuleOp"> {
+  let summary = "Tile the static-shape tile math to register blocks and lower "
+                "it to vector FMAs, loads, stores and shuffles";
+  let description = [{
+    For every linalg op whose operands all have static shapes (the full
+    tiles `flexattn-split-full-tiles` exposes), with upstream transforms:
+
+    - Q.Kᵀ, a contraction `(i, d), (j, d) -> (i, j)`, first gets its K tile
+      transposed into a `[D, BN]` stack buffer (`linalg.transpose`, tiled to
+      16 x 16 blocks lowered to shuffles), so it becomes a row-major
+      `(i, d), (d, j) -> (i, j)` contraction like P.V;
+    - row-major contractions are tiled (`scf::tileUsingSCF`) to
+      `[row-block, col-block, 1]`, vectorised to `vector.contract`, their
+      accumulators hoisted out of the reduction loop into `iter_args`
+      (`linalg::hoistRedundantVectorTransfers`) and lowered to outer
+      products, i.e. broadcast-FMAs on register rows;
+    - other ops (fills, copies, the mods, row max/sum reductions, exp2
+      updates) are tiled to one row and vectorised whole along it
+      (`linalg::vectorize`; `linalg.index` becomes `vector.step`), row
+      reductions lowered to `vector.reduction`. The mods' reads of captured
+      buffers are vectorised too (through `tensor.extract` of a
+      `bufferization.to_tensor` view, which linalg::vectorize widens, then
+      back onto the buffer): a read that does not change along the row
+      becomes a broadcast, a contiguous one a vector load, others a
+      `vector.gather`;
+    - `math.exp2` becomes `exp(x ln 2)` and upstream's polynomial exp.
+
+    With `bf16-dot`, Q.Kᵀ and P.V on bf16 operands instead become
+    `linalg.contract`s over VNNI-packed tiles (pairs of the reduction dim
+    adjacent: the K tile's 16 x 16 blocks of 32-bit pairs transposed in
+    registers, the V tile's row pairs interleaved, P rounded to bf16), tiled
+    to `[row-block, col-block, 1, 2]`, unrolled to 16-lane accumulators and
+    lowered by upstream's x86vector patterns to `x86vector.avx512.dot`
+    (vdpbf16ps); without it bf16 products widen to f32 FMAs.
+
+    Ops with dynamic shapes (edge tiles) or bodies the vectoriser cannot
+    widen stay linalg ops for `flexattn-lower-to-loops`.
+
+    Before (the full tile's P.V):
+    ```mlir
+    linalg.generic {indexing_maps = [(i, j, k) -> (i, k), (i, j, k) -> (k, j), (i, j, k) -> (i, j)], ...}
+        ins(%p, %v : memref<64x128xf32>, memref<128x64xf32, strided<[64, 1], offset: ?>>)
+        outs(%acc : memref<64x64xf32>)
+    ```
+    After:
+    ```mlir
+    scf.for %i = %c0 to %c64 step %c4 {
+      %a0 = vector.load %acc[%i, %c0] : memref<64x64xf32>, vector<64xf32>   // x4 rows
+      %r:4 = scf.for %k = %c0 to %c128 step %c1 iter_args(%a = %a0, ...) {
+        %vrow = vector.load %v[%k, %c0] : ..., vector<64xf32>
+        %p0 = memref.load %p[%i, %k] : memref<64x128xf32>
+        %b0 = vector.broadcast %p0 : f32 to vector<64xf32>
+        %n0 = vector.fma %b0, %vrow, %a : vector<64xf32>                     // x4 rows
+        scf.yield %n0, ...
+      }
+      vector.store %r#0, %acc[%i, %c0] : memref<64x64xf32>, vector<64xf32>   // x4 rows
+    }
+    ```
+  }];
+  let options = [
+    Option<"rowBlock", "row-block", "int64_t", /*default=*/"4",
+           "Rows of a contraction's register block">,
+    Option<"colBlock", "col-block", "int64_t", /*default=*/"64",
+           "Columns of a contraction's register block">,
+    Option<"bf16Dot", "bf16-dot", "bool", /*default=*/"false",
+           "Compute products of bf16 operands with AVX512-BF16 dot products "
+           "(vdpbf16ps) on VNNI-packed tiles, P rounded to bf16 (needs a CPU "
+           "with avx512bf16)">,
+  ];
+  let dependentDialects = ["::mlir::vector::VectorDialect",
+                           "::mlir::x86vector::X86VectorDialect",
+                           "::mlir::bufferization::BufferizationDialect",
+                           "::mlir::tensor::TensorDialect",
+                           "::mlir::scf::SCFDialect",
+                           "::mlir::memref::MemRefDialect",
+                           "::mlir::arith::ArithDialect",
+                           "::mlir::math::MathDialect",
+                           "::mlir::linalg::LinalgDialect"];
+}
+
+def FlexAttnDistributeTiles : Pass<"flexattn-distribute-tiles", "::mlir::ModuleOp"> {
+  let summary = "Turn a kernel's top-level scf.parallel loops into one work "
+                "queue (tiles claimed from an atomic counter) for several "
+                "threads to share";
+  let description = [{
+    The function gains a trailing `memref<1xi64>` argument (marked
+    `flexattn.work_counter`), zero when called. Every thread runs the whole
+    function; each claims tickets `t = counter++` (`memref.atomic_rmw addi`)
+    and runs the scf.parallel body of the tile `t` names. The top-level
+    loops take consecutive ticket ranges: a thread leaving one loop carries
+    the ticket it holds into the next, so every tile of every loop runs
+    exactly once, and no thread waits for another (the loops must be
+    independent). Tiles are numbered heaviest first for the forward: the
+    last dimension (the Q tile) counts down from its end and changes
+    slowest, so a causal-like mask's long rows start first and the short
+    ones fill in at the end; claiming one tile at a time balances whatever
+    remains. One thread running the function alone visits every tile.
+
+    The other top-level ops run on every thread, so they may write only
+    buffers the function allocates (each thread computes its own copy, as
+    the backward's `delta`). When a top-level op outside the loops writes an
+    argument (the backward's capture gradients, zeroed and then accumulated
+    by a sequential nest), a loop writes a buffer another top-level op
+    reads or writes, or an op's memory effects are unknown, the whole body
+    instead runs on the first thread to claim a ticket (`scf.if` on ticket
+    0) and the other threads return at once.
+
+    Before:
+    ```mlir
+    func.func @flexattn(%q: memref<1x8x2048x64xf32>, ...) {
+      scf.parallel (%b, %h, %qt) = (%c0, %c0, %c0) to (%c1, %c8, %c32) step (%c1, %c1, %c1) {
+        ... tile (%b, %h, %qt) ...
+      }
+      return
+    }
+    ```
+    After:
+    ```mlir
+    func.func @flexattn(%q: memref<1x8x2048x64xf32>, ..., %counter: memref<1xi64> {flexattn.work_counter}) {
+      %first = memref.atomic_rmw addi %c1_i64, %counter[%c0] : (i64, memref<1xi64>) -> i64
+      %t0 = arith.index_cast %first : i64 to index
+      %left = scf.while (%t = %t0) : (index) -> index {
+        %more = arith.cmpi ult, %t, %c256 : index
+        scf.condition(%more) %t : index
+      } do {
+      ^bb0(%t: index):
+        %qt = 31 - %t / 8, %b = (%t % 8) / 8, %h = %t % 8
+        ... tile (%b, %h, %qt) ...
+        %next = memref.atomic_rmw addi %c1_i64, %counter[%c0] : (i64, memref<1xi64>) -> i64
+        %n = arith.index_cast %next : i64 to index
+        scf.yield %n : index
+      }
+      // a second loop would continue from %left over [256, 256 + its tiles)
+      return
+    }
+    ```
+  }];
+  let dependentDialects = ["::mlir::scf::SCFDialect",
+                           "::mlir::memref::MemRefDialect",
+                           "::mlir::arith::ArithDialect"];
+}
+
 def FlexAttnLowerToLoops : Pass<"flexattn-lower-to-loops", "::mlir::ModuleOp"> {
   let summary = "Lower the decomposed attention to scf/memref/arith/math loops "
                 "for the CPU";
@@ -199,9 +386,9 @@ def FlexAttnLowerToLoops : Pass<"flexattn-lower-to-loops", "::mlir::ModuleOp"> {
     Lowers the linalg ops made by `flexattn-fuse-online-softmax` to `scf.for`
     loop nests over memref loads and stores and their `affine.apply` index
     arithmetic to arith, leaving only scf, memref, arith and math (what
-    upstream's LLVM conversions and the ExecutionEngine take). The CPU runs
-    the Q tiles on one thread: the `scf.parallel` over (batch, head, Q tile)
-    becomes an `scf.for` nest, and the fixed-size tile buffers (state,
+    upstream's LLVM conversions take). An `scf.parallel` still there (in a
+    body `flexattn-distribute-tiles` keeps for one thread, or without that
+    pass) becomes an `scf.for` nest, and the fixed-size tile buffers (state,
     score tile) move to the function entry, allocated once rather than once
     per tile and KV step (the stack would otherwise grow with the sequence);
     those over 64 KiB are heap-allocated (`memref.alloc`, freed before each
@@ -217,8 +404,9 @@ def FlexAttnLowerToLoops : Pass<"flexattn-lower-to-loops", "::mlir::ModuleOp"> {
 //===----------------------------------------------------------------------===//
 // The backward pass (CPU): flexattn-differentiate-mods -> flexattn-tile ->
 // flexattn-block-sparsity -> flexattn-decompose-backward ->
-// flexattn-inline-mods -> flexattn-lower-to-loops. The tile, block-sparsity
-// and inline passes handle the backward ops beside the forward's.
+// flexattn-inline-mods -> flexattn-distribute-tiles -> flexattn-lower-to-loops.
+// The tile, block-sparsity and inline passes handle the backward ops beside
+// the forward's.
 //===----------------------------------------------------------------------===//
 
 def FlexAttnDifferentiateMods

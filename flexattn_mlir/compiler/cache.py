@@ -3,8 +3,8 @@
 Everything lives under ``FLEXATTN_CACHE_DIR`` (default
 ``$XDG_CACHE_HOME/flexattn_mlir`` or ``~/.cache/flexattn_mlir``):
 
-    cpu/<key>.mlir        LLVM-dialect IR of a CPU kernel (the JIT re-runs
-                          only LLVM code generation on a hit)
+    cpu/<key>.o           a CPU kernel's machine code for this host (an ELF
+                          object; a hit only links it)
     gpu/                  a flexattn_runtime artifact store (index.json,
                           <name>.json, <name>.cubin|.ptx)
     mods/<key>.json       captured score_mod/mask_mod IR (the frontend)
@@ -15,8 +15,8 @@ target among them), the compiler version (a hash of the C++ and Python
 sources) and the toolchain that turns our IR into machine code
 (:func:`toolchain`: the MLIR and LLVM wheels' versions; for GPU targets the
 ptxas that assembles the cubin, version and path, which ``FLEXATTN_PTXAS``
-overrides; for the CPU the host features the code is generated for, once
-the CPU backend uses them), so a changed compiler or toolchain never reuses
+overrides; for the CPU this host's CPU name and features, which the code is
+generated for), so a changed compiler or toolchain never reuses
 stale code, and AOT artifacts built on another machine from the same sources
 and toolchain are found. Writes go to a temporary file in the same directory
 and are renamed into place, so concurrent processes see either nothing or a
@@ -78,13 +78,12 @@ def wheel_version(dist: str) -> str:
 
 
 def host_cpu_features() -> str:
-    """The hook for CPU kernels specialised on this machine's CPU: what the
-    CPU backend tells LLVM to generate code for (CPU name and feature
-    string). Empty while the backend emits code for LLVM's default target
-    (the ExecutionEngine's); a backend that passes host features to code
-    generation returns them here, so a cached kernel is never served to a
+    """What the CPU backend tells LLVM to generate code for (this host's CPU
+    name and feature string), so a cached kernel is never served to a
     machine without those features."""
-    return ""
+    from .. import _native
+
+    return _native.cpu_host_target()
 
 
 def toolchain(target: str) -> list[str]:

@@ -2,7 +2,8 @@
 the stages of the backend registered for ``opts.target`` (one function per
 IR level, each a flat list of passes; :mod:`.backends`), e.g.
 
-    flexattn -> tiled -> sparse -> fused -> inlined -> loops -> llvm   (CPU)
+    flexattn -> tiled -> sparse -> split -> fused -> inlined -> vector -> loops
+             -> llvm   (CPU)
 
 Every stage's output can be written out (``FLEXATTN_DUMP_IR=<dir>``) and any
 stage can be replaced by a file (``FLEXATTN_OVERRIDE_IR=<dir>`` holding

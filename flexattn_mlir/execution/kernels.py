@@ -3,7 +3,7 @@
 process's table, the disk cache or a GPU artifact store, or compiled and
 stored.
 
-    CPU:  cache/cpu/<key>.mlir (LLVM dialect) -> CpuKernel (the JIT)
+    CPU:  cache/cpu/<key>.o (machine code for this host) -> CpuKernel (linked, no codegen)
     GPU:  FLEXATTN_ARTIFACTS stores, cache/gpu -> flexattn_runtime.Kernel
 """
 
@@ -19,7 +19,7 @@ from ..compiler.backends.gpu import binary_of, current_capability
 from ..compiler.options import CompileOptions
 from ..compiler.spec import AttentionSpec
 
-__all__ = ["kernel_for", "compile_count", "artifact_stores", "load_kernel", "StoredKernel",
+__all__ = ["kernel_for", "clear_table", "compile_count", "artifact_stores", "load_kernel", "StoredKernel",
            "compile_kernel"]
 
 #: Kernels this process keeps loaded (each CPU kernel holds a JIT session).
@@ -30,7 +30,7 @@ _kernels = cache.LRU(TABLE_SIZE)
 # (spec, options) -> kernel: a hit finds its kernel without hashing the key
 # (specs and options are frozen dataclasses; equal ones have one key).
 _kernels_by_spec = cache.LRU(TABLE_SIZE)
-_cpu_cache = cache.DiskCache("cpu", ".mlir")
+_cpu_cache = cache.DiskCache("cpu", ".o")
 # Counts compilations in this process (tests assert cache hits with it).
 compile_count = 0
 
@@ -58,17 +58,24 @@ def kernel_for(spec, opts: CompileOptions):
     return kernel
 
 
+def clear_table() -> None:
+    """Forgets the kernels this process holds (the disk cache stays)."""
+    with _lock:
+        _kernels.clear()
+        _kernels_by_spec.clear()
+
+
 def _load_or_compile(spec, opts: CompileOptions, key: str, use_cache: bool = True):
     global compile_count
     if opts.target == "cpu":
-        text = _cpu_cache.get(key) if use_cache else None
-        if text is not None:
-            return CpuKernel.from_llvm_ir(text.decode(), spec, opts)
+        obj = _cpu_cache.get(key) if use_cache else None
+        if obj is not None:
+            return CpuKernel(obj, spec, opts)  # machine code: no code generation
         compiled = driver.compile(spec, opts, keep_ir=False)
         compile_count += 1
-        kernel = CpuKernel(compiled)  # the JIT built: worth caching
+        kernel = CpuKernel.compile(compiled)  # it loaded: worth caching
         if use_cache:
-            _cpu_cache.put(key, str(compiled.module).encode())
+            _cpu_cache.put(key, kernel.object)
         return kernel
     kernel = load_kernel(key) if use_cache else None
     if kernel is None:

@@ -1,8 +1,10 @@
-// RUN: flexattn-opt %s --pass-pipeline='builtin.module(flexattn-tile, flexattn-block-sparsity, flexattn-fuse-online-softmax, flexattn-inline-mods, canonicalize, cse, flexattn-lower-to-loops, canonicalize, cse, convert-scf-to-cf, expand-strided-metadata, lower-affine, finalize-memref-to-llvm, convert-math-to-llvm, convert-arith-to-llvm, convert-index-to-llvm, convert-func-to-llvm, convert-cf-to-llvm, reconcile-unrealized-casts)' | FileCheck %s
+// RUN: flexattn-opt %s --pass-pipeline='builtin.module(flexattn-tile, flexattn-block-sparsity, flexattn-split-full-tiles, flexattn-fuse-online-softmax, flexattn-inline-mods, canonicalize, cse, flexattn-vectorize-tiles, canonicalize, cse, flexattn-distribute-tiles, flexattn-lower-to-loops, canonicalize, cse, arith-expand, convert-vector-to-scf{full-unroll=true}, convert-scf-to-cf, expand-strided-metadata, lower-affine, convert-vector-to-llvm{vector-transpose-lowering=shuffle16x16 enable-x86vector=true}, finalize-memref-to-llvm, convert-math-to-llvm, convert-arith-to-llvm, convert-index-to-llvm, convert-func-to-llvm, convert-cf-to-llvm, convert-ub-to-llvm, reconcile-unrealized-casts)' | FileCheck %s
 
 // The whole CPU pipeline, as flexattn_mlir/driver.py runs it, from
 // flexattn.attention (GQA, block mask with full blocks, a captured ALiBi
-// slope table, causal mask_mod, lse) down to the llvm dialect.
+// slope table, causal mask_mod, lse) down to the llvm dialect. M = N = 100
+// with 32 x 32 tiles: every tile step has a full-tile (vectorised) and an
+// edge-tile (scalar) version.
 //
 // canonicalize after flexattn-lower-to-loops is required, not cosmetic: it
 // inlines the memref.alloca_scope ops (their parents, scf.parallel and scf.for,
@@ -11,27 +13,47 @@
 // single-block region rejects ("expects region #0 to have 0 or 1 blocks").
 
 // CHECK-LABEL: llvm.func @causal_alibi(
-// CHECK-NOT:     {{[^.a-z_](flexattn|linalg|scf|memref|arith|math|affine|cf|func)\.}}
 // CHECK-NOT:     unrealized_conversion_cast
-// rowmax, then alpha = exp2(m - base), P = exp2(S - base): partial blocks...
-// CHECK:         llvm.intr.maximum({{.*}}) : (f32, f32) -> f32
-// CHECK-NOT:     {{[^.a-z_](flexattn|linalg|scf|memref|arith|math|affine|cf|func)\.}}
+// Each thread claims Q tiles from the work counter.
+// CHECK:         llvm.atomicrmw add
+// Partial blocks (mask_mod applied).
+// Full 32 x 32 tiles: vector FMAs (Q.Kᵀ), row max (a vmaxps tree), the exp2
+// polynomial (roundeven + FMAs), row sum (reassociated: a tree), vector FMAs
+// (P.V, Dv = 16)...
+// CHECK-NOT:     {{[^.a-z_](flexattn|linalg|scf|memref|arith|math|affine|cf|func|vector|ub)\.}}
+// CHECK:         llvm.intr.fmuladd({{.*}}) : (vector<32xf32>, vector<32xf32>, vector<32xf32>)
+// CHECK-NOT:     {{[^.a-z_](flexattn|linalg|scf|memref|arith|math|affine|cf|func|vector|ub)\.}}
+// CHECK:         llvm.intr.vector.reduce.fmax({{.*}}) {fastmathFlags = #llvm.fastmath<nnan>} : (vector<32xf32>) -> f32
+// CHECK-NOT:     {{[^.a-z_](flexattn|linalg|scf|memref|arith|math|affine|cf|func|vector|ub)\.}}
+// CHECK:         llvm.intr.roundeven({{.*}}) : (vector<32xf32>) -> vector<32xf32>
+// CHECK-NOT:     {{[^.a-z_](flexattn|linalg|scf|memref|arith|math|affine|cf|func|vector|ub)\.}}
+// CHECK:         "llvm.intr.vector.reduce.fadd"({{.*}}) <{fastmathFlags = #llvm.fastmath<reassoc>}>
+// CHECK-NOT:     {{[^.a-z_](flexattn|linalg|scf|memref|arith|math|affine|cf|func|vector|ub)\.}}
+// CHECK:         llvm.intr.fmuladd({{.*}}) : (vector<16xf32>, vector<16xf32>, vector<16xf32>)
+// ...and the edge tiles past row 96: scalar loops.
+// CHECK-NOT:     {{[^.a-z_](flexattn|linalg|scf|memref|arith|math|affine|cf|func|vector|ub)\.}}
 // CHECK:         llvm.intr.exp2({{.*}}) : (f32) -> f32
-// CHECK-NOT:     {{[^.a-z_](flexattn|linalg|scf|memref|arith|math|affine|cf|func)\.}}
+// Full blocks.
+// Full 32 x 32 tiles: vector FMAs (Q.Kᵀ), row max (a vmaxps tree), the exp2
+// polynomial (roundeven + FMAs), row sum (reassociated: a tree), vector FMAs
+// (P.V, Dv = 16)...
+// CHECK-NOT:     {{[^.a-z_](flexattn|linalg|scf|memref|arith|math|affine|cf|func|vector|ub)\.}}
+// CHECK:         llvm.intr.fmuladd({{.*}}) : (vector<32xf32>, vector<32xf32>, vector<32xf32>)
+// CHECK-NOT:     {{[^.a-z_](flexattn|linalg|scf|memref|arith|math|affine|cf|func|vector|ub)\.}}
+// CHECK:         llvm.intr.vector.reduce.fmax({{.*}}) {fastmathFlags = #llvm.fastmath<nnan>} : (vector<32xf32>) -> f32
+// CHECK-NOT:     {{[^.a-z_](flexattn|linalg|scf|memref|arith|math|affine|cf|func|vector|ub)\.}}
+// CHECK:         llvm.intr.roundeven({{.*}}) : (vector<32xf32>) -> vector<32xf32>
+// CHECK-NOT:     {{[^.a-z_](flexattn|linalg|scf|memref|arith|math|affine|cf|func|vector|ub)\.}}
+// CHECK:         "llvm.intr.vector.reduce.fadd"({{.*}}) <{fastmathFlags = #llvm.fastmath<reassoc>}>
+// CHECK-NOT:     {{[^.a-z_](flexattn|linalg|scf|memref|arith|math|affine|cf|func|vector|ub)\.}}
+// CHECK:         llvm.intr.fmuladd({{.*}}) : (vector<16xf32>, vector<16xf32>, vector<16xf32>)
+// ...and the edge tiles past row 96: scalar loops.
+// CHECK-NOT:     {{[^.a-z_](flexattn|linalg|scf|memref|arith|math|affine|cf|func|vector|ub)\.}}
 // CHECK:         llvm.intr.exp2({{.*}}) : (f32) -> f32
-// ...then full blocks.
-// CHECK-NOT:     {{[^.a-z_](flexattn|linalg|scf|memref|arith|math|affine|cf|func)\.}}
-// CHECK:         llvm.intr.maximum({{.*}}) : (f32, f32) -> f32
-// CHECK-NOT:     {{[^.a-z_](flexattn|linalg|scf|memref|arith|math|affine|cf|func)\.}}
-// CHECK:         llvm.intr.exp2({{.*}}) : (f32) -> f32
-// CHECK-NOT:     {{[^.a-z_](flexattn|linalg|scf|memref|arith|math|affine|cf|func)\.}}
-// CHECK:         llvm.intr.exp2({{.*}}) : (f32) -> f32
-// out = acc / l; lse = ln(2) * (m + log2(l))
-// CHECK-NOT:     {{[^.a-z_](flexattn|linalg|scf|memref|arith|math|affine|cf|func)\.}}
+// out = acc / l; lse = ln(2) * (m + log2(l)) (log2 a polynomial too).
+// CHECK-NOT:     {{[^.a-z_](flexattn|linalg|scf|memref|arith|math|affine|cf|func|vector|ub)\.}}
 // CHECK:         llvm.fdiv
-// CHECK-NOT:     {{[^.a-z_](flexattn|linalg|scf|memref|arith|math|affine|cf|func)\.}}
-// CHECK:         llvm.intr.log2({{.*}}) : (f32) -> f32
-// CHECK-NOT:     {{[^.a-z_](flexattn|linalg|scf|memref|arith|math|affine|cf|func)\.}}
+// CHECK-NOT:     {{[^.a-z_](flexattn|linalg|scf|memref|arith|math|affine|cf|func|vector|ub)\.}}
 // CHECK-NOT:     unrealized_conversion_cast
 // CHECK:         llvm.return
 // CHECK-NEXT:  }

@@ -220,13 +220,58 @@ def test_new_process_hits_the_disk_cache(warm_cache):
     base, cache_dir, script, first = warm_cache
     assert first["compiles"] == 1
     files = _cache_files(cache_dir)
-    assert len([f for f in files if f.startswith("cpu/") and f.endswith(".mlir")]) == 1
+    assert len([f for f in files if f.startswith("cpu/") and f.endswith(".o")]) == 1
     second = _run(script, cache_dir, base)
     assert second["compiles"] == 0
     assert (second["out_sha"], second["lse_sha"]) == (first["out_sha"], first["lse_sha"])
     assert _cache_files(cache_dir) == files  # a hit writes nothing
     ref = _torch_reference()
     assert abs(first["sum"] - float(ref.double().sum())) < 1e-3
+
+
+def test_cpu_key_names_the_host_cpu_and_features(monkeypatch):
+    """CPU kernels are machine code for this host: another CPU name or
+    feature set (e.g. no avx512bf16) is another key, so a cache dir shared
+    with another machine never hands it code it cannot run."""
+    from flexattn_mlir import _native
+    from flexattn_mlir.compiler import cache
+
+    spec = zoo.spec("causal", 1, 2, 64, 16, "float32")
+    opts = fm.CompileOptions()
+    here = _native.cpu_host_target()
+    cpu, features = here.split(" ")
+    assert cpu and "+" in features
+    key = cache.kernel_key(spec.digest(), opts)
+    for other in (f"other-cpu {features}",
+                  f"{cpu} {features.replace('+avx512bf16', '-avx512bf16')}"
+                  if "+avx512bf16" in features else f"{cpu} {features},+avx512bf16"):
+        monkeypatch.setattr(_native, "cpu_host_target", lambda: other)
+        assert cache.kernel_key(spec.digest(), opts) != key
+    monkeypatch.setattr(_native, "cpu_host_target", lambda: here)
+    assert cache.kernel_key(spec.digest(), opts) == key
+
+
+def test_disk_hit_links_without_code_generation(monkeypatch, tmp_path):
+    """A disk-cache hit links the stored object: with the passes and the
+    code generator made to fail, the cached kernel still loads and runs."""
+    from flexattn_mlir import _native
+    from flexattn_mlir.compiler import driver
+    from flexattn_mlir.execution import kernels
+
+    monkeypatch.setenv("FLEXATTN_CACHE_DIR", str(tmp_path))
+    q, k, v = (torch.randn(1, 2, 64, 16) for _ in range(3))
+    fm.flex_attention(q, k, v, score_mod=_alibi_factory(torch.rand(2)))
+    assert list((tmp_path / "cpu").glob("*.o"))
+    kernels.clear_table()
+
+    def no_codegen(*args, **kwargs):
+        raise AssertionError("a disk-cache hit generated code")
+
+    monkeypatch.setattr(_native, "cpu_compile", no_codegen)
+    monkeypatch.setattr(driver, "compile", no_codegen)
+    slopes = torch.rand(2)
+    out = fm.flex_attention(q, k, v, score_mod=_alibi_factory(slopes))
+    torch.testing.assert_close(out, torch_flex(q, k, v, score_mod=_alibi_factory(slopes)), **F32)
 
 
 def test_disable_cache_compiles_again(warm_cache):
@@ -263,7 +308,7 @@ def test_concurrent_processes_share_one_entry(tmp_path):
     assert all(r["compiles"] in (0, 1) for r in results)
     print("concurrent compiles:", [r["compiles"] for r in results])
     files = _cache_files(cache_dir)
-    assert [f for f in files if f.startswith("cpu/")] == [f for f in files if f.endswith(".mlir")]
+    assert [f for f in files if f.startswith("cpu/")] == [f for f in files if f.endswith(".o")]
     # One kernel entry, one entry per captured mod (ALiBi score, causal mask).
     assert len([f for f in files if f.startswith("cpu/")]) == 1, files
     assert all(f.startswith(("cpu/", "mods/")) for f in files), files

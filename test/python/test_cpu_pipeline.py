@@ -19,6 +19,7 @@ import flexattn_mlir as fm
 from flexattn_mlir import CompileOptions, ModIR
 from reference import reference_attention
 
+CPU_STAGES = ["flexattn", "tiled", "sparse", "split", "fused", "inlined", "vector", "loops", "llvm"]
 TOL = {torch.float32: 2e-5, torch.bfloat16: 1e-2, torch.float16: 2e-3}
 
 CAUSAL = ModIR.mask(
@@ -154,9 +155,11 @@ def test_block_mask_per_batch_and_head():
     check(out, lse, ref, ref_lse, torch.float32)
 
 
-def test_fully_masked_rows_give_zero_and_neg_inf_lse():
-    """Rows with no visible key: output 0, lse -inf (torch's convention)."""
-    q, k, v = inputs(1, 2, 2, 90, 60, 16)
+@pytest.mark.parametrize("m,n", [(90, 60), (128, 128)])
+def test_fully_masked_rows_give_zero_and_neg_inf_lse(m, n):
+    """Rows with no visible key: output 0, lse -inf (torch's convention), in
+    edge tiles (90 x 60: scalar loops) and full ones (128 x 128: vectors)."""
+    q, k, v = inputs(1, 2, 2, m, n, 16)
     mask = ModIR.mask(
         """
 ^bb0(%b: i32, %h: i32, %q: i32, %kv: i32):
@@ -209,16 +212,49 @@ def test_tile_sizes(tile):
     check(out, lse, ref, ref_lse, torch.float32)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_nan_query_rows_stay_nan(dtype):
+    """A NaN in a query row makes that row's output NaN (as torch's), in
+    full vectorised tiles too (their row max ignores NaN bookkeeping), and
+    leaves the other rows alone."""
+    q, k, v = inputs(1, 2, 2, 128, 128, 32, dtype=dtype)
+    q[0, 1, 70, 5] = float("nan")
+    out = fm.attention(q, k, v, mask_mod=CAUSAL)
+    assert torch.isnan(out[0, 1, 70]).all()
+    out[0, 1, 70] = 0
+    assert not torch.isnan(out).any()
+
+
+@pytest.mark.parametrize("threads", [2, 5])
+def test_threads_share_the_tiles_exactly(threads):
+    """Tiles are independent: any number of threads (here more than the
+    cores, and than some heads' tiles) computes the same bits as one."""
+    q, k, v = inputs(2, 3, 3, 256, 256, 32)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = fm.attention(q, k, v, mask_mod=CAUSAL, return_lse=True)
+        torch.set_num_threads(threads)
+        many = fm.attention(q, k, v, mask_mod=CAUSAL, return_lse=True)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(one[0], many[0]) and torch.equal(one[1], many[1])
+    ref, ref_lse = reference_attention(q, k, v, mask_fn=lambda b, h, i, j: i >= j)
+    check(*many, ref, ref_lse, torch.float32)
+
+
 def test_stages_are_inspectable():
     q, k, v = inputs(1, 1, 1, 64, 64, 16)
     spec = fm.attention_spec(q, k, v, mask_mod=CAUSAL)
     compiled = fm.compile(spec)
-    assert compiled.stage_names() == ["flexattn", "tiled", "sparse", "fused", "inlined", "loops", "llvm"]
+    assert compiled.stage_names() == CPU_STAGES
     assert "flexattn.attention" in compiled["flexattn"]
     assert "flexattn.kv_loop" in compiled["tiled"]
     assert "flexattn.tile_step" in compiled["sparse"]
+    assert "scf.if" in compiled["split"]  # full KV tiles or not
     assert "flexattn.apply_mods" in compiled["fused"]
     assert "flexattn." not in compiled["inlined"]
+    assert "vector.fma" in compiled["vector"] and "linalg." not in compiled["vector"]
     assert "linalg." not in compiled["loops"]
     assert "llvm.func" in compiled["llvm"]
 
@@ -231,5 +267,4 @@ def test_dump_ir_env(tmp_path, monkeypatch):
     spec = fm.attention_spec(q, k, v, mask_mod=CAUSAL)
     kernel = fm.compiler.driver.kernel_name(spec, fm.CompileOptions())
     assert kernel.startswith("flexattn-")
-    assert names == sorted(f"{kernel}.{s}.mlir" for s in
-                           ["flexattn", "tiled", "sparse", "fused", "inlined", "loops", "llvm"])
+    assert names == sorted(f"{kernel}.{s}.mlir" for s in CPU_STAGES)

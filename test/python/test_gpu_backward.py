@@ -16,7 +16,8 @@ import pytest
 import torch
 
 import flexattn_mlir as fm
-from flexattn_mlir import backward, ptxas, zoo
+from flexattn_mlir.compiler import backward, ptxas
+from flexattn_mlir.examples import zoo
 
 try:
     ptxas.find()

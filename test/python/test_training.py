@@ -139,6 +139,45 @@ def test_sliding_window_learnable_relative_bias(dtype):
     assert all(torch.equal(a, b) for a, b in zip(grads(), grads()))
 
 
+@pytest.mark.parametrize("learnable", [False, True], ids=["qkv", "with_table"])
+def test_backward_threads_share_the_tiles_exactly(learnable):
+    """The backward runs on torch.get_num_threads() threads like the forward
+    (its KV-tile and Q-tile loops share one work queue): any thread count
+    gives the same bits as one thread. With a learnable table, the capture
+    gradient's sequential nest makes the kernel run on one thread: the same
+    bits too."""
+    B, H, S, D = 2, 2, 96, 16
+    q, k, v = (leaf(B, H, S, D) for _ in range(3))
+    table = (torch.randn(H, 2 * S - 1) * 0.5).requires_grad_(learnable)
+
+    def rel_bias(score, b, h, q_idx, kv_idx):
+        return score + table[h, q_idx - kv_idx + S - 1]
+
+    bm = fm.create_block_mask(causal, None, None, S, S, BLOCK_SIZE=32)
+    wrt = [q, k, v] + ([table] if learnable else [])
+
+    def grads(threads):
+        torch.set_num_threads(threads)
+        out, lse = fm.flex_attention(q, k, v, score_mod=rel_bias, block_mask=bm,
+                                     return_lse=True)
+        return torch.autograd.grad((out * out).sum() + lse.sum(), wrt)
+
+    before = torch.get_num_threads()
+    try:
+        one, many = grads(1), grads(3)
+    finally:
+        torch.set_num_threads(before)
+    assert all(torch.equal(a, b) for a, b in zip(one, many))
+    ref = lambda q, k, v, *t: reference_attention(  # noqa: E731
+        q, k, v, score_fn=lambda x, b, h, i, j: x + (t[0] if t else table.double())[h, i - j + S - 1],
+        mask_fn=lambda b, h, i, j: i >= j)
+    inputs64 = [t.detach().double().requires_grad_() for t in wrt]
+    rout, rlse = ref(*inputs64)
+    expected = torch.autograd.grad((rout * rout).sum() + rlse.sum(), inputs64)
+    for got, want in zip(many, expected):
+        torch.testing.assert_close(got.double(), want, **F32)
+
+
 def test_document_mask_softcap():
     """A document mask (captured int32 ids) and a softcap score_mod."""
     B, H, S, D = 2, 2, 80, 16

@@ -1,30 +1,41 @@
 """The CPU backend: its stages, forward and backward, and the runner of
 what they make.
 
-    forward:  tiled -> sparse -> fused -> inlined -> loops -> llvm
+    forward:  tiled -> sparse -> split -> fused -> inlined -> vector -> loops
+              -> llvm
     backward: differentiated -> tiled -> sparse -> decomposed -> inlined
               -> loops -> llvm
 
-The LLVM-dialect module is JIT-compiled by MLIR's ExecutionEngine and run on
-torch CPU tensors zero-copy: each tensor is passed as a memref descriptor
-over its own storage (bf16/f16 included; the ABI only sees pointers).
+A CPU kernel is a relocatable object for this host (its CPU and features),
+linked into the process by a small ORC loader in our C library
+(python/CpuRuntime.cpp): a cached object loads without code generation. It
+is called on ``torch.get_num_threads()`` threads at once, each claiming
+tiles from the kernel's work counter (flexattn-distribute-tiles; the
+forward's and the backward's kernels alike), with every tensor passed
+zero-copy as a memref descriptor over its own storage (bf16/f16 included;
+the ABI only sees pointers). docs/cpu-pipeline.md has the details.
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
+import math
 from typing import Sequence
 
+import torch
 from mlir import ir
-from mlir.execution_engine import ExecutionEngine
 
 from ... import _native
 from ..options import CompileOptions
 from ..pipeline import Backend, make_differentiated, make_sparse, make_tiled, run_pipeline
 from ..spec import ENTRY, AttentionSpec
 
-__all__ = ["BACKEND", "CpuKernel", "make_llvm", "memref_descriptor"]
+__all__ = ["BACKEND", "CpuKernel", "host_has", "make_llvm", "memref_descriptor"]
+
+
+def make_split(mod: ir.Module, opts: CompileOptions) -> None:
+    run_pipeline(mod, "flexattn-split-full-tiles", "split")
 
 
 def make_fused(mod: ir.Module, opts: CompileOptions) -> None:
@@ -35,16 +46,31 @@ def make_inlined(mod: ir.Module, opts: CompileOptions) -> None:
     run_pipeline(mod, "flexattn-inline-mods, canonicalize, cse", "inlined")
 
 
+def host_has(feature: str) -> bool:
+    """Whether this host's CPU has the LLVM target feature ``feature`` (the
+    CPU kernels are built for this host; its features are in the cache key)."""
+    return f"+{feature}" in _native.cpu_host_target().split(" ")[1].split(",")
+
+
+def make_vector(mod: ir.Module, opts: CompileOptions) -> None:
+    bf16_dot = "true" if host_has("avx512bf16") else "false"
+    run_pipeline(mod, f"flexattn-vectorize-tiles{{bf16-dot={bf16_dot}}}, canonicalize, cse",
+                 "vector")
+
+
 def make_loops(mod: ir.Module, opts: CompileOptions) -> None:
-    run_pipeline(mod, "flexattn-lower-to-loops, canonicalize, cse", "loops")
+    run_pipeline(mod, "flexattn-distribute-tiles, flexattn-lower-to-loops, canonicalize, cse",
+                 "loops")
 
 
 def make_llvm(mod: ir.Module, opts: CompileOptions) -> None:
     run_pipeline(
         mod,
-        "arith-expand, convert-scf-to-cf, expand-strided-metadata, lower-affine, "
+        "arith-expand, convert-vector-to-scf{full-unroll=true}, convert-scf-to-cf, "
+        "expand-strided-metadata, lower-affine, "
+        "convert-vector-to-llvm{vector-transpose-lowering=shuffle16x16 enable-x86vector=true}, "
         "finalize-memref-to-llvm, convert-math-to-llvm, convert-arith-to-llvm, "
-        "convert-index-to-llvm, convert-func-to-llvm, convert-cf-to-llvm, "
+        "convert-index-to-llvm, convert-func-to-llvm, convert-cf-to-llvm, convert-ub-to-llvm, "
         "reconcile-unrealized-casts",
         "llvm",
     )
@@ -55,8 +81,9 @@ def make_decomposed(mod: ir.Module, opts: CompileOptions) -> None:
 
 
 def forward_stages(opts: CompileOptions) -> dict:
-    return {"tiled": make_tiled, "sparse": make_sparse, "fused": make_fused,
-            "inlined": make_inlined, "loops": make_loops, "llvm": make_llvm}
+    return {"tiled": make_tiled, "sparse": make_sparse, "split": make_split,
+            "fused": make_fused, "inlined": make_inlined, "vector": make_vector,
+            "loops": make_loops, "llvm": make_llvm}
 
 
 def backward_stages(opts: CompileOptions) -> dict:
@@ -98,30 +125,55 @@ def memref_descriptor(tensor) -> ctypes.Structure:
     return _descriptor_type(rank)(ptr, ptr, 0, dims(*tensor.shape), dims(*tensor.stride()))
 
 
+def _counter_descriptor(counter: ctypes.Array) -> ctypes.Structure:
+    """The memref<1xi64> descriptor of the kernel's work counter."""
+    desc = _descriptor_type(1)()
+    desc.allocated = desc.aligned = ctypes.addressof(counter)
+    desc.offset = 0
+    desc.sizes[0] = desc.strides[0] = 1
+    return desc
+
+
+def _tiles(spec, opts: CompileOptions, tensors: Sequence) -> int:
+    """About how many tiles the kernel's work queue holds for this call (more
+    threads would find no work): the forward's Q tiles; a backward (a spec
+    with a ``forward``) also has a KV-tile loop. From the call's tensors, as
+    a dynamic-shape kernel's spec has no lengths: q is the first, k the
+    second argument."""
+    b, hq, m, _ = tensors[0].shape
+    tiles = b * hq * math.ceil(m / opts.tile_q)
+    if hasattr(spec, "forward"):
+        k = tensors[1]
+        tiles += b * k.shape[1] * math.ceil(k.shape[2] / opts.tile_kv)
+    return tiles
+
+
 class CpuKernel:
-    """A JIT-compiled kernel; call it with the spec's arguments in order."""
+    """A loaded kernel; call it with the spec's arguments in order.
 
-    def __init__(self, compiled):
-        if compiled.options.target != "cpu":
-            raise ValueError(f"CpuKernel needs a cpu-target compilation, got {compiled.options.target!r}")
-        self._init(compiled.module, compiled.spec, compiled.options)
+    ``object`` holds the machine code (what the disk cache stores)."""
 
-    @classmethod
-    def from_llvm_ir(cls, text: str, spec: AttentionSpec, opts: CompileOptions) -> "CpuKernel":
-        """A kernel from cached LLVM-dialect IR (only LLVM code generation runs)."""
-        kernel = cls.__new__(cls)
-        with _native.new_context():
-            module = ir.Module.parse(text)
-        kernel._init(module, spec, opts)
-        return kernel
-
-    def _init(self, module, spec: AttentionSpec, opts: CompileOptions) -> None:
-        self.module, self.spec = module, spec
-        self.engine = ExecutionEngine(module, opt_level=opts.opt_level)
-        self._entry = self.engine.lookup(ENTRY)
+    def __init__(self, obj: bytes, spec: AttentionSpec, opts: CompileOptions):
+        self.object, self.spec, self.options = obj, spec, opts
+        self._handle, self._entry = _native.cpu_load(obj, ENTRY)
         self._expected = spec.arguments()
 
-    def __call__(self, tensors: Sequence) -> None:
+    @classmethod
+    def compile(cls, compiled) -> "CpuKernel":
+        """Code generation for this host from a cpu-target compilation."""
+        if compiled.options.target != "cpu":
+            raise ValueError(f"CpuKernel needs a cpu-target compilation, got {compiled.options.target!r}")
+        obj = _native.cpu_compile(compiled.module, ENTRY, compiled.options.opt_level)
+        return cls(obj, compiled.spec, compiled.options)
+
+    def __del__(self):
+        handle = getattr(self, "_handle", None)
+        if handle:
+            _native.cpu_unload(handle)
+
+    def __call__(self, tensors: Sequence, threads: int | None = None) -> None:
+        """Runs the kernel on ``threads`` threads (default
+        ``torch.get_num_threads()``)."""
         expected = self._expected
         if len(tensors) != len(expected):
             raise TypeError(f"{self.spec.name}: expected {len(expected)} buffers, got {len(tensors)}")
@@ -133,7 +185,10 @@ class CpuKernel:
                     f"of shape {btype.shape}, got {tuple(t.shape)} on {t.device}"
                 )
             descriptors.append(memref_descriptor(t))
+        counter = (ctypes.c_int64 * 1)(0)
+        descriptors.append(_counter_descriptor(counter))
         # The packed ABI: an array of pointers to (pointers to descriptors).
         pointers = [ctypes.pointer(d) for d in descriptors]
         packed = (ctypes.c_void_p * len(pointers))(*map(ctypes.addressof, pointers))
-        self._entry(packed)
+        n = threads if threads is not None else torch.get_num_threads()
+        _native.cpu_run(self._entry, packed, max(1, min(n, _tiles(self.spec, self.options, tensors))))
