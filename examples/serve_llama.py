@@ -72,8 +72,9 @@ def paged_flex_attention(module, query, key, value, attention_mask, scaling=None
     cache = paged_cache
     k_cache, v_cache = cache.layers[module.layer_idx]
     cache.paged.assign(cache.batch_idx, cache.positions, key, value, k_cache, v_cache)
+    # One kernel for every prompt and cache length: a dynamic-shape kernel.
     out = flex_attention(query, k_cache, v_cache, block_mask=cache.block_mask, scale=scaling,
-                         enable_gqa=True)
+                         enable_gqa=True, kernel_options={"dynamic": True})
     return out.transpose(1, 2).contiguous(), None
 
 

@@ -79,6 +79,16 @@ class BackwardSpec:
                        [getattr(self, n) for n in _Q_SIDE])).encode())
         return h.hexdigest()
 
+    def check(self, opts) -> None:
+        """Raises CompilationError where ``opts.target`` cannot compile this
+        spec: GPU backward kernels read delta precomputed."""
+        if targets.target(opts.target).is_gpu and not self.delta_input:
+            from .pipeline import CompilationError
+
+            raise CompilationError(
+                f"the {opts.target} backward kernel reads a precomputed delta: build its "
+                f"BackwardSpec with delta_input=True")
+
     def output_names(self) -> list[str]:
         """The arguments the kernel writes (GPU launch metadata)."""
         return ["dq", "dk", "dv"] + [f"capture_grad{i}" for i in range(len(self.grad_captures))]

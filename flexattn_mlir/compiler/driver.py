@@ -102,6 +102,9 @@ def compile(
     label = kernel_name(spec, opts) if dump or override else spec.name
     result = Compiled(spec, opts)
     with ctx, ir.Location.unknown():
+        check = getattr(spec, "check", None)  # what a spec kind needs of a target
+        if check is not None:
+            check(opts)
         mod = make_flexattn(spec, opts)
         target = backend(opts.target)
         table = target.stages(spec.kind, opts)

@@ -138,13 +138,17 @@ def new_block(region: ir.Region, kind: ModKind, arg_types: Sequence[ir.Type]) ->
 
 
 def region_text(block: ir.Block, kind: ModKind, capture_types: Sequence[ir.Type] | None = None,
-                arg_map: Sequence[int] | None = None) -> str:
+                arg_map: Sequence[int] | None = None,
+                prologue: Callable[[ir.Block], dict] | None = None) -> str:
     """The ModIR text of a mod region's ``block``, which it consumes: its
     ops move into a :func:`new_block` of a fresh :func:`holder`, printed by
     MLIR. ``capture_types`` (default: the block's own) are the new block's
     captures; argument ``i`` of ``block`` becomes argument ``arg_map[i]``
     of the new one (default: the same position), so a mod can be given
-    another capture list."""
+    another capture list. ``prologue(new_block)``, called with an insertion
+    point at the new block's start, may emit ops there and returns
+    ``{i: value}``: the uses of ``block``'s argument ``i`` read ``value``
+    instead (e.g. a scaled score)."""
     nfixed = len(FIXED_ARGS[kind])
     old = list(block.arguments)
     if capture_types is None:
@@ -152,8 +156,12 @@ def region_text(block: ir.Block, kind: ModKind, capture_types: Sequence[ir.Type]
     module, region = holder(kind, capture_types)
     fixed = [a.type for a in old[:nfixed]]
     target = new_block(region, kind, [*fixed, *capture_types])
+    replaced = {}
+    if prologue is not None:
+        with ir.InsertionPoint(target):
+            replaced = prologue(target)
     for i, arg in enumerate(old):
-        arg.replace_all_uses_with(target.arguments[arg_map[i] if arg_map else i])
+        arg.replace_all_uses_with(replaced.get(i, target.arguments[arg_map[i] if arg_map else i]))
     for op in list(block.operations):
         op.detach_from_parent()
         target.append(op)

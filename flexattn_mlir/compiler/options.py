@@ -45,8 +45,10 @@ class CompileOptions:
       not in its key (heads, head dims, dtypes, block size, the mods and the
       shapes of the tensors they capture are). ``False`` specialises the
       kernel on the shapes and the scale (one compilation per shape). The
-      default (None) is True on the CPU, False on GPU targets, whose kernel
-      is compiled for static shapes (True there is refused).
+      default (None) is False: the CPU's vectorised full-tile path
+      (flexattn-vectorize-tiles) needs static tile windows, so a static
+      kernel is the faster one today; GPU kernels are compiled for static
+      shapes (True there is refused).
     """
 
     target: str = "cpu"
@@ -65,7 +67,7 @@ class CompileOptions:
                              f"got {self.target!r}")
         t = targets.target(self.target)
         if self.dynamic is None:
-            object.__setattr__(self, "dynamic", not t.is_gpu)
+            object.__setattr__(self, "dynamic", False)
         if not isinstance(self.dynamic, bool):
             raise ValueError(f"CompileOptions.dynamic must be a bool or None, got {self.dynamic!r}")
         if self.dynamic and t.is_gpu:

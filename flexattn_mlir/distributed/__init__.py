@@ -1,9 +1,9 @@
 """Context parallelism: flex_attention over a sequence sharded across ranks.
 
-Takes this rank's shards of q, k, v (and of per-token tensors the mods
+It takes this rank's shards of q, k, v (and of per-token tensors the mods
 read) and a ``torch.distributed`` process group (gloo on CPUs, NCCL on
-GPUs); hands back this rank's rows of ``out`` and ``lse``, equal to a
-one-process call's, with gradients through the CPU backward. The pieces:
+GPUs), and hands on this rank's rows of ``out`` and ``lse``, equal to a
+one-process call's, with gradients through the backward. The pieces:
 
 * :mod:`.sharding`: :class:`SequenceSharding`, which positions each rank
   holds (contiguous, zig-zag head-tail, block-mask-aware), and the shard /

@@ -1,6 +1,7 @@
 """Dynamic-shape kernels: one CPU kernel for every length.
 
-With ``CompileOptions.dynamic`` (the CPU default) a kernel is specialised on
+With ``CompileOptions.dynamic`` (``kernel_options={"dynamic": True}``; static is
+the default while only static tiles are vectorised) a kernel is specialised on
 the mods, the head counts and head dims, the dtypes, the block size, the
 shapes of the captured tensors, the target and the options; the batch size,
 the sequence lengths M and N, every block-mask dimension and the scale are
@@ -22,10 +23,15 @@ run-time values:
 from __future__ import annotations
 
 import functools
-import re
 from typing import Optional
 
-from ..compiler.mods import ModIR
+from mlir import ir
+from mlir.dialects import arith
+from mlir.dialects import memref as memref_d
+
+from .. import _native
+from ..compiler.mods import ModIR, parse, region_text
+from ..compiler.pipeline import CompilationError
 from ..compiler.spec import DYNAMIC, BufferType
 
 __all__ = ["SCALE_TYPE", "buffer_types", "scaled_mods"]
@@ -34,7 +40,6 @@ __all__ = ["SCALE_TYPE", "buffer_types", "scaled_mods"]
 SCALE_TYPE = "memref<f32>"
 # q, k, v: heads and head dims stay static.
 _STATIC_DIMS = (1, 3)
-_FIRST_ARG = re.compile(r"\^bb0\((%[\w$.\-]+):")
 
 
 def _dynamic(t: BufferType, keep=()) -> BufferType:
@@ -51,46 +56,47 @@ def buffer_types(q: BufferType, k: BufferType, v: BufferType, masks: dict) -> tu
     return (_dynamic(q, _STATIC_DIMS), kv(k), kv(v), {n: _dynamic(t) for n, t in masks.items()})
 
 
-def _with_argument(text: str, name: str, type_: str) -> tuple[str, str]:
-    header, _, body = text.partition("\n")
-    if not header.endswith("):"):
-        raise ValueError(f"not a mod region: {header!r}")
-    return header[:-2] + f", %{name}: {type_}):", body
-
-
 @functools.lru_cache(maxsize=256)
 def scaled_mods(score: Optional[ModIR], mask: Optional[ModIR],
                 captures: tuple[str, ...]) -> tuple[ModIR, Optional[ModIR]]:
     """score_mod and mask_mod taking the scale operand after ``captures``
     (the captured tensors' types), the score_mod applying it: ``x = score *
     scale`` then the mod's code on ``x`` (an identity score_mod when there
-    is none)."""
-    name = "scale_operand"
+    is none). Built on IR (parsed regions, rebuilt with one more argument)."""
+    try:
+        return _scaled_mods(score, mask, captures)
+    except ir.MLIRError as err:  # a hand-written mod that does not verify
+        raise CompilationError(f"invalid mod IR: {err}") from None
+
+
+def _scaled_mods(score, mask, captures):
     types = captures + (SCALE_TYPE,)
-    if score is None:
-        index = _index_type(mask)
-        caps = "".join(f", %cap{i}: {t}" for i, t in enumerate(captures))
-        text = (f"^bb0(%score: f32, %b: {index}, %h: {index}, %q_idx: {index}, "
-                f"%kv_idx: {index}{caps}):\n  flexattn.yield %score : f32")
-        score = ModIR.score(text, captures)
-    header, body = _with_argument(score.text, name, SCALE_TYPE)
-    arg = _FIRST_ARG.match(header).group(1)  # the score argument's name
-    uses = re.compile(re.escape(arg) + r"(?![\w$.\-])")
-    scaled = (f"{header}\n  %scale_factor = memref.load %{name}[] : {SCALE_TYPE}\n"
-              f"  %scaled_score = arith.mulf {arg}, %scale_factor : f32\n"
-              + uses.sub("%scaled_score", body))
-    score = ModIR("score", scaled, types)
+    with _native.new_context(), ir.Location.unknown():
+        new_types = [ir.Type.parse(t) for t in types]
+        if score is None:
+            score = _identity_score(mask, captures)
+        _, block = parse(score)
+
+        def scale_first(target: ir.Block) -> dict:
+            factor = memref_d.load(target.arguments[-1], [])
+            return {0: arith.mulf(target.arguments[0], factor)}
+
+        scaled = ModIR("score", region_text(block, "score", new_types, prologue=scale_first),
+                       types)
+        if mask is not None:
+            _, block = parse(mask)
+            mask = ModIR("mask", region_text(block, "mask", new_types), types)
+    return scaled, mask
+
+
+def _identity_score(mask: Optional[ModIR], captures: tuple[str, ...]) -> ModIR:
+    """``score -> score`` with the mods' index type (the mask_mod's, else the
+    frontend's), in the current context."""
     if mask is not None:
-        mask = ModIR("mask", "\n".join(_with_argument(mask.text, name, SCALE_TYPE)), types)
-    return score, mask
+        _, block = parse(mask)
+        index = str(block.arguments[0].type)
+    else:
+        from ..frontend.convert import INDEX_TYPE
 
-
-def _index_type(mask: Optional[ModIR]) -> str:
-    """The mods' index type: the mask_mod's, else the frontend's (i32)."""
-    if mask is not None:
-        found = re.search(r", %[\w$.\-]+: (\w+)", mask.text.partition("\n")[0])
-        if found:
-            return found.group(1)
-    from ..frontend.convert import INDEX_TYPE
-
-    return INDEX_TYPE
+        index = INDEX_TYPE
+    return ModIR.build_score(lambda score, *rest: score, captures, index)

@@ -149,7 +149,7 @@ def test_kv_batch_broadcast(Bq, k_batch, v_batch):
     # The CPU kernel reads the shared batch in place (a static 1: the kernel
     # broadcasts it; a batch of the query's is dynamic, like q's); the GPU
     # path expands it.
-    spec = fm.attention_spec(q, k, v, enable_gqa=True)
+    spec = fm.attention_spec(q, k, v, enable_gqa=True, options=CompileOptions(dynamic=True))
     assert (spec.k.shape[0], spec.v.shape[0]) == tuple(
         1 if n == 1 else DYNAMIC for n in (k_batch, v_batch))
     gpu = fm.attention_spec(q, k, v, enable_gqa=True, options=CompileOptions(target="sm_90a"))

@@ -1,6 +1,6 @@
 """One CPU kernel for every batch size, sequence length, block-mask shape
-and scale (CompileOptions.dynamic, the CPU default), compared with torch's
-flex_attention at each shape."""
+and scale (CompileOptions.dynamic, kernel_options={"dynamic": True}),
+compared with torch's flex_attention at each shape."""
 
 import pytest
 import torch
@@ -11,6 +11,7 @@ import flexattn_mlir as fm
 from flexattn_mlir.compiler.spec import DYNAMIC
 
 F32 = dict(atol=2e-5, rtol=1e-5)
+DYN = {"dynamic": True}
 H, D = 4, 32
 SLOPES = torch.rand(H)
 DOC = torch.randint(0, 3, (8,)).sort().values
@@ -34,6 +35,7 @@ def test_one_kernel_for_seven_lengths_and_two_batch_sizes():
             q, k, v = (torch.randn(B, H, L, D) for _ in range(3))
             scale = 0.05 + L / 1000
             out, lse = fm.flex_attention(q, k, v, score_mod=alibi, scale=scale, return_lse=True,
+                                         kernel_options=DYN,
                                          block_mask=fm.create_block_mask(causal, B, 1, L, L))
             ref, ref_lse = torch_flex(q, k, v, score_mod=alibi, scale=scale, return_lse=True,
                                       block_mask=torch_block_mask(causal, B, 1, L, L, device="cpu"))
@@ -49,7 +51,8 @@ def test_spec_is_shape_free():
     for B, M, N, scale in ((1, 10, 30, None), (2, 70, 90, 0.3)):
         q, k, v = torch.randn(B, H, M, D), torch.randn(B, H, N, D), torch.randn(B, H, N, 16)
         call = dict(score_mod=fm.capture_score_mod(alibi).ir, captures=[SLOPES], scale=scale)
-        specs.append(fm.attention_spec(q, k, v, **call))
+        specs.append(fm.attention_spec(q, k, v, options=fm.CompileOptions(dynamic=True),
+                                       **call))
     assert specs[0] == specs[1]
     spec = specs[0]
     assert spec.q.shape == (DYNAMIC, H, DYNAMIC, D) and spec.v.shape == (DYNAMIC, H, DYNAMIC, 16)
@@ -59,7 +62,8 @@ def test_spec_is_shape_free():
 
 
 def test_static_option_and_gpu_targets():
-    assert fm.CompileOptions().dynamic is True
+    assert fm.CompileOptions().dynamic is False  # static is faster on the CPU today
+    assert fm.CompileOptions(dynamic=True).dynamic is True
     assert fm.CompileOptions(target="sm_90a").dynamic is False
     with pytest.raises(ValueError, match="dynamic.*static shapes"):
         fm.CompileOptions(target="sm_90a", dynamic=True)
@@ -77,13 +81,15 @@ def test_index_bounds_are_decided_per_call():
     before = fm.attention_compile_count()
     for L in (3, 8):
         q = torch.randn(1, 2, L, 16)
-        out = fm.flex_attention(q, q, q, block_mask=fm.create_block_mask(same_doc, 1, 1, L, L))
+        out = fm.flex_attention(q, q, q, block_mask=fm.create_block_mask(same_doc, 1, 1, L, L),
+                                kernel_options=DYN)
         ref = torch_flex(q, q, q, block_mask=torch_block_mask(same_doc, 1, 1, L, L, device="cpu"))
         torch.testing.assert_close(out, ref, **F32)
     assert fm.attention_compile_count() - before == 1
     q = torch.randn(1, 2, 9, 16)
     with pytest.raises(IndexError, match="out of bounds"):
-        fm.flex_attention(q, q, q, score_mod=lambda s, b, h, qi, kv: s + DOC[qi])
+        fm.flex_attention(q, q, q, score_mod=lambda s, b, h, qi, kv: s + DOC[qi],
+                          kernel_options=DYN)
 
 
 @pytest.mark.parametrize("kv_batch", [1, 2])
@@ -92,6 +98,6 @@ def test_kv_batch_shared_or_not(kv_batch):
     broadcast) and K/V of batch 2: both exact."""
     q = torch.randn(2, H, 40, D)
     k, v = torch.randn(kv_batch, H, 50, D), torch.randn(kv_batch, H, 50, D)
-    out = fm.flex_attention(q, k, v, score_mod=alibi)
+    out = fm.flex_attention(q, k, v, score_mod=alibi, kernel_options=DYN)
     ref = torch_flex(q, k.expand(2, -1, -1, -1), v.expand(2, -1, -1, -1), score_mod=alibi)
     torch.testing.assert_close(out, ref, **F32)
