@@ -118,7 +118,8 @@ def test_negative_indices_wrap_like_torch():
                              options=fm.CompileOptions(dynamic=False))
     assert spec.index_report is None and "bounds = array<i64: -4, -1>" in spec.score_mod.text
     # A dynamic-shape kernel carries what the bounds prove: in [-size, size).
-    spec = fm.attention_spec(q, k, v, score_mod=mod, captures=[SMALL])
+    spec = fm.attention_spec(q, k, v, score_mod=mod, captures=[SMALL],
+                             options=fm.CompileOptions(dynamic=True))
     assert spec.index_report is None and "bounds = array<i64: -4, 3>" in spec.score_mod.text
     torch.testing.assert_close(fm.flex_attention(q, k, v, score_mod=last_four),
                                torch_flex(q, k, v, score_mod=last_four), **F32)
