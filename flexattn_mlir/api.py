@@ -16,7 +16,7 @@ from typing import Callable, Optional
 import torch
 
 from . import autograd, checks, frontend, targets
-from .attention import attention
+from .attention import attention, given, unpack_results
 from .block_mask import BlockMask
 from .masks import noop_mask
 from .options import CompileOptions
@@ -68,6 +68,7 @@ def flex_attention(
     kernel_options: Optional[dict] = None,
     *,
     return_aux=None,
+    sinks: Optional[torch.Tensor] = None,
 ):
     """``torch.nn.attention.flex_attention.flex_attention``, compiled by flexattn-mlir.
 
@@ -77,7 +78,14 @@ def flex_attention(
     they read becoming kernel operands; ``block_mask`` is a
     :class:`~flexattn_mlir.BlockMask` or torch's; ``scale`` defaults to
     1/sqrt(D). Returns ``out``, ``(out, lse)`` with ``return_lse``, or
-    ``(out, AuxOutput)`` with ``return_aux=AuxRequest(lse=True)``.
+    ``(out, AuxOutput)`` with ``return_aux=AuxRequest(lse=True,
+    max_scores=True)`` (either or both; max_scores: each row's largest score
+    after score_mod, float32, -inf for a row with no visible key).
+    ``sinks`` (beyond torch): ``[Hq]`` attention-sink logits (gpt-oss
+    style), one per query head, that join every row's softmax denominator:
+    ``out = sum_j exp(s_j) v_j / (exp(sinks[h]) + sum_j exp(s_j))``; lse
+    includes the sink (a row with no visible key gives 0 and lse =
+    sinks[h]), max_scores does not. Learnable on the CPU.
     ``kernel_options`` takes our :class:`CompileOptions` fields and torch's
     ``BLOCK_M``/``BLOCK_N``/``num_stages``; other torch tuning keys are ignored.
 
@@ -90,29 +98,31 @@ def flex_attention(
     """
     if return_lse and return_aux is not None:
         raise ValueError("pass either return_lse or return_aux, not both")
-    if return_aux is not None and getattr(return_aux, "max_scores", False):
-        raise NotImplementedError("return_aux.max_scores is not supported by flexattn_mlir yet")
     want_lse = return_lse or (return_aux is not None and bool(return_aux.lse))
+    want_max = return_aux is not None and bool(getattr(return_aux, "max_scores", False))
+    checks.check_sinks(sinks, query)
     if torch.compiler.is_compiling():
         # torch.compile: one custom op in the graph (the mods are captured
         # at trace time); differentiable.
-        out, lse = autograd.traced_flex_attention(query, key, value, score_mod, block_mask,
-                                                  scale, enable_gqa, want_lse, kernel_options)
-        result = (out, lse) if want_lse else out
+        out, lse, max_scores = autograd.traced_flex_attention(
+            query, key, value, score_mod, block_mask, scale, enable_gqa, want_lse,
+            kernel_options, sinks, want_max)
     else:
         call = _lower_call(query, key, value, score_mod, block_mask, enable_gqa, kernel_options)
-        common = dict(scale=scale, enable_gqa=enable_gqa, return_lse=want_lse, **call)
-        if autograd.needs_grad(query, key, value, call["captures"]):
+        common = dict(scale=scale, enable_gqa=enable_gqa, return_lse=want_lse, sinks=sinks,
+                      return_max_scores=want_max, **call)
+        if autograd.needs_grad(query, key, value, [*call["captures"], *given(sinks)]):
             # Training: the differentiable custom op (flexattn_mlir.autograd).
             result = autograd.attention_with_grad(query, key, value, score_fn=score_mod, **common)
         else:
             result = attention(query, key, value, **common)
+        out, lse, max_scores = unpack_results(result, want_lse, want_max)
     if return_aux is not None:
         from torch.nn.attention.flex_attention import AuxOutput
 
-        out, lse = result if want_lse else (result, None)
-        return out, AuxOutput(lse=lse)
-    return result
+        return out, AuxOutput(lse=lse if want_lse else None,
+                              max_scores=max_scores if want_max else None)
+    return (out, lse) if want_lse else out
 
 
 def _lower_call(query, key, value, score_mod, block_mask, enable_gqa, kernel_options) -> dict:

@@ -46,10 +46,13 @@ def index_checked(query, key, score_mod, mask_mod, check_indices: bool):
 
 
 def build_spec(query, key, value, *, score_mod, mask_mod, block_mask, captures,
-               scale, return_lse, name="flexattn", check_indices=True) -> AttentionSpec:
+               scale, return_lse, name="flexattn", check_indices=True, sinks=None,
+               return_max=False) -> AttentionSpec:
     """The spec of a call. Raises IndexError for a provably out-of-bounds read
     of a captured tensor; ``check_indices``: whether the reads the compiler
-    cannot bound are checked at run time (index_checks.enabled)."""
+    cannot bound are checked at run time (index_checks.enabled). ``sinks``
+    (a tensor, or None) and ``return_max`` add the sink logits and the
+    max_scores output."""
     checked = index_checked(query, key, score_mod, mask_mod, check_indices)
     masks = _mask_tensors(block_mask)
     fields = {}
@@ -62,7 +65,9 @@ def build_spec(query, key, value, *, score_mod, mask_mod, block_mask, captures,
         scale=float(scale), return_lse=bool(return_lse),
         captures=tuple(BufferType.of(c) for c in captures),
         score_mod=checked.score, mask_mod=checked.mask, name=name,
-        index_report=BufferType(checked.report, "i64") if checked.report else None, **fields,
+        index_report=BufferType(checked.report, "i64") if checked.report else None,
+        sinks=None if sinks is None else BufferType((int(sinks.shape[0]),), "f32"),
+        return_max=bool(return_max), **fields,
     )
 
 
@@ -129,10 +134,11 @@ def _options(query, options: Optional[CompileOptions]) -> CompileOptions:
 
 
 def _prepare(query, key, value, *, score_mod, mask_mod, block_mask, captures, scale,
-             enable_gqa, return_lse, name, options):
+             enable_gqa, return_lse, name, options, sinks=None, return_max=False):
     """Checks the arguments and returns (spec, contiguous q/k/v, captures,
     options: the device's default when None)."""
     checks.check_qkv(query, key, value, enable_gqa)
+    checks.check_sinks(sinks, query)
     options = _options(query, options)
     captures = [c.contiguous() for c in captures]
     checks.check_captures(captures, query.device)
@@ -155,13 +161,15 @@ def _prepare(query, key, value, *, score_mod, mask_mod, block_mask, captures, sc
     spec = build_spec(q, k, v, score_mod=score_mod, mask_mod=mask_mod,
                       block_mask=block_mask, captures=captures, scale=scale,
                       return_lse=return_lse, name=name,
-                      check_indices=index_checks.enabled(options.target))
+                      check_indices=index_checks.enabled(options.target), sinks=sinks,
+                      return_max=return_max)
     return spec, (q, k, v), captures, options
 
 
 def attention_spec(query, key, value, *, score_mod=None, mask_mod=None, block_mask=None,
                    captures=(), scale=None, enable_gqa=False, return_lse=False,
-                   options=None, name="flexattn", capture_labels=()) -> AttentionSpec:
+                   options=None, name="flexattn", capture_labels=(), sinks=None,
+                   return_max_scores=False) -> AttentionSpec:
     """The :class:`AttentionSpec` :func:`attention` would compile for these
     arguments (for :func:`flexattn_mlir.compile` and inspection); it takes
     :func:`attention`'s arguments (``capture_labels``, for messages of a
@@ -169,7 +177,7 @@ def attention_spec(query, key, value, *, score_mod=None, mask_mod=None, block_ma
     spec, _, _, _ = _prepare(query, key, value, score_mod=score_mod, mask_mod=mask_mod,
                              block_mask=block_mask, captures=captures, scale=scale,
                              enable_gqa=enable_gqa, return_lse=return_lse, name=name,
-                             options=options)
+                             options=options, sinks=sinks, return_max=return_max_scores)
     return spec
 
 
@@ -193,6 +201,8 @@ def attention(
     options: Optional[CompileOptions] = None,
     name: str = "flexattn",
     capture_labels: Sequence[str] = (),
+    sinks: Optional[torch.Tensor] = None,
+    return_max_scores: bool = False,
 ):
     """softmax(mods(scale * Q Kᵀ)) V with the mods given as IR.
 
@@ -201,9 +211,12 @@ def attention(
     ``BLOCK_SIZE``). ``captures`` are the buffers the mods' trailing block
     arguments receive. Non-contiguous inputs are copied to contiguous ones.
     ``name`` labels the kernel (IR dumps, messages) and ``capture_labels``
-    the captures (messages); neither enters the cache key. Returns ``out`` or
-    ``(out, lse)``; lse is float32, natural log. In grad mode, when q, k, v or
-    a capture requires grad, the call is differentiable
+    the captures (messages); neither enters the cache key. ``sinks``: ``[Hq]``
+    attention-sink logits (any float dtype) joining each row's softmax
+    denominator. Returns ``out`` or ``(out, lse)``; lse is float32, natural
+    log; with ``return_max_scores``, ``(out, lse or None, max_scores)``
+    (float32, each row's largest modified score). In grad mode, when q, k, v,
+    a capture or sinks requires grad, the call is differentiable
     (:func:`flexattn_mlir.autograd.attention_with_grad`; the backward runs on
     the CPU, other targets raise NotImplementedError).
     """
@@ -211,32 +224,57 @@ def attention(
 
     common = dict(score_mod=score_mod, mask_mod=mask_mod, block_mask=block_mask,
                   captures=captures, scale=scale, enable_gqa=enable_gqa,
-                  return_lse=return_lse, options=options, name=name)
-    if autograd.needs_grad(query, key, value, captures):
+                  return_lse=return_lse, options=options, name=name, sinks=sinks,
+                  return_max_scores=return_max_scores)
+    if autograd.needs_grad(query, key, value, [*captures, *given(sinks)]):
         return autograd.attention_with_grad(query, key, value, capture_labels=capture_labels,
                                             **common)
-    return attention_forward(query, key, value, **common)
+    return results(*attention_forward(query, key, value, **common), return_lse,
+                   return_max_scores)
+
+
+def given(t) -> list:
+    """``[t]``, or ``[]`` for None (an optional tensor among a call's inputs)."""
+    return [] if t is None else [t]
+
+
+def results(out, lse, max_scores, return_lse: bool, return_max_scores: bool):
+    """:func:`attention`'s return value from the forward's three outputs."""
+    if return_max_scores:
+        return out, lse if return_lse else None, max_scores
+    return (out, lse) if return_lse else out
+
+
+def unpack_results(result, return_lse: bool, return_max_scores: bool):
+    """``(out, lse, max_scores)`` (None where not asked for) from what
+    :func:`attention` returned: the inverse of :func:`results`."""
+    if return_max_scores:
+        return result
+    return (*result, None) if return_lse else (result, None, None)
 
 
 def attention_forward(query, key, value, *, score_mod=None, mask_mod=None, block_mask=None,
                       captures=(), scale=None, enable_gqa=False, return_lse=False,
-                      options=None, name="flexattn"):
+                      options=None, name="flexattn", sinks=None, return_max_scores=False):
     """:func:`attention`'s forward kernel, recording no gradient (the
-    ``flexattn::flex_attention`` op runs it under autograd)."""
+    ``flexattn::flex_attention`` op runs it under autograd). Returns ``(out,
+    lse, max_scores)``, None for an output not asked for."""
     spec, (q, k, v), captures, options = _prepare(
         query, key, value, score_mod=score_mod, mask_mod=mask_mod, block_mask=block_mask,
         captures=captures, scale=scale, enable_gqa=enable_gqa, return_lse=return_lse,
-        name=name, options=options)
+        name=name, options=options, sinks=sinks, return_max=return_max_scores)
     if options.target != "cpu":
         checks.check_gpu_support(q, v, block_mask, options)
     kernel = kernel_for(spec, options)
     b, hq, m, _ = q.shape
     out = torch.empty((b, hq, m, v.shape[3]), dtype=q.dtype, device=q.device)
-    args = [q, k, v, out]
-    lse = None
-    if return_lse:
-        lse = torch.empty((b, hq, m), dtype=torch.float32, device=q.device)
-        args.append(lse)
+    args = [q, k, v]
+    if sinks is not None:
+        args.append(sinks.detach().to(torch.float32).contiguous())
+    args.append(out)
+    stats = {n: torch.empty((b, hq, m), dtype=torch.float32, device=q.device) if want else None
+             for n, want in (("lse", return_lse), ("max_scores", return_max_scores))}
+    args += [t for t in stats.values() if t is not None]
     args += _mask_tensors(block_mask)
     args += [c.view(torch.uint8) if c.dtype == torch.bool else c for c in captures]
     checked = index_checked(q, k, score_mod, mask_mod, index_checks.enabled(options.target))
@@ -248,4 +286,4 @@ def attention_forward(query, key, value, *, score_mod=None, mask_mod=None, block
     kernel(args)
     if report is not None:
         index_checks.raise_reported(report, checked)
-    return (out, lse) if return_lse else out
+    return out, stats["lse"], stats["max_scores"]

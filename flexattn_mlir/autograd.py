@@ -2,10 +2,11 @@
 
 Two custom ops carry every call that needs gradients, eager or compiled:
 
-    flexattn::flex_attention(q, k, v, captures, mask, call, scale, need_lse)
-        -> (out, lse)
+    flexattn::flex_attention(q, k, v, captures, mask, call, scale, need_lse,
+        sinks, need_max) -> (out, lse, max_scores)
     flexattn::flex_attention_backward(q, k, v, out, dout, lse, dlse, captures,
-        mask, call, scale, grad_captures) -> (dq, dk, dv, capture_grads)
+        mask, call, scale, grad_captures, sinks) -> (dq, dk, dv, capture_grads,
+        dsinks)
 
 Tensors are operands (so autograd and ``torch.compile`` see them); what is
 not a tensor (the mods' IR, the block size, compile options) is a
@@ -13,7 +14,9 @@ not a tensor (the mods' IR, the block size, compile options) is a
 ``call`` key, a constant string. ``mask`` holds the block lists, kv-side
 then q-side. Both ops have fake implementations, and the forward's autograd
 formula saves what the backward reads (nothing is saved, and no backward
-kernel compiled, when no input requires grad).
+kernel compiled, when no input requires grad). ``sinks`` (attention-sink
+logits) is optional; they take a gradient when they require grad. max_scores
+is not differentiable (as torch's).
 
 Under ``torch.compile`` the Python-level work (capturing the mods with
 torch-mlir, compiling kernels) runs once at trace time inside
@@ -125,24 +128,27 @@ def lookup(key: str) -> Call:
 @torch.library.custom_op("flexattn::flex_attention", mutates_args=())
 def _flex_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                     captures: list[torch.Tensor], mask: list[torch.Tensor], call: str,
-                    scale: float, need_lse: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                    scale: float, need_lse: bool, sinks: Optional[torch.Tensor] = None,
+                    need_max: bool = False
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     from .attention import attention_forward
 
     c = lookup(call)
     kv_side, _ = c.split_mask(mask)
-    result = attention_forward(q, k, v, score_mod=c.score_mod, mask_mod=c.mask_mod,
-                               block_mask=c.mask(kv_side), captures=captures, scale=scale,
-                               enable_gqa=True, return_lse=need_lse, options=c.options)
-    if need_lse:
-        return result
-    return result, q.new_empty((0,), dtype=torch.float32)
+    out, lse, max_scores = attention_forward(
+        q, k, v, score_mod=c.score_mod, mask_mod=c.mask_mod, block_mask=c.mask(kv_side),
+        captures=captures, scale=scale, enable_gqa=True, return_lse=need_lse,
+        options=c.options, sinks=sinks, return_max_scores=need_max)
+    none = q.new_empty((0,), dtype=torch.float32)
+    return out, none if lse is None else lse, none if max_scores is None else max_scores
 
 
 @_flex_attention.register_fake
-def _(q, k, v, captures, mask, call, scale, need_lse):
+def _(q, k, v, captures, mask, call, scale, need_lse, sinks=None, need_max=False):
     b, h, m, _ = q.shape
     out = q.new_empty((b, h, m, v.shape[3]))
-    return out, q.new_empty((b, h, m) if need_lse else (0,), dtype=torch.float32)
+    stat = (lambda need: q.new_empty((b, h, m) if need else (0,), dtype=torch.float32))
+    return out, stat(need_lse), stat(need_max)
 
 
 @torch.library.custom_op("flexattn::flex_attention_backward", mutates_args=())
@@ -150,8 +156,8 @@ def _flex_attention_backward(
         q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
         dout: torch.Tensor, lse: torch.Tensor, dlse: Optional[torch.Tensor],
         captures: list[torch.Tensor], mask: list[torch.Tensor], call: str, scale: float,
-        grad_captures: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
-                                           list[torch.Tensor]]:
+        grad_captures: list[int], sinks: Optional[torch.Tensor] = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[torch.Tensor], torch.Tensor]:
     from .attention import build_spec, index_checked
 
     c = lookup(call)
@@ -160,52 +166,60 @@ def _flex_attention_backward(
             f"flex_attention: gradients on {q.device.type} are not implemented yet (the "
             f"backward runs on the CPU); move the inputs to the CPU to train")
     spec = _backward_spec(c, q, k, v, captures, mask, scale, grad_captures, dlse is not None,
-                          build_spec)
+                          build_spec, sinks is not None)
     checked = index_checked(q, k, c.score_mod, c.mask_mod, True)
-    tensors = dict(q=q, k=k, v=v, out=out, dout=dout, lse=lse, dlse=dlse)
-    dq, dk, dv, grads = backward.attention_backward(spec, c.options, tensors, captures, mask,
-                                                    checked)
-    return dq, dk, dv, grads
+    tensors = dict(q=q, k=k, v=v, out=out, dout=dout, lse=lse, dlse=dlse, sinks=sinks)
+    dq, dk, dv, grads, dsinks = backward.attention_backward(spec, c.options, tensors, captures,
+                                                            mask, checked)
+    return dq, dk, dv, grads, q.new_empty((0,)) if dsinks is None else dsinks
 
 
 @_flex_attention_backward.register_fake
-def _(q, k, v, out, dout, lse, dlse, captures, mask, call, scale, grad_captures):
+def _(q, k, v, out, dout, lse, dlse, captures, mask, call, scale, grad_captures, sinks=None):
     # The kernel writes contiguous gradients, whatever the inputs' strides.
     return (q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape),
-            [captures[i].new_empty(captures[i].shape) for i in grad_captures])
+            [captures[i].new_empty(captures[i].shape) for i in grad_captures],
+            q.new_empty((0,)) if sinks is None else sinks.new_empty(sinks.shape))
 
 
 def _backward_spec(c: Call, q, k, v, captures, mask, scale, grad_captures, has_dlse,
-                   build_spec):
+                   build_spec, sink_grad=False):
     kv_side, q_side = c.split_mask(mask)
     fwd = build_spec(q, k, v, score_mod=c.score_mod, mask_mod=c.mask_mod,
                      block_mask=c.mask(kv_side), captures=captures, scale=scale,
                      return_lse=False)
-    return backward.backward_spec(fwd, q_side, grad_captures, has_dlse, label=c.label)
+    return backward.backward_spec(fwd, q_side, grad_captures, has_dlse, label=c.label,
+                                  sink_grad=sink_grad)
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, captures, mask, call, scale, need_lse = inputs
-    out, lse = output
-    ctx.save_for_backward(q, k, v, out, lse, *captures, *mask)
-    ctx.call, ctx.scale, ctx.n_captures = call, scale, len(captures)
+    q, k, v, captures, mask, call, scale, need_lse, sinks, need_max = inputs
+    out, lse, max_scores = output
+    ctx.mark_non_differentiable(max_scores)
+    # The sinks enter the backward only for their gradient (lse includes them).
+    ctx.sink_grad = sinks is not None and sinks.requires_grad
+    ctx.save_for_backward(q, k, v, out, lse, *captures, *mask,
+                          *([sinks] if ctx.sink_grad else []))
+    ctx.call, ctx.scale, ctx.n_captures, ctx.n_mask = call, scale, len(captures), len(mask)
     ctx.grad_captures = [i for i, t in enumerate(captures) if t.requires_grad]
     # Gradients of unused outputs arrive as None (no zero dlse to subtract).
     ctx.set_materialize_grads(False)
 
 
-def _backward(ctx, dout, dlse):
+def _backward(ctx, dout, dlse, dmax_scores):
     q, k, v, out, lse, *rest = ctx.saved_tensors
-    captures, mask = rest[: ctx.n_captures], rest[ctx.n_captures:]
+    n, m = ctx.n_captures, ctx.n_mask
+    captures, mask, sinks = rest[:n], rest[n:n + m], (rest[n + m] if ctx.sink_grad else None)
     if dout is None:
         dout = torch.zeros_like(out)
-    dq, dk, dv, grads = torch.ops.flexattn.flex_attention_backward(
+    dq, dk, dv, grads, dsinks = torch.ops.flexattn.flex_attention_backward(
         q, k, v, out, dout, lse, dlse, list(captures), list(mask), ctx.call, ctx.scale,
-        ctx.grad_captures)
+        ctx.grad_captures, sinks)
     capture_grads: list = [None] * ctx.n_captures
     for i, g in zip(ctx.grad_captures, grads):
         capture_grads[i] = g
-    return dq, dk, dv, capture_grads, [None] * len(mask), None, None, None
+    return (dq, dk, dv, capture_grads, [None] * len(mask), None, None, None,
+            dsinks if ctx.sink_grad else None, None)
 
 
 def _no_double_backward(ctx, *grads):
@@ -237,7 +251,7 @@ def _label(score_fn) -> str:
 
 
 def check_backward_target(options: CompileOptions, query, key, value, captures,
-                          capture_labels=()) -> None:
+                          capture_labels=(), sinks=None) -> None:
     """The backward runs on the CPU only: on another target, an input that
     requires grad (named in the message) is refused at the call, before the
     forward runs, rather than given a result without a gradient."""
@@ -245,8 +259,9 @@ def check_backward_target(options: CompileOptions, query, key, value, captures,
         return
     labels = list(capture_labels) + [f"captures[{i}]" for i in range(len(capture_labels),
                                                                      len(captures))]
-    named = [("query", query), ("key", key), ("value", value), *zip(labels, captures)]
-    label = next(n for n, t in named if t.requires_grad)
+    named = [("query", query), ("key", key), ("value", value), *zip(labels, captures),
+             ("sinks", sinks)]
+    label = next(n for n, t in named if t is not None and t.requires_grad)
     raise NotImplementedError(
         f"flex_attention: gradients on {options.target} are not implemented yet (the backward "
         f"runs on the CPU), but {label} requires grad (and grad mode is on). Train with CPU "
@@ -256,19 +271,22 @@ def check_backward_target(options: CompileOptions, query, key, value, captures,
 
 def attention_with_grad(query, key, value, *, score_mod, mask_mod, block_mask, captures,
                         options, scale, enable_gqa, return_lse, name="flexattn",
-                        capture_labels=(), score_fn=None):
+                        capture_labels=(), score_fn=None, sinks=None,
+                        return_max_scores=False):
     """flex_attention's differentiable path (the arguments as :func:`attention`
-    takes them): returns ``out`` or ``(out, lse)``. The backward kernel is
-    compiled now, so a mod that cannot be differentiated fails at the call;
-    so does a target without a backward (:func:`check_backward_target`)."""
-    from .attention import _options, attention_spec
+    takes them, and returns). The backward kernel is compiled now, so a mod
+    that cannot be differentiated fails at the call; so does a target without
+    a backward (:func:`check_backward_target`)."""
+    from .attention import _options, attention_spec, results
 
     label = _label(score_fn) if score_fn is not None else "score_mod"
+    checks.check_sinks(sinks, query)
     spec = attention_spec(query, key, value, score_mod=score_mod, mask_mod=mask_mod,
                           block_mask=block_mask, captures=captures, scale=scale,
                           enable_gqa=enable_gqa, options=options, name=name)
     options = _options(query, options)
-    check_backward_target(options, query, key, value, captures, capture_labels)
+    check_backward_target(options, query, key, value, captures, capture_labels, sinks)
+    sink_grad = sinks is not None and sinks.requires_grad
     kv_side = [] if block_mask is None else [
         getattr(block_mask, n).contiguous() for n in _MASK_NAMES
         if getattr(block_mask, n, None) is not None]
@@ -276,10 +294,12 @@ def attention_with_grad(query, key, value, *, score_mod, mask_mod, block_mask, c
     call = Call(score_mod, mask_mod, spec.block_size, len(kv_side) == 4, bool(q_side),
                 options, label)
     grad_captures = [i for i, t in enumerate(captures) if t.requires_grad]
-    backward.kernel(backward.backward_spec(spec, q_side, grad_captures, False, label), options)
-    out, lse = torch.ops.flexattn.flex_attention(
-        query, key, value, list(captures), kv_side + q_side, register(call), spec.scale, True)
-    return (out, lse) if return_lse else out
+    backward.kernel(backward.backward_spec(spec, q_side, grad_captures, False, label,
+                                           sink_grad), options)
+    out, lse, max_scores = torch.ops.flexattn.flex_attention(
+        query, key, value, list(captures), kv_side + q_side, register(call), spec.scale, True,
+        sinks, return_max_scores)
+    return results(out, lse, max_scores, return_lse, return_max_scores)
 
 
 # ---------------------------------------------------------------------------
@@ -288,10 +308,11 @@ def attention_with_grad(query, key, value, *, score_mod, mask_mod, block_mask, c
 
 
 def traced_flex_attention(query, key, value, score_mod, block_mask, scale, enable_gqa,
-                          want_lse, kernel_options):
+                          want_lse, kernel_options, sinks=None, want_max=False):
     """flex_attention under ``torch.compile`` (dynamo traces this function):
     the custom op on the captured tensors, found by the paths
-    :func:`_trace_plan` computed at trace time. Returns ``(out, lse)``."""
+    :func:`_trace_plan` computed at trace time. Returns ``(out, lse,
+    max_scores)`` (empty where not asked for)."""
     mask_fn, mask_tensors, block_size = None, [], None
     if block_mask is not None:
         mask_fn = block_mask.mask_mod
@@ -300,7 +321,8 @@ def traced_flex_attention(query, key, value, score_mod, block_mask, scale, enabl
         if mask_tensors[2] is None:
             mask_tensors = mask_tensors[:2]
     grad = torch.is_grad_enabled() and (query.requires_grad or key.requires_grad
-                                        or value.requires_grad)
+                                        or value.requires_grad
+                                        or (sinks is not None and sinks.requires_grad))
     metas = tuple((tuple(int(d) for d in t.shape), t.dtype, t.device.type)
                   for t in (query, key, value, *mask_tensors))
     q_lists = block_mask is not None and block_mask.q_num_blocks is not None
@@ -312,7 +334,7 @@ def traced_flex_attention(query, key, value, score_mod, block_mask, scale, enabl
         names = ("q_num_blocks", "q_indices", "full_q_num_blocks", "full_q_indices")
         mask_tensors = mask_tensors + [getattr(block_mask, n) for n in names[:len(mask_tensors)]]
     return torch.ops.flexattn.flex_attention(query, key, value, captures, mask_tensors, call,
-                                             scale, want_lse or grad)
+                                             scale, want_lse or grad, sinks, want_max)
 
 
 def _follow(obj, path):

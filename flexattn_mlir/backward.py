@@ -45,6 +45,8 @@ class BackwardSpec:
     q_indices: Optional[BufferType] = None
     full_q_num_blocks: Optional[BufferType] = None
     full_q_indices: Optional[BufferType] = None
+    # The attention sinks take a gradient (dsinks).
+    sink_grad: bool = False
     # Names the score_mod in diagnostics (the op's location); not in the key.
     label: str = field(default="score_mod", compare=False)
 
@@ -53,13 +55,17 @@ class BackwardSpec:
         return f"{self.forward.name}_backward"
 
     def arguments(self) -> list[tuple[str, BufferType]]:
-        """q, k, v, out, dout, lse, [dlse], dq, dk, dv, the kv-side then the
-        q-side block lists, captures..., [index_report], capture grads..."""
+        """q, k, v, out, dout, lse, [dlse], [sinks, dsinks], dq, dk, dv, the
+        kv-side then the q-side block lists, captures..., [index_report],
+        capture grads..."""
         f = self.forward
         args = [("q", f.q), ("k", f.k), ("v", f.v), ("out", f.out), ("dout", f.out),
                 ("lse", f.lse)]
         if self.has_dlse:
             args.append(("dlse", f.lse))
+        if self.sink_grad:
+            sinks = BufferType((f.q.shape[1],), "f32")
+            args += [("sinks", sinks), ("dsinks", sinks)]
         args += [("dq", f.q), ("dk", f.k), ("dv", f.v)]
         for name in ("kv_num_blocks", "kv_indices", "full_kv_num_blocks", "full_kv_indices"):
             if getattr(f, name) is not None:
@@ -75,7 +81,7 @@ class BackwardSpec:
     def digest(self) -> str:
         h = hashlib.sha256(b"backward|" + self.forward.digest().encode())
         h.update(repr((self.grad_captures, self.has_dlse,
-                       [getattr(self, n) for n in _Q_SIDE])).encode())
+                       [getattr(self, n) for n in _Q_SIDE], self.sink_grad)).encode())
         return h.hexdigest()
 
     def stages(self, opts: CompileOptions) -> dict[str, driver.Stage]:
@@ -98,6 +104,8 @@ class BackwardSpec:
                  operand_group("    lse", ["lse"], typ)]
         if self.has_dlse:
             lines.append(operand_group("    dlse", ["dlse"], typ))
+        if self.sink_grad:
+            lines.append(operand_group("    sinks", ["sinks", "dsinks"], typ))
         lines.append(operand_group("    grads", ["dq", "dk", "dv"], typ))
         lines += block_mask_lines(typ)
         lines += capture_lines(args, typ)
@@ -146,7 +154,7 @@ def q_side_mask_tensors(block_mask) -> list[torch.Tensor]:
 
 def backward_spec(forward: AttentionSpec, q_side: Sequence[torch.Tensor],
                   grad_captures: Sequence[int], has_dlse: bool,
-                  label: str = "score_mod") -> BackwardSpec:
+                  label: str = "score_mod", sink_grad: bool = False) -> BackwardSpec:
     """The backward of ``forward``. K/V of batch 1 shared by the query batch
     (the forward reads them in place) enter the backward expanded to the
     query's batch: its dk/dv accumulators have one writer per (batch, head,
@@ -155,7 +163,8 @@ def backward_spec(forward: AttentionSpec, q_side: Sequence[torch.Tensor],
     forward = replace(forward, **{n: BufferType((batch, *t.shape[1:]), t.elem)
                                   for n, t in (("k", forward.k), ("v", forward.v))})
     return BackwardSpec(forward, tuple(grad_captures), bool(has_dlse),
-                        *[BufferType.of(t) for t in q_side], label=label)
+                        *[BufferType.of(t) for t in q_side], sink_grad=bool(sink_grad),
+                        label=label)
 
 
 _NOT_DIFFERENTIABLE = re.compile(r"cannot differentiate score_mod: (.*?)(?:\n|$)")
@@ -187,10 +196,12 @@ def attention_backward(spec: BackwardSpec, options: CompileOptions, tensors: dic
                        captures: Sequence[torch.Tensor], mask: Sequence[torch.Tensor],
                        checked: index_checks.Checked):
     """Runs the backward kernel of ``spec``. ``tensors`` holds q, k, v, out,
-    dout, lse and (when ``spec.has_dlse``) dlse; ``mask`` the kv-side then the
-    q-side block lists; ``checked`` the index checks of the mods (the
-    forward's: the same report rows). Returns ``(dq, dk, dv, capture_grads)``,
-    the capture gradients in their captures' dtypes (accumulated in float32).
+    dout, lse, (when ``spec.has_dlse``) dlse and (when ``spec.sink_grad``)
+    sinks; ``mask`` the kv-side then the q-side block lists; ``checked`` the
+    index checks of the mods (the forward's: the same report rows). Returns
+    ``(dq, dk, dv, capture_grads, dsinks)``, the capture gradients in their
+    captures' dtypes and dsinks in the sinks' (accumulated in float32; None
+    without ``spec.sink_grad``).
     A read of a captured tensor the kernel finds out of bounds raises
     IndexError after the call (its gradients are never returned)."""
     run = kernel(spec, options)
@@ -203,6 +214,11 @@ def attention_backward(spec: BackwardSpec, options: CompileOptions, tensors: dic
     args = [q, k, v] + [tensors[n].contiguous() for n in ("out", "dout", "lse")]
     if spec.has_dlse:
         args.append(tensors["dlse"].contiguous())
+    dsinks = None
+    if spec.sink_grad:
+        sinks = tensors["sinks"]
+        dsinks = torch.empty(sinks.shape, dtype=torch.float32)
+        args += [sinks.detach().to(torch.float32).contiguous(), dsinks]
     args += [dq, dk, dv, *(t.contiguous() for t in mask)]
     args += [c.contiguous().view(torch.uint8) if c.dtype == torch.bool else c.contiguous()
              for c in captures]
@@ -212,4 +228,7 @@ def attention_backward(spec: BackwardSpec, options: CompileOptions, tensors: dic
         index_checks.raise_reported(report, checked)
     if shared:  # dK, dV of a shared K/V: the sum over the query batch
         dk, dv = (g.sum(0, keepdim=True, dtype=torch.float32).to(g.dtype) for g in (dk, dv))
-    return dq, dk, dv, [g.to(captures[c].dtype) for g, c in zip(grads, spec.grad_captures)]
+    if dsinks is not None:
+        dsinks = dsinks.to(tensors["sinks"].dtype)
+    return (dq, dk, dv, [g.to(captures[c].dtype) for g, c in zip(grads, spec.grad_captures)],
+            dsinks)

@@ -153,7 +153,8 @@ def launch_metadata(mod: ir.Module, spec: AttentionSpec, opts: CompileOptions) -
                               for key in ("swizzle", "l2_promotion", "oob_fill", "interleave")}})
         else:
             params.append({"kind": "ptr", "arg": names[arg_no]})
-    outputs = ["out"] + (["lse"] if spec.return_lse else [])
+    outputs = ["out"] + (["lse"] if spec.return_lse else []) + (
+        ["max_scores"] if spec.return_max else [])
     return {
         "version": 1,
         "entry": kernel,

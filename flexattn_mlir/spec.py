@@ -85,6 +85,10 @@ class AttentionSpec:
     # [sites, 2] i64 where the kernel reports out-of-bounds reads of captured
     # tensors (flexattn_mlir.index_checks); the mods' last capture.
     index_report: Optional[BufferType] = None
+    # [Hq] f32 attention-sink logits joining every row's softmax denominator.
+    sinks: Optional[BufferType] = None
+    # Whether the kernel writes each row's largest score (max_scores).
+    return_max: bool = False
     name: str = field(default="flexattn", compare=False)  # labels dumps only
 
     @property
@@ -98,16 +102,25 @@ class AttentionSpec:
         return BufferType((b, hq, m), "f32")
 
     @property
+    def max_scores(self) -> BufferType:
+        return self.lse
+
+    @property
     def has_block_mask(self) -> bool:
         return self.kv_num_blocks is not None
 
     def arguments(self) -> list[tuple[str, BufferType]]:
-        """The kernel's arguments, in order: q, k, v, out, [lse],
-        [kv_num_blocks, kv_indices], [full_kv_num_blocks, full_kv_indices],
-        captures..., [index_report]"""
-        args = [("q", self.q), ("k", self.k), ("v", self.v), ("out", self.out)]
+        """The kernel's arguments, in order: q, k, v, [sinks], out, [lse],
+        [max_scores], [kv_num_blocks, kv_indices], [full_kv_num_blocks,
+        full_kv_indices], captures..., [index_report]"""
+        args = [("q", self.q), ("k", self.k), ("v", self.v)]
+        if self.sinks is not None:
+            args.append(("sinks", self.sinks))
+        args.append(("out", self.out))
         if self.return_lse:
             args.append(("lse", self.lse))
+        if self.return_max:
+            args.append(("max_scores", self.max_scores))
         for name in ("kv_num_blocks", "kv_indices", "full_kv_num_blocks", "full_kv_indices"):
             if getattr(self, name) is not None:
                 args.append((name, getattr(self, name)))
@@ -128,10 +141,11 @@ class AttentionSpec:
     def to_mlir(self) -> str:
         args = self.arguments()
         typ = {n: t.memref for n, t in args}
-        lines = [operand_group("flexattn.attention ins", ["q", "k", "v"], typ),
-                 operand_group("    outs", ["out"], typ)]
-        if self.return_lse:
-            lines.append(operand_group("    lse", ["lse"], typ))
+        lines = [operand_group("flexattn.attention ins", ["q", "k", "v"], typ)]
+        if self.sinks is not None:
+            lines.append(operand_group("    sinks", ["sinks"], typ))
+        lines.append(operand_group("    outs", ["out"], typ))
+        lines += [operand_group(f"    {n}", [n], typ) for n in ("lse", "max_scores") if n in typ]
         lines += block_mask_lines(typ)
         lines += capture_lines(args, typ)
         attrs = [f"scale = {f32_literal(self.scale)}"]

@@ -68,3 +68,14 @@ func.func @fragments(%q: !flexattn.smem_tile<128x128xbf16>, %k: !flexattn.smem_t
   flexattn.frag.finalize %o state(%m1, %l1) outs(%out : memref<1x2x300x128xbf16>) lse(%lse : memref<1x2x300xf32>) at(%b, %h, %row, %col) : vector<64xf32>
   return
 }
+
+// The epilogue with attention sinks and max_scores.
+// CHECK-LABEL: func.func @finalize_sinks_max_scores(
+// CHECK:         flexattn.frag.finalize %{{.*}} state(%{{.*}}, %{{.*}}) sinks(%{{.*}} : memref<2xf32>) outs(%{{.*}} : memref<1x2x300x128xbf16>) max_scores(%{{.*}} : memref<1x2x300xf32>) at(%{{.*}}) : vector<64xf32>
+func.func @finalize_sinks_max_scores(%o: vector<64xf32>, %m: vector<2xf32>, %l: vector<2xf32>,
+                                     %sinks: memref<2xf32>, %out: memref<1x2x300x128xbf16>,
+                                     %mx: memref<1x2x300xf32>, %i: index) {
+  flexattn.frag.finalize %o state(%m, %l) sinks(%sinks : memref<2xf32>) outs(%out : memref<1x2x300x128xbf16>)
+      max_scores(%mx : memref<1x2x300xf32>) at(%i, %i, %i, %i) : vector<64xf32>
+  return
+}
