@@ -128,9 +128,10 @@ def lookup(key: str) -> Call:
 @torch.library.custom_op("flexattn::flex_attention", mutates_args=())
 def _flex_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                     captures: list[torch.Tensor], mask: list[torch.Tensor], call: str,
-                    scale: float, need_lse: bool, sinks: Optional[torch.Tensor] = None,
-                    need_max: bool = False
-                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                    scale: float, need_lse: bool, sinks: Optional[torch.Tensor],
+                    need_max: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    # (No defaults: the dispatcher drops trailing default arguments from a
+    # call, and the autograd formula's gradients must match the call.)
     from .attention import attention_forward
 
     c = lookup(call)
@@ -156,7 +157,7 @@ def _flex_attention_backward(
         q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
         dout: torch.Tensor, lse: torch.Tensor, dlse: Optional[torch.Tensor],
         captures: list[torch.Tensor], mask: list[torch.Tensor], call: str, scale: float,
-        grad_captures: list[int], sinks: Optional[torch.Tensor] = None
+        grad_captures: list[int], sinks: Optional[torch.Tensor]
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[torch.Tensor], torch.Tensor]:
     from .attention import build_spec, index_checked
 

@@ -120,8 +120,8 @@ def test_sinks_and_max_scores_compile():
     launch = md["launch"]
     assert launch["outputs"] == ["out", "lse", "max_scores"]
     assert {"sinks", "max_scores"} <= {p["arg"] for p in launch["params"] if p["kind"] == "ptr"}
-    # lse and max_scores: two f32 stores per row of the thread (rows r, r + 8);
-    # without them, none.
+    # max_scores: one more global store per row of the thread (rows r, r + 8);
+    # the sink: one more global load.
     plain = fm.compile(base, fm.CompileOptions(target="sm_90a"), keep_ir=False).metadata["ptx"]
-    assert _count(ptx, r"st\.global\.f32") == _count(plain, r"st\.global\.f32") + 2
-    assert _count(ptx, r"ld\.global(\.nc)?\.f32") > _count(plain, r"ld\.global(\.nc)?\.f32")
+    assert _count(ptx, r"st\.global\.") == _count(plain, r"st\.global\.") + 2
+    assert _count(ptx, r"ld\.global\.") > _count(plain, r"ld\.global\.")

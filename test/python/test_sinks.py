@@ -154,13 +154,14 @@ def test_sink_gradients(with_lse):
 
 
 def test_sinks_learn():
-    """A few SGD steps on the sinks alone: the loss goes down."""
+    """A few Adam steps on the sinks alone towards outputs made with sinks of
+    4: the loss goes down (the gradient's direction is right)."""
     q, k, v = _qkv()
-    target = reference_attention(q, k, v, sinks=torch.full((H,), 2.0))[0].float()
+    target = reference_attention(q, k, v, sinks=torch.full((H,), 4.0))[0].float()
     sinks = torch.zeros(H, requires_grad=True)
-    opt = torch.optim.SGD([sinks], lr=20.0)
+    opt = torch.optim.Adam([sinks], lr=0.5)
     losses = []
-    for _ in range(5):
+    for _ in range(8):
         opt.zero_grad()
         loss = (fm.flex_attention(q, k, v, sinks=sinks) - target).pow(2).mean()
         loss.backward()
