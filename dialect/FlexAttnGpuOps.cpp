@@ -301,5 +301,6 @@ LogicalResult FragFinalizeOp::verify() {
     return emitOpError() << "an accumulator fragment of Dv = " << dv
                          << " columns is " << dv / 2
                          << " f32 per thread, got " << getAcc().getType();
-  return verifyLseBuffer(*this, getLse());
+  return verifyFinalizeBuffers(*this, getLse(), getMaxScores(), getSinks(),
+                               out.getDimSize(1));
 }

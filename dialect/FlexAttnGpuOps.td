@@ -383,29 +383,36 @@ def FlexAttn_FragRescaleOp : FlexAttn_Op<"frag.rescale", [
   let assemblyFormat = "$acc `,` $alpha attr-dict `:` type($acc)";
 }
 
-def FlexAttn_FragFinalizeOp : FlexAttn_Op<"frag.finalize"> {
-  let summary = "Normalise an accumulator fragment and store out (and lse)";
+def FlexAttn_FragFinalizeOp : FlexAttn_Op<"frag.finalize", [AttrSizedOperandSegments]> {
+  let summary = "Normalise an accumulator fragment and store out (and lse, "
+                "max_scores)";
   let description = [{
     Completes the row sums `l` over the threads sharing a row and writes this
     thread's elements of rows `row`, `row + 8` (those inside M) of
     `out[b, h]`: `acc / l`, 0 where `l = 0`, rounded to out's type; the
     thread holding column 0 of a row writes `lse[b, h, row] =
-    ln(2) (m + log2 l)`, -inf where `l = 0`.
+    ln(2) (m + log2 l)`, -inf where `l = 0`, and `max_scores[b, h, row] =
+    ln(2) m`. With `sinks`, `sinks[h]` joins the completed row state first,
+    as in `flexattn.finalize`.
 
     ```mlir
-    flexattn.frag.finalize %acc state(%m, %l) outs(%out : memref<1x2x300x128xbf16>)
-        at(%b, %h, %qrow, %col) : vector<64xf32>
+    flexattn.frag.finalize %acc state(%m, %l) sinks(%sinks : memref<2xf32>)
+        outs(%out : memref<1x2x300x128xbf16>) lse(%lse : memref<1x2x300xf32>)
+        max_scores(%max : memref<1x2x300xf32>) at(%b, %h, %qrow, %col) : vector<64xf32>
     ```
   }];
   let arguments = (ins FlexAttn_Fragment:$acc, FlexAttn_RowValues:$max,
-                       FlexAttn_RowValues:$sum, AnyMemRef:$out,
-                       Optional<AnyMemRef>:$lse, Index:$b, Index:$h,
+                       FlexAttn_RowValues:$sum, Optional<AnyMemRef>:$sinks,
+                       AnyMemRef:$out, Optional<AnyMemRef>:$lse,
+                       Optional<AnyMemRef>:$max_scores, Index:$b, Index:$h,
                        Index:$row, Index:$col);
-  let assemblyFormat = [{
-    $acc `state` `(` $max `,` $sum `)` `outs` `(` $out `:` type($out) `)`
-    (`lse` `(` $lse^ `:` type($lse) `)`)?
+  let assemblyFormat = !strconcat([{
+    $acc `state` `(` $max `,` $sum `)`
+  }], SinksAssembly, [{
+    `outs` `(` $out `:` type($out) `)`
+  }], StatsAssembly, [{
     `at` `(` $b `,` $h `,` $row `,` $col `)` attr-dict `:` type($acc)
-  }];
+  }]);
   let hasVerifier = 1;
 }
 

@@ -130,9 +130,10 @@ LogicalResult ConsumerRole::finalize(ImplicitLocOpBuilder &b, FinalizeOp op,
                                      IRMapping &map) {
   endTile(b);
   Value q0 = map.lookupOrDefault(op.getQ0());
+  auto mapped = [&](Value v) { return v ? map.lookupOrDefault(v) : Value(); };
   FragFinalizeOp::create(b, state.acc, state.max, state.sum,
-                         map.lookupOrDefault(op.getOut()),
-                         op.getLse() ? map.lookupOrDefault(op.getLse()) : Value(),
+                         mapped(op.getSinks()), mapped(op.getOut()),
+                         mapped(op.getLse()), mapped(op.getMaxScores()),
                          map.lookupOrDefault(op.getB()),
                          map.lookupOrDefault(op.getH()),
                          arith::AddIOp::create(b, q0, row), col);

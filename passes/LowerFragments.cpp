@@ -223,16 +223,29 @@ LogicalResult lowerFinalize(ImplicitLocOpBuilder &b, FragFinalizeOp op) {
   int64_t Hq = outType.getDimSize(1), M = outType.getDimSize(2),
           Dv = outType.getDimSize(3);
   Type elem = outType.getElementType();
-  SmallVector<Value> acc = f.elements(op.getAcc());
-  SmallVector<Value> m = f.elements(op.getMax()), l = f.elements(op.getSum());
   // Byte address of out[b, h, 0, 0].
   Value outBase = memref::ExtractAlignedPointerAsIndexOp::create(b, op.getOut());
   Value head = arith::AddIOp::create(
       b, arith::MulIOp::create(b, op.getB(), f.index(Hq)), op.getH());
   Value headBase = arith::AddIOp::create(
       b, outBase, arith::MulIOp::create(b, head, f.index(M * Dv * 2)));
+  // The rows' complete sums (over the threads sharing a row), then the sink.
+  FragmentRows rows(b);
+  SmallVector<Value> partial = f.elements(op.getSum());
+  softmax::State state = {
+      op.getMax(),
+      f.vectorOf({f.acrossQuad(partial[0], /*max=*/false),
+                  f.acrossQuad(partial[1], /*max=*/false)}),
+      op.getAcc()};
+  if (Value sinks = op.getSinks()) {
+    Value sink = memref::LoadOp::create(b, sinks, op.getH());
+    state = softmax::foldSink(rows, state, softmax::sinkLog2(b, b.getLoc(), sink));
+  }
+  SmallVector<Value> acc = f.elements(state.acc);
+  SmallVector<Value> m = f.elements(state.max), l = f.elements(state.sum);
+  SmallVector<Value> scoreMax = f.elements(op.getMax());
   for (int64_t h = 0; h < 2; ++h) {
-    Value sum = f.acrossQuad(l[h], /*max=*/false);
+    Value sum = l[h];
     // out = acc / l, 0 where l = 0: one reciprocal per row
     Value inv = softmax::safeDivide(b, b.getLoc(), f.f32(1.0f), sum);
     Value row = arith::AddIOp::create(b, op.getRow(), f.index(8 * h));
@@ -256,16 +269,21 @@ LogicalResult lowerFinalize(ImplicitLocOpBuilder &b, FragFinalizeOp op) {
       LLVM::StoreOp::create(b, vector::ExtractOp::create(b, packed, ArrayRef<int64_t>{0}),
                             ptr, /*alignment=*/4);
     }
-    if (Value lse = op.getLse()) {
-      // lse = ln(2) (m + log2 l), -inf where l = 0: by the row's first thread
-      Value first = arith::CmpIOp::create(b, arith::CmpIPredicate::eq, op.getCol(),
-                                          f.index(0));
-      auto lseIf = scf::IfOp::create(b, first, /*withElseRegion=*/false);
-      OpBuilder::InsertionGuard g2(b);
-      b.setInsertionPointToStart(&lseIf.getThenRegion().front());
-      Value v = softmax::logSumExp(b, b.getLoc(), m[h], sum);
-      memref::StoreOp::create(b, v, lse, ValueRange{op.getB(), op.getH(), row});
-    }
+    if (!op.getLse() && !op.getMaxScores())
+      continue;
+    // By the row's first thread: lse = ln(2) (m + log2 l), -inf where l = 0;
+    // max_scores = ln(2) m (the scores' max, without the sink)
+    Value first = arith::CmpIOp::create(b, arith::CmpIPredicate::eq, op.getCol(),
+                                        f.index(0));
+    auto statIf = scf::IfOp::create(b, first, /*withElseRegion=*/false);
+    OpBuilder::InsertionGuard g2(b);
+    b.setInsertionPointToStart(&statIf.getThenRegion().front());
+    SmallVector<Value> at = {op.getB(), op.getH(), row};
+    if (Value lse = op.getLse())
+      memref::StoreOp::create(b, softmax::logSumExp(b, b.getLoc(), m[h], sum), lse, at);
+    if (Value maxScores = op.getMaxScores())
+      memref::StoreOp::create(b, softmax::maxScore(b, b.getLoc(), scoreMax[h]),
+                              maxScores, at);
   }
   return success();
 }

@@ -26,7 +26,8 @@ def FlexAttnTile : Pass<"flexattn-tile", "::mlir::ModuleOp"> {
     online-softmax state (accumulator `[BM, Dv]`, running max and running sum
     `[BM]`, f32) on the stack, initialises it (0, -inf, 0), runs one
     `flexattn.kv_loop` over the KV tiles and writes the tile's rows of `out`
-    and `lse` with `flexattn.finalize`. Key/value head = query head / (Hq/Hkv).
+    and `lse` (and `max_scores`) with `flexattn.finalize`, which also takes
+    the op's attention `sinks`. Key/value head = query head / (Hq/Hkv).
     A `k` or `v` of batch 1 shared by a query batch of B is read through a
     `memref.reinterpret_cast` view `[B, ...]` of batch stride 0 (no copy), so
     the tile ops index it with the query's batch.
@@ -36,7 +37,9 @@ def FlexAttnTile : Pass<"flexattn-tile", "::mlir::ModuleOp"> {
 
     A `flexattn.attention_backward` (after `flexattn-differentiate-mods`)
     becomes: `delta = rowsum(dout * out) - dlse` on a heap `[B, Hq, M]` f32
-    buffer; zeroed capture gradients; an `scf.parallel` over (batch, key/value
+    buffer; with `sinks(%sinks, %dsinks)`, `dsinks[h] = -sum_{b,i}
+    exp(sinks[h] - lse) * delta` (one reduction over delta, 0 where lse =
+    -inf); zeroed capture gradients; an `scf.parallel` over (batch, key/value
     head, KV tile) whose `flexattn.backward_q_loop` accumulates the tile's dk
     and dv (f32, on the stack) from every Q tile of the KV group's heads and
     `flexattn.store_tile`s them; and a loop over (batch, query head, Q tile)
@@ -171,7 +174,34 @@ def FlexAttnFuseOnlineSoftmax
 
     and each `flexattn.finalize` becomes `out = acc / l` (0 where l = 0) and
     `lse = ln(2) * (m + log2(l))` (-inf where l = 0). Rows and columns past M
-    or N are excluded by taking dynamic-size subviews.
+    or N are excluded by taking dynamic-size subviews. `max_scores = ln(2) *
+    m` is written first; with `sinks`, the sink joins the state in place
+    before out and lse (OnlineSoftmax.h `foldSink`):
+
+      s     = log2(e) * sinks[h]
+      alpha = exp2(m - base(max(m, s)))
+      l     = alpha * l + exp2(s - base(max(m, s)))
+      m     = max(m, s)
+      acc   = alpha * acc
+
+    Before:
+    ```mlir
+    flexattn.finalize state(%acc, %m, %l : memref<32x8xf32>, memref<32xf32>, memref<32xf32>)
+        sinks(%sinks : memref<2xf32>) outs(%o : memref<1x2x100x8xbf16>)
+        lse(%lse : memref<1x2x100xf32>) max_scores(%mx : memref<1x2x100xf32>) at(%b, %h, %q0)
+    ```
+    After (excerpt):
+    ```mlir
+    linalg.generic ins(%m_rows) outs(%mx_rows) { ... arith.mulf %m, %ln2 ... }
+    %sink = memref.load %sinks[%h] : memref<2xf32>
+    %s = arith.mulf %sink, %log2e : f32
+    linalg.generic ins(%m_rows) outs(%alpha) { ... arith.maximumf %m, %s ... math.exp2 ... }
+    linalg.generic ins(%m_rows, %alpha) outs(%l_rows) { ... }   // l = alpha l + exp2(s - base)
+    linalg.generic outs(%m_rows) { ... arith.maximumf ... }     // m = max(m, s)
+    linalg.generic ins(%alpha) outs(%acc) { ... arith.mulf ... } // acc = alpha acc
+    linalg.generic ins(%acc, %l_rows) outs(%out_rows) { ... }    // out = acc / l
+    linalg.generic ins(%m_rows, %l_rows) outs(%lse_rows) { ... } // lse
+    ```
   }];
   let dependentDialects = ["::mlir::linalg::LinalgDialect",
                            "::mlir::memref::MemRefDialect",
@@ -874,9 +904,11 @@ def FlexAttnLowerFragments : Pass<"flexattn-lower-fragments", "::mlir::ModuleOp"
     xor` 1, 2); P is rounded in pairs to 16 bits. Without mods the max is
     taken over the raw scores and scale log2(e) is fused into P's exponent
     (one fma). `flexattn.frag.rescale` is a multiply per element;
-    `flexattn.frag.finalize` completes the row sums, multiplies by 1 / l
-    (0 where l = 0), stores rounded pairs of out and the lse of each row.
-    Target-neutral: any m16n8-layout accumulator.
+    `flexattn.frag.finalize` completes the row sums, folds in the
+    attention sink (`sinks[h]`, when given: OnlineSoftmax.h `foldSink` on the
+    complete rows), multiplies by 1 / l (0 where l = 0), stores rounded pairs
+    of out and, by the row's first thread, its lse and max_scores (ln(2) m,
+    the max before the sink). Target-neutral: any m16n8-layout accumulator.
 
     Before:
     ```mlir
@@ -893,6 +925,21 @@ def FlexAttnLowerFragments : Pass<"flexattn-lower-fragments", "::mlir::ModuleOp"
     ...
     %e = math.fma %s0, %c, %nbase : f32
     %p0 = math.exp2 %e : f32
+    ```
+    The epilogue, before:
+    ```mlir
+    flexattn.frag.finalize %acc state(%m, %l) sinks(%sinks : memref<2xf32>)
+        outs(%out : memref<1x2x100x16xbf16>) lse(%lse : memref<1x2x100xf32>)
+        max_scores(%mx : memref<1x2x100xf32>) at(%b, %h, %row, %col) : vector<8xf32>
+    ```
+    After (excerpt):
+    ```mlir
+    %l0 = gpu.shuffle xor %l_0, %c1_i32, %c32_i32 : f32     // complete row sums
+    %sink = memref.load %sinks[%h] : memref<2xf32>
+    %m1 = arith.maximumf %m_0, %sink2 : f32                  // the sink joins
+    %alpha = math.exp2 ... ; %l1 = arith.addf (alpha l), exp2(sink2 - m1)
+    scf.if %inside { llvm.store ... }                        // out = alpha acc / l1
+    scf.if %first { memref.store %lse_v, %lse[...]; memref.store %max_v, %mx[...] }
     ```
   }];
   let dependentDialects = ["::mlir::vector::VectorDialect",

@@ -142,8 +142,8 @@ LogicalResult mlir::flexattn::tileAttention(RewriterBase &rewriter,
       op.getFullKvIndices(), op.getCaptures(), op.getScaleAttr(),
       rewriter.getDenseI64ArrayAttr({tileQ, tileKV}), op.getBlockSizeAttr());
   cloneModRegions(op, loop);
-  FinalizeOp::create(rewriter, loc, acc, max, sum, op.getOut(), op.getLse(), b,
-                     h, q0);
+  FinalizeOp::create(rewriter, loc, acc, max, sum, op.getSinks(), op.getOut(),
+                     op.getLse(), op.getMaxScores(), b, h, q0);
   memref::AllocaScopeReturnOp::create(rewriter, loc, ValueRange{});
 
   rewriter.eraseOp(op);

@@ -87,3 +87,14 @@ func.func @cooperative_rings(%k: memref<1x2x300x64xbf16>, %b: index, %h: index, 
   %f = flexattn.frag.load %t[%row] : !flexattn.smem_tile<128x64xbf16> -> vector<32xbf16>
   return %f : vector<32xbf16>
 }
+
+// The epilogue with attention sinks and max_scores.
+// CHECK-LABEL: func.func @finalize_sinks_max_scores(
+// CHECK:         flexattn.frag.finalize %{{.*}} state(%{{.*}}, %{{.*}}) sinks(%{{.*}} : memref<2xf32>) outs(%{{.*}} : memref<1x2x300x128xbf16>) max_scores(%{{.*}} : memref<1x2x300xf32>) at(%{{.*}}) : vector<64xf32>
+func.func @finalize_sinks_max_scores(%o: vector<64xf32>, %m: vector<2xf32>, %l: vector<2xf32>,
+                                     %sinks: memref<2xf32>, %out: memref<1x2x300x128xbf16>,
+                                     %mx: memref<1x2x300xf32>, %i: index) {
+  flexattn.frag.finalize %o state(%m, %l) sinks(%sinks : memref<2xf32>) outs(%out : memref<1x2x300x128xbf16>)
+      max_scores(%mx : memref<1x2x300xf32>) at(%i, %i, %i, %i) : vector<64xf32>
+  return
+}

@@ -23,16 +23,17 @@ CPU_STAGES = ["flexattn", "tiled", "sparse", "split", "fused", "inlined", "vecto
 TOL = {torch.float32: 2e-5, torch.bfloat16: 1e-2, torch.float16: 2e-3}
 
 CAUSAL = ModIR.mask(
-    """
+    """flexattn.mod mask_mod {
 ^bb0(%b: i32, %h: i32, %q: i32, %kv: i32):
   %keep = arith.cmpi sge, %q, %kv : i32
   flexattn.yield %keep : i1
+}
 """
 )
 
 # score + (q - kv) * 0.05: a relative-position bias.
 REL_BIAS = ModIR.score(
-    """
+    """flexattn.mod score_mod {
 ^bb0(%s: f32, %b: i32, %h: i32, %q: i32, %kv: i32):
   %d = arith.subi %q, %kv : i32
   %f = arith.sitofp %d : i32 to f32
@@ -40,21 +41,23 @@ REL_BIAS = ModIR.score(
   %bias = arith.mulf %f, %c : f32
   %r = arith.addf %s, %bias : f32
   flexattn.yield %r : f32
+}
 """
 )
 
 
 def sliding_mask(window: int) -> ModIR:
     return ModIR.mask(
-        f"""
+        """flexattn.mod mask_mod {
 ^bb0(%b: i32, %h: i32, %q: i32, %kv: i32):
   %c = arith.cmpi sge, %q, %kv : i32
   %d = arith.subi %q, %kv : i32
-  %w = arith.constant {window} : i32
+  %w = arith.constant WINDOW : i32
   %near = arith.cmpi sle, %d, %w : i32
   %keep = arith.andi %c, %near : i1
   flexattn.yield %keep : i1
-"""
+}
+""".replace("WINDOW", str(window))
     )
 
 
@@ -137,7 +140,7 @@ def test_block_mask_per_batch_and_head():
 
     bm = torch_flex.create_block_mask(torch_mask, 2, 3, m, n, device="cpu", BLOCK_SIZE=64)
     mask = ModIR.mask(
-        """
+        """flexattn.mod mask_mod {
 ^bb0(%b: i32, %h: i32, %q: i32, %kv: i32):
   %causal = arith.cmpi sge, %q, %kv : i32
   %one = arith.constant 1 : i32
@@ -148,6 +151,7 @@ def test_block_mask_per_batch_and_head():
   %pre = arith.cmpi slt, %kv, %lim : i32
   %keep = arith.ori %causal, %pre : i1
   flexattn.yield %keep : i1
+}
 """
     )
     out, lse = fm.attention(q, k, v, mask_mod=mask, block_mask=bm, return_lse=True)
@@ -161,12 +165,13 @@ def test_fully_masked_rows_give_zero_and_neg_inf_lse(m, n):
     edge tiles (90 x 60: scalar loops) and full ones (128 x 128: vectors)."""
     q, k, v = inputs(1, 2, 2, m, n, 16)
     mask = ModIR.mask(
-        """
+        """flexattn.mod mask_mod {
 ^bb0(%b: i32, %h: i32, %q: i32, %kv: i32):
   %c = arith.constant 40 : i32
   %shifted = arith.subi %q, %c : i32
   %keep = arith.cmpi sge, %shifted, %kv : i32
   flexattn.yield %keep : i1
+}
 """
     )
     out, lse = fm.attention(q, k, v, mask_mod=mask, return_lse=True)

@@ -290,9 +290,11 @@ def test_capture_shape_enters_key():
 def test_region_is_scalar_ir():
     captured = capture_score_mod(t5_bias)
     text = captured.ir.text
-    assert text.startswith("^bb0(%score: f32, %b: i32, %h: i32, %q_idx: i32, %kv_idx: i32, "
+    assert text.startswith("flexattn.mod score_mod {\n"
+                           "^bb0(%score: f32, %b: i32, %h: i32, %q_idx: i32, %kv_idx: i32, "
                            "%cap0: memref<4x32xf32>)")
-    ops = {re.match(r"\s*(?:%\S+ = )?([\w.]+)", line).group(1) for line in text.splitlines()[1:]}
+    ops = {re.match(r"\s*(?:%\S+ = )?([\w.]+)", line).group(1)
+           for line in text.splitlines()[2:-1]}
     assert all(op.split(".")[0] in ("arith", "math", "memref") or op == "flexattn.check_index"
                for op in ops - {"flexattn.yield"}), ops
     assert "memref.load" in ops and "tensor" not in text

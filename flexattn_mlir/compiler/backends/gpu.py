@@ -216,7 +216,8 @@ def launch_metadata(mod: ir.Module, spec: AttentionSpec, opts: CompileOptions) -
     if hasattr(spec, "output_names"):
         outputs = spec.output_names()
     else:
-        outputs = ["out"] + (["lse"] if spec.return_lse else [])
+        outputs = ["out"] + (["lse"] if spec.return_lse else []) + (
+            ["max_scores"] if spec.return_max else [])
     # Buffers the kernel accumulates into, zeroed by the launcher first.
     zero_init = ([names[i] for i in ir.DenseI64ArrayAttr(func.attributes[_ZERO_INIT])]
                  if _ZERO_INIT in func.attributes else [])
