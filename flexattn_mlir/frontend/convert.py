@@ -37,6 +37,7 @@ from mlir.dialects import arith, memref, tensor
 from .. import _native
 from ..compiler.mods import FIXED_ARGS, ModIR, holder, holder_region, new_block, region_text
 from ..dialects import flexattn as fa
+from .index_reads import ScalarIndexReads
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,8 @@ def _forward_module(build: Callable, kind: str, label: str):
     class Forward(torch.nn.Module):
         def forward(self, *args):
             fn = build(args[nfixed:])
-            out = fn(*args[:nfixed])
+            with ScalarIndexReads():  # t[i] without a data-dependent guard
+                out = fn(*args[:nfixed])
             if isinstance(out, bool) or (kind == "score" and isinstance(out, (int, float))):
                 out = torch.tensor(out, dtype=torch.bool if isinstance(out, bool) else torch.float32)
             if not isinstance(out, torch.Tensor):
