@@ -20,7 +20,7 @@ then times the benchmark cases (B=4, H=16, S=8192): sm_90a beside torch
 flex_attention (torch.compile'd: the Triton backend, and the FlashAttention-4
 backend with kernel_options={"BACKEND": "FLASH"} where flash-attn-4 is
 importable) and SDPA's cuDNN backend (full, causal); sm_80 (full, causal)
-beside SDPA's FLASH_ATTENTION backend (FlashAttention-2). Counting
+beside SDPA's FLASH_ATTENTION backend (FlashAttention-2) and cuDNN. Counting
 4*B*H*M*N*D*density FLOPs with density = visited blocks / all blocks.
 `--ours-only` runs only our kernels (no references, no peers; for
 compute-sanitizer), checking that every output element was written.
@@ -123,7 +123,7 @@ BENCH = (
 # mask (128 unless given).
 CASE_ONLY = ("block_kv",)
 # Which peers each target's benchmark cases are timed beside.
-PEERS_OF = {"sm_90a": ("triton", "cudnn", "fa4"), "sm_80": ("flash",)}
+PEERS_OF = {"sm_90a": ("triton", "cudnn", "fa4"), "sm_80": ("flash", "cudnn")}
 
 
 def load_zoo():

@@ -44,7 +44,6 @@ using namespace mlir::flexattn;
 
 namespace {
 
-
 /// Where the K and V tiles of a step are, and whether there is such a step.
 struct StepCoordinates {
   Value valid, b, h, row;

@@ -93,7 +93,7 @@ class CompileOptions:
         if self.warp_rows not in (0, 16, 32):
             raise ValueError(f"CompileOptions.warp_rows must be 0 (the target's), 16 or 32, "
                              f"got {self.warp_rows!r}")
-        if self.q_in_registers not in (None, True, False):
+        if self.q_in_registers is not None and not isinstance(self.q_in_registers, bool):
             raise ValueError(f"CompileOptions.q_in_registers must be None or a bool, "
                              f"got {self.q_in_registers!r}")
         if not isinstance(self.persistent, int) or self.persistent < 0:

@@ -45,7 +45,7 @@ def test_zoo_compiles_to_a_cubin_for_sm80(variant):
     res = md["resources"]
     assert res.registers <= 255 and (res.spill_stores, res.spill_loads) == (0, 0), res
     kv_tile, tiling = _tiling(variant, 128)
-    threads = 128 * 16 // tiling.warp_rows  # groups of 4 warps over the 128-row Q tile
+    threads = 128 * 32 // tiling.warp_rows  # groups of 4 warps over the 128-row Q tile
     assert ".target sm_80" in ptx and f".maxntid {threads}, 1, 1" in ptx
     # No Hopper instruction may reach an sm_80 kernel.
     assert not re.search(r"wgmma|cp\.async\.bulk|mbarrier|setmaxnreg", ptx)
@@ -54,12 +54,12 @@ def test_zoo_compiles_to_a_cubin_for_sm80(variant):
     assert "cp.async.cg.shared.global" in ptx and "cp.async.commit_group" in ptx
     assert re.search(r"cp\.async\.wait_group\s+1;", ptx)
     # S = Q.K^T, O += P.V (V transposed on load): per warp and KV step,
-    # (D / 16) (BN / 8) m16n8k16 MMAs each per m16 tile of the warp, one
+    # 2 (D / 16) (BN / 8) m16n8k16 MMAs per m16 tile of the warp, one
     # ldmatrix.x4 per 16 x 16 block of K and V (shared by the warp's m16
     # tiles), and Q's blocks where Q is read from shared memory.
     tiles, blocks = tiling.warp_rows // 16, (128 // 16) * (kv_tile // 16)
     assert _count(ptx, r"mma\.sync\.aligned\.m16n8k16\.row\.col\.f32\.bf16\.bf16\.f32") >= \
-        2 * tiles * 4 * blocks
+        4 * tiles * blocks
     assert _count(ptx, r"ldmatrix\.sync\.aligned\.m8n8\.x4\.trans\.shared\.b16") >= blocks
     assert _count(ptx, r"ldmatrix\.sync\.aligned\.m8n8\.x4\.shared\.b16") >= \
         blocks + (0 if tiling.q_in_registers else tiles * 128 // 16)
@@ -71,10 +71,10 @@ def test_launch_facts_and_shared_memory():
     rows of the Q tile (the table's rows per warp), Q + stages x (K + V)
     slots and 128 bytes of alignment slack, within the table's limit."""
     for variant, D, stages in (("causal", 64, 2), ("causal", 64, 4), ("causal", 128, 2),
-                               ("full", 64, 2), ("full", 128, 2), ("full", 128, 4)):
+                               ("full", 64, 2), ("full", 64, 4), ("full", 128, 2)):
         launch = _compile(variant, D=D, stages=stages).metadata["launch"]
         kv_tile, tiling = _tiling(variant, D)
-        assert launch["block"] == [128 * 16 // tiling.warp_rows, 1, 1]
+        assert launch["block"] == [128 * 32 // tiling.warp_rows, 1, 1]
         assert launch["grid"] == [8 * 2, 1, 1]
         q, kv = 128 * D * 2, kv_tile * D * 2
         assert launch["shared_mem_bytes"] == q + stages * 2 * kv + 128
@@ -90,15 +90,24 @@ def test_f16_and_persistent_compile():
 
 
 def test_table_tilings():
-    """FlashAttention-2's tiles: 128 x 128 at D = 64, 128 x 64 at D = 128,
-    32 rows per warp; 16 where S and O of 32 rows would not fit registers."""
-    assert (SM80.kv_tile(64), SM80.kv_tile(128)) == (128, 64)
-    assert SM80.tiling(128, 64) == targets.Tiling(32, q_in_registers=False)
-    assert SM80.tiling(128, 128) == targets.Tiling(16, q_in_registers=True)
-    assert targets.TARGETS["sm_90a"].kv_tile(128) == 128
-    # An explicit tile_kv wins over the table.
-    launch = _compile("full", D=128, tile_kv=128).metadata["launch"]
-    assert launch["block"] == [256, 1, 1]
+    """32 rows per warp (4 warps, FlashAttention-2's shape) where the kernel
+    fits 255 registers without spills: D = 64 with 64-column KV tiles;
+    16 rows elsewhere. Options and an explicit tile_kv win over the table."""
+    assert (SM80.kv_tile(64), SM80.kv_tile(128)) == (64, 128)
+    assert SM80.tiling(64, 64) == targets.Tiling(32, q_in_registers=True)
+    assert SM80.tiling(128, 64) == SM80.tiling(64, 128) == targets.Tiling(16, True)
+    assert targets.TARGETS["sm_90a"].kv_tile(64) == 128
+    assert _compile("full", D=64, tile_kv=128).metadata["launch"]["block"] == [256, 1, 1]
+    md = _compile("full", D=128, tile_kv=64, warp_rows=32, q_in_registers=False).metadata
+    assert md["launch"]["block"] == [128, 1, 1]
+    assert md["launch"]["shared_mem_bytes"] == 128 * 128 * 2 + 2 * 2 * 64 * 128 * 2 + 128
+    assert "mma.sync.aligned.m16n8k16" in md["ptx"]
+
+
+@pytest.mark.parametrize("bad", [{"warp_rows": 24}, {"q_in_registers": 1}])
+def test_tiling_options_are_checked(bad):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        fm.CompileOptions(target="sm_80", **bad)
 
 
 def test_too_many_stages_is_a_clear_error():
