@@ -763,7 +763,7 @@ def FlexAttnWarpSpecialize : Pass<"flexattn-warp-specialize", "::mlir::ModuleOp"
         %s = flexattn.mma.wait pending(0) %s0 : vector<64xf32>
         flexattn.ring.release %k[%i] : !flexattn.ring<2 x 128x128xbf16>
         %p, %m1, %l1, %alpha = flexattn.frag.softmax %s state(%m, %l) at(...) ...
-        %acc1 = flexattn.frag.rescale %acc, %alpha : vector<64xf32>
+        %acc1 = flexattn.frag.rescale %acc, %alpha : vector<64xf32>, vector<2xf32>
         flexattn.ring.wait %v[%i] ...
         %acc2 = flexattn.mma %p, %vt, %acc1 : vector<64xbf16>, ... -> vector<64xf32>
         %acc3:2 = flexattn.mma.wait pending(0) %acc2, %p : vector<64xf32>, vector<64xbf16>
@@ -771,7 +771,7 @@ def FlexAttnWarpSpecialize : Pass<"flexattn-warp-specialize", "::mlir::ModuleOp"
         scf.yield %qi, %i1, %m1, %l1, %acc3#0 : ...
       }
       flexattn.ring.release %q[%qi] ...
-      flexattn.frag.finalize %r#4 state(%r#2, %r#3) outs(%out : ...) at(...) : vector<64xf32>
+      flexattn.frag.finalize %r#4 state(%r#2, %r#3) outs(%out : ...) at(...) : vector<64xf32>, vector<2xf32>
     }
     ```
   }];
@@ -791,14 +791,19 @@ def FlexAttnMultistage : Pass<"flexattn-multistage", "::mlir::ModuleOp"> {
                 "multistage rings ahead of use, and compute (sm_80)";
   let description = [{
     Rewrites the CTA body of `flexattn-map-to-grid` into the
-    FlashAttention-2 shape of an sm_80 kernel: 256 threads, two groups of 4
-    warps, each computing a 64-row band of the 128-row Q tile with the
-    consumer step of `flexattn-warp-specialize` (S = Q.Kᵀ, the softmax on
-    register fragments, O = alpha O + P.V, `frag.finalize`). There is no
-    producer: all threads copy tiles into cooperative rings
-    (`flexattn.ring.copy`, all 256 threads release each slot). Per Q tile:
-    copy Q, wait, read the group's band into registers (`flexattn.frag.load`,
-    the A operand of every S = Q.Kᵀ of the tile) and release it. Per KV
+    FlashAttention-2 shape of an sm_80 kernel: groups of 4 warps, each warp
+    owning `warp-rows` rows of the 128-row Q tile (16: two groups of 64-row
+    bands, 256 threads; 32: one group of 128 threads, two m16 tiles per
+    warp, so each K/V fragment a warp reads from shared memory feeds two
+    MMAs), each computing its band with the consumer step of
+    `flexattn-warp-specialize` (S = Q.Kᵀ, the softmax on register fragments,
+    O = alpha O + P.V, `frag.finalize`). There is no producer: all threads
+    copy tiles into cooperative rings (`flexattn.ring.copy`, all threads
+    release each slot). Per Q tile: copy Q and wait; with `q-in-registers`,
+    read the group's band into registers (`flexattn.frag.load`, the A
+    operand of every S = Q.Kᵀ of the tile) and release it, otherwise every
+    S = Q.Kᵀ reads the band from the slot (fewer registers: D = 128 with 32
+    rows per warp) and the slot is released at the tile's end. Per KV
     loop: copy the K and V tiles of its first `stages` - 1 steps; per step,
     after the wait for K_j (V_j), copy K_{j+stages-1} (V_{j+stages-1}), so
     `stages` - 1 steps of copies are in flight while a step computes. The
@@ -837,6 +842,12 @@ def FlexAttnMultistage : Pass<"flexattn-multistage", "::mlir::ModuleOp"> {
   let options = [
     Option<"stages", "stages", "int64_t", /*default=*/"2",
            "Slots of the K and V rings (copies run stages - 1 steps ahead)">,
+    Option<"warpRows", "warp-rows", "int64_t", /*default=*/"16",
+           "Q rows per warp: 16 (one m16 tile, 256 threads) or 32 (two m16 "
+           "tiles, 128 threads)">,
+    Option<"qInRegisters", "q-in-registers", "bool", /*default=*/"true",
+           "Read each Q tile into registers once (else every S = Q.Kᵀ reads "
+           "it from shared memory)">,
   ];
   let dependentDialects = ["::mlir::flexattn::FlexAttnDialect",
                            "::mlir::gpu::GPUDialect",
@@ -875,7 +886,7 @@ def FlexAttnScheduleConsumers
       %p, %m1, %l1, %alpha = flexattn.frag.softmax %s ...
       %o:2 = flexattn.mma.wait pending(0) %o0, %pprev : vector<64xf32>, vector<64xbf16>
       scf.if %has { flexattn.ring.release %v[%prev] ... }
-      %acc1 = flexattn.frag.rescale %o#0, %alpha : vector<64xf32>
+      %acc1 = flexattn.frag.rescale %o#0, %alpha : vector<64xf32>, vector<2xf32>
       scf.yield ..., %m1, %l1, %acc1, %p : ...
     }
     ```
@@ -908,13 +919,15 @@ def FlexAttnLowerFragments : Pass<"flexattn-lower-fragments", "::mlir::ModuleOp"
     attention sink (`sinks[h]`, when given: OnlineSoftmax.h `foldSink` on the
     complete rows), multiplies by 1 / l (0 where l = 0), stores rounded pairs
     of out and, by the row's first thread, its lse and max_scores (ln(2) m,
-    the max before the sink). Target-neutral: any m16n8-layout accumulator.
+    the max before the sink). Target-neutral: any m16n8-layout accumulator,
+    with one or two m16 tiles per warp (read off the row values:
+    vector<2xf32> or vector<4xf32>).
 
     Before:
     ```mlir
     %p, %m1, %l1, %alpha = flexattn.frag.softmax %s state(%m, %l) at(%b, %h, %row, %col)
         attributes {scale = 0.125 : f32, seq_lens = array<i64: 256, 256>, tile_size = array<i64: 128, 128>}
-        : vector<64xf32> -> vector<64xbf16>
+        : vector<64xf32>, vector<2xf32> -> vector<64xbf16>
     ```
     After (excerpt):
     ```mlir

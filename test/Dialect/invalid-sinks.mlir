@@ -93,7 +93,7 @@ func.func @finalize_sinks_per_head(%acc: memref<64x32xf32>, %m: memref<64xf32>, 
 func.func @frag_finalize_sinks(%acc: vector<64xf32>, %m: vector<2xf32>, %i: index,
                                %out: memref<1x2x8x128xbf16>, %s: memref<2x1xf32>) {
   // expected-error @+1 {{'flexattn.frag.finalize' op sinks must be a 1-D f32 memref [Hq], got 'memref<2x1xf32>'}}
-  flexattn.frag.finalize %acc state(%m, %m) sinks(%s : memref<2x1xf32>) outs(%out : memref<1x2x8x128xbf16>) at(%i, %i, %i, %i) : vector<64xf32>
+  flexattn.frag.finalize %acc state(%m, %m) sinks(%s : memref<2x1xf32>) outs(%out : memref<1x2x8x128xbf16>) at(%i, %i, %i, %i) : vector<64xf32>, vector<2xf32>
   return
 }
 
@@ -102,7 +102,7 @@ func.func @frag_finalize_sinks(%acc: vector<64xf32>, %m: vector<2xf32>, %i: inde
 func.func @frag_finalize_max_scores(%acc: vector<64xf32>, %m: vector<2xf32>, %i: index,
                                     %out: memref<1x2x8x128xbf16>, %mx: memref<1x2x8x1xf32>) {
   // expected-error @+1 {{'flexattn.frag.finalize' op max_scores must be a 3-D f32 memref [B, Hq, M], got 'memref<1x2x8x1xf32>'}}
-  flexattn.frag.finalize %acc state(%m, %m) outs(%out : memref<1x2x8x128xbf16>) max_scores(%mx : memref<1x2x8x1xf32>) at(%i, %i, %i, %i) : vector<64xf32>
+  flexattn.frag.finalize %acc state(%m, %m) outs(%out : memref<1x2x8x128xbf16>) max_scores(%mx : memref<1x2x8x1xf32>) at(%i, %i, %i, %i) : vector<64xf32>, vector<2xf32>
   return
 }
 
