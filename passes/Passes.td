@@ -261,7 +261,10 @@ def FlexAttnVectorizeTiles : Pass<"flexattn-vectorize-tiles", "::mlir::ModuleOp"
       `bufferization.to_tensor` view, which linalg::vectorize widens, then
       back onto the buffer): a read that does not change along the row
       becomes a broadcast, a contiguous one a vector load, others a
-      `vector.gather`;
+      `vector.gather`. A read checked at run time reports from under an
+      `scf.if`, which the vectoriser refuses: the report becomes row
+      reductions (any bad element, `ori`; its largest bad index, `maxsi`)
+      and one `scf.if` after the op stores it;
     - `math.exp2` becomes `exp(x ln 2)` and upstream's polynomial exp.
 
     With `bf16-dot`, Q.Kᵀ and P.V on bf16 operands instead become
