@@ -93,6 +93,14 @@ Value reduceBuffer(RewriterBase &rewriter, Location loc, Value buffer,
   return vector::ReductionOp::create(rewriter, loc, kind, rows);
 }
 
+/// What the reductions of `witness` run on: a sign extension's narrower
+/// source (the max commutes with it; an i32 index takes half the registers).
+Value reduced(Value witness) {
+  if (auto ext = witness.getDefiningOp<arith::ExtSIOp>())
+    return ext.getIn();
+  return witness;
+}
+
 IntegerAttr signedMin(RewriterBase &rewriter, Type type) {
   return rewriter.getIntegerAttr(
       type, APInt::getSignedMinValue(type.getIntOrFloatBitWidth()));
@@ -137,7 +145,7 @@ mlir::flexattn::reportsToRowReductions(RewriterBase &rewriter,
     own.push_back(filledBuffer(rewriter, loc, rowShape, rewriter.getIntegerAttr(i8, 0)));
     for (Value witness : report.witnesses)
       own.push_back(filledBuffer(rewriter, loc, rowShape,
-                                 signedMin(rewriter, witness.getType())));
+                                 signedMin(rewriter, reduced(witness).getType())));
     outputs.append(own);
     maps.append(own.size(), rowMap);
   }
@@ -159,9 +167,12 @@ mlir::flexattn::reportsToRowReductions(RewriterBase &rewriter,
     rewriter.setInsertionPointToStart(branch.thenBlock());
     IRMapping mapping;
     for (auto [witness, buffer] :
-         llvm::zip_equal(report.witnesses, ArrayRef(own).drop_front()))
-      mapping.map(witness, reduceBuffer(rewriter, loc, buffer,
-                                        vector::CombiningKind::MAXSI));
+         llvm::zip_equal(report.witnesses, ArrayRef(own).drop_front())) {
+      Value max = reduceBuffer(rewriter, loc, buffer, vector::CombiningKind::MAXSI);
+      if (max.getType() != witness.getType())
+        max = arith::ExtSIOp::create(rewriter, loc, witness.getType(), max);
+      mapping.map(witness, max);
+    }
     for (Operation &store : report.branch.thenBlock()->without_terminator()) {
       for (Value v : store.getOperands())
         if (!definedOutside(v, op) && !mapping.contains(v))
@@ -190,6 +201,7 @@ mlir::flexattn::reportsToRowReductions(RewriterBase &rewriter,
     yielded.push_back(arith::OrIOp::create(
         rewriter, loc, flag, arith::ExtUIOp::create(rewriter, loc, i8, cond)));
     for (Value witness : report.witnesses) {
+      witness = reduced(witness);
       Value acc = body->addArgument(witness.getType(), loc);
       Value min = arith::ConstantOp::create(
           rewriter, loc, signedMin(rewriter, witness.getType()));

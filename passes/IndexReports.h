@@ -30,7 +30,8 @@ namespace mlir::flexattn {
 /// outputs of one element per row, reduced along the last loop (made a
 /// reduction): whether any element of the row is bad (`ori`, i8) and, per
 /// stored per-element value, its largest value among the bad elements
-/// (`maxsi` of `select(%bad, %index, min)`). After the new generic one
+/// (`maxsi` of `select(%bad, %index, min)`, on the source of a sign
+/// extension). After the new generic one
 /// scf.if over the rows' reductions does the stores, with those maxima: the
 /// report names one out-of-bounds index, as before, and costs a few vector
 /// ops per row instead of a branch per element. Returns the new generic,

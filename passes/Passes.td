@@ -212,7 +212,11 @@ def FlexAttnInlineMods : Pass<"flexattn-inline-mods", "::mlir::ModuleOp"> {
     torch's indexing: `pos = index < 0 ? index + size : index`; unless its
     `bounds` prove `-size <= index < size`, `ok = pos <u size`, an `scf.if`
     storing `[1, index]` into row `site` of its report buffer when not ok,
-    and `pos = ok ? pos : 0`; finally `index_cast pos`.
+    and `pos = ok ? pos : 0`; finally `index_cast pos`. An index narrower
+    than 64 bits, or a sign extension of one (torch's int64 arithmetic on
+    i32 indices), is checked in that width (`index + size` is only taken
+    for a negative index: no overflow; an i32 vectorises 16 lanes to a
+    register, an i64 8); the report stores it sign-extended to i64.
 
     Before:
     ```mlir

@@ -317,36 +317,42 @@ func.func @other_branch(%s: memref<4x64xf32>, %out: memref<1xf32>) {
 // -----
 
 // The checked index depends on kv only (the last loop): the reductions
-// still get the row's rank.
+// still get the row's rank. The index is an i32 checked in i32 and reported
+// sign-extended (as flexattn-inline-mods writes it): the largest bad index
+// is found in i32, then extended.
 
 // CHECK-LABEL: func.func @checked_read_along_kv(
 // CHECK-NOT:     linalg.
 // CHECK:         scf.for
 // CHECK:           vector.reduction <or>, %{{.+}}, %{{.+}} : vector<64xi8> into i8
-// CHECK:           vector.reduction <maxsi>, %{{.+}}, %{{.+}} : vector<64xi64> into i64
+// CHECK:           vector.reduction <maxsi>, %{{.+}}, %{{.+}} : vector<64xi32> into i32
 // CHECK:           vector.gather
 // CHECK:         scf.if
+// CHECK:           %[[MAX:.+]] = vector.reduction <maxsi>, %{{.+}} : vector<4xi32> into i32
+// CHECK:           %[[MAX64:.+]] = arith.extsi %[[MAX]] : i32 to i64
+// CHECK:           memref.store %[[MAX64]]
 func.func @checked_read_along_kv(%s: memref<4x64xf32>, %table: memref<32xf32>,
                                  %report: memref<1x2xi64>, %kv0: index) {
   %c0 = arith.constant 0 : index
   %c1 = arith.constant 1 : index
   %one = arith.constant 1 : i64
-  %zero = arith.constant 0 : i64
-  %size = arith.constant 32 : i64
+  %zero = arith.constant 0 : i32
+  %size = arith.constant 32 : i32
   linalg.generic {indexing_maps = [affine_map<(i, j) -> (i, j)>], iterator_types = ["parallel", "parallel"]}
       outs(%s : memref<4x64xf32>) {
   ^bb0(%x: f32):
     %j = linalg.index 1 : index
     %kv = arith.addi %kv0, %j : index
-    %index = arith.index_cast %kv : index to i64
-    %ok = arith.cmpi ult, %index, %size : i64
-    %bad = arith.cmpi uge, %index, %size : i64
+    %index = arith.index_cast %kv : index to i32
+    %ok = arith.cmpi ult, %index, %size : i32
+    %bad = arith.cmpi uge, %index, %size : i32
+    %reported = arith.extsi %index : i32 to i64
     scf.if %bad {
       memref.store %one, %report[%c0, %c0] : memref<1x2xi64>
-      memref.store %index, %report[%c0, %c1] : memref<1x2xi64>
+      memref.store %reported, %report[%c0, %c1] : memref<1x2xi64>
     }
-    %pos = arith.select %ok, %index, %zero : i64
-    %p = arith.index_cast %pos : i64 to index
+    %pos = arith.select %ok, %index, %zero : i32
+    %p = arith.index_cast %pos : i32 to index
     %bias = memref.load %table[%p] : memref<32xf32>
     %r = arith.addf %x, %bias : f32
     linalg.yield %r : f32
