@@ -242,7 +242,11 @@ def FlexAttnInlineMods : Pass<"flexattn-inline-mods", "::mlir::ModuleOp"> {
     torch's indexing: `pos = index < 0 ? index + size : index`; unless its
     `bounds` prove `-size <= index < size`, `ok = pos <u size`, an `scf.if`
     storing `[1, index]` into row `site` of its report buffer when not ok,
-    and `pos = ok ? pos : 0`; finally `index_cast pos`.
+    and `pos = ok ? pos : 0`; finally `index_cast pos`. An index narrower
+    than 64 bits, or a sign extension of one (torch's int64 arithmetic on
+    i32 indices), is checked in that width (`index + size` is only taken
+    for a negative index: no overflow; an i32 vectorises 16 lanes to a
+    register, an i64 8); the report stores it sign-extended to i64.
 
     Before:
     ```mlir
@@ -291,7 +295,10 @@ def FlexAttnVectorizeTiles : Pass<"flexattn-vectorize-tiles", "::mlir::ModuleOp"
       `bufferization.to_tensor` view, which linalg::vectorize widens, then
       back onto the buffer): a read that does not change along the row
       becomes a broadcast, a contiguous one a vector load, others a
-      `vector.gather`;
+      `vector.gather`. A read checked at run time reports from under an
+      `scf.if`, which the vectoriser refuses: the report becomes row
+      reductions (any bad element, `ori`; its largest bad index, `maxsi`)
+      and one `scf.if` after the op stores it;
     - `math.exp2` becomes `exp(x ln 2)` and upstream's polynomial exp.
 
     With `bf16-dot`, Q.Kᵀ and P.V on bf16 operands instead become

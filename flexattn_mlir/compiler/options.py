@@ -51,10 +51,9 @@ class CompileOptions:
       not in its key (heads, head dims, dtypes, block size, the mods and the
       shapes of the tensors they capture are). ``False`` specialises the
       kernel on the shapes and the scale (one compilation per shape). The
-      default (None) is False: the CPU's vectorised full-tile path
-      (flexattn-vectorize-tiles) needs static tile windows, so a static
-      kernel is the faster one today; GPU kernels are compiled for static
-      shapes (True there is refused).
+      default (None) is False: on the CPU both vectorise their full tiles,
+      and the static kernel is a few percent faster (docs/inference.md);
+      GPU kernels are compiled for static shapes (True there is refused).
     """
 
     target: str = "cpu"

@@ -10,6 +10,7 @@ values of order 1. lse is always f32: 1e-4.
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -246,6 +247,35 @@ def test_threads_share_the_tiles_exactly(threads):
     assert torch.equal(one[0], many[0]) and torch.equal(one[1], many[1])
     ref, ref_lse = reference_attention(q, k, v, mask_fn=lambda b, h, i, j: i >= j)
     check(*many, ref, ref_lse, torch.float32)
+
+
+def _vector_ops(text: str) -> tuple[int, list[str]]:
+    """The tile products' vector ops (f32 FMAs, bf16 dots) of a vector
+    stage and its linalg ops with static shapes (not vectorised)."""
+    products = text.count("vector.fma") + text.count("x86vector.avx512.dot")
+    static = [line for line in text.splitlines()
+              if re.match(r"\s*linalg\.(?!yield|index)", line) and "?" not in line]
+    return products, static
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dynamic_kernels_vectorise_their_full_tiles(dtype):
+    """In a dynamic-shape kernel (B, M, N run-time values) the full tiles
+    are vectorised as in a static one: flexattn-split-full-tiles cuts the
+    views at the tile's end, so the tile ops' shapes fold to the tile sizes
+    whatever M and N are; only edge tiles (dynamic extents) stay linalg."""
+    q, k, v = inputs(2, 4, 2, 200, 200, 32, dtype=dtype)
+    products = {}
+    for dynamic in (False, True):
+        options = CompileOptions(dynamic=dynamic)
+        spec = fm.attention_spec(q, k, v, mask_mod=CAUSAL, enable_gqa=True, options=options)
+        products[dynamic], static = _vector_ops(fm.compile(spec, options)["vector"])
+        assert not static, static
+        out, lse = fm.attention(q, k, v, mask_mod=CAUSAL, enable_gqa=True, return_lse=True,
+                                options=options)
+        ref, ref_lse = reference_attention(q, k, v, mask_fn=lambda b, h, i, j: i >= j)
+        check(out, lse, ref, ref_lse, dtype)
+    assert products[True] == products[False] > 0
 
 
 def test_stages_are_inspectable():
