@@ -59,21 +59,16 @@ def compile_all(out: str) -> None:
     import torch
 
     import flexattn_mlir as fm
-    from flexattn_mlir import frontend
     from flexattn_mlir.examples import zoo
-    from flexattn_mlir.tools import aot
     from flexattn_mlir.execution.attention import build_spec
+    from flexattn_mlir.tools import aot
 
     os.makedirs(out, exist_ok=True)
     items = []
-    for name, variant, B, Hq, Hkv, M, N, D, dt, over in CASES:
-        score_mod, mask_mod = _mods(zoo, variant, Hq, N, "cpu")
-        score = frontend.capture_score_mod(score_mod) if score_mod else None
-        mask = frontend.capture_mask_mod(mask_mod) if mask_mod else None
-        score, mask, captures = frontend.combine(score, mask)
-        dtype = getattr(torch, dt)
-        q = torch.empty(B, Hq, M, D, dtype=dtype, device="meta")
-        kv = torch.empty(B, Hkv, N, D, dtype=dtype, device="meta")
+    for case in CASES:
+        name, variant, B, Hq, Hkv, M, N, D, dt, over = case
+        score, mask, captures, q, kv = gpu_suite.captured_case(
+            *_mods(zoo, variant, Hq, N, "cpu"), case)
         spec = build_spec(q, kv, kv, score_mod=score and score.ir, mask_mod=mask and mask.ir,
                           block_mask=None, captures=captures, scale=1.0 / math.sqrt(D),
                           return_lse=True, name=name, sinks=torch.empty(Hq, device="meta"),

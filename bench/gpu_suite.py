@@ -146,25 +146,35 @@ def load_zoo():
 
 # -- compile (here) -----------------------------------------------------------
 
-def case_spec(case, return_lse: bool, check_indices: bool = True):
-    """The AttentionSpec of a case (the zoo's mods captured by the frontend,
-    a broadcast 128 x 128 block mask when the variant has a mask_mod) and the
-    tensors its mods capture, in operand order."""
+def captured_case(score_mod, mask_mod, case):
+    """A case's mods captured by the frontend (sharing one capture list) and
+    meta q, kv of its shape: ``(score, mask, captures, q, kv)``."""
     import torch
 
     from flexattn_mlir import frontend
-    from flexattn_mlir.examples import zoo
-    from flexattn_mlir.execution.attention import build_spec
-    from flexattn_mlir.masks.block_mask import BlockMask
 
-    name, variant, B, Hq, Hkv, M, N, D, dt, _ = case
-    score_mod, mask_mod = zoo.make(variant, Hq, N, "cpu")
+    _, _, B, Hq, Hkv, M, N, D, dt, _ = case
     score = frontend.capture_score_mod(score_mod) if score_mod else None
     mask = frontend.capture_mask_mod(mask_mod) if mask_mod else None
     score, mask, captures = frontend.combine(score, mask)
     dtype = getattr(torch, dt)
     q = torch.empty(B, Hq, M, D, dtype=dtype, device="meta")
     kv = torch.empty(B, Hkv, N, D, dtype=dtype, device="meta")
+    return score, mask, captures, q, kv
+
+
+def case_spec(case, return_lse: bool, check_indices: bool = True):
+    """The AttentionSpec of a case (the zoo's mods captured by the frontend,
+    a broadcast 128 x 128 block mask when the variant has a mask_mod) and the
+    tensors its mods capture, in operand order."""
+    import torch
+
+    from flexattn_mlir.examples import zoo
+    from flexattn_mlir.execution.attention import build_spec
+    from flexattn_mlir.masks.block_mask import BlockMask
+
+    name, variant, B, Hq, Hkv, M, N, D, dt, _ = case
+    score, mask, captures, q, kv = captured_case(*zoo.make(variant, Hq, N, "cpu"), case)
     block_mask = None
     if mask is not None:
         block_kv = case[-1].get("block_kv", 128)
