@@ -4,10 +4,12 @@
     python bench/cpu_bench.py --quick            # the headline table only
     python bench/cpu_bench.py --smoke            # S=256, one round: does it all run? (~1-2 min)
     python bench/cpu_bench.py --only causal,alibi_causal --lengths 2048 --dtypes float32
+    python bench/cpu_bench.py --only t5_bias,document --lengths 1024 --dynamic   # + dynamic-shape kernels
 
 For every case (B=1, H=8, D=64; the zoo's variants, flexattn_mlir.examples.zoo, at
 S = 1024, 2048, 4096, fp32 and bf16) it times, interleaved (one call of each
-per round, median of the rounds):
+per round; ``*_ms`` the median of the rounds, ``*_best_ms`` the best, the
+figure to compare on a shared machine):
 
 * ours: ``flexattn_mlir.flex_attention`` (its first call, with an empty
   compile cache, is reported separately as ``first_call_s``: capture +
@@ -18,6 +20,10 @@ per round, median of the rounds):
   compile);
 * SDPA: ``scaled_dot_product_attention`` for the variants it expresses
   (full, causal);
+* with ``--dynamic``, ours again as a dynamic-shape kernel
+  (``kernel_options={"dynamic": True}``, docs/inference.md), checked against
+  the static one; ``static_over_dynamic`` compares their best rounds (< 1:
+  the dynamic kernel is slower);
 
 on ``torch.get_num_threads()`` threads, and checks ours against torch's
 compiled result (max abs error). Ratios are torch / ours (> 1: ours is
@@ -90,7 +96,8 @@ def make_inputs(S: int, dtype: str):
     return [torch.randn(B, H, S, D, generator=g).to(dt) for _ in range(3)]
 
 
-def run_case(variant: str, S: int, dtype: str, rounds: int, torch_flex) -> dict:
+def run_case(variant: str, S: int, dtype: str, rounds: int, torch_flex,
+             dynamic: bool = False) -> dict:
     score_mod, mask_mod = zoo.make(variant, H, S, "cpu")
     q, k, v = make_inputs(S, dtype)
     block_mask = (tfa.create_block_mask(mask_mod, None, None, S, S, device="cpu")
@@ -103,6 +110,10 @@ def run_case(variant: str, S: int, dtype: str, rounds: int, torch_flex) -> dict:
         return torch_flex(q, k, v, score_mod=score_mod, block_mask=block_mask)
 
     calls = {"ours": ours, "torch": theirs}
+    if dynamic:
+        calls["dynamic"] = lambda: fm.flex_attention(q, k, v, score_mod=score_mod,
+                                                     block_mask=block_mask,
+                                                     kernel_options={"dynamic": True})
     if variant in SDPA_CAUSAL:
         calls["sdpa"] = lambda: torch.nn.functional.scaled_dot_product_attention(
             q, k, v, is_causal=SDPA_CAUSAL[variant])
@@ -118,6 +129,8 @@ def run_case(variant: str, S: int, dtype: str, rounds: int, torch_flex) -> dict:
     ref = theirs()
     row["torch_first_call_s"] = time.perf_counter() - t
     row["max_abs_err_vs_torch"] = float((out.float() - ref.float()).abs().max())
+    if dynamic:
+        row["max_abs_err_dynamic_vs_static"] = float((calls["dynamic"]().float() - out.float()).abs().max())
     for fn in calls.values():  # warm-up
         fn()
     times = {name: [] for name in calls}
@@ -128,7 +141,11 @@ def run_case(variant: str, S: int, dtype: str, rounds: int, torch_flex) -> dict:
             times[name].append(time.perf_counter() - t)
     for name, ts in times.items():
         row[f"{name}_ms"] = 1e3 * statistics.median(ts)
+        row[f"{name}_best_ms"] = 1e3 * min(ts)
     row["speedup_vs_torch"] = row["torch_ms"] / row["ours_ms"]
+    row["speedup_vs_torch_best"] = row["torch_best_ms"] / row["ours_best_ms"]
+    if dynamic:
+        row["static_over_dynamic"] = row["ours_best_ms"] / row["dynamic_best_ms"]
     if "sdpa_ms" in row:
         row["speedup_vs_sdpa"] = row["sdpa_ms"] / row["ours_ms"]
     return row
@@ -181,6 +198,12 @@ def tables(rows: list[dict], headline_s: int = 2048) -> str:
     for part in (headline, zoo_rows):
         if part:
             out += ["", head, *map(line, part)]
+    dynamic = [r for r in rows if "static_over_dynamic" in r]
+    if dynamic:
+        out += ["", "| case | S | dtype | static best ms | dynamic best ms | static/dynamic |",
+                "|" + "---|" * 6]
+        out += [f"| {r['variant']} | {r['S']} | {r['dtype']} | {r['ours_best_ms']:.1f} | "
+                f"{r['dynamic_best_ms']:.1f} | {r['static_over_dynamic']:.3f} |" for r in dynamic]
     ratios = [r["speedup_vs_torch"] for r in rows]
     out += ["", f"torch/ours: min {min(ratios):.2f}, geomean "
             f"{statistics.geometric_mean(ratios):.2f} over {len(rows)} cases; first calls over "
@@ -214,6 +237,8 @@ def main() -> None:
     p.add_argument("--lengths", default=",".join(map(str, LENGTHS)))
     p.add_argument("--dtypes", default=",".join(DTYPES))
     p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--dynamic", action="store_true",
+                   help="also time ours as a dynamic-shape kernel (static/dynamic ratio)")
     a = p.parse_args()
 
     import torch._dynamo
@@ -248,13 +273,15 @@ def main() -> None:
               "shape": {"B": B, "H": H, "D": D}, "rounds": a.rounds, "smoke": a.smoke,
               "cases": []}
     for variant, S, dtype in cases:
-        row = run_case(variant, S, dtype, a.rounds, torch_flex)
+        row = run_case(variant, S, dtype, a.rounds, torch_flex, a.dynamic)
         result["cases"].append(row)
         sdpa = f" sdpa {row['sdpa_ms']:8.1f}" if "sdpa_ms" in row else ""
         print(f"{variant:20s} S={S:5d} {dtype:9s} ours {row['ours_ms']:8.1f} ms  torch "
               f"{row['torch_ms']:8.1f}{sdpa}  x{row['speedup_vs_torch']:.2f}  first "
               f"{row['first_call_s']:.2f}s (torch {row['torch_first_call_s']:.1f}s)  "
-              f"err {row['max_abs_err_vs_torch']:.1e}", flush=True)
+              f"err {row['max_abs_err_vs_torch']:.1e}  best x{row['speedup_vs_torch_best']:.2f}"
+              + (f"  static/dynamic {row['static_over_dynamic']:.3f}" if a.dynamic else ""),
+              flush=True)
     result["warm_cache"] = warm_cache_check(cache_dir, cases[0])
     print("warm disk cache, new process:", result["warm_cache"])
     result["load_after"] = os.getloadavg()

@@ -20,7 +20,7 @@ then times the benchmark cases (B=4, H=16, S=8192): sm_90a beside torch
 flex_attention (torch.compile'd: the Triton backend, and the FlashAttention-4
 backend with kernel_options={"BACKEND": "FLASH"} where flash-attn-4 is
 importable) and SDPA's cuDNN backend (full, causal); sm_80 (full, causal)
-beside SDPA's FLASH_ATTENTION backend (FlashAttention-2). Counting
+beside SDPA's FLASH_ATTENTION backend (FlashAttention-2) and cuDNN. Counting
 4*B*H*M*N*D*density FLOPs with density = visited blocks / all blocks.
 `--ours-only` runs only our kernels (no references, no peers; for
 compute-sanitizer), checking that every output element was written.
@@ -77,6 +77,17 @@ CORRECTNESS += (
      for name, v, B, Hq, Hkv, M, N, D, dt, over in CORRECTNESS if over == DEFAULT]
     + [("check_causal_d64_4stages_sm80", "causal", 1, 4, 4, 2100, 2100, 64, "bfloat16",
         dict(SM80, stages=4)),
+       # Two m16 tiles per warp (32 rows) under masks and mods: block masks
+       # of 64-column blocks give the D = 64 kernel 64-column KV tiles.
+       *[(f"check_{v}_d64_bkv64_sm80", v, 1, 4, 4, 2100, 2100, 64, dt, dict(SM80, block_kv=64))
+         for v, dt in (("causal", "bfloat16"), ("alibi_causal", "float16"),
+                       ("document", "bfloat16"), ("softcap_causal", "bfloat16"))],
+       # 32 rows at D = 128 (Q read from shared memory), which the table
+       # does not pick (it spills): correct all the same.
+       ("check_full_d128_r32_sm80", "full", 1, 4, 4, 2100, 2100, 128, "bfloat16",
+        dict(SM80, tile_kv=64, warp_rows=32, q_in_registers=False)),
+       ("check_causal_d128_bkv64_r32_sm80", "causal", 2, 4, 4, 2100, 2100, 128, "bfloat16",
+        dict(SM80, block_kv=64, warp_rows=32, q_in_registers=False, persistent=20)),
        ("check_causal_persistent_sm80", "causal", 2, 4, 4, 2100, 2100, 128, "bfloat16",
         dict(SM80, persistent=20)),
        ("check_document_persistent_sm80", "document", 2, 4, 4, 2100, 2100, 128, "bfloat16",
@@ -93,14 +104,26 @@ BENCH = (
     # sm_80 beside FlashAttention-2 (SDPA's FLASH_ATTENTION backend).
     + [(f"bench_{v}_d{d}_sm80", v, 4, 16, 16, 8192, 8192, d, "bfloat16", SM80)
        for d in (128, 64) for v in ("full", "causal")]
-    + [("bench_causal_d64_3stages_sm80", "causal", 4, 16, 16, 8192, 8192, 64, "bfloat16",
-        dict(SM80, stages=3))]
-    # sm_80 with 64-column KV tiles (half the S and P registers, twice the steps).
-    + [(f"bench_full_d{d}_bn64_sm80", "full", 4, 16, 16, 8192, 8192, d, "bfloat16",
-        dict(SM80, tile_kv=64)) for d in (128, 64)]
+    # sm_80 beside its other tilings (targets.py picks one per head dim and
+    # KV tile; warp_rows / q_in_registers override it):
+    # the 16-row kernel at D = 64, 32 rows at D = 128 (it spills), causal
+    # with 128 x 64 mask blocks (64-column KV tiles).
+    + [("bench_full_d64_bn128_sm80", "full", 4, 16, 16, 8192, 8192, 64, "bfloat16",
+        dict(SM80, tile_kv=128)),
+       ("bench_causal_d64_bkv64_sm80", "causal", 4, 16, 16, 8192, 8192, 64, "bfloat16",
+        dict(SM80, block_kv=64)),
+       ("bench_full_d128_bn64_sm80", "full", 4, 16, 16, 8192, 8192, 128, "bfloat16",
+        dict(SM80, tile_kv=64)),
+       ("bench_full_d128_bn64_r32_sm80", "full", 4, 16, 16, 8192, 8192, 128, "bfloat16",
+        dict(SM80, tile_kv=64, warp_rows=32, q_in_registers=False)),
+       ("bench_causal_d128_bkv64_r32_sm80", "causal", 4, 16, 16, 8192, 8192, 128, "bfloat16",
+        dict(SM80, block_kv=64, warp_rows=32, q_in_registers=False))]
 )
+# Case options that are not CompileOptions: the KV block of the case's block
+# mask (128 unless given).
+CASE_ONLY = ("block_kv",)
 # Which peers each target's benchmark cases are timed beside.
-PEERS_OF = {"sm_90a": ("triton", "cudnn", "fa4"), "sm_80": ("flash",)}
+PEERS_OF = {"sm_90a": ("triton", "cudnn", "fa4"), "sm_80": ("flash", "cudnn")}
 
 
 def load_zoo():
@@ -123,31 +146,42 @@ def load_zoo():
 
 # -- compile (here) -----------------------------------------------------------
 
-def case_spec(case, return_lse: bool, check_indices: bool = True):
-    """The AttentionSpec of a case (the zoo's mods captured by the frontend,
-    a broadcast 128 x 128 block mask when the variant has a mask_mod) and the
-    tensors its mods capture, in operand order."""
+def captured_case(score_mod, mask_mod, case):
+    """A case's mods captured by the frontend (sharing one capture list) and
+    meta q, kv of its shape: ``(score, mask, captures, q, kv)``."""
     import torch
 
     from flexattn_mlir import frontend
-    from flexattn_mlir.examples import zoo
-    from flexattn_mlir.execution.attention import build_spec
-    from flexattn_mlir.masks.block_mask import BlockMask
 
-    name, variant, B, Hq, Hkv, M, N, D, dt, _ = case
-    score_mod, mask_mod = zoo.make(variant, Hq, N, "cpu")
+    _, _, B, Hq, Hkv, M, N, D, dt, _ = case
     score = frontend.capture_score_mod(score_mod) if score_mod else None
     mask = frontend.capture_mask_mod(mask_mod) if mask_mod else None
     score, mask, captures = frontend.combine(score, mask)
     dtype = getattr(torch, dt)
     q = torch.empty(B, Hq, M, D, dtype=dtype, device="meta")
     kv = torch.empty(B, Hkv, N, D, dtype=dtype, device="meta")
+    return score, mask, captures, q, kv
+
+
+def case_spec(case, return_lse: bool, check_indices: bool = True):
+    """The AttentionSpec of a case (the zoo's mods captured by the frontend,
+    a broadcast 128 x 128 block mask when the variant has a mask_mod) and the
+    tensors its mods capture, in operand order."""
+    import torch
+
+    from flexattn_mlir.examples import zoo
+    from flexattn_mlir.execution.attention import build_spec
+    from flexattn_mlir.masks.block_mask import BlockMask
+
+    name, variant, B, Hq, Hkv, M, N, D, dt, _ = case
+    score, mask, captures, q, kv = captured_case(*zoo.make(variant, Hq, N, "cpu"), case)
     block_mask = None
     if mask is not None:
-        qb, kb = -(-M // 128), -(-N // 128)
+        block_kv = case[-1].get("block_kv", 128)
+        qb, kb = -(-M // 128), -(-N // block_kv)
         num = torch.empty(1, 1, qb, dtype=torch.int32, device="meta")
         idx = torch.empty(1, 1, qb, kb, dtype=torch.int32, device="meta")
-        block_mask = BlockMask.from_kv_blocks(num, idx, num, idx, BLOCK_SIZE=128,
+        block_mask = BlockMask.from_kv_blocks(num, idx, num, idx, BLOCK_SIZE=(128, block_kv),
                                               seq_lengths=(M, N), compute_q_blocks=False)
     spec = build_spec(q, kv, kv, score_mod=score and score.ir, mask_mod=mask and mask.ir,
                       block_mask=block_mask, captures=captures, scale=1.0 / math.sqrt(D),
@@ -172,7 +206,8 @@ def compile_all(out: str, only: str | None, device_cc: tuple[int, int] = (9, 0))
                                    check_indices=name.startswith("check"))
         if over.get("persistent") == "sms":
             over = dict(over, persistent=fm.compiler.targets.sm_count(over.get("target", "sm_90a")))
-        opts = fm.CompileOptions(**{"target": "sm_90a", **over})
+        opts = fm.CompileOptions(**{"target": "sm_90a",
+                                    **{k: v for k, v in over.items() if k not in CASE_ONLY}})
         items.append((name, spec, opts))
         torch.save([c.contiguous() for c in captures], os.path.join(out, f"{name}.captures.pt"))
         manifest[name] = (*case[:-1], over)
@@ -238,7 +273,7 @@ def _inputs(zoo, case, dev):
     import torch
     from torch.nn.attention.flex_attention import create_block_mask
 
-    _, variant, B, Hq, Hkv, M, N, D, dt, _ = case
+    _, variant, B, Hq, Hkv, M, N, D, dt, over = case
     score_mod, mask_mod = zoo.make(variant, Hq, N, dev)
     dtype = getattr(torch, dt)
     gen = torch.Generator(device=dev).manual_seed(0)
@@ -247,7 +282,8 @@ def _inputs(zoo, case, dev):
     v = torch.randn(B, Hkv, N, D, device=dev, dtype=dtype, generator=gen)
     bm, density = None, 1.0
     if mask_mod is not None:
-        bm = create_block_mask(mask_mod, None, None, M, N, device=dev, BLOCK_SIZE=128)
+        bm = create_block_mask(mask_mod, None, None, M, N, device=dev,
+                               BLOCK_SIZE=(128, over.get("block_kv", 128)))
         visited = int(bm.kv_num_blocks.sum() + bm.full_kv_num_blocks.sum())
         density = visited / (bm.kv_indices.shape[2] * bm.kv_indices.shape[3])
     return q, k, v, score_mod, bm, density

@@ -229,6 +229,14 @@ LogicalResult AttentionBackwardOp::verify() {
       failed(checkSameType(o, getDk(), "dk", getK(), "k")) ||
       failed(checkSameType(o, getDv(), "dv", getV(), "v")))
     return failure();
+  if (!getSinks() != !getDsinks())
+    return emitOpError() << "sinks and dsinks go together (dsinks receives "
+                         << "the sinks' gradient)";
+  if (getSinks() &&
+      (failed(verifySinks(o, getSinks(),
+                          cast<MemRefType>(getQ().getType()).getDimSize(1))) ||
+       failed(checkSameType(o, getDsinks(), "dsinks", getSinks(), "sinks"))))
+    return failure();
   if (!getKvNumBlocks() && getBlockSize())
     return emitOpError() << "block_size is given without a block_mask";
   if (!getKvNumBlocks() != !getQNumBlocks() ||

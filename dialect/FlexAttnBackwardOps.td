@@ -93,6 +93,16 @@ def FlexAttn_AttentionBackwardOp : FlexAttn_Op<"attention_backward", [
     preprocessing, as torch's flex backward does); without it flexattn-tile
     computes D on the heap.
 
+    With attention sinks (`flexattn.attention`'s `sinks`), `lse` includes
+    the sink, so P and dS above are unchanged; the optional group
+    `sinks(%sinks, %dsinks)` (both `[Hq]` f32) asks for the sink logits'
+    gradient, the sink's probability P_sink = exp(sinks[h] - lse) times -D
+    summed over the head's rows:
+
+      dsinks[h] = -sum_{b,i} exp(sinks[h] - lse[b,h,i]) D[b,h,i]
+
+    (0 from a row with lse = -inf, which only a sink of -inf leaves).
+
     Operands and regions as `flexattn.attention`'s, plus the transposed
     block lists a KV-outer loop needs: `q_block_mask(q_num_blocks,
     q_indices)` (`[Bm, Hm, ceil(N/KV_BLOCK)]` and `[Bm, Hm,
@@ -129,6 +139,7 @@ def FlexAttn_AttentionBackwardOp : FlexAttn_Op<"attention_backward", [
     AnyMemRef:$q, AnyMemRef:$k, AnyMemRef:$v, AnyMemRef:$out,
     AnyMemRef:$dout, AnyMemRef:$lse, Optional<AnyMemRef>:$dlse,
     Optional<AnyMemRef>:$delta,
+    Optional<AnyMemRef>:$sinks, Optional<AnyMemRef>:$dsinks,
     AnyMemRef:$dq, AnyMemRef:$dk, AnyMemRef:$dv,
     Optional<AnyMemRef>:$kv_num_blocks, Optional<AnyMemRef>:$kv_indices,
     Optional<AnyMemRef>:$full_kv_num_blocks,
@@ -151,6 +162,7 @@ def FlexAttn_AttentionBackwardOp : FlexAttn_Op<"attention_backward", [
     `lse` `(` $lse `:` type($lse) `)`
     (`dlse` `(` $dlse^ `:` type($dlse) `)`)?
     (`delta` `(` $delta^ `:` type($delta) `)`)?
+    (`sinks` `(` $sinks^ `,` $dsinks `:` type($sinks) `,` type($dsinks) `)`)?
     `grads` `(` $dq `,` $dk `,` $dv `:` type($dq) `,` type($dk) `,` type($dv) `)`
     (`block_mask` `(` $kv_num_blocks^ `,` $kv_indices `:`
        type($kv_num_blocks) `,` type($kv_indices) `)`)?

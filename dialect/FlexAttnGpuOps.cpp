@@ -188,19 +188,32 @@ LogicalResult RingWaitOp::verify() {
   return success();
 }
 
+namespace {
+/// The m16 tiles per warp (1 or 2) of a fragment of `elements` per thread
+/// over `cols` columns (cols / 2 per m16 tile), or 0 if it is neither.
+int64_t mTilesOf(int64_t elements, int64_t cols) {
+  for (int64_t t : {1, 2})
+    if (elements == t * cols / 2)
+      return t;
+  return 0;
+}
+} // namespace
+
 LogicalResult FragLoadOp::verify() {
   SmemTileType tile = getTile().getType();
   VectorType frag = getResult().getType();
   if (frag.getElementType() != tile.getElementType())
     return emitOpError() << "the fragment holds " << frag.getElementType()
                          << " but the tile " << tile.getElementType();
-  if (frag.getNumElements() != tile.getCols() / 2)
+  int64_t t = mTilesOf(frag.getNumElements(), tile.getCols());
+  if (!t)
     return emitOpError() << "a band of " << tile.getCols() << " columns is "
-                         << tile.getCols() / 2
-                         << " elements per thread, got " << frag;
-  if (tile.getRows() < 64)
+                         << tile.getCols() / 2 << " (16 rows per warp) or "
+                         << tile.getCols()
+                         << " (32 rows) elements per thread, got " << frag;
+  if (tile.getRows() < 64 * t)
     return emitOpError() << "the tile has " << tile.getRows()
-                         << " rows, fewer than a 64-row band";
+                         << " rows, fewer than a " << 64 * t << "-row band";
   return success();
 }
 
@@ -246,15 +259,19 @@ LogicalResult MmaOp::verify() {
       return emitOpError() << "A and B element types must match, got "
                            << frag.getElementType() << " and "
                            << b.getElementType();
-    if (frag.getNumElements() != k / 2)
-      return emitOpError() << "a register A of K = " << k << " columns is "
-                           << k / 2 << " elements per thread, got "
-                           << frag.getNumElements();
   }
-  if (getResult().getType().getNumElements() != n / 2)
+  int64_t t = mTilesOf(getResult().getType().getNumElements(), n);
+  if (!t)
     return emitOpError() << "the result fragment of N = " << n
-                         << " columns is " << n / 2
-                         << " f32 per thread, got " << getResult().getType();
+                         << " columns is " << n / 2 << " or " << n
+                         << " f32 per thread (16 or 32 rows per warp), got "
+                         << getResult().getType();
+  if (auto frag = dyn_cast<VectorType>(getA().getType());
+      frag && frag.getNumElements() != t * k / 2)
+    return emitOpError() << "a register A of K = " << k << " columns and "
+                         << 16 * t << " rows per warp is " << t * k / 2
+                         << " elements per thread, got "
+                         << frag.getNumElements();
   if (getAcc() && getAcc().getType() != getResult().getType())
     return emitOpError() << "acc type " << getAcc().getType()
                          << " must match the result type "
@@ -270,12 +287,32 @@ LogicalResult MmaWaitOp::inferReturnTypes(
   return success();
 }
 
+namespace {
+/// Checks that `frag` holds whole m16 tiles of 8-column groups for the
+/// 2 T row values `rows`: 4 T elements per 8 columns.
+LogicalResult verifyRowsOf(Operation *op, VectorType frag, VectorType rows,
+                           StringRef what) {
+  int64_t t = rows.getNumElements() / 2;
+  if (frag.getNumElements() % (4 * t))
+    return op->emitOpError()
+           << "a " << what << " fragment of " << 16 * t << " rows per warp ("
+           << rows << " row values) holds " << 4 * t
+           << " elements per 8 columns, got " << frag.getNumElements();
+  return success();
+}
+} // namespace
+
+LogicalResult FragRescaleOp::verify() {
+  return verifyRowsOf(*this, getAcc().getType(), getAlpha().getType(),
+                      "rescaled");
+}
+
 LogicalResult FragSoftmaxOp::verify() {
   int64_t n = getScores().getType().getNumElements();
-  if (n % 4)
-    return emitOpError() << "a score fragment holds 4 elements per 8 columns, "
-                            "got "
-                         << n;
+  if (failed(verifyRowsOf(*this, getScores().getType(), getMax().getType(),
+                          "score")))
+    return failure();
+  int64_t t = getMax().getType().getNumElements() / 2;
   if (getProbs().getType().getNumElements() != n)
     return emitOpError() << "probs must have the scores' " << n
                          << " elements, got " << getProbs().getType();
@@ -284,8 +321,8 @@ LogicalResult FragSoftmaxOp::verify() {
     return emitOpError() << "seq_lens must be two positive lengths [M, N], got "
                          << lens.size() << " value(s)";
   ArrayRef<int64_t> tile = getTileSize();
-  if (tile.size() != 2 || tile[0] <= 0 || tile[1] != 2 * n)
-    return emitOpError() << "tile_size must be [BM, BN] with BN = " << 2 * n
+  if (tile.size() != 2 || tile[0] <= 0 || tile[1] != 2 * n / t)
+    return emitOpError() << "tile_size must be [BM, BN] with BN = " << 2 * n / t
                          << " (the fragment's columns)";
   return success();
 }
@@ -297,9 +334,12 @@ LogicalResult FragFinalizeOp::verify() {
                             "got "
                          << out;
   int64_t dv = out.getDimSize(3);
-  if (getAcc().getType().getNumElements() != dv / 2)
+  int64_t t = getMax().getType().getNumElements() / 2;
+  if (getAcc().getType().getNumElements() != t * dv / 2)
     return emitOpError() << "an accumulator fragment of Dv = " << dv
-                         << " columns is " << dv / 2
-                         << " f32 per thread, got " << getAcc().getType();
-  return verifyLseBuffer(*this, getLse());
+                         << " columns and " << 16 * t << " rows per warp is "
+                         << t * dv / 2 << " f32 per thread, got "
+                         << getAcc().getType();
+  return verifyFinalizeBuffers(*this, getLse(), getMaxScores(), getSinks(),
+                               out.getDimSize(1));
 }

@@ -14,12 +14,15 @@
 //              flexattn.frag.*                         sm_80 path reuses them)
 //
 // Register fragments. A fragment is one thread's share of a tile held in
-// registers, a 1-D vector in the layout of the m16n8 MMA accumulator: the
-// thread's element `e = 4 j + 2 h + q` holds tile element
-// `(row + 8 h, col + 8 j + q)`, where `row` and `col` are the thread's first
-// fragment row and column (warp w of a 64-row band holds rows 16 w .. 16 w +
-// 15; lane = 4 g + t has row 16 w + g and column 2 t). A row value (running
-// max, running sum) is a vector<2xf32>: the thread's rows `row` and `row + 8`.
+// registers, a 1-D vector in the layout of the m16n8 MMA accumulator, made of
+// T m16 tiles (a warp owns 16 T rows; T = 1 or 2). The thread's element
+// `e = E i + 4 j + 2 h + q` (E = the elements of one m16 tile: N / 2 for N
+// columns) holds tile element `(row + 16 i + 8 h, col + 8 j + q)`, where
+// `row` and `col` are the thread's first fragment row and column (warp w of
+// a band holds rows 16 T w .. 16 T w + 16 T - 1; lane = 4 g + t has row
+// 16 T w + g and column 2 t). A row value (running max, running sum) is a
+// vector<2Txf32>: element `2 i + h` is the thread's row `row + 16 i + 8 h`.
+// Hopper's wgmma gives a warp 16 rows (T = 1); sm_80's mma.sync either.
 //
 //===----------------------------------------------------------------------===//
 
@@ -32,8 +35,8 @@ include "mlir/Interfaces/InferTypeOpInterface.td"
 
 def FlexAttn_Fragment : VectorOfRankAndType<[1], [F32]>;
 def FlexAttn_HalfFragment : VectorOfRankAndType<[1], [F16, BF16]>;
-def FlexAttn_RowValues : FixedVectorOfLengthAndType<[2], [F32]>,
-    BuildableType<"::mlir::VectorType::get({2}, $_builder.getF32Type())">;
+// One f32 per row of the thread: 2 per m16 tile of its warp (1 or 2 tiles).
+def FlexAttn_RowValues : FixedVectorOfLengthAndType<[2, 4], [F32]>;
 
 defvar RingAt = [{ $ring `[` $position `]` attr-dict `:` qualified(type($ring)) }];
 
@@ -252,15 +255,18 @@ def FlexAttn_SmemTileReinterpretOp : FlexAttn_Op<"smem_tile.reinterpret", [Pure]
 //===----------------------------------------------------------------------===//
 
 def FlexAttn_MmaOp : FlexAttn_Op<"mma", [AttrSizedOperandSegments]> {
-  let summary = "Asynchronous tensor-core product of a 64-row band";
+  let summary = "Asynchronous tensor-core product of a band of rows";
   let description = [{
-    `D = A . op(B) (+ acc)` for the 64-row band of the executing group of 128
-    threads (4 warps x 16 rows), accumulated in f32: `op(B) = Bᵀ` with
+    `D = A . op(B) (+ acc)` for the band of the executing group of 128
+    threads (4 warps x 16 T rows, T m16 tiles per warp: a 64- or 128-row
+    band), accumulated in f32: `op(B) = Bᵀ` with
     `transpose_b` (B is `[N, K]`, as K for S = Q.Kᵀ) and `B` otherwise (B is
     `[K, N]`, as V for O = P.V). A is either a shared-memory tile, read at
-    rows `[a_row, a_row + 64)`, or a fragment of 16-bit values (`K / 2` per
-    thread); B is a shared-memory tile. The result is a fragment of
-    `N / 2` f32 per thread; without `acc` the product starts from zero.
+    rows `[a_row, a_row + 64 T)`, or a fragment of 16-bit values (`T K / 2`
+    per thread); B is a shared-memory tile. The result is a fragment of
+    `T N / 2` f32 per thread (T is read off its size); without `acc` the
+    product starts from zero. Each B fragment a warp reads feeds its T m16
+    tiles.
 
     The op is asynchronous: it issues the product as one group, and its
     result may only be read through `flexattn.mma.wait`; register operands
@@ -283,12 +289,12 @@ def FlexAttn_MmaOp : FlexAttn_Op<"mma", [AttrSizedOperandSegments]> {
 }
 
 def FlexAttn_FragLoadOp : FlexAttn_Op<"frag.load"> {
-  let summary = "Read a 64-row band of a shared tile into a 16-bit fragment";
+  let summary = "Read a band of a shared tile into a 16-bit fragment";
   let description = [{
-    The executing group's rows `[row, row + 64)` of a shared-memory tile,
-    as a fragment of 16-bit values (`cols / 2` per thread) in the fragment
-    layout: the register A operand of `flexattn.mma`. A kernel that reads
-    the same A tile at every step (Q) loads it once.
+    The executing group's rows `[row, row + 64 T)` of a shared-memory tile,
+    as a fragment of 16-bit values (`T cols / 2` per thread, T m16 tiles per
+    warp) in the fragment layout: the register A operand of `flexattn.mma`.
+    A kernel that reads the same A tile at every step (Q) loads it once.
 
     ```mlir
     %qf = flexattn.frag.load %q[%band] : !flexattn.smem_tile<128x128xbf16> -> vector<64xbf16>
@@ -323,13 +329,14 @@ def FlexAttn_MmaWaitOp : FlexAttn_Op<"mma.wait", [
 
 def FlexAttn_FragSoftmaxOp : FlexAttn_Op<"frag.softmax", [
     IsolatedFromAbove, RecursiveMemoryEffects,
+    AllTypesMatch<["max", "sum", "new_max", "new_sum", "alpha"]>,
     DeclareOpInterfaceMethods<FlexAttn_ModRegionsOpInterface>]> {
   let summary = "The online-softmax update of a score fragment";
   let description = [{
     One KV tile's softmax on the scores `S` of this thread's fragment (rows
     from `row`, keys from `col`, see the fragment layout above), with the
-    running max `m` and this thread's part of the running sum `l` of its two
-    rows (log2 units):
+    running max `m` and this thread's part of the running sum `l` of its
+    rows (log2 units; 2 T rows for T m16 tiles):
 
       u     = log2(e) * mods(scale * S), -inf where masked (`masked`: mask_mod
               applies) or past `seq_lens[1]` keys; indices given to the mods
@@ -349,7 +356,7 @@ def FlexAttn_FragSoftmaxOp : FlexAttn_Op<"frag.softmax", [
     %p, %m1, %l1, %alpha = flexattn.frag.softmax %s state(%m, %l) at(%b, %h, %qrow, %kvcol)
         attributes {scale = 0.125 : f32, seq_lens = array<i64: 300, 300>,
                     tile_size = array<i64: 128, 128>}
-        : vector<64xf32> -> vector<64xbf16>
+        : vector<64xf32>, vector<2xf32> -> vector<64xbf16>
     ```
   }];
   let arguments = (ins FlexAttn_Fragment:$scores, FlexAttn_RowValues:$max,
@@ -363,7 +370,7 @@ def FlexAttn_FragSoftmaxOp : FlexAttn_Op<"frag.softmax", [
                         FlexAttn_ModRegion:$mask_mod);
   let assemblyFormat = !strconcat([{
     $scores `state` `(` $max `,` $sum `)` `at` `(` $b `,` $h `,` $row `,` $col `)`
-  }], ModsAssembly, [{ `:` type($scores) `->` type($probs) }]);
+  }], ModsAssembly, [{ `:` type($scores) `,` type($max) `->` type($probs) }]);
   let hasVerifier = 1;
 }
 
@@ -371,41 +378,50 @@ def FlexAttn_FragRescaleOp : FlexAttn_Op<"frag.rescale", [
     Pure, AllTypesMatch<["acc", "result"]>]> {
   let summary = "Multiply each row of a fragment by its row value";
   let description = [{
-    `acc[r, :] *= alpha[r]` for the fragment's two rows: element
-    `4 j + 2 h + q` is multiplied by `alpha[h]`.
+    `acc[r, :] *= alpha[r]` for the fragment's rows: element
+    `E i + 4 j + 2 h + q` is multiplied by `alpha[2 i + h]`.
 
     ```mlir
-    %acc1 = flexattn.frag.rescale %acc, %alpha : vector<64xf32>
+    %acc1 = flexattn.frag.rescale %acc, %alpha : vector<64xf32>, vector<2xf32>
     ```
   }];
   let arguments = (ins FlexAttn_Fragment:$acc, FlexAttn_RowValues:$alpha);
   let results = (outs FlexAttn_Fragment:$result);
-  let assemblyFormat = "$acc `,` $alpha attr-dict `:` type($acc)";
+  let assemblyFormat = "$acc `,` $alpha attr-dict `:` type($acc) `,` type($alpha)";
+  let hasVerifier = 1;
 }
 
-def FlexAttn_FragFinalizeOp : FlexAttn_Op<"frag.finalize"> {
-  let summary = "Normalise an accumulator fragment and store out (and lse)";
+def FlexAttn_FragFinalizeOp : FlexAttn_Op<"frag.finalize", [
+    AttrSizedOperandSegments, AllTypesMatch<["max", "sum"]>]> {
+  let summary = "Normalise an accumulator fragment and store out (and lse, "
+                "max_scores)";
   let description = [{
     Completes the row sums `l` over the threads sharing a row and writes this
-    thread's elements of rows `row`, `row + 8` (those inside M) of
+    thread's elements of rows `row + 16 i + 8 h` (those inside M) of
     `out[b, h]`: `acc / l`, 0 where `l = 0`, rounded to out's type; the
     thread holding column 0 of a row writes `lse[b, h, row] =
-    ln(2) (m + log2 l)`, -inf where `l = 0`.
+    ln(2) (m + log2 l)`, -inf where `l = 0`, and `max_scores[b, h, row] =
+    ln(2) m`. With `sinks`, `sinks[h]` joins the completed row state first,
+    as in `flexattn.finalize`.
 
     ```mlir
-    flexattn.frag.finalize %acc state(%m, %l) outs(%out : memref<1x2x300x128xbf16>)
-        at(%b, %h, %qrow, %col) : vector<64xf32>
+    flexattn.frag.finalize %acc state(%m, %l) sinks(%sinks : memref<2xf32>)
+        outs(%out : memref<1x2x300x128xbf16>) lse(%lse : memref<1x2x300xf32>)
+        max_scores(%max : memref<1x2x300xf32>) at(%b, %h, %qrow, %col) : vector<64xf32>, vector<2xf32>
     ```
   }];
   let arguments = (ins FlexAttn_Fragment:$acc, FlexAttn_RowValues:$max,
-                       FlexAttn_RowValues:$sum, AnyMemRef:$out,
-                       Optional<AnyMemRef>:$lse, Index:$b, Index:$h,
+                       FlexAttn_RowValues:$sum, Optional<AnyMemRef>:$sinks,
+                       AnyMemRef:$out, Optional<AnyMemRef>:$lse,
+                       Optional<AnyMemRef>:$max_scores, Index:$b, Index:$h,
                        Index:$row, Index:$col);
-  let assemblyFormat = [{
-    $acc `state` `(` $max `,` $sum `)` `outs` `(` $out `:` type($out) `)`
-    (`lse` `(` $lse^ `:` type($lse) `)`)?
-    `at` `(` $b `,` $h `,` $row `,` $col `)` attr-dict `:` type($acc)
-  }];
+  let assemblyFormat = !strconcat([{
+    $acc `state` `(` $max `,` $sum `)`
+  }], SinksAssembly, [{
+    `outs` `(` $out `:` type($out) `)`
+  }], StatsAssembly, [{
+    `at` `(` $b `,` $h `,` $row `,` $col `)` attr-dict `:` type($acc) `,` type($max)
+  }]);
   let hasVerifier = 1;
 }
 

@@ -203,17 +203,23 @@ LogicalResult verifyOutputs(Operation *op, Value q, Value v, Value out,
                     [](auto p) { return dimsAgree(std::get<0>(p), std::get<1>(p)); }))
     return op->emitOpError() << outRole << " shape must be [B, Hq, M, Dv] = "
                              << shapeStr(expected) << ", got " << shapeStr(os);
-  if (!lse)
+  return verifyRowStat(op, q, lse, "lse");
+}
+
+/// An optional per-row statistic (lse, max_scores): [B, Hq, M] f32.
+LogicalResult verifyRowStat(Operation *op, Value q, Value stat, StringRef role) {
+  if (!stat)
     return success();
-  if (failed(checkMemRef(op, lse, "lse", 3, "[B, Hq, M]",
+  if (failed(checkMemRef(op, stat, role, 3, "[B, Hq, M]",
                          [](Type t) { return t.isF32(); }, "f32")))
     return failure();
-  auto ls = cast<MemRefType>(lse.getType()).getShape();
-  if (!dimsAgree(ls[0], qs[0]) || !dimsAgree(ls[1], qs[1]) ||
-      !dimsAgree(ls[2], qs[2]))
-    return op->emitOpError() << "lse shape must be [B, Hq, M] = "
-                             << shapeStr(ArrayRef(expected).take_front(3))
-                             << ", got " << shapeStr(ls);
+  auto qs = cast<MemRefType>(q.getType()).getShape();
+  auto ss = cast<MemRefType>(stat.getType()).getShape();
+  if (!dimsAgree(ss[0], qs[0]) || !dimsAgree(ss[1], qs[1]) ||
+      !dimsAgree(ss[2], qs[2]))
+    return op->emitOpError() << role << " shape must be [B, Hq, M] = "
+                             << shapeStr(qs.take_front(3)) << ", got "
+                             << shapeStr(ss);
   return success();
 }
 
@@ -438,6 +444,49 @@ LogicalResult verifyPackedRows(Operation *op, Value q, Value k) {
 
 } // namespace mlir::flexattn::detail
 
+//===----------------------------------------------------------------------===//
+// flexattn.mod
+//===----------------------------------------------------------------------===//
+
+void ModOp::print(OpAsmPrinter &p) {
+  p << ' ' << getKind();
+  p.printOptionalAttrDictWithKeyword((*this)->getAttrs(), {"kind"});
+  p << ' ';
+  p.printRegion(getBody(), /*printEntryBlockArgs=*/true,
+                /*printBlockTerminators=*/true);
+}
+
+ParseResult ModOp::parse(OpAsmParser &parser, OperationState &result) {
+  StringRef kind;
+  if (parser.parseKeyword(&kind))
+    return failure();
+  result.getOrAddProperties<ModOp::Properties>().kind =
+      parser.getBuilder().getStringAttr(kind);
+  if (parser.parseOptionalAttrDictWithKeyword(result.attributes))
+    return failure();
+  return parser.parseRegion(*result.addRegion(), /*arguments=*/{});
+}
+
+LogicalResult ModOp::verify() {
+  StringRef kind = getKind();
+  if (kind != "score_mod" && kind != "mask_mod")
+    return emitOpError() << "kind must be score_mod or mask_mod, got " << kind;
+  Block &block = getBody().front();
+  unsigned fixed = getNumFixedArguments();
+  if (block.getNumArguments() < fixed)
+    return emitOpError() << kind << " must take " << fixed << " leading arguments "
+                         << (fixed == 5 ? "(score, b, h, q_idx, kv_idx)"
+                                        : "(b, h, q_idx, kv_idx)")
+                         << ", got " << block.getNumArguments();
+  // The captured buffers are the block's trailing arguments.
+  TypeRange captures = TypeRange(block.getArgumentTypes()).drop_front(fixed);
+  if (fixed == 4)
+    return verifyMaskRegion(*this, getBody(), captures);
+  return verifyRegion(*this, getBody(), "score_mod", true, captures, [&](YieldOp y) {
+    return yieldsOne(*this, y, "score_mod", [](Type t) { return t.isF32(); }, "f32");
+  });
+}
+
 LogicalResult mlir::flexattn::verifyModRegions(Operation *op) {
   auto mods = cast<ModRegionsOpInterface>(op);
   TypeRange captures = mods.getCaptures().getTypes();
@@ -456,7 +505,10 @@ LogicalResult mlir::flexattn::verifyModRegions(Operation *op) {
 
 LogicalResult AttentionOp::verify() {
   if (failed(verifyQKV(*this, getQ(), getK(), getV(), /*kvBatchBroadcast=*/true)) ||
-      failed(verifyOutputs(*this, getQ(), getV(), getOut(), getLse())))
+      failed(verifyOutputs(*this, getQ(), getV(), getOut(), getLse())) ||
+      failed(verifyRowStat(*this, getQ(), getMaxScores(), "max_scores")) ||
+      failed(verifySinks(*this, getSinks(),
+                         cast<MemRefType>(getQ().getType()).getDimSize(1))))
     return failure();
   if (!getKvNumBlocks() && getBlockSize())
     return emitOpError() << "block_size is given without a block_mask";
@@ -513,16 +565,38 @@ LogicalResult FinalizeOp::verify() {
   if (failed(verifyState(*this, getAcc(), getMax(), getSum(), std::nullopt,
                          outType.getShape()[3])))
     return failure();
-  return verifyLseBuffer(*this, getLse());
+  return verifyFinalizeBuffers(*this, getLse(), getMaxScores(), getSinks(),
+                               outType.getDimSize(1));
 }
 
-LogicalResult mlir::flexattn::verifyLseBuffer(Operation *op, Value lse) {
-  if (!lse)
+LogicalResult mlir::flexattn::verifyFinalizeBuffers(Operation *op, Value lse,
+                                                    Value maxScores,
+                                                    Value sinks,
+                                                    int64_t heads) {
+  for (auto [stat, role] : {std::pair<Value, StringRef>{lse, "lse"},
+                            {maxScores, "max_scores"}}) {
+    if (!stat)
+      continue;
+    auto st = cast<MemRefType>(stat.getType());
+    if (st.getRank() != 3 || !st.getElementType().isF32())
+      return op->emitOpError() << role
+                               << " must be a 3-D f32 memref [B, Hq, M], got "
+                               << st;
+  }
+  return verifySinks(op, sinks, heads);
+}
+
+LogicalResult mlir::flexattn::verifySinks(Operation *op, Value sinks,
+                                          int64_t heads) {
+  if (!sinks)
     return success();
-  auto lt = cast<MemRefType>(lse.getType());
-  if (lt.getRank() != 3 || !lt.getElementType().isF32())
-    return op->emitOpError() << "lse must be a 3-D f32 memref [B, Hq, M], got "
-                             << lt;
+  auto st = cast<MemRefType>(sinks.getType());
+  if (st.getRank() != 1 || !st.getElementType().isF32())
+    return op->emitOpError() << "sinks must be a 1-D f32 memref [Hq], got "
+                             << st;
+  if (!dimsAgree(st.getDimSize(0), heads))
+    return op->emitOpError() << "sinks must hold one logit per query head ("
+                             << heads << "), got " << st.getDimSize(0);
   return success();
 }
 

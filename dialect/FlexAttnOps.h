@@ -24,8 +24,12 @@ namespace mlir::flexattn {
 /// ModRegionsOpInterface: argument count and types, the captured buffers, and
 /// the yielded value. Every failure names the region and what it expected.
 LogicalResult verifyModRegions(Operation *op);
-/// An optional lse operand: a 3-D f32 memref [B, Hq, M].
-LogicalResult verifyLseBuffer(Operation *op, Value lse);
+/// The optional operands of a finalize: lse and max_scores 3-D f32 memrefs
+/// [B, Hq, M], sinks (see verifySinks) for `heads` query heads.
+LogicalResult verifyFinalizeBuffers(Operation *op, Value lse, Value maxScores,
+                                    Value sinks, int64_t heads);
+/// An optional sinks operand: a 1-D f32 memref of `heads` logits.
+LogicalResult verifySinks(Operation *op, Value sinks, int64_t heads);
 } // namespace mlir::flexattn
 
 #include "dialect/FlexAttnInterfaces.h.inc"

@@ -76,6 +76,17 @@ defvar StateAssembly = [{
   `state` `(` $acc `,` $max `,` $sum `:` type($acc) `,` type($max) `,` type($sum) `)`
 }];
 
+// The optional per-head sink logits (an input) and the optional row
+// statistics (outputs) of the ops that write a normalised output.
+defvar SinksAssembly = [{
+  (`sinks` `(` $sinks^ `:` type($sinks) `)`)?
+}];
+
+defvar StatsAssembly = [{
+  (`lse` `(` $lse^ `:` type($lse) `)`)?
+  (`max_scores` `(` $max_scores^ `:` type($max_scores) `)`)?
+}];
+
 defvar BlockMaskAssembly = [{
   (`block_mask` `(` $kv_num_blocks^ `,` $kv_indices `:`
      type($kv_num_blocks) `,` type($kv_indices) `)`)?
@@ -105,6 +116,21 @@ def FlexAttn_AttentionOp : FlexAttn_Op<"attention", [
     f32. A query row with no visible key gets a zero output and
     an lse of -inf, as torch does.
 
+    The optional `max_scores` (`[B, Hq, M]` f32) receives each row's
+    largest modified score, max_j s[b,h,i,j] over unmasked j (after
+    score_mod, natural units; -inf for a row with no visible key), as torch's
+    `AuxRequest(max_scores=True)`. It is the online softmax's running max,
+    not a second computation.
+
+    The optional `sinks` (`[Hq]` f32) is a per-head sink logit that joins
+    every row's softmax denominator (attention sinks, gpt-oss style):
+
+      out[b,h,i,:] = sum_j exp(s_j) v_j / (exp(sinks[h]) + sum_j exp(s_j))
+      lse[b,h,i]   = log(exp(sinks[h]) + sum_j exp(s_j))
+
+    so a row with no visible key gets a zero output and lse = sinks[h].
+    `max_scores` does not include the sink.
+
     The optional block mask has torch's BlockMask layout, with
     `block_size = [Q_BLOCK, KV_BLOCK]`: `kv_num_blocks [Bm, Hm, ceil(M/Q_BLOCK)]`
     i32 counts the partial blocks of each query block, listed first in
@@ -118,7 +144,9 @@ def FlexAttn_AttentionOp : FlexAttn_Op<"attention", [
     ```mlir
     flexattn.attention ins(%q, %k, %v : memref<2x8x256x64xbf16>,
                                memref<2x8x256x64xbf16>, memref<2x8x256x64xbf16>)
+        sinks(%sinks : memref<8xf32>)
         outs(%out : memref<2x8x256x64xbf16>) lse(%lse : memref<2x8x256xf32>)
+        max_scores(%max : memref<2x8x256xf32>)
         block_mask(%kvn, %kvi : memref<1x1x2xi32>, memref<1x1x2x2xi32>)
         full_blocks(%fkvn, %fkvi : memref<1x1x2xi32>, memref<1x1x2x2xi32>)
         captures(%slopes : memref<8xf32>)
@@ -140,8 +168,8 @@ def FlexAttn_AttentionOp : FlexAttn_Op<"attention", [
     ```
   }];
   let arguments = (ins
-    AnyMemRef:$q, AnyMemRef:$k, AnyMemRef:$v, AnyMemRef:$out,
-    Optional<AnyMemRef>:$lse,
+    AnyMemRef:$q, AnyMemRef:$k, AnyMemRef:$v, Optional<AnyMemRef>:$sinks,
+    AnyMemRef:$out, Optional<AnyMemRef>:$lse, Optional<AnyMemRef>:$max_scores,
     Optional<AnyMemRef>:$kv_num_blocks, Optional<AnyMemRef>:$kv_indices,
     Optional<AnyMemRef>:$full_kv_num_blocks,
     Optional<AnyMemRef>:$full_kv_indices,
@@ -150,10 +178,9 @@ def FlexAttn_AttentionOp : FlexAttn_Op<"attention", [
     OptionalAttr<DenseI64ArrayAttr>:$block_size);
   let regions = (region FlexAttn_ModRegion:$score_mod,
                         FlexAttn_ModRegion:$mask_mod);
-  let assemblyFormat = !strconcat(QKVAssembly, [{
+  let assemblyFormat = !strconcat(QKVAssembly, SinksAssembly, [{
     `outs` `(` $out `:` type($out) `)`
-    (`lse` `(` $lse^ `:` type($lse) `)`)?
-  }], BlockMaskAssembly, ModsAssembly);
+  }], StatsAssembly, BlockMaskAssembly, ModsAssembly);
   let hasVerifier = 1;
   let extraClassDeclaration = [{
     bool hasBlockMask() { return getKvNumBlocks() != nullptr; }
@@ -272,25 +299,36 @@ def FlexAttn_TileStepOp : FlexAttn_Op<"tile_step", [
 // flexattn.finalize
 //===----------------------------------------------------------------------===//
 
-def FlexAttn_FinalizeOp : FlexAttn_Op<"finalize"> {
+def FlexAttn_FinalizeOp : FlexAttn_Op<"finalize", [AttrSizedOperandSegments]> {
   let summary = "Normalise one Q tile's accumulator and write out and lse";
   let description = [{
     Writes `out[b, h, q0 + i, :] = acc[i, :] / sum[i]` and
     `lse[b, h, q0 + i] = ln(2) * (max[i] + log2(sum[i]))` for the rows of the
     tile inside M. A row whose sum is zero (no visible key) gets 0 and -inf.
+    The optional `max_scores[b, h, q0 + i]` gets `ln(2) * max[i]` (the row's
+    largest score, -inf for a row without a visible key).
+
+    With `sinks` (`[Hq]` f32, natural log), the sink logit `sinks[h]` first
+    joins the state as one more score without a value:
+    `max' = max(max, log2(e) sinks[h])`, `alpha = exp2(max - max')`,
+    `sum' = alpha sum + exp2(log2(e) sinks[h] - max')`, `acc' = alpha acc`;
+    out and lse are then written from the new state (`max_scores` from the
+    old max: the sink is not a score).
 
     ```mlir
     flexattn.finalize state(%acc, %m, %l : memref<64x64xf32>, memref<64xf32>, memref<64xf32>)
-        outs(%out : memref<1x4x200x64xf32>) lse(%lse : memref<1x4x200xf32>) at(%b, %h, %q0)
+        sinks(%sinks : memref<4xf32>)
+        outs(%out : memref<1x4x200x64xf32>) lse(%lse : memref<1x4x200xf32>)
+        max_scores(%max : memref<1x4x200xf32>) at(%b, %h, %q0)
     ```
   }];
   let arguments = (ins
-    AnyMemRef:$acc, AnyMemRef:$max, AnyMemRef:$sum,
-    AnyMemRef:$out, Optional<AnyMemRef>:$lse,
+    AnyMemRef:$acc, AnyMemRef:$max, AnyMemRef:$sum, Optional<AnyMemRef>:$sinks,
+    AnyMemRef:$out, Optional<AnyMemRef>:$lse, Optional<AnyMemRef>:$max_scores,
     Index:$b, Index:$h, Index:$q0);
-  let assemblyFormat = !strconcat(StateAssembly, [{
+  let assemblyFormat = !strconcat(StateAssembly, SinksAssembly, [{
     `outs` `(` $out `:` type($out) `)`
-    (`lse` `(` $lse^ `:` type($lse) `)`)?
+  }], StatsAssembly, [{
     `at` `(` $b `,` $h `,` $q0 `)` attr-dict
   }]);
   let hasVerifier = 1;
@@ -378,12 +416,51 @@ def FlexAttn_CheckIndexOp : FlexAttn_Op<"check_index"> {
 }
 
 //===----------------------------------------------------------------------===//
+// flexattn.mod
+//===----------------------------------------------------------------------===//
+
+def FlexAttn_ModOp : FlexAttn_Op<"mod", [IsolatedFromAbove]> {
+  let summary = "One score_mod or mask_mod on its own";
+  let description = [{
+    Holds one mod region outside an attention op: the unit the Python side
+    captures, stores in its caches, hashes and parses back. `kind` is
+    `score_mod` (`(score: f32, b, h, q_idx, kv_idx, captures...) -> f32`) or
+    `mask_mod` (`(b, h, q_idx, kv_idx, captures...) -> i1`); the block's
+    trailing arguments are the captured buffers, and the region is checked
+    as the attention ops check theirs. The op is never lowered: its block
+    moves into the region of a `flexattn.attention` (or a backward op) that
+    the driver builds.
+
+    ```mlir
+    flexattn.mod score_mod {
+    ^bb0(%score: f32, %b: i32, %h: i32, %q_idx: i32, %kv_idx: i32, %cap0: memref<8xf32>):
+      %i = arith.index_cast %h : i32 to index
+      %slope = memref.load %cap0[%i] : memref<8xf32>
+      %d = arith.subi %q_idx, %kv_idx : i32
+      %df = arith.sitofp %d : i32 to f32
+      %r = arith.mulf %slope, %df : f32
+      %s = arith.subf %score, %r : f32
+      flexattn.yield %s : f32
+    }
+    ```
+  }];
+  let arguments = (ins StrAttr:$kind);
+  let regions = (region SizedRegion<1>:$body);
+  let hasCustomAssemblyFormat = 1;
+  let hasVerifier = 1;
+  let extraClassDeclaration = [{
+    /// score_mod's five leading arguments or mask_mod's four.
+    unsigned getNumFixedArguments() { return getKind() == "score_mod" ? 5 : 4; }
+  }];
+}
+
+//===----------------------------------------------------------------------===//
 // flexattn.yield
 //===----------------------------------------------------------------------===//
 
 def FlexAttn_YieldOp : FlexAttn_Op<"yield", [
     Pure, ReturnLike, Terminator,
-    ParentOneOf<["AttentionOp", "KvLoopOp", "TileStepOp", "ApplyModsOp",
+    ParentOneOf<["AttentionOp", "KvLoopOp", "TileStepOp", "ApplyModsOp", "ModOp",
                  "FragSoftmaxOp", "AttentionBackwardOp", "BackwardQLoopOp",
                  "BackwardKvLoopOp", "BackwardStepOp", "ApplyModsVjpOp"]>]> {
   let summary = "Returns the value of a score_mod or mask_mod region";

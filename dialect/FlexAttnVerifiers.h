@@ -44,6 +44,10 @@ LogicalResult verifyQKV(Operation *op, Value q, Value k, Value v,
 LogicalResult verifyOutputs(Operation *op, Value q, Value v, Value out,
                             Value lse, StringRef outRole = "out");
 
+/// An optional per-row statistic named `role` (lse, max_scores): [B, Hq, M]
+/// f32, against q.
+LogicalResult verifyRowStat(Operation *op, Value q, Value stat, StringRef role);
+
 /// One pair of block lists in torch's BlockMask layout (`qSide`: the
 /// transposed lists of a KV-outer backward loop; `oneRow`: a packed decode
 /// tile's own row, one query block whatever q's length).

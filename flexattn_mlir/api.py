@@ -23,7 +23,7 @@ from .compiler import driver, targets
 from .compiler.mods import ModIR
 from .compiler.options import CompileOptions
 from .execution import autograd, checks
-from .execution.attention import attention_forward, attention_spec
+from .execution.attention import attention_forward, attention_spec, results, unpack_results
 from .masks import is_noop
 from .masks.block_mask import BlockMask
 
@@ -68,6 +68,7 @@ def flex_attention(
     kernel_options: Optional[dict] = None,
     *,
     return_aux=None,
+    sinks: Optional[torch.Tensor] = None,
 ):
     """``torch.nn.attention.flex_attention.flex_attention``, compiled by flexattn-mlir.
 
@@ -77,11 +78,18 @@ def flex_attention(
     they read becoming kernel operands; ``block_mask`` is a
     :class:`~flexattn_mlir.BlockMask` or torch's; ``scale`` defaults to
     1/sqrt(D). Returns ``out``, ``(out, lse)`` with ``return_lse``, or
-    ``(out, AuxOutput)`` with ``return_aux=AuxRequest(lse=True)``.
+    ``(out, AuxOutput)`` with ``return_aux=AuxRequest(lse=True,
+    max_scores=True)`` (either or both; max_scores: each row's largest score
+    after score_mod, float32, -inf for a row with no visible key).
+    ``sinks`` (beyond torch): ``[Hq]`` attention-sink logits (gpt-oss
+    style), one per query head, that join every row's softmax denominator:
+    ``out = sum_j exp(s_j) v_j / (exp(sinks[h]) + sum_j exp(s_j))``; lse
+    includes the sink (a row with no visible key gives 0 and lse =
+    sinks[h]), max_scores does not. Learnable (CPU and GPU).
     ``kernel_options`` takes our :class:`CompileOptions` fields and torch's
     ``BLOCK_M``/``BLOCK_N``/``num_stages``; other torch tuning keys are ignored.
 
-    Differentiable (CPU): when q, k, v or a tensor the mods capture requires
+    Differentiable: when q, k, v, a tensor the mods capture or sinks requires
     grad, gradients flow to all of them and through lse
     (:mod:`flexattn_mlir.execution.autograd`). Under ``torch.compile`` the call is one
     custom op (no graph break); the mods must then be functions that exist
@@ -90,29 +98,31 @@ def flex_attention(
     """
     if return_lse and return_aux is not None:
         raise ValueError("pass either return_lse or return_aux, not both")
-    if return_aux is not None and getattr(return_aux, "max_scores", False):
-        raise NotImplementedError("return_aux.max_scores is not supported by flexattn_mlir yet")
     want_lse = return_lse or (return_aux is not None and bool(return_aux.lse))
+    want_max = return_aux is not None and bool(getattr(return_aux, "max_scores", False))
+    checks.check_sinks(sinks, query)
     if torch.compiler.is_compiling():
         # torch.compile: one custom op in the graph (the mods are captured
         # at trace time); differentiable.
-        out, lse = autograd.traced_flex_attention(query, key, value, score_mod, block_mask,
-                                                  scale, enable_gqa, want_lse, kernel_options)
-        result = (out, lse) if want_lse else out
+        out, lse, max_scores = autograd.traced_flex_attention(
+            query, key, value, score_mod, block_mask, scale, enable_gqa, want_lse,
+            kernel_options, sinks, want_max)
     else:
         call = _lower_call(query, key, value, score_mod, block_mask, enable_gqa, kernel_options)
-        common = dict(scale=scale, enable_gqa=enable_gqa, return_lse=want_lse, **call)
-        if autograd.needs_grad(query, key, value, call["captures"]):
+        common = dict(scale=scale, enable_gqa=enable_gqa, return_lse=want_lse, sinks=sinks,
+                      return_max_scores=want_max, **call)
+        if autograd.needs_grad(query, key, value, call["captures"], sinks):
             # Training: the differentiable custom op (flexattn_mlir.execution.autograd).
             result = autograd.attention_with_grad(query, key, value, score_fn=score_mod, **common)
         else:
             result = attention(query, key, value, **common)
+        out, lse, max_scores = unpack_results(result, want_lse, want_max)
     if return_aux is not None:
         from torch.nn.attention.flex_attention import AuxOutput
 
-        out, lse = result if want_lse else (result, None)
-        return out, AuxOutput(lse=lse)
-    return result
+        return out, AuxOutput(lse=lse if want_lse else None,
+                              max_scores=max_scores if want_max else None)
+    return (out, lse) if want_lse else out
 
 
 def attention(
@@ -130,6 +140,8 @@ def attention(
     options: Optional[CompileOptions] = None,
     name: str = "flexattn",
     capture_labels: Sequence[str] = (),
+    sinks: Optional[torch.Tensor] = None,
+    return_max_scores: bool = False,
 ):
     """softmax(mods(scale * Q Kᵀ)) V with the mods given as IR.
 
@@ -138,20 +150,23 @@ def attention(
     ``BLOCK_SIZE``). ``captures`` are the buffers the mods' trailing block
     arguments receive. Non-contiguous inputs are copied to contiguous ones.
     ``name`` labels the kernel (IR dumps, messages) and ``capture_labels``
-    the captures (messages); neither enters the cache key. Returns ``out`` or
-    ``(out, lse)``; lse is float32, natural log. In grad mode, when q, k, v or
-    a capture requires grad, the call is differentiable
-    (:func:`flexattn_mlir.execution.autograd.attention_with_grad`; the
-    backward runs on the CPU, other targets raise NotImplementedError).
+    the captures (messages); neither enters the cache key. ``sinks``:
+    ``[Hq]`` attention-sink logits (any float dtype) joining each row's
+    softmax denominator. Returns ``out`` or ``(out, lse)``; lse is float32,
+    natural log; with ``return_max_scores``, ``(out, lse or None,
+    max_scores)`` (float32, each row's largest modified score). In grad mode,
+    when q, k, v, a capture or sinks requires grad, the call is
+    differentiable (:func:`flexattn_mlir.execution.autograd.attention_with_grad`).
     """
     common = dict(score_mod=score_mod, mask_mod=mask_mod, block_mask=block_mask,
                   captures=captures, scale=scale, enable_gqa=enable_gqa,
-                  return_lse=return_lse, options=options, name=name)
-    if autograd.needs_grad(query, key, value, captures):
+                  return_lse=return_lse, options=options, name=name, sinks=sinks,
+                  return_max_scores=return_max_scores)
+    if autograd.needs_grad(query, key, value, captures, sinks):
         return autograd.attention_with_grad(query, key, value, capture_labels=capture_labels,
                                             **common)
-    return attention_forward(query, key, value, **common)
-
+    return results(*attention_forward(query, key, value, **common), return_lse,
+                   return_max_scores)
 
 
 def _lower_call(query, key, value, score_mod, block_mask, enable_gqa, kernel_options) -> dict:

@@ -40,19 +40,23 @@ Value next(ImplicitLocOpBuilder &b, Value position) {
 } // namespace
 
 ConsumerRole::ConsumerRole(ImplicitLocOpBuilder &b, const ConsumerRings &rings,
-                           const KernelPlan &plan, Value group, Value thread)
-    : rings(rings), plan(plan), qPos(arith::ConstantIntOp::create(b, 0, 32)),
+                           const KernelPlan &plan, Value group, Value thread,
+                           int64_t warpTiles)
+    : rings(rings), plan(plan), warpTiles(warpTiles),
+      qPos(arith::ConstantIntOp::create(b, 0, 32)),
       kvPos(arith::ConstantIntOp::create(b, 0, 32)) {
-  // The m16n8 accumulator layout: warp w of the band holds rows 16 w ..
-  // 16 w + 15; lane 4 g + t holds row 16 w + g (and + 8), columns 2 t + ...
+  // The m16n8 accumulator layout: warp w of the band holds rows 16 T w ..
+  // 16 T w + 16 T - 1; lane 4 g + t holds row 16 T w + g (and + 8, + 16 i),
+  // columns 2 t + ...
   auto idx = [&](int64_t v) { return arith::ConstantIndexOp::create(b, v); };
-  band = arith::MulIOp::create(b, group, idx(kBandRows));
+  band = arith::MulIOp::create(b, group, idx(kBandRows * warpTiles));
   Value warp = arith::DivUIOp::create(b, thread, idx(32));
   Value lane = arith::RemUIOp::create(b, thread, idx(32));
   Value g = arith::DivUIOp::create(b, lane, idx(4));
   Value t = arith::RemUIOp::create(b, lane, idx(4));
   row = arith::AddIOp::create(
-      b, arith::AddIOp::create(b, band, arith::MulIOp::create(b, warp, idx(16))), g);
+      b, arith::AddIOp::create(b, band, arith::MulIOp::create(b, warp, idx(16 * warpTiles))),
+      g);
   col = arith::MulIOp::create(b, t, idx(2));
 }
 
@@ -70,8 +74,8 @@ void ConsumerRole::setCarried(ValueRange v) {
 }
 
 void ConsumerRole::startState(ImplicitLocOpBuilder &b) {
-  auto rowsType = VectorType::get({2}, b.getF32Type());
-  auto accType = VectorType::get({plan.Dv / 2}, b.getF32Type());
+  auto rowsType = VectorType::get({2 * warpTiles}, b.getF32Type());
+  auto accType = VectorType::get({warpTiles * plan.Dv / 2}, b.getF32Type());
   auto splat = [&](VectorType t, float v) -> Value {
     return arith::ConstantOp::create(
         b, DenseElementsAttr::get(t, b.getF32FloatAttr(v)));
@@ -84,7 +88,9 @@ LogicalResult ConsumerRole::step(ImplicitLocOpBuilder &b, TileStepOp op,
                                  IRMapping &map) {
   Value q0 = map.lookupOrDefault(op.getQ0());
   Value kv0 = map.lookupOrDefault(op.getKv0());
-  auto fragType = [&](int64_t n, Type elem) { return VectorType::get({n / 2}, elem); };
+  auto fragType = [&](int64_t n, Type elem) {
+    return VectorType::get({warpTiles * n / 2}, elem);
+  };
   auto wait = [&](Value ring) -> LogicalResult {
     auto w = RingWaitOp::create(b, ring, kvPos);
     if (std::optional<int64_t> n = waitInFlight())
@@ -130,9 +136,10 @@ LogicalResult ConsumerRole::finalize(ImplicitLocOpBuilder &b, FinalizeOp op,
                                      IRMapping &map) {
   endTile(b);
   Value q0 = map.lookupOrDefault(op.getQ0());
+  auto mapped = [&](Value v) { return v ? map.lookupOrDefault(v) : Value(); };
   FragFinalizeOp::create(b, state.acc, state.max, state.sum,
-                         map.lookupOrDefault(op.getOut()),
-                         op.getLse() ? map.lookupOrDefault(op.getLse()) : Value(),
+                         mapped(op.getSinks()), mapped(op.getOut()),
+                         mapped(op.getLse()), mapped(op.getMaxScores()),
                          map.lookupOrDefault(op.getB()),
                          map.lookupOrDefault(op.getH()),
                          arith::AddIOp::create(b, q0, row), col);

@@ -12,7 +12,8 @@
 //   wait V_j; O = O + P.V_j; wait(0); release V_j
 //
 // and at the end of a Q tile frag.finalize. Each group of 128 threads (4
-// warps x 16 rows) computes a 64-row band of the 128-row Q tile. The role
+// warps x 16 T rows: T m16 tiles per warp) computes a 64 T-row band of the
+// 128-row Q tile (Hopper: T = 1; sm_80: 1 or 2). The role
 // passes specialise it: flexattn-warp-specialize (Hopper: consumer
 // warpgroups reading the Q tile a TMA producer loaded) and
 // flexattn-multistage (sm_80: every warp copies too, Q is read into
@@ -30,7 +31,8 @@
 
 namespace mlir::flexattn {
 
-/// Rows of the Q tile, of one group's band, threads of a group.
+/// Rows of the Q tile, of one group's band per m16 tile of its warps,
+/// threads of a group.
 constexpr int64_t kTileRows = 128;
 constexpr int64_t kBandRows = 64;
 constexpr int64_t kGroupThreads = 128;
@@ -56,8 +58,10 @@ struct ConsumerRings {
 /// ring positions and, inside a Q tile, the softmax state.
 class ConsumerRole : public RoleEmitter {
 public:
+  /// `warpTiles`: m16 tiles per warp (its rows / 16).
   ConsumerRole(ImplicitLocOpBuilder &b, const ConsumerRings &rings,
-               const KernelPlan &plan, Value group, Value thread);
+               const KernelPlan &plan, Value group, Value thread,
+               int64_t warpTiles = 1);
 
   SmallVector<Value> carried() const override;
   void setCarried(ValueRange v) override;
@@ -81,7 +85,8 @@ protected:
 
   const ConsumerRings &rings;
   const KernelPlan &plan;
-  Value band;           // index: first Q row of this group's 64-row band
+  int64_t warpTiles;    // m16 tiles per warp
+  Value band;           // index: first Q row of this group's band
   Value row, col;       // index: this thread's first fragment row / column
   Value qPos, kvPos;    // ring positions
   Value qA, qRow;       // S's A operand: a shared tile and its band row, or

@@ -186,6 +186,23 @@ LogicalResult mlir::flexattn::decomposeFinalize(RewriterBase &rewriter,
   Type outElem = cast<MemRefType>(op.getOut().getType()).getElementType();
   AffineMap ij = t.map(2, {0, 1}), i2 = t.map(2, {0}), i1 = t.map(1, {0});
 
+  // max_scores = ln(2) * m, before the sink (it is not a score)
+  if (Value maxBuf = op.getMaxScores()) {
+    Value maxScores = t.rowsOf(maxBuf, op.getB(), op.getH(), op.getQ0(), rows);
+    t.generic({m}, {maxScores}, {i1, i1}, {kPar},
+              [](OpBuilder &b, Location loc, ValueRange a) -> Value {
+                return softmax::maxScore(b, loc, a[0]);
+              });
+  }
+
+  // The sink log2(e) * sinks[h] joins m, l and acc (in place)
+  if (Value sinks = op.getSinks()) {
+    Value sink = memref::LoadOp::create(rewriter, loc, sinks, op.getH());
+    LinalgRows linalgRows(t, Value(), t.scratch({bm}, {rows}));
+    softmax::foldSink(linalgRows, {m, l, acc},
+                      softmax::sinkLog2(rewriter, loc, sink));
+  }
+
   // out = acc / l, or 0 where l = 0 (no visible key)
   t.generic({acc, l}, {out}, {ij, i2, ij}, {kPar, kPar},
             [&](OpBuilder &b, Location loc, ValueRange a) -> Value {

@@ -53,13 +53,25 @@ LogicalResult mlir::flexattn::lowerCheckIndex(RewriterBase &rewriter,
   OpBuilder::InsertionGuard guard(rewriter);
   rewriter.setInsertionPoint(op);
   Type i64 = rewriter.getI64Type();
-  auto i64Const = [&](int64_t v) {
-    return arith::ConstantOp::create(rewriter, loc, rewriter.getI64IntegerAttr(v));
-  };
   Value index = op.getIndex();
-  if (index.getType() != i64)
-    index = arith::ExtSIOp::create(rewriter, loc, i64, index);
   int64_t size = op.getSizeAttr().getInt();
+  // In the index's own width when it is narrower than 64 bits and holds
+  // `size` (an i32 index: 16 vector lanes on the CPU where i64 has 8), or in
+  // its source's when it is a sign extension (torch's int64 arithmetic on
+  // i32 indices): index + size is only taken for a negative index, where it
+  // cannot overflow. The report stores the index sign-extended to i64.
+  if (auto ext = index.getDefiningOp<arith::ExtSIOp>())
+    index = ext.getIn();
+  auto type = dyn_cast<IntegerType>(index.getType());
+  if (!type || type.getWidth() >= 64 || type.getWidth() < 2 ||
+      !llvm::isIntN(type.getWidth(), size)) {
+    type = rewriter.getI64Type();
+    if (index.getType() != i64)
+      index = arith::ExtSIOp::create(rewriter, loc, i64, index);
+  }
+  auto intConst = [&](int64_t v) {
+    return arith::ConstantOp::create(rewriter, loc, rewriter.getIntegerAttr(type, v));
+  };
   std::optional<ArrayRef<int64_t>> bounds = op.getBounds();
   bool nonNegative = bounds && (*bounds)[0] >= 0;
   bool inRange = bounds && (*bounds)[0] >= -size && (*bounds)[1] < size;
@@ -68,30 +80,35 @@ LogicalResult mlir::flexattn::lowerCheckIndex(RewriterBase &rewriter,
   Value pos = index;
   if (!nonNegative) {
     Value negative = arith::CmpIOp::create(rewriter, loc, arith::CmpIPredicate::slt,
-                                           index, i64Const(0));
-    Value wrapped = arith::AddIOp::create(rewriter, loc, index, i64Const(size));
+                                           index, intConst(0));
+    Value wrapped = arith::AddIOp::create(rewriter, loc, index, intConst(size));
     pos = arith::SelectOp::create(rewriter, loc, negative, wrapped, index);
   }
   if (!inRange) {
     // Out of [-size, size) iff pos is outside [0, size) (unsigned compare).
     Value ok = arith::CmpIOp::create(rewriter, loc, arith::CmpIPredicate::ult,
-                                     pos, i64Const(size));
+                                     pos, intConst(size));
     if (Value report = op.getReport()) {
       // if (!ok) report[site] = [1, index]
       Value bad = arith::XOrIOp::create(
           rewriter, loc, ok,
           arith::ConstantOp::create(rewriter, loc, rewriter.getBoolAttr(true)));
+      Value reported = index.getType() == i64
+                           ? index
+                           : arith::ExtSIOp::create(rewriter, loc, i64, index);
       auto ifOp = scf::IfOp::create(rewriter, loc, bad, /*withElseRegion=*/false);
       OpBuilder::InsertionGuard inner(rewriter);
       rewriter.setInsertionPointToStart(&ifOp.getThenRegion().front());
       Value site = indexConst(rewriter, loc, op.getSiteAttr().getInt());
-      memref::StoreOp::create(rewriter, loc, i64Const(1), report,
-                              ValueRange{site, indexConst(rewriter, loc, 0)});
-      memref::StoreOp::create(rewriter, loc, index, report,
+      memref::StoreOp::create(
+          rewriter, loc,
+          arith::ConstantOp::create(rewriter, loc, rewriter.getI64IntegerAttr(1)),
+          report, ValueRange{site, indexConst(rewriter, loc, 0)});
+      memref::StoreOp::create(rewriter, loc, reported, report,
                               ValueRange{site, indexConst(rewriter, loc, 1)});
     }
     // Out of bounds, read element 0: the load stays inside the buffer.
-    pos = arith::SelectOp::create(rewriter, loc, ok, pos, i64Const(0));
+    pos = arith::SelectOp::create(rewriter, loc, ok, pos, intConst(0));
   }
   rewriter.replaceOp(op, arith::IndexCastOp::create(rewriter, loc,
                                                     rewriter.getIndexType(), pos));

@@ -12,7 +12,10 @@
 // accumulators use the m16n8 layout (Hopper's wgmma, Ampere's mma.sync)
 // takes the same code.
 //
-// Fragment layout: element e = 4 j + 2 h + q holds (row + 8 h, col + 8 j + q).
+// Fragment layout (T m16 tiles per warp, E = elements of one m16 tile):
+// element e = E i + 4 j + 2 h + q holds (row + 16 i + 8 h, col + 8 j + q);
+// row value 2 i + h is row + 16 i + 8 h. T is read off the row values
+// (vector<2Txf32>).
 //
 //===----------------------------------------------------------------------===//
 
@@ -36,7 +39,21 @@ namespace {
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
-int64_t rowOf(int64_t e) { return (e / 2) % 2; }
+/// Where a fragment's elements sit: `rows` row values (2 per m16 tile) over
+/// `size` elements.
+struct Layout {
+  int64_t rows, perTile;
+  Layout(int64_t size, int64_t rows) : rows(rows), perTile(size / (rows / 2)) {}
+  Layout(Value frag, Value rowValues)
+      : Layout(cast<VectorType>(frag.getType()).getNumElements(),
+               cast<VectorType>(rowValues.getType()).getNumElements()) {}
+  /// The row value of element e.
+  int64_t rowOf(int64_t e) const { return 2 * (e / perTile) + (e / 2) % 2; }
+  /// Its column offset from the thread's first column.
+  int64_t colOf(int64_t e) const { return 8 * ((e % perTile) / 4) + e % 2; }
+  /// The row offset of row value r from the thread's first row.
+  static int64_t rowOffset(int64_t r) { return 16 * (r / 2) + 8 * (r % 2); }
+};
 
 struct Fragments {
   ImplicitLocOpBuilder &b;
@@ -105,10 +122,11 @@ struct FragmentRows : softmax::SoftmaxRows, Fragments {
 
   Value rowMax(Value tile, Value init, float c) override {
     SmallVector<Value> u = elements(tile), m = elements(init), out;
-    for (int64_t h = 0; h < 2; ++h) {
+    Layout at(tile, init);
+    for (int64_t h = 0; h < at.rows; ++h) {
       Value mx = f32(kNegInf);
       for (int64_t e = 0; e < int64_t(u.size()); ++e)
-        if (rowOf(e) == h)
+        if (at.rowOf(e) == h)
           mx = arith::MaxNumFOp::create(b, mx, u[e]);
       mx = acrossQuad(mx, /*max=*/true);
       if (c != 1.0f)
@@ -120,7 +138,7 @@ struct FragmentRows : softmax::SoftmaxRows, Fragments {
   Value mapRows(ValueRange rows, softmax::ScalarFn f) override {
     auto in = all(rows);
     SmallVector<Value> out;
-    for (int64_t h = 0; h < 2; ++h) {
+    for (int64_t h = 0; h < int64_t(in.front().size()); ++h) {
       SmallVector<Value> args;
       for (auto &r : in)
         args.push_back(r[h]);
@@ -136,10 +154,11 @@ struct FragmentRows : softmax::SoftmaxRows, Fragments {
   Value updateTile(Value tile, ValueRange rows, softmax::ScalarFn f) override {
     auto in = all(rows);
     SmallVector<Value> t = elements(tile), out;
+    Layout at(t.size(), in.front().size());
     for (int64_t e = 0; e < int64_t(t.size()); ++e) {
       SmallVector<Value> args;
       for (auto &r : in)
-        args.push_back(r[rowOf(e)]);
+        args.push_back(r[at.rowOf(e)]);
       args.push_back(t[e]);
       out.push_back(f(b, b.getLoc(), args));
     }
@@ -147,11 +166,13 @@ struct FragmentRows : softmax::SoftmaxRows, Fragments {
   }
   Value addRowSums(Value target, Value tile) override {
     SmallVector<Value> t = elements(tile), l = elements(target);
-    Value sum[2] = {f32(0.0f), f32(0.0f)};
+    Layout at(tile, target);
+    SmallVector<Value> sum(at.rows, f32(0.0f));
     for (int64_t e = 0; e < int64_t(t.size()); ++e)
-      sum[rowOf(e)] = arith::AddFOp::create(b, sum[rowOf(e)], t[e]);
-    return vectorOf({arith::AddFOp::create(b, l[0], sum[0]),
-                     arith::AddFOp::create(b, l[1], sum[1])});
+      sum[at.rowOf(e)] = arith::AddFOp::create(b, sum[at.rowOf(e)], t[e]);
+    for (int64_t h = 0; h < at.rows; ++h)
+      sum[h] = arith::AddFOp::create(b, l[h], sum[h]);
+    return vectorOf(sum);
   }
 };
 
@@ -165,23 +186,27 @@ Value scoresInLog2(Fragments &f, FragSoftmaxOp op, bool rawMax) {
   bool applyMask = op.getMasked() && op.hasMaskMod();
   bool mods = op.hasScoreMod() || applyMask;
   float scale = op.getScale().convertToFloat();
+  Layout at(op.getScores(), op.getMax());
   Value qRow0 = f.toI32(op.getRow());
-  Value qRows[2] = {qRow0, arith::AddIOp::create(b, qRow0, f.i32(8))};
-  if (qTail)
-    for (Value &r : qRows)
-      r = arith::MinUIOp::create(b, r, f.i32(M - 1));
-  Value qIdx[2] = {f.toIndex(qRows[0]), f.toIndex(qRows[1])};
+  SmallVector<Value> qIdx;
+  for (int64_t r = 0; r < at.rows; ++r) {
+    Value row = r ? arith::AddIOp::create(b, qRow0, f.i32(Layout::rowOffset(r))).getResult()
+                  : qRow0;
+    if (qTail)
+      row = arith::MinUIOp::create(b, row, f.i32(M - 1));
+    qIdx.push_back(f.toIndex(row));
+  }
   Value kvCol0 = f.toI32(op.getCol());
   SmallVector<Value> s = f.elements(op.getScores()), u;
   for (int64_t e = 0; e < int64_t(s.size()); ++e) {
-    Value kvIdx = arith::AddIOp::create(b, kvCol0, f.i32(8 * (e / 4) + e % 2));
+    Value kvIdx = arith::AddIOp::create(b, kvCol0, f.i32(at.colOf(e)));
     Value v = s[e];
     if (mods) {
       Value kvMod = kvTail ? arith::MinUIOp::create(b, kvIdx, f.i32(N - 1)).getResult()
                            : kvIdx;
       v = softmax::log2Score(b, b.getLoc(), s[e], scale, [&](Value x) -> Value {
         auto apply = ApplyModsOp::create(
-            b, b.getF32Type(), x, op.getB(), op.getH(), qIdx[rowOf(e)],
+            b, b.getF32Type(), x, op.getB(), op.getH(), qIdx[at.rowOf(e)],
             f.toIndex(kvMod), op.getCaptures(),
             applyMask ? b.getUnitAttr() : UnitAttr());
         cloneModRegions(op, apply, applyMask);
@@ -223,19 +248,32 @@ LogicalResult lowerFinalize(ImplicitLocOpBuilder &b, FragFinalizeOp op) {
   int64_t Hq = outType.getDimSize(1), M = outType.getDimSize(2),
           Dv = outType.getDimSize(3);
   Type elem = outType.getElementType();
-  SmallVector<Value> acc = f.elements(op.getAcc());
-  SmallVector<Value> m = f.elements(op.getMax()), l = f.elements(op.getSum());
   // Byte address of out[b, h, 0, 0].
   Value outBase = memref::ExtractAlignedPointerAsIndexOp::create(b, op.getOut());
   Value head = arith::AddIOp::create(
       b, arith::MulIOp::create(b, op.getB(), f.index(Hq)), op.getH());
   Value headBase = arith::AddIOp::create(
       b, outBase, arith::MulIOp::create(b, head, f.index(M * Dv * 2)));
-  for (int64_t h = 0; h < 2; ++h) {
-    Value sum = f.acrossQuad(l[h], /*max=*/false);
+  // The rows' complete sums (over the threads sharing a row), then the sink.
+  FragmentRows rows(b);
+  Layout at(op.getAcc(), op.getMax());
+  SmallVector<Value> complete;
+  for (Value partial : f.elements(op.getSum()))
+    complete.push_back(f.acrossQuad(partial, /*max=*/false));
+  softmax::State state = {op.getMax(), f.vectorOf(complete), op.getAcc()};
+  if (Value sinks = op.getSinks()) {
+    Value sink = memref::LoadOp::create(b, sinks, op.getH());
+    state = softmax::foldSink(rows, state, softmax::sinkLog2(b, b.getLoc(), sink));
+  }
+  SmallVector<Value> acc = f.elements(state.acc);
+  SmallVector<Value> m = f.elements(state.max), l = f.elements(state.sum);
+  SmallVector<Value> scoreMax = f.elements(op.getMax());
+  for (int64_t h = 0; h < at.rows; ++h) {
+    Value sum = l[h];
     // out = acc / l, 0 where l = 0: one reciprocal per row
     Value inv = softmax::safeDivide(b, b.getLoc(), f.f32(1.0f), sum);
-    Value row = arith::AddIOp::create(b, op.getRow(), f.index(8 * h));
+    Value row = arith::AddIOp::create(b, op.getRow(), f.index(Layout::rowOffset(h)));
+    int64_t first = at.perTile * (h / 2) + 2 * (h % 2); // the row's first element
     Value inside = arith::CmpIOp::create(b, arith::CmpIPredicate::ult, row, f.index(M));
     auto ifOp = scf::IfOp::create(b, inside, /*withElseRegion=*/false);
     OpBuilder::InsertionGuard guard(b);
@@ -243,8 +281,8 @@ LogicalResult lowerFinalize(ImplicitLocOpBuilder &b, FragFinalizeOp op) {
     Value rowAddr = arith::AddIOp::create(
         b, headBase, arith::MulIOp::create(b, row, f.index(Dv * 2)));
     for (int64_t j = 0; j < Dv / 8; ++j) {
-      Value lo = arith::MulFOp::create(b, acc[4 * j + 2 * h], inv);
-      Value hi = arith::MulFOp::create(b, acc[4 * j + 2 * h + 1], inv);
+      Value lo = arith::MulFOp::create(b, acc[first + 4 * j], inv);
+      Value hi = arith::MulFOp::create(b, acc[first + 4 * j + 1], inv);
       Value col = arith::AddIOp::create(b, op.getCol(), f.index(8 * j));
       Value addr = arith::AddIOp::create(b, rowAddr,
                                          arith::MulIOp::create(b, col, f.index(2)));
@@ -256,16 +294,21 @@ LogicalResult lowerFinalize(ImplicitLocOpBuilder &b, FragFinalizeOp op) {
       LLVM::StoreOp::create(b, vector::ExtractOp::create(b, packed, ArrayRef<int64_t>{0}),
                             ptr, /*alignment=*/4);
     }
-    if (Value lse = op.getLse()) {
-      // lse = ln(2) (m + log2 l), -inf where l = 0: by the row's first thread
-      Value first = arith::CmpIOp::create(b, arith::CmpIPredicate::eq, op.getCol(),
-                                          f.index(0));
-      auto lseIf = scf::IfOp::create(b, first, /*withElseRegion=*/false);
-      OpBuilder::InsertionGuard g2(b);
-      b.setInsertionPointToStart(&lseIf.getThenRegion().front());
-      Value v = softmax::logSumExp(b, b.getLoc(), m[h], sum);
-      memref::StoreOp::create(b, v, lse, ValueRange{op.getB(), op.getH(), row});
-    }
+    if (!op.getLse() && !op.getMaxScores())
+      continue;
+    // By the row's first thread: lse = ln(2) (m + log2 l), -inf where l = 0;
+    // max_scores = ln(2) m (the scores' max, without the sink)
+    Value firstThread = arith::CmpIOp::create(b, arith::CmpIPredicate::eq, op.getCol(),
+                                              f.index(0));
+    auto statIf = scf::IfOp::create(b, firstThread, /*withElseRegion=*/false);
+    OpBuilder::InsertionGuard g2(b);
+    b.setInsertionPointToStart(&statIf.getThenRegion().front());
+    SmallVector<Value> where = {op.getB(), op.getH(), row};
+    if (Value lse = op.getLse())
+      memref::StoreOp::create(b, softmax::logSumExp(b, b.getLoc(), m[h], sum), lse, where);
+    if (Value maxScores = op.getMaxScores())
+      memref::StoreOp::create(b, softmax::maxScore(b, b.getLoc(), scoreMax[h]),
+                              maxScores, where);
   }
   return success();
 }

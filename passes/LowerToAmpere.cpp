@@ -18,10 +18,12 @@
 //                  left out right after a wait of the same ring up to
 //                  S - 1 positions back or after an acquire that made one
 //   ring.release   nothing (the next acquire's barrier orders it)
-//   frag.load      ldmatrix.x4 per 16 columns
-//   mma            per warp, m16n8k16 mma.sync per 8 columns of N and 16 of
-//                  K; A from registers (the fragment's pairs) or ldmatrix,
-//                  B with ldmatrix (K-major B) or ldmatrix.trans (row-major B)
+//   frag.load      ldmatrix.x4 per 16 columns and m16 tile of the warp
+//   mma            per warp, m16n8k16 mma.sync per 8 columns of N, 16 of K
+//                  and m16 tile (1 or 2, read off the result's size); A
+//                  from registers (the fragment's pairs) or ldmatrix, B with
+//                  ldmatrix (K-major B) or ldmatrix.trans (row-major B),
+//                  each B fragment loaded once for all m16 tiles
 //   mma.wait       nothing: mma.sync is synchronous
 //
 // Addresses in a tile: the 16-byte chunk c of row r of a 128-row... tile
@@ -84,17 +86,23 @@ struct Lowering : SharedTiles {
       out.push_back(LLVM::ExtractValueOp::create(b, m, ArrayRef<int64_t>{i}));
     return out;
   }
-  /// The A-operand words of a 16-row band (the warp's rows from `rowBase`) of
-  /// a tile: 4 per 16 columns.
-  SmallVector<Value> loadA(Value tile, SmemTileType type, Value rowBase) {
+  /// The 4 A-operand words of columns 16 kk .. 16 kk + 15 of m16 tile `i`
+  /// of the warp (of `tiles`; the band's rows from `rowBase`) of a tile.
+  SmallVector<Value> loadA(Value tile, SmemTileType type, Value rowBase, int64_t tiles,
+                           int64_t i, int64_t kk) {
     Value laneRow = add(mul(arith::AndIOp::create(b, mi, i32(1)), 8), rr);
     Value key = arith::XOrIOp::create(b, arith::ShRUIOp::create(b, mi, i32(1)), rr);
-    Value base = add(rowBase, mul(warp, 16));
+    Value base = add(rowBase, add(mul(warp, 16 * tiles), i32(16 * i)));
+    return ldmatrix(matrixRow(tile, type.getRows(), base, laneRow, 2 * kk, key),
+                    /*trans=*/false);
+  }
+  /// All the A words of the warp's `tiles` m16 tiles: tile-major, 4 per 16
+  /// columns (the register A layout of a fragment).
+  SmallVector<Value> loadA(Value tile, SmemTileType type, Value rowBase, int64_t tiles) {
     SmallVector<Value> words;
-    for (int64_t kk = 0; kk < type.getCols() / 16; ++kk)
-      llvm::append_range(words, ldmatrix(matrixRow(tile, type.getRows(), base, laneRow,
-                                                   2 * kk, key),
-                                         /*trans=*/false));
+    for (int64_t i = 0; i < tiles; ++i)
+      for (int64_t kk = 0; kk < type.getCols() / 16; ++kk)
+        llvm::append_range(words, loadA(tile, type, rowBase, tiles, i, kk));
     return words;
   }
 
@@ -213,9 +221,10 @@ LogicalResult Lowering::lower(Operation *op) {
   } else if (isa<RingReleaseOp>(op) || lowerTileValue(op)) {
   } else if (auto load = dyn_cast<FragLoadOp>(op)) {
     SmemTileType type = load.getTile().getType();
+    int64_t warpTiles = load.getType().getNumElements() / (type.getCols() / 2);
     load.replaceAllUsesWith(fromPairs(load.getType(),
                                       loadA(tiles.at(load.getTile()), type,
-                                            toI32(load.getRow()))));
+                                            toI32(load.getRow()), warpTiles)));
   } else if (auto mma = dyn_cast<MmaOp>(op)) {
     return lowerMma(mma);
   } else if (auto wait = dyn_cast<MmaWaitOp>(op)) {
@@ -233,15 +242,23 @@ LogicalResult Lowering::lowerMma(MmaOp op) {
   Type elem = bType.getElementType();
   bool kMajor = op.getTransposeB();
   int64_t k = kMajor ? bType.getCols() : bType.getRows();
-  int64_t n = 2 * op.getType().getNumElements();
-  SmallVector<Value> a;
-  if (auto aType = dyn_cast<SmemTileType>(op.getA().getType()))
-    a = loadA(tiles.at(op.getA()), aType, toI32(op.getARow()));
-  else
-    a = pairs(op.getA());
-  SmallVector<Value> d = op.getAcc() ? elements(op.getAcc())
-                                     : SmallVector<Value>(n / 2, arith::ConstantOp::create(
-                                                                     b, b.getF32FloatAttr(0)));
+  int64_t n = kMajor ? bType.getRows() : bType.getCols();
+  int64_t warpTiles = op.getType().getNumElements() / (n / 2);
+  // A's 4 words of m16 tile i, columns 16 kk..: read from shared memory
+  // where they are used, or the fragment's pairs (tile-major).
+  auto aType = dyn_cast<SmemTileType>(op.getA().getType());
+  SmallVector<Value> aRegs = aType ? SmallVector<Value>() : pairs(op.getA());
+  Value aRow = aType ? toI32(op.getARow()) : Value();
+  auto aWords = [&](int64_t i, int64_t kk) {
+    if (aType)
+      return loadA(tiles.at(op.getA()), aType, aRow, warpTiles, i, kk);
+    auto at = aRegs.begin() + i * (k / 4) + 4 * kk;
+    return SmallVector<Value>(at, at + 4);
+  };
+  SmallVector<Value> d = op.getAcc()
+                             ? elements(op.getAcc())
+                             : SmallVector<Value>(warpTiles * n / 2,
+                                                  arith::ConstantOp::create(b, b.getF32FloatAttr(0)));
   Value bAddr = tiles.at(op.getB());
   // The lane's row in the 16 x 16 block ldmatrix.x4 reads, and its chunk key.
   Value half = arith::AndIOp::create(b, mi, i32(1)), pair = arith::ShRUIOp::create(b, mi, i32(1));
@@ -258,9 +275,10 @@ LogicalResult Lowering::lowerMma(MmaOp op) {
   if (elem.isBF16())
     types = {NVVM::MMATypes::bf16, NVVM::MMATypes::bf16};
   for (int64_t kk = 0; kk < k / 16; ++kk) {
-    SmallVector<Value> aOps;
-    for (int64_t i = 0; i < 4; ++i)
-      aOps.push_back(operand(a[4 * kk + i]));
+    SmallVector<SmallVector<Value>> aOps(warpTiles);
+    for (int64_t i = 0; i < warpTiles; ++i)
+      for (Value word : aWords(i, kk))
+        aOps[i].push_back(operand(word));
     for (int64_t jp = 0; jp < n / 16; ++jp) {
       // K-major B ([N, K]): rows 16 jp.., chunk 2 kk; row-major B ([K, N]):
       // rows 16 kk.., chunk 2 jp, transposed on load.
@@ -268,14 +286,17 @@ LogicalResult Lowering::lowerMma(MmaOp op) {
                           : matrixRow(bAddr, bType.getRows(), i32(16 * kk), laneRow, 2 * jp, key);
       SmallVector<Value> bWords = ldmatrix(addr, /*trans=*/!kMajor);
       for (int64_t jj = 0; jj < 2; ++jj) {
-        int64_t j = 2 * jp + jj;
-        SmallVector<Value> c(d.begin() + 4 * j, d.begin() + 4 * j + 4);
-        Value r = NVVM::MmaOp::create(
-            b, resultType, aOps, ValueRange{operand(bWords[2 * jj]), operand(bWords[2 * jj + 1])},
-            c, ArrayRef<int64_t>{16, 8, 16}, std::nullopt, std::nullopt, types,
-            std::array<NVVM::MMALayout, 2>{NVVM::MMALayout::row, NVVM::MMALayout::col});
-        for (int64_t i = 0; i < 4; ++i)
-          d[4 * j + i] = LLVM::ExtractValueOp::create(b, r, ArrayRef<int64_t>{i});
+        SmallVector<Value> bOps = {operand(bWords[2 * jj]), operand(bWords[2 * jj + 1])};
+        for (int64_t i = 0; i < warpTiles; ++i) {
+          int64_t at = i * (n / 2) + 4 * (2 * jp + jj); // d of tile i, columns 8 j..
+          SmallVector<Value> c(d.begin() + at, d.begin() + at + 4);
+          Value r = NVVM::MmaOp::create(
+              b, resultType, aOps[i], bOps, c, ArrayRef<int64_t>{16, 8, 16}, std::nullopt,
+              std::nullopt, types,
+              std::array<NVVM::MMALayout, 2>{NVVM::MMALayout::row, NVVM::MMALayout::col});
+          for (int64_t e = 0; e < 4; ++e)
+            d[at + e] = LLVM::ExtractValueOp::create(b, r, ArrayRef<int64_t>{e});
+        }
       }
     }
   }

@@ -131,6 +131,9 @@ LogicalResult Lowering::lowerMma(MmaOp op) {
   Type elem = bType.getElementType();
   Value bAddr = tiles.at(op.getB());
   int64_t regs = op.getType().getNumElements(), n = 2 * regs;
+  if (int64_t cols = op.getTransposeB() ? bType.getRows() : bType.getCols(); n != cols)
+    return op.emitOpError("wgmma gives each warp 16 rows (one m16 tile): ")
+           << cols / 2 << " f32 per thread for N = " << cols << ", got " << regs;
   SmallVector<Value> out;
   if (auto aType = dyn_cast<SmemTileType>(op.getA().getType())) {
     // S = A.Bᵀ, both K-major in shared memory: one wgmma per 16 of K, the

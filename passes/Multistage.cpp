@@ -5,13 +5,17 @@
 //===----------------------------------------------------------------------===//
 //
 // The roles of an sm_80 (Ampere, Ada) kernel, FlashAttention-2 shaped:
-// every warp both copies and computes. The CTA's 256 threads are two groups
-// of 4 warps, each computing a 64-row band of the 128-row Q tile (the
-// consumer step of ConsumerRole.h); all 256 copy tiles into cooperative
-// rings (flexattn.ring.copy, cp.async on sm_80):
+// every warp both copies and computes. The CTA's warps own `warpRows` rows
+// of the 128-row Q tile each, in groups of 4 warps (16 rows: two groups of
+// 64-row bands, 256 threads; 32 rows: one group, 128 threads, each K/V
+// fragment a warp reads feeding two m16 tiles), each group computing its
+// band with the consumer step of ConsumerRole.h; all threads copy tiles
+// into cooperative rings (flexattn.ring.copy, cp.async on sm_80):
 //
-//   per Q tile   copy Q, wait, read the band into registers (frag.load),
-//                release; the KV steps multiply that fragment
+//   per Q tile   copy Q, wait; with qInRegisters read the band into
+//                registers (frag.load) and release (the KV steps multiply
+//                that fragment), else the KV steps read the band from the
+//                slot, released at the tile's end
 //   per KV loop  prologue: copy the K and V tiles of its first S - 1 steps
 //   per KV step  wait K_j; copy K_{j+S-1}; S = Q.K_jᵀ; softmax;
 //                wait V_j; copy V_{j+S-1}; O = alpha O + P.V_j
@@ -40,9 +44,6 @@ using namespace mlir::flexattn;
 
 namespace {
 
-constexpr int64_t kGroups = kTileRows / kBandRows;
-constexpr int64_t kThreads = kGroups * kGroupThreads;
-
 /// Where the K and V tiles of a step are, and whether there is such a step.
 struct StepCoordinates {
   Value valid, b, h, row;
@@ -56,14 +57,17 @@ TileStepOp stepOf(scf::ForOp loop) {
 
 struct CooperativeRole : ConsumerRole {
   int64_t stages;
+  bool qInRegisters;
   FinalizeOp finalizeOp;
   gpu::LaunchOp launch;
   StepCoordinates ahead; // the step S - 1 positions ahead of the current one
 
   CooperativeRole(ImplicitLocOpBuilder &b, const ConsumerRings &rings,
                   const KernelPlan &plan, Value group, Value thread,
-                  int64_t stages, FinalizeOp fin, gpu::LaunchOp launch)
-      : ConsumerRole(b, rings, plan, group, thread), stages(stages), finalizeOp(fin), launch(launch) {}
+                  const MultistageOptions &options, FinalizeOp fin, gpu::LaunchOp launch)
+      : ConsumerRole(b, rings, plan, group, thread, options.warpRows / 16),
+        stages(options.stages), qInRegisters(options.qInRegisters), finalizeOp(fin),
+        launch(launch) {}
 
   Value i32(ImplicitLocOpBuilder &b, int64_t v) {
     return arith::ConstantIntOp::create(b, v, 32);
@@ -81,11 +85,22 @@ struct CooperativeRole : ConsumerRole {
                        Value());
     RingWaitOp::create(b, rings.q, qPos).setInFlight(0);
     Value slot = RingSlotOp::create(b, rings.q, qPos);
-    qA = FragLoadOp::create(b, VectorType::get({plan.D / 2}, plan.elem), slot, band);
-    qRow = Value();
-    RingReleaseOp::create(b, rings.q, qPos);
+    if (qInRegisters) {
+      qA = FragLoadOp::create(b, VectorType::get({warpTiles * plan.D / 2}, plan.elem), slot,
+                              band);
+      qRow = Value();
+      RingReleaseOp::create(b, rings.q, qPos);
+    } else {
+      qA = slot;
+      qRow = band;
+    }
     startState(b);
     return success();
+  }
+
+  void endTile(ImplicitLocOpBuilder &b) override {
+    if (!qInRegisters)
+      RingReleaseOp::create(b, rings.q, qPos);
   }
 
   /// The coordinates of `op` at iteration `iv` of `loop` (a clone of the
@@ -209,12 +224,19 @@ struct CooperativeRole : ConsumerRole {
 
 } // namespace
 
-LogicalResult mlir::flexattn::multistage(RewriterBase &rewriter,
-                                         gpu::LaunchOp launch, int64_t stages) {
+LogicalResult mlir::flexattn::multistage(RewriterBase &rewriter, gpu::LaunchOp launch,
+                                         const MultistageOptions &options) {
+  int64_t stages = options.stages;
   if (stages < 2)
     return launch.emitOpError("flexattn-multistage needs at least 2 stages "
                               "(copies run S - 1 steps ahead), got ")
            << stages;
+  if (options.warpRows != 16 && options.warpRows != 32)
+    return launch.emitOpError("flexattn-multistage gives a warp 16 or 32 Q "
+                              "rows (one or two m16 tiles), got warp-rows = ")
+           << options.warpRows;
+  // Groups of 4 warps, each a band of 4 warpRows rows of the Q tile.
+  int64_t threads = kTileRows / (4 * options.warpRows) * kGroupThreads;
   Block &body = launch.getBody().front();
   SmallVector<Operation *> ops;
   for (Operation &op : body.without_terminator())
@@ -229,13 +251,13 @@ LogicalResult mlir::flexattn::multistage(RewriterBase &rewriter,
 
   OpBuilder::InsertionGuard guard(rewriter);
   rewriter.setInsertionPoint(launch);
-  launch.getBlockSizeXMutable().assign(arith::ConstantIndexOp::create(rewriter, loc, kThreads));
+  launch.getBlockSizeXMutable().assign(arith::ConstantIndexOp::create(rewriter, loc, threads));
 
   ImplicitLocOpBuilder b(loc, rewriter);
   b.setInsertionPointToStart(&body);
   auto ring = [&](int64_t n, int64_t rows, int64_t cols) -> Value {
     return RingAllocOp::create(
-        b, RingType::get(b.getContext(), n, rows, cols, p->elem), kThreads);
+        b, RingType::get(b.getContext(), n, rows, cols, p->elem), threads);
   };
   ConsumerRings rings;
   rings.q = ring(1, kTileRows, p->D);
@@ -245,7 +267,7 @@ LogicalResult mlir::flexattn::multistage(RewriterBase &rewriter,
   Value tid = gpu::ThreadIdOp::create(b, gpu::Dimension::x);
   Value group = arith::DivUIOp::create(b, tid, idx(kGroupThreads));
   Value thread = arith::RemUIOp::create(b, tid, idx(kGroupThreads));
-  CooperativeRole role(b, rings, *p, group, thread, stages, tile->finalize, launch);
+  CooperativeRole role(b, rings, *p, group, thread, options, tile->finalize, launch);
   TileStepOp first = tile->steps.front();
   role.qSource = first.getQ();
   role.kSource = first.getK();
@@ -266,7 +288,7 @@ struct FlexAttnMultistagePass
   void runOnOperation() override {
     IRRewriter rewriter(&getContext());
     for (auto launch : opsHoldingTiles<gpu::LaunchOp>(getOperation()))
-      if (failed(multistage(rewriter, launch, stages)))
+      if (failed(multistage(rewriter, launch, {stages, warpRows, qInRegisters})))
         return signalPassFailure();
   }
 };

@@ -64,6 +64,14 @@ Value softmax::logSumExp(OpBuilder &b, Location loc, Value m, Value l) {
   return arith::SelectOp::create(b, loc, empty, f32(b, loc, kNegInf), r);
 }
 
+Value softmax::maxScore(OpBuilder &b, Location loc, Value m) {
+  return arith::MulFOp::create(b, loc, m, f32(b, loc, static_cast<float>(kLn2)));
+}
+
+Value softmax::sinkLog2(OpBuilder &b, Location loc, Value s) {
+  return arith::MulFOp::create(b, loc, s, f32(b, loc, static_cast<float>(kLog2e)));
+}
+
 Value softmax::log2Score(OpBuilder &b, Location loc, Value s, float scale,
                          function_ref<Value(Value)> mods) {
   if (!mods)
@@ -105,4 +113,29 @@ Value softmax::rescaleAccumulator(SoftmaxRows &rows, Value acc, Value alpha) {
                          [](OpBuilder &b, Location l, ValueRange a) -> Value {
                            return arith::MulFOp::create(b, l, a[0], a[1]);
                          });
+}
+
+State softmax::foldSink(SoftmaxRows &rows, const State &state, Value sinkLog2) {
+  auto withSink = [sinkLog2](OpBuilder &b, Location l, Value m) -> Value {
+    return arith::MaximumFOp::create(b, l, m, sinkLog2);
+  };
+  // alpha = exp2(m - base(m')), m' = max(m, sink)
+  Value alpha = rows.mapRows({state.max}, [&](OpBuilder &b, Location l,
+                                              ValueRange a) {
+    return rescaleFactor(b, l, a[0], withSink(b, l, a[0]));
+  });
+  // l' = alpha l + exp2(sink - base(m'))
+  Value sum = rows.updateRows(
+      state.sum, {state.max, alpha},
+      [&](OpBuilder &b, Location l, ValueRange a) -> Value {
+        Value scaled = arith::MulFOp::create(b, l, a[1], a[2]);
+        Value sink = probability(b, l, sinkLog2, withSink(b, l, a[0]), 1.0f);
+        return arith::AddFOp::create(b, l, scaled, sink);
+      });
+  // m' = max(m, sink); acc' = alpha acc
+  Value max = rows.updateRows(state.max, {},
+                              [&](OpBuilder &b, Location l, ValueRange a) {
+                                return withSink(b, l, a[0]);
+                              });
+  return {max, sum, rescaleAccumulator(rows, state.acc, alpha)};
 }

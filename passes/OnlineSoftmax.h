@@ -48,6 +48,12 @@ Value safeDivide(OpBuilder &b, Location loc, Value x, Value l);
 /// lse = ln(2) (m + log2 l), or -inf where l = 0.
 Value logSumExp(OpBuilder &b, Location loc, Value m, Value l);
 
+/// The row's largest score in natural units: ln(2) m (-inf stays -inf).
+Value maxScore(OpBuilder &b, Location loc, Value m);
+
+/// A sink logit (natural units) in the state's log2 units: log2(e) s.
+Value sinkLog2(OpBuilder &b, Location loc, Value s);
+
 /// u = log2(e) mods(scale s) when `mods` is given (it applies score_mod and
 /// mask_mod to the scaled score), else s (scale log2(e)): one multiply.
 Value log2Score(OpBuilder &b, Location loc, Value s, float scale,
@@ -105,6 +111,17 @@ StepResult onlineSoftmaxStep(SoftmaxRows &rows, const State &state, Value u,
 
 /// acc = alpha acc.
 Value rescaleAccumulator(SoftmaxRows &rows, Value acc, Value alpha);
+
+/// An attention sink: the logit `sinkLog2` (log2 units, one scalar for every
+/// row) joins the completed state as one more score without a value:
+///   m'    = max(m, sink)
+///   alpha = exp2(m - base(m'))
+///   l'    = alpha l + exp2(sink - base(m'))
+///   acc'  = alpha acc
+/// A row without a visible key gets l' = 1 (acc' = 0: a zero output, lse =
+/// the sink); a sink of -inf changes nothing. `state.sum` must be the row's
+/// complete sum (a backend holding partial sums reduces them first).
+State foldSink(SoftmaxRows &rows, const State &state, Value sinkLog2);
 
 } // namespace mlir::flexattn::softmax
 

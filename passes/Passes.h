@@ -128,10 +128,18 @@ LogicalResult makeTilesPersistent(RewriterBase &rewriter, gpu::LaunchOp launch,
 LogicalResult warpSpecialize(RewriterBase &rewriter, gpu::LaunchOp launch,
                              int64_t stages);
 
+/// How flexattn-multistage shapes the CTA.
+struct MultistageOptions {
+  int64_t stages = 2;       // slots of the K and V rings
+  int64_t warpRows = 16;    // Q rows per warp: 16 or 32 (one or two m16 tiles)
+  bool qInRegisters = true; // Q read into registers once per tile, or read
+                            // from its shared slot by every S = Q.Kᵀ
+};
+
 /// flexattn-multistage: the CTA -> groups that copy (cooperative rings,
 /// `stages` deep) and compute (sm_80).
 LogicalResult multistage(RewriterBase &rewriter, gpu::LaunchOp launch,
-                         int64_t stages);
+                         const MultistageOptions &options);
 
 /// flexattn-schedule-consumers: pipelined / ping-pong consumer steps.
 LogicalResult scheduleConsumers(RewriterBase &rewriter, WarpSpecializeOp roles,

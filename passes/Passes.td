@@ -27,7 +27,8 @@ def FlexAttnTile : Pass<"flexattn-tile", "::mlir::ModuleOp"> {
     online-softmax state (accumulator `[BM, Dv]`, running max and running sum
     `[BM]`, f32) on the stack, initialises it (0, -inf, 0), runs one
     `flexattn.kv_loop` over the KV tiles and writes the tile's rows of `out`
-    and `lse` with `flexattn.finalize`. Key/value head = query head / (Hq/Hkv).
+    and `lse` (and `max_scores`) with `flexattn.finalize`, which also takes
+    the op's attention `sinks`. Key/value head = query head / (Hq/Hkv).
     A `k` or `v` of batch 1 shared by a query batch of B is read through a
     `memref.reinterpret_cast` view `[B, ...]` of batch stride 0 (no copy), so
     the tile ops index it with the query's batch.
@@ -37,7 +38,9 @@ def FlexAttnTile : Pass<"flexattn-tile", "::mlir::ModuleOp"> {
 
     A `flexattn.attention_backward` (after `flexattn-differentiate-mods`)
     becomes: `delta = rowsum(dout * out) - dlse` on a heap `[B, Hq, M]` f32
-    buffer; zeroed capture gradients; an `scf.parallel` over (batch, key/value
+    buffer; with `sinks(%sinks, %dsinks)`, `dsinks[h] = -sum_{b,i}
+    exp(sinks[h] - lse) * delta` (one reduction over delta, 0 where lse =
+    -inf); zeroed capture gradients; an `scf.parallel` over (batch, key/value
     head, KV tile) whose `flexattn.backward_q_loop` accumulates the tile's dk
     and dv (f32, on the stack) from every Q tile of the KV group's heads and
     `flexattn.store_tile`s them; and a loop over (batch, query head, Q tile)
@@ -261,7 +264,34 @@ def FlexAttnFuseOnlineSoftmax
 
     and each `flexattn.finalize` becomes `out = acc / l` (0 where l = 0) and
     `lse = ln(2) * (m + log2(l))` (-inf where l = 0). Rows and columns past M
-    or N are excluded by taking dynamic-size subviews.
+    or N are excluded by taking dynamic-size subviews. `max_scores = ln(2) *
+    m` is written first; with `sinks`, the sink joins the state in place
+    before out and lse (OnlineSoftmax.h `foldSink`):
+
+      s     = log2(e) * sinks[h]
+      alpha = exp2(m - base(max(m, s)))
+      l     = alpha * l + exp2(s - base(max(m, s)))
+      m     = max(m, s)
+      acc   = alpha * acc
+
+    Before:
+    ```mlir
+    flexattn.finalize state(%acc, %m, %l : memref<32x8xf32>, memref<32xf32>, memref<32xf32>)
+        sinks(%sinks : memref<2xf32>) outs(%o : memref<1x2x100x8xbf16>)
+        lse(%lse : memref<1x2x100xf32>) max_scores(%mx : memref<1x2x100xf32>) at(%b, %h, %q0)
+    ```
+    After (excerpt):
+    ```mlir
+    linalg.generic ins(%m_rows) outs(%mx_rows) { ... arith.mulf %m, %ln2 ... }
+    %sink = memref.load %sinks[%h] : memref<2xf32>
+    %s = arith.mulf %sink, %log2e : f32
+    linalg.generic ins(%m_rows) outs(%alpha) { ... arith.maximumf %m, %s ... math.exp2 ... }
+    linalg.generic ins(%m_rows, %alpha) outs(%l_rows) { ... }   // l = alpha l + exp2(s - base)
+    linalg.generic outs(%m_rows) { ... arith.maximumf ... }     // m = max(m, s)
+    linalg.generic ins(%alpha) outs(%acc) { ... arith.mulf ... } // acc = alpha acc
+    linalg.generic ins(%acc, %l_rows) outs(%out_rows) { ... }    // out = acc / l
+    linalg.generic ins(%m_rows, %l_rows) outs(%lse_rows) { ... } // lse
+    ```
   }];
   let dependentDialects = ["::mlir::linalg::LinalgDialect",
                            "::mlir::memref::MemRefDialect",
@@ -302,7 +332,11 @@ def FlexAttnInlineMods : Pass<"flexattn-inline-mods", "::mlir::ModuleOp"> {
     torch's indexing: `pos = index < 0 ? index + size : index`; unless its
     `bounds` prove `-size <= index < size`, `ok = pos <u size`, an `scf.if`
     storing `[1, index]` into row `site` of its report buffer when not ok,
-    and `pos = ok ? pos : 0`; finally `index_cast pos`.
+    and `pos = ok ? pos : 0`; finally `index_cast pos`. An index narrower
+    than 64 bits, or a sign extension of one (torch's int64 arithmetic on
+    i32 indices), is checked in that width (`index + size` is only taken
+    for a negative index: no overflow; an i32 vectorises 16 lanes to a
+    register, an i64 8); the report stores it sign-extended to i64.
 
     Before:
     ```mlir
@@ -351,7 +385,10 @@ def FlexAttnVectorizeTiles : Pass<"flexattn-vectorize-tiles", "::mlir::ModuleOp"
       `bufferization.to_tensor` view, which linalg::vectorize widens, then
       back onto the buffer): a read that does not change along the row
       becomes a broadcast, a contiguous one a vector load, others a
-      `vector.gather`;
+      `vector.gather`. A read checked at run time reports from under an
+      `scf.if`, which the vectoriser refuses: the report becomes row
+      reductions (any bad element, `ori`; its largest bad index, `maxsi`)
+      and one `scf.if` after the op stores it;
     - `math.exp2` becomes `exp(x ln 2)` and upstream's polynomial exp.
 
     With `bf16-dot`, Q.Kᵀ and P.V on bf16 operands instead become
@@ -823,7 +860,7 @@ def FlexAttnWarpSpecialize : Pass<"flexattn-warp-specialize", "::mlir::ModuleOp"
         %s = flexattn.mma.wait pending(0) %s0 : vector<64xf32>
         flexattn.ring.release %k[%i] : !flexattn.ring<2 x 128x128xbf16>
         %p, %m1, %l1, %alpha = flexattn.frag.softmax %s state(%m, %l) at(...) ...
-        %acc1 = flexattn.frag.rescale %acc, %alpha : vector<64xf32>
+        %acc1 = flexattn.frag.rescale %acc, %alpha : vector<64xf32>, vector<2xf32>
         flexattn.ring.wait %v[%i] ...
         %acc2 = flexattn.mma %p, %vt, %acc1 : vector<64xbf16>, ... -> vector<64xf32>
         %acc3:2 = flexattn.mma.wait pending(0) %acc2, %p : vector<64xf32>, vector<64xbf16>
@@ -831,7 +868,7 @@ def FlexAttnWarpSpecialize : Pass<"flexattn-warp-specialize", "::mlir::ModuleOp"
         scf.yield %qi, %i1, %m1, %l1, %acc3#0 : ...
       }
       flexattn.ring.release %q[%qi] ...
-      flexattn.frag.finalize %r#4 state(%r#2, %r#3) outs(%out : ...) at(...) : vector<64xf32>
+      flexattn.frag.finalize %r#4 state(%r#2, %r#3) outs(%out : ...) at(...) : vector<64xf32>, vector<2xf32>
     }
     ```
   }];
@@ -851,14 +888,19 @@ def FlexAttnMultistage : Pass<"flexattn-multistage", "::mlir::ModuleOp"> {
                 "multistage rings ahead of use, and compute (sm_80)";
   let description = [{
     Rewrites the CTA body of `flexattn-map-to-grid` into the
-    FlashAttention-2 shape of an sm_80 kernel: 256 threads, two groups of 4
-    warps, each computing a 64-row band of the 128-row Q tile with the
-    consumer step of `flexattn-warp-specialize` (S = Q.Kᵀ, the softmax on
-    register fragments, O = alpha O + P.V, `frag.finalize`). There is no
-    producer: all threads copy tiles into cooperative rings
-    (`flexattn.ring.copy`, all 256 threads release each slot). Per Q tile:
-    copy Q, wait, read the group's band into registers (`flexattn.frag.load`,
-    the A operand of every S = Q.Kᵀ of the tile) and release it. Per KV
+    FlashAttention-2 shape of an sm_80 kernel: groups of 4 warps, each warp
+    owning `warp-rows` rows of the 128-row Q tile (16: two groups of 64-row
+    bands, 256 threads; 32: one group of 128 threads, two m16 tiles per
+    warp, so each K/V fragment a warp reads from shared memory feeds two
+    MMAs), each computing its band with the consumer step of
+    `flexattn-warp-specialize` (S = Q.Kᵀ, the softmax on register fragments,
+    O = alpha O + P.V, `frag.finalize`). There is no producer: all threads
+    copy tiles into cooperative rings (`flexattn.ring.copy`, all threads
+    release each slot). Per Q tile: copy Q and wait; with `q-in-registers`,
+    read the group's band into registers (`flexattn.frag.load`, the A
+    operand of every S = Q.Kᵀ of the tile) and release it, otherwise every
+    S = Q.Kᵀ reads the band from the slot (fewer registers: D = 128 with 32
+    rows per warp) and the slot is released at the tile's end. Per KV
     loop: copy the K and V tiles of its first `stages` - 1 steps; per step,
     after the wait for K_j (V_j), copy K_{j+stages-1} (V_{j+stages-1}), so
     `stages` - 1 steps of copies are in flight while a step computes. The
@@ -897,6 +939,12 @@ def FlexAttnMultistage : Pass<"flexattn-multistage", "::mlir::ModuleOp"> {
   let options = [
     Option<"stages", "stages", "int64_t", /*default=*/"2",
            "Slots of the K and V rings (copies run stages - 1 steps ahead)">,
+    Option<"warpRows", "warp-rows", "int64_t", /*default=*/"16",
+           "Q rows per warp: 16 (one m16 tile, 256 threads) or 32 (two m16 "
+           "tiles, 128 threads)">,
+    Option<"qInRegisters", "q-in-registers", "bool", /*default=*/"true",
+           "Read each Q tile into registers once (else every S = Q.Kᵀ reads "
+           "it from shared memory)">,
   ];
   let dependentDialects = ["::mlir::flexattn::FlexAttnDialect",
                            "::mlir::gpu::GPUDialect",
@@ -935,7 +983,7 @@ def FlexAttnScheduleConsumers
       %p, %m1, %l1, %alpha = flexattn.frag.softmax %s ...
       %o:2 = flexattn.mma.wait pending(0) %o0, %pprev : vector<64xf32>, vector<64xbf16>
       scf.if %has { flexattn.ring.release %v[%prev] ... }
-      %acc1 = flexattn.frag.rescale %o#0, %alpha : vector<64xf32>
+      %acc1 = flexattn.frag.rescale %o#0, %alpha : vector<64xf32>, vector<2xf32>
       scf.yield ..., %m1, %l1, %acc1, %p : ...
     }
     ```
@@ -964,15 +1012,19 @@ def FlexAttnLowerFragments : Pass<"flexattn-lower-fragments", "::mlir::ModuleOp"
     xor` 1, 2); P is rounded in pairs to 16 bits. Without mods the max is
     taken over the raw scores and scale log2(e) is fused into P's exponent
     (one fma). `flexattn.frag.rescale` is a multiply per element;
-    `flexattn.frag.finalize` completes the row sums, multiplies by 1 / l
-    (0 where l = 0), stores rounded pairs of out and the lse of each row.
-    Target-neutral: any m16n8-layout accumulator.
+    `flexattn.frag.finalize` completes the row sums, folds in the
+    attention sink (`sinks[h]`, when given: OnlineSoftmax.h `foldSink` on the
+    complete rows), multiplies by 1 / l (0 where l = 0), stores rounded pairs
+    of out and, by the row's first thread, its lse and max_scores (ln(2) m,
+    the max before the sink). Target-neutral: any m16n8-layout accumulator,
+    with one or two m16 tiles per warp (read off the row values:
+    vector<2xf32> or vector<4xf32>).
 
     Before:
     ```mlir
     %p, %m1, %l1, %alpha = flexattn.frag.softmax %s state(%m, %l) at(%b, %h, %row, %col)
         attributes {scale = 0.125 : f32, seq_lens = array<i64: 256, 256>, tile_size = array<i64: 128, 128>}
-        : vector<64xf32> -> vector<64xbf16>
+        : vector<64xf32>, vector<2xf32> -> vector<64xbf16>
     ```
     After (excerpt):
     ```mlir
@@ -983,6 +1035,21 @@ def FlexAttnLowerFragments : Pass<"flexattn-lower-fragments", "::mlir::ModuleOp"
     ...
     %e = math.fma %s0, %c, %nbase : f32
     %p0 = math.exp2 %e : f32
+    ```
+    The epilogue, before:
+    ```mlir
+    flexattn.frag.finalize %acc state(%m, %l) sinks(%sinks : memref<2xf32>)
+        outs(%out : memref<1x2x100x16xbf16>) lse(%lse : memref<1x2x100xf32>)
+        max_scores(%mx : memref<1x2x100xf32>) at(%b, %h, %row, %col) : vector<8xf32>
+    ```
+    After (excerpt):
+    ```mlir
+    %l0 = gpu.shuffle xor %l_0, %c1_i32, %c32_i32 : f32     // complete row sums
+    %sink = memref.load %sinks[%h] : memref<2xf32>
+    %m1 = arith.maximumf %m_0, %sink2 : f32                  // the sink joins
+    %alpha = math.exp2 ... ; %l1 = arith.addf (alpha l), exp2(sink2 - m1)
+    scf.if %inside { llvm.store ... }                        // out = alpha acc / l1
+    scf.if %first { memref.store %lse_v, %lse[...]; memref.store %max_v, %mx[...] }
     ```
   }];
   let dependentDialects = ["::mlir::vector::VectorDialect",

@@ -109,11 +109,14 @@ LogicalResult mlir::flexattn::splitFullFinalize(RewriterBase &rewriter,
                                  memrefDim(rewriter, loc, op.getOut(), 2), true);
   version(rewriter, op, qInside, [&](OpBuilder &b) {
     Value out = cutAt(b, loc, op.getOut(), qEnd);
-    Value lse = op.getLse() ? cutAt(b, loc, op.getLse(), qEnd) : Value();
+    auto cut = [&](Value stats) { return stats ? cutAt(b, loc, stats, qEnd) : Value(); };
+    Value lse = cut(op.getLse()), maxScores = cut(op.getMaxScores());
     auto full = cast<FinalizeOp>(b.clone(*op));
     full.getOutMutable().set(out);
     if (lse)
       full.getLseMutable().assign(lse);
+    if (maxScores)
+      full.getMaxScoresMutable().assign(maxScores);
   });
   return success();
 }

@@ -179,6 +179,9 @@ LogicalResult mlir::flexattn::splitKv(RewriterBase &rewriter,
                              << "head, Q tile) with one kv_loop and one finalize";
   if (loop.getSplit())
     return loop.emitOpError() << "is split already";
+  if (fin.getSinks() || fin.getMaxScores())
+    return fin.emitOpError() << "flexattn-split-kv does not merge attention "
+                             << "sinks or max_scores across KV ranges yet";
 
   // The scratch arguments: partial outputs [S, B*H*M*Dv], their lse
   // [S, B*H*M] (f32), and one arrival count per tile (i32, zero).

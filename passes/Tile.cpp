@@ -88,6 +88,9 @@ LogicalResult mlir::flexattn::tileAttention(RewriterBase &rewriter,
   int64_t hq = qType.getDimSize(1);
   int64_t hkvCount = cast<MemRefType>(op.getK().getType()).getDimSize(1);
   if (packHeads) {
+    if (op.getSinks() || op.getMaxScores())
+      return op.emitOpError() << "pack-heads does not take attention sinks or "
+                              << "max_scores yet (their rows are per query head)";
     if (ShapedType::isDynamic(hq) || ShapedType::isDynamic(hkvCount))
       return op.emitOpError() << "pack-heads needs static head counts, got q "
                               << qType << " and k " << op.getK().getType();
@@ -187,8 +190,8 @@ LogicalResult mlir::flexattn::tileAttention(RewriterBase &rewriter,
       mask.fullNum, mask.fullIndices, op.getCaptures(), op.getScaleAttr(),
       rewriter.getDenseI64ArrayAttr({tileQ, tileKV}), op.getBlockSizeAttr());
   cloneModRegions(op, loop);
-  FinalizeOp::create(rewriter, loc, acc, max, sum, out, lse, b, packHeads ? hkv : h,
-                     q0);
+  FinalizeOp::create(rewriter, loc, acc, max, sum, op.getSinks(), out, lse,
+                     op.getMaxScores(), b, packHeads ? hkv : h, q0);
   memref::AllocaScopeReturnOp::create(rewriter, loc, ValueRange{});
 
   rewriter.eraseOp(op);

@@ -22,6 +22,8 @@
 #include "passes/Passes.h"
 #include "passes/TileBuilder.h"
 
+#include "mlir/Dialect/Math/IR/Math.h"
+
 using namespace mlir;
 using namespace mlir::flexattn;
 using namespace mlir::flexattn::tile;
@@ -69,6 +71,29 @@ Value buildDelta(OpBuilder &b, Location loc, AttentionBackwardOp op) {
               });
   }
   return delta;
+}
+
+/// dsinks[h] = -sum_{b,i} P_sink D[b,h,i], P_sink = exp(sinks[h] - lse[b,h,i])
+/// (0 where lse = -inf).
+void buildSinkGrad(OpBuilder &b, Location loc, AttentionBackwardOp op,
+                   Value delta) {
+  TileBuilder t{b, loc};
+  linalg::FillOp::create(b, loc, t.f32(0.0f), op.getDsinks());
+  AffineMap heads = t.map(3, {1}), rows = t.map(3, {0, 1, 2});
+  t.generic({op.getSinks(), op.getLse(), delta}, {op.getDsinks()},
+            {heads, rows, rows, heads}, {kRed, kPar, kRed},
+            [&](OpBuilder &nb, Location l, ValueRange a) -> Value {
+              auto f32 = [&](float v) -> Value {
+                return arith::ConstantOp::create(nb, l, nb.getF32FloatAttr(v));
+              };
+              Value ninf = f32(-std::numeric_limits<float>::infinity());
+              Value empty = arith::CmpFOp::create(nb, l, arith::CmpFPredicate::OEQ,
+                                                  a[1], ninf);
+              Value p = math::ExpOp::create(nb, l, arith::SubFOp::create(nb, l, a[0], a[1]));
+              p = arith::SelectOp::create(nb, l, empty, f32(0.0f), p);
+              Value pd = arith::MulFOp::create(nb, l, p, a[2]);
+              return arith::SubFOp::create(nb, l, a[3], pd);
+            });
 }
 
 /// A loop nest over [0, ubs) running `body` on a fresh stack scope:
@@ -135,6 +160,8 @@ LogicalResult mlir::flexattn::tileAttentionBackward(RewriterBase &rewriter,
   Value kvHeads = memrefDim(rewriter, loc, k, 1);
   Value group = arith::DivUIOp::create(rewriter, loc, heads, kvHeads);
   Value delta = op.getDelta() ? op.getDelta() : buildDelta(rewriter, loc, op);
+  if (op.getSinks())
+    buildSinkGrad(rewriter, loc, op, delta);
   Value zero = arith::ConstantOp::create(rewriter, loc,
                                          rewriter.getF32FloatAttr(0.0f));
   for (Value grad : op.getCaptureGrads())

@@ -18,6 +18,7 @@
 //===----------------------------------------------------------------------===//
 
 #include "passes/Bf16Dot.h"
+#include "passes/IndexReports.h"
 #include "passes/Passes.h"
 
 #include "mlir/Dialect/Affine/IR/AffineOps.h"
@@ -365,8 +366,14 @@ LogicalResult mlir::flexattn::vectorizeTiles(RewriterBase &rewriter,
       }
     }
     SmallVector<bufferization::ToTensorOp> views;
-    if (auto generic = dyn_cast<linalg::GenericOp>(*op))
+    if (auto generic = dyn_cast<linalg::GenericOp>(*op)) {
+      // A report the rewrite does not take leaves the op scalar.
+      if (FailureOr<linalg::GenericOp> reduced =
+              reportsToRowReductions(rewriter, generic);
+          succeeded(reduced))
+        generic = *reduced, op = cast<linalg::LinalgOp>(generic.getOperation());
       views = loadsToExtracts(rewriter, generic);
+    }
     // A body the vectoriser cannot widen stays a linalg op (lowered to
     // scalar loops by flexattn-lower-to-loops).
     if (succeeded(linalg::vectorizeOpPrecondition(op, {}, {},

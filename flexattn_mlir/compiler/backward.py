@@ -43,6 +43,8 @@ class BackwardSpec:
     full_q_num_blocks: Optional[BufferType] = None
     full_q_indices: Optional[BufferType] = None
     delta_input: bool = False
+    # The attention sinks take a gradient (dsinks).
+    sink_grad: bool = False
     # Names the score_mod in diagnostics (the op's location); not in the key.
     label: str = field(default="score_mod", compare=False)
 
@@ -51,9 +53,9 @@ class BackwardSpec:
         return f"{self.forward.name}_backward"
 
     def arguments(self) -> list[tuple[str, BufferType]]:
-        """q, k, v, out, dout, lse, [dlse], [delta], dq, dk, dv, the kv-side
-        then the q-side block lists, captures..., [index_report], capture
-        grads..."""
+        """q, k, v, out, dout, lse, [dlse], [delta], [sinks, dsinks], dq, dk,
+        dv, the kv-side then the q-side block lists, captures...,
+        [index_report], capture grads..."""
         f = self.forward
         args = [("q", f.q), ("k", f.k), ("v", f.v), ("out", f.out), ("dout", f.out),
                 ("lse", f.lse)]
@@ -61,6 +63,9 @@ class BackwardSpec:
             args.append(("dlse", f.lse))
         if self.delta_input:
             args.append(("delta", BufferType(f.lse.shape, "f32")))
+        if self.sink_grad:
+            sinks = BufferType((f.q.shape[1],), "f32")
+            args += [("sinks", sinks), ("dsinks", sinks)]
         args += [("dq", f.q), ("dk", f.k), ("dv", f.v)]
         for name in ("kv_num_blocks", "kv_indices", "full_kv_num_blocks", "full_kv_indices"):
             if getattr(f, name) is not None:
@@ -76,7 +81,7 @@ class BackwardSpec:
     def digest(self) -> str:
         h = hashlib.sha256(b"backward|" + self.forward.digest().encode())
         h.update(repr((self.grad_captures, self.has_dlse, self.delta_input,
-                       [getattr(self, n) for n in _Q_SIDE])).encode())
+                       [getattr(self, n) for n in _Q_SIDE], self.sink_grad)).encode())
         return h.hexdigest()
 
     def check(self, opts) -> None:
@@ -109,7 +114,7 @@ class BackwardSpec:
             return fa.AttentionBackwardOp(
                 a["q"], a["k"], a["v"], a["out"], a["dout"], a["lse"], a["dq"], a["dk"], a["dv"],
                 capture_values(a), grads, f32_attr(f.scale), dlse=a.get("dlse"),
-                delta=a.get("delta"),
+                delta=a.get("delta"), sinks=a.get("sinks"), dsinks=a.get("dsinks"),
                 block_size=block_size_attr(f.block_size),
                 grad_captures=(ir.DenseI64ArrayAttr.get(list(self.grad_captures))
                                if self.grad_captures else None),
@@ -126,7 +131,8 @@ class BackwardSpec:
 
 def backward_spec(forward: AttentionSpec, q_side: Sequence,
                   grad_captures: Sequence[int], has_dlse: bool,
-                  label: str = "score_mod", target: str = "cpu") -> BackwardSpec:
+                  label: str = "score_mod", target: str = "cpu",
+                  sink_grad: bool = False) -> BackwardSpec:
     """The backward of ``forward`` for ``target``. K/V of batch 1 shared by
     the query batch (the forward reads them in place) enter the backward
     expanded to the query's batch: its dk/dv accumulators have one writer per
@@ -139,4 +145,6 @@ def backward_spec(forward: AttentionSpec, q_side: Sequence,
     q_side = [BufferType.of(t) for t in q_side]
     q_side += [None] * (len(_Q_SIDE) - len(q_side))
     return BackwardSpec(forward, tuple(grad_captures), bool(has_dlse), *q_side,
-                        delta_input=targets.target(target).is_gpu, label=label)
+                        delta_input=targets.target(target).is_gpu,
+                        sink_grad=bool(sink_grad) and not targets.target(target).is_gpu,
+                        label=label)

@@ -1,12 +1,18 @@
-"""score_mod / mask_mod as MLIR: the region text the flexattn ops carry.
+"""score_mod / mask_mod as MLIR: one ``flexattn.mod`` op, as text.
 
-A mod is the body of one region, printed as MLIR::
+A mod is the region the flexattn ops carry, held on its own by a
+``flexattn.mod`` op (dialect/FlexAttnOps.td) and printed by MLIR::
 
+    flexattn.mod score_mod {
     ^bb0(%score: f32, %b: i32, %h: i32, %q_idx: i32, %kv_idx: i32, <captures>):
       ...
       flexattn.yield %r : f32
+    }
 
-(mask mods drop the score and yield an ``i1``). It comes from the torch-mlir
+(mask mods drop the score and yield an ``i1``). That text is what the
+caches store and hash; :func:`parse` reads it back with MLIR's parser, and
+every mod is built with the op builders and printed by MLIR (no MLIR text
+is written here). It comes from the torch-mlir
 frontend (:mod:`flexattn_mlir.frontend`), from hand-written text
 (:meth:`ModIR.score` / :meth:`ModIR.mask`), or from a builder callback that
 emits ops with the upstream Python bindings (:meth:`ModIR.build_score` /
@@ -32,8 +38,9 @@ ModKind = Literal["score", "mask"]
 
 @dataclass(frozen=True)
 class ModIR:
-    """One modification: its kind, its region text, and the MLIR types of the
-    captured buffers its trailing block arguments receive, in order."""
+    """One modification: its kind, its ``flexattn.mod`` op as text, and the
+    MLIR types of the captured buffers its trailing block arguments receive,
+    in order."""
 
     kind: ModKind
     text: str
@@ -41,10 +48,12 @@ class ModIR:
 
     @staticmethod
     def score(text: str, capture_types: Sequence[str] = ()) -> "ModIR":
+        """A hand-written ``flexattn.mod score_mod {...}`` op."""
         return ModIR("score", text.strip(), tuple(capture_types))
 
     @staticmethod
     def mask(text: str, capture_types: Sequence[str] = ()) -> "ModIR":
+        """A hand-written ``flexattn.mod mask_mod {...}`` op."""
         return ModIR("mask", text.strip(), tuple(capture_types))
 
     @staticmethod
@@ -73,60 +82,48 @@ class ModIR:
         return _digest(self)
 
 
+MOD_OP = "flexattn.mod"  # the op a ModIR's text holds
 FIXED_ARGS = {"score": ("score", "b", "h", "q_idx", "kv_idx"), "mask": ("b", "h", "q_idx", "kv_idx")}
 
 
 # ---------------------------------------------------------------------------
-# ModIR text <-> IR. The text is a region body (the cache and hand-written
-# format); MLIR parses a region only inside an op, so it is read as the
-# region of a flexattn.apply_mods in a holder function: the one place the
-# package writes a mod's surroundings as text. Everything else is built with
-# the op builders and printed by MLIR.
+# ModIR text <-> IR: the text is one flexattn.mod op, which MLIR parses and
+# prints on its own.
 # ---------------------------------------------------------------------------
 
 
-def _region_index(kind: ModKind) -> int:
-    return 0 if kind == "score" else 1
-
-
 def parse(mod: ModIR) -> tuple[ir.Module, ir.Block]:
-    """``(holder module, the mod's region block)`` in the current context;
-    keep the module while using the block. Raises ``ir.MLIRError`` for
-    invalid text."""
-    caps = "".join(f", %cap{i}: {t}" for i, t in enumerate(mod.capture_types))
-    names = ", ".join(f"%cap{i}" for i in range(len(mod.capture_types)))
-    captures = f" captures({names} : {', '.join(mod.capture_types)})" if names else ""
-    module = ir.Module.parse(
-        f"func.func @holder(%s: f32, %i: index{caps}) -> f32 {{\n"
-        f"  %r = flexattn.apply_mods %s at(%i, %i, %i, %i){captures} attributes {{masked}} "
-        f"{mod.kind}_mod {{\n{mod.text}\n}} : f32\n"
-        f"  return %r : f32\n}}\n")
-    return module, holder_region(module, mod.kind).blocks[0]
+    """``(module, the mod's region block)`` in the current context; keep the
+    module while using the block. Raises ``ir.MLIRError`` for invalid text,
+    ``ValueError`` for text that is not one ``flexattn.mod`` of the mod's
+    kind."""
+    module = ir.Module.parse(mod.text)
+    ops = list(module.body.operations)
+    names = [op.operation.name for op in ops]
+    if names != [MOD_OP]:
+        raise ValueError(f"the text of a {mod.kind} mod must hold one {MOD_OP} op, got {names}")
+    kind = ir.StringAttr(ops[0].attributes["kind"]).value
+    if kind != f"{mod.kind}_mod":
+        raise ValueError(f"the text of a {mod.kind} mod holds a {kind}")
+    return module, holder_region(module).blocks[0]
 
 
-def holder_region(module: ir.Module, kind: ModKind) -> ir.Region:
-    """The ``kind`` region of a holder module's flexattn.apply_mods (found
-    afresh: a pass run invalidates the Python handles of nested ops)."""
-    apply = module.body.operations[0].regions[0].blocks[0].operations[0]
-    return apply.regions[_region_index(kind)]
+def holder_region(module: ir.Module) -> ir.Region:
+    """The region of a holder module's flexattn.mod (found afresh: a pass run
+    invalidates the Python handles of nested ops)."""
+    return module.body.operations[0].regions[0]
 
 
-def holder(kind: ModKind, capture_types: Sequence[ir.Type]) -> tuple[ir.Module, ir.Region]:
-    """A module holding one ``flexattn.apply_mods`` (built with the op
-    builders) whose ``kind`` region is empty, and that region: the place a
-    mod region is built, verified and printed."""
+def holder(kind: ModKind) -> tuple[ir.Module, ir.Region]:
+    """A module holding one ``flexattn.mod`` of ``kind`` (built with the op
+    builder) with an empty region, and that region: the place a mod region
+    is built, verified and printed."""
     from ..dialects import flexattn as fa
 
-    f32, index = ir.F32Type.get(), ir.IndexType.get()
     module = ir.Module.create()
     with ir.InsertionPoint(module.body):
-        fn = func.FuncOp("holder", ([f32, index, *capture_types], [f32]))
-    entry = fn.add_entry_block()
-    with ir.InsertionPoint(entry):
-        score, i, *caps = entry.arguments
-        apply = fa.ApplyModsOp(f32, score, i, i, i, i, caps, masked=True)
-        func.ReturnOp([apply.result])
-    return module, apply.regions[_region_index(kind)]
+        op = fa.ModOp(f"{kind}_mod")
+    return module, op.regions[0]
 
 
 def new_block(region: ir.Region, kind: ModKind, arg_types: Sequence[ir.Type]) -> ir.Block:
@@ -153,7 +150,7 @@ def region_text(block: ir.Block, kind: ModKind, capture_types: Sequence[ir.Type]
     old = list(block.arguments)
     if capture_types is None:
         capture_types = [a.type for a in old[nfixed:]]
-    module, region = holder(kind, capture_types)
+    module, region = holder(kind)
     fixed = [a.type for a in old[:nfixed]]
     target = new_block(region, kind, [*fixed, *capture_types])
     replaced = {}
@@ -166,8 +163,7 @@ def region_text(block: ir.Block, kind: ModKind, capture_types: Sequence[ir.Type]
         op.detach_from_parent()
         target.append(op)
     module.operation.verify()
-    lines = region.owner.get_asm(use_name_loc_as_prefix=True).splitlines()
-    return "\n".join(lines[1:-1])  # between `<kind>_mod {` and `} : f32`
+    return region.owner.get_asm(use_name_loc_as_prefix=True)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -177,7 +173,7 @@ def _digest(mod: ModIR) -> str:
     with _native.new_context(), ir.Location.unknown():
         try:
             module, block = parse(mod)
-        except ir.MLIRError:  # invalid IR: hashed as written, the driver reports it
+        except (ir.MLIRError, ValueError):  # invalid: hashed as written, the driver reports it
             return hashlib.sha256("\0".join((mod.kind, mod.text, *mod.capture_types))
                                   .encode()).hexdigest()
 
@@ -203,7 +199,7 @@ def _build(kind: ModKind, fn, capture_types: tuple[str, ...], index_type: str) -
         idx = ir.Type.parse(index_type)
         caps = [ir.Type.parse(t) for t in capture_types]
         args = ([ir.F32Type.get()] if kind == "score" else []) + [idx] * 4 + caps
-        module, region = holder(kind, caps)
+        module, region = holder(kind)
         block = new_block(region, kind, args)
         with ir.InsertionPoint(block):
             result = fn(*block.arguments)

@@ -30,13 +30,19 @@ class CompileOptions:
       (ExecutionEngine), ``"sm_90a"`` (Hopper) or ``"sm_80"`` (Ampere, Ada).
     tile_q, tile_kv: the Q and KV tile sizes of ``flexattn-tile`` (a block
       mask fixes tile_kv to its KV block size); 0 takes the target's default
-      (64 x 64 on the CPU; on a GPU the target's Q block, 128 x 128 on sm_90a).
+      (64 x 64 on the CPU; on a GPU the target's Q block, and tile_kv stays 0:
+      the target's KV tile for the head dim, ``Target.kv_tile``, picked at
+      compile time: 128 on sm_90a, 128 at D = 64 and 64 at D = 128 on sm_80).
     opt_level: LLVM optimisation level of the final code generation.
     stages: shared-memory slots of the GPU kernel's K/V ring.
     pipeline, pingpong: the GPU kernel's FlashAttention-3 schedules (each
       tile's Q.Kᵀ issued with the previous tile's P.V; the two consumer
       warpgroups alternating their GEMMs); sm_90a only (sm_80 has no
       schedule stage).
+    warp_rows, q_in_registers: the sm_80 kernel's tiling (Q rows per warp:
+      16 or 32; Q read into registers once per tile, or from shared memory
+      at every step); 0 / None take ``Target.tiling`` for the kernel's head
+      dim and KV tile. sm_80 only.
     persistent: launch at most this many CTAs, each looping over Q tiles
       (one per SM: :func:`flexattn_mlir.compiler.targets.sm_count`); 0 launches one
       CTA per tile.
@@ -45,10 +51,9 @@ class CompileOptions:
       not in its key (heads, head dims, dtypes, block size, the mods and the
       shapes of the tensors they capture are). ``False`` specialises the
       kernel on the shapes and the scale (one compilation per shape). The
-      default (None) is False: the CPU's vectorised full-tile path
-      (flexattn-vectorize-tiles) needs static tile windows, so a static
-      kernel is the faster one today; GPU kernels are compiled for static
-      shapes (True there is refused).
+      default (None) is False: on the CPU both vectorise their full tiles,
+      and the static kernel is a few percent faster (docs/inference.md);
+      GPU kernels are compiled for static shapes (True there is refused).
     decode: the decode path for a few query rows (docs/inference.md): each
       Q tile's KV blocks split into ranges run as separate tiles and merged
       by their lse (``flexattn-split-kv``; the number of ranges is chosen per
@@ -74,6 +79,8 @@ class CompileOptions:
     dynamic: Optional[bool] = None
     decode: Optional[bool] = None
     pack_heads: Optional[bool] = None
+    warp_rows: int = 0
+    q_in_registers: Optional[bool] = None
 
     def __post_init__(self):
         if self.target not in targets.TARGETS:
@@ -99,7 +106,7 @@ class CompileOptions:
             raise ValueError("CompileOptions.pack_heads=True is part of the decode path; "
                              "it needs decode True or None")
         default = t.q_block if t.is_gpu else 64
-        for name in ("tile_q", "tile_kv"):
+        for name in ("tile_q",) if t.is_gpu else ("tile_q", "tile_kv"):
             if getattr(self, name) == 0:
                 object.__setattr__(self, name, default)
         if t.is_gpu and self.tile_q != t.q_block:
@@ -107,10 +114,18 @@ class CompileOptions:
                              f"got {self.tile_q}")
         if not isinstance(self.stages, int) or not 1 <= self.stages <= 8:
             raise ValueError(f"CompileOptions.stages must be in 1..8, got {self.stages!r}")
+        if self.warp_rows not in (0, 16, 32):
+            raise ValueError(f"CompileOptions.warp_rows must be 0 (the target's), 16 or 32, "
+                             f"got {self.warp_rows!r}")
+        if self.q_in_registers is not None and not isinstance(self.q_in_registers, bool):
+            raise ValueError(f"CompileOptions.q_in_registers must be None or a bool, "
+                             f"got {self.q_in_registers!r}")
         if not isinstance(self.persistent, int) or self.persistent < 0:
             raise ValueError(f"CompileOptions.persistent must be >= 0, got {self.persistent!r}")
         for name in ("tile_q", "tile_kv"):
             value = getattr(self, name)
+            if t.is_gpu and name == "tile_kv" and value == 0:
+                continue  # the target's KV tile for the head dim
             if not isinstance(value, int) or value <= 0 or value & (value - 1):
                 raise ValueError(f"CompileOptions.{name} must be a positive power of two, got {value!r}")
         if self.opt_level not in (0, 1, 2, 3):

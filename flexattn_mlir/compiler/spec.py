@@ -113,6 +113,10 @@ class AttentionSpec:
     # [sites, 2] i64 where the kernel reports out-of-bounds reads of captured
     # tensors (flexattn_mlir.masks.index_checks); the mods' last capture.
     index_report: Optional[BufferType] = None
+    # [Hq] f32 attention-sink logits joining every row's softmax denominator.
+    sinks: Optional[BufferType] = None
+    # Whether the kernel writes each row's largest score (max_scores).
+    return_max: bool = False
     name: str = field(default="flexattn", compare=False)  # labels dumps only
 
     @property
@@ -131,16 +135,25 @@ class AttentionSpec:
         return "forward"
 
     @property
+    def max_scores(self) -> BufferType:
+        return self.lse
+
+    @property
     def has_block_mask(self) -> bool:
         return self.kv_num_blocks is not None
 
     def arguments(self) -> list[tuple[str, BufferType]]:
-        """The kernel's arguments, in order: q, k, v, out, [lse],
-        [kv_num_blocks, kv_indices], [full_kv_num_blocks, full_kv_indices],
-        captures..., [index_report]"""
-        args = [("q", self.q), ("k", self.k), ("v", self.v), ("out", self.out)]
+        """The kernel's arguments, in order: q, k, v, [sinks], out, [lse],
+        [max_scores], [kv_num_blocks, kv_indices], [full_kv_num_blocks,
+        full_kv_indices], captures..., [index_report]"""
+        args = [("q", self.q), ("k", self.k), ("v", self.v)]
+        if self.sinks is not None:
+            args.append(("sinks", self.sinks))
+        args.append(("out", self.out))
         if self.return_lse:
             args.append(("lse", self.lse))
+        if self.return_max:
+            args.append(("max_scores", self.max_scores))
         for name in ("kv_num_blocks", "kv_indices", "full_kv_num_blocks", "full_kv_indices"):
             if getattr(self, name) is not None:
                 args.append((name, getattr(self, name)))
@@ -164,7 +177,8 @@ class AttentionSpec:
         def op(a: dict[str, ir.Value]):
             return fa.AttentionOp(
                 a["q"], a["k"], a["v"], a["out"], capture_values(a), f32_attr(self.scale),
-                lse=a.get("lse"), block_size=block_size_attr(self.block_size),
+                sinks=a.get("sinks"), lse=a.get("lse"),
+                max_scores=a.get("max_scores"), block_size=block_size_attr(self.block_size),
                 **block_list_values(a, _KV_LISTS))
 
         return entry_function(self.arguments(), op, (self.score_mod, self.mask_mod))

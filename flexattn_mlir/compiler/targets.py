@@ -16,7 +16,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Target", "TARGETS", "target", "gpu_targets", "for_device", "sm_count"]
+__all__ = ["Target", "Tiling", "TARGETS", "target", "gpu_targets", "for_device", "sm_count"]
+
+
+@dataclass(frozen=True)
+class Tiling:
+    """How a GPU kernel splits its 128-row Q tile over warps, for one head
+    dim and KV tile (``flexattn-multistage``'s options on sm_80).
+
+    warp_rows: Q rows per warp: 16 (one m16 tile; 8 warps) or 32 (two m16
+      tiles; 4 warps, each K/V fragment read from shared memory feeding
+      two MMAs, as FlashAttention-2 does).
+    q_in_registers: read the Q tile into registers once (else every
+      S = Q.Kᵀ reads it from shared memory: fewer registers).
+    """
+
+    warp_rows: int = 16
+    q_in_registers: bool = True
 
 
 @dataclass(frozen=True)
@@ -37,6 +53,11 @@ class Target:
     max_shared_per_block: opt-in shared memory of one CTA, bytes.
     dtypes, head_dims, kv_blocks, q_block: what the target's kernel handles
       (q/k/v element types, head dims, KV tile sizes, the Q tile rows).
+    kv_tiles: the KV tile each head dim gets when ``CompileOptions.tile_kv``
+      is left at 0 and no block mask fixes it, as ``(head dim, tile)`` pairs
+      (``q_block`` for a head dim not listed).
+    tilings: ``((head dim, KV tile), Tiling)`` pairs; a pair not listed
+      gets ``Tiling()`` (16 rows per warp, Q in registers).
     """
 
     name: str
@@ -51,10 +72,20 @@ class Target:
     head_dims: tuple[int, ...] = ()
     kv_blocks: tuple[int, ...] = ()
     q_block: int = 0
+    kv_tiles: tuple[tuple[int, int], ...] = ()
+    tilings: tuple[tuple[tuple[int, int], Tiling], ...] = ()
 
     @property
     def is_gpu(self) -> bool:
         return self.kind == "cuda"
+
+    def kv_tile(self, head_dim: int) -> int:
+        """The default KV tile of ``head_dim`` (see ``kv_tiles``)."""
+        return dict(self.kv_tiles).get(head_dim, self.q_block)
+
+    def tiling(self, head_dim: int, kv_tile: int) -> Tiling:
+        """How the kernel of ``head_dim`` and ``kv_tile`` splits its Q tile."""
+        return dict(self.tilings).get((head_dim, kv_tile), Tiling())
 
 
 TARGETS: dict[str, Target] = {t.name: t for t in [
@@ -65,10 +96,16 @@ TARGETS: dict[str, Target] = {t.name: t for t in [
            q_block=128),
     # The reference part is the A100 (108 SMs, 163 KiB per block); Ada and
     # sm_86 parts have 99 KiB (the runtime checks a launch against the device).
+    # 32 Q rows per warp (FlashAttention-2's 4 warps per 128-row tile) only
+    # where ptxas fits the kernel in 255 registers without spills at
+    # S = 8192: D = 64 with 64-column KV tiles (242 registers). D = 64 with
+    # 128 columns and D = 128 with 64 spill (S, O and the kernel's address
+    # registers), so they keep 16 rows per warp (8 warps).
     Target("sm_80", "cuda", chip="sm_80", features="+ptx70", compute_capability=(8, 0),
            devices=((8, 0), (8, 6), (8, 7), (8, 9)), sm_count=108,
            max_shared_per_block=166912, dtypes=("bfloat16", "float16"), head_dims=(64, 128),
-           kv_blocks=(64, 128), q_block=128),
+           kv_blocks=(64, 128), q_block=128, kv_tiles=((64, 64),),
+           tilings=(((64, 64), Tiling(32)),)),
 ]}
 
 

@@ -68,14 +68,18 @@ class _Plan:
         return autograd.mask_lists(self.rotation.block_masks[j], grad)
 
     def forward(self, j, q, k, v, grad):
-        return torch.ops.flexattn.flex_attention(
+        """(out, lse) of the keys of rotation step ``j`` (no sinks, no
+        max_scores: the merge by lse would count a sink once per step)."""
+        out, lse, _ = torch.ops.flexattn.flex_attention(
             q, k, v, self.captures_for(j), self.mask(j, grad), self.prepared.call,
-            self.prepared.scale, True)
+            self.prepared.scale, True, None, False)
+        return out, lse
 
     def backward(self, j, q, k, v, out, dout, lse, dlse):
-        return torch.ops.flexattn.flex_attention_backward(
+        dq, dk, dv, grads, _ = torch.ops.flexattn.flex_attention_backward(
             q, k, v, out, dout, lse, dlse, self.captures_for(j), self.mask(j, True),
-            self.prepared.call, self.prepared.scale, self.grad_captures)
+            self.prepared.call, self.prepared.scale, self.grad_captures, None)
+        return dq, dk, dv, grads
 
 
 def _merge(acc, out, lse):

@@ -54,13 +54,14 @@ def index_checked(query, key, score_mod, mask_mod, check_indices: bool, dynamic:
 
 def build_spec(query, key, value, *, score_mod, mask_mod, block_mask, captures,
                scale, return_lse, name="flexattn", check_indices=True,
-               dynamic=False) -> AttentionSpec:
+               dynamic=False, sinks=None, return_max=False) -> AttentionSpec:
     """The spec of a call. Raises IndexError for a provably out-of-bounds read
     of a captured tensor; ``check_indices``: whether the reads the compiler
     cannot bound are checked at run time (index_checks.enabled);
     ``dynamic``: the spec of the kernel that serves every batch size,
     sequence length, block-mask shape and scale (CompileOptions.dynamic,
-    :mod:`.dynamic_shapes`)."""
+    :mod:`.dynamic_shapes`). ``sinks`` (a tensor, or None) and
+    ``return_max`` add the sink logits and the max_scores output."""
     checked = index_checked(query, key, score_mod, mask_mod, check_indices, dynamic)
     masks = _mask_tensors(block_mask)
     qkv = [BufferType.of(t) for t in (query, key, value)]
@@ -79,6 +80,8 @@ def build_spec(query, key, value, *, score_mod, mask_mod, block_mask, captures,
         q=qkv[0], k=qkv[1], v=qkv[2], scale=float(scale), return_lse=bool(return_lse),
         captures=capture_types, score_mod=checked.score, mask_mod=checked.mask, name=name,
         index_report=BufferType(checked.report, "i64") if checked.report else None, **fields,
+        sinks=None if sinks is None else BufferType((int(sinks.shape[0]),), "f32"),
+        return_max=bool(return_max),
     )
 
 
@@ -101,11 +104,13 @@ def _options(query, options: Optional[CompileOptions]) -> CompileOptions:
 
 
 def _prepare(query, key, value, *, score_mod, mask_mod, block_mask, captures, scale,
-             enable_gqa, return_lse, name, options):
+             enable_gqa, return_lse, name, options, sinks=None, return_max=False):
     """Checks the arguments and returns (spec, contiguous q/k/v, captures,
     options: the device's default when None)."""
     checks.check_qkv(query, key, value, enable_gqa)
-    options = decode.resolve(_options(query, options), query, key, block_mask)
+    checks.check_sinks(sinks, query)
+    options = decode.resolve(_options(query, options), query, key, block_mask,
+                             sinks is not None or return_max)
     captures = [c.contiguous() for c in captures]
     checks.check_captures(captures, query.device)
     _check_mod("score_mod", score_mod, "score", len(captures))
@@ -128,13 +133,14 @@ def _prepare(query, key, value, *, score_mod, mask_mod, block_mask, captures, sc
                       block_mask=block_mask, captures=captures, scale=scale,
                       return_lse=return_lse, name=name,
                       check_indices=index_checks.enabled(options.target),
-                      dynamic=options.dynamic)
+                      dynamic=options.dynamic, sinks=sinks, return_max=return_max)
     return spec, (q, k, v), captures, options
 
 
 def attention_spec(query, key, value, *, score_mod=None, mask_mod=None, block_mask=None,
                    captures=(), scale=None, enable_gqa=False, return_lse=False,
-                   options=None, name="flexattn", capture_labels=()) -> AttentionSpec:
+                   options=None, name="flexattn", capture_labels=(), sinks=None,
+                   return_max_scores=False) -> AttentionSpec:
     """The :class:`AttentionSpec` :func:`attention` would compile for these
     arguments (for :func:`flexattn_mlir.compile` and inspection); it takes
     :func:`attention`'s arguments (``capture_labels``, for messages of a
@@ -142,7 +148,7 @@ def attention_spec(query, key, value, *, score_mod=None, mask_mod=None, block_ma
     spec, _, _, _ = _prepare(query, key, value, score_mod=score_mod, mask_mod=mask_mod,
                              block_mask=block_mask, captures=captures, scale=scale,
                              enable_gqa=enable_gqa, return_lse=return_lse, name=name,
-                             options=options)
+                             options=options, sinks=sinks, return_max=return_max_scores)
     return spec
 
 
@@ -151,25 +157,43 @@ def attention_compile_count() -> int:
     return kernels.compile_count
 
 
+def results(out, lse, max_scores, return_lse: bool, return_max_scores: bool):
+    """:func:`attention`'s return value from the forward's three outputs."""
+    if return_max_scores:
+        return out, lse if return_lse else None, max_scores
+    return (out, lse) if return_lse else out
+
+
+def unpack_results(result, return_lse: bool, return_max_scores: bool):
+    """``(out, lse, max_scores)`` (None where not asked for) from what
+    :func:`attention` returned: the inverse of :func:`results`."""
+    if return_max_scores:
+        return result
+    return (*result, None) if return_lse else (result, None, None)
+
+
 def attention_forward(query, key, value, *, score_mod=None, mask_mod=None, block_mask=None,
                       captures=(), scale=None, enable_gqa=False, return_lse=False,
-                      options=None, name="flexattn"):
+                      options=None, name="flexattn", sinks=None, return_max_scores=False):
     """:func:`attention`'s forward kernel, recording no gradient (the
-    ``flexattn::flex_attention`` op runs it under autograd)."""
+    ``flexattn::flex_attention`` op runs it under autograd). Returns ``(out,
+    lse, max_scores)``, None for an output not asked for."""
     spec, (q, k, v), captures, options = _prepare(
         query, key, value, score_mod=score_mod, mask_mod=mask_mod, block_mask=block_mask,
         captures=captures, scale=scale, enable_gqa=enable_gqa, return_lse=return_lse,
-        name=name, options=options)
+        name=name, options=options, sinks=sinks, return_max=return_max_scores)
     if options.target != "cpu":
         checks.check_gpu_support(q, v, block_mask, options)
     kernel = kernel_for(spec, options)
     b, hq, m, _ = q.shape
     out = torch.empty((b, hq, m, v.shape[3]), dtype=q.dtype, device=q.device)
-    args = [q, k, v, out]
-    lse = None
-    if return_lse:
-        lse = torch.empty((b, hq, m), dtype=torch.float32, device=q.device)
-        args.append(lse)
+    args = [q, k, v]
+    if sinks is not None:
+        args.append(sinks.detach().to(torch.float32).contiguous())
+    args.append(out)
+    stats = {n: torch.empty((b, hq, m), dtype=torch.float32, device=q.device) if want else None
+             for n, want in (("lse", return_lse), ("max_scores", return_max_scores))}
+    args += [t for t in stats.values() if t is not None]
     args += _mask_tensors(block_mask)
     args += [c.view(torch.uint8) if c.dtype == torch.bool else c for c in captures]
     if options.dynamic:  # the scale operand (dynamic_shapes)
@@ -186,4 +210,4 @@ def attention_forward(query, key, value, *, score_mod=None, mask_mod=None, block
     kernel(args)
     if report is not None:
         index_checks.raise_reported(report, checked)
-    return (out, lse) if return_lse else out
+    return out, stats["lse"], stats["max_scores"]

@@ -2,10 +2,11 @@
 
 Two custom ops carry every call that needs gradients, eager or compiled:
 
-    flexattn::flex_attention(q, k, v, captures, mask, call, scale, need_lse)
-        -> (out, lse)
+    flexattn::flex_attention(q, k, v, captures, mask, call, scale, need_lse,
+        sinks, need_max) -> (out, lse, max_scores)
     flexattn::flex_attention_backward(q, k, v, out, dout, lse, dlse, captures,
-        mask, call, scale, grad_captures) -> (dq, dk, dv, capture_grads)
+        mask, call, scale, grad_captures, sinks)
+        -> (dq, dk, dv, capture_grads, dsinks)
 
 Tensors are operands (so autograd and ``torch.compile`` see them); what is
 not a tensor (the mods' IR, the block size, compile options) is a
@@ -46,7 +47,8 @@ from ..frontend.capture import _global_names
 from ..masks import index_checks, is_noop
 from ..masks.block_mask import _transpose_ordered
 from . import checks
-from .attention import _options, attention_forward, attention_spec, build_spec, index_checked
+from .attention import (_options, attention_forward, attention_spec, build_spec, index_checked,
+                        results)
 from .kernels import kernel_for
 
 __all__ = ["Call", "NotDifferentiableError", "Prepared", "needs_grad", "attention_with_grad",
@@ -209,10 +211,14 @@ def attention_backward(spec: BackwardSpec, options: CompileOptions, tensors: dic
                        captures: Sequence[torch.Tensor], mask: Sequence[torch.Tensor],
                        checked: index_checks.Checked):
     """Runs the backward kernel of ``spec``. ``tensors`` holds q, k, v, out,
-    dout, lse and (when ``spec.has_dlse``) dlse; ``mask`` the kv-side then the
-    q-side block lists; ``checked`` the index checks of the mods (the
-    forward's: the same report rows). Returns ``(dq, dk, dv, capture_grads)``,
-    the capture gradients in their captures' dtypes (accumulated in float32).
+    dout, lse, (when ``spec.has_dlse``) dlse and ``sinks`` (None, or the sink
+    logits, whose gradient is wanted); ``mask`` the kv-side then the q-side
+    block lists; ``checked`` the index checks of the mods (the forward's: the
+    same report rows). Returns ``(dq, dk, dv, capture_grads, dsinks)``, the
+    capture gradients in their captures' dtypes and dsinks in the sinks'
+    (accumulated in float32; None without sinks). The kernel computes dsinks
+    where ``spec.sink_grad``; a kernel that reads delta precomputed (GPU)
+    leaves it to :func:`sink_grad`, one torch reduction over that delta.
     A read of a captured tensor the kernel finds out of bounds raises
     IndexError after the call (its gradients are never returned)."""
     run = backward_kernel(spec, options)
@@ -226,10 +232,15 @@ def attention_backward(spec: BackwardSpec, options: CompileOptions, tensors: dic
     args = [q, k, v] + [tensors[n].contiguous() for n in ("out", "dout", "lse")]
     if spec.has_dlse:
         args.append(tensors["dlse"].contiguous())
+    d = None
     if spec.delta_input:
         _warn_slow_gpu_backward()
-        args.append(delta(tensors["out"], tensors["dout"],
-                          tensors["dlse"] if spec.has_dlse else None))
+        d = delta(tensors["out"], tensors["dout"], tensors["dlse"] if spec.has_dlse else None)
+        args.append(d)
+    sinks, dsinks = tensors.get("sinks"), None
+    if spec.sink_grad:
+        dsinks = torch.empty(sinks.shape, dtype=torch.float32, device=q.device)
+        args += [sinks.detach().to(torch.float32).contiguous(), dsinks]
     args += [dq, dk, dv, *(t.contiguous() for t in mask)]
     args += [c.contiguous().view(torch.uint8) if c.dtype == torch.bool else c.contiguous()
              for c in captures]
@@ -239,7 +250,20 @@ def attention_backward(spec: BackwardSpec, options: CompileOptions, tensors: dic
         index_checks.raise_reported(report, checked)
     if shared:  # dK, dV of a shared K/V: the sum over the query batch
         dk, dv = (g.sum(0, keepdim=True, dtype=torch.float32).to(g.dtype) for g in (dk, dv))
-    return dq, dk, dv, [g.to(captures[c].dtype) for g, c in zip(grads, spec.grad_captures)]
+    if sinks is not None:
+        if dsinks is None:
+            dsinks = sink_grad(sinks, tensors["lse"], d)
+        dsinks = dsinks.to(sinks.dtype)
+    return (dq, dk, dv, [g.to(captures[c].dtype) for g, c in zip(grads, spec.grad_captures)],
+            dsinks)
+
+
+def sink_grad(sinks: torch.Tensor, lse: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    """The sink logits' gradient from the forward's lse (which includes the
+    sinks) and delta: ``dsinks[h] = -sum_{b,i} exp(sinks[h] - lse[b,h,i])
+    D[b,h,i]``, float32 (0 from a row whose lse is -inf)."""
+    p_sink = torch.exp(sinks.detach().float()[None, :, None] - lse.float())
+    return -(torch.nan_to_num(p_sink, nan=0.0) * d).sum(dim=(0, 2))
 
 
 # ---------------------------------------------------------------------------
@@ -250,22 +274,26 @@ def attention_backward(spec: BackwardSpec, options: CompileOptions, tensors: dic
 @torch.library.custom_op("flexattn::flex_attention", mutates_args=())
 def _flex_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                     captures: list[torch.Tensor], mask: list[torch.Tensor], call: str,
-                    scale: float, need_lse: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                    scale: float, need_lse: bool, sinks: Optional[torch.Tensor],
+                    need_max: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    # (No defaults: the dispatcher drops trailing default arguments from a
+    # call, and the autograd formula's gradients must match the call.)
     c = lookup(call)
     kv_side, _ = c.split_mask(mask)
-    result = attention_forward(q, k, v, score_mod=c.score_mod, mask_mod=c.mask_mod,
-                               block_mask=c.mask(kv_side), captures=captures, scale=scale,
-                               enable_gqa=True, return_lse=need_lse, options=c.options)
-    if need_lse:
-        return result
-    return result, q.new_empty((0,), dtype=torch.float32)
+    out, lse, max_scores = attention_forward(
+        q, k, v, score_mod=c.score_mod, mask_mod=c.mask_mod, block_mask=c.mask(kv_side),
+        captures=captures, scale=scale, enable_gqa=True, return_lse=need_lse,
+        options=c.options, sinks=sinks, return_max_scores=need_max)
+    none = q.new_empty((0,), dtype=torch.float32)
+    return out, none if lse is None else lse, none if max_scores is None else max_scores
 
 
 @_flex_attention.register_fake
-def _(q, k, v, captures, mask, call, scale, need_lse):
+def _(q, k, v, captures, mask, call, scale, need_lse, sinks, need_max):
     b, h, m, _ = q.shape
     out = q.new_empty((b, h, m, v.shape[3]))
-    return out, q.new_empty((b, h, m) if need_lse else (0,), dtype=torch.float32)
+    stat = (lambda need: q.new_empty((b, h, m) if need else (0,), dtype=torch.float32))
+    return out, stat(need_lse), stat(need_max)
 
 
 @torch.library.custom_op("flexattn::flex_attention_backward", mutates_args=())
@@ -273,57 +301,64 @@ def _flex_attention_backward(
         q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
         dout: torch.Tensor, lse: torch.Tensor, dlse: Optional[torch.Tensor],
         captures: list[torch.Tensor], mask: list[torch.Tensor], call: str, scale: float,
-        grad_captures: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
-                                           list[torch.Tensor]]:
+        grad_captures: list[int], sinks: Optional[torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[torch.Tensor], torch.Tensor]:
     c = lookup(call)
     spec = _backward_spec(c, q, k, v, captures, mask, scale, grad_captures, dlse is not None,
-                          build_spec)
+                          sinks is not None)
     checked = index_checked(q, k, c.score_mod, c.mask_mod, True)
-    tensors = dict(q=q, k=k, v=v, out=out, dout=dout, lse=lse, dlse=dlse)
-    dq, dk, dv, grads = attention_backward(spec, c.options, tensors, captures, mask,
-                                                    checked)
-    return dq, dk, dv, grads
+    tensors = dict(q=q, k=k, v=v, out=out, dout=dout, lse=lse, dlse=dlse, sinks=sinks)
+    dq, dk, dv, grads, dsinks = attention_backward(spec, c.options, tensors, captures, mask,
+                                                   checked)
+    return dq, dk, dv, grads, q.new_empty((0,)) if dsinks is None else dsinks
 
 
 @_flex_attention_backward.register_fake
-def _(q, k, v, out, dout, lse, dlse, captures, mask, call, scale, grad_captures):
+def _(q, k, v, out, dout, lse, dlse, captures, mask, call, scale, grad_captures, sinks):
     # The kernel writes contiguous gradients, whatever the inputs' strides.
     return (q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape),
-            [captures[i].new_empty(captures[i].shape) for i in grad_captures])
+            [captures[i].new_empty(captures[i].shape) for i in grad_captures],
+            q.new_empty((0,)) if sinks is None else sinks.new_empty(sinks.shape))
 
 
 def _backward_spec(c: Call, q, k, v, captures, mask, scale, grad_captures, has_dlse,
-                   build_spec):
+                   sink_grad):
     kv_side, q_side = c.split_mask(mask)
     fwd = build_spec(q, k, v, score_mod=c.score_mod, mask_mod=c.mask_mod,
                      block_mask=c.mask(kv_side), captures=captures, scale=scale,
                      return_lse=False)
     return backward.backward_spec(fwd, q_side, grad_captures, has_dlse, label=c.label,
-                                  target=c.options.target)
+                                  target=c.options.target, sink_grad=sink_grad)
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, captures, mask, call, scale, need_lse = inputs
-    out, lse = output
-    ctx.save_for_backward(q, k, v, out, lse, *captures, *mask)
-    ctx.call, ctx.scale, ctx.n_captures = call, scale, len(captures)
+    q, k, v, captures, mask, call, scale, need_lse, sinks, need_max = inputs
+    out, lse, max_scores = output
+    ctx.mark_non_differentiable(max_scores)
+    # The sinks enter the backward only for their gradient (lse includes them).
+    ctx.sink_grad = sinks is not None and sinks.requires_grad
+    ctx.save_for_backward(q, k, v, out, lse, *captures, *mask,
+                          *([sinks] if ctx.sink_grad else []))
+    ctx.call, ctx.scale, ctx.n_captures, ctx.n_mask = call, scale, len(captures), len(mask)
     ctx.grad_captures = [i for i, t in enumerate(captures) if t.requires_grad]
     # Gradients of unused outputs arrive as None (no zero dlse to subtract).
     ctx.set_materialize_grads(False)
 
 
-def _backward(ctx, dout, dlse):
+def _backward(ctx, dout, dlse, dmax_scores):
     q, k, v, out, lse, *rest = ctx.saved_tensors
-    captures, mask = rest[: ctx.n_captures], rest[ctx.n_captures:]
+    n, m = ctx.n_captures, ctx.n_mask
+    captures, mask, sinks = rest[:n], rest[n:n + m], (rest[n + m] if ctx.sink_grad else None)
     if dout is None:
         dout = torch.zeros_like(out)
-    dq, dk, dv, grads = torch.ops.flexattn.flex_attention_backward(
+    dq, dk, dv, grads, dsinks = torch.ops.flexattn.flex_attention_backward(
         q, k, v, out, dout, lse, dlse, list(captures), list(mask), ctx.call, ctx.scale,
-        ctx.grad_captures)
+        ctx.grad_captures, sinks)
     capture_grads: list = [None] * ctx.n_captures
     for i, g in zip(ctx.grad_captures, grads):
         capture_grads[i] = g
-    return dq, dk, dv, capture_grads, [None] * len(mask), None, None, None
+    return (dq, dk, dv, capture_grads, [None] * len(mask), None, None, None,
+            dsinks if ctx.sink_grad else None, None)
 
 
 def _no_double_backward(ctx, *grads):
@@ -349,11 +384,12 @@ def _static(options: CompileOptions) -> CompileOptions:
     return replace(options, dynamic=False, decode=False, pack_heads=False)
 
 
-def needs_grad(query, key, value, captures) -> bool:
+def needs_grad(query, key, value, captures, sinks=None) -> bool:
     """Whether a call records a backward: grad mode on and some input (q, k,
-    v or a captured tensor) requires grad."""
+    v, a captured tensor or the sinks) requires grad."""
     return torch.is_grad_enabled() and any(
-        isinstance(t, torch.Tensor) and t.requires_grad for t in (query, key, value, *captures))
+        isinstance(t, torch.Tensor) and t.requires_grad
+        for t in (query, key, value, *captures, sinks))
 
 
 def _label(score_fn) -> str:
@@ -363,10 +399,11 @@ def _label(score_fn) -> str:
 
 def attention_with_grad(query, key, value, *, score_mod, mask_mod, block_mask, captures,
                         options, scale, enable_gqa, return_lse, name="flexattn",
-                        capture_labels=(), score_fn=None):
+                        capture_labels=(), score_fn=None, sinks=None,
+                        return_max_scores=False):
     """flex_attention's differentiable path (the arguments as :func:`attention`
-    takes them): returns ``out`` or ``(out, lse)``. The backward kernel is
-    compiled now, so a mod that cannot be differentiated fails at the call."""
+    takes them, and its results). The backward kernel is compiled now, so a
+    mod that cannot be differentiated fails at the call."""
     label = _label(score_fn) if score_fn is not None else "score_mod"
     options = _static(_options(query, options))
     spec = attention_spec(query, key, value, score_mod=score_mod, mask_mod=mask_mod,
@@ -374,10 +411,12 @@ def attention_with_grad(query, key, value, *, score_mod, mask_mod, block_mask, c
                           enable_gqa=enable_gqa, options=options, name=name)
     p = prepare(spec, score_mod=score_mod, mask_mod=mask_mod, block_mask=block_mask,
                 options=options, label=label,
-                grad_captures=[i for i, t in enumerate(captures) if t.requires_grad])
-    out, lse = torch.ops.flexattn.flex_attention(
-        query, key, value, list(captures), p.mask, p.call, p.scale, True)
-    return (out, lse) if return_lse else out
+                grad_captures=[i for i, t in enumerate(captures) if t.requires_grad],
+                sink_grad=sinks is not None and sinks.requires_grad)
+    out, lse, max_scores = torch.ops.flexattn.flex_attention(
+        query, key, value, list(captures), p.mask, p.call, p.scale, True, sinks,
+        return_max_scores)
+    return results(out, lse, max_scores, return_lse, return_max_scores)
 
 
 @dataclass(frozen=True)
@@ -400,7 +439,7 @@ def mask_lists(block_mask, q_side: bool) -> list:
 
 
 def prepare(spec, *, score_mod, mask_mod, block_mask, options, grad_captures,
-            label="score_mod", grad=True) -> Prepared:
+            label="score_mod", grad=True, sink_grad=False) -> Prepared:
     """Registers the call of flexattn::flex_attention for ``spec`` (built from
     the mods ``score_mod``, ``mask_mod`` as given, before index checks) and,
     when ``grad``, compiles its backward kernel for ``grad_captures``, so a
@@ -412,7 +451,8 @@ def prepare(spec, *, score_mod, mask_mod, block_mask, options, grad_captures,
                 options, label)
     if grad:
         backward_kernel(backward.backward_spec(spec, q_side, grad_captures, False, label,
-                                                target=options.target), options)
+                                                target=options.target, sink_grad=sink_grad),
+                        options)
     return Prepared(register(call), kv_side + q_side, spec.scale)
 
 
@@ -422,10 +462,11 @@ def prepare(spec, *, score_mod, mask_mod, block_mask, options, grad_captures,
 
 
 def traced_flex_attention(query, key, value, score_mod, block_mask, scale, enable_gqa,
-                          want_lse, kernel_options):
+                          want_lse, kernel_options, sinks=None, want_max=False):
     """flex_attention under ``torch.compile`` (dynamo traces this function):
     the custom op on the captured tensors, found by the paths
-    :func:`_trace_plan` computed at trace time. Returns ``(out, lse)``."""
+    :func:`_trace_plan` computed at trace time. Returns ``(out, lse,
+    max_scores)`` (empty where not asked for)."""
     mask_fn, mask_tensors, block_size = None, [], None
     if block_mask is not None:
         mask_fn = block_mask.mask_mod
@@ -434,7 +475,8 @@ def traced_flex_attention(query, key, value, score_mod, block_mask, scale, enabl
         if mask_tensors[2] is None:
             mask_tensors = mask_tensors[:2]
     grad = torch.is_grad_enabled() and (query.requires_grad or key.requires_grad
-                                        or value.requires_grad)
+                                        or value.requires_grad
+                                        or (sinks is not None and sinks.requires_grad))
     metas = tuple((tuple(int(d) for d in t.shape), t.dtype, t.device.type)
                   for t in (query, key, value, *mask_tensors))
     q_lists = block_mask is not None and block_mask.q_num_blocks is not None
@@ -446,7 +488,7 @@ def traced_flex_attention(query, key, value, score_mod, block_mask, scale, enabl
         names = ("q_num_blocks", "q_indices", "full_q_num_blocks", "full_q_indices")
         mask_tensors = mask_tensors + [getattr(block_mask, n) for n in names[:len(mask_tensors)]]
     return torch.ops.flexattn.flex_attention(query, key, value, captures, mask_tensors, call,
-                                             scale, want_lse or grad)
+                                             scale, want_lse or grad, sinks, want_max)
 
 
 def _follow(obj, path):

@@ -11,7 +11,7 @@ from ..masks.block_mask import block_size
 from ..masks.intervals import reads_batch_head
 
 __all__ = ["check_qkv", "check_block_mask", "check_mask_broadcast",
-           "check_captures", "check_gpu_support"]
+           "check_captures", "check_gpu_support", "check_sinks"]
 
 _FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -53,6 +53,21 @@ def check_qkv(query, key, value, enable_gqa: bool) -> None:
             f"query has {hq} heads but key/value have {hkv}: pass enable_gqa=True "
             f"for grouped-query attention"
         )
+
+
+def check_sinks(sinks, query) -> None:
+    """Attention-sink logits: one per query head, floating point, on the
+    query's device."""
+    if sinks is None:
+        return
+    _tensor("sinks", sinks, 1, "[Hq] (one logit per query head)")
+    if not sinks.dtype.is_floating_point:
+        raise TypeError(f"sinks must be a floating-point tensor, got {sinks.dtype}")
+    if sinks.shape[0] != query.shape[1]:
+        raise ValueError(f"sinks must hold one logit per query head: shape ({query.shape[1]},), "
+                         f"got {tuple(sinks.shape)}")
+    if sinks.device != query.device:
+        raise ValueError(f"sinks is on {sinks.device} but query is on {query.device}")
 
 
 _MASK_FIELDS = ("kv_num_blocks", "kv_indices", "full_kv_num_blocks", "full_kv_indices")

@@ -24,9 +24,16 @@ def rows_agree(block_mask) -> bool:
     return num.shape[1] == 1 and num.shape[2] == 1
 
 
-def resolve(options: CompileOptions, q, k, block_mask) -> CompileOptions:
+def resolve(options: CompileOptions, q, k, block_mask, row_stats: bool = False) -> CompileOptions:
     """``options`` with ``decode`` and ``pack_heads`` decided for this call
-    (both in the kernel's key)."""
+    (both in the kernel's key). ``row_stats``: the call has attention sinks
+    or asks for max_scores, which the decode path does not merge across KV
+    ranges yet: it runs the prefill kernel (forcing decode is an error)."""
+    if row_stats:
+        if options.decode or options.pack_heads:
+            raise ValueError("kernel_options decode/pack_heads: the decode path does not take "
+                             "attention sinks or max_scores yet; leave them unset")
+        return replace(options, decode=False, pack_heads=False)
     if options.decode is not None and options.pack_heads is not None:
         if options.pack_heads and not rows_agree(block_mask):
             raise ValueError(_PACK_ERROR)

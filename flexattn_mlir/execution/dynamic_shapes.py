@@ -1,7 +1,7 @@
 """Dynamic-shape kernels: one CPU kernel for every length.
 
 With ``CompileOptions.dynamic`` (``kernel_options={"dynamic": True}``; static is
-the default while only static tiles are vectorised) a kernel is specialised on
+the default, a few percent faster: docs/inference.md) a kernel is specialised on
 the mods, the head counts and head dims, the dtypes, the block size, the
 shapes of the captured tensors, the target and the options; the batch size,
 the sequence lengths M and N, every block-mask dimension and the scale are

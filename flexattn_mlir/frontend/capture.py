@@ -3,7 +3,7 @@
     fn ──lift──▶ forward(score?, b, h, q_idx, kv_idx, *captures)
        ──torch-mlir──▶ linalg-on-tensors (0-d tensors)
        ──detensorize, fold──▶ scalar arith/math + tensor.extract
-       ──convert──▶ ^bb0(%score, %b, %h, %q_idx, %kv_idx, %cap0, ...): ... flexattn.yield
+       ──convert──▶ flexattn.mod score_mod { ^bb0(%score, %b, %h, %q_idx, %kv_idx, %cap0, ...): ... }
 
 Tensors the mod reads (closure cells, module globals its code loads, default
 arguments, and the same inside the functions it calls: ``and_masks`` and

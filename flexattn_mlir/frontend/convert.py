@@ -4,7 +4,7 @@ flexattn region body.
     forward(score?, b, h, q_idx, kv_idx, *captures)   (frontend: the lifted mod)
        ──torch-mlir──▶ linalg-on-tensors (0-d tensors)
        ──detensorize, fold──▶ scalar arith/math + tensor.extract
-       ──convert──▶ ^bb0(%score, %b, %h, %q_idx, %kv_idx, %cap0, ...): ... flexattn.yield
+       ──convert──▶ flexattn.mod score_mod { ^bb0(%score, %b, %h, %q_idx, %kv_idx, %cap0, ...): ... }
 
 The export traces ``forward`` on 0-d example inputs; every failure (data-
 dependent control flow, an operation torch-mlir cannot lower, an unusable
@@ -13,8 +13,8 @@ The conversion scalarises the exported function (``linalg-detensorize``),
 folds reshapes and slices of captured tensors into their loads (each index a
 ``flexattn.check_index`` of the index the mod computed: torch's semantics,
 see flexattn_mlir.masks.index_checks), turns ``floor(x / C)`` back into
-``arith.floordivsi``, and moves the scalar ops into an ``flexattn.apply_mods``
-region whose trailing arguments are the captures. Only ``arith`` / ``math``
+``arith.floordivsi``, and moves the scalar ops into the region of a
+``flexattn.mod`` op whose trailing arguments are the captures. Only ``arith`` / ``math``
 ops, ``memref.load`` and ``flexattn.check_index`` may remain.
 
 ``torch_mlir`` is imported lazily, after ``mlir`` (docs/frontend.md §6).
@@ -37,6 +37,7 @@ from mlir.dialects import arith, memref, tensor
 from .. import _native
 from ..compiler.mods import FIXED_ARGS, ModIR, holder, holder_region, new_block, region_text
 from ..dialects import flexattn as fa
+from .index_reads import ScalarIndexReads
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,8 @@ def _forward_module(build: Callable, kind: str, label: str):
     class Forward(torch.nn.Module):
         def forward(self, *args):
             fn = build(args[nfixed:])
-            out = fn(*args[:nfixed])
+            with ScalarIndexReads():  # t[i] without a data-dependent guard
+                out = fn(*args[:nfixed])
             if isinstance(out, bool) or (kind == "score" and isinstance(out, (int, float))):
                 out = torch.tensor(out, dtype=torch.bool if isinstance(out, bool) else torch.float32)
             if not isinstance(out, torch.Tensor):
@@ -298,9 +300,7 @@ def _checked(value: ir.Value, size: int, label: str) -> ir.Value:
         raise ModCaptureError(f"{label} indexes an empty dimension of a captured tensor")
     raw = _raw_index(value, size, label)
     i64 = ir.IntegerType.get_signless(64)
-    return ir.Operation.create(
-        "flexattn.check_index", results=[ir.IndexType.get()], operands=[raw],
-        attributes={"size": ir.IntegerAttr.get(i64, size)}).result
+    return fa.CheckIndexOp(raw, ir.IntegerAttr.get(i64, size)).result
 
 
 def _root_index(val: ir.Value, idx: list, label: str):
@@ -504,7 +504,7 @@ def _to_region(text: str, kind: str, label: str, tensors, names: Sequence[str]) 
         _precheck(fblock, nfixed, label)
 
         capture_types = [ir.Type.parse(t) for t in cap_types]
-        holder_mod, region = holder(kind, capture_types)
+        holder_mod, region = holder(kind)
         arg_types = ([ir.F32Type.get()] if kind == "score" else []) + \
             [ir.IntegerType.get_signless(32)] * 4 + capture_types
         block = new_block(region, kind, arg_types)
@@ -543,7 +543,7 @@ def _to_region(text: str, kind: str, label: str, tensors, names: Sequence[str]) 
         except ir.MLIRError as err:
             raise ModCaptureError(f"{label}: the captured region is invalid: {err}") from None
         _run(holder_mod, _CLEAN)
-        block = holder_region(holder_mod, kind).blocks[0]
+        block = holder_region(holder_mod).blocks[0]
         for op in block.operations:
             n = op.operation.name
             if not (n.split(".")[0] in _ALLOWED_DIALECTS

@@ -161,7 +161,7 @@ def _describe(op, kind: str) -> _Op:
                ir.StringAttr(attrs["source"]).value if "source" in attrs
                else f"a captured tensor in the {kind}_mod",
                ir.IntegerAttr(attrs["size"]).value,
-               op.parent.name != "flexattn.apply_mods",
+               op.parent.name != "flexattn.mod",
                "bounds" in attrs or len(op.operands) > 1)
 
 
@@ -222,6 +222,8 @@ def _apply(mod: ModIR, plan: list, report_type: Optional[str], first_site: int,
     whose analysis proves as much (the captures' sizes are in the key)."""
     from mlir import ir
 
+    from ..dialects import flexattn as fa
+
     def rewrite(block, ops):
         report = block.add_argument(ir.Type.parse(report_type), ir.Location.unknown()) \
             if report_type else None
@@ -239,9 +241,9 @@ def _apply(mod: ModIR, plan: list, report_type: Optional[str], first_site: int,
                 attrs["site"] = ir.IntegerAttr.get(i64, site)
                 site += 1
                 with ir.InsertionPoint(op):
-                    new = ir.Operation.create("flexattn.check_index", results=[op.result.type],
-                                              operands=[op.operands[0], report],
-                                              attributes=attrs)
+                    new = fa.CheckIndexOp(op.operands[0], attrs["size"], report=report)
+                for name, value in attrs.items():
+                    new.attributes[name] = value
                 op.result.replace_all_uses_with(new.result)
                 op.erase()
         return region_text(block, mod.kind)

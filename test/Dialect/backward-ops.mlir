@@ -21,6 +21,21 @@ func.func @backward_plain(%q: memref<1x4x100x16xf32>, %k: memref<1x2x80x16xf32>,
   return
 }
 
+// The sinks' gradient.
+// CHECK-LABEL: func.func @backward_sinks(
+// CHECK:         flexattn.attention_backward ins({{[^)]*}}) out({{[^)]*}}) dout({{[^)]*}}) lse({{[^)]*}}) sinks(%{{[a-z0-9_]+}}, %{{[a-z0-9_]+}} : memref<4xf32>, memref<4xf32>) grads({{[^)]*}}) attributes {scale = 2.500000e-01 : f32}{{ *$}}
+func.func @backward_sinks(%q: memref<1x4x100x16xf32>, %k: memref<1x2x80x16xf32>, %v: memref<1x2x80x8xf32>,
+                          %o: memref<1x4x100x8xf32>, %do: memref<1x4x100x8xf32>, %lse: memref<1x4x100xf32>,
+                          %s: memref<4xf32>, %ds: memref<4xf32>,
+                          %dq: memref<1x4x100x16xf32>, %dk: memref<1x2x80x16xf32>, %dv: memref<1x2x80x8xf32>) {
+  flexattn.attention_backward ins(%q, %k, %v : memref<1x4x100x16xf32>, memref<1x2x80x16xf32>, memref<1x2x80x8xf32>)
+      out(%o : memref<1x4x100x8xf32>) dout(%do : memref<1x4x100x8xf32>) lse(%lse : memref<1x4x100xf32>)
+      sinks(%s, %ds : memref<4xf32>, memref<4xf32>)
+      grads(%dq, %dk, %dv : memref<1x4x100x16xf32>, memref<1x2x80x16xf32>, memref<1x2x80x8xf32>)
+      attributes {scale = 0.25 : f32}
+  return
+}
+
 // Everything: dlse, both sides of a block mask with full blocks, a capture
 // with a gradient, the three regions.
 // CHECK-LABEL: func.func @backward_full(

@@ -146,7 +146,7 @@ func.func @mma_register_type(%p: vector<64xf16>, %v: !flexattn.smem_tile<128x128
 // -----
 
 func.func @mma_register_k(%p: vector<32xbf16>, %v: !flexattn.smem_tile<128x128xbf16>) {
-  // expected-error @+1 {{a register A of K = 128 columns is 64 elements per thread, got 32}}
+  // expected-error @+1 {{a register A of K = 128 columns and 16 rows per warp is 64 elements per thread, got 32}}
   %o = flexattn.mma %p, %v : vector<32xbf16>, !flexattn.smem_tile<128x128xbf16> -> vector<64xf32>
   return
 }
@@ -154,8 +154,8 @@ func.func @mma_register_k(%p: vector<32xbf16>, %v: !flexattn.smem_tile<128x128xb
 // -----
 
 func.func @mma_result(%p: vector<64xbf16>, %v: !flexattn.smem_tile<128x64xbf16>) {
-  // expected-error @+1 {{the result fragment of N = 64 columns is 32 f32 per thread, got 'vector<64xf32>'}}
-  %o = flexattn.mma %p, %v : vector<64xbf16>, !flexattn.smem_tile<128x64xbf16> -> vector<64xf32>
+  // expected-error @+1 {{the result fragment of N = 64 columns is 32 or 64 f32 per thread (16 or 32 rows per warp), got 'vector<48xf32>'}}
+  %o = flexattn.mma %p, %v : vector<64xbf16>, !flexattn.smem_tile<128x64xbf16> -> vector<48xf32>
   return
 }
 
@@ -170,8 +170,8 @@ func.func @mma_acc(%p: vector<64xbf16>, %v: !flexattn.smem_tile<128x64xbf16>, %a
 // -----
 
 func.func @softmax_fragment(%s: vector<62xf32>, %m: vector<2xf32>, %i: index) {
-  // expected-error @+1 {{a score fragment holds 4 elements per 8 columns, got 62}}
-  %p, %m1, %l1, %a = flexattn.frag.softmax %s state(%m, %m) at(%i, %i, %i, %i) attributes {scale = 1.0 : f32, seq_lens = array<i64: 8, 8>, tile_size = array<i64: 128, 128>} : vector<62xf32> -> vector<62xbf16>
+  // expected-error @+1 {{a score fragment of 16 rows per warp ('vector<2xf32>' row values) holds 4 elements per 8 columns, got 62}}
+  %p, %m1, %l1, %a = flexattn.frag.softmax %s state(%m, %m) at(%i, %i, %i, %i) attributes {scale = 1.0 : f32, seq_lens = array<i64: 8, 8>, tile_size = array<i64: 128, 128>} : vector<62xf32>, vector<2xf32> -> vector<62xbf16>
   return
 }
 
@@ -179,7 +179,7 @@ func.func @softmax_fragment(%s: vector<62xf32>, %m: vector<2xf32>, %i: index) {
 
 func.func @softmax_probs(%s: vector<64xf32>, %m: vector<2xf32>, %i: index) {
   // expected-error @+1 {{probs must have the scores' 64 elements, got 'vector<32xbf16>'}}
-  %p, %m1, %l1, %a = flexattn.frag.softmax %s state(%m, %m) at(%i, %i, %i, %i) attributes {scale = 1.0 : f32, seq_lens = array<i64: 8, 8>, tile_size = array<i64: 128, 128>} : vector<64xf32> -> vector<32xbf16>
+  %p, %m1, %l1, %a = flexattn.frag.softmax %s state(%m, %m) at(%i, %i, %i, %i) attributes {scale = 1.0 : f32, seq_lens = array<i64: 8, 8>, tile_size = array<i64: 128, 128>} : vector<64xf32>, vector<2xf32> -> vector<32xbf16>
   return
 }
 
@@ -187,7 +187,7 @@ func.func @softmax_probs(%s: vector<64xf32>, %m: vector<2xf32>, %i: index) {
 
 func.func @softmax_lens(%s: vector<64xf32>, %m: vector<2xf32>, %i: index) {
   // expected-error @+1 {{seq_lens must be two positive lengths [M, N], got 1 value(s)}}
-  %p, %m1, %l1, %a = flexattn.frag.softmax %s state(%m, %m) at(%i, %i, %i, %i) attributes {scale = 1.0 : f32, seq_lens = array<i64: 8>, tile_size = array<i64: 128, 128>} : vector<64xf32> -> vector<64xbf16>
+  %p, %m1, %l1, %a = flexattn.frag.softmax %s state(%m, %m) at(%i, %i, %i, %i) attributes {scale = 1.0 : f32, seq_lens = array<i64: 8>, tile_size = array<i64: 128, 128>} : vector<64xf32>, vector<2xf32> -> vector<64xbf16>
   return
 }
 
@@ -199,7 +199,7 @@ func.func @softmax_mods(%s: vector<64xf32>, %m: vector<2xf32>, %i: index) {
   ^bb0(%b: i32, %h: i32, %q: i32, %k: i32):
     %c = arith.constant 1.0 : f32
     flexattn.yield %c : f32
-  } : vector<64xf32> -> vector<64xbf16>
+  } : vector<64xf32>, vector<2xf32> -> vector<64xbf16>
   return
 }
 
@@ -207,15 +207,15 @@ func.func @softmax_mods(%s: vector<64xf32>, %m: vector<2xf32>, %i: index) {
 
 func.func @finalize_out(%acc: vector<64xf32>, %m: vector<2xf32>, %out: memref<1x2x?x128xbf16>, %i: index) {
   // expected-error @+1 {{out must be a static 4-D memref [B, Hq, M, Dv], got 'memref<1x2x?x128xbf16>'}}
-  flexattn.frag.finalize %acc state(%m, %m) outs(%out : memref<1x2x?x128xbf16>) at(%i, %i, %i, %i) : vector<64xf32>
+  flexattn.frag.finalize %acc state(%m, %m) outs(%out : memref<1x2x?x128xbf16>) at(%i, %i, %i, %i) : vector<64xf32>, vector<2xf32>
   return
 }
 
 // -----
 
 func.func @finalize_acc(%acc: vector<32xf32>, %m: vector<2xf32>, %out: memref<1x2x8x128xbf16>, %i: index) {
-  // expected-error @+1 {{an accumulator fragment of Dv = 128 columns is 64 f32 per thread, got 'vector<32xf32>'}}
-  flexattn.frag.finalize %acc state(%m, %m) outs(%out : memref<1x2x8x128xbf16>) at(%i, %i, %i, %i) : vector<32xf32>
+  // expected-error @+1 {{an accumulator fragment of Dv = 128 columns and 16 rows per warp is 64 f32 per thread, got 'vector<32xf32>'}}
+  flexattn.frag.finalize %acc state(%m, %m) outs(%out : memref<1x2x8x128xbf16>) at(%i, %i, %i, %i) : vector<32xf32>, vector<2xf32>
   return
 }
 
@@ -223,7 +223,7 @@ func.func @finalize_acc(%acc: vector<32xf32>, %m: vector<2xf32>, %out: memref<1x
 
 func.func @finalize_lse(%acc: vector<64xf32>, %m: vector<2xf32>, %out: memref<1x2x8x128xbf16>, %lse: memref<1x2x8xbf16>, %i: index) {
   // expected-error @+1 {{lse must be a 3-D f32 memref [B, Hq, M], got 'memref<1x2x8xbf16>'}}
-  flexattn.frag.finalize %acc state(%m, %m) outs(%out : memref<1x2x8x128xbf16>) lse(%lse : memref<1x2x8xbf16>) at(%i, %i, %i, %i) : vector<64xf32>
+  flexattn.frag.finalize %acc state(%m, %m) outs(%out : memref<1x2x8x128xbf16>) lse(%lse : memref<1x2x8xbf16>) at(%i, %i, %i, %i) : vector<64xf32>, vector<2xf32>
   return
 }
 
@@ -231,7 +231,7 @@ func.func @finalize_lse(%acc: vector<64xf32>, %m: vector<2xf32>, %out: memref<1x
 
 func.func @softmax_tile(%s: vector<64xf32>, %m: vector<2xf32>, %i: index) {
   // expected-error @+1 {{tile_size must be [BM, BN] with BN = 128 (the fragment's columns)}}
-  %p, %m1, %l1, %a = flexattn.frag.softmax %s state(%m, %m) at(%i, %i, %i, %i) attributes {scale = 1.0 : f32, seq_lens = array<i64: 8, 8>, tile_size = array<i64: 128, 64>} : vector<64xf32> -> vector<64xbf16>
+  %p, %m1, %l1, %a = flexattn.frag.softmax %s state(%m, %m) at(%i, %i, %i, %i) attributes {scale = 1.0 : f32, seq_lens = array<i64: 8, 8>, tile_size = array<i64: 128, 64>} : vector<64xf32>, vector<2xf32> -> vector<64xbf16>
   return
 }
 
@@ -282,8 +282,8 @@ func.func @frag_load_dtype(%t: !flexattn.smem_tile<128x64xbf16>, %i: index) {
 // -----
 
 func.func @frag_load_size(%t: !flexattn.smem_tile<128x64xbf16>, %i: index) {
-  // expected-error @+1 {{a band of 64 columns is 32 elements per thread, got 'vector<64xbf16>'}}
-  %f = flexattn.frag.load %t[%i] : !flexattn.smem_tile<128x64xbf16> -> vector<64xbf16>
+  // expected-error @+1 {{a band of 64 columns is 32 (16 rows per warp) or 64 (32 rows) elements per thread, got 'vector<48xbf16>'}}
+  %f = flexattn.frag.load %t[%i] : !flexattn.smem_tile<128x64xbf16> -> vector<48xbf16>
   return
 }
 
@@ -292,5 +292,45 @@ func.func @frag_load_size(%t: !flexattn.smem_tile<128x64xbf16>, %i: index) {
 func.func @frag_load_rows(%t: !flexattn.smem_tile<32x64xbf16>, %i: index) {
   // expected-error @+1 {{the tile has 32 rows, fewer than a 64-row band}}
   %f = flexattn.frag.load %t[%i] : !flexattn.smem_tile<32x64xbf16> -> vector<32xbf16>
+  return
+}
+
+// -----
+
+func.func @frag_load_rows_two_tiles(%t: !flexattn.smem_tile<64x64xbf16>, %i: index) {
+  // expected-error @+1 {{the tile has 64 rows, fewer than a 128-row band}}
+  %f = flexattn.frag.load %t[%i] : !flexattn.smem_tile<64x64xbf16> -> vector<64xbf16>
+  return
+}
+
+// -----
+
+func.func @mma_a_two_tiles(%p: vector<64xbf16>, %v: !flexattn.smem_tile<128x64xbf16>) {
+  // expected-error @+1 {{a register A of K = 128 columns and 32 rows per warp is 128 elements per thread, got 64}}
+  %o = flexattn.mma %p, %v : vector<64xbf16>, !flexattn.smem_tile<128x64xbf16> -> vector<64xf32>
+  return
+}
+
+// -----
+
+func.func @rescale_rows(%acc: vector<36xf32>, %alpha: vector<4xf32>) {
+  // expected-error @+1 {{a rescaled fragment of 32 rows per warp ('vector<4xf32>' row values) holds 8 elements per 8 columns, got 36}}
+  %r = flexattn.frag.rescale %acc, %alpha : vector<36xf32>, vector<4xf32>
+  return
+}
+
+// -----
+
+func.func @softmax_tile_two_tiles(%s: vector<64xf32>, %m: vector<4xf32>, %i: index) {
+  // expected-error @+1 {{tile_size must be [BM, BN] with BN = 64 (the fragment's columns)}}
+  %p, %m1, %l1, %a = flexattn.frag.softmax %s state(%m, %m) at(%i, %i, %i, %i) attributes {scale = 1.0 : f32, seq_lens = array<i64: 8, 8>, tile_size = array<i64: 128, 128>} : vector<64xf32>, vector<4xf32> -> vector<64xbf16>
+  return
+}
+
+// -----
+
+func.func @finalize_two_tiles(%acc: vector<64xf32>, %m: vector<4xf32>, %out: memref<1x2x8x128xbf16>, %i: index) {
+  // expected-error @+1 {{an accumulator fragment of Dv = 128 columns and 32 rows per warp is 128 f32 per thread, got 'vector<64xf32>'}}
+  flexattn.frag.finalize %acc state(%m, %m) outs(%out : memref<1x2x8x128xbf16>) at(%i, %i, %i, %i) : vector<64xf32>, vector<4xf32>
   return
 }

@@ -38,11 +38,11 @@ func.func @roles_and_rings(%map: !llvm.ptr, %b: index, %h: index, %row: index, %
 // CHECK:         %[[S:.*]] = flexattn.mma.wait pending(1) %[[S0]] : vector<64xf32>
 // CHECK:         %[[P:.*]], %[[M:.*]], %[[L:.*]], %[[ALPHA:.*]] = flexattn.frag.softmax %[[S]] state(%{{.*}}, %{{.*}}) at(%{{.*}}) captures(%{{.*}} : memref<2xf32>) attributes {masked, scale = 1.250000e-01 : f32, seq_lens = array<i64: 300, 300>, tile_size = array<i64: 128, 128>} score_mod {
 // CHECK:         } mask_mod {
-// CHECK:         } : vector<64xf32> -> vector<64xbf16>
-// CHECK:         %[[ACC:.*]] = flexattn.frag.rescale %{{.*}}, %[[ALPHA]] : vector<64xf32>
+// CHECK:         } : vector<64xf32>, vector<2xf32> -> vector<64xbf16>
+// CHECK:         %[[ACC:.*]] = flexattn.frag.rescale %{{.*}}, %[[ALPHA]] : vector<64xf32>, vector<2xf32>
 // CHECK:         %[[O0:.*]] = flexattn.mma %[[P]], %{{.*}}, %[[ACC]] : vector<64xbf16>, !flexattn.smem_tile<128x128xbf16>, vector<64xf32> -> vector<64xf32>
 // CHECK:         %[[O:.*]]:2 = flexattn.mma.wait pending(0) %[[O0]], %[[P]] : vector<64xf32>, vector<64xbf16>
-// CHECK:         flexattn.frag.finalize %[[O]]#0 state(%[[M]], %[[L]]) outs(%{{.*}} : memref<1x2x300x128xbf16>) lse(%{{.*}} : memref<1x2x300xf32>) at(%{{.*}}) : vector<64xf32>
+// CHECK:         flexattn.frag.finalize %[[O]]#0 state(%[[M]], %[[L]]) outs(%{{.*}} : memref<1x2x300x128xbf16>) lse(%{{.*}} : memref<1x2x300xf32>) at(%{{.*}}) : vector<64xf32>, vector<2xf32>
 func.func @fragments(%q: !flexattn.smem_tile<128x128xbf16>, %k: !flexattn.smem_tile<128x128xbf16>,
                      %acc0: vector<64xf32>, %m: vector<2xf32>, %l: vector<2xf32>, %slopes: memref<2xf32>,
                      %out: memref<1x2x300x128xbf16>, %lse: memref<1x2x300xf32>,
@@ -61,11 +61,11 @@ func.func @fragments(%q: !flexattn.smem_tile<128x128xbf16>, %k: !flexattn.smem_t
     ^bb0(%bb: i32, %hh: i32, %qi: i32, %kj: i32, %sl: memref<2xf32>):
       %keep = arith.cmpi sge, %qi, %kj : i32
       flexattn.yield %keep : i1
-    } : vector<64xf32> -> vector<64xbf16>
-  %acc = flexattn.frag.rescale %acc0, %alpha : vector<64xf32>
+    } : vector<64xf32>, vector<2xf32> -> vector<64xbf16>
+  %acc = flexattn.frag.rescale %acc0, %alpha : vector<64xf32>, vector<2xf32>
   %o0 = flexattn.mma %p, %k, %acc : vector<64xbf16>, !flexattn.smem_tile<128x128xbf16>, vector<64xf32> -> vector<64xf32>
   %o, %p1 = flexattn.mma.wait pending(0) %o0, %p : vector<64xf32>, vector<64xbf16>
-  flexattn.frag.finalize %o state(%m1, %l1) outs(%out : memref<1x2x300x128xbf16>) lse(%lse : memref<1x2x300xf32>) at(%b, %h, %row, %col) : vector<64xf32>
+  flexattn.frag.finalize %o state(%m1, %l1) outs(%out : memref<1x2x300x128xbf16>) lse(%lse : memref<1x2x300xf32>) at(%b, %h, %row, %col) : vector<64xf32>, vector<2xf32>
   return
 }
 
@@ -86,4 +86,15 @@ func.func @cooperative_rings(%k: memref<1x2x300x64xbf16>, %b: index, %h: index, 
   %t = flexattn.ring.slot %kv[%i] : !flexattn.ring<2 x 128x64xbf16>
   %f = flexattn.frag.load %t[%row] : !flexattn.smem_tile<128x64xbf16> -> vector<32xbf16>
   return %f : vector<32xbf16>
+}
+
+// The epilogue with attention sinks and max_scores.
+// CHECK-LABEL: func.func @finalize_sinks_max_scores(
+// CHECK:         flexattn.frag.finalize %{{.*}} state(%{{.*}}, %{{.*}}) sinks(%{{.*}} : memref<2xf32>) outs(%{{.*}} : memref<1x2x300x128xbf16>) max_scores(%{{.*}} : memref<1x2x300xf32>) at(%{{.*}}) : vector<64xf32>, vector<2xf32>
+func.func @finalize_sinks_max_scores(%o: vector<64xf32>, %m: vector<2xf32>, %l: vector<2xf32>,
+                                     %sinks: memref<2xf32>, %out: memref<1x2x300x128xbf16>,
+                                     %mx: memref<1x2x300xf32>, %i: index) {
+  flexattn.frag.finalize %o state(%m, %l) sinks(%sinks : memref<2xf32>) outs(%out : memref<1x2x300x128xbf16>)
+      max_scores(%mx : memref<1x2x300xf32>) at(%i, %i, %i, %i) : vector<64xf32>, vector<2xf32>
+  return
 }

@@ -1492,7 +1492,7 @@ func.func @result_0_must_be_32_bit(%s: f32, %i: index) -> f16 {
 // -----
 
 func.func @yield_outside(%s: f32) {
-  // expected-error @+1 {{'flexattn.yield' op expects parent op to be one of 'flexattn.attention, flexattn.kv_loop, flexattn.tile_step, flexattn.apply_mods, flexattn.frag.softmax, flexattn.attention_backward, flexattn.backward_q_loop, flexattn.backward_kv_loop, flexattn.backward_step, flexattn.apply_mods_vjp'}}
+  // expected-error @+1 {{'flexattn.yield' op expects parent op to be one of 'flexattn.attention, flexattn.kv_loop, flexattn.tile_step, flexattn.apply_mods, flexattn.mod, flexattn.frag.softmax, flexattn.attention_backward, flexattn.backward_q_loop, flexattn.backward_kv_loop, flexattn.backward_step, flexattn.apply_mods_vjp'}}
   flexattn.yield %s : f32
 }
 
@@ -1502,7 +1502,7 @@ func.func @yield_in_scf(%s: f32, %n: index) {
   %c0 = arith.constant 0 : index
   %c1 = arith.constant 1 : index
   scf.for %j = %c0 to %n step %c1 {
-    // expected-error @+1 {{'flexattn.yield' op expects parent op to be one of 'flexattn.attention, flexattn.kv_loop, flexattn.tile_step, flexattn.apply_mods, flexattn.frag.softmax, flexattn.attention_backward, flexattn.backward_q_loop, flexattn.backward_kv_loop, flexattn.backward_step, flexattn.apply_mods_vjp'}}
+    // expected-error @+1 {{'flexattn.yield' op expects parent op to be one of 'flexattn.attention, flexattn.kv_loop, flexattn.tile_step, flexattn.apply_mods, flexattn.mod, flexattn.frag.softmax, flexattn.attention_backward, flexattn.backward_q_loop, flexattn.backward_kv_loop, flexattn.backward_step, flexattn.apply_mods_vjp'}}
     flexattn.yield %s : f32
   }
   return

@@ -39,6 +39,19 @@ func.func @attention_lse_f16(%q: memref<1x4x100x32xf16>, %k: memref<1x4x60x32xf1
   return
 }
 
+// Attention sinks and max_scores.
+// CHECK-LABEL: func.func @attention_sinks_max_scores(
+// CHECK-SAME:    %[[Q:[^:]+]]: memref<1x4x100x32xf16>, %[[K:[^:]+]]: memref<1x2x60x32xf16>, %[[V:[^:]+]]: memref<1x2x60x16xf16>, %[[S:[^:]+]]: memref<4xf32>, %[[O:[^:]+]]: memref<1x4x100x16xf16>, %[[MX:[^:]+]]: memref<1x4x100xf32>)
+// CHECK:         flexattn.attention ins(%[[Q]], %[[K]], %[[V]] : memref<1x4x100x32xf16>, memref<1x2x60x32xf16>, memref<1x2x60x16xf16>) sinks(%[[S]] : memref<4xf32>) outs(%[[O]] : memref<1x4x100x16xf16>) max_scores(%[[MX]] : memref<1x4x100xf32>) attributes {scale = 1.000000e+00 : f32}{{ *$}}
+func.func @attention_sinks_max_scores(%q: memref<1x4x100x32xf16>, %k: memref<1x2x60x32xf16>,
+                                      %v: memref<1x2x60x16xf16>, %s: memref<4xf32>,
+                                      %o: memref<1x4x100x16xf16>, %mx: memref<1x4x100xf32>) {
+  flexattn.attention ins(%q, %k, %v : memref<1x4x100x32xf16>, memref<1x2x60x32xf16>, memref<1x2x60x16xf16>)
+      sinks(%s : memref<4xf32>) outs(%o : memref<1x4x100x16xf16>) max_scores(%mx : memref<1x4x100xf32>)
+      attributes {scale = 1.0 : f32}
+  return
+}
+
 // Score_mod only, i32 indices.
 // CHECK-LABEL: func.func @attention_score_mod_only(
 // CHECK:         flexattn.attention ins({{.*}}) outs({{.*}}) attributes {scale = 1.250000e-01 : f32} score_mod {
@@ -379,6 +392,18 @@ func.func @finalize_lse_dynamic(%acc: memref<?x?xf32>, %m: memref<?xf32>, %l: me
   return
 }
 
+// CHECK-LABEL: func.func @finalize_sinks_max_scores(
+// CHECK:         flexattn.finalize state({{.*}}) sinks(%{{.+}} : memref<4xf32>) outs({{.*}}) lse(%{{.+}} : memref<1x4x200xf32>) max_scores(%{{.+}} : memref<1x4x200xf32>) at({{.*}}){{ *$}}
+func.func @finalize_sinks_max_scores(%acc: memref<64x32xf32>, %m: memref<64xf32>, %l: memref<64xf32>,
+                                     %s: memref<4xf32>, %o: memref<1x4x200x32xbf16>,
+                                     %lse: memref<1x4x200xf32>, %mx: memref<1x4x200xf32>,
+                                     %b: index, %h: index, %q0: index) {
+  flexattn.finalize state(%acc, %m, %l : memref<64x32xf32>, memref<64xf32>, memref<64xf32>)
+      sinks(%s : memref<4xf32>) outs(%o : memref<1x4x200x32xbf16>) lse(%lse : memref<1x4x200xf32>)
+      max_scores(%mx : memref<1x4x200xf32>) at(%b, %h, %q0)
+  return
+}
+
 //===----------------------------------------------------------------------===//
 // flexattn.apply_mods
 //===----------------------------------------------------------------------===//
@@ -454,4 +479,35 @@ func.func @check_index_forms(%x: i64, %y: i32, %r: memref<2x2xi64>, %s: f32, %i:
     flexattn.yield %z : f32
   } : f32
   return %v : f32
+}
+
+//===----------------------------------------------------------------------===//
+// flexattn.mod
+//===----------------------------------------------------------------------===//
+
+// A mod on its own (the form the Python side stores and parses), one of each
+// kind, with and without captured buffers.
+// CHECK-LABEL: flexattn.mod score_mod {
+// CHECK-NEXT:  ^bb0(%{{.+}}: f32, %{{.+}}: i32, %{{.+}}: i32, %{{.+}}: i32, %{{.+}}: i32, %{{.+}}: memref<8xf32>):
+// CHECK:         memref.load
+// CHECK:         flexattn.yield %{{.+}} : f32
+// CHECK-NEXT:  }
+flexattn.mod score_mod {
+^bb0(%score: f32, %b: i32, %h: i32, %q_idx: i32, %kv_idx: i32, %slopes: memref<8xf32>):
+  %i = arith.index_cast %h : i32 to index
+  %slope = memref.load %slopes[%i] : memref<8xf32>
+  %d = arith.subi %q_idx, %kv_idx : i32
+  %df = arith.sitofp %d : i32 to f32
+  %r = arith.mulf %slope, %df : f32
+  %s = arith.subf %score, %r : f32
+  flexattn.yield %s : f32
+}
+
+// CHECK-LABEL: flexattn.mod mask_mod attributes {note = "causal"} {
+// CHECK-NEXT:  ^bb0(%{{.+}}: i32, %{{.+}}: i32, %{{.+}}: i32, %{{.+}}: i32):
+// CHECK:         flexattn.yield %{{.+}} : i1
+flexattn.mod mask_mod attributes {note = "causal"} {
+^bb0(%b: i32, %h: i32, %q_idx: i32, %kv_idx: i32):
+  %keep = arith.cmpi sge, %q_idx, %kv_idx : i32
+  flexattn.yield %keep : i1
 }

@@ -169,38 +169,38 @@ func.func @in_generic(%s: memref<16x16xf32>, %b: index, %h: index) {
 
 // Index checks come out of the inlined bodies as torch's indexing: a checked
 // index wraps when negative, is tested against [0, size), reports [1, index]
-// into its row of the report buffer when out of bounds and then reads
-// element 0; bounds proving [0, size) leave a cast, bounds within
-// [-size, size) the wrap only.
+// (sign-extended to i64) into its row of the report buffer when out of
+// bounds and then reads element 0; bounds proving [0, size) leave a cast,
+// bounds within [-size, size) the wrap only. An i32 index is checked in i32,
+// and so is an i64 one sign-extended from i32.
 
 // CHECK-LABEL: func.func @check_index(
 // CHECK-SAME:    %[[KI:[^:]+]]: index, %[[T:[^:]+]]: memref<8xf32>, %[[E:[^:]+]]: memref<3x2xi64>)
 // CHECK:         %[[K:.+]] = arith.index_cast %[[KI]] : index to i32
 // Checked, with a report: site 2.
-// CHECK:         %[[X:.+]] = arith.extsi %[[K]] : i32 to i64
-// CHECK:         %[[Z:.+]] = arith.constant 0 : i64
-// CHECK:         %[[NEG:.+]] = arith.cmpi slt, %[[X]], %[[Z]] : i64
-// CHECK:         %[[N:.+]] = arith.constant 8 : i64
-// CHECK:         %[[W:.+]] = arith.addi %[[X]], %[[N]] : i64
-// CHECK:         %[[P:.+]] = arith.select %[[NEG]], %[[W]], %[[X]] : i64
-// CHECK:         %[[OK:.+]] = arith.cmpi ult, %[[P]], %{{.+}} : i64
+// CHECK:         %[[Z:.+]] = arith.constant 0 : i32
+// CHECK:         %[[NEG:.+]] = arith.cmpi slt, %[[K]], %[[Z]] : i32
+// CHECK:         %[[N:.+]] = arith.constant 8 : i32
+// CHECK:         %[[W:.+]] = arith.addi %[[K]], %[[N]] : i32
+// CHECK:         %[[P:.+]] = arith.select %[[NEG]], %[[W]], %[[K]] : i32
+// CHECK:         %[[OK:.+]] = arith.cmpi ult, %[[P]], %{{.+}} : i32
 // CHECK:         %[[BAD:.+]] = arith.xori %[[OK]], %{{.+}} : i1
+// CHECK:         %[[X:.+]] = arith.extsi %[[K]] : i32 to i64
 // CHECK:         scf.if %[[BAD]] {
 // CHECK:           %[[ROW:.+]] = arith.constant 2 : index
 // CHECK:           %[[ONE:.+]] = arith.constant 1 : i64
 // CHECK:           memref.store %[[ONE]], %[[E]][%[[ROW]], %{{.+}}] : memref<3x2xi64>
 // CHECK:           memref.store %[[X]], %[[E]][%[[ROW]], %{{.+}}] : memref<3x2xi64>
 // CHECK-NEXT:    }
-// CHECK:         %[[SAFE:.+]] = arith.select %[[OK]], %[[P]], %{{.+}} : i64
-// CHECK:         %[[I0:.+]] = arith.index_cast %[[SAFE]] : i64 to index
+// CHECK:         %[[SAFE:.+]] = arith.select %[[OK]], %[[P]], %{{.+}} : i32
+// CHECK:         %[[I0:.+]] = arith.index_cast %[[SAFE]] : i32 to index
 // Proved in [0, 8): a cast.
-// CHECK:         %[[Y:.+]] = arith.extsi %[[K]] : i32 to i64
-// CHECK-NEXT:    %[[I1:.+]] = arith.index_cast %[[Y]] : i64 to index
-// Proved in [-8, 8): the wrap, no check.
-// CHECK:         %[[V:.+]] = arith.extsi %{{.+}} : i32 to i64
-// CHECK:         arith.cmpi slt, %[[V]]
-// CHECK:         %[[P2:.+]] = arith.select
-// CHECK-NEXT:    %[[I2:.+]] = arith.index_cast %[[P2]] : i64 to index
+// CHECK-NEXT:    %[[I1:.+]] = arith.index_cast %[[K]] : i32 to index
+// Proved in [-8, 8): the wrap, no check; in i32, though extended to i64.
+// CHECK:         %[[V:.+]] = arith.subi %[[K]], %{{.+}} : i32
+// CHECK:         arith.cmpi slt, %[[V]], %{{.+}} : i32
+// CHECK:         %[[P2:.+]] = arith.select %{{.+}} : i32
+// CHECK-NEXT:    %[[I2:.+]] = arith.index_cast %[[P2]] : i32 to index
 // CHECK:         memref.load %[[T]][%[[I0]]] : memref<8xf32>
 // CHECK:         memref.load %[[T]][%[[I1]]] : memref<8xf32>
 // CHECK:         memref.load %[[T]][%[[I2]]] : memref<8xf32>
@@ -213,7 +213,8 @@ func.func @check_index(%s: f32, %b: index, %h: index, %qi: index, %ki: index,
       %i0 = flexattn.check_index %k of size 8 report(%ee : memref<3x2xi64>) {site = 2 : i64} : i32
       %i1 = flexattn.check_index %k of size 8 {bounds = array<i64: 0, 7>} : i32
       %m = arith.subi %k, %q : i32
-      %i2 = flexattn.check_index %m of size 8 {bounds = array<i64: -8, 7>} : i32
+      %m64 = arith.extsi %m : i32 to i64
+      %i2 = flexattn.check_index %m64 of size 8 {bounds = array<i64: -8, 7>} : i64
       %v0 = memref.load %tt[%i0] : memref<8xf32>
       %v1 = memref.load %tt[%i1] : memref<8xf32>
       %v2 = memref.load %tt[%i2] : memref<8xf32>

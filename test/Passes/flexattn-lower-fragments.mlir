@@ -6,10 +6,10 @@
 // CHECK-SAME:    %[[S:[^:]+]]: vector<8xf32>, %[[M:[^:]+]]: vector<2xf32>, %[[L:[^:]+]]: vector<2xf32>, %[[BIAS:[^:]+]]: memref<90xf32>, %[[B:[^:]+]]: index, %[[H:[^:]+]]: index, %[[ROW:[^:]+]]: index, %[[COL:[^:]+]]: index)
 // M = 100 is not a multiple of the 64-row tile: q indices clamped to 99.
 // CHECK:         %[[R0:.*]] = arith.index_cast %[[ROW]] : index to i32
-// CHECK:         %[[R1:.*]] = arith.addi %[[R0]], %{{.*}} : i32
 // CHECK:         %[[R0C:.*]] = arith.minui %[[R0]], %[[C99:.*]] : i32
-// CHECK:         %[[R1C:.*]] = arith.minui %[[R1]], %[[C99]] : i32
 // CHECK:         %[[QI0:.*]] = arith.index_cast %[[R0C]] : i32 to index
+// CHECK:         %[[R1:.*]] = arith.addi %[[R0]], %{{.*}} : i32
+// CHECK:         %[[R1C:.*]] = arith.minui %[[R1]], %[[C99]] : i32
 // CHECK:         %[[QI1:.*]] = arith.index_cast %[[R1C]] : i32 to index
 // CHECK:         %[[K0:.*]] = arith.index_cast %[[COL]] : index to i32
 // CHECK:         %[[S0:.*]] = vector.extract %[[S]][0] : f32 from vector<8xf32>
@@ -71,7 +71,7 @@ func.func @softmax_mods(%s: vector<8xf32>, %m: vector<2xf32>, %l: vector<2xf32>,
     ^bb0(%bb: i32, %hh: i32, %qi: i32, %kj: i32, %bs: memref<90xf32>):
       %keep = arith.cmpi sge, %qi, %kj : i32
       flexattn.yield %keep : i1
-    } : vector<8xf32> -> vector<8xbf16>
+    } : vector<8xf32>, vector<2xf32> -> vector<8xbf16>
   return %p, %m1, %l1, %alpha : vector<8xbf16>, vector<2xf32>, vector<2xf32>, vector<2xf32>
 }
 
@@ -96,7 +96,7 @@ func.func @softmax_plain(%s: vector<8xf32>, %m: vector<2xf32>, %l: vector<2xf32>
                          %b: index, %h: index, %row: index, %col: index) -> (vector<8xf16>, vector<2xf32>, vector<2xf32>, vector<2xf32>) {
   %p, %m1, %l1, %alpha = flexattn.frag.softmax %s state(%m, %l) at(%b, %h, %row, %col)
       attributes {scale = 0.125 : f32, seq_lens = array<i64: 128, 128>, tile_size = array<i64: 64, 16>}
-      : vector<8xf32> -> vector<8xf16>
+      : vector<8xf32>, vector<2xf32> -> vector<8xf16>
   return %p, %m1, %l1, %alpha : vector<8xf16>, vector<2xf32>, vector<2xf32>, vector<2xf32>
 }
 
@@ -134,8 +134,38 @@ func.func @softmax_plain(%s: vector<8xf32>, %m: vector<2xf32>, %l: vector<2xf32>
 func.func @rescale_finalize(%acc: vector<8xf32>, %alpha: vector<2xf32>, %m: vector<2xf32>, %l: vector<2xf32>,
                             %out: memref<1x2x100x16xbf16>, %lse: memref<1x2x100xf32>,
                             %b: index, %h: index, %row: index, %col: index) {
-  %acc1 = flexattn.frag.rescale %acc, %alpha : vector<8xf32>
+  %acc1 = flexattn.frag.rescale %acc, %alpha : vector<8xf32>, vector<2xf32>
   flexattn.frag.finalize %acc1 state(%m, %l) outs(%out : memref<1x2x100x16xbf16>) lse(%lse : memref<1x2x100xf32>)
-      at(%b, %h, %row, %col) : vector<8xf32>
+      at(%b, %h, %row, %col) : vector<8xf32>, vector<2xf32>
+  return
+}
+
+// -----
+
+// Two m16 tiles per warp (row values vector<4xf32>): element E i + 4 j +
+// 2 h + q (E = 4 here) belongs to row value 2 i + h, row + 16 i + 8 h.
+// CHECK-LABEL: func.func @two_tiles(
+// CHECK-SAME:    %[[ACC:[^:]+]]: vector<8xf32>, %[[ALPHA:[^:]+]]: vector<4xf32>, %[[M:[^:]+]]: vector<4xf32>, %[[L:[^:]+]]: vector<4xf32>, %[[OUT:[^:]+]]: memref<1x2x100x8xbf16>, %[[B:[^:]+]]: index, %[[H:[^:]+]]: index, %[[ROW:[^:]+]]: index, %[[COL:[^:]+]]: index)
+// CHECK-DAG:     %[[A3:.*]] = vector.extract %[[ALPHA]][3]
+// CHECK-DAG:     %[[E6:.*]] = vector.extract %[[ACC]][6]
+// CHECK-DAG:     %[[O6:.*]] = arith.mulf %[[A3]], %[[E6]] : f32
+// CHECK-DAG:     %[[C8:.*]] = arith.constant 8 : index
+// CHECK-DAG:     %[[C16:.*]] = arith.constant 16 : index
+// CHECK-DAG:     %[[C24:.*]] = arith.constant 24 : index
+// CHECK:         arith.cmpi ult, %[[ROW]]
+// CHECK:         %[[R1:.*]] = arith.addi %[[ROW]], %[[C8]] : index
+// CHECK:         arith.cmpi ult, %[[R1]]
+// CHECK:         %[[R2:.*]] = arith.addi %[[ROW]], %[[C16]] : index
+// CHECK:         arith.cmpi ult, %[[R2]]
+// CHECK:         %[[R3:.*]] = arith.addi %[[ROW]], %[[C24]] : index
+// CHECK:         arith.cmpi ult, %[[R3]]
+// CHECK:         scf.if
+// CHECK:           arith.mulf %[[O6]], %{{.*}} : f32
+// CHECK-NOT:     scf.if
+func.func @two_tiles(%acc: vector<8xf32>, %alpha: vector<4xf32>, %m: vector<4xf32>, %l: vector<4xf32>,
+                     %out: memref<1x2x100x8xbf16>, %b: index, %h: index, %row: index, %col: index) {
+  %acc1 = flexattn.frag.rescale %acc, %alpha : vector<8xf32>, vector<4xf32>
+  flexattn.frag.finalize %acc1 state(%m, %l) outs(%out : memref<1x2x100x8xbf16>)
+      at(%b, %h, %row, %col) : vector<8xf32>, vector<4xf32>
   return
 }

@@ -92,6 +92,51 @@ func.func @kernel(%q: memref<1x2x300x64xf16>, %k: memref<1x2x300x64xf16>, %b: in
 
 // -----
 
+// Two m16 tiles per warp (32 rows; one group of 4 warps owns the 128-row
+// band), A read from shared memory: per 16 columns of K, one ldmatrix.x4 of
+// A per m16 tile, then per 16 columns of N one ldmatrix.x4 of B feeding
+// 2 x 2 mma.sync (two n8 halves, both m16 tiles). S = Q.Kᵀ with K = 64,
+// N = 64: 4 x (2 + 4) ldmatrix, 4 x 4 x 4 mma.sync.
+// CHECK-LABEL: func.func @two_tiles(
+// CHECK:           nvvm.cp.async.wait.group 0
+// CHECK-COUNT-3:   nvvm.ldmatrix %{{.*}} {eltType = #nvvm.ld_st_matrix_elt_type<b16>, layout = #nvvm.mma_layout<row>, {{.*}}}
+// CHECK-NOT:       nvvm.ldmatrix
+// CHECK-COUNT-4:   nvvm.mma.sync A[{{.*}}] B[{{.*}}] C[{{.*}}] {layoutA = #nvvm.mma_layout<row>, layoutB = #nvvm.mma_layout<col>, multiplicandAPtxType = #nvvm.mma_type<bf16>, multiplicandBPtxType = #nvvm.mma_type<bf16>, shape = #nvvm.shape<m = 16, n = 8, k = 16>}
+// CHECK-COUNT-60:  nvvm.mma.sync
+// O = P.V + acc: P of two m16 tiles from registers (no ldmatrix of A), V
+// transposed on load: 4 x 4 ldmatrix.trans, 64 mma.sync.
+// CHECK:           nvvm.ldmatrix %{{.*}} {eltType = #nvvm.ld_st_matrix_elt_type<b16>, layout = #nvvm.mma_layout<col>, {{.*}}}
+// CHECK-COUNT-64:  nvvm.mma.sync
+// CHECK-NOT:       nvvm.mma.sync
+// CHECK-NOT:       flexattn.
+func.func @two_tiles(%q: memref<1x2x300x64xbf16>, %b: index, %h: index, %q0: index,
+                     %p: vector<64xbf16>, %acc: vector<64xf32>, %out: memref<64xf32>) {
+  %c1 = arith.constant 1 : index
+  %c128 = arith.constant 128 : index
+  %c0 = arith.constant 0 : index
+  %c0_i32 = arith.constant 0 : i32
+  gpu.launch blocks(%bx, %by, %bz) in (%gx = %c1, %gy = %c1, %gz = %c1)
+             threads(%tx, %ty, %tz) in (%sx = %c128, %sy = %c1, %sz = %c1) {
+    %qr = flexattn.ring.alloc consumers(128) : !flexattn.ring<1 x 128x64xbf16>
+    %kr = flexattn.ring.alloc consumers(128) : !flexattn.ring<1 x 64x64xbf16>
+    flexattn.ring.acquire %qr[%c0_i32] : !flexattn.ring<1 x 128x64xbf16>
+    flexattn.ring.copy %q[%b, %h, %q0] into %qr[%c0_i32] : memref<1x2x300x64xbf16>, !flexattn.ring<1 x 128x64xbf16>
+    flexattn.ring.acquire %kr[%c0_i32] : !flexattn.ring<1 x 64x64xbf16>
+    flexattn.ring.copy %q[%b, %h, %q0] into %kr[%c0_i32] : memref<1x2x300x64xbf16>, !flexattn.ring<1 x 64x64xbf16>
+    flexattn.ring.wait %kr[%c0_i32] in_flight(0) : !flexattn.ring<1 x 64x64xbf16>
+    %qs = flexattn.ring.slot %qr[%c0_i32] : !flexattn.ring<1 x 128x64xbf16>
+    %kt = flexattn.ring.slot %kr[%c0_i32] : !flexattn.ring<1 x 64x64xbf16>
+    %s0 = flexattn.mma %qs[%c0], %kt {transpose_b} : !flexattn.smem_tile<128x64xbf16>, !flexattn.smem_tile<64x64xbf16> -> vector<64xf32>
+    %o0 = flexattn.mma %p, %kt, %acc : vector<64xbf16>, !flexattn.smem_tile<64x64xbf16>, vector<64xf32> -> vector<64xf32>
+    %r = arith.addf %s0, %o0 : vector<64xf32>
+    vector.store %r, %out[%c0] : memref<64xf32>, vector<64xf32>
+    gpu.terminator
+  }
+  return
+}
+
+// -----
+
 func.func @too_much_shared_memory() {
   %c1 = arith.constant 1 : index
   %c256 = arith.constant 256 : index

@@ -118,3 +118,30 @@ func.func @too_much_shared_memory() {
   }
   return
 }
+
+// -----
+
+// Hopper's wgmma gives each warp one m16 tile: a fragment of two (an sm_80
+// kernel's 32 rows per warp) is refused.
+func.func @two_m16_tiles(%p: vector<64xf16>, %i: i32, %out: memref<64xf32>) {
+  %c0 = arith.constant 0 : index
+  %c1 = arith.constant 1 : index
+  %c384 = arith.constant 384 : index
+  gpu.launch blocks(%bx, %by, %bz) in (%gx = %c1, %gy = %c1, %gz = %c1)
+             threads(%tx, %ty, %tz) in (%sx = %c384, %sy = %c1, %sz = %c1) {
+    %kr = flexattn.ring.alloc consumers(256) : !flexattn.ring<2 x 64x64xf16>
+    flexattn.warp_specialize producer(threads = 128, registers = 40) {
+    ^bb0(%thread: index):
+    } consumers(groups = 2, threads = 128, registers = 232) {
+    ^bb0(%group: index, %thread: index):
+      flexattn.ring.wait %kr[%i] : !flexattn.ring<2 x 64x64xf16>
+      %k = flexattn.ring.slot %kr[%i] : !flexattn.ring<2 x 64x64xf16>
+      // expected-error @below {{wgmma gives each warp 16 rows (one m16 tile): 32 f32 per thread for N = 64, got 64}}
+      %o0 = flexattn.mma %p, %k : vector<64xf16>, !flexattn.smem_tile<64x64xf16> -> vector<64xf32>
+      %o = flexattn.mma.wait pending(0) %o0 : vector<64xf32>
+      vector.store %o, %out[%c0] : memref<64xf32>, vector<64xf32>
+    }
+    gpu.terminator
+  }
+  return
+}

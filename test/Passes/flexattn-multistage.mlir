@@ -1,8 +1,42 @@
 // RUN: flexattn-opt %s -split-input-file -verify-diagnostics --flexattn-multistage --canonicalize --cse | FileCheck %s
 // RUN: flexattn-opt %s -split-input-file -verify-diagnostics --flexattn-multistage=stages=3 --canonicalize --cse | FileCheck %s --check-prefix=STAGES3
+// RUN: flexattn-opt %s -split-input-file --flexattn-multistage="warp-rows=32" --canonicalize --cse | FileCheck %s --check-prefix=ROWS32
+// RUN: flexattn-opt %s -split-input-file --flexattn-multistage="warp-rows=32 q-in-registers=0" --canonicalize --cse | FileCheck %s --check-prefix=QSMEM
 // RUN: not flexattn-opt %s --flexattn-multistage=stages=1 2>&1 | FileCheck %s --check-prefix=ONE
+// RUN: not flexattn-opt %s --flexattn-multistage=warp-rows=24 2>&1 | FileCheck %s --check-prefix=ROWS24
 
 // ONE: error: 'gpu.launch' op flexattn-multistage needs at least 2 stages (copies run S - 1 steps ahead), got 1
+// ROWS24: error: 'gpu.launch' op flexattn-multistage gives a warp 16 or 32 Q rows (one or two m16 tiles), got warp-rows = 24
+
+// 32 rows per warp: one group of 4 warps (128 threads) owns the whole
+// 128-row Q tile, two m16 tiles per warp: fragments twice as long, row
+// values vector<4xf32>, each K/V fragment feeding both m16 tiles.
+// ROWS32-LABEL: func.func @causal(
+// ROWS32:         %[[THREADS:.*]] = arith.constant 128 : index
+// ROWS32:         gpu.launch blocks({{.*}} threads(%{{.*}}) in (%{{.*}} = %[[THREADS]],
+// ROWS32-NEXT:      %[[QR:.*]] = flexattn.ring.alloc consumers(128) : !flexattn.ring<1 x 128x64xbf16>
+// ROWS32:           %[[QF:.*]] = flexattn.frag.load %{{.*}}[%{{.*}}] : !flexattn.smem_tile<128x64xbf16> -> vector<64xbf16>
+// ROWS32-NEXT:      flexattn.ring.release %[[QR]]
+// ROWS32:           scf.for {{.*}} -> (i32, vector<4xf32>, vector<4xf32>, vector<64xf32>) {
+// ROWS32:             flexattn.mma %[[QF]], %{{.*}} {transpose_b} : vector<64xbf16>, !flexattn.smem_tile<128x64xbf16> -> vector<128xf32>
+// ROWS32:             flexattn.frag.softmax
+// ROWS32:             } : vector<128xf32>, vector<4xf32> -> vector<128xbf16>
+// ROWS32:             flexattn.frag.rescale %{{.*}}, %{{.*}} : vector<64xf32>, vector<4xf32>
+// ROWS32:             flexattn.mma %{{.*}}, %{{.*}}, %{{.*}} : vector<128xbf16>, !flexattn.smem_tile<128x64xbf16>, vector<64xf32> -> vector<64xf32>
+// ROWS32:           flexattn.frag.finalize {{.*}} : vector<64xf32>, vector<4xf32>
+
+// Q read from its slot by every S = Q.Kᵀ (the band's first row as the A
+// row); the slot is released after the tile's KV loops.
+// QSMEM-LABEL: func.func @causal(
+// QSMEM:           %[[QR:.*]] = flexattn.ring.alloc consumers(128) : !flexattn.ring<1 x 128x64xbf16>
+// QSMEM:           flexattn.ring.wait %[[QR]][%[[C0:.*]]] in_flight(0)
+// QSMEM-NEXT:      %[[QS:.*]] = flexattn.ring.slot %[[QR]][%[[C0]]]
+// QSMEM-NOT:       flexattn.frag.load
+// QSMEM-NOT:       flexattn.ring.release %[[QR]]
+// QSMEM:           scf.for
+// QSMEM:             flexattn.mma %[[QS]][%{{.*}}], %{{.*}} {transpose_b} : !flexattn.smem_tile<128x64xbf16>, !flexattn.smem_tile<128x64xbf16> -> vector<128xf32>
+// QSMEM:           flexattn.ring.release %[[QR]][%[[C0]]]
+// QSMEM:           flexattn.frag.finalize
 
 // 256 threads, no producer: every thread copies (cooperative rings released
 // by all 256) and computes in one of two 64-row groups.
@@ -53,7 +87,7 @@
 // CHECK-NEXT:        %[[S:.*]] = flexattn.mma.wait pending(0) %[[S0]] : vector<64xf32>
 // CHECK-NEXT:        flexattn.ring.release %[[KR]][%[[I]]]
 // CHECK:             %[[P:.*]], %{{.*}}, %{{.*}}, %[[ALPHA:.*]] = flexattn.frag.softmax %[[S]]
-// CHECK:             flexattn.frag.rescale %{{.*}}, %[[ALPHA]] : vector<32xf32>
+// CHECK:             flexattn.frag.rescale %{{.*}}, %[[ALPHA]] : vector<32xf32>, vector<2xf32>
 // CHECK-NEXT:        flexattn.ring.wait %[[VR]][%[[I]]] in_flight(1)
 // CHECK-NEXT:        flexattn.ring.acquire %[[VR]][%[[I1]]]
 // CHECK-NEXT:        flexattn.ring.copy %[[V]][{{.*}}, %[[NEXT]]] into %[[VR]][%[[I1]]] if %[[MORE]]

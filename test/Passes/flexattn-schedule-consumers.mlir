@@ -37,7 +37,7 @@
 // CHECK:           %[[O:.*]]:2 = flexattn.mma.wait pending(0) %[[O0]], %[[PP]] : vector<64xf32>, vector<64xbf16>
 // CHECK-NEXT:      scf.if %[[HAS]] {
 // CHECK-NEXT:        flexattn.ring.release %[[VR]][%[[PREV]]]
-// CHECK:           %[[ACC1:.*]] = flexattn.frag.rescale %[[O]]#0, %[[ALPHA]] : vector<64xf32>
+// CHECK:           %[[ACC1:.*]] = flexattn.frag.rescale %[[O]]#0, %[[ALPHA]] : vector<64xf32>, vector<2xf32>
 // CHECK:           scf.yield %{{.*}}, %{{.*}}, %{{.*}}, %[[ACC1]], %[[P]] :
 // The second loop continues from the first's P and position.
 // CHECK:         %[[R1:.*]]:5 = scf.for {{.*}} iter_args({{.*}} = %[[R0]]#0, {{.*}} = %[[R0]]#4)
@@ -98,8 +98,8 @@ func.func @consumers(%o: memref<1x2x300x128xbf16>, %b: index, %h: index, %q0: in
         ^bb0(%bb: i32, %hh: i32, %qi: i32, %kj: i32):
           %keep = arith.cmpi sge, %qi, %kj : i32
           flexattn.yield %keep : i1
-        } : vector<64xf32> -> vector<64xbf16>
-      %acc1 = flexattn.frag.rescale %acc, %alpha : vector<64xf32>
+        } : vector<64xf32>, vector<2xf32> -> vector<64xbf16>
+      %acc1 = flexattn.frag.rescale %acc, %alpha : vector<64xf32>, vector<2xf32>
       flexattn.ring.wait %vr[%i] : !flexattn.ring<2 x 128x128xbf16>
       %v = flexattn.ring.slot %vr[%i] : !flexattn.ring<2 x 128x128xbf16>
       %o0 = flexattn.mma %p, %v, %acc1 : vector<64xbf16>, !flexattn.smem_tile<128x128xbf16>, vector<64xf32> -> vector<64xf32>
@@ -118,8 +118,8 @@ func.func @consumers(%o: memref<1x2x300x128xbf16>, %b: index, %h: index, %q0: in
       flexattn.ring.release %kr[%i] : !flexattn.ring<2 x 128x128xbf16>
       %p, %m1, %l1, %alpha = flexattn.frag.softmax %s state(%m, %l) at(%b, %h, %row, %kv0)
           attributes {scale = 0.125 : f32, seq_lens = array<i64: 300, 300>, tile_size = array<i64: 128, 128>}
-          : vector<64xf32> -> vector<64xbf16>
-      %acc1 = flexattn.frag.rescale %acc, %alpha : vector<64xf32>
+          : vector<64xf32>, vector<2xf32> -> vector<64xbf16>
+      %acc1 = flexattn.frag.rescale %acc, %alpha : vector<64xf32>, vector<2xf32>
       flexattn.ring.wait %vr[%i] : !flexattn.ring<2 x 128x128xbf16>
       %v = flexattn.ring.slot %vr[%i] : !flexattn.ring<2 x 128x128xbf16>
       %o0 = flexattn.mma %p, %v, %acc1 : vector<64xbf16>, !flexattn.smem_tile<128x128xbf16>, vector<64xf32> -> vector<64xf32>
@@ -129,7 +129,7 @@ func.func @consumers(%o: memref<1x2x300x128xbf16>, %b: index, %h: index, %q0: in
       scf.yield %i1, %m1, %l1, %o1#0 : i32, vector<2xf32>, vector<2xf32>, vector<64xf32>
     }
     flexattn.ring.release %qr[%c0_i32] : !flexattn.ring<1 x 128x128xbf16>
-    flexattn.frag.finalize %r1#3 state(%r1#1, %r1#2) outs(%o : memref<1x2x300x128xbf16>) at(%b, %h, %row, %c0) : vector<64xf32>
+    flexattn.frag.finalize %r1#3 state(%r1#1, %r1#2) outs(%o : memref<1x2x300x128xbf16>) at(%b, %h, %row, %c0) : vector<64xf32>, vector<2xf32>
   }
   return
 }

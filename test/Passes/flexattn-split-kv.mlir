@@ -151,3 +151,24 @@ func.func @split_twice(%q: memref<1x1x4x16xf32>, %k: memref<1x1x64x16xf32>, %o: 
   }
   return
 }
+
+// -----
+
+func.func @split_sinks(%q: memref<1x1x4x16xf32>, %k: memref<1x1x64x16xf32>, %s: memref<1xf32>,
+                       %o: memref<1x1x4x16xf32>) {
+  %c0 = arith.constant 0 : index
+  %c1 = arith.constant 1 : index
+  scf.parallel (%b, %h, %qt) = (%c0, %c0, %c0) to (%c1, %c1, %c1) step (%c1, %c1, %c1) {
+    %acc = memref.alloca() : memref<4x16xf32>
+    %max = memref.alloca() : memref<4xf32>
+    %sum = memref.alloca() : memref<4xf32>
+    flexattn.kv_loop ins(%q, %k, %k : memref<1x1x4x16xf32>, memref<1x1x64x16xf32>, memref<1x1x64x16xf32>)
+        state(%acc, %max, %sum : memref<4x16xf32>, memref<4xf32>, memref<4xf32>)
+        at(%b, %h, %h, %c0) attributes {scale = 0.125 : f32, tile_size = array<i64: 4, 16>}
+    // expected-error @+1 {{'flexattn.finalize' op flexattn-split-kv does not merge attention sinks or max_scores across KV ranges yet}}
+    flexattn.finalize state(%acc, %max, %sum : memref<4x16xf32>, memref<4xf32>, memref<4xf32>)
+        sinks(%s : memref<1xf32>) outs(%o : memref<1x1x4x16xf32>) at(%b, %h, %c0)
+    scf.reduce
+  }
+  return
+}

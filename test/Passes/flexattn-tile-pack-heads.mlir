@@ -114,3 +114,15 @@ func.func @dynamic_heads(%q: memref<1x?x1x64xf32>, %k: memref<1x1x64x64xf32>,
       outs(%o : memref<1x?x1x64xf32>) attributes {scale = 0.125 : f32}
   return
 }
+
+// -----
+
+// Sinks and max_scores are per query head: not packed yet.
+
+func.func @sinks(%q: memref<1x4x1x64xf32>, %k: memref<1x1x64x64xf32>,
+                 %v: memref<1x1x64x64xf32>, %s: memref<4xf32>, %o: memref<1x4x1x64xf32>) {
+  // expected-error @+1 {{pack-heads does not take attention sinks or max_scores yet (their rows are per query head)}}
+  flexattn.attention ins(%q, %k, %v : memref<1x4x1x64xf32>, memref<1x1x64x64xf32>, memref<1x1x64x64xf32>)
+      sinks(%s : memref<4xf32>) outs(%o : memref<1x4x1x64xf32>) attributes {scale = 0.125 : f32}
+  return
+}

@@ -227,3 +227,135 @@ func.func @edge_tile_stays(%s: memref<?x32xf32>) {
   linalg.fill ins(%zero : f32) outs(%s : memref<?x32xf32>)
   return
 }
+
+// -----
+
+// A read the index analysis could not bound keeps its run-time check: the
+// report (a branch storing [1, index]) becomes row reductions, whether a row
+// had a bad element (ori, i8) and its largest bad index (maxsi), so the mod
+// still vectorises (the read a gather); one branch after the rows stores the
+// report.
+
+// CHECK-LABEL: func.func @checked_read(
+// CHECK-SAME:    %[[S:[^:]+]]: memref<4x64xf32>, %[[T:[^:]+]]: memref<32xf32>, %[[R:[^:]+]]: memref<1x2xi64>
+// CHECK-NOT:     linalg.
+// CHECK-DAG:     %[[FLAGS:.+]] = memref.alloca() : memref<4xi8>
+// CHECK-DAG:     %[[WIT:.+]] = memref.alloca() : memref<4xi64>
+// CHECK:         scf.for %[[I:.+]] = %{{.+}} to %{{.+}} step %{{.+}} {
+// CHECK-NOT:       scf.if
+// CHECK:           %[[BAD:.+]] = arith.cmpi uge, %[[IDX:.+]], %{{.+}} : vector<64xi64>
+// CHECK:           %[[BAD8:.+]] = arith.extui %[[BAD]] : vector<64xi1> to vector<64xi8>
+// CHECK:           vector.reduction <or>, %[[BAD8]], %{{.+}} : vector<64xi8> into i8
+// CHECK:           %[[CAND:.+]] = arith.select %[[BAD]], %[[IDX]], %{{.+}} : vector<64xi1>, vector<64xi64>
+// CHECK:           vector.reduction <maxsi>, %[[CAND]], %{{.+}} : vector<64xi64> into i64
+// CHECK:           vector.gather %[[T]]
+// CHECK:           vector.transfer_write %{{.+}}, %[[S]][%[[I]], %{{.+}}]
+// CHECK:         }
+// CHECK:         %[[ALL:.+]] = vector.transfer_read %[[FLAGS]]
+// CHECK:         %[[ANY:.+]] = vector.reduction <or>, %[[ALL]] : vector<4xi8> into i8
+// CHECK:         %[[REPORT:.+]] = arith.cmpi ne, %[[ANY]]
+// CHECK:         scf.if %[[REPORT]] {
+// CHECK:           %[[ROWS:.+]] = vector.transfer_read %[[WIT]]
+// CHECK:           %[[MAX:.+]] = vector.reduction <maxsi>, %[[ROWS]] : vector<4xi64> into i64
+// CHECK:           memref.store %{{.+}}, %[[R]][%{{.+}}, %{{.+}}]
+// CHECK:           memref.store %[[MAX]], %[[R]][%{{.+}}, %{{.+}}]
+// CHECK:         }
+func.func @checked_read(%s: memref<4x64xf32>, %table: memref<32xf32>, %report: memref<1x2xi64>,
+                        %q0: index, %kv0: index) {
+  %c0 = arith.constant 0 : index
+  %c1 = arith.constant 1 : index
+  %one = arith.constant 1 : i64
+  %zero = arith.constant 0 : i64
+  %size = arith.constant 32 : i64
+  linalg.generic {indexing_maps = [affine_map<(i, j) -> (i, j)>], iterator_types = ["parallel", "parallel"]}
+      outs(%s : memref<4x64xf32>) {
+  ^bb0(%x: f32):
+    %i = linalg.index 0 : index
+    %j = linalg.index 1 : index
+    %q = arith.addi %q0, %i : index
+    %kv = arith.addi %kv0, %j : index
+    %d = arith.subi %kv, %q : index
+    %index = arith.index_cast %d : index to i64
+    %ok = arith.cmpi ult, %index, %size : i64
+    %bad = arith.cmpi uge, %index, %size : i64
+    scf.if %bad {
+      memref.store %one, %report[%c0, %c0] : memref<1x2xi64>
+      memref.store %index, %report[%c0, %c1] : memref<1x2xi64>
+    }
+    %pos = arith.select %ok, %index, %zero : i64
+    %p = arith.index_cast %pos : i64 to index
+    %bias = memref.load %table[%p] : memref<32xf32>
+    %r = arith.addf %x, %bias : f32
+    linalg.yield %r : f32
+  }
+  return
+}
+
+// -----
+
+// A branch that is not a report of that form (here it stores a float
+// computed per element) leaves the op a scalar linalg.generic.
+
+// CHECK-LABEL: func.func @other_branch(
+// CHECK:         linalg.generic
+// CHECK:           scf.if
+func.func @other_branch(%s: memref<4x64xf32>, %out: memref<1xf32>) {
+  %c0 = arith.constant 0 : index
+  %limit = arith.constant 100.0 : f32
+  linalg.generic {indexing_maps = [affine_map<(i, j) -> (i, j)>], iterator_types = ["parallel", "parallel"]}
+      outs(%s : memref<4x64xf32>) {
+  ^bb0(%x: f32):
+    %big = arith.cmpf ogt, %x, %limit : f32
+    scf.if %big {
+      memref.store %x, %out[%c0] : memref<1xf32>
+    }
+    linalg.yield %x : f32
+  }
+  return
+}
+
+// -----
+
+// The checked index depends on kv only (the last loop): the reductions
+// still get the row's rank. The index is an i32 checked in i32 and reported
+// sign-extended (as flexattn-inline-mods writes it): the largest bad index
+// is found in i32, then extended.
+
+// CHECK-LABEL: func.func @checked_read_along_kv(
+// CHECK-NOT:     linalg.
+// CHECK:         scf.for
+// CHECK:           vector.reduction <or>, %{{.+}}, %{{.+}} : vector<64xi8> into i8
+// CHECK:           vector.reduction <maxsi>, %{{.+}}, %{{.+}} : vector<64xi32> into i32
+// CHECK:           vector.gather
+// CHECK:         scf.if
+// CHECK:           %[[MAX:.+]] = vector.reduction <maxsi>, %{{.+}} : vector<4xi32> into i32
+// CHECK:           %[[MAX64:.+]] = arith.extsi %[[MAX]] : i32 to i64
+// CHECK:           memref.store %[[MAX64]]
+func.func @checked_read_along_kv(%s: memref<4x64xf32>, %table: memref<32xf32>,
+                                 %report: memref<1x2xi64>, %kv0: index) {
+  %c0 = arith.constant 0 : index
+  %c1 = arith.constant 1 : index
+  %one = arith.constant 1 : i64
+  %zero = arith.constant 0 : i32
+  %size = arith.constant 32 : i32
+  linalg.generic {indexing_maps = [affine_map<(i, j) -> (i, j)>], iterator_types = ["parallel", "parallel"]}
+      outs(%s : memref<4x64xf32>) {
+  ^bb0(%x: f32):
+    %j = linalg.index 1 : index
+    %kv = arith.addi %kv0, %j : index
+    %index = arith.index_cast %kv : index to i32
+    %ok = arith.cmpi ult, %index, %size : i32
+    %bad = arith.cmpi uge, %index, %size : i32
+    %reported = arith.extsi %index : i32 to i64
+    scf.if %bad {
+      memref.store %one, %report[%c0, %c0] : memref<1x2xi64>
+      memref.store %reported, %report[%c0, %c1] : memref<1x2xi64>
+    }
+    %pos = arith.select %ok, %index, %zero : i32
+    %p = arith.index_cast %pos : i32 to index
+    %bias = memref.load %table[%p] : memref<32xf32>
+    %r = arith.addf %x, %bias : f32
+    linalg.yield %r : f32
+  }
+  return
+}

@@ -52,8 +52,8 @@
 // CHECK-NEXT:        %[[S:.*]] = flexattn.mma.wait pending(0) %[[S0]] : vector<64xf32>
 // CHECK-NEXT:        flexattn.ring.release %[[KR]][%[[CI]]]
 // CHECK:             %[[P:.*]], %[[M1:.*]], %[[L1:.*]], %[[ALPHA:.*]] = flexattn.frag.softmax %[[S]] state(%[[M]], %[[L]]) at({{.*}}) attributes {masked, scale = 1.250000e-01 : f32, seq_lens = array<i64: 300, 300>, tile_size = array<i64: 128, 128>} mask_mod {
-// CHECK:             } : vector<64xf32> -> vector<64xbf16>
-// CHECK-NEXT:        %[[ACC1:.*]] = flexattn.frag.rescale %[[ACC]], %[[ALPHA]] : vector<32xf32>
+// CHECK:             } : vector<64xf32>, vector<2xf32> -> vector<64xbf16>
+// CHECK-NEXT:        %[[ACC1:.*]] = flexattn.frag.rescale %[[ACC]], %[[ALPHA]] : vector<32xf32>, vector<2xf32>
 // CHECK-NEXT:        flexattn.ring.wait %[[VR]][%[[CI]]]
 // CHECK-NEXT:        %[[V:.*]] = flexattn.ring.slot %[[VR]][%[[CI]]]
 // CHECK-NEXT:        %[[O0:.*]] = flexattn.mma %[[P]], %[[V]], %[[ACC1]] : vector<64xbf16>, !flexattn.smem_tile<128x64xbf16>, vector<32xf32> -> vector<32xf32>

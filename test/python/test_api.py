@@ -574,8 +574,8 @@ def test_gpu_only_op_in_handwritten_mod_is_a_diagnostic():
     from flexattn_mlir import ModIR
 
     q = torch.randn(1, 1, 32, 16)
-    bad = ModIR.score("^bb0(%s: f32, %b: i32, %h: i32, %q: i32, %kv: i32):\n"
-                      "  %t = gpu.thread_id x\n  flexattn.yield %s : f32")
+    bad = ModIR.score("flexattn.mod score_mod {\n^bb0(%s: f32, %b: i32, %h: i32, %q: i32, %kv: i32):\n"
+                      "  %t = gpu.thread_id x\n  flexattn.yield %s : f32\n}")
     with pytest.raises(fm.CompilationError, match="may only contain arith, math, scf, memref.load "
                                                   "and flexattn.check_index ops .* found "
                                                   "'gpu.thread_id'"):

@@ -10,6 +10,7 @@ values of order 1. lse is always f32: 1e-4.
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -23,16 +24,17 @@ CPU_STAGES = ["flexattn", "tiled", "sparse", "split", "fused", "inlined", "vecto
 TOL = {torch.float32: 2e-5, torch.bfloat16: 1e-2, torch.float16: 2e-3}
 
 CAUSAL = ModIR.mask(
-    """
+    """flexattn.mod mask_mod {
 ^bb0(%b: i32, %h: i32, %q: i32, %kv: i32):
   %keep = arith.cmpi sge, %q, %kv : i32
   flexattn.yield %keep : i1
+}
 """
 )
 
 # score + (q - kv) * 0.05: a relative-position bias.
 REL_BIAS = ModIR.score(
-    """
+    """flexattn.mod score_mod {
 ^bb0(%s: f32, %b: i32, %h: i32, %q: i32, %kv: i32):
   %d = arith.subi %q, %kv : i32
   %f = arith.sitofp %d : i32 to f32
@@ -40,21 +42,23 @@ REL_BIAS = ModIR.score(
   %bias = arith.mulf %f, %c : f32
   %r = arith.addf %s, %bias : f32
   flexattn.yield %r : f32
+}
 """
 )
 
 
 def sliding_mask(window: int) -> ModIR:
     return ModIR.mask(
-        f"""
+        """flexattn.mod mask_mod {
 ^bb0(%b: i32, %h: i32, %q: i32, %kv: i32):
   %c = arith.cmpi sge, %q, %kv : i32
   %d = arith.subi %q, %kv : i32
-  %w = arith.constant {window} : i32
+  %w = arith.constant WINDOW : i32
   %near = arith.cmpi sle, %d, %w : i32
   %keep = arith.andi %c, %near : i1
   flexattn.yield %keep : i1
-"""
+}
+""".replace("WINDOW", str(window))
     )
 
 
@@ -137,7 +141,7 @@ def test_block_mask_per_batch_and_head():
 
     bm = torch_flex.create_block_mask(torch_mask, 2, 3, m, n, device="cpu", BLOCK_SIZE=64)
     mask = ModIR.mask(
-        """
+        """flexattn.mod mask_mod {
 ^bb0(%b: i32, %h: i32, %q: i32, %kv: i32):
   %causal = arith.cmpi sge, %q, %kv : i32
   %one = arith.constant 1 : i32
@@ -148,6 +152,7 @@ def test_block_mask_per_batch_and_head():
   %pre = arith.cmpi slt, %kv, %lim : i32
   %keep = arith.ori %causal, %pre : i1
   flexattn.yield %keep : i1
+}
 """
     )
     out, lse = fm.attention(q, k, v, mask_mod=mask, block_mask=bm, return_lse=True)
@@ -161,12 +166,13 @@ def test_fully_masked_rows_give_zero_and_neg_inf_lse(m, n):
     edge tiles (90 x 60: scalar loops) and full ones (128 x 128: vectors)."""
     q, k, v = inputs(1, 2, 2, m, n, 16)
     mask = ModIR.mask(
-        """
+        """flexattn.mod mask_mod {
 ^bb0(%b: i32, %h: i32, %q: i32, %kv: i32):
   %c = arith.constant 40 : i32
   %shifted = arith.subi %q, %c : i32
   %keep = arith.cmpi sge, %shifted, %kv : i32
   flexattn.yield %keep : i1
+}
 """
     )
     out, lse = fm.attention(q, k, v, mask_mod=mask, return_lse=True)
@@ -241,6 +247,35 @@ def test_threads_share_the_tiles_exactly(threads):
     assert torch.equal(one[0], many[0]) and torch.equal(one[1], many[1])
     ref, ref_lse = reference_attention(q, k, v, mask_fn=lambda b, h, i, j: i >= j)
     check(*many, ref, ref_lse, torch.float32)
+
+
+def _vector_ops(text: str) -> tuple[int, list[str]]:
+    """The tile products' vector ops (f32 FMAs, bf16 dots) of a vector
+    stage and its linalg ops with static shapes (not vectorised)."""
+    products = text.count("vector.fma") + text.count("x86vector.avx512.dot")
+    static = [line for line in text.splitlines()
+              if re.match(r"\s*linalg\.(?!yield|index)", line) and "?" not in line]
+    return products, static
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dynamic_kernels_vectorise_their_full_tiles(dtype):
+    """In a dynamic-shape kernel (B, M, N run-time values) the full tiles
+    are vectorised as in a static one: flexattn-split-full-tiles cuts the
+    views at the tile's end, so the tile ops' shapes fold to the tile sizes
+    whatever M and N are; only edge tiles (dynamic extents) stay linalg."""
+    q, k, v = inputs(2, 4, 2, 200, 200, 32, dtype=dtype)
+    products = {}
+    for dynamic in (False, True):
+        options = CompileOptions(dynamic=dynamic)
+        spec = fm.attention_spec(q, k, v, mask_mod=CAUSAL, enable_gqa=True, options=options)
+        products[dynamic], static = _vector_ops(fm.compile(spec, options)["vector"])
+        assert not static, static
+        out, lse = fm.attention(q, k, v, mask_mod=CAUSAL, enable_gqa=True, return_lse=True,
+                                options=options)
+        ref, ref_lse = reference_attention(q, k, v, mask_fn=lambda b, h, i, j: i >= j)
+        check(out, lse, ref, ref_lse, dtype)
+    assert products[True] == products[False] > 0
 
 
 def test_stages_are_inspectable():

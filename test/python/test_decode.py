@@ -122,6 +122,28 @@ def test_decode_is_chosen_by_shape_and_forced_by_kernel_options():
     torch.testing.assert_close(out, torch_flex(q65, k, v, enable_gqa=True), **F32)
 
 
+def test_sinks_and_max_scores_take_the_prefill_kernel():
+    """The decode path does not merge sinks or max_scores across KV ranges
+    yet: a small-M call with either runs the prefill kernel (and matches
+    the float64 reference); forcing decode with them is a clear error."""
+    from torch.nn.attention.flex_attention import AuxRequest
+
+    from reference import reference_attention
+
+    q = torch.randn(1, 8, 2, D)
+    k, v = torch.randn(1, HKV, 256, D), torch.randn(1, HKV, 256, D)
+    sinks = torch.randn(8)
+    out, aux = flex_attention(q, k, v, enable_gqa=True, sinks=sinks,
+                              return_aux=AuxRequest(lse=True, max_scores=True))
+    ref, ref_lse = reference_attention(q, k.repeat_interleave(4, 1), v.repeat_interleave(4, 1),
+                                       sinks=sinks)
+    torch.testing.assert_close(out, ref.to(out.dtype), **F32)
+    torch.testing.assert_close(aux.lse, ref_lse.to(aux.lse.dtype), **F32)
+    with pytest.raises(ValueError, match="decode path does not take attention sinks or "
+                                         "max_scores"):
+        flex_attention(q, k, v, enable_gqa=True, sinks=sinks, kernel_options={"decode": True})
+
+
 def test_unpacked_decode_with_per_head_block_mask():
     """A block mask with a head dim reads a row per query head: the call
     decodes (split-KV) without packing; pack_heads=True is refused."""

@@ -68,8 +68,8 @@ def test_bad_scale():
 
 def test_mod_kind_and_capture_count():
     q, k, v = qkv(k=(1, 4, 32, 16), v=(1, 4, 32, 16))
-    mask = ModIR.mask("^bb0(%b: i32, %h: i32, %q: i32, %kv: i32):\n"
-                      "  %t = arith.constant true\n  flexattn.yield %t : i1")
+    mask = ModIR.mask("flexattn.mod mask_mod {\n^bb0(%b: i32, %h: i32, %q: i32, %kv: i32):\n"
+                      "  %t = arith.constant true\n  flexattn.yield %t : i1\n}")
     with pytest.raises(TypeError, match="score_mod must be a ModIR of kind 'score'"):
         fm.attention(q, k, v, score_mod=mask)
     with pytest.raises(ValueError, match="mask_mod declares 0 captured buffers but 1 were passed"):
@@ -78,8 +78,8 @@ def test_mod_kind_and_capture_count():
 
 def test_invalid_mod_ir_is_a_compilation_error():
     q, k, v = qkv(k=(1, 4, 32, 16), v=(1, 4, 32, 16))
-    bad = ModIR.mask("^bb0(%b: i32, %h: i32, %q: i32, %kv: i32):\n"
-                     "  %t = arith.constant 1.0 : f32\n  flexattn.yield %t : f32")
+    bad = ModIR.mask("flexattn.mod mask_mod {\n^bb0(%b: i32, %h: i32, %q: i32, %kv: i32):\n"
+                     "  %t = arith.constant 1.0 : f32\n  flexattn.yield %t : f32\n}")
     with pytest.raises(fm.CompilationError, match="mask_mod must yield one i1 value"):
         fm.attention(q, k, v, mask_mod=bad)
 

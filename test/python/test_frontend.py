@@ -167,7 +167,7 @@ def test_combine_reorders_captures():
     s2, m2, caps = combine(sc, mc)
     assert [id(t) for t in caps] == [id(zz), id(aa)]
     assert s2.ir.capture_types == m2.ir.capture_types == ("memref<4xf32>", "memref<200xi32>")
-    assert "%cap0: memref<4xf32>, %cap1: memref<200xi32>" in m2.ir.text.splitlines()[0]
+    assert "%cap0: memref<4xf32>, %cap1: memref<200xi32>" in m2.ir.text.splitlines()[1]
     assert "memref.load %cap1[" in m2.ir.text and "memref.load %cap0[" in m2.ir.text
     assert combine(None, mc)[1] is mc
     g = torch.Generator().manual_seed(5)
@@ -290,16 +290,18 @@ def test_capture_shape_enters_key():
 def test_region_is_scalar_ir():
     captured = capture_score_mod(t5_bias)
     text = captured.ir.text
-    assert text.startswith("^bb0(%score: f32, %b: i32, %h: i32, %q_idx: i32, %kv_idx: i32, "
+    assert text.startswith("flexattn.mod score_mod {\n"
+                           "^bb0(%score: f32, %b: i32, %h: i32, %q_idx: i32, %kv_idx: i32, "
                            "%cap0: memref<4x32xf32>)")
-    ops = {re.match(r"\s*(?:%\S+ = )?([\w.]+)", line).group(1) for line in text.splitlines()[1:]}
+    ops = {re.match(r"\s*(?:%\S+ = )?([\w.]+)", line).group(1)
+           for line in text.splitlines()[2:-1]}
     assert all(op.split(".")[0] in ("arith", "math", "memref") or op == "flexattn.check_index"
                for op in ops - {"flexattn.yield"}), ops
     assert "memref.load" in ops and "tensor" not in text
     # The table's two indices (h, the bucket) are checked reads, by name.
     assert text.count("flexattn.check_index") == 2
     assert 'source = "T5_TABLE (shape (4, 32)) in score_mod \'t5_bias\'"' in text
-    assert text.rstrip().splitlines()[-1].strip().startswith("flexattn.yield")
+    assert text.rstrip().splitlines()[-2].strip().startswith("flexattn.yield")
     # parses and verifies inside a flexattn op
     spec = fm.attention_spec(*[torch.zeros(1, H, 8, 16)] * 3, score_mod=captured.ir,
                              captures=captured.captures)
@@ -403,7 +405,8 @@ def test_python_scalar_results(qkv):
 
 def test_noop_and_identity():
     assert "arith.constant true" in capture_mask_mod(tfa.noop_mask).ir.text
-    assert capture_score_mod(lambda s, b, h, q, kv: s).ir.text.endswith("flexattn.yield %score : f32")
+    assert capture_score_mod(lambda s, b, h, q, kv: s).ir.text.endswith(
+        "flexattn.yield %score : f32\n}")
 
 
 # --- errors -----------------------------------------------------------------

@@ -100,3 +100,29 @@ def test_d64_and_fp16_compile():
         # S = QK^T is m64n128 (the KV tile), O += PV m64n64 (Dv = 64).
         assert f"m64n128k16.f32.{mnemonic}.{mnemonic}" in ptx
         assert f"m64n64k16.f32.{mnemonic}.{mnemonic}" in ptx
+
+
+def test_sinks_and_max_scores_compile():
+    """Attention sinks and max_scores in the sm_90a kernel: the sink (one
+    global load per row pair) joins each row's state in the epilogue, and
+    max_scores is stored beside lse by the row's first thread; the main loop
+    is untouched (no spill, same register budget)."""
+    from dataclasses import replace
+
+    from flexattn_mlir.compiler.spec import BufferType
+
+    base = zoo.spec("alibi_causal", 1, 2, 1024, 128, return_lse=True)
+    spec = replace(base, sinks=BufferType((2,), "f32"), return_max=True)
+    compiled = fm.compile(spec, fm.CompileOptions(target="sm_90a"), keep_ir=False)
+    md, ptx = compiled.metadata, compiled.metadata["ptx"]
+    assert md["cubin"][:4] == b"\x7fELF"
+    res = md["resources"]
+    assert res.registers <= MAX_REGISTERS and (res.spill_stores, res.spill_loads) == (0, 0), res
+    launch = md["launch"]
+    assert launch["outputs"] == ["out", "lse", "max_scores"]
+    assert {"sinks", "max_scores"} <= {p["arg"] for p in launch["params"] if p["kind"] == "ptr"}
+    # max_scores: one more global store per row of the thread (rows r, r + 8);
+    # the sink: one more global load.
+    plain = fm.compile(base, fm.CompileOptions(target="sm_90a"), keep_ir=False).metadata["ptx"]
+    assert _count(ptx, r"st\.global\.") == _count(plain, r"st\.global\.") + 2
+    assert _count(ptx, r"ld\.global\.") > _count(plain, r"ld\.global\.")

@@ -29,6 +29,14 @@ def _count(ptx: str, pattern: str) -> int:
     return len(re.findall(pattern, ptx))
 
 
+def _tiling(variant: str, D: int):
+    """The KV tile and tiling the table gives a zoo kernel: the head dim's
+    KV tile, or the 128-column blocks of the variant's block mask."""
+    masked = zoo.make(variant, 2, 1000, "cpu")[1] is not None
+    kv_tile = 128 if masked else SM80.kv_tile(D)
+    return kv_tile, SM80.tiling(D, kv_tile)
+
+
 @pytest.mark.parametrize("variant", zoo.names())
 def test_zoo_compiles_to_a_cubin_for_sm80(variant):
     compiled = _compile(variant)
@@ -36,29 +44,40 @@ def test_zoo_compiles_to_a_cubin_for_sm80(variant):
     assert md["cubin"][:4] == b"\x7fELF"
     res = md["resources"]
     assert res.registers <= 255 and (res.spill_stores, res.spill_loads) == (0, 0), res
-    assert ".target sm_80" in ptx and ".maxntid 256, 1, 1" in ptx
+    kv_tile, tiling = _tiling(variant, 128)
+    threads = 128 * 32 // tiling.warp_rows  # groups of 4 warps over the 128-row Q tile
+    assert ".target sm_80" in ptx and f".maxntid {threads}, 1, 1" in ptx
     # No Hopper instruction may reach an sm_80 kernel.
     assert not re.search(r"wgmma|cp\.async\.bulk|mbarrier|setmaxnreg", ptx)
     # Every thread copies: 16-byte cp.async into the swizzled slots, one
     # group per copy, waits that leave the next step's copies in flight.
     assert "cp.async.cg.shared.global" in ptx and "cp.async.commit_group" in ptx
     assert re.search(r"cp\.async\.wait_group\s+1;", ptx)
-    # S = Q.K^T (Q read once per tile), O += P.V (V transposed on load):
-    # per warp and KV step 16 x 8 m16n8k16 MMAs each at D = 128.
-    assert _count(ptx, r"mma\.sync\.aligned\.m16n8k16\.row\.col\.f32\.bf16\.bf16\.f32") >= 256
-    assert _count(ptx, r"ldmatrix\.sync\.aligned\.m8n8\.x4\.trans\.shared\.b16") >= 64
-    assert _count(ptx, r"ldmatrix\.sync\.aligned\.m8n8\.x4\.shared\.b16") >= 64
+    # S = Q.K^T, O += P.V (V transposed on load): per warp and KV step,
+    # 2 (D / 16) (BN / 8) m16n8k16 MMAs per m16 tile of the warp, one
+    # ldmatrix.x4 per 16 x 16 block of K and V (shared by the warp's m16
+    # tiles), and Q's blocks where Q is read from shared memory.
+    tiles, blocks = tiling.warp_rows // 16, (128 // 16) * (kv_tile // 16)
+    assert _count(ptx, r"mma\.sync\.aligned\.m16n8k16\.row\.col\.f32\.bf16\.bf16\.f32") >= \
+        4 * tiles * blocks
+    assert _count(ptx, r"ldmatrix\.sync\.aligned\.m8n8\.x4\.trans\.shared\.b16") >= blocks
+    assert _count(ptx, r"ldmatrix\.sync\.aligned\.m8n8\.x4\.shared\.b16") >= \
+        blocks + (0 if tiling.q_in_registers else tiles * 128 // 16)
     assert "shfl.sync.bfly" in ptx and "ex2.approx.ftz.f32" in ptx
 
 
 def test_launch_facts_and_shared_memory():
-    """Block and shared memory come from the compiler: Q + stages x (K + V)
+    """Block and shared memory come from the compiler: 4 warps per 64 or 128
+    rows of the Q tile (the table's rows per warp), Q + stages x (K + V)
     slots and 128 bytes of alignment slack, within the table's limit."""
-    for D, stages in ((64, 2), (64, 4), (128, 2)):
-        launch = _compile("causal", D=D, stages=stages).metadata["launch"]
-        tile = 128 * D * 2
-        assert launch["block"] == [256, 1, 1] and launch["grid"] == [8 * 2, 1, 1]
-        assert launch["shared_mem_bytes"] == tile + stages * 2 * tile + 128
+    for variant, D, stages in (("causal", 64, 2), ("causal", 64, 4), ("causal", 128, 2),
+                               ("full", 64, 2), ("full", 64, 4), ("full", 128, 2)):
+        launch = _compile(variant, D=D, stages=stages).metadata["launch"]
+        kv_tile, tiling = _tiling(variant, D)
+        assert launch["block"] == [128 * 32 // tiling.warp_rows, 1, 1]
+        assert launch["grid"] == [8 * 2, 1, 1]
+        q, kv = 128 * D * 2, kv_tile * D * 2
+        assert launch["shared_mem_bytes"] == q + stages * 2 * kv + 128
         assert launch["shared_mem_bytes"] <= SM80.max_shared_per_block
         assert not [p for p in launch["params"] if p["kind"] == "tensormap"]
 
@@ -70,9 +89,30 @@ def test_f16_and_persistent_compile():
     assert (md["resources"].spill_stores, md["resources"].spill_loads) == (0, 0)
 
 
+def test_table_tilings():
+    """32 rows per warp (4 warps, FlashAttention-2's shape) where the kernel
+    fits 255 registers without spills: D = 64 with 64-column KV tiles;
+    16 rows elsewhere. Options and an explicit tile_kv win over the table."""
+    assert (SM80.kv_tile(64), SM80.kv_tile(128)) == (64, 128)
+    assert SM80.tiling(64, 64) == targets.Tiling(32, q_in_registers=True)
+    assert SM80.tiling(128, 64) == SM80.tiling(64, 128) == targets.Tiling(16, True)
+    assert targets.TARGETS["sm_90a"].kv_tile(64) == 128
+    assert _compile("full", D=64, tile_kv=128).metadata["launch"]["block"] == [256, 1, 1]
+    md = _compile("full", D=128, tile_kv=64, warp_rows=32, q_in_registers=False).metadata
+    assert md["launch"]["block"] == [128, 1, 1]
+    assert md["launch"]["shared_mem_bytes"] == 128 * 128 * 2 + 2 * 2 * 64 * 128 * 2 + 128
+    assert "mma.sync.aligned.m16n8k16" in md["ptx"]
+
+
+@pytest.mark.parametrize("bad", [{"warp_rows": 24}, {"q_in_registers": 1}])
+def test_tiling_options_are_checked(bad):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        fm.CompileOptions(target="sm_80", **bad)
+
+
 def test_too_many_stages_is_a_clear_error():
     with pytest.raises(fm.CompilationError, match="shared memory"):
-        _compile("full", D=128, stages=3)
+        _compile("full", D=128, stages=3, tile_kv=128)
 
 
 @pytest.mark.parametrize("cc,name", [((8, 0), "sm_80"), ((8, 6), "sm_80"), ((8, 9), "sm_80"),

@@ -175,6 +175,30 @@ def test_float_indices_are_checked_by_the_kernel():
         fm.flex_attention(q, k, v, score_mod=from_float)
 
 
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_unbounded_reads_in_full_tiles_are_checked_by_the_vector_code(dynamic):
+    """N = 128: every tile is a full one, whose mod is vectorised with its
+    check (the report a reduction along the row): in bounds, the answer is
+    torch's; |kv_idx - q_idx| >= 120 reads table[12], which is reported."""
+    table = torch.randn(12)
+
+    def from_float(score, b, h, q_idx, kv_idx):
+        return score + table[((kv_idx - q_idx).abs().float() * 0.1).long()]
+
+    q, k, v = qkv(N)
+    options = {"dynamic": dynamic}
+    compiled = fm.compile_flex_attention(q, k, v, score_mod=from_float, kernel_options=options)
+    assert "vector.gather" in compiled["vector"] and "vector.reduction <maxsi>" in compiled["vector"]
+    def in_bounds(score, b, h, q_idx, kv_idx):  # at most 127 * 0.09: table[11]
+        return score + table[((kv_idx - q_idx).abs().float() * 0.09).long()]
+
+    torch.testing.assert_close(fm.flex_attention(q, k, v, score_mod=in_bounds, kernel_options=options),
+                               torch_flex(q, k, v, score_mod=in_bounds), **F32)
+    torch_raises_index_error(q, k, v, score_mod=from_float)
+    with pytest.raises(IndexError, match=r"table .* was read out of bounds: index 12"):
+        fm.flex_attention(q, k, v, score_mod=from_float, kernel_options=options)
+
+
 def test_create_block_mask_checks_reads_it_cannot_bound():
     doc = torch.randint(0, 4, (N,), dtype=torch.int32)
     lengths = torch.tensor([5, 70, 128, 31])

@@ -130,10 +130,11 @@ def test_each_subpackage_says_what_it_takes_and_hands_on():
 # memref type or an SSA value.
 _IR_SYNTAX = re.compile(r"\b(flexattn|func|arith|memref|scf|math|tensor|linalg|llvm|gpu|nvvm)"
                         r"\.[a-z_]+|\^bb\d|memref<|%[A-Za-z_]")
-# The only modules that read or write IR as text: the torch-mlir boundary
-# (its module carries its own LLVM: printed there, parsed here) and the
-# ModIR text format (a region body, the cache format, parsed in a holder).
-_TEXT_BOUNDARIES = {"frontend/convert.py", "compiler/mods.py"}
+# The only module that handles IR as text beyond MLIR's own printing and
+# parsing: the torch-mlir boundary (its module carries its own LLVM: printed
+# there, parsed here). ModIR's text is a flexattn.mod op MLIR prints and
+# parses whole (compiler/mods.py writes none of it).
+_TEXT_BOUNDARIES = {"frontend/convert.py"}
 
 
 def _ir_text_sites(source: str) -> list[str]:

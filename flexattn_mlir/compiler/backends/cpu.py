@@ -47,7 +47,12 @@ def make_fused(mod: ir.Module, opts: CompileOptions) -> None:
 
 
 def make_inlined(mod: ir.Module, opts: CompileOptions) -> None:
-    run_pipeline(mod, "flexattn-inline-mods, canonicalize, cse", "inlined")
+    # The mods compute in torch's int64 on i32 indices (q_idx - kv_idx > 0 is
+    # an i64 compare of sign extensions); upstream's range narrowing moves what
+    # provably fits back to i32, which the vectoriser packs 16 to a register.
+    run_pipeline(mod, "flexattn-inline-mods, canonicalize, cse, "
+                      "arith-int-range-narrowing{int-bitwidths-supported=32}, canonicalize",
+                 "inlined")
 
 
 def host_has(feature: str) -> bool:

@@ -22,6 +22,8 @@ each tensor map) is read off the compiled IR, never restated here.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from mlir import ir
 
 from .. import cache, ptxas, targets
@@ -36,6 +38,39 @@ _TORCH_DTYPE = {"bf16": "bfloat16", "f16": "float16", "f32": "float32", "i32": "
                 "i64": "int64", "i8": "uint8", "i16": "int16", "f64": "float64"}
 _TENSOR_MAP = "flexattn.tensor_map"  # the host argument attribute the roles pass writes
 _ZERO_INIT = "flexattn.zero_init"  # the host function attribute of the backward's grid pass
+
+
+def _first_op(mod: ir.Module, name: str):
+    found = []
+
+    def visit(op):
+        if op.name == name:
+            found.append(op)
+            return ir.WalkResult.INTERRUPT
+        return ir.WalkResult.ADVANCE
+
+    mod.operation.walk(visit)
+    if not found:
+        raise CompilationError(f"no {name} in the module")
+    return found[0]
+
+
+def _head_dim(op) -> int:
+    """The head dim of a flexattn.attention / tile_step: q's last dim."""
+    return ir.MemRefType(op.operands[0].type).shape[-1]
+
+
+def make_gpu_tiled(mod: ir.Module, opts: CompileOptions) -> None:
+    """``flexattn-tile`` with the target's KV tile for the head dim where
+    ``opts.tile_kv`` is 0 (a block mask still fixes it to its block)."""
+    tile_kv = opts.tile_kv or targets.target(opts.target).kv_tile(
+        _head_dim(_first_op(mod, "flexattn.attention")))
+    make_tiled(mod, replace(opts, tile_kv=tile_kv))
+
+
+def make_backward_tiled(mod: ir.Module, opts: CompileOptions) -> None:
+    """``flexattn-tile`` of the backward: tile_kv 0 is the Q block."""
+    make_tiled(mod, replace(opts, tile_kv=opts.tile_kv or targets.target(opts.target).q_block))
 
 
 def make_grid(mod: ir.Module, opts: CompileOptions) -> None:
@@ -54,8 +89,16 @@ def make_roles(mod: ir.Module, opts: CompileOptions) -> None:
 
 
 def make_multistage_roles(mod: ir.Module, opts: CompileOptions) -> None:
+    """``flexattn-multistage`` with the target's tiling of the kernel's head
+    dim and KV tile (read off its tile_step) where ``opts`` leaves it open."""
+    step = _first_op(mod, "flexattn.tile_step")
+    kv_tile = list(ir.DenseI64ArrayAttr(step.attributes["tile_size"]))[1]
+    tiling = targets.target(opts.target).tiling(_head_dim(step), kv_tile)
+    rows = opts.warp_rows or tiling.warp_rows
+    q_regs = tiling.q_in_registers if opts.q_in_registers is None else opts.q_in_registers
     run_pipeline(mod, [
-        f"flexattn-multistage{{stages={opts.stages}}}",
+        f"flexattn-multistage{{stages={opts.stages} warp-rows={rows} "
+        f"q-in-registers={int(q_regs)}}}",
         "canonicalize",
         "cse",
     ], "roles")
@@ -122,7 +165,7 @@ def stages(opts: CompileOptions) -> dict:
     sm_80: multistage cp.async + mma.sync), see ``_STAGES``."""
     if opts.target not in _STAGES:
         raise CompilationError(f"no GPU stages for target {opts.target!r}")
-    return {"tiled": make_tiled, "sparse": make_sparse, **_STAGES[opts.target]}
+    return {"tiled": make_gpu_tiled, "sparse": make_sparse, **_STAGES[opts.target]}
 
 
 def make_backward_grid(mod: ir.Module, opts: CompileOptions) -> None:
@@ -154,7 +197,8 @@ def backward_stages(opts: CompileOptions) -> dict:
     row (CUDA cores, any NVIDIA target; the kernel reads a precomputed delta,
     ``BackwardSpec.delta_input``)."""
     targets.target(opts.target)
-    return {"differentiated": make_differentiated, "tiled": make_tiled, "sparse": make_sparse,
+    return {"differentiated": make_differentiated, "tiled": make_backward_tiled,
+            "sparse": make_sparse,
             "grid": make_backward_grid, "rows": make_backward_rows,
             "kernel": make_backward_kernel, "nvvm": make_nvvm, "ptx": make_ptx}
 
@@ -216,7 +260,8 @@ def launch_metadata(mod: ir.Module, spec: AttentionSpec, opts: CompileOptions) -
     if hasattr(spec, "output_names"):
         outputs = spec.output_names()
     else:
-        outputs = ["out"] + (["lse"] if spec.return_lse else [])
+        outputs = ["out"] + (["lse"] if spec.return_lse else []) + (
+            ["max_scores"] if spec.return_max else [])
     # Buffers the kernel accumulates into, zeroed by the launcher first.
     zero_init = ([names[i] for i in ir.DenseI64ArrayAttr(func.attributes[_ZERO_INIT])]
                  if _ZERO_INIT in func.attributes else [])
