@@ -230,7 +230,7 @@ LogicalResult verifyRowStat(Operation *op, Value q, Value stat, StringRef role) 
 LogicalResult verifyBlockMaskPair(Operation *op, Value num, Value idx,
                                   StringRef numRole, StringRef idxRole,
                                   ArrayRef<int64_t> blockSize, Value q,
-                                  Value k, bool qSide) {
+                                  Value k, bool qSide, bool oneRow) {
   auto isI32 = [](Type t) { return t.isSignlessInteger(32); };
   StringRef numLayout = qSide ? "[B, H, KV_BLOCKS]" : "[B, H, Q_BLOCKS]";
   StringRef idxLayout =
@@ -242,7 +242,8 @@ LogicalResult verifyBlockMaskPair(Operation *op, Value num, Value idx,
   auto ks = cast<MemRefType>(k.getType()).getShape();
   auto ns = cast<MemRefType>(num.getType()).getShape();
   auto is = cast<MemRefType>(idx.getType()).getShape();
-  int64_t qBlocks = ceilDivOrDynamic(qs[2], blockSize[0]);
+  // A packed decode tile's mask is its own (union) row: one query block.
+  int64_t qBlocks = oneRow ? 1 : ceilDivOrDynamic(qs[2], blockSize[0]);
   int64_t kvBlocks = ceilDivOrDynamic(ks[2], blockSize[1]);
   if (qSide) {
     if (!dimsAgree(ns[2], kvBlocks) || !dimsAgree(is[2], kvBlocks))
@@ -284,7 +285,8 @@ LogicalResult verifyBlockMaskPair(Operation *op, Value num, Value idx,
 
 LogicalResult verifyBlockMask(Operation *op, Value q, Value k, Value num,
                               Value idx, Value fullNum, Value fullIdx,
-                              std::optional<ArrayRef<int64_t>> blockSize) {
+                              std::optional<ArrayRef<int64_t>> blockSize,
+                              bool oneRow) {
   if (!num) {
     if (fullNum)
       return op->emitOpError() << "full_blocks requires block_mask";
@@ -297,11 +299,12 @@ LogicalResult verifyBlockMask(Operation *op, Value q, Value k, Value num,
                              << "[Q_BLOCK, KV_BLOCK], got "
                              << shapeStr(*blockSize);
   if (failed(verifyBlockMaskPair(op, num, idx, "kv_num_blocks", "kv_indices",
-                                 *blockSize, q, k)))
+                                 *blockSize, q, k, /*qSide=*/false, oneRow)))
     return failure();
   if (fullNum && failed(verifyBlockMaskPair(op, fullNum, fullIdx,
                                             "full_kv_num_blocks",
-                                            "full_kv_indices", *blockSize, q, k)))
+                                            "full_kv_indices", *blockSize, q, k,
+                                            /*qSide=*/false, oneRow)))
     return failure();
   return success();
 }
@@ -428,6 +431,17 @@ LogicalResult verifyMaskRegion(Operation *op, Region &region,
   });
 }
 
+/// A packed tile's q is [B, Hkv, G * m, D]: as many heads as k/v.
+LogicalResult verifyPackedRows(Operation *op, Value q, Value k) {
+  int64_t hq = cast<MemRefType>(q.getType()).getDimSize(1);
+  int64_t hkv = cast<MemRefType>(k.getType()).getDimSize(1);
+  if (!dimsAgree(hq, hkv))
+    return op->emitOpError()
+           << "packed rows need q viewed as [B, Hkv, G * M, D]: its head "
+           << "count (" << hq << ") must match k's (" << hkv << ")";
+  return success();
+}
+
 } // namespace mlir::flexattn::detail
 
 //===----------------------------------------------------------------------===//
@@ -511,13 +525,19 @@ LogicalResult KvLoopOp::verify() {
   if (failed(verifyState(*this, getAcc(), getMax(), getSum(),
                          getTileSize()[0], dv)))
     return failure();
+  bool packed = getRowsPerHead() != nullptr;
+  if (packed && failed(verifyPackedRows(*this, getQ(), getK())))
+    return failure();
+  if (!getSplit() != !getSplits())
+    return emitOpError() << "split needs both the range and the number of "
+                         << "ranges, got only one";
   if (failed(verifyBlockMask(*this, getQ(), getK(), getKvNumBlocks(),
                              getKvIndices(), getFullKvNumBlocks(),
-                             getFullKvIndices(), getBlockSize())))
+                             getFullKvIndices(), getBlockSize(), packed)))
     return failure();
   if (!getKvNumBlocks() && getBlockSize())
     return emitOpError() << "block_size is given without a block_mask";
-  if (auto bs = getBlockSize(); bs && getKvNumBlocks()) {
+  if (auto bs = getBlockSize(); bs && getKvNumBlocks() && !packed) {
     if (getTileSize()[1] != (*bs)[1] || (*bs)[0] % getTileSize()[0] != 0)
       return emitOpError()
              << "with a block mask, tile_size[1] must equal block_size[1] and "
@@ -530,6 +550,8 @@ LogicalResult KvLoopOp::verify() {
 LogicalResult TileStepOp::verify() {
   if (failed(verifyQKV(*this, getQ(), getK(), getV())) ||
       failed(verifyTileSize(*this, getTileSize())))
+    return failure();
+  if (getRowsPerHead() && failed(verifyPackedRows(*this, getQ(), getK())))
     return failure();
   int64_t dv = cast<MemRefType>(getV().getType()).getShape()[3];
   return verifyState(*this, getAcc(), getMax(), getSum(), getTileSize()[0], dv);

@@ -213,11 +213,29 @@ def FlexAttn_KvLoopOp : FlexAttn_Op<"kv_loop", [
         state(%acc, %m, %l : memref<64x64xf32>, memref<64xf32>, memref<64xf32>)
         at(%b, %h, %hkv, %q0) attributes {scale = 0.125 : f32, tile_size = array<i64: 64, 64>}
     ```
+
+    Decoding (`flexattn-tile{pack-heads}`, `flexattn-split-kv`) adds:
+
+    - `packed(%m)`: the tile's rows are the query heads of K/V head `hkv`
+      packed together: `q` is `[B, Hkv, G * m, D]` (a view of
+      `[B, Hq, m, D]`) indexed by `hkv`, and packed row `r` is query head
+      `h + r / m`, query row `r mod m`, which the mods receive (`h` is the
+      group's first head, `hkv * G`). The block mask is then the tile's own
+      row (query-block dim 1): the union `flexattn-tile` built for it.
+    - `split(%s of %n)`: only the `s`-th of `n` contiguous ranges of the KV
+      tiles the loop would visit (the partial blocks, then the full ones).
+
+    ```mlir
+    flexattn.kv_loop ins(%q, %k, %v : memref<1x2x8x64xf32>, ...) state(...)
+        at(%b, %h, %hkv, %q0) packed(%m) split(%s of %n) ...
+    ```
   }];
   let arguments = (ins
     AnyMemRef:$q, AnyMemRef:$k, AnyMemRef:$v,
     AnyMemRef:$acc, AnyMemRef:$max, AnyMemRef:$sum,
     Index:$b, Index:$h, Index:$hkv, Index:$q0,
+    Optional<Index>:$rows_per_head, Optional<Index>:$split,
+    Optional<Index>:$splits,
     Optional<AnyMemRef>:$kv_num_blocks, Optional<AnyMemRef>:$kv_indices,
     Optional<AnyMemRef>:$full_kv_num_blocks,
     Optional<AnyMemRef>:$full_kv_indices,
@@ -228,6 +246,8 @@ def FlexAttn_KvLoopOp : FlexAttn_Op<"kv_loop", [
                         FlexAttn_ModRegion:$mask_mod);
   let assemblyFormat = !strconcat(QKVAssembly, StateAssembly, [{
     `at` `(` $b `,` $h `,` $hkv `,` $q0 `)`
+    (`packed` `(` $rows_per_head^ `)`)?
+    (`split` `(` $split^ `of` $splits `)`)?
   }], BlockMaskAssembly, ModsAssembly);
   let hasVerifier = 1;
   let extraClassDeclaration = [{
@@ -240,7 +260,7 @@ def FlexAttn_KvLoopOp : FlexAttn_Op<"kv_loop", [
 //===----------------------------------------------------------------------===//
 
 def FlexAttn_TileStepOp : FlexAttn_Op<"tile_step", [
-    IsolatedFromAbove,
+    AttrSizedOperandSegments, IsolatedFromAbove,
     DeclareOpInterfaceMethods<FlexAttn_ModRegionsOpInterface>]> {
   let summary = "One online-softmax update: one Q tile against one KV tile";
   let description = [{
@@ -254,17 +274,23 @@ def FlexAttn_TileStepOp : FlexAttn_Op<"tile_step", [
     flexattn.tile_step ins(%q, %k, %v : ...) state(%acc, %m, %l : ...)
         at(%b, %h, %hkv, %q0, %kv0) attributes {masked, scale = 0.125 : f32, tile_size = array<i64: 64, 64>}
     ```
+
+    `packed(%m)` has kv_loop's meaning: `q` holds the packed rows of the
+    query heads of K/V head `hkv` (indexed by `hkv`), row `r` being query
+    head `h + r / m`, query row `r mod m` for the mods.
   }];
   let arguments = (ins
     AnyMemRef:$q, AnyMemRef:$k, AnyMemRef:$v,
     AnyMemRef:$acc, AnyMemRef:$max, AnyMemRef:$sum,
     Index:$b, Index:$h, Index:$hkv, Index:$q0, Index:$kv0,
+    Optional<Index>:$rows_per_head,
     Variadic<AnyMemRef>:$captures,
     F32Attr:$scale, DenseI64ArrayAttr:$tile_size, UnitAttr:$masked);
   let regions = (region FlexAttn_ModRegion:$score_mod,
                         FlexAttn_ModRegion:$mask_mod);
   let assemblyFormat = !strconcat(QKVAssembly, StateAssembly, [{
     `at` `(` $b `,` $h `,` $hkv `,` $q0 `,` $kv0 `)`
+    (`packed` `(` $rows_per_head^ `)`)?
   }], ModsAssembly);
   let hasVerifier = 1;
 }

@@ -49,16 +49,22 @@ LogicalResult verifyOutputs(Operation *op, Value q, Value v, Value out,
 LogicalResult verifyRowStat(Operation *op, Value q, Value stat, StringRef role);
 
 /// One pair of block lists in torch's BlockMask layout (`qSide`: the
-/// transposed lists of a KV-outer backward loop).
+/// transposed lists of a KV-outer backward loop; `oneRow`: a packed decode
+/// tile's own row, one query block whatever q's length).
 LogicalResult verifyBlockMaskPair(Operation *op, Value num, Value idx,
                                   StringRef numRole, StringRef idxRole,
                                   ArrayRef<int64_t> blockSize, Value q,
-                                  Value k, bool qSide = false);
+                                  Value k, bool qSide = false,
+                                  bool oneRow = false);
 
 /// The kv-side block mask (and full blocks) with its block_size.
 LogicalResult verifyBlockMask(Operation *op, Value q, Value k, Value num,
                               Value idx, Value fullNum, Value fullIdx,
-                              std::optional<ArrayRef<int64_t>> blockSize);
+                              std::optional<ArrayRef<int64_t>> blockSize,
+                              bool oneRow = false);
+
+/// A packed decode tile (`packed(%m)`): q viewed as [B, Hkv, G * M, D].
+LogicalResult verifyPackedRows(Operation *op, Value q, Value k);
 
 /// tile_size = [BM, BN], both positive.
 LogicalResult verifyTileSize(Operation *op, ArrayRef<int64_t> tile);

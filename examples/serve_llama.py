@@ -9,7 +9,9 @@ different lengths) are prefilled into the cache together, then every
 sequence decodes one token per step. Each step's logits are compared with
 the model run without a cache on the whole sequence, and the compile counter
 is printed: the prefill (the warm-up) compiles the one kernel that every
-decode step then runs (the lengths are run-time values of the kernel).
+decode step then runs (the lengths are run-time values of the kernel; with
+prompts of at most 64 tokens the prefill already takes the decode path:
+query heads packed per KV group, KV blocks split across threads).
 
     python examples/serve_llama.py [--new-tokens 8] [--prompts 5,11,3]
 """

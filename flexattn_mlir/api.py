@@ -216,6 +216,7 @@ def compile_flex_attention(query, key, value, score_mod=None, block_mask=None, s
     every stage (``.ir[stage]``, ``.stage_names()``). ``target`` overrides the
     device's (e.g. ``"sm_90a"`` to see the GPU stages from CPU tensors)."""
     from .compiler import driver
+    from .execution import decode
     from .execution.attention import attention_spec
 
     call = _lower_call(query, key, value, score_mod, block_mask, enable_gqa, kernel_options)
@@ -223,6 +224,7 @@ def compile_flex_attention(query, key, value, score_mod=None, block_mask=None, s
     if target is not None:
         options = CompileOptions(**{**options.__dict__, "target": target,
                                     "tile_q": 0, "tile_kv": 0, "dynamic": None})
+    options = decode.resolve(options, query, key, call["block_mask"])
     spec = attention_spec(query, key, value, scale=scale, enable_gqa=enable_gqa,
                           return_lse=return_lse, options=options, **call)
     return driver.compile(spec, options)

@@ -43,49 +43,86 @@ void emitStep(OpBuilder &b, Location loc, KvLoopOp loop, Value kv0,
   auto step = TileStepOp::create(
       b, loc, loop.getQ(), loop.getK(), loop.getV(), loop.getAcc(),
       loop.getMax(), loop.getSum(), loop.getB(), loop.getH(), loop.getHkv(),
-      loop.getQ0(), kv0, loop.getCaptures(), loop.getScaleAttr(),
-      loop.getTileSizeAttr(), applyMask ? b.getUnitAttr() : UnitAttr());
+      loop.getQ0(), kv0, loop.getRowsPerHead(), loop.getCaptures(),
+      loop.getScaleAttr(), loop.getTileSizeAttr(),
+      applyMask ? b.getUnitAttr() : UnitAttr());
   cloneModRegions(loop, step, /*withMask=*/applyMask);
 }
 
+Value clamp(OpBuilder &b, Location loc, Value v, Value lo, Value hi) {
+  v = arith::MaxSIOp::create(b, loc, v, lo);
+  return arith::MinSIOp::create(b, loc, v, hi);
+}
+
 } // namespace
+
+void mlir::flexattn::forRange(OpBuilder &b, Location loc, Value lo, Value hi,
+                              function_ref<void(OpBuilder &, Value)> body) {
+  auto forOp = scf::ForOp::create(b, loc, lo, hi, indexConst(b, loc, 1));
+  OpBuilder::InsertionGuard guard(b);
+  b.setInsertionPointToStart(forOp.getBody());
+  body(b, forOp.getInductionVar());
+}
 
 void mlir::flexattn::forEachTile(
     OpBuilder &b, Location loc, Value extent, int64_t tile,
     function_ref<void(OpBuilder &, Value start)> body) {
   Value tileV = indexConst(b, loc, tile);
   Value tiles = arith::CeilDivUIOp::create(b, loc, extent, tileV);
-  auto forOp = scf::ForOp::create(b, loc, indexConst(b, loc, 0), tiles,
-                                  indexConst(b, loc, 1));
-  OpBuilder::InsertionGuard guard(b);
-  b.setInsertionPointToStart(forOp.getBody());
-  body(b, arith::MulIOp::create(b, loc, forOp.getInductionVar(), tileV));
+  forRange(b, loc, indexConst(b, loc, 0), tiles, [&](OpBuilder &nb, Value t) {
+    body(nb, arith::MulIOp::create(nb, loc, t, tileV));
+  });
+}
+
+BlockList mlir::flexattn::blockList(OpBuilder &b, Location loc, Value num,
+                                    Value indices, Value batch, Value head,
+                                    Value row) {
+  Value bi = broadcastIndex(b, loc, num, 0, batch);
+  Value hi = broadcastIndex(b, loc, num, 1, head);
+  Value count = memref::LoadOp::create(b, loc, num, ValueRange{bi, hi, row});
+  count = arith::IndexCastOp::create(b, loc, b.getIndexType(), count);
+  // Never read past the index array, whatever the counts say.
+  count = arith::MinSIOp::create(b, loc, count, memrefDim(b, loc, indices, 3));
+  count = arith::MaxSIOp::create(b, loc, count, indexConst(b, loc, 0));
+  return {indices, batch, head, row, count};
+}
+
+void mlir::flexattn::forEachListed(
+    OpBuilder &b, Location loc, const BlockList &list, Value lo, Value hi,
+    int64_t blockSize, function_ref<void(OpBuilder &, Value start)> body) {
+  Value bs = indexConst(b, loc, blockSize);
+  Value bj = broadcastIndex(b, loc, list.indices, 0, list.batch);
+  Value hj = broadcastIndex(b, loc, list.indices, 1, list.head);
+  forRange(b, loc, lo ? lo : indexConst(b, loc, 0), hi, [&](OpBuilder &nb, Value j) {
+    Value blk = memref::LoadOp::create(nb, loc, list.indices,
+                                       ValueRange{bj, hj, list.row, j});
+    blk = arith::IndexCastOp::create(nb, loc, nb.getIndexType(), blk);
+    body(nb, arith::MulIOp::create(nb, loc, blk, bs));
+  });
 }
 
 void mlir::flexattn::forEachListedBlock(
     OpBuilder &b, Location loc, Value num, Value indices, Value batch,
     Value head, Value row, int64_t blockSize,
     function_ref<void(OpBuilder &, Value start)> body) {
-  Value bi = broadcastIndex(b, loc, num, 0, batch);
-  Value hi = broadcastIndex(b, loc, num, 1, head);
-  Value count = memref::LoadOp::create(b, loc, num, ValueRange{bi, hi, row});
-  count = arith::IndexCastOp::create(b, loc, b.getIndexType(), count);
-  // Never read past the index array, whatever the counts say.
-  Value width = memrefDim(b, loc, indices, 3);
-  count = arith::MinSIOp::create(b, loc, count, width);
-  count = arith::MaxSIOp::create(b, loc, count, indexConst(b, loc, 0));
-  Value bs = indexConst(b, loc, blockSize);
-  Value bj = broadcastIndex(b, loc, indices, 0, batch);
-  Value hj = broadcastIndex(b, loc, indices, 1, head);
-  auto forOp = scf::ForOp::create(b, loc, indexConst(b, loc, 0), count,
-                                  indexConst(b, loc, 1));
-  OpBuilder::InsertionGuard guard(b);
-  b.setInsertionPointToStart(forOp.getBody());
-  Value blk = memref::LoadOp::create(
-      b, loc, indices, ValueRange{bj, hj, row, forOp.getInductionVar()});
-  blk = arith::IndexCastOp::create(b, loc, b.getIndexType(), blk);
-  body(b, arith::MulIOp::create(b, loc, blk, bs));
+  BlockList list = blockList(b, loc, num, indices, batch, head, row);
+  forEachListed(b, loc, list, Value(), list.count, blockSize, body);
 }
+
+namespace {
+
+/// The range [lo, hi) of `total` items the s-th of n splits takes:
+/// contiguous ranges of ceil(total / n) items.
+std::pair<Value, Value> splitRange(OpBuilder &b, Location loc, Value total,
+                                   Value s, Value n) {
+  Value chunk = arith::CeilDivUIOp::create(b, loc, total, n);
+  Value lo = arith::MulIOp::create(b, loc, s, chunk);
+  Value hi = arith::AddIOp::create(b, loc, lo, chunk);
+  Value zero = indexConst(b, loc, 0);
+  return {clamp(b, loc, lo, zero, total), clamp(b, loc, hi, zero, total)};
+}
+
+} // namespace
 
 LogicalResult mlir::flexattn::lowerKvLoop(RewriterBase &rewriter,
                                           KvLoopOp loop) {
@@ -98,22 +135,66 @@ LogicalResult mlir::flexattn::lowerKvLoop(RewriterBase &rewriter,
       emitStep(b, loc, loop, kv0, masked);
     };
   };
+  // The part [lo, hi) of `total` items this loop visits: all of them, or
+  // its split's range.
+  auto range = [&](Value total) -> std::pair<Value, Value> {
+    if (!loop.getSplit())
+      return {indexConst(rewriter, loc, 0), total};
+    return splitRange(rewriter, loc, total, loop.getSplit(), loop.getSplits());
+  };
 
   if (!loop.hasBlockMask()) {
     // Dense: every KV tile, mask_mod on each.
-    forEachTile(rewriter, loc, memrefDim(rewriter, loc, loop.getK(), 2), bn,
-                step(/*masked=*/true));
+    Value bnV = indexConst(rewriter, loc, bn);
+    Value tiles = arith::CeilDivUIOp::create(
+        rewriter, loc, memrefDim(rewriter, loc, loop.getK(), 2), bnV);
+    auto [lo, hi] = range(tiles);
+    forRange(rewriter, loc, lo, hi, [&](OpBuilder &b, Value t) {
+      step(/*masked=*/true)(b, arith::MulIOp::create(b, loc, t, bnV));
+    });
   } else {
-    Value qb = arith::DivUIOp::create(
-        rewriter, loc, loop.getQ0(),
-        indexConst(rewriter, loc, (*loop.getBlockSize())[0]));
-    forEachListedBlock(rewriter, loc, loop.getKvNumBlocks(),
-                       loop.getKvIndices(), loop.getB(), loop.getH(), qb, bn,
-                       step(/*masked=*/true));
-    if (loop.getFullKvNumBlocks())
-      forEachListedBlock(rewriter, loc, loop.getFullKvNumBlocks(),
-                         loop.getFullKvIndices(), loop.getB(), loop.getH(), qb,
-                         bn, step(/*masked=*/false));
+    // A packed tile's mask is its own row; otherwise its query block's.
+    Value qb = loop.getRowsPerHead()
+                   ? indexConst(rewriter, loc, 0)
+                   : arith::DivUIOp::create(
+                         rewriter, loc, loop.getQ0(),
+                         indexConst(rewriter, loc, (*loop.getBlockSize())[0]));
+    if (!loop.getSplit()) {
+      // The partial blocks (mask_mod applied), then the full ones.
+      forEachListedBlock(rewriter, loc, loop.getKvNumBlocks(),
+                         loop.getKvIndices(), loop.getB(), loop.getH(), qb, bn,
+                         step(/*masked=*/true));
+      if (loop.getFullKvNumBlocks())
+        forEachListedBlock(rewriter, loc, loop.getFullKvNumBlocks(),
+                           loop.getFullKvIndices(), loop.getB(), loop.getH(),
+                           qb, bn, step(/*masked=*/false));
+      rewriter.eraseOp(loop);
+      return success();
+    }
+    BlockList partial =
+        blockList(rewriter, loc, loop.getKvNumBlocks(), loop.getKvIndices(),
+                  loop.getB(), loop.getH(), qb);
+    std::optional<BlockList> full;
+    Value total = partial.count;
+    if (loop.getFullKvNumBlocks()) {
+      full = blockList(rewriter, loc, loop.getFullKvNumBlocks(),
+                       loop.getFullKvIndices(), loop.getB(), loop.getH(), qb);
+      total = arith::AddIOp::create(rewriter, loc, total, full->count);
+    }
+    // Split: the partial blocks then the full ones, as one list of `total`.
+    auto [lo, hi] = range(total);
+    Value pHi = arith::MinSIOp::create(rewriter, loc, hi, partial.count);
+    forEachListed(rewriter, loc, partial, lo, pHi, bn, step(/*masked=*/true));
+    if (full) {
+      Value zero = indexConst(rewriter, loc, 0);
+      Value fLo = clamp(rewriter, loc,
+                        arith::SubIOp::create(rewriter, loc, lo, partial.count),
+                        zero, full->count);
+      Value fHi = clamp(rewriter, loc,
+                        arith::SubIOp::create(rewriter, loc, hi, partial.count),
+                        zero, full->count);
+      forEachListed(rewriter, loc, *full, fLo, fHi, bn, step(/*masked=*/false));
+    }
   }
   rewriter.eraseOp(loop);
   return success();

@@ -95,7 +95,10 @@ LogicalResult mlir::flexattn::decomposeTileStep(RewriterBase &rewriter,
   int64_t bm = op.getTileSize()[0], bn = op.getTileSize()[1];
   Value rows = t.live(bm, memrefDim(rewriter, loc, op.getQ(), 2), op.getQ0());
   Value cols = t.live(bn, memrefDim(rewriter, loc, op.getK(), 2), op.getKv0());
-  Value q = t.rowsOf(op.getQ(), op.getB(), op.getH(), op.getQ0(), rows);
+  // A packed tile's q is [B, Hkv, G * m, D]: its rows are the group's.
+  Value packedRows = op.getRowsPerHead();
+  Value q = t.rowsOf(op.getQ(), op.getB(), packedRows ? op.getHkv() : op.getH(),
+                     op.getQ0(), rows);
   Value k = t.rowsOf(op.getK(), op.getB(), op.getHkv(), op.getKv0(), cols);
   Value v = t.rowsOf(op.getV(), op.getB(), op.getHkv(), op.getKv0(), cols);
   Value dv = memrefDim(rewriter, loc, op.getAcc(), 1);
@@ -130,9 +133,16 @@ LogicalResult mlir::flexattn::decomposeTileStep(RewriterBase &rewriter,
               Value j = linalg::IndexOp::create(b, l, 1);
               Value qi = arith::AddIOp::create(b, l, op.getQ0(), i);
               Value kj = arith::AddIOp::create(b, l, op.getKv0(), j);
+              // Packed row r: head h + r / m, query r mod m.
+              Value head = op.getH();
+              if (packedRows) {
+                Value g = arith::DivUIOp::create(b, l, qi, packedRows);
+                head = arith::AddIOp::create(b, l, head, g);
+                qi = arith::RemUIOp::create(b, l, qi, packedRows);
+              }
               return softmax::log2Score(b, l, a[0], scale, [&](Value x) -> Value {
                 auto apply = ApplyModsOp::create(
-                    b, l, b.getF32Type(), x, op.getB(), op.getH(), qi, kj,
+                    b, l, b.getF32Type(), x, op.getB(), head, qi, kj,
                     op.getCaptures(), applyMask ? b.getUnitAttr() : UnitAttr());
                 cloneModRegions(op, apply, applyMask);
                 return apply.getResult();

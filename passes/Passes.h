@@ -49,12 +49,19 @@ constexpr const char *kTensorMapAttrName = "flexattn.tensor_map";
 #define GEN_PASS_REGISTRATION
 #include "passes/Passes.h.inc"
 
-/// flexattn-tile: attention -> scf.parallel of (state init, kv_loop, finalize).
+/// flexattn-tile: attention -> scf.parallel of (state init, kv_loop, finalize);
+/// with `packHeads`, over (batch, K/V head, tile of the group's packed rows).
 LogicalResult tileAttention(RewriterBase &rewriter, AttentionOp op,
-                            int64_t tileQ, int64_t tileKV);
+                            int64_t tileQ, int64_t tileKV,
+                            bool packHeads = false);
 
 /// flexattn-block-sparsity: kv_loop -> scf.for loops of tile_step.
 LogicalResult lowerKvLoop(RewriterBase &rewriter, KvLoopOp op);
+
+/// flexattn-split-kv: the tile loop of `func` -> one over (split, batch,
+/// head, Q tile), partial results in new scratch arguments merged by the
+/// last split of each tile.
+LogicalResult splitKv(RewriterBase &rewriter, func::FuncOp func);
 
 /// flexattn-split-full-tiles: tile_step -> scf.if (full) { on views cut at
 /// the tile's end } else { as before }.
@@ -232,6 +239,10 @@ SmallVector<OpT> opsHoldingTiles(Operation *root) {
 /// Copies one region into the empty region `to`.
 void cloneRegion(Region &from, Region &to);
 
+/// scf.for %i = lo to hi step 1 { body(%i) }.
+void forRange(OpBuilder &builder, Location loc, Value lo, Value hi,
+              function_ref<void(OpBuilder &, Value)> body);
+
 /// The loop a tiled loop op lowers to: `body(start)` for every tile of
 /// `tile` rows in [0, extent), start = t * tile.
 void forEachTile(OpBuilder &builder, Location loc, Value extent, int64_t tile,
@@ -244,6 +255,20 @@ void forEachListedBlock(OpBuilder &builder, Location loc, Value num,
                         Value indices, Value batch, Value head, Value row,
                         int64_t blockSize,
                         function_ref<void(OpBuilder &, Value start)> body);
+
+/// One block list of a query-block row: `indices[batch', head', row, j]`
+/// for j < count (count clamped to the list's width), with batch' and
+/// head' 0 on the lists' broadcast dims.
+struct BlockList {
+  Value indices, batch, head, row, count;
+};
+BlockList blockList(OpBuilder &builder, Location loc, Value num, Value indices,
+                    Value batch, Value head, Value row);
+/// `body(start)` for j in [lo, hi) of `list` (lo null: 0), start =
+/// indices[.., j] * blockSize.
+void forEachListed(OpBuilder &builder, Location loc, const BlockList &list,
+                   Value lo, Value hi, int64_t blockSize,
+                   function_ref<void(OpBuilder &, Value start)> body);
 
 /// inlineModRegion for a region that yields several values (score_mod_vjp,
 /// whose trailing dy is passed as the last of `captures`).

@@ -5,7 +5,8 @@
 //===----------------------------------------------------------------------===//
 //
 // The CPU pipeline, in order:
-//   flexattn-tile -> flexattn-block-sparsity -> flexattn-split-full-tiles
+//   flexattn-tile -> [flexattn-split-kv] -> flexattn-block-sparsity
+//   -> flexattn-split-full-tiles
 //   -> flexattn-fuse-online-softmax -> flexattn-inline-mods
 //   -> flexattn-vectorize-tiles -> flexattn-distribute-tiles
 //   -> flexattn-lower-to-loops
@@ -63,17 +64,106 @@ def FlexAttnTile : Pass<"flexattn-tile", "::mlir::ModuleOp"> {
       }
     }
     ```
+
+    With `pack-heads` (decoding: few query rows), the G = Hq / Hkv query
+    heads of a K/V head share tiles, so K/V are read once per group: q, out
+    and lse (contiguous) are viewed as `[B, Hkv, G * M, ...]`
+    (`memref.expand_shape` + `collapse_shape`, no copy), the loop runs over
+    (batch, K/V head, tile of `tile-q` packed rows), and the kv_loop is
+    `packed(%M)`: row `r` is query head `hkv * G + r / M`, query `r mod M`
+    for the mods. With a block mask, each tile first builds its own mask row
+    on the stack, the union of the rows of the heads and query blocks it
+    holds (a block full for every one of them stays full, any other listed
+    block is partial), in increasing block order. The union equals torch's
+    rows when they agree or when the block mask is consistent with mask_mod
+    (`create_block_mask`); `flex_attention` packs only the former.
+
+    After (pack-heads, Hq = 8, Hkv = 2, M = 1):
+    ```mlir
+    %qp = memref.collapse_shape %qe [[0], [1], [2, 3], [4]]
+        : memref<1x2x4x1x64xf32> into memref<1x2x4x64xf32>
+    scf.parallel (%b, %hkv, %qt) = ... to (%c1, %c2, %c1) ... {
+      memref.alloca_scope {
+        %h = arith.muli %hkv, %c4 : index
+        ...
+        flexattn.kv_loop ins(%qp, %k, %v : ...) state(...) at(%b, %h, %hkv, %q0) packed(%c1) ...
+        flexattn.finalize state(...) outs(%outp : memref<1x2x4x64xf32>) at(%b, %hkv, %q0)
+      }
+    }
+    ```
   }];
   let options = [
     Option<"tileQ", "tile-q", "int64_t", /*default=*/"64",
            "Rows of a Q tile (BM)">,
     Option<"tileKV", "tile-kv", "int64_t", /*default=*/"64",
            "Keys of a KV tile (BN) when there is no block mask">,
+    Option<"packHeads", "pack-heads", "bool", /*default=*/"false",
+           "Pack the query heads of each K/V head into the rows of shared "
+           "tiles (decoding); forward only">,
   ];
   let dependentDialects = ["::mlir::scf::SCFDialect",
                            "::mlir::memref::MemRefDialect",
                            "::mlir::arith::ArithDialect",
                            "::mlir::linalg::LinalgDialect"];
+}
+
+def FlexAttnSplitKv : Pass<"flexattn-split-kv", "::mlir::ModuleOp"> {
+  let summary = "Split each Q tile's KV blocks into S ranges run as separate "
+                "tiles, merged by their logsumexp (FlashDecoding)";
+  let description = [{
+    For decoding, where a few Q tiles would leave most threads idle: the
+    function's tile loop from `flexattn-tile` (batch, head, Q tile) gains a
+    leading split dimension `s` in `[0, S)`, its `flexattn.kv_loop` becomes
+    `split(%s of %S)` (the `s`-th of S contiguous ranges of the KV tiles it
+    visits: partial blocks, then full ones), and its `flexattn.finalize`
+    writes the normalised partial rows and their lse into scratch buffers the
+    function gains as trailing arguments (marked `flexattn.split_kv`):
+
+    - `out` `memref<?x?xf32>` `[S, B * H * M * Dv]` partial outputs,
+    - `lse` `memref<?x?xf32>` `[S, B * H * M]` their logsumexps,
+    - `arrivals` `memref<?xi32>` one counter per tile, zero at the call.
+
+    S is the scratch's leading size: the caller chooses it per call (from
+    the work and its threads) without recompiling. After its finalize each
+    split adds one to its tile's counter (`memref.atomic_rmw`, acq_rel); the
+    split that brings it to S merges the tile's rows:
+    `lse = log Σ_s exp(lse_s)`, `out = Σ_s exp(lse_s - lse) out_s` (a row
+    with no visible key in any split: 0 and -inf). H and M are those of
+    finalize's out (the packed `[B, Hkv, G * M]` under `pack-heads`).
+
+    Before:
+    ```mlir
+    scf.parallel (%b, %h, %qt) = (%c0, %c0, %c0) to (%B, %H, %QT) step (%c1, %c1, %c1) {
+      memref.alloca_scope {
+        flexattn.kv_loop ... at(%b, %h, %hkv, %q0) ...
+        flexattn.finalize state(...) outs(%out : ...) lse(%lse : ...) at(%b, %h, %q0)
+      }
+    }
+    ```
+    After:
+    ```mlir
+    func.func @flexattn(..., %part_out: memref<?x?xf32> {flexattn.split_kv = "out"},
+                        %part_lse: memref<?x?xf32> {flexattn.split_kv = "lse"},
+                        %arrivals: memref<?xi32> {flexattn.split_kv = "arrivals"})
+    %S = memref.dim %part_lse, %c0 : memref<?x?xf32>
+    scf.parallel (%s, %b, %h, %qt) = (%c0, %c0, %c0, %c0) to (%S, %B, %H, %QT) ... {
+      memref.alloca_scope {
+        flexattn.kv_loop ... at(%b, %h, %hkv, %q0) split(%s of %S) ...
+        %po = memref.reinterpret_cast %part_out to offset: [%off] ... : memref<?x?xf32> to memref<1x4x128x64xf32, strided<[32768, 8192, 64, 1], offset: ?>>
+        flexattn.finalize state(...) outs(%po : ...) lse(%pl : ...) at(%b, %h, %q0)
+        %n = memref.atomic_rmw addi %c1_i32, %arrivals[%tile] : (i32, memref<?xi32>) -> i32
+        %last = arith.cmpi eq, %n, %S_minus_1 : i32
+        scf.if %last {
+          scf.for %i = %q0 to %end step %c1 { ... the merge of row %i ... }
+        }
+      }
+    }
+    ```
+  }];
+  let dependentDialects = ["::mlir::scf::SCFDialect",
+                           "::mlir::memref::MemRefDialect",
+                           "::mlir::arith::ArithDialect",
+                           "::mlir::math::MathDialect"];
 }
 
 def FlexAttnBlockSparsity : Pass<"flexattn-block-sparsity", "::mlir::ModuleOp"> {

@@ -11,6 +11,7 @@
 //
 //===----------------------------------------------------------------------===//
 
+#include "passes/PackHeads.h"
 #include "passes/Passes.h"
 
 #include "mlir/Dialect/Linalg/IR/Linalg.h"
@@ -79,30 +80,61 @@ Value broadcastBatch(OpBuilder &b, Location loc, Value kv, Value q) {
 
 LogicalResult mlir::flexattn::tileAttention(RewriterBase &rewriter,
                                             AttentionOp op, int64_t tileQ,
-                                            int64_t tileKV) {
+                                            int64_t tileKV, bool packHeads) {
   if (tileQ <= 0 || tileKV <= 0)
     return op.emitOpError() << "tile sizes must be positive, got " << tileQ
                             << " x " << tileKV;
-  // A block mask fixes the KV tile to its KV block; the Q tile must divide
-  // its Q block so each Q tile reads one row of the mask.
+  auto qType = cast<MemRefType>(op.getQ().getType());
+  int64_t hq = qType.getDimSize(1);
+  int64_t hkvCount = cast<MemRefType>(op.getK().getType()).getDimSize(1);
+  if (packHeads) {
+    if (op.getSinks() || op.getMaxScores())
+      return op.emitOpError() << "pack-heads does not take attention sinks or "
+                              << "max_scores yet (their rows are per query head)";
+    if (ShapedType::isDynamic(hq) || ShapedType::isDynamic(hkvCount))
+      return op.emitOpError() << "pack-heads needs static head counts, got q "
+                              << qType << " and k " << op.getK().getType();
+    for (Value buf : {op.getQ(), op.getOut(), op.getLse()})
+      if (buf && !cast<MemRefType>(buf.getType()).getLayout().isIdentity())
+        return op.emitOpError() << "pack-heads views q, out and lse as [B, "
+                                << "Hkv, G * M, ...]: they must be contiguous "
+                                << "(identity layout), got " << buf.getType();
+  }
+  // A block mask fixes the KV tile to its KV block; an unpacked Q tile must
+  // divide its Q block so each Q tile reads one row of the mask (a packed
+  // tile reads the union of its rows).
   if (auto bs = op.getBlockSize(); bs && op.hasBlockMask()) {
     tileKV = (*bs)[1];
-    if (tileQ > (*bs)[0] || (*bs)[0] % tileQ != 0)
+    if (!packHeads && (tileQ > (*bs)[0] || (*bs)[0] % tileQ != 0))
       tileQ = (*bs)[0];
   }
 
   Location loc = op.getLoc();
   OpBuilder::InsertionGuard guard(rewriter);
   rewriter.setInsertionPoint(op);
-  Value q = op.getQ();
+  Value q = op.getQ(), out = op.getOut(), lse = op.getLse();
   Value k = broadcastBatch(rewriter, loc, op.getK(), q);
   Value v = broadcastBatch(rewriter, loc, op.getV(), q);
   Value c0 = indexConst(rewriter, loc, 0), c1 = indexConst(rewriter, loc, 1);
   Value batch = memrefDim(rewriter, loc, q, 0);
-  Value heads = memrefDim(rewriter, loc, q, 1);
-  Value seqQ = memrefDim(rewriter, loc, q, 2);
-  Value group = arith::DivUIOp::create(rewriter, loc, heads,
-                                       memrefDim(rewriter, loc, k, 1));
+  Value heads, seqQ, group, rowsPerHead;
+  if (packHeads) {
+    // The tiles of a K/V head hold the rows of its G query heads.
+    int64_t g = hq / hkvCount;
+    rowsPerHead = memrefDim(rewriter, loc, q, 2);
+    group = indexConst(rewriter, loc, g);
+    q = packHeadsView(rewriter, loc, q, g);
+    out = packHeadsView(rewriter, loc, out, g);
+    if (lse)
+      lse = packHeadsView(rewriter, loc, lse, g);
+    heads = memrefDim(rewriter, loc, q, 1);
+    seqQ = memrefDim(rewriter, loc, q, 2);
+  } else {
+    heads = memrefDim(rewriter, loc, q, 1);
+    seqQ = memrefDim(rewriter, loc, q, 2);
+    group = arith::DivUIOp::create(rewriter, loc, heads,
+                                   memrefDim(rewriter, loc, k, 1));
+  }
   Value bm = indexConst(rewriter, loc, tileQ);
   // ceil(M / BM) Q tiles.
   Value qTiles = arith::CeilDivUIOp::create(rewriter, loc, seqQ, bm);
@@ -125,7 +157,9 @@ LogicalResult mlir::flexattn::tileAttention(RewriterBase &rewriter,
   auto scope = memref::AllocaScopeOp::create(rewriter, loc, TypeRange{});
   Block *body = rewriter.createBlock(&scope.getBodyRegion());
   rewriter.setInsertionPointToStart(body);
-  Value hkv = arith::DivUIOp::create(rewriter, loc, h, group);
+  // Packed: h is the K/V head; the mods' heads start at h * G.
+  Value hkv = packHeads ? h : arith::DivUIOp::create(rewriter, loc, h, group);
+  Value modHead = packHeads ? arith::MulIOp::create(rewriter, loc, h, group) : h;
   Value q0 = arith::MulIOp::create(rewriter, loc, qt, bm);
   Value acc = allocaF32(rewriter, loc, {tileQ, dv}, dynDv);
   Value max = allocaF32(rewriter, loc, {tileQ}, {});
@@ -136,14 +170,28 @@ LogicalResult mlir::flexattn::tileAttention(RewriterBase &rewriter,
       floatConst(rewriter, loc, -std::numeric_limits<float>::infinity()), max);
   linalg::FillOp::create(rewriter, loc, floatConst(rewriter, loc, 0.0f), sum);
 
+  PackedMask mask{op.getKvNumBlocks(), op.getKvIndices(),
+                  op.getFullKvNumBlocks(), op.getFullKvIndices()};
+  if (packHeads && op.hasBlockMask()) {
+    int64_t qBlock = (*op.getBlockSize())[0];
+    Value end = arith::MinUIOp::create(
+        rewriter, loc, arith::AddIOp::create(rewriter, loc, q0, bm), seqQ);
+    Value kvBlocks = arith::CeilDivUIOp::create(
+        rewriter, loc, memrefDim(rewriter, loc, k, 2),
+        indexConst(rewriter, loc, tileKV));
+    mask = unionBlockMask(
+        rewriter, loc, op,
+        packedTileRows(rewriter, loc, b, modHead, q0, end, rowsPerHead, qBlock),
+        kvBlocks);
+  }
   auto loop = KvLoopOp::create(
-      rewriter, loc, q, k, v, acc, max, sum, b, h, hkv, q0,
-      op.getKvNumBlocks(), op.getKvIndices(), op.getFullKvNumBlocks(),
-      op.getFullKvIndices(), op.getCaptures(), op.getScaleAttr(),
+      rewriter, loc, q, k, v, acc, max, sum, b, modHead, hkv, q0, rowsPerHead,
+      /*split=*/Value(), /*splits=*/Value(), mask.num, mask.indices,
+      mask.fullNum, mask.fullIndices, op.getCaptures(), op.getScaleAttr(),
       rewriter.getDenseI64ArrayAttr({tileQ, tileKV}), op.getBlockSizeAttr());
   cloneModRegions(op, loop);
-  FinalizeOp::create(rewriter, loc, acc, max, sum, op.getSinks(), op.getOut(),
-                     op.getLse(), op.getMaxScores(), b, h, q0);
+  FinalizeOp::create(rewriter, loc, acc, max, sum, op.getSinks(), out, lse,
+                     op.getMaxScores(), b, packHeads ? hkv : h, q0);
   memref::AllocaScopeReturnOp::create(rewriter, loc, ValueRange{});
 
   rewriter.eraseOp(op);
@@ -165,7 +213,8 @@ struct FlexAttnTilePass
     for (Operation *op : ops) {
       LogicalResult r =
           isa<AttentionOp>(op)
-              ? tileAttention(rewriter, cast<AttentionOp>(op), tileQ, tileKV)
+              ? tileAttention(rewriter, cast<AttentionOp>(op), tileQ, tileKV,
+                              packHeads)
               : tileAttentionBackward(rewriter, cast<AttentionBackwardOp>(op),
                                       tileQ, tileKV);
       if (failed(r))

@@ -54,6 +54,18 @@ class CompileOptions:
       default (None) is False: on the CPU both vectorise their full tiles,
       and the static kernel is a few percent faster (docs/inference.md);
       GPU kernels are compiled for static shapes (True there is refused).
+    decode: the decode path for a few query rows (docs/inference.md): each
+      Q tile's KV blocks split into ranges run as separate tiles and merged
+      by their lse (``flexattn-split-kv``; the number of ranges is chosen per
+      call from the work and the threads). None, the default, lets each call
+      choose: on for M <= 64 on the CPU (the GPU has no decode kernel yet:
+      True there is refused).
+    pack_heads: the decode path's GQA packing (``flexattn-tile{pack-heads}``):
+      the query heads of a K/V head share tiles, so K/V are read once per
+      group. None, the default, packs whenever decoding with Hq > Hkv and the
+      group's block-mask rows agree (no block mask, or one of head dim 1 and
+      one query block); True asks for it where it is exact (an error
+      otherwise), False never packs.
     """
 
     target: str = "cpu"
@@ -65,6 +77,8 @@ class CompileOptions:
     pingpong: bool = True
     persistent: int = 0
     dynamic: Optional[bool] = None
+    decode: Optional[bool] = None
+    pack_heads: Optional[bool] = None
     warp_rows: int = 0
     q_in_registers: Optional[bool] = None
 
@@ -80,6 +94,17 @@ class CompileOptions:
         if self.dynamic and t.is_gpu:
             raise ValueError(f"CompileOptions.dynamic: the {self.target} kernel is compiled for "
                              f"static shapes; pass dynamic=False (or leave it unset)")
+        for name in ("decode", "pack_heads"):
+            if getattr(self, name) not in (None, True, False):
+                raise ValueError(f"CompileOptions.{name} must be a bool or None, "
+                                 f"got {getattr(self, name)!r}")
+        if t.is_gpu and (self.decode or self.pack_heads):
+            raise ValueError(f"CompileOptions.decode/pack_heads: {self.target} has no decode "
+                             f"kernel yet; leave them unset (the prefill kernel serves "
+                             f"every M there)")
+        if self.pack_heads and self.decode is False:
+            raise ValueError("CompileOptions.pack_heads=True is part of the decode path; "
+                             "it needs decode True or None")
         default = t.q_block if t.is_gpu else 64
         for name in ("tile_q",) if t.is_gpu else ("tile_q", "tile_kv"):
             if getattr(self, name) == 0:

@@ -57,7 +57,9 @@ Stage = Callable[[ir.Module, CompileOptions], None]
 
 
 def make_tiled(mod: ir.Module, opts: CompileOptions) -> None:
-    run_pipeline(mod, f"flexattn-tile{{tile-q={opts.tile_q} tile-kv={opts.tile_kv}}}", "tiled")
+    pack = " pack-heads=true" if opts.pack_heads else ""
+    run_pipeline(mod, f"flexattn-tile{{tile-q={opts.tile_q} tile-kv={opts.tile_kv}{pack}}}",
+                 "tiled")
 
 
 def make_sparse(mod: ir.Module, opts: CompileOptions) -> None:

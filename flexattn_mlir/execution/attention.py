@@ -22,7 +22,7 @@ from ..compiler.options import CompileOptions
 from ..compiler.spec import AttentionSpec, BufferType
 from ..masks import index_checks
 from ..masks.block_mask import block_size
-from . import checks, dynamic_shapes, kernels
+from . import checks, decode, dynamic_shapes, kernels
 from .kernels import kernel_for
 
 __all__ = ["attention_forward", "attention_spec", "attention_compile_count", "build_spec",
@@ -109,7 +109,8 @@ def _prepare(query, key, value, *, score_mod, mask_mod, block_mask, captures, sc
     options: the device's default when None)."""
     checks.check_qkv(query, key, value, enable_gqa)
     checks.check_sinks(sinks, query)
-    options = _options(query, options)
+    options = decode.resolve(_options(query, options), query, key, block_mask,
+                             sinks is not None or return_max)
     captures = [c.contiguous() for c in captures]
     checks.check_captures(captures, query.device)
     _check_mod("score_mod", score_mod, "score", len(captures))

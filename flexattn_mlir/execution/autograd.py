@@ -380,8 +380,8 @@ _flex_attention_backward.register_autograd(
 def _static(options: CompileOptions) -> CompileOptions:
     """The differentiable path's options: static shapes (the backward kernel
     is specialised on them, and the forward saves lse for that shape; see
-    docs/inference.md)."""
-    return replace(options, dynamic=False)
+    docs/inference.md) and the prefill kernel (no decode path)."""
+    return replace(options, dynamic=False, decode=False, pack_heads=False)
 
 
 def needs_grad(query, key, value, captures, sinks=None) -> bool:

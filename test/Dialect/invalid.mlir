@@ -33,6 +33,9 @@
 //     state must have tile_size[0] = <bm> rows, got <n>
 //     with a block mask, tile_size[1] must equal block_size[1] and tile_size[0]
 //       must divide block_size[0], got tile_size [...] and block_size [...]  (kv_loop)
+//     packed rows need q viewed as [B, Hkv, G * M, D]: its head count (<n>)
+//       must match k's (<n>)                                      (kv_loop, tile_step)
+//     split needs both the range and the number of ranges, got only one  (kv_loop)
 //     out must be a 4-D memref [B, Hq, M, Dv], got rank <r>            (finalize)
 //     lse must be a 3-D f32 memref [B, Hq, M], got <type>              (finalize)
 //   score_mod / mask_mod regions (verifyModRegions, every op with mods):
@@ -952,6 +955,62 @@ func.func @tile_step_v_batch_must_match(%q: memref<2x8x128x64xf32>, %k: memref<2
   flexattn.tile_step ins(%q, %k, %v : memref<2x8x128x64xf32>, memref<2x2x128x64xf32>, memref<1x2x128x64xf32>)
       state(%acc, %m, %l : memref<64x64xf32>, memref<64xf32>, memref<64xf32>) at(%i, %i, %i, %i, %i)
       attributes {scale = 1.0 : f32, tile_size = array<i64: 64, 64>}
+  return
+}
+
+// -----
+
+// A packed decode tile reads q as [B, Hkv, G * M, D].
+func.func @kv_loop_packed_q_heads_must_match_k(%q: memref<2x8x4x64xf32>, %k: memref<2x2x128x64xf32>,
+                                               %v: memref<2x2x128x64xf32>, %acc: memref<64x64xf32>,
+                                               %m: memref<64xf32>, %l: memref<64xf32>, %i: index) {
+  // expected-error @+1 {{'flexattn.kv_loop' op packed rows need q viewed as [B, Hkv, G * M, D]: its head count (8) must match k's (2)}}
+  flexattn.kv_loop ins(%q, %k, %v : memref<2x8x4x64xf32>, memref<2x2x128x64xf32>, memref<2x2x128x64xf32>)
+      state(%acc, %m, %l : memref<64x64xf32>, memref<64xf32>, memref<64xf32>) at(%i, %i, %i, %i) packed(%i)
+      attributes {scale = 1.0 : f32, tile_size = array<i64: 64, 64>}
+  return
+}
+
+// -----
+
+func.func @tile_step_packed_q_heads_must_match_k(%q: memref<2x8x4x64xf32>, %k: memref<2x2x128x64xf32>,
+                                                 %v: memref<2x2x128x64xf32>, %acc: memref<64x64xf32>,
+                                                 %m: memref<64xf32>, %l: memref<64xf32>, %i: index) {
+  // expected-error @+1 {{'flexattn.tile_step' op packed rows need q viewed as [B, Hkv, G * M, D]: its head count (8) must match k's (2)}}
+  flexattn.tile_step ins(%q, %k, %v : memref<2x8x4x64xf32>, memref<2x2x128x64xf32>, memref<2x2x128x64xf32>)
+      state(%acc, %m, %l : memref<64x64xf32>, memref<64xf32>, memref<64xf32>) at(%i, %i, %i, %i, %i) packed(%i)
+      attributes {scale = 1.0 : f32, tile_size = array<i64: 64, 64>}
+  return
+}
+
+// -----
+
+// A packed tile's block mask is its own row: one query block.
+func.func @kv_loop_packed_mask_is_one_row(%q: memref<1x2x8x64xf32>, %k: memref<1x2x128x64xf32>,
+                                          %v: memref<1x2x128x64xf32>, %acc: memref<8x64xf32>,
+                                          %m: memref<8xf32>, %l: memref<8xf32>, %i: index,
+                                          %kvn: memref<1x1x2xi32>, %kvi: memref<1x1x2x2xi32>) {
+  // expected-error @+1 {{'flexattn.kv_loop' op kv_num_blocks and kv_indices must have ceil(M / 64) = 1 query blocks, got [1, 1, 2] and [1, 1, 2, 2]}}
+  flexattn.kv_loop ins(%q, %k, %v : memref<1x2x8x64xf32>, memref<1x2x128x64xf32>, memref<1x2x128x64xf32>)
+      state(%acc, %m, %l : memref<8x64xf32>, memref<8xf32>, memref<8xf32>) at(%i, %i, %i, %i) packed(%i)
+      block_mask(%kvn, %kvi : memref<1x1x2xi32>, memref<1x1x2x2xi32>)
+      attributes {scale = 1.0 : f32, tile_size = array<i64: 8, 64>, block_size = array<i64: 64, 64>}
+  return
+}
+
+// -----
+
+// split(%s of %n) needs both values (here only %s, in the generic form).
+func.func @kv_loop_split_needs_both(%q: memref<1x2x8x64xf32>, %k: memref<1x2x128x64xf32>,
+                                    %v: memref<1x2x128x64xf32>, %acc: memref<8x64xf32>,
+                                    %m: memref<8xf32>, %l: memref<8xf32>, %i: index) {
+  // expected-error @+1 {{'flexattn.kv_loop' op split needs both the range and the number of ranges, got only one}}
+  "flexattn.kv_loop"(%q, %k, %v, %acc, %m, %l, %i, %i, %i, %i, %i) <{
+      operandSegmentSizes = array<i32: 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 0, 0, 0, 0, 0, 0>,
+      scale = 1.0 : f32, tile_size = array<i64: 8, 64>}> ({
+  }, {
+  }) : (memref<1x2x8x64xf32>, memref<1x2x128x64xf32>, memref<1x2x128x64xf32>, memref<8x64xf32>,
+        memref<8xf32>, memref<8xf32>, index, index, index, index, index) -> ()
   return
 }
 

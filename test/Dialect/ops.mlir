@@ -266,6 +266,23 @@ func.func @kv_loop_dense(%q: memref<1x4x200x64xf32>, %k: memref<1x2x200x64xf32>,
   return
 }
 
+// The decode path's forms: packed rows and a split's range (round trip).
+// CHECK-LABEL: func.func @kv_loop_packed_split(
+// CHECK-SAME:    %[[B:[^:]+]]: index, %[[M:[^:]+]]: index, %[[S:[^:]+]]: index, %[[N:[^:]+]]: index)
+// CHECK:         flexattn.kv_loop {{.*}} at(%[[B]], %[[B]], %[[B]], %[[B]]) packed(%[[M]]) split(%[[S]] of %[[N]]) attributes
+// CHECK:         flexattn.tile_step {{.*}} at(%[[B]], %[[B]], %[[B]], %[[B]], %[[B]]) packed(%[[M]]) attributes
+func.func @kv_loop_packed_split(%q: memref<1x2x8x64xf32>, %k: memref<1x2x200x64xf32>, %v: memref<1x2x200x64xf32>,
+                                %acc: memref<8x64xf32>, %m: memref<8xf32>, %l: memref<8xf32>,
+                                %b: index, %rows: index, %s: index, %n: index) {
+  flexattn.kv_loop ins(%q, %k, %v : memref<1x2x8x64xf32>, memref<1x2x200x64xf32>, memref<1x2x200x64xf32>)
+      state(%acc, %m, %l : memref<8x64xf32>, memref<8xf32>, memref<8xf32>)
+      at(%b, %b, %b, %b) packed(%rows) split(%s of %n) attributes {scale = 0.125 : f32, tile_size = array<i64: 8, 64>}
+  flexattn.tile_step ins(%q, %k, %v : memref<1x2x8x64xf32>, memref<1x2x200x64xf32>, memref<1x2x200x64xf32>)
+      state(%acc, %m, %l : memref<8x64xf32>, memref<8xf32>, memref<8xf32>)
+      at(%b, %b, %b, %b, %b) packed(%rows) attributes {scale = 0.125 : f32, tile_size = array<i64: 8, 64>}
+  return
+}
+
 // CHECK-LABEL: func.func @kv_loop_block_mask_mods(
 // CHECK-SAME:    %[[KVN:[^:]+]]: memref<1x1x2xi32>, %[[KVI:[^:]+]]: memref<1x1x2x2xi32>, %[[FKVN:[^:]+]]: memref<1x1x2xi32>, %[[FKVI:[^:]+]]: memref<1x1x2x2xi32>, %[[C:[^:]+]]: memref<4xf32>)
 // CHECK:         flexattn.kv_loop ins({{.*}}) state({{.*}}) at({{.*}}) block_mask(%[[KVN]], %[[KVI]] : memref<1x1x2xi32>, memref<1x1x2x2xi32>) full_blocks(%[[FKVN]], %[[FKVI]] : memref<1x1x2xi32>, memref<1x1x2x2xi32>) captures(%[[C]] : memref<4xf32>) attributes {block_size = array<i64: 128, 64>, scale = 1.250000e-01 : f32, tile_size = array<i64: 32, 64>} score_mod {

@@ -203,3 +203,91 @@ func.func @block_mask_dynamic(%q: memref<?x?x?x?xf32>, %k: memref<?x?x?x?xf32>, 
       attributes {scale = 0.125 : f32, tile_size = array<i64: 64, 64>, block_size = array<i64: 64, 64>}
   return
 }
+
+// -----
+
+// A packed tile (decoding): its block mask is its own row, read at query
+// block 0, and its steps stay packed.
+
+// CHECK-LABEL: func.func @packed(
+// CHECK-SAME:    %[[Q0:[^:]+]]: index, %[[M:[^:]+]]: index, %[[KVN:[^:]+]]: memref<1x1x1xi32>, %[[KVI:[^:]+]]: memref<1x1x1x?xi32>)
+// CHECK-DAG:     %[[Z:.+]] = arith.constant 0 : index
+// CHECK:         memref.load %[[KVN]][%{{.+}}, %{{.+}}, %[[Z]]] : memref<1x1x1xi32>
+// CHECK:         scf.for
+// CHECK:           memref.load %[[KVI]][%{{.+}}, %{{.+}}, %[[Z]], %{{.+}}] : memref<1x1x1x?xi32>
+// CHECK:           flexattn.tile_step {{.*}} at(%{{.+}}, %{{.+}}, %{{.+}}, %[[Q0]], %{{.+}}) packed(%[[M]])
+func.func @packed(%q: memref<1x2x8x64xf32>, %k: memref<1x2x256x64xf32>, %v: memref<1x2x256x64xf32>,
+                  %acc: memref<8x64xf32>, %m: memref<8xf32>, %l: memref<8xf32>,
+                  %b: index, %h: index, %hkv: index, %q0: index, %rows: index,
+                  %kvn: memref<1x1x1xi32>, %kvi: memref<1x1x1x?xi32>) {
+  flexattn.kv_loop ins(%q, %k, %v : memref<1x2x8x64xf32>, memref<1x2x256x64xf32>, memref<1x2x256x64xf32>)
+      state(%acc, %m, %l : memref<8x64xf32>, memref<8xf32>, memref<8xf32>)
+      at(%b, %h, %hkv, %q0) packed(%rows)
+      block_mask(%kvn, %kvi : memref<1x1x1xi32>, memref<1x1x1x?xi32>)
+      attributes {scale = 0.125 : f32, tile_size = array<i64: 8, 64>, block_size = array<i64: 128, 64>}
+  return
+}
+
+// -----
+
+// Split s of n, dense: the KV tiles [lo, hi) with chunk = ceil(T / n),
+// lo = clamp(s * chunk, 0, T), hi = clamp(lo + chunk, 0, T).
+
+// CHECK-LABEL: func.func @split_dense(
+// CHECK-SAME:    %[[S:[^:]+]]: index, %[[N:[^:]+]]: index)
+// CHECK-DAG:     %[[BN:.+]] = arith.constant 64 : index
+// CHECK-DAG:     %[[T:.+]] = arith.ceildivui %{{.+}}, %[[BN]] : index
+// CHECK:         %[[CHUNK:.+]] = arith.ceildivui %[[T]], %[[N]] : index
+// CHECK-NEXT:    %[[LO0:.+]] = arith.muli %[[S]], %[[CHUNK]] : index
+// CHECK-NEXT:    %[[HI0:.+]] = arith.addi %[[LO0]], %[[CHUNK]] : index
+// CHECK:         %[[LO:.+]] = arith.minsi %{{.+}}, %[[T]] : index
+// CHECK:         %[[HI:.+]] = arith.minsi %{{.+}}, %[[T]] : index
+// CHECK:         scf.for %[[J:.+]] = %[[LO]] to %[[HI]] step
+// CHECK-NEXT:      %[[KV0:.+]] = arith.muli %[[J]], %[[BN]] : index
+// CHECK-NEXT:      flexattn.tile_step {{.*}} %[[KV0]])
+func.func @split_dense(%q: memref<1x2x8x64xf32>, %k: memref<1x2x256x64xf32>, %v: memref<1x2x256x64xf32>,
+                       %acc: memref<8x64xf32>, %m: memref<8xf32>, %l: memref<8xf32>,
+                       %b: index, %h: index, %hkv: index, %q0: index, %s: index, %n: index) {
+  flexattn.kv_loop ins(%q, %k, %v : memref<1x2x8x64xf32>, memref<1x2x256x64xf32>, memref<1x2x256x64xf32>)
+      state(%acc, %m, %l : memref<8x64xf32>, memref<8xf32>, memref<8xf32>)
+      at(%b, %h, %hkv, %q0) split(%s of %n)
+      attributes {scale = 0.125 : f32, tile_size = array<i64: 8, 64>}
+  return
+}
+
+// -----
+
+// Split with a block mask: the partial then the full blocks as one list of
+// np + nf; the split's range [lo, hi) takes partial blocks [lo, min(hi, np))
+// and full blocks [clamp(lo - np), clamp(hi - np)).
+
+// CHECK-LABEL: func.func @split_lists(
+// CHECK:         %[[NP:.+]] = arith.maxsi %{{.+}}, %{{.+}} : index
+// CHECK:         %[[NF:.+]] = arith.maxsi %{{.+}}, %{{.+}} : index
+// CHECK:         %[[TOTAL:.+]] = arith.addi %[[NP]], %[[NF]] : index
+// CHECK:         arith.ceildivui %[[TOTAL]], %{{.+}} : index
+// CHECK:         %[[PHI:.+]] = arith.minsi %[[HI:.+]], %[[NP]] : index
+// CHECK:         scf.for %{{.+}} = %[[LO:.+]] to %[[PHI]] step
+// CHECK:           flexattn.tile_step {{.*}} attributes {masked,
+// CHECK:         arith.subi %[[LO]], %[[NP]] : index
+// CHECK:         arith.subi %[[HI]], %[[NP]] : index
+// CHECK:         scf.for
+// CHECK:           flexattn.tile_step {{.*}} attributes {scale
+func.func @split_lists(%q: memref<1x2x8x64xf32>, %k: memref<1x2x256x64xf32>, %v: memref<1x2x256x64xf32>,
+                       %acc: memref<8x64xf32>, %m: memref<8xf32>, %l: memref<8xf32>,
+                       %b: index, %h: index, %hkv: index, %q0: index, %s: index, %n: index,
+                       %kvn: memref<1x2x1xi32>, %kvi: memref<1x2x1x4xi32>,
+                       %fkvn: memref<1x2x1xi32>, %fkvi: memref<1x2x1x4xi32>) {
+  flexattn.kv_loop ins(%q, %k, %v : memref<1x2x8x64xf32>, memref<1x2x256x64xf32>, memref<1x2x256x64xf32>)
+      state(%acc, %m, %l : memref<8x64xf32>, memref<8xf32>, memref<8xf32>)
+      at(%b, %h, %hkv, %q0) split(%s of %n)
+      block_mask(%kvn, %kvi : memref<1x2x1xi32>, memref<1x2x1x4xi32>)
+      full_blocks(%fkvn, %fkvi : memref<1x2x1xi32>, memref<1x2x1x4xi32>)
+      attributes {scale = 0.125 : f32, tile_size = array<i64: 8, 64>, block_size = array<i64: 128, 64>}
+    mask_mod {
+    ^bb0(%bb: index, %hh: index, %qi: index, %ki: index):
+      %keep = arith.cmpi sge, %qi, %ki : index
+      flexattn.yield %keep : i1
+    }
+  return
+}

@@ -339,3 +339,34 @@ func.func @finalize_no_lse(%acc: memref<32x8xf32>, %m: memref<32xf32>, %l: memre
       outs(%o : memref<1x2x100x8xf32>) at(%b, %h, %q0)
   return
 }
+
+// -----
+
+// A packed tile (decoding): q's rows are read at the K/V head (q is
+// [B, Hkv, G * M, D]); packed row r reaches the mods as head h + r / M and
+// query r mod M.
+
+// CHECK-LABEL: func.func @step_packed(
+// CHECK-SAME:    %[[Q:[^:]+]]: memref<1x2x8x16xf32>, %{{[^:]+}}: memref<1x2x80x16xf32>, %{{[^:]+}}: memref<1x2x80x8xf32>, %{{[^:]+}}: memref<8x8xf32>, %{{[^:]+}}: memref<8xf32>, %{{[^:]+}}: memref<8xf32>, %[[B:[^:]+]]: index, %[[H:[^:]+]]: index, %[[HKV:[^:]+]]: index, %[[Q0:[^:]+]]: index, %[[KV0:[^:]+]]: index, %[[M:[^:]+]]: index)
+// CHECK:           memref.subview %[[Q]][%[[B]], %[[HKV]], %[[Q0]], 0]
+// CHECK:           %[[I:.+]] = linalg.index 0 : index
+// CHECK:           %[[R:.+]] = arith.addi %[[Q0]], %[[I]] : index
+// CHECK:           %[[KI:.+]] = arith.addi %[[KV0]], %{{.+}} : index
+// CHECK-NEXT:      %[[G:.+]] = arith.divui %[[R]], %[[M]] : index
+// CHECK-NEXT:      %[[HEAD:.+]] = arith.addi %[[H]], %[[G]] : index
+// CHECK-NEXT:      %[[QI:.+]] = arith.remui %[[R]], %[[M]] : index
+// CHECK:           flexattn.apply_mods %{{.+}} at(%[[B]], %[[HEAD]], %[[QI]], %[[KI]])
+func.func @step_packed(%q: memref<1x2x8x16xf32>, %k: memref<1x2x80x16xf32>, %v: memref<1x2x80x8xf32>,
+                       %acc: memref<8x8xf32>, %m: memref<8xf32>, %l: memref<8xf32>,
+                       %b: index, %h: index, %hkv: index, %q0: index, %kv0: index, %rows: index) {
+  flexattn.tile_step ins(%q, %k, %v : memref<1x2x8x16xf32>, memref<1x2x80x16xf32>, memref<1x2x80x8xf32>)
+      state(%acc, %m, %l : memref<8x8xf32>, memref<8xf32>, memref<8xf32>)
+      at(%b, %h, %hkv, %q0, %kv0) packed(%rows)
+      attributes {masked, scale = 0.25 : f32, tile_size = array<i64: 8, 16>}
+    mask_mod {
+    ^bb0(%bb: index, %hh: index, %qi: index, %ki: index):
+      %keep = arith.cmpi sge, %qi, %ki : index
+      flexattn.yield %keep : i1
+    }
+  return
+}

@@ -1,8 +1,8 @@
 """The CPU backend: its stages, forward and backward, and the runner of
 what they make.
 
-    forward:  tiled -> sparse -> split -> fused -> inlined -> vector -> loops
-              -> llvm
+    forward:  tiled -> [splitkv] -> sparse -> split -> fused -> inlined
+              -> vector -> loops -> llvm  (splitkv: the decode path)
     backward: differentiated -> tiled -> sparse -> decomposed -> inlined
               -> loops -> llvm
 
@@ -32,6 +32,10 @@ from ..pipeline import Backend, make_differentiated, make_sparse, make_tiled, ru
 from ..spec import ENTRY, AttentionSpec
 
 __all__ = ["BACKEND", "CpuKernel", "host_has", "make_llvm", "memref_descriptor"]
+
+
+def make_splitkv(mod: ir.Module, opts: CompileOptions) -> None:
+    run_pipeline(mod, "flexattn-split-kv", "splitkv")
 
 
 def make_split(mod: ir.Module, opts: CompileOptions) -> None:
@@ -86,7 +90,8 @@ def make_decomposed(mod: ir.Module, opts: CompileOptions) -> None:
 
 
 def forward_stages(opts: CompileOptions) -> dict:
-    return {"tiled": make_tiled, "sparse": make_sparse, "split": make_split,
+    decode = {"splitkv": make_splitkv} if opts.decode else {}
+    return {"tiled": make_tiled, **decode, "sparse": make_sparse, "split": make_split,
             "fused": make_fused, "inlined": make_inlined, "vector": make_vector,
             "loops": make_loops, "llvm": make_llvm}
 
@@ -139,18 +144,49 @@ def _counter_descriptor(counter: ctypes.Array) -> ctypes.Structure:
     return desc
 
 
-def _tiles(spec, opts: CompileOptions, tensors: Sequence) -> int:
+def _tiles(spec, opts: CompileOptions, tensors: Sequence, splits: int = 1) -> int:
     """About how many tiles the kernel's work queue holds for this call (more
-    threads would find no work): the forward's Q tiles; a backward (a spec
-    with a ``forward``) also has a KV-tile loop. From the call's tensors, as
-    a dynamic-shape kernel's spec has no lengths: q is the first, k the
-    second argument."""
+    threads would find no work): the forward's Q tiles (packed and split on
+    the decode path); a backward (a spec with a ``forward``) also has a
+    KV-tile loop. From the call's tensors, as a dynamic-shape kernel's spec
+    has no lengths: q is the first, k the second argument."""
     b, hq, m, _ = tensors[0].shape
-    tiles = b * hq * math.ceil(m / opts.tile_q)
+    if opts.pack_heads:
+        hq, m = tensors[1].shape[1], hq // tensors[1].shape[1] * m
+    tiles = b * hq * math.ceil(m / opts.tile_q) * splits
     if hasattr(spec, "forward"):
         k = tensors[1]
         tiles += b * k.shape[1] * math.ceil(k.shape[2] / opts.tile_kv)
     return tiles
+
+
+#: Tickets per thread a decode call's split aims at (the work queue
+#: balances the rest); at most this many KV ranges.
+_TICKETS_PER_THREAD = 4
+_MAX_SPLITS = 64
+
+
+def split_count(opts: CompileOptions, q, k, threads: int) -> int:
+    """How many KV ranges each tile of a decode call is split into: enough
+    tiles for ``threads`` threads to share, no more ranges than KV tiles."""
+    b, hq, m, _ = q.shape
+    heads, rows = (k.shape[1], hq // k.shape[1] * m) if opts.pack_heads else (hq, m)
+    tiles = b * heads * math.ceil(rows / opts.tile_q)
+    kv_tiles = math.ceil(k.shape[2] / opts.tile_kv)
+    want = math.ceil(_TICKETS_PER_THREAD * threads / max(tiles, 1))
+    return max(1, min(want, kv_tiles, _MAX_SPLITS))
+
+
+def _split_scratch(opts: CompileOptions, tensors: Sequence, threads: int) -> tuple:
+    """flexattn-split-kv's scratch arguments for this call: partial outputs
+    [S, B*Hq*M*Dv], their lse [S, B*Hq*M] (f32) and the tiles' arrival
+    counters (zero; B*Hq*M is at least the number of tiles)."""
+    q, k, v = tensors[:3]
+    s = split_count(opts, q, k, threads)
+    rows = q.shape[0] * q.shape[1] * q.shape[2]
+    return (torch.empty((s, rows * v.shape[3]), dtype=torch.float32),
+            torch.empty((s, rows), dtype=torch.float32),
+            torch.zeros(rows, dtype=torch.int32))
 
 
 class CpuKernel:
@@ -190,10 +226,16 @@ class CpuKernel:
                     f"of shape {btype.shape}, got {tuple(t.shape)} on {t.device}"
                 )
             descriptors.append(memref_descriptor(t))
+        n = threads if threads is not None else torch.get_num_threads()
+        splits = 1
+        if self.options.decode and not hasattr(self.spec, "forward"):
+            scratch = _split_scratch(self.options, tensors, n)
+            splits = scratch[0].shape[0]
+            descriptors += [memref_descriptor(t) for t in scratch]
         counter = (ctypes.c_int64 * 1)(0)
         descriptors.append(_counter_descriptor(counter))
         # The packed ABI: an array of pointers to (pointers to descriptors).
         pointers = [ctypes.pointer(d) for d in descriptors]
         packed = (ctypes.c_void_p * len(pointers))(*map(ctypes.addressof, pointers))
-        n = threads if threads is not None else torch.get_num_threads()
-        _native.cpu_run(self._entry, packed, max(1, min(n, _tiles(self.spec, self.options, tensors))))
+        tiles = _tiles(self.spec, self.options, tensors, splits)
+        _native.cpu_run(self._entry, packed, max(1, min(n, tiles)))
