@@ -1,29 +1,35 @@
 """Host overhead of ``flexattn_mlir.flex_attention`` per call at a cache hit,
 beside ``torch.compile``'d torch ``flex_attention``, on tiny shapes.
 
-    venv/bin/python bench/host_overhead.py [--device cpu|cuda] [--calls N] [--rounds R]
+    venv/bin/python bench/host_overhead.py [--device cpu|cuda] [--calls N] [--rounds R] [--out X.json]
 
-Per case, after warm-up (compilation, capture memo, mask checks), the two
-sides are timed in alternating rounds of ``--calls`` calls in one process,
-so both see the same machine load; the medians of the per-call times over
-all rounds are reported. For ours, the kernel call itself is timed too (a
-proxy around the cached kernel), so the Python part of a call (argument
-checks, capture memo, cache key, launch preparation) is ``total - kernel``.
-On CUDA every timed call is followed by no synchronisation except at the
-end of a round (both sides alike): the times are what the host spends
-enqueueing, and a hit path that synchronised would show up as a kernel's
-duration.
+Cases: no mods, a causal block mask, ALiBi (captured slopes) with a causal
+mask, a relative-bias table (captured [H, 2S-1]) and a document mask
+(captured document ids). Per case, after warm-up (compilation, capture memo,
+mask checks), the two sides are timed in alternating rounds of ``--calls``
+calls in one process, so both see the same machine load; the medians of the
+per-call times over all rounds are reported (and the best round's median,
+less sensitive to load). Every timed call of ours must be a hit of its call
+plan (execution/call_plans.py; asserted). Its kernel call is timed too (the
+plan's kernel wrapped), so the Python part of a hit (key, guards, output
+allocation, argument layout) is ``total - kernel``; ``kernel`` is the
+launcher: on the CPU the JIT runner and the kernel itself, on CUDA the
+runtime's argument checks, descriptors and cuLaunchKernel (the kernel runs
+asynchronously). On CUDA no timed call is followed by a synchronisation
+except at the end of a round (both sides alike): the times are what the
+host spends enqueueing, and a hit that synchronised would show up in them.
 
-Writes ``bench/results/<date>_<device>_host_overhead_<commit>.json``.
+Writes ``bench/results/<date>_<device>_host_overhead_<commit>.json`` (or
+``--out``) with the date, machine, load average, commit and versions.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import datetime
 import json
 import math
+import os
 import platform
 import statistics
 import subprocess
@@ -32,7 +38,7 @@ from pathlib import Path
 
 import flexattn_mlir as fm  # first: imports mlir before torch_mlir
 import torch
-fm_attention = importlib.import_module("flexattn_mlir.attention")  # the module, not the function
+from flexattn_mlir.execution import call_plans
 from torch.nn.attention import flex_attention as tf
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,47 +48,55 @@ def alibi_slopes(h):
     return torch.tensor([2.0 ** (-8.0 * (i + 1) / h) for i in range(h)])
 
 
-def make_cases(device, h):
+def make_cases(device, h, s):
+    """The five variants, each reading its tensors (ALiBi slopes, a
+    relative-bias table, document ids) from a closure: captured operands."""
     slopes = alibi_slopes(h).to(device)
+    table = torch.randn(h, 2 * s - 1, device=device)
+    doc = torch.repeat_interleave(torch.arange(4, device=device), s // 4)
+    doc = torch.cat([doc, doc.new_full((s - doc.numel(),), 3)]).to(torch.int32)
 
     def alibi(score, b, hh, q, kv):
         return score + slopes[hh] * (kv - q)
 
+    def rel_bias(score, b, hh, q, kv):
+        return score + table[hh, q - kv + s - 1]
+
     def causal(b, hh, q, kv):
         return q >= kv
+
+    def document(b, hh, q, kv):
+        return doc[q] == doc[kv]
 
     return {
         "dense": dict(score_mod=None, mask_mod=None),
         "causal_mask": dict(score_mod=None, mask_mod=causal),
         "alibi_causal": dict(score_mod=alibi, mask_mod=causal),
+        "relative_bias": dict(score_mod=rel_bias, mask_mod=None),
+        "document_mask": dict(score_mod=None, mask_mod=document),
     }
 
 
 class KernelTimer:
-    """Wraps :func:`flexattn_mlir.attention.kernel_for` so that the kernels
-    it returns record how long each call took."""
+    """Wraps the kernel of a call's plan (execution/call_plans.py: what a
+    cache hit runs) so that each launch records how long it took."""
 
-    def __init__(self, sync):
-        self.sync = sync
+    def __init__(self, plan):
+        self.plan = plan
         self.seconds = []
-        self._real = fm_attention.kernel_for
+        self._real = plan.launch.kernel
 
     def __enter__(self):
-        def timed_kernel_for(spec, opts):
-            kernel = self._real(spec, opts)
+        def timed(args):
+            t = time.perf_counter()
+            self._real(args)
+            self.seconds.append(time.perf_counter() - t)
 
-            def call(args):
-                t = time.perf_counter()
-                kernel(args)
-                self.seconds.append(time.perf_counter() - t)
-
-            return call
-
-        fm_attention.kernel_for = timed_kernel_for
+        self.plan.launch.kernel = timed
         return self
 
     def __exit__(self, *exc):
-        fm_attention.kernel_for = self._real
+        self.plan.launch.kernel = self._real
 
 
 def time_calls(fn, calls, sync):
@@ -115,21 +129,42 @@ def run_case(name, mods, shape, dtype, device, calls, rounds, sync):
         for _ in range(20):  # warm-up: compiled, memoised, checked
             ours(), theirs()
         sync()
+        key = call_plans.call_key(q, k, v, mods["score_mod"], ours_mask, None, False, False,
+                                  False, None, None)
+        plan = call_plans.find(key, mods["score_mod"], ours_mask)
+        assert plan is not None, f"{name}: no call plan after warm-up (every call is a miss)"
+        hits = call_plans.hits
         totals, kernels, torch_totals = [], [], []
         for _ in range(rounds):
-            with KernelTimer(sync) as kt:
+            with KernelTimer(plan) as kt:
                 totals += time_calls(ours, calls, sync)
             kernels += kt.seconds
             torch_totals += time_calls(theirs, calls, sync)
+        assert call_plans.hits - hits == rounds * calls, f"{name}: a timed call missed its plan"
     us = lambda xs: round(1e6 * statistics.median(xs), 2)  # noqa: E731
+    best = lambda xs: round(1e6 * min(statistics.median(xs[i:i + calls])  # noqa: E731
+                                      for i in range(0, len(xs), calls)), 2)
     python = [t - k for t, k in zip(totals, kernels)]
     return {
         "case": name, "shape": list(shape), "dtype": str(dtype).removeprefix("torch."),
         "calls": len(totals), "max_abs_diff_vs_torch": err,
         "ours_total_us": us(totals), "ours_kernel_us": us(kernels), "ours_python_us": us(python),
         "torch_compiled_total_us": us(torch_totals),
+        "ours_python_best_round_us": best(python), "ours_total_best_round_us": best(totals),
+        "torch_compiled_total_best_round_us": best(torch_totals),
         "ours_python_p90_us": round(1e6 * sorted(python)[math.ceil(0.9 * len(python)) - 1], 2),
     }
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def commit() -> str:
@@ -159,10 +194,13 @@ def main():
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     torch.manual_seed(0)
     results = [run_case(name, mods, tuple(args.shape), dtype, device, args.calls, args.rounds, sync)
-               for name, mods in make_cases(device, args.shape[1]).items()]
+               for name, mods in make_cases(device, args.shape[1], args.shape[2]).items()]
     label = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
     doc = {
         "what": "flex_attention per call at a cache hit vs torch.compile(flex_attention); medians",
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": f"{cpu_model()}, {os.cpu_count()} CPUs",
+        "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()],
         "commit": commit(), "device": label or device.type, "torch": torch.__version__,
         "python": platform.python_version(), "threads": args.threads,
         "calls_per_round": args.calls,
