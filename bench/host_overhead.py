@@ -1,29 +1,39 @@
 """Host overhead of ``flexattn_mlir.flex_attention`` per call at a cache hit,
 beside ``torch.compile``'d torch ``flex_attention``, on tiny shapes.
 
-    venv/bin/python bench/host_overhead.py [--device cpu|cuda] [--calls N] [--rounds R]
+    venv/bin/python bench/host_overhead.py [--device cpu|cuda] [--calls N] [--rounds R] [--out X.json]
 
-Per case, after warm-up (compilation, capture memo, mask checks), the two
-sides are timed in alternating rounds of ``--calls`` calls in one process,
-so both see the same machine load; the medians of the per-call times over
-all rounds are reported. For ours, the kernel call itself is timed too (a
-proxy around the cached kernel), so the Python part of a call (argument
-checks, capture memo, cache key, launch preparation) is ``total - kernel``.
-On CUDA every timed call is followed by no synchronisation except at the
-end of a round (both sides alike): the times are what the host spends
-enqueueing, and a hit path that synchronised would show up as a kernel's
-duration.
+Cases: no mods, a causal block mask, ALiBi (captured slopes) with a causal
+mask, a relative-bias table (captured [H, 2S-1]) and a document mask
+(captured document ids). Per case, after warm-up (compilation, capture memo,
+mask checks), the two sides are timed in alternating rounds of ``--calls``
+calls in one process, so both see the same machine load; the medians of the
+per-call times over all rounds are reported (and the best round's median,
+less sensitive to load). Every timed call of ours must be a hit of its call
+plan (execution/call_plans.py; asserted). Each call's time splits in three:
+``call`` (flex_attention's Python down to the kernel object: key, guards,
+output allocation, argument list), ``launcher`` (the kernel object's Python:
+on the CPU the JIT runner's argument checks and packing, on CUDA
+flexattn_runtime's argument checks, TMA descriptors and parameter packing)
+and ``native`` (the CPU kernel's run itself, or the cuLaunchKernel call).
+``host`` = call + launcher is the host overhead; on the CPU ``native`` is the
+kernel's work, on CUDA the driver's enqueue (the kernel runs asynchronously),
+so there ``total`` is what to set beside torch.compile's total.
+On CUDA no timed call is followed by a synchronisation
+except at the end of a round (both sides alike): the times are what the
+host spends enqueueing, and a hit that synchronised would show up in them.
 
-Writes ``bench/results/<date>_<device>_host_overhead_<commit>.json``.
+Writes ``bench/results/<date>_<device>_host_overhead_<commit>.json`` (or
+``--out``) with the date, machine, load average, commit and versions.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import datetime
 import json
 import math
+import os
 import platform
 import statistics
 import subprocess
@@ -32,7 +42,7 @@ from pathlib import Path
 
 import flexattn_mlir as fm  # first: imports mlir before torch_mlir
 import torch
-fm_attention = importlib.import_module("flexattn_mlir.attention")  # the module, not the function
+from flexattn_mlir.execution import call_plans
 from torch.nn.attention import flex_attention as tf
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,47 +52,71 @@ def alibi_slopes(h):
     return torch.tensor([2.0 ** (-8.0 * (i + 1) / h) for i in range(h)])
 
 
-def make_cases(device, h):
+def make_cases(device, h, s):
+    """The five variants, each reading its tensors (ALiBi slopes, a
+    relative-bias table, document ids) from a closure: captured operands."""
     slopes = alibi_slopes(h).to(device)
+    table = torch.randn(h, 2 * s - 1, device=device)
+    doc = torch.repeat_interleave(torch.arange(4, device=device), s // 4)
+    doc = torch.cat([doc, doc.new_full((s - doc.numel(),), 3)]).to(torch.int32)
 
     def alibi(score, b, hh, q, kv):
         return score + slopes[hh] * (kv - q)
 
+    def rel_bias(score, b, hh, q, kv):
+        return score + table[hh, q - kv + s - 1]
+
     def causal(b, hh, q, kv):
         return q >= kv
+
+    def document(b, hh, q, kv):
+        return doc[q] == doc[kv]
 
     return {
         "dense": dict(score_mod=None, mask_mod=None),
         "causal_mask": dict(score_mod=None, mask_mod=causal),
         "alibi_causal": dict(score_mod=alibi, mask_mod=causal),
+        "relative_bias": dict(score_mod=rel_bias, mask_mod=None),
+        "document_mask": dict(score_mod=None, mask_mod=document),
     }
 
 
 class KernelTimer:
-    """Wraps :func:`flexattn_mlir.attention.kernel_for` so that the kernels
-    it returns record how long each call took."""
+    """Wraps the kernel of a call's plan (execution/call_plans.py: what a
+    cache hit runs) so that each launch records how long it took, and the
+    native call inside it (the CPU kernel's run, or cuLaunchKernel through
+    flexattn_runtime's driver), so that the launcher's own Python (argument
+    checks and packing, TMA descriptors) is ``kernel - native``."""
 
-    def __init__(self, sync):
-        self.sync = sync
-        self.seconds = []
-        self._real = fm_attention.kernel_for
+    def __init__(self, plan, device):
+        self.plan = plan
+        self.seconds, self.native = [], []
+        self._real = plan.launch.kernel
+        if device.type == "cpu":
+            self._module, self._name = fm._native, "cpu_run"
+        else:
+            from flexattn_runtime import driver
+            self._module, self._name = driver, "launch"
+        self._real_native = getattr(self._module, self._name)
 
     def __enter__(self):
-        def timed_kernel_for(spec, opts):
-            kernel = self._real(spec, opts)
+        def timed(args):
+            t = time.perf_counter()
+            self._real(args)
+            self.seconds.append(time.perf_counter() - t)
 
-            def call(args):
-                t = time.perf_counter()
-                kernel(args)
-                self.seconds.append(time.perf_counter() - t)
+        def timed_native(*args):
+            t = time.perf_counter()
+            self._real_native(*args)
+            self.native.append(time.perf_counter() - t)
 
-            return call
-
-        fm_attention.kernel_for = timed_kernel_for
+        self.plan.launch.kernel = timed
+        setattr(self._module, self._name, timed_native)
         return self
 
     def __exit__(self, *exc):
-        fm_attention.kernel_for = self._real
+        self.plan.launch.kernel = self._real
+        setattr(self._module, self._name, self._real_native)
 
 
 def time_calls(fn, calls, sync):
@@ -115,21 +149,54 @@ def run_case(name, mods, shape, dtype, device, calls, rounds, sync):
         for _ in range(20):  # warm-up: compiled, memoised, checked
             ours(), theirs()
         sync()
-        totals, kernels, torch_totals = [], [], []
+        key = call_plans.call_key(q, k, v, mods["score_mod"], ours_mask, None, False, False,
+                                  False, None, None)
+        plan = call_plans.find(key, mods["score_mod"], ours_mask)
+        assert plan is not None, f"{name}: no call plan after warm-up (every call is a miss)"
+        hits = call_plans.hits
+        totals, kernels, natives, torch_totals = [], [], [], []
         for _ in range(rounds):
-            with KernelTimer(sync) as kt:
+            with KernelTimer(plan, device) as kt:
                 totals += time_calls(ours, calls, sync)
             kernels += kt.seconds
+            natives += kt.native
             torch_totals += time_calls(theirs, calls, sync)
+        assert call_plans.hits - hits == rounds * calls, f"{name}: a timed call missed its plan"
     us = lambda xs: round(1e6 * statistics.median(xs), 2)  # noqa: E731
+    best = lambda xs: round(1e6 * min(statistics.median(xs[i:i + calls])  # noqa: E731
+                                      for i in range(0, len(xs), calls)), 2)
     python = [t - k for t, k in zip(totals, kernels)]
+    launcher = [k - n for k, n in zip(kernels, natives)]
+    host = [t - n for t, n in zip(totals, natives)]
     return {
         "case": name, "shape": list(shape), "dtype": str(dtype).removeprefix("torch."),
         "calls": len(totals), "max_abs_diff_vs_torch": err,
         "ours_total_us": us(totals), "ours_kernel_us": us(kernels), "ours_python_us": us(python),
+        "ours_launcher_python_us": us(launcher), "ours_native_call_us": us(natives),
+        "ours_host_us": us(host),
         "torch_compiled_total_us": us(torch_totals),
+        "ours_python_over_torch_total": round(statistics.median(python)
+                                              / statistics.median(torch_totals), 3),
+        "ours_host_over_torch_total": round(statistics.median(host)
+                                            / statistics.median(torch_totals), 3),
+        "ours_total_over_torch_total": round(statistics.median(totals)
+                                             / statistics.median(torch_totals), 3),
+        "ours_python_best_round_us": best(python), "ours_host_best_round_us": best(host),
+        "ours_total_best_round_us": best(totals),
+        "torch_compiled_total_best_round_us": best(torch_totals),
         "ours_python_p90_us": round(1e6 * sorted(python)[math.ceil(0.9 * len(python)) - 1], 2),
     }
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def commit() -> str:
@@ -145,12 +212,15 @@ def main():
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--calls", type=int, default=200)
     ap.add_argument("--rounds", type=int, default=10)
-    ap.add_argument("--shape", type=int, nargs=4, default=[1, 2, 64, 16], metavar=("B", "H", "S", "D"))
+    ap.add_argument("--shape", type=int, nargs=4, default=None, metavar=("B", "H", "S", "D"),
+                    help="default: 1 2 64 16 on the CPU, 1 2 128 64 on CUDA (a head dim "
+                         "every GPU target takes)")
     ap.add_argument("--dtype", default=None, help="default: float32 on CPU, bfloat16 on CUDA")
     ap.add_argument("--out", default=None, help="JSON path (default: bench/results/...)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch intra-op threads (default 1: tiny shapes gain nothing from "
                          "more, and on a loaded machine thread barriers add noise to both sides)")
+    ap.add_argument("--note", default="", help="recorded in the JSON (e.g. the machine's load)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -158,20 +228,33 @@ def main():
         torch.float32 if device.type == "cpu" else torch.bfloat16)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     torch.manual_seed(0)
-    results = [run_case(name, mods, tuple(args.shape), dtype, device, args.calls, args.rounds, sync)
-               for name, mods in make_cases(device, args.shape[1]).items()]
+    shape = tuple(args.shape or ((1, 2, 64, 16) if device.type == "cpu" else (1, 2, 128, 64)))
+    results = []
+    for name, mods in make_cases(device, shape[1], shape[2]).items():
+        try:
+            results.append(run_case(name, mods, shape, dtype, device, args.calls, args.rounds,
+                                    sync))
+        except Exception as err:  # one case failing (e.g. refused on this GPU) keeps the rest
+            results.append({"case": name, "error": f"{type(err).__name__}: {err}"})
     label = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
     doc = {
         "what": "flex_attention per call at a cache hit vs torch.compile(flex_attention); medians",
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": f"{cpu_model()}, {os.cpu_count()} CPUs",
+        "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()],
         "commit": commit(), "device": label or device.type, "torch": torch.__version__,
         "python": platform.python_version(), "threads": args.threads,
         "calls_per_round": args.calls,
-        "rounds": args.rounds, "results": results,
+        "rounds": args.rounds, "note": args.note, "results": results,
     }
     for r in results:
-        print(f"{r['case']:14s} ours {r['ours_total_us']:8.1f} us (python {r['ours_python_us']:7.1f},"
-              f" kernel {r['ours_kernel_us']:7.1f})   torch.compile {r['torch_compiled_total_us']:8.1f} us"
-              f"   max|diff| {r['max_abs_diff_vs_torch']:.1e}")
+        if "error" in r:
+            print(f"{r['case']:14s} {r['error']}")
+            continue
+        print(f"{r['case']:14s} ours {r['ours_total_us']:8.1f} us (host {r['ours_host_us']:6.1f}: "
+              f"call {r['ours_python_us']:5.1f} + launcher {r['ours_launcher_python_us']:5.1f}; "
+              f"native {r['ours_native_call_us']:7.1f})   torch.compile "
+              f"{r['torch_compiled_total_us']:8.1f} us   max|diff| {r['max_abs_diff_vs_torch']:.1e}")
     day = datetime.date.today().isoformat()
     out = Path(args.out) if args.out else (
         ROOT / "bench" / "results" / f"{day}_{device.type}_host_overhead_{doc['commit']}.json")

@@ -22,8 +22,9 @@ from . import frontend
 from .compiler import driver, targets
 from .compiler.mods import ModIR
 from .compiler.options import CompileOptions
-from .execution import autograd, checks
-from .execution.attention import attention_forward, attention_spec, results, unpack_results
+from .execution import autograd, call_plans, checks
+from .execution.attention import (attention_forward, attention_spec, prepare_launch, results,
+                                  unpack_results)
 from .masks import is_noop
 from .masks.block_mask import BlockMask
 
@@ -108,15 +109,16 @@ def flex_attention(
             query, key, value, score_mod, block_mask, scale, enable_gqa, want_lse,
             kernel_options, sinks, want_max)
     else:
-        call = _lower_call(query, key, value, score_mod, block_mask, enable_gqa, kernel_options)
-        common = dict(scale=scale, enable_gqa=enable_gqa, return_lse=want_lse, sinks=sinks,
-                      return_max_scores=want_max, **call)
-        if autograd.needs_grad(query, key, value, call["captures"], sinks):
-            # Training: the differentiable custom op (flexattn_mlir.execution.autograd).
-            result = autograd.attention_with_grad(query, key, value, score_fn=score_mod, **common)
+        plan_key = call_plans.call_key(query, key, value, score_mod, block_mask, scale,
+                                       enable_gqa, want_lse, want_max, kernel_options, sinks)
+        plan = call_plans.find(plan_key, score_mod, block_mask)
+        if plan is not None and not autograd.needs_grad(query, key, value, plan.captures, sinks):
+            # A cache hit (execution/call_plans.py): launch, nothing else.
+            out, lse, max_scores = plan.run(query, key, value, sinks)
         else:
-            result = attention(query, key, value, **common)
-        out, lse, max_scores = unpack_results(result, want_lse, want_max)
+            out, lse, max_scores = _call(query, key, value, score_mod, block_mask, scale,
+                                         enable_gqa, want_lse, want_max, kernel_options, sinks,
+                                         plan_key)
     if return_aux is not None:
         from torch.nn.attention.flex_attention import AuxOutput
 
@@ -169,15 +171,44 @@ def attention(
                    return_max_scores)
 
 
+def _call(query, key, value, score_mod, block_mask, scale, enable_gqa, want_lse, want_max,
+          kernel_options, sinks, plan_key):
+    """flex_attention's call without its plan: captures the mods, checks the
+    arguments, finds the kernel, runs it; keeps the plan under ``plan_key``
+    when the call records no gradient. Returns ``(out, lse, max_scores)``."""
+    call, guards = _lowered(query, key, value, score_mod, block_mask, enable_gqa,
+                            kernel_options)
+    common = dict(scale=scale, enable_gqa=enable_gqa, return_lse=want_lse, sinks=sinks,
+                  return_max_scores=want_max, **call)
+    if autograd.needs_grad(query, key, value, call["captures"], sinks):
+        # Training: the differentiable custom op (flexattn_mlir.execution.autograd).
+        result = autograd.attention_with_grad(query, key, value, score_fn=score_mod, **common)
+        return unpack_results(result, want_lse, want_max)
+    del common["capture_labels"]
+    launch = prepare_launch(query, key, value, **common)
+    if guards is not None:
+        call_plans.store(plan_key, call_plans.CallPlan(score_mod, block_mask, guards,
+                                                       call["captures"], launch))
+    return launch(query, key, value, call["captures"], sinks)
+
+
 def _lower_call(query, key, value, score_mod, block_mask, enable_gqa, kernel_options) -> dict:
     """flex_attention's arguments as :func:`attention`'s: captured mods
     sharing one capture list, our BlockMask, compile options."""
+    return _lowered(query, key, value, score_mod, block_mask, enable_gqa, kernel_options)[0]
+
+
+def _lowered(query, key, value, score_mod, block_mask, enable_gqa, kernel_options):
+    """:func:`_lower_call`'s dict and the mods' capture guards (None when
+    some mod has none)."""
     checks.check_qkv(query, key, value, enable_gqa)
     if block_mask is not None and not isinstance(block_mask, BlockMask):
         block_mask = BlockMask.from_torch(block_mask)
     score = frontend.capture_score_mod(score_mod) if score_mod is not None else None
     mask = _captured_mask(block_mask) if block_mask is not None else None
-    names = [m.name for m in (score, mask) if m is not None]
+    mods = [m for m in (score, mask) if m is not None]
+    guards = tuple(m.guards for m in mods)
+    names = [m.name for m in mods]
     labels = frontend.capture_labels(score, mask)
     score, mask, captures = frontend.combine(score, mask)
     options = _options(kernel_options, targets.for_device(query.device).name)
@@ -185,7 +216,8 @@ def _lower_call(query, key, value, score_mod, block_mask, enable_gqa, kernel_opt
         options = replace(options, persistent=targets.sm_count(options.target, query.device))
     return dict(score_mod=score.ir if score else None, mask_mod=mask.ir if mask else None,
                 block_mask=block_mask, captures=captures, options=options,
-                name=_variant_name(names), capture_labels=labels)
+                name=_variant_name(names), capture_labels=labels), (
+                    None if any(g is None for g in guards) else guards)
 
 
 @functools.lru_cache(maxsize=64)

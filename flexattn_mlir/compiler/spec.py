@@ -66,6 +66,8 @@ class BufferType:
 
     def admits(self, shape) -> bool:
         """Whether a tensor of ``shape`` fits (a dynamic dim takes any size)."""
+        if shape == self.shape:  # a static type (torch.Size equals the tuple)
+            return True
         return len(shape) == len(self.shape) and all(
             d in (DYNAMIC, n) for d, n in zip(self.shape, shape))
 

@@ -26,7 +26,7 @@ from . import checks, decode, dynamic_shapes, kernels
 from .kernels import kernel_for
 
 __all__ = ["attention_forward", "attention_spec", "attention_compile_count", "build_spec",
-           "kernel_for"]
+           "kernel_for", "Launch", "prepare_launch"]
 
 
 def _mask_tensors(block_mask) -> list[torch.Tensor]:
@@ -105,8 +105,8 @@ def _options(query, options: Optional[CompileOptions]) -> CompileOptions:
 
 def _prepare(query, key, value, *, score_mod, mask_mod, block_mask, captures, scale,
              enable_gqa, return_lse, name, options, sinks=None, return_max=False):
-    """Checks the arguments and returns (spec, contiguous q/k/v, captures,
-    options: the device's default when None)."""
+    """Checks the arguments and returns (spec, q/k/v as the kernel sees their
+    shapes, captures, options: the device's default when None)."""
     checks.check_qkv(query, key, value, enable_gqa)
     checks.check_sinks(sinks, query)
     options = decode.resolve(_options(query, options), query, key, block_mask,
@@ -122,13 +122,9 @@ def _prepare(query, key, value, *, score_mod, mask_mod, block_mask, captures, sc
         scale = 1.0 / math.sqrt(query.shape[-1])
     elif not isinstance(scale, (int, float)) or not math.isfinite(scale):
         raise TypeError(f"scale must be a finite float, got {scale!r}")
-    q, k, v = query.contiguous(), key.contiguous(), value.contiguous()
+    q, k, v = query, key, value  # the spec reads shapes and dtypes only
     if options.target != "cpu":
-        # K/V of batch 1 shared by the query batch: the CPU kernel reads them
-        # in place (flexattn-tile's batch-stride-0 view). The GPU kernel loads
-        # K/V through TMA descriptors of its arguments and reads no such view,
-        # so for the GPU they are expanded here (a copy).
-        k, v = (t.expand(q.shape[0], -1, -1, -1).contiguous() for t in (k, v))
+        k, v = _expand_kv(q, k, v, copy=False)
     spec = build_spec(q, k, v, score_mod=score_mod, mask_mod=mask_mod,
                       block_mask=block_mask, captures=captures, scale=scale,
                       return_lse=return_lse, name=name,
@@ -172,42 +168,106 @@ def unpack_results(result, return_lse: bool, return_max_scores: bool):
     return (*result, None) if return_lse else (result, None, None)
 
 
+def _expand_kv(q, k, v, copy: bool = True):
+    """K/V for a GPU kernel. K/V of batch 1 shared by the query batch: the
+    CPU kernel reads them in place (flexattn-tile's batch-stride-0 view). The
+    GPU kernel loads K/V through TMA descriptors of its arguments and reads
+    no such view, so for the GPU they are expanded (a copy when ``copy``;
+    none when K/V have the query's batch)."""
+    b = q.shape[0]
+    k, v = k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1)
+    return (k.contiguous(), v.contiguous()) if copy else (k, v)
+
+
+class Launch:
+    """What a call runs once its arguments are checked and its kernel found:
+    the kernel, the outputs' shapes, the block mask's tensors, the index
+    checks. ``launch(query, key, value, captures, sinks)`` allocates the
+    outputs, lays out the kernel's arguments and runs it, returning ``(out,
+    lse, max_scores)``. It checks nothing, and reads nothing back from the
+    device (but the CPU kernel's report of the reads the compiler could not
+    bound, and a GPU's with FLEXATTN_CHECK_INDICES=1), so a call that meets
+    it again (:mod:`.call_plans`) costs what the launch does. Outputs come
+    from torch's allocator (on CUDA, its caching allocator: a CUDA graph
+    captures them in its pool)."""
+
+    __slots__ = ("kernel", "out_shape", "stats_shape", "return_lse", "return_max", "gpu",
+                 "mask_tensors", "scale_arg", "checked")
+
+    def __init__(self, kernel, q, v, spec: AttentionSpec, options: CompileOptions, block_mask,
+                 scale, checked):
+        self.kernel = kernel
+        b, hq, m, _ = q.shape
+        self.out_shape = (b, hq, m, v.shape[3])
+        self.stats_shape = (b, hq, m)
+        self.return_lse, self.return_max = spec.return_lse, spec.return_max
+        self.gpu = options.target != "cpu"
+        self.mask_tensors = tuple(_mask_tensors(block_mask))
+        self.scale_arg = None
+        if options.dynamic:  # the scale operand (dynamic_shapes); read-only, kept
+            self.scale_arg = torch.tensor(scale, dtype=torch.float32, device=q.device)
+        self.checked = checked
+
+    def __call__(self, query, key, value, captures, sinks):
+        q, k, v = query.contiguous(), key.contiguous(), value.contiguous()
+        if self.gpu:
+            k, v = _expand_kv(q, k, v)
+        out = torch.empty(self.out_shape, dtype=q.dtype, device=q.device)
+        args = [q, k, v]
+        if sinks is not None:
+            args.append(sinks.detach().to(torch.float32).contiguous())
+        args.append(out)
+        lse = mx = None
+        if self.return_lse:
+            lse = torch.empty(self.stats_shape, dtype=torch.float32, device=q.device)
+            args.append(lse)
+        if self.return_max:
+            mx = torch.empty(self.stats_shape, dtype=torch.float32, device=q.device)
+            args.append(mx)
+        args += self.mask_tensors
+        for c in captures:
+            c = c.contiguous()
+            args.append(c.view(torch.uint8) if c.dtype == torch.bool else c)
+        if self.scale_arg is not None:
+            args.append(self.scale_arg)
+        report = index_checks.report_capture(self.checked, q.device)
+        if report is not None:
+            args.append(report)
+        self.kernel(args)
+        if report is not None:
+            index_checks.raise_reported(report, self.checked)
+        return out, lse, mx
+
+
+def prepare_launch(query, key, value, *, score_mod=None, mask_mod=None, block_mask=None,
+                   captures=(), scale=None, enable_gqa=False, return_lse=False,
+                   options=None, name="flexattn", sinks=None, return_max_scores=False) -> Launch:
+    """Checks :func:`attention_forward`'s arguments, finds or compiles the
+    kernel and returns the :class:`Launch` that runs it on them."""
+    spec, (q, k, _), captures, options = _prepare(
+        query, key, value, score_mod=score_mod, mask_mod=mask_mod, block_mask=block_mask,
+        captures=captures, scale=scale, enable_gqa=enable_gqa, return_lse=return_lse,
+        name=name, options=options, sinks=sinks, return_max=return_max_scores)
+    if options.target != "cpu":
+        checks.check_gpu_support(q, value, block_mask, options)
+    kernel = kernel_for(spec, options)
+    checked = index_checked(q, k, score_mod, mask_mod, index_checks.enabled(options.target),
+                            options.dynamic)
+    if checked.report is None and options.target != "cpu":
+        index_checks.warn_unchecked(checked, options.target)
+    if scale is None:
+        scale = 1.0 / math.sqrt(q.shape[-1])
+    return Launch(kernel, q, value, spec, options, block_mask, scale, checked)
+
+
 def attention_forward(query, key, value, *, score_mod=None, mask_mod=None, block_mask=None,
                       captures=(), scale=None, enable_gqa=False, return_lse=False,
                       options=None, name="flexattn", sinks=None, return_max_scores=False):
     """:func:`attention`'s forward kernel, recording no gradient (the
     ``flexattn::flex_attention`` op runs it under autograd). Returns ``(out,
     lse, max_scores)``, None for an output not asked for."""
-    spec, (q, k, v), captures, options = _prepare(
-        query, key, value, score_mod=score_mod, mask_mod=mask_mod, block_mask=block_mask,
-        captures=captures, scale=scale, enable_gqa=enable_gqa, return_lse=return_lse,
-        name=name, options=options, sinks=sinks, return_max=return_max_scores)
-    if options.target != "cpu":
-        checks.check_gpu_support(q, v, block_mask, options)
-    kernel = kernel_for(spec, options)
-    b, hq, m, _ = q.shape
-    out = torch.empty((b, hq, m, v.shape[3]), dtype=q.dtype, device=q.device)
-    args = [q, k, v]
-    if sinks is not None:
-        args.append(sinks.detach().to(torch.float32).contiguous())
-    args.append(out)
-    stats = {n: torch.empty((b, hq, m), dtype=torch.float32, device=q.device) if want else None
-             for n, want in (("lse", return_lse), ("max_scores", return_max_scores))}
-    args += [t for t in stats.values() if t is not None]
-    args += _mask_tensors(block_mask)
-    args += [c.view(torch.uint8) if c.dtype == torch.bool else c for c in captures]
-    if options.dynamic:  # the scale operand (dynamic_shapes)
-        if scale is None:
-            scale = 1.0 / math.sqrt(q.shape[-1])
-        args.append(torch.tensor(scale, dtype=torch.float32, device=q.device))
-    checked = index_checked(q, k, score_mod, mask_mod, index_checks.enabled(options.target),
-                            options.dynamic)
-    report = index_checks.report_capture(checked, q.device)
-    if report is not None:
-        args.append(report)
-    elif options.target != "cpu":
-        index_checks.warn_unchecked(checked, options.target)
-    kernel(args)
-    if report is not None:
-        index_checks.raise_reported(report, checked)
-    return out, stats["lse"], stats["max_scores"]
+    launch = prepare_launch(query, key, value, score_mod=score_mod, mask_mod=mask_mod,
+                            block_mask=block_mask, captures=captures, scale=scale,
+                            enable_gqa=enable_gqa, return_lse=return_lse, options=options,
+                            name=name, sinks=sinks, return_max_scores=return_max_scores)
+    return launch(query, key, value, captures, sinks)

@@ -19,8 +19,8 @@ from ..compiler.backends.gpu import binary_of, current_capability
 from ..compiler.options import CompileOptions
 from ..compiler.spec import AttentionSpec
 
-__all__ = ["kernel_for", "clear_table", "compile_count", "artifact_stores", "load_kernel", "StoredKernel",
-           "compile_kernel"]
+__all__ = ["kernel_for", "clear_table", "compile_count", "table_generation", "artifact_stores",
+           "load_kernel", "StoredKernel", "compile_kernel"]
 
 #: Kernels this process keeps loaded (each CPU kernel holds a JIT session).
 TABLE_SIZE = 256
@@ -33,6 +33,9 @@ _kernels_by_spec = cache.LRU(TABLE_SIZE)
 _cpu_cache = cache.DiskCache("cpu", ".o")
 # Counts compilations in this process (tests assert cache hits with it).
 compile_count = 0
+#: Moves on with every clear_table (the call plans holding kernels,
+#: :mod:`.call_plans`, forget them with it).
+table_generation = 0
 
 
 def kernel_for(spec, opts: CompileOptions):
@@ -60,7 +63,9 @@ def kernel_for(spec, opts: CompileOptions):
 
 def clear_table() -> None:
     """Forgets the kernels this process holds (the disk cache stays)."""
+    global table_generation
     with _lock:
+        table_generation += 1
         _kernels.clear()
         _kernels_by_spec.clear()
 

@@ -54,6 +54,8 @@ __all__ = [
     "replace_tensors",
     "clear_memo",
     "export_count",
+    "guards_hold",
+    "memo_generation",
 ]
 
 # Number of torch-mlir exports done by this process (tests assert memo hits).
@@ -78,6 +80,9 @@ class CapturedMod:
     fn: Optional[Callable] = field(default=None, repr=False)  # the Python mod
     #: The names the mod reads its captures by (``slopes``, ``tables[1]``).
     capture_names: tuple[str, ...] = ()
+    #: What capturing ``fn`` again would find the same (:func:`guards_hold`);
+    #: None when that cannot be told without capturing again.
+    guards: Optional[tuple] = field(default=None, repr=False)
 
     @property
     def kind(self) -> str:
@@ -404,7 +409,119 @@ def _capture(fn, kind: str) -> CapturedMod:
             hit = (mod_ir, digest, walk.pinned)
             if memo_key is not None:
                 _memo[memo_key] = hit
-    return CapturedMod(hit[0], tuple(walk.tensors), hit[1], name, fn, tuple(walk.names))
+    return CapturedMod(hit[0], tuple(walk.tensors), hit[1], name, fn, tuple(walk.names),
+                       _guards(walk))
+
+
+# ---------------------------------------------------------------------------
+# Guards: what a memo hit depends on, checked without walking again
+# ---------------------------------------------------------------------------
+#
+# A memo hit is decided by the walk's fingerprint, which reads closure cells,
+# globals, defaults, code objects, list items and scalar attributes of
+# modules and classes. The guards are those reads, each with the object it
+# found (held, so its identity cannot be reused): while every read finds the
+# same object (``is``) and every lifted tensor keeps its shape, dtype and
+# device, capturing again would give the same IR and the same tensors. Like
+# torch.compile's guards, they never read a tensor's data: the kernel reads
+# the captured tensors, so values changed in place are seen without them.
+
+_MISSING = object()
+_CELL, _ATTR, _NAMES, _ITEMS, _TENSOR, _STATIC = range(6)
+
+
+class _Unguarded(Exception):
+    """A read the guards cannot check cheaply (a mutable dict of scalars)."""
+
+
+def _guards(walk: _Walk) -> Optional[tuple]:
+    if walk.fingerprint is None:
+        return None
+    out: list = []
+    try:
+        _guard_node(walk.plan, out)
+    except _Unguarded:
+        return None
+    return tuple(out)
+
+
+def _guard_node(node, out: list) -> None:
+    kind, obj, payload, _ = node
+    if kind == "tensor":
+        out.append((_TENSOR, obj, tuple(obj.shape), obj.dtype, obj.device))
+    elif kind == "seq":
+        typ, kids = payload
+        if not issubclass(typ, tuple):  # a list: its items may be replaced
+            out.append((_ITEMS, obj, tuple(k[1] for k in kids)))
+        for k in kids:
+            _guard_node(k, out)
+    elif kind == "partial":  # func and args are read-only; keywords is a dict
+        fn, args, kw = payload
+        out.append((_NAMES, obj.keywords, tuple((k, v[1]) for k, v in kw.items()), len(kw)))
+        for k in (fn, *args, *kw.values()):
+            _guard_node(k, out)
+    elif kind == "function":
+        _guard_function(obj, payload, out)
+    elif kind == "const" and isinstance(obj, dict):
+        raise _Unguarded
+
+
+def _guard_function(fn, payload, out: list) -> None:
+    cells, glob, defaults, kwdefaults = payload
+    code = fn.__code__
+    out.append((_ATTR, fn, "__code__", code))
+    out.append((_ATTR, fn, "__defaults__", fn.__defaults__))
+    out.append((_ATTR, fn, "__kwdefaults__", fn.__kwdefaults__))
+    if fn.__kwdefaults__ is not None:
+        out.append((_NAMES, fn.__kwdefaults__,
+                    tuple((k, v[1]) for k, v in kwdefaults.items()), len(kwdefaults)))
+    for cell, node in zip(fn.__closure__ or (), cells):
+        out.append((_CELL, cell, _MISSING if node[0] == "empty" else node[1]))
+    # Every global name the code loads, found or not (a later definition or
+    # deletion changes the fingerprint).
+    out.append((_NAMES, fn.__globals__,
+                tuple((n, fn.__globals__.get(n, _MISSING)) for n in _global_names(code)), None))
+    holders = [n[1] for n in [*glob.values(), *cells] if isinstance(n[1], (types.ModuleType, type))]
+    for holder in holders:
+        for name in _attribute_names(code):
+            out.append((_STATIC, holder, name, _static_attribute(holder, name)))
+    for node in (*cells, *glob.values(), *defaults, *kwdefaults.values()):
+        _guard_node(node, out)
+
+
+def guards_hold(guards: tuple) -> bool:
+    """Whether every read of :attr:`CapturedMod.guards` finds what it found
+    (then capturing the mod again would give the same IR and tensors)."""
+    for g in guards:
+        kind = g[0]
+        if kind == _CELL:
+            try:
+                if g[1].cell_contents is not g[2]:
+                    return False
+            except ValueError:  # an empty cell
+                if g[2] is not _MISSING:
+                    return False
+        elif kind == _NAMES:
+            mapping = g[1]
+            for name, value in g[2]:
+                if mapping.get(name, _MISSING) is not value:
+                    return False
+            if g[3] is not None and len(mapping) != g[3]:
+                return False
+        elif kind == _TENSOR:
+            t = g[1]
+            if t.shape != g[2] or t.dtype != g[3] or t.device != g[4]:
+                return False
+        elif kind == _ATTR:
+            if getattr(g[1], g[2]) is not g[3]:
+                return False
+        elif kind == _ITEMS:
+            seq = g[1]
+            if len(seq) != len(g[2]) or any(a is not b for a, b in zip(seq, g[2])):
+                return False
+        elif _static_attribute(g[1], g[2]) is not g[3]:  # _STATIC
+            return False
+    return True
 
 
 # ---------------------------------------------------------------------------
@@ -484,10 +601,17 @@ def _store_captured(key: Optional[str], mod_ir: ModIR) -> None:
              "capture_types": list(mod_ir.capture_types)}).encode())
 
 
+#: Moves on with every clear_memo (what remembers captures elsewhere, the
+#: call plans of execution/call_plans.py, forgets them with it).
+memo_generation = 0
+
+
 def clear_memo() -> None:
     """Forget every memoised capture (the next captures export again)."""
+    global memo_generation
     with _lock:
         _memo.clear()
+        memo_generation += 1
 
 
 # ---------------------------------------------------------------------------

@@ -172,6 +172,7 @@ _PROTOTYPES: dict[str, list] = {
     "cuLaunchKernel": [c_void_p, c_uint, c_uint, c_uint, c_uint, c_uint, c_uint,
                        c_uint, c_void_p, _P(c_void_p), _P(c_void_p)],
     "cuLaunchKernelEx": [_P(CUlaunchConfig), c_void_p, _P(c_void_p), _P(c_void_p)],
+    "cuMemcpyHtoDAsync_v2": [c_uint64, c_void_p, ctypes.c_size_t, c_void_p],
     "cuTensorMapEncodeTiled": [c_void_p, c_int, c_uint32, c_void_p, _P(c_uint64),
                                _P(c_uint64), _P(c_uint32), _P(c_uint32),
                                c_int, c_int, c_int, c_int],
@@ -438,6 +439,13 @@ def launch(func: int, grid: Sequence[int], block: Sequence[int], shared_mem_byte
     cfg = CUlaunchConfig(gx, gy, gz, bx, by, bz, int(shared_mem_bytes),
                          c_void_p(stream), ctypes.pointer(attr), 1)
     _call("cuLaunchKernelEx", byref(cfg), c_void_p(func), arr, None)
+
+
+def memcpy_htod_async(dst: int, src: int, nbytes: int, stream: int) -> None:
+    """Copy ``nbytes`` from host address ``src`` (pinned memory) to device
+    address ``dst``, ordered on ``stream``; captured as a graph memcpy node
+    when the stream is capturing."""
+    _call("cuMemcpyHtoDAsync_v2", ctypes.c_uint64(dst), c_void_p(src), nbytes, c_void_p(stream))
 
 
 # --- TMA descriptors ----------------------------------------------------------

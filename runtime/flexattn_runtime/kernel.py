@@ -27,7 +27,7 @@ from .errors import OutOfResources, UnsupportedDevice
 from .launch import build_params, validate_args
 from .metadata import (KernelMetadata, TensorMapParam, check_binary_params,
                        parse_metadata, target_incompatibility)
-from .tensormap import Descriptor, DescriptorCache, encode, encoding_for, upload
+from .tensormap import Descriptor, DescriptorCache, GraphStaging, encode, encoding_for, upload
 
 __all__ = ["Kernel", "LoadedFunction", "current_device"]
 
@@ -100,6 +100,8 @@ class Kernel:
         self.path = path
         self.descriptors = DescriptorCache(descriptor_cache_size)
         self._graph_descriptors: dict[tuple, Descriptor] = {}
+        self._staging = GraphStaging()
+        self._has_tensormaps = any(isinstance(p, TensorMapParam) for p in self.metadata.params)
         self._loaded: dict[int, LoadedFunction] = {}
         self._lock = threading.RLock()
 
@@ -247,11 +249,6 @@ class Kernel:
                dev, stream)
 
         def make():
-            if torch.cuda.is_current_stream_capturing():
-                raise RuntimeError(
-                    f"kernel {self.name!r}: the TMA descriptor for argument {p.arg!r} is not "
-                    "cached yet and cannot be uploaded during CUDA graph capture; run the "
-                    "kernel once with the same tensors on the same stream before capturing")
             enc = encoding_for(p, t.shape, t.data_ptr())
             return upload(encode(enc), t.device, enc)
 
@@ -259,13 +256,21 @@ class Kernel:
             if torch.cuda.is_current_stream_capturing():
                 # Graph capture runs on its own stream: accept a descriptor uploaded
                 # on another stream by the warm-up (finished by then, as torch's
-                # warm-up-then-capture recipe synchronizes), and pin it, since every
+                # warm-up-then-capture recipe synchronizes), else upload one into
+                # the graph from a pinned slot (GraphStaging); pin it, since every
                 # replay of the graph reads it.
                 desc = self._graph_descriptors.get(key[:-1])
                 if desc is None:
                     desc = self.descriptors.find(lambda k: k[:-1] == key[:-1])
                 if desc is None:
-                    make()  # raises the "warm up first" error
+                    enc = encoding_for(p, t.shape, t.data_ptr())
+                    desc = self._staging.upload(encode(enc), t.device, stream, enc)
+                if desc is None:
+                    raise RuntimeError(
+                        f"kernel {self.name!r}: the TMA descriptor for argument {p.arg!r} "
+                        "cannot be uploaded during CUDA graph capture before the kernel "
+                        "has run once outside capture (which sets aside the pinned memory "
+                        "such uploads copy from); run it once before capturing")
                 self._graph_descriptors[key[:-1]] = desc
                 return desc
             return self.descriptors.get(key, make)
@@ -278,6 +283,9 @@ class Kernel:
         lf = self.load(dev)
         _d.ensure_context(dev)
         stream = torch.cuda.current_stream(dev).cuda_stream
+        if (self._has_tensormaps and self._staging.free < GraphStaging.SLOTS // 4
+                and not torch.cuda.is_current_stream_capturing()):
+            self._staging.refill()
         # The descriptors of this launch stay referenced until it is enqueued: one
         # evicted from the LRU meanwhile must not have its memory handed to the
         # next upload before the kernel that reads it is on the stream.

@@ -29,6 +29,11 @@ def normalize_args(meta: KernelMetadata, args: Any) -> list[Any]:
     Raises ArgumentTypeError for missing, unexpected or miscounted arguments.
     """
     names = meta.argument_names
+    if isinstance(args, (list, tuple)):
+        if len(args) != len(names):
+            raise ArgumentTypeError(f"kernel {meta.entry!r}: expected {len(names)} "
+                                    f"arguments {list(names)}, got {len(args)}")
+        return list(args)
     if isinstance(args, Mapping):
         missing = [n for n in names if n not in args]
         extra = [k for k in args if k not in names]
@@ -41,11 +46,6 @@ def normalize_args(meta: KernelMetadata, args: Any) -> list[Any]:
             raise ArgumentTypeError(f"kernel {meta.entry!r}: {'; '.join(parts)}; "
                                     f"expected {list(names)}")
         return [args[n] for n in names]
-    if isinstance(args, (list, tuple)):
-        if len(args) != len(names):
-            raise ArgumentTypeError(f"kernel {meta.entry!r}: expected {len(names)} "
-                                    f"arguments {list(names)}, got {len(args)}")
-        return list(args)
     raise ArgumentTypeError(f"kernel {meta.entry!r}: arguments must be a dict "
                             f"{{name: tensor}} or a list in the order {list(names)}, "
                             f"got {type(args).__name__}")

@@ -9,6 +9,7 @@ executable definition. Error messages name the offending field by path, e.g.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import dataclass, field
@@ -105,7 +106,7 @@ class KernelMetadata:
                 return a
         raise KeyError(name)
 
-    @property
+    @functools.cached_property
     def argument_names(self) -> tuple[str, ...]:
         return tuple(a.name for a in self.arguments)
 

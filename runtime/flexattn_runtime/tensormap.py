@@ -176,6 +176,23 @@ class Descriptor:
         return self.device.data_ptr()
 
 
+def _device_buffer(n: int, device) -> torch.Tensor:
+    """``n`` bytes of device memory from torch's caching allocator (a CUDA
+    graph's pool during capture), CU_TENSOR_MAP_ALIGN-aligned."""
+    dev = torch.empty(n, dtype=torch.uint8, device=device)
+    if dev.data_ptr() % _d.CU_TENSOR_MAP_ALIGN:
+        # torch's caching allocator returns 512-byte-aligned blocks; never expected
+        dev = torch.empty(2 * _d.CU_TENSOR_MAP_ALIGN + n, dtype=torch.uint8, device=device)
+        off = (-dev.data_ptr()) % _d.CU_TENSOR_MAP_ALIGN
+        dev = dev[off:off + n]
+    return dev
+
+
+def _check_size(raw: bytes) -> None:
+    if len(raw) != _d.CU_TENSOR_MAP_NUM_BYTES:
+        raise ValueError(f"a CUtensorMap has {_d.CU_TENSOR_MAP_NUM_BYTES} bytes, got {len(raw)}")
+
+
 def upload(raw: bytes, device: torch.device, encoding: TensorMapEncoding) -> Descriptor:
     """Copy a CUtensorMap to a fresh uint8 CUDA tensor, asynchronously on the
     current stream (stream-ordered before any kernel later launched on it).
@@ -184,18 +201,56 @@ def upload(raw: bytes, device: torch.device, encoding: TensorMapEncoding) -> Des
     the copy on the stream and does not reuse the block until the copy is done,
     and the Descriptor keeps the tensor alive as well.
     """
-    if len(raw) != _d.CU_TENSOR_MAP_NUM_BYTES:
-        raise ValueError(f"a CUtensorMap has {_d.CU_TENSOR_MAP_NUM_BYTES} bytes, got {len(raw)}")
+    _check_size(raw)
     host = torch.empty(len(raw), dtype=torch.uint8, pin_memory=True)
     ctypes.memmove(host.data_ptr(), raw, len(raw))
-    dev = torch.empty(len(raw), dtype=torch.uint8, device=device)
-    if dev.data_ptr() % _d.CU_TENSOR_MAP_ALIGN:
-        # torch's caching allocator returns 512-byte-aligned blocks; never expected
-        dev = torch.empty(2 * _d.CU_TENSOR_MAP_ALIGN + len(raw), dtype=torch.uint8, device=device)
-        off = (-dev.data_ptr()) % _d.CU_TENSOR_MAP_ALIGN
-        dev = dev[off:off + len(raw)]
+    dev = _device_buffer(len(raw), device)
     dev.copy_(host, non_blocking=True)
     return Descriptor(dev, host, encoding)
+
+
+class GraphStaging:
+    """Pinned host slots for the descriptors a Kernel makes while a CUDA graph
+    is being captured (a tensor allocated inside the graph, e.g. the output
+    of an earlier op, has an address no launch before the capture saw).
+
+    Pinned memory is allocated outside capture only (:meth:`refill`, at an
+    ordinary launch). During capture, :meth:`upload` writes the 128 bytes
+    into a fresh slot and copies it with ``cuMemcpyHtoDAsync`` on the
+    capturing stream, into device memory from torch's allocator (the graph's
+    pool): the graph gets a memcpy node that every replay runs again, from
+    the same slot, so a slot is never reused while the Kernel lives."""
+
+    SLOTS = 64
+
+    def __init__(self):
+        self.arenas: list[torch.Tensor] = []
+        self.free = 0
+
+    def refill(self) -> None:
+        """A new arena when fewer than a quarter of the slots are left
+        (call outside capture)."""
+        if self.free >= self.SLOTS // 4:
+            return
+        n = _d.CU_TENSOR_MAP_NUM_BYTES
+        self.arenas.append(torch.empty(self.SLOTS * n, dtype=torch.uint8, pin_memory=True))
+        self.free = self.SLOTS
+
+    def upload(self, raw: bytes, device: torch.device, stream: int,
+               encoding: TensorMapEncoding) -> Descriptor | None:
+        """The descriptor uploaded from a fresh slot on ``stream``; None when
+        no slot is left (no ordinary launch refilled the arena)."""
+        _check_size(raw)
+        if not self.free:
+            return None
+        n = len(raw)
+        start = (self.SLOTS - self.free) * n
+        self.free -= 1
+        host = self.arenas[-1][start:start + n]
+        ctypes.memmove(host.data_ptr(), raw, n)
+        dev = _device_buffer(n, device)
+        _d.memcpy_htod_async(dev.data_ptr(), host.data_ptr(), n, stream)
+        return Descriptor(dev, host, encoding)
 
 
 class DescriptorCache:

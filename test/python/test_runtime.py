@@ -1554,6 +1554,29 @@ def test_gpu_cuda_graph_capture_needs_warm_up(sm90):
 
 
 @needs_gpu
+def test_gpu_cuda_graph_capture_of_a_tensor_made_in_the_graph(sm90):
+    """A tensor allocated during capture (an earlier op's output) has an
+    address no warm-up saw: its descriptor is uploaded into the graph from a
+    pinned slot (GraphStaging) and every replay copies it again."""
+    k = Kernel(tma_meta((256, 128), "128B"), TMA_PTX.encode())
+    x = torch.randn(256, 128, device="cuda").to(torch.bfloat16)
+    y = torch.zeros_like(x)
+    k(x=x, y=y)  # an ordinary launch sets the pinned slots aside
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        doubled = x * 2  # allocated in the graph's pool
+        k(x=doubled, y=y)
+    for _ in range(2):
+        x.copy_(torch.randn(256, 128, device="cuda").to(torch.bfloat16))
+        y.zero_()
+        g.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(y, x * 2)
+    assert k._staging.free == k._staging.SLOTS - 1
+
+
+@needs_gpu
 def test_gpu_tma_descriptor_bytes_upload(sm90):
     """The uploaded descriptor is the 128 bytes cuTensorMapEncodeTiled made."""
     from flexattn_runtime.tensormap import encode

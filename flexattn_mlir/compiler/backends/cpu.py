@@ -18,6 +18,7 @@ the ABI only sees pointers). docs/cpu-pipeline.md has the details.
 
 from __future__ import annotations
 
+import array
 import ctypes
 import functools
 import math
@@ -135,13 +136,30 @@ def memref_descriptor(tensor) -> ctypes.Structure:
     return _descriptor_type(rank)(ptr, ptr, 0, dims(*tensor.shape), dims(*tensor.stride()))
 
 
-def _counter_descriptor(counter: ctypes.Array) -> ctypes.Structure:
-    """The memref<1xi64> descriptor of the kernel's work counter."""
-    desc = _descriptor_type(1)()
-    desc.allocated = desc.aligned = ctypes.addressof(counter)
-    desc.offset = 0
-    desc.sizes[0] = desc.strides[0] = 1
-    return desc
+def packed_arguments(tensors: Sequence, counter: ctypes.Array) -> tuple[int, tuple]:
+    """The packed ABI's argument array for ``tensors`` then the work
+    ``counter`` (a memref<1xi64>): an array of pointers to pointers to
+    ranked memref descriptors. Every field of a descriptor is 8 bytes
+    (allocated, aligned, offset, sizes, strides), so all of them are laid out
+    in one int64 buffer (three arrays per call rather than a ctypes structure
+    and two pointers per argument). Returns the array's address and what
+    must stay alive while the kernel runs."""
+    words, starts = [], []
+    for t in tensors:
+        starts.append(len(words))
+        ptr = t.data_ptr()
+        words += (ptr, ptr, 0)
+        words += t.shape
+        words += t.stride()
+    starts.append(len(words))
+    address = ctypes.addressof(counter)
+    words += (address, address, 0, 1, 1)
+    buf = array.array("q", words)
+    base = buf.buffer_info()[0]
+    descs = array.array("Q", [base + 8 * i for i in starts])
+    dbase = descs.buffer_info()[0]
+    packed = array.array("Q", range(dbase, dbase + 8 * len(starts), 8))
+    return packed.buffer_info()[0], (buf, descs, packed)
 
 
 def _tiles(spec, opts: CompileOptions, tensors: Sequence, splits: int = 1) -> int:
@@ -218,24 +236,21 @@ class CpuKernel:
         expected = self._expected
         if len(tensors) != len(expected):
             raise TypeError(f"{self.spec.name}: expected {len(expected)} buffers, got {len(tensors)}")
-        descriptors = []
         for (name, btype), t in zip(expected, tensors):
-            if t.device.type != "cpu" or not t.is_contiguous() or not btype.admits(t.shape):
+            if not t.is_cpu or not t.is_contiguous() or not btype.admits(t.shape):
                 raise ValueError(
                     f"{self.spec.name}: argument {name} must be a contiguous CPU tensor "
                     f"of shape {btype.shape}, got {tuple(t.shape)} on {t.device}"
                 )
-            descriptors.append(memref_descriptor(t))
         n = threads if threads is not None else torch.get_num_threads()
         splits = 1
+        args = tensors
         if self.options.decode and not hasattr(self.spec, "forward"):
             scratch = _split_scratch(self.options, tensors, n)
             splits = scratch[0].shape[0]
-            descriptors += [memref_descriptor(t) for t in scratch]
+            args = [*tensors, *scratch]
         counter = (ctypes.c_int64 * 1)(0)
-        descriptors.append(_counter_descriptor(counter))
-        # The packed ABI: an array of pointers to (pointers to descriptors).
-        pointers = [ctypes.pointer(d) for d in descriptors]
-        packed = (ctypes.c_void_p * len(pointers))(*map(ctypes.addressof, pointers))
+        packed, keep_alive = packed_arguments(args, counter)
         tiles = _tiles(self.spec, self.options, tensors, splits)
         _native.cpu_run(self._entry, packed, max(1, min(n, tiles)))
+        del keep_alive

@@ -1,0 +1,134 @@
+"""Call plans: what a ``flex_attention`` call needs at a cache hit, found
+with one dictionary lookup and a few identity checks.
+
+A call's work splits in two. What depends only on the mods, the block-mask
+object, the shapes, dtypes and devices of q/k/v (and sinks), ``scale`` and
+the options: capturing the mods, checking the arguments and the block mask,
+the kernel's key and the kernel. And what every call does: allocate the
+outputs and launch (:class:`~.attention.Launch`). The first call does both
+and keeps the first part as a :class:`CallPlan` under :func:`call_key`; a
+later call with an equal key checks the plan's guards and launches.
+
+The guards, each a check that reads no tensor data (as torch.compile's):
+
+- the score_mod and the block mask are the same objects (``is``);
+- the block mask's fields (``mask_mod``, ``BLOCK_SIZE``, ``seq_lengths``
+  and its tensors) are the same objects, and its tensors' version counters
+  and data pointers are unchanged: a mask changed in place is checked again;
+- capturing the mods again would give the same IR and the same tensors
+  (:func:`~flexattn_mlir.frontend.capture.guards_hold`: the closure cells,
+  globals, defaults and code objects the capture read are the same objects;
+  each captured tensor keeps its shape, dtype and device). A captured
+  tensor's values are not guarded: the kernel reads them at every call, so a
+  tensor changed in place is seen as it is;
+- no table was cleared since (``kernels.clear_table``,
+  ``capture.clear_memo``), and ``FLEXATTN_OVERRIDE_IR`` /
+  ``FLEXATTN_CHECK_INDICES`` are as they were (both are in the key).
+
+Whatever a guard misses runs the full call, which checks everything and
+raises what it would raise, so an error is never skipped: a call is planned
+only after it succeeded, and an argument that changes what the checks see
+(a shape, a dtype, a device, an option) is in the key. Calls that record
+gradients (:mod:`.autograd`) and mods the capture cannot key (an object
+whose state the mod reads) are never planned.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ..compiler.cache import LRU
+from ..frontend import capture
+from ..masks import index_checks
+from . import kernels
+
+__all__ = ["CallPlan", "call_key", "find", "store", "hits", "PLANS"]
+
+#: Plans kept (each holds its kernel, its mods' objects and the mask's tensors).
+PLANS = 256
+_plans = LRU(PLANS)
+#: Calls that found their plan (tests assert hits with it).
+hits = 0
+
+_MASK_FIELDS = ("mask_mod", "BLOCK_SIZE", "seq_lengths", "kv_num_blocks", "kv_indices",
+                "full_kv_num_blocks", "full_kv_indices")
+_MASK_TENSORS = _MASK_FIELDS[3:]
+
+
+def _meta(t):
+    return type(t), t.shape, t.dtype, t.device
+
+
+def call_key(query, key, value, score_mod, block_mask, scale, enable_gqa, return_lse,
+             return_max, kernel_options, sinks):
+    """The plan key of a call (None: not plannable, e.g. unhashable options)."""
+    try:
+        options = tuple(sorted(kernel_options.items())) if kernel_options else None
+        k = (id(score_mod), id(block_mask), _meta(query), _meta(key), _meta(value), scale,
+             enable_gqa, return_lse, return_max, options,
+             None if sinks is None else _meta(sinks),
+             os.environ.get("FLEXATTN_OVERRIDE_IR"), os.environ.get(index_checks.ENV))
+        hash(k)
+    except (AttributeError, TypeError):
+        return None
+    return k
+
+
+def _generation() -> tuple[int, int]:
+    return kernels.table_generation, capture.memo_generation
+
+
+class CallPlan:
+    """A successful call's checked, captured and compiled part: the captured
+    tensors (in the kernel's order), the :class:`~.attention.Launch`, and
+    the guards under which they stay valid (see the module docstring)."""
+
+    __slots__ = ("score_fn", "block_mask", "mask_fields", "mask_versions", "guards",
+                 "captures", "launch", "generation")
+
+    def __init__(self, score_fn, block_mask, guards: tuple, captures, launch):
+        self.score_fn, self.block_mask = score_fn, block_mask
+        self.mask_fields = () if block_mask is None else tuple(
+            (name, getattr(block_mask, name, None)) for name in _MASK_FIELDS)
+        self.mask_versions = tuple(
+            (t, t._version, t.data_ptr()) for name, t in self.mask_fields
+            if name in _MASK_TENSORS and t is not None)
+        self.guards = guards
+        self.captures = tuple(captures)
+        self.launch = launch
+        self.generation = _generation()
+
+    def holds(self, score_mod, block_mask) -> bool:
+        """Whether this plan serves a call with these mods (its key matched)."""
+        if score_mod is not self.score_fn or block_mask is not self.block_mask:
+            return False
+        if self.generation != _generation():
+            return False
+        for name, value in self.mask_fields:
+            if getattr(block_mask, name, None) is not value:
+                return False
+        for t, version, ptr in self.mask_versions:
+            if t._version != version or t.data_ptr() != ptr:
+                return False
+        return all(capture.guards_hold(g) for g in self.guards)
+
+    def run(self, query, key, value, sinks):
+        """The call at a hit: ``(out, lse, max_scores)``."""
+        global hits
+        hits += 1
+        return self.launch(query, key, value, self.captures, sinks)
+
+
+def find(key, score_mod, block_mask):
+    """The plan stored under ``key`` if its guards hold, else None."""
+    if key is None:
+        return None
+    plan = _plans.get(key)
+    if plan is None or not plan.holds(score_mod, block_mask):
+        return None
+    return plan
+
+
+def store(key, plan: CallPlan) -> None:
+    if key is not None and not os.environ.get("FLEXATTN_OVERRIDE_IR"):
+        _plans[key] = plan
