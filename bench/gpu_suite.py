@@ -412,7 +412,10 @@ def run_all(artifacts: str, out_json: str, only: str | None, reps: int,
             ms = timeit(lambda: kernel(**args))
             row.update(ms=ms, tflops=flops / ms / 1e9)
             target = over.get("target", "sm_90a")
-            plain = {k: v for k, v in over.items() if k != "target"} == DEFAULT
+            # Peers for cases with default compile options (a case's mask
+            # block size and value head dim are the peers' inputs too).
+            plain = {k: v for k, v in over.items()
+                     if k != "target" and k not in CASE_ONLY} == DEFAULT
             for p in [p for p in peer.names if plain and p in PEERS_OF[target]]:
                 try:
                     fn = peer.call(p, q, k, v, score_mod, bm, variant)
