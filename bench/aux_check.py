@@ -67,7 +67,7 @@ def compile_all(out: str) -> None:
     items = []
     for case in CASES:
         name, variant, B, Hq, Hkv, M, N, D, dt, over = case
-        score, mask, captures, q, kv = gpu_suite.captured_case(
+        score, mask, captures, q, kv, _ = gpu_suite.captured_case(
             *_mods(zoo, variant, Hq, N, "cpu"), case)
         spec = build_spec(q, kv, kv, score_mod=score and score.ir, mask_mod=mask and mask.ir,
                           block_mask=None, captures=captures, scale=1.0 / math.sqrt(D),

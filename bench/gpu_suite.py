@@ -120,8 +120,8 @@ BENCH = (
         dict(SM80, block_kv=64, warp_rows=32, q_in_registers=False))]
 )
 # Case options that are not CompileOptions: the KV block of the case's block
-# mask (128 unless given).
-CASE_ONLY = ("block_kv",)
+# mask (128 unless given) and v's head dim (D unless given).
+CASE_ONLY = ("block_kv", "value_dim")
 # Which peers each target's benchmark cases are timed beside.
 PEERS_OF = {"sm_90a": ("triton", "cudnn", "fa4"), "sm_80": ("flash", "cudnn")}
 
@@ -153,14 +153,15 @@ def captured_case(score_mod, mask_mod, case):
 
     from flexattn_mlir import frontend
 
-    _, _, B, Hq, Hkv, M, N, D, dt, _ = case
+    _, _, B, Hq, Hkv, M, N, D, dt, over = case
     score = frontend.capture_score_mod(score_mod) if score_mod else None
     mask = frontend.capture_mask_mod(mask_mod) if mask_mod else None
     score, mask, captures = frontend.combine(score, mask)
     dtype = getattr(torch, dt)
     q = torch.empty(B, Hq, M, D, dtype=dtype, device="meta")
     kv = torch.empty(B, Hkv, N, D, dtype=dtype, device="meta")
-    return score, mask, captures, q, kv
+    v = torch.empty(B, Hkv, N, over.get("value_dim", D), dtype=dtype, device="meta")
+    return score, mask, captures, q, kv, v
 
 
 def case_spec(case, return_lse: bool, check_indices: bool = True):
@@ -174,7 +175,7 @@ def case_spec(case, return_lse: bool, check_indices: bool = True):
     from flexattn_mlir.masks.block_mask import BlockMask
 
     name, variant, B, Hq, Hkv, M, N, D, dt, _ = case
-    score, mask, captures, q, kv = captured_case(*zoo.make(variant, Hq, N, "cpu"), case)
+    score, mask, captures, q, kv, v = captured_case(*zoo.make(variant, Hq, N, "cpu"), case)
     block_mask = None
     if mask is not None:
         block_kv = case[-1].get("block_kv", 128)
@@ -183,19 +184,21 @@ def case_spec(case, return_lse: bool, check_indices: bool = True):
         idx = torch.empty(1, 1, qb, kb, dtype=torch.int32, device="meta")
         block_mask = BlockMask.from_kv_blocks(num, idx, num, idx, BLOCK_SIZE=(128, block_kv),
                                               seq_lengths=(M, N), compute_q_blocks=False)
-    spec = build_spec(q, kv, kv, score_mod=score and score.ir, mask_mod=mask and mask.ir,
+    spec = build_spec(q, kv, v, score_mod=score and score.ir, mask_mod=mask and mask.ir,
                       block_mask=block_mask, captures=captures, scale=1.0 / math.sqrt(D),
                       return_lse=return_lse, name=name, check_indices=check_indices)
     return spec, captures
 
 
-def compile_all(out: str, only: str | None, device_cc: tuple[int, int] = (9, 0)) -> None:
+def compile_all(out: str, only: str | None, device_cc: tuple[int, int] = (9, 0),
+                cases=None) -> None:
+    """Compiles ``cases`` (this suite's CORRECTNESS + BENCH by default)."""
     import torch
 
     import flexattn_mlir as fm
 
     items, manifest = [], {}
-    for case in CORRECTNESS + BENCH:
+    for case in cases or CORRECTNESS + BENCH:
         name, over = case[0], case[-1]
         if only and not any(o in name for o in only.split(",")):
             continue
@@ -279,7 +282,7 @@ def _inputs(zoo, case, dev):
     gen = torch.Generator(device=dev).manual_seed(0)
     q = torch.randn(B, Hq, M, D, device=dev, dtype=dtype, generator=gen)
     k = torch.randn(B, Hkv, N, D, device=dev, dtype=dtype, generator=gen)
-    v = torch.randn(B, Hkv, N, D, device=dev, dtype=dtype, generator=gen)
+    v = torch.randn(B, Hkv, N, over.get("value_dim", D), device=dev, dtype=dtype, generator=gen)
     bm, density = None, 1.0
     if mask_mod is not None:
         bm = create_block_mask(mask_mod, None, None, M, N, device=dev,
@@ -374,7 +377,7 @@ def run_all(artifacts: str, out_json: str, only: str | None, reps: int,
                 args["index_report"] = torch.zeros(a["shape"], dtype=getattr(torch, a["dtype"]),
                                                    device=dev)
         # Poisoned outputs: every element must be written.
-        args["out"] = torch.full((B, Hq, M, D), float("nan"), device=dev, dtype=q.dtype)
+        args["out"] = torch.full((B, Hq, M, v.shape[-1]), float("nan"), device=dev, dtype=q.dtype)
         check = name.startswith("check")
         if check:
             args["lse"] = torch.full((B, Hq, M), float("nan"), device=dev)
@@ -405,11 +408,14 @@ def run_all(artifacts: str, out_json: str, only: str | None, reps: int,
             print(f"{name:34s} rel_err={row['rel_err']:.2e} max_abs={row['max_abs_err']:.2e} "
                   f"lse_err={row['lse_max_abs_err']:.2e} ok={row['ok']}", flush=True)
         else:
-            flops = 4 * B * Hq * M * N * D * density
+            flops = 2 * B * Hq * M * N * (D + v.shape[-1]) * density
             ms = timeit(lambda: kernel(**args))
             row.update(ms=ms, tflops=flops / ms / 1e9)
             target = over.get("target", "sm_90a")
-            plain = {k: v for k, v in over.items() if k != "target"} == DEFAULT
+            # Peers for cases with default compile options (a case's mask
+            # block size and value head dim are the peers' inputs too).
+            plain = {k: v for k, v in over.items()
+                     if k != "target" and k not in CASE_ONLY} == DEFAULT
             for p in [p for p in peer.names if plain and p in PEERS_OF[target]]:
                 try:
                     fn = peer.call(p, q, k, v, score_mod, bm, variant)

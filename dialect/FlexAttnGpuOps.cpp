@@ -176,9 +176,12 @@ LogicalResult RingCopyOp::verify() {
   if (source.getElementType() != ring.getElementType())
     return emitOpError() << "the source holds " << source.getElementType()
                          << " but the ring " << ring.getElementType();
-  if (source.getDimSize(3) != ring.getCols())
-    return emitOpError() << "the source rows have " << source.getDimSize(3)
-                         << " columns but the ring's tiles " << ring.getCols();
+  int64_t cols = source.getDimSize(3);
+  if (cols % 8 || cols > ring.getCols() || ring.getCols() - cols >= 64)
+    return emitOpError() << "the source rows have " << cols
+                         << " columns: a multiple of 8 that the ring's tiles of "
+                         << ring.getCols()
+                         << " columns hold, padded by less than a 64-column panel";
   return success();
 }
 
@@ -333,12 +336,17 @@ LogicalResult FragFinalizeOp::verify() {
     return emitOpError() << "out must be a static 4-D memref [B, Hq, M, Dv], "
                             "got "
                          << out;
+  // The accumulator may hold Dv padded to a whole 64-column panel (the
+  // padding columns are not stored).
   int64_t dv = out.getDimSize(3);
   int64_t t = getMax().getType().getNumElements() / 2;
-  if (getAcc().getType().getNumElements() != t * dv / 2)
+  int64_t dvp = (dv + 63) / 64 * 64;
+  int64_t n = getAcc().getType().getNumElements();
+  if (n != t * dv / 2 && n != t * dvp / 2)
     return emitOpError() << "an accumulator fragment of Dv = " << dv
                          << " columns and " << 16 * t << " rows per warp is "
-                         << t * dv / 2 << " f32 per thread, got "
+                         << t * dv / 2 << " f32 per thread (or " << t * dvp / 2
+                         << ", padded to " << dvp << " columns), got "
                          << getAcc().getType();
   return verifyFinalizeBuffers(*this, getLse(), getMaxScores(), getSinks(),
                                out.getDimSize(1));

@@ -148,7 +148,11 @@ def FlexAttn_RingCopyOp : FlexAttn_Op<"ring.copy"> {
   let description = [{
     Starts copying rows `[row, row + rows)` (all columns) of `source[b, h]`
     into the slot of `position`; rows past the tensor's end are filled with
-    zeros. Every thread of the CTA executes the op and copies its share (a
+    zeros, and so are the tile's columns past the source's (a head dim that
+    is a multiple of 8 but not of 64, padded to whole 64-column panels: the
+    zeros add nothing to a dot product over the padded dim, and a padded
+    value column gives output columns that are never stored; the source is
+    never read past its rows). Every thread of the CTA executes the op and copies its share (a
     cooperative ring: the same threads fill and read it, there is no
     producer role). With `valid` false, nothing is copied, but the op still
     counts as one copy in the thread's sequence of copies (see the
@@ -157,6 +161,7 @@ def FlexAttn_RingCopyOp : FlexAttn_Op<"ring.copy"> {
 
     ```mlir
     flexattn.ring.copy %k[%b, %hkv, %kv0] into %kv[%i] if %more : memref<1x2x300x64xbf16>, !flexattn.ring<2 x 128x64xbf16>
+    flexattn.ring.copy %k[%b, %hkv, %kv0] into %kv[%i] : memref<1x2x300x24xbf16>, !flexattn.ring<2 x 128x64xbf16>
     ```
   }];
   let arguments = (ins AnyMemRef:$source, Index:$b, Index:$h, Index:$row,

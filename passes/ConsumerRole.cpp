@@ -17,15 +17,18 @@ FailureOr<KernelPlan> KernelPlan::of(TileStepOp step, StringRef pass) {
   auto v = cast<MemRefType>(step.getV().getType());
   if (!q.hasStaticShape() || !k.hasStaticShape() || !v.hasStaticShape())
     return step.emitOpError() << pass << " needs static q/k/v shapes";
+  auto panels = [](int64_t d) { return (d + kPanelCols - 1) / kPanelCols * kPanelCols; };
   KernelPlan p{q, k, v, q.getDimSize(2), k.getDimSize(2), q.getDimSize(3),
-               v.getDimSize(3), step.getTileSize()[1], q.getElementType()};
+               v.getDimSize(3), step.getTileSize()[1], q.getElementType(),
+               panels(q.getDimSize(3)), panels(v.getDimSize(3))};
   if (!p.elem.isBF16() && !p.elem.isF16())
     return step.emitOpError("the GPU kernel takes bf16 or f16 q/k/v, got ")
            << p.elem;
-  if ((p.D != 64 && p.D != 128) || (p.Dv != 64 && p.Dv != 128))
-    return step.emitOpError("the GPU kernel supports head dims 64 and 128, "
-                            "got D = ")
-           << p.D << ", Dv = " << p.Dv;
+  for (int64_t d : {p.D, p.Dv})
+    if (d % kHeadDimStep || d < 2 * kHeadDimStep || d > kMaxHeadDim)
+      return step.emitOpError("the GPU kernel takes head dims that are multiples of ")
+             << kHeadDimStep << " in [" << 2 * kHeadDimStep << ", " << kMaxHeadDim
+             << "], got D = " << p.D << ", Dv = " << p.Dv;
   if (step.getTileSize()[0] != kTileRows || (p.BN != 64 && p.BN != 128))
     return step.emitOpError("the GPU kernel needs tile_size [128, 64|128] "
                             "(run flexattn-tile{tile-q=128 tile-kv=128}), got [")
@@ -75,7 +78,7 @@ void ConsumerRole::setCarried(ValueRange v) {
 
 void ConsumerRole::startState(ImplicitLocOpBuilder &b) {
   auto rowsType = VectorType::get({2 * warpTiles}, b.getF32Type());
-  auto accType = VectorType::get({warpTiles * plan.Dv / 2}, b.getF32Type());
+  auto accType = VectorType::get({warpTiles * plan.Dvp / 2}, b.getF32Type());
   auto splat = [&](VectorType t, float v) -> Value {
     return arith::ConstantOp::create(
         b, DenseElementsAttr::get(t, b.getF32FloatAttr(v)));

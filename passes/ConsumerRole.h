@@ -37,14 +37,25 @@ constexpr int64_t kTileRows = 128;
 constexpr int64_t kBandRows = 64;
 constexpr int64_t kGroupThreads = 128;
 
+/// Head dims a GPU kernel takes: multiples of 8 (a 16-byte row chunk) up to
+/// 256. Shared-memory tiles are 64-column panels, so a head dim is padded
+/// up to a multiple of kPanelCols there (zeros: flexattn.ring.copy fills
+/// the columns past the tensor's).
+constexpr int64_t kHeadDimStep = 8;
+constexpr int64_t kMaxHeadDim = 256;
+
 /// What a kernel is specialised on, checked once.
 struct KernelPlan {
   MemRefType q, k, v;
   int64_t M, N, D, Dv, BN;
   Type elem;
+  /// D and Dv padded to whole 64-column panels: the columns of the Q/K and
+  /// V tiles in shared memory and of the fragments computed from them.
+  int64_t Dp, Dvp;
 
   /// Checks the CTA's first tile_step: static shapes, bf16/f16, head dims
-  /// 64/128, tiles of 128 x 64|128. Diagnostics name `pass`.
+  /// multiples of 8 in [16, 256], tiles of 128 x 64|128. Diagnostics name
+  /// `pass`.
   static FailureOr<KernelPlan> of(TileStepOp step, StringRef pass);
 };
 

@@ -10,7 +10,8 @@
 //   shared memory  the rings' slots in a dynamic shared-memory block (the
 //                  base aligned to 128 bytes at run time, +128 asked for)
 //   ring.copy      each thread's 16-byte chunks of the tile with cp.async
-//                  (cp.async.cg, zero fill past the tensor's end) into the
+//                  (cp.async.cg, zero fill past the tensor's rows and, for a
+//                  head dim padded to 64-column panels, columns) into the
 //                  swizzled layout, then cp.async.commit_group (also when
 //                  `if` is false: an empty group keeps the count)
 //   ring.wait      cp.async.wait_group in_flight, then a CTA barrier
@@ -20,7 +21,8 @@
 //   ring.release   nothing (the next acquire's barrier orders it)
 //   frag.load      ldmatrix.x4 per 16 columns and m16 tile of the warp
 //   mma            per warp, m16n8k16 mma.sync per 8 columns of N, 16 of K
-//                  and m16 tile (1 or 2, read off the result's size); A
+//                  and m16 tile (1 or 2, read off the result's size), but
+//                  none for the zero columns of a padded head dim; A
 //                  from registers (the fragment's pairs) or ldmatrix, B with
 //                  ldmatrix (K-major B) or ldmatrix.trans (row-major B),
 //                  each B fragment loaded once for all m16 tiles
@@ -57,8 +59,19 @@ struct Lowering : SharedTiles {
   // (lane % 8) and matrix (lane / 8).
   Value tid, warp, rr, mi;
   DenseSet<Operation *> barrierAcquires;
+  // Per ring, the columns its copies read (the rest of a tile's columns are
+  // the zeros of a padded head dim, which the MMAs skip).
+  DenseMap<Value, int64_t> filledCols;
 
   Lowering(ImplicitLocOpBuilder &b, int64_t threads) : SharedTiles(b), threads(threads) {}
+
+  /// The leading columns of `tile` (of `cols`) that hold data: the source
+  /// columns of its ring's copies, all of them where that is not known.
+  int64_t filled(Value tile, int64_t cols) const {
+    auto slotOp = tile.getDefiningOp<RingSlotOp>();
+    auto it = slotOp ? filledCols.find(slotOp.getRing()) : filledCols.end();
+    return it == filledCols.end() ? cols : std::min(cols, it->second);
+  }
 
   Value mul(Value a, int64_t c) { return arith::MulIOp::create(b, a, i32(c)); }
   Value add(Value a, Value c) { return arith::AddIOp::create(b, a, c); }
@@ -141,7 +154,8 @@ LogicalResult Lowering::lowerCopy(RingCopyOp op) {
     return op.emitOpError("a tile of ")
            << chunks << " 16-byte chunks does not split evenly over " << threads
            << " threads";
-  int64_t H = source.getDimSize(1), N = source.getDimSize(2);
+  int64_t H = source.getDimSize(1), N = source.getDimSize(2), C = source.getDimSize(3);
+  int64_t have = C * 2 / kChunk; // the source's chunks per row (the rest: zeros)
   bool tail = N % rows != 0;
   Value dst = slot(r, stagePhase(r, op.getPosition()).first);
   auto copies = [&] {
@@ -155,18 +169,27 @@ LogicalResult Lowering::lowerCopy(RingCopyOp op) {
       Value rIn = arith::DivUIOp::create(b, c, i32(perRow));
       Value cc = arith::RemUIOp::create(b, c, i32(perRow));
       Value row = add(row0, rIn);
-      Value size;
+      // A chunk past the tensor's rows or columns copies 0 bytes (zero
+      // fill) from a clamped address inside the tensor.
+      Value inside, srcChunk = cc;
       if (tail) {
-        Value inside = arith::CmpIOp::create(b, arith::CmpIPredicate::ult, row, i32(N));
-        size = arith::SelectOp::create(b, inside, i32(kChunk), i32(0));
+        inside = arith::CmpIOp::create(b, arith::CmpIPredicate::ult, row, i32(N));
         row = arith::MinUIOp::create(b, row, i32(N - 1));
       }
+      if (have < perRow) {
+        Value real = arith::CmpIOp::create(b, arith::CmpIPredicate::ult, cc, i32(have));
+        inside = inside ? arith::AndIOp::create(b, inside, real).getResult() : real;
+        srcChunk = arith::MinUIOp::create(b, cc, i32(have - 1));
+      }
+      Value size;
+      if (inside)
+        size = arith::SelectOp::create(b, inside, i32(kChunk), i32(0));
       // Element offset of the chunk in the tensor (64-bit), then bytes.
       Value elem = arith::AddIOp::create(
           b, arith::MulIOp::create(
                  b, arith::ExtUIOp::create(b, b.getI64Type(), add(mul(head, N), row)),
-                 i64(cols)),
-          arith::ExtUIOp::create(b, b.getI64Type(), mul(cc, 8)));
+                 i64(C)),
+          arith::ExtUIOp::create(b, b.getI64Type(), mul(srcChunk, 8)));
       Value src = LLVM::IntToPtrOp::create(
           b, LLVM::LLVMPointerType::get(b.getContext(), 1),
           Value(arith::AddIOp::create(b, base, arith::MulIOp::create(b, elem, i64(2)))));
@@ -274,18 +297,23 @@ LogicalResult Lowering::lowerMma(MmaOp op) {
   std::optional<std::array<NVVM::MMATypes, 2>> types;
   if (elem.isBF16())
     types = {NVVM::MMATypes::bf16, NVVM::MMATypes::bf16};
-  for (int64_t kk = 0; kk < k / 16; ++kk) {
+  // A padded head dim: the k16 steps (S = Q.Kᵀ) or 8-column blocks of N
+  // (O += P.V) past B's filled columns multiply zeros and are left out (the
+  // accumulator's padding columns stay 0).
+  int64_t kSteps = kMajor ? (filled(op.getB(), k) + 15) / 16 : k / 16;
+  int64_t nCols = kMajor ? n : filled(op.getB(), n);
+  for (int64_t kk = 0; kk < kSteps; ++kk) {
     SmallVector<SmallVector<Value>> aOps(warpTiles);
     for (int64_t i = 0; i < warpTiles; ++i)
       for (Value word : aWords(i, kk))
         aOps[i].push_back(operand(word));
-    for (int64_t jp = 0; jp < n / 16; ++jp) {
+    for (int64_t jp = 0; 16 * jp < nCols; ++jp) {
       // K-major B ([N, K]): rows 16 jp.., chunk 2 kk; row-major B ([K, N]):
       // rows 16 kk.., chunk 2 jp, transposed on load.
       Value addr = kMajor ? matrixRow(bAddr, bType.getRows(), i32(16 * jp), laneRow, 2 * kk, key)
                           : matrixRow(bAddr, bType.getRows(), i32(16 * kk), laneRow, 2 * jp, key);
       SmallVector<Value> bWords = ldmatrix(addr, /*trans=*/!kMajor);
-      for (int64_t jj = 0; jj < 2; ++jj) {
+      for (int64_t jj = 0; jj < 2 && 16 * jp + 8 * jj < nCols; ++jj) {
         SmallVector<Value> bOps = {operand(bWords[2 * jj]), operand(bWords[2 * jj + 1])};
         for (int64_t i = 0; i < warpTiles; ++i) {
           int64_t at = i * (n / 2) + 4 * (2 * jp + jj); // d of tile i, columns 8 j..
@@ -336,6 +364,10 @@ LogicalResult mlir::flexattn::lowerToAmpere(RewriterBase &rewriter,
   launch.getBody().walk<WalkOrder::PreOrder>([&](Operation *op) {
     if (isa<WarpSpecializeOp>(op) && !foreign)
       foreign = op;
+    if (auto copy = dyn_cast<RingCopyOp>(op)) {
+      int64_t &cols = l.filledCols[copy.getRing()];
+      cols = std::max(cols, cast<MemRefType>(copy.getSource().getType()).getDimSize(3));
+    }
     if (isa<RingCopyOp, RingAcquireOp, RingLoadOp, RingWaitOp, RingReleaseOp,
             FragLoadOp, MmaOp, MmaWaitOp>(op) ||
         SharedTiles::isTileValue(op))

@@ -86,7 +86,7 @@ struct CooperativeRole : ConsumerRole {
     RingWaitOp::create(b, rings.q, qPos).setInFlight(0);
     Value slot = RingSlotOp::create(b, rings.q, qPos);
     if (qInRegisters) {
-      qA = FragLoadOp::create(b, VectorType::get({warpTiles * plan.D / 2}, plan.elem), slot,
+      qA = FragLoadOp::create(b, VectorType::get({warpTiles * plan.Dp / 2}, plan.elem), slot,
                               band);
       qRow = Value();
       RingReleaseOp::create(b, rings.q, qPos);
@@ -260,9 +260,9 @@ LogicalResult mlir::flexattn::multistage(RewriterBase &rewriter, gpu::LaunchOp l
         b, RingType::get(b.getContext(), n, rows, cols, p->elem), threads);
   };
   ConsumerRings rings;
-  rings.q = ring(1, kTileRows, p->D);
-  rings.k = ring(stages, p->BN, p->D);
-  rings.v = ring(stages, p->BN, p->Dv);
+  rings.q = ring(1, kTileRows, p->Dp);
+  rings.k = ring(stages, p->BN, p->Dp);
+  rings.v = ring(stages, p->BN, p->Dvp);
   auto idx = [&](int64_t v) { return arith::ConstantIndexOp::create(b, v); };
   Value tid = gpu::ThreadIdOp::create(b, gpu::Dimension::x);
   Value group = arith::DivUIOp::create(b, tid, idx(kGroupThreads));

@@ -170,6 +170,13 @@ LogicalResult mlir::flexattn::warpSpecialize(RewriterBase &rewriter,
   FailureOr<KernelPlan> p = KernelPlan::of(tile->steps.front(), "flexattn-warp-specialize");
   if (failed(p))
     return failure();
+  // TMA boxes and wgmma descriptors of whole 64-column panels: other head
+  // dims take the mma.sync kernel (flexattn-multistage), which pads them.
+  if ((p->D != 64 && p->D != 128) || (p->Dv != 64 && p->Dv != 128))
+    return tile->steps.front().emitOpError(
+               "flexattn-warp-specialize takes head dims 64 and 128 (other head dims: "
+               "flexattn-multistage), got D = ")
+           << p->D << ", Dv = " << p->Dv;
   auto func = launch->getParentOfType<func::FuncOp>();
   if (!func)
     return launch.emitOpError("flexattn-warp-specialize expects a func.func parent");

@@ -16,7 +16,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Target", "Tiling", "TARGETS", "target", "gpu_targets", "for_device", "sm_count"]
+__all__ = ["Target", "Tiling", "TARGETS", "target", "gpu_targets", "for_device", "sm_count",
+           "padded_head_dim"]
+
+# Shared-memory tiles are whole 64-column panels (128 bytes of 16-bit
+# elements, the swizzle period): a head dim that is a multiple of 8 but not
+# of 64 is padded with zero columns there (flexattn.ring.copy fills them),
+# and the table rows below are those of the padded dim.
+PANEL_COLS = 64
+
+
+def padded_head_dim(head_dim: int) -> int:
+    """``head_dim`` rounded up to whole 64-column panels (the columns of the
+    kernel's shared-memory tiles and fragments)."""
+    return -(-head_dim // PANEL_COLS) * PANEL_COLS
+
+
+def _head_dims(largest: int) -> tuple[int, ...]:
+    """The multiples of 8 from 16 to ``largest``."""
+    return tuple(range(16, largest + 1, 8))
 
 
 @dataclass(frozen=True)
@@ -51,13 +69,19 @@ class Target:
     sm_count: SMs of the reference part, used for persistent CTAs when no
       device can be asked (AOT on a machine without a GPU).
     max_shared_per_block: opt-in shared memory of one CTA, bytes.
-    dtypes, head_dims, kv_blocks, q_block: what the target's kernel handles
-      (q/k/v element types, head dims, KV tile sizes, the Q tile rows).
-    kv_tiles: the KV tile each head dim gets when ``CompileOptions.tile_kv``
-      is left at 0 and no block mask fixes it, as ``(head dim, tile)`` pairs
-      (``q_block`` for a head dim not listed).
-    tilings: ``((head dim, KV tile), Tiling)`` pairs; a pair not listed
-      gets ``Tiling()`` (16 rows per warp, Q in registers).
+    dtypes, head_dims, kv_blocks, q_block: what the target's kernels handle
+      (q/k/v element types, head dims of q/k and of v, KV tile sizes, the Q
+      tile rows).
+    kv_tiles: the KV tile each (padded) head dim (the larger of D and Dv) gets when
+      ``CompileOptions.tile_kv`` is left at 0 and no block mask fixes it, as
+      ``(head dim, tile)`` pairs (``q_block`` for a head dim not listed).
+    tilings: ``((padded head dim, KV tile), Tiling)`` pairs; a pair not
+      listed gets ``Tiling()`` (16 rows per warp, Q in registers).
+    own_head_dims, general: a target with a kernel of its own for some head
+      dims (sm_90a: TMA + wgmma for D = Dv in ``own_head_dims``) runs every
+      other head dim with the kernel of the target named ``general``
+      (sm_80's mma.sync kernel, which pads any multiple of 8), compiled for
+      its own chip and shared memory; see :meth:`kernel`.
     """
 
     name: str
@@ -74,26 +98,45 @@ class Target:
     q_block: int = 0
     kv_tiles: tuple[tuple[int, int], ...] = ()
     tilings: tuple[tuple[tuple[int, int], Tiling], ...] = ()
+    own_head_dims: tuple[int, ...] = ()
+    general: str = ""
 
     @property
     def is_gpu(self) -> bool:
         return self.kind == "cuda"
 
+    def kernel(self, head_dim: int, value_dim: int) -> "Target":
+        """The target whose kernel (passes and table rows) runs q/k head dim
+        ``head_dim`` and v head dim ``value_dim``: this one, or ``general``
+        for the head dims its own kernel does not take."""
+        if self.general and not (head_dim == value_dim and head_dim in self.own_head_dims):
+            return TARGETS[self.general]
+        return self
+
     def kv_tile(self, head_dim: int) -> int:
         """The default KV tile of ``head_dim`` (see ``kv_tiles``)."""
-        return dict(self.kv_tiles).get(head_dim, self.q_block)
+        return dict(self.kv_tiles).get(padded_head_dim(head_dim), self.q_block)
 
     def tiling(self, head_dim: int, kv_tile: int) -> Tiling:
         """How the kernel of ``head_dim`` and ``kv_tile`` splits its Q tile."""
-        return dict(self.tilings).get((head_dim, kv_tile), Tiling())
+        return dict(self.tilings).get((padded_head_dim(head_dim), kv_tile), Tiling())
+
+    def ring_bytes(self, head_dim: int, value_dim: int, kv_tile: int, stages: int) -> int:
+        """Dynamic shared memory of the mma.sync kernel: the Q tile, ``stages``
+        K and V tiles (padded head dims, 16-bit elements) and 128 bytes of
+        alignment slack (flexattn-lower-to-ampere)."""
+        d, dv = padded_head_dim(head_dim), padded_head_dim(value_dim)
+        return 2 * (self.q_block * d + stages * kv_tile * (d + dv)) + 128
 
 
 TARGETS: dict[str, Target] = {t.name: t for t in [
     Target("cpu", "cpu"),
+    # wgmma for D = Dv in (64, 128); the sm_80 kernel (padded, any multiple
+    # of 8 up to 256: 232 KiB hold 256 with 64-column KV tiles) for the rest.
     Target("sm_90a", "cuda", chip="sm_90a", features="+ptx83", compute_capability=(9, 0),
            devices=((9, 0),), sm_count=132, max_shared_per_block=232448,
-           dtypes=("bfloat16", "float16"), head_dims=(64, 128), kv_blocks=(64, 128),
-           q_block=128),
+           dtypes=("bfloat16", "float16"), head_dims=_head_dims(256), kv_blocks=(64, 128),
+           q_block=128, own_head_dims=(64, 128), general="sm_80"),
     # The reference part is the A100 (108 SMs, 163 KiB per block); Ada and
     # sm_86 parts have 99 KiB (the runtime checks a launch against the device).
     # 32 Q rows per warp (FlashAttention-2's 4 warps per 128-row tile) only
@@ -101,11 +144,18 @@ TARGETS: dict[str, Target] = {t.name: t for t in [
     # S = 8192: D = 64 with 64-column KV tiles (242 registers). D = 64 with
     # 128 columns and D = 128 with 64 spill (S, O and the kernel's address
     # registers), so they keep 16 rows per warp (8 warps).
+    # Head dims above 128 (padded 192, 256) get 64-column KV tiles: Q + 2
+    # stages of K and V at 128 columns would not fit a block's shared memory
+    # (D = 256 needs 192 KiB even at 64 columns: more than an A100 has, so
+    # sm_80 stops at 192; Hopper runs 256 with this kernel). At 256 the Q
+    # fragment (64 registers) beside O (128) and S spills: Q is read from
+    # shared memory by each S = Q.Kᵀ instead.
     Target("sm_80", "cuda", chip="sm_80", features="+ptx70", compute_capability=(8, 0),
            devices=((8, 0), (8, 6), (8, 7), (8, 9)), sm_count=108,
-           max_shared_per_block=166912, dtypes=("bfloat16", "float16"), head_dims=(64, 128),
-           kv_blocks=(64, 128), q_block=128, kv_tiles=((64, 64),),
-           tilings=(((64, 64), Tiling(32)),)),
+           max_shared_per_block=166912, dtypes=("bfloat16", "float16"),
+           head_dims=_head_dims(192), kv_blocks=(64, 128), q_block=128,
+           kv_tiles=((64, 64), (192, 64), (256, 64)),
+           tilings=(((64, 64), Tiling(32)), ((256, 64), Tiling(16, q_in_registers=False)))),
 ]}
 
 

@@ -191,7 +191,8 @@ def check_captures(captures, device) -> None:
 
 def check_gpu_support(query, value, block_mask, options) -> None:
     """What the target's kernel handles (flexattn_mlir.compiler.targets), checked
-    before compiling: element types, head dims, Q and KV block sizes."""
+    before compiling: element types, head dims, Q and KV block sizes, and the
+    shared memory of the mma.sync kernel's tiles."""
 
     t = target(options.target)
     names = " or ".join(t.dtypes)
@@ -200,11 +201,11 @@ def check_gpu_support(query, value, block_mask, options) -> None:
             f"query dtype {query.dtype} is not supported by the {options.target} kernel: "
             f"use {names} (float32 runs on the CPU)"
         )
-    dims = " and ".join(str(d) for d in t.head_dims)
+    lo, hi = min(t.head_dims), max(t.head_dims)
     for name, d in (("query", query.shape[-1]), ("value", value.shape[-1])):
         if d not in t.head_dims:
             raise ValueError(f"{name} head dim {d} is not supported by the {options.target} "
-                             f"kernel: it handles {dims}")
+                             f"kernel: it handles multiples of 8 from {lo} to {hi}")
     if block_mask is not None:
         bq, bkv = block_size(block_mask.BLOCK_SIZE)
         if bq % t.q_block or bkv not in t.kv_blocks:
@@ -213,3 +214,21 @@ def check_gpu_support(query, value, block_mask, options) -> None:
                 f"{options.target} kernel: the Q block must be a multiple of {t.q_block} and "
                 f"the KV block {' or '.join(str(b) for b in t.kv_blocks)}"
             )
+    # The mma.sync kernel's rings (Q, then K and V per stage) must fit a
+    # block's shared memory: large head dims need 64-column KV tiles.
+    D, Dv = query.shape[-1], value.shape[-1]
+    kernel = t.kernel(D, Dv)
+    if t.general and kernel is t:
+        return  # the target's own kernel (sm_90a wgmma: D = Dv in 64, 128)
+    fixed = block_mask is not None
+    kv = (block_size(block_mask.BLOCK_SIZE)[1] if fixed
+          else options.tile_kv or kernel.kv_tile(max(D, Dv)))
+    need = kernel.ring_bytes(D, Dv, kv, options.stages)
+    if need > t.max_shared_per_block:
+        fix = ("a block mask with BLOCK_SIZE=(128, 64)" if fixed and kv > 64
+               else "fewer stages or a smaller tile_kv")
+        raise ValueError(
+            f"head dims D={D}, Dv={Dv} with {kv}-column KV tiles and {options.stages} stages "
+            f"need {need} bytes of shared memory on {options.target}, more than the "
+            f"{t.max_shared_per_block} a block has: use {fix}"
+            + ("" if fixed else " (block_mask.BLOCK_SIZE fixes the KV tile)"))

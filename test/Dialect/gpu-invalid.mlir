@@ -214,7 +214,7 @@ func.func @finalize_out(%acc: vector<64xf32>, %m: vector<2xf32>, %out: memref<1x
 // -----
 
 func.func @finalize_acc(%acc: vector<32xf32>, %m: vector<2xf32>, %out: memref<1x2x8x128xbf16>, %i: index) {
-  // expected-error @+1 {{an accumulator fragment of Dv = 128 columns and 16 rows per warp is 64 f32 per thread, got 'vector<32xf32>'}}
+  // expected-error @+1 {{an accumulator fragment of Dv = 128 columns and 16 rows per warp is 64 f32 per thread (or 64, padded to 128 columns), got 'vector<32xf32>'}}
   flexattn.frag.finalize %acc state(%m, %m) outs(%out : memref<1x2x8x128xbf16>) at(%i, %i, %i, %i) : vector<32xf32>, vector<2xf32>
   return
 }
@@ -255,9 +255,18 @@ func.func @copy_dtype(%k: memref<1x2x300x64xf16>, %i: index, %p: i32) {
 
 // -----
 
+func.func @copy_cols_not_multiple_of_8(%k: memref<1x2x300x20xbf16>, %i: index, %p: i32) {
+  %kv = flexattn.ring.alloc consumers(256) : !flexattn.ring<2 x 128x64xbf16>
+  // expected-error @+1 {{the source rows have 20 columns: a multiple of 8 that the ring's tiles of 64 columns hold, padded by less than a 64-column panel}}
+  flexattn.ring.copy %k[%i, %i, %i] into %kv[%p] : memref<1x2x300x20xbf16>, !flexattn.ring<2 x 128x64xbf16>
+  return
+}
+
+// -----
+
 func.func @copy_cols(%k: memref<1x2x300x128xbf16>, %i: index, %p: i32) {
   %kv = flexattn.ring.alloc consumers(256) : !flexattn.ring<2 x 128x64xbf16>
-  // expected-error @+1 {{the source rows have 128 columns but the ring's tiles 64}}
+  // expected-error @+1 {{the source rows have 128 columns: a multiple of 8 that the ring's tiles of 64 columns hold, padded by less than a 64-column panel}}
   flexattn.ring.copy %k[%i, %i, %i] into %kv[%p] : memref<1x2x300x128xbf16>, !flexattn.ring<2 x 128x64xbf16>
   return
 }
@@ -330,7 +339,7 @@ func.func @softmax_tile_two_tiles(%s: vector<64xf32>, %m: vector<4xf32>, %i: ind
 // -----
 
 func.func @finalize_two_tiles(%acc: vector<64xf32>, %m: vector<4xf32>, %out: memref<1x2x8x128xbf16>, %i: index) {
-  // expected-error @+1 {{an accumulator fragment of Dv = 128 columns and 32 rows per warp is 128 f32 per thread, got 'vector<64xf32>'}}
+  // expected-error @+1 {{an accumulator fragment of Dv = 128 columns and 32 rows per warp is 128 f32 per thread (or 128, padded to 128 columns), got 'vector<64xf32>'}}
   flexattn.frag.finalize %acc state(%m, %m) outs(%out : memref<1x2x8x128xbf16>) at(%i, %i, %i, %i) : vector<64xf32>, vector<4xf32>
   return
 }

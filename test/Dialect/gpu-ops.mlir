@@ -75,13 +75,16 @@ func.func @fragments(%q: !flexattn.smem_tile<128x128xbf16>, %k: !flexattn.smem_t
 // CHECK-LABEL: func.func @cooperative_rings(
 // CHECK:         flexattn.ring.copy %{{.*}}[%{{.*}}, %{{.*}}, %{{.*}}] into %{{.*}}[%{{.*}}] : memref<1x2x300x64xbf16>, !flexattn.ring<2 x 128x64xbf16>
 // CHECK:         flexattn.ring.copy %{{.*}}[%{{.*}}, %{{.*}}, %{{.*}}] into %{{.*}}[%{{.*}}] if %{{.*}} : memref<1x2x300x64xbf16>, !flexattn.ring<2 x 128x64xbf16>
+// CHECK:         flexattn.ring.copy %{{.*}}[%{{.*}}, %{{.*}}, %{{.*}}] into %{{.*}}[%{{.*}}] : memref<1x2x300x24xbf16>, !flexattn.ring<2 x 128x64xbf16>
 // CHECK:         flexattn.ring.wait %{{.*}}[%{{.*}}] in_flight(1) : !flexattn.ring<2 x 128x64xbf16>
 // CHECK:         flexattn.frag.load %{{.*}}[%{{.*}}] : !flexattn.smem_tile<128x64xbf16> -> vector<32xbf16>
 func.func @cooperative_rings(%k: memref<1x2x300x64xbf16>, %b: index, %h: index, %row: index,
-                             %i: i32, %more: i1) -> vector<32xbf16> {
+                             %i: i32, %more: i1, %k24: memref<1x2x300x24xbf16>) -> vector<32xbf16> {
   %kv = flexattn.ring.alloc consumers(256) : !flexattn.ring<2 x 128x64xbf16>
   flexattn.ring.copy %k[%b, %h, %row] into %kv[%i] : memref<1x2x300x64xbf16>, !flexattn.ring<2 x 128x64xbf16>
   flexattn.ring.copy %k[%b, %h, %row] into %kv[%i] if %more : memref<1x2x300x64xbf16>, !flexattn.ring<2 x 128x64xbf16>
+  // A head dim of 24 columns, padded with zeros to the tile's 64.
+  flexattn.ring.copy %k24[%b, %h, %row] into %kv[%i] : memref<1x2x300x24xbf16>, !flexattn.ring<2 x 128x64xbf16>
   flexattn.ring.wait %kv[%i] in_flight(1) : !flexattn.ring<2 x 128x64xbf16>
   %t = flexattn.ring.slot %kv[%i] : !flexattn.ring<2 x 128x64xbf16>
   %f = flexattn.frag.load %t[%row] : !flexattn.smem_tile<128x64xbf16> -> vector<32xbf16>

@@ -17,8 +17,8 @@
 // ring.copy: 1024 16-byte chunks of Q over 256 threads, 4 each; rows past
 // the tensor's 300 are clamped and copy 0 bytes (zero fill); one group.
 // CHECK:           %[[IN:.*]] = arith.cmpi ult, %[[ROW:.*]], %{{.*}} : i32
-// CHECK-NEXT:      %[[SIZE:.*]] = arith.select %[[IN]], %{{.*}}, %{{.*}} : i32
 // CHECK-NEXT:      arith.minui %[[ROW]], %{{.*}} : i32
+// CHECK-NEXT:      %[[SIZE:.*]] = arith.select %[[IN]], %{{.*}}, %{{.*}} : i32
 // CHECK:           nvvm.cp.async.shared.global %{{.*}}, %{{.*}}, 16, cache =  cg, %[[SIZE]] : !llvm.ptr<3>, !llvm.ptr<1>, i32
 // CHECK-COUNT-3:   nvvm.cp.async.shared.global
 // CHECK-NEXT:      nvvm.cp.async.commit.group
@@ -130,6 +130,53 @@ func.func @two_tiles(%q: memref<1x2x300x64xbf16>, %b: index, %h: index, %q0: ind
     %o0 = flexattn.mma %p, %kt, %acc : vector<64xbf16>, !flexattn.smem_tile<64x64xbf16>, vector<64xf32> -> vector<64xf32>
     %r = arith.addf %s0, %o0 : vector<64xf32>
     vector.store %r, %out[%c0] : memref<64xf32>, vector<64xf32>
+    gpu.terminator
+  }
+  return
+}
+
+// -----
+
+// A head dim padded to a 64-column panel (D = 24: 3 of a row's 8 chunks):
+// the chunks past the source's columns copy 0 bytes (zero fill) from a
+// clamped address in the row; no row tail (256 rows of 64-row tiles).
+// CHECK-LABEL: func.func @padded_columns(
+// CHECK:           memref.extract_aligned_pointer_as_index %{{.*}} : memref<1x2x256x24xbf16>
+// CHECK:           arith.divui
+// CHECK-NEXT:      %[[CC:.*]] = arith.remui %{{.*}}, %{{.*}} : i32
+// CHECK-NEXT:      arith.addi
+// CHECK-NEXT:      %[[REAL:.*]] = arith.cmpi ult, %[[CC]], %{{.*}} : i32
+// CHECK-NEXT:      %[[SRC:.*]] = arith.minui %[[CC]], %{{.*}} : i32
+// CHECK-NEXT:      %[[SIZE:.*]] = arith.select %[[REAL]], %{{.*}}, %{{.*}} : i32
+// CHECK:           arith.muli %[[SRC]], %{{.*}} : i32
+// CHECK:           nvvm.cp.async.shared.global %{{.*}}, %{{.*}}, 16, cache =  cg, %[[SIZE]] : !llvm.ptr<3>, !llvm.ptr<1>, i32
+// CHECK:           nvvm.cp.async.shared.global
+// CHECK-NEXT:      nvvm.cp.async.commit.group
+// S = Q.Kᵀ over the 24 filled columns: 2 k16 steps (not 4) x 8 blocks of
+// 8 KV columns; P.V over 24 of the 64 value columns: 3 blocks of 8 (not 8)
+// x 4 k16 steps.
+// CHECK-COUNT-16:  nvvm.mma.sync
+// CHECK-NOT:       nvvm.mma.sync
+// CHECK:           vector.store
+// CHECK-COUNT-12:  nvvm.mma.sync
+// CHECK-NOT:       nvvm.mma.sync
+func.func @padded_columns(%k: memref<1x2x256x24xbf16>, %b: index, %h: index, %row: index,
+                          %qf: vector<32xbf16>, %pf: vector<32xbf16>, %s: memref<64xf32>) {
+  %c0 = arith.constant 0 : index
+  %c1 = arith.constant 1 : index
+  %c256 = arith.constant 256 : index
+  %c0_i32 = arith.constant 0 : i32
+  gpu.launch blocks(%bx, %by, %bz) in (%gx = %c1, %gy = %c1, %gz = %c1)
+             threads(%tx, %ty, %tz) in (%sx = %c256, %sy = %c1, %sz = %c1) {
+    %kr = flexattn.ring.alloc consumers(256) : !flexattn.ring<1 x 64x64xbf16>
+    flexattn.ring.acquire %kr[%c0_i32] : !flexattn.ring<1 x 64x64xbf16>
+    flexattn.ring.copy %k[%b, %h, %row] into %kr[%c0_i32] : memref<1x2x256x24xbf16>, !flexattn.ring<1 x 64x64xbf16>
+    flexattn.ring.wait %kr[%c0_i32] in_flight(0) : !flexattn.ring<1 x 64x64xbf16>
+    %kt = flexattn.ring.slot %kr[%c0_i32] : !flexattn.ring<1 x 64x64xbf16>
+    %st = flexattn.mma %qf, %kt {transpose_b} : vector<32xbf16>, !flexattn.smem_tile<64x64xbf16> -> vector<32xf32>
+    vector.store %st, %s[%c0] : memref<64xf32>, vector<32xf32>
+    %o = flexattn.mma %pf, %kt : vector<32xbf16>, !flexattn.smem_tile<64x64xbf16> -> vector<32xf32>
+    vector.store %o, %s[%c0] : memref<64xf32>, vector<32xf32>
     gpu.terminator
   }
   return

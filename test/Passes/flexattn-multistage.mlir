@@ -153,3 +153,59 @@ func.func @causal(%q: memref<1x2x300x64xbf16>, %k: memref<1x2x300x64xbf16>, %v: 
   return
 }
 
+
+// -----
+
+// Head dims that are not multiples of 64 (D = 24, Dv = 40): the tiles in
+// shared memory and the fragments have them padded to a 64-column panel;
+// the copies read the tensors' own columns (ring.copy zero-fills the rest),
+// and the accumulator's padding columns are not stored by finalize.
+// CHECK-LABEL: func.func @padded(
+// CHECK:           %[[QR:.*]] = flexattn.ring.alloc consumers(256) : !flexattn.ring<1 x 128x64xbf16>
+// CHECK-NEXT:      %[[KR:.*]] = flexattn.ring.alloc consumers(256) : !flexattn.ring<2 x 64x64xbf16>
+// CHECK-NEXT:      %[[VR:.*]] = flexattn.ring.alloc consumers(256) : !flexattn.ring<2 x 64x64xbf16>
+// CHECK:           flexattn.ring.copy %{{.*}} into %[[QR]][%{{.*}}] : memref<1x2x300x24xbf16>, !flexattn.ring<1 x 128x64xbf16>
+// CHECK:           flexattn.frag.load %{{.*}} : !flexattn.smem_tile<128x64xbf16> -> vector<32xbf16>
+// CHECK:           flexattn.ring.copy %{{.*}} into %[[KR]][%{{.*}}] {{.*}}: memref<1x2x300x24xbf16>, !flexattn.ring<2 x 64x64xbf16>
+// CHECK:           flexattn.ring.copy %{{.*}} into %[[VR]][%{{.*}}] {{.*}}: memref<1x2x300x40xbf16>, !flexattn.ring<2 x 64x64xbf16>
+// CHECK:           scf.for {{.*}} -> (i32, vector<2xf32>, vector<2xf32>, vector<32xf32>) {
+// CHECK:             flexattn.mma %{{.*}}, %{{.*}} {transpose_b} : vector<32xbf16>, !flexattn.smem_tile<64x64xbf16> -> vector<32xf32>
+// CHECK:             flexattn.mma %{{.*}}, %{{.*}}, %{{.*}} : vector<32xbf16>, !flexattn.smem_tile<64x64xbf16>, vector<32xf32> -> vector<32xf32>
+// CHECK:           flexattn.frag.finalize {{.*}} outs(%{{.*}} : memref<1x2x300x40xbf16>) {{.*}} : vector<32xf32>, vector<2xf32>
+func.func @padded(%q: memref<1x2x300x24xbf16>, %k: memref<1x2x300x24xbf16>, %v: memref<1x2x300x40xbf16>,
+                  %o: memref<1x2x300x40xbf16>) {
+  %ninf = arith.constant 0xFF800000 : f32
+  %zero = arith.constant 0.000000e+00 : f32
+  %c0 = arith.constant 0 : index
+  %c1 = arith.constant 1 : index
+  %c2 = arith.constant 2 : index
+  %c3 = arith.constant 3 : index
+  %c5 = arith.constant 5 : index
+  %c6 = arith.constant 6 : index
+  %c64 = arith.constant 64 : index
+  %c128 = arith.constant 128 : index
+  gpu.launch blocks(%bx, %by, %bz) in (%gx = %c6, %gy = %c1, %gz = %c1)
+             threads(%tx, %ty, %tz) in (%sx = %c1, %sy = %c1, %sz = %c1) {
+    %head = arith.divui %bx, %c3 : index
+    %b = arith.divui %head, %c2 : index
+    %h = arith.remui %head, %c2 : index
+    %qt = arith.remui %bx, %c3 : index
+    %q0 = arith.muli %qt, %c128 : index
+    %acc = memref.alloca() : memref<128x40xf32>
+    %m = memref.alloca() : memref<128xf32>
+    %l = memref.alloca() : memref<128xf32>
+    linalg.fill ins(%zero : f32) outs(%acc : memref<128x40xf32>)
+    linalg.fill ins(%ninf : f32) outs(%m : memref<128xf32>)
+    linalg.fill ins(%zero : f32) outs(%l : memref<128xf32>)
+    scf.for %j = %c0 to %c5 step %c1 {
+      %kv0 = arith.muli %j, %c64 : index
+      flexattn.tile_step ins(%q, %k, %v : memref<1x2x300x24xbf16>, memref<1x2x300x24xbf16>, memref<1x2x300x40xbf16>)
+          state(%acc, %m, %l : memref<128x40xf32>, memref<128xf32>, memref<128xf32>)
+          at(%b, %h, %h, %q0, %kv0) attributes {scale = 0.2 : f32, tile_size = array<i64: 128, 64>}
+    }
+    flexattn.finalize state(%acc, %m, %l : memref<128x40xf32>, memref<128xf32>, memref<128xf32>)
+        outs(%o : memref<1x2x300x40xbf16>) at(%b, %h, %q0)
+    gpu.terminator
+  }
+  return
+}

@@ -197,12 +197,33 @@ func.func @head_dim_96(%q: memref<1x1x128x96xbf16>, %o: memref<1x1x128x96xbf16>)
     %acc = memref.alloca() : memref<128x96xf32>
     %m = memref.alloca() : memref<128xf32>
     %l = memref.alloca() : memref<128xf32>
-    // expected-error @+1 {{the GPU kernel supports head dims 64 and 128, got D = 96, Dv = 96}}
+    // expected-error @+1 {{flexattn-warp-specialize takes head dims 64 and 128 (other head dims: flexattn-multistage), got D = 96, Dv = 96}}
     flexattn.tile_step ins(%q, %q, %q : memref<1x1x128x96xbf16>, memref<1x1x128x96xbf16>, memref<1x1x128x96xbf16>)
         state(%acc, %m, %l : memref<128x96xf32>, memref<128xf32>, memref<128xf32>)
         at(%c0, %c0, %c0, %c0, %c0) attributes {scale = 0.125 : f32, tile_size = array<i64: 128, 128>}
     flexattn.finalize state(%acc, %m, %l : memref<128x96xf32>, memref<128xf32>, memref<128xf32>)
         outs(%o : memref<1x1x128x96xbf16>) at(%c0, %c0, %c0)
+    gpu.terminator
+  }
+  return
+}
+
+// -----
+
+func.func @head_dim_100(%q: memref<1x1x128x100xbf16>, %o: memref<1x1x128x100xbf16>) {
+  %c0 = arith.constant 0 : index
+  %c1 = arith.constant 1 : index
+  gpu.launch blocks(%bx, %by, %bz) in (%gx = %c1, %gy = %c1, %gz = %c1)
+             threads(%tx, %ty, %tz) in (%sx = %c1, %sy = %c1, %sz = %c1) {
+    %acc = memref.alloca() : memref<128x100xf32>
+    %m = memref.alloca() : memref<128xf32>
+    %l = memref.alloca() : memref<128xf32>
+    // expected-error @+1 {{the GPU kernel takes head dims that are multiples of 8 in [16, 256], got D = 100, Dv = 100}}
+    flexattn.tile_step ins(%q, %q, %q : memref<1x1x128x100xbf16>, memref<1x1x128x100xbf16>, memref<1x1x128x100xbf16>)
+        state(%acc, %m, %l : memref<128x100xf32>, memref<128xf32>, memref<128xf32>)
+        at(%c0, %c0, %c0, %c0, %c0) attributes {scale = 0.125 : f32, tile_size = array<i64: 128, 128>}
+    flexattn.finalize state(%acc, %m, %l : memref<128x100xf32>, memref<128xf32>, memref<128xf32>)
+        outs(%o : memref<1x1x128x100xbf16>) at(%c0, %c0, %c0)
     gpu.terminator
   }
   return

@@ -81,11 +81,37 @@ def test_gpu_rejects_float32():
         checks.check_gpu_support(_t(1, 1, 128, 64, dtype=torch.float32), _t(1, 1, 128, 64), None, GPU)
 
 
-@pytest.mark.parametrize("d,dv,name", [(96, 96, "query"), (64, 256, "value")])
-def test_gpu_rejects_head_dims(d, dv, name):
-    with pytest.raises(ValueError, match=rf"{name} head dim \d+ is not supported by the sm_90a "
-                                         r"kernel: it handles 64 and 128"):
-        checks.check_gpu_support(_t(1, 1, 128, d), _t(1, 1, 128, dv), None, GPU)
+@pytest.mark.parametrize("d,dv,name,target,top", [
+    (100, 96, "query", "sm_90a", 256), (64, 264, "value", "sm_90a", 256),
+    (8, 64, "query", "sm_90a", 256), (256, 64, "query", "sm_80", 192)])
+def test_gpu_rejects_head_dims(d, dv, name, target, top):
+    """Head dims the kernels take: multiples of 8 from 16 to 256 (192 on
+    sm_80, whose blocks lack the shared memory for 256), checked before any
+    compile."""
+    with pytest.raises(ValueError, match=rf"{name} head dim {d if name == 'query' else dv} is "
+                                         rf"not supported by the {target} kernel: it handles "
+                                         rf"multiples of 8 from 16 to {top}"):
+        checks.check_gpu_support(_t(1, 1, 128, d), _t(1, 1, 128, dv), None,
+                                 CompileOptions(target=target))
+
+
+def test_gpu_rejects_tiles_that_overflow_shared_memory():
+    """A 128-column KV block at D = 256 (Q + two stages of K and V) needs more
+    shared memory than a block has: refused before compiling, naming the
+    mask's block size to use; 64-column blocks fit."""
+    class Mask:
+        BLOCK_SIZE = (128, 128)
+
+    with pytest.raises(ValueError, match=r"head dims D=256, Dv=256 with 128-column KV tiles and 2 "
+                                         r"stages need 327808 bytes of shared memory on sm_90a, "
+                                         r"more than the 232448 a block has: use a block mask "
+                                         r"with BLOCK_SIZE=\(128, 64\)"):
+        checks.check_gpu_support(_t(1, 1, 128, 256), _t(1, 1, 128, 256), Mask(), GPU)
+    Mask.BLOCK_SIZE = (128, 64)
+    checks.check_gpu_support(_t(1, 1, 128, 256), _t(1, 1, 128, 256), Mask(), GPU)  # fine
+    with pytest.raises(ValueError, match=r"fewer stages or a smaller tile_kv"):
+        checks.check_gpu_support(_t(1, 1, 128, 192), _t(1, 1, 128, 192), None,
+                                 CompileOptions(target="sm_80", stages=3))
 
 
 def test_gpu_rejects_block_sizes():

@@ -60,11 +60,36 @@ def _head_dim(op) -> int:
     return ir.MemRefType(op.operands[0].type).shape[-1]
 
 
+def _value_dim(op) -> int:
+    """The value head dim of a flexattn.attention / tile_step: v's last dim."""
+    return ir.MemRefType(op.operands[2].type).shape[-1]
+
+
+def _table_dim(op) -> int:
+    """The head dim whose table rows (KV tile, tiling) a kernel takes: the
+    larger of D and Dv (registers and shared memory grow with both)."""
+    return max(_head_dim(op), _value_dim(op))
+
+
+def _kernel_target(op, opts: CompileOptions) -> targets.Target:
+    """The table entry whose kernel runs the head dims of ``op`` (an
+    attention or tile_step) on ``opts.target``: see ``Target.kernel``."""
+    return targets.target(opts.target).kernel(_head_dim(op), _value_dim(op))
+
+
+def _has_op(mod: ir.Module, name: str) -> bool:
+    try:
+        _first_op(mod, name)
+    except CompilationError:
+        return False
+    return True
+
+
 def make_gpu_tiled(mod: ir.Module, opts: CompileOptions) -> None:
-    """``flexattn-tile`` with the target's KV tile for the head dim where
+    """``flexattn-tile`` with the kernel's KV tile for the head dim where
     ``opts.tile_kv`` is 0 (a block mask still fixes it to its block)."""
-    tile_kv = opts.tile_kv or targets.target(opts.target).kv_tile(
-        _head_dim(_first_op(mod, "flexattn.attention")))
+    op = _first_op(mod, "flexattn.attention")
+    tile_kv = opts.tile_kv or _kernel_target(op, opts).kv_tile(_table_dim(op))
     make_tiled(mod, replace(opts, tile_kv=tile_kv))
 
 
@@ -81,6 +106,10 @@ def make_grid(mod: ir.Module, opts: CompileOptions) -> None:
 
 
 def make_roles(mod: ir.Module, opts: CompileOptions) -> None:
+    """sm_90a: the warp-specialised wgmma kernel for the head dims it takes,
+    else the mma.sync kernel of ``Target.general`` (``make_multistage_roles``)."""
+    if _kernel_target(_first_op(mod, "flexattn.tile_step"), opts).name != opts.target:
+        return make_multistage_roles(mod, opts)
     run_pipeline(mod, [
         f"flexattn-warp-specialize{{stages={opts.stages}}}",
         "canonicalize",
@@ -93,7 +122,7 @@ def make_multistage_roles(mod: ir.Module, opts: CompileOptions) -> None:
     dim and KV tile (read off its tile_step) where ``opts`` leaves it open."""
     step = _first_op(mod, "flexattn.tile_step")
     kv_tile = list(ir.DenseI64ArrayAttr(step.attributes["tile_size"]))[1]
-    tiling = targets.target(opts.target).tiling(_head_dim(step), kv_tile)
+    tiling = _kernel_target(step, opts).tiling(_table_dim(step), kv_tile)
     rows = opts.warp_rows or tiling.warp_rows
     q_regs = tiling.q_in_registers if opts.q_in_registers is None else opts.q_in_registers
     run_pipeline(mod, [
@@ -105,6 +134,8 @@ def make_multistage_roles(mod: ir.Module, opts: CompileOptions) -> None:
 
 
 def make_schedule(mod: ir.Module, opts: CompileOptions) -> None:
+    if not _has_op(mod, "flexattn.warp_specialize"):
+        return  # an mma.sync kernel (make_roles): no schedule stage
     run_pipeline(mod, [
         f"flexattn-schedule-consumers{{pipeline={int(opts.pipeline)} pingpong={int(opts.pingpong)}}}",
         "canonicalize",
@@ -121,17 +152,20 @@ def make_fragments(mod: ir.Module, opts: CompileOptions) -> None:
     ], "fragments")
 
 
-def _make_kernel(lowering: str):
-    def make_kernel(mod: ir.Module, opts: CompileOptions) -> None:
-        target = targets.target(opts.target)
-        run_pipeline(mod, [
-            f"{lowering}{{max-shared-memory={target.max_shared_per_block}}}",
-            "gpu-launch-sink-index-computations",
-            "gpu-kernel-outlining",
-            "canonicalize",
-            "cse",
-        ], "kernel")
-    return make_kernel
+def make_kernel(mod: ir.Module, opts: CompileOptions) -> None:
+    """The roles' lowering: ``flexattn-lower-to-hopper`` after
+    ``flexattn-warp-specialize``, ``flexattn-lower-to-ampere`` after
+    ``flexattn-multistage``; the target's shared memory per block."""
+    lowering = ("flexattn-lower-to-hopper" if _has_op(mod, "flexattn.warp_specialize")
+                else "flexattn-lower-to-ampere")
+    target = targets.target(opts.target)
+    run_pipeline(mod, [
+        f"{lowering}{{max-shared-memory={target.max_shared_per_block}}}",
+        "gpu-launch-sink-index-computations",
+        "gpu-kernel-outlining",
+        "canonicalize",
+        "cse",
+    ], "kernel")
 
 
 def make_nvvm(mod: ir.Module, opts: CompileOptions) -> None:
@@ -147,14 +181,14 @@ def make_ptx(mod: ir.Module, opts: CompileOptions) -> None:
 
 # The stages of each GPU target: grid, fragments, nvvm and ptx serve every
 # one; roles, schedule and kernel are the target's (sm_90a: TMA producer +
-# wgmma consumers; sm_80: every warp copies with cp.async and computes with
-# mma.sync).
+# wgmma consumers for its own head dims, sm_80's kernel for the others;
+# sm_80: every warp copies with cp.async and computes with mma.sync).
 _STAGES = {
     "sm_90a": {"grid": make_grid, "roles": make_roles, "schedule": make_schedule,
-               "fragments": make_fragments, "kernel": _make_kernel("flexattn-lower-to-hopper"),
+               "fragments": make_fragments, "kernel": make_kernel,
                "nvvm": make_nvvm, "ptx": make_ptx},
     "sm_80": {"grid": make_grid, "roles": make_multistage_roles, "fragments": make_fragments,
-              "kernel": _make_kernel("flexattn-lower-to-ampere"), "nvvm": make_nvvm,
+              "kernel": make_kernel, "nvvm": make_nvvm,
               "ptx": make_ptx},
 }
 
