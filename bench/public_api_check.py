@@ -155,6 +155,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--out", required=True)
+    ap.add_argument("--head-dims", default="64,128",
+                    help="comma-separated head dims of the flex_attention cases")
     args = ap.parse_args()
     device = torch.device(args.device)
     results = []
@@ -169,7 +171,7 @@ def main():
     print(info, flush=True)
     dtypes = (torch.bfloat16, torch.float16) if device.type == "cuda" else (torch.float32,)
     for dtype in dtypes:
-        for d in (64, 128):
+        for d in map(int, args.head_dims.split(",")):
             attention_cases(results, device, dtype, d)
     model_cases(results, device, dtypes[0])
     doc = {"what": "public API on the device: flex_attention/create_block_mask vs torch flex, "
