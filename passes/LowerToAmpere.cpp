@@ -144,40 +144,67 @@ LogicalResult Lowering::lowerCopy(RingCopyOp op) {
   int64_t H = source.getDimSize(1), N = source.getDimSize(2);
   bool tail = N % rows != 0;
   Value dst = slot(r, stagePhase(r, op.getPosition()).first);
+  // Thread t copies chunks t + i T (T threads). Where T chunks span a
+  // multiple of 8 rows, a thread's chunks share their column (c = t % P, P
+  // chunks per row) and swizzle (row % 8), so chunk i is chunk 0 moved by
+  // i T / P rows: one source and one destination address per thread and
+  // constant steps (no per-chunk address registers live across the loop).
+  bool strided = threads % perRow == 0 && (threads / perRow) % 8 == 0;
   auto copies = [&] {
     Value base = arith::IndexCastUIOp::create(
         b, b.getI64Type(), memref::ExtractAlignedPointerAsIndexOp::create(b, op.getSource()));
     Value head = arith::AddIOp::create(
         b, arith::MulIOp::create(b, toI32(op.getB()), i32(H)), toI32(op.getH()));
     Value row0 = toI32(op.getRow());
-    for (int64_t i = 0; i < chunks / threads; ++i) {
-      Value c = at(tid, i * threads);
-      Value rIn = arith::DivUIOp::create(b, c, i32(perRow));
-      Value cc = arith::RemUIOp::create(b, c, i32(perRow));
-      Value row = add(row0, rIn);
+    auto ext = [&](Value v) { return arith::ExtUIOp::create(b, b.getI64Type(), v); };
+    auto chunkAt = [&](Value c) {
+      return std::pair(arith::DivUIOp::create(b, c, i32(perRow)).getResult(),
+                       arith::RemUIOp::create(b, c, i32(perRow)).getResult());
+    };
+    // Byte address of chunk cc of row `row` (clamped inside the tensor) in
+    // global memory, and its swizzled address in the slot.
+    auto source = [&](Value row, Value cc) -> Value {
+      Value elem = arith::AddIOp::create(
+          b, arith::MulIOp::create(b, ext(add(mul(head, N), row)), i64(cols)), ext(mul(cc, 8)));
+      return arith::AddIOp::create(b, base, arith::MulIOp::create(b, elem, i64(2)));
+    };
+    auto destination = [&](Value rIn, Value cc) -> Value {
+      Value panel = arith::DivUIOp::create(b, cc, i32(8));
+      Value swz = arith::XOrIOp::create(b, arith::RemUIOp::create(b, cc, i32(8)),
+                                        arith::RemUIOp::create(b, rIn, i32(8)));
+      return add(add(dst, mul(panel, tile.getPanelBytes())),
+                 add(mul(rIn, kSwizzleBytes), mul(swz, kChunk)));
+    };
+    auto copy = [&](Value to, Value from, Value row) {
       Value size;
       if (tail) {
         Value inside = arith::CmpIOp::create(b, arith::CmpIPredicate::ult, row, i32(N));
         size = arith::SelectOp::create(b, inside, i32(kChunk), i32(0));
-        row = arith::MinUIOp::create(b, row, i32(N - 1));
       }
-      // Element offset of the chunk in the tensor (64-bit), then bytes.
-      Value elem = arith::AddIOp::create(
-          b, arith::MulIOp::create(
-                 b, arith::ExtUIOp::create(b, b.getI64Type(), add(mul(head, N), row)),
-                 i64(cols)),
-          arith::ExtUIOp::create(b, b.getI64Type(), mul(cc, 8)));
-      Value src = LLVM::IntToPtrOp::create(
-          b, LLVM::LLVMPointerType::get(b.getContext(), 1),
-          Value(arith::AddIOp::create(b, base, arith::MulIOp::create(b, elem, i64(2)))));
-      // Swizzled destination: panel cc / 8, row, chunk (cc % 8) ^ (row % 8).
-      Value panel = arith::DivUIOp::create(b, cc, i32(8));
-      Value swz = arith::XOrIOp::create(b, arith::RemUIOp::create(b, cc, i32(8)),
-                                        arith::RemUIOp::create(b, rIn, i32(8)));
-      Value addr = add(add(dst, mul(panel, tile.getPanelBytes())),
-                       add(mul(rIn, kSwizzleBytes), mul(swz, kChunk)));
-      NVVM::CpAsyncOp::create(b, shared(addr), src, kChunk,
-                              NVVM::LoadCacheModifierKind::CG, size);
+      Value src = LLVM::IntToPtrOp::create(b, LLVM::LLVMPointerType::get(b.getContext(), 1), from);
+      NVVM::CpAsyncOp::create(b, shared(to), src, kChunk, NVVM::LoadCacheModifierKind::CG, size);
+    };
+    auto clamped = [&](Value row) -> Value {
+      return tail ? arith::MinUIOp::create(b, row, i32(N - 1)).getResult() : row;
+    };
+    if (strided) {
+      auto [rIn, cc] = chunkAt(tid);
+      int64_t step = threads / perRow; // rows between a thread's chunks
+      Value row = add(row0, rIn);
+      Value to = destination(rIn, cc);
+      Value from = tail ? Value() : source(row, cc);
+      for (int64_t i = 0; i < chunks / threads; ++i) {
+        Value rowI = at(row, i * step);
+        Value fromI = tail ? source(clamped(rowI), cc)
+                           : arith::AddIOp::create(b, from, i64(i * step * cols * 2)).getResult();
+        copy(at(to, i * step * kSwizzleBytes), fromI, rowI);
+      }
+      return;
+    }
+    for (int64_t i = 0; i < chunks / threads; ++i) {
+      auto [rIn, cc] = chunkAt(at(tid, i * threads));
+      Value row = add(row0, rIn);
+      copy(destination(rIn, cc), source(clamped(row), cc), row);
     }
   };
   if (Value valid = op.getValid()) {

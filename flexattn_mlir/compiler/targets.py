@@ -58,6 +58,10 @@ class Target:
       (``q_block`` for a head dim not listed).
     tilings: ``((head dim, KV tile), Tiling)`` pairs; a pair not listed
       gets ``Tiling()`` (16 rows per warp, Q in registers).
+    block_tiles: a block mask's KV blocks are walked in the head dim's KV
+      tile where it divides them (``flexattn-tile{block-tiles}``: torch's
+      default 128-column blocks as two 64-column tiles on sm_80); False:
+      the KV tile is the mask's block.
     """
 
     name: str
@@ -74,6 +78,7 @@ class Target:
     q_block: int = 0
     kv_tiles: tuple[tuple[int, int], ...] = ()
     tilings: tuple[tuple[tuple[int, int], Tiling], ...] = ()
+    block_tiles: bool = False
 
     @property
     def is_gpu(self) -> bool:
@@ -105,7 +110,7 @@ TARGETS: dict[str, Target] = {t.name: t for t in [
            devices=((8, 0), (8, 6), (8, 7), (8, 9)), sm_count=108,
            max_shared_per_block=166912, dtypes=("bfloat16", "float16"), head_dims=(64, 128),
            kv_blocks=(64, 128), q_block=128, kv_tiles=((64, 64),),
-           tilings=(((64, 64), Tiling(32)),)),
+           tilings=(((64, 64), Tiling(32)),), block_tiles=True),
 ]}
 
 

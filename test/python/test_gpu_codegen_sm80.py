@@ -31,9 +31,10 @@ def _count(ptx: str, pattern: str) -> int:
 
 def _tiling(variant: str, D: int):
     """The KV tile and tiling the table gives a zoo kernel: the head dim's
-    KV tile, or the 128-column blocks of the variant's block mask."""
-    masked = zoo.make(variant, 2, 1000, "cpu")[1] is not None
-    kv_tile = 128 if masked else SM80.kv_tile(D)
+    KV tile, also under the variant's 128-column mask blocks (each block
+    walked as 128 / tile KV tiles)."""
+    kv_tile = SM80.kv_tile(D)
+    assert SM80.block_tiles and 128 % kv_tile == 0
     return kv_tile, SM80.tiling(D, kv_tile)
 
 

@@ -62,10 +62,12 @@ def _head_dim(op) -> int:
 
 def make_gpu_tiled(mod: ir.Module, opts: CompileOptions) -> None:
     """``flexattn-tile`` with the target's KV tile for the head dim where
-    ``opts.tile_kv`` is 0 (a block mask still fixes it to its block)."""
-    tile_kv = opts.tile_kv or targets.target(opts.target).kv_tile(
-        _head_dim(_first_op(mod, "flexattn.attention")))
-    make_tiled(mod, replace(opts, tile_kv=tile_kv))
+    ``opts.tile_kv`` is 0. A block mask fixes it to its KV block, except on
+    a target with ``block_tiles`` where the tile divides the block (then
+    each block is walked as several KV tiles)."""
+    target = targets.target(opts.target)
+    tile_kv = opts.tile_kv or target.kv_tile(_head_dim(_first_op(mod, "flexattn.attention")))
+    make_tiled(mod, replace(opts, tile_kv=tile_kv), block_tiles=target.block_tiles)
 
 
 def make_backward_tiled(mod: ir.Module, opts: CompileOptions) -> None:
