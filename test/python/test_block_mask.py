@@ -251,7 +251,7 @@ def test_block_mask_drives_attention():
     torch.testing.assert_close(out, ref, atol=2e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("mask", [batched_document, sliding_window])
+@pytest.mark.parametrize("mask", [batched_document, causal])
 def test_block_tiles_walk_each_block_as_several_kv_tiles(monkeypatch, mask):
     """flexattn-tile{block-tiles} (how sm_80 runs torch's 128-column blocks
     as 64-column tiles), on the CPU: each 64-column block is two 32-column
