@@ -11,8 +11,10 @@
 //                  base aligned to 128 bytes at run time, +128 asked for)
 //   ring.copy      each thread's 16-byte chunks of the tile with cp.async
 //                  (cp.async.cg, zero fill past the tensor's end) into the
-//                  swizzled layout, then cp.async.commit_group (also when
-//                  `if` is false: an empty group keeps the count)
+//                  swizzled layout (one source and one slot address per
+//                  thread where its chunks share a column), then
+//                  cp.async.commit_group (also when `if` is false: an
+//                  empty group keeps the count)
 //   ring.wait      cp.async.wait_group in_flight, then a CTA barrier
 //   ring.acquire   a CTA barrier (after all threads' earlier releases),
 //                  left out right after a wait of the same ring up to

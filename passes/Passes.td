@@ -1128,7 +1128,10 @@ def FlexAttnLowerToAmpere : Pass<"flexattn-lower-to-ampere", "::mlir::ModuleOp">
     128 bytes at run time), sets the launch's dynamic shared memory, and
     lowers: `ring.copy` to each thread's 16-byte chunks with
     `nvvm.cp.async.shared.global` (cache global, zero fill past the
-    tensor's end) into the swizzled tile layout, then
+    tensor's end) into the swizzled tile layout (where a CTA's pass over
+    the tile covers a multiple of 8 rows, a thread's chunks share their
+    column and swizzle: one source and one slot address per thread, moved
+    by constants, so no per-chunk address lives across the KV loop), then
     `nvvm.cp.async.commit.group` (an empty group where `if` is false);
     `ring.wait` to `nvvm.cp.async.wait.group` `in_flight` and a CTA barrier;
     `ring.acquire` to a CTA barrier, left out right after a wait of the same
