@@ -117,7 +117,13 @@ BENCH = (
        ("bench_full_d128_bn64_r32_sm80", "full", 4, 16, 16, 8192, 8192, 128, "bfloat16",
         dict(SM80, tile_kv=64, warp_rows=32, q_in_registers=False)),
        ("bench_causal_d128_bkv64_r32_sm80", "causal", 4, 16, 16, 8192, 8192, 128, "bfloat16",
-        dict(SM80, block_kv=64, warp_rows=32, q_in_registers=False))]
+        dict(SM80, block_kv=64, warp_rows=32, q_in_registers=False)),
+       # torch's default 128 x 128 mask blocks walked as two 64-column KV
+       # tiles (block_tiles), and the 128-column tile they got before.
+       ("bench_causal_d128_bn64_r32_sm80", "causal", 4, 16, 16, 8192, 8192, 128, "bfloat16",
+        dict(SM80, tile_kv=64, warp_rows=32, q_in_registers=False)),
+       ("bench_causal_d64_bn128_sm80", "causal", 4, 16, 16, 8192, 8192, 64, "bfloat16",
+        dict(SM80, tile_kv=128))]
 )
 # Case options that are not CompileOptions: the KV block of the case's block
 # mask (128 unless given) and v's head dim (D unless given).

@@ -538,9 +538,9 @@ LogicalResult KvLoopOp::verify() {
   if (!getKvNumBlocks() && getBlockSize())
     return emitOpError() << "block_size is given without a block_mask";
   if (auto bs = getBlockSize(); bs && getKvNumBlocks() && !packed) {
-    if (getTileSize()[1] != (*bs)[1] || (*bs)[0] % getTileSize()[0] != 0)
+    if ((*bs)[1] % getTileSize()[1] != 0 || (*bs)[0] % getTileSize()[0] != 0)
       return emitOpError()
-             << "with a block mask, tile_size[1] must equal block_size[1] and "
+             << "with a block mask, tile_size[1] must divide block_size[1] and "
              << "tile_size[0] must divide block_size[0], got tile_size "
              << shapeStr(getTileSize()) << " and block_size " << shapeStr(*bs);
   }

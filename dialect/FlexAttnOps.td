@@ -201,8 +201,9 @@ def FlexAttn_KvLoopOp : FlexAttn_Op<"kv_loop", [
     `h` (key/value head `hkv`) with every KV tile it may see. Without a block
     mask that is every tile of `tile_size[1]` keys; with one it is the
     partial blocks (mask applied) then the full blocks (mask skipped) listed
-    for query block `q0 / block_size[0]`. `flexattn-block-sparsity` turns it
-    into loops of `flexattn.tile_step`.
+    for query block `q0 / block_size[0]`, each as `block_size[1] /
+    tile_size[1]` KV tiles (`tile_size[1]` divides `block_size[1]`).
+    `flexattn-block-sparsity` turns it into loops of `flexattn.tile_step`.
 
     The state holds, per row, the accumulator `acc [BM, Dv]`, the running
     maximum `max [BM]` of the scores in log2 units and the running sum

@@ -6,7 +6,8 @@
 //
 // Lowers flexattn.kv_loop to the KV tiles a Q tile actually visits: all of
 // them without a block mask; otherwise the partial blocks (mask_mod applied)
-// and then the full blocks (mask_mod skipped) listed for its query block.
+// and then the full blocks (mask_mod skipped) listed for its query block,
+// each block as the KV tiles it holds (one, or block / tile in order).
 //
 //===----------------------------------------------------------------------===//
 
@@ -122,6 +123,32 @@ std::pair<Value, Value> splitRange(OpBuilder &b, Location loc, Value total,
   return {clamp(b, loc, lo, zero, total), clamp(b, loc, hi, zero, total)};
 }
 
+/// `body(start)` for the KV tiles of blocks [lo, hi) of `list` (lo null:
+/// 0): one tile per block where `tile` is the block, else the block's
+/// blockSize / tile tiles in order, walked as one flat loop over
+/// j in [lo r, hi r) (block j / r, its tile j % r) so each loop body holds
+/// one tile step.
+void forEachListedTile(OpBuilder &b, Location loc, const BlockList &list,
+                       Value lo, Value hi, int64_t blockSize, int64_t tile,
+                       function_ref<void(OpBuilder &, Value start)> body) {
+  if (tile == blockSize)
+    return forEachListed(b, loc, list, lo, hi, blockSize, body);
+  Value r = indexConst(b, loc, blockSize / tile);
+  Value bs = indexConst(b, loc, blockSize), tileV = indexConst(b, loc, tile);
+  Value bj = broadcastIndex(b, loc, list.indices, 0, list.batch);
+  Value hj = broadcastIndex(b, loc, list.indices, 1, list.head);
+  Value first = lo ? arith::MulIOp::create(b, loc, lo, r).getResult() : indexConst(b, loc, 0);
+  Value last = arith::MulIOp::create(b, loc, hi, r);
+  forRange(b, loc, first, last, [&](OpBuilder &nb, Value j) {
+    Value blk = memref::LoadOp::create(
+        nb, loc, list.indices,
+        ValueRange{bj, hj, list.row, arith::DivUIOp::create(nb, loc, j, r)});
+    blk = arith::IndexCastOp::create(nb, loc, nb.getIndexType(), blk);
+    Value sub = arith::MulIOp::create(nb, loc, arith::RemUIOp::create(nb, loc, j, r), tileV);
+    body(nb, arith::AddIOp::create(nb, loc, arith::MulIOp::create(nb, loc, blk, bs), sub));
+  });
+}
+
 } // namespace
 
 LogicalResult mlir::flexattn::lowerKvLoop(RewriterBase &rewriter,
@@ -159,32 +186,34 @@ LogicalResult mlir::flexattn::lowerKvLoop(RewriterBase &rewriter,
                    : arith::DivUIOp::create(
                          rewriter, loc, loop.getQ0(),
                          indexConst(rewriter, loc, (*loop.getBlockSize())[0]));
+    // A KV block of `block` columns is walked in tiles of bn (dividing it).
+    int64_t block = (*loop.getBlockSize())[1];
+    auto list = [&](Value num, Value indices) {
+      return blockList(rewriter, loc, num, indices, loop.getB(), loop.getH(), qb);
+    };
+    BlockList partial = list(loop.getKvNumBlocks(), loop.getKvIndices());
     if (!loop.getSplit()) {
       // The partial blocks (mask_mod applied), then the full ones.
-      forEachListedBlock(rewriter, loc, loop.getKvNumBlocks(),
-                         loop.getKvIndices(), loop.getB(), loop.getH(), qb, bn,
-                         step(/*masked=*/true));
-      if (loop.getFullKvNumBlocks())
-        forEachListedBlock(rewriter, loc, loop.getFullKvNumBlocks(),
-                           loop.getFullKvIndices(), loop.getB(), loop.getH(),
-                           qb, bn, step(/*masked=*/false));
+      forEachListedTile(rewriter, loc, partial, Value(), partial.count, block, bn,
+                        step(/*masked=*/true));
+      if (loop.getFullKvNumBlocks()) {
+        BlockList full = list(loop.getFullKvNumBlocks(), loop.getFullKvIndices());
+        forEachListedTile(rewriter, loc, full, Value(), full.count, block, bn,
+                          step(/*masked=*/false));
+      }
       rewriter.eraseOp(loop);
       return success();
     }
-    BlockList partial =
-        blockList(rewriter, loc, loop.getKvNumBlocks(), loop.getKvIndices(),
-                  loop.getB(), loop.getH(), qb);
     std::optional<BlockList> full;
+    if (loop.getFullKvNumBlocks())
+      full = list(loop.getFullKvNumBlocks(), loop.getFullKvIndices());
     Value total = partial.count;
-    if (loop.getFullKvNumBlocks()) {
-      full = blockList(rewriter, loc, loop.getFullKvNumBlocks(),
-                       loop.getFullKvIndices(), loop.getB(), loop.getH(), qb);
+    if (full)
       total = arith::AddIOp::create(rewriter, loc, total, full->count);
-    }
     // Split: the partial blocks then the full ones, as one list of `total`.
     auto [lo, hi] = range(total);
     Value pHi = arith::MinSIOp::create(rewriter, loc, hi, partial.count);
-    forEachListed(rewriter, loc, partial, lo, pHi, bn, step(/*masked=*/true));
+    forEachListedTile(rewriter, loc, partial, lo, pHi, block, bn, step(/*masked=*/true));
     if (full) {
       Value zero = indexConst(rewriter, loc, 0);
       Value fLo = clamp(rewriter, loc,
@@ -193,7 +222,7 @@ LogicalResult mlir::flexattn::lowerKvLoop(RewriterBase &rewriter,
       Value fHi = clamp(rewriter, loc,
                         arith::SubIOp::create(rewriter, loc, hi, partial.count),
                         zero, full->count);
-      forEachListed(rewriter, loc, *full, fLo, fHi, bn, step(/*masked=*/false));
+      forEachListedTile(rewriter, loc, *full, fLo, fHi, block, bn, step(/*masked=*/false));
     }
   }
   rewriter.eraseOp(loop);

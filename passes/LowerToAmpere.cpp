@@ -12,8 +12,10 @@
 //   ring.copy      each thread's 16-byte chunks of the tile with cp.async
 //                  (cp.async.cg, zero fill past the tensor's rows and, for a
 //                  head dim padded to 64-column panels, columns) into the
-//                  swizzled layout, then cp.async.commit_group (also when
-//                  `if` is false: an empty group keeps the count)
+//                  swizzled layout (one source and one slot address per
+//                  thread where its chunks share a column), then
+//                  cp.async.commit_group (also when `if` is false: an
+//                  empty group keeps the count)
 //   ring.wait      cp.async.wait_group in_flight, then a CTA barrier
 //   ring.acquire   a CTA barrier (after all threads' earlier releases),
 //                  left out right after a wait of the same ring up to
@@ -158,49 +160,79 @@ LogicalResult Lowering::lowerCopy(RingCopyOp op) {
   int64_t have = C * 2 / kChunk; // the source's chunks per row (the rest: zeros)
   bool tail = N % rows != 0;
   Value dst = slot(r, stagePhase(r, op.getPosition()).first);
+  // Thread t copies chunks t + i T (T threads). Where T chunks span a
+  // multiple of 8 rows, a thread's chunks share their column (c = t % P, P
+  // chunks per row) and swizzle (row % 8), so chunk i is chunk 0 moved by
+  // i T / P rows: one source and one destination address per thread and
+  // constant steps (no per-chunk address registers live across the loop).
+  bool strided = threads % perRow == 0 && (threads / perRow) % 8 == 0;
   auto copies = [&] {
     Value base = arith::IndexCastUIOp::create(
         b, b.getI64Type(), memref::ExtractAlignedPointerAsIndexOp::create(b, op.getSource()));
     Value head = arith::AddIOp::create(
         b, arith::MulIOp::create(b, toI32(op.getB()), i32(H)), toI32(op.getH()));
     Value row0 = toI32(op.getRow());
-    for (int64_t i = 0; i < chunks / threads; ++i) {
-      Value c = at(tid, i * threads);
-      Value rIn = arith::DivUIOp::create(b, c, i32(perRow));
-      Value cc = arith::RemUIOp::create(b, c, i32(perRow));
-      Value row = add(row0, rIn);
-      // A chunk past the tensor's rows or columns copies 0 bytes (zero
-      // fill) from a clamped address inside the tensor.
-      Value inside, srcChunk = cc;
-      if (tail) {
+    auto ext = [&](Value v) { return arith::ExtUIOp::create(b, b.getI64Type(), v); };
+    auto chunkAt = [&](Value c) {
+      return std::pair(arith::DivUIOp::create(b, c, i32(perRow)).getResult(),
+                       arith::RemUIOp::create(b, c, i32(perRow)).getResult());
+    };
+    // A chunk past the tensor's columns (a head dim padded to 64-column
+    // panels) copies 0 bytes (zero fill) from a clamped chunk of its row.
+    auto sourceChunk = [&](Value cc) -> Value {
+      return have < perRow ? arith::MinUIOp::create(b, cc, i32(have - 1)).getResult() : cc;
+    };
+    // Byte address of chunk cc of row `row` (clamped inside the tensor) in
+    // global memory, and its swizzled address in the slot.
+    auto source = [&](Value row, Value cc) -> Value {
+      Value elem = arith::AddIOp::create(
+          b, arith::MulIOp::create(b, ext(add(mul(head, N), row)), i64(C)),
+          ext(mul(sourceChunk(cc), 8)));
+      return arith::AddIOp::create(b, base, arith::MulIOp::create(b, elem, i64(2)));
+    };
+    auto destination = [&](Value rIn, Value cc) -> Value {
+      Value panel = arith::DivUIOp::create(b, cc, i32(8));
+      Value swz = arith::XOrIOp::create(b, arith::RemUIOp::create(b, cc, i32(8)),
+                                        arith::RemUIOp::create(b, rIn, i32(8)));
+      return add(add(dst, mul(panel, tile.getPanelBytes())),
+                 add(mul(rIn, kSwizzleBytes), mul(swz, kChunk)));
+    };
+    // A chunk past the tensor's rows or columns copies 0 bytes.
+    auto copy = [&](Value to, Value from, Value row, Value cc) {
+      Value inside;
+      if (tail)
         inside = arith::CmpIOp::create(b, arith::CmpIPredicate::ult, row, i32(N));
-        row = arith::MinUIOp::create(b, row, i32(N - 1));
-      }
       if (have < perRow) {
         Value real = arith::CmpIOp::create(b, arith::CmpIPredicate::ult, cc, i32(have));
         inside = inside ? arith::AndIOp::create(b, inside, real).getResult() : real;
-        srcChunk = arith::MinUIOp::create(b, cc, i32(have - 1));
       }
       Value size;
       if (inside)
         size = arith::SelectOp::create(b, inside, i32(kChunk), i32(0));
-      // Element offset of the chunk in the tensor (64-bit), then bytes.
-      Value elem = arith::AddIOp::create(
-          b, arith::MulIOp::create(
-                 b, arith::ExtUIOp::create(b, b.getI64Type(), add(mul(head, N), row)),
-                 i64(C)),
-          arith::ExtUIOp::create(b, b.getI64Type(), mul(srcChunk, 8)));
-      Value src = LLVM::IntToPtrOp::create(
-          b, LLVM::LLVMPointerType::get(b.getContext(), 1),
-          Value(arith::AddIOp::create(b, base, arith::MulIOp::create(b, elem, i64(2)))));
-      // Swizzled destination: panel cc / 8, row, chunk (cc % 8) ^ (row % 8).
-      Value panel = arith::DivUIOp::create(b, cc, i32(8));
-      Value swz = arith::XOrIOp::create(b, arith::RemUIOp::create(b, cc, i32(8)),
-                                        arith::RemUIOp::create(b, rIn, i32(8)));
-      Value addr = add(add(dst, mul(panel, tile.getPanelBytes())),
-                       add(mul(rIn, kSwizzleBytes), mul(swz, kChunk)));
-      NVVM::CpAsyncOp::create(b, shared(addr), src, kChunk,
-                              NVVM::LoadCacheModifierKind::CG, size);
+      Value src = LLVM::IntToPtrOp::create(b, LLVM::LLVMPointerType::get(b.getContext(), 1), from);
+      NVVM::CpAsyncOp::create(b, shared(to), src, kChunk, NVVM::LoadCacheModifierKind::CG, size);
+    };
+    auto clamped = [&](Value row) -> Value {
+      return tail ? arith::MinUIOp::create(b, row, i32(N - 1)).getResult() : row;
+    };
+    if (strided) {
+      auto [rIn, cc] = chunkAt(tid);
+      int64_t step = threads / perRow; // rows between a thread's chunks
+      Value row = add(row0, rIn);
+      Value to = destination(rIn, cc);
+      Value from = tail ? Value() : source(row, cc);
+      for (int64_t i = 0; i < chunks / threads; ++i) {
+        Value rowI = at(row, i * step);
+        Value fromI = tail ? source(clamped(rowI), cc)
+                           : arith::AddIOp::create(b, from, i64(i * step * C * 2)).getResult();
+        copy(at(to, i * step * kSwizzleBytes), fromI, rowI, cc);
+      }
+      return;
+    }
+    for (int64_t i = 0; i < chunks / threads; ++i) {
+      auto [rIn, cc] = chunkAt(at(tid, i * threads));
+      Value row = add(row0, rIn);
+      copy(destination(rIn, cc), source(clamped(row), cc), row, cc);
     }
   };
   if (Value valid = op.getValid()) {

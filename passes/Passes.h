@@ -50,10 +50,12 @@ constexpr const char *kTensorMapAttrName = "flexattn.tensor_map";
 #include "passes/Passes.h.inc"
 
 /// flexattn-tile: attention -> scf.parallel of (state init, kv_loop, finalize);
-/// with `packHeads`, over (batch, K/V head, tile of the group's packed rows).
+/// with `packHeads`, over (batch, K/V head, tile of the group's packed rows);
+/// with `blockTiles`, a block mask's KV blocks are walked in tiles of
+/// `tileKV` where it divides them.
 LogicalResult tileAttention(RewriterBase &rewriter, AttentionOp op,
                             int64_t tileQ, int64_t tileKV,
-                            bool packHeads = false);
+                            bool packHeads = false, bool blockTiles = false);
 
 /// flexattn-block-sparsity: kv_loop -> scf.for loops of tile_step.
 LogicalResult lowerKvLoop(RewriterBase &rewriter, KvLoopOp op);

@@ -34,7 +34,13 @@ def FlexAttnTile : Pass<"flexattn-tile", "::mlir::ModuleOp"> {
     the tile ops index it with the query's batch.
 
     With a block mask, the KV tile is the mask's KV block and the Q tile must
-    divide the mask's Q block (it is shrunk to the Q block when larger).
+    divide the mask's Q block (it is shrunk to the Q block when larger). With
+    `block-tiles`, a `tile-kv` that divides the KV block is kept: the
+    kv_loop's `tile_size` is `[BM, tile-kv]` beside `block_size`, and
+    `flexattn-block-sparsity` walks each listed block as its block / tile-kv
+    tiles (a kernel whose KV tile is narrower than torch's default 128-column
+    blocks, sm_80's 64 columns, runs the default masks). Not with
+    `pack-heads`.
 
     A `flexattn.attention_backward` (after `flexattn-differentiate-mods`)
     becomes: `delta = rowsum(dout * out) - dlse` on a heap `[B, Hq, M]` f32
@@ -100,6 +106,9 @@ def FlexAttnTile : Pass<"flexattn-tile", "::mlir::ModuleOp"> {
     Option<"packHeads", "pack-heads", "bool", /*default=*/"false",
            "Pack the query heads of each K/V head into the rows of shared "
            "tiles (decoding); forward only">,
+    Option<"blockTiles", "block-tiles", "bool", /*default=*/"false",
+           "With a block mask, keep a tile-kv that divides the KV block "
+           "(each block walked as several KV tiles); forward only">,
   ];
   let dependentDialects = ["::mlir::scf::SCFDialect",
                            "::mlir::memref::MemRefDialect",
@@ -176,7 +185,12 @@ def FlexAttnBlockSparsity : Pass<"flexattn-block-sparsity", "::mlir::ModuleOp"> 
     (partial blocks), then `full_kv_indices[b, h, qb, 0 : full_kv_num_blocks]`
     without it (full blocks), where `qb = q0 / block_size[0]` and the batch and
     head indices are 0 on broadcast dims. Unlisted blocks are never read. The
-    counts are clamped to the index array's width.
+    counts are clamped to the index array's width. Where the KV tile BN is
+    narrower than the KV block (`flexattn-tile{block-tiles}`), each listed
+    block is r = block_size[1] / BN tiles, in order and with its block's
+    masking: one flat loop over j in [0, r n), block `j / r`, tile `j % r`
+    (`kv0 = blk * block_size[1] + (j % r) * BN`), so each loop body still
+    holds one tile step.
 
     The backward loops lower the same way: `flexattn.backward_kv_loop` like a
     kv_loop, into `flexattn.backward_step`s; `flexattn.backward_q_loop`
@@ -1114,7 +1128,10 @@ def FlexAttnLowerToAmpere : Pass<"flexattn-lower-to-ampere", "::mlir::ModuleOp">
     128 bytes at run time), sets the launch's dynamic shared memory, and
     lowers: `ring.copy` to each thread's 16-byte chunks with
     `nvvm.cp.async.shared.global` (cache global, zero fill past the
-    tensor's end) into the swizzled tile layout, then
+    tensor's end) into the swizzled tile layout (where a CTA's pass over
+    the tile covers a multiple of 8 rows, a thread's chunks share their
+    column and swizzle: one source and one slot address per thread, moved
+    by constants, so no per-chunk address lives across the KV loop), then
     `nvvm.cp.async.commit.group` (an empty group where `if` is false);
     `ring.wait` to `nvvm.cp.async.wait.group` `in_flight` and a CTA barrier;
     `ring.acquire` to a CTA barrier, left out right after a wait of the same

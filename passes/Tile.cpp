@@ -80,7 +80,8 @@ Value broadcastBatch(OpBuilder &b, Location loc, Value kv, Value q) {
 
 LogicalResult mlir::flexattn::tileAttention(RewriterBase &rewriter,
                                             AttentionOp op, int64_t tileQ,
-                                            int64_t tileKV, bool packHeads) {
+                                            int64_t tileKV, bool packHeads,
+                                            bool blockTiles) {
   if (tileQ <= 0 || tileKV <= 0)
     return op.emitOpError() << "tile sizes must be positive, got " << tileQ
                             << " x " << tileKV;
@@ -100,11 +101,13 @@ LogicalResult mlir::flexattn::tileAttention(RewriterBase &rewriter,
                                 << "Hkv, G * M, ...]: they must be contiguous "
                                 << "(identity layout), got " << buf.getType();
   }
-  // A block mask fixes the KV tile to its KV block; an unpacked Q tile must
-  // divide its Q block so each Q tile reads one row of the mask (a packed
-  // tile reads the union of its rows).
+  // A block mask fixes the KV tile to its KV block (with blockTiles: to
+  // tileKV where it divides the block, each block then walked as several
+  // tiles); an unpacked Q tile must divide its Q block so each Q tile reads
+  // one row of the mask (a packed tile reads the union of its rows).
   if (auto bs = op.getBlockSize(); bs && op.hasBlockMask()) {
-    tileKV = (*bs)[1];
+    if (!blockTiles || packHeads || tileKV > (*bs)[1] || (*bs)[1] % tileKV != 0)
+      tileKV = (*bs)[1];
     if (!packHeads && (tileQ > (*bs)[0] || (*bs)[0] % tileQ != 0))
       tileQ = (*bs)[0];
   }
@@ -214,7 +217,7 @@ struct FlexAttnTilePass
       LogicalResult r =
           isa<AttentionOp>(op)
               ? tileAttention(rewriter, cast<AttentionOp>(op), tileQ, tileKV,
-                              packHeads)
+                              packHeads, blockTiles)
               : tileAttentionBackward(rewriter, cast<AttentionBackwardOp>(op),
                                       tileQ, tileKV);
       if (failed(r))

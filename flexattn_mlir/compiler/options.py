@@ -29,10 +29,12 @@ class CompileOptions:
     target: a name in :data:`flexattn_mlir.compiler.targets.TARGETS`: ``"cpu"``
       (ExecutionEngine), ``"sm_90a"`` (Hopper) or ``"sm_80"`` (Ampere, Ada).
     tile_q, tile_kv: the Q and KV tile sizes of ``flexattn-tile`` (a block
-      mask fixes tile_kv to its KV block size); 0 takes the target's default
-      (64 x 64 on the CPU; on a GPU the target's Q block, and tile_kv stays 0:
-      the target's KV tile for the head dim, ``Target.kv_tile``, picked at
-      compile time: 128 on sm_90a, 128 at D = 64 and 64 at D = 128 on sm_80).
+      mask fixes tile_kv to its KV block size, except on sm_80 where a
+      tile_kv that divides the block walks it as several KV tiles:
+      ``Target.block_tiles``); 0 takes the target's default (64 x 64 on the
+      CPU; on a GPU the target's Q block, and tile_kv stays 0: the target's
+      KV tile for the head dim, ``Target.kv_tile``, picked at compile time:
+      128 on sm_90a, 64 at D = 64 and 128 at D = 128 on sm_80).
     opt_level: LLVM optimisation level of the final code generation.
     stages: shared-memory slots of the GPU kernel's K/V ring.
     pipeline, pingpong: the GPU kernel's FlashAttention-3 schedules (each

@@ -56,9 +56,12 @@ def run_pipeline(module: ir.Module, pipeline: str | Sequence[str], stage: str) -
 Stage = Callable[[ir.Module, CompileOptions], None]
 
 
-def make_tiled(mod: ir.Module, opts: CompileOptions) -> None:
+def make_tiled(mod: ir.Module, opts: CompileOptions, block_tiles: bool = False) -> None:
+    """``flexattn-tile``; ``block_tiles``: a block mask's KV blocks are walked
+    in tiles of ``opts.tile_kv`` where it divides them."""
     pack = " pack-heads=true" if opts.pack_heads else ""
-    run_pipeline(mod, f"flexattn-tile{{tile-q={opts.tile_q} tile-kv={opts.tile_kv}{pack}}}",
+    blocks = " block-tiles=true" if block_tiles else ""
+    run_pipeline(mod, f"flexattn-tile{{tile-q={opts.tile_q} tile-kv={opts.tile_kv}{pack}{blocks}}}",
                  "tiled")
 
 

@@ -82,6 +82,10 @@ class Target:
       other head dim with the kernel of the target named ``general``
       (sm_80's mma.sync kernel, which pads any multiple of 8), compiled for
       its own chip and shared memory; see :meth:`kernel`.
+    block_tiles: a block mask's KV blocks are walked in the head dim's KV
+      tile where it divides them (``flexattn-tile{block-tiles}``: torch's
+      default 128-column blocks as two 64-column tiles on sm_80); False:
+      the KV tile is the mask's block.
     """
 
     name: str
@@ -100,6 +104,7 @@ class Target:
     tilings: tuple[tuple[tuple[int, int], Tiling], ...] = ()
     own_head_dims: tuple[int, ...] = ()
     general: str = ""
+    block_tiles: bool = False
 
     @property
     def is_gpu(self) -> bool:
@@ -155,7 +160,8 @@ TARGETS: dict[str, Target] = {t.name: t for t in [
            max_shared_per_block=166912, dtypes=("bfloat16", "float16"),
            head_dims=_head_dims(192), kv_blocks=(64, 128), q_block=128,
            kv_tiles=((64, 64), (192, 64), (256, 64)),
-           tilings=(((64, 64), Tiling(32)), ((256, 64), Tiling(16, q_in_registers=False)))),
+           tilings=(((64, 64), Tiling(32)), ((256, 64), Tiling(16, q_in_registers=False))),
+           block_tiles=True),
 ]}
 
 

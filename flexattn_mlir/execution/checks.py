@@ -221,8 +221,13 @@ def check_gpu_support(query, value, block_mask, options) -> None:
     if t.general and kernel is t:
         return  # the target's own kernel (sm_90a wgmma: D = Dv in 64, 128)
     fixed = block_mask is not None
-    kv = (block_size(block_mask.BLOCK_SIZE)[1] if fixed
-          else options.tile_kv or kernel.kv_tile(max(D, Dv)))
+    kv = options.tile_kv or kernel.kv_tile(max(D, Dv))
+    if fixed:
+        # A mask's KV block is the tile, or (block_tiles) walked in tiles
+        # that divide it (pipeline.make_tiled).
+        block = block_size(block_mask.BLOCK_SIZE)[1]
+        fixed = not (kernel.block_tiles and block % kv == 0)
+        kv = block if fixed else kv
     need = kernel.ring_bytes(D, Dv, kv, options.stages)
     if need > t.max_shared_per_block:
         fix = ("a block mask with BLOCK_SIZE=(128, 64)" if fixed and kv > 64

@@ -31,7 +31,7 @@
 //     acc must have Dv = <dv> columns, got <n>
 //     acc [...], max [...] and sum [...] must have the same number of rows
 //     state must have tile_size[0] = <bm> rows, got <n>
-//     with a block mask, tile_size[1] must equal block_size[1] and tile_size[0]
+//     with a block mask, tile_size[1] must divide block_size[1] and tile_size[0]
 //       must divide block_size[0], got tile_size [...] and block_size [...]  (kv_loop)
 //     packed rows need q viewed as [B, Hkv, G * M, D]: its head count (<n>)
 //       must match k's (<n>)                                      (kv_loop, tile_step)
@@ -1228,11 +1228,11 @@ func.func @with_a_block_mask_tile_size(%q: memref<2x8x128x64xf32>, %k: memref<2x
                                        %v: memref<2x2x128x64xf32>, %acc: memref<64x64xf32>,
                                        %m: memref<64xf32>, %l: memref<64xf32>, %i: index,
                                        %n: memref<1x1x2xi32>, %x: memref<1x1x2x2xi32>) {
-  // expected-error @+1 {{'flexattn.kv_loop' op with a block mask, tile_size[1] must equal block_size[1] and tile_size[0] must divide block_size[0], got tile_size [64, 32] and block_size [64, 64]}}
+  // expected-error @+1 {{'flexattn.kv_loop' op with a block mask, tile_size[1] must divide block_size[1] and tile_size[0] must divide block_size[0], got tile_size [64, 48] and block_size [64, 64]}}
   flexattn.kv_loop ins(%q, %k, %v : memref<2x8x128x64xf32>, memref<2x2x128x64xf32>, memref<2x2x128x64xf32>)
       state(%acc, %m, %l : memref<64x64xf32>, memref<64xf32>, memref<64xf32>) at(%i, %i, %i, %i)
       block_mask(%n, %x : memref<1x1x2xi32>, memref<1x1x2x2xi32>)
-      attributes {block_size = array<i64: 64, 64>, scale = 1.0 : f32, tile_size = array<i64: 64, 32>}
+      attributes {block_size = array<i64: 64, 64>, scale = 1.0 : f32, tile_size = array<i64: 64, 48>}
   return
 }
 
@@ -1242,7 +1242,7 @@ func.func @with_a_block_mask_tile_size_2(%q: memref<2x8x128x64xf32>, %k: memref<
                                          %v: memref<2x2x128x64xf32>, %acc: memref<48x64xf32>,
                                          %m: memref<48xf32>, %l: memref<48xf32>, %i: index,
                                          %n: memref<1x1x2xi32>, %x: memref<1x1x2x2xi32>) {
-  // expected-error @+1 {{'flexattn.kv_loop' op with a block mask, tile_size[1] must equal block_size[1] and tile_size[0] must divide block_size[0], got tile_size [48, 64] and block_size [64, 64]}}
+  // expected-error @+1 {{'flexattn.kv_loop' op with a block mask, tile_size[1] must divide block_size[1] and tile_size[0] must divide block_size[0], got tile_size [48, 64] and block_size [64, 64]}}
   flexattn.kv_loop ins(%q, %k, %v : memref<2x8x128x64xf32>, memref<2x2x128x64xf32>, memref<2x2x128x64xf32>)
       state(%acc, %m, %l : memref<48x64xf32>, memref<48xf32>, memref<48xf32>) at(%i, %i, %i, %i)
       block_mask(%n, %x : memref<1x1x2xi32>, memref<1x1x2x2xi32>)

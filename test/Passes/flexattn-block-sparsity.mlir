@@ -173,6 +173,58 @@ func.func @block_mask_only(%q: memref<2x4x128x16xf32>, %k: memref<2x4x256x16xf32
 
 // -----
 
+// KV tiles narrower than the KV block (flexattn-tile{block-tiles}): each
+// listed 128-column block is r = 2 tiles of 64, walked as one flat loop over
+// j in [0, 2 n): block kv_indices[.., j / 2], kv0 = blk * 128 + (j % 2) * 64,
+// with its block's masking (partial: mask_mod; full: none).
+
+// CHECK-LABEL: func.func @block_tiles(
+// CHECK-SAME:    %[[B:[^:]+]]: index, %[[H:[^:]+]]: index, %[[HKV:[^:]+]]: index, %[[Q0:[^:]+]]: index, %[[KVN:[^:]+]]: memref<1x1x2xi32>, %[[KVI:[^:]+]]: memref<1x1x2x2xi32>, %[[FKVN:[^:]+]]: memref<1x1x2xi32>, %[[FKVI:[^:]+]]: memref<1x1x2x2xi32>)
+// CHECK:         %[[QB:.+]] = arith.divui %[[Q0]], %{{.+}} : index
+// CHECK:         %[[N:.+]] = arith.maxsi %{{.+}}, %{{.+}} : index
+// CHECK-DAG:     %[[R:.+]] = arith.constant 2 : index
+// CHECK-DAG:     %[[BS:.+]] = arith.constant 128 : index
+// CHECK-DAG:     %[[BN:.+]] = arith.constant 64 : index
+// CHECK:         %[[T:.+]] = arith.muli %[[N]], %[[R]] : index
+// CHECK:         scf.for %[[J:.+]] = %{{.+}} to %[[T]] step %{{.+}} {
+// CHECK-NEXT:      %[[JB:.+]] = arith.divui %[[J]], %[[R]] : index
+// CHECK-NEXT:      %[[BLK:.+]] = memref.load %[[KVI]][%{{.+}}, %{{.+}}, %[[QB]], %[[JB]]] : memref<1x1x2x2xi32>
+// CHECK-NEXT:      %[[BLKI:.+]] = arith.index_cast %[[BLK]] : i32 to index
+// CHECK-NEXT:      %[[SUB:.+]] = arith.remui %[[J]], %[[R]] : index
+// CHECK-NEXT:      %[[OFF:.+]] = arith.muli %[[SUB]], %[[BN]] : index
+// CHECK-NEXT:      %[[START:.+]] = arith.muli %[[BLKI]], %[[BS]] : index
+// CHECK-NEXT:      %[[KV0:.+]] = arith.addi %[[START]], %[[OFF]] : index
+// CHECK-NEXT:      flexattn.tile_step {{.*}} at(%[[B]], %[[H]], %[[HKV]], %[[Q0]], %[[KV0]]) attributes {masked, scale = 1.250000e-01 : f32, tile_size = array<i64: 64, 64>} mask_mod {
+// CHECK:         }
+// CHECK:         memref.load %[[FKVN]]
+// CHECK:         %[[FT:.+]] = arith.muli %{{.+}}, %{{.+}} : index
+// CHECK:         scf.for %[[FJ:.+]] = %{{.+}} to %[[FT]] step %{{.+}} {
+// CHECK-NEXT:      arith.divui %[[FJ]], %{{.+}} : index
+// CHECK-NEXT:      memref.load %[[FKVI]]
+// CHECK:           flexattn.tile_step {{.*}} attributes {scale = 1.250000e-01 : f32, tile_size = array<i64: 64, 64>}{{ *$}}
+// CHECK-NEXT:    }
+// CHECK-NEXT:    return
+func.func @block_tiles(%q: memref<2x4x256x64xf32>, %k: memref<2x2x256x64xf32>, %v: memref<2x2x256x64xf32>,
+                       %acc: memref<64x64xf32>, %m: memref<64xf32>, %l: memref<64xf32>,
+                       %b: index, %h: index, %hkv: index, %q0: index,
+                       %kvn: memref<1x1x2xi32>, %kvi: memref<1x1x2x2xi32>,
+                       %fkvn: memref<1x1x2xi32>, %fkvi: memref<1x1x2x2xi32>) {
+  flexattn.kv_loop ins(%q, %k, %v : memref<2x4x256x64xf32>, memref<2x2x256x64xf32>, memref<2x2x256x64xf32>)
+      state(%acc, %m, %l : memref<64x64xf32>, memref<64xf32>, memref<64xf32>)
+      at(%b, %h, %hkv, %q0)
+      block_mask(%kvn, %kvi : memref<1x1x2xi32>, memref<1x1x2x2xi32>)
+      full_blocks(%fkvn, %fkvi : memref<1x1x2xi32>, memref<1x1x2x2xi32>)
+      attributes {scale = 0.125 : f32, tile_size = array<i64: 64, 64>, block_size = array<i64: 128, 128>}
+    mask_mod {
+    ^bb0(%bb: index, %hh: index, %qi: index, %ki: index):
+      %keep = arith.cmpi sge, %qi, %ki : index
+      flexattn.yield %keep : i1
+    }
+  return
+}
+
+// -----
+
 // Dynamic block-mask dims: whether a dim broadcasts is decided at run time
 // (index 0 where the dim is 1), and the count is clamped to the dynamic width.
 

@@ -14,13 +14,22 @@
 // CHECK:           %[[BASE:.*]] = arith.andi %[[UP]], %{{.*}} : i32
 // ring.acquire of a fresh ring: a CTA barrier.
 // CHECK:           nvvm.barrier0
-// ring.copy: 1024 16-byte chunks of Q over 256 threads, 4 each; rows past
-// the tensor's 300 are clamped and copy 0 bytes (zero fill); one group.
-// CHECK:           %[[IN:.*]] = arith.cmpi ult, %[[ROW:.*]], %{{.*}} : i32
-// CHECK-NEXT:      arith.minui %[[ROW]], %{{.*}} : i32
+// ring.copy: 1024 16-byte chunks of Q over 256 threads, 4 each. A thread's
+// chunks share its column (t % 8) and swizzle and lie 32 rows apart: one
+// row and slot address per thread, the slot address moving by 32 x 128
+// bytes per chunk. Rows past the tensor's 300 are clamped and copy 0 bytes
+// (zero fill); one group.
+// CHECK:           arith.minui %[[ROW:.*]], %c299_i32 : i32
+// CHECK:           %[[IN:.*]] = arith.cmpi ult, %[[ROW]], %c300_i32 : i32
 // CHECK-NEXT:      %[[SIZE:.*]] = arith.select %[[IN]], %{{.*}}, %{{.*}} : i32
-// CHECK:           nvvm.cp.async.shared.global %{{.*}}, %{{.*}}, 16, cache =  cg, %[[SIZE]] : !llvm.ptr<3>, !llvm.ptr<1>, i32
-// CHECK-COUNT-3:   nvvm.cp.async.shared.global
+// CHECK-NEXT:      llvm.inttoptr
+// CHECK-NEXT:      %[[P0:.*]] = llvm.inttoptr %[[DST:.*]] : i32 to !llvm.ptr<3>
+// CHECK-NEXT:      nvvm.cp.async.shared.global %[[P0]], %{{.*}}, 16, cache =  cg, %[[SIZE]] : !llvm.ptr<3>, !llvm.ptr<1>, i32
+// CHECK-NEXT:      arith.addi %[[ROW]], %c32_i32 : i32
+// CHECK:           %[[DST1:.*]] = arith.addi %[[DST]], %c4096_i32 : i32
+// CHECK:           %[[P1:.*]] = llvm.inttoptr %[[DST1]] : i32 to !llvm.ptr<3>
+// CHECK-NEXT:      nvvm.cp.async.shared.global %[[P1]], %{{.*}}, 16, cache =  cg
+// CHECK-COUNT-2:   nvvm.cp.async.shared.global
 // CHECK-NEXT:      nvvm.cp.async.commit.group
 // ring.wait in_flight(0): all of this thread's groups, then the CTA's.
 // CHECK-NEXT:      nvvm.cp.async.wait.group 0

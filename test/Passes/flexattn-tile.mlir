@@ -1,6 +1,10 @@
 // RUN: flexattn-opt %s -split-input-file -flexattn-tile | FileCheck %s
 // RUN: flexattn-opt %s -split-input-file \
 // RUN:   --pass-pipeline='builtin.module(flexattn-tile{tile-q=32 tile-kv=16})' | FileCheck %s --check-prefix=OPT
+// RUN: flexattn-opt %s -split-input-file \
+// RUN:   --pass-pipeline='builtin.module(flexattn-tile{tile-kv=32 block-tiles=true})' | FileCheck %s --check-prefix=BLOCKS
+// RUN: flexattn-opt %s -split-input-file \
+// RUN:   --pass-pipeline='builtin.module(flexattn-tile{tile-kv=48 block-tiles=true})' | FileCheck %s --check-prefix=NODIV
 // RUN: not flexattn-opt %s -split-input-file \
 // RUN:   --pass-pipeline='builtin.module(flexattn-tile{tile-q=0})' 2>&1 | FileCheck %s --check-prefix=ZERO
 
@@ -124,6 +128,16 @@ func.func @dynamic(%q: memref<?x?x?x?xf16>, %k: memref<?x?x?x?xf16>, %v: memref<
 // OPT:         memref.alloca() : memref<32x16xf32>
 // OPT:         flexattn.kv_loop
 // OPT-SAME:      attributes {block_size = array<i64: 128, 64>, scale = 1.250000e-01 : f32, tile_size = array<i64: 32, 64>}
+
+// With block-tiles, a tile-kv that divides the KV block is kept (each block
+// is then walked as block / tile-kv tiles by flexattn-block-sparsity); one
+// that does not divide it gives the block.
+// BLOCKS-LABEL: func.func @block_mask_mods(
+// BLOCKS:         flexattn.kv_loop
+// BLOCKS-SAME:      attributes {block_size = array<i64: 128, 64>, scale = 1.250000e-01 : f32, tile_size = array<i64: 64, 32>}
+// NODIV-LABEL: func.func @block_mask_mods(
+// NODIV:         flexattn.kv_loop
+// NODIV-SAME:      attributes {block_size = array<i64: 128, 64>, scale = 1.250000e-01 : f32, tile_size = array<i64: 64, 64>}
 func.func @block_mask_mods(%q: memref<1x4x256x64xf32>, %k: memref<1x4x256x64xf32>, %v: memref<1x4x256x16xf32>,
                            %o: memref<1x4x256x16xf32>,
                            %kvn: memref<1x1x2xi32>, %kvi: memref<1x1x2x4xi32>,

@@ -251,6 +251,35 @@ def test_block_mask_drives_attention():
     torch.testing.assert_close(out, ref, atol=2e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("mask", [batched_document, causal])
+def test_block_tiles_walk_each_block_as_several_kv_tiles(monkeypatch, mask):
+    """flexattn-tile{block-tiles} (how sm_80 runs torch's 128-column blocks
+    as 64-column tiles), on the CPU: each 64-column block is two 32-column
+    KV tiles, partial blocks keep mask_mod, full blocks skip it, and the
+    last block (S = 300) holds a tile cut by the sequence's end; the result
+    equals torch's flex_attention on the same block mask."""
+    from flexattn_mlir.compiler import pipeline
+    from flexattn_mlir.compiler.backends import cpu
+
+    monkeypatch.setattr(cpu, "make_tiled",
+                        lambda mod, opts: pipeline.make_tiled(mod, opts, block_tiles=True))
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(2, 2, S, 32, generator=g) for _ in range(3))
+    ours = create_block_mask(mask, 2, None, S, S, BLOCK_SIZE=64)
+    assert int(ours.full_kv_num_blocks.sum()) > 0 and int(ours.kv_num_blocks.sum()) > 0
+    captured = ours.captured_mask
+    opts = fm.CompileOptions(tile_kv=32)
+    spec = fm.attention_spec(q, k, v, mask_mod=captured.ir, captures=captured.captures,
+                             block_mask=ours, options=opts, name="block_tiles")
+    tiled = fm.compile(spec, opts).ir["tiled"]
+    assert "tile_size = array<i64: 64, 32>" in tiled and "block_size = array<i64: 64, 64>" in tiled
+    out = fm.attention(q, k, v, mask_mod=captured.ir, captures=captured.captures, block_mask=ours,
+                       options=opts, name="block_tiles")
+    ref = tfa.flex_attention(q, k, v, block_mask=tfa.create_block_mask(mask, 2, None, S, S,
+                                                                       device="cpu", BLOCK_SIZE=64))
+    torch.testing.assert_close(out, ref, atol=2e-5, rtol=1e-4)
+
+
 def test_larger_causal_and_sliding():
     for mask in (causal, sliding_window):
         ours = create_block_mask(mask, None, None, 2048 + 77, 2048 + 77)

@@ -31,9 +31,10 @@ def _count(ptx: str, pattern: str) -> int:
 
 def _tiling(variant: str, D: int):
     """The KV tile and tiling the table gives a zoo kernel: the head dim's
-    KV tile, or the 128-column blocks of the variant's block mask."""
-    masked = zoo.make(variant, 2, 1000, "cpu")[1] is not None
-    kv_tile = 128 if masked else SM80.kv_tile(D)
+    KV tile, also under the variant's 128-column mask blocks (each block
+    walked as 128 / tile KV tiles)."""
+    kv_tile = SM80.kv_tile(D)
+    assert SM80.block_tiles and 128 % kv_tile == 0
     return kv_tile, SM80.tiling(D, kv_tile)
 
 
@@ -102,6 +103,34 @@ def test_table_tilings():
     assert md["launch"]["block"] == [128, 1, 1]
     assert md["launch"]["shared_mem_bytes"] == 128 * 128 * 2 + 2 * 2 * 64 * 128 * 2 + 128
     assert "mma.sync.aligned.m16n8k16" in md["ptx"]
+
+
+@pytest.mark.parametrize("variant,D", [("full", 64), ("causal", 64), ("full", 128),
+                                       ("causal", 128)])
+def test_table_tilings_fit_registers_at_the_benchmark_shape(variant, D):
+    """The table's tiling at the benchmark's shape (S = 8192; causal with
+    torch's default 128 x 128 mask blocks, walked as the head dim's KV
+    tiles): 255 registers at most and no spills."""
+    compiled = fm.compile(zoo.spec(variant, 1, 2, 8192, D, dtype="bfloat16"),
+                          fm.CompileOptions(target="sm_80"), keep_ir=False)
+    res = compiled.metadata["resources"]
+    assert res.registers <= 255 and (res.spill_stores, res.spill_loads) == (0, 0), res
+    kv_tile, tiling = _tiling(variant, D)
+    assert compiled.metadata["launch"]["block"] == [128 * 32 // tiling.warp_rows, 1, 1]
+
+
+def test_default_mask_blocks_run_as_64_column_tiles():
+    """Causal at D = 64 with torch's default 128 x 128 blocks: two 64-column
+    KV tiles per block (flexattn-tile{block-tiles}), so the 32-row tiling
+    of (64, 64) applies: 4 warps, 64-row K/V slots."""
+    compiled = _compile("causal", D=64)
+    tiled = fm.compile(zoo.spec("causal", 1, 2, 1000, 64, dtype="bfloat16"),
+                       fm.CompileOptions(target="sm_80")).ir["tiled"]
+    assert "block_size = array<i64: 128, 128>" in tiled
+    assert "tile_size = array<i64: 128, 64>" in tiled
+    launch = compiled.metadata["launch"]
+    assert launch["block"] == [128, 1, 1]
+    assert launch["shared_mem_bytes"] == 128 * 64 * 2 + 2 * 2 * 64 * 64 * 2 + 128
 
 
 @pytest.mark.parametrize("bad", [{"warp_rows": 24}, {"q_in_registers": 1}])

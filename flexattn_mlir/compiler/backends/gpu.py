@@ -87,10 +87,13 @@ def _has_op(mod: ir.Module, name: str) -> bool:
 
 def make_gpu_tiled(mod: ir.Module, opts: CompileOptions) -> None:
     """``flexattn-tile`` with the kernel's KV tile for the head dim where
-    ``opts.tile_kv`` is 0 (a block mask still fixes it to its block)."""
+    ``opts.tile_kv`` is 0. A block mask fixes it to its KV block, except on
+    a kernel with ``block_tiles`` where the tile divides the block (then
+    each block is walked as several KV tiles)."""
     op = _first_op(mod, "flexattn.attention")
-    tile_kv = opts.tile_kv or _kernel_target(op, opts).kv_tile(_table_dim(op))
-    make_tiled(mod, replace(opts, tile_kv=tile_kv))
+    target = _kernel_target(op, opts)
+    tile_kv = opts.tile_kv or target.kv_tile(_table_dim(op))
+    make_tiled(mod, replace(opts, tile_kv=tile_kv), block_tiles=target.block_tiles)
 
 
 def make_backward_tiled(mod: ir.Module, opts: CompileOptions) -> None:
