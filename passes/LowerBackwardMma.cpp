@@ -25,7 +25,11 @@
 // owned band) or from registers (P, dX: the accumulator pairs are the A
 // layout), B K-major (transpose_b) or row-major. The f32 accumulators are
 // per-thread vectors in stack slots at the kernel's entry, which LLVM keeps
-// in registers (whole-vector accesses only).
+// in registers (whole-vector accesses only). The chunks are a loop, and the
+// streamed rings' position a run-time counter (a stack slot too), so no
+// chunk's indices or slot addresses are hoisted out of the loops and kept
+// live (unrolled, with constant slots, the kernel spilled). Each chunk is
+// copied, waited for and computed in turn: no copy runs ahead yet.
 //
 //===----------------------------------------------------------------------===//
 

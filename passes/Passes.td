@@ -755,13 +755,14 @@ def FlexAttnLowerBackwardMma
     `flexattn-map-backward-to-grid` owns a square tile of R = 64 or 128 rows
     (keys for dk/dv, queries for dq) in R / 64 groups of 4 warps (the block
     becomes R / 64 x 128 threads), copies its owned tiles into rings once
-    and streams the other side in 64-row chunks:
+    and streams the other side in 32-row chunks (a loop; two-slot rings at a
+    run-time position, so slot addresses are not kept live across loops):
 
-      dk/dv step, per chunk of 64 queries (copy Q, dout):
+      dk/dv step, per chunk of 32 queries (copy Q, dout):
         Sᵀ = K Qᵀ    dPᵀ = V doutᵀ            (flexattn.mma, A = the band)
         per element: Pᵀ, dXᵀ (mods + derivative, P from lse, 0 outside M x N)
         dV += Pᵀ dout    dK += dXᵀ Q           (register A)
-      dq step, per chunk of 64 keys (copy K, V):
+      dq step, per chunk of 32 keys (copy K, V):
         S = Q Kᵀ    dP = dout Vᵀ;  dX, capture_grads += dS dload (atomics)
         dQ += dX K
 
@@ -791,11 +792,14 @@ def FlexAttnLowerBackwardMma
     memref.store %zeros, %dq[] : memref<vector<32xf32>>
     flexattn.ring.copy %q[%b, %h, %q0] into %own_q[%c0_i32] ...
     scf.for %j = %c0 to %n step %c1 {
-      flexattn.ring.copy %k[%b, %hkv, %kv0] into %str_a[%c0_i32] ...
-      %s = flexattn.mma %qt[%band], %kt {transpose_b} ...
-      %dp = flexattn.mma %dot[%band], %vt {transpose_b} ...
-      ... flexattn.apply_mods_vjp per element ...
-      %acc = flexattn.mma %dx, %kt, %old ...
+      scf.for %c = %c0 to %c64 step %c32 {
+        %at = memref.load %position[] : memref<i32>
+        flexattn.ring.copy %k[%b, %hkv, %kv0_c] into %str_a[%at] ...
+        %s = flexattn.mma %qt[%band], %kt {transpose_b} ...
+        %dp = flexattn.mma %dot[%band], %vt {transpose_b} ...
+        ... flexattn.apply_mods_vjp per element ...
+        %acc = flexattn.mma %dx, %kt, %old ...
+      }
     }
     scf.if %row_inside { vector.store %pair, %dqg[%b, %h, %row, %col] ... }
     ```
