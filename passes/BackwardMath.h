@@ -16,6 +16,9 @@
 #define FLEXATTN_PASSES_BACKWARDMATH_H
 
 #include "passes/Passes.h"
+#include "passes/TileBuilder.h"
+
+#include "mlir/Interfaces/LoopLikeInterface.h"
 
 namespace mlir::flexattn::backward {
 
@@ -68,6 +71,84 @@ inline Value captureGradOf(BackwardStepOp op, int64_t capture) {
   ArrayRef<int64_t> gradCaptures = op.getGradCaptures();
   return op.getCaptureGrads()[llvm::find(gradCaptures, capture) -
                               gradCaptures.begin()];
+}
+
+/// capture_grads[c][idx] += dS * dscore/dload for every differentiated load
+/// (`mods` from apply_mods_vjp with dy = 1): an f32 atomic add, skipped
+/// where dS = 0 (masked scores never touch memory).
+inline void accumulateCaptureGrads(OpBuilder &b, Location loc,
+                                   BackwardStepOp op, ValueRange mods,
+                                   Value dS) {
+  if (op.getCaptureGrads().empty() || !op.getVjpLoads())
+    return;
+  Value zero = arith::ConstantOp::create(b, loc, b.getF32FloatAttr(0.0f));
+  Value some =
+      arith::CmpFOp::create(b, loc, arith::CmpFPredicate::ONE, dS, zero);
+  auto branch = scf::IfOp::create(b, loc, some, /*withElseRegion=*/false);
+  OpBuilder::InsertionGuard guard(b);
+  b.setInsertionPointToStart(branch.thenBlock());
+  unsigned pos = 2;
+  ArrayRef<int64_t> loads = *op.getVjpLoads();
+  for (int64_t c : loads) {
+    auto rank = cast<MemRefType>(op.getCaptures()[c].getType()).getRank();
+    Value g = arith::MulFOp::create(b, loc, dS, mods[pos]);
+    memref::AtomicRMWOp::create(b, loc, arith::AtomicRMWKind::addf, g,
+                                captureGradOf(op, c), mods.slice(pos + 1, rank));
+    pos += 1 + rank;
+  }
+}
+
+/// The probability and score gradient of one score.
+struct ScoreGrad {
+  Value p, dx;
+};
+
+/// FlashAttention-2's per-score backward at tile position (i, j) of `op`
+/// (relative to q0 / kv0), from the raw product x = q.k, dp = dout.v and the
+/// query row's lse and delta:
+///   S = mods(scale x)   P = exp2(log2(e) S - base(log2(e) lse))
+///   dS = P (dp - delta)  capture_grads += dS dS/dload (f32 atomics)
+///   dX = scale dS dS/dX, 0 where P = 0
+/// `live` (optional, i1) zeroes P where the score lies outside M x N.
+inline ScoreGrad scoreGradient(OpBuilder &b, Location loc, BackwardStepOp op,
+                               Value x, Value dp, Value lse, Value delta,
+                               Value i, Value j, Value live = Value()) {
+  float scale = op.getScale().convertToFloat();
+  Value one = arith::ConstantOp::create(b, loc, b.getF32FloatAttr(1.0f));
+  SmallVector<Value> mods = applyVjp(b, loc, op, scaled(b, loc, x, scale), one, i, j);
+  Value log2e = arith::ConstantOp::create(
+      b, loc, b.getF32FloatAttr(static_cast<float>(kLog2e)));
+  Value base = tile::finiteBase(b, loc, arith::MulFOp::create(b, loc, lse, log2e));
+  Value p = math::Exp2Op::create(
+      b, loc, arith::SubFOp::create(
+                  b, loc, arith::MulFOp::create(b, loc, mods[0], log2e), base));
+  if (live)
+    p = arith::SelectOp::create(
+        b, loc, live, p, arith::ConstantOp::create(b, loc, b.getF32FloatAttr(0.0f)));
+  Value dS = arith::MulFOp::create(b, loc, p, arith::SubFOp::create(b, loc, dp, delta));
+  accumulateCaptureGrads(b, loc, op, mods, dS);
+  return {p, dScore(b, loc, p, dS, mods[1], scale)};
+}
+
+/// Inlines the stack scopes of a backward CTA body (from
+/// flexattn-map-backward-to-grid, one per tile): their buffers live in the
+/// thread's frame. Fails (naming `pass`) on a scope inside a loop or with
+/// results.
+inline LogicalResult inlineStackScopes(RewriterBase &rewriter, Operation *cta,
+                                       StringRef pass) {
+  SmallVector<memref::AllocaScopeOp> scopes;
+  cta->walk([&](memref::AllocaScopeOp scope) { scopes.push_back(scope); });
+  for (memref::AllocaScopeOp scope : scopes) {
+    if (!scope->getResults().empty() ||
+        scope->getParentOfType<LoopLikeOpInterface>())
+      return scope.emitOpError()
+             << pass << ": a stack scope inside a loop or with results";
+    Block *body = &scope.getBodyRegion().front();
+    rewriter.eraseOp(body->getTerminator());
+    rewriter.inlineBlockBefore(body, scope);
+    rewriter.eraseOp(scope);
+  }
+  return success();
 }
 
 } // namespace mlir::flexattn::backward

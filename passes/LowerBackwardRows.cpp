@@ -30,8 +30,6 @@
 #include "passes/Passes.h"
 #include "passes/TileBuilder.h"
 
-#include "mlir/Interfaces/LoopLikeInterface.h"
-
 namespace mlir::flexattn {
 #define GEN_PASS_DEF_FLEXATTNLOWERBACKWARDROWS
 #include "passes/Passes.h.inc"
@@ -91,29 +89,6 @@ void rowUpdate(OpBuilder &b, Location loc, Value dst, Value w, const Row &src,
       });
 }
 
-/// capture_grads[c][idx] += dS * dscore/dload for every differentiated load
-/// (`mods` from apply_mods_vjp with dy = 1): an f32 atomic add, skipped
-/// where dS = 0 (masked scores never touch memory).
-void accumulateCaptureGrads(OpBuilder &b, Location loc, BackwardStepOp op,
-                            ValueRange mods, Value dS) {
-  if (op.getCaptureGrads().empty() || !op.getVjpLoads())
-    return;
-  Value zero = arith::ConstantOp::create(b, loc, b.getF32FloatAttr(0.0f));
-  Value some = arith::CmpFOp::create(b, loc, arith::CmpFPredicate::ONE, dS, zero);
-  auto branch = scf::IfOp::create(b, loc, some, /*withElseRegion=*/false);
-  OpBuilder::InsertionGuard guard(b);
-  b.setInsertionPointToStart(branch.thenBlock());
-  unsigned pos = 2;
-  ArrayRef<int64_t> loads = *op.getVjpLoads();
-  for (int64_t c : loads) {
-    auto rank = cast<MemRefType>(op.getCaptures()[c].getType()).getRank();
-    Value g = arith::MulFOp::create(b, loc, dS, mods[pos]);
-    memref::AtomicRMWOp::create(b, loc, arith::AtomicRMWKind::addf, g,
-                                captureGradOf(op, c), mods.slice(pos + 1, rank));
-    pos += 1 + rank;
-  }
-}
-
 /// The thread's row accumulators: old [T, D] tile -> new [1, D] row.
 using RowAccs = DenseMap<Value, Value>;
 
@@ -148,7 +123,6 @@ LogicalResult lowerStepRows(RewriterBase &rewriter, BackwardStepOp op,
   OpBuilder::InsertionGuard guard(rewriter);
   rewriter.setInsertionPoint(op);
   TileBuilder t{rewriter, loc};
-  float scale = op.getScale().convertToFloat();
   Value nRows = t.live(op.getTileSize()[0],
                        memrefDim(rewriter, loc, op.getQ(), 2), op.getQ0());
   Value nCols = t.live(op.getTileSize()[1],
@@ -182,24 +156,9 @@ LogicalResult lowerStepRows(RewriterBase &rewriter, BackwardStepOp op,
         // x = q_i . k_j,  dP = dout_i . v_j
         Value x = rowDot(b, l, q, k);
         Value dp = rowDot(b, l, dout, v);
-        // S = mods(scale x);  P = exp2(log2(e) S - base(log2(e) lse))
-        Value one = arith::ConstantOp::create(b, l, b.getF32FloatAttr(1.0f));
-        SmallVector<Value> mods =
-            applyVjp(b, l, op, scaled(b, l, x, scale), one, i, j);
-        Value log2e = arith::ConstantOp::create(
-            b, l, b.getF32FloatAttr(static_cast<float>(kLog2e)));
         Value lse = memref::LoadOp::create(b, l, op.getLse(), qIdx);
-        Value base = finiteBase(b, l, arith::MulFOp::create(b, l, lse, log2e));
-        Value p = math::Exp2Op::create(
-            b, l, arith::SubFOp::create(
-                      b, l, arith::MulFOp::create(b, l, mods[0], log2e), base));
-        // dS = P (dP - delta)
         Value delta = memref::LoadOp::create(b, l, op.getDelta(), qIdx);
-        Value dS = arith::MulFOp::create(b, l, p,
-                                         arith::SubFOp::create(b, l, dp, delta));
-        accumulateCaptureGrads(b, l, op, mods, dS);
-        // dX = scale dS dS/dX, 0 where P = 0
-        Value dx = dScore(b, l, p, dS, mods[1], scale);
+        auto [p, dx] = scoreGradient(b, l, op, x, dp, lse, delta, i, j);
         if (Value acc = op.getDvAcc()) // dv_j += P dout_i
           rowUpdate(b, l, rows.lookup(acc), p, dout, /*accumulate=*/true);
         if (Value acc = op.getDkAcc()) // dk_j += dX q_i
@@ -246,20 +205,8 @@ void lowerStoreRows(RewriterBase &rewriter, StoreTileOp op, Value tid,
 
 LogicalResult mlir::flexattn::lowerBackwardRows(RewriterBase &rewriter,
                                                 gpu::LaunchOp launch) {
-  // The tiles' stack scopes open once per CTA (no loop holds one): their
-  // buffers live in the thread's frame.
-  SmallVector<memref::AllocaScopeOp> scopes;
-  launch.walk([&](memref::AllocaScopeOp scope) { scopes.push_back(scope); });
-  for (memref::AllocaScopeOp scope : scopes) {
-    if (!scope->getResults().empty() ||
-        scope->getParentOfType<LoopLikeOpInterface>())
-      return scope.emitOpError("flexattn-lower-backward-rows: a stack scope "
-                               "inside a loop or with results");
-    Block *body = &scope.getBodyRegion().front();
-    rewriter.eraseOp(body->getTerminator());
-    rewriter.inlineBlockBefore(body, scope);
-    rewriter.eraseOp(scope);
-  }
+  if (failed(inlineStackScopes(rewriter, launch, "flexattn-lower-backward-rows")))
+    return failure();
   SmallVector<BackwardStepOp> steps;
   SmallVector<StoreTileOp> stores;
   SetVector<Value> tiles;

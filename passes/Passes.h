@@ -208,6 +208,10 @@ LogicalResult mapBackwardToGrid(RewriterBase &rewriter, func::FuncOp func);
 /// per-thread row code.
 LogicalResult lowerBackwardRows(RewriterBase &rewriter, gpu::LaunchOp launch);
 
+/// flexattn-lower-backward-mma: backward_step / store_tile in `launch` ->
+/// cooperative rings, flexattn.mma and per-element math on fragments.
+LogicalResult lowerBackwardMma(RewriterBase &rewriter, gpu::LaunchOp launch);
+
 //===----------------------------------------------------------------------===//
 // Helpers shared by the passes (ModRegions.cpp)
 //===----------------------------------------------------------------------===//

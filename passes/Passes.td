@@ -758,6 +758,74 @@ def FlexAttnLowerBackwardRows
                            "::mlir::flexattn::FlexAttnDialect"];
 }
 
+def FlexAttnLowerBackwardMma
+    : Pass<"flexattn-lower-backward-mma", "::mlir::ModuleOp"> {
+  let summary = "Lower the backward's tile ops in a gpu.launch to tensor-core "
+                "code: cooperative rings, flexattn.mma, per-element math on "
+                "fragments";
+  let description = [{
+    In place of `flexattn-lower-backward-rows` (FlashAttention-2's backward,
+    sm_80 code, lowered next by `flexattn-lower-to-ampere`). Each CTA of
+    `flexattn-map-backward-to-grid` owns a square tile of R = 64 or 128 rows
+    (keys for dk/dv, queries for dq) in R / 64 groups of 4 warps (the block
+    becomes R / 64 x 128 threads), copies its owned tiles into rings once
+    and streams the other side in 32-row chunks (a loop; two-slot rings at a
+    run-time position, so slot addresses are not kept live across loops):
+
+      dk/dv step, per chunk of 32 queries (copy Q, dout):
+        Sᵀ = K Qᵀ    dPᵀ = V doutᵀ            (flexattn.mma, A = the band)
+        per element: Pᵀ, dXᵀ (mods + derivative, P from lse, 0 outside M x N)
+        dV += Pᵀ dout    dK += dXᵀ Q           (register A)
+      dq step, per chunk of 32 keys (copy K, V):
+        S = Q Kᵀ    dP = dout Vᵀ;  dX, capture_grads += dS dload (atomics)
+        dQ += dX K
+
+    Accumulator tiles `[R, D]` become one fragment per thread (a
+    `memref<vector<D/2 x f32>>` at the kernel's entry, whole-vector accesses
+    only, so LLVM keeps it in registers); `flexattn.store_tile` stores the
+    thread's elements. Needs static shapes, bf16/f16, D = Dv in {64, 128},
+    square tiles of 64 or 128 (flexattn-tile), capture gradients in dq steps
+    only; anything else is an error (Python picks
+    `flexattn-lower-backward-rows` for it).
+
+    Before:
+    ```mlir
+    %dq = memref.alloca() : memref<64x64xf32>
+    linalg.fill ins(%cst : f32) outs(%dq : memref<64x64xf32>)
+    scf.for %j = %c0 to %n step %c1 {
+      flexattn.backward_step ins(%q, %k, %v, %do : ...) stats(%lse, %delta : ...)
+          dq(%dq : memref<64x64xf32>) at(%b, %h, %hkv, %q0, %kv0) attributes {...}
+    }
+    flexattn.store_tile %dq : memref<64x64xf32> into %dqg : memref<1x2x256x64xbf16> at(%b, %h, %q0)
+    ```
+    After:
+    ```mlir
+    %own_q = flexattn.ring.alloc consumers(128) : !flexattn.ring<1 x 64x64xbf16>
+    ...
+    %dq = memref.alloca() : memref<vector<32xf32>>
+    memref.store %zeros, %dq[] : memref<vector<32xf32>>
+    flexattn.ring.copy %q[%b, %h, %q0] into %own_q[%c0_i32] ...
+    scf.for %j = %c0 to %n step %c1 {
+      scf.for %c = %c0 to %c64 step %c32 {
+        %at = memref.load %position[] : memref<i32>
+        flexattn.ring.copy %k[%b, %hkv, %kv0_c] into %str_a[%at] ...
+        %s = flexattn.mma %qt[%band], %kt {transpose_b} ...
+        %dp = flexattn.mma %dot[%band], %vt {transpose_b} ...
+        ... flexattn.apply_mods_vjp per element ...
+        %acc = flexattn.mma %dx, %kt, %old ...
+      }
+    }
+    scf.if %row_inside { vector.store %pair, %dqg[%b, %h, %row, %col] ... }
+    ```
+  }];
+  let dependentDialects = ["::mlir::scf::SCFDialect",
+                           "::mlir::arith::ArithDialect",
+                           "::mlir::math::MathDialect",
+                           "::mlir::memref::MemRefDialect",
+                           "::mlir::vector::VectorDialect",
+                           "::mlir::flexattn::FlexAttnDialect"];
+}
+
 //===----------------------------------------------------------------------===//
 // GPU kernels. The pipeline for Hopper (sm_90a), after
 // flexattn-tile{tile-q=128 tile-kv=128} and flexattn-block-sparsity:

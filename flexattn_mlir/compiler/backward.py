@@ -4,7 +4,7 @@ forward (the backend's backward stages, e.g. the CPU's
 
     flexattn -> differentiated -> tiled -> sparse -> decomposed -> inlined
              -> loops -> llvm                                       (CPU)
-    flexattn -> differentiated -> tiled -> sparse -> grid -> rows -> kernel
+    flexattn -> differentiated -> tiled -> sparse -> grid -> steps -> kernel
              -> nvvm -> ptx                                         (GPUs)
 
 ). A :class:`BackwardSpec` is what one backward kernel is specialised on: the

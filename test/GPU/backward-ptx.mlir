@@ -2,6 +2,10 @@
 // RUN:   | FileCheck %s --check-prefix=MEM
 // RUN: flexattn-opt %s --pass-pipeline='builtin.module(flexattn-differentiate-mods, flexattn-tile{tile-q=128 tile-kv=128}, flexattn-block-sparsity, flexattn-map-backward-to-grid, flexattn-lower-backward-rows, flexattn-inline-mods, convert-linalg-to-loops, canonicalize, cse, gpu-launch-sink-index-computations, gpu-kernel-outlining, canonicalize, cse, flexattn-lower-to-nvvm{chip=sm_90a features=+ptx83}, gpu-module-to-binary{format=isa})' \
 // RUN:   | FileCheck %s
+// RUN: flexattn-opt %s --pass-pipeline='builtin.module(flexattn-differentiate-mods, flexattn-tile{tile-q=128 tile-kv=128}, flexattn-block-sparsity, flexattn-map-backward-to-grid, flexattn-lower-backward-mma, flexattn-inline-mods, convert-linalg-to-loops, canonicalize, cse)' \
+// RUN:   | FileCheck %s --check-prefix=MEM
+// RUN: flexattn-opt %s --pass-pipeline='builtin.module(flexattn-differentiate-mods, flexattn-tile{tile-q=128 tile-kv=128}, flexattn-block-sparsity, flexattn-map-backward-to-grid, flexattn-lower-backward-mma, flexattn-inline-mods, convert-linalg-to-loops, canonicalize, cse, flexattn-lower-to-ampere{max-shared-memory=232448}, gpu-launch-sink-index-computations, gpu-kernel-outlining, canonicalize, cse, flexattn-lower-to-nvvm{chip=sm_90a features=+ptx83}, gpu-module-to-binary{format=isa})' \
+// RUN:   | FileCheck %s --check-prefix=MMA
 
 // The GPU backward from flexattn.attention_backward down to PTX, made
 // without a GPU: ALiBi with a learnable slope table, causal, a 128 x 128
@@ -19,6 +23,18 @@
 // MEM-NOT:     memref<128x128xf32>
 // MEM-NOT:     memref<128x64xf32>
 // MEM:         return
+
+// The tensor-core kernel (flexattn-lower-backward-mma): the same 18 CTAs,
+// two groups of 4 warps per 128-row tile; cp.async copies, ldmatrix,
+// mma.sync.
+// MMA: gpu.launch_func @alibi_causal_kernel::@alibi_causal_kernel blocks in (%{{.+}}, %{{.+}}, %{{.+}}) threads in (%{{.+}}, %{{.+}}, %{{.+}})
+// MMA: gpu.binary @alibi_causal_kernel
+// MMA-SAME: .maxntid 256, 1, 1
+// MMA-SAME: cp.async.cg.shared.global
+// MMA-SAME: ldmatrix.sync.aligned.m8n8.x4.shared.b16
+// MMA-SAME: mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32
+// MMA-SAME: ex2.approx.ftz.f32
+// MMA-SAME: ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16
 
 // One kernel: 2 x 3 dk/dv CTAs then 4 x 3 dq CTAs of 128 threads; the slope
 // gradient by f32 reductions to global memory; the scores by ex2.

@@ -30,10 +30,10 @@
 // CHECK:                 memref.load %[[K]]
 // CHECK:                 memref.load %[[OWNQ]]
 // CHECK:                 math.fma
-// CHECK:               flexattn.apply_mods_vjp
 // CHECK:               memref.load %[[LSE]]
-// CHECK:               math.exp2
 // CHECK:               memref.load %[[DELTA]]
+// CHECK:               flexattn.apply_mods_vjp
+// CHECK:               math.exp2
 // The weight's gradient: an f32 atomic add, none where dS = 0.
 // CHECK:               arith.cmpf one
 // CHECK:               scf.if

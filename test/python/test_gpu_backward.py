@@ -35,8 +35,8 @@ GPU = fm.CompileOptions(target="sm_90a")
 S = 300  # not a multiple of the 128-token tiles
 
 
-def _backward_spec(variant: str, D: int = 64):
-    fwd = zoo.spec(variant, 1, 2, S, D)
+def _backward_spec(variant: str, D: int = 64, dtype: str = "bfloat16"):
+    fwd = zoo.spec(variant, 1, 2, S, D, dtype=dtype)
     q_side = []
     if fwd.kv_num_blocks is not None:
         blocks = -(-S // 128)
@@ -56,10 +56,16 @@ def test_zoo_backward_compiles_to_a_cubin_for_sm90a(variant):
     assert md["cubin"][:4] == b"\x7fELF"
     assert md["resources"].registers <= 255
     assert ".target sm_90a" in ptx and "ex2.approx.ftz.f32" in ptx
-    # One launch: the dk/dv tiles (Hkv x ceil(S/128)) then the dq tiles.
+    # One launch: the dk/dv tiles (Hkv x ceil(S/128)) then the dq tiles, two
+    # groups of 4 warps (a 64-row band each) per 128-row tile, on tensor cores
+    # without spills.
     launch = md["launch"]
     tiles = -(-S // 128)
-    assert launch["grid"] == [2 * tiles + 2 * tiles, 1, 1] and launch["block"] == [128, 1, 1]
+    assert launch["grid"] == [2 * tiles + 2 * tiles, 1, 1] and launch["block"] == [256, 1, 1]
+    res = md["resources"]
+    assert (res.spill_stores, res.spill_loads) == (0, 0), res
+    assert "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32" in ptx
+    assert "cp.async.cg.shared.global" in ptx and "ldmatrix.sync.aligned" in ptx
     assert launch["outputs"][:3] == ["dq", "dk", "dv"]
     grads = [f"capture_grad{i}" for i in range(len(spec.grad_captures))]
     assert launch["spec"]["zero_init"] == grads
@@ -68,6 +74,37 @@ def test_zoo_backward_compiles_to_a_cubin_for_sm90a(variant):
     # No M x N (S x S) buffer at any stage of the backward.
     for stage, text in compiled.ir.items():
         assert not re.search(rf"memref<(\d+x)*{S}x{S}x", text), stage
+
+
+@needs_ptxas
+@pytest.mark.parametrize("variant", ["causal", "alibi_causal"])
+@pytest.mark.parametrize("dtype,D", [("bfloat16", 128), ("float16", 64), ("float16", 128)])
+def test_tensor_core_backward_has_no_spills(variant, dtype, D):
+    """bf16/fp16 at D 64 and 128 (bf16 D = 64: the zoo test above) through
+    flexattn-lower-backward-mma: mma.sync, no spills, no stack."""
+    md = fm.compile(_backward_spec(variant, D, dtype), GPU).metadata
+    res = md["resources"]
+    assert res.registers <= 255 and (res.spill_stores, res.spill_loads) == (0, 0), res
+    elem = "bf16" if dtype == "bfloat16" else "f16"
+    assert f"mma.sync.aligned.m16n8k16.row.col.f32.{elem}.{elem}.f32" in md["ptx"]
+
+
+def test_backward_kernel_rule():
+    """One rule picks the kernel: the tensor-core one where it covers the
+    steps, the CUDA-core one otherwise (here: 128 x 64 tiles), each named."""
+    from mlir import ir
+
+    from flexattn_mlir import _native
+    from flexattn_mlir.compiler.backends import gpu
+
+    def gap(variant, tile_kv=0):
+        opts = fm.CompileOptions(target="sm_90a", tile_kv=tile_kv)
+        with _native.new_context():
+            ir_text = fm.compile(_backward_spec(variant), opts, keep_ir=True).ir["grid"]
+            return gpu.backward_kernel_gap(ir.Module.parse(ir_text))
+
+    assert gap("causal") is None and gap("full") is None
+    assert "tiles 128 x 64" in gap("full", tile_kv=64)
 
 
 def test_gpu_backward_needs_a_precomputed_delta():

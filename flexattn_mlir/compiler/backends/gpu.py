@@ -13,8 +13,12 @@ and the launch metadata :mod:`flexattn_runtime` runs the cubin with.
 The backward (flexattn_mlir/backward.py) shares the last three:
 
     sparse -> grid      flexattn-map-backward-to-grid
-           -> rows      flexattn-lower-backward-rows, flexattn-inline-mods
-           -> kernel    gpu-kernel-outlining -> nvvm -> ptx
+           -> steps     flexattn-lower-backward-mma (tensor cores) |
+                        flexattn-lower-backward-rows (CUDA cores, what the
+                        first does not cover: backward_kernel_gap),
+                        flexattn-inline-mods
+           -> kernel    flexattn-lower-to-ampere, gpu-kernel-outlining
+           -> nvvm -> ptx
 
 Every launch fact (kernel name, grid, block, shared memory, how to encode
 each tensor map) is read off the compiled IR, never restated here.
@@ -209,18 +213,45 @@ def make_backward_grid(mod: ir.Module, opts: CompileOptions) -> None:
     run_pipeline(mod, "flexattn-map-backward-to-grid", "grid")
 
 
-def make_backward_rows(mod: ir.Module, opts: CompileOptions) -> None:
+def backward_kernel_gap(mod: ir.Module) -> str | None:
+    """The one rule that picks the backward kernel: None when the
+    tensor-core kernel (``flexattn-lower-backward-mma``) covers the
+    backward's steps (bf16/f16, D = Dv in {64, 128}, square 64 or 128
+    tiles), else why the CUDA-core kernel (``flexattn-lower-backward-rows``)
+    runs it. Read off the first ``flexattn.backward_step``; the pass checks
+    every step and fails rather than compile what it does not cover."""
+    step = _first_op(mod, "flexattn.backward_step")
+    q, k, v = (ir.MemRefType(step.operands[i].type) for i in range(3))
+    elem = str(q.element_type)
+    if elem not in ("bf16", "f16"):
+        return f"{elem} q/k/v (the tensor-core kernel takes bf16 and f16)"
+    if q.shape[-1] not in (64, 128) or v.shape[-1] != q.shape[-1]:
+        return f"head dims D = {q.shape[-1]}, Dv = {v.shape[-1]} (it takes D = Dv in 64, 128)"
+    tile = list(ir.DenseI64ArrayAttr(step.attributes["tile_size"]))
+    if tile[0] != tile[1] or tile[0] not in (64, 128):
+        return f"tiles {tile[0]} x {tile[1]} (it takes square tiles of 64 or 128)"
+    return None
+
+
+def make_backward_steps(mod: ir.Module, opts: CompileOptions) -> None:
+    """The backward's steps on tensor cores, or on CUDA cores a thread per
+    row where :func:`backward_kernel_gap` says the tensor-core kernel does
+    not cover them."""
+    lowering = ("flexattn-lower-backward-rows" if backward_kernel_gap(mod)
+                else "flexattn-lower-backward-mma")
     run_pipeline(mod, [
-        "flexattn-lower-backward-rows",
+        lowering,
         "flexattn-inline-mods",
         "convert-linalg-to-loops",
         "canonicalize",
         "cse",
-    ], "rows")
+    ], "steps")
 
 
 def make_backward_kernel(mod: ir.Module, opts: CompileOptions) -> None:
+    target = targets.target(opts.target)
     run_pipeline(mod, [
+        f"flexattn-lower-to-ampere{{max-shared-memory={target.max_shared_per_block}}}",
         "gpu-launch-sink-index-computations",
         "gpu-kernel-outlining",
         "canonicalize",
@@ -230,13 +261,14 @@ def make_backward_kernel(mod: ir.Module, opts: CompileOptions) -> None:
 
 def backward_stages(opts: CompileOptions) -> dict:
     """The backward's GPU stages: ``differentiated``, ``tiled`` and ``sparse``
-    as on the CPU, then one launch of dk/dv and dq tiles, a thread per tile
-    row (CUDA cores, any NVIDIA target; the kernel reads a precomputed delta,
-    ``BackwardSpec.delta_input``)."""
+    as on the CPU, then one launch of dk/dv and dq tiles whose steps run on
+    tensor cores (mma.sync, sm_80 code on every NVIDIA target) or, where
+    :func:`backward_kernel_gap` says so, a thread per tile row on CUDA cores;
+    the kernel reads a precomputed delta (``BackwardSpec.delta_input``)."""
     targets.target(opts.target)
     return {"differentiated": make_differentiated, "tiled": make_backward_tiled,
             "sparse": make_sparse,
-            "grid": make_backward_grid, "rows": make_backward_rows,
+            "grid": make_backward_grid, "steps": make_backward_steps,
             "kernel": make_backward_kernel, "nvvm": make_nvvm, "ptx": make_ptx}
 
 

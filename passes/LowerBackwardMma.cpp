@@ -1,0 +1,401 @@
+//===- LowerBackwardMma.cpp - flexattn-lower-backward-mma -------*- C++ -*-===//
+//
+// Part of flexattn-mlir, under the Apache License v2.0 with LLVM Exceptions.
+//
+//===----------------------------------------------------------------------===//
+//
+// The tensor-core backward (FlashAttention-2 shaped, sm_80 code): lowers the
+// backward's tile ops inside the gpu.launch of flexattn-map-backward-to-grid
+// to cooperative rings, flexattn.mma and per-element math on the register
+// fragments. Both nests keep their CTAs (no accumulator has two writers, no
+// atomics but the capture gradients'): a CTA owns a tile of R = 64 or 128
+// rows (keys for dk/dv, queries for dq), a group of 4 warps per 64-row band,
+// and streams the other side in 32-row chunks:
+//
+//   CTA start   copy the owned tiles (K, V | Q, dout) into their rings once
+//   dk/dv step  per 32-query chunk: copy Q, dout; Sᵀ = K Qᵀ, dPᵀ = V doutᵀ
+//               (warps own keys: the fragment's rows are keys, its columns
+//               queries); Pᵀ, dXᵀ per element (mods with their derivative,
+//               P from lse); dV += Pᵀ dout, dK += dXᵀ Q (register A)
+//   dq step     per 32-key chunk: copy K, V; S = Q Kᵀ, dP = dout Vᵀ; dX per
+//               element (capture gradients: f32 atomics); dQ += dX K
+//   store_tile  the thread's accumulator elements, converted, inside dst
+//
+// Every GEMM is one of flexattn.mma's forms: A from a shared tile (the
+// owned band) or from registers (P, dX: the accumulator pairs are the A
+// layout), B K-major (transpose_b) or row-major. The f32 accumulators are
+// per-thread vectors in stack slots at the kernel's entry, which LLVM keeps
+// in registers (whole-vector accesses only). The chunks are a loop, and the
+// streamed rings' position a run-time counter (a stack slot too), so no
+// chunk's indices or slot addresses are hoisted out of the loops and kept
+// live (unrolled, with constant slots, the kernel spilled). Each chunk is
+// copied, waited for and computed in turn: no copy runs ahead yet.
+//
+//===----------------------------------------------------------------------===//
+
+#include "passes/BackwardMath.h"
+#include "passes/Passes.h"
+
+#include "mlir/IR/Dominance.h"
+#include "mlir/IR/ImplicitLocOpBuilder.h"
+#include "mlir/IR/Matchers.h"
+
+namespace mlir::flexattn {
+#define GEN_PASS_DEF_FLEXATTNLOWERBACKWARDMMA
+#include "passes/Passes.h.inc"
+} // namespace mlir::flexattn
+
+using namespace mlir;
+using namespace mlir::flexattn;
+using namespace mlir::flexattn::backward;
+
+namespace {
+
+constexpr int64_t kBand = 64;    // rows of a group's band of the owned tile
+constexpr int64_t kChunk = 32;   // rows of a streamed chunk (the columns of
+                                 // the score fragments: 16 f32 per thread)
+constexpr int64_t kGroup = 128;  // threads of a band's 4 warps
+constexpr const char *kPass = "flexattn-lower-backward-mma";
+
+/// What the kernel is specialised on, checked on every step.
+struct Plan {
+  int64_t R = 0, D = 0, M = 0, N = 0;
+  Type elem;
+
+  LogicalResult check(BackwardStepOp op) {
+    auto q = cast<MemRefType>(op.getQ().getType());
+    auto k = cast<MemRefType>(op.getK().getType());
+    auto v = cast<MemRefType>(op.getV().getType());
+    auto dout = cast<MemRefType>(op.getDout().getType());
+    for (MemRefType t : {q, k, v, dout})
+      if (!t.hasStaticShape() || !t.getLayout().isIdentity())
+        return op.emitOpError() << kPass << " needs static identity-layout q/k/v/dout";
+    Type e = q.getElementType();
+    if ((!e.isBF16() && !e.isF16()) || k.getElementType() != e ||
+        v.getElementType() != e || dout.getElementType() != e)
+      return op.emitOpError() << kPass << " takes bf16 or f16 q/k/v/dout";
+    int64_t d = q.getDimSize(3);
+    if ((d != 64 && d != 128) || k.getDimSize(3) != d || v.getDimSize(3) != d)
+      return op.emitOpError() << kPass << " supports head dims 64 and 128 with Dv = D";
+    ArrayRef<int64_t> ts = op.getTileSize();
+    if (ts[0] != ts[1] || (ts[0] != 64 && ts[0] != 128))
+      return op.emitOpError() << kPass << " needs square tiles of 64 or 128, got ["
+                              << ts[0] << ", " << ts[1] << "]";
+    bool kvOwner = op.getDkAcc() || op.getDvAcc();
+    if (kvOwner == static_cast<bool>(op.getDqAcc()))
+      return op.emitOpError() << kPass << " needs a step with dq or with dk/dv, not both";
+    if (kvOwner && !op.getCaptureGrads().empty())
+      return op.emitOpError() << kPass << " accumulates capture gradients in the dq steps only";
+    if (R && (R != ts[0] || D != d || elem != e || M != q.getDimSize(2) ||
+              N != k.getDimSize(2)))
+      return op.emitOpError() << kPass << ": every step of a launch must have the "
+                                          "same tile, head dim, type and lengths";
+    R = ts[0], D = d, elem = e, M = q.getDimSize(2), N = k.getDimSize(2);
+    return success();
+  }
+  int64_t threads() const { return R / kBand * kGroup; }
+};
+
+struct Lowering {
+  ImplicitLocOpBuilder &b;
+  Plan plan;
+  Value ownA, ownB, strA, strB; // rings: owned tiles, streamed chunks
+  Value position;               // memref<i32>: the streamed rings' next position
+  Value band, frow, fcol;       // index: the group's band, the thread's
+                                // first fragment row and column
+  DenseMap<Value, Value> accs;  // [R, D] tile -> memref<vector<D/2 x f32>>
+
+  Value idx(int64_t v) { return arith::ConstantIndexOp::create(b, v); }
+  Value pos0() { return arith::ConstantIntOp::create(b, 0, 32); }
+  Value add(Value x, Value y) { return arith::AddIOp::create(b, x, y); }
+  Value add(Value x, int64_t c) { return c ? add(x, idx(c)) : x; }
+  VectorType frag(int64_t cols, Type e) { return VectorType::get({cols / 2}, e); }
+
+  /// Copies rows [row, row + rows) of src[b, h] into `ring`'s slot of
+  /// `pos` and rows of `src2` into `ring2`'s, waits for both; returns the
+  /// slots.
+  std::pair<Value, Value> copyPair(Value ring, Value src, Value ring2, Value src2,
+                                   Value bb, Value h, Value row, Value pos) {
+    RingAcquireOp::create(b, ring, pos);
+    RingAcquireOp::create(b, ring2, pos);
+    RingCopyOp::create(b, src, bb, h, row, ring, pos, Value());
+    RingCopyOp::create(b, src2, bb, h, row, ring2, pos, Value());
+    RingWaitOp::create(b, ring, pos).setInFlight(1);
+    Value s1 = RingSlotOp::create(b, ring, pos);
+    RingWaitOp::create(b, ring2, pos).setInFlight(0);
+    return {s1, RingSlotOp::create(b, ring2, pos)};
+  }
+
+  Value mma(Type result, Value a, Value aRow, Value bTile, Value acc, bool transposeB) {
+    Value r = MmaOp::create(b, result, a, aRow, bTile, acc,
+                            transposeB ? b.getUnitAttr() : UnitAttr());
+    return MmaWaitOp::create(b, 0, ValueRange{r}).getResult(0);
+  }
+  /// acc += a . bTile for the accumulator tile `tile` (its stack vector).
+  void accumulate(Value tile, Value a, Value bTile) {
+    Value slot = accs.lookup(tile);
+    Value acc = memref::LoadOp::create(b, slot, ValueRange{});
+    memref::StoreOp::create(b, mma(acc.getType(), a, Value(), bTile, acc, false), slot,
+                            ValueRange{});
+  }
+
+  LogicalResult lowerStep(BackwardStepOp op);
+  void lowerStore(StoreTileOp op);
+};
+
+LogicalResult Lowering::lowerStep(BackwardStepOp op) {
+  bool kvOwner = op.getDkAcc() || op.getDvAcc();
+  Value q0 = op.getQ0(), kv0 = op.getKv0();
+  Type f32 = b.getF32Type();
+  Value ownTileA = RingSlotOp::create(b, ownA, pos0());
+  Value ownTileB = RingSlotOp::create(b, ownB, pos0());
+  // The thread's first row of the owned tile and column of the streamed
+  // one, absolute: an element's indices are these plus constants (and vary
+  // along the loops, rather than being hoisted out of them and kept live).
+  Value ownBase = add(kvOwner ? kv0 : q0, frow);
+  Value streamBase = add(kvOwner ? q0 : kv0, fcol);
+  // A loop over the chunks (not unrolled: one chunk's fragments live at a
+  // time).
+  auto chunks = scf::ForOp::create(b, idx(0), idx(plan.R), idx(kChunk));
+  {
+    OpBuilder::InsertionGuard guard(b);
+    b.setInsertionPointToStart(chunks.getBody());
+    Value c0 = chunks.getInductionVar();
+    Value chunkBase = add(streamBase, c0);
+    // The streamed chunk: Q, dout (dk/dv) or K, V (dq), at the next
+    // position (a run-time counter: the slots' addresses vary along the
+    // loops instead of staying live across them).
+    Value pos = memref::LoadOp::create(b, position, ValueRange{});
+    memref::StoreOp::create(b, arith::AddIOp::create(b, pos, arith::ConstantIntOp::create(b, 1, 32)),
+                            position, ValueRange{});
+    auto [a, bt] = kvOwner
+                       ? copyPair(strA, op.getQ(), strB, op.getDout(), op.getB(),
+                                  op.getH(), add(q0, c0), pos)
+                       : copyPair(strA, op.getK(), strB, op.getV(), op.getB(),
+                                  op.getHkv(), add(kv0, c0), pos);
+    // Sᵀ = K Qᵀ, dPᵀ = V doutᵀ | S = Q Kᵀ, dP = dout Vᵀ
+    Value x = mma(frag(kChunk, f32), ownTileA, band, a, Value(), true);
+    Value dp = mma(frag(kChunk, f32), ownTileB, band, bt, Value(), true);
+    // Element e = 4 j + 2 h + q: row frow + 8 h of the owned tile, column
+    // fcol + 8 j + q of the chunk.
+    SmallVector<Value> xs, dps, ps, dxs;
+    for (int64_t e = 0; e < kChunk / 2; ++e) {
+      xs.push_back(vector::ExtractOp::create(b, x, ArrayRef<int64_t>{e}));
+      dps.push_back(vector::ExtractOp::create(b, dp, ArrayRef<int64_t>{e}));
+    }
+    DenseMap<int64_t, std::pair<Value, Value>> stats; // query -> lse, delta
+    for (int64_t e = 0; e < kChunk / 2; ++e) {
+      int64_t j = e / 4, h = (e / 2) % 2, q = e % 2;
+      Value own = add(ownBase, 8 * h);
+      Value streamed = add(chunkBase, 8 * j + q);
+      Value qi = kvOwner ? streamed : own, kj = kvOwner ? own : streamed;
+      Value live = arith::AndIOp::create(
+          b, arith::CmpIOp::create(b, arith::CmpIPredicate::ult, qi, idx(plan.M)),
+          arith::CmpIOp::create(b, arith::CmpIPredicate::ult, kj, idx(plan.N)));
+      // Indices past M or N are clamped for the mods and the loads; their P is 0.
+      Value qc = arith::MinUIOp::create(b, qi, idx(plan.M - 1));
+      Value kc = arith::MinUIOp::create(b, kj, idx(plan.N - 1));
+      int64_t key = kvOwner ? 8 * j + q : h;
+      auto [it, fresh] = stats.try_emplace(key);
+      if (fresh) {
+        SmallVector<Value> at = {op.getB(), op.getH(), qc};
+        it->second = {memref::LoadOp::create(b, op.getLse(), at),
+                      memref::LoadOp::create(b, op.getDelta(), at)};
+      }
+      auto [p, dx] = scoreGradient(b, b.getLoc(), op, xs[e], dps[e], it->second.first,
+                                   it->second.second, arith::SubIOp::create(b, qc, q0),
+                                   arith::SubIOp::create(b, kc, kv0), live);
+      ps.push_back(arith::TruncFOp::create(b, plan.elem, p));
+      dxs.push_back(arith::TruncFOp::create(b, plan.elem, dx));
+    }
+    Value dxFrag = vector::FromElementsOp::create(b, frag(kChunk, plan.elem), dxs);
+    if (kvOwner) { // dV += Pᵀ dout, dK += dXᵀ Q
+      if (Value acc = op.getDvAcc())
+        accumulate(acc, vector::FromElementsOp::create(b, frag(kChunk, plan.elem), ps), bt);
+      if (Value acc = op.getDkAcc())
+        accumulate(acc, dxFrag, a);
+    } else { // dQ += dX K
+      accumulate(op.getDqAcc(), dxFrag, a);
+    }
+    RingReleaseOp::create(b, strA, pos);
+    RingReleaseOp::create(b, strB, pos);
+  }
+  return success();
+}
+
+/// dst[b, h, row0 + r, c] = acc[r, c] for the thread's elements (pairs of
+/// adjacent columns) of rows inside dst.
+void Lowering::lowerStore(StoreTileOp op) {
+  auto dst = cast<MemRefType>(op.getDst().getType());
+  Value acc = memref::LoadOp::create(b, accs.lookup(op.getAcc()), ValueRange{});
+  auto pair = VectorType::get({2}, dst.getElementType());
+  for (int64_t h = 0; h < 2; ++h) {
+    Value row = add(op.getRow0(), add(frow, 8 * h));
+    Value inside = arith::CmpIOp::create(b, arith::CmpIPredicate::ult, row,
+                                         idx(dst.getDimSize(2)));
+    auto branch = scf::IfOp::create(b, inside, /*withElseRegion=*/false);
+    OpBuilder::InsertionGuard guard(b);
+    b.setInsertionPointToStart(branch.thenBlock());
+    for (int64_t j = 0; j < plan.D / 8; ++j) {
+      SmallVector<Value> two;
+      for (int64_t q = 0; q < 2; ++q) {
+        Value v = vector::ExtractOp::create(b, acc, ArrayRef<int64_t>{4 * j + 2 * h + q});
+        two.push_back(dst.getElementType().isF32()
+                          ? v
+                          : arith::TruncFOp::create(b, dst.getElementType(), v).getResult());
+      }
+      vector::StoreOp::create(b, vector::FromElementsOp::create(b, pair, two), op.getDst(),
+                              ValueRange{op.getB(), op.getH(), row, add(fcol, 8 * j)});
+    }
+  }
+}
+
+} // namespace
+
+LogicalResult mlir::flexattn::lowerBackwardMma(RewriterBase &rewriter,
+                                               gpu::LaunchOp launch) {
+  if (failed(inlineStackScopes(rewriter, launch, kPass)))
+    return failure();
+  SmallVector<BackwardStepOp> steps;
+  SmallVector<StoreTileOp> stores;
+  launch.walk([&](Operation *op) {
+    if (auto step = dyn_cast<BackwardStepOp>(op))
+      steps.push_back(step);
+    else if (auto store = dyn_cast<StoreTileOp>(op))
+      stores.push_back(store);
+  });
+  if (steps.empty())
+    return success();
+  Plan plan;
+  for (BackwardStepOp step : steps)
+    if (failed(plan.check(step)))
+      return failure();
+  Location loc = launch.getLoc();
+  OpBuilder::InsertionGuard guard(rewriter);
+  rewriter.setInsertionPoint(launch);
+  launch.getBlockSizeXMutable().assign(
+      arith::ConstantIndexOp::create(rewriter, loc, plan.threads()));
+
+  ImplicitLocOpBuilder b(loc, rewriter);
+  Block &body = launch.getBody().front();
+  b.setInsertionPointToStart(&body);
+  Lowering l{b, plan};
+  auto ring = [&](int64_t stages, int64_t rows) -> Value {
+    return RingAllocOp::create(
+        b, RingType::get(b.getContext(), stages, rows, plan.D, plan.elem), plan.threads());
+  };
+  l.ownA = ring(1, plan.R), l.ownB = ring(1, plan.R);
+  l.strA = ring(2, kChunk), l.strB = ring(2, kChunk);
+  l.position = memref::AllocaOp::create(b, MemRefType::get({}, b.getI32Type()));
+  memref::StoreOp::create(b, l.pos0(), l.position, ValueRange{});
+  // The m16n8 accumulator layout: warp w of group g holds rows 64 g + 16 w
+  // + lane / 4 (and + 8), columns 2 (lane % 4) + 8 j (+ 1).
+  Value tid = gpu::ThreadIdOp::create(b, gpu::Dimension::x);
+  Value thread = arith::RemUIOp::create(b, tid, l.idx(kGroup));
+  Value lane = arith::RemUIOp::create(b, tid, l.idx(32));
+  l.band = arith::MulIOp::create(b, arith::DivUIOp::create(b, tid, l.idx(kGroup)),
+                                 l.idx(kBand));
+  l.frow = l.add(l.add(l.band, arith::MulIOp::create(
+                                   b, arith::DivUIOp::create(b, thread, l.idx(32)),
+                                   l.idx(16))),
+                 arith::DivUIOp::create(b, lane, l.idx(4)));
+  l.fcol = arith::MulIOp::create(b, arith::RemUIOp::create(b, lane, l.idx(4)), l.idx(2));
+
+  // Accumulator tiles -> stack vectors at the kernel's entry; their zero
+  // fills -> vector stores.
+  SetVector<Value> tiles;
+  for (BackwardStepOp step : steps)
+    for (Value acc : {step.getDqAcc(), step.getDkAcc(), step.getDvAcc()})
+      if (acc)
+        tiles.insert(acc);
+  for (StoreTileOp store : stores)
+    tiles.insert(store.getAcc());
+  auto accType = VectorType::get({plan.D / 2}, b.getF32Type());
+  SmallVector<Operation *> dead;
+  for (Value tile : tiles) {
+    auto alloca = tile.getDefiningOp<memref::AllocaOp>();
+    if (!alloca || cast<MemRefType>(tile.getType()) !=
+                       MemRefType::get({plan.R, plan.D}, b.getF32Type()))
+      return launch.emitOpError() << kPass << ": an accumulator that is not an f32 "
+                                  << plan.R << "x" << plan.D << " stack tile: " << tile;
+    l.accs[tile] = memref::AllocaOp::create(b, MemRefType::get({}, accType));
+    for (Operation *user : tile.getUsers()) {
+      if (isa<BackwardStepOp, StoreTileOp>(user))
+        continue;
+      auto fill = dyn_cast<linalg::FillOp>(user);
+      if (!fill || !matchPattern(fill.getInputs()[0], m_AnyZeroFloat()))
+        return user->emitOpError() << kPass << ": unexpected use of an accumulator tile";
+      OpBuilder::InsertionGuard g(b);
+      b.setInsertionPoint(fill);
+      memref::StoreOp::create(
+          b, arith::ConstantOp::create(b, DenseElementsAttr::get(accType, b.getF32FloatAttr(0))),
+          l.accs[tile], ValueRange{});
+      dead.push_back(fill);
+    }
+    dead.push_back(alloca);
+  }
+
+  // The owned tiles, once per CTA, before the first step of the CTA's
+  // nest (the block of its stores): K, V (dk/dv) or Q, dout (dq).
+  DominanceInfo dom(launch);
+  DenseSet<Block *> loaded;
+  for (StoreTileOp store : stores) {
+    Block *block = store->getBlock();
+    if (!loaded.insert(block).second)
+      continue;
+    BackwardStepOp first;
+    for (BackwardStepOp step : steps)
+      if (block->findAncestorOpInBlock(*step)) {
+        first = step;
+        break;
+      }
+    if (!first)
+      continue;
+    Operation *anchor = block->findAncestorOpInBlock(*first);
+    for (Value v : {store.getB(), store.getH(), store.getRow0()})
+      if (!dom.properlyDominates(v, anchor))
+        return store.emitOpError() << kPass << " loads the owned tile before the "
+                                              "steps: its coordinates must be computed first";
+    bool kvOwner = first.getDkAcc() || first.getDvAcc();
+    OpBuilder::InsertionGuard g(b);
+    b.setInsertionPoint(anchor);
+    l.copyPair(l.ownA, kvOwner ? first.getK() : first.getQ(), l.ownB,
+               kvOwner ? first.getV() : first.getDout(), store.getB(), store.getH(),
+               store.getRow0(), l.pos0());
+  }
+  for (BackwardStepOp step : steps) {
+    OpBuilder::InsertionGuard g(b);
+    b.setInsertionPoint(step);
+    b.setLoc(step.getLoc());
+    if (failed(l.lowerStep(step)))
+      return failure();
+    dead.push_back(step);
+  }
+  for (StoreTileOp store : stores) {
+    OpBuilder::InsertionGuard g(b);
+    b.setInsertionPoint(store);
+    l.lowerStore(store);
+    dead.push_back(store);
+  }
+  // Uses first (steps, stores, fills), then the tiles.
+  for (Operation *op : dead)
+    if (!isa<memref::AllocaOp>(op))
+      rewriter.eraseOp(op);
+  for (Operation *op : dead)
+    if (isa<memref::AllocaOp>(op))
+      rewriter.eraseOp(op);
+  return success();
+}
+
+namespace {
+struct FlexAttnLowerBackwardMmaPass
+    : public flexattn::impl::FlexAttnLowerBackwardMmaBase<FlexAttnLowerBackwardMmaPass> {
+  void runOnOperation() override {
+    IRRewriter rewriter(&getContext());
+    if (failed(forEachLaunch(getOperation(), [&](gpu::LaunchOp launch) {
+          return lowerBackwardMma(rewriter, launch);
+        })))
+      signalPassFailure();
+  }
+};
+} // namespace

@@ -1,0 +1,169 @@
+// RUN: flexattn-opt %s -split-input-file -flexattn-lower-backward-mma -verify-diagnostics | FileCheck %s
+
+// The launch of flexattn-map-backward-to-grid for 64 x 64 tiles of an
+// M = N = 100 problem (GQA 2/1, bf16, D = 64, a learnable per-head weight,
+// causal dq steps): 2 dk/dv CTAs then 4 dq CTAs. Each CTA gets one group of
+// 4 warps (128 threads), copies its owned tiles once, and per step streams
+// the other side in 32-row chunks (a loop) through two two-slot rings, at a
+// run-time position.
+
+// CHECK-LABEL: func.func @two_nests(
+// CHECK-SAME:    %[[Q:[^:]+]]: memref<1x2x100x64xbf16>, %[[K:[^:]+]]: memref<1x1x100x64xbf16>, %[[V:[^:]+]]: memref<1x1x100x64xbf16>, %[[DO:[^:]+]]: memref<1x2x100x64xbf16>, %[[LSE:[^:]+]]: memref<1x2x100xf32>, %[[DELTA:[^:]+]]: memref<1x2x100xf32>, %[[DQ:[^:]+]]: memref<1x2x100x64xbf16>, %[[DK:[^:]+]]: memref<1x1x100x64xbf16>, %[[DV:[^:]+]]: memref<1x1x100x64xbf16>, %{{[^:]+}}: memref<2xf32>, %[[DW:[^:]+]]: memref<2xf32>)
+// CHECK:         %[[C128:.+]] = arith.constant 128 : index
+// CHECK:         gpu.launch {{.*}} threads(%{{[^,]+}}, %{{[^,]+}}, %{{[^)]+}}) in (%{{[^ ]+}} = %[[C128]],
+// The owned tiles' rings (64 rows) and the streamed chunks' (2 x 32 rows).
+// CHECK:           %[[OWNA:.+]] = flexattn.ring.alloc consumers(128) : !flexattn.ring<1 x 64x64xbf16>
+// CHECK:           %[[OWNB:.+]] = flexattn.ring.alloc consumers(128) : !flexattn.ring<1 x 64x64xbf16>
+// CHECK:           %[[STRA:.+]] = flexattn.ring.alloc consumers(128) : !flexattn.ring<2 x 32x64xbf16>
+// CHECK:           %[[STRB:.+]] = flexattn.ring.alloc consumers(128) : !flexattn.ring<2 x 32x64xbf16>
+// CHECK:           %[[POS:.+]] = memref.alloca() : memref<i32>
+// The accumulators: one fragment per thread, at the kernel's entry.
+// CHECK-DAG:       %[[DKACC:.+]] = memref.alloca() : memref<vector<32xf32>>
+// CHECK-DAG:       %[[DVACC:.+]] = memref.alloca() : memref<vector<32xf32>>
+// CHECK-DAG:       %[[DQACC:.+]] = memref.alloca() : memref<vector<32xf32>>
+// CHECK-NOT:       memref<64x64xf32>
+// CHECK:           scf.if
+// dk/dv CTA: K and V once, then per Q tile Q and dout.
+// CHECK:             memref.store %{{.+}}, %[[DKACC]][] : memref<vector<32xf32>>
+// CHECK:             flexattn.ring.copy %[[K]][%{{.+}}] into %[[OWNA]]
+// CHECK:             flexattn.ring.copy %[[V]][%{{.+}}] into %[[OWNB]]
+// CHECK:             flexattn.ring.wait %[[OWNB]][%{{.+}}] in_flight(0)
+// CHECK:             scf.for
+// CHECK:               scf.for
+// CHECK:                 scf.for %{{.+}} = %{{.+}} to %{{.+}} step %{{.+}} {
+// CHECK:                 %[[AT:.+]] = memref.load %[[POS]][] : memref<i32>
+// CHECK:                 flexattn.ring.copy %[[Q]][%{{.+}}] into %[[STRA]][%[[AT]]]
+// CHECK:                 flexattn.ring.copy %[[DO]][%{{.+}}] into %[[STRB]]
+// CHECK:                 flexattn.ring.wait %[[STRA]][%{{.+}}] in_flight(1)
+// CHECK:                 %[[QT:.+]] = flexattn.ring.slot %[[STRA]]
+// CHECK:                 flexattn.ring.wait %[[STRB]][%{{.+}}] in_flight(0)
+// CHECK:                 %[[DOT:.+]] = flexattn.ring.slot %[[STRB]]
+// Sᵀ = K Qᵀ and dPᵀ = V doutᵀ from the owned band.
+// CHECK:                 flexattn.mma %{{.+}}[%{{.+}}], %[[QT]] {transpose_b} : !flexattn.smem_tile<64x64xbf16>, !flexattn.smem_tile<32x64xbf16> -> vector<16xf32>
+// CHECK:                 flexattn.mma %{{.+}}[%{{.+}}], %[[DOT]] {transpose_b}
+// Per element: the query's lse, P, dS; no mask and no capture here.
+// CHECK:                 memref.load %[[LSE]]
+// CHECK:                 memref.load %[[DELTA]]
+// CHECK:                 math.exp2
+// CHECK-NOT:             flexattn.apply_mods_vjp
+// CHECK-NOT:             memref.atomic_rmw
+// dV += Pᵀ dout, dK += dXᵀ Q (register A)
+// CHECK:                 %[[DXT:.+]] = vector.from_elements {{.*}} : vector<16xbf16>
+// CHECK:                 %[[P:.+]] = vector.from_elements {{.*}} : vector<16xbf16>
+// CHECK:                 %[[OLDV:.+]] = memref.load %[[DVACC]][]
+// CHECK:                 flexattn.mma %[[P]], %[[DOT]], %[[OLDV]] : vector<16xbf16>, !flexattn.smem_tile<32x64xbf16>, vector<32xf32> -> vector<32xf32>
+// CHECK:                 %[[OLDK:.+]] = memref.load %[[DKACC]][]
+// CHECK:                 flexattn.mma %[[DXT]], %[[QT]], %[[OLDK]]
+// CHECK:                 flexattn.ring.release %[[STRA]]
+// The stores: pairs of columns, rows inside dk.
+// CHECK:             memref.load %[[DKACC]][]
+// CHECK:             scf.if
+// CHECK:               arith.truncf %{{.+}} : f32 to bf16
+// CHECK:               vector.store %{{.+}}, %[[DK]][%{{.+}}] : memref<1x1x100x64xbf16>, vector<2xbf16>
+// CHECK:           } else {
+// dq CTA: Q and dout once, then per KV tile K and V; the mods with their
+// derivative and mask; the weight's gradient by f32 atomics.
+// CHECK:             flexattn.ring.copy %[[Q]][%{{.+}}] into %[[OWNA]]
+// CHECK:             flexattn.ring.copy %[[DO]][%{{.+}}] into %[[OWNB]]
+// CHECK:             scf.for
+// CHECK:               scf.for
+// CHECK:               flexattn.ring.copy %[[K]][%{{.+}}] into %[[STRA]]
+// CHECK:               flexattn.ring.copy %[[V]][%{{.+}}] into %[[STRB]]
+// CHECK:               %[[KT:.+]] = flexattn.ring.slot %[[STRA]]
+// CHECK:               flexattn.mma %{{.+}}[%{{.+}}], %[[KT]] {transpose_b}
+// CHECK:               flexattn.apply_mods_vjp
+// CHECK:               memref.atomic_rmw addf %{{.+}}, %[[DW]]
+// CHECK:               %[[DX:.+]] = vector.from_elements {{.*}} : vector<16xbf16>
+// CHECK:               %[[OLDQ:.+]] = memref.load %[[DQACC]][]
+// CHECK:               flexattn.mma %[[DX]], %[[KT]], %[[OLDQ]]
+// CHECK:             vector.store %{{.+}}, %[[DQ]][%{{.+}}] : memref<1x2x100x64xbf16>, vector<2xbf16>
+func.func @two_nests(%q: memref<1x2x100x64xbf16>, %k: memref<1x1x100x64xbf16>, %v: memref<1x1x100x64xbf16>,
+                     %do: memref<1x2x100x64xbf16>, %lse: memref<1x2x100xf32>, %delta: memref<1x2x100xf32>,
+                     %dq: memref<1x2x100x64xbf16>, %dk: memref<1x1x100x64xbf16>, %dv: memref<1x1x100x64xbf16>,
+                     %w: memref<2xf32>, %dw: memref<2xf32>) attributes {flexattn.zero_init = array<i64: 10>} {
+  %c0 = arith.constant 0 : index
+  %c1 = arith.constant 1 : index
+  %c2 = arith.constant 2 : index
+  %c6 = arith.constant 6 : index
+  %c64 = arith.constant 64 : index
+  %zero = arith.constant 0.0 : f32
+  gpu.launch blocks(%bx, %by, %bz) in (%gx = %c6, %gy = %c1, %gz = %c1)
+             threads(%tx, %ty, %tz) in (%sx = %c64, %sy = %c1, %sz = %c1) {
+    %first = arith.cmpi ult, %bx, %c2 : index
+    scf.if %first {
+      memref.alloca_scope {
+        %kv0 = arith.muli %bx, %c64 : index
+        %dk_acc = memref.alloca() : memref<64x64xf32>
+        linalg.fill ins(%zero : f32) outs(%dk_acc : memref<64x64xf32>)
+        %dv_acc = memref.alloca() : memref<64x64xf32>
+        linalg.fill ins(%zero : f32) outs(%dv_acc : memref<64x64xf32>)
+        scf.for %h = %c0 to %c2 step %c1 {
+          scf.for %qt = %c0 to %c2 step %c1 {
+            %q0 = arith.muli %qt, %c64 : index
+            flexattn.backward_step ins(%q, %k, %v, %do : memref<1x2x100x64xbf16>, memref<1x1x100x64xbf16>, memref<1x1x100x64xbf16>, memref<1x2x100x64xbf16>)
+                stats(%lse, %delta : memref<1x2x100xf32>, memref<1x2x100xf32>)
+                dk(%dk_acc : memref<64x64xf32>) dv(%dv_acc : memref<64x64xf32>) at(%c0, %h, %c0, %q0, %kv0)
+                attributes {scale = 0.125 : f32, tile_size = array<i64: 64, 64>}
+          }
+        }
+        flexattn.store_tile %dk_acc : memref<64x64xf32> into %dk : memref<1x1x100x64xbf16> at(%c0, %c0, %kv0)
+        flexattn.store_tile %dv_acc : memref<64x64xf32> into %dv : memref<1x1x100x64xbf16> at(%c0, %c0, %kv0)
+      }
+    } else {
+      %t = arith.subi %bx, %c2 : index
+      %qt = arith.remui %t, %c2 : index
+      %h = arith.divui %t, %c2 : index
+      memref.alloca_scope {
+        %q0 = arith.muli %qt, %c64 : index
+        %dq_acc = memref.alloca() : memref<64x64xf32>
+        linalg.fill ins(%zero : f32) outs(%dq_acc : memref<64x64xf32>)
+        scf.for %j = %c0 to %c2 step %c1 {
+          %kv0 = arith.muli %j, %c64 : index
+          flexattn.backward_step ins(%q, %k, %v, %do : memref<1x2x100x64xbf16>, memref<1x1x100x64xbf16>, memref<1x1x100x64xbf16>, memref<1x2x100x64xbf16>)
+              stats(%lse, %delta : memref<1x2x100xf32>, memref<1x2x100xf32>)
+              dq(%dq_acc : memref<64x64xf32>) at(%c0, %h, %c0, %q0, %kv0)
+              captures(%w : memref<2xf32>) capture_grads(%dw : memref<2xf32>)
+              attributes {masked, scale = 0.125 : f32, tile_size = array<i64: 64, 64>, grad_captures = array<i64: 0>, vjp_loads = array<i64: 0>}
+            score_mod_vjp {
+            ^bb0(%s: f32, %bb: index, %hh: index, %x: index, %y: index, %c: memref<2xf32>, %dy: f32):
+              %wh = memref.load %c[%hh] : memref<2xf32>
+              %r = arith.addf %s, %wh : f32
+              flexattn.yield %r, %dy, %dy, %hh : f32, f32, f32, index
+            } mask_mod {
+            ^bb0(%bb: index, %hh: index, %x: index, %y: index, %c: memref<2xf32>):
+              %keep = arith.cmpi sge, %x, %y : index
+              flexattn.yield %keep : i1
+            }
+        }
+        flexattn.store_tile %dq_acc : memref<64x64xf32> into %dq : memref<1x2x100x64xbf16> at(%c0, %h, %q0)
+      }
+    }
+    gpu.terminator
+  }
+  return
+}
+
+// -----
+
+// What the tensor-core kernel does not cover is an error (Python sends it
+// to flexattn-lower-backward-rows): here a 64 x 32 tile.
+
+func.func @not_square(%q: memref<1x1x64x64xbf16>, %k: memref<1x1x64x64xbf16>, %v: memref<1x1x64x64xbf16>,
+                      %do: memref<1x1x64x64xbf16>, %lse: memref<1x1x64xf32>, %delta: memref<1x1x64xf32>,
+                      %dq: memref<1x1x64x64xbf16>) {
+  %c0 = arith.constant 0 : index
+  %c1 = arith.constant 1 : index
+  %c64 = arith.constant 64 : index
+  gpu.launch blocks(%bx, %by, %bz) in (%gx = %c1, %gy = %c1, %gz = %c1)
+             threads(%tx, %ty, %tz) in (%sx = %c64, %sy = %c1, %sz = %c1) {
+    %dq_acc = memref.alloca() : memref<64x64xf32>
+    // expected-error @below {{flexattn-lower-backward-mma needs square tiles of 64 or 128, got [64, 32]}}
+    flexattn.backward_step ins(%q, %k, %v, %do : memref<1x1x64x64xbf16>, memref<1x1x64x64xbf16>, memref<1x1x64x64xbf16>, memref<1x1x64x64xbf16>)
+        stats(%lse, %delta : memref<1x1x64xf32>, memref<1x1x64xf32>)
+        dq(%dq_acc : memref<64x64xf32>) at(%c0, %c0, %c0, %c0, %c0)
+        attributes {scale = 0.125 : f32, tile_size = array<i64: 64, 32>}
+    flexattn.store_tile %dq_acc : memref<64x64xf32> into %dq : memref<1x1x64x64xbf16> at(%c0, %c0, %c0)
+    gpu.terminator
+  }
+  return
+}
