@@ -150,16 +150,19 @@ func.func @two_tiles(%q: memref<1x2x300x64xbf16>, %b: index, %h: index, %q0: ind
 // the chunks past the source's columns copy 0 bytes (zero fill) from a
 // clamped address in the row; no row tail (256 rows of 64-row tiles).
 // CHECK-LABEL: func.func @padded_columns(
+// A thread's chunks share their column (t % 8), so the clamp and the
+// zero-fill size are computed once and its second chunk is 32 rows on
+// (32 x 24 x 2 bytes in the tensor, 32 x 128 in the slot).
 // CHECK:           memref.extract_aligned_pointer_as_index %{{.*}} : memref<1x2x256x24xbf16>
-// CHECK:           arith.divui
-// CHECK-NEXT:      %[[CC:.*]] = arith.remui %{{.*}}, %{{.*}} : i32
-// CHECK-NEXT:      arith.addi
-// CHECK-NEXT:      %[[REAL:.*]] = arith.cmpi ult, %[[CC]], %{{.*}} : i32
-// CHECK-NEXT:      %[[SRC:.*]] = arith.minui %[[CC]], %{{.*}} : i32
+// CHECK:           %[[CC:.*]] = arith.remui %{{.*}}, %c8_i32 : i32
+// CHECK:           %[[SRC:.*]] = arith.minui %[[CC]], %c2_i32 : i32
+// CHECK-NEXT:      arith.muli %[[SRC]], %c8_i32 : i32
+// CHECK:           %[[REAL:.*]] = arith.cmpi ult, %[[CC]], %c3_i32 : i32
 // CHECK-NEXT:      %[[SIZE:.*]] = arith.select %[[REAL]], %{{.*}}, %{{.*}} : i32
-// CHECK:           arith.muli %[[SRC]], %{{.*}} : i32
 // CHECK:           nvvm.cp.async.shared.global %{{.*}}, %{{.*}}, 16, cache =  cg, %[[SIZE]] : !llvm.ptr<3>, !llvm.ptr<1>, i32
-// CHECK:           nvvm.cp.async.shared.global
+// CHECK-NEXT:      arith.addi %{{.*}}, %c1536_i64 : i64
+// CHECK-NEXT:      arith.addi %{{.*}}, %c4096_i32 : i32
+// CHECK:           nvvm.cp.async.shared.global %{{.*}}, %{{.*}}, 16, cache =  cg, %[[SIZE]]
 // CHECK-NEXT:      nvvm.cp.async.commit.group
 // S = Q.Kᵀ over the 24 filled columns: 2 k16 steps (not 4) x 8 blocks of
 // 8 KV columns; P.V over 24 of the 64 value columns: 3 blocks of 8 (not 8)
