@@ -236,4 +236,4 @@ def check_gpu_support(query, value, block_mask, options) -> None:
             f"head dims D={D}, Dv={Dv} with {kv}-column KV tiles and {options.stages} stages "
             f"need {need} bytes of shared memory on {options.target}, more than the "
             f"{t.max_shared_per_block} a block has: use {fix}"
-            + ("" if fixed else " (block_mask.BLOCK_SIZE fixes the KV tile)"))
+            + ("" if fixed or kernel.block_tiles else " (block_mask.BLOCK_SIZE fixes the KV tile)"))

@@ -96,19 +96,19 @@ def test_gpu_rejects_head_dims(d, dv, name, target, top):
 
 
 def test_gpu_rejects_tiles_that_overflow_shared_memory():
-    """A 128-column KV block at D = 256 (Q + two stages of K and V) needs more
-    shared memory than a block has: refused before compiling, naming the
-    mask's block size to use; 64-column blocks fit."""
+    """Q + two stages of 128-column K and V tiles at D = 256 need more shared
+    memory than a block has: refused before compiling. A 128-column mask
+    block is fine: the kernel walks it as two 64-column tiles."""
     class Mask:
         BLOCK_SIZE = (128, 128)
 
+    checks.check_gpu_support(_t(1, 1, 128, 256), _t(1, 1, 128, 256), Mask(), GPU)  # fine
     with pytest.raises(ValueError, match=r"head dims D=256, Dv=256 with 128-column KV tiles and 2 "
                                          r"stages need 327808 bytes of shared memory on sm_90a, "
-                                         r"more than the 232448 a block has: use a block mask "
-                                         r"with BLOCK_SIZE=\(128, 64\)"):
-        checks.check_gpu_support(_t(1, 1, 128, 256), _t(1, 1, 128, 256), Mask(), GPU)
-    Mask.BLOCK_SIZE = (128, 64)
-    checks.check_gpu_support(_t(1, 1, 128, 256), _t(1, 1, 128, 256), Mask(), GPU)  # fine
+                                         r"more than the 232448 a block has: use fewer stages or "
+                                         r"a smaller tile_kv"):
+        checks.check_gpu_support(_t(1, 1, 128, 256), _t(1, 1, 128, 256), Mask(),
+                                 CompileOptions(target="sm_90a", tile_kv=128))
     with pytest.raises(ValueError, match=r"fewer stages or a smaller tile_kv"):
         checks.check_gpu_support(_t(1, 1, 128, 192), _t(1, 1, 128, 192), None,
                                  CompileOptions(target="sm_80", stages=3))
