@@ -176,8 +176,8 @@ def _call(query, key, value, score_mod, block_mask, scale, enable_gqa, want_lse,
     """flex_attention's call without its plan: captures the mods, checks the
     arguments, finds the kernel, runs it; keeps the plan under ``plan_key``
     when the call records no gradient. Returns ``(out, lse, max_scores)``."""
-    call, guards = _lowered(query, key, value, score_mod, block_mask, enable_gqa,
-                            kernel_options)
+    call, guards = _lower_call(query, key, value, score_mod, block_mask, enable_gqa,
+                               kernel_options)
     common = dict(scale=scale, enable_gqa=enable_gqa, return_lse=want_lse, sinks=sinks,
                   return_max_scores=want_max, **call)
     if autograd.needs_grad(query, key, value, call["captures"], sinks):
@@ -192,15 +192,10 @@ def _call(query, key, value, score_mod, block_mask, scale, enable_gqa, want_lse,
     return launch(query, key, value, call["captures"], sinks)
 
 
-def _lower_call(query, key, value, score_mod, block_mask, enable_gqa, kernel_options) -> dict:
-    """flex_attention's arguments as :func:`attention`'s: captured mods
-    sharing one capture list, our BlockMask, compile options."""
-    return _lowered(query, key, value, score_mod, block_mask, enable_gqa, kernel_options)[0]
-
-
-def _lowered(query, key, value, score_mod, block_mask, enable_gqa, kernel_options):
-    """:func:`_lower_call`'s dict and the mods' capture guards (None when
-    some mod has none)."""
+def _lower_call(query, key, value, score_mod, block_mask, enable_gqa, kernel_options):
+    """flex_attention's arguments as :func:`attention`'s (a dict: captured
+    mods sharing one capture list, our BlockMask, compile options) and the
+    mods' capture guards (None when some mod has none)."""
     checks.check_qkv(query, key, value, enable_gqa)
     if block_mask is not None and not isinstance(block_mask, BlockMask):
         block_mask = BlockMask.from_torch(block_mask)
@@ -251,7 +246,7 @@ def compile_flex_attention(query, key, value, score_mod=None, block_mask=None, s
     from .execution import decode
     from .execution.attention import attention_spec
 
-    call = _lower_call(query, key, value, score_mod, block_mask, enable_gqa, kernel_options)
+    call, _ = _lower_call(query, key, value, score_mod, block_mask, enable_gqa, kernel_options)
     options = call.pop("options")
     if target is not None:
         options = CompileOptions(**{**options.__dict__, "target": target,

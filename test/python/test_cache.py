@@ -378,8 +378,8 @@ def test_flex_attention_key_equals_artifact_key(gpu_artifact):
     _, spec, options, entry = gpu_artifact
     q = torch.randn(1, 2, 256, 64, dtype=torch.bfloat16)
     _, mask_mod = zoo.make("causal", 2, 256)
-    call = _lower_call(q, q, q, None, fm.create_block_mask(mask_mod, None, None, 256, 256),
-                       False, None)
+    call, _ = _lower_call(q, q, q, None, fm.create_block_mask(mask_mod, None, None, 256, 256),
+                          False, None)
     call.pop("options")
     ours = fm.attention_spec(q, q, q, options=options, **call)
     assert ours == spec
