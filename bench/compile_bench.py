@@ -236,7 +236,7 @@ def bench_variant(name: str, env: dict, workdir: str) -> dict:
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(B, H, S, D, generator=g) for _ in range(3))
     bm = fm.create_block_mask(mask_mod, None, None, S, S) if mask_mod is not None else None
-    call = _lower_call(q, k, v, score_mod, bm, False, None)
+    call, _ = _lower_call(q, k, v, score_mod, bm, False, None)
     opts = call.pop("options")
     spec = fm.attention_spec(q, k, v, **call)
     key = cache.kernel_key(spec.digest(), opts)
