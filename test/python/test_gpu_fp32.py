@@ -81,6 +81,15 @@ def test_fp32_precisions_differ_only_in_the_mma_count():
     n_ieee, n_tf32 = (len(re.findall(TF32_MMA, p)) for p in (ieee, tf32))
     assert n_ieee == 3 * n_tf32 > 0
     assert ieee.count("cvt.rna.tf32.f32") > tf32.count("cvt.rna.tf32.f32")
+    # One KV loop body (D = Dv = 64, 64-column KV tiles): 3 x (8 k8 steps x
+    # 8 KV blocks + 8 x 8) MMAs; operand reads: Q's rows g and g + 8 per k8
+    # step (8 x 2) and K's row pair per k8 step and KV block (8 x 8) as
+    # 8-byte loads, V's two 4-byte loads per k8 step and 8 columns of Dv
+    # (8 x 8 x 2); no shuffle of P (the 8 are the softmax's quad reductions).
+    assert n_ieee == 3 * (8 * 8 + 8 * 8)
+    assert len(re.findall(r"ld\.shared\.v2\.b32", ieee)) == 8 * 2 + 8 * 8
+    assert len(re.findall(r"ld\.shared\.b32", ieee)) == 8 * 8 * 2
+    assert len(re.findall(r"shfl\.sync", ieee)) == len(re.findall(r"shfl\.sync", tf32)) == 8
 
 
 def _t(*shape, dtype=torch.float32):
