@@ -55,8 +55,8 @@ ParseResult parseTileShape(AsmParser &parser, int64_t &rows, int64_t &cols,
 
 LogicalResult verifyTile(function_ref<InFlightDiagnostic()> emitError,
                          int64_t rows, int64_t cols, Type elem) {
-  if (!elem.isBF16() && !elem.isF16())
-    return emitError() << "shared-memory tiles hold bf16 or f16, got " << elem;
+  if (!elem.isBF16() && !elem.isF16() && !elem.isF32())
+    return emitError() << "shared-memory tiles hold bf16, f16 or f32, got " << elem;
   if (rows <= 0 || rows % 8 != 0)
     return emitError() << "tile rows must be a positive multiple of 8 (the "
                           "128-byte swizzle period), got "

@@ -34,7 +34,8 @@ include "mlir/Dialect/LLVMIR/LLVMOpBase.td"
 include "mlir/Interfaces/InferTypeOpInterface.td"
 
 def FlexAttn_Fragment : VectorOfRankAndType<[1], [F32]>;
-def FlexAttn_HalfFragment : VectorOfRankAndType<[1], [F16, BF16]>;
+// An MMA operand in registers: 16-bit values, or f32 (tf32 MMAs).
+def FlexAttn_HalfFragment : VectorOfRankAndType<[1], [F16, BF16, F32]>;
 // One f32 per row of the thread: 2 per m16 tile of its warp (1 or 2 tiles).
 def FlexAttn_RowValues : FixedVectorOfLengthAndType<[2, 4], [F32]>;
 
@@ -268,7 +269,8 @@ def FlexAttn_MmaOp : FlexAttn_Op<"mma", [AttrSizedOperandSegments]> {
     `transpose_b` (B is `[N, K]`, as K for S = Q.Kᵀ) and `B` otherwise (B is
     `[K, N]`, as V for O = P.V). A is either a shared-memory tile, read at
     rows `[a_row, a_row + 64 T)`, or a fragment of 16-bit values (`T K / 2`
-    per thread); B is a shared-memory tile. The result is a fragment of
+    per thread; f32 for f32 tiles: tf32 MMAs, see flexattn-lower-to-ampere);
+    B is a shared-memory tile. The result is a fragment of
     `T N / 2` f32 per thread (T is read off its size); without `acc` the
     product starts from zero. Each B fragment a warp reads feeds its T m16
     tiles.
@@ -294,10 +296,10 @@ def FlexAttn_MmaOp : FlexAttn_Op<"mma", [AttrSizedOperandSegments]> {
 }
 
 def FlexAttn_FragLoadOp : FlexAttn_Op<"frag.load"> {
-  let summary = "Read a band of a shared tile into a 16-bit fragment";
+  let summary = "Read a band of a shared tile into a register fragment";
   let description = [{
     The executing group's rows `[row, row + 64 T)` of a shared-memory tile,
-    as a fragment of 16-bit values (`T cols / 2` per thread, T m16 tiles per
+    as a fragment of its values (`T cols / 2` per thread, T m16 tiles per
     warp) in the fragment layout: the register A operand of `flexattn.mma`.
     A kernel that reads the same A tile at every step (Q) loads it once.
 

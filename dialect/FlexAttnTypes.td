@@ -21,15 +21,16 @@ class FlexAttn_Type<string name, string typeMnemonic, list<Trait> traits = []>
 }
 
 def FlexAttn_SmemTileType : FlexAttn_Type<"SmemTile", "smem_tile"> {
-  let summary = "A rows x cols tile of 16-bit floats in shared memory";
+  let summary = "A rows x cols tile of bf16, f16 or f32 in shared memory";
   let description = [{
     A tile staged in shared memory for the tensor cores, in the layout TMA
-    writes with a 64-column box and 128-byte swizzling: `cols / 64` panels of
-    64 columns, one after the other, each `rows x 128` bytes; the 16-byte
-    chunk `c` of row `r` of a panel sits at chunk `c ^ (r % 8)`. The tile
-    starts on a 1024-byte boundary. Tensor-core instructions read it through
-    shared-memory matrix descriptors (128-byte swizzle mode); nothing reads it
-    element by element.
+    writes with a 128-byte box row and 128-byte swizzling: panels of 128
+    bytes per row (64 columns of a 16-bit type, 32 of f32), one after the
+    other, each `rows x 128` bytes; the 16-byte chunk `c` of row `r` of a
+    panel sits at chunk `c ^ (r % 8)`. The tile starts on a 1024-byte
+    boundary (sm_80: 128). Tensor-core instructions read it through
+    shared-memory matrix descriptors (128-byte swizzle mode) or ldmatrix; an
+    f32 tile (tf32 mma.sync on sm_80) is read with plain shared loads.
 
     ```mlir
     !flexattn.smem_tile<128x64xbf16>
@@ -39,9 +40,12 @@ def FlexAttn_SmemTileType : FlexAttn_Type<"SmemTile", "smem_tile"> {
   let hasCustomAssemblyFormat = 1;
   let genVerifyDecl = 1;
   let extraClassDeclaration = [{
-    /// Bytes of one 64-column panel, and of the whole tile.
+    /// Bytes of one element, of one 128-byte-wide panel, of the whole tile.
+    int64_t getElementBytes() const {
+      return getElementType().getIntOrFloatBitWidth() / 8;
+    }
     int64_t getPanelBytes() const { return getRows() * 128; }
-    int64_t getBytes() const { return getRows() * getCols() * 2; }
+    int64_t getBytes() const { return getRows() * getCols() * getElementBytes(); }
   }];
 }
 

@@ -11,7 +11,7 @@
 using namespace mlir;
 using namespace mlir::flexattn;
 
-FailureOr<KernelPlan> KernelPlan::of(TileStepOp step, StringRef pass) {
+FailureOr<KernelPlan> KernelPlan::of(TileStepOp step, StringRef pass, bool f32) {
   auto q = cast<MemRefType>(step.getQ().getType());
   auto k = cast<MemRefType>(step.getK().getType());
   auto v = cast<MemRefType>(step.getV().getType());
@@ -21,8 +21,11 @@ FailureOr<KernelPlan> KernelPlan::of(TileStepOp step, StringRef pass) {
   KernelPlan p{q, k, v, q.getDimSize(2), k.getDimSize(2), q.getDimSize(3),
                v.getDimSize(3), step.getTileSize()[1], q.getElementType(),
                panels(q.getDimSize(3)), panels(v.getDimSize(3))};
-  if (!p.elem.isBF16() && !p.elem.isF16())
-    return step.emitOpError("the GPU kernel takes bf16 or f16 q/k/v, got ")
+  if (!p.elem.isBF16() && !p.elem.isF16() && !(f32 && p.elem.isF32()))
+    return step.emitOpError(pass)
+           << (f32 ? " takes bf16, f16 or f32 q/k/v, got "
+                   : " takes bf16 or f16 q/k/v (f32: flexattn-multistage's tf32 "
+                     "kernel), got ")
            << p.elem;
   for (int64_t d : {p.D, p.Dv})
     if (d % kHeadDimStep || d < 2 * kHeadDimStep || d > kMaxHeadDim)

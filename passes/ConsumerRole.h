@@ -53,10 +53,10 @@ struct KernelPlan {
   /// V tiles in shared memory and of the fragments computed from them.
   int64_t Dp, Dvp;
 
-  /// Checks the CTA's first tile_step: static shapes, bf16/f16, head dims
-  /// multiples of 8 in [16, 256], tiles of 128 x 64|128. Diagnostics name
-  /// `pass`.
-  static FailureOr<KernelPlan> of(TileStepOp step, StringRef pass);
+  /// Checks the CTA's first tile_step: static shapes, bf16/f16 (and f32
+  /// where `f32` says the kernel has tf32 MMAs), head dims multiples of 8 in
+  /// [16, 256], tiles of 128 x 64|128. Diagnostics name `pass`.
+  static FailureOr<KernelPlan> of(TileStepOp step, StringRef pass, bool f32 = false);
 };
 
 /// The rings the consumers read: Q (one tile per Q tile), K and V (one

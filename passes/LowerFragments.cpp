@@ -92,9 +92,13 @@ struct Fragments {
   }
 
   /// f32 values rounded in pairs (lo, hi) to 16-bit `elem`: the packed
-  /// halves the MMA's register A operand and the output stores take.
+  /// halves the MMA's register A operand and the output stores take (an
+  /// f32 `elem` keeps them as they are).
   Value pair(Value lo, Value hi, Type elem) {
-    return arith::TruncFOp::create(b, VectorType::get({2}, elem), vectorOf({lo, hi}));
+    Value v = vectorOf({lo, hi});
+    if (elem.isF32())
+      return v;
+    return arith::TruncFOp::create(b, VectorType::get({2}, elem), v);
   }
   Value roundPairs(ArrayRef<Value> elems, Type elem) {
     auto type = VectorType::get({int64_t(elems.size())}, elem);
@@ -248,12 +252,13 @@ LogicalResult lowerFinalize(ImplicitLocOpBuilder &b, FragFinalizeOp op) {
   int64_t Hq = outType.getDimSize(1), M = outType.getDimSize(2),
           Dv = outType.getDimSize(3);
   Type elem = outType.getElementType();
+  int64_t bytes = elem.getIntOrFloatBitWidth() / 8;
   // Byte address of out[b, h, 0, 0].
   Value outBase = memref::ExtractAlignedPointerAsIndexOp::create(b, op.getOut());
   Value head = arith::AddIOp::create(
       b, arith::MulIOp::create(b, op.getB(), f.index(Hq)), op.getH());
   Value headBase = arith::AddIOp::create(
-      b, outBase, arith::MulIOp::create(b, head, f.index(M * Dv * 2)));
+      b, outBase, arith::MulIOp::create(b, head, f.index(M * Dv * bytes)));
   // The rows' complete sums (over the threads sharing a row), then the sink.
   FragmentRows rows(b);
   Layout at(op.getAcc(), op.getMax());
@@ -279,18 +284,23 @@ LogicalResult lowerFinalize(ImplicitLocOpBuilder &b, FragFinalizeOp op) {
     OpBuilder::InsertionGuard guard(b);
     b.setInsertionPointToStart(&ifOp.getThenRegion().front());
     Value rowAddr = arith::AddIOp::create(
-        b, headBase, arith::MulIOp::create(b, row, f.index(Dv * 2)));
+        b, headBase, arith::MulIOp::create(b, row, f.index(Dv * bytes)));
     for (int64_t j = 0; j < Dv / 8; ++j) {
       Value lo = arith::MulFOp::create(b, acc[first + 4 * j], inv);
       Value hi = arith::MulFOp::create(b, acc[first + 4 * j + 1], inv);
       Value col = arith::AddIOp::create(b, op.getCol(), f.index(8 * j));
       Value addr = arith::AddIOp::create(b, rowAddr,
-                                         arith::MulIOp::create(b, col, f.index(2)));
+                                         arith::MulIOp::create(b, col, f.index(bytes)));
       Value ptr = LLVM::IntToPtrOp::create(
           b, LLVM::LLVMPointerType::get(b.getContext(), 1),
           arith::IndexCastUIOp::create(b, b.getI64Type(), addr).getResult());
-      Value packed = vector::BitCastOp::create(
-          b, VectorType::get({1}, b.getI32Type()), f.pair(lo, hi, elem));
+      Value pair = f.pair(lo, hi, elem);
+      if (elem.isF32()) { // one 8-byte store of the two floats
+        LLVM::StoreOp::create(b, pair, ptr, /*alignment=*/8);
+        continue;
+      }
+      Value packed =
+          vector::BitCastOp::create(b, VectorType::get({1}, b.getI32Type()), pair);
       LLVM::StoreOp::create(b, vector::ExtractOp::create(b, packed, ArrayRef<int64_t>{0}),
                             ptr, /*alignment=*/4);
     }

@@ -30,6 +30,18 @@
 //                  each B fragment loaded once for all m16 tiles
 //   mma.wait       nothing: mma.sync is synchronous
 //
+// f32 tiles (fp32 q/k/v) take tf32 m16n8k8 mma.sync; nothing 16-bit applies
+// (ldmatrix moves 16-bit elements), so operands come from plain shared
+// loads. The k index of an m16n8k8 is permuted: the mma's k = t (t+4) of
+// an 8-column step is the step's column 2t (2t + 1), the same for A and B,
+// which leaves the dot products unchanged. Then the A operand of a row is
+// the accumulator layout's pair (c0, c1) as (a0, a2): P goes from the S
+// accumulator to the P.V mma without shuffles, and K (and Q) pairs are one
+// 8-byte load. Each operand is split x = big + small (big = tf32(x),
+// small = tf32(x - big), cvt.rna) and a product is three mma
+// (small.big + big.small + big.big: 3xTF32, about fp32's accuracy), or one
+// (big.big) with fp32-precision=tf32.
+//
 // Addresses in a tile: the 16-byte chunk c of row r of a 128-row... tile
 // sits at panel (c / 8), row r, chunk (c % 8) ^ (r % 8): the 8 row addresses
 // of an 8x8 matrix hit 8 different 16-byte bank groups.
@@ -64,6 +76,10 @@ struct Lowering : SharedTiles {
   // Per ring, the columns its copies read (the rest of a tile's columns are
   // the zeros of a padded head dim, which the MMAs skip).
   DenseMap<Value, int64_t> filledCols;
+  // f32 tiles: lane / 4 and lane % 4 (the fragment's row and column pair),
+  // and whether products are 3xTF32 (else one tf32 mma).
+  Value g, t;
+  bool split3 = true;
 
   Lowering(ImplicitLocOpBuilder &b, int64_t threads) : SharedTiles(b), threads(threads) {}
 
@@ -121,10 +137,72 @@ struct Lowering : SharedTiles {
     return words;
   }
 
+  /// The address of element (row, col) of an f32 tile of `rows` rows (32
+  /// columns per 128-byte panel, 4 per swizzled chunk).
+  Value f32Addr(Value tile, int64_t rows, Value row, Value col) {
+    Value chunk = arith::DivUIOp::create(b, col, i32(4));
+    Value swz = arith::XOrIOp::create(b, arith::RemUIOp::create(b, chunk, i32(8)),
+                                      arith::RemUIOp::create(b, row, i32(8)));
+    Value a = add(tile, mul(arith::DivUIOp::create(b, chunk, i32(8)), rows * kSwizzleBytes));
+    a = add(a, add(mul(row, kSwizzleBytes), mul(swz, kChunk)));
+    return add(a, mul(arith::RemUIOp::create(b, col, i32(4)), 4));
+  }
+  /// `n` (1 or 2) f32 from (row, col) on of an f32 tile.
+  SmallVector<Value> loadF32(Value tile, int64_t rows, Value row, Value col, int64_t n) {
+    auto f32 = b.getF32Type();
+    Value p = shared(f32Addr(tile, rows, row, col));
+    if (n == 1)
+      return {LLVM::LoadOp::create(b, f32, p, /*alignment=*/4)};
+    Value v = LLVM::LoadOp::create(b, VectorType::get({2}, f32), p, /*alignment=*/8);
+    return {vector::ExtractOp::create(b, v, ArrayRef<int64_t>{0}),
+            vector::ExtractOp::create(b, v, ArrayRef<int64_t>{1})};
+  }
+  /// The 4 fragment elements (rows g, g + 8; columns 2t, 2t + 1 of the 8
+  /// from 8 kk) of m16 tile `i` of the warp from an f32 tile.
+  SmallVector<Value> loadF32A(Value tile, SmemTileType type, Value rowBase, int64_t tiles,
+                              int64_t i, int64_t kk) {
+    Value row = add(add(rowBase, add(mul(warp, 16 * tiles), i32(16 * i))), g);
+    Value col = add(i32(8 * kk), mul(t, 2));
+    SmallVector<Value> x = loadF32(tile, type.getRows(), row, col, 2);
+    llvm::append_range(x, loadF32(tile, type.getRows(), add(row, i32(8)), col, 2));
+    return x;
+  }
+  /// tf32(x), and with 3xTF32 tf32(x - tf32(x)), as mma operand words.
+  std::pair<Value, Value> splitTf32(Value x) {
+    auto i32t = b.getI32Type();
+    Value big = NVVM::ConvertFloatToTF32Op::create(b, i32t, x, NVVM::FPRoundingMode::RNA);
+    if (!split3)
+      return {big, Value()};
+    Value rest = arith::SubFOp::create(b, x, LLVM::BitcastOp::create(b, b.getF32Type(), big));
+    return {big, NVVM::ConvertFloatToTF32Op::create(b, i32t, rest, NVVM::FPRoundingMode::RNA)};
+  }
+
+  /// The accumulator an mma starts from: its `acc`, or zeros.
+  SmallVector<Value> accumulator(MmaOp op) {
+    if (op.getAcc())
+      return elements(op.getAcc());
+    return SmallVector<Value>(op.getType().getNumElements(),
+                              arith::ConstantOp::create(b, b.getF32FloatAttr(0)));
+  }
+
   LogicalResult lower(Operation *op);
+  LogicalResult lowerMmaF32(MmaOp op);
   LogicalResult lowerCopy(RingCopyOp op);
   void lowerAcquire(RingAcquireOp op);
   LogicalResult lowerMma(MmaOp op);
+};
+
+/// An mma's contraction: B K-major ([N, K], `transpose_b`) or row-major
+/// ([K, N]), and the m16 tiles per warp (read off the result's size).
+struct MmaDims {
+  bool kMajor;
+  int64_t k, n, warpTiles;
+  explicit MmaDims(MmaOp op) : kMajor(op.getTransposeB()) {
+    SmemTileType bType = op.getB().getType();
+    k = kMajor ? bType.getCols() : bType.getRows();
+    n = kMajor ? bType.getRows() : bType.getCols();
+    warpTiles = op.getType().getNumElements() / (n / 2);
+  }
 };
 
 /// The op before `op` in its block, skipping pure ops without regions.
@@ -151,13 +229,14 @@ LogicalResult Lowering::lowerCopy(RingCopyOp op) {
   SmemTileType tile = r.type.getTileType();
   auto source = cast<MemRefType>(op.getSource().getType());
   int64_t rows = tile.getRows(), cols = tile.getCols();
-  int64_t perRow = cols * 2 / kChunk, chunks = rows * perRow;
+  int64_t eb = tile.getElementBytes(), perChunk = kChunk / eb;
+  int64_t perRow = cols * eb / kChunk, chunks = rows * perRow;
   if (chunks % threads)
     return op.emitOpError("a tile of ")
            << chunks << " 16-byte chunks does not split evenly over " << threads
            << " threads";
   int64_t H = source.getDimSize(1), N = source.getDimSize(2), C = source.getDimSize(3);
-  int64_t have = C * 2 / kChunk; // the source's chunks per row (the rest: zeros)
+  int64_t have = C * eb / kChunk; // the source's chunks per row (the rest: zeros)
   bool tail = N % rows != 0;
   Value dst = slot(r, stagePhase(r, op.getPosition()).first);
   // Thread t copies chunks t + i T (T threads). Where T chunks span a
@@ -187,8 +266,8 @@ LogicalResult Lowering::lowerCopy(RingCopyOp op) {
     auto source = [&](Value row, Value cc) -> Value {
       Value elem = arith::AddIOp::create(
           b, arith::MulIOp::create(b, ext(add(mul(head, N), row)), i64(C)),
-          ext(mul(sourceChunk(cc), 8)));
-      return arith::AddIOp::create(b, base, arith::MulIOp::create(b, elem, i64(2)));
+          ext(mul(sourceChunk(cc), perChunk)));
+      return arith::AddIOp::create(b, base, arith::MulIOp::create(b, elem, i64(eb)));
     };
     auto destination = [&](Value rIn, Value cc) -> Value {
       Value panel = arith::DivUIOp::create(b, cc, i32(8));
@@ -224,7 +303,7 @@ LogicalResult Lowering::lowerCopy(RingCopyOp op) {
       for (int64_t i = 0; i < chunks / threads; ++i) {
         Value rowI = at(row, i * step);
         Value fromI = tail ? source(clamped(rowI), cc)
-                           : arith::AddIOp::create(b, from, i64(i * step * C * 2)).getResult();
+                           : arith::AddIOp::create(b, from, i64(i * step * C * eb)).getResult();
         copy(at(to, i * step * kSwizzleBytes), fromI, rowI, cc);
       }
       return;
@@ -277,9 +356,16 @@ LogicalResult Lowering::lower(Operation *op) {
   } else if (auto load = dyn_cast<FragLoadOp>(op)) {
     SmemTileType type = load.getTile().getType();
     int64_t warpTiles = load.getType().getNumElements() / (type.getCols() / 2);
-    load.replaceAllUsesWith(fromPairs(load.getType(),
-                                      loadA(tiles.at(load.getTile()), type,
-                                            toI32(load.getRow()), warpTiles)));
+    Value tile = tiles.at(load.getTile()), row = toI32(load.getRow());
+    if (type.getElementType().isF32()) {
+      SmallVector<Value> x;
+      for (int64_t i = 0; i < warpTiles; ++i)
+        for (int64_t kk = 0; kk < type.getCols() / 8; ++kk)
+          llvm::append_range(x, loadF32A(tile, type, row, warpTiles, i, kk));
+      load.replaceAllUsesWith(vectorOf(load.getType(), x));
+    } else {
+      load.replaceAllUsesWith(fromPairs(load.getType(), loadA(tile, type, row, warpTiles)));
+    }
   } else if (auto mma = dyn_cast<MmaOp>(op)) {
     return lowerMma(mma);
   } else if (auto wait = dyn_cast<MmaWaitOp>(op)) {
@@ -291,14 +377,81 @@ LogicalResult Lowering::lower(Operation *op) {
   return success();
 }
 
+LogicalResult Lowering::lowerMmaF32(MmaOp op) {
+  SmemTileType bType = op.getB().getType();
+  const MmaDims m(op);
+  // A: a shared tile read at each k8 step, or the fragment's elements.
+  auto aTile = dyn_cast<SmemTileType>(op.getA().getType());
+  SmallVector<Value> aRegs = aTile ? SmallVector<Value>() : elements(op.getA());
+  SmallVector<Value> d = accumulator(op);
+  Value bAddr = tiles.at(op.getB());
+  auto f32 = b.getF32Type();
+  auto resultType = LLVM::LLVMStructType::getLiteral(b.getContext(), {f32, f32, f32, f32});
+  auto mma = [&](ArrayRef<Value> a, ArrayRef<Value> bw, ArrayRef<Value> c) {
+    Value r = NVVM::MmaOp::create(
+        b, resultType, a, bw, c, ArrayRef<int64_t>{16, 8, 8}, std::nullopt, std::nullopt,
+        std::array<NVVM::MMATypes, 2>{NVVM::MMATypes::tf32, NVVM::MMATypes::tf32},
+        std::array<NVVM::MMALayout, 2>{NVVM::MMALayout::row, NVVM::MMALayout::col});
+    SmallVector<Value> out;
+    for (int64_t e = 0; e < 4; ++e)
+      out.push_back(LLVM::ExtractValueOp::create(b, r, ArrayRef<int64_t>{e}));
+    return out;
+  };
+  // As for 16 bits, the k8 steps of S = Q.Kᵀ past K's filled columns and the
+  // 8-column blocks of O += P.V past V's are left out.
+  int64_t kSteps = m.kMajor ? (filled(op.getB(), m.k) + 7) / 8 : m.k / 8;
+  int64_t nCols = m.kMajor ? m.n : filled(op.getB(), m.n);
+  for (int64_t kk = 0; kk < kSteps; ++kk) {
+    // A of m16 tile i: fragment elements (g, 2t), (g, 2t+1), (g+8, 2t),
+    // (g+8, 2t+1) of the step are the mma's a0, a2, a1, a3 (k permuted).
+    SmallVector<SmallVector<Value>> aBig(m.warpTiles), aSmall(m.warpTiles);
+    for (int64_t i = 0; i < m.warpTiles; ++i) {
+      SmallVector<Value> x =
+          aTile ? loadF32A(tiles.at(op.getA()), aTile, toI32(op.getARow()), m.warpTiles, i, kk)
+                : SmallVector<Value>(aRegs.begin() + i * (m.k / 2) + 4 * kk,
+                                     aRegs.begin() + i * (m.k / 2) + 4 * kk + 4);
+      for (int64_t e : {0, 2, 1, 3}) {
+        auto [big, small] = splitTf32(x[e]);
+        aBig[i].push_back(big);
+        aSmall[i].push_back(small);
+      }
+    }
+    for (int64_t jn = 0; 8 * jn < nCols; ++jn) {
+      // B's (k = 2t, 2t + 1 of the step; n = g of the block): one 8-byte
+      // load from a K-major B ([N, K]), two loads from a row-major one.
+      Value kRow = add(i32(8 * kk), mul(t, 2)), nCol = add(i32(8 * jn), g);
+      SmallVector<Value> x =
+          m.kMajor ? loadF32(bAddr, bType.getRows(), nCol, kRow, 2)
+                   : SmallVector<Value>{loadF32(bAddr, bType.getRows(), kRow, nCol, 1)[0],
+                                        loadF32(bAddr, bType.getRows(), add(kRow, i32(1)), nCol,
+                                                1)[0]};
+      auto [b0, s0] = splitTf32(x[0]);
+      auto [b1, s1] = splitTf32(x[1]);
+      for (int64_t i = 0; i < m.warpTiles; ++i) {
+        int64_t at = i * (m.n / 2) + 4 * jn; // d of tile i, columns 8 jn..
+        SmallVector<Value> c(d.begin() + at, d.begin() + at + 4);
+        if (split3) {
+          c = mma(aSmall[i], {b0, b1}, c);
+          c = mma(aBig[i], {s0, s1}, c);
+        }
+        c = mma(aBig[i], {b0, b1}, c);
+        std::copy(c.begin(), c.end(), d.begin() + at);
+      }
+    }
+  }
+  op.replaceAllUsesWith(vectorOf(op.getType(), d));
+  return success();
+}
+
 LogicalResult Lowering::lowerMma(MmaOp op) {
   MLIRContext *ctx = b.getContext();
   SmemTileType bType = op.getB().getType();
   Type elem = bType.getElementType();
-  bool kMajor = op.getTransposeB();
-  int64_t k = kMajor ? bType.getCols() : bType.getRows();
-  int64_t n = kMajor ? bType.getRows() : bType.getCols();
-  int64_t warpTiles = op.getType().getNumElements() / (n / 2);
+  if (elem.isF32())
+    return lowerMmaF32(op);
+  const MmaDims dims(op);
+  bool kMajor = dims.kMajor;
+  int64_t k = dims.k, n = dims.n, warpTiles = dims.warpTiles;
   // A's 4 words of m16 tile i, columns 16 kk..: read from shared memory
   // where they are used, or the fragment's pairs (tile-major).
   auto aType = dyn_cast<SmemTileType>(op.getA().getType());
@@ -310,10 +463,7 @@ LogicalResult Lowering::lowerMma(MmaOp op) {
     auto at = aRegs.begin() + i * (k / 4) + 4 * kk;
     return SmallVector<Value>(at, at + 4);
   };
-  SmallVector<Value> d = op.getAcc()
-                             ? elements(op.getAcc())
-                             : SmallVector<Value>(warpTiles * n / 2,
-                                                  arith::ConstantOp::create(b, b.getF32FloatAttr(0)));
+  SmallVector<Value> d = accumulator(op);
   Value bAddr = tiles.at(op.getB());
   // The lane's row in the 16 x 16 block ldmatrix.x4 reads, and its chunk key.
   Value half = arith::AndIOp::create(b, mi, i32(1)), pair = arith::ShRUIOp::create(b, mi, i32(1));
@@ -368,7 +518,8 @@ LogicalResult Lowering::lowerMma(MmaOp op) {
 
 LogicalResult mlir::flexattn::lowerToAmpere(RewriterBase &rewriter,
                                             gpu::LaunchOp launch,
-                                            int64_t maxSharedMemory) {
+                                            int64_t maxSharedMemory,
+                                            StringRef fp32Precision) {
   Block &body = launch.getBody().front();
   SmallVector<RingAllocOp> allocs(body.getOps<RingAllocOp>());
   if (allocs.empty())
@@ -390,6 +541,9 @@ LogicalResult mlir::flexattn::lowerToAmpere(RewriterBase &rewriter,
   l.warp = arith::DivUIOp::create(b, arith::RemUIOp::create(b, l.tid, l.i32(128)), l.i32(32));
   l.rr = arith::RemUIOp::create(b, lane, l.i32(8));
   l.mi = arith::DivUIOp::create(b, lane, l.i32(8));
+  l.g = arith::DivUIOp::create(b, lane, l.i32(4));
+  l.t = arith::RemUIOp::create(b, lane, l.i32(4));
+  l.split3 = fp32Precision != "tf32";
 
   SmallVector<Operation *> ops;
   Operation *foreign = nullptr;
@@ -424,9 +578,14 @@ struct FlexAttnLowerToAmperePass
   using FlexAttnLowerToAmpereBase::FlexAttnLowerToAmpereBase;
 
   void runOnOperation() override {
+    if (fp32Precision != "ieee" && fp32Precision != "tf32") {
+      getOperation().emitError("fp32-precision is 'ieee' (3xTF32) or 'tf32', got '")
+          << fp32Precision << "'";
+      return signalPassFailure();
+    }
     IRRewriter rewriter(&getContext());
     if (failed(forEachLaunch(getOperation(), [&](gpu::LaunchOp launch) {
-          return lowerToAmpere(rewriter, launch, maxSharedMemory);
+          return lowerToAmpere(rewriter, launch, maxSharedMemory, fp32Precision);
         })))
       signalPassFailure();
   }

@@ -244,7 +244,8 @@ LogicalResult mlir::flexattn::multistage(RewriterBase &rewriter, gpu::LaunchOp l
   FailureOr<TileBody> tile = TileBody::find(launch, ops);
   if (failed(tile))
     return failure();
-  FailureOr<KernelPlan> p = KernelPlan::of(tile->steps.front(), "flexattn-multistage");
+  FailureOr<KernelPlan> p =
+      KernelPlan::of(tile->steps.front(), "flexattn-multistage", /*f32=*/true);
   if (failed(p))
     return failure();
   Location loc = launch.getLoc();

@@ -155,9 +155,10 @@ LogicalResult lowerFragmentOp(RewriterBase &rewriter, Operation *op);
 LogicalResult lowerToHopper(RewriterBase &rewriter, gpu::LaunchOp launch,
                             int64_t maxSharedMemory);
 
-/// flexattn-lower-to-ampere: cooperative rings and MMAs -> NVVM (sm_80).
+/// flexattn-lower-to-ampere: cooperative rings and MMAs -> NVVM (sm_80);
+/// f32 products are 3xTF32 ("ieee") or one tf32 mma ("tf32").
 LogicalResult lowerToAmpere(RewriterBase &rewriter, gpu::LaunchOp launch,
-                            int64_t maxSharedMemory);
+                            int64_t maxSharedMemory, StringRef fp32Precision = "ieee");
 
 //===----------------------------------------------------------------------===//
 // The backward pass

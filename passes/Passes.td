@@ -1212,6 +1212,34 @@ def FlexAttnLowerToAmpere : Pass<"flexattn-lower-to-ampere", "::mlir::ModuleOp">
     Runs on sm_80 and later. Fails if the rings need more than
     `max-shared-memory` bytes.
 
+    f32 tiles (fp32 q/k/v): `ring.copy` moves 4 floats per 16-byte chunk
+    (32 columns per 128-byte panel), `frag.load` and the MMAs read operands
+    with plain shared loads (8 bytes for a row's pair), `mma` is tf32
+    `nvvm.mma.sync` m16n8k8 with the k index permuted (the mma's k = t and
+    t + 4 are the 8-column step's columns 2t and 2t + 1, for A and B alike:
+    the accumulator's pairs are then the A layout, so P needs no shuffle),
+    each operand split into big = tf32(x) and small = tf32(x - big)
+    (`nvvm.convert.float.to.tf32` rna) and three mma per product (small.big,
+    big.small, big.big: 3xTF32), or one (big.big) with
+    `fp32-precision=tf32`.
+
+    Before (f32):
+    ```mlir
+    %s = flexattn.mma %qf, %kt {transpose_b} : vector<32xf32>, !flexattn.smem_tile<64x64xf32> -> vector<32xf32>
+    ```
+    After (per 8 columns of K and of N; x0..x3 the fragment's elements):
+    ```mlir
+    %k = llvm.load %kaddr {alignment = 8 : i64} : !llvm.ptr<3> -> vector<2xf32>
+    %a0 = nvvm.convert.float.to.tf32 %x0 {rnd = #nvvm.fp_rnd_mode<rna>}
+    %r0 = llvm.bitcast %a0 : i32 to f32
+    %d0 = arith.subf %x0, %r0 : f32
+    %a0s = nvvm.convert.float.to.tf32 %d0 {rnd = #nvvm.fp_rnd_mode<rna>}
+    ...
+    %c1 = nvvm.mma.sync A[%a0s, %a2s, %a1s, %a3s] B[%b0, %b1] C[...] {... shape = #nvvm.shape<m = 16, n = 8, k = 8>} : (i32, i32, f32) -> !llvm.struct<(f32, f32, f32, f32)>
+    %c2 = nvvm.mma.sync A[%a0, %a2, %a1, %a3] B[%b0s, %b1s] C[...] ...
+    %c3 = nvvm.mma.sync A[%a0, %a2, %a1, %a3] B[%b0, %b1] C[...] ...
+    ```
+
     Before:
     ```mlir
     flexattn.ring.wait %k[%i] in_flight(1) : !flexattn.ring<2 x 128x64xbf16>
@@ -1233,6 +1261,8 @@ def FlexAttnLowerToAmpere : Pass<"flexattn-lower-to-ampere", "::mlir::ModuleOp">
   let options = [
     Option<"maxSharedMemory", "max-shared-memory", "int64_t", /*default=*/"0",
            "Shared memory a block may use, in bytes (0: unchecked)">,
+    Option<"fp32Precision", "fp32-precision", "std::string", /*default=*/"\"ieee\"",
+           "Products of f32 tiles: 'ieee' (3xTF32) or 'tf32' (one tf32 mma)">,
   ];
   let dependentDialects = ["::mlir::NVVM::NVVMDialect",
                            "::mlir::LLVM::LLVMDialect",

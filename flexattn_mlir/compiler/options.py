@@ -68,6 +68,12 @@ class CompileOptions:
       group's block-mask rows agree (no block mask, or one of head dim 1 and
       one query block); True asks for it where it is exact (an error
       otherwise), False never packs.
+    fp32_precision: float32 q/k/v on a GPU (tf32 mma.sync): ``"ieee"``
+      (default) splits each operand into two tf32 parts and takes three
+      products (3xTF32: about float32's accuracy, like torch's default
+      IEEE float32 matmuls); ``"tf32"`` one tf32 product (about 1e-3
+      relative, 3x fewer MMAs). torch's ``allow_tf32`` flag is not read:
+      ask for tf32 here. No effect on the CPU or on 16-bit inputs.
     """
 
     target: str = "cpu"
@@ -83,6 +89,7 @@ class CompileOptions:
     pack_heads: Optional[bool] = None
     warp_rows: int = 0
     q_in_registers: Optional[bool] = None
+    fp32_precision: str = "ieee"
 
     def __post_init__(self):
         if self.target not in targets.TARGETS:
@@ -122,6 +129,9 @@ class CompileOptions:
         if self.q_in_registers is not None and not isinstance(self.q_in_registers, bool):
             raise ValueError(f"CompileOptions.q_in_registers must be None or a bool, "
                              f"got {self.q_in_registers!r}")
+        if self.fp32_precision not in ("ieee", "tf32"):
+            raise ValueError(f"CompileOptions.fp32_precision must be 'ieee' (3xTF32) or "
+                             f"'tf32', got {self.fp32_precision!r}")
         if not isinstance(self.persistent, int) or self.persistent < 0:
             raise ValueError(f"CompileOptions.persistent must be >= 0, got {self.persistent!r}")
         for name in ("tile_q", "tile_kv"):

@@ -22,8 +22,14 @@ __all__ = ["Target", "Tiling", "TARGETS", "target", "gpu_targets", "for_device",
 # Shared-memory tiles are whole 64-column panels (128 bytes of 16-bit
 # elements, the swizzle period): a head dim that is a multiple of 8 but not
 # of 64 is padded with zero columns there (flexattn.ring.copy fills them),
-# and the table rows below are those of the padded dim.
+# and the table rows below are those of the padded dim. float32 tiles are
+# padded to the same columns (two 32-column panels of 128 bytes).
 PANEL_COLS = 64
+# float32 q/k/v run on the mma.sync kernel with tf32 MMAs (3xTF32 by
+# default: CompileOptions.fp32_precision), 16 Q rows per warp and Q read
+# from shared memory (S, O and P are 32-bit: twice the registers of 16-bit
+# P), 64-column KV tiles by default (shared memory is twice 16-bit's).
+FP32_TILING_KV = 64
 
 
 def padded_head_dim(head_dim: int) -> int:
@@ -110,28 +116,37 @@ class Target:
     def is_gpu(self) -> bool:
         return self.kind == "cuda"
 
-    def kernel(self, head_dim: int, value_dim: int) -> "Target":
+    def kernel(self, head_dim: int, value_dim: int, dtype: str = "bfloat16") -> "Target":
         """The target whose kernel (passes and table rows) runs q/k head dim
-        ``head_dim`` and v head dim ``value_dim``: this one, or ``general``
-        for the head dims its own kernel does not take."""
-        if self.general and not (head_dim == value_dim and head_dim in self.own_head_dims):
+        ``head_dim`` and v head dim ``value_dim`` in ``dtype``: this one, or
+        ``general`` for the head dims (and float32) its own kernel does not
+        take."""
+        own = head_dim == value_dim and head_dim in self.own_head_dims and dtype != "float32"
+        if self.general and not own:
             return TARGETS[self.general]
         return self
 
-    def kv_tile(self, head_dim: int) -> int:
-        """The default KV tile of ``head_dim`` (see ``kv_tiles``)."""
+    def kv_tile(self, head_dim: int, dtype: str = "bfloat16") -> int:
+        """The default KV tile of ``head_dim`` (see ``kv_tiles``; float32:
+        ``FP32_TILING_KV``)."""
+        if dtype == "float32":
+            return FP32_TILING_KV
         return dict(self.kv_tiles).get(padded_head_dim(head_dim), self.q_block)
 
-    def tiling(self, head_dim: int, kv_tile: int) -> Tiling:
+    def tiling(self, head_dim: int, kv_tile: int, dtype: str = "bfloat16") -> Tiling:
         """How the kernel of ``head_dim`` and ``kv_tile`` splits its Q tile."""
+        if dtype == "float32":
+            return Tiling(16, q_in_registers=False)
         return dict(self.tilings).get((padded_head_dim(head_dim), kv_tile), Tiling())
 
-    def ring_bytes(self, head_dim: int, value_dim: int, kv_tile: int, stages: int) -> int:
+    def ring_bytes(self, head_dim: int, value_dim: int, kv_tile: int, stages: int,
+                   dtype: str = "bfloat16") -> int:
         """Dynamic shared memory of the mma.sync kernel: the Q tile, ``stages``
-        K and V tiles (padded head dims, 16-bit elements) and 128 bytes of
-        alignment slack (flexattn-lower-to-ampere)."""
+        K and V tiles (padded head dims; 2 bytes an element, 4 for float32)
+        and 128 bytes of alignment slack (flexattn-lower-to-ampere)."""
         d, dv = padded_head_dim(head_dim), padded_head_dim(value_dim)
-        return 2 * (self.q_block * d + stages * kv_tile * (d + dv)) + 128
+        size = 4 if dtype == "float32" else 2
+        return size * (self.q_block * d + stages * kv_tile * (d + dv)) + 128
 
 
 TARGETS: dict[str, Target] = {t.name: t for t in [
@@ -140,7 +155,8 @@ TARGETS: dict[str, Target] = {t.name: t for t in [
     # of 8 up to 256: 232 KiB hold 256 with 64-column KV tiles) for the rest.
     Target("sm_90a", "cuda", chip="sm_90a", features="+ptx83", compute_capability=(9, 0),
            devices=((9, 0),), sm_count=132, max_shared_per_block=232448,
-           dtypes=("bfloat16", "float16"), head_dims=_head_dims(256), kv_blocks=(64, 128),
+           dtypes=("bfloat16", "float16", "float32"), head_dims=_head_dims(256),
+           kv_blocks=(64, 128),
            q_block=128, own_head_dims=(64, 128), general="sm_80"),
     # The reference part is the A100 (108 SMs, 163 KiB per block); Ada and
     # sm_86 parts have 99 KiB (the runtime checks a launch against the device).
@@ -157,7 +173,7 @@ TARGETS: dict[str, Target] = {t.name: t for t in [
     # shared memory by each S = Q.Kᵀ instead.
     Target("sm_80", "cuda", chip="sm_80", features="+ptx70", compute_capability=(8, 0),
            devices=((8, 0), (8, 6), (8, 7), (8, 9)), sm_count=108,
-           max_shared_per_block=166912, dtypes=("bfloat16", "float16"),
+           max_shared_per_block=166912, dtypes=("bfloat16", "float16", "float32"),
            head_dims=_head_dims(192), kv_blocks=(64, 128), q_block=128,
            kv_tiles=((64, 64), (192, 64), (256, 64)),
            tilings=(((64, 64), Tiling(32)), ((256, 64), Tiling(16, q_in_registers=False))),

@@ -196,10 +196,11 @@ def check_gpu_support(query, value, block_mask, options) -> None:
 
     t = target(options.target)
     names = " or ".join(t.dtypes)
-    if str(query.dtype).replace("torch.", "") not in t.dtypes:
+    dtype = str(query.dtype).replace("torch.", "")
+    if dtype not in t.dtypes:
         raise TypeError(
             f"query dtype {query.dtype} is not supported by the {options.target} kernel: "
-            f"use {names} (float32 runs on the CPU)"
+            f"use {names}"
         )
     lo, hi = min(t.head_dims), max(t.head_dims)
     for name, d in (("query", query.shape[-1]), ("value", value.shape[-1])):
@@ -217,23 +218,25 @@ def check_gpu_support(query, value, block_mask, options) -> None:
     # The mma.sync kernel's rings (Q, then K and V per stage) must fit a
     # block's shared memory: large head dims need 64-column KV tiles.
     D, Dv = query.shape[-1], value.shape[-1]
-    kernel = t.kernel(D, Dv)
+    kernel = t.kernel(D, Dv, dtype)
     if t.general and kernel is t:
         return  # the target's own kernel (sm_90a wgmma: D = Dv in 64, 128)
     fixed = block_mask is not None
-    kv = options.tile_kv or kernel.kv_tile(max(D, Dv))
+    kv = options.tile_kv or kernel.kv_tile(max(D, Dv), dtype)
     if fixed:
         # A mask's KV block is the tile, or (block_tiles) walked in tiles
         # that divide it (pipeline.make_tiled).
         block = block_size(block_mask.BLOCK_SIZE)[1]
         fixed = not (kernel.block_tiles and block % kv == 0)
         kv = block if fixed else kv
-    need = kernel.ring_bytes(D, Dv, kv, options.stages)
+    need = kernel.ring_bytes(D, Dv, kv, options.stages, dtype)
     if need > t.max_shared_per_block:
         fix = ("a block mask with BLOCK_SIZE=(128, 64)" if fixed and kv > 64
-               else "fewer stages or a smaller tile_kv")
+               else "bfloat16 or float16 (float32 tiles take twice the bytes)"
+               if dtype == "float32" else "fewer stages or a smaller tile_kv")
         raise ValueError(
-            f"head dims D={D}, Dv={Dv} with {kv}-column KV tiles and {options.stages} stages "
+            f"{dtype} head dims D={D}, Dv={Dv} with {kv}-column KV tiles and "
+            f"{options.stages} stages "
             f"need {need} bytes of shared memory on {options.target}, more than the "
             f"{t.max_shared_per_block} a block has: use {fix}"
             + ("" if fixed or kernel.block_tiles else " (block_mask.BLOCK_SIZE fixes the KV tile)"))

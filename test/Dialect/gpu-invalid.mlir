@@ -2,8 +2,8 @@
 
 // One case per verifier error of the GPU types and ops (dialect/FlexAttnGpuOps.cpp).
 
-// expected-error @+1 {{shared-memory tiles hold bf16 or f16, got 'f32'}}
-func.func @tile_f32(%t: !flexattn.smem_tile<128x64xf32>) { return }
+// expected-error @+1 {{shared-memory tiles hold bf16, f16 or f32, got 'f64'}}
+func.func @tile_f64(%t: !flexattn.smem_tile<128x64xf64>) { return }
 
 // -----
 

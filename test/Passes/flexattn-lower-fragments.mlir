@@ -169,3 +169,27 @@ func.func @two_tiles(%acc: vector<8xf32>, %alpha: vector<4xf32>, %m: vector<4xf3
       at(%b, %h, %row, %col) : vector<8xf32>, vector<4xf32>
   return
 }
+
+// -----
+
+// fp32 q/k/v (tf32 MMAs): P stays f32 (no rounding: the P.V mma splits it
+// into tf32 parts), and the output's pairs are one 8-byte store each.
+// CHECK-LABEL: func.func @f32_softmax_finalize(
+// CHECK-NOT:     arith.truncf
+// CHECK:         math.exp2
+// CHECK:         scf.if
+// CHECK:           %[[LO:.*]] = arith.mulf %{{.*}}, %{{.*}} : f32
+// CHECK-NEXT:      %[[HI:.*]] = arith.mulf %{{.*}}, %{{.*}} : f32
+// CHECK:           %[[PAIR:.*]] = vector.from_elements %[[LO]], %[[HI]] : vector<2xf32>
+// CHECK-NEXT:      llvm.store %[[PAIR]], %{{.*}} {alignment = 8 : i64} : vector<2xf32>, !llvm.ptr<1>
+// CHECK-NOT:     arith.truncf
+func.func @f32_softmax_finalize(%s: vector<8xf32>, %m: vector<2xf32>, %l: vector<2xf32>,
+                                %out: memref<1x2x128x16xf32>, %b: index, %h: index,
+                                %row: index, %col: index) -> vector<8xf32> {
+  %p, %m1, %l1, %alpha = flexattn.frag.softmax %s state(%m, %l) at(%b, %h, %row, %col)
+      attributes {scale = 0.125 : f32, seq_lens = array<i64: 128, 128>, tile_size = array<i64: 64, 16>}
+      : vector<8xf32>, vector<2xf32> -> vector<8xf32>
+  flexattn.frag.finalize %s state(%m1, %l1) outs(%out : memref<1x2x128x16xf32>)
+      at(%b, %h, %row, %col) : vector<8xf32>, vector<2xf32>
+  return %p : vector<8xf32>
+}

@@ -176,7 +176,7 @@ func.func @f32_inputs(%q: memref<1x1x128x64xf32>, %o: memref<1x1x128x64xf32>) {
     %acc = memref.alloca() : memref<128x64xf32>
     %m = memref.alloca() : memref<128xf32>
     %l = memref.alloca() : memref<128xf32>
-    // expected-error @+1 {{the GPU kernel takes bf16 or f16 q/k/v, got 'f32'}}
+    // expected-error @+1 {{flexattn-warp-specialize takes bf16 or f16 q/k/v (f32: flexattn-multistage's tf32 kernel), got 'f32'}}
     flexattn.tile_step ins(%q, %q, %q : memref<1x1x128x64xf32>, memref<1x1x128x64xf32>, memref<1x1x128x64xf32>)
         state(%acc, %m, %l : memref<128x64xf32>, memref<128xf32>, memref<128xf32>)
         at(%c0, %c0, %c0, %c0, %c0) attributes {scale = 0.125 : f32, tile_size = array<i64: 128, 128>}

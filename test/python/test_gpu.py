@@ -75,12 +75,6 @@ def _t(*shape, dtype=torch.bfloat16):
     return torch.empty(*shape, dtype=dtype)
 
 
-def test_gpu_rejects_float32():
-    with pytest.raises(TypeError, match=r"query dtype torch.float32 is not supported by the sm_90a "
-                                        r"kernel: use bfloat16 or float16"):
-        checks.check_gpu_support(_t(1, 1, 128, 64, dtype=torch.float32), _t(1, 1, 128, 64), None, GPU)
-
-
 @pytest.mark.parametrize("d,dv,name,target,top", [
     (100, 96, "query", "sm_90a", 256), (64, 264, "value", "sm_90a", 256),
     (8, 64, "query", "sm_90a", 256), (256, 64, "query", "sm_80", 192)])

@@ -75,10 +75,16 @@ def _table_dim(op) -> int:
     return max(_head_dim(op), _value_dim(op))
 
 
+def _dtype(op) -> str:
+    """The torch name of q's element type of a flexattn.attention / tile_step."""
+    return _TORCH_DTYPE[str(ir.MemRefType(op.operands[0].type).element_type)]
+
+
 def _kernel_target(op, opts: CompileOptions) -> targets.Target:
-    """The table entry whose kernel runs the head dims of ``op`` (an
-    attention or tile_step) on ``opts.target``: see ``Target.kernel``."""
-    return targets.target(opts.target).kernel(_head_dim(op), _value_dim(op))
+    """The table entry whose kernel runs the head dims and element type of
+    ``op`` (an attention or tile_step) on ``opts.target``: see
+    ``Target.kernel``."""
+    return targets.target(opts.target).kernel(_head_dim(op), _value_dim(op), _dtype(op))
 
 
 def _has_op(mod: ir.Module, name: str) -> bool:
@@ -96,7 +102,7 @@ def make_gpu_tiled(mod: ir.Module, opts: CompileOptions) -> None:
     each block is walked as several KV tiles)."""
     op = _first_op(mod, "flexattn.attention")
     target = _kernel_target(op, opts)
-    tile_kv = opts.tile_kv or target.kv_tile(_table_dim(op))
+    tile_kv = opts.tile_kv or target.kv_tile(_table_dim(op), _dtype(op))
     make_tiled(mod, replace(opts, tile_kv=tile_kv), block_tiles=target.block_tiles)
 
 
@@ -129,7 +135,7 @@ def make_multistage_roles(mod: ir.Module, opts: CompileOptions) -> None:
     dim and KV tile (read off its tile_step) where ``opts`` leaves it open."""
     step = _first_op(mod, "flexattn.tile_step")
     kv_tile = list(ir.DenseI64ArrayAttr(step.attributes["tile_size"]))[1]
-    tiling = _kernel_target(step, opts).tiling(_table_dim(step), kv_tile)
+    tiling = _kernel_target(step, opts).tiling(_table_dim(step), kv_tile, _dtype(step))
     rows = opts.warp_rows or tiling.warp_rows
     q_regs = tiling.q_in_registers if opts.q_in_registers is None else opts.q_in_registers
     run_pipeline(mod, [
@@ -162,12 +168,13 @@ def make_fragments(mod: ir.Module, opts: CompileOptions) -> None:
 def make_kernel(mod: ir.Module, opts: CompileOptions) -> None:
     """The roles' lowering: ``flexattn-lower-to-hopper`` after
     ``flexattn-warp-specialize``, ``flexattn-lower-to-ampere`` after
-    ``flexattn-multistage``; the target's shared memory per block."""
-    lowering = ("flexattn-lower-to-hopper" if _has_op(mod, "flexattn.warp_specialize")
-                else "flexattn-lower-to-ampere")
+    ``flexattn-multistage`` (with ``opts.fp32_precision`` for float32
+    tiles); the target's shared memory per block."""
     target = targets.target(opts.target)
+    lowering = ("flexattn-lower-to-hopper{" if _has_op(mod, "flexattn.warp_specialize")
+                else f"flexattn-lower-to-ampere{{fp32-precision={opts.fp32_precision} ")
     run_pipeline(mod, [
-        f"{lowering}{{max-shared-memory={target.max_shared_per_block}}}",
+        f"{lowering}max-shared-memory={target.max_shared_per_block}}}",
         "gpu-launch-sink-index-computations",
         "gpu-kernel-outlining",
         "canonicalize",
