@@ -14,12 +14,14 @@
 // CHECK-NEXT:      nvvm.cp.async.commit.group
 // ring.copy of K (40 of the tile's 64 columns: 10 of 16 chunks): the chunks
 // past 10 copy 0 bytes from chunk 9 (zero fill); element offsets of 4 floats
-// a chunk, 4 bytes each.
-// CHECK:           %[[REAL:.*]] = arith.cmpi ult, %[[CC:.*]], %c10_i32 : i32
-// CHECK:           %[[SRC:.*]] = arith.minui %[[CC]], %c9_i32 : i32
-// CHECK-NEXT:      %[[SIZE:.*]] = arith.select %{{.*}}, %c16_i32, %c0_i32 : i32
+// a chunk, 4 bytes each. A thread's 4 chunks share their column, 16 rows
+// apart (the rows past 300 clamped and zero-filled).
+// CHECK:           %[[SRC:.*]] = arith.minui %[[CC:.*]], %c9_i32 : i32
 // CHECK-NEXT:      arith.muli %[[SRC]], %c4_i32 : i32
 // CHECK:           arith.muli %{{.*}}, %c4_i64 : i64
+// CHECK:           %[[REAL:.*]] = arith.cmpi ult, %[[CC]], %c10_i32 : i32
+// CHECK-NEXT:      arith.andi %{{.*}}, %[[REAL]] : i1
+// CHECK-NEXT:      %[[SIZE:.*]] = arith.select %{{.*}}, %c16_i32, %c0_i32 : i32
 // CHECK:           nvvm.cp.async.shared.global %{{.*}}, %{{.*}}, 16, cache =  cg, %[[SIZE]]
 // CHECK-COUNT-3:   nvvm.cp.async.shared.global
 // CHECK-NEXT:      nvvm.cp.async.commit.group
