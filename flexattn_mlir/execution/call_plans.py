@@ -84,7 +84,7 @@ class CallPlan:
     the guards under which they stay valid (see the module docstring)."""
 
     __slots__ = ("score_fn", "block_mask", "mask_fields", "mask_versions", "guards",
-                 "captures", "launch", "generation")
+                 "captures", "launch", "kernel", "generation")
 
     def __init__(self, score_fn, block_mask, guards: tuple, captures, launch):
         self.score_fn, self.block_mask = score_fn, block_mask
@@ -96,6 +96,7 @@ class CallPlan:
         self.guards = guards
         self.captures = tuple(captures)
         self.launch = launch
+        self.kernel = launch.prepare()  # what a hit launches (checks alignment only)
         self.generation = _generation()
 
     def holds(self, score_mod, block_mask) -> bool:
@@ -116,7 +117,7 @@ class CallPlan:
         """The call at a hit: ``(out, lse, max_scores)``."""
         global hits
         hits += 1
-        return self.launch(query, key, value, self.captures, sinks)
+        return self.launch(query, key, value, self.captures, sinks, self.kernel)
 
 
 def find(key, score_mod, block_mask):
