@@ -438,6 +438,16 @@ def launch(func: int, grid: Sequence[int], block: Sequence[int], shared_mem_byte
     KernelLaunch(func, grid, block, shared_mem_bytes, cluster)(stream, arr)
 
 
+def _unchecked(name: str):
+    """A second function object for `name` without argtypes, for calls whose
+    arguments are ctypes values made beforehand: ctypes converts nothing per
+    call (about half the cost of a call through the checked one)."""
+    _fn(name)  # the symbol exists (else a CudaError naming it)
+    f = _load_library()[name]
+    f.restype = c_int
+    return f
+
+
 class KernelLaunch:
     """The launch of one function with a fixed grid, block, dynamic shared
     memory and cluster, its ctypes values made once: a call passes the stream
@@ -445,33 +455,50 @@ class KernelLaunch:
     (`void *[]`, one pointer to each kernel parameter's value, or None).
     cuLaunchKernel, or cuLaunchKernelEx with a
     CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION attribute for clusters other than
-    (1, 1, 1)."""
+    (1, 1, 1). With `context` (the function's, from `ensure_context`), a call
+    first checks that it is current on this thread (one cuCtxGetCurrent) and
+    makes it so if not. Calls on one object must not overlap (PreparedLaunch
+    holds its Kernel's lock): the current-context buffer is shared."""
 
-    __slots__ = ("fixed", "config", "attr", "func")
+    __slots__ = ("fixed", "config", "attr", "func", "context", "current", "current_ref",
+                 "get_current", "launch_kernel")
 
     def __init__(self, func: int, grid: Sequence[int], block: Sequence[int],
-                 shared_mem_bytes: int, cluster: Sequence[int] = (1, 1, 1)):
+                 shared_mem_bytes: int, cluster: Sequence[int] = (1, 1, 1),
+                 context: int | None = None):
         gx, gy, gz = (int(x) for x in grid)
         bx, by, bz = (int(x) for x in block)
         cx, cy, cz = (int(x) for x in cluster)
         self.func = c_void_p(func)
-        self.fixed = (self.func, gx, gy, gz, bx, by, bz, int(shared_mem_bytes))
+        self.context = context
+        self.current = c_void_p()
+        self.current_ref = byref(self.current)
+        self.get_current = _unchecked("cuCtxGetCurrent")
         self.config = self.attr = None
-        if (cx, cy, cz) != (1, 1, 1):
-            self.attr = CUlaunchAttribute()
-            self.attr.id = CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION
-            dim = self.attr.value.clusterDim
-            dim.x, dim.y, dim.z = cx, cy, cz
-            self.config = CUlaunchConfig(gx, gy, gz, bx, by, bz, int(shared_mem_bytes),
-                                         None, ctypes.pointer(self.attr), 1)
+        if (cx, cy, cz) == (1, 1, 1):
+            self.fixed = (self.func, *(c_uint(x) for x in (gx, gy, gz, bx, by, bz)),
+                          c_uint(int(shared_mem_bytes)))
+            self.launch_kernel = _unchecked("cuLaunchKernel")
+            return
+        self.attr = CUlaunchAttribute()
+        self.attr.id = CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION
+        dim = self.attr.value.clusterDim
+        dim.x, dim.y, dim.z = cx, cy, cz
+        self.config = CUlaunchConfig(gx, gy, gz, bx, by, bz, int(shared_mem_bytes),
+                                     None, ctypes.pointer(self.attr), 1)
+        self.launch_kernel = _unchecked("cuLaunchKernelEx")
 
     def __call__(self, stream: int, params) -> None:
+        if self.context is not None and (self.get_current(self.current_ref)
+                                         or self.current.value != self.context):
+            ensure_current(self.context)
         if self.config is None:
-            _check("cuLaunchKernel", _fn("cuLaunchKernel")(*self.fixed, stream, params, None))
+            _check("cuLaunchKernel",
+                   self.launch_kernel(*self.fixed, c_void_p(stream), params, None))
             return
         self.config.hStream = stream
         _check("cuLaunchKernelEx",
-               _fn("cuLaunchKernelEx")(byref(self.config), self.func, params, None))
+               self.launch_kernel(byref(self.config), self.func, params, None))
 
 
 def memcpy_htod_async(dst: int, src: int, nbytes: int, stream: int) -> None:

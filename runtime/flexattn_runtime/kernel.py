@@ -17,8 +17,10 @@ and function limits (`OutOfResources`).
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import json
+import operator
 import os
 import threading
 from dataclasses import dataclass
@@ -291,11 +293,12 @@ class Kernel:
             self._graph_descriptors[key[:-1]] = desc
             return desc
 
-        def make():
-            enc = encoding_for(p, t.shape, ptr)
-            return upload(encode(enc), t.device, enc)
+        return self.descriptors.get(key, self._upload, p, t, ptr)
 
-        return self.descriptors.get(key, make)
+    @staticmethod
+    def _upload(p: TensorMapParam, t: torch.Tensor, ptr: int) -> Descriptor:
+        enc = encoding_for(p, t.shape, ptr)
+        return upload(encode(enc), t.device, enc)
 
     def prepare(self, device: int | str | torch.device | None = None) -> "PreparedLaunch":
         """The launch on `device` (default: torch's current device) with its
@@ -334,35 +337,45 @@ class PreparedLaunch:
     and guards and allocate the outputs themselves.
     """
 
-    __slots__ = ("kernel", "device", "context", "launcher", "values", "scalars", "array",
-                 "aligned", "pointers", "tensormaps")
+    __slots__ = ("kernel", "device", "launcher", "values", "scalars", "array", "order",
+                 "mask", "aligned", "tensormaps")
 
     def __init__(self, kernel: Kernel, device: int):
         m = kernel.metadata
         lf = kernel.load(device)
         self.kernel, self.device = kernel, device
-        self.context = _d.ensure_context(device)
         self.launcher = _d.KernelLaunch(lf.function, m.grid, m.block, m.shared_mem_bytes,
-                                        m.cluster)
+                                        m.cluster, _d.ensure_context(device))
         n = len(m.params)
-        # One 8-byte slot per parameter: addresses are written per call;
-        # scalars keep their own ctypes values, written once.
+        # One 8-byte slot per parameter: addresses are written per call (all
+        # slots at once, in parameter order: `order` picks each slot's
+        # tensor's address, any one for a scalar's or a tensormap's slot,
+        # which is not read or is written after); scalars keep their own
+        # ctypes values, written once.
         self.values = (ctypes.c_uint64 * max(n, 1))()
         base, names = ctypes.addressof(self.values), m.argument_names
-        self.scalars, addresses, self.pointers, self.tensormaps = [], [], [], []
+        self.scalars, addresses, slots, self.tensormaps = [], [], [], []
         for i, p in enumerate(m.params):
             if isinstance(p, ScalarParam):
                 self.scalars.append(scalar_value(p))
                 addresses.append(ctypes.addressof(self.scalars[-1]))
+                slots.append(0)
                 continue
             addresses.append(base + 8 * i)
-            j = names.index(p.arg)
+            slots.append(names.index(p.arg))
             if isinstance(p, TensorMapParam):
-                self.tensormaps.append((i, p, j))
-            else:
-                self.pointers.append((i, j))
+                self.tensormaps.append((i, p, slots[-1]))
         self.array = (ctypes.c_void_p * n)(*addresses) if n else None
+        self.order = (operator.itemgetter(*slots, 0) if slots else None), n
+        masks = {a.align - 1 for a in m.arguments}
+        # One OR of all addresses when every argument has the same alignment.
+        self.mask = masks.pop() if len(masks) == 1 else None
         self.aligned = tuple((j, a.align - 1) for j, a in enumerate(m.arguments))
+
+    def _check_alignment(self, tensors, ptrs) -> None:
+        for j, mask in self.aligned:
+            if ptrs[j] & mask:
+                check_alignment(self.kernel.metadata.arguments[j], tensors[j])
 
     def __call__(self, tensors: Sequence[torch.Tensor]) -> None:
         dev = self.device
@@ -373,15 +386,14 @@ class PreparedLaunch:
             validate_args(self.kernel.metadata, tensors, device=torch.device("cuda", cur))
             return self.kernel.prepare(cur)(tensors)
         ptrs = [t.data_ptr() for t in tensors]
-        for j, mask in self.aligned:
-            if ptrs[j] & mask:
-                check_alignment(self.kernel.metadata.arguments[j], tensors[j])
-        _d.ensure_current(self.context)
+        if self.mask is None or functools.reduce(operator.or_, ptrs, 0) & self.mask:
+            self._check_alignment(tensors, ptrs)
         stream = _current_stream(dev)
         values, kernel = self.values, self.kernel
+        order, n = self.order
         with kernel._lock:
-            for i, j in self.pointers:
-                values[i] = ptrs[j]
+            if n:
+                values[:n] = order(ptrs)[:n]
             if not self.tensormaps:
                 self.launcher(stream, self.array)
                 return

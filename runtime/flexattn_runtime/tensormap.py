@@ -273,14 +273,15 @@ class DescriptorCache:
         self.hits = 0
         self.misses = 0
 
-    def get(self, key: Hashable, make: Callable[[], Descriptor]) -> Descriptor:
+    def get(self, key: Hashable, make: Callable[..., Descriptor], *args) -> Descriptor:
+        """The entry of `key`, else `make(*args)`, stored."""
         d = self._entries.get(key)
         if d is not None:
             self._entries.move_to_end(key)
             self.hits += 1
             return d
         self.misses += 1
-        d = make()
+        d = make(*args)
         self._entries[key] = d
         while len(self._entries) > self.maxsize:
             self._entries.popitem(last=False)
