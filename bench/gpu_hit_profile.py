@@ -51,16 +51,14 @@ from host_overhead import (ROOT, commit, cpu_model, make_cases, run_case, summar
                            write_json)
 
 sys.path.insert(0, str(ROOT / "test" / "python"))
+from test_prepared_launch import stub_gpu_target  # noqa: E402
 from test_runtime import build_stub_libcuda  # noqa: E402
-
-STREAM = 0x5555
-
 
 def fake_gpu(target: str, stub_dir: Path) -> None:
     """Binds flexattn_runtime to the stub driver and answers torch's CUDA
     queries with constants; flexattn_mlir compiles ``target``'s kernels for
-    CPU tensors."""
-    from flexattn_runtime import driver, kernel, tensormap
+    CPU tensors (test_prepared_launch.stub_gpu_target)."""
+    from flexattn_runtime import driver
 
     so = build_stub_libcuda(stub_dir)
     if so is None:
@@ -70,18 +68,7 @@ def fake_gpu(target: str, stub_dir: Path) -> None:
     for attr, value in ((driver.CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK, 1024),
                         (driver.CU_FUNC_ATTRIBUTE_NUM_REGS, 128)):
         lib.stub_set_func_attr(attr, value)
-    kernel._current_index = lambda: 0
-    kernel._current_stream = lambda device: STREAM
-    kernel._device_index = lambda device: 0
-    kernel.current_device = lambda: 0
-    validate = kernel.validate_args
-    kernel.validate_args = lambda meta, args, device: validate(meta, args, device="cpu")
-    torch.cuda.is_current_stream_capturing = lambda: False
-    tensormap.GraphStaging.refill = lambda self: setattr(self, "free", self.SLOTS)
-    kernel.upload = lambda raw, device, encoding: tensormap.Descriptor(
-        torch.zeros(len(raw), dtype=torch.uint8), None, encoding)
-    gpu = targets.target(target)
-    targets.for_device = lambda device: gpu
+    stub_gpu_target(setattr, target)
 
 
 def profile(name, mods, shape, dtype, calls) -> str:

@@ -26,21 +26,49 @@ from test_runtime import (ATTN_PARAM_SIZES, B, D, H, M, N, NQ, attn_binary,  # n
 STREAM = 0x5555
 
 
+def stub_cuda_queries(set_attr) -> None:
+    """What a launch needs beyond libcuda (the stub), on a machine without a
+    GPU: torch's CUDA queries answered with constants (device 0, STREAM, no
+    capture), TMA descriptors uploaded into CPU tensors, no pinned memory.
+    ``set_attr``: ``setattr``, or a monkeypatch's (bench/gpu_hit_profile.py
+    uses this too)."""
+    set_attr(kernel_mod, "_current_index", lambda: 0)
+    set_attr(kernel_mod, "_current_stream", lambda device: STREAM)
+    set_attr(kernel_mod, "upload", lambda raw, device, encoding: Descriptor(
+        torch.zeros(len(raw), dtype=torch.uint8), None, encoding))
+    set_attr(torch.cuda, "is_current_stream_capturing", lambda: False)
+    set_attr(GraphStaging, "refill", lambda self: setattr(self, "free", self.SLOTS))
+
+
+def stub_gpu_target(set_attr, target: str) -> None:
+    """flex_attention on CPU tensors compiles ``target``'s kernel (ptxas) and
+    launches it through the runtime and the stub libcuda, as on a GPU: a
+    first call validates its tensors as CPU tensors."""
+    from flexattn_mlir.compiler import targets
+
+    stub_cuda_queries(set_attr)
+    set_attr(kernel_mod, "_device_index", lambda device: 0)
+    set_attr(kernel_mod, "current_device", lambda: 0)
+    validate = kernel_mod.validate_args
+    set_attr(kernel_mod, "validate_args",
+             lambda meta, args, device: validate(meta, args, device="cpu"))
+    gpu = targets.target(target)
+    set_attr(targets, "for_device", lambda device: gpu)
+
+
 @pytest.fixture
 def prepared(stub, monkeypatch):
     """A PreparedLaunch of the attention-shaped metadata on device 0; uploads
-    of TMA descriptors are recorded (CPU tensors stand in for device memory)."""
+    of TMA descriptors are recorded."""
     uploads = []
+    stub_cuda_queries(monkeypatch.setattr)
+    make = kernel_mod.upload
 
     def upload(raw, device, encoding):
         uploads.append(encoding.global_address)
-        return Descriptor(torch.zeros(128, dtype=torch.uint8), None, encoding)
+        return make(raw, device, encoding)
 
-    monkeypatch.setattr(kernel_mod, "_current_index", lambda: 0)
-    monkeypatch.setattr(kernel_mod, "_current_stream", lambda device: STREAM)
     monkeypatch.setattr(kernel_mod, "upload", upload)
-    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
-    monkeypatch.setattr(GraphStaging, "refill", lambda self: setattr(self, "free", self.SLOTS))
     stub.stub_set_param_sizes(len(ATTN_PARAM_SIZES),
                               (ctypes.c_int * len(ATTN_PARAM_SIZES))(*ATTN_PARAM_SIZES))
     kernel = Kernel(attn_meta(), attn_binary())
@@ -108,3 +136,45 @@ def test_kernel_launch_cluster_config_takes_each_calls_stream(stub):
         launch(stream, params)
         assert stub.last() == "cuLaunchKernelEx"
         assert stub.rec()[8] == stream and stub.rec()[-1] == 0xABC
+
+
+def test_flex_attention_gpu_hit_launches_its_prepared_launch(stub, monkeypatch):
+    """flex_attention's GPU path on the stub: a hit launches the plan's
+    PreparedLaunch with this call's addresses; a misaligned query (same
+    shape, dtype and device: the same plan) raises at a hit what a first call
+    raises."""
+    import flexattn_mlir as fm
+    from flexattn_mlir.execution import call_plans, kernels
+    from flexattn_runtime.metadata import param_size
+
+    stub_gpu_target(monkeypatch.setattr, "sm_90a")
+    b, h, s, d = 1, 2, 128, 64
+    q, k, v = (torch.randn(b, h, s, d, dtype=torch.bfloat16) for _ in range(3))
+    mask = fm.create_block_mask(lambda b, h, q_idx, kv_idx: q_idx >= kv_idx, None, None, s, s)
+    fm.flex_attention(q, k, v, block_mask=mask)  # compiles (ptxas), plans
+    key = call_plans.call_key(q, k, v, None, mask, None, False, False, False, None, None)
+    launch = call_plans.find(key, None, mask).kernel
+    meta = launch.kernel.metadata
+    sizes = [param_size(p) for p in meta.params]
+    stub.stub_set_param_sizes(len(sizes), (ctypes.c_int * len(sizes))(*sizes))
+    hits = call_plans.hits
+    out = fm.flex_attention(q, k, v, block_mask=mask)
+    assert call_plans.hits == hits + 1 and stub.last() == "cuLaunchKernel"
+    params = dict(zip(range(len(sizes)), stub.rec()[10:]))
+    by_arg = {p.arg: params[i] for i, p in enumerate(meta.params) if hasattr(p, "arg")}
+    assert by_arg["out"] == out.data_ptr()
+    described = {d.data_ptr: d.encoding.global_address
+                 for d in launch.kernel.descriptors._entries.values()}
+    assert described[by_arg["q"]] == q.data_ptr()
+
+    flat = torch.empty(q.numel() + 8, dtype=torch.bfloat16)
+    misaligned = flat[1:q.numel() + 1].view(q.shape)
+    misaligned.copy_(q)
+    message = "argument 'q': data_ptr .* is not 16-byte aligned"
+    with pytest.raises(ArgumentError, match=message):
+        fm.flex_attention(misaligned, k, v, block_mask=mask)
+    assert call_plans.hits == hits + 2  # raised at a hit
+    kernels.clear_table()  # forgets the plans: a first call
+    with pytest.raises(ArgumentError, match=message):
+        fm.flex_attention(misaligned, k, v, block_mask=mask)
+    assert call_plans.hits == hits + 2
