@@ -45,6 +45,7 @@ def stub_gpu_target(set_attr, target: str) -> None:
     launches it through the runtime and the stub libcuda, as on a GPU: a
     first call validates its tensors as CPU tensors."""
     from flexattn_mlir.compiler import targets
+    from flexattn_mlir.execution import kernels
 
     stub_cuda_queries(set_attr)
     set_attr(kernel_mod, "_device_index", lambda device: 0)
@@ -54,6 +55,8 @@ def stub_gpu_target(set_attr, target: str) -> None:
              lambda meta, args, device: validate(meta, args, device="cpu"))
     gpu = targets.target(target)
     set_attr(targets, "for_device", lambda device: gpu)
+    # The stub device's compute capability: an sm_80 kernel is its PTX.
+    set_attr(kernels, "current_capability", lambda: (9, 0))
 
 
 @pytest.fixture
