@@ -69,20 +69,12 @@ def current_device() -> int:
     return torch.cuda.current_device()
 
 
-def _current_index() -> int:
-    """torch's current CUDA device, once CUDA is initialised (a launch's check)."""
-    return torch._C._cuda_getDevice()
-
-
-# torch's current stream of a device as a CUstream handle (an int): the
-# query Inductor's launchers make, without building a torch.cuda.Stream.
-_raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None)
-
-
-def _current_stream(device: int) -> int:
-    if _raw_stream is not None:
-        return _raw_stream(device)
-    return torch.cuda.current_stream(device).cuda_stream
+# A launch's queries of torch, bound once: the current CUDA device, and the
+# current stream of a device as a CUstream handle (an int), the query
+# Inductor's launchers make, without building a torch.cuda.Stream.
+_current_index = getattr(torch._C, "_cuda_getDevice", None) or torch.cuda.current_device
+_current_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None) or (
+    lambda device: torch.cuda.current_stream(device).cuda_stream)
 
 
 def _device_index(device: int | str | torch.device | None) -> int:
