@@ -6,8 +6,13 @@ object, the shapes, dtypes and devices of q/k/v (and sinks), ``scale`` and
 the options: capturing the mods, checking the arguments and the block mask,
 the kernel's key and the kernel. And what every call does: allocate the
 outputs and launch (:class:`~.attention.Launch`). The first call does both
-and keeps the first part as a :class:`CallPlan` under :func:`call_key`; a
-later call with an equal key checks the plan's guards and launches.
+and, once it succeeded, keeps the first part as a :class:`CallPlan` under
+:func:`call_key`; a later call with an equal key checks the plan's guards and
+launches the kernel the plan prepared (:meth:`~.attention.Launch.prepare`: on
+a GPU flexattn_runtime's ``PreparedLaunch``, which does not validate again
+the devices, dtypes and shapes the key and guards fix, nor the contiguity and
+freshness of what the launch makes; it checks alignment and the current
+device).
 
 The guards, each a check that reads no tensor data (as torch.compile's):
 
