@@ -14,14 +14,24 @@ plan (execution/call_plans.py; asserted). Each call's time splits in three:
 ``call`` (flex_attention's Python down to the kernel object: key, guards,
 output allocation, argument list), ``launcher`` (the kernel object's Python:
 on the CPU the JIT runner's argument checks and packing, on CUDA
-flexattn_runtime's argument checks, TMA descriptors and parameter packing)
-and ``native`` (the CPU kernel's run itself, or the cuLaunchKernel call).
+flexattn_runtime's prepared launch: alignment, stream, TMA descriptors, the
+addresses written into its parameter block) and ``native`` (the CPU kernel's
+run itself, or the cuLaunchKernel call through ctypes).
 ``host`` = call + launcher is the host overhead; on the CPU ``native`` is the
 kernel's work, on CUDA the driver's enqueue (the kernel runs asynchronously),
-so there ``total`` is what to set beside torch.compile's total.
+so there ``total`` is what to set beside torch.compile's total:
+``ours_total_over_torch_total`` per case (printed, and in the JSON's
+top-level ``ours_total_over_torch_total``).
 On CUDA no timed call is followed by a synchronisation
 except at the end of a round (both sides alike): the times are what the
 host spends enqueueing, and a hit that synchronised would show up in them.
+
+Fails loudly: ``--device cuda`` without a usable GPU (torch sees none, it is
+no flexattn_mlir target, libcuda does not load) exits before timing; a case
+that raises, or whose result differs from torch's beyond a sanity bound, is
+recorded in the JSON and makes the script exit with status 1 after writing
+it. ``bench/gpu_hit_profile.py`` times the same GPU hit path on a machine
+without a GPU (a stub driver).
 
 Writes ``bench/results/<date>_<device>_host_overhead_<commit>.json`` (or
 ``--out``) with the date, machine, load average, commit and versions.
@@ -82,22 +92,23 @@ def make_cases(device, h, s):
 
 
 class KernelTimer:
-    """Wraps the kernel of a call's plan (execution/call_plans.py: what a
-    cache hit runs) so that each launch records how long it took, and the
-    native call inside it (the CPU kernel's run, or cuLaunchKernel through
-    flexattn_runtime's driver), so that the launcher's own Python (argument
-    checks and packing, TMA descriptors) is ``kernel - native``."""
+    """Wraps what a call's plan launches (``plan.kernel``,
+    execution/call_plans.py: the CPU kernel, or flexattn_runtime's prepared
+    launch of a GPU kernel) so that each launch records how long it took, and
+    the native call inside it (the CPU kernel's run, or the driver's
+    cuLaunchKernel through flexattn_runtime's ``driver.KernelLaunch``), so
+    that the launcher's own Python is ``kernel - native``."""
 
-    def __init__(self, plan, device):
+    def __init__(self, plan):
         self.plan = plan
         self.seconds, self.native = [], []
-        self._real = plan.launch.kernel
-        if device.type == "cpu":
-            self._module, self._name = fm._native, "cpu_run"
-        else:
+        self._real = plan.kernel
+        if plan.launch.gpu:
             from flexattn_runtime import driver
-            self._module, self._name = driver, "launch"
-        self._real_native = getattr(self._module, self._name)
+            self._owner, self._name = driver.KernelLaunch, "__call__"
+        else:
+            self._owner, self._name = fm._native, "cpu_run"
+        self._real_native = getattr(self._owner, self._name)
 
     def __enter__(self):
         def timed(args):
@@ -110,13 +121,13 @@ class KernelTimer:
             self._real_native(*args)
             self.native.append(time.perf_counter() - t)
 
-        self.plan.launch.kernel = timed
-        setattr(self._module, self._name, timed_native)
+        self.plan.kernel = timed
+        setattr(self._owner, self._name, timed_native)
         return self
 
     def __exit__(self, *exc):
-        self.plan.launch.kernel = self._real
-        setattr(self._module, self._name, self._real_native)
+        self.plan.kernel = self._real
+        setattr(self._owner, self._name, self._real_native)
 
 
 def time_calls(fn, calls, sync):
@@ -129,14 +140,17 @@ def time_calls(fn, calls, sync):
     return out
 
 
-def run_case(name, mods, shape, dtype, device, calls, rounds, sync):
+def run_case(name, mods, shape, dtype, device, calls, rounds, sync, peer=True):
+    """Times one case's hits (and, with ``peer``, torch.compile'd
+    flex_attention's calls in alternating rounds); returns its JSON record."""
     b, h, s, d = shape
     q, k, v = (torch.randn(b, h, s, d, dtype=dtype, device=device) for _ in range(3))
     ours_mask = torch_mask = None
     if mods["mask_mod"] is not None:
         ours_mask = fm.create_block_mask(mods["mask_mod"], None, None, s, s, device=device)
-        torch_mask = tf.create_block_mask(mods["mask_mod"], None, None, s, s, device=device)
-    compiled = torch.compile(tf.flex_attention, dynamic=False)
+        if peer:
+            torch_mask = tf.create_block_mask(mods["mask_mod"], None, None, s, s, device=device)
+    compiled = torch.compile(tf.flex_attention, dynamic=False) if peer else None
 
     def ours():
         return fm.flex_attention(q, k, v, score_mod=mods["score_mod"], block_mask=ours_mask)
@@ -145,9 +159,11 @@ def run_case(name, mods, shape, dtype, device, calls, rounds, sync):
         return compiled(q, k, v, score_mod=mods["score_mod"], block_mask=torch_mask)
 
     with torch.no_grad():
-        err = (ours().float() - theirs().float()).abs().max().item()
+        err = (ours().float() - theirs().float()).abs().max().item() if peer else None
         for _ in range(20):  # warm-up: compiled, memoised, checked
-            ours(), theirs()
+            ours()
+            if peer:
+                theirs()
         sync()
         key = call_plans.call_key(q, k, v, mods["score_mod"], ours_mask, None, False, False,
                                   False, None, None)
@@ -156,36 +172,42 @@ def run_case(name, mods, shape, dtype, device, calls, rounds, sync):
         hits = call_plans.hits
         totals, kernels, natives, torch_totals = [], [], [], []
         for _ in range(rounds):
-            with KernelTimer(plan, device) as kt:
+            with KernelTimer(plan) as kt:
                 totals += time_calls(ours, calls, sync)
             kernels += kt.seconds
             natives += kt.native
-            torch_totals += time_calls(theirs, calls, sync)
+            if peer:
+                torch_totals += time_calls(theirs, calls, sync)
         assert call_plans.hits - hits == rounds * calls, f"{name}: a timed call missed its plan"
+    assert len(kernels) == len(natives) == len(totals), f"{name}: a launch was not timed"
     us = lambda xs: round(1e6 * statistics.median(xs), 2)  # noqa: E731
     best = lambda xs: round(1e6 * min(statistics.median(xs[i:i + calls])  # noqa: E731
                                       for i in range(0, len(xs), calls)), 2)
     python = [t - k for t, k in zip(totals, kernels)]
     launcher = [k - n for k, n in zip(kernels, natives)]
     host = [t - n for t, n in zip(totals, natives)]
-    return {
+    record = {
         "case": name, "shape": list(shape), "dtype": str(dtype).removeprefix("torch."),
         "calls": len(totals), "max_abs_diff_vs_torch": err,
         "ours_total_us": us(totals), "ours_kernel_us": us(kernels), "ours_python_us": us(python),
         "ours_launcher_python_us": us(launcher), "ours_native_call_us": us(natives),
         "ours_host_us": us(host),
-        "torch_compiled_total_us": us(torch_totals),
-        "ours_python_over_torch_total": round(statistics.median(python)
-                                              / statistics.median(torch_totals), 3),
-        "ours_host_over_torch_total": round(statistics.median(host)
-                                            / statistics.median(torch_totals), 3),
-        "ours_total_over_torch_total": round(statistics.median(totals)
-                                             / statistics.median(torch_totals), 3),
         "ours_python_best_round_us": best(python), "ours_host_best_round_us": best(host),
         "ours_total_best_round_us": best(totals),
-        "torch_compiled_total_best_round_us": best(torch_totals),
         "ours_python_p90_us": round(1e6 * sorted(python)[math.ceil(0.9 * len(python)) - 1], 2),
     }
+    if peer:
+        ratio = lambda xs: round(statistics.median(xs) / statistics.median(torch_totals), 3)  # noqa: E731
+        record.update({
+            "torch_compiled_total_us": us(torch_totals),
+            "torch_compiled_total_best_round_us": best(torch_totals),
+            "ours_python_over_torch_total": ratio(python),
+            "ours_host_over_torch_total": ratio(host),
+            "ours_total_over_torch_total": ratio(totals),
+            "ours_total_over_torch_total_best_round": round(
+                best(totals) / best(torch_totals), 3),
+        })
+    return record
 
 
 def cpu_model() -> str:
@@ -207,6 +229,55 @@ def commit() -> str:
         return "unknown"
 
 
+#: max |ours - torch| beyond which a case is reported as wrong (the bench's
+#: sanity check, not the tests' tolerance).
+SANITY_ATOL = {torch.float32: 1e-4, torch.bfloat16: 5e-2, torch.float16: 5e-2}
+
+
+def write_json(doc: dict, out, what: str) -> None:
+    """Writes ``doc`` to ``out``, default
+    ``bench/results/<date>_<what>_<commit>.json``."""
+    day = datetime.date.today().isoformat()
+    path = Path(out) if out else (
+        ROOT / "bench" / "results" / f"{day}_{what}_{doc['commit']}.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=1) + "\n")
+    print(f"wrote {path}")
+
+
+def check_device(device) -> None:
+    """Raises SystemExit, saying what is missing, unless ``device`` can run
+    the bench: for CUDA, a GPU torch sees, of a flexattn_mlir GPU target, and
+    the CUDA driver flexattn_runtime launches through."""
+    if device.type == "cpu":
+        return
+    if device.type != "cuda" or not torch.cuda.is_available():
+        raise SystemExit(f"--device {device}: torch sees no CUDA device "
+                         f"(torch {torch.__version__}, torch.version.cuda "
+                         f"{torch.version.cuda}); run on a GPU machine or with --device cpu")
+    from flexattn_mlir.compiler import targets
+    from flexattn_runtime import driver
+
+    try:
+        targets.for_device(device)
+    except ValueError as err:
+        raise SystemExit(f"--device {device}: {err}") from None
+    if not driver.available():
+        raise SystemExit(f"--device {device}: flexattn_runtime cannot load the CUDA driver "
+                         "(libcuda.so.1)")
+
+
+def summary_line(r) -> str:
+    line = (f"{r['case']:14s} ours {r['ours_total_us']:8.1f} us (host {r['ours_host_us']:6.1f}: "
+            f"call {r['ours_python_us']:5.1f} + launcher {r['ours_launcher_python_us']:5.1f}; "
+            f"native {r['ours_native_call_us']:7.1f})")
+    if "torch_compiled_total_us" in r:
+        line += (f"   torch.compile {r['torch_compiled_total_us']:8.1f} us   ours/torch "
+                 f"{r['ours_total_over_torch_total']:.2f}   max|diff| "
+                 f"{r['max_abs_diff_vs_torch']:.1e}")
+    return line
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cpu")
@@ -224,6 +295,7 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    check_device(device)
     dtype = getattr(torch, args.dtype) if args.dtype else (
         torch.float32 if device.type == "cpu" else torch.bfloat16)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -236,6 +308,13 @@ def main():
                                     sync))
         except Exception as err:  # one case failing (e.g. refused on this GPU) keeps the rest
             results.append({"case": name, "error": f"{type(err).__name__}: {err}"})
+    failed = [r for r in results if "error" in r]
+    for r in results:
+        if "error" not in r and r["max_abs_diff_vs_torch"] > SANITY_ATOL[dtype]:
+            r["error"] = (f"max |ours - torch| = {r['max_abs_diff_vs_torch']:.3g} exceeds "
+                          f"{SANITY_ATOL[dtype]}")
+            failed.append(r)
+    ratios = {r["case"]: r["ours_total_over_torch_total"] for r in results if "error" not in r}
     label = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
     doc = {
         "what": "flex_attention per call at a cache hit vs torch.compile(flex_attention); medians",
@@ -245,22 +324,19 @@ def main():
         "commit": commit(), "device": label or device.type, "torch": torch.__version__,
         "python": platform.python_version(), "threads": args.threads,
         "calls_per_round": args.calls,
-        "rounds": args.rounds, "note": args.note, "results": results,
+        "rounds": args.rounds, "note": args.note,
+        "ours_total_over_torch_total": ratios,
+        "worst_ours_total_over_torch_total": max(ratios.values(), default=None),
+        "failed_cases": [r["case"] for r in failed], "results": results,
     }
     for r in results:
-        if "error" in r:
-            print(f"{r['case']:14s} {r['error']}")
-            continue
-        print(f"{r['case']:14s} ours {r['ours_total_us']:8.1f} us (host {r['ours_host_us']:6.1f}: "
-              f"call {r['ours_python_us']:5.1f} + launcher {r['ours_launcher_python_us']:5.1f}; "
-              f"native {r['ours_native_call_us']:7.1f})   torch.compile "
-              f"{r['torch_compiled_total_us']:8.1f} us   max|diff| {r['max_abs_diff_vs_torch']:.1e}")
-    day = datetime.date.today().isoformat()
-    out = Path(args.out) if args.out else (
-        ROOT / "bench" / "results" / f"{day}_{device.type}_host_overhead_{doc['commit']}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(doc, indent=1) + "\n")
-    print(f"wrote {out}")
+        print(f"{r['case']:14s} FAILED: {r['error']}" if "error" in r else summary_line(r))
+    if ratios:
+        print(f"worst ours/torch.compile: {doc['worst_ours_total_over_torch_total']:.2f} "
+              f"(per case: {ratios})")
+    write_json(doc, args.out, f"{device.type}_host_overhead")
+    if failed:
+        raise SystemExit(f"{len(failed)} case(s) failed: {[r['case'] for r in failed]}")
 
 
 if __name__ == "__main__":

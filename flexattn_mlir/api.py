@@ -186,10 +186,11 @@ def _call(query, key, value, score_mod, block_mask, scale, enable_gqa, want_lse,
         return unpack_results(result, want_lse, want_max)
     del common["capture_labels"]
     launch = prepare_launch(query, key, value, **common)
-    if guards is not None:
+    result = launch(query, key, value, call["captures"], sinks)
+    if guards is not None:  # planned once it succeeded
         call_plans.store(plan_key, call_plans.CallPlan(score_mod, block_mask, guards,
                                                        call["captures"], launch))
-    return launch(query, key, value, call["captures"], sinks)
+    return result
 
 
 def _lower_call(query, key, value, score_mod, block_mask, enable_gqa, kernel_options):

@@ -179,6 +179,33 @@ def _expand_kv(q, k, v, copy: bool = True):
     return (k.contiguous(), v.contiguous()) if copy else (k, v)
 
 
+def _contiguous(shape) -> tuple:
+    """The row-major strides of ``shape``."""
+    strides, step = [], 1
+    for n in reversed(shape):
+        strides.append(step)
+        step *= max(n, 1)
+    return tuple(reversed(strides))
+
+
+def _allocator(device: torch.device):
+    """``empty(size, stride, dtype)`` on ``device``: the entry points
+    Inductor's generated code allocates with (``torch._C._dynamo.guards``:
+    no Python argument parsing, a few µs less per output than torch.empty),
+    torch.empty_strided where torch has none. The CUDA one allocates on the
+    current device, which the launch checks is ``device``."""
+    try:
+        from torch._C._dynamo import guards
+        fast = {"cpu": guards._empty_strided_cpu,
+                "cuda": guards._empty_strided_cuda}.get(device.type)
+    except (ImportError, AttributeError):
+        fast = None
+    if fast is not None:
+        return fast
+    return lambda size, stride, dtype: torch.empty_strided(size, stride, dtype=dtype,
+                                                           device=device)
+
+
 class Launch:
     """What a call runs once its arguments are checked and its kernel found:
     the kernel, the outputs' shapes, the block mask's tensors, the index
@@ -187,42 +214,55 @@ class Launch:
     lse, max_scores)``. It checks nothing, and reads nothing back from the
     device (but the CPU kernel's report of the reads the compiler could not
     bound, and a GPU's with FLEXATTN_CHECK_INDICES=1), so a call that meets
-    it again (:mod:`.call_plans`) costs what the launch does. Outputs come
-    from torch's allocator (on CUDA, its caching allocator: a CUDA graph
-    captures them in its pool)."""
+    it again (:mod:`.call_plans`) costs what the launch does. The kernel
+    checks its arguments at each call; a plan's hits pass ``kernel``, the
+    one :meth:`prepare` made (on a GPU, a prepared launch that checks only
+    alignment and the current device: the plan's key and guards fix the
+    rest). Outputs come from torch's allocator (on CUDA, its caching
+    allocator: a CUDA graph captures them in its pool)."""
 
-    __slots__ = ("kernel", "out_shape", "stats_shape", "return_lse", "return_max", "gpu",
-                 "mask_tensors", "scale_arg", "checked")
+    __slots__ = ("kernel", "out_layout", "stats_layout", "dtype", "device", "empty",
+                 "return_lse", "return_max", "gpu", "expand_kv", "mask_tensors", "scale_arg",
+                 "checked")
 
-    def __init__(self, kernel, q, v, spec: AttentionSpec, options: CompileOptions, block_mask,
-                 scale, checked):
+    def __init__(self, kernel, q, key, v, spec: AttentionSpec, options: CompileOptions,
+                 block_mask, scale, checked):
         self.kernel = kernel
         b, hq, m, _ = q.shape
-        self.out_shape = (b, hq, m, v.shape[3])
-        self.stats_shape = (b, hq, m)
+        out_shape = (b, hq, m, v.shape[3])
+        self.out_layout = (out_shape, _contiguous(out_shape))  # shape, strides
+        self.stats_layout = ((b, hq, m), _contiguous((b, hq, m)))
+        self.dtype, self.device = q.dtype, q.device
+        self.empty = _allocator(q.device)
         self.return_lse, self.return_max = spec.return_lse, spec.return_max
         self.gpu = options.target != "cpu"
+        self.expand_kv = self.gpu and key.shape[0] != b  # _expand_kv copies them
         self.mask_tensors = tuple(_mask_tensors(block_mask))
         self.scale_arg = None
         if options.dynamic:  # the scale operand (dynamic_shapes); read-only, kept
             self.scale_arg = torch.tensor(scale, dtype=torch.float32, device=q.device)
         self.checked = checked
 
-    def __call__(self, query, key, value, captures, sinks):
+    def prepare(self):
+        """The kernel a call plan's hits run: the GPU kernel's prepared launch
+        on this call's device, the CPU kernel itself."""
+        return self.kernel.prepare(self.device) if self.gpu else self.kernel
+
+    def __call__(self, query, key, value, captures, sinks, kernel=None):
         q, k, v = query.contiguous(), key.contiguous(), value.contiguous()
-        if self.gpu:
+        if self.expand_kv:
             k, v = _expand_kv(q, k, v)
-        out = torch.empty(self.out_shape, dtype=q.dtype, device=q.device)
+        out = self.empty(*self.out_layout, self.dtype)
         args = [q, k, v]
         if sinks is not None:
             args.append(sinks.detach().to(torch.float32).contiguous())
         args.append(out)
         lse = mx = None
         if self.return_lse:
-            lse = torch.empty(self.stats_shape, dtype=torch.float32, device=q.device)
+            lse = self.empty(*self.stats_layout, torch.float32)
             args.append(lse)
         if self.return_max:
-            mx = torch.empty(self.stats_shape, dtype=torch.float32, device=q.device)
+            mx = self.empty(*self.stats_layout, torch.float32)
             args.append(mx)
         args += self.mask_tensors
         for c in captures:
@@ -230,10 +270,11 @@ class Launch:
             args.append(c.view(torch.uint8) if c.dtype == torch.bool else c)
         if self.scale_arg is not None:
             args.append(self.scale_arg)
-        report = index_checks.report_capture(self.checked, q.device)
-        if report is not None:
+        report = None
+        if self.checked.report is not None:
+            report = index_checks.report_capture(self.checked, self.device)
             args.append(report)
-        self.kernel(args)
+        (kernel or self.kernel)(args)
         if report is not None:
             index_checks.raise_reported(report, self.checked)
         return out, lse, mx
@@ -257,7 +298,7 @@ def prepare_launch(query, key, value, *, score_mod=None, mask_mod=None, block_ma
         index_checks.warn_unchecked(checked, options.target)
     if scale is None:
         scale = 1.0 / math.sqrt(q.shape[-1])
-    return Launch(kernel, q, value, spec, options, block_mask, scale, checked)
+    return Launch(kernel, q, key, value, spec, options, block_mask, scale, checked)
 
 
 def attention_forward(query, key, value, *, score_mod=None, mask_mod=None, block_mask=None,

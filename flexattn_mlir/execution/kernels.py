@@ -125,6 +125,22 @@ class StoredKernel:
             tensors[i].zero_()
         self.kernel(list(tensors))
 
+    def prepare(self, device):
+        """What a call plan's hits run (:mod:`.call_plans`): the runtime's
+        ``PreparedLaunch`` on ``device``, which checks the tensors' alignment
+        and the current device only (the plan's key and guards fix their
+        devices, dtypes and shapes; the plan makes them contiguous)."""
+        launch = self.kernel.prepare(device)
+        if not self.zero_init:
+            return launch
+        zero_init = self.zero_init
+
+        def run(tensors: Sequence) -> None:
+            for i in zero_init:
+                tensors[i].zero_()
+            launch(tensors)
+        return run
+
 
 def compile_kernel(spec: AttentionSpec, opts: CompileOptions, key: str,
                    store: bool = True) -> StoredKernel:

@@ -34,7 +34,7 @@ from typing import Sequence
 __all__ = [
     "CudaError", "DeviceInfo", "available", "init", "ensure_context",
     "device_info", "module_load", "module_unload", "module_get_function",
-    "func_get_attribute", "func_set_attribute", "launch",
+    "func_get_attribute", "func_set_attribute", "launch", "KernelLaunch", "ensure_current",
     "tensor_map_encode_tiled", "driver_version",
 ]
 
@@ -238,7 +238,10 @@ def _error_text(code: int) -> tuple[str, str]:
 
 
 def _call(name: str, *args, detail: str = "") -> None:
-    code = _fn(name)(*args)
+    _check(name, _fn(name)(*args), detail)
+
+
+def _check(name: str, code: int, detail: str = "") -> None:
     if code != CUDA_SUCCESS:
         ename, desc = _error_text(code)
         raise CudaError(name, code, ename, desc, detail)
@@ -296,11 +299,17 @@ def ensure_context(ordinal: int) -> int:
                 h = c_void_p()
                 _call("cuDevicePrimaryCtxRetain", byref(h), _device(ordinal))
                 ctx = _primary[ordinal] = h.value
+    ensure_current(ctx)
+    return ctx
+
+
+def ensure_current(ctx: int) -> None:
+    """Make the context `ctx` (one `ensure_context` returned) current on this
+    thread unless it is: one cuCtxGetCurrent per call (a launch's check)."""
     cur = c_void_p()
-    _call("cuCtxGetCurrent", byref(cur))
+    _check("cuCtxGetCurrent", _fn("cuCtxGetCurrent")(byref(cur)))
     if cur.value != ctx:
         _call("cuCtxSetCurrent", c_void_p(ctx))
-    return ctx
 
 
 @dataclass(frozen=True)
@@ -426,19 +435,70 @@ def launch(func: int, grid: Sequence[int], block: Sequence[int], shared_mem_byte
     """
     n = len(params)
     arr = (c_void_p * n)(*[ctypes.addressof(p) for p in params]) if n else None
-    gx, gy, gz = (int(x) for x in grid)
-    bx, by, bz = (int(x) for x in block)
-    cx, cy, cz = (int(x) for x in cluster)
-    if (cx, cy, cz) == (1, 1, 1):
-        _call("cuLaunchKernel", c_void_p(func), gx, gy, gz, bx, by, bz,
-              int(shared_mem_bytes), c_void_p(stream), arr, None)
-        return
-    attr = CUlaunchAttribute()
-    attr.id = CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION
-    attr.value.clusterDim.x, attr.value.clusterDim.y, attr.value.clusterDim.z = cx, cy, cz
-    cfg = CUlaunchConfig(gx, gy, gz, bx, by, bz, int(shared_mem_bytes),
-                         c_void_p(stream), ctypes.pointer(attr), 1)
-    _call("cuLaunchKernelEx", byref(cfg), c_void_p(func), arr, None)
+    KernelLaunch(func, grid, block, shared_mem_bytes, cluster)(stream, arr)
+
+
+def _unchecked(name: str):
+    """A second function object for `name` without argtypes, for calls whose
+    arguments are ctypes values made beforehand: ctypes converts nothing per
+    call (about half the cost of a call through the checked one)."""
+    _fn(name)  # the symbol exists (else a CudaError naming it)
+    f = _load_library()[name]
+    f.restype = c_int
+    return f
+
+
+class KernelLaunch:
+    """The launch of one function with a fixed grid, block, dynamic shared
+    memory and cluster, its ctypes values made once: a call passes the stream
+    (a CUstream handle as an int; 0 = legacy default) and the parameter array
+    (`void *[]`, one pointer to each kernel parameter's value, or None).
+    cuLaunchKernel, or cuLaunchKernelEx with a
+    CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION attribute for clusters other than
+    (1, 1, 1). With `context` (the function's, from `ensure_context`), a call
+    first checks that it is current on this thread (one cuCtxGetCurrent) and
+    makes it so if not. Calls on one object must not overlap (PreparedLaunch
+    holds its Kernel's lock): the current-context buffer is shared."""
+
+    __slots__ = ("fixed", "config", "attr", "func", "context", "current", "current_ref",
+                 "get_current", "launch_kernel")
+
+    def __init__(self, func: int, grid: Sequence[int], block: Sequence[int],
+                 shared_mem_bytes: int, cluster: Sequence[int] = (1, 1, 1),
+                 context: int | None = None):
+        gx, gy, gz = (int(x) for x in grid)
+        bx, by, bz = (int(x) for x in block)
+        cx, cy, cz = (int(x) for x in cluster)
+        self.func = c_void_p(func)
+        self.context = context
+        self.current = c_void_p()
+        self.current_ref = byref(self.current)
+        self.get_current = _unchecked("cuCtxGetCurrent")
+        self.config = self.attr = None
+        if (cx, cy, cz) == (1, 1, 1):
+            self.fixed = (self.func, *(c_uint(x) for x in (gx, gy, gz, bx, by, bz)),
+                          c_uint(int(shared_mem_bytes)))
+            self.launch_kernel = _unchecked("cuLaunchKernel")
+            return
+        self.attr = CUlaunchAttribute()
+        self.attr.id = CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION
+        dim = self.attr.value.clusterDim
+        dim.x, dim.y, dim.z = cx, cy, cz
+        self.config = CUlaunchConfig(gx, gy, gz, bx, by, bz, int(shared_mem_bytes),
+                                     None, ctypes.pointer(self.attr), 1)
+        self.launch_kernel = _unchecked("cuLaunchKernelEx")
+
+    def __call__(self, stream: int, params) -> None:
+        if self.context is not None and (self.get_current(self.current_ref)
+                                         or self.current.value != self.context):
+            ensure_current(self.context)
+        if self.config is None:
+            _check("cuLaunchKernel",
+                   self.launch_kernel(*self.fixed, c_void_p(stream), params, None))
+            return
+        self.config.hStream = stream
+        _check("cuLaunchKernelEx",
+               self.launch_kernel(byref(self.config), self.func, params, None))
 
 
 def memcpy_htod_async(dst: int, src: int, nbytes: int, stream: int) -> None:

@@ -4,7 +4,10 @@ torch CUDA tensors.
 Like Triton's CompiledKernel: constructing a Kernel only parses and checks the
 metadata (and, for PTX, that the entry's parameter list matches it); the CUDA
 module is loaded on the first launch (or an explicit `load()`) for the current
-device. Loaded modules are cached per (sha256 of the binary, device), so
+device. A call validates its tensors (`launch.validate_args`) and runs the
+Kernel's `PreparedLaunch` for the device: the launch with everything that
+does not change between calls made once (function, grid, shared memory, the
+ctypes parameter block), where a call writes only the tensors' addresses. Loaded modules are cached per (sha256 of the binary, device), so
 several Kernel objects over the same binary share one module. On load the
 kernel's target is checked against the device's compute capability
 (`UnsupportedDevice`) and its shared memory and block size against the device
@@ -13,23 +16,26 @@ and function limits (`OutOfResources`).
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import hashlib
 import json
+import operator
 import os
 import threading
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 
 from . import driver as _d
 from .errors import OutOfResources, UnsupportedDevice
-from .launch import build_params, validate_args
-from .metadata import (KernelMetadata, TensorMapParam, check_binary_params,
+from .launch import check_alignment, scalar_value, validate_args
+from .metadata import (KernelMetadata, ScalarParam, TensorMapParam, check_binary_params,
                        parse_metadata, target_incompatibility)
 from .tensormap import Descriptor, DescriptorCache, GraphStaging, encode, encoding_for, upload
 
-__all__ = ["Kernel", "LoadedFunction", "current_device"]
+__all__ = ["Kernel", "LoadedFunction", "PreparedLaunch", "current_device"]
 
 
 @dataclass(frozen=True)
@@ -61,6 +67,14 @@ def current_device() -> int:
                                 "False); flexattn_runtime launches on NVIDIA GPUs only")
     torch.cuda.init()
     return torch.cuda.current_device()
+
+
+# A launch's queries of torch, bound once: the current CUDA device, and the
+# current stream of a device as a CUstream handle (an int), the query
+# Inductor's launchers make, without building a torch.cuda.Stream.
+_current_index = getattr(torch._C, "_cuda_getDevice", None) or torch.cuda.current_device
+_current_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None) or (
+    lambda device: torch.cuda.current_stream(device).cuda_stream)
 
 
 def _device_index(device: int | str | torch.device | None) -> int:
@@ -101,8 +115,8 @@ class Kernel:
         self.descriptors = DescriptorCache(descriptor_cache_size)
         self._graph_descriptors: dict[tuple, Descriptor] = {}
         self._staging = GraphStaging()
-        self._has_tensormaps = any(isinstance(p, TensorMapParam) for p in self.metadata.params)
         self._loaded: dict[int, LoadedFunction] = {}
+        self._prepared: dict[int, PreparedLaunch] = {}
         self._lock = threading.RLock()
 
     @classmethod
@@ -243,59 +257,148 @@ class Kernel:
             return args[0]
         return list(args)
 
-    def _descriptor(self, index: int, p: TensorMapParam, t: torch.Tensor,
-                    dev: int, stream: int) -> Descriptor:
-        key = (index, p.arg, t.data_ptr(), tuple(t.shape), t.dtype, tuple(t.stride()),
-               dev, stream)
+    def _descriptor(self, index: int, p: TensorMapParam, t: torch.Tensor, ptr: int,
+                    dev: int, stream: int, capturing: bool) -> Descriptor:
+        """The uploaded descriptor of parameter `index` over `t` (at `ptr`), for
+        a launch on `stream`; the caller holds `self._lock`. The tensor's
+        shape, dtype and contiguity are the metadata's (validated, or vouched
+        for by the caller of a PreparedLaunch), so the address names it."""
+        key = (index, ptr, dev, stream)
+        if capturing:
+            # Graph capture runs on its own stream: accept a descriptor uploaded
+            # on another stream by the warm-up (finished by then, as torch's
+            # warm-up-then-capture recipe synchronizes), else upload one into
+            # the graph from a pinned slot (GraphStaging); pin it, since every
+            # replay of the graph reads it.
+            desc = self._graph_descriptors.get(key[:-1])
+            if desc is None:
+                desc = self.descriptors.find(lambda k: k[:-1] == key[:-1])
+            if desc is None:
+                enc = encoding_for(p, t.shape, ptr)
+                desc = self._staging.upload(encode(enc), t.device, stream, enc)
+            if desc is None:
+                raise RuntimeError(
+                    f"kernel {self.name!r}: the TMA descriptor for argument {p.arg!r} "
+                    "cannot be uploaded during CUDA graph capture before the kernel "
+                    "has run once outside capture (which sets aside the pinned memory "
+                    "such uploads copy from); run it once before capturing")
+            self._graph_descriptors[key[:-1]] = desc
+            return desc
 
-        def make():
-            enc = encoding_for(p, t.shape, t.data_ptr())
-            return upload(encode(enc), t.device, enc)
+        return self.descriptors.get(key, self._upload, p, t, ptr)
 
-        with self._lock:
-            if torch.cuda.is_current_stream_capturing():
-                # Graph capture runs on its own stream: accept a descriptor uploaded
-                # on another stream by the warm-up (finished by then, as torch's
-                # warm-up-then-capture recipe synchronizes), else upload one into
-                # the graph from a pinned slot (GraphStaging); pin it, since every
-                # replay of the graph reads it.
-                desc = self._graph_descriptors.get(key[:-1])
-                if desc is None:
-                    desc = self.descriptors.find(lambda k: k[:-1] == key[:-1])
-                if desc is None:
-                    enc = encoding_for(p, t.shape, t.data_ptr())
-                    desc = self._staging.upload(encode(enc), t.device, stream, enc)
-                if desc is None:
-                    raise RuntimeError(
-                        f"kernel {self.name!r}: the TMA descriptor for argument {p.arg!r} "
-                        "cannot be uploaded during CUDA graph capture before the kernel "
-                        "has run once outside capture (which sets aside the pinned memory "
-                        "such uploads copy from); run it once before capturing")
-                self._graph_descriptors[key[:-1]] = desc
-                return desc
-            return self.descriptors.get(key, make)
+    @staticmethod
+    def _upload(p: TensorMapParam, t: torch.Tensor, ptr: int) -> Descriptor:
+        enc = encoding_for(p, t.shape, ptr)
+        return upload(encode(enc), t.device, enc)
+
+    def prepare(self, device: int | str | torch.device | None = None) -> "PreparedLaunch":
+        """The launch on `device` (default: torch's current device) with its
+        fixed parts made once (loads the module). Idempotent."""
+        dev = _device_index(device)
+        prepared = self._prepared.get(dev)
+        if prepared is None:
+            with self._lock:
+                prepared = self._prepared.get(dev)
+                if prepared is None:
+                    prepared = self._prepared[dev] = PreparedLaunch(self, dev)
+        return prepared
 
     # --- launch --------------------------------------------------------------------
     def __call__(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
         m = self.metadata
         dev = current_device()
         tensors = validate_args(m, self._collect(args, kwargs), device=torch.device("cuda", dev))
-        lf = self.load(dev)
-        _d.ensure_context(dev)
-        stream = torch.cuda.current_stream(dev).cuda_stream
-        if (self._has_tensormaps and self._staging.free < GraphStaging.SLOTS // 4
-                and not torch.cuda.is_current_stream_capturing()):
-            self._staging.refill()
-        # The descriptors of this launch stay referenced until it is enqueued: one
-        # evicted from the LRU meanwhile must not have its memory handed to the
-        # next upload before the kernel that reads it is on the stream.
-        in_use: list[Descriptor] = []
-
-        def tensormap_ptr(i: int, p: TensorMapParam, t: torch.Tensor) -> int:
-            desc = self._descriptor(i, p, t, dev, stream)
-            in_use.append(desc)
-            return desc.data_ptr
-
-        params = build_params(m, tensors, tensormap_ptr)
-        _d.launch(lf.function, m.grid, m.block, m.shared_mem_bytes, stream, params, m.cluster)
+        self.prepare(dev)(tensors)
         return {n: t for n, t in zip(m.argument_names, tensors) if n in m.outputs}
+
+
+class PreparedLaunch:
+    """A Kernel's launch on one device, made once: the loaded function, its
+    grid, block, shared memory and cluster (`driver.KernelLaunch`), and the
+    kernel parameter block, scalars written in. A call takes the tensors in
+    the metadata's order and writes their addresses into the block (a TMA
+    descriptor's address for a tensormap parameter), then launches on torch's
+    current stream.
+
+    It checks what the metadata cannot fix: that torch's current device is
+    this one (else the tensors are validated against it, which raises the
+    Kernel's error), and each tensor's alignment. Each tensor's device, dtype,
+    exact shape and contiguity are the caller's to guarantee: `Kernel.__call__`
+    validates them first; flexattn_mlir's call plans fix them by their key
+    and guards and allocate the outputs themselves.
+    """
+
+    __slots__ = ("kernel", "device", "launcher", "values", "scalars", "array", "order",
+                 "mask", "aligned", "tensormaps")
+
+    def __init__(self, kernel: Kernel, device: int):
+        m = kernel.metadata
+        lf = kernel.load(device)
+        self.kernel, self.device = kernel, device
+        self.launcher = _d.KernelLaunch(lf.function, m.grid, m.block, m.shared_mem_bytes,
+                                        m.cluster, _d.ensure_context(device))
+        n = len(m.params)
+        # One 8-byte slot per parameter: addresses are written per call (all
+        # slots at once, in parameter order: `order` picks each slot's
+        # tensor's address, any one for a scalar's or a tensormap's slot,
+        # which is not read or is written after); scalars keep their own
+        # ctypes values, written once.
+        self.values = (ctypes.c_uint64 * max(n, 1))()
+        base, names = ctypes.addressof(self.values), m.argument_names
+        self.scalars, addresses, slots, self.tensormaps = [], [], [], []
+        for i, p in enumerate(m.params):
+            if isinstance(p, ScalarParam):
+                self.scalars.append(scalar_value(p))
+                addresses.append(ctypes.addressof(self.scalars[-1]))
+                slots.append(0)
+                continue
+            addresses.append(base + 8 * i)
+            slots.append(names.index(p.arg))
+            if isinstance(p, TensorMapParam):
+                self.tensormaps.append((i, p, slots[-1]))
+        self.array = (ctypes.c_void_p * n)(*addresses) if n else None
+        self.order = (operator.itemgetter(*slots, 0) if slots else None), n
+        masks = {a.align - 1 for a in m.arguments}
+        # One OR of all addresses when every argument has the same alignment.
+        self.mask = masks.pop() if len(masks) == 1 else None
+        self.aligned = tuple((j, a.align - 1) for j, a in enumerate(m.arguments))
+
+    def _check_alignment(self, tensors, ptrs) -> None:
+        for j, mask in self.aligned:
+            if ptrs[j] & mask:
+                check_alignment(self.kernel.metadata.arguments[j], tensors[j])
+
+    def __call__(self, tensors: Sequence[torch.Tensor]) -> None:
+        dev = self.device
+        if _current_index() != dev:
+            # Launches go to torch's current device: tensors that are not on
+            # it fail validation there, as a Kernel call with them would.
+            cur = _current_index()
+            validate_args(self.kernel.metadata, tensors, device=torch.device("cuda", cur))
+            return self.kernel.prepare(cur)(tensors)
+        ptrs = [t.data_ptr() for t in tensors]
+        if self.mask is None or functools.reduce(operator.or_, ptrs, 0) & self.mask:
+            self._check_alignment(tensors, ptrs)
+        stream = _current_stream(dev)
+        values, kernel = self.values, self.kernel
+        order, n = self.order
+        with kernel._lock:
+            if n:
+                values[:n] = order(ptrs)[:n]
+            if not self.tensormaps:
+                self.launcher(stream, self.array)
+                return
+            capturing = torch.cuda.is_current_stream_capturing()
+            if not capturing and kernel._staging.free < GraphStaging.SLOTS // 4:
+                kernel._staging.refill()
+            # The descriptors of this launch stay referenced until it is
+            # enqueued: one evicted from the LRU meanwhile must not have its
+            # memory handed to the next upload before the kernel that reads
+            # it is on the stream.
+            in_use = []
+            for i, p, j in self.tensormaps:
+                desc = kernel._descriptor(i, p, tensors[j], ptrs[j], dev, stream, capturing)
+                in_use.append(desc)
+                values[i] = desc.data_ptr
+            self.launcher(stream, self.array)

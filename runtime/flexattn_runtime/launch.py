@@ -16,7 +16,7 @@ import torch
 from .errors import ArgumentError, ArgumentTypeError
 from .metadata import ArgumentSpec, KernelMetadata, PtrParam, ScalarParam, TensorMapParam
 
-__all__ = ["validate_args", "build_params", "normalize_args"]
+__all__ = ["validate_args", "build_params", "normalize_args", "check_alignment", "scalar_value"]
 
 
 def _dt(d: torch.dtype) -> str:
@@ -70,9 +70,15 @@ def _check_one(spec: ArgumentSpec, t: Any, device: torch.device) -> None:
         raise ArgumentError(f"argument {name!r}: expected a contiguous (row-major) tensor, "
                             f"got strides {list(t.stride())} for shape {list(t.shape)}; "
                             "pass t.contiguous()")
+    check_alignment(spec, t)
+
+
+def check_alignment(spec: ArgumentSpec, t: torch.Tensor) -> None:
+    """ArgumentError unless a non-empty tensor's data_ptr has the argument's
+    alignment (`align` bytes)."""
     if t.numel() and t.data_ptr() % spec.align:
         raise ArgumentError(
-            f"argument {name!r}: data_ptr {t.data_ptr():#x} is not {spec.align}-byte "
+            f"argument {spec.name!r}: data_ptr {t.data_ptr():#x} is not {spec.align}-byte "
             f"aligned (storage offset {t.storage_offset()} elements); the kernel needs "
             f"{spec.align}-byte aligned bases (TMA and vector loads): pass t.clone()")
 
@@ -123,8 +129,15 @@ def build_params(meta: KernelMetadata, tensors: Sequence[torch.Tensor],
         elif isinstance(p, TensorMapParam):
             out.append(ctypes.c_uint64(tensormap_ptr(i, p, by_name[p.arg])))
         elif isinstance(p, ScalarParam):
-            ctype = {"i32": ctypes.c_int32, "i64": ctypes.c_int64, "f32": ctypes.c_float}[p.kind]
-            out.append(ctype(p.value))
+            out.append(scalar_value(p))
         else:  # pragma: no cover - parse_metadata admits no other kind
             raise TypeError(f"params[{i}]: unknown parameter {p!r}")
     return out
+
+
+_SCALAR_TYPES = {"i32": ctypes.c_int32, "i64": ctypes.c_int64, "f32": ctypes.c_float}
+
+
+def scalar_value(p: ScalarParam) -> ctypes._SimpleCData:
+    """The ctypes value of a scalar kernel parameter."""
+    return _SCALAR_TYPES[p.kind](p.value)

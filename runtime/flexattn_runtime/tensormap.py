@@ -24,7 +24,7 @@ from __future__ import annotations
 import ctypes
 import math
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Hashable, Sequence
 
 import torch
@@ -170,10 +170,10 @@ class Descriptor:
     device: torch.Tensor
     host: torch.Tensor | None
     encoding: TensorMapEncoding
+    data_ptr: int = field(init=False)  # the device address: the kernel argument
 
-    @property
-    def data_ptr(self) -> int:
-        return self.device.data_ptr()
+    def __post_init__(self):
+        self.data_ptr = self.device.data_ptr()
 
 
 def _device_buffer(n: int, device) -> torch.Tensor:
@@ -256,8 +256,9 @@ class GraphStaging:
 class DescriptorCache:
     """A small LRU of uploaded descriptors.
 
-    Keys include the tensor's data_ptr, shape, dtype and stride, the parameter
-    index, the device and the stream: a descriptor is reused only on the
+    Keys are the parameter index, the tensor's data_ptr, the device and the
+    stream (the tensor's shape, dtype and contiguity are the metadata's, so
+    its address names it): a descriptor is reused only on the
     stream it was uploaded on, so its copy is always stream-ordered before the
     launch that reads it, and an evicted descriptor's memory (freed to torch's
     caching allocator, which is stream-ordered too) cannot be overwritten
@@ -272,14 +273,15 @@ class DescriptorCache:
         self.hits = 0
         self.misses = 0
 
-    def get(self, key: Hashable, make: Callable[[], Descriptor]) -> Descriptor:
+    def get(self, key: Hashable, make: Callable[..., Descriptor], *args) -> Descriptor:
+        """The entry of `key`, else `make(*args)`, stored."""
         d = self._entries.get(key)
         if d is not None:
             self._entries.move_to_end(key)
             self.hits += 1
             return d
         self.misses += 1
-        d = make()
+        d = make(*args)
         self._entries[key] = d
         while len(self._entries) > self.maxsize:
             self._entries.popitem(last=False)

@@ -209,6 +209,35 @@ def test_clearing_the_tables_forgets_the_plans():
     assert hits.count == 1
 
 
+def test_the_keys_environment_variables_are_read_at_every_call(monkeypatch):
+    """FLEXATTN_CHECK_INDICES and FLEXATTN_OVERRIDE_IR are in the key (read
+    from os.environ's own mapping): setting one after a plan was made makes
+    the next call a miss, unsetting it finds the plan again."""
+    from flexattn_mlir.masks import index_checks
+
+    monkeypatch.delenv(index_checks.ENV, raising=False)
+    monkeypatch.delenv("FLEXATTN_OVERRIDE_IR", raising=False)
+    q, k, v = qkv()
+    fm.flex_attention(q, k, v, score_mod=alibi)
+
+    def key():
+        return call_plans.call_key(q, k, v, alibi, None, None, False, False, False, None, None)
+
+    planned = key()
+    monkeypatch.setenv("FLEXATTN_OVERRIDE_IR", "unused")
+    assert key() != planned
+    monkeypatch.delenv("FLEXATTN_OVERRIDE_IR")
+    monkeypatch.setenv(index_checks.ENV, "1")
+    assert key() != planned
+    hits = Hits()
+    fm.flex_attention(q, k, v, score_mod=alibi)
+    assert hits.count == 0
+    monkeypatch.delenv(index_checks.ENV)
+    assert key() == planned
+    fm.flex_attention(q, k, v, score_mod=alibi)
+    assert hits.count == 1
+
+
 # -- no host synchronisation at a hit ----------------------------------------
 
 # What reads a CUDA tensor on the host (so waits for the GPU): reading values,

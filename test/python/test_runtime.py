@@ -987,17 +987,25 @@ def _cuda_include() -> str | None:
     return None
 
 
-@pytest.fixture(scope="session")
-def stub_libcuda(tmp_path_factory):
+def build_stub_libcuda(directory: Path) -> Path | None:
+    """Compiles STUB_LIBCUDA_C into ``directory``; None without a C compiler
+    or cuda.h (bench/gpu_hit_profile.py uses it too)."""
     inc, cc = _cuda_include(), shutil.which("gcc") or shutil.which("cc")
     if inc is None or cc is None:
-        pytest.skip("needs a C compiler and the CUDA toolkit's cuda.h")
-    d = tmp_path_factory.mktemp("stub")
-    (d / "stub.c").write_text(STUB_LIBCUDA_C)
-    so = d / "libcuda_stub.so"
+        return None
+    (directory / "stub.c").write_text(STUB_LIBCUDA_C)
+    so = directory / "libcuda_stub.so"
     r = subprocess.run([cc, "-Wall", "-Werror", "-shared", "-fPIC", f"-I{inc}",
-                        str(d / "stub.c"), "-o", str(so)], capture_output=True, text=True)
+                        str(directory / "stub.c"), "-o", str(so)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+    return so
+
+
+@pytest.fixture(scope="session")
+def stub_libcuda(tmp_path_factory):
+    so = build_stub_libcuda(tmp_path_factory.mktemp("stub"))
+    if so is None:
+        pytest.skip("needs a C compiler and the CUDA toolkit's cuda.h")
     lib = ctypes.CDLL(str(so))
     lib.stub_rec.restype = ctypes.c_ulonglong
     lib.stub_last_call.restype = ctypes.c_char_p
