@@ -188,13 +188,23 @@ Value scoresInLog2(Fragments &f, FragSoftmaxOp op, bool rawMax) {
   float scale = op.getScale().convertToFloat();
   Layout at(op.getScores(), op.getMax());
   Value qRow0 = f.toI32(op.getRow());
-  SmallVector<Value> qIdx;
+  // Each row value's head and query index (a packed row r: head h + r / m,
+  // query r mod m).
+  SmallVector<Value> qIdx, heads;
   for (int64_t r = 0; r < at.rows; ++r) {
     Value row = r ? arith::AddIOp::create(b, qRow0, f.i32(Layout::rowOffset(r))).getResult()
                   : qRow0;
     if (qTail)
       row = arith::MinUIOp::create(b, row, f.i32(M - 1));
+    Value head = op.getH();
+    if (Value m = op.getRowsPerHead()) {
+      Value perHead = f.toI32(m);
+      head = arith::AddIOp::create(
+          b, head, f.toIndex(arith::DivUIOp::create(b, row, perHead)));
+      row = arith::RemUIOp::create(b, row, perHead);
+    }
     qIdx.push_back(f.toIndex(row));
+    heads.push_back(head);
   }
   Value kvCol0 = f.toI32(op.getCol());
   SmallVector<Value> s = f.elements(op.getScores()), u;
@@ -206,7 +216,7 @@ Value scoresInLog2(Fragments &f, FragSoftmaxOp op, bool rawMax) {
                            : kvIdx;
       v = softmax::log2Score(b, b.getLoc(), s[e], scale, [&](Value x) -> Value {
         auto apply = ApplyModsOp::create(
-            b, b.getF32Type(), x, op.getB(), op.getH(), qIdx[at.rowOf(e)],
+            b, b.getF32Type(), x, op.getB(), heads[at.rowOf(e)], qIdx[at.rowOf(e)],
             f.toIndex(kvMod), op.getCaptures(),
             applyMask ? b.getUnitAttr() : UnitAttr());
         cloneModRegions(op, apply, applyMask);
@@ -248,12 +258,20 @@ LogicalResult lowerFinalize(ImplicitLocOpBuilder &b, FragFinalizeOp op) {
   int64_t Hq = outType.getDimSize(1), M = outType.getDimSize(2),
           Dv = outType.getDimSize(3);
   Type elem = outType.getElementType();
+  // 16-bit outputs, or f32 (the decode kernel's partial rows); row-major
+  // [B, H, M, Dv], at an offset where out is a view (a split's part).
+  int64_t bytes = elem.getIntOrFloatBitWidth() / 8;
   // Byte address of out[b, h, 0, 0].
   Value outBase = memref::ExtractAlignedPointerAsIndexOp::create(b, op.getOut());
+  if (!outType.getLayout().isIdentity()) {
+    Value offset = memref::ExtractStridedMetadataOp::create(b, op.getOut()).getOffset();
+    outBase = arith::AddIOp::create(
+        b, outBase, arith::MulIOp::create(b, offset, f.index(bytes)));
+  }
   Value head = arith::AddIOp::create(
       b, arith::MulIOp::create(b, op.getB(), f.index(Hq)), op.getH());
   Value headBase = arith::AddIOp::create(
-      b, outBase, arith::MulIOp::create(b, head, f.index(M * Dv * 2)));
+      b, outBase, arith::MulIOp::create(b, head, f.index(M * Dv * bytes)));
   // The rows' complete sums (over the threads sharing a row), then the sink.
   FragmentRows rows(b);
   Layout at(op.getAcc(), op.getMax());
@@ -279,16 +297,20 @@ LogicalResult lowerFinalize(ImplicitLocOpBuilder &b, FragFinalizeOp op) {
     OpBuilder::InsertionGuard guard(b);
     b.setInsertionPointToStart(&ifOp.getThenRegion().front());
     Value rowAddr = arith::AddIOp::create(
-        b, headBase, arith::MulIOp::create(b, row, f.index(Dv * 2)));
+        b, headBase, arith::MulIOp::create(b, row, f.index(Dv * bytes)));
     for (int64_t j = 0; j < Dv / 8; ++j) {
       Value lo = arith::MulFOp::create(b, acc[first + 4 * j], inv);
       Value hi = arith::MulFOp::create(b, acc[first + 4 * j + 1], inv);
       Value col = arith::AddIOp::create(b, op.getCol(), f.index(8 * j));
       Value addr = arith::AddIOp::create(b, rowAddr,
-                                         arith::MulIOp::create(b, col, f.index(2)));
+                                         arith::MulIOp::create(b, col, f.index(bytes)));
       Value ptr = LLVM::IntToPtrOp::create(
           b, LLVM::LLVMPointerType::get(b.getContext(), 1),
           arith::IndexCastUIOp::create(b, b.getI64Type(), addr).getResult());
+      if (bytes == 4) {
+        LLVM::StoreOp::create(b, f.vectorOf({lo, hi}), ptr, /*alignment=*/8);
+        continue;
+      }
       Value packed = vector::BitCastOp::create(
           b, VectorType::get({1}, b.getI32Type()), f.pair(lo, hi, elem));
       LLVM::StoreOp::create(b, vector::ExtractOp::create(b, packed, ArrayRef<int64_t>{0}),
