@@ -335,7 +335,7 @@ def FlexAttn_MmaWaitOp : FlexAttn_Op<"mma.wait", [
 }
 
 def FlexAttn_FragSoftmaxOp : FlexAttn_Op<"frag.softmax", [
-    IsolatedFromAbove, RecursiveMemoryEffects,
+    IsolatedFromAbove, RecursiveMemoryEffects, AttrSizedOperandSegments,
     AllTypesMatch<["max", "sum", "new_max", "new_sum", "alpha"]>,
     DeclareOpInterfaceMethods<FlexAttn_ModRegionsOpInterface>]> {
   let summary = "The online-softmax update of a score fragment";
@@ -365,10 +365,15 @@ def FlexAttn_FragSoftmaxOp : FlexAttn_Op<"frag.softmax", [
                     tile_size = array<i64: 128, 128>}
         : vector<64xf32>, vector<2xf32> -> vector<64xbf16>
     ```
+
+    `packed(%m)` (the decode kernel's packed tiles, see `flexattn.kv_loop`):
+    the rows are the packed rows of the query heads from `h`; the mods of
+    packed row `r` receive head `h + r / m` and query row `r mod m`.
   }];
   let arguments = (ins FlexAttn_Fragment:$scores, FlexAttn_RowValues:$max,
                        FlexAttn_RowValues:$sum, Index:$b, Index:$h, Index:$row,
-                       Index:$col, Variadic<AnyMemRef>:$captures,
+                       Index:$col, Optional<Index>:$rows_per_head,
+                       Variadic<AnyMemRef>:$captures,
                        F32Attr:$scale, DenseI64ArrayAttr:$seq_lens,
                        DenseI64ArrayAttr:$tile_size, UnitAttr:$masked);
   let results = (outs FlexAttn_HalfFragment:$probs, FlexAttn_RowValues:$new_max,
@@ -377,6 +382,7 @@ def FlexAttn_FragSoftmaxOp : FlexAttn_Op<"frag.softmax", [
                         FlexAttn_ModRegion:$mask_mod);
   let assemblyFormat = !strconcat([{
     $scores `state` `(` $max `,` $sum `)` `at` `(` $b `,` $h `,` $row `,` $col `)`
+    (`packed` `(` $rows_per_head^ `)`)?
   }], ModsAssembly, [{ `:` type($scores) `,` type($max) `->` type($probs) }]);
   let hasVerifier = 1;
 }

@@ -252,7 +252,7 @@ def compile_flex_attention(query, key, value, score_mod=None, block_mask=None, s
     if target is not None:
         options = CompileOptions(**{**options.__dict__, "target": target,
                                     "tile_q": 0, "tile_kv": 0, "dynamic": None})
-    options = decode.resolve(options, query, key, call["block_mask"])
+    options = decode.resolve(options, query, key, value, call["block_mask"])
     spec = attention_spec(query, key, value, scale=scale, enable_gqa=enable_gqa,
                           return_lse=return_lse, options=options, **call)
     return driver.compile(spec, options)

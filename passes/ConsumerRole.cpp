@@ -19,7 +19,8 @@ FailureOr<KernelPlan> KernelPlan::of(TileStepOp step, StringRef pass, bool f32) 
     return step.emitOpError() << pass << " needs static q/k/v shapes";
   auto panels = [](int64_t d) { return (d + kPanelCols - 1) / kPanelCols * kPanelCols; };
   KernelPlan p{q, k, v, q.getDimSize(2), k.getDimSize(2), q.getDimSize(3),
-               v.getDimSize(3), step.getTileSize()[1], q.getElementType(),
+               v.getDimSize(3), step.getTileSize()[0], step.getTileSize()[1],
+               q.getElementType(),
                panels(q.getDimSize(3)), panels(v.getDimSize(3))};
   if (!p.elem.isBF16() && !p.elem.isF16() && !(f32 && p.elem.isF32()))
     return step.emitOpError(pass)
@@ -32,8 +33,8 @@ FailureOr<KernelPlan> KernelPlan::of(TileStepOp step, StringRef pass, bool f32) 
       return step.emitOpError("the GPU kernel takes head dims that are multiples of ")
              << kHeadDimStep << " in [" << 2 * kHeadDimStep << ", " << kMaxHeadDim
              << "], got D = " << p.D << ", Dv = " << p.Dv;
-  if (step.getTileSize()[0] != kTileRows || (p.BN != 64 && p.BN != 128))
-    return step.emitOpError("the GPU kernel needs tile_size [128, 64|128] "
+  if ((p.BM != kTileRows && p.BM != kBandRows) || (p.BN != 64 && p.BN != 128))
+    return step.emitOpError("the GPU kernel needs tile_size [64|128, 64|128] "
                             "(run flexattn-tile{tile-q=128 tile-kv=128}), got [")
            << step.getTileSize()[0] << ", " << p.BN << "]";
   return p;
@@ -116,11 +117,13 @@ LogicalResult ConsumerRole::step(ImplicitLocOpBuilder &b, TileStepOp op,
   for (Value c : op.getCaptures())
     captures.push_back(map.lookupOrDefault(c));
   bool applyMask = op.getMasked() && op.hasMaskMod();
+  Value rowsPerHead = op.getRowsPerHead(); // packed decode tiles
   auto softmax = FragSoftmaxOp::create(
       b, fragType(plan.BN, plan.elem), state.max.getType(), state.max.getType(),
       state.max.getType(), s, state.max, state.sum,
       map.lookupOrDefault(op.getB()), map.lookupOrDefault(op.getH()),
       arith::AddIOp::create(b, q0, row), arith::AddIOp::create(b, kv0, col),
+      rowsPerHead ? map.lookupOrDefault(rowsPerHead) : Value(),
       captures, op.getScaleAttr(), b.getDenseI64ArrayAttr({plan.M, plan.N}),
       op.getTileSizeAttr(), applyMask ? b.getUnitAttr() : UnitAttr());
   cloneModRegions(op, softmax, applyMask);

@@ -47,7 +47,8 @@ constexpr int64_t kMaxHeadDim = 256;
 /// What a kernel is specialised on, checked once.
 struct KernelPlan {
   MemRefType q, k, v;
-  int64_t M, N, D, Dv, BN;
+  /// BM: the Q tile's rows (128; 64 for the decode kernel's packed tiles).
+  int64_t M, N, D, Dv, BM, BN;
   Type elem;
   /// D and Dv padded to whole 64-column panels: the columns of the Q/K and
   /// V tiles in shared memory and of the fragments computed from them.
@@ -55,7 +56,7 @@ struct KernelPlan {
 
   /// Checks the CTA's first tile_step: static shapes, bf16/f16 (and f32
   /// where `f32` says the kernel has tf32 MMAs), head dims multiples of 8 in
-  /// [16, 256], tiles of 128 x 64|128. Diagnostics name `pass`.
+  /// [16, 256], tiles of 64|128 x 64|128. Diagnostics name `pass`.
   static FailureOr<KernelPlan> of(TileStepOp step, StringRef pass, bool f32 = false);
 };
 

@@ -192,13 +192,23 @@ Value scoresInLog2(Fragments &f, FragSoftmaxOp op, bool rawMax) {
   float scale = op.getScale().convertToFloat();
   Layout at(op.getScores(), op.getMax());
   Value qRow0 = f.toI32(op.getRow());
-  SmallVector<Value> qIdx;
+  // Each row value's head and query index (a packed row r: head h + r / m,
+  // query r mod m).
+  SmallVector<Value> qIdx, heads;
   for (int64_t r = 0; r < at.rows; ++r) {
     Value row = r ? arith::AddIOp::create(b, qRow0, f.i32(Layout::rowOffset(r))).getResult()
                   : qRow0;
     if (qTail)
       row = arith::MinUIOp::create(b, row, f.i32(M - 1));
+    Value head = op.getH();
+    if (Value m = op.getRowsPerHead()) {
+      Value perHead = f.toI32(m);
+      head = arith::AddIOp::create(
+          b, head, f.toIndex(arith::DivUIOp::create(b, row, perHead)));
+      row = arith::RemUIOp::create(b, row, perHead);
+    }
     qIdx.push_back(f.toIndex(row));
+    heads.push_back(head);
   }
   Value kvCol0 = f.toI32(op.getCol());
   SmallVector<Value> s = f.elements(op.getScores()), u;
@@ -210,7 +220,7 @@ Value scoresInLog2(Fragments &f, FragSoftmaxOp op, bool rawMax) {
                            : kvIdx;
       v = softmax::log2Score(b, b.getLoc(), s[e], scale, [&](Value x) -> Value {
         auto apply = ApplyModsOp::create(
-            b, b.getF32Type(), x, op.getB(), op.getH(), qIdx[at.rowOf(e)],
+            b, b.getF32Type(), x, op.getB(), heads[at.rowOf(e)], qIdx[at.rowOf(e)],
             f.toIndex(kvMod), op.getCaptures(),
             applyMask ? b.getUnitAttr() : UnitAttr());
         cloneModRegions(op, apply, applyMask);
@@ -252,9 +262,17 @@ LogicalResult lowerFinalize(ImplicitLocOpBuilder &b, FragFinalizeOp op) {
   int64_t Hq = outType.getDimSize(1), M = outType.getDimSize(2),
           Dv = outType.getDimSize(3);
   Type elem = outType.getElementType();
+  // 16-bit outputs, or f32 (fp32 inputs, and the decode kernel's partial
+  // rows); row-major [B, H, M, Dv], at an offset where out is a view (a
+  // split's part).
   int64_t bytes = elem.getIntOrFloatBitWidth() / 8;
   // Byte address of out[b, h, 0, 0].
   Value outBase = memref::ExtractAlignedPointerAsIndexOp::create(b, op.getOut());
+  if (!outType.getLayout().isIdentity()) {
+    Value offset = memref::ExtractStridedMetadataOp::create(b, op.getOut()).getOffset();
+    outBase = arith::AddIOp::create(
+        b, outBase, arith::MulIOp::create(b, offset, f.index(bytes)));
+  }
   Value head = arith::AddIOp::create(
       b, arith::MulIOp::create(b, op.getB(), f.index(Hq)), op.getH());
   Value headBase = arith::AddIOp::create(

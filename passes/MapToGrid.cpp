@@ -15,6 +15,9 @@
 //   t = blockIdx.x:  head = t / QT,  b = head / Hq,  h = head % Hq,
 //                    qt = QT - 1 - t % QT
 //
+// A leading split dimension (flexattn-split-kv{splits=S}) puts a tile's S
+// splits on adjacent CTAs: s = t mod S, the rest from t / S as above.
+//
 // The CTA has one thread until a role pass (flexattn-warp-specialize)
 // assigns the threads' roles.
 //
@@ -58,8 +61,13 @@ std::optional<int64_t> mlir::flexattn::foldIndex(Value v) {
 
 bool mlir::flexattn::isRecomputable(Value v) {
   Operation *def = v.getDefiningOp();
+  // Views of memref arguments (pack-heads' [B, Hkv, G * M, ...]) too.
+  auto available = [](Value operand) {
+    return isRecomputable(operand) ||
+           (isa<BlockArgument>(operand) && isa<MemRefType>(operand.getType()));
+  };
   return def && def->getNumRegions() == 0 && isPure(def) &&
-         llvm::all_of(def->getOperands(), isRecomputable);
+         llvm::all_of(def->getOperands(), available);
 }
 
 LogicalResult mlir::flexattn::collectKernelInputs(Operation *root, Block *body,
@@ -86,7 +94,8 @@ void mlir::flexattn::recomputeInside(RewriterBase &rewriter,
                                      const SetVector<Value> &values,
                                      IRMapping &map) {
   std::function<void(Value)> recompute = [&](Value v) {
-    if (map.contains(v))
+    // Memref arguments (the leaves of a view) are passed, not recomputed.
+    if (map.contains(v) || !v.getDefiningOp())
       return;
     for (Value operand : v.getDefiningOp()->getOperands())
       recompute(operand);
@@ -99,11 +108,15 @@ void mlir::flexattn::recomputeInside(RewriterBase &rewriter,
 LogicalResult mlir::flexattn::mapToGrid(RewriterBase &rewriter,
                                         scf::ParallelOp par) {
   Location loc = par.getLoc();
-  if (par.getNumLoops() != 3)
+  unsigned loops = par.getNumLoops();
+  if (loops != 3 && loops != 4)
     return par.emitOpError("flexattn-map-to-grid expects the loop over "
-                           "(batch, head, Q tile) made by flexattn-tile");
-  int64_t extent[3];
-  for (unsigned d = 0; d < 3; ++d) {
+                           "(batch, head, Q tile) made by flexattn-tile "
+                           "(or (split, batch, head, Q tile): flexattn-split-kv)");
+  // A leading split dimension (flexattn-split-kv{splits}).
+  unsigned first = loops - 3;
+  int64_t extent[4];
+  for (unsigned d = 0; d < loops; ++d) {
     std::optional<int64_t> lo = foldIndex(par.getLowerBound()[d]);
     std::optional<int64_t> hi = foldIndex(par.getUpperBound()[d]);
     std::optional<int64_t> step = foldIndex(par.getStep()[d]);
@@ -112,8 +125,9 @@ LogicalResult mlir::flexattn::mapToGrid(RewriterBase &rewriter,
                              "from 0 with step 1 (static shapes)");
     extent[d] = *hi;
   }
-  int64_t heads = extent[1], qTiles = extent[2];
-  int64_t tiles = extent[0] * heads * qTiles;
+  int64_t splits = first ? extent[0] : 1;
+  int64_t heads = extent[first + 1], qTiles = extent[first + 2];
+  int64_t tiles = splits * extent[first] * heads * qTiles;
 
   // Values from outside the loop: memref arguments stay (the launch passes
   // them to the kernel), pure computations over constants are recomputed.
@@ -133,15 +147,24 @@ LogicalResult mlir::flexattn::mapToGrid(RewriterBase &rewriter,
   IRMapping map;
   recomputeInside(rewriter, recomputed, map);
 
-  // t -> (b, h, qt): heads' tiles adjacent, heaviest Q tile first.
+  // t -> (s, t / S); t / S -> (b, h, qt): heads' tiles adjacent, heaviest
+  // Q tile first.
   Value t = launch.getBlockIds().x;
+  SmallVector<Value> loopIvs(par.getInductionVars());
+  ArrayRef<Value> ivs = loopIvs;
+  if (first) {
+    Value ss = arith::ConstantIndexOp::create(rewriter, loc, splits);
+    map.map(ivs[0], arith::RemUIOp::create(rewriter, loc, t, ss));
+    t = arith::DivUIOp::create(rewriter, loc, t, ss);
+    ivs = ivs.drop_front();
+  }
   Value qts = arith::ConstantIndexOp::create(rewriter, loc, qTiles);
   Value head = arith::DivUIOp::create(rewriter, loc, t, qts);
   Value hs = arith::ConstantIndexOp::create(rewriter, loc, heads);
-  map.map(par.getInductionVars()[0], arith::DivUIOp::create(rewriter, loc, head, hs));
-  map.map(par.getInductionVars()[1], arith::RemUIOp::create(rewriter, loc, head, hs));
+  map.map(ivs[0], arith::DivUIOp::create(rewriter, loc, head, hs));
+  map.map(ivs[1], arith::RemUIOp::create(rewriter, loc, head, hs));
   Value last = arith::ConstantIndexOp::create(rewriter, loc, qTiles - 1);
-  map.map(par.getInductionVars()[2],
+  map.map(ivs[2],
           arith::SubIOp::create(rewriter, loc, last,
                                 arith::RemUIOp::create(rewriter, loc, t, qts)));
   for (Operation &op : par.getBody()->without_terminator())

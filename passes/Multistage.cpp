@@ -6,7 +6,8 @@
 //
 // The roles of an sm_80 (Ampere, Ada) kernel, FlashAttention-2 shaped:
 // every warp both copies and computes. The CTA's warps own `warpRows` rows
-// of the 128-row Q tile each, in groups of 4 warps (16 rows: two groups of
+// of the 128-row Q tile each (64 rows: the decode kernel's packed tiles,
+// one group at 16 rows), in groups of 4 warps (16 rows: two groups of
 // 64-row bands, 256 threads; 32 rows: one group, 128 threads, each K/V
 // fragment a warp reads feeding two m16 tiles), each group computing its
 // band with the consumer step of ConsumerRole.h; all threads copy tiles
@@ -235,8 +236,6 @@ LogicalResult mlir::flexattn::multistage(RewriterBase &rewriter, gpu::LaunchOp l
     return launch.emitOpError("flexattn-multistage gives a warp 16 or 32 Q "
                               "rows (one or two m16 tiles), got warp-rows = ")
            << options.warpRows;
-  // Groups of 4 warps, each a band of 4 warpRows rows of the Q tile.
-  int64_t threads = kTileRows / (4 * options.warpRows) * kGroupThreads;
   Block &body = launch.getBody().front();
   SmallVector<Operation *> ops;
   for (Operation &op : body.without_terminator())
@@ -248,6 +247,12 @@ LogicalResult mlir::flexattn::multistage(RewriterBase &rewriter, gpu::LaunchOp l
       KernelPlan::of(tile->steps.front(), "flexattn-multistage", /*f32=*/true);
   if (failed(p))
     return failure();
+  // Groups of 4 warps, each a band of 4 warpRows rows of the Q tile.
+  if (p->BM % (4 * options.warpRows))
+    return launch.emitOpError("flexattn-multistage needs Q tiles of whole "
+                              "4-warp bands: ")
+           << p->BM << " rows at warp-rows = " << options.warpRows;
+  int64_t threads = p->BM / (4 * options.warpRows) * kGroupThreads;
   Location loc = launch.getLoc();
 
   OpBuilder::InsertionGuard guard(rewriter);
@@ -261,7 +266,7 @@ LogicalResult mlir::flexattn::multistage(RewriterBase &rewriter, gpu::LaunchOp l
         b, RingType::get(b.getContext(), n, rows, cols, p->elem), threads);
   };
   ConsumerRings rings;
-  rings.q = ring(1, kTileRows, p->Dp);
+  rings.q = ring(1, p->BM, p->Dp);
   rings.k = ring(stages, p->BN, p->Dp);
   rings.v = ring(stages, p->BN, p->Dvp);
   auto idx = [&](int64_t v) { return arith::ConstantIndexOp::create(b, v); };

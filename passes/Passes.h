@@ -63,7 +63,10 @@ LogicalResult lowerKvLoop(RewriterBase &rewriter, KvLoopOp op);
 /// flexattn-split-kv: the tile loop of `func` -> one over (split, batch,
 /// head, Q tile), partial results in new scratch arguments merged by the
 /// last split of each tile.
-LogicalResult splitKv(RewriterBase &rewriter, func::FuncOp func);
+/// `splits` > 0: S is static (the scratch's leading size; the GPU's grid);
+/// `merge` false: no arrival counters and no merge (the caller merges).
+LogicalResult splitKv(RewriterBase &rewriter, func::FuncOp func,
+                      int64_t splits = 0, bool merge = true);
 
 /// flexattn-split-full-tiles: tile_step -> scf.if (full) { on views cut at
 /// the tile's end } else { as before }.

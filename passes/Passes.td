@@ -140,6 +140,13 @@ def FlexAttnSplitKv : Pass<"flexattn-split-kv", "::mlir::ModuleOp"> {
     with no visible key in any split: 0 and -inf). H and M are those of
     finalize's out (the packed `[B, Hkv, G * M]` under `pack-heads`).
 
+    Options (the GPU decode kernel): `splits=S` makes S static (scratch
+    `memref<Sx(B*H*M*Dv)xf32>`, `memref<Sx(B*H*M)xf32>`; static shapes
+    needed), so `flexattn-map-to-grid` can put the splits on the grid;
+    `merge=false` leaves the merge to the caller: no `arrivals` argument,
+    no atomic, each split only writes its partial rows and lse (the GPU
+    merges in a second step, docs/inference.md).
+
     Before:
     ```mlir
     scf.parallel (%b, %h, %qt) = (%c0, %c0, %c0) to (%B, %H, %QT) step (%c1, %c1, %c1) {
@@ -169,6 +176,12 @@ def FlexAttnSplitKv : Pass<"flexattn-split-kv", "::mlir::ModuleOp"> {
     }
     ```
   }];
+  let options = [
+    Option<"splits", "splits", "int64_t", /*default=*/"0",
+           "static number of KV ranges (0: the scratch's leading size, per call)">,
+    Option<"merge", "merge", "bool", /*default=*/"true",
+           "merge in the kernel (the last split of a tile); false: the caller merges">,
+  ];
   let dependentDialects = ["::mlir::scf::SCFDialect",
                            "::mlir::memref::MemRefDialect",
                            "::mlir::arith::ArithDialect",
@@ -852,7 +865,9 @@ def FlexAttnMapToGrid : Pass<"flexattn-map-to-grid", "::mlir::ModuleOp"> {
     tile. The CTA decodes its tile from the block index, the Q tiles of a
     (batch, head) adjacent (the CTAs running at once share K/V in L2) and the
     heaviest (last) Q tile of a head first, and runs the tile's body
-    unchanged. The CTA has one thread until a role pass assigns more. Pure
+    unchanged. A loop over (split, batch, head, Q tile) from
+    `flexattn-split-kv{splits=S}` puts the S splits of a tile on adjacent
+    CTAs: `s = t mod S`, then (batch, head, Q tile) from `t / S` as above. The CTA has one thread until a role pass assigns more. Pure
     computations over constants are recomputed inside; memref arguments are
     passed.
 

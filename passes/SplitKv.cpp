@@ -159,7 +159,8 @@ void emitMerge(OpBuilder &b, Location loc, FinalizeOp fin, Value out,
 } // namespace
 
 LogicalResult mlir::flexattn::splitKv(RewriterBase &rewriter,
-                                      func::FuncOp func) {
+                                      func::FuncOp func, int64_t staticSplits,
+                                      bool merge) {
   if (func.isExternal())
     return success();
   SmallVector<scf::ParallelOp> tiles;
@@ -184,30 +185,50 @@ LogicalResult mlir::flexattn::splitKv(RewriterBase &rewriter,
                              << "sinks or max_scores across KV ranges yet";
 
   // The scratch arguments: partial outputs [S, B*H*M*Dv], their lse
-  // [S, B*H*M] (f32), and one arrival count per tile (i32, zero).
+  // [S, B*H*M] (f32), and one arrival count per tile (i32, zero) when the
+  // kernel merges. Static with `splits`.
   Location loc = par.getLoc();
   MLIRContext *ctx = rewriter.getContext();
   Type f32 = rewriter.getF32Type();
   auto dyn = ShapedType::kDynamic;
+  int64_t rows = dyn, cols = dyn, s0 = dyn;
+  auto outType = cast<MemRefType>(fin.getOut().getType());
+  if (staticSplits > 0) {
+    if (!outType.hasStaticShape())
+      return fin.emitOpError() << "flexattn-split-kv{splits} needs a static "
+                               << "out, got " << outType;
+    s0 = staticSplits;
+    rows = outType.getNumElements() / outType.getDimSize(3);
+    cols = outType.getNumElements();
+  }
   unsigned argNo = func.getNumArguments();
   auto named = [&](StringRef role) {
     return rewriter.getDictionaryAttr(rewriter.getNamedAttr(
         "flexattn.split_kv", StringAttr::get(ctx, role)));
   };
-  if (failed(func.insertArguments(
-          {argNo, argNo, argNo},
-          {MemRefType::get({dyn, dyn}, f32), MemRefType::get({dyn, dyn}, f32),
-           MemRefType::get({dyn}, rewriter.getI32Type())},
-          {named("out"), named("lse"), named("arrivals")}, {loc, loc, loc})))
+  SmallVector<unsigned> at = {argNo, argNo};
+  SmallVector<Type> types = {MemRefType::get({s0, cols}, f32),
+                             MemRefType::get({s0, rows}, f32)};
+  SmallVector<DictionaryAttr> attrs = {named("out"), named("lse")};
+  if (merge) {
+    at.push_back(argNo);
+    types.push_back(MemRefType::get({dyn}, rewriter.getI32Type()));
+    attrs.push_back(named("arrivals"));
+  }
+  if (failed(func.insertArguments(at, types, attrs,
+                                  SmallVector<Location>(at.size(), loc))))
     return failure();
-  Value partOut = func.getArgument(argNo), partLse = func.getArgument(argNo + 1),
-        arrivals = func.getArgument(argNo + 2);
+  Value partOut = func.getArgument(argNo), partLse = func.getArgument(argNo + 1);
 
   // (batch, head, Q tile) -> (split, batch, head, Q tile): consecutive
   // tickets of flexattn-distribute-tiles are the splits of one tile.
   OpBuilder::InsertionGuard guard(rewriter);
   rewriter.setInsertionPoint(par);
-  Value splits = memref::DimOp::create(rewriter, loc, partLse, 0);
+  Value splits;
+  if (staticSplits > 0)
+    splits = indexConst(rewriter, loc, staticSplits);
+  else
+    splits = memref::DimOp::create(rewriter, loc, partLse, 0);
   Value c0 = indexConst(rewriter, loc, 0), c1 = indexConst(rewriter, loc, 1);
   SmallVector<Value> ubs = {splits};
   llvm::append_range(ubs, par.getUpperBound());
@@ -233,8 +254,11 @@ LogicalResult mlir::flexattn::splitKv(RewriterBase &rewriter,
                                        shape.drop_back(),
                                        ArrayRef(sizes).drop_back()));
 
+  if (!merge)
+    return success();
   // The tile's last split to arrive merges (atomic_rmw is acq_rel: the
   // other splits' partial rows are visible to it).
+  Value arrivals = func.getArgument(argNo + 2);
   rewriter.setInsertionPointAfter(fin);
   Value tile = arith::AddIOp::create(
       rewriter, loc,
@@ -260,10 +284,12 @@ LogicalResult mlir::flexattn::splitKv(RewriterBase &rewriter,
 namespace {
 struct FlexAttnSplitKvPass
     : public flexattn::impl::FlexAttnSplitKvBase<FlexAttnSplitKvPass> {
+  using FlexAttnSplitKvBase::FlexAttnSplitKvBase;
+
   void runOnOperation() override {
     IRRewriter rewriter(&getContext());
     WalkResult r = getOperation()->walk([&](func::FuncOp func) {
-      return failed(splitKv(rewriter, func)) ? WalkResult::interrupt()
+      return failed(splitKv(rewriter, func, splits, merge)) ? WalkResult::interrupt()
                                              : WalkResult::advance();
     });
     if (r.wasInterrupted())

@@ -101,12 +101,22 @@ LogicalResult mlir::flexattn::tileAttention(RewriterBase &rewriter,
                                 << "Hkv, G * M, ...]: they must be contiguous "
                                 << "(identity layout), got " << buf.getType();
   }
+  // A mask of one row per batch (head dim and query-block dim statically 1)
+  // is already the union of a packed tile's rows: read in place (no union).
+  auto oneRow = [](Value num) {
+    auto t = cast<MemRefType>(num.getType());
+    return t.getDimSize(1) == 1 && t.getDimSize(2) == 1;
+  };
+  bool rowPerBatch = op.hasBlockMask() && oneRow(op.getKvNumBlocks()) &&
+                     (!op.getFullKvNumBlocks() || oneRow(op.getFullKvNumBlocks()));
   // A block mask fixes the KV tile to its KV block (with blockTiles: to
   // tileKV where it divides the block, each block then walked as several
   // tiles); an unpacked Q tile must divide its Q block so each Q tile reads
-  // one row of the mask (a packed tile reads the union of its rows).
+  // one row of the mask (a packed tile reads the union of its rows, built
+  // per block).
   if (auto bs = op.getBlockSize(); bs && op.hasBlockMask()) {
-    if (!blockTiles || packHeads || tileKV > (*bs)[1] || (*bs)[1] % tileKV != 0)
+    bool unionRows = packHeads && !rowPerBatch;
+    if (!blockTiles || unionRows || tileKV > (*bs)[1] || (*bs)[1] % tileKV != 0)
       tileKV = (*bs)[1];
     if (!packHeads && (tileQ > (*bs)[0] || (*bs)[0] % tileQ != 0))
       tileQ = (*bs)[0];
@@ -175,7 +185,7 @@ LogicalResult mlir::flexattn::tileAttention(RewriterBase &rewriter,
 
   PackedMask mask{op.getKvNumBlocks(), op.getKvIndices(),
                   op.getFullKvNumBlocks(), op.getFullKvIndices()};
-  if (packHeads && op.hasBlockMask()) {
+  if (packHeads && op.hasBlockMask() && !rowPerBatch) {
     int64_t qBlock = (*op.getBlockSize())[0];
     Value end = arith::MinUIOp::create(
         rewriter, loc, arith::AddIOp::create(rewriter, loc, q0, bm), seqQ);

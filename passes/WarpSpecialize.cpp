@@ -177,6 +177,11 @@ LogicalResult mlir::flexattn::warpSpecialize(RewriterBase &rewriter,
                "flexattn-warp-specialize takes head dims 64 and 128 (other head dims: "
                "flexattn-multistage), got D = ")
            << p->D << ", Dv = " << p->Dv;
+  if (p->BM != kTileRows)
+    return tile->steps.front().emitOpError(
+               "flexattn-warp-specialize takes 128-row Q tiles (two 64-row "
+               "consumer bands; 64-row tiles: flexattn-multistage), got ")
+           << p->BM;
   auto func = launch->getParentOfType<func::FuncOp>();
   if (!func)
     return launch.emitOpError("flexattn-warp-specialize expects a func.func parent");

@@ -59,9 +59,9 @@ class CompileOptions:
     decode: the decode path for a few query rows (docs/inference.md): each
       Q tile's KV blocks split into ranges run as separate tiles and merged
       by their lse (``flexattn-split-kv``; the number of ranges is chosen per
-      call from the work and the threads). None, the default, lets each call
-      choose: on for M <= 64 on the CPU (the GPU has no decode kernel yet:
-      True there is refused).
+      call from the work and the threads; on a GPU per shape, ``splits``).
+      None, the default, lets each call choose: on for M <= 64
+      (``flexattn_mlir.execution.decode``).
     pack_heads: the decode path's GQA packing (``flexattn-tile{pack-heads}``):
       the query heads of a K/V head share tiles, so K/V are read once per
       group. None, the default, packs whenever decoding with Hq > Hkv and the
@@ -74,6 +74,10 @@ class CompileOptions:
       IEEE float32 matmuls); ``"tf32"`` one tf32 product (about 1e-3
       relative, 3x fewer MMAs). torch's ``allow_tf32`` flag is not read:
       ask for tf32 here. No effect on the CPU or on 16-bit inputs.
+    splits: the GPU decode kernel's KV ranges per tile, static (the grid is
+      B x Hkv x splits x Q tiles); 0 outside a GPU decode. flex_attention
+      chooses it per shape from the tiles and the device's SMs
+      (``flexattn_mlir.execution.decode.gpu_splits``).
     """
 
     target: str = "cpu"
@@ -90,6 +94,7 @@ class CompileOptions:
     warp_rows: int = 0
     q_in_registers: Optional[bool] = None
     fp32_precision: str = "ieee"
+    splits: int = 0
 
     def __post_init__(self):
         if self.target not in targets.TARGETS:
@@ -107,20 +112,22 @@ class CompileOptions:
             if getattr(self, name) not in (None, True, False):
                 raise ValueError(f"CompileOptions.{name} must be a bool or None, "
                                  f"got {getattr(self, name)!r}")
-        if t.is_gpu and (self.decode or self.pack_heads):
-            raise ValueError(f"CompileOptions.decode/pack_heads: {self.target} has no decode "
-                             f"kernel yet; leave them unset (the prefill kernel serves "
-                             f"every M there)")
         if self.pack_heads and self.decode is False:
             raise ValueError("CompileOptions.pack_heads=True is part of the decode path; "
                              "it needs decode True or None")
-        default = t.q_block if t.is_gpu else 64
+        gpu_decode = t.is_gpu and bool(self.decode)
+        # The GPU decode kernel's Q tile holds the packed rows of a KV group.
+        default = (t.decode_rows if gpu_decode else t.q_block) if t.is_gpu else 64
         for name in ("tile_q",) if t.is_gpu else ("tile_q", "tile_kv"):
             if getattr(self, name) == 0:
                 object.__setattr__(self, name, default)
-        if t.is_gpu and self.tile_q != t.q_block:
-            raise ValueError(f"CompileOptions.tile_q must be {t.q_block} for {self.target}, "
-                             f"got {self.tile_q}")
+        if t.is_gpu and self.tile_q != default:
+            raise ValueError(f"CompileOptions.tile_q must be {default} for the {self.target} "
+                             f"{'decode' if gpu_decode else 'prefill'} kernel, got {self.tile_q}")
+        if not isinstance(self.splits, int) or self.splits < 0 or (
+                self.splits and not gpu_decode):
+            raise ValueError(f"CompileOptions.splits must be 0, or > 0 with decode=True on a "
+                             f"GPU target, got {self.splits!r}")
         if not isinstance(self.stages, int) or not 1 <= self.stages <= 8:
             raise ValueError(f"CompileOptions.stages must be in 1..8, got {self.stages!r}")
         if self.warp_rows not in (0, 16, 32):

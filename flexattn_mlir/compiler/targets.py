@@ -88,6 +88,8 @@ class Target:
       other head dim with the kernel of the target named ``general``
       (sm_80's mma.sync kernel, which pads any multiple of 8), compiled for
       its own chip and shared memory; see :meth:`kernel`.
+    decode_rows: the GPU decode kernel's Q tile (the packed rows of a KV
+      group; one band of 4 warps of 16 rows).
     block_tiles: a block mask's KV blocks are walked in the head dim's KV
       tile where it divides them (``flexattn-tile{block-tiles}``: torch's
       default 128-column blocks as two 64-column tiles on sm_80); False:
@@ -111,17 +113,21 @@ class Target:
     own_head_dims: tuple[int, ...] = ()
     general: str = ""
     block_tiles: bool = False
+    decode_rows: int = 0
 
     @property
     def is_gpu(self) -> bool:
         return self.kind == "cuda"
 
-    def kernel(self, head_dim: int, value_dim: int, dtype: str = "bfloat16") -> "Target":
+    def kernel(self, head_dim: int, value_dim: int, dtype: str = "bfloat16",
+               decode: bool = False) -> "Target":
         """The target whose kernel (passes and table rows) runs q/k head dim
         ``head_dim`` and v head dim ``value_dim`` in ``dtype``: this one, or
         ``general`` for the head dims (and float32) its own kernel does not
-        take."""
-        own = head_dim == value_dim and head_dim in self.own_head_dims and dtype != "float32"
+        take, and for the decode kernel (the general mma.sync kernel at every
+        head dim)."""
+        own = (head_dim == value_dim and head_dim in self.own_head_dims
+               and dtype != "float32" and not decode)
         if self.general and not own:
             return TARGETS[self.general]
         return self
@@ -157,7 +163,7 @@ TARGETS: dict[str, Target] = {t.name: t for t in [
            devices=((9, 0),), sm_count=132, max_shared_per_block=232448,
            dtypes=("bfloat16", "float16", "float32"), head_dims=_head_dims(256),
            kv_blocks=(64, 128),
-           q_block=128, own_head_dims=(64, 128), general="sm_80"),
+           q_block=128, own_head_dims=(64, 128), general="sm_80", decode_rows=64),
     # The reference part is the A100 (108 SMs, 163 KiB per block); Ada and
     # sm_86 parts have 99 KiB (the runtime checks a launch against the device).
     # 32 Q rows per warp (FlashAttention-2's 4 warps per 128-row tile) only
@@ -177,7 +183,7 @@ TARGETS: dict[str, Target] = {t.name: t for t in [
            head_dims=_head_dims(192), kv_blocks=(64, 128), q_block=128,
            kv_tiles=((64, 64), (192, 64), (256, 64)),
            tilings=(((64, 64), Tiling(32)), ((256, 64), Tiling(16, q_in_registers=False))),
-           block_tiles=True),
+           block_tiles=True, decode_rows=64),
 ]}
 
 

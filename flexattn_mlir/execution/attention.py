@@ -109,7 +109,7 @@ def _prepare(query, key, value, *, score_mod, mask_mod, block_mask, captures, sc
     shapes, captures, options: the device's default when None)."""
     checks.check_qkv(query, key, value, enable_gqa)
     checks.check_sinks(sinks, query)
-    options = decode.resolve(_options(query, options), query, key, block_mask,
+    options = decode.resolve(_options(query, options), query, key, value, block_mask,
                              sinks is not None or return_max)
     captures = [c.contiguous() for c in captures]
     checks.check_captures(captures, query.device)

@@ -113,17 +113,27 @@ def load_kernel(key: str):
 
 class StoredKernel:
     """A flexattn_runtime kernel called with the spec's arguments in order;
-    the arguments its metadata lists under ``zero_init`` are zeroed first."""
+    the arguments its metadata lists under ``zero_init`` are zeroed first.
+    A decode kernel's split scratch is allocated and its ranges merged
+    around the launch (flexattn_runtime.splitkv)."""
 
     def __init__(self, kernel):
+        from flexattn_runtime.splitkv import split_arguments
+
         self.kernel = kernel
         names = kernel.metadata.argument_names
         self.zero_init = [names.index(n) for n in kernel.metadata.spec.get("zero_init", [])]
+        self.split = bool(split_arguments(kernel.metadata))
 
     def __call__(self, tensors: Sequence) -> None:
         for i in self.zero_init:
             tensors[i].zero_()
-        self.kernel(list(tensors))
+        if self.split:
+            from flexattn_runtime.splitkv import run_split
+
+            run_split(self.kernel, list(tensors))
+        else:
+            self.kernel(list(tensors))
 
     def prepare(self, device):
         """What a call plan's hits run (:mod:`.call_plans`): the runtime's

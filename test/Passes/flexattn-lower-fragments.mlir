@@ -193,3 +193,67 @@ func.func @f32_softmax_finalize(%s: vector<8xf32>, %m: vector<2xf32>, %l: vector
       at(%b, %h, %row, %col) : vector<8xf32>, vector<2xf32>
   return %p : vector<8xf32>
 }
+
+// -----
+
+// A packed decode tile (packed(%m): rows of the query heads from %h, m rows
+// each): the mods of packed row r get head h + r / m and query r mod m.
+
+// CHECK-LABEL: func.func @softmax_packed(
+// CHECK-SAME:    %[[B:[^:]+]]: index, %[[H:[^:]+]]: index, %[[ROW:[^:]+]]: index, %[[COL:[^:]+]]: index, %[[PM:[^:]+]]: index)
+// CHECK:         %[[R0:.*]] = arith.index_cast %[[ROW]] : index to i32
+// CHECK:         %[[PM32:.*]] = arith.index_cast %[[PM]] : index to i32
+// CHECK-NEXT:    %[[G0:.*]] = arith.divui %[[R0]], %[[PM32]] : i32
+// CHECK-NEXT:    %[[G0I:.*]] = arith.index_cast %[[G0]] : i32 to index
+// CHECK-NEXT:    %[[H0:.*]] = arith.addi %[[H]], %[[G0I]] : index
+// CHECK-NEXT:    %[[Q0:.*]] = arith.remui %[[R0]], %[[PM32]] : i32
+// CHECK-NEXT:    %[[QI0:.*]] = arith.index_cast %[[Q0]] : i32 to index
+// Row value 1 is packed row row + 8.
+// CHECK-NEXT:    %[[R1:.*]] = arith.addi %[[R0]], %{{.*}} : i32
+// CHECK-NEXT:    %[[G1:.*]] = arith.divui %[[R1]], %[[PM32]] : i32
+// CHECK-NEXT:    %[[G1I:.*]] = arith.index_cast %[[G1]] : i32 to index
+// CHECK-NEXT:    %[[H1:.*]] = arith.addi %[[H]], %[[G1I]] : index
+// CHECK-NEXT:    %[[Q1:.*]] = arith.remui %[[R1]], %[[PM32]] : i32
+// CHECK-NEXT:    %[[QI1:.*]] = arith.index_cast %[[Q1]] : i32 to index
+// CHECK:         flexattn.apply_mods %{{.*}} at(%[[B]], %[[H0]], %[[QI0]], %{{.*}})
+// CHECK:         flexattn.apply_mods %{{.*}} at(%[[B]], %[[H0]], %[[QI0]], %{{.*}})
+// CHECK:         flexattn.apply_mods %{{.*}} at(%[[B]], %[[H1]], %[[QI1]], %{{.*}})
+func.func @softmax_packed(%s: vector<8xf32>, %m: vector<2xf32>, %l: vector<2xf32>, %slopes: memref<8xf32>,
+                          %b: index, %h: index, %row: index, %col: index, %pm: index)
+    -> (vector<8xbf16>, vector<2xf32>, vector<2xf32>, vector<2xf32>) {
+  %p, %m1, %l1, %alpha = flexattn.frag.softmax %s state(%m, %l) at(%b, %h, %row, %col) packed(%pm)
+      captures(%slopes : memref<8xf32>)
+      attributes {scale = 0.125 : f32, seq_lens = array<i64: 64, 128>, tile_size = array<i64: 64, 16>}
+    score_mod {
+    ^bb0(%sc: f32, %bb: i32, %hh: i32, %qi: i32, %kj: i32, %sl: memref<8xf32>):
+      %hi = arith.index_cast %hh : i32 to index
+      %slope = memref.load %sl[%hi] : memref<8xf32>
+      %r = arith.addf %sc, %slope : f32
+      flexattn.yield %r : f32
+    } : vector<8xf32>, vector<2xf32> -> vector<8xbf16>
+  return %p, %m1, %l1, %alpha : vector<8xbf16>, vector<2xf32>, vector<2xf32>, vector<2xf32>
+}
+
+// -----
+
+// A split's partial rows (flexattn-split-kv): f32 out, a view at an offset
+// into the scratch. Two f32 per 8-byte store, from the view's offset.
+
+// CHECK-LABEL: func.func @finalize_partial(
+// CHECK-SAME:    %[[OUT:[^:]+]]: memref<1x2x64x16xf32, strided<[2048, 1024, 16, 1], offset: ?>>
+// CHECK:         %[[BASE:.*]] = memref.extract_aligned_pointer_as_index %[[OUT]]
+// CHECK:         %{{.*}}, %[[OFF:.*]], %{{.*}}:4, %{{.*}}:4 = memref.extract_strided_metadata %[[OUT]]
+// CHECK:         %[[OFFB:.*]] = arith.muli %[[OFF]], %[[C4:.*]] : index
+// CHECK:         arith.addi %[[BASE]], %[[OFFB]] : index
+// CHECK:         scf.if
+// CHECK-NOT:       arith.truncf
+// CHECK:           llvm.store %{{.*}}, %{{.*}} {alignment = 8 : i64} : vector<2xf32>, !llvm.ptr<1>
+func.func @finalize_partial(%acc: vector<8xf32>, %m: vector<2xf32>, %l: vector<2xf32>,
+                            %out: memref<1x2x64x16xf32, strided<[2048, 1024, 16, 1], offset: ?>>,
+                            %lse: memref<1x2x64xf32, strided<[128, 64, 1], offset: ?>>,
+                            %b: index, %h: index, %row: index, %col: index) {
+  flexattn.frag.finalize %acc state(%m, %l) outs(%out : memref<1x2x64x16xf32, strided<[2048, 1024, 16, 1], offset: ?>>)
+      lse(%lse : memref<1x2x64xf32, strided<[128, 64, 1], offset: ?>>)
+      at(%b, %h, %row, %col) : vector<8xf32>, vector<2xf32>
+  return
+}

@@ -105,3 +105,42 @@ func.func @not_memref(%o: memref<1x1x128x64xbf16>, %q0: index) {
   }
   return
 }
+
+// -----
+
+// A loop over (split, batch, head, Q tile) (flexattn-split-kv{splits=4}):
+// 4 x 2 x 2 x 1 = 16 CTAs, a tile's 4 splits adjacent: s = t % 4, then
+// (b, h, qt) from t / 4. Views of the arguments (pack-heads' packed q) are
+// recomputed inside.
+// CHECK-LABEL: func.func @splits(
+// CHECK:         %[[TILES:.*]] = arith.constant 16 : index
+// CHECK-NEXT:    gpu.launch blocks(%[[BX:[^,]*]], %{{.*}}, %{{.*}}) in (%{{.*}} = %[[TILES]],
+// CHECK:           %[[PQ:.*]] = memref.collapse_shape
+// CHECK:           %[[S:.*]] = arith.remui %[[BX]], %[[SS:.*]] : index
+// CHECK-NEXT:      %[[T:.*]] = arith.divui %[[BX]], %[[SS]] : index
+// CHECK-NEXT:      %[[QTS:.*]] = arith.constant 1 : index
+// CHECK-NEXT:      %[[HEAD:.*]] = arith.divui %[[T]], %[[QTS]] : index
+// CHECK:           flexattn.kv_loop ins(%[[PQ]], {{.*}} split(%[[S]] of %{{.*}})
+func.func @splits(%q: memref<2x8x1x64xbf16>, %k: memref<2x2x512x64xbf16>, %v: memref<2x2x512x64xbf16>,
+                  %o: memref<2x2x4x64xf32>) {
+  %c0 = arith.constant 0 : index
+  %c1 = arith.constant 1 : index
+  %c2 = arith.constant 2 : index
+  %c4 = arith.constant 4 : index
+  %pq0 = memref.expand_shape %q [[0], [1, 2], [3], [4]] output_shape [2, 2, 4, 1, 64] : memref<2x8x1x64xbf16> into memref<2x2x4x1x64xbf16>
+  %pq = memref.collapse_shape %pq0 [[0], [1], [2, 3], [4]] : memref<2x2x4x1x64xbf16> into memref<2x2x4x64xbf16>
+  scf.parallel (%s, %b, %h, %qt) = (%c0, %c0, %c0, %c0) to (%c4, %c2, %c2, %c1) step (%c1, %c1, %c1, %c1) {
+    memref.alloca_scope {
+      %acc = memref.alloca() : memref<64x64xf32>
+      %m = memref.alloca() : memref<64xf32>
+      %l = memref.alloca() : memref<64xf32>
+      flexattn.kv_loop ins(%pq, %k, %v : memref<2x2x4x64xbf16>, memref<2x2x512x64xbf16>, memref<2x2x512x64xbf16>)
+          state(%acc, %m, %l : memref<64x64xf32>, memref<64xf32>, memref<64xf32>)
+          at(%b, %h, %h, %c0) packed(%c1) split(%s of %c4) attributes {scale = 0.125 : f32, tile_size = array<i64: 64, 128>}
+      flexattn.finalize state(%acc, %m, %l : memref<64x64xf32>, memref<64xf32>, memref<64xf32>)
+          outs(%o : memref<2x2x4x64xf32>) at(%b, %h, %c0)
+    }
+    scf.reduce
+  }
+  return
+}

@@ -209,3 +209,4 @@ func.func @padded(%q: memref<1x2x300x24xbf16>, %k: memref<1x2x300x24xbf16>, %v: 
   }
   return
 }
+

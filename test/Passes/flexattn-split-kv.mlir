@@ -172,3 +172,4 @@ func.func @split_sinks(%q: memref<1x1x4x16xf32>, %k: memref<1x1x64x16xf32>, %s: 
   }
   return
 }
+

@@ -95,6 +95,28 @@ func.func @block_mask(%q: memref<?x4x?x64xf32>, %k: memref<?x1x?x64xf32>, %v: me
 
 // -----
 
+// A mask of one row per batch (head dim and query-block dim 1, statically:
+// what create_block_mask(H=None) makes for a decode step) is already every
+// packed tile's union: the kv_loop reads it in place, nothing is built.
+
+// CHECK-LABEL: func.func @row_per_batch_mask(
+// CHECK-SAME:    %{{[^:]+}}: memref<2x8x1x64xbf16>, %{{[^:]+}}: memref<2x2x512x64xbf16>, %{{[^:]+}}: memref<2x2x512x64xbf16>, %{{[^:]+}}: memref<2x8x1x64xbf16>, %[[KVN:[^:]+]]: memref<2x1x1xi32>, %[[KVI:[^:]+]]: memref<2x1x1x4xi32>)
+// CHECK-NOT:     memref.alloca({{.*}}) : memref<{{.*}}xi32>
+// CHECK:         flexattn.kv_loop
+// CHECK-SAME:      packed(
+// CHECK-SAME:      block_mask(%[[KVN]], %[[KVI]] : memref<2x1x1xi32>, memref<2x1x1x4xi32>)
+func.func @row_per_batch_mask(%q: memref<2x8x1x64xbf16>, %k: memref<2x2x512x64xbf16>,
+                              %v: memref<2x2x512x64xbf16>, %o: memref<2x8x1x64xbf16>,
+                              %kvn: memref<2x1x1xi32>, %kvi: memref<2x1x1x4xi32>) {
+  flexattn.attention ins(%q, %k, %v : memref<2x8x1x64xbf16>, memref<2x2x512x64xbf16>, memref<2x2x512x64xbf16>)
+      outs(%o : memref<2x8x1x64xbf16>)
+      block_mask(%kvn, %kvi : memref<2x1x1xi32>, memref<2x1x1x4xi32>)
+      attributes {scale = 0.125 : f32, block_size = array<i64: 128, 128>}
+  return
+}
+
+// -----
+
 // q viewed with strides cannot be packed by a view.
 
 func.func @strided(%q: memref<1x4x1x64xf32, strided<[512, 64, 64, 1]>>, %k: memref<1x1x64x64xf32>,

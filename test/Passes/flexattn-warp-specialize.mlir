@@ -236,10 +236,31 @@ func.func @small_tiles(%q: memref<1x1x128x64xbf16>, %o: memref<1x1x128x64xbf16>)
   %c1 = arith.constant 1 : index
   gpu.launch blocks(%bx, %by, %bz) in (%gx = %c1, %gy = %c1, %gz = %c1)
              threads(%tx, %ty, %tz) in (%sx = %c1, %sy = %c1, %sz = %c1) {
+    %acc = memref.alloca() : memref<32x64xf32>
+    %m = memref.alloca() : memref<32xf32>
+    %l = memref.alloca() : memref<32xf32>
+    // expected-error @+1 {{the GPU kernel needs tile_size [64|128, 64|128] (run flexattn-tile{tile-q=128 tile-kv=128}), got [32, 64]}}
+    flexattn.tile_step ins(%q, %q, %q : memref<1x1x128x64xbf16>, memref<1x1x128x64xbf16>, memref<1x1x128x64xbf16>)
+        state(%acc, %m, %l : memref<32x64xf32>, memref<32xf32>, memref<32xf32>)
+        at(%c0, %c0, %c0, %c0, %c0) attributes {scale = 0.125 : f32, tile_size = array<i64: 32, 64>}
+    flexattn.finalize state(%acc, %m, %l : memref<32x64xf32>, memref<32xf32>, memref<32xf32>)
+        outs(%o : memref<1x1x128x64xbf16>) at(%c0, %c0, %c0)
+    gpu.terminator
+  }
+  return
+}
+
+// -----
+
+func.func @band_tiles(%q: memref<1x1x128x64xbf16>, %o: memref<1x1x128x64xbf16>) {
+  %c0 = arith.constant 0 : index
+  %c1 = arith.constant 1 : index
+  gpu.launch blocks(%bx, %by, %bz) in (%gx = %c1, %gy = %c1, %gz = %c1)
+             threads(%tx, %ty, %tz) in (%sx = %c1, %sy = %c1, %sz = %c1) {
     %acc = memref.alloca() : memref<64x64xf32>
     %m = memref.alloca() : memref<64xf32>
     %l = memref.alloca() : memref<64xf32>
-    // expected-error @+1 {{the GPU kernel needs tile_size [128, 64|128] (run flexattn-tile{tile-q=128 tile-kv=128}), got [64, 64]}}
+    // expected-error @+1 {{flexattn-warp-specialize takes 128-row Q tiles (two 64-row consumer bands; 64-row tiles: flexattn-multistage), got 64}}
     flexattn.tile_step ins(%q, %q, %q : memref<1x1x128x64xbf16>, memref<1x1x128x64xbf16>, memref<1x1x128x64xbf16>)
         state(%acc, %m, %l : memref<64x64xf32>, memref<64xf32>, memref<64xf32>)
         at(%c0, %c0, %c0, %c0, %c0) attributes {scale = 0.125 : f32, tile_size = array<i64: 64, 64>}

@@ -1,6 +1,7 @@
 """The GPU backend: stages after ``sparse`` for GPU targets, PTX -> cubin,
 and the launch metadata :mod:`flexattn_runtime` runs the cubin with.
 
+    [tiled -> splitkv   flexattn-split-kv{splits merge=false}: the decode kernel]
     sparse -> grid      flexattn-map-to-grid [, flexattn-persistent-tiles]
            -> roles     flexattn-warp-specialize (sm_90a) | flexattn-multistage (sm_80)
            -> schedule  flexattn-schedule-consumers       (sm_90a)
@@ -83,8 +84,10 @@ def _dtype(op) -> str:
 def _kernel_target(op, opts: CompileOptions) -> targets.Target:
     """The table entry whose kernel runs the head dims and element type of
     ``op`` (an attention or tile_step) on ``opts.target``: see
-    ``Target.kernel``."""
-    return targets.target(opts.target).kernel(_head_dim(op), _value_dim(op), _dtype(op))
+    ``Target.kernel``. The decode kernel is the mma.sync kernel of
+    ``Target.general`` (its KV tiles and block tiles) on every head dim."""
+    return targets.target(opts.target).kernel(_head_dim(op), _value_dim(op), _dtype(op),
+                                              decode=bool(opts.decode))
 
 
 def _has_op(mod: ir.Module, name: str) -> bool:
@@ -111,6 +114,13 @@ def make_backward_tiled(mod: ir.Module, opts: CompileOptions) -> None:
     make_tiled(mod, replace(opts, tile_kv=opts.tile_kv or targets.target(opts.target).q_block))
 
 
+def make_splitkv(mod: ir.Module, opts: CompileOptions) -> None:
+    """The decode kernel's split: ``opts.splits`` KV ranges per packed tile,
+    on the grid; the caller merges the partial rows
+    (:func:`flexattn_mlir.execution.decode.merge_splits`)."""
+    run_pipeline(mod, f"flexattn-split-kv{{splits={opts.splits} merge=false}}", "splitkv")
+
+
 def make_grid(mod: ir.Module, opts: CompileOptions) -> None:
     run_pipeline(mod, [
         "flexattn-map-to-grid",
@@ -120,7 +130,8 @@ def make_grid(mod: ir.Module, opts: CompileOptions) -> None:
 
 def make_roles(mod: ir.Module, opts: CompileOptions) -> None:
     """sm_90a: the warp-specialised wgmma kernel for the head dims it takes,
-    else the mma.sync kernel of ``Target.general`` (``make_multistage_roles``)."""
+    else (and for the decode kernel's 64-row packed tiles) the mma.sync
+    kernel of ``Target.general`` (``make_multistage_roles``)."""
     if _kernel_target(_first_op(mod, "flexattn.tile_step"), opts).name != opts.target:
         return make_multistage_roles(mod, opts)
     run_pipeline(mod, [
@@ -136,7 +147,8 @@ def make_multistage_roles(mod: ir.Module, opts: CompileOptions) -> None:
     step = _first_op(mod, "flexattn.tile_step")
     kv_tile = list(ir.DenseI64ArrayAttr(step.attributes["tile_size"]))[1]
     tiling = _kernel_target(step, opts).tiling(_table_dim(step), kv_tile, _dtype(step))
-    rows = opts.warp_rows or tiling.warp_rows
+    # The decode kernel's 64-row tile is one band of 4 warps of 16 rows.
+    rows = 16 if opts.decode else opts.warp_rows or tiling.warp_rows
     q_regs = tiling.q_in_registers if opts.q_in_registers is None else opts.q_in_registers
     run_pipeline(mod, [
         f"flexattn-multistage{{stages={opts.stages} warp-rows={rows} "
@@ -210,10 +222,13 @@ _STAGES = {
 def stages(opts: CompileOptions) -> dict:
     """The GPU stages of ``opts.target``: ``tiled`` and ``sparse`` as on every
     target, then the target's own (sm_90a: TMA producer + wgmma consumers;
-    sm_80: multistage cp.async + mma.sync), see ``_STAGES``."""
+    sm_80: multistage cp.async + mma.sync), see ``_STAGES``. The decode
+    kernel (``opts.decode``) adds ``splitkv`` after ``tiled`` (packed tiles
+    from ``flexattn-tile{pack-heads}``) and runs the mma.sync roles."""
     if opts.target not in _STAGES:
         raise CompilationError(f"no GPU stages for target {opts.target!r}")
-    return {"tiled": make_gpu_tiled, "sparse": make_sparse, **_STAGES[opts.target]}
+    decode = {"splitkv": make_splitkv} if opts.decode else {}
+    return {"tiled": make_gpu_tiled, **decode, "sparse": make_sparse, **_STAGES[opts.target]}
 
 
 def make_backward_grid(mod: ir.Module, opts: CompileOptions) -> None:
@@ -304,6 +319,19 @@ def launch_metadata(mod: ir.Module, spec: AttentionSpec, opts: CompileOptions) -
     entry = func.regions[0].blocks[0]
     names = [n for n, _ in spec.arguments()]
     types = dict(spec.arguments())
+    arguments = [{"name": n, "shape": list(t.shape), "dtype": _TORCH_DTYPE[t.elem]}
+                 for n, t in spec.arguments()]
+    arg_attrs = func.attributes["arg_attrs"] if "arg_attrs" in func.attributes else None
+    # flexattn-split-kv's scratch (the decode kernel): trailing arguments
+    # "split_out" and "split_lse", f32, allocated and merged by the caller.
+    for arg in list(entry.arguments)[len(names):]:
+        attrs = ir.DictAttr(arg_attrs[arg.arg_number]) if arg_attrs is not None else None
+        if attrs is None or "flexattn.split_kv" not in attrs:
+            continue  # a tensor map's pointer (its own params entry below)
+        role = attrs["flexattn.split_kv"]
+        t = ir.MemRefType(arg.type)
+        names.append(f"split_{ir.StringAttr(role).value}")
+        arguments.append({"name": names[-1], "shape": list(t.shape), "dtype": "float32"})
     launch = None
     for op in entry.operations:
         if op.operation.name == "gpu.launch_func":
@@ -319,7 +347,6 @@ def launch_metadata(mod: ir.Module, spec: AttentionSpec, opts: CompileOptions) -
     block = [const(v) for v in (view.blockSizeX, view.blockSizeY, view.blockSizeZ)]
     smem = 0 if view.dynamicSharedMemorySize is None else const(view.dynamicSharedMemorySize)
     kernel = ir.SymbolRefAttr(launch.attributes["kernel"]).value[-1]
-    arg_attrs = func.attributes["arg_attrs"] if "arg_attrs" in func.attributes else None
     params = []
     for v in view.kernelOperands:
         arg_no = ir.BlockArgument(v).arg_number
@@ -350,8 +377,7 @@ def launch_metadata(mod: ir.Module, spec: AttentionSpec, opts: CompileOptions) -
         "block": block,
         "shared_mem_bytes": smem,
         "params": params,
-        "arguments": [{"name": n, "shape": list(t.shape), "dtype": _TORCH_DTYPE[t.elem]}
-                      for n, t in spec.arguments()],
+        "arguments": arguments,
         "outputs": outputs,
         "spec": {"scale": forward.scale, "block_size": forward.block_size,
                  "compiler": cache.compiler_version(), "zero_init": zero_init},

@@ -1,0 +1,403 @@
+"""The GPU decode kernel (split-KV, GQA-packed; docs/inference.md) on the
+H100/H200: correctness against torch's flex_attention on the same GPU, and
+decode speed (GB/s of K+V read) beside SDPA cuDNN, SDPA FLASH_ATTENTION,
+torch flex's Triton backend and (when flash-attn-4 is importable) its FA4
+backend, in one process, with the card's device-to-device copy bandwidth.
+
+  compile (here, no GPU; needs flexattn_mlir):
+      python bench/gpu_decode.py compile --out artifacts/decode
+  run (on the GPU; needs only torch + flexattn_runtime):
+      python bench/gpu_decode.py run --artifacts artifacts/decode --json $OUT/decode.json \\
+          [--only check] [--peers triton,cudnn,flash,fa4]
+
+Checks: GQA 4:1 and 8:1, M = 1, 4, 64, causal from each sequence's offset,
+a per-sequence length mask (on every tile, and as a block mask of one row
+per sequence), ALiBi, with lse; one sequence of the batch is empty (zeros
+and -inf, as torch). Passing: output relative error < 2e-2 against torch's
+float32 flex_attention on the same inputs, lse within 5e-2 where finite,
+-inf in the same places, every output element written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import gpu_suite  # noqa: E402  (artifact writing, timing)
+
+# (name, variant, B, Hq, Hkv, M, N, D, dtype)
+CHECKS = [
+    ("check_causal_offset_g4_m1", "causal_offset", 3, 8, 2, 1, 1000, 128, "bfloat16"),
+    ("check_alibi_causal_offset_g4_m4", "alibi_causal_offset", 3, 8, 2, 4, 1000, 128, "bfloat16"),
+    ("check_length_g4_m64", "length", 3, 8, 2, 64, 1000, 128, "bfloat16"),
+    ("check_length_g8_m1_f16_d64", "length", 3, 16, 2, 1, 1000, 64, "float16"),
+    ("check_causal_offset_g8_m4", "causal_offset", 3, 16, 2, 4, 1000, 128, "bfloat16"),
+    ("check_alibi_causal_offset_g8_m64", "alibi_causal_offset", 3, 16, 2, 64, 1000, 128,
+     "bfloat16"),
+    ("check_length_blocks_g8_m1", "length_blocks", 3, 16, 2, 1, 1000, 128, "bfloat16"),
+    ("check_alibi_length_blocks_g4_m4_f16", "alibi_length_blocks", 3, 8, 2, 4, 1000, 128,
+     "float16"),
+]
+# The issue's decode shape: bf16, B = 8, Hq = 32, Hkv = 8, D = 128, one row.
+BENCH = [
+    ("bench_decode_n8192", "full", 8, 32, 8, 1, 8192, 128, "bfloat16"),
+    ("bench_decode_n32768", "full", 8, 32, 8, 1, 32768, 128, "bfloat16"),
+]
+# Checks also run with the other tilings (names + "_kv64", "_kv64s3").
+CHECK_TILINGS = [CHECKS[1], CHECKS[5], CHECKS[7]]
+# Other tilings of the same kernel timed beside the default (CompileOptions
+# overrides): 64-column KV tiles (80 KiB of shared memory: two CTAs per SM,
+# twice the splits), with 2 or 3 stages.
+VARIANTS = {"kv64": {"tile_kv": 64}, "kv64s3": {"tile_kv": 64, "stages": 3}}
+
+
+def case_tensors(case, dev: str):
+    """The captured tensors' values of a case: per-sequence lengths (the
+    last one 0), the queries' offsets, ALiBi slopes."""
+    import torch
+
+    _, _, B, Hq, _, M, N, _, _ = case
+    lengths = torch.tensor([N, N // 3] + [0] * (B - 2), dtype=torch.int32, device=dev)[:B]
+    slopes = torch.exp2(-8.0 * torch.arange(1, Hq + 1, device=dev) / Hq)
+    return lengths, lengths - M, slopes
+
+
+def case_mods(variant: str, lengths, offset, slopes):
+    """(score_mod, mask_mod) of a variant over the case's tensors."""
+    def causal_offset(b, h, q_idx, kv_idx):
+        return (q_idx + offset[b] >= kv_idx) & (kv_idx < lengths[b])
+
+    def length(b, h, q_idx, kv_idx):
+        return kv_idx < lengths[b]
+
+    def alibi(score, b, h, q_idx, kv_idx):
+        return score + slopes[h] * (kv_idx - q_idx - offset[b])
+
+    score = alibi if variant.startswith("alibi") else None
+    mask = {"causal_offset": causal_offset, "alibi_causal_offset": causal_offset,
+            "length": length, "length_blocks": length, "alibi_length_blocks": length,
+            "full": None}[variant]
+    return score, mask
+
+
+def _torch_block_mask(case, mask_mod, dev):
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    _, variant, B, _, _, M, N, _, _ = case
+    if not variant.endswith("blocks"):
+        return None
+    return create_block_mask(mask_mod, B, None, M, N, device=dev)
+
+
+def compile_all(out: str, only: str | None) -> None:
+    import torch
+
+    import flexattn_mlir as fm
+    from flexattn_mlir.execution import decode
+    from flexattn_mlir.execution.attention import build_spec
+    from flexattn_mlir.masks.block_mask import BlockMask
+
+    os.makedirs(out, exist_ok=True)
+    items, manifest = [], {}
+    cases = CHECKS + BENCH + [(f"{c[0]}_{v}", *c[1:]) for c in BENCH + CHECK_TILINGS
+                              for v in VARIANTS]
+    for case in cases:
+        name, variant, B, Hq, Hkv, M, N, D, dt = case
+        if only and not any(o in name for o in only.split(",")):
+            continue
+        over = VARIANTS.get(name.rsplit("_", 1)[-1], {})
+        score_mod, mask_mod = case_mods(variant, *case_tensors(case, "cpu"))
+        score, mask, captures, q, kv, _ = gpu_suite.captured_case(score_mod, mask_mod,
+                                                                 (*case, {}))
+        tbm = _torch_block_mask(case, mask_mod, "cpu")
+        bm = BlockMask.from_torch(tbm) if tbm is not None else None
+        # flex_attention's own choice for this shape on an H200 (132 SMs).
+        opts = decode.resolve(fm.CompileOptions(target="sm_90a", **over), q, kv, kv, bm)
+        assert opts.decode, name
+        spec = build_spec(q, kv, kv, score_mod=score and score.ir, mask_mod=mask and mask.ir,
+                          block_mask=bm, captures=captures, scale=1.0 / math.sqrt(D),
+                          return_lse=name.startswith("check"), name=name,
+                          check_indices=False)
+        items.append((name, spec, opts))
+        torch.save([c.contiguous() for c in captures], os.path.join(out, f"{name}.captures.pt"))
+        manifest[name] = {"case": list(case), "splits": opts.splits,
+                          "pack_heads": opts.pack_heads, "options": over}
+    gpu_suite.write_artifacts(items, manifest, out)
+
+
+# -- run (on the GPU) ---------------------------------------------------------
+
+def _ours(store, by_name, name, args):
+    from flexattn_runtime.splitkv import run_split
+
+    kernel = store.get(by_name[name])
+    return lambda: run_split(kernel, args)
+
+
+def _args(artifacts, case, q, k, v, tbm, dev):
+    import torch
+
+    name, _, B, Hq, _, M, _, D, _ = case
+    nan = float("nan")
+    args = {"q": q, "k": k, "v": v,
+            "out": torch.full((B, Hq, M, D), nan, device=dev, dtype=q.dtype)}
+    if name.startswith("check"):
+        args["lse"] = torch.full((B, Hq, M), nan, device=dev)
+    if tbm is not None:
+        for n in ("kv_num_blocks", "kv_indices", "full_kv_num_blocks", "full_kv_indices"):
+            args[n] = getattr(tbm, n).to(torch.int32).contiguous()
+    for i, c in enumerate(torch.load(os.path.join(artifacts, f"{name}.captures.pt"))):
+        args[f"capture{i}"] = c.to(dev)
+    return args
+
+
+def _selected(name: str, only: str | None) -> bool:
+    """`only`: None (everything), "check", "bench", or case names."""
+    if only in (None, "check", "bench"):
+        return only is None or name.startswith(only)
+    return any(o in name for o in only.split(","))
+
+
+def run_checks(store, by_name, artifacts, only, results, ours_only=False) -> None:
+    import torch
+    from torch.nn.attention.flex_attention import flex_attention
+
+    dev = "cuda"
+    for case in CHECKS + [(f"{c[0]}_{v}", *c[1:]) for c in CHECK_TILINGS for v in VARIANTS]:
+        name, variant, B, Hq, Hkv, M, N, D, dt = case
+        if name not in by_name or not _selected(name, only):
+            continue
+        row = {"case": name, "variant": variant, "B": B, "Hq": Hq, "Hkv": Hkv, "M": M, "N": N,
+               "D": D, "dtype": dt, "splits": results["manifest"][name]["splits"]}
+        results["checks"].append(row)
+        try:
+            lengths, offset, slopes = case_tensors(case, dev)
+            score_mod, mask_mod = case_mods(variant, lengths, offset, slopes)
+            gen = torch.Generator(device=dev).manual_seed(1)
+            dtype = getattr(torch, dt)
+            q = torch.randn(B, Hq, M, D, device=dev, dtype=dtype, generator=gen)
+            k = torch.randn(B, Hkv, N, D, device=dev, dtype=dtype, generator=gen)
+            v = torch.randn(B, Hkv, N, D, device=dev, dtype=dtype, generator=gen)
+            tbm = _torch_block_mask(case, mask_mod, dev)
+            args = _args(artifacts, case, q, k, v, tbm, dev)
+            _ours(store, by_name, name, args)()
+            torch.cuda.synchronize()
+            if ours_only:  # under compute-sanitizer: every element written
+                row["ok"] = not bool(torch.isnan(args["out"]).any() or
+                                     torch.isnan(args["lse"]).any())
+                print(f"{name:40s} ours only ok={row['ok']}", flush=True)
+                continue
+            # torch's reference: every tile masked (a block mask only skips).
+            ref_bm = _torch_block_mask(case, mask_mod, dev) if mask_mod is not None else None
+            if ref_bm is None and mask_mod is not None:
+                from torch.nn.attention.flex_attention import create_block_mask
+
+                ref_bm = create_block_mask(mask_mod, B, None, M, N, device=dev)
+            ref, ref_lse = flex_attention(q.float(), k.float(), v.float(), score_mod=score_mod,
+                                          block_mask=ref_bm, enable_gqa=True, return_lse=True)
+        except Exception as e:  # noqa: BLE001 - report and go on
+            row["error"] = f"{type(e).__name__}: {e}"[:500]
+            print(name, "ERROR", row["error"], flush=True)
+            continue
+        out, lse = args["out"].float(), args["lse"]
+        row["rel_err"] = float((out - ref).norm() / ref.norm())
+        row["nan"] = bool(torch.isnan(out).any() or torch.isnan(lse).any())
+        fin = torch.isfinite(ref_lse)
+        row["lse_max_abs_err"] = float((lse[fin] - ref_lse[fin]).abs().max()) if fin.any() else 0.0
+        row["lse_inf_match"] = bool(torch.equal(torch.isfinite(lse), fin))
+        empty = lengths == 0
+        row["empty_rows_ok"] = bool((out[empty] == 0).all()) and bool(
+            torch.isneginf(lse[empty]).all())
+        row["ok"] = (row["rel_err"] < 2e-2 and not row["nan"] and row["lse_inf_match"]
+                     and row["lse_max_abs_err"] < 5e-2 and row["empty_rows_ok"])
+        print(f"{name:40s} rel_err={row['rel_err']:.2e} lse_err={row['lse_max_abs_err']:.2e} "
+              f"ok={row['ok']}", flush=True)
+
+
+class DecodePeers:
+    """The peers of a decode step, each a no-argument callable: SDPA's cuDNN
+    and FLASH_ATTENTION backends (GQA through enable_gqa; K/V repeated per
+    query head where a backend refuses it, noted), torch flex's Triton and
+    FA4 backends (torch.compile'd, enable_gqa)."""
+
+    def __init__(self, names):
+        import torch
+        from torch.nn.attention.flex_attention import flex_attention
+
+        self.names, self.fns, self.notes = names, {}, {}
+        torch._dynamo.config.cache_size_limit = 64
+        if "triton" in names:
+            self.fns["triton"] = torch.compile(flex_attention, dynamic=False)
+        if "fa4" in names:
+            from functools import partial
+
+            self.fns["fa4"] = torch.compile(
+                partial(flex_attention, kernel_options={"BACKEND": "FLASH"}), dynamic=False)
+
+    def call(self, name, q, k, v):
+        import torch
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        if name in ("cudnn", "flash"):
+            backend = (SDPBackend.CUDNN_ATTENTION if name == "cudnn"
+                       else SDPBackend.FLASH_ATTENTION)
+            sdpa = torch.nn.functional.scaled_dot_product_attention
+
+            def gqa():
+                with sdpa_kernel(backend):
+                    return sdpa(q, k, v, enable_gqa=True)
+            try:
+                gqa()
+                return gqa
+            except RuntimeError:
+                g = q.shape[1] // k.shape[1]
+                kr, vr = k.repeat_interleave(g, 1), v.repeat_interleave(g, 1)
+                self.notes[name] = "K/V repeated per query head (enable_gqa refused)"
+
+                def repeated():
+                    with sdpa_kernel(backend):
+                        return sdpa(q, kr, vr)
+                return repeated
+        fn = self.fns[name]
+        return lambda: fn(q, k, v, enable_gqa=True)
+
+
+def copy_bandwidth(reps: int) -> float:
+    """GB/s of a 2 GiB device-to-device copy (bytes read + written)."""
+    import torch
+
+    src = torch.randn(2 ** 29, device="cuda")
+    dst = torch.empty_like(src)
+    ms = gpu_suite.median_ms(lambda: dst.copy_(src), reps)
+    return 2 * src.numel() * 4 / ms / 1e6
+
+
+def throughput_ms(fn, calls: int = 20) -> float:
+    """Milliseconds per call of `calls` back-to-back calls (host overhead
+    overlapped by the previous call's GPU work)."""
+    import torch
+
+    fn()
+    torch.cuda.synchronize()
+    s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    s.record()
+    for _ in range(calls):
+        fn()
+    e.record()
+    e.synchronize()
+    return s.elapsed_time(e) / calls
+
+
+def run_bench(store, by_name, artifacts, only, reps, peers, results) -> None:
+    import torch
+
+    dev = "cuda"
+    results["copy_gbps"] = copy_bandwidth(reps)
+    print(f"copy bandwidth {results['copy_gbps']:.0f} GB/s", flush=True)
+    p = DecodePeers(peers)
+    for case in BENCH:
+        name, variant, B, Hq, Hkv, M, N, D, dt = case
+        if name not in by_name or not _selected(name, only):
+            continue
+        dtype = getattr(torch, dt)
+        gen = torch.Generator(device=dev).manual_seed(0)
+        q = torch.randn(B, Hq, M, D, device=dev, dtype=dtype, generator=gen)
+        k = torch.randn(B, Hkv, N, D, device=dev, dtype=dtype, generator=gen)
+        v = torch.randn(B, Hkv, N, D, device=dev, dtype=dtype, generator=gen)
+        kv_bytes = 2 * k.numel() * k.element_size()
+        args = _args(artifacts, case, q, k, v, None, dev)
+        row = {"case": name, "B": B, "Hq": Hq, "Hkv": Hkv, "M": M, "N": N, "D": D, "dtype": dt,
+               "kv_bytes": kv_bytes, "splits": results["manifest"].get(name, {}).get("splits")}
+        results["bench"].append(row)
+        fns = {"ours": _ours(store, by_name, name, args)}
+        for tiling in VARIANTS:  # the same kernel with other tilings
+            if f"{name}_{tiling}" in by_name:
+                fns[f"ours_{tiling}"] = _ours(store, by_name, f"{name}_{tiling}", dict(args))
+                row[f"ours_{tiling}_splits"] = results["manifest"][f"{name}_{tiling}"]["splits"]
+        for peer in peers:
+            try:
+                t0 = time.perf_counter()
+                fns[peer] = p.call(peer, q, k, v)
+                fns[peer]()
+                torch.cuda.synchronize()
+                row[f"{peer}_first_call_s"] = round(time.perf_counter() - t0, 2)
+            except Exception as e:  # noqa: BLE001
+                row[f"{peer}_error"] = f"{type(e).__name__}: {e}"[:300]
+                fns.pop(peer, None)
+        fns["ours"]()
+        ref = fns.get("flash") or fns.get("cudnn")
+        if ref is not None:
+            row["ours_maxdiff_vs_sdpa"] = float((args["out"].float() - ref().float()).abs().max())
+        # Interleaved rounds, best of 3 medians each (the same process).
+        for rnd in range(3):
+            for impl, fn in fns.items():
+                ms = gpu_suite.median_ms(fn, reps)
+                tput = throughput_ms(fn)
+                row[f"{impl}_ms"] = min(row.get(f"{impl}_ms", ms), ms)
+                row[f"{impl}_loop_ms"] = min(row.get(f"{impl}_loop_ms", tput), tput)
+        for impl in fns:
+            row[f"{impl}_gbps"] = kv_bytes / row[f"{impl}_ms"] / 1e6
+            row[f"{impl}_loop_gbps"] = kv_bytes / row[f"{impl}_loop_ms"] / 1e6
+        for impl in fns:
+            if not impl.startswith("ours"):
+                row[f"ours_vs_{impl}"] = row[f"{impl}_ms"] / row["ours_ms"]
+                row[f"ours_vs_{impl}_loop"] = row[f"{impl}_loop_ms"] / row["ours_loop_ms"]
+        row["ours_of_copy"] = row["ours_gbps"] / results["copy_gbps"]
+        row["notes"] = dict(p.notes)
+        print(name, " ".join(f"{i}={row[f'{i}_gbps']:.0f}GB/s({row[f'{i}_loop_gbps']:.0f})"
+                             for i in fns), flush=True)
+
+
+def run_all(artifacts: str, out_json: str, only: str | None, reps: int, peers,
+            ours_only: bool = False) -> None:
+    import torch
+
+    from flexattn_runtime import ArtifactStore
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    store = ArtifactStore(artifacts)
+    by_name = {store.metadata(key)["spec"]["name"]: key for key in store.keys()}
+    with open(os.path.join(artifacts, "cases.json")) as f:
+        manifest = json.load(f)["cases"]
+    results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
+               "label": os.environ.get("LABEL", ""), "manifest": manifest,
+               "checks": [], "bench": []}
+    try:
+        run_checks(store, by_name, artifacts, only, results, ours_only)
+        if any(_selected(c[0], only) for c in BENCH):
+            run_bench(store, by_name, artifacts, only, reps, peers, results)
+    finally:
+        with open(out_json, "w") as f:
+            json.dump(results, f, indent=1)
+    ok = sum(bool(r.get("ok")) for r in results["checks"])
+    print(f"checks ok {ok}/{len(results['checks'])}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("compile")
+    c.add_argument("--out", required=True)
+    c.add_argument("--only", default=None)
+    r = sub.add_parser("run")
+    r.add_argument("--artifacts", required=True)
+    r.add_argument("--json", required=True)
+    r.add_argument("--only", default=None, help="check, bench, or case names (comma-separated)")
+    r.add_argument("--reps", type=int, default=30)
+    r.add_argument("--peers", default="triton,cudnn,flash,fa4")
+    r.add_argument("--ours-only", action="store_true", help="checks without the reference")
+    a = ap.parse_args()
+    if a.cmd == "compile":
+        compile_all(a.out, a.only)
+    else:
+        run_all(a.artifacts, a.json, a.only, a.reps, [p for p in a.peers.split(",") if p],
+                a.ours_only)
+
+
+if __name__ == "__main__":
+    main()

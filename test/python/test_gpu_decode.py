@@ -1,0 +1,166 @@
+"""The GPU decode kernel (docs/inference.md, "The GPU decode kernel"): the
+query heads of a KV group packed into one 64-row tile, the KV range split
+across CTAs (static splits on the grid), partial rows merged by their lse
+after the launch. Compiled to cubins without a GPU (ptxas here: no
+spills); the numerics against torch's flex_attention run on a GPU (skipped
+here) and in bench/gpu_decode.py on the H200."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import pytest
+import torch
+from torch.nn.attention.flex_attention import create_block_mask as torch_block_mask
+from torch.nn.attention.flex_attention import flex_attention as torch_flex
+
+import flexattn_mlir as fm
+from flexattn_mlir import compile_flex_attention, create_block_mask, flex_attention
+from flexattn_mlir.compiler import targets
+from flexattn_mlir.execution import decode
+from test_decode import _alibi, _masks
+
+MMA_SYNC = r"mma\.sync\.aligned\.m16n8k16\.row\.col\.f32\.(bf16\.bf16|f16\.f16)\.f32"
+HAS_GPU = torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 0)
+
+
+def _compile(dtype, D, hq, hkv, m=1, n=4096, B=2, mods=False, **kernel_options):
+    """The sm_90a kernel flex_attention would run for a decode call of this
+    shape (CPU tensors; an H200's 132 SMs choose the splits)."""
+    q = torch.empty(B, hq, m, D, dtype=dtype)
+    k, v = torch.empty(B, hkv, n, D, dtype=dtype), torch.empty(B, hkv, n, D, dtype=dtype)
+    score_mod = block_mask = None
+    if mods:
+        lengths = torch.tensor([n, n // 3] + [0] * (B - 2))[:B]
+        score_mod = _alibi(torch.rand(hq))
+        block_mask = create_block_mask(_masks(lengths, m)["causal_offset"], B, None, m, n)
+    return compile_flex_attention(q, k, v, score_mod=score_mod, block_mask=block_mask,
+                                  enable_gqa=True, return_lse=True, target="sm_90a",
+                                  kernel_options=kernel_options or None)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("D", [64, 128])
+@pytest.mark.parametrize("group", [4, 8])
+def test_decode_kernel_compiles_without_spills(dtype, D, group):
+    hkv, B, m, n = 2, 2, 1, 4096
+    c = _compile(dtype, D, group * hkv, hkv, m=m, n=n, B=B)
+    opts, md = c.options, c.metadata
+    assert opts.decode and opts.pack_heads and opts.tile_q == 64 and opts.splits >= 1
+    assert "splitkv" in c.stage_names()
+    res = md["resources"]
+    assert res.registers <= 255 and (res.spill_stores, res.spill_loads) == (0, 0), res
+    ptx = md["ptx"]
+    assert re.search(MMA_SYNC, ptx) and "wgmma" not in ptx
+    launch = md["launch"]
+    # grid = B x Hkv x splits x packed Q tiles; one band of 4 warps
+    assert launch["grid"] == [B * hkv * opts.splits * math.ceil(group * m / 64), 1, 1]
+    assert launch["block"] == [128, 1, 1]
+    args = {a["name"]: a for a in launch["arguments"]}
+    rows = B * group * hkv * m
+    assert args["split_out"]["shape"] == [opts.splits, rows * D]
+    assert args["split_lse"]["shape"] == [opts.splits, rows]
+    assert args["split_out"]["dtype"] == "float32"
+    assert launch["shared_mem_bytes"] <= targets.target("sm_90a").max_shared_per_block
+
+
+@pytest.mark.parametrize("group", [4, 8])
+@pytest.mark.parametrize("m", [1, 64])
+def test_decode_kernel_with_mods_compiles_without_spills(group, m):
+    """ALiBi and causal-from-offset over a per-sequence block mask (one row
+    per sequence: read in place by the packed tiles)."""
+    c = _compile(torch.bfloat16, 128, group * 2, 2, m=m, n=2048, B=3, mods=True)
+    res = c.metadata["resources"]
+    assert (res.spill_stores, res.spill_loads) == (0, 0), res
+    # the mask's row is read in place: no union built per tile
+    assert "packed(" in c.ir["tiled"] and "memref<1x1x1xi32>" not in c.ir["tiled"]
+
+
+def test_gpu_decode_choice():
+    """M <= 64 decodes on a GPU target (packed, splits from the SMs); a
+    larger M, decode=False, sinks or max_scores take the prefill kernel."""
+    q1 = torch.empty(8, 32, 1, 128, dtype=torch.bfloat16)
+    q65 = torch.empty(8, 32, 65, 128, dtype=torch.bfloat16)
+    k = torch.empty(8, 8, 8192, 128, dtype=torch.bfloat16)
+    opts = fm.CompileOptions(target="sm_90a")
+    d = decode.resolve(opts, q1, k, k, None)
+    assert d.decode and d.pack_heads and d.tile_q == 64 and d.persistent == 0
+    # 64 packed tiles on 132 SMs (one 147 KiB CTA each): 2 ranges fill a wave
+    assert d.splits == decode.gpu_splits(d, q1, k, k, True, 132) == 2
+    assert decode.resolve(d, q1, k, k, None) == d  # idempotent
+    assert not decode.resolve(opts, q65, k, k, None).decode
+    forced = decode.resolve(fm.CompileOptions(target="sm_90a", decode=False), q1, k, k, None)
+    assert not forced.decode and forced.tile_q == 128
+    assert not decode.resolve(opts, q1, k, k, None, row_stats=True).decode
+    one = torch.empty(1, 32, 1, 128, dtype=torch.bfloat16)
+    k1 = torch.empty(1, 8, 32768, 128, dtype=torch.bfloat16)
+    assert decode.gpu_splits(d, one, k1, k1, True, 132) >= 8  # 8 tiles: many ranges
+    with pytest.raises(ValueError, match="splits must be 0"):
+        fm.CompileOptions(target="sm_90a", splits=4)
+    with pytest.raises(ValueError, match="tile_q must be 64"):
+        fm.CompileOptions(target="sm_90a", decode=True, tile_q=128)
+
+
+@pytest.mark.skipif(not HAS_GPU, reason="needs a CUDA GPU of compute capability 8.0 or later; "
+                                        "bench/gpu_decode.py runs these on the H200")
+@pytest.mark.parametrize("group", [4, 8])
+@pytest.mark.parametrize("m", [1, 4, 64])
+@pytest.mark.parametrize("mask", ["causal_offset", "length"])
+@pytest.mark.parametrize("alibi", [False, True])
+def test_gpu_decode_matches_torch(group, m, mask, alibi):
+    hkv, n, D = 2, 1000, 128
+    lengths = torch.tensor([1000, 333, 0], device="cuda")
+    B, hq = len(lengths), group * hkv
+    q = torch.randn(B, hq, m, D, device="cuda", dtype=torch.bfloat16)
+    k, v = (torch.randn(B, hkv, n, D, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    mask_mod = _masks(lengths, m)[mask]
+    score_mod = _alibi(torch.rand(hq, device="cuda")) if alibi else None
+    out, lse = flex_attention(q, k, v, score_mod=score_mod, enable_gqa=True, return_lse=True,
+                              block_mask=create_block_mask(mask_mod, B, None, m, n,
+                                                           device="cuda"))
+    ref, ref_lse = torch_flex(q.float(), k.float(), v.float(), score_mod=score_mod,
+                              enable_gqa=True, return_lse=True,
+                              block_mask=torch_block_mask(mask_mod, B, None, m, n,
+                                                          device="cuda"))
+    assert float((out.float() - ref).norm() / ref.norm()) < 2e-2
+    fin = torch.isfinite(ref_lse)
+    assert torch.equal(torch.isfinite(lse), fin)
+    torch.testing.assert_close(lse[fin], ref_lse[fin], atol=5e-2, rtol=0)
+    assert torch.all(out[2] == 0) and torch.all(lse[2] == float("-inf"))
+
+
+@pytest.mark.skipif(not HAS_GPU, reason="needs a CUDA GPU of compute capability 8.0 or later")
+@pytest.mark.parametrize("group", [4, 8])
+def test_gpu_paged_decode_matches_torch(group):
+    """flexattn_mlir.PagedAttention on CUDA tensors through the decode kernel
+    (the shared cache expanded to the query batch, as every GPU call with
+    K/V of batch 1), against torch's PagedAttention + flex."""
+    from torch.nn.attention.experimental._paged_attention import PagedAttention as TorchPaged
+
+    hkv, D, page, pages, m = 2, 64, 64, 16, 1
+    lengths = torch.tensor([200, 45, 130], device="cuda")
+    B, hq = len(lengths), group * hkv
+    caches = [tuple(torch.zeros(1, hkv, pages * page, D, device="cuda", dtype=torch.bfloat16)
+                    for _ in range(2)) for _ in range(2)]
+    ours = fm.PagedAttention(pages, page, B, "cuda")
+    theirs = TorchPaged(pages, page, B, "cuda")
+    for i, n in enumerate(lengths.tolist()):
+        k, v = (torch.randn(1, hkv, n, D, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+        for paged, (kc, vc) in zip((ours, theirs), caches):
+            paged.reserve(torch.tensor(i, device="cuda"), torch.tensor(n, device="cuda"))
+            paged.assign(torch.tensor([i], device="cuda"), torch.arange(n, device="cuda")[None],
+                         k, v, kc, vc)
+    q = torch.randn(B, hq, m, D, device="cuda", dtype=torch.bfloat16)
+    causal = _masks(lengths, m)["causal_offset"]
+    alibi = _alibi(torch.rand(hq, device="cuda"))
+    n_max = int(lengths.max())
+    logical = create_block_mask(causal, B, 1, m, n_max, BLOCK_SIZE=(128, page), device="cuda")
+    out = flex_attention(q, *caches[0], score_mod=ours.get_score_mod(alibi),
+                         block_mask=ours.convert_logical_block_mask(logical), enable_gqa=True)
+    torch_logical = torch_block_mask(causal, B, 1, m, n_max, device="cuda",
+                                     BLOCK_SIZE=(128, page))
+    ref = torch_flex(q.float(), *(c.float() for c in caches[1]),
+                     score_mod=theirs.get_score_mod(alibi),
+                     block_mask=theirs.convert_logical_block_mask(torch_logical), enable_gqa=True)
+    assert float((out.float() - ref).norm() / ref.norm()) < 2e-2
