@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import threading
+from functools import partial
 from typing import Sequence
 
 from ..compiler import cache, driver
@@ -126,30 +127,31 @@ class StoredKernel:
         self.split = bool(split_arguments(kernel.metadata))
 
     def __call__(self, tensors: Sequence) -> None:
+        self._run(tensors)
+
+    def _run(self, tensors: Sequence, launch=None) -> None:
+        """Zeroes the ``zero_init`` arguments, launches (through ``launch``,
+        a ``PreparedLaunch``, else the kernel), merges a decode kernel's
+        ranges."""
         for i in self.zero_init:
             tensors[i].zero_()
         if self.split:
             from flexattn_runtime.splitkv import run_split
 
-            run_split(self.kernel, list(tensors))
+            run_split(self.kernel, list(tensors), launch)
         else:
-            self.kernel(list(tensors))
+            (launch or self.kernel)(list(tensors))
 
     def prepare(self, device):
         """What a call plan's hits run (:mod:`.call_plans`): the runtime's
         ``PreparedLaunch`` on ``device``, which checks the tensors' alignment
         and the current device only (the plan's key and guards fix their
-        devices, dtypes and shapes; the plan makes them contiguous)."""
+        devices, dtypes and shapes; the plan makes them contiguous), inside
+        :meth:`_run` where arguments are zeroed or ranges merged."""
         launch = self.kernel.prepare(device)
-        if not self.zero_init:
+        if not self.zero_init and not self.split:
             return launch
-        zero_init = self.zero_init
-
-        def run(tensors: Sequence) -> None:
-            for i in zero_init:
-                tensors[i].zero_()
-            launch(tensors)
-        return run
+        return partial(self._run, launch=launch)
 
 
 def compile_kernel(spec: AttentionSpec, opts: CompileOptions, key: str,

@@ -37,14 +37,19 @@ def merge_splits(part_out: torch.Tensor, part_lse: torch.Tensor, out: torch.Tens
         lse.copy_(torch.logsumexp(part_lse, dim=0).view(lse.shape))
 
 
-def run_split(kernel, args: Any) -> None:
+def run_split(kernel, args: Any, launch=None) -> None:
     """Runs a decode kernel on ``args`` (the attention's arguments, by name
-    or in order, without the scratch), then merges its ranges."""
+    or in order, without the scratch), then merges its ranges. ``launch``:
+    the kernel's ``PreparedLaunch`` (it takes every argument in order), or
+    None to launch through ``kernel`` itself."""
     names = kernel.metadata.argument_names
     scratch = split_arguments(kernel.metadata)
     named = dict(args) if isinstance(args, dict) else dict(zip(names, args))
     device = named["out"].device
     for a in scratch:
         named[a.name] = torch.empty(a.shape, dtype=a.dtype, device=device)
-    kernel(named)
+    if launch is None:
+        kernel(named)
+    else:
+        launch([named[n] for n in names])
     merge_splits(named["split_out"], named["split_lse"], named["out"], named.get("lse"))
