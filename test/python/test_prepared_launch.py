@@ -181,3 +181,38 @@ def test_flex_attention_gpu_hit_launches_its_prepared_launch(stub, monkeypatch):
     with pytest.raises(ArgumentError, match=message):
         fm.flex_attention(misaligned, k, v, block_mask=mask)
     assert call_plans.hits == hits + 2
+
+
+def test_flex_attention_gpu_decode_hit_passes_its_split_scratch(stub, monkeypatch):
+    """A decode kernel's hit on the stub: the prepared launch gets the split
+    scratch (``split_out``, ``split_lse``: torch allocations of their own)
+    besides this call's q/k/v, and the merge makes out."""
+    import flexattn_mlir as fm
+    from flexattn_mlir.execution import call_plans
+    from flexattn_runtime.metadata import param_size
+
+    stub_gpu_target(monkeypatch.setattr, "sm_90a")
+    q = torch.randn(1, 8, 1, 64, dtype=torch.bfloat16)
+    k, v = (torch.randn(1, 2, 512, 64, dtype=torch.bfloat16) for _ in range(2))
+    stub.stub_set_param_sizes(0, None)  # records no parameters until this kernel's are known
+    fm.flex_attention(q, k, v, enable_gqa=True)  # compiles the decode kernel (ptxas), plans
+    key = call_plans.call_key(q, k, v, None, None, None, True, False, False, None, None)
+    run = call_plans.find(key, None, None).kernel
+    launch = run.keywords["launch"]  # the PreparedLaunch inside the split's run
+    meta = launch.kernel.metadata
+    assert {"split_out", "split_lse"} <= set(meta.argument_names)
+    sizes = [param_size(p) for p in meta.params]
+    assert len(sizes) <= 118, len(sizes)  # what the stub records
+    stub.stub_set_param_sizes(len(sizes), (ctypes.c_int * len(sizes))(*sizes))
+    hits = call_plans.hits
+    out = fm.flex_attention(q, k, v, enable_gqa=True)
+    assert call_plans.hits == hits + 1 and stub.last() == "cuLaunchKernel"
+    params = dict(zip(range(len(sizes)), stub.rec()[10:]))
+    by_arg = {p.arg: params[i] for i, p in enumerate(meta.params) if hasattr(p, "arg")}
+    # The kernel reads this call's q/k/v and writes only the scratch (the
+    # merge after it writes out).
+    assert [by_arg[n] for n in "qkv"] == [t.data_ptr() for t in (q, k, v)]
+    assert "out" not in by_arg and out.shape == q.shape
+    scratch = {by_arg["split_out"], by_arg["split_lse"]}
+    assert 0 not in scratch and len(scratch) == 2
+    assert not scratch & {q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr()}

@@ -865,7 +865,7 @@ static char last_call[64];
 static unsigned long long rec[128];
 static int nrec;
 static CUresult next_error = CUDA_SUCCESS;
-static int param_sizes[32];
+static int param_sizes[120];
 static int nparams;
 static int func_attr[32];
 static CUcontext cur_ctx;
@@ -882,7 +882,7 @@ int stub_nrec(void) { return nrec; }
 unsigned long long stub_rec(int i) { return rec[i]; }
 void stub_fail_next(int code) { next_error = (CUresult)code; }
 void stub_reset(void) { nloads = 0; cur_ctx = 0; next_error = CUDA_SUCCESS; }
-void stub_set_param_sizes(int n, const int *s) { nparams = n; memcpy(param_sizes, s, n * sizeof(int)); }
+void stub_set_param_sizes(int n, const int *s) { nparams = n < 120 ? n : 120; memcpy(param_sizes, s, nparams * sizeof(int)); }
 void stub_set_func_attr(int a, int v) { func_attr[a] = v; }
 unsigned long long stub_image_len(void) { return image_len; }
 int stub_nloads(void) { return nloads; }
@@ -891,7 +891,7 @@ const unsigned char *stub_image_head(void) { return image_head; }
 static void record_params(void **params) {
   for (int i = 0; i < nparams; i++) {
     unsigned long long v = 0;
-    memcpy(&v, params[i], param_sizes[i]);
+    memcpy(&v, params[i], param_sizes[i] < 8 ? param_sizes[i] : 8);  /* the first 8 bytes */
     P(v);
   }
 }
