@@ -62,6 +62,14 @@ class CompileOptions:
       call from the work and the threads). None, the default, lets each call
       choose: on for M <= 64 on the CPU (the GPU has no decode kernel yet:
       True there is refused).
+    deterministic: gradients of captured tensors (learnable biases) that
+      are bitwise the same from run to run. The GPU backward kernel then
+      adds them per thread into its own slot of a scratch buffer (a
+      trailing dim of partial sums) instead of with f32 atomics, and one
+      torch reduction sums the slots in a fixed order; dq, dk and dv are
+      deterministic either way (each has one writer), and so is the CPU
+      (its capture gradients accumulate in a fixed order), where the option
+      changes nothing.
     pack_heads: the decode path's GQA packing (``flexattn-tile{pack-heads}``):
       the query heads of a K/V head share tiles, so K/V are read once per
       group. None, the default, packs whenever decoding with Hq > Hkv and the
@@ -83,6 +91,7 @@ class CompileOptions:
     pack_heads: Optional[bool] = None
     warp_rows: int = 0
     q_in_registers: Optional[bool] = None
+    deterministic: bool = False
 
     def __post_init__(self):
         if self.target not in targets.TARGETS:
@@ -122,6 +131,9 @@ class CompileOptions:
         if self.q_in_registers is not None and not isinstance(self.q_in_registers, bool):
             raise ValueError(f"CompileOptions.q_in_registers must be None or a bool, "
                              f"got {self.q_in_registers!r}")
+        if not isinstance(self.deterministic, bool):
+            raise ValueError(f"CompileOptions.deterministic must be a bool, "
+                             f"got {self.deterministic!r}")
         if not isinstance(self.persistent, int) or self.persistent < 0:
             raise ValueError(f"CompileOptions.persistent must be >= 0, got {self.persistent!r}")
         for name in ("tile_q", "tile_kv"):
