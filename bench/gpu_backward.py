@@ -61,7 +61,7 @@ def compile_all(out: str, only: str | None, device_cc: tuple[int, int] = (9, 0))
     from flexattn_mlir.compiler import backward
 
     os.makedirs(out, exist_ok=True)
-    items, manifest = [], {}
+    items, manifest, fwd_of = [], {}, {}
     for case in CHECKS + BENCH:
         name = case[0]
         if only and only not in name:
@@ -79,10 +79,13 @@ def compile_all(out: str, only: str | None, device_cc: tuple[int, int] = (9, 0))
         bwd = backward.backward_spec(spec, q_side, grad, False, target="sm_90a",
                                      deterministic=det)
         items.append((f"{name}.bwd", bwd, opts))
-        if name.startswith("bench"):
-            items.append((f"{name}.fwd", spec, opts))
+        # One forward artifact per forward spec (artifacts are stored by key:
+        # a second item of the same spec would take the first's place).
+        fwd = fwd_of.setdefault(spec.digest(), f"{name}.fwd") if name.startswith("bench") else None
+        if fwd == f"{name}.fwd":
+            items.append((fwd, spec, opts))
         torch.save([c.contiguous() for c in captures], os.path.join(out, f"{name}.captures.pt"))
-        manifest[name] = (*case[:-1], {"grad_captures": grad, "deterministic": det})
+        manifest[name] = (*case[:-1], {"grad_captures": grad, "deterministic": det, "fwd": fwd})
     gpu_suite.write_artifacts(items, manifest, out, device_cc)
 
 
@@ -104,11 +107,12 @@ def _rel(a, b) -> float:
 class Ours:
     """Our kernels of a case: the backward (and the forward for benchmarks)."""
 
-    def __init__(self, store, keys, name, caps, dev, grad_captures=()):
+    def __init__(self, store, keys, name, caps, dev, grad_captures=(), fwd=None):
         import torch
 
         self.bwd = store.get(keys[f"{name}.bwd"])
-        self.fwd = store.get(keys[f"{name}.fwd"]) if f"{name}.fwd" in keys else None
+        fwd = fwd or f"{name}.fwd"
+        self.fwd = store.get(keys[fwd]) if fwd in keys else None
         self.caps = [c.to(dev) for c in caps]
         self.grad = list(grad_captures)
         self.zero = self.bwd.metadata.spec.get("zero_init", [])
@@ -234,7 +238,7 @@ def run_checks(store, keys, cases, artifacts, results, only, ours_only, dev, sav
         results["checks"].append(row)
         try:
             ours = Ours(store, keys, name, torch.load(os.path.join(artifacts, f"{name}.captures.pt")),
-                        dev, over["grad_captures"])
+                        dev, over["grad_captures"], over.get("fwd"))
             learn = _float_captures(score_mod) if score_mod else []
             # out and lse of the forward in the input dtype (torch flex, eager).
             ref_out, ref_lse, _ = _reference_or_dense(row, zoo, variant, q, k, v, dout, score_mod,
@@ -318,7 +322,7 @@ def run_bench(store, keys, cases, artifacts, results, only, reps, peers, dev, sa
         results["bench"].append(row)
         try:
             ours = Ours(store, keys, name, torch.load(os.path.join(artifacts, f"{name}.captures.pt")),
-                        dev, over["grad_captures"])
+                        dev, over["grad_captures"], over.get("fwd"))
 
             def ours_step():
                 out, lse = ours.forward(q, k, v, bm)

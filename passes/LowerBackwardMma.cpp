@@ -115,7 +115,9 @@ struct Lowering {
   /// score (a learnable ALiBi slope is one index per tile). With partials
   /// (the deterministic mode), a plain add into the thread's own slot.
   struct CaptureCache {
-    Value grad, sum, valid; // gradient buffer, memref<f32>, memref<i8>
+    Value grad, sum;        // gradient buffer, memref<f32>
+    Value valid;            // memref<i8>, for a rank-0 capture only; else
+                            // idx[0] = -1 (no index) says it holds nothing
     SmallVector<Value> idx; // memref<index> per dim of the capture
   };
   SmallVector<CaptureCache> caches;
@@ -161,22 +163,36 @@ struct Lowering {
   void lowerStore(StoreTileOp op);
 
   /// The thread's partial slot of the dq tile (b, h, q0): tiles in (b, h,
-  /// Q tile) order, threads() slots each.
+  /// Q tile) order, threads() slots each. In i32 (fewer than 2^30 slots:
+  /// backward.capture_partials bounds the scratch), one register if kept.
   Value partialSlot(Value bb, Value h, Value q0) {
-    Value tileIdx = add(arith::MulIOp::create(
-                            b, add(arith::MulIOp::create(b, bb, idx(plan.H)), h),
-                            idx(llvm::divideCeil(plan.M, plan.R))),
-                        arith::DivUIOp::create(b, q0, idx(plan.R)));
-    return add(arith::MulIOp::create(b, tileIdx, idx(plan.threads())), tid);
+    auto i32 = [&](Value v) { return arith::IndexCastOp::create(b, b.getI32Type(), v); };
+    auto c32 = [&](int64_t v) { return arith::ConstantIntOp::create(b, v, 32); };
+    Value tileIdx = arith::AddIOp::create(
+        b,
+        arith::MulIOp::create(
+            b, arith::AddIOp::create(b, arith::MulIOp::create(b, i32(bb), c32(plan.H)), i32(h)),
+            c32(llvm::divideCeil(plan.M, plan.R))),
+        arith::DivUIOp::create(b, i32(q0), c32(plan.R)));
+    Value slot = arith::AddIOp::create(
+        b, arith::MulIOp::create(b, tileIdx, c32(plan.threads())), i32(tid));
+    return arith::IndexCastOp::create(b, b.getIndexType(), slot);
   }
-  /// Whether cache c holds a sum (its i8 flag; i1 memrefs do not lower).
+  /// Whether cache c holds a sum: idx[0] is not -1 (an i8 flag for a
+  /// rank-0 capture; i1 memrefs do not lower). No register beyond the index.
   Value holds(const CaptureCache &c) {
+    if (c.idx.empty())
+      return arith::CmpIOp::create(b, arith::CmpIPredicate::ne,
+                                   memref::LoadOp::create(b, c.valid, ValueRange{}),
+                                   arith::ConstantIntOp::create(b, 0, 8));
     return arith::CmpIOp::create(b, arith::CmpIPredicate::ne,
-                                 memref::LoadOp::create(b, c.valid, ValueRange{}),
-                                 arith::ConstantIntOp::create(b, 0, 8));
+                                 memref::LoadOp::create(b, c.idx[0], ValueRange{}), idx(-1));
   }
   void setHolds(const CaptureCache &c, bool v) {
-    memref::StoreOp::create(b, arith::ConstantIntOp::create(b, v, 8), c.valid, ValueRange{});
+    if (c.idx.empty())
+      memref::StoreOp::create(b, arith::ConstantIntOp::create(b, v, 8), c.valid, ValueRange{});
+    else if (!v)
+      memref::StoreOp::create(b, idx(-1), c.idx[0], ValueRange{});
   }
   /// Adds cache c's sum to its gradient, if it holds one.
   void flush(const CaptureCache &c, Value slot) {
@@ -210,7 +226,8 @@ struct Lowering {
       Value g = arith::MulFOp::create(b, dS, mods[pos]);
       ValueRange at = mods.slice(pos + 1, c.idx.size());
       pos += 1 + c.idx.size();
-      Value same = holds(c);
+      // A held index equals the score's (-1 is none).
+      Value same = c.idx.empty() ? holds(c) : arith::ConstantIntOp::create(b, 1, 1);
       for (auto [slotOfIdx, i] : llvm::zip(c.idx, at))
         same = arith::AndIOp::create(
             b, same,
@@ -395,7 +412,8 @@ LogicalResult makeCaptureCaches(Lowering &l, ArrayRef<BackwardStepOp> steps) {
              << l.plan.threads() << " threads) on every gradient, got " << gradType;
     auto scalar = [&](Type t) { return memref::AllocaOp::create(b, MemRefType::get({}, t)); };
     cache.sum = scalar(b.getF32Type());
-    cache.valid = scalar(b.getI8Type());
+    if (rank == 0)
+      cache.valid = scalar(b.getI8Type());
     for (int64_t d = 0; d < rank; ++d)
       cache.idx.push_back(scalar(b.getIndexType()));
     l.caches.push_back(cache);
