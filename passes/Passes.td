@@ -780,8 +780,15 @@ def FlexAttnLowerBackwardMma
         per element: Pᵀ, dXᵀ (mods + derivative, P from lse, 0 outside M x N)
         dV += Pᵀ dout    dK += dXᵀ Q           (register A)
       dq step, per chunk of 32 keys (wait K, V; copy the next):
-        S = Q Kᵀ    dP = dout Vᵀ;  dX, capture_grads += dS dload (atomics)
+        S = Q Kᵀ    dP = dout Vᵀ;  dX, capture_grads += dS dload
         dQ += dX K
+
+    Capture gradients: per thread and differentiated load, a running sum
+    for one index (registers), flushed when the index changes and at the dq
+    tile's end, with an f32 atomic; where the gradient buffer has a
+    trailing dim of partial slots (the deterministic mode), into the
+    thread's own slot ((b Hq + h) ceil(M / R) + Q tile) x threads + thread
+    with a plain load and store (fewer slots than that is an error).
 
     Accumulator tiles `[R, D]` become one fragment per thread (a
     `memref<vector<D/2 x f32>>` at the kernel's entry, whole-vector accesses
