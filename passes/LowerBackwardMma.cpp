@@ -118,7 +118,8 @@ struct Lowering {
     Value grad, sum;        // gradient buffer, memref<f32>
     Value valid;            // memref<i8>, for a rank-0 capture only; else
                             // idx[0] = -1 (no index) says it holds nothing
-    SmallVector<Value> idx; // memref<index> per dim of the capture
+    SmallVector<Value> idx; // memref<i32> per dim of the capture (fewer
+                            // registers than index's 64 bits)
   };
   SmallVector<CaptureCache> caches;
   bool partials = false;
@@ -186,13 +187,15 @@ struct Lowering {
                                    memref::LoadOp::create(b, c.valid, ValueRange{}),
                                    arith::ConstantIntOp::create(b, 0, 8));
     return arith::CmpIOp::create(b, arith::CmpIPredicate::ne,
-                                 memref::LoadOp::create(b, c.idx[0], ValueRange{}), idx(-1));
+                                 memref::LoadOp::create(b, c.idx[0], ValueRange{}),
+                                 arith::ConstantIntOp::create(b, -1, 32));
   }
   void setHolds(const CaptureCache &c, bool v) {
     if (c.idx.empty())
       memref::StoreOp::create(b, arith::ConstantIntOp::create(b, v, 8), c.valid, ValueRange{});
     else if (!v)
-      memref::StoreOp::create(b, idx(-1), c.idx[0], ValueRange{});
+      memref::StoreOp::create(b, arith::ConstantIntOp::create(b, -1, 32), c.idx[0],
+                              ValueRange{});
   }
   /// Adds cache c's sum to its gradient, if it holds one.
   void flush(const CaptureCache &c, Value slot) {
@@ -202,7 +205,8 @@ struct Lowering {
     Value sum = memref::LoadOp::create(b, c.sum, ValueRange{});
     SmallVector<Value> at;
     for (Value i : c.idx)
-      at.push_back(memref::LoadOp::create(b, i, ValueRange{}));
+      at.push_back(arith::IndexCastOp::create(b, b.getIndexType(),
+                                              memref::LoadOp::create(b, i, ValueRange{})));
     if (!partials) {
       memref::AtomicRMWOp::create(b, arith::AtomicRMWKind::addf, sum, c.grad, at);
       return;
@@ -228,7 +232,10 @@ struct Lowering {
       pos += 1 + c.idx.size();
       // A held index equals the score's (-1 is none).
       Value same = c.idx.empty() ? holds(c) : arith::ConstantIntOp::create(b, 1, 1);
-      for (auto [slotOfIdx, i] : llvm::zip(c.idx, at))
+      SmallVector<Value> at32;
+      for (Value i : at)
+        at32.push_back(arith::IndexCastOp::create(b, b.getI32Type(), i));
+      for (auto [slotOfIdx, i] : llvm::zip(c.idx, at32))
         same = arith::AndIOp::create(
             b, same,
             arith::CmpIOp::create(b, arith::CmpIPredicate::eq,
@@ -240,7 +247,7 @@ struct Lowering {
       memref::StoreOp::create(b, arith::AddFOp::create(b, sum, g), c.sum, ValueRange{});
       b.setInsertionPointToStart(branch.elseBlock());
       flush(c, partials ? partialSlot(op.getB(), op.getH(), op.getQ0()) : Value());
-      for (auto [slotOfIdx, i] : llvm::zip(c.idx, at))
+      for (auto [slotOfIdx, i] : llvm::zip(c.idx, at32))
         memref::StoreOp::create(b, i, slotOfIdx, ValueRange{});
       memref::StoreOp::create(b, g, c.sum, ValueRange{});
       setHolds(c, true);
@@ -415,7 +422,7 @@ LogicalResult makeCaptureCaches(Lowering &l, ArrayRef<BackwardStepOp> steps) {
     if (rank == 0)
       cache.valid = scalar(b.getI8Type());
     for (int64_t d = 0; d < rank; ++d)
-      cache.idx.push_back(scalar(b.getIndexType()));
+      cache.idx.push_back(scalar(b.getI32Type()));
     l.caches.push_back(cache);
     l.setHolds(cache, false);
   }
