@@ -37,10 +37,16 @@ CHECKS = (
        for v in ("causal", "alibi_causal", "t5_bias") for d, dt in ((64, "bfloat16"), (128, "float16"))]
     + [("check_gqa_causal_d128", "causal", 2, 4, 2, 384, 384, 128, "bfloat16", {}),
        ("check_alibi_m700_n300", "alibi_causal", 1, 2, 2, 700, 300, 64, "bfloat16", {})]
+    # The deterministic mode (capture gradients in per-thread partial sums):
+    # also run twice and compared bitwise.
+    + [(f"check_{v}_d{d}_det", v, 1, 2, 2, 600, 600, d, dt, {"deterministic": True})
+       for v, d, dt in (("alibi_causal", 128, "bfloat16"), ("t5_bias", 64, "float16"))]
 )
 BENCH = [(f"bench_{v}_d{d}", v, 4, 16, 16, 8192, 8192, d, "bfloat16", {})
          for v, d in (("causal", 128), ("causal", 64), ("sliding_window", 128),
-                      ("document", 128), ("alibi_causal", 128))]
+                      ("document", 128), ("alibi_causal", 128))] + [
+    ("bench_det_alibi_causal_d128", "alibi_causal", 4, 16, 16, 8192, 8192, 128, "bfloat16",
+     {"deterministic": True})]
 # Checked against torch flex's Triton backend too (one torch.compile each).
 TRITON_CHECKS = ("check_causal_d128", "check_alibi_causal_d128", "check_t5_bias_d128",
                  "check_document_d64_f16")
@@ -55,7 +61,7 @@ def compile_all(out: str, only: str | None, device_cc: tuple[int, int] = (9, 0))
     from flexattn_mlir.compiler import backward
 
     os.makedirs(out, exist_ok=True)
-    items, manifest = [], {}
+    items, manifest, fwd_of = [], {}, {}
     for case in CHECKS + BENCH:
         name = case[0]
         if only and only not in name:
@@ -69,12 +75,17 @@ def compile_all(out: str, only: str | None, device_cc: tuple[int, int] = (9, 0))
             num = torch.empty(1, 1, kb, dtype=torch.int32, device="meta")
             idx = torch.empty(1, 1, kb, qb, dtype=torch.int32, device="meta")
             q_side = [num, idx, num, idx]
-        bwd = backward.backward_spec(spec, q_side, grad, False, target="sm_90a")
+        det = bool(case[-1].get("deterministic"))
+        bwd = backward.backward_spec(spec, q_side, grad, False, target="sm_90a",
+                                     deterministic=det)
         items.append((f"{name}.bwd", bwd, opts))
-        if name.startswith("bench"):
-            items.append((f"{name}.fwd", spec, opts))
+        # One forward artifact per forward spec (artifacts are stored by key:
+        # a second item of the same spec would take the first's place).
+        fwd = fwd_of.setdefault(spec.digest(), f"{name}.fwd") if name.startswith("bench") else None
+        if fwd == f"{name}.fwd":
+            items.append((fwd, spec, opts))
         torch.save([c.contiguous() for c in captures], os.path.join(out, f"{name}.captures.pt"))
-        manifest[name] = (*case[:-1], {"grad_captures": grad})
+        manifest[name] = (*case[:-1], {"grad_captures": grad, "deterministic": det, "fwd": fwd})
     gpu_suite.write_artifacts(items, manifest, out, device_cc)
 
 
@@ -96,12 +107,14 @@ def _rel(a, b) -> float:
 class Ours:
     """Our kernels of a case: the backward (and the forward for benchmarks)."""
 
-    def __init__(self, store, keys, name, caps, dev):
+    def __init__(self, store, keys, name, caps, dev, grad_captures=(), fwd=None):
         import torch
 
         self.bwd = store.get(keys[f"{name}.bwd"])
-        self.fwd = store.get(keys[f"{name}.fwd"]) if f"{name}.fwd" in keys else None
+        fwd = fwd or f"{name}.fwd"
+        self.fwd = store.get(keys[fwd]) if fwd in keys else None
         self.caps = [c.to(dev) for c in caps]
+        self.grad = list(grad_captures)
         self.zero = self.bwd.metadata.spec.get("zero_init", [])
         self.torch = torch
 
@@ -119,14 +132,19 @@ class Ours:
         fill = (lambda t: torch.full_like(t, float("nan"))) if poison else torch.empty_like
         args.update(dq=fill(q), dk=fill(k), dv=fill(v), **self.mask_args(bm))
         args.update({f"capture{i}": c for i, c in enumerate(self.caps)})
+        partial = []
         for a in self.bwd.metadata.arguments:
             if a.name.startswith("capture_grad"):
                 args[a.name] = torch.empty(a.shape, dtype=torch.float32, device=q.device)
+                if len(a.shape) > self.caps[self.grad[int(a.name[12:])]].dim():
+                    partial.append(a.name)  # the deterministic mode's slots
             elif a.name == "index_report":  # zeroed; a nonzero row is a read out of bounds
                 args[a.name] = torch.zeros(a.shape, dtype=a.dtype, device=q.device)
         for n in self.zero:
             args[n].zero_()
         self.bwd(**args)
+        for n in partial:
+            args[n] = args[n].sum(-1)
         return args
 
     def forward(self, q, k, v, bm):
@@ -219,7 +237,8 @@ def run_checks(store, keys, cases, artifacts, results, only, ours_only, dev, sav
                "D": D, "dtype": dt}
         results["checks"].append(row)
         try:
-            ours = Ours(store, keys, name, torch.load(os.path.join(artifacts, f"{name}.captures.pt")), dev)
+            ours = Ours(store, keys, name, torch.load(os.path.join(artifacts, f"{name}.captures.pt")),
+                        dev, over["grad_captures"], over.get("fwd"))
             learn = _float_captures(score_mod) if score_mod else []
             # out and lse of the forward in the input dtype (torch flex, eager).
             ref_out, ref_lse, _ = _reference_or_dense(row, zoo, variant, q, k, v, dout, score_mod,
@@ -230,8 +249,18 @@ def run_checks(store, keys, cases, artifacts, results, only, ours_only, dev, sav
             mine = [got["dq"], got["dk"], got["dv"]] + [
                 got[f"capture_grad{i}"] for i in range(len(over["grad_captures"]))]
             row["written"] = not any(bool(torch.isnan(g).any()) for g in mine[:3])
+            if over.get("deterministic"):  # a second run, bitwise the same
+                again = ours.backward(q, k, v, ref_out.to(q.dtype).contiguous(),
+                                      ref_lse.float().contiguous(), dout, bm, poison=True)
+                torch.cuda.synchronize()
+                row["bitwise_repeat"] = all(
+                    torch.equal(again[n].contiguous().view(torch.uint8),
+                                got[n].contiguous().view(torch.uint8))
+                    for n in ["dq", "dk", "dv"] + [f"capture_grad{i}" for i in
+                                                   range(len(over["grad_captures"]))])
+                print(f"{name:34s} bitwise_repeat={row['bitwise_repeat']}", flush=True)
             if ours_only:
-                row["ok"] = row["written"]
+                row["ok"] = row["written"] and row.get("bitwise_repeat", True)
                 print(f"{name:34s} written={row['ok']}", flush=True)
                 save()
                 continue
@@ -250,7 +279,8 @@ def run_checks(store, keys, cases, artifacts, results, only, ours_only, dev, sav
                 row["triton_rel_err"] = {n: _rel(a, b) for n, a, b in zip(names, tri, ref)}
                 row["ours_vs_triton"] = {n: _rel(a, b) for n, a, b in zip(names, mine, tri)}
             worst = max(row["rel_err"].values())
-            row["ok"] = row["written"] and worst < (3e-2 if dt == "bfloat16" else 1e-2)
+            row["ok"] = (row["written"] and worst < (3e-2 if dt == "bfloat16" else 1e-2)
+                         and row.get("bitwise_repeat", True))
             print(f"{name:34s} " + " ".join(f"{n}={e:.1e}" for n, e in row["rel_err"].items())
                   + f" ok={row['ok']}", flush=True)
         except Exception as e:  # noqa: BLE001 - report and go on
@@ -291,7 +321,8 @@ def run_bench(store, keys, cases, artifacts, results, only, reps, peers, dev, sa
                "density": density, "learnable": bool(over["grad_captures"])}
         results["bench"].append(row)
         try:
-            ours = Ours(store, keys, name, torch.load(os.path.join(artifacts, f"{name}.captures.pt")), dev)
+            ours = Ours(store, keys, name, torch.load(os.path.join(artifacts, f"{name}.captures.pt")),
+                        dev, over["grad_captures"], over.get("fwd"))
 
             def ours_step():
                 out, lse = ours.forward(q, k, v, bm)

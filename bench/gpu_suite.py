@@ -104,6 +104,15 @@ BENCH = (
     # sm_80 beside FlashAttention-2 (SDPA's FLASH_ATTENTION backend).
     + [(f"bench_{v}_d{d}_sm80", v, 4, 16, 16, 8192, 8192, d, "bfloat16", SM80)
        for d in (128, 64) for v in ("full", "causal")]
+    # Causal D = 64 on sm_90a under the schedules it could take instead
+    # (more K/V stages, no ping-pong between the consumer warpgroups,
+    # persistent CTAs): the targets table's choice is made by measurement.
+    + [("bench_causal_d64_3stages", "causal", 4, 16, 16, 8192, 8192, 64, "bfloat16",
+        {"stages": 3}),
+       ("bench_causal_d64_nopingpong", "causal", 4, 16, 16, 8192, 8192, 64, "bfloat16",
+        NO_PINGPONG),
+       ("bench_causal_d64_persistent", "causal", 4, 16, 16, 8192, 8192, 64, "bfloat16",
+        PERSISTENT)]
     # sm_80 beside its other tilings (targets.py picks one per head dim and
     # KV tile; warp_rows / q_in_registers override it):
     # the 16-row kernel at D = 64, 32 rows at D = 128 (it spills), causal

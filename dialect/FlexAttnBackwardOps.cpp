@@ -96,13 +96,18 @@ LogicalResult verifyGradCaptures(Operation *op, ValueRange captures,
              << "point";
     if (grads.empty())
       continue;
+    // The capture's shape, or with one more trailing dim of per-thread
+    // partial sums (a deterministic GPU kernel's; the caller sums them).
     auto gradType = cast<MemRefType>(grads[i].getType());
+    ArrayRef<int64_t> g = gradType.getShape();
     if (!gradType.getElementType().isF32() ||
-        gradType.getShape() != capType.getShape())
+        (g != capType.getShape() &&
+         (g.size() != capType.getRank() + 1 || g.drop_back() != capType.getShape())))
       return op->emitOpError()
              << "capture_grads #" << i << " must be an f32 memref of captured "
              << "buffer #" << c << "'s shape " << shapeStr(capType.getShape())
-             << ", got " << gradType;
+             << " (or that shape and a trailing dim of partial sums), got "
+             << gradType;
   }
   return success();
 }

@@ -77,7 +77,12 @@ def FlexAttn_AttentionBackwardOp : FlexAttn_Op<"attention_backward", [
                        query attention dk and dv sum over the Hq / Hkv query
                        heads of a key/value head)
       capture_grads   one f32 buffer per entry of `grad_captures` (the
-                       capture's index), with that capture's shape
+                       capture's index), with that capture's shape, or that
+                       shape and one trailing dim of P partial sums (the
+                       deterministic mode of a GPU kernel: each of its
+                       threads adds into its own slot in a fixed order, the
+                       caller sums the P slots; the kernel's lowering checks
+                       that P covers its threads)
 
     FlashAttention-2 math: with x = scale * q.kᵀ, s = score_mod(x) (-inf
     where mask_mod is false), P = exp(s - lse) (0 on a row with lse = -inf),

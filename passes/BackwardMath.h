@@ -73,6 +73,21 @@ inline Value captureGradOf(BackwardStepOp op, int64_t capture) {
                               gradCaptures.begin()];
 }
 
+/// Whether the step's capture gradients carry a trailing dim of per-thread
+/// partial sums (the deterministic mode of flexattn-lower-backward-mma).
+inline bool hasPartialCaptureGrads(BackwardStepOp op) {
+  for (int64_t c : op.getGradCaptures())
+    if (!op.getCaptureGrads().empty() &&
+        cast<MemRefType>(captureGradOf(op, c).getType()).getRank() !=
+            cast<MemRefType>(op.getCaptures()[c].getType()).getRank())
+      return true;
+  return false;
+}
+
+/// Where a score's capture gradients go: called with apply_mods_vjp's
+/// results (dy = 1) and dS; the default is accumulateCaptureGrads.
+using CaptureGradSink = llvm::function_ref<void(ValueRange mods, Value dS)>;
+
 /// capture_grads[c][idx] += dS * dscore/dload for every differentiated load
 /// (`mods` from apply_mods_vjp with dy = 1): an f32 atomic add, skipped
 /// where dS = 0 (masked scores never touch memory).
@@ -107,12 +122,14 @@ struct ScoreGrad {
 /// (relative to q0 / kv0), from the raw product x = q.k, dp = dout.v and the
 /// query row's lse and delta:
 ///   S = mods(scale x)   P = exp2(log2(e) S - base(log2(e) lse))
-///   dS = P (dp - delta)  capture_grads += dS dS/dload (f32 atomics)
+///   dS = P (dp - delta)  capture_grads += dS dS/dload (f32 atomics, or
+///                        `sink`)
 ///   dX = scale dS dS/dX, 0 where P = 0
 /// `live` (optional, i1) zeroes P where the score lies outside M x N.
 inline ScoreGrad scoreGradient(OpBuilder &b, Location loc, BackwardStepOp op,
                                Value x, Value dp, Value lse, Value delta,
-                               Value i, Value j, Value live = Value()) {
+                               Value i, Value j, Value live = Value(),
+                               CaptureGradSink sink = nullptr) {
   float scale = op.getScale().convertToFloat();
   Value one = arith::ConstantOp::create(b, loc, b.getF32FloatAttr(1.0f));
   SmallVector<Value> mods = applyVjp(b, loc, op, scaled(b, loc, x, scale), one, i, j);
@@ -126,7 +143,10 @@ inline ScoreGrad scoreGradient(OpBuilder &b, Location loc, BackwardStepOp op,
     p = arith::SelectOp::create(
         b, loc, live, p, arith::ConstantOp::create(b, loc, b.getF32FloatAttr(0.0f)));
   Value dS = arith::MulFOp::create(b, loc, p, arith::SubFOp::create(b, loc, dp, delta));
-  accumulateCaptureGrads(b, loc, op, mods, dS);
+  if (sink)
+    sink(mods, dS);
+  else
+    accumulateCaptureGrads(b, loc, op, mods, dS);
   return {p, dScore(b, loc, p, dS, mods[1], scale)};
 }
 

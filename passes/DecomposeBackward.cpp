@@ -70,6 +70,10 @@ void accumulateCaptureGrads(OpBuilder &b, Location loc, BackwardStepOp op,
 
 LogicalResult mlir::flexattn::decomposeBackwardStep(RewriterBase &rewriter,
                                                     BackwardStepOp op) {
+  if (hasPartialCaptureGrads(op)) // the CPU's order is fixed already
+    return op.emitOpError("flexattn-decompose-backward accumulates capture "
+                          "gradients in a fixed order; per-thread partial sums "
+                          "are flexattn-lower-backward-mma's");
   Location loc = op.getLoc();
   OpBuilder::InsertionGuard guard(rewriter);
   rewriter.setInsertionPoint(op);

@@ -28,8 +28,10 @@
 // in registers (whole-vector accesses only). The chunks are a loop, and the
 // streamed rings' position a run-time counter (a stack slot too), so no
 // chunk's indices or slot addresses are hoisted out of the loops and kept
-// live (unrolled, with constant slots, the kernel spilled). Each chunk is
-// copied, waited for and computed in turn: no copy runs ahead yet.
+// live (unrolled, with constant slots, the kernel spilled). The next
+// chunk's copy is issued right after the wait for this one (two-slot
+// rings: one wait and one barrier per chunk), so it lands during this
+// chunk's MMAs; only a step's first chunk is waited for cold.
 //
 //===----------------------------------------------------------------------===//
 
@@ -59,7 +61,7 @@ constexpr const char *kPass = "flexattn-lower-backward-mma";
 
 /// What the kernel is specialised on, checked on every step.
 struct Plan {
-  int64_t R = 0, D = 0, M = 0, N = 0;
+  int64_t R = 0, D = 0, M = 0, N = 0, B = 0, H = 0; // H: query heads
   Type elem;
 
   LogicalResult check(BackwardStepOp op) {
@@ -91,6 +93,7 @@ struct Plan {
       return op.emitOpError() << kPass << ": every step of a launch must have the "
                                           "same tile, head dim, type and lengths";
     R = ts[0], D = d, elem = e, M = q.getDimSize(2), N = k.getDimSize(2);
+    B = q.getDimSize(0), H = q.getDimSize(1);
     return success();
   }
   int64_t threads() const { return R / kBand * kGroup; }
@@ -104,6 +107,22 @@ struct Lowering {
   Value band, frow, fcol;       // index: the group's band, the thread's
                                 // first fragment row and column
   DenseMap<Value, Value> accs;  // [R, D] tile -> memref<vector<D/2 x f32>>
+  Value tid;                    // index: the thread in the CTA
+  /// Per differentiated load of the dq steps (vjp_loads order): the
+  /// thread's running sum for one index of the capture (stack slots, kept in
+  /// registers), added to the gradient when the index changes and at the
+  /// tile's end: one atomic per run of equal indices instead of one per
+  /// score (a learnable ALiBi slope is one index per tile). With partials
+  /// (the deterministic mode), a plain add into the thread's own slot.
+  struct CaptureCache {
+    Value grad, sum;        // gradient buffer, memref<f32>
+    Value valid;            // memref<i8>, for a rank-0 capture only; else
+                            // idx[0] = -1 (no index) says it holds nothing
+    SmallVector<Value> idx; // memref<i32> per dim of the capture (fewer
+                            // registers than index's 64 bits)
+  };
+  SmallVector<CaptureCache> caches;
+  bool partials = false;
 
   Value idx(int64_t v) { return arith::ConstantIndexOp::create(b, v); }
   Value pos0() { return arith::ConstantIntOp::create(b, 0, 32); }
@@ -112,14 +131,16 @@ struct Lowering {
   VectorType frag(int64_t cols, Type e) { return VectorType::get({cols / 2}, e); }
 
   /// Copies rows [row, row + rows) of src[b, h] into `ring`'s slot of
-  /// `pos` and rows of `src2` into `ring2`'s, waits for both; returns the
-  /// slots.
-  std::pair<Value, Value> copyPair(Value ring, Value src, Value ring2, Value src2,
-                                   Value bb, Value h, Value row, Value pos) {
+  /// `pos` and rows of `src2` into `ring2`'s (where `valid`, if given).
+  void issuePair(Value ring, Value src, Value ring2, Value src2, Value bb, Value h,
+                 Value row, Value pos, Value valid = Value()) {
     RingAcquireOp::create(b, ring, pos);
     RingAcquireOp::create(b, ring2, pos);
-    RingCopyOp::create(b, src, bb, h, row, ring, pos, Value());
-    RingCopyOp::create(b, src2, bb, h, row, ring2, pos, Value());
+    RingCopyOp::create(b, src, bb, h, row, ring, pos, valid);
+    RingCopyOp::create(b, src2, bb, h, row, ring2, pos, valid);
+  }
+  /// Waits for the pair of `pos` (the last copies issued); returns the slots.
+  std::pair<Value, Value> waitPair(Value ring, Value ring2, Value pos) {
     RingWaitOp::create(b, ring, pos).setInFlight(1);
     Value s1 = RingSlotOp::create(b, ring, pos);
     RingWaitOp::create(b, ring2, pos).setInFlight(0);
@@ -141,6 +162,97 @@ struct Lowering {
 
   LogicalResult lowerStep(BackwardStepOp op);
   void lowerStore(StoreTileOp op);
+
+  /// The thread's partial slot of the dq tile (b, h, q0): tiles in (b, h,
+  /// Q tile) order, threads() slots each. In i32 (fewer than 2^30 slots:
+  /// backward.capture_partials bounds the scratch), one register if kept.
+  Value partialSlot(Value bb, Value h, Value q0) {
+    auto i32 = [&](Value v) { return arith::IndexCastOp::create(b, b.getI32Type(), v); };
+    auto c32 = [&](int64_t v) { return arith::ConstantIntOp::create(b, v, 32); };
+    Value tileIdx = arith::AddIOp::create(
+        b,
+        arith::MulIOp::create(
+            b, arith::AddIOp::create(b, arith::MulIOp::create(b, i32(bb), c32(plan.H)), i32(h)),
+            c32(llvm::divideCeil(plan.M, plan.R))),
+        arith::DivUIOp::create(b, i32(q0), c32(plan.R)));
+    Value slot = arith::AddIOp::create(
+        b, arith::MulIOp::create(b, tileIdx, c32(plan.threads())), i32(tid));
+    return arith::IndexCastOp::create(b, b.getIndexType(), slot);
+  }
+  /// Whether cache c holds a sum: idx[0] is not -1 (an i8 flag for a
+  /// rank-0 capture; i1 memrefs do not lower). No register beyond the index.
+  Value holds(const CaptureCache &c) {
+    if (c.idx.empty())
+      return arith::CmpIOp::create(b, arith::CmpIPredicate::ne,
+                                   memref::LoadOp::create(b, c.valid, ValueRange{}),
+                                   arith::ConstantIntOp::create(b, 0, 8));
+    return arith::CmpIOp::create(b, arith::CmpIPredicate::ne,
+                                 memref::LoadOp::create(b, c.idx[0], ValueRange{}),
+                                 arith::ConstantIntOp::create(b, -1, 32));
+  }
+  void setHolds(const CaptureCache &c, bool v) {
+    if (c.idx.empty())
+      memref::StoreOp::create(b, arith::ConstantIntOp::create(b, v, 8), c.valid, ValueRange{});
+    else if (!v)
+      memref::StoreOp::create(b, arith::ConstantIntOp::create(b, -1, 32), c.idx[0],
+                              ValueRange{});
+  }
+  /// Adds cache c's sum to its gradient, if it holds one.
+  void flush(const CaptureCache &c, Value slot) {
+    auto branch = scf::IfOp::create(b, holds(c), /*withElseRegion=*/false);
+    OpBuilder::InsertionGuard guard(b);
+    b.setInsertionPointToStart(branch.thenBlock());
+    Value sum = memref::LoadOp::create(b, c.sum, ValueRange{});
+    SmallVector<Value> at;
+    for (Value i : c.idx)
+      at.push_back(arith::IndexCastOp::create(b, b.getIndexType(),
+                                              memref::LoadOp::create(b, i, ValueRange{})));
+    if (!partials) {
+      memref::AtomicRMWOp::create(b, arith::AtomicRMWKind::addf, sum, c.grad, at);
+      return;
+    }
+    at.push_back(slot);
+    Value old = memref::LoadOp::create(b, c.grad, at);
+    memref::StoreOp::create(b, arith::AddFOp::create(b, old, sum), c.grad, at);
+  }
+  /// The capture-gradient sink of a dq step's scores: where dS != 0, each
+  /// load's dS dscore/dload joins its cache (flushed first when the index
+  /// differs).
+  void cacheCaptureGrads(BackwardStepOp op, ValueRange mods, Value dS) {
+    Value zero = arith::ConstantOp::create(b, b.getF32FloatAttr(0.0f));
+    auto some = scf::IfOp::create(
+        b, arith::CmpFOp::create(b, arith::CmpFPredicate::ONE, dS, zero),
+        /*withElseRegion=*/false);
+    OpBuilder::InsertionGuard guard(b);
+    b.setInsertionPointToStart(some.thenBlock());
+    unsigned pos = 2;
+    for (const CaptureCache &c : caches) {
+      Value g = arith::MulFOp::create(b, dS, mods[pos]);
+      ValueRange at = mods.slice(pos + 1, c.idx.size());
+      pos += 1 + c.idx.size();
+      // A held index equals the score's (-1 is none).
+      Value same = c.idx.empty() ? holds(c) : arith::ConstantIntOp::create(b, 1, 1);
+      SmallVector<Value> at32;
+      for (Value i : at)
+        at32.push_back(arith::IndexCastOp::create(b, b.getI32Type(), i));
+      for (auto [slotOfIdx, i] : llvm::zip(c.idx, at32))
+        same = arith::AndIOp::create(
+            b, same,
+            arith::CmpIOp::create(b, arith::CmpIPredicate::eq,
+                                  memref::LoadOp::create(b, slotOfIdx, ValueRange{}), i));
+      auto branch = scf::IfOp::create(b, same, /*withElseRegion=*/true);
+      OpBuilder::InsertionGuard g2(b);
+      b.setInsertionPointToStart(branch.thenBlock());
+      Value sum = memref::LoadOp::create(b, c.sum, ValueRange{});
+      memref::StoreOp::create(b, arith::AddFOp::create(b, sum, g), c.sum, ValueRange{});
+      b.setInsertionPointToStart(branch.elseBlock());
+      flush(c, partials ? partialSlot(op.getB(), op.getH(), op.getQ0()) : Value());
+      for (auto [slotOfIdx, i] : llvm::zip(c.idx, at32))
+        memref::StoreOp::create(b, i, slotOfIdx, ValueRange{});
+      memref::StoreOp::create(b, g, c.sum, ValueRange{});
+      setHolds(c, true);
+    }
+  }
 };
 
 LogicalResult Lowering::lowerStep(BackwardStepOp op) {
@@ -154,6 +266,21 @@ LogicalResult Lowering::lowerStep(BackwardStepOp op) {
   // along the loops, rather than being hoisted out of them and kept live).
   Value ownBase = add(kvOwner ? kv0 : q0, frow);
   Value streamBase = add(kvOwner ? q0 : kv0, fcol);
+  // The streamed chunks: Q, dout (dk/dv) or K, V (dq), at the rings' next
+  // positions (a run-time counter: the slots' addresses vary along the
+  // loops instead of staying live across them). Chunk 0's copy is issued
+  // here, chunk c + 1's right after the wait for chunk c (the wait's
+  // barrier: every thread is done with the slot it overwrites), so it
+  // lands while chunk c is computed.
+  auto issue = [&](Value row, Value pos, Value valid) {
+    if (kvOwner)
+      issuePair(strA, op.getQ(), strB, op.getDout(), op.getB(), op.getH(), add(q0, row),
+                pos, valid);
+    else
+      issuePair(strA, op.getK(), strB, op.getV(), op.getB(), op.getHkv(), add(kv0, row),
+                pos, valid);
+  };
+  issue(idx(0), memref::LoadOp::create(b, position, ValueRange{}), Value());
   // A loop over the chunks (not unrolled: one chunk's fragments live at a
   // time).
   auto chunks = scf::ForOp::create(b, idx(0), idx(plan.R), idx(kChunk));
@@ -162,17 +289,12 @@ LogicalResult Lowering::lowerStep(BackwardStepOp op) {
     b.setInsertionPointToStart(chunks.getBody());
     Value c0 = chunks.getInductionVar();
     Value chunkBase = add(streamBase, c0);
-    // The streamed chunk: Q, dout (dk/dv) or K, V (dq), at the next
-    // position (a run-time counter: the slots' addresses vary along the
-    // loops instead of staying live across them).
     Value pos = memref::LoadOp::create(b, position, ValueRange{});
-    memref::StoreOp::create(b, arith::AddIOp::create(b, pos, arith::ConstantIntOp::create(b, 1, 32)),
-                            position, ValueRange{});
-    auto [a, bt] = kvOwner
-                       ? copyPair(strA, op.getQ(), strB, op.getDout(), op.getB(),
-                                  op.getH(), add(q0, c0), pos)
-                       : copyPair(strA, op.getK(), strB, op.getV(), op.getB(),
-                                  op.getHkv(), add(kv0, c0), pos);
+    Value next = arith::AddIOp::create(b, pos, arith::ConstantIntOp::create(b, 1, 32));
+    memref::StoreOp::create(b, next, position, ValueRange{});
+    auto [a, bt] = waitPair(strA, strB, pos);
+    Value c1 = add(c0, kChunk);
+    issue(c1, next, arith::CmpIOp::create(b, arith::CmpIPredicate::ult, c1, idx(plan.R)));
     // Sᵀ = K Qᵀ, dPᵀ = V doutᵀ | S = Q Kᵀ, dP = dout Vᵀ
     Value x = mma(frag(kChunk, f32), ownTileA, band, a, Value(), true);
     Value dp = mma(frag(kChunk, f32), ownTileB, band, bt, Value(), true);
@@ -202,9 +324,12 @@ LogicalResult Lowering::lowerStep(BackwardStepOp op) {
         it->second = {memref::LoadOp::create(b, op.getLse(), at),
                       memref::LoadOp::create(b, op.getDelta(), at)};
       }
-      auto [p, dx] = scoreGradient(b, b.getLoc(), op, xs[e], dps[e], it->second.first,
-                                   it->second.second, arith::SubIOp::create(b, qc, q0),
-                                   arith::SubIOp::create(b, kc, kv0), live);
+      auto sink = [&](ValueRange mods, Value dS) { cacheCaptureGrads(op, mods, dS); };
+      auto [p, dx] = scoreGradient(
+          b, b.getLoc(), op, xs[e], dps[e], it->second.first, it->second.second,
+          arith::SubIOp::create(b, qc, q0), arith::SubIOp::create(b, kc, kv0), live,
+          caches.empty() || op.getCaptureGrads().empty() ? CaptureGradSink()
+                                                          : CaptureGradSink(sink));
       ps.push_back(arith::TruncFOp::create(b, plan.elem, p));
       dxs.push_back(arith::TruncFOp::create(b, plan.elem, dx));
     }
@@ -250,6 +375,60 @@ void Lowering::lowerStore(StoreTileOp op) {
   }
 }
 
+/// The dq accumulator tile a store writes, if a dq step accumulates it.
+Value dqTileOf(ArrayRef<BackwardStepOp> steps, StoreTileOp store) {
+  for (BackwardStepOp step : steps)
+    if (step.getDqAcc() == store.getAcc())
+      return store.getAcc();
+  return Value();
+}
+
+/// The capture caches of the dq steps (all steps with capture gradients
+/// must agree on them), at the kernel's entry: not valid, sum 0. Partial
+/// slots (a trailing dim of the gradients) must cover every thread of every
+/// dq tile.
+LogicalResult makeCaptureCaches(Lowering &l, ArrayRef<BackwardStepOp> steps) {
+  BackwardStepOp first;
+  for (BackwardStepOp step : steps)
+    if (!step.getCaptureGrads().empty() && step.getVjpLoads() &&
+        !step.getVjpLoads()->empty()) {
+      if (!first) {
+        first = step;
+        continue;
+      }
+      if (!llvm::equal(step.getCaptureGrads(), first.getCaptureGrads()) ||
+          step.getVjpLoads() != first.getVjpLoads())
+        return step.emitOpError() << kPass << ": every dq step must differentiate the "
+                                              "same loads into the same capture gradients";
+    }
+  if (!first)
+    return success();
+  ImplicitLocOpBuilder &b = l.b;
+  l.partials = hasPartialCaptureGrads(first);
+  int64_t need = l.plan.B * l.plan.H * static_cast<int64_t>(llvm::divideCeil(l.plan.M, l.plan.R)) * l.plan.threads();
+  ArrayRef<int64_t> loads = *first.getVjpLoads(); // (not a temporary's member)
+  for (int64_t c : loads) {
+    Lowering::CaptureCache cache;
+    cache.grad = captureGradOf(first, c);
+    auto gradType = cast<MemRefType>(cache.grad.getType());
+    int64_t rank = cast<MemRefType>(first.getCaptures()[c].getType()).getRank();
+    if (l.partials && (gradType.getRank() != rank + 1 || gradType.getShape().back() < need))
+      return first.emitOpError()
+             << kPass << ": partial capture gradients need a trailing dim of at least "
+             << need << " slots (B x Hq x ceil(M / " << l.plan.R << ") x "
+             << l.plan.threads() << " threads) on every gradient, got " << gradType;
+    auto scalar = [&](Type t) { return memref::AllocaOp::create(b, MemRefType::get({}, t)); };
+    cache.sum = scalar(b.getF32Type());
+    if (rank == 0)
+      cache.valid = scalar(b.getI8Type());
+    for (int64_t d = 0; d < rank; ++d)
+      cache.idx.push_back(scalar(b.getI32Type()));
+    l.caches.push_back(cache);
+    l.setHolds(cache, false);
+  }
+  return success();
+}
+
 } // namespace
 
 LogicalResult mlir::flexattn::lowerBackwardMma(RewriterBase &rewriter,
@@ -291,6 +470,7 @@ LogicalResult mlir::flexattn::lowerBackwardMma(RewriterBase &rewriter,
   // The m16n8 accumulator layout: warp w of group g holds rows 64 g + 16 w
   // + lane / 4 (and + 8), columns 2 (lane % 4) + 8 j (+ 1).
   Value tid = gpu::ThreadIdOp::create(b, gpu::Dimension::x);
+  l.tid = tid;
   Value thread = arith::RemUIOp::create(b, tid, l.idx(kGroup));
   Value lane = arith::RemUIOp::create(b, tid, l.idx(32));
   l.band = arith::MulIOp::create(b, arith::DivUIOp::create(b, tid, l.idx(kGroup)),
@@ -335,6 +515,9 @@ LogicalResult mlir::flexattn::lowerBackwardMma(RewriterBase &rewriter,
     dead.push_back(alloca);
   }
 
+  if (failed(makeCaptureCaches(l, steps)))
+    return failure();
+
   // The owned tiles, once per CTA, before the first step of the CTA's
   // nest (the block of its stores): K, V (dk/dv) or Q, dout (dq).
   DominanceInfo dom(launch);
@@ -359,9 +542,10 @@ LogicalResult mlir::flexattn::lowerBackwardMma(RewriterBase &rewriter,
     bool kvOwner = first.getDkAcc() || first.getDvAcc();
     OpBuilder::InsertionGuard g(b);
     b.setInsertionPoint(anchor);
-    l.copyPair(l.ownA, kvOwner ? first.getK() : first.getQ(), l.ownB,
-               kvOwner ? first.getV() : first.getDout(), store.getB(), store.getH(),
-               store.getRow0(), l.pos0());
+    l.issuePair(l.ownA, kvOwner ? first.getK() : first.getQ(), l.ownB,
+                kvOwner ? first.getV() : first.getDout(), store.getB(), store.getH(),
+                store.getRow0(), l.pos0());
+    l.waitPair(l.ownA, l.ownB, l.pos0());
   }
   for (BackwardStepOp step : steps) {
     OpBuilder::InsertionGuard g(b);
@@ -375,6 +559,13 @@ LogicalResult mlir::flexattn::lowerBackwardMma(RewriterBase &rewriter,
     OpBuilder::InsertionGuard g(b);
     b.setInsertionPoint(store);
     l.lowerStore(store);
+    // The dq tile's end: its threads' cached capture gradients.
+    if (store.getAcc() == dqTileOf(steps, store))
+      for (const Lowering::CaptureCache &c : l.caches) {
+        l.flush(c, l.partials ? l.partialSlot(store.getB(), store.getH(), store.getRow0())
+                              : Value());
+        l.setHolds(c, false);
+      }
     dead.push_back(store);
   }
   // Uses first (steps, stores, fills), then the tiles.

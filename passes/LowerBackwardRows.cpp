@@ -111,6 +111,10 @@ LogicalResult lowerStepRows(RewriterBase &rewriter, BackwardStepOp op,
   if (kvOwner && !op.getCaptureGrads().empty())
     return op.emitOpError("flexattn-lower-backward-rows accumulates capture "
                           "gradients in the dq steps only");
+  if (hasPartialCaptureGrads(op))
+    return op.emitOpError("flexattn-lower-backward-rows adds capture gradients "
+                          "with atomics: per-thread partial sums (the "
+                          "deterministic mode) are flexattn-lower-backward-mma's");
   for (Value x : {op.getQ(), op.getK(), op.getV(), op.getDout()})
     if (!cast<MemRefType>(x.getType()).hasStaticShape())
       return op.emitOpError("flexattn-lower-backward-rows needs static shapes");

@@ -16,10 +16,12 @@
 //                  thread where its chunks share a column), then
 //                  cp.async.commit_group (also when `if` is false: an
 //                  empty group keeps the count)
-//   ring.wait      cp.async.wait_group in_flight, then a CTA barrier
+//   ring.wait      cp.async.wait_group in_flight, then a CTA barrier (none
+//                  right before a wait with no more copies in flight)
 //   ring.acquire   a CTA barrier (after all threads' earlier releases),
-//                  left out right after a wait of the same ring up to
-//                  S - 1 positions back or after an acquire that made one
+//                  left out right after (other waits and acquires
+//                  between) a wait of the same ring up to S - 1 positions
+//                  back or an acquire that made one
 //   ring.release   nothing (the next acquire's barrier orders it)
 //   frag.load      ldmatrix.x4 per 16 columns and m16 tile of the warp
 //   mma            per warp, m16n8k16 mma.sync per 8 columns of N, 16 of K
@@ -326,15 +328,29 @@ LogicalResult Lowering::lowerCopy(RingCopyOp op) {
   return success();
 }
 
+/// The op after `op` in its block, skipping pure ops without regions.
+Operation *nextEffect(Operation *op) {
+  for (Operation *next = op->getNextNode(); next; next = next->getNextNode())
+    if (next->getNumRegions() || !isMemoryEffectFree(next))
+      return next;
+  return nullptr;
+}
+
 void Lowering::lowerAcquire(RingAcquireOp op) {
-  Operation *prev = previousEffect(op);
-  if (auto wait = dyn_cast_or_null<RingWaitOp>(prev);
-      wait && wait.getRing() == op.getRing() &&
-      isAhead(op.getPosition(), wait.getPosition(), op.getRing().getType().getStages()))
-    return; // every thread released the slot before it waited
-  for (; auto acquire = dyn_cast_or_null<RingAcquireOp>(prev); prev = previousEffect(prev))
-    if (barrierAcquires.contains(acquire))
-      return; // no release since that acquire's barrier
+  // Back over the waits and acquires right before it (and the waits'
+  // lowering): no thread reads a slot between them and op.
+  for (Operation *prev = previousEffect(op); prev; prev = previousEffect(prev)) {
+    if (auto wait = dyn_cast<RingWaitOp>(prev)) {
+      if (wait.getRing() == op.getRing() &&
+          isAhead(op.getPosition(), wait.getPosition(), op.getRing().getType().getStages()))
+        return; // every thread released the slot before it waited
+    } else if (auto acquire = dyn_cast<RingAcquireOp>(prev)) {
+      if (barrierAcquires.contains(acquire))
+        return; // no release since that acquire's barrier
+    } else if (!isa<NVVM::CpAsyncWaitGroupOp, NVVM::Barrier0Op>(prev)) {
+      break;
+    }
+  }
   NVVM::Barrier0Op::create(b);
   barrierAcquires.insert(op);
 }
@@ -348,6 +364,11 @@ LogicalResult Lowering::lower(Operation *op) {
     if (!wait.getInFlight())
       return wait.emitOpError("on a ring filled by flexattn.ring.copy needs "
                               "in_flight (how many later copies may run)");
+    // A wait right before one with no more copies in flight is implied by
+    // it (its cp.async.wait_group and barrier cover both).
+    if (auto next = dyn_cast_or_null<RingWaitOp>(nextEffect(wait));
+        next && next.getInFlight() && *next.getInFlight() <= *wait.getInFlight())
+      return success();
     NVVM::CpAsyncWaitGroupOp::create(b, *wait.getInFlight());
     NVVM::Barrier0Op::create(b);
   } else if (auto acquire = dyn_cast<RingAcquireOp>(op)) {

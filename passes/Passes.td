@@ -783,15 +783,25 @@ def FlexAttnLowerBackwardMma
     (keys for dk/dv, queries for dq) in R / 64 groups of 4 warps (the block
     becomes R / 64 x 128 threads), copies its owned tiles into rings once
     and streams the other side in 32-row chunks (a loop; two-slot rings at a
-    run-time position, so slot addresses are not kept live across loops):
+    run-time position, so slot addresses are not kept live across loops).
+    A step copies its first chunk before the loop; each chunk waits for its
+    copy (one wait, one barrier) and then issues the next chunk's, which
+    lands while this chunk is computed:
 
-      dk/dv step, per chunk of 32 queries (copy Q, dout):
+      dk/dv step, per chunk of 32 queries (wait Q, dout; copy the next):
         Sᵀ = K Qᵀ    dPᵀ = V doutᵀ            (flexattn.mma, A = the band)
         per element: Pᵀ, dXᵀ (mods + derivative, P from lse, 0 outside M x N)
         dV += Pᵀ dout    dK += dXᵀ Q           (register A)
-      dq step, per chunk of 32 keys (copy K, V):
-        S = Q Kᵀ    dP = dout Vᵀ;  dX, capture_grads += dS dload (atomics)
+      dq step, per chunk of 32 keys (wait K, V; copy the next):
+        S = Q Kᵀ    dP = dout Vᵀ;  dX, capture_grads += dS dload
         dQ += dX K
+
+    Capture gradients: per thread and differentiated load, a running sum
+    for one index (registers), flushed when the index changes and at the dq
+    tile's end, with an f32 atomic; where the gradient buffer has a
+    trailing dim of partial slots (the deterministic mode), into the
+    thread's own slot ((b Hq + h) ceil(M / R) + Q tile) x threads + thread
+    with a plain load and store (fewer slots than that is an error).
 
     Accumulator tiles `[R, D]` become one fragment per thread (a
     `memref<vector<D/2 x f32>>` at the kernel's entry, whole-vector accesses
@@ -819,9 +829,11 @@ def FlexAttnLowerBackwardMma
     memref.store %zeros, %dq[] : memref<vector<32xf32>>
     flexattn.ring.copy %q[%b, %h, %q0] into %own_q[%c0_i32] ...
     scf.for %j = %c0 to %n step %c1 {
+      flexattn.ring.copy %k[%b, %hkv, %kv0] into %str_a[%at0] ...
       scf.for %c = %c0 to %c64 step %c32 {
         %at = memref.load %position[] : memref<i32>
-        flexattn.ring.copy %k[%b, %hkv, %kv0_c] into %str_a[%at] ...
+        flexattn.ring.wait %str_a[%at] in_flight(1) ...
+        flexattn.ring.copy %k[%b, %hkv, %kv0_c1] into %str_a[%next] if %more ...
         %s = flexattn.mma %qt[%band], %kt {transpose_b} ...
         %dp = flexattn.mma %dot[%band], %vt {transpose_b} ...
         ... flexattn.apply_mods_vjp per element ...
@@ -1216,10 +1228,12 @@ def FlexAttnLowerToAmpere : Pass<"flexattn-lower-to-ampere", "::mlir::ModuleOp">
     column and swizzle: one source and one slot address per thread, moved
     by constants, so no per-chunk address lives across the KV loop), then
     `nvvm.cp.async.commit.group` (an empty group where `if` is false);
-    `ring.wait` to `nvvm.cp.async.wait.group` `in_flight` and a CTA barrier;
-    `ring.acquire` to a CTA barrier, left out right after a wait of the same
-    ring at most `stages` - 1 positions back (each thread released the slot
-    before it waited) or after an acquire that made one; `ring.release` to
+    `ring.wait` to `nvvm.cp.async.wait.group` `in_flight` and a CTA barrier
+    (nothing right before another wait with no more copies in flight: that
+    one covers both); `ring.acquire` to a CTA barrier, left out right after
+    (only waits and acquires between) a wait of the same ring at most
+    `stages` - 1 positions back (each thread released the slot before it
+    waited) or an acquire that made one; `ring.release` to
     nothing; `frag.load` to `nvvm.ldmatrix` x4 per 16 columns; `mma` to
     `nvvm.mma.sync` m16n8k16 (bf16, f16) per warp, 8 columns of N and 16 of
     K, A from the fragment's registers or ldmatrix, B with ldmatrix (a

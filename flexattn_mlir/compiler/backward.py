@@ -17,6 +17,7 @@ the caller (an argument: the GPU kernel's form, as torch's flex backward does). 
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass, field, replace
 from typing import Optional, Sequence
 
@@ -45,6 +46,9 @@ class BackwardSpec:
     delta_input: bool = False
     # The attention sinks take a gradient (dsinks).
     sink_grad: bool = False
+    # > 0: each capture gradient has a trailing dim of this many per-thread
+    # partial sums (the deterministic GPU kernel's), summed by the caller.
+    capture_partials: int = 0
     # Names the score_mod in diagnostics (the op's location); not in the key.
     label: str = field(default="score_mod", compare=False)
 
@@ -74,14 +78,16 @@ class BackwardSpec:
         args += [(f"capture{i}", c) for i, c in enumerate(f.captures)]
         if f.index_report is not None:  # the mods' last capture, as in the forward
             args.append(("index_report", f.index_report))
-        args += [(f"capture_grad{i}", BufferType(f.captures[c].shape, "f32"))
+        partials = (self.capture_partials,) if self.capture_partials else ()
+        args += [(f"capture_grad{i}", BufferType((*f.captures[c].shape, *partials), "f32"))
                  for i, c in enumerate(self.grad_captures)]
         return args
 
     def digest(self) -> str:
         h = hashlib.sha256(b"backward|" + self.forward.digest().encode())
         h.update(repr((self.grad_captures, self.has_dlse, self.delta_input,
-                       [getattr(self, n) for n in _Q_SIDE], self.sink_grad)).encode())
+                       [getattr(self, n) for n in _Q_SIDE], self.sink_grad,
+                       self.capture_partials)).encode())
         return h.hexdigest()
 
     def check(self, opts) -> None:
@@ -129,22 +135,51 @@ class BackwardSpec:
             return str(self.build())
 
 
+# The GPU backward's partial slots per dq tile of 128 query rows: one per
+# thread of the tensor-core kernel (2 x 128; a 64-row tile has half as many
+# threads, so the count covers it too). flexattn-lower-backward-mma checks it.
+_PARTIALS_PER_128_ROWS = 256
+# The deterministic mode's scratch beyond which a call is refused.
+_MAX_PARTIALS_BYTES = 4 << 30
+
+
+def capture_partials(forward: AttentionSpec, grad_captures: Sequence[int]) -> int:
+    """The partial slots of each capture gradient in the GPU backward's
+    deterministic mode: one per thread of every dq tile (B x Hq x Q tiles
+    of 128 rows x 256), raising ValueError where the scratch (slots x the
+    captures' entries x 4 bytes) would exceed 4 GiB."""
+    B, H, M = forward.q.shape[:3]
+    partials = B * H * -(-M // 128) * _PARTIALS_PER_128_ROWS
+    entries = sum(math.prod(forward.captures[c].shape) for c in grad_captures)
+    if partials * entries * 4 > _MAX_PARTIALS_BYTES:
+        raise ValueError(
+            f"kernel_options deterministic: the capture gradients' per-thread partial sums "
+            f"would take {partials * entries * 4 / 2**30:.1f} GiB ({partials} slots x "
+            f"{entries} captured entries); at most {_MAX_PARTIALS_BYTES >> 30} GiB. Use fewer "
+            f"learnable entries or query rows per call, or leave deterministic off")
+    return partials
+
+
 def backward_spec(forward: AttentionSpec, q_side: Sequence,
                   grad_captures: Sequence[int], has_dlse: bool,
                   label: str = "score_mod", target: str = "cpu",
-                  sink_grad: bool = False) -> BackwardSpec:
+                  sink_grad: bool = False, deterministic: bool = False) -> BackwardSpec:
     """The backward of ``forward`` for ``target``. K/V of batch 1 shared by
     the query batch (the forward reads them in place) enter the backward
     expanded to the query's batch: its dk/dv accumulators have one writer per
     (batch, head, KV tile), and the caller sums them over the batch. GPU
     kernels read delta precomputed (the caller computes it with one torch
-    reduction, as torch's flex backward does)."""
+    reduction, as torch's flex backward does). ``deterministic`` (GPU, with
+    capture gradients): per-thread partial sums instead of atomics
+    (:func:`capture_partials`)."""
     batch = forward.q.shape[0]
     forward = replace(forward, **{n: BufferType((batch, *t.shape[1:]), t.elem)
                                   for n, t in (("k", forward.k), ("v", forward.v))})
     q_side = [BufferType.of(t) for t in q_side]
     q_side += [None] * (len(_Q_SIDE) - len(q_side))
+    gpu = targets.target(target).is_gpu
     return BackwardSpec(forward, tuple(grad_captures), bool(has_dlse), *q_side,
-                        delta_input=targets.target(target).is_gpu,
-                        sink_grad=bool(sink_grad) and not targets.target(target).is_gpu,
+                        delta_input=gpu, sink_grad=bool(sink_grad) and not gpu,
+                        capture_partials=(capture_partials(forward, grad_captures)
+                                          if deterministic and gpu and grad_captures else 0),
                         label=label)

@@ -62,6 +62,14 @@ class CompileOptions:
       call from the work and the threads; on a GPU per shape, ``splits``).
       None, the default, lets each call choose: on for M <= 64
       (``flexattn_mlir.execution.decode``).
+    deterministic: gradients of captured tensors (learnable biases) that
+      are bitwise the same from run to run. The GPU backward kernel then
+      adds them per thread into its own slot of a scratch buffer (a
+      trailing dim of partial sums) instead of with f32 atomics, and one
+      torch reduction sums the slots in a fixed order; dq, dk and dv are
+      deterministic either way (each has one writer), and so is the CPU
+      (its capture gradients accumulate in a fixed order), where the option
+      changes nothing.
     pack_heads: the decode path's GQA packing (``flexattn-tile{pack-heads}``):
       the query heads of a K/V head share tiles, so K/V are read once per
       group. None, the default, packs whenever decoding with Hq > Hkv and the
@@ -95,6 +103,7 @@ class CompileOptions:
     q_in_registers: Optional[bool] = None
     fp32_precision: str = "ieee"
     splits: int = 0
+    deterministic: bool = False
 
     def __post_init__(self):
         if self.target not in targets.TARGETS:
@@ -139,6 +148,9 @@ class CompileOptions:
         if self.fp32_precision not in ("ieee", "tf32"):
             raise ValueError(f"CompileOptions.fp32_precision must be 'ieee' (3xTF32) or "
                              f"'tf32', got {self.fp32_precision!r}")
+        if not isinstance(self.deterministic, bool):
+            raise ValueError(f"CompileOptions.deterministic must be a bool, "
+                             f"got {self.deterministic!r}")
         if not isinstance(self.persistent, int) or self.persistent < 0:
             raise ValueError(f"CompileOptions.persistent must be >= 0, got {self.persistent!r}")
         for name in ("tile_q", "tile_kv"):

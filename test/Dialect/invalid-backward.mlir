@@ -106,9 +106,19 @@ func.func @f(%q: memref<1x2x64x16xf32>, %o: memref<1x2x64x16xf32>, %l: memref<1x
 // -----
 
 func.func @f(%q: memref<1x2x64x16xf32>, %o: memref<1x2x64x16xf32>, %l: memref<1x2x64xf32>, %c: memref<4xbf16>) {
-  // expected-error @+1 {{'flexattn.attention_backward' op capture_grads #0 must be an f32 memref of captured buffer #0's shape [4], got 'memref<4xbf16>'}}
+  // expected-error @+1 {{'flexattn.attention_backward' op capture_grads #0 must be an f32 memref of captured buffer #0's shape [4] (or that shape and a trailing dim of partial sums), got 'memref<4xbf16>'}}
   flexattn.attention_backward ins(%q, %q, %q : memref<1x2x64x16xf32>, memref<1x2x64x16xf32>, memref<1x2x64x16xf32>) out(%o : memref<1x2x64x16xf32>)
       dout(%o : memref<1x2x64x16xf32>) lse(%l : memref<1x2x64xf32>) grads(%q, %q, %q : memref<1x2x64x16xf32>, memref<1x2x64x16xf32>, memref<1x2x64x16xf32>) captures(%c : memref<4xbf16>) capture_grads(%c : memref<4xbf16>)
+      attributes {scale = 1.0 : f32, grad_captures = array<i64: 0>}
+  return
+}
+
+// -----
+
+func.func @f(%q: memref<1x2x64x16xf32>, %o: memref<1x2x64x16xf32>, %l: memref<1x2x64xf32>, %c: memref<4xf32>, %g: memref<8x4xf32>) {
+  // expected-error @+1 {{'flexattn.attention_backward' op capture_grads #0 must be an f32 memref of captured buffer #0's shape [4] (or that shape and a trailing dim of partial sums), got 'memref<8x4xf32>'}}
+  flexattn.attention_backward ins(%q, %q, %q : memref<1x2x64x16xf32>, memref<1x2x64x16xf32>, memref<1x2x64x16xf32>) out(%o : memref<1x2x64x16xf32>)
+      dout(%o : memref<1x2x64x16xf32>) lse(%l : memref<1x2x64xf32>) grads(%q, %q, %q : memref<1x2x64x16xf32>, memref<1x2x64x16xf32>, memref<1x2x64x16xf32>) captures(%c : memref<4xf32>) capture_grads(%g : memref<8x4xf32>)
       attributes {scale = 1.0 : f32, grad_captures = array<i64: 0>}
   return
 }

@@ -1,5 +1,5 @@
-// RUN: flexattn-opt %s -split-input-file -flexattn-decompose-backward | FileCheck %s
-// RUN: flexattn-opt %s -split-input-file -flexattn-decompose-backward | FileCheck %s --check-prefix=MEM
+// RUN: flexattn-opt %s -split-input-file -flexattn-decompose-backward -verify-diagnostics | FileCheck %s
+// RUN: flexattn-opt %s -split-input-file -flexattn-decompose-backward -verify-diagnostics | FileCheck %s --check-prefix=MEM
 
 // One backward step on a BM x BN = 32 x 16 tile of an M x N = 100 x 80
 // problem, with a masked mod whose captured weight takes a gradient, and a
@@ -151,5 +151,31 @@ func.func @step_kv(%q: memref<1x2x100x16xbf16>, %k: memref<1x2x80x16xbf16>, %v: 
 // CHECK-NOT:     flexattn.store_tile
 func.func @store(%acc: memref<16x16xf32>, %dst: memref<1x2x80x16xbf16>, %b: index, %h: index, %r0: index) {
   flexattn.store_tile %acc : memref<16x16xf32> into %dst : memref<1x2x80x16xbf16> at(%b, %h, %r0)
+  return
+}
+
+// -----
+
+// Per-thread partial sums of a capture gradient (its trailing dim: the
+// deterministic mode) are flexattn-lower-backward-mma's layout.
+func.func @partial_capture_grads(%q: memref<1x1x16x16xf32>, %k: memref<1x1x16x16xf32>, %v: memref<1x1x16x16xf32>,
+                                 %do: memref<1x1x16x16xf32>, %lse: memref<1x1x16xf32>, %delta: memref<1x1x16xf32>,
+                                 %w: memref<2xf32>, %dw: memref<2x64xf32>) {
+  %c0 = arith.constant 0 : index
+  %c1 = arith.constant 1 : index
+  %c16 = arith.constant 16 : index
+      %dq_acc = memref.alloca() : memref<16x16xf32>
+    // expected-error @below {{flexattn-decompose-backward accumulates capture gradients in a fixed order; per-thread partial sums are flexattn-lower-backward-mma's}}
+    flexattn.backward_step ins(%q, %k, %v, %do : memref<1x1x16x16xf32>, memref<1x1x16x16xf32>, memref<1x1x16x16xf32>, memref<1x1x16x16xf32>)
+        stats(%lse, %delta : memref<1x1x16xf32>, memref<1x1x16xf32>)
+        dq(%dq_acc : memref<16x16xf32>) at(%c0, %c0, %c0, %c0, %c0)
+        captures(%w : memref<2xf32>) capture_grads(%dw : memref<2x64xf32>)
+        attributes {scale = 0.25 : f32, tile_size = array<i64: 16, 16>, grad_captures = array<i64: 0>, vjp_loads = array<i64: 0>}
+      score_mod_vjp {
+      ^bb0(%s: f32, %bb: index, %hh: index, %x: index, %y: index, %c: memref<2xf32>, %dy: f32):
+        %wh = memref.load %c[%hh] : memref<2xf32>
+        %r = arith.addf %s, %wh : f32
+        flexattn.yield %r, %dy, %dy, %hh : f32, f32, f32, index
+      }
   return
 }

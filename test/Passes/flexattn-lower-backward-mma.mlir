@@ -5,7 +5,8 @@
 // causal dq steps): 2 dk/dv CTAs then 4 dq CTAs. Each CTA gets one group of
 // 4 warps (128 threads), copies its owned tiles once, and per step streams
 // the other side in 32-row chunks (a loop) through two two-slot rings, at a
-// run-time position.
+// run-time position: chunk 0 copied before the loop, chunk c + 1 right
+// after the wait for chunk c.
 
 // CHECK-LABEL: func.func @two_nests(
 // CHECK-SAME:    %[[Q:[^:]+]]: memref<1x2x100x64xbf16>, %[[K:[^:]+]]: memref<1x1x100x64xbf16>, %[[V:[^:]+]]: memref<1x1x100x64xbf16>, %[[DO:[^:]+]]: memref<1x2x100x64xbf16>, %[[LSE:[^:]+]]: memref<1x2x100xf32>, %[[DELTA:[^:]+]]: memref<1x2x100xf32>, %[[DQ:[^:]+]]: memref<1x2x100x64xbf16>, %[[DK:[^:]+]]: memref<1x1x100x64xbf16>, %[[DV:[^:]+]]: memref<1x1x100x64xbf16>, %{{[^:]+}}: memref<2xf32>, %[[DW:[^:]+]]: memref<2xf32>)
@@ -30,14 +31,22 @@
 // CHECK:             flexattn.ring.wait %[[OWNB]][%{{.+}}] in_flight(0)
 // CHECK:             scf.for
 // CHECK:               scf.for
+// Chunk 0's copy before the chunk loop, at the counter's position.
+// CHECK:                 %[[AT0:.+]] = memref.load %[[POS]][] : memref<i32>
+// CHECK:                 flexattn.ring.copy %[[Q]][%{{.+}}] into %[[STRA]][%[[AT0]]] :
+// CHECK:                 flexattn.ring.copy %[[DO]][%{{.+}}] into %[[STRB]][%[[AT0]]] :
 // CHECK:                 scf.for %{{.+}} = %{{.+}} to %{{.+}} step %{{.+}} {
 // CHECK:                 %[[AT:.+]] = memref.load %[[POS]][] : memref<i32>
-// CHECK:                 flexattn.ring.copy %[[Q]][%{{.+}}] into %[[STRA]][%[[AT]]]
-// CHECK:                 flexattn.ring.copy %[[DO]][%{{.+}}] into %[[STRB]]
-// CHECK:                 flexattn.ring.wait %[[STRA]][%{{.+}}] in_flight(1)
+// CHECK:                 %[[NEXT:.+]] = arith.addi %[[AT]], %{{.+}} : i32
+// CHECK:                 flexattn.ring.wait %[[STRA]][%[[AT]]] in_flight(1)
 // CHECK:                 %[[QT:.+]] = flexattn.ring.slot %[[STRA]]
-// CHECK:                 flexattn.ring.wait %[[STRB]][%{{.+}}] in_flight(0)
+// CHECK:                 flexattn.ring.wait %[[STRB]][%[[AT]]] in_flight(0)
 // CHECK:                 %[[DOT:.+]] = flexattn.ring.slot %[[STRB]]
+// The next chunk's copy, before this chunk's MMAs (none past the tile).
+// CHECK:                 %[[MORE:.+]] = arith.cmpi ult
+// CHECK:                 flexattn.ring.acquire %[[STRA]][%[[NEXT]]]
+// CHECK:                 flexattn.ring.copy %[[Q]][%{{.+}}] into %[[STRA]][%[[NEXT]]] if %[[MORE]]
+// CHECK:                 flexattn.ring.copy %[[DO]][%{{.+}}] into %[[STRB]][%[[NEXT]]] if %[[MORE]]
 // Sᵀ = K Qᵀ and dPᵀ = V doutᵀ from the owned band.
 // CHECK:                 flexattn.mma %{{.+}}[%{{.+}}], %[[QT]] {transpose_b} : !flexattn.smem_tile<64x64xbf16>, !flexattn.smem_tile<32x64xbf16> -> vector<16xf32>
 // CHECK:                 flexattn.mma %{{.+}}[%{{.+}}], %[[DOT]] {transpose_b}
@@ -66,17 +75,28 @@
 // CHECK:             flexattn.ring.copy %[[Q]][%{{.+}}] into %[[OWNA]]
 // CHECK:             flexattn.ring.copy %[[DO]][%{{.+}}] into %[[OWNB]]
 // CHECK:             scf.for
-// CHECK:               scf.for
 // CHECK:               flexattn.ring.copy %[[K]][%{{.+}}] into %[[STRA]]
 // CHECK:               flexattn.ring.copy %[[V]][%{{.+}}] into %[[STRB]]
+// CHECK:               scf.for
+// CHECK:               flexattn.ring.wait %[[STRA]]
 // CHECK:               %[[KT:.+]] = flexattn.ring.slot %[[STRA]]
+// CHECK:               flexattn.ring.copy %[[K]][%{{.+}}] into %[[STRA]][%{{.+}}] if
+// CHECK:               flexattn.ring.copy %[[V]][%{{.+}}] into %[[STRB]][%{{.+}}] if
 // CHECK:               flexattn.mma %{{.+}}[%{{.+}}], %[[KT]] {transpose_b}
+// The weight's gradient: a running sum per thread (one index), added with
+// an f32 atomic when the index changes and at the tile's end.
 // CHECK:               flexattn.apply_mods_vjp
-// CHECK:               memref.atomic_rmw addf %{{.+}}, %[[DW]]
+// CHECK:               scf.if
+// CHECK:                 arith.cmpi eq
+// CHECK:                 scf.if
+// CHECK:                   arith.addf
+// CHECK:                 } else {
+// CHECK:                   memref.atomic_rmw addf %{{.+}}, %[[DW]]
 // CHECK:               %[[DX:.+]] = vector.from_elements {{.*}} : vector<16xbf16>
 // CHECK:               %[[OLDQ:.+]] = memref.load %[[DQACC]][]
 // CHECK:               flexattn.mma %[[DX]], %[[KT]], %[[OLDQ]]
 // CHECK:             vector.store %{{.+}}, %[[DQ]][%{{.+}}] : memref<1x2x100x64xbf16>, vector<2xbf16>
+// CHECK:             memref.atomic_rmw addf %{{.+}}, %[[DW]]
 func.func @two_nests(%q: memref<1x2x100x64xbf16>, %k: memref<1x1x100x64xbf16>, %v: memref<1x1x100x64xbf16>,
                      %do: memref<1x2x100x64xbf16>, %lse: memref<1x2x100xf32>, %delta: memref<1x2x100xf32>,
                      %dq: memref<1x2x100x64xbf16>, %dk: memref<1x1x100x64xbf16>, %dv: memref<1x1x100x64xbf16>,
@@ -163,6 +183,106 @@ func.func @not_square(%q: memref<1x1x64x64xbf16>, %k: memref<1x1x64x64xbf16>, %v
         dq(%dq_acc : memref<64x64xf32>) at(%c0, %c0, %c0, %c0, %c0)
         attributes {scale = 0.125 : f32, tile_size = array<i64: 64, 32>}
     flexattn.store_tile %dq_acc : memref<64x64xf32> into %dq : memref<1x1x64x64xbf16> at(%c0, %c0, %c0)
+    gpu.terminator
+  }
+  return
+}
+
+// -----
+
+// The deterministic mode: the weight's gradient has a trailing dim of 512
+// partial slots (B x Hq x ceil(M / 64) Q tiles x 128 threads); each thread
+// adds its running sum into its own slot ((b Hq + h) 2 + q0 / 64) 128 + tid
+// with a plain load and store: no atomics.
+// CHECK-LABEL: func.func @deterministic(
+// CHECK-SAME:    %[[DW:[^:]+]]: memref<2x512xf32>)
+// CHECK-NOT:     memref.atomic_rmw
+// CHECK:         flexattn.apply_mods_vjp
+// CHECK:         } else {
+// CHECK:           scf.if
+// CHECK:             %[[OLD:.+]] = memref.load %[[DW]][%{{.+}}, %[[SLOT:[0-9a-z_]+]]] : memref<2x512xf32>
+// CHECK:             %[[NEW:.+]] = arith.addf %[[OLD]], %{{.+}} : f32
+// CHECK:             memref.store %[[NEW]], %[[DW]][%{{.+}}, %[[SLOT]]] : memref<2x512xf32>
+// The tile's end: the last running sum.
+// CHECK:         vector.store
+// CHECK:         memref.load %[[DW]]
+// CHECK:         memref.store %{{.+}}, %[[DW]]
+// CHECK-NOT:     memref.atomic_rmw
+func.func @deterministic(%q: memref<1x2x100x64xbf16>, %k: memref<1x1x100x64xbf16>, %v: memref<1x1x100x64xbf16>,
+                    %do: memref<1x2x100x64xbf16>, %lse: memref<1x2x100xf32>, %delta: memref<1x2x100xf32>,
+                    %dq: memref<1x2x100x64xbf16>, %w: memref<2xf32>, %dw: memref<2x512xf32>) {
+  %c0 = arith.constant 0 : index
+  %c1 = arith.constant 1 : index
+  %c2 = arith.constant 2 : index
+  %c4 = arith.constant 4 : index
+  %c64 = arith.constant 64 : index
+  %zero = arith.constant 0.0 : f32
+  gpu.launch blocks(%bx, %by, %bz) in (%gx = %c4, %gy = %c1, %gz = %c1)
+             threads(%tx, %ty, %tz) in (%sx = %c64, %sy = %c1, %sz = %c1) {
+    %qt = arith.remui %bx, %c2 : index
+    %h = arith.divui %bx, %c2 : index
+    memref.alloca_scope {
+      %q0 = arith.muli %qt, %c64 : index
+      %dq_acc = memref.alloca() : memref<64x64xf32>
+      linalg.fill ins(%zero : f32) outs(%dq_acc : memref<64x64xf32>)
+      scf.for %j = %c0 to %c2 step %c1 {
+        %kv0 = arith.muli %j, %c64 : index
+        flexattn.backward_step ins(%q, %k, %v, %do : memref<1x2x100x64xbf16>, memref<1x1x100x64xbf16>, memref<1x1x100x64xbf16>, memref<1x2x100x64xbf16>)
+            stats(%lse, %delta : memref<1x2x100xf32>, memref<1x2x100xf32>)
+            dq(%dq_acc : memref<64x64xf32>) at(%c0, %h, %c0, %q0, %kv0)
+            captures(%w : memref<2xf32>) capture_grads(%dw : memref<2x512xf32>)
+            attributes {scale = 0.125 : f32, tile_size = array<i64: 64, 64>, grad_captures = array<i64: 0>, vjp_loads = array<i64: 0>}
+          score_mod_vjp {
+          ^bb0(%s: f32, %bb: index, %hh: index, %x: index, %y: index, %c: memref<2xf32>, %dy: f32):
+            %wh = memref.load %c[%hh] : memref<2xf32>
+            %r = arith.addf %s, %wh : f32
+            flexattn.yield %r, %dy, %dy, %hh : f32, f32, f32, index
+          }
+      }
+      flexattn.store_tile %dq_acc : memref<64x64xf32> into %dq : memref<1x2x100x64xbf16> at(%c0, %h, %q0)
+    }
+    gpu.terminator
+  }
+  return
+}
+
+// -----
+
+// Too few partial slots for the kernel's threads is an error.
+func.func @too_few_partials(%q: memref<1x2x100x64xbf16>, %k: memref<1x1x100x64xbf16>, %v: memref<1x1x100x64xbf16>,
+                    %do: memref<1x2x100x64xbf16>, %lse: memref<1x2x100xf32>, %delta: memref<1x2x100xf32>,
+                    %dq: memref<1x2x100x64xbf16>, %w: memref<2xf32>, %dw: memref<2x256xf32>) {
+  %c0 = arith.constant 0 : index
+  %c1 = arith.constant 1 : index
+  %c2 = arith.constant 2 : index
+  %c4 = arith.constant 4 : index
+  %c64 = arith.constant 64 : index
+  %zero = arith.constant 0.0 : f32
+  gpu.launch blocks(%bx, %by, %bz) in (%gx = %c4, %gy = %c1, %gz = %c1)
+             threads(%tx, %ty, %tz) in (%sx = %c64, %sy = %c1, %sz = %c1) {
+    %qt = arith.remui %bx, %c2 : index
+    %h = arith.divui %bx, %c2 : index
+    memref.alloca_scope {
+      %q0 = arith.muli %qt, %c64 : index
+      %dq_acc = memref.alloca() : memref<64x64xf32>
+      linalg.fill ins(%zero : f32) outs(%dq_acc : memref<64x64xf32>)
+      scf.for %j = %c0 to %c2 step %c1 {
+        %kv0 = arith.muli %j, %c64 : index
+        // expected-error @below {{flexattn-lower-backward-mma: partial capture gradients need a trailing dim of at least 512 slots (B x Hq x ceil(M / 64) x 128 threads) on every gradient, got 'memref<2x256xf32>'}}
+        flexattn.backward_step ins(%q, %k, %v, %do : memref<1x2x100x64xbf16>, memref<1x1x100x64xbf16>, memref<1x1x100x64xbf16>, memref<1x2x100x64xbf16>)
+            stats(%lse, %delta : memref<1x2x100xf32>, memref<1x2x100xf32>)
+            dq(%dq_acc : memref<64x64xf32>) at(%c0, %h, %c0, %q0, %kv0)
+            captures(%w : memref<2xf32>) capture_grads(%dw : memref<2x256xf32>)
+            attributes {scale = 0.125 : f32, tile_size = array<i64: 64, 64>, grad_captures = array<i64: 0>, vjp_loads = array<i64: 0>}
+          score_mod_vjp {
+          ^bb0(%s: f32, %bb: index, %hh: index, %x: index, %y: index, %c: memref<2xf32>, %dy: f32):
+            %wh = memref.load %c[%hh] : memref<2xf32>
+            %r = arith.addf %s, %wh : f32
+            flexattn.yield %r, %dy, %dy, %hh : f32, f32, f32, index
+          }
+      }
+      flexattn.store_tile %dq_acc : memref<64x64xf32> into %dq : memref<1x2x100x64xbf16> at(%c0, %h, %q0)
+    }
     gpu.terminator
   }
   return

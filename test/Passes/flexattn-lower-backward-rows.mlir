@@ -177,3 +177,33 @@ func.func @both_sides(%q: memref<1x1x16x16xf32>, %k: memref<1x1x16x16xf32>, %v: 
   }
   return
 }
+
+// -----
+
+// Per-thread partial sums of a capture gradient (its trailing dim: the
+// deterministic mode) are flexattn-lower-backward-mma's layout.
+func.func @partial_capture_grads(%q: memref<1x1x16x16xf32>, %k: memref<1x1x16x16xf32>, %v: memref<1x1x16x16xf32>,
+                                 %do: memref<1x1x16x16xf32>, %lse: memref<1x1x16xf32>, %delta: memref<1x1x16xf32>,
+                                 %w: memref<2xf32>, %dw: memref<2x64xf32>) {
+  %c0 = arith.constant 0 : index
+  %c1 = arith.constant 1 : index
+  %c16 = arith.constant 16 : index
+  gpu.launch blocks(%bx, %by, %bz) in (%gx = %c1, %gy = %c1, %gz = %c1)
+             threads(%tx, %ty, %tz) in (%sx = %c16, %sy = %c1, %sz = %c1) {
+    %dq_acc = memref.alloca() : memref<16x16xf32>
+    // expected-error @below {{flexattn-lower-backward-rows adds capture gradients with atomics: per-thread partial sums (the deterministic mode) are flexattn-lower-backward-mma's}}
+    flexattn.backward_step ins(%q, %k, %v, %do : memref<1x1x16x16xf32>, memref<1x1x16x16xf32>, memref<1x1x16x16xf32>, memref<1x1x16x16xf32>)
+        stats(%lse, %delta : memref<1x1x16xf32>, memref<1x1x16xf32>)
+        dq(%dq_acc : memref<16x16xf32>) at(%c0, %c0, %c0, %c0, %c0)
+        captures(%w : memref<2xf32>) capture_grads(%dw : memref<2x64xf32>)
+        attributes {scale = 0.25 : f32, tile_size = array<i64: 16, 16>, grad_captures = array<i64: 0>, vjp_loads = array<i64: 0>}
+      score_mod_vjp {
+      ^bb0(%s: f32, %bb: index, %hh: index, %x: index, %y: index, %c: memref<2xf32>, %dy: f32):
+        %wh = memref.load %c[%hh] : memref<2xf32>
+        %r = arith.addf %s, %wh : f32
+        flexattn.yield %r, %dy, %dy, %hh : f32, f32, f32, index
+      }
+    gpu.terminator
+  }
+  return
+}

@@ -196,6 +196,61 @@ func.func @padded_columns(%k: memref<1x2x256x24xbf16>, %b: index, %h: index, %ro
 
 // -----
 
+// Two rings filled in pairs, the next pair copied right after the wait for
+// this one (the backward's streamed chunks): the first wait is implied by
+// the second (no more copies in flight), so one cp.async.wait_group and one
+// barrier; the next position's acquires follow the waits (of both rings)
+// and need none.
+// CHECK-LABEL: func.func @paired_rings(
+// CHECK:           scf.for
+// CHECK-NOT:         nvvm.barrier0
+// CHECK:             nvvm.cp.async.wait.group 0
+// CHECK-NEXT:        nvvm.barrier0
+// CHECK-NOT:         nvvm.cp.async.wait.group
+// CHECK-NOT:         nvvm.barrier0
+// CHECK:             scf.if %{{.*}} {
+// CHECK:             nvvm.cp.async.commit.group
+// CHECK:             scf.if %{{.*}} {
+// CHECK:             nvvm.cp.async.commit.group
+// CHECK-NOT:         nvvm.barrier0
+// CHECK:             nvvm.mma.sync
+// CHECK-NOT:         nvvm.barrier0
+// CHECK:           }
+func.func @paired_rings(%q: memref<1x2x300x64xbf16>, %b: index, %h: index, %row: index,
+                        %i: i32, %more: i1, %qf: vector<32xbf16>, %s: memref<16xf32>) {
+  %c0 = arith.constant 0 : index
+  %c1 = arith.constant 1 : index
+  %c4 = arith.constant 4 : index
+  %c128 = arith.constant 128 : index
+  %c1_i32 = arith.constant 1 : i32
+  gpu.launch blocks(%bx, %by, %bz) in (%gx = %c1, %gy = %c1, %gz = %c1)
+             threads(%tx, %ty, %tz) in (%sx = %c128, %sy = %c1, %sz = %c1) {
+    %ar = flexattn.ring.alloc consumers(128) : !flexattn.ring<2 x 32x64xbf16>
+    %br = flexattn.ring.alloc consumers(128) : !flexattn.ring<2 x 32x64xbf16>
+    scf.for %c = %c0 to %c4 step %c1 {
+      flexattn.ring.wait %ar[%i] in_flight(1) : !flexattn.ring<2 x 32x64xbf16>
+      %at = flexattn.ring.slot %ar[%i] : !flexattn.ring<2 x 32x64xbf16>
+      flexattn.ring.wait %br[%i] in_flight(0) : !flexattn.ring<2 x 32x64xbf16>
+      %bt = flexattn.ring.slot %br[%i] : !flexattn.ring<2 x 32x64xbf16>
+      %next = arith.addi %i, %c1_i32 : i32
+      flexattn.ring.acquire %ar[%next] : !flexattn.ring<2 x 32x64xbf16>
+      flexattn.ring.acquire %br[%next] : !flexattn.ring<2 x 32x64xbf16>
+      flexattn.ring.copy %q[%b, %h, %row] into %ar[%next] if %more : memref<1x2x300x64xbf16>, !flexattn.ring<2 x 32x64xbf16>
+      flexattn.ring.copy %q[%b, %h, %row] into %br[%next] if %more : memref<1x2x300x64xbf16>, !flexattn.ring<2 x 32x64xbf16>
+      %x = flexattn.mma %qf, %at {transpose_b} : vector<32xbf16>, !flexattn.smem_tile<32x64xbf16> -> vector<16xf32>
+      %y = flexattn.mma %qf, %bt {transpose_b} : vector<32xbf16>, !flexattn.smem_tile<32x64xbf16> -> vector<16xf32>
+      %z = arith.addf %x, %y : vector<16xf32>
+      vector.store %z, %s[%c0] : memref<16xf32>, vector<16xf32>
+      flexattn.ring.release %ar[%i] : !flexattn.ring<2 x 32x64xbf16>
+      flexattn.ring.release %br[%i] : !flexattn.ring<2 x 32x64xbf16>
+    }
+    gpu.terminator
+  }
+  return
+}
+
+// -----
+
 func.func @too_much_shared_memory() {
   %c1 = arith.constant 1 : index
   %c256 = arith.constant 256 : index

@@ -35,7 +35,8 @@ GPU = fm.CompileOptions(target="sm_90a")
 S = 300  # not a multiple of the 128-token tiles
 
 
-def _backward_spec(variant: str, D: int = 64, dtype: str = "bfloat16"):
+def _backward_spec(variant: str, D: int = 64, dtype: str = "bfloat16",
+                   deterministic: bool = False):
     fwd = zoo.spec(variant, 1, 2, S, D, dtype=dtype)
     q_side = []
     if fwd.kv_num_blocks is not None:
@@ -44,7 +45,8 @@ def _backward_spec(variant: str, D: int = 64, dtype: str = "bfloat16"):
         idx = torch.empty(1, 1, blocks, blocks, dtype=torch.int32, device="meta")
         q_side = [num, idx, num, idx]
     learnable = [i for i, c in enumerate(fwd.captures) if c.elem.startswith("f")]
-    return backward.backward_spec(fwd, q_side, learnable, False, target="sm_90a")
+    return backward.backward_spec(fwd, q_side, learnable, False, target="sm_90a",
+                                  deterministic=deterministic)
 
 
 @needs_ptxas
@@ -87,6 +89,54 @@ def test_tensor_core_backward_has_no_spills(variant, dtype, D):
     assert res.registers <= 255 and (res.spill_stores, res.spill_loads) == (0, 0), res
     elem = "bf16" if dtype == "bfloat16" else "f16"
     assert f"mma.sync.aligned.m16n8k16.row.col.f32.{elem}.{elem}.f32" in md["ptx"]
+
+
+@needs_ptxas
+@pytest.mark.parametrize("variant,dtype,D", [
+    ("alibi_causal", "bfloat16", 128), ("alibi_causal", "float16", 128),
+    ("alibi_causal", "float16", 64), ("t5_bias", "bfloat16", 64), ("t5_bias", "float16", 64)])
+def test_deterministic_backward_adds_partials_without_atomics(variant, dtype, D):
+    """kernel_options deterministic: each capture gradient gains a trailing
+    dim of per-thread partial sums (one slot per thread of every dq tile,
+    zeroed by the launcher); the kernel adds into its own slots with plain
+    loads and stores (no f32 atomics anywhere), on tensor cores, no spills.
+    (T5 bias at D = 128 spills a few words in both modes, as before the
+    running sums: its bucket math beside dQ's 64 registers.)"""
+    spec = _backward_spec(variant, D, dtype, deterministic=True)
+    tiles = -(-S // 128)
+    assert spec.capture_partials == 1 * 2 * tiles * 256
+    md = fm.compile(spec, GPU).metadata
+    res, ptx = md["resources"], md["ptx"]
+    assert res.registers <= 255 and (res.spill_stores, res.spill_loads) == (0, 0), res
+    elem = "bf16" if dtype == "bfloat16" else "f16"
+    assert f"mma.sync.aligned.m16n8k16.row.col.f32.{elem}.{elem}.f32" in ptx
+    assert not re.search(r"(red|atom)\.global\.add\.f32", ptx)
+    args = dict(spec.arguments())
+    for i, c in enumerate(spec.grad_captures):
+        assert args[f"capture_grad{i}"].shape == (*spec.forward.captures[c].shape,
+                                                  spec.capture_partials)
+    assert md["launch"]["spec"]["zero_init"] == [f"capture_grad{i}"
+                                                 for i in range(len(spec.grad_captures))]
+
+
+@needs_ptxas
+def test_deterministic_partials_must_cover_the_threads():
+    import dataclasses
+
+    spec = _backward_spec("alibi_causal", deterministic=True)
+    spec = dataclasses.replace(spec, capture_partials=spec.capture_partials - 1)
+    with pytest.raises(fm.CompilationError, match="partial capture gradients need a trailing "
+                                                  "dim of at least 1536 slots"):
+        fm.compile(spec, GPU)
+
+
+def test_deterministic_scratch_is_bounded():
+    fwd = zoo.spec("t5_bias", 64, 16, 8192, 64)
+    learnable = [i for i, c in enumerate(fwd.captures) if c.elem.startswith("f")]
+    with pytest.raises(ValueError, match="per-thread partial sums would take .* GiB"):
+        backward.backward_spec(fwd, [], learnable, False, target="sm_90a", deterministic=True)
+    # The CPU's accumulation order is fixed already: no partials there.
+    assert backward.backward_spec(fwd, [], learnable, False, deterministic=True).capture_partials == 0
 
 
 def test_backward_kernel_rule():
@@ -146,3 +196,37 @@ def test_gradients_match_torch_on_gpu(variant, dtype, d):
     for name, a, b in zip(["dq", "dk", "dv", "dtable"], mine, ref):
         assert not torch.isnan(a).any(), name
         assert (a.float() - b).norm() / b.norm() < 3e-2, name
+
+
+@needs_sm90
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize("variant", ["alibi_causal", "t5_bias"])
+def test_deterministic_gradients_are_bitwise_reproducible_on_gpu(variant):
+    """kernel_options={"deterministic": True}: two backward passes give the
+    same bits for the capture gradients (and dq, dk, dv), which match the
+    default mode's within rounding."""
+    B, H, d = 1, 2, 64
+    score_mod, mask_mod = zoo.make(variant, H, S, "cuda")
+    tables = [c.cell_contents for c in (getattr(score_mod, "__closure__", None) or ())
+              if isinstance(c.cell_contents, torch.Tensor) and c.cell_contents.is_floating_point()]
+    q, k, v, dout = (torch.randn(B, H, S, d, device="cuda", dtype=torch.bfloat16)
+                     for _ in range(4))
+    bm = fm.create_block_mask(mask_mod, None, None, S, S, device="cuda") if mask_mod else None
+
+    def grads(options):
+        leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+        for t in tables:
+            t.requires_grad_(True)
+            t.grad = None
+        fm.flex_attention(*leaves, score_mod=score_mod, block_mask=bm,
+                          kernel_options=options).backward(dout)
+        out = [t.grad for t in leaves] + [t.grad.clone() for t in tables]
+        for t in tables:
+            t.requires_grad_(False)
+        return out
+
+    first, second = grads({"deterministic": True}), grads({"deterministic": True})
+    default = grads(None)
+    for name, a, b, c in zip(["dq", "dk", "dv", "dtable"], first, second, default):
+        assert torch.equal(a.view(torch.uint8), b.view(torch.uint8)), name
+        assert (a.float() - c.float()).norm() / c.float().norm() < 1e-2, name

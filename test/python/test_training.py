@@ -178,6 +178,29 @@ def test_backward_threads_share_the_tiles_exactly(learnable):
         torch.testing.assert_close(got.double(), want, **F32)
 
 
+def test_deterministic_option_on_the_cpu():
+    """kernel_options={"deterministic": True} on the CPU: its capture
+    gradients already accumulate in a fixed order (one sequential nest), so
+    the option gives the default's bits, run after run."""
+    B, H, S, D = 1, 2, 80, 16
+    q, k, v = (leaf(B, H, S, D) for _ in range(3))
+    table = (torch.randn(H, 2 * S - 1) * 0.5).requires_grad_(True)
+
+    def rel_bias(score, b, h, q_idx, kv_idx):
+        return score + table[h, q_idx - kv_idx + S - 1]
+
+    def grads(options):
+        out = fm.flex_attention(q, k, v, score_mod=rel_bias, kernel_options=options)
+        return torch.autograd.grad((out * out).sum(), [q, k, v, table])
+
+    first, second, default = (grads({"deterministic": True}), grads({"deterministic": True}),
+                              grads(None))
+    assert all(torch.equal(a, b) and torch.equal(a, c)
+               for a, b, c in zip(first, second, default))
+    with pytest.raises(ValueError, match="CompileOptions.deterministic must be a bool"):
+        grads({"deterministic": "yes"})
+
+
 def test_document_mask_softcap():
     """A document mask (captured int32 ids) and a softcap score_mod."""
     B, H, S, D = 2, 2, 80, 16
