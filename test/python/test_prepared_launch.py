@@ -141,6 +141,21 @@ def test_kernel_launch_cluster_config_takes_each_calls_stream(stub):
         assert stub.rec()[8] == stream and stub.rec()[-1] == 0xABC
 
 
+def _hit(stub, meta, call):
+    """Runs ``call`` (a flex_attention call that launches the kernel of
+    ``meta``) with the stub recording that kernel's parameters: its result,
+    and the first 8 bytes of each pointer/descriptor parameter by argument."""
+    from flexattn_runtime.metadata import param_size
+
+    sizes = [param_size(p) for p in meta.params]
+    assert len(sizes) <= 118, len(sizes)  # what the stub records
+    stub.stub_set_param_sizes(len(sizes), (ctypes.c_int * len(sizes))(*sizes))
+    result = call()
+    assert stub.last() == "cuLaunchKernel"
+    params = stub.rec()[10:]
+    return result, {p.arg: params[i] for i, p in enumerate(meta.params) if hasattr(p, "arg")}
+
+
 def test_flex_attention_gpu_hit_launches_its_prepared_launch(stub, monkeypatch):
     """flex_attention's GPU path on the stub: a hit launches the plan's
     PreparedLaunch with this call's addresses; a misaligned query (same
@@ -148,7 +163,6 @@ def test_flex_attention_gpu_hit_launches_its_prepared_launch(stub, monkeypatch):
     raises."""
     import flexattn_mlir as fm
     from flexattn_mlir.execution import call_plans, kernels
-    from flexattn_runtime.metadata import param_size
 
     stub_gpu_target(monkeypatch.setattr, "sm_90a")
     b, h, s, d = 1, 2, 128, 64
@@ -158,13 +172,9 @@ def test_flex_attention_gpu_hit_launches_its_prepared_launch(stub, monkeypatch):
     key = call_plans.call_key(q, k, v, None, mask, None, False, False, False, None, None)
     launch = call_plans.find(key, None, mask).kernel
     meta = launch.kernel.metadata
-    sizes = [param_size(p) for p in meta.params]
-    stub.stub_set_param_sizes(len(sizes), (ctypes.c_int * len(sizes))(*sizes))
     hits = call_plans.hits
-    out = fm.flex_attention(q, k, v, block_mask=mask)
-    assert call_plans.hits == hits + 1 and stub.last() == "cuLaunchKernel"
-    params = dict(zip(range(len(sizes)), stub.rec()[10:]))
-    by_arg = {p.arg: params[i] for i, p in enumerate(meta.params) if hasattr(p, "arg")}
+    out, by_arg = _hit(stub, meta, lambda: fm.flex_attention(q, k, v, block_mask=mask))
+    assert call_plans.hits == hits + 1
     assert by_arg["out"] == out.data_ptr()
     described = {d.data_ptr: d.encoding.global_address
                  for d in launch.kernel.descriptors._entries.values()}
@@ -189,7 +199,6 @@ def test_flex_attention_gpu_decode_hit_passes_its_split_scratch(stub, monkeypatc
     besides this call's q/k/v, and the merge makes out."""
     import flexattn_mlir as fm
     from flexattn_mlir.execution import call_plans
-    from flexattn_runtime.metadata import param_size
 
     stub_gpu_target(monkeypatch.setattr, "sm_90a")
     q = torch.randn(1, 8, 1, 64, dtype=torch.bfloat16)
@@ -201,14 +210,9 @@ def test_flex_attention_gpu_decode_hit_passes_its_split_scratch(stub, monkeypatc
     launch = run.keywords["launch"]  # the PreparedLaunch inside the split's run
     meta = launch.kernel.metadata
     assert {"split_out", "split_lse"} <= set(meta.argument_names)
-    sizes = [param_size(p) for p in meta.params]
-    assert len(sizes) <= 118, len(sizes)  # what the stub records
-    stub.stub_set_param_sizes(len(sizes), (ctypes.c_int * len(sizes))(*sizes))
     hits = call_plans.hits
-    out = fm.flex_attention(q, k, v, enable_gqa=True)
-    assert call_plans.hits == hits + 1 and stub.last() == "cuLaunchKernel"
-    params = dict(zip(range(len(sizes)), stub.rec()[10:]))
-    by_arg = {p.arg: params[i] for i, p in enumerate(meta.params) if hasattr(p, "arg")}
+    out, by_arg = _hit(stub, meta, lambda: fm.flex_attention(q, k, v, enable_gqa=True))
+    assert call_plans.hits == hits + 1
     # The kernel reads this call's q/k/v and writes only the scratch (the
     # merge after it writes out).
     assert [by_arg[n] for n in "qkv"] == [t.data_ptr() for t in (q, k, v)]
