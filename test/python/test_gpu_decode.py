@@ -98,6 +98,19 @@ def test_gpu_decode_choice():
     assert decode.gpu_splits(d, one, k1, k1, True, 132) >= 8  # 8 tiles: many ranges
     with pytest.raises(ValueError, match="splits must be 0"):
         fm.CompileOptions(target="sm_90a", splits=4)
+
+
+def test_gpu_decode_refuses_float32():
+    """float32 on a GPU target runs the prefill kernel; forcing the decode
+    kernel (bf16/fp16 only) is an error naming the dtype."""
+    q = torch.empty(2, 8, 1, 64, dtype=torch.float32)
+    k = torch.empty(2, 2, 512, 64, dtype=torch.float32)
+    chosen = decode.resolve(fm.CompileOptions(target="sm_90a"), q, k, k, None)
+    assert not chosen.decode and not chosen.pack_heads
+    for forced in ({"decode": True}, {"pack_heads": True}):
+        with pytest.raises(ValueError, match="takes bfloat16 or float16 q/k/v, got torch.float32"):
+            decode.resolve(fm.CompileOptions(target="sm_90a", **forced), q, k, k, None)
+    assert decode.resolve(fm.CompileOptions(target="cpu"), q, k, k, None).decode  # the CPU decodes
     with pytest.raises(ValueError, match="tile_q must be 64"):
         fm.CompileOptions(target="sm_90a", decode=True, tile_q=128)
 
