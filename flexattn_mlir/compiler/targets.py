@@ -90,6 +90,12 @@ class Target:
       its own chip and shared memory; see :meth:`kernel`.
     decode_rows: the GPU decode kernel's Q tile (the packed rows of a KV
       group; one band of 4 warps of 16 rows).
+    decode_kv_tile: the KV tile of the decode kernel (on the general
+      target: the one that runs it) where ``CompileOptions.tile_kv`` is 0;
+      0: the head dim's ``kv_tiles`` entry. A one-row step is bound by
+      K/V bandwidth: 64-column tiles halve a CTA's ring, so twice the CTAs
+      (and KV ranges) are in flight (4-8 % more GB/s than 128 columns at
+      D = 128 on an H200, docs/inference.md).
     block_tiles: a block mask's KV blocks are walked in the head dim's KV
       tile where it divides them (``flexattn-tile{block-tiles}``: torch's
       default 128-column blocks as two 64-column tiles on sm_80); False:
@@ -114,6 +120,7 @@ class Target:
     general: str = ""
     block_tiles: bool = False
     decode_rows: int = 0
+    decode_kv_tile: int = 0
 
     @property
     def is_gpu(self) -> bool:
@@ -183,7 +190,7 @@ TARGETS: dict[str, Target] = {t.name: t for t in [
            head_dims=_head_dims(192), kv_blocks=(64, 128), q_block=128,
            kv_tiles=((64, 64), (192, 64), (256, 64)),
            tilings=(((64, 64), Tiling(32)), ((256, 64), Tiling(16, q_in_registers=False))),
-           block_tiles=True, decode_rows=64),
+           block_tiles=True, decode_rows=64, decode_kv_tile=64),
 ]}
 
 

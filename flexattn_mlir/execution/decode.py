@@ -99,8 +99,10 @@ def resolve(options: CompileOptions, q, k, v, block_mask, row_stats: bool = Fals
         return replace(options, decode=False, pack_heads=False)
     if gpu:
         # The split-KV kernel's grid is its own (no persistent CTAs).
-        rows = targets.target(options.target).decode_rows
-        chosen = replace(options, decode=True, pack_heads=pack, tile_q=rows, persistent=0)
+        t = targets.target(options.target)
+        kernel = t.kernel(q.shape[3], v.shape[3], decode=True)
+        chosen = replace(options, decode=True, pack_heads=pack, tile_q=t.decode_rows,
+                         persistent=0, tile_kv=options.tile_kv or kernel.decode_kv_tile)
         return replace(chosen, splits=options.splits or gpu_splits(
             chosen, q, k, v, pack, targets.sm_count(options.target, q.device)))
     tile_q = options.tile_q

@@ -86,8 +86,12 @@ def test_gpu_decode_choice():
     opts = fm.CompileOptions(target="sm_90a")
     d = decode.resolve(opts, q1, k, k, None)
     assert d.decode and d.pack_heads and d.tile_q == 64 and d.persistent == 0
-    # 64 packed tiles on 132 SMs (one 147 KiB CTA each): 2 ranges fill a wave
-    assert d.splits == decode.gpu_splits(d, q1, k, k, True, 132) == 2
+    # the decode kernel's 64-column KV tiles (the table's decode_kv_tile):
+    # 64 packed tiles on 132 SMs, two 80 KiB CTAs per SM: 4 ranges fill a wave
+    assert d.tile_kv == 64
+    assert d.splits == decode.gpu_splits(d, q1, k, k, True, 132) == 4
+    wide = decode.resolve(fm.CompileOptions(target="sm_90a", tile_kv=128), q1, k, k, None)
+    assert wide.tile_kv == 128 and wide.splits == 2  # one 147 KiB CTA per SM
     assert decode.resolve(d, q1, k, k, None) == d  # idempotent
     assert not decode.resolve(opts, q65, k, k, None).decode
     forced = decode.resolve(fm.CompileOptions(target="sm_90a", decode=False), q1, k, k, None)
