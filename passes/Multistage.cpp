@@ -27,6 +27,10 @@
 // later copies may still be running (its `in_flight`: 2 S - 3 for K and V).
 // The coordinates of a later step are those of the loop body, recomputed
 // for a later induction variable (the block-sparse index lookups included).
+// A K or V of batch 1 shared by the query batch (a paged KV cache, read by
+// every sequence) reaches the steps as flexattn-tile's batch-stride-0 view;
+// its rings copy from the tensor itself at batch 0, so the kernel takes the
+// [1, H, N, D] tensor as it is (no expanded copy per call).
 //
 //===----------------------------------------------------------------------===//
 
@@ -48,6 +52,24 @@ namespace {
 /// Where the K and V tiles of a step are, and whether there is such a step.
 struct StepCoordinates {
   Value valid, b, h, row;
+};
+
+/// A ring's source: the tensor a step reads, or, for flexattn-tile's
+/// batch-stride-0 view of a batch-1 K/V (memref.reinterpret_cast), the
+/// batch-1 tensor, copied at batch 0.
+struct RingSource {
+  Value tensor;
+  bool sharedBatch = false;
+
+  static RingSource of(Value v) {
+    if (auto view = v.getDefiningOp<memref::ReinterpretCastOp>()) {
+      auto from = cast<MemRefType>(view.getSource().getType());
+      auto [strides, offset] = view.getType().getStridesAndOffset();
+      if (from.getRank() == 4 && from.getDimSize(0) == 1 && strides[0] == 0)
+        return {view.getSource(), true};
+    }
+    return {v};
+  }
 };
 
 /// The tile_step of a loop body that holds one directly, or null.
@@ -156,8 +178,17 @@ struct CooperativeRole : ConsumerRole {
       for (Value ring : {rings.k, rings.v})
         RingAcquireOp::create(b, ring, at(b, kvPos, s));
     for (auto [s, c] : llvm::enumerate(coords))
-      for (auto [ring, source] : {std::pair(rings.k, kSource), {rings.v, vSource}})
-        RingCopyOp::create(b, map.lookupOrDefault(source), c.b, c.h, c.row, ring, at(b, kvPos, s), c.valid);
+      for (Value ring : {rings.k, rings.v})
+        copyKv(b, ring, c, at(b, kvPos, s), map);
+  }
+
+  /// Copies the K or V tile at `c` into `ring`'s slot `pos`.
+  void copyKv(ImplicitLocOpBuilder &b, Value ring, const StepCoordinates &c, Value pos,
+              IRMapping &map) {
+    const RingSource &source = ring == rings.k ? kSource : vSource;
+    Value batch = source.sharedBatch ? arith::ConstantIndexOp::create(b, 0).getResult() : c.b;
+    RingCopyOp::create(b, map.lookupOrDefault(source.tensor), batch, c.h, c.row, ring, pos,
+                       c.valid);
   }
 
   LogicalResult beforeLoop(ImplicitLocOpBuilder &b, scf::ForOp loop,
@@ -215,12 +246,12 @@ struct CooperativeRole : ConsumerRole {
                           IRMapping &map) override {
     Value pos = at(b, kvPos, stages - 1);
     RingAcquireOp::create(b, ring, pos);
-    RingCopyOp::create(b, map.lookupOrDefault(ring == rings.k ? kSource : vSource), ahead.b, ahead.h,
-                       ahead.row, ring, pos, ahead.valid);
+    copyKv(b, ring, ahead, pos, map);
     return success();
   }
 
-  Value qSource, kSource, vSource; // the tensors the rings copy
+  Value qSource;               // the tensor the Q ring copies
+  RingSource kSource, vSource; // and the K and V rings
 };
 
 } // namespace
@@ -276,8 +307,8 @@ LogicalResult mlir::flexattn::multistage(RewriterBase &rewriter, gpu::LaunchOp l
   CooperativeRole role(b, rings, *p, group, thread, options, tile->finalize, launch);
   TileStepOp first = tile->steps.front();
   role.qSource = first.getQ();
-  role.kSource = first.getK();
-  role.vSource = first.getV();
+  role.kSource = RingSource::of(first.getK());
+  role.vSource = RingSource::of(first.getV());
   IRMapping map;
   if (failed(emitRole(b, ops, *tile, map, role)))
     return failure();

@@ -123,7 +123,7 @@ def _prepare(query, key, value, *, score_mod, mask_mod, block_mask, captures, sc
     elif not isinstance(scale, (int, float)) or not math.isfinite(scale):
         raise TypeError(f"scale must be a finite float, got {scale!r}")
     q, k, v = query, key, value  # the spec reads shapes and dtypes only
-    if options.target != "cpu":
+    if _expands_kv(options):
         k, v = _expand_kv(q, k, v, copy=False)
     spec = build_spec(q, k, v, score_mod=score_mod, mask_mod=mask_mod,
                       block_mask=block_mask, captures=captures, scale=scale,
@@ -168,12 +168,20 @@ def unpack_results(result, return_lse: bool, return_max_scores: bool):
     return (*result, None) if return_lse else (result, None, None)
 
 
+def _expands_kv(options: CompileOptions) -> bool:
+    """Whether the kernel of ``options`` needs K/V of batch 1 shared by the
+    query batch (a paged cache) expanded to the query batch. The CPU kernel
+    and the GPU decode kernel read them in place (flexattn-tile's
+    batch-stride-0 view; the decode kernel's cp.async rings copy from batch
+    0, flexattn-multistage). The other GPU kernels load K/V through TMA
+    descriptors of their arguments (sm_90a) or are not built for it (the
+    backward), so there they are expanded."""
+    return options.target != "cpu" and not options.decode
+
+
 def _expand_kv(q, k, v, copy: bool = True):
-    """K/V for a GPU kernel. K/V of batch 1 shared by the query batch: the
-    CPU kernel reads them in place (flexattn-tile's batch-stride-0 view). The
-    GPU kernel loads K/V through TMA descriptors of its arguments and reads
-    no such view, so for the GPU they are expanded (a copy when ``copy``;
-    none when K/V have the query's batch)."""
+    """K/V expanded to the query batch (a copy when ``copy``; none when K/V
+    have the query's batch), for the kernels :func:`_expands_kv` names."""
     b = q.shape[0]
     k, v = k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1)
     return (k.contiguous(), v.contiguous()) if copy else (k, v)
@@ -236,7 +244,7 @@ class Launch:
         self.empty = _allocator(q.device)
         self.return_lse, self.return_max = spec.return_lse, spec.return_max
         self.gpu = options.target != "cpu"
-        self.expand_kv = self.gpu and key.shape[0] != b  # _expand_kv copies them
+        self.expand_kv = _expands_kv(options) and key.shape[0] != b  # copies them
         self.mask_tensors = tuple(_mask_tensors(block_mask))
         self.scale_arg = None
         if options.dynamic:  # the scale operand (dynamic_shapes); read-only, kept

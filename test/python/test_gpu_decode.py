@@ -65,6 +65,28 @@ def test_decode_kernel_compiles_without_spills(dtype, D, group):
     assert launch["shared_mem_bytes"] <= targets.target("sm_90a").max_shared_per_block
 
 
+def test_decode_kernel_reads_a_shared_cache_in_place():
+    """K/V of batch 1 under a query batch of 3 (a paged cache): the decode
+    kernel takes the [1, Hkv, N, D] tensors as they are (its rings copy
+    batch 0, flexattn-multistage); the prefill kernel's spec expands them
+    to the query batch (sm_90a's TMA descriptors are per argument)."""
+    q = torch.empty(3, 8, 1, 64, dtype=torch.bfloat16)
+    cache = torch.empty(1, 2, 1024, 64, dtype=torch.bfloat16)
+    c = compile_flex_attention(q, cache, cache, enable_gqa=True, target="sm_90a")
+    assert c.options.decode
+    args = {a["name"]: a for a in c.metadata["launch"]["arguments"]}
+    assert args["k"]["shape"] == args["v"]["shape"] == [1, 2, 1024, 64]
+    assert args["q"]["shape"] == [3, 8, 1, 64]
+    res = c.metadata["resources"]
+    assert (res.spill_stores, res.spill_loads) == (0, 0), res
+    # every K/V copy reads the shared batch: no address term in the batch
+    assert "ring.copy" in c["roles"] and "memref<3x2x1024x64xbf16" not in c["roles"]
+    prefill = compile_flex_attention(q, cache, cache, enable_gqa=True, target="sm_90a",
+                                     kernel_options={"decode": False})
+    args = {a["name"]: a for a in prefill.metadata["launch"]["arguments"]}
+    assert args["k"]["shape"] == [3, 2, 1024, 64]
+
+
 @pytest.mark.parametrize("group", [4, 8])
 @pytest.mark.parametrize("m", [1, 64])
 def test_decode_kernel_with_mods_compiles_without_spills(group, m):
@@ -156,8 +178,8 @@ def test_gpu_decode_matches_torch(group, m, mask, alibi):
 @pytest.mark.parametrize("group", [4, 8])
 def test_gpu_paged_decode_matches_torch(group):
     """flexattn_mlir.PagedAttention on CUDA tensors through the decode kernel
-    (the shared cache expanded to the query batch, as every GPU call with
-    K/V of batch 1), against torch's PagedAttention + flex."""
+    (the shared cache read in place: its rings copy batch 0), against
+    torch's PagedAttention + flex."""
     from torch.nn.attention.experimental._paged_attention import PagedAttention as TorchPaged
 
     hkv, D, page, pages, m = 2, 64, 64, 16, 1
