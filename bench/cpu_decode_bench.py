@@ -12,8 +12,11 @@ path (the default for M <= 64), the same call through the prefill kernel
 (``kernel_options={"decode": False}``), and
 ``scaled_dot_product_attention(enable_gqa=True)`` (M = 1: no mask, every key
 is visible; M > 1: the same causal mask as a boolean attn_mask); each
-checked against SDPA. GB/s counts the K and V bytes read once. Ratios are
-theirs / ours (> 1: ours is faster).
+checked against SDPA. "paged": the decode path over the same K/V in a
+``flexattn_mlir.PagedAttention`` cache of 128-token pages handed out to the
+sequences in turn (the mask mapped by ``convert_logical_block_mask``).
+GB/s counts the K and V bytes read once. Ratios are theirs / ours (> 1:
+ours is faster); ``paged_vs_contiguous`` is decode's time over paged's.
 """
 
 from __future__ import annotations
@@ -31,8 +34,11 @@ import flexattn_mlir as fm  # first: before anything imports torch_mlir
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from gpu_decode import paged_cache  # noqa: E402  (bench/, beside this script)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 B, HQ, HKV, D = 4, 32, 8, 128
+PAGE = 128
 
 
 def _git(*args: str) -> str:
@@ -49,6 +55,11 @@ def run_case(n: int, m: int, dtype: str, rounds: int) -> dict:
         return q_idx + offset >= kv_idx
 
     mask = fm.create_block_mask(causal, 1, None, m, n)
+    # The same K/V in a paged cache (one page per sequence in turn).
+    cache = paged_cache(B, n, PAGE, "cpu")
+    kc, vc = (torch.zeros(1, HKV, cache.n_pages * PAGE, D, dtype=dt) for _ in range(2))
+    cache.assign(torch.arange(B), torch.arange(n).expand(B, n), k, v, kc, vc)
+    paged_mask = cache.convert_logical_block_mask(fm.create_block_mask(causal, B, None, m, n))
     attn_mask = None
     if m > 1:
         attn_mask = torch.arange(m)[:, None] + offset >= torch.arange(n)[None, :]
@@ -58,6 +69,7 @@ def run_case(n: int, m: int, dtype: str, rounds: int) -> dict:
                                              kernel_options={"decode": False}),
         "sdpa": lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
                                                        enable_gqa=True),
+        "paged": lambda: fm.flex_attention(q, kc, vc, block_mask=paged_mask, enable_gqa=True),
     }
     ref = calls["sdpa"]().float()
     errors = {name: (fn().float() - ref).abs().max().item() for name, fn in calls.items()}
@@ -71,6 +83,7 @@ def run_case(n: int, m: int, dtype: str, rounds: int) -> dict:
     return {"N": n, "M": m, "dtype": dtype, "seconds": best, "max_abs_err_vs_sdpa": errors,
             "gbps": {name: kv_bytes / s / 1e9 for name, s in best.items()},
             "prefill_over_decode": best["prefill"] / best["decode"],
+            "paged_vs_contiguous": best["decode"] / best["paged"],
             "sdpa_over_decode": best["sdpa"] / best["decode"]}
 
 
@@ -91,7 +104,8 @@ def main() -> None:
                 rows.append(row)
                 print(f"{dtype:8s} N={n:6d} M={m:2d}  decode {row['seconds']['decode'] * 1e3:8.2f} ms "
                       f"({row['gbps']['decode']:6.1f} GB/s)  prefill/decode "
-                      f"{row['prefill_over_decode']:5.2f}x  sdpa/decode {row['sdpa_over_decode']:5.2f}x",
+                      f"{row['prefill_over_decode']:5.2f}x  sdpa/decode {row['sdpa_over_decode']:5.2f}x  "
+                      f"paged {row['paged_vs_contiguous']:5.2f}x of contiguous",
                       flush=True)
     commit = _git("rev-parse", "--short", "HEAD")
     result = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(), "commit": commit,

@@ -48,12 +48,17 @@ BENCH = [
     ("bench_decode_n8192", "full", 8, 32, 8, 1, 8192, 128, "bfloat16"),
     ("bench_decode_n32768", "full", 8, 32, 8, 1, 32768, 128, "bfloat16"),
 ]
-# Checks also run with the other tilings (names + "_kv64", "_kv64s3").
+# Checks also run with the other tilings (names + "_kv128", "_s3").
 CHECK_TILINGS = [CHECKS[1], CHECKS[5], CHECKS[7]]
-# Other tilings of the same kernel timed beside the default (CompileOptions
-# overrides): 64-column KV tiles (80 KiB of shared memory: two CTAs per SM,
-# twice the splits), with 2 or 3 stages.
-VARIANTS = {"kv64": {"tile_kv": 64}, "kv64s3": {"tile_kv": 64, "stages": 3}}
+# Other tilings of the same kernel timed beside the default (64-column KV
+# tiles, 2 stages: 80 KiB of shared memory, two CTAs per SM): 128-column
+# tiles (one CTA per SM, half the splits), and 3 stages.
+VARIANTS = {"kv128": {"tile_kv": 128}, "s3": {"stages": 3}}
+# The bench shapes over a paged cache (flexattn_mlir.PagedAttention, pages of
+# PAGE tokens handed out to the sequences in turn, so a sequence's pages are
+# spread over the cache), timed beside the contiguous cache.
+PAGE = 128
+PAGED = [(c[0].replace("bench_decode", "bench_paged"), "paged", *c[2:]) for c in BENCH]
 
 
 def case_tensors(case, dev: str):
@@ -127,10 +132,62 @@ def compile_all(out: str, only: str | None) -> None:
         torch.save([c.contiguous() for c in captures], os.path.join(out, f"{name}.captures.pt"))
         manifest[name] = {"case": list(case), "splits": opts.splits,
                           "pack_heads": opts.pack_heads, "options": over}
+    for case in PAGED:
+        if only and not any(o in case[0] for o in only.split(",")):
+            continue
+        items.append(_compile_paged(case, out, manifest))
     gpu_suite.write_artifacts(items, manifest, out)
 
 
+def paged_cache(B: int, N: int, page: int, device: str):
+    """A ``flexattn_mlir.PagedAttention`` with room for B sequences of N
+    tokens, its pages handed out one per sequence in turn (so each
+    sequence's pages are spread over the whole cache, as in a server)."""
+    import torch
+
+    import flexattn_mlir as fm
+
+    cache = fm.PagedAttention(B * N // page, page, B, device=device)
+    for block in range(N // page):
+        for b in range(B):
+            cache.reserve(torch.tensor(b), torch.tensor((block + 1) * page))
+    return cache
+
+
+def _compile_paged(case, out: str, manifest: dict):
+    """A paged bench case: the cache, its page table and block mask are made
+    here (the run needs no flexattn_mlir) and saved beside the kernel."""
+    import torch
+    from torch.nn.attention.flex_attention import create_block_mask, noop_mask
+
+    import flexattn_mlir as fm
+    from flexattn_mlir.execution import decode
+    from flexattn_mlir.execution.attention import build_spec
+
+    name, _, B, Hq, Hkv, M, N, D, dt = case
+    cache = paged_cache(B, N, PAGE, "cpu")
+    pages = cache.n_pages
+    logical = create_block_mask(noop_mask, B, None, M, N, BLOCK_SIZE=PAGE, device="cpu")
+    bm = cache.convert_logical_block_mask(logical)
+    score, mask, captures, q, _, _ = gpu_suite.captured_case(None, bm.mask_mod, (*case, {}))
+    kv = torch.empty(1, Hkv, pages * PAGE, D, dtype=getattr(torch, dt), device="meta")
+    opts = decode.resolve(fm.CompileOptions(target="sm_90a"), q, kv, kv, bm)
+    assert opts.decode and opts.pack_heads, name
+    spec = build_spec(q, kv, kv, score_mod=None, mask_mod=mask.ir, block_mask=bm,
+                      captures=captures, scale=1.0 / math.sqrt(D), return_lse=False,
+                      name=name, check_indices=False)
+    torch.save([c.contiguous() for c in captures], os.path.join(out, f"{name}.captures.pt"))
+    torch.save({"page_table": cache.page_table.clone(),
+                **{n: getattr(bm, n).to(torch.int32).contiguous() for n in _MASK_FIELDS}},
+               os.path.join(out, f"{name}.paged.pt"))
+    manifest[name] = {"case": list(case), "splits": opts.splits, "pack_heads": True,
+                      "options": {}, "pages": pages, "page_size": PAGE}
+    return name, spec, opts
+
+
 # -- run (on the GPU) ---------------------------------------------------------
+
+_MASK_FIELDS = ("kv_num_blocks", "kv_indices", "full_kv_num_blocks", "full_kv_indices")
 
 def _ours(store, by_name, name, args):
     from flexattn_runtime.splitkv import run_split
@@ -149,8 +206,31 @@ def _args(artifacts, case, q, k, v, tbm, dev):
     if name.startswith("check"):
         args["lse"] = torch.full((B, Hq, M), nan, device=dev)
     if tbm is not None:
-        for n in ("kv_num_blocks", "kv_indices", "full_kv_num_blocks", "full_kv_indices"):
+        for n in _MASK_FIELDS:
             args[n] = getattr(tbm, n).to(torch.int32).contiguous()
+    for i, c in enumerate(torch.load(os.path.join(artifacts, f"{name}.captures.pt"))):
+        args[f"capture{i}"] = c.to(dev)
+    return args
+
+
+def _paged_args(artifacts, name, q, k, v, dev):
+    """The arguments of a paged case: ``k``/``v`` ``[B, Hkv, N, D]`` written
+    into a ``[1, Hkv, pages * PAGE, D]`` cache at their pages."""
+    import torch
+
+    saved = torch.load(os.path.join(artifacts, f"{name}.paged.pt"))
+    B, Hkv, N, D = k.shape
+    table = saved["page_table"].to(dev)
+    pos = torch.arange(N, device=dev)
+    addr = (table[:, pos // PAGE] * PAGE + pos % PAGE).reshape(-1)
+    caches = []
+    for x in (k, v):
+        cache = torch.zeros(1, Hkv, table.shape[1] * PAGE, D, device=dev, dtype=x.dtype)
+        cache[0][:, addr] = x.permute(1, 0, 2, 3).reshape(Hkv, B * N, D)
+        caches.append(cache)
+    args = {"q": q, "k": caches[0], "v": caches[1], "out": torch.full_like(q, float("nan"))}
+    for n in _MASK_FIELDS:
+        args[n] = saved[n].to(dev)
     for i, c in enumerate(torch.load(os.path.join(artifacts, f"{name}.captures.pt"))):
         args[f"capture{i}"] = c.to(dev)
     return args
@@ -315,6 +395,11 @@ def run_bench(store, by_name, artifacts, only, reps, peers, results) -> None:
                "kv_bytes": kv_bytes, "splits": results["manifest"].get(name, {}).get("splits")}
         results["bench"].append(row)
         fns = {"ours": _ours(store, by_name, name, args)}
+        paged = name.replace("bench_decode", "bench_paged")
+        if paged in by_name:
+            paged_args = _paged_args(artifacts, paged, q, k, v, dev)
+            fns["ours_paged"] = _ours(store, by_name, paged, paged_args)
+            row["ours_paged_splits"] = results["manifest"][paged]["splits"]
         for tiling in VARIANTS:  # the same kernel with other tilings
             if f"{name}_{tiling}" in by_name:
                 fns[f"ours_{tiling}"] = _ours(store, by_name, f"{name}_{tiling}", dict(args))
@@ -333,6 +418,10 @@ def run_bench(store, by_name, artifacts, only, reps, peers, results) -> None:
         ref = fns.get("flash") or fns.get("cudnn")
         if ref is not None:
             row["ours_maxdiff_vs_sdpa"] = float((args["out"].float() - ref().float()).abs().max())
+        if "ours_paged" in fns:  # the same K/V through the pages
+            fns["ours_paged"]()
+            row["paged_maxdiff_vs_contiguous"] = float(
+                (paged_args["out"].float() - args["out"].float()).abs().max())
         # Interleaved rounds, best of 3 medians each (the same process).
         for rnd in range(3):
             for impl, fn in fns.items():
@@ -348,6 +437,9 @@ def run_bench(store, by_name, artifacts, only, reps, peers, results) -> None:
                 row[f"ours_vs_{impl}"] = row[f"{impl}_ms"] / row["ours_ms"]
                 row[f"ours_vs_{impl}_loop"] = row[f"{impl}_loop_ms"] / row["ours_loop_ms"]
         row["ours_of_copy"] = row["ours_gbps"] / results["copy_gbps"]
+        if "ours_paged" in fns:
+            row["paged_vs_contiguous"] = row["ours_ms"] / row["ours_paged_ms"]
+            row["paged_vs_contiguous_loop"] = row["ours_loop_ms"] / row["ours_paged_loop_ms"]
         row["notes"] = dict(p.notes)
         print(name, " ".join(f"{i}={row[f'{i}_gbps']:.0f}GB/s({row[f'{i}_loop_gbps']:.0f})"
                              for i in fns), flush=True)
