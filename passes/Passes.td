@@ -1016,7 +1016,9 @@ def FlexAttnMultistage : Pass<"flexattn-multistage", "::mlir::ModuleOp"> {
     coordinates of a later step are the loop body's, recomputed for a later
     induction variable (block-sparse index lookups included); a copy past
     the loop's end gets `if false`, so each wait's `in_flight` is fixed:
-    2 `stages` - 3. Needs static shapes, bf16/f16, head dims 64/128, tiles
+    2 `stages` - 3. A K or V of batch 1 shared by the query batch (a paged
+    cache), which the steps read through `flexattn-tile`'s batch-stride-0
+    view, is copied from the batch-1 tensor at batch 0. Needs static shapes, bf16/f16, head dims 64/128, tiles
     of 128 x 64|128, `stages` >= 2, one `flexattn.tile_step` per KV loop.
 
     After (one KV loop, `stages` = 2):

@@ -1,5 +1,5 @@
-// RUN: flexattn-opt %s --flexattn-multistage --canonicalize --cse | FileCheck %s
-// RUN: flexattn-opt %s -verify-diagnostics --flexattn-multistage=warp-rows=32 -o /dev/null
+// RUN: flexattn-opt %s -split-input-file --flexattn-multistage --canonicalize --cse | FileCheck %s
+// RUN: flexattn-opt %s -split-input-file -verify-diagnostics --flexattn-multistage=warp-rows=32 -o /dev/null
 
 // The decode kernel's tile: 64 packed rows (4 query heads x 16 rows of K/V
 // head %hkv, packed(%m)), one band of 4 warps of 16 rows: 128 threads, a
@@ -49,6 +49,8 @@ func.func @packed_decode(%q: memref<1x2x64x64xbf16>, %k: memref<1x2x512x64xbf16>
   return
 }
 
+
+// -----
 
 // K/V of batch 1 shared by a query batch of 2 (a paged cache): the tile
 // steps read flexattn-tile's batch-stride-0 view; the K and V rings copy
