@@ -1317,8 +1317,13 @@ def FlexAttnLowerToNVVM : Pass<"flexattn-lower-to-nvvm", "::mlir::ModuleOp"> {
     `gpu.dynamic_shared_memory` lowers to); attaches an NVVM target (`chip`,
     `features`, `opt-level`) to each `gpu.module` and runs upstream's
     conversions on it: scf to cf, strided metadata, affine, vector, gpu to
-    NVVM (bare-pointer memref arguments) and nvvm to llvm. The result is
-    ready for `gpu-module-to-binary`.
+    NVVM and nvvm to llvm. The result is ready for `gpu-module-to-binary`.
+
+    Memref arguments of a kernel are bare pointers (`bare-pointers=1`, one
+    `.u64` parameter each), which needs static shapes; a dynamic-shape
+    kernel (`memref<?x8x?x64xbf16>`) takes upstream's memref descriptors
+    instead (`bare-pointers=0`: allocated and aligned pointer, offset, sizes
+    and strides, each a parameter), from which it reads its run-time sizes.
 
     Before:
     ```mlir
@@ -1336,6 +1341,9 @@ def FlexAttnLowerToNVVM : Pass<"flexattn-lower-to-nvvm", "::mlir::ModuleOp"> {
            "PTX features (e.g. +ptx83; empty: the chip's default PTX version)">,
     Option<"optLevel", "opt-level", "int64_t", /*default=*/"3",
            "LLVM optimisation level">,
+    Option<"barePointers", "bare-pointers", "bool", /*default=*/"true",
+           "Memref kernel arguments as bare pointers (static shapes), else as "
+           "memref descriptors (a dynamic-shape kernel)">,
   ];
   let dependentDialects = ["::mlir::gpu::GPUDialect",
                            "::mlir::LLVM::LLVMDialect",

@@ -175,10 +175,14 @@ class DynamicLaunch:
         ranks = [len(a.shape) for a in m.arguments]
         # (first word, argument index, kind) per parameter.
         self.layout, words, self.scalars = [], 0, []
+        self.sizes = []  # (ctypes value, size expression): written per call
         for p in m.params:
             if isinstance(p, ScalarParam):
                 self.layout.append((words, -1, "scalar"))
-                self.scalars.append((words, scalar_value(p)))
+                value = scalar_value(ScalarParam(p.kind, 0) if p.computed else p)
+                self.scalars.append((words, value))
+                if p.computed:
+                    self.sizes.append((value, p.value))
                 words += 1
                 continue
             j = names.index(p.arg)
@@ -194,10 +198,11 @@ class DynamicLaunch:
         self.array = (ctypes.c_void_p * words)(*addresses) if words else None
         self.aligned = tuple((j, a.align - 1) for j, a in enumerate(m.arguments))
 
-    def grid(self, tensors: Sequence) -> tuple[int, int, int]:
+    def grid(self, tensors: Sequence) -> tuple[tuple[int, int, int], dict]:
+        """The call's grid and its run-time sizes (name -> int)."""
         m = self.kernel.metadata
         sizes = bind_sizes(m.arguments, [t.shape for t in tensors])
-        return tuple(evaluate(g, sizes) for g in m.grid)
+        return tuple(evaluate(g, sizes) for g in m.grid), sizes
 
     def __call__(self, tensors: Sequence) -> None:
         import torch
@@ -212,7 +217,7 @@ class DynamicLaunch:
         for j, mask in self.aligned:
             if ptrs[j] & mask:
                 self._check_alignment(kernel.metadata.arguments[j], tensors[j])
-        grid = self.grid(tensors)
+        grid, sizes = self.grid(tensors)
         if 0 in grid:
             return  # an empty batch or sequence: nothing to compute
         stream = queries._current_stream(dev)
@@ -223,6 +228,8 @@ class DynamicLaunch:
                 if len(self.launchers) >= self.GRIDS:
                     self.launchers.clear()
                 launcher = self.launchers[grid] = self.launch_for_grid(grid)
+            for value, expr in self.sizes:
+                value.value = evaluate(expr, sizes)
             capturing, in_use = None, []  # TMA descriptors: as PreparedLaunch's
             for i, (w, j, kind) in enumerate(self.layout):
                 if kind == "scalar":

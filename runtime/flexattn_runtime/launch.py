@@ -13,7 +13,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
-from .dynamic import MemrefParam, check_shapes, descriptor_words
+from .dynamic import MemrefParam, bind_sizes, check_shapes, descriptor_words, evaluate
 from .errors import ArgumentError, ArgumentTypeError
 from .metadata import ArgumentSpec, KernelMetadata, PtrParam, ScalarParam, TensorMapParam
 
@@ -137,6 +137,9 @@ def build_params(meta: KernelMetadata, tensors: Sequence[torch.Tensor],
             out.extend(ctypes.c_uint64(w) for w in descriptor_words(t.data_ptr(), t.shape))
         elif isinstance(p, TensorMapParam):
             out.append(ctypes.c_uint64(tensormap_ptr(i, p, by_name[p.arg])))
+        elif isinstance(p, ScalarParam) and p.computed:  # a size of this call
+            sizes = bind_sizes(meta.arguments, [t.shape for t in tensors])
+            out.append(scalar_value(ScalarParam(p.kind, evaluate(p.value, sizes))))
         elif isinstance(p, ScalarParam):
             out.append(scalar_value(p))
         else:  # pragma: no cover - parse_metadata admits no other kind

@@ -87,7 +87,12 @@ class TensorMapParam:
 @dataclass(frozen=True)
 class ScalarParam:
     kind: str                               # "i32" | "i64" | "f32"
-    value: int | float
+    value: Any                              # a number; a dynamic kernel's: a size
+
+    @property
+    def computed(self) -> bool:
+        """Whether the value is computed per call from the run-time sizes."""
+        return not isinstance(self.value, (int, float))
 
 
 @dataclass(frozen=True)
@@ -254,6 +259,10 @@ def _parse_param(p: Any, i: int, args: dict[str, ArgumentSpec]) -> Any:
         if "value" not in p:
             raise _err(path, f"{kind} parameter needs a 'value'")
         v = p["value"]
+        names = {d for a in args.values() for d in a.shape if is_name(d)}
+        if kind != "f32" and names and (isinstance(v, (str, Mapping))):
+            # A size of a dynamic kernel's call (its arguments' run-time dims).
+            return ScalarParam(kind, parse_size(v, f"{path}.value", names))
         if kind == "f32":
             if isinstance(v, bool) or not isinstance(v, (int, float)):
                 raise _err(f"{path}.value", f"expected a number, got {v!r}")

@@ -74,10 +74,12 @@ func.func @causal(%q: memref<1x2x300x64xbf16>, %k: memref<1x2x300x64xbf16>, %v: 
 
 // -----
 
-func.func @dynamic(%q: memref<1x1x?x64xbf16>, %o: memref<1x1x?x64xbf16>, %n: index) {
+// An extent that is neither a constant nor computed from a memref
+// argument's sizes (an index argument) cannot reach the host's grid.
+func.func @opaque_extent(%q: memref<1x1x?x64xbf16>, %o: memref<1x1x?x64xbf16>, %n: index) {
   %c0 = arith.constant 0 : index
   %c1 = arith.constant 1 : index
-  // expected-error @+1 {{flexattn-map-to-grid needs static loop bounds from 0 with step 1 (static shapes)}}
+  // expected-error @+1 {{flexattn-map-to-grid needs loop bounds from 0 with step 1 and extents that are constants or computed from the memref arguments' sizes}}
   scf.parallel (%b, %h, %qt) = (%c0, %c0, %c0) to (%c1, %c1, %n) step (%c1, %c1, %c1) {
     %acc = memref.alloca() : memref<128x64xf32>
     %m = memref.alloca() : memref<128xf32>
