@@ -3,13 +3,14 @@
 
 // A dynamic-shape kernel (CompileOptions.dynamic) takes memref descriptors
 // (bare-pointers=0): each memref argument is its allocated and aligned
-// pointer, offset, sizes and strides, and the kernel reads its run-time
-// sizes from them (memref.dim of q's M: the descriptor's size 2).
-// CHECK:       llvm.func @dyn(%[[QA:[^:]+]]: !llvm.ptr, %[[QP:[^:]+]]: !llvm.ptr, %{{[^:]+}}: i64, %[[B:[^:]+]]: i64, %{{[^:]+}}: i64, %[[M:[^:]+]]: i64, %{{[^:]+}}: i64, %{{[^:]+}}: i64, %{{[^:]+}}: i64, %{{[^:]+}}: i64, %{{[^:]+}}: i64
+// pointer, offset, sizes and strides (q: 3 + 2 x 4 parameters), and the
+// kernel reads its run-time sizes from them: q's M is parameter 5.
+// CHECK:       llvm.func @dyn(%{{[^:]+}}: !llvm.ptr, %{{[^:]+}}: !llvm.ptr, %{{[^:]+}}: i64, %{{[^:]+}}: i64, %{{[^:]+}}: i64, %[[M:[^:]+]]: i64, %{{[^:]+}}: i64, %{{[^:]+}}: i64, %{{[^:]+}}: i64, %{{[^:]+}}: i64, %{{[^:]+}}: i64, %{{[^:]+}}: !llvm.ptr, %[[OUT:[^:]+]]: !llvm.ptr, %{{[^:]+}}: i64, %{{[^:]+}}: i64, %{{[^:]+}}: i64)
 // CHECK-SAME:  nvvm.kernel
-// CHECK:         llvm.insertvalue %[[M]], %{{.*}}[3, 2]
-// Bare pointers need static shapes: upstream's conversion refuses the kernel.
-// BARE: error
+// CHECK:         llvm.store %[[M]], %[[OUT]] : i64, !llvm.ptr
+// Bare pointers (the default) need static shapes: upstream's conversion
+// refuses the kernel.
+// BARE: error: failed to legalize operation 'gpu.func'
 module attributes {gpu.container_module} {
   gpu.module @k {
     gpu.func @dyn(%q: memref<?x4x?x64xbf16>, %out: memref<?xi64>) kernel {
