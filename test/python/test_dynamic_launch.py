@@ -41,14 +41,16 @@ def dyn_meta(**over) -> dict:
             {"name": "scale", "shape": [], "dtype": "float32"},
         ],
         "outputs": ["out", "lse"],
-        "params": [{"kind": "memref", "arg": n} for n in ("q", "k", "v", "out", "lse", "scale")],
+        "params": [{"kind": "memref", "arg": n} for n in ("q", "k", "v", "out", "lse", "scale")]
+        + [{"kind": "i64", "value": {"op": "ceildiv", "args": ["M", 128]}}],  # a host size
     }
     meta.update(over)
     return meta
 
 
-# 3 + 2 rank words per memref descriptor: q/k/v/out rank 4, lse 3, scale 0.
-DYN_WORDS = [11, 11, 11, 11, 9, 3]
+# 3 + 2 rank words per memref descriptor: q/k/v/out rank 4, lse 3, scale 0;
+# then the i64 size.
+DYN_WORDS = [11, 11, 11, 11, 9, 3, 1]
 DYN_PARAM_SIZES = [8] * sum(DYN_WORDS)
 
 
@@ -66,13 +68,13 @@ def test_dynamic_metadata_round_trips_and_evaluates_its_grid():
     assert meta.dynamic and meta.argument("q").shape == ("B", H, "M", D)
     assert meta.to_dict() == dyn_meta()
     assert parse_metadata(meta.to_dict()) == meta
-    assert all(isinstance(p, MemrefParam) for p in meta.params)
+    assert all(isinstance(p, MemrefParam) for p in meta.params[:-1]) and meta.params[-1].computed
     sizes = bind_sizes(meta.arguments, [t.shape for t in dyn_tensors(3, 300, 77)])
     assert sizes == {"B": 3, "M": 300, "N": 77}
     assert [evaluate(g, sizes) for g in meta.grid] == [3 * H * 3, 1, 1]
     # A PTX entry takes 3 + 2 rank words per descriptor.
     check_binary_params(meta, fake_ptx("flexattn_kernel", DYN_PARAM_SIZES))
-    with pytest.raises(MetadataError, match=r"takes 55 parameters .* lists 56"):
+    with pytest.raises(MetadataError, match=r"takes 56 parameters .* lists 57"):
         check_binary_params(meta, fake_ptx("flexattn_kernel", DYN_PARAM_SIZES[:-1]))
 
 
@@ -80,6 +82,8 @@ def test_dynamic_metadata_round_trips_and_evaluates_its_grid():
     ({"grid": ["T", 1, 1]}, r"grid\[0\]: names no run-time size of the arguments: 'T'"),
     ({"grid": [{"op": "pow", "args": ["B", 2]}, 1, 1]}, r"grid\[0\]\.op: expected one of"),
     ({"grid": [{"op": "mul", "args": ["B"]}, 1, 1]}, r"grid\[0\]\.args: expected two sizes"),
+    ({"params": [{"kind": "i64", "value": {"op": "ceildiv", "args": ["T", 128]}}]},
+     r"params\[0\]\.value\.args\[0\]: names no run-time size"),
     ({"params": [{"kind": "ptr", "arg": "q"}]},
      r"params\[0\]\.kind: argument 'q' has run-time dims \['B', 4, 'M', 64\]: the kernel takes "
      r"it as a 'memref'"),
@@ -138,7 +142,7 @@ def test_dynamic_launch_computes_grid_and_descriptors_per_call(stub, dynamic_ker
         assert stub.last() == "cuLaunchKernel"
         rec = stub.rec()
         assert rec[:10] == [0xF00, b * H * -(-m // 128), 1, 1, 256, 1, 1, 49280, STREAM, 1]
-        assert rec[10:] == [w for x in t for w in _descriptor(x)]
+        assert rec[10:] == [w for x in t for w in _descriptor(x)] + [-(-m // 128)]
     assert len(launch.launchers) == 3  # one launch object per grid
 
 
@@ -177,7 +181,7 @@ def test_descriptor_cache_keys_a_dynamic_kernels_shape(stub, monkeypatch):
     meta = dyn_meta(params=[{"kind": "tensormap", "arg": "q", "elem": "bf16",
                              "box": [64, 128, 1, 1], "swizzle": "128B"}]
                     + [{"kind": "memref", "arg": n} for n in ("k", "v", "out", "lse", "scale")])
-    sizes = [8] + DYN_PARAM_SIZES[11:]
+    sizes = [8] + DYN_PARAM_SIZES[11:-1]  # q's tensormap, then k..scale as dyn_meta
     stub.stub_set_param_sizes(len(sizes), (ctypes.c_int * len(sizes))(*sizes))
     kernel = Kernel(meta, fake_ptx("flexattn_kernel", sizes))
     launch = kernel.prepare(0)
