@@ -881,7 +881,10 @@ def FlexAttnMapToGrid : Pass<"flexattn-map-to-grid", "::mlir::ModuleOp"> {
     `flexattn-split-kv{splits=S}` puts the S splits of a tile on adjacent
     CTAs: `s = t mod S`, then (batch, head, Q tile) from `t / S` as above. The CTA has one thread until a role pass assigns more. Pure
     computations over constants are recomputed inside; memref arguments are
-    passed.
+    passed. Extents may be run-time values computed from the memref
+    arguments' sizes (a dynamic-shape kernel's batch and `ceildiv(M, BM)` Q
+    tiles): the host multiplies them into the grid and the CTA recomputes
+    them (lit: the `@dynamic` case of its test).
 
     Before:
     ```mlir
@@ -1016,8 +1019,11 @@ def FlexAttnMultistage : Pass<"flexattn-multistage", "::mlir::ModuleOp"> {
     coordinates of a later step are the loop body's, recomputed for a later
     induction variable (block-sparse index lookups included); a copy past
     the loop's end gets `if false`, so each wait's `in_flight` is fixed:
-    2 `stages` - 3. Needs static shapes, bf16/f16, head dims 64/128, tiles
-    of 128 x 64|128, `stages` >= 2, one `flexattn.tile_step` per KV loop.
+    2 `stages` - 3. Needs static heads and head dims (B, M and N may be
+    run-time sizes: a dynamic-shape kernel's copies then check every row
+    against N and its softmax takes `lens(%M, %N)`, q's and k's dim 2),
+    bf16/f16 (f32: tf32), tiles of 64|128 x 64|128, `stages` >= 2, one
+    `flexattn.tile_step` per KV loop.
 
     After (one KV loop, `stages` = 2):
     ```mlir
