@@ -168,10 +168,12 @@ LogicalResult RingAllocOp::verify() {
 LogicalResult RingCopyOp::verify() {
   auto source = cast<MemRefType>(getSource().getType());
   RingType ring = getRing().getType();
-  if (source.getRank() != 4 || !source.hasStaticShape() ||
+  // B and N may be run-time sizes (a dynamic-shape kernel); H and C fix the
+  // copies' addresses.
+  if (source.getRank() != 4 || source.isDynamicDim(1) || source.isDynamicDim(3) ||
       !source.getLayout().isIdentity())
-    return emitOpError() << "the source must be a static 4-D memref [B, H, N, "
-                            "C] with the identity layout, got "
+    return emitOpError() << "the source must be a 4-D memref [B, H, N, C] with "
+                            "static H and C and the identity layout, got "
                          << source;
   if (source.getElementType() != ring.getElementType())
     return emitOpError() << "the source holds " << source.getElementType()
@@ -319,10 +321,17 @@ LogicalResult FragSoftmaxOp::verify() {
   if (getProbs().getType().getNumElements() != n)
     return emitOpError() << "probs must have the scores' " << n
                          << " elements, got " << getProbs().getType();
-  ArrayRef<int64_t> lens = getSeqLens();
-  if (lens.size() != 2 || lens[0] <= 0 || lens[1] <= 0)
+  std::optional<ArrayRef<int64_t>> lens = getSeqLens();
+  if (lens.has_value() == !getLens().empty())
+    return emitOpError() << "needs either seq_lens (static lengths) or lens(%M, %N) "
+                            "(run-time lengths), not "
+                         << (lens ? "both" : "neither");
+  if (!getLens().empty() && getLens().size() != 2)
+    return emitOpError() << "lens must be two run-time lengths (M, N), got "
+                         << getLens().size() << " value(s)";
+  if (lens && (lens->size() != 2 || (*lens)[0] <= 0 || (*lens)[1] <= 0))
     return emitOpError() << "seq_lens must be two positive lengths [M, N], got "
-                         << lens.size() << " value(s)";
+                         << lens->size() << " value(s)";
   ArrayRef<int64_t> tile = getTileSize();
   if (tile.size() != 2 || tile[0] <= 0 || tile[1] != 2 * n / t)
     return emitOpError() << "tile_size must be [BM, BN] with BN = " << 2 * n / t
@@ -332,9 +341,11 @@ LogicalResult FragSoftmaxOp::verify() {
 
 LogicalResult FragFinalizeOp::verify() {
   auto out = cast<MemRefType>(getOut().getType());
-  if (out.getRank() != 4 || !out.hasStaticShape())
-    return emitOpError() << "out must be a static 4-D memref [B, Hq, M, Dv], "
-                            "got "
+  // B and M may be run-time sizes (a dynamic-shape kernel); Hq and Dv fix
+  // the stores' layout.
+  if (out.getRank() != 4 || out.isDynamicDim(1) || out.isDynamicDim(3))
+    return emitOpError() << "out must be a 4-D memref [B, Hq, M, Dv] with static "
+                            "Hq and Dv, got "
                          << out;
   // The accumulator may hold Dv padded to a whole 64-column panel (the
   // padding columns are not stored).

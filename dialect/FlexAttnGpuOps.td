@@ -369,12 +369,23 @@ def FlexAttn_FragSoftmaxOp : FlexAttn_Op<"frag.softmax", [
     `packed(%m)` (the decode kernel's packed tiles, see `flexattn.kv_loop`):
     the rows are the packed rows of the query heads from `h`; the mods of
     packed row `r` receive head `h + r / m` and query row `r mod m`.
+
+    `lens(%M, %N)` (a dynamic-shape kernel, docs/inference.md): the lengths
+    are run-time values instead of the `seq_lens` attribute (exactly one of
+    the two is given); every row and key is then checked against them.
+
+    ```mlir
+    %p, %m1, %l1, %alpha = flexattn.frag.softmax %s state(%m, %l) at(%b, %h, %qrow, %kvcol)
+        lens(%M, %N) attributes {scale = 0.125 : f32, tile_size = array<i64: 128, 128>}
+        : vector<64xf32>, vector<2xf32> -> vector<64xbf16>
+    ```
   }];
   let arguments = (ins FlexAttn_Fragment:$scores, FlexAttn_RowValues:$max,
                        FlexAttn_RowValues:$sum, Index:$b, Index:$h, Index:$row,
                        Index:$col, Optional<Index>:$rows_per_head,
+                       Variadic<Index>:$lens,
                        Variadic<AnyMemRef>:$captures,
-                       F32Attr:$scale, DenseI64ArrayAttr:$seq_lens,
+                       F32Attr:$scale, OptionalAttr<DenseI64ArrayAttr>:$seq_lens,
                        DenseI64ArrayAttr:$tile_size, UnitAttr:$masked);
   let results = (outs FlexAttn_HalfFragment:$probs, FlexAttn_RowValues:$new_max,
                       FlexAttn_RowValues:$new_sum, FlexAttn_RowValues:$alpha);
@@ -382,7 +393,7 @@ def FlexAttn_FragSoftmaxOp : FlexAttn_Op<"frag.softmax", [
                         FlexAttn_ModRegion:$mask_mod);
   let assemblyFormat = !strconcat([{
     $scores `state` `(` $max `,` $sum `)` `at` `(` $b `,` $h `,` $row `,` $col `)`
-    (`packed` `(` $rows_per_head^ `)`)?
+    (`packed` `(` $rows_per_head^ `)`)? (`lens` `(` $lens^ `)`)?
   }], ModsAssembly, [{ `:` type($scores) `,` type($max) `->` type($probs) }]);
   let hasVerifier = 1;
 }

@@ -49,8 +49,9 @@ PERSISTENT_DENSITY = 0.25
 
 
 def _prefers_persistent(options: CompileOptions, block_mask, kernel_options, query, key) -> bool:
-    if options.target == "cpu" or block_mask is None or "persistent" in (kernel_options or {}):
-        return False
+    if (options.target == "cpu" or options.dynamic or block_mask is None
+            or "persistent" in (kernel_options or {})):
+        return False  # (a dynamic GPU kernel runs one CTA per Q tile)
     visited = checks.check_block_mask(block_mask, query, key)  # memoised per mask
     idx = block_mask.kv_indices
     total = idx.shape[0] * idx.shape[1] * idx.shape[2] * idx.shape[3]

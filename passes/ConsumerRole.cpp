@@ -11,12 +11,21 @@
 using namespace mlir;
 using namespace mlir::flexattn;
 
-FailureOr<KernelPlan> KernelPlan::of(TileStepOp step, StringRef pass, bool f32) {
+FailureOr<KernelPlan> KernelPlan::of(TileStepOp step, StringRef pass, bool f32,
+                                         bool dynamic) {
   auto q = cast<MemRefType>(step.getQ().getType());
   auto k = cast<MemRefType>(step.getK().getType());
   auto v = cast<MemRefType>(step.getV().getType());
-  if (!q.hasStaticShape() || !k.hasStaticShape() || !v.hasStaticShape())
-    return step.emitOpError() << pass << " needs static q/k/v shapes";
+  // B, M and N may be run-time sizes (a dynamic-shape kernel: the lengths
+  // then reach the softmax as values, `lens`); heads and head dims fix the
+  // tiles and the layout.
+  for (MemRefType t : {q, k, v})
+    if (t.getRank() != 4 || t.isDynamicDim(1) || t.isDynamicDim(3))
+      return step.emitOpError() << pass << " needs static heads and head dims, got " << t;
+  if (!dynamic && (!q.hasStaticShape() || !k.hasStaticShape() || !v.hasStaticShape()))
+    return step.emitOpError() << pass << " needs static q/k/v shapes (its TMA boxes and "
+                                         "tile counts); a dynamic-shape kernel runs on "
+                                         "flexattn-multistage";
   auto panels = [](int64_t d) { return (d + kPanelCols - 1) / kPanelCols * kPanelCols; };
   KernelPlan p{q, k, v, q.getDimSize(2), k.getDimSize(2), q.getDimSize(3),
                v.getDimSize(3), step.getTileSize()[0], step.getTileSize()[1],
@@ -118,13 +127,21 @@ LogicalResult ConsumerRole::step(ImplicitLocOpBuilder &b, TileStepOp op,
     captures.push_back(map.lookupOrDefault(c));
   bool applyMask = op.getMasked() && op.hasMaskMod();
   Value rowsPerHead = op.getRowsPerHead(); // packed decode tiles
+  // Run-time lengths (a dynamic-shape kernel): q's and k's dim 2.
+  SmallVector<Value> lens;
+  DenseI64ArrayAttr seqLens;
+  if (ShapedType::isDynamic(plan.M) || ShapedType::isDynamic(plan.N))
+    lens = {memref::DimOp::create(b, map.lookupOrDefault(op.getQ()), 2).getResult(),
+            memref::DimOp::create(b, map.lookupOrDefault(op.getK()), 2).getResult()};
+  else
+    seqLens = b.getDenseI64ArrayAttr({plan.M, plan.N});
   auto softmax = FragSoftmaxOp::create(
       b, fragType(plan.BN, plan.elem), state.max.getType(), state.max.getType(),
       state.max.getType(), s, state.max, state.sum,
       map.lookupOrDefault(op.getB()), map.lookupOrDefault(op.getH()),
       arith::AddIOp::create(b, q0, row), arith::AddIOp::create(b, kv0, col),
-      rowsPerHead ? map.lookupOrDefault(rowsPerHead) : Value(),
-      captures, op.getScaleAttr(), b.getDenseI64ArrayAttr({plan.M, plan.N}),
+      rowsPerHead ? map.lookupOrDefault(rowsPerHead) : Value(), lens,
+      captures, op.getScaleAttr(), seqLens,
       op.getTileSizeAttr(), applyMask ? b.getUnitAttr() : UnitAttr());
   cloneModRegions(op, softmax, applyMask);
   // O = alpha O + P.V_j

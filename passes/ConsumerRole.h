@@ -54,10 +54,12 @@ struct KernelPlan {
   /// V tiles in shared memory and of the fragments computed from them.
   int64_t Dp, Dvp;
 
-  /// Checks the CTA's first tile_step: static shapes, bf16/f16 (and f32
-  /// where `f32` says the kernel has tf32 MMAs), head dims multiples of 8 in
-  /// [16, 256], tiles of 64|128 x 64|128. Diagnostics name `pass`.
-  static FailureOr<KernelPlan> of(TileStepOp step, StringRef pass, bool f32 = false);
+  /// Checks the CTA's first tile_step: static shapes (with `dynamic`, static
+  /// heads and head dims; M and N may then be ShapedType::kDynamic), bf16/f16
+  /// (and f32 where `f32` says the kernel has tf32 MMAs), head dims multiples
+  /// of 8 in [16, 256], tiles of 64|128 x 64|128. Diagnostics name `pass`.
+  static FailureOr<KernelPlan> of(TileStepOp step, StringRef pass, bool f32 = false,
+                                  bool dynamic = false);
 };
 
 /// The rings the consumers read: Q (one tile per Q tile), K and V (one

@@ -184,9 +184,19 @@ struct FragmentRows : softmax::SoftmaxRows, Fragments {
 /// indices clamped inside [0, M) x [0, N).
 Value scoresInLog2(Fragments &f, FragSoftmaxOp op, bool rawMax) {
   ImplicitLocOpBuilder &b = f.b;
-  int64_t M = op.getSeqLens()[0], N = op.getSeqLens()[1];
   int64_t BM = op.getTileSize()[0], BN = op.getTileSize()[1];
-  bool qTail = M % BM != 0, kvTail = N % BN != 0;
+  // M and N: the seq_lens attribute, or the run-time lens (a dynamic-shape
+  // kernel: every row and key is then checked, as for a partial last tile).
+  std::optional<ArrayRef<int64_t>> lens = op.getSeqLens();
+  SmallVector<Value> dyn;
+  for (Value len : op.getLens())
+    dyn.push_back(f.toI32(len));
+  bool qTail = !lens || (*lens)[0] % BM != 0, kvTail = !lens || (*lens)[1] % BN != 0;
+  auto length = [&](int i) -> Value { return lens ? f.i32((*lens)[i]) : dyn[i]; };
+  auto last = [&](int i) -> Value { // length - 1
+    return lens ? f.i32((*lens)[i] - 1)
+                : arith::SubIOp::create(b, dyn[i], f.i32(1)).getResult();
+  };
   bool applyMask = op.getMasked() && op.hasMaskMod();
   bool mods = op.hasScoreMod() || applyMask;
   float scale = op.getScale().convertToFloat();
@@ -199,7 +209,7 @@ Value scoresInLog2(Fragments &f, FragSoftmaxOp op, bool rawMax) {
     Value row = r ? arith::AddIOp::create(b, qRow0, f.i32(Layout::rowOffset(r))).getResult()
                   : qRow0;
     if (qTail)
-      row = arith::MinUIOp::create(b, row, f.i32(M - 1));
+      row = arith::MinUIOp::create(b, row, last(0));
     Value head = op.getH();
     if (Value m = op.getRowsPerHead()) {
       Value perHead = f.toI32(m);
@@ -216,8 +226,7 @@ Value scoresInLog2(Fragments &f, FragSoftmaxOp op, bool rawMax) {
     Value kvIdx = arith::AddIOp::create(b, kvCol0, f.i32(at.colOf(e)));
     Value v = s[e];
     if (mods) {
-      Value kvMod = kvTail ? arith::MinUIOp::create(b, kvIdx, f.i32(N - 1)).getResult()
-                           : kvIdx;
+      Value kvMod = kvTail ? arith::MinUIOp::create(b, kvIdx, last(1)).getResult() : kvIdx;
       v = softmax::log2Score(b, b.getLoc(), s[e], scale, [&](Value x) -> Value {
         auto apply = ApplyModsOp::create(
             b, b.getF32Type(), x, op.getB(), heads[at.rowOf(e)], qIdx[at.rowOf(e)],
@@ -230,8 +239,7 @@ Value scoresInLog2(Fragments &f, FragSoftmaxOp op, bool rawMax) {
       v = softmax::log2Score(b, b.getLoc(), s[e], scale, nullptr);
     }
     if (kvTail) {
-      Value inside = arith::CmpIOp::create(b, arith::CmpIPredicate::ult, kvIdx,
-                                           f.i32(N));
+      Value inside = arith::CmpIOp::create(b, arith::CmpIPredicate::ult, kvIdx, length(1));
       v = arith::SelectOp::create(b, inside, v, f.f32(kNegInf));
     }
     u.push_back(v);
@@ -259,8 +267,15 @@ LogicalResult lowerSoftmax(ImplicitLocOpBuilder &b, FragSoftmaxOp op) {
 LogicalResult lowerFinalize(ImplicitLocOpBuilder &b, FragFinalizeOp op) {
   Fragments f{b};
   auto outType = cast<MemRefType>(op.getOut().getType());
-  int64_t Hq = outType.getDimSize(1), M = outType.getDimSize(2),
-          Dv = outType.getDimSize(3);
+  int64_t Hq = outType.getDimSize(1), Dv = outType.getDimSize(3);
+  // M: static, or a run-time size (a dynamic-shape kernel's out).
+  Value dynM = outType.isDynamicDim(2) ? memref::DimOp::create(b, op.getOut(), 2).getResult()
+                                       : Value();
+  auto rowsTimes = [&](int64_t c) -> Value { // M * c
+    if (!dynM)
+      return f.index(outType.getDimSize(2) * c);
+    return c == 1 ? dynM : arith::MulIOp::create(b, dynM, f.index(c)).getResult();
+  };
   Type elem = outType.getElementType();
   // 16-bit outputs, or f32 (fp32 inputs, and the decode kernel's partial
   // rows); row-major [B, H, M, Dv], at an offset where out is a view (a
@@ -276,7 +291,8 @@ LogicalResult lowerFinalize(ImplicitLocOpBuilder &b, FragFinalizeOp op) {
   Value head = arith::AddIOp::create(
       b, arith::MulIOp::create(b, op.getB(), f.index(Hq)), op.getH());
   Value headBase = arith::AddIOp::create(
-      b, outBase, arith::MulIOp::create(b, head, f.index(M * Dv * bytes)));
+      b, outBase,
+      arith::MulIOp::create(b, head, rowsTimes(Dv * bytes)));
   // The rows' complete sums (over the threads sharing a row), then the sink.
   FragmentRows rows(b);
   Layout at(op.getAcc(), op.getMax());
@@ -297,7 +313,7 @@ LogicalResult lowerFinalize(ImplicitLocOpBuilder &b, FragFinalizeOp op) {
     Value inv = softmax::safeDivide(b, b.getLoc(), f.f32(1.0f), sum);
     Value row = arith::AddIOp::create(b, op.getRow(), f.index(Layout::rowOffset(h)));
     int64_t first = at.perTile * (h / 2) + 2 * (h % 2); // the row's first element
-    Value inside = arith::CmpIOp::create(b, arith::CmpIPredicate::ult, row, f.index(M));
+    Value inside = arith::CmpIOp::create(b, arith::CmpIPredicate::ult, row, rowsTimes(1));
     auto ifOp = scf::IfOp::create(b, inside, /*withElseRegion=*/false);
     OpBuilder::InsertionGuard guard(b);
     b.setInsertionPointToStart(&ifOp.getThenRegion().front());

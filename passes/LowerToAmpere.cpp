@@ -237,9 +237,21 @@ LogicalResult Lowering::lowerCopy(RingCopyOp op) {
     return op.emitOpError("a tile of ")
            << chunks << " 16-byte chunks does not split evenly over " << threads
            << " threads";
-  int64_t H = source.getDimSize(1), N = source.getDimSize(2), C = source.getDimSize(3);
+  if (source.isDynamicDim(1) || source.isDynamicDim(3))
+    return op.emitOpError("copies from a source of static heads and columns, got ")
+           << source;
+  int64_t H = source.getDimSize(1), C = source.getDimSize(3);
   int64_t have = C * eb / kChunk; // the source's chunks per row (the rest: zeros)
-  bool tail = N % rows != 0;
+  // The source's rows N: static, or a run-time size (a dynamic-shape kernel:
+  // every copy is then checked against N, as a partial last tile is).
+  bool dynamicRows = source.isDynamicDim(2);
+  bool tail = dynamicRows || source.getDimSize(2) % rows != 0;
+  Value dynN = dynamicRows ? toI32(memref::DimOp::create(b, op.getSource(), 2)) : Value();
+  auto rowCount = [&]() -> Value { return dynN ? dynN : i32(source.getDimSize(2)); };
+  auto lastRow = [&]() -> Value {
+    return dynN ? arith::SubIOp::create(b, dynN, i32(1)).getResult()
+                : i32(source.getDimSize(2) - 1);
+  };
   Value dst = slot(r, stagePhase(r, op.getPosition()).first);
   // Thread t copies chunks t + i T (T threads). Where T chunks span a
   // multiple of 8 rows, a thread's chunks share their column (c = t % P, P
@@ -267,7 +279,8 @@ LogicalResult Lowering::lowerCopy(RingCopyOp op) {
     // global memory, and its swizzled address in the slot.
     auto source = [&](Value row, Value cc) -> Value {
       Value elem = arith::AddIOp::create(
-          b, arith::MulIOp::create(b, ext(add(mul(head, N), row)), i64(C)),
+          b, arith::MulIOp::create(b, ext(add(arith::MulIOp::create(b, head, rowCount()), row)),
+                                   i64(C)),
           ext(mul(sourceChunk(cc), perChunk)));
       return arith::AddIOp::create(b, base, arith::MulIOp::create(b, elem, i64(eb)));
     };
@@ -282,7 +295,7 @@ LogicalResult Lowering::lowerCopy(RingCopyOp op) {
     auto copy = [&](Value to, Value from, Value row, Value cc) {
       Value inside;
       if (tail)
-        inside = arith::CmpIOp::create(b, arith::CmpIPredicate::ult, row, i32(N));
+        inside = arith::CmpIOp::create(b, arith::CmpIPredicate::ult, row, rowCount());
       if (have < perRow) {
         Value real = arith::CmpIOp::create(b, arith::CmpIPredicate::ult, cc, i32(have));
         inside = inside ? arith::AndIOp::create(b, inside, real).getResult() : real;
@@ -294,7 +307,7 @@ LogicalResult Lowering::lowerCopy(RingCopyOp op) {
       NVVM::CpAsyncOp::create(b, shared(to), src, kChunk, NVVM::LoadCacheModifierKind::CG, size);
     };
     auto clamped = [&](Value row) -> Value {
-      return tail ? arith::MinUIOp::create(b, row, i32(N - 1)).getResult() : row;
+      return tail ? arith::MinUIOp::create(b, row, lastRow()).getResult() : row;
     };
     if (strided) {
       auto [rIn, cc] = chunkAt(tid);

@@ -16,8 +16,9 @@
 //     would call libdevice for all of them);
 //  2. the dynamic shared memory is declared, the NVVM target attached and
 //     upstream's conversions run on each gpu.module (scf -> cf, gpu/arith/
-//     memref -> NVVM with bare-pointer memref arguments, nvvm -> llvm), ready
-//     for gpu-module-to-binary.
+//     memref -> NVVM with bare-pointer memref arguments, or memref
+//     descriptors for a dynamic-shape kernel, nvvm -> llvm), ready for
+//     gpu-module-to-binary.
 //
 //===----------------------------------------------------------------------===//
 
@@ -205,9 +206,10 @@ struct FlexAttnLowerToNVVMPass
     std::string pipeline = llvm::formatv(
         "nvvm-attach-target{{chip={0}{1} O={2}},"
         "gpu.module(arith-expand, convert-scf-to-cf, expand-strided-metadata, lower-affine, "
-        "convert-vector-to-llvm, convert-gpu-to-nvvm{{use-bare-ptr-memref-call-conv=1}, "
+        "convert-vector-to-llvm, convert-gpu-to-nvvm{{use-bare-ptr-memref-call-conv={3}}, "
         "convert-nvvm-to-llvm, canonicalize, cse, reconcile-unrealized-casts)",
-        chip, features.empty() ? std::string() : " features=" + features, optLevel);
+        chip, features.empty() ? std::string() : " features=" + features, optLevel,
+        barePointers ? 1 : 0);
     OpPassManager pm(ModuleOp::getOperationName());
     if (failed(parsePassPipeline(pipeline, pm))) {
       module.emitError() << "flexattn-lower-to-nvvm: bad pipeline " << pipeline;

@@ -115,23 +115,28 @@ LogicalResult mlir::flexattn::mapToGrid(RewriterBase &rewriter,
                            "(or (split, batch, head, Q tile): flexattn-split-kv)");
   // A leading split dimension (flexattn-split-kv{splits}).
   unsigned first = loops - 3;
-  int64_t extent[4];
+  // Extents: constants, or run-time values of a dynamic-shape kernel (the
+  // batch and the Q tiles: ceil(M / BM) of memref.dim), which the host
+  // multiplies into the grid and the CTA recomputes.
+  SmallVector<Value> extent;
+  SetVector<Value> recomputed;
   for (unsigned d = 0; d < loops; ++d) {
     std::optional<int64_t> lo = foldIndex(par.getLowerBound()[d]);
-    std::optional<int64_t> hi = foldIndex(par.getUpperBound()[d]);
     std::optional<int64_t> step = foldIndex(par.getStep()[d]);
-    if (!lo || !hi || !step || *lo != 0 || *step != 1)
-      return par.emitOpError("flexattn-map-to-grid needs static loop bounds "
-                             "from 0 with step 1 (static shapes)");
-    extent[d] = *hi;
+    Value hi = par.getUpperBound()[d];
+    if (!lo || !step || *lo != 0 || *step != 1 ||
+        (!foldIndex(hi) && !isRecomputable(hi)))
+      return par.emitOpError("flexattn-map-to-grid needs loop bounds from 0 with "
+                             "step 1 and extents that are constants or computed "
+                             "from the memref arguments' sizes");
+    extent.push_back(hi);
+    if (!foldIndex(hi))
+      recomputed.insert(hi);
   }
-  int64_t splits = first ? extent[0] : 1;
-  int64_t heads = extent[first + 1], qTiles = extent[first + 2];
-  int64_t tiles = splits * extent[first] * heads * qTiles;
 
   // Values from outside the loop: memref arguments stay (the launch passes
-  // them to the kernel), pure computations over constants are recomputed.
-  SetVector<Value> recomputed;
+  // them to the kernel), pure computations over constants and the
+  // arguments' sizes are recomputed.
   if (failed(collectKernelInputs(par, par.getBody(), recomputed,
                                  "flexattn-map-to-grid")))
     return failure();
@@ -139,8 +144,27 @@ LogicalResult mlir::flexattn::mapToGrid(RewriterBase &rewriter,
   OpBuilder::InsertionGuard guard(rewriter);
   rewriter.setInsertionPoint(par);
   auto cst = [&](int64_t v) { return arith::ConstantIndexOp::create(rewriter, loc, v); };
+  // A static extent as a constant where it is used (host or CTA), a
+  // run-time one as the host's value or its copy in the CTA.
+  auto extentIn = [&](unsigned d, IRMapping *inside) -> Value {
+    if (std::optional<int64_t> c = foldIndex(extent[d]))
+      return cst(*c);
+    return inside ? inside->lookup(extent[d]) : extent[d];
+  };
+  std::optional<int64_t> staticTiles = 1;
+  for (Value e : extent)
+    staticTiles = staticTiles && foldIndex(e) ? std::optional(*staticTiles * *foldIndex(e))
+                                              : std::nullopt;
   Value one = cst(1);
-  auto launch = gpu::LaunchOp::create(rewriter, loc, cst(tiles), one, one,
+  Value tiles;
+  if (staticTiles) {
+    tiles = cst(*staticTiles);
+  } else {
+    tiles = extentIn(0, nullptr);
+    for (unsigned d = 1; d < loops; ++d)
+      tiles = arith::MulIOp::create(rewriter, loc, tiles, extentIn(d, nullptr));
+  }
+  auto launch = gpu::LaunchOp::create(rewriter, loc, tiles, one, one,
                                       one, one, one);
   Block &body = launch.getBody().front();
   rewriter.setInsertionPointToStart(&body);
@@ -153,17 +177,21 @@ LogicalResult mlir::flexattn::mapToGrid(RewriterBase &rewriter,
   SmallVector<Value> loopIvs(par.getInductionVars());
   ArrayRef<Value> ivs = loopIvs;
   if (first) {
-    Value ss = arith::ConstantIndexOp::create(rewriter, loc, splits);
+    Value ss = extentIn(0, &map);
     map.map(ivs[0], arith::RemUIOp::create(rewriter, loc, t, ss));
     t = arith::DivUIOp::create(rewriter, loc, t, ss);
     ivs = ivs.drop_front();
   }
-  Value qts = arith::ConstantIndexOp::create(rewriter, loc, qTiles);
+  Value qts = extentIn(first + 2, &map);
   Value head = arith::DivUIOp::create(rewriter, loc, t, qts);
-  Value hs = arith::ConstantIndexOp::create(rewriter, loc, heads);
+  Value hs = extentIn(first + 1, &map);
   map.map(ivs[0], arith::DivUIOp::create(rewriter, loc, head, hs));
   map.map(ivs[1], arith::RemUIOp::create(rewriter, loc, head, hs));
-  Value last = arith::ConstantIndexOp::create(rewriter, loc, qTiles - 1);
+  Value last;
+  if (std::optional<int64_t> n = foldIndex(extent[first + 2]))
+    last = cst(*n - 1);
+  else
+    last = arith::SubIOp::create(rewriter, loc, qts, cst(1));
   map.map(ivs[2],
           arith::SubIOp::create(rewriter, loc, last,
                                 arith::RemUIOp::create(rewriter, loc, t, qts)));

@@ -275,7 +275,8 @@ LogicalResult mlir::flexattn::multistage(RewriterBase &rewriter, gpu::LaunchOp l
   if (failed(tile))
     return failure();
   FailureOr<KernelPlan> p =
-      KernelPlan::of(tile->steps.front(), "flexattn-multistage", /*f32=*/true);
+      KernelPlan::of(tile->steps.front(), "flexattn-multistage", /*f32=*/true,
+                     /*dynamic=*/true);
   if (failed(p))
     return failure();
   // Groups of 4 warps, each a band of 4 warpRows rows of the Q tile.

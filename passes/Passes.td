@@ -881,7 +881,10 @@ def FlexAttnMapToGrid : Pass<"flexattn-map-to-grid", "::mlir::ModuleOp"> {
     `flexattn-split-kv{splits=S}` puts the S splits of a tile on adjacent
     CTAs: `s = t mod S`, then (batch, head, Q tile) from `t / S` as above. The CTA has one thread until a role pass assigns more. Pure
     computations over constants are recomputed inside; memref arguments are
-    passed.
+    passed. Extents may be run-time values computed from the memref
+    arguments' sizes (a dynamic-shape kernel's batch and `ceildiv(M, BM)` Q
+    tiles): the host multiplies them into the grid and the CTA recomputes
+    them (lit: the `@dynamic` case of its test).
 
     Before:
     ```mlir
@@ -1018,8 +1021,11 @@ def FlexAttnMultistage : Pass<"flexattn-multistage", "::mlir::ModuleOp"> {
     the loop's end gets `if false`, so each wait's `in_flight` is fixed:
     2 `stages` - 3. A K or V of batch 1 shared by the query batch (a paged
     cache), which the steps read through `flexattn-tile`'s batch-stride-0
-    view, is copied from the batch-1 tensor at batch 0. Needs static shapes, bf16/f16, head dims 64/128, tiles
-    of 128 x 64|128, `stages` >= 2, one `flexattn.tile_step` per KV loop.
+    view, is copied from the batch-1 tensor at batch 0. Needs static heads
+    and head dims (B, M and N may be run-time sizes: a dynamic-shape
+    kernel's copies then check every row against N and its softmax takes
+    `lens(%M, %N)`, q's and k's dim 2), bf16/f16 (f32: tf32), tiles of
+    64|128 x 64|128, `stages` >= 2, one `flexattn.tile_step` per KV loop.
 
     After (one KV loop, `stages` = 2):
     ```mlir
@@ -1319,8 +1325,13 @@ def FlexAttnLowerToNVVM : Pass<"flexattn-lower-to-nvvm", "::mlir::ModuleOp"> {
     `gpu.dynamic_shared_memory` lowers to); attaches an NVVM target (`chip`,
     `features`, `opt-level`) to each `gpu.module` and runs upstream's
     conversions on it: scf to cf, strided metadata, affine, vector, gpu to
-    NVVM (bare-pointer memref arguments) and nvvm to llvm. The result is
-    ready for `gpu-module-to-binary`.
+    NVVM and nvvm to llvm. The result is ready for `gpu-module-to-binary`.
+
+    Memref arguments of a kernel are bare pointers (`bare-pointers=1`, one
+    `.u64` parameter each), which needs static shapes; a dynamic-shape
+    kernel (`memref<?x8x?x64xbf16>`) takes upstream's memref descriptors
+    instead (`bare-pointers=0`: allocated and aligned pointer, offset, sizes
+    and strides, each a parameter), from which it reads its run-time sizes.
 
     Before:
     ```mlir
@@ -1338,6 +1349,9 @@ def FlexAttnLowerToNVVM : Pass<"flexattn-lower-to-nvvm", "::mlir::ModuleOp"> {
            "PTX features (e.g. +ptx83; empty: the chip's default PTX version)">,
     Option<"optLevel", "opt-level", "int64_t", /*default=*/"3",
            "LLVM optimisation level">,
+    Option<"barePointers", "bare-pointers", "bool", /*default=*/"true",
+           "Memref kernel arguments as bare pointers (static shapes), else as "
+           "memref descriptors (a dynamic-shape kernel)">,
   ];
   let dependentDialects = ["::mlir::gpu::GPUDialect",
                            "::mlir::LLVM::LLVMDialect",

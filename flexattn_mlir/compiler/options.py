@@ -54,8 +54,12 @@ class CompileOptions:
       shapes of the tensors they capture are). ``False`` specialises the
       kernel on the shapes and the scale (one compilation per shape). The
       default (None) is False: on the CPU both vectorise their full tiles,
-      and the static kernel is a few percent faster (docs/inference.md);
-      GPU kernels are compiled for static shapes (True there is refused).
+      and the static kernel is a few percent faster (docs/inference.md).
+      On a GPU target the dynamic kernel is the mma.sync kernel (on sm_90a
+      too, at every head dim: the wgmma kernel's TMA boxes and tile counts
+      are static), one CTA per Q tile (no ``persistent``), the prefill
+      kernel at every M (the split-KV decode kernel stays static: its
+      split count follows the shape).
     decode: the decode path for a few query rows (docs/inference.md): each
       Q tile's KV blocks split into ranges run as separate tiles and merged
       by their lse (``flexattn-split-kv``; the number of ranges is chosen per
@@ -114,9 +118,11 @@ class CompileOptions:
             object.__setattr__(self, "dynamic", False)
         if not isinstance(self.dynamic, bool):
             raise ValueError(f"CompileOptions.dynamic must be a bool or None, got {self.dynamic!r}")
-        if self.dynamic and t.is_gpu:
-            raise ValueError(f"CompileOptions.dynamic: the {self.target} kernel is compiled for "
-                             f"static shapes; pass dynamic=False (or leave it unset)")
+        if self.dynamic and t.is_gpu and (self.decode or self.persistent):
+            raise ValueError(f"CompileOptions.dynamic: the {self.target} dynamic-shape kernel is "
+                             f"the prefill kernel with one CTA per Q tile; decode=True and "
+                             f"persistent > 0 are static only (got decode={self.decode!r}, "
+                             f"persistent={self.persistent!r})")
         for name in ("decode", "pack_heads"):
             if getattr(self, name) not in (None, True, False):
                 raise ValueError(f"CompileOptions.{name} must be a bool or None, "

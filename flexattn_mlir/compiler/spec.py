@@ -20,7 +20,7 @@ from .. import _native
 from ..dialects import flexattn as fa
 from .mods import ModIR, parse
 
-__all__ = ["BufferType", "DYNAMIC", "AttentionSpec", "TORCH_TO_MLIR", "ENTRY", "entry_function",
+__all__ = ["BufferType", "DYNAMIC", "dim_names", "AttentionSpec", "TORCH_TO_MLIR", "ENTRY", "entry_function",
            "f32_attr", "block_size_attr", "capture_values", "block_list_values"]
 
 # The generated function's symbol (the GPU kernel is ENTRY + "_kernel"): fixed,
@@ -45,6 +45,23 @@ TORCH_TO_MLIR = {
 
 #: A dimension known only at run time (``?`` in the memref type).
 DYNAMIC = -1
+
+# The run-time dims of the attention tensors by argument: one symbol is one
+# size (the GPU runtime checks that a call's tensors agree on it).
+_DIM_NAMES = {"q": ("B", None, "M", None), "k": ("B", None, "N", None),
+              "v": ("B", None, "N", None), "out": ("B", None, "M", None),
+              "lse": ("B", None, "M"), "max_scores": ("B", None, "M")}
+
+
+def dim_names(name: str, shape: tuple[int, ...]) -> list:
+    """A kernel argument's shape with each :data:`DYNAMIC` dim named: ``B``,
+    ``M``, ``N`` in the attention tensors (q ``[B, 8, M, 64]``, k ``[B, 2,
+    N, 64]``), ``<name>.<axis>`` elsewhere (each block-mask dim is a size of
+    its own); static dims as they are."""
+    names = _DIM_NAMES.get(name, ())
+    return [d if d != DYNAMIC else (names[i] if i < len(names) and names[i]
+                                   else f"{name}.{i}")
+            for i, d in enumerate(shape)]
 
 
 @dataclass(frozen=True)

@@ -127,14 +127,14 @@ class Target:
         return self.kind == "cuda"
 
     def kernel(self, head_dim: int, value_dim: int, dtype: str = "bfloat16",
-               decode: bool = False) -> "Target":
+               decode: bool = False, dynamic: bool = False) -> "Target":
         """The target whose kernel (passes and table rows) runs q/k head dim
         ``head_dim`` and v head dim ``value_dim`` in ``dtype``: this one, or
         ``general`` for the head dims (and float32) its own kernel does not
-        take, and for the decode kernel (the general mma.sync kernel at every
-        head dim)."""
+        take, and for the decode kernel and the dynamic-shape kernel (the
+        general mma.sync kernel at every head dim)."""
         own = (head_dim == value_dim and head_dim in self.own_head_dims
-               and dtype != "float32" and not decode)
+               and dtype != "float32" and not decode and not dynamic)
         if self.general and not own:
             return TARGETS[self.general]
         return self

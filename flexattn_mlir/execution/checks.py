@@ -218,7 +218,7 @@ def check_gpu_support(query, value, block_mask, options) -> None:
     # The mma.sync kernel's rings (Q, then K and V per stage) must fit a
     # block's shared memory: large head dims need 64-column KV tiles.
     D, Dv = query.shape[-1], value.shape[-1]
-    kernel = t.kernel(D, Dv, dtype)
+    kernel = t.kernel(D, Dv, dtype, dynamic=options.dynamic)
     if t.general and kernel is t:
         return  # the target's own kernel (sm_90a wgmma: D = Dv in 64, 128)
     fixed = block_mask is not None

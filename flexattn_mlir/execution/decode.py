@@ -77,6 +77,14 @@ def resolve(options: CompileOptions, q, k, v, block_mask, row_stats: bool = Fals
                              "attention sinks or max_scores yet; leave them unset")
         return replace(options, decode=False, pack_heads=False)
     gpu = targets.target(options.target).is_gpu
+    if gpu and options.dynamic:
+        # One dynamic kernel serves every M: the prefill kernel (the split-KV
+        # kernel's split count follows the shape; CompileOptions refuses
+        # decode=True with dynamic on a GPU).
+        if options.pack_heads:
+            raise ValueError("kernel_options pack_heads=True: the GPU dynamic-shape kernel is "
+                             "the prefill kernel; leave pack_heads unset or pass dynamic=False")
+        return replace(options, decode=False, pack_heads=False)
     if gpu and q.dtype not in _GPU_DECODE_DTYPES:
         if options.decode or options.pack_heads:
             raise ValueError(f"kernel_options decode/pack_heads: the GPU decode kernel takes "

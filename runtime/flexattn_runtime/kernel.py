@@ -29,6 +29,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from . import driver as _d
+from .dynamic import DynamicLaunch
 from .errors import OutOfResources, UnsupportedDevice
 from .launch import check_alignment, scalar_value, validate_args
 from .metadata import (KernelMetadata, ScalarParam, TensorMapParam, check_binary_params,
@@ -241,6 +242,9 @@ class Kernel:
     def empty_outputs(self, device: int | str | torch.device | None = None
                       ) -> dict[str, torch.Tensor]:
         """Freshly allocated (uninitialized) tensors for the "outputs"."""
+        if self.metadata.dynamic:
+            raise TypeError(f"kernel {self.name!r} has run-time shapes: its outputs' shapes "
+                            "follow the call's inputs; allocate them yourself")
         dev = device if isinstance(device, torch.device) else \
             torch.device("cuda", _device_index(device))
         return {n: torch.empty(self.metadata.argument(n).shape,
@@ -262,8 +266,9 @@ class Kernel:
         """The uploaded descriptor of parameter `index` over `t` (at `ptr`), for
         a launch on `stream`; the caller holds `self._lock`. The tensor's
         shape, dtype and contiguity are the metadata's (validated, or vouched
-        for by the caller of a PreparedLaunch), so the address names it."""
-        key = (index, ptr, dev, stream)
+        for by the caller of a PreparedLaunch), so the address names it; a
+        dynamic kernel's shapes vary, so its key holds the shape too."""
+        key = (index, ptr, tuple(t.shape) if self.metadata.dynamic else None, dev, stream)
         if capturing:
             # Graph capture runs on its own stream: accept a descriptor uploaded
             # on another stream by the warm-up (finished by then, as torch's
@@ -292,17 +297,34 @@ class Kernel:
         enc = encoding_for(p, t.shape, ptr)
         return upload(encode(enc), t.device, enc)
 
-    def prepare(self, device: int | str | torch.device | None = None) -> "PreparedLaunch":
+    def _refill_staging(self, capturing: bool) -> None:
+        """Tops up the pinned slots graph captures upload descriptors from
+        (outside a capture only); the caller holds `self._lock`."""
+        if not capturing and self._staging.free < GraphStaging.SLOTS // 4:
+            self._staging.refill()
+
+    def prepare(self, device: int | str | torch.device | None = None
+                ) -> "PreparedLaunch | DynamicLaunch":
         """The launch on `device` (default: torch's current device) with its
-        fixed parts made once (loads the module). Idempotent."""
+        fixed parts made once (loads the module): a `PreparedLaunch`, or for
+        a dynamic-shape kernel a `DynamicLaunch` (grid and descriptors per
+        call). Idempotent."""
         dev = _device_index(device)
         prepared = self._prepared.get(dev)
         if prepared is None:
             with self._lock:
                 prepared = self._prepared.get(dev)
                 if prepared is None:
-                    prepared = self._prepared[dev] = PreparedLaunch(self, dev)
+                    prepared = self._prepared[dev] = self._prepare(dev)
         return prepared
+
+    def _prepare(self, dev: int):
+        if not self.metadata.dynamic:
+            return PreparedLaunch(self, dev)
+        m, lf = self.metadata, self.load(dev)
+        context = _d.ensure_context(dev)
+        return DynamicLaunch(self, dev, lambda grid: _d.KernelLaunch(
+            lf.function, grid, m.block, m.shared_mem_bytes, m.cluster, context))
 
     # --- launch --------------------------------------------------------------------
     def __call__(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
@@ -390,8 +412,7 @@ class PreparedLaunch:
                 self.launcher(stream, self.array)
                 return
             capturing = torch.cuda.is_current_stream_capturing()
-            if not capturing and kernel._staging.free < GraphStaging.SLOTS // 4:
-                kernel._staging.refill()
+            kernel._refill_staging(capturing)
             # The descriptors of this launch stay referenced until it is
             # enqueued: one evicted from the LRU meanwhile must not have its
             # memory handed to the next upload before the kernel that reads

@@ -13,6 +13,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
+from .dynamic import MemrefParam, bind_sizes, check_shapes, descriptor_words, evaluate
 from .errors import ArgumentError, ArgumentTypeError
 from .metadata import ArgumentSpec, KernelMetadata, PtrParam, ScalarParam, TensorMapParam
 
@@ -63,7 +64,7 @@ def _check_one(spec: ArgumentSpec, t: Any, device: torch.device) -> None:
     if t.dtype != spec.dtype:
         raise ArgumentTypeError(f"argument {name!r}: expected dtype {_dt(spec.dtype)}, got "
                                 f"{_dt(t.dtype)}")
-    if tuple(t.shape) != spec.shape:
+    if tuple(t.shape) != spec.shape and not spec.dynamic:  # run-time dims: check_shapes
         raise ArgumentError(f"argument {name!r}: expected shape {list(spec.shape)}, got "
                             f"{list(t.shape)}")
     if not t.is_contiguous():
@@ -90,7 +91,9 @@ def validate_args(meta: KernelMetadata, args: Any, *, device: torch.device | str
     Per argument, in order: is a torch.Tensor (ArgumentTypeError), is on
     `device` (ArgumentError), dtype (ArgumentTypeError), exact shape,
     contiguous, data_ptr aligned (`align`, default 16 bytes) (ArgumentError).
-    Then no output may overlap another argument in memory (ArgumentError).
+    A dynamic kernel's shapes are checked after (`dynamic.check_shapes`:
+    rank, static dims, one size per name). Then no output may overlap
+    another argument in memory (ArgumentError).
     Global strides of tensor maps are a function of the (exact) shape and were
     checked with the metadata.
     """
@@ -98,6 +101,8 @@ def validate_args(meta: KernelMetadata, args: Any, *, device: torch.device | str
     tensors = normalize_args(meta, args)
     for spec, t in zip(meta.arguments, tensors):
         _check_one(spec, t, device)
+    if meta.dynamic:
+        check_shapes(meta.arguments, [t.shape for t in tensors])
     if meta.outputs:
         ranges = {s.name: (t.data_ptr(), t.data_ptr() + t.numel() * t.element_size())
                   for s, t in zip(meta.arguments, tensors) if t.numel()}
@@ -117,17 +122,24 @@ def build_params(meta: KernelMetadata, tensors: Sequence[torch.Tensor],
                  ) -> list[ctypes._SimpleCData]:
     """ctypes values of the kernel parameters, in the metadata's params order.
 
-    ptr -> c_uint64(data_ptr); tensormap -> c_uint64(tensormap_ptr(index, param,
-    tensor)) (the device address of the uploaded CUtensorMap); i32/i64/f32 ->
-    c_int32/c_int64/c_float by value.
+    ptr -> c_uint64(data_ptr); memref -> the c_uint64 words of its descriptor
+    (`dynamic.descriptor_words`); tensormap -> c_uint64(tensormap_ptr(index,
+    param, tensor)) (the device address of the uploaded CUtensorMap);
+    i32/i64/f32 -> c_int32/c_int64/c_float by value.
     """
     by_name = dict(zip(meta.argument_names, tensors))
     out: list[ctypes._SimpleCData] = []
     for i, p in enumerate(meta.params):
         if isinstance(p, PtrParam):
             out.append(ctypes.c_uint64(by_name[p.arg].data_ptr()))
+        elif isinstance(p, MemrefParam):
+            t = by_name[p.arg]
+            out.extend(ctypes.c_uint64(w) for w in descriptor_words(t.data_ptr(), t.shape))
         elif isinstance(p, TensorMapParam):
             out.append(ctypes.c_uint64(tensormap_ptr(i, p, by_name[p.arg])))
+        elif isinstance(p, ScalarParam) and p.computed:  # a size of this call
+            sizes = bind_sizes(meta.arguments, [t.shape for t in tensors])
+            out.append(scalar_value(ScalarParam(p.kind, evaluate(p.value, sizes))))
         elif isinstance(p, ScalarParam):
             out.append(scalar_value(p))
         else:  # pragma: no cover - parse_metadata admits no other kind

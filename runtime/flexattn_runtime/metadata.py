@@ -17,6 +17,7 @@ from typing import Any, Mapping
 
 import torch
 
+from .dynamic import MemrefParam, check_name, is_name, param_words, parse_size
 from .errors import MetadataError
 from .tensormap import ELEM_TYPES, check_tensormap, tensormap_geometry
 
@@ -42,14 +43,21 @@ _TARGET_RE = re.compile(r"^sm_(\d+)(\d)([af]?)$")
 
 @dataclass(frozen=True)
 class ArgumentSpec:
-    """One user-level tensor: name, exact shape (outermost first), dtype."""
+    """One user-level tensor: name, shape (outermost first; a dynamic
+    kernel's run-time dims are names, `flexattn_runtime.dynamic`), dtype."""
     name: str
-    shape: tuple[int, ...]
+    shape: tuple[int | str, ...]
     dtype: torch.dtype
     align: int = 16          # required data_ptr alignment in bytes
 
     @property
+    def dynamic(self) -> bool:
+        return any(is_name(d) for d in self.shape)
+
+    @property
     def numel(self) -> int:
+        if self.dynamic:
+            raise TypeError(f"argument {self.name!r} has run-time dims {list(self.shape)}")
         return math.prod(self.shape)
 
     def describe(self) -> str:
@@ -79,7 +87,12 @@ class TensorMapParam:
 @dataclass(frozen=True)
 class ScalarParam:
     kind: str                               # "i32" | "i64" | "f32"
-    value: int | float
+    value: Any                              # a number; a dynamic kernel's: a size
+
+    @property
+    def computed(self) -> bool:
+        """Whether the value is computed per call from the run-time sizes."""
+        return not isinstance(self.value, (int, float))
 
 
 @dataclass(frozen=True)
@@ -90,7 +103,7 @@ class KernelMetadata:
     target: str
     binary: str
     binary_format: str                      # "ptx" | "cubin"
-    grid: tuple[int, int, int]
+    grid: tuple[Any, Any, Any]              # ints; a dynamic kernel's: sizes (dynamic.py)
     block: tuple[int, int, int]
     cluster: tuple[int, int, int]
     shared_mem_bytes: int
@@ -109,6 +122,12 @@ class KernelMetadata:
     @functools.cached_property
     def argument_names(self) -> tuple[str, ...]:
         return tuple(a.name for a in self.arguments)
+
+    @functools.cached_property
+    def dynamic(self) -> bool:
+        """Whether some argument has run-time dims (then the grid is computed
+        per call and memref parameters carry the sizes)."""
+        return any(a.dynamic for a in self.arguments)
 
     @property
     def threads_per_block(self) -> int:
@@ -220,7 +239,10 @@ def _parse_argument(a: Any, i: int) -> ArgumentSpec:
         if k not in a:
             raise _err(path, f"missing field {k!r}")
     name = _str(a["name"], f"{path}.name")
-    shape = _int_list(a["shape"], f"{path}.shape")
+    if not isinstance(a["shape"], (list, tuple)):
+        raise _err(f"{path}.shape", f"expected a list of sizes, got {a['shape']!r}")
+    shape = tuple(check_name(d, f"{path}.shape[{j}]") if isinstance(d, str)
+                  else _int(d, f"{path}.shape[{j}]", lo=0) for j, d in enumerate(a["shape"]))
     dtype = parse_dtype(a["dtype"], f"{path}.dtype")
     align = _int(a.get("align", 16), f"{path}.align", lo=1)
     if align & (align - 1):
@@ -232,11 +254,15 @@ def _parse_param(p: Any, i: int, args: dict[str, ArgumentSpec]) -> Any:
     path = f"params[{i}]"
     if not isinstance(p, Mapping):
         raise _err(path, f"expected an object with a 'kind', got {p!r}")
-    kind = _str(p.get("kind"), f"{path}.kind", ("ptr", "tensormap") + SCALAR_KINDS)
+    kind = _str(p.get("kind"), f"{path}.kind", ("ptr", "memref", "tensormap") + SCALAR_KINDS)
     if kind in SCALAR_KINDS:
         if "value" not in p:
             raise _err(path, f"{kind} parameter needs a 'value'")
         v = p["value"]
+        names = {d for a in args.values() for d in a.shape if is_name(d)}
+        if kind != "f32" and names and (isinstance(v, (str, Mapping))):
+            # A size of a dynamic kernel's call (its arguments' run-time dims).
+            return ScalarParam(kind, parse_size(v, f"{path}.value", names))
         if kind == "f32":
             if isinstance(v, bool) or not isinstance(v, (int, float)):
                 raise _err(f"{path}.value", f"expected a number, got {v!r}")
@@ -247,7 +273,13 @@ def _parse_param(p: Any, i: int, args: dict[str, ArgumentSpec]) -> Any:
     if arg not in args:
         raise _err(f"{path}.arg", f"names no argument: {arg!r} (arguments: {list(args)})")
     if kind == "ptr":
+        if args[arg].dynamic:
+            raise _err(f"{path}.kind", f"argument {arg!r} has run-time dims "
+                       f"{list(args[arg].shape)}: the kernel takes it as a 'memref' "
+                       "(its sizes), not a bare 'ptr'")
         return PtrParam(arg)
+    if kind == "memref":
+        return MemrefParam(arg)
     spec = args[arg]
     elem = _str(p.get("elem"), f"{path}.elem", tuple(ELEM_TYPES))
     if ELEM_TYPES[elem].dtype != spec.dtype:
@@ -266,12 +298,32 @@ def _parse_param(p: Any, i: int, args: dict[str, ArgumentSpec]) -> Any:
         interleave=_str(p.get("interleave", "none"), f"{path}.interleave", ("none",)),
         view=view,
     )
+    if spec.dynamic:
+        return tm  # encoding_for checks the geometry of each call's shape
     try:
         dims, strides = tensormap_geometry(spec.shape, ELEM_TYPES[elem].size, tm.view)
         check_tensormap(dims, strides, tm.box, ELEM_TYPES[elem].size, tm.swizzle)
     except ValueError as e:
         raise _err(path, f"tensor map for argument {arg!r} {list(spec.shape)}: {e}") from None
     return tm
+
+
+def _grid(v: Any, arguments: tuple[ArgumentSpec, ...], cluster) -> tuple:
+    """The grid: three ints (a multiple of the cluster), or for a kernel
+    with run-time dims, sizes computed from them (`dynamic.parse_size`)."""
+    names = {d for a in arguments for d in a.shape if is_name(d)}
+    if not names or all(isinstance(g, int) for g in (v if isinstance(v, (list, tuple)) else [])):
+        grid = _dims3(v, "grid", ((1 << 31) - 1, 65535, 65535))
+        for i, (g, c) in enumerate(zip(grid, cluster)):
+            if g % c:
+                raise _err("cluster", f"grid {list(grid)} is not a multiple of cluster "
+                           f"{list(cluster)} in dimension {i}")
+        return grid
+    if not isinstance(v, (list, tuple)) or not 1 <= len(v) <= 3:
+        raise _err("grid", f"expected 1..3 sizes, got {v!r}")
+    if cluster != (1, 1, 1):
+        raise _err("cluster", "a grid of run-time sizes takes no thread-block clusters")
+    return tuple(parse_size(g, f"grid[{i}]", names) for i, g in enumerate(v)) + (1,) * (3 - len(v))
 
 
 def parse_metadata(meta: Mapping[str, Any] | KernelMetadata) -> KernelMetadata:
@@ -296,7 +348,6 @@ def parse_metadata(meta: Mapping[str, Any] | KernelMetadata) -> KernelMetadata:
     parse_target(target)
     binary = _filename(meta["binary"], "binary")
     binary_format = _str(meta["binary_format"], "binary_format", ("ptx", "cubin"))
-    grid = _dims3(meta["grid"], "grid", ((1 << 31) - 1, 65535, 65535))
     block = _dims3(meta["block"], "block", (1024, 1024, 64))
     if math.prod(block) > 1024:
         raise _err("block", f"{list(block)} is {math.prod(block)} threads; at most 1024")
@@ -304,10 +355,6 @@ def parse_metadata(meta: Mapping[str, Any] | KernelMetadata) -> KernelMetadata:
     if math.prod(cluster) > 8:
         raise _err("cluster", f"{list(cluster)} has {math.prod(cluster)} CTAs; the portable "
                    "maximum is 8")
-    for i, (g, c) in enumerate(zip(grid, cluster)):
-        if g % c:
-            raise _err("cluster", f"grid {list(grid)} is not a multiple of cluster "
-                       f"{list(cluster)} in dimension {i}")
     smem = _int(meta["shared_mem_bytes"], "shared_mem_bytes", lo=0)
 
     if not isinstance(meta["arguments"], (list, tuple)):
@@ -318,6 +365,7 @@ def parse_metadata(meta: Mapping[str, Any] | KernelMetadata) -> KernelMetadata:
         if a.name in by_name:
             raise _err(f"arguments[{i}].name", f"duplicate argument name {a.name!r}")
         by_name[a.name] = a
+    grid = _grid(meta["grid"], arguments, cluster)
 
     outputs_raw = meta.get("outputs", [])
     if not isinstance(outputs_raw, (list, tuple)):
@@ -384,6 +432,14 @@ def param_size(p: Any) -> int:
     return 8  # ptr and tensormap are 64-bit pointers
 
 
+def param_sizes(p: Any, ranks: Mapping[str, int]) -> list[int]:
+    """The byte sizes of the PTX parameters of a metadata parameter (a
+    memref descriptor is 3 + 2 rank 8-byte parameters)."""
+    if isinstance(p, MemrefParam):
+        return [8] * param_words(p, ranks[p.arg])
+    return [param_size(p)]
+
+
 def check_binary_params(meta: KernelMetadata, binary: bytes) -> None:
     """For PTX binaries: the entry exists and takes exactly the metadata's params
     (count and byte sizes). Cubins: only the ELF/fatbin magic (the driver checks
@@ -401,7 +457,8 @@ def check_binary_params(meta: KernelMetadata, binary: bytes) -> None:
     sizes = ptx_entry_param_sizes(text, meta.entry)
     if sizes is None:
         return
-    want = [param_size(p) for p in meta.params]
+    ranks = {a.name: len(a.shape) for a in meta.arguments}
+    want = [size for p in meta.params for size in param_sizes(p, ranks)]
     if sizes != want:
         raise MetadataError(
             f"params: the PTX entry {meta.entry!r} takes {len(sizes)} parameters of "

@@ -205,9 +205,9 @@ func.func @softmax_mods(%s: vector<64xf32>, %m: vector<2xf32>, %i: index) {
 
 // -----
 
-func.func @finalize_out(%acc: vector<64xf32>, %m: vector<2xf32>, %out: memref<1x2x?x128xbf16>, %i: index) {
-  // expected-error @+1 {{out must be a static 4-D memref [B, Hq, M, Dv], got 'memref<1x2x?x128xbf16>'}}
-  flexattn.frag.finalize %acc state(%m, %m) outs(%out : memref<1x2x?x128xbf16>) at(%i, %i, %i, %i) : vector<64xf32>, vector<2xf32>
+func.func @finalize_out(%acc: vector<64xf32>, %m: vector<2xf32>, %out: memref<?x?x?x128xbf16>, %i: index) {
+  // expected-error @+1 {{out must be a 4-D memref [B, Hq, M, Dv] with static Hq and Dv, got 'memref<?x?x?x128xbf16>'}}
+  flexattn.frag.finalize %acc state(%m, %m) outs(%out : memref<?x?x?x128xbf16>) at(%i, %i, %i, %i) : vector<64xf32>, vector<2xf32>
   return
 }
 
@@ -237,9 +237,42 @@ func.func @softmax_tile(%s: vector<64xf32>, %m: vector<2xf32>, %i: index) {
 
 // -----
 
+func.func @softmax_lens_both(%s: vector<64xf32>, %m: vector<2xf32>, %i: index) {
+  // expected-error @+1 {{needs either seq_lens (static lengths) or lens(%M, %N) (run-time lengths), not both}}
+  %p, %m1, %l1, %a = flexattn.frag.softmax %s state(%m, %m) at(%i, %i, %i, %i) lens(%i, %i) attributes {scale = 1.0 : f32, seq_lens = array<i64: 8, 8>, tile_size = array<i64: 128, 128>} : vector<64xf32>, vector<2xf32> -> vector<64xbf16>
+  return
+}
+
+// -----
+
+func.func @softmax_lens_neither(%s: vector<64xf32>, %m: vector<2xf32>, %i: index) {
+  // expected-error @+1 {{needs either seq_lens (static lengths) or lens(%M, %N) (run-time lengths), not neither}}
+  %p, %m1, %l1, %a = flexattn.frag.softmax %s state(%m, %m) at(%i, %i, %i, %i) attributes {scale = 1.0 : f32, tile_size = array<i64: 128, 128>} : vector<64xf32>, vector<2xf32> -> vector<64xbf16>
+  return
+}
+
+// -----
+
+func.func @softmax_lens_count(%s: vector<64xf32>, %m: vector<2xf32>, %i: index) {
+  // expected-error @+1 {{lens must be two run-time lengths (M, N), got 1 value(s)}}
+  %p, %m1, %l1, %a = flexattn.frag.softmax %s state(%m, %m) at(%i, %i, %i, %i) lens(%i) attributes {scale = 1.0 : f32, tile_size = array<i64: 128, 128>} : vector<64xf32>, vector<2xf32> -> vector<64xbf16>
+  return
+}
+
+// -----
+
+func.func @copy_dynamic_heads(%k: memref<?x?x?x64xbf16>, %i: index, %p: i32) {
+  %kv = flexattn.ring.alloc consumers(256) : !flexattn.ring<2 x 128x64xbf16>
+  // expected-error @+1 {{the source must be a 4-D memref [B, H, N, C] with static H and C and the identity layout, got 'memref<?x?x?x64xbf16>'}}
+  flexattn.ring.copy %k[%i, %i, %i] into %kv[%p] : memref<?x?x?x64xbf16>, !flexattn.ring<2 x 128x64xbf16>
+  return
+}
+
+// -----
+
 func.func @copy_rank(%k: memref<2x300x64xbf16>, %i: index, %p: i32) {
   %kv = flexattn.ring.alloc consumers(256) : !flexattn.ring<2 x 128x64xbf16>
-  // expected-error @+1 {{the source must be a static 4-D memref [B, H, N, C] with the identity layout, got 'memref<2x300x64xbf16>'}}
+  // expected-error @+1 {{the source must be a 4-D memref [B, H, N, C] with static H and C and the identity layout, got 'memref<2x300x64xbf16>'}}
   flexattn.ring.copy %k[%i, %i, %i] into %kv[%p] : memref<2x300x64xbf16>, !flexattn.ring<2 x 128x64xbf16>
   return
 }

@@ -74,10 +74,53 @@ func.func @causal(%q: memref<1x2x300x64xbf16>, %k: memref<1x2x300x64xbf16>, %v: 
 
 // -----
 
-func.func @dynamic(%q: memref<1x1x?x64xbf16>, %o: memref<1x1x?x64xbf16>, %n: index) {
+// A dynamic-shape kernel (CompileOptions.dynamic): the batch and the Q
+// tiles, ceil(M / 128), are run-time values of q's sizes. The host
+// multiplies them into the grid (B x 2 heads x tiles); the CTA recomputes
+// the tile count from its memref argument to decode its tile.
+// CHECK-LABEL: func.func @dynamic(
+// CHECK-SAME:    %[[Q:[^:]+]]: memref<?x2x?x64xbf16>
+// CHECK:         %[[B:.*]] = memref.dim %[[Q]], %{{.*}} : memref<?x2x?x64xbf16>
+// CHECK:         %[[M:.*]] = memref.dim %[[Q]], %{{.*}} : memref<?x2x?x64xbf16>
+// CHECK:         %[[QT:.*]] = arith.ceildivui %[[M]], %{{.*}} : index
+// CHECK:         %[[BH:.*]] = arith.muli %[[B]], %{{.*}} : index
+// CHECK-NEXT:    %[[TILES:.*]] = arith.muli %[[BH]], %[[QT]] : index
+// CHECK-NEXT:    gpu.launch blocks(%[[BX:[^,]*]], %{{.*}}, %{{.*}}) in (%{{.*}} = %[[TILES]],
+// CHECK:           memref.dim %[[Q]]
+// CHECK:           %[[QTI:.*]] = arith.ceildivui %{{.*}}, %{{.*}} : index
+// CHECK-NEXT:      %[[HEAD:.*]] = arith.divui %[[BX]], %[[QTI]] : index
+// The heaviest Q tile first: qt = (tiles - 1) - t mod tiles.
+// CHECK:           %[[LAST:.*]] = arith.subi %[[QTI]], %{{.*}} : index
+// CHECK-NEXT:      %[[REV:.*]] = arith.remui %[[BX]], %[[QTI]] : index
+// CHECK-NEXT:      arith.subi %[[LAST]], %[[REV]] : index
+func.func @dynamic(%q: memref<?x2x?x64xbf16>, %o: memref<?x2x?x64xbf16>) {
   %c0 = arith.constant 0 : index
   %c1 = arith.constant 1 : index
-  // expected-error @+1 {{flexattn-map-to-grid needs static loop bounds from 0 with step 1 (static shapes)}}
+  %c2 = arith.constant 2 : index
+  %c128 = arith.constant 128 : index
+  %b = memref.dim %q, %c0 : memref<?x2x?x64xbf16>
+  %m = memref.dim %q, %c2 : memref<?x2x?x64xbf16>
+  %qt = arith.ceildivui %m, %c128 : index
+  scf.parallel (%bi, %h, %t) = (%c0, %c0, %c0) to (%b, %c2, %qt) step (%c1, %c1, %c1) {
+    %acc = memref.alloca() : memref<128x64xf32>
+    %mx = memref.alloca() : memref<128xf32>
+    %l = memref.alloca() : memref<128xf32>
+    %q0 = arith.muli %t, %c128 : index
+    flexattn.finalize state(%acc, %mx, %l : memref<128x64xf32>, memref<128xf32>, memref<128xf32>)
+        outs(%o : memref<?x2x?x64xbf16>) at(%bi, %h, %q0)
+    scf.reduce
+  }
+  return
+}
+
+// -----
+
+// An extent that is neither a constant nor computed from a memref
+// argument's sizes (an index argument) cannot reach the host's grid.
+func.func @opaque_extent(%q: memref<1x1x?x64xbf16>, %o: memref<1x1x?x64xbf16>, %n: index) {
+  %c0 = arith.constant 0 : index
+  %c1 = arith.constant 1 : index
+  // expected-error @+1 {{flexattn-map-to-grid needs loop bounds from 0 with step 1 and extents that are constants or computed from the memref arguments' sizes}}
   scf.parallel (%b, %h, %qt) = (%c0, %c0, %c0) to (%c1, %c1, %n) step (%c1, %c1, %c1) {
     %acc = memref.alloca() : memref<128x64xf32>
     %m = memref.alloca() : memref<128xf32>

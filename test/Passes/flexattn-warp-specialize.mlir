@@ -270,3 +270,49 @@ func.func @band_tiles(%q: memref<1x1x128x64xbf16>, %o: memref<1x1x128x64xbf16>) 
   }
   return
 }
+
+// -----
+
+// A dynamic-shape kernel (run-time B and M: CompileOptions.dynamic) runs on
+// flexattn-multistage; the TMA kernel's boxes and tile counts are static.
+func.func @dynamic_shapes(%q: memref<?x1x?x64xbf16>, %o: memref<?x1x?x64xbf16>) {
+  %c0 = arith.constant 0 : index
+  %c1 = arith.constant 1 : index
+  gpu.launch blocks(%bx, %by, %bz) in (%gx = %c1, %gy = %c1, %gz = %c1)
+             threads(%tx, %ty, %tz) in (%sx = %c1, %sy = %c1, %sz = %c1) {
+    %acc = memref.alloca() : memref<128x64xf32>
+    %m = memref.alloca() : memref<128xf32>
+    %l = memref.alloca() : memref<128xf32>
+    // expected-error @+1 {{flexattn-warp-specialize needs static q/k/v shapes (its TMA boxes and tile counts); a dynamic-shape kernel runs on flexattn-multistage}}
+    flexattn.tile_step ins(%q, %q, %q : memref<?x1x?x64xbf16>, memref<?x1x?x64xbf16>, memref<?x1x?x64xbf16>)
+        state(%acc, %m, %l : memref<128x64xf32>, memref<128xf32>, memref<128xf32>)
+        at(%c0, %c0, %c0, %c0, %c0) attributes {scale = 0.125 : f32, tile_size = array<i64: 128, 128>}
+    flexattn.finalize state(%acc, %m, %l : memref<128x64xf32>, memref<128xf32>, memref<128xf32>)
+        outs(%o : memref<?x1x?x64xbf16>) at(%c0, %c0, %c0)
+    gpu.terminator
+  }
+  return
+}
+
+// -----
+
+// Heads and head dims fix the tiles and the layout: run-time heads are
+// refused by every GPU role pass.
+func.func @dynamic_heads(%q: memref<1x?x128x64xbf16>, %o: memref<1x?x128x64xbf16>) {
+  %c0 = arith.constant 0 : index
+  %c1 = arith.constant 1 : index
+  gpu.launch blocks(%bx, %by, %bz) in (%gx = %c1, %gy = %c1, %gz = %c1)
+             threads(%tx, %ty, %tz) in (%sx = %c1, %sy = %c1, %sz = %c1) {
+    %acc = memref.alloca() : memref<128x64xf32>
+    %m = memref.alloca() : memref<128xf32>
+    %l = memref.alloca() : memref<128xf32>
+    // expected-error @+1 {{flexattn-warp-specialize needs static heads and head dims, got 'memref<1x?x128x64xbf16>'}}
+    flexattn.tile_step ins(%q, %q, %q : memref<1x?x128x64xbf16>, memref<1x?x128x64xbf16>, memref<1x?x128x64xbf16>)
+        state(%acc, %m, %l : memref<128x64xf32>, memref<128xf32>, memref<128xf32>)
+        at(%c0, %c0, %c0, %c0, %c0) attributes {scale = 0.125 : f32, tile_size = array<i64: 128, 128>}
+    flexattn.finalize state(%acc, %m, %l : memref<128x64xf32>, memref<128xf32>, memref<128xf32>)
+        outs(%o : memref<1x?x128x64xbf16>) at(%c0, %c0, %c0)
+    gpu.terminator
+  }
+  return
+}

@@ -35,7 +35,7 @@ from .. import cache, ptxas, targets
 from ..options import CompileOptions
 from ..pipeline import (Backend, CompilationError, make_differentiated, make_sparse, make_tiled,
                         run_pipeline)
-from ..spec import AttentionSpec
+from ..spec import AttentionSpec, dim_names
 
 __all__ = ["BACKEND", "stages", "backward_stages", "finish", "launch_metadata", "binary_of"]
 
@@ -84,10 +84,11 @@ def _dtype(op) -> str:
 def _kernel_target(op, opts: CompileOptions) -> targets.Target:
     """The table entry whose kernel runs the head dims and element type of
     ``op`` (an attention or tile_step) on ``opts.target``: see
-    ``Target.kernel``. The decode kernel is the mma.sync kernel of
-    ``Target.general`` (its KV tiles and block tiles) on every head dim."""
+    ``Target.kernel``. The decode kernel and the dynamic-shape kernel are
+    the mma.sync kernel of ``Target.general`` (its KV tiles and block tiles)
+    on every head dim."""
     return targets.target(opts.target).kernel(_head_dim(op), _value_dim(op), _dtype(op),
-                                              decode=bool(opts.decode))
+                                              decode=bool(opts.decode), dynamic=opts.dynamic)
 
 
 def _has_op(mod: ir.Module, name: str) -> bool:
@@ -195,9 +196,12 @@ def make_kernel(mod: ir.Module, opts: CompileOptions) -> None:
 
 
 def make_nvvm(mod: ir.Module, opts: CompileOptions) -> None:
+    """NVVM for the target's chip; a dynamic-shape kernel takes memref
+    descriptors (its run-time sizes) instead of bare pointers."""
     target = targets.target(opts.target)
     run_pipeline(mod, [
-        f"flexattn-lower-to-nvvm{{chip={target.chip} features={target.features} opt-level=3}}",
+        f"flexattn-lower-to-nvvm{{chip={target.chip} features={target.features} opt-level=3 "
+        f"bare-pointers={int(not opts.dynamic)}}}",
     ], "nvvm")
 
 
@@ -314,12 +318,17 @@ def _host_func(mod: ir.Module):
 def launch_metadata(mod: ir.Module, spec: AttentionSpec, opts: CompileOptions) -> dict:
     """The flexattn_runtime metadata (schema v1) read off the host function's
     gpu.launch_func (kernel, grid, block, shared memory, arguments) and the
-    ``flexattn.tensor_map`` attributes of its tensor-map arguments."""
+    ``flexattn.tensor_map`` attributes of its tensor-map arguments. A
+    dynamic-shape kernel's (``opts.dynamic``) arguments name their run-time
+    dims (``spec.dim_names``: q ``["B", 8, "M", 64]``), its grid and the
+    sizes the host passes (i64 params) are the host's arithmetic on them
+    (``_size_expr``), and its memrefs are passed as memref descriptors
+    (``"memref"`` params: the kernel reads its sizes from them)."""
     func = _host_func(mod)
     entry = func.regions[0].blocks[0]
     names = [n for n, _ in spec.arguments()]
     types = dict(spec.arguments())
-    arguments = [{"name": n, "shape": list(t.shape), "dtype": _TORCH_DTYPE[t.elem]}
+    arguments = [{"name": n, "shape": dim_names(n, t.shape), "dtype": _TORCH_DTYPE[t.elem]}
                  for n, t in spec.arguments()]
     arg_attrs = func.attributes["arg_attrs"] if "arg_attrs" in func.attributes else None
     # flexattn-split-kv's scratch (the decode kernel): trailing arguments
@@ -343,12 +352,19 @@ def launch_metadata(mod: ir.Module, spec: AttentionSpec, opts: CompileOptions) -
         return ir.IntegerAttr(v.owner.attributes["value"]).value
 
     view = launch.opview
-    grid = [const(v) for v in (view.gridSizeX, view.gridSizeY, view.gridSizeZ)]
+    shapes = {a["name"]: a["shape"] for a in arguments}
+    grid = [_size_expr(v, names, shapes)
+            for v in (view.gridSizeX, view.gridSizeY, view.gridSizeZ)]
     block = [const(v) for v in (view.blockSizeX, view.blockSizeY, view.blockSizeZ)]
     smem = 0 if view.dynamicSharedMemorySize is None else const(view.dynamicSharedMemorySize)
     kernel = ir.SymbolRefAttr(launch.attributes["kernel"]).value[-1]
     params = []
     for v in view.kernelOperands:
+        if not isinstance(v.owner, ir.Block):
+            # A size the host computed (a dynamic kernel's Q tiles, which CSE
+            # shares with the grid): an index, i64 in the kernel.
+            params.append({"kind": "i64", "value": _size_expr(v, names, shapes)})
+            continue
         arg_no = ir.BlockArgument(v).arg_number
         attrs = ir.DictAttr(arg_attrs[arg_no]) if arg_attrs is not None else None
         if attrs is not None and _TENSOR_MAP in attrs:
@@ -358,8 +374,8 @@ def launch_metadata(mod: ir.Module, spec: AttentionSpec, opts: CompileOptions) -
                            "box": list(ir.DenseI64ArrayAttr(tm["box"])),
                            **{key: ir.StringAttr(tm[key]).value
                               for key in ("swizzle", "l2_promotion", "oob_fill", "interleave")}})
-        else:
-            params.append({"kind": "ptr", "arg": names[arg_no]})
+        else:  # a dynamic-shape kernel takes memref descriptors (make_nvvm)
+            params.append({"kind": "memref" if opts.dynamic else "ptr", "arg": names[arg_no]})
     if hasattr(spec, "output_names"):
         outputs = spec.output_names()
     else:
@@ -382,6 +398,32 @@ def launch_metadata(mod: ir.Module, spec: AttentionSpec, opts: CompileOptions) -
         "spec": {"scale": forward.scale, "block_size": forward.block_size,
                  "compiler": cache.compiler_version(), "zero_init": zero_init},
     }
+
+
+# The host's index arithmetic a dynamic kernel's grid is made of, by the
+# runtime's names (flexattn_runtime.dynamic evaluates them).
+_SIZE_OPS = {"arith.muli": "mul", "arith.addi": "add", "arith.subi": "sub",
+             "arith.divui": "div", "arith.ceildivui": "ceildiv", "arith.remui": "rem",
+             "arith.minui": "min", "arith.maxui": "max"}
+
+
+def _size_expr(v, names: list, shapes: dict):
+    """A launch size as the metadata writes it: an int, the name of a
+    run-time dim (``"M"``: ``memref.dim`` of an argument) or ``{"op":
+    "ceildiv", "args": [...]}`` over those: how a dynamic kernel's grid
+    follows from the call's sizes, read off the host IR."""
+    op = v.owner
+    name = op.name if isinstance(op, ir.Operation) else op.operation.name
+    if name == "arith.constant":
+        return ir.IntegerAttr(op.attributes["value"]).value
+    if name == "memref.dim":
+        arg = ir.BlockArgument(op.operands[0]).arg_number
+        axis = ir.IntegerAttr(op.operands[1].owner.attributes["value"]).value
+        return shapes[names[arg]][axis]
+    if name in _SIZE_OPS:
+        return {"op": _SIZE_OPS[name], "args": [_size_expr(o, names, shapes) for o in op.operands]}
+    raise CompilationError(f"the launch's size is computed by {name}, which the launch "
+                           f"metadata cannot express")
 
 
 def finish(mod: ir.Module, spec: AttentionSpec, opts: CompileOptions) -> dict:
