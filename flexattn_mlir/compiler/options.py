@@ -70,6 +70,11 @@ class CompileOptions:
       deterministic either way (each has one writer), and so is the CPU
       (its capture gradients accumulate in a fixed order), where the option
       changes nothing.
+    backward_wgmma: sm_90a: the tensor-core backward's GEMMs as warpgroup
+      MMAs (wgmma) instead of mma.sync, the rest of that kernel unchanged
+      (``flexattn-lower-to-ampere{wgmma}``; the rule:
+      ``flexattn_mlir.compiler.backends.gpu.backward_wgmma``). Off by
+      default; no effect on other targets or on the CUDA-core backward.
     pack_heads: the decode path's GQA packing (``flexattn-tile{pack-heads}``):
       the query heads of a K/V head share tiles, so K/V are read once per
       group. None, the default, packs whenever decoding with Hq > Hkv and the
@@ -104,6 +109,7 @@ class CompileOptions:
     fp32_precision: str = "ieee"
     splits: int = 0
     deterministic: bool = False
+    backward_wgmma: bool = False
 
     def __post_init__(self):
         if self.target not in targets.TARGETS:
@@ -151,6 +157,9 @@ class CompileOptions:
         if not isinstance(self.deterministic, bool):
             raise ValueError(f"CompileOptions.deterministic must be a bool, "
                              f"got {self.deterministic!r}")
+        if not isinstance(self.backward_wgmma, bool):
+            raise ValueError(f"CompileOptions.backward_wgmma must be a bool, "
+                             f"got {self.backward_wgmma!r}")
         if not isinstance(self.persistent, int) or self.persistent < 0:
             raise ValueError(f"CompileOptions.persistent must be >= 0, got {self.persistent!r}")
         for name in ("tile_q", "tile_kv"):
