@@ -3,7 +3,7 @@ fwd+bwd benchmark, in the two halves of gpu_suite.py.
 
   compile (here, no GPU; needs flexattn_mlir):
       python bench/gpu_backward.py compile --out artifacts/bwd [--only SUBSTR]
-          [--backward-wgmma]   (sm_90a: the backward's GEMMs as wgmma)
+          [--backward-mma-sync]   (the backward's GEMMs as mma.sync, not wgmma)
   run (on the H200; needs only torch + flexattn_runtime):
       python bench/gpu_backward.py run --artifacts artifacts/bwd --json $OUT/bwd.json
       [--only check,...] [--ours-only] [--peers triton,cudnn,fa4] [--reps N]
@@ -56,7 +56,7 @@ TRITON_CHECKS = ("check_causal_d128", "check_alibi_causal_d128", "check_t5_bias_
 # -- compile (here) -----------------------------------------------------------
 
 def compile_all(out: str, only: str | None, device_cc: tuple[int, int] = (9, 0),
-                backward_wgmma: bool = False) -> None:
+                backward_wgmma: bool = True) -> None:
     import torch
 
     import flexattn_mlir as fm

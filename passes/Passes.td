@@ -778,7 +778,8 @@ def FlexAttnLowerBackwardMma
                 "fragments";
   let description = [{
     In place of `flexattn-lower-backward-rows` (FlashAttention-2's backward,
-    sm_80 code, lowered next by `flexattn-lower-to-ampere`). Each CTA of
+    sm_80 code, lowered next by `flexattn-lower-to-ampere`; on sm_90a its
+    MMAs become wgmma there, the launch marked `flexattn.wgmma`). Each CTA of
     `flexattn-map-backward-to-grid` owns a square tile of R = 64 or 128 rows
     (keys for dk/dv, queries for dq) in R / 64 groups of 4 warps (the block
     becomes R / 64 x 128 threads), copies its owned tiles into rings once

@@ -1,8 +1,8 @@
-"""The tensor-core backward's GEMMs as warpgroup MMAs on sm_90a
-(``CompileOptions.backward_wgmma``: ``flexattn-lower-to-ampere{wgmma}``),
-without a GPU: every case the tensor-core kernel covers compiles to a cubin
-of wgmma (no mma.sync, no ldmatrix), without spills; the rule picks it only
-where asked and only on sm_90a. The gradients on an H200:
+"""The tensor-core backward's GEMMs as warpgroup MMAs on sm_90a (the
+default; ``CompileOptions.backward_wgmma``: flexattn-lower-to-ampere on a
+launch marked ``flexattn.wgmma``), without a GPU: every case the
+tensor-core kernel covers compiles to a cubin of wgmma (no mma.sync, no
+ldmatrix), without spills; the rule picks it only on sm_90a. The gradients on an H200:
 test_gpu_backward.py's GPU tests (both GEMM lowerings) and
 bench/gpu_backward.py.
 """
@@ -17,7 +17,7 @@ import pytest
 import flexattn_mlir as fm
 from test_gpu_backward import S, _backward_spec, needs_ptxas
 
-WGMMA = fm.CompileOptions(target="sm_90a", backward_wgmma=True)
+WGMMA = fm.CompileOptions(target="sm_90a")
 
 
 def _spills(res):
@@ -67,7 +67,7 @@ def test_wgmma_backward_keeps_the_deterministic_mode(variant, dtype, D):
 
 
 def test_wgmma_backward_rule():
-    """backward_wgmma: only asked for, only on sm_90a, only where the
+    """backward_wgmma: sm_90a's default, off when asked, only where the
     tensor-core kernel runs (the CUDA-core one has no MMAs to lower)."""
     from mlir import ir
 

@@ -280,12 +280,12 @@ def make_backward_steps(mod: ir.Module, opts: CompileOptions) -> None:
 
 def backward_wgmma(mod: ir.Module, opts: CompileOptions) -> bool:
     """The one rule for the tensor-core backward's GEMMs: warpgroup MMAs
-    (``flexattn-lower-to-ampere`` on launches marked ``flexattn.wgmma``) where ``opts.backward_wgmma`` asks
-    for them on an sm_90a target, over everything the tensor-core kernel
-    covers (bf16/f16, D = Dv in {64, 128}, square 64/128 tiles, capture
-    gradients, the deterministic mode); mma.sync elsewhere: sm_80 targets
-    (no wgmma) and the CUDA-core kernel (``backward_kernel_gap``: no
-    MMAs)."""
+    (``flexattn-lower-to-ampere`` on launches marked ``flexattn.wgmma``) on
+    sm_90a, over everything the tensor-core kernel covers (bf16/f16, D = Dv
+    in {64, 128}, square 64/128 tiles, capture gradients, the deterministic
+    mode); mma.sync where ``opts.backward_wgmma`` is False and on sm_80
+    targets (no wgmma); the CUDA-core kernel (``backward_kernel_gap``) has
+    no MMAs."""
     return (opts.backward_wgmma and targets.target(opts.target).chip == "sm_90a"
             and _has_op(mod, "flexattn.mma"))
 
