@@ -3,6 +3,7 @@ fwd+bwd benchmark, in the two halves of gpu_suite.py.
 
   compile (here, no GPU; needs flexattn_mlir):
       python bench/gpu_backward.py compile --out artifacts/bwd [--only SUBSTR]
+          [--backward-mma-sync]   (the backward's GEMMs as mma.sync, not wgmma)
   run (on the H200; needs only torch + flexattn_runtime):
       python bench/gpu_backward.py run --artifacts artifacts/bwd --json $OUT/bwd.json
       [--only check,...] [--ours-only] [--peers triton,cudnn,fa4] [--reps N]
@@ -54,7 +55,8 @@ TRITON_CHECKS = ("check_causal_d128", "check_alibi_causal_d128", "check_t5_bias_
 
 # -- compile (here) -----------------------------------------------------------
 
-def compile_all(out: str, only: str | None, device_cc: tuple[int, int] = (9, 0)) -> None:
+def compile_all(out: str, only: str | None, device_cc: tuple[int, int] = (9, 0),
+                backward_wgmma: bool = True) -> None:
     import torch
 
     import flexattn_mlir as fm
@@ -67,7 +69,7 @@ def compile_all(out: str, only: str | None, device_cc: tuple[int, int] = (9, 0))
         if only and only not in name:
             continue
         spec, captures = gpu_suite.case_spec(case, return_lse=True)
-        opts = fm.CompileOptions(target="sm_90a")
+        opts = fm.CompileOptions(target="sm_90a", backward_wgmma=backward_wgmma)
         grad = [i for i, c in enumerate(captures) if c.is_floating_point()]
         q_side = []
         if spec.kv_num_blocks is not None:  # the transposed lists' shapes

@@ -461,6 +461,9 @@ def main(compile_fn=None, run_fn=None, reps: int = 30, peers: str = "triton,cudn
     c.add_argument("--only")
     c.add_argument("--device-cc", default="9.0",
                    help="compute capability of the device that runs the artifacts")
+    c.add_argument("--backward-mma-sync", action="store_true",
+                   help="gpu_backward.py: the backward's GEMMs as mma.sync, not "
+                        "sm_90a's wgmma (CompileOptions.backward_wgmma=False)")
     r = sub.add_parser("run")
     r.add_argument("--artifacts", required=True)
     r.add_argument("--json", required=True)
@@ -472,7 +475,8 @@ def main(compile_fn=None, run_fn=None, reps: int = 30, peers: str = "triton,cudn
     a = ap.parse_args()
     if a.cmd == "compile":
         os.makedirs(a.out, exist_ok=True)
-        compile_fn(a.out, a.only, tuple(int(x) for x in a.device_cc.split(".")))
+        extra = {"backward_wgmma": False} if a.backward_mma_sync else {}
+        compile_fn(a.out, a.only, tuple(int(x) for x in a.device_cc.split(".")), **extra)
     else:
         run_fn(a.artifacts, a.json, a.only, a.reps, [p for p in a.peers.split(",") if p],
                 a.ours_only, a.label)

@@ -147,17 +147,22 @@ struct Lowering {
     return {s1, RingSlotOp::create(b, ring2, pos)};
   }
 
-  Value mma(Type result, Value a, Value aRow, Value bTile, Value acc, bool transposeB) {
-    Value r = MmaOp::create(b, result, a, aRow, bTile, acc,
-                            transposeB ? b.getUnitAttr() : UnitAttr());
-    return MmaWaitOp::create(b, 0, ValueRange{r}).getResult(0);
+  /// Waits for every MMA in `results` at once (on sm_90a wgmma runs them
+  /// back to back; mma.sync's wait is nothing).
+  SmallVector<Value> waitAll(ValueRange results) {
+    ResultRange waited = MmaWaitOp::create(b, 0, results).getResults();
+    return SmallVector<Value>(waited.begin(), waited.end());
   }
-  /// acc += a . bTile for the accumulator tile `tile` (its stack vector).
-  void accumulate(Value tile, Value a, Value bTile) {
-    Value slot = accs.lookup(tile);
-    Value acc = memref::LoadOp::create(b, slot, ValueRange{});
-    memref::StoreOp::create(b, mma(acc.getType(), a, Value(), bTile, acc, false), slot,
-                            ValueRange{});
+  /// acc += a . bTile for each (accumulator tile, a, bTile) (their stack
+  /// vectors), the MMAs issued together.
+  void accumulate(ArrayRef<std::array<Value, 3>> products) {
+    SmallVector<Value> results;
+    for (auto [tile, a, bTile] : products) {
+      Value acc = memref::LoadOp::create(b, accs.lookup(tile), ValueRange{});
+      results.push_back(MmaOp::create(b, acc.getType(), a, Value(), bTile, acc, UnitAttr()));
+    }
+    for (auto [product, sum] : llvm::zip(products, waitAll(results)))
+      memref::StoreOp::create(b, sum, accs.lookup(product[0]), ValueRange{});
   }
 
   LogicalResult lowerStep(BackwardStepOp op);
@@ -296,8 +301,10 @@ LogicalResult Lowering::lowerStep(BackwardStepOp op) {
     Value c1 = add(c0, kChunk);
     issue(c1, next, arith::CmpIOp::create(b, arith::CmpIPredicate::ult, c1, idx(plan.R)));
     // Sᵀ = K Qᵀ, dPᵀ = V doutᵀ | S = Q Kᵀ, dP = dout Vᵀ
-    Value x = mma(frag(kChunk, f32), ownTileA, band, a, Value(), true);
-    Value dp = mma(frag(kChunk, f32), ownTileB, band, bt, Value(), true);
+    SmallVector<Value> scores = waitAll(
+        {MmaOp::create(b, frag(kChunk, f32), ownTileA, band, a, Value(), b.getUnitAttr()),
+         MmaOp::create(b, frag(kChunk, f32), ownTileB, band, bt, Value(), b.getUnitAttr())});
+    Value x = scores[0], dp = scores[1];
     // Element e = 4 j + 2 h + q: row frow + 8 h of the owned tile, column
     // fcol + 8 j + q of the chunk.
     SmallVector<Value> xs, dps, ps, dxs;
@@ -334,14 +341,17 @@ LogicalResult Lowering::lowerStep(BackwardStepOp op) {
       dxs.push_back(arith::TruncFOp::create(b, plan.elem, dx));
     }
     Value dxFrag = vector::FromElementsOp::create(b, frag(kChunk, plan.elem), dxs);
+    SmallVector<std::array<Value, 3>> products;
     if (kvOwner) { // dV += Pᵀ dout, dK += dXᵀ Q
       if (Value acc = op.getDvAcc())
-        accumulate(acc, vector::FromElementsOp::create(b, frag(kChunk, plan.elem), ps), bt);
+        products.push_back(
+            {acc, vector::FromElementsOp::create(b, frag(kChunk, plan.elem), ps), bt});
       if (Value acc = op.getDkAcc())
-        accumulate(acc, dxFrag, a);
+        products.push_back({acc, dxFrag, a});
     } else { // dQ += dX K
-      accumulate(op.getDqAcc(), dxFrag, a);
+      products.push_back({op.getDqAcc(), dxFrag, a});
     }
+    accumulate(products);
     RingReleaseOp::create(b, strA, pos);
     RingReleaseOp::create(b, strB, pos);
   }

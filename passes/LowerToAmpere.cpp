@@ -44,13 +44,21 @@
 // (small.big + big.small + big.big: 3xTF32, about fp32's accuracy), or one
 // (big.big) with fp32-precision=tf32.
 //
+// In a gpu.launch marked `flexattn.wgmma` (a unit attribute: sm_90a, the
+// backward's GEMMs; the pass drops it), mma and mma.wait become
+// warpgroup MMAs instead (passes/Wgmma.h: 16 rows per warp, bf16/f16): the
+// swizzled layout below is the 128-byte swizzle wgmma's descriptors read,
+// so the rings stay cp.async, the base is aligned to 1024 bytes, and a
+// ring.wait adds fence.proxy.async between its cp.async.wait_group and its
+// barrier (the copies are generic-proxy writes the async proxy then reads).
+//
 // Addresses in a tile: the 16-byte chunk c of row r of a 128-row... tile
 // sits at panel (c / 8), row r, chunk (c % 8) ^ (r % 8): the 8 row addresses
 // of an 8x8 matrix hit 8 different 16-byte bank groups.
 //
 //===----------------------------------------------------------------------===//
 
-#include "passes/SharedTiles.h"
+#include "passes/Wgmma.h"
 
 #include "mlir/Dialect/GPU/IR/GPUDialect.h"
 #include "mlir/Dialect/LLVMIR/NVVMDialect.h"
@@ -68,6 +76,8 @@ namespace {
 
 constexpr int64_t kAlign = 128; // a swizzle period of 8 rows x 16 bytes
 constexpr int64_t kChunk = 16;  // bytes of one cp.async / ldmatrix row
+constexpr int64_t kWgmmaAlign = 1024; // 128-byte swizzle atoms (8 rows)
+constexpr StringLiteral kWgmmaAttr = "flexattn.wgmma"; // on a gpu.launch
 
 struct Lowering : SharedTiles {
   int64_t threads;
@@ -82,6 +92,7 @@ struct Lowering : SharedTiles {
   // and whether products are 3xTF32 (else one tf32 mma).
   Value g, t;
   bool split3 = true;
+  bool wgmma = false; // sm_90a: mma, mma.wait as wgmma
 
   Lowering(ImplicitLocOpBuilder &b, int64_t threads) : SharedTiles(b), threads(threads) {}
 
@@ -360,7 +371,7 @@ void Lowering::lowerAcquire(RingAcquireOp op) {
     } else if (auto acquire = dyn_cast<RingAcquireOp>(prev)) {
       if (barrierAcquires.contains(acquire))
         return; // no release since that acquire's barrier
-    } else if (!isa<NVVM::CpAsyncWaitGroupOp, NVVM::Barrier0Op>(prev)) {
+    } else if (!isa<NVVM::CpAsyncWaitGroupOp, NVVM::FenceProxyOp, NVVM::Barrier0Op>(prev)) {
       break;
     }
   }
@@ -383,6 +394,10 @@ LogicalResult Lowering::lower(Operation *op) {
         next && next.getInFlight() && *next.getInFlight() <= *wait.getInFlight())
       return success();
     NVVM::CpAsyncWaitGroupOp::create(b, *wait.getInFlight());
+    if (wgmma)
+      NVVM::FenceProxyOp::create(
+          b, NVVM::ProxyKindAttr::get(b.getContext(), NVVM::ProxyKind::async_shared),
+          NVVM::SharedSpaceAttr::get(b.getContext(), NVVM::SharedSpace::shared_cta));
     NVVM::Barrier0Op::create(b);
   } else if (auto acquire = dyn_cast<RingAcquireOp>(op)) {
     lowerAcquire(acquire);
@@ -401,9 +416,12 @@ LogicalResult Lowering::lower(Operation *op) {
       load.replaceAllUsesWith(fromPairs(load.getType(), loadA(tile, type, row, warpTiles)));
     }
   } else if (auto mma = dyn_cast<MmaOp>(op)) {
-    return lowerMma(mma);
+    return wgmma ? wgmma::lowerMma(*this, mma) : lowerMma(mma);
   } else if (auto wait = dyn_cast<MmaWaitOp>(op)) {
-    wait.replaceAllUsesWith(wait.getValues());
+    if (wgmma)
+      wgmma::lowerWait(*this, wait);
+    else
+      wait.replaceAllUsesWith(wait.getValues());
   } else if (isa<RingLoadOp>(op)) {
     return op->emitOpError("is a TMA load (Hopper: flexattn-lower-to-hopper); "
                            "sm_80 rings are filled by flexattn.ring.copy");
@@ -553,7 +571,7 @@ LogicalResult Lowering::lowerMma(MmaOp op) {
 LogicalResult mlir::flexattn::lowerToAmpere(RewriterBase &rewriter,
                                             gpu::LaunchOp launch,
                                             int64_t maxSharedMemory,
-                                            StringRef fp32Precision) {
+                                            StringRef fp32Precision, bool wgmma) {
   Block &body = launch.getBody().front();
   SmallVector<RingAllocOp> allocs(body.getOps<RingAllocOp>());
   if (allocs.empty())
@@ -566,8 +584,9 @@ LogicalResult mlir::flexattn::lowerToAmpere(RewriterBase &rewriter,
                               "block (every thread copies its share)");
   ImplicitLocOpBuilder b(launch.getLoc(), rewriter);
   Lowering l(b, x.getSExtValue());
-  if (failed(l.allocate(launch, allocs.back(), l.layoutSlots(allocs), kAlign,
-                        maxSharedMemory)))
+  l.wgmma = wgmma;
+  if (failed(l.allocate(launch, allocs.back(), l.layoutSlots(allocs),
+                        wgmma ? kWgmmaAlign : kAlign, maxSharedMemory)))
     return failure();
   b.setInsertionPointAfter(l.smem.getDefiningOp());
   l.tid = l.toI32(gpu::ThreadIdOp::create(b, gpu::Dimension::x));
@@ -619,7 +638,10 @@ struct FlexAttnLowerToAmperePass
     }
     IRRewriter rewriter(&getContext());
     if (failed(forEachLaunch(getOperation(), [&](gpu::LaunchOp launch) {
-          return lowerToAmpere(rewriter, launch, maxSharedMemory, fp32Precision);
+          // sm_90a's warpgroup MMAs where the launch asks for them.
+          bool wgmma = launch->hasAttr(kWgmmaAttr);
+          launch->removeAttr(kWgmmaAttr);
+          return lowerToAmpere(rewriter, launch, maxSharedMemory, fp32Precision, wgmma);
         })))
       signalPassFailure();
   }

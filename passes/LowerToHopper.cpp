@@ -16,10 +16,7 @@
 //                  panel (cp.async.bulk.tensor, 128-byte swizzle)
 //   ring.wait      mbarrier.try_wait.parity on the full barrier
 //   ring.release   mbarrier.arrive on the empty barrier
-//   mma            wgmma.fence (unless it follows another mma), one
-//                  wgmma.mma_async m64nNk16 per 16 of K (shared-memory A:
-//                  nvvm.wgmma.mma_async; register A: HopperAsm.h), commit
-//   mma.wait       wgmma.wait_group N, operand fences
+//   mma, mma.wait  wgmma (passes/Wgmma.h)
 //   warp_specialize  a branch on the thread index, setmaxnreg per role
 //
 // Position i of a ring of S stages uses slot i % S in phase (i / S) & 1.
@@ -27,8 +24,7 @@
 //
 //===----------------------------------------------------------------------===//
 
-#include "passes/HopperAsm.h"
-#include "passes/SharedTiles.h"
+#include "passes/Wgmma.h"
 
 #include "mlir/Dialect/GPU/IR/GPUDialect.h"
 #include "mlir/Dialect/LLVMIR/NVVMDialect.h"
@@ -59,20 +55,7 @@ struct Lowering : SharedTiles {
     NVVM::MBarrierTryWaitParityOp::create(b, shared(bar), parity, i32(kWaitTicks));
   }
 
-  /// The 64-bit descriptor of a 128-byte-swizzled tile at `addr`: (addr >> 4)
-  /// in bits 0-13, LBO >> 4 in 16-29, SBO >> 4 in 32-45, swizzle mode 1 in
-  /// 62-63 (tiles are 1024-byte aligned: base offset 0).
-  Value descriptor(Value addr, int64_t lbo, int64_t sbo) {
-    int64_t high = ((lbo >> 4) & 0x3FFF) << 16 | ((sbo >> 4) & 0x3FFF) << 32 |
-                   (int64_t(1) << 62);
-    Value a = arith::ExtUIOp::create(b, b.getI64Type(), addr);
-    a = arith::AndIOp::create(b, arith::ShRUIOp::create(b, a, i64(4)), i64(0x3FFF));
-    return arith::OrIOp::create(b, a, i64(high));
-  }
-
   LogicalResult lower(Operation *op);
-  LogicalResult lowerMma(MmaOp op);
-  LogicalResult lowerWait(MmaWaitOp op);
 };
 
 LogicalResult Lowering::lower(Operation *op) {
@@ -116,93 +99,10 @@ LogicalResult Lowering::lower(Operation *op) {
                                    Value());
   } else if (lowerTileValue(op)) {
   } else if (auto mma = dyn_cast<MmaOp>(op)) {
-    return lowerMma(mma);
+    return wgmma::lowerMma(*this, mma);
   } else if (auto mmaWait = dyn_cast<MmaWaitOp>(op)) {
-    return lowerWait(mmaWait);
+    wgmma::lowerWait(*this, mmaWait);
   }
-  return success();
-}
-
-LogicalResult Lowering::lowerMma(MmaOp op) {
-  MLIRContext *ctx = b.getContext();
-  if (!isa_and_nonnull<MmaOp>(op->getPrevNode()))
-    NVVM::WgmmaFenceAlignedOp::create(b);
-  SmemTileType bType = op.getB().getType();
-  Type elem = bType.getElementType();
-  Value bAddr = tiles.at(op.getB());
-  int64_t regs = op.getType().getNumElements(), n = 2 * regs;
-  if (int64_t cols = op.getTransposeB() ? bType.getRows() : bType.getCols(); n != cols)
-    return op.emitOpError("wgmma gives each warp 16 rows (one m16 tile): ")
-           << cols / 2 << " f32 per thread for N = " << cols << ", got " << regs;
-  SmallVector<Value> out;
-  if (auto aType = dyn_cast<SmemTileType>(op.getA().getType())) {
-    // S = A.Bᵀ, both K-major in shared memory: one wgmma per 16 of K, the
-    // descriptors moved 32 bytes per step within a panel.
-    if (!op.getTransposeB())
-      return op.emitOpError("this lowering takes a shared-memory A only with "
-                            "a K-major B (transpose_b)");
-    auto structType = LLVM::LLVMStructType::getLiteral(
-        ctx, SmallVector<Type>(regs, b.getF32Type()));
-    Value d = LLVM::PoisonOp::create(b, structType);
-    if (op.getAcc())
-      for (auto [i, v] : llvm::enumerate(elements(op.getAcc())))
-        d = LLVM::InsertValueOp::create(b, d, v, ArrayRef<int64_t>{int64_t(i)});
-    Value aBase = arith::AddIOp::create(
-        b, tiles.at(op.getA()),
-        arith::MulIOp::create(b, toI32(op.getARow()), i32(kSwizzleBytes)));
-    auto wgmmaType = elem.isBF16() ? NVVM::WGMMATypes::bf16 : NVVM::WGMMATypes::f16;
-    for (int64_t kk = 0; kk < aType.getCols() / 16; ++kk) {
-      int64_t inPanel = (kk % 4) * 32;
-      Value da = descriptor(at(aBase, (kk / 4) * aType.getPanelBytes() + inPanel),
-                            16384, 1024);
-      Value db = descriptor(at(bAddr, (kk / 4) * bType.getPanelBytes() + inPanel),
-                            16384, 1024);
-      bool accumulate = kk > 0 || op.getAcc();
-      d = NVVM::WgmmaMmaAsyncOp::create(
-          b, structType, d, da, db, NVVM::MMAShapeAttr::get(ctx, 64, n, 16),
-          NVVM::WGMMATypesAttr::get(ctx, wgmmaType),
-          NVVM::WGMMATypesAttr::get(ctx, wgmmaType),
-          NVVM::WGMMATypesAttr::get(ctx, NVVM::WGMMATypes::f32),
-          NVVM::WGMMAScaleOutAttr::get(ctx, accumulate ? NVVM::WGMMAScaleOut::one
-                                                       : NVVM::WGMMAScaleOut::zero),
-          NVVM::WGMMAScaleInAttr::get(ctx, NVVM::WGMMAScaleIn::one),
-          NVVM::WGMMAScaleInAttr::get(ctx, NVVM::WGMMAScaleIn::one),
-          NVVM::MMALayoutAttr::get(ctx, NVVM::MMALayout::row),
-          NVVM::MMALayoutAttr::get(ctx, NVVM::MMALayout::col),
-          NVVM::MMAIntOverflowAttr());
-    }
-    for (int64_t i = 0; i < regs; ++i)
-      out.push_back(LLVM::ExtractValueOp::create(b, d, ArrayRef<int64_t>{i}));
-  } else {
-    // O += P.B with P in registers and B row-major (MN-major: imm-trans-b 1);
-    // the descriptor moves 16 rows (2048 bytes) per step, LBO = the panel size.
-    if (op.getTransposeB() || !op.getAcc())
-      return op.emitOpError("this lowering takes a register A only with a "
-                            "row-major B (no transpose_b) and an accumulator");
-    SmallVector<Value> a = pairs(op.getA());
-    out = elements(op.getAcc());
-    for (int64_t kk = 0; kk < int64_t(a.size()) / 4; ++kk) {
-      Value db = descriptor(at(bAddr, kk * 16 * kSwizzleBytes), bType.getPanelBytes(), 1024);
-      out = hopper::wgmmaRegisterA(b, out, ArrayRef(a).slice(4 * kk, 4), db, n, elem);
-    }
-  }
-  NVVM::WgmmaGroupSyncAlignedOp::create(b);
-  op.replaceAllUsesWith(vectorOf(op.getType(), out));
-  return success();
-}
-
-LogicalResult Lowering::lowerWait(MmaWaitOp op) {
-  NVVM::WgmmaWaitGroupSyncOp::create(b, op.getPending());
-  SmallVector<Value> results;
-  for (Value v : op.getValues()) {
-    auto type = cast<VectorType>(v.getType());
-    if (type.getElementType().isF32()) {
-      results.push_back(vectorOf(type, hopper::fenceRegisters(b, elements(v))));
-      continue;
-    }
-    results.push_back(fromPairs(type, hopper::fenceRegisters(b, pairs(v))));
-  }
-  op.replaceAllUsesWith(results);
   return success();
 }
 

@@ -159,9 +159,11 @@ LogicalResult lowerToHopper(RewriterBase &rewriter, gpu::LaunchOp launch,
                             int64_t maxSharedMemory);
 
 /// flexattn-lower-to-ampere: cooperative rings and MMAs -> NVVM (sm_80);
-/// f32 products are 3xTF32 ("ieee") or one tf32 mma ("tf32").
+/// f32 products are 3xTF32 ("ieee") or one tf32 mma ("tf32"); `wgmma`
+/// (sm_90a) lowers the MMAs to warpgroup MMAs instead.
 LogicalResult lowerToAmpere(RewriterBase &rewriter, gpu::LaunchOp launch,
-                            int64_t maxSharedMemory, StringRef fp32Precision = "ieee");
+                            int64_t maxSharedMemory, StringRef fp32Precision = "ieee",
+                            bool wgmma = false);
 
 //===----------------------------------------------------------------------===//
 // The backward pass

@@ -778,7 +778,8 @@ def FlexAttnLowerBackwardMma
                 "fragments";
   let description = [{
     In place of `flexattn-lower-backward-rows` (FlashAttention-2's backward,
-    sm_80 code, lowered next by `flexattn-lower-to-ampere`). Each CTA of
+    sm_80 code, lowered next by `flexattn-lower-to-ampere`; on sm_90a its
+    MMAs become wgmma there, the launch marked `flexattn.wgmma`). Each CTA of
     `flexattn-map-backward-to-grid` owns a square tile of R = 64 or 128 rows
     (keys for dk/dv, queries for dq) in R / 64 groups of 4 warps (the block
     becomes R / 64 x 128 threads), copies its owned tiles into rings once
@@ -1259,6 +1260,39 @@ def FlexAttnLowerToAmpere : Pass<"flexattn-lower-to-ampere", "::mlir::ModuleOp">
     (`nvvm.convert.float.to.tf32` rna) and three mma per product (small.big,
     big.small, big.big: 3xTF32), or one (big.big) with
     `fp32-precision=tf32`.
+
+    A `gpu.launch` marked `flexattn.wgmma` (a unit attribute, dropped here;
+    sm_90a, the backward's GEMMs of `flexattn-lower-backward-mma`: Python's
+    rule `backward_wgmma` sets it):
+    the same rings and copies (their swizzled layout is the 128-byte swizzle
+    of wgmma's shared-memory descriptors; the base is aligned to 1024 bytes),
+    a `nvvm.fence.proxy` (async.shared, cta) between a wait's
+    `cp.async.wait.group` and its barrier (wgmma reads the slots through the
+    async proxy), and the MMAs of flexattn-lower-to-hopper: a warpgroup per
+    64 rows, one `nvvm.wgmma.mma_async` m64nNk16 per 16 of K for a shared A
+    and a K-major B, the register-A wgmma for a register A and a row-major B
+    (with an accumulator), `wgmma.commit.group`; `mma.wait` to
+    `nvvm.wgmma.wait.group.sync.aligned` and operand fences. Refused: f32
+    tiles, more than 16 rows per warp (`frag.load` A of two m16 tiles), the
+    other operand combinations.
+
+    Before (in a launch marked `flexattn.wgmma`):
+    ```mlir
+    flexattn.ring.wait %kr[%i] in_flight(0) : !flexattn.ring<2 x 32x64xbf16>
+    %s0 = flexattn.mma %own[%band], %kt {transpose_b} : !flexattn.smem_tile<64x64xbf16>, !flexattn.smem_tile<32x64xbf16> -> vector<16xf32>
+    %s = flexattn.mma.wait pending(0) %s0 : vector<16xf32>
+    ```
+    After:
+    ```mlir
+    nvvm.cp.async.wait.group 0
+    nvvm.fence.proxy {kind = #nvvm.proxy_kind<async.shared>, space = #nvvm.shared_space<cta>}
+    nvvm.barrier0
+    nvvm.wgmma.fence.aligned
+    %d0 = nvvm.wgmma.mma_async %da0, %db0, %acc0, <m = 64, n = 32, k = 16>, D [<f32>, <zero>, <wrapped>], A [<bf16>, <one>, <row>], B [<bf16>, <one>, <col>] : ...
+    ... (4 per 64 columns of K)
+    nvvm.wgmma.commit.group.sync.aligned
+    nvvm.wgmma.wait.group.sync.aligned 0
+    ```
 
     Before (f32):
     ```mlir

@@ -194,9 +194,9 @@ def _warn_slow_gpu_backward() -> None:
         _warned_gpu_backward = True
         import warnings
 
-        warnings.warn("flex_attention: the GPU backward runs sm_80 tensor-core code (mma.sync), "
-                      "about half the speed of torch flex's Triton backward on Hopper; a wgmma "
-                      "backward is planned (docs/training.md)", stacklevel=3)
+        warnings.warn("flex_attention: the GPU backward (FlashAttention-2's shape; wgmma on "
+                      "sm_90a) runs at about 0.6-0.7x torch flex's Triton backward on Hopper "
+                      "(docs/training.md, 'What limits it')", stacklevel=3)
 
 
 def delta(out: torch.Tensor, dout: torch.Tensor,

@@ -31,7 +31,8 @@ HAS_SM90 = torch.cuda.is_available() and torch.cuda.get_device_capability() == (
 needs_sm90 = pytest.mark.skipif(
     not HAS_SM90, reason="needs an sm_90 (H100/H200) CUDA GPU; bench/gpu_backward.py covers it "
                          "on the H200")
-GPU = fm.CompileOptions(target="sm_90a")
+# The mma.sync kernel (sm_90a's default is wgmma: test_gpu_backward_wgmma.py).
+GPU = fm.CompileOptions(target="sm_90a", backward_wgmma=False)
 S = 300  # not a multiple of the 128-token tiles
 
 
@@ -168,7 +169,8 @@ def test_gpu_backward_needs_a_precomputed_delta():
 @pytest.mark.filterwarnings("ignore")
 @pytest.mark.parametrize("variant", ["causal", "alibi_causal", "t5_bias", "document"])
 @pytest.mark.parametrize("dtype,d", [(torch.bfloat16, 128), (torch.float16, 64)])
-def test_gradients_match_torch_on_gpu(variant, dtype, d):
+@pytest.mark.parametrize("options", [{"backward_wgmma": False}, None], ids=["mma", "wgmma"])
+def test_gradients_match_torch_on_gpu(variant, dtype, d, options):
     from torch.nn.attention import flex_attention as tfa
 
     B, H = 1, 2
@@ -177,12 +179,12 @@ def test_gradients_match_torch_on_gpu(variant, dtype, d):
               if isinstance(c.cell_contents, torch.Tensor) and c.cell_contents.is_floating_point()]
     q, k, v, dout = (torch.randn(B, H, S, d, device="cuda", dtype=dtype) for _ in range(4))
 
-    def grads(fn, bm, *inputs):
+    def grads(fn, bm, *inputs, **kw):
         leaves = [t.detach().clone().requires_grad_() for t in inputs]
         for t in tables:
             t.requires_grad_(True)
             t.grad = None
-        fn(*leaves, score_mod=score_mod, block_mask=bm).backward(dout.to(leaves[0].dtype))
+        fn(*leaves, score_mod=score_mod, block_mask=bm, **kw).backward(dout.to(leaves[0].dtype))
         out = [t.grad for t in leaves] + [t.grad.clone() for t in tables]
         for t in tables:
             t.requires_grad_(False)
@@ -190,7 +192,7 @@ def test_gradients_match_torch_on_gpu(variant, dtype, d):
 
     ours_bm = fm.create_block_mask(mask_mod, None, None, S, S, device="cuda") if mask_mod else None
     torch_bm = tfa.create_block_mask(mask_mod, None, None, S, S, device="cuda") if mask_mod else None
-    mine = grads(fm.flex_attention, ours_bm, q, k, v)
+    mine = grads(fm.flex_attention, ours_bm, q, k, v, kernel_options=options)
     # torch flex's eager path gives captured tensors no gradient: compile it.
     ref = grads(torch.compile(tfa.flex_attention), torch_bm, q.float(), k.float(), v.float())
     for name, a, b in zip(["dq", "dk", "dv", "dtable"], mine, ref):

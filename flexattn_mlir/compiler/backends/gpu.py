@@ -18,7 +18,8 @@ The backward (flexattn_mlir/backward.py) shares the last three:
                         flexattn-lower-backward-rows (CUDA cores, what the
                         first does not cover: backward_kernel_gap),
                         flexattn-inline-mods
-           -> kernel    flexattn-lower-to-ampere, gpu-kernel-outlining
+           -> kernel    flexattn-lower-to-ampere (mma.sync, or on sm_90a wgmma
+                        where backward_wgmma marks the launch), gpu-kernel-outlining
            -> nvvm -> ptx
 
 Every launch fact (kernel name, grid, block, shared memory, how to encode
@@ -45,16 +46,23 @@ _TENSOR_MAP = "flexattn.tensor_map"  # the host argument attribute the roles pas
 _ZERO_INIT = "flexattn.zero_init"  # the host function attribute of the backward's grid pass
 
 
-def _first_op(mod: ir.Module, name: str):
+def _ops(mod: ir.Module, name: str, first: bool = False) -> list:
+    """The ops named `name` in `mod` (only the first with `first`)."""
     found = []
 
     def visit(op):
         if op.name == name:
             found.append(op)
-            return ir.WalkResult.INTERRUPT
+            if first:
+                return ir.WalkResult.INTERRUPT
         return ir.WalkResult.ADVANCE
 
     mod.operation.walk(visit)
+    return found
+
+
+def _first_op(mod: ir.Module, name: str):
+    found = _ops(mod, name, first=True)
     if not found:
         raise CompilationError(f"no {name} in the module")
     return found[0]
@@ -274,8 +282,23 @@ def make_backward_steps(mod: ir.Module, opts: CompileOptions) -> None:
     ], "steps")
 
 
+def backward_wgmma(mod: ir.Module, opts: CompileOptions) -> bool:
+    """The one rule for the tensor-core backward's GEMMs: warpgroup MMAs
+    (``flexattn-lower-to-ampere`` on launches marked ``flexattn.wgmma``) on
+    sm_90a, over everything the tensor-core kernel covers (bf16/f16, D = Dv
+    in {64, 128}, square 64/128 tiles, capture gradients, the deterministic
+    mode); mma.sync where ``opts.backward_wgmma`` is False and on sm_80
+    targets (no wgmma); the CUDA-core kernel (``backward_kernel_gap``) has
+    no MMAs."""
+    return (opts.backward_wgmma and targets.target(opts.target).chip == "sm_90a"
+            and _has_op(mod, "flexattn.mma"))
+
+
 def make_backward_kernel(mod: ir.Module, opts: CompileOptions) -> None:
     target = targets.target(opts.target)
+    if backward_wgmma(mod, opts):  # flexattn-lower-to-ampere reads the mark
+        for launch in _ops(mod, "gpu.launch"):
+            launch.attributes["flexattn.wgmma"] = ir.UnitAttr.get()
     run_pipeline(mod, [
         f"flexattn-lower-to-ampere{{max-shared-memory={target.max_shared_per_block}}}",
         "gpu-launch-sink-index-computations",
@@ -288,7 +311,8 @@ def make_backward_kernel(mod: ir.Module, opts: CompileOptions) -> None:
 def backward_stages(opts: CompileOptions) -> dict:
     """The backward's GPU stages: ``differentiated``, ``tiled`` and ``sparse``
     as on the CPU, then one launch of dk/dv and dq tiles whose steps run on
-    tensor cores (mma.sync, sm_80 code on every NVIDIA target) or, where
+    tensor cores (mma.sync, sm_80 code on every NVIDIA target; wgmma on
+    sm_90a where :func:`backward_wgmma` says so) or, where
     :func:`backward_kernel_gap` says so, a thread per tile row on CUDA cores;
     the kernel reads a precomputed delta (``BackwardSpec.delta_input``)."""
     targets.target(opts.target)

@@ -1,0 +1,117 @@
+//===- Wgmma.cpp - flexattn.mma as Hopper wgmma -----------------*- C++ -*-===//
+//
+// Part of flexattn-mlir, under the Apache License v2.0 with LLVM Exceptions.
+//
+//===----------------------------------------------------------------------===//
+
+#include "passes/Wgmma.h"
+#include "passes/HopperAsm.h"
+
+#include "mlir/Dialect/LLVMIR/NVVMDialect.h"
+
+using namespace mlir;
+using namespace mlir::flexattn;
+
+namespace {
+
+/// The 64-bit descriptor of a 128-byte-swizzled tile at `addr`: (addr >> 4)
+/// in bits 0-13, LBO >> 4 in 16-29, SBO >> 4 in 32-45, swizzle mode 1 in
+/// 62-63 (tiles are 1024-byte aligned: base offset 0).
+Value descriptor(SharedTiles &t, Value addr, int64_t lbo, int64_t sbo) {
+  ImplicitLocOpBuilder &b = t.b;
+  int64_t high = ((lbo >> 4) & 0x3FFF) << 16 | ((sbo >> 4) & 0x3FFF) << 32 |
+                 (int64_t(1) << 62);
+  Value a = arith::ExtUIOp::create(b, b.getI64Type(), addr);
+  a = arith::AndIOp::create(b, arith::ShRUIOp::create(b, a, t.i64(4)), t.i64(0x3FFF));
+  return arith::OrIOp::create(b, a, t.i64(high));
+}
+
+} // namespace
+
+LogicalResult wgmma::lowerMma(SharedTiles &t, MmaOp op) {
+  ImplicitLocOpBuilder &b = t.b;
+  MLIRContext *ctx = b.getContext();
+  SmemTileType bType = op.getB().getType();
+  Type elem = bType.getElementType();
+  if (!elem.isBF16() && !elem.isF16())
+    return op.emitOpError("wgmma takes bf16 or f16 tiles here, got ") << elem;
+  int64_t regs = op.getType().getNumElements(), n = 2 * regs;
+  if (int64_t cols = op.getTransposeB() ? bType.getRows() : bType.getCols(); n != cols)
+    return op.emitOpError("wgmma gives each warp 16 rows (one m16 tile): ")
+           << cols / 2 << " f32 per thread for N = " << cols << ", got " << regs;
+  if (!isa_and_nonnull<MmaOp>(op->getPrevNode()))
+    NVVM::WgmmaFenceAlignedOp::create(b);
+  Value bAddr = t.tiles.at(op.getB());
+  SmallVector<Value> out;
+  if (auto aType = dyn_cast<SmemTileType>(op.getA().getType())) {
+    // S = A.Bᵀ, both K-major in shared memory: one wgmma per 16 of K, the
+    // descriptors moved 32 bytes per step within a panel.
+    if (!op.getTransposeB())
+      return op.emitOpError("this lowering takes a shared-memory A only with "
+                            "a K-major B (transpose_b)");
+    auto structType = LLVM::LLVMStructType::getLiteral(
+        ctx, SmallVector<Type>(regs, b.getF32Type()));
+    Value d = LLVM::PoisonOp::create(b, structType);
+    if (op.getAcc())
+      for (auto [i, v] : llvm::enumerate(t.elements(op.getAcc())))
+        d = LLVM::InsertValueOp::create(b, d, v, ArrayRef<int64_t>{int64_t(i)});
+    Value aBase = t.tiles.at(op.getA());
+    if (Value row = op.getARow())
+      aBase = arith::AddIOp::create(
+          b, aBase, arith::MulIOp::create(b, t.toI32(row), t.i32(kSwizzleBytes)));
+    auto wgmmaType = elem.isBF16() ? NVVM::WGMMATypes::bf16 : NVVM::WGMMATypes::f16;
+    for (int64_t kk = 0; kk < aType.getCols() / 16; ++kk) {
+      int64_t inPanel = (kk % 4) * 32;
+      Value da = descriptor(t, t.at(aBase, (kk / 4) * aType.getPanelBytes() + inPanel),
+                            16384, 1024);
+      Value db = descriptor(t, t.at(bAddr, (kk / 4) * bType.getPanelBytes() + inPanel),
+                            16384, 1024);
+      bool accumulate = kk > 0 || op.getAcc();
+      d = NVVM::WgmmaMmaAsyncOp::create(
+          b, structType, d, da, db, NVVM::MMAShapeAttr::get(ctx, 64, n, 16),
+          NVVM::WGMMATypesAttr::get(ctx, wgmmaType),
+          NVVM::WGMMATypesAttr::get(ctx, wgmmaType),
+          NVVM::WGMMATypesAttr::get(ctx, NVVM::WGMMATypes::f32),
+          NVVM::WGMMAScaleOutAttr::get(ctx, accumulate ? NVVM::WGMMAScaleOut::one
+                                                       : NVVM::WGMMAScaleOut::zero),
+          NVVM::WGMMAScaleInAttr::get(ctx, NVVM::WGMMAScaleIn::one),
+          NVVM::WGMMAScaleInAttr::get(ctx, NVVM::WGMMAScaleIn::one),
+          NVVM::MMALayoutAttr::get(ctx, NVVM::MMALayout::row),
+          NVVM::MMALayoutAttr::get(ctx, NVVM::MMALayout::col),
+          NVVM::MMAIntOverflowAttr());
+    }
+    for (int64_t i = 0; i < regs; ++i)
+      out.push_back(LLVM::ExtractValueOp::create(b, d, ArrayRef<int64_t>{i}));
+  } else {
+    // O += P.B with P in registers and B row-major (MN-major: imm-trans-b 1);
+    // the descriptor moves 16 rows (2048 bytes) per step, LBO = the panel size.
+    if (op.getTransposeB() || !op.getAcc())
+      return op.emitOpError("this lowering takes a register A only with a "
+                            "row-major B (no transpose_b) and an accumulator");
+    SmallVector<Value> a = t.pairs(op.getA());
+    out = t.elements(op.getAcc());
+    for (int64_t kk = 0; kk < int64_t(a.size()) / 4; ++kk) {
+      Value db = descriptor(t, t.at(bAddr, kk * 16 * kSwizzleBytes), bType.getPanelBytes(),
+                            1024);
+      out = hopper::wgmmaRegisterA(b, out, ArrayRef(a).slice(4 * kk, 4), db, n, elem);
+    }
+  }
+  NVVM::WgmmaGroupSyncAlignedOp::create(b);
+  op.replaceAllUsesWith(t.vectorOf(op.getType(), out));
+  return success();
+}
+
+void wgmma::lowerWait(SharedTiles &t, MmaWaitOp op) {
+  ImplicitLocOpBuilder &b = t.b;
+  NVVM::WgmmaWaitGroupSyncOp::create(b, op.getPending());
+  SmallVector<Value> results;
+  for (Value v : op.getValues()) {
+    auto type = cast<VectorType>(v.getType());
+    if (type.getElementType().isF32()) {
+      results.push_back(t.vectorOf(type, hopper::fenceRegisters(b, t.elements(v))));
+      continue;
+    }
+    results.push_back(t.fromPairs(type, hopper::fenceRegisters(b, t.pairs(v))));
+  }
+  op.replaceAllUsesWith(results);
+}

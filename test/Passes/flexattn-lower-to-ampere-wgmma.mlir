@@ -1,0 +1,160 @@
+// RUN: flexattn-opt %s -split-input-file -verify-diagnostics --flexattn-lower-to-ampere=max-shared-memory=232448 --canonicalize --cse | FileCheck %s
+
+// The backward's shape on sm_90a, a launch marked flexattn.wgmma:
+// cooperative cp.async rings (the owned 64-row band, a 32-row streamed
+// chunk) and the MMAs as warpgroup MMAs. The mark is dropped.
+// Shared memory: the band (64x64 bf16, 8 KiB), 2 chunk slots (32x64, 4 KiB
+// each) and 1024 bytes for the run-time alignment of wgmma's swizzle atoms:
+// 16384 + 1024 = 17408.
+// CHECK-LABEL: func.func @backward_chunk(
+// CHECK-DAG:     %[[SMEM:.*]] = arith.constant 17408 : i32
+// CHECK-DAG:     %[[MASK:.*]] = arith.constant -1024 : i32
+// CHECK:         gpu.launch {{.*}} dynamic_shared_memory_size %[[SMEM]] {
+// CHECK:           %[[UP:.*]] = arith.addi %{{.*}}, %c1023_i32 : i32
+// CHECK:           arith.andi %[[UP]], %[[MASK]] : i32
+// The copies into the swizzled layout, as on sm_80.
+// CHECK:           nvvm.cp.async.shared.global
+// CHECK:           nvvm.cp.async.commit.group
+// ring.wait: this thread's copies, a proxy fence (wgmma reads the slots
+// through the async proxy), then the CTA's barrier.
+// CHECK:           nvvm.cp.async.wait.group 0
+// CHECK-NEXT:      nvvm.fence.proxy {kind = #nvvm.proxy_kind<async.shared>, space = #nvvm.shared_space<cta>}
+// CHECK-NEXT:      nvvm.barrier0
+// Sᵀ = K Qᵀ (64 x 32 per warpgroup, K = 64): A = the band from shared
+// memory, K-major B; 4 k16 steps, the first from zero.
+// CHECK:           nvvm.wgmma.fence.aligned
+// CHECK:           nvvm.wgmma.mma_async {{.*}} <m = 64, n = 32, k = 16>, D[<f32>, <zero>], A[<bf16>, <one>, <row>], B[<bf16>, <one>, <col>]
+// CHECK-COUNT-3:   nvvm.wgmma.mma_async {{.*}} <m = 64, n = 32, k = 16>, D[<f32>, <one>], A[<bf16>, <one>, <row>], B[<bf16>, <one>, <col>]
+// CHECK:           nvvm.wgmma.commit.group.sync.aligned
+// dV += Pᵀ dout right after it (no second fence): P from registers (K = 32:
+// two k16 steps), dout row-major.
+// CHECK-NOT:       nvvm.wgmma.fence.aligned
+// CHECK:           llvm.inline_asm has_side_effects asm_dialect = att "{\0A.reg .pred p;\0Asetp.ne.b32 p, 1, 0;\0Awgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {{.*}} p, 1, 1, 1;\0A}"
+// CHECK:           wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16
+// CHECK:           nvvm.wgmma.commit.group.sync.aligned
+// One wait for both, their registers fenced.
+// CHECK:           nvvm.wgmma.wait.group.sync.aligned 0
+// CHECK-NEXT:      llvm.inline_asm has_side_effects asm_dialect = att "", "=f,
+// CHECK-NOT:       nvvm.mma.sync
+// CHECK-NOT:       nvvm.ldmatrix
+// CHECK-NOT:       flexattn.
+// CHECK:           gpu.terminator
+// CHECK-NEXT:    }{{$}}
+func.func @backward_chunk(%q: memref<1x2x300x64xbf16>, %k: memref<1x2x300x64xbf16>,
+                          %b: index, %h: index, %q0: index, %kv0: index, %p: vector<16xbf16>,
+                          %acc: vector<32xf32>, %i: i32, %out: memref<48xf32>) {
+  %c0 = arith.constant 0 : index
+  %c1 = arith.constant 1 : index
+  %c128 = arith.constant 128 : index
+  %c0_i32 = arith.constant 0 : i32
+  gpu.launch blocks(%bx, %by, %bz) in (%gx = %c1, %gy = %c1, %gz = %c1)
+             threads(%tx, %ty, %tz) in (%sx = %c128, %sy = %c1, %sz = %c1) {
+    %kr = flexattn.ring.alloc consumers(128) : !flexattn.ring<1 x 64x64xbf16>
+    %qr = flexattn.ring.alloc consumers(128) : !flexattn.ring<2 x 32x64xbf16>
+    flexattn.ring.acquire %kr[%c0_i32] : !flexattn.ring<1 x 64x64xbf16>
+    flexattn.ring.copy %k[%b, %h, %kv0] into %kr[%c0_i32] : memref<1x2x300x64xbf16>, !flexattn.ring<1 x 64x64xbf16>
+    flexattn.ring.acquire %qr[%i] : !flexattn.ring<2 x 32x64xbf16>
+    flexattn.ring.copy %q[%b, %h, %q0] into %qr[%i] : memref<1x2x300x64xbf16>, !flexattn.ring<2 x 32x64xbf16>
+    flexattn.ring.wait %qr[%i] in_flight(0) : !flexattn.ring<2 x 32x64xbf16>
+    %ks = flexattn.ring.slot %kr[%c0_i32] : !flexattn.ring<1 x 64x64xbf16>
+    %qt = flexattn.ring.slot %qr[%i] : !flexattn.ring<2 x 32x64xbf16>
+    %s0 = flexattn.mma %ks[%c0], %qt {transpose_b} : !flexattn.smem_tile<64x64xbf16>, !flexattn.smem_tile<32x64xbf16> -> vector<16xf32>
+    %d0 = flexattn.mma %p, %qt, %acc : vector<16xbf16>, !flexattn.smem_tile<32x64xbf16>, vector<32xf32> -> vector<32xf32>
+    %s, %d = flexattn.mma.wait pending(0) %s0, %d0 : vector<16xf32>, vector<32xf32>
+    flexattn.ring.release %qr[%i] : !flexattn.ring<2 x 32x64xbf16>
+    vector.store %s, %out[%c0] : memref<48xf32>, vector<16xf32>
+    vector.store %d, %out[%c1] : memref<48xf32>, vector<32xf32>
+    gpu.terminator
+  } {flexattn.wgmma}
+  return
+}
+
+// -----
+
+// wgmma takes 16-bit tiles only (f32 tiles are tf32 mma.sync, sm_80 code).
+func.func @f32_tiles(%p: vector<32xf32>, %acc: vector<32xf32>, %out: memref<32xf32>) {
+  %c0 = arith.constant 0 : index
+  %c1 = arith.constant 1 : index
+  %c128 = arith.constant 128 : index
+  %c0_i32 = arith.constant 0 : i32
+  gpu.launch blocks(%bx, %by, %bz) in (%gx = %c1, %gy = %c1, %gz = %c1)
+             threads(%tx, %ty, %tz) in (%sx = %c128, %sy = %c1, %sz = %c1) {
+    %vr = flexattn.ring.alloc consumers(128) : !flexattn.ring<1 x 64x64xf32>
+    %vt = flexattn.ring.slot %vr[%c0_i32] : !flexattn.ring<1 x 64x64xf32>
+    // expected-error @below {{wgmma takes bf16 or f16 tiles here, got 'f32'}}
+    %o = flexattn.mma %p, %vt, %acc : vector<32xf32>, !flexattn.smem_tile<64x64xf32>, vector<32xf32> -> vector<32xf32>
+    vector.store %o, %out[%c0] : memref<32xf32>, vector<32xf32>
+    gpu.terminator
+  } {flexattn.wgmma}
+  return
+}
+
+// -----
+
+// A warp of wgmma owns 16 rows: a fragment of two m16 tiles (the sm_80
+// forward's 32 rows per warp) is refused.
+func.func @two_tiles(%acc: vector<64xf32>, %out: memref<64xf32>) {
+  %c0 = arith.constant 0 : index
+  %c1 = arith.constant 1 : index
+  %c128 = arith.constant 128 : index
+  %c0_i32 = arith.constant 0 : i32
+  gpu.launch blocks(%bx, %by, %bz) in (%gx = %c1, %gy = %c1, %gz = %c1)
+             threads(%tx, %ty, %tz) in (%sx = %c128, %sy = %c1, %sz = %c1) {
+    %qr = flexattn.ring.alloc consumers(128) : !flexattn.ring<1 x 128x64xbf16>
+    %kr = flexattn.ring.alloc consumers(128) : !flexattn.ring<1 x 64x64xbf16>
+    %qs = flexattn.ring.slot %qr[%c0_i32] : !flexattn.ring<1 x 128x64xbf16>
+    %kt = flexattn.ring.slot %kr[%c0_i32] : !flexattn.ring<1 x 64x64xbf16>
+    // expected-error @below {{wgmma gives each warp 16 rows (one m16 tile): 32 f32 per thread for N = 64, got 64}}
+    %s = flexattn.mma %qs[%c0], %kt {transpose_b} : !flexattn.smem_tile<128x64xbf16>, !flexattn.smem_tile<64x64xbf16> -> vector<64xf32>
+    vector.store %s, %out[%c0] : memref<64xf32>, vector<64xf32>
+    gpu.terminator
+  } {flexattn.wgmma}
+  return
+}
+
+// -----
+
+// A shared A takes a K-major B (Sᵀ = K Qᵀ); a row-major one is refused.
+func.func @row_major_b(%out: memref<32xf32>) {
+  %c0 = arith.constant 0 : index
+  %c1 = arith.constant 1 : index
+  %c128 = arith.constant 128 : index
+  %c0_i32 = arith.constant 0 : i32
+  gpu.launch blocks(%bx, %by, %bz) in (%gx = %c1, %gy = %c1, %gz = %c1)
+             threads(%tx, %ty, %tz) in (%sx = %c128, %sy = %c1, %sz = %c1) {
+    %qr = flexattn.ring.alloc consumers(128) : !flexattn.ring<1 x 64x64xbf16>
+    %kr = flexattn.ring.alloc consumers(128) : !flexattn.ring<1 x 64x64xbf16>
+    %qs = flexattn.ring.slot %qr[%c0_i32] : !flexattn.ring<1 x 64x64xbf16>
+    %kt = flexattn.ring.slot %kr[%c0_i32] : !flexattn.ring<1 x 64x64xbf16>
+    // expected-error @below {{this lowering takes a shared-memory A only with a K-major B (transpose_b)}}
+    %s = flexattn.mma %qs[%c0], %kt : !flexattn.smem_tile<64x64xbf16>, !flexattn.smem_tile<64x64xbf16> -> vector<32xf32>
+    vector.store %s, %out[%c0] : memref<32xf32>, vector<32xf32>
+    gpu.terminator
+  } {flexattn.wgmma}
+  return
+}
+
+// -----
+
+// Without the mark: the same MMA is sm_80's mma.sync.
+// CHECK-LABEL: func.func @unmarked(
+// CHECK-NOT:     nvvm.wgmma
+// CHECK-NOT:     nvvm.fence.proxy
+// CHECK:         nvvm.mma.sync
+func.func @unmarked(%out: memref<16xf32>) {
+  %c0 = arith.constant 0 : index
+  %c1 = arith.constant 1 : index
+  %c128 = arith.constant 128 : index
+  %c0_i32 = arith.constant 0 : i32
+  gpu.launch blocks(%bx, %by, %bz) in (%gx = %c1, %gy = %c1, %gz = %c1)
+             threads(%tx, %ty, %tz) in (%sx = %c128, %sy = %c1, %sz = %c1) {
+    %kr = flexattn.ring.alloc consumers(128) : !flexattn.ring<1 x 64x64xbf16>
+    %qr = flexattn.ring.alloc consumers(128) : !flexattn.ring<1 x 32x64xbf16>
+    %ks = flexattn.ring.slot %kr[%c0_i32] : !flexattn.ring<1 x 64x64xbf16>
+    %qt = flexattn.ring.slot %qr[%c0_i32] : !flexattn.ring<1 x 32x64xbf16>
+    %s = flexattn.mma %ks[%c0], %qt {transpose_b} : !flexattn.smem_tile<64x64xbf16>, !flexattn.smem_tile<32x64xbf16> -> vector<16xf32>
+    vector.store %s, %out[%c0] : memref<16xf32>, vector<16xf32>
+    gpu.terminator
+  }
+  return
+}
