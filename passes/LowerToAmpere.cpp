@@ -163,9 +163,9 @@ struct Lowering : SharedTiles {
   /// at `tile`: rows `rowIndex` + warp x `warpRows` (the warp's band, where
   /// `rowIndex` is given) + `rowConst` (a multiple of 8) + the lane's,
   /// 16-byte chunk `chunk` (even) with the lane's bit. The fenced lane
-  /// offsets only in kernels that read an MMA's A operand from shared
-  /// memory (`fenceLanes`: Q at each S = Q.Kᵀ, 16 more addresses per KV
-  /// step); elsewhere the hoisted addresses cost less (measured with ptxas:
+  /// offsets only in kernels that read Q from shared memory (`fenceLanes`:
+  /// at each S = Q.Kᵀ, 16 more addresses per KV step); elsewhere the
+  /// hoisted addresses cost less (measured with ptxas:
   /// the 16-row kernel of t5_bias at D = 128 spilled 16 words with them).
   Value matrixRow(Value tile, int64_t rows, Value rowIndex, int64_t warpRows,
                   int64_t rowConst, int64_t chunk, bool byPair) {
@@ -627,18 +627,14 @@ LogicalResult mlir::flexattn::lowerToAmpere(RewriterBase &rewriter,
                               "block (every thread copies its share)");
   ImplicitLocOpBuilder b(launch.getLoc(), rewriter);
   Lowering l(b, x.getSExtValue());
-  // A kernel that reads an MMA's A operand from shared memory (Q at each
-  // S = Q.Kᵀ) takes the unrounded base and the fenced ldmatrix lanes; the
-  // others keep the rounded base and one address per ldmatrix (ptxas fits
-  // them without spills as they are: with the lanes, the 16-row t5_bias
-  // kernel at D = 128, and with the unrounded base the 32-row D = 64 kernel
-  // of sliding_window, spilled).
-  l.fenceLanes = launch.getBody()
-                     .walk([](MmaOp mma) {
-                       return isa<SmemTileType>(mma.getA().getType()) ? WalkResult::interrupt()
-                                                                      : WalkResult::advance();
-                     })
-                     .wasInterrupted();
+  // A kernel that reads Q from shared memory at each S = Q.Kᵀ (marked by
+  // flexattn-multistage) takes the unrounded base and the fenced ldmatrix
+  // lanes; the others keep the rounded base and one address per ldmatrix
+  // (ptxas fits them without spills as they are: with the lanes, the
+  // 16-row t5_bias kernel at D = 128 and the tensor-core backward at
+  // D = 128, and with the unrounded base the 32-row D = 64 kernel of
+  // sliding_window, spilled).
+  l.fenceLanes = launch->hasAttr(kQFromShared);
   if (failed(l.allocate(launch, allocs.back(), l.layoutSlots(allocs), kAlign,
                         maxSharedMemory, /*roundUp=*/!l.fenceLanes)))
     return failure();

@@ -22,6 +22,11 @@
 
 namespace mlir::flexattn {
 
+/// The unit attribute flexattn-multistage puts on a launch whose kernel
+/// reads Q from shared memory at each S = Q.Kᵀ: flexattn-lower-to-ampere
+/// then takes the unrounded shared base and fenced ldmatrix lanes.
+constexpr llvm::StringLiteral kQFromShared = "flexattn.q_from_shared";
+
 /// Where a ring lives in shared memory (offsets from the aligned base).
 struct RingLayout {
   RingType type;
