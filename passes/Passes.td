@@ -1220,9 +1220,10 @@ def FlexAttnLowerToAmpere : Pass<"flexattn-lower-to-ampere", "::mlir::ModuleOp">
                 "(cp.async, ldmatrix, mma.sync)";
   let description = [{
     Lays the rings' slots out in dynamic shared memory (the base aligned to
-    128 bytes at run time; in a kernel that reads an MMA's A operand from
-    shared memory, the block's own address, so slot addresses are a symbol
-    plus constants), sets the launch's dynamic shared memory, and
+    128 bytes at run time; in a kernel that reads Q from shared memory,
+    marked `flexattn.q_from_shared` by flexattn-multistage, the block's own
+    address, so slot addresses are a symbol plus constants), sets the
+    launch's dynamic shared memory, and
     lowers: `ring.copy` to each thread's 16-byte chunks with
     `nvvm.cp.async.shared.global` (cache global, zero fill past the
     tensor's end) into the swizzled tile layout (where a CTA's pass over
@@ -1240,7 +1241,7 @@ def FlexAttnLowerToAmpere : Pass<"flexattn-lower-to-ampere", "::mlir::ModuleOp">
     `nvvm.mma.sync` m16n8k16 (bf16, f16) per warp, 8 columns of N and 16 of
     K, A from the fragment's registers or ldmatrix, B with ldmatrix (a
     K-major B) or ldmatrix.trans (row-major, as V); `mma.wait` to nothing.
-    Where A is read from shared memory, each ldmatrix address is the lane's
+    In such a kernel each ldmatrix address is the lane's
     offset (one of 4 per operand layout) through an opaque
     `llvm.inline_asm` move once per block, plus the tile and a constant
     `llvm.getelementptr` offset (the ldmatrix immediate), so LLVM keeps no
