@@ -1009,7 +1009,9 @@ def FlexAttnMultistage : Pass<"flexattn-multistage", "::mlir::ModuleOp"> {
     read the group's band into registers (`flexattn.frag.load`, the A
     operand of every S = Q.Kᵀ of the tile) and release it, otherwise every
     S = Q.Kᵀ reads the band from the slot (fewer registers: D = 128 with 32
-    rows per warp) and the slot is released at the tile's end. Per KV
+    rows per warp) and the slot is released at the tile's end (the launch
+    then carries `{flexattn.q_from_shared}` for flexattn-lower-to-ampere's
+    addressing). Per KV
     loop: copy the K and V tiles of its first `stages` - 1 steps; per step,
     after the wait for K_j (V_j), copy K_{j+stages-1} (V_{j+stages-1}), so
     `stages` - 1 steps of copies are in flight while a step computes. The
