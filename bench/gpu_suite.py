@@ -88,6 +88,13 @@ CORRECTNESS += (
         dict(SM80, tile_kv=64, warp_rows=32, q_in_registers=False)),
        ("check_causal_d128_bkv64_r32_sm80", "causal", 2, 4, 4, 2100, 2100, 128, "bfloat16",
         dict(SM80, block_kv=64, warp_rows=32, q_in_registers=False, persistent=20)),
+       # ... under torch's default 128 x 128 mask blocks (two 64-column
+       # tiles each) and the zoo's mods.
+       *[(f"check_{v}_d128_r32_sm80", v, 1, 4, 4, 2100, 2100, 128, dt,
+          dict(SM80, tile_kv=64, warp_rows=32, q_in_registers=False))
+         for v, dt in (("causal", "bfloat16"), ("document", "bfloat16"),
+                       ("alibi_causal", "float16"), ("softcap_causal", "bfloat16"),
+                       ("t5_bias", "bfloat16"), ("prefix_or_sliding", "bfloat16"))],
        ("check_causal_persistent_sm80", "causal", 2, 4, 4, 2100, 2100, 128, "bfloat16",
         dict(SM80, persistent=20)),
        ("check_document_persistent_sm80", "document", 2, 4, 4, 2100, 2100, 128, "bfloat16",

@@ -8,7 +8,8 @@
 // (Ampere and Ada; the code also runs on later GPUs):
 //
 //   shared memory  the rings' slots in a dynamic shared-memory block (the
-//                  base aligned to 128 bytes at run time, +128 asked for)
+//                  base aligned to 128 bytes at run time, +128 asked for;
+//                  with Q read from shared memory, the block's own address)
 //   ring.copy      each thread's 16-byte chunks of the tile with cp.async
 //                  (cp.async.cg, zero fill past the tensor's rows and, for a
 //                  head dim padded to 64-column panels, columns) into the
@@ -74,7 +75,18 @@ using namespace mlir::flexattn;
 
 namespace {
 
-constexpr int64_t kAlign = 128; // a swizzle period of 8 rows x 16 bytes
+// The slots' base: the dynamic shared memory's address rounded up to 128
+// bytes at run time (a swizzle period of 8 rows x 16 bytes: ldmatrix is
+// conflict-free), or (kernels that read Q from shared memory at each
+// S = Q.Kᵀ) the address as it is, so every slot address is that symbol
+// plus constants and a lane's offset, which ptxas folds into the
+// instructions' immediates (a rounded base is a register every address
+// derives from). The swizzle is correct at any 16-byte aligned base
+// (copies and reads use the same layout); the block starts at the CTA's
+// shared window (these kernels have no static shared memory), aligned in
+// practice. The launch asks for kAlign bytes past the rings either way
+// (Target.ring_bytes counts them).
+constexpr int64_t kAlign = 128;
 constexpr int64_t kChunk = 16;  // bytes of one cp.async / ldmatrix row
 constexpr int64_t kWgmmaAlign = 1024; // 128-byte swizzle atoms (8 rows)
 constexpr StringLiteral kWgmmaAttr = "flexattn.wgmma"; // on a gpu.launch
@@ -93,6 +105,11 @@ struct Lowering : SharedTiles {
   Value g, t;
   bool split3 = true;
   bool wgmma = false; // sm_90a: mma, mma.wait as wgmma
+  // ldmatrix: the lane's offsets per (rows by matrix bit 1, chunk % 8), and
+  // their opaque copies per block (matrixRow).
+  DenseMap<std::pair<int64_t, int64_t>, Value> laneOffsets;
+  DenseMap<std::tuple<Block *, Value, Value>, Value> fences;
+  bool fenceLanes = false;
 
   Lowering(ImplicitLocOpBuilder &b, int64_t threads) : SharedTiles(b), threads(threads) {}
 
@@ -107,22 +124,85 @@ struct Lowering : SharedTiles {
   Value mul(Value a, int64_t c) { return arith::MulIOp::create(b, a, i32(c)); }
   Value add(Value a, Value c) { return arith::AddIOp::create(b, a, c); }
 
-  /// The shared address of lane's row of an 8x8 matrix of a tile of `rows`:
-  /// row `rowBase` (a multiple of 8) + the lane's row offset, 16-byte chunk
-  /// `chunk` (even) with the lane's chunk bit in `key` (xor'd with lane % 8).
-  Value matrixRow(Value tile, int64_t rows, Value rowBase, Value laneRow,
-                  int64_t chunk, Value key) {
-    Value a = at(tile, (chunk / 8) * rows * kSwizzleBytes);
-    a = add(a, mul(rowBase, kSwizzleBytes));
-    a = add(a, mul(laneRow, kSwizzleBytes));
-    Value c = arith::XOrIOp::create(b, key, i32(chunk % 8));
-    return add(a, mul(c, kChunk));
+  /// ldmatrix addresses. A lane reads row `laneRow` (0..15 of a 16 x 16
+  /// block) at 16-byte chunk `c ^ key` of it: with rows by matrix bit 0
+  /// (A, and a row-major B read transposed) or by bit 1 (a K-major B). The
+  /// lane's part of an address, `laneRow` x 128 + ((key ^ c) x 16), takes
+  /// one of 4 values per layout (c = chunk % 8, even); everything else is a
+  /// tile's address plus constants (rows, panels), which a pointer offset
+  /// puts in the instruction's immediate.
+  /// The lane's row in the 16 x 16 block and its chunk key.
+  std::pair<Value, Value> laneRowKey(bool byPair) {
+    Value half = arith::AndIOp::create(b, mi, i32(1));
+    Value pair = arith::ShRUIOp::create(b, mi, i32(1));
+    return {add(mul(byPair ? pair : half, 8), rr),
+            arith::XOrIOp::create(b, byPair ? half : pair, rr)};
   }
-  SmallVector<Value> ldmatrix(Value addr, bool trans) {
+  Value laneOffset(bool byPair, int64_t c) {
+    Value &v = laneOffsets[{byPair ? 1 : 0, c}];
+    if (!v) {
+      OpBuilder::InsertionGuard guard(b);
+      b.setInsertionPointAfterValue(mi);
+      auto [laneRow, key] = laneRowKey(byPair);
+      v = add(mul(laneRow, kSwizzleBytes), mul(arith::XOrIOp::create(b, key, i32(c)), kChunk));
+    }
+    return v;
+  }
+  /// The lane's offset `laneOffset` + 128 x (`rowIndex` (a band's first
+  /// row, or null) + warp x `warpRows`) through an opaque move, once per
+  /// block: what is derived from it is computed where it is used (LLVM
+  /// cannot hoist each ldmatrix address out of the KV loop into a register
+  /// of its own), and the constants added to it fold into the ldmatrix
+  /// immediates.
+  Value fencedLane(bool byPair, int64_t c, Value rowIndex, int64_t warpRows) {
+    Value &f = fences[{b.getInsertionBlock(), laneOffset(byPair, c), rowIndex}];
+    if (!f) {
+      Value v = laneOffset(byPair, c);
+      if (rowIndex)
+        v = add(v, mul(add(toI32(rowIndex), mul(warp, warpRows)), kSwizzleBytes));
+      MLIRContext *ctx = b.getContext();
+      f = LLVM::InlineAsmOp::create(
+              b, TypeRange{b.getI32Type()}, ValueRange{v}, b.getStringAttr("mov.b32 $0, $1;"),
+              b.getStringAttr("=r,r"), b.getUnitAttr(), UnitAttr(),
+              LLVM::TailCallKindAttr::get(ctx, LLVM::tailcallkind::TailCallKind::None),
+              LLVM::AsmDialectAttr::get(ctx, LLVM::AsmDialect::AD_ATT), ArrayAttr())
+              .getResult(0);
+    }
+    return f;
+  }
+  /// The shared address of lane's row of an 8x8 matrix of a tile of `rows`
+  /// at `tile`: rows `rowIndex` + warp x `warpRows` (the warp's band, where
+  /// `rowIndex` is given) + `rowConst` (a multiple of 8) + the lane's,
+  /// 16-byte chunk `chunk` (even) with the lane's bit. The fenced lane
+  /// offsets only in kernels that read Q from shared memory (`fenceLanes`:
+  /// at each S = Q.Kᵀ, 16 more addresses per KV step); elsewhere the
+  /// hoisted addresses cost less (measured with ptxas:
+  /// the 16-row kernel of t5_bias at D = 128 spilled 16 words with them).
+  Value matrixRow(Value tile, int64_t rows, Value rowIndex, int64_t warpRows,
+                  int64_t rowConst, int64_t chunk, bool byPair) {
+    if (!fenceLanes) {
+      // One address per ldmatrix, which LLVM hoists where it is invariant.
+      auto [laneRow, key] = laneRowKey(byPair);
+      Value row = i32(rowConst);
+      if (rowIndex)
+        row = add(toI32(rowIndex), add(mul(warp, warpRows), row));
+      Value a = at(tile, (chunk / 8) * rows * kSwizzleBytes);
+      a = add(a, mul(row, kSwizzleBytes));
+      a = add(a, mul(laneRow, kSwizzleBytes));
+      return shared(add(a, mul(arith::XOrIOp::create(b, key, i32(chunk % 8)), kChunk)));
+    }
+    Value p = shared(add(fencedLane(byPair, chunk % 8, rowIndex, warpRows), tile));
+    int64_t off = (chunk / 8) * rows * kSwizzleBytes + rowConst * kSwizzleBytes;
+    if (!off)
+      return p;
+    return LLVM::GEPOp::create(b, p.getType(), b.getI8Type(), p,
+                               ArrayRef<LLVM::GEPArg>{off}, LLVM::GEPNoWrapFlags::inbounds);
+  }
+  SmallVector<Value> ldmatrix(Value ptr, bool trans) {
     auto i32t = b.getI32Type();
     auto type = LLVM::LLVMStructType::getLiteral(b.getContext(), {i32t, i32t, i32t, i32t});
     Value m = NVVM::LdMatrixOp::create(
-        b, type, shared(addr), 4, trans ? NVVM::MMALayout::col : NVVM::MMALayout::row,
+        b, type, ptr, 4, trans ? NVVM::MMALayout::col : NVVM::MMALayout::row,
         NVVM::LdStMatrixShapeAttr::get(b.getContext(), 8, 8),
         NVVM::LdStMatrixEltType::B16);
     SmallVector<Value> out;
@@ -131,13 +211,11 @@ struct Lowering : SharedTiles {
     return out;
   }
   /// The 4 A-operand words of columns 16 kk .. 16 kk + 15 of m16 tile `i`
-  /// of the warp (of `tiles`; the band's rows from `rowBase`) of a tile.
+  /// of the warp (of `tiles`; the band's rows from index `rowBase`) of a tile.
   SmallVector<Value> loadA(Value tile, SmemTileType type, Value rowBase, int64_t tiles,
                            int64_t i, int64_t kk) {
-    Value laneRow = add(mul(arith::AndIOp::create(b, mi, i32(1)), 8), rr);
-    Value key = arith::XOrIOp::create(b, arith::ShRUIOp::create(b, mi, i32(1)), rr);
-    Value base = add(rowBase, add(mul(warp, 16 * tiles), i32(16 * i)));
-    return ldmatrix(matrixRow(tile, type.getRows(), base, laneRow, 2 * kk, key),
+    return ldmatrix(matrixRow(tile, type.getRows(), rowBase, 16 * tiles, 16 * i, 2 * kk,
+                              /*byPair=*/false),
                     /*trans=*/false);
   }
   /// All the A words of the warp's `tiles` m16 tiles: tile-major, 4 per 16
@@ -405,12 +483,12 @@ LogicalResult Lowering::lower(Operation *op) {
   } else if (auto load = dyn_cast<FragLoadOp>(op)) {
     SmemTileType type = load.getTile().getType();
     int64_t warpTiles = load.getType().getNumElements() / (type.getCols() / 2);
-    Value tile = tiles.at(load.getTile()), row = toI32(load.getRow());
+    Value tile = tiles.at(load.getTile()), row = load.getRow();
     if (type.getElementType().isF32()) {
       SmallVector<Value> x;
       for (int64_t i = 0; i < warpTiles; ++i)
         for (int64_t kk = 0; kk < type.getCols() / 8; ++kk)
-          llvm::append_range(x, loadF32A(tile, type, row, warpTiles, i, kk));
+          llvm::append_range(x, loadF32A(tile, type, toI32(row), warpTiles, i, kk));
       load.replaceAllUsesWith(vectorOf(load.getType(), x));
     } else {
       load.replaceAllUsesWith(fromPairs(load.getType(), loadA(tile, type, row, warpTiles)));
@@ -508,7 +586,7 @@ LogicalResult Lowering::lowerMma(MmaOp op) {
   // where they are used, or the fragment's pairs (tile-major).
   auto aType = dyn_cast<SmemTileType>(op.getA().getType());
   SmallVector<Value> aRegs = aType ? SmallVector<Value>() : pairs(op.getA());
-  Value aRow = aType ? toI32(op.getARow()) : Value();
+  Value aRow = aType ? op.getARow() : Value();
   auto aWords = [&](int64_t i, int64_t kk) {
     if (aType)
       return loadA(tiles.at(op.getA()), aType, aRow, warpTiles, i, kk);
@@ -517,10 +595,6 @@ LogicalResult Lowering::lowerMma(MmaOp op) {
   };
   SmallVector<Value> d = accumulator(op);
   Value bAddr = tiles.at(op.getB());
-  // The lane's row in the 16 x 16 block ldmatrix.x4 reads, and its chunk key.
-  Value half = arith::AndIOp::create(b, mi, i32(1)), pair = arith::ShRUIOp::create(b, mi, i32(1));
-  Value laneRow = add(mul(kMajor ? pair : half, 8), rr);
-  Value key = arith::XOrIOp::create(b, kMajor ? half : pair, rr);
   auto f32 = b.getF32Type();
   auto resultType = LLVM::LLVMStructType::getLiteral(ctx, {f32, f32, f32, f32});
   auto operand = [&](Value word) -> Value {
@@ -544,8 +618,8 @@ LogicalResult Lowering::lowerMma(MmaOp op) {
     for (int64_t jp = 0; 16 * jp < nCols; ++jp) {
       // K-major B ([N, K]): rows 16 jp.., chunk 2 kk; row-major B ([K, N]):
       // rows 16 kk.., chunk 2 jp, transposed on load.
-      Value addr = kMajor ? matrixRow(bAddr, bType.getRows(), i32(16 * jp), laneRow, 2 * kk, key)
-                          : matrixRow(bAddr, bType.getRows(), i32(16 * kk), laneRow, 2 * jp, key);
+      Value addr = kMajor ? matrixRow(bAddr, bType.getRows(), Value(), 0, 16 * jp, 2 * kk, true)
+                          : matrixRow(bAddr, bType.getRows(), Value(), 0, 16 * kk, 2 * jp, false);
       SmallVector<Value> bWords = ldmatrix(addr, /*trans=*/!kMajor);
       for (int64_t jj = 0; jj < 2 && 16 * jp + 8 * jj < nCols; ++jj) {
         SmallVector<Value> bOps = {operand(bWords[2 * jj]), operand(bWords[2 * jj + 1])};
@@ -585,8 +659,18 @@ LogicalResult mlir::flexattn::lowerToAmpere(RewriterBase &rewriter,
   ImplicitLocOpBuilder b(launch.getLoc(), rewriter);
   Lowering l(b, x.getSExtValue());
   l.wgmma = wgmma;
+  // A kernel that reads Q from shared memory at each S = Q.Kᵀ (marked by
+  // flexattn-multistage) takes the unrounded base and the fenced ldmatrix
+  // lanes; the others keep the rounded base and one address per ldmatrix
+  // (ptxas fits them without spills as they are: with the lanes, the
+  // 16-row t5_bias kernel at D = 128 and the tensor-core backward at
+  // D = 128, and with the unrounded base the 32-row D = 64 kernel of
+  // sliding_window, spilled). wgmma's operands need the 1024-byte rounded
+  // base.
+  l.fenceLanes = launch->hasAttr(kQFromShared) && !wgmma;
   if (failed(l.allocate(launch, allocs.back(), l.layoutSlots(allocs),
-                        wgmma ? kWgmmaAlign : kAlign, maxSharedMemory)))
+                        wgmma ? kWgmmaAlign : kAlign, maxSharedMemory,
+                        /*roundUp=*/!l.fenceLanes)))
     return failure();
   b.setInsertionPointAfter(l.smem.getDefiningOp());
   l.tid = l.toI32(gpu::ThreadIdOp::create(b, gpu::Dimension::x));

@@ -35,6 +35,7 @@
 //===----------------------------------------------------------------------===//
 
 #include "passes/ConsumerRole.h"
+#include "passes/SharedTiles.h"
 
 #include "mlir/Dialect/GPU/IR/GPUDialect.h"
 #include "mlir/Interfaces/SideEffectInterfaces.h"
@@ -306,6 +307,10 @@ LogicalResult mlir::flexattn::multistage(RewriterBase &rewriter, gpu::LaunchOp l
   Value group = arith::DivUIOp::create(b, tid, idx(kGroupThreads));
   Value thread = arith::RemUIOp::create(b, tid, idx(kGroupThreads));
   CooperativeRole role(b, rings, *p, group, thread, options, tile->finalize, launch);
+  // flexattn-lower-to-ampere gives a kernel that reads Q from shared memory
+  // at each S = Q.Kᵀ its own addressing (see kQFromShared there).
+  if (!options.qInRegisters)
+    launch->setAttr(kQFromShared, b.getUnitAttr());
   TileStepOp first = tile->steps.front();
   role.qSource = first.getQ();
   role.kSource = RingSource::of(first.getK());

@@ -1013,7 +1013,9 @@ def FlexAttnMultistage : Pass<"flexattn-multistage", "::mlir::ModuleOp"> {
     read the group's band into registers (`flexattn.frag.load`, the A
     operand of every S = Q.Kᵀ of the tile) and release it, otherwise every
     S = Q.Kᵀ reads the band from the slot (fewer registers: D = 128 with 32
-    rows per warp) and the slot is released at the tile's end. Per KV
+    rows per warp) and the slot is released at the tile's end (the launch
+    then carries `{flexattn.q_from_shared}` for flexattn-lower-to-ampere's
+    addressing). Per KV
     loop: copy the K and V tiles of its first `stages` - 1 steps; per step,
     after the wait for K_j (V_j), copy K_{j+stages-1} (V_{j+stages-1}), so
     `stages` - 1 steps of copies are in flight while a step computes. The
@@ -1229,7 +1231,10 @@ def FlexAttnLowerToAmpere : Pass<"flexattn-lower-to-ampere", "::mlir::ModuleOp">
                 "(cp.async, ldmatrix, mma.sync)";
   let description = [{
     Lays the rings' slots out in dynamic shared memory (the base aligned to
-    128 bytes at run time), sets the launch's dynamic shared memory, and
+    128 bytes at run time; in a kernel that reads Q from shared memory,
+    marked `flexattn.q_from_shared` by flexattn-multistage, the block's own
+    address, so slot addresses are a symbol plus constants), sets the
+    launch's dynamic shared memory, and
     lowers: `ring.copy` to each thread's 16-byte chunks with
     `nvvm.cp.async.shared.global` (cache global, zero fill past the
     tensor's end) into the swizzled tile layout (where a CTA's pass over
@@ -1247,6 +1252,19 @@ def FlexAttnLowerToAmpere : Pass<"flexattn-lower-to-ampere", "::mlir::ModuleOp">
     `nvvm.mma.sync` m16n8k16 (bf16, f16) per warp, 8 columns of N and 16 of
     K, A from the fragment's registers or ldmatrix, B with ldmatrix (a
     K-major B) or ldmatrix.trans (row-major, as V); `mma.wait` to nothing.
+    In such a kernel each ldmatrix address is the lane's
+    offset (one of 4 per operand layout) through an opaque
+    `llvm.inline_asm` move once per block, plus the tile and a constant
+    `llvm.getelementptr` offset (the ldmatrix immediate), so LLVM keeps no
+    register per address across a KV loop:
+    ```mlir
+    %l = llvm.inline_asm has_side_effects asm_dialect = att "mov.b32 $0, $1;", "=r,r" %lane : (i32) -> i32
+    %a = arith.addi %l, %base : i32
+    %p = llvm.inttoptr %a : i32 to !llvm.ptr<3>
+    %q0 = nvvm.ldmatrix %p {...} : (!llvm.ptr<3>) -> !llvm.struct<(i32, i32, i32, i32)>
+    %p1 = llvm.getelementptr inbounds %p[2048] : (!llvm.ptr<3>) -> !llvm.ptr<3>, i8
+    %q1 = nvvm.ldmatrix %p1 {...} : (!llvm.ptr<3>) -> !llvm.struct<(i32, i32, i32, i32)>
+    ```
     Runs on sm_80 and later. Fails if the rings need more than
     `max-shared-memory` bytes.
 

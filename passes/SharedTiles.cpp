@@ -21,7 +21,7 @@ int64_t SharedTiles::layoutSlots(ArrayRef<RingAllocOp> allocs) {
 
 LogicalResult SharedTiles::allocate(gpu::LaunchOp launch, Operation *after,
                                     int64_t bytes, int64_t align,
-                                    int64_t maxBytes) {
+                                    int64_t maxBytes, bool roundUp) {
   bytes += align;
   if (maxBytes > 0 && bytes > maxBytes)
     return launch.emitOpError("the kernel's rings need ")
@@ -37,7 +37,8 @@ LogicalResult SharedTiles::allocate(gpu::LaunchOp launch, Operation *after,
                                                              gpu::AddressSpace::Workgroup));
   Value dyn = gpu::DynamicSharedMemoryOp::create(b, smemType);
   Value raw = toI32(memref::ExtractAlignedPointerAsIndexOp::create(b, dyn));
-  smem = arith::AndIOp::create(b, at(raw, align - 1), i32(~(align - 1)));
+  smem = roundUp ? arith::AndIOp::create(b, at(raw, align - 1), i32(~(align - 1))).getResult()
+                 : raw;
   return success();
 }
 

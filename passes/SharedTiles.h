@@ -22,6 +22,11 @@
 
 namespace mlir::flexattn {
 
+/// The unit attribute flexattn-multistage puts on a launch whose kernel
+/// reads Q from shared memory at each S = Q.Kᵀ: flexattn-lower-to-ampere
+/// then takes the unrounded shared base and fenced ldmatrix lanes.
+constexpr llvm::StringLiteral kQFromShared = "flexattn.q_from_shared";
+
 /// Where a ring lives in shared memory (offsets from the aligned base).
 struct RingLayout {
   RingType type;
@@ -39,10 +44,13 @@ public:
   /// returns the offset after them.
   int64_t layoutSlots(ArrayRef<RingAllocOp> allocs);
   /// Asks `launch` for `bytes` of dynamic shared memory plus `align` bytes
-  /// of slack, and sets `smem` to its base rounded up to `align` at run
-  /// time (after `after`). Fails if more than `maxBytes` (> 0) are needed.
+  /// of slack, and sets `smem` (after `after`) to its base: rounded up to
+  /// `align` at run time with `roundUp`, else the block's own address (an
+  /// address the kernel never rounds lets ptxas fold each slot's offset
+  /// into its instructions' immediates). Fails if more than `maxBytes`
+  /// (> 0) are needed.
   LogicalResult allocate(gpu::LaunchOp launch, Operation *after, int64_t bytes,
-                         int64_t align, int64_t maxBytes);
+                         int64_t align, int64_t maxBytes, bool roundUp = true);
 
   Value i32(int64_t v) { return arith::ConstantIntOp::create(b, v, 32); }
   Value i64(int64_t v) { return arith::ConstantIntOp::create(b, v, 64); }
@@ -72,7 +80,7 @@ public:
   Value fromPairs(VectorType type, ValueRange words);
 
   ImplicitLocOpBuilder &b;
-  Value smem; // i32: the aligned base
+  Value smem; // i32: the base
   DenseMap<Value, RingLayout> rings;
   DenseMap<Value, Value> tiles; // !flexattn.smem_tile -> i32 address
 };

@@ -37,6 +37,9 @@
 // QSMEM:             flexattn.mma %[[QS]][%{{.*}}], %{{.*}} {transpose_b} : !flexattn.smem_tile<128x64xbf16>, !flexattn.smem_tile<128x64xbf16> -> vector<128xf32>
 // QSMEM:           flexattn.ring.release %[[QR]][%[[C0]]]
 // QSMEM:           flexattn.frag.finalize
+// The launch is marked for flexattn-lower-to-ampere (unrounded shared base,
+// fenced ldmatrix lanes).
+// QSMEM:         } {flexattn.q_from_shared}
 
 // 256 threads, no producer: every thread copies (cooperative rings released
 // by all 256) and computes in one of two 64-row groups.
