@@ -9,13 +9,12 @@ host arithmetic the compiler's grid was made of. Its memref parameters are
 ``{"kind": "memref", "arg": name}``: upstream MLIR's memref descriptor,
 passed as separate 8-byte kernel parameters (allocated and aligned pointer,
 offset 0, the sizes, the row-major strides), from which the kernel reads its
-sizes. Pure Python: everything but `DynamicLaunch.__call__` runs without
-CUDA.
+sizes. Pure Python, without CUDA (the launch object of a dynamic kernel,
+`flexattn_runtime.kernel.DynamicLaunch`, uses these).
 """
 
 from __future__ import annotations
 
-import ctypes
 import operator
 import re
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from typing import Any, Mapping, Sequence
 from .errors import ArgumentError, MetadataError
 
 __all__ = ["SIZE_OPS", "MemrefParam", "parse_size", "evaluate", "bind_sizes",
-           "check_shapes", "contiguous_strides", "descriptor_words", "DynamicLaunch"]
+           "check_shapes", "contiguous_strides", "descriptor_words", "param_words"]
 
 #: The grid's operations on sizes (the compiler's unsigned index arithmetic).
 SIZE_OPS = {
@@ -145,108 +144,3 @@ def descriptor_words(ptr: int, shape: Sequence[int]) -> list[int]:
 def param_words(p: Any, rank: int) -> int:
     """8-byte kernel parameters of a metadata parameter of a tensor of `rank`."""
     return 3 + 2 * rank if isinstance(p, MemrefParam) else 1
-
-
-class DynamicLaunch:
-    """The PreparedLaunch of a dynamic kernel on one device: per call it
-    reads the tensors' shapes, computes the grid from the metadata's sizes,
-    writes every memref descriptor (pointers, sizes, strides) and TMA
-    descriptor (keyed by address and shape) and launches. Launch objects are
-    kept per grid. As `PreparedLaunch`, it checks the current device and the
-    tensors' alignment; their shapes are the caller's to guarantee
-    (`Kernel.__call__` validates them against the metadata first)."""
-
-    #: At most this many grids keep their launch object.
-    GRIDS = 256
-
-    def __init__(self, kernel, device: int, launch_for_grid):
-        from . import kernel as kernel_module  # its device and stream queries, at call time
-        from .launch import check_alignment, scalar_value, validate_args
-        from .metadata import ScalarParam, TensorMapParam
-
-        self._queries = kernel_module
-        self._check_alignment, self._validate = check_alignment, validate_args
-
-        m = kernel.metadata
-        self.kernel, self.device = kernel, device
-        self.launch_for_grid = launch_for_grid
-        self.launchers: dict[tuple, Any] = {}
-        names = m.argument_names
-        ranks = [len(a.shape) for a in m.arguments]
-        # (first word, argument index, kind) per parameter.
-        self.layout, words, self.scalars = [], 0, []
-        self.sizes = []  # (ctypes value, size expression): written per call
-        for p in m.params:
-            if isinstance(p, ScalarParam):
-                self.layout.append((words, -1, "scalar"))
-                value = scalar_value(ScalarParam(p.kind, 0) if p.computed else p)
-                self.scalars.append((words, value))
-                if p.computed:
-                    self.sizes.append((value, p.value))
-                words += 1
-                continue
-            j = names.index(p.arg)
-            kind = "memref" if isinstance(p, MemrefParam) else (
-                "tensormap" if isinstance(p, TensorMapParam) else "ptr")
-            self.layout.append((words, j, kind))
-            words += param_words(p, ranks[j])
-        self.values = (ctypes.c_uint64 * max(words, 1))()
-        base = ctypes.addressof(self.values)
-        addresses = [base + 8 * w for w in range(words)]
-        for w, value in self.scalars:  # scalars keep their own ctypes values
-            addresses[w] = ctypes.addressof(value)
-        self.array = (ctypes.c_void_p * words)(*addresses) if words else None
-        self.aligned = tuple((j, a.align - 1) for j, a in enumerate(m.arguments))
-
-    def grid(self, tensors: Sequence) -> tuple[tuple[int, int, int], dict]:
-        """The call's grid and its run-time sizes (name -> int)."""
-        m = self.kernel.metadata
-        sizes = bind_sizes(m.arguments, [t.shape for t in tensors])
-        return tuple(evaluate(g, sizes) for g in m.grid), sizes
-
-    def __call__(self, tensors: Sequence) -> None:
-        import torch
-
-        kernel, dev = self.kernel, self.device
-        queries = self._queries
-        if queries._current_index() != dev:
-            cur = queries._current_index()
-            self._validate(kernel.metadata, tensors, device=torch.device("cuda", cur))
-            return kernel.prepare(cur)(tensors)
-        ptrs = [t.data_ptr() for t in tensors]
-        for j, mask in self.aligned:
-            if ptrs[j] & mask:
-                self._check_alignment(kernel.metadata.arguments[j], tensors[j])
-        grid, sizes = self.grid(tensors)
-        if 0 in grid:
-            return  # an empty batch or sequence: nothing to compute
-        stream = queries._current_stream(dev)
-        values = self.values
-        with kernel._lock:
-            launcher = self.launchers.get(grid)
-            if launcher is None:
-                if len(self.launchers) >= self.GRIDS:
-                    self.launchers.clear()
-                launcher = self.launchers[grid] = self.launch_for_grid(grid)
-            for value, expr in self.sizes:
-                value.value = evaluate(expr, sizes)
-            capturing, in_use = None, []  # TMA descriptors: as PreparedLaunch's
-            for i, (w, j, kind) in enumerate(self.layout):
-                if kind == "scalar":
-                    continue
-                t = tensors[j]
-                if kind == "memref":
-                    words = descriptor_words(ptrs[j], t.shape)
-                    values[w:w + len(words)] = words
-                elif kind == "ptr":
-                    values[w] = ptrs[j]
-                else:
-                    if capturing is None:
-                        capturing = torch.cuda.is_current_stream_capturing()
-                        kernel._refill_staging(capturing)
-                    desc = kernel._descriptor(i, kernel.metadata.params[i], t, ptrs[j], dev,
-                                              stream, capturing)
-                    in_use.append(desc)
-                    values[w] = desc.data_ptr
-            launcher(stream, self.array)
-

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from flexattn_runtime import parse_metadata, validate_args
-from flexattn_runtime.dynamic import DynamicLaunch, MemrefParam, evaluate, bind_sizes
+from flexattn_runtime.dynamic import MemrefParam, evaluate, bind_sizes
 from flexattn_runtime.errors import ArgumentError, MetadataError
-from flexattn_runtime.kernel import Kernel
+from flexattn_runtime.kernel import DynamicLaunch, Kernel
 from flexattn_runtime.metadata import check_binary_params
 
 from test_prepared_launch import STREAM, stub_cuda_queries
