@@ -106,6 +106,10 @@ LogicalResult inlineMods(RewriterBase &rewriter, ApplyModsOp op);
 /// report store (as its bounds and report ask).
 LogicalResult lowerCheckIndex(RewriterBase &rewriter, CheckIndexOp op);
 
+/// flexattn-fold-tile-divisions: a floordivsi / divui of `tile start +
+/// offset in the tile` by a multiple of the tile -> of the tile start.
+LogicalResult foldTileDivision(RewriterBase &rewriter, Operation *division);
+
 /// flexattn-map-to-grid: the scf.parallel over tiles -> a gpu.launch.
 LogicalResult mapToGrid(RewriterBase &rewriter, scf::ParallelOp par);
 

@@ -388,6 +388,54 @@ def FlexAttnInlineMods : Pass<"flexattn-inline-mods", "::mlir::ModuleOp"> {
                            "::mlir::memref::MemRefDialect"];
 }
 
+def FlexAttnFoldTileDivisions
+    : Pass<"flexattn-fold-tile-divisions", "::mlir::ModuleOp"> {
+  let summary = "Divide a tile's start instead of an index inside the tile "
+                "where the divisor is a multiple of the tile (a page, a "
+                "block): the quotient becomes the same for the whole tile";
+  let description = [{
+    After `flexattn-inline-mods` the mods compute on each score's indices,
+    `kv = kv0 + j` (the tile start plus the column in the tile). A mod that
+    divides such an index by a multiple P of the tile width (a paged KV
+    cache's `physical_to_logical[b, kv // page]`, a block-diagonal mask's
+    `kv // block`) gets the same quotient on the whole tile. This pass
+    proves that and rewrites `arith.floordivsi` / `arith.divui` by a
+    positive constant P to divide the tile start instead; CSE then keeps
+    one per tile (and one page-table load), and the CPU vectoriser
+    broadcasts one scalar read instead of gathering a row.
+
+    The proof: the dividend splits into `base + off (mod 2^w)`, where base
+    sums the terms nothing bounds (loaded block indices, function
+    arguments) or that are multiples of G, and off the bounded ones (thread
+    and lane ids of a constant-sized `gpu.launch`, `linalg.index` of a
+    static loop, scf.for indices over constant bounds, remainders, masks,
+    constants); sums, multiples by constants and casts are split term by
+    term. It folds for the largest power of two G dividing P for which base
+    is a multiple of G and off lies in [0, G): base + off cannot wrap
+    (the largest multiple of G is 2^(w-1) - G), so floormod(base, P) <=
+    P - G and `(base + off) floordiv P == base floordiv P`. A truncation
+    keeps the congruence; an extension needs its operand's split exact
+    already. Anything else (divsi, remainders, a tail's clamped index) is
+    left as it is.
+
+    Before (`%t` a block index loaded at run time, `%lane` in [0, 4)):
+    ```mlir
+    %start = arith.muli %t, %c128 : index
+    %j = arith.muli %lane, %c2 : index
+    %kv = arith.addi %start, %j : index
+    %kv8 = arith.addi %kv, %c8 : index
+    %i = arith.index_cast %kv8 : index to i32
+    %page = arith.floordivsi %i, %c128_i32 : i32
+    ```
+    After:
+    ```mlir
+    %base = arith.index_cast %start : index to i32
+    %page = arith.floordivsi %base, %c128_i32 : i32
+    ```
+  }];
+  let dependentDialects = ["::mlir::arith::ArithDialect"];
+}
+
 def FlexAttnVectorizeTiles : Pass<"flexattn-vectorize-tiles", "::mlir::ModuleOp"> {
   let summary = "Tile the static-shape tile math to register blocks and lower "
                 "it to vector FMAs, loads, stores and shuffles";

@@ -7,6 +7,7 @@ import torch
 from torch.nn.attention.experimental._paged_attention import PagedAttention as TorchPaged
 from torch.nn.attention.flex_attention import create_block_mask as torch_block_mask
 from torch.nn.attention.flex_attention import flex_attention as torch_flex
+from torch.nn.attention.flex_attention import noop_mask
 
 import flexattn_mlir as fm
 from flexattn_mlir import PagedAttention, compile_flex_attention, create_block_mask, flex_attention
@@ -95,6 +96,35 @@ def test_paged_decode_matches_torch(group, m):
                               block_mask=theirs.convert_logical_block_mask(torch_logical),
                               enable_gqa=True, return_lse=True)
     _check(out, lse, ref, ref_lse, lengths)
+
+
+@pytest.mark.parametrize("page", [16, 128])
+def test_paged_decode_reads_the_page_table_once_per_tile(page):
+    """The paged mask_mod's `physical_to_logical[b, kv // page]` is the same
+    for a whole KV tile (a tile never crosses a page): after
+    flexattn-fold-tile-divisions the vectorised kernel reads it as one
+    broadcast scalar per tile, not a gather per column; the output still
+    matches the same K/V laid out contiguously."""
+    B, hq, n = 3, 4 * HKV, 4 * page
+    cache = PagedAttention(B * n // page, page, B, "cpu")
+    for block in range(n // page):  # pages handed out to the sequences in turn
+        for b in range(B):
+            cache.reserve(torch.tensor(b), torch.tensor((block + 1) * page))
+    k, v = torch.randn(B, HKV, n, D), torch.randn(B, HKV, n, D)
+    kc, vc = (torch.zeros(1, HKV, cache.n_pages * page, D) for _ in range(2))
+    cache.assign(torch.arange(B), torch.arange(n).expand(B, n), k, v, kc, vc)
+    q = torch.randn(B, hq, 1, D)
+    logical = create_block_mask(noop_mask, B, None, 1, n, BLOCK_SIZE=(128, page))
+    mask = cache.convert_logical_block_mask(logical)
+    compiled = compile_flex_attention(q, kc, vc, block_mask=mask, enable_gqa=True)
+    assert compiled.options.decode
+    vector = compiled.ir["vector"]
+    table = f"memref<{B}x{cache.n_pages}xi64>"
+    assert table in vector and not any("vector.gather" in line and table in line
+                                       for line in vector.splitlines())
+    out = flex_attention(q, kc, vc, block_mask=mask, enable_gqa=True)
+    ref = flex_attention(q, k, v, enable_gqa=True)
+    torch.testing.assert_close(out, ref, **F32)
 
 
 def test_decode_is_chosen_by_shape_and_forced_by_kernel_options():

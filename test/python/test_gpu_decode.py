@@ -87,6 +87,35 @@ def test_decode_kernel_reads_a_shared_cache_in_place():
     assert args["k"]["shape"] == [3, 2, 1024, 64]
 
 
+@pytest.mark.parametrize("page", [64, 128])
+def test_paged_decode_kernel_reads_the_page_table_once_per_tile(page):
+    """The wrapped paged mask_mod reads `physical_to_logical[b, kv // page]`;
+    a 64-column KV tile never crosses a page, so after
+    flexattn-fold-tile-divisions every score of a tile divides the tile's
+    start: one page-table load per KV loop (the masked one) instead of one
+    per column a thread holds (16)."""
+    from torch.nn.attention.flex_attention import noop_mask
+
+    B, hkv, hq, n, D = 4, 2, 8, 8 * page, 128
+    cache = fm.PagedAttention(B * n // page, page, B, "cpu")
+    for block in range(n // page):
+        for b in range(B):
+            cache.reserve(torch.tensor(b), torch.tensor((block + 1) * page))
+    q = torch.empty(B, hq, 1, D, dtype=torch.bfloat16)
+    kc = torch.empty(1, hkv, cache.n_pages * page, D, dtype=torch.bfloat16)
+    logical = create_block_mask(noop_mask, B, None, 1, n, BLOCK_SIZE=(128, page))
+    c = compile_flex_attention(q, kc, kc, block_mask=cache.convert_logical_block_mask(logical),
+                               enable_gqa=True, target="sm_90a")
+    assert c.options.decode and c.options.tile_kv == 64
+    table = f"memref<{B}x{cache.n_pages}xi64>"
+    loads = [line for line in c.ir["fragments"].splitlines()
+             if "memref.load" in line and table in line]
+    loops = c.ir["fragments"].count("scf.for")
+    assert 1 <= len(loads) <= loops, (len(loads), loops)
+    res = c.metadata["resources"]
+    assert (res.spill_stores, res.spill_loads) == (0, 0), res
+
+
 @pytest.mark.parametrize("group", [4, 8])
 @pytest.mark.parametrize("m", [1, 64])
 def test_decode_kernel_with_mods_compiles_without_spills(group, m):

@@ -51,7 +51,10 @@ def make_inlined(mod: ir.Module, opts: CompileOptions) -> None:
     # The mods compute in torch's int64 on i32 indices (q_idx - kv_idx > 0 is
     # an i64 compare of sign extensions); upstream's range narrowing moves what
     # provably fits back to i32, which the vectoriser packs 16 to a register.
+    # A division by a page (block) of the tile's columns divides the tile's
+    # start instead: a paged mask's page-table read is one broadcast scalar.
     run_pipeline(mod, "flexattn-inline-mods, canonicalize, cse, "
+                      "flexattn-fold-tile-divisions, cse, "
                       "arith-int-range-narrowing{int-bitwidths-supported=32}, canonicalize",
                  "inlined")
 

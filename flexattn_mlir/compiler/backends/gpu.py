@@ -5,7 +5,8 @@ and the launch metadata :mod:`flexattn_runtime` runs the cubin with.
     sparse -> grid      flexattn-map-to-grid [, flexattn-persistent-tiles]
            -> roles     flexattn-warp-specialize (sm_90a) | flexattn-multistage (sm_80)
            -> schedule  flexattn-schedule-consumers       (sm_90a)
-           -> fragments flexattn-lower-fragments, flexattn-inline-mods
+           -> fragments flexattn-lower-fragments, flexattn-inline-mods,
+                        flexattn-fold-tile-divisions
            -> kernel    flexattn-lower-to-hopper (sm_90a) | flexattn-lower-to-ampere
                         (sm_80), gpu-kernel-outlining
            -> nvvm      flexattn-lower-to-nvvm
@@ -17,7 +18,7 @@ The backward (flexattn_mlir/backward.py) shares the last three:
            -> steps     flexattn-lower-backward-mma (tensor cores) |
                         flexattn-lower-backward-rows (CUDA cores, what the
                         first does not cover: backward_kernel_gap),
-                        flexattn-inline-mods
+                        flexattn-inline-mods, flexattn-fold-tile-divisions
            -> kernel    flexattn-lower-to-ampere (mma.sync, or on sm_90a wgmma
                         where backward_wgmma marks the launch), gpu-kernel-outlining
            -> nvvm -> ptx
@@ -182,6 +183,9 @@ def make_fragments(mod: ir.Module, opts: CompileOptions) -> None:
         "flexattn-lower-fragments",
         "flexattn-inline-mods",
         "canonicalize",
+        # A page's (block's) quotient of a column is the tile's: one
+        # page-table read per tile instead of one per score.
+        "flexattn-fold-tile-divisions",
         "cse",
     ], "fragments")
 
@@ -276,6 +280,7 @@ def make_backward_steps(mod: ir.Module, opts: CompileOptions) -> None:
     run_pipeline(mod, [
         lowering,
         "flexattn-inline-mods",
+        "flexattn-fold-tile-divisions",
         "convert-linalg-to-loops",
         "canonicalize",
         "cse",
