@@ -322,32 +322,82 @@ Value buildBase(OpBuilder &b, Value v, uint64_t g, uint64_t scale) {
 
 } // namespace
 
-LogicalResult mlir::flexattn::foldTileDivision(RewriterBase &rewriter,
-                                               Operation *op) {
-  if (!isa<arith::FloorDivSIOp, arith::DivUIOp>(op))
-    return failure();
-  std::optional<int64_t> divisor = constantOf(op->getOperand(1));
-  if (!divisor || *divisor <= 0)
-    return failure();
-  Value v = op->getOperand(0);
-  if (!v.getType().isIntOrIndex())
-    return failure();
+/// The tile start `v` splits into for a division by `divisor`, built before
+/// `at`; null where the split does not fold (or `v` is the start already).
+static Value tileStart(RewriterBase &rewriter, Value v, int64_t divisor,
+                       Operation *at) {
+  if (divisor <= 0 || !v.getType().isIntOrIndex())
+    return Value();
   uint64_t cap = uint64_t(1) << (widthOf(v.getType()) - 1);
   // The largest modulus first: the fewest terms in the base.
-  for (uint64_t g = std::min(lowBit(*divisor), cap); g >= 2; g /= 2) {
+  for (uint64_t g = std::min(lowBit(divisor), cap); g >= 2; g /= 2) {
     std::optional<Split> s = analyze(v, g, 1);
     if (!s || !s->baseDiv || s->baseDiv < g || s->off.lo < 0 ||
         uint64_t(s->off.hi) >= g)
       continue;
     if (s->off.lo == 0 && s->off.hi == 0)
-      return failure(); // already the base
+      return Value(); // already the base
     OpBuilder::InsertionGuard guard(rewriter);
-    rewriter.setInsertionPoint(op);
-    Value base = buildBase(rewriter, v, g, 1);
-    rewriter.modifyOpInPlace(op, [&] { op->setOperand(0, base); });
-    return success();
+    rewriter.setInsertionPoint(at);
+    return buildBase(rewriter, v, g, 1);
   }
-  return failure();
+  return Value();
+}
+
+LogicalResult mlir::flexattn::foldTileDivision(RewriterBase &rewriter,
+                                               Operation *op) {
+  if (!isa<arith::FloorDivSIOp, arith::DivUIOp>(op))
+    return failure();
+  std::optional<int64_t> divisor = constantOf(op->getOperand(1));
+  Value base = divisor ? tileStart(rewriter, op->getOperand(0), *divisor, op) : Value();
+  if (!base)
+    return failure();
+  rewriter.modifyOpInPlace(op, [&] { op->setOperand(0, base); });
+  return success();
+}
+
+/// `select(r != 0 and r < 0, r + P, r)` with `r = remsi(v, P)`: torch's
+/// floor modulo (Python's `%`) as torch-mlir lowers it. Returns r.
+static arith::RemSIOp matchFloorMod(arith::SelectOp select) {
+  auto r = select.getFalseValue().getDefiningOp<arith::RemSIOp>();
+  auto plus = select.getTrueValue().getDefiningOp<arith::AddIOp>();
+  auto both = select.getCondition().getDefiningOp<arith::AndIOp>();
+  if (!r || !plus || !both)
+    return {};
+  Value p = r.getRhs();
+  bool addsP = (plus.getLhs() == r && plus.getRhs() == p) ||
+               (plus.getRhs() == r && plus.getLhs() == p);
+  auto isCompare = [&](Value c, arith::CmpIPredicate pred) {
+    auto cmp = c.getDefiningOp<arith::CmpIOp>();
+    return cmp && cmp.getPredicate() == pred && cmp.getLhs() == r &&
+           matchPattern(cmp.getRhs(), m_Zero());
+  };
+  Value x = both.getLhs(), y = both.getRhs();
+  bool negative =
+      (isCompare(x, arith::CmpIPredicate::ne) && isCompare(y, arith::CmpIPredicate::slt)) ||
+      (isCompare(y, arith::CmpIPredicate::ne) && isCompare(x, arith::CmpIPredicate::slt)) ||
+      ((isCompare(x, arith::CmpIPredicate::slt) || isCompare(y, arith::CmpIPredicate::slt)) &&
+       x == y);
+  return addsP && negative ? r : arith::RemSIOp();
+}
+
+/// torch's floor modulo of a tile's index by a multiple of the tile ->
+/// `index - P (start floordiv P)`: one subtraction per score.
+static LogicalResult foldTileFloorMod(RewriterBase &rewriter,
+                                      arith::SelectOp select) {
+  arith::RemSIOp r = matchFloorMod(select);
+  std::optional<int64_t> divisor = r ? constantOf(r.getRhs()) : std::nullopt;
+  Value base = divisor ? tileStart(rewriter, r.getLhs(), *divisor, select) : Value();
+  if (!base)
+    return failure();
+  // v mod P == v - P (v floordiv P), and v floordiv P is the start's.
+  OpBuilder::InsertionGuard guard(rewriter);
+  rewriter.setInsertionPoint(select);
+  Location loc = select.getLoc();
+  Value quotient = arith::FloorDivSIOp::create(rewriter, loc, base, r.getRhs());
+  Value start = arith::MulIOp::create(rewriter, loc, quotient, r.getRhs());
+  rewriter.replaceOpWithNewOp<arith::SubIOp>(select, r.getLhs(), start);
+  return success();
 }
 
 namespace {
@@ -356,13 +406,40 @@ struct FlexAttnFoldTileDivisionsPass
           FlexAttnFoldTileDivisionsPass> {
   void runOnOperation() override {
     SmallVector<Operation *> divisions;
+    SmallVector<arith::SelectOp> selects;
     getOperation()->walk([&](Operation *op) {
       if (isa<arith::FloorDivSIOp, arith::DivUIOp>(op))
         divisions.push_back(op);
+      else if (auto select = dyn_cast<arith::SelectOp>(op))
+        selects.push_back(select);
     });
     IRRewriter rewriter(&getContext());
     for (Operation *op : divisions)
       (void)foldTileDivision(rewriter, op);
+    for (arith::SelectOp select : selects) {
+      arith::RemSIOp r = matchFloorMod(select);
+      if (!r || failed(foldTileFloorMod(rewriter, select)))
+        continue;
+      // The remainder's pattern (r, its compares, r + P, their and), now
+      // dead unless used elsewhere.
+      llvm::SetVector<Operation *> pattern;
+      pattern.insert(r);
+      for (Operation *user : r->getUsers()) {
+        pattern.insert(user);
+        for (Operation *userOfUser : user->getUsers())
+          pattern.insert(userOfUser);
+      }
+      for (bool erased = true; erased;) {
+        erased = false;
+        for (Operation *op : pattern.getArrayRef())
+          if (isOpTriviallyDead(op)) {
+            pattern.remove(op);
+            rewriter.eraseOp(op);
+            erased = true;
+            break;
+          }
+      }
+    }
   }
 };
 } // namespace

@@ -415,8 +415,11 @@ def FlexAttnFoldTileDivisions
     (the largest multiple of G is 2^(w-1) - G), so floormod(base, P) <=
     P - G and `(base + off) floordiv P == base floordiv P`. A truncation
     keeps the congruence; an extension needs its operand's split exact
-    already. Anything else (divsi, remainders, a tail's clamped index) is
-    left as it is.
+    already. torch's floor modulo of such an index (`remsi`, then `+ P`
+    where the remainder is negative: Python's `%` as torch-mlir lowers it)
+    becomes `index - P * (base floordiv P)`, one subtraction per score.
+    Anything else (divsi, a lone remsi, a tail's clamped index) is left as
+    it is.
 
     Before (`%t` a block index loaded at run time, `%lane` in [0, 4)):
     ```mlir

@@ -100,6 +100,44 @@ func.func @cpu_page(%t: index, %table: memref<64xf32>, %s: memref<4x128xf32>) {
 
 // -----
 
+// torch's floor modulo (Python's %: remsi, then + P where the remainder is
+// negative) of a column by its page becomes the column less the page's
+// start: one subtraction per score, the quotient shared with the page's.
+
+// CHECK-LABEL: func.func @floor_mod(
+// CHECK-SAME:    %[[T:[^:]+]]: index, %[[LANE:[^:]+]]: index
+// CHECK:         %[[START:.+]] = arith.muli %[[T]], %c128 : index
+// CHECK:         %[[KV:.+]] = arith.index_cast %{{.+}} : index to i32
+// CHECK-NEXT:    %[[E:.+]] = arith.addi %[[KV]], %c9_i32 : i32
+// CHECK-NEXT:    %[[S:.+]] = arith.index_cast %[[START]] : index to i32
+// CHECK-NEXT:    %[[Q:.+]] = arith.floordivsi %[[S]], %c128_i32 : i32
+// CHECK-NEXT:    %[[QP:.+]] = arith.muli %[[Q]], %c128_i32 : i32
+// CHECK-NEXT:    %[[M:.+]] = arith.subi %[[E]], %[[QP]] : i32
+// CHECK-NEXT:    return %[[M]] : i32
+func.func @floor_mod(%t: index, %lane: index) -> i32 {
+  %c2 = arith.constant 2 : index
+  %c4 = arith.constant 4 : index
+  %c128 = arith.constant 128 : index
+  %c0_i32 = arith.constant 0 : i32
+  %c9_i32 = arith.constant 9 : i32
+  %c128_i32 = arith.constant 128 : i32
+  %start = arith.muli %t, %c128 : index
+  %q = arith.remui %lane, %c4 : index
+  %col = arith.muli %q, %c2 : index
+  %kv = arith.addi %start, %col : index
+  %kv32 = arith.index_cast %kv : index to i32
+  %e = arith.addi %kv32, %c9_i32 : i32
+  %r = arith.remsi %e, %c128_i32 : i32
+  %nz = arith.cmpi ne, %r, %c0_i32 : i32
+  %neg = arith.cmpi slt, %r, %c0_i32 : i32
+  %both = arith.andi %nz, %neg : i1
+  %up = arith.addi %r, %c128_i32 : i32
+  %m = arith.select %both, %up, %r : i32
+  return %m : i32
+}
+
+// -----
+
 // A divisor with an odd factor: 96 = 3 x 32. The 64-column tile start is a
 // multiple of 32 and the offsets [8, 15) stay inside it: folds (the start's
 // remainder mod 96 is 0, 32 or 64, plus at most 14, stays below 96).

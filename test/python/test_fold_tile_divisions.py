@@ -82,6 +82,35 @@ func.func @f(%b: i32, %step: index, %lane: index) -> i64 {
   %p = arith.floordivsi %kv64, %c256_i64 : i64
   return %p : i64
 }""", True),
+    "floor_modulo_of_a_page": ("""
+func.func @f(%b: i32, %step: index, %lane: index) -> (i64, i32) {
+  %c2 = arith.constant 2 : index
+  %c4 = arith.constant 4 : index
+  %c64 = arith.constant 64 : index
+  %c0_i32 = arith.constant 0 : i32
+  %c9 = arith.constant 9 : i32
+  %c64_i32 = arith.constant 64 : i32
+  %c64_i64 = arith.constant 64 : i64
+  %blk = arith.index_cast %b : i32 to index
+  %start = arith.muli %blk, %c64 : index
+  %q = arith.remui %lane, %c4 : index
+  %col = arith.muli %q, %c2 : index
+  %kv = arith.addi %start, %col : index
+  %kv32 = arith.index_cast %kv : index to i32
+  %e = arith.addi %kv32, %c9 : i32
+  %page = arith.floordivsi %e, %c64_i32 : i32
+  %r = arith.remsi %e, %c64_i32 : i32
+  %nz = arith.cmpi ne, %r, %c0_i32 : i32
+  %neg = arith.cmpi slt, %r, %c0_i32 : i32
+  %both = arith.andi %nz, %neg : i1
+  %up = arith.addi %r, %c64_i32 : i32
+  %m = arith.select %both, %up, %r : i32
+  %p64 = arith.extsi %page : i32 to i64
+  %first = arith.muli %p64, %c64_i64 : i64
+  %m64 = arith.extsi %m : i32 to i64
+  %logical = arith.addi %first, %m64 : i64
+  return %logical, %m : i64, i32
+}""", True),
     "unsigned_division_and_odd_divisor": ("""
 func.func @f(%b: i32, %step: index, %lane: index) -> (i32, i32) {
   %c64 = arith.constant 64 : index
@@ -155,6 +184,15 @@ def evaluate(func, args: list[int]) -> list[int]:
             r = _floordiv(x[0], x[1])
         elif name == "arith.divsi":
             r = _trunc_div(x[0], x[1])
+        elif name == "arith.remsi":
+            r = x[0] - x[1] * _trunc_div(x[0], x[1])
+        elif name == "arith.cmpi":
+            pred = str(op.attributes["predicate"]).split(":")[0].strip()
+            r = {"0": x[0] == x[1], "1": x[0] != x[1], "2": x[0] < x[1], "3": x[0] <= x[1],
+                 "4": x[0] > x[1], "5": x[0] >= x[1]}[pred]
+            r = -1 if r else 0  # i1 true is all ones
+        elif name == "arith.select":
+            r = x[1] if x[0] else x[2]
         elif name in ("arith.index_cast", "arith.extsi", "arith.trunci"):
             r = x[0]
         elif name in ("arith.index_castui", "arith.extui"):
