@@ -462,8 +462,10 @@ def FlexAttnVectorizeTiles : Pass<"flexattn-vectorize-tiles", "::mlir::ModuleOp"
       buffers are vectorised too (through `tensor.extract` of a
       `bufferization.to_tensor` view, which linalg::vectorize widens, then
       back onto the buffer): a read that does not change along the row
-      becomes a broadcast, a contiguous one a vector load, others a
-      `vector.gather`. A read checked at run time reports from under an
+      becomes one scalar load and a `vector.broadcast` (elementwise ops on
+      broadcasts then sink below them, upstream's sink patterns: a paged
+      mask's page arithmetic runs once per row), a contiguous one a vector
+      load, others a `vector.gather`. A read checked at run time reports from under an
       `scf.if`, which the vectoriser refuses: the report becomes row
       reductions (any bad element, `ori`; its largest bad index, `maxsi`)
       and one `scf.if` after the op stores it;

@@ -285,6 +285,31 @@ void relaxRowReduction(RewriterBase &rewriter, vector::ReductionOp op) {
   });
 }
 
+/// A transfer_read that broadcasts one element (every result of its map a
+/// constant 0: a mod's read that does not change along the row) -> the
+/// scalar load and a vector.broadcast, so the arithmetic on it sinks below
+/// the broadcast and runs once per row instead of once per lane.
+struct ScalarBroadcastRead : OpRewritePattern<vector::TransferReadOp> {
+  using OpRewritePattern::OpRewritePattern;
+  LogicalResult matchAndRewrite(vector::TransferReadOp read,
+                                PatternRewriter &rewriter) const override {
+    AffineMap map = read.getPermutationMap();
+    if (!isa<MemRefType>(read.getBase().getType()) || read.getMask() ||
+        map.getNumResults() == 0 ||
+        !llvm::all_of(map.getResults(), [](AffineExpr e) {
+          auto c = dyn_cast<AffineConstantExpr>(e);
+          return c && c.getValue() == 0;
+        }))
+      return failure();
+    // In bounds: the element at the indices is read (a broadcast dim is
+    // never out of bounds).
+    Value scalar = memref::LoadOp::create(rewriter, read.getLoc(), read.getBase(),
+                                          read.getIndices());
+    rewriter.replaceOpWithNewOp<vector::BroadcastOp>(read, read.getVectorType(), scalar);
+    return success();
+  }
+};
+
 /// Drops unit dims, hoists each
 /// contraction's accumulator out of its reduction loop, then lowers the
 /// contractions to broadcast-FMAs (outer products) and math to polynomials.
@@ -297,6 +322,8 @@ LogicalResult lowerVectors(Operation *root) {
     vector::populateVectorTransferDropUnitDimsPatterns(patterns);
     vector::populateCastAwayVectorLeadingOneDimPatterns(patterns);
     vector::populateVectorToVectorCanonicalizationPatterns(patterns);
+    patterns.add<ScalarBroadcastRead>(ctx);
+    vector::populateSinkVectorOpsPatterns(patterns);
     if (failed(applyPatternsGreedily(root, std::move(patterns))))
       return root->emitError("flexattn-vectorize-tiles: the transfer clean-up did not converge");
   }

@@ -174,8 +174,9 @@ func.func @mask_rowmax_exp2(%s: memref<4x32xf32>, %m: memref<4xf32>, %q0: index,
 
 // The mods' reads of captured buffers are widened along the row: a slope read
 // at the head (the same for the whole row) and a document id read at the
-// query index become broadcast reads, a document id read at a computed key
-// index becomes a gather.
+// query index become one scalar load and a broadcast each (arithmetic on
+// them would sink below the broadcast: once per row), a document id read at
+// a computed key index becomes a gather.
 
 // CHECK-LABEL: func.func @captures(
 // CHECK-SAME:    %[[S:[^:]+]]: memref<4x32xf32>, %[[IDS:[^:]+]]: memref<64xi32>, %[[SLOPES:[^:]+]]: memref<8xf32>, %[[H:[^:]+]]: index, %[[Q0:[^:]+]]: index, %[[KV0:[^:]+]]: index)
@@ -184,8 +185,10 @@ func.func @mask_rowmax_exp2(%s: memref<4x32xf32>, %m: memref<4xf32>, %q0: index,
 // CHECK-NOT:     tensor.
 // CHECK:         scf.for %[[I:.+]] = %{{.+}} to %{{.+}} step %{{.+}} {
 // CHECK-NEXT:      %[[ROW:.+]] = vector.transfer_read %[[S]][%[[I]], %{{.+}}]{{.*}} vector<32xf32>
-// CHECK:           %[[SLOPE:.+]] = vector.transfer_read %[[SLOPES]][%[[H]]], %{{.+}} {in_bounds = [true], permutation_map = #{{.+}}} : memref<8xf32>, vector<32xf32>
-// CHECK:           %[[DQ:.+]] = vector.transfer_read %[[IDS]][%{{.+}}], %{{.+}} {in_bounds = [true], permutation_map = #{{.+}}} : memref<64xi32>, vector<32xi32>
+// CHECK:           %[[SLOPE0:.+]] = memref.load %[[SLOPES]][%[[H]]] : memref<8xf32>
+// CHECK-NEXT:      %[[SLOPE:.+]] = vector.broadcast %[[SLOPE0]] : f32 to vector<32xf32>
+// CHECK-NEXT:      %[[DQ0:.+]] = memref.load %[[IDS]][%{{.+}}] : memref<64xi32>
+// CHECK-NEXT:      %[[DQ:.+]] = vector.broadcast %[[DQ0]] : i32 to vector<32xi32>
 // CHECK:           %[[DK:.+]] = vector.gather %[[IDS]][%{{.+}}] [%{{.+}}], %{{.+}}, %{{.+}} : memref<64xi32>, vector<1x32xindex>, vector<1x32xi1>, vector<1x32xi32> into vector<1x32xi32>
 // CHECK:           arith.cmpi eq, %[[DQ]], %{{.+}} : vector<32xi32>
 // CHECK:           arith.mulf %[[ROW]], %[[SLOPE]] : vector<32xf32>
