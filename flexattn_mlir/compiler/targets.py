@@ -146,11 +146,16 @@ class Target:
             return FP32_TILING_KV
         return dict(self.kv_tiles).get(padded_head_dim(head_dim), self.q_block)
 
-    def tiling(self, head_dim: int, kv_tile: int, dtype: str = "bfloat16") -> Tiling:
-        """How the kernel of ``head_dim`` and ``kv_tile`` splits its Q tile."""
+    def tiling(self, head_dim: int, kv_tile: int, dtype: str = "bfloat16",
+               decode: bool = False) -> Tiling:
+        """How the kernel of ``head_dim`` and ``kv_tile`` splits its Q tile.
+        The decode kernel's 64-row tile is one band of 4 warps of 16 rows: it
+        takes the table's Q placement only from a 16-row entry (a 32-row
+        entry reads Q from shared memory for two m16 tiles' registers)."""
         if dtype == "float32":
             return Tiling(16, q_in_registers=False)
-        return dict(self.tilings).get((padded_head_dim(head_dim), kv_tile), Tiling())
+        tiling = dict(self.tilings).get((padded_head_dim(head_dim), kv_tile), Tiling())
+        return Tiling() if decode and tiling.warp_rows != 16 else tiling
 
     def ring_bytes(self, head_dim: int, value_dim: int, kv_tile: int, stages: int,
                    dtype: str = "bfloat16") -> int:
@@ -173,11 +178,16 @@ TARGETS: dict[str, Target] = {t.name: t for t in [
            q_block=128, own_head_dims=(64, 128), general="sm_80", decode_rows=64),
     # The reference part is the A100 (108 SMs, 163 KiB per block); Ada and
     # sm_86 parts have 99 KiB (the runtime checks a launch against the device).
-    # 32 Q rows per warp (FlashAttention-2's 4 warps per 128-row tile) only
-    # where ptxas fits the kernel in 255 registers without spills at
-    # S = 8192: D = 64 with 64-column KV tiles (242 registers). D = 64 with
-    # 128 columns and D = 128 with 64 spill (S, O and the kernel's address
-    # registers), so they keep 16 rows per warp (8 warps).
+    # 32 Q rows per warp (FlashAttention-2's 4 warps per 128-row tile) with
+    # 64-column KV tiles: D = 64 with Q in registers (242 registers, no
+    # spills), D = 128 with Q read from shared memory at each S = Q.Kᵀ
+    # (FlashAttention-2's 128 x 64 tiling; it also fits the 99 KiB of Ada
+    # and sm_86 parts). At D = 128, S = 8192, six masked zoo kernels spill
+    # 4-12 bytes there (causal, prefix_lm, prefix_or_sliding 4; t5_bias 8;
+    # document, causal_and_document 12: one to three L1-resident words), and
+    # the H200 measured every zoo variant at least as fast as with 16 rows x
+    # 128 columns (bench/results/2026-12-02_h200_sm80d_d128_table_*.json).
+    # A 128-column tile keeps 16 rows (32 spill at D = 64 and 128).
     # Head dims above 128 (padded 192, 256) get 64-column KV tiles: Q + 2
     # stages of K and V at 128 columns would not fit a block's shared memory
     # (D = 256 needs 192 KiB even at 64 columns: more than an A100 has, so
@@ -188,8 +198,9 @@ TARGETS: dict[str, Target] = {t.name: t for t in [
            devices=((8, 0), (8, 6), (8, 7), (8, 9)), sm_count=108,
            max_shared_per_block=166912, dtypes=("bfloat16", "float16", "float32"),
            head_dims=_head_dims(192), kv_blocks=(64, 128), q_block=128,
-           kv_tiles=((64, 64), (192, 64), (256, 64)),
-           tilings=(((64, 64), Tiling(32)), ((256, 64), Tiling(16, q_in_registers=False))),
+           kv_tiles=((64, 64), (128, 64), (192, 64), (256, 64)),
+           tilings=(((64, 64), Tiling(32)), ((128, 64), Tiling(32, q_in_registers=False)),
+                    ((256, 64), Tiling(16, q_in_registers=False))),
            block_tiles=True, decode_rows=64, decode_kv_tile=64),
 ]}
 
