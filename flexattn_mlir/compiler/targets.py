@@ -58,6 +58,15 @@ class Tiling:
     warp_rows: int = 16
     q_in_registers: bool = True
 
+    @property
+    def prefill_only(self) -> bool:
+        """32 rows with Q read from shared memory (D = 128) fit the static
+        prefill kernel's registers only: the decode kernel (one band of
+        16-row warps) and the dynamic-shape kernel (its run-time sizes and
+        strides in registers: 8-112 bytes spilled at 32 rows, D = 128) take
+        ``Tiling()`` there, and the dynamic kernel ``q_block`` KV columns."""
+        return self.warp_rows == 32 and not self.q_in_registers
+
 
 @dataclass(frozen=True)
 class Target:
@@ -139,23 +148,24 @@ class Target:
             return TARGETS[self.general]
         return self
 
-    def kv_tile(self, head_dim: int, dtype: str = "bfloat16") -> int:
+    def kv_tile(self, head_dim: int, dtype: str = "bfloat16", dynamic: bool = False) -> int:
         """The default KV tile of ``head_dim`` (see ``kv_tiles``; float32:
-        ``FP32_TILING_KV``)."""
+        ``FP32_TILING_KV``; the dynamic-shape kernel: ``Tiling.prefill_only``)."""
         if dtype == "float32":
             return FP32_TILING_KV
-        return dict(self.kv_tiles).get(padded_head_dim(head_dim), self.q_block)
+        tile = dict(self.kv_tiles).get(padded_head_dim(head_dim), self.q_block)
+        if dynamic and self.tiling(head_dim, tile).prefill_only:
+            return self.q_block
+        return tile
 
     def tiling(self, head_dim: int, kv_tile: int, dtype: str = "bfloat16",
-               decode: bool = False) -> Tiling:
-        """How the kernel of ``head_dim`` and ``kv_tile`` splits its Q tile.
-        The decode kernel's 64-row tile is one band of 4 warps of 16 rows: it
-        takes the table's Q placement only from a 16-row entry (a 32-row
-        entry reads Q from shared memory for two m16 tiles' registers)."""
+               decode: bool = False, dynamic: bool = False) -> Tiling:
+        """How the kernel of ``head_dim`` and ``kv_tile`` splits its Q tile
+        (the decode and dynamic-shape kernels: ``Tiling.prefill_only``)."""
         if dtype == "float32":
             return Tiling(16, q_in_registers=False)
         tiling = dict(self.tilings).get((padded_head_dim(head_dim), kv_tile), Tiling())
-        return Tiling() if decode and tiling.warp_rows != 16 else tiling
+        return Tiling() if (decode or dynamic) and tiling.prefill_only else tiling
 
     def ring_bytes(self, head_dim: int, value_dim: int, kv_tile: int, stages: int,
                    dtype: str = "bfloat16") -> int:
