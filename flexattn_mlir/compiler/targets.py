@@ -60,11 +60,12 @@ class Tiling:
 
     @property
     def prefill_only(self) -> bool:
-        """32 rows with Q read from shared memory (D = 128) fit the static
-        prefill kernel's registers only: the decode kernel (one band of
-        16-row warps) and the dynamic-shape kernel (its run-time sizes and
-        strides in registers: 8-112 bytes spilled at 32 rows, D = 128) take
-        ``Tiling()`` there, and the dynamic kernel ``q_block`` KV columns."""
+        """32 rows with Q read from shared memory (D = 128) fit the registers
+        of the static prefill kernel at an unpadded head dim only: the decode
+        kernel (one band of 16-row warps), the dynamic-shape kernel (its
+        run-time sizes and strides in registers: 8-112 bytes spilled at
+        D = 128) and the head dims padded to 128 (88-112 spilled 8-24 bytes)
+        take ``Tiling()`` there, with ``q_block`` KV columns."""
         return self.warp_rows == 32 and not self.q_in_registers
 
 
@@ -150,22 +151,31 @@ class Target:
 
     def kv_tile(self, head_dim: int, dtype: str = "bfloat16", dynamic: bool = False) -> int:
         """The default KV tile of ``head_dim`` (see ``kv_tiles``; float32:
-        ``FP32_TILING_KV``; the dynamic-shape kernel: ``Tiling.prefill_only``)."""
+        ``FP32_TILING_KV``; ``Tiling.prefill_only``: ``q_block``)."""
         if dtype == "float32":
             return FP32_TILING_KV
         tile = dict(self.kv_tiles).get(padded_head_dim(head_dim), self.q_block)
-        if dynamic and self.tiling(head_dim, tile).prefill_only:
+        if self._prefill_entry(head_dim, tile, decode=False, dynamic=dynamic):
             return self.q_block
         return tile
 
     def tiling(self, head_dim: int, kv_tile: int, dtype: str = "bfloat16",
                decode: bool = False, dynamic: bool = False) -> Tiling:
         """How the kernel of ``head_dim`` and ``kv_tile`` splits its Q tile
-        (the decode and dynamic-shape kernels: ``Tiling.prefill_only``)."""
+        (``Tiling.prefill_only``: ``Tiling()`` for the decode and
+        dynamic-shape kernels and padded head dims)."""
         if dtype == "float32":
             return Tiling(16, q_in_registers=False)
-        tiling = dict(self.tilings).get((padded_head_dim(head_dim), kv_tile), Tiling())
-        return Tiling() if (decode or dynamic) and tiling.prefill_only else tiling
+        if self._prefill_entry(head_dim, kv_tile, decode, dynamic):
+            return Tiling()
+        return dict(self.tilings).get((padded_head_dim(head_dim), kv_tile), Tiling())
+
+    def _prefill_entry(self, head_dim: int, kv_tile: int, decode: bool, dynamic: bool) -> bool:
+        """Whether the table's entry of ``head_dim`` and ``kv_tile`` is
+        ``prefill_only`` and this kernel is not one it fits."""
+        d = padded_head_dim(head_dim)
+        entry = dict(self.tilings).get((d, kv_tile), Tiling())
+        return entry.prefill_only and bool(decode or dynamic or d != head_dim)
 
     def ring_bytes(self, head_dim: int, value_dim: int, kv_tile: int, stages: int,
                    dtype: str = "bfloat16") -> int:
