@@ -201,12 +201,15 @@ TARGETS: dict[str, Target] = {t.name: t for t in [
     # 32 Q rows per warp (FlashAttention-2's 4 warps per 128-row tile) with
     # 64-column KV tiles: D = 64 with Q in registers (242 registers, no
     # spills), D = 128 with Q read from shared memory at each S = Q.Kᵀ
-    # (FlashAttention-2's 128 x 64 tiling; it also fits the 99 KiB of Ada
-    # and sm_86 parts). At D = 128, S = 8192, six masked zoo kernels spill
-    # 4-12 bytes there (causal, prefix_lm, prefix_or_sliding 4; t5_bias 8;
-    # document, causal_and_document 12: one to three L1-resident words), and
-    # the H200 measured every zoo variant at least as fast as with 16 rows x
-    # 128 columns (bench/results/2026-12-02_h200_sm80d_d128_table_*.json).
+    # (FlashAttention-2's 128 x 64 tiling, 96 KiB: it also fits Ada's and
+    # sm_86's 99 KiB). There six masked zoo kernels spill 4-12 bytes at
+    # S = 8192 (causal, prefix_lm, prefix_or_sliding 4; t5_bias 8; document,
+    # causal_and_document 12: one to three L1-resident words), and the H200
+    # ran every zoo variant 1.16-1.36x faster than with 16 rows x 128
+    # columns (full / causal 1.07-1.09x FlashAttention-2;
+    # bench/results/2026-12-02_h200_sm80d_d128_table_6a4b960.json). The
+    # decode and dynamic-shape kernels and head dims padded to 128 keep
+    # 16 x 128 (``Tiling.prefill_only``).
     # A 128-column tile keeps 16 rows (32 spill at D = 64 and 128).
     # Head dims above 128 (padded 192, 256) get 64-column KV tiles: Q + 2
     # stages of K and V at 128 columns would not fit a block's shared memory
