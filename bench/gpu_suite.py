@@ -48,6 +48,9 @@ SM80 = {"target": "sm_80"}
 SERIAL = {"pipeline": False, "pingpong": False}
 NO_PINGPONG = {"pingpong": False}
 PERSISTENT = {"persistent": "sms"}  # one CTA per SM of the target (resolved at compile)
+# sm_80's 16 rows per warp x 128-column KV tiles with Q in registers (the
+# D = 128 table choice before 32 x 64; tile_kv=128 picks it).
+R16 = {"tile_kv": 128, "warp_rows": 16, "q_in_registers": True}
 
 # (name, variant, B, Hq, Hkv, M, N, D, dtype, options)
 CORRECTNESS = (
@@ -82,19 +85,15 @@ CORRECTNESS += (
        *[(f"check_{v}_d64_bkv64_sm80", v, 1, 4, 4, 2100, 2100, 64, dt, dict(SM80, block_kv=64))
          for v, dt in (("causal", "bfloat16"), ("alibi_causal", "float16"),
                        ("document", "bfloat16"), ("softcap_causal", "bfloat16"))],
-       # 32 rows at D = 128 (Q read from shared memory), which the table
-       # does not pick (it spills): correct all the same.
-       ("check_full_d128_r32_sm80", "full", 1, 4, 4, 2100, 2100, 128, "bfloat16",
-        dict(SM80, tile_kv=64, warp_rows=32, q_in_registers=False)),
-       ("check_causal_d128_bkv64_r32_sm80", "causal", 2, 4, 4, 2100, 2100, 128, "bfloat16",
-        dict(SM80, block_kv=64, warp_rows=32, q_in_registers=False, persistent=20)),
-       # ... under torch's default 128 x 128 mask blocks (two 64-column
-       # tiles each) and the zoo's mods.
-       *[(f"check_{v}_d128_r32_sm80", v, 1, 4, 4, 2100, 2100, 128, dt,
-          dict(SM80, tile_kv=64, warp_rows=32, q_in_registers=False))
-         for v, dt in (("causal", "bfloat16"), ("document", "bfloat16"),
-                       ("alibi_causal", "float16"), ("softcap_causal", "bfloat16"),
-                       ("t5_bias", "bfloat16"), ("prefix_or_sliding", "bfloat16"))],
+       # The table's D = 128 kernel (32 rows x 64 columns, Q read from
+       # shared memory) under 64-column mask blocks and persistent CTAs, and
+       # the 16 rows x 128 columns kernel (Q in registers; tile_kv=128)
+       # under the zoo's masks and mods.
+       ("check_causal_d128_bkv64_sm80", "causal", 2, 4, 4, 2100, 2100, 128, "bfloat16",
+        dict(SM80, block_kv=64, persistent=20)),
+       *[(f"check_{v}_d128_bn128_r16_sm80", v, 1, 4, 4, 2100, 2100, 128, dt, dict(SM80, **R16))
+         for v, dt in (("full", "bfloat16"), ("causal", "bfloat16"), ("document", "bfloat16"),
+                       ("alibi_causal", "float16"), ("t5_bias", "bfloat16"))],
        ("check_causal_persistent_sm80", "causal", 2, 4, 4, 2100, 2100, 128, "bfloat16",
         dict(SM80, persistent=20)),
        ("check_document_persistent_sm80", "document", 2, 4, 4, 2100, 2100, 128, "bfloat16",
@@ -108,9 +107,13 @@ BENCH = (
     # What flex_attention picks for sparse masks (density < 0.25): persistent CTAs.
     + [(f"bench_{v}_d128_persistent", v, 4, 16, 16, 8192, 8192, 128, "bfloat16", PERSISTENT)
        for v in ("sliding_window", "document", "natten_2d")]
-    # sm_80 beside FlashAttention-2 (SDPA's FLASH_ATTENTION backend).
+    # sm_80 beside FlashAttention-2 (SDPA's FLASH_ATTENTION backend; full,
+    # causal): every zoo variant at D = 128 with the table's tiling and
+    # with 16 rows x 128 columns (R16), in the same process.
     + [(f"bench_{v}_d{d}_sm80", v, 4, 16, 16, 8192, 8192, d, "bfloat16", SM80)
-       for d in (128, 64) for v in ("full", "causal")]
+       for d in (128, 64) for v in (ZOO if d == 128 else ("full", "causal"))]
+    + [(f"bench_{v}_d128_bn128_r16_sm80", v, 4, 16, 16, 8192, 8192, 128, "bfloat16",
+        dict(SM80, **R16)) for v in ZOO]
     # Causal D = 64 on sm_90a under the schedules it could take instead
     # (more K/V stages, no ping-pong between the consumer warpgroups,
     # persistent CTAs): the targets table's choice is made by measurement.
@@ -121,23 +124,16 @@ BENCH = (
        ("bench_causal_d64_persistent", "causal", 4, 16, 16, 8192, 8192, 64, "bfloat16",
         PERSISTENT)]
     # sm_80 beside its other tilings (targets.py picks one per head dim and
-    # KV tile; warp_rows / q_in_registers override it):
-    # the 16-row kernel at D = 64, 32 rows at D = 128 (it spills), causal
-    # with 128 x 64 mask blocks (64-column KV tiles).
+    # KV tile; tile_kv, warp_rows / q_in_registers override it):
+    # the 16-row kernel at D = 64, causal with 128 x 64 mask blocks
+    # (64-column KV blocks instead of torch's default 128 x 128 walked as
+    # two 64-column tiles), and the 128-column tile causal D = 64 got before.
     + [("bench_full_d64_bn128_sm80", "full", 4, 16, 16, 8192, 8192, 64, "bfloat16",
         dict(SM80, tile_kv=128)),
        ("bench_causal_d64_bkv64_sm80", "causal", 4, 16, 16, 8192, 8192, 64, "bfloat16",
         dict(SM80, block_kv=64)),
-       ("bench_full_d128_bn64_sm80", "full", 4, 16, 16, 8192, 8192, 128, "bfloat16",
-        dict(SM80, tile_kv=64)),
-       ("bench_full_d128_bn64_r32_sm80", "full", 4, 16, 16, 8192, 8192, 128, "bfloat16",
-        dict(SM80, tile_kv=64, warp_rows=32, q_in_registers=False)),
-       ("bench_causal_d128_bkv64_r32_sm80", "causal", 4, 16, 16, 8192, 8192, 128, "bfloat16",
-        dict(SM80, block_kv=64, warp_rows=32, q_in_registers=False)),
-       # torch's default 128 x 128 mask blocks walked as two 64-column KV
-       # tiles (block_tiles), and the 128-column tile they got before.
-       ("bench_causal_d128_bn64_r32_sm80", "causal", 4, 16, 16, 8192, 8192, 128, "bfloat16",
-        dict(SM80, tile_kv=64, warp_rows=32, q_in_registers=False)),
+       ("bench_causal_d128_bkv64_sm80", "causal", 4, 16, 16, 8192, 8192, 128, "bfloat16",
+        dict(SM80, block_kv=64)),
        ("bench_causal_d64_bn128_sm80", "causal", 4, 16, 16, 8192, 8192, 64, "bfloat16",
         dict(SM80, tile_kv=128))]
 )

@@ -58,6 +58,16 @@ class Tiling:
     warp_rows: int = 16
     q_in_registers: bool = True
 
+    @property
+    def prefill_only(self) -> bool:
+        """32 rows with Q read from shared memory (D = 128) fit the registers
+        of the static prefill kernel at an unpadded head dim only: the decode
+        kernel (one band of 16-row warps), the dynamic-shape kernel (its
+        run-time sizes and strides in registers: 8-112 bytes spilled at
+        D = 128) and the head dims padded to 128 (88-112 spilled 8-24 bytes)
+        take ``Tiling()`` there, with ``q_block`` KV columns."""
+        return self.warp_rows == 32 and not self.q_in_registers
+
 
 @dataclass(frozen=True)
 class Target:
@@ -139,18 +149,33 @@ class Target:
             return TARGETS[self.general]
         return self
 
-    def kv_tile(self, head_dim: int, dtype: str = "bfloat16") -> int:
+    def kv_tile(self, head_dim: int, dtype: str = "bfloat16", dynamic: bool = False) -> int:
         """The default KV tile of ``head_dim`` (see ``kv_tiles``; float32:
-        ``FP32_TILING_KV``)."""
+        ``FP32_TILING_KV``; ``Tiling.prefill_only``: ``q_block``)."""
         if dtype == "float32":
             return FP32_TILING_KV
-        return dict(self.kv_tiles).get(padded_head_dim(head_dim), self.q_block)
+        tile = dict(self.kv_tiles).get(padded_head_dim(head_dim), self.q_block)
+        if self._prefill_entry(head_dim, tile, decode=False, dynamic=dynamic):
+            return self.q_block
+        return tile
 
-    def tiling(self, head_dim: int, kv_tile: int, dtype: str = "bfloat16") -> Tiling:
-        """How the kernel of ``head_dim`` and ``kv_tile`` splits its Q tile."""
+    def tiling(self, head_dim: int, kv_tile: int, dtype: str = "bfloat16",
+               decode: bool = False, dynamic: bool = False) -> Tiling:
+        """How the kernel of ``head_dim`` and ``kv_tile`` splits its Q tile
+        (``Tiling.prefill_only``: ``Tiling()`` for the decode and
+        dynamic-shape kernels and padded head dims)."""
         if dtype == "float32":
             return Tiling(16, q_in_registers=False)
+        if self._prefill_entry(head_dim, kv_tile, decode, dynamic):
+            return Tiling()
         return dict(self.tilings).get((padded_head_dim(head_dim), kv_tile), Tiling())
+
+    def _prefill_entry(self, head_dim: int, kv_tile: int, decode: bool, dynamic: bool) -> bool:
+        """Whether the table's entry of ``head_dim`` and ``kv_tile`` is
+        ``prefill_only`` and this kernel is not one it fits."""
+        d = padded_head_dim(head_dim)
+        entry = dict(self.tilings).get((d, kv_tile), Tiling())
+        return entry.prefill_only and bool(decode or dynamic or d != head_dim)
 
     def ring_bytes(self, head_dim: int, value_dim: int, kv_tile: int, stages: int,
                    dtype: str = "bfloat16") -> int:
@@ -173,11 +198,19 @@ TARGETS: dict[str, Target] = {t.name: t for t in [
            q_block=128, own_head_dims=(64, 128), general="sm_80", decode_rows=64),
     # The reference part is the A100 (108 SMs, 163 KiB per block); Ada and
     # sm_86 parts have 99 KiB (the runtime checks a launch against the device).
-    # 32 Q rows per warp (FlashAttention-2's 4 warps per 128-row tile) only
-    # where ptxas fits the kernel in 255 registers without spills at
-    # S = 8192: D = 64 with 64-column KV tiles (242 registers). D = 64 with
-    # 128 columns and D = 128 with 64 spill (S, O and the kernel's address
-    # registers), so they keep 16 rows per warp (8 warps).
+    # 32 Q rows per warp (FlashAttention-2's 4 warps per 128-row tile) with
+    # 64-column KV tiles: D = 64 with Q in registers (242 registers, no
+    # spills), D = 128 with Q read from shared memory at each S = Q.Kᵀ
+    # (FlashAttention-2's 128 x 64 tiling, 96 KiB: it also fits Ada's and
+    # sm_86's 99 KiB). There six masked zoo kernels spill 4-12 bytes at
+    # S = 8192 (causal, prefix_lm, prefix_or_sliding 4; t5_bias 8; document,
+    # causal_and_document 12: one to three L1-resident words), and the H200
+    # ran every zoo variant 1.16-1.36x faster than with 16 rows x 128
+    # columns (full / causal 1.07-1.09x FlashAttention-2;
+    # bench/results/2026-12-02_h200_sm80d_d128_table_6a4b960.json). The
+    # decode and dynamic-shape kernels and head dims padded to 128 keep
+    # 16 x 128 (``Tiling.prefill_only``).
+    # A 128-column tile keeps 16 rows (32 spill at D = 64 and 128).
     # Head dims above 128 (padded 192, 256) get 64-column KV tiles: Q + 2
     # stages of K and V at 128 columns would not fit a block's shared memory
     # (D = 256 needs 192 KiB even at 64 columns: more than an A100 has, so
@@ -188,8 +221,9 @@ TARGETS: dict[str, Target] = {t.name: t for t in [
            devices=((8, 0), (8, 6), (8, 7), (8, 9)), sm_count=108,
            max_shared_per_block=166912, dtypes=("bfloat16", "float16", "float32"),
            head_dims=_head_dims(192), kv_blocks=(64, 128), q_block=128,
-           kv_tiles=((64, 64), (192, 64), (256, 64)),
-           tilings=(((64, 64), Tiling(32)), ((256, 64), Tiling(16, q_in_registers=False))),
+           kv_tiles=((64, 64), (128, 64), (192, 64), (256, 64)),
+           tilings=(((64, 64), Tiling(32)), ((128, 64), Tiling(32, q_in_registers=False)),
+                    ((256, 64), Tiling(16, q_in_registers=False))),
            block_tiles=True, decode_rows=64, decode_kv_tile=64),
 ]}
 

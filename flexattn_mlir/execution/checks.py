@@ -222,7 +222,7 @@ def check_gpu_support(query, value, block_mask, options) -> None:
     if t.general and kernel is t:
         return  # the target's own kernel (sm_90a wgmma: D = Dv in 64, 128)
     fixed = block_mask is not None
-    kv = options.tile_kv or kernel.kv_tile(max(D, Dv), dtype)
+    kv = options.tile_kv or kernel.kv_tile(max(D, Dv), dtype, dynamic=options.dynamic)
     if fixed:
         # A mask's KV block is the tile, or (block_tiles) walked in tiles
         # that divide it (pipeline.make_tiled).

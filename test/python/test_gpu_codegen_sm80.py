@@ -1,5 +1,6 @@
 """The sm_80 (Ampere, Ada) kernels, compiled to cubins on a machine without a
-GPU: every zoo variant assembles for sm_80 without spills and holds the
+GPU: every zoo variant assembles for sm_80 (without spills but the few
+measured bytes of D128_SPILL_BYTES) and holds the
 instructions of the FlashAttention-2 shape (cp.async multistage rings,
 ldmatrix, mma.sync, quad-shuffle softmax); the device's compute capability
 picks the target, and a Hopper device runs the sm_80 kernel as PTX. Speed
@@ -38,13 +39,34 @@ def _tiling(variant: str, D: int):
     return kv_tile, SM80.tiling(D, kv_tile)
 
 
+# The table's D = 128 kernel (32 rows x 64 columns, Q read from shared
+# memory at each S = Q.Kᵀ) spills these bytes (ptxas; stores and loads
+# alike at most) and nothing for the other variants, per sequence length of
+# the tests below (which values ptxas keeps in local memory moves with the
+# IR's constants: S = 1000 with lse, S = 8192 without). On the H200 each
+# variant ran 1.16-1.36x faster than with 16 rows x 128 columns, which
+# spills nothing (bench/results/2026-12-02_h200_sm80d_d128_table_6a4b960.json):
+# one to six L1-resident words cost nothing measurable there. More is a
+# regression of the kernel's register use.
+D128_SPILL_BYTES = {
+    8192: {"causal": 4, "prefix_lm": 4, "prefix_or_sliding": 4, "t5_bias": 8, "document": 12,
+           "causal_and_document": 12},
+    1000: {"document": 8, "softcap_causal": 8, "t5_bias": 24, "causal_and_document": 8},
+}
+
+
+def _assert_spills_within(res, variant: str, D: int, S: int):
+    """At most 255 registers; spills only where D128_SPILL_BYTES says."""
+    allowed = D128_SPILL_BYTES[S].get(variant, 0) if D == 128 else 0
+    assert res.registers <= 255 and max(res.spill_stores, res.spill_loads) <= allowed, res
+
+
 @pytest.mark.parametrize("variant", zoo.names())
 def test_zoo_compiles_to_a_cubin_for_sm80(variant):
     compiled = _compile(variant)
     md, ptx = compiled.metadata, compiled.metadata["ptx"]
     assert md["cubin"][:4] == b"\x7fELF"
-    res = md["resources"]
-    assert res.registers <= 255 and (res.spill_stores, res.spill_loads) == (0, 0), res
+    _assert_spills_within(md["resources"], variant, 128, 1000)
     kv_tile, tiling = _tiling(variant, 128)
     threads = 128 * 32 // tiling.warp_rows  # groups of 4 warps over the 128-row Q tile
     assert ".target sm_80" in ptx and f".maxntid {threads}, 1, 1" in ptx
@@ -91,15 +113,29 @@ def test_f16_and_persistent_compile():
 
 
 def test_table_tilings():
-    """32 rows per warp (4 warps, FlashAttention-2's shape) where the kernel
-    fits 255 registers without spills: D = 64 with 64-column KV tiles;
-    16 rows elsewhere. Options and an explicit tile_kv win over the table."""
-    assert (SM80.kv_tile(64), SM80.kv_tile(128)) == (64, 128)
+    """32 rows per warp (4 warps, FlashAttention-2's shape) with 64-column
+    KV tiles: D = 64 with Q in registers, D = 128 with Q read from shared
+    memory; 16 rows with 128-column tiles. The decode kernel (one band of
+    16-row warps) keeps Q in registers where the table gives 32 rows, the
+    dynamic-shape kernel and padded head dims 16 rows x 128 columns
+    (``Tiling.prefill_only``). Options and tile_kv win over the table."""
+    assert (SM80.kv_tile(64), SM80.kv_tile(128)) == (64, 64)
     assert SM80.tiling(64, 64) == targets.Tiling(32, q_in_registers=True)
-    assert SM80.tiling(128, 64) == SM80.tiling(64, 128) == targets.Tiling(16, True)
+    assert SM80.tiling(128, 64) == targets.Tiling(32, q_in_registers=False)
+    assert SM80.tiling(128, 128) == SM80.tiling(64, 128) == targets.Tiling(16, True)
+    assert SM80.tiling(128, 64, decode=True) == targets.Tiling(16, True)
+    assert SM80.tiling(64, 64, decode=True).q_in_registers  # 16 rows: make_multistage_roles
+    assert SM80.tiling(256, 64, decode=True) == targets.Tiling(16, q_in_registers=False)
+    # The dynamic-shape kernel and head dims padded to 128 keep 16 x 128.
+    assert SM80.kv_tile(128, dynamic=True) == SM80.kv_tile(96) == SM80.kv_tile(120) == 128
+    assert SM80.tiling(128, 64, dynamic=True) == SM80.tiling(96, 64) == targets.Tiling()
+    assert SM80.kv_tile(64, dynamic=True) == 64 and SM80.tiling(64, 64, dynamic=True).warp_rows == 32
     assert targets.TARGETS["sm_90a"].kv_tile(64) == 128
     assert _compile("full", D=64, tile_kv=128).metadata["launch"]["block"] == [256, 1, 1]
-    md = _compile("full", D=128, tile_kv=64, warp_rows=32, q_in_registers=False).metadata
+    md = _compile("full", D=128, tile_kv=128).metadata
+    assert md["launch"]["block"] == [256, 1, 1]
+    assert md["launch"]["shared_mem_bytes"] == 128 * 128 * 2 + 2 * 2 * 128 * 128 * 2 + 128
+    md = _compile("full", D=128).metadata
     assert md["launch"]["block"] == [128, 1, 1]
     assert md["launch"]["shared_mem_bytes"] == 128 * 128 * 2 + 2 * 2 * 64 * 128 * 2 + 128
     assert "mma.sync.aligned.m16n8k16" in md["ptx"]
@@ -108,39 +144,29 @@ def test_table_tilings():
 # The zoo's variants with a mask_mod: their kernels hold the mask's index
 # math beside S, O and the addresses (the unmasked ones have less live).
 MASKED = [v for v in zoo.names() if zoo.make(v, 2, 1000, "cpu")[1] is not None]
-
-
 @pytest.mark.parametrize("D", [64, 128])
 @pytest.mark.parametrize("variant", ["full"] + MASKED)
 def test_table_tilings_fit_registers_at_the_benchmark_shape(variant, D):
     """The table's tiling at the benchmark's shape (S = 8192; torch's
     default 128 x 128 mask blocks, walked as the head dim's KV tiles) for
-    every masked zoo variant: 255 registers at most and no spills."""
+    every masked zoo variant: 255 registers at most, no spills but the
+    measured bytes of D128_SPILL_BYTES."""
     compiled = fm.compile(zoo.spec(variant, 1, 2, 8192, D, dtype="bfloat16"),
                           fm.CompileOptions(target="sm_80"), keep_ir=False)
-    res = compiled.metadata["resources"]
-    assert res.registers <= 255 and (res.spill_stores, res.spill_loads) == (0, 0), res
+    _assert_spills_within(compiled.metadata["resources"], variant, D, 8192)
     kv_tile, tiling = _tiling(variant, D)
     assert compiled.metadata["launch"]["block"] == [128 * 32 // tiling.warp_rows, 1, 1]
 
 
-# The 32-row D = 128 kernel (64-column KV tiles, Q read from shared memory
-# at each S = Q.Kᵀ: FlashAttention-2's 128 x 64 tiling, 1.05-1.10x it on the
-# H200) is not the table's choice while these variants spill (bytes, ptxas,
-# S = 8192; 16-144 before flexattn-lower-to-ampere's fenced ldmatrix lanes).
-R32_D128_SPILL_BYTES = {"causal": 4, "prefix_lm": 4, "prefix_or_sliding": 4, "t5_bias": 8,
-                        "document": 12, "causal_and_document": 12}
-
-
 @pytest.mark.parametrize("variant", zoo.names())
-def test_32_row_d128_kernel_spills_within_its_budget(variant):
+def test_16_row_d128_kernel_has_no_spills(variant):
+    """16 rows x 128 columns with Q in registers (``tile_kv=128``): the
+    other D = 128 tiling, no spills under any zoo variant."""
     compiled = fm.compile(zoo.spec(variant, 1, 2, 8192, 128, dtype="bfloat16"),
-                          fm.CompileOptions(target="sm_80", tile_kv=64, warp_rows=32,
-                                            q_in_registers=False), keep_ir=False)
+                          fm.CompileOptions(target="sm_80", tile_kv=128), keep_ir=False)
     res = compiled.metadata["resources"]
-    budget = R32_D128_SPILL_BYTES.get(variant, 0)
-    assert res.registers <= 255 and max(res.spill_stores, res.spill_loads) <= budget, res
-    assert compiled.metadata["launch"]["block"] == [128, 1, 1]
+    assert res.registers <= 255 and (res.spill_stores, res.spill_loads) == (0, 0), res
+    assert compiled.metadata["launch"]["block"] == [256, 1, 1]
 
 
 def test_default_mask_blocks_run_as_64_column_tiles():

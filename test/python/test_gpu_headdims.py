@@ -86,15 +86,18 @@ def test_value_head_dim_differs(target, D, Dv):
 
 def test_table_routes_head_dims():
     """One row per head dim: sm_90a's wgmma kernel for D = Dv in (64, 128),
-    the mma.sync kernel for the rest; 64-column KV tiles above 128."""
+    the mma.sync kernel for the rest; 64-column KV tiles at 128 (unpadded)
+    and above."""
     h100, a100 = targets.TARGETS["sm_90a"], targets.TARGETS["sm_80"]
     assert h100.head_dims == tuple(range(16, 257, 8)) and max(a100.head_dims) == 192
     assert h100.kernel(64, 64) is h100 and h100.kernel(128, 128) is h100
     assert h100.kernel(64, 128) is a100 and h100.kernel(32, 32) is a100
     assert a100.kernel(64, 64) is a100
     assert [targets.padded_head_dim(d) for d in (16, 64, 80, 192, 200)] == [64, 64, 128, 192, 256]
-    assert [a100.kv_tile(d) for d in (24, 64, 96, 128, 160, 256)] == [64, 64, 128, 128, 64, 64]
+    assert [a100.kv_tile(d) for d in (24, 64, 96, 128, 160, 256)] == [64, 64, 128, 64, 64, 64]
     assert a100.tiling(24, 64) == a100.tiling(64, 64) == targets.Tiling(32)
+    assert a100.tiling(128, 64) == targets.Tiling(32, q_in_registers=False)
+    assert a100.tiling(96, 128) == targets.Tiling()  # padded to 128: Tiling.prefill_only
 
 
 HAS_GPU = torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 0)

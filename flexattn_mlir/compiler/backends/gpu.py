@@ -115,7 +115,7 @@ def make_gpu_tiled(mod: ir.Module, opts: CompileOptions) -> None:
     each block is walked as several KV tiles)."""
     op = _first_op(mod, "flexattn.attention")
     target = _kernel_target(op, opts)
-    tile_kv = opts.tile_kv or target.kv_tile(_table_dim(op), _dtype(op))
+    tile_kv = opts.tile_kv or target.kv_tile(_table_dim(op), _dtype(op), dynamic=opts.dynamic)
     make_tiled(mod, replace(opts, tile_kv=tile_kv), block_tiles=target.block_tiles)
 
 
@@ -156,7 +156,8 @@ def make_multistage_roles(mod: ir.Module, opts: CompileOptions) -> None:
     dim and KV tile (read off its tile_step) where ``opts`` leaves it open."""
     step = _first_op(mod, "flexattn.tile_step")
     kv_tile = list(ir.DenseI64ArrayAttr(step.attributes["tile_size"]))[1]
-    tiling = _kernel_target(step, opts).tiling(_table_dim(step), kv_tile, _dtype(step))
+    tiling = _kernel_target(step, opts).tiling(_table_dim(step), kv_tile, _dtype(step),
+                                               decode=bool(opts.decode), dynamic=opts.dynamic)
     # The decode kernel's 64-row tile is one band of 4 warps of 16 rows.
     rows = 16 if opts.decode else opts.warp_rows or tiling.warp_rows
     q_regs = tiling.q_in_registers if opts.q_in_registers is None else opts.q_in_registers
