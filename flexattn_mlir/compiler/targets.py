@@ -90,6 +90,9 @@ class Target:
       its own chip and shared memory; see :meth:`kernel`.
     decode_rows: the GPU decode kernel's Q tile (the packed rows of a KV
       group; one band of 4 warps of 16 rows).
+    exp2_poly: ``(head dim, k)`` pairs: k of every 16 elements of P whose
+      exp2 the target's own kernel computes on the FMA pipe where
+      ``CompileOptions.exp2_poly`` is None (0 for a head dim not listed).
     decode_kv_tile: the KV tile of the decode kernel (on the general
       target: the one that runs it) where ``CompileOptions.tile_kv`` is 0;
       0: the head dim's ``kv_tiles`` entry. A one-row step is bound by
@@ -121,6 +124,7 @@ class Target:
     block_tiles: bool = False
     decode_rows: int = 0
     decode_kv_tile: int = 0
+    exp2_poly: tuple[tuple[int, int], ...] = ()
 
     @property
     def is_gpu(self) -> bool:
@@ -145,6 +149,10 @@ class Target:
         if dtype == "float32":
             return FP32_TILING_KV
         return dict(self.kv_tiles).get(padded_head_dim(head_dim), self.q_block)
+
+    def fma_exp2_share(self, head_dim: int) -> int:
+        """The default ``exp2_poly`` of ``head_dim`` (see ``exp2_poly``)."""
+        return dict(self.exp2_poly).get(head_dim, 0)
 
     def tiling(self, head_dim: int, kv_tile: int, dtype: str = "bfloat16") -> Tiling:
         """How the kernel of ``head_dim`` and ``kv_tile`` splits its Q tile."""
