@@ -174,6 +174,8 @@ TARGETS: dict[str, Target] = {t.name: t for t in [
     Target("cpu", "cpu"),
     # wgmma for D = Dv in (64, 128); the sm_80 kernel (padded, any multiple
     # of 8 up to 256: 232 KiB hold 256 with 64-column KV tiles) for the rest.
+    # No exp2_poly: no share of P's exp2 on the FMA pipe is faster at D = 64
+    # or 128 as a whole (docs/gpu-pipeline.md §6).
     Target("sm_90a", "cuda", chip="sm_90a", features="+ptx83", compute_capability=(9, 0),
            devices=((9, 0),), sm_count=132, max_shared_per_block=232448,
            dtypes=("bfloat16", "float16", "float32"), head_dims=_head_dims(256),
