@@ -73,6 +73,14 @@ CORRECTNESS = (
        ("check_alibi_persistent_serial", "alibi_causal", 2, 4, 4, 2100, 2100, 128, "bfloat16",
         {"persistent": 20, "pipeline": False, "pingpong": False}),
        ("check_full_d64_persistent", "full", 2, 4, 4, 2100, 2100, 64, "bfloat16", {"persistent": 20})]
+    # P's exp2 on the FMA pipe (CompileOptions.exp2_poly): every element
+    # (16 of 16, the polynomial alone) under masks and mods, and a share.
+    + [(f"check_{v}_d{d}" + ("" if dt == "bfloat16" else "_f16") + "_fma16", v, 1, 4, 4, 2100,
+        2100, d, dt, {"exp2_poly": 16})
+       for v in ("full", "causal", "alibi_causal", "softcap_causal", "document")
+       for d in (64, 128) for dt in ("bfloat16", "float16")]
+    + [(f"check_{v}_d64_fma3", v, 1, 4, 4, 2100, 2100, 64, "bfloat16", {"exp2_poly": 3})
+       for v in ("causal", "document")]
 )
 # The same zoo for sm_80, and its own options (no schedule: one in-order step).
 CORRECTNESS += (
@@ -123,6 +131,10 @@ BENCH = (
         NO_PINGPONG),
        ("bench_causal_d64_persistent", "causal", 4, 16, 16, 8192, 8192, 64, "bfloat16",
         PERSISTENT)]
+    # P's exp2 partly on the FMA pipe (k of every 16 elements: exp2_poly):
+    # the targets table's choice per head dim is made by measurement.
+    + [(f"bench_{v}_d{d}_fma{k}", v, 4, 16, 16, 8192, 8192, d, "bfloat16", {"exp2_poly": k})
+       for d, ks in ((64, (2, 3, 4)), (128, (2, 4))) for v in ("full", "causal") for k in ks]
     # sm_80 beside its other tilings (targets.py picks one per head dim and
     # KV tile; tile_kv, warp_rows / q_in_registers override it):
     # the 16-row kernel at D = 64, causal with 128 x 64 mask blocks

@@ -12,6 +12,13 @@
 // accumulators use the m16n8 layout (Hopper's wgmma, Ampere's mma.sync)
 // takes the same code.
 //
+// Part of P's exponentials on the FMA pipe (OnlineSoftmax.h,
+// `exp2OnFma`): where an enclosing op (the kernel's gpu.launch, set by the
+// backend) carries `flexattn.exp2_poly = k`, the math.exp2 of k of every 16
+// elements of 16-bit P is marked `flexattn.fma_exp2` (spread evenly over
+// the fragment); flexattn-lower-to-nvvm expands the marked ones. alpha's
+// exp2 and float32 P are left to ex2.approx.
+//
 // Fragment layout (T m16 tiles per warp, E = elements of one m16 tile):
 // element e = E i + 4 j + 2 h + q holds (row + 16 i + 8 h, col + 8 j + q);
 // row value 2 i + h is row + 16 i + 8 h. T is read off the row values
@@ -23,6 +30,7 @@
 #include "passes/Passes.h"
 
 #include "mlir/Dialect/GPU/IR/GPUDialect.h"
+#include "mlir/Dialect/Math/IR/Math.h"
 #include "mlir/Dialect/Vector/IR/VectorOps.h"
 #include "mlir/IR/ImplicitLocOpBuilder.h"
 #include <limits>
@@ -247,7 +255,43 @@ Value scoresInLog2(Fragments &f, FragSoftmaxOp op, bool rawMax) {
   return f.vectorOf(u);
 }
 
+/// k of every kFmaExp2Period elements of P on the FMA pipe: the
+/// kExp2PolyAttr of the nearest enclosing op that has one (the backend sets
+/// it on the kernel's launch), 0 without one; an error for a bad value.
+FailureOr<int64_t> fmaExp2Share(FragSoftmaxOp op) {
+  for (Operation *p = op->getParentOp(); p; p = p->getParentOp()) {
+    Attribute attr = p->getAttr(softmax::kExp2PolyAttr);
+    if (!attr)
+      continue;
+    auto k = dyn_cast<IntegerAttr>(attr);
+    if (!k || !k.getType().isSignlessInteger() || k.getInt() < 0 ||
+        k.getInt() > softmax::kFmaExp2Period) {
+      p->emitOpError() << softmax::kExp2PolyAttr << " must be an integer in [0, "
+                       << softmax::kFmaExp2Period << "] (the elements of P of every "
+                       << softmax::kFmaExp2Period << " whose exp2 runs on the FMA pipe), got "
+                       << attr;
+      return failure();
+    }
+    return k.getInt();
+  }
+  return 0;
+}
+
+/// Marks the exp2 of k of every kFmaExp2Period elements of P (`probs`, the
+/// step's vector of exponentials) with kFmaExp2Mark.
+void markFmaExp2(Value probs, int64_t k) {
+  auto elems = probs.getDefiningOp<vector::FromElementsOp>();
+  if (!elems)
+    return;
+  for (auto [e, p] : llvm::enumerate(elems.getElements()))
+    if (auto exp2 = p.getDefiningOp<math::Exp2Op>(); exp2 && softmax::takesFmaExp2(e, k))
+      exp2->setAttr(softmax::kFmaExp2Mark, UnitAttr::get(exp2.getContext()));
+}
+
 LogicalResult lowerSoftmax(ImplicitLocOpBuilder &b, FragSoftmaxOp op) {
+  FailureOr<int64_t> fmaShare = fmaExp2Share(op);
+  if (failed(fmaShare))
+    return failure();
   FragmentRows rows(b);
   bool mods = op.hasScoreMod() || (op.getMasked() && op.hasMaskMod());
   float scale = op.getScale().convertToFloat();
@@ -258,8 +302,12 @@ LogicalResult lowerSoftmax(ImplicitLocOpBuilder &b, FragSoftmaxOp op) {
   Value u = scoresInLog2(rows, op, rawMax);
   softmax::StepResult r =
       softmax::onlineSoftmaxStep(rows, {op.getMax(), op.getSum(), Value()}, u, c);
-  Value probs = rows.roundPairs(rows.elements(r.probs),
-                                op.getProbs().getType().getElementType());
+  // Part of P's exp2s on the FMA pipe: 16-bit P only (float32 P keeps
+  // ex2.approx's accuracy); alpha's stay on the special-function unit.
+  Type probType = op.getProbs().getType().getElementType();
+  if (*fmaShare && !probType.isF32())
+    markFmaExp2(r.probs, *fmaShare);
+  Value probs = rows.roundPairs(rows.elements(r.probs), probType);
   op.replaceAllUsesWith(ValueRange{probs, r.newMax, r.newSum, r.alpha});
   return success();
 }

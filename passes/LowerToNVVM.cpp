@@ -13,7 +13,10 @@
 //     multiply by a constant's reciprocal or div.full; abs, copysign, floor,
 //     ceil, sqrt and fma become the LLVM/NVVM intrinsics of one PTX
 //     instruction each and min/max LLVM intrinsics (upstream's NVVM lowering
-//     would call libdevice for all of them);
+//     would call libdevice for all of them); an exp2 marked
+//     `flexattn.fma_exp2` (part of P, by flexattn-lower-fragments) becomes
+//     OnlineSoftmax.h's `exp2OnFma` instead: adds, fmas and integer
+//     shift/add/max on the FMA and ALU pipes, no ex2;
 //  2. the dynamic shared memory is declared, the NVVM target attached and
 //     upstream's conversions run on each gpu.module (scf -> cf, gpu/arith/
 //     memref -> NVVM with bare-pointer memref arguments, or memref
@@ -22,6 +25,7 @@
 //
 //===----------------------------------------------------------------------===//
 
+#include "passes/OnlineSoftmax.h"
 #include "passes/Passes.h"
 
 #include "mlir/Dialect/GPU/IR/GPUDialect.h"
@@ -90,7 +94,9 @@ struct MathToSfu : OpRewritePattern<MathOp> {
     Value x = op.getOperand();
     Value r;
     if constexpr (std::is_same_v<MathOp, math::Exp2Op>) {
-      r = ex2(x);
+      // One of P's exponentials that flexattn-lower-fragments put on the
+      // FMA pipe: the polynomial, in arith ops lowered below.
+      r = op->hasAttr(softmax::kFmaExp2Mark) ? softmax::exp2OnFma(b, b.getLoc(), x) : ex2(x);
     } else if constexpr (std::is_same_v<MathOp, math::ExpOp>) {
       r = ex2(arith::MulFOp::create(b, x, f32(b, kLog2e)));
     } else if constexpr (std::is_same_v<MathOp, math::Log2Op>) {

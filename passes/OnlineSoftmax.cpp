@@ -83,6 +83,42 @@ Value softmax::log2Score(OpBuilder &b, Location loc, Value s, float scale,
                                f32(b, loc, static_cast<float>(kLog2e)));
 }
 
+bool softmax::takesFmaExp2(int64_t e, int64_t k) {
+  int64_t i = e % kFmaExp2Period;
+  return (i + 1) * k / kFmaExp2Period > i * k / kFmaExp2Period;
+}
+
+Value softmax::exp2OnFma(OpBuilder &b, Location loc, Value x) {
+  Type i32 = b.getI32Type();
+  auto int32 = [&](int32_t v) -> Value {
+    return arith::ConstantOp::create(b, loc, b.getI32IntegerAttr(v));
+  };
+  // 1.5 2^23: x' + 1.5 2^23 rounds x' to the integer n, held in the low
+  // mantissa bits of the sum (two's complement); subtracting it back gives n.
+  Value magic = f32(b, loc, 12582912.0f);
+  Value xc = arith::MaxNumFOp::create(b, loc, x, f32(b, loc, -127.0f));
+  Value shifted = arith::AddFOp::create(b, loc, xc, magic);
+  Value n = arith::SubFOp::create(b, loc, shifted, magic);
+  Value f = arith::SubFOp::create(b, loc, xc, n);
+  // p(f) ~ 2^f on [-1/2, 1/2]: the minimax polynomial of relative error
+  // (7.5e-5), Horner form.
+  static constexpr float kCoeffs[] = {5.517166853e-02f, 2.426111251e-01f,
+                                      6.932609677e-01f, 9.999280572e-01f};
+  Value p = f32(b, loc, kCoeffs[0]);
+  for (float c : ArrayRef(kCoeffs).drop_front())
+    p = math::FmaOp::create(b, loc, p, f, f32(b, loc, c));
+  // 2^n p: n << 23 added to p's bits (the sum's bits shifted by 23 are
+  // n << 23: everything above the low 9 bits leaves the word).
+  Value nBits = arith::ShLIOp::create(
+      b, loc, arith::BitcastOp::create(b, loc, i32, shifted), int32(23));
+  Value bits = arith::AddIOp::create(b, loc, nBits,
+                                     arith::BitcastOp::create(b, loc, i32, p));
+  // An exponent below the smallest (n = -127, p < 1) makes the bits
+  // negative: +0 instead.
+  bits = arith::MaxSIOp::create(b, loc, bits, int32(0));
+  return arith::BitcastOp::create(b, loc, b.getF32Type(), bits);
+}
+
 StepResult softmax::onlineSoftmaxStep(SoftmaxRows &rows, const State &state,
                                       Value u, float c) {
   StepResult r;

@@ -60,6 +60,41 @@ Value log2Score(OpBuilder &b, Location loc, Value s, float scale,
                 function_ref<Value(Value)> mods);
 
 //===----------------------------------------------------------------------===//
+// P's exponentials on the FMA pipe (FlashAttention-4's exp2 emulation)
+//===----------------------------------------------------------------------===//
+//
+// Where the special-function unit bounds the softmax (one ex2 per score,
+// 16 per clock per SM on Hopper, against 128 FMA lanes), part of P's exp2s
+// can be computed with FMA-pipe arithmetic instead. A backend sets
+// kExp2PolyAttr = k on a kernel's launch: k of every kFmaExp2Period
+// elements of P take `exp2OnFma`. flexattn-lower-fragments marks their
+// math.exp2 ops with kFmaExp2Mark (readable IR); flexattn-lower-to-nvvm
+// expands the marked ones and maps the others to ex2.approx.
+
+/// The launch attribute: an integer in [0, kFmaExp2Period].
+inline constexpr llvm::StringLiteral kExp2PolyAttr = "flexattn.exp2_poly";
+/// The unit attribute on a math.exp2 that takes `exp2OnFma`.
+inline constexpr llvm::StringLiteral kFmaExp2Mark = "flexattn.fma_exp2";
+inline constexpr int64_t kFmaExp2Period = 16;
+
+/// Whether P's element `e` (of a thread's fragment) is one of the k of every
+/// kFmaExp2Period that take `exp2OnFma`: spread evenly over the period
+/// (element i of a period when floor((i + 1) k / period) > floor(i k /
+/// period)), so FMA-pipe and ex2 elements interleave.
+bool takesFmaExp2(int64_t e, int64_t k);
+
+/// exp2(x) for an f32 x <= 127 in FMA-pipe arithmetic (adds, fmas, integer
+/// shift/add/max; no special-function unit):
+///   x' = max(x, -127); n = round(x') by adding 1.5 2^23 (n lands in the
+///   low mantissa bits); f = x' - n in [-1/2, 1/2];
+///   2^x = 2^n p(f), p the degree-3 minimax polynomial of 2^f (relative
+///   error 7.5e-5, below the rounding of 16-bit P), 2^n added into p's
+///   exponent bits (n << 23). Below 2^-126 the exponent underflows: +0
+///   where the bits go negative (x = -127: masked scores, -inf, give 0),
+///   a subnormal under 2^-126 otherwise.
+Value exp2OnFma(OpBuilder &b, Location loc, Value x);
+
+//===----------------------------------------------------------------------===//
 // The step
 //===----------------------------------------------------------------------===//
 

@@ -91,6 +91,15 @@ class CompileOptions:
       IEEE float32 matmuls); ``"tf32"`` one tf32 product (about 1e-3
       relative, 3x fewer MMAs). torch's ``allow_tf32`` flag is not read:
       ask for tf32 here. No effect on the CPU or on 16-bit inputs.
+    exp2_poly: sm_90a: k of every 16 elements of P whose exp2 the wgmma
+      forward kernel computes on the FMA pipe with a polynomial instead of
+      the special-function unit (FlashAttention-4's exp2 emulation;
+      relative error 7.5e-5, below 16-bit P's rounding), 0..16; None, the
+      default, takes the target's choice for the head dim
+      (``Target.exp2_poly``). The rule:
+      ``flexattn_mlir.compiler.backends.gpu.exp2_poly``; no effect on
+      other targets, on float32 inputs and on the mma.sync kernels
+      (decode, dynamic shapes, other head dims).
     splits: the GPU decode kernel's KV ranges per tile, static (the grid is
       B x Hkv x splits x Q tiles); 0 outside a GPU decode. flex_attention
       chooses it per shape from the tiles and the device's SMs
@@ -114,6 +123,7 @@ class CompileOptions:
     splits: int = 0
     deterministic: bool = False
     backward_wgmma: bool = True
+    exp2_poly: Optional[int] = None
 
     def __post_init__(self):
         if self.target not in targets.TARGETS:
@@ -166,6 +176,12 @@ class CompileOptions:
         if not isinstance(self.backward_wgmma, bool):
             raise ValueError(f"CompileOptions.backward_wgmma must be a bool, "
                              f"got {self.backward_wgmma!r}")
+        if self.exp2_poly is not None and (
+                isinstance(self.exp2_poly, bool) or not isinstance(self.exp2_poly, int)
+                or not 0 <= self.exp2_poly <= 16):
+            raise ValueError(f"CompileOptions.exp2_poly must be None (the target's) or an int "
+                             f"in 0..16 (elements of P of every 16 whose exp2 runs on the FMA "
+                             f"pipe), got {self.exp2_poly!r}")
         if not isinstance(self.persistent, int) or self.persistent < 0:
             raise ValueError(f"CompileOptions.persistent must be >= 0, got {self.persistent!r}")
         for name in ("tile_q", "tile_kv"):

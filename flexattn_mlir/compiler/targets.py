@@ -100,6 +100,9 @@ class Target:
       its own chip and shared memory; see :meth:`kernel`.
     decode_rows: the GPU decode kernel's Q tile (the packed rows of a KV
       group; one band of 4 warps of 16 rows).
+    exp2_poly: ``(head dim, k)`` pairs: k of every 16 elements of P whose
+      exp2 the target's own kernel computes on the FMA pipe where
+      ``CompileOptions.exp2_poly`` is None (0 for a head dim not listed).
     decode_kv_tile: the KV tile of the decode kernel (on the general
       target: the one that runs it) where ``CompileOptions.tile_kv`` is 0;
       0: the head dim's ``kv_tiles`` entry. A one-row step is bound by
@@ -131,6 +134,7 @@ class Target:
     block_tiles: bool = False
     decode_rows: int = 0
     decode_kv_tile: int = 0
+    exp2_poly: tuple[tuple[int, int], ...] = ()
 
     @property
     def is_gpu(self) -> bool:
@@ -158,6 +162,10 @@ class Target:
         if self._prefill_entry(head_dim, tile, decode=False, dynamic=dynamic):
             return self.q_block
         return tile
+
+    def fma_exp2_share(self, head_dim: int) -> int:
+        """The default ``exp2_poly`` of ``head_dim`` (see ``exp2_poly``)."""
+        return dict(self.exp2_poly).get(head_dim, 0)
 
     def tiling(self, head_dim: int, kv_tile: int, dtype: str = "bfloat16",
                decode: bool = False, dynamic: bool = False) -> Tiling:
@@ -191,6 +199,8 @@ TARGETS: dict[str, Target] = {t.name: t for t in [
     Target("cpu", "cpu"),
     # wgmma for D = Dv in (64, 128); the sm_80 kernel (padded, any multiple
     # of 8 up to 256: 232 KiB hold 256 with 64-column KV tiles) for the rest.
+    # No exp2_poly: no share of P's exp2 on the FMA pipe is faster at D = 64
+    # or 128 as a whole (docs/gpu-pipeline.md §6).
     Target("sm_90a", "cuda", chip="sm_90a", features="+ptx83", compute_capability=(9, 0),
            devices=((9, 0),), sm_count=132, max_shared_per_block=232448,
            dtypes=("bfloat16", "float16", "float32"), head_dims=_head_dims(256),

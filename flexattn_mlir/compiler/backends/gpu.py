@@ -5,7 +5,8 @@ and the launch metadata :mod:`flexattn_runtime` runs the cubin with.
     sparse -> grid      flexattn-map-to-grid [, flexattn-persistent-tiles]
            -> roles     flexattn-warp-specialize (sm_90a) | flexattn-multistage (sm_80)
            -> schedule  flexattn-schedule-consumers       (sm_90a)
-           -> fragments flexattn-lower-fragments, flexattn-inline-mods,
+           -> fragments flexattn-lower-fragments (part of P's exp2 on the FMA pipe
+                        where exp2_poly marks the launch), flexattn-inline-mods,
                         flexattn-fold-tile-divisions
            -> kernel    flexattn-lower-to-hopper (sm_90a) | flexattn-lower-to-ampere
                         (sm_80), gpu-kernel-outlining
@@ -179,7 +180,32 @@ def make_schedule(mod: ir.Module, opts: CompileOptions) -> None:
     ], "schedule")
 
 
+def exp2_poly(mod: ir.Module, opts: CompileOptions) -> int:
+    """The one rule for P's exponentials on the FMA pipe (FlashAttention-4's
+    exp2 emulation, ``flexattn-lower-fragments`` on launches marked
+    ``flexattn.exp2_poly = k``): k of every 16 elements of P on sm_90a's
+    wgmma forward kernel (16-bit inputs, its own head dims), k =
+    ``opts.exp2_poly`` or, where that is None, the target's choice for the
+    head dim (``Target.exp2_poly``); 0 (ex2.approx for every element) on
+    the mma.sync kernels (sm_80, the decode and dynamic kernels, float32
+    inputs, the other head dims)."""
+    if not _has_op(mod, "flexattn.warp_specialize"):
+        return 0
+    if opts.exp2_poly is not None:
+        return opts.exp2_poly
+    finalize = _first_op(mod, "flexattn.frag.finalize")
+    # Its out (b, h, row, Dv) is its one operand of rank 4; Dv = D here.
+    out = next(v.type for v in finalize.operands
+               if isinstance(v.type, ir.MemRefType) and v.type.rank == 4)
+    return targets.target(opts.target).fma_exp2_share(out.shape[-1])
+
+
 def make_fragments(mod: ir.Module, opts: CompileOptions) -> None:
+    share = exp2_poly(mod, opts)
+    if share:  # flexattn-lower-fragments reads the mark
+        for launch in _ops(mod, "gpu.launch"):
+            launch.attributes["flexattn.exp2_poly"] = ir.IntegerAttr.get(
+                ir.IntegerType.get_signless(64), share)
     run_pipeline(mod, [
         "flexattn-lower-fragments",
         "flexattn-inline-mods",
