@@ -220,6 +220,13 @@ def case_spec(case, return_lse: bool, check_indices: bool = True):
     return spec, captures
 
 
+def selected(name: str, only: str | None) -> bool:
+    """``--only``: comma-separated substrings of case names; ``=name``
+    matches that name exactly."""
+    return not only or any(name == o[1:] if o.startswith("=") else o in name
+                           for o in only.split(","))
+
+
 def compile_all(out: str, only: str | None, device_cc: tuple[int, int] = (9, 0),
                 cases=None) -> None:
     """Compiles ``cases`` (this suite's CORRECTNESS + BENCH by default)."""
@@ -230,7 +237,7 @@ def compile_all(out: str, only: str | None, device_cc: tuple[int, int] = (9, 0),
     items, manifest = [], {}
     for case in cases or CORRECTNESS + BENCH:
         name, over = case[0], case[-1]
-        if only and not any(o in name for o in only.split(",")):
+        if not selected(name, only):
             continue
         # Checks read back the report of the reads the compiler cannot bound;
         # benchmarks run as flex_attention does on a GPU (unchecked unless
@@ -388,7 +395,7 @@ def run_all(artifacts: str, out_json: str, only: str | None, reps: int,
         return median_ms(fn, n)
 
     for name, case in cases.items():
-        if only and not any(o in name for o in only.split(",")):
+        if not selected(name, only):
             continue
         _, variant, B, Hq, Hkv, M, N, D, dt, over = case
         q, k, v, score_mod, bm, density = _inputs(zoo, case, dev)
@@ -482,7 +489,7 @@ def main(compile_fn=None, run_fn=None, reps: int = 30, peers: str = "triton,cudn
     r = sub.add_parser("run")
     r.add_argument("--artifacts", required=True)
     r.add_argument("--json", required=True)
-    r.add_argument("--only", help="comma-separated substrings of case names")
+    r.add_argument("--only", help="comma-separated substrings of case names (=name: exactly)")
     r.add_argument("--reps", type=int, default=reps)
     r.add_argument("--peers", default=peers)
     r.add_argument("--ours-only", action="store_true")
