@@ -52,9 +52,14 @@ unsigned widthOf(Type type) {
 
 std::optional<int64_t> constantOf(Value v) {
   APInt value;
-  if (matchPattern(v, m_ConstantInt(&value)))
+  if (matchPattern(v, m_ConstantInt(&value)) && value.getSignificantBits() <= 64)
     return value.getSExtValue();
   return std::nullopt;
+}
+
+/// Integers of at most 64 bits (and index): what the split reasons about.
+bool isNarrowInt(Type type) {
+  return type.isIntOrIndex() && widthOf(type) <= 64;
 }
 
 bool isCast(Operation *op) {
@@ -65,8 +70,10 @@ bool isCast(Operation *op) {
 /// The largest power of two known to divide `v` (modulo its width), 1 when
 /// nothing is known.
 uint64_t powerOfTwoDividing(Value v, int depth = 0) {
+  if (!isNarrowInt(v.getType()))
+    return 1;
   uint64_t cap = uint64_t(1) << (widthOf(v.getType()) - 1);
-  if (depth > 16)
+  if (depth > 12)
     return 1;
   if (std::optional<int64_t> c = constantOf(v))
     return *c == 0 ? cap : std::min<uint64_t>(uint64_t(*c) & -uint64_t(*c), cap);
@@ -102,7 +109,7 @@ std::optional<Range> rangeOf(Value v, int depth = 0);
 /// rangeOf's cases; rangeOf drops a range that does not fit v's type (the
 /// arithmetic would have wrapped).
 std::optional<Range> rangeOfOp(Value v, int depth) {
-  if (depth > 16)
+  if (depth > 12)
     return std::nullopt;
   if (std::optional<int64_t> c = constantOf(v))
     return Range{*c, *c};
@@ -218,6 +225,8 @@ bool isSplitNode(Value v) {
   Operation *op = v.getDefiningOp();
   if (!op || constantOf(v))
     return false;
+  if (!llvm::all_of(op->getOperandTypes(), isNarrowInt) || !isNarrowInt(v.getType()))
+    return false;
   if (isa<arith::AddIOp>(op) || isCast(op))
     return true;
   if (isa<arith::MulIOp>(op))
@@ -236,19 +245,26 @@ std::pair<Value, int64_t> scaledOperand(Operation *mul) {
   llvm_unreachable("not a multiple");
 }
 
-std::optional<Split> analyze(Value v, uint64_t g, uint64_t scale, int depth = 0) {
-  if (depth > 24)
+/// At most this many nodes per split: shared sub-expressions (a DAG) would
+/// otherwise be walked once per path.
+constexpr unsigned kMaxVisits = 512;
+
+std::optional<Split> analyze(Value v, uint64_t g, uint64_t scale, unsigned &visits,
+                             int depth = 0) {
+  if (depth > 24 || ++visits > kMaxVisits)
     return std::nullopt;
   if (!isSplitNode(v)) {
     if (isBaseLeaf(v, g, scale))
       return Split{{0, 0}, std::max<uint64_t>(powerOfTwoDividing(v), 1)};
     std::optional<Range> r = rangeOf(v);
+    if (!r) // a constant too large to be an offset
+      return std::nullopt;
     return Split{*r, 0};
   }
   Operation *op = v.getDefiningOp();
   if (isa<arith::AddIOp>(op)) {
-    std::optional<Split> x = analyze(op->getOperand(0), g, scale, depth + 1);
-    std::optional<Split> y = x ? analyze(op->getOperand(1), g, scale, depth + 1) : x;
+    std::optional<Split> x = analyze(op->getOperand(0), g, scale, visits, depth + 1);
+    std::optional<Split> y = x ? analyze(op->getOperand(1), g, scale, visits, depth + 1) : x;
     if (!y)
       return std::nullopt;
     uint64_t div = !x->baseDiv   ? y->baseDiv
@@ -258,7 +274,7 @@ std::optional<Split> analyze(Value v, uint64_t g, uint64_t scale, int depth = 0)
   }
   if (isa<arith::MulIOp>(op)) {
     auto [x, k] = scaledOperand(op);
-    std::optional<Split> s = analyze(x, g, timesCapped(scale, lowBit(k)), depth + 1);
+    std::optional<Split> s = analyze(x, g, timesCapped(scale, lowBit(k)), visits, depth + 1);
     if (!s || std::max(std::abs(s->off.lo), std::abs(s->off.hi)) >= kBig / k)
       return std::nullopt;
     return Split{{s->off.lo * k, s->off.hi * k},
@@ -269,7 +285,7 @@ std::optional<Split> analyze(Value v, uint64_t g, uint64_t scale, int depth = 0)
   unsigned narrow = std::min(widthOf(v.getType()), widthOf(from.getType()));
   if (g > (uint64_t(1) << (narrow - 1)))
     return std::nullopt;
-  std::optional<Split> s = analyze(from, g, scale, depth + 1);
+  std::optional<Split> s = analyze(from, g, scale, visits, depth + 1);
   if (!s)
     return std::nullopt;
   uint64_t cap = uint64_t(1) << (narrow - 1);
@@ -293,7 +309,8 @@ Value buildBase(OpBuilder &b, Value v, uint64_t g, uint64_t scale) {
   if (!isSplitNode(v))
     return isBaseLeaf(v, g, scale) ? v : Value();
   // All base (no offset under it): the value itself, not a copy.
-  if (std::optional<Split> s = analyze(v, g, scale);
+  unsigned visits = 0;
+  if (std::optional<Split> s = analyze(v, g, scale, visits);
       s && s->baseDiv && s->off.lo == 0 && s->off.hi == 0)
     return v;
   Operation *op = v.getDefiningOp();
@@ -326,12 +343,13 @@ Value buildBase(OpBuilder &b, Value v, uint64_t g, uint64_t scale) {
 /// `at`; null where the split does not fold (or `v` is the start already).
 static Value tileStart(RewriterBase &rewriter, Value v, int64_t divisor,
                        Operation *at) {
-  if (divisor <= 0 || !v.getType().isIntOrIndex())
+  if (divisor <= 0 || !isNarrowInt(v.getType()))
     return Value();
   uint64_t cap = uint64_t(1) << (widthOf(v.getType()) - 1);
   // The largest modulus first: the fewest terms in the base.
   for (uint64_t g = std::min(lowBit(divisor), cap); g >= 2; g /= 2) {
-    std::optional<Split> s = analyze(v, g, 1);
+    unsigned visits = 0;
+    std::optional<Split> s = analyze(v, g, 1, visits);
     if (!s || !s->baseDiv || s->baseDiv < g || s->off.lo < 0 ||
         uint64_t(s->off.hi) >= g)
       continue;
@@ -432,7 +450,7 @@ struct FlexAttnFoldTileDivisionsPass
       for (bool erased = true; erased;) {
         erased = false;
         for (Operation *op : pattern.getArrayRef())
-          if (isOpTriviallyDead(op)) {
+          if (!isa<arith::SelectOp>(op) && isOpTriviallyDead(op)) {
             pattern.remove(op);
             rewriter.eraseOp(op);
             erased = true;

@@ -407,10 +407,11 @@ def FlexAttnFoldTileDivisions
     The proof: the dividend splits into `base + off (mod 2^w)`, where base
     sums the terms nothing bounds (loaded block indices, function
     arguments) or that are multiples of G, and off the bounded ones (thread
-    and lane ids of a constant-sized `gpu.launch`, `linalg.index` of a
-    static loop, scf.for indices over constant bounds, remainders, masks,
-    constants); sums, multiples by constants and casts are split term by
-    term. It folds for the largest power of two G dividing P for which base
+    ids of a constant-sized `gpu.launch`, else below CUDA's 1024 threads;
+    NVIDIA's 32 lanes; `linalg.index` of a static loop, scf.for indices
+    over constant bounds, remainders, masks, constants); sums, multiples by
+    constants and casts are split term by term (integers of at most 64 bits,
+    `index` taken as 64 bits, at most 512 nodes per division). It folds for the largest power of two G dividing P for which base
     is a multiple of G and off lies in [0, G): base + off cannot wrap
     (the largest multiple of G is 2^(w-1) - G), so floormod(base, P) <=
     P - G and `(base + off) floordiv P == base floordiv P`. A truncation

@@ -216,3 +216,48 @@ func.func @kept(%t: index, %j: index, %x: i32) -> (i32, i32, i32, i32, i64, i32)
   %f = arith.floordivsi %s0, %c128_i32 : i32
   return %a, %b, %c, %d, %e, %f : i32, i32, i32, i32, i64, i32
 }
+
+// -----
+
+// Found in review (each crashed or read freed memory before): a constant
+// too large to be an offset, integers wider than 64 bits, and a second,
+// unused select on the floor modulo's remainder. Left as they are (the
+// floor modulo itself still folds).
+
+// CHECK-LABEL: func.func @review_cases(
+// CHECK:         %[[V:.+]] = arith.addi %{{.+}}, %c2199023255553_i64 : i64
+// CHECK:         arith.floordivsi %[[V]], %c128_i64 : i64
+// CHECK:         %[[W:.+]] = arith.addi %{{.+}}, %c18446744073709551617_i128 : i128
+// CHECK:         arith.floordivsi %[[W]], %c128_i128 : i128
+// CHECK:         %[[Q:.+]] = arith.floordivsi %{{.+}}, %c128_i32 : i32
+// CHECK:         %[[QP:.+]] = arith.muli %[[Q]], %c128_i32 : i32
+// CHECK:         %[[M:.+]] = arith.subi %{{.+}}, %[[QP]] : i32
+// CHECK:         return %{{.+}}, %{{.+}}, %[[M]]
+func.func @review_cases(%x: i64, %y: i128, %t: index, %lane: index) -> (i64, i128, i32) {
+  %c128_i64 = arith.constant 128 : i64
+  %big = arith.constant 2199023255553 : i64
+  %s = arith.muli %x, %c128_i64 : i64
+  %v = arith.addi %s, %big : i64
+  %a = arith.floordivsi %v, %c128_i64 : i64
+  %c128_i128 = arith.constant 128 : i128
+  %wide = arith.constant 18446744073709551617 : i128
+  %ws = arith.muli %y, %c128_i128 : i128
+  %w = arith.addi %ws, %wide : i128
+  %b = arith.floordivsi %w, %c128_i128 : i128
+  %c4 = arith.constant 4 : index
+  %c128 = arith.constant 128 : index
+  %c0_i32 = arith.constant 0 : i32
+  %c128_i32 = arith.constant 128 : i32
+  %start = arith.muli %t, %c128 : index
+  %q = arith.remui %lane, %c4 : index
+  %kv = arith.addi %start, %q : index
+  %e = arith.index_cast %kv : index to i32
+  %r = arith.remsi %e, %c128_i32 : i32
+  %nz = arith.cmpi ne, %r, %c0_i32 : i32
+  %neg = arith.cmpi slt, %r, %c0_i32 : i32
+  %both = arith.andi %nz, %neg : i1
+  %up = arith.addi %r, %c128_i32 : i32
+  %m = arith.select %both, %up, %r : i32
+  %unused = arith.select %neg, %r, %up : i32
+  return %a, %b, %m : i64, i128, i32
+}
