@@ -59,6 +59,11 @@ VARIANTS = {"kv128": {"tile_kv": 128}, "s3": {"stages": 3}}
 # spread over the cache), timed beside the contiguous cache.
 PAGE = 128
 PAGED = [(c[0].replace("bench_decode", "bench_paged"), "paged", *c[2:]) for c in BENCH]
+# And the contiguous cache under the same logical block mask (torch's
+# create_block_mask of the paged case's mask_mod before convert_logical_block_mask:
+# partial blocks, its mask_mod run per score): what paging adds to it is
+# the page table, read by the converted mask_mod.
+LOGICAL = [(c[0].replace("bench_decode", "bench_logical"), "logical", *c[2:]) for c in BENCH]
 
 
 def case_tensors(case, dev: str):
@@ -136,6 +141,10 @@ def compile_all(out: str, only: str | None) -> None:
         if only and not any(o in case[0] for o in only.split(",")):
             continue
         items.append(_compile_paged(case, out, manifest))
+    for case in LOGICAL:
+        if only and not any(o in case[0] for o in only.split(",")):
+            continue
+        items.append(_compile_logical(case, out, manifest))
     gpu_suite.write_artifacts(items, manifest, out)
 
 
@@ -182,6 +191,34 @@ def _compile_paged(case, out: str, manifest: dict):
                os.path.join(out, f"{name}.paged.pt"))
     manifest[name] = {"case": list(case), "splits": opts.splits, "pack_heads": True,
                       "options": {}, "pages": pages, "page_size": PAGE}
+    return name, spec, opts
+
+
+def _compile_logical(case, out: str, manifest: dict):
+    """The contiguous cache under the paged case's logical block mask (its
+    fields saved beside the kernel)."""
+    import torch
+    from torch.nn.attention.flex_attention import create_block_mask, noop_mask
+
+    import flexattn_mlir as fm
+    from flexattn_mlir.execution import decode
+    from flexattn_mlir.execution.attention import build_spec
+    from flexattn_mlir.masks.block_mask import BlockMask
+
+    name, _, B, Hq, Hkv, M, N, D, dt = case
+    bm = BlockMask.from_torch(create_block_mask(noop_mask, B, None, M, N, BLOCK_SIZE=PAGE,
+                                                device="cpu"))
+    score, mask, captures, q, kv, _ = gpu_suite.captured_case(None, bm.mask_mod, (*case, {}))
+    opts = decode.resolve(fm.CompileOptions(target="sm_90a"), q, kv, kv, bm)
+    assert opts.decode and opts.pack_heads, name
+    spec = build_spec(q, kv, kv, score_mod=None, mask_mod=mask.ir, block_mask=bm,
+                      captures=captures, scale=1.0 / math.sqrt(D), return_lse=False,
+                      name=name, check_indices=False)
+    torch.save([c.contiguous() for c in captures], os.path.join(out, f"{name}.captures.pt"))
+    torch.save({n: getattr(bm, n).to(torch.int32).contiguous() for n in _MASK_FIELDS},
+               os.path.join(out, f"{name}.logical.pt"))
+    manifest[name] = {"case": list(case), "splits": opts.splits, "pack_heads": True,
+                      "options": {}}
     return name, spec, opts
 
 
@@ -400,6 +437,12 @@ def run_bench(store, by_name, artifacts, only, reps, peers, results) -> None:
             paged_args = _paged_args(artifacts, paged, q, k, v, dev)
             fns["ours_paged"] = _ours(store, by_name, paged, paged_args)
             row["ours_paged_splits"] = results["manifest"][paged]["splits"]
+        logical = name.replace("bench_decode", "bench_logical")
+        if logical in by_name:
+            logical_args = _args(artifacts, (logical, *case[1:]), q, k, v, None, dev)
+            saved = torch.load(os.path.join(artifacts, f"{logical}.logical.pt"))
+            logical_args.update({n: saved[n].to(dev) for n in _MASK_FIELDS})
+            fns["ours_logical"] = _ours(store, by_name, logical, logical_args)
         for tiling in VARIANTS:  # the same kernel with other tilings
             if f"{name}_{tiling}" in by_name:
                 fns[f"ours_{tiling}"] = _ours(store, by_name, f"{name}_{tiling}", dict(args))
@@ -440,6 +483,14 @@ def run_bench(store, by_name, artifacts, only, reps, peers, results) -> None:
         if "ours_paged" in fns:
             row["paged_vs_contiguous"] = row["ours_ms"] / row["ours_paged_ms"]
             row["paged_vs_contiguous_loop"] = row["ours_loop_ms"] / row["ours_paged_loop_ms"]
+        if "ours_paged" in fns and "ours_logical" in fns:
+            # the same logical mask on both: what the pages cost
+            row["paged_vs_logical"] = row["ours_logical_ms"] / row["ours_paged_ms"]
+            row["paged_vs_logical_loop"] = (row["ours_logical_loop_ms"]
+                                            / row["ours_paged_loop_ms"])
+            fns["ours_logical"]()
+            row["paged_maxdiff_vs_logical"] = float(
+                (paged_args["out"].float() - logical_args["out"].float()).abs().max())
         row["notes"] = dict(p.notes)
         print(name, " ".join(f"{i}={row[f'{i}_gbps']:.0f}GB/s({row[f'{i}_loop_gbps']:.0f})"
                              for i in fns), flush=True)
