@@ -163,29 +163,41 @@ def paged_cache(B: int, N: int, page: int, device: str):
     return cache
 
 
-def _compile_paged(case, out: str, manifest: dict):
-    """A paged bench case: the cache, its page table and block mask are made
-    here (the run needs no flexattn_mlir) and saved beside the kernel."""
+def _masked_decode_spec(case, bm, kv, out: str):
+    """The sm_90a decode kernel's spec and options for a bench case under the
+    block mask ``bm`` (its mask_mod's captures saved beside it); ``kv`` the
+    K/V tensor when it is not the case's own."""
     import torch
-    from torch.nn.attention.flex_attention import create_block_mask, noop_mask
 
     import flexattn_mlir as fm
     from flexattn_mlir.execution import decode
     from flexattn_mlir.execution.attention import build_spec
 
-    name, _, B, Hq, Hkv, M, N, D, dt = case
-    cache = paged_cache(B, N, PAGE, "cpu")
-    pages = cache.n_pages
-    logical = create_block_mask(noop_mask, B, None, M, N, BLOCK_SIZE=PAGE, device="cpu")
-    bm = cache.convert_logical_block_mask(logical)
-    score, mask, captures, q, _, _ = gpu_suite.captured_case(None, bm.mask_mod, (*case, {}))
-    kv = torch.empty(1, Hkv, pages * PAGE, D, dtype=getattr(torch, dt), device="meta")
+    name, D = case[0], case[7]
+    _, mask, captures, q, case_kv, _ = gpu_suite.captured_case(None, bm.mask_mod, (*case, {}))
+    kv = case_kv if kv is None else kv
     opts = decode.resolve(fm.CompileOptions(target="sm_90a"), q, kv, kv, bm)
     assert opts.decode and opts.pack_heads, name
     spec = build_spec(q, kv, kv, score_mod=None, mask_mod=mask.ir, block_mask=bm,
                       captures=captures, scale=1.0 / math.sqrt(D), return_lse=False,
                       name=name, check_indices=False)
     torch.save([c.contiguous() for c in captures], os.path.join(out, f"{name}.captures.pt"))
+    return spec, opts
+
+
+def _compile_paged(case, out: str, manifest: dict):
+    """A paged bench case: the cache, its page table and block mask are made
+    here (the run needs no flexattn_mlir) and saved beside the kernel."""
+    import torch
+    from torch.nn.attention.flex_attention import create_block_mask, noop_mask
+
+    name, _, B, Hq, Hkv, M, N, D, dt = case
+    cache = paged_cache(B, N, PAGE, "cpu")
+    pages = cache.n_pages
+    logical = create_block_mask(noop_mask, B, None, M, N, BLOCK_SIZE=PAGE, device="cpu")
+    bm = cache.convert_logical_block_mask(logical)
+    kv = torch.empty(1, Hkv, pages * PAGE, D, dtype=getattr(torch, dt), device="meta")
+    spec, opts = _masked_decode_spec(case, bm, kv, out)
     torch.save({"page_table": cache.page_table.clone(),
                 **{n: getattr(bm, n).to(torch.int32).contiguous() for n in _MASK_FIELDS}},
                os.path.join(out, f"{name}.paged.pt"))
@@ -200,21 +212,12 @@ def _compile_logical(case, out: str, manifest: dict):
     import torch
     from torch.nn.attention.flex_attention import create_block_mask, noop_mask
 
-    import flexattn_mlir as fm
-    from flexattn_mlir.execution import decode
-    from flexattn_mlir.execution.attention import build_spec
     from flexattn_mlir.masks.block_mask import BlockMask
 
     name, _, B, Hq, Hkv, M, N, D, dt = case
     bm = BlockMask.from_torch(create_block_mask(noop_mask, B, None, M, N, BLOCK_SIZE=PAGE,
                                                 device="cpu"))
-    score, mask, captures, q, kv, _ = gpu_suite.captured_case(None, bm.mask_mod, (*case, {}))
-    opts = decode.resolve(fm.CompileOptions(target="sm_90a"), q, kv, kv, bm)
-    assert opts.decode and opts.pack_heads, name
-    spec = build_spec(q, kv, kv, score_mod=None, mask_mod=mask.ir, block_mask=bm,
-                      captures=captures, scale=1.0 / math.sqrt(D), return_lse=False,
-                      name=name, check_indices=False)
-    torch.save([c.contiguous() for c in captures], os.path.join(out, f"{name}.captures.pt"))
+    spec, opts = _masked_decode_spec(case, bm, None, out)
     torch.save({n: getattr(bm, n).to(torch.int32).contiguous() for n in _MASK_FIELDS},
                os.path.join(out, f"{name}.logical.pt"))
     manifest[name] = {"case": list(case), "splits": opts.splits, "pack_heads": True,

@@ -19,6 +19,43 @@ BLOCKS = [0, 1, 2, 3, 7, 100, -1, -2, -3, 2**24 - 1, 2**24, 2**25 + 1, -(2**24) 
           2**31 - 1, -(2**31), 2**30 + 5]
 LANES = range(0, 40, 3)
 
+
+def _start_plus(tile: int, op: str, bound: int, times: int = 1) -> str:
+    """``%kv32``: a tile start (block index ``%b`` times ``tile``) plus
+    ``(%lane op bound) * times``, as i32."""
+    scaled = (f"\n  %c_times = arith.constant {times} : index"
+              f"\n  %col = arith.muli %j, %c_times : index" if times != 1 else
+              "\n  %col = arith.addi %j, %c_zero : index")
+    return f"""
+  %c_tile = arith.constant {tile} : index
+  %c_bound = arith.constant {bound} : index
+  %c_zero = arith.constant 0 : index
+  %blk = arith.index_cast %b : i32 to index
+  %start = arith.muli %blk, %c_tile : index
+  %j = arith.{op} %lane, %c_bound : index{scaled}
+  %kv = arith.addi %start, %col : index
+  %kv32 = arith.index_cast %kv : index to i32"""
+
+
+def _column(tile: int) -> str:
+    """The first column of a thread's scores: a tile start plus 2 x its lane
+    in the quad."""
+    return _start_plus(tile, "remui", 4, times=2)
+
+
+def _one_division(tile: int, op: str, bound: int, page: int, i64: bool = False) -> str:
+    """`(%b tile + (%lane op bound)) floordiv page` on the i32 column, or on
+    its sign extension to i64."""
+    t = "i64" if i64 else "i32"
+    widen = "\n  %kv64 = arith.extsi %kv32 : i32 to i64" if i64 else ""
+    return (f"\nfunc.func @f(%b: i32, %step: index, %lane: index) -> {t} {{"
+            + _start_plus(tile, op, bound) + f"""{widen}
+  %c_page = arith.constant {page} : {t}
+  %p = arith.floordivsi {"%kv64" if i64 else "%kv32"}, %c_page : {t}
+  return %p : {t}
+}}""")
+
+
 CASES = {
     # (function text, folds?)
     "page_of_a_64_column_half": ("""
@@ -42,61 +79,16 @@ func.func @f(%b: i32, %step: index, %lane: index) -> i32 {
   %p = arith.floordivsi %e, %c128_i32 : i32
   return %p : i32
 }""", True),
-    "i64_mod_of_a_sign_extended_index": ("""
-func.func @f(%b: i32, %step: index, %lane: index) -> i64 {
-  %c16 = arith.constant 16 : index
-  %c256 = arith.constant 256 : i64
-  %blk = arith.index_cast %b : i32 to index
-  %start = arith.muli %blk, %c16 : index
-  %j = arith.remui %lane, %c16 : index
-  %kv = arith.addi %start, %j : index
-  %kv32 = arith.index_cast %kv : index to i32
-  %kv64 = arith.extsi %kv32 : i32 to i64
-  %p = arith.floordivsi %kv64, %c256 : i64
-  return %p : i64
-}""", True),  # a 16-aligned start and an offset below 16: G = 16 divides 256
-    "offset_past_the_alignment": ("""
-func.func @f(%b: i32, %step: index, %lane: index) -> i32 {
-  %c64 = arith.constant 64 : index
-  %c127 = arith.constant 127 : index
-  %c128 = arith.constant 128 : i32
-  %blk = arith.index_cast %b : i32 to index
-  %start = arith.muli %blk, %c64 : index
-  %j = arith.andi %lane, %c127 : index
-  %kv = arith.addi %start, %j : index
-  %kv32 = arith.index_cast %kv : index to i32
-  %p = arith.floordivsi %kv32, %c128 : i32
-  return %p : i32
-}""", False),
-    "page_in_i64": ("""
-func.func @f(%b: i32, %step: index, %lane: index) -> i64 {
-  %c256 = arith.constant 256 : index
-  %c256_i64 = arith.constant 256 : i64
-  %c255 = arith.constant 255 : index
-  %blk = arith.index_cast %b : i32 to index
-  %start = arith.muli %blk, %c256 : index
-  %j = arith.andi %lane, %c255 : index
-  %kv = arith.addi %start, %j : index
-  %kv32 = arith.index_cast %kv : index to i32
-  %kv64 = arith.extsi %kv32 : i32 to i64
-  %p = arith.floordivsi %kv64, %c256_i64 : i64
-  return %p : i64
-}""", True),
+    # a 16-aligned start and an offset below 16: G = 16 divides 256
+    "i64_mod_of_a_sign_extended_index": (_one_division(16, "remui", 16, 256, i64=True), True),
+    "offset_past_the_alignment": (_one_division(64, "andi", 127, 128), False),
+    "page_in_i64": (_one_division(256, "andi", 255, 256, i64=True), True),
     "floor_modulo_of_a_page": ("""
-func.func @f(%b: i32, %step: index, %lane: index) -> (i64, i32) {
-  %c2 = arith.constant 2 : index
-  %c4 = arith.constant 4 : index
-  %c64 = arith.constant 64 : index
+func.func @f(%b: i32, %step: index, %lane: index) -> (i64, i32) {""" + _column(64) + """
   %c0_i32 = arith.constant 0 : i32
   %c9 = arith.constant 9 : i32
   %c64_i32 = arith.constant 64 : i32
   %c64_i64 = arith.constant 64 : i64
-  %blk = arith.index_cast %b : i32 to index
-  %start = arith.muli %blk, %c64 : index
-  %q = arith.remui %lane, %c4 : index
-  %col = arith.muli %q, %c2 : index
-  %kv = arith.addi %start, %col : index
-  %kv32 = arith.index_cast %kv : index to i32
   %e = arith.addi %kv32, %c9 : i32
   %page = arith.floordivsi %e, %c64_i32 : i32
   %r = arith.remsi %e, %c64_i32 : i32
@@ -112,19 +104,10 @@ func.func @f(%b: i32, %step: index, %lane: index) -> (i64, i32) {
   return %logical, %m : i64, i32
 }""", True),
     "unsigned_division_and_odd_divisor": ("""
-func.func @f(%b: i32, %step: index, %lane: index) -> (i32, i32) {
-  %c64 = arith.constant 64 : index
-  %c4 = arith.constant 4 : index
-  %c2 = arith.constant 2 : index
+func.func @f(%b: i32, %step: index, %lane: index) -> (i32, i32) {""" + _column(64) + """
   %c9 = arith.constant 9 : i32
   %c96 = arith.constant 96 : i32
   %c128 = arith.constant 128 : i32
-  %blk = arith.index_cast %b : i32 to index
-  %start = arith.muli %blk, %c64 : index
-  %q = arith.remui %lane, %c4 : index
-  %col = arith.muli %q, %c2 : index
-  %kv = arith.addi %start, %col : index
-  %kv32 = arith.index_cast %kv : index to i32
   %e = arith.addi %kv32, %c9 : i32
   %p = arith.floordivsi %e, %c96 : i32
   %u = arith.divui %e, %c128 : i32
