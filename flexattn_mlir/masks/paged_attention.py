@@ -165,7 +165,10 @@ class PagedAttention:
         def logical(b, physical_kv_idx):
             block = to_logical[b, physical_kv_idx // page_size]
             kv_idx = block * page_size + physical_kv_idx % page_size
-            valid = (block >= 0) & (kv_idx >= 0)
+            # As torch's: the page's block alone (kv_idx >= 0 follows). It is
+            # the same for a whole KV tile (flexattn-fold-tile-divisions), so
+            # a mask_mod that ignores kv_idx costs nothing per score.
+            valid = block >= 0
             if kv_len is not None:
                 valid = valid & (kv_idx < kv_len[b])
             return kv_idx, valid
