@@ -434,30 +434,10 @@ struct FlexAttnFoldTileDivisionsPass
     IRRewriter rewriter(&getContext());
     for (Operation *op : divisions)
       (void)foldTileDivision(rewriter, op);
-    for (arith::SelectOp select : selects) {
-      arith::RemSIOp r = matchFloorMod(select);
-      if (!r || failed(foldTileFloorMod(rewriter, select)))
-        continue;
-      // The remainder's pattern (r, its compares, r + P, their and), now
-      // dead unless used elsewhere.
-      llvm::SetVector<Operation *> pattern;
-      pattern.insert(r);
-      for (Operation *user : r->getUsers()) {
-        pattern.insert(user);
-        for (Operation *userOfUser : user->getUsers())
-          pattern.insert(userOfUser);
-      }
-      for (bool erased = true; erased;) {
-        erased = false;
-        for (Operation *op : pattern.getArrayRef())
-          if (!isa<arith::SelectOp>(op) && isOpTriviallyDead(op)) {
-            pattern.remove(op);
-            rewriter.eraseOp(op);
-            erased = true;
-            break;
-          }
-      }
-    }
+    // The remainder's ops left dead go with the canonicalize / DCE that
+    // follows in every pipeline.
+    for (arith::SelectOp select : selects)
+      (void)foldTileFloorMod(rewriter, select);
   }
 };
 } // namespace
