@@ -72,7 +72,9 @@ CORRECTNESS = (
         {"persistent": 20}),
        ("check_alibi_persistent_serial", "alibi_causal", 2, 4, 4, 2100, 2100, 128, "bfloat16",
         {"persistent": 20, "pipeline": False, "pingpong": False}),
-       ("check_full_d64_persistent", "full", 2, 4, 4, 2100, 2100, 64, "bfloat16", {"persistent": 20})]
+       ("check_full_d64_persistent", "full", 2, 4, 4, 2100, 2100, 64, "bfloat16", {"persistent": 20}),
+       ("check_causal_d64_persistent", "causal", 1, 4, 4, 2100, 2100, 64, "bfloat16",
+        {"persistent": 20})]
     # P's exp2 on the FMA pipe (CompileOptions.exp2_poly): every element
     # (16 of 16, the polynomial alone) under masks and mods, and a share.
     + [(f"check_{v}_d{d}" + ("" if dt == "bfloat16" else "_f16") + "_fma16", v, 1, 4, 4, 2100,
@@ -130,6 +132,11 @@ BENCH = (
        ("bench_causal_d64_nopingpong", "causal", 4, 16, 16, 8192, 8192, 64, "bfloat16",
         NO_PINGPONG),
        ("bench_causal_d64_persistent", "causal", 4, 16, 16, 8192, 8192, 64, "bfloat16",
+        PERSISTENT),
+       ("bench_causal_d64_persistent_fma2", "causal", 4, 16, 16, 8192, 8192, 64, "bfloat16",
+        dict(PERSISTENT, exp2_poly=2)),
+       ("bench_full_d64_persistent", "full", 4, 16, 16, 8192, 8192, 64, "bfloat16", PERSISTENT),
+       ("bench_causal_d128_persistent", "causal", 4, 16, 16, 8192, 8192, 128, "bfloat16",
         PERSISTENT)]
     # P's exp2 partly on the FMA pipe (k of every 16 elements: exp2_poly):
     # the targets table's choice per head dim is made by measurement.

@@ -6,10 +6,15 @@
 //
 // Persistent CTAs: a grid of one CTA per tile (flexattn-map-to-grid) becomes
 // a grid of at most `ctas` CTAs, each looping over tiles with a static
-// round-robin tile scheduler: CTA c takes tiles c, c + ctas, c + 2 ctas, ...
-// in the grid's tile order (heaviest Q tile of a head first). Sparse masks
-// leave short Q tiles, whose prologue and epilogue a persistent CTA overlaps
-// with its next tile's loads.
+// tile scheduler in rounds of `ctas` tiles (the grid's tile order: heaviest
+// Q tile of a head first), taken in a snake: round i gives CTA c its tile
+// i ctas + c when i is even and i ctas + (ctas - 1 - c) when i is odd.
+// Causal Q tiles get lighter along a head, so a CTA that took a heavy tile
+// in one round takes a light one in the next: at B = 4, H = 16, 64 Q tiles
+// a head, 132 CTAs, the busiest CTA has 1.031x the mean work (a plain round
+// robin, c, c + ctas, ...: 1.079x; greedy dynamic scheduling: 1.029x).
+// Sparse masks leave short Q tiles, whose prologue and epilogue a persistent
+// CTA overlaps with its next tile's loads.
 //
 //===----------------------------------------------------------------------===//
 
@@ -48,11 +53,32 @@ LogicalResult mlir::flexattn::makeTilesPersistent(RewriterBase &rewriter,
   launch.getGridSizeXMutable().assign(
       arith::ConstantIndexOp::create(rewriter, loc, ctas));
 
-  // for t = blockIdx.x; t < tiles; t += ctas: { the CTA's body, for tile t }
+  // for i = 0; i < rounds(c); ++i: t = i ctas + (i even ? c : ctas - 1 - c)
   rewriter.setInsertionPointToStart(&body);
-  Value end = arith::ConstantIndexOp::create(rewriter, loc, tiles);
-  Value step = arith::ConstantIndexOp::create(rewriter, loc, ctas);
-  auto loop = scf::ForOp::create(rewriter, loc, tile, end, step);
+  auto cst = [&](int64_t v) -> Value {
+    return arith::ConstantIndexOp::create(rewriter, loc, v);
+  };
+  Value step = cst(ctas), last = cst(ctas - 1), zero = cst(0), one = cst(1);
+  Value mirrored = arith::SubIOp::create(rewriter, loc, last, tile);
+  // Every CTA runs the full rounds; the last, partial round has `tiles mod
+  // ctas` tiles for the CTAs whose position in it is below that.
+  int64_t full = tiles / ctas, rem = tiles % ctas;
+  Value rounds = cst(full);
+  if (rem) {
+    Value pos = full % 2 ? mirrored : tile;
+    Value inLast = arith::CmpIOp::create(rewriter, loc, arith::CmpIPredicate::ult,
+                                         pos, cst(rem));
+    rounds = arith::SelectOp::create(rewriter, loc, inLast, cst(full + 1), rounds);
+  }
+  auto loop = scf::ForOp::create(rewriter, loc, zero, rounds, one);
+  rewriter.setInsertionPointToStart(loop.getBody());
+  Value i = loop.getInductionVar();
+  Value odd = arith::CmpIOp::create(
+      rewriter, loc, arith::CmpIPredicate::ne,
+      arith::AndIOp::create(rewriter, loc, i, one), zero);
+  Value pos = arith::SelectOp::create(rewriter, loc, odd, mirrored, tile);
+  Value t = arith::AddIOp::create(
+      rewriter, loc, arith::MulIOp::create(rewriter, loc, i, step), pos);
   Block *loopBody = loop.getBody();
   // The rest of the body moves into the loop.
   SmallVector<Operation *> moved;
@@ -61,8 +87,9 @@ LogicalResult mlir::flexattn::makeTilesPersistent(RewriterBase &rewriter,
     moved.push_back(op);
   for (Operation *op : moved)
     op->moveBefore(loopBody->getTerminator());
-  rewriter.replaceUsesWithIf(tile, loop.getInductionVar(), [&](OpOperand &use) {
-    return loop->isProperAncestor(use.getOwner());
+  rewriter.replaceUsesWithIf(tile, t, [&](OpOperand &use) {
+    return use.getOwner() != pos.getDefiningOp() &&
+           loop->isProperAncestor(use.getOwner());
   });
   return success();
 }

@@ -1,14 +1,26 @@
 // RUN: flexattn-opt %s -split-input-file -verify-diagnostics --flexattn-persistent-tiles=ctas=4 | FileCheck %s
 // RUN: flexattn-opt %s -split-input-file -verify-diagnostics --flexattn-persistent-tiles=ctas=8 | FileCheck %s --check-prefix=ENOUGH
 
-// 6 tiles on 4 CTAs: CTA c runs tiles c and c + 4 (if < 6), in the grid's
-// order; the body decodes its tile from the loop's tile index.
+// 6 tiles on 4 CTAs in rounds of 4, snaking: round 0 gives CTA c tile c,
+// round 1 tile 4 + (3 - c) when that is < 6 (CTAs 3 and 2 take 4 and 5); the
+// body decodes its tile from t.
 // CHECK-LABEL: func.func @causal(
 // CHECK:         %[[CTAS:.*]] = arith.constant 4 : index
 // CHECK:         gpu.launch blocks(%[[BX:[^,]*]], %{{.*}}) in (%{{.*}} = %[[CTAS]], %{{.*}} = %{{.*}}, %{{.*}} = %{{.*}})
-// CHECK-DAG:       %[[TILES:.*]] = arith.constant 6 : index
 // CHECK-DAG:       %[[STEP:.*]] = arith.constant 4 : index
-// CHECK:           scf.for %[[T:.*]] = %[[BX]] to %[[TILES]] step %[[STEP]] {
+// CHECK-DAG:       %[[LAST:.*]] = arith.constant 3 : index
+// CHECK-DAG:       %[[ZERO:.*]] = arith.constant 0 : index
+// CHECK-DAG:       %[[ONE:.*]] = arith.constant 1 : index
+// CHECK:           %[[MIRROR:.*]] = arith.subi %[[LAST]], %[[BX]] : index
+// CHECK:           %[[REM:.*]] = arith.constant 2 : index
+// CHECK:           %[[IN_LAST:.*]] = arith.cmpi ult, %[[MIRROR]], %[[REM]] : index
+// CHECK:           %[[ROUNDS:.*]] = arith.select %[[IN_LAST]], %{{.*}}, %{{.*}} : index
+// CHECK:           scf.for %[[I:.*]] = %[[ZERO]] to %[[ROUNDS]] step %[[ONE]] {
+// CHECK-NEXT:        %[[PAR:.*]] = arith.andi %[[I]], %[[ONE]] : index
+// CHECK-NEXT:        %[[ODD:.*]] = arith.cmpi ne, %[[PAR]], %[[ZERO]] : index
+// CHECK-NEXT:        %[[POS:.*]] = arith.select %[[ODD]], %[[MIRROR]], %[[BX]] : index
+// CHECK-NEXT:        %[[BASE:.*]] = arith.muli %[[I]], %[[STEP]] : index
+// CHECK-NEXT:        %[[T:.*]] = arith.addi %[[BASE]], %[[POS]] : index
 // CHECK-NEXT:        %[[HEAD:.*]] = arith.divui %[[T]], %{{.*}} : index
 // CHECK:             %[[REV:.*]] = arith.remui %[[T]], %{{.*}} : index
 // CHECK:             flexattn.tile_step
