@@ -80,7 +80,6 @@ def compile_all(out: str, only: str | None, device_cc=(9, 0), cases=None) -> Non
     import torch
 
     import flexattn_mlir as fm
-    from flexattn_mlir import api
     from flexattn_mlir.examples import zoo
     from flexattn_mlir.execution.attention import build_spec
 
@@ -93,8 +92,9 @@ def compile_all(out: str, only: str | None, device_cc=(9, 0), cases=None) -> Non
             spec, captures = suite.case_spec(case, return_lse=True, check_indices=False)
             # What flex_attention picks for this shape: persistent CTAs for
             # sparse masks.
-            density = _density(case)
-            if density < api.PERSISTENT_DENSITY:
+            density, D, dt = _density(case), case[7], case[8]
+            kernel = fm.compiler.targets.target(over["target"]).kernel(D, D, dt)
+            if density < kernel.persistent_below(D):
                 over["persistent"] = fm.compiler.targets.sm_count(over["target"])
         else:
             _, variant, B, Hq, Hkv, M, N, D, dt, _ = case

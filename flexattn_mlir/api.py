@@ -42,20 +42,18 @@ def _captured_mask(block_mask):
     return frontend.capture_mask_mod(block_mask.mask_mod)
 
 
-# Below this fraction of visited blocks, Q tiles are short and the GPU kernel
-# runs persistent CTAs, one per SM (measured on the H100: sliding window +11%,
-# document masks +7%; dense and causal masks are faster with one CTA per tile).
-PERSISTENT_DENSITY = 0.25
-
-
-def _prefers_persistent(options: CompileOptions, block_mask, kernel_options, query, key) -> bool:
+def _prefers_persistent(options: CompileOptions, block_mask, kernel_options, query, key,
+                        value=None) -> bool:
     if (options.target == "cpu" or options.dynamic or block_mask is None
             or "persistent" in (kernel_options or {})):
         return False  # (a dynamic GPU kernel runs one CTA per Q tile)
     visited = checks.check_block_mask(block_mask, query, key)  # memoised per mask
     idx = block_mask.kv_indices
     total = idx.shape[0] * idx.shape[1] * idx.shape[2] * idx.shape[3]
-    return visited < PERSISTENT_DENSITY * total
+    d = query.shape[-1]
+    kernel = targets.target(options.target).kernel(d, d if value is None else value.shape[-1],
+                                                   str(query.dtype).removeprefix("torch."))
+    return visited < kernel.persistent_below(d) * total
 
 
 def flex_attention(
@@ -209,7 +207,7 @@ def _lower_call(query, key, value, score_mod, block_mask, enable_gqa, kernel_opt
     labels = frontend.capture_labels(score, mask)
     score, mask, captures = frontend.combine(score, mask)
     options = _options(kernel_options, targets.for_device(query.device).name)
-    if _prefers_persistent(options, block_mask, kernel_options, query, key):
+    if _prefers_persistent(options, block_mask, kernel_options, query, key, value):
         options = replace(options, persistent=targets.sm_count(options.target, query.device))
     return dict(score_mod=score.ir if score else None, mask_mod=mask.ir if mask else None,
                 block_mask=block_mask, captures=captures, options=options,

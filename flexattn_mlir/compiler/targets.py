@@ -30,6 +30,12 @@ PANEL_COLS = 64
 # from shared memory (S, O and P are 32-bit: twice the registers of 16-bit
 # P), 64-column KV tiles by default (shared memory is twice 16-bit's).
 FP32_TILING_KV = 64
+# Below this fraction of visited blocks Q tiles are short and
+# ``flex_attention`` runs persistent CTAs, one per SM (H100: sliding window
+# +11 %, document masks +7 %; dense and causal masks at D = 128 are faster
+# with one CTA per tile). ``Target.persistent_density`` overrides it per
+# head dim.
+PERSISTENT_DENSITY = 0.25
 
 
 def padded_head_dim(head_dim: int) -> int:
@@ -100,6 +106,12 @@ class Target:
       its own chip and shared memory; see :meth:`kernel`.
     decode_rows: the GPU decode kernel's Q tile (the packed rows of a KV
       group; one band of 4 warps of 16 rows).
+    persistent_density: ``(head dim, density)`` pairs: ``flex_attention``
+      runs a block mask that visits fewer than this fraction of its blocks
+      with persistent CTAs, one per SM (``PERSISTENT_DENSITY`` for a head
+      dim not listed). Short Q tiles pay a CTA's prologue and epilogue
+      once per few KV steps; a persistent CTA overlaps them with its next
+      tile's loads.
     exp2_poly: ``(head dim, k)`` pairs: k of every 16 elements of P whose
       exp2 the target's own kernel computes on the FMA pipe where
       ``CompileOptions.exp2_poly`` is None (0 for a head dim not listed).
@@ -135,6 +147,7 @@ class Target:
     decode_rows: int = 0
     decode_kv_tile: int = 0
     exp2_poly: tuple[tuple[int, int], ...] = ()
+    persistent_density: tuple[tuple[int, float], ...] = ()
 
     @property
     def is_gpu(self) -> bool:
@@ -162,6 +175,11 @@ class Target:
         if self._prefill_entry(head_dim, tile, decode=False, dynamic=dynamic):
             return self.q_block
         return tile
+
+    def persistent_below(self, head_dim: int) -> float:
+        """The block density under which ``head_dim`` runs persistent CTAs
+        (see ``persistent_density``)."""
+        return dict(self.persistent_density).get(head_dim, PERSISTENT_DENSITY)
 
     def fma_exp2_share(self, head_dim: int) -> int:
         """The default ``exp2_poly`` of ``head_dim`` (see ``exp2_poly``)."""
@@ -200,12 +218,17 @@ TARGETS: dict[str, Target] = {t.name: t for t in [
     # wgmma for D = Dv in (64, 128); the sm_80 kernel (padded, any multiple
     # of 8 up to 256: 232 KiB hold 256 with 64-column KV tiles) for the rest.
     # No exp2_poly: no share of P's exp2 on the FMA pipe is faster at D = 64
-    # or 128 as a whole (docs/gpu-pipeline.md §6).
+    # or 128 as a whole (docs/gpu-pipeline.md §6). D = 64 runs causal masks
+    # (density 0.51) with persistent CTAs in snake order: a KV step is half
+    # as long as at D = 128, so a tile's prologue and epilogue weigh twice
+    # as much (H200, three processes: causal D = 64 1.00-1.03x one CTA per
+    # tile, causal D = 128 0.93-1.01x; docs/gpu-pipeline.md §1).
     Target("sm_90a", "cuda", chip="sm_90a", features="+ptx83", compute_capability=(9, 0),
            devices=((9, 0),), sm_count=132, max_shared_per_block=232448,
            dtypes=("bfloat16", "float16", "float32"), head_dims=_head_dims(256),
            kv_blocks=(64, 128),
-           q_block=128, own_head_dims=(64, 128), general="sm_80", decode_rows=64),
+           q_block=128, own_head_dims=(64, 128), general="sm_80", decode_rows=64,
+           persistent_density=((64, 0.6),)),
     # The reference part is the A100 (108 SMs, 163 KiB per block); Ada and
     # sm_86 parts have 99 KiB (the runtime checks a launch against the device).
     # 32 Q rows per warp (FlashAttention-2's 4 warps per 128-row tile) with

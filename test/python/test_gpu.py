@@ -153,17 +153,23 @@ def test_gpu_stages_compile_without_a_gpu():
 
 def test_sparse_block_masks_pick_persistent_ctas():
     """flex_attention runs sparse masks (few KV blocks per Q tile) with
-    persistent CTAs on the GPU, dense ones with one CTA per tile, and never
-    overrides an explicit kernel_options['persistent']."""
+    persistent CTAs on the GPU, dense ones with one CTA per tile (the
+    density bound per head dim from the target table), and never overrides
+    an explicit kernel_options['persistent']."""
     from flexattn_mlir.api import _prefers_persistent
 
     gpu = CompileOptions(target="sm_90a")
-    qk = torch.empty(1, 1, 2048, 64)
+    qk = torch.empty(1, 1, 2048, 64, dtype=torch.bfloat16)
     window = fm.create_block_mask(lambda b, h, q, kv: (q >= kv) & (q - kv < 128), None, None,
                                   2048, 2048)
     causal = fm.create_block_mask(lambda b, h, q, kv: q >= kv, None, None, 2048, 2048)
     assert _prefers_persistent(gpu, window, None, qk, qk)
-    assert not _prefers_persistent(gpu, causal, None, qk, qk)
+    # Causal (density 0.53 here): persistent at D = 64 on sm_90a (the
+    # target's persistent_density), one CTA per tile at D = 128 and on sm_80.
+    assert _prefers_persistent(gpu, causal, None, qk, qk)
+    qk128 = torch.empty(1, 1, 2048, 128, dtype=torch.bfloat16)
+    assert not _prefers_persistent(gpu, causal, None, qk128, qk128)
+    assert not _prefers_persistent(CompileOptions(target="sm_80"), causal, None, qk, qk)
     assert not _prefers_persistent(gpu, window, {"persistent": 0}, qk, qk)
     assert not _prefers_persistent(CompileOptions(), window, None, qk, qk)  # CPU
     assert not _prefers_persistent(gpu, None, None, qk, qk)
