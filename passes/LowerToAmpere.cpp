@@ -53,12 +53,19 @@
 // ring.wait adds fence.proxy.async between its cp.async.wait_group and its
 // barrier (the copies are generic-proxy writes the async proxy then reads).
 //
+// In a gpu.launch marked `flexattn.prefetch_loads` (a unit attribute: the
+// decode kernel; the pass drops it), the KV loops' loads that every thread
+// makes alike (block indices, page-table entries) are first issued
+// iterations ahead and carried (passes/PrefetchLoads.h), so no copy or
+// softmax of a step waits on a global load issued in that step.
+//
 // Addresses in a tile: the 16-byte chunk c of row r of a 128-row... tile
 // sits at panel (c / 8), row r, chunk (c % 8) ^ (r % 8): the 8 row addresses
 // of an 8x8 matrix hit 8 different 16-byte bank groups.
 //
 //===----------------------------------------------------------------------===//
 
+#include "passes/PrefetchLoads.h"
 #include "passes/Wgmma.h"
 
 #include "mlir/Dialect/GPU/IR/GPUDialect.h"
@@ -725,6 +732,16 @@ struct FlexAttnLowerToAmperePass
           // sm_90a's warpgroup MMAs where the launch asks for them.
           bool wgmma = launch->hasAttr(kWgmmaAttr);
           launch->removeAttr(kWgmmaAttr);
+          // The KV loops' uniform loads a step ahead where the launch asks.
+          if (launch->removeAttr(kPrefetchLoads)) {
+            SmallVector<scf::ForOp> loops;
+            launch.walk([&](scf::ForOp loop) {
+              if (!loop.getBody()->getOps<RingWaitOp>().empty())
+                loops.push_back(loop);
+            });
+            for (scf::ForOp loop : loops)
+              prefetchUniformLoads(rewriter, launch, loop);
+          }
           return lowerToAmpere(rewriter, launch, maxSharedMemory, fp32Precision, wgmma);
         })))
       signalPassFailure();
