@@ -55,9 +55,10 @@
 //
 // In a gpu.launch marked `flexattn.prefetch_loads` (a unit attribute: the
 // decode kernel; the pass drops it), the KV loops' loads that every thread
-// makes alike (block indices, page-table entries) are first issued
-// iterations ahead and carried (passes/PrefetchLoads.h), so no copy or
-// softmax of a step waits on a global load issued in that step.
+// makes alike and that a step needs after its first wait (page-table
+// entries, and the block indices their addresses take) are first issued
+// iterations ahead and carried (passes/PrefetchLoads.h), so the softmax
+// does not wait on a global load issued in its own step.
 //
 // Addresses in a tile: the 16-byte chunk c of row r of a 128-row... tile
 // sits at panel (c / 8), row r, chunk (c % 8) ^ (r % 8): the 8 row addresses
@@ -734,13 +735,14 @@ struct FlexAttnLowerToAmperePass
           launch->removeAttr(kWgmmaAttr);
           // The KV loops' uniform loads a step ahead where the launch asks.
           if (launch->removeAttr(kPrefetchLoads)) {
-            SmallVector<scf::ForOp> loops;
+            SmallVector<std::pair<scf::ForOp, Operation *>> loops;
             launch.walk([&](scf::ForOp loop) {
-              if (!loop.getBody()->getOps<RingWaitOp>().empty())
-                loops.push_back(loop);
+              auto waits = loop.getBody()->getOps<RingWaitOp>();
+              if (!waits.empty())
+                loops.push_back({loop, *waits.begin()});
             });
-            for (scf::ForOp loop : loops)
-              prefetchUniformLoads(rewriter, launch, loop);
+            for (auto [loop, wait] : loops)
+              prefetchUniformLoads(rewriter, launch, loop, wait);
           }
           return lowerToAmpere(rewriter, launch, maxSharedMemory, fp32Precision, wgmma);
         })))

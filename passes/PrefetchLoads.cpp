@@ -178,9 +178,29 @@ private:
 /// Rebuilds the loop with its carried loads in iter_args.
 class Pipeline {
 public:
-  Pipeline(RewriterBase &rewriter, BodyAnalysis &a) : rewriter(rewriter), a(a), loop(a.loop) {
-    for (Operation &op : a.loop.getBody()->without_terminator())
-      if (a.carried(&op))
+  /// Carries the loads after `wait` and the loads their addresses need.
+  Pipeline(RewriterBase &rewriter, BodyAnalysis &a, Operation *wait)
+      : rewriter(rewriter), a(a), loop(a.loop) {
+    Block *body = a.loop.getBody();
+    SmallVector<Operation *> work;
+    for (Operation &op : body->without_terminator())
+      if (a.carried(&op) && wait->isBeforeInBlock(&op))
+        work.push_back(&op);
+    DenseSet<Operation *> seen;
+    while (!work.empty()) {
+      Operation *op = work.pop_back_val();
+      if (!seen.insert(op).second)
+        continue;
+      if (a.carried(op))
+        chosen.insert(op);
+      op->walk([&](Operation *inner) {
+        for (Value v : inner->getOperands())
+          if (Operation *def = v.getDefiningOp(); def && def->getBlock() == body)
+            work.push_back(def);
+      });
+    }
+    for (Operation &op : body->without_terminator())
+      if (chosen.contains(&op))
         ops.push_back(&op);
     // Shallow loads first: a deeper one's address needs their values.
     llvm::stable_sort(ops, [&](Operation *x, Operation *y) {
@@ -290,10 +310,11 @@ private:
     if (loop.isDefinedOutsideOfLoop(v))
       return v;
     Operation *def = v.getDefiningOp();
-    auto it = slots.find({def, k});
-    if (a.carried(def) && it != slots.end())
+    if (chosen.contains(def)) {
+      auto it = slots.find({def, k});
+      assert(it != slots.end() && "a carried op is needed further ahead than it runs");
       return it->second[cast<OpResult>(v).getResultNumber()];
-    assert(!a.carried(def) && "a carried op is needed further ahead than it runs");
+    }
     return cloneAt(def, k, at, map)->getResult(cast<OpResult>(v).getResultNumber());
   }
 
@@ -316,6 +337,7 @@ private:
   BodyAnalysis &a;
   scf::ForOp loop; // the loop being rebuilt (the grown one once it exists)
   SmallVector<Operation *> ops; // the carried ops, shallow first
+  DenseSet<Operation *> chosen; // and as a set
   int64_t maxDepth = 0;
   std::map<std::pair<Operation *, int64_t>, SmallVector<Value>> slots;
 };
@@ -323,8 +345,8 @@ private:
 } // namespace
 
 int64_t mlir::flexattn::prefetchUniformLoads(RewriterBase &rewriter, gpu::LaunchOp launch,
-                                              scf::ForOp loop) {
+                                              scf::ForOp loop, Operation *wait) {
   BodyAnalysis analysis(launch, loop);
   OpBuilder::InsertionGuard guard(rewriter);
-  return Pipeline(rewriter, analysis).run();
+  return Pipeline(rewriter, analysis, wait).run();
 }

@@ -19,7 +19,11 @@
 // thread has alike (block ids, kernel arguments, other such loads: never
 // the thread id), from a memref the launch only reads, is issued `a`
 // iterations ahead and carried in `a` iter_args (slot k: the value of
-// iteration j + k). A load of depth d (d - 1 such loads on its address
+// iteration j + k). Only those after the step's first wait (the page
+// entry the softmax reads) and the ones their addresses need (the block
+// index) are carried: a load before the wait (the block index of the
+// copies S - 1 steps ahead) already runs while the step waits, and
+// carrying it measured slower on the H200 (docs/inference.md). A load of depth d (d - 1 such loads on its address
 // path; D the largest) goes a = D - d + 1 iterations ahead, so a dependent
 // load (the page entry of a block index) takes its address from a carried
 // value instead of waiting on one issued in the same iteration:
@@ -62,9 +66,12 @@ namespace mlir::flexattn {
 constexpr llvm::StringLiteral kPrefetchLoads = "flexattn.prefetch_loads";
 
 /// Pipelines the uniform, induction-variable-dependent loads of `loop` (a
-/// loop inside `launch`) as described above; returns how many loads (or
-/// scf.if of loads) are now carried (0: the loop is unchanged).
-int64_t prefetchUniformLoads(RewriterBase &rewriter, gpu::LaunchOp launch, scf::ForOp loop);
+/// loop inside `launch`) that come after `wait` (an op of its body: the
+/// step's first blocking wait), and those their addresses need, as
+/// described above; returns how many loads (or scf.if of loads) are now
+/// carried (0: the loop is unchanged).
+int64_t prefetchUniformLoads(RewriterBase &rewriter, gpu::LaunchOp launch, scf::ForOp loop,
+                             Operation *wait);
 
 } // namespace mlir::flexattn
 

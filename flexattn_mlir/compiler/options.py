@@ -101,9 +101,10 @@ class CompileOptions:
       other targets, on float32 inputs and on the mma.sync kernels
       (decode, dynamic shapes, other head dims).
     prefetch_loads: the mma.sync kernel's KV loop loads the values every
-      thread of the CTA reads alike (block indices, page-table entries)
-      iterations ahead, loop-carried, instead of in the step that uses
-      them (``flexattn-lower-to-ampere`` on launches marked
+      thread of the CTA reads alike that a step needs after its wait
+      (page-table entries, and the block indices they take) iterations
+      ahead, loop-carried, instead of in the step that uses them
+      (``flexattn-lower-to-ampere`` on launches marked
       ``flexattn.prefetch_loads``: passes/PrefetchLoads.h). None: on for
       the GPU decode kernel, off for the others; no effect on sm_90a's
       wgmma kernel and the CPU.

@@ -268,16 +268,18 @@ func.func @paired_rings(%q: memref<1x2x300x64xbf16>, %b: index, %h: index, %row:
 
 // -----
 
-// A launch marked flexattn.prefetch_loads (the decode kernel's): the KV
-// loop's loads that every thread makes alike and that depend on the
-// iteration (a block index, the page-table entry of its block) are issued
-// iterations ahead and carried (passes/PrefetchLoads.h). The block index,
-// one load on its address path, goes two iterations ahead (slots j and
-// j + 1; j's is unused here and canonicalize drops it); the page entry,
-// whose address needs the block index, one ahead, from the carried index
-// of iteration j + 1. Before the loop: the slots of iterations 0 and 1,
-// each under `if` it exists. A load by thread (the thread id in its
-// address) and one from a memref the launch writes stay where they were.
+// A launch marked flexattn.prefetch_loads (the decode kernel's): the
+// loads of the KV loop that every thread makes alike, that depend on the
+// iteration and that the step needs after its first wait (the page-table
+// entry of its block), and the loads their addresses need (the block
+// index), are issued iterations ahead and carried (passes/PrefetchLoads.h).
+// The block index, one load on its address path, goes two iterations
+// ahead (slots j and j + 1; j's is unused here and canonicalize drops it);
+// the page entry one ahead, from the carried index of iteration j + 1.
+// Before the loop: the slots of iterations 0 and 1, each under `if` it
+// exists. A load before the wait that nothing after it needs (the copies'
+// index, a step ahead), a load by thread (the thread id in its address)
+// and one from a memref the launch writes stay where they were.
 // CHECK-LABEL: func.func @prefetch_loads(
 // CHECK-SAME:    %[[KVI:[^:]+]]: memref<4x8xi32>, %[[TABLE:[^:]+]]: memref<4x16xi64>, %[[OUT:[^:]+]]: memref<4x8xi32>, %[[N:[^:]+]]: index, %[[I:[^:]+]]: i32,
 // CHECK:         gpu.launch blocks(%[[BX:[^,]*]], {{.*}} threads(%[[TX:[^,]*]],
@@ -302,10 +304,15 @@ func.func @paired_rings(%q: memref<1x2x300x64xbf16>, %b: index, %h: index, %row:
 // CHECK-NEXT:          arith.index_cast %[[BNEXT]] : i32 to index
 // CHECK:               memref.load %[[TABLE]]
 // CHECK:             %[[JB:.*]] = arith.divui %[[J]], %[[C2]] : index
+// CHECK-NEXT:        %[[JB1:.*]] = arith.divui %[[J1]], %[[C2]] : index
+// CHECK-NEXT:        %[[AHEAD:.*]] = memref.load %[[KVI]][%[[BX]], %[[JB1]]]
+// CHECK-NEXT:        memref.store %[[AHEAD]]
+// CHECK-NEXT:        nvvm.cp.async.wait.group 0
+// CHECK-NEXT:        nvvm.barrier0
 // CHECK-NEXT:        %[[VALID:.*]] = arith.cmpi sge, %[[PAGE]], %{{.*}} : i64
 // CHECK-NEXT:        memref.load %[[KVI]][%[[TX]], %[[JB]]]
 // CHECK-NEXT:        memref.load %[[OUT]][%[[BX]], %[[JB]]]
-// CHECK:             nvvm.cp.async.wait.group 0
+// CHECK-NOT:         memref.load
 // CHECK:             arith.select %[[VALID]]
 // CHECK:             scf.yield %{{.*}}, %[[B2]], %[[P1]] : i32, i32, i64
 func.func @prefetch_loads(%kvi: memref<4x8xi32>, %table: memref<4x16xi64>, %out: memref<4x8xi32>,
@@ -325,6 +332,11 @@ func.func @prefetch_loads(%kvi: memref<4x8xi32>, %table: memref<4x16xi64>, %out:
     %last = scf.for %j = %c0 to %n step %c1 iter_args(%pos = %i) -> (i32) {
       %jb = arith.divui %j, %c2 : index
       %blk32 = memref.load %kvi[%bx, %jb] : memref<4x8xi32>
+      %j1 = arith.addi %j, %c1 : index
+      %jb1 = arith.divui %j1, %c2 : index
+      %ahead = memref.load %kvi[%bx, %jb1] : memref<4x8xi32>
+      memref.store %ahead, %out[%bx, %c0] : memref<4x8xi32>
+      flexattn.ring.wait %r[%pos] in_flight(0) : !flexattn.ring<2 x 32x64xbf16>
       %blk = arith.index_cast %blk32 : i32 to index
       %kv0 = arith.muli %blk, %c64 : index
       %page = arith.divui %kv0, %c128 : index
@@ -334,7 +346,6 @@ func.func @prefetch_loads(%kvi: memref<4x8xi32>, %table: memref<4x16xi64>, %out:
       %written = memref.load %out[%bx, %jb] : memref<4x8xi32>
       %sum = arith.addi %mine, %written : i32
       memref.store %sum, %out[%bx, %jb] : memref<4x8xi32>
-      flexattn.ring.wait %r[%pos] in_flight(0) : !flexattn.ring<2 x 32x64xbf16>
       %t = flexattn.ring.slot %r[%pos] : !flexattn.ring<2 x 32x64xbf16>
       %x = flexattn.mma %qf, %t {transpose_b} : vector<32xbf16>, !flexattn.smem_tile<32x64xbf16> -> vector<16xf32>
       %m = arith.select %valid, %x, %zero : vector<16xf32>
@@ -354,10 +365,8 @@ func.func @prefetch_loads(%kvi: memref<4x8xi32>, %table: memref<4x16xi64>, %out:
 // CHECK-LABEL: func.func @unmarked(
 // CHECK-NOT:     memref.load
 // CHECK:         scf.for %{{.*}} iter_args(%{{.*}} = %{{.*}}) -> (i32) {
-// CHECK-NEXT:      arith.divui
-// CHECK-NEXT:      memref.load
-// CHECK:           memref.load
 // CHECK:           nvvm.cp.async.wait.group 0
+// CHECK:           memref.load %{{.*}} : memref<4x16xi64>
 func.func @unmarked(%kvi: memref<4x8xi32>, %table: memref<4x16xi64>, %out: memref<4x8xi32>,
                           %n: index, %i: i32, %qf: vector<32xbf16>, %s: memref<128x16xf32>) {
   %c0 = arith.constant 0 : index
@@ -375,6 +384,11 @@ func.func @unmarked(%kvi: memref<4x8xi32>, %table: memref<4x16xi64>, %out: memre
     %last = scf.for %j = %c0 to %n step %c1 iter_args(%pos = %i) -> (i32) {
       %jb = arith.divui %j, %c2 : index
       %blk32 = memref.load %kvi[%bx, %jb] : memref<4x8xi32>
+      %j1 = arith.addi %j, %c1 : index
+      %jb1 = arith.divui %j1, %c2 : index
+      %ahead = memref.load %kvi[%bx, %jb1] : memref<4x8xi32>
+      memref.store %ahead, %out[%bx, %c0] : memref<4x8xi32>
+      flexattn.ring.wait %r[%pos] in_flight(0) : !flexattn.ring<2 x 32x64xbf16>
       %blk = arith.index_cast %blk32 : i32 to index
       %kv0 = arith.muli %blk, %c64 : index
       %page = arith.divui %kv0, %c128 : index
@@ -384,7 +398,6 @@ func.func @unmarked(%kvi: memref<4x8xi32>, %table: memref<4x16xi64>, %out: memre
       %written = memref.load %out[%bx, %jb] : memref<4x8xi32>
       %sum = arith.addi %mine, %written : i32
       memref.store %sum, %out[%bx, %jb] : memref<4x8xi32>
-      flexattn.ring.wait %r[%pos] in_flight(0) : !flexattn.ring<2 x 32x64xbf16>
       %t = flexattn.ring.slot %r[%pos] : !flexattn.ring<2 x 32x64xbf16>
       %x = flexattn.mma %qf, %t {transpose_b} : vector<32xbf16>, !flexattn.smem_tile<32x64xbf16> -> vector<16xf32>
       %m = arith.select %valid, %x, %zero : vector<16xf32>
