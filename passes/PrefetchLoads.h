@@ -23,13 +23,15 @@
 // entry the softmax reads) and the ones their addresses need (the block
 // index) are carried: a load before the wait (the block index of the
 // copies S - 1 steps ahead) already runs while the step waits, and
-// carrying it measured slower on the H200 (docs/inference.md). A load of depth d (d - 1 such loads on its address
-// path; D the largest) goes a = D - d + 1 iterations ahead, so a dependent
-// load (the page entry of a block index) takes its address from a carried
-// value instead of waiting on one issued in the same iteration:
+// carrying it measured slower on the H200 (docs/inference.md). A load of
+// depth d (d - 1 such loads on its address path; D the largest) goes
+// a = D - d + 1 iterations ahead, so a dependent load (the page entry of a
+// block index) takes its address from a carried value instead of waiting
+// on one issued in the same iteration:
 //
 //   scf.for %j = %lb to %ub step %c1 {
 //     %blk  = memref.load %kv_indices[%j]
+//     ring.wait ...
 //     %page = memref.load %table[%blk]
 //     ... use %blk, %page
 //   }
@@ -39,6 +41,7 @@
 //   scf.for %j = ... iter_args(%blk = %b0, %blk1 = %b1, %page = %p0) {
 //     %blk2  = (j + 2 < ub) ? load %kv_indices[%j + 2] : 0
 //     %page1 = (j + 1 < ub) ? load %table[%blk1] : 0
+//     ring.wait ...
 //     ... use %blk, %page
 //     scf.yield %blk1, %blk2, %page1
 //   }
