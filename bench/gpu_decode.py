@@ -64,6 +64,10 @@ PAGED = [(c[0].replace("bench_decode", "bench_paged"), "paged", *c[2:]) for c in
 # partial blocks, its mask_mod run per score): what paging adds to it is
 # the page table, read by the converted mask_mod.
 LOGICAL = [(c[0].replace("bench_decode", "bench_logical"), "logical", *c[2:]) for c in BENCH]
+# Other builds of the paged and logical kernels timed beside them (names +
+# "_nopf", "_s3"): without loading the block indices and page entries
+# iterations ahead (CompileOptions.prefetch_loads), and with 3 stages.
+MASKED_VARIANTS = {"nopf": {"prefetch_loads": False}, "s3": {"stages": 3}}
 
 
 def case_tensors(case, dev: str):
@@ -137,14 +141,13 @@ def compile_all(out: str, only: str | None) -> None:
         torch.save([c.contiguous() for c in captures], os.path.join(out, f"{name}.captures.pt"))
         manifest[name] = {"case": list(case), "splits": opts.splits,
                           "pack_heads": opts.pack_heads, "options": over}
-    for case in PAGED:
-        if only and not any(o in case[0] for o in only.split(",")):
-            continue
-        items.append(_compile_paged(case, out, manifest))
-    for case in LOGICAL:
-        if only and not any(o in case[0] for o in only.split(",")):
-            continue
-        items.append(_compile_logical(case, out, manifest))
+    for cases, build in ((PAGED, _compile_paged), (LOGICAL, _compile_logical)):
+        for case in cases:
+            if only and not any(o in case[0] for o in only.split(",")):
+                continue
+            items.append(build(case, out, manifest, {}))
+            for v, over in MASKED_VARIANTS.items():
+                items.append(build((f"{case[0]}_{v}", *case[1:]), out, manifest, over))
     gpu_suite.write_artifacts(items, manifest, out)
 
 
@@ -163,10 +166,11 @@ def paged_cache(B: int, N: int, page: int, device: str):
     return cache
 
 
-def _masked_decode_spec(case, bm, kv, out: str):
-    """The sm_90a decode kernel's spec and options for a bench case under the
-    block mask ``bm`` (its mask_mod's captures saved beside it); ``kv`` the
-    K/V tensor when it is not the case's own."""
+def _masked_decode_spec(case, bm, kv, out: str, over: dict):
+    """The sm_90a decode kernel's spec and options (``over``: CompileOptions
+    fields) for a bench case under the block mask ``bm`` (its mask_mod's
+    captures saved beside it); ``kv`` the K/V tensor when it is not the
+    case's own."""
     import torch
 
     import flexattn_mlir as fm
@@ -176,7 +180,7 @@ def _masked_decode_spec(case, bm, kv, out: str):
     name, D = case[0], case[7]
     _, mask, captures, q, case_kv, _ = gpu_suite.captured_case(None, bm.mask_mod, (*case, {}))
     kv = case_kv if kv is None else kv
-    opts = decode.resolve(fm.CompileOptions(target="sm_90a"), q, kv, kv, bm)
+    opts = decode.resolve(fm.CompileOptions(target="sm_90a", **over), q, kv, kv, bm)
     assert opts.decode and opts.pack_heads, name
     spec = build_spec(q, kv, kv, score_mod=None, mask_mod=mask.ir, block_mask=bm,
                       captures=captures, scale=1.0 / math.sqrt(D), return_lse=False,
@@ -185,7 +189,7 @@ def _masked_decode_spec(case, bm, kv, out: str):
     return spec, opts
 
 
-def _compile_paged(case, out: str, manifest: dict):
+def _compile_paged(case, out: str, manifest: dict, over: dict):
     """A paged bench case: the cache, its page table and block mask are made
     here (the run needs no flexattn_mlir) and saved beside the kernel."""
     import torch
@@ -197,16 +201,16 @@ def _compile_paged(case, out: str, manifest: dict):
     logical = create_block_mask(noop_mask, B, None, M, N, BLOCK_SIZE=PAGE, device="cpu")
     bm = cache.convert_logical_block_mask(logical)
     kv = torch.empty(1, Hkv, pages * PAGE, D, dtype=getattr(torch, dt), device="meta")
-    spec, opts = _masked_decode_spec(case, bm, kv, out)
+    spec, opts = _masked_decode_spec(case, bm, kv, out, over)
     torch.save({"page_table": cache.page_table.clone(),
                 **{n: getattr(bm, n).to(torch.int32).contiguous() for n in _MASK_FIELDS}},
                os.path.join(out, f"{name}.paged.pt"))
     manifest[name] = {"case": list(case), "splits": opts.splits, "pack_heads": True,
-                      "options": {}, "pages": pages, "page_size": PAGE}
+                      "options": over, "pages": pages, "page_size": PAGE}
     return name, spec, opts
 
 
-def _compile_logical(case, out: str, manifest: dict):
+def _compile_logical(case, out: str, manifest: dict, over: dict):
     """The contiguous cache under the paged case's logical block mask (its
     fields saved beside the kernel)."""
     import torch
@@ -217,11 +221,11 @@ def _compile_logical(case, out: str, manifest: dict):
     name, _, B, Hq, Hkv, M, N, D, dt = case
     bm = BlockMask.from_torch(create_block_mask(noop_mask, B, None, M, N, BLOCK_SIZE=PAGE,
                                                 device="cpu"))
-    spec, opts = _masked_decode_spec(case, bm, None, out)
+    spec, opts = _masked_decode_spec(case, bm, None, out, over)
     torch.save({n: getattr(bm, n).to(torch.int32).contiguous() for n in _MASK_FIELDS},
                os.path.join(out, f"{name}.logical.pt"))
     manifest[name] = {"case": list(case), "splits": opts.splits, "pack_heads": True,
-                      "options": {}}
+                      "options": over}
     return name, spec, opts
 
 
@@ -436,9 +440,11 @@ def run_bench(store, by_name, artifacts, only, reps, peers, results) -> None:
         results["bench"].append(row)
         fns = {"ours": _ours(store, by_name, name, args)}
         paged = name.replace("bench_decode", "bench_paged")
+        masked_args = {}
         if paged in by_name:
             paged_args = _paged_args(artifacts, paged, q, k, v, dev)
             fns["ours_paged"] = _ours(store, by_name, paged, paged_args)
+            masked_args["paged"] = paged_args
             row["ours_paged_splits"] = results["manifest"][paged]["splits"]
         logical = name.replace("bench_decode", "bench_logical")
         if logical in by_name:
@@ -446,6 +452,13 @@ def run_bench(store, by_name, artifacts, only, reps, peers, results) -> None:
             saved = torch.load(os.path.join(artifacts, f"{logical}.logical.pt"))
             logical_args.update({n: saved[n].to(dev) for n in _MASK_FIELDS})
             fns["ours_logical"] = _ours(store, by_name, logical, logical_args)
+            masked_args["logical"] = logical_args
+        for impl, masked in (("paged", paged), ("logical", logical)):
+            for v in MASKED_VARIANTS:  # the paged and logical kernels' other builds
+                if f"ours_{impl}" in fns and f"{masked}_{v}" in by_name:
+                    own = dict(masked_args[impl], out=torch.full_like(q, float("nan")))
+                    fns[f"ours_{impl}_{v}"] = _ours(store, by_name, f"{masked}_{v}", own)
+                    masked_args[f"{impl}_{v}"] = own
         for tiling in VARIANTS:  # the same kernel with other tilings
             if f"{name}_{tiling}" in by_name:
                 fns[f"ours_{tiling}"] = _ours(store, by_name, f"{name}_{tiling}", dict(args))
@@ -468,6 +481,10 @@ def run_bench(store, by_name, artifacts, only, reps, peers, results) -> None:
             fns["ours_paged"]()
             row["paged_maxdiff_vs_contiguous"] = float(
                 (paged_args["out"].float() - args["out"].float()).abs().max())
+        for impl in [i for i in fns if i.startswith(("ours_paged_", "ours_logical_"))]:
+            fns[impl]()  # every build of the kernel gives the contiguous cache's output
+            row[f"{impl[5:]}_maxdiff_vs_contiguous"] = float(
+                (masked_args[impl[5:]]["out"].float() - args["out"].float()).abs().max())
         # Interleaved rounds, best of 3 medians each (the same process).
         for rnd in range(3):
             for impl, fn in fns.items():
@@ -486,6 +503,12 @@ def run_bench(store, by_name, artifacts, only, reps, peers, results) -> None:
         if "ours_paged" in fns:
             row["paged_vs_contiguous"] = row["ours_ms"] / row["ours_paged_ms"]
             row["paged_vs_contiguous_loop"] = row["ours_loop_ms"] / row["ours_paged_loop_ms"]
+        for impl in [i for i in fns if i.startswith(("ours_paged_", "ours_logical_"))]:
+            base = impl.rsplit("_", 1)[0]  # this build beside the default one
+            row[f"{base}_vs_{impl.rsplit('_', 1)[1]}"] = row[f"{impl}_ms"] / row[f"{base}_ms"]
+            if base == "ours_paged":
+                row[f"paged_{impl.rsplit('_', 1)[1]}_vs_contiguous"] = (row["ours_ms"]
+                                                                      / row[f"{impl}_ms"])
         if "ours_paged" in fns and "ours_logical" in fns:
             # the same logical mask on both: what the pages cost
             row["paged_vs_logical"] = row["ours_logical_ms"] / row["ours_paged_ms"]

@@ -53,12 +53,20 @@
 // ring.wait adds fence.proxy.async between its cp.async.wait_group and its
 // barrier (the copies are generic-proxy writes the async proxy then reads).
 //
+// In a gpu.launch marked `flexattn.prefetch_loads` (a unit attribute: the
+// decode kernel; the pass drops it), the KV loops' loads that every thread
+// makes alike and that a step needs after its first wait (page-table
+// entries, and the block indices their addresses take) are first issued
+// iterations ahead and carried (passes/PrefetchLoads.h), so the softmax
+// does not wait on a global load issued in its own step.
+//
 // Addresses in a tile: the 16-byte chunk c of row r of a 128-row... tile
 // sits at panel (c / 8), row r, chunk (c % 8) ^ (r % 8): the 8 row addresses
 // of an 8x8 matrix hit 8 different 16-byte bank groups.
 //
 //===----------------------------------------------------------------------===//
 
+#include "passes/PrefetchLoads.h"
 #include "passes/Wgmma.h"
 
 #include "mlir/Dialect/GPU/IR/GPUDialect.h"
@@ -725,6 +733,17 @@ struct FlexAttnLowerToAmperePass
           // sm_90a's warpgroup MMAs where the launch asks for them.
           bool wgmma = launch->hasAttr(kWgmmaAttr);
           launch->removeAttr(kWgmmaAttr);
+          // The KV loops' uniform loads a step ahead where the launch asks.
+          if (launch->removeAttr(kPrefetchLoads)) {
+            SmallVector<std::pair<scf::ForOp, Operation *>> loops;
+            launch.walk([&](scf::ForOp loop) {
+              auto waits = loop.getBody()->getOps<RingWaitOp>();
+              if (!waits.empty())
+                loops.push_back({loop, *waits.begin()});
+            });
+            for (auto [loop, wait] : loops)
+              prefetchUniformLoads(rewriter, launch, loop, wait);
+          }
           return lowerToAmpere(rewriter, launch, maxSharedMemory, fp32Precision, wgmma);
         })))
       signalPassFailure();

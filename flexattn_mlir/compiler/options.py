@@ -100,6 +100,14 @@ class CompileOptions:
       ``flexattn_mlir.compiler.backends.gpu.exp2_poly``; no effect on
       other targets, on float32 inputs and on the mma.sync kernels
       (decode, dynamic shapes, other head dims).
+    prefetch_loads: the mma.sync kernel's KV loop loads the values every
+      thread of the CTA reads alike that a step needs after its wait
+      (page-table entries, and the block indices they take) iterations
+      ahead, loop-carried, instead of in the step that uses them
+      (``flexattn-lower-to-ampere`` on launches marked
+      ``flexattn.prefetch_loads``: passes/PrefetchLoads.h). None: on for
+      the GPU decode kernel, off for the others; no effect on sm_90a's
+      wgmma kernel and the CPU.
     splits: the GPU decode kernel's KV ranges per tile, static (the grid is
       B x Hkv x splits x Q tiles); 0 outside a GPU decode. flex_attention
       chooses it per shape from the tiles and the device's SMs
@@ -124,6 +132,7 @@ class CompileOptions:
     deterministic: bool = False
     backward_wgmma: bool = True
     exp2_poly: Optional[int] = None
+    prefetch_loads: Optional[bool] = None
 
     def __post_init__(self):
         if self.target not in targets.TARGETS:
@@ -176,6 +185,9 @@ class CompileOptions:
         if not isinstance(self.backward_wgmma, bool):
             raise ValueError(f"CompileOptions.backward_wgmma must be a bool, "
                              f"got {self.backward_wgmma!r}")
+        if self.prefetch_loads is not None and not isinstance(self.prefetch_loads, bool):
+            raise ValueError(f"CompileOptions.prefetch_loads must be a bool or None, "
+                             f"got {self.prefetch_loads!r}")
         if self.exp2_poly is not None and (
                 isinstance(self.exp2_poly, bool) or not isinstance(self.exp2_poly, int)
                 or not 0 <= self.exp2_poly <= 16):

@@ -268,6 +268,151 @@ func.func @paired_rings(%q: memref<1x2x300x64xbf16>, %b: index, %h: index, %row:
 
 // -----
 
+// A launch marked flexattn.prefetch_loads (the decode kernel's): the
+// loads of the KV loop that every thread makes alike, that depend on the
+// iteration and that the step needs after its first wait (the page-table
+// entry of its block), and the loads their addresses need (the block
+// index), are issued iterations ahead and carried (passes/PrefetchLoads.h).
+// The block index, one load on its address path, goes two iterations
+// ahead (slots j and j + 1; j's is unused here and canonicalize drops it);
+// the page entry one ahead, from the carried index of iteration j + 1.
+// Before the loop: the slots of iterations 0 and 1, each under `if` it
+// exists. A load before the wait that nothing after it needs (the copies'
+// index, a step ahead), a load by thread (the thread id in its address)
+// and one from a memref the launch writes stay where they were.
+// CHECK-LABEL: func.func @prefetch_loads(
+// CHECK-SAME:    %[[KVI:[^:]+]]: memref<4x8xi32>, %[[TABLE:[^:]+]]: memref<4x16xi64>, %[[OUT:[^:]+]]: memref<4x8xi32>, %[[N:[^:]+]]: index, %[[I:[^:]+]]: i32,
+// CHECK:         gpu.launch blocks(%[[BX:[^,]*]], {{.*}} threads(%[[TX:[^,]*]],
+// CHECK:           %[[ANY:.*]] = arith.cmpi sgt, %[[N]], %[[C0:.*]] : index
+// CHECK:           %[[B0:.*]] = scf.if %[[ANY]] -> (i32) {
+// CHECK-NEXT:        memref.load %[[KVI]][%[[BX]], %[[C0]]]
+// CHECK:           %[[TWO:.*]] = arith.cmpi sgt, %[[N]], %[[C1:.*]] : index
+// CHECK:           %[[B1:.*]] = scf.if %[[TWO]] -> (i32) {
+// CHECK-NEXT:        memref.load %[[KVI]][%[[BX]], %[[C0]]]
+// CHECK:           %[[P0:.*]] = scf.if %[[ANY]] -> (i64) {
+// CHECK-NEXT:        arith.index_cast %[[B0]] : i32 to index
+// CHECK:             memref.load %[[TABLE]]
+// CHECK:           scf.for %[[J:.*]] = %[[C0]] to %[[N]] step %[[C1]] iter_args(%[[POS:.*]] = %[[I]], %[[BNEXT:.*]] = %[[B1]], %[[PAGE:.*]] = %[[P0]]) -> (i32, i32, i64) {
+// CHECK-NEXT:        %[[J2:.*]] = arith.addi %[[J]], %[[C2:.*]] : index
+// CHECK-NEXT:        %[[HAS2:.*]] = arith.cmpi slt, %[[J2]], %[[N]] : index
+// CHECK-NEXT:        %[[B2:.*]] = scf.if %[[HAS2]] -> (i32) {
+// CHECK-NEXT:          %[[JB2:.*]] = arith.divui %[[J2]], %[[C2]] : index
+// CHECK-NEXT:          memref.load %[[KVI]][%[[BX]], %[[JB2]]]
+// CHECK:             %[[J1:.*]] = arith.addi %[[J]], %[[C1]] : index
+// CHECK-NEXT:        %[[HAS1:.*]] = arith.cmpi slt, %[[J1]], %[[N]] : index
+// CHECK-NEXT:        %[[P1:.*]] = scf.if %[[HAS1]] -> (i64) {
+// CHECK-NEXT:          arith.index_cast %[[BNEXT]] : i32 to index
+// CHECK:               memref.load %[[TABLE]]
+// CHECK:             %[[JB:.*]] = arith.divui %[[J]], %[[C2]] : index
+// CHECK-NEXT:        %[[JB1:.*]] = arith.divui %[[J1]], %[[C2]] : index
+// CHECK-NEXT:        %[[AHEAD:.*]] = memref.load %[[KVI]][%[[BX]], %[[JB1]]]
+// CHECK-NEXT:        memref.store %[[AHEAD]]
+// CHECK-NEXT:        nvvm.cp.async.wait.group 0
+// CHECK-NEXT:        nvvm.barrier0
+// CHECK-NEXT:        %[[VALID:.*]] = arith.cmpi sge, %[[PAGE]], %{{.*}} : i64
+// CHECK-NEXT:        memref.load %[[KVI]][%[[TX]], %[[JB]]]
+// CHECK-NEXT:        memref.load %[[OUT]][%[[BX]], %[[JB]]]
+// CHECK-NOT:         memref.load
+// CHECK:             arith.select %[[VALID]]
+// CHECK:             scf.yield %{{.*}}, %[[B2]], %[[P1]] : i32, i32, i64
+func.func @prefetch_loads(%kvi: memref<4x8xi32>, %table: memref<4x16xi64>, %out: memref<4x8xi32>,
+                          %n: index, %i: i32, %qf: vector<32xbf16>, %s: memref<128x16xf32>) {
+  %c0 = arith.constant 0 : index
+  %c1 = arith.constant 1 : index
+  %c2 = arith.constant 2 : index
+  %c4 = arith.constant 4 : index
+  %c64 = arith.constant 64 : index
+  %c128 = arith.constant 128 : index
+  %c0_i64 = arith.constant 0 : i64
+  %c1_i32 = arith.constant 1 : i32
+  %zero = arith.constant dense<0.0> : vector<16xf32>
+  gpu.launch blocks(%bx, %by, %bz) in (%gx = %c4, %gy = %c1, %gz = %c1)
+             threads(%tx, %ty, %tz) in (%sx = %c128, %sy = %c1, %sz = %c1) {
+    %r = flexattn.ring.alloc consumers(128) : !flexattn.ring<2 x 32x64xbf16>
+    %last = scf.for %j = %c0 to %n step %c1 iter_args(%pos = %i) -> (i32) {
+      %jb = arith.divui %j, %c2 : index
+      %blk32 = memref.load %kvi[%bx, %jb] : memref<4x8xi32>
+      %j1 = arith.addi %j, %c1 : index
+      %jb1 = arith.divui %j1, %c2 : index
+      %ahead = memref.load %kvi[%bx, %jb1] : memref<4x8xi32>
+      memref.store %ahead, %out[%bx, %c0] : memref<4x8xi32>
+      flexattn.ring.wait %r[%pos] in_flight(0) : !flexattn.ring<2 x 32x64xbf16>
+      %blk = arith.index_cast %blk32 : i32 to index
+      %kv0 = arith.muli %blk, %c64 : index
+      %page = arith.divui %kv0, %c128 : index
+      %entry = memref.load %table[%bx, %page] : memref<4x16xi64>
+      %valid = arith.cmpi sge, %entry, %c0_i64 : i64
+      %mine = memref.load %kvi[%tx, %jb] : memref<4x8xi32>
+      %written = memref.load %out[%bx, %jb] : memref<4x8xi32>
+      %sum = arith.addi %mine, %written : i32
+      memref.store %sum, %out[%bx, %jb] : memref<4x8xi32>
+      %t = flexattn.ring.slot %r[%pos] : !flexattn.ring<2 x 32x64xbf16>
+      %x = flexattn.mma %qf, %t {transpose_b} : vector<32xbf16>, !flexattn.smem_tile<32x64xbf16> -> vector<16xf32>
+      %m = arith.select %valid, %x, %zero : vector<16xf32>
+      vector.store %m, %s[%tx, %c0] : memref<128x16xf32>, vector<16xf32>
+      flexattn.ring.release %r[%pos] : !flexattn.ring<2 x 32x64xbf16>
+      %next = arith.addi %pos, %c1_i32 : i32
+      scf.yield %next : i32
+    }
+    gpu.terminator
+  } {flexattn.prefetch_loads}
+  return
+}
+
+// -----
+
+// Unmarked: the same loop keeps its loads where they were.
+// CHECK-LABEL: func.func @unmarked(
+// CHECK-NOT:     memref.load
+// CHECK:         scf.for %{{.*}} iter_args(%{{.*}} = %{{.*}}) -> (i32) {
+// CHECK:           nvvm.cp.async.wait.group 0
+// CHECK:           memref.load %{{.*}} : memref<4x16xi64>
+func.func @unmarked(%kvi: memref<4x8xi32>, %table: memref<4x16xi64>, %out: memref<4x8xi32>,
+                          %n: index, %i: i32, %qf: vector<32xbf16>, %s: memref<128x16xf32>) {
+  %c0 = arith.constant 0 : index
+  %c1 = arith.constant 1 : index
+  %c2 = arith.constant 2 : index
+  %c4 = arith.constant 4 : index
+  %c64 = arith.constant 64 : index
+  %c128 = arith.constant 128 : index
+  %c0_i64 = arith.constant 0 : i64
+  %c1_i32 = arith.constant 1 : i32
+  %zero = arith.constant dense<0.0> : vector<16xf32>
+  gpu.launch blocks(%bx, %by, %bz) in (%gx = %c4, %gy = %c1, %gz = %c1)
+             threads(%tx, %ty, %tz) in (%sx = %c128, %sy = %c1, %sz = %c1) {
+    %r = flexattn.ring.alloc consumers(128) : !flexattn.ring<2 x 32x64xbf16>
+    %last = scf.for %j = %c0 to %n step %c1 iter_args(%pos = %i) -> (i32) {
+      %jb = arith.divui %j, %c2 : index
+      %blk32 = memref.load %kvi[%bx, %jb] : memref<4x8xi32>
+      %j1 = arith.addi %j, %c1 : index
+      %jb1 = arith.divui %j1, %c2 : index
+      %ahead = memref.load %kvi[%bx, %jb1] : memref<4x8xi32>
+      memref.store %ahead, %out[%bx, %c0] : memref<4x8xi32>
+      flexattn.ring.wait %r[%pos] in_flight(0) : !flexattn.ring<2 x 32x64xbf16>
+      %blk = arith.index_cast %blk32 : i32 to index
+      %kv0 = arith.muli %blk, %c64 : index
+      %page = arith.divui %kv0, %c128 : index
+      %entry = memref.load %table[%bx, %page] : memref<4x16xi64>
+      %valid = arith.cmpi sge, %entry, %c0_i64 : i64
+      %mine = memref.load %kvi[%tx, %jb] : memref<4x8xi32>
+      %written = memref.load %out[%bx, %jb] : memref<4x8xi32>
+      %sum = arith.addi %mine, %written : i32
+      memref.store %sum, %out[%bx, %jb] : memref<4x8xi32>
+      %t = flexattn.ring.slot %r[%pos] : !flexattn.ring<2 x 32x64xbf16>
+      %x = flexattn.mma %qf, %t {transpose_b} : vector<32xbf16>, !flexattn.smem_tile<32x64xbf16> -> vector<16xf32>
+      %m = arith.select %valid, %x, %zero : vector<16xf32>
+      vector.store %m, %s[%tx, %c0] : memref<128x16xf32>, vector<16xf32>
+      flexattn.ring.release %r[%pos] : !flexattn.ring<2 x 32x64xbf16>
+      %next = arith.addi %pos, %c1_i32 : i32
+      scf.yield %next : i32
+    }
+    gpu.terminator
+  }
+  return
+}
+
+// -----
+
 func.func @too_much_shared_memory() {
   %c1 = arith.constant 1 : index
   %c256 = arith.constant 256 : index

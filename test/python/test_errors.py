@@ -116,6 +116,8 @@ def test_options_validation():
         CompileOptions(tile_q=48)
     with pytest.raises(ValueError, match="CompileOptions.target must be one of"):
         CompileOptions(target="tpu")
+    with pytest.raises(ValueError, match="CompileOptions.prefetch_loads must be a bool or None, got 1"):
+        CompileOptions(prefetch_loads=1)
     with pytest.raises(ValueError, match="kernel_options: unknown option 'BLOCKM'"):
         CompileOptions.from_kernel_options({"BLOCKM": 64})
 

@@ -87,13 +87,9 @@ def test_decode_kernel_reads_a_shared_cache_in_place():
     assert args["k"]["shape"] == [3, 2, 1024, 64]
 
 
-@pytest.mark.parametrize("page", [64, 128])
-def test_paged_decode_kernel_reads_the_page_table_once_per_tile(page):
-    """The wrapped paged mask_mod reads `physical_to_logical[b, kv // page]`;
-    a 64-column KV tile never crosses a page, so after
-    flexattn-fold-tile-divisions every score of a tile divides the tile's
-    start: one page-table load per KV loop (the masked one) instead of one
-    per column a thread holds (16)."""
+def _paged_decode(page, **kernel_options):
+    """The sm_90a decode kernel over a paged cache of 4 sequences of 8 pages
+    (a no-op logical mask); and the page table's memref type."""
     from torch.nn.attention.flex_attention import noop_mask
 
     B, hkv, hq, n, D = 4, 2, 8, 8 * page, 128
@@ -105,15 +101,50 @@ def test_paged_decode_kernel_reads_the_page_table_once_per_tile(page):
     kc = torch.empty(1, hkv, cache.n_pages * page, D, dtype=torch.bfloat16)
     logical = create_block_mask(noop_mask, B, None, 1, n, BLOCK_SIZE=(128, page))
     c = compile_flex_attention(q, kc, kc, block_mask=cache.convert_logical_block_mask(logical),
-                               enable_gqa=True, target="sm_90a")
+                               enable_gqa=True, target="sm_90a",
+                               kernel_options=kernel_options or None)
     assert c.options.decode and c.options.tile_kv == 64
-    table = f"memref<{B}x{cache.n_pages}xi64>"
+    return c, f"memref<{B}x{cache.n_pages}xi64>"
+
+
+@pytest.mark.parametrize("page", [64, 128])
+def test_paged_decode_kernel_reads_the_page_table_once_per_tile(page):
+    """The wrapped paged mask_mod reads `physical_to_logical[b, kv // page]`;
+    a 64-column KV tile never crosses a page, so after
+    flexattn-fold-tile-divisions every score of a tile divides the tile's
+    start: one page-table load per KV loop (the masked one) instead of one
+    per column a thread holds (16)."""
+    c, table = _paged_decode(page)
     loads = [line for line in c.ir["fragments"].splitlines()
              if "memref.load" in line and table in line]
     loops = c.ir["fragments"].count("scf.for")
     assert 1 <= len(loads) <= loops, (len(loads), loops)
     res = c.metadata["resources"]
     assert (res.spill_stores, res.spill_loads) == (0, 0), res
+
+
+@pytest.mark.parametrize("prefetch", [None, False])
+def test_paged_decode_kernel_loads_the_page_table_a_step_ahead(prefetch):
+    """CompileOptions.prefetch_loads (None: on for the decode kernel): the
+    masked KV loop loads its block indices and page-table entries iterations
+    ahead and carries them (flexattn-lower-to-ampere, passes/PrefetchLoads.h),
+    so the loop body reads the table before its first cp.async wait, for a
+    later step; the first step's entry is read before the loop. Off: the
+    step reads its own entry after the wait (the softmax waits on it)."""
+    c, table = _paged_decode(128, **({} if prefetch is None else {"prefetch_loads": prefetch}))
+    assert c.options.prefetch_loads is prefetch
+    lines = c.ir["kernel"].splitlines()
+    loop = next(i for i, line in enumerate(lines) if "scf.for" in line and "iter_args" in line)
+    loads = [i for i, line in enumerate(lines) if "memref.load" in line and table in line]
+    wait = next(i for i, line in enumerate(lines[loop:], loop) if "cp.async.wait.group" in line)
+    in_loop = [i for i in loads if loop < i]
+    if prefetch is None:
+        assert lines[loop].endswith("i64) {"), lines[loop]  # the entry is carried
+        assert loads[0] < loop and loop < in_loop[0] < wait, (loads, loop, wait)
+    else:
+        assert loads[0] > wait, (loads, loop, wait)
+    res = c.metadata["resources"]
+    assert res.registers <= 255 and (res.spill_stores, res.spill_loads) == (0, 0), res
 
 
 @pytest.mark.parametrize("group", [4, 8])

@@ -217,14 +217,26 @@ def make_fragments(mod: ir.Module, opts: CompileOptions) -> None:
     ], "fragments")
 
 
+def prefetch_loads(opts: CompileOptions) -> bool:
+    """Whether the mma.sync kernel's KV loops load their CTA-uniform values
+    (block indices, page-table entries) iterations ahead: ``opts.prefetch_loads``,
+    or where that is None the decode kernel's (docs/inference.md, "Loads a
+    step ahead")."""
+    return bool(opts.decode) if opts.prefetch_loads is None else opts.prefetch_loads
+
+
 def make_kernel(mod: ir.Module, opts: CompileOptions) -> None:
     """The roles' lowering: ``flexattn-lower-to-hopper`` after
     ``flexattn-warp-specialize``, ``flexattn-lower-to-ampere`` after
     ``flexattn-multistage`` (with ``opts.fp32_precision`` for float32
     tiles); the target's shared memory per block."""
     target = targets.target(opts.target)
-    lowering = ("flexattn-lower-to-hopper{" if _has_op(mod, "flexattn.warp_specialize")
+    hopper = _has_op(mod, "flexattn.warp_specialize")
+    lowering = ("flexattn-lower-to-hopper{" if hopper
                 else f"flexattn-lower-to-ampere{{fp32-precision={opts.fp32_precision} ")
+    if not hopper and prefetch_loads(opts):  # flexattn-lower-to-ampere reads the mark
+        for launch in _ops(mod, "gpu.launch"):
+            launch.attributes["flexattn.prefetch_loads"] = ir.UnitAttr.get()
     run_pipeline(mod, [
         f"{lowering}max-shared-memory={target.max_shared_per_block}}}",
         "gpu-launch-sink-index-computations",
