@@ -65,9 +65,11 @@ PAGED = [(c[0].replace("bench_decode", "bench_paged"), "paged", *c[2:]) for c in
 # the page table, read by the converted mask_mod.
 LOGICAL = [(c[0].replace("bench_decode", "bench_logical"), "logical", *c[2:]) for c in BENCH]
 # Other builds of the paged and logical kernels timed beside them (names +
-# "_nopf", "_s3"): without loading the block indices and page entries
-# iterations ahead (CompileOptions.prefetch_loads), and with 3 stages.
-MASKED_VARIANTS = {"nopf": {"prefetch_loads": False}, "s3": {"stages": 3}}
+# "_nopf", "_nohoist"): without loading the block indices and page entries
+# iterations ahead (CompileOptions.prefetch_loads; nor the loads before
+# the KV loop while Q is copied), and without the latter only
+# (CompileOptions.hoist_loads). 3 stages ran 0.96-0.98x of 2 (docs/inference.md).
+MASKED_VARIANTS = {"nopf": {"prefetch_loads": False}, "nohoist": {"hoist_loads": False}}
 
 
 def case_tensors(case, dev: str):
