@@ -65,9 +65,11 @@ PAGED = [(c[0].replace("bench_decode", "bench_paged"), "paged", *c[2:]) for c in
 # the page table, read by the converted mask_mod.
 LOGICAL = [(c[0].replace("bench_decode", "bench_logical"), "logical", *c[2:]) for c in BENCH]
 # Other builds of the paged and logical kernels timed beside them (names +
-# "_nopf", "_s3"): without loading the block indices and page entries
-# iterations ahead (CompileOptions.prefetch_loads), and with 3 stages.
-MASKED_VARIANTS = {"nopf": {"prefetch_loads": False}, "s3": {"stages": 3}}
+# "_nopf", "_nohoist"): without loading the block indices and page entries
+# iterations ahead (CompileOptions.prefetch_loads; nor the loads before
+# the KV loop while Q is copied), and without the latter only
+# (CompileOptions.hoist_loads). 3 stages ran 0.96-0.98x of 2 (docs/inference.md).
+MASKED_VARIANTS = {"nopf": {"prefetch_loads": False}, "nohoist": {"hoist_loads": False}}
 
 
 def case_tensors(case, dev: str):
@@ -233,11 +235,20 @@ def _compile_logical(case, out: str, manifest: dict, over: dict):
 
 _MASK_FIELDS = ("kv_num_blocks", "kv_indices", "full_kv_num_blocks", "full_kv_indices")
 
-def _ours(store, by_name, name, args):
+def _ours(store, by_name, name, args, prepared: bool = False):
+    """A call of kernel `name` on `args`: validated (`Kernel.__call__`, every
+    tensor checked per call), or with `prepared` as flex_attention's call
+    plans launch at a cache hit (validated once here, then the
+    `PreparedLaunch`: no per-call checks, whose cost grows with the
+    arguments: the block mask's four and the page table's)."""
     from flexattn_runtime.splitkv import run_split
 
     kernel = store.get(by_name[name])
-    return lambda: run_split(kernel, args)
+    if not prepared:
+        return lambda: run_split(kernel, args)
+    run_split(kernel, args)
+    launch = kernel.prepare()
+    return lambda: run_split(kernel, args, launch)
 
 
 def _args(artifacts, case, q, k, v, tbm, dev):
@@ -438,12 +449,12 @@ def run_bench(store, by_name, artifacts, only, reps, peers, results) -> None:
         row = {"case": name, "B": B, "Hq": Hq, "Hkv": Hkv, "M": M, "N": N, "D": D, "dtype": dt,
                "kv_bytes": kv_bytes, "splits": results["manifest"].get(name, {}).get("splits")}
         results["bench"].append(row)
-        fns = {"ours": _ours(store, by_name, name, args)}
+        fns = {"ours": _ours(store, by_name, name, args, True)}
         paged = name.replace("bench_decode", "bench_paged")
         masked_args = {}
         if paged in by_name:
             paged_args = _paged_args(artifacts, paged, q, k, v, dev)
-            fns["ours_paged"] = _ours(store, by_name, paged, paged_args)
+            fns["ours_paged"] = _ours(store, by_name, paged, paged_args, True)
             masked_args["paged"] = paged_args
             row["ours_paged_splits"] = results["manifest"][paged]["splits"]
         logical = name.replace("bench_decode", "bench_logical")
@@ -451,17 +462,24 @@ def run_bench(store, by_name, artifacts, only, reps, peers, results) -> None:
             logical_args = _args(artifacts, (logical, *case[1:]), q, k, v, None, dev)
             saved = torch.load(os.path.join(artifacts, f"{logical}.logical.pt"))
             logical_args.update({n: saved[n].to(dev) for n in _MASK_FIELDS})
-            fns["ours_logical"] = _ours(store, by_name, logical, logical_args)
+            fns["ours_logical"] = _ours(store, by_name, logical, logical_args, True)
             masked_args["logical"] = logical_args
         for impl, masked in (("paged", paged), ("logical", logical)):
             for v in MASKED_VARIANTS:  # the paged and logical kernels' other builds
                 if f"ours_{impl}" in fns and f"{masked}_{v}" in by_name:
                     own = dict(masked_args[impl], out=torch.full_like(q, float("nan")))
-                    fns[f"ours_{impl}_{v}"] = _ours(store, by_name, f"{masked}_{v}", own)
+                    fns[f"ours_{impl}_{v}"] = _ours(store, by_name, f"{masked}_{v}", own, True)
                     masked_args[f"{impl}_{v}"] = own
+        # The contiguous and paged kernels through Kernel.__call__ (every
+        # argument validated per call: bench runs before 2026-12-02's chain).
+        fns["ours_validated"] = _ours(store, by_name, name, args)
+        if "ours_paged" in fns:
+            own = masked_args["paged_validated"] = dict(paged_args,
+                                                        out=torch.full_like(q, float("nan")))
+            fns["ours_paged_validated"] = _ours(store, by_name, paged, own)
         for tiling in VARIANTS:  # the same kernel with other tilings
             if f"{name}_{tiling}" in by_name:
-                fns[f"ours_{tiling}"] = _ours(store, by_name, f"{name}_{tiling}", dict(args))
+                fns[f"ours_{tiling}"] = _ours(store, by_name, f"{name}_{tiling}", dict(args), True)
                 row[f"ours_{tiling}_splits"] = results["manifest"][f"{name}_{tiling}"]["splits"]
         for peer in peers:
             try:
@@ -503,6 +521,8 @@ def run_bench(store, by_name, artifacts, only, reps, peers, results) -> None:
         if "ours_paged" in fns:
             row["paged_vs_contiguous"] = row["ours_ms"] / row["ours_paged_ms"]
             row["paged_vs_contiguous_loop"] = row["ours_loop_ms"] / row["ours_paged_loop_ms"]
+            row["paged_vs_contiguous_validated"] = (row["ours_validated_ms"]
+                                                    / row["ours_paged_validated_ms"])
         for impl in [i for i in fns if i.startswith(("ours_paged_", "ours_logical_"))]:
             base = impl.rsplit("_", 1)[0]  # this build beside the default one
             row[f"{base}_vs_{impl.rsplit('_', 1)[1]}"] = row[f"{impl}_ms"] / row[f"{base}_ms"]

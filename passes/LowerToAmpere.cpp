@@ -58,7 +58,10 @@
 // makes alike and that a step needs after its first wait (page-table
 // entries, and the block indices their addresses take) are first issued
 // iterations ahead and carried (passes/PrefetchLoads.h), so the softmax
-// does not wait on a global load issued in its own step.
+// does not wait on a global load issued in its own step. In one marked
+// `flexattn.hoist_loads` (the decode kernel), the loads before its KV
+// loops (the block mask's counts, the first block indices) move above its
+// first wait (the Q tile's), off the chain to the first K/V copy.
 //
 // Addresses in a tile: the 16-byte chunk c of row r of a 128-row... tile
 // sits at panel (c / 8), row r, chunk (c % 8) ^ (r % 8): the 8 row addresses
@@ -743,6 +746,20 @@ struct FlexAttnLowerToAmperePass
             });
             for (auto [loop, wait] : loops)
               prefetchUniformLoads(rewriter, launch, loop, wait);
+          }
+          // The loads before the KV loops above the first wait where asked.
+          if (launch->removeAttr(kHoistLoads)) {
+            Block &top = launch.getBody().front();
+            Operation *wait = nullptr, *end = nullptr;
+            for (Operation &op : top) {
+              if (!wait && isa<RingWaitOp>(op))
+                wait = &op;
+              auto loop = dyn_cast<scf::ForOp>(op);
+              if (wait && loop && !loop.getBody()->getOps<RingWaitOp>().empty())
+                end = loop;
+            }
+            if (end)
+              hoistLoadsAbove(rewriter, launch, wait, end);
           }
           return lowerToAmpere(rewriter, launch, maxSharedMemory, fp32Precision, wgmma);
         })))

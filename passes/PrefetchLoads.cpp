@@ -86,6 +86,34 @@ bool readOnlyIn(gpu::LaunchOp launch, Value memref) {
   return true;
 }
 
+/// Whether `op` only computes and reads memrefs `launch` only reads: a pure
+/// op without regions, a load of such a memref, or an scf.if of those.
+bool onlyReads(gpu::LaunchOp launch, Operation *op) {
+  if (auto load = dyn_cast<memref::LoadOp>(op))
+    return readOnlyIn(launch, load.getMemRef());
+  if (auto ifOp = dyn_cast<scf::IfOp>(op)) {
+    bool ok = true;
+    ifOp->walk([&](Operation *inner) {
+      if (inner != op && !isa<scf::YieldOp>(inner))
+        ok = ok && onlyReads(launch, inner);
+    });
+    return ok;
+  }
+  return !op->getNumRegions() && isMemoryEffectFree(op);
+}
+
+/// The values `op` and the ops of its regions take from above it.
+SmallVector<Value> usedValues(Operation *op) {
+  SmallVector<Value> used(op->getOperands());
+  op->walk([&](Operation *inner) {
+    if (inner != op)
+      for (Value v : inner->getOperands())
+        if (!op->isAncestor(v.getParentRegion()->getParentOp()))
+          used.push_back(v);
+  });
+  return used;
+}
+
 /// The analysis of a loop body's top-level ops: which are computable from
 /// the induction variable and uniform values defined outside the loop
 /// (pure ops, loads of read-only memrefs, scf.if of those), their depth
@@ -150,20 +178,8 @@ private:
       if (!readOnlyIn(launch, load.getMemRef()) || !all(load.getIndices()))
         return;
       ++d;
-    } else if (auto ifOp = dyn_cast<scf::IfOp>(op)) {
-      bool ok = operand(ifOp.getCondition(), d, iv);
-      ifOp->walk([&](Operation *inner) {
-        if (inner == op || !ok)
-          return;
-        if (auto load = dyn_cast<memref::LoadOp>(inner))
-          ok = readOnlyIn(launch, load.getMemRef());
-        else if (!isa<scf::YieldOp, scf::IfOp>(inner) && !isMemoryEffectFree(inner))
-          ok = false;
-        for (Value v : inner->getOperands())
-          if (ok && !ifOp->isAncestor(v.getParentRegion()->getParentOp()))
-            ok = operand(v, d, iv);
-      });
-      if (!ok)
+    } else if (isa<scf::IfOp>(op)) {
+      if (!onlyReads(launch, op) || !all(usedValues(op)))
         return;
       ++d;
     } else if (op->getNumRegions() || !isMemoryEffectFree(op) || !all(op->getOperands())) {
@@ -321,14 +337,7 @@ private:
   /// A clone of `op` (of the original body) at iteration `at` = j + k: its
   /// operands and the values its regions take from above mapped there.
   Operation *cloneAt(Operation *op, int64_t k, Value at, IRMapping &map) {
-    SmallVector<Value> captured(op->getOperands());
-    op->walk([&](Operation *inner) {
-      if (inner != op)
-        for (Value v : inner->getOperands())
-          if (!op->isAncestor(v.getParentRegion()->getParentOp()))
-            captured.push_back(v);
-    });
-    for (Value v : captured)
+    for (Value v : usedValues(op))
       map.map(v, value(v, k, at, map));
     return rewriter.clone(*op, map);
   }
@@ -349,4 +358,43 @@ int64_t mlir::flexattn::prefetchUniformLoads(RewriterBase &rewriter, gpu::Launch
   BodyAnalysis analysis(launch, loop);
   OpBuilder::InsertionGuard guard(rewriter);
   return Pipeline(rewriter, analysis, wait).run();
+}
+
+int64_t mlir::flexattn::hoistLoadsAbove(RewriterBase &rewriter, gpu::LaunchOp launch,
+                                         Operation *wait, Operation *end) {
+  // The ops between wait and end that only read, whose operands are such
+  // ops or come from above wait, in order.
+  DenseSet<Operation *> movable;
+  SmallVector<Operation *> roots;
+  for (Operation *op = wait->getNextNode(); op && op != end; op = op->getNextNode()) {
+    if (!onlyReads(launch, op) || !llvm::all_of(usedValues(op), [&](Value v) {
+          Operation *def = v.getDefiningOp();
+          return !def || def->getBlock() != wait->getBlock() || def->isBeforeInBlock(wait) ||
+                 movable.contains(def);
+        }))
+      continue;
+    movable.insert(op);
+    bool loads = false;
+    op->walk([&](memref::LoadOp) { loads = true; });
+    if (loads)
+      roots.push_back(op);
+  }
+  // The loads and the ops they need, moved above wait in their order.
+  DenseSet<Operation *> moved;
+  SmallVector<Operation *> work(roots);
+  while (!work.empty()) {
+    Operation *op = work.pop_back_val();
+    if (!movable.contains(op) || !moved.insert(op).second)
+      continue;
+    for (Value v : usedValues(op))
+      if (Operation *def = v.getDefiningOp())
+        work.push_back(def);
+  }
+  SmallVector<Operation *> order;
+  for (Operation *op = wait->getNextNode(); op && op != end; op = op->getNextNode())
+    if (moved.contains(op))
+      order.push_back(op);
+  for (Operation *op : order)
+    rewriter.moveOpBefore(op, wait);
+  return order.size();
 }

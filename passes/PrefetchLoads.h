@@ -53,6 +53,31 @@
 // gpu.launch marked `flexattn.prefetch_loads` (the driver marks the decode
 // kernel's), before it lowers the rings.
 //
+// `hoistLoadsAbove` takes the loads a CTA makes before its KV loops off
+// the chain to its first copy: the decode kernel copies its Q tile and
+// waits for it (`wait`, the launch's first ring.wait), then reads the
+// block mask's counts, computes its split's range, reads the first block
+// indices (flexattn-multistage's prologue and the slots above) and only
+// then issues its first K/V copies: three global-memory latencies in a
+// row where the dense kernel has one. The loads of memrefs the launch only
+// reads (and `scf.if` of such loads and pure ops) between `wait` and
+// `end` (the last KV loop), with the pure ops their values need, move to
+// just before `wait`, in their order, so they run while Q is copied:
+//
+//   ring.copy Q; ring.wait Q; frag.load Q
+//   %n = memref.load %kv_num_blocks[%b]; (range of the split from %n)
+//   %blk = scf.if (lb < ub) { memref.load %kv_indices[%b, lb] }
+//   ring.copy K, V at %blk; scf.for ...
+// ->
+//   ring.copy Q
+//   %n = memref.load %kv_num_blocks[%b]; (range); %blk = scf.if ...
+//   ring.wait Q; frag.load Q
+//   ring.copy K, V at %blk; scf.for ...
+//
+// A load whose address needs anything else below `wait` (a shared-memory
+// read, a loop's result) stays; the memrefs are not written in the launch,
+// so every value is the same.
+//
 //===----------------------------------------------------------------------===//
 
 #ifndef FLEXATTN_PASSES_PREFETCHLOADS_H
@@ -75,6 +100,18 @@ constexpr llvm::StringLiteral kPrefetchLoads = "flexattn.prefetch_loads";
 /// carried (0: the loop is unchanged).
 int64_t prefetchUniformLoads(RewriterBase &rewriter, gpu::LaunchOp launch, scf::ForOp loop,
                              Operation *wait);
+
+/// The unit attribute on a gpu.launch that asks flexattn-lower-to-ampere to
+/// hoist the loads before its KV loops above its first wait (the pass drops
+/// it).
+constexpr llvm::StringLiteral kHoistLoads = "flexattn.hoist_loads";
+
+/// Moves the loads of read-only memrefs (and scf.if of such loads) between
+/// `wait` and `end` (ops of one block of `launch`, `wait` first), with the
+/// pure ops their operands need, to just before `wait`, as described above;
+/// returns how many ops moved.
+int64_t hoistLoadsAbove(RewriterBase &rewriter, gpu::LaunchOp launch, Operation *wait,
+                        Operation *end);
 
 } // namespace mlir::flexattn
 

@@ -108,6 +108,11 @@ class CompileOptions:
       ``flexattn.prefetch_loads``: passes/PrefetchLoads.h). None: on for
       the GPU decode kernel, off for the others; no effect on sm_90a's
       wgmma kernel and the CPU.
+    hoist_loads: the mma.sync kernel's loads before its KV loops (the
+      block mask's counts, the first block indices and page-table entries)
+      are issued while the Q tile is copied, before its wait, instead of
+      after it (launches marked ``flexattn.hoist_loads``:
+      passes/PrefetchLoads.h). None: as ``prefetch_loads``.
     splits: the GPU decode kernel's KV ranges per tile, static (the grid is
       B x Hkv x splits x Q tiles); 0 outside a GPU decode. flex_attention
       chooses it per shape from the tiles and the device's SMs
@@ -133,6 +138,7 @@ class CompileOptions:
     backward_wgmma: bool = True
     exp2_poly: Optional[int] = None
     prefetch_loads: Optional[bool] = None
+    hoist_loads: Optional[bool] = None
 
     def __post_init__(self):
         if self.target not in targets.TARGETS:
@@ -185,9 +191,10 @@ class CompileOptions:
         if not isinstance(self.backward_wgmma, bool):
             raise ValueError(f"CompileOptions.backward_wgmma must be a bool, "
                              f"got {self.backward_wgmma!r}")
-        if self.prefetch_loads is not None and not isinstance(self.prefetch_loads, bool):
-            raise ValueError(f"CompileOptions.prefetch_loads must be a bool or None, "
-                             f"got {self.prefetch_loads!r}")
+        for name in ("prefetch_loads", "hoist_loads"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), bool):
+                raise ValueError(f"CompileOptions.{name} must be a bool or None, "
+                                 f"got {getattr(self, name)!r}")
         if self.exp2_poly is not None and (
                 isinstance(self.exp2_poly, bool) or not isinstance(self.exp2_poly, int)
                 or not 0 <= self.exp2_poly <= 16):

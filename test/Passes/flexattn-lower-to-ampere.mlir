@@ -361,6 +361,78 @@ func.func @prefetch_loads(%kvi: memref<4x8xi32>, %table: memref<4x16xi64>, %out:
 
 // -----
 
+// A launch marked flexattn.hoist_loads (the decode kernel's): the loads
+// between its first wait (the Q tile's) and its last KV loop, of memrefs
+// the launch only reads (the block count, the first block index under
+// `if` the loop runs), with the pure ops they need (the range), move above
+// the wait, in order: they run while Q is copied. A load whose address
+// needs what the wait guards (Q from shared memory), one of a memref the
+// launch writes, one after the last loop, the ops the moved loads do not
+// need and the copy stay where they were.
+// CHECK-LABEL: func.func @hoist_loads(
+// CHECK-SAME:    %[[Q:[^:]+]]: memref<4x1x128x64xbf16>, %[[NB:[^:]+]]: memref<4xi32>, %[[KVI:[^:]+]]: memref<4x8xi32>, %[[OUT:[^:]+]]: memref<4x8xi32>,
+// CHECK:         gpu.launch blocks(%[[BX:[^,]*]],
+// CHECK:           nvvm.cp.async.commit.group
+// CHECK-NEXT:      %[[N32:.*]] = memref.load %[[NB]][%[[BX]]] : memref<4xi32>
+// CHECK-NEXT:      %[[N:.*]] = arith.index_cast %[[N32]] : i32 to index
+// CHECK-NEXT:      %[[ANY:.*]] = arith.cmpi sgt, %[[N]], %{{.*}} : index
+// CHECK-NEXT:      %[[FIRST:.*]] = scf.if %[[ANY]] -> (i32) {
+// CHECK-NEXT:        memref.load %[[KVI]][%[[BX]], %{{.*}}] : memref<4x8xi32>
+// CHECK:           nvvm.cp.async.wait.group 0
+// CHECK-NEXT:      nvvm.barrier0
+// CHECK:           nvvm.ldmatrix
+// CHECK:           %[[QX:.*]] = arith.index_cast %{{.*}} : i16 to index
+// CHECK-NEXT:      memref.load %[[KVI]][%[[BX]], %[[QX]]] : memref<4x8xi32>
+// CHECK-NEXT:      memref.load %[[OUT]][%[[BX]], %{{.*}}] : memref<4x8xi32>
+// CHECK:           memref.store %[[FIRST]], %[[OUT]]
+// CHECK:           scf.for
+// CHECK:           memref.load %[[NB]]
+// CHECK:           gpu.terminator
+func.func @hoist_loads(%q: memref<4x1x128x64xbf16>, %nb: memref<4xi32>, %kvi: memref<4x8xi32>,
+                       %out: memref<4x8xi32>, %qf: vector<32xbf16>) {
+  %c0 = arith.constant 0 : index
+  %c1 = arith.constant 1 : index
+  %c4 = arith.constant 4 : index
+  %c128 = arith.constant 128 : index
+  %c0_i32 = arith.constant 0 : i32
+  gpu.launch blocks(%bx, %by, %bz) in (%gx = %c4, %gy = %c1, %gz = %c1)
+             threads(%tx, %ty, %tz) in (%sx = %c128, %sy = %c1, %sz = %c1) {
+    %qr = flexattn.ring.alloc consumers(128) : !flexattn.ring<1 x 128x64xbf16>
+    %r = flexattn.ring.alloc consumers(128) : !flexattn.ring<2 x 32x64xbf16>
+    flexattn.ring.acquire %qr[%c0_i32] : !flexattn.ring<1 x 128x64xbf16>
+    flexattn.ring.copy %q[%bx, %c0, %c0] into %qr[%c0_i32] : memref<4x1x128x64xbf16>, !flexattn.ring<1 x 128x64xbf16>
+    flexattn.ring.wait %qr[%c0_i32] in_flight(0) : !flexattn.ring<1 x 128x64xbf16>
+    %qs = flexattn.ring.slot %qr[%c0_i32] : !flexattn.ring<1 x 128x64xbf16>
+    %qv = flexattn.frag.load %qs[%c0] : !flexattn.smem_tile<128x64xbf16> -> vector<32xbf16>
+    %q0 = vector.extract %qv[0] : bf16 from vector<32xbf16>
+    %qi = arith.bitcast %q0 : bf16 to i16
+    %qx = arith.index_cast %qi : i16 to index
+    %n32 = memref.load %nb[%bx] : memref<4xi32>
+    %n = arith.index_cast %n32 : i32 to index
+    %any = arith.cmpi sgt, %n, %c0 : index
+    %first = scf.if %any -> (i32) {
+      %v = memref.load %kvi[%bx, %c0] : memref<4x8xi32>
+      scf.yield %v : i32
+    } else {
+      scf.yield %c0_i32 : i32
+    }
+    %mine = memref.load %kvi[%bx, %qx] : memref<4x8xi32>
+    %written = memref.load %out[%bx, %c1] : memref<4x8xi32>
+    %sum = arith.addi %mine, %written : i32
+    memref.store %sum, %out[%bx, %c0] : memref<4x8xi32>
+    memref.store %first, %out[%bx, %c1] : memref<4x8xi32>
+    scf.for %j = %c0 to %n step %c1 {
+      flexattn.ring.wait %r[%c0_i32] in_flight(0) : !flexattn.ring<2 x 32x64xbf16>
+    }
+    %after = memref.load %nb[%c0] : memref<4xi32>
+    memref.store %after, %out[%bx, %c0] : memref<4x8xi32>
+    gpu.terminator
+  } {flexattn.hoist_loads}
+  return
+}
+
+// -----
+
 // Unmarked: the same loop keeps its loads where they were.
 // CHECK-LABEL: func.func @unmarked(
 // CHECK-NOT:     memref.load

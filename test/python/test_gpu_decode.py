@@ -147,6 +147,29 @@ def test_paged_decode_kernel_loads_the_page_table_a_step_ahead(prefetch):
     assert res.registers <= 255 and (res.spill_stores, res.spill_loads) == (0, 0), res
 
 
+@pytest.mark.parametrize("hoist", [None, False])
+def test_paged_decode_kernel_reads_the_block_mask_while_q_is_copied(hoist):
+    """CompileOptions.hoist_loads (None: as prefetch_loads, on for the
+    decode kernel): the block mask's counts, the first block index and page
+    entry are read before the Q tile's wait (flexattn-lower-to-ampere,
+    passes/PrefetchLoads.h), so the first K/V copy waits on one latency
+    (Q's) instead of Q's and then the chain of loads. Off: after it."""
+    c, table = _paged_decode(128, **({} if hoist is None else {"hoist_loads": hoist}))
+    assert c.options.hoist_loads is hoist
+    lines = c.ir["kernel"].splitlines()
+    q_wait = next(i for i, line in enumerate(lines) if "cp.async.wait.group" in line)
+    loop = next(i for i, line in enumerate(lines) if "scf.for" in line)
+    counts = [i for i, line in enumerate(lines[:loop]) if "memref.load" in line
+              and "memref<4x1x1xi32>" in line]
+    first = [i for i, line in enumerate(lines[:loop]) if "memref.load" in line
+             and ("memref<4x1x1x" in line or table in line)]
+    assert len(counts) == 2 and len(first) >= 3, (counts, first)
+    before = q_wait > max(counts + first)
+    assert before if hoist is None else q_wait < min(counts + first), (counts, first, q_wait)
+    res = c.metadata["resources"]
+    assert res.registers <= 255 and (res.spill_stores, res.spill_loads) == (0, 0), res
+
+
 @pytest.mark.parametrize("group", [4, 8])
 @pytest.mark.parametrize("m", [1, 64])
 def test_decode_kernel_with_mods_compiles_without_spills(group, m):

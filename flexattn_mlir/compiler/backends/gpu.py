@@ -225,6 +225,13 @@ def prefetch_loads(opts: CompileOptions) -> bool:
     return bool(opts.decode) if opts.prefetch_loads is None else opts.prefetch_loads
 
 
+def hoist_loads(opts: CompileOptions) -> bool:
+    """Whether the mma.sync kernel's loads before its KV loops run while
+    its Q tile is copied: ``opts.hoist_loads``, or where that is None as
+    ``prefetch_loads`` (docs/inference.md, "Loads a step ahead")."""
+    return prefetch_loads(opts) if opts.hoist_loads is None else opts.hoist_loads
+
+
 def make_kernel(mod: ir.Module, opts: CompileOptions) -> None:
     """The roles' lowering: ``flexattn-lower-to-hopper`` after
     ``flexattn-warp-specialize``, ``flexattn-lower-to-ampere`` after
@@ -234,9 +241,10 @@ def make_kernel(mod: ir.Module, opts: CompileOptions) -> None:
     hopper = _has_op(mod, "flexattn.warp_specialize")
     lowering = ("flexattn-lower-to-hopper{" if hopper
                 else f"flexattn-lower-to-ampere{{fp32-precision={opts.fp32_precision} ")
-    if not hopper and prefetch_loads(opts):  # flexattn-lower-to-ampere reads the mark
-        for launch in _ops(mod, "gpu.launch"):
-            launch.attributes["flexattn.prefetch_loads"] = ir.UnitAttr.get()
+    for mark, on in (("prefetch_loads", prefetch_loads(opts)), ("hoist_loads", hoist_loads(opts))):
+        if not hopper and on:  # flexattn-lower-to-ampere reads the marks
+            for launch in _ops(mod, "gpu.launch"):
+                launch.attributes[f"flexattn.{mark}"] = ir.UnitAttr.get()
     run_pipeline(mod, [
         f"{lowering}max-shared-memory={target.max_shared_per_block}}}",
         "gpu-launch-sink-index-computations",
