@@ -465,11 +465,12 @@ def run_bench(store, by_name, artifacts, only, reps, peers, results) -> None:
             fns["ours_logical"] = _ours(store, by_name, logical, logical_args, True)
             masked_args["logical"] = logical_args
         for impl, masked in (("paged", paged), ("logical", logical)):
-            for v in MASKED_VARIANTS:  # the paged and logical kernels' other builds
-                if f"ours_{impl}" in fns and f"{masked}_{v}" in by_name:
+            for build in MASKED_VARIANTS:  # the paged and logical kernels' other builds
+                if f"ours_{impl}" in fns and f"{masked}_{build}" in by_name:
                     own = dict(masked_args[impl], out=torch.full_like(q, float("nan")))
-                    fns[f"ours_{impl}_{v}"] = _ours(store, by_name, f"{masked}_{v}", own, True)
-                    masked_args[f"{impl}_{v}"] = own
+                    fns[f"ours_{impl}_{build}"] = _ours(store, by_name, f"{masked}_{build}", own,
+                                                        True)
+                    masked_args[f"{impl}_{build}"] = own
         # The contiguous and paged kernels through Kernel.__call__ (every
         # argument validated per call: bench runs before 2026-12-02's chain).
         fns["ours_validated"] = _ours(store, by_name, name, args)
