@@ -92,9 +92,8 @@ def compile_all(out: str, only: str | None, device_cc=(9, 0), cases=None) -> Non
             spec, captures = suite.case_spec(case, return_lse=True, check_indices=False)
             # What flex_attention picks for this shape: persistent CTAs for
             # sparse masks.
-            density, D, dt = _density(case), case[7], case[8]
-            kernel = fm.compiler.targets.target(over["target"]).kernel(D, D, dt)
-            if density < kernel.persistent_below(D):
+            target = fm.compiler.targets.target(over["target"])
+            if _density(case) < target.persistent_below(case[7], case[7], case[8]):
                 over["persistent"] = fm.compiler.targets.sm_count(over["target"])
         else:
             _, variant, B, Hq, Hkv, M, N, D, dt, _ = case

@@ -43,17 +43,16 @@ def _captured_mask(block_mask):
 
 
 def _prefers_persistent(options: CompileOptions, block_mask, kernel_options, query, key,
-                        value=None) -> bool:
+                        value) -> bool:
     if (options.target == "cpu" or options.dynamic or block_mask is None
             or "persistent" in (kernel_options or {})):
         return False  # (a dynamic GPU kernel runs one CTA per Q tile)
     visited = checks.check_block_mask(block_mask, query, key)  # memoised per mask
     idx = block_mask.kv_indices
     total = idx.shape[0] * idx.shape[1] * idx.shape[2] * idx.shape[3]
-    d = query.shape[-1]
-    kernel = targets.target(options.target).kernel(d, d if value is None else value.shape[-1],
-                                                   str(query.dtype).removeprefix("torch."))
-    return visited < kernel.persistent_below(d) * total
+    below = targets.target(options.target).persistent_below(
+        query.shape[-1], value.shape[-1], str(query.dtype).removeprefix("torch."))
+    return visited < below * total
 
 
 def flex_attention(

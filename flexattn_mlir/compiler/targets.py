@@ -176,10 +176,12 @@ class Target:
             return self.q_block
         return tile
 
-    def persistent_below(self, head_dim: int) -> float:
-        """The block density under which ``head_dim`` runs persistent CTAs
-        (see ``persistent_density``)."""
-        return dict(self.persistent_density).get(head_dim, PERSISTENT_DENSITY)
+    def persistent_below(self, head_dim: int, value_dim: int, dtype: str) -> float:
+        """The block density under which the kernel of ``head_dim``,
+        ``value_dim`` and ``dtype`` (see :meth:`kernel`) runs persistent
+        CTAs: that kernel's target's ``persistent_density`` entry."""
+        kernel = self.kernel(head_dim, value_dim, dtype)
+        return dict(kernel.persistent_density).get(head_dim, PERSISTENT_DENSITY)
 
     def fma_exp2_share(self, head_dim: int) -> int:
         """The default ``exp2_poly`` of ``head_dim`` (see ``exp2_poly``)."""

@@ -163,15 +163,15 @@ def test_sparse_block_masks_pick_persistent_ctas():
     window = fm.create_block_mask(lambda b, h, q, kv: (q >= kv) & (q - kv < 128), None, None,
                                   2048, 2048)
     causal = fm.create_block_mask(lambda b, h, q, kv: q >= kv, None, None, 2048, 2048)
-    assert _prefers_persistent(gpu, window, None, qk, qk)
+    assert _prefers_persistent(gpu, window, None, qk, qk, qk)
     # Causal (density 0.53 here): persistent at D = 64 on sm_90a (the
     # target's persistent_density), one CTA per tile at D = 128 and on sm_80.
-    assert _prefers_persistent(gpu, causal, None, qk, qk)
+    assert _prefers_persistent(gpu, causal, None, qk, qk, qk)
     qk128 = torch.empty(1, 1, 2048, 128, dtype=torch.bfloat16)
-    assert not _prefers_persistent(gpu, causal, None, qk128, qk128)
-    assert not _prefers_persistent(CompileOptions(target="sm_80"), causal, None, qk, qk)
-    assert not _prefers_persistent(gpu, window, {"persistent": 0}, qk, qk)
-    assert not _prefers_persistent(CompileOptions(), window, None, qk, qk)  # CPU
-    assert not _prefers_persistent(gpu, None, None, qk, qk)
+    assert not _prefers_persistent(gpu, causal, None, qk128, qk128, qk128)
+    assert not _prefers_persistent(CompileOptions(target="sm_80"), causal, None, qk, qk, qk)
+    assert not _prefers_persistent(gpu, window, {"persistent": 0}, qk, qk, qk)
+    assert not _prefers_persistent(CompileOptions(), window, None, qk, qk, qk)  # CPU
+    assert not _prefers_persistent(gpu, None, None, qk, qk, qk)
     # Without a device to ask, persistent CTAs number the reference part's SMs.
     assert targets.sm_count("sm_90a") == targets.TARGETS["sm_90a"].sm_count == 132
