@@ -428,6 +428,30 @@ def throughput_ms(fn, calls: int = 20) -> float:
     return s.elapsed_time(e) / calls
 
 
+def paired_ms(fns: dict, rounds: int) -> dict:
+    """Median milliseconds of single calls of each of ``fns``, called in
+    turn for ``rounds`` rounds (each call event-timed and waited for): the
+    implementations' calls are spread over the same seconds, so a clock
+    change between them (the card's clocks move while single calls leave it
+    idle half the time) hits all of them alike, and their ratio is steadier
+    than that of medians taken one after the other."""
+    import torch
+
+    times = {k: [] for k in fns}
+    for fn in fns.values():
+        fn()
+    torch.cuda.synchronize()
+    s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    for _ in range(rounds):
+        for k, fn in fns.items():
+            s.record()
+            fn()
+            e.record()
+            e.synchronize()
+            times[k].append(s.elapsed_time(e))
+    return {k: sorted(t)[len(t) // 2] for k, t in times.items()}
+
+
 def run_bench(store, by_name, artifacts, only, reps, peers, results) -> None:
     import torch
 
@@ -530,6 +554,16 @@ def run_bench(store, by_name, artifacts, only, reps, peers, results) -> None:
             if base == "ours_paged":
                 row[f"paged_{impl.rsplit('_', 1)[1]}_vs_contiguous"] = (row["ours_ms"]
                                                                       / row[f"{impl}_ms"])
+        if "ours_paged" in fns:
+            # The acceptance ratio: single calls of the contiguous and paged
+            # kernels (and the logical mask's) in turn, 10 x reps rounds.
+            pair = paired_ms({k: fns[k] for k in ("ours", "ours_paged", "ours_logical")
+                              if k in fns}, 10 * reps)
+            for impl, ms in pair.items():
+                row[f"{impl}_paired_ms"] = ms
+            row["paged_vs_contiguous_paired"] = pair["ours"] / pair["ours_paged"]
+            if "ours_logical" in pair:
+                row["logical_vs_contiguous_paired"] = pair["ours"] / pair["ours_logical"]
         if "ours_paged" in fns and "ours_logical" in fns:
             # the same logical mask on both: what the pages cost
             row["paged_vs_logical"] = row["ours_logical_ms"] / row["ours_paged_ms"]
@@ -541,10 +575,30 @@ def run_bench(store, by_name, artifacts, only, reps, peers, results) -> None:
         row["notes"] = dict(p.notes)
         print(name, " ".join(f"{i}={row[f'{i}_gbps']:.0f}GB/s({row[f'{i}_loop_gbps']:.0f})"
                              for i in fns), flush=True)
+        if "paged_vs_contiguous_paired" in row:
+            print(f"{name} paged/contiguous: single {row['paged_vs_contiguous']:.3f} "
+                  f"paired {row['paged_vs_contiguous_paired']:.3f} "
+                  f"back to back {row['paged_vs_contiguous_loop']:.3f}", flush=True)
+
+
+def warm_up(seconds: float) -> None:
+    """Keeps the GPU busy for ``seconds`` (bf16 matmuls) so its clocks have
+    ramped up before the first timed call: single decode calls of ~100 us
+    timed right after start-up ran up to 25 % slow."""
+    import torch
+
+    if seconds <= 0:
+        return
+    x = torch.randn(4096, 4096, device="cuda", dtype=torch.bfloat16)
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        for _ in range(20):
+            x = (x @ x).clamp_(-1, 1)
+        torch.cuda.synchronize()
 
 
 def run_all(artifacts: str, out_json: str, only: str | None, reps: int, peers,
-            ours_only: bool = False) -> None:
+            ours_only: bool = False, warmup_s: float = 0.0) -> None:
     import torch
 
     from flexattn_runtime import ArtifactStore
@@ -560,6 +614,7 @@ def run_all(artifacts: str, out_json: str, only: str | None, reps: int, peers,
     try:
         run_checks(store, by_name, artifacts, only, results, ours_only)
         if any(_selected(c[0], only) for c in BENCH):
+            warm_up(warmup_s)
             run_bench(store, by_name, artifacts, only, reps, peers, results)
     finally:
         with open(out_json, "w") as f:
@@ -581,12 +636,14 @@ def main() -> None:
     r.add_argument("--reps", type=int, default=30)
     r.add_argument("--peers", default="triton,cudnn,flash,fa4")
     r.add_argument("--ours-only", action="store_true", help="checks without the reference")
+    r.add_argument("--warmup-s", type=float, default=4.0,
+                   help="seconds of GPU work before the benchmark (clocks ramping up)")
     a = ap.parse_args()
     if a.cmd == "compile":
         compile_all(a.out, a.only)
     else:
         run_all(a.artifacts, a.json, a.only, a.reps, [p for p in a.peers.split(",") if p],
-                a.ours_only)
+                a.ours_only, a.warmup_s)
 
 
 if __name__ == "__main__":

@@ -189,7 +189,8 @@ struct FragmentRows : softmax::SoftmaxRows, Fragments {
 };
 
 /// u = log2(e) mods(scale S) per fragment element, -inf past N; the mods see
-/// indices clamped inside [0, M) x [0, N).
+/// indices clamped inside [0, M) x [0, N). With `rawMax` (no score_mod) u is
+/// the raw S, a mask_mod's -inf applied to it.
 Value scoresInLog2(Fragments &f, FragSoftmaxOp op, bool rawMax) {
   ImplicitLocOpBuilder &b = f.b;
   int64_t BM = op.getTileSize()[0], BN = op.getTileSize()[1];
@@ -206,7 +207,7 @@ Value scoresInLog2(Fragments &f, FragSoftmaxOp op, bool rawMax) {
                 : arith::SubIOp::create(b, dyn[i], f.i32(1)).getResult();
   };
   bool applyMask = op.getMasked() && op.hasMaskMod();
-  bool mods = op.hasScoreMod() || applyMask;
+  bool scoreMod = op.hasScoreMod();
   float scale = op.getScale().convertToFloat();
   Layout at(op.getScores(), op.getMax());
   Value qRow0 = f.toI32(op.getRow());
@@ -233,18 +234,26 @@ Value scoresInLog2(Fragments &f, FragSoftmaxOp op, bool rawMax) {
   for (int64_t e = 0; e < int64_t(s.size()); ++e) {
     Value kvIdx = arith::AddIOp::create(b, kvCol0, f.i32(at.colOf(e)));
     Value v = s[e];
-    if (mods) {
-      Value kvMod = kvTail ? arith::MinUIOp::create(b, kvIdx, last(1)).getResult() : kvIdx;
-      v = softmax::log2Score(b, b.getLoc(), s[e], scale, [&](Value x) -> Value {
-        auto apply = ApplyModsOp::create(
-            b, b.getF32Type(), x, op.getB(), heads[at.rowOf(e)], qIdx[at.rowOf(e)],
-            f.toIndex(kvMod), op.getCaptures(),
-            applyMask ? b.getUnitAttr() : UnitAttr());
-        cloneModRegions(op, apply, applyMask);
-        return apply.getResult();
-      });
+    Value kvMod = kvIdx;
+    if (kvTail && (scoreMod || applyMask))
+      kvMod = arith::MinUIOp::create(b, kvIdx, last(1));
+    auto applyMods = [&](Value x) -> Value {
+      auto apply = ApplyModsOp::create(
+          b, b.getF32Type(), x, op.getB(), heads[at.rowOf(e)], qIdx[at.rowOf(e)],
+          f.toIndex(kvMod), op.getCaptures(),
+          applyMask ? b.getUnitAttr() : UnitAttr());
+      cloneModRegions(op, apply, applyMask);
+      return apply.getResult();
+    };
+    if (scoreMod || (applyMask && !rawMax)) {
+      v = softmax::log2Score(b, b.getLoc(), s[e], scale, applyMods);
     } else if (!rawMax) {
       v = softmax::log2Score(b, b.getLoc(), s[e], scale, nullptr);
+    } else if (applyMask) {
+      // A mask_mod alone keeps a score or makes it -inf, whatever its scale:
+      // on the raw score, exp2(S c - m) stays one FMA per element, as for an
+      // unmasked tile.
+      v = applyMods(v);
     }
     if (kvTail) {
       Value inside = arith::CmpIOp::create(b, arith::CmpIPredicate::ult, kvIdx, length(1));
@@ -277,6 +286,15 @@ FailureOr<int64_t> fmaExp2Share(FragSoftmaxOp op) {
   return 0;
 }
 
+/// Whether the nearest enclosing op with kMaskedRawMaxAttr has it (the
+/// driver marks the kernel's launch).
+bool maskedRawMax(FragSoftmaxOp op) {
+  for (Operation *p = op->getParentOp(); p; p = p->getParentOp())
+    if (p->hasAttr(softmax::kMaskedRawMaxAttr))
+      return true;
+  return false;
+}
+
 /// Marks the exp2 of k of every kFmaExp2Period elements of P (`probs`, the
 /// step's vector of exponentials) with kFmaExp2Mark.
 void markFmaExp2(Value probs, int64_t k) {
@@ -293,11 +311,13 @@ LogicalResult lowerSoftmax(ImplicitLocOpBuilder &b, FragSoftmaxOp op) {
   if (failed(fmaShare))
     return failure();
   FragmentRows rows(b);
-  bool mods = op.hasScoreMod() || (op.getMasked() && op.hasMaskMod());
   float scale = op.getScale().convertToFloat();
-  // Without mods the max is taken over the raw scores and scale log2(e) is
-  // applied once per row, then fused into P's exponent: exp2(S c - m).
-  bool rawMax = !mods && scale > 0;
+  // Without mods (or, on a launch marked kMaskedRawMaxAttr, without a
+  // score_mod: the mask_mod's -inf applied to the raw scores) the max is
+  // taken over the raw scores and scale log2(e) is applied once per row,
+  // then fused into P's exponent: exp2(S c - m).
+  bool applyMask = op.getMasked() && op.hasMaskMod();
+  bool rawMax = !op.hasScoreMod() && (!applyMask || maskedRawMax(op)) && scale > 0;
   float c = rawMax ? static_cast<float>(scale * kLog2e) : 1.0f;
   Value u = scoresInLog2(rows, op, rawMax);
   softmax::StepResult r =

@@ -75,6 +75,12 @@ Value log2Score(OpBuilder &b, Location loc, Value s, float scale,
 inline constexpr llvm::StringLiteral kExp2PolyAttr = "flexattn.exp2_poly";
 /// The unit attribute on a math.exp2 that takes `exp2OnFma`.
 inline constexpr llvm::StringLiteral kFmaExp2Mark = "flexattn.fma_exp2";
+// kMaskedRawMaxAttr (unit) on a kernel's launch: flexattn-lower-fragments
+// applies a mask_mod without a score_mod to the raw scores of a partial
+// tile, so its max is raw and P's exponent one fma, as a full tile's
+// (fewer instructions; the driver marks the decode kernel's launch, where
+// it measured faster; the prefill kernels keep log2(e) scale S masked).
+inline constexpr llvm::StringLiteral kMaskedRawMaxAttr = "flexattn.masked_raw_max";
 inline constexpr int64_t kFmaExp2Period = 16;
 
 /// Whether P's element `e` (of a thread's fragment) is one of the k of every

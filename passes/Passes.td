@@ -1195,9 +1195,9 @@ def FlexAttnLowerFragments : Pass<"flexattn-lower-fragments", "::mlir::ModuleOp"
     on each score (mask_mod where `masked`, -inf past N, indices clamped),
     then the online-softmax step of OnlineSoftmax.h with rows reduced over
     the thread's elements and the 4 threads sharing a row (`gpu.shuffle
-    xor` 1, 2); P is rounded in pairs to 16 bits. Without mods the max is
-    taken over the raw scores and scale log2(e) is fused into P's exponent
-    (one fma). `flexattn.frag.rescale` is a multiply per element;
+    xor` 1, 2); P is rounded in pairs to 16 bits. Without a score_mod the
+    max is taken over the raw scores (a mask_mod's -inf applied to them)
+    and scale log2(e) is fused into P's exponent (one fma). `flexattn.frag.rescale` is a multiply per element;
     `flexattn.frag.finalize` completes the row sums, folds in the
     attention sink (`sinks[h]`, when given: OnlineSoftmax.h `foldSink` on the
     complete rows), multiplies by 1 / l (0 where l = 0), stores rounded pairs

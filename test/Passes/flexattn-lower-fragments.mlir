@@ -102,6 +102,65 @@ func.func @softmax_plain(%s: vector<8xf32>, %m: vector<2xf32>, %l: vector<2xf32>
 
 // -----
 
+// A mask_mod alone on a partial block, in a kernel marked
+// flexattn.masked_raw_max (the decode kernel): it applies to the raw score
+// (no multiply before it), so the max stays raw and P's exponent one FMA per
+// element, as without mods: P = exp2(fma(select(keep, s, -inf), c, -base)).
+// CHECK-LABEL: func.func @softmax_mask_only(
+// CHECK-SAME:    %[[S:[^:]+]]: vector<8xf32>
+// CHECK:         %[[C:.*]] = arith.constant 0.180336878 : f32
+// CHECK:         %[[S0:.*]] = vector.extract %[[S]][0] : f32 from vector<8xf32>
+// CHECK-NOT:     arith.mulf
+// CHECK:         %[[MOD0:.*]] = flexattn.apply_mods %[[S0]] at(
+// CHECK-SAME:      attributes {masked} mask_mod {
+// CHECK-COUNT-7: flexattn.apply_mods
+// CHECK:         gpu.shuffle  xor
+// CHECK:         gpu.shuffle  xor
+// CHECK-NEXT:    %[[MX:.*]] = arith.maxnumf
+// CHECK-NEXT:    %[[MXC:.*]] = arith.mulf %[[MX]], %[[C]] : f32
+// CHECK:         %[[NB:.*]] = arith.negf %{{.*}} : f32
+// CHECK-NEXT:    %[[E:.*]] = math.fma %[[MOD0]], %[[C]], %[[NB]] : f32
+// CHECK-NEXT:    math.exp2 %[[E]] : f32
+func.func @softmax_mask_only(%s: vector<8xf32>, %m: vector<2xf32>, %l: vector<2xf32>,
+                             %b: index, %h: index, %row: index, %col: index) -> (vector<8xf16>, vector<2xf32>, vector<2xf32>, vector<2xf32>)
+    attributes {flexattn.masked_raw_max} {
+  %p, %m1, %l1, %alpha = flexattn.frag.softmax %s state(%m, %l) at(%b, %h, %row, %col)
+      attributes {masked, scale = 0.125 : f32, seq_lens = array<i64: 128, 128>, tile_size = array<i64: 64, 16>}
+    mask_mod {
+    ^bb0(%bb: i32, %hh: i32, %qi: i32, %kj: i32):
+      %keep = arith.cmpi sge, %qi, %kj : i32
+      flexattn.yield %keep : i1
+    } : vector<8xf32>, vector<2xf32> -> vector<8xf16>
+  return %p, %m1, %l1, %alpha : vector<8xf16>, vector<2xf32>, vector<2xf32>, vector<2xf32>
+}
+
+// -----
+
+// The same without the mark (the prefill kernels): the mask_mod applies to
+// scale S, then log2(e), and P's exponent is a subtraction.
+// CHECK-LABEL: func.func @softmax_mask_only_unmarked(
+// CHECK-SAME:    %[[S:[^:]+]]: vector<8xf32>
+// CHECK:         %[[S0:.*]] = vector.extract %[[S]][0] : f32 from vector<8xf32>
+// CHECK:         %[[X0:.*]] = arith.mulf %[[S0]], %{{.*}} : f32
+// CHECK:         %[[MOD0:.*]] = flexattn.apply_mods %[[X0]] at(
+// CHECK:         %[[U0:.*]] = arith.mulf %[[MOD0]], %{{.*}} : f32
+// CHECK-NOT:     math.fma
+// CHECK:         %[[PD0:.*]] = arith.subf %[[U0]], %{{.*}} : f32
+// CHECK-NEXT:    math.exp2 %[[PD0]] : f32
+func.func @softmax_mask_only_unmarked(%s: vector<8xf32>, %m: vector<2xf32>, %l: vector<2xf32>,
+                                      %b: index, %h: index, %row: index, %col: index) -> (vector<8xf16>, vector<2xf32>, vector<2xf32>, vector<2xf32>) {
+  %p, %m1, %l1, %alpha = flexattn.frag.softmax %s state(%m, %l) at(%b, %h, %row, %col)
+      attributes {masked, scale = 0.125 : f32, seq_lens = array<i64: 128, 128>, tile_size = array<i64: 64, 16>}
+    mask_mod {
+    ^bb0(%bb: i32, %hh: i32, %qi: i32, %kj: i32):
+      %keep = arith.cmpi sge, %qi, %kj : i32
+      flexattn.yield %keep : i1
+    } : vector<8xf32>, vector<2xf32> -> vector<8xf16>
+  return %p, %m1, %l1, %alpha : vector<8xf16>, vector<2xf32>, vector<2xf32>, vector<2xf32>
+}
+
+// -----
+
 // CHECK-LABEL: func.func @rescale_finalize(
 // CHECK-SAME:    %[[ACC:[^:]+]]: vector<8xf32>, %[[ALPHA:[^:]+]]: vector<2xf32>, %[[M:[^:]+]]: vector<2xf32>, %[[L:[^:]+]]: vector<2xf32>, %[[OUT:[^:]+]]: memref<1x2x100x16xbf16>, %[[LSE:[^:]+]]: memref<1x2x100xf32>, %[[B:[^:]+]]: index, %[[H:[^:]+]]: index, %[[ROW:[^:]+]]: index, %[[COL:[^:]+]]: index)
 // acc = alpha * acc: element e scaled by alpha[(e / 2) % 2]

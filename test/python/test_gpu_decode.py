@@ -123,6 +123,27 @@ def test_paged_decode_kernel_reads_the_page_table_once_per_tile(page):
     assert (res.spill_stores, res.spill_loads) == (0, 0), res
 
 
+def test_paged_decode_kernel_masks_raw_scores():
+    """The decode kernel's launch is marked flexattn.masked_raw_max: the
+    paged cache's wrapped mask_mod (its tiles are partial) applies to the
+    raw scores, so a masked tile's P takes one fma per element as a full
+    tile's (math.fma feeding every exp2 of P), not scale, log2(e) and a
+    subtraction. The prefill kernel over the same mask keeps the scaled path."""
+    c, _ = _paged_decode(128)
+    frags = c.ir["fragments"]
+    assert "flexattn.masked_raw_max" in c.ir["fragments"]
+    # Both KV loops (partial blocks masked, full blocks not) are fma-fed.
+    assert frags.count("math.fma") >= 2 * frags.count("math.exp2") // 3, frags.count("math.fma")
+    from torch.nn.attention.flex_attention import noop_mask
+
+    q = torch.empty(1, 2, 300, 64, dtype=torch.bfloat16)
+    k = torch.empty(1, 2, 300, 64, dtype=torch.bfloat16)
+    bm = create_block_mask(noop_mask, 1, None, 300, 300)
+    prefill = compile_flex_attention(q, k, k, block_mask=bm, target="sm_90a")
+    assert not prefill.options.decode
+    assert "flexattn.masked_raw_max" not in prefill.ir["fragments"]
+
+
 @pytest.mark.parametrize("prefetch", [None, False])
 def test_paged_decode_kernel_loads_the_page_table_a_step_ahead(prefetch):
     """CompileOptions.prefetch_loads (None: on for the decode kernel): the

@@ -200,12 +200,25 @@ def exp2_poly(mod: ir.Module, opts: CompileOptions) -> int:
     return targets.target(opts.target).fma_exp2_share(out.shape[-1])
 
 
+def masked_raw_max(opts: CompileOptions) -> bool:
+    """Whether a mask_mod without a score_mod applies to the raw scores of a
+    partial tile, so its softmax takes the full tile's one fma per element
+    (``flexattn-lower-fragments`` on launches marked
+    ``flexattn.masked_raw_max``): the decode kernel's, where the paged
+    cache's partial tiles measured faster (docs/inference.md, "Masked tiles
+    on raw scores"); the prefill kernels measured no faster on sm_90a and
+    spill on sm_80 with it."""
+    return bool(opts.decode)
+
+
 def make_fragments(mod: ir.Module, opts: CompileOptions) -> None:
     share = exp2_poly(mod, opts)
-    if share:  # flexattn-lower-fragments reads the mark
-        for launch in _ops(mod, "gpu.launch"):
+    for launch in _ops(mod, "gpu.launch"):  # flexattn-lower-fragments reads the marks
+        if share:
             launch.attributes["flexattn.exp2_poly"] = ir.IntegerAttr.get(
                 ir.IntegerType.get_signless(64), share)
+        if masked_raw_max(opts):
+            launch.attributes["flexattn.masked_raw_max"] = ir.UnitAttr.get()
     run_pipeline(mod, [
         "flexattn-lower-fragments",
         "flexattn-inline-mods",
