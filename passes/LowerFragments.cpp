@@ -189,9 +189,10 @@ struct FragmentRows : softmax::SoftmaxRows, Fragments {
 };
 
 /// u = log2(e) mods(scale S) per fragment element, -inf past N; the mods see
-/// indices clamped inside [0, M) x [0, N). With `rawMax` (no score_mod) u is
-/// the raw S, a mask_mod's -inf applied to it.
-Value scoresInLog2(Fragments &f, FragSoftmaxOp op, bool rawMax) {
+/// indices clamped inside [0, M) x [0, N). `natural`: u = mods(scale S)
+/// (log2(e) then joins P's exponent fma). `rawMax` (no score_mod): u is the
+/// raw S, a mask_mod's -inf applied to it (P = exp2(scale log2(e) u - m)).
+Value scoresOf(Fragments &f, FragSoftmaxOp op, bool rawMax, bool natural) {
   ImplicitLocOpBuilder &b = f.b;
   int64_t BM = op.getTileSize()[0], BN = op.getTileSize()[1];
   // M and N: the seq_lens attribute, or the run-time lens (a dynamic-shape
@@ -245,10 +246,16 @@ Value scoresInLog2(Fragments &f, FragSoftmaxOp op, bool rawMax) {
       cloneModRegions(op, apply, applyMask);
       return apply.getResult();
     };
-    if (scoreMod || (applyMask && !rawMax)) {
-      v = softmax::log2Score(b, b.getLoc(), s[e], scale, applyMods);
+    if (natural) {
+      // The score_mod's own arithmetic may contract with the scale (as
+      // flexattn-inline-mods lets it: scale S + bias is one fma).
+      v = arith::MulFOp::create(b, s[e], f.f32(scale), arith::FastMathFlags::contract);
+      if (scoreMod || applyMask)
+        v = applyMods(v);
     } else if (!rawMax) {
-      v = softmax::log2Score(b, b.getLoc(), s[e], scale, nullptr);
+      v = softmax::log2Score(b, b.getLoc(), s[e], scale,
+                             scoreMod || applyMask ? function_ref<Value(Value)>(applyMods)
+                                                   : nullptr);
     } else if (applyMask) {
       // A mask_mod alone keeps a score or makes it -inf, whatever its scale:
       // on the raw score, exp2(S c - m) stays one FMA per element, as for an
@@ -286,11 +293,11 @@ FailureOr<int64_t> fmaExp2Share(FragSoftmaxOp op) {
   return 0;
 }
 
-/// Whether the nearest enclosing op with kMaskedRawMaxAttr has it (the
-/// driver marks the kernel's launch).
-bool maskedRawMax(FragSoftmaxOp op) {
+/// Whether an op enclosing `op` has the unit attribute `mark` (the driver
+/// marks the kernel's launch).
+bool marked(Operation *op, StringRef mark) {
   for (Operation *p = op->getParentOp(); p; p = p->getParentOp())
-    if (p->hasAttr(softmax::kMaskedRawMaxAttr))
+    if (p->hasAttr(mark))
       return true;
   return false;
 }
@@ -315,11 +322,15 @@ LogicalResult lowerSoftmax(ImplicitLocOpBuilder &b, FragSoftmaxOp op) {
   // Without mods (or, on a launch marked kMaskedRawMaxAttr, without a
   // score_mod: the mask_mod's -inf applied to the raw scores) the max is
   // taken over the raw scores and scale log2(e) is applied once per row,
-  // then fused into P's exponent: exp2(S c - m).
+  // then fused into P's exponent: exp2(S c - m). Otherwise, on a launch
+  // marked kNaturalScoresAttr, u = mods(scale S) and c = log2(e): one fma
+  // per element too; else u = log2(e) mods(scale S), c = 1.
   bool applyMask = op.getMasked() && op.hasMaskMod();
-  bool rawMax = !op.hasScoreMod() && (!applyMask || maskedRawMax(op)) && scale > 0;
-  float c = rawMax ? static_cast<float>(scale * kLog2e) : 1.0f;
-  Value u = scoresInLog2(rows, op, rawMax);
+  bool rawMax = !op.hasScoreMod() &&
+                (!applyMask || marked(op, softmax::kMaskedRawMaxAttr)) && scale > 0;
+  bool natural = !rawMax && marked(op, softmax::kNaturalScoresAttr);
+  float c = static_cast<float>(rawMax ? scale * kLog2e : natural ? kLog2e : 1.0);
+  Value u = scoresOf(rows, op, rawMax, natural);
   softmax::StepResult r =
       softmax::onlineSoftmaxStep(rows, {op.getMax(), op.getSum(), Value()}, u, c);
   // Part of P's exp2s on the FMA pipe: 16-bit P only (float32 P keeps

@@ -81,6 +81,12 @@ inline constexpr llvm::StringLiteral kFmaExp2Mark = "flexattn.fma_exp2";
 // (fewer instructions; the driver marks the decode kernel's launch, where
 // it measured faster; the prefill kernels keep log2(e) scale S masked).
 inline constexpr llvm::StringLiteral kMaskedRawMaxAttr = "flexattn.masked_raw_max";
+// kNaturalScoresAttr (unit) on a kernel's launch: flexattn-lower-fragments
+// keeps a tile's modded scores in natural units, mods(scale S), and applies
+// log2(e) inside P's exponent fma (and once per row to the max) instead of
+// multiplying every score by it (the driver marks the sm_90a kernels and
+// the decode kernel; sm_80's prefill kernels spill with it).
+inline constexpr llvm::StringLiteral kNaturalScoresAttr = "flexattn.natural_scores";
 inline constexpr int64_t kFmaExp2Period = 16;
 
 /// Whether P's element `e` (of a thread's fragment) is one of the k of every

@@ -136,6 +136,39 @@ func.func @softmax_mask_only(%s: vector<8xf32>, %m: vector<2xf32>, %l: vector<2x
 
 // -----
 
+// A score_mod in a kernel marked flexattn.natural_scores (sm_90a's, the
+// decode kernel): u = mods(scale s) stays in natural units (the scale's
+// multiply may contract with the score_mod's add), log2(e) joins P's
+// exponent fma and the row max once: no multiply of every score by log2(e).
+// CHECK-LABEL: func.func @softmax_mods_natural(
+// CHECK-SAME:    %[[S:[^:]+]]: vector<8xf32>
+// CHECK-DAG:     %[[LOG2E:.*]] = arith.constant 1.44269502 : f32
+// CHECK:         %[[S0:.*]] = vector.extract %[[S]][0] : f32 from vector<8xf32>
+// CHECK:         %[[X0:.*]] = arith.mulf %[[S0]], %{{.*}} fastmath<contract> : f32
+// CHECK:         %[[MOD0:.*]] = flexattn.apply_mods %[[X0]] at(
+// CHECK-NOT:     arith.mulf %[[MOD0]]
+// CHECK:         %[[MX:.*]] = arith.maxnumf
+// CHECK:         arith.mulf %{{.*}}, %[[LOG2E]] : f32
+// CHECK:         %[[E:.*]] = math.fma %[[MOD0]], %[[LOG2E]], %{{.*}} : f32
+// CHECK-NEXT:    math.exp2 %[[E]] : f32
+func.func @softmax_mods_natural(%s: vector<8xf32>, %m: vector<2xf32>, %l: vector<2xf32>, %bias: memref<128xf32>,
+                                %b: index, %h: index, %row: index, %col: index) -> (vector<8xbf16>, vector<2xf32>, vector<2xf32>, vector<2xf32>)
+    attributes {flexattn.natural_scores} {
+  %p, %m1, %l1, %alpha = flexattn.frag.softmax %s state(%m, %l) at(%b, %h, %row, %col)
+      captures(%bias : memref<128xf32>)
+      attributes {scale = 0.125 : f32, seq_lens = array<i64: 128, 128>, tile_size = array<i64: 64, 16>}
+    score_mod {
+    ^bb0(%sc: f32, %bb: i32, %hh: i32, %qi: i32, %kj: i32, %bs: memref<128xf32>):
+      %k = arith.index_cast %kj : i32 to index
+      %x = memref.load %bs[%k] : memref<128xf32>
+      %r = arith.addf %sc, %x : f32
+      flexattn.yield %r : f32
+    } : vector<8xf32>, vector<2xf32> -> vector<8xbf16>
+  return %p, %m1, %l1, %alpha : vector<8xbf16>, vector<2xf32>, vector<2xf32>, vector<2xf32>
+}
+
+// -----
+
 // The same without the mark (the prefill kernels): the mask_mod applies to
 // scale S, then log2(e), and P's exponent is a subtraction.
 // CHECK-LABEL: func.func @softmax_mask_only_unmarked(

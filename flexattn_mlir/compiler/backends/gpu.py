@@ -211,14 +211,26 @@ def masked_raw_max(opts: CompileOptions) -> bool:
     return bool(opts.decode)
 
 
+def natural_scores(mod: ir.Module, opts: CompileOptions) -> bool:
+    """Whether the softmax keeps modded scores in natural units, mods(scale
+    S), with log2(e) inside P's exponent fma instead of one multiply per
+    score (``flexattn-lower-fragments`` on launches marked
+    ``flexattn.natural_scores``): sm_90a's wgmma kernels and the decode
+    kernel; sm_80's mma.sync prefill kernels (and the dynamic-shape kernel
+    built like them) spill with it at D = 128 (docs/gpu-pipeline.md)."""
+    return _has_op(mod, "flexattn.warp_specialize") or bool(opts.decode)
+
+
 def make_fragments(mod: ir.Module, opts: CompileOptions) -> None:
     share = exp2_poly(mod, opts)
+    marks = [m for m, on in (("masked_raw_max", masked_raw_max(opts)),
+                             ("natural_scores", natural_scores(mod, opts))) if on]
     for launch in _ops(mod, "gpu.launch"):  # flexattn-lower-fragments reads the marks
         if share:
             launch.attributes["flexattn.exp2_poly"] = ir.IntegerAttr.get(
                 ir.IntegerType.get_signless(64), share)
-        if masked_raw_max(opts):
-            launch.attributes["flexattn.masked_raw_max"] = ir.UnitAttr.get()
+        for mark in marks:
+            launch.attributes[f"flexattn.{mark}"] = ir.UnitAttr.get()
     run_pipeline(mod, [
         "flexattn-lower-fragments",
         "flexattn-inline-mods",
