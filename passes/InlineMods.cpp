@@ -32,20 +32,9 @@ LogicalResult mlir::flexattn::inlineMods(RewriterBase &rewriter,
   SmallVector<Value> indices = {op.getB(), op.getH(), op.getQIdx(),
                                 op.getKvIdx()};
   Value score = op.getScore();
-  if (op.hasScoreMod()) {
-    // The score_mod's float arithmetic may contract into fma (as Triton's
-    // default, torch flex's backend): score * scale + bias is one fma.
-    op.getScoreMod().walk([](arith::ArithFastMathInterface fm) {
-      arith::FastMathFlagsAttr flags = fm.getFastMathFlagsAttr();
-      fm->setAttr(fm.getFastMathAttrName(),
-                  arith::FastMathFlagsAttr::get(
-                      fm->getContext(),
-                      (flags ? flags.getValue() : arith::FastMathFlags::none) |
-                          arith::FastMathFlags::contract));
-    });
+  if (op.hasScoreMod())
     score = inlineModRegion(rewriter, loc, op.getScoreMod(), score, indices,
                             op.getCaptures());
-  }
   if (op.getMasked() && op.hasMaskMod()) {
     Value keep = inlineModRegion(rewriter, loc, op.getMaskMod(), std::nullopt,
                                  indices, op.getCaptures());

@@ -188,9 +188,22 @@ struct FragmentRows : softmax::SoftmaxRows, Fragments {
   }
 };
 
+/// Marks the float arithmetic in `region` `fastmath<contract>` (LLVM may
+/// fuse a multiply and an add into one fma, as Triton does by default).
+void contractFloatMath(Region &region) {
+  region.walk([](arith::ArithFastMathInterface fm) {
+    arith::FastMathFlagsAttr flags = fm.getFastMathFlagsAttr();
+    fm->setAttr(fm.getFastMathAttrName(),
+                arith::FastMathFlagsAttr::get(
+                    fm->getContext(), (flags ? flags.getValue() : arith::FastMathFlags::none) |
+                                          arith::FastMathFlags::contract));
+  });
+}
+
 /// u = log2(e) mods(scale S) per fragment element, -inf past N; the mods see
 /// indices clamped inside [0, M) x [0, N). `natural`: u = mods(scale S)
-/// (log2(e) then joins P's exponent fma). `rawMax` (no score_mod): u is the
+/// (log2(e) then joins P's exponent fma; the score_mod's arithmetic may
+/// contract into fma, as torch flex's Triton backend's does). `rawMax` (no score_mod): u is the
 /// raw S, a mask_mod's -inf applied to it (P = exp2(scale log2(e) u - m)).
 Value scoresOf(Fragments &f, FragSoftmaxOp op, bool rawMax, bool natural) {
   ImplicitLocOpBuilder &b = f.b;
@@ -244,11 +257,13 @@ Value scoresOf(Fragments &f, FragSoftmaxOp op, bool rawMax, bool natural) {
           f.toIndex(kvMod), op.getCaptures(),
           applyMask ? b.getUnitAttr() : UnitAttr());
       cloneModRegions(op, apply, applyMask);
+      if (natural) // the score_mod's float arithmetic may contract into fma
+        contractFloatMath(apply.getScoreMod());
       return apply.getResult();
     };
     if (natural) {
-      // The score_mod's own arithmetic may contract with the scale (as
-      // flexattn-inline-mods lets it: scale S + bias is one fma).
+      // The score_mod's own arithmetic may contract with the scale (scale S
+      // + bias is one fma).
       v = arith::MulFOp::create(b, s[e], f.f32(scale), arith::FastMathFlags::contract);
       if (scoreMod || applyMask)
         v = applyMods(v);

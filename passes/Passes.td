@@ -333,9 +333,7 @@ def FlexAttnInlineMods : Pass<"flexattn-inline-mods", "::mlir::ModuleOp"> {
     Clones the score_mod body with its arguments bound to the score, the
     indices (cast from index to the region's index type) and the captured
     buffers, and, for a masked score, the mask_mod body followed by
-    `arith.select %keep, %score, -inf`. The score_mod's float arithmetic is
-    marked `fastmath<contract>` (a multiply and an add may become one fma,
-    as in torch flex's Triton backend).
+    `arith.select %keep, %score, -inf`.
     A `flexattn.apply_mods_vjp` becomes its score_mod_vjp body (or the
     identity) and, for a masked score, the mask_mod body and selects that
     give -inf and zero derivatives where the mask is false.
@@ -1201,8 +1199,9 @@ def FlexAttnLowerFragments : Pass<"flexattn-lower-fragments", "::mlir::ModuleOp"
     taken over the raw scores and scale log2(e) is fused into P's exponent
     (one fma); on a launch marked `flexattn.masked_raw_max` a mask_mod alone
     applies to the raw scores too. On a launch marked
-    `flexattn.natural_scores` the modded scores stay mods(scale S) and
-    log2(e) joins P's exponent fma; otherwise they are multiplied by it. `flexattn.frag.rescale` is a multiply per element;
+    `flexattn.natural_scores` the modded scores stay mods(scale S) (the
+    score_mod's float arithmetic marked `fastmath<contract>`) and log2(e)
+    joins P's exponent fma; otherwise they are multiplied by it. `flexattn.frag.rescale` is a multiply per element;
     `flexattn.frag.finalize` completes the row sums, folds in the
     attention sink (`sinks[h]`, when given: OnlineSoftmax.h `foldSink` on the
     complete rows), multiplies by 1 / l (0 where l = 0), stores rounded pairs

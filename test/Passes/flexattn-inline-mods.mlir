@@ -14,7 +14,7 @@
 // CHECK-NEXT:    %[[K32:.+]] = arith.index_cast %[[KI]] : index to i32
 // CHECK-NEXT:    %[[HX:.+]] = arith.index_cast %[[H32]] : i32 to index
 // CHECK-NEXT:    %[[SLOPE:.+]] = memref.load %[[BIAS]][%[[HX]]] : memref<8xf32>
-// CHECK-NEXT:    %[[SCORE:.+]] = arith.addf %[[S]], %[[SLOPE]] fastmath<contract> : f32
+// CHECK-NEXT:    %[[SCORE:.+]] = arith.addf %[[S]], %[[SLOPE]] : f32
 // mask_mod
 // CHECK-NEXT:    %{{.+}} = arith.index_cast %[[B]] : index to i32
 // CHECK-NEXT:    %{{.+}} = arith.index_cast %[[H]] : index to i32
@@ -53,7 +53,7 @@ func.func @masked_i32(%s: f32, %b: index, %h: index, %qi: index, %ki: index, %bi
 // CHECK-NEXT:    %[[K64:.+]] = arith.index_cast %[[KI]] : index to i64
 // CHECK-NEXT:    %[[D:.+]] = arith.subi %[[Q64]], %[[K64]] : i64
 // CHECK-NEXT:    %[[DF:.+]] = arith.sitofp %[[D]] : i64 to f32
-// CHECK-NEXT:    %[[R:.+]] = arith.addf %[[S]], %[[DF]] fastmath<contract> : f32
+// CHECK-NEXT:    %[[R:.+]] = arith.addf %[[S]], %[[DF]] : f32
 // CHECK-NEXT:    return %[[R]] : f32
 // CHECK-NOT:     arith.select
 // CHECK-NOT:     arith.cmpi
@@ -80,7 +80,7 @@ func.func @unmasked(%s: f32, %b: index, %h: index, %qi: index, %ki: index) -> f3
 // CHECK-LABEL: func.func @masked_index(
 // CHECK-SAME:    %[[S:[^:]+]]: f32, %{{[^:]+}}: index, %{{[^:]+}}: index, %[[QI:[^:]+]]: index, %[[KI:[^:]+]]: index)
 // CHECK-NOT:     arith.index_cast
-// CHECK:         %[[T:.+]] = math.tanh %[[S]] fastmath<contract> : f32
+// CHECK:         %[[T:.+]] = math.tanh %[[S]] : f32
 // CHECK-NEXT:    %[[KEEP:.+]] = arith.cmpi uge, %[[QI]], %[[KI]] : index
 // CHECK-NEXT:    %[[NINF:.+]] = arith.constant 0xFF800000 : f32
 // CHECK-NEXT:    %[[R:.+]] = arith.select %[[KEEP]], %[[T]], %[[NINF]] : f32

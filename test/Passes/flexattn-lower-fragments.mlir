@@ -138,7 +138,7 @@ func.func @softmax_mask_only(%s: vector<8xf32>, %m: vector<2xf32>, %l: vector<2x
 
 // A score_mod in a kernel marked flexattn.natural_scores (sm_90a's, the
 // decode kernel): u = mods(scale s) stays in natural units (the scale's
-// multiply may contract with the score_mod's add), log2(e) joins P's
+// multiply may contract with the score_mod's add, marked contract), log2(e) joins P's
 // exponent fma and the row max once: no multiply of every score by log2(e).
 // CHECK-LABEL: func.func @softmax_mods_natural(
 // CHECK-SAME:    %[[S:[^:]+]]: vector<8xf32>
@@ -146,6 +146,7 @@ func.func @softmax_mask_only(%s: vector<8xf32>, %m: vector<2xf32>, %l: vector<2x
 // CHECK:         %[[S0:.*]] = vector.extract %[[S]][0] : f32 from vector<8xf32>
 // CHECK:         %[[X0:.*]] = arith.mulf %[[S0]], %{{.*}} fastmath<contract> : f32
 // CHECK:         %[[MOD0:.*]] = flexattn.apply_mods %[[X0]] at(
+// CHECK:           arith.addf %{{.*}}, %{{.*}} fastmath<contract> : f32
 // CHECK-NOT:     arith.mulf %[[MOD0]]
 // CHECK:         %[[MX:.*]] = arith.maxnumf
 // CHECK:         arith.mulf %{{.*}}, %[[LOG2E]] : f32
