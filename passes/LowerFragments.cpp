@@ -203,8 +203,9 @@ void contractFloatMath(Region &region) {
 /// u = log2(e) mods(scale S) per fragment element, -inf past N; the mods see
 /// indices clamped inside [0, M) x [0, N). `natural`: u = mods(scale S)
 /// (log2(e) then joins P's exponent fma; the score_mod's arithmetic may
-/// contract into fma, as torch flex's Triton backend's does). `rawMax` (no score_mod): u is the
-/// raw S, a mask_mod's -inf applied to it (P = exp2(scale log2(e) u - m)).
+/// contract into fma, as torch flex's Triton backend's does). `rawMax` (no
+/// score_mod): u is the raw S, a mask_mod's -inf applied to it
+/// (P = exp2(scale log2(e) u - m)).
 Value scoresOf(Fragments &f, FragSoftmaxOp op, bool rawMax, bool natural) {
   ImplicitLocOpBuilder &b = f.b;
   int64_t BM = op.getTileSize()[0], BN = op.getTileSize()[1];

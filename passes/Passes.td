@@ -1201,7 +1201,8 @@ def FlexAttnLowerFragments : Pass<"flexattn-lower-fragments", "::mlir::ModuleOp"
     applies to the raw scores too. On a launch marked
     `flexattn.natural_scores` the modded scores stay mods(scale S) (the
     score_mod's float arithmetic marked `fastmath<contract>`) and log2(e)
-    joins P's exponent fma; otherwise they are multiplied by it. `flexattn.frag.rescale` is a multiply per element;
+    joins P's exponent fma; otherwise they are multiplied by it.
+    `flexattn.frag.rescale` is a multiply per element;
     `flexattn.frag.finalize` completes the row sums, folds in the
     attention sink (`sinks[h]`, when given: OnlineSoftmax.h `foldSink` on the
     complete rows), multiplies by 1 / l (0 where l = 0), stores rounded pairs

@@ -216,8 +216,9 @@ def natural_scores(mod: ir.Module, opts: CompileOptions) -> bool:
     S), with log2(e) inside P's exponent fma instead of one multiply per
     score (``flexattn-lower-fragments`` on launches marked
     ``flexattn.natural_scores``): sm_90a's wgmma kernels and the decode
-    kernel; sm_80's mma.sync prefill kernels (and the dynamic-shape kernel
-    built like them) spill with it at D = 128 (docs/gpu-pipeline.md)."""
+    kernel. sm_80's mma.sync prefill kernels spill with it at D = 128
+    (docs/gpu-pipeline.md), so they, and the dynamic-shape kernel built like
+    them, keep log2(e) multiplied into each score."""
     return _has_op(mod, "flexattn.warp_specialize") or bool(opts.decode)
 
 
