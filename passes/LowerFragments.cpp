@@ -287,35 +287,35 @@ Value scoresOf(Fragments &f, FragSoftmaxOp op, bool rawMax, bool natural) {
   return f.vectorOf(u);
 }
 
+/// The nearest op enclosing `op` that has attribute `mark` (the driver
+/// marks the kernel's launch), or null.
+Operation *markedBy(Operation *op, StringRef mark) {
+  for (Operation *p = op->getParentOp(); p; p = p->getParentOp())
+    if (p->hasAttr(mark))
+      return p;
+  return nullptr;
+}
+
+bool marked(Operation *op, StringRef mark) { return markedBy(op, mark); }
+
 /// k of every kFmaExp2Period elements of P on the FMA pipe: the
 /// kExp2PolyAttr of the nearest enclosing op that has one (the backend sets
 /// it on the kernel's launch), 0 without one; an error for a bad value.
 FailureOr<int64_t> fmaExp2Share(FragSoftmaxOp op) {
-  for (Operation *p = op->getParentOp(); p; p = p->getParentOp()) {
-    Attribute attr = p->getAttr(softmax::kExp2PolyAttr);
-    if (!attr)
-      continue;
-    auto k = dyn_cast<IntegerAttr>(attr);
-    if (!k || !k.getType().isSignlessInteger() || k.getInt() < 0 ||
-        k.getInt() > softmax::kFmaExp2Period) {
-      p->emitOpError() << softmax::kExp2PolyAttr << " must be an integer in [0, "
-                       << softmax::kFmaExp2Period << "] (the elements of P of every "
-                       << softmax::kFmaExp2Period << " whose exp2 runs on the FMA pipe), got "
-                       << attr;
-      return failure();
-    }
-    return k.getInt();
+  Operation *p = markedBy(op, softmax::kExp2PolyAttr);
+  if (!p)
+    return 0;
+  Attribute attr = p->getAttr(softmax::kExp2PolyAttr);
+  auto k = dyn_cast<IntegerAttr>(attr);
+  if (!k || !k.getType().isSignlessInteger() || k.getInt() < 0 ||
+      k.getInt() > softmax::kFmaExp2Period) {
+    p->emitOpError() << softmax::kExp2PolyAttr << " must be an integer in [0, "
+                     << softmax::kFmaExp2Period << "] (the elements of P of every "
+                     << softmax::kFmaExp2Period << " whose exp2 runs on the FMA pipe), got "
+                     << attr;
+    return failure();
   }
-  return 0;
-}
-
-/// Whether an op enclosing `op` has the unit attribute `mark` (the driver
-/// marks the kernel's launch).
-bool marked(Operation *op, StringRef mark) {
-  for (Operation *p = op->getParentOp(); p; p = p->getParentOp())
-    if (p->hasAttr(mark))
-      return true;
-  return false;
+  return k.getInt();
 }
 
 /// Marks the exp2 of k of every kFmaExp2Period elements of P (`probs`, the
