@@ -150,6 +150,48 @@ inline ScoreGrad scoreGradient(OpBuilder &b, Location loc, BackwardStepOp op,
   return {p, dScore(b, loc, p, dS, mods[1], scale)};
 }
 
+/// The tensor-core kernel's form of scoreGradient (flexattn-lower-backward-
+/// mma), from the query row's `base` = base(log2(e) lse), computed once per
+/// row by the caller:
+///   no score_mod   P = exp2(fma(x, scale log2(e), -base)), masked to 0 by
+///                  the mask_mod (a select on the exponent); dX = dS
+///   a score_mod    S = mods(scale x), P = exp2(fma(S, log2(e), -base));
+///                  dX = dS dS/dX, 0 where P = 0
+/// dX leaves out the scale: the caller multiplies the dK and dQ sums by it
+/// once (flexattn-lower-backward-mma's stores), not every score.
+inline ScoreGrad unscaledScoreGradient(OpBuilder &b, Location loc, BackwardStepOp op,
+                                       Value x, Value dp, Value base, Value delta,
+                                       Value i, Value j, Value live,
+                                       CaptureGradSink sink = nullptr) {
+  float scale = op.getScale().convertToFloat();
+  auto f32 = [&](double v) {
+    return arith::ConstantOp::create(b, loc, b.getF32FloatAttr(static_cast<float>(v)))
+        .getResult();
+  };
+  Value one = f32(1.0), zero = f32(0.0);
+  Value nbase = arith::NegFOp::create(b, loc, base);
+  bool modded = !op.getScoreModVjp().empty();
+  SmallVector<Value> mods;
+  Value p;
+  if (modded) {
+    mods = applyVjp(b, loc, op, scaled(b, loc, x, scale), one, i, j);
+    p = math::Exp2Op::create(b, loc, math::FmaOp::create(b, loc, mods[0], f32(kLog2e), nbase));
+  } else {
+    // A mask_mod alone selects on the exponent (-inf where masked).
+    Value arg = math::FmaOp::create(b, loc, x, f32(scale * kLog2e), nbase);
+    p = math::Exp2Op::create(b, loc, applyVjp(b, loc, op, arg, one, i, j)[0]);
+  }
+  if (live)
+    p = arith::SelectOp::create(b, loc, live, p, zero);
+  Value dS = arith::MulFOp::create(b, loc, p, arith::SubFOp::create(b, loc, dp, delta));
+  if (!modded)
+    return {p, dS};
+  if (sink)
+    sink(mods, dS);
+  else
+    accumulateCaptureGrads(b, loc, op, mods, dS);
+  return {p, dScore(b, loc, p, dS, mods[1], 1.0f)};
+}
 /// Inlines the stack scopes of a backward CTA body (from
 /// flexattn-map-backward-to-grid, one per tile): their buffers live in the
 /// thread's frame. Fails (naming `pass`) on a scope inside a loop or with

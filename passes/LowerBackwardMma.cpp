@@ -10,16 +10,19 @@
 // fragments. Both nests keep their CTAs (no accumulator has two writers, no
 // atomics but the capture gradients'): a CTA owns a tile of R = 64 or 128
 // rows (keys for dk/dv, queries for dq), a group of 4 warps per 64-row band,
-// and streams the other side in 32-row chunks:
+// and streams the other side in 64-row chunks (32 at D = 128 on a tile that
+// crosses M or N, where 64 spills):
 //
 //   CTA start   copy the owned tiles (K, V | Q, dout) into their rings once
-//   dk/dv step  per 32-query chunk: copy Q, dout; Sᵀ = K Qᵀ, dPᵀ = V doutᵀ
+//   dk/dv step  per 64-query chunk: copy Q, dout; Sᵀ = K Qᵀ, dPᵀ = V doutᵀ
 //               (warps own keys: the fragment's rows are keys, its columns
-//               queries); Pᵀ, dXᵀ per element (mods with their derivative,
-//               P from lse); dV += Pᵀ dout, dK += dXᵀ Q (register A)
-//   dq step     per 32-key chunk: copy K, V; S = Q Kᵀ, dP = dout Vᵀ; dX per
+//               queries); Pᵀ, dXᵀ per element (unscaledScoreGradient: P's
+//               exponent one fma, dX without the scale); dV += Pᵀ dout,
+//               dK += dXᵀ Q (register A)
+//   dq step     per 64-key chunk: copy K, V; S = Q Kᵀ, dP = dout Vᵀ; dX per
 //               element (capture gradients: f32 atomics); dQ += dX K
-//   store_tile  the thread's accumulator elements, converted, inside dst
+//   store_tile  the thread's accumulator elements (dK, dQ times the scale),
+//               converted, inside dst
 //
 // Every GEMM is one of flexattn.mma's forms: A from a shared tile (the
 // owned band) or from registers (P, dX: the accumulator pairs are the A
@@ -31,7 +34,9 @@
 // live (unrolled, with constant slots, the kernel spilled). The next
 // chunk's copy is issued right after the wait for this one (two-slot
 // rings: one wait and one barrier per chunk), so it lands during this
-// chunk's MMAs; only a step's first chunk is waited for cold.
+// chunk's MMAs; after a step's last chunk that is the next step's first
+// (a step alone in its loop: the coordinates of the loop's next
+// iteration), so only a loop's first chunk is waited for cold.
 //
 //===----------------------------------------------------------------------===//
 
@@ -40,7 +45,9 @@
 
 #include "mlir/IR/Dominance.h"
 #include "mlir/IR/ImplicitLocOpBuilder.h"
+#include "mlir/IR/IRMapping.h"
 #include "mlir/IR/Matchers.h"
+#include "mlir/Interfaces/SideEffectInterfaces.h"
 
 namespace mlir::flexattn {
 #define GEN_PASS_DEF_FLEXATTNLOWERBACKWARDMMA
@@ -54,8 +61,6 @@ using namespace mlir::flexattn::backward;
 namespace {
 
 constexpr int64_t kBand = 64;    // rows of a group's band of the owned tile
-constexpr int64_t kChunk = 32;   // rows of a streamed chunk (the columns of
-                                 // the score fragments: 16 f32 per thread)
 constexpr int64_t kGroup = 128;  // threads of a band's 4 warps
 constexpr const char *kPass = "flexattn-lower-backward-mma";
 
@@ -97,6 +102,15 @@ struct Plan {
     return success();
   }
   int64_t threads() const { return R / kBand * kGroup; }
+  /// Whether a tile can cross M or N (then scores past them get P = 0 by a
+  /// select).
+  bool ragged() const { return M % R || N % R; }
+  /// Rows of a streamed chunk, the columns of the score fragments (chunk / 2
+  /// f32 per thread). 64: the S and dP GEMMs (A the owned band in shared
+  /// memory) read 2/3 of the shared memory per FLOP that 32 rows do, and a
+  /// step waits half as often. 32 where 64 spills: at D = 128 beside the
+  /// selects of a ragged tile (dK and dV alone take 128 registers).
+  int64_t chunk() const { return D == 128 && ragged() ? 32 : 64; }
 };
 
 struct Lowering {
@@ -107,6 +121,8 @@ struct Lowering {
   Value band, frow, fcol;       // index: the group's band, the thread's
                                 // first fragment row and column
   DenseMap<Value, Value> accs;  // [R, D] tile -> memref<vector<D/2 x f32>>
+  DenseMap<Value, float> scales; // dK, dQ tiles -> the scale their stores
+                                 // apply (the steps' dX leave it out)
   Value tid;                    // index: the thread in the CTA
   /// Per differentiated load of the dq steps (vjp_loads order): the
   /// thread's running sum for one index of the capture (stack slots, kept in
@@ -165,6 +181,13 @@ struct Lowering {
       memref::StoreOp::create(b, sum, accs.lookup(product[0]), ValueRange{});
   }
 
+  /// Where a streamed chunk is copied from (rows [row, row + chunk) of
+  /// the tensors at b, h), and whether it exists (null: always).
+  struct Streamed {
+    Value valid, b, h, row;
+  };
+  FailureOr<Streamed> streamedAt(BackwardStepOp op, scf::ForOp loop, Value iv,
+                                 Value when = Value());
   LogicalResult lowerStep(BackwardStepOp op);
   void lowerStore(StoreTileOp op);
 
@@ -260,6 +283,61 @@ struct Lowering {
   }
 };
 
+/// The first streamed chunk of `op` at iteration `iv` of its loop (where
+/// `when`, if given, holds too): the body's computation of its
+/// coordinates cloned for `iv` (the block-sparse index load included)
+/// where `iv` is below the loop's bound, else zeros and not valid.
+/// Coordinates computed outside the body are used as they are.
+FailureOr<Lowering::Streamed> Lowering::streamedAt(BackwardStepOp op, scf::ForOp loop,
+                                                   Value iv, Value when) {
+  bool kvOwner = op.getDkAcc() || op.getDvAcc();
+  SmallVector<Value> coords = {op.getB(), kvOwner ? op.getH() : op.getHkv(),
+                               kvOwner ? op.getQ0() : op.getKv0()};
+  Block *body = loop.getBody();
+  auto inBody = [&](Value v) {
+    Operation *def = v.getDefiningOp();
+    return def ? def->getBlock() == body : cast<BlockArgument>(v).getOwner() == body;
+  };
+  SetVector<Operation *> slice;
+  SmallVector<Value> work(coords);
+  while (!work.empty()) {
+    Operation *def = work.pop_back_val().getDefiningOp();
+    if (!def || def->getBlock() != body || slice.contains(def))
+      continue;
+    if (def->getNumRegions() || !(isMemoryEffectFree(def) || isa<memref::LoadOp>(def)))
+      return def->emitOpError() << kPass << " computes the next step's coordinates "
+                                            "again; they must come from loads and pure ops";
+    slice.insert(def);
+    llvm::append_range(work, def->getOperands());
+  }
+  Value valid = arith::CmpIOp::create(b, arith::CmpIPredicate::slt, iv, loop.getUpperBound());
+  if (when)
+    valid = arith::AndIOp::create(b, when, valid);
+  SmallVector<Value> varying = llvm::filter_to_vector(coords, inBody);
+  auto branch = scf::IfOp::create(b, ValueRange(varying).getTypes(), valid,
+                                  /*withElseRegion=*/true);
+  {
+    OpBuilder::InsertionGuard guard(b);
+    b.setInsertionPointToStart(&branch.getThenRegion().front());
+    IRMapping map;
+    map.map(loop.getInductionVar(), iv);
+    for (Operation &inner : *body)
+      if (slice.contains(&inner))
+        b.clone(inner, map);
+    scf::YieldOp::create(b, llvm::map_to_vector(varying, [&](Value v) {
+                           return map.lookupOrDefault(v);
+                         }));
+    b.setInsertionPointToStart(&branch.getElseRegion().front());
+    scf::YieldOp::create(b, SmallVector<Value>(varying.size(), idx(0)));
+  }
+  Streamed at{valid, coords[0], coords[1], coords[2]};
+  for (auto [v, result] : llvm::zip(varying, branch.getResults()))
+    for (Value *c : {&at.b, &at.h, &at.row})
+      if (*c == v)
+        *c = result;
+  return at;
+}
+
 LogicalResult Lowering::lowerStep(BackwardStepOp op) {
   bool kvOwner = op.getDkAcc() || op.getDvAcc();
   Value q0 = op.getQ0(), kv0 = op.getKv0();
@@ -273,66 +351,109 @@ LogicalResult Lowering::lowerStep(BackwardStepOp op) {
   Value streamBase = add(kvOwner ? q0 : kv0, fcol);
   // The streamed chunks: Q, dout (dk/dv) or K, V (dq), at the rings' next
   // positions (a run-time counter: the slots' addresses vary along the
-  // loops instead of staying live across them). Chunk 0's copy is issued
-  // here, chunk c + 1's right after the wait for chunk c (the wait's
-  // barrier: every thread is done with the slot it overwrites), so it
-  // lands while chunk c is computed.
-  auto issue = [&](Value row, Value pos, Value valid) {
+  // loops instead of staying live across them). Chunk c + 1's copy is
+  // issued right after the wait for chunk c (the wait's barrier: every
+  // thread is done with the slot it overwrites), so it lands while chunk c
+  // is computed.
+  Value sb = op.getB(), sh = kvOwner ? op.getH() : op.getHkv(), s0 = kvOwner ? q0 : kv0;
+  auto issue = [&](const Streamed &at, Value pos) {
     if (kvOwner)
-      issuePair(strA, op.getQ(), strB, op.getDout(), op.getB(), op.getH(), add(q0, row),
-                pos, valid);
+      issuePair(strA, op.getQ(), strB, op.getDout(), at.b, at.h, at.row, pos, at.valid);
     else
-      issuePair(strA, op.getK(), strB, op.getV(), op.getB(), op.getHkv(), add(kv0, row),
-                pos, valid);
+      issuePair(strA, op.getK(), strB, op.getV(), at.b, at.h, at.row, pos, at.valid);
   };
-  issue(idx(0), memref::LoadOp::create(b, position, ValueRange{}), Value());
+  // A step alone in its loop's body (a block-sparse list's loop) copies
+  // the next step's first chunk during its last one, and the loop's first
+  // step's before the loop; any other step copies its own first chunk, and
+  // so do the 32-row chunks of a ragged D = 128 tile (there the next
+  // step's coordinates spill).
+  scf::ForOp loop = dyn_cast<scf::ForOp>(op->getParentOp());
+  if (loop && (llvm::range_size(loop.getBody()->getOps<BackwardStepOp>()) != 1 ||
+               plan.chunk() < 64))
+    loop = scf::ForOp();
+  if (loop) {
+    OpBuilder::InsertionGuard guard(b);
+    b.setInsertionPoint(loop);
+    FailureOr<Streamed> first = streamedAt(op, loop, loop.getLowerBound());
+    if (failed(first))
+      return failure();
+    issue(*first, memref::LoadOp::create(b, position, ValueRange{}));
+  } else {
+    issue({Value(), sb, sh, s0}, memref::LoadOp::create(b, position, ValueRange{}));
+  }
   // A loop over the chunks (not unrolled: one chunk's fragments live at a
   // time).
-  auto chunks = scf::ForOp::create(b, idx(0), idx(plan.R), idx(kChunk));
+  auto chunks = scf::ForOp::create(b, idx(0), idx(plan.R), idx(plan.chunk()));
   {
     OpBuilder::InsertionGuard guard(b);
     b.setInsertionPointToStart(chunks.getBody());
     Value c0 = chunks.getInductionVar();
     Value chunkBase = add(streamBase, c0);
+    Value c1 = add(c0, plan.chunk());
+    Value inStep = arith::CmpIOp::create(b, arith::CmpIPredicate::ult, c1, idx(plan.R));
+    // Past the step's last chunk, the next step's first: its coordinates
+    // (a block-sparse index load) ahead of the wait, which hides them.
+    std::optional<Streamed> following;
+    if (loop) {
+      FailureOr<Streamed> after =
+          streamedAt(op, loop, add(loop.getInductionVar(), loop.getStep()),
+                     arith::XOrIOp::create(b, inStep, arith::ConstantIntOp::create(b, 1, 1)));
+      if (failed(after))
+        return failure();
+      following = *after;
+    }
     Value pos = memref::LoadOp::create(b, position, ValueRange{});
     Value next = arith::AddIOp::create(b, pos, arith::ConstantIntOp::create(b, 1, 32));
     memref::StoreOp::create(b, next, position, ValueRange{});
     auto [a, bt] = waitPair(strA, strB, pos);
-    Value c1 = add(c0, kChunk);
-    issue(c1, next, arith::CmpIOp::create(b, arith::CmpIPredicate::ult, c1, idx(plan.R)));
+    Streamed chunkAt{inStep, sb, sh, add(s0, c1)};
+    if (following) {
+      auto pick = [&](Value here, Value there) {
+        return here == there ? here : arith::SelectOp::create(b, inStep, here, there).getResult();
+      };
+      chunkAt = {arith::OrIOp::create(b, inStep, following->valid), pick(sb, following->b),
+                 pick(sh, following->h), pick(chunkAt.row, following->row)};
+    }
+    issue(chunkAt, next);
     // Sᵀ = K Qᵀ, dPᵀ = V doutᵀ | S = Q Kᵀ, dP = dout Vᵀ
     SmallVector<Value> scores = waitAll(
-        {MmaOp::create(b, frag(kChunk, f32), ownTileA, band, a, Value(), b.getUnitAttr()),
-         MmaOp::create(b, frag(kChunk, f32), ownTileB, band, bt, Value(), b.getUnitAttr())});
+        {MmaOp::create(b, frag(plan.chunk(), f32), ownTileA, band, a, Value(), b.getUnitAttr()),
+         MmaOp::create(b, frag(plan.chunk(), f32), ownTileB, band, bt, Value(), b.getUnitAttr())});
     Value x = scores[0], dp = scores[1];
     // Element e = 4 j + 2 h + q: row frow + 8 h of the owned tile, column
     // fcol + 8 j + q of the chunk.
     SmallVector<Value> xs, dps, ps, dxs;
-    for (int64_t e = 0; e < kChunk / 2; ++e) {
+    for (int64_t e = 0; e < plan.chunk() / 2; ++e) {
       xs.push_back(vector::ExtractOp::create(b, x, ArrayRef<int64_t>{e}));
       dps.push_back(vector::ExtractOp::create(b, dp, ArrayRef<int64_t>{e}));
     }
-    DenseMap<int64_t, std::pair<Value, Value>> stats; // query -> lse, delta
-    for (int64_t e = 0; e < kChunk / 2; ++e) {
+    DenseMap<int64_t, std::pair<Value, Value>> stats; // query -> base, delta
+    Value log2e = arith::ConstantOp::create(b, b.getF32FloatAttr(static_cast<float>(kLog2e)));
+    for (int64_t e = 0; e < plan.chunk() / 2; ++e) {
       int64_t j = e / 4, h = (e / 2) % 2, q = e % 2;
       Value own = add(ownBase, 8 * h);
       Value streamed = add(chunkBase, 8 * j + q);
       Value qi = kvOwner ? streamed : own, kj = kvOwner ? own : streamed;
-      Value live = arith::AndIOp::create(
-          b, arith::CmpIOp::create(b, arith::CmpIPredicate::ult, qi, idx(plan.M)),
-          arith::CmpIOp::create(b, arith::CmpIPredicate::ult, kj, idx(plan.N)));
-      // Indices past M or N are clamped for the mods and the loads; their P is 0.
-      Value qc = arith::MinUIOp::create(b, qi, idx(plan.M - 1));
-      Value kc = arith::MinUIOp::create(b, kj, idx(plan.N - 1));
+      // Indices past M or N (only where a tile crosses them) are clamped
+      // for the mods and the loads; their P is 0.
+      Value live, qc = qi, kc = kj;
+      if (plan.ragged()) {
+        live = arith::AndIOp::create(
+            b, arith::CmpIOp::create(b, arith::CmpIPredicate::ult, qi, idx(plan.M)),
+            arith::CmpIOp::create(b, arith::CmpIPredicate::ult, kj, idx(plan.N)));
+        qc = arith::MinUIOp::create(b, qi, idx(plan.M - 1));
+        kc = arith::MinUIOp::create(b, kj, idx(plan.N - 1));
+      }
       int64_t key = kvOwner ? 8 * j + q : h;
       auto [it, fresh] = stats.try_emplace(key);
       if (fresh) {
         SmallVector<Value> at = {op.getB(), op.getH(), qc};
-        it->second = {memref::LoadOp::create(b, op.getLse(), at),
+        Value lse = memref::LoadOp::create(b, op.getLse(), at);
+        it->second = {tile::finiteBase(b, b.getLoc(), arith::MulFOp::create(b, lse, log2e)),
                       memref::LoadOp::create(b, op.getDelta(), at)};
       }
       auto sink = [&](ValueRange mods, Value dS) { cacheCaptureGrads(op, mods, dS); };
-      auto [p, dx] = scoreGradient(
+      auto [p, dx] = unscaledScoreGradient(
           b, b.getLoc(), op, xs[e], dps[e], it->second.first, it->second.second,
           arith::SubIOp::create(b, qc, q0), arith::SubIOp::create(b, kc, kv0), live,
           caches.empty() || op.getCaptureGrads().empty() ? CaptureGradSink()
@@ -340,12 +461,12 @@ LogicalResult Lowering::lowerStep(BackwardStepOp op) {
       ps.push_back(arith::TruncFOp::create(b, plan.elem, p));
       dxs.push_back(arith::TruncFOp::create(b, plan.elem, dx));
     }
-    Value dxFrag = vector::FromElementsOp::create(b, frag(kChunk, plan.elem), dxs);
+    Value dxFrag = vector::FromElementsOp::create(b, frag(plan.chunk(), plan.elem), dxs);
     SmallVector<std::array<Value, 3>> products;
     if (kvOwner) { // dV += Pᵀ dout, dK += dXᵀ Q
       if (Value acc = op.getDvAcc())
         products.push_back(
-            {acc, vector::FromElementsOp::create(b, frag(kChunk, plan.elem), ps), bt});
+            {acc, vector::FromElementsOp::create(b, frag(plan.chunk(), plan.elem), ps), bt});
       if (Value acc = op.getDkAcc())
         products.push_back({acc, dxFrag, a});
     } else { // dQ += dX K
@@ -363,6 +484,12 @@ LogicalResult Lowering::lowerStep(BackwardStepOp op) {
 void Lowering::lowerStore(StoreTileOp op) {
   auto dst = cast<MemRefType>(op.getDst().getType());
   Value acc = memref::LoadOp::create(b, accs.lookup(op.getAcc()), ValueRange{});
+  if (auto scale = scales.find(op.getAcc()); scale != scales.end())
+    acc = arith::MulFOp::create(
+        b, acc,
+        arith::ConstantOp::create(
+            b, DenseElementsAttr::get(cast<VectorType>(acc.getType()),
+                                      b.getF32FloatAttr(scale->second))));
   auto pair = VectorType::get({2}, dst.getElementType());
   for (int64_t h = 0; h < 2; ++h) {
     Value row = add(op.getRow0(), add(frow, 8 * h));
@@ -474,7 +601,7 @@ LogicalResult mlir::flexattn::lowerBackwardMma(RewriterBase &rewriter,
         b, RingType::get(b.getContext(), stages, rows, plan.D, plan.elem), plan.threads());
   };
   l.ownA = ring(1, plan.R), l.ownB = ring(1, plan.R);
-  l.strA = ring(2, kChunk), l.strB = ring(2, kChunk);
+  l.strA = ring(2, plan.chunk()), l.strB = ring(2, plan.chunk());
   l.position = memref::AllocaOp::create(b, MemRefType::get({}, b.getI32Type()));
   memref::StoreOp::create(b, l.pos0(), l.position, ValueRange{});
   // The m16n8 accumulator layout: warp w of group g holds rows 64 g + 16 w
@@ -525,6 +652,15 @@ LogicalResult mlir::flexattn::lowerBackwardMma(RewriterBase &rewriter,
     dead.push_back(alloca);
   }
 
+  for (BackwardStepOp step : steps)
+    for (Value acc : {step.getDkAcc(), step.getDqAcc()}) {
+      if (!acc)
+        continue;
+      float scale = step.getScale().convertToFloat();
+      if (l.scales.try_emplace(acc, scale).first->second != scale)
+        return step.emitOpError() << kPass << ": the steps of an accumulator must "
+                                              "share one scale";
+    }
   if (failed(makeCaptureCaches(l, steps)))
     return failure();
 

@@ -837,19 +837,32 @@ def FlexAttnLowerBackwardMma
     `flexattn-map-backward-to-grid` owns a square tile of R = 64 or 128 rows
     (keys for dk/dv, queries for dq) in R / 64 groups of 4 warps (the block
     becomes R / 64 x 128 threads), copies its owned tiles into rings once
-    and streams the other side in 32-row chunks (a loop; two-slot rings at a
-    run-time position, so slot addresses are not kept live across loops).
-    A step copies its first chunk before the loop; each chunk waits for its
-    copy (one wait, one barrier) and then issues the next chunk's, which
-    lands while this chunk is computed:
+    and streams the other side in 64-row chunks (32 at D = 128 where a tile
+    crosses M or N: 64 spills there) in a loop, through two-slot rings at a
+    run-time position (slot addresses are not kept live across loops). Each
+    chunk waits for its copy (one wait, one barrier) and then issues the
+    next one, which lands while this chunk is computed: within a step the
+    step's next chunk; after its last, the first chunk of the next step of
+    its loop (a step alone in a block-sparse list's loop: the body's
+    coordinates cloned for the next iteration), the loop's first step's
+    being copied before the loop. Other steps copy their first chunk
+    themselves.
 
-      dk/dv step, per chunk of 32 queries (wait Q, dout; copy the next):
+      dk/dv step, per chunk of 64 queries (wait Q, dout; copy the next):
         Sᵀ = K Qᵀ    dPᵀ = V doutᵀ            (flexattn.mma, A = the band)
-        per element: Pᵀ, dXᵀ (mods + derivative, P from lse, 0 outside M x N)
+        per element: Pᵀ, dXᵀ without the scale
         dV += Pᵀ dout    dK += dXᵀ Q           (register A)
-      dq step, per chunk of 32 keys (wait K, V; copy the next):
+      dq step, per chunk of 64 keys (wait K, V; copy the next):
         S = Q Kᵀ    dP = dout Vᵀ;  dX, capture_grads += dS dload
         dQ += dX K
+
+    Per element (`unscaledScoreGradient`, passes/BackwardMath.h), from the
+    query's base = base(log2(e) lse) and delta, read once per query: with a
+    mask_mod alone P = exp2(fma(x, scale log2(e), -base)), masked on the
+    exponent, and dX = dS = P (dP - delta); with a score_mod S = mods(scale
+    x), P = exp2(fma(S, log2(e), -base)) and dX = dS dS/dx (0 where P = 0).
+    The scale multiplies the dK and dQ sums once, at their stores. Scores
+    past M x N get P = 0 by a select only where a tile crosses them.
 
     Capture gradients: per thread and differentiated load, a running sum
     for one index (registers), flushed when the index changes and at the dq
@@ -883,18 +896,21 @@ def FlexAttnLowerBackwardMma
     %dq = memref.alloca() : memref<vector<32xf32>>
     memref.store %zeros, %dq[] : memref<vector<32xf32>>
     flexattn.ring.copy %q[%b, %h, %q0] into %own_q[%c0_i32] ...
+    flexattn.ring.copy %k[%b, %hkv, %kv0_first] into %str_a[%at0] if %any ...
     scf.for %j = %c0 to %n step %c1 {
-      flexattn.ring.copy %k[%b, %hkv, %kv0] into %str_a[%at0] ...
-      scf.for %c = %c0 to %c64 step %c32 {
+      scf.for %c = %c0 to %c128 step %c64 {
+        %later:1 = scf.if %last_and_more -> (index) { ... kv0 at %j + 1 ... }
         %at = memref.load %position[] : memref<i32>
         flexattn.ring.wait %str_a[%at] in_flight(1) ...
-        flexattn.ring.copy %k[%b, %hkv, %kv0_c1] into %str_a[%next] if %more ...
+        %row = arith.select %in_step, %kv0_c1, %later#0 : index
+        flexattn.ring.copy %k[%b, %hkv, %row] into %str_a[%next] if %copy ...
         %s = flexattn.mma %qt[%band], %kt {transpose_b} ...
         %dp = flexattn.mma %dot[%band], %vt {transpose_b} ...
-        ... flexattn.apply_mods_vjp per element ...
+        ... flexattn.apply_mods_vjp, math.fma, math.exp2 per element ...
         %acc = flexattn.mma %dx, %kt, %old ...
       }
     }
+    %dqs = arith.mulf %dq_sum, %scale : vector<32xf32>
     scf.if %row_inside { vector.store %pair, %dqg[%b, %h, %row, %col] ... }
     ```
   }];

@@ -4,19 +4,20 @@
 // M = N = 100 problem (GQA 2/1, bf16, D = 64, a learnable per-head weight,
 // causal dq steps): 2 dk/dv CTAs then 4 dq CTAs. Each CTA gets one group of
 // 4 warps (128 threads), copies its owned tiles once, and per step streams
-// the other side in 32-row chunks (a loop) through two two-slot rings, at a
-// run-time position: chunk 0 copied before the loop, chunk c + 1 right
-// after the wait for chunk c.
+// the other side in 64-row chunks (a loop; one chunk per 64-row tile)
+// through two two-slot rings, at a run-time position. A step alone in its
+// loop copies the loop's first chunk before the loop, and the next step's
+// first chunk during its own last one.
 
 // CHECK-LABEL: func.func @two_nests(
 // CHECK-SAME:    %[[Q:[^:]+]]: memref<1x2x100x64xbf16>, %[[K:[^:]+]]: memref<1x1x100x64xbf16>, %[[V:[^:]+]]: memref<1x1x100x64xbf16>, %[[DO:[^:]+]]: memref<1x2x100x64xbf16>, %[[LSE:[^:]+]]: memref<1x2x100xf32>, %[[DELTA:[^:]+]]: memref<1x2x100xf32>, %[[DQ:[^:]+]]: memref<1x2x100x64xbf16>, %[[DK:[^:]+]]: memref<1x1x100x64xbf16>, %[[DV:[^:]+]]: memref<1x1x100x64xbf16>, %{{[^:]+}}: memref<2xf32>, %[[DW:[^:]+]]: memref<2xf32>)
 // CHECK:         %[[C128:.+]] = arith.constant 128 : index
 // CHECK:         gpu.launch {{.*}} threads(%{{[^,]+}}, %{{[^,]+}}, %{{[^)]+}}) in (%{{[^ ]+}} = %[[C128]],
-// The owned tiles' rings (64 rows) and the streamed chunks' (2 x 32 rows).
+// The owned tiles' rings (64 rows) and the streamed chunks' (2 x 64 rows).
 // CHECK:           %[[OWNA:.+]] = flexattn.ring.alloc consumers(128) : !flexattn.ring<1 x 64x64xbf16>
 // CHECK:           %[[OWNB:.+]] = flexattn.ring.alloc consumers(128) : !flexattn.ring<1 x 64x64xbf16>
-// CHECK:           %[[STRA:.+]] = flexattn.ring.alloc consumers(128) : !flexattn.ring<2 x 32x64xbf16>
-// CHECK:           %[[STRB:.+]] = flexattn.ring.alloc consumers(128) : !flexattn.ring<2 x 32x64xbf16>
+// CHECK:           %[[STRA:.+]] = flexattn.ring.alloc consumers(128) : !flexattn.ring<2 x 64x64xbf16>
+// CHECK:           %[[STRB:.+]] = flexattn.ring.alloc consumers(128) : !flexattn.ring<2 x 64x64xbf16>
 // CHECK:           %[[POS:.+]] = memref.alloca() : memref<i32>
 // The accumulators: one fragment per thread, at the kernel's entry.
 // CHECK-DAG:       %[[DKACC:.+]] = memref.alloca() : memref<vector<32xf32>>
@@ -29,54 +30,83 @@
 // CHECK:             flexattn.ring.copy %[[K]][%{{.+}}] into %[[OWNA]]
 // CHECK:             flexattn.ring.copy %[[V]][%{{.+}}] into %[[OWNB]]
 // CHECK:             flexattn.ring.wait %[[OWNB]][%{{.+}}] in_flight(0)
-// CHECK:             scf.for
-// CHECK:               scf.for
-// Chunk 0's copy before the chunk loop, at the counter's position.
-// CHECK:                 %[[AT0:.+]] = memref.load %[[POS]][] : memref<i32>
-// CHECK:                 flexattn.ring.copy %[[Q]][%{{.+}}] into %[[STRA]][%[[AT0]]] :
-// CHECK:                 flexattn.ring.copy %[[DO]][%{{.+}}] into %[[STRB]][%[[AT0]]] :
+// CHECK:             scf.for %[[H:[^ ]+]] =
+// The Q loop's first step's chunk 0, before the loop, at the counter's
+// position (its coordinates: the body's, at the lower bound).
+// CHECK:               %[[FIRST:.+]] = arith.cmpi slt, %[[LB:[^,]+]], %[[UB:[^ ]+]] : index
+// CHECK:               %[[AT0:.+]]:3 = scf.if %[[FIRST]] -> (index, index, index) {
+// CHECK:                 %[[Q00:.+]] = arith.muli %[[LB]], %{{.+}} : index
+// CHECK:                 scf.yield %{{.+}}, %[[H]], %[[Q00]]
+// CHECK:               %[[P0:.+]] = memref.load %[[POS]][] : memref<i32>
+// CHECK:               flexattn.ring.copy %[[Q]][%[[AT0]]#0, %[[AT0]]#1, %[[AT0]]#2] into %[[STRA]][%[[P0]]] if %[[FIRST]] :
+// CHECK:               flexattn.ring.copy %[[DO]][%[[AT0]]#0, %[[AT0]]#1, %[[AT0]]#2] into %[[STRB]][%[[P0]]] if %[[FIRST]] :
+// CHECK:               scf.for %[[QT:[^ ]+]] = %[[LB]] to %[[UB]]
+// The next step's coordinates, at qt + 1.
+// CHECK:                 %[[QT1:.+]] = arith.addi %[[QT]], %{{.+}} : index
+// CHECK:                 %[[LATER:.+]] = arith.cmpi slt, %[[QT1]], %[[UB]] : index
+// CHECK:                 %[[NXT:.+]]:3 = scf.if %[[LATER]] -> (index, index, index) {
 // CHECK:                 scf.for %{{.+}} = %{{.+}} to %{{.+}} step %{{.+}} {
 // CHECK:                 %[[AT:.+]] = memref.load %[[POS]][] : memref<i32>
 // CHECK:                 %[[NEXT:.+]] = arith.addi %[[AT]], %{{.+}} : i32
 // CHECK:                 flexattn.ring.wait %[[STRA]][%[[AT]]] in_flight(1)
-// CHECK:                 %[[QT:.+]] = flexattn.ring.slot %[[STRA]]
+// CHECK:                 %[[QS:.+]] = flexattn.ring.slot %[[STRA]]
 // CHECK:                 flexattn.ring.wait %[[STRB]][%[[AT]]] in_flight(0)
 // CHECK:                 %[[DOT:.+]] = flexattn.ring.slot %[[STRB]]
-// The next chunk's copy, before this chunk's MMAs (none past the tile).
+// The next chunk's copy, before this chunk's MMAs: this step's next chunk,
+// or past its last the next step's first.
 // CHECK:                 %[[MORE:.+]] = arith.cmpi ult
+// CHECK:                 %[[ANY:.+]] = arith.ori %[[MORE]], %[[LATER]] : i1
+// CHECK:                 %[[B1:.+]] = arith.select %[[MORE]], %{{.+}}, %[[NXT]]#0 : index
+// CHECK:                 %[[H1:.+]] = arith.select %[[MORE]], %[[H]], %[[NXT]]#1 : index
+// CHECK:                 %[[R1:.+]] = arith.select %[[MORE]], %{{.+}}, %[[NXT]]#2 : index
 // CHECK:                 flexattn.ring.acquire %[[STRA]][%[[NEXT]]]
-// CHECK:                 flexattn.ring.copy %[[Q]][%{{.+}}] into %[[STRA]][%[[NEXT]]] if %[[MORE]]
-// CHECK:                 flexattn.ring.copy %[[DO]][%{{.+}}] into %[[STRB]][%[[NEXT]]] if %[[MORE]]
+// CHECK:                 flexattn.ring.copy %[[Q]][%[[B1]], %[[H1]], %[[R1]]] into %[[STRA]][%[[NEXT]]] if %[[ANY]]
+// CHECK:                 flexattn.ring.copy %[[DO]][%[[B1]], %[[H1]], %[[R1]]] into %[[STRB]][%[[NEXT]]] if %[[ANY]]
 // Sᵀ = K Qᵀ and dPᵀ = V doutᵀ from the owned band.
-// CHECK:                 flexattn.mma %{{.+}}[%{{.+}}], %[[QT]] {transpose_b} : !flexattn.smem_tile<64x64xbf16>, !flexattn.smem_tile<32x64xbf16> -> vector<16xf32>
+// CHECK:                 flexattn.mma %{{.+}}[%{{.+}}], %[[QS]] {transpose_b} : !flexattn.smem_tile<64x64xbf16>, !flexattn.smem_tile<64x64xbf16> -> vector<32xf32>
 // CHECK:                 flexattn.mma %{{.+}}[%{{.+}}], %[[DOT]] {transpose_b}
-// Per element: the query's lse, P, dS; no mask and no capture here.
-// CHECK:                 memref.load %[[LSE]]
-// CHECK:                 memref.load %[[DELTA]]
-// CHECK:                 math.exp2
+// Per element: the query's base (log2(e) lse, 0 if -inf) and delta once
+// per column; P = exp2(fma(x, scale log2(e), -base)), 0 past M x N (a tile
+// crosses them here); dS = P (dP - delta), unscaled; no mask, no capture.
+// CHECK:                 %[[LSEQ:.+]] = memref.load %[[LSE]]
+// CHECK:                 %[[L2:.+]] = arith.mulf %[[LSEQ]], %{{.+}} : f32
+// CHECK:                 %[[BASE:.+]] = arith.select %{{.+}}, %{{.+}}, %[[L2]] : f32
+// CHECK:                 %[[DELTAQ:.+]] = memref.load %[[DELTA]]
+// CHECK:                 %[[NB:.+]] = arith.negf %[[BASE]] : f32
+// CHECK:                 %[[ARG:.+]] = math.fma %{{.+}}, %{{.+}}, %[[NB]] : f32
+// CHECK:                 %[[E:.+]] = math.exp2 %[[ARG]] : f32
+// CHECK:                 %[[P:.+]] = arith.select %{{.+}}, %[[E]], %{{.+}} : f32
+// CHECK:                 %[[DPD:.+]] = arith.subf %{{.+}}, %[[DELTAQ]] : f32
+// CHECK:                 arith.mulf %[[P]], %[[DPD]] : f32
 // CHECK-NOT:             flexattn.apply_mods_vjp
 // CHECK-NOT:             memref.atomic_rmw
 // dV += Pᵀ dout, dK += dXᵀ Q (register A)
-// CHECK:                 %[[DXT:.+]] = vector.from_elements {{.*}} : vector<16xbf16>
-// CHECK:                 %[[P:.+]] = vector.from_elements {{.*}} : vector<16xbf16>
+// CHECK:                 %[[DXT:.+]] = vector.from_elements {{.*}} : vector<32xbf16>
+// CHECK:                 %[[PT:.+]] = vector.from_elements {{.*}} : vector<32xbf16>
 // CHECK:                 %[[OLDV:.+]] = memref.load %[[DVACC]][]
-// CHECK:                 flexattn.mma %[[P]], %[[DOT]], %[[OLDV]] : vector<16xbf16>, !flexattn.smem_tile<32x64xbf16>, vector<32xf32> -> vector<32xf32>
+// CHECK:                 flexattn.mma %[[PT]], %[[DOT]], %[[OLDV]] : vector<32xbf16>, !flexattn.smem_tile<64x64xbf16>, vector<32xf32> -> vector<32xf32>
 // CHECK:                 %[[OLDK:.+]] = memref.load %[[DKACC]][]
-// CHECK:                 flexattn.mma %[[DXT]], %[[QT]], %[[OLDK]]
+// CHECK:                 flexattn.mma %[[DXT]], %[[QS]], %[[OLDK]]
 // CHECK:                 flexattn.ring.release %[[STRA]]
-// The stores: pairs of columns, rows inside dk.
-// CHECK:             memref.load %[[DKACC]][]
+// The stores: dK times the scale once (dV as summed), pairs of columns,
+// rows inside dk.
+// CHECK:             %[[DKSUM:.+]] = memref.load %[[DKACC]][]
+// CHECK:             %[[DKS:.+]] = arith.mulf %[[DKSUM]], %{{.+}} : vector<32xf32>
 // CHECK:             scf.if
+// CHECK:               vector.extract %[[DKS]]
 // CHECK:               arith.truncf %{{.+}} : f32 to bf16
 // CHECK:               vector.store %{{.+}}, %[[DK]][%{{.+}}] : memref<1x1x100x64xbf16>, vector<2xbf16>
+// CHECK:             %[[DVSUM:.+]] = memref.load %[[DVACC]][]
+// CHECK-NOT:         arith.mulf %[[DVSUM]]
+// CHECK:             vector.store %{{.+}}, %[[DV]][%{{.+}}] : memref<1x1x100x64xbf16>, vector<2xbf16>
 // CHECK:           } else {
 // dq CTA: Q and dout once, then per KV tile K and V; the mods with their
 // derivative and mask; the weight's gradient by f32 atomics.
 // CHECK:             flexattn.ring.copy %[[Q]][%{{.+}}] into %[[OWNA]]
 // CHECK:             flexattn.ring.copy %[[DO]][%{{.+}}] into %[[OWNB]]
+// CHECK:             flexattn.ring.copy %[[K]][%{{.+}}] into %[[STRA]]
+// CHECK:             flexattn.ring.copy %[[V]][%{{.+}}] into %[[STRB]]
 // CHECK:             scf.for
-// CHECK:               flexattn.ring.copy %[[K]][%{{.+}}] into %[[STRA]]
-// CHECK:               flexattn.ring.copy %[[V]][%{{.+}}] into %[[STRB]]
 // CHECK:               scf.for
 // CHECK:               flexattn.ring.wait %[[STRA]]
 // CHECK:               %[[KT:.+]] = flexattn.ring.slot %[[STRA]]
@@ -86,15 +116,18 @@
 // The weight's gradient: a running sum per thread (one index), added with
 // an f32 atomic when the index changes and at the tile's end.
 // CHECK:               flexattn.apply_mods_vjp
+// CHECK:               math.fma
 // CHECK:               scf.if
 // CHECK:                 arith.cmpi eq
 // CHECK:                 scf.if
 // CHECK:                   arith.addf
 // CHECK:                 } else {
 // CHECK:                   memref.atomic_rmw addf %{{.+}}, %[[DW]]
-// CHECK:               %[[DX:.+]] = vector.from_elements {{.*}} : vector<16xbf16>
+// CHECK:               %[[DX:.+]] = vector.from_elements {{.*}} : vector<32xbf16>
 // CHECK:               %[[OLDQ:.+]] = memref.load %[[DQACC]][]
 // CHECK:               flexattn.mma %[[DX]], %[[KT]], %[[OLDQ]]
+// CHECK:             %[[DQSUM:.+]] = memref.load %[[DQACC]][]
+// CHECK:             arith.mulf %[[DQSUM]], %{{.+}} : vector<32xf32>
 // CHECK:             vector.store %{{.+}}, %[[DQ]][%{{.+}}] : memref<1x2x100x64xbf16>, vector<2xbf16>
 // CHECK:             memref.atomic_rmw addf %{{.+}}, %[[DW]]
 func.func @two_nests(%q: memref<1x2x100x64xbf16>, %k: memref<1x1x100x64xbf16>, %v: memref<1x1x100x64xbf16>,
