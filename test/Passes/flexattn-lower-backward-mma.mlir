@@ -32,20 +32,25 @@
 // CHECK:             flexattn.ring.wait %[[OWNB]][%{{.+}}] in_flight(0)
 // CHECK:             scf.for %[[H:[^ ]+]] =
 // The Q loop's first step's chunk 0, before the loop, at the counter's
-// position (its coordinates: the body's, at the lower bound).
+// position (its row: the body's q0, at the lower bound; batch and head are
+// the loop's).
 // CHECK:               %[[FIRST:.+]] = arith.cmpi slt, %[[LB:[^,]+]], %[[UB:[^ ]+]] : index
-// CHECK:               %[[AT0:.+]]:3 = scf.if %[[FIRST]] -> (index, index, index) {
+// CHECK:               %[[ROW0:.+]] = scf.if %[[FIRST]] -> (index) {
 // CHECK:                 %[[Q00:.+]] = arith.muli %[[LB]], %{{.+}} : index
-// CHECK:                 scf.yield %{{.+}}, %[[H]], %[[Q00]]
+// CHECK:                 scf.yield %[[Q00]]
 // CHECK:               %[[P0:.+]] = memref.load %[[POS]][] : memref<i32>
-// CHECK:               flexattn.ring.copy %[[Q]][%[[AT0]]#0, %[[AT0]]#1, %[[AT0]]#2] into %[[STRA]][%[[P0]]] if %[[FIRST]] :
-// CHECK:               flexattn.ring.copy %[[DO]][%[[AT0]]#0, %[[AT0]]#1, %[[AT0]]#2] into %[[STRB]][%[[P0]]] if %[[FIRST]] :
+// CHECK:               flexattn.ring.copy %[[Q]][%[[B:[^,]+]], %[[H]], %[[ROW0]]] into %[[STRA]][%[[P0]]] if %[[FIRST]] :
+// CHECK:               flexattn.ring.copy %[[DO]][%[[B]], %[[H]], %[[ROW0]]] into %[[STRB]][%[[P0]]] if %[[FIRST]] :
 // CHECK:               scf.for %[[QT:[^ ]+]] = %[[LB]] to %[[UB]]
-// The next step's coordinates, at qt + 1.
+// CHECK:                 scf.for %{{.+}} = %{{.+}} to %{{.+}} step %{{.+}} {
+// After the step's last chunk, the next step's: its q0 at qt + 1, ahead of
+// the wait.
+// CHECK:                 %[[MORE:.+]] = arith.cmpi ult
+// CHECK:                 %[[LAST:.+]] = arith.xori %[[MORE]], %{{.+}} : i1
 // CHECK:                 %[[QT1:.+]] = arith.addi %[[QT]], %{{.+}} : index
 // CHECK:                 %[[LATER:.+]] = arith.cmpi slt, %[[QT1]], %[[UB]] : index
-// CHECK:                 %[[NXT:.+]]:3 = scf.if %[[LATER]] -> (index, index, index) {
-// CHECK:                 scf.for %{{.+}} = %{{.+}} to %{{.+}} step %{{.+}} {
+// CHECK:                 %[[THEN:.+]] = arith.andi %[[LAST]], %[[LATER]] : i1
+// CHECK:                 %[[NXT:.+]] = scf.if %[[THEN]] -> (index) {
 // CHECK:                 %[[AT:.+]] = memref.load %[[POS]][] : memref<i32>
 // CHECK:                 %[[NEXT:.+]] = arith.addi %[[AT]], %{{.+}} : i32
 // CHECK:                 flexattn.ring.wait %[[STRA]][%[[AT]]] in_flight(1)
@@ -54,14 +59,11 @@
 // CHECK:                 %[[DOT:.+]] = flexattn.ring.slot %[[STRB]]
 // The next chunk's copy, before this chunk's MMAs: this step's next chunk,
 // or past its last the next step's first.
-// CHECK:                 %[[MORE:.+]] = arith.cmpi ult
-// CHECK:                 %[[ANY:.+]] = arith.ori %[[MORE]], %[[LATER]] : i1
-// CHECK:                 %[[B1:.+]] = arith.select %[[MORE]], %{{.+}}, %[[NXT]]#0 : index
-// CHECK:                 %[[H1:.+]] = arith.select %[[MORE]], %[[H]], %[[NXT]]#1 : index
-// CHECK:                 %[[R1:.+]] = arith.select %[[MORE]], %{{.+}}, %[[NXT]]#2 : index
+// CHECK:                 %[[ANY:.+]] = arith.ori %[[MORE]], %[[THEN]] : i1
+// CHECK:                 %[[R1:.+]] = arith.select %[[MORE]], %{{.+}}, %[[NXT]] : index
 // CHECK:                 flexattn.ring.acquire %[[STRA]][%[[NEXT]]]
-// CHECK:                 flexattn.ring.copy %[[Q]][%[[B1]], %[[H1]], %[[R1]]] into %[[STRA]][%[[NEXT]]] if %[[ANY]]
-// CHECK:                 flexattn.ring.copy %[[DO]][%[[B1]], %[[H1]], %[[R1]]] into %[[STRB]][%[[NEXT]]] if %[[ANY]]
+// CHECK:                 flexattn.ring.copy %[[Q]][%[[B]], %[[H]], %[[R1]]] into %[[STRA]][%[[NEXT]]] if %[[ANY]]
+// CHECK:                 flexattn.ring.copy %[[DO]][%[[B]], %[[H]], %[[R1]]] into %[[STRB]][%[[NEXT]]] if %[[ANY]]
 // Sᵀ = K Qᵀ and dPᵀ = V doutᵀ from the owned band.
 // CHECK:                 flexattn.mma %{{.+}}[%{{.+}}], %[[QS]] {transpose_b} : !flexattn.smem_tile<64x64xbf16>, !flexattn.smem_tile<64x64xbf16> -> vector<32xf32>
 // CHECK:                 flexattn.mma %{{.+}}[%{{.+}}], %[[DOT]] {transpose_b}
