@@ -322,3 +322,34 @@ func.func @too_few_partials(%q: memref<1x2x100x64xbf16>, %k: memref<1x1x100x64xb
   }
   return
 }
+
+// -----
+
+// dX leaves the scale to the accumulator's store, so the steps of one
+// accumulator must agree on it.
+
+func.func @two_scales(%q: memref<1x1x64x64xbf16>, %k: memref<1x1x64x64xbf16>, %v: memref<1x1x64x64xbf16>,
+                      %do: memref<1x1x64x64xbf16>, %lse: memref<1x1x64xf32>, %delta: memref<1x1x64xf32>,
+                      %dq: memref<1x1x64x64xbf16>) {
+  %c0 = arith.constant 0 : index
+  %c1 = arith.constant 1 : index
+  %c64 = arith.constant 64 : index
+  %zero = arith.constant 0.0 : f32
+  gpu.launch blocks(%bx, %by, %bz) in (%gx = %c1, %gy = %c1, %gz = %c1)
+             threads(%tx, %ty, %tz) in (%sx = %c64, %sy = %c1, %sz = %c1) {
+    %dq_acc = memref.alloca() : memref<64x64xf32>
+    linalg.fill ins(%zero : f32) outs(%dq_acc : memref<64x64xf32>)
+    flexattn.backward_step ins(%q, %k, %v, %do : memref<1x1x64x64xbf16>, memref<1x1x64x64xbf16>, memref<1x1x64x64xbf16>, memref<1x1x64x64xbf16>)
+        stats(%lse, %delta : memref<1x1x64xf32>, memref<1x1x64xf32>)
+        dq(%dq_acc : memref<64x64xf32>) at(%c0, %c0, %c0, %c0, %c0)
+        attributes {scale = 0.125 : f32, tile_size = array<i64: 64, 64>}
+    // expected-error @below {{flexattn-lower-backward-mma: the steps of an accumulator must share one scale}}
+    flexattn.backward_step ins(%q, %k, %v, %do : memref<1x1x64x64xbf16>, memref<1x1x64x64xbf16>, memref<1x1x64x64xbf16>, memref<1x1x64x64xbf16>)
+        stats(%lse, %delta : memref<1x1x64xf32>, memref<1x1x64xf32>)
+        dq(%dq_acc : memref<64x64xf32>) at(%c0, %c0, %c0, %c0, %c0)
+        attributes {scale = 0.25 : f32, tile_size = array<i64: 64, 64>}
+    flexattn.store_tile %dq_acc : memref<64x64xf32> into %dq : memref<1x1x64x64xbf16> at(%c0, %c0, %c0)
+    gpu.terminator
+  }
+  return
+}
