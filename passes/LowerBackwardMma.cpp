@@ -42,12 +42,12 @@
 
 #include "passes/BackwardMath.h"
 #include "passes/Passes.h"
+#include "passes/TileRoles.h"
 
 #include "mlir/IR/Dominance.h"
 #include "mlir/IR/ImplicitLocOpBuilder.h"
 #include "mlir/IR/IRMapping.h"
 #include "mlir/IR/Matchers.h"
-#include "mlir/Interfaces/SideEffectInterfaces.h"
 
 namespace mlir::flexattn {
 #define GEN_PASS_DEF_FLEXATTNLOWERBACKWARDMMA
@@ -298,40 +298,16 @@ FailureOr<Lowering::Streamed> Lowering::streamedAt(BackwardStepOp op, scf::ForOp
     Operation *def = v.getDefiningOp();
     return def ? def->getBlock() == body : cast<BlockArgument>(v).getOwner() == body;
   };
-  SetVector<Operation *> slice;
-  SmallVector<Value> work(coords);
-  while (!work.empty()) {
-    Operation *def = work.pop_back_val().getDefiningOp();
-    if (!def || def->getBlock() != body || slice.contains(def))
-      continue;
-    if (def->getNumRegions() || !(isMemoryEffectFree(def) || isa<memref::LoadOp>(def)))
-      return def->emitOpError() << kPass << " computes the next step's coordinates "
-                                            "again; they must come from loads and pure ops";
-    slice.insert(def);
-    llvm::append_range(work, def->getOperands());
-  }
   Value valid = arith::CmpIOp::create(b, arith::CmpIPredicate::slt, iv, loop.getUpperBound());
   if (when)
     valid = arith::AndIOp::create(b, when, valid);
   SmallVector<Value> varying = llvm::filter_to_vector(coords, inBody);
-  auto branch = scf::IfOp::create(b, ValueRange(varying).getTypes(), valid,
-                                  /*withElseRegion=*/true);
-  {
-    OpBuilder::InsertionGuard guard(b);
-    b.setInsertionPointToStart(&branch.getThenRegion().front());
-    IRMapping map;
-    map.map(loop.getInductionVar(), iv);
-    for (Operation &inner : *body)
-      if (slice.contains(&inner))
-        b.clone(inner, map);
-    scf::YieldOp::create(b, llvm::map_to_vector(varying, [&](Value v) {
-                           return map.lookupOrDefault(v);
-                         }));
-    b.setInsertionPointToStart(&branch.getElseRegion().front());
-    scf::YieldOp::create(b, SmallVector<Value>(varying.size(), idx(0)));
-  }
+  FailureOr<SmallVector<Value>> later =
+      valuesAtIteration(b, loop, IRMapping(), iv, valid, varying, kPass);
+  if (failed(later))
+    return failure();
   Streamed at{valid, coords[0], coords[1], coords[2]};
-  for (auto [v, result] : llvm::zip(varying, branch.getResults()))
+  for (auto [v, result] : llvm::zip(varying, *later))
     for (Value *c : {&at.b, &at.h, &at.row})
       if (*c == v)
         *c = result;

@@ -132,42 +132,14 @@ struct CooperativeRole : ConsumerRole {
   FailureOr<StepCoordinates> coordinatesAt(ImplicitLocOpBuilder &b, TileStepOp op,
                                            scf::ForOp loop, IRMapping &map,
                                            Value iv) {
-    Block *body = loop.getBody();
-    SetVector<Operation *> slice;
-    SmallVector<Value> work = {op.getB(), op.getHkv(), op.getKv0()};
-    while (!work.empty()) {
-      Operation *def = work.pop_back_val().getDefiningOp();
-      if (!def || def->getBlock() != body || slice.contains(def))
-        continue;
-      if (def->getNumRegions() || !(isMemoryEffectFree(def) || isa<memref::LoadOp>(def)))
-        return def->emitOpError("flexattn-multistage recomputes a KV step's "
-                                "coordinates for later steps; they must come "
-                                "from loads and pure ops without regions");
-      slice.insert(def);
-      llvm::append_range(work, def->getOperands());
-    }
     Value ub = map.lookupOrDefault(loop.getUpperBound());
     Value valid = arith::CmpIOp::create(b, arith::CmpIPredicate::slt, iv, ub);
-    Type index = b.getIndexType();
-    auto ifOp = scf::IfOp::create(b, TypeRange{index, index, index}, valid,
-                                  /*withElseRegion=*/true);
-    {
-      OpBuilder::InsertionGuard guard(b);
-      b.setInsertionPointToStart(&ifOp.getThenRegion().front());
-      IRMapping local = map;
-      local.map(loop.getInductionVar(), iv);
-      for (Operation &inner : *body)
-        if (slice.contains(&inner))
-          b.clone(inner, local);
-      scf::YieldOp::create(b, ValueRange{local.lookupOrDefault(op.getB()),
-                                         local.lookupOrDefault(op.getHkv()),
-                                         local.lookupOrDefault(op.getKv0())});
-      b.setInsertionPointToStart(&ifOp.getElseRegion().front());
-      Value zero = arith::ConstantIndexOp::create(b, 0);
-      scf::YieldOp::create(b, ValueRange{zero, zero, zero});
-    }
-    return StepCoordinates{valid, ifOp.getResult(0), ifOp.getResult(1),
-                           ifOp.getResult(2)};
+    FailureOr<SmallVector<Value>> at =
+        valuesAtIteration(b, loop, map, iv, valid, {op.getB(), op.getHkv(), op.getKv0()},
+                          "flexattn-multistage");
+    if (failed(at))
+      return failure();
+    return StepCoordinates{valid, (*at)[0], (*at)[1], (*at)[2]};
   }
 
   /// Copies of the K and V tiles of the steps at `coords` into positions

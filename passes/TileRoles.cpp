@@ -6,6 +6,8 @@
 
 #include "passes/TileRoles.h"
 
+#include "mlir/Interfaces/SideEffectInterfaces.h"
+
 using namespace mlir;
 using namespace mlir::flexattn;
 
@@ -152,4 +154,38 @@ mlir::flexattn::tileCoordinates(FinalizeOp fin, gpu::LaunchOp launch,
                            "coordinates to be computed before its state "
                            "buffers");
   return at;
+}
+
+FailureOr<SmallVector<Value>>
+mlir::flexattn::valuesAtIteration(ImplicitLocOpBuilder &b, scf::ForOp loop,
+                                  const IRMapping &map, Value iv, Value valid,
+                                  ValueRange values, StringRef pass) {
+  Block *body = loop.getBody();
+  SetVector<Operation *> slice;
+  SmallVector<Value> work(values);
+  while (!work.empty()) {
+    Operation *def = work.pop_back_val().getDefiningOp();
+    if (!def || def->getBlock() != body || slice.contains(def))
+      continue;
+    if (def->getNumRegions() || !(isMemoryEffectFree(def) || isa<memref::LoadOp>(def)))
+      return def->emitOpError() << pass << " recomputes values of a loop body for a later "
+                                           "iteration; they must come from loads and pure "
+                                           "ops without regions";
+    slice.insert(def);
+    llvm::append_range(work, def->getOperands());
+  }
+  auto ifOp = scf::IfOp::create(b, values.getTypes(), valid, /*withElseRegion=*/true);
+  OpBuilder::InsertionGuard guard(b);
+  b.setInsertionPointToStart(&ifOp.getThenRegion().front());
+  IRMapping local = map;
+  local.map(loop.getInductionVar(), iv);
+  for (Operation &inner : *body)
+    if (slice.contains(&inner))
+      b.clone(inner, local);
+  scf::YieldOp::create(
+      b, llvm::map_to_vector(values, [&](Value v) { return local.lookupOrDefault(v); }));
+  b.setInsertionPointToStart(&ifOp.getElseRegion().front());
+  Value zero = arith::ConstantIndexOp::create(b, 0);
+  scf::YieldOp::create(b, SmallVector<Value>(values.size(), zero));
+  return SmallVector<Value>(ifOp.getResults());
 }

@@ -74,6 +74,15 @@ struct TileCoordinates {
 FailureOr<TileCoordinates> tileCoordinates(FinalizeOp fin, gpu::LaunchOp launch,
                                            const IRMapping &map);
 
+/// The values `values` take at iteration `iv` of `loop`, for a copy issued
+/// ahead of that iteration: the body's ops computing them (loads and pure
+/// ops without regions; anything else is an error of `pass`) cloned under
+/// `scf.if valid` with `iv` for the induction variable and `map` for values
+/// from outside the body; zeros where `valid` is false.
+FailureOr<SmallVector<Value>> valuesAtIteration(ImplicitLocOpBuilder &b, scf::ForOp loop,
+                                                const IRMapping &map, Value iv, Value valid,
+                                                ValueRange values, StringRef pass);
+
 /// Re-emits `ops` (a CTA body without its terminator) at `b` for `role`:
 /// memref.alloca_scope ops holding tile ops are inlined, the state buffers
 /// and their fills dropped (`beginTile` at the first), tile_step and

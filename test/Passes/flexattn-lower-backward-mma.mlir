@@ -353,3 +353,43 @@ func.func @two_scales(%q: memref<1x1x64x64xbf16>, %k: memref<1x1x64x64xbf16>, %v
   }
   return
 }
+
+// -----
+
+// The next step's first chunk is copied ahead of it, so a step's
+// coordinates are computed again for the next iteration: only from loads
+// and pure ops, here an scf.if is an error.
+
+func.func @coordinates_from_a_region(%q: memref<1x1x128x64xbf16>, %k: memref<1x1x128x64xbf16>, %v: memref<1x1x128x64xbf16>,
+                                     %do: memref<1x1x128x64xbf16>, %lse: memref<1x1x128xf32>, %delta: memref<1x1x128xf32>,
+                                     %dk: memref<1x1x128x64xbf16>, %dv: memref<1x1x128x64xbf16>, %flip: i1) {
+  %c0 = arith.constant 0 : index
+  %c1 = arith.constant 1 : index
+  %c2 = arith.constant 2 : index
+  %c64 = arith.constant 64 : index
+  %zero = arith.constant 0.0 : f32
+  gpu.launch blocks(%bx, %by, %bz) in (%gx = %c1, %gy = %c1, %gz = %c1)
+             threads(%tx, %ty, %tz) in (%sx = %c64, %sy = %c1, %sz = %c1) {
+    %dk_acc = memref.alloca() : memref<64x64xf32>
+    linalg.fill ins(%zero : f32) outs(%dk_acc : memref<64x64xf32>)
+    %dv_acc = memref.alloca() : memref<64x64xf32>
+    linalg.fill ins(%zero : f32) outs(%dv_acc : memref<64x64xf32>)
+    scf.for %qt = %c0 to %c2 step %c1 {
+      // expected-error @below {{flexattn-lower-backward-mma recomputes values of a loop body for a later iteration; they must come from loads and pure ops without regions}}
+      %q0 = scf.if %flip -> (index) {
+        %r = arith.muli %qt, %c64 : index
+        scf.yield %r : index
+      } else {
+        scf.yield %c0 : index
+      }
+      flexattn.backward_step ins(%q, %k, %v, %do : memref<1x1x128x64xbf16>, memref<1x1x128x64xbf16>, memref<1x1x128x64xbf16>, memref<1x1x128x64xbf16>)
+          stats(%lse, %delta : memref<1x1x128xf32>, memref<1x1x128xf32>)
+          dk(%dk_acc : memref<64x64xf32>) dv(%dv_acc : memref<64x64xf32>) at(%c0, %c0, %c0, %q0, %c0)
+          attributes {scale = 0.125 : f32, tile_size = array<i64: 64, 64>}
+    }
+    flexattn.store_tile %dk_acc : memref<64x64xf32> into %dk : memref<1x1x128x64xbf16> at(%c0, %c0, %c0)
+    flexattn.store_tile %dv_acc : memref<64x64xf32> into %dv : memref<1x1x128x64xbf16> at(%c0, %c0, %c0)
+    gpu.terminator
+  }
+  return
+}
