@@ -421,13 +421,35 @@ LogicalResult Lowering::lowerStep(BackwardStepOp op) {
         kc = arith::MinUIOp::create(b, kj, idx(plan.N - 1));
       }
       int64_t key = kvOwner ? 8 * j + q : h;
-      auto [it, fresh] = stats.try_emplace(key);
-      if (fresh) {
+      if (!stats.count(key)) {
+        // The query's base and delta. A row without a visible key has lse
+        // = -inf: with a mask_mod alone every score of it is masked (P = 0
+        // on the exponent whatever the base), so base(m) = m there; a
+        // score_mod can hide keys too, so it keeps base's 0 for -inf. In a
+        // dk/dv step a thread's queries come in adjacent pairs (columns
+        // 8 j + 2 t + q): one 8-byte load each for lse and delta where
+        // no index is clamped and rows of M floats keep it aligned.
         SmallVector<Value> at = {op.getB(), op.getH(), qc};
-        Value lse = memref::LoadOp::create(b, op.getLse(), at);
-        it->second = {tile::finiteBase(b, b.getLoc(), arith::MulFOp::create(b, lse, log2e)),
-                      memref::LoadOp::create(b, op.getDelta(), at)};
+        bool pair = kvOwner && q == 0 && !plan.ragged() && plan.M % 2 == 0;
+        auto load = [&](Value src) -> SmallVector<Value> {
+          if (!pair)
+            return {memref::LoadOp::create(b, src, at)};
+          Value two = vector::LoadOp::create(b, VectorType::get({2}, b.getF32Type()), src, at,
+                                             /*nontemporal=*/false, llvm::MaybeAlign(8));
+          return {vector::ExtractOp::create(b, two, ArrayRef<int64_t>{0}),
+                  vector::ExtractOp::create(b, two, ArrayRef<int64_t>{1})};
+        };
+        SmallVector<Value> bases;
+        for (Value lse : load(op.getLse())) {
+          Value m = arith::MulFOp::create(b, lse, log2e);
+          bases.push_back(op.getScoreModVjp().empty() ? m
+                                                      : tile::finiteBase(b, b.getLoc(), m));
+        }
+        SmallVector<Value> deltas = load(op.getDelta());
+        for (auto [n, base, delta] : llvm::enumerate(bases, deltas))
+          stats[key + n] = {base, delta};
       }
+      auto it = stats.find(key);
       auto sink = [&](ValueRange mods, Value dS) { cacheCaptureGrads(op, mods, dS); };
       auto [p, dx] = unscaledScoreGradient(
           b, b.getLoc(), op, xs[e], dps[e], it->second.first, it->second.second,

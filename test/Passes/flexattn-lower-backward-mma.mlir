@@ -67,14 +67,14 @@
 // Sᵀ = K Qᵀ and dPᵀ = V doutᵀ from the owned band.
 // CHECK:                 flexattn.mma %{{.+}}[%{{.+}}], %[[QS]] {transpose_b} : !flexattn.smem_tile<64x64xbf16>, !flexattn.smem_tile<64x64xbf16> -> vector<32xf32>
 // CHECK:                 flexattn.mma %{{.+}}[%{{.+}}], %[[DOT]] {transpose_b}
-// Per element: the query's base (log2(e) lse, 0 if -inf) and delta once
-// per column; P = exp2(fma(x, scale log2(e), -base)), 0 past M x N (a tile
-// crosses them here); dS = P (dP - delta), unscaled; no mask, no capture.
+// Per element: the query's base (log2(e) lse: without a score_mod no
+// select for -inf) and delta once per column; P = exp2(fma(x, scale
+// log2(e), -base)), 0 past M x N (a tile crosses them here); dS = P (dP -
+// delta), unscaled; no mask, no capture.
 // CHECK:                 %[[LSEQ:.+]] = memref.load %[[LSE]]
 // CHECK:                 %[[L2:.+]] = arith.mulf %[[LSEQ]], %{{.+}} : f32
-// CHECK:                 %[[BASE:.+]] = arith.select %{{.+}}, %{{.+}}, %[[L2]] : f32
 // CHECK:                 %[[DELTAQ:.+]] = memref.load %[[DELTA]]
-// CHECK:                 %[[NB:.+]] = arith.negf %[[BASE]] : f32
+// CHECK:                 %[[NB:.+]] = arith.negf %[[L2]] : f32
 // CHECK:                 %[[ARG:.+]] = math.fma %{{.+}}, %{{.+}}, %[[NB]] : f32
 // CHECK:                 %[[E:.+]] = math.exp2 %[[ARG]] : f32
 // CHECK:                 %[[P:.+]] = arith.select %{{.+}}, %[[E]], %{{.+}} : f32
@@ -115,6 +115,10 @@
 // CHECK:               flexattn.ring.copy %[[K]][%{{.+}}] into %[[STRA]][%{{.+}}] if
 // CHECK:               flexattn.ring.copy %[[V]][%{{.+}}] into %[[STRB]][%{{.+}}] if
 // CHECK:               flexattn.mma %{{.+}}[%{{.+}}], %[[KT]] {transpose_b}
+// With a score_mod, base(log2(e) lse) is 0 where lse = -inf.
+// CHECK:               %[[DQL2:.+]] = arith.mulf %{{.+}}, %{{.+}} : f32
+// CHECK:               %[[EMPTY:.+]] = arith.cmpf oeq, %[[DQL2]], %{{.+}} : f32
+// CHECK:               arith.select %[[EMPTY]], %{{.+}}, %[[DQL2]] : f32
 // The weight's gradient: a running sum per thread (one index), added with
 // an f32 atomic when the index changes and at the tile's end.
 // CHECK:               flexattn.apply_mods_vjp

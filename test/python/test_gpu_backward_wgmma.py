@@ -100,8 +100,8 @@ def test_wgmma_backward_has_no_score_buffer():
 @pytest.mark.parametrize("variant", ["causal", "alibi_causal"])
 def test_wgmma_backward_on_whole_tiles(variant, monkeypatch):
     """S = 512 (no tile crosses M or N): 64-row chunks at D = 128 too, no
-    select of scores past M x N, P's exponent one fma, and the scale once on
-    the dK and dQ sums; without spills."""
+    select of scores past M x N, P's exponent one fma, the scale once on
+    the dK and dQ sums, lse and delta loaded in pairs; without spills."""
     import test_gpu_backward
 
     monkeypatch.setattr(test_gpu_backward, "S", 512)
@@ -111,3 +111,5 @@ def test_wgmma_backward_on_whole_tiles(variant, monkeypatch):
     assert "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16" in ptx
     assert "wgmma.mma_async.sync.aligned.m64n32k16" not in ptx
     assert "fma.rn.f32" in ptx and "ex2.approx" in ptx
+    # A thread's queries in adjacent pairs: lse and delta by 8-byte loads.
+    assert "ld.global.v2.b32" in ptx
