@@ -4,6 +4,7 @@ fwd+bwd benchmark, in the two halves of gpu_suite.py.
   compile (here, no GPU; needs flexattn_mlir):
       python bench/gpu_backward.py compile --out artifacts/bwd [--only SUBSTR]
           [--backward-mma-sync]   (the backward's GEMMs as mma.sync, not wgmma)
+          [--backward-atomic-dq]  (dq added into f32 by the dk/dv tiles)
   run (on the H200; needs only torch + flexattn_runtime):
       python bench/gpu_backward.py run --artifacts artifacts/bwd --json $OUT/bwd.json
       [--only check,...] [--ours-only] [--peers triton,cudnn,fa4] [--reps N]
@@ -56,7 +57,7 @@ TRITON_CHECKS = ("check_causal_d128", "check_alibi_causal_d128", "check_t5_bias_
 # -- compile (here) -----------------------------------------------------------
 
 def compile_all(out: str, only: str | None, device_cc: tuple[int, int] = (9, 0),
-                backward_wgmma: bool = True) -> None:
+                backward_wgmma: bool = True, backward_atomic_dq: bool = False) -> None:
     import torch
 
     import flexattn_mlir as fm
@@ -69,7 +70,8 @@ def compile_all(out: str, only: str | None, device_cc: tuple[int, int] = (9, 0),
         if only and only not in name:
             continue
         spec, captures = gpu_suite.case_spec(case, return_lse=True)
-        opts = fm.CompileOptions(target="sm_90a", backward_wgmma=backward_wgmma)
+        opts = fm.CompileOptions(target="sm_90a", backward_wgmma=backward_wgmma,
+                                 backward_atomic_dq=backward_atomic_dq)
         grad = [i for i, c in enumerate(captures) if c.is_floating_point()]
         q_side = []
         if spec.kv_num_blocks is not None:  # the transposed lists' shapes
@@ -79,7 +81,7 @@ def compile_all(out: str, only: str | None, device_cc: tuple[int, int] = (9, 0),
             q_side = [num, idx, num, idx]
         det = bool(case[-1].get("deterministic"))
         bwd = backward.backward_spec(spec, q_side, grad, False, target="sm_90a",
-                                     deterministic=det)
+                                     deterministic=det, atomic_dq=backward_atomic_dq)
         items.append((f"{name}.bwd", bwd, opts))
         # One forward artifact per forward spec (artifacts are stored by key:
         # a second item of the same spec would take the first's place).
@@ -133,6 +135,9 @@ class Ours:
                     delta=torch.einsum("bhmd,bhmd->bhm", dout.float(), out.float()).contiguous())
         fill = (lambda t: torch.full_like(t, float("nan"))) if poison else torch.empty_like
         args.update(dq=fill(q), dk=fill(k), dv=fill(v), **self.mask_args(bm))
+        dtypes = {a.name: a.dtype for a in self.bwd.metadata.arguments}
+        if dtypes["dq"] != q.dtype:  # an f32 dq the kernel adds into (atomic dq)
+            args["dq"] = fill(q.float())
         args.update({f"capture{i}": c for i, c in enumerate(self.caps)})
         partial = []
         for a in self.bwd.metadata.arguments:
@@ -147,6 +152,7 @@ class Ours:
         self.bwd(**args)
         for n in partial:
             args[n] = args[n].sum(-1)
+        args["dq"] = args["dq"].to(q.dtype)  # as flex_attention returns it
         return args
 
     def forward(self, q, k, v, bm):

@@ -493,6 +493,9 @@ def main(compile_fn=None, run_fn=None, reps: int = 30, peers: str = "triton,cudn
     c.add_argument("--backward-mma-sync", action="store_true",
                    help="gpu_backward.py: the backward's GEMMs as mma.sync, not "
                         "sm_90a's wgmma (CompileOptions.backward_wgmma=False)")
+    c.add_argument("--backward-atomic-dq", action="store_true",
+                   help="gpu_backward.py: dq added into f32 by the dk/dv tiles "
+                        "(CompileOptions.backward_atomic_dq=True)")
     r = sub.add_parser("run")
     r.add_argument("--artifacts", required=True)
     r.add_argument("--json", required=True)
@@ -505,6 +508,8 @@ def main(compile_fn=None, run_fn=None, reps: int = 30, peers: str = "triton,cudn
     if a.cmd == "compile":
         os.makedirs(a.out, exist_ok=True)
         extra = {"backward_wgmma": False} if a.backward_mma_sync else {}
+        if a.backward_atomic_dq:
+            extra["backward_atomic_dq"] = True
         compile_fn(a.out, a.only, tuple(int(x) for x in a.device_cc.split(".")), **extra)
     else:
         run_fn(a.artifacts, a.json, a.only, a.reps, [p for p in a.peers.split(",") if p],

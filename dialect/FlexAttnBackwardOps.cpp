@@ -36,6 +36,21 @@ LogicalResult checkSameType(Operation *op, Value v, StringRef role, Value ref,
   return success();
 }
 
+/// A gradient buffer: the type of the tensor it differentiates, or the same
+/// shape in f32 (accumulated there in f32, converted by the caller).
+LogicalResult checkGradient(Operation *op, Value v, StringRef role, Value ref,
+                            StringRef refRole) {
+  auto t = cast<MemRefType>(v.getType()), r = cast<MemRefType>(ref.getType());
+  if (t.getElementType().isF32() && t.getShape() == r.getShape() &&
+      t.getLayout() == r.getLayout())
+    return success();
+  if (v.getType() != ref.getType())
+    return op->emitOpError() << role << " must have the type of " << refRole
+                             << " (" << ref.getType() << ") or its shape in f32, got "
+                             << v.getType();
+  return success();
+}
+
 /// A [B, Hq, M] f32 per-row statistic (lse, delta) of q's rows.
 LogicalResult checkRowStat(Operation *op, Value v, StringRef role, Value q) {
   if (failed(checkMemRef(op, v, role, 3, "[B, Hq, M]",
@@ -230,7 +245,7 @@ LogicalResult AttentionBackwardOp::verify() {
       failed(checkSameType(o, getDout(), "dout", getOut(), "out")) ||
       (getDlse() && failed(checkSameType(o, getDlse(), "dlse", getLse(), "lse"))) ||
       (getDelta() && failed(checkSameType(o, getDelta(), "delta", getLse(), "lse"))) ||
-      failed(checkSameType(o, getDq(), "dq", getQ(), "q")) ||
+      failed(checkGradient(o, getDq(), "dq", getQ(), "q")) ||
       failed(checkSameType(o, getDk(), "dk", getK(), "k")) ||
       failed(checkSameType(o, getDv(), "dv", getV(), "v")))
     return failure();
@@ -278,7 +293,25 @@ LogicalResult BackwardKvLoopOp::verify() {
   return verifyBackwardLoop(*this, /*qSide=*/false);
 }
 
-LogicalResult BackwardStepOp::verify() { return verifyBackwardTiles(*this); }
+LogicalResult BackwardStepOp::verify() {
+  if (failed(verifyBackwardTiles(*this)))
+    return failure();
+  if (Value sum = getDqSum()) {
+    if (getDqAcc() || (!getDkAcc() && !getDvAcc()))
+      return emitOpError() << "dq_sum goes with the dk/dv accumulators of a KV "
+                           << "tile, not with a dq accumulator";
+    if (failed(checkMemRef(*this, sum, "dq_sum", 4, "[B, Hq, M, D]",
+                           [](Type t) { return t.isF32(); }, "f32")))
+      return failure();
+    auto qs = cast<MemRefType>(getQ().getType()).getShape();
+    auto ss = cast<MemRefType>(sum.getType()).getShape();
+    for (int64_t d = 0; d < 4; ++d)
+      if (!dimsAgree(qs[d], ss[d]))
+        return emitOpError() << "dq_sum must have q's shape " << shapeStr(qs)
+                             << ", got " << shapeStr(ss);
+  }
+  return success();
+}
 
 LogicalResult StoreTileOp::verify() {
   Operation *o = getOperation();

@@ -310,6 +310,12 @@ def FlexAttn_BackwardStepOp : FlexAttn_Op<"backward_step", [
     relative to q0 / kv0) and `capture_grads` (whole f32 buffers).
     `flexattn-decompose-backward` turns it into tile-sized linalg ops: no
     buffer larger than `tile_size[0] x tile_size[1]` scores is created.
+
+    `dq_sum` (beside `dk`/`dv`, never with `dq`): a whole `[B, Hq, M, D]`
+    f32 buffer the tile's dq contribution, `scale * dS . K`, is added into
+    at rows `q0..` of head `h`, by atomics: many KV tiles add into the same
+    rows (`flexattn-atomic-dq` makes it, so one nest computes dq, dk and
+    dv; GPU kernels only).
   }], BackwardRegionsDoc, [{
 
     ```mlir
@@ -322,7 +328,7 @@ def FlexAttn_BackwardStepOp : FlexAttn_Op<"backward_step", [
     AnyMemRef:$q, AnyMemRef:$k, AnyMemRef:$v, AnyMemRef:$dout,
     AnyMemRef:$lse, AnyMemRef:$delta,
     Optional<AnyMemRef>:$dq_acc, Optional<AnyMemRef>:$dk_acc,
-    Optional<AnyMemRef>:$dv_acc,
+    Optional<AnyMemRef>:$dv_acc, Optional<AnyMemRef>:$dq_sum,
     Index:$b, Index:$h, Index:$hkv, Index:$q0, Index:$kv0,
     Variadic<AnyMemRef>:$captures, Variadic<AnyMemRef>:$capture_grads,
     F32Attr:$scale, DenseI64ArrayAttr:$tile_size, UnitAttr:$masked,
@@ -331,6 +337,7 @@ def FlexAttn_BackwardStepOp : FlexAttn_Op<"backward_step", [
   let regions = (region FlexAttn_ModRegion:$score_mod_vjp,
                         FlexAttn_ModRegion:$mask_mod);
   let assemblyFormat = !strconcat(BackwardInputsAssembly, AccumulatorsAssembly, [{
+    (`dq_sum` `(` $dq_sum^ `:` type($dq_sum) `)`)?
     `at` `(` $b `,` $h `,` $hkv `,` $q0 `,` $kv0 `)`
   }], VjpAssembly);
   let hasVerifier = 1;

@@ -222,6 +222,64 @@ LogicalResult FragLoadOp::verify() {
   return success();
 }
 
+LogicalResult SmemTilePanelOp::verify() {
+  SmemTileType from = getSource().getType(), to = getResult().getType();
+  if (from.getElementType() != to.getElementType())
+    return emitOpError() << "element types must match, got "
+                         << from.getElementType() << " and "
+                         << to.getElementType();
+  int64_t panelCols = 128 / to.getElementBytes();
+  if (to.getCols() != panelCols || from.getCols() % panelCols)
+    return emitOpError() << "the result is one 128-byte panel (" << panelCols
+                         << " columns) of a source of whole panels, got "
+                         << from.getCols() << " to " << to.getCols() << " columns";
+  if (to.getRows() > from.getRows() || to.getRows() % 8)
+    return emitOpError() << "the result's rows (" << to.getRows()
+                         << ") must be a multiple of 8 and at most the source's ("
+                         << from.getRows() << ")";
+  return success();
+}
+
+LogicalResult FragStoreOp::verify() {
+  SmemTileType tile = getTile().getType();
+  VectorType frag = getValue().getType();
+  if (frag.getElementType() != tile.getElementType() ||
+      tile.getElementType().isF32())
+    return emitOpError() << "a 16-bit fragment into a tile of its type, got "
+                         << frag << " and " << tile;
+  int64_t rows = getTranspose() ? tile.getCols() : tile.getRows();
+  int64_t cols = getTranspose() ? tile.getRows() : tile.getCols();
+  if (rows != 64 || frag.getNumElements() != cols / 2)
+    return emitOpError() << "a 64-row band of " << cols << " columns is " << cols / 2
+                         << " elements per thread and a tile of "
+                         << (getTranspose() ? "64 columns" : "64 rows") << ", got "
+                         << frag << " and " << tile;
+  return success();
+}
+
+LogicalResult FragStageOp::verify() {
+  SmemTileType tile = getTile().getType();
+  VectorType frag = getValue().getType();
+  if (!tile.getElementType().isF32() || !frag.getElementType().isF32() ||
+      tile.getRows() != 64 || frag.getNumElements() * 2 > tile.getCols())
+    return emitOpError() << "an f32 fragment of a 64-row band (N / 2 per thread) into a "
+                            "64-row f32 tile of at least N columns, got "
+                         << frag << " and " << tile;
+  return success();
+}
+
+LogicalResult BulkReduceAddOp::verify() {
+  SmemTileType tile = getTile().getType();
+  auto dst = cast<MemRefType>(getDst().getType());
+  if (!tile.getElementType().isF32() || !dst.getElementType().isF32() ||
+      dst.getRank() != 4 || dst.getDimSize(3) != tile.getCols() ||
+      !dst.getLayout().isIdentity())
+    return emitOpError() << "adds an f32 tile into a [B, H, rows, cols] f32 memref (identity "
+                            "layout) of the tile's columns, got "
+                         << tile << " and " << dst;
+  return success();
+}
+
 LogicalResult SmemTileReinterpretOp::verify() {
   auto from = getSource().getType(), to = getResult().getType();
   if (from.getElementType() != to.getElementType())

@@ -256,6 +256,31 @@ def FlexAttn_SmemTileReinterpretOp : FlexAttn_Op<"smem_tile.reinterpret", [Pure]
   let hasFolder = 1;
 }
 
+def FlexAttn_SmemTilePanelOp : FlexAttn_Op<"smem_tile.panel", [Pure]> {
+  let summary = "Rows of one 128-byte column panel of a shared-memory tile";
+  let description = [{
+    Rows `[row, row + result rows)` of column panel `panel` (the 128 bytes
+    of columns `[panel x 128 / bytes, ...)`: 64 columns of a 16-bit type)
+    of the source, as a tile of one panel; no data moves. A panel is
+    `rows x 128` contiguous bytes with the swizzle phase of its rows, so
+    the view is the same layout where `row` is a multiple of 8 (then it
+    starts on a 1024-byte boundary, as wgmma's descriptors need). Used to
+    multiply by a band of rows and columns of a tile, as the backward's
+    dQ += dX K does with K's bands and panels.
+
+    ```mlir
+    %kb = flexattn.smem_tile.panel %k[%row, %panel] : !flexattn.smem_tile<128x128xbf16> to !flexattn.smem_tile<64x64xbf16>
+    ```
+  }];
+  let arguments = (ins FlexAttn_SmemTileType:$source, Index:$row, Index:$panel);
+  let results = (outs FlexAttn_SmemTileType:$result);
+  let assemblyFormat = [{
+    $source `[` $row `,` $panel `]` attr-dict `:` qualified(type($source)) `to`
+    qualified(type($result))
+  }];
+  let hasVerifier = 1;
+}
+
 //===----------------------------------------------------------------------===//
 // Compute on register fragments
 //===----------------------------------------------------------------------===//
@@ -293,6 +318,92 @@ def FlexAttn_MmaOp : FlexAttn_Op<"mma", [AttrSizedOperandSegments]> {
     (`,` type($acc)^)? `->` type($result)
   }];
   let hasVerifier = 1;
+}
+
+def FlexAttn_FragStoreOp : FlexAttn_Op<"frag.store"> {
+  let summary = "Write the executing group's fragment into a shared tile";
+  let description = [{
+    The executing group's 64-row fragment (16 rows per warp, `cols / 2`
+    16-bit values per thread in the accumulator layout: warp w, lane l
+    holds rows 16 w + l / 4 (+ 8), columns 2 (l % 4) + 8 j (+ 1)) written
+    into the tile: element (r, c) at tile (r, c), or at (c, r) with
+    `transpose` (the tile then has the fragment's columns as rows). Each
+    group writes its own tile; the writes are the threads' own shared
+    stores (on sm_90a followed by the async-proxy fence, so a wgmma may
+    read them after a barrier). A barrier must come before another thread
+    reads them.
+
+    ```mlir
+    flexattn.frag.store %dx, %t {transpose} : vector<32xbf16>, !flexattn.smem_tile<64x64xbf16>
+    ```
+  }];
+  let arguments = (ins FlexAttn_HalfFragment:$value, FlexAttn_SmemTileType:$tile,
+                       UnitAttr:$transpose);
+  let assemblyFormat = [{
+    $value `,` $tile attr-dict `:` type($value) `,` qualified(type($tile))
+  }];
+  let hasVerifier = 1;
+}
+
+def FlexAttn_FragStageOp : FlexAttn_Op<"frag.stage"> {
+  let summary = "Write the group's f32 fragment, row-major, into a staging tile";
+  let description = [{
+    The executing group's 64-row f32 fragment (the accumulator layout, N
+    columns: N / 2 per thread) written into columns `[col, col + N)` of
+    the f32 tile, laid out row-major without the swizzle (row r at r x
+    cols x 4 bytes): the contiguous rows `flexattn.bulk.reduce_add` reads.
+    The threads' own shared stores, then the async-proxy fence; a barrier
+    must come before the bulk operation reads them.
+
+    ```mlir
+    flexattn.frag.stage %dq, %stage[%col] : vector<32xf32>, !flexattn.smem_tile<64x128xf32>
+    ```
+  }];
+  let arguments = (ins FlexAttn_Fragment:$value, FlexAttn_SmemTileType:$tile, Index:$col);
+  let assemblyFormat = [{
+    $value `,` $tile `[` $col `]` attr-dict `:` type($value) `,` qualified(type($tile))
+  }];
+  let hasVerifier = 1;
+}
+
+def FlexAttn_BulkReduceAddOp : FlexAttn_Op<"bulk.reduce_add"> {
+  let summary = "Add rows of a staged f32 tile into global memory (one bulk reduction)";
+  let description = [{
+    `dst[b, h, row + r, :] += tile[r, :]` for `r < rows`, the tile's
+    columns being dst's last dim: one `cp.reduce.async.bulk` `.add.f32` of
+    `rows x cols x 4` contiguous bytes (the tile row-major, as
+    `flexattn.frag.stage` writes it), issued by the executing thread (the
+    caller elects one) and committed as a bulk group; L2 adds whole lines,
+    so the additions of many CTAs into the same rows cost a fraction of
+    per-element atomics. `rows` (i32) of 0 or less issues nothing. Their
+    order between CTAs varies. `flexattn.bulk.wait_read` waits until the
+    tile may be overwritten.
+
+    ```mlir
+    flexattn.bulk.reduce_add %stage, %dq[%b, %h, %row] rows(%n) : !flexattn.smem_tile<64x128xf32>, memref<4x16x8192x128xf32>
+    ```
+  }];
+  let arguments = (ins FlexAttn_SmemTileType:$tile, AnyMemRef:$dst, Index:$b, Index:$h,
+                       Index:$row, I32:$rows);
+  let assemblyFormat = [{
+    $tile `,` $dst `[` $b `,` $h `,` $row `]` `rows` `(` $rows `)` attr-dict `:`
+    qualified(type($tile)) `,` type($dst)
+  }];
+  let hasVerifier = 1;
+}
+
+def FlexAttn_BulkWaitReadOp : FlexAttn_Op<"bulk.wait_read"> {
+  let summary = "Wait until this thread's bulk operations have read shared memory";
+  let description = [{
+    Blocks the executing thread until the bulk groups it committed
+    (`flexattn.bulk.reduce_add`) have read their shared-memory source, so
+    a staging tile may be written again after the next barrier.
+
+    ```mlir
+    flexattn.bulk.wait_read
+    ```
+  }];
+  let assemblyFormat = "attr-dict";
 }
 
 def FlexAttn_FragLoadOp : FlexAttn_Op<"frag.load"> {

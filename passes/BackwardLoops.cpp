@@ -27,7 +27,7 @@ void emitBackwardStep(OpBuilder &b, Location loc, LoopOp loop, Value h,
   auto step = BackwardStepOp::create(
       b, loc, loop.getQ(), loop.getK(), loop.getV(), loop.getDout(),
       loop.getLse(), loop.getDelta(), loop.getDqAcc(), loop.getDkAcc(),
-      loop.getDvAcc(), loop.getB(), h, hkv, q0, kv0, loop.getCaptures(),
+      loop.getDvAcc(), /*dq_sum=*/Value(), loop.getB(), h, hkv, q0, kv0, loop.getCaptures(),
       loop.getCaptureGrads(), loop.getScaleAttr(), loop.getTileSizeAttr(),
       applyMask ? b.getUnitAttr() : UnitAttr(), loop.getGradCapturesAttr(),
       loop.getVjpLoadsAttr());

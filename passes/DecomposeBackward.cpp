@@ -74,6 +74,10 @@ LogicalResult mlir::flexattn::decomposeBackwardStep(RewriterBase &rewriter,
     return op.emitOpError("flexattn-decompose-backward accumulates capture "
                           "gradients in a fixed order; per-thread partial sums "
                           "are flexattn-lower-backward-mma's");
+  if (op.getDqSum()) // one writer per accumulator on the CPU
+    return op.emitOpError("flexattn-decompose-backward keeps dq in the Q-outer "
+                          "nest; dq_sum (atomic adds, flexattn-atomic-dq) is the "
+                          "GPU kernels'");
   Location loc = op.getLoc();
   OpBuilder::InsertionGuard guard(rewriter);
   rewriter.setInsertionPoint(op);

@@ -99,6 +99,7 @@ struct Plan {
                                           "same tile, head dim, type and lengths";
     R = ts[0], D = d, elem = e, M = q.getDimSize(2), N = k.getDimSize(2);
     B = q.getDimSize(0), H = q.getDimSize(1);
+    dqSum |= static_cast<bool>(op.getDqSum());
     return success();
   }
   int64_t threads() const { return R / kBand * kGroup; }
@@ -109,8 +110,10 @@ struct Plan {
   /// f32 per thread). 64: the S and dP GEMMs (A the owned band in shared
   /// memory) read 2/3 of the shared memory per FLOP that 32 rows do, and a
   /// step waits half as often. 32 where 64 spills: at D = 128 beside the
-  /// selects of a ragged tile (dK and dV alone take 128 registers).
-  int64_t chunk() const { return D == 128 && ragged() ? 32 : 64; }
+  /// selects of a ragged tile (dK and dV alone take 128 registers), except
+  /// with dq_sum, whose dQ GEMM takes a chunk as its M = 64 rows.
+  int64_t chunk() const { return D == 128 && ragged() && !dqSum ? 32 : 64; }
+  bool dqSum = false; // a step adds into dq_sum: 64-row chunks (its dQ GEMM's M)
 };
 
 struct Lowering {
@@ -124,6 +127,10 @@ struct Lowering {
   DenseMap<Value, float> scales; // dK, dQ tiles -> the scale their stores
                                  // apply (the steps' dX leave it out)
   Value tid;                    // index: the thread in the CTA
+  Value dxRing;                 // dq_sum: each group's dX of a chunk (a slot
+                                // per band), read by the dQ GEMMs
+  Value dqStage;                // dq_sum: the chunk's scaled dQ, row-major f32
+                                // (a slot per group where both sum one panel)
   /// Per differentiated load of the dq steps (vjp_loads order): the
   /// thread's running sum for one index of the capture (stack slots, kept in
   /// registers), added to the gradient when the index changes and at the
@@ -170,13 +177,16 @@ struct Lowering {
     return SmallVector<Value>(waited.begin(), waited.end());
   }
   /// acc += a . bTile for each (accumulator tile, a, bTile) (their stack
-  /// vectors), the MMAs issued together.
-  void accumulate(ArrayRef<std::array<Value, 3>> products) {
+  /// vectors), the MMAs issued together; `meanwhile` runs before the wait.
+  void accumulate(ArrayRef<std::array<Value, 3>> products,
+                  function_ref<void()> meanwhile = {}) {
     SmallVector<Value> results;
     for (auto [tile, a, bTile] : products) {
       Value acc = memref::LoadOp::create(b, accs.lookup(tile), ValueRange{});
       results.push_back(MmaOp::create(b, acc.getType(), a, Value(), bTile, acc, UnitAttr()));
     }
+    if (meanwhile)
+      meanwhile();
     for (auto [product, sum] : llvm::zip(products, waitAll(results)))
       memref::StoreOp::create(b, sum, accs.lookup(product[0]), ValueRange{});
   }
@@ -188,6 +198,12 @@ struct Lowering {
   };
   FailureOr<Streamed> streamedAt(BackwardStepOp op, scf::ForOp loop, Value iv,
                                  Value when = Value());
+  /// The thread's band number (its group), i32.
+  Value bandNo() {
+    return arith::IndexCastOp::create(b, b.getI32Type(),
+                                      arith::DivUIOp::create(b, tid, idx(kGroup)));
+  }
+  void addDq(BackwardStepOp op, Value row0);
   LogicalResult lowerStep(BackwardStepOp op);
   void lowerStore(StoreTileOp op);
 
@@ -312,6 +328,71 @@ FailureOr<Lowering::Streamed> Lowering::streamedAt(BackwardStepOp op, scf::ForOp
       if (*c == v)
         *c = result;
   return at;
+}
+
+/// dq_sum[b, h, row0 + r, c] += scale x (dX K)[r, c] for the 64 queries of
+/// a chunk from row0, after every group stored its dX (a barrier): dQ's
+/// columns in 64-column panels of K, split between the groups (2 bands, 2
+/// panels: a panel each, over both bands' keys; 2 bands, 1 panel: each its
+/// own band's keys, into a staging slot of its own; 1 band: its panels one
+/// after the other), each an m64n64 product from shared memory, scaled and
+/// staged row-major in f32; after a barrier one thread per staging slot
+/// adds the slot's rows inside M into dq_sum with one bulk reduction
+/// (FlashAttention-3's dQ: L2 adds whole lines, where per-element atomics
+/// from every KV tile of a head contend). The thread waits for its
+/// previous reduction to have read the slot before the first barrier.
+void Lowering::addDq(BackwardStepOp op, Value row0) {
+  int64_t bands = plan.R / kBand, panels = plan.D / 64;
+  bool slotPerGroup = bands == 2 && panels == 1;
+  Type f32 = b.getF32Type();
+  Value group = arith::DivUIOp::create(b, tid, idx(kGroup));
+  Value reducer = arith::CmpIOp::create(
+      b, arith::CmpIPredicate::eq, slotPerGroup ? arith::RemUIOp::create(b, tid, idx(kGroup)) : tid,
+      idx(0));
+  auto asReducer = [&](function_ref<void()> body) {
+    auto branch = scf::IfOp::create(b, reducer, /*withElseRegion=*/false);
+    OpBuilder::InsertionGuard guard(b);
+    b.setInsertionPointToStart(branch.thenBlock());
+    body();
+  };
+  asReducer([&] { BulkWaitReadOp::create(b); });
+  gpu::BarrierOp::create(b);
+  auto tileType = SmemTileType::get(b.getContext(), 64, 64, plan.elem);
+  Value kTile = RingSlotOp::create(b, ownA, pos0());
+  Value stage = RingSlotOp::create(
+      b, dqStage,
+      slotPerGroup ? arith::IndexCastOp::create(b, b.getI32Type(), group).getResult() : pos0());
+  // (panel, bands summed over) of each product this group computes.
+  SmallVector<std::pair<Value, SmallVector<Value>>> jobs;
+  if (bands == 2 && panels == 2)
+    jobs.push_back({group, {idx(0), idx(1)}});
+  else if (bands == 2)
+    jobs.push_back({idx(0), {group}});
+  else
+    for (int64_t p = 0; p < panels; ++p)
+      jobs.push_back({idx(p), {idx(0)}});
+  auto fragType = frag(64, f32);
+  Value scale = arith::ConstantOp::create(
+      b, DenseElementsAttr::get(fragType, b.getF32FloatAttr(op.getScale().convertToFloat())));
+  for (auto &[panel, over] : jobs) {
+    Value acc;
+    for (Value k : over) {
+      Value dx = RingSlotOp::create(
+          b, dxRing, arith::IndexCastOp::create(b, b.getI32Type(), k));
+      Value kb = SmemTilePanelOp::create(b, tileType, kTile,
+                                         arith::MulIOp::create(b, k, idx(kBand)), panel);
+      acc = MmaOp::create(b, fragType, dx, idx(0), kb, acc, UnitAttr());
+    }
+    acc = waitAll({acc})[0];
+    FragStageOp::create(b, arith::MulFOp::create(b, acc, scale), stage,
+                        arith::MulIOp::create(b, panel, idx(64)));
+  }
+  gpu::BarrierOp::create(b);
+  asReducer([&] {
+    Value rows = arith::MinSIOp::create(b, arith::SubIOp::create(b, idx(plan.M), row0), idx(64));
+    BulkReduceAddOp::create(b, stage, op.getDqSum(), op.getB(), op.getH(), row0,
+                            arith::IndexCastOp::create(b, b.getI32Type(), rows));
+  });
 }
 
 LogicalResult Lowering::lowerStep(BackwardStepOp op) {
@@ -470,7 +551,15 @@ LogicalResult Lowering::lowerStep(BackwardStepOp op) {
     } else { // dQ += dX K
       products.push_back({op.getDqAcc(), dxFrag, a});
     }
-    accumulate(products);
+    // dq_sum: the group's dX (transposed: rows queries, columns its keys)
+    // into its slot while dV, dK run.
+    accumulate(products, [&] {
+      if (op.getDqSum())
+        FragStoreOp::create(b, dxFrag, RingSlotOp::create(b, dxRing, bandNo()),
+                            b.getUnitAttr());
+    });
+    if (op.getDqSum())
+      addDq(op, add(q0, c0));
     RingReleaseOp::create(b, strA, pos);
     RingReleaseOp::create(b, strB, pos);
   }
@@ -600,6 +689,14 @@ LogicalResult mlir::flexattn::lowerBackwardMma(RewriterBase &rewriter,
   };
   l.ownA = ring(1, plan.R), l.ownB = ring(1, plan.R);
   l.strA = ring(2, plan.chunk()), l.strB = ring(2, plan.chunk());
+  if (llvm::any_of(steps, [](BackwardStepOp s) { return s.getDqSum() != nullptr; })) {
+    l.dxRing = RingAllocOp::create(
+        b, RingType::get(b.getContext(), plan.R / kBand, 64, 64, plan.elem), plan.threads());
+    bool slotPerGroup = plan.R == 2 * kBand && plan.D == 64;
+    l.dqStage = RingAllocOp::create(
+        b, RingType::get(b.getContext(), slotPerGroup ? 2 : 1, 64, plan.D, b.getF32Type()),
+        plan.threads());
+  }
   l.position = memref::AllocaOp::create(b, MemRefType::get({}, b.getI32Type()));
   memref::StoreOp::create(b, l.pos0(), l.position, ValueRange{});
   // The m16n8 accumulator layout: warp w of group g holds rows 64 g + 16 w

@@ -111,6 +111,10 @@ LogicalResult lowerStepRows(RewriterBase &rewriter, BackwardStepOp op,
   if (kvOwner && !op.getCaptureGrads().empty())
     return op.emitOpError("flexattn-lower-backward-rows accumulates capture "
                           "gradients in the dq steps only");
+  if (op.getDqSum())
+    return op.emitOpError("flexattn-lower-backward-rows keeps dq in its own "
+                          "tiles: dq_sum (flexattn-atomic-dq) is the tensor-core "
+                          "kernel's");
   if (hasPartialCaptureGrads(op))
     return op.emitOpError("flexattn-lower-backward-rows adds capture gradients "
                           "with atomics: per-thread partial sums (the "

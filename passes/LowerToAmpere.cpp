@@ -292,6 +292,9 @@ struct Lowering : SharedTiles {
   LogicalResult lowerCopy(RingCopyOp op);
   void lowerAcquire(RingAcquireOp op);
   LogicalResult lowerMma(MmaOp op);
+  void lowerFragStore(FragStoreOp op);
+  void lowerFragStage(FragStageOp op);
+  void lowerBulkReduceAdd(BulkReduceAddOp op);
 };
 
 /// An mma's contraction: B K-major ([N, K], `transpose_b`) or row-major
@@ -504,6 +507,14 @@ LogicalResult Lowering::lower(Operation *op) {
     } else {
       load.replaceAllUsesWith(fromPairs(load.getType(), loadA(tile, type, row, warpTiles)));
     }
+  } else if (auto store = dyn_cast<FragStoreOp>(op)) {
+    lowerFragStore(store);
+  } else if (auto stage = dyn_cast<FragStageOp>(op)) {
+    lowerFragStage(stage);
+  } else if (auto reduce = dyn_cast<BulkReduceAddOp>(op)) {
+    lowerBulkReduceAdd(reduce);
+  } else if (isa<BulkWaitReadOp>(op)) {
+    NVVM::CpAsyncBulkWaitGroupOp::create(b, 0, b.getUnitAttr());
   } else if (auto mma = dyn_cast<MmaOp>(op)) {
     return wgmma ? wgmma::lowerMma(*this, mma) : lowerMma(mma);
   } else if (auto wait = dyn_cast<MmaWaitOp>(op)) {
@@ -582,6 +593,111 @@ LogicalResult Lowering::lowerMmaF32(MmaOp op) {
   }
   op.replaceAllUsesWith(vectorOf(op.getType(), d));
   return success();
+}
+
+/// The thread's fragment elements (e = 4 j + 2 h + q: row 16 warp + g +
+/// 8 h, column 8 j + 2 t + q) at their places of the tile: a 32-bit store
+/// per column pair, or with `transpose` a 16-bit store per element (row and
+/// column swapped). The addresses are the thread's base plus constants in
+/// j (LLVM folds (8 j + x) % 8 to x). On sm_90a the async-proxy fence
+/// follows, so a wgmma reads the stores after a barrier.
+void Lowering::lowerFragStore(FragStoreOp op) {
+  SmemTileType type = op.getTile().getType();
+  Value tile = tiles.at(op.getTile());
+  SmallVector<Value> x = elements(op.getValue());
+  auto addrOf = [&](Value row, Value col) { // 16-bit element (row, col)
+    Value chunk = arith::DivUIOp::create(b, col, i32(8));
+    Value swz = arith::XOrIOp::create(b, arith::RemUIOp::create(b, chunk, i32(8)),
+                                      arith::RemUIOp::create(b, row, i32(8)));
+    Value a = add(tile, mul(arith::DivUIOp::create(b, chunk, i32(8)),
+                            type.getRows() * kSwizzleBytes));
+    a = add(a, add(mul(row, kSwizzleBytes), mul(swz, kChunk)));
+    return shared(add(a, mul(arith::RemUIOp::create(b, col, i32(8)), 2)));
+  };
+  // Transposed, element (h, q) of every j is at tile row 8 j + 2 t + q
+  // (swizzle phase 2 t + q, whatever j) and column r: one address per
+  // (h, q), then 1024 j bytes on (a GEP, folded into the stores' offsets).
+  DenseMap<std::pair<int64_t, int64_t>, Value> bases;
+  for (int64_t e = 0; e < static_cast<int64_t>(x.size()); e += 2) {
+    int64_t j = e / 4, h = (e / 2) % 2;
+    Value r = add(add(mul(warp, 16), g), i32(8 * h));
+    if (!op.getTranspose()) {
+      Value c = add(i32(8 * j), mul(t, 2));
+      Value pair = vectorOf(VectorType::get({2}, x[e].getType()), {x[e], x[e + 1]});
+      LLVM::StoreOp::create(b, pair, addrOf(r, c), /*alignment=*/4);
+      continue;
+    }
+    for (int64_t q = 0; q < 2; ++q) {
+      Value &base = bases[{h, q}];
+      if (!base)
+        base = addrOf(add(mul(t, 2), i32(q)), r);
+      Value p = LLVM::GEPOp::create(b, base.getType(), b.getI8Type(), base,
+                                    ArrayRef<LLVM::GEPArg>{8 * j * kSwizzleBytes},
+                                    LLVM::GEPNoWrapFlags::inbounds);
+      LLVM::StoreOp::create(b, x[e + q], p, /*alignment=*/2);
+    }
+  }
+  if (wgmma)
+    NVVM::FenceProxyOp::create(
+        b, NVVM::ProxyKindAttr::get(b.getContext(), NVVM::ProxyKind::async_shared),
+        NVVM::SharedSpaceAttr::get(b.getContext(), NVVM::SharedSpace::shared_cta));
+}
+
+/// The thread's f32 pairs (row 16 warp + g + 8 h, columns col + 8 j + 2 t)
+/// as 8-byte stores into the row-major tile: one address per h, then 32 j
+/// bytes on; the async-proxy fence after them (a bulk copy reads them).
+void Lowering::lowerFragStage(FragStageOp op) {
+  SmemTileType type = op.getTile().getType();
+  int64_t rowBytes = type.getCols() * 4;
+  SmallVector<Value> x = elements(op.getValue());
+  Value col = add(toI32(op.getCol()), mul(t, 2));
+  for (int64_t h = 0; h < 2; ++h) {
+    Value r = add(add(mul(warp, 16), g), i32(8 * h));
+    Value base = shared(add(tiles.at(op.getTile()), add(mul(r, rowBytes), mul(col, 4))));
+    for (int64_t j = 0; 4 * j < static_cast<int64_t>(x.size()); ++j) {
+      Value p = LLVM::GEPOp::create(b, base.getType(), b.getI8Type(), base,
+                                    ArrayRef<LLVM::GEPArg>{32 * j}, LLVM::GEPNoWrapFlags::inbounds);
+      Value pair = vectorOf(VectorType::get({2}, b.getF32Type()),
+                            {x[4 * j + 2 * h], x[4 * j + 2 * h + 1]});
+      LLVM::StoreOp::create(b, pair, p, /*alignment=*/8);
+    }
+  }
+  NVVM::FenceProxyOp::create(
+      b, NVVM::ProxyKindAttr::get(b.getContext(), NVVM::ProxyKind::async_shared),
+      NVVM::SharedSpaceAttr::get(b.getContext(), NVVM::SharedSpace::shared_cta));
+}
+
+/// cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 of `rows`
+/// rows (none where rows <= 0), then its commit. NVVM has the tensor form
+/// only (a tensor map): inline PTX, as flexattn-lower-to-hopper's wgmma.
+void Lowering::lowerBulkReduceAdd(BulkReduceAddOp op) {
+  auto dst = cast<MemRefType>(op.getDst().getType());
+  int64_t rowBytes = op.getTile().getType().getCols() * 4;
+  Value rows = op.getRows();
+  auto some = scf::IfOp::create(b, arith::CmpIOp::create(b, arith::CmpIPredicate::sgt, rows, i32(0)),
+                                /*withElseRegion=*/false);
+  OpBuilder::InsertionGuard guard(b);
+  b.setInsertionPointToStart(some.thenBlock());
+  auto i64 = [&](Value v) { return arith::IndexCastUIOp::create(b, b.getI64Type(), v); };
+  Value heads = arith::ConstantIndexOp::create(b, dst.getDimSize(1));
+  Value len = dst.isDynamicDim(2) ? memref::DimOp::create(b, op.getDst(), 2).getResult()
+                                  : arith::ConstantIndexOp::create(b, dst.getDimSize(2)).getResult();
+  Value row = arith::AddIOp::create(
+      b, arith::MulIOp::create(
+             b, arith::AddIOp::create(b, arith::MulIOp::create(b, op.getB(), heads), op.getH()),
+             len),
+      op.getRow());
+  Value addr = arith::AddIOp::create(
+      b, i64(memref::ExtractAlignedPointerAsIndexOp::create(b, op.getDst())),
+      arith::MulIOp::create(b, i64(row), arith::ConstantIntOp::create(b, rowBytes, 64)));
+  MLIRContext *ctx = b.getContext();
+  LLVM::InlineAsmOp::create(
+      b, TypeRange{}, ValueRange{addr, tiles.at(op.getTile()), mul(rows, rowBytes)},
+      b.getStringAttr("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [$0], [$1], $2;"),
+      b.getStringAttr("l,r,r,~{memory}"), b.getUnitAttr(), UnitAttr(),
+      LLVM::TailCallKindAttr::get(ctx, LLVM::tailcallkind::TailCallKind::None),
+      LLVM::AsmDialectAttr::get(ctx, LLVM::AsmDialect::AD_ATT), ArrayAttr());
+  NVVM::CpAsyncBulkCommitGroupOp::create(b);
 }
 
 LogicalResult Lowering::lowerMma(MmaOp op) {
@@ -703,7 +819,8 @@ LogicalResult mlir::flexattn::lowerToAmpere(RewriterBase &rewriter,
       cols = std::max(cols, cast<MemRefType>(copy.getSource().getType()).getDimSize(3));
     }
     if (isa<RingCopyOp, RingAcquireOp, RingLoadOp, RingWaitOp, RingReleaseOp,
-            FragLoadOp, MmaOp, MmaWaitOp>(op) ||
+            FragLoadOp, FragStoreOp, FragStageOp, BulkReduceAddOp, BulkWaitReadOp, MmaOp,
+            MmaWaitOp>(op) ||
         SharedTiles::isTileValue(op))
       ops.push_back(op);
   });

@@ -709,9 +709,51 @@ def FlexAttnDecomposeBackward
 //===----------------------------------------------------------------------===//
 // The GPU backward (any NVIDIA target), after flexattn-differentiate-mods,
 // flexattn-tile (with a precomputed delta) and flexattn-block-sparsity:
-//   flexattn-map-backward-to-grid -> flexattn-lower-backward-rows ->
-//   flexattn-inline-mods -> gpu-kernel-outlining -> flexattn-lower-to-nvvm
+//   [flexattn-atomic-dq] -> flexattn-map-backward-to-grid ->
+//   flexattn-lower-backward-mma | -rows -> flexattn-inline-mods ->
+//   gpu-kernel-outlining -> flexattn-lower-to-nvvm
 //===----------------------------------------------------------------------===//
+
+def FlexAttnAtomicDq : Pass<"flexattn-atomic-dq", "::mlir::ModuleOp"> {
+  let summary = "Add dq into an f32 buffer from the KV-outer nest and drop "
+                "the Q-outer nest (FlashAttention's atomic dQ)";
+  let description = [{
+    Where a function's dq tiles (flexattn-tile's Q-outer nest) are all stored
+    into one f32 argument and carry no capture gradients, the KV-outer
+    nest's `flexattn.backward_step`s get that argument as `dq_sum`: each
+    adds its tile's `scale * dS . K` into the rows of its queries (atomics,
+    `flexattn-lower-backward-mma`), and the Q-outer nest, which recomputed
+    `Q Kᵀ` and `dO Vᵀ` only for dq, is erased. The backward then does 2.5x
+    the forward's GEMM work instead of 3.5x. The buffer is zero-filled
+    before the nests (`flexattn-map-backward-to-grid` turns the fill into
+    the launcher's `flexattn.zero_init`); the caller converts it to q's
+    type. The order of the additions varies between runs, so a
+    deterministic backward keeps dq in q's type (and this pass leaves it).
+    Anything else (a dq of q's type, capture gradients, the CPU) is left
+    as it is.
+
+    Before:
+    ```mlir
+    scf.parallel (%b, %hkv, %kt) = ... {   // dk/dv tiles
+      ... flexattn.backward_step ... dk(%dk_acc : memref<128x128xf32>) dv(%dv_acc : ...) at(...)
+    }
+    scf.parallel (%b, %h, %qt) = ... {     // dq tiles
+      ... flexattn.backward_step ... dq(%dq_acc : memref<128x128xf32>) at(...)
+      flexattn.store_tile %dq_acc : memref<128x128xf32> into %dq : memref<1x2x512x128xf32> at(...)
+    }
+    ```
+    After:
+    ```mlir
+    linalg.fill ins(%cst : f32) outs(%dq : memref<1x2x512x128xf32>)
+    scf.parallel (%b, %hkv, %kt) = ... {
+      ... flexattn.backward_step ... dk(%dk_acc : ...) dv(%dv_acc : ...)
+            dq_sum(%dq : memref<1x2x512x128xf32>) at(...)
+    }
+    ```
+  }];
+  let dependentDialects = ["::mlir::linalg::LinalgDialect",
+                           "::mlir::arith::ArithDialect"];
+}
 
 def FlexAttnMapBackwardToGrid
     : Pass<"flexattn-map-backward-to-grid", "::mlir::ModuleOp"> {

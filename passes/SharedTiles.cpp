@@ -60,7 +60,7 @@ Value SharedTiles::slot(const RingLayout &r, Value stage) {
 }
 
 bool SharedTiles::isTileValue(Operation *op) {
-  return isa<RingSlotOp, SmemTileReinterpretOp>(op) ||
+  return isa<RingSlotOp, SmemTileReinterpretOp, SmemTilePanelOp>(op) ||
          (isa<arith::SelectOp>(op) && isa<SmemTileType>(op->getResult(0).getType()));
 }
 
@@ -70,6 +70,13 @@ bool SharedTiles::lowerTileValue(Operation *op) {
     tiles[slotOp] = slot(r, stagePhase(r, slotOp.getPosition()).first);
   } else if (auto cast = dyn_cast<SmemTileReinterpretOp>(op)) {
     tiles[cast] = tiles.at(cast.getSource());
+  } else if (auto panel = dyn_cast<SmemTilePanelOp>(op)) {
+    // Panel p starts p x rows x 128 bytes in, its row r r x 128 bytes in.
+    int64_t rows = panel.getSource().getType().getRows();
+    Value off = arith::AddIOp::create(
+        b, arith::MulIOp::create(b, toI32(panel.getPanel()), i32(rows * 128)),
+        arith::MulIOp::create(b, toI32(panel.getRow()), i32(128)));
+    tiles[panel] = arith::AddIOp::create(b, tiles.at(panel.getSource()), off);
   } else if (auto select = dyn_cast<arith::SelectOp>(op); select && isTileValue(op)) {
     tiles[select] = arith::SelectOp::create(b, select.getCondition(),
                                             tiles.at(select.getTrueValue()),

@@ -6,8 +6,8 @@
 //
 // What the target lowerings (flexattn-lower-to-hopper, flexattn-lower-to-
 // ampere) share: the rings' slots laid out in the dynamic shared memory of
-// a launch, tile values (ring.slot, smem_tile.reinterpret, a select of
-// tiles) as 32-bit shared-memory addresses, and register fragments as
+// a launch, tile values (ring.slot, smem_tile.reinterpret, smem_tile.panel,
+// a select of tiles) as 32-bit shared-memory addresses, and register fragments as
 // elements or 32-bit words (16-bit pairs, low half first). Each target adds
 // its own events (mbarriers, cp.async groups) and tensor-core instructions.
 //
@@ -67,7 +67,7 @@ public:
   Value slot(const RingLayout &r, Value stage);
 
   /// Lowers `op` if it makes a tile value: ring.slot, smem_tile.reinterpret,
-  /// arith.select of tiles (recorded in `tiles`). Returns whether it did.
+  /// smem_tile.panel, arith.select of tiles (recorded in `tiles`). Returns whether it did.
   bool lowerTileValue(Operation *op);
   /// Whether `op` is one `lowerTileValue` handles.
   static bool isTileValue(Operation *op);

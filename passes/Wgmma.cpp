@@ -45,10 +45,10 @@ LogicalResult wgmma::lowerMma(SharedTiles &t, MmaOp op) {
   SmallVector<Value> out;
   if (auto aType = dyn_cast<SmemTileType>(op.getA().getType())) {
     // S = A.Bᵀ, both K-major in shared memory: one wgmma per 16 of K, the
-    // descriptors moved 32 bytes per step within a panel.
-    if (!op.getTransposeB())
-      return op.emitOpError("this lowering takes a shared-memory A only with "
-                            "a K-major B (transpose_b)");
+    // descriptors moved 32 bytes per step within a panel. A row-major B
+    // (MN-major, imm-trans-b 1: the backward's dQ = dX.K) moves 16 rows
+    // (2048 bytes) per step, as with a register A.
+    bool mnMajorB = !op.getTransposeB();
     auto structType = LLVM::LLVMStructType::getLiteral(
         ctx, SmallVector<Type>(regs, b.getF32Type()));
     Value d = LLVM::PoisonOp::create(b, structType);
@@ -64,8 +64,11 @@ LogicalResult wgmma::lowerMma(SharedTiles &t, MmaOp op) {
       int64_t inPanel = (kk % 4) * 32;
       Value da = descriptor(t, t.at(aBase, (kk / 4) * aType.getPanelBytes() + inPanel),
                             16384, 1024);
-      Value db = descriptor(t, t.at(bAddr, (kk / 4) * bType.getPanelBytes() + inPanel),
-                            16384, 1024);
+      Value db =
+          mnMajorB ? descriptor(t, t.at(bAddr, kk * 16 * kSwizzleBytes), bType.getPanelBytes(),
+                                1024)
+                   : descriptor(t, t.at(bAddr, (kk / 4) * bType.getPanelBytes() + inPanel),
+                                16384, 1024);
       bool accumulate = kk > 0 || op.getAcc();
       d = NVVM::WgmmaMmaAsyncOp::create(
           b, structType, d, da, db, NVVM::MMAShapeAttr::get(ctx, 64, n, 16),
@@ -77,7 +80,7 @@ LogicalResult wgmma::lowerMma(SharedTiles &t, MmaOp op) {
           NVVM::WGMMAScaleInAttr::get(ctx, NVVM::WGMMAScaleIn::one),
           NVVM::WGMMAScaleInAttr::get(ctx, NVVM::WGMMAScaleIn::one),
           NVVM::MMALayoutAttr::get(ctx, NVVM::MMALayout::row),
-          NVVM::MMALayoutAttr::get(ctx, NVVM::MMALayout::col),
+          NVVM::MMALayoutAttr::get(ctx, mnMajorB ? NVVM::MMALayout::row : NVVM::MMALayout::col),
           NVVM::MMAIntOverflowAttr());
     }
     for (int64_t i = 0; i < regs; ++i)

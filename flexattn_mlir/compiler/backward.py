@@ -49,6 +49,10 @@ class BackwardSpec:
     # > 0: each capture gradient has a trailing dim of this many per-thread
     # partial sums (the deterministic GPU kernel's), summed by the caller.
     capture_partials: int = 0
+    # dq is an f32 buffer (the caller converts it to q's dtype): the GPU
+    # kernel adds each KV tile's dq into it (flexattn-atomic-dq) instead of
+    # recomputing the scores in dq tiles of its own.
+    dq_f32: bool = False
     # Names the score_mod in diagnostics (the op's location); not in the key.
     label: str = field(default="score_mod", compare=False)
 
@@ -70,7 +74,8 @@ class BackwardSpec:
         if self.sink_grad:
             sinks = BufferType((f.q.shape[1],), "f32")
             args += [("sinks", sinks), ("dsinks", sinks)]
-        args += [("dq", f.q), ("dk", f.k), ("dv", f.v)]
+        args += [("dq", BufferType(f.q.shape, "f32") if self.dq_f32 else f.q),
+                 ("dk", f.k), ("dv", f.v)]
         for name in ("kv_num_blocks", "kv_indices", "full_kv_num_blocks", "full_kv_indices"):
             if getattr(f, name) is not None:
                 args.append((name, getattr(f, name)))
@@ -87,7 +92,7 @@ class BackwardSpec:
         h = hashlib.sha256(b"backward|" + self.forward.digest().encode())
         h.update(repr((self.grad_captures, self.has_dlse, self.delta_input,
                        [getattr(self, n) for n in _Q_SIDE], self.sink_grad,
-                       self.capture_partials)).encode())
+                       self.capture_partials, self.dq_f32)).encode())
         return h.hexdigest()
 
     def check(self, opts) -> None:
@@ -163,7 +168,8 @@ def capture_partials(forward: AttentionSpec, grad_captures: Sequence[int]) -> in
 def backward_spec(forward: AttentionSpec, q_side: Sequence,
                   grad_captures: Sequence[int], has_dlse: bool,
                   label: str = "score_mod", target: str = "cpu",
-                  sink_grad: bool = False, deterministic: bool = False) -> BackwardSpec:
+                  sink_grad: bool = False, deterministic: bool = False,
+                  atomic_dq: bool = False) -> BackwardSpec:
     """The backward of ``forward`` for ``target``. K/V of batch 1 shared by
     the query batch (the forward reads them in place) enter the backward
     expanded to the query's batch: its dk/dv accumulators have one writer per
@@ -171,7 +177,11 @@ def backward_spec(forward: AttentionSpec, q_side: Sequence,
     kernels read delta precomputed (the caller computes it with one torch
     reduction, as torch's flex backward does). ``deterministic`` (GPU, with
     capture gradients): per-thread partial sums instead of atomics
-    (:func:`capture_partials`)."""
+    (:func:`capture_partials`). ``atomic_dq`` (``CompileOptions.
+    backward_atomic_dq``; sm_90a, without capture gradients, not
+    ``deterministic``): dq in f32 (``dq_f32``), into which the tensor-core
+    kernel's dk/dv tiles add their parts (flexattn-atomic-dq), so its order
+    of summation varies between runs."""
     batch = forward.q.shape[0]
     forward = replace(forward, **{n: BufferType((batch, *t.shape[1:]), t.elem)
                                   for n, t in (("k", forward.k), ("v", forward.v))})
@@ -182,4 +192,6 @@ def backward_spec(forward: AttentionSpec, q_side: Sequence,
                         delta_input=gpu, sink_grad=bool(sink_grad) and not gpu,
                         capture_partials=(capture_partials(forward, grad_captures)
                                           if deterministic and gpu and grad_captures else 0),
+                        dq_f32=(atomic_dq and targets.target(target).chip == "sm_90a"
+                                and not deterministic and not grad_captures),
                         label=label)

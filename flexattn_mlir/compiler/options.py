@@ -79,6 +79,13 @@ class CompileOptions:
       mma.sync; the rest of that kernel is the same (the rule:
       ``flexattn_mlir.compiler.backends.gpu.backward_wgmma``). No effect on
       other targets or on the CUDA-core backward.
+    backward_atomic_dq: sm_90a, without capture gradients and not
+      ``deterministic``: dq is summed in an f32 buffer into which each
+      dk/dv tile adds its part (a bulk reduction per 64 queries,
+      ``flexattn-atomic-dq``), so the backward skips the dq tiles' second
+      Q.Kᵀ and dO.Vᵀ (2.5x the forward's GEMM work instead of 3.5x); dq's
+      summation order then varies between runs. Off by default: on the H200
+      it is still slower than the dq tiles (docs/training.md).
     pack_heads: the decode path's GQA packing (``flexattn-tile{pack-heads}``):
       the query heads of a K/V head share tiles, so K/V are read once per
       group. None, the default, packs whenever decoding with Hq > Hkv and the
@@ -136,6 +143,7 @@ class CompileOptions:
     splits: int = 0
     deterministic: bool = False
     backward_wgmma: bool = True
+    backward_atomic_dq: bool = False
     exp2_poly: Optional[int] = None
     prefetch_loads: Optional[bool] = None
     hoist_loads: Optional[bool] = None
@@ -191,6 +199,9 @@ class CompileOptions:
         if not isinstance(self.backward_wgmma, bool):
             raise ValueError(f"CompileOptions.backward_wgmma must be a bool, "
                              f"got {self.backward_wgmma!r}")
+        if not isinstance(self.backward_atomic_dq, bool):
+            raise ValueError(f"CompileOptions.backward_atomic_dq must be a bool, "
+                             f"got {self.backward_atomic_dq!r}")
         for name in ("prefetch_loads", "hoist_loads"):
             if getattr(self, name) is not None and not isinstance(getattr(self, name), bool):
                 raise ValueError(f"CompileOptions.{name} must be a bool or None, "

@@ -227,6 +227,8 @@ def attention_backward(spec: BackwardSpec, options: CompileOptions, tensors: dic
     if shared:
         k, v = (t.expand(q.shape[0], -1, -1, -1).contiguous() for t in (k, v))
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    if spec.dq_f32:  # the kernel's sum, converted below
+        dq = torch.empty(q.shape, dtype=torch.float32, device=q.device)
     partials = (spec.capture_partials,) if spec.capture_partials else ()
     grads = [torch.empty((*captures[c].shape, *partials), dtype=torch.float32, device=q.device)
              for c in spec.grad_captures]
@@ -251,6 +253,8 @@ def attention_backward(spec: BackwardSpec, options: CompileOptions, tensors: dic
         index_checks.raise_reported(report, checked)
     if partials:  # the deterministic mode: the threads' slots, in a fixed order
         grads = [g.sum(-1) for g in grads]
+    if spec.dq_f32:
+        dq = dq.to(q.dtype)
     if shared:  # dK, dV of a shared K/V: the sum over the query batch
         dk, dv = (g.sum(0, keepdim=True, dtype=torch.float32).to(g.dtype) for g in (dk, dv))
     if sinks is not None:
@@ -332,7 +336,8 @@ def _backward_spec(c: Call, q, k, v, captures, mask, scale, grad_captures, has_d
                      return_lse=False)
     return backward.backward_spec(fwd, q_side, grad_captures, has_dlse, label=c.label,
                                   target=c.options.target, sink_grad=sink_grad,
-                                  deterministic=c.options.deterministic)
+                                  deterministic=c.options.deterministic,
+                                  atomic_dq=c.options.backward_atomic_dq)
 
 
 def _setup_context(ctx, inputs, output):
@@ -456,7 +461,8 @@ def prepare(spec, *, score_mod, mask_mod, block_mask, options, grad_captures,
     if grad:
         backward_kernel(backward.backward_spec(spec, q_side, grad_captures, False, label,
                                                 target=options.target, sink_grad=sink_grad,
-                                                deterministic=options.deterministic),
+                                                deterministic=options.deterministic,
+                                                atomic_dq=options.backward_atomic_dq),
                         options)
     return Prepared(register(call), kv_side + q_side, spec.scale)
 
@@ -626,6 +632,7 @@ def _trace_plan(score_fn, mask_fn, metas, block_size, scale, enable_gqa, grad_mo
         grad_captures = [i for i, t in enumerate(captures) if t.requires_grad]
         backward_kernel(backward.backward_spec(spec, q_side_meta, grad_captures, False, label,
                                                target=options.target,
-                                               deterministic=options.deterministic), options)
+                                               deterministic=options.deterministic,
+                                               atomic_dq=options.backward_atomic_dq), options)
     paths = tuple(located[id(t)] for t in captures)
     return register(call), paths, float(scale), grad

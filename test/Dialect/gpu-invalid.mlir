@@ -376,3 +376,35 @@ func.func @finalize_two_tiles(%acc: vector<64xf32>, %m: vector<4xf32>, %out: mem
   flexattn.frag.finalize %acc state(%m, %m) outs(%out : memref<1x2x8x128xbf16>) at(%i, %i, %i, %i) : vector<64xf32>, vector<4xf32>
   return
 }
+
+// -----
+
+func.func @panel_columns(%t: !flexattn.smem_tile<128x128xbf16>, %i: index) {
+  // expected-error @+1 {{the result is one 128-byte panel (64 columns) of a source of whole panels, got 128 to 128 columns}}
+  %p = flexattn.smem_tile.panel %t[%i, %i] : !flexattn.smem_tile<128x128xbf16> to !flexattn.smem_tile<64x128xbf16>
+  return
+}
+
+// -----
+
+func.func @panel_rows(%t: !flexattn.smem_tile<128x128xbf16>, %i: index) {
+  // expected-error @+1 {{the result's rows (136) must be a multiple of 8 and at most the source's (128)}}
+  %p = flexattn.smem_tile.panel %t[%i, %i] : !flexattn.smem_tile<128x128xbf16> to !flexattn.smem_tile<136x64xbf16>
+  return
+}
+
+// -----
+
+func.func @frag_store_shape(%f: vector<32xbf16>, %t: !flexattn.smem_tile<64x128xbf16>) {
+  // expected-error @+1 {{a 64-row band of 64 columns is 32 elements per thread and a tile of 64 columns, got 'vector<32xbf16>' and '!flexattn.smem_tile<64x128xbf16>'}}
+  flexattn.frag.store %f, %t {transpose} : vector<32xbf16>, !flexattn.smem_tile<64x128xbf16>
+  return
+}
+
+// -----
+
+func.func @frag_store_type(%f: vector<32xf16>, %t: !flexattn.smem_tile<64x64xbf16>) {
+  // expected-error @+1 {{a 16-bit fragment into a tile of its type, got 'vector<32xf16>' and '!flexattn.smem_tile<64x64xbf16>'}}
+  flexattn.frag.store %f, %t : vector<32xf16>, !flexattn.smem_tile<64x64xbf16>
+  return
+}

@@ -307,3 +307,33 @@ func.func @f(%q: memref<1x2x64x16xf32>, %o: memref<1x2x64x16xf32>, %l: memref<1x
       attributes {scale = 1.0 : f32}
   return
 }
+
+// -----
+
+func.func @f(%q: memref<1x2x64x16xbf16>, %l: memref<1x2x64xf32>, %i: index, %a: memref<32x16xf32>, %s: memref<1x2x64x16xf32>) {
+  // expected-error @+1 {{'flexattn.backward_step' op dq_sum goes with the dk/dv accumulators of a KV tile, not with a dq accumulator}}
+  flexattn.backward_step ins(%q, %q, %q, %q : memref<1x2x64x16xbf16>, memref<1x2x64x16xbf16>, memref<1x2x64x16xbf16>, memref<1x2x64x16xbf16>)
+      stats(%l, %l : memref<1x2x64xf32>, memref<1x2x64xf32>) dq(%a : memref<32x16xf32>) dq_sum(%s : memref<1x2x64x16xf32>) at(%i, %i, %i, %i, %i)
+      attributes {scale = 1.0 : f32, tile_size = array<i64: 32, 32>}
+  return
+}
+
+// -----
+
+func.func @f(%q: memref<1x2x64x16xbf16>, %l: memref<1x2x64xf32>, %i: index, %a: memref<32x16xf32>, %s: memref<1x2x64x16xbf16>) {
+  // expected-error @+1 {{'flexattn.backward_step' op dq_sum element type must be f32, got 'bf16'}}
+  flexattn.backward_step ins(%q, %q, %q, %q : memref<1x2x64x16xbf16>, memref<1x2x64x16xbf16>, memref<1x2x64x16xbf16>, memref<1x2x64x16xbf16>)
+      stats(%l, %l : memref<1x2x64xf32>, memref<1x2x64xf32>) dk(%a : memref<32x16xf32>) dq_sum(%s : memref<1x2x64x16xbf16>) at(%i, %i, %i, %i, %i)
+      attributes {scale = 1.0 : f32, tile_size = array<i64: 32, 32>}
+  return
+}
+
+// -----
+
+func.func @f(%q: memref<1x2x64x16xbf16>, %l: memref<1x2x64xf32>, %i: index, %a: memref<32x16xf32>, %s: memref<1x2x32x16xf32>) {
+  // expected-error @+1 {{'flexattn.backward_step' op dq_sum must have q's shape [1, 2, 64, 16], got [1, 2, 32, 16]}}
+  flexattn.backward_step ins(%q, %q, %q, %q : memref<1x2x64x16xbf16>, memref<1x2x64x16xbf16>, memref<1x2x64x16xbf16>, memref<1x2x64x16xbf16>)
+      stats(%l, %l : memref<1x2x64xf32>, memref<1x2x64xf32>) dk(%a : memref<32x16xf32>) dq_sum(%s : memref<1x2x32x16xf32>) at(%i, %i, %i, %i, %i)
+      attributes {scale = 1.0 : f32, tile_size = array<i64: 32, 32>}
+  return
+}

@@ -114,21 +114,37 @@ func.func @two_tiles(%acc: vector<64xf32>, %out: memref<64xf32>) {
 
 // -----
 
-// A shared A takes a K-major B (Sᵀ = K Qᵀ); a row-major one is refused.
-func.func @row_major_b(%out: memref<32xf32>) {
+// The backward's dQ = dX K (flexattn-atomic-dq): a group's dX fragment
+// stored transposed into its tile (a 16-bit store per element, then the
+// async-proxy fence: wgmma reads it), and a shared A times a row-major B,
+// rows 64.. of K's second column panel (1 x 128 x 128 + 64 x 128 = 24576
+// bytes into K's slot): imm-trans-b (B[<row>]), 4 k16 steps.
+// CHECK-LABEL: func.func @dq_product(
+// CHECK-DAG:      arith.constant 32768 : i32
+// CHECK-COUNT-32: llvm.store %{{.*}}, %{{.*}} {alignment = 2 : i64} : bf16, !llvm.ptr<3>
+// CHECK-NOT:      llvm.store
+// CHECK:          nvvm.fence.proxy {kind = #nvvm.proxy_kind<async.shared>, space = #nvvm.shared_space<cta>}
+// CHECK:          nvvm.wgmma.fence.aligned
+// CHECK:          nvvm.wgmma.mma_async {{.*}} <m = 64, n = 64, k = 16>, D[<f32>, <zero>], A[<bf16>, <one>, <row>], B[<bf16>, <one>, <row>]
+// CHECK-COUNT-3:  nvvm.wgmma.mma_async {{.*}} <m = 64, n = 64, k = 16>, D[<f32>, <one>], A[<bf16>, <one>, <row>], B[<bf16>, <one>, <row>]
+// CHECK:          nvvm.wgmma.commit.group.sync.aligned
+func.func @dq_product(%dx: vector<32xbf16>, %out: memref<32xf32>) {
   %c0 = arith.constant 0 : index
   %c1 = arith.constant 1 : index
+  %c64 = arith.constant 64 : index
   %c128 = arith.constant 128 : index
   %c0_i32 = arith.constant 0 : i32
   gpu.launch blocks(%bx, %by, %bz) in (%gx = %c1, %gy = %c1, %gz = %c1)
              threads(%tx, %ty, %tz) in (%sx = %c128, %sy = %c1, %sz = %c1) {
-    %qr = flexattn.ring.alloc consumers(128) : !flexattn.ring<1 x 64x64xbf16>
-    %kr = flexattn.ring.alloc consumers(128) : !flexattn.ring<1 x 64x64xbf16>
-    %qs = flexattn.ring.slot %qr[%c0_i32] : !flexattn.ring<1 x 64x64xbf16>
-    %kt = flexattn.ring.slot %kr[%c0_i32] : !flexattn.ring<1 x 64x64xbf16>
-    // expected-error @below {{this lowering takes a shared-memory A only with a K-major B (transpose_b)}}
-    %s = flexattn.mma %qs[%c0], %kt : !flexattn.smem_tile<64x64xbf16>, !flexattn.smem_tile<64x64xbf16> -> vector<32xf32>
-    vector.store %s, %out[%c0] : memref<32xf32>, vector<32xf32>
+    %xr = flexattn.ring.alloc consumers(128) : !flexattn.ring<1 x 64x64xbf16>
+    %kr = flexattn.ring.alloc consumers(128) : !flexattn.ring<1 x 128x128xbf16>
+    %xs = flexattn.ring.slot %xr[%c0_i32] : !flexattn.ring<1 x 64x64xbf16>
+    %ks = flexattn.ring.slot %kr[%c0_i32] : !flexattn.ring<1 x 128x128xbf16>
+    flexattn.frag.store %dx, %xs {transpose} : vector<32xbf16>, !flexattn.smem_tile<64x64xbf16>
+    %kb = flexattn.smem_tile.panel %ks[%c64, %c1] : !flexattn.smem_tile<128x128xbf16> to !flexattn.smem_tile<64x64xbf16>
+    %s = flexattn.mma %xs[%c0], %kb : !flexattn.smem_tile<64x64xbf16>, !flexattn.smem_tile<64x64xbf16> -> vector<32xf32>
+    %w = flexattn.mma.wait pending(0) %s : vector<32xf32>
+    vector.store %w, %out[%c0] : memref<32xf32>, vector<32xf32>
     gpu.terminator
   } {flexattn.wgmma}
   return

@@ -169,7 +169,8 @@ def test_gpu_backward_needs_a_precomputed_delta():
 @pytest.mark.filterwarnings("ignore")
 @pytest.mark.parametrize("variant", ["causal", "alibi_causal", "t5_bias", "document"])
 @pytest.mark.parametrize("dtype,d", [(torch.bfloat16, 128), (torch.float16, 64)])
-@pytest.mark.parametrize("options", [{"backward_wgmma": False}, None], ids=["mma", "wgmma"])
+@pytest.mark.parametrize("options", [{"backward_wgmma": False}, None, {"backward_atomic_dq": True}],
+                         ids=["mma", "wgmma", "atomic_dq"])
 def test_gradients_match_torch_on_gpu(variant, dtype, d, options):
     from torch.nn.attention import flex_attention as tfa
 

@@ -113,3 +113,60 @@ def test_wgmma_backward_on_whole_tiles(variant, monkeypatch):
     assert "fma.rn.f32" in ptx and "ex2.approx" in ptx
     # A thread's queries in adjacent pairs: lse and delta by 8-byte loads.
     assert "ld.global.v2.b32" in ptx
+
+
+def _atomic_dq_spec(variant, D, S_, **kw):
+    import torch
+    from flexattn_mlir.compiler import backward
+    from flexattn_mlir.examples import zoo
+
+    fwd = zoo.spec(variant, 1, 2, S_, D, dtype="bfloat16")
+    q_side = []
+    if fwd.kv_num_blocks is not None:
+        blocks = -(-S_ // 128)
+        num = torch.empty(1, 1, blocks, dtype=torch.int32, device="meta")
+        idx = torch.empty(1, 1, blocks, blocks, dtype=torch.int32, device="meta")
+        q_side = [num, idx, num, idx]
+    learnable = [i for i, c in enumerate(fwd.captures) if c.elem.startswith("f")]
+    return backward.backward_spec(fwd, q_side, learnable, False, **kw)
+
+
+def test_atomic_dq_rule():
+    """backward_atomic_dq asks for dq in f32 only where the dk/dv tiles can
+    add into it: sm_90a, no capture gradients, not deterministic."""
+    def f32(variant="causal", **kw):
+        spec = _atomic_dq_spec(variant, 64, 256, **kw)
+        return spec.dq_f32 and dict(spec.arguments())["dq"].elem == "f32"
+
+    assert f32(target="sm_90a", atomic_dq=True)
+    assert not f32(target="sm_90a")  # off by default
+    assert not f32(target="sm_90a", atomic_dq=True, deterministic=True)
+    assert not f32("alibi_causal", target="sm_90a", atomic_dq=True)  # learnable slopes
+    assert not f32(target="sm_80", atomic_dq=True)  # no bulk reductions
+    with pytest.raises(ValueError, match="backward_atomic_dq must be a bool"):
+        fm.CompileOptions(target="sm_90a", backward_atomic_dq=1)
+
+
+@needs_ptxas
+@pytest.mark.parametrize("D", [64, 128])
+@pytest.mark.parametrize("S_", [512, 300])
+def test_atomic_dq_backward(D, S_):
+    """backward_atomic_dq: one launch of dk/dv tiles only, which add each
+    64-query chunk's dQ (dX K, wgmma with a row-major B) into the f32 dq the
+    launcher zeroes, by one bulk reduction per staging slot; without spills
+    on whole tiles (a tile crossing M or N, at S = 300, spills at D = 128:
+    64-row chunks beside the selects)."""
+    spec = _atomic_dq_spec("causal", D, S_, target="sm_90a", atomic_dq=True)
+    md = fm.compile(spec, replace(WGMMA, backward_atomic_dq=True)).metadata
+    launch, ptx, res = md["launch"], md["ptx"], md["resources"]
+    tiles = -(-S_ // 128)
+    assert launch["grid"] == [2 * tiles, 1, 1] and launch["block"] == [256, 1, 1]
+    assert launch["spec"]["zero_init"] == ["dq"]
+    assert [a["dtype"] for a in launch["arguments"] if a["name"] == "dq"] == ["float32"]
+    assert "cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32" in ptx
+    assert not re.search(r"(red|atom)\.global\.add\.f32", ptx)
+    # dQ = dX K: shared A, row-major B (imm-trans-b 1)
+    assert re.search(r"wgmma\.mma_async\.sync\.aligned\.m64n64k16\.f32\.bf16\.bf16 "
+                     r"\{[^}]*\}, %rd\d+, %rd\d+, p, 1,\s*1, 0,\s*1;", ptx)
+    if S_ % 128 == 0:
+        assert _spills(res) == 0, res

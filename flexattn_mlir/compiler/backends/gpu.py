@@ -321,7 +321,12 @@ def stages(opts: CompileOptions) -> dict:
 
 
 def make_backward_grid(mod: ir.Module, opts: CompileOptions) -> None:
-    run_pipeline(mod, "flexattn-map-backward-to-grid", "grid")
+    """One launch of the backward's tile nests; where dq is f32
+    (``BackwardSpec.dq_f32``) and the tensor-core kernel runs the steps
+    (:func:`backward_kernel_gap`), the dk/dv tiles add dq into it and the dq
+    tiles are dropped first (``flexattn-atomic-dq``)."""
+    atomic = [] if backward_kernel_gap(mod) else ["flexattn-atomic-dq"]
+    run_pipeline(mod, [*atomic, "flexattn-map-backward-to-grid"], "grid")
 
 
 def backward_kernel_gap(mod: ir.Module) -> str | None:
