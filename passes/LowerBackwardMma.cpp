@@ -176,19 +176,24 @@ struct Lowering {
     ResultRange waited = MmaWaitOp::create(b, 0, results).getResults();
     return SmallVector<Value>(waited.begin(), waited.end());
   }
-  /// acc += a . bTile for each (accumulator tile, a, bTile) (their stack
-  /// vectors), the MMAs issued together; `meanwhile` runs before the wait.
-  void accumulate(ArrayRef<std::array<Value, 3>> products,
-                  function_ref<void()> meanwhile = {}) {
+  /// Issues acc + a . bTile for each (accumulator tile, a, bTile) (their
+  /// stack vectors); the results, to wait for.
+  SmallVector<Value> issue(ArrayRef<std::array<Value, 3>> products) {
     SmallVector<Value> results;
     for (auto [tile, a, bTile] : products) {
       Value acc = memref::LoadOp::create(b, accs.lookup(tile), ValueRange{});
       results.push_back(MmaOp::create(b, acc.getType(), a, Value(), bTile, acc, UnitAttr()));
     }
-    if (meanwhile)
-      meanwhile();
-    for (auto [product, sum] : llvm::zip(products, waitAll(results)))
+    return results;
+  }
+  /// The waited sums of `issue` back into their accumulators.
+  void store(ArrayRef<std::array<Value, 3>> products, ArrayRef<Value> sums) {
+    for (auto [product, sum] : llvm::zip(products, sums))
       memref::StoreOp::create(b, sum, accs.lookup(product[0]), ValueRange{});
+  }
+  /// acc += a . bTile for each product, the MMAs issued together.
+  void accumulate(ArrayRef<std::array<Value, 3>> products) {
+    store(products, waitAll(issue(products)));
   }
 
   /// Where a streamed chunk is copied from (rows [row, row + chunk) of
@@ -203,7 +208,7 @@ struct Lowering {
     return arith::IndexCastOp::create(b, b.getI32Type(),
                                       arith::DivUIOp::create(b, tid, idx(kGroup)));
   }
-  void addDq(BackwardStepOp op, Value row0);
+  void addDq(BackwardStepOp op, Value row0, ArrayRef<std::array<Value, 3>> products);
   LogicalResult lowerStep(BackwardStepOp op);
   void lowerStore(StoreTileOp op);
 
@@ -330,22 +335,26 @@ FailureOr<Lowering::Streamed> Lowering::streamedAt(BackwardStepOp op, scf::ForOp
   return at;
 }
 
-/// dq_sum[b, h, row0 + r, c] += scale x (dX K)[r, c] for the 64 queries of
-/// a chunk from row0, after every group stored its dX (a barrier): dQ's
-/// columns in 64-column panels of K, split between the groups (2 bands, 2
-/// panels: a panel each, over both bands' keys; 2 bands, 1 panel: each its
-/// own band's keys, into a staging slot of its own; 1 band: its panels one
-/// after the other), each an m64n64 product from shared memory, scaled and
-/// staged row-major in f32; after a barrier one thread per staging slot
-/// adds the slot's rows inside M into dq_sum with one bulk reduction
-/// (FlashAttention-3's dQ: L2 adds whole lines, where per-element atomics
-/// from every KV tile of a head contend). The thread waits for its
-/// previous reduction to have read the slot before the first barrier.
-void Lowering::addDq(BackwardStepOp op, Value row0) {
+/// The chunk's dV += Pᵀ dout, dK += dXᵀ Q (`products`) and dq_sum[b, h,
+/// row0 + r, c] += scale x (dX K)[r, c] for its 64 queries from row0, after
+/// every group stored its dX: dQ's columns in 64-column panels of K, split
+/// between the groups (2 bands, 2 panels: a panel each, over both bands'
+/// keys; 2 bands, 1 panel: each its own band's keys, into a staging slot of
+/// its own, so the groups only wait for themselves (named barriers); 1
+/// band: its panels), each an m64n64 product from shared memory issued with
+/// dV and dK and waited for with them, then scaled and staged row-major in
+/// f32; after a barrier one thread per staging slot adds the slot's rows
+/// inside M into dq_sum with one bulk reduction (FlashAttention-3's dQ: L2
+/// adds whole lines, where per-element atomics from every KV tile of a head
+/// contend). That thread waits for its previous reduction to have read the
+/// slot before the first barrier.
+void Lowering::addDq(BackwardStepOp op, Value row0,
+                     ArrayRef<std::array<Value, 3>> products) {
   int64_t bands = plan.R / kBand, panels = plan.D / 64;
   bool slotPerGroup = bands == 2 && panels == 1;
   Type f32 = b.getF32Type();
   Value group = arith::DivUIOp::create(b, tid, idx(kGroup));
+  Value group32 = arith::IndexCastOp::create(b, b.getI32Type(), group);
   Value reducer = arith::CmpIOp::create(
       b, arith::CmpIPredicate::eq, slotPerGroup ? arith::RemUIOp::create(b, tid, idx(kGroup)) : tid,
       idx(0));
@@ -355,13 +364,22 @@ void Lowering::addDq(BackwardStepOp op, Value row0) {
     b.setInsertionPointToStart(branch.thenBlock());
     body();
   };
+  auto barrier = [&] {
+    if (!slotPerGroup) {
+      gpu::BarrierOp::create(b);
+      return;
+    }
+    // Barrier 1 + g, the group's 128 threads (0 is the CTA's).
+    NVVM::BarrierOp::create(b, Type(),
+                            arith::AddIOp::create(b, group32, arith::ConstantIntOp::create(b, 1, 32)),
+                            arith::ConstantIntOp::create(b, kGroup, 32),
+                            NVVM::BarrierReductionAttr(), Value());
+  };
   asReducer([&] { BulkWaitReadOp::create(b); });
-  gpu::BarrierOp::create(b);
+  barrier();
   auto tileType = SmemTileType::get(b.getContext(), 64, 64, plan.elem);
   Value kTile = RingSlotOp::create(b, ownA, pos0());
-  Value stage = RingSlotOp::create(
-      b, dqStage,
-      slotPerGroup ? arith::IndexCastOp::create(b, b.getI32Type(), group).getResult() : pos0());
+  Value stage = RingSlotOp::create(b, dqStage, slotPerGroup ? group32 : pos0());
   // (panel, bands summed over) of each product this group computes.
   SmallVector<std::pair<Value, SmallVector<Value>>> jobs;
   if (bands == 2 && panels == 2)
@@ -371,9 +389,8 @@ void Lowering::addDq(BackwardStepOp op, Value row0) {
   else
     for (int64_t p = 0; p < panels; ++p)
       jobs.push_back({idx(p), {idx(0)}});
+  SmallVector<Value> results = issue(products);
   auto fragType = frag(64, f32);
-  Value scale = arith::ConstantOp::create(
-      b, DenseElementsAttr::get(fragType, b.getF32FloatAttr(op.getScale().convertToFloat())));
   for (auto &[panel, over] : jobs) {
     Value acc;
     for (Value k : over) {
@@ -383,11 +400,16 @@ void Lowering::addDq(BackwardStepOp op, Value row0) {
                                          arith::MulIOp::create(b, k, idx(kBand)), panel);
       acc = MmaOp::create(b, fragType, dx, idx(0), kb, acc, UnitAttr());
     }
-    acc = waitAll({acc})[0];
-    FragStageOp::create(b, arith::MulFOp::create(b, acc, scale), stage,
-                        arith::MulIOp::create(b, panel, idx(64)));
+    results.push_back(acc);
   }
-  gpu::BarrierOp::create(b);
+  SmallVector<Value> done = waitAll(results);
+  store(products, done);
+  Value scale = arith::ConstantOp::create(
+      b, DenseElementsAttr::get(fragType, b.getF32FloatAttr(op.getScale().convertToFloat())));
+  for (auto [job, sum] : llvm::zip(jobs, ArrayRef(done).drop_front(products.size())))
+    FragStageOp::create(b, arith::MulFOp::create(b, sum, scale), stage,
+                        arith::MulIOp::create(b, job.first, idx(64)));
+  barrier();
   asReducer([&] {
     Value rows = arith::MinSIOp::create(b, arith::SubIOp::create(b, idx(plan.M), row0), idx(64));
     BulkReduceAddOp::create(b, stage, op.getDqSum(), op.getB(), op.getH(), row0,
@@ -551,15 +573,14 @@ LogicalResult Lowering::lowerStep(BackwardStepOp op) {
     } else { // dQ += dX K
       products.push_back({op.getDqAcc(), dxFrag, a});
     }
-    // dq_sum: the group's dX (transposed: rows queries, columns its keys)
-    // into its slot while dV, dK run.
-    accumulate(products, [&] {
-      if (op.getDqSum())
-        FragStoreOp::create(b, dxFrag, RingSlotOp::create(b, dxRing, bandNo()),
-                            b.getUnitAttr());
-    });
-    if (op.getDqSum())
-      addDq(op, add(q0, c0));
+    if (op.getDqSum()) {
+      // The group's dX (transposed: rows queries, columns its keys) into
+      // its slot, then dV, dK and dQ together.
+      FragStoreOp::create(b, dxFrag, RingSlotOp::create(b, dxRing, bandNo()), b.getUnitAttr());
+      addDq(op, add(q0, c0), products);
+    } else {
+      accumulate(products);
+    }
     RingReleaseOp::create(b, strA, pos);
     RingReleaseOp::create(b, strB, pos);
   }

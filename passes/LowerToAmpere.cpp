@@ -614,27 +614,38 @@ void Lowering::lowerFragStore(FragStoreOp op) {
     a = add(a, add(mul(row, kSwizzleBytes), mul(swz, kChunk)));
     return shared(add(a, mul(arith::RemUIOp::create(b, col, i32(8)), 2)));
   };
-  // Transposed, element (h, q) of every j is at tile row 8 j + 2 t + q
-  // (swizzle phase 2 t + q, whatever j) and column r: one address per
-  // (h, q), then 1024 j bytes on (a GEP, folded into the stores' offsets).
-  DenseMap<std::pair<int64_t, int64_t>, Value> bases;
-  for (int64_t e = 0; e < static_cast<int64_t>(x.size()); e += 2) {
-    int64_t j = e / 4, h = (e / 2) % 2;
-    Value r = add(add(mul(warp, 16), g), i32(8 * h));
-    if (!op.getTranspose()) {
-      Value c = add(i32(8 * j), mul(t, 2));
-      Value pair = vectorOf(VectorType::get({2}, x[e].getType()), {x[e], x[e + 1]});
-      LLVM::StoreOp::create(b, pair, addrOf(r, c), /*alignment=*/4);
-      continue;
-    }
-    for (int64_t q = 0; q < 2; ++q) {
-      Value &base = bases[{h, q}];
-      if (!base)
-        base = addrOf(add(mul(t, 2), i32(q)), r);
+  if (op.getTranspose()) {
+    // stmatrix .x4 .trans: the 8 x 8 matrices (j, h), (j, h + 1), (j + 1,
+    // h), (j + 1, h + 1) of the warp's 16 rows (their pairs are the
+    // thread's words 2 j, 2 j + 1, 2 j + 2, 2 j + 3), each stored
+    // transposed: its row k (fragment column 8 j + k) is tile row 8 j + k,
+    // 16 bytes at column 16 warp + 8 h (swizzled chunk (2 warp + h) ^ k).
+    // Lane l gives row l % 8 of matrix l / 8: one address per lane, 1024 j
+    // bytes on per call.
+    Value lane = arith::RemUIOp::create(b, tid, i32(32));
+    Value k = arith::RemUIOp::create(b, lane, i32(8));
+    Value m = arith::DivUIOp::create(b, lane, i32(8));
+    Value h = arith::AndIOp::create(b, m, i32(1));
+    Value row = add(mul(arith::ShRUIOp::create(b, m, i32(1)), 8), k);
+    Value chunk = arith::XOrIOp::create(b, add(mul(warp, 2), h), k);
+    Value base = shared(add(tiles.at(op.getTile()),
+                            add(mul(row, kSwizzleBytes), mul(chunk, kChunk))));
+    SmallVector<Value> words = pairs(op.getValue());
+    for (int64_t j = 0; 2 * j < static_cast<int64_t>(words.size()); j += 2) {
       Value p = LLVM::GEPOp::create(b, base.getType(), b.getI8Type(), base,
                                     ArrayRef<LLVM::GEPArg>{8 * j * kSwizzleBytes},
                                     LLVM::GEPNoWrapFlags::inbounds);
-      LLVM::StoreOp::create(b, x[e + q], p, /*alignment=*/2);
+      NVVM::StMatrixOp::create(b, p, ArrayRef(words).slice(2 * j, 4), NVVM::MMALayout::col,
+                               NVVM::LdStMatrixShapeAttr::get(b.getContext(), 8, 8),
+                               NVVM::LdStMatrixEltType::B16);
+    }
+  } else {
+    for (int64_t e = 0; e < static_cast<int64_t>(x.size()); e += 2) {
+      int64_t j = e / 4, h = (e / 2) % 2;
+      Value r = add(add(mul(warp, 16), g), i32(8 * h));
+      Value c = add(i32(8 * j), mul(t, 2));
+      Value pair = vectorOf(VectorType::get({2}, x[e].getType()), {x[e], x[e + 1]});
+      LLVM::StoreOp::create(b, pair, addrOf(r, c), /*alignment=*/4);
     }
   }
   if (wgmma)

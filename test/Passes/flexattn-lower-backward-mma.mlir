@@ -401,33 +401,33 @@ func.func @coordinates_from_a_region(%q: memref<1x1x128x64xbf16>, %k: memref<1x1
 // -----
 
 // A dk/dv step with dq_sum (flexattn-atomic-dq), 128 x 128 tiles at D = 128:
-// each group stores its dXᵀ transposed into its slot of a 2 x 64 x 64 ring
-// while dV, dK run; thread 0 waits until its previous bulk reduction has
-// read the staging tile; after a barrier each group computes dQ's column
-// panel of its group number over both bands of keys (dX, shared, 64
-// queries x 64 keys, times K's panel rows), stages scale x the f32
-// fragment row-major in one 64 x 128 f32 tile, and after a second barrier
-// thread 0 adds the chunk's rows into dq_sum with one bulk reduction.
+// each group stores its dXᵀ transposed into its slot of a 2 x 64 x 64 ring;
+// thread 0 waits until its previous bulk reduction has read the staging
+// tile; after a barrier each group issues dV, dK and its dQ column panel
+// (its group number) over both bands of keys (dX, shared, 64 queries x 64
+// keys, times K's panel rows) together and waits for them at once, stages
+// scale x the dQ fragment row-major in one 64 x 128 f32 tile, and after a
+// second barrier thread 0 adds the chunk's rows into dq_sum with one bulk
+// reduction.
 // CHECK-LABEL: func.func @dq_sum(
 // CHECK-SAME:    %[[DQ:[^:]+]]: memref<1x1x128x128xf32>
 // CHECK:         %[[DX:.+]] = flexattn.ring.alloc consumers(256) : !flexattn.ring<2 x 64x64xbf16>
 // CHECK:         %[[ST:.+]] = flexattn.ring.alloc consumers(256) : !flexattn.ring<1 x 64x128xf32>
 // CHECK:         scf.for
-// CHECK:           flexattn.mma %{{.*}}, %{{.*}}, %{{.*}} : vector<32xbf16>, !flexattn.smem_tile<64x128xbf16>, vector<64xf32> -> vector<64xf32>
-// CHECK:           flexattn.mma %{{.*}}, %{{.*}}, %{{.*}} : vector<32xbf16>, !flexattn.smem_tile<64x128xbf16>, vector<64xf32> -> vector<64xf32>
 // CHECK:           %[[SLOT:.+]] = flexattn.ring.slot %[[DX]]
 // CHECK:           flexattn.frag.store %{{.*}}, %[[SLOT]] {transpose} : vector<32xbf16>, !flexattn.smem_tile<64x64xbf16>
-// CHECK:           flexattn.mma.wait pending(0)
 // CHECK:           scf.if %[[FIRST:.+]] {
 // CHECK-NEXT:        flexattn.bulk.wait_read
 // CHECK:           gpu.barrier
 // CHECK:           %[[STAGE:.+]] = flexattn.ring.slot %[[ST]]
+// CHECK:           %[[DV:.+]] = flexattn.mma %{{.*}}, %{{.*}}, %{{.*}} : vector<32xbf16>, !flexattn.smem_tile<64x128xbf16>, vector<64xf32> -> vector<64xf32>
+// CHECK:           %[[DK:.+]] = flexattn.mma %{{.*}}, %{{.*}}, %{{.*}} : vector<32xbf16>, !flexattn.smem_tile<64x128xbf16>, vector<64xf32> -> vector<64xf32>
 // CHECK:           %[[P0:.+]] = flexattn.smem_tile.panel %{{.*}}[%{{.*}}, %[[G:.+]]] : !flexattn.smem_tile<128x128xbf16> to !flexattn.smem_tile<64x64xbf16>
 // CHECK:           %[[A0:.+]] = flexattn.mma %{{.*}}[%{{.*}}], %[[P0]] : !flexattn.smem_tile<64x64xbf16>, !flexattn.smem_tile<64x64xbf16> -> vector<32xf32>
 // CHECK:           %[[P1:.+]] = flexattn.smem_tile.panel %{{.*}}[%{{.*}}, %[[G]]]
 // CHECK:           %[[A1:.+]] = flexattn.mma %{{.*}}[%{{.*}}], %[[P1]], %[[A0]]
-// CHECK:           %[[W:.+]] = flexattn.mma.wait pending(0) %[[A1]] : vector<32xf32>
-// CHECK:           %[[S:.+]] = arith.mulf %[[W]], %{{.*}} : vector<32xf32>
+// CHECK:           %[[W:.+]]:3 = flexattn.mma.wait pending(0) %[[DV]], %[[DK]], %[[A1]] : vector<64xf32>, vector<64xf32>, vector<32xf32>
+// CHECK:           %[[S:.+]] = arith.mulf %[[W]]#2, %{{.*}} : vector<32xf32>
 // CHECK:           flexattn.frag.stage %[[S]], %[[STAGE]][%{{.*}}] : vector<32xf32>, !flexattn.smem_tile<64x128xf32>
 // CHECK:           gpu.barrier
 // CHECK:           scf.if %[[FIRST]] {

@@ -115,13 +115,15 @@ func.func @two_tiles(%acc: vector<64xf32>, %out: memref<64xf32>) {
 // -----
 
 // The backward's dQ = dX K (flexattn-atomic-dq): a group's dX fragment
-// stored transposed into its tile (a 16-bit store per element, then the
-// async-proxy fence: wgmma reads it), and a shared A times a row-major B,
+// stored transposed into its tile (4 stmatrix .x4 .trans: 4 words a thread
+// each, then the async-proxy fence: wgmma reads it), and a shared A times
+// a row-major B,
 // rows 64.. of K's second column panel (1 x 128 x 128 + 64 x 128 = 24576
 // bytes into K's slot): imm-trans-b (B[<row>]), 4 k16 steps.
 // CHECK-LABEL: func.func @dq_product(
 // CHECK-DAG:      arith.constant 32768 : i32
-// CHECK-COUNT-32: llvm.store %{{.*}}, %{{.*}} {alignment = 2 : i64} : bf16, !llvm.ptr<3>
+// CHECK-COUNT-4: nvvm.stmatrix %{{.*}}, %{{.*}}, %{{.*}}, %{{.*}}, %{{.*}} {eltType = #nvvm.ld_st_matrix_elt_type<b16>, layout = #nvvm.mma_layout<col>, shape = #nvvm.ld_st_matrix_shape<m = 8, n = 8>}
+// CHECK-NOT:      nvvm.stmatrix
 // CHECK-NOT:      llvm.store
 // CHECK:          nvvm.fence.proxy {kind = #nvvm.proxy_kind<async.shared>, space = #nvvm.shared_space<cta>}
 // CHECK:          nvvm.wgmma.fence.aligned
