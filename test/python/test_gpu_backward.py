@@ -37,17 +37,19 @@ S = 300  # not a multiple of the 128-token tiles
 
 
 def _backward_spec(variant: str, D: int = 64, dtype: str = "bfloat16",
-                   deterministic: bool = False):
-    fwd = zoo.spec(variant, 1, 2, S, D, dtype=dtype)
+                   deterministic: bool = False, length: int | None = None,
+                   target: str = "sm_90a", atomic_dq: bool = False):
+    length = length or S
+    fwd = zoo.spec(variant, 1, 2, length, D, dtype=dtype)
     q_side = []
     if fwd.kv_num_blocks is not None:
-        blocks = -(-S // 128)
+        blocks = -(-length // 128)
         num = torch.empty(1, 1, blocks, dtype=torch.int32, device="meta")
         idx = torch.empty(1, 1, blocks, blocks, dtype=torch.int32, device="meta")
         q_side = [num, idx, num, idx]
     learnable = [i for i, c in enumerate(fwd.captures) if c.elem.startswith("f")]
-    return backward.backward_spec(fwd, q_side, learnable, False, target="sm_90a",
-                                  deterministic=deterministic)
+    return backward.backward_spec(fwd, q_side, learnable, False, target=target,
+                                  deterministic=deterministic, atomic_dq=atomic_dq)
 
 
 @needs_ptxas

@@ -115,27 +115,11 @@ def test_wgmma_backward_on_whole_tiles(variant, monkeypatch):
     assert "ld.global.v2.b32" in ptx
 
 
-def _atomic_dq_spec(variant, D, S_, **kw):
-    import torch
-    from flexattn_mlir.compiler import backward
-    from flexattn_mlir.examples import zoo
-
-    fwd = zoo.spec(variant, 1, 2, S_, D, dtype="bfloat16")
-    q_side = []
-    if fwd.kv_num_blocks is not None:
-        blocks = -(-S_ // 128)
-        num = torch.empty(1, 1, blocks, dtype=torch.int32, device="meta")
-        idx = torch.empty(1, 1, blocks, blocks, dtype=torch.int32, device="meta")
-        q_side = [num, idx, num, idx]
-    learnable = [i for i, c in enumerate(fwd.captures) if c.elem.startswith("f")]
-    return backward.backward_spec(fwd, q_side, learnable, False, **kw)
-
-
 def test_atomic_dq_rule():
     """backward_atomic_dq asks for dq in f32 only where the dk/dv tiles can
     add into it: sm_90a, no capture gradients, not deterministic."""
     def f32(variant="causal", **kw):
-        spec = _atomic_dq_spec(variant, 64, 256, **kw)
+        spec = _backward_spec(variant, 64, length=256, **kw)
         return spec.dq_f32 and dict(spec.arguments())["dq"].elem == "f32"
 
     assert f32(target="sm_90a", atomic_dq=True)
@@ -156,7 +140,7 @@ def test_atomic_dq_backward(D, S_):
     launcher zeroes, by one bulk reduction per staging slot; without spills
     on whole tiles (a tile crossing M or N, at S = 300, spills at D = 128:
     64-row chunks beside the selects)."""
-    spec = _atomic_dq_spec("causal", D, S_, target="sm_90a", atomic_dq=True)
+    spec = _backward_spec("causal", D, length=S_, atomic_dq=True)
     md = fm.compile(spec, replace(WGMMA, backward_atomic_dq=True)).metadata
     launch, ptx, res = md["launch"], md["ptx"], md["resources"]
     tiles = -(-S_ // 128)
