@@ -273,9 +273,9 @@ LogicalResult BulkReduceAddOp::verify() {
   auto dst = cast<MemRefType>(getDst().getType());
   if (!tile.getElementType().isF32() || !dst.getElementType().isF32() ||
       dst.getRank() != 4 || dst.getDimSize(3) != tile.getCols() ||
-      !dst.getLayout().isIdentity())
+      dst.isDynamicDim(1) || !dst.getLayout().isIdentity())
     return emitOpError() << "adds an f32 tile into a [B, H, rows, cols] f32 memref (identity "
-                            "layout) of the tile's columns, got "
+                            "layout, static H) of the tile's columns, got "
                          << tile << " and " << dst;
   return success();
 }

@@ -19,6 +19,10 @@
 //               queries); Pᵀ, dXᵀ per element (unscaledScoreGradient: P's
 //               exponent one fma, dX without the scale); dV += Pᵀ dout,
 //               dK += dXᵀ Q (register A)
+//               With dq_sum (flexattn-atomic-dq, no dq steps): dXᵀ stored
+//               transposed to shared memory, dQ = dX K (wgmma from shared
+//               memory) issued with dV and dK, staged in f32 and added into
+//               dq_sum by one bulk reduction per chunk
 //   dq step     per 64-key chunk: copy K, V; S = Q Kᵀ, dP = dout Vᵀ; dX per
 //               element (capture gradients: f32 atomics); dQ += dX K
 //   store_tile  the thread's accumulator elements (dK, dQ times the scale),

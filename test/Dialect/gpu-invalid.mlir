@@ -408,3 +408,19 @@ func.func @frag_store_type(%f: vector<32xf16>, %t: !flexattn.smem_tile<64x64xbf1
   flexattn.frag.store %f, %t : vector<32xf16>, !flexattn.smem_tile<64x64xbf16>
   return
 }
+
+// -----
+
+func.func @bulk_reduce_columns(%t: !flexattn.smem_tile<64x128xf32>, %d: memref<1x2x64x64xf32>, %i: index, %n: i32) {
+  // expected-error @+1 {{adds an f32 tile into a [B, H, rows, cols] f32 memref (identity layout, static H) of the tile's columns, got '!flexattn.smem_tile<64x128xf32>' and 'memref<1x2x64x64xf32>'}}
+  flexattn.bulk.reduce_add %t, %d[%i, %i, %i] rows(%n) : !flexattn.smem_tile<64x128xf32>, memref<1x2x64x64xf32>
+  return
+}
+
+// -----
+
+func.func @frag_stage_type(%f: vector<32xf32>, %t: !flexattn.smem_tile<64x64xbf16>, %i: index) {
+  // expected-error @+1 {{an f32 fragment of a 64-row band (N / 2 per thread) into a 64-row f32 tile of at least N columns, got 'vector<32xf32>' and '!flexattn.smem_tile<64x64xbf16>'}}
+  flexattn.frag.stage %f, %t[%i] : vector<32xf32>, !flexattn.smem_tile<64x64xbf16>
+  return
+}

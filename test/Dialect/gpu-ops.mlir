@@ -101,3 +101,23 @@ func.func @finalize_sinks_max_scores(%o: vector<64xf32>, %m: vector<2xf32>, %l: 
       max_scores(%mx : memref<1x2x300xf32>) at(%i, %i, %i, %i) : vector<64xf32>, vector<2xf32>
   return
 }
+
+// -----
+
+// The atomic dQ's ops (flexattn-lower-backward-mma with dq_sum) round-trip.
+// CHECK-LABEL: func.func @atomic_dq_ops(
+// CHECK:         flexattn.frag.store %{{.*}}, %{{.*}} {transpose} : vector<32xbf16>, !flexattn.smem_tile<64x64xbf16>
+// CHECK:         flexattn.smem_tile.panel %{{.*}}[%{{.*}}, %{{.*}}] : !flexattn.smem_tile<128x128xbf16> to !flexattn.smem_tile<64x64xbf16>
+// CHECK:         flexattn.frag.stage %{{.*}}, %{{.*}}[%{{.*}}] : vector<32xf32>, !flexattn.smem_tile<64x128xf32>
+// CHECK:         flexattn.bulk.wait_read
+// CHECK:         flexattn.bulk.reduce_add %{{.*}}, %{{.*}}[%{{.*}}, %{{.*}}, %{{.*}}] rows(%{{.*}}) : !flexattn.smem_tile<64x128xf32>, memref<1x2x64x128xf32>
+func.func @atomic_dq_ops(%dx: vector<32xbf16>, %s: !flexattn.smem_tile<64x64xbf16>, %k: !flexattn.smem_tile<128x128xbf16>,
+                         %dq: vector<32xf32>, %stage: !flexattn.smem_tile<64x128xf32>, %out: memref<1x2x64x128xf32>,
+                         %i: index, %n: i32) {
+  flexattn.frag.store %dx, %s {transpose} : vector<32xbf16>, !flexattn.smem_tile<64x64xbf16>
+  %p = flexattn.smem_tile.panel %k[%i, %i] : !flexattn.smem_tile<128x128xbf16> to !flexattn.smem_tile<64x64xbf16>
+  flexattn.frag.stage %dq, %stage[%i] : vector<32xf32>, !flexattn.smem_tile<64x128xf32>
+  flexattn.bulk.wait_read
+  flexattn.bulk.reduce_add %stage, %out[%i, %i, %i] rows(%n) : !flexattn.smem_tile<64x128xf32>, memref<1x2x64x128xf32>
+  return
+}
