@@ -71,7 +71,8 @@ class CompileOptions:
       adds them per thread into its own slot of a scratch buffer (a
       trailing dim of partial sums) instead of with f32 atomics, and one
       torch reduction sums the slots in a fixed order; dq, dk and dv are
-      deterministic either way (each has one writer), and so is the CPU
+      deterministic either way (each has one writer; ``backward_atomic_dq``
+      gives dq many, and is off in this mode), and so is the CPU
       (its capture gradients accumulate in a fixed order), where the option
       changes nothing.
     backward_wgmma: sm_90a: the tensor-core backward's GEMMs as warpgroup
