@@ -7,6 +7,7 @@
 #include "passes/HopperAsm.h"
 
 #include "mlir/Dialect/LLVMIR/LLVMDialect.h"
+#include "mlir/Dialect/LLVMIR/NVVMDialect.h"
 #include "llvm/Support/FormatVariadic.h"
 
 using namespace mlir;
@@ -33,21 +34,22 @@ std::string tiedConstraints(int64_t n, StringRef kind) {
   return s;
 }
 
-/// An inline asm with side effects returning `n` values of `type`.
+/// An inline asm with side effects returning `n` (maybe 0) values of `type`.
 SmallVector<Value> asmValues(ImplicitLocOpBuilder &b, StringRef text,
                              StringRef constraints, ValueRange operands,
                              Type type, int64_t n) {
   MLIRContext *ctx = b.getContext();
-  Type result = n == 1 ? type
-                       : LLVM::LLVMStructType::getLiteral(
-                             ctx, SmallVector<Type>(n, type));
+  SmallVector<Type> result;
+  if (n)
+    result.push_back(n == 1 ? type
+                            : LLVM::LLVMStructType::getLiteral(ctx, SmallVector<Type>(n, type)));
   auto op = LLVM::InlineAsmOp::create(
-      b, TypeRange{result}, operands, b.getStringAttr(text),
+      b, result, operands, b.getStringAttr(text),
       b.getStringAttr(constraints), b.getUnitAttr(), UnitAttr(),
       LLVM::TailCallKindAttr::get(ctx, LLVM::tailcallkind::TailCallKind::None),
       LLVM::AsmDialectAttr::get(ctx, LLVM::AsmDialect::AD_ATT), ArrayAttr());
-  if (n == 1)
-    return {op.getResult(0)};
+  if (n <= 1)
+    return SmallVector<Value>(op.getResults());
   SmallVector<Value> out;
   for (int64_t i = 0; i < n; ++i)
     out.push_back(LLVM::ExtractValueOp::create(b, op.getResult(0),
@@ -79,4 +81,10 @@ SmallVector<Value> hopper::fenceRegisters(ImplicitLocOpBuilder &b,
   Type type = regs.front().getType();
   return asmValues(b, "", tiedConstraints(regs.size(), type.isF32() ? "f" : "r"),
                    regs, type, regs.size());
+}
+
+void hopper::bulkReduceAddF32(ImplicitLocOpBuilder &b, Value addr, Value src, Value bytes) {
+  asmValues(b, "cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [$0], [$1], $2;",
+            "l,r,r,~{memory}", ValueRange{addr, src, bytes}, Type(), 0);
+  NVVM::CpAsyncBulkCommitGroupOp::create(b);
 }

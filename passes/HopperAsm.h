@@ -6,13 +6,15 @@
 //
 // The only inline PTX of the GPU lowering. Everything else (TMA, mbarriers,
 // wgmma with shared-memory operands, fences, setmaxnreg, named barriers)
-// is an upstream NVVM op; these two have none in the MLIR 22 wheel:
+// is an upstream NVVM op; these three have none in the MLIR 22 wheel:
 //
 //  - wgmma with A in registers: nvvm.wgmma.mma_async takes two descriptors,
 //    and nvvm.inline_ptx cannot tie the accumulator operands in MLIR 22;
 //  - an operand fence: an empty asm that takes and returns registers, so the
 //    compiler keeps them intact (and reads results) only after a
-//    wgmma.wait_group, which LLVM does not know writes them.
+//    wgmma.wait_group, which LLVM does not know writes them;
+//  - a bulk reduction of contiguous bytes (cp.reduce.async.bulk without a
+//    tensor map): NVVM has the tensor form only.
 //
 //===----------------------------------------------------------------------===//
 
@@ -35,6 +37,12 @@ SmallVector<Value> wgmmaRegisterA(ImplicitLocOpBuilder &b, ArrayRef<Value> acc,
 /// Returns `regs` (all f32 or all i32) through an empty asm with tied
 /// operands: CUTLASS's warpgroup_fence_operand. Emits no instruction.
 SmallVector<Value> fenceRegisters(ImplicitLocOpBuilder &b, ArrayRef<Value> regs);
+
+/// global[addr, addr + bytes) += shared[src, src + bytes) in f32, by the
+/// executing thread: cp.reduce.async.bulk.global.shared::cta.bulk_group
+/// .add.f32 (`addr` i64, `src` and `bytes` i32, a multiple of 16), then its
+/// commit as a bulk group.
+void bulkReduceAddF32(ImplicitLocOpBuilder &b, Value addr, Value src, Value bytes);
 
 } // namespace mlir::flexattn::hopper
 

@@ -358,7 +358,7 @@ void Lowering::addDq(BackwardStepOp op, Value row0,
   bool slotPerGroup = bands == 2 && panels == 1;
   Type f32 = b.getF32Type();
   Value group = arith::DivUIOp::create(b, tid, idx(kGroup));
-  Value group32 = arith::IndexCastOp::create(b, b.getI32Type(), group);
+  Value group32 = bandNo();
   Value reducer = arith::CmpIOp::create(
       b, arith::CmpIPredicate::eq, slotPerGroup ? arith::RemUIOp::create(b, tid, idx(kGroup)) : tid,
       idx(0));

@@ -69,6 +69,7 @@
 //
 //===----------------------------------------------------------------------===//
 
+#include "passes/HopperAsm.h"
 #include "passes/PrefetchLoads.h"
 #include "passes/Wgmma.h"
 
@@ -292,6 +293,13 @@ struct Lowering : SharedTiles {
   LogicalResult lowerCopy(RingCopyOp op);
   void lowerAcquire(RingAcquireOp op);
   LogicalResult lowerMma(MmaOp op);
+  /// fence.proxy.async.shared::cta: this thread's shared-memory writes
+  /// become visible to the async proxy (wgmma, bulk copies) after a barrier.
+  void fenceAsyncShared() {
+    NVVM::FenceProxyOp::create(
+        b, NVVM::ProxyKindAttr::get(b.getContext(), NVVM::ProxyKind::async_shared),
+        NVVM::SharedSpaceAttr::get(b.getContext(), NVVM::SharedSpace::shared_cta));
+  }
   void lowerFragStore(FragStoreOp op);
   void lowerFragStage(FragStageOp op);
   void lowerBulkReduceAdd(BulkReduceAddOp op);
@@ -487,9 +495,7 @@ LogicalResult Lowering::lower(Operation *op) {
       return success();
     NVVM::CpAsyncWaitGroupOp::create(b, *wait.getInFlight());
     if (wgmma)
-      NVVM::FenceProxyOp::create(
-          b, NVVM::ProxyKindAttr::get(b.getContext(), NVVM::ProxyKind::async_shared),
-          NVVM::SharedSpaceAttr::get(b.getContext(), NVVM::SharedSpace::shared_cta));
+      fenceAsyncShared();
     NVVM::Barrier0Op::create(b);
   } else if (auto acquire = dyn_cast<RingAcquireOp>(op)) {
     lowerAcquire(acquire);
@@ -597,23 +603,12 @@ LogicalResult Lowering::lowerMmaF32(MmaOp op) {
 
 /// The thread's fragment elements (e = 4 j + 2 h + q: row 16 warp + g +
 /// 8 h, column 8 j + 2 t + q) at their places of the tile: a 32-bit store
-/// per column pair, or with `transpose` a 16-bit store per element (row and
-/// column swapped). The addresses are the thread's base plus constants in
-/// j (LLVM folds (8 j + x) % 8 to x). On sm_90a the async-proxy fence
-/// follows, so a wgmma reads the stores after a barrier.
+/// per column pair, or with `transpose` stmatrix .trans (row and column
+/// swapped). On sm_90a the async-proxy fence follows, so a wgmma reads the
+/// stores after a barrier.
 void Lowering::lowerFragStore(FragStoreOp op) {
   SmemTileType type = op.getTile().getType();
   Value tile = tiles.at(op.getTile());
-  SmallVector<Value> x = elements(op.getValue());
-  auto addrOf = [&](Value row, Value col) { // 16-bit element (row, col)
-    Value chunk = arith::DivUIOp::create(b, col, i32(8));
-    Value swz = arith::XOrIOp::create(b, arith::RemUIOp::create(b, chunk, i32(8)),
-                                      arith::RemUIOp::create(b, row, i32(8)));
-    Value a = add(tile, mul(arith::DivUIOp::create(b, chunk, i32(8)),
-                            type.getRows() * kSwizzleBytes));
-    a = add(a, add(mul(row, kSwizzleBytes), mul(swz, kChunk)));
-    return shared(add(a, mul(arith::RemUIOp::create(b, col, i32(8)), 2)));
-  };
   if (op.getTranspose()) {
     // stmatrix .x4 .trans: the 8 x 8 matrices (j, h), (j, h + 1), (j + 1,
     // h), (j + 1, h + 1) of the warp's 16 rows (their pairs are the
@@ -628,8 +623,7 @@ void Lowering::lowerFragStore(FragStoreOp op) {
     Value h = arith::AndIOp::create(b, m, i32(1));
     Value row = add(mul(arith::ShRUIOp::create(b, m, i32(1)), 8), k);
     Value chunk = arith::XOrIOp::create(b, add(mul(warp, 2), h), k);
-    Value base = shared(add(tiles.at(op.getTile()),
-                            add(mul(row, kSwizzleBytes), mul(chunk, kChunk))));
+    Value base = shared(add(tile, add(mul(row, kSwizzleBytes), mul(chunk, kChunk))));
     SmallVector<Value> words = pairs(op.getValue());
     for (int64_t j = 0; 2 * j < static_cast<int64_t>(words.size()); j += 2) {
       Value p = LLVM::GEPOp::create(b, base.getType(), b.getI8Type(), base,
@@ -640,6 +634,16 @@ void Lowering::lowerFragStore(FragStoreOp op) {
                                NVVM::LdStMatrixEltType::B16);
     }
   } else {
+    SmallVector<Value> x = elements(op.getValue());
+    auto addrOf = [&](Value row, Value col) { // 16-bit element (row, col)
+      Value chunk = arith::DivUIOp::create(b, col, i32(8));
+      Value swz = arith::XOrIOp::create(b, arith::RemUIOp::create(b, chunk, i32(8)),
+                                        arith::RemUIOp::create(b, row, i32(8)));
+      Value a = add(tile, mul(arith::DivUIOp::create(b, chunk, i32(8)),
+                              type.getRows() * kSwizzleBytes));
+      a = add(a, add(mul(row, kSwizzleBytes), mul(swz, kChunk)));
+      return shared(add(a, mul(arith::RemUIOp::create(b, col, i32(8)), 2)));
+    };
     for (int64_t e = 0; e < static_cast<int64_t>(x.size()); e += 2) {
       int64_t j = e / 4, h = (e / 2) % 2;
       Value r = add(add(mul(warp, 16), g), i32(8 * h));
@@ -649,9 +653,7 @@ void Lowering::lowerFragStore(FragStoreOp op) {
     }
   }
   if (wgmma)
-    NVVM::FenceProxyOp::create(
-        b, NVVM::ProxyKindAttr::get(b.getContext(), NVVM::ProxyKind::async_shared),
-        NVVM::SharedSpaceAttr::get(b.getContext(), NVVM::SharedSpace::shared_cta));
+    fenceAsyncShared();
 }
 
 /// The thread's f32 pairs (row 16 warp + g + 8 h, columns col + 8 j + 2 t)
@@ -673,14 +675,11 @@ void Lowering::lowerFragStage(FragStageOp op) {
       LLVM::StoreOp::create(b, pair, p, /*alignment=*/8);
     }
   }
-  NVVM::FenceProxyOp::create(
-      b, NVVM::ProxyKindAttr::get(b.getContext(), NVVM::ProxyKind::async_shared),
-      NVVM::SharedSpaceAttr::get(b.getContext(), NVVM::SharedSpace::shared_cta));
+  fenceAsyncShared();
 }
 
-/// cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 of `rows`
-/// rows (none where rows <= 0), then its commit. NVVM has the tensor form
-/// only (a tensor map): inline PTX, as flexattn-lower-to-hopper's wgmma.
+/// The bulk reduction of `rows` rows (none where rows <= 0) into dst's rows
+/// from (b, h, row), and its commit (passes/HopperAsm.h).
 void Lowering::lowerBulkReduceAdd(BulkReduceAddOp op) {
   auto dst = cast<MemRefType>(op.getDst().getType());
   int64_t rowBytes = op.getTile().getType().getCols() * 4;
@@ -701,14 +700,7 @@ void Lowering::lowerBulkReduceAdd(BulkReduceAddOp op) {
   Value addr = arith::AddIOp::create(
       b, i64(memref::ExtractAlignedPointerAsIndexOp::create(b, op.getDst())),
       arith::MulIOp::create(b, i64(row), arith::ConstantIntOp::create(b, rowBytes, 64)));
-  MLIRContext *ctx = b.getContext();
-  LLVM::InlineAsmOp::create(
-      b, TypeRange{}, ValueRange{addr, tiles.at(op.getTile()), mul(rows, rowBytes)},
-      b.getStringAttr("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [$0], [$1], $2;"),
-      b.getStringAttr("l,r,r,~{memory}"), b.getUnitAttr(), UnitAttr(),
-      LLVM::TailCallKindAttr::get(ctx, LLVM::tailcallkind::TailCallKind::None),
-      LLVM::AsmDialectAttr::get(ctx, LLVM::AsmDialect::AD_ATT), ArrayAttr());
-  NVVM::CpAsyncBulkCommitGroupOp::create(b);
+  hopper::bulkReduceAddF32(b, addr, tiles.at(op.getTile()), mul(rows, rowBytes));
 }
 
 LogicalResult Lowering::lowerMma(MmaOp op) {

@@ -21,6 +21,18 @@ func.func @backward_plain(%q: memref<1x4x100x16xf32>, %k: memref<1x2x80x16xf32>,
   return
 }
 
+// An f32 dq beside bf16 q (the caller converts it: the GPU's atomic dQ).
+// CHECK-LABEL: func.func @backward_f32_dq(
+// CHECK:         grads(%{{[a-z0-9_]+}}, %{{[a-z0-9_]+}}, %{{[a-z0-9_]+}} : memref<1x2x64x16xf32>, memref<1x2x64x16xbf16>, memref<1x2x64x16xbf16>)
+func.func @backward_f32_dq(%q: memref<1x2x64x16xbf16>, %o: memref<1x2x64x16xbf16>, %lse: memref<1x2x64xf32>,
+                           %dq: memref<1x2x64x16xf32>) {
+  flexattn.attention_backward ins(%q, %q, %q : memref<1x2x64x16xbf16>, memref<1x2x64x16xbf16>, memref<1x2x64x16xbf16>)
+      out(%o : memref<1x2x64x16xbf16>) dout(%o : memref<1x2x64x16xbf16>) lse(%lse : memref<1x2x64xf32>)
+      grads(%dq, %q, %q : memref<1x2x64x16xf32>, memref<1x2x64x16xbf16>, memref<1x2x64x16xbf16>)
+      attributes {scale = 0.25 : f32}
+  return
+}
+
 // The sinks' gradient.
 // CHECK-LABEL: func.func @backward_sinks(
 // CHECK:         flexattn.attention_backward ins({{[^)]*}}) out({{[^)]*}}) dout({{[^)]*}}) lse({{[^)]*}}) sinks(%{{[a-z0-9_]+}}, %{{[a-z0-9_]+}} : memref<4xf32>, memref<4xf32>) grads({{[^)]*}}) attributes {scale = 2.500000e-01 : f32}{{ *$}}

@@ -25,6 +25,15 @@ func.func @f(%q: memref<1x2x64x16xf32>, %o: memref<1x2x64x16xf32>, %l: memref<1x
 
 // -----
 
+// dq may be f32 beside a 16-bit q (the GPU's atomic dQ), of q's shape.
+func.func @f(%q: memref<1x2x64x16xbf16>, %o: memref<1x2x64x16xbf16>, %l: memref<1x2x64xf32>, %d: memref<1x2x64x16xf16>) {
+  // expected-error @+1 {{'flexattn.attention_backward' op dq must have the type of q ('memref<1x2x64x16xbf16>') or its shape in f32, got 'memref<1x2x64x16xf16>'}}
+  flexattn.attention_backward ins(%q, %q, %q : memref<1x2x64x16xbf16>, memref<1x2x64x16xbf16>, memref<1x2x64x16xbf16>) out(%o : memref<1x2x64x16xbf16>)
+      dout(%o : memref<1x2x64x16xbf16>) lse(%l : memref<1x2x64xf32>) grads(%d, %q, %q : memref<1x2x64x16xf16>, memref<1x2x64x16xbf16>, memref<1x2x64x16xbf16>)
+      attributes {scale = 1.0 : f32}
+  return
+}
+
 func.func @f(%q: memref<1x2x64x16xf32>, %o: memref<1x2x64x16xf32>, %l: memref<1x2x64xf32>, %d: memref<1x2x64x16xf16>) {
   // expected-error @+1 {{'flexattn.attention_backward' op dk must have the type of k ('memref<1x2x64x16xf32>'), got 'memref<1x2x64x16xf16>'}}
   flexattn.attention_backward ins(%q, %q, %q : memref<1x2x64x16xf32>, memref<1x2x64x16xf32>, memref<1x2x64x16xf32>) out(%o : memref<1x2x64x16xf32>)
