@@ -62,6 +62,7 @@ def compile_all(out: str, only: str | None, device_cc: tuple[int, int] = (9, 0),
 
     import flexattn_mlir as fm
     from flexattn_mlir.compiler import backward
+    from flexattn_mlir.compiler.delta import delta_spec
 
     os.makedirs(out, exist_ok=True)
     items, manifest, fwd_of = [], {}, {}
@@ -88,8 +89,13 @@ def compile_all(out: str, only: str | None, device_cc: tuple[int, int] = (9, 0),
         fwd = fwd_of.setdefault(spec.digest(), f"{name}.fwd") if name.startswith("bench") else None
         if fwd == f"{name}.fwd":
             items.append((fwd, spec, opts))
+        dspec = delta_spec(spec.out.shape, spec.out.elem, False)  # the backward's delta
+        dname = fwd_of.setdefault(dspec.digest(), f"{name}.delta")
+        if dname == f"{name}.delta":
+            items.append((dname, dspec, fm.CompileOptions(target="sm_90a")))
         torch.save([c.contiguous() for c in captures], os.path.join(out, f"{name}.captures.pt"))
-        manifest[name] = (*case[:-1], {"grad_captures": grad, "deterministic": det, "fwd": fwd})
+        manifest[name] = (*case[:-1], {"grad_captures": grad, "deterministic": det, "fwd": fwd,
+                                       "delta": dname})
     gpu_suite.write_artifacts(items, manifest, out, device_cc)
 
 
@@ -111,10 +117,12 @@ def _rel(a, b) -> float:
 class Ours:
     """Our kernels of a case: the backward (and the forward for benchmarks)."""
 
-    def __init__(self, store, keys, name, caps, dev, grad_captures=(), fwd=None):
+    def __init__(self, store, keys, name, caps, dev, grad_captures=(), fwd=None, delta=None):
         import torch
 
         self.bwd = store.get(keys[f"{name}.bwd"])
+        # Our delta kernel (artifacts compiled before it: torch's reduction).
+        self.delta = store.get(keys[delta]) if delta in keys else None
         fwd = fwd or f"{name}.fwd"
         self.fwd = store.get(keys[fwd]) if fwd in keys else None
         self.caps = [c.to(dev) for c in caps]
@@ -131,8 +139,12 @@ class Ours:
 
     def backward(self, q, k, v, out, lse, dout, bm, poison=False):
         torch = self.torch
-        args = dict(q=q, k=k, v=v, out=out, dout=dout, lse=lse,
-                    delta=torch.einsum("bhmd,bhmd->bhm", dout.float(), out.float()).contiguous())
+        if self.delta is not None:
+            d = torch.empty(out.shape[:3], dtype=torch.float32, device=q.device)
+            self.delta(dout=dout, out=out, delta=d)
+        else:
+            d = torch.einsum("bhmd,bhmd->bhm", dout.float(), out.float()).contiguous()
+        args = dict(q=q, k=k, v=v, out=out, dout=dout, lse=lse, delta=d)
         fill = (lambda t: torch.full_like(t, float("nan"))) if poison else torch.empty_like
         args.update(dq=fill(q), dk=fill(k), dv=fill(v), **self.mask_args(bm))
         dtypes = {a.name: a.dtype for a in self.bwd.metadata.arguments}
@@ -246,7 +258,7 @@ def run_checks(store, keys, cases, artifacts, results, only, ours_only, dev, sav
         results["checks"].append(row)
         try:
             ours = Ours(store, keys, name, torch.load(os.path.join(artifacts, f"{name}.captures.pt")),
-                        dev, over["grad_captures"], over.get("fwd"))
+                        dev, over["grad_captures"], over.get("fwd"), over.get("delta"))
             learn = _float_captures(score_mod) if score_mod else []
             # out and lse of the forward in the input dtype (torch flex, eager).
             ref_out, ref_lse, _ = _reference_or_dense(row, zoo, variant, q, k, v, dout, score_mod,
@@ -257,6 +269,12 @@ def run_checks(store, keys, cases, artifacts, results, only, ours_only, dev, sav
             mine = [got["dq"], got["dk"], got["dv"]] + [
                 got[f"capture_grad{i}"] for i in range(len(over["grad_captures"]))]
             row["written"] = not any(bool(torch.isnan(g).any()) for g in mine[:3])
+            if ours.delta is not None:  # our delta kernel against float64
+                o64 = ref_out.to(q.dtype).double()
+                want = (dout.double() * o64).sum(-1)
+                row["delta_err"] = float((got["delta"].double() - want).abs().max()
+                                         / (dout.double().abs() * o64.abs()).sum(-1).max())
+                row["written"] = row["written"] and row["delta_err"] < 1e-6
             if over.get("deterministic"):  # a second run, bitwise the same
                 again = ours.backward(q, k, v, ref_out.to(q.dtype).contiguous(),
                                       ref_lse.float().contiguous(), dout, bm, poison=True)
@@ -330,7 +348,7 @@ def run_bench(store, keys, cases, artifacts, results, only, reps, peers, dev, sa
         results["bench"].append(row)
         try:
             ours = Ours(store, keys, name, torch.load(os.path.join(artifacts, f"{name}.captures.pt")),
-                        dev, over["grad_captures"], over.get("fwd"))
+                        dev, over["grad_captures"], over.get("fwd"), over.get("delta"))
 
             def ours_step():
                 out, lse = ours.forward(q, k, v, bm)

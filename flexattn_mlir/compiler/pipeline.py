@@ -85,6 +85,9 @@ class Backend:
     forward, backward: ``opts -> {stage name: Stage}``, the stages after the
       ``flexattn`` module; ``backward`` None: no backward kernel on this
       target.
+    delta: the stages of the backward's preprocessing kernel
+      (:class:`~flexattn_mlir.compiler.delta.DeltaSpec`; None: the backward
+      reads no precomputed delta on this target).
     finish: ``(module, spec, opts) -> metadata``; None: the module is the
       result (the CPU's LLVM dialect, JIT-compiled by the runner)."""
 
@@ -92,10 +95,16 @@ class Backend:
     targets: tuple[str, ...]
     forward: Callable[[CompileOptions], dict[str, Stage]]
     backward: Optional[Callable[[CompileOptions], dict[str, Stage]]] = None
+    delta: Optional[Callable[[CompileOptions], dict[str, Stage]]] = None
     finish: Optional[Callable[..., dict]] = None
 
     def stages(self, kind: str, opts: CompileOptions) -> dict[str, Stage]:
-        """The stage table of a ``kind`` (``"forward"`` / ``"backward"``) kernel."""
+        """The stage table of a ``kind`` (``"forward"`` / ``"backward"`` /
+        ``"delta"``) kernel."""
+        if kind == "delta":
+            if self.delta is None:
+                raise NotImplementedError(f"no delta kernel on {opts.target}")
+            return self.delta(opts)
         if kind == "backward":
             if self.backward is None:
                 raise NotImplementedError(

@@ -40,9 +40,11 @@ import torch
 from .. import frontend
 from ..compiler import backward, cache, targets
 from ..compiler.backward import BackwardSpec
+from ..compiler.delta import delta_spec
 from ..compiler.mods import ModIR
 from ..compiler.options import CompileOptions
 from ..compiler.pipeline import CompilationError
+from ..compiler.spec import TORCH_TO_MLIR
 from ..frontend.capture import _global_names
 from ..masks import index_checks, is_noop
 from ..masks.block_mask import _transpose_ordered
@@ -183,26 +185,25 @@ def backward_kernel(spec: BackwardSpec, options: CompileOptions):
         raise _compile_error(err, spec.label) from None
 
 
-_warned_gpu_backward = False
-
-
-def _warn_slow_gpu_backward() -> None:
-    """Once per process: the GPU backward is correct but not yet as fast as
-    torch flex's."""
-    global _warned_gpu_backward
-    if not _warned_gpu_backward:
-        _warned_gpu_backward = True
-        import warnings
-
-        warnings.warn("flex_attention: the GPU backward (FlashAttention-2's shape; wgmma on "
-                      "sm_90a) runs at about 0.6-0.7x torch flex's Triton backward on Hopper "
-                      "(docs/training.md, 'What limits it')", stacklevel=3)
-
-
-def delta(out: torch.Tensor, dout: torch.Tensor,
-          dlse: Optional[torch.Tensor] = None) -> torch.Tensor:
+def delta(out: torch.Tensor, dout: torch.Tensor, dlse: Optional[torch.Tensor] = None,
+          target: Optional[str] = None) -> torch.Tensor:
     """``rowsum(dout * out) - dlse`` in float32, ``[B, H, M]``: the backward's
-    preprocessing (FlashAttention-2's D), one torch reduction."""
+    preprocessing (FlashAttention-2's D). On a GPU ``target`` our delta
+    kernel (:class:`~flexattn_mlir.compiler.delta.DeltaSpec`: each element
+    read once) where it applies, else one torch reduction over float32
+    copies (seven times the bytes)."""
+    spec = None
+    if target is not None and out.is_cuda:
+        spec = delta_spec(out.shape, TORCH_TO_MLIR.get(str(out.dtype).removeprefix("torch."), ""),
+                          dlse is not None)
+    if spec is not None:
+        args = [dout.contiguous(), out.contiguous()]
+        if dlse is not None:
+            args.append(dlse.float().contiguous())
+        if all(t.data_ptr() % 16 == 0 for t in args):  # its 16-byte vector loads
+            d = torch.empty(out.shape[:3], dtype=torch.float32, device=out.device)
+            kernel_for(spec, CompileOptions(target=target))(args + [d])
+            return d
     d = torch.einsum("bhmd,bhmd->bhm", dout.float(), out.float())
     return (d - dlse.float() if dlse is not None else d).contiguous()
 
@@ -237,8 +238,8 @@ def attention_backward(spec: BackwardSpec, options: CompileOptions, tensors: dic
         args.append(tensors["dlse"].contiguous())
     d = None
     if spec.delta_input:
-        _warn_slow_gpu_backward()
-        d = delta(tensors["out"], tensors["dout"], tensors["dlse"] if spec.has_dlse else None)
+        d = delta(tensors["out"], tensors["dout"], tensors["dlse"] if spec.has_dlse else None,
+                  options.target)
         args.append(d)
     sinks, dsinks = tensors.get("sinks"), None
     if spec.sink_grad:

@@ -405,6 +405,18 @@ def backward_stages(opts: CompileOptions) -> dict:
             "kernel": make_backward_kernel, "nvvm": make_nvvm, "ptx": make_ptx}
 
 
+def make_delta_kernel(mod: ir.Module, opts: CompileOptions) -> None:
+    run_pipeline(mod, ["gpu-kernel-outlining", "canonicalize", "cse"], "kernel")
+
+
+def delta_stages(opts: CompileOptions) -> dict:
+    """The stages of the backward's preprocessing kernel
+    (:class:`~flexattn_mlir.compiler.delta.DeltaSpec`, built in upstream
+    dialects): outlined, lowered to NVVM, assembled."""
+    targets.target(opts.target)
+    return {"kernel": make_delta_kernel, "nvvm": make_nvvm, "ptx": make_ptx}
+
+
 def _ptx_of(mod: ir.Module) -> str:
     for op in mod.body.operations:
         if op.operation.name == "gpu.binary":
@@ -502,7 +514,8 @@ def launch_metadata(mod: ir.Module, spec: AttentionSpec, opts: CompileOptions) -
         "params": params,
         "arguments": arguments,
         "outputs": outputs,
-        "spec": {"scale": forward.scale, "block_size": forward.block_size,
+        "spec": {"scale": getattr(forward, "scale", None),
+                 "block_size": getattr(forward, "block_size", None),
                  "compiler": cache.compiler_version(), "zero_init": zero_init},
     }
 
@@ -565,4 +578,4 @@ def current_capability() -> tuple[int, int] | None:
     return tuple(torch.cuda.get_device_capability()) if torch.cuda.is_available() else None
 
 
-BACKEND = Backend("gpu", targets.gpu_targets(), stages, backward_stages, finish)
+BACKEND = Backend("gpu", targets.gpu_targets(), stages, backward_stages, delta_stages, finish)
