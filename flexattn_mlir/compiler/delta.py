@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from mlir import ir
+from mlir.dialects import arith, func, gpu, memref, scf, vector
 
 from .spec import BufferType
 
@@ -85,78 +86,67 @@ class DeltaSpec:
 
     def build(self) -> ir.Module:
         """The module: ``func.func @backward_delta`` launching the kernel
-        (in the current context)."""
-        return ir.Module.parse(self.text())
-
-    def text(self) -> str:
+        (in the current context; built with the bindings)."""
         b, h, m, dv = self.out.shape
-        rows, vec, lanes, elem = self.rows, self.vector, self.lanes, self.out.elem
+        rows, vec, lanes = self.rows, self.vector, self.lanes
         per_block = THREADS // lanes
-        grid = -(-rows // per_block)
-        t4 = f"memref<{b}x{h}x{m}x{dv}x{elem}>"
-        t3 = f"memref<{b}x{h}x{m}xf32>"
-        flat2, flat1 = f"memref<{rows}x{dv}x{elem}>", f"memref<{rows}xf32>"
-        vt = f"vector<{vec}x{elem}>"
-        vf = f"vector<{vec}xf32>"
-        dlse_arg = f", %dlse: {t3}" if self.has_dlse else ""
-        load = (f"%{{n}}v = vector.load %{{n}}2[%row, %col] {{{{alignment = 16 : i64}}}} : {flat2}, {vt}\n"
-                + ("" if elem == "f32" else f"        %{{n}}f = arith.extf %{{n}}v : {vt} to {vf}\n"))
-        val = (lambda n: f"%{n}v") if elem == "f32" else (lambda n: f"%{n}f")
-        shuffles, total = [], "%part"
-        width = lanes // 2
-        while width >= 1:
-            shuffles.append(
-                f"        %o{width}, %ok{width} = gpu.shuffle xor {total}, %c{width}_i32, %c32_i32 : f32\n"
-                f"        %s{width} = arith.addf {total}, %o{width} : f32\n")
-            total = f"%s{width}"
-            width //= 2
-        consts = "".join(f"        %c{w}_i32 = arith.constant {w} : i32\n"
-                         for w in sorted({1 << i for i in range(max(lanes.bit_length() - 1, 0))} | {32}))
-        sub = (f"        %dl = memref.collapse_shape %dlse [[0, 1, 2]] : {t3} into {flat1}\n"
-               f"        %lse = memref.load %dl[%row] : {flat1}\n"
-               f"        %res = arith.subf {total}, %lse : f32\n") if self.has_dlse else ""
-        res = "%res" if self.has_dlse else total
-        return f"""
-module {{
-  func.func @{self.name}(%dout: {t4}, %out: {t4}{dlse_arg}, %delta: {t3}) {{
-    %one = arith.constant 1 : index
-    %grid = arith.constant {grid} : index
-    %threads = arith.constant {THREADS} : index
-    gpu.launch blocks(%bx, %by, %bz) in (%gx = %grid, %gy = %one, %gz = %one)
-               threads(%tx, %ty, %tz) in (%sx = %threads, %sy = %one, %sz = %one) {{
-        %lanes = arith.constant {lanes} : index
-        %per_block = arith.constant {per_block} : index
-        %vec = arith.constant {vec} : index
-        %last = arith.constant {rows - 1} : index
-        %dv = arith.constant {dv} : index
-        %zero = arith.constant 0 : index
-        %zf = arith.constant 0.0 : f32
-{consts}        %lane = arith.remui %tx, %lanes : index
-        %in_block = arith.divui %tx, %lanes : index
-        %base = arith.muli %bx, %per_block : index
-        %row_raw = arith.addi %base, %in_block : index
-        %row = arith.minui %row_raw, %last : index
-        %col_raw = arith.muli %lane, %vec : index
-        %has_col = arith.cmpi ult, %col_raw, %dv : index
-        %col = arith.select %has_col, %col_raw, %zero : index
-        %dout2 = memref.collapse_shape %dout [[0, 1, 2], [3]] : {t4} into {flat2}
-        %out2 = memref.collapse_shape %out [[0, 1, 2], [3]] : {t4} into {flat2}
-        {load.format(n="dout")}        {load.format(n="out")}        %prod = arith.mulf {val("dout")}, {val("out")} : {vf}
-        %sum = vector.reduction <add>, %prod : {vf} into f32
-        %part = arith.select %has_col, %sum, %zf : f32
-{"".join(shuffles)}{sub}        %first = arith.cmpi eq, %lane, %zero : index
-        %inside = arith.cmpi eq, %row, %row_raw : index
-        %write = arith.andi %first, %inside : i1
-        scf.if %write {{
-          %d1 = memref.collapse_shape %delta [[0, 1, 2]] : {t3} into {flat1}
-          memref.store {res}, %d1[%row] : {flat1}
-        }}
-        gpu.terminator
-    }}
-    return
-  }}
-}}
-"""
+        elem = ir.Type.parse(self.out.elem)
+        f32, i32 = ir.F32Type.get(), ir.IntegerType.get_signless(32)
+        index = ir.IndexType.get()
+        args = self.arguments()
+        module = ir.Module.create()
+        with ir.InsertionPoint(module.body):
+            fn = func.FuncOp(self.name, ([t.memref_type() for _, t in args], []))
+        entry = fn.add_entry_block()
+        a = dict(zip([n for n, _ in args], entry.arguments))
+
+        def cst(v, t=index):
+            return arith.ConstantOp(t, v).result
+
+        with ir.InsertionPoint(entry):
+            one = cst(1)
+            launch = gpu.LaunchOp((cst(-(-rows // per_block)), one, one), (cst(THREADS), one, one))
+            func.ReturnOp([])
+        body = launch.body.blocks[0]  # the builder made it (ids, counts)
+        bx, tx = body.arguments[0], body.arguments[3]
+        flat2 = ir.MemRefType.get([rows, dv], elem)
+        flat1 = ir.MemRefType.get([rows], f32)
+        with ir.InsertionPoint(body):
+            lane = arith.RemUIOp(tx, cst(lanes)).result
+            row_raw = arith.AddIOp(arith.MulIOp(bx, cst(per_block)).result,
+                                   arith.DivUIOp(tx, cst(lanes)).result).result
+            row = arith.MinUIOp(row_raw, cst(rows - 1)).result  # loads stay inside
+            col_raw = arith.MulIOp(lane, cst(vec)).result
+            has_col = arith.CmpIOp(arith.CmpIPredicate.ult, col_raw, cst(dv)).result
+            col = arith.SelectOp(has_col, col_raw, cst(0)).result
+            vt, vf = ir.VectorType.get([vec], elem), ir.VectorType.get([vec], f32)
+
+            def load(name):
+                flat = memref.CollapseShapeOp(flat2, a[name], [[0, 1, 2], [3]]).result
+                x = vector.LoadOp(vt, flat, [row, col], alignment=16).result  # ld.global.v4
+                return x if self.out.elem == "f32" else arith.ExtFOp(vf, x).result
+
+            prod = arith.MulFOp(load("dout"), load("out")).result
+            part = vector.ReductionOp(f32, vector.CombiningKind.ADD, prod).result
+            total = arith.SelectOp(has_col, part, cst(0.0, f32)).result
+            width = lanes // 2
+            while width >= 1:  # the row's lanes, a butterfly
+                other = gpu.ShuffleOp(total, cst(width, i32), cst(32, i32),
+                                      gpu.ShuffleMode.XOR).results[0]
+                total = arith.AddFOp(total, other).result
+                width //= 2
+            rows_of = lambda name: memref.CollapseShapeOp(flat1, a[name], [[0, 1, 2]]).result
+            if self.has_dlse:
+                total = arith.SubFOp(total, memref.LoadOp(rows_of("dlse"), [row]).result).result
+            write = arith.AndIOp(
+                arith.CmpIOp(arith.CmpIPredicate.eq, lane, cst(0)).result,
+                arith.CmpIOp(arith.CmpIPredicate.eq, row, row_raw).result).result
+            guard = scf.IfOp(write)
+            with ir.InsertionPoint(guard.then_block):
+                memref.StoreOp(total, rows_of("delta"), [row])
+                scf.YieldOp([])
+            gpu.TerminatorOp()
+        return module
 
 
 def delta_spec(out_shape, dtype: str, has_dlse: bool) -> Optional[DeltaSpec]:
