@@ -215,6 +215,7 @@ struct Lowering {
   void addDq(BackwardStepOp op, Value row0, ArrayRef<std::array<Value, 3>> products);
   LogicalResult lowerStep(BackwardStepOp op);
   void lowerStore(StoreTileOp op);
+  SmallVector<Value> quadTranspose(ArrayRef<Value> w);
 
   /// The thread's partial slot of the dq tile (b, h, q0): tiles in (b, h,
   /// Q tile) order, threads() slots each. In i32 (fewer than 2^30 slots:
@@ -591,10 +592,17 @@ LogicalResult Lowering::lowerStep(BackwardStepOp op) {
   return success();
 }
 
-/// dst[b, h, row0 + r, c] = acc[r, c] for the thread's elements (pairs of
-/// adjacent columns) of rows inside dst.
+/// dst[b, h, row0 + r, c] = acc[r, c] for the rows inside dst. A thread
+/// holds pairs of adjacent columns (2 q + 8 j, q = lane % 4) of two rows,
+/// the quad's four lanes each row's 8 columns of every j: with 16-bit
+/// elements each 4 j's four pairs are transposed across the quad
+/// (quadTranspose), so that lane q stores 8 adjacent columns (of j = 4 g +
+/// q) with one 16-byte store, a quarter of the pair stores' requests (the
+/// runtime aligns the tensors to 16 bytes and D to 32 columns here); f32
+/// tiles store their pairs.
 void Lowering::lowerStore(StoreTileOp op) {
   auto dst = cast<MemRefType>(op.getDst().getType());
+  Type elem = dst.getElementType();
   Value acc = memref::LoadOp::create(b, accs.lookup(op.getAcc()), ValueRange{});
   if (auto scale = scales.find(op.getAcc()); scale != scales.end())
     acc = arith::MulFOp::create(
@@ -602,26 +610,82 @@ void Lowering::lowerStore(StoreTileOp op) {
         arith::ConstantOp::create(
             b, DenseElementsAttr::get(cast<VectorType>(acc.getType()),
                                       b.getF32FloatAttr(scale->second))));
-  auto pair = VectorType::get({2}, dst.getElementType());
+  bool wide = !elem.isF32() && plan.D % 32 == 0;
+  auto pair = VectorType::get({2}, elem);
+  auto pairOf = [&](int64_t h, int64_t j) {
+    SmallVector<Value> two;
+    for (int64_t q = 0; q < 2; ++q) {
+      Value v = vector::ExtractOp::create(b, acc, ArrayRef<int64_t>{4 * j + 2 * h + q});
+      two.push_back(elem.isF32() ? v : arith::TruncFOp::create(b, elem, v).getResult());
+    }
+    return vector::FromElementsOp::create(b, pair, two).getResult();
+  };
   for (int64_t h = 0; h < 2; ++h) {
     Value row = add(op.getRow0(), add(frow, 8 * h));
+    // The quad's shuffles run in every lane (its rows may lie outside).
+    SmallVector<Value> words;
+    if (wide)
+      for (int64_t g = 0; g < plan.D / 32; ++g) {
+        SmallVector<Value> four;
+        for (int64_t j = 4 * g; j < 4 * g + 4; ++j)
+          four.push_back(vector::BitCastOp::create(b, VectorType::get({1}, b.getI32Type()),
+                                                   pairOf(h, j)));
+        llvm::append_range(words, quadTranspose(four));
+      }
     Value inside = arith::CmpIOp::create(b, arith::CmpIPredicate::ult, row,
                                          idx(dst.getDimSize(2)));
     auto branch = scf::IfOp::create(b, inside, /*withElseRegion=*/false);
     OpBuilder::InsertionGuard guard(b);
     b.setInsertionPointToStart(branch.thenBlock());
-    for (int64_t j = 0; j < plan.D / 8; ++j) {
-      SmallVector<Value> two;
-      for (int64_t q = 0; q < 2; ++q) {
-        Value v = vector::ExtractOp::create(b, acc, ArrayRef<int64_t>{4 * j + 2 * h + q});
-        two.push_back(dst.getElementType().isF32()
-                          ? v
-                          : arith::TruncFOp::create(b, dst.getElementType(), v).getResult());
+    if (wide) {
+      // Lane q: columns 8 (4 g + q) .. + 7 = 4 fcol + 32 g.
+      auto eight = VectorType::get({8}, elem);
+      for (int64_t g = 0; g < plan.D / 32; ++g) {
+        Value v = vector::FromElementsOp::create(
+            b, VectorType::get({4}, b.getI32Type()), ArrayRef(words).slice(4 * g, 4));
+        vector::StoreOp::create(b, vector::BitCastOp::create(b, eight, v), op.getDst(),
+                                ValueRange{op.getB(), op.getH(), row,
+                                           add(arith::MulIOp::create(b, fcol, idx(4)), 32 * g)},
+                                /*nontemporal=*/false, llvm::MaybeAlign(16));
       }
-      vector::StoreOp::create(b, vector::FromElementsOp::create(b, pair, two), op.getDst(),
-                              ValueRange{op.getB(), op.getH(), row, add(fcol, 8 * j)});
+      continue;
     }
+    for (int64_t j = 0; j < plan.D / 8; ++j)
+      vector::StoreOp::create(b, pairOf(h, j), op.getDst(),
+                              ValueRange{op.getB(), op.getH(), row, add(fcol, 8 * j)},
+                              /*nontemporal=*/false, llvm::MaybeAlign(2 * elem.getIntOrFloatBitWidth() / 8));
   }
+}
+
+/// The 4 x 4 transpose of 32-bit words across a quad: lane q's four
+/// vector<1xi32> w[j] in, lane q's t[p] = lane p's w[q] out. Two rounds of
+/// shuffles (xor 1, xor 2), each lane sending the two words its partner
+/// needs.
+SmallVector<Value> Lowering::quadTranspose(ArrayRef<Value> w) {
+  Type i32 = b.getI32Type();
+  auto word = [&](Value v) { return vector::ExtractOp::create(b, v, ArrayRef<int64_t>{0}); };
+  SmallVector<Value> a = llvm::map_to_vector(w, [&](Value v) -> Value { return word(v); });
+  auto bit = [&](int64_t mask) { // fcol = 2 q: q's bit 1 is fcol's 2, bit 2 its 4
+    Value m = arith::AndIOp::create(b, fcol, idx(2 * mask));
+    return arith::CmpIOp::create(b, arith::CmpIPredicate::ne, m, idx(0)).getResult();
+  };
+  auto sel = [&](Value c, Value x, Value y) {
+    return arith::SelectOp::create(b, c, x, y).getResult();
+  };
+  auto xorShuffle = [&](Value v, int64_t offset) {
+    return gpu::ShuffleOp::create(b, v, offset, 32, gpu::ShuffleMode::XOR).getShuffleResult();
+  };
+  // Round 1, within pairs of lanes: b = [A[e][o], A[e+1][o], A[e][2+o],
+  // A[e+1][2+o]] (e = q & 2, o = q & 1; A[p][j] = lane p's w[j]).
+  Value odd = bit(1);
+  Value r0 = xorShuffle(sel(odd, a[0], a[1]), 1), r1 = xorShuffle(sel(odd, a[2], a[3]), 1);
+  SmallVector<Value> m = {sel(odd, r0, a[0]), sel(odd, a[1], r0), sel(odd, r1, a[2]),
+                          sel(odd, a[3], r1)};
+  // Round 2, between the pairs.
+  Value hi = bit(2);
+  Value s0 = xorShuffle(sel(hi, m[0], m[2]), 2), s1 = xorShuffle(sel(hi, m[1], m[3]), 2);
+  (void)i32;
+  return {sel(hi, s0, m[0]), sel(hi, s1, m[1]), sel(hi, m[2], s0), sel(hi, m[3], s1)};
 }
 
 /// The dq accumulator tile a store writes, if a dq step accumulates it.

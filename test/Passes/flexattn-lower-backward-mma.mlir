@@ -90,17 +90,22 @@
 // CHECK:                 %[[OLDK:.+]] = memref.load %[[DKACC]][]
 // CHECK:                 flexattn.mma %[[DXT]], %[[QS]], %[[OLDK]]
 // CHECK:                 flexattn.ring.release %[[STRA]]
-// The stores: dK times the scale once (dV as summed), pairs of columns,
-// rows inside dk.
+// The stores: dK times the scale once (dV as summed), each 4 pairs of
+// columns transposed across the quad (two rounds of shuffles, in every
+// lane), then 16-byte stores of 8 columns, rows inside dk.
 // CHECK:             %[[DKSUM:.+]] = memref.load %[[DKACC]][]
 // CHECK:             %[[DKS:.+]] = arith.mulf %[[DKSUM]], %{{.+}} : vector<32xf32>
+// CHECK:             vector.extract %[[DKS]]
+// CHECK:             arith.truncf %{{.+}} : f32 to bf16
+// CHECK:             vector.bitcast %{{.+}} : vector<2xbf16> to vector<1xi32>
+// CHECK-COUNT-2:     gpu.shuffle  xor %{{.+}}, %{{.+}}, %{{.+}} : i32
+// CHECK-COUNT-2:     gpu.shuffle  xor %{{.+}}, %{{.+}}, %{{.+}} : i32
 // CHECK:             scf.if
-// CHECK:               vector.extract %[[DKS]]
-// CHECK:               arith.truncf %{{.+}} : f32 to bf16
-// CHECK:               vector.store %{{.+}}, %[[DK]][%{{.+}}] : memref<1x1x100x64xbf16>, vector<2xbf16>
+// CHECK:               %[[EIGHT:.+]] = vector.bitcast %{{.+}} : vector<4xi32> to vector<8xbf16>
+// CHECK:               vector.store %[[EIGHT]], %[[DK]][%{{.+}}] {alignment = 16 : i64} : memref<1x1x100x64xbf16>, vector<8xbf16>
 // CHECK:             %[[DVSUM:.+]] = memref.load %[[DVACC]][]
 // CHECK-NOT:         arith.mulf %[[DVSUM]]
-// CHECK:             vector.store %{{.+}}, %[[DV]][%{{.+}}] : memref<1x1x100x64xbf16>, vector<2xbf16>
+// CHECK:             vector.store %{{.+}}, %[[DV]][%{{.+}}] {alignment = 16 : i64} : memref<1x1x100x64xbf16>, vector<8xbf16>
 // CHECK:           } else {
 // dq CTA: Q and dout once, then per KV tile K and V; the mods with their
 // derivative and mask; the weight's gradient by f32 atomics.
@@ -134,7 +139,7 @@
 // CHECK:               flexattn.mma %[[DX]], %[[KT]], %[[OLDQ]]
 // CHECK:             %[[DQSUM:.+]] = memref.load %[[DQACC]][]
 // CHECK:             arith.mulf %[[DQSUM]], %{{.+}} : vector<32xf32>
-// CHECK:             vector.store %{{.+}}, %[[DQ]][%{{.+}}] : memref<1x2x100x64xbf16>, vector<2xbf16>
+// CHECK:             vector.store %{{.+}}, %[[DQ]][%{{.+}}] {alignment = 16 : i64} : memref<1x2x100x64xbf16>, vector<8xbf16>
 // CHECK:             memref.atomic_rmw addf %{{.+}}, %[[DW]]
 func.func @two_nests(%q: memref<1x2x100x64xbf16>, %k: memref<1x1x100x64xbf16>, %v: memref<1x1x100x64xbf16>,
                      %do: memref<1x2x100x64xbf16>, %lse: memref<1x2x100xf32>, %delta: memref<1x2x100xf32>,
