@@ -46,6 +46,7 @@
 
 #include "passes/BackwardMath.h"
 #include "passes/Passes.h"
+#include "passes/QuadTranspose.h"
 #include "passes/TileRoles.h"
 
 #include "mlir/IR/Dominance.h"
@@ -215,7 +216,6 @@ struct Lowering {
   void addDq(BackwardStepOp op, Value row0, ArrayRef<std::array<Value, 3>> products);
   LogicalResult lowerStep(BackwardStepOp op);
   void lowerStore(StoreTileOp op);
-  SmallVector<Value> quadTranspose(ArrayRef<Value> w);
 
   /// The thread's partial slot of the dq tile (b, h, q0): tiles in (b, h,
   /// Q tile) order, threads() slots each. In i32 (fewer than 2^30 slots:
@@ -596,8 +596,8 @@ LogicalResult Lowering::lowerStep(BackwardStepOp op) {
 /// holds pairs of adjacent columns (2 q + 8 j, q = lane % 4) of two rows,
 /// the quad's four lanes each row's 8 columns of every j: with 16-bit
 /// elements each 4 j's four pairs are transposed across the quad
-/// (quadTranspose), so that lane q stores 8 adjacent columns (of j = 4 g +
-/// q) with one 16-byte store, a quarter of the pair stores' requests (the
+/// (QuadTranspose.h), so that lane q stores 8 adjacent columns (of j = 4 g
+/// + q) with one 16-byte store, a quarter of the pair stores' requests (the
 /// runtime aligns the tensors to 16 bytes and D to 32 columns here); f32
 /// tiles store their pairs.
 void Lowering::lowerStore(StoreTileOp op) {
@@ -628,9 +628,10 @@ void Lowering::lowerStore(StoreTileOp op) {
       for (int64_t g = 0; g < plan.D / 32; ++g) {
         SmallVector<Value> four;
         for (int64_t j = 4 * g; j < 4 * g + 4; ++j)
-          four.push_back(vector::BitCastOp::create(b, VectorType::get({1}, b.getI32Type()),
-                                                   pairOf(h, j)));
-        llvm::append_range(words, quadTranspose(four));
+          four.push_back(vector::ExtractOp::create(
+              b, vector::BitCastOp::create(b, VectorType::get({1}, b.getI32Type()), pairOf(h, j)),
+              ArrayRef<int64_t>{0}));
+        llvm::append_range(words, quadTranspose(b, fcol, four));
       }
     Value inside = arith::CmpIOp::create(b, arith::CmpIPredicate::ult, row,
                                          idx(dst.getDimSize(2)));
@@ -655,37 +656,6 @@ void Lowering::lowerStore(StoreTileOp op) {
                               ValueRange{op.getB(), op.getH(), row, add(fcol, 8 * j)},
                               /*nontemporal=*/false, llvm::MaybeAlign(2 * elem.getIntOrFloatBitWidth() / 8));
   }
-}
-
-/// The 4 x 4 transpose of 32-bit words across a quad: lane q's four
-/// vector<1xi32> w[j] in, lane q's t[p] = lane p's w[q] out. Two rounds of
-/// shuffles (xor 1, xor 2), each lane sending the two words its partner
-/// needs.
-SmallVector<Value> Lowering::quadTranspose(ArrayRef<Value> w) {
-  Type i32 = b.getI32Type();
-  auto word = [&](Value v) { return vector::ExtractOp::create(b, v, ArrayRef<int64_t>{0}); };
-  SmallVector<Value> a = llvm::map_to_vector(w, [&](Value v) -> Value { return word(v); });
-  auto bit = [&](int64_t mask) { // fcol = 2 q: q's bit 1 is fcol's 2, bit 2 its 4
-    Value m = arith::AndIOp::create(b, fcol, idx(2 * mask));
-    return arith::CmpIOp::create(b, arith::CmpIPredicate::ne, m, idx(0)).getResult();
-  };
-  auto sel = [&](Value c, Value x, Value y) {
-    return arith::SelectOp::create(b, c, x, y).getResult();
-  };
-  auto xorShuffle = [&](Value v, int64_t offset) {
-    return gpu::ShuffleOp::create(b, v, offset, 32, gpu::ShuffleMode::XOR).getShuffleResult();
-  };
-  // Round 1, within pairs of lanes: b = [A[e][o], A[e+1][o], A[e][2+o],
-  // A[e+1][2+o]] (e = q & 2, o = q & 1; A[p][j] = lane p's w[j]).
-  Value odd = bit(1);
-  Value r0 = xorShuffle(sel(odd, a[0], a[1]), 1), r1 = xorShuffle(sel(odd, a[2], a[3]), 1);
-  SmallVector<Value> m = {sel(odd, r0, a[0]), sel(odd, a[1], r0), sel(odd, r1, a[2]),
-                          sel(odd, a[3], r1)};
-  // Round 2, between the pairs.
-  Value hi = bit(2);
-  Value s0 = xorShuffle(sel(hi, m[0], m[2]), 2), s1 = xorShuffle(sel(hi, m[1], m[3]), 2);
-  (void)i32;
-  return {sel(hi, s0, m[0]), sel(hi, s1, m[1]), sel(hi, m[2], s0), sel(hi, m[3], s1)};
 }
 
 /// The dq accumulator tile a store writes, if a dq step accumulates it.

@@ -28,6 +28,7 @@
 
 #include "passes/OnlineSoftmax.h"
 #include "passes/Passes.h"
+#include "passes/QuadTranspose.h"
 
 #include "mlir/Dialect/GPU/IR/GPUDialect.h"
 #include "mlir/Dialect/Math/IR/Math.h"
@@ -402,36 +403,64 @@ LogicalResult lowerFinalize(ImplicitLocOpBuilder &b, FragFinalizeOp op) {
   SmallVector<Value> acc = f.elements(state.acc);
   SmallVector<Value> m = f.elements(state.max), l = f.elements(state.sum);
   SmallVector<Value> scoreMax = f.elements(op.getMax());
+  // 16-bit rows of whole 32-column groups in a contiguous out: each 4 j's
+  // pairs transposed across the quad (QuadTranspose.h), 16-byte stores.
+  bool wide = !elem.isF32() && Dv % 32 == 0 && outType.getLayout().isIdentity();
+  auto ptrAt = [&](Value addr) {
+    return LLVM::IntToPtrOp::create(
+        b, LLVM::LLVMPointerType::get(b.getContext(), 1),
+        arith::IndexCastUIOp::create(b, b.getI64Type(), addr).getResult());
+  };
   for (int64_t h = 0; h < at.rows; ++h) {
     Value sum = l[h];
     // out = acc / l, 0 where l = 0: one reciprocal per row
     Value inv = softmax::safeDivide(b, b.getLoc(), f.f32(1.0f), sum);
     Value row = arith::AddIOp::create(b, op.getRow(), f.index(Layout::rowOffset(h)));
     int64_t first = at.perTile * (h / 2) + 2 * (h % 2); // the row's first element
+    auto pairOf = [&](int64_t j) {
+      Value lo = arith::MulFOp::create(b, acc[first + 4 * j], inv);
+      Value hi = arith::MulFOp::create(b, acc[first + 4 * j + 1], inv);
+      return f.pair(lo, hi, elem);
+    };
+    auto word = [&](Value pair) -> Value { // a 16-bit pair as one i32
+      Value packed = vector::BitCastOp::create(b, VectorType::get({1}, b.getI32Type()), pair);
+      return vector::ExtractOp::create(b, packed, ArrayRef<int64_t>{0});
+    };
+    // The quad's shuffles run in every lane (its rows may lie outside).
+    SmallVector<Value> words;
+    if (wide)
+      for (int64_t g = 0; g < Dv / 32; ++g) {
+        SmallVector<Value> four;
+        for (int64_t j = 4 * g; j < 4 * g + 4; ++j)
+          four.push_back(word(pairOf(j)));
+        llvm::append_range(words, quadTranspose(b, op.getCol(), four));
+      }
     Value inside = arith::CmpIOp::create(b, arith::CmpIPredicate::ult, row, rowsTimes(1));
     auto ifOp = scf::IfOp::create(b, inside, /*withElseRegion=*/false);
     OpBuilder::InsertionGuard guard(b);
     b.setInsertionPointToStart(&ifOp.getThenRegion().front());
     Value rowAddr = arith::AddIOp::create(
         b, headBase, arith::MulIOp::create(b, row, f.index(Dv * bytes)));
-    for (int64_t j = 0; j < Dv / 8; ++j) {
-      Value lo = arith::MulFOp::create(b, acc[first + 4 * j], inv);
-      Value hi = arith::MulFOp::create(b, acc[first + 4 * j + 1], inv);
+    for (int64_t g = 0; wide && g < Dv / 32; ++g) {
+      // Lane q (col = 2 q): columns 8 (4 g + q) .. + 7 = 32 g + 4 col.
+      Value col = arith::AddIOp::create(
+          b, arith::MulIOp::create(b, op.getCol(), f.index(4)), f.index(32 * g));
+      Value v = vector::FromElementsOp::create(b, VectorType::get({4}, b.getI32Type()),
+                                               ArrayRef(words).slice(4 * g, 4));
+      LLVM::StoreOp::create(
+          b, v, ptrAt(arith::AddIOp::create(b, rowAddr, arith::MulIOp::create(b, col, f.index(bytes)))),
+          /*alignment=*/16);
+    }
+    for (int64_t j = 0; !wide && j < Dv / 8; ++j) {
       Value col = arith::AddIOp::create(b, op.getCol(), f.index(8 * j));
-      Value addr = arith::AddIOp::create(b, rowAddr,
-                                         arith::MulIOp::create(b, col, f.index(bytes)));
-      Value ptr = LLVM::IntToPtrOp::create(
-          b, LLVM::LLVMPointerType::get(b.getContext(), 1),
-          arith::IndexCastUIOp::create(b, b.getI64Type(), addr).getResult());
-      Value pair = f.pair(lo, hi, elem);
+      Value ptr = ptrAt(arith::AddIOp::create(b, rowAddr,
+                                              arith::MulIOp::create(b, col, f.index(bytes))));
+      Value pair = pairOf(j);
       if (elem.isF32()) { // one 8-byte store of the two floats
         LLVM::StoreOp::create(b, pair, ptr, /*alignment=*/8);
         continue;
       }
-      Value packed =
-          vector::BitCastOp::create(b, VectorType::get({1}, b.getI32Type()), pair);
-      LLVM::StoreOp::create(b, vector::ExtractOp::create(b, packed, ArrayRef<int64_t>{0}),
-                            ptr, /*alignment=*/4);
+      LLVM::StoreOp::create(b, word(pair), ptr, /*alignment=*/4);
     }
     if (!op.getLse() && !op.getMaxScores())
       continue;

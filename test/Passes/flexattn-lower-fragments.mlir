@@ -350,3 +350,31 @@ func.func @finalize_partial(%acc: vector<8xf32>, %m: vector<2xf32>, %l: vector<2
       at(%b, %h, %row, %col) : vector<8xf32>, vector<2xf32>
   return
 }
+
+// -----
+
+// 16-bit out of whole 32-column groups (contiguous): each row's 4 pairs are
+// transposed across the quad, xor 1 then xor 2 (in every lane, before the
+// row's branch), and lane q stores columns 8 q .. 8 q + 7 (4 col) with one
+// 16-byte store.
+// CHECK-LABEL: func.func @wide_finalize(
+// CHECK-SAME:    %[[COL:[^:]+]]: index)
+// CHECK:         arith.andi %[[COL]], %c2 : index
+// CHECK-COUNT-2: gpu.shuffle  xor %{{.*}}, %c1_i32, %c32_i32 : i32
+// CHECK:         arith.andi %[[COL]], %c4 : index
+// CHECK-COUNT-2: gpu.shuffle  xor %{{.*}}, %c2_i32, %c32_i32 : i32
+// CHECK:         scf.if
+// CHECK:           %[[V:.*]] = vector.from_elements %{{.*}}, %{{.*}}, %{{.*}}, %{{.*}} : vector<4xi32>
+// CHECK:           arith.muli %[[COL]], %c8 : index
+// CHECK:           llvm.store %[[V]], %{{.*}} {alignment = 16 : i64} : vector<4xi32>, !llvm.ptr<1>
+// The second row (+ 8) the same way: two stores in all.
+// CHECK-COUNT-4: gpu.shuffle  xor %{{.*}} : i32
+// CHECK:         scf.if
+// CHECK:           llvm.store %{{.*}}, %{{.*}} {alignment = 16 : i64} : vector<4xi32>, !llvm.ptr<1>
+// CHECK-NOT:     llvm.store
+func.func @wide_finalize(%acc: vector<16xf32>, %m: vector<2xf32>, %l: vector<2xf32>,
+                         %out: memref<1x2x100x32xbf16>, %b: index, %h: index, %row: index, %col: index) {
+  flexattn.frag.finalize %acc state(%m, %l) outs(%out : memref<1x2x100x32xbf16>)
+      at(%b, %h, %row, %col) : vector<16xf32>, vector<2xf32>
+  return
+}
