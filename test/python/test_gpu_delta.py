@@ -18,18 +18,11 @@ from mlir import ir
 
 import flexattn_mlir as fm
 from flexattn_mlir import _native
-from flexattn_mlir.compiler import driver, ptxas
-from flexattn_mlir.compiler.delta import THREADS, DeltaSpec, delta_spec
+from flexattn_mlir.compiler import driver
+from flexattn_mlir.compiler.delta import THREADS, delta_spec
 from flexattn_mlir.execution import autograd
+from test_gpu_backward import needs_ptxas
 
-try:
-    ptxas.find()
-    HAS_PTXAS = True
-except ptxas.PtxasNotFound:
-    HAS_PTXAS = False
-needs_ptxas = pytest.mark.skipif(
-    not HAS_PTXAS, reason="no ptxas (install the test extra's nvidia-cuda-nvcc wheel, or set "
-                          "FLEXATTN_PTXAS): the delta kernel is checked down to a cubin")
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(),
                                 reason="needs a CUDA GPU; bench/gpu_backward.py checks the "
                                        "delta kernel on the H200")
