@@ -598,8 +598,8 @@ LogicalResult Lowering::lowerStep(BackwardStepOp op) {
 /// elements each 4 j's four pairs are transposed across the quad
 /// (QuadTranspose.h), so that lane q stores 8 adjacent columns (of j = 4 g
 /// + q) with one 16-byte store, a quarter of the pair stores' requests (the
-/// runtime aligns the tensors to 16 bytes and D to 32 columns here); f32
-/// tiles store their pairs.
+/// runtime checks that the tensors are 16-byte aligned; D is 64 or 128);
+/// f32 tiles store their pairs.
 void Lowering::lowerStore(StoreTileOp op) {
   auto dst = cast<MemRefType>(op.getDst().getType());
   Type elem = dst.getElementType();
@@ -654,7 +654,8 @@ void Lowering::lowerStore(StoreTileOp op) {
     for (int64_t j = 0; j < plan.D / 8; ++j)
       vector::StoreOp::create(b, pairOf(h, j), op.getDst(),
                               ValueRange{op.getB(), op.getH(), row, add(fcol, 8 * j)},
-                              /*nontemporal=*/false, llvm::MaybeAlign(2 * elem.getIntOrFloatBitWidth() / 8));
+                              /*nontemporal=*/false,
+                              llvm::MaybeAlign(elem.getIntOrFloatBitWidth() / 4));
   }
 }
 

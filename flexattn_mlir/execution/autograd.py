@@ -193,7 +193,7 @@ def delta(out: torch.Tensor, dout: torch.Tensor, dlse: Optional[torch.Tensor] = 
     read once) where it applies, else one torch reduction over float32
     copies (seven times the bytes)."""
     spec = None
-    if target is not None and out.is_cuda:
+    if target is not None and out.is_cuda and dout.dtype == out.dtype:
         spec = delta_spec(out.shape, TORCH_TO_MLIR.get(str(out.dtype).removeprefix("torch."), ""),
                           dlse is not None)
     if spec is not None:
