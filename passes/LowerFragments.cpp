@@ -405,7 +405,11 @@ LogicalResult lowerFinalize(ImplicitLocOpBuilder &b, FragFinalizeOp op) {
   SmallVector<Value> scoreMax = f.elements(op.getMax());
   // 16-bit rows of whole 32-column groups in a contiguous out: each 4 j's
   // pairs transposed across the quad (QuadTranspose.h), 16-byte stores.
-  bool wide = !elem.isF32() && Dv % 32 == 0 && outType.getLayout().isIdentity();
+  // Not with two m16 tiles per warp (sm_80's 32-row tiling): twice the
+  // accumulator is live at the epilogue there, at 255 registers, and the
+  // transposed words spilled 4-8 bytes more (test_gpu_codegen_sm80).
+  bool wide = !elem.isF32() && Dv % 32 == 0 && outType.getLayout().isIdentity() &&
+              at.rows == 2;
   auto ptrAt = [&](Value addr) {
     return LLVM::IntToPtrOp::create(
         b, LLVM::LLVMPointerType::get(b.getContext(), 1),
