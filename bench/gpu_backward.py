@@ -65,7 +65,7 @@ def compile_all(out: str, only: str | None, device_cc: tuple[int, int] = (9, 0),
     from flexattn_mlir.compiler.delta import delta_spec
 
     os.makedirs(out, exist_ok=True)
-    items, manifest, fwd_of = [], {}, {}
+    items, manifest, first_of = [], {}, {}
     for case in CHECKS + BENCH:
         name = case[0]
         if only and only not in name:
@@ -84,13 +84,13 @@ def compile_all(out: str, only: str | None, device_cc: tuple[int, int] = (9, 0),
         bwd = backward.backward_spec(spec, q_side, grad, False, target="sm_90a",
                                      deterministic=det, atomic_dq=backward_atomic_dq)
         items.append((f"{name}.bwd", bwd, opts))
-        # One forward artifact per forward spec (artifacts are stored by key:
-        # a second item of the same spec would take the first's place).
-        fwd = fwd_of.setdefault(spec.digest(), f"{name}.fwd") if name.startswith("bench") else None
+        # One forward (and delta) artifact per spec (artifacts are stored by
+        # key: a second item of the same spec would take the first's place).
+        fwd = first_of.setdefault(spec.digest(), f"{name}.fwd") if name.startswith("bench") else None
         if fwd == f"{name}.fwd":
             items.append((fwd, spec, opts))
-        dspec = delta_spec(spec.out.shape, spec.out.elem, False)  # the backward's delta
-        dname = fwd_of.setdefault(dspec.digest(), f"{name}.delta")
+        dspec = delta_spec(spec.out, False)  # the backward's delta
+        dname = first_of.setdefault(dspec.digest(), f"{name}.delta")
         if dname == f"{name}.delta":
             items.append((dname, dspec, fm.CompileOptions(target="sm_90a")))
         torch.save([c.contiguous() for c in captures], os.path.join(out, f"{name}.captures.pt"))

@@ -202,6 +202,14 @@ int64_t mTilesOf(int64_t elements, int64_t cols) {
       return t;
   return 0;
 }
+
+/// A view of a shared tile (panel, reinterpretation) keeps its element type.
+LogicalResult verifySameElementType(Operation *op, SmemTileType from, SmemTileType to) {
+  if (from.getElementType() != to.getElementType())
+    return op->emitOpError() << "element types must match, got " << from.getElementType()
+                             << " and " << to.getElementType();
+  return success();
+}
 } // namespace
 
 LogicalResult FragLoadOp::verify() {
@@ -224,10 +232,8 @@ LogicalResult FragLoadOp::verify() {
 
 LogicalResult SmemTilePanelOp::verify() {
   SmemTileType from = getSource().getType(), to = getResult().getType();
-  if (from.getElementType() != to.getElementType())
-    return emitOpError() << "element types must match, got "
-                         << from.getElementType() << " and "
-                         << to.getElementType();
+  if (failed(verifySameElementType(*this, from, to)))
+    return failure();
   int64_t panelCols = 128 / to.getElementBytes();
   if (to.getCols() != panelCols || from.getCols() % panelCols)
     return emitOpError() << "the result is one 128-byte panel (" << panelCols
@@ -282,10 +288,8 @@ LogicalResult BulkReduceAddOp::verify() {
 
 LogicalResult SmemTileReinterpretOp::verify() {
   auto from = getSource().getType(), to = getResult().getType();
-  if (from.getElementType() != to.getElementType())
-    return emitOpError() << "element types must match, got "
-                         << from.getElementType() << " and "
-                         << to.getElementType();
+  if (failed(verifySameElementType(*this, from, to)))
+    return failure();
   if (to.getBytes() > from.getBytes())
     return emitOpError() << "the result (" << to.getBytes()
                          << " bytes) may not be larger than the source ("

@@ -149,14 +149,14 @@ class DeltaSpec:
         return module
 
 
-def delta_spec(out_shape, dtype: str, has_dlse: bool) -> Optional[DeltaSpec]:
-    """The delta kernel of ``out`` (``[B, H, M, Dv]``, MLIR element type
-    ``dtype``), or None where it does not apply: Dv not a multiple of 16
+def delta_spec(out: BufferType, has_dlse: bool) -> Optional[DeltaSpec]:
+    """The delta kernel of ``out`` (``[B, H, M, Dv]``), or None where it
+    does not apply: another element type or rank, Dv not a multiple of 16
     bytes' elements, or over 32 such (torch's reduction computes those)."""
-    if dtype not in _ELEM_BYTES or len(out_shape) != 4:
+    if out.elem not in _ELEM_BYTES or len(out.shape) != 4:
         return None
-    spec = DeltaSpec(BufferType(tuple(int(s) for s in out_shape), dtype), has_dlse)
-    dv = spec.out.shape[-1]
+    spec = DeltaSpec(out, has_dlse)
+    dv = out.shape[-1]
     if dv % spec.vector or dv // spec.vector > 32 or spec.rows == 0:
         return None
     return spec

@@ -44,7 +44,7 @@ from ..compiler.delta import delta_spec
 from ..compiler.mods import ModIR
 from ..compiler.options import CompileOptions
 from ..compiler.pipeline import CompilationError
-from ..compiler.spec import TORCH_TO_MLIR
+from ..compiler.spec import BufferType
 from ..frontend.capture import _global_names
 from ..masks import index_checks, is_noop
 from ..masks.block_mask import _transpose_ordered
@@ -194,8 +194,7 @@ def delta(out: torch.Tensor, dout: torch.Tensor, dlse: Optional[torch.Tensor] = 
     copies (seven times the bytes)."""
     spec = None
     if target is not None and out.is_cuda and dout.dtype == out.dtype:
-        spec = delta_spec(out.shape, TORCH_TO_MLIR.get(str(out.dtype).removeprefix("torch."), ""),
-                          dlse is not None)
+        spec = delta_spec(BufferType.of(out), dlse is not None)
     if spec is not None:
         args = [dout.contiguous(), out.contiguous()]
         if dlse is not None:

@@ -20,6 +20,7 @@ import flexattn_mlir as fm
 from flexattn_mlir import _native
 from flexattn_mlir.compiler import driver
 from flexattn_mlir.compiler.delta import THREADS, delta_spec
+from flexattn_mlir.compiler.spec import BufferType
 from flexattn_mlir.execution import autograd
 from test_gpu_backward import needs_ptxas
 
@@ -29,23 +30,23 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(),
 
 
 def test_spec_covers_16_byte_rows_only():
-    spec = delta_spec((2, 3, 100, 128), "bf16", True)
+    spec = delta_spec(BufferType((2, 3, 100, 128), "bf16"), True)
     assert (spec.vector, spec.lanes, spec.rows) == (8, 16, 600)
     assert [n for n, _ in spec.arguments()] == ["dout", "out", "dlse", "delta"]
     assert spec.output_names() == ["delta"]
-    assert delta_spec((2, 3, 100, 96), "f16", False).lanes == 16  # 12 lanes used
-    assert delta_spec((1, 1, 8, 64), "f32", False).lanes == 16
-    assert delta_spec((1, 1, 8, 100), "bf16", False) is None  # not whole 16-byte vectors
-    assert delta_spec((1, 1, 8, 512), "bf16", False) is None  # over 32 lanes a row
-    assert delta_spec((1, 1, 8, 64), "f64", False) is None
-    assert delta_spec((1, 1, 0, 64), "bf16", False) is None
-    assert spec.digest() != delta_spec((2, 3, 100, 128), "bf16", False).digest()
+    assert delta_spec(BufferType((2, 3, 100, 96), "f16"), False).lanes == 16  # 12 lanes used
+    assert delta_spec(BufferType((1, 1, 8, 64), "f32"), False).lanes == 16
+    assert delta_spec(BufferType((1, 1, 8, 100), "bf16"), False) is None  # not whole 16-byte vectors
+    assert delta_spec(BufferType((1, 1, 8, 512), "bf16"), False) is None  # over 32 lanes a row
+    assert delta_spec(BufferType((1, 1, 8, 64), "f64"), False) is None
+    assert delta_spec(BufferType((1, 1, 0, 64), "bf16"), False) is None
+    assert spec.digest() != delta_spec(BufferType((2, 3, 100, 128), "bf16"), False).digest()
 
 
 @pytest.mark.parametrize("dlse", [False, True])
 def test_module_verifies(dlse):
     with _native.new_context(), ir.Location.unknown():
-        mod = delta_spec((1, 2, 300, 64), "bf16", dlse).build()
+        mod = delta_spec(BufferType((1, 2, 300, 64), "bf16"), dlse).build()
         mod.operation.verify()
         text = str(mod)
     assert len(re.findall(r"gpu.shuffle +xor", text)) == 3  # 8 lanes a row at D = 64
@@ -58,7 +59,7 @@ def test_module_verifies(dlse):
                                               ((2, 4, 77, 64), "f16", True),
                                               ((1, 1, 33, 96), "f32", False)])
 def test_compiles_to_a_cubin(target, shape, dtype, dlse):
-    spec = delta_spec(shape, dtype, dlse)
+    spec = delta_spec(BufferType(shape, dtype), dlse)
     compiled = driver.compile(spec, fm.CompileOptions(target=target))
     ptx, launch = compiled.metadata["ptx"], compiled.metadata["launch"]
     assert compiled.metadata["cubin"]
