@@ -233,7 +233,9 @@ Value scoresOf(Fragments &f, FragSoftmaxOp op, bool rawMax, bool natural) {
   for (int64_t r = 0; r < at.rows; ++r) {
     Value row = r ? arith::AddIOp::create(b, qRow0, f.i32(Layout::rowOffset(r))).getResult()
                   : qRow0;
-    if (qTail)
+    // An unpacked row is clamped even without a tail: a no-op that tells
+    // range analysis q_idx < M (flexattn-exact-int-to-float).
+    if (qTail || !op.getRowsPerHead())
       row = arith::MinUIOp::create(b, row, last(0));
     Value head = op.getH();
     if (Value m = op.getRowsPerHead()) {
@@ -246,11 +248,18 @@ Value scoresOf(Fragments &f, FragSoftmaxOp op, bool rawMax, bool natural) {
     heads.push_back(head);
   }
   Value kvCol0 = f.toI32(op.getCol());
+  // Without a tail every tile starts in [0, N - BN]: the mods' kv_idx is the
+  // start, clamped there once per tile (a no-op that tells range analysis
+  // kv_idx < N; a multiple of BN still, for flexattn-fold-tile-divisions),
+  // plus the column.
+  Value kvStart = kvCol0;
+  if (lens && !kvTail && (scoreMod || applyMask))
+    kvStart = arith::MinUIOp::create(b, kvCol0, f.i32((*lens)[1] - BN));
   SmallVector<Value> s = f.elements(op.getScores()), u;
   for (int64_t e = 0; e < int64_t(s.size()); ++e) {
     Value kvIdx = arith::AddIOp::create(b, kvCol0, f.i32(at.colOf(e)));
     Value v = s[e];
-    Value kvMod = kvIdx;
+    Value kvMod = kvTail ? kvIdx : arith::AddIOp::create(b, kvStart, f.i32(at.colOf(e)));
     if (kvTail && (scoreMod || applyMask))
       kvMod = arith::MinUIOp::create(b, kvIdx, last(1));
     auto applyMods = [&](Value x) -> Value {

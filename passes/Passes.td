@@ -440,6 +440,45 @@ def FlexAttnFoldTileDivisions
   let dependentDialects = ["::mlir::arith::ArithDialect"];
 }
 
+def FlexAttnExactIntToFloat : Pass<"flexattn-exact-int-to-float", "::mlir::ModuleOp"> {
+  let summary = "Convert integers that range analysis bounds to |x| < 2^22 "
+                "to f32 with an integer add and a float subtraction (exact), "
+                "off the GPU's conversion unit";
+  let description = [{
+    A score_mod that turns an index into a float (a relative bias's
+    `q_idx - kv_idx`, ALiBi's distance) converts once per score. On NVIDIA
+    GPUs the conversion (I2F) runs on the quarter-rate unit that also runs
+    P's exp2 (MUFU.EX2), the unit the forward kernel saturates. For
+    -2^22 <= x < 2^22, `bitcast(x + 0x4B400000) - 12582912.0` is x exactly:
+    0x4B400000 is the pattern of 1.5 * 2^23, whose ulp is 1, and adding x to
+    it stays in that binade. An integer add and a float subtraction run at
+    full rate.
+
+    Rewrites each scalar `arith.sitofp` / `arith.uitofp` to f32 whose
+    operand (any signless integer width) upstream `IntegerRangeAnalysis`
+    bounds to [-2^22, 2^22) (uitofp: [0, 2^22)); the operand is truncated or
+    extended to i32 first. Anything else is left as it is. The GPU fragment
+    and backward lowerings clamp the mods' indices to the static sequence
+    lengths (no-ops) so that the analysis sees the bound; a dynamic-shape
+    kernel keeps its conversions.
+
+    Before (`%q` in [0, 8191], `%kv` in [0, 8191]):
+    ```mlir
+    %d = arith.subi %q, %kv : i64
+    %f = arith.sitofp %d : i64 to f32
+    ```
+    After:
+    ```mlir
+    %d = arith.subi %q, %kv : i64
+    %d32 = arith.trunci %d : i64 to i32
+    %bits = arith.addi %d32, %c1262485504_i32 : i32
+    %biased = arith.bitcast %bits : i32 to f32
+    %f = arith.subf %biased, %cst : f32   // %cst = 12582912.0
+    ```
+  }];
+  let dependentDialects = ["::mlir::arith::ArithDialect"];
+}
+
 def FlexAttnVectorizeTiles : Pass<"flexattn-vectorize-tiles", "::mlir::ModuleOp"> {
   let summary = "Tile the static-shape tile math to register blocks and lower "
                 "it to vector FMAs, loads, stores and shuffles";

@@ -7,7 +7,7 @@ and the launch metadata :mod:`flexattn_runtime` runs the cubin with.
            -> schedule  flexattn-schedule-consumers       (sm_90a)
            -> fragments flexattn-lower-fragments (part of P's exp2 on the FMA pipe
                         where exp2_poly marks the launch), flexattn-inline-mods,
-                        flexattn-fold-tile-divisions
+                        flexattn-fold-tile-divisions, flexattn-exact-int-to-float
            -> kernel    flexattn-lower-to-hopper (sm_90a) | flexattn-lower-to-ampere
                         (sm_80), gpu-kernel-outlining
            -> nvvm      flexattn-lower-to-nvvm
@@ -19,7 +19,8 @@ The backward (flexattn_mlir/backward.py) shares the last three:
            -> steps     flexattn-lower-backward-mma (tensor cores) |
                         flexattn-lower-backward-rows (CUDA cores, what the
                         first does not cover: backward_kernel_gap),
-                        flexattn-inline-mods, flexattn-fold-tile-divisions
+                        flexattn-inline-mods, flexattn-fold-tile-divisions,
+                        flexattn-exact-int-to-float
            -> kernel    flexattn-lower-to-ampere (mma.sync, or on sm_90a wgmma
                         where backward_wgmma marks the launch), gpu-kernel-outlining
            -> nvvm -> ptx
@@ -240,6 +241,11 @@ def make_fragments(mod: ir.Module, opts: CompileOptions) -> None:
         # page-table read per tile instead of one per score.
         "flexattn-fold-tile-divisions",
         "cse",
+        # A mod's index -> float conversions: per row and per column where
+        # the sums distribute, full-rate ops elsewhere.
+        "flexattn-exact-int-to-float",
+        "canonicalize",
+        "cse",
     ], "fragments")
 
 
@@ -360,6 +366,9 @@ def make_backward_steps(mod: ir.Module, opts: CompileOptions) -> None:
         "flexattn-inline-mods",
         "flexattn-fold-tile-divisions",
         "convert-linalg-to-loops",
+        "canonicalize",
+        "cse",
+        "flexattn-exact-int-to-float",
         "canonicalize",
         "cse",
     ], "steps")
