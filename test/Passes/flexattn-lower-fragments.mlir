@@ -378,3 +378,56 @@ func.func @wide_finalize(%acc: vector<16xf32>, %m: vector<2xf32>, %l: vector<2xf
       at(%b, %h, %row, %col) : vector<16xf32>, vector<2xf32>
   return
 }
+
+// -----
+
+// A kernel marked flexattn.lazy_rescale keeps a row's max unless the tile
+// raises it by more than 8 (log2 units), and rescales the accumulator only
+// where some row of the warp changed its max (a warp vote).
+
+// CHECK-LABEL: func.func @lazy_rescale(
+// CHECK-SAME:    %{{[^:]+}}: vector<8xf32>, %[[M:[^:]+]]: vector<2xf32>
+// CHECK-DAG:     %[[EIGHT:.*]] = arith.constant 8.000000e+00 : f32
+// CHECK-DAG:     %[[ONE:.*]] = arith.constant 1.000000e+00 : f32
+// CHECK:         %[[M0:.*]] = vector.extract %[[M]][0]
+// CHECK:         %[[CAND:.*]] = arith.maxnumf %[[M0]], %{{.*}} : f32
+// CHECK:         %[[GREW:.*]] = arith.subf %[[CAND]], %[[M0]] : f32
+// CHECK-NEXT:    %[[FAR:.*]] = arith.cmpf ogt, %[[GREW]], %[[EIGHT]] : f32
+// CHECK-NEXT:    %{{.*}} = arith.select %[[FAR]], %[[CAND]], %[[M0]] : f32
+// CHECK:         %[[NE0:.*]] = arith.cmpf une, %{{.*}}, %[[ONE]] : f32
+// CHECK:         %[[NE1:.*]] = arith.cmpf une, %{{.*}}, %[[ONE]] : f32
+// CHECK-NEXT:    %[[NE:.*]] = arith.ori %[[NE0]], %[[NE1]] : i1
+// CHECK-NEXT:    %[[ANY:.*]] = nvvm.vote.sync  any %{{.*}}, %[[NE]] -> i1
+// CHECK-NEXT:    %[[ACC:.*]] = scf.if %[[ANY]] -> (vector<8xf32>) {
+// CHECK:           arith.mulf
+// CHECK:         } else {
+// CHECK-NEXT:      scf.yield %{{.*}} : vector<8xf32>
+func.func @lazy_rescale(%s: vector<8xf32>, %m: vector<2xf32>, %l: vector<2xf32>, %acc: vector<8xf32>,
+                        %b: index, %h: index, %row: index, %col: index)
+    -> (vector<8xf16>, vector<2xf32>, vector<2xf32>, vector<8xf32>) attributes {flexattn.lazy_rescale} {
+  %p, %m1, %l1, %alpha = flexattn.frag.softmax %s state(%m, %l) at(%b, %h, %row, %col)
+      attributes {scale = 0.125 : f32, seq_lens = array<i64: 128, 128>, tile_size = array<i64: 64, 16>}
+      : vector<8xf32>, vector<2xf32> -> vector<8xf16>
+  %acc1 = flexattn.frag.rescale %acc, %alpha : vector<8xf32>, vector<2xf32>
+  return %p, %m1, %l1, %acc1 : vector<8xf16>, vector<2xf32>, vector<2xf32>, vector<8xf32>
+}
+
+// -----
+
+// max_scores is the true row max: a kernel that writes it drops the mark.
+
+// CHECK-LABEL: func.func @lazy_with_max_scores(
+// CHECK-NOT:     nvvm.vote.sync
+// CHECK-NOT:     arith.cmpf ogt
+// CHECK:         return
+func.func @lazy_with_max_scores(%s: vector<8xf32>, %m: vector<2xf32>, %l: vector<2xf32>, %acc: vector<8xf32>,
+                                %out: memref<1x2x100x16xbf16>, %maxs: memref<1x2x100xf32>,
+                                %b: index, %h: index, %row: index, %col: index) attributes {flexattn.lazy_rescale} {
+  %p, %m1, %l1, %alpha = flexattn.frag.softmax %s state(%m, %l) at(%b, %h, %row, %col)
+      attributes {scale = 0.125 : f32, seq_lens = array<i64: 128, 128>, tile_size = array<i64: 64, 16>}
+      : vector<8xf32>, vector<2xf32> -> vector<8xf16>
+  %acc1 = flexattn.frag.rescale %acc, %alpha : vector<8xf32>, vector<2xf32>
+  flexattn.frag.finalize %acc1 state(%m1, %l1) outs(%out : memref<1x2x100x16xbf16>) max_scores(%maxs : memref<1x2x100xf32>)
+      at(%b, %h, %row, %col) : vector<8xf32>, vector<2xf32>
+  return
+}
