@@ -339,34 +339,6 @@ void markFmaExp2(Value probs, int64_t k) {
       exp2->setAttr(softmax::kFmaExp2Mark, UnitAttr::get(exp2.getContext()));
 }
 
-/// acc = alpha acc; on a launch marked kLazyRescaleAttr only where some row
-/// of the warp has alpha != 1 (a warp vote: the branch stays uniform).
-Value lowerRescale(ImplicitLocOpBuilder &b, FragRescaleOp op) {
-  FragmentRows rows(b);
-  Value acc = op.getAcc(), alpha = op.getAlpha();
-  if (!marked(op, softmax::kLazyRescaleAttr))
-    return softmax::rescaleAccumulator(rows, acc, alpha);
-  Value one = arith::ConstantOp::create(b, b.getF32FloatAttr(1.0f));
-  Value changed;
-  for (int64_t r = 0; r < cast<VectorType>(alpha.getType()).getNumElements(); ++r) {
-    Value a = vector::ExtractOp::create(b, alpha, ArrayRef<int64_t>{r});
-    Value ne = arith::CmpFOp::create(b, arith::CmpFPredicate::UNE, a, one);
-    changed = changed ? arith::OrIOp::create(b, changed, ne).getResult() : ne;
-  }
-  Value all = arith::ConstantOp::create(b, b.getI32IntegerAttr(-1));
-  Value any = NVVM::VoteSyncOp::create(b, b.getI1Type(), all, changed, NVVM::VoteSyncKind::any);
-  auto branch = scf::IfOp::create(b, TypeRange{acc.getType()}, any, /*withElseRegion=*/true);
-  {
-    OpBuilder::InsertionGuard guard(b);
-    b.setInsertionPointToStart(branch.thenBlock());
-    FragmentRows inside(b);
-    scf::YieldOp::create(b, softmax::rescaleAccumulator(inside, acc, alpha));
-    b.setInsertionPointToStart(branch.elseBlock());
-    scf::YieldOp::create(b, acc);
-  }
-  return branch.getResult(0);
-}
-
 LogicalResult lowerSoftmax(ImplicitLocOpBuilder &b, FragSoftmaxOp op) {
   FailureOr<int64_t> fmaShare = fmaExp2Share(op);
   if (failed(fmaShare))
@@ -385,9 +357,8 @@ LogicalResult lowerSoftmax(ImplicitLocOpBuilder &b, FragSoftmaxOp op) {
   bool natural = !rawMax && marked(op, softmax::kNaturalScoresAttr);
   float c = static_cast<float>(rawMax ? scale * kLog2e : natural ? kLog2e : 1.0);
   Value u = scoresOf(rows, op, rawMax, natural);
-  float lazy = marked(op, softmax::kLazyRescaleAttr) ? softmax::kLazyRescaleThreshold : 0.0f;
   softmax::StepResult r =
-      softmax::onlineSoftmaxStep(rows, {op.getMax(), op.getSum(), Value()}, u, c, lazy);
+      softmax::onlineSoftmaxStep(rows, {op.getMax(), op.getSum(), Value()}, u, c);
   // Part of P's exp2s on the FMA pipe: 16-bit P only (float32 P keeps
   // ex2.approx's accuracy); alpha's stay on the special-function unit.
   Type probType = op.getProbs().getType().getElementType();
@@ -533,7 +504,9 @@ LogicalResult mlir::flexattn::lowerFragmentOp(RewriterBase &rewriter,
   if (auto softmaxOp = dyn_cast<FragSoftmaxOp>(op)) {
     result = lowerSoftmax(b, softmaxOp);
   } else if (auto rescale = dyn_cast<FragRescaleOp>(op)) {
-    rescale.replaceAllUsesWith(lowerRescale(b, rescale));
+    FragmentRows rows(b);
+    rescale.replaceAllUsesWith(
+        softmax::rescaleAccumulator(rows, rescale.getAcc(), rescale.getAlpha()));
   } else if (auto fin = dyn_cast<FragFinalizeOp>(op)) {
     result = lowerFinalize(b, fin);
   } else {
@@ -552,11 +525,6 @@ struct FlexAttnLowerFragmentsPass
     getOperation()->walk([&](Operation *op) {
       if (isa<FragSoftmaxOp, FragRescaleOp, FragFinalizeOp>(op))
         ops.push_back(op);
-      // max_scores is the true row max: a kernel that writes it keeps the
-      // eager rescale.
-      if (auto fin = dyn_cast<FragFinalizeOp>(op); fin && fin.getMaxScores())
-        if (Operation *launch = markedBy(op, softmax::kLazyRescaleAttr))
-          launch->removeAttr(softmax::kLazyRescaleAttr);
     });
     IRRewriter rewriter(&getContext());
     for (Operation *op : ops)

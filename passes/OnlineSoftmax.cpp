@@ -120,20 +120,10 @@ Value softmax::exp2OnFma(OpBuilder &b, Location loc, Value x) {
 }
 
 StepResult softmax::onlineSoftmaxStep(SoftmaxRows &rows, const State &state,
-                                      Value u, float c, float lazyThreshold) {
+                                      Value u, float c) {
   StepResult r;
   // m_new = max(m, c rowmax(u))
   r.newMax = rows.rowMax(u, state.max, c);
-  // Lazily: m_new = m unless m_new - m > threshold (m = -inf: always taken;
-  // both -inf: NaN compares false and keeps -inf).
-  if (lazyThreshold > 0)
-    r.newMax = rows.mapRows({state.max, r.newMax}, [&](OpBuilder &b, Location l,
-                                                       ValueRange a) -> Value {
-      Value grew = arith::SubFOp::create(b, l, a[1], a[0]);
-      Value far = arith::CmpFOp::create(b, l, arith::CmpFPredicate::OGT, grew,
-                                        f32(b, l, lazyThreshold));
-      return arith::SelectOp::create(b, l, far, a[1], a[0]);
-    });
   // alpha = exp2(m - base(m_new))
   r.alpha = rows.mapRows({state.max, r.newMax},
                          [](OpBuilder &b, Location l, ValueRange a) {

@@ -87,15 +87,6 @@ inline constexpr llvm::StringLiteral kMaskedRawMaxAttr = "flexattn.masked_raw_ma
 // multiplying every score by it (the driver marks the sm_90a kernels and
 // the decode kernel; sm_80's prefill kernels spill with it).
 inline constexpr llvm::StringLiteral kNaturalScoresAttr = "flexattn.natural_scores";
-// kLazyRescaleAttr (unit) on a kernel's launch: flexattn-lower-fragments
-// keeps a row's running max until a tile raises it by more than
-// kLazyRescaleThreshold (log2 units), so P <= 2^threshold, and skips the
-// accumulator's rescale where no row of the warp changed its max
-// (FlashAttention-4's conditional rescaling). The results are the same up
-// to rounding: acc, l and lse all use the max kept. Not with max_scores
-// (the true max is its output).
-inline constexpr llvm::StringLiteral kLazyRescaleAttr = "flexattn.lazy_rescale";
-inline constexpr float kLazyRescaleThreshold = 8.0f;
 inline constexpr int64_t kFmaExp2Period = 16;
 
 /// Whether P's element `e` (of a thread's fragment) is one of the k of every
@@ -162,10 +153,8 @@ struct StepResult {
 ///   l     = alpha l + rowsum(P)
 /// The accumulator is left alone: `rescaleAccumulator` and the P.V product
 /// follow, where the backend's schedule puts them.
-/// With `lazyThreshold` > 0, m_new keeps m unless c rowmax(u) exceeds it by
-/// more than the threshold (then alpha = 1 exactly for that row).
 StepResult onlineSoftmaxStep(SoftmaxRows &rows, const State &state, Value u,
-                             float c = 1.0f, float lazyThreshold = 0.0f);
+                             float c = 1.0f);
 
 /// acc = alpha acc.
 Value rescaleAccumulator(SoftmaxRows &rows, Value acc, Value alpha);

@@ -1299,23 +1299,7 @@ def FlexAttnLowerFragments : Pass<"flexattn-lower-fragments", "::mlir::ModuleOp"
     `flexattn.natural_scores` the modded scores stay mods(scale S) (the
     score_mod's float arithmetic marked `fastmath<contract>`) and log2(e)
     joins P's exponent fma; otherwise they are multiplied by it.
-    `flexattn.frag.rescale` is a multiply per element. On a launch marked
-    `flexattn.lazy_rescale` (FlashAttention-4's conditional rescaling) a
-    row keeps its max unless the tile raises it by more than 8 (log2
-    units; P stays below 2^8, alpha is exactly 1 for the rows that keep
-    it), and the rescale runs under `scf.if` on a warp vote
-    (`nvvm.vote.sync any` of alpha != 1): a uniform branch that skips the
-    accumulator's multiplies once the maxima settle. A launch whose
-    finalize writes max_scores (the true max) has the mark dropped.
-    ```mlir
-    %grew = arith.subf %cand, %m : f32
-    %far = arith.cmpf ogt, %grew, %c8 : f32
-    %m_new = arith.select %far, %cand, %m : f32
-    ...
-    %any = nvvm.vote.sync any %all, %changed -> i1
-    %acc1 = scf.if %any -> (vector<64xf32>) { ... arith.mulf ... }
-            else { scf.yield %acc : vector<64xf32> }
-    ```
+    `flexattn.frag.rescale` is a multiply per element;
     `flexattn.frag.finalize` completes the row sums, folds in the
     attention sink (`sinks[h]`, when given: OnlineSoftmax.h `foldSink` on the
     complete rows), multiplies by 1 / l (0 where l = 0), stores rounded pairs
@@ -1362,8 +1346,7 @@ def FlexAttnLowerFragments : Pass<"flexattn-lower-fragments", "::mlir::ModuleOp"
                            "::mlir::scf::SCFDialect",
                            "::mlir::memref::MemRefDialect",
                            "::mlir::arith::ArithDialect",
-                           "::mlir::math::MathDialect",
-                           "::mlir::NVVM::NVVMDialect"];
+                           "::mlir::math::MathDialect"];
 }
 
 def FlexAttnLowerToHopper : Pass<"flexattn-lower-to-hopper", "::mlir::ModuleOp"> {

@@ -109,14 +109,6 @@ class CompileOptions:
       ``flexattn_mlir.compiler.backends.gpu.exp2_poly``; no effect on
       other targets, on float32 inputs and on the mma.sync kernels
       (decode, dynamic shapes, other head dims).
-    lazy_rescale: sm_90a's wgmma forward kernel keeps a row's running max
-      until a KV tile raises it by more than 2^8 (P stays below 256) and
-      skips the output accumulator's rescale where no row of a warp raised
-      it (FlashAttention-4's conditional rescaling; the same results up to
-      rounding). None, the default: on there unless max_scores is asked
-      for (its output is the true max); the rule:
-      ``flexattn_mlir.compiler.backends.gpu.lazy_rescale``; no effect
-      elsewhere.
     prefetch_loads: the mma.sync kernel's KV loop loads the values every
       thread of the CTA reads alike that a step needs after its wait
       (page-table entries, and the block indices they take) iterations
@@ -155,7 +147,6 @@ class CompileOptions:
     backward_wgmma: bool = True
     backward_atomic_dq: bool = False
     exp2_poly: Optional[int] = None
-    lazy_rescale: Optional[bool] = None
     prefetch_loads: Optional[bool] = None
     hoist_loads: Optional[bool] = None
 
@@ -213,7 +204,7 @@ class CompileOptions:
         if not isinstance(self.backward_atomic_dq, bool):
             raise ValueError(f"CompileOptions.backward_atomic_dq must be a bool, "
                              f"got {self.backward_atomic_dq!r}")
-        for name in ("lazy_rescale", "prefetch_loads", "hoist_loads"):
+        for name in ("prefetch_loads", "hoist_loads"):
             if getattr(self, name) is not None and not isinstance(getattr(self, name), bool):
                 raise ValueError(f"CompileOptions.{name} must be a bool or None, "
                                  f"got {getattr(self, name)!r}")

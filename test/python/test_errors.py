@@ -120,8 +120,6 @@ def test_options_validation():
         CompileOptions(prefetch_loads=1)
     with pytest.raises(ValueError, match="CompileOptions.hoist_loads must be a bool or None, got 'x'"):
         CompileOptions(hoist_loads="x")
-    with pytest.raises(ValueError, match="CompileOptions.lazy_rescale must be a bool or None, got 0"):
-        CompileOptions(lazy_rescale=0)
     with pytest.raises(ValueError, match="kernel_options: unknown option 'BLOCKM'"):
         CompileOptions.from_kernel_options({"BLOCKM": 64})
 

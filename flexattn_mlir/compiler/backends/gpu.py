@@ -201,14 +201,6 @@ def exp2_poly(mod: ir.Module, opts: CompileOptions) -> int:
     return targets.target(opts.target).fma_exp2_share(out.shape[-1])
 
 
-def lazy_rescale(mod: ir.Module, opts: CompileOptions) -> bool:
-    """The one rule for conditional rescaling (``flexattn-lower-fragments``
-    on launches marked ``flexattn.lazy_rescale``): sm_90a's wgmma forward
-    kernel unless ``opts.lazy_rescale`` is False (the pass drops the mark
-    where the kernel writes max_scores, the true row max)."""
-    return _has_op(mod, "flexattn.warp_specialize") and opts.lazy_rescale is not False
-
-
 def masked_raw_max(opts: CompileOptions) -> bool:
     """Whether a mask_mod without a score_mod applies to the raw scores of a
     partial tile, so its softmax takes the full tile's one fma per element
@@ -234,8 +226,7 @@ def natural_scores(mod: ir.Module, opts: CompileOptions) -> bool:
 def make_fragments(mod: ir.Module, opts: CompileOptions) -> None:
     share = exp2_poly(mod, opts)
     marks = [m for m, on in (("masked_raw_max", masked_raw_max(opts)),
-                             ("natural_scores", natural_scores(mod, opts)),
-                             ("lazy_rescale", lazy_rescale(mod, opts))) if on]
+                             ("natural_scores", natural_scores(mod, opts))) if on]
     for launch in _ops(mod, "gpu.launch"):  # flexattn-lower-fragments reads the marks
         if share:
             launch.attributes["flexattn.exp2_poly"] = ir.IntegerAttr.get(
