@@ -15,8 +15,8 @@ The variants are flexattn_mlir.examples.zoo's Python mods, captured by the real
 frontend at compile time; the tensors they capture are saved beside the
 artifacts in the kernel's operand order. `run` checks every correctness case
 against torch's flex_attention on the same GPU (float32 math on the same
-bf16/fp16 inputs, rel. error < 2e-2, lse within 5e-2, -inf rows matching),
-then times the benchmark cases (B=4, H=16, S=8192): sm_90a beside torch
+bf16/fp16 inputs, rel. error < 2e-2 and every element within 3e-2, lse within
+5e-2, -inf rows matching), then times the benchmark cases (B=4, H=16, S=8192): sm_90a beside torch
 flex_attention (torch.compile'd: the Triton backend, and the FlashAttention-4
 backend with kernel_options={"BACKEND": "FLASH"} where flash-attn-4 is
 importable) and SDPA's cuDNN backend (full, causal); sm_80 (full, causal)
@@ -59,6 +59,10 @@ CORRECTNESS = (
     [(f"check_{v}_d{d}" + ("" if dt == "bfloat16" else "_f16"), v, 1, 4, 4, 2100, 2100, d, dt,
       DEFAULT)
      for v in ZOO for d in (128, 64) for dt in ("bfloat16", "float16")]
+    # Lengths that are multiples of the blocks (no tail: the mods' indices
+    # are clamped only where a score_mod converts one to a float).
+    + [(f"check_{v}_d{d}_n1024", v, 1, 4, 4, 1024, 1024, d, "bfloat16", DEFAULT)
+       for v in ("relative_bias", "alibi_causal", "t5_bias", "natten_2d") for d in (128, 64)]
     + [("check_gqa_causal_d128", "causal", 2, 8, 2, 640, 640, 128, "bfloat16", DEFAULT),
        ("check_full_m300_n1000", "full", 1, 4, 4, 300, 1000, 128, "bfloat16", DEFAULT),
        ("check_causal_m1000_n300", "causal", 1, 4, 4, 1000, 300, 128, "bfloat16", DEFAULT),
@@ -349,8 +353,10 @@ def _check(row, out, lse, q, k, v, score_mod, bm, enable_gqa):
     fin = torch.isfinite(ref_lse)
     row["lse_max_abs_err"] = float((lse[fin] - ref_lse[fin]).abs().max()) if fin.any() else 0.0
     row["lse_inf_match"] = bool(torch.equal(torch.isfinite(lse), fin))
-    row["ok"] = (row["rel_err"] < 2e-2 and not row["nan"] and row["lse_inf_match"]
-                 and row["lse_max_abs_err"] < 5e-2)
+    # The largest error of any element too: a wrong tile among many
+    # correct ones moves the relative error little.
+    row["ok"] = (row["rel_err"] < 2e-2 and row["max_abs_err"] < 3e-2 and not row["nan"]
+                 and row["lse_inf_match"] and row["lse_max_abs_err"] < 5e-2)
 
 
 def median_ms(fn, reps: int, warmup: int = 3) -> float:

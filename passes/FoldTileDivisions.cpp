@@ -98,10 +98,6 @@ uint64_t powerOfTwoDividing(Value v, int depth = 0) {
       return std::min(powerOfTwoDividing(op->getOperand(0), depth + 1) << *s, cap);
   if (isCast(op))
     return std::min(powerOfTwoDividing(op->getOperand(0), depth + 1), cap);
-  // A min or max is one of its operands (a tile start clamped to the last).
-  if (isa<arith::MinUIOp, arith::MaxUIOp, arith::MinSIOp, arith::MaxSIOp>(op))
-    return std::min(powerOfTwoDividing(op->getOperand(0), depth + 1),
-                    powerOfTwoDividing(op->getOperand(1), depth + 1));
   return 1;
 }
 

@@ -226,6 +226,19 @@ Value scoresOf(Fragments &f, FragSoftmaxOp op, bool rawMax, bool natural) {
   bool scoreMod = op.hasScoreMod();
   float scale = op.getScale().convertToFloat();
   Layout at(op.getScores(), op.getMax());
+  // A score_mod that turns an integer into a float gets its indices clamped
+  // to the static lengths even without a tail: no-ops that tell range
+  // analysis q_idx < M and kv_idx < N (flexattn-exact-int-to-float). Other
+  // mods keep their index arithmetic as it is (a clamp would hide a tile's
+  // structure from flexattn-fold-tile-divisions).
+  bool boundIndices =
+      lens && scoreMod &&
+      op.getScoreMod()
+          .walk([](Operation *x) {
+            return isa<arith::SIToFPOp, arith::UIToFPOp>(x) ? WalkResult::interrupt()
+                                                             : WalkResult::advance();
+          })
+          .wasInterrupted();
   Value qRow0 = f.toI32(op.getRow());
   // Each row value's head and query index (a packed row r: head h + r / m,
   // query r mod m).
@@ -233,9 +246,7 @@ Value scoresOf(Fragments &f, FragSoftmaxOp op, bool rawMax, bool natural) {
   for (int64_t r = 0; r < at.rows; ++r) {
     Value row = r ? arith::AddIOp::create(b, qRow0, f.i32(Layout::rowOffset(r))).getResult()
                   : qRow0;
-    // An unpacked row is clamped even without a tail: a no-op that tells
-    // range analysis q_idx < M (flexattn-exact-int-to-float).
-    if (qTail || !op.getRowsPerHead())
+    if (qTail || (boundIndices && !op.getRowsPerHead()))
       row = arith::MinUIOp::create(b, row, last(0));
     Value head = op.getH();
     if (Value m = op.getRowsPerHead()) {
@@ -247,14 +258,18 @@ Value scoresOf(Fragments &f, FragSoftmaxOp op, bool rawMax, bool natural) {
     qIdx.push_back(f.toIndex(row));
     heads.push_back(head);
   }
+  // The thread's first column (the tile's start plus the lane's column) and
+  // its elements' offsets from it: without a tail every column is below N,
+  // so the first is at most N - 1 - the largest offset (clamped there once
+  // per tile for a bounded kv_idx).
   Value kvCol0 = f.toI32(op.getCol());
-  // Without a tail every tile starts in [0, N - BN]: the mods' kv_idx is the
-  // start, clamped there once per tile (a no-op that tells range analysis
-  // kv_idx < N; a multiple of BN still, for flexattn-fold-tile-divisions),
-  // plus the column.
   Value kvStart = kvCol0;
-  if (lens && !kvTail && (scoreMod || applyMask))
-    kvStart = arith::MinUIOp::create(b, kvCol0, f.i32((*lens)[1] - BN));
+  if (boundIndices && !kvTail) {
+    int64_t lastOffset = 0;
+    for (int64_t e = 0; e < at.perTile; ++e)
+      lastOffset = std::max(lastOffset, at.colOf(e));
+    kvStart = arith::MinUIOp::create(b, kvCol0, f.i32((*lens)[1] - 1 - lastOffset));
+  }
   SmallVector<Value> s = f.elements(op.getScores()), u;
   for (int64_t e = 0; e < int64_t(s.size()); ++e) {
     Value kvIdx = arith::AddIOp::create(b, kvCol0, f.i32(at.colOf(e)));

@@ -378,3 +378,32 @@ func.func @wide_finalize(%acc: vector<16xf32>, %m: vector<2xf32>, %l: vector<2xf
       at(%b, %h, %row, %col) : vector<16xf32>, vector<2xf32>
   return
 }
+
+// -----
+
+// A score_mod that converts an index to a float, without tails: q_idx and
+// the thread's first column are clamped to the lengths (no-ops: the last
+// element's column is the first + 9, so the first is at most 128 - 1 - 9)
+// for flexattn-exact-int-to-float's range analysis.
+
+// CHECK-LABEL: func.func @softmax_index_float(
+// CHECK-SAME:    %{{[^:]+}}: index, %{{[^:]+}}: index, %[[ROW:[^:]+]]: index, %[[COL:[^:]+]]: index)
+// CHECK-DAG:     %[[R:.*]] = arith.index_cast %[[ROW]] : index to i32
+// CHECK-DAG:     arith.minui %[[R]], %c127_i32 : i32
+// CHECK-DAG:     %[[C:.*]] = arith.index_cast %[[COL]] : index to i32
+// CHECK-DAG:     arith.minui %[[C]], %c118_i32 : i32
+// CHECK:         arith.sitofp
+func.func @softmax_index_float(%s: vector<8xf32>, %m: vector<2xf32>, %l: vector<2xf32>,
+                               %b: index, %h: index, %row: index, %col: index)
+    -> (vector<8xf16>, vector<2xf32>, vector<2xf32>, vector<2xf32>) {
+  %p, %m1, %l1, %alpha = flexattn.frag.softmax %s state(%m, %l) at(%b, %h, %row, %col)
+      attributes {scale = 0.125 : f32, seq_lens = array<i64: 128, 128>, tile_size = array<i64: 64, 16>}
+    score_mod {
+    ^bb0(%sc: f32, %bb: i32, %hh: i32, %qi: i32, %kj: i32):
+      %d = arith.subi %qi, %kj : i32
+      %df = arith.sitofp %d : i32 to f32
+      %r = arith.addf %sc, %df : f32
+      flexattn.yield %r : f32
+    } : vector<8xf32>, vector<2xf32> -> vector<8xf16>
+  return %p, %m1, %l1, %alpha : vector<8xf16>, vector<2xf32>, vector<2xf32>, vector<2xf32>
+}
