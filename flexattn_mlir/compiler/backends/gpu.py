@@ -241,8 +241,8 @@ def make_fragments(mod: ir.Module, opts: CompileOptions) -> None:
         # page-table read per tile instead of one per score.
         "flexattn-fold-tile-divisions",
         "cse",
-        # A mod's index -> float conversions: per row and per column where
-        # the sums distribute, full-rate ops elsewhere.
+        # A mod's index -> float conversion as exact f32 sums of a row's and
+        # a tile's leaves (one add per score), or an add and a subtraction.
         "flexattn-exact-int-to-float",
         "canonicalize",
         "cse",
