@@ -201,6 +201,17 @@ void contractFloatMath(Region &region) {
   });
 }
 
+/// The nearest op enclosing `op` that has attribute `mark` (the driver
+/// marks the kernel's launch), or null.
+Operation *markedBy(Operation *op, StringRef mark) {
+  for (Operation *p = op->getParentOp(); p; p = p->getParentOp())
+    if (p->hasAttr(mark))
+      return p;
+  return nullptr;
+}
+
+bool marked(Operation *op, StringRef mark) { return markedBy(op, mark); }
+
 /// u = log2(e) mods(scale S) per fragment element, -inf past N; the mods see
 /// indices clamped inside [0, M) x [0, N). `natural`: u = mods(scale S)
 /// (log2(e) then joins P's exponent fma; the score_mod's arithmetic may
@@ -226,13 +237,14 @@ Value scoresOf(Fragments &f, FragSoftmaxOp op, bool rawMax, bool natural) {
   bool scoreMod = op.hasScoreMod();
   float scale = op.getScale().convertToFloat();
   Layout at(op.getScores(), op.getMax());
-  // A score_mod that turns an integer into a float gets its indices clamped
-  // to the static lengths even without a tail: no-ops that tell range
-  // analysis q_idx < M and kv_idx < N (flexattn-exact-int-to-float). Other
+  // On a launch marked kExactIndexFloatsAttr a score_mod that turns an
+  // integer into a float gets its indices clamped to the static lengths
+  // even without a tail: no-ops that tell range analysis q_idx < M and
+  // kv_idx < N (flexattn-exact-int-to-float). Other
   // mods keep their index arithmetic as it is (a clamp would hide a tile's
   // structure from flexattn-fold-tile-divisions).
   bool boundIndices =
-      lens && scoreMod &&
+      lens && scoreMod && marked(op, softmax::kExactIndexFloatsAttr) &&
       op.getScoreMod()
           .walk([](Operation *x) {
             return isa<arith::SIToFPOp, arith::UIToFPOp>(x) ? WalkResult::interrupt()
@@ -312,16 +324,6 @@ Value scoresOf(Fragments &f, FragSoftmaxOp op, bool rawMax, bool natural) {
   return f.vectorOf(u);
 }
 
-/// The nearest op enclosing `op` that has attribute `mark` (the driver
-/// marks the kernel's launch), or null.
-Operation *markedBy(Operation *op, StringRef mark) {
-  for (Operation *p = op->getParentOp(); p; p = p->getParentOp())
-    if (p->hasAttr(mark))
-      return p;
-  return nullptr;
-}
-
-bool marked(Operation *op, StringRef mark) { return markedBy(op, mark); }
 
 /// k of every kFmaExp2Period elements of P on the FMA pipe: the
 /// kExp2PolyAttr of the nearest enclosing op that has one (the backend sets

@@ -87,6 +87,11 @@ inline constexpr llvm::StringLiteral kMaskedRawMaxAttr = "flexattn.masked_raw_ma
 // multiplying every score by it (the driver marks the sm_90a kernels and
 // the decode kernel; sm_80's prefill kernels spill with it).
 inline constexpr llvm::StringLiteral kNaturalScoresAttr = "flexattn.natural_scores";
+// kExactIndexFloatsAttr (unit) on a kernel's launch: flexattn-lower-fragments
+// clamps the indices of a score_mod that converts one to a float to the
+// static lengths (no-ops), so that flexattn-exact-int-to-float, which the
+// driver runs on such kernels, can prove its conversions exact.
+inline constexpr llvm::StringLiteral kExactIndexFloatsAttr = "flexattn.exact_index_floats";
 inline constexpr int64_t kFmaExp2Period = 16;
 
 /// Whether P's element `e` (of a thread's fragment) is one of the k of every

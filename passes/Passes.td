@@ -457,11 +457,12 @@ def FlexAttnExactIntToFloat : Pass<"flexattn-exact-int-to-float", "::mlir::Modul
     Rewrites each scalar `arith.sitofp` / `arith.uitofp` to f32 whose
     operand (any signless integer width) upstream `IntegerRangeAnalysis`
     bounds to [-2^22, 2^22) (uitofp: [0, 2^22)); the operand is truncated or
-    extended to i32 first. Anything else is left as it is. The forward's
-    fragment lowering clamps the indices of a score_mod that converts one to
-    the static sequence lengths (no-ops) so that the analysis sees the
-    bound; a dynamic-shape kernel, and the backward where no tail clamps
-    them, keep their conversions.
+    extended to i32 first. Anything else is left as it is. On launches
+    marked `flexattn.exact_index_floats` (sm_90a's and the decode kernel,
+    where the driver runs this pass) the fragment lowering clamps the
+    indices of a score_mod that converts one to the static sequence lengths
+    (no-ops) so that the analysis sees the bound; a dynamic-shape kernel,
+    and the backward where no tail clamps them, keep their conversions.
 
     Before (`%q` in [0, 8191], `%kv` in [0, 8191]):
     ```mlir

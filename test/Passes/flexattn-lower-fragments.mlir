@@ -381,7 +381,8 @@ func.func @wide_finalize(%acc: vector<16xf32>, %m: vector<2xf32>, %l: vector<2xf
 
 // -----
 
-// A score_mod that converts an index to a float, without tails: q_idx and
+// A score_mod that converts an index to a float, without tails, in a kernel
+// marked flexattn.exact_index_floats: q_idx and
 // the thread's first column are clamped to the lengths (no-ops: the last
 // element's column is the first + 9, so the first is at most 128 - 1 - 9)
 // for flexattn-exact-int-to-float's range analysis.
@@ -395,6 +396,28 @@ func.func @wide_finalize(%acc: vector<16xf32>, %m: vector<2xf32>, %l: vector<2xf
 // CHECK:         arith.sitofp
 func.func @softmax_index_float(%s: vector<8xf32>, %m: vector<2xf32>, %l: vector<2xf32>,
                                %b: index, %h: index, %row: index, %col: index)
+    -> (vector<8xf16>, vector<2xf32>, vector<2xf32>, vector<2xf32>) attributes {flexattn.exact_index_floats} {
+  %p, %m1, %l1, %alpha = flexattn.frag.softmax %s state(%m, %l) at(%b, %h, %row, %col)
+      attributes {scale = 0.125 : f32, seq_lens = array<i64: 128, 128>, tile_size = array<i64: 64, 16>}
+    score_mod {
+    ^bb0(%sc: f32, %bb: i32, %hh: i32, %qi: i32, %kj: i32):
+      %d = arith.subi %qi, %kj : i32
+      %df = arith.sitofp %d : i32 to f32
+      %r = arith.addf %sc, %df : f32
+      flexattn.yield %r : f32
+    } : vector<8xf32>, vector<2xf32> -> vector<8xf16>
+  return %p, %m1, %l1, %alpha : vector<8xf16>, vector<2xf32>, vector<2xf32>, vector<2xf32>
+}
+
+// -----
+
+// Unmarked (sm_80's prefill kernels): no clamp without a tail.
+
+// CHECK-LABEL: func.func @softmax_index_float_unmarked(
+// CHECK-NOT:     arith.minui
+// CHECK:         arith.sitofp
+func.func @softmax_index_float_unmarked(%s: vector<8xf32>, %m: vector<2xf32>, %l: vector<2xf32>,
+                                        %b: index, %h: index, %row: index, %col: index)
     -> (vector<8xf16>, vector<2xf32>, vector<2xf32>, vector<2xf32>) {
   %p, %m1, %l1, %alpha = flexattn.frag.softmax %s state(%m, %l) at(%b, %h, %row, %col)
       attributes {scale = 0.125 : f32, seq_lens = array<i64: 128, 128>, tile_size = array<i64: 64, 16>}

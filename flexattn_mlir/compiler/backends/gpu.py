@@ -8,6 +8,7 @@ and the launch metadata :mod:`flexattn_runtime` runs the cubin with.
            -> fragments flexattn-lower-fragments (part of P's exp2 on the FMA pipe
                         where exp2_poly marks the launch), flexattn-inline-mods,
                         flexattn-fold-tile-divisions, flexattn-exact-int-to-float
+                        (where natural scores: sm_90a, decode)
            -> kernel    flexattn-lower-to-hopper (sm_90a) | flexattn-lower-to-ampere
                         (sm_80), gpu-kernel-outlining
            -> nvvm      flexattn-lower-to-nvvm
@@ -223,10 +224,23 @@ def natural_scores(mod: ir.Module, opts: CompileOptions) -> bool:
     return _has_op(mod, "flexattn.warp_specialize") or bool(opts.decode)
 
 
+def exact_index_floats(mod: ir.Module, opts: CompileOptions) -> bool:
+    """Whether a score_mod's index -> float conversions become exact f32 sums
+    (``flexattn-exact-int-to-float``; ``flexattn-lower-fragments`` bounds
+    the indices on launches marked ``flexattn.exact_index_floats``): the
+    kernels with natural scores (sm_90a's wgmma kernels, the decode kernel).
+    sm_80's prefill kernels keep their conversions: at D = 128 and 255
+    registers the hoisted row values spilled 8 bytes (relative bias,
+    test/python/test_gpu_codegen_sm80.py)."""
+    return natural_scores(mod, opts)
+
+
 def make_fragments(mod: ir.Module, opts: CompileOptions) -> None:
     share = exp2_poly(mod, opts)
+    exact = exact_index_floats(mod, opts)
     marks = [m for m, on in (("masked_raw_max", masked_raw_max(opts)),
-                             ("natural_scores", natural_scores(mod, opts))) if on]
+                             ("natural_scores", natural_scores(mod, opts)),
+                             ("exact_index_floats", exact)) if on]
     for launch in _ops(mod, "gpu.launch"):  # flexattn-lower-fragments reads the marks
         if share:
             launch.attributes["flexattn.exp2_poly"] = ir.IntegerAttr.get(
@@ -241,12 +255,13 @@ def make_fragments(mod: ir.Module, opts: CompileOptions) -> None:
         # page-table read per tile instead of one per score.
         "flexattn-fold-tile-divisions",
         "cse",
+    ] + ([
         # A mod's index -> float conversion as exact f32 sums of a row's and
         # a tile's leaves (one add per score), or an add and a subtraction.
         "flexattn-exact-int-to-float",
         "canonicalize",
         "cse",
-    ], "fragments")
+    ] if exact else []), "fragments")
 
 
 def prefetch_loads(opts: CompileOptions) -> bool:
