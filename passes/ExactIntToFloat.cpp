@@ -5,16 +5,19 @@
 //===----------------------------------------------------------------------===//
 //
 // A score_mod that turns an index into a float (a relative bias's
-// `q_idx - kv_idx`, ALiBi's distance) converts once per score. On NVIDIA GPUs
-// the conversion (I2F) runs on the same quarter-rate unit as P's exp2
-// (MUFU.EX2), so such a mod halves the rate of the one unit the forward
-// kernel already saturates. For an integer x with -2^22 <= x < 2^22 the
-// conversion is exact with two full-rate ops: 0x4B400000 is the bit pattern
-// of 1.5 * 2^23, whose ulp is 1; adding x to the pattern adds x to the
-// mantissa without leaving the binade, so the pattern reads 12582912 + x,
-// and subtracting 12582912.0 leaves x exactly. Integer range analysis
-// proves the bound (the fragment lowering clamps the mods' indices to the
-// sequence lengths for it).
+// `q_idx - kv_idx`, ALiBi's distance) pays an integer op and a conversion
+// per score (I2FP on sm_90a; on sm_80 I2F, on the quarter-rate unit that
+// also runs P's exp2). Where integer range analysis proves it exact, the
+// conversion becomes f32 arithmetic instead: a sum or difference of leaves
+// that many scores share (a row's q_idx, the thread's first column of the
+// tile) and constants is summed in f32, leaves first and the constant
+// last, so each score adds one immediate; a lone value x with
+// -2^22 <= x < 2^22 converts with two full-rate ops: 0x4B400000 is the bit
+// pattern of 1.5 * 2^23, whose ulp is 1; adding x to the pattern adds x to
+// the mantissa without leaving the binade, so the pattern reads
+// 12582912 + x, and subtracting 12582912.0 leaves x exactly. The fragment
+// lowering clamps the mods' indices to the sequence lengths (no-ops) so
+// that the analysis sees the bounds.
 //
 //===----------------------------------------------------------------------===//
 

@@ -441,42 +441,53 @@ def FlexAttnFoldTileDivisions
 }
 
 def FlexAttnExactIntToFloat : Pass<"flexattn-exact-int-to-float", "::mlir::ModuleOp"> {
-  let summary = "Convert integers that range analysis bounds to |x| < 2^22 "
-                "to f32 with an integer add and a float subtraction (exact), "
-                "off the GPU's conversion unit";
+  let summary = "Convert integers to f32 as exact f32 sums of shared leaves, "
+                "or with an integer add and a float subtraction, where range "
+                "analysis bounds them";
   let description = [{
     A score_mod that turns an index into a float (a relative bias's
-    `q_idx - kv_idx`, ALiBi's distance) converts once per score. On NVIDIA
-    GPUs the conversion (I2F) runs on the quarter-rate unit that also runs
-    P's exp2 (MUFU.EX2), the unit the forward kernel saturates. For
-    -2^22 <= x < 2^22, `bitcast(x + 0x4B400000) - 12582912.0` is x exactly:
-    0x4B400000 is the pattern of 1.5 * 2^23, whose ulp is 1, and adding x to
-    it stays in that binade. An integer add and a float subtraction run at
-    full rate.
+    `q_idx - kv_idx`, ALiBi's distance) pays an integer op and a
+    conversion per score (I2FP on sm_90a; I2F on sm_80, on the quarter-rate
+    unit that also runs P's exp2). For -2^22 <= x < 2^22,
+    `bitcast(x + 0x4B400000) - 12582912.0` is x exactly: 0x4B400000 is the
+    pattern of 1.5 * 2^23, whose ulp is 1, and adding x to it stays in that
+    binade. A sum or difference of shared leaves (constants, block
+    arguments, values with several uses: a row's q_idx, a tile's column)
+    whose terms' magnitudes add up to at most 2^24 is summed in f32
+    instead, leaves first and the constant last: every partial sum is an
+    integer f32 holds, so each step is exact, and after CSE each score adds
+    one immediate.
 
-    Rewrites each scalar `arith.sitofp` / `arith.uitofp` to f32 whose
-    operand (any signless integer width) upstream `IntegerRangeAnalysis`
-    bounds to [-2^22, 2^22) (uitofp: [0, 2^22)); the operand is truncated or
-    extended to i32 first. Anything else is left as it is. On launches
+    Each scalar `arith.sitofp` to f32 of such a sum (through sign
+    extensions and value-keeping truncations) is rewritten so; otherwise a
+    scalar `arith.sitofp` / `arith.uitofp` to f32 whose operand (any
+    signless integer width) upstream `IntegerRangeAnalysis` bounds to
+    [-2^22, 2^22) (uitofp: [0, 2^22)) takes the add trick, the operand
+    truncated or extended to i32 first. Anything else is left as it is. On launches
     marked `flexattn.exact_index_floats` (sm_90a's and the decode kernel,
     where the driver runs this pass) the fragment lowering clamps the
     indices of a score_mod that converts one to the static sequence lengths
     (no-ops) so that the analysis sees the bound; a dynamic-shape kernel,
     and the backward where no tail clamps them, keep their conversions.
 
-    Before (`%q` in [0, 8191], `%kv` in [0, 8191]):
+    Before (`%q` a row's index in [0, 8191] and `%c0` the thread's first
+    column in [0, 8070], each with several uses):
     ```mlir
-    %d = arith.subi %q, %kv : i64
-    %f = arith.sitofp %d : i64 to f32
+    %kv = arith.addi %c0, %c3_i32 : i32
+    %d = arith.subi %q, %kv : i32
+    %f = arith.sitofp %d : i32 to f32
     ```
-    After:
+    After (the leaves' conversions right after their definitions):
     ```mlir
-    %d = arith.subi %q, %kv : i64
-    %d32 = arith.trunci %d : i64 to i32
-    %bits = arith.addi %d32, %c1262485504_i32 : i32
-    %biased = arith.bitcast %bits : i32 to f32
-    %f = arith.subf %biased, %cst : f32   // %cst = 12582912.0
+    %qb = arith.addi %q, %c1262485504_i32 : i32
+    %qf = arith.subf (arith.bitcast %qb : i32 to f32), %cst : f32  // 12582912.0
+    ...                                                             // %c0f likewise
+    %d0 = arith.subf %qf, %c0f : f32
+    %f = arith.addf %d0, %cst_m3 : f32                              // -3.0
     ```
+    A lone value in range (`%d` above without shared leaves):
+    `%b = arith.addi %d, %c1262485504_i32`, `%f = arith.subf (arith.bitcast
+    %b : i32 to f32), %cst`.
   }];
   let dependentDialects = ["::mlir::arith::ArithDialect"];
 }
