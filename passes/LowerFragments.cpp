@@ -240,9 +240,9 @@ Value scoresOf(Fragments &f, FragSoftmaxOp op, bool rawMax, bool natural) {
   // On a launch marked kExactIndexFloatsAttr a score_mod that turns an
   // integer into a float gets its indices clamped to the static lengths
   // even without a tail: no-ops that tell range analysis q_idx < M and
-  // kv_idx < N (flexattn-exact-int-to-float). Other
-  // mods keep their index arithmetic as it is (a clamp would hide a tile's
-  // structure from flexattn-fold-tile-divisions).
+  // kv_idx < N (flexattn-exact-int-to-float). Other mods keep their index
+  // arithmetic as it is (a clamp would hide a tile's structure from
+  // flexattn-fold-tile-divisions).
   bool boundIndices =
       lens && scoreMod && marked(op, softmax::kExactIndexFloatsAttr) &&
       op.getScoreMod()
@@ -286,7 +286,8 @@ Value scoresOf(Fragments &f, FragSoftmaxOp op, bool rawMax, bool natural) {
   for (int64_t e = 0; e < int64_t(s.size()); ++e) {
     Value kvIdx = arith::AddIOp::create(b, kvCol0, f.i32(at.colOf(e)));
     Value v = s[e];
-    Value kvMod = kvTail ? kvIdx : arith::AddIOp::create(b, kvStart, f.i32(at.colOf(e)));
+    Value kvMod = kvStart == kvCol0 ? kvIdx
+                                    : arith::AddIOp::create(b, kvStart, f.i32(at.colOf(e)));
     if (kvTail && (scoreMod || applyMask))
       kvMod = arith::MinUIOp::create(b, kvIdx, last(1));
     auto applyMods = [&](Value x) -> Value {
@@ -323,7 +324,6 @@ Value scoresOf(Fragments &f, FragSoftmaxOp op, bool rawMax, bool natural) {
   }
   return f.vectorOf(u);
 }
-
 
 /// k of every kFmaExp2Period elements of P on the FMA pipe: the
 /// kExp2PolyAttr of the nearest enclosing op that has one (the backend sets
