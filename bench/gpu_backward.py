@@ -5,6 +5,7 @@ fwd+bwd benchmark, in the two halves of gpu_suite.py.
       python bench/gpu_backward.py compile --out artifacts/bwd [--only SUBSTR]
           [--backward-mma-sync]   (the backward's GEMMs as mma.sync, not wgmma)
           [--backward-atomic-dq]  (dq added into f32 by the dk/dv tiles)
+          [--backward-no-overlap] (a chunk's MMAs and element math in turn)
   run (on the H200; needs only torch + flexattn_runtime):
       python bench/gpu_backward.py run --artifacts artifacts/bwd --json $OUT/bwd.json
       [--only check,...] [--ours-only] [--peers triton,cudnn,fa4] [--reps N]
@@ -37,6 +38,10 @@ CHECKS = (
      for v in ZOO for d, dt in ((128, "bfloat16"), (64, "float16"))]
     + [(f"check_{v}_d{d}" + ("" if dt == "bfloat16" else "_f16"), v, 1, 2, 2, 600, 600, d, dt, {})
        for v in ("causal", "alibi_causal", "t5_bias") for d, dt in ((64, "bfloat16"), (128, "float16"))]
+    # Whole tiles at D = 128: 64-row chunks (the overlapped halves on sm_90a),
+    # where the ragged 600s above take 32-row chunks.
+    + [(f"check_{v}_d128_n512", v, 1, 2, 2, 512, 512, 128, "bfloat16", {})
+       for v in ("full", "causal", "document", "alibi_causal", "t5_bias", "relative_bias")]
     + [("check_gqa_causal_d128", "causal", 2, 4, 2, 384, 384, 128, "bfloat16", {}),
        ("check_alibi_m700_n300", "alibi_causal", 1, 2, 2, 700, 300, 64, "bfloat16", {})]
     # The deterministic mode (capture gradients in per-thread partial sums):
@@ -57,7 +62,8 @@ TRITON_CHECKS = ("check_causal_d128", "check_alibi_causal_d128", "check_t5_bias_
 # -- compile (here) -----------------------------------------------------------
 
 def compile_all(out: str, only: str | None, device_cc: tuple[int, int] = (9, 0),
-                backward_wgmma: bool = True, backward_atomic_dq: bool = False) -> None:
+                backward_wgmma: bool = True, backward_atomic_dq: bool = False,
+                backward_overlap: bool = True) -> None:
     import torch
 
     import flexattn_mlir as fm
@@ -72,7 +78,8 @@ def compile_all(out: str, only: str | None, device_cc: tuple[int, int] = (9, 0),
             continue
         spec, captures = gpu_suite.case_spec(case, return_lse=True)
         opts = fm.CompileOptions(target="sm_90a", backward_wgmma=backward_wgmma,
-                                 backward_atomic_dq=backward_atomic_dq)
+                                 backward_atomic_dq=backward_atomic_dq,
+                                 backward_overlap=backward_overlap)
         grad = [i for i, c in enumerate(captures) if c.is_floating_point()]
         q_side = []
         if spec.kv_num_blocks is not None:  # the transposed lists' shapes

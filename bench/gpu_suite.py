@@ -499,6 +499,9 @@ def main(compile_fn=None, run_fn=None, reps: int = 30, peers: str = "triton,cudn
     c.add_argument("--backward-mma-sync", action="store_true",
                    help="gpu_backward.py: the backward's GEMMs as mma.sync, not "
                         "sm_90a's wgmma (CompileOptions.backward_wgmma=False)")
+    c.add_argument("--backward-no-overlap", action="store_true",
+                   help="gpu_backward.py: a chunk's MMAs and element math in turn "
+                        "(CompileOptions.backward_overlap=False)")
     c.add_argument("--backward-atomic-dq", action="store_true",
                    help="gpu_backward.py: dq added into f32 by the dk/dv tiles "
                         "(CompileOptions.backward_atomic_dq=True)")
@@ -516,6 +519,8 @@ def main(compile_fn=None, run_fn=None, reps: int = 30, peers: str = "triton,cudn
         extra = {"backward_wgmma": False} if a.backward_mma_sync else {}
         if a.backward_atomic_dq:
             extra["backward_atomic_dq"] = True
+        if a.backward_no_overlap:
+            extra["backward_overlap"] = False
         compile_fn(a.out, a.only, tuple(int(x) for x in a.device_cc.split(".")), **extra)
     else:
         run_fn(a.artifacts, a.json, a.only, a.reps, [p for p in a.peers.split(",") if p],

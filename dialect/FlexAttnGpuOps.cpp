@@ -307,6 +307,21 @@ LogicalResult MmaOp::verify() {
   SmemTileType b = getB().getType();
   int64_t k = getTransposeB() ? b.getCols() : b.getRows();
   int64_t n = getTransposeB() ? b.getRows() : b.getCols();
+  if (getBRow()) {
+    auto frag = dyn_cast<VectorType>(getA().getType());
+    if (!frag || getTransposeB())
+      return emitOpError() << "b_row takes a register A and a row-major B (no transpose_b)";
+    // K is A's: T K / 2 elements for T m16 tiles, T read off the result.
+    int64_t t = mTilesOf(getResult().getType().getNumElements(), n);
+    int64_t aK = t ? 2 * frag.getNumElements() / t : 0;
+    APInt row;
+    if (!t || aK % 16 || aK > k ||
+        (matchPattern(getBRow(), m_ConstantInt(&row)) &&
+         (row.getSExtValue() % 16 || row.getSExtValue() + aK > k)))
+      return emitOpError() << "b_row reads B's rows [b_row, b_row + K) with K from A ("
+                           << aK << "), a multiple of 16 inside B's " << k << " rows";
+    k = aK;
+  }
   if (auto a = dyn_cast<SmemTileType>(getA().getType())) {
     if (!getARow())
       return emitOpError() << "a shared-memory A needs the row of its 64-row "

@@ -295,7 +295,10 @@ def FlexAttn_MmaOp : FlexAttn_Op<"mma", [AttrSizedOperandSegments]> {
     `[K, N]`, as V for O = P.V). A is either a shared-memory tile, read at
     rows `[a_row, a_row + 64 T)`, or a fragment of 16-bit values (`T K / 2`
     per thread; f32 for f32 tiles: tf32 MMAs, see flexattn-lower-to-ampere);
-    B is a shared-memory tile. The result is a fragment of
+    B is a shared-memory tile; with a register A and a row-major B,
+    `b_row` (a multiple of 16) reads B's rows `[b_row, b_row + K)`, K read
+    off A's size (the second half of a chunk's keys, say). The result is a
+    fragment of
     `T N / 2` f32 per thread (T is read off its size); without `acc` the
     product starts from zero. Each B fragment a warp reads feeds its T m16
     tiles.
@@ -307,14 +310,16 @@ def FlexAttn_MmaOp : FlexAttn_Op<"mma", [AttrSizedOperandSegments]> {
     ```mlir
     %s0 = flexattn.mma %q[%row], %k {transpose_b} : !flexattn.smem_tile<128x128xbf16>, !flexattn.smem_tile<128x128xbf16> -> vector<64xf32>
     %o0 = flexattn.mma %p, %v, %acc : vector<64xbf16>, !flexattn.smem_tile<128x128xbf16>, vector<64xf32> -> vector<64xf32>
+    %o1 = flexattn.mma %p1, %v[%c32], %o0 : vector<16xbf16>, !flexattn.smem_tile<64x128xbf16>, vector<64xf32> -> vector<64xf32>
     ```
   }];
   let arguments = (ins AnyTypeOf<[FlexAttn_SmemTileType, FlexAttn_HalfFragment]>:$a,
                        Optional<Index>:$a_row, FlexAttn_SmemTileType:$b,
+                       Optional<Index>:$b_row,
                        Optional<FlexAttn_Fragment>:$acc, UnitAttr:$transpose_b);
   let results = (outs FlexAttn_Fragment:$result);
   let assemblyFormat = [{
-    $a (`[` $a_row^ `]`)? `,` $b (`,` $acc^)? attr-dict `:` qualified(type($a)) `,` qualified(type($b))
+    $a (`[` $a_row^ `]`)? `,` $b (`[` $b_row^ `]`)? (`,` $acc^)? attr-dict `:` qualified(type($a)) `,` qualified(type($b))
     (`,` type($acc)^)? `->` type($result)
   }];
   let hasVerifier = 1;

@@ -158,39 +158,55 @@ inline ScoreGrad scoreGradient(OpBuilder &b, Location loc, BackwardStepOp op,
 ///   a score_mod    S = mods(scale x), P = exp2(fma(S, log2(e), -base));
 ///                  dX = dS dS/dX, 0 where P = 0
 /// dX leaves out the scale: the caller multiplies the dK and dQ sums by it
-/// once (flexattn-lower-backward-mma's stores), not every score.
-inline ScoreGrad unscaledScoreGradient(OpBuilder &b, Location loc, BackwardStepOp op,
-                                       Value x, Value dp, Value base, Value delta,
-                                       Value i, Value j, Value live,
-                                       CaptureGradSink sink = nullptr) {
+/// once (flexattn-lower-backward-mma's stores), not every score. In two
+/// halves, P (from x alone) and then dX (dp, delta), so that a caller can
+/// compute P while dp's MMA still runs.
+struct UnscaledProb {
+  Value p;
+  SmallVector<Value> mods; // the mods' value and derivatives (a score_mod)
+};
+inline UnscaledProb unscaledProb(OpBuilder &b, Location loc, BackwardStepOp op, Value x,
+                                 Value base, Value i, Value j, Value live) {
   float scale = op.getScale().convertToFloat();
   auto f32 = [&](double v) {
     return arith::ConstantOp::create(b, loc, b.getF32FloatAttr(static_cast<float>(v)))
         .getResult();
   };
-  Value one = f32(1.0), zero = f32(0.0);
+  Value one = f32(1.0);
   Value nbase = arith::NegFOp::create(b, loc, base);
-  bool modded = !op.getScoreModVjp().empty();
-  SmallVector<Value> mods;
-  Value p;
-  if (modded) {
-    mods = applyVjp(b, loc, op, scaled(b, loc, x, scale), one, i, j);
-    p = math::Exp2Op::create(b, loc, math::FmaOp::create(b, loc, mods[0], f32(kLog2e), nbase));
+  UnscaledProb out;
+  if (!op.getScoreModVjp().empty()) {
+    out.mods = applyVjp(b, loc, op, scaled(b, loc, x, scale), one, i, j);
+    out.p = math::Exp2Op::create(b, loc,
+                                 math::FmaOp::create(b, loc, out.mods[0], f32(kLog2e), nbase));
   } else {
     // A mask_mod alone selects on the exponent (-inf where masked).
     Value arg = math::FmaOp::create(b, loc, x, f32(scale * kLog2e), nbase);
-    p = math::Exp2Op::create(b, loc, applyVjp(b, loc, op, arg, one, i, j)[0]);
+    out.p = math::Exp2Op::create(b, loc, applyVjp(b, loc, op, arg, one, i, j)[0]);
   }
   if (live)
-    p = arith::SelectOp::create(b, loc, live, p, zero);
-  Value dS = arith::MulFOp::create(b, loc, p, arith::SubFOp::create(b, loc, dp, delta));
-  if (!modded)
-    return {p, dS};
+    out.p = arith::SelectOp::create(b, loc, live, out.p, f32(0.0));
+  return out;
+}
+inline Value unscaledDx(OpBuilder &b, Location loc, BackwardStepOp op,
+                        const UnscaledProb &prob, Value dp, Value delta,
+                        CaptureGradSink sink = nullptr) {
+  Value dS =
+      arith::MulFOp::create(b, loc, prob.p, arith::SubFOp::create(b, loc, dp, delta));
+  if (prob.mods.empty())
+    return dS;
   if (sink)
-    sink(mods, dS);
+    sink(prob.mods, dS);
   else
-    accumulateCaptureGrads(b, loc, op, mods, dS);
-  return {p, dScore(b, loc, p, dS, mods[1], 1.0f)};
+    accumulateCaptureGrads(b, loc, op, prob.mods, dS);
+  return dScore(b, loc, prob.p, dS, prob.mods[1], 1.0f);
+}
+inline ScoreGrad unscaledScoreGradient(OpBuilder &b, Location loc, BackwardStepOp op,
+                                       Value x, Value dp, Value base, Value delta,
+                                       Value i, Value j, Value live,
+                                       CaptureGradSink sink = nullptr) {
+  UnscaledProb prob = unscaledProb(b, loc, op, x, base, i, j, live);
+  return {prob.p, unscaledDx(b, loc, op, prob, dp, delta, sink)};
 }
 /// Inlines the stack scopes of a backward CTA body (from
 /// flexattn-map-backward-to-grid, one per tile): their buffers live in the

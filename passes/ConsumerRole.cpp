@@ -118,7 +118,7 @@ LogicalResult ConsumerRole::step(ImplicitLocOpBuilder &b, TileStepOp op,
     return failure();
   Value k = RingSlotOp::create(b, rings.k, kvPos);
   Value s = MmaOp::create(b, fragType(plan.BN, b.getF32Type()), qA, qRow, k,
-                          Value(), b.getUnitAttr());
+                          Value(), Value(), b.getUnitAttr());
   s = MmaWaitOp::create(b, 0, ValueRange{s}).getResult(0);
   RingReleaseOp::create(b, rings.k, kvPos);
   // P, m_new, l_new, alpha = the online softmax of the mods of S
@@ -149,7 +149,7 @@ LogicalResult ConsumerRole::step(ImplicitLocOpBuilder &b, TileStepOp op,
   if (failed(wait(rings.v)))
     return failure();
   Value v = RingSlotOp::create(b, rings.v, kvPos);
-  acc = MmaOp::create(b, acc.getType(), softmax.getProbs(), Value(), v, acc,
+  acc = MmaOp::create(b, acc.getType(), softmax.getProbs(), Value(), v, Value(), acc,
                       UnitAttr());
   acc = MmaWaitOp::create(b, 0, ValueRange{acc, softmax.getProbs()}).getResult(0);
   RingReleaseOp::create(b, rings.v, kvPos);

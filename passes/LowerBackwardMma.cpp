@@ -119,6 +119,11 @@ struct Plan {
   /// with dq_sum, whose dQ GEMM takes a chunk as its M = 64 rows.
   int64_t chunk() const { return D == 128 && ragged() && !dqSum ? 32 : 64; }
   bool dqSum = false; // a step adds into dq_sum: 64-row chunks (its dQ GEMM's M)
+  /// Whether a 64-row chunk's element math and register-A products run in
+  /// two 32-column halves, the first half's products during the second
+  /// half's math (`overlap`: wgmma, whose MMAs are asynchronous).
+  bool halves = false;
+  void setOverlap(bool overlap) { halves = overlap && chunk() == 64 && !dqSum; }
 };
 
 struct Lowering {
@@ -177,17 +182,20 @@ struct Lowering {
 
   /// Waits for every MMA in `results` at once (on sm_90a wgmma runs them
   /// back to back; mma.sync's wait is nothing).
-  SmallVector<Value> waitAll(ValueRange results) {
-    ResultRange waited = MmaWaitOp::create(b, 0, results).getResults();
+  SmallVector<Value> waitAll(ValueRange results) { return waitSome(0, results); }
+  /// Waits until at most `pending` of the latest MMA groups run; `values`
+  /// (results and register operands of the groups waited for) readable.
+  SmallVector<Value> waitSome(int64_t pending, ValueRange values) {
+    ResultRange waited = MmaWaitOp::create(b, pending, values).getResults();
     return SmallVector<Value>(waited.begin(), waited.end());
   }
   /// Issues acc + a . bTile for each (accumulator tile, a, bTile) (their
-  /// stack vectors); the results, to wait for.
-  SmallVector<Value> issue(ArrayRef<std::array<Value, 3>> products) {
+  /// stack vectors), B from row bRow if given; the results, to wait for.
+  SmallVector<Value> issue(ArrayRef<std::array<Value, 3>> products, Value bRow = Value()) {
     SmallVector<Value> results;
     for (auto [tile, a, bTile] : products) {
       Value acc = memref::LoadOp::create(b, accs.lookup(tile), ValueRange{});
-      results.push_back(MmaOp::create(b, acc.getType(), a, Value(), bTile, acc, UnitAttr()));
+      results.push_back(MmaOp::create(b, acc.getType(), a, Value(), bTile, bRow, acc, UnitAttr()));
     }
     return results;
   }
@@ -208,6 +216,20 @@ struct Lowering {
   };
   FailureOr<Streamed> streamedAt(BackwardStepOp op, scf::ForOp loop, Value iv,
                                  Value when = Value());
+  /// Turns of the two groups (named barriers 1 + g, 256 threads): group g
+  /// waits for its turn, and passes it to the other after its MMAs; group
+  /// 1 passes group 0 the first turn at the kernel's entry.
+  Value turnThreads() { return arith::ConstantIntOp::create(b, 2 * kGroup, 32); }
+  void takeTurn() {
+    NVVM::BarrierOp::create(b, Type(),
+                            arith::AddIOp::create(b, bandNo(), arith::ConstantIntOp::create(b, 1, 32)),
+                            turnThreads(), NVVM::BarrierReductionAttr(), Value());
+  }
+  void passTurn() {
+    NVVM::BarrierArriveOp::create(
+        b, arith::SubIOp::create(b, arith::ConstantIntOp::create(b, 2, 32), bandNo()),
+        turnThreads());
+  }
   /// The thread's band number (its group), i32.
   Value bandNo() {
     return arith::IndexCastOp::create(b, b.getI32Type(),
@@ -403,7 +425,7 @@ void Lowering::addDq(BackwardStepOp op, Value row0,
           b, dxRing, arith::IndexCastOp::create(b, b.getI32Type(), k));
       Value kb = SmemTilePanelOp::create(b, tileType, kTile,
                                          arith::MulIOp::create(b, k, idx(kBand)), panel);
-      acc = MmaOp::create(b, fragType, dx, idx(0), kb, acc, UnitAttr());
+      acc = MmaOp::create(b, fragType, dx, idx(0), kb, Value(), acc, UnitAttr());
     }
     results.push_back(acc);
   }
@@ -440,7 +462,7 @@ LogicalResult Lowering::lowerStep(BackwardStepOp op) {
   // thread is done with the slot it overwrites), so it lands while chunk c
   // is computed.
   Value sb = op.getB(), sh = kvOwner ? op.getH() : op.getHkv(), s0 = kvOwner ? q0 : kv0;
-  auto issue = [&](const Streamed &at, Value pos) {
+  auto copyChunk = [&](const Streamed &at, Value pos) {
     if (kvOwner)
       issuePair(strA, op.getQ(), strB, op.getDout(), at.b, at.h, at.row, pos, at.valid);
     else
@@ -461,59 +483,74 @@ LogicalResult Lowering::lowerStep(BackwardStepOp op) {
     FailureOr<Streamed> first = streamedAt(op, loop, loop.getLowerBound());
     if (failed(first))
       return failure();
-    issue(*first, memref::LoadOp::create(b, position, ValueRange{}));
+    copyChunk(*first, memref::LoadOp::create(b, position, ValueRange{}));
   } else {
-    issue({Value(), sb, sh, s0}, memref::LoadOp::create(b, position, ValueRange{}));
+    copyChunk({Value(), sb, sh, s0}, memref::LoadOp::create(b, position, ValueRange{}));
   }
   // A loop over the chunks (not unrolled: one chunk's fragments live at a
   // time).
   auto chunks = scf::ForOp::create(b, idx(0), idx(plan.R), idx(plan.chunk()));
-  {
-    OpBuilder::InsertionGuard guard(b);
-    b.setInsertionPointToStart(chunks.getBody());
-    Value c0 = chunks.getInductionVar();
-    Value chunkBase = add(streamBase, c0);
-    Value c1 = add(c0, plan.chunk());
-    Value inStep = arith::CmpIOp::create(b, arith::CmpIPredicate::ult, c1, idx(plan.R));
-    // Past the step's last chunk, the next step's first: its coordinates
-    // (a block-sparse index load) ahead of the wait, which hides them.
-    std::optional<Streamed> following;
-    if (loop) {
-      FailureOr<Streamed> after =
-          streamedAt(op, loop, add(loop.getInductionVar(), loop.getStep()),
-                     arith::XOrIOp::create(b, inStep, arith::ConstantIntOp::create(b, 1, 1)));
-      if (failed(after))
-        return failure();
-      following = *after;
-    }
-    Value pos = memref::LoadOp::create(b, position, ValueRange{});
-    Value next = arith::AddIOp::create(b, pos, arith::ConstantIntOp::create(b, 1, 32));
-    memref::StoreOp::create(b, next, position, ValueRange{});
-    auto [a, bt] = waitPair(strA, strB, pos);
-    Streamed chunkAt{inStep, sb, sh, add(s0, c1)};
-    if (following) {
-      auto pick = [&](Value here, Value there) {
-        return here == there ? here : arith::SelectOp::create(b, inStep, here, there).getResult();
-      };
-      chunkAt = {arith::OrIOp::create(b, inStep, following->valid), pick(sb, following->b),
-                 pick(sh, following->h), pick(chunkAt.row, following->row)};
-    }
-    issue(chunkAt, next);
-    // Sᵀ = K Qᵀ, dPᵀ = V doutᵀ | S = Q Kᵀ, dP = dout Vᵀ
-    SmallVector<Value> scores = waitAll(
-        {MmaOp::create(b, frag(plan.chunk(), f32), ownTileA, band, a, Value(), b.getUnitAttr()),
-         MmaOp::create(b, frag(plan.chunk(), f32), ownTileB, band, bt, Value(), b.getUnitAttr())});
-    Value x = scores[0], dp = scores[1];
-    // Element e = 4 j + 2 h + q: row frow + 8 h of the owned tile, column
-    // fcol + 8 j + q of the chunk.
-    SmallVector<Value> xs, dps, ps, dxs;
-    for (int64_t e = 0; e < plan.chunk() / 2; ++e) {
-      xs.push_back(vector::ExtractOp::create(b, x, ArrayRef<int64_t>{e}));
-      dps.push_back(vector::ExtractOp::create(b, dp, ArrayRef<int64_t>{e}));
-    }
-    DenseMap<int64_t, std::pair<Value, Value>> stats; // query -> base, delta
-    Value log2e = arith::ConstantOp::create(b, b.getF32FloatAttr(static_cast<float>(kLog2e)));
-    for (int64_t e = 0; e < plan.chunk() / 2; ++e) {
+  OpBuilder::InsertionGuard guard(b);
+  b.setInsertionPointToStart(chunks.getBody());
+  Value c0 = chunks.getInductionVar();
+  Value chunkBase = add(streamBase, c0);
+  Value c1 = add(c0, plan.chunk());
+  Value inStep = arith::CmpIOp::create(b, arith::CmpIPredicate::ult, c1, idx(plan.R));
+  // Past the step's last chunk, the next step's first: its coordinates
+  // (a block-sparse index load) ahead of the wait, which hides them.
+  std::optional<Streamed> following;
+  if (loop) {
+    FailureOr<Streamed> after =
+        streamedAt(op, loop, add(loop.getInductionVar(), loop.getStep()),
+                   arith::XOrIOp::create(b, inStep, arith::ConstantIntOp::create(b, 1, 1)));
+    if (failed(after))
+      return failure();
+    following = *after;
+  }
+  Value pos = memref::LoadOp::create(b, position, ValueRange{});
+  Value next = arith::AddIOp::create(b, pos, arith::ConstantIntOp::create(b, 1, 32));
+  memref::StoreOp::create(b, next, position, ValueRange{});
+  auto [a, bt] = waitPair(strA, strB, pos);
+  Streamed chunkAt{inStep, sb, sh, add(s0, c1)};
+  if (following) {
+    auto pick = [&](Value here, Value there) {
+      return here == there ? here : arith::SelectOp::create(b, inStep, here, there).getResult();
+    };
+    chunkAt = {arith::OrIOp::create(b, inStep, following->valid), pick(sb, following->b),
+               pick(sh, following->h), pick(chunkAt.row, following->row)};
+  }
+  copyChunk(chunkAt, next);
+
+  // Sᵀ = K Qᵀ, dPᵀ = V doutᵀ | S = Q Kᵀ, dP = dout Vᵀ; with halves and
+  // two groups, issued in turns (group 0 first), so that one group's
+  // products are done while the other's are still to run.
+  int64_t cols = plan.chunk();
+  bool turns = plan.halves && plan.threads() == 2 * kGroup;
+  if (turns)
+    takeTurn();
+  Value sIssued =
+      MmaOp::create(b, frag(cols, f32), ownTileA, band, a, Value(), Value(), b.getUnitAttr());
+  Value dpIssued =
+      MmaOp::create(b, frag(cols, f32), ownTileB, band, bt, Value(), Value(), b.getUnitAttr());
+  if (turns)
+    passTurn();
+  auto elementsOf = [&](Value v) {
+    SmallVector<Value> out;
+    for (int64_t e = 0; e < cols / 2; ++e)
+      out.push_back(vector::ExtractOp::create(b, v, ArrayRef<int64_t>{e}));
+    return out;
+  };
+  // The query's base and delta, by query (dk/dv: the chunk's column; dq:
+  // the fragment's row half), read once per chunk.
+  DenseMap<int64_t, std::pair<Value, Value>> stats;
+  Value log2e = arith::ConstantOp::create(b, b.getF32FloatAttr(static_cast<float>(kLog2e)));
+  // Element e = 4 j + 2 h + q: row frow + 8 h of the owned tile, column
+  // fcol + 8 j + q of the chunk. Its query's key in `stats`.
+  auto statsKey = [&](int64_t e) { return kvOwner ? 8 * (e / 4) + e % 2 : (e / 2) % 2; };
+  // P of elements [e0, e1) (their query's stats loaded on first use).
+  auto probs = [&](int64_t e0, int64_t e1, ArrayRef<Value> xs) {
+    SmallVector<UnscaledProb> out;
+    for (int64_t e = e0; e < e1; ++e) {
       int64_t j = e / 4, h = (e / 2) % 2, q = e % 2;
       Value own = add(ownBase, 8 * h);
       Value streamed = add(chunkBase, 8 * j + q);
@@ -528,21 +565,21 @@ LogicalResult Lowering::lowerStep(BackwardStepOp op) {
         qc = arith::MinUIOp::create(b, qi, idx(plan.M - 1));
         kc = arith::MinUIOp::create(b, kj, idx(plan.N - 1));
       }
-      int64_t key = kvOwner ? 8 * j + q : h;
+      int64_t key = statsKey(e);
       if (!stats.count(key)) {
-        // The query's base and delta. A row without a visible key has lse
-        // = -inf: with a mask_mod alone every score of it is masked (P = 0
-        // on the exponent whatever the base), so base(m) = m there; a
-        // score_mod can hide keys too, so it keeps base's 0 for -inf. In a
-        // dk/dv step a thread's queries come in adjacent pairs (columns
-        // 8 j + 2 t + q): one 8-byte load each for lse and delta where
-        // no index is clamped and rows of M floats keep it aligned.
-        SmallVector<Value> at = {op.getB(), op.getH(), qc};
+        // A row without a visible key has lse = -inf: with a mask_mod
+        // alone every score of it is masked (P = 0 on the exponent
+        // whatever the base), so base(m) = m there; a score_mod can hide
+        // keys too, so it keeps base's 0 for -inf. In a dk/dv step a
+        // thread's queries come in adjacent pairs (columns 8 j + 2 t + q):
+        // one 8-byte load each for lse and delta where no index is clamped
+        // and rows of M floats keep it aligned.
+        SmallVector<Value> where = {op.getB(), op.getH(), qc};
         bool pair = kvOwner && q == 0 && !plan.ragged() && plan.M % 2 == 0;
         auto load = [&](Value src) -> SmallVector<Value> {
           if (!pair)
-            return {memref::LoadOp::create(b, src, at)};
-          Value two = vector::LoadOp::create(b, VectorType::get({2}, b.getF32Type()), src, at,
+            return {memref::LoadOp::create(b, src, where)};
+          Value two = vector::LoadOp::create(b, VectorType::get({2}, f32), src, where,
                                              /*nontemporal=*/false, llvm::MaybeAlign(8));
           return {vector::ExtractOp::create(b, two, ArrayRef<int64_t>{0}),
                   vector::ExtractOp::create(b, two, ArrayRef<int64_t>{1})};
@@ -557,38 +594,90 @@ LogicalResult Lowering::lowerStep(BackwardStepOp op) {
         for (auto [n, base, delta] : llvm::enumerate(bases, deltas))
           stats[key + n] = {base, delta};
       }
-      auto it = stats.find(key);
-      auto sink = [&](ValueRange mods, Value dS) { cacheCaptureGrads(op, mods, dS); };
-      auto [p, dx] = unscaledScoreGradient(
-          b, b.getLoc(), op, xs[e], dps[e], it->second.first, it->second.second,
-          arith::SubIOp::create(b, qc, q0), arith::SubIOp::create(b, kc, kv0), live,
-          caches.empty() || op.getCaptureGrads().empty() ? CaptureGradSink()
-                                                          : CaptureGradSink(sink));
-      ps.push_back(arith::TruncFOp::create(b, plan.elem, p));
+      out.push_back(unscaledProb(b, b.getLoc(), op, xs[e], stats.find(key)->second.first,
+                                 arith::SubIOp::create(b, qc, q0),
+                                 arith::SubIOp::create(b, kc, kv0), live));
+    }
+    return out;
+  };
+  // Pᵀ, dXᵀ (P, dX) of elements e0, e0 + 1, ..., 16-bit, appended to ps
+  // and dxs.
+  SmallVector<Value> ps, dxs;
+  auto grads = [&](int64_t e0, ArrayRef<UnscaledProb> prob, ArrayRef<Value> dps) {
+    auto sink = [&](ValueRange mods, Value dS) { cacheCaptureGrads(op, mods, dS); };
+    for (auto [n, pr] : llvm::enumerate(prob)) {
+      int64_t e = e0 + n;
+      Value dx = unscaledDx(b, b.getLoc(), op, pr, dps[e], stats.find(statsKey(e))->second.second,
+                            caches.empty() || op.getCaptureGrads().empty()
+                                ? CaptureGradSink()
+                                : CaptureGradSink(sink));
+      ps.push_back(arith::TruncFOp::create(b, plan.elem, pr.p));
       dxs.push_back(arith::TruncFOp::create(b, plan.elem, dx));
     }
-    Value dxFrag = vector::FromElementsOp::create(b, frag(plan.chunk(), plan.elem), dxs);
+  };
+  // The A fragments of elements [e0, e1) of ps and dxs (the chunk's columns
+  // [2 e0, 2 e1): 8-column blocks j in [e0 / 4, e1 / 4)).
+  auto fragsOf = [&](int64_t e0, int64_t e1) -> std::pair<Value, Value> {
+    auto type = frag(2 * (e1 - e0), plan.elem);
+    return {vector::FromElementsOp::create(b, type, ArrayRef(ps).slice(e0, e1 - e0)),
+            vector::FromElementsOp::create(b, type, ArrayRef(dxs).slice(e0, e1 - e0))};
+  };
+  // dV += Pᵀ dout, dK += dXᵀ Q | dQ += dX K
+  auto productsOf = [&](Value p, Value dx) {
     SmallVector<std::array<Value, 3>> products;
-    if (kvOwner) { // dV += Pᵀ dout, dK += dXᵀ Q
+    if (kvOwner) {
       if (Value acc = op.getDvAcc())
-        products.push_back(
-            {acc, vector::FromElementsOp::create(b, frag(plan.chunk(), plan.elem), ps), bt});
+        products.push_back({acc, p, bt});
       if (Value acc = op.getDkAcc())
-        products.push_back({acc, dxFrag, a});
-    } else { // dQ += dX K
-      products.push_back({op.getDqAcc(), dxFrag, a});
+        products.push_back({acc, dx, a});
+    } else {
+      products.push_back({op.getDqAcc(), dx, a});
     }
+    return products;
+  };
+  if (!plan.halves) {
+    SmallVector<Value> waited = waitAll({sIssued, dpIssued});
+    SmallVector<Value> xs = elementsOf(waited[0]), dps = elementsOf(waited[1]);
+    // Per element P then dX.
+    for (int64_t e = 0; e < cols / 2; ++e)
+      grads(e, probs(e, e + 1, xs), dps);
+    auto [p, dx] = fragsOf(0, cols / 2);
+    SmallVector<std::array<Value, 3>> products = productsOf(p, dx);
     if (op.getDqSum()) {
       // The group's dX (transposed: rows queries, columns its keys) into
       // its slot, then dV, dK and dQ together.
-      FragStoreOp::create(b, dxFrag, RingSlotOp::create(b, dxRing, bandNo()), b.getUnitAttr());
+      FragStoreOp::create(b, dx, RingSlotOp::create(b, dxRing, bandNo()), b.getUnitAttr());
       addDq(op, add(q0, c0), products);
     } else {
       accumulate(products);
     }
-    RingReleaseOp::create(b, strA, pos);
-    RingReleaseOp::create(b, strB, pos);
+  } else {
+    // Half 0 (columns [0, 32), the first 32 rows of the B tiles): its P
+    // while dP's MMA runs, then its dX and products, which run during half
+    // 1's element math.
+    int64_t half = cols / 4; // elements of a half
+    SmallVector<Value> xs = elementsOf(waitSome(1, {sIssued})[0]);
+    SmallVector<UnscaledProb> prob0 = probs(0, half, xs);
+    SmallVector<Value> dps = elementsOf(waitAll({dpIssued})[0]);
+    grads(0, prob0, dps);
+    auto [p0, dx0] = fragsOf(0, half);
+    SmallVector<std::array<Value, 3>> products0 = productsOf(p0, dx0);
+    SmallVector<Value> held = issue(products0, idx(0));
+    int64_t n = held.size();
+    grads(half, probs(half, 2 * half, xs), dps);
+    auto [p1, dx1] = fragsOf(half, 2 * half);
+    // Half 0's sums, its register operands kept intact until here.
+    held.append({p0, dx0});
+    SmallVector<Value> done = waitAll(held);
+    store(products0, ArrayRef(done).take_front(n));
+    SmallVector<std::array<Value, 3>> products1 = productsOf(p1, dx1);
+    held = issue(products1, idx(cols / 2));
+    held.append({p1, dx1});
+    done = waitAll(held);
+    store(products1, ArrayRef(done).take_front(n));
   }
+  RingReleaseOp::create(b, strA, pos);
+  RingReleaseOp::create(b, strB, pos);
   return success();
 }
 
@@ -716,7 +805,7 @@ LogicalResult makeCaptureCaches(Lowering &l, ArrayRef<BackwardStepOp> steps) {
 } // namespace
 
 LogicalResult mlir::flexattn::lowerBackwardMma(RewriterBase &rewriter,
-                                               gpu::LaunchOp launch) {
+                                               gpu::LaunchOp launch, bool overlap) {
   if (failed(inlineStackScopes(rewriter, launch, kPass)))
     return failure();
   SmallVector<BackwardStepOp> steps;
@@ -733,6 +822,7 @@ LogicalResult mlir::flexattn::lowerBackwardMma(RewriterBase &rewriter,
   for (BackwardStepOp step : steps)
     if (failed(plan.check(step)))
       return failure();
+  plan.setOverlap(overlap);
   Location loc = launch.getLoc();
   OpBuilder::InsertionGuard guard(rewriter);
   rewriter.setInsertionPoint(launch);
@@ -818,6 +908,18 @@ LogicalResult mlir::flexattn::lowerBackwardMma(RewriterBase &rewriter,
     }
   if (failed(makeCaptureCaches(l, steps)))
     return failure();
+  if (plan.halves && plan.threads() == 2 * kGroup) {
+    // Group 0 issues first (lowerStep's turns). After the stack slots: a
+    // branch before them would keep them out of LLVM's entry block, in
+    // memory.
+    auto second = scf::IfOp::create(
+        b, arith::CmpIOp::create(b, arith::CmpIPredicate::eq, l.bandNo(),
+                                 arith::ConstantIntOp::create(b, 1, 32)),
+        /*withElseRegion=*/false);
+    OpBuilder::InsertionGuard g(b);
+    b.setInsertionPointToStart(second.thenBlock());
+    NVVM::BarrierArriveOp::create(b, arith::ConstantIntOp::create(b, 1, 32), l.turnThreads());
+  }
 
   // The owned tiles, once per CTA, before the first step of the CTA's
   // nest (the block of its stores): K, V (dk/dv) or Q, dout (dq).
@@ -882,10 +984,11 @@ LogicalResult mlir::flexattn::lowerBackwardMma(RewriterBase &rewriter,
 namespace {
 struct FlexAttnLowerBackwardMmaPass
     : public flexattn::impl::FlexAttnLowerBackwardMmaBase<FlexAttnLowerBackwardMmaPass> {
+  using FlexAttnLowerBackwardMmaBase::FlexAttnLowerBackwardMmaBase;
   void runOnOperation() override {
     IRRewriter rewriter(&getContext());
     if (failed(forEachLaunch(getOperation(), [&](gpu::LaunchOp launch) {
-          return lowerBackwardMma(rewriter, launch);
+          return lowerBackwardMma(rewriter, launch, overlap);
         })))
       signalPassFailure();
   }

@@ -315,6 +315,8 @@ struct MmaDims {
     k = kMajor ? bType.getCols() : bType.getRows();
     n = kMajor ? bType.getRows() : bType.getCols();
     warpTiles = op.getType().getNumElements() / (n / 2);
+    if (op.getBRow()) // K is A's (a register A, verified)
+      k = 2 * cast<VectorType>(op.getA().getType()).getNumElements() / warpTiles;
   }
 };
 
@@ -536,6 +538,8 @@ LogicalResult Lowering::lower(Operation *op) {
 }
 
 LogicalResult Lowering::lowerMmaF32(MmaOp op) {
+  if (op.getBRow())
+    return op.emitOpError("b_row is for 16-bit tiles (f32 tiles take the whole B)");
   SmemTileType bType = op.getB().getType();
   const MmaDims m(op);
   // A: a shared tile read at each k8 step, or the fragment's elements.
@@ -749,7 +753,8 @@ LogicalResult Lowering::lowerMma(MmaOp op) {
       // K-major B ([N, K]): rows 16 jp.., chunk 2 kk; row-major B ([K, N]):
       // rows 16 kk.., chunk 2 jp, transposed on load.
       Value addr = kMajor ? matrixRow(bAddr, bType.getRows(), Value(), 0, 16 * jp, 2 * kk, true)
-                          : matrixRow(bAddr, bType.getRows(), Value(), 0, 16 * kk, 2 * jp, false);
+                          : matrixRow(bAddr, bType.getRows(), op.getBRow(), 0, 16 * kk, 2 * jp,
+                                      false);
       SmallVector<Value> bWords = ldmatrix(addr, /*trans=*/!kMajor);
       for (int64_t jj = 0; jj < 2 && 16 * jp + 8 * jj < nCols; ++jj) {
         SmallVector<Value> bOps = {operand(bWords[2 * jj]), operand(bWords[2 * jj + 1])};

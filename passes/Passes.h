@@ -220,7 +220,8 @@ LogicalResult lowerBackwardRows(RewriterBase &rewriter, gpu::LaunchOp launch);
 
 /// flexattn-lower-backward-mma: backward_step / store_tile in `launch` ->
 /// cooperative rings, flexattn.mma and per-element math on fragments.
-LogicalResult lowerBackwardMma(RewriterBase &rewriter, gpu::LaunchOp launch);
+LogicalResult lowerBackwardMma(RewriterBase &rewriter, gpu::LaunchOp launch,
+                               bool overlap = false);
 
 //===----------------------------------------------------------------------===//
 // Helpers shared by the passes (ModRegions.cpp)

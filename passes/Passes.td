@@ -1007,12 +1007,42 @@ def FlexAttnLowerBackwardMma
     %dqs = arith.mulf %dq_sum, %scale : vector<32xf32>
     scf.if %row_inside { vector.store %pair, %dqg[%b, %h, %row, %col] ... }
     ```
+
+    With `overlap` (for wgmma, whose MMAs run asynchronously; the driver
+    sets it on sm_90a) a 64-row chunk is two 32-row halves, each a slot of
+    the streamed rings (four 32-row slots instead of two of 64; the same
+    shared memory), and a group's MMAs overlap its own element math:
+
+    ```mlir
+    flexattn.ring.wait %str_a[%at] in_flight(3) ... %str_b[%at1] in_flight(0)
+    %s0 = flexattn.mma %kt[%band], %qa0 {transpose_b} ...   // half 0's S, dP
+    %dp0 = flexattn.mma %vt[%band], %da0 {transpose_b} ...
+    %s1 = flexattn.mma %kt[%band], %qa1 {transpose_b} ...   // half 1's S, dP
+    %dp1 = flexattn.mma %vt[%band], %da1 {transpose_b} ...
+    %w0:2 = flexattn.mma.wait pending(2) %s0, %dp0 ...      // half 0's only
+    ... half 0's element math (half 1's S, dP run) ...
+    %dv0 = flexattn.mma %p0, %da0, %dv ...                  // half 0's dV, dK
+    %dk0 = flexattn.mma %dx0, %qa0, %dk ...
+    %w1:2 = flexattn.mma.wait pending(2) %s1, %dp1 ...
+    ... half 1's element math (half 0's dV, dK run) ...
+    %d0:4 = flexattn.mma.wait pending(0) %dv0, %dk0, %p0, %dx0 ...
+    %dv1 = flexattn.mma %p1, %da1, %d0#0 ...  %dk1 = ...; mma.wait pending(0)
+    ```
+
+    Where a chunk is 32 rows anyway (D = 128 on a ragged tile) or dQ is
+    summed into dq_sum, `overlap` changes nothing.
   }];
+  let options = [
+    Option<"overlap", "overlap", "bool", /*default=*/"false",
+           "Run each 64-row chunk as two 32-row halves whose MMAs overlap the "
+           "other half's element math (wgmma)">,
+  ];
   let dependentDialects = ["::mlir::scf::SCFDialect",
                            "::mlir::arith::ArithDialect",
                            "::mlir::math::MathDialect",
                            "::mlir::memref::MemRefDialect",
                            "::mlir::vector::VectorDialect",
+                           "::mlir::NVVM::NVVMDialect",
                            "::mlir::flexattn::FlexAttnDialect"];
 }
 

@@ -192,7 +192,7 @@ struct Scheduler {
                                   i32(turnThreads()),
                                   NVVM::BarrierReductionAttr(), Value());
         b.clone(op, map);
-        pvAsync = MmaOp::create(b, s.pv.getType(), pPrev, Value(), vPrev,
+        pvAsync = MmaOp::create(b, s.pv.getType(), pPrev, Value(), vPrev, Value(),
                                 map.lookup(loop.getRegionIterArgs()[s.accArg]),
                                 UnitAttr());
         if (pingpong)
@@ -264,7 +264,8 @@ struct Scheduler {
     Value pos = last.getResult(posIdx);
     Value accEnd = last.getResult(accIdx);
     auto [hasPrev, prev, vPrev] = previousV(vRing, pos, first, qTile);
-    Value acc = MmaOp::create(b, accEnd.getType(), p, Value(), vPrev, accEnd, UnitAttr());
+    Value acc = MmaOp::create(b, accEnd.getType(), p, Value(), vPrev, Value(), accEnd,
+                              UnitAttr());
     auto wait = MmaWaitOp::create(b, 0, ValueRange{acc, p});
     releasePrevious(vRing, hasPrev, prev);
     accEnd.replaceUsesWithIf(wait.getResult(0), [&](OpOperand &use) {

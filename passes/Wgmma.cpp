@@ -87,12 +87,17 @@ LogicalResult wgmma::lowerMma(SharedTiles &t, MmaOp op) {
       out.push_back(LLVM::ExtractValueOp::create(b, d, ArrayRef<int64_t>{i}));
   } else {
     // O += P.B with P in registers and B row-major (MN-major: imm-trans-b 1);
-    // the descriptor moves 16 rows (2048 bytes) per step, LBO = the panel size.
+    // the descriptor moves 16 rows (2048 bytes) per step, LBO = the panel size
+    // (B's own, also where b_row starts it further down).
     if (op.getTransposeB() || !op.getAcc())
       return op.emitOpError("this lowering takes a register A only with a "
                             "row-major B (no transpose_b) and an accumulator");
     SmallVector<Value> a = t.pairs(op.getA());
     out = t.elements(op.getAcc());
+    // From B's row b_row (a multiple of 16: whole swizzle periods).
+    if (Value row = op.getBRow())
+      bAddr = arith::AddIOp::create(
+          b, bAddr, arith::MulIOp::create(b, t.toI32(row), t.i32(kSwizzleBytes)));
     for (int64_t kk = 0; kk < int64_t(a.size()) / 4; ++kk) {
       Value db = descriptor(t, t.at(bAddr, kk * 16 * kSwizzleBytes), bType.getPanelBytes(),
                             1024);

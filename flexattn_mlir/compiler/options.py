@@ -80,6 +80,10 @@ class CompileOptions:
       mma.sync; the rest of that kernel is the same (the rule:
       ``flexattn_mlir.compiler.backends.gpu.backward_wgmma``). No effect on
       other targets or on the CUDA-core backward.
+    backward_overlap: with wgmma, each 64-row chunk of the tensor-core
+      backward runs as two 32-row halves whose MMAs run during the other
+      half's element math (``flexattn-lower-backward-mma{overlap}``); False
+      keeps a chunk's MMAs and math in turn. Same results either way.
     backward_atomic_dq: sm_90a, without capture gradients and not
       ``deterministic``: dq is summed in an f32 buffer into which each
       dk/dv tile adds its part (a bulk reduction per 64 queries,
@@ -145,6 +149,7 @@ class CompileOptions:
     splits: int = 0
     deterministic: bool = False
     backward_wgmma: bool = True
+    backward_overlap: bool = True
     backward_atomic_dq: bool = False
     exp2_poly: Optional[int] = None
     prefetch_loads: Optional[bool] = None
@@ -201,6 +206,9 @@ class CompileOptions:
         if not isinstance(self.backward_wgmma, bool):
             raise ValueError(f"CompileOptions.backward_wgmma must be a bool, "
                              f"got {self.backward_wgmma!r}")
+        if not isinstance(self.backward_overlap, bool):
+            raise ValueError(f"CompileOptions.backward_overlap must be a bool, "
+                             f"got {self.backward_overlap!r}")
         if not isinstance(self.backward_atomic_dq, bool):
             raise ValueError(f"CompileOptions.backward_atomic_dq must be a bool, "
                              f"got {self.backward_atomic_dq!r}")

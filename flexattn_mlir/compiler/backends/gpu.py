@@ -373,9 +373,13 @@ def backward_kernel_gap(mod: ir.Module) -> str | None:
 def make_backward_steps(mod: ir.Module, opts: CompileOptions) -> None:
     """The backward's steps on tensor cores, or on CUDA cores a thread per
     row where :func:`backward_kernel_gap` says the tensor-core kernel does
-    not cover them."""
+    not cover them. With wgmma (:func:`backward_wgmma`'s rule) and
+    ``opts.backward_overlap`` a chunk's MMAs overlap its element math
+    (``flexattn-lower-backward-mma{overlap}``)."""
+    wgmma = opts.backward_wgmma and targets.target(opts.target).chip == "sm_90a"
+    overlap = "{overlap=true}" if wgmma and opts.backward_overlap else ""
     lowering = ("flexattn-lower-backward-rows" if backward_kernel_gap(mod)
-                else "flexattn-lower-backward-mma")
+                else f"flexattn-lower-backward-mma{overlap}")
     run_pipeline(mod, [
         lowering,
         "flexattn-inline-mods",
