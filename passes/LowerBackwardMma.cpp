@@ -25,6 +25,10 @@
 //               dq_sum by one bulk reduction per chunk
 //   dq step     per 64-key chunk: copy K, V; S = Q Kᵀ, dP = dout Vᵀ; dX per
 //               element (capture gradients: f32 atomics); dQ += dX K
+//   overlap     (wgmma) a 64-row chunk's math in two 32-column halves: half
+//               0's P while dP's MMA runs, half 0's products (B from row 0,
+//               flexattn.mma's b_row) while half 1's math runs, half 1's
+//               (from row 32) last; two groups issue S, dP in turns
 //   store_tile  the thread's accumulator elements (dK, dQ times the scale),
 //               converted, inside dst
 //

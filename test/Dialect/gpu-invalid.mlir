@@ -424,3 +424,21 @@ func.func @frag_stage_type(%f: vector<32xf32>, %t: !flexattn.smem_tile<64x64xbf1
   flexattn.frag.stage %f, %t[%i] : vector<32xf32>, !flexattn.smem_tile<64x64xbf16>
   return
 }
+
+// -----
+
+func.func @mma_b_row_shared_a(%k: !flexattn.smem_tile<64x64xbf16>, %q: !flexattn.smem_tile<64x64xbf16>, %r: index) {
+  // expected-error @+1 {{b_row takes a register A and a row-major B (no transpose_b)}}
+  %s = flexattn.mma %k[%r], %q[%r] {transpose_b} : !flexattn.smem_tile<64x64xbf16>, !flexattn.smem_tile<64x64xbf16> -> vector<32xf32>
+  return
+}
+
+// -----
+
+func.func @mma_b_row_past_b(%p: vector<16xbf16>, %v: !flexattn.smem_tile<64x64xbf16>, %acc: vector<32xf32>) {
+  %c48 = arith.constant 48 : index
+  // expected-error @+1 {{b_row reads B's rows [b_row, b_row + K) with K from A (32), a multiple of 16 inside B's 64 rows}}
+  %o = flexattn.mma %p, %v[%c48], %acc : vector<16xbf16>, !flexattn.smem_tile<64x64xbf16>, vector<32xf32> -> vector<32xf32>
+  return
+}
+

@@ -121,3 +121,13 @@ func.func @atomic_dq_ops(%dx: vector<32xbf16>, %s: !flexattn.smem_tile<64x64xbf1
   flexattn.bulk.reduce_add %stage, %out[%i, %i, %i] rows(%n) : !flexattn.smem_tile<64x128xf32>, memref<1x2x64x128xf32>
   return
 }
+
+// -----
+
+// A register-A MMA reading B from a row (the backward's chunk halves).
+// CHECK-LABEL: func.func @mma_b_row(
+// CHECK:         flexattn.mma %{{.*}}, %{{.*}}[%{{.*}}], %{{.*}} : vector<16xbf16>, !flexattn.smem_tile<64x128xbf16>, vector<64xf32> -> vector<64xf32>
+func.func @mma_b_row(%p: vector<16xbf16>, %v: !flexattn.smem_tile<64x128xbf16>, %acc: vector<64xf32>, %r: index) {
+  %o = flexattn.mma %p, %v[%r], %acc : vector<16xbf16>, !flexattn.smem_tile<64x128xbf16>, vector<64xf32> -> vector<64xf32>
+  return
+}

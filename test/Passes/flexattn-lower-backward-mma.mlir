@@ -83,8 +83,8 @@
 // CHECK-NOT:             flexattn.apply_mods_vjp
 // CHECK-NOT:             memref.atomic_rmw
 // dV += Pᵀ dout, dK += dXᵀ Q (register A)
-// CHECK:                 %[[DXT:.+]] = vector.from_elements {{.*}} : vector<32xbf16>
 // CHECK:                 %[[PT:.+]] = vector.from_elements {{.*}} : vector<32xbf16>
+// CHECK:                 %[[DXT:.+]] = vector.from_elements {{.*}} : vector<32xbf16>
 // CHECK:                 %[[OLDV:.+]] = memref.load %[[DVACC]][]
 // CHECK:                 flexattn.mma %[[PT]], %[[DOT]], %[[OLDV]] : vector<32xbf16>, !flexattn.smem_tile<64x64xbf16>, vector<32xf32> -> vector<32xf32>
 // CHECK:                 %[[OLDK:.+]] = memref.load %[[DKACC]][]
@@ -134,6 +134,8 @@
 // CHECK:                   arith.addf
 // CHECK:                 } else {
 // CHECK:                   memref.atomic_rmw addf %{{.+}}, %[[DW]]
+// (P's fragment, unused here, first.)
+// CHECK:               vector.from_elements {{.*}} : vector<32xbf16>
 // CHECK:               %[[DX:.+]] = vector.from_elements {{.*}} : vector<32xbf16>
 // CHECK:               %[[OLDQ:.+]] = memref.load %[[DQACC]][]
 // CHECK:               flexattn.mma %[[DX]], %[[KT]], %[[OLDQ]]

@@ -176,3 +176,37 @@ func.func @unmarked(%out: memref<16xf32>) {
   }
   return
 }
+
+// -----
+
+// A register A with b_row (the backward's second half of a chunk): B's rows
+// from 32 (32 x 128 = 4096 bytes into the slot), one descriptor per k16
+// step (K = 32 from A's 16 elements: 2 steps, 16 rows = 2048 bytes apart),
+// LBO still the slot's panel (64 rows: 8192 bytes, bits 16-29 = 512).
+// CHECK-LABEL: func.func @b_row(
+// CHECK-DAG:     %[[R32:.*]] = arith.constant 4096 : i32
+// CHECK-DAG:     %[[R48:.*]] = arith.constant 6144 : i32
+// CHECK-DAG:     arith.constant 4611686293338849280 : i64
+// CHECK:         arith.addi %{{.*}}, %[[R32]] : i32
+// CHECK:         wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16
+// CHECK:         arith.addi %{{.*}}, %[[R48]] : i32
+// CHECK:         wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16
+// CHECK-NOT:     wgmma.mma_async
+// CHECK:         nvvm.wgmma.commit.group.sync.aligned
+func.func @b_row(%p: vector<16xbf16>, %acc: vector<32xf32>, %out: memref<32xf32>) {
+  %c0 = arith.constant 0 : index
+  %c1 = arith.constant 1 : index
+  %c32 = arith.constant 32 : index
+  %c128 = arith.constant 128 : index
+  %c0_i32 = arith.constant 0 : i32
+  gpu.launch blocks(%bx, %by, %bz) in (%gx = %c1, %gy = %c1, %gz = %c1)
+             threads(%tx, %ty, %tz) in (%sx = %c128, %sy = %c1, %sz = %c1) {
+    %dr = flexattn.ring.alloc consumers(128) : !flexattn.ring<1 x 64x64xbf16>
+    %ds = flexattn.ring.slot %dr[%c0_i32] : !flexattn.ring<1 x 64x64xbf16>
+    %o = flexattn.mma %p, %ds[%c32], %acc : vector<16xbf16>, !flexattn.smem_tile<64x64xbf16>, vector<32xf32> -> vector<32xf32>
+    %w = flexattn.mma.wait pending(0) %o : vector<32xf32>
+    vector.store %w, %out[%c0] : memref<32xf32>, vector<32xf32>
+    gpu.terminator
+  } {flexattn.wgmma}
+  return
+}

@@ -154,3 +154,46 @@ def test_atomic_dq_backward(D, S_):
                      r"\{[^}]*\}, %rd\d+, %rd\d+, p, 1,\s*1, 0,\s*1;", ptx)
     if S_ % 128 == 0:
         assert _spills(res) == 0, res
+
+
+@needs_ptxas
+@pytest.mark.parametrize("variant,D,S_", [("causal", 128, 512), ("alibi_causal", 128, 512),
+                                          ("document", 128, 512), ("causal", 64, 300)])
+def test_wgmma_backward_overlap(variant, D, S_):
+    """backward_overlap (the default with wgmma): a 64-row chunk's math in
+    two halves, P while dP's MMA runs (wait_group 1), half 0's dV/dK (dQ)
+    from B's rows 0-31 while half 1's math runs, half 1's from rows 32-63,
+    and the two groups' Sᵀ/dPᵀ MMAs in turns (named barriers 1 and 2);
+    without spills. backward_overlap=False keeps one wait per GEMM pair and
+    no turns."""
+    spec = _backward_spec(variant, D, length=S_)
+    on = fm.compile(spec, WGMMA).metadata
+    off = fm.compile(spec, replace(WGMMA, backward_overlap=False)).metadata
+    for md in (on, off):
+        assert _spills(md["resources"]) == 0, md["resources"]
+    wait1 = r"wgmma\.wait_group\.sync\.aligned\s+1;"
+    assert re.search(wait1, on["ptx"])
+    assert re.search(r"bar\.arrive\s", on["ptx"]) and "bar.sync" in on["ptx"]
+    assert not re.search(wait1, off["ptx"])
+    assert not re.search(r"bar\.arrive\s", off["ptx"])
+    # Register-A products over 32 queries (2 k16 steps) instead of 64 (4):
+    # twice the commit groups per chunk.
+    commits = [md["ptx"].count("wgmma.commit_group") for md in (on, off)]
+    assert commits[0] > commits[1], commits
+
+
+@needs_ptxas
+def test_wgmma_backward_overlap_rule():
+    """Only where a chunk is 64 rows on wgmma: 32-row chunks (D = 128 on
+    ragged tiles) and sm_80 compile the same with and without it."""
+    ragged = _backward_spec("causal", 128)  # S = 300
+    ptx = [fm.compile(ragged, replace(WGMMA, backward_overlap=o)).metadata["ptx"]
+           for o in (True, False)]
+    assert ptx[0] == ptx[1]
+    sm80 = fm.CompileOptions(target="sm_80")
+    spec = _backward_spec("causal", 64, length=256, target="sm_80")
+    ptx = [fm.compile(spec, replace(sm80, backward_overlap=o)).metadata["ptx"]
+           for o in (True, False)]
+    assert ptx[0] == ptx[1] and "wgmma" not in ptx[0]
+    with pytest.raises(ValueError, match="backward_overlap must be a bool"):
+        fm.CompileOptions(target="sm_90a", backward_overlap=1)
