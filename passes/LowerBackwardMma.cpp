@@ -25,10 +25,10 @@
 //               dq_sum by one bulk reduction per chunk
 //   dq step     per 64-key chunk: copy K, V; S = Q Kᵀ, dP = dout Vᵀ; dX per
 //               element (capture gradients: f32 atomics); dQ += dX K
-//   overlap     (wgmma) a 64-row chunk's math in two 32-column halves: half
-//               0's P while dP's MMA runs, half 0's products (B from row 0,
-//               flexattn.mma's b_row) while half 1's math runs, half 1's
-//               (from row 32) last; two groups issue S, dP in turns
+//   overlap     (wgmma) a 64-row chunk's math in four 16-column parts: part
+//               0's P while dP's MMA runs, part i's products (B from row
+//               16 i, flexattn.mma's b_row) while part i + 1's math runs,
+//               the last part's at the end; two groups issue S, dP in turns
 //   store_tile  the thread's accumulator elements (dK, dQ times the scale),
 //               converted, inside dst
 //
@@ -71,6 +71,7 @@ namespace {
 
 constexpr int64_t kBand = 64;    // rows of a group's band of the owned tile
 constexpr int64_t kGroup = 128;  // threads of a band's 4 warps
+constexpr int64_t kParts = 4;    // overlap: parts of a chunk's element math
 constexpr const char *kPass = "flexattn-lower-backward-mma";
 
 /// What the kernel is specialised on, checked on every step.
@@ -124,10 +125,10 @@ struct Plan {
   int64_t chunk() const { return D == 128 && ragged() && !dqSum ? 32 : 64; }
   bool dqSum = false; // a step adds into dq_sum: 64-row chunks (its dQ GEMM's M)
   /// Whether a 64-row chunk's element math and register-A products run in
-  /// two 32-column halves, the first half's products during the second
-  /// half's math (`overlap`: wgmma, whose MMAs are asynchronous).
-  bool halves = false;
-  void setOverlap(bool overlap) { halves = overlap && chunk() == 64 && !dqSum; }
+  /// kParts parts, each part's products during the next part's math
+  /// (`overlap`: wgmma, whose MMAs are asynchronous).
+  bool overlap = false;
+  void setOverlap(bool on) { overlap = on && chunk() == 64 && !dqSum; }
 };
 
 struct Lowering {
@@ -525,11 +526,11 @@ LogicalResult Lowering::lowerStep(BackwardStepOp op) {
   }
   copyChunk(chunkAt, next);
 
-  // Sᵀ = K Qᵀ, dPᵀ = V doutᵀ | S = Q Kᵀ, dP = dout Vᵀ; with halves and
+  // Sᵀ = K Qᵀ, dPᵀ = V doutᵀ | S = Q Kᵀ, dP = dout Vᵀ; with overlap and
   // two groups, issued in turns (group 0 first), so that one group's
   // products are done while the other's are still to run.
   int64_t cols = plan.chunk();
-  bool turns = plan.halves && plan.threads() == 2 * kGroup;
+  bool turns = plan.overlap && plan.threads() == 2 * kGroup;
   if (turns)
     takeTurn();
   Value sIssued =
@@ -639,7 +640,7 @@ LogicalResult Lowering::lowerStep(BackwardStepOp op) {
     }
     return products;
   };
-  if (!plan.halves) {
+  if (!plan.overlap) {
     SmallVector<Value> waited = waitAll({sIssued, dpIssued});
     SmallVector<Value> xs = elementsOf(waited[0]), dps = elementsOf(waited[1]);
     // Per element P then dX.
@@ -656,29 +657,34 @@ LogicalResult Lowering::lowerStep(BackwardStepOp op) {
       accumulate(products);
     }
   } else {
-    // Half 0 (columns [0, 32), the first 32 rows of the B tiles): its P
-    // while dP's MMA runs, then its dX and products, which run during half
-    // 1's element math.
-    int64_t half = cols / 4; // elements of a half
+    // The chunk's columns in kParts parts (8-column blocks j; 16 columns,
+    // one k16 step of the products, each): part 0's P while dP's MMA runs,
+    // then part i's products (B from row 16 i) during part i + 1's math,
+    // the last part's at the end. A part's products wait for the previous
+    // part's (they add into the same dV, dK or dQ), whose register
+    // operands are kept intact until then.
+    int64_t per = cols / 2 / kParts; // elements of a part
     SmallVector<Value> xs = elementsOf(waitSome(1, {sIssued})[0]);
-    SmallVector<UnscaledProb> prob0 = probs(0, half, xs);
+    SmallVector<UnscaledProb> prob0 = probs(0, per, xs);
     SmallVector<Value> dps = elementsOf(waitAll({dpIssued})[0]);
     grads(0, prob0, dps);
-    auto [p0, dx0] = fragsOf(0, half);
-    SmallVector<std::array<Value, 3>> products0 = productsOf(p0, dx0);
-    SmallVector<Value> held = issue(products0, idx(0));
-    int64_t n = held.size();
-    grads(half, probs(half, 2 * half, xs), dps);
-    auto [p1, dx1] = fragsOf(half, 2 * half);
-    // Half 0's sums, its register operands kept intact until here.
-    held.append({p0, dx0});
-    SmallVector<Value> done = waitAll(held);
-    store(products0, ArrayRef(done).take_front(n));
-    SmallVector<std::array<Value, 3>> products1 = productsOf(p1, dx1);
-    held = issue(products1, idx(cols / 2));
-    held.append({p1, dx1});
-    done = waitAll(held);
-    store(products1, ArrayRef(done).take_front(n));
+    SmallVector<std::array<Value, 3>> products;
+    SmallVector<Value> held; // the running part's sums, then its A operands
+    auto finish = [&] {
+      SmallVector<Value> done = waitAll(held);
+      store(products, ArrayRef(done).take_front(products.size()));
+    };
+    for (int64_t i = 0; i < kParts; ++i) {
+      if (i)
+        grads(i * per, probs(i * per, (i + 1) * per, xs), dps);
+      auto [p, dx] = fragsOf(i * per, (i + 1) * per);
+      if (i)
+        finish();
+      products = productsOf(p, dx);
+      held = issue(products, idx(i * 2 * per));
+      held.append({p, dx});
+    }
+    finish();
   }
   RingReleaseOp::create(b, strA, pos);
   RingReleaseOp::create(b, strB, pos);
@@ -912,7 +918,7 @@ LogicalResult mlir::flexattn::lowerBackwardMma(RewriterBase &rewriter,
     }
   if (failed(makeCaptureCaches(l, steps)))
     return failure();
-  if (plan.halves && plan.threads() == 2 * kGroup) {
+  if (plan.overlap && plan.threads() == 2 * kGroup) {
     // Group 0 issues first (lowerStep's turns). After the stack slots: a
     // branch before them would keep them out of LLVM's entry block, in
     // memory.

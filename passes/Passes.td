@@ -1009,11 +1009,13 @@ def FlexAttnLowerBackwardMma
     ```
 
     With `overlap` (for wgmma, whose MMAs run asynchronously; the driver
-    sets it on sm_90a) a 64-row chunk's element math runs in two halves of
-    32 columns (8-column blocks j < 4, j >= 4), so that a group's MMAs
-    overlap its own math, and with two groups (R = 128) their Sᵀ, dPᵀ are
-    issued in turns (named barriers 1 + g; group 1 passes group 0 the
-    first turn at the kernel's entry):
+    sets it on sm_90a) a 64-row chunk's element math runs in four parts of
+    16 columns (two 8-column blocks j each), so that a group's MMAs overlap
+    its own math: part 0's P while dPᵀ's MMA runs, part i's products (B
+    from row 16 i: `b_row`, one k16 step) while part i + 1's math runs,
+    each waited for before the next part's are issued. With two groups
+    (R = 128) their Sᵀ, dPᵀ are issued in turns (named barriers 1 + g;
+    group 1 passes group 0 the first turn at the kernel's entry):
 
     ```mlir
     nvvm.barrier id = %turn number_of_threads = %c256_i32
@@ -1021,16 +1023,15 @@ def FlexAttnLowerBackwardMma
     %dp = flexattn.mma %vt[%band], %dos {transpose_b} ...
     nvvm.barrier.arrive id = %other number_of_threads = %c256_i32
     %x = flexattn.mma.wait pending(1) %s ...             // Sᵀ only
-    ... half 0's P (math.exp2), while dPᵀ runs ...
+    ... part 0's P (math.exp2), while dPᵀ runs ...
     %dpw = flexattn.mma.wait pending(0) %dp ...
-    ... half 0's dX ...
-    %dv0 = flexattn.mma %p0, %dos[%c0], %dv ...          // B's rows 0-31
+    ... part 0's dX ...
+    %dv0 = flexattn.mma %p0, %dos[%c0], %dv ...          // B's rows 0-15
     %dk0 = flexattn.mma %dx0, %qs[%c0], %dk ...
-    ... half 1's P and dX, while half 0's products run ...
+    ... part 1's P and dX, while part 0's products run ...
     %w:4 = flexattn.mma.wait pending(0) %dv0, %dk0, %p0, %dx0 ...
-    %dv1 = flexattn.mma %p1, %dos[%c32], %w#0 ...        // rows 32-63
-    %dk1 = flexattn.mma %dx1, %qs[%c32], %w#1 ...
-    flexattn.mma.wait pending(0) %dv1, %dk1, %p1, %dx1 ...
+    %dv1 = flexattn.mma %p1, %dos[%c16], %w#0 ...        // rows 16-31
+    ... parts 2 and 3 alike; the last waited for at the chunk's end
     ```
 
     Where a chunk is 32 rows anyway (D = 128 on a ragged tile) or dQ is
@@ -1038,7 +1039,7 @@ def FlexAttnLowerBackwardMma
   }];
   let options = [
     Option<"overlap", "overlap", "bool", /*default=*/"false",
-           "Run each 64-row chunk's element math in two halves that overlap "
+           "Run each 64-row chunk's element math in four parts that overlap "
            "the chunk's MMAs, the two groups' MMAs in turns (wgmma)">,
   ];
   let dependentDialects = ["::mlir::scf::SCFDialect",

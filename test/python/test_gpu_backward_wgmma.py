@@ -161,11 +161,11 @@ def test_atomic_dq_backward(D, S_):
                                           ("document", 128, 512), ("causal", 64, 300)])
 def test_wgmma_backward_overlap(variant, D, S_):
     """backward_overlap (the default with wgmma): a 64-row chunk's math in
-    two halves, P while dP's MMA runs (wait_group 1), half 0's dV/dK (dQ)
-    from B's rows 0-31 while half 1's math runs, half 1's from rows 32-63,
-    and the two groups' Sᵀ/dPᵀ MMAs in turns (named barriers 1 and 2);
-    without spills. backward_overlap=False keeps one wait per GEMM pair and
-    no turns."""
+    four parts, part 0's P while dP's MMA runs (wait_group 1), part i's
+    dV/dK (dQ) from B's rows 16 i.. while part i + 1's math runs, and the
+    two groups' Sᵀ/dPᵀ MMAs in turns (named barriers 1 and 2); without
+    spills. backward_overlap=False keeps one wait per GEMM pair and no
+    turns."""
     spec = _backward_spec(variant, D, length=S_)
     on = fm.compile(spec, WGMMA).metadata
     off = fm.compile(spec, replace(WGMMA, backward_overlap=False)).metadata
@@ -176,8 +176,8 @@ def test_wgmma_backward_overlap(variant, D, S_):
     assert re.search(r"bar\.arrive\s", on["ptx"]) and "bar.sync" in on["ptx"]
     assert not re.search(wait1, off["ptx"])
     assert not re.search(r"bar\.arrive\s", off["ptx"])
-    # Register-A products over 32 queries (2 k16 steps) instead of 64 (4):
-    # twice the commit groups per chunk.
+    # Register-A products over 16 queries (1 k16 step) instead of 64 (4):
+    # more commit groups per chunk.
     commits = [md["ptx"].count("wgmma.commit_group") for md in (on, off)]
     assert commits[0] > commits[1], commits
 
