@@ -159,7 +159,7 @@ inline ScoreGrad scoreGradient(OpBuilder &b, Location loc, BackwardStepOp op,
 ///                  dX = dS dS/dX, 0 where P = 0
 /// dX leaves out the scale: the caller multiplies the dK and dQ sums by it
 /// once (flexattn-lower-backward-mma's stores), not every score. In two
-/// halves, P (from x alone) and then dX (dp, delta), so that a caller can
+/// steps, P (from x alone) and then dX (dp, delta), so that a caller can
 /// compute P while dp's MMA still runs.
 struct UnscaledProb {
   Value p;

@@ -49,6 +49,7 @@
 //===----------------------------------------------------------------------===//
 
 #include "passes/BackwardMath.h"
+#include "passes/GroupTurns.h"
 #include "passes/Passes.h"
 #include "passes/QuadTranspose.h"
 #include "passes/TileRoles.h"
@@ -129,6 +130,9 @@ struct Plan {
   /// (`overlap`: wgmma, whose MMAs are asynchronous).
   bool overlap = false;
   void setOverlap(bool on) { overlap = on && chunk() == 64 && !dqSum; }
+  /// Whether the two groups issue a chunk's Sᵀ, dPᵀ in turns (GroupTurns.h):
+  /// with overlap, where there are two.
+  bool turns() const { return overlap && threads() == 2 * kGroup; }
 };
 
 struct Lowering {
@@ -221,20 +225,6 @@ struct Lowering {
   };
   FailureOr<Streamed> streamedAt(BackwardStepOp op, scf::ForOp loop, Value iv,
                                  Value when = Value());
-  /// Turns of the two groups (named barriers 1 + g, 256 threads): group g
-  /// waits for its turn, and passes it to the other after its MMAs; group
-  /// 1 passes group 0 the first turn at the kernel's entry.
-  Value turnThreads() { return arith::ConstantIntOp::create(b, 2 * kGroup, 32); }
-  void takeTurn() {
-    NVVM::BarrierOp::create(b, Type(),
-                            arith::AddIOp::create(b, bandNo(), arith::ConstantIntOp::create(b, 1, 32)),
-                            turnThreads(), NVVM::BarrierReductionAttr(), Value());
-  }
-  void passTurn() {
-    NVVM::BarrierArriveOp::create(
-        b, arith::SubIOp::create(b, arith::ConstantIntOp::create(b, 2, 32), bandNo()),
-        turnThreads());
-  }
   /// The thread's band number (its group), i32.
   Value bandNo() {
     return arith::IndexCastOp::create(b, b.getI32Type(),
@@ -530,15 +520,14 @@ LogicalResult Lowering::lowerStep(BackwardStepOp op) {
   // two groups, issued in turns (group 0 first), so that one group's
   // products are done while the other's are still to run.
   int64_t cols = plan.chunk();
-  bool turns = plan.overlap && plan.threads() == 2 * kGroup;
-  if (turns)
-    takeTurn();
+  if (plan.turns())
+    turns::take(b, bandNo(), plan.threads());
   Value sIssued =
       MmaOp::create(b, frag(cols, f32), ownTileA, band, a, Value(), Value(), b.getUnitAttr());
   Value dpIssued =
       MmaOp::create(b, frag(cols, f32), ownTileB, band, bt, Value(), Value(), b.getUnitAttr());
-  if (turns)
-    passTurn();
+  if (plan.turns())
+    turns::pass(b, bandNo(), plan.threads());
   auto elementsOf = [&](Value v) {
     SmallVector<Value> out;
     for (int64_t e = 0; e < cols / 2; ++e)
@@ -918,18 +907,10 @@ LogicalResult mlir::flexattn::lowerBackwardMma(RewriterBase &rewriter,
     }
   if (failed(makeCaptureCaches(l, steps)))
     return failure();
-  if (plan.overlap && plan.threads() == 2 * kGroup) {
-    // Group 0 issues first (lowerStep's turns). After the stack slots: a
-    // branch before them would keep them out of LLVM's entry block, in
-    // memory.
-    auto second = scf::IfOp::create(
-        b, arith::CmpIOp::create(b, arith::CmpIPredicate::eq, l.bandNo(),
-                                 arith::ConstantIntOp::create(b, 1, 32)),
-        /*withElseRegion=*/false);
-    OpBuilder::InsertionGuard g(b);
-    b.setInsertionPointToStart(second.thenBlock());
-    NVVM::BarrierArriveOp::create(b, arith::ConstantIntOp::create(b, 1, 32), l.turnThreads());
-  }
+  // Group 0 takes the first turn (lowerStep's). After the stack slots: a
+  // branch before them would keep them out of LLVM's entry block, in memory.
+  if (plan.turns())
+    turns::giveFirst(b, l.bandNo(), plan.threads());
 
   // The owned tiles, once per CTA, before the first step of the CTA's
   // nest (the block of its stores): K, V (dk/dv) or Q, dout (dq).

@@ -30,6 +30,7 @@
 //
 //===----------------------------------------------------------------------===//
 
+#include "passes/GroupTurns.h"
 #include "passes/Passes.h"
 
 #include "mlir/Dialect/LLVMIR/NVVMDialect.h"
@@ -187,17 +188,13 @@ struct Scheduler {
         std::tie(hasPrev, prev, vPrev) =
             previousV(s.slotV.getRing(), pos, first, map.lookupOrDefault(s.qk.getA()));
         if (pingpong)
-          NVVM::BarrierOp::create(b, Type(),
-                                  arith::AddIOp::create(b, group(), i32(1)),
-                                  i32(turnThreads()),
-                                  NVVM::BarrierReductionAttr(), Value());
+          turns::take(b, group(), turnThreads());
         b.clone(op, map);
         pvAsync = MmaOp::create(b, s.pv.getType(), pPrev, Value(), vPrev, Value(),
                                 map.lookup(loop.getRegionIterArgs()[s.accArg]),
                                 UnitAttr());
         if (pingpong)
-          NVVM::BarrierArriveOp::create(b, arith::SubIOp::create(b, i32(2), group()),
-                                        i32(turnThreads()));
+          turns::pass(b, group(), turnThreads());
         continue;
       }
       Operation *clone = b.clone(op, map);
@@ -294,15 +291,10 @@ LogicalResult mlir::flexattn::scheduleConsumers(RewriterBase &rewriter,
     if (failed(scheduler.pipelineTile(*tile)))
       return failure();
   if (pingpong) {
-    // Group 0 issues first: group 1 opens its turn.
+    // Group 0 issues first.
     Block &body = roles.getConsumers().front();
     b.setInsertionPointToStart(&body);
-    Value second = arith::CmpIOp::create(b, arith::CmpIPredicate::eq,
-                                         scheduler.group(), scheduler.i32(1));
-    auto ifOp = scf::IfOp::create(b, second, /*withElseRegion=*/false);
-    b.setInsertionPointToStart(&ifOp.getThenRegion().front());
-    NVVM::BarrierArriveOp::create(b, scheduler.i32(1),
-                                  scheduler.i32(scheduler.turnThreads()));
+    turns::giveFirst(b, scheduler.group(), scheduler.turnThreads());
   }
   return success();
 }

@@ -80,9 +80,11 @@ class CompileOptions:
       mma.sync; the rest of that kernel is the same (the rule:
       ``flexattn_mlir.compiler.backends.gpu.backward_wgmma``). No effect on
       other targets or on the CUDA-core backward.
-    backward_overlap: with wgmma, each 64-row chunk of the tensor-core
-      backward runs as two 32-row halves whose MMAs run during the other
-      half's element math (``flexattn-lower-backward-mma{overlap}``); False
+    backward_overlap: with wgmma, the element math of each 64-row chunk of
+      the tensor-core backward runs in four parts, each part's dV/dK (dQ)
+      MMAs during the next part's math and the first part's P during dP's
+      MMA, the two warpgroups' MMAs in turns
+      (``flexattn-lower-backward-mma{overlap}``, docs/training.md); False
       keeps a chunk's MMAs and math in turn. Same results either way.
     backward_atomic_dq: sm_90a, without capture gradients and not
       ``deterministic``: dq is summed in an f32 buffer into which each

@@ -376,8 +376,7 @@ def make_backward_steps(mod: ir.Module, opts: CompileOptions) -> None:
     not cover them. With wgmma (:func:`backward_wgmma`'s rule) and
     ``opts.backward_overlap`` a chunk's MMAs overlap its element math
     (``flexattn-lower-backward-mma{overlap}``)."""
-    wgmma = opts.backward_wgmma and targets.target(opts.target).chip == "sm_90a"
-    overlap = "{overlap=true}" if wgmma and opts.backward_overlap else ""
+    overlap = "{overlap=true}" if _backward_wgmma_target(opts) and opts.backward_overlap else ""
     lowering = ("flexattn-lower-backward-rows" if backward_kernel_gap(mod)
                 else f"flexattn-lower-backward-mma{overlap}")
     run_pipeline(mod, [
@@ -401,8 +400,11 @@ def backward_wgmma(mod: ir.Module, opts: CompileOptions) -> bool:
     mode); mma.sync where ``opts.backward_wgmma`` is False and on sm_80
     targets (no wgmma); the CUDA-core kernel (``backward_kernel_gap``) has
     no MMAs."""
-    return (opts.backward_wgmma and targets.target(opts.target).chip == "sm_90a"
-            and _has_op(mod, "flexattn.mma"))
+    return _backward_wgmma_target(opts) and _has_op(mod, "flexattn.mma")
+
+
+def _backward_wgmma_target(opts: CompileOptions) -> bool:
+    return opts.backward_wgmma and targets.target(opts.target).chip == "sm_90a"
 
 
 def make_backward_kernel(mod: ir.Module, opts: CompileOptions) -> None:
