@@ -482,6 +482,76 @@ LogicalResult Lowering::lowerStep(BackwardStepOp op) {
   } else {
     copyChunk({Value(), sb, sh, s0}, memref::LoadOp::create(b, position, ValueRange{}));
   }
+  // The query's base and delta, by query (dk/dv: the chunk's column; dq:
+  // the fragment's row half). A dq step's (its owned rows': the same for
+  // every chunk) once, before its chunk loop, so that their loads' latency
+  // is off the chunks' path (per chunk, after its MMAs were issued, part 0's
+  // P waited on them, and the dP wait moved ahead of it).
+  DenseMap<int64_t, std::pair<Value, Value>> stats;
+  Value log2e = arith::ConstantOp::create(b, b.getF32FloatAttr(static_cast<float>(kLog2e)));
+  int64_t cols = plan.chunk();
+  // Element e = 4 j + 2 h + q: row frow + 8 h of the owned tile, column
+  // fcol + 8 j + q of the chunk. Its query's key in `stats`.
+  auto statsKey = [&](int64_t e) { return kvOwner ? 8 * (e / 4) + e % 2 : (e / 2) % 2; };
+  // The indices of element e (chunkBase: the chunk's first streamed row
+  // plus the thread's column; only a dk/dv chunk's queries need it), and
+  // whether they lie inside M x N. Indices past M or N (only where a tile
+  // crosses them) are clamped for the mods and the loads; their P is 0.
+  struct Indices {
+    Value q, k, live;
+  };
+  auto indicesOf = [&](int64_t e, Value chunkBase) {
+    int64_t j = e / 4, h = (e / 2) % 2, q = e % 2;
+    Value own = add(ownBase, 8 * h);
+    Value qi = kvOwner ? add(chunkBase, 8 * j + q) : own,
+          kj = kvOwner ? own : (chunkBase ? add(chunkBase, 8 * j + q) : Value());
+    Indices at{qi, kj, Value()};
+    if (plan.ragged()) {
+      if (kj)
+        at.live = arith::AndIOp::create(
+            b, arith::CmpIOp::create(b, arith::CmpIPredicate::ult, qi, idx(plan.M)),
+            arith::CmpIOp::create(b, arith::CmpIPredicate::ult, kj, idx(plan.N)));
+      at.q = arith::MinUIOp::create(b, qi, idx(plan.M - 1));
+      if (kj)
+        at.k = arith::MinUIOp::create(b, kj, idx(plan.N - 1));
+    }
+    return at;
+  };
+  // Loads the stats of element e's query unless they are loaded.
+  auto loadStats = [&](int64_t e, Value chunkBase) {
+    int64_t key = statsKey(e);
+    if (stats.count(key))
+      return;
+    // A row without a visible key has lse = -inf: with a mask_mod
+    // alone every score of it is masked (P = 0 on the exponent
+    // whatever the base), so base(m) = m there; a score_mod can hide
+    // keys too, so it keeps base's 0 for -inf. In a dk/dv step a
+    // thread's queries come in adjacent pairs (columns 8 j + 2 t + q):
+    // one 8-byte load each for lse and delta where no index is clamped
+    // and rows of M floats keep it aligned.
+    SmallVector<Value> where = {op.getB(), op.getH(), indicesOf(e, chunkBase).q};
+    bool pair = kvOwner && e % 2 == 0 && !plan.ragged() && plan.M % 2 == 0;
+    auto load = [&](Value src) -> SmallVector<Value> {
+      if (!pair)
+        return {memref::LoadOp::create(b, src, where)};
+      Value two = vector::LoadOp::create(b, VectorType::get({2}, f32), src, where,
+                                         /*nontemporal=*/false, llvm::MaybeAlign(8));
+      return {vector::ExtractOp::create(b, two, ArrayRef<int64_t>{0}),
+              vector::ExtractOp::create(b, two, ArrayRef<int64_t>{1})};
+    };
+    SmallVector<Value> bases;
+    for (Value lse : load(op.getLse())) {
+      Value m = arith::MulFOp::create(b, lse, log2e);
+      bases.push_back(op.getScoreModVjp().empty() ? m : tile::finiteBase(b, b.getLoc(), m));
+    }
+    SmallVector<Value> deltas = load(op.getDelta());
+    for (auto [n, base, delta] : llvm::enumerate(bases, deltas))
+      stats[key + n] = {base, delta};
+  };
+  if (!kvOwner)
+    for (int64_t e = 0; e < cols / 2; ++e)
+      loadStats(e, Value());
+
   // A loop over the chunks (not unrolled: one chunk's fragments live at a
   // time).
   auto chunks = scf::ForOp::create(b, idx(0), idx(plan.R), idx(plan.chunk()));
@@ -515,11 +585,15 @@ LogicalResult Lowering::lowerStep(BackwardStepOp op) {
                pick(sh, following->h), pick(chunkAt.row, following->row)};
   }
   copyChunk(chunkAt, next);
+  // A dk/dv chunk's stats: loaded where first used (after its MMAs were
+  // issued). Loading them here instead, ahead of the MMAs, measured slower
+  // (the first 16 columns' -1 %; all of them spilled 8-24 bytes at D = 128).
+  if (kvOwner)
+    stats.clear();
 
   // Sᵀ = K Qᵀ, dPᵀ = V doutᵀ | S = Q Kᵀ, dP = dout Vᵀ; with overlap and
   // two groups, issued in turns (group 0 first), so that one group's
   // products are done while the other's are still to run.
-  int64_t cols = plan.chunk();
   if (plan.turns())
     turns::take(b, bandNo(), plan.threads());
   Value sIssued =
@@ -534,63 +608,16 @@ LogicalResult Lowering::lowerStep(BackwardStepOp op) {
       out.push_back(vector::ExtractOp::create(b, v, ArrayRef<int64_t>{e}));
     return out;
   };
-  // The query's base and delta, by query (dk/dv: the chunk's column; dq:
-  // the fragment's row half), read once per chunk.
-  DenseMap<int64_t, std::pair<Value, Value>> stats;
-  Value log2e = arith::ConstantOp::create(b, b.getF32FloatAttr(static_cast<float>(kLog2e)));
-  // Element e = 4 j + 2 h + q: row frow + 8 h of the owned tile, column
-  // fcol + 8 j + q of the chunk. Its query's key in `stats`.
-  auto statsKey = [&](int64_t e) { return kvOwner ? 8 * (e / 4) + e % 2 : (e / 2) % 2; };
-  // P of elements [e0, e1) (their query's stats loaded on first use).
+  // P of elements [e0, e1).
   auto probs = [&](int64_t e0, int64_t e1, ArrayRef<Value> xs) {
     SmallVector<UnscaledProb> out;
     for (int64_t e = e0; e < e1; ++e) {
-      int64_t j = e / 4, h = (e / 2) % 2, q = e % 2;
-      Value own = add(ownBase, 8 * h);
-      Value streamed = add(chunkBase, 8 * j + q);
-      Value qi = kvOwner ? streamed : own, kj = kvOwner ? own : streamed;
-      // Indices past M or N (only where a tile crosses them) are clamped
-      // for the mods and the loads; their P is 0.
-      Value live, qc = qi, kc = kj;
-      if (plan.ragged()) {
-        live = arith::AndIOp::create(
-            b, arith::CmpIOp::create(b, arith::CmpIPredicate::ult, qi, idx(plan.M)),
-            arith::CmpIOp::create(b, arith::CmpIPredicate::ult, kj, idx(plan.N)));
-        qc = arith::MinUIOp::create(b, qi, idx(plan.M - 1));
-        kc = arith::MinUIOp::create(b, kj, idx(plan.N - 1));
-      }
-      int64_t key = statsKey(e);
-      if (!stats.count(key)) {
-        // A row without a visible key has lse = -inf: with a mask_mod
-        // alone every score of it is masked (P = 0 on the exponent
-        // whatever the base), so base(m) = m there; a score_mod can hide
-        // keys too, so it keeps base's 0 for -inf. In a dk/dv step a
-        // thread's queries come in adjacent pairs (columns 8 j + 2 t + q):
-        // one 8-byte load each for lse and delta where no index is clamped
-        // and rows of M floats keep it aligned.
-        SmallVector<Value> where = {op.getB(), op.getH(), qc};
-        bool pair = kvOwner && q == 0 && !plan.ragged() && plan.M % 2 == 0;
-        auto load = [&](Value src) -> SmallVector<Value> {
-          if (!pair)
-            return {memref::LoadOp::create(b, src, where)};
-          Value two = vector::LoadOp::create(b, VectorType::get({2}, f32), src, where,
-                                             /*nontemporal=*/false, llvm::MaybeAlign(8));
-          return {vector::ExtractOp::create(b, two, ArrayRef<int64_t>{0}),
-                  vector::ExtractOp::create(b, two, ArrayRef<int64_t>{1})};
-        };
-        SmallVector<Value> bases;
-        for (Value lse : load(op.getLse())) {
-          Value m = arith::MulFOp::create(b, lse, log2e);
-          bases.push_back(op.getScoreModVjp().empty() ? m
-                                                      : tile::finiteBase(b, b.getLoc(), m));
-        }
-        SmallVector<Value> deltas = load(op.getDelta());
-        for (auto [n, base, delta] : llvm::enumerate(bases, deltas))
-          stats[key + n] = {base, delta};
-      }
-      out.push_back(unscaledProb(b, b.getLoc(), op, xs[e], stats.find(key)->second.first,
+      loadStats(e, chunkBase);
+      Indices at = indicesOf(e, chunkBase);
+      Value qc = at.q, kc = at.k;
+      out.push_back(unscaledProb(b, b.getLoc(), op, xs[e], stats.find(statsKey(e))->second.first,
                                  arith::SubIOp::create(b, qc, q0),
-                                 arith::SubIOp::create(b, kc, kv0), live));
+                                 arith::SubIOp::create(b, kc, kv0), at.live));
     }
     return out;
   };

@@ -114,16 +114,20 @@
 // CHECK:             flexattn.ring.copy %[[K]][%{{.+}}] into %[[STRA]]
 // CHECK:             flexattn.ring.copy %[[V]][%{{.+}}] into %[[STRB]]
 // CHECK:             scf.for
-// CHECK:               scf.for
-// CHECK:               flexattn.ring.wait %[[STRA]]
-// CHECK:               %[[KT:.+]] = flexattn.ring.slot %[[STRA]]
-// CHECK:               flexattn.ring.copy %[[K]][%{{.+}}] into %[[STRA]][%{{.+}}] if
-// CHECK:               flexattn.ring.copy %[[V]][%{{.+}}] into %[[STRB]][%{{.+}}] if
-// CHECK:               flexattn.mma %{{.+}}[%{{.+}}], %[[KT]] {transpose_b}
-// With a score_mod, base(log2(e) lse) is 0 where lse = -inf.
-// CHECK:               %[[DQL2:.+]] = arith.mulf %{{.+}}, %{{.+}} : f32
+// The owned rows' lse and delta once per step, before its chunks (their
+// loads' latency off the chunks' path). With a score_mod, base(log2(e) lse)
+// is 0 where lse = -inf.
+// CHECK:               %[[ROWLSE:.+]] = memref.load %[[LSE]][
+// CHECK:               %[[DQL2:.+]] = arith.mulf %[[ROWLSE]], %{{.+}} : f32
 // CHECK:               %[[EMPTY:.+]] = arith.cmpf oeq, %[[DQL2]], %{{.+}} : f32
 // CHECK:               arith.select %[[EMPTY]], %{{.+}}, %[[DQL2]] : f32
+// CHECK:               scf.for
+// CHECK-NOT:             memref.load %[[LSE]]
+// CHECK:                 flexattn.ring.wait %[[STRA]]
+// CHECK:                 %[[KT:.+]] = flexattn.ring.slot %[[STRA]]
+// CHECK:                 flexattn.ring.copy %[[K]][%{{.+}}] into %[[STRA]][%{{.+}}] if
+// CHECK:                 flexattn.ring.copy %[[V]][%{{.+}}] into %[[STRB]][%{{.+}}] if
+// CHECK:                 flexattn.mma %{{.+}}[%{{.+}}], %[[KT]] {transpose_b}
 // The weight's gradient: a running sum per thread (one index), added with
 // an f32 atomic when the index changes and at the tile's end.
 // CHECK:               flexattn.apply_mods_vjp
