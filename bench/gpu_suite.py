@@ -359,8 +359,18 @@ def _check(row, out, lse, q, k, v, score_mod, bm, enable_gqa):
                  and row["lse_inf_match"] and row["lse_max_abs_err"] < 5e-2)
 
 
+# How median_ms times a call: "call" (events around the call on an idle GPU:
+# the device time plus whatever the host spends before the launch reaches
+# the GPU) or "queued" (a spin kernel of QUEUE_MS enqueued first, so that
+# the host prepares the launch while the GPU is busy and the events measure
+# the device time, as back-to-back training steps see it).
+TIMING = "call"
+QUEUE_MS = 5.0
+
+
 def median_ms(fn, reps: int, warmup: int = 3) -> float:
-    """The median of `reps` CUDA-event-timed calls of fn, after `warmup` calls."""
+    """The median of `reps` CUDA-event-timed calls of fn, after `warmup`
+    calls (TIMING says whether the host's launch time is included)."""
     import torch
 
     for _ in range(warmup):
@@ -369,6 +379,8 @@ def median_ms(fn, reps: int, warmup: int = 3) -> float:
     times = []
     for _ in range(reps):
         s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        if TIMING == "queued":
+            torch.cuda._sleep(int(QUEUE_MS * 1e-3 * 2.0e9))  # ~QUEUE_MS at <= 2 GHz
         s.record()
         fn()
         e.record()
@@ -513,7 +525,12 @@ def main(compile_fn=None, run_fn=None, reps: int = 30, peers: str = "triton,cudn
     r.add_argument("--peers", default=peers)
     r.add_argument("--ours-only", action="store_true")
     r.add_argument("--label", default="", help="recorded in the JSON (e.g. the commit)")
+    r.add_argument("--timing", choices=("call", "queued"), default="call",
+                   help="call: events around each call on an idle GPU (host launch time "
+                        "included); queued: a spin kernel first, the device time alone")
     a = ap.parse_args()
+    global TIMING
+    TIMING = getattr(a, "timing", "call")
     if a.cmd == "compile":
         os.makedirs(a.out, exist_ok=True)
         extra = {"backward_wgmma": False} if a.backward_mma_sync else {}
