@@ -415,7 +415,8 @@ def run_all(artifacts, out_json, only, reps, peers, ours_only, label) -> None:
         cases = json.load(f)["cases"]
     keys = {store.metadata(key)["spec"]["name"]: key for key in store.keys()}
     results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
-               "label": label, "peers": [] if ours_only else peers, "checks": [], "bench": []}
+               "label": label, "timing": gpu_suite.TIMING,
+               "peers": [] if ours_only else peers, "checks": [], "bench": []}
 
     def save():
         with open(out_json, "w") as f:

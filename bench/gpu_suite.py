@@ -409,7 +409,7 @@ def run_all(artifacts: str, out_json: str, only: str | None, reps: int,
     by_name = {store.metadata(key)["spec"]["name"]: key for key in store.keys()}
     peer = Peers([] if ours_only else peers)
     results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
-               "label": label, "peers": peer.names, "checks": [], "bench": []}
+               "label": label, "timing": TIMING, "peers": peer.names, "checks": [], "bench": []}
 
     def save():
         # After every case: a hung kernel (killed by a timeout) keeps the rest.
