@@ -46,6 +46,10 @@ CASES = [
     ("aux_holes_d128_sm80", "holes", 1, 4, 4, 1000, 1000, 128, "bfloat16", {"target": "sm_80"}),
     ("aux_alibi_causal_d64_sm80", "alibi_causal", 2, 4, 4, 700, 700, 64, "float16",
      {"target": "sm_80"}),
+    # sm_90a's 192-row Q tiles at D = 64 (three consumer warpgroups).
+    ("aux_holes_d64_q192", "holes", 1, 4, 4, 1000, 1000, 64, "bfloat16", {"tile_q": 192}),
+    ("aux_softcap_gqa_d64_q192", "softcap_causal", 1, 8, 2, 640, 640, 64, "float16",
+     {"tile_q": 192}),
     # Sinks and lse without max_scores (the kernel without that output).
     ("aux_holes_d128_nomax", "holes", 1, 4, 4, 1000, 1000, 128, "bfloat16", {}),
     ("aux_softcap_gqa_d128_nomax", "softcap_causal", 1, 8, 2, 640, 640, 128, "bfloat16", {}),

@@ -48,6 +48,7 @@ SM80 = {"target": "sm_80"}
 SERIAL = {"pipeline": False, "pingpong": False}
 NO_PINGPONG = {"pingpong": False}
 PERSISTENT = {"persistent": "sms"}  # one CTA per SM of the target (resolved at compile)
+WIDE = {"tile_q": 192}  # sm_90a's 192-row Q tiles (D = 64)
 # sm_80's 16 rows per warp x 128-column KV tiles with Q in registers (the
 # D = 128 table choice before 32 x 64; tile_kv=128 picks it).
 R16 = {"tile_kv": 128, "warp_rows": 16, "q_in_registers": True}
@@ -87,6 +88,24 @@ CORRECTNESS = (
        for d in (64, 128) for dt in ("bfloat16", "float16")]
     + [(f"check_{v}_d64_fma3", v, 1, 4, 4, 2100, 2100, 64, "bfloat16", {"exp2_poly": 3})
        for v in ("causal", "document")]
+    # 192-row Q tiles at D = 64 (three consumer warpgroups; 2100 rows end
+    # in a 180-row tile), the 128-row mask blocks read per tile: the zoo,
+    # fp16, GQA, M != N, persistent CTAs, and the schedules.
+    + [(f"check_{v}_d64_q192" + ("" if dt == "bfloat16" else "_f16"), v, 1, 4, 4, 2100, 2100,
+        64, dt, WIDE) for v in ZOO for dt in ("bfloat16", "float16")]
+    + [("check_gqa_causal_d64_q192", "causal", 2, 8, 2, 640, 640, 64, "bfloat16", WIDE),
+       ("check_full_m300_n1000_d64_q192", "full", 1, 4, 4, 300, 1000, 64, "bfloat16", WIDE),
+       ("check_causal_m1000_n300_d64_q192", "causal", 1, 4, 4, 1000, 300, 64, "bfloat16", WIDE),
+       ("check_causal_d64_q192_persistent", "causal", 2, 4, 4, 2100, 2100, 64, "bfloat16",
+        dict(WIDE, persistent=20)),
+       ("check_document_d64_q192_persistent", "document", 2, 4, 4, 2100, 2100, 64, "bfloat16",
+        dict(WIDE, persistent=20)),
+       ("check_causal_d64_q192_serial", "causal", 1, 4, 4, 2100, 2100, 64, "bfloat16",
+        dict(WIDE, **SERIAL)),
+       ("check_causal_d64_q192_nopingpong", "causal", 1, 4, 4, 2100, 2100, 64, "bfloat16",
+        dict(WIDE, **NO_PINGPONG)),
+       ("check_causal_d64_q192_fma16", "causal", 1, 4, 4, 2100, 2100, 64, "bfloat16",
+        dict(WIDE, exp2_poly=16))]
 )
 # The same zoo for sm_80, and its own options (no schedule: one in-order step).
 CORRECTNESS += (
@@ -142,6 +161,13 @@ BENCH = (
        ("bench_full_d64_persistent", "full", 4, 16, 16, 8192, 8192, 64, "bfloat16", PERSISTENT),
        ("bench_causal_d128_persistent", "causal", 4, 16, 16, 8192, 8192, 128, "bfloat16",
         PERSISTENT)]
+    # D = 64 with 192-row Q tiles (three consumer warpgroups) beside the
+    # 128-row kernels above; persistent CTAs too (their tile loop spills
+    # 72 bytes at the three groups' 160 registers).
+    + [(f"bench_{v}_d64_q192", v, 4, 16, 16, 8192, 8192, 64, "bfloat16", WIDE)
+       for v in ("full", "causal")]
+    + [("bench_causal_d64_q192_persistent", "causal", 4, 16, 16, 8192, 8192, 64, "bfloat16",
+        dict(WIDE, **PERSISTENT))]
     # P's exp2 partly on the FMA pipe (k of every 16 elements: exp2_poly):
     # the targets table's choice per head dim is made by measurement.
     + [(f"bench_{v}_d{d}_fma{k}", v, 4, 16, 16, 8192, 8192, d, "bfloat16", {"exp2_poly": k})
@@ -227,7 +253,8 @@ def case_spec(case, return_lse: bool, check_indices: bool = True):
                                               seq_lengths=(M, N), compute_q_blocks=False)
     spec = build_spec(q, kv, v, score_mod=score and score.ir, mask_mod=mask and mask.ir,
                       block_mask=block_mask, captures=captures, scale=1.0 / math.sqrt(D),
-                      return_lse=return_lse, name=name, check_indices=check_indices)
+                      return_lse=return_lse, name=name, check_indices=check_indices,
+                      tile_q=case[-1].get("tile_q", 0))
     return spec, captures
 
 
@@ -395,6 +422,7 @@ def run_all(artifacts: str, out_json: str, only: str | None, reps: int,
     import torch
 
     from flexattn_runtime import ArtifactStore
+    from flexattn_runtime.masks import retile_q
 
     torch.backends.cuda.matmul.allow_tf32 = False
     # One compiled flex_attention serves every case: lift dynamo's limit on
@@ -426,9 +454,13 @@ def run_all(artifacts: str, out_json: str, only: str | None, reps: int,
         q, k, v, score_mod, bm, density = _inputs(zoo, case, dev)
         args = {"q": q, "k": k, "v": v}
         if bm is not None:
-            args.update(kv_num_blocks=bm.kv_num_blocks, kv_indices=bm.kv_indices,
-                        full_kv_num_blocks=bm.full_kv_num_blocks,
-                        full_kv_indices=bm.full_kv_indices)
+            lists = [bm.kv_num_blocks, bm.kv_indices, bm.full_kv_num_blocks, bm.full_kv_indices]
+            # A kernel of wider Q tiles (tile_q 192) reads the mask per tile.
+            tile = (store.metadata(by_name[name])["spec"].get("block_size") or [128])[0]
+            if tile != bm.BLOCK_SIZE[0]:
+                lists = retile_q(lists, bm.BLOCK_SIZE[0], tile, M)
+            args.update(zip(("kv_num_blocks", "kv_indices", "full_kv_num_blocks",
+                             "full_kv_indices"), lists))
         caps = torch.load(os.path.join(artifacts, f"{name}.captures.pt"))
         for i, c in enumerate(caps):
             args[f"capture{i}"] = c.to(dev)

@@ -26,7 +26,7 @@ from .execution import autograd, call_plans, checks
 from .execution.attention import (attention_forward, attention_spec, prepare_launch, results,
                                   unpack_results)
 from .masks import is_noop
-from .masks.block_mask import BlockMask
+from .masks.block_mask import BlockMask, agrees_with_mask_mod, block_size
 
 __all__ = ["flex_attention", "compile_flex_attention", "attention"]
 
@@ -42,10 +42,36 @@ def _captured_mask(block_mask):
     return frontend.capture_mask_mod(block_mask.mask_mod)
 
 
+def _q_tile(options: CompileOptions, kernel_options, query, key, value,
+            block_mask) -> CompileOptions:
+    """``options`` with the target's Q tile for these head dims
+    (``Target.q_tiles``: sm_90a's 192-row tiles at D = 64) where
+    ``kernel_options`` names neither a Q tile nor persistent CTAs (the
+    wide tile's three consumer warpgroups spill their tile loop at 160
+    registers). A block mask reaches a wide tile as the union of the
+    128-row blocks its rows fall in, which is the same attention only where
+    the mask's lists agree with its mask_mod
+    (:func:`~flexattn_mlir.masks.block_mask.agrees_with_mask_mod`, checked
+    once per mask); one that does not keeps the 128-row kernel."""
+    t = targets.target(options.target)
+    named = kernel_options or {}
+    if not t.is_gpu or any(k in named for k in ("BLOCK_M", "tile_q", "persistent")):
+        return options
+    rows = t.q_tile(query.shape[-1], value.shape[-1], str(query.dtype).removeprefix("torch."),
+                    dynamic=bool(options.dynamic))
+    if rows == options.tile_q:
+        return options
+    if (block_mask is not None and block_size(block_mask.BLOCK_SIZE)[0] % rows
+            and not agrees_with_mask_mod(block_mask, query.shape[2], key.shape[2])):
+        return options
+    return replace(options, tile_q=rows)
+
+
 def _prefers_persistent(options: CompileOptions, block_mask, kernel_options, query, key,
                         value) -> bool:
     if (options.target == "cpu" or options.dynamic or block_mask is None
-            or "persistent" in (kernel_options or {})):
+            or "persistent" in (kernel_options or {})
+            or options.tile_q == targets.target(options.target).wide_q_tile):
         return False  # (a dynamic GPU kernel runs one CTA per Q tile)
     visited = checks.check_block_mask(block_mask, query, key)  # memoised per mask
     idx = block_mask.kv_indices
@@ -206,6 +232,7 @@ def _lower_call(query, key, value, score_mod, block_mask, enable_gqa, kernel_opt
     labels = frontend.capture_labels(score, mask)
     score, mask, captures = frontend.combine(score, mask)
     options = _options(kernel_options, targets.for_device(query.device).name)
+    options = _q_tile(options, kernel_options, query, key, value, block_mask)
     if _prefers_persistent(options, block_mask, kernel_options, query, key, value):
         options = replace(options, persistent=targets.sm_count(options.target, query.device))
     return dict(score_mod=score.ir if score else None, mask_mod=mask.ir if mask else None,
@@ -250,6 +277,7 @@ def compile_flex_attention(query, key, value, score_mod=None, block_mask=None, s
     if target is not None:
         options = CompileOptions(**{**options.__dict__, "target": target,
                                     "tile_q": 0, "tile_kv": 0, "dynamic": None})
+        options = _q_tile(options, kernel_options, query, key, value, call["block_mask"])
     options = decode.resolve(options, query, key, value, call["block_mask"])
     spec = attention_spec(query, key, value, scale=scale, enable_gqa=enable_gqa,
                           return_lse=return_lse, options=options, **call)

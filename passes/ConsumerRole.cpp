@@ -42,8 +42,9 @@ FailureOr<KernelPlan> KernelPlan::of(TileStepOp step, StringRef pass, bool f32,
       return step.emitOpError("the GPU kernel takes head dims that are multiples of ")
              << kHeadDimStep << " in [" << 2 * kHeadDimStep << ", " << kMaxHeadDim
              << "], got D = " << p.D << ", Dv = " << p.Dv;
-  if ((p.BM != kTileRows && p.BM != kBandRows) || (p.BN != 64 && p.BN != 128))
-    return step.emitOpError("the GPU kernel needs tile_size [64|128, 64|128] "
+  if ((p.BM != kTileRows && p.BM != kBandRows && p.BM != kWideTileRows) ||
+      (p.BN != 64 && p.BN != 128))
+    return step.emitOpError("the GPU kernel needs tile_size [64|128|192, 64|128] "
                             "(run flexattn-tile{tile-q=128 tile-kv=128}), got [")
            << step.getTileSize()[0] << ", " << p.BN << "]";
   return p;

@@ -31,9 +31,10 @@
 
 namespace mlir::flexattn {
 
-/// Rows of the Q tile, of one group's band per m16 tile of its warps,
-/// threads of a group.
+/// Rows of the Q tile (Hopper: also 3 bands, kWideTileRows, at D = 64), of
+/// one group's band per m16 tile of its warps, threads of a group.
 constexpr int64_t kTileRows = 128;
+constexpr int64_t kWideTileRows = 192;
 constexpr int64_t kBandRows = 64;
 constexpr int64_t kGroupThreads = 128;
 

@@ -24,9 +24,9 @@
 // P is carried between steps (and between the KV loops of a Q tile); the
 // first step multiplies P = 0 by the Q tile, reinterpreted as a V tile, so
 // no branch surrounds the MMA, and the last step's P.V is issued after the
-// loops. `pingpong` (needs `pipeline`) makes the two consumer groups take
-// turns issuing their MMAs (named barriers), so one group's softmax overlaps
-// the other's GEMMs.
+// loops. `pingpong` (needs `pipeline`) makes the consumer groups (two, or
+// three for 192-row Q tiles) take turns issuing their MMAs (named barriers,
+// passes/GroupTurns.h), so one group's softmax overlaps the others' GEMMs.
 //
 //===----------------------------------------------------------------------===//
 
@@ -132,9 +132,9 @@ struct Scheduler {
     return arith::IndexCastOp::create(b, b.getI32Type(),
                                       roles.getConsumers().getArgument(0));
   }
-  int64_t turnThreads() {
-    return roles.getConsumerGroups() * roles.getConsumerThreads();
-  }
+  // A turn's barrier counts the waiting group and the one passing to it.
+  int64_t turnThreads() { return 2 * roles.getConsumerThreads(); }
+  int64_t groups() { return roles.getConsumerGroups(); }
 
   /// The previous KV step's ring position (`first` is the Q tile's first),
   /// and whether there is one; waits for its V slot, and returns the tile
@@ -194,7 +194,7 @@ struct Scheduler {
                                 map.lookup(loop.getRegionIterArgs()[s.accArg]),
                                 UnitAttr());
         if (pingpong)
-          turns::pass(b, group(), turnThreads());
+          turns::pass(b, group(), turnThreads(), groups());
         continue;
       }
       Operation *clone = b.clone(op, map);
@@ -280,8 +280,8 @@ LogicalResult mlir::flexattn::scheduleConsumers(RewriterBase &rewriter,
                                                 bool pipeline, bool pingpong) {
   if (!pipeline)
     return success();
-  if (pingpong && roles.getConsumerGroups() != 2)
-    return roles.emitOpError("ping-pong alternates two consumer groups, got ")
+  if (pingpong && roles.getConsumerGroups() != 2 && roles.getConsumerGroups() != 3)
+    return roles.emitOpError("ping-pong takes turns among two or three consumer groups, got ")
            << roles.getConsumerGroups();
   ImplicitLocOpBuilder b(roles.getLoc(), rewriter);
   Scheduler scheduler{b, roles, pingpong};
@@ -294,7 +294,8 @@ LogicalResult mlir::flexattn::scheduleConsumers(RewriterBase &rewriter,
     // Group 0 issues first.
     Block &body = roles.getConsumers().front();
     b.setInsertionPointToStart(&body);
-    turns::giveFirst(b, scheduler.group(), scheduler.turnThreads());
+    turns::giveFirst(b, scheduler.group(), scheduler.turnThreads(),
+                      scheduler.groups());
   }
   return success();
 }

@@ -10,7 +10,8 @@
 //   producer warpgroup: one thread loads, with TMA, the Q tile into a
 //     1-slot ring and the K and V tiles of every KV step into `stages`-slot
 //     rings, walking a clone of the KV loops (block sparsity included);
-//   consumer warpgroups (2 x 64 rows of the 128-row Q tile): per KV step,
+//   consumer warpgroups (64 rows each: 2 of a 128-row Q tile, or 3 of a
+//     192-row one at head dim 64, FlashAttention-3's D = 64 tile): per KV step,
 //     S = Q.Kᵀ (flexattn.mma), the mods and the online softmax on the
 //     register fragment (flexattn.frag.softmax), O = alpha O + P.V; at the
 //     end flexattn.frag.finalize.
@@ -41,11 +42,16 @@ using namespace mlir::flexattn;
 namespace {
 
 // The roles of the kernel: one producer warpgroup with few registers, two
-// consumer warpgroups of 64 Q rows each with many (setmaxnreg budgets).
+// or three consumer warpgroups of 64 Q rows each with many (setmaxnreg
+// budgets, FlashAttention-3's: 40 + 2 x 232 or 32 + 3 x 160 registers per
+// thread of a warpgroup, at most 512 in all).
 constexpr int64_t kWarpgroup = 128;
-constexpr int64_t kProducerRegisters = 40;
-constexpr int64_t kConsumerGroups = kTileRows / kBandRows;
-constexpr int64_t kConsumerRegisters = 232;
+struct Budget {
+  int64_t producer, consumer;
+};
+Budget registerBudget(int64_t groups) {
+  return groups == 2 ? Budget{40, 232} : Budget{32, 160};
+}
 
 /// The rings and tensor maps both roles use.
 struct Rings : ConsumerRings {
@@ -177,11 +183,14 @@ LogicalResult mlir::flexattn::warpSpecialize(RewriterBase &rewriter,
                "flexattn-warp-specialize takes head dims 64 and 128 (other head dims: "
                "flexattn-multistage), got D = ")
            << p->D << ", Dv = " << p->Dv;
-  if (p->BM != kTileRows)
+  if (p->BM != kTileRows && !(p->BM == kWideTileRows && p->D == 64 && p->Dv == 64))
     return tile->steps.front().emitOpError(
                "flexattn-warp-specialize takes 128-row Q tiles (two 64-row "
-               "consumer bands; 64-row tiles: flexattn-multistage), got ")
-           << p->BM;
+               "consumer bands), or 192-row ones (three) at D = Dv = 64; "
+               "64-row tiles: flexattn-multistage; got ")
+           << p->BM << " rows at D = " << p->D << ", Dv = " << p->Dv;
+  int64_t groups = p->BM / kBandRows;
+  Budget budget = registerBudget(groups);
   auto func = launch->getParentOfType<func::FuncOp>();
   if (!func)
     return launch.emitOpError("flexattn-warp-specialize expects a func.func parent");
@@ -191,7 +200,7 @@ LogicalResult mlir::flexattn::warpSpecialize(RewriterBase &rewriter,
   TileStepOp first = tile->steps.front();
   int64_t bn = p->BN;
   for (auto [tensor, rows, out] :
-       {std::tuple<Value, int64_t, Value *>{first.getQ(), kTileRows, &rings.qMap},
+       {std::tuple<Value, int64_t, Value *>{first.getQ(), p->BM, &rings.qMap},
         {first.getK(), bn, &rings.kMap},
         {first.getV(), bn, &rings.vMap}}) {
     FailureOr<Value> map = addTensorMapArgument(func, tensor, rows, loc);
@@ -203,21 +212,20 @@ LogicalResult mlir::flexattn::warpSpecialize(RewriterBase &rewriter,
   OpBuilder::InsertionGuard guard(rewriter);
   rewriter.setInsertionPoint(launch);
   launch.getBlockSizeXMutable().assign(arith::ConstantIndexOp::create(
-      rewriter, loc, kWarpgroup + kConsumerGroups * kWarpgroup));
+      rewriter, loc, kWarpgroup + groups * kWarpgroup));
 
   ImplicitLocOpBuilder b(loc, rewriter);
   b.setInsertionPointToStart(&body);
-  int64_t consumers = kConsumerGroups * kWarpgroup;
+  int64_t consumers = groups * kWarpgroup;
   auto ring = [&](int64_t n, int64_t rows, int64_t cols) -> Value {
     return RingAllocOp::create(
         b, RingType::get(b.getContext(), n, rows, cols, p->elem), consumers);
   };
-  rings.q = ring(1, kTileRows, p->D);
+  rings.q = ring(1, p->BM, p->D);
   rings.k = ring(stages, bn, p->D);
   rings.v = ring(stages, bn, p->Dv);
-  auto roles = WarpSpecializeOp::create(b, kWarpgroup, kProducerRegisters,
-                                        kConsumerGroups, kWarpgroup,
-                                        kConsumerRegisters);
+  auto roles = WarpSpecializeOp::create(b, kWarpgroup, budget.producer, groups,
+                                        kWarpgroup, budget.consumer);
   Type index = b.getIndexType();
 
   // Producer: thread 0 orders the host's tensor maps before TMA reads them,

@@ -34,7 +34,10 @@ class CompileOptions:
       ``Target.block_tiles``); 0 takes the target's default (64 x 64 on the
       CPU; on a GPU the target's Q block, and tile_kv stays 0: the target's
       KV tile for the head dim, ``Target.kv_tile``, picked at compile time:
-      128 on sm_90a, 64 at D = 64 and 128 at D = 128 on sm_80).
+      128 on sm_90a, 64 at D = 64 and 128 at D = 128 on sm_80). sm_90a's
+      own kernel also takes 192-row Q tiles at D = Dv = 64
+      (``Target.wide_q_tile``: three consumer warpgroups); a block mask's
+      128-row blocks then reach it as the union of each tile's blocks.
     opt_level: LLVM optimisation level of the final code generation.
     stages: shared-memory slots of the GPU kernel's K/V ring.
     pipeline, pingpong: the GPU kernel's FlashAttention-3 schedules (each
@@ -184,8 +187,11 @@ class CompileOptions:
         for name in ("tile_q",) if t.is_gpu else ("tile_q", "tile_kv"):
             if getattr(self, name) == 0:
                 object.__setattr__(self, name, default)
-        if t.is_gpu and self.tile_q != default:
-            raise ValueError(f"CompileOptions.tile_q must be {default} for the {self.target} "
+        wide = t.wide_q_tile if t.is_gpu and not gpu_decode else 0
+        if t.is_gpu and self.tile_q not in (default, wide):
+            raise ValueError(f"CompileOptions.tile_q must be {default}"
+                             + (f" (or {wide} at head dim {t.wide_q_head_dim})" if wide else "")
+                             + f" for the {self.target} "
                              f"{'decode' if gpu_decode else 'prefill'} kernel, got {self.tile_q}")
         if not isinstance(self.splits, int) or self.splits < 0 or (
                 self.splits and not gpu_decode):
@@ -230,6 +236,8 @@ class CompileOptions:
             value = getattr(self, name)
             if t.is_gpu and name == "tile_kv" and value == 0:
                 continue  # the target's KV tile for the head dim
+            if t.is_gpu and name == "tile_q" and value and value == t.wide_q_tile:
+                continue  # checked above
             if not isinstance(value, int) or value <= 0 or value & (value - 1):
                 raise ValueError(f"CompileOptions.{name} must be a positive power of two, got {value!r}")
         if self.opt_level not in (0, 1, 2, 3):

@@ -112,6 +112,14 @@ class Target:
       dim not listed). Short Q tiles pay a CTA's prologue and epilogue
       once per few KV steps; a persistent CTA overlaps them with its next
       tile's loads.
+    q_tiles: ``(head dim, rows)`` pairs: the Q tile of the target's own
+      kernel for that head dim (D = Dv) where ``flex_attention`` is not
+      told one (``kernel_options`` BLOCK_M / tile_q); ``q_block`` for a head
+      dim not listed. ``wide_q_tile``: the other Q tile the own kernel
+      takes at ``wide_q_head_dim`` (sm_90a: 192 rows, three consumer
+      warpgroups, at D = 64); a block mask of ``q_block``-row blocks is
+      read as the union of the blocks a tile's rows fall in
+      (masks.block_mask.retile_q).
     exp2_poly: ``(head dim, k)`` pairs: k of every 16 elements of P whose
       exp2 the target's own kernel computes on the FMA pipe where
       ``CompileOptions.exp2_poly`` is None (0 for a head dim not listed).
@@ -147,6 +155,9 @@ class Target:
     decode_rows: int = 0
     decode_kv_tile: int = 0
     exp2_poly: tuple[tuple[int, int], ...] = ()
+    q_tiles: tuple[tuple[int, int], ...] = ()
+    wide_q_tile: int = 0
+    wide_q_head_dim: int = 0
     persistent_density: tuple[tuple[int, float], ...] = ()
 
     @property
@@ -182,6 +193,25 @@ class Target:
         CTAs: that kernel's target's ``persistent_density`` entry."""
         kernel = self.kernel(head_dim, value_dim, dtype)
         return dict(kernel.persistent_density).get(head_dim, PERSISTENT_DENSITY)
+
+    def q_tile(self, head_dim: int, value_dim: int, dtype: str = "bfloat16",
+               dynamic: bool = False) -> int:
+        """The Q tile ``flex_attention`` gives the prefill kernel of these
+        head dims (see ``q_tiles``; ``q_block`` where another target's
+        kernel runs them)."""
+        if self.kernel(head_dim, value_dim, dtype, dynamic=dynamic) is not self:
+            return self.q_block
+        return dict(self.q_tiles).get(head_dim, self.q_block)
+
+    def takes_q_tile(self, rows: int, head_dim: int, value_dim: int, dtype: str = "bfloat16",
+                     dynamic: bool = False) -> bool:
+        """Whether the prefill kernel of these head dims takes ``rows``-row Q
+        tiles: ``q_block``, or ``wide_q_tile`` in the own kernel at
+        ``wide_q_head_dim``."""
+        if rows == self.q_block:
+            return True
+        return (rows == self.wide_q_tile and head_dim == value_dim == self.wide_q_head_dim
+                and self.kernel(head_dim, value_dim, dtype, dynamic=dynamic) is self)
 
     def fma_exp2_share(self, head_dim: int) -> int:
         """The default ``exp2_poly`` of ``head_dim`` (see ``exp2_poly``)."""
@@ -224,12 +254,16 @@ TARGETS: dict[str, Target] = {t.name: t for t in [
     # (density 0.51) with persistent CTAs in snake order: a KV step is half
     # as long as at D = 128, so a tile's prologue and epilogue weigh twice
     # as much (H200, three processes: causal D = 64 1.00-1.03x one CTA per
-    # tile, causal D = 128 0.93-1.01x; docs/gpu-pipeline.md §1).
+    # tile, causal D = 128 0.93-1.01x; docs/gpu-pipeline.md §1). That is the
+    # 128-row kernel's rule: D = 64 runs 192-row Q tiles (three consumer
+    # warpgroups, one CTA per tile; H200: full 1.13-1.15x, causal
+    # 1.05-1.10x cuDNN, docs/gpu-pipeline.md §3) where flex_attention picks.
     Target("sm_90a", "cuda", chip="sm_90a", features="+ptx83", compute_capability=(9, 0),
            devices=((9, 0),), sm_count=132, max_shared_per_block=232448,
            dtypes=("bfloat16", "float16", "float32"), head_dims=_head_dims(256),
            kv_blocks=(64, 128),
            q_block=128, own_head_dims=(64, 128), general="sm_80", decode_rows=64,
+           wide_q_tile=192, wide_q_head_dim=64, q_tiles=((64, 192),),
            persistent_density=((64, 0.6),)),
     # The reference part is the A100 (108 SMs, 163 KiB per block); Ada and
     # sm_86 parts have 99 KiB (the runtime checks a launch against the device).

@@ -143,11 +143,12 @@ def make(name: str, H: int, S: int, device="cpu"):
 
 
 def spec(name: str, B: int, H: int, S: int, D: int, dtype: str = "bfloat16",
-         device="cpu", return_lse: bool = False, dynamic: bool = False):
+         device="cpu", return_lse: bool = False, dynamic: bool = False, tile_q: int = 0):
     """The AttentionSpec ``flex_attention`` compiles for variant ``name`` on
     ``[B, H, S, D]`` q/k/v (a broadcast 128 x 128 block mask when the variant
     has a mask_mod); ``dynamic``: the dynamic-shape kernel's
-    (``CompileOptions.dynamic``)."""
+    (``CompileOptions.dynamic``); ``tile_q``: a GPU kernel's Q tile that
+    reads the mask per tile (192 on sm_90a at D = 64)."""
     from .. import frontend
     from ..execution.attention import build_spec
     from ..masks import index_checks
@@ -169,4 +170,5 @@ def spec(name: str, B: int, H: int, S: int, D: int, dtype: str = "bfloat16",
     return build_spec(q, q, q, score_mod=score and score.ir, mask_mod=mask and mask.ir,
                       block_mask=block_mask, captures=captures, scale=1.0 / math.sqrt(D),
                       return_lse=return_lse, name=name,
-                      check_indices=index_checks.enabled("sm_90a"), dynamic=dynamic)
+                      check_indices=index_checks.enabled("sm_90a"), dynamic=dynamic,
+                      tile_q=tile_q)

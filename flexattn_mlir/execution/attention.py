@@ -15,6 +15,7 @@ import math
 from typing import Optional
 
 import torch
+from flexattn_runtime.masks import retile_q
 
 from ..compiler import targets
 from ..compiler.mods import ModIR
@@ -29,13 +30,26 @@ __all__ = ["attention_forward", "attention_spec", "attention_compile_count", "bu
            "kernel_for", "Launch", "prepare_launch"]
 
 
-def _mask_tensors(block_mask) -> list[torch.Tensor]:
+def _retiles(block_mask, tile_q: int) -> bool:
+    """Whether the kernel's ``tile_q``-row Q tiles read ``block_mask`` as
+    the union of its query blocks (a tile that does not divide the mask's Q
+    block, e.g. sm_90a's 192-row tiles over 128-row blocks)."""
+    return bool(block_mask is not None and tile_q
+                and block_size(block_mask.BLOCK_SIZE)[0] % tile_q)
+
+
+def _mask_tensors(block_mask, tile_q: int = 0, q_len: int = 0) -> list[torch.Tensor]:
+    """The block mask's KV-side lists as the kernel takes them (per Q tile
+    where :func:`_retiles`)."""
     if block_mask is None:
         return []
     names = ["kv_num_blocks", "kv_indices"]
     if getattr(block_mask, "full_kv_num_blocks", None) is not None:
         names += ["full_kv_num_blocks", "full_kv_indices"]
-    return [getattr(block_mask, n).contiguous() for n in names]
+    lists = [getattr(block_mask, n).contiguous() for n in names]
+    if _retiles(block_mask, tile_q):
+        lists = retile_q(lists, block_size(block_mask.BLOCK_SIZE)[0], tile_q, q_len)
+    return lists
 
 
 def index_checked(query, key, score_mod, mask_mod, check_indices: bool, dynamic: bool = False):
@@ -54,16 +68,18 @@ def index_checked(query, key, score_mod, mask_mod, check_indices: bool, dynamic:
 
 def build_spec(query, key, value, *, score_mod, mask_mod, block_mask, captures,
                scale, return_lse, name="flexattn", check_indices=True,
-               dynamic=False, sinks=None, return_max=False) -> AttentionSpec:
+               dynamic=False, sinks=None, return_max=False, tile_q=0) -> AttentionSpec:
     """The spec of a call. Raises IndexError for a provably out-of-bounds read
     of a captured tensor; ``check_indices``: whether the reads the compiler
     cannot bound are checked at run time (index_checks.enabled);
     ``dynamic``: the spec of the kernel that serves every batch size,
     sequence length, block-mask shape and scale (CompileOptions.dynamic,
     :mod:`.dynamic_shapes`). ``sinks`` (a tensor, or None) and
-    ``return_max`` add the sink logits and the max_scores output."""
+    ``return_max`` add the sink logits and the max_scores output;
+    ``tile_q``: the kernel's Q tile, when the block mask must be read per
+    tile (:func:`_retiles`)."""
     checked = index_checked(query, key, score_mod, mask_mod, check_indices, dynamic)
-    masks = _mask_tensors(block_mask)
+    masks = _mask_tensors(block_mask, tile_q, query.shape[2])
     qkv = [BufferType.of(t) for t in (query, key, value)]
     capture_types = tuple(BufferType.of(c) for c in captures)
     fields = {}
@@ -75,7 +91,8 @@ def build_spec(query, key, value, *, score_mod, mask_mod, block_mask, captures,
         capture_types += (BufferType((), "f32"),)  # the scale
         scale = 1.0
     if block_mask is not None:
-        fields["block_size"] = block_size(block_mask.BLOCK_SIZE)
+        bq, bkv = block_size(block_mask.BLOCK_SIZE)
+        fields["block_size"] = (tile_q, bkv) if _retiles(block_mask, tile_q) else (bq, bkv)
     return AttentionSpec(
         q=qkv[0], k=qkv[1], v=qkv[2], scale=float(scale), return_lse=bool(return_lse),
         captures=capture_types, score_mod=checked.score, mask_mod=checked.mask, name=name,
@@ -83,6 +100,16 @@ def build_spec(query, key, value, *, score_mod, mask_mod, block_mask, captures,
         sinks=None if sinks is None else BufferType((int(sinks.shape[0]),), "f32"),
         return_max=bool(return_max),
     )
+
+
+def _mask_tile(options: CompileOptions) -> int:
+    """The Q tile a block mask is read per (0: as it is): the GPU kernel's
+    wide tile (``Target.wide_q_tile``, 192 rows on sm_90a), which does not
+    divide torch's 128-row blocks. Other tiles divide the mask's block or
+    are made the block by flexattn-tile (and packed tiles build their own
+    union there)."""
+    t = targets.target(options.target)
+    return options.tile_q if t.is_gpu and options.tile_q == t.wide_q_tile else 0
 
 
 def _check_mod(name: str, mod, kind: str, n_captures: int) -> None:
@@ -129,7 +156,8 @@ def _prepare(query, key, value, *, score_mod, mask_mod, block_mask, captures, sc
                       block_mask=block_mask, captures=captures, scale=scale,
                       return_lse=return_lse, name=name,
                       check_indices=index_checks.enabled(options.target),
-                      dynamic=options.dynamic, sinks=sinks, return_max=return_max)
+                      dynamic=options.dynamic, sinks=sinks, return_max=return_max,
+                      tile_q=_mask_tile(options))
     return spec, (q, k, v), captures, options
 
 
@@ -245,7 +273,7 @@ class Launch:
         self.return_lse, self.return_max = spec.return_lse, spec.return_max
         self.gpu = options.target != "cpu"
         self.expand_kv = _expands_kv(options) and key.shape[0] != b  # copies them
-        self.mask_tensors = tuple(_mask_tensors(block_mask))
+        self.mask_tensors = tuple(_mask_tensors(block_mask, _mask_tile(options), m))
         self.scale_arg = None
         if options.dynamic:  # the scale operand (dynamic_shapes); read-only, kept
             self.scale_arg = torch.tensor(scale, dtype=torch.float32, device=q.device)

@@ -178,7 +178,12 @@ def _compile_error(err: CompilationError, label: str) -> Exception:
 
 def backward_kernel(spec: BackwardSpec, options: CompileOptions):
     """The compiled backward kernel of ``spec`` (cached like the forward's);
-    a mod that cannot be differentiated raises NotDifferentiableError."""
+    a mod that cannot be differentiated raises NotDifferentiableError.
+    The backward's Q tile is the target's Q block (a wide forward tile,
+    ``Target.wide_q_tile``, is the forward kernel's own)."""
+    t = targets.target(options.target)
+    if t.is_gpu and options.tile_q != t.q_block:
+        options = replace(options, tile_q=t.q_block)
     try:
         return kernel_for(spec, options)
     except CompilationError as err:

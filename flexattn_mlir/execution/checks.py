@@ -7,7 +7,7 @@ import torch
 
 from ..compiler.cache import LRU
 from ..compiler.targets import target
-from ..masks.block_mask import block_size
+from ..masks.block_mask import agrees_with_mask_mod, block_size
 from ..masks.intervals import reads_batch_head
 
 __all__ = ["check_qkv", "check_block_mask", "check_mask_broadcast",
@@ -207,6 +207,25 @@ def check_gpu_support(query, value, block_mask, options) -> None:
         if d not in t.head_dims:
             raise ValueError(f"{name} head dim {d} is not supported by the {options.target} "
                              f"kernel: it handles multiples of 8 from {lo} to {hi}")
+    if not options.decode and not t.takes_q_tile(options.tile_q, query.shape[-1],
+                                                 value.shape[-1], dtype, options.dynamic):
+        raise ValueError(
+            f"kernel_options BLOCK_M (tile_q) = {options.tile_q} is not supported by the "
+            f"{options.target} kernel of {dtype} head dims D={query.shape[-1]}, "
+            f"Dv={value.shape[-1]}{' (dynamic shapes)' if options.dynamic else ''}: it "
+            f"takes {t.q_block}" + (f", or {t.wide_q_tile} at bfloat16/float16 D = Dv = "
+                                    f"{t.wide_q_head_dim} with static shapes"
+                                    if t.wide_q_tile else ""))
+    if (block_mask is not None and options.tile_q == t.wide_q_tile
+            and block_size(block_mask.BLOCK_SIZE)[0] % options.tile_q
+            and not agrees_with_mask_mod(block_mask, query.shape[2], value.shape[2])):
+        raise ValueError(
+            f"kernel_options BLOCK_M (tile_q) = {options.tile_q}: the kernel reads the block "
+            f"mask's {block_size(block_mask.BLOCK_SIZE)[0]}-row blocks as each tile's union and "
+            f"applies mask_mod to it, which needs lists that agree with mask_mod (full blocks "
+            f"keep every element, unlisted blocks none, as create_block_mask makes them); "
+            f"this mask's do not (mask_mod reassigned, or lists made by hand): leave BLOCK_M "
+            f"unset (the {t.q_block}-row kernel reads the mask as it is)")
     if block_mask is not None:
         bq, bkv = block_size(block_mask.BLOCK_SIZE)
         if bq % t.q_block or bkv not in t.kv_blocks:

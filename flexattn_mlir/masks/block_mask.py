@@ -29,12 +29,14 @@ import concurrent.futures
 import ctypes
 import functools
 import itertools
+import logging
 import operator
 import threading
 from typing import Any, Callable, Optional, Union
 
 import numpy as np
 import torch
+from flexattn_runtime.masks import ordered_to_dense
 
 from mlir import ir
 from mlir.dialects import arith, func, memref, scf
@@ -48,7 +50,7 @@ from ..dialects import flexattn as fa
 from ..compiler.options import CompileOptions
 from ..compiler.pipeline import CompilationError, run_pipeline
 from . import index_checks
-from .combinators import and_masks, noop_mask, or_masks
+from .combinators import and_masks, is_noop, noop_mask, or_masks
 from .intervals import decide_blocks, reads_batch_head
 
 __all__ = [
@@ -60,6 +62,8 @@ __all__ = [
     "kernel_count",
     "block_size",
 ]
+
+log = logging.getLogger(__name__)
 
 _DEFAULT_SPARSE_BLOCK_SIZE = 128
 EMPTY, PARTIAL, FULL, UNKNOWN = 0, 1, 2, 3
@@ -95,14 +99,7 @@ def _dense_to_ordered(dense) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(num).to(device), torch.from_numpy(idx).to(device)
 
 
-def _ordered_to_dense(num: torch.Tensor, idx: torch.Tensor, cols: int) -> torch.Tensor:
-    """The 0/1 int32 block matrix of (num, indices); unlisted slots ignored."""
-    slots = torch.arange(idx.shape[-1], device=idx.device)
-    listed = slots < num.unsqueeze(-1)
-    dense = torch.zeros((*idx.shape[:-1], cols + 1), dtype=torch.int32, device=idx.device)
-    target = torch.where(listed, idx.long(), cols)
-    dense.scatter_(-1, target, 1)
-    return dense[..., :cols].contiguous()
+_ordered_to_dense = ordered_to_dense  # the runtime's (flexattn_runtime.masks)
 
 
 def _transpose_ordered(num, idx):
@@ -418,6 +415,58 @@ def create_block_mask(
         tensors = [None if t is None else t.to(device) for t in tensors]
     return BlockMask((Q_LEN, KV_LEN), *tensors, BLOCK_SIZE=(bq, bkv), mask_mod=python_mod,
                      captured_mask=captured)
+
+
+_consistent_memo = LRU(64)
+
+
+def agrees_with_mask_mod(block_mask, q_len: int, kv_len: int) -> bool:
+    """Whether ``block_mask``'s lists are the ones its mask_mod gives, as
+    torch's create_block_mask makes them: a block listed as full keeps every
+    element, a block not listed keeps none (a partial one may be anything).
+    Then a kernel may read several query blocks' lists as their union and
+    apply mask_mod to it (masks from create_block_mask always agree; a
+    mask_mod reassigned since, or hand-made lists, may not, and torch's
+    rule, mask_mod skipped on full blocks, would differ). The mask_mod is
+    evaluated here on the CPU, once per mask (memoised on its tensors'
+    storage and version counters); False where it cannot be (a mask_mod the
+    frontend cannot capture)."""
+    names = ("kv_num_blocks", "kv_indices", "full_kv_num_blocks", "full_kv_indices")
+    tensors = [getattr(block_mask, n, None) for n in names]
+    memo = (id(block_mask.mask_mod), tuple(None if t is None else (
+        t.data_ptr(), t._version, tuple(t.shape), t.device) for t in tensors),
+        block_size(block_mask.BLOCK_SIZE), q_len, kv_len)
+    hit = _consistent_memo.get(memo)
+    if hit is not None:
+        return hit[0]
+    result = _agrees(block_mask, q_len, kv_len)
+    _consistent_memo[memo] = (result, block_mask.mask_mod, tensors)
+    return result
+
+
+def _agrees(block_mask, q_len: int, kv_len: int) -> bool:
+    if block_mask.mask_mod is None or is_noop(block_mask.mask_mod):
+        return True  # every listed block keeps all its elements
+    num, idx = block_mask.kv_num_blocks, block_mask.kv_indices
+    b, h, _, cols = idx.shape
+    try:
+        ref = create_block_mask(block_mask.mask_mod, b if b > 1 else None,
+                                h if h > 1 else None, q_len, kv_len, device="cpu",
+                                BLOCK_SIZE=block_mask.BLOCK_SIZE)
+    except (CompilationError, ValueError, TypeError, NotImplementedError) as err:
+        log.debug("block mask not checked against its mask_mod (%s): kept as it is", err)
+        return False
+    listed = ordered_to_dense(num.cpu(), idx.cpu(), cols).bool()
+    full = torch.zeros_like(listed)
+    if block_mask.full_kv_num_blocks is not None:
+        full = ordered_to_dense(block_mask.full_kv_num_blocks.cpu(),
+                                block_mask.full_kv_indices.cpu(), cols).bool()
+    ref_any = ordered_to_dense(ref.kv_num_blocks, ref.kv_indices, cols).bool()
+    ref_full = ordered_to_dense(ref.full_kv_num_blocks, ref.full_kv_indices, cols).bool()
+    ref_any = (ref_any | ref_full).expand_as(listed)
+    ref_full = ref_full.expand_as(listed)
+    # Full blocks keep everything; unlisted blocks keep nothing.
+    return bool((~full | ref_full).all()) and bool((listed | full | ~ref_any).all())
 
 
 def _classify_and_order(captured, B, H, Q_LEN, KV_LEN, bq, bkv, separate_full_blocks,

@@ -239,7 +239,7 @@ func.func @small_tiles(%q: memref<1x1x128x64xbf16>, %o: memref<1x1x128x64xbf16>)
     %acc = memref.alloca() : memref<32x64xf32>
     %m = memref.alloca() : memref<32xf32>
     %l = memref.alloca() : memref<32xf32>
-    // expected-error @+1 {{the GPU kernel needs tile_size [64|128, 64|128] (run flexattn-tile{tile-q=128 tile-kv=128}), got [32, 64]}}
+    // expected-error @+1 {{the GPU kernel needs tile_size [64|128|192, 64|128] (run flexattn-tile{tile-q=128 tile-kv=128}), got [32, 64]}}
     flexattn.tile_step ins(%q, %q, %q : memref<1x1x128x64xbf16>, memref<1x1x128x64xbf16>, memref<1x1x128x64xbf16>)
         state(%acc, %m, %l : memref<32x64xf32>, memref<32xf32>, memref<32xf32>)
         at(%c0, %c0, %c0, %c0, %c0) attributes {scale = 0.125 : f32, tile_size = array<i64: 32, 64>}
@@ -260,7 +260,7 @@ func.func @band_tiles(%q: memref<1x1x128x64xbf16>, %o: memref<1x1x128x64xbf16>) 
     %acc = memref.alloca() : memref<64x64xf32>
     %m = memref.alloca() : memref<64xf32>
     %l = memref.alloca() : memref<64xf32>
-    // expected-error @+1 {{flexattn-warp-specialize takes 128-row Q tiles (two 64-row consumer bands; 64-row tiles: flexattn-multistage), got 64}}
+    // expected-error @+1 {{flexattn-warp-specialize takes 128-row Q tiles (two 64-row consumer bands), or 192-row ones (three) at D = Dv = 64; 64-row tiles: flexattn-multistage; got 64 rows at D = 64, Dv = 64}}
     flexattn.tile_step ins(%q, %q, %q : memref<1x1x128x64xbf16>, memref<1x1x128x64xbf16>, memref<1x1x128x64xbf16>)
         state(%acc, %m, %l : memref<64x64xf32>, memref<64xf32>, memref<64xf32>)
         at(%c0, %c0, %c0, %c0, %c0) attributes {scale = 0.125 : f32, tile_size = array<i64: 64, 64>}
@@ -312,6 +312,68 @@ func.func @dynamic_heads(%q: memref<1x?x128x64xbf16>, %o: memref<1x?x128x64xbf16
         at(%c0, %c0, %c0, %c0, %c0) attributes {scale = 0.125 : f32, tile_size = array<i64: 128, 128>}
     flexattn.finalize state(%acc, %m, %l : memref<128x64xf32>, memref<128xf32>, memref<128xf32>)
         outs(%o : memref<1x?x128x64xbf16>) at(%c0, %c0, %c0)
+    gpu.terminator
+  }
+  return
+}
+
+// -----
+
+// 192-row Q tiles at D = 64 (FlashAttention-3's D = 64 tile): three consumer
+// groups of 64 rows, 512 threads, a 192-row Q box and slot, and the budgets
+// 32 + 3 x 160 registers.
+// CHECK-LABEL: func.func @wide_tiles(
+// CHECK-SAME:    !llvm.ptr {flexattn.tensor_map = {box = array<i64: 64, 192, 1, 1>, {{.*}}tensor = 0 : i64}}
+// CHECK:         %[[THREADS:.*]] = arith.constant 512 : index
+// CHECK:         gpu.launch {{.*}} threads({{.*}}) in (%{{.*}} = %[[THREADS]],
+// CHECK-NEXT:      flexattn.ring.alloc consumers(384) : !flexattn.ring<1 x 192x64xbf16>
+// CHECK-NEXT:      flexattn.ring.alloc consumers(384) : !flexattn.ring<2 x 128x64xbf16>
+// CHECK-NEXT:      flexattn.ring.alloc consumers(384) : !flexattn.ring<2 x 128x64xbf16>
+// CHECK-NEXT:      flexattn.warp_specialize producer(threads = 128, registers = 32) {
+// CHECK:         } consumers(groups = 3, threads = 128, registers = 160) {
+// CHECK:           flexattn.mma %{{.*}}[%{{.*}}], %{{.*}} {transpose_b} : !flexattn.smem_tile<192x64xbf16>, !flexattn.smem_tile<128x64xbf16> -> vector<64xf32>
+func.func @wide_tiles(%q: memref<1x1x384x64xbf16>, %o: memref<1x1x384x64xbf16>) {
+  %c0 = arith.constant 0 : index
+  %c1 = arith.constant 1 : index
+  %c2 = arith.constant 2 : index
+  %c3 = arith.constant 3 : index
+  %c128 = arith.constant 128 : index
+  %c192 = arith.constant 192 : index
+  gpu.launch blocks(%bx, %by, %bz) in (%gx = %c2, %gy = %c1, %gz = %c1)
+             threads(%tx, %ty, %tz) in (%sx = %c1, %sy = %c1, %sz = %c1) {
+    %q0 = arith.muli %bx, %c192 : index
+    %acc = memref.alloca() : memref<192x64xf32>
+    %m = memref.alloca() : memref<192xf32>
+    %l = memref.alloca() : memref<192xf32>
+    scf.for %j = %c0 to %c3 step %c1 {
+      %kv0 = arith.muli %j, %c128 : index
+      flexattn.tile_step ins(%q, %q, %q : memref<1x1x384x64xbf16>, memref<1x1x384x64xbf16>, memref<1x1x384x64xbf16>)
+          state(%acc, %m, %l : memref<192x64xf32>, memref<192xf32>, memref<192xf32>)
+          at(%c0, %c0, %c0, %q0, %kv0) attributes {scale = 0.125 : f32, tile_size = array<i64: 192, 128>}
+    }
+    flexattn.finalize state(%acc, %m, %l : memref<192x64xf32>, memref<192xf32>, memref<192xf32>)
+        outs(%o : memref<1x1x384x64xbf16>) at(%c0, %c0, %q0)
+    gpu.terminator
+  }
+  return
+}
+
+// -----
+
+func.func @wide_tiles_d128(%q: memref<1x1x192x128xbf16>, %o: memref<1x1x192x128xbf16>) {
+  %c0 = arith.constant 0 : index
+  %c1 = arith.constant 1 : index
+  gpu.launch blocks(%bx, %by, %bz) in (%gx = %c1, %gy = %c1, %gz = %c1)
+             threads(%tx, %ty, %tz) in (%sx = %c1, %sy = %c1, %sz = %c1) {
+    %acc = memref.alloca() : memref<192x128xf32>
+    %m = memref.alloca() : memref<192xf32>
+    %l = memref.alloca() : memref<192xf32>
+    // expected-error @+1 {{flexattn-warp-specialize takes 128-row Q tiles (two 64-row consumer bands), or 192-row ones (three) at D = Dv = 64; 64-row tiles: flexattn-multistage; got 192 rows at D = 128, Dv = 128}}
+    flexattn.tile_step ins(%q, %q, %q : memref<1x1x192x128xbf16>, memref<1x1x192x128xbf16>, memref<1x1x192x128xbf16>)
+        state(%acc, %m, %l : memref<192x128xf32>, memref<192xf32>, memref<192xf32>)
+        at(%c0, %c0, %c0, %c0, %c0) attributes {scale = 0.125 : f32, tile_size = array<i64: 192, 128>}
+    flexattn.finalize state(%acc, %m, %l : memref<192x128xf32>, memref<192xf32>, memref<192xf32>)
+        outs(%o : memref<1x1x192x128xbf16>) at(%c0, %c0, %c0)
     gpu.terminator
   }
   return
