@@ -99,7 +99,7 @@ LogicalResult Lowering::lower(Operation *op) {
                                    Value());
   } else if (lowerTileValue(op)) {
   } else if (auto mma = dyn_cast<MmaOp>(op)) {
-    return wgmma::lowerMma(*this, mma);
+    return wgmma::lowerMma(*this, mma, /*hoisted=*/true);
   } else if (auto mmaWait = dyn_cast<MmaWaitOp>(op)) {
     wgmma::lowerWait(*this, mmaWait);
   }
@@ -123,8 +123,15 @@ void lowerRoles(RewriterBase &rewriter, ImplicitLocOpBuilder &b, WarpSpecializeO
   b.setInsertionPointToStart(&branch.getElseRegion().front());
   NVVM::SetMaxRegisterOp::create(b, op.getConsumerRegisters(),
                                  NVVM::SetMaxRegisterAction::increase);
-  Value groupIdx = arith::SubIOp::create(b, arith::DivUIOp::create(b, tid, idx(group)),
-                                         idx(producers / group));
+  // The group index read from lane 0 (CUTLASS's canonical_warp_group_idx):
+  // ptxas then knows it is warp-uniform, and the addresses and wgmma
+  // descriptors built on it live in uniform registers (no R2UR per wgmma).
+  Value warpGroup = arith::IndexCastOp::create(
+      b, b.getI32Type(), arith::DivUIOp::create(b, tid, idx(group)));
+  warpGroup = gpu::ShuffleOp::create(b, warpGroup, 0, 32, gpu::ShuffleMode::IDX)
+                  .getShuffleResult();
+  Value groupIdx = arith::SubIOp::create(
+      b, arith::IndexCastOp::create(b, b.getIndexType(), warpGroup), idx(producers / group));
   Value thread = arith::RemUIOp::create(b, tid, idx(group));
   rewriter.inlineBlockBefore(&op.getConsumers().front(),
                              branch.getElseRegion().front().getTerminator(),

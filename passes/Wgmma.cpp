@@ -14,21 +14,48 @@ using namespace mlir::flexattn;
 
 namespace {
 
-/// The 64-bit descriptor of a 128-byte-swizzled tile at `addr`: (addr >> 4)
-/// in bits 0-13, LBO >> 4 in 16-29, SBO >> 4 in 32-45, swizzle mode 1 in
-/// 62-63 (tiles are 1024-byte aligned: base offset 0).
-Value descriptor(SharedTiles &t, Value addr, int64_t lbo, int64_t sbo) {
-  ImplicitLocOpBuilder &b = t.b;
-  int64_t high = ((lbo >> 4) & 0x3FFF) << 16 | ((sbo >> 4) & 0x3FFF) << 32 |
-                 (int64_t(1) << 62);
-  Value a = arith::ExtUIOp::create(b, b.getI64Type(), addr);
-  a = arith::AndIOp::create(b, arith::ShRUIOp::create(b, a, t.i64(4)), t.i64(0x3FFF));
-  return arith::OrIOp::create(b, a, t.i64(high));
-}
+/// The 64-bit descriptors of a 128-byte-swizzled tile at shared address
+/// `base`, each `offset` bytes on: ((base + offset) >> 4) in bits 0-13,
+/// LBO >> 4 in 16-29, SBO >> 4 in 32-45, swizzle mode 1 in 62-63 (tiles are
+/// 1024-byte aligned: base offset 0). A CTA's shared addresses are below
+/// 2^18, so base >> 4 fills bits 0-13 alone and the fields never carry into
+/// each other: base >> 4 is taken once per tile, and each descriptor's low
+/// word is one 32-bit add of a constant (CUTLASS moves its descriptors the
+/// same way). Built per offset from scratch ((base + offset) >> 4, masked,
+/// or-ed), a wgmma's two descriptors cost ptxas about six uniform-datapath
+/// instructions: a quarter of the issue slots of the D = 128 KV step's
+/// overhead beside its softmax (ncu against FlashAttention-4,
+/// docs/gpu-pipeline.md §5).
+struct Descriptors {
+  SharedTiles &t;
+  Value base, base16; // base >> 4 (hoisted), else null
+  int64_t lbo, sbo;
+
+  Descriptors(SharedTiles &t, Value base, int64_t lbo, int64_t sbo, bool hoisted)
+      : t(t), base(base),
+        base16(hoisted ? arith::ShRUIOp::create(t.b, base, t.i32(4)) : Value()), lbo(lbo),
+        sbo(sbo) {}
+
+  Value at(int64_t offset) {
+    ImplicitLocOpBuilder &b = t.b;
+    if (!base16) {
+      int64_t high = ((lbo >> 4) & 0x3FFF) << 16 | ((sbo >> 4) & 0x3FFF) << 32 |
+                     (int64_t(1) << 62);
+      Value a = arith::ExtUIOp::create(b, b.getI64Type(), t.at(base, offset));
+      a = arith::AndIOp::create(b, arith::ShRUIOp::create(b, a, t.i64(4)), t.i64(0x3FFF));
+      return arith::OrIOp::create(b, a, t.i64(high));
+    }
+    int64_t low = ((lbo >> 4) & 0x3FFF) << 16 | (offset >> 4);
+    int64_t high = ((sbo >> 4) & 0x3FFF) << 32 | (int64_t(1) << 62);
+    Value word = arith::AddIOp::create(b, base16, t.i32(low));
+    return arith::OrIOp::create(b, arith::ExtUIOp::create(b, b.getI64Type(), word),
+                                t.i64(high));
+  }
+};
 
 } // namespace
 
-LogicalResult wgmma::lowerMma(SharedTiles &t, MmaOp op) {
+LogicalResult wgmma::lowerMma(SharedTiles &t, MmaOp op, bool hoisted) {
   ImplicitLocOpBuilder &b = t.b;
   MLIRContext *ctx = b.getContext();
   SmemTileType bType = op.getB().getType();
@@ -60,15 +87,13 @@ LogicalResult wgmma::lowerMma(SharedTiles &t, MmaOp op) {
       aBase = arith::AddIOp::create(
           b, aBase, arith::MulIOp::create(b, t.toI32(row), t.i32(kSwizzleBytes)));
     auto wgmmaType = elem.isBF16() ? NVVM::WGMMATypes::bf16 : NVVM::WGMMATypes::f16;
+    Descriptors as(t, aBase, 16384, 1024, hoisted);
+    Descriptors bs(t, bAddr, mnMajorB ? bType.getPanelBytes() : 16384, 1024, hoisted);
     for (int64_t kk = 0; kk < aType.getCols() / 16; ++kk) {
       int64_t inPanel = (kk % 4) * 32;
-      Value da = descriptor(t, t.at(aBase, (kk / 4) * aType.getPanelBytes() + inPanel),
-                            16384, 1024);
-      Value db =
-          mnMajorB ? descriptor(t, t.at(bAddr, kk * 16 * kSwizzleBytes), bType.getPanelBytes(),
-                                1024)
-                   : descriptor(t, t.at(bAddr, (kk / 4) * bType.getPanelBytes() + inPanel),
-                                16384, 1024);
+      Value da = as.at((kk / 4) * aType.getPanelBytes() + inPanel);
+      Value db = mnMajorB ? bs.at(kk * 16 * kSwizzleBytes)
+                          : bs.at((kk / 4) * bType.getPanelBytes() + inPanel);
       bool accumulate = kk > 0 || op.getAcc();
       d = NVVM::WgmmaMmaAsyncOp::create(
           b, structType, d, da, db, NVVM::MMAShapeAttr::get(ctx, 64, n, 16),
@@ -98,9 +123,9 @@ LogicalResult wgmma::lowerMma(SharedTiles &t, MmaOp op) {
     if (Value row = op.getBRow())
       bAddr = arith::AddIOp::create(
           b, bAddr, arith::MulIOp::create(b, t.toI32(row), t.i32(kSwizzleBytes)));
+    Descriptors bs(t, bAddr, bType.getPanelBytes(), 1024, hoisted);
     for (int64_t kk = 0; kk < int64_t(a.size()) / 4; ++kk) {
-      Value db = descriptor(t, t.at(bAddr, kk * 16 * kSwizzleBytes), bType.getPanelBytes(),
-                            1024);
+      Value db = bs.at(kk * 16 * kSwizzleBytes);
       out = hopper::wgmmaRegisterA(b, out, ArrayRef(a).slice(4 * kk, 4), db, n, elem);
     }
   }

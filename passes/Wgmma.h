@@ -35,7 +35,12 @@ namespace mlir::flexattn::wgmma {
 /// with a diagnostic on what wgmma does not take here: an element type
 /// other than bf16/f16, more than 16 rows per warp, a shared A with a
 /// row-major B, a register A with a K-major B or without an accumulator.
-LogicalResult lowerMma(SharedTiles &t, MmaOp op);
+/// `hoisted`: each tile's address >> 4 taken once and every descriptor a
+/// constant added to it (the forward's consumers: fewer uniform-datapath
+/// instructions); otherwise each descriptor is built from its address (the
+/// backward's kernel, at 255 registers, spills 8-92 bytes with the hoisted
+/// form).
+LogicalResult lowerMma(SharedTiles &t, MmaOp op, bool hoisted = false);
 
 /// wgmma.wait_group pending, then the waited registers through operand
 /// fences (read only after the wait).
