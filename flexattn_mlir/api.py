@@ -22,7 +22,7 @@ from . import frontend
 from .compiler import driver, targets
 from .compiler.mods import ModIR
 from .compiler.options import CompileOptions
-from .execution import autograd, call_plans, checks
+from .execution import autograd, call_plans, checks, decode
 from .execution.attention import (attention_forward, attention_spec, prepare_launch, results,
                                   unpack_results)
 from .masks import is_noop
@@ -61,9 +61,12 @@ def _q_tile(options: CompileOptions, kernel_options, query, key, value,
                     dynamic=bool(options.dynamic))
     if rows == options.tile_q:
         return options
-    if (block_mask is not None and block_size(block_mask.BLOCK_SIZE)[0] % rows
-            and not agrees_with_mask_mod(block_mask, query.shape[2], key.shape[2])):
-        return options
+    if block_mask is not None and block_size(block_mask.BLOCK_SIZE)[0] % rows:
+        if options.decode is not False and query.shape[2] <= decode.DECODE_MAX_ROWS:
+            return options  # the decode path (its own tile) runs it
+        checks.check_block_mask(block_mask, query, key)  # fits q/k (memoised; raises)
+        if not agrees_with_mask_mod(block_mask, query.shape[2], key.shape[2]):
+            return options
     return replace(options, tile_q=rows)
 
 

@@ -420,6 +420,13 @@ def attention_with_grad(query, key, value, *, score_mod, mask_mod, block_mask, c
     mod that cannot be differentiated fails at the call."""
     label = _label(score_fn) if score_fn is not None else "score_mod"
     options = _static(_options(query, options))
+    t = targets.target(options.target)
+    if block_mask is not None and t.is_gpu and options.tile_q != t.q_block:
+        # The ops carry the mask's own lists and block size to the forward
+        # and the backward: a wide forward tile (Target.wide_q_tile) would
+        # read them per tile; with a block mask the differentiable path
+        # keeps the target's Q block.
+        options = replace(options, tile_q=t.q_block)
     spec = attention_spec(query, key, value, score_mod=score_mod, mask_mod=mask_mod,
                           block_mask=block_mask, captures=captures, scale=scale,
                           enable_gqa=enable_gqa, options=options, name=name)

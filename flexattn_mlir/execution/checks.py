@@ -210,17 +210,22 @@ def check_gpu_support(query, value, block_mask, options) -> None:
     if not options.decode and not t.takes_q_tile(options.tile_q, query.shape[-1],
                                                  value.shape[-1], dtype, options.dynamic):
         raise ValueError(
-            f"kernel_options BLOCK_M (tile_q) = {options.tile_q} is not supported by the "
+            f"kernel_options BLOCK_M (CompileOptions.tile_q) = {options.tile_q} is not "
+            f"supported by the "
             f"{options.target} kernel of {dtype} head dims D={query.shape[-1]}, "
             f"Dv={value.shape[-1]}{' (dynamic shapes)' if options.dynamic else ''}: it "
             f"takes {t.q_block}" + (f", or {t.wide_q_tile} at bfloat16/float16 D = Dv = "
                                     f"{t.wide_q_head_dim} with static shapes"
                                     if t.wide_q_tile else ""))
+    # (A mask the ops rebuilt from their lists carries no mask_mod: the call
+    # that chose the tile checked the user's mask.)
     if (block_mask is not None and options.tile_q == t.wide_q_tile
+            and hasattr(block_mask, "mask_mod")
             and block_size(block_mask.BLOCK_SIZE)[0] % options.tile_q
             and not agrees_with_mask_mod(block_mask, query.shape[2], value.shape[2])):
         raise ValueError(
-            f"kernel_options BLOCK_M (tile_q) = {options.tile_q}: the kernel reads the block "
+            f"kernel_options BLOCK_M (CompileOptions.tile_q) = {options.tile_q}: the kernel "
+            f"reads the block "
             f"mask's {block_size(block_mask.BLOCK_SIZE)[0]}-row blocks as each tile's union and "
             f"applies mask_mod to it, which needs lists that agree with mask_mod (full blocks "
             f"keep every element, unlisted blocks none, as create_block_mask makes them); "

@@ -50,7 +50,7 @@ from ..dialects import flexattn as fa
 from ..compiler.options import CompileOptions
 from ..compiler.pipeline import CompilationError, run_pipeline
 from . import index_checks
-from .combinators import and_masks, is_noop, noop_mask, or_masks
+from .combinators import and_masks, noop_mask, or_masks
 from .intervals import decide_blocks, reads_batch_head
 
 __all__ = [
@@ -433,24 +433,25 @@ def agrees_with_mask_mod(block_mask, q_len: int, kv_len: int) -> bool:
     frontend cannot capture)."""
     names = ("kv_num_blocks", "kv_indices", "full_kv_num_blocks", "full_kv_indices")
     tensors = [getattr(block_mask, n, None) for n in names]
-    memo = (id(block_mask.mask_mod), tuple(None if t is None else (
+    memo = (id(getattr(block_mask, "mask_mod", None)), tuple(None if t is None else (
         t.data_ptr(), t._version, tuple(t.shape), t.device) for t in tensors),
         block_size(block_mask.BLOCK_SIZE), q_len, kv_len)
     hit = _consistent_memo.get(memo)
     if hit is not None:
         return hit[0]
     result = _agrees(block_mask, q_len, kv_len)
-    _consistent_memo[memo] = (result, block_mask.mask_mod, tensors)
+    _consistent_memo[memo] = (result, getattr(block_mask, "mask_mod", None), tensors)
     return result
 
 
 def _agrees(block_mask, q_len: int, kv_len: int) -> bool:
-    if block_mask.mask_mod is None or is_noop(block_mask.mask_mod):
-        return True  # every listed block keeps all its elements
+    # Without a mask_mod (noop) a partial block keeps every element, so only
+    # lists that name every block agree.
+    mask_mod = getattr(block_mask, "mask_mod", None) or noop_mask
     num, idx = block_mask.kv_num_blocks, block_mask.kv_indices
     b, h, _, cols = idx.shape
     try:
-        ref = create_block_mask(block_mask.mask_mod, b if b > 1 else None,
+        ref = create_block_mask(mask_mod, b if b > 1 else None,
                                 h if h > 1 else None, q_len, kv_len, device="cpu",
                                 BLOCK_SIZE=block_mask.BLOCK_SIZE)
     except (CompilationError, ValueError, TypeError, IndexError, NotImplementedError) as err:

@@ -99,7 +99,7 @@ def test_wide_tile_options_errors():
         CompileOptions(target="sm_80", tile_q=192)
     opts = CompileOptions(target="sm_90a", tile_q=192)
     q = torch.empty(1, 2, 256, 128, dtype=torch.bfloat16, device="meta")
-    with pytest.raises(ValueError, match=r"kernel_options BLOCK_M \(tile_q\) = 192 is not "
+    with pytest.raises(ValueError, match=r"kernel_options BLOCK_M \(CompileOptions.tile_q\) = 192 is not "
                                          r"supported by the sm_90a kernel of bfloat16 head dims "
                                          r"D=128, Dv=128: it takes 128, or 192 at bfloat16/"
                                          r"float16 D = Dv = 64 with static shapes"):
@@ -179,11 +179,17 @@ def test_block_mask_agrees_with_its_mask_mod():
     # A reassigned mask_mod: causal's full blocks keep odd keys the new one drops.
     bm.mask_mod = _even_keys
     assert not agrees_with_mask_mod(bm, S, S)
-    # Lists without a mask_mod (noop): every listed block keeps all it lists.
+    # Lists without a mask_mod (noop): a partial block keeps every element,
+    # so a tile's union would give rows blocks they do not list: only lists
+    # that name every block agree.
     lists = fm.create_block_mask(_causal, None, None, S, S, device="cpu")
     plain = BlockMask.from_kv_blocks(lists.kv_num_blocks, lists.kv_indices,
                                      lists.full_kv_num_blocks, lists.full_kv_indices)
-    assert agrees_with_mask_mod(plain, S, S)
+    assert not agrees_with_mask_mod(plain, S, S)
+    dense = fm.create_block_mask(lambda b, h, q, kv: q >= 0, None, None, S, S, device="cpu")
+    assert agrees_with_mask_mod(BlockMask.from_kv_blocks(
+        dense.kv_num_blocks, dense.kv_indices, dense.full_kv_num_blocks,
+        dense.full_kv_indices), S, S)
     # Hand-made lists that call every block full under a causal mask_mod.
     blocks = -(-S // 128)
     num = torch.full((1, 1, blocks), blocks, dtype=torch.int32)
@@ -218,7 +224,7 @@ def test_flex_attention_picks_the_wide_tile_at_d64():
     bm.mask_mod = _even_keys
     assert pick(64, bm) == (128, True)
     q = torch.empty(2, 4, S, 64, dtype=torch.bfloat16)
-    with pytest.raises(ValueError, match=r"BLOCK_M \(tile_q\) = 192: the kernel reads the block "
+    with pytest.raises(ValueError, match=r"BLOCK_M \(CompileOptions.tile_q\) = 192: the kernel reads the block "
                                          r"mask's 128-row blocks as each tile's union"):
         checks.check_gpu_support(q, q, bm, CompileOptions(target="sm_90a", tile_q=192))
 
