@@ -272,7 +272,6 @@ def compile_flex_attention(query, key, value, score_mod=None, block_mask=None, s
     every stage (``.ir[stage]``, ``.stage_names()``). ``target`` overrides the
     device's (e.g. ``"sm_90a"`` to see the GPU stages from CPU tensors)."""
     from .compiler import driver
-    from .execution import decode
     from .execution.attention import attention_spec
 
     call, _ = _lower_call(query, key, value, score_mod, block_mask, enable_gqa, kernel_options)

@@ -113,13 +113,13 @@ class Target:
       once per few KV steps; a persistent CTA overlaps them with its next
       tile's loads.
     q_tiles: ``(head dim, rows)`` pairs: the Q tile of the target's own
-      kernel for that head dim (D = Dv) where ``flex_attention`` is not
-      told one (``kernel_options`` BLOCK_M / tile_q); ``q_block`` for a head
-      dim not listed. ``wide_q_tile``: the other Q tile the own kernel
-      takes at ``wide_q_head_dim`` (sm_90a: 192 rows, three consumer
-      warpgroups, at D = 64); a block mask of ``q_block``-row blocks is
-      read as the union of the blocks a tile's rows fall in
-      (masks.block_mask.retile_q).
+      kernel for that head dim (D = Dv), which it takes besides
+      ``q_block`` and ``flex_attention`` gives it where it is not told one
+      (``kernel_options`` BLOCK_M / tile_q); ``q_block`` for a head dim not
+      listed. sm_90a: 192 rows (three consumer warpgroups) at D = 64, its
+      ``wide_q_tile``; a block mask of ``q_block``-row blocks is read as
+      the union of the blocks a tile's rows fall in
+      (flexattn_runtime.masks.retile_q).
     exp2_poly: ``(head dim, k)`` pairs: k of every 16 elements of P whose
       exp2 the target's own kernel computes on the FMA pipe where
       ``CompileOptions.exp2_poly`` is None (0 for a head dim not listed).
@@ -156,8 +156,6 @@ class Target:
     decode_kv_tile: int = 0
     exp2_poly: tuple[tuple[int, int], ...] = ()
     q_tiles: tuple[tuple[int, int], ...] = ()
-    wide_q_tile: int = 0
-    wide_q_head_dim: int = 0
     persistent_density: tuple[tuple[int, float], ...] = ()
 
     @property
@@ -203,14 +201,23 @@ class Target:
             return self.q_block
         return dict(self.q_tiles).get(head_dim, self.q_block)
 
+    @property
+    def wide_q_tile(self) -> int:
+        """The Q tile of ``q_tiles`` other than ``q_block`` (0: none)."""
+        return max((rows for _, rows in self.q_tiles if rows != self.q_block), default=0)
+
+    @property
+    def wide_q_head_dim(self) -> int:
+        """The head dim whose ``q_tiles`` entry is ``wide_q_tile``."""
+        return next((d for d, rows in self.q_tiles if rows == self.wide_q_tile), 0)
+
     def takes_q_tile(self, rows: int, head_dim: int, value_dim: int, dtype: str = "bfloat16",
                      dynamic: bool = False) -> bool:
         """Whether the prefill kernel of these head dims takes ``rows``-row Q
-        tiles: ``q_block``, or ``wide_q_tile`` in the own kernel at
-        ``wide_q_head_dim``."""
+        tiles: ``q_block``, or the own kernel's ``q_tiles`` entry."""
         if rows == self.q_block:
             return True
-        return (rows == self.wide_q_tile and head_dim == value_dim == self.wide_q_head_dim
+        return (head_dim == value_dim and dict(self.q_tiles).get(head_dim) == rows
                 and self.kernel(head_dim, value_dim, dtype, dynamic=dynamic) is self)
 
     def fma_exp2_share(self, head_dim: int) -> int:
@@ -263,7 +270,7 @@ TARGETS: dict[str, Target] = {t.name: t for t in [
            dtypes=("bfloat16", "float16", "float32"), head_dims=_head_dims(256),
            kv_blocks=(64, 128),
            q_block=128, own_head_dims=(64, 128), general="sm_80", decode_rows=64,
-           wide_q_tile=192, wide_q_head_dim=64, q_tiles=((64, 192),),
+           q_tiles=((64, 192),),
            persistent_density=((64, 0.6),)),
     # The reference part is the A100 (108 SMs, 163 KiB per block); Ada and
     # sm_86 parts have 99 KiB (the runtime checks a launch against the device).

@@ -99,11 +99,8 @@ def _dense_to_ordered(dense) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(num).to(device), torch.from_numpy(idx).to(device)
 
 
-_ordered_to_dense = ordered_to_dense  # the runtime's (flexattn_runtime.masks)
-
-
 def _transpose_ordered(num, idx):
-    dense = _ordered_to_dense(num, idx, idx.shape[-1])
+    dense = ordered_to_dense(num, idx, idx.shape[-1])
     return _dense_to_ordered(dense.transpose(-2, -1))
 
 
@@ -252,9 +249,9 @@ class BlockMask:
     def to_dense(self) -> torch.Tensor:
         """The int32 [.., Q_BLOCKS, KV_BLOCKS] matrix of visited blocks."""
         cols = self.kv_indices.shape[-1]
-        dense = _ordered_to_dense(self.kv_num_blocks, self.kv_indices, cols)
+        dense = ordered_to_dense(self.kv_num_blocks, self.kv_indices, cols)
         if self.full_kv_num_blocks is not None:
-            dense = dense | _ordered_to_dense(self.full_kv_num_blocks, self.full_kv_indices,
+            dense = dense | ordered_to_dense(self.full_kv_num_blocks, self.full_kv_indices,
                                               self.full_kv_indices.shape[-1])
         return dense
 
