@@ -100,6 +100,37 @@ struct Fragments {
     return v;
   }
 
+  /// The max (or sum) of a thread's values of one row, as `chains`
+  /// independent chains combined pairwise at the end (one chain: each step
+  /// waits for the one before, 32 dependent instructions per row of a
+  /// 128-column tile; kReduceChainsAttr).
+  int64_t chains = 1;
+  Value reduceChains(ArrayRef<Value> values, bool max) {
+    const size_t kChains = std::max<int64_t>(chains, 1);
+    auto combine = [&](Value x, Value y) -> Value {
+      return max ? arith::MaxNumFOp::create(b, x, y).getResult()
+                 : arith::AddFOp::create(b, x, y).getResult();
+    };
+    if (kChains == 1) { // from -inf (max) or 0 (sum), as the kernels measured
+      Value acc = f32(max ? kNegInf : 0.0f);
+      for (Value v : values)
+        acc = combine(acc, v);
+      return acc;
+    }
+    SmallVector<Value> partial(values.take_front(kChains));
+    for (size_t i = partial.size(); i < values.size(); ++i)
+      partial[i % kChains] = combine(partial[i % kChains], values[i]);
+    while (partial.size() > 1) {
+      SmallVector<Value> next;
+      for (size_t i = 0; i + 1 < partial.size(); i += 2)
+        next.push_back(combine(partial[i], partial[i + 1]));
+      if (partial.size() % 2)
+        next.push_back(partial.back());
+      partial = std::move(next);
+    }
+    return partial.front();
+  }
+
   /// f32 values rounded in pairs (lo, hi) to 16-bit `elem`: the packed
   /// halves the MMA's register A operand and the output stores take (an
   /// f32 `elem` keeps them as they are).
@@ -137,10 +168,11 @@ struct FragmentRows : softmax::SoftmaxRows, Fragments {
     SmallVector<Value> u = elements(tile), m = elements(init), out;
     Layout at(tile, init);
     for (int64_t h = 0; h < at.rows; ++h) {
-      Value mx = f32(kNegInf);
+      SmallVector<Value> row;
       for (int64_t e = 0; e < int64_t(u.size()); ++e)
         if (at.rowOf(e) == h)
-          mx = arith::MaxNumFOp::create(b, mx, u[e]);
+          row.push_back(u[e]);
+      Value mx = row.empty() ? f32(kNegInf) : reduceChains(row, /*max=*/true);
       mx = acrossQuad(mx, /*max=*/true);
       if (c != 1.0f)
         mx = arith::MulFOp::create(b, mx, f32(c));
@@ -180,11 +212,15 @@ struct FragmentRows : softmax::SoftmaxRows, Fragments {
   Value addRowSums(Value target, Value tile) override {
     SmallVector<Value> t = elements(tile), l = elements(target);
     Layout at(tile, target);
-    SmallVector<Value> sum(at.rows, f32(0.0f));
+    SmallVector<SmallVector<Value>> rows(at.rows);
     for (int64_t e = 0; e < int64_t(t.size()); ++e)
-      sum[at.rowOf(e)] = arith::AddFOp::create(b, sum[at.rowOf(e)], t[e]);
+      rows[at.rowOf(e)].push_back(t[e]);
+    SmallVector<Value> sum;
     for (int64_t h = 0; h < at.rows; ++h)
-      sum[h] = arith::AddFOp::create(b, l[h], sum[h]);
+      sum.push_back(rows[h].empty()
+                        ? l[h]
+                        : arith::AddFOp::create(b, l[h], reduceChains(rows[h], /*max=*/false))
+                              .getResult());
     return vectorOf(sum);
   }
 };
@@ -361,6 +397,12 @@ LogicalResult lowerSoftmax(ImplicitLocOpBuilder &b, FragSoftmaxOp op) {
   if (failed(fmaShare))
     return failure();
   FragmentRows rows(b);
+  if (auto chains = op->getAttrOfType<IntegerAttr>(softmax::kReduceChainsAttr)) {
+    if (chains.getInt() < 1 || chains.getInt() > 16)
+      return op.emitOpError("flexattn.reduce_chains must be in [1, 16], got ")
+             << chains.getInt();
+    rows.chains = chains.getInt();
+  }
   float scale = op.getScale().convertToFloat();
   // Without mods (or, on a launch marked kMaskedRawMaxAttr, without a
   // score_mod: the mask_mod's -inf applied to the raw scores) the max is
@@ -376,10 +418,17 @@ LogicalResult lowerSoftmax(ImplicitLocOpBuilder &b, FragSoftmaxOp op) {
   Value u = scoresOf(rows, op, rawMax, natural);
   softmax::StepResult r =
       softmax::onlineSoftmaxStep(rows, {op.getMax(), op.getSum(), Value()}, u, c);
-  // Part of P's exp2s on the FMA pipe: 16-bit P only (float32 P keeps
-  // ex2.approx's accuracy); alpha's stay on the special-function unit.
+  // Part of P's exp2s on the FMA pipe: P rounded to 16 bits only (here, or
+  // after the deferred P.V's wait: flexattn-schedule-consumers); float32 P
+  // keeps ex2.approx's accuracy; alpha's stay on the special-function unit.
   Type probType = op.getProbs().getType().getElementType();
-  if (*fmaShare && !probType.isF32())
+  bool rounded = !probType.isF32() ||
+                 (!op.getProbs().use_empty() &&
+                  llvm::all_of(op.getProbs().getUsers(), [](Operation *user) {
+                    auto trunc = dyn_cast<arith::TruncFOp>(user);
+                    return trunc && getElementTypeOrSelf(trunc.getType()).getIntOrFloatBitWidth() == 16;
+                  }));
+  if (*fmaShare && rounded)
     markFmaExp2(r.probs, *fmaShare);
   Value probs = rows.roundPairs(rows.elements(r.probs), probType);
   op.replaceAllUsesWith(ValueRange{probs, r.newMax, r.newSum, r.alpha});

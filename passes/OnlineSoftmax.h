@@ -92,6 +92,12 @@ inline constexpr llvm::StringLiteral kNaturalScoresAttr = "flexattn.natural_scor
 // static lengths (no-ops), so that flexattn-exact-int-to-float, which the
 // driver runs on such kernels, can prove its conversions exact.
 inline constexpr llvm::StringLiteral kExactIndexFloatsAttr = "flexattn.exact_index_floats";
+// kReduceChainsAttr (integer) on a flexattn.frag.softmax:
+// flexattn-lower-fragments reduces each row's max and sum over a thread's
+// elements as that many independent chains (default one chain);
+// flexattn-schedule-consumers sets 4 where the P.V's wait moves to the next
+// step, so the exponentials start sooner after S.
+inline constexpr llvm::StringLiteral kReduceChainsAttr = "flexattn.reduce_chains";
 inline constexpr int64_t kFmaExp2Period = 16;
 
 /// Whether P's element `e` (of a thread's fragment) is one of the k of every

@@ -150,9 +150,17 @@ struct MultistageOptions {
 LogicalResult multistage(RewriterBase &rewriter, gpu::LaunchOp launch,
                          const MultistageOptions &options);
 
+/// flexattn-schedule-consumers: where a pipelined step waits for the P.V
+/// it issued: in the step, after the softmax (`Step`), at the start of the
+/// next step (`NextStep`), or `Auto`: the next step where the softmax has a
+/// score_mod.
+enum class PvWait { Auto, Step, NextStep };
+FailureOr<PvWait> parsePvWait(StringRef name);
+
 /// flexattn-schedule-consumers: pipelined / ping-pong consumer steps.
 LogicalResult scheduleConsumers(RewriterBase &rewriter, WarpSpecializeOp roles,
-                                bool pipeline, bool pingpong);
+                                bool pipeline, bool pingpong,
+                                PvWait pvWait = PvWait::Auto);
 
 /// flexattn-lower-fragments: one frag.softmax / rescale / finalize op ->
 /// scalar code.

@@ -1326,6 +1326,10 @@ def FlexAttnScheduleConsumers
     Option<"pingpong", "pingpong", "bool", /*default=*/"true",
            "Alternate the two consumer groups' MMA issue with named barriers "
            "(with pipeline only)">,
+    Option<"pvWait", "pv-wait", "std::string", /*default=*/"\"auto\"",
+           "Where a step waits for its P.V: step (after the softmax), "
+           "next-step (at the next step's start; P carried in float32), or "
+           "auto (next-step where the softmax has a score_mod)">,
   ];
   let dependentDialects = ["::mlir::NVVM::NVVMDialect",
                            "::mlir::scf::SCFDialect",

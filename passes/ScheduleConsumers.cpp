@@ -18,8 +18,8 @@
 //
 //   wait K_j; wait V_{j-1}; S = Q.K_jᵀ; O = O + P_{j-1}.V_{j-1}
 //   wait(1) (S); release K_j
-//   P_j, m, l, alpha = softmax(S)
-//   wait(0) (O, P_{j-1}); release V_{j-1}; O = alpha O
+//   P_j, m, l, alpha = softmax(S)            (P_j in float32)
+//   wait(0) (O, P_{j-1}); release V_{j-1}; P_j to 16 bits; O = alpha O
 //
 // P is carried between steps (and between the KV loops of a Q tile); the
 // first step multiplies P = 0 by the Q tile, reinterpreted as a V tile, so
@@ -31,6 +31,7 @@
 //===----------------------------------------------------------------------===//
 
 #include "passes/GroupTurns.h"
+#include "passes/OnlineSoftmax.h"
 #include "passes/Passes.h"
 
 #include "mlir/Dialect/LLVMIR/NVVMDialect.h"
@@ -126,6 +127,7 @@ struct Scheduler {
   ImplicitLocOpBuilder &b;
   WarpSpecializeOp roles;
   bool pingpong;
+  PvWait pvWait;
 
   Value i32(int64_t v) { return arith::ConstantIntOp::create(b, v, 32); }
   Value group() {
@@ -163,56 +165,103 @@ struct Scheduler {
     RingReleaseOp::create(b, ring, prev);
   }
 
-  /// Rebuilds `loop` pipelined; returns the new loop (its last result is P).
-  scf::ForOp pipelineLoop(scf::ForOp loop, Step s, Value first, Value pInit) {
+  /// What a pipelined step hands the next: the 16-bit P that the P.V in
+  /// flight reads; with that P.V's wait at the next step (`atNextStep`),
+  /// also the softmax's float32 P and alpha, and the V slot the P.V holds.
+  struct Deferred {
+    Value pHalf, probs, alpha, hasV, posV;
+    SmallVector<Value> values(bool atNextStep) const {
+      if (!atNextStep)
+        return {pHalf};
+      return {pHalf, probs, alpha, hasV, posV};
+    }
+    static Deferred of(ValueRange v) {
+      if (v.size() == 1)
+        return {v[0], {}, {}, {}, {}};
+      return {v[0], v[1], v[2], v[3], v[4]};
+    }
+  };
+
+  /// Waits for the P.V in flight on `acc` (listing the 16-bit P it reads),
+  /// gives its V slot back and rescales the accumulator by alpha; returns
+  /// it with `d.probs` in 16 bits (rounded here where it was float32).
+  std::pair<Value, Value> completePrevious(Value acc, const Deferred &d, Value vRing) {
+    acc = MmaWaitOp::create(b, 0, ValueRange{acc, d.pHalf}).getResult(0);
+    releasePrevious(vRing, d.hasV, d.posV);
+    Value p = d.probs;
+    if (p.getType() != d.pHalf.getType())
+      p = arith::TruncFOp::create(b, d.pHalf.getType(), p);
+    return {FragRescaleOp::create(b, acc, d.alpha), p};
+  }
+
+  /// Rebuilds `loop` pipelined; returns the new loop (its last results are
+  /// the Deferred values).
+  scf::ForOp pipelineLoop(scf::ForOp loop, Step s, Value first, const Deferred &init,
+                          bool atNextStep) {
     SmallVector<Value> inits(loop.getInitArgs());
-    inits.push_back(pInit);
+    llvm::append_range(inits, init.values(atNextStep));
     b.setInsertionPoint(loop);
     auto newLoop = scf::ForOp::create(b, loop.getLowerBound(), loop.getUpperBound(),
                                       loop.getStep(), inits);
     Block *body = newLoop.getBody();
+    unsigned n = loop.getNumRegionIterArgs();
     IRMapping map;
     map.map(loop.getInductionVar(), newLoop.getInductionVar());
     for (auto [from, to] : llvm::zip(loop.getRegionIterArgs(),
-                                     newLoop.getRegionIterArgs().drop_back()))
+                                     newLoop.getRegionIterArgs().take_front(n)))
       map.map(from, to);
-    Value pPrev = newLoop.getRegionIterArgs().back();
+    Deferred in = Deferred::of(newLoop.getRegionIterArgs().drop_front(n));
+    Value vRing = s.slotV.getRing();
     Value pos = map.lookup(s.waitK.getPosition());
     b.setInsertionPointToStart(body); // (empty: a loop with iter_args)
+    Value acc = map.lookup(loop.getRegionIterArgs()[s.accArg]), pHalf = in.pHalf;
+    if (atNextStep)
+      std::tie(acc, pHalf) = completePrevious(acc, in, vRing);
     Value hasPrev, prev, pvAsync;
+    FragSoftmaxOp softmax;
     for (Operation &op : loop.getBody()->without_terminator()) {
       if (s.isMoved(&op))
         continue;
       if (&op == s.qk.getOperation()) {
         Value vPrev;
         std::tie(hasPrev, prev, vPrev) =
-            previousV(s.slotV.getRing(), pos, first, map.lookupOrDefault(s.qk.getA()));
+            previousV(vRing, pos, first, map.lookupOrDefault(s.qk.getA()));
         if (pingpong)
           turns::take(b, group(), turnThreads());
         b.clone(op, map);
-        pvAsync = MmaOp::create(b, s.pv.getType(), pPrev, Value(), vPrev, Value(),
-                                map.lookup(loop.getRegionIterArgs()[s.accArg]),
+        pvAsync = MmaOp::create(b, s.pv.getType(), pHalf, Value(), vPrev, Value(), acc,
                                 UnitAttr());
         if (pingpong)
           turns::pass(b, group(), turnThreads(), groups());
+        map.map(s.pvWait.getResult(0), pvAsync);
         continue;
       }
       Operation *clone = b.clone(op, map);
       if (&op == s.qkWait.getOperation())
         cast<MmaWaitOp>(clone).setPending(1);
-      if (&op == s.softmax.getOperation()) {
-        auto softmax = cast<FragSoftmaxOp>(clone);
-        Value acc = MmaWaitOp::create(b, 0, ValueRange{pvAsync, pPrev}).getResult(0);
-        releasePrevious(s.slotV.getRing(), hasPrev, prev);
-        acc = FragRescaleOp::create(b, acc, softmax.getAlpha());
-        map.map(s.pvWait.getResult(0), acc);
+      if (&op != s.softmax.getOperation())
+        continue;
+      softmax = cast<FragSoftmaxOp>(clone);
+      if (atNextStep) {
+        // P stays float32 until the next step, after the wait for the P.V
+        // that reads its 16-bit registers; the row reductions run as
+        // independent chains (the exponentials start sooner).
+        auto probs = cast<VectorType>(softmax.getProbs().getType());
+        softmax.getProbs().setType(probs.clone(b.getF32Type()));
+        softmax->setAttr(softmax::kReduceChainsAttr, b.getI64IntegerAttr(4));
+        continue;
       }
+      Deferred now{pHalf, softmax.getProbs(), softmax.getAlpha(), hasPrev, prev};
+      map.map(s.pvWait.getResult(0), completePrevious(pvAsync, now, vRing).first);
     }
     auto yield = cast<scf::YieldOp>(loop.getBody()->getTerminator());
     SmallVector<Value> yielded;
     for (Value v : yield.getOperands())
       yielded.push_back(map.lookupOrDefault(v));
-    yielded.push_back(map.lookup(s.softmax.getProbs()));
+    Deferred out = atNextStep ? Deferred{pHalf, softmax.getProbs(), softmax.getAlpha(),
+                                         hasPrev, prev}
+                              : Deferred{softmax.getProbs(), {}, {}, {}, {}};
+    llvm::append_range(yielded, out.values(atNextStep));
     scf::YieldOp::create(b, yielded);
     return newLoop;
   }
@@ -229,6 +278,19 @@ struct Scheduler {
     }
     if (loops.empty())
       return success();
+    // The wait for each P.V at the next step: `pvWait`, or (auto) where
+    // the softmax has a score_mod (measured faster there, slower without).
+    bool atNextStep = pvWait == PvWait::NextStep ||
+                      (pvWait == PvWait::Auto && loops.front().second.softmax.hasScoreMod());
+    // Between the loops a P.V is then in flight: only the next loop may
+    // take the accumulator.
+    for (unsigned i = 0; atNextStep && i + 1 < loops.size(); ++i) {
+      auto &[loop, s] = loops[i];
+      for (Operation *user : loop.getResult(s.accArg).getUsers())
+        if (user != loops[i + 1].first.getOperation())
+          return loop.emitOpError("flexattn-schedule-consumers: the accumulator of a "
+                                  "KV loop that another follows feeds only that loop");
+    }
     Step firstStep = loops.front().second;
     // The stand-in for V is the Q tile: it must fit a V tile.
     auto qType = cast<SmemTileType>(firstStep.qk.getA().getType());
@@ -239,30 +301,41 @@ struct Scheduler {
     Value first = loops.front().first.getInitArgs()[posArg.getArgNumber() - 1];
     Value qTile = firstStep.qk.getA();
     b.setInsertionPoint(loops.front().first);
-    Value p = arith::ConstantOp::create(
-        b, DenseElementsAttr::get(firstStep.softmax.getProbs().getType(),
-                                  b.getZeroAttr(firstStep.softmax.getProbs()
-                                                    .getType()
-                                                    .getElementType())));
+    auto zeros = [&](Type type) {
+      auto shaped = cast<ShapedType>(type);
+      return arith::ConstantOp::create(
+          b, DenseElementsAttr::get(shaped, b.getZeroAttr(shaped.getElementType())));
+    };
+    auto probsType = cast<VectorType>(firstStep.softmax.getProbs().getType());
+    auto alphaType = cast<VectorType>(firstStep.softmax.getAlpha().getType());
+    // Nothing in flight before the first step: P = 0 (alpha = 1, no V slot).
+    Deferred d{zeros(probsType), {}, {}, {}, {}};
+    if (atNextStep)
+      d = {d.pHalf, zeros(probsType.clone(b.getF32Type())),
+           arith::ConstantOp::create(b, DenseElementsAttr::get(alphaType, 1.0f)),
+           arith::ConstantIntOp::create(b, 0, 1), i32(0)};
     Value vRing = firstStep.slotV.getRing();
     scf::ForOp last;
     unsigned posIdx = 0, accIdx = 0;
     for (auto &[loop, s] : loops) {
-      scf::ForOp newLoop = pipelineLoop(loop, s, first, p);
+      unsigned n = loop.getNumRegionIterArgs();
+      scf::ForOp newLoop = pipelineLoop(loop, s, first, d, atNextStep);
       posIdx = cast<BlockArgument>(s.waitK.getPosition()).getArgNumber() - 1;
       accIdx = s.accArg;
-      loop->replaceAllUsesWith(newLoop.getResults().drop_back());
+      loop->replaceAllUsesWith(newLoop.getResults().take_front(n));
       loop->erase();
-      p = newLoop.getResults().back();
+      d = Deferred::of(newLoop.getResults().drop_front(n));
       last = newLoop;
     }
     // The last KV step's P.V, after the loops.
     b.setInsertionPointAfter(last);
     Value pos = last.getResult(posIdx);
     Value accEnd = last.getResult(accIdx);
+    Value acc = accEnd, p = d.pHalf;
+    if (atNextStep)
+      std::tie(acc, p) = completePrevious(accEnd, d, vRing);
     auto [hasPrev, prev, vPrev] = previousV(vRing, pos, first, qTile);
-    Value acc = MmaOp::create(b, accEnd.getType(), p, Value(), vPrev, Value(), accEnd,
-                              UnitAttr());
+    acc = MmaOp::create(b, accEnd.getType(), p, Value(), vPrev, Value(), acc, UnitAttr());
     auto wait = MmaWaitOp::create(b, 0, ValueRange{acc, p});
     releasePrevious(vRing, hasPrev, prev);
     accEnd.replaceUsesWithIf(wait.getResult(0), [&](OpOperand &use) {
@@ -275,16 +348,27 @@ struct Scheduler {
 
 } // namespace
 
+FailureOr<PvWait> mlir::flexattn::parsePvWait(StringRef name) {
+  if (name == "auto")
+    return PvWait::Auto;
+  if (name == "step")
+    return PvWait::Step;
+  if (name == "next-step")
+    return PvWait::NextStep;
+  return failure();
+}
+
 LogicalResult mlir::flexattn::scheduleConsumers(RewriterBase &rewriter,
                                                 WarpSpecializeOp roles,
-                                                bool pipeline, bool pingpong) {
+                                                bool pipeline, bool pingpong,
+                                                PvWait pvWait) {
   if (!pipeline)
     return success();
   if (pingpong && roles.getConsumerGroups() != 2 && roles.getConsumerGroups() != 3)
     return roles.emitOpError("ping-pong takes turns among two or three consumer groups, got ")
            << roles.getConsumerGroups();
   ImplicitLocOpBuilder b(roles.getLoc(), rewriter);
-  Scheduler scheduler{b, roles, pingpong};
+  Scheduler scheduler{b, roles, pingpong, pvWait};
   SmallVector<Block *> tiles;
   roles.getConsumers().walk([&](FragFinalizeOp fin) { tiles.push_back(fin->getBlock()); });
   for (Block *tile : tiles)
@@ -309,9 +393,16 @@ struct FlexAttnScheduleConsumersPass
   void runOnOperation() override {
     SmallVector<WarpSpecializeOp> roles;
     getOperation()->walk([&](WarpSpecializeOp op) { roles.push_back(op); });
+    FailureOr<PvWait> wait = parsePvWait(pvWait);
+    if (failed(wait)) {
+      getOperation()->emitError("flexattn-schedule-consumers: pv-wait must be auto, step "
+                                "or next-step, got '")
+          << pvWait << "'";
+      return signalPassFailure();
+    }
     IRRewriter rewriter(&getContext());
     for (WarpSpecializeOp op : roles)
-      if (failed(scheduleConsumers(rewriter, op, pipeline, pingpong)))
+      if (failed(scheduleConsumers(rewriter, op, pipeline, pingpong, *wait)))
         return signalPassFailure();
   }
 };

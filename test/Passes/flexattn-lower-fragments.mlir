@@ -430,3 +430,39 @@ func.func @softmax_index_float_unmarked(%s: vector<8xf32>, %m: vector<2xf32>, %l
     } : vector<8xf32>, vector<2xf32> -> vector<8xf16>
   return %p, %m1, %l1, %alpha : vector<8xf16>, vector<2xf32>, vector<2xf32>, vector<2xf32>
 }
+
+// -----
+
+// flexattn.reduce_chains = 2 (flexattn-schedule-consumers sets 4): a row's
+// 4 elements of this thread (elements 0, 1, 4, 5 of row `row`) are reduced
+// as two chains combined at the end, for the max and for the sum.
+// CHECK-LABEL: func.func @softmax_chains(
+// CHECK-SAME:    %[[S:[^:]+]]: vector<8xf32>
+// CHECK-DAG:     %[[E0:.*]] = vector.extract %[[S]][0] : f32 from vector<8xf32>
+// CHECK-DAG:     %[[E1:.*]] = vector.extract %[[S]][1] : f32 from vector<8xf32>
+// CHECK-DAG:     %[[E4:.*]] = vector.extract %[[S]][4] : f32 from vector<8xf32>
+// CHECK-DAG:     %[[E5:.*]] = vector.extract %[[S]][5] : f32 from vector<8xf32>
+// CHECK:         %[[A:.*]] = arith.maxnumf %[[E0]], %[[E4]] : f32
+// CHECK-NEXT:    %[[B:.*]] = arith.maxnumf %[[E1]], %[[E5]] : f32
+// CHECK-NEXT:    %[[AB:.*]] = arith.maxnumf %[[A]], %[[B]] : f32
+// CHECK-NEXT:    gpu.shuffle  xor %[[AB]]
+// After the two alphas, P of elements 0 .. 7.
+// CHECK:         math.exp2
+// CHECK:         math.exp2
+// CHECK:         %[[P0:.*]] = math.exp2
+// CHECK:         %[[P1:.*]] = math.exp2
+// CHECK:         math.exp2
+// CHECK:         math.exp2
+// CHECK:         %[[P4:.*]] = math.exp2
+// CHECK:         %[[P5:.*]] = math.exp2
+// CHECK:         %[[SA:.*]] = arith.addf %[[P0]], %[[P4]] : f32
+// CHECK-NEXT:    %[[SB:.*]] = arith.addf %[[P1]], %[[P5]] : f32
+// CHECK-NEXT:    %[[SAB:.*]] = arith.addf %[[SA]], %[[SB]] : f32
+// CHECK-NEXT:    arith.addf %{{.*}}, %[[SAB]] : f32
+func.func @softmax_chains(%s: vector<8xf32>, %m: vector<2xf32>, %l: vector<2xf32>,
+                          %b: index, %h: index, %row: index, %col: index) -> (vector<8xf32>, vector<2xf32>, vector<2xf32>, vector<2xf32>) {
+  %p, %m1, %l1, %alpha = flexattn.frag.softmax %s state(%m, %l) at(%b, %h, %row, %col)
+      attributes {flexattn.reduce_chains = 2 : i64, scale = 0.125 : f32, seq_lens = array<i64: 128, 128>, tile_size = array<i64: 64, 16>}
+      : vector<8xf32>, vector<2xf32> -> vector<8xf32>
+  return %p, %m1, %l1, %alpha : vector<8xf32>, vector<2xf32>, vector<2xf32>, vector<2xf32>
+}

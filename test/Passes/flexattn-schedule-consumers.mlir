@@ -1,6 +1,10 @@
 // RUN: flexattn-opt %s --flexattn-schedule-consumers | FileCheck %s
 // RUN: flexattn-opt %s --flexattn-schedule-consumers=pingpong=0 | FileCheck %s --check-prefix=NOPP --implicit-check-not=nvvm.barrier
 // RUN: flexattn-opt %s --flexattn-schedule-consumers="pipeline=0 pingpong=0" | FileCheck %s --check-prefix=SERIAL --implicit-check-not=nvvm.barrier
+// RUN: flexattn-opt %s --flexattn-schedule-consumers=pv-wait=next-step | FileCheck %s --check-prefix=NEXT
+// RUN: flexattn-opt %s --flexattn-schedule-consumers=pv-wait=step | FileCheck %s
+// RUN: not flexattn-opt %s --flexattn-schedule-consumers=pv-wait=later 2>&1 | FileCheck %s --check-prefix=BADWAIT
+// BADWAIT: pv-wait must be auto, step or next-step, got 'later'
 
 // pipeline + pingpong. Group 1 opens group 0's first turn.
 // CHECK-LABEL: func.func @consumers(
@@ -49,6 +53,66 @@
 // CHECK-NEXT:    %[[OW:.*]]:2 = flexattn.mma.wait pending(0) %[[OL]], %[[R1]]#4
 // CHECK:         flexattn.ring.release %{{.*}}[%[[FIRST]]] : !flexattn.ring<1 x 128x128xbf16>
 // CHECK-NEXT:    flexattn.frag.finalize %[[OW]]#0 state(%[[R1]]#1, %[[R1]]#2)
+
+// pv-wait=next-step (auto takes it where the softmax has a score_mod; this
+// one has a mask_mod only, so auto waits in the step, above): the wait for
+// a step's P.V opens the next step, so ptxas cannot hoist it above the
+// softmax's exponentials; the softmax yields float32 P (rounded after that
+// wait) and reduces its rows as four chains.
+// NEXT-LABEL: func.func @consumers(
+// NEXT:         %[[Q:.*]] = flexattn.ring.slot %{{.*}}[%[[FIRST:.*]]] : !flexattn.ring<1 x 128x128xbf16>
+// Nothing is in flight before the first step: P = 0 (16-bit, and the
+// float32 P the next step rounds), alpha = 1, no V slot held.
+// NEXT-DAG:     %[[P0:.*]] = arith.constant dense<0.000000e+00> : vector<64xbf16>
+// NEXT-DAG:     %[[PF0:.*]] = arith.constant dense<0.000000e+00> : vector<64xf32>
+// NEXT-DAG:     %[[A0:.*]] = arith.constant dense<1.000000e+00> : vector<2xf32>
+// NEXT-DAG:     %[[NOV:.*]] = arith.constant false
+// NEXT:         %[[R0:.*]]:9 = scf.for {{.*}} iter_args(%[[I:[^ ]*]] = %[[FIRST]], %{{[^ ]*}} = %{{.*}}, %{{[^ ]*}} = %{{.*}}, %[[ACC:[^ ]*]] = %{{.*}}, %[[PH:[^ ]*]] = %[[P0]], %[[PF:[^ ]*]] = %[[PF0]], %[[AL:[^ ]*]] = %[[A0]], %[[HV:[^ ]*]] = %[[NOV]], %[[PV:[^ ]*]] = %{{.*}}) -> (i32, vector<2xf32>, vector<2xf32>, vector<64xf32>, vector<64xbf16>, vector<64xf32>, vector<2xf32>, i1, i32) {
+// A step opens with the wait for the P.V the step before issued: its V slot
+// goes back, the float32 P becomes 16-bit, and O is rescaled.
+// NEXT-NEXT:      %[[O:.*]]:2 = flexattn.mma.wait pending(0) %[[ACC]], %[[PH]] : vector<64xf32>, vector<64xbf16>
+// NEXT-NEXT:      scf.if %[[HV]] {
+// NEXT-NEXT:        flexattn.ring.release %[[VR:.*]][%[[PV]]]
+// NEXT:           %[[P16:.*]] = arith.truncf %[[PF]] : vector<64xf32> to vector<64xbf16>
+// NEXT-NEXT:      %[[ACC1:.*]] = flexattn.frag.rescale %[[O]]#0, %[[AL]] : vector<64xf32>, vector<2xf32>
+// Wait for K_j and, after the first step, V_{j-1}; the first step reads the
+// Q tile in place of V (P = 0).
+// NEXT:           flexattn.ring.wait %[[KR:.*]][%[[I]]]
+// NEXT:           %[[K:.*]] = flexattn.ring.slot %[[KR]][%[[I]]]
+// NEXT:           %[[HAS:.*]] = arith.cmpi ugt, %[[I]], %[[FIRST]] : i32
+// NEXT:           %[[PREV:.*]] = arith.select %[[HAS]], %{{.*}}, %{{.*}} : i32
+// NEXT:           scf.if %[[HAS]] {
+// NEXT-NEXT:        flexattn.ring.wait %[[VR]][%[[PREV]]]
+// NEXT:           %[[VS:.*]] = flexattn.ring.slot %[[VR]][%[[PREV]]]
+// NEXT:           %[[QV:.*]] = flexattn.smem_tile.reinterpret %[[Q]]
+// NEXT:           %[[VP:.*]] = arith.select %[[HAS]], %[[VS]], %[[QV]] : !flexattn.smem_tile<128x128xbf16>
+// This group's turn: S_j = Q.K_jᵀ issued together with O += P_{j-1}.V_{j-1}.
+// NEXT:           nvvm.barrier id = %{{.*}} number_of_threads = %{{.*}}
+// NEXT-NEXT:      %[[S0:.*]] = flexattn.mma %[[Q]][%{{.*}}], %[[K]] {transpose_b}
+// NEXT-NEXT:      %[[O0:.*]] = flexattn.mma %[[P16]], %[[VP]], %[[ACC1]] : vector<64xbf16>, !flexattn.smem_tile<128x128xbf16>, vector<64xf32> -> vector<64xf32>
+// NEXT:           nvvm.barrier.arrive id = %{{.*}} number_of_threads = %{{.*}}
+// Only S is waited for before the softmax; P.V runs on into the next step.
+// NEXT-NEXT:      %[[S:.*]] = flexattn.mma.wait pending(1) %[[S0]] : vector<64xf32>
+// NEXT-NEXT:      flexattn.ring.release %[[KR]][%[[I]]]
+// NEXT:           %[[P:.*]], %{{.*}}, %{{.*}}, %[[ALPHA:.*]] = flexattn.frag.softmax %[[S]]
+// NEXT-SAME:      flexattn.reduce_chains = 4 : i64
+// NEXT:           } : vector<64xf32>, vector<2xf32> -> vector<64xf32>
+// NEXT-NOT:       flexattn.mma.wait
+// NEXT:           scf.yield %{{.*}}, %{{.*}}, %{{.*}}, %[[O0]], %[[P16]], %[[P]], %[[ALPHA]], %[[HAS]], %[[PREV]] :
+// The second loop continues from the first's position and the P.V in flight.
+// NEXT:         %[[R1:.*]]:9 = scf.for {{.*}} iter_args({{.*}} = %[[R0]]#0, {{.*}} = %[[R0]]#3, {{.*}} = %[[R0]]#4, {{.*}} = %[[R0]]#5, {{.*}} = %[[R0]]#6, {{.*}} = %[[R0]]#7, {{.*}} = %[[R0]]#8)
+// NEXT:           flexattn.frag.softmax
+// NEXT-NOT:         mask_mod
+// After the loops: the wait for the last P.V in flight, then the last
+// step's P.V, then Q goes back and the epilogue.
+// NEXT:         %[[OE:.*]]:2 = flexattn.mma.wait pending(0) %[[R1]]#3, %[[R1]]#4
+// NEXT:         %[[PL:.*]] = arith.truncf %[[R1]]#5
+// NEXT-NEXT:    %[[AE:.*]] = flexattn.frag.rescale %[[OE]]#0, %[[R1]]#6
+// NEXT:         %[[LHAS:.*]] = arith.cmpi ugt, %[[R1]]#0, %[[FIRST]] : i32
+// NEXT:         %[[OL:.*]] = flexattn.mma %[[PL]], %{{.*}}, %[[AE]]
+// NEXT-NEXT:    %[[OW:.*]]:2 = flexattn.mma.wait pending(0) %[[OL]], %[[PL]]
+// NEXT:         flexattn.ring.release %{{.*}}[%[[FIRST]]] : !flexattn.ring<1 x 128x128xbf16>
+// NEXT-NEXT:    flexattn.frag.finalize %[[OW]]#0 state(%[[R1]]#1, %[[R1]]#2)
 
 // NOPP-LABEL: func.func @consumers(
 // NOPP:         scf.for
