@@ -212,6 +212,14 @@ struct FragmentRows : softmax::SoftmaxRows, Fragments {
   Value addRowSums(Value target, Value tile) override {
     SmallVector<Value> t = elements(tile), l = elements(target);
     Layout at(tile, target);
+    if (chains <= 1) { // one chain per row, the rows' adds interleaved
+      SmallVector<Value> sum(at.rows, f32(0.0f));
+      for (int64_t e = 0; e < int64_t(t.size()); ++e)
+        sum[at.rowOf(e)] = arith::AddFOp::create(b, sum[at.rowOf(e)], t[e]);
+      for (int64_t h = 0; h < at.rows; ++h)
+        sum[h] = arith::AddFOp::create(b, l[h], sum[h]);
+      return vectorOf(sum);
+    }
     SmallVector<SmallVector<Value>> rows(at.rows);
     for (int64_t e = 0; e < int64_t(t.size()); ++e)
       rows[at.rowOf(e)].push_back(t[e]);
