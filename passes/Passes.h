@@ -153,7 +153,7 @@ LogicalResult multistage(RewriterBase &rewriter, gpu::LaunchOp launch,
 /// flexattn-schedule-consumers: where a pipelined step waits for the P.V
 /// it issued: in the step, after the softmax (`Step`), at the start of the
 /// next step (`NextStep`), or `Auto`: the next step where the softmax has a
-/// score_mod.
+/// score_mod without math-dialect ops.
 enum class PvWait { Auto, Step, NextStep };
 FailureOr<PvWait> parsePvWait(StringRef name);
 

@@ -1296,7 +1296,12 @@ def FlexAttnScheduleConsumers
     a V tile, the last P.V follows the loops. With `pingpong` too, the two
     consumer groups take turns issuing their MMAs through named barriers
     (`nvvm.barrier`, `nvvm.barrier.arrive`). A kernel with D != Dv stays in
-    order. Without `pipeline` nothing changes.
+    order. Without `pipeline` nothing changes. `pv-wait` places the wait
+    for each P.V: after the softmax (`step`, as below), or at the start of
+    the next step (`next-step`: the softmax yields float32 P, carried with
+    alpha and the V slot, and reduces its rows as four chains; ptxas hoists
+    a wait in the softmax's block above its exponentials); `auto` takes
+    `next-step` where the score_mod is plain arithmetic.
 
     After (`pipeline`, `pingpong`):
     ```mlir
@@ -1329,7 +1334,8 @@ def FlexAttnScheduleConsumers
     Option<"pvWait", "pv-wait", "std::string", /*default=*/"\"auto\"",
            "Where a step waits for its P.V: step (after the softmax), "
            "next-step (at the next step's start; P carried in float32), or "
-           "auto (next-step where the softmax has a score_mod)">,
+           "auto (next-step where the softmax has a score_mod without "
+           "math-dialect ops)">,
   ];
   let dependentDialects = ["::mlir::NVVM::NVVMDialect",
                            "::mlir::scf::SCFDialect",

@@ -35,6 +35,7 @@
 #include "passes/Passes.h"
 
 #include "mlir/Dialect/LLVMIR/NVVMDialect.h"
+#include "mlir/Dialect/Math/IR/Math.h"
 #include "mlir/IR/IRMapping.h"
 #include "mlir/IR/ImplicitLocOpBuilder.h"
 
@@ -121,6 +122,17 @@ FailureOr<Step> matchStep(scf::ForOp loop) {
       if (!isa<scf::YieldOp>(user))
         return fail();
   return s;
+}
+
+/// Whether `region` holds a math-dialect op (tanh, log, exp, abs, ...:
+/// most issue on the special-function unit).
+bool callsSpecialFunctions(Region &region) {
+  return region
+      .walk([](Operation *op) {
+        return isa<math::MathDialect>(op->getDialect()) ? WalkResult::interrupt()
+                                                         : WalkResult::advance();
+      })
+      .wasInterrupted();
 }
 
 struct Scheduler {
@@ -279,9 +291,13 @@ struct Scheduler {
     if (loops.empty())
       return success();
     // The wait for each P.V at the next step: `pvWait`, or (auto) where
-    // the softmax has a score_mod (measured faster there, slower without).
+    // the softmax has a score_mod of plain arithmetic (measured faster
+    // there; slower without a score_mod, and where the score_mod calls the
+    // special-function unit, which the exponentials already keep busy).
+    FragSoftmaxOp first0 = loops.front().second.softmax;
     bool atNextStep = pvWait == PvWait::NextStep ||
-                      (pvWait == PvWait::Auto && loops.front().second.softmax.hasScoreMod());
+                      (pvWait == PvWait::Auto && first0.hasScoreMod() &&
+                       !callsSpecialFunctions(first0.getScoreMod()));
     // Between the loops a P.V is then in flight: only the next loop may
     // take the accumulator.
     for (unsigned i = 0; atNextStep && i + 1 < loops.size(); ++i) {
