@@ -18,9 +18,17 @@
 //
 //   wait K_j; wait V_{j-1}; S = Q.K_jᵀ; O = O + P_{j-1}.V_{j-1}
 //   wait(1) (S); release K_j
-//   P_j, m, l, alpha = softmax(S)            (P_j in float32)
-//   wait(0) (O, P_{j-1}); release V_{j-1}; P_j to 16 bits; O = alpha O
+//   P_j, m, l, alpha = softmax(S)
+//   wait(0) (O, P_{j-1}); release V_{j-1}; O = alpha O
 //
+// ptxas hoists that wait(0) above the softmax's exponentials (it has no
+// operands); `pv-wait=next-step` moves it to the start of step j+1, past
+// the loop's back edge, with P_j carried in float32 and rounded after it:
+//
+//   wait(0) (O, P_{j-1}); release V_{j-1}; P_j to 16 bits; O = alpha_j O
+//   wait K_{j+1}; ...; S = Q.K_{j+1}ᵀ; O = O + P_j.V_j; wait(1) (S); ...
+//
+// (`auto`: where the score_mod is plain arithmetic, docs/gpu-pipeline.md §3).
 // P is carried between steps (and between the KV loops of a Q tile); the
 // first step multiplies P = 0 by the Q tile, reinterpreted as a V tile, so
 // no branch surrounds the MMA, and the last step's P.V is issued after the
@@ -294,10 +302,10 @@ struct Scheduler {
     // the softmax has a score_mod of plain arithmetic (measured faster
     // there; slower without a score_mod, and where the score_mod calls the
     // special-function unit, which the exponentials already keep busy).
-    FragSoftmaxOp first0 = loops.front().second.softmax;
+    FragSoftmaxOp softmax0 = loops.front().second.softmax;
     bool atNextStep = pvWait == PvWait::NextStep ||
-                      (pvWait == PvWait::Auto && first0.hasScoreMod() &&
-                       !callsSpecialFunctions(first0.getScoreMod()));
+                      (pvWait == PvWait::Auto && softmax0.hasScoreMod() &&
+                       !callsSpecialFunctions(softmax0.getScoreMod()));
     // Between the loops a P.V is then in flight: only the next loop may
     // take the accumulator.
     for (unsigned i = 0; atNextStep && i + 1 < loops.size(); ++i) {
