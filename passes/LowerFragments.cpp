@@ -430,12 +430,7 @@ LogicalResult lowerSoftmax(ImplicitLocOpBuilder &b, FragSoftmaxOp op) {
   // after the deferred P.V's wait: flexattn-schedule-consumers); float32 P
   // keeps ex2.approx's accuracy; alpha's stay on the special-function unit.
   Type probType = op.getProbs().getType().getElementType();
-  bool rounded = !probType.isF32() ||
-                 (!op.getProbs().use_empty() &&
-                  llvm::all_of(op.getProbs().getUsers(), [](Operation *user) {
-                    auto trunc = dyn_cast<arith::TruncFOp>(user);
-                    return trunc && getElementTypeOrSelf(trunc.getType()).getIntOrFloatBitWidth() == 16;
-                  }));
+  bool rounded = !probType.isF32() || op->hasAttr(softmax::kProbsRoundedAttr);
   if (*fmaShare && rounded)
     markFmaExp2(r.probs, *fmaShare);
   Value probs = rows.roundPairs(rows.elements(r.probs), probType);

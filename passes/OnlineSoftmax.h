@@ -98,6 +98,11 @@ inline constexpr llvm::StringLiteral kExactIndexFloatsAttr = "flexattn.exact_ind
 // flexattn-schedule-consumers sets 4 where the P.V's wait moves to the next
 // step, so the exponentials start sooner after S.
 inline constexpr llvm::StringLiteral kReduceChainsAttr = "flexattn.reduce_chains";
+// kProbsRoundedAttr (unit) on a flexattn.frag.softmax with float32 P:
+// flexattn-schedule-consumers rounds that P to 16 bits later (after the
+// next step's wait), so flexattn-lower-fragments treats it as 16-bit P
+// (its exp2s may take `exp2OnFma`, kExp2PolyAttr).
+inline constexpr llvm::StringLiteral kProbsRoundedAttr = "flexattn.probs_rounded";
 inline constexpr int64_t kFmaExp2Period = 16;
 
 /// Whether P's element `e` (of a thread's fragment) is one of the k of every

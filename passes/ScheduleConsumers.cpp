@@ -269,6 +269,7 @@ struct Scheduler {
         auto probs = cast<VectorType>(softmax.getProbs().getType());
         softmax.getProbs().setType(probs.clone(b.getF32Type()));
         softmax->setAttr(softmax::kReduceChainsAttr, b.getI64IntegerAttr(4));
+        softmax->setAttr(softmax::kProbsRoundedAttr, b.getUnitAttr());
         continue;
       }
       Deferred now{pHalf, softmax.getProbs(), softmax.getAlpha(), hasPrev, prev};

@@ -7,7 +7,7 @@
 // CHECK-LABEL: func.func @arithmetic_score_mod(
 // CHECK:         scf.for {{.*}} -> (i32, vector<2xf32>, vector<2xf32>, vector<32xf32>, vector<64xbf16>, vector<64xf32>, vector<2xf32>, i1, i32) {
 // CHECK-NEXT:      flexattn.mma.wait pending(0)
-// CHECK:           flexattn.frag.softmax {{.*}} {flexattn.reduce_chains = 4 : i64
+// CHECK:           flexattn.frag.softmax {{.*}} {flexattn.probs_rounded, flexattn.reduce_chains = 4 : i64
 // CHECK:           } : vector<64xf32>, vector<2xf32> -> vector<64xf32>
 // CHECK-LABEL: func.func @tanh_score_mod(
 // CHECK:         scf.for {{.*}} -> (i32, vector<2xf32>, vector<2xf32>, vector<32xf32>, vector<64xbf16>) {
