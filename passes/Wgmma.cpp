@@ -19,21 +19,16 @@ namespace {
 /// LBO >> 4 in 16-29, SBO >> 4 in 32-45, swizzle mode 1 in 62-63 (tiles are
 /// 1024-byte aligned: base offset 0). A CTA's shared addresses are below
 /// 2^18, so base >> 4 fills bits 0-13 alone and the fields never carry into
-/// each other: the descriptor at offset 0 is built once per tile (base >> 4
-/// or-ed with the constant fields) and every other one is a 64-bit add of
-/// offset >> 4 to it, as CUTLASS and FlashAttention-4 move theirs. Built
-/// per offset from scratch ((base + offset) >> 4, masked, or-ed), a wgmma's
-/// two descriptors cost ptxas about six uniform-datapath instructions; a
-/// 32-bit add per offset, or-ed with the high word, still costs four (the
-/// high word's UMOV re-materialised for each). With the 64-bit add, ptxas
-/// keeps several of Q's loop-invariant descriptors beside K's in their own
-/// uniform registers and moves K's and V's with one UIADD3.64 each: the
-/// D = 128 KV step loses 17 of its 486 instructions (docs/gpu-pipeline.md
-/// §5).
+/// each other: base >> 4 is taken once per tile, and each descriptor's low
+/// word is one 32-bit add of a constant (CUTLASS moves its descriptors the
+/// same way). Built per offset from scratch ((base + offset) >> 4, masked,
+/// or-ed), a wgmma's two descriptors cost ptxas about six uniform-datapath
+/// instructions: a quarter of the issue slots of the D = 128 KV step's
+/// overhead beside its softmax (ncu against FlashAttention-4,
+/// docs/gpu-pipeline.md §5).
 struct Descriptors {
   SharedTiles &t;
   Value base, base16; // base >> 4 (hoisted), else null
-  Value desc0;        // the descriptor at offset 0 (hoisted; built at first use)
   int64_t lbo, sbo;
 
   Descriptors(SharedTiles &t, Value base, int64_t lbo, int64_t sbo, bool hoisted)
@@ -41,24 +36,20 @@ struct Descriptors {
         base16(hoisted ? arith::ShRUIOp::create(t.b, base, t.i32(4)) : Value()), lbo(lbo),
         sbo(sbo) {}
 
-  /// LBO, SBO and the swizzle mode in their bits.
-  int64_t fields() const {
-    return ((lbo >> 4) & 0x3FFF) << 16 | ((sbo >> 4) & 0x3FFF) << 32 | (int64_t(1) << 62);
-  }
-
   Value at(int64_t offset) {
     ImplicitLocOpBuilder &b = t.b;
     if (!base16) {
+      int64_t high = ((lbo >> 4) & 0x3FFF) << 16 | ((sbo >> 4) & 0x3FFF) << 32 |
+                     (int64_t(1) << 62);
       Value a = arith::ExtUIOp::create(b, b.getI64Type(), t.at(base, offset));
       a = arith::AndIOp::create(b, arith::ShRUIOp::create(b, a, t.i64(4)), t.i64(0x3FFF));
-      return arith::OrIOp::create(b, a, t.i64(fields()));
+      return arith::OrIOp::create(b, a, t.i64(high));
     }
-    if (!desc0)
-      desc0 = arith::OrIOp::create(b, arith::ExtUIOp::create(b, b.getI64Type(), base16),
-                                   t.i64(fields()));
-    if (offset == 0)
-      return desc0;
-    return arith::AddIOp::create(b, desc0, t.i64(offset >> 4));
+    int64_t low = ((lbo >> 4) & 0x3FFF) << 16 | (offset >> 4);
+    int64_t high = ((sbo >> 4) & 0x3FFF) << 32 | (int64_t(1) << 62);
+    Value word = arith::AddIOp::create(b, base16, t.i32(low));
+    return arith::OrIOp::create(b, arith::ExtUIOp::create(b, b.getI64Type(), word),
+                                t.i64(high));
   }
 };
 

@@ -47,20 +47,17 @@
 // The select between tiles is a select between addresses.
 // CHECK:             %[[VADDR:.*]] = arith.select %{{.*}}, %{{.*}}, %[[BASE]] : i32
 // S = Q.Kᵀ: one fence, 4 k16 steps from shared memory (the first starts from 0), commit.
-// A descriptor: the tile's address >> 4 (once) in bits 0-13, or-ed with
-// the constant fields (LBO 16384 >> 4 in bits 16-29, SBO 1024 >> 4 and the
-// 128-byte swizzle in the high word); each next k16 step is one 64-bit add
-// of its 32 bytes >> 4.
+// A descriptor: the tile's address >> 4 (once) plus a constant (LBO 16384
+// >> 4 in bits 16-29, the k16 step's 32 bytes >> 4), SBO 1024 >> 4 and the
+// 128-byte swizzle in the high word.
 // CHECK:             nvvm.wgmma.fence.aligned
 // CHECK:             %[[A16:.*]] = arith.shrui %{{.*}}, %{{.*}} : i32
 // CHECK:             %[[B16:.*]] = arith.shrui %{{.*}}, %{{.*}} : i32
-// CHECK:             %[[AW:.*]] = arith.extui %[[A16]] : i32 to i64
-// CHECK:             %[[DA0:.*]] = arith.ori %[[AW]], %c4611686293372403712_i64 : i64
-// CHECK:             %[[BW:.*]] = arith.extui %[[B16]] : i32 to i64
-// CHECK:             %[[DB0:.*]] = arith.ori %[[BW]], %c4611686293372403712_i64 : i64
-// CHECK:             nvvm.wgmma.mma_async %[[DA0]], %[[DB0]], %{{.*}}, <m = 64, n = 64, k = 16>, D[<f32>, <zero>], A[<f16>, <one>, <row>], B[<f16>, <one>, <col>]
-// CHECK:             arith.addi %[[DA0]], %c2_i64 : i64
-// CHECK:             arith.addi %[[DB0]], %c2_i64 : i64
+// CHECK:             %[[A0:.*]] = arith.addi %[[A16]], %c67108864_i32 : i32
+// CHECK:             %[[A0W:.*]] = arith.extui %[[A0]] : i32 to i64
+// CHECK:             %[[DA0:.*]] = arith.ori %[[A0W]], %c4611686293305294848_i64 : i64
+// CHECK:             nvvm.wgmma.mma_async %[[DA0]], %{{.*}}, %{{.*}}, <m = 64, n = 64, k = 16>, D[<f32>, <zero>], A[<f16>, <one>, <row>], B[<f16>, <one>, <col>]
+// CHECK:             %[[A1:.*]] = arith.addi %[[A16]], %c67108866_i32 : i32
 // CHECK-COUNT-3:     nvvm.wgmma.mma_async {{.*}} <m = 64, n = 64, k = 16>, D[<f32>, <one>], A[<f16>, <one>, <row>], B[<f16>, <one>, <col>]
 // CHECK:             nvvm.wgmma.commit.group.sync.aligned
 // O += P.V right after it (no second fence): P packed in pairs, V row-major
@@ -68,10 +65,9 @@
 // CHECK-NOT:         nvvm.wgmma.fence.aligned
 // CHECK:             vector.bitcast %{{.*}} : vector<2xf16> to vector<1xi32>
 // CHECK:             %[[V16:.*]] = arith.shrui %[[VADDR]], %{{.*}} : i32
-// CHECK:             %[[VW:.*]] = arith.extui %[[V16]] : i32 to i64
-// CHECK:             %[[DV0:.*]] = arith.ori %[[VW]], %c4611686293338849280_i64 : i64
+// CHECK:             arith.addi %[[V16]], %c33554432_i32 : i32
 // CHECK:             llvm.inline_asm has_side_effects asm_dialect = att "{\0A.reg .pred p;\0Asetp.ne.b32 p, 1, 0;\0Awgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {{.*}} p, 1, 1, 1;\0A}"
-// CHECK:             arith.addi %[[DV0]], %c128_i64 : i64
+// CHECK:             arith.addi %[[V16]], %c33554560_i32 : i32
 // CHECK-COUNT-3:     wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16
 // CHECK:             nvvm.wgmma.commit.group.sync.aligned
 // mma.wait pending(1): S readable; its registers fenced.
