@@ -83,13 +83,6 @@ SmallVector<Value> hopper::fenceRegisters(ImplicitLocOpBuilder &b,
                    regs, type, regs.size());
 }
 
-Value hopper::barrierAny(ImplicitLocOpBuilder &b, Value id, Value threads, Value pred) {
-  return asmValues(b,
-                   "{\n.reg .pred p, q;\nsetp.ne.u32 p, $3, 0;\n"
-                   "bar.red.or.pred q, $1, $2, p;\nselp.u32 $0, 1, 0, q;\n}",
-                   "=r,r,r,r", ValueRange{id, threads, pred}, b.getI32Type(), 1)[0];
-}
-
 void hopper::bulkReduceAddF32(ImplicitLocOpBuilder &b, Value addr, Value src, Value bytes) {
   asmValues(b, "cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [$0], [$1], $2;",
             "l,r,r,~{memory}", ValueRange{addr, src, bytes}, Type(), 0);

@@ -44,12 +44,6 @@ SmallVector<Value> fenceRegisters(ImplicitLocOpBuilder &b, ArrayRef<Value> regs)
 /// commit as a bulk group.
 void bulkReduceAddF32(ImplicitLocOpBuilder &b, Value addr, Value src, Value bytes);
 
-/// Whether `pred` (i32) is non-zero in any of the `threads` threads that
-/// meet at named barrier `id` (i32s): bar.red.or.pred. Returns 1 or 0 (i32),
-/// the same in every one of them. (nvvm.barrier takes a reduction only on
-/// barrier 0.)
-Value barrierAny(ImplicitLocOpBuilder &b, Value id, Value threads, Value pred);
-
 } // namespace mlir::flexattn::hopper
 
 #endif // FLEXATTN_PASSES_HOPPERASM_H

@@ -152,11 +152,9 @@ LogicalResult multistage(RewriterBase &rewriter, gpu::LaunchOp launch,
 
 /// flexattn-schedule-consumers: where a pipelined step waits for the P.V
 /// it issued: in the step, after the softmax (`Step`), at the start of the
-/// next step (`NextStep`), in the step but inside the branch that rescales
-/// the accumulator when a row's maximum in the consumer group changed, after
-/// the exponentials (`Rescale`), or `Auto`: the next step where the softmax
-/// has a score_mod without math-dialect ops.
-enum class PvWait { Auto, Step, NextStep, Rescale };
+/// next step (`NextStep`), or `Auto`: the next step where the softmax has a
+/// score_mod without math-dialect ops.
+enum class PvWait { Auto, Step, NextStep };
 FailureOr<PvWait> parsePvWait(StringRef name);
 
 /// flexattn-schedule-consumers: pipelined / ping-pong consumer steps.

@@ -1333,16 +1333,13 @@ def FlexAttnScheduleConsumers
            "(with pipeline only)">,
     Option<"pvWait", "pv-wait", "std::string", /*default=*/"\"auto\"",
            "Where a step waits for its P.V: step (after the softmax), "
-           "next-step (at the next step's start; P carried in float32), "
-           "rescale (in the branch that rescales the accumulator, after the "
-           "exponentials; P rounded after it), or "
+           "next-step (at the next step's start; P carried in float32), or "
            "auto (next-step where the softmax has a score_mod without "
            "math-dialect ops)">,
   ];
   let dependentDialects = ["::mlir::NVVM::NVVMDialect",
                            "::mlir::scf::SCFDialect",
-                           "::mlir::arith::ArithDialect",
-                           "::mlir::vector::VectorDialect"];
+                           "::mlir::arith::ArithDialect"];
 }
 
 def FlexAttnLowerFragments : Pass<"flexattn-lower-fragments", "::mlir::ModuleOp"> {

@@ -39,13 +39,11 @@
 //===----------------------------------------------------------------------===//
 
 #include "passes/GroupTurns.h"
-#include "passes/HopperAsm.h"
 #include "passes/OnlineSoftmax.h"
 #include "passes/Passes.h"
 
 #include "mlir/Dialect/LLVMIR/NVVMDialect.h"
 #include "mlir/Dialect/Math/IR/Math.h"
-#include "mlir/Dialect/Vector/IR/VectorOps.h"
 #include "mlir/IR/IRMapping.h"
 #include "mlir/IR/ImplicitLocOpBuilder.h"
 
@@ -216,42 +214,6 @@ struct Scheduler {
     return {FragRescaleOp::create(b, acc, d.alpha), p};
   }
 
-  /// Whether any row's alpha in this thread's consumer group is not 1 (its
-  /// maximum changed): the or of every thread's rows, reduced over the
-  /// group's threads on named barrier 4 + group (1-3 are the turns').
-  Value groupRescales(Value alpha) {
-    auto type = cast<VectorType>(alpha.getType());
-    Value ones = arith::ConstantOp::create(b, DenseElementsAttr::get(type, 1.0f));
-    Value ne = arith::CmpFOp::create(b, arith::CmpFPredicate::UNE, alpha, ones);
-    Value any = vector::ReductionOp::create(b, vector::CombiningKind::OR, ne);
-    Value id = arith::AddIOp::create(b, group(), i32(4));
-    Value votes = hopper::barrierAny(b, id, i32(roles.getConsumerThreads()),
-                                     arith::ExtUIOp::create(b, b.getI32Type(), any));
-    return arith::CmpIOp::create(b, arith::CmpIPredicate::ne, votes, i32(0));
-  }
-
-  /// `pv-wait=rescale`: waits for the P.V in flight on `acc` inside the
-  /// branch that rescales it (taken where a row's maximum in the group
-  /// changed), then once more after it (nothing pending there when the
-  /// branch ran); gives the V slot back and rounds the float32 P. The
-  /// branch keeps the wait below the softmax's exponentials: ptxas does not
-  /// move it into the block before.
-  std::pair<Value, Value> completeInRescale(Value acc, const Deferred &d, Value vRing) {
-    auto branch = scf::IfOp::create(b, TypeRange{acc.getType()}, groupRescales(d.alpha),
-                                    /*withElseRegion=*/true);
-    {
-      OpBuilder::InsertionGuard g(b);
-      b.setInsertionPointToStart(branch.thenBlock());
-      Value waited = MmaWaitOp::create(b, 0, ValueRange{acc, d.pHalf}).getResult(0);
-      scf::YieldOp::create(b, Value(FragRescaleOp::create(b, waited, d.alpha)));
-      b.setInsertionPointToStart(branch.elseBlock());
-      scf::YieldOp::create(b, acc);
-    }
-    acc = MmaWaitOp::create(b, 0, ValueRange{branch.getResult(0), d.pHalf}).getResult(0);
-    releasePrevious(vRing, d.hasV, d.posV);
-    return {acc, arith::TruncFOp::create(b, d.pHalf.getType(), d.probs)};
-  }
-
   /// Rebuilds `loop` pipelined; returns the new loop (its last results are
   /// the Deferred values).
   scf::ForOp pipelineLoop(scf::ForOp loop, Step s, Value first, const Deferred &init,
@@ -275,7 +237,7 @@ struct Scheduler {
     Value acc = map.lookup(loop.getRegionIterArgs()[s.accArg]), pHalf = in.pHalf;
     if (atNextStep)
       std::tie(acc, pHalf) = completePrevious(acc, in, vRing);
-    Value hasPrev, prev, pvAsync, rounded;
+    Value hasPrev, prev, pvAsync;
     FragSoftmaxOp softmax;
     for (Operation &op : loop.getBody()->without_terminator()) {
       if (s.isMoved(&op))
@@ -300,18 +262,6 @@ struct Scheduler {
       if (&op != s.softmax.getOperation())
         continue;
       softmax = cast<FragSoftmaxOp>(clone);
-      if (pvWait == PvWait::Rescale && !atNextStep) {
-        // P stays float32 until the wait (its 16-bit registers are the P.V's
-        // in flight).
-        auto probs = cast<VectorType>(softmax.getProbs().getType());
-        softmax.getProbs().setType(probs.clone(b.getF32Type()));
-        softmax->setAttr(softmax::kProbsRoundedAttr, b.getUnitAttr());
-        Deferred now{pHalf, softmax.getProbs(), softmax.getAlpha(), hasPrev, prev};
-        auto [acc, p] = completeInRescale(pvAsync, now, vRing);
-        map.map(s.pvWait.getResult(0), acc);
-        rounded = p;
-        continue;
-      }
       if (atNextStep) {
         // P stays float32 until the next step, after the wait for the P.V
         // that reads its 16-bit registers; the row reductions run as
@@ -331,7 +281,7 @@ struct Scheduler {
       yielded.push_back(map.lookupOrDefault(v));
     Deferred out = atNextStep ? Deferred{pHalf, softmax.getProbs(), softmax.getAlpha(),
                                          hasPrev, prev}
-                              : Deferred{rounded ? rounded : softmax.getProbs(), {}, {}, {}, {}};
+                              : Deferred{softmax.getProbs(), {}, {}, {}, {}};
     llvm::append_range(yielded, out.values(atNextStep));
     scf::YieldOp::create(b, yielded);
     return newLoop;
@@ -430,8 +380,6 @@ FailureOr<PvWait> mlir::flexattn::parsePvWait(StringRef name) {
     return PvWait::Step;
   if (name == "next-step")
     return PvWait::NextStep;
-  if (name == "rescale")
-    return PvWait::Rescale;
   return failure();
 }
 
@@ -472,8 +420,8 @@ struct FlexAttnScheduleConsumersPass
     getOperation()->walk([&](WarpSpecializeOp op) { roles.push_back(op); });
     FailureOr<PvWait> wait = parsePvWait(pvWait);
     if (failed(wait)) {
-      getOperation()->emitError("flexattn-schedule-consumers: pv-wait must be auto, step, "
-                                "next-step or rescale, got '")
+      getOperation()->emitError("flexattn-schedule-consumers: pv-wait must be auto, step "
+                                "or next-step, got '")
           << pvWait << "'";
       return signalPassFailure();
     }

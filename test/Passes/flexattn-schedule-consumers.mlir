@@ -4,7 +4,7 @@
 // RUN: flexattn-opt %s --flexattn-schedule-consumers=pv-wait=next-step | FileCheck %s --check-prefix=NEXT
 // RUN: flexattn-opt %s --flexattn-schedule-consumers=pv-wait=step | FileCheck %s
 // RUN: not flexattn-opt %s --flexattn-schedule-consumers=pv-wait=later 2>&1 | FileCheck %s --check-prefix=BADWAIT
-// BADWAIT: pv-wait must be auto, step, next-step or rescale, got 'later'
+// BADWAIT: pv-wait must be auto, step or next-step, got 'later'
 
 // pipeline + pingpong. Group 1 opens group 0's first turn.
 // CHECK-LABEL: func.func @consumers(
