@@ -388,11 +388,55 @@ def _check(row, out, lse, q, k, v, score_mod, bm, enable_gqa):
 
 # How median_ms times a call: "call" (events around the call on an idle GPU:
 # the device time plus whatever the host spends before the launch reaches
-# the GPU) or "queued" (a spin kernel of QUEUE_MS enqueued first, so that
+# the GPU), "queued" (a spin kernel of QUEUE_MS enqueued first, so that
 # the host prepares the launch while the GPU is busy and the events measure
-# the device time, as back-to-back training steps see it).
+# the device time, as back-to-back training steps see it) or "sustained"
+# (SUSTAIN_S seconds of back-to-back calls, the mean: the card at its power
+# limit, as a long training run sees it; nvidia-smi's SM clock and board
+# power sampled meanwhile, in the row as <impl>_clock_mhz / _power_w).
 TIMING = "call"
 QUEUE_MS = 5.0
+SUSTAIN_S = 3.0
+POWER = {}  # the last sustained run's samples: clock_mhz, power_w
+
+
+def sustained_ms(fn) -> float:
+    """The mean time of SUSTAIN_S seconds of back-to-back calls of fn; the
+    median SM clock and board power while they ran go to POWER."""
+    import subprocess
+
+    import torch
+
+    for _ in range(5):
+        fn()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    fn()
+    torch.cuda.synchronize()
+    n = max(20, int(SUSTAIN_S / max(time.perf_counter() - t0, 1e-5)))
+    POWER.clear()
+    try:
+        smi = subprocess.Popen(["nvidia-smi", "--query-gpu=clocks.sm,power.draw",
+                                "--format=csv,noheader,nounits", "-lms", "50"],
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    except OSError:
+        smi = None
+    s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    s.record()
+    for _ in range(n):
+        fn()
+    e.record()
+    e.synchronize()
+    if smi is not None:
+        smi.terminate()
+        out, _ = smi.communicate()
+        busy = sorted((float(c), float(w)) for c, w in
+                      (r.split(", ") for r in out.strip().splitlines() if r.count(",") == 1)
+                      if float(c) > 1000)  # samples while the SMs ran (idle: 345 MHz)
+        if busy:
+            POWER.update(clock_mhz=busy[len(busy) // 2][0],
+                         power_w=sorted(w for _, w in busy)[len(busy) // 2])
+    return s.elapsed_time(e) / n
 
 
 def median_ms(fn, reps: int, warmup: int = 3) -> float:
@@ -400,6 +444,8 @@ def median_ms(fn, reps: int, warmup: int = 3) -> float:
     calls (TIMING says whether the host's launch time is included)."""
     import torch
 
+    if TIMING == "sustained":
+        return sustained_ms(fn)
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
@@ -504,7 +550,7 @@ def run_all(artifacts: str, out_json: str, only: str | None, reps: int,
         else:
             flops = 2 * B * Hq * M * N * (D + v.shape[-1]) * density
             ms = timeit(lambda: kernel(**args))
-            row.update(ms=ms, tflops=flops / ms / 1e9)
+            row.update(ms=ms, tflops=flops / ms / 1e9, **POWER)
             target = over.get("target", "sm_90a")
             # Peers for cases with default compile options (a case's mask
             # block size and value head dim are the peers' inputs too).
@@ -521,7 +567,8 @@ def run_all(artifacts: str, out_json: str, only: str | None, reps: int,
                     row[f"{p}_first_call_s"] = time.perf_counter() - t0
                     row[f"{p}_max_abs_diff"] = float((out.float() - ref.float()).abs().max())
                     pms = timeit(fn)
-                    row.update({f"{p}_ms": pms, f"{p}_tflops": flops / pms / 1e9})
+                    row.update({f"{p}_ms": pms, f"{p}_tflops": flops / pms / 1e9,
+                                **{f"{p}_{k}": v for k, v in POWER.items()}})
                 except Exception as e:  # noqa: BLE001
                     row[f"{p}_error"] = f"{type(e).__name__}: {e}"[:300]
             print(f"{name:30s} ours {row['tflops']:6.1f} TF/s ({ms:.3f} ms)  " + "  ".join(
@@ -557,9 +604,11 @@ def main(compile_fn=None, run_fn=None, reps: int = 30, peers: str = "triton,cudn
     r.add_argument("--peers", default=peers)
     r.add_argument("--ours-only", action="store_true")
     r.add_argument("--label", default="", help="recorded in the JSON (e.g. the commit)")
-    r.add_argument("--timing", choices=("call", "queued"), default="call",
+    r.add_argument("--timing", choices=("call", "queued", "sustained"), default="call",
                    help="call: events around each call on an idle GPU (host launch time "
-                        "included); queued: a spin kernel first, the device time alone")
+                        "included); queued: a spin kernel first, the device time alone; "
+                        "sustained: the mean of 3 s of back-to-back calls (the card at its "
+                        "power limit), with the SM clock and board power sampled")
     a = ap.parse_args()
     global TIMING
     TIMING = getattr(a, "timing", "call")
