@@ -419,13 +419,7 @@ def throughput_ms(fn, calls: int = 20) -> float:
 
     fn()
     torch.cuda.synchronize()
-    s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    s.record()
-    for _ in range(calls):
-        fn()
-    e.record()
-    e.synchronize()
-    return s.elapsed_time(e) / calls
+    return gpu_suite.back_to_back_ms(fn, calls)
 
 
 def paired_ms(fns: dict, rounds: int) -> dict:

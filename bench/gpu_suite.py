@@ -421,12 +421,7 @@ def sustained_ms(fn) -> float:
                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     except OSError:
         smi = None
-    s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    s.record()
-    for _ in range(n):
-        fn()
-    e.record()
-    e.synchronize()
+    ms = back_to_back_ms(fn, n)
     if smi is not None:
         smi.terminate()
         out, _ = smi.communicate()
@@ -436,7 +431,22 @@ def sustained_ms(fn) -> float:
         if busy:
             POWER.update(clock_mhz=busy[len(busy) // 2][0],
                          power_w=sorted(w for _, w in busy)[len(busy) // 2])
-    return s.elapsed_time(e) / n
+    return ms
+
+
+def back_to_back_ms(fn, calls: int) -> float:
+    """Milliseconds per call of `calls` back-to-back calls, events around
+    them all (each call's host time overlapped by the previous one's GPU
+    work)."""
+    import torch
+
+    s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    s.record()
+    for _ in range(calls):
+        fn()
+    e.record()
+    e.synchronize()
+    return s.elapsed_time(e) / calls
 
 
 def median_ms(fn, reps: int, warmup: int = 3) -> float:
