@@ -363,9 +363,10 @@ LogicalResult MmaOp::verify() {
 
 LogicalResult MmaWaitOp::inferReturnTypes(
     MLIRContext *, std::optional<Location>, ValueRange operands,
-    DictionaryAttr, OpaqueProperties, RegionRange,
+    DictionaryAttr attributes, OpaqueProperties properties, RegionRange regions,
     SmallVectorImpl<Type> &inferred) {
-  llvm::append_range(inferred, operands.getTypes());
+  Adaptor adaptor(operands, attributes, properties, regions);
+  llvm::append_range(inferred, adaptor.getValues().getTypes());
   return success();
 }
 

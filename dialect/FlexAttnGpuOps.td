@@ -432,7 +432,7 @@ def FlexAttn_FragLoadOp : FlexAttn_Op<"frag.load"> {
 }
 
 def FlexAttn_MmaWaitOp : FlexAttn_Op<"mma.wait", [
-    DeclareOpInterfaceMethods<InferTypeOpInterface>]> {
+    AttrSizedOperandSegments, DeclareOpInterfaceMethods<InferTypeOpInterface>]> {
   let summary = "Wait for asynchronous MMAs; their results become readable";
   let description = [{
     Blocks until at most `pending` of this thread's most recent MMA groups
@@ -440,14 +440,31 @@ def FlexAttn_MmaWaitOp : FlexAttn_Op<"mma.wait", [
     MMAs, now readable, and register operands the completed MMAs read, now
     free to be overwritten (listing them keeps them intact until here).
 
+    `after` (float32 values) holds the wait back until they are computed:
+    the instruction scheduler may not issue it earlier, even where nothing
+    else it waits for stands between (ptxas otherwise issues a
+    `wgmma.wait_group` as early as it can, ahead of independent work the
+    MMAs could overlap). Moot where MMAs are synchronous (sm_80).
+
     ```mlir
     %s = flexattn.mma.wait pending(1) %s0 : vector<64xf32>
     %o, %p1 = flexattn.mma.wait pending(0) %o0, %p : vector<64xf32>, vector<64xbf16>
+    %o, %p1 = flexattn.mma.wait pending(0) %o0, %p after(%alpha : vector<2xf32>)
+        : vector<64xf32>, vector<64xbf16>
     ```
   }];
-  let arguments = (ins I64Attr:$pending, Variadic<AnyVectorOfNonZeroRank>:$values);
+  let arguments = (ins I64Attr:$pending, Variadic<AnyVectorOfNonZeroRank>:$values,
+                       Variadic<VectorOfAnyRankOf<[F32]>>:$after);
   let results = (outs Variadic<AnyVectorOfNonZeroRank>:$results);
-  let assemblyFormat = "`pending` `(` $pending `)` $values attr-dict `:` type($values)";
+  let builders = [
+    OpBuilder<(ins "int64_t":$pending, "ValueRange":$values), [{
+      build($_builder, $_state, pending, values, ValueRange());
+    }]>
+  ];
+  let assemblyFormat = [{
+    `pending` `(` $pending `)` $values (`after` `(` $after^ `:` type($after) `)`)?
+    attr-dict `:` type($values)
+  }];
 }
 
 def FlexAttn_FragSoftmaxOp : FlexAttn_Op<"frag.softmax", [

@@ -83,6 +83,20 @@ SmallVector<Value> hopper::fenceRegisters(ImplicitLocOpBuilder &b,
                    regs, type, regs.size());
 }
 
+void hopper::holdUntil(ImplicitLocOpBuilder &b, ArrayRef<Value> after) {
+  // z = 0 by construction (byte 4 of {a, b} is b's byte 0, and b is 0 or
+  // the z before), yet it depends on every value: PRMT is not folded.
+  std::string text = "{\n.reg .b32 z;\n.reg .pred p;\n";
+  SmallVector<Value> operands;
+  for (auto [i, v] : llvm::enumerate(after)) {
+    text += llvm::formatv("prmt.b32 z, ${0}, {1}, 0x4444;\n", i, i ? "z" : "0").str();
+    operands.push_back(LLVM::BitcastOp::create(b, b.getI32Type(), v));
+  }
+  text += "setp.ne.b32 p, z, 0;\n@p membar.cta;\n}";
+  asmValues(b, text, llvm::join(SmallVector<std::string>(after.size(), "r"), ","), operands,
+            Type(), 0);
+}
+
 void hopper::bulkReduceAddF32(ImplicitLocOpBuilder &b, Value addr, Value src, Value bytes) {
   asmValues(b, "cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [$0], [$1], $2;",
             "l,r,r,~{memory}", ValueRange{addr, src, bytes}, Type(), 0);

@@ -6,7 +6,7 @@
 //
 // The only inline PTX of the GPU lowering. Everything else (TMA, mbarriers,
 // wgmma with shared-memory operands, fences, setmaxnreg, named barriers)
-// is an upstream NVVM op; these three have none in the MLIR 22 wheel:
+// is an upstream NVVM op; these four have none in the MLIR 22 wheel:
 //
 //  - wgmma with A in registers: nvvm.wgmma.mma_async takes two descriptors,
 //    and nvvm.inline_ptx cannot tie the accumulator operands in MLIR 22;
@@ -14,7 +14,11 @@
 //    compiler keeps them intact (and reads results) only after a
 //    wgmma.wait_group, which LLVM does not know writes them;
 //  - a bulk reduction of contiguous bytes (cp.reduce.async.bulk without a
-//    tensor map): NVVM has the tensor form only.
+//    tensor map): NVVM has the tensor form only;
+//  - a scheduling hold: an instruction ptxas may not issue before given
+//    values are computed and does not move a wgmma.wait_group above (a
+//    membar.cta under a predicate that is always false), so the wait after
+//    it is issued no earlier (flexattn.mma.wait's `after`).
 //
 //===----------------------------------------------------------------------===//
 
@@ -43,6 +47,13 @@ SmallVector<Value> fenceRegisters(ImplicitLocOpBuilder &b, ArrayRef<Value> regs)
 /// .add.f32 (`addr` i64, `src` and `bytes` i32, a multiple of 16), then its
 /// commit as a bulk group.
 void bulkReduceAddF32(ImplicitLocOpBuilder &b, Value addr, Value src, Value bytes);
+
+/// An instruction that ptxas orders before the next wgmma.wait_group and
+/// cannot issue before every value of `after` (f32) is computed: a
+/// `membar.cta` under a predicate that is false by construction (a PRMT
+/// that selects only zero bytes, the values its other operand: ptxas does
+/// not fold it). Never executes the fence; costs a few instructions.
+void holdUntil(ImplicitLocOpBuilder &b, ArrayRef<Value> after);
 
 } // namespace mlir::flexattn::hopper
 

@@ -104,9 +104,9 @@ struct Fragments {
   /// independent chains combined pairwise at the end (one chain: each step
   /// waits for the one before, 32 dependent instructions per row of a
   /// 128-column tile; kReduceChainsAttr).
-  int64_t chains = 1;
+  int64_t chains = 1, maxChains = 0; // maxChains: the max's own (0: chains)
   Value reduceChains(ArrayRef<Value> values, bool max) {
-    const size_t kChains = std::max<int64_t>(chains, 1);
+    const size_t kChains = std::max<int64_t>(max && maxChains ? maxChains : chains, 1);
     auto combine = [&](Value x, Value y) -> Value {
       return max ? arith::MaxNumFOp::create(b, x, y).getResult()
                  : arith::AddFOp::create(b, x, y).getResult();
@@ -405,11 +405,14 @@ LogicalResult lowerSoftmax(ImplicitLocOpBuilder &b, FragSoftmaxOp op) {
   if (failed(fmaShare))
     return failure();
   FragmentRows rows(b);
-  if (auto chains = op->getAttrOfType<IntegerAttr>(softmax::kReduceChainsAttr)) {
+  for (auto [attr, field] : {std::pair{softmax::kReduceChainsAttr, &rows.chains},
+                               std::pair{softmax::kMaxChainsAttr, &rows.maxChains}}) {
+    auto chains = op->getAttrOfType<IntegerAttr>(attr);
+    if (!chains)
+      continue;
     if (chains.getInt() < 1 || chains.getInt() > 16)
-      return op.emitOpError("flexattn.reduce_chains must be in [1, 16], got ")
-             << chains.getInt();
-    rows.chains = chains.getInt();
+      return op.emitOpError() << attr << " must be in [1, 16], got " << chains.getInt();
+    *field = chains.getInt();
   }
   float scale = op.getScale().convertToFloat();
   // Without mods (or, on a launch marked kMaskedRawMaxAttr, without a

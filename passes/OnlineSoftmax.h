@@ -98,6 +98,11 @@ inline constexpr llvm::StringLiteral kExactIndexFloatsAttr = "flexattn.exact_ind
 // flexattn-schedule-consumers sets 4 where the P.V's wait moves to the next
 // step, so the exponentials start sooner after S.
 inline constexpr llvm::StringLiteral kReduceChainsAttr = "flexattn.reduce_chains";
+// kMaxChainsAttr (integer) on a flexattn.frag.softmax: the row max alone as
+// that many chains (over kReduceChainsAttr); flexattn-schedule-consumers
+// sets 4 where the P.V's wait is held until alpha (pv-wait=alpha), so the
+// max, now ahead of that wait, takes fewer dependent steps.
+inline constexpr llvm::StringLiteral kMaxChainsAttr = "flexattn.max_chains";
 // kProbsRoundedAttr (unit) on a flexattn.frag.softmax with float32 P:
 // flexattn-schedule-consumers rounds that P to 16 bits later (after the
 // next step's wait), so flexattn-lower-fragments treats it as 16-bit P

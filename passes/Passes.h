@@ -154,7 +154,7 @@ LogicalResult multistage(RewriterBase &rewriter, gpu::LaunchOp launch,
 /// it issued: in the step, after the softmax (`Step`), at the start of the
 /// next step (`NextStep`), or `Auto`: the next step where the softmax has a
 /// score_mod without math-dialect ops.
-enum class PvWait { Auto, Step, NextStep };
+enum class PvWait { Auto, Step, Alpha, NextStep };
 FailureOr<PvWait> parsePvWait(StringRef name);
 
 /// flexattn-schedule-consumers: pipelined / ping-pong consumer steps.

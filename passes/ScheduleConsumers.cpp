@@ -202,11 +202,15 @@ struct Scheduler {
     }
   };
 
-  /// Waits for the P.V in flight on `acc` (listing the 16-bit P it reads),
-  /// gives its V slot back and rescales the accumulator by alpha; returns
-  /// it with `d.probs` in 16 bits (rounded here where it was float32).
-  std::pair<Value, Value> completePrevious(Value acc, const Deferred &d, Value vRing) {
-    acc = MmaWaitOp::create(b, 0, ValueRange{acc, d.pHalf}).getResult(0);
+  /// Waits for the P.V in flight on `acc` (listing the 16-bit P it reads;
+  /// with `afterAlpha`, not before alpha is computed), gives its V slot back
+  /// and rescales the accumulator by alpha; returns it with `d.probs` in 16
+  /// bits (rounded here where it was float32).
+  std::pair<Value, Value> completePrevious(Value acc, const Deferred &d, Value vRing,
+                                           bool afterAlpha = false) {
+    acc = MmaWaitOp::create(b, 0, ValueRange{acc, d.pHalf},
+                            afterAlpha ? ValueRange{d.alpha} : ValueRange{})
+              .getResult(0);
     releasePrevious(vRing, d.hasV, d.posV);
     Value p = d.probs;
     if (p.getType() != d.pHalf.getType())
@@ -217,7 +221,7 @@ struct Scheduler {
   /// Rebuilds `loop` pipelined; returns the new loop (its last results are
   /// the Deferred values).
   scf::ForOp pipelineLoop(scf::ForOp loop, Step s, Value first, const Deferred &init,
-                          bool atNextStep) {
+                          bool atNextStep, bool afterAlpha) {
     SmallVector<Value> inits(loop.getInitArgs());
     llvm::append_range(inits, init.values(atNextStep));
     b.setInsertionPoint(loop);
@@ -272,8 +276,11 @@ struct Scheduler {
         softmax->setAttr(softmax::kProbsRoundedAttr, b.getUnitAttr());
         continue;
       }
+      if (afterAlpha) // the max now runs ahead of the wait: fewer dependent steps
+        softmax->setAttr(softmax::kMaxChainsAttr, b.getI64IntegerAttr(4));
       Deferred now{pHalf, softmax.getProbs(), softmax.getAlpha(), hasPrev, prev};
-      map.map(s.pvWait.getResult(0), completePrevious(pvAsync, now, vRing).first);
+      map.map(s.pvWait.getResult(0),
+              completePrevious(pvAsync, now, vRing, afterAlpha).first);
     }
     auto yield = cast<scf::YieldOp>(loop.getBody()->getTerminator());
     SmallVector<Value> yielded;
@@ -307,6 +314,11 @@ struct Scheduler {
     bool atNextStep = pvWait == PvWait::NextStep ||
                       (pvWait == PvWait::Auto && softmax0.hasScoreMod() &&
                        !callsSpecialFunctions(softmax0.getScoreMod()));
+    // Else the step's wait, held until alpha (`alpha`; auto: with two
+    // consumer groups, measured faster on every D = 128 kernel of the table,
+    // slower with the three groups of 192-row tiles, docs/gpu-pipeline.md §3).
+    bool afterAlpha = !atNextStep && (pvWait == PvWait::Alpha ||
+                                      (pvWait == PvWait::Auto && groups() == 2));
     // Between the loops a P.V is then in flight: only the next loop may
     // take the accumulator.
     for (unsigned i = 0; atNextStep && i + 1 < loops.size(); ++i) {
@@ -344,7 +356,7 @@ struct Scheduler {
     unsigned posIdx = 0, accIdx = 0;
     for (auto &[loop, s] : loops) {
       unsigned n = loop.getNumRegionIterArgs();
-      scf::ForOp newLoop = pipelineLoop(loop, s, first, d, atNextStep);
+      scf::ForOp newLoop = pipelineLoop(loop, s, first, d, atNextStep, afterAlpha);
       posIdx = cast<BlockArgument>(s.waitK.getPosition()).getArgNumber() - 1;
       accIdx = s.accArg;
       loop->replaceAllUsesWith(newLoop.getResults().take_front(n));
@@ -380,6 +392,8 @@ FailureOr<PvWait> mlir::flexattn::parsePvWait(StringRef name) {
     return PvWait::Step;
   if (name == "next-step")
     return PvWait::NextStep;
+  if (name == "alpha")
+    return PvWait::Alpha;
   return failure();
 }
 
@@ -420,8 +434,8 @@ struct FlexAttnScheduleConsumersPass
     getOperation()->walk([&](WarpSpecializeOp op) { roles.push_back(op); });
     FailureOr<PvWait> wait = parsePvWait(pvWait);
     if (failed(wait)) {
-      getOperation()->emitError("flexattn-schedule-consumers: pv-wait must be auto, step "
-                                "or next-step, got '")
+      getOperation()->emitError("flexattn-schedule-consumers: pv-wait must be auto, step, "
+                                "alpha or next-step, got '")
           << pvWait << "'";
       return signalPassFailure();
     }

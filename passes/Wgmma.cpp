@@ -136,6 +136,24 @@ LogicalResult wgmma::lowerMma(SharedTiles &t, MmaOp op, bool hoisted) {
 
 void wgmma::lowerWait(SharedTiles &t, MmaWaitOp op) {
   ImplicitLocOpBuilder &b = t.b;
+  if (!op.getAfter().empty()) {
+    // The hold goes right after the last of the values computed in this
+    // block (else here): ptxas keeps it about where it stands and issues the
+    // wait soon after it, so placed at the wait it would pull the work
+    // between those values and the wait (P's rounding) ahead of the wait.
+    OpBuilder::InsertionGuard g(b);
+    Operation *last = nullptr;
+    for (Value v : op.getAfter())
+      if (Operation *def = v.getDefiningOp();
+          def && def->getBlock() == op->getBlock() && (!last || last->isBeforeInBlock(def)))
+        last = def;
+    if (last)
+      b.setInsertionPointAfter(last);
+    SmallVector<Value> after;
+    for (Value v : op.getAfter())
+      llvm::append_range(after, t.elements(v));
+    hopper::holdUntil(b, after);
+  }
   NVVM::WgmmaWaitGroupSyncOp::create(b, op.getPending());
   SmallVector<Value> results;
   for (Value v : op.getValues()) {

@@ -442,3 +442,11 @@ func.func @mma_b_row_past_b(%p: vector<16xbf16>, %v: !flexattn.smem_tile<64x64xb
   return
 }
 
+// -----
+
+func.func @wait_after_not_f32(%o: vector<64xf32>, %m: vector<2xi32>) -> vector<64xf32> {
+  // expected-error @below {{operand #1 must be variadic of vector of 32-bit float values}}
+  %r = flexattn.mma.wait pending(0) %o after(%m : vector<2xi32>) : vector<64xf32>
+  return %r : vector<64xf32>
+}
+

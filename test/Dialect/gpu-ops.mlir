@@ -41,7 +41,7 @@ func.func @roles_and_rings(%map: !llvm.ptr, %b: index, %h: index, %row: index, %
 // CHECK:         } : vector<64xf32>, vector<2xf32> -> vector<64xbf16>
 // CHECK:         %[[ACC:.*]] = flexattn.frag.rescale %{{.*}}, %[[ALPHA]] : vector<64xf32>, vector<2xf32>
 // CHECK:         %[[O0:.*]] = flexattn.mma %[[P]], %{{.*}}, %[[ACC]] : vector<64xbf16>, !flexattn.smem_tile<128x128xbf16>, vector<64xf32> -> vector<64xf32>
-// CHECK:         %[[O:.*]]:2 = flexattn.mma.wait pending(0) %[[O0]], %[[P]] : vector<64xf32>, vector<64xbf16>
+// CHECK:         %[[O:.*]]:2 = flexattn.mma.wait pending(0) %[[O0]], %[[P]] after(%[[ALPHA]] : vector<2xf32>) : vector<64xf32>, vector<64xbf16>
 // CHECK:         flexattn.frag.finalize %[[O]]#0 state(%[[M]], %[[L]]) outs(%{{.*}} : memref<1x2x300x128xbf16>) lse(%{{.*}} : memref<1x2x300xf32>) at(%{{.*}}) : vector<64xf32>, vector<2xf32>
 func.func @fragments(%q: !flexattn.smem_tile<128x128xbf16>, %k: !flexattn.smem_tile<128x128xbf16>,
                      %acc0: vector<64xf32>, %m: vector<2xf32>, %l: vector<2xf32>, %slopes: memref<2xf32>,
@@ -64,7 +64,7 @@ func.func @fragments(%q: !flexattn.smem_tile<128x128xbf16>, %k: !flexattn.smem_t
     } : vector<64xf32>, vector<2xf32> -> vector<64xbf16>
   %acc = flexattn.frag.rescale %acc0, %alpha : vector<64xf32>, vector<2xf32>
   %o0 = flexattn.mma %p, %k, %acc : vector<64xbf16>, !flexattn.smem_tile<128x128xbf16>, vector<64xf32> -> vector<64xf32>
-  %o, %p1 = flexattn.mma.wait pending(0) %o0, %p : vector<64xf32>, vector<64xbf16>
+  %o, %p1 = flexattn.mma.wait pending(0) %o0, %p after(%alpha : vector<2xf32>) : vector<64xf32>, vector<64xbf16>
   flexattn.frag.finalize %o state(%m1, %l1) outs(%out : memref<1x2x300x128xbf16>) lse(%lse : memref<1x2x300xf32>) at(%b, %h, %row, %col) : vector<64xf32>, vector<2xf32>
   return
 }

@@ -466,3 +466,35 @@ func.func @softmax_chains(%s: vector<8xf32>, %m: vector<2xf32>, %l: vector<2xf32
       : vector<8xf32>, vector<2xf32> -> vector<8xf32>
   return %p, %m1, %l1, %alpha : vector<8xf32>, vector<2xf32>, vector<2xf32>, vector<2xf32>
 }
+
+// -----
+
+// flexattn.max_chains = 2 (flexattn-schedule-consumers sets 4 with
+// pv-wait=alpha): the row max as two chains, the sum as one chain per row
+// (from 0, the rows' adds interleaved), as without the attribute.
+// CHECK-LABEL: func.func @softmax_max_chains(
+// CHECK-SAME:    %[[S:[^:]+]]: vector<8xf32>
+// CHECK-DAG:     %[[E0:.*]] = vector.extract %[[S]][0] : f32 from vector<8xf32>
+// CHECK-DAG:     %[[E1:.*]] = vector.extract %[[S]][1] : f32 from vector<8xf32>
+// CHECK-DAG:     %[[E4:.*]] = vector.extract %[[S]][4] : f32 from vector<8xf32>
+// CHECK-DAG:     %[[E5:.*]] = vector.extract %[[S]][5] : f32 from vector<8xf32>
+// CHECK:         %[[A:.*]] = arith.maxnumf %[[E0]], %[[E4]] : f32
+// CHECK-NEXT:    %[[B:.*]] = arith.maxnumf %[[E1]], %[[E5]] : f32
+// CHECK-NEXT:    %[[AB:.*]] = arith.maxnumf %[[A]], %[[B]] : f32
+// CHECK-NEXT:    gpu.shuffle  xor %[[AB]]
+// After the two alphas, P of elements 0, 1 (row `row`) and 2 (row `row + 8`).
+// CHECK:         math.exp2
+// CHECK:         math.exp2
+// CHECK:         %[[P0:.*]] = math.exp2
+// CHECK:         %[[P1:.*]] = math.exp2
+// CHECK:         %[[P2:.*]] = math.exp2
+// CHECK:         %[[SA:.*]] = arith.addf %[[P0]], %[[Z:.*]] : f32
+// CHECK-NEXT:    arith.addf %[[SA]], %[[P1]] : f32
+// CHECK-NEXT:    arith.addf %[[P2]], %[[Z]] : f32
+func.func @softmax_max_chains(%s: vector<8xf32>, %m: vector<2xf32>, %l: vector<2xf32>,
+                              %b: index, %h: index, %row: index, %col: index) -> (vector<8xf32>, vector<2xf32>, vector<2xf32>, vector<2xf32>) {
+  %p, %m1, %l1, %alpha = flexattn.frag.softmax %s state(%m, %l) at(%b, %h, %row, %col)
+      attributes {flexattn.max_chains = 2 : i64, scale = 0.125 : f32, seq_lens = array<i64: 128, 128>, tile_size = array<i64: 64, 16>}
+      : vector<8xf32>, vector<2xf32> -> vector<8xf32>
+  return %p, %m1, %l1, %alpha : vector<8xf32>, vector<2xf32>, vector<2xf32>, vector<2xf32>
+}

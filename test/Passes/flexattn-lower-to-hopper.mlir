@@ -70,18 +70,28 @@
 // CHECK:             arith.addi %[[V16]], %c33554560_i32 : i32
 // CHECK-COUNT-3:     wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16
 // CHECK:             nvvm.wgmma.commit.group.sync.aligned
+// mma.wait pending(0) after(%al): the hold right after %al is computed (here,
+// ahead of the wait for S), an instruction ptxas cannot issue before both
+// elements of %al (a never-taken membar.cta whose predicate is a PRMT of
+// them that selects zero bytes) and keeps before the wait it holds.
+// CHECK:             %[[AL:.*]] = arith.mulf %{{.*}}, %{{.*}} : vector<2xf32>
+// CHECK:             %[[AL0:.*]] = llvm.bitcast %{{.*}} : f32 to i32
+// CHECK:             %[[AL1:.*]] = llvm.bitcast %{{.*}} : f32 to i32
+// CHECK-NEXT:        llvm.inline_asm has_side_effects asm_dialect = att "{\0A.reg .b32 z;\0A.reg .pred p;\0Aprmt.b32 z, $0, 0, 0x4444;\0Aprmt.b32 z, $1, z, 0x4444;\0Asetp.ne.b32 p, z, 0;\0A@p membar.cta;\0A}", "r,r" %[[AL0]], %[[AL1]] : (i32, i32) -> ()
 // mma.wait pending(1): S readable; its registers fenced.
 // CHECK:             nvvm.wgmma.wait.group.sync.aligned 1
 // CHECK-NEXT:        llvm.inline_asm has_side_effects asm_dialect = att "", "=f,
 // ring.release: arrive on the empty barrier
 // CHECK:             nvvm.mbarrier.arrive %{{.*}} : !llvm.ptr<3>
 // mma.wait pending(0): O readable, P's registers kept until here.
+// CHECK-NOT:         membar
 // CHECK:             nvvm.wgmma.wait.group.sync.aligned 0
 // CHECK-NEXT:        llvm.inline_asm has_side_effects asm_dialect = att "", "=f,
 // CHECK:             llvm.inline_asm has_side_effects asm_dialect = att "", "=r,
 // CHECK-NOT:       flexattn.
 func.func @kernel(%qmap: !llvm.ptr, %kmap: !llvm.ptr, %b: index, %h: index, %q0: index,
-                  %p: vector<32xf16>, %acc: vector<32xf32>, %i: i32, %has: i1, %out: memref<32xf32>) {
+                  %p: vector<32xf16>, %acc: vector<32xf32>, %i: i32, %has: i1, %out: memref<32xf32>,
+                  %alpha: vector<2xf32>) {
   %c0 = arith.constant 0 : index
   %c1 = arith.constant 1 : index
   %c384 = arith.constant 384 : index
@@ -106,9 +116,10 @@ func.func @kernel(%qmap: !llvm.ptr, %kmap: !llvm.ptr, %b: index, %h: index, %q0:
       %v = arith.select %has, %k, %qk : !flexattn.smem_tile<64x64xf16>
       %s0 = flexattn.mma %q[%group], %k {transpose_b} : !flexattn.smem_tile<128x64xf16>, !flexattn.smem_tile<64x64xf16> -> vector<32xf32>
       %o0 = flexattn.mma %p, %v, %acc : vector<32xf16>, !flexattn.smem_tile<64x64xf16>, vector<32xf32> -> vector<32xf32>
+      %al = arith.mulf %alpha, %alpha : vector<2xf32>
       %s = flexattn.mma.wait pending(1) %s0 : vector<32xf32>
       flexattn.ring.release %kr[%i] : !flexattn.ring<2 x 64x64xf16>
-      %o, %p1 = flexattn.mma.wait pending(0) %o0, %p : vector<32xf32>, vector<32xf16>
+      %o, %p1 = flexattn.mma.wait pending(0) %o0, %p after(%al : vector<2xf32>) : vector<32xf32>, vector<32xf16>
       %r = arith.addf %s, %o : vector<32xf32>
       vector.store %r, %out[%c0] : memref<32xf32>, vector<32xf32>
     }

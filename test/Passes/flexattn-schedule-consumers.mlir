@@ -1,10 +1,11 @@
-// RUN: flexattn-opt %s --flexattn-schedule-consumers | FileCheck %s
+// RUN: flexattn-opt %s --flexattn-schedule-consumers | FileCheck %s --check-prefixes=CHECK,HOLD
 // RUN: flexattn-opt %s --flexattn-schedule-consumers=pingpong=0 | FileCheck %s --check-prefix=NOPP --implicit-check-not=nvvm.barrier
 // RUN: flexattn-opt %s --flexattn-schedule-consumers="pipeline=0 pingpong=0" | FileCheck %s --check-prefix=SERIAL --implicit-check-not=nvvm.barrier
 // RUN: flexattn-opt %s --flexattn-schedule-consumers=pv-wait=next-step | FileCheck %s --check-prefix=NEXT
-// RUN: flexattn-opt %s --flexattn-schedule-consumers=pv-wait=step | FileCheck %s
+// RUN: flexattn-opt %s --flexattn-schedule-consumers=pv-wait=alpha | FileCheck %s --check-prefixes=CHECK,HOLD
+// RUN: flexattn-opt %s --flexattn-schedule-consumers=pv-wait=step | FileCheck %s --check-prefixes=CHECK,STEP
 // RUN: not flexattn-opt %s --flexattn-schedule-consumers=pv-wait=later 2>&1 | FileCheck %s --check-prefix=BADWAIT
-// BADWAIT: pv-wait must be auto, step or next-step, got 'later'
+// BADWAIT: pv-wait must be auto, step, alpha or next-step, got 'later'
 
 // pipeline + pingpong. Group 1 opens group 0's first turn.
 // CHECK-LABEL: func.func @consumers(
@@ -37,8 +38,16 @@
 // Only S is waited for before the softmax; P.V runs on.
 // CHECK-NEXT:      %[[S:.*]] = flexattn.mma.wait pending(1) %[[S0]] : vector<64xf32>
 // CHECK-NEXT:      flexattn.ring.release %[[KR]][%[[I]]]
+// pv-wait=alpha (auto's choice for two consumer groups without a score_mod
+// of plain arithmetic): the wait is held until alpha, so ptxas issues it
+// after the row maxima and the first exponentials; the max runs as four
+// chains. pv-wait=step: the wait alone (ptxas issues it after the first
+// row's max).
 // CHECK:           %[[P:.*]], %{{.*}}, %{{.*}}, %[[ALPHA:.*]] = flexattn.frag.softmax %[[S]]
-// CHECK:           %[[O:.*]]:2 = flexattn.mma.wait pending(0) %[[O0]], %[[PP]] : vector<64xf32>, vector<64xbf16>
+// HOLD-SAME:         flexattn.max_chains = 4 : i64
+// STEP-NOT:          flexattn.max_chains
+// HOLD:            %[[O:.*]]:2 = flexattn.mma.wait pending(0) %[[O0]], %[[PP]] after(%[[ALPHA]] : vector<2xf32>) : vector<64xf32>, vector<64xbf16>
+// STEP:            %[[O:.*]]:2 = flexattn.mma.wait pending(0) %[[O0]], %[[PP]] : vector<64xf32>, vector<64xbf16>
 // CHECK-NEXT:      scf.if %[[HAS]] {
 // CHECK-NEXT:        flexattn.ring.release %[[VR]][%[[PREV]]]
 // CHECK:           %[[ACC1:.*]] = flexattn.frag.rescale %[[O]]#0, %[[ALPHA]] : vector<64xf32>, vector<2xf32>
