@@ -1300,8 +1300,12 @@ def FlexAttnScheduleConsumers
     for each P.V: after the softmax (`step`, as below), or at the start of
     the next step (`next-step`: the softmax yields float32 P, carried with
     alpha and the V slot, and reduces its rows as four chains; ptxas hoists
-    a wait in the softmax's block above its exponentials); `auto` takes
-    `next-step` where the score_mod is plain arithmetic.
+    a wait in the softmax's block above its exponentials), or after the
+    softmax held until alpha (`alpha`: `flexattn.mma.wait ... after(%alpha)`,
+    which ptxas cannot issue before alpha is computed, and the row max as
+    four chains, `flexattn.max_chains`); `auto` takes `next-step` where the
+    score_mod is plain arithmetic, else `alpha` with two consumer groups,
+    else `step`.
 
     After (`pipeline`, `pingpong`):
     ```mlir
@@ -1333,9 +1337,10 @@ def FlexAttnScheduleConsumers
            "(with pipeline only)">,
     Option<"pvWait", "pv-wait", "std::string", /*default=*/"\"auto\"",
            "Where a step waits for its P.V: step (after the softmax), "
+           "alpha (after the softmax, held until alpha is computed), "
            "next-step (at the next step's start; P carried in float32), or "
            "auto (next-step where the softmax has a score_mod without "
-           "math-dialect ops)">,
+           "math-dialect ops, else alpha with two consumer groups, else step)">,
   ];
   let dependentDialects = ["::mlir::NVVM::NVVMDialect",
                            "::mlir::scf::SCFDialect",
