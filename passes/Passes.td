@@ -1301,8 +1301,8 @@ def FlexAttnScheduleConsumers
     the next step (`next-step`: the softmax yields float32 P, carried with
     alpha and the V slot, and reduces its rows as four chains; ptxas hoists
     a wait in the softmax's block above its exponentials), or after the
-    softmax held until alpha (`alpha`: `flexattn.mma.wait ... after(%alpha)`,
-    which ptxas cannot issue before alpha is computed, and the row max as
+    softmax held until the first row's alpha (`alpha`: `flexattn.mma.wait
+    ... after(%alpha0)`, which ptxas cannot issue before it is computed, and the row max as
     four chains, `flexattn.max_chains`); `auto` takes `next-step` where the
     score_mod is plain arithmetic, else `alpha` with two consumer groups,
     else `step`.
@@ -1344,7 +1344,8 @@ def FlexAttnScheduleConsumers
   ];
   let dependentDialects = ["::mlir::NVVM::NVVMDialect",
                            "::mlir::scf::SCFDialect",
-                           "::mlir::arith::ArithDialect"];
+                           "::mlir::arith::ArithDialect",
+                           "::mlir::vector::VectorDialect"];
 }
 
 def FlexAttnLowerFragments : Pass<"flexattn-lower-fragments", "::mlir::ModuleOp"> {

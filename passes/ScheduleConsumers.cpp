@@ -44,6 +44,7 @@
 
 #include "mlir/Dialect/LLVMIR/NVVMDialect.h"
 #include "mlir/Dialect/Math/IR/Math.h"
+#include "mlir/Dialect/Vector/IR/VectorOps.h"
 #include "mlir/IR/IRMapping.h"
 #include "mlir/IR/ImplicitLocOpBuilder.h"
 
@@ -203,13 +204,21 @@ struct Scheduler {
   };
 
   /// Waits for the P.V in flight on `acc` (listing the 16-bit P it reads;
-  /// with `afterAlpha`, not before alpha is computed), gives its V slot back
+  /// with `afterAlpha`, not before the first row's alpha is computed), gives its V slot back
   /// and rescales the accumulator by alpha; returns it with `d.probs` in 16
   /// bits (rounded here where it was float32).
   std::pair<Value, Value> completePrevious(Value acc, const Deferred &d, Value vRing,
                                            bool afterAlpha = false) {
+    // Held until the first row's alpha (holding it until both measured
+    // slower: ptxas then waits for both rows' maxima before its first
+    // exponential, docs/gpu-pipeline.md §3).
+    Value alpha0 = afterAlpha ? vector::ExtractStridedSliceOp::create(
+                                    b, d.alpha, ArrayRef<int64_t>{0},
+                                    ArrayRef<int64_t>{1}, ArrayRef<int64_t>{1})
+                                    .getResult()
+                              : Value();
     acc = MmaWaitOp::create(b, 0, ValueRange{acc, d.pHalf},
-                            afterAlpha ? ValueRange{d.alpha} : ValueRange{})
+                            afterAlpha ? ValueRange{alpha0} : ValueRange{})
               .getResult(0);
     releasePrevious(vRing, d.hasV, d.posV);
     Value p = d.probs;

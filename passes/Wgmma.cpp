@@ -8,6 +8,7 @@
 #include "passes/HopperAsm.h"
 
 #include "mlir/Dialect/LLVMIR/NVVMDialect.h"
+#include "mlir/Dialect/Vector/IR/VectorOps.h"
 
 using namespace mlir;
 using namespace mlir::flexattn;
@@ -134,6 +135,22 @@ LogicalResult wgmma::lowerMma(SharedTiles &t, MmaOp op, bool hoisted) {
   return success();
 }
 
+/// The scalars a 1-D vector was built from (vector.from_elements, maybe
+/// through a vector.extract_strided_slice), or none.
+static SmallVector<Value> builtElements(Value v) {
+  int64_t offset = 0, size = cast<VectorType>(v.getType()).getNumElements();
+  if (auto slice = v.getDefiningOp<vector::ExtractStridedSliceOp>()) {
+    if (slice.getOffsets().size() != 1)
+      return {};
+    offset = cast<IntegerAttr>(slice.getOffsets()[0]).getInt();
+    v = slice.getSource();
+  }
+  auto built = v.getDefiningOp<vector::FromElementsOp>();
+  if (!built || offset + size > int64_t(built.getElements().size()))
+    return {};
+  return SmallVector<Value>(built.getElements().slice(offset, size));
+}
+
 void wgmma::lowerWait(SharedTiles &t, MmaWaitOp op) {
   ImplicitLocOpBuilder &b = t.b;
   if (!op.getAfter().empty()) {
@@ -141,17 +158,27 @@ void wgmma::lowerWait(SharedTiles &t, MmaWaitOp op) {
     // block (else here): ptxas keeps it about where it stands and issues the
     // wait soon after it, so placed at the wait it would pull the work
     // between those values and the wait (P's rounding) ahead of the wait.
+    // (Elements of a vector built from scalars here are those scalars, so
+    // the hold can follow the one it needs, not the last of the vector.)
     OpBuilder::InsertionGuard g(b);
+    SmallVector<Value> after;
+    for (Value v : op.getAfter()) {
+      SmallVector<Value> known = builtElements(v);
+      if (known.empty()) {
+        if (Operation *def = v.getDefiningOp(); def && def->getBlock() == op->getBlock())
+          b.setInsertionPointAfter(def);
+        known = t.elements(v);
+        b.setInsertionPoint(op);
+      }
+      llvm::append_range(after, known);
+    }
     Operation *last = nullptr;
-    for (Value v : op.getAfter())
+    for (Value v : after)
       if (Operation *def = v.getDefiningOp();
           def && def->getBlock() == op->getBlock() && (!last || last->isBeforeInBlock(def)))
         last = def;
     if (last)
       b.setInsertionPointAfter(last);
-    SmallVector<Value> after;
-    for (Value v : op.getAfter())
-      llvm::append_range(after, t.elements(v));
     hopper::holdUntil(b, after);
   }
   NVVM::WgmmaWaitGroupSyncOp::create(b, op.getPending());

@@ -70,14 +70,18 @@
 // CHECK:             arith.addi %[[V16]], %c33554560_i32 : i32
 // CHECK-COUNT-3:     wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16
 // CHECK:             nvvm.wgmma.commit.group.sync.aligned
-// mma.wait pending(0) after(%al): the hold right after %al is computed (here,
-// ahead of the wait for S), an instruction ptxas cannot issue before both
-// elements of %al (a never-taken membar.cta whose predicate is a PRMT of
-// them that selects zero bytes) and keeps before the wait it holds.
-// CHECK:             %[[AL:.*]] = arith.mulf %{{.*}}, %{{.*}} : vector<2xf32>
-// CHECK:             %[[AL0:.*]] = llvm.bitcast %{{.*}} : f32 to i32
-// CHECK:             %[[AL1:.*]] = llvm.bitcast %{{.*}} : f32 to i32
-// CHECK-NEXT:        llvm.inline_asm has_side_effects asm_dialect = att "{\0A.reg .b32 z;\0A.reg .pred p;\0Aprmt.b32 z, $0, 0, 0x4444;\0Aprmt.b32 z, $1, z, 0x4444;\0Asetp.ne.b32 p, z, 0;\0A@p membar.cta;\0A}", "r,r" %[[AL0]], %[[AL1]] : (i32, i32) -> ()
+// mma.wait pending(0) after(%x0, %w): the hold right after the last of the
+// scalars they are made of is computed (%x0 is the first element of a vector
+// built from %x, computed ahead of the wait for S, and %y, computed after
+// it: the hold needs %x only), an instruction ptxas cannot issue before them
+// (a never-taken membar.cta whose predicate is a PRMT of them that selects
+// zero bytes) and keeps before the wait it holds.
+// CHECK:             %[[X:.*]] = arith.mulf %{{.*}}, %{{.*}} : f32
+// CHECK:             %[[W:.*]] = arith.mulf %{{.*}}, %{{.*}} : vector<1xf32>
+// CHECK:             %[[W0:.*]] = vector.extract %[[W]][0] : f32 from vector<1xf32>
+// CHECK-NEXT:        %[[H0:.*]] = llvm.bitcast %[[X]] : f32 to i32
+// CHECK-NEXT:        %[[H1:.*]] = llvm.bitcast %[[W0]] : f32 to i32
+// CHECK-NEXT:        llvm.inline_asm has_side_effects asm_dialect = att "{\0A.reg .b32 z;\0A.reg .pred p;\0Aprmt.b32 z, $0, 0, 0x4444;\0Aprmt.b32 z, $1, z, 0x4444;\0Asetp.ne.b32 p, z, 0;\0A@p membar.cta;\0A}", "r,r" %[[H0]], %[[H1]] : (i32, i32) -> ()
 // mma.wait pending(1): S readable; its registers fenced.
 // CHECK:             nvvm.wgmma.wait.group.sync.aligned 1
 // CHECK-NEXT:        llvm.inline_asm has_side_effects asm_dialect = att "", "=f,
@@ -116,10 +120,16 @@ func.func @kernel(%qmap: !llvm.ptr, %kmap: !llvm.ptr, %b: index, %h: index, %q0:
       %v = arith.select %has, %k, %qk : !flexattn.smem_tile<64x64xf16>
       %s0 = flexattn.mma %q[%group], %k {transpose_b} : !flexattn.smem_tile<128x64xf16>, !flexattn.smem_tile<64x64xf16> -> vector<32xf32>
       %o0 = flexattn.mma %p, %v, %acc : vector<32xf16>, !flexattn.smem_tile<64x64xf16>, vector<32xf32> -> vector<32xf32>
-      %al = arith.mulf %alpha, %alpha : vector<2xf32>
+      %a = vector.extract %alpha[0] : f32 from vector<2xf32>
+      %x = arith.mulf %a, %a : f32
+      %a1 = vector.extract_strided_slice %alpha {offsets = [1], sizes = [1], strides = [1]} : vector<2xf32> to vector<1xf32>
+      %w = arith.mulf %a1, %a1 : vector<1xf32>
       %s = flexattn.mma.wait pending(1) %s0 : vector<32xf32>
+      %y = arith.addf %a, %a : f32
+      %xy = vector.from_elements %x, %y : vector<2xf32>
+      %x0 = vector.extract_strided_slice %xy {offsets = [0], sizes = [1], strides = [1]} : vector<2xf32> to vector<1xf32>
       flexattn.ring.release %kr[%i] : !flexattn.ring<2 x 64x64xf16>
-      %o, %p1 = flexattn.mma.wait pending(0) %o0, %p after(%al : vector<2xf32>) : vector<32xf32>, vector<32xf16>
+      %o, %p1 = flexattn.mma.wait pending(0) %o0, %p after(%x0, %w : vector<1xf32>, vector<1xf32>) : vector<32xf32>, vector<32xf16>
       %r = arith.addf %s, %o : vector<32xf32>
       vector.store %r, %out[%c0] : memref<32xf32>, vector<32xf32>
     }

@@ -39,14 +39,15 @@
 // CHECK-NEXT:      %[[S:.*]] = flexattn.mma.wait pending(1) %[[S0]] : vector<64xf32>
 // CHECK-NEXT:      flexattn.ring.release %[[KR]][%[[I]]]
 // pv-wait=alpha (auto's choice for two consumer groups without a score_mod
-// of plain arithmetic): the wait is held until alpha, so ptxas issues it
-// after the row maxima and the first exponentials; the max runs as four
+// of plain arithmetic): the wait is held until the first row's alpha, so
+// ptxas issues it after the row maxima and the first exponentials; the max runs as four
 // chains. pv-wait=step: the wait alone (ptxas issues it after the first
 // row's max).
 // CHECK:           %[[P:.*]], %{{.*}}, %{{.*}}, %[[ALPHA:.*]] = flexattn.frag.softmax %[[S]]
 // HOLD-SAME:         flexattn.max_chains = 4 : i64
 // STEP-NOT:          flexattn.max_chains
-// HOLD:            %[[O:.*]]:2 = flexattn.mma.wait pending(0) %[[O0]], %[[PP]] after(%[[ALPHA]] : vector<2xf32>) : vector<64xf32>, vector<64xbf16>
+// HOLD:            %[[A0:.*]] = vector.extract_strided_slice %[[ALPHA]] {offsets = [0], sizes = [1], strides = [1]} : vector<2xf32> to vector<1xf32>
+// HOLD-NEXT:       %[[O:.*]]:2 = flexattn.mma.wait pending(0) %[[O0]], %[[PP]] after(%[[A0]] : vector<1xf32>) : vector<64xf32>, vector<64xbf16>
 // STEP:            %[[O:.*]]:2 = flexattn.mma.wait pending(0) %[[O0]], %[[PP]] : vector<64xf32>, vector<64xbf16>
 // CHECK-NEXT:      scf.if %[[HAS]] {
 // CHECK-NEXT:        flexattn.ring.release %[[VR]][%[[PREV]]]

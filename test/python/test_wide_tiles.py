@@ -167,14 +167,15 @@ def _even_keys(b, h, q, kv):
 
 
 def test_block_mask_agrees_with_its_mask_mod():
+    from torch.nn.attention.flex_attention import create_block_mask as torch_create_block_mask
+
     from flexattn_mlir.masks.block_mask import BlockMask, agrees_with_mask_mod
 
     S = 700
     bm = fm.create_block_mask(_causal, None, None, S, S, device="cpu")
     assert agrees_with_mask_mod(bm, S, S)
     # torch's create_block_mask gives the same lists.
-    tbm = torch.nn.attention.flex_attention.create_block_mask(_causal, None, None, S, S,
-                                                              device="cpu")
+    tbm = torch_create_block_mask(_causal, None, None, S, S, device="cpu")
     assert agrees_with_mask_mod(BlockMask.from_torch(tbm), S, S)
     # A reassigned mask_mod: causal's full blocks keep odd keys the new one drops.
     bm.mask_mod = _even_keys
