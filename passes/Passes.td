@@ -1304,8 +1304,8 @@ def FlexAttnScheduleConsumers
     softmax held until the first row's alpha (`alpha`: `flexattn.mma.wait
     ... after(%alpha0)`, which ptxas cannot issue before it is computed, and the row max as
     four chains, `flexattn.max_chains`); `auto` takes `next-step` where the
-    score_mod is plain arithmetic, else `alpha` with two consumer groups,
-    else `step`.
+    score_mod is plain arithmetic, else `alpha` with two consumer groups
+    at D = 128, else `step`.
 
     After (`pipeline`, `pingpong`):
     ```mlir
@@ -1340,7 +1340,8 @@ def FlexAttnScheduleConsumers
            "alpha (after the softmax, held until alpha is computed), "
            "next-step (at the next step's start; P carried in float32), or "
            "auto (next-step where the softmax has a score_mod without "
-           "math-dialect ops, else alpha with two consumer groups, else step)">,
+           "math-dialect ops, else alpha with two consumer groups at D = 128, "
+           "else step)">,
   ];
   let dependentDialects = ["::mlir::NVVM::NVVMDialect",
                            "::mlir::scf::SCFDialect",

@@ -323,11 +323,6 @@ struct Scheduler {
     bool atNextStep = pvWait == PvWait::NextStep ||
                       (pvWait == PvWait::Auto && softmax0.hasScoreMod() &&
                        !callsSpecialFunctions(softmax0.getScoreMod()));
-    // Else the step's wait, held until alpha (`alpha`; auto: with two
-    // consumer groups, measured faster on every D = 128 kernel of the table,
-    // slower with the three groups of 192-row tiles, docs/gpu-pipeline.md §3).
-    bool afterAlpha = !atNextStep && (pvWait == PvWait::Alpha ||
-                                      (pvWait == PvWait::Auto && groups() == 2));
     // Between the loops a P.V is then in flight: only the next loop may
     // take the accumulator.
     for (unsigned i = 0; atNextStep && i + 1 < loops.size(); ++i) {
@@ -343,6 +338,13 @@ struct Scheduler {
     auto vType = firstStep.slotV.getType();
     if (qType.getCols() != vType.getCols() || qType.getBytes() < vType.getBytes())
       return success(); // D != Dv: stays in order
+    // Else the step's wait, held until alpha (`alpha`; auto: with two
+    // consumer groups at D = 128, measured faster on every D = 128 kernel of
+    // the table, slower at D = 64, with the two groups of 128-row tiles and
+    // the three of 192-row ones, docs/gpu-pipeline.md §3).
+    bool afterAlpha = !atNextStep && (pvWait == PvWait::Alpha ||
+                                      (pvWait == PvWait::Auto && groups() == 2 &&
+                                       qType.getCols() == 128));
     auto posArg = cast<BlockArgument>(firstStep.waitK.getPosition());
     Value first = loops.front().first.getInitArgs()[posArg.getArgNumber() - 1];
     Value qTile = firstStep.qk.getA();
