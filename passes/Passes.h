@@ -151,9 +151,11 @@ LogicalResult multistage(RewriterBase &rewriter, gpu::LaunchOp launch,
                          const MultistageOptions &options);
 
 /// flexattn-schedule-consumers: where a pipelined step waits for the P.V
-/// it issued: in the step, after the softmax (`Step`), at the start of the
-/// next step (`NextStep`), or `Auto`: the next step where the softmax has a
-/// score_mod without math-dialect ops.
+/// it issued: in the step, after the softmax (`Step`), there but held until
+/// the first row's alpha is computed (`Alpha`), at the start of the next
+/// step (`NextStep`), or `Auto`: the next step where the softmax has a
+/// score_mod without math-dialect ops, else `Alpha` with two consumer
+/// groups at D = 128, else `Step`.
 enum class PvWait { Auto, Step, Alpha, NextStep };
 FailureOr<PvWait> parsePvWait(StringRef name);
 

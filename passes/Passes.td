@@ -1302,8 +1302,9 @@ def FlexAttnScheduleConsumers
     alpha and the V slot, and reduces its rows as four chains; ptxas hoists
     a wait in the softmax's block above its exponentials), or after the
     softmax held until the first row's alpha (`alpha`: `flexattn.mma.wait
-    ... after(%alpha0)`, which ptxas cannot issue before it is computed, and the row max as
-    four chains, `flexattn.max_chains`); `auto` takes `next-step` where the
+    ... after(%alpha0)`, which ptxas cannot issue before alpha0 is
+    computed, and the row max as four chains, `flexattn.max_chains`);
+    `auto` takes `next-step` where the
     score_mod is plain arithmetic, else `alpha` with two consumer groups
     at D = 128, else `step`.
 

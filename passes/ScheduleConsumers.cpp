@@ -29,6 +29,10 @@
 //   wait K_{j+1}; ...; S = Q.K_{j+1}ᵀ; O = O + P_j.V_j; wait(1) (S); ...
 //
 // (`auto`: where the score_mod is plain arithmetic, docs/gpu-pipeline.md §3).
+// Else `pv-wait=alpha` (`auto` with two consumer groups at D = 128) keeps
+// the wait in the step but holds it until the first row's alpha
+// (flexattn.mma.wait's `after`): ptxas then issues it after the row maxima
+// and the first exponentials, and the O rescale interleaves with the rest.
 // P is carried between steps (and between the KV loops of a Q tile); the
 // first step multiplies P = 0 by the Q tile, reinterpreted as a V tile, so
 // no branch surrounds the MMA, and the last step's P.V is issued after the
@@ -204,9 +208,9 @@ struct Scheduler {
   };
 
   /// Waits for the P.V in flight on `acc` (listing the 16-bit P it reads;
-  /// with `afterAlpha`, not before the first row's alpha is computed), gives its V slot back
-  /// and rescales the accumulator by alpha; returns it with `d.probs` in 16
-  /// bits (rounded here where it was float32).
+  /// with `afterAlpha`, not before the first row's alpha is computed),
+  /// gives its V slot back and rescales the accumulator by alpha; returns
+  /// it with `d.probs` in 16 bits (rounded here where it was float32).
   std::pair<Value, Value> completePrevious(Value acc, const Deferred &d, Value vRing,
                                            bool afterAlpha = false) {
     // Held until the first row's alpha (holding it until both measured
