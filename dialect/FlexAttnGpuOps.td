@@ -454,7 +454,7 @@ def FlexAttn_MmaWaitOp : FlexAttn_Op<"mma.wait", [
     ```
   }];
   let arguments = (ins I64Attr:$pending, Variadic<AnyVectorOfNonZeroRank>:$values,
-                       Variadic<VectorOfAnyRankOf<[F32]>>:$after);
+                       Variadic<VectorOfNonZeroRankOf<[F32]>>:$after);
   let results = (outs Variadic<AnyVectorOfNonZeroRank>:$results);
   let builders = [
     OpBuilder<(ins "int64_t":$pending, "ValueRange":$values), [{

@@ -84,6 +84,7 @@ SmallVector<Value> hopper::fenceRegisters(ImplicitLocOpBuilder &b,
 }
 
 void hopper::holdUntil(ImplicitLocOpBuilder &b, ArrayRef<Value> after) {
+  assert(!after.empty() && "a hold needs a value to wait for");
   // z = 0 by construction (byte 4 of {a, b} is b's byte 0, and b is 0 or
   // the z before), yet it depends on every value: PRMT is not folded.
   std::string text = "{\n.reg .b32 z;\n.reg .pred p;\n";

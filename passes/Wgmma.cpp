@@ -135,12 +135,12 @@ LogicalResult wgmma::lowerMma(SharedTiles &t, MmaOp op, bool hoisted) {
   return success();
 }
 
-/// The scalars a 1-D vector was built from (vector.from_elements, maybe
-/// through a vector.extract_strided_slice), or none.
+/// The scalars a vector was built from (vector.from_elements, maybe through
+/// a vector.extract_strided_slice of a 1-D one), or none.
 static SmallVector<Value> builtElements(Value v) {
   int64_t offset = 0, size = cast<VectorType>(v.getType()).getNumElements();
   if (auto slice = v.getDefiningOp<vector::ExtractStridedSliceOp>()) {
-    if (slice.getOffsets().size() != 1)
+    if (slice.getSourceVectorType().getRank() != 1)
       return {};
     offset = cast<IntegerAttr>(slice.getOffsets()[0]).getInt();
     v = slice.getSource();
