@@ -16,7 +16,7 @@
 // step's O += P_{j-1}.V_{j-1}, and the softmax of S_j runs while that P.V is
 // on the tensor cores:
 //
-//   wait K_j; wait V_{j-1}; S = Q.K_jᵀ; O = O + P_{j-1}.V_{j-1}
+//   wait K_j; S = Q.K_jᵀ; wait V_{j-1}; O = O + P_{j-1}.V_{j-1}
 //   wait(1) (S); release K_j
 //   P_j, m, l, alpha = softmax(S)
 //   wait(0) (O, P_{j-1}); release V_{j-1}; O = alpha O
@@ -260,12 +260,17 @@ struct Scheduler {
       if (s.isMoved(&op))
         continue;
       if (&op == s.qk.getOperation()) {
-        Value vPrev;
-        std::tie(hasPrev, prev, vPrev) =
-            previousV(vRing, pos, first, map.lookupOrDefault(s.qk.getA()));
+        // S's MMA is issued before the wait for the V slot of the P.V behind
+        // it (FlashAttention-4's order): a slot that has landed costs the
+        // turn nothing, and the wait's phase arithmetic and branch leave the
+        // instructions between the loop's back edge and the first wgmma
+        // (full D = 128: 36 -> 23 SASS instructions; docs/gpu-pipeline.md §3).
         if (pingpong)
           turns::take(b, group(), turnThreads());
         b.clone(op, map);
+        Value vPrev;
+        std::tie(hasPrev, prev, vPrev) =
+            previousV(vRing, pos, first, map.lookupOrDefault(s.qk.getA()));
         pvAsync = MmaOp::create(b, s.pv.getType(), pHalf, Value(), vPrev, Value(), acc,
                                 UnitAttr());
         if (pingpong)

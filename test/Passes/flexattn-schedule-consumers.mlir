@@ -19,20 +19,20 @@
 // P starts at 0; it is carried through both KV loops.
 // CHECK:         %[[P0:.*]] = arith.constant dense<0.000000e+00> : vector<64xbf16>
 // CHECK:         %[[R0:.*]]:5 = scf.for {{.*}} iter_args(%[[I:[^ ]*]] = %[[FIRST]], %{{[^ ]*}} = %{{.*}}, %{{[^ ]*}} = %{{.*}}, %[[ACC:[^ ]*]] = %{{.*}}, %[[PP:[^ ]*]] = %[[P0]]) -> (i32, vector<2xf32>, vector<2xf32>, vector<64xf32>, vector<64xbf16>) {
-// Wait for K_j and, after the first step, V_{j-1}; the first step reads the
-// Q tile in place of V (P = 0).
+// Wait for K_j; this group's turn: S_j = Q.K_jᵀ, then, after the first
+// step, the wait for V_{j-1} (the first step reads the Q tile in place of
+// V, P = 0) and O += P_{j-1}.V_{j-1}.
 // CHECK:           flexattn.ring.wait %[[KR:.*]][%[[I]]]
 // CHECK:           %[[K:.*]] = flexattn.ring.slot %[[KR]][%[[I]]]
-// CHECK:           %[[HAS:.*]] = arith.cmpi ugt, %[[I]], %[[FIRST]] : i32
+// CHECK:           nvvm.barrier id = %{{.*}} number_of_threads = %{{.*}}
+// CHECK-NEXT:      %[[S0:.*]] = flexattn.mma %[[Q]][%{{.*}}], %[[K]] {transpose_b}
+// CHECK-NEXT:      %[[HAS:.*]] = arith.cmpi ugt, %[[I]], %[[FIRST]] : i32
 // CHECK:           %[[PREV:.*]] = arith.select %[[HAS]], %{{.*}}, %{{.*}} : i32
 // CHECK:           scf.if %[[HAS]] {
 // CHECK-NEXT:        flexattn.ring.wait %[[VR:.*]][%[[PREV]]]
 // CHECK:           %[[VS:.*]] = flexattn.ring.slot %[[VR]][%[[PREV]]]
 // CHECK:           %[[QV:.*]] = flexattn.smem_tile.reinterpret %[[Q]]
 // CHECK:           %[[VP:.*]] = arith.select %[[HAS]], %[[VS]], %[[QV]] : !flexattn.smem_tile<128x128xbf16>
-// This group's turn: S_j = Q.K_jᵀ issued together with O += P_{j-1}.V_{j-1}.
-// CHECK:           nvvm.barrier id = %{{.*}} number_of_threads = %{{.*}}
-// CHECK-NEXT:      %[[S0:.*]] = flexattn.mma %[[Q]][%{{.*}}], %[[K]] {transpose_b}
 // CHECK-NEXT:      %[[O0:.*]] = flexattn.mma %[[PP]], %[[VP]], %[[ACC]] : vector<64xbf16>, !flexattn.smem_tile<128x128xbf16>, vector<64xf32> -> vector<64xf32>
 // CHECK:           nvvm.barrier.arrive id = %{{.*}} number_of_threads = %{{.*}}
 // Only S is waited for before the softmax; P.V runs on.
@@ -85,20 +85,20 @@
 // NEXT-NEXT:        flexattn.ring.release %[[VR:.*]][%[[PV]]]
 // NEXT:           %[[P16:.*]] = arith.truncf %[[PF]] : vector<64xf32> to vector<64xbf16>
 // NEXT-NEXT:      %[[ACC1:.*]] = flexattn.frag.rescale %[[O]]#0, %[[AL]] : vector<64xf32>, vector<2xf32>
-// Wait for K_j and, after the first step, V_{j-1}; the first step reads the
-// Q tile in place of V (P = 0).
+// Wait for K_j; this group's turn: S_j = Q.K_jᵀ, then, after the first
+// step, the wait for V_{j-1} (the first step reads the Q tile in place of
+// V, P = 0) and O += P_{j-1}.V_{j-1}.
 // NEXT:           flexattn.ring.wait %[[KR:.*]][%[[I]]]
 // NEXT:           %[[K:.*]] = flexattn.ring.slot %[[KR]][%[[I]]]
-// NEXT:           %[[HAS:.*]] = arith.cmpi ugt, %[[I]], %[[FIRST]] : i32
+// NEXT:           nvvm.barrier id = %{{.*}} number_of_threads = %{{.*}}
+// NEXT-NEXT:      %[[S0:.*]] = flexattn.mma %[[Q]][%{{.*}}], %[[K]] {transpose_b}
+// NEXT-NEXT:      %[[HAS:.*]] = arith.cmpi ugt, %[[I]], %[[FIRST]] : i32
 // NEXT:           %[[PREV:.*]] = arith.select %[[HAS]], %{{.*}}, %{{.*}} : i32
 // NEXT:           scf.if %[[HAS]] {
 // NEXT-NEXT:        flexattn.ring.wait %[[VR]][%[[PREV]]]
 // NEXT:           %[[VS:.*]] = flexattn.ring.slot %[[VR]][%[[PREV]]]
 // NEXT:           %[[QV:.*]] = flexattn.smem_tile.reinterpret %[[Q]]
 // NEXT:           %[[VP:.*]] = arith.select %[[HAS]], %[[VS]], %[[QV]] : !flexattn.smem_tile<128x128xbf16>
-// This group's turn: S_j = Q.K_jᵀ issued together with O += P_{j-1}.V_{j-1}.
-// NEXT:           nvvm.barrier id = %{{.*}} number_of_threads = %{{.*}}
-// NEXT-NEXT:      %[[S0:.*]] = flexattn.mma %[[Q]][%{{.*}}], %[[K]] {transpose_b}
 // NEXT-NEXT:      %[[O0:.*]] = flexattn.mma %[[P16]], %[[VP]], %[[ACC1]] : vector<64xbf16>, !flexattn.smem_tile<128x128xbf16>, vector<64xf32> -> vector<64xf32>
 // NEXT:           nvvm.barrier.arrive id = %{{.*}} number_of_threads = %{{.*}}
 // Only S is waited for before the softmax; P.V runs on into the next step.
@@ -127,7 +127,8 @@
 // NOPP-LABEL: func.func @consumers(
 // NOPP:         scf.for
 // NOPP:           flexattn.mma %{{.*}} {transpose_b}
-// NOPP-NEXT:      flexattn.mma
+// NOPP:           flexattn.ring.wait
+// NOPP:           flexattn.mma
 // NOPP-NEXT:      flexattn.mma.wait pending(1)
 
 // In order: the input, unchanged.
@@ -229,7 +230,8 @@ func.func @consumers(%o: memref<1x2x300x128xbf16>, %b: index, %h: index, %q0: in
 // CHECK-NEXT:      %[[OWN:.*]] = arith.addi %[[TG]], %[[ONE]] : i32
 // CHECK-NEXT:      nvvm.barrier id = %[[OWN]] number_of_threads = %[[N1]]
 // CHECK-NEXT:      flexattn.mma {{.*}} {transpose_b} : !flexattn.smem_tile<192x64xbf16>
-// CHECK-NEXT:      flexattn.mma
+// CHECK:           flexattn.ring.wait
+// CHECK:           flexattn.mma
 // CHECK-NEXT:      %[[PG:.*]] = arith.index_cast %{{.*}} : index to i32
 // CHECK-NEXT:      %[[C2:.*]] = arith.constant 2 : i32
 // CHECK-NEXT:      %[[ISLAST:.*]] = arith.cmpi eq, %[[PG]], %[[C2]] : i32
