@@ -234,7 +234,7 @@ struct Scheduler {
   /// Rebuilds `loop` pipelined; returns the new loop (its last results are
   /// the Deferred values).
   scf::ForOp pipelineLoop(scf::ForOp loop, Step s, Value first, const Deferred &init,
-                          bool atNextStep, bool afterAlpha) {
+                          bool atNextStep, bool afterAlpha, bool maxChains) {
     SmallVector<Value> inits(loop.getInitArgs());
     llvm::append_range(inits, init.values(atNextStep));
     b.setInsertionPoint(loop);
@@ -294,7 +294,7 @@ struct Scheduler {
         softmax->setAttr(softmax::kProbsRoundedAttr, b.getUnitAttr());
         continue;
       }
-      if (afterAlpha) // the max now runs ahead of the wait: fewer dependent steps
+      if (maxChains) // fewer dependent steps before the first exponential
         softmax->setAttr(softmax::kMaxChainsAttr, b.getI64IntegerAttr(4));
       Deferred now{pHalf, softmax.getProbs(), softmax.getAlpha(), hasPrev, prev};
       map.map(s.pvWait.getResult(0),
@@ -354,6 +354,11 @@ struct Scheduler {
     bool afterAlpha = !atNextStep && (pvWait == PvWait::Alpha ||
                                       (pvWait == PvWait::Auto && groups() == 2 &&
                                        qType.getCols() == 128));
+    // Each row max as four chains: where the wait is held (the max runs ahead
+    // of it), and with three consumer groups (measured faster there, 1.2 %
+    // on full D = 64's 192-row tiles; slower with the two groups of 128-row
+    // ones, docs/gpu-pipeline.md §3).
+    bool maxChains = !atNextStep && (afterAlpha || groups() == 3);
     auto posArg = cast<BlockArgument>(firstStep.waitK.getPosition());
     Value first = loops.front().first.getInitArgs()[posArg.getArgNumber() - 1];
     Value qTile = firstStep.qk.getA();
@@ -376,7 +381,8 @@ struct Scheduler {
     unsigned posIdx = 0, accIdx = 0;
     for (auto &[loop, s] : loops) {
       unsigned n = loop.getNumRegionIterArgs();
-      scf::ForOp newLoop = pipelineLoop(loop, s, first, d, atNextStep, afterAlpha);
+      scf::ForOp newLoop =
+          pipelineLoop(loop, s, first, d, atNextStep, afterAlpha, maxChains);
       posIdx = cast<BlockArgument>(s.waitK.getPosition()).getArgNumber() - 1;
       accIdx = s.accArg;
       loop->replaceAllUsesWith(newLoop.getResults().take_front(n));

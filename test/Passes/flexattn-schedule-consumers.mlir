@@ -242,6 +242,10 @@ func.func @consumers(%o: memref<1x2x300x128xbf16>, %b: index, %h: index, %q0: in
 // CHECK-NEXT:      %[[N2:.*]] = arith.constant 256 : i32
 // CHECK-NEXT:      nvvm.barrier.arrive id = %[[BAR]] number_of_threads = %[[N2]]
 // CHECK-NEXT:      flexattn.mma.wait pending(1)
+// The step's wait, not held; each row max as four chains (three groups).
+// CHECK:           flexattn.frag.softmax
+// CHECK-SAME:        flexattn.max_chains = 4 : i64
+// CHECK:           flexattn.mma.wait pending(0) %{{[^ ]*}}, %{{[^ ]*}} : vector<32xf32>, vector<64xbf16>
 func.func @three_groups(%o: memref<1x2x300x64xbf16>, %b: index, %h: index, %q0: index,
                         %n0: index) {
   %c0 = arith.constant 0 : index
