@@ -160,6 +160,8 @@ BENCH = (
         dict(PERSISTENT, exp2_poly=2)),
        ("bench_full_d64_persistent", "full", 4, 16, 16, 8192, 8192, 64, "bfloat16", PERSISTENT),
        ("bench_causal_d128_persistent", "causal", 4, 16, 16, 8192, 8192, 128, "bfloat16",
+        PERSISTENT),
+       ("bench_full_d128_persistent", "full", 4, 16, 16, 8192, 8192, 128, "bfloat16",
         PERSISTENT)]
     # D = 64 with 192-row Q tiles (three consumer warpgroups) beside the
     # 128-row kernels above; persistent CTAs too (their tile loop spills

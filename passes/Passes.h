@@ -133,9 +133,10 @@ void recomputeInside(RewriterBase &rewriter,
 LogicalResult makeTilesPersistent(RewriterBase &rewriter, gpu::LaunchOp launch,
                                   int64_t ctas);
 
-/// flexattn-warp-specialize: the CTA -> TMA producer + consumer groups.
+/// flexattn-warp-specialize: the CTA -> TMA producer + consumer groups
+/// (`maxSharedMemory`: the CTA's shared memory, bytes; 0: unknown).
 LogicalResult warpSpecialize(RewriterBase &rewriter, gpu::LaunchOp launch,
-                             int64_t stages);
+                             int64_t stages, int64_t maxSharedMemory = 0);
 
 /// How flexattn-multistage shapes the CTA.
 struct MultistageOptions {

@@ -1154,8 +1154,10 @@ def FlexAttnWarpSpecialize : Pass<"flexattn-warp-specialize", "::mlir::ModuleOp"
   let description = [{
     Rewrites the CTA body of `flexattn-map-to-grid` into a
     `flexattn.warp_specialize` of 384 threads (Hopper, FlashAttention-3
-    shape). Three rings are allocated first: Q (1 slot of 128 rows), K and V
-    (`stages` slots of a KV tile each). The producer's thread 0 fences the
+    shape). Three rings are allocated first: Q (1 slot of 128 rows; 2 in a
+    CTA that loops over tiles, where they fit `max-shared-memory` beside K and
+    V, so the next tile's Q loads while this one computes), K and V (`stages`
+    slots of a KV tile each). The producer's thread 0 fences the
     tensor maps and, walking a clone of the tile loops, loads Q per tile and
     K, V per KV step (`ring.acquire`, `ring.load`). The consumers (2 groups
     of 64 rows; each thread's first fragment row is 64 group + 16 warp +
@@ -1199,6 +1201,8 @@ def FlexAttnWarpSpecialize : Pass<"flexattn-warp-specialize", "::mlir::ModuleOp"
   let options = [
     Option<"stages", "stages", "int64_t", /*default=*/"2",
            "Slots of the K and V rings">,
+    Option<"maxSharedMemory", "max-shared-memory", "int64_t", /*default=*/"0",
+           "Shared memory of one CTA in bytes (0: unknown, Q takes one slot)">,
   ];
   let dependentDialects = ["::mlir::flexattn::FlexAttnDialect",
                            "::mlir::NVVM::NVVMDialect",

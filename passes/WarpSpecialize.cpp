@@ -8,8 +8,9 @@
 // FlashAttention-3 style Hopper kernel (flexattn.warp_specialize):
 //
 //   producer warpgroup: one thread loads, with TMA, the Q tile into a
-//     1-slot ring and the K and V tiles of every KV step into `stages`-slot
-//     rings, walking a clone of the KV loops (block sparsity included);
+//     1-slot ring (2 slots in a persistent CTA, where they fit
+//     `max-shared-memory`) and the K and V tiles of every KV step into
+//     `stages`-slot rings, walking a clone of the KV loops (block sparsity included);
 //   consumer warpgroups (64 rows each: 2 of a 128-row Q tile, or 3 of a
 //     192-row one at head dim 64, FlashAttention-3's D = 64 tile): per KV step,
 //     S = Q.Kᵀ (flexattn.mma), the mods and the online softmax on the
@@ -46,6 +47,9 @@ namespace {
 // budgets, FlashAttention-3's: 40 + 2 x 232 or 32 + 3 x 160 registers per
 // thread of a warpgroup, at most 512 in all).
 constexpr int64_t kWarpgroup = 128;
+// Shared memory beside the rings' tiles: their full/empty barriers and the
+// 1024-byte alignment of the first tile (flexattn-lower-to-hopper).
+constexpr int64_t kRingSlack = 2048;
 struct Budget {
   int64_t producer, consumer;
 };
@@ -165,7 +169,8 @@ FailureOr<Value> addTensorMapArgument(func::FuncOp func, Value tensor,
 
 LogicalResult mlir::flexattn::warpSpecialize(RewriterBase &rewriter,
                                              gpu::LaunchOp launch,
-                                             int64_t stages) {
+                                             int64_t stages,
+                                             int64_t maxSharedMemory) {
   Block &body = launch.getBody().front();
   SmallVector<Operation *> ops;
   for (Operation &op : body.without_terminator())
@@ -221,7 +226,21 @@ LogicalResult mlir::flexattn::warpSpecialize(RewriterBase &rewriter,
     return RingAllocOp::create(
         b, RingType::get(b.getContext(), n, rows, cols, p->elem), consumers);
   };
-  rings.q = ring(1, p->BM, p->D);
+  // A CTA that loops over tiles (flexattn-persistent-tiles) loads its next
+  // tile's Q into a second slot while it computes this one, where both fit
+  // beside the K and V rings (H200: sliding window, document and NATTEN
+  // masks 1.04-1.07x, dense 1.01x; one CTA per tile gains nothing from it,
+  // docs/gpu-pipeline.md §2).
+  int64_t qSlots = 1;
+  if (tile->finalize->getParentOfType<scf::ForOp>() &&
+      launch->isProperAncestor(tile->finalize->getParentOfType<scf::ForOp>())) {
+    int64_t bytes = p->elem.getIntOrFloatBitWidth() / 8 *
+                        (2 * p->BM * p->D + stages * bn * (p->D + p->Dv)) +
+                    kRingSlack;
+    if (bytes <= maxSharedMemory)
+      qSlots = 2;
+  }
+  rings.q = ring(qSlots, p->BM, p->D);
   rings.k = ring(stages, bn, p->D);
   rings.v = ring(stages, bn, p->Dv);
   auto roles = WarpSpecializeOp::create(b, kWarpgroup, budget.producer, groups,
@@ -268,7 +287,7 @@ struct FlexAttnWarpSpecializePass
   void runOnOperation() override {
     IRRewriter rewriter(&getContext());
     for (auto launch : opsHoldingTiles<gpu::LaunchOp>(getOperation()))
-      if (failed(warpSpecialize(rewriter, launch, stages)))
+      if (failed(warpSpecialize(rewriter, launch, stages, maxSharedMemory)))
         return signalPassFailure();
   }
 };

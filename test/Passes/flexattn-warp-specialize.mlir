@@ -1,5 +1,7 @@
 // RUN: flexattn-opt %s -split-input-file -verify-diagnostics --flexattn-warp-specialize | FileCheck %s
 // RUN: flexattn-opt %s -split-input-file -verify-diagnostics --flexattn-warp-specialize=stages=3 | FileCheck %s --check-prefix=STAGES3
+// RUN: flexattn-opt %s -split-input-file -verify-diagnostics --flexattn-warp-specialize=max-shared-memory=232448 | FileCheck %s --check-prefix=FITS
+// RUN: flexattn-opt %s -split-input-file -verify-diagnostics --flexattn-warp-specialize="stages=3 max-shared-memory=232448" | FileCheck %s --check-prefix=NOFIT
 
 // The host function gains the tensor maps of q, k, v (TMA boxes of 64
 // columns x the ring's tile rows, 128-byte swizzle); the CTA gets 384
@@ -120,6 +122,16 @@ func.func @causal(%q: memref<1x2x300x64xbf16>, %k: memref<1x2x300x64xbf16>, %v: 
 
 // Persistent CTAs: the tile loop carries the Q ring position (its parity
 // changes per tile) and the K/V ring position (it runs on across tiles).
+// With the CTA's shared memory known and room for two Q tiles beside two K
+// and V stages (2 x 32 + 4 x 32 KiB), Q takes two slots: the producer loads
+// the next tile's Q while the consumers compute this one. With three
+// stages (2 x 32 + 6 x 32 KiB > 227 KiB) it keeps one.
+// FITS-LABEL: func.func @persistent(
+// FITS:         flexattn.ring.alloc consumers(256) : !flexattn.ring<2 x 128x128xf16>
+// FITS:         flexattn.ring.acquire %{{.*}}[%{{.*}}] : !flexattn.ring<2 x 128x128xf16>
+// FITS:         flexattn.ring.wait %{{.*}}[%{{.*}}] : !flexattn.ring<2 x 128x128xf16>
+// NOFIT-LABEL: func.func @persistent(
+// NOFIT:        flexattn.ring.alloc consumers(256) : !flexattn.ring<1 x 128x128xf16>
 // CHECK-LABEL: func.func @persistent(
 // CHECK:         flexattn.warp_specialize
 // CHECK:           scf.for %{{.*}} = %{{.*}} to %{{.*}} step %{{.*}} iter_args(%[[J:.*]] = %{{.*}}, %[[I:.*]] = %{{.*}}) -> (i32, i32) {

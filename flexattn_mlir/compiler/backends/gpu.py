@@ -145,10 +145,12 @@ def make_roles(mod: ir.Module, opts: CompileOptions) -> None:
     """sm_90a: the warp-specialised wgmma kernel for the head dims it takes,
     else (and for the decode kernel's 64-row packed tiles) the mma.sync
     kernel of ``Target.general`` (``make_multistage_roles``)."""
-    if _kernel_target(_first_op(mod, "flexattn.tile_step"), opts).name != opts.target:
+    target = _kernel_target(_first_op(mod, "flexattn.tile_step"), opts)
+    if target.name != opts.target:
         return make_multistage_roles(mod, opts)
     run_pipeline(mod, [
-        f"flexattn-warp-specialize{{stages={opts.stages}}}",
+        f"flexattn-warp-specialize{{stages={opts.stages} "
+        f"max-shared-memory={target.max_shared_per_block}}}",
         "canonicalize",
         "cse",
     ], "roles")
