@@ -85,20 +85,20 @@
 // NEXT-NEXT:        flexattn.ring.release %[[VR:.*]][%[[PV]]]
 // NEXT:           %[[P16:.*]] = arith.truncf %[[PF]] : vector<64xf32> to vector<64xbf16>
 // NEXT-NEXT:      %[[ACC1:.*]] = flexattn.frag.rescale %[[O]]#0, %[[AL]] : vector<64xf32>, vector<2xf32>
-// Wait for K_j; this group's turn: S_j = Q.K_jᵀ, then, after the first
-// step, the wait for V_{j-1} (the first step reads the Q tile in place of
-// V, P = 0) and O += P_{j-1}.V_{j-1}.
+// Wait for K_j and, after the first step, V_{j-1} (the first step reads the
+// Q tile in place of V, P = 0); with the next-step wait V's wait stays ahead
+// of the turn. This group's turn: S_j = Q.K_jᵀ and O += P_{j-1}.V_{j-1}.
 // NEXT:           flexattn.ring.wait %[[KR:.*]][%[[I]]]
 // NEXT:           %[[K:.*]] = flexattn.ring.slot %[[KR]][%[[I]]]
-// NEXT:           nvvm.barrier id = %{{.*}} number_of_threads = %{{.*}}
-// NEXT-NEXT:      %[[S0:.*]] = flexattn.mma %[[Q]][%{{.*}}], %[[K]] {transpose_b}
-// NEXT-NEXT:      %[[HAS:.*]] = arith.cmpi ugt, %[[I]], %[[FIRST]] : i32
+// NEXT:           %[[HAS:.*]] = arith.cmpi ugt, %[[I]], %[[FIRST]] : i32
 // NEXT:           %[[PREV:.*]] = arith.select %[[HAS]], %{{.*}}, %{{.*}} : i32
 // NEXT:           scf.if %[[HAS]] {
 // NEXT-NEXT:        flexattn.ring.wait %[[VR]][%[[PREV]]]
 // NEXT:           %[[VS:.*]] = flexattn.ring.slot %[[VR]][%[[PREV]]]
 // NEXT:           %[[QV:.*]] = flexattn.smem_tile.reinterpret %[[Q]]
 // NEXT:           %[[VP:.*]] = arith.select %[[HAS]], %[[VS]], %[[QV]] : !flexattn.smem_tile<128x128xbf16>
+// NEXT:           nvvm.barrier id = %{{.*}} number_of_threads = %{{.*}}
+// NEXT-NEXT:      %[[S0:.*]] = flexattn.mma %[[Q]][%{{.*}}], %[[K]] {transpose_b}
 // NEXT-NEXT:      %[[O0:.*]] = flexattn.mma %[[P16]], %[[VP]], %[[ACC1]] : vector<64xbf16>, !flexattn.smem_tile<128x128xbf16>, vector<64xf32> -> vector<64xf32>
 // NEXT:           nvvm.barrier.arrive id = %{{.*}} number_of_threads = %{{.*}}
 // Only S is waited for before the softmax; P.V runs on into the next step.
