@@ -1310,7 +1310,9 @@ def FlexAttnScheduleConsumers
     computed, and the row max as four chains, `flexattn.max_chains`);
     `auto` takes `next-step` where the
     score_mod is plain arithmetic, else `alpha` with two consumer groups
-    at D = 128, else `step`.
+    at D = 128, else `step`; with three consumer groups the `step` wait
+    reduces the row max as four chains too, unless the mods read captured
+    buffers (their 128 registers a thread would spill).
 
     After (`pipeline`, `pingpong`):
     ```mlir

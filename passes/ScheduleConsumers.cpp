@@ -366,8 +366,11 @@ struct Scheduler {
     // Each row max as four chains: where the wait is held (the max runs ahead
     // of it), and with three consumer groups (measured faster there, 1.2 %
     // on full D = 64's 192-row tiles; slower with the two groups of 128-row
-    // ones, docs/gpu-pipeline.md §3).
-    bool maxChains = !atNextStep && (afterAlpha || groups() == 3);
+    // ones, docs/gpu-pipeline.md §3) unless the mods read captured buffers:
+    // 512 threads have 128 registers each, and the chains' six more spill
+    // the document mask's kernel (24 bytes).
+    bool maxChains = !atNextStep && (afterAlpha || (groups() == 3 &&
+                                                    softmax0.getCaptures().empty()));
     auto posArg = cast<BlockArgument>(firstStep.waitK.getPosition());
     Value first = loops.front().first.getInitArgs()[posArg.getArgNumber() - 1];
     Value qTile = firstStep.qk.getA();
