@@ -1312,7 +1312,8 @@ def FlexAttnScheduleConsumers
     score_mod is plain arithmetic, else `alpha` with two consumer groups
     at D = 128, else `step`; with three consumer groups the `step` wait
     reduces the row max as four chains too, unless the mods read captured
-    buffers (their 128 registers a thread would spill).
+    buffers (a thread of 512 has 128 registers; the chains spilled the
+    document mask's kernel).
 
     After (`pipeline`, `pingpong`):
     ```mlir

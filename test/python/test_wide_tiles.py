@@ -134,8 +134,8 @@ MAX_REGISTERS_512 = 128  # 65536 registers / 512 threads
 def test_three_consumer_groups_compile_to_a_cubin(variant, options):
     """sm_90a, D = 64, 192-row Q tiles: 512 threads (a producer warpgroup,
     three consumer warpgroups of 64 rows), setmaxnreg 32 / 160, a 192-row
-    Q box, the three-way turns (bar.sync on 256 threads), no spill (the
-    zoo but the T5 bucket bias, whose gather spills 84 bytes here)."""
+    Q box, the three-way turns (bar.sync on 256 threads), no spill (not
+    the T5 bucket bias: its gather spills 84 bytes in this kernel)."""
     S = 1000
     spec = zoo.spec(variant, 1, 2, S, 64, return_lse=True, tile_q=192)
     if spec.block_size is not None:
