@@ -18,6 +18,11 @@
 // A leading split dimension (flexattn-split-kv{splits=S}) puts a tile's S
 // splits on adjacent CTAs: s = t mod S, the rest from t / S as above.
 //
+// `tiles=N` launches the first N tiles of that order only (static grids,
+// no split dimension): the grid's last tiles are the caller's (sm_90a's
+// dense kernels leave the `T mod SMs` tiles of a last, nearly empty wave to
+// the split-KV kernel on a second stream, docs/gpu-pipeline.md §3).
+//
 // The CTA has one thread until a role pass (flexattn-warp-specialize)
 // assigns the threads' roles.
 //
@@ -106,7 +111,7 @@ void mlir::flexattn::recomputeInside(RewriterBase &rewriter,
 }
 
 LogicalResult mlir::flexattn::mapToGrid(RewriterBase &rewriter,
-                                        scf::ParallelOp par) {
+                                        scf::ParallelOp par, int64_t limit) {
   Location loc = par.getLoc();
   unsigned loops = par.getNumLoops();
   if (loops != 3 && loops != 4)
@@ -155,10 +160,16 @@ LogicalResult mlir::flexattn::mapToGrid(RewriterBase &rewriter,
   for (Value e : extent)
     staticTiles = staticTiles && foldIndex(e) ? std::optional(*staticTiles * *foldIndex(e))
                                               : std::nullopt;
+  if (limit < 0 || (limit && (!staticTiles || first || limit > *staticTiles)))
+    return par.emitOpError("flexattn-map-to-grid tiles=")
+           << limit << " needs a static grid of at least that many tiles and no "
+           << "split dimension"
+           << (staticTiles ? " (the grid has " + std::to_string(*staticTiles) + ")"
+                           : std::string(" (the grid is sized at run time)"));
   Value one = cst(1);
   Value tiles;
   if (staticTiles) {
-    tiles = cst(*staticTiles);
+    tiles = cst(limit ? limit : *staticTiles);
   } else {
     tiles = extentIn(0, nullptr);
     for (unsigned d = 1; d < loops; ++d)
@@ -205,10 +216,12 @@ LogicalResult mlir::flexattn::mapToGrid(RewriterBase &rewriter,
 namespace {
 struct FlexAttnMapToGridPass
     : public flexattn::impl::FlexAttnMapToGridBase<FlexAttnMapToGridPass> {
+  using FlexAttnMapToGridBase::FlexAttnMapToGridBase;
+
   void runOnOperation() override {
     IRRewriter rewriter(&getContext());
     for (auto par : opsHoldingTiles<scf::ParallelOp>(getOperation()))
-      if (failed(mapToGrid(rewriter, par)))
+      if (failed(mapToGrid(rewriter, par, tiles)))
         return signalPassFailure();
   }
 };

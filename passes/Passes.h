@@ -110,8 +110,10 @@ LogicalResult lowerCheckIndex(RewriterBase &rewriter, CheckIndexOp op);
 /// offset in the tile` by a multiple of the tile -> of the tile start.
 LogicalResult foldTileDivision(RewriterBase &rewriter, Operation *division);
 
-/// flexattn-map-to-grid: the scf.parallel over tiles -> a gpu.launch.
-LogicalResult mapToGrid(RewriterBase &rewriter, scf::ParallelOp par);
+/// flexattn-map-to-grid: the scf.parallel over tiles -> a gpu.launch (of
+/// the first `limit` tiles only where `limit` > 0).
+LogicalResult mapToGrid(RewriterBase &rewriter, scf::ParallelOp par,
+                        int64_t limit = 0);
 
 /// The value of an index computation over constants (loop bounds
 /// flexattn-tile made), folded on the spot; nullopt when not constant.

@@ -1086,6 +1086,13 @@ def FlexAttnMapToGrid : Pass<"flexattn-map-to-grid", "::mlir::ModuleOp"> {
     tiles): the host multiplies them into the grid and the CTA recomputes
     them (lit: the `@dynamic` case of its test).
 
+    `tiles=N` launches the first N tiles of that order only (a static grid
+    without a split dimension; lit: `@first_tiles`): the last `T - N` tiles
+    (the first Q tiles of the last heads) are the caller's. sm_90a's dense
+    kernels leave the `T mod SMs` tiles of a nearly empty last wave to the
+    split-KV kernel, run on a second stream (flexattn_runtime.splitkv,
+    docs/gpu-pipeline.md §3).
+
     Before:
     ```mlir
     scf.parallel (%b, %h, %qt) = (%c0, %c0, %c0) to (%c1, %c2, %c3) step (%c1, %c1, %c1) {
@@ -1105,6 +1112,11 @@ def FlexAttnMapToGrid : Pass<"flexattn-map-to-grid", "::mlir::ModuleOp"> {
     }
     ```
   }];
+  let options = [
+    Option<"tiles", "tiles", "int64_t", /*default=*/"0",
+           "launch the first `tiles` tiles of the grid's order only (0: all; "
+           "a static grid without a split dimension)">,
+  ];
   let dependentDialects = ["::mlir::gpu::GPUDialect",
                            "::mlir::arith::ArithDialect"];
 }
