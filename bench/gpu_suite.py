@@ -66,6 +66,11 @@ CORRECTNESS = (
        for v in ("relative_bias", "alibi_causal", "t5_bias", "natten_2d") for d in (128, 64)]
     + [("check_gqa_causal_d128", "causal", 2, 8, 2, 640, 640, 128, "bfloat16", DEFAULT),
        ("check_full_m300_n1000", "full", 1, 4, 4, 300, 1000, 128, "bfloat16", DEFAULT),
+       # Tail splits (132 SMs): 136 Q tiles leave 4 to the split-KV kernel;
+       # GQA with a 76-row last Q tile and 2100 keys, in fp16; D = 64.
+       ("check_full_tail_d128", "full", 1, 17, 17, 1024, 1024, 128, "bfloat16", DEFAULT),
+       ("check_full_tail_gqa_f16", "full", 1, 4, 2, 4300, 2100, 128, "float16", DEFAULT),
+       ("check_full_tail_d64", "full", 1, 17, 17, 1024, 1024, 64, "bfloat16", DEFAULT),
        ("check_causal_m1000_n300", "causal", 1, 4, 4, 1000, 300, 128, "bfloat16", DEFAULT),
        ("check_causal_serial", "causal", 1, 4, 4, 2100, 2100, 128, "bfloat16", SERIAL),
        ("check_alibi_serial", "alibi_causal", 1, 4, 4, 2100, 2100, 128, "bfloat16", SERIAL),
@@ -161,8 +166,13 @@ BENCH = (
        ("bench_full_d64_persistent", "full", 4, 16, 16, 8192, 8192, 64, "bfloat16", PERSISTENT),
        ("bench_causal_d128_persistent", "causal", 4, 16, 16, 8192, 8192, 128, "bfloat16",
         PERSISTENT),
+       # Full D = 128 as one kernel over every tile: persistent CTAs, and one
+       # CTA per tile (what flex_attention ran before its tail split): the
+       # tail split's A/B in the same process.
        ("bench_full_d128_persistent", "full", 4, 16, 16, 8192, 8192, 128, "bfloat16",
-        PERSISTENT)]
+        dict(PERSISTENT, tail_split=False)),
+       ("bench_full_d128_grid", "full", 4, 16, 16, 8192, 8192, 128, "bfloat16",
+        {"tail_split": False})]
     # D = 64 with 192-row Q tiles (three consumer warpgroups) beside the
     # 128-row kernels above; persistent CTAs too (their tile loop spills
     # 72 bytes at the three groups' 160 registers).
@@ -189,8 +199,13 @@ BENCH = (
         dict(SM80, tile_kv=128))]
 )
 # Case options that are not CompileOptions: the KV block of the case's block
-# mask (128 unless given) and v's head dim (D unless given).
-CASE_ONLY = ("block_kv", "value_dim")
+# mask (128 unless given) and v's head dim (D unless given), which are the
+# peers' inputs too, and whether the case runs as flex_attention would with a
+# nearly empty last wave (tail_split, default True: a dense attention's last
+# `T mod SMs` tiles as split-KV ranges on a second stream,
+# flexattn_mlir.execution.tail_split; False: one kernel over every tile).
+PEER_INPUTS = ("block_kv", "value_dim")
+CASE_ONLY = PEER_INPUTS + ("tail_split",)
 # Which peers each target's benchmark cases are timed beside.
 PEERS_OF = {"sm_90a": ("triton", "cudnn", "fa4"), "sm_80": ("flash", "cudnn")}
 
@@ -273,8 +288,9 @@ def compile_all(out: str, only: str | None, device_cc: tuple[int, int] = (9, 0),
     import torch
 
     import flexattn_mlir as fm
+    from flexattn_mlir.execution import tail_split
 
-    items, manifest = [], {}
+    items, manifest, tails = [], {}, {}
     for case in cases or CORRECTNESS + BENCH:
         name, over = case[0], case[-1]
         if not selected(name, only):
@@ -288,22 +304,33 @@ def compile_all(out: str, only: str | None, device_cc: tuple[int, int] = (9, 0),
             over = dict(over, persistent=fm.compiler.targets.sm_count(over.get("target", "sm_90a")))
         opts = fm.CompileOptions(**{"target": "sm_90a",
                                     **{k: v for k, v in over.items() if k not in CASE_ONLY}})
-        items.append((name, spec, opts))
+        split = None
+        if over.get("tail_split", True):
+            split = tail_split.plan(spec, opts, fm.compiler.targets.sm_count(opts.target))
+        if split is None:
+            items.append((name, spec, opts))
+        else:
+            items += [(name, spec, split.main), (split.tail_spec.name, split.tail_spec, split.tail)]
+            tails[name] = {"kernel": split.tail_spec.name, "rows": split.rows}
         torch.save([c.contiguous() for c in captures], os.path.join(out, f"{name}.captures.pt"))
         manifest[name] = (*case[:-1], over)
-    write_artifacts(items, manifest, out, device_cc)
+    write_artifacts(items, manifest, out, device_cc, tails)
 
 
-def write_artifacts(items, manifest, out: str, device_cc: tuple[int, int] = (9, 0)) -> None:
+def write_artifacts(items, manifest, out: str, device_cc: tuple[int, int] = (9, 0),
+                    tails=None) -> None:
     """Compiles (name, spec, options) items into `out` with cases.json, for a
-    device of compute capability `device_cc`."""
+    device of compute capability `device_cc`; ``tails``: case -> its tail
+    split's tail kernel (its name and key) and rows."""
     from flexattn_mlir.tools import aot
 
     t0 = time.perf_counter()
     done = aot.write_artifacts(items, out, device_cc=device_cc)
+    for tail in (tails or {}).values():  # equal tail kernels share one artifact
+        tail["key"] = done[tail["kernel"]]["key"]
     with open(os.path.join(out, "cases.json"), "w") as f:
-        json.dump({"cases": manifest, "compile_seconds": {n: d["seconds"] for n, d in done.items()}},
-                  f, indent=1)
+        json.dump({"cases": manifest, "tails": tails or {},
+                   "compile_seconds": {n: d["seconds"] for n, d in done.items()}}, f, indent=1)
     print(f"compiled {len(done)} kernels in {time.perf_counter() - t0:.1f} s")
 
 
@@ -475,6 +502,16 @@ def median_ms(fn, reps: int, warmup: int = 3) -> float:
     return times[len(times) // 2]
 
 
+def _tail_split(main, tail, rows: int):
+    """The main and tail kernels of a tail split called as one kernel, by
+    argument name."""
+    from flexattn_runtime.splitkv import TailSplit
+
+    split = TailSplit(main, tail, tail.metadata, rows)
+    names = main.metadata.argument_names
+    return lambda **args: split([args[n] for n in names])
+
+
 def run_all(artifacts: str, out_json: str, only: str | None, reps: int,
             peers: list[str], ours_only: bool, label: str) -> None:
     import torch
@@ -491,7 +528,8 @@ def run_all(artifacts: str, out_json: str, only: str | None, reps: int,
     zoo = load_zoo()
     store = ArtifactStore(artifacts)
     with open(os.path.join(artifacts, "cases.json")) as f:
-        cases = json.load(f)["cases"]
+        manifest = json.load(f)
+    cases, tails = manifest["cases"], manifest.get("tails", {})
     by_name = {store.metadata(key)["spec"]["name"]: key for key in store.keys()}
     peer = Peers([] if ours_only else peers)
     results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
@@ -538,6 +576,9 @@ def run_all(artifacts: str, out_json: str, only: str | None, reps: int,
         (results["checks"] if check else results["bench"]).append(row)
         try:
             kernel = store.get(by_name[name])
+            if name in tails:  # flex_attention's tail split (flexattn_runtime.splitkv)
+                kernel = _tail_split(kernel, store.get(tails[name]["key"]), tails[name]["rows"])
+                row["tail_rows"] = tails[name]["rows"]
             t0 = time.perf_counter()
             kernel(**args)
             torch.cuda.synchronize()
@@ -567,7 +608,7 @@ def run_all(artifacts: str, out_json: str, only: str | None, reps: int,
             # Peers for cases with default compile options (a case's mask
             # block size and value head dim are the peers' inputs too).
             plain = {k: v for k, v in over.items()
-                     if k != "target" and k not in CASE_ONLY} == DEFAULT
+                     if k != "target" and k not in PEER_INPUTS} == DEFAULT
             for p in [p for p in peer.names if plain and p in PEERS_OF[target]]:
                 try:
                     fn = peer.call(p, q, k, v, score_mod, bm, variant)

@@ -131,10 +131,17 @@ class CompileOptions:
       are issued while the Q tile is copied, before its wait, instead of
       after it (launches marked ``flexattn.hoist_loads``:
       passes/PrefetchLoads.h). None: as ``prefetch_loads``.
-    splits: the GPU decode kernel's KV ranges per tile, static (the grid is
-      B x Hkv x splits x Q tiles); 0 outside a GPU decode. flex_attention
-      chooses it per shape from the tiles and the device's SMs
-      (``flexattn_mlir.execution.decode.gpu_splits``).
+    splits: a GPU kernel's KV ranges per tile, static (the grid is
+      B x H x splits x Q tiles; each range writes f32 partial rows and their
+      lse into scratch arguments, which the caller merges:
+      flexattn_runtime.splitkv). The decode kernel's, chosen per shape from
+      the tiles and the device's SMs
+      (``flexattn_mlir.execution.decode.gpu_splits``), and the tail kernel
+      of a tail split (``flexattn_mlir.execution.tail_split``); 0 elsewhere.
+    tiles: launch only the first ``tiles`` Q tiles of the grid's order
+      (``flexattn-map-to-grid{tiles}``; 0: all); static GPU kernels without
+      splits. A tail split's main kernel leaves the last, nearly empty
+      wave's tiles to its tail kernel.
     """
 
     target: str = "cpu"
@@ -159,6 +166,7 @@ class CompileOptions:
     exp2_poly: Optional[int] = None
     prefetch_loads: Optional[bool] = None
     hoist_loads: Optional[bool] = None
+    tiles: int = 0
 
     def __post_init__(self):
         if self.target not in targets.TARGETS:
@@ -194,9 +202,13 @@ class CompileOptions:
                              + f" for the {self.target} "
                              f"{'decode' if gpu_decode else 'prefill'} kernel, got {self.tile_q}")
         if not isinstance(self.splits, int) or self.splits < 0 or (
-                self.splits and not gpu_decode):
-            raise ValueError(f"CompileOptions.splits must be 0, or > 0 with decode=True on a "
-                             f"GPU target, got {self.splits!r}")
+                self.splits and not (t.is_gpu and not self.dynamic)):
+            raise ValueError(f"CompileOptions.splits must be 0, or > 0 for a static kernel on "
+                             f"a GPU target, got {self.splits!r}")
+        if (not isinstance(self.tiles, int) or isinstance(self.tiles, bool) or self.tiles < 0
+                or (self.tiles and not (t.is_gpu and not self.dynamic and not self.splits))):
+            raise ValueError(f"CompileOptions.tiles must be 0, or > 0 for a static kernel "
+                             f"without splits on a GPU target, got {self.tiles!r}")
         if not isinstance(self.stages, int) or not 1 <= self.stages <= 8:
             raise ValueError(f"CompileOptions.stages must be in 1..8, got {self.stages!r}")
         if self.warp_rows not in (0, 16, 32):

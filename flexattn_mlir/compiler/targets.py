@@ -133,6 +133,9 @@ class Target:
       tile where it divides them (``flexattn-tile{block-tiles}``: torch's
       default 128-column blocks as two 64-column tiles on sm_80); False:
       the KV tile is the mask's block.
+    tail_split: ``flex_attention`` runs a dense attention on the target's
+      own kernel as a tail split where the grid's last wave is nearly empty
+      (``flexattn_mlir.execution.tail_split``; measured on sm_90a).
     """
 
     name: str
@@ -157,6 +160,7 @@ class Target:
     exp2_poly: tuple[tuple[int, int], ...] = ()
     q_tiles: tuple[tuple[int, int], ...] = ()
     persistent_density: tuple[tuple[int, float], ...] = ()
+    tail_split: bool = False
 
     @property
     def is_gpu(self) -> bool:
@@ -271,7 +275,7 @@ TARGETS: dict[str, Target] = {t.name: t for t in [
            kv_blocks=(64, 128),
            q_block=128, own_head_dims=(64, 128), general="sm_80", decode_rows=64,
            q_tiles=((64, 192),),
-           persistent_density=((64, 0.6),)),
+           persistent_density=((64, 0.6),), tail_split=True),
     # The reference part is the A100 (108 SMs, 163 KiB per block); Ada and
     # sm_86 parts have 99 KiB (the runtime checks a launch against the device).
     # 32 Q rows per warp (FlashAttention-2's 4 warps per 128-row tile) with

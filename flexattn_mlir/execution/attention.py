@@ -23,7 +23,7 @@ from ..compiler.options import CompileOptions
 from ..compiler.spec import AttentionSpec, BufferType
 from ..masks import index_checks
 from ..masks.block_mask import block_size
-from . import checks, decode, dynamic_shapes, kernels
+from . import checks, decode, dynamic_shapes, kernels, tail_split
 from .kernels import kernel_for
 
 __all__ = ["attention_forward", "attention_spec", "attention_compile_count", "build_spec",
@@ -327,7 +327,9 @@ def prepare_launch(query, key, value, *, score_mod=None, mask_mod=None, block_ma
         name=name, options=options, sinks=sinks, return_max=return_max_scores)
     if options.target != "cpu":
         checks.check_gpu_support(q, value, block_mask, options)
-    kernel = kernel_for(spec, options)
+        kernel = _gpu_kernel(spec, options, q.device)
+    else:
+        kernel = kernel_for(spec, options)
     checked = index_checked(q, k, score_mod, mask_mod, index_checks.enabled(options.target),
                             options.dynamic)
     if checked.report is None and options.target != "cpu":
@@ -335,6 +337,16 @@ def prepare_launch(query, key, value, *, score_mod=None, mask_mod=None, block_ma
     if scale is None:
         scale = 1.0 / math.sqrt(q.shape[-1])
     return Launch(kernel, q, key, value, spec, options, block_mask, scale, checked)
+
+
+def _gpu_kernel(spec: AttentionSpec, options: CompileOptions, device):
+    """The GPU kernel of (spec, options), or the two of its tail split
+    (:mod:`.tail_split`) where the device's SMs leave a nearly empty last wave."""
+    split = tail_split.plan(spec, options, targets.sm_count(options.target, device))
+    if split is None:
+        return kernel_for(spec, options)
+    return kernels.TailSplitKernel(kernel_for(spec, split.main),
+                                   kernel_for(split.tail_spec, split.tail), split.rows)
 
 
 def attention_forward(query, key, value, *, score_mod=None, mask_mod=None, block_mask=None,

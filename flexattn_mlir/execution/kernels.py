@@ -21,7 +21,7 @@ from ..compiler.options import CompileOptions
 from ..compiler.spec import AttentionSpec
 
 __all__ = ["kernel_for", "clear_table", "compile_count", "table_generation", "artifact_stores",
-           "load_kernel", "StoredKernel", "compile_kernel"]
+           "load_kernel", "StoredKernel", "TailSplitKernel", "compile_kernel"]
 
 #: Kernels this process keeps loaded (each CPU kernel holds a JIT session).
 TABLE_SIZE = 256
@@ -152,6 +152,27 @@ class StoredKernel:
         if not self.zero_init and not self.split:
             return launch
         return partial(self._run, launch=launch)
+
+
+class TailSplitKernel:
+    """A tail split's two kernels (:mod:`.tail_split`) called as one: the
+    main kernel on the attention's tensors, the tail kernel's KV ranges of
+    the last ``rows`` rows on a second stream (flexattn_runtime.splitkv.TailSplit)."""
+
+    def __init__(self, main: StoredKernel, tail: StoredKernel, rows: int):
+        self.main, self.tail, self.rows = main, tail, rows
+
+    def _split(self, main, tail):
+        from flexattn_runtime.splitkv import TailSplit
+
+        return TailSplit(main, tail, self.tail.kernel.metadata, self.rows)
+
+    def __call__(self, tensors: Sequence) -> None:
+        self._split(self.main.kernel, self.tail.kernel)(list(tensors))
+
+    def prepare(self, device):
+        """Both kernels' prepared launches on ``device``, split as above."""
+        return self._split(self.main.kernel.prepare(device), self.tail.kernel.prepare(device))
 
 
 def compile_kernel(spec: AttentionSpec, opts: CompileOptions, key: str,

@@ -226,8 +226,10 @@ def test_gpu_decode_choice():
     one = torch.empty(1, 32, 1, 128, dtype=torch.bfloat16)
     k1 = torch.empty(1, 8, 32768, 128, dtype=torch.bfloat16)
     assert decode.gpu_splits(d, one, k1, k1, True, 132) >= 8  # 8 tiles: many ranges
-    with pytest.raises(ValueError, match="splits must be 0"):
-        fm.CompileOptions(target="sm_90a", splits=4)
+    # KV ranges are for static GPU kernels (the decode kernel, a tail split's).
+    for bad in ({"target": "cpu"}, {"target": "sm_90a", "dynamic": True}):
+        with pytest.raises(ValueError, match="splits must be 0"):
+            fm.CompileOptions(splits=4, **bad)
 
 
 def test_gpu_decode_refuses_float32():

@@ -1,8 +1,9 @@
 """The GPU backend: stages after ``sparse`` for GPU targets, PTX -> cubin,
 and the launch metadata :mod:`flexattn_runtime` runs the cubin with.
 
-    [tiled -> splitkv   flexattn-split-kv{splits merge=false}: the decode kernel]
-    sparse -> grid      flexattn-map-to-grid [, flexattn-persistent-tiles]
+    [tiled -> splitkv   flexattn-split-kv{splits merge=false}: the decode kernel,
+                        a tail split's tail kernel]
+    sparse -> grid      flexattn-map-to-grid [{tiles}] [, flexattn-persistent-tiles]
            -> roles     flexattn-warp-specialize (sm_90a) | flexattn-multistage (sm_80)
            -> schedule  flexattn-schedule-consumers       (sm_90a)
            -> fragments flexattn-lower-fragments (part of P's exp2 on the FMA pipe
@@ -128,15 +129,15 @@ def make_backward_tiled(mod: ir.Module, opts: CompileOptions) -> None:
 
 
 def make_splitkv(mod: ir.Module, opts: CompileOptions) -> None:
-    """The decode kernel's split: ``opts.splits`` KV ranges per packed tile,
-    on the grid; the caller merges the partial rows
-    (:func:`flexattn_mlir.execution.decode.merge_splits`)."""
+    """The split of the decode kernel (``opts.splits`` KV ranges per packed
+    tile) or of a tail split's tail kernel (per Q tile), on the grid; the
+    caller merges the partial rows (flexattn_runtime.splitkv)."""
     run_pipeline(mod, f"flexattn-split-kv{{splits={opts.splits} merge=false}}", "splitkv")
 
 
 def make_grid(mod: ir.Module, opts: CompileOptions) -> None:
     run_pipeline(mod, [
-        "flexattn-map-to-grid",
+        f"flexattn-map-to-grid{{tiles={opts.tiles}}}" if opts.tiles else "flexattn-map-to-grid",
         *([f"flexattn-persistent-tiles{{ctas={opts.persistent}}}"] if opts.persistent else []),
     ], "grid")
 
@@ -336,11 +337,13 @@ def stages(opts: CompileOptions) -> dict:
     target, then the target's own (sm_90a: TMA producer + wgmma consumers;
     sm_80: multistage cp.async + mma.sync), see ``_STAGES``. The decode
     kernel (``opts.decode``) adds ``splitkv`` after ``tiled`` (packed tiles
-    from ``flexattn-tile{pack-heads}``) and runs the mma.sync roles."""
+    from ``flexattn-tile{pack-heads}``) and runs the mma.sync roles; so does
+    a tail kernel (``opts.splits`` without decode: sm_90a's own kernel
+    walks each range)."""
     if opts.target not in _STAGES:
         raise CompilationError(f"no GPU stages for target {opts.target!r}")
-    decode = {"splitkv": make_splitkv} if opts.decode else {}
-    return {"tiled": make_gpu_tiled, **decode, "sparse": make_sparse, **_STAGES[opts.target]}
+    split = {"splitkv": make_splitkv} if opts.decode or opts.splits else {}
+    return {"tiled": make_gpu_tiled, **split, "sparse": make_sparse, **_STAGES[opts.target]}
 
 
 def make_backward_grid(mod: ir.Module, opts: CompileOptions) -> None:
