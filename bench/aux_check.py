@@ -16,7 +16,6 @@ the same places; rows without a visible key give 0 and lse = the sink.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -177,17 +176,7 @@ def run_all(artifacts: str, out_json: str) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("compile").add_argument("--out", required=True)
-    r = sub.add_parser("run")
-    r.add_argument("--artifacts", required=True)
-    r.add_argument("--json", required=True)
-    a = ap.parse_args()
-    if a.cmd == "compile":
-        compile_all(a.out)
-    else:
-        run_all(a.artifacts, a.json)
+    gpu_suite.halves_cli(compile_all, run_all)
 
 
 if __name__ == "__main__":

@@ -530,7 +530,15 @@ def run_all(artifacts: str, out_json: str, only: str | None, reps: int,
     with open(os.path.join(artifacts, "cases.json")) as f:
         manifest = json.load(f)
     cases, tails = manifest["cases"], manifest.get("tails", {})
+    # Each case's kernel by its own metadata file (cases whose kernels are
+    # equal, e.g. a tail split's main kernel and a persistent case's, share
+    # one key in the store's index).
     by_name = {store.metadata(key)["spec"]["name"]: key for key in store.keys()}
+    for name in cases:
+        path = os.path.join(artifacts, f"{name}.json")
+        if os.path.exists(path):
+            with open(path) as f:
+                by_name[name] = json.load(f)["key"]
     peer = Peers([] if ours_only else peers)
     results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
                "label": label, "timing": TIMING, "peers": peer.names, "checks": [], "bench": []}
@@ -628,6 +636,28 @@ def run_all(artifacts: str, out_json: str, only: str | None, reps: int,
                 f"{p} {row.get(f'{p}_tflops', float('nan')):6.1f}" for p in peer.names), flush=True)
         save()
     save()
+
+
+def halves_cli(compile_fn, run_fn, run_options: tuple = ()) -> None:
+    """The command line of a bench script in two halves of its own:
+    ``compile --out DIR`` (here) calls ``compile_fn(DIR)``, ``run --artifacts
+    DIR --json FILE`` (on the GPU) ``run_fn(DIR, FILE, **options)``, with
+    ``run_options`` as (flag, default) pairs (bench/aux_check.py, bench/wave_tail.py)."""
+    ap = argparse.ArgumentParser()
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("compile").add_argument("--out", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("--artifacts", required=True)
+    r.add_argument("--json", required=True)
+    for flag, default in run_options:
+        r.add_argument(flag, type=type(default), default=default)
+    a = ap.parse_args()
+    if a.cmd == "compile":
+        os.makedirs(a.out, exist_ok=True)
+        compile_fn(a.out)
+    else:
+        names = [flag.lstrip("-").replace("-", "_") for flag, _ in run_options]
+        run_fn(a.artifacts, a.json, **{n: getattr(a, n) for n in names})
 
 
 def main(compile_fn=None, run_fn=None, reps: int = 30, peers: str = "triton,cudnn,fa4") -> None:

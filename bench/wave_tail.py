@@ -32,7 +32,6 @@ variant in turn.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -203,20 +202,7 @@ def run_all(artifacts: str, out_json: str, rounds: int, reps: int) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("compile").add_argument("--out", required=True)
-    r = sub.add_parser("run")
-    r.add_argument("--artifacts", required=True)
-    r.add_argument("--json", required=True)
-    r.add_argument("--rounds", type=int, default=6)
-    r.add_argument("--reps", type=int, default=15)
-    a = ap.parse_args()
-    if a.cmd == "compile":
-        os.makedirs(a.out, exist_ok=True)
-        compile_all(a.out)
-    else:
-        run_all(a.artifacts, a.json, a.rounds, a.reps)
+    gpu_suite.halves_cli(compile_all, run_all, (("--rounds", 6), ("--reps", 15)))
 
 
 if __name__ == "__main__":
