@@ -20,6 +20,9 @@ _TORCH_IGNORED = frozenset({
     "bwd_BLOCK_N1", "bwd_BLOCK_M2", "bwd_BLOCK_N2", "bwd_num_warps", "bwd_num_stages",
     "waves_per_eu", "kpack", "matrix_instr_nonkdim",
 })
+# Options a call's plan sets, never a caller (a kernel with them alone is not
+# the attention).
+_PLANNED = frozenset({"tiles"})
 
 
 @dataclass(frozen=True)
@@ -262,11 +265,16 @@ class CompileOptions:
         (``num_warps``, ``BACKEND``, ...) do not apply and are ignored;
         anything else is an error."""
         values = dict(defaults)
-        known = {f.name for f in fields(cls)}
+        known = {f.name for f in fields(cls)} - _PLANNED
         for key, value in (kernel_options or {}).items():
             name = _TORCH_ALIASES.get(key, key)
             if key in _TORCH_IGNORED:
                 continue
+            if name in _PLANNED:
+                raise ValueError(
+                    f"kernel_options: {key!r} is the main kernel's part of a tail split, which "
+                    f"flex_attention plans itself (flexattn_mlir.execution.tail_split); a "
+                    f"kernel with it computes only some of the output")
             if name not in known:
                 raise ValueError(
                     f"kernel_options: unknown option {key!r}; expected one of "

@@ -136,6 +136,10 @@ def _prepare(query, key, value, *, score_mod, mask_mod, block_mask, captures, sc
     shapes, captures, options: the device's default when None)."""
     checks.check_qkv(query, key, value, enable_gqa)
     checks.check_sinks(sinks, query)
+    if options is not None and options.tiles:
+        raise ValueError(f"options.tiles={options.tiles}: a kernel over the grid's first tiles "
+                         f"only is a tail split's main kernel, which the call plans itself "
+                         f"(flexattn_mlir.execution.tail_split); leave tiles at 0")
     options = decode.resolve(_options(query, options), query, key, value, block_mask,
                              sinks is not None or return_max)
     captures = [c.contiguous() for c in captures]

@@ -101,6 +101,16 @@ def test_tiles_option_errors():
             fm.CompileOptions(**bad)
 
 
+def test_callers_cannot_ask_for_a_part_of_the_grid():
+    """``tiles`` alone computes only part of the output: flex_attention's
+    kernel_options and the attention entry refuse it, naming the option."""
+    q = torch.randn(1, 2, 64, 64)
+    with pytest.raises(ValueError, match="'tiles' is the main kernel's part of a tail split"):
+        fm.flex_attention(q, q, q, kernel_options={"tiles": 1})
+    with pytest.raises(ValueError, match="options.tiles=4: a kernel over the grid's first tiles"):
+        fm.attention(q, q, q, options=fm.CompileOptions(target="sm_90a", tiles=4))
+
+
 def test_both_kernels_compile_to_cubins():
     """The main kernel's grid: 31 rounds of 132 persistent CTAs over the
     first 4092 tiles; without persistent CTAs, 4092 CTAs (cubin as the full
