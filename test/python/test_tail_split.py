@@ -151,5 +151,18 @@ def test_flex_attention_with_a_tail_split_matches_torch(B, Hq, Hkv, M, N, D, dty
                               return_lse=True)
     assert float((out.float() - ref).norm() / ref.norm()) < 1e-2
     torch.testing.assert_close(lse, ref_lse, atol=1e-3, rtol=0)
+    # A CUDA graph captures both streams' work: its replay gives the same.
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fm.flex_attention(q, k, v, enable_gqa=Hq != Hkv, return_lse=True)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        g_out, g_lse = fm.flex_attention(q, k, v, enable_gqa=Hq != Hkv, return_lse=True)
+    g_out.fill_(float("nan"))
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(g_out, out) and torch.equal(g_lse, lse)
     if tail_split.plan(_spec(B, Hq, Hkv, M, N, D, dtype), SM90, sms) is None:
         pytest.skip(f"{sms} SMs leave no nearly empty wave here (the numbers above still hold)")
