@@ -142,6 +142,10 @@ def _prepare(query, key, value, *, score_mod, mask_mod, block_mask, captures, sc
                          f"(flexattn_mlir.execution.tail_split); leave tiles at 0")
     options = decode.resolve(_options(query, options), query, key, value, block_mask,
                              sinks is not None or return_max)
+    if options.splits and not options.decode:
+        raise ValueError(f"splits={options.splits}: a call's KV ranges are the decode kernel's "
+                         f"(at most {decode.DECODE_MAX_ROWS} query rows, or decode=True); the "
+                         f"prefill kernel's are a tail split's, which the call plans itself")
     captures = [c.contiguous() for c in captures]
     checks.check_captures(captures, query.device)
     _check_mod("score_mod", score_mod, "score", len(captures))

@@ -103,12 +103,18 @@ def test_tiles_option_errors():
 
 def test_callers_cannot_ask_for_a_part_of_the_grid():
     """``tiles`` alone computes only part of the output: flex_attention's
-    kernel_options and the attention entry refuse it, naming the option."""
+    kernel_options and the attention entry refuse it, naming the option;
+    a prefill call refuses ``splits`` as before the tail split."""
     q = torch.randn(1, 2, 64, 64)
     with pytest.raises(ValueError, match="'tiles' is the main kernel's part of a tail split"):
         fm.flex_attention(q, q, q, kernel_options={"tiles": 1})
     with pytest.raises(ValueError, match="options.tiles=4: a kernel over the grid's first tiles"):
         fm.attention(q, q, q, options=fm.CompileOptions(target="sm_90a", tiles=4))
+    # KV ranges of a prefill call are planned too (the decode kernel's stay
+    # the caller's to choose).
+    with pytest.raises(ValueError, match="splits=4: a call's KV ranges are the decode kernel's"):
+        fm.attention(torch.randn(1, 2, 200, 64), q, q,
+                     options=fm.CompileOptions(target="sm_90a", splits=4))
 
 
 def test_both_kernels_compile_to_cubins():
